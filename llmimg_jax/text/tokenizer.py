@@ -1,0 +1,86 @@
+"""Tokenizers for the T5 text model: Hugging Face tokenizers, or the ByT5 byte tokenizer offline.
+
+Every call pads to a fixed `max_length` so jitted functions see one shape, and truncation is
+never silent: it is logged with how many tokens were cut.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class TextTokenizer:
+  """Fixed-length batch tokenization around a transformers tokenizer. Picklable (grain workers)."""
+
+  def __init__(self, hf_tokenizer, max_length: int):
+    if max_length < 2:
+      raise ValueError(f"max_length must be >= 2 (room for one token and EOS), got {max_length}.")
+    self.hf = hf_tokenizer
+    self.max_length = int(max_length)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.hf)
+
+  @property
+  def pad_id(self) -> int:
+    return int(self.hf.pad_token_id)
+
+  @property
+  def eos_id(self) -> int:
+    return int(self.hf.eos_token_id)
+
+  def __call__(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
+    """Returns input_ids and attention_mask, both int32 [batch, max_length]."""
+    if isinstance(texts, str):
+      texts = [texts]
+    texts = [_clean(t) for t in texts]
+    full = self.hf(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    too_long = [(i, len(ids)) for i, ids in enumerate(full) if len(ids) > self.max_length]
+    if too_long:
+      i, n = too_long[0]
+      log.warning(
+          "%d text(s) longer than max_length=%d tokens were truncated (text %d had %d tokens).",
+          len(too_long), self.max_length, i, n)
+    ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)  # [batch, length]
+    mask = np.zeros((len(texts), self.max_length), np.int32)  # [batch, length]
+    for row, seq in enumerate(full):
+      if len(seq) > self.max_length:  # keep EOS at the end of a truncated sequence
+        seq = list(seq[: self.max_length - 1]) + [self.eos_id]
+      ids[row, : len(seq)] = seq
+      mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+  def decode(self, ids: np.ndarray) -> list[str]:
+    """Decodes [batch, length] ids, dropping padding and special tokens."""
+    return [self.hf.decode([int(t) for t in row], skip_special_tokens=True).strip()
+            for row in np.asarray(ids)]
+
+
+def _clean(text) -> str:
+  """Text as a str: bytes are decoded with replacement (invalid UTF-8 never crashes)."""
+  if isinstance(text, bytes):
+    return text.decode("utf-8", errors="replace")
+  if not isinstance(text, str):
+    raise TypeError(f"Expected text as str or bytes, got {type(text).__name__}: {text!r:.80}")
+  return text
+
+
+def load_tokenizer(path_or_name: str | None, max_length: int) -> TextTokenizer:
+  """The tokenizer of a checkpoint directory or hub name; None gives the ByT5 byte tokenizer."""
+  if path_or_name is None:
+    from transformers import ByT5Tokenizer
+    return TextTokenizer(ByT5Tokenizer(), max_length)
+  from transformers import AutoTokenizer
+  try:
+    hf = AutoTokenizer.from_pretrained(path_or_name)
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(
+        f"Could not load a tokenizer from {path_or_name!r}: {e}. A checkpoint directory needs "
+        "tokenizer files (tokenizer.json, spiece.model or tokenizer_config.json for ByT5) beside "
+        "config.json; save them with tokenizer.save_pretrained(DIR).") from e
+  return TextTokenizer(hf, max_length)
