@@ -1,0 +1,237 @@
+"""Loading Hugging Face T5 checkpoints (safetensors, sharded safetensors, pytorch_model.bin) into Flax.
+
+Conversion is a rename (see modeling.py) plus transposing Linear weights; every expected param must
+be present with the right shape, and leftover checkpoint keys are reported by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
+from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+Params = dict
+SAFE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)
+# Copies of shared.weight, and a key transformers itself ignores.
+_IGNORED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                 "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
+
+
+def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
+  """A local checkpoint directory, or a hub name downloaded (or found in the HF cache)."""
+  path = os.path.expanduser(os.fspath(path_or_name))
+  if os.path.isdir(path):
+    return path
+  if os.path.exists(path):
+    raise NotADirectoryError(f"T5 checkpoint {path!r} is a file; pass the directory holding "
+                             "config.json and model.safetensors.")
+  looks_local = (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+                 or os.sep != "/" and os.sep in path)
+  if looks_local:
+    raise FileNotFoundError(f"T5 checkpoint directory not found: {path!r}. Pass a directory with "
+                            f"config.json and {SAFE} (or a hub name such as 'google/flan-t5-small').")
+  try:
+    from huggingface_hub import snapshot_download
+    local = snapshot_download(path, allow_patterns=[
+        "config.json", "*.safetensors", SAFE_INDEX, "tokenizer*", "spiece.model",
+        "special_tokens_map.json", "added_tokens.json", "generation_config.json"])
+    if not {SAFE, SAFE_INDEX} & set(os.listdir(local)):  # older repos: PyTorch weights only
+      local = snapshot_download(path, allow_patterns=["pytorch_model*.bin", BIN_INDEX])
+    return local
+  except Exception as e:  # network, auth, missing repo: all end here
+    raise FileNotFoundError(
+        f"{path!r} is not a local directory and could not be fetched from the Hugging Face hub "
+        f"({type(e).__name__}: {e}). Offline, download it elsewhere and pass the directory "
+        f"(config.json + {SAFE}), or set HF_HUB_OFFLINE=1 with a populated HF cache.") from e
+
+
+def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
+  """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names."""
+  present = set(os.listdir(ckpt_dir))
+  if SAFE in present:
+    return _read_safetensors(os.path.join(ckpt_dir, SAFE))
+  if SAFE_INDEX in present:
+    return _read_sharded(ckpt_dir, SAFE_INDEX, _read_safetensors)
+  if BIN in present:
+    return _read_torch(os.path.join(ckpt_dir, BIN))
+  if BIN_INDEX in present:
+    return _read_sharded(ckpt_dir, BIN_INDEX, _read_torch)
+  raise FileNotFoundError(
+      f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
+      f"{sorted(present) or 'an empty directory'}. Save them with model.save_pretrained(DIR).")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  out = {}
+  try:
+    with safe_open(path, framework="flax") as f:  # flax handles bf16 checkpoints
+      for key in f.keys():
+        out[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
+  except Exception as e:
+    raise ValueError(f"Could not read safetensors file {path}: {e}. Is it truncated? "
+                     "Re-save the checkpoint with model.save_pretrained(DIR).") from e
+  return out
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(
+        f"{path} is a PyTorch pickle and torch is not installed. Install torch (CPU build is "
+        "enough) or convert the checkpoint to safetensors: "
+        "T5ForConditionalGeneration.from_pretrained(DIR).save_pretrained(DIR, "
+        "safe_serialization=True).") from e
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:
+    raise ValueError(f"Could not read PyTorch weights {path}: {e}.") from e
+  return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def _read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarray]:
+  index_path = os.path.join(ckpt_dir, index_name)
+  try:
+    with open(index_path) as f:
+      weight_map = json.load(f)["weight_map"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f"Malformed shard index {index_path}: {e}; it needs a 'weight_map' object "
+                     "of tensor name -> shard file.") from e
+  out = {}
+  for shard in sorted(set(weight_map.values())):
+    shard_path = os.path.join(ckpt_dir, shard)
+    if not os.path.isfile(shard_path):
+      raise FileNotFoundError(f"Shard {shard_path} listed in {index_path} is missing.")
+    out.update(reader(shard_path))
+  missing = sorted(set(weight_map) - set(out))
+  if missing:
+    raise ValueError(f"Tensors listed in {index_path} but absent from their shards: {missing[:10]}")
+  return out
+
+
+def hf_key_to_path(key: str) -> tuple[tuple[str, ...], bool]:
+  """'encoder.block.0.layer.1.DenseReluDense.wi.weight' -> (flax path, transpose?)."""
+  parts, out, i = key.split("."), [], 0
+  while i < len(parts):
+    if parts[i] in ("block", "layer") and i + 1 < len(parts) and parts[i + 1].isdigit():
+      out.append(f"{parts[i]}_{parts[i + 1]}")
+      i += 2
+    else:
+      out.append(parts[i])
+      i += 1
+  if out[-1] != "weight" or len(out) < 2:
+    return tuple(out), False
+  owner = out[-2]
+  if owner in ("shared", "relative_attention_bias"):
+    return tuple(out[:-1]) + ("embedding",), False
+  if owner in ("layer_norm", "final_layer_norm"):
+    return tuple(out), False
+  return tuple(out[:-1]) + ("kernel",), True
+
+
+def param_shapes(config: T5Config, encoder_only: bool = False) -> Params:
+  """The param tree of shape/dtype structs, without allocating."""
+  model = (T5EncoderModel if encoder_only else T5ForConditionalGeneration)(config)
+  ids = jnp.zeros((1, 2), jnp.int32)
+  args = (ids, ids) if encoder_only else (ids, ids, ids)
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"]
+
+
+def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encoder_only: bool = False,
+                       source: str = "checkpoint") -> tuple[T5Config, Params]:
+  """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
+  carries its own lm_head; decoder/lm_head keys are skipped when encoder_only."""
+  state = dict(state)
+  for key in _IGNORED_KEYS:
+    state.pop(key, None)
+  lm_head = state.pop("lm_head.weight", None)
+  if encoder_only:
+    state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+  elif lm_head is not None and config.tie_word_embeddings and not np.array_equal(
+      lm_head, state.get("shared.weight")):
+    log.info("%s has an lm_head distinct from the shared embedding: loading it untied.", source)
+    config = dataclasses.replace(config, tie_word_embeddings=False)
+  if not encoder_only and not config.tie_word_embeddings:
+    if lm_head is None:
+      raise ValueError(f"{source}: config has tie_word_embeddings=false but the weights lack "
+                       "'lm_head.weight'.")
+    state["lm_head.weight"] = lm_head
+
+  expected = traverse_util.flatten_dict(param_shapes(config, encoder_only))
+  flat, unexpected, bad_shapes = {}, [], []
+  for key, value in state.items():
+    path, transpose = hf_key_to_path(key)
+    if path not in expected:
+      unexpected.append(key)
+      continue
+    value = value.T if transpose else value
+    if tuple(value.shape) != tuple(expected[path].shape):
+      bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
+                        f"{tuple(expected[path].shape)} (as {'/'.join(path)})")
+      continue
+    flat[path] = value
+  missing = ["/".join(p) for p in expected if p not in flat]
+  problems = []
+  if missing:
+    problems.append(f"missing params {missing}")
+  if unexpected:
+    problems.append(f"unexpected checkpoint keys {sorted(unexpected)}")
+  if bad_shapes:
+    problems.append(f"shape mismatches {bad_shapes}")
+  if problems:
+    hint = (" (an encoder-only checkpoint? pass encoder_only=True)"
+            if any(m.startswith("decoder/") for m in missing) else "")
+    raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems) + hint)
+  return config, traverse_util.unflatten_dict(flat)
+
+
+def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
+            encoder_only: bool = False) -> tuple[T5Config, Params]:
+  """(config, params) from a checkpoint directory or hub name. Params are `dtype` arrays (fp32
+  by default) with the layout of T5ForConditionalGeneration, or T5EncoderModel if encoder_only."""
+  ckpt_dir = resolve_checkpoint_dir(path_or_name)
+  config = T5Config.from_json_file(os.path.join(ckpt_dir, "config.json"))
+  state = read_state_dict(ckpt_dir)
+  config, params = convert_state_dict(state, config, encoder_only=encoder_only, source=ckpt_dir)
+  return config, jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+
+
+def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False) -> Params:
+  """Freshly initialised fp32 params (transformers' T5 init scheme)."""
+  model = (T5EncoderModel if encoder_only else T5ForConditionalGeneration)(config)
+  ids = jnp.zeros((1, 2), jnp.int32)
+  args = (ids, ids) if encoder_only else (ids, ids, ids)
+  return jax.jit(model.init)(rng, *args)["params"]
+
+
+def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *, dtype=jnp.float32,
+                    seed: int = 0) -> tuple[T5Config, Params, TextTokenizer]:
+  """(config, params, tokenizer). None gives the offline default: the ByT5 byte tokenizer and a
+  freshly initialised (untrained) T5Config.byt5_small_scratch()."""
+  if path_or_name is None:
+    log.warning("No T5 checkpoint given: using a freshly initialised, UNTRAINED byte-level T5 "
+                "(T5Config.byt5_small_scratch) with the ByT5 tokenizer; its outputs are noise.")
+    config = T5Config.byt5_small_scratch()
+    params = init_params(config, jax.random.PRNGKey(seed))
+    return config, jax.tree.map(lambda x: x.astype(dtype), params), load_tokenizer(None, max_length)
+  ckpt_dir = resolve_checkpoint_dir(path_or_name)
+  config, params = load_t5(ckpt_dir, dtype)
+  tokenizer = load_tokenizer(ckpt_dir, max_length)
+  if tokenizer.vocab_size > config.vocab_size:
+    raise ValueError(f"Tokenizer in {ckpt_dir} has {tokenizer.vocab_size} tokens but the model's "
+                     f"vocab_size is {config.vocab_size}: tokenizer and weights do not match.")
+  return config, params, tokenizer
