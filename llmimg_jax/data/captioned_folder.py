@@ -1,0 +1,242 @@
+"""`captioned_folder`: a TFDS dataset from a folder of images and `captions.jsonl`/`captions.csv`.
+
+captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption": "a cat"}` or
+`{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file are
+merged. captions.csv has a header with a file column (file/file_name/filename/image) and a
+caption column (caption/text/captions). Bad lines and bad images are skipped and counted by reason;
+the summary is logged, stored in the dataset's metadata.json and returned by `build_folder`.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from llmimg_jax.data import images
+from llmimg_jax.data.tfds_utils import LocalCodePathMixin
+
+log = logging.getLogger(__name__)
+
+FILE_KEYS = ("file", "file_name", "filename", "image")
+CAPTION_KEYS = ("caption", "captions", "text")
+CAPTION_FILES = ("captions.jsonl", "captions.csv")
+_MAX_EXAMPLES_PER_REASON = 5
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+  folder: str = ""
+  image_size: int = 64
+  max_pixels: int = 0  # 0 -> PIL's Image.MAX_IMAGE_PIXELS
+
+
+def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderConfig:
+  """The config for `folder` at `image_size`; its name is stable for the same absolute path."""
+  if not folder:
+    raise ValueError("captioned_folder needs a source folder: set data.folder (or --folder).")
+  folder = os.path.abspath(os.path.expanduser(folder))
+  slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip("/")).lower()).strip("_")
+  digest = hashlib.sha1(folder.encode()).hexdigest()[:8]
+  return FolderConfig(name=f"{slug or 'folder'}_{image_size}_{digest}", folder=folder,
+                      image_size=image_size, max_pixels=max_pixels,
+                      description=f"Images of {folder} at {image_size}px.")
+
+
+class _Skips:
+  """Skip counts by reason, with a few examples of each."""
+
+  def __init__(self):
+    self.counts = collections.Counter()
+    self.examples = collections.defaultdict(list)
+
+  def add(self, reason: str, what: str) -> None:
+    self.counts[reason] += 1
+    if len(self.examples[reason]) < _MAX_EXAMPLES_PER_REASON:
+      self.examples[reason].append(what)
+
+
+def _resolve(folder: str, name: str) -> str | None:
+  """The path of `name` inside `folder`, or None if it points outside."""
+  path = os.path.normpath(os.path.join(folder, name))
+  return path if path.startswith(os.path.join(folder, "")) else None
+
+
+def _add_caption_entry(folder, where, file_name, captions, out, skips) -> None:
+  if not isinstance(file_name, str) or not file_name.strip():
+    skips.add("missing_key", where)
+    return
+  if isinstance(captions, str):
+    captions = [captions]
+  if not isinstance(captions, list):
+    skips.add("missing_key", where)
+    return
+  captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+  if not captions:
+    skips.add("empty_caption", where)
+    return
+  path = _resolve(folder, file_name.strip())
+  if path is None or not os.path.isfile(path):
+    skips.add("unknown_file", f"{where} ({file_name})")
+    return
+  out[os.path.relpath(path, folder)].extend(captions)
+
+
+def _first(obj: dict, keys) -> object:
+  return next((obj[k] for k in keys if k in obj), None)
+
+
+def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
+  """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv."""
+  out: dict[str, list[str]] = collections.defaultdict(list)
+  paths = [os.path.join(folder, f) for f in CAPTION_FILES]
+  if not any(os.path.isfile(p) for p in paths):
+    raise FileNotFoundError(
+        f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
+        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
+  jsonl, csv_path = paths
+  if os.path.isfile(jsonl):
+    with open(jsonl, "rb") as f:
+      for n, raw in enumerate(f, start=1):
+        where = f"captions.jsonl:{n}"
+        if not raw.strip():
+          continue
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+          skips.add("invalid_utf8", where)
+          continue
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError:
+          skips.add("invalid_json", where)
+          continue
+        if not isinstance(obj, dict):
+          skips.add("invalid_json", where)
+          continue
+        file_name, captions = _first(obj, FILE_KEYS), _first(obj, CAPTION_KEYS)
+        if file_name is None or captions is None:
+          skips.add("missing_key", where)
+          continue
+        _add_caption_entry(folder, where, file_name, captions, out, skips)
+  if os.path.isfile(csv_path):
+    with open(csv_path, "rb") as f:
+      text = f.read().decode("utf-8", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    fields = reader.fieldnames or []
+    file_col = next((k for k in FILE_KEYS if k in fields), None)
+    cap_col = next((k for k in CAPTION_KEYS if k in fields), None)
+    if file_col is None or cap_col is None:
+      raise ValueError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
+                       f"and a caption column (one of {CAPTION_KEYS}).")
+    for n, row in enumerate(reader, start=2):
+      where = f"captions.csv:{n}"
+      values = [v for v in row.values() if isinstance(v, str)]
+      if any(_has_surrogates(v) for v in values):
+        skips.add("invalid_utf8", where)
+        continue
+      _add_caption_entry(folder, where, row.get(file_col), row.get(cap_col) or "", out, skips)
+  return dict(out)
+
+
+def _has_surrogates(s: str) -> bool:
+  return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
+  """Your own images and captions. Pass `config=folder_config(folder, image_size)`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("file_format", "array_record")
+    if not isinstance(kwargs.get("config"), FolderConfig):
+      raise ValueError("captioned_folder needs config=folder_config(folder, image_size) "
+                       f"(got config={kwargs.get('config')!r}).")
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.BYTES),
+            "captions": tfds.features.Sequence(tfds.features.Text()),
+            "file_name": tfds.features.Text(),
+            "index": tfds.features.Scalar(dtype=np.int64),
+        }),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = self.builder_config
+    if not os.path.isdir(cfg.folder):
+      raise FileNotFoundError(f"captioned_folder: source folder {cfg.folder} does not exist; "
+                              "set data.folder (or --folder) to a folder of images.")
+    return {"train": self._generate_examples(cfg.folder)}
+
+  def _generate_examples(self, folder: str):
+    cfg = self.builder_config
+    skips, notes = _Skips(), _Skips()
+    captions = read_captions(folder, skips)
+    captioned = set(captions)
+    for root, _, files in os.walk(folder):
+      for f in files:
+        rel = os.path.relpath(os.path.join(root, f), folder)
+        if os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS and rel not in captioned:
+          skips.add("no_caption", rel)
+    index = 0
+    for rel in tqdm.tqdm(sorted(captions), desc=f"captioned_folder {folder}", unit="img"):
+      try:
+        image, image_notes = images.load_image(
+            os.path.join(folder, rel), cfg.image_size, cfg.max_pixels or None)
+      except images.SkipImage as e:
+        skips.add(e.reason, rel)
+        continue
+      for note in image_notes:
+        notes.add(note, rel)
+      yield rel, {"image": image, "captions": captions[rel], "file_name": rel, "index": index}
+      index += 1
+    summary = {
+        "folder": folder, "num_examples": index, "num_skipped": sum(skips.counts.values()),
+        "skipped": dict(sorted(skips.counts.items())),
+        "skipped_examples": {k: skips.examples[k] for k in sorted(skips.examples)},
+        "notes": dict(sorted(notes.counts.items())),
+    }
+    self.info.metadata["summary"] = summary
+    log_fn = log.warning if summary["num_skipped"] else log.info
+    log_fn("captioned_folder %s: %d examples, skipped %d: %s; notes: %s", folder, index,
+           summary["num_skipped"], summary["skipped"] or "none", summary["notes"] or "none")
+    if index == 0:
+      raise ValueError(f"captioned_folder: no usable image in {folder} (skipped: "
+                       f"{summary['skipped']}). Check the file names in the captions file.")
+
+
+def build_folder(folder: str, data_dir: str, image_size: int,
+                 max_pixels: int = 0) -> tuple[CaptionedFolder, dict]:
+  """Builds (if needed) the dataset of `folder`; returns (builder, skip summary)."""
+  builder = CaptionedFolder(config=folder_config(folder, image_size, max_pixels),
+                            data_dir=data_dir)
+  builder.download_and_prepare()
+  return builder, summary_of(builder)
+
+
+def summary_of(builder: CaptionedFolder) -> dict:
+  """The build summary stored in the dataset's metadata.json."""
+  meta = builder.info.metadata
+  if meta is None or "summary" not in meta:
+    raise ValueError(f"No build summary in {builder.data_dir}/metadata.json.")
+  return dict(meta["summary"])

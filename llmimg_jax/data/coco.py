@@ -1,0 +1,47 @@
+"""COCO captions through TFDS's `coco_captions`, mapped to this package's example format.
+
+TFDS's `coco_captions` builder imports TensorFlow (even to construct it), so this path needs the
+`tf` extra: `pip install 'llmimg_jax[tf]'`. Everything else in `llmimg_jax.data` works without it.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder imports it): "
+                 "install the `tf` extra, e.g. pip install 'llmimg_jax[tf]' (tensorflow-cpu).")
+
+
+def tensorflow_available() -> bool:
+  try:
+    import tensorflow  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def coco_builder(data_dir: str, *, prepare: bool = True):
+  """The `coco_captions` builder (array_record files, for random access); builds it if missing."""
+  if not tensorflow_available():
+    raise ImportError(TF_EXTRA_HINT)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder("coco_captions", data_dir=data_dir, file_format="array_record")
+  if prepare:
+    log.info("Preparing coco_captions in %s (downloads ~20 GB the first time).", data_dir)
+    builder.download_and_prepare()
+  return builder
+
+
+def coco_to_example(ex: dict) -> dict:
+  """A coco_captions record -> {'image': uint8 [h, w, 3], 'captions': list of str/bytes}."""
+  image = np.asarray(ex["image"])  # [h, w, 3]
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  elif image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  captions = ex["captions"]
+  texts = captions["text"] if isinstance(captions, dict) else captions
+  return {"image": image.astype(np.uint8), "captions": list(texts)}

@@ -1,0 +1,105 @@
+"""Robust decoding of user images to square uint8 RGB arrays (PIL only).
+
+Every failure is a `SkipImage` with a short reason, so a dataset build can count the reasons and
+carry on instead of crashing halfway.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+    ".pnm", ".tga", ".ico", ".jfif"})
+# What PIL's `format` may be for each extension; anything else is loaded but noted.
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
+            ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".tga": "TGA",
+            ".ico": "ICO", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM"}
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class SkipImage(Exception):
+  """An image that cannot be used; `reason` is one of the skip-summary keys."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+  """Any PIL mode -> uint8 [h, w, 3]; transparency is composited over white."""
+  mode = img.mode
+  if mode in _HIGH_BIT_MODES or mode == "F":
+    a = np.asarray(img).astype(np.float64)  # [h, w]
+    if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
+      a = a / 257.0  # 16-bit range -> 8-bit
+    elif mode == "F" and a.max(initial=0) <= 1.0:
+      a = a * 255.0
+    gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+  if has_alpha:
+    rgba = np.asarray(img.convert("RGBA"), np.float32)  # [h, w, 4]
+    alpha = rgba[..., 3:] / 255.0
+    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+  return np.asarray(img.convert("RGB"), np.uint8)
+
+
+def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
+  """Decodes `path`, applies EXIF orientation, resizes the shorter side to `size`, centre-crops.
+
+  Returns (uint8 [size, size, 3], notes) where notes are harmless oddities (e.g. a PNG named
+  .jpg, which is decoded by content). Raises SkipImage for anything unusable.
+  """
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in IMAGE_EXTENSIONS:
+    raise SkipImage("unsupported_extension", ext or "(none)")
+  if not os.path.isfile(path):
+    raise SkipImage("unknown_file", path)
+  if os.path.getsize(path) == 0:
+    raise SkipImage("empty_file", path)
+  max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+  notes = []
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      img = Image.open(path)
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise SkipImage("too_large", str(e)) from None
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise SkipImage("unreadable", str(e)) from None
+  with img:
+    w, h = img.size  # declared size, read from the header before decoding
+    if max_pixels and w * h > max_pixels:
+      raise SkipImage("too_large", f"{w}x{h} > {max_pixels} pixels")
+    if w == 0 or h == 0:
+      raise SkipImage("unreadable", f"declared size {w}x{h}")
+    if img.format and _FORMATS.get(ext) not in (None, img.format):
+      notes.append("extension_mismatch")
+    if img.format == "JPEG":
+      img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
+    try:
+      ImageFile.LOAD_TRUNCATED_IMAGES = False
+      img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+      reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
+      raise SkipImage(reason, str(e)) from None
+    try:
+      img = ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF: keep the stored orientation  # pylint: disable=broad-except
+      notes.append("bad_exif")
+    rgb = _to_rgb(img)  # [h, w, 3]
+  return resize_square(rgb, size), notes
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+  """Shorter side to `size` (LANCZOS), then centre crop; uint8 [size, size, 3]."""
+  h, w = rgb.shape[:2]
+  if (h, w) == (size, size):
+    return rgb
+  fitted = ImageOps.fit(Image.fromarray(rgb), (size, size), method=Image.LANCZOS)
+  return np.asarray(fitted, np.uint8)

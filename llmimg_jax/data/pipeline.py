@@ -1,0 +1,283 @@
+"""Grain input pipeline: random-access sources, seeded shuffle, host sharding, augmentation,
+tokenization in the loader workers, numpy batches, and global `jax.Array` batches.
+
+    it = make_iterator(cfg, tok, batch_size_per_host=64, seed=0)
+    batch = next(it)   # {'image': uint8 [b, R, R, 3], 'input_ids': int32 [b, L],
+                       #  'attention_mask': int32 [b, L], 'index': int64 [b]}
+    state = it.get_state(); ...; it.set_state(state)   # resumes with the exact same batches
+
+Per-record randomness (crop, flip, caption choice) comes from grain's per-record RNG, derived
+from `seed` and the record's position in the sampler order, so it does not depend on workers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("captioned_shapes", "captioned_folder", "coco_captions")
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "captioned_shapes"  # one of DATASETS
+  c.config = "32_small"  # captioned_shapes builder config (see captioned_shapes.BUILDER_CONFIGS)
+  c.data_dir = (os.environ.get("LLMIMG_DATA_DIR") or os.environ.get("TFDS_DATA_DIR")
+                or DEFAULT_DATA_DIR)
+  c.folder = ""  # captioned_folder: the folder with images and captions.jsonl / captions.csv
+  c.store_size = 0  # captioned_folder: stored resolution (0 = image_size)
+  c.max_pixels = 0  # captioned_folder: skip images declaring more pixels (0 = PIL's limit)
+  c.image_size = 32  # model resolution
+  c.random_crop = 0.0  # smallest crop side as a fraction of the image (0/False = centre crop)
+  c.random_flip = False  # horizontal flip; swaps 'left'/'right' in the caption
+  c.num_workers = 0  # grain worker processes (0 = in process)
+  c.worker_buffer_size = 2
+  c.build_num_proc = 0  # processes used to build captioned_shapes (0 = automatic)
+  return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+class ExampleSource:
+  """Random access to {'image': uint8 [h, w, 3], 'captions': list[str], 'index': int64}.
+
+  `index` is the record's position in this source. Picklable (grain worker processes).
+  """
+
+  def __init__(self, source, name: str, split: str, resolution: int | None):
+    self._source = source
+    self.name, self.split, self.resolution = name, split, resolution
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    ex = self._source[index]
+    if self.name == "coco_captions":
+      from llmimg_jax.data.coco import coco_to_example  # pylint: disable=g-import-not-at-top
+      ex = coco_to_example(ex)
+    captions = [_text(c) for c in ex["captions"]]
+    if not captions:
+      raise ValueError(f"{self.name}/{self.split} record {index} has no captions.")
+    return {"image": np.asarray(ex["image"], np.uint8), "captions": captions,
+            "index": np.int64(index)}
+
+  def __repr__(self) -> str:
+    return f"ExampleSource({self.name}, split={self.split!r}, {len(self)} records)"
+
+
+def _text(t) -> str:
+  return t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
+
+
+def _data_dir(data_cfg) -> str:
+  return os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
+
+
+def validate_data_config(data_cfg) -> None:
+  """Raises ValueError naming the bad field and the fix."""
+  name = data_cfg.get("name")
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
+  if int(data_cfg.get("image_size") or 0) <= 0:
+    raise ValueError(f"data.image_size must be a positive int, got {data_cfg.get('image_size')}.")
+  crop = data_cfg.get("random_crop", 0.0)
+  if not isinstance(crop, bool) and not 0.0 <= float(crop) <= 1.0:
+    raise ValueError(f"data.random_crop must be a bool or a fraction in [0, 1], got {crop}.")
+  if name == "captioned_shapes":
+    from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+    configs = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}
+    if data_cfg.get("config") not in configs:
+      raise ValueError(f"Unknown captioned_shapes config data.config={data_cfg.get('config')!r};"
+                       f" expected one of {sorted(configs)}.")
+    res = configs[data_cfg.config].resolution
+    if data_cfg.image_size > res:
+      fits = sorted(n for n, c in configs.items() if c.resolution == data_cfg.image_size)
+      raise ValueError(
+          f"data.image_size={data_cfg.image_size} but captioned_shapes/{data_cfg.config} stores "
+          f"{res}px images; pick a config with {data_cfg.image_size}px images {fits} or set "
+          f"data.image_size <= {res}.")
+  if name == "captioned_folder":
+    folder = data_cfg.get("folder")
+    if not folder or not os.path.isdir(os.path.expanduser(folder)):
+      raise ValueError(f"captioned_folder needs data.folder set to an existing folder of images "
+                       f"with captions.jsonl or captions.csv (got {folder!r}).")
+    store = int(data_cfg.get("store_size") or 0)
+    if store and store < data_cfg.image_size:
+      raise ValueError(f"data.store_size={store} < data.image_size={data_cfg.image_size}: "
+                       "images would be upsampled; raise store_size or set it to 0.")
+
+
+def load_source(data_cfg, split: str = "train") -> ExampleSource:
+  """The random-access source of `split`; builds captioned_shapes/captioned_folder if missing."""
+  validate_data_config(data_cfg)
+  data_dir, name = _data_dir(data_cfg), data_cfg.name
+  if name == "captioned_shapes":
+    from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+    num_proc = int(data_cfg.get("build_num_proc") or 0) or None
+    builder = captioned_shapes.CaptionedShapes(config=data_cfg.config, data_dir=data_dir,
+                                               num_proc=num_proc)
+    resolution = builder.builder_config.resolution
+  elif name == "captioned_folder":
+    from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
+    size = int(data_cfg.get("store_size") or 0) or int(data_cfg.image_size)
+    builder = captioned_folder.CaptionedFolder(
+        config=captioned_folder.folder_config(data_cfg.folder, size,
+                                              int(data_cfg.get("max_pixels") or 0)),
+        data_dir=data_dir)
+    resolution = size
+  else:
+    from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
+    builder, resolution = coco.coco_builder(data_dir, prepare=False), None
+  if not builder.is_prepared():
+    log.info("Building %s/%s into %s.", name, builder.builder_config.name if
+             builder.builder_config else "", data_dir)
+  builder.download_and_prepare()
+  splits = list(builder.info.splits.keys())
+  if split not in splits:
+    raise ValueError(f"{name}/{builder.builder_config.name} has no split {split!r}; "
+                     f"available: {splits}.")
+  return ExampleSource(builder.as_data_source(split), name, split, resolution)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+def swap_left_right(text: str) -> str:
+  """The caption of the mirrored image ('left' <-> 'right')."""
+  return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [h, w, 3] -> [size, size, 3] (LANCZOS; a no-op when already that size)."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS), np.uint8)
+
+
+class Augment(grain.transforms.RandomMap):
+  """Square crop (random or centre), resize, optional flip, and one random caption."""
+
+  def __init__(self, image_size: int, crop_min: float = 0.0, flip: bool = False):
+    self.image_size, self.crop_min, self.flip = int(image_size), float(crop_min), bool(flip)
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    image = element["image"]  # [h, w, 3]
+    h, w = image.shape[:2]
+    side = min(h, w)
+    if 0.0 < self.crop_min < 1.0:
+      side = max(1, int(round(side * rng.uniform(self.crop_min, 1.0))))
+      y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+    else:
+      y0, x0 = (h - side) // 2, (w - side) // 2
+    image = resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), self.image_size)
+    captions = element["captions"]
+    caption = captions[int(rng.integers(len(captions)))]
+    if self.flip and rng.random() < 0.5:
+      image, caption = np.ascontiguousarray(image[:, ::-1]), swap_left_right(caption)
+    return {"image": image, "caption": caption, "index": element["index"]}
+
+
+class Tokenize(grain.transforms.Map):
+  """Batched captions -> input_ids / attention_mask (runs in the loader workers)."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+
+  def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+    tokens = self.tokenizer([str(c) for c in element["caption"]])
+    return {"image": element["image"],  # [b, R, R, 3]
+            "input_ids": tokens["input_ids"].astype(np.int32),  # [b, L]
+            "attention_mask": tokens["attention_mask"].astype(np.int32),  # [b, L]
+            "index": np.asarray(element["index"], np.int64)}  # [b]
+
+
+def _crop_min(random_crop) -> float:
+  if isinstance(random_crop, bool):
+    return 0.8 if random_crop else 0.0
+  return float(random_crop or 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Iterator and global batches
+
+
+def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
+                  split: str = "train", shuffle: bool = True, num_epochs: int | None = None,
+                  process_index: int | None = None, process_count: int | None = None,
+                  source: ExampleSource | None = None) -> grain.DataLoaderIterator:
+  """Batches of this host's shard; infinite unless `num_epochs` is set.
+
+  Hosts (JAX processes) read disjoint interleaved shards of one global seeded order. The
+  iterator's `get_state()`/`set_state()` (or orbax with `grain.checkpoint.CheckpointSave/
+  CheckpointRestore`) resume with the exact same batches.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
+  source = source if source is not None else load_source(data_cfg, split)
+  per_host = len(source) // process_count
+  if num_epochs is not None and per_host * num_epochs < batch_size_per_host:
+    raise ValueError(
+        f"{source!r} gives {per_host} records per host ({process_count} hosts), fewer than one "
+        f"batch of {batch_size_per_host}: lower batch_size_per_host or use a bigger split.")
+  num_workers = int(data_cfg.get("num_workers", 0) or 0)
+  if num_workers > 0:
+    _ensure_absl_flags_parsed()
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shuffle=shuffle, seed=int(seed), num_epochs=num_epochs)
+  operations = [
+      Augment(data_cfg.image_size, _crop_min(data_cfg.get("random_crop", 0.0)),
+              bool(data_cfg.get("random_flip", False))),
+      grain.transforms.Batch(batch_size=batch_size_per_host, drop_remainder=True),
+      Tokenize(tokenizer),
+  ]
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler, operations=operations,
+      worker_count=num_workers,
+      worker_buffer_size=int(data_cfg.get("worker_buffer_size", 1) or 1),
+      shard_options=grain.sharding.ShardOptions(
+          shard_index=process_index, shard_count=process_count, drop_remainder=True))
+  return iter(loader)
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; outside `absl.app.run` nothing parsed them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh, axis: str = "data") -> dict[str, Any]:
+  """Each host's numpy batch -> global `jax.Array`s sharded over `axis` of `mesh`.
+
+  Non-numeric entries (e.g. strings) are dropped. The global batch is the concatenation of all
+  hosts' batches, so every host must pass the same batch size.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf":
+      continue
+    spec = P(axis, *([None] * (value.ndim - 1)))
+    out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), value)
+  return out

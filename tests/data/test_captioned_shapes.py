@@ -1,0 +1,141 @@
+"""captioned_shapes: determinism, holdout pairs, and captions that agree with the ground truth."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from llmimg_jax.data import captioned_shapes, pipeline, shapes
+
+
+def _pattern(words) -> re.Pattern:
+  alternatives = sorted(words, key=len, reverse=True)  # longest first: "five-pointed star"
+  return re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, alternatives)) + r")(?![\w-])")
+
+
+_COLOR_OF = {w: c for c, ws in shapes.COLOR_SYNONYMS.items() for w in ws}
+_SHAPE_OF = {w: s for s, ws in shapes.SHAPE_SYNONYMS.items() if s != "blob" for w in ws}
+_SIZE_OF = {w: s for s, ws in shapes.SIZE_SYNONYMS.items() for w in ws}
+_COLOR_RE, _SHAPE_RE, _SIZE_RE = _pattern(_COLOR_OF), _pattern(_SHAPE_OF), _pattern(_SIZE_OF)
+
+
+def _mentions(caption: str):
+  return ({_COLOR_OF[m] for m in _COLOR_RE.findall(caption)},
+          {_SHAPE_OF[m] for m in _SHAPE_RE.findall(caption)},
+          {_SIZE_OF[m] for m in _SIZE_RE.findall(caption)})
+
+
+def _examples(cfg, split):
+  source = pipeline.load_source(cfg, split)._source  # raw TFDS records, ground truth included
+  return [source[i] for i in range(len(source))]
+
+
+def test_vocabulary_sizes():
+  assert len(shapes.SCENE_SHAPES) >= 6 and len(shapes.COLORS) >= 8 and len(shapes.SIZES) == 2
+  assert len(set(shapes.HOLDOUT_PAIRS)) >= 6
+  # Every shape and colour still occurs in train with other partners.
+  train = shapes.allowed_pairs("train")
+  assert {s for s, _ in train} == {shapes.SHAPES.index(s) for s in shapes.SCENE_SHAPES}
+  assert {c for _, c in train} == set(range(len(shapes.COLORS)))
+
+
+def test_render_is_deterministic_per_example():
+  spec = shapes.SceneSpec(resolution=32, seed=3)
+  a, b = shapes.render_example(spec, "train", 7), shapes.render_example(spec, "train", 7)
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert a["captions"] == b["captions"]
+  c = shapes.render_example(spec, "train", 8)
+  d = shapes.render_example(shapes.SceneSpec(resolution=32, seed=4), "train", 7)
+  assert not np.array_equal(a["image"], c["image"]) and not np.array_equal(a["image"], d["image"])
+  assert a["image"].dtype == np.uint8 and a["image"].shape == (32, 32, 3)
+
+
+def test_build_splits_and_sizes(shapes_cfg):
+  for split, n in (("train", 256), ("test", 64), ("holdout", 64)):
+    assert len(pipeline.load_source(shapes_cfg, split)) == n
+  # Generation indices cover the split exactly once.
+  assert sorted(int(e["index"]) for e in _examples(shapes_cfg, "test")) == list(range(64))
+
+
+def test_holdout_pairs_never_in_train_or_test(shapes_cfg):
+  holdout = {(shapes.SHAPES.index(s), shapes.COLORS.index(c)) for s, c in shapes.HOLDOUT_PAIRS}
+  for split in ("train", "test", "holdout"):
+    pairs = set()
+    for e in _examples(shapes_cfg, split):
+      n = int(e["num_objects"])
+      assert 1 <= n <= 3 and (e["shape"][n:] == -1).all() and (e["color"][n:] == -1).all()
+      pairs |= {(int(s), int(c)) for s, c in zip(e["shape"][:n], e["color"][:n])}
+    if split == "holdout":
+      assert pairs <= holdout and len(pairs) >= 6
+    else:
+      assert not pairs & holdout, (split, pairs & holdout)
+  # Also over many sampled scenes (cheap: no rendering).
+  for i in range(3000):
+    gt = shapes.sample_scene(np.random.default_rng([0, 0, i]), "train", colors_only=False)
+    n = int(gt["num_objects"])
+    assert not {(int(s), int(c)) for s, c in zip(gt["shape"][:n], gt["color"][:n])} & holdout
+
+
+def test_captions_agree_with_ground_truth(shapes_cfg):
+  for split in ("train", "holdout"):
+    for e in _examples(shapes_cfg, split):
+      n = int(e["num_objects"])
+      colors = {shapes.COLORS[c] for c in e["color"][:n]}
+      kinds = {shapes.SHAPES[s] for s in e["shape"][:n]}
+      sizes = {shapes.SIZES[z] for z in e["size"][:n]}
+      assert len(e["captions"]) == 3
+      for caption in (c.decode() for c in e["captions"]):
+        mentioned_colors, mentioned_shapes, mentioned_sizes = _mentions(caption)
+        assert mentioned_colors == colors, caption
+        assert mentioned_shapes == kinds, caption
+        assert mentioned_sizes <= sizes, caption
+
+
+def test_pixels_agree_with_ground_truth(shapes_cfg):
+  """The centre of each large object's cell has (nearly) the object's colour."""
+  palette = np.array([shapes.RGB[c] for c in shapes.COLORS], np.float32)
+  checked = 0
+  for e in _examples(shapes_cfg, "train"):
+    r = e["image"].shape[0]
+    for i in range(int(e["num_objects"])):
+      if e["size"][i] != shapes.SIZES.index("large"):
+        continue
+      row, col = divmod(int(e["cell"][i]), 3)
+      pixel = e["image"][int((row + 0.5) * r / 3), int((col + 0.5) * r / 3)].astype(np.float32)
+      assert np.argmin(((palette - pixel) ** 2).sum(-1)) == e["color"][i]
+      checked += 1
+  assert checked > 50
+
+
+def test_spatial_relation_words_match_cells():
+  rng = np.random.default_rng(0)
+  assert shapes._relation(0, 2, rng) in ("left of", "to the left of")  # pylint: disable=protected-access
+  assert shapes._relation(7, 1, rng) in ("below", "under")  # pylint: disable=protected-access
+
+
+def test_colors_only_variant(tmp_path):
+  cfg = captioned_shapes.ShapesConfig(name="colors_test", resolution=32, num_train=48,
+                                      num_test=0, num_holdout=0, colors_only=True)
+  builder = captioned_shapes.CaptionedShapes(config=cfg, data_dir=str(tmp_path), num_proc=1)
+  builder.download_and_prepare()
+  assert list(builder.info.splits.keys()) == ["train"]
+  source = builder.as_data_source("train")
+  seen = set()
+  for i in range(len(source)):
+    e = source[i]
+    assert int(e["num_objects"]) == 1 and shapes.SHAPES[e["shape"][0]] == "blob"
+    color = shapes.COLORS[e["color"][0]]
+    assert color in shapes.COLORS_ONLY
+    seen.add(color)
+    for caption in (c.decode() for c in e["captions"]):
+      mentioned_colors, mentioned_shapes, _ = _mentions(caption)
+      assert mentioned_colors == {color} and not mentioned_shapes, caption
+  assert len(seen) >= 6
+
+
+def test_predefined_configs():
+  names = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}
+  for name in ("32", "64", "128"):
+    assert names[name].resolution == int(name) and names[name].num_train == 50_000
+  assert names["32_small"].num_train == names["64_small"].num_train == 2_000
+  assert names["colors_32"].colors_only and names["colors_32"].num_holdout == 0
