@@ -1,0 +1,195 @@
+"""Grain pipeline: determinism, host sharding, augmentation, checkpointing, global batches."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llmimg_jax.data import pipeline
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _iterator(cfg, tok, **kw):
+  kw.setdefault("process_index", 0)
+  kw.setdefault("process_count", 1)
+  kw.setdefault("batch_size_per_host", 16)
+  kw.setdefault("seed", 0)
+  return pipeline.make_iterator(cfg, tok, **kw)
+
+
+def test_batch_format(shapes_cfg, tokenizer):
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.image_size = 16
+  batch = next(_iterator(cfg, tokenizer, batch_size_per_host=8))
+  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (8, 16, 16, 3)
+  assert batch["input_ids"].dtype == np.int32 and batch["input_ids"].shape == (8, 64)
+  assert batch["attention_mask"].dtype == np.int32 and batch["attention_mask"].shape == (8, 64)
+  assert batch["index"].shape == (8,)
+  # The tokens decode to one of the record's captions (maybe truncated to 64 bytes).
+  source = pipeline.load_source(cfg, "train")
+  for text, index in zip(tokenizer.decode(batch["input_ids"]), batch["index"]):
+    assert any(c.startswith(text) for c in source[int(index)]["captions"]), text
+
+
+def test_same_seed_same_batches_different_seed_differs(shapes_cfg, tokenizer):
+  a = _take(_iterator(shapes_cfg, tokenizer, seed=1), 3)
+  b = _take(_iterator(shapes_cfg, tokenizer, seed=1), 3)
+  c = _take(_iterator(shapes_cfg, tokenizer, seed=2), 3)
+  _assert_same(a, b)
+  assert not all(np.array_equal(x["index"], y["index"]) for x, y in zip(a, c))
+
+
+def test_two_hosts_get_disjoint_shards_covering_the_split(shapes_cfg, tokenizer):
+  seen = []
+  for host in (0, 1):
+    it = _iterator(shapes_cfg, tokenizer, seed=5, num_epochs=1, process_index=host,
+                   process_count=2)
+    seen.append(np.concatenate([b["index"] for b in it]))
+  assert len(seen[0]) == len(seen[1]) == 128
+  assert not set(seen[0]) & set(seen[1])
+  assert sorted(np.concatenate(seen)) == list(range(256))
+
+
+def test_infinite_by_default_and_epochs_reshuffle(shapes_cfg, tokenizer):
+  it = _iterator(shapes_cfg, tokenizer, batch_size_per_host=64)
+  epochs = [np.concatenate([b["index"] for b in _take(it, 4)]) for _ in range(2)]
+  assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(256))
+  assert not np.array_equal(epochs[0], epochs[1])
+  ordered = np.concatenate([b["index"] for b in _iterator(
+      shapes_cfg, tokenizer, shuffle=False, num_epochs=1, batch_size_per_host=64)])
+  assert list(ordered) == list(range(256))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_state_restore_mid_epoch_gives_identical_batches(shapes_cfg, tokenizer, num_workers):
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.num_workers = num_workers
+  cfg.random_crop = 0.8
+  cfg.random_flip = True
+  it = _iterator(cfg, tokenizer, seed=3)
+  _take(it, 3)
+  state = it.get_state()
+  expected = _take(it, 4)
+  resumed = _iterator(cfg, tokenizer, seed=3)
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 4), expected)
+
+
+def test_orbax_checkpoint_roundtrip(shapes_cfg, tokenizer, tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  import grain
+  it = _iterator(shapes_cfg, tokenizer, seed=4)
+  _take(it, 2)
+  checkpointer = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+  checkpointer.save(tmp_path / "data_state", args=grain.checkpoint.CheckpointSave(it))
+  expected = _take(it, 2)
+  resumed = _iterator(shapes_cfg, tokenizer, seed=4)
+  checkpointer.restore(tmp_path / "data_state", args=grain.checkpoint.CheckpointRestore(resumed))
+  _assert_same(_take(resumed, 2), expected)
+
+
+def test_augment_flip_swaps_left_and_right():
+  image = np.zeros((8, 8, 3), np.uint8)
+  image[:, :4] = 255  # left half white
+  aug = pipeline.Augment(image_size=8, flip=True)
+  element = {"image": image, "captions": ["a star left of a circle"], "index": np.int64(0)}
+  outs = [aug.random_map(element, np.random.default_rng(s)) for s in range(16)]
+  flipped = [o for o in outs if o["image"][0, 0, 0] == 0]
+  kept = [o for o in outs if o["image"][0, 0, 0] == 255]
+  assert flipped and kept
+  assert all(o["caption"] == "a star right of a circle" for o in flipped)
+  assert all(o["caption"] == "a star left of a circle" for o in kept)
+  assert pipeline.swap_left_right("top-left: a box; right: a leftover") == (
+      "top-right: a box; left: a leftover")
+
+
+def test_augment_random_crop_and_resize():
+  image = np.asarray(Image.new("RGB", (40, 30), (10, 20, 30)))
+  crop = pipeline.Augment(image_size=16, crop_min=0.5)
+  centre = pipeline.Augment(image_size=16)
+  element = {"image": image, "captions": ["x", "y"], "index": np.int64(0)}
+  for s in range(8):
+    out = crop.random_map(element, np.random.default_rng(s))
+    assert out["image"].shape == (16, 16, 3) and out["caption"] in ("x", "y")
+  np.testing.assert_allclose(centre.random_map(element, np.random.default_rng(0))["image"],
+                             np.broadcast_to([10, 20, 30], (16, 16, 3)), atol=1)
+
+
+def test_config_validation_errors(shapes_cfg, tmp_path):
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.name = "imagenet"
+  with pytest.raises(ValueError, match="Unknown dataset data.name='imagenet'"):
+    pipeline.load_source(cfg)
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.config = "17"
+  with pytest.raises(ValueError, match="Unknown captioned_shapes config"):
+    pipeline.load_source(cfg)
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.image_size = 64
+  with pytest.raises(ValueError, match=r"stores 32px images.*'64', '64_small'"):
+    pipeline.load_source(cfg)
+  cfg = shapes_cfg.copy_and_resolve_references()
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    pipeline.load_source(cfg, "validation")
+  cfg.name = "captioned_folder"
+  cfg.folder = str(tmp_path / "missing")
+  with pytest.raises(ValueError, match="data.folder"):
+    pipeline.load_source(cfg)
+
+
+def test_captioned_folder_through_the_pipeline(tmp_path, tokenizer):
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  lines = []
+  for i in range(6):
+    Image.new("RGB", (30 + i, 20), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    lines.append(f'{{"file": "{i}.png", "captions": ["red {i}", "crimson {i}"]}}')
+  (folder / "captions.jsonl").write_text("\n".join(lines))
+  cfg = pipeline.default_data_config()
+  cfg.update(name="captioned_folder", folder=str(folder), data_dir=str(tmp_path / "tfds"),
+             image_size=8, store_size=12)
+  batches = list(_iterator(cfg, tokenizer, batch_size_per_host=3, num_epochs=1))
+  assert len(batches) == 2 and batches[0]["image"].shape == (3, 8, 8, 3)
+  source = pipeline.load_source(cfg)
+  assert source.resolution == 12 and source[0]["image"].shape == (12, 12, 3)
+
+
+def test_to_global_batch_over_a_4_device_mesh():
+  script = textwrap.dedent("""
+      import jax, numpy as np
+      from jax.sharding import Mesh
+      from llmimg_jax.data.pipeline import to_global_batch
+      mesh = Mesh(np.array(jax.devices()), ("data",))
+      batch = {"image": np.arange(8 * 2 * 2 * 3, dtype=np.uint8).reshape(8, 2, 2, 3),
+               "input_ids": np.arange(8 * 5, dtype=np.int32).reshape(8, 5),
+               "caption": np.array(["x"] * 8)}
+      out = to_global_batch(batch, mesh)
+      assert set(out) == {"image", "input_ids"}, out.keys()
+      assert out["image"].shape == (8, 2, 2, 3) and len(out["image"].addressable_shards) == 4
+      assert all(s.data.shape == (2, 5) for s in out["input_ids"].addressable_shards)
+      np.testing.assert_array_equal(np.asarray(out["input_ids"]), batch["input_ids"])
+      print("OK", len(jax.devices()))
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "OK 4" in result.stdout
+
