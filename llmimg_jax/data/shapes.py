@@ -54,7 +54,7 @@ CELL_PHRASES = {
     1: ("at the top", "in the top middle", "at the top center"),
     2: ("in the top right corner", "at the top right", "in the upper right"),
     3: ("on the left", "in the middle left", "at the left side"),
-    4: ("in the center", "in the middle", "right in the middle"),
+    4: ("in the center", "in the middle", "in the very middle"),
     5: ("on the right", "in the middle right", "at the right side"),
     6: ("in the bottom left corner", "at the bottom left", "in the lower left"),
     7: ("at the bottom", "in the bottom middle", "at the bottom center"),

@@ -89,6 +89,9 @@ def test_captions_agree_with_ground_truth(shapes_cfg):
         assert mentioned_colors == colors, caption
         assert mentioned_shapes == kinds, caption
         assert mentioned_sizes <= sizes, caption
+        if n == 1:  # 'left'/'right' only name the column (so a flip can swap them)
+          col = int(e["cell"][0]) % 3
+          assert ("left" in caption) == (col == 0) and ("right" in caption) == (col == 2), caption
 
 
 def test_pixels_agree_with_ground_truth(shapes_cfg):

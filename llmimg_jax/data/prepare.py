@@ -1,0 +1,107 @@
+"""Builds a dataset and optionally writes a preview grid of examples with their captions.
+
+  python -m llmimg_jax.data.prepare --dataset captioned_shapes/64 --data_dir ~/tensorflow_datasets \
+      --preview shapes.png
+  python -m llmimg_jax.data.prepare --dataset captioned_folder --folder my_photos --image_size 128
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import textwrap
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from llmimg_jax.data import pipeline
+
+log = logging.getLogger(__name__)
+
+
+def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
+                 lines: int = 5) -> Image.Image:
+  """Examples (upscaled to `cell` px) with their first caption wrapped underneath."""
+  font = ImageFont.load_default()
+  line_h = 12
+  text_h = lines * line_h + 6
+  num = min(num, len(source))
+  rows = -(-num // columns)
+  grid = Image.new("RGB", (columns * cell, rows * (cell + text_h)), "white")
+  draw = ImageDraw.Draw(grid)
+  chars = max(8, cell // 6)
+  for i in range(num):
+    ex = source[i]
+    image = Image.fromarray(np.asarray(ex["image"], np.uint8))  # [h, w, 3]
+    resample = Image.NEAREST if image.width * 2 <= cell else Image.LANCZOS
+    image = image.resize((cell, cell * image.height // image.width), resample).crop(
+        (0, 0, cell, cell))
+    x, y = (i % columns) * cell, (i // columns) * (cell + text_h)
+    grid.paste(image, (x, y))
+    wrapped = textwrap.wrap(ex["captions"][0], chars)
+    if len(wrapped) > lines:
+      wrapped = wrapped[:lines - 1] + [wrapped[lines - 1][:chars - 3] + "..."]
+    for j, line in enumerate(wrapped):
+      draw.text((x + 3, y + cell + 3 + j * line_h), line, fill="black", font=font)
+  return grid
+
+
+def data_config_from_args(args: argparse.Namespace):
+  cfg = pipeline.default_data_config()
+  name, _, config = args.dataset.partition("/")
+  cfg.name = name
+  if config:
+    cfg.config = config
+  if args.data_dir:
+    cfg.data_dir = args.data_dir
+  if args.folder:
+    cfg.folder = args.folder
+  if name == "captioned_shapes":
+    from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+    known = {c.name: c.resolution for c in captioned_shapes.BUILDER_CONFIGS}
+    cfg.image_size = args.image_size or known.get(cfg.config, cfg.image_size)
+  else:
+    cfg.image_size = args.image_size or 64
+  cfg.build_num_proc = args.num_proc
+  return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", required=True,
+                      help="NAME[/CONFIG]: captioned_shapes/64_small, captioned_folder, "
+                           "coco_captions")
+  parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: "
+                      "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  parser.add_argument("--folder", default=None, help="captioned_folder: images + captions")
+  parser.add_argument("--image_size", type=int, default=0,
+                      help="captioned_folder: stored resolution (default 64)")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--preview", default=None, help="write a PNG grid of examples here")
+  parser.add_argument("--num_proc", type=int, default=0, help="build processes (0 = auto)")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+  cfg = data_config_from_args(args)
+  start = time.perf_counter()
+  source = pipeline.load_source(cfg, args.split)
+  seconds = time.perf_counter() - start
+  report = {"dataset": args.dataset, "split": args.split, "num_examples": len(source),
+            "seconds": round(seconds, 1), "data_dir": cfg.data_dir}
+  if cfg.name == "captioned_folder":
+    from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
+    builder = captioned_folder.CaptionedFolder(
+        config=captioned_folder.folder_config(cfg.folder, cfg.image_size), data_dir=cfg.data_dir)
+    report["summary"] = captioned_folder.summary_of(builder)
+  if args.preview:
+    preview_grid(source).save(args.preview)
+    report["preview"] = args.preview
+  print(json.dumps(report, indent=2))
+  return report
+
+
+if __name__ == "__main__":
+  main()

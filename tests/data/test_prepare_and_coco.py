@@ -1,0 +1,67 @@
+"""The prepare CLI (build + preview grid) and the coco_captions mapping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llmimg_jax.data import coco, pipeline, prepare
+
+
+def test_prepare_builds_and_writes_preview(shapes_cfg, tmp_path):
+  out = tmp_path / "grid.png"
+  report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                         shapes_cfg.data_dir, "--preview", str(out)])
+  assert report["num_examples"] == 256
+  grid = Image.open(out)
+  assert grid.mode == "RGB" and grid.width == 4 * 160 and grid.height > 4 * 160
+  # Caption text (dark pixels) is drawn below the first image.
+  strip = np.asarray(grid)[160:200, :160]
+  assert (strip < 100).any()
+
+
+def test_prepare_captioned_folder_reports_summary(tmp_path):
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (10, 10), "red").save(folder / "a.png")
+  (folder / "b.png").write_bytes(b"")
+  (folder / "captions.jsonl").write_text(
+      '{"file": "a.png", "caption": "red"}\n{"file": "b.png", "caption": "empty"}\nnot json\n')
+  report = prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
+                         str(tmp_path / "tfds"), "--image_size", "8"])
+  assert report["num_examples"] == 1
+  assert report["summary"]["skipped"] == {"empty_file": 1, "invalid_json": 1}
+
+
+def test_coco_to_example_mapping():
+  ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
+        "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}
+  out = coco.coco_to_example(ex)
+  assert out["image"].shape == (5, 7, 3) and out["captions"] == [b"a cat", b"a dog"]
+  gray = coco.coco_to_example({"image": np.zeros((5, 7, 1), np.uint8), "captions": ["x"]})
+  assert gray["image"].shape == (5, 7, 3)
+
+
+@pytest.mark.skipif(coco.tensorflow_available(), reason="TensorFlow is installed")
+def test_coco_without_tensorflow_names_the_tf_extra(tmp_path):
+  cfg = pipeline.default_data_config()
+  cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
+  with pytest.raises(ImportError, match=r"`tf` extra.*llmimg_jax\[tf\]"):
+    pipeline.load_source(cfg)
+
+
+@pytest.mark.tf
+@pytest.mark.skipif(not coco.tensorflow_available(),
+                    reason="needs the `tf` extra: TFDS's coco_captions builder imports TensorFlow")
+def test_coco_through_the_pipeline_with_mock_data(tmp_path, tokenizer):
+  import tensorflow_datasets as tfds
+  cfg = pipeline.default_data_config()
+  cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
+  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+    source = pipeline.load_source(cfg, "train")
+    ex = source[0]
+    assert ex["image"].dtype == np.uint8 and ex["image"].ndim == 3 and ex["image"].shape[-1] == 3
+    assert ex["captions"] and all(isinstance(c, str) for c in ex["captions"])
+    batch = next(pipeline.make_iterator(cfg, tokenizer, batch_size_per_host=4, seed=0,
+                                        process_index=0, process_count=1, source=source))
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["input_ids"].shape == (4, 64)
