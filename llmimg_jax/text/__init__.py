@@ -1,0 +1,14 @@
+"""Flax (linen) T5 text model: config, modules, HF checkpoint loading, generation, tokenizers."""
+from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.generate import generate, strip_generated
+from llmimg_jax.text.generator import TextGenerator
+from llmimg_jax.text.loading import (convert_state_dict, init_params, load_pretrained, load_t5,
+                                     read_state_dict)
+from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
+from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+
+__all__ = [
+    "T5Config", "T5EncoderModel", "T5ForConditionalGeneration", "TextGenerator", "TextTokenizer",
+    "convert_state_dict", "generate", "init_params", "load_pretrained", "load_t5",
+    "load_tokenizer", "read_state_dict", "strip_generated",
+]

@@ -1,0 +1,67 @@
+"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...] [--encode_out FILE.npy]
+
+Prints one generated text per --text, or saves the encoder's last hidden states
+(float32 [batch, max_length, d_model]) to --encode_out. Without --model: an untrained offline T5.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m llmimg_jax.text", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default=None, help="checkpoint directory or hub name (default: "
+                 "untrained byte-level T5 with the ByT5 tokenizer)")
+  p.add_argument("--text", action="append", required=True, help="input text; repeatable")
+  p.add_argument("--max_length", type=int, default=64, help="tokenizer length (pad/truncate)")
+  p.add_argument("--max_new_tokens", type=int, default=32)
+  p.add_argument("--num_beams", type=int, default=1)
+  p.add_argument("--do_sample", action="store_true")
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--top_k", type=int, default=0)
+  p.add_argument("--top_p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params stay fp32)")
+  p.add_argument("--encode_out", default=None,
+                 help="save encoder states to this .npy instead of generating")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("llmimg_jax").setLevel(logging.INFO)
+  import jax.numpy as jnp
+
+  from llmimg_jax.text.generator import TextGenerator
+
+  try:
+    gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
+                                        dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
+                                        seed=args.seed)
+  except (OSError, ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.encode_out:
+    states = gen.encode(args.text)
+    out_dir = os.path.dirname(os.path.abspath(args.encode_out))
+    os.makedirs(out_dir, exist_ok=True)
+    np.save(args.encode_out, states)
+    print(f"saved encoder states {states.shape} {states.dtype} to {args.encode_out}")
+    return 0
+  texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                       num_beams=args.num_beams, do_sample=args.do_sample,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  for t in texts:
+    print(t)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

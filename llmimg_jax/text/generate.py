@@ -1,0 +1,215 @@
+"""Jitted T5 generation with a preallocated KV cache: greedy, sampling and beam search.
+
+Beam search follows transformers' vectorised beam search with its default `early_stopping=False`
+(keep 2 * num_beams candidates per step, finish hypotheses whose scores are length-normalised by
+`generated_len ** length_penalty`, stop when no running beam can beat the worst finished one).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.modeling import T5ForConditionalGeneration
+
+NEG = -1.0e9  # transformers' "impossible" score offset
+
+
+def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, max_new_tokens: int,
+             num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, length_penalty: float = 1.0, min_new_tokens: int = 0,
+             rng: jax.Array | None = None, dtype: Any = jnp.float32) -> jax.Array:
+  """Generated ids, int32 [batch, max_new_tokens]: no decoder start token, EOS kept, pad after it.
+
+  params: T5ForConditionalGeneration params (the inner dict, without {'params': ...}).
+  input_ids, attention_mask: int [batch, length] (right-padded batches are fine).
+  """
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  if input_ids.ndim != 2:
+    raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}.")
+  attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
+                    else jnp.asarray(attention_mask, jnp.int32))
+  if attention_mask.shape != input_ids.shape:
+    raise ValueError(f"attention_mask {attention_mask.shape} must match input_ids {input_ids.shape}.")
+  if max_new_tokens < 1 or num_beams < 1:
+    raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, {num_beams}.")
+  if do_sample and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
+    raise ValueError(f"Sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
+                     f"temperature={temperature}, top_p={top_p}, top_k={top_k}.")
+  if do_sample and num_beams > 1:
+    raise NotImplementedError("Beam sampling (do_sample with num_beams > 1) is not supported.")
+  if rng is None:
+    if do_sample:
+      raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
+    rng = jax.random.PRNGKey(0)
+  return _generate(params, input_ids, attention_mask, rng, config=config,
+                   max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
+                   do_sample=bool(do_sample), temperature=float(temperature), top_k=int(top_k),
+                   top_p=float(top_p), length_penalty=float(length_penalty),
+                   min_new_tokens=int(min_new_tokens), dtype=jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "config", "max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p",
+    "length_penalty", "min_new_tokens", "dtype"))
+def _generate(params, input_ids, attention_mask, rng, *, config, max_new_tokens, num_beams,
+              do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens, dtype):
+  model = T5ForConditionalGeneration(config, dtype)
+  variables = {"params": params}
+  enc = model.apply(variables, input_ids, attention_mask, method=model.encode)  # [b, l, d]
+  if num_beams > 1:  # every beam of an example sees the same encoder states
+    enc = jnp.repeat(enc, num_beams, axis=0)
+    attention_mask = jnp.repeat(attention_mask, num_beams, axis=0)
+  cache = model.apply(variables, enc, max_new_tokens, method=model.init_cache)
+
+  def step_logits(tokens, cache, step):  # tokens [rows] -> fp32 log-space scores [rows, vocab]
+    logits, cache = model.apply(variables, tokens[:, None], enc, attention_mask, cache=cache,
+                                method=model.decode)
+    logits = logits[:, 0]
+    if min_new_tokens > 0:  # transformers' MinNewTokensLengthLogitsProcessor
+      eos_col = jnp.arange(logits.shape[-1]) == config.eos_token_id
+      logits = jnp.where(eos_col & (step < min_new_tokens), -jnp.inf, logits)
+    return logits, cache
+
+  if num_beams == 1:
+    out = _greedy_or_sample(step_logits, cache, input_ids.shape[0], rng, config, max_new_tokens,
+                            do_sample, temperature, top_k, top_p)
+  else:
+    out = _beam_search(step_logits, cache, input_ids.shape[0], config, max_new_tokens, num_beams,
+                       length_penalty)
+  return _pad_after_eos(out, config)
+
+
+def _pad_after_eos(tokens, config):
+  """Replaces everything after the first EOS by pad; [b, n] int32."""
+  is_eos = tokens == config.eos_token_id
+  after = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
+  return jnp.where(after, config.pad_token_id, tokens).astype(jnp.int32)
+
+
+def process_logits(logits, temperature: float, top_k: int, top_p: float):
+  """Temperature, then top-k, then top-p (nucleus) filtering, in transformers' order."""
+  logits = logits / temperature
+  if 0 < top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)  # ascending, as transformers' TopPLogitsWarper
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    remove = (cum <= 1.0 - top_p).at[..., -1].set(False)  # always keep the most likely token
+    threshold = jnp.min(jnp.where(remove, jnp.inf, sorted_logits), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def _greedy_or_sample(step_logits, cache, batch, rng, config, n, do_sample, temperature, top_k,
+                      top_p):
+  pad, eos = config.pad_token_id, config.eos_token_id
+
+  def cond(state):
+    step, _, _, _, finished, _ = state
+    return (step < n) & ~jnp.all(finished)
+
+  def body(state):
+    step, cache, last, out, finished, rng = state
+    logits, cache = step_logits(last, cache, step)
+    if do_sample:
+      rng, key = jax.random.split(rng)
+      token = jax.random.categorical(key, process_logits(logits, temperature, top_k, top_p))
+    else:
+      token = jnp.argmax(logits, axis=-1)
+    token = jnp.where(finished, pad, token).astype(jnp.int32)
+    out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
+    return step + 1, cache, token, out, finished | (token == eos), rng
+
+  start = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
+  out = jnp.full((batch, n), pad, jnp.int32)
+  state = (jnp.zeros((), jnp.int32), cache, start, out, jnp.zeros((batch,), bool), rng)
+  return jax.lax.while_loop(cond, body, state)[3]
+
+
+def _gather(x, idx):
+  """x [b, k, ...], idx [b, j] -> [b, j, ...]."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _beam_search(step_logits, cache, batch, config, n, num_beams, length_penalty):
+  k, pad, eos = num_beams, config.pad_token_id, config.eos_token_id
+  k2 = 2 * k  # candidates kept per step: (1 + number of EOS ids) * num_beams
+  top_num_beam_mask = jnp.arange(k2) < k
+
+  def cond(state):
+    return (state["step"] < n) & ~state["done"]
+
+  def body(s):
+    step = s["step"]
+    log_probs, cache = step_logits(s["last"], s["cache"], step)
+    log_probs = jax.nn.log_softmax(log_probs, axis=-1)  # [b*k, V]; -inf stays -inf
+    vocab = log_probs.shape[-1]
+    scores = log_probs.reshape(batch, k, vocab) + s["run_scores"][:, :, None]
+    topk_lp, topk_idx = jax.lax.top_k(scores.reshape(batch, k * vocab), k2)  # [b, 2k]
+    parent, token = topk_idx // vocab, (topk_idx % vocab).astype(jnp.int32)
+    cand_seqs = _gather(s["run_seqs"], parent)  # [b, 2k, n]
+    cand_seqs = jax.vmap(jax.vmap(lambda row, t: row.at[step].set(t)))(cand_seqs, token)
+    hits = (token == eos) | (step + 1 >= n)  # [b, 2k]
+
+    # Running beams for the next step: best k candidates that did not just finish.
+    run_lp = topk_lp + hits.astype(jnp.float32) * NEG
+    next_idx = jax.lax.top_k(run_lp, k)[1]
+    run_seqs, run_scores = _gather(cand_seqs, next_idx), _gather(run_lp, next_idx)
+    run_parent, last = _gather(parent, next_idx), _gather(token, next_idx).reshape(-1)
+
+    # Finished hypotheses: merge the newly finished (top k candidates only) with the kept ones.
+    just_finished = hits & top_num_beam_mask[None, :]
+    fin_lp = topk_lp / ((step + 1).astype(jnp.float32) ** length_penalty)
+    fin_lp = fin_lp + (~s["improvable"])[:, None].astype(jnp.float32) * NEG
+    fin_lp = fin_lp + (~just_finished).astype(jnp.float32) * NEG
+    merged_scores = jnp.concatenate([s["fin_scores"], fin_lp], axis=1)
+    keep = jax.lax.top_k(merged_scores, k)[1]
+    fin_seqs = _gather(jnp.concatenate([s["fin_seqs"], cand_seqs], axis=1), keep)
+    fin_scores = _gather(merged_scores, keep)
+    is_fin = _gather(jnp.concatenate([s["is_fin"], just_finished], axis=1), keep)
+
+    # Reorder the self-attention cache to the surviving beams' parents.
+    rows = (jnp.arange(batch)[:, None] * k + run_parent).reshape(-1)  # [b*k]
+    cache = {name: (v if name == "index" else
+                    {**v, "self_k": v["self_k"][rows], "self_v": v["self_v"][rows]})
+             for name, v in cache.items()}
+
+    # transformers' early_stopping=False heuristic: can the best running beam still beat the
+    # worst finished one at the current length?
+    best_running = run_scores[:, 0] / ((step + 1).astype(jnp.float32) ** length_penalty)
+    worst_fin = jnp.where(is_fin, jnp.min(fin_scores, axis=1, keepdims=True), NEG)
+    improvable = s["improvable"] & jnp.any(best_running[:, None] > worst_fin, axis=1)
+    done = ~jnp.any(improvable) | jnp.all(hits)
+    return dict(step=step + 1, cache=cache, last=last, run_seqs=run_seqs, run_scores=run_scores,
+                fin_seqs=fin_seqs, fin_scores=fin_scores, is_fin=is_fin, improvable=improvable,
+                done=done)
+
+  run_scores = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, NEG), (batch, 1)).astype(jnp.float32)
+  state = dict(
+      step=jnp.zeros((), jnp.int32), cache=cache,
+      last=jnp.full((batch * k,), config.decoder_start_token_id, jnp.int32),
+      run_seqs=jnp.full((batch, k, n), pad, jnp.int32), run_scores=run_scores,
+      fin_seqs=jnp.full((batch, k, n), pad, jnp.int32),
+      fin_scores=jnp.full((batch, k), NEG, jnp.float32),
+      is_fin=jnp.zeros((batch, k), bool), improvable=jnp.ones((batch,), bool),
+      done=jnp.zeros((), bool))
+  return jax.lax.while_loop(cond, body, state)["fin_seqs"][:, 0]
+
+
+def strip_generated(tokens: np.ndarray, config: T5Config) -> list[list[int]]:
+  """Per row: ids up to and including the first EOS (padding removed)."""
+  out = []
+  for row in np.asarray(tokens).tolist():
+    if config.eos_token_id in row:
+      row = row[: row.index(config.eos_token_id) + 1]
+    else:
+      while row and row[-1] == config.pad_token_id:
+        row = row[:-1]
+    out.append(row)
+  return out

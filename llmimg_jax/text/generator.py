@@ -1,0 +1,57 @@
+"""Strings in, strings (or encoder states) out: a T5 with its tokenizer."""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.generate import generate
+from llmimg_jax.text.loading import load_pretrained
+from llmimg_jax.text.modeling import T5EncoderModel
+from llmimg_jax.text.tokenizer import TextTokenizer
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def _encode(params, input_ids, attention_mask, *, config, dtype):
+  return T5EncoderModel(config, dtype).apply({"params": params}, input_ids, attention_mask)
+
+
+class TextGenerator:
+  """`TextGenerator.from_pretrained(path_or_name)`; `.generate(texts)`, `.encode(texts)`."""
+
+  def __init__(self, config: T5Config, params: dict, tokenizer: TextTokenizer,
+               dtype: Any = jnp.float32):
+    if tokenizer.vocab_size > config.vocab_size:
+      raise ValueError(f"Tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
+                       f"is {config.vocab_size}.")
+    self.config, self.params, self.tokenizer, self.dtype = config, params, tokenizer, dtype
+
+  @classmethod
+  def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, max_length: int = 64,
+                      dtype: Any = jnp.float32, seed: int = 0) -> TextGenerator:
+    """None: the untrained offline default (ByT5 tokenizer + fresh T5), with a warning."""
+    config, params, tokenizer = load_pretrained(path_or_name, max_length, seed=seed)
+    return cls(config, params, tokenizer, dtype)
+
+  def generate(self, texts: Sequence[str] | str, *, max_new_tokens: int = 32, seed: int = 0,
+               **kw) -> list[str]:
+    """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens."""
+    batch = self.tokenizer(texts)
+    rng = jax.random.PRNGKey(seed)
+    ids = generate(self.params, self.config, batch["input_ids"], batch["attention_mask"],
+                   max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
+    return self.tokenizer.decode(np.asarray(ids))
+
+  def encode(self, texts: Sequence[str] | str) -> np.ndarray:
+    """Encoder last hidden states, float32 [batch, max_length, d_model] (padding rows included)."""
+    batch = self.tokenizer(texts)
+    enc_params = {k: self.params[k] for k in ("shared", "encoder")}
+    out = _encode(enc_params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]),
+                  config=self.config, dtype=jnp.dtype(self.dtype))
+    return np.asarray(out, np.float32)
