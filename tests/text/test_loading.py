@@ -1,0 +1,176 @@
+"""Checkpoint formats and loud, specific errors for broken checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from llmimg_jax.text import T5Config, load_t5
+from llmimg_jax.text.loading import read_state_dict
+
+
+def _assert_same_params(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+  return load_t5(checkpoint.path)
+
+
+def _copy_config(src: str, dst: str) -> None:
+  os.makedirs(dst, exist_ok=True)
+  shutil.copy(os.path.join(src, "config.json"), dst)
+
+
+def test_sharded_safetensors_load_the_same(checkpoint, reference, tmp_path):
+  checkpoint.hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+  shards = [f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]
+  assert "model.safetensors.index.json" in os.listdir(tmp_path) and len(shards) > 2
+  _copy_config(checkpoint.path, tmp_path)  # keep the exact tie/scale flags of the reference
+  config, params = load_t5(tmp_path)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+
+
+def test_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
+  # transformers 5 only writes safetensors; write the legacy pickle as older versions did. The
+  # state dict carries tied copies (encoder/decoder.embed_tokens, a tied lm_head), which load away.
+  state = checkpoint.hf_model.state_dict()
+  assert "encoder.embed_tokens.weight" in state and "lm_head.weight" in state
+  torch.save(state, tmp_path / "pytorch_model.bin")
+  _copy_config(checkpoint.path, tmp_path)
+  config, params = load_t5(tmp_path)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+
+
+def test_pytorch_bin_without_torch_says_what_to_do(relu_tied, tmp_path, monkeypatch):
+  torch.save(relu_tied.hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+  _copy_config(relu_tied.path, tmp_path)
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+  with pytest.raises(ImportError, match="torch is not installed") as e:
+    load_t5(tmp_path)
+  assert "pytorch_model.bin" in str(e.value) and "safetensors" in str(e.value)
+
+
+def test_encoder_only(relu_tied, tmp_path):
+  config, params = load_t5(relu_tied.path, encoder_only=True)
+  assert set(params) == {"shared", "encoder"}
+  hf_cfg = transformers.T5Config.from_pretrained(relu_tied.path)
+  torch.manual_seed(0)
+  transformers.T5EncoderModel(hf_cfg).save_pretrained(tmp_path)  # no decoder weights at all
+  _, enc_params = load_t5(tmp_path, encoder_only=True)
+  assert set(enc_params) == {"shared", "encoder"}
+  with pytest.raises(ValueError, match="encoder_only=True") as e:
+    load_t5(tmp_path)
+  assert "decoder/block_0" in str(e.value)
+
+
+def test_missing_directory(tmp_path):
+  missing = tmp_path / "no_such_ckpt"
+  with pytest.raises(FileNotFoundError, match="not found") as e:
+    load_t5(missing)
+  assert str(missing) in str(e.value)
+
+
+def test_file_instead_of_directory(relu_tied):
+  path = os.path.join(relu_tied.path, "config.json")
+  with pytest.raises(NotADirectoryError, match="config.json"):
+    load_t5(path)
+
+
+def test_missing_config_json(relu_tied, tmp_path):
+  shutil.copy(os.path.join(relu_tied.path, "model.safetensors"), tmp_path)
+  with pytest.raises(FileNotFoundError, match="config.json") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path) in str(e.value)
+
+
+def test_malformed_config_json(relu_tied, tmp_path):
+  shutil.copy(os.path.join(relu_tied.path, "model.safetensors"), tmp_path)
+  (tmp_path / "config.json").write_text('{"d_model": 32,')
+  with pytest.raises(ValueError, match="Malformed JSON") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / "config.json") in str(e.value)
+
+
+def test_missing_weights(relu_tied, tmp_path):
+  _copy_config(relu_tied.path, tmp_path)
+  with pytest.raises(FileNotFoundError, match="No T5 weights") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path) in str(e.value) and "model.safetensors" in str(e.value)
+  assert "config.json" in str(e.value)  # lists what it did find
+
+
+def test_truncated_safetensors(relu_tied, tmp_path):
+  _copy_config(relu_tied.path, tmp_path)
+  data = open(os.path.join(relu_tied.path, "model.safetensors"), "rb").read()
+  (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match="safetensors") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / "model.safetensors") in str(e.value)
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_named(relu_tied, tmp_path):
+  from safetensors.numpy import save_file
+  state = read_state_dict(relu_tied.path)
+  del state["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
+  state["encoder.block.7.layer.0.SelfAttention.q.weight"] = np.zeros((32, 32), np.float32)
+  state["decoder.final_layer_norm.weight"] = np.ones((31,), np.float32)
+  save_file(state, str(tmp_path / "model.safetensors"))
+  _copy_config(relu_tied.path, tmp_path)
+  with pytest.raises(ValueError) as e:
+    load_t5(tmp_path)
+  msg = str(e.value)
+  assert str(tmp_path) in msg
+  assert "encoder/block_1/layer_1/DenseReluDense/wo/kernel" in msg  # missing
+  assert "encoder.block.7.layer.0.SelfAttention.q.weight" in msg  # unexpected
+  assert "decoder.final_layer_norm.weight: checkpoint (31,) vs model (32,)" in msg
+
+
+def test_unknown_feed_forward_proj(relu_tied, tmp_path):
+  with pytest.raises(ValueError, match="'gated-foo'"):
+    T5Config.from_dict({"feed_forward_proj": "gated-foo"})
+  shutil.copy(os.path.join(relu_tied.path, "model.safetensors"), tmp_path)
+  cfg = json.loads(open(os.path.join(relu_tied.path, "config.json")).read())
+  cfg["feed_forward_proj"] = "swiglu-ish"
+  (tmp_path / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ValueError, match="feed_forward_proj") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / "config.json") in str(e.value)
+
+
+def test_config_from_dict_follows_hf_semantics():
+  old = T5Config.from_dict({"tie_word_embeddings": False, "eos_token_id": [1, 2], "d_model": 64})
+  assert not old.tie_word_embeddings and not old.scale_decoder_outputs and old.eos_token_id == 1
+  assert old.num_decoder_layers == old.num_layers and old.decoder_start_token_id == 0
+  new = T5Config.from_dict({"tie_word_embeddings": True, "scale_decoder_outputs": False})
+  assert new.tie_word_embeddings and not new.scale_decoder_outputs
+  assert T5Config.from_dict({"feed_forward_proj": "gated-gelu"}).activation == "gelu_new"
+  with pytest.raises(ValueError, match="model_type"):
+    T5Config.from_dict({"model_type": "bert"})
+  with pytest.raises(ValueError, match="eos_token_id"):
+    T5Config(vocab_size=10, eos_token_id=10)
+  roundtrip = transformers.T5Config(**T5Config.byt5_small_scratch().to_dict())
+  assert roundtrip.vocab_size == 384 and roundtrip.is_gated_act
+
+
+def test_unreachable_hub_name(monkeypatch):
+  import huggingface_hub
+
+  def offline(*a, **kw):
+    raise OSError("no network")
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+  with pytest.raises(FileNotFoundError, match="could not be fetched") as e:
+    load_t5("google/flan-t5-small")
+  assert "'google/flan-t5-small'" in str(e.value) and "no network" in str(e.value)
