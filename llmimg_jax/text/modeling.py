@@ -111,7 +111,8 @@ class T5Attention(nn.Module):
 
   def attend(self, q: Array, k: Array, v: Array, bias: Array, deterministic: bool) -> Array:
     """q [b, q, h, dk], k/v [b, k, h, dk], bias broadcastable to [b, h, q, k] -> [b, q, d_model]."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+    # fp32 logits even for bf16 q/k: T5 attention logits are unscaled, bf16 would round them coarsely.
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [b, q, h, dk]

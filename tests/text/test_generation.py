@@ -1,0 +1,127 @@
+"""Sampling, bf16 compute, dropout and padding behaviour of the Flax T5."""
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from llmimg_jax.text import (T5Config, T5EncoderModel, T5ForConditionalGeneration, generate,
+                             init_params, load_pretrained, load_t5)
+from llmimg_jax.text.generate import process_logits
+
+# bf16 compute (fp32 params; fp32 norms, attention logits and softmax) vs fp32 on the tiny test
+# model: relative RMS error <= 4% and max abs error <= 6% of the largest fp32 magnitude. bf16 keeps
+# 8 mantissa bits (~0.4% per rounding); measured ~1.7-2.7% RMS, ~3.2% max on these sharp weights.
+BF16_RMS_TOL, BF16_MAX_TOL = 0.04, 0.06
+
+
+@pytest.fixture(scope="module")
+def relu(relu_tied):
+  return load_t5(relu_tied.path)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8),
+                                                     (1.0, 10, 0.5)])
+def test_logit_processing_matches_transformers(temperature, top_k, top_p):
+  logits = np.random.default_rng(0).normal(size=(4, 50)).astype(np.float32) * 3
+  ref = torch.tensor(logits)
+  warpers = [transformers.TemperatureLogitsWarper(temperature)]
+  if top_k:
+    warpers.append(transformers.TopKLogitsWarper(top_k))
+  if top_p < 1:
+    warpers.append(transformers.TopPLogitsWarper(top_p))
+  for w in warpers:
+    ref = w(None, ref)
+  ref = ref.numpy()
+  ours = np.asarray(process_logits(jnp.asarray(logits), temperature, top_k, top_p))
+  np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+  np.testing.assert_allclose(ours[np.isfinite(ours)], ref[np.isfinite(ref)], rtol=1e-6)
+  assert 0 < np.isfinite(ours).sum() < ours.size or (top_k == 0 and top_p == 1.0)
+
+
+def test_sampling(relu, padded_batch):
+  config, params = relu
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  kw = dict(max_new_tokens=12, do_sample=True, temperature=2.0)
+  a = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(1), **kw))
+  b = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(1), **kw))
+  c = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(2), **kw))
+  np.testing.assert_array_equal(a, b)  # same key, same samples
+  assert (a != c).any()  # another key, other samples
+  greedy = np.asarray(generate(params, config, ids, mask, max_new_tokens=12))
+  assert (a != greedy).any()
+  top1 = generate(params, config, ids, mask, rng=jax.random.PRNGKey(3), max_new_tokens=12,
+                  do_sample=True, top_k=1)
+  np.testing.assert_array_equal(np.asarray(top1), greedy)  # top-k=1 sampling is greedy
+  with pytest.raises(ValueError, match="rng"):
+    generate(params, config, ids, mask, max_new_tokens=4, do_sample=True)
+  with pytest.raises(ValueError, match="top_p"):
+    generate(params, config, ids, mask, max_new_tokens=4, do_sample=True, top_p=0.0,
+             rng=jax.random.PRNGKey(0))
+
+
+def test_bf16_compute_close_to_fp32(relu, padded_batch):
+  config, params = relu
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  dec = ids[:, :6]
+  out = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    enc_model, model = T5EncoderModel(config, dtype), T5ForConditionalGeneration(config, dtype)
+    enc = jax.jit(enc_model.apply)({"params": {k: params[k] for k in ("shared", "encoder")}},
+                                   ids, mask)
+    assert enc.dtype == dtype
+    out[dtype] = (np.asarray(enc, np.float32),
+                  np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, dec)))
+  for ref, low in zip(out[jnp.float32], out[jnp.bfloat16]):
+    assert np.isfinite(low).all()
+    rms_err = np.linalg.norm(low - ref) / np.linalg.norm(ref)
+    max_err = np.abs(low - ref).max() / np.abs(ref).max()
+    assert 1e-4 < rms_err <= BF16_RMS_TOL and max_err <= BF16_MAX_TOL, (rms_err, max_err)
+  # Params stay fp32 when the compute dtype is bf16.
+  shapes = jax.eval_shape(T5EncoderModel(config, jnp.bfloat16).init, jax.random.PRNGKey(0), ids)
+  assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+  tokens = generate(params, config, ids, mask, max_new_tokens=4, dtype=jnp.bfloat16)
+  assert tokens.shape == (ids.shape[0], 4) and tokens.dtype == jnp.int32
+
+
+def test_padding_does_not_leak(relu, padded_batch):
+  """A row encodes the same alone as inside a batch padded to a longer length."""
+  config, params = relu
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  apply = jax.jit(T5EncoderModel(config).apply)
+  p = {"params": {k: params[k] for k in ("shared", "encoder")}}
+  batch = np.asarray(apply(p, ids, mask))
+  n = int(mask[2].sum())
+  alone = np.asarray(apply(p, ids[2:3, :n], mask[2:3, :n]))
+  np.testing.assert_allclose(batch[2, :n], alone[0], atol=1e-5)
+
+
+def test_dropout_only_when_not_deterministic(relu, padded_batch):
+  config, params = relu
+  assert config.dropout_rate > 0
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  model = T5EncoderModel(config)
+  p = {"params": {k: params[k] for k in ("shared", "encoder")}}
+  base = np.asarray(model.apply(p, ids, mask))
+  np.testing.assert_array_equal(base, np.asarray(model.apply(p, ids, mask, deterministic=True)))
+  d1 = model.apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  d2 = model.apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(base, d1) and not np.allclose(d1, d2)
+
+
+def test_offline_default(caplog):
+  with caplog.at_level(logging.WARNING):
+    config, params, tokenizer = load_pretrained(None, max_length=16)
+  assert "UNTRAINED" in caplog.text
+  assert config == T5Config.byt5_small_scratch() and config.vocab_size == tokenizer.vocab_size
+  assert set(params) == {"shared", "encoder", "decoder", "lm_head"}
+  small = T5Config.byt5_small_scratch(d_model=32, num_layers=1, num_heads=2, d_kv=8)
+  p = init_params(small, jax.random.PRNGKey(0), encoder_only=True)
+  batch = tokenizer(["offline"])
+  enc = T5EncoderModel(small).apply({"params": p}, batch["input_ids"], batch["attention_mask"])
+  assert enc.shape == (1, 16, 32) and np.isfinite(np.asarray(enc)).all()
