@@ -1,0 +1,58 @@
+"""Shared helpers for the GAN: channel schedules, activations, text pooling."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+SUPPORTED_RESOLUTIONS: tuple[int, ...] = (32, 64, 128, 256)
+
+
+def check_resolution(resolution: int) -> int:
+  if resolution not in SUPPORTED_RESOLUTIONS:
+    allowed = ", ".join(str(r) for r in SUPPORTED_RESOLUTIONS)
+    raise ValueError(f"Unsupported resolution {resolution!r}; allowed resolutions: {allowed}.")
+  return resolution
+
+
+def channel_multipliers(resolution: int) -> list[int]:
+  """DF-GAN's schedule from the highest resolution down to 4x4, e.g. 256 -> [1,2,4,8,8,8,8].
+
+  The discriminator walks it forward (R -> 4x4), the generator backwards (4x4 -> R).
+  """
+  check_resolution(resolution)
+  num = int(math.log2(resolution)) - 1
+  return [min(2**i, 8) for i in range(num)]
+
+
+def lrelu(x: jax.Array) -> jax.Array:
+  return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling of [batch, height, width, channels]."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)  # [batch, 2*height, 2*width, channels]
+
+
+def avgpool2x(x: jax.Array) -> jax.Array:
+  """2x2 average pooling with stride 2 of [batch, height, width, channels]."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def sentence_embedding(token_states: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mask-aware mean of encoder states: [batch, length, dim], [batch, length] -> [batch, dim].
+
+  Computed in float32; an all-zero mask row gives a zero vector (no NaN).
+  """
+  states = token_states.astype(jnp.float32)
+  m = mask.astype(jnp.float32)[..., None]  # [batch, length, 1]
+  total = jnp.sum(jnp.where(m > 0, states, 0.0), axis=1)  # [batch, dim]
+  count = jnp.maximum(jnp.sum(m, axis=1), 1.0)  # [batch, 1]
+  return total / count

@@ -1,0 +1,112 @@
+"""DF-GAN-style discriminator: a residual image backbone plus matching-aware and contrastive heads.
+
+The backbone runs once per image batch; the heads take its features, so one forward pass serves
+(real, matching), (real, mismatched) and (fake, matching):
+
+  feats = D.apply(params, images, method=D.features)        # [batch, 4, 4, 8*nf]
+  real = D.apply(params, feats, sent, method=D.logits)       # [batch]
+  mis = D.apply(params, feats, mismatched(sent), method=D.logits)
+
+`D.init(key, images, sent)` (i.e. `__call__`) creates every parameter.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from llmimg_jax.gan.common import Dtype, avgpool2x, channel_multipliers, lrelu
+
+
+class DownBlock(nn.Module):
+  """DF-GAN D_Block: shortcut(avgpool, 1x1 conv) + gain * (conv4x4/2 -> lrelu -> conv3x3 -> lrelu).
+
+  The gain starts at 0 as in DF-GAN. The shortcut pools before the 1x1 conv (same result as
+  conv-then-pool, a quarter of the cost).
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # x: [batch, height, width, in_features]
+    h = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                dtype=self.dtype, name="conv0")(x)  # [batch, height/2, width/2, features]
+    h = lrelu(h)
+    h = lrelu(nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name="conv1")(h))
+    shortcut = avgpool2x(x)
+    if x.shape[-1] != self.features:
+      shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(shortcut)
+    gain = self.param("gain", nn.initializers.zeros, ())
+    return shortcut + gain.astype(self.dtype) * h
+
+
+class Discriminator(nn.Module):
+  """Image backbone R -> 4x4x(8*nf); matching-aware logit head; optional contrastive head.
+
+  Attributes:
+    cond_dim: width the sentence is projected to before being tiled onto the 4x4 features.
+    embed_dim: width of the contrastive image/text embeddings.
+    contrastive: whether the contrastive (InfoNCE) head exists.
+  """
+  resolution: int
+  nf: int = 32
+  cond_dim: int = 128
+  embed_dim: int = 128
+  contrastive: bool = True
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    chs = [self.nf * m for m in channel_multipliers(self.resolution)]  # validates resolution
+    self.conv_img = nn.Conv(chs[0], (3, 3), dtype=self.dtype)
+    self.blocks = [DownBlock(c, self.dtype) for c in chs[1:]]
+    self.sent_proj = nn.Dense(self.cond_dim, dtype=self.dtype)
+    self.joint_conv = nn.Conv(2 * self.nf, (3, 3), dtype=self.dtype)
+    self.logit_conv = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype)
+    if self.contrastive:
+      self.image_proj = nn.Dense(self.embed_dim, dtype=self.dtype)
+      self.text_proj = nn.Dense(self.embed_dim, dtype=self.dtype)
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """[batch, R, R, 3] images -> [batch, 4, 4, 8*nf] features."""
+    if x.ndim != 4 or x.shape[1:] != (self.resolution, self.resolution, 3):
+      raise ValueError(f"expected images [batch, {self.resolution}, {self.resolution}, 3], "
+                       f"got {x.shape}.")
+    h = self.conv_img(x.astype(self.dtype))  # [batch, R, R, nf]
+    for block in self.blocks:
+      h = block(h)
+    return h  # [batch, 4, 4, 8*nf]
+
+  def logits(self, features: jax.Array, sent: jax.Array) -> jax.Array:
+    """Matching-aware head: one float32 logit per (image, sentence) pair -> [batch]."""
+    b = features.shape[0]
+    s = self.sent_proj(sent.astype(self.dtype))  # [batch, cond_dim]
+    s = jnp.broadcast_to(s[:, None, None, :], (b, 4, 4, self.cond_dim))
+    h = jnp.concatenate([features.astype(self.dtype), s], axis=-1)  # [batch, 4, 4, C + cond]
+    h = lrelu(self.joint_conv(h))  # [batch, 4, 4, 2*nf]
+    return self.logit_conv(h).reshape(b).astype(jnp.float32)  # [batch]
+
+  def image_embedding(self, features: jax.Array) -> jax.Array:
+    """Global-average-pooled features projected to [batch, embed_dim] (float32, unnormalised)."""
+    self._require_contrastive()
+    pooled = jnp.mean(features.astype(self.dtype), axis=(1, 2))  # [batch, C]
+    return self.image_proj(pooled).astype(jnp.float32)
+
+  def text_embedding(self, sent: jax.Array) -> jax.Array:
+    """Sentence projected to [batch, embed_dim] (float32, unnormalised)."""
+    self._require_contrastive()
+    return self.text_proj(sent.astype(self.dtype)).astype(jnp.float32)
+
+  def _require_contrastive(self):
+    if not self.contrastive:
+      raise ValueError("this Discriminator was built with contrastive=False: no embedding head.")
+
+  def __call__(self, x: jax.Array, sent: jax.Array) -> dict[str, jax.Array]:
+    """Runs every head on (x, sent); use it for init. Keys: logits, and with the contrastive
+    head image_embedding and text_embedding."""
+    feats = self.features(x)
+    out = {"logits": self.logits(feats, sent)}
+    if self.contrastive:
+      out["image_embedding"] = self.image_embedding(feats)
+      out["text_embedding"] = self.text_embedding(sent)
+    return out

@@ -1,0 +1,160 @@
+"""DF-GAN-style generator with deep text fusion and word-level cross-attention.
+
+Params are always float32; `dtype` is the compute dtype (e.g. bfloat16). Images come back as
+float32 in [-1, 1], [batch, resolution, resolution, 3].
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from llmimg_jax.gan.common import Dtype, channel_multipliers, lrelu, upsample2x
+
+
+def _gamma_beta_bias_init(key, shape, dtype=jnp.float32):
+  """Bias of the [gamma, beta] output layer: gamma starts at 1, beta at 0 (as in DF-GAN)."""
+  del key
+  half = shape[0] // 2
+  return jnp.concatenate([jnp.ones((half,), dtype), jnp.zeros((shape[0] - half,), dtype)])
+
+
+class Affine(nn.Module):
+  """Per-channel scale and shift predicted from the condition by a 2-layer MLP.
+
+  The output layer starts at zero weight so gamma=1, beta=0 at init (identity), as in DF-GAN.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+    # x: [batch, height, width, channels]; cond: [batch, cond]
+    h = nn.relu(nn.Dense(self.features, dtype=self.dtype, name="fc1")(cond))
+    gb = nn.Dense(2 * self.features, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                  bias_init=_gamma_beta_bias_init, name="fc2")(h)  # [batch, 2*channels]
+    gamma, beta = jnp.split(gb, 2, axis=-1)
+    return x * gamma[:, None, None, :] + beta[:, None, None, :]
+
+
+class DFBlock(nn.Module):
+  """DF-GAN fusion block: affine -> lrelu -> affine -> lrelu."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+    x = lrelu(Affine(self.features, self.dtype, name="affine0")(x, cond))
+    return lrelu(Affine(self.features, self.dtype, name="affine1")(x, cond))
+
+
+class UpBlock(nn.Module):
+  """2x nearest upsample, then residual (DFBlock -> conv3x3 -> DFBlock -> conv3x3) * gain.
+
+  The shortcut is identity, or a learned 1x1 conv when the channel count changes (applied
+  before the upsample, which is the same result at a quarter of the cost).
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+    in_features = x.shape[-1]
+    shortcut = x
+    if in_features != self.features:
+      shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(x)
+    shortcut = upsample2x(shortcut)  # [batch, 2*height, 2*width, features]
+    h = upsample2x(x)  # [batch, 2*height, 2*width, in_features]
+    h = DFBlock(in_features, self.dtype, name="fuse0")(h, cond)
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv0")(h)
+    h = DFBlock(self.features, self.dtype, name="fuse1")(h, cond)
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h)
+    gain = self.param("gain", nn.initializers.ones, ())
+    return shortcut + gain.astype(self.dtype) * h
+
+
+class CrossAttention(nn.Module):
+  """Image positions attend to T5 token states (masked); residual with a zero-init gain.
+
+  Masked tokens get exactly zero weight, so their states cannot affect the output; a row with
+  no valid token at all gets a zero update.
+  """
+  num_heads: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, words: jax.Array, mask: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f"channels {c} not divisible by num_heads {self.num_heads}.")
+    dh = c // self.num_heads
+    q_in = nn.LayerNorm(dtype=self.dtype, name="q_norm")(x).reshape(b, h * w, c)
+    kv_in = nn.LayerNorm(dtype=self.dtype, name="kv_norm")(words.astype(self.dtype))
+    q = nn.Dense(c, use_bias=False, dtype=self.dtype, name="query")(q_in)  # [batch, hw, c]
+    k = nn.Dense(c, use_bias=False, dtype=self.dtype, name="key")(kv_in)  # [batch, length, c]
+    v = nn.Dense(c, dtype=self.dtype, name="value")(kv_in)  # [batch, length, c]
+    q = q.reshape(b, h * w, self.num_heads, dh)
+    k = k.reshape(b, -1, self.num_heads, dh)
+    v = v.reshape(b, -1, self.num_heads, dh)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(dh)
+    valid = (mask > 0)[:, None, None, :]  # [batch, 1, 1, length]
+    logits = jnp.where(valid, logits, -1e30)
+    weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)  # [batch, heads, hw, length]
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v).reshape(b, h * w, c)
+    out = nn.Dense(c, dtype=self.dtype, name="out")(out).reshape(b, h, w, c)
+    gain = self.param("gain", nn.initializers.zeros, ())
+    return x + gain.astype(self.dtype) * out
+
+
+def _num_heads(channels: int, head_dim: int = 64) -> int:
+  return channels // head_dim if channels >= head_dim and channels % head_dim == 0 else 1
+
+
+class Generator(nn.Module):
+  """Text-conditioned generator: 4x4 start, UpBlocks to `resolution`, cross-attention at
+  `attn_resolutions`.
+
+  The sentence is projected to `cond_dim` and concatenated with z: cond = [z, proj(sentence)]
+  feeds the 4x4 start and every fusion block.
+  """
+  resolution: int
+  nf: int = 32
+  z_dim: int = 100
+  cond_dim: int = 256
+  attn_resolutions: Sequence[int] = (16,)
+  dtype: Dtype = jnp.float32
+
+  def _channels(self) -> list[int]:
+    return [self.nf * m for m in reversed(channel_multipliers(self.resolution))]
+
+  def block_resolutions(self) -> list[int]:
+    """Output resolution of each UpBlock (8, 16, ..., resolution)."""
+    return [4 * 2**(i + 1) for i in range(len(self._channels()) - 1)]
+
+  @nn.compact
+  def __call__(self, z: jax.Array, sent: jax.Array, words: jax.Array,
+               word_mask: jax.Array) -> jax.Array:
+    channels = self._channels()  # validates the resolution
+    block_res = self.block_resolutions()
+    bad = [r for r in self.attn_resolutions if r not in block_res]
+    if bad:
+      raise ValueError(f"attn_resolutions {tuple(self.attn_resolutions)} contains {bad}; at "
+                       f"resolution {self.resolution} the allowed ones are {block_res}.")
+    if z.ndim != 2 or z.shape[-1] != self.z_dim:
+      raise ValueError(f"z must be [batch, {self.z_dim}], got {z.shape}.")
+    if sent.ndim != 2 or words.ndim != 3 or word_mask.shape != words.shape[:2]:
+      raise ValueError(f"expected sent [b, d], words [b, L, d], word_mask [b, L]; got "
+                       f"{sent.shape}, {words.shape}, {word_mask.shape}.")
+    b = z.shape[0]
+    s = nn.Dense(self.cond_dim, dtype=self.dtype, name="sent_proj")(sent.astype(self.dtype))
+    cond = jnp.concatenate([z.astype(self.dtype), s], axis=-1)  # [batch, z_dim + cond_dim]
+    x = nn.Dense(4 * 4 * channels[0], dtype=self.dtype, name="start")(cond)
+    x = x.reshape(b, 4, 4, channels[0])  # [batch, 4, 4, 8*nf]
+    for i, (out_ch, res) in enumerate(zip(channels[1:], block_res)):
+      x = UpBlock(out_ch, self.dtype, name=f"block{i}")(x, cond)  # [batch, res, res, out_ch]
+      if res in self.attn_resolutions:
+        x = CrossAttention(_num_heads(out_ch), self.dtype, name=f"attn{res}")(x, words, word_mask)
+    x = nn.Conv(3, (3, 3), dtype=self.dtype, name="to_rgb")(lrelu(x))
+    return jnp.tanh(x.astype(jnp.float32))  # [batch, resolution, resolution, 3]

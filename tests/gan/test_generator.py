@@ -1,0 +1,183 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmimg_jax.gan import Generator, sentence_embedding
+
+B, L, D_TEXT, Z = 2, 6, 12, 16
+
+
+def fast_key(seed: int) -> jax.Array:
+  # RBG keys: init graphs compile ~3x faster than threefry on XLA:CPU (no global config change).
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def _inputs(key, batch=B, length=L):
+  kz, ks, kw = jax.random.split(key, 3)
+  z = jax.random.normal(kz, (batch, Z))
+  sent = jax.random.normal(ks, (batch, D_TEXT))
+  words = jax.random.normal(kw, (batch, length, D_TEXT))
+  mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], jnp.int32)[:batch]
+  return z, sent, words, mask
+
+
+def _set_gains(params, value):
+  """Sets every cross-attention gain (zero at init) to `value`."""
+  def fix(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    is_attn_gain = names[-1] == "gain" and names[-2].startswith("attn")
+    return jnp.full_like(leaf, value) if is_attn_gain else leaf
+  return jax.tree_util.tree_map_with_path(fix, params)
+
+
+def _liven(params, seed=2):
+  """Stands in for trained weights: opens the zero-initialised paths (affine output layers
+  that predict gamma/beta, cross-attention gains) so every text route is live."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  out = []
+  for (path, leaf), k in zip(leaves, keys):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-2:] == ["fc2", "kernel"]:
+      leaf = leaf + 0.3 * jax.random.normal(k, leaf.shape) / jnp.sqrt(leaf.shape[0])
+    out.append(leaf)
+  return _set_gains(jax.tree_util.tree_unflatten(treedef, out), 1.0)
+
+
+def _numpy_params(g, inputs, seed=0):
+  """Random params of the right structure without compiling `init` (slow on XLA:CPU): kernels
+  ~ N(0, 1/fan_in), LayerNorm scales and gains 1, biases 0. Only for shape/range checks."""
+  shapes = jax.eval_shape(g.init, fast_key(seed), *inputs)
+  rng = np.random.default_rng(seed)
+  def fill(path, leaf):
+    name = getattr(path[-1], "key", "")
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), jnp.float32)
+    return jnp.full(leaf.shape, 1.0 if name in ("scale", "gain") else 0.0, jnp.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _init(g, inputs, seed=1):
+  return jax.jit(g.init)(fast_key(seed), *inputs)
+
+
+@pytest.fixture(scope="module")
+def g32():
+  g = Generator(32, nf=8, z_dim=Z, cond_dim=16, attn_resolutions=(16,))
+  inputs = _inputs(jax.random.key(0))
+  params = _init(g, inputs)
+  return g, jax.jit(g.apply), params, _liven(params), inputs
+
+
+def test_g32_shape_range_and_fp32_params(g32):
+  _, apply, params, trained, inputs = g32
+  for p in (params, trained):
+    out = np.asarray(apply(p, *inputs))
+    assert out.shape == (B, 32, 32, 3) and out.dtype == np.float32
+    assert np.all(np.isfinite(out)) and out.min() >= -1.0 and out.max() <= 1.0
+    assert out.std() > 1e-2  # not a constant image
+    assert np.mean(np.abs(out) > 0.99) < 0.2  # not saturated (else comparisons are void)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  # The attention sits at 16x16 (block1 output at nf=8 -> 2*nf channels).
+  assert params["params"]["attn16"]["query"]["kernel"].shape == (16, 16)
+  assert float(params["params"]["attn16"]["gain"]) == 0.0
+
+
+def test_g64_shape_and_range():
+  g = Generator(64, nf=4, z_dim=Z, cond_dim=8, attn_resolutions=(16, 32))
+  inputs = _inputs(jax.random.key(3))
+  params = _numpy_params(g, inputs)
+  assert {"attn16", "attn32", "block3"} <= set(params["params"])
+  out = np.asarray(jax.jit(g.apply)(_liven(params), *inputs))
+  assert out.std() > 1e-2 and np.mean(np.abs(out) > 0.99) < 0.2
+  assert out.shape == (B, 64, 64, 3) and out.dtype == np.float32
+  assert np.all(np.isfinite(out)) and out.min() >= -1.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("resolution,blocks", [(128, 5), (256, 6)])
+def test_large_resolutions_construct(resolution, blocks):
+  g = Generator(resolution, nf=4, z_dim=Z, cond_dim=8, attn_resolutions=(16, 32))
+  inputs = _inputs(jax.random.key(0))
+  params = jax.eval_shape(g.init, fast_key(1), *inputs)
+  out = jax.eval_shape(g.apply, params, *inputs)
+  assert out.shape == (B, resolution, resolution, 3) and out.dtype == jnp.float32
+  names = set(params["params"])
+  assert f"block{blocks - 1}" in names and f"block{blocks}" not in names
+  # DF-GAN channel schedule: 8*nf at 4x4, nf at the output.
+  assert params["params"]["start"]["kernel"].shape[-1] == 4 * 4 * 8 * 4
+  assert params["params"]["to_rgb"]["kernel"].shape == (3, 3, 4, 3)
+
+
+def test_bfloat16_compute_keeps_fp32_params_and_output():
+  g = Generator(32, nf=4, z_dim=Z, cond_dim=8, dtype=jnp.bfloat16)
+  inputs = _inputs(jax.random.key(0))
+  params = jax.eval_shape(g.init, fast_key(1), *inputs)  # trace only: dtype contract
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  out = jax.eval_shape(g.apply, params, *inputs)
+  assert out.dtype == jnp.float32 and out.shape == (B, 32, 32, 3)
+
+
+@pytest.mark.parametrize("resolution", [16, 48, 512])
+def test_unsupported_resolution_raises(resolution):
+  inputs = _inputs(jax.random.key(0))
+  with pytest.raises(ValueError, match=r"allowed resolutions: 32, 64, 128, 256"):
+    jax.eval_shape(Generator(resolution, z_dim=Z).init, fast_key(1), *inputs)
+
+
+def test_bad_attn_resolution_raises():
+  inputs = _inputs(jax.random.key(0))
+  with pytest.raises(ValueError, match=r"allowed ones are \[8, 16, 32\]"):
+    jax.eval_shape(Generator(32, nf=4, z_dim=Z, attn_resolutions=(64,)).init, fast_key(1), *inputs)
+
+
+def test_sentence_changes_output(g32):
+  _, apply, params, trained, (z, sent, words, mask) = g32
+  other = sent + 1.0
+  for p in (params, trained):  # at init the sentence enters via the 4x4 start
+    a, b = apply(p, z, sent, words, mask), apply(p, z, other, words, mask)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+  # Deep fusion: with the sentence cut out of the 4x4 start, it still reaches the image
+  # through the affine blocks.
+  start = trained["params"]["start"]["kernel"]
+  cut = jax.tree.map(lambda x: x, trained)
+  cut["params"]["start"]["kernel"] = start.at[Z:].set(0.0)
+  a, b = apply(cut, z, sent, words, mask), apply(cut, z, other, words, mask)
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+
+
+def test_word_states_change_output_via_attention(g32):
+  _, apply, _, trained, (z, sent, words, mask) = g32
+  # Only valid tokens change (new random states: a constant offset would be normalised away);
+  # the sentence is fixed.
+  other = words.at[:, :3].set(jax.random.normal(jax.random.key(7), (B, 3, D_TEXT)))
+  a, b = apply(trained, z, sent, words, mask), apply(trained, z, sent, other, mask)
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+  # With the attention gain at zero the words have no other path into the image.
+  closed = _set_gains(trained, 0.0)
+  a, b = apply(closed, z, sent, words, mask), apply(closed, z, sent, other, mask)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_masked_tokens_do_not_affect_output(g32):
+  _, apply, _, trained, (z, sent, words, mask) = g32
+  noise = 100.0 * jax.random.normal(jax.random.key(9), words.shape)
+  other = jnp.where(mask[..., None] > 0, words, noise)
+  assert not np.array_equal(np.asarray(words), np.asarray(other))
+  a, b = apply(trained, z, sent, words, mask), apply(trained, z, sent, other, mask)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A fully masked row stays finite (no NaN from an empty softmax).
+  empty = mask.at[1].set(0)
+  assert bool(jnp.all(jnp.isfinite(apply(trained, z, sent, words, empty))))
+
+
+def test_sentence_embedding_masked_mean():
+  states = jnp.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                      [[5.0, -1.0], [7.0, 7.0], [9.0, 9.0]]])
+  mask = jnp.array([[1, 1, 0], [0, 0, 0]])
+  out = np.asarray(sentence_embedding(states, mask))
+  np.testing.assert_allclose(out, [[2.0, 3.0], [0.0, 0.0]])
+  mask = jnp.array([[0, 0, 1], [1, 1, 1]])
+  np.testing.assert_allclose(np.asarray(sentence_embedding(states, mask)),
+                             [[100.0, 100.0], [7.0, 5.0]])

@@ -1,0 +1,128 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmimg_jax.gan import (d_hinge_loss, g_hinge_loss, gradient_penalty, info_nce, ma_gp,
+                            mismatched, r1_penalty)
+
+
+def test_d_hinge_loss_hand_computed():
+  real = jnp.array([2.0, 0.5, -1.0])  # relu(1 - r) = [0, 0.5, 2]     mean 5/6
+  fake = jnp.array([-2.0, 0.0, 1.0])  # relu(1 + f) = [0, 1, 2]       mean 1
+  mis = jnp.array([0.5, -0.5, -3.0])  # relu(1 + m) = [1.5, 0.5, 0]   mean 2/3
+  expected = 5 / 6 + 0.5 * (1.0 + 2 / 3)
+  np.testing.assert_allclose(float(d_hinge_loss(real, fake, mis)), expected, rtol=1e-6)
+  # Swapping the roles must change the value (the mismatch term is only half-weighted).
+  assert abs(float(d_hinge_loss(fake, real, mis)) - expected) > 0.1
+
+
+def test_g_hinge_loss():
+  np.testing.assert_allclose(float(g_hinge_loss(jnp.array([1.0, 2.0, -6.0]))), 1.0)
+  np.testing.assert_allclose(float(g_hinge_loss(jnp.array([3.0, 5.0]))), -4.0)
+
+
+def test_mismatched_rolls_by_one():
+  s = jnp.arange(8.0).reshape(4, 2)
+  np.testing.assert_array_equal(np.asarray(mismatched(s)), [[6, 7], [0, 1], [2, 3], [4, 5]])
+
+
+def _numpy_info_nce(a, b, t):
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True)
+  logits = a @ b.T / t
+  def ce(lg):
+    lse = np.log(np.sum(np.exp(lg - lg.max(1, keepdims=True)), 1)) + lg.max(1)
+    return np.mean(lse - np.diag(lg))
+  return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def test_info_nce_matches_numpy():
+  info_nce_jit = jax.jit(info_nce, static_argnums=2)
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(5, 7)).astype(np.float32)
+  b = rng.normal(size=(5, 7)).astype(np.float32) * 3.0  # scale must not matter (cosine)
+  for t in (0.07, 0.5):
+    np.testing.assert_allclose(float(info_nce_jit(jnp.asarray(a), jnp.asarray(b), t)),
+                               _numpy_info_nce(a, b, t), rtol=1e-5)
+  # Aligned pairs give a lower loss than random ones.
+  aligned = float(info_nce_jit(jnp.asarray(a), jnp.asarray(a), 0.07))
+  assert aligned < float(info_nce_jit(jnp.asarray(a), jnp.asarray(b), 0.07))
+  # Hand value: two orthogonal perfectly matched pairs, t = 1: CE = log(1 + e^-1) each way.
+  e = jnp.eye(2)
+  np.testing.assert_allclose(float(info_nce(e, e, 1.0)), np.log(1 + np.exp(-1.0)), rtol=1e-6)
+
+
+# A per-example nonlinear "discriminator" with closed-form input gradients:
+#   D(x_i, s_i) = sum(A * x_i**2) + 0.5 * (s_i . c)**2
+#   dD/dx_i = 2 A x_i,   dD/ds_i = (s_i . c) c
+def _toy(a, c):
+  def logits_fn(x, s):
+    return jnp.sum(a * x**2, axis=(1, 2, 3)) + 0.5 * (s @ c) ** 2
+  return logits_fn
+
+
+@pytest.fixture
+def toy():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(4, 4, 3)).astype(np.float32)
+  c = rng.normal(size=(5,)).astype(np.float32)
+  x = rng.normal(size=(3, 4, 4, 3)).astype(np.float32)
+  s = rng.normal(size=(3, 5)).astype(np.float32)
+  gx2 = np.sum((2 * a * x) ** 2, axis=(1, 2, 3))  # [batch] ||dD/dx_i||^2
+  gs2 = (s @ c) ** 2 * np.sum(c**2)  # [batch] ||dD/ds_i||^2
+  return a, c, x, s, gx2, gs2
+
+
+def test_ma_gp_closed_form(toy):
+  a, c, x, s, gx2, gs2 = toy
+  fn = _toy(jnp.asarray(a), jnp.asarray(c))
+  norm = np.sqrt(gx2 + gs2)
+  np.testing.assert_allclose(float(ma_gp(fn, x, s)), 2.0 * np.mean(norm**6), rtol=1e-4)
+  np.testing.assert_allclose(float(ma_gp(fn, x, s, k=0.5, p=2.0)), 0.5 * np.mean(norm**2),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(ma_gp(fn, x, s, k=1.0, p=3.0)), np.mean(norm**3), rtol=1e-5)
+
+
+def test_ma_gp_is_differentiable_wrt_discriminator_params(toy):
+  # k=1, p=2: penalty = mean_i sum(4 A^2 x_i^2) + ... so d/dA = mean_i 8 A x_i^2.
+  a, c, x, s, _, _ = toy
+  grad = jax.grad(lambda a_: ma_gp(_toy(a_, jnp.asarray(c)), x, s, k=1.0, p=2.0))(jnp.asarray(a))
+  np.testing.assert_allclose(np.asarray(grad), np.mean(8 * a * x**2, axis=0), rtol=1e-4)
+  # Zero gradient everywhere: the penalty and its derivative are 0, not NaN.
+  zero = jax.grad(lambda a_: ma_gp(_toy(a_, jnp.zeros(5)), x * 0, s))(jnp.asarray(a))
+  assert np.all(np.asarray(zero) == 0)
+
+
+def test_r1_closed_form(toy):
+  a, c, x, s, gx2, _ = toy
+  fn = _toy(jnp.asarray(a), jnp.asarray(c))
+  np.testing.assert_allclose(float(r1_penalty(fn, x, s, gamma=10.0)), 5.0 * np.mean(gx2),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(r1_penalty(fn, x, s, gamma=1.0)), 0.5 * np.mean(gx2),
+                             rtol=1e-5)
+
+
+def test_gradient_penalty_switch(toy):
+  a, c, x, s, gx2, gs2 = toy
+  fn = _toy(jnp.asarray(a), jnp.asarray(c))
+  np.testing.assert_allclose(float(gradient_penalty("ma_gp", fn, x, s, k=1.0, p=2.0)),
+                             np.mean(gx2 + gs2), rtol=1e-5)
+  np.testing.assert_allclose(float(gradient_penalty("r1", fn, x, s, gamma=4.0)),
+                             2.0 * np.mean(gx2), rtol=1e-5)
+  assert float(gradient_penalty("none", fn, x, s)) == 0.0
+  with pytest.raises(ValueError, match="allowed: ma_gp, r1, none"):
+    gradient_penalty("wgan", fn, x, s)
+
+
+def test_penalties_jit_with_a_closure(toy):
+  a, c, x, s, gx2, gs2 = toy
+
+  @jax.jit
+  def step(a_, x_, s_):
+    fn = _toy(a_, jnp.asarray(c))
+    return ma_gp(fn, x_, s_, k=1.0, p=2.0), r1_penalty(fn, x_, s_, gamma=2.0)
+
+  gp, r1 = step(jnp.asarray(a), x, s)
+  np.testing.assert_allclose(float(gp), np.mean(gx2 + gs2), rtol=1e-5)
+  np.testing.assert_allclose(float(r1), np.mean(gx2), rtol=1e-5)
