@@ -41,6 +41,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.random_flip = False  # horizontal flip; swaps 'left'/'right' in the caption
   c.num_workers = 0  # grain worker processes (0 = in process)
   c.worker_buffer_size = 2
+  c.read_threads = 0  # grain ReadOptions.num_threads per process (0 = grain's default, 16)
+  c.read_buffer_size = 0  # grain ReadOptions.prefetch_buffer_size (0 = grain's default, 500)
   c.build_num_proc = 0  # processes used to build captioned_shapes (0 = automatic)
   return c
 
@@ -254,8 +256,17 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
       worker_count=num_workers,
       worker_buffer_size=int(data_cfg.get("worker_buffer_size", 1) or 1),
       shard_options=grain.sharding.ShardOptions(
-          shard_index=process_index, shard_count=process_count, drop_remainder=True))
+          shard_index=process_index, shard_count=process_count, drop_remainder=True),
+      read_options=_read_options(data_cfg))
   return iter(loader)
+
+
+def _read_options(data_cfg) -> grain.ReadOptions:
+  defaults = grain.ReadOptions()
+  return grain.ReadOptions(
+      num_threads=int(data_cfg.get("read_threads", 0) or 0) or defaults.num_threads,
+      prefetch_buffer_size=(int(data_cfg.get("read_buffer_size", 0) or 0)
+                            or defaults.prefetch_buffer_size))
 
 
 def _ensure_absl_flags_parsed() -> None:

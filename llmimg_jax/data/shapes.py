@@ -6,6 +6,7 @@ function of its arguments (per-example seeding), so any worker order gives the s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -74,11 +75,12 @@ class SceneSpec:
   supersample: int = 4
 
 
-def allowed_pairs(split: str) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=None)
+def allowed_pairs(split: str) -> tuple[tuple[int, int], ...]:
   """(shape_id, color_id) pairs an object of `split` may have."""
   holdout = {(SHAPES.index(s), COLORS.index(c)) for s, c in HOLDOUT_PAIRS}
   every = {(SHAPES.index(s), COLORS.index(c)) for s in SCENE_SHAPES for c in COLORS}
-  return sorted(holdout if split == "holdout" else every - holdout)
+  return tuple(sorted(holdout if split == "holdout" else every - holdout))
 
 
 def sample_scene(rng: np.random.Generator, split: str, colors_only: bool) -> dict[str, np.ndarray]:
@@ -93,7 +95,7 @@ def sample_scene(rng: np.random.Generator, split: str, colors_only: bool) -> dic
   else:
     n = int(rng.integers(1, MAX_OBJECTS + 1))
     pairs = allowed_pairs(split)
-    cells = rng.choice(9, size=n, replace=False)
+    cells = rng.permutation(9)[:n]
     for i in range(n):
       s, c = pairs[rng.integers(len(pairs))]
       gt["shape"][i], gt["color"][i] = s, c
@@ -176,17 +178,18 @@ def render_scene(gt: dict[str, np.ndarray], rng: np.random.Generator, resolution
                  supersample: int = 4) -> np.ndarray:
   """Anti-aliased rendering; uint8 [R, R, 3].
 
-  Shapes are drawn at `supersample`x on a transparent layer, box-downsampled (PIL premultiplies
-  alpha) and composited over a background made directly at the output resolution.
+  The background is made at the output resolution and nearest-upscaled (so box-downsampling
+  restores it exactly); shapes are drawn at `supersample`x on top and box-downsampled.
   """
   big = resolution * supersample
-  layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
-  draw = ImageDraw.Draw(layer)
+  background = Image.fromarray(_background(rng, resolution))  # [R, R, 3]
+  canvas = background.resize((big, big), Image.NEAREST)
+  draw = ImageDraw.Draw(canvas)
   cell = big / 3
   for i in range(int(gt["num_objects"])):
     shape, color = SHAPES[gt["shape"][i]], COLORS[gt["color"][i]]
     jitter = rng.uniform(-0.5, 0.5, size=2) * 0.08
-    rgb = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in RGB[color]) + (255,)
+    rgb = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in RGB[color])
     if shape == "blob":  # colour-only variant: one large blob anywhere near the middle
       r = big * rng.uniform(0.25, 0.34)
       cx, cy = big * (0.5 + rng.uniform(-0.08, 0.08, size=2))
@@ -196,9 +199,7 @@ def render_scene(gt: dict[str, np.ndarray], rng: np.random.Generator, resolution
       r = cell * frac
       cx, cy = cell * (col + 0.5 + jitter[0]), cell * (row + 0.5 + jitter[1])
     _draw_shape(draw, shape, cx, cy, r, rgb, rng)
-  canvas = Image.fromarray(_background(rng, resolution)).convert("RGBA")
-  canvas.alpha_composite(layer.resize((resolution, resolution), Image.BOX))
-  return np.asarray(canvas.convert("RGB"), np.uint8)
+  return np.asarray(canvas.resize((resolution, resolution), Image.BOX), np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Loader throughput: images/s of the grain pipeline (decode, crop/flip, resize, tokenize, batch).
+
+  python benchmarks/data_loader.py --data_dir DIR --config 64 --workers 2 --batch 64
+
+Builds captioned_shapes/CONFIG first if it is missing. Reports the steady-state rate after
+--warmup batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from llmimg_jax.data import pipeline
+from llmimg_jax.text.tokenizer import load_tokenizer
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
+  parser.add_argument("--config", default="64")
+  parser.add_argument("--image_size", type=int, default=64)
+  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--warmup", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=50)
+  parser.add_argument("--max_length", type=int, default=64)
+  parser.add_argument("--read_threads", type=int, default=0, help="0 = grain's default")
+  parser.add_argument("--augment", action="store_true", help="random crop 0.8 + flip")
+  args = parser.parse_args()
+
+  cfg = pipeline.default_data_config()
+  cfg.update(name="captioned_shapes", config=args.config, data_dir=args.data_dir,
+             image_size=args.image_size, num_workers=args.workers, worker_buffer_size=2,
+             random_crop=0.8 if args.augment else 0.0, random_flip=args.augment,
+             read_threads=args.read_threads)
+  tok = load_tokenizer(None, max_length=args.max_length)
+  start = time.perf_counter()
+  it = pipeline.make_iterator(cfg, tok, batch_size_per_host=args.batch, seed=0,
+                              process_index=0, process_count=1)
+  for _ in range(args.warmup):
+    next(it)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    batch = next(it)
+  seconds = time.perf_counter() - start
+  print(json.dumps({
+      "config": args.config, "image_size": args.image_size, "workers": args.workers, "read_threads": args.read_threads,
+      "batch": args.batch, "augment": args.augment, "steps": args.steps,
+      "images_per_s": round(args.steps * args.batch / seconds, 1),
+      "startup_plus_warmup_s": round(first, 1), "cpu_count": os.cpu_count(),
+      "load_avg_1m": round(os.getloadavg()[0], 2),
+      "batch_shapes": {k: list(v.shape) for k, v in batch.items()}}))
+
+
+if __name__ == "__main__":
+  main()
