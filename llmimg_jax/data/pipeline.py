@@ -276,18 +276,23 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def to_global_batch(batch: dict[str, np.ndarray], mesh, axis: str = "data") -> dict[str, Any]:
+MODEL_KEYS = ("image", "input_ids", "attention_mask")
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh, axis: str = "data",
+                    keys: tuple[str, ...] | None = MODEL_KEYS) -> dict[str, Any]:
   """Each host's numpy batch -> global `jax.Array`s sharded over `axis` of `mesh`.
 
-  Non-numeric entries (e.g. strings) are dropped. The global batch is the concatenation of all
-  hosts' batches, so every host must pass the same batch size.
+  Only `keys` are moved (default: what the model needs; `index` stays on the host); None moves
+  every numeric entry. The global batch concatenates the hosts' batches in process order, so
+  every host must pass the same batch size.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
-    if value.dtype.kind not in "biuf":
+    if (keys is not None and key not in keys) or value.dtype.kind not in "biuf":
       continue
     spec = P(axis, *([None] * (value.ndim - 1)))
     out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), value)

@@ -178,9 +178,10 @@ def test_to_global_batch_over_a_4_device_mesh():
       mesh = Mesh(np.array(jax.devices()), ("data",))
       batch = {"image": np.arange(8 * 2 * 2 * 3, dtype=np.uint8).reshape(8, 2, 2, 3),
                "input_ids": np.arange(8 * 5, dtype=np.int32).reshape(8, 5),
-               "caption": np.array(["x"] * 8)}
+               "index": np.arange(8, dtype=np.int64), "caption": np.array(["x"] * 8)}
       out = to_global_batch(batch, mesh)
       assert set(out) == {"image", "input_ids"}, out.keys()
+      assert set(to_global_batch(batch, mesh, keys=None)) == {"image", "input_ids", "index"}
       assert out["image"].shape == (8, 2, 2, 3) and len(out["image"].addressable_shards) == 4
       assert all(s.data.shape == (2, 5) for s in out["input_ids"].addressable_shards)
       np.testing.assert_array_equal(np.asarray(out["input_ids"]), batch["input_ids"])
