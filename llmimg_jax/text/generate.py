@@ -46,18 +46,20 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     if do_sample:
       raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
     rng = jax.random.PRNGKey(0)
-  return _generate(params, input_ids, attention_mask, rng, config=config,
+  # Scalars that only enter arithmetic are traced (no recompiles); the rest shape the program.
+  scalars = jnp.asarray([temperature, top_p, length_penalty], jnp.float32)
+  return _generate(params, input_ids, attention_mask, rng, scalars, config=config,
                    max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
-                   do_sample=bool(do_sample), temperature=float(temperature), top_k=int(top_k),
-                   top_p=float(top_p), length_penalty=float(length_penalty),
+                   do_sample=bool(do_sample), top_k=int(top_k), use_top_p=bool(top_p < 1.0),
                    min_new_tokens=int(min_new_tokens), dtype=jnp.dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "config", "max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p",
-    "length_penalty", "min_new_tokens", "dtype"))
-def _generate(params, input_ids, attention_mask, rng, *, config, max_new_tokens, num_beams,
-              do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens, dtype):
+    "config", "max_new_tokens", "num_beams", "do_sample", "top_k", "use_top_p", "min_new_tokens",
+    "dtype"))
+def _generate(params, input_ids, attention_mask, rng, scalars, *, config, max_new_tokens, num_beams,
+              do_sample, top_k, use_top_p, min_new_tokens, dtype):
+  temperature, top_p, length_penalty = scalars[0], scalars[1], scalars[2]
   model = T5ForConditionalGeneration(config, dtype)
   variables = {"params": params}
   enc = model.apply(variables, input_ids, attention_mask, method=model.encode)  # [b, l, d]
@@ -77,7 +79,7 @@ def _generate(params, input_ids, attention_mask, rng, *, config, max_new_tokens,
 
   if num_beams == 1:
     out = _greedy_or_sample(step_logits, cache, input_ids.shape[0], rng, config, max_new_tokens,
-                            do_sample, temperature, top_k, top_p)
+                            do_sample, temperature, top_k, top_p if use_top_p else None)
   else:
     out = _beam_search(step_logits, cache, input_ids.shape[0], config, max_new_tokens, num_beams,
                        length_penalty)
@@ -91,13 +93,15 @@ def _pad_after_eos(tokens, config):
   return jnp.where(after, config.pad_token_id, tokens).astype(jnp.int32)
 
 
-def process_logits(logits, temperature: float, top_k: int, top_p: float):
-  """Temperature, then top-k, then top-p (nucleus) filtering, in transformers' order."""
+def process_logits(logits, temperature, top_k: int, top_p=None):
+  """Temperature, then top-k, then top-p (nucleus; None or 1.0 = off), in transformers' order.
+
+  top_k is static; temperature and top_p may be traced scalars."""
   logits = logits / temperature
   if 0 < top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
+  if top_p is not None and not (isinstance(top_p, (int, float)) and top_p >= 1.0):
     sorted_logits = jnp.sort(logits, axis=-1)  # ascending, as transformers' TopPLogitsWarper
     cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
     remove = (cum <= 1.0 - top_p).at[..., -1].set(False)  # always keep the most likely token

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 
@@ -219,15 +219,22 @@ def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False)
 
 
 def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *, dtype=jnp.float32,
-                    seed: int = 0) -> tuple[T5Config, Params, TextTokenizer]:
+                    seed: int = 0, config: T5Config | None = None
+                    ) -> tuple[T5Config, Params, TextTokenizer]:
   """(config, params, tokenizer). None gives the offline default: the ByT5 byte tokenizer and a
-  freshly initialised (untrained) T5Config.byt5_small_scratch()."""
+  freshly initialised (untrained) `config`, by default T5Config.byt5_small_scratch()."""
   if path_or_name is None:
     log.warning("No T5 checkpoint given: using a freshly initialised, UNTRAINED byte-level T5 "
                 "(T5Config.byt5_small_scratch) with the ByT5 tokenizer; its outputs are noise.")
-    config = T5Config.byt5_small_scratch()
+    config = config or T5Config.byt5_small_scratch()
+    if config.vocab_size < BYT5_VOCAB_SIZE:
+      raise ValueError(f"The offline default uses the ByT5 tokenizer ({BYT5_VOCAB_SIZE} ids); "
+                       f"config.vocab_size={config.vocab_size} is too small.")
     params = init_params(config, jax.random.PRNGKey(seed))
     return config, jax.tree.map(lambda x: x.astype(dtype), params), load_tokenizer(None, max_length)
+  if config is not None:
+    raise ValueError("config= is only for the offline default (path_or_name=None); a checkpoint "
+                     "brings its own config.json.")
   ckpt_dir = resolve_checkpoint_dir(path_or_name)
   config, params = load_t5(ckpt_dir, dtype)
   tokenizer = load_tokenizer(ckpt_dir, max_length)

@@ -5,7 +5,9 @@ never silent: it is logged with how many tokens were cut.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,7 +38,7 @@ class TextTokenizer:
 
   def __call__(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
     """Returns input_ids and attention_mask, both int32 [batch, max_length]."""
-    if isinstance(texts, str):
+    if isinstance(texts, (str, bytes)):
       texts = [texts]
     texts = [_clean(t) for t in texts]
     full = self.hf(texts, add_special_tokens=True, truncation=False)["input_ids"]
@@ -62,11 +64,15 @@ class TextTokenizer:
 
 
 def _clean(text) -> str:
-  """Text as a str: bytes are decoded with replacement (invalid UTF-8 never crashes)."""
+  """Text as valid UTF-8 str: invalid bytes and lone surrogates become U+FFFD, never a crash."""
   if isinstance(text, bytes):
     return text.decode("utf-8", errors="replace")
   if not isinstance(text, str):
     raise TypeError(f"Expected text as str or bytes, got {type(text).__name__}: {text!r:.80}")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:  # e.g. os.fsdecode() of non-UTF-8 bytes (surrogateescape)
+    text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
   return text
 
 
@@ -75,12 +81,28 @@ def load_tokenizer(path_or_name: str | None, max_length: int) -> TextTokenizer:
   if path_or_name is None:
     from transformers import ByT5Tokenizer
     return TextTokenizer(ByT5Tokenizer(), max_length)
-  from transformers import AutoTokenizer
   try:
-    hf = AutoTokenizer.from_pretrained(path_or_name)
+    hf = _tokenizer_class(path_or_name).from_pretrained(path_or_name)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
         f"Could not load a tokenizer from {path_or_name!r}: {e}. A checkpoint directory needs "
         "tokenizer files (tokenizer.json, spiece.model or tokenizer_config.json for ByT5) beside "
         "config.json; save them with tokenizer.save_pretrained(DIR).") from e
   return TextTokenizer(hf, max_length)
+
+
+def _tokenizer_class(path_or_name):
+  """The class named in a local tokenizer_config.json, else AutoTokenizer. Naming the class avoids
+  AutoTokenizer's import of torch (seconds of CLI start-up)."""
+  import transformers
+  cfg_path = os.path.join(os.fspath(path_or_name), "tokenizer_config.json")
+  if os.path.isfile(cfg_path):
+    try:
+      with open(cfg_path) as f:
+        name = json.load(f).get("tokenizer_class")
+      cls = getattr(transformers, name) if isinstance(name, str) else None
+      if cls is not None and hasattr(cls, "from_pretrained"):
+        return cls
+    except (OSError, ValueError, AttributeError, ImportError):
+      pass  # fall back to AutoTokenizer, which reports problems itself
+  return transformers.AutoTokenizer

@@ -44,20 +44,28 @@ def test_logit_processing_matches_transformers(temperature, top_k, top_p):
   assert 0 < np.isfinite(ours).sum() < ours.size or (top_k == 0 and top_p == 1.0)
 
 
+def test_top_k_1_keeps_only_the_argmax():
+  logits = jnp.asarray(np.random.default_rng(1).normal(size=(3, 40)), jnp.float32)
+  kept = np.isfinite(np.asarray(process_logits(logits, 0.5, 1, jnp.float32(0.9))))
+  assert (kept.sum(1) == 1).all() and (kept.argmax(1) == np.asarray(logits).argmax(1)).all()
+
+
 def test_sampling(relu, padded_batch):
   config, params = relu
   ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
-  kw = dict(max_new_tokens=12, do_sample=True, temperature=2.0)
+  kw = dict(max_new_tokens=24, do_sample=True, temperature=2.0)
   a = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(1), **kw))
   b = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(1), **kw))
   c = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(2), **kw))
   np.testing.assert_array_equal(a, b)  # same key, same samples
   assert (a != c).any()  # another key, other samples
-  greedy = np.asarray(generate(params, config, ids, mask, max_new_tokens=12))
+  greedy = np.asarray(generate(params, config, ids, mask, max_new_tokens=24))
   assert (a != greedy).any()
-  top1 = generate(params, config, ids, mask, rng=jax.random.PRNGKey(3), max_new_tokens=12,
-                  do_sample=True, top_k=1)
-  np.testing.assert_array_equal(np.asarray(top1), greedy)  # top-k=1 sampling is greedy
+  # A temperature near 0 concentrates sampling on the argmax: greedy again (same compiled program,
+  # temperature is traced).
+  cold = generate(params, config, ids, mask, rng=jax.random.PRNGKey(3), max_new_tokens=24,
+                  do_sample=True, temperature=1e-4)
+  np.testing.assert_array_equal(np.asarray(cold), greedy)
   with pytest.raises(ValueError, match="rng"):
     generate(params, config, ids, mask, max_new_tokens=4, do_sample=True)
   with pytest.raises(ValueError, match="top_p"):
@@ -72,11 +80,11 @@ def test_bf16_compute_close_to_fp32(relu, padded_batch):
   out = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     enc_model, model = T5EncoderModel(config, dtype), T5ForConditionalGeneration(config, dtype)
-    enc = jax.jit(enc_model.apply)({"params": {k: params[k] for k in ("shared", "encoder")}},
-                                   ids, mask)
-    assert enc.dtype == dtype
-    out[dtype] = (np.asarray(enc, np.float32),
-                  np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, dec)))
+    enc, logits = jax.jit(lambda p: (
+        enc_model.apply({"params": {k: p[k] for k in ("shared", "encoder")}}, ids, mask),
+        model.apply({"params": p}, ids, mask, dec)))(params)
+    assert enc.dtype == dtype and logits.dtype == jnp.float32
+    out[dtype] = (np.asarray(enc, np.float32), np.asarray(logits))
   for ref, low in zip(out[jnp.float32], out[jnp.bfloat16]):
     assert np.isfinite(low).all()
     rms_err = np.linalg.norm(low - ref) / np.linalg.norm(ref)
@@ -105,23 +113,28 @@ def test_dropout_only_when_not_deterministic(relu, padded_batch):
   config, params = relu
   assert config.dropout_rate > 0
   ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
-  model = T5EncoderModel(config)
+  apply = jax.jit(T5EncoderModel(config).apply, static_argnames="deterministic")
   p = {"params": {k: params[k] for k in ("shared", "encoder")}}
-  base = np.asarray(model.apply(p, ids, mask))
-  np.testing.assert_array_equal(base, np.asarray(model.apply(p, ids, mask, deterministic=True)))
-  d1 = model.apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
-  d2 = model.apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+  base = np.asarray(apply(p, ids, mask))  # deterministic by default
+  np.testing.assert_array_equal(base, np.asarray(apply(p, ids, mask, deterministic=True)))
+  d1 = apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  d2 = apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
   assert not np.allclose(base, d1) and not np.allclose(d1, d2)
 
 
 def test_offline_default(caplog):
-  with caplog.at_level(logging.WARNING):
-    config, params, tokenizer = load_pretrained(None, max_length=16)
-  assert "UNTRAINED" in caplog.text
-  assert config == T5Config.byt5_small_scratch() and config.vocab_size == tokenizer.vocab_size
-  assert set(params) == {"shared", "encoder", "decoder", "lm_head"}
+  default = T5Config.byt5_small_scratch()
+  assert default.vocab_size == 384 and default.is_gated and not default.tie_word_embeddings
   small = T5Config.byt5_small_scratch(d_model=32, num_layers=1, num_heads=2, d_kv=8)
-  p = init_params(small, jax.random.PRNGKey(0), encoder_only=True)
+  with caplog.at_level(logging.WARNING):
+    config, params, tokenizer = load_pretrained(None, max_length=16, config=small)
+  assert "UNTRAINED" in caplog.text
+  assert config == small and config.vocab_size == tokenizer.vocab_size == 384
+  assert set(params) == {"shared", "encoder", "decoder", "lm_head"}
   batch = tokenizer(["offline"])
-  enc = T5EncoderModel(small).apply({"params": p}, batch["input_ids"], batch["attention_mask"])
+  enc_params = {k: params[k] for k in ("shared", "encoder")}
+  enc = jax.jit(T5EncoderModel(small).apply)({"params": enc_params}, batch["input_ids"],
+                                             batch["attention_mask"])
   assert enc.shape == (1, 16, 32) and np.isfinite(np.asarray(enc)).all()
+  enc_only = init_params(small, jax.random.PRNGKey(0), encoder_only=True)
+  assert jax.tree.structure(enc_only) == jax.tree.structure(enc_params)

@@ -108,3 +108,10 @@ def test_beam_search_matches_pytorch(checkpoint, loaded, padded_batch):
   assert strip_generated(np.asarray(ours), config) == ref
   assert any(r[-1] == eos for r in ref), ref  # some beams finished on EOS ...
   assert sum(len(r) for r in ref) >= 20  # ... and the comparison still covers many tokens
+  # length_penalty is traced: other values reuse the compiled search.
+  for lp in (0.0, 2.0):
+    ref_lp = strip_generated(_hf_generate(checkpoint, padded_batch, max_new_tokens=n, num_beams=4,
+                                          eos_token_id=eos, length_penalty=lp), config)
+    ours_lp = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
+                       max_new_tokens=n, num_beams=4, length_penalty=lp)
+    assert strip_generated(np.asarray(ours_lp), config) == ref_lp, lp

@@ -1,0 +1,89 @@
+"""Awkward text inputs, the TextGenerator wrapper and the `python -m llmimg_jax.text` CLI."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from llmimg_jax.text import TextGenerator, load_tokenizer
+from llmimg_jax.text.__main__ import main
+
+MAX_LEN = 32
+AWKWARD = ["", "x" * 10_000, "日本語のテキストと絵文字 🦊🎨👩‍👩‍👧", b"\xff\xfe invalid \xc3\x28 utf-8",
+           "lone surrogate \udcff here"]
+
+
+@pytest.fixture(scope="module")
+def generator(relu_tied):
+  return TextGenerator.from_pretrained(relu_tied.path, max_length=MAX_LEN)
+
+
+def test_awkward_texts_encode_and_generate(generator, caplog):
+  with caplog.at_level(logging.WARNING):
+    batch = generator.tokenizer(AWKWARD)
+  assert "truncated" in caplog.text and "10001 tokens" in caplog.text  # 10k bytes + EOS
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  eos = generator.tokenizer.eos_id
+  assert mask[0].sum() == 1 and ids[0, 0] == eos  # empty text: just EOS
+  assert mask[1].all() and ids[1, -1] == eos  # truncated to max_length, EOS kept
+  assert mask[2].sum() > 20 and mask[3].sum() > 5 and mask[4].sum() > 5
+  replacement = generator.tokenizer("\ufffd")["input_ids"][0, :3].tolist()  # U+FFFD's 3 bytes
+  for row in (3, 4):  # invalid UTF-8 / lone surrogates become U+FFFD
+    assert any(ids[row, i:i + 3].tolist() == replacement for i in range(MAX_LEN - 2))
+
+  states = generator.encode(AWKWARD)
+  assert states.shape == (len(AWKWARD), MAX_LEN, generator.config.d_model)
+  assert states.dtype == np.float32 and np.isfinite(states).all()
+  texts = generator.generate(AWKWARD, max_new_tokens=4)
+  assert len(texts) == len(AWKWARD) and all(isinstance(t, str) for t in texts)
+
+
+def test_tokenizer_rejects_non_text():
+  tok = load_tokenizer(None, 8)
+  with pytest.raises(TypeError, match="str or bytes"):
+    tok([1, 2, 3])
+
+
+def _hf_reference(ckpt, texts: list[str], max_new_tokens: int):
+  tok = load_tokenizer(ckpt.path, MAX_LEN)
+  batch = tok(texts)
+  ids, mask = torch.tensor(batch["input_ids"]).long(), torch.tensor(batch["attention_mask"])
+  with torch.no_grad():
+    out = ckpt.hf_model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=max_new_tokens)
+    enc = ckpt.hf_model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+  return tok.decode(out[:, 1:].numpy()), enc.numpy()
+
+
+def test_cli_generates_and_encodes(relu_tied, tmp_path):
+  texts = ["a red fox in the snow", "hi"]
+  common = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path,
+            "--max_length", str(MAX_LEN)] + [a for t in texts for a in ("--text", t)]
+  npy = tmp_path / "states.npy"
+  env = dict(os.environ, PYTHONIOENCODING="utf-8")
+  procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+           for cmd in (common + ["--max_new_tokens", "10"], common + ["--encode_out", str(npy)])]
+  results = [p.communicate(timeout=120) for p in procs]
+  for p, (out, err) in zip(procs, results):
+    assert p.returncode == 0, err.decode(errors="replace")[-3000:]
+
+  ref_texts, ref_states = _hf_reference(relu_tied, texts, 10)
+  assert any(ref_texts), "reference generated only special tokens; comparison would be empty"
+  assert results[0][0].decode("utf-8") == "".join(t + "\n" for t in ref_texts)
+
+  states = np.load(npy)
+  assert states.dtype == np.float32 and states.shape == (len(texts), MAX_LEN, 32)
+  np.testing.assert_allclose(states, ref_states, atol=1e-4)
+  assert str(npy) in results[1][0].decode()
+
+
+def test_cli_bad_model_path(tmp_path, capsys):
+  missing = str(tmp_path / "nowhere")
+  assert main(["--model", missing, "--text", "x"]) == 2
+  err = capsys.readouterr().err
+  assert missing in err and "not found" in err
