@@ -1,0 +1,41 @@
+"""shapes_quick: the README's main job, a 32px captioned-shapes GAN that trains on a laptop CPU.
+
+  python train.py --config configs/shapes_quick.py --workdir runs/shapes_quick
+
+On a 2-core CPU it finishes in about 15 minutes (building the dataset included) and its samples
+(runs/shapes_quick/samples/*.png) visibly follow the captions' colours and, more roughly, shapes.
+"""
+from llmimg_jax.train.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.data.name = "captioned_shapes"
+  c.data.config = "32_quick"
+  c.data.image_size = 32
+  c.data.random_crop = 0.0
+  c.data.random_flip = True
+
+  c.text.max_length = 64
+  c.text.d_model = 64
+  c.text.d_ff = 128
+  c.text.num_layers = 1
+  c.text.num_heads = 4
+
+  c.model.resolution = 32
+  c.model.nf_g = 16
+  c.model.nf_d = 16
+  c.model.z_dim = 32
+  c.model.cond_dim = 64
+  c.model.attn_resolutions = (16,)
+
+  c.loss.diffaugment = ""
+  c.loss.contrastive_weight = 0.2
+
+  c.train.steps = 3000
+  c.train.batch_size = 32
+  c.train.ema_decay = 0.995
+  c.train.log_every = 25
+  c.train.sample_every = 500
+  c.train.ckpt_every = 500
+  return c

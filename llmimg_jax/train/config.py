@@ -1,0 +1,94 @@
+"""Defaults shared by every experiment config, and validation that runs before anything compiles."""
+from __future__ import annotations
+
+import ml_collections
+
+from llmimg_jax.data.pipeline import default_data_config
+from llmimg_jax.gan import GRADIENT_PENALTIES
+
+RESOLUTIONS = (32, 64, 128, 256)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = default_data_config()
+
+  c.text = ml_collections.ConfigDict()
+  c.text.mode = "trainable"  # 'trainable' (learns through D's losses) or 'frozen'
+  c.text.checkpoint = ""  # a T5 directory or hub name; "" = byte tokenizer + T5 from scratch
+  c.text.max_length = 64  # tokens (bytes for the byte tokenizer)
+  c.text.d_model = 128  # the from-scratch encoder's size
+  c.text.d_ff = 256
+  c.text.num_layers = 2
+  c.text.num_heads = 4
+  c.text.feed_forward_proj = "gated-gelu"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.resolution = 64
+  c.model.nf_g = 32
+  c.model.nf_d = 32
+  c.model.z_dim = 100
+  c.model.cond_dim = 256
+  c.model.attn_resolutions = (16,)
+  c.model.dtype = "float32"  # compute dtype; params stay fp32. 'bfloat16' on TPU/GPU.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.gp = "ma_gp"  # 'ma_gp' (DF-GAN's matching-aware GP), 'r1' or 'none'
+  c.loss.magp_k = 2.0
+  c.loss.magp_p = 6.0
+  c.loss.r1_gamma = 10.0
+  c.loss.diffaugment = "color,translation,cutout"  # '' disables DiffAugment
+  c.loss.contrastive_weight = 0.0  # InfoNCE between D image features and sentences; 0 = off
+  c.loss.contrastive_temperature = 0.1
+  c.loss.contrastive_g = True  # also ask G's images to match their sentence contrastively
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100_000
+  c.train.batch_size = 32  # global, over all devices of all hosts
+  c.train.lr_g = 1e-4
+  c.train.lr_d = 4e-4
+  c.train.lr_text = 4e-4
+  c.train.b1 = 0.0
+  c.train.b2 = 0.9
+  c.train.grad_clip = 0.0  # global-norm clip; 0 = off
+  c.train.ema_decay = 0.999
+  c.train.log_every = 50
+  c.train.sample_every = 1000
+  c.train.ckpt_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.max_bad_steps = 20  # consecutive non-finite updates before the run stops
+  c.train.sample_prompts = (
+      "a red circle", "a large blue square in the center", "a small green triangle",
+      "a yellow star in the top left corner", "a purple heart on the right",
+      "an orange diamond at the bottom", "a cyan circle left of a red square",
+      "a big white cross in the middle")
+  c.train.samples_per_prompt = 4
+  return c
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the key and the fix; cheap, runs before any compilation."""
+  m, t = config.model, config.train
+  if m.resolution not in RESOLUTIONS:
+    raise ValueError(f"config.model.resolution={m.resolution} is not supported; use one of "
+                     f"{RESOLUTIONS}.")
+  if t.batch_size % num_devices:
+    raise ValueError(
+        f"config.train.batch_size={t.batch_size} is not divisible by the {num_devices} devices "
+        f"of this run; use a multiple of {num_devices}, e.g. --config.train.batch_size="
+        f"{max(1, round(t.batch_size / num_devices)) * num_devices}.")
+  if config.text.mode not in ("trainable", "frozen"):
+    raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
+  if config.loss.gp not in GRADIENT_PENALTIES:
+    raise ValueError(f"config.loss.gp={config.loss.gp!r}: use one of {GRADIENT_PENALTIES}.")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'.")
+  if config.data.image_size != m.resolution:
+    raise ValueError(
+        f"config.data.image_size={config.data.image_size} differs from config.model.resolution="
+        f"{m.resolution}; set both to the same value.")
+  for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
+    if t[name] <= 0:
+      raise ValueError(f"config.train.{name}={t[name]} must be positive.")

@@ -1,0 +1,153 @@
+"""The training loop: one jitted step over a data-parallel mesh of every device of every host."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from llmimg_jax.data.pipeline import make_iterator, to_global_batch
+from llmimg_jax.images import captioned_grid
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.config import validate
+from llmimg_jax.train.state import Models, TrainState, build_models, build_text, init_state
+from llmimg_jax.train.step import generate_images, train_step
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+  pass
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over `devices` (default: every device of every host)."""
+  devices = jax.devices() if devices is None else devices
+  # Auto axes: shardings propagate from the jit's in/out shardings (classic data parallelism).
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def jit_train_step(models: Models, mesh: jax.sharding.Mesh):
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, batch),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def create_state(models: Models, mesh: jax.sharding.Mesh, seed: int, text_params=None
+                 ) -> TrainState:
+  init = jax.jit(functools.partial(init_state, models), out_shardings=NamedSharding(mesh, P()))
+  return init(jax.random.PRNGKey(seed), text_params)
+
+
+class SampleWriter:
+  """Fixed prompts with fixed noise, rendered from the EMA generator as PNG + TensorBoard."""
+
+  def __init__(self, models: Models, tokenizer, config: ml_collections.ConfigDict, workdir: Path):
+    t = config.train
+    self.prompts = list(t.sample_prompts)
+    n = len(self.prompts) * t.samples_per_prompt
+    tokens = tokenizer(self.prompts)
+    self.ids = np.repeat(tokens["input_ids"], t.samples_per_prompt, axis=0)  # [n, L]
+    self.mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
+    self.z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))
+    self.generate = jax.jit(functools.partial(generate_images, models))
+    self.dir = workdir / "samples"
+
+  def __call__(self, state: TrainState, step: int, writer) -> Path | None:
+    images = np.asarray(jax.device_get(
+        self.generate(state.ema_params, state.text_params, self.z, self.ids, self.mask)))
+    if jax.process_index() != 0:
+      return None
+    grid = captioned_grid(images, self.prompts)
+    self.dir.mkdir(parents=True, exist_ok=True)
+    path = self.dir / f"step_{step:07d}.png"
+    grid.save(path)
+    if writer is not None:
+      writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    return path
+
+
+def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  path = workdir / "config.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old != json.loads(config.to_json()):
+      log.warning("%s differs from this run's config; the new config is used and saved.", path)
+  path.write_text(config.to_json(indent=2))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+  workdir = Path(workdir)
+  validate(config, jax.device_count())
+  mesh = make_mesh()
+  tokenizer, t5_config, pretrained_text = build_text(config)
+  models = build_models(config, t5_config)
+  data_iter = make_iterator(
+      config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
+      seed=config.seed)
+
+  manager = checkpoint.make_manager(workdir, config)
+  state = create_state(models, mesh, config.seed, pretrained_text)
+  if (latest := manager.latest_step()) is not None:
+    state = checkpoint.restore(manager, latest, checkpoint.abstract_like(state), data_iter)
+    log.info("Resumed from %s at step %d.", manager.directory, latest)
+  start = int(state.step)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(workdir, config)
+  writer = None
+  if jax.process_index() == 0:
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(str(workdir / "tensorboard"))
+  samples = SampleWriter(models, tokenizer, config, workdir)
+  step_fn = jit_train_step(models, mesh)
+
+  t = config.train
+  pending = []  # device metrics since the last log, fetched together to avoid a sync per step
+  last_time, last_step = time.perf_counter(), start
+  bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train",
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  for step in bar:
+    batch = to_global_batch(next(data_iter), mesh)
+    state, metrics = step_fn(state, batch)
+    pending.append(metrics)
+    done = step + 1
+    if done % t.log_every == 0 or done == t.steps:
+      fetched = jax.device_get(pending)
+      pending = []
+      now = time.perf_counter()
+      scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+      scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
+      scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
+      last_time, last_step = now, done
+      bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
+                      img_s=f"{scalars['images_per_sec']:.0f}")
+      if writer is not None:
+        for k, v in scalars.items():
+          writer.add_scalar(f"train/{k}", v, done)
+      if scalars["skipped_updates"]:
+        log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
+                    scalars["skipped_updates"])
+      if int(state.bad_steps) >= t.max_bad_steps:
+        manager.wait_until_finished()
+        raise DivergenceError(
+            f"{int(state.bad_steps)} consecutive non-finite updates at step {done}: the run "
+            f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
+            "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
+    if done % t.sample_every == 0 or done == t.steps:
+      samples(state, done, writer)
+    if done % t.ckpt_every == 0 or done == t.steps:
+      checkpoint.save(manager, done, state, data_iter, config)
+  manager.wait_until_finished()
+  if writer is not None:
+    writer.close()
+  return state

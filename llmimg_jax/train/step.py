@@ -1,0 +1,130 @@
+"""One GAN update: discriminator (and trainable text encoder), then generator, then EMA.
+
+As in DF-GAN, one batch of fakes serves both halves: the generator runs forward once under
+`jax.vjp`, the discriminator learns from the detached fakes, and the generator's gradient is the
+updated discriminator's gradient w.r.t. those same fakes pulled back through the saved vjp.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llmimg_jax import gan
+from llmimg_jax.train.state import Models, TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def encode_text(models: Models, text_params, input_ids, mask) -> tuple[jax.Array, jax.Array]:
+  """T5 token states [batch, length, d_text] and their mask-aware mean [batch, d_text], in fp32."""
+  words = models.text_encoder.apply({"params": text_params}, input_ids, mask).astype(jnp.float32)
+  return words, gan.sentence_embedding(words, mask)
+
+
+def _d_apply(models: Models, params, *args, method: str):
+  d = models.discriminator
+  return d.apply({"params": params}, *args, method=getattr(d, method))
+
+
+def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
+               ) -> tuple[TrainState, Metrics]:
+  """One update from a global batch: image uint8 [b, R, R, 3], input_ids/attention_mask [b, L]."""
+  cfg = models.config
+  rng = jax.random.fold_in(state.rng, state.step)
+  k_z, k_aug_real, k_aug_fake, k_aug_g = jax.random.split(rng, 4)
+  real = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [b, R, R, 3]
+  ids, mask = batch["input_ids"], batch["attention_mask"]  # [b, L]
+  z = jax.random.normal(k_z, (real.shape[0], cfg.model.z_dim))  # [b, z_dim]
+  augment = functools.partial(gan.diff_augment, policy=cfg.loss.diffaugment)
+
+  words, sent = jax.lax.stop_gradient(encode_text(models, state.text_params, ids, mask))
+  fake, g_vjp = jax.vjp(  # [b, R, R, 3]
+      lambda g: models.generator.apply({"params": g}, z, sent, words, mask), state.g_params)
+
+  def d_loss_fn(d_params, text_params):
+    _, sent = encode_text(models, text_params, ids, mask)
+    real_aug = augment(real, k_aug_real)
+
+    def logits_fn(x, s):
+      feats = _d_apply(models, d_params, x, method="features")  # [b, 4, 4, C]
+      return _d_apply(models, d_params, feats, s, method="logits")  # [b]
+
+    feats_real = _d_apply(models, d_params, real_aug, method="features")
+    logits_real = _d_apply(models, d_params, feats_real, sent, method="logits")
+    logits_mismatch = _d_apply(models, d_params, feats_real, gan.mismatched(sent), method="logits")
+    feats_fake = _d_apply(models, d_params, augment(jax.lax.stop_gradient(fake), k_aug_fake),
+                          method="features")
+    logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
+    hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch)
+    penalty = gan.gradient_penalty(cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k,
+                                   p=cfg.loss.magp_p, gamma=cfg.loss.r1_gamma)
+    loss = hinge + penalty
+    metrics = {"d_hinge": hinge, "gp": penalty, "d_real": logits_real.mean(),
+               "d_fake": logits_fake.mean(), "d_mismatch": logits_mismatch.mean()}
+    if cfg.loss.contrastive_weight > 0:
+      contrastive = gan.info_nce(
+          _d_apply(models, d_params, feats_real, method="image_embedding"),
+          _d_apply(models, d_params, sent, method="text_embedding"),
+          cfg.loss.contrastive_temperature)
+      loss += cfg.loss.contrastive_weight * contrastive
+      metrics["d_contrastive"] = contrastive
+    return loss, metrics
+
+  (d_loss, d_metrics), (d_grads, text_grads) = jax.value_and_grad(
+      d_loss_fn, argnums=(0, 1), has_aux=True)(state.d_params, state.text_params)
+  d_updates, d_opt_state = models.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_updates)
+  text_params, text_opt_state = state.text_params, state.text_opt_state
+  if models.trainable_text:
+    t_updates, text_opt_state = models.text_tx.update(text_grads, text_opt_state, text_params)
+    text_params = optax.apply_updates(text_params, t_updates)
+
+  def g_loss_fn(fake):
+    feats = _d_apply(models, d_params, augment(fake, k_aug_g), method="features")
+    adversarial = gan.g_hinge_loss(_d_apply(models, d_params, feats, sent, method="logits"))
+    metrics = {"g_adversarial": adversarial}
+    loss = adversarial
+    if cfg.loss.contrastive_weight > 0 and cfg.loss.contrastive_g:
+      contrastive = gan.info_nce(_d_apply(models, d_params, feats, method="image_embedding"),
+                                 _d_apply(models, d_params, sent, method="text_embedding"),
+                                 cfg.loss.contrastive_temperature)
+      loss += cfg.loss.contrastive_weight * contrastive
+      metrics["g_contrastive"] = contrastive
+    return loss, metrics
+
+  (g_loss, g_metrics), grad_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+  (g_grads,) = g_vjp(grad_fake)
+  g_updates, g_opt_state = models.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+  # EMA with warm-up, so short runs are not dominated by the initial weights.
+  decay = jnp.minimum(cfg.train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  ema_params = gan.ema_update(state.ema_params, g_params, decay)
+
+  norms = {"grad_norm_g": optax.tree.norm(g_grads), "grad_norm_d": optax.tree.norm(d_grads)}
+  if models.trainable_text:
+    norms["grad_norm_text"] = optax.tree.norm(text_grads)
+  # Any NaN/Inf in a gradient makes its norm non-finite: one cheap check for the whole update.
+  ok = jnp.all(jnp.isfinite(jnp.stack([d_loss, g_loss, *norms.values()])))
+  updated = state.replace(
+      g_params=g_params, d_params=d_params, ema_params=ema_params, text_params=text_params,
+      g_opt_state=g_opt_state, d_opt_state=d_opt_state, text_opt_state=text_opt_state)
+  # A non-finite loss or gradient skips the whole update; the loop counts and stops on a streak.
+  # (lax.cond, not a per-leaf jnp.where: that doubles the step's compile time on CPU.)
+  new_state = jax.lax.cond(ok, lambda: updated, lambda: state)
+  new_state = new_state.replace(step=state.step + 1,
+                                bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
+  metrics = {"d_loss": d_loss, "g_loss": g_loss, **d_metrics, **g_metrics, **norms,
+             "finite": ok.astype(jnp.float32)}
+  return new_state, metrics
+
+
+def generate_images(models: Models, g_params: Any, text_params: Any, z, input_ids, mask
+                    ) -> jax.Array:
+  """Images uint8 [b, R, R, 3] from noise [b, z_dim] and tokenized prompts [b, L]."""
+  words, sent = encode_text(models, text_params, input_ids, mask)
+  images = models.generator.apply({"params": g_params}, z, sent, words, mask)
+  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

@@ -1,0 +1,16 @@
+"""Test-session setup: 8 simulated CPU devices, so data-parallel code paths run everywhere."""
+import os
+
+# Must happen before JAX initialises its backends; tests that need 1 device use a 1-device mesh.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_configure(config):
+  # Tests compile the same small programs many times (every train() call); a session-wide
+  # persistent compilation cache makes the repeats cheap.
+  import tempfile
+
+  import jax
+  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="llmimg_jax_xla_"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
