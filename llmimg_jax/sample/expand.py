@@ -1,0 +1,81 @@
+"""Caption expansion: a seq2seq T5 rewrites short prompts into the longer captions a GAN saw."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from llmimg_jax.text import TextGenerator
+
+log = logging.getLogger(__name__)
+DEFAULT_TEMPLATE = "Describe an image of: {prompt}"
+
+
+@dataclasses.dataclass
+class CaptionExpander:
+  """`CaptionExpander.from_pretrained(path_or_name)(["a red circle"]) -> ["a small red ..."]`.
+
+  Each prompt is put into `template` (which must contain `{prompt}`) and decoded greedily
+  (num_beams=1, do_sample=False), with beam search (num_beams > 1) or by sampling (do_sample).
+  An empty expansion falls back to the prompt itself, with a warning.
+  """
+  generator: TextGenerator
+  template: str = DEFAULT_TEMPLATE
+  max_new_tokens: int = 48
+  num_beams: int = 1
+  do_sample: bool = False
+  temperature: float = 1.0
+  top_p: float = 1.0
+  seed: int = 0
+  batch_size: int = 32
+
+  def __post_init__(self):
+    check_template(self.template)
+    if self.max_new_tokens < 1:
+      raise ValueError(f"expand max_new_tokens={self.max_new_tokens} must be >= 1.")
+    if self.num_beams < 1:
+      raise ValueError(f"expand num_beams={self.num_beams} must be >= 1.")
+    if self.do_sample and self.num_beams > 1:
+      raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
+                       "not both; drop one of the two options.")
+
+  @classmethod
+  def from_pretrained(cls, path_or_name: str | os.PathLike, max_length: int = 64,
+                      **kw: Any) -> CaptionExpander:
+    """A T5ForConditionalGeneration checkpoint directory or hub name (with its tokenizer)."""
+    return cls(TextGenerator.from_pretrained(path_or_name, max_length=max_length), **kw)
+
+  def __call__(self, prompts: Sequence[str]) -> list[str]:
+    inputs = [self.template.format(prompt=p) for p in prompts]
+    kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+    if self.do_sample:
+      kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+    captions: list[str] = []
+    for start in range(0, len(inputs), self.batch_size):
+      chunk = inputs[start:start + self.batch_size]
+      # Pad the chunk to a fixed size: one compiled generation for every chunk.
+      padded = chunk + [chunk[-1]] * (min(self.batch_size, len(inputs)) - len(chunk))
+      out = self.generator.generate(padded, seed=self.seed + start, **kw)
+      captions += out[:len(chunk)]
+    result = []
+    for prompt, caption in zip(prompts, captions):
+      caption = " ".join(caption.split())
+      if not caption:
+        log.warning("The expander produced an empty caption for %r; using the prompt itself.",
+                    prompt)
+        caption = prompt
+      result.append(caption)
+    return result
+
+
+def check_template(template: str) -> None:
+  try:
+    filled = template.format(prompt="\x00")
+  except (KeyError, IndexError, ValueError) as e:
+    raise ValueError(f"Expansion template {template!r} is not a valid format string ({e}); "
+                     "use {prompt} for the prompt and {{ }} for literal braces.") from None
+  if "\x00" not in filled:
+    raise ValueError(f"Expansion template {template!r} has no {{prompt}} placeholder; e.g. "
+                     f"{DEFAULT_TEMPLATE!r}.")

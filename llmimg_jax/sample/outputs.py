@@ -1,0 +1,74 @@
+"""Prompt files in; PNGs, a captioned grid and samples.jsonl out."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from llmimg_jax.images import captioned_grid
+from llmimg_jax.sample.sampler import SampleResult, check_prompts
+
+GRID_NAME = "grid.png"
+JSONL_NAME = "samples.jsonl"
+
+
+def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | None = None
+                 ) -> list[str]:
+  """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""
+  prompts = list(prompts)
+  if prompts_file:
+    path = Path(prompts_file).expanduser()
+    try:
+      text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+      raise FileNotFoundError(f"Prompts file {path} does not exist; pass a UTF-8 text file "
+                              "with one prompt per line.") from None
+    except (OSError, UnicodeDecodeError) as e:
+      raise ValueError(f"Could not read prompts file {path} ({type(e).__name__}: {e}); it must "
+                       "be UTF-8 text with one prompt per line.") from None
+    from_file = [line.strip() for line in text.splitlines()]
+    from_file = [p for p in from_file if p and not p.startswith("#")]
+    if not from_file:
+      raise ValueError(f"Prompts file {path} has no prompts (only blank or '#' lines); write one "
+                       "prompt per line.")
+    prompts += from_file
+  if not prompts:
+    raise ValueError("No prompts: pass --prompt TEXT (repeatable) or --prompts_file FILE.")
+  return check_prompts(prompts)
+
+
+def image_name(prompt_index: int, sample_index: int) -> str:
+  return f"p{prompt_index:04d}_s{sample_index:03d}.png"
+
+
+def write_samples(result: SampleResult, out_dir: str | os.PathLike,
+                  extra: dict | None = None) -> list[dict]:
+  """One PNG per image, GRID_NAME (a row per prompt, its caption underneath) and JSONL_NAME.
+
+  Returns the jsonl records: file, prompt, caption (the expanded caption, or null), prompt_index,
+  sample_index, seed, step, truncation, plus `extra`.
+  """
+  out = Path(out_dir).expanduser()
+  out.mkdir(parents=True, exist_ok=True)
+  n = result.num_per_prompt
+  records = []
+  for k, image in enumerate(result.images):
+    p, j = divmod(k, n)
+    name = image_name(p, j)
+    Image.fromarray(image).save(out / name)
+    records.append({
+        "file": name, "prompt": result.prompts[p],
+        "caption": result.captions[p] if result.expanded else None,
+        "prompt_index": p, "sample_index": j, "seed": result.seed, "step": result.step,
+        "truncation": result.truncation, **(extra or {})})
+  # Grid rows show what conditioned the generator: the expanded caption when there is one.
+  captions = [f"{p} -> {c}" if result.expanded else p
+              for p, c in zip(result.prompts, result.captions)]
+  captioned_grid(result.images, captions).save(out / GRID_NAME)
+  with open(out / JSONL_NAME, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  return records

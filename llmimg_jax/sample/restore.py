@@ -1,0 +1,139 @@
+"""Restores only what sampling needs (EMA generator, text encoder, config) from a training run.
+
+The run's Orbax checkpoints (llmimg_jax.train.checkpoint) hold the whole TrainState. Sampling reads
+`ema_params` and `text_params` with Orbax's partial restore and places them with shardings of
+*this* process's devices, so a run trained on 8 devices (or a pod) samples in a 1-CPU process.
+Optimizer states, the discriminator and the data-iterator state are never read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+PyTree = Any
+SAMPLING_KEYS = ("ema_params", "text_params")
+
+
+class CheckpointError(RuntimeError):
+  """A missing, unknown or unreadable checkpoint; the message names the path and the fix."""
+
+
+@dataclasses.dataclass
+class Restored:
+  config: ml_collections.ConfigDict
+  ema_params: PyTree
+  text_params: PyTree
+  step: int
+  path: Path  # the step directory restored from
+
+
+def _brief(e: Exception, limit: int = 400) -> str:
+  """An Orbax/TensorStore error in one short line (their messages embed whole JSON specs)."""
+  text = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+  return Path(workdir).expanduser().absolute() / "checkpoints"
+
+
+def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
+  """Finalized checkpoint steps of a training workdir -> their step directories (sorted)."""
+  workdir = Path(workdir).expanduser()
+  if not workdir.is_dir():
+    raise CheckpointError(f"Workdir {workdir} does not exist (or is not a directory); pass the "
+                          "--workdir a training run (train.py) wrote to.")
+  ckpt_dir = checkpoint_dir(workdir)
+  paths = ocp.utils.checkpoint_steps_paths(ckpt_dir) if ckpt_dir.is_dir() else []
+  steps = {ocp.step.step_from_checkpoint_name(p.name): Path(p) for p in paths}
+  if not steps:
+    raise CheckpointError(
+        f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet (train.py saves "
+        "every config.train.ckpt_every steps and at the end); train longer or pick another "
+        "--workdir.")
+  return dict(sorted(steps.items()))
+
+
+def _config_of(step_dir: Path, workdir: Path) -> ml_collections.ConfigDict:
+  """The config saved with the checkpoint; WORKDIR/config.json if the checkpoint lacks it."""
+  if (step_dir / "config").is_dir():
+    try:
+      d = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+          step_dir / "config", args=ocp.args.JsonRestore())
+      return ml_collections.ConfigDict(d)
+    except Exception as e:  # noqa: BLE001 - any failure falls back to config.json, logged
+      log.warning("Could not read the config saved in %s (%s); using %s.",
+                  step_dir / "config", _brief(e), workdir / "config.json")
+  path = workdir / "config.json"
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(
+        f"No readable config for {step_dir}: neither {step_dir / 'config'} nor {path} could be "
+        f"read ({type(e).__name__}: {e}). Restore config.json from the training run.") from e
+
+
+def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
+                         sharding: jax.sharding.Sharding | None = None) -> Restored:
+  """EMA generator and text-encoder params of `step` (default: latest) placed with `sharding`.
+
+  `sharding` defaults to this process's first device; pass e.g. a replicated NamedSharding over
+  local devices for data-parallel sampling. The saved shardings are ignored.
+  """
+  workdir = Path(workdir).expanduser()
+  steps = available_steps(workdir)
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise CheckpointError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; available "
+                          f"steps: {list(steps)}. Pass one of them to --step, or omit --step for "
+                          "the latest.")
+  step_dir = steps[step]
+  config = _config_of(step_dir, workdir)
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  state_dir = step_dir / "state"
+  hint = (f"The checkpoint may be corrupt or incomplete; pass an earlier --step (available: "
+          f"{list(steps)}) or delete {step_dir} and resume training to rewrite it.")
+  handler = ocp.PyTreeCheckpointHandler()  # the handler itself: no step-metadata warnings
+  try:
+    ema_params, text_params = _restore_subset(handler, epath.Path(state_dir), sharding, hint)
+  finally:
+    handler.close()
+  log.info("Restored %s of step %d from %s.", "/".join(SAMPLING_KEYS), step, step_dir)
+  return Restored(config, ema_params, text_params, step, step_dir)
+
+
+def _restore_subset(handler: ocp.PyTreeCheckpointHandler, state_dir: epath.Path,
+                    sharding: jax.sharding.Sharding, hint: str) -> tuple[PyTree, PyTree]:
+  """SAMPLING_KEYS of a saved TrainState, each leaf placed with `sharding` (partial restore)."""
+  try:
+    tree = handler.metadata(state_dir).tree
+    missing = [k for k in SAMPLING_KEYS if not isinstance(tree, dict) or k not in tree]
+  except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; name the path
+    raise CheckpointError(f"Could not read the checkpoint metadata in {state_dir} "
+                          f"({_brief(e)}). {hint}") from e
+  if missing:
+    raise CheckpointError(f"{state_dir} has no {missing}: it is not a TrainState checkpoint of "
+                          "llmimg_jax.train. Pass the --workdir of a train.py run.")
+  item = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          tree[k]) for k in SAMPLING_KEYS}
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item)
+  try:
+    restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    jax.block_until_ready(restored)
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"Could not restore {SAMPLING_KEYS} from {state_dir} "
+                          f"({_brief(e)}). {hint}") from e
+  return restored["ema_params"], restored["text_params"]

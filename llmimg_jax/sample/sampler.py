@@ -1,0 +1,195 @@
+"""Batched, jitted text-to-image sampling from a trained run's EMA generator.
+
+  sampler = Sampler.from_workdir("runs/quick")            # latest checkpoint; step=K for another
+  images = sampler(["a red circle"], seed=0, num_per_prompt=4, truncation=0.88)  # uint8 [4, R, R, 3]
+
+Noise. Image j of every prompt uses z_j = normal(fold_in(key(seed), j)): one noise vector per
+grid column, shared by all prompts of a call. So a seed gives the same images whatever the batch
+size, device count, or the other prompts in the call, and a grid's columns compare prompts under
+the same noise.
+
+Truncation (the DF-GAN/BigGAN truncation trick): with `truncation=t`, each z entry is drawn from
+the standard normal *truncated* to [-t, t] (`jax.random.truncated_normal`), which is the same
+distribution as DF-GAN's resampling of out-of-range values (scipy `truncnorm`), not clipping.
+Smaller t trades diversity for fidelity; None (default) draws from the full normal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from llmimg_jax.sample.restore import restore_for_sampling
+from llmimg_jax.text import T5Config
+from llmimg_jax.text.loading import resolve_checkpoint_dir
+from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+from llmimg_jax.train.state import Models, build_models, build_text
+from llmimg_jax.train.step import generate_images
+
+log = logging.getLogger(__name__)
+Expander = Callable[[Sequence[str]], list[str]]
+
+
+@dataclasses.dataclass
+class SampleResult:
+  images: np.ndarray  # uint8 [len(prompts) * num_per_prompt, R, R, 3], prompt-major
+  prompts: list[str]
+  captions: list[str]  # what conditioned the generator: expanded captions, or the prompts
+  expanded: bool
+  seed: int
+  num_per_prompt: int
+  truncation: float | None
+  step: int | None
+  seconds: float  # generation time, compilation excluded
+  compile_seconds: float
+
+  @property
+  def images_per_sec(self) -> float:
+    return len(self.images) / max(self.seconds, 1e-9)
+
+
+def check_prompts(prompts: Sequence[str] | str) -> list[str]:
+  """The prompts as a list; ValueError for no prompts or an empty (whitespace-only) one."""
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  prompts = list(prompts)
+  if not prompts:
+    raise ValueError("No prompts given; pass at least one non-empty prompt.")
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str):
+      raise TypeError(f"Prompt {i} is a {type(p).__name__}, not a str: {p!r:.80}")
+    if not p.strip():
+      raise ValueError(f"Prompt {i} is empty; give every prompt some text (an empty prompt "
+                       "would condition the generator on padding only).")
+  return prompts
+
+
+def text_setup(config: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config]:
+  """The run's tokenizer and encoder config, without loading pretrained weights (the checkpoint
+  holds the encoder params actually trained or frozen)."""
+  t = config.text
+  if t.checkpoint:
+    ckpt_dir = resolve_checkpoint_dir(t.checkpoint)
+    return (load_tokenizer(ckpt_dir, t.max_length),
+            T5Config.from_json_file(os.path.join(ckpt_dir, "config.json")))
+  tokenizer, t5_config, _ = build_text(config)
+  return tokenizer, t5_config
+
+
+def _noise(key: jax.Array, columns: jax.Array, z_dim: int, truncation: float | None) -> jax.Array:
+  """z [b, z_dim] for images with column indices `columns` [b]."""
+  def one(j):
+    k = jax.random.fold_in(key, j)
+    if truncation is None:
+      return jax.random.normal(k, (z_dim,))
+    return jax.random.truncated_normal(k, -truncation, truncation, (z_dim,))
+  return jax.vmap(one)(columns)
+
+
+def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,
+              truncation: float | None) -> jax.Array:
+  z = _noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
+  return generate_images(models, ema_params, text_params, z, input_ids, mask)  # [b, R, R, 3]
+
+
+class Sampler:
+  """Images from prompts with a trained run's EMA generator; see the module docstring."""
+
+  def __init__(self, models: Models, tokenizer: TextTokenizer, ema_params: Any,
+               text_params: Any, *, mesh: jax.sharding.Mesh, step: int | None = None,
+               batch_size: int = 64, expander: Expander | None = None):
+    self.models, self.tokenizer, self.mesh, self.step = models, tokenizer, mesh, step
+    self.config = models.config
+    self.ema_params, self.text_params = ema_params, text_params
+    self.expander = expander
+    n = mesh.devices.size
+    self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the device count
+    self._replicated, self._batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    self._compiled: dict[tuple, Any] = {}
+
+  @classmethod
+  def from_workdir(cls, workdir: str | os.PathLike, step: int | None = None, *,
+                   batch_size: int = 64, expander: Expander | None = None,
+                   devices: Sequence[jax.Device] | None = None) -> Sampler:
+    """Restores step `step` (default: latest) of a train.py workdir onto `devices` (default: this
+    process's devices; batches are split across them)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    restored = restore_for_sampling(workdir, step, NamedSharding(mesh, P()))
+    tokenizer, t5_config = text_setup(restored.config)
+    models = build_models(restored.config, t5_config)
+    return cls(models, tokenizer, restored.ema_params, restored.text_params, mesh=mesh,
+               step=restored.step, batch_size=batch_size, expander=expander)
+
+  @property
+  def resolution(self) -> int:
+    return int(self.config.model.resolution)
+
+  def __call__(self, prompts: Sequence[str] | str, seed: int = 0, num_per_prompt: int = 1,
+               truncation: float | None = None) -> np.ndarray:
+    """uint8 [len(prompts) * num_per_prompt, R, R, 3]: images of prompt i at [i * n : (i+1) * n]."""
+    return self.sample(prompts, seed, num_per_prompt, truncation).images
+
+  def _executable(self, batch: int, truncation: float | None):
+    key = (batch, truncation)
+    if key not in self._compiled:
+      fn = jax.jit(functools.partial(_generate, self.models, truncation=truncation),
+                   in_shardings=(self._replicated,) * 3 + (self._batch,) * 3,
+                   out_shardings=self._batch)
+      length = self.tokenizer.max_length
+      args = (self.ema_params, self.text_params, jax.random.key(0),
+              jax.ShapeDtypeStruct((batch,), jnp.int32),
+              jax.ShapeDtypeStruct((batch, length), jnp.int32),
+              jax.ShapeDtypeStruct((batch, length), jnp.int32))
+      self._compiled[key] = fn.lower(*args).compile()
+    return self._compiled[key]
+
+  def sample(self, prompts: Sequence[str] | str, seed: int = 0, num_per_prompt: int = 1,
+             truncation: float | None = None, *, expand: bool = True) -> SampleResult:
+    """Like __call__, with the captions used, timing and settings (for files and logs)."""
+    prompts = check_prompts(prompts)
+    if num_per_prompt < 1:
+      raise ValueError(f"num_per_prompt={num_per_prompt} must be >= 1.")
+    if truncation is not None:
+      truncation = float(truncation)
+      if not truncation > 0:
+        raise ValueError(f"truncation={truncation} must be > 0 (e.g. 0.88), or None for none.")
+    if not 0 <= seed < 2**32:
+      raise ValueError(f"seed={seed} must be in [0, 2**32).")
+    expanded = bool(expand and self.expander is not None)
+    captions = list(self.expander(prompts)) if expanded else list(prompts)
+    tokens = self.tokenizer(captions)  # [prompts, L]; over-long captions truncated, with a warning
+    total = len(prompts) * num_per_prompt
+    rows = np.repeat(np.arange(len(prompts)), num_per_prompt)  # [total] prompt of each image
+    columns = np.tile(np.arange(num_per_prompt, dtype=np.int32), len(prompts))  # [total]
+    n_dev = self.mesh.devices.size
+    batch = min(self.batch_size, -(-total // n_dev) * n_dev)
+    t0 = time.perf_counter()
+    compiled = self._executable(batch, truncation)
+    compile_seconds = time.perf_counter() - t0
+    key = jax.device_put(jax.random.key(seed), self._replicated)
+    outputs = []
+    t0 = time.perf_counter()
+    for start in range(0, total, batch):
+      idx = np.arange(start, start + batch) % total  # the last batch wraps around: one shape
+      ids, mask = tokens["input_ids"][rows[idx]], tokens["attention_mask"][rows[idx]]
+      args = [jax.device_put(x, self._batch) for x in (columns[idx], ids, mask)]
+      outputs.append(compiled(self.ema_params, self.text_params, key, *args))
+    images = np.concatenate([np.asarray(jax.device_get(o)) for o in outputs])[:total]
+    seconds = time.perf_counter() - t0
+    log.info("Sampled %d images at %dx%d in %.2fs: %.1f images/s (compilation %.1fs).", total,
+             self.resolution, self.resolution, seconds, total / max(seconds, 1e-9),
+             compile_seconds)
+    return SampleResult(images, prompts, captions, expanded, seed, num_per_prompt, truncation,
+                        self.step, seconds, compile_seconds)
