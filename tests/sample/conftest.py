@@ -1,0 +1,86 @@
+"""A tiny run saved from 8 simulated devices, shared by the sampling tests (built once)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.train import checkpoint, loop
+from llmimg_jax.train.state import build_models, build_text
+from tests.train.conftest import tiny_config
+
+STEPS = (1, 2)
+
+
+@dataclasses.dataclass
+class Run:
+  workdir: Path
+  ema: dict[int, object]  # step -> the saved ema_params (host copies)
+  g_params: object
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory) -> Run:
+  """A workdir in train.py's layout (checkpoint.make_manager/save, config.json), saved from a
+  state on the 8-device mesh. The state comes from create_state, not train steps: compiling a
+  train step costs ~60 s on this CPU, and sampling only reads ema_params/text_params/config.
+  Each step's EMA differs from g_params and from the other step's, so tests can tell them apart."""
+  assert jax.device_count() == 8, "tests/conftest.py should simulate 8 CPU devices"
+  workdir = tmp_path_factory.mktemp("sample_run")
+  config = tiny_config(tmp_path_factory.mktemp("unused_data"))
+  _, t5_config, pretrained = build_text(config)
+  models = build_models(config, t5_config)
+  state = loop.create_state(models, loop.make_mesh(), config.seed, pretrained)
+  manager = checkpoint.make_manager(workdir, config)
+  ema = {}
+  for step in STEPS:
+    scaled = jax.tree.map(lambda x, s=step: x * (1.0 + 0.1 * s), state.g_params)
+    checkpoint.save(manager, step, state.replace(step=np.int32(step), ema_params=scaled), None,
+                    config)
+    ema[step] = jax.device_get(scaled)
+  manager.wait_until_finished()
+  manager.close()
+  (workdir / "config.json").write_text(config.to_json(indent=2))
+  return Run(workdir, ema, jax.device_get(state.g_params))
+
+
+@pytest.fixture(scope="session")
+def sampler(run):
+  from llmimg_jax.sample import Sampler
+  return Sampler.from_workdir(run.workdir, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def expander_dir(tmp_path_factory) -> str:
+  """A tiny random seq2seq T5 with the ByT5 tokenizer, saved by transformers."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  path = str(tmp_path_factory.mktemp("expander"))
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+      vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1,
+      relative_attention_num_buckets=16, relative_attention_max_distance=32,
+      initializer_factor=2.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  with torch.no_grad():  # sharp, input-dependent logits (see tests/text/conftest.py)
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.fill_(1.0)
+  model.save_pretrained(path)
+  transformers.ByT5Tokenizer().save_pretrained(path)
+  return path
+
+
+def one_device_env() -> dict[str, str]:
+  """The environment of a plain 1-CPU JAX process (no simulated devices)."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "xla_force_host_platform_device_count" not in f)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(Path(__file__).parents[2]), *filter(None, [env.get("PYTHONPATH")])])
+  return env

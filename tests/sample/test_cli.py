@@ -1,0 +1,97 @@
+"""sample.py in subprocesses: a 1-device process reproduces the 8-device in-process samples;
+bad inputs exit non-zero with one clear line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.sample.conftest import one_device_env
+
+SCRIPT = str(Path(__file__).parents[2] / "sample.py")
+PROMPTS = ["a red circle", "生成一张美丽的海滩风景图片", "🐱🌊 a cat by the sea 🌅",
+           ("a tiny yellow star " * 12).strip()]
+
+
+def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, SCRIPT, *args], env=one_device_env(), timeout=timeout,
+                        capture_output=True, text=True)
+
+
+def test_one_device_process_matches_in_process_samples(run, sampler, tmp_path):
+  out = tmp_path / "out"
+  prompts_file = tmp_path / "prompts.txt"
+  prompts_file.write_text("\n".join(PROMPTS[2:]) + "\n\n", encoding="utf-8")
+  proc = _run("--workdir", str(run.workdir), "--out", str(out), "--prompt", PROMPTS[0],
+              "--prompt", PROMPTS[1], "--prompts_file", str(prompts_file), "--num_per_prompt",
+              "3", "--seed", "7", "--truncation", "0.88", "--batch_size", "4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "on 1 local device(s)" in proc.stderr and "images/s" in proc.stdout
+  assert "truncated" in proc.stderr  # the long prompt, with the tokenizer's warning
+  records = _records(out, 12)
+  assert [r["prompt"] for r in records] == [p for p in PROMPTS for _ in range(3)]
+  assert {(r["seed"], r["step"], r["truncation"], r["caption"]) for r in records} == {
+      (7, 2, 0.88, None)}
+  # The same prompts and seed on this process's 8 devices, another batch size: the same images
+  # up to rounding (XLA's CPU kernels for other per-device batches round a few floats apart).
+  _assert_same_images(out, records, sampler(PROMPTS, seed=7, num_per_prompt=3, truncation=0.88))
+
+
+def test_expansion_end_to_end_records_and_uses_the_captions(run, sampler, expander_dir, tmp_path):
+  out = tmp_path / "out"
+  proc = _run("--workdir", str(run.workdir), "--out", str(out), "--prompt", "a red circle",
+              "--prompt", "🐱 a cat", "--num_per_prompt", "2", "--step", "1", "--expand_with",
+              expander_dir, "--expand_template", "Caption: {prompt}", "--expand_num_beams", "2",
+              "--expand_max_new_tokens", "10")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = _records(out, 4)
+  assert [r["prompt"] for r in records] == ["a red circle"] * 2 + ["🐱 a cat"] * 2
+  assert {r["step"] for r in records} == {1}
+  captions = [records[0]["caption"], records[2]["caption"]]
+  assert all(captions) and records[1]["caption"] == captions[0]
+  assert "Expanded 'a red circle' -> " in proc.stderr
+  # The recorded captions, not the prompts, conditioned the step-1 generator.
+  step1 = type(sampler).from_workdir(run.workdir, step=1, batch_size=8)
+  _assert_same_images(out, records, step1(captions, seed=0, num_per_prompt=2))
+
+
+def _records(out: Path, count: int) -> list[dict]:
+  records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+  assert len(records) == count == len(list(out.glob("p*_s*.png")))
+  assert all((out / r["file"]).is_file() for r in records)
+  assert (out / "grid.png").stat().st_size > 0
+  return records
+
+
+def _assert_same_images(out: Path, records: list[dict], expected: np.ndarray) -> None:
+  images = np.stack([np.asarray(Image.open(out / r["file"])) for r in records])
+  assert images.shape == expected.shape
+  diff = np.abs(images.astype(np.int16) - expected.astype(np.int16))
+  assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, (diff.max(), np.mean(diff > 0))
+
+
+@pytest.mark.parametrize("case", ["empty_prompt", "empty_file", "no_prompts", "no_checkpoint",
+                                  "bad_template"])
+def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
+  empty_file = tmp_path / "empty.txt"
+  empty_file.write_text("\n   \n")
+  (tmp_path / "fresh").mkdir()
+  args, message = {
+      "empty_prompt": (["--prompt", "a cat", "--prompt", ""], "Prompt 1 is empty"),
+      "empty_file": (["--prompts_file", str(empty_file)], f"Prompts file {empty_file} has no"),
+      "no_prompts": ([], "No prompts"),
+      "no_checkpoint": (["--prompt", "a cat", "--workdir", str(tmp_path / "fresh")],
+                        f"No finished checkpoint in {tmp_path / 'fresh' / 'checkpoints'}"),
+      "bad_template": (["--prompt", "a cat", "--expand_with", "x", "--expand_template", "hi"],
+                       "Expansion template 'hi' has no {prompt} placeholder"),
+  }[case]
+  proc = _run("--workdir", str(run.workdir), "--out", str(tmp_path / "out"), *args)
+  assert proc.returncode != 0
+  assert f"sample.py: error: {message}" in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "out").exists()

@@ -1,0 +1,147 @@
+"""The Sampler API: restore, determinism per seed, truncation, expansion, bad inputs."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, read_prompts,
+                               restore_for_sampling, write_samples)
+from llmimg_jax.sample.sampler import _noise
+
+PROMPTS = ["a red circle", "a big blue square in the center"]
+
+
+def _same_tree(a, b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+def test_restores_ema_of_latest_or_chosen_step_on_local_devices(run, sampler):
+  assert sampler.step == 2
+  assert _same_tree(jax.device_get(sampler.ema_params), run.ema[2])
+  assert not _same_tree(jax.device_get(sampler.ema_params), run.g_params)
+  leaf = jax.tree.leaves(sampler.ema_params)[0]
+  assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+  one = restore_for_sampling(run.workdir, step=1)  # default: the first local device only
+  assert one.step == 1 and _same_tree(jax.device_get(one.ema_params), run.ema[1])
+  assert len(jax.tree.leaves(one.ema_params)[0].sharding.device_set) == 1
+  assert one.config.model.resolution == 32
+
+
+def test_same_seed_same_images_whatever_the_batch(sampler):
+  images = sampler(PROMPTS, seed=3, num_per_prompt=3)
+  assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(images, sampler(PROMPTS, seed=3, num_per_prompt=3))
+  # Another batch size (and padding of the last batch) or fewer prompts: the same images.
+  other = Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
+                  mesh=sampler.mesh, batch_size=16)
+  np.testing.assert_array_equal(images, other(PROMPTS, seed=3, num_per_prompt=3))
+  np.testing.assert_array_equal(images[3:5], sampler(PROMPTS[1:], seed=3, num_per_prompt=2))
+  # Different seeds differ; so do the samples of one prompt (distinct noise per column).
+  assert not np.array_equal(images, sampler(PROMPTS, seed=4, num_per_prompt=3))
+  assert not np.array_equal(images[0], images[1])
+
+
+def test_truncation_bounds_the_noise_and_changes_images(sampler):
+  z = _noise(jax.random.key(0), np.arange(64), 16, 0.5)  # [64, 16]
+  assert float(np.abs(z).max()) <= 0.5 and float(np.abs(z).max()) > 0.4
+  full = _noise(jax.random.key(0), np.arange(64), 16, None)
+  assert float(np.abs(full).max()) > 1.5
+  a = sampler(PROMPTS, seed=0, num_per_prompt=2, truncation=0.5)
+  np.testing.assert_array_equal(a, sampler(PROMPTS, seed=0, num_per_prompt=2, truncation=0.5))
+  assert not np.array_equal(a, sampler(PROMPTS, seed=0, num_per_prompt=2))
+  with pytest.raises(ValueError, match="truncation"):
+    sampler(PROMPTS, truncation=0.0)
+
+
+def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
+  result = sampler.sample(PROMPTS, seed=1, num_per_prompt=2)
+  records = write_samples(result, tmp_path)
+  lines = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+  assert lines == records and len(lines) == 4
+  for k, r in enumerate(lines):
+    png = np.asarray(__import__("PIL.Image").Image.open(tmp_path / r["file"]))
+    np.testing.assert_array_equal(png, result.images[k])
+    assert r["prompt"] == PROMPTS[k // 2] and r["seed"] == 1 and r["step"] == 2
+    assert r["caption"] is None
+  assert len({r["file"] for r in lines}) == 4
+  grid = __import__("PIL.Image").Image.open(tmp_path / "grid.png")
+  assert grid.width == 2 * 96 and grid.height > 2 * 96  # 2 columns, 2 rows + caption lines
+  assert result.images_per_sec > 0
+
+
+def test_unicode_emoji_and_long_prompts(sampler, caplog):
+  prompts = ["生成一张美丽的海滩风景图片", "🐱🌊🌅 a cat by the sea", "a red circle " * 20]
+  with caplog.at_level(logging.WARNING):
+    images = sampler(prompts, seed=0, num_per_prompt=1)
+  assert images.shape == (3, 32, 32, 3)
+  assert "truncated" in caplog.text and "max_length=32" in caplog.text
+  assert len({im.tobytes() for im in images}) == 3
+
+
+def test_bad_prompts_fail_clearly(sampler, tmp_path):
+  with pytest.raises(ValueError, match="Prompt 1 is empty"):
+    sampler(["a cat", "  "])
+  with pytest.raises(ValueError, match="No prompts"):
+    sampler([])
+  empty = tmp_path / "prompts.txt"
+  empty.write_text("\n  \n# a comment\n")
+  with pytest.raises(ValueError, match=f"Prompts file {empty} has no prompts"):
+    read_prompts([], empty)
+  with pytest.raises(FileNotFoundError, match="missing.txt"):
+    read_prompts([], tmp_path / "missing.txt")
+  good = tmp_path / "good.txt"
+  good.write_text("a red circle\n\n生成一张美丽的海滩风景图片\n", encoding="utf-8")
+  assert read_prompts(["x"], good) == ["x", "a red circle", "生成一张美丽的海滩风景图片"]
+
+
+def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
+  with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'} does not exist"):
+    restore_for_sampling(tmp_path / "nope")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(CheckpointError, match=f"No finished checkpoint in {tmp_path / 'empty'}"):
+    restore_for_sampling(tmp_path / "empty")
+  with pytest.raises(CheckpointError, match=r"No checkpoint for step 7 .* available steps: \[1, 2\]"):
+    restore_for_sampling(run.workdir, step=7)
+
+  broken = tmp_path / "broken"
+  shutil.copytree(run.workdir, broken)
+  state_dir = broken / "checkpoints" / "2" / "state"
+  for f in state_dir.rglob("*"):  # truncate every array data file of the latest step
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(f.read_bytes()[:10])
+  with pytest.raises(CheckpointError, match=f"Could not (read|restore) .* {state_dir}"):
+    restore_for_sampling(broken)
+  (state_dir / "_METADATA").unlink()
+  with pytest.raises(CheckpointError, match=f"{state_dir}.*--step"):
+    restore_for_sampling(broken)
+  assert restore_for_sampling(broken, step=1).step == 1  # the earlier step still restores
+
+
+def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_dir, tmp_path):
+  expander = CaptionExpander.from_pretrained(expander_dir, template="Describe: {prompt}",
+                                             max_new_tokens=12)
+  captions = expander(PROMPTS)
+  assert len(captions) == 2 and all(captions)
+  sampler.expander = expander
+  try:
+    result = sampler.sample(PROMPTS, seed=0, num_per_prompt=2)
+  finally:
+    sampler.expander = None
+  assert result.expanded and result.captions == captions
+  np.testing.assert_array_equal(result.images, sampler(captions, seed=0, num_per_prompt=2))
+  records = write_samples(result, tmp_path)
+  assert [r["caption"] for r in records] == [c for c in captions for _ in range(2)]
+  assert [r["prompt"] for r in records] == [p for p in PROMPTS for _ in range(2)]
+  # Sampling runs too (beam search: tests/sample/test_cli.py); a template without {prompt} or
+  # sampling with beams is refused.
+  sampled = CaptionExpander(expander.generator, do_sample=True, max_new_tokens=12, seed=1)
+  assert len(sampled(PROMPTS)) == 2
+  with pytest.raises(ValueError, match="not both"):
+    CaptionExpander(expander.generator, do_sample=True, num_beams=2)
+  with pytest.raises(ValueError, match="no {prompt} placeholder"):
+    CaptionExpander(expander.generator, template="Describe an image")
