@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.train import checkpoint, loop
-from llmimg_jax.train.state import build_models, build_text
+from llmimg_jax.train.state import build_models, build_text, init_state
 from tests.train.conftest import tiny_config
 
 STEPS = (1, 2)
@@ -26,15 +29,16 @@ class Run:
 @pytest.fixture(scope="session")
 def run(tmp_path_factory) -> Run:
   """A workdir in train.py's layout (checkpoint.make_manager/save, config.json), saved from a
-  state on the 8-device mesh. The state comes from create_state, not train steps: compiling a
-  train step costs ~60 s on this CPU, and sampling only reads ema_params/text_params/config.
+  state replicated on the 8-device mesh. Its values are drawn on the host, not trained: compiling
+  a train step (~60 s) or the init (~12 s) on this CPU would dominate the suite, and sampling only
+  reads ema_params/text_params/config. (Sampling a real train.py run is the same code path.)
   Each step's EMA differs from g_params and from the other step's, so tests can tell them apart."""
   assert jax.device_count() == 8, "tests/conftest.py should simulate 8 CPU devices"
   workdir = tmp_path_factory.mktemp("sample_run")
   config = tiny_config(tmp_path_factory.mktemp("unused_data"))
   _, t5_config, pretrained = build_text(config)
   models = build_models(config, t5_config)
-  state = loop.create_state(models, loop.make_mesh(), config.seed, pretrained)
+  state = _quick_state(models, pretrained)
   manager = checkpoint.make_manager(workdir, config)
   ema = {}
   for step in STEPS:
@@ -73,6 +77,29 @@ def expander_dir(tmp_path_factory) -> str:
   model.save_pretrained(path)
   transformers.ByT5Tokenizer().save_pretrained(path)
   return path
+
+
+def _quick_state(models, pretrained):
+  """A TrainState replicated on the 8-device mesh like create_state's, without compiling the
+  init (~12 s here): shapes from eval_shape, values drawn on the host (unit scales, zero biases,
+  fan-in-scaled kernels and embeddings), then placed with create_state's sharding."""
+  abstract = jax.eval_shape(functools.partial(init_state, models), jax.random.PRNGKey(0),
+                            pretrained)
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return np.zeros(leaf.shape, leaf.dtype)
+    if "scale" in name or ("norm" in name and "kernel" not in name):
+      return np.ones(leaf.shape, leaf.dtype)
+    if "bias" in name or len(leaf.shape) < 2:
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+  host = jax.tree_util.tree_map_with_path(fill, abstract)
+  return jax.device_put(host, NamedSharding(loop.make_mesh(), P()))
 
 
 def one_device_env() -> dict[str, str]:
