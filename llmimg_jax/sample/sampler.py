@@ -1,7 +1,7 @@
 """Batched, jitted text-to-image sampling from a trained run's EMA generator.
 
   sampler = Sampler.from_workdir("runs/quick")            # latest checkpoint; step=K for another
-  images = sampler(["a red circle"], seed=0, num_per_prompt=4, truncation=0.88)  # uint8 [4, R, R, 3]
+  images = sampler(["a red circle"], seed=0, num_per_prompt=4, truncation=0.88)  # [4, R, R, 3]
 
 Noise. Image j of every prompt uses z_j = normal(fold_in(key(seed), j)): one noise vector per
 grid column, shared by all prompts of a call. So a seed gives the same images whatever the batch

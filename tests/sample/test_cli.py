@@ -3,6 +3,8 @@ bad inputs exit non-zero with one clear line."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,22 +78,31 @@ def _assert_same_images(out: Path, records: list[dict], expected: np.ndarray) ->
 
 
 @pytest.mark.parametrize("case", ["empty_prompt", "empty_file", "no_prompts", "no_checkpoint",
-                                  "bad_template"])
+                                  "corrupt_checkpoint", "bad_template"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
   (tmp_path / "fresh").mkdir()
-  args, message = {
+  corrupt = tmp_path / "corrupt"
+  if case == "corrupt_checkpoint":  # the latest step's array data deleted
+    shutil.copytree(run.workdir, corrupt)
+    shutil.rmtree(corrupt / "checkpoints" / "2" / "state" / "d")
+  fresh = tmp_path / "fresh" / "checkpoints"
+  args, message = {  # message: literal text, except for the corrupt case's alternatives
       "empty_prompt": (["--prompt", "a cat", "--prompt", ""], "Prompt 1 is empty"),
       "empty_file": (["--prompts_file", str(empty_file)], f"Prompts file {empty_file} has no"),
       "no_prompts": ([], "No prompts"),
       "no_checkpoint": (["--prompt", "a cat", "--workdir", str(tmp_path / "fresh")],
-                        f"No finished checkpoint in {tmp_path / 'fresh' / 'checkpoints'}"),
+                        f"No finished checkpoint in {fresh}"),
+      "corrupt_checkpoint": (["--prompt", "a cat", "--workdir", str(corrupt)],
+                             f"Could not (read|restore) .* {corrupt / 'checkpoints' / '2'}"),
       "bad_template": (["--prompt", "a cat", "--expand_with", "x", "--expand_template", "hi"],
                        "Expansion template 'hi' has no {prompt} placeholder"),
   }[case]
+  if case != "corrupt_checkpoint":
+    message = re.escape(message)
   proc = _run("--workdir", str(run.workdir), "--out", str(tmp_path / "out"), *args)
   assert proc.returncode != 0
-  assert f"sample.py: error: {message}" in proc.stderr, proc.stderr[-2000:]
+  assert re.search(f"sample.py: error: {message}", proc.stderr), proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "out").exists()
