@@ -1,4 +1,4 @@
-"""Samples images from a trained run (the EMA generator of its latest or a chosen checkpoint).
+r"""Samples images from a trained run (the EMA generator of its latest or a chosen checkpoint).
 
   python sample.py --workdir runs/quick --prompt "a red circle" --prompt "a blue square" \
       --num_per_prompt 4 --seed 0 --out samples/quick [--step 2000] [--truncation 0.88]
