@@ -11,12 +11,12 @@ from llmimg_jax.train.config import base_config
 def get_config():
   c = base_config()
   c.data.name = "captioned_shapes"
-  c.data.config = "32_quick"
+  c.data.config = "32"  # 50k images; builds in ~25 s
   c.data.image_size = 32
   c.data.random_crop = 0.0
   c.data.random_flip = True
 
-  c.text.max_length = 64
+  c.text.max_length = 160  # ByT5 bytes: the longest captions are ~165 bytes
   c.text.d_model = 64
   c.text.d_ff = 128
   c.text.num_layers = 1
@@ -30,12 +30,13 @@ def get_config():
   c.model.attn_resolutions = (16,)
 
   c.loss.diffaugment = ""
-  c.loss.contrastive_weight = 0.2
+  c.loss.contrastive_weight = 0.5
 
-  c.train.steps = 3000
-  c.train.batch_size = 32
-  c.train.ema_decay = 0.995
-  c.train.log_every = 25
+  c.train.steps = 2500
+  c.train.batch_size = 16
+  c.train.lr_g = 2e-4
+  c.train.ema_decay = 0.99
+  c.train.log_every = 50
   c.train.sample_every = 500
   c.train.ckpt_every = 500
   return c

@@ -7,38 +7,50 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-_LINE_HEIGHT = 12  # pixels per text line of PIL's default bitmap font
+_LINE_HEIGHT = 12  # pixels per text line of PIL's default font
 _CHAR_WIDTH = 6
 
 
-def captioned_grid(images: np.ndarray, captions: Sequence[str], *, cell: int = 96,
-                   max_lines: int = 3) -> Image.Image:
-  """A grid with one row per caption: images uint8 [rows * cols, H, W, 3], captions [rows].
+def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int | None = None,
+                   cell: int = 96, max_lines: int = 3) -> Image.Image:
+  """Images uint8 [n, H, W, 3] in a grid, each caption wrapped under what it describes.
 
-  Each image is scaled to `cell` pixels (nearest, so small samples stay crisp) and the caption of
-  each row is written under it, wrapped to the row's width.
+  With one caption per row (`columns` defaults to n // len(captions)), a row of samples shares its
+  prompt; with one caption per image (pass `columns`), each image has its own. Images are scaled
+  to `cell` pixels (nearest when enlarging, so small samples stay crisp).
   """
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
     raise ValueError(f"Expected uint8 images [n, H, W, 3], got {images.dtype} {images.shape}.")
-  rows = len(captions)
-  if rows == 0 or len(images) % rows:
-    raise ValueError(f"{len(images)} images do not split into {rows} captioned rows.")
-  cols = len(images) // rows
-  width = cols * cell
-  font = ImageFont.load_default()
-  wrap = max(8, width // _CHAR_WIDTH)
-  lines = [textwrap.wrap(c, wrap)[:max_lines] or [""] for c in captions]
+  n = len(images)
+  if columns is None:
+    if not captions or n % len(captions):
+      raise ValueError(f"{n} images do not split into {len(captions)} captioned rows.")
+    columns = n // len(captions)
+  per_image = len(captions) == n and columns != n
+  if not per_image and len(captions) * columns != n:
+    raise ValueError(f"{len(captions)} captions fit neither {n} images nor their rows of "
+                     f"{columns}.")
+  rows = -(-n // columns)
+  label_width = cell if per_image else columns * cell
+  wrap = max(8, label_width // _CHAR_WIDTH)
   text_h = max_lines * _LINE_HEIGHT + 4
-  canvas = Image.new("RGB", (width, rows * (cell + text_h)), "white")
+  font = ImageFont.load_default()
+  canvas = Image.new("RGB", (columns * cell, rows * (cell + text_h)), "white")
   draw = ImageDraw.Draw(canvas)
-  for r in range(rows):
-    top = r * (cell + text_h)
-    for c in range(cols):
-      tile = Image.fromarray(images[r * cols + c]).resize((cell, cell), Image.NEAREST)
-      canvas.paste(tile, (c * cell, top))
-    for i, line in enumerate(lines[r]):
-      xy = (2, top + cell + 2 + i * _LINE_HEIGHT)
+  for i, image in enumerate(images):
+    tile = Image.fromarray(image)
+    resample = Image.NEAREST if tile.width <= cell else Image.LANCZOS
+    x, y = (i % columns) * cell, (i // columns) * (cell + text_h)
+    canvas.paste(tile.resize((cell, cell), resample), (x, y))
+  for j, caption in enumerate(captions):
+    x, y = ((j % columns) * cell, (j // columns) * (cell + text_h)) if per_image else (0, j * (
+        cell + text_h))
+    lines = textwrap.wrap(caption, wrap)
+    if len(lines) > max_lines:
+      lines = lines[:max_lines - 1] + [lines[max_lines - 1][:wrap - 3] + "..."]
+    for k, line in enumerate(lines):
+      xy = (x + 2, y + cell + 2 + k * _LINE_HEIGHT)
       try:
         draw.text(xy, line, fill="black", font=font)
       except UnicodeEncodeError:  # a bitmap font without these glyphs (CJK, emoji)

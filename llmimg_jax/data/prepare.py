@@ -9,43 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import textwrap
 import time
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from llmimg_jax.data import pipeline
+from llmimg_jax.images import captioned_grid
 
 log = logging.getLogger(__name__)
 
 
 def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
                  lines: int = 5) -> Image.Image:
-  """Examples (upscaled to `cell` px) with their first caption wrapped underneath."""
-  font = ImageFont.load_default()
-  line_h = 12
-  text_h = lines * line_h + 6
-  num = min(num, len(source))
-  rows = -(-num // columns)
-  grid = Image.new("RGB", (columns * cell, rows * (cell + text_h)), "white")
-  draw = ImageDraw.Draw(grid)
-  chars = max(8, cell // 6)
-  for i in range(num):
-    ex = source[i]
-    image = Image.fromarray(np.asarray(ex["image"], np.uint8))  # [h, w, 3]
-    resample = Image.NEAREST if image.width * 2 <= cell else Image.LANCZOS
-    image = image.resize((cell, cell * image.height // image.width), resample).crop(
-        (0, 0, cell, cell))
-    x, y = (i % columns) * cell, (i // columns) * (cell + text_h)
-    grid.paste(image, (x, y))
-    wrapped = textwrap.wrap(ex["captions"][0], chars)
-    if len(wrapped) > lines:
-      wrapped = wrapped[:lines - 1] + [wrapped[lines - 1][:chars - 3] + "..."]
-    for j, line in enumerate(wrapped):
-      draw.text((x + 3, y + cell + 3 + j * line_h), line, fill="black", font=font)
-  return grid
+  """Examples (scaled to `cell` px) with their first caption wrapped underneath."""
+  examples = [source[i] for i in range(min(num, len(source)))]
+  images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])  # [n, h, w, 3]
+  return captioned_grid(images, [ex["captions"][0] for ex in examples], columns=columns,
+                        cell=cell, max_lines=lines)
 
 
 def data_config_from_args(args: argparse.Namespace):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from llmimg_jax.data.pipeline import default_data_config
+from llmimg_jax.data.pipeline import default_data_config, validate_data_config
 from llmimg_jax.gan import GRADIENT_PENALTIES
 
 RESOLUTIONS = (32, 64, 128, 256)
@@ -61,8 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_bad_steps = 20  # consecutive non-finite updates before the run stops
   c.train.sample_prompts = (
       "a red circle", "a large blue square in the center", "a small green triangle",
-      "a yellow star in the top left corner", "a purple heart on the right",
-      "an orange diamond at the bottom", "a cyan circle left of a red square",
+      "a yellow star in the top left corner", "a purple hexagon on the right",
+      "an orange diamond at the bottom", "a cyan star left of a red square",
       "a big white cross in the middle")
   c.train.samples_per_prompt = 4
   return c
@@ -92,3 +92,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name}={t[name]} must be positive.")
+  validate_data_config(config.data)

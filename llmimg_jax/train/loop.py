@@ -85,10 +85,11 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   path.write_text(config.to_json(indent=2))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> TrainState:
+  """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them."""
   workdir = Path(workdir)
-  validate(config, jax.device_count())
-  mesh = make_mesh()
+  mesh = make_mesh(devices)
+  validate(config, mesh.size)
   tokenizer, t5_config, pretrained_text = build_text(config)
   models = build_models(config, t5_config)
   data_iter = make_iterator(

@@ -62,3 +62,46 @@ def test_bad_config_fails_fast(tmp_path, key, value, match):
   with pytest.raises(ValueError, match=match):
     validate(config, jax.device_count())
   assert time.perf_counter() - start < 1.0
+
+
+def _tiny_pretrained_t5(path) -> str:
+  """A tiny random T5 (+ ByT5 tokenizer) saved by transformers, as a 'pretrained' checkpoint."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  hf_config = transformers.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                    num_decoder_layers=1, num_heads=4, pad_token_id=0,
+                                    eos_token_id=1, decoder_start_token_id=0)
+  transformers.T5ForConditionalGeneration(hf_config).save_pretrained(path)
+  transformers.ByT5Tokenizer().save_pretrained(path)
+  return str(path)
+
+
+def test_frozen_pretrained_text_encoder_with_bf16_compute(tmp_path):
+  """mode='frozen' loads a HF checkpoint's encoder, never changes it; bf16 compute stays finite."""
+  config = tiny_config(tmp_path)
+  config.text.mode = "frozen"
+  config.text.checkpoint = _tiny_pretrained_t5(tmp_path / "t5")
+  config.model.dtype = "bfloat16"
+  tokenizer, t5_config, pretrained = build_text(config)
+  assert t5_config.d_model == 32 and set(pretrained) == {"shared", "encoder"}
+  models = build_models(config, t5_config)
+  assert not models.trainable_text
+  devices = jax.devices()[:1]
+  mesh = loop.make_mesh(devices)
+  state = loop.create_state(models, mesh, config.seed, pretrained)
+  batch = jax.device_put(_batch(config, tokenizer),
+                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  new_state, metrics = loop.jit_train_step(models, mesh)(state, batch)
+  metrics = jax.device_get(metrics)
+  assert metrics["finite"] == 1.0 and np.isfinite(metrics["d_loss"])
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), pretrained,
+                      jax.device_get(new_state.text_params))
+  assert all(jax.tree.leaves(same))
+
+
+def test_frozen_without_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_config(tmp_path)
+  config.text.mode = "frozen"
+  with pytest.raises(ValueError, match="config.text.checkpoint"):
+    build_text(config)

@@ -1,0 +1,35 @@
+"""The README's main command, run as a new user would (shortened by config overrides)."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_main_command() -> list[str]:
+  """The train.py part of the README's first set-up command."""
+  readme = (ROOT / "README.md").read_text()
+  line = next(l for l in readme.splitlines() if "train.py --config configs/shapes_quick.py" in l)
+  train = re.search(r"\S*python\S* (train\.py .*)$", line).group(1)
+  return shlex.split(train)
+
+
+def test_readme_main_command_trains_and_leaves_samples_and_logs(tmp_path):
+  args = readme_main_command()
+  assert args[:3] == ["train.py", "--config", "configs/shapes_quick.py"]
+  workdir = tmp_path / "shapes_quick"
+  args[args.index("--workdir") + 1] = str(workdir)
+  overrides = ["--config.train.steps=4", "--config.train.sample_every=2",
+               "--config.train.ckpt_every=2", "--config.data.config=tiny_32",
+               f"--config.data.data_dir={tmp_path / 'tfds'}"]
+  env = {**os.environ, "XLA_FLAGS": ""}  # a new user's machine: one CPU device
+  result = subprocess.run([sys.executable, *args, *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(p.name for p in (workdir / "samples").glob("*.png")) == [
+      "step_0000002.png", "step_0000004.png"]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert (workdir / "checkpoints" / "4").is_dir()
