@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.magp_k = 2.0
   c.loss.magp_p = 6.0
   c.loss.r1_gamma = 10.0
+  c.loss.gp_every = 1  # lazy regularisation: the penalty every N steps, scaled by N
   c.loss.diffaugment = "color,translation,cutout"  # '' disables DiffAugment
   c.loss.contrastive_weight = 0.0  # InfoNCE between D image features and sentences; 0 = off
   c.loss.contrastive_temperature = 0.1
@@ -92,4 +93,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name}={t[name]} must be positive.")
+  if config.loss.gp_every < 1:
+    raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
   validate_data_config(config.data)

@@ -60,8 +60,18 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
                           method="features")
     logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
     hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch)
-    penalty = gan.gradient_penalty(cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k,
-                                   p=cfg.loss.magp_p, gamma=cfg.loss.r1_gamma)
+    def penalty_fn():
+      return cfg.loss.gp_every * gan.gradient_penalty(
+          cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k, p=cfg.loss.magp_p,
+          gamma=cfg.loss.r1_gamma)
+
+    # Lazy regularisation (as StyleGAN2 does for R1): the penalty, whose double backward pass
+    # costs several plain D steps, every gp_every steps, scaled by gp_every.
+    if cfg.loss.gp_every == 1:
+      penalty = penalty_fn()
+    else:
+      penalty = jax.lax.cond(state.step % cfg.loss.gp_every == 0, penalty_fn,
+                             lambda: jnp.zeros((), jnp.float32))
     loss = hinge + penalty
     metrics = {"d_hinge": hinge, "gp": penalty, "d_real": logits_real.mean(),
                "d_fake": logits_fake.mean(), "d_mismatch": logits_mismatch.mean()}

@@ -105,3 +105,20 @@ def test_frozen_without_checkpoint_is_a_clear_error(tmp_path):
   config.text.mode = "frozen"
   with pytest.raises(ValueError, match="config.text.checkpoint"):
     build_text(config)
+
+
+def test_lazy_gradient_penalty_every_other_step(tmp_path):
+  """gp_every=2: the penalty (scaled by 2) enters on even steps only."""
+  config = tiny_config(tmp_path)
+  config.loss.gp_every = 2
+  config.loss.contrastive_weight = 0.0
+  mesh = loop.make_mesh(jax.devices()[:1])
+  tokenizer, t5_config, _ = build_text(config)
+  models = build_models(config, t5_config)
+  state = loop.create_state(models, mesh, config.seed)
+  step = loop.jit_train_step(models, mesh)
+  penalties = []
+  for i in range(3):
+    state, metrics = step(state, _batch(config, tokenizer, seed=i))
+    penalties.append(float(metrics["gp"]))
+  assert penalties[0] > 0 and penalties[1] == 0 and penalties[2] > 0
