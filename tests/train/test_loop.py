@@ -1,10 +1,15 @@
 """The training loop end to end on a tiny config: checkpoints, resume, samples, TensorBoard."""
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from llmimg_jax.train import checkpoint, loop
+from tests.sample.conftest import one_device_env
 from tests.train.conftest import tiny_config
 
 
@@ -35,3 +40,14 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   assert int(second.step) == 6
   assert checkpoint.make_manager(workdir, config).latest_step() == 6
   assert _max_diff(first.g_params, jax.device_get(second.g_params)) > 0.0
+
+  # The run trained on 8 simulated devices samples in a plain 1-device process (sample.py).
+  out = tmp_path / "samples"
+  proc = subprocess.run(
+      [sys.executable, str(Path(__file__).parents[2] / "sample.py"), "--workdir", str(workdir),
+       "--prompt", "a red circle", "--num_per_prompt", "2", "--seed", "0", "--out", str(out)],
+      env=one_device_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [6, 6]
+  assert all((out / r["file"]).stat().st_size > 0 for r in records)
