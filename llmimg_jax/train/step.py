@@ -60,6 +60,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
                           method="features")
     logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
     hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch)
+
     def penalty_fn():
       return cfg.loss.gp_every * gan.gradient_penalty(
           cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k, p=cfg.loss.magp_p,
