@@ -53,7 +53,3 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"]
 
-
-def restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored["config"])

@@ -111,8 +111,9 @@ def init_state(models: Models, rng: jax.Array, text_params: PyTree | None) -> Tr
   mask = jnp.ones((1, length), jnp.int32)  # [batch, length]
   if text_params is None:
     text_params = models.text_encoder.init(k_t, ids, mask)["params"]
-  words = models.text_encoder.apply({"params": text_params}, ids, mask)  # [1, length, d_text]
-  sent = words.mean(axis=1)  # [1, d_text]
+  d_text = models.text_encoder.config.d_model
+  words = jnp.zeros((1, length, d_text))  # G and D only need the shapes of the text features
+  sent = jnp.zeros((1, d_text))
   z = jnp.zeros((1, cfg.model.z_dim))
   g_params = models.generator.init(k_g, z, sent, words, mask)["params"]
   images = jnp.zeros((1, res, res, 3))
