@@ -18,6 +18,53 @@ import flax.linen as nn
 from llmimg_jax.gan.common import Dtype, avgpool2x, channel_multipliers, lrelu
 
 
+def space_to_depth2x(x: jax.Array) -> jax.Array:
+  """[batch, 2h, 2w, c] -> [batch, h, w, 4c], channels ordered (row parity, column parity, c)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
+class Conv4x4Stride2(nn.Module):
+  """A 4x4 conv with stride 2 and padding 1 (DF-GAN's downsampling conv) as one matmul.
+
+  Same function and same parameter as nn.Conv (`kernel` [4, 4, in, out], lecun-normal). The
+  input is padded, rearranged space-to-depth and its four 2x2-shifted views concatenated (im2col
+  without duplication beyond 4x), so the forward, backward and MA-GP's second-order passes are
+  matmuls, slices and pads. XLA:CPU runs autodiff's input-dilated convolutions of a strided conv,
+  and their second derivatives, 5-10x slower (measured in benchmarks/RESULTS.md).
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape  # h, w even
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, self.features))
+    # kernel[2p + r, 2q + s] multiplies padded[2(i + p) + r, 2(j + q) + s] = s2d[i + p, j + q, (r, s)]
+    k = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
+    k = k.reshape(16 * c, self.features).astype(self.dtype)  # [(p, q, r, s, c), out]
+    s2d = space_to_depth2x(jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0))))
+    ho, wo = h // 2, w // 2
+    cols = jnp.concatenate([s2d[:, p:p + ho, q:q + wo] for p in (0, 1) for q in (0, 1)], axis=-1)
+    return cols @ k  # [batch, h/2, w/2, features]
+
+
+class WholeImageConv(nn.Module):
+  """A VALID conv whose kernel covers the whole input (one output position), as a matmul; the
+  parameters are nn.Conv's (`kernel` [h, w, in, out], `bias` [out])."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (h, w, c, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    flat = x.astype(self.dtype).reshape(b, h * w * c)  # [batch, h*w*in]
+    return flat @ kernel.reshape(h * w * c, -1).astype(self.dtype) + bias.astype(self.dtype)
+
+
 class DownBlock(nn.Module):
   """DF-GAN D_Block: shortcut(avgpool, 1x1 conv) + gain * (conv4x4/2 -> lrelu -> conv3x3 -> lrelu).
 
@@ -30,8 +77,7 @@ class DownBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     # x: [batch, height, width, in_features]
-    h = nn.Conv(self.features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                dtype=self.dtype, name="conv0")(x)  # [batch, height/2, width/2, features]
+    h = Conv4x4Stride2(self.features, self.dtype, name="conv0")(x)  # [b, h/2, w/2, features]
     h = lrelu(h)
     h = lrelu(nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name="conv1")(h))
     shortcut = avgpool2x(x)
@@ -62,7 +108,7 @@ class Discriminator(nn.Module):
     self.blocks = [DownBlock(c, self.dtype) for c in chs[1:]]
     self.sent_proj = nn.Dense(self.cond_dim, dtype=self.dtype)
     self.joint_conv = nn.Conv(2 * self.nf, (3, 3), dtype=self.dtype)
-    self.logit_conv = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype)
+    self.logit_conv = WholeImageConv(1, dtype=self.dtype)  # a 4x4 VALID conv
     if self.contrastive:
       self.image_proj = nn.Dense(self.embed_dim, dtype=self.dtype)
       self.text_proj = nn.Dense(self.embed_dim, dtype=self.dtype)

@@ -105,3 +105,28 @@ def test_errors():
     jax.eval_shape(Discriminator(100).init, fast_key(0), jnp.zeros((2, 100, 100, 3)), sent)
   with pytest.raises(ValueError, match=r"expected images \[batch, 32, 32, 3\]"):
     jax.eval_shape(Discriminator(32, nf=4).init, fast_key(0), jnp.zeros((2, 64, 64, 3)), sent)
+
+
+def test_matmul_convs_equal_the_strided_and_valid_convs_they_replace():
+  """Conv4x4Stride2 / WholeImageConv are nn.Conv(4x4, stride 2, pad 1) / nn.Conv(4x4, VALID)
+  computed as matmuls: same parameters, same outputs, same first and second derivatives."""
+  import flax.linen as nn
+  from llmimg_jax.gan.discriminator import Conv4x4Stride2, WholeImageConv
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  cases = [(Conv4x4Stride2(5), nn.Conv(5, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                                       use_bias=False)),
+           (WholeImageConv(2), nn.Conv(2, (4, 4), padding="VALID"))]
+  for ours, ref in cases:
+    xin = x if isinstance(ours, Conv4x4Stride2) else x[:, :4, :4]
+    params = ours.init(jax.random.key(1), xin)
+    ref_params = ref.init(jax.random.key(1), xin)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref_params)
+    out = ours.apply(params, xin).reshape(-1)
+    np.testing.assert_allclose(out, ref.apply(params, xin).reshape(-1), atol=1e-5)
+
+    def penalty(module):  # MA-GP-like: a loss on the input gradient, differentiated again
+      def grad_x(p, v):
+        return jax.grad(lambda v: jnp.sum(jnp.sin(module.apply(p, v))))(v)
+      return jax.grad(lambda p, v: jnp.sum(grad_x(p, v) ** 2), argnums=(0, 1))(params, xin)
+    for a, b in zip(jax.tree.leaves(penalty(ours)), jax.tree.leaves(penalty(ref))):
+      np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
