@@ -32,14 +32,19 @@ class ShapesConfig(tfds.core.BuilderConfig):
   colors_only: bool = False
   num_captions: int = 3
   seed: int = 0
+  max_objects: int = shapes.MAX_OBJECTS
+  object_scale: float = 1.0
 
 
 def _config(name: str, resolution: int, num_train: int, num_test: int, num_holdout: int,
-            colors_only: bool = False) -> ShapesConfig:
-  kind = "one colour blob" if colors_only else "1-3 shapes"
+            colors_only: bool = False, max_objects: int = shapes.MAX_OBJECTS,
+            object_scale: float = 1.0) -> ShapesConfig:
+  kind = ("one colour blob" if colors_only else
+          f"1-{max_objects} shapes" if max_objects > 1 else f"one shape (x{object_scale} size)")
   return ShapesConfig(
       name=name, resolution=resolution, num_train=num_train, num_test=num_test,
-      num_holdout=num_holdout, colors_only=colors_only,
+      num_holdout=num_holdout, colors_only=colors_only, max_objects=max_objects,
+      object_scale=object_scale,
       description=f"{resolution}px, {kind}; {num_train} train, {num_test} test, "
                   f"{num_holdout} holdout images.")
 
@@ -53,6 +58,8 @@ BUILDER_CONFIGS = [
     _config("tiny_32", 32, 256, 64, 64),
     _config("colors_32", 32, 2_000, 200, 0, colors_only=True),
     _config("colors_64", 64, 2_000, 200, 0, colors_only=True),
+    # One larger shape per image: the quick CPU config's dataset (shapes readable at 32px).
+    _config("single_32", 32, 50_000, 2_000, 2_000, max_objects=1, object_scale=1.5),
 ]
 
 
@@ -159,7 +166,8 @@ def features_of(resolution: int) -> tfds.features.FeaturesDict:
 
 
 def _render(cfg: ShapesConfig, split: str, index: int) -> dict:
-  spec = shapes.SceneSpec(resolution=cfg.resolution, colors_only=cfg.colors_only, seed=cfg.seed)
+  spec = shapes.SceneSpec(resolution=cfg.resolution, colors_only=cfg.colors_only, seed=cfg.seed,
+                          max_objects=cfg.max_objects, object_scale=cfg.object_scale)
   return shapes.render_example(spec, split, index, num_captions=cfg.num_captions)
 
 

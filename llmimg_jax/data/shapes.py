@@ -73,6 +73,8 @@ class SceneSpec:
   colors_only: bool = False
   seed: int = 0
   supersample: int = 4
+  max_objects: int = MAX_OBJECTS  # 1 for the single-object variant
+  object_scale: float = 1.0  # radius multiplier (single large objects read better at 32px)
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +85,8 @@ def allowed_pairs(split: str) -> tuple[tuple[int, int], ...]:
   return tuple(sorted(holdout if split == "holdout" else every - holdout))
 
 
-def sample_scene(rng: np.random.Generator, split: str, colors_only: bool) -> dict[str, np.ndarray]:
+def sample_scene(rng: np.random.Generator, split: str, colors_only: bool,
+                 max_objects: int = MAX_OBJECTS) -> dict[str, np.ndarray]:
   """Structured ground truth, padded with -1 to MAX_OBJECTS objects."""
   gt = {k: np.full((MAX_OBJECTS,), -1, np.int32) for k in ("shape", "color", "size", "cell")}
   if colors_only:
@@ -93,7 +96,7 @@ def sample_scene(rng: np.random.Generator, split: str, colors_only: bool) -> dic
     gt["size"][0] = SIZES.index("large")
     gt["cell"][0] = 4
   else:
-    n = int(rng.integers(1, MAX_OBJECTS + 1))
+    n = int(rng.integers(1, max_objects + 1))
     pairs = allowed_pairs(split)
     cells = rng.permutation(9)[:n]
     for i in range(n):
@@ -175,7 +178,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def render_scene(gt: dict[str, np.ndarray], rng: np.random.Generator, resolution: int,
-                 supersample: int = 4) -> np.ndarray:
+                 supersample: int = 4, object_scale: float = 1.0) -> np.ndarray:
   """Anti-aliased rendering; uint8 [R, R, 3].
 
   The background is made at the output resolution and nearest-upscaled (so box-downsampling
@@ -196,7 +199,7 @@ def render_scene(gt: dict[str, np.ndarray], rng: np.random.Generator, resolution
     else:
       row, col = divmod(int(gt["cell"][i]), 3)
       frac = rng.uniform(0.38, 0.45) if gt["size"][i] == 1 else rng.uniform(0.2, 0.26)
-      r = cell * frac
+      r = cell * frac * object_scale
       cx, cy = cell * (col + 0.5 + jitter[0]), cell * (row + 0.5 + jitter[1])
     _draw_shape(draw, shape, cx, cy, r, rgb, rng)
   return np.asarray(canvas.resize((resolution, resolution), Image.BOX), np.uint8)
@@ -273,8 +276,9 @@ def render_example(spec: SceneSpec, split: str, index: int,
                    num_captions: int = 3) -> dict[str, object]:
   """One full example (image, captions, ground truth), deterministic in (seed, split, index)."""
   rng = np.random.default_rng([spec.seed, SPLIT_IDS[split], index])
-  gt = sample_scene(rng, split, spec.colors_only)
-  image = render_scene(gt, rng, spec.resolution, spec.supersample)  # [R, R, 3]
+  gt = sample_scene(rng, split, spec.colors_only, spec.max_objects)
+  image = render_scene(gt, rng, spec.resolution, spec.supersample,
+                       spec.object_scale)  # [R, R, 3]
   captions = []
   for _ in range(num_captions * 4):  # distinct captions where the templates allow
     c = caption_scene(gt, rng)

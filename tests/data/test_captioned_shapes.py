@@ -1,6 +1,7 @@
 """captioned_shapes: determinism, holdout pairs, and captions that agree with the ground truth."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -142,3 +143,31 @@ def test_predefined_configs():
     assert names[name].resolution == int(name) and names[name].num_train == 50_000
   assert names["32_small"].num_train == names["64_small"].num_train == 2_000
   assert names["colors_32"].colors_only and names["colors_32"].num_holdout == 0
+
+
+def test_single_object_variant():
+  """single_32 (the quick config's data): one shape per image, drawn 1.5x larger, with a
+  caption naming that shape; the default configs' images are unchanged by the new options."""
+  cfg = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}["single_32"]
+  assert cfg.max_objects == 1 and cfg.object_scale == 1.5 and cfg.num_train == 50_000
+  single = shapes.SceneSpec(32, max_objects=1, object_scale=1.5)
+  plain = shapes.SceneSpec(32, max_objects=1)
+  larger = 0
+  for i in range(40):
+    e = shapes.render_example(single, "train", i)
+    assert int(e["num_objects"]) == 1 and e["shape"][1] == -1
+    for caption in e["captions"]:
+      _, mentioned_shapes, _ = _mentions(caption)
+      assert mentioned_shapes == {shapes.SHAPES[e["shape"][0]]}, caption
+    small = shapes.render_example(plain, "train", i)["image"]
+    # Same scene, same background: the 1.5x object changes more pixels than the 1x one.
+    background = shapes.render_example(shapes.SceneSpec(32, max_objects=1, object_scale=0.0),
+                                       "train", i)["image"]
+    changed = lambda im: int(np.any(im != background, axis=-1).sum())  # pylint: disable=unnecessary-lambda-assignment
+    larger += changed(e["image"]) > changed(small)
+  assert larger >= 38
+  # Dataset version 1.0.0's examples (hash recorded before the single-object options existed).
+  default = shapes.render_example(shapes.SceneSpec(32), "train", 3)
+  assert hashlib.sha256(default["image"].tobytes()).hexdigest()[:16] == "99f3c58435d7a4d2"
+  assert default["captions"][0] == ("an ivory hexagon right of a tiny black box, plus a golden "
+                                    "cross at the top")
