@@ -13,12 +13,12 @@ from llmimg_jax.train.config import base_config
 def get_config():
   c = base_config()
   c.data.name = "captioned_shapes"
-  c.data.config = "32"  # 50k images; builds in ~25 s
+  c.data.config = "single_32"  # 50k images of one shape each; builds in ~25 s
   c.data.image_size = 32
   c.data.random_crop = 0.0
   c.data.random_flip = True
 
-  c.text.max_length = 160  # ByT5 bytes: the longest captions are ~165 bytes
+  c.text.max_length = 80  # ByT5 bytes: single_32's longest captions are 72 bytes
   c.text.d_model = 64
   c.text.d_ff = 128
   c.text.num_layers = 1
@@ -40,5 +40,10 @@ def get_config():
   c.train.ema_decay = 0.99
   c.train.log_every = 50
   c.train.sample_every = 500
+  c.train.sample_prompts = (
+      "a red circle", "a large blue square in the center", "a small green triangle",
+      "a yellow star in the top left corner", "a purple hexagon on the right",
+      "an orange diamond at the bottom", "a big white cross in the middle",
+      "a pink star on the left")
   c.train.ckpt_every = 500
   return c
