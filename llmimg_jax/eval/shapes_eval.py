@@ -3,7 +3,7 @@ to score images against captions and to embed them for the in-domain FID.
 
   ev = ShapesEvaluator.load_or_train(config.data)        # trains (~1 min CPU at 32px) or loads
   ev.score(images, captions)  # {'caption_accuracy': ..., 'shape': ..., ...}
-  ev.features(images)         # [n, 288] in-domain FID features
+  ev.features(images)         # [n, 576] in-domain FID features
 
 Cache: <cache_dir>/evaluator/captioned_shapes-<config>-v<version>-<R>px-<net>.msgpack (flax
 serialization) with a .json beside it holding the settings and the measured test accuracies.
@@ -28,7 +28,7 @@ from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
 
 log = logging.getLogger(__name__)
-NET_TAG = "cnn1"  # bump when EvaluatorNet or its training changes: old caches are then unused
+NET_TAG = "crops1"  # bump when EvaluatorNet or its training changes: old caches are then unused
 
 
 @dataclasses.dataclass
