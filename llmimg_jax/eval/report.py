@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 
 from llmimg_jax.eval import fid
@@ -33,8 +34,6 @@ def evaluate_run(workdir: str, splits: Sequence[str] = ("test", "holdout"), num_
   from llmimg_jax.eval.shapes_eval import _builder  # pylint: disable=g-import-not-at-top
   from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
   sampler = Sampler.from_workdir(workdir, step)
-  data_cfg = sampler.config.data.unlock() if hasattr(sampler.config.data, "unlock") else None
-  import ml_collections  # pylint: disable=g-import-not-at-top
   data_cfg = ml_collections.ConfigDict(sampler.config.data.to_dict())
   if data_dir:
     data_cfg.data_dir = data_dir
