@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from absl import app, flags
 
@@ -45,7 +44,6 @@ flags.DEFINE_string("stats_split", "test", "The split --write_stats reads.")
 
 def _data_config():
   if FLAGS.workdir:
-    from llmimg_jax.sample.restore import restore_for_sampling  # noqa
     import ml_collections
     from pathlib import Path
     cfg = ml_collections.ConfigDict(json.loads((Path(FLAGS.workdir) / "config.json").read_text()))

@@ -42,6 +42,6 @@ def get_config():
   c.train.batch_size = 64
   c.train.sample_every = 2_000
   c.train.ckpt_every = 2_000
-  c.eval.every = 2_000  # ~2 s each on a GPU; the evaluator trains once (cached) on first use
+  c.eval.every = 2_000  # the evaluator trains once on first use (cached), then reads 512 images
   c.eval.num_samples = 512
   return c

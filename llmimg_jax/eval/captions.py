@@ -105,7 +105,11 @@ def parse_caption(caption: str) -> Claims:
         axis, sign = pending_rel
         relations.append(Relation(len(objects) - 2, len(objects) - 1, axis, sign))
         pending_rel = None
-  if not objects:
+  if not objects:  # the colour-only variant ('something red', 'the colour red'): one blob
+    colors = re.findall(rf"(?<![\w-])({_alternation(_COLOR_WORDS)})(?![\w-])", caption.lower())
+    if len(colors) == 1:
+      return Claims((StatedObject(shapes.SHAPES.index("blob"), _COLOR_WORDS[colors[0]], None,
+                                  None),))
     raise CaptionParseError(f"No '[size] colour shape' object found in {caption!r}.")
   if pending_cell is not None or pending_rel is not None:
     raise CaptionParseError(f"A place or relation at the end of {caption!r} names no object.")

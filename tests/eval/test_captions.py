@@ -87,3 +87,12 @@ def test_score_aggregates():
   s = score(claims, pred)
   assert s["caption_accuracy"] == 0.5 and s["shape"] == 0.5 and s["count"] == 0.5
   assert s["num_images"] == 2
+
+
+def test_colour_only_captions_state_one_blob_of_that_colour():
+  for i in range(300):
+    rng = np.random.default_rng([8, i])
+    gt = shapes.sample_scene(rng, "train", colors_only=True)
+    claims = parse_caption(shapes.caption_scene(gt, rng))
+    (obj,) = claims.objects
+    assert (obj.shape, obj.color, obj.cell) == (shapes.SHAPES.index("blob"), gt["color"][0], None)
