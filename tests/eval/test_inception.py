@@ -71,13 +71,20 @@ def test_flax_inception_matches_pytorch_fid(monkeypatch):
 
 def test_pth_and_converted_npz_load_the_same(tmp_path, monkeypatch):
   torch, pfi = _pytorch_fid()
-  _, inner = _random_fid_inception(torch, pfi, monkeypatch)
+  model, inner = _random_fid_inception(torch, pfi, monkeypatch)
   pth = tmp_path / "weights.pth"
   torch.save(inner.state_dict(), pth)
   npz = tmp_path / "weights.npz"
   inception.main(["x", str(pth), str(npz)])
   a, b = inception.load_params(str(pth)), inception.load_params(str(npz))
   jax.tree.map(np.testing.assert_array_equal, a, b)
+  # The batched uint8 wrapper evaluate.py uses (3 images in padded batches of 2).
+  images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  got = inception.InceptionFeatures(str(npz), batch_size=2)(images)
+  with torch.no_grad():
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    want = model(x)[0][:, :, 0, 0].numpy()
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_missing_weights_say_where_to_get_them(tmp_path):
