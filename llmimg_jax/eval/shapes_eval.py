@@ -1,7 +1,7 @@
 """The captioned_shapes evaluator: trained once on a build's real train split, cached, and used
 to score images against captions and to embed them for the in-domain FID.
 
-  ev = ShapesEvaluator.load_or_train(config.data)        # trains (~1 min CPU at 32px) or loads
+  ev = ShapesEvaluator.load_or_train(config.data)  # loads, or trains once (32px: ~8 CPU-min)
   ev.score(images, captions)  # {'caption_accuracy': ..., 'shape': ..., ...}
   ev.features(images)         # [n, 576] in-domain FID features
 
