@@ -4,8 +4,10 @@
 
 DF-GAN-sized networks (nf=32) with a from-scratch ByT5-vocabulary T5 encoder trained through the
 discriminator (matching-aware hinge + contrastive head). Expected: by ~50k steps samples follow
-the captions' colours, shapes, sizes and positions; the in-domain caption-accuracy evaluator that
-will put a number on this (evaluate.py) is not built yet, so no accuracy is claimed here.
+the captions' colours, shapes, sizes and positions; no accuracy is claimed here yet. The run
+measures itself: every 2k steps caption accuracy and in-domain FID on 512 test captions go to
+TensorBoard (eval/*) and the best step to <workdir>/best.json; `python evaluate.py --workdir ...`
+scores any checkpoint on the test and holdout captions.
 """
 from llmimg_jax.train.config import base_config
 
@@ -40,4 +42,6 @@ def get_config():
   c.train.batch_size = 64
   c.train.sample_every = 2_000
   c.train.ckpt_every = 2_000
+  c.eval.every = 2_000  # the evaluator trains once on first use (cached), then reads 512 images
+  c.eval.num_samples = 512
   return c

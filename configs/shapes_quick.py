@@ -6,6 +6,10 @@ On a 2-core CPU it runs ~3.5 steps/s (batch 16), so 2500 steps plus the dataset 
 compilation take about 13-14 minutes. What it reaches there (measured): from ~1500 steps the EMA
 samples (runs/shapes_quick/samples/*.png) follow the captions' colours and rough positions for
 about half of the fixed prompts; objects are still blobs, shapes are not learned at this length.
+In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
+(minutes on a 2-core CPU) would add more than 5% to this run. Once it is cached (after one
+`python evaluate.py` or run with eval on), `--config.eval.every=500` logs caption accuracy and
+in-domain FID on 256 test captions (eval/* in TensorBoard, <workdir>/best.json).
 """
 from llmimg_jax.train.config import base_config
 

@@ -66,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
       "an orange diamond at the bottom", "a cyan star left of a red square",
       "a big white cross in the middle")
   c.train.samples_per_prompt = 4
+
+  c.eval = ml_collections.ConfigDict()  # in-training evaluation, captioned_shapes only
+  c.eval.every = 0  # caption accuracy + in-domain FID every N steps to TensorBoard; 0 = off
+  c.eval.num_samples = 256  # test captions (fixed subset, fixed noise)
   return c
 
 
@@ -93,6 +97,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name}={t[name]} must be positive.")
+  if config.eval.every < 0 or config.eval.num_samples < 2:
+    raise ValueError(f"config.eval.every={config.eval.every} must be >= 0 (0 = off) and "
+                     f"config.eval.num_samples={config.eval.num_samples} >= 2.")
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
   validate_data_config(config.data)

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from llmimg_jax.data.pipeline import make_iterator, to_global_batch
+from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.config import validate
@@ -110,6 +111,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(workdir / "tensorboard"))
   samples = SampleWriter(models, tokenizer, config, workdir)
+  evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir)
+              if in_training.enabled(config) else None)
   step_fn = jit_train_step(models, mesh)
 
   t = config.train
@@ -146,6 +149,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
             "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
     if done % t.sample_every == 0 or done == t.steps:
       samples(state, done, writer)
+    if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
+      evaluate(state, done, writer)
     if done % t.ckpt_every == 0 or done == t.steps:
       checkpoint.save(manager, done, state, data_iter, config)
   manager.wait_until_finished()

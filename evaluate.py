@@ -1,0 +1,101 @@
+"""Evaluates a train.py run: caption accuracy and in-domain FID on captioned_shapes, and the
+standard (Inception, DF-GAN protocol) FID.
+
+  python evaluate.py --workdir runs/shapes_quick                        # test + holdout, JSON
+  python evaluate.py --workdir runs/x --split holdout --num_samples 500 --step 2000 --out r.json
+  python evaluate.py --workdir runs/x --inception_weights pt_inception-2015-12-05-6726825d.pth \
+      --ref_stats coco_val256.npz                                       # + standard FID
+  python evaluate.py --write_stats ref.npz --config configs/shapes_quick.py --stats_split test \
+      --inception_weights pt_inception-2015-12-05-6726825d.pth          # reference mu/sigma
+
+Generated images use the split's captions (the first caption of records [0, N)) with noise
+z_i = normal(fold_in(key(seed), i)). In-domain FID compares evaluator features of the generated
+images with a real set of the same distribution (train records for `test`, further holdout records
+for `holdout`); the floor is the same FID for the split's own real images [0, N).
+Standard FID: pytorch-fid's InceptionV3 in Flax, images bilinearly resized to 299.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).")
+flags.DEFINE_multi_enum("split", ["test", "holdout"], ["test", "holdout"],
+                        "Split(s) whose captions are used; repeat the flag for several.")
+flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split's size).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/eval_<step>.json).")
+flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
+flags.DEFINE_string("data_dir", None, "Override the run's config.data.data_dir.")
+flags.DEFINE_string("inception_weights", None,
+                    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or its .npz): adds the "
+                    "standard FID. Get it from " + "https://github.com/mseitzer/pytorch-fid/releases")
+flags.DEFINE_string("ref_stats", None, "An .npz of mu/sigma for the standard FID (DF-GAN's); "
+                    "default: computed from the real reference set.")
+flags.DEFINE_string("write_stats", None, "Write Inception mu/sigma of a real split to this .npz "
+                    "and exit (needs --inception_weights and --workdir or --config).")
+flags.DEFINE_string("config", None, "A config file for --write_stats without a workdir.")
+flags.DEFINE_string("stats_split", "test", "The split --write_stats reads.")
+
+
+def _data_config():
+  if FLAGS.workdir:
+    import ml_collections
+    from pathlib import Path
+    cfg = ml_collections.ConfigDict(json.loads((Path(FLAGS.workdir) / "config.json").read_text()))
+  elif FLAGS.config:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cfg", FLAGS.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+  else:
+    raise app.UsageError("Give --workdir (a train.py run) or --config.")
+  data = cfg.data
+  if FLAGS.data_dir:
+    data.data_dir = FLAGS.data_dir
+  return data
+
+
+def _write_stats() -> None:
+  import numpy as np
+  from llmimg_jax.data.pipeline import load_source, resize
+  from llmimg_jax.eval import fid
+  from llmimg_jax.eval.inception import InceptionFeatures
+  if not FLAGS.inception_weights:
+    raise app.UsageError("--write_stats needs --inception_weights.")
+  data = _data_config()
+  source = load_source(data, FLAGS.stats_split)
+  n = min(FLAGS.num_samples, len(source))
+  images = np.stack([resize(source[i]["image"], data.image_size) for i in range(n)])
+  mu, sigma = fid.statistics(InceptionFeatures(FLAGS.inception_weights)(images))
+  fid.save_statistics(FLAGS.write_stats, mu, sigma, num_images=n)
+  print(f"Wrote Inception statistics of {n} {data.name}/{FLAGS.stats_split} images "
+        f"({data.image_size}px, resized to 299) to {FLAGS.write_stats}.")
+
+
+def main(argv) -> None:
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  if FLAGS.write_stats:
+    return _write_stats()
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required.")
+  from pathlib import Path
+  from llmimg_jax.eval.report import evaluate_run, format_table
+  results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
+                         step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+                         data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
+                         ref_stats=FLAGS.ref_stats)
+  print(format_table(results))
+  out = Path(FLAGS.out or Path(FLAGS.workdir) / f"eval_{results['step']}.json")
+  out.write_text(json.dumps(results, indent=2))
+  print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

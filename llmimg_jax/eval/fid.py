@@ -1,0 +1,67 @@
+"""Fréchet distance between Gaussians fitted to features, computed in float64.
+
+  FD = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))
+
+tr((S1 S2)^(1/2)) is computed as pytorch-fid does (scipy.linalg.sqrtm of the product; when the
+result is not finite, the product is near singular and eps * I is added to both covariances; a
+small imaginary part from round-off is dropped, a large one is an error). Statistics are stored
+as .npz files with arrays `mu` [d] and `sigma` [d, d], the format of pytorch-fid and DF-GAN.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(mu [d], sigma [d, d]) of features [n, d], in float64 (sigma with ddof=1, as pytorch-fid)."""
+  x = np.asarray(features, np.float64)
+  if x.ndim != 2 or len(x) < 2:
+    raise ValueError(f"Features must be [n >= 2, d]; got shape {x.shape}.")
+  return x.mean(0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  if mu1.shape != mu2.shape or s1.shape != s2.shape:
+    raise ValueError(f"Statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma "
+                     f"{s1.shape} vs {s2.shape} (features of different networks?).")
+  diff = mu1 - mu2
+  covmean = scipy.linalg.sqrtm(s1 @ s2)
+  if not np.isfinite(covmean).all():
+    log.warning("Fréchet distance: singular product of covariances; adding %g to the diagonals.",
+                eps)
+    offset = np.eye(s1.shape[0]) * eps
+    covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+  if np.iscomplexobj(covmean):
+    imag = np.abs(covmean.imag).max()
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f"Fréchet distance: imaginary component {imag:g} in sqrtm(S1 S2); the "
+                       "covariances are not valid (too few samples for the feature size?).")
+    covmean = covmean.real
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+  return frechet_distance(*statistics(a), *statistics(b))
+
+
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
+  np.savez(path, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No FID statistics at {path}; write them for a real split with "
+                            "`python evaluate.py --write_stats PATH ...` or use DF-GAN's .npz.")
+  with np.load(path) as f:
+    if "mu" not in f or "sigma" not in f:
+      raise ValueError(f"{path} has arrays {sorted(f.keys())}; FID statistics need 'mu' and "
+                       "'sigma'.")
+    return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)

@@ -1,0 +1,74 @@
+"""Evaluation during training (shapes configs): caption accuracy and in-domain FID of the EMA
+generator on a fixed subset of the test split, logged to TensorBoard; the best step so far is
+kept in <workdir>/best.json (highest caption accuracy, then lowest FID).
+
+config.eval.every = 0 disables it; config.eval.num_samples test captions (the first caption of
+records [0, n)) with fixed noise; the FID reference is the same records' real images, and the
+real-vs-real floor (train records [0, n) against them) is logged once as eval/fid_floor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from llmimg_jax.eval import fid
+from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
+
+log = logging.getLogger(__name__)
+
+
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  e = config.get("eval")
+  return bool(e is not None and e.every > 0 and config.data.name == "captioned_shapes")
+
+
+class TrainingEvaluator:
+
+  def __init__(self, models, tokenizer, config: ml_collections.ConfigDict, workdir: Path):
+    self.models, self.tokenizer, self.workdir = models, tokenizer, Path(workdir)
+    self.every, n = int(config.eval.every), int(config.eval.num_samples)
+    self.seed = int(config.seed) + 2
+    t0 = time.perf_counter()
+    self.evaluator = ShapesEvaluator.load_or_train(config.data)
+    real = load_split(config.data, "test", n)
+    self.captions = [c[0] for c in real.captions]
+    self.real_mu_sigma = fid.statistics(self.evaluator.features(real.images))
+    other = self.evaluator.features(load_split(config.data, "train", len(real.images)).images)
+    self.floor = fid.frechet_distance(*fid.statistics(other), *self.real_mu_sigma)
+    self.real_scores = self.evaluator.score(real.images, self.captions)
+    self.best_path = self.workdir / "best.json"
+    log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
+             "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
+             time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
+
+  def __call__(self, state, step: int, writer) -> dict[str, float]:
+    t0 = time.perf_counter()
+    images = generate_for_captions(self.models, state.ema_params, state.text_params,
+                                   self.tokenizer, self.captions, seed=self.seed)
+    result = {k: v for k, v in self.evaluator.score(images, self.captions).items()
+              if k != "num_images"}
+    result["fid_indomain"] = fid.frechet_distance(
+        *fid.statistics(self.evaluator.features(images)), *self.real_mu_sigma)
+    result["seconds"] = time.perf_counter() - t0
+    if jax.process_index() != 0:
+      return result
+    if writer is not None:
+      for k, v in result.items():
+        writer.add_scalar(f"eval/{k}", v, step)
+      writer.add_scalar("eval/fid_floor", self.floor, step)
+      writer.add_scalar("eval/real_caption_accuracy", self.real_scores["caption_accuracy"], step)
+    best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
+    key = (result["caption_accuracy"], -result["fid_indomain"])
+    if best is None or key > (best["caption_accuracy"], -best["fid_indomain"]):
+      self.best_path.write_text(json.dumps({"step": step, **result, "fid_floor": self.floor},
+                                           indent=2))
+    log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",
+             step, result["caption_accuracy"], result["fid_indomain"], self.floor,
+             result["seconds"])
+    return result

@@ -1,0 +1,91 @@
+"""evaluate.py's work: sample a run's EMA generator on a split's captions and measure it."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+
+from llmimg_jax.eval import fid
+from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
+
+log = logging.getLogger(__name__)
+ATTRIBUTE_COLUMNS = ("shape", "color", "size", "cell", "relation", "count")
+
+
+def _reference(data_cfg, split: str, n: int, size: int):
+  """Real images [0, n) of `split` and a disjoint real set of the same distribution and size:
+  train records for `test` (train and test draw from the same (shape, colour) pairs), holdout
+  records [n, 2n) for `holdout` (n is halved if the split is too small for both)."""
+  if split == "holdout":
+    n = min(n, size // 2)
+    return load_split(data_cfg, split, n), load_split(data_cfg, split, n, start=n)
+  n = min(n, size)
+  return load_split(data_cfg, split, n), load_split(data_cfg, "train", n)
+
+
+def evaluate_run(workdir: str, splits: Sequence[str] = ("test", "holdout"), num_samples: int = 1000,
+                 step: int | None = None, seed: int = 0, batch_size: int = 64,
+                 data_dir: str | None = None, inception_weights: str | None = None,
+                 ref_stats: str | None = None) -> dict:
+  from llmimg_jax.eval.shapes_eval import _builder  # pylint: disable=g-import-not-at-top
+  from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
+  sampler = Sampler.from_workdir(workdir, step)
+  data_cfg = ml_collections.ConfigDict(sampler.config.data.to_dict())
+  if data_dir:
+    data_cfg.data_dir = data_dir
+  evaluator = ShapesEvaluator.load_or_train(data_cfg)
+  inception = None
+  if inception_weights:
+    from llmimg_jax.eval.inception import InceptionFeatures  # pylint: disable=g-import-not-at-top
+    inception = InceptionFeatures(inception_weights)
+  builder = _builder(data_cfg)
+  results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
+             "dataset": f"captioned_shapes/{data_cfg.config}", "evaluator": evaluator.meta,
+             "splits": {}}
+  for split in splits:
+    t0 = time.perf_counter()
+    size = builder.info.splits[split].num_examples
+    real, other = _reference(data_cfg, split, num_samples, size)
+    captions = [c[0] for c in real.captions]
+    images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
+                                   sampler.tokenizer, captions, seed, batch_size)
+    other_stats = fid.statistics(evaluator.features(other.images))
+    row = {"num_images": len(images),
+           "generated": evaluator.score(images, captions),
+           "real": evaluator.score(real.images, captions),
+           "fid_indomain": fid.frechet_distance(
+               *fid.statistics(evaluator.features(images)), *other_stats),
+           "fid_indomain_floor": fid.frechet_distance(
+               *fid.statistics(evaluator.features(real.images)), *other_stats)}
+    if inception is not None:
+      ref = (fid.load_statistics(ref_stats) if ref_stats
+             else fid.statistics(inception(other.images)))
+      row["fid_inception"] = fid.frechet_distance(*fid.statistics(inception(images)), *ref)
+      row["fid_inception_floor"] = fid.frechet_distance(
+          *fid.statistics(inception(real.images)), *ref)
+    row["seconds"] = time.perf_counter() - t0
+    results["splits"][split] = row
+  return results
+
+
+def format_table(results: dict) -> str:
+  head = ["split", "images", "caption_acc", *ATTRIBUTE_COLUMNS, "FID(in-domain)", "floor"]
+  rows = []
+  for split, r in results["splits"].items():
+    for kind in ("generated", "real"):
+      s = r[kind]
+      fid_cols = ([f"{r['fid_indomain']:.3f}", f"{r['fid_indomain_floor']:.3f}"]
+                  if kind == "generated" else ["", ""])
+      rows.append([f"{split} ({kind})", str(r["num_images"]), f"{s['caption_accuracy']:.3f}",
+                   *(f"{s[m]:.3f}" for m in ATTRIBUTE_COLUMNS), *fid_cols])
+    if "fid_inception" in r:
+      rows.append([f"{split} Inception FID", "", f"{r['fid_inception']:.2f}", "", "", "", "", "",
+                   "", "floor", f"{r['fid_inception_floor']:.2f}"])
+  widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+  line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+  return "\n".join([f"step {results['step']} of {results['workdir']}", line(head),
+                    *(line(r) for r in rows)])

@@ -1,0 +1,103 @@
+"""evaluate.py's pipeline and the in-training evaluator, end to end on a tiny run.
+
+The run is tests/sample's (host-drawn params in train.py's workdir layout, no training), the data
+captioned_shapes/tiny_32 and the evaluator a deliberately short training of it (cached in a temp
+LLMIMG_CACHE_DIR): this checks the mechanics (files, keys, table, best.json, TensorBoard), not the
+evaluator's accuracy (tests/eval/test_shapes_eval.py does that).
+"""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmimg_jax.eval import evaluator as ev
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator
+from tests.sample.conftest import run  # noqa: F401  (session fixture)
+from tests.train.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(tmp_path_factory, monkeypatch_module):
+  """(data config of a tiny_32 build, cache dir holding its quickly trained evaluator)."""
+  data = tiny_config(tmp_path_factory.mktemp("tfds_eval")).data
+  data.build_num_proc = 1
+  cache = tmp_path_factory.mktemp("cache")
+  monkeypatch_module.setenv("LLMIMG_CACHE_DIR", str(cache))
+  evaluator = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=30, batch_size=16))
+  assert set(evaluator.meta["test"]) == {"present", "shape", "color", "size"}
+  assert list((cache / "evaluator").glob("captioned_shapes-tiny_32-v1.0.0-32px-*.msgpack"))
+  return data, cache
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+  with pytest.MonkeyPatch.context() as mp:
+    yield mp
+
+
+def test_cached_evaluator_loads_identically(tiny_eval):
+  data, _ = tiny_eval
+  a = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=1))  # from the cache: no training
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  b = ShapesEvaluator.load_or_train(data)
+  np.testing.assert_array_equal(a.features(images), b.features(images))
+  assert a.meta == b.meta and a.meta["settings"]["steps"] == 30
+
+
+def test_evaluate_run_scores_both_splits(run, tiny_eval):  # noqa: F811
+  from llmimg_jax.eval.report import evaluate_run, format_table
+  data, _ = tiny_eval
+  results = evaluate_run(str(run.workdir), num_samples=16, data_dir=data.data_dir, batch_size=8)
+  assert results["step"] == 2 and set(results["splits"]) == {"test", "holdout"}
+  for split, r in results["splits"].items():
+    assert r["num_images"] == (16 if split == "test" else 16)
+    for kind in ("generated", "real"):
+      assert 0 <= r[kind]["caption_accuracy"] <= 1
+      assert r[kind]["num_images"] == r["num_images"]
+    assert math.isfinite(r["fid_indomain"]) and math.isfinite(r["fid_indomain_floor"])
+  table = format_table(results)
+  assert "holdout (generated)" in table and "FID(in-domain)" in table
+  json.dumps(results)  # serialisable
+
+
+def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path):  # noqa: F811
+  from tensorboardX import SummaryWriter
+
+  from llmimg_jax.eval.in_training import TrainingEvaluator, enabled
+  from llmimg_jax.sample import Sampler
+  data, _ = tiny_eval
+  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
+  config = tiny_config(data.data_dir)
+  assert not enabled(config)
+  config.eval.every, config.eval.num_samples = 2, 8
+  assert enabled(config)
+  evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+
+  class State:
+    ema_params, text_params = sampler.ema_params, sampler.text_params
+
+  writer = SummaryWriter(str(tmp_path / "tb"))
+  first = evaluate(State, 2, writer)
+  best = json.loads((tmp_path / "best.json").read_text())
+  assert best["step"] == 2 and best["caption_accuracy"] == first["caption_accuracy"]
+  assert best["fid_floor"] == evaluate.floor
+  again = evaluate(State, 4, writer)  # same params and noise: not better, best stays at step 2
+  assert again["fid_indomain"] == pytest.approx(first["fid_indomain"])
+  assert json.loads((tmp_path / "best.json").read_text())["step"] == 2
+  writer.close()
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_cli_help_and_missing_workdir():
+  out = subprocess.run([sys.executable, "evaluate.py", "--helpfull"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert "--num_samples" in out.stdout and "--inception_weights" in out.stdout
+  out = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode != 0 and "--workdir" in out.stderr

@@ -1,0 +1,92 @@
+"""The Flax FID InceptionV3 against pytorch-fid's own network with the same random weights.
+
+Needs torch, torchvision and pytorch-fid (pip install torch==2.14.1 torchvision==0.29.1
+pytorch-fid==0.3.0); skipped with the reason otherwise. No weights are downloaded: pytorch-fid's
+`fid_inception_v3` is replaced by the same construction without its `load_state_dict_from_url`.
+"""
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.eval import inception
+
+
+def _pytorch_fid():
+  try:
+    import torch
+    import torchvision  # noqa: F401
+    from pytorch_fid import inception as pfi
+  except Exception as e:  # torchvision fails to import against a mismatched torch
+    pytest.skip(f"pytorch-fid parity needs torch + torchvision + pytorch-fid importable ({e!r}); "
+                "pip install torch==2.14.1 torchvision==0.29.1 pytorch-fid==0.3.0")
+  return torch, pfi
+
+
+def _random_fid_inception(torch, pfi, monkeypatch):
+  """pytorch-fid's InceptionV3 (block 3) and its inner network, with random weights."""
+  torch.manual_seed(0)
+  inner = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+  inner.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+  inner.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+  inner.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+  inner.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+  inner.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+  inner.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+  inner.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+  inner.Mixed_7b = pfi.FIDInceptionE_1(1280)
+  inner.Mixed_7c = pfi.FIDInceptionE_2(2048)
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for name, p in inner.named_parameters():
+      if name.endswith("conv.weight"):  # variance-preserving through the ReLUs
+        fan_in = p[0].numel()
+        p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+      elif name.endswith("bn.weight"):
+        p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.75)
+      elif name.endswith("bn.bias"):
+        p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    for name, b in inner.named_buffers():
+      if name.endswith("running_mean"):
+        b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+      elif name.endswith("running_var"):
+        b.copy_(torch.rand(b.shape, generator=g) * 0.5 + 0.75)
+  monkeypatch.setattr(pfi, "fid_inception_v3", lambda: inner)
+  model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+  return model, inner
+
+
+def test_flax_inception_matches_pytorch_fid(monkeypatch):
+  torch, pfi = _pytorch_fid()
+  model, inner = _random_fid_inception(torch, pfi, monkeypatch)
+  state = {k: v.numpy() for k, v in inner.state_dict().items()}  # the .pth file's layout
+  images = np.random.default_rng(0).uniform(0, 1, (2, 37, 37, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = model(torch.from_numpy(images).permute(0, 3, 1, 2))[0][:, :, 0, 0].numpy()  # [2, 2048]
+  params = inception.params_from_state_dict(state)
+  got = np.asarray(inception.FIDInceptionV3().apply({"params": params}, images))
+  assert got.shape == want.shape == (2, 2048)
+  assert np.abs(want).mean() > 0.05  # the random network is not degenerate
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_pth_and_converted_npz_load_the_same(tmp_path, monkeypatch):
+  torch, pfi = _pytorch_fid()
+  model, inner = _random_fid_inception(torch, pfi, monkeypatch)
+  pth = tmp_path / "weights.pth"
+  torch.save(inner.state_dict(), pth)
+  npz = tmp_path / "weights.npz"
+  inception.main(["x", str(pth), str(npz)])
+  a, b = inception.load_params(str(pth)), inception.load_params(str(npz))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # The batched uint8 wrapper evaluate.py uses (3 images in padded batches of 2).
+  images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  got = inception.InceptionFeatures(str(npz), batch_size=2)(images)
+  with torch.no_grad():
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    want = model(x)[0][:, :, 0, 0].numpy()
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_missing_weights_say_where_to_get_them(tmp_path):
+  with pytest.raises(FileNotFoundError, match="pytorch-fid/releases/download/fid_weights"):
+    inception.load_params(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))
