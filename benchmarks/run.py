@@ -6,9 +6,12 @@
 
 Every benchmark warms up both frameworks, then alternates them call by call (order reversed
 every other round) and reports medians. speedup = PyTorch time / JAX time (> 1: JAX is faster).
-MFU = XLA cost-analysis FLOPs of the JAX program / time / the measured peak matmul FLOP/s (the
-faster of JAX's and torch's n x n matmul in the same dtype); the PyTorch column uses the same
-FLOP count, since both sides do the same work.
+cpu-time = the same ratio of process CPU seconds per call (steadier when other processes share
+the cores). MFU = XLA cost-analysis FLOPs of the JAX program / time / the measured peak matmul
+FLOP/s (the faster of JAX's and torch's best n x n matmul in the same dtype); the PyTorch column
+uses the same FLOP count, since both sides do the same work.
+
+On CPU, OMP_WAIT_POLICY defaults to PASSIVE here (see main) and torch uses every core.
 """
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ def _parse() -> argparse.Namespace:
                  help="also time torch.compile (default: on, off with --quick)")
   p.add_argument("--no-compile", dest="compile", action="store_false")
   p.add_argument("--torch-threads", type=int, default=0, help="default: the CPU count")
+  p.add_argument("--no-tf32", action="store_true",
+                 help="GPU fp32: full-precision matmuls/convs on both sides (default: TF32 on "
+                      "both, which is JAX's default; torch's default is TF32 for convs only)")
+  p.add_argument("--render", default="", metavar="JSON",
+                 help="only print the table of an earlier run's --json file")
   p.add_argument("--skip-gan", action="store_true")
   p.add_argument("--skip-t5", action="store_true")
   p.add_argument("--t5-batch", type=int, default=8)
@@ -59,7 +67,7 @@ def _mfu(flops: float | None, t: dict | None, peak: float) -> str:
 
 def table(rows: list[dict], peak: float) -> str:
   head = (f"{'benchmark':44s} {'JAX ms':>9s} {'torch ms':>9s} {'compile ms':>10s} "
-          f"{'speedup':>8s} {'vs comp.':>8s} {'JAX it/s':>9s} {'GFLOP':>7s} {'MFU JAX':>8s} "
+          f"{'speedup':>8s} {'cpu-time':>8s} {'vs comp.':>8s} {'JAX rate':>12s} {'GFLOP':>7s} {'MFU JAX':>8s} "
           f"{'MFU torch':>9s}")
   lines = [head, "-" * len(head)]
   for r in rows:
@@ -68,14 +76,30 @@ def table(rows: list[dict], peak: float) -> str:
     gflop = f"{r['flops'] / 1e9:7.1f}" if r.get("flops") else "-"
     lines.append(
         f"{r['name']:44s} {_ms(j)} {_ms(t)} {_ms(c):>10s} "
-        f"{t['median_s'] / j['median_s']:7.2f}x {vs_c:>8s} "
-        f"{r['items'] / j['median_s']:7.1f}{r['unit'][0]} {gflop:>7s} "
+        f"{t['median_s'] / j['median_s']:7.2f}x {t['cpu_median_s'] / j['cpu_median_s']:7.2f}x "
+        f"{vs_c:>8s} "
+        f"{r['items'] / j['median_s']:6.1f} {r['unit'] + '/s':>5s} {gflop:>7s} "
         f"{_mfu(r.get('flops'), j, peak):>8s} {_mfu(r.get('flops'), t, peak):>9s}")
+  return "\n".join(lines)
+
+
+def summary(rows: list[dict], peak: float) -> str:
+  lines = [table(rows, peak)]
+  for r in rows:
+    if r.get("compile_note"):
+      lines.append(f"torch.compile, {r['name']}: {r['compile_note']}")
+    if r.get("check"):
+      lines.append(f"check, {r['name']}: {r['check']}")
   return "\n".join(lines)
 
 
 def main() -> None:
   args = _parse()
+  if args.render:
+    with open(args.render) as f:
+      saved = json.load(f)
+    print(summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"]))
+    return
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"
     # libgomp's default spin-waiting makes PyTorch's 2-thread ops 5-10x slower when other
@@ -97,6 +121,11 @@ def main() -> None:
   if device.type == "cuda" and not torch.cuda.is_available():
     raise SystemExit("--device gpu but torch.cuda.is_available() is False.")
   torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+  if device.type == "cuda":  # the same fp32 matmul/conv precision on both sides
+    torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    if args.no_tf32:
+      jax.config.update("jax_default_matmul_precision", "highest")
   t_start = time.perf_counter()
   info = timing.machine_info(device)
   print(f"{info['cpu_model']} x{info['cpu_count']} | load {info['loadavg_start']} | "
@@ -123,12 +152,7 @@ def main() -> None:
   print(f"\n== results ({args.dtype}, {device}; medians of {args.iters} alternating calls after "
         f"{args.warmup} warm-up; speedup = torch / JAX; load {info['loadavg_start'][0]:.1f} -> "
         f"{info['loadavg_end'][0]:.1f}; {info['wall_s']:.0f} s)")
-  print(table(rows, peak["peak_flops_per_s"]))
-  for r in rows:
-    if r.get("compile_note"):
-      print(f"torch.compile, {r['name']}: {r['compile_note']}")
-    if r.get("check"):
-      print(f"check, {r['name']}: {r['check']}")
+  print(summary(rows, peak["peak_flops_per_s"]))
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"args": vars(args), "machine": info, "peak_matmul": peak, "results": rows}, f,

@@ -106,4 +106,7 @@ def machine_info(torch_device: torch.device) -> dict[str, object]:
   }
   if torch_device.type == "cuda":
     info["torch_device_name"] = torch.cuda.get_device_name(torch_device)
+    info["torch_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                          "cudnn": torch.backends.cudnn.allow_tf32}
+    info["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
   return info
