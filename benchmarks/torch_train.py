@@ -144,6 +144,7 @@ def build(cfg: Any, text_encoder: nn.Module, device: str | torch.device,
   g, d, text_encoder = g.to(device), d.to(device), text_encoder.to(device)
   trainable = cfg.text.mode == "trainable"
   text_encoder.requires_grad_(trainable)
+  text_encoder.eval()  # no dropout work (rate 0 anyway), as JAX's deterministic=True
   return TorchGAN(
       generator=g, discriminator=d, text_encoder=text_encoder,
       ema_generator=copy.deepcopy(g).requires_grad_(False),
