@@ -1,0 +1,164 @@
+"""Side-by-side benchmark: llmimg_jax (JAX) vs the same models in PyTorch, in one process.
+
+  python benchmarks/run.py --quick                      # < 5 min on a 2-core CPU: 32px + T5
+  python benchmarks/run.py --json out.json              # 32px and 64px, plus torch.compile
+  python benchmarks/run.py --device gpu --dtype bfloat16 --json gpu_bf16.json
+
+Every benchmark warms up both frameworks, then alternates them call by call (order reversed
+every other round) and reports medians. speedup = PyTorch time / JAX time (> 1: JAX is faster).
+cpu-time = the same ratio of process CPU seconds per call (steadier when other processes share
+the cores). MFU = XLA cost-analysis FLOPs of the JAX program / time / the measured peak matmul
+FLOP/s (the faster of JAX's and torch's best n x n matmul in the same dtype); the PyTorch column
+uses the same FLOP count, since both sides do the same work.
+
+On CPU, OMP_WAIT_POLICY defaults to PASSIVE here (see main) and torch uses every core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+
+def _parse() -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="32px + T5, fewer iterations (< 5 min)")
+  p.add_argument("--json", default="", help="write results and machine info here")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+  p.add_argument("--resolutions", type=int, nargs="+", default=None,
+                 help="default: 32 with --quick, else 32 64")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--nf", type=int, default=32)
+  p.add_argument("--warmup", type=int, default=None, help="default: 1 quick, 3 full")
+  p.add_argument("--iters", type=int, default=None, help="default: 5 quick, 10 full")
+  p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                 help="also time torch.compile (default: on, off with --quick)")
+  p.add_argument("--no-compile", dest="compile", action="store_false")
+  p.add_argument("--torch-threads", type=int, default=0, help="default: the CPU count")
+  p.add_argument("--no-tf32", action="store_true",
+                 help="GPU fp32: full-precision matmuls/convs on both sides (default: TF32 on "
+                      "both, which is JAX's default; torch's default is TF32 for convs only)")
+  p.add_argument("--render", default="", metavar="JSON",
+                 help="only print the table of an earlier run's --json file")
+  p.add_argument("--skip-gan", action="store_true")
+  p.add_argument("--skip-t5", action="store_true")
+  p.add_argument("--t5-batch", type=int, default=8)
+  p.add_argument("--t5-length", type=int, default=64)
+  p.add_argument("--t5-new-tokens", type=int, default=32)
+  a = p.parse_args()
+  a.resolutions = a.resolutions or ([32] if a.quick else [32, 64])
+  a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
+  a.iters = a.iters if a.iters is not None else (5 if a.quick else 10)
+  a.compile = (not a.quick) if a.compile is None else a.compile
+  return a
+
+
+def _ms(t: dict | None) -> str:
+  return "-" if t is None else f"{t['median_s'] * 1e3:9.1f}"
+
+
+def _mfu(flops: float | None, t: dict | None, peak: float) -> str:
+  return "-" if flops is None or t is None else f"{100 * flops / t['median_s'] / peak:5.1f}%"
+
+
+def table(rows: list[dict], peak: float) -> str:
+  head = (f"{'benchmark':44s} {'JAX ms':>9s} {'torch ms':>9s} {'compile ms':>10s} "
+          f"{'speedup':>8s} {'cpu-time':>8s} {'vs comp.':>8s} {'JAX rate':>12s} {'GFLOP':>7s} {'MFU JAX':>8s} "
+          f"{'MFU torch':>9s}")
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    j, t, c = r["jax"], r["torch"], r.get("torch_compile")
+    vs_c = f"{c['median_s'] / j['median_s']:7.2f}x" if c else "-"
+    gflop = f"{r['flops'] / 1e9:7.1f}" if r.get("flops") else "-"
+    lines.append(
+        f"{r['name']:44s} {_ms(j)} {_ms(t)} {_ms(c):>10s} "
+        f"{t['median_s'] / j['median_s']:7.2f}x {t['cpu_median_s'] / j['cpu_median_s']:7.2f}x "
+        f"{vs_c:>8s} "
+        f"{r['items'] / j['median_s']:6.1f} {r['unit'] + '/s':>5s} {gflop:>7s} "
+        f"{_mfu(r.get('flops'), j, peak):>8s} {_mfu(r.get('flops'), t, peak):>9s}")
+  return "\n".join(lines)
+
+
+def summary(rows: list[dict], peak: float) -> str:
+  lines = [table(rows, peak)]
+  for r in rows:
+    if r.get("compile_note"):
+      lines.append(f"torch.compile, {r['name']}: {r['compile_note']}")
+    if r.get("check"):
+      lines.append(f"check, {r['name']}: {r['check']}")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  args = _parse()
+  if args.render:
+    with open(args.render) as f:
+      saved = json.load(f)
+    print(summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"]))
+    return
+  if args.device == "cpu":
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    # libgomp's default spin-waiting makes PyTorch's 2-thread ops 5-10x slower when other
+    # processes share the cores (measured here: G forward 0.2 s -> 1-1.9 s at load 7); passive
+    # waiting costs nothing measurable on an idle machine. Set before torch loads libgomp.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+  import jax
+  import torch
+
+  from benchmarks import timing
+
+  if args.device == "gpu" and jax.devices()[0].platform != "gpu":
+    raise SystemExit(f"--device gpu but JAX sees {jax.devices()}; install jax[cuda] or use "
+                     "--device cpu.")
+  device = torch.device("cuda" if args.device == "gpu" else "cpu")
+  if device.type == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--device gpu but torch.cuda.is_available() is False.")
+  torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+  if device.type == "cuda":  # the same fp32 matmul/conv precision on both sides
+    torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    if args.no_tf32:
+      jax.config.update("jax_default_matmul_precision", "highest")
+  t_start = time.perf_counter()
+  info = timing.machine_info(device)
+  print(f"{info['cpu_model']} x{info['cpu_count']} | load {info['loadavg_start']} | "
+        f"jax {info['jax']} ({info['jax_device']}) | torch {info['torch']} on {device} "
+        f"({info['torch_num_threads']} threads) | dtype {args.dtype}", flush=True)
+  peak = timing.peak_matmul_flops(args.dtype, device, 8192 if device.type == "cuda" else 2048)
+  print(f"peak matmul: {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"(jax {peak['jax_flops_per_s'] / 1e9:.1f}, torch {peak['torch_flops_per_s'] / 1e9:.1f})",
+        flush=True)
+
+  rows = []
+  if not args.skip_gan:
+    from benchmarks import gan_bench
+    for res in args.resolutions:
+      rows += gan_bench.bench_gan(res, args.batch, args.nf, args.dtype, device, args.warmup,
+                                  args.iters, args.compile)
+      print(table(rows[-2:], peak["peak_flops_per_s"]), flush=True)
+  if not args.skip_t5:
+    from benchmarks import t5_bench
+    rows += t5_bench.bench_t5(args.dtype, device, args.t5_batch, args.t5_length,
+                              args.t5_new_tokens, args.warmup, args.iters)
+  info["loadavg_end"] = os.getloadavg()
+  info["wall_s"] = time.perf_counter() - t_start
+  print(f"\n== results ({args.dtype}, {device}; medians of {args.iters} alternating calls after "
+        f"{args.warmup} warm-up; speedup = torch / JAX; load {info['loadavg_start'][0]:.1f} -> "
+        f"{info['loadavg_end'][0]:.1f}; {info['wall_s']:.0f} s)")
+  print(summary(rows, peak["peak_flops_per_s"]))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"args": vars(args), "machine": info, "peak_matmul": peak, "results": rows}, f,
+                indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,153 @@
+"""The PyTorch twin used by benchmarks/run.py is the same model as ours: parameter counts, output
+shapes and (with converted weights) outputs, plus one PyTorch training step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from benchmarks import torch_gan, torch_train  # noqa: E402
+from llmimg_jax import gan  # noqa: E402
+from llmimg_jax.gan import diffaugment  # noqa: E402
+from llmimg_jax.text import T5Config, T5EncoderModel  # noqa: E402
+
+TEXT_DIM, LENGTH, BATCH = 48, 10, 2
+
+
+def _t(x) -> "torch.Tensor":
+  return torch.from_numpy(np.array(x))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+  # The CI/dev machines share 2 cores; one thread avoids OpenMP spin-wait stalls. Restored after.
+  n = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(n)
+
+
+def _random_params(module, *args, seed: int = 0):
+  """Random params of `module`'s shapes, filled on the host (no init compile): kernels scaled by
+  1/sqrt(fan_in), norms and gains near 1, DF affine outputs near (gamma=1, beta=0), so no
+  zero-init path is switched off and the outputs are not saturated."""
+  rs = np.random.RandomState(seed)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
+
+  def fill(path, leaf):
+    names = [getattr(k, "key", str(k)) for k in path]
+    shape = leaf.shape
+    noise = rs.standard_normal(shape).astype(np.float32)
+    if names[-1] == "kernel":
+      return noise / np.sqrt(np.prod(shape[:-1]))
+    if names[-1] in ("scale", "weight", "gain"):
+      return 1.0 + 0.1 * noise
+    if names[-1] == "bias" and names[-2] == "fc2":  # [gamma, beta]
+      return np.concatenate([np.ones(shape[0] // 2, np.float32), np.zeros(shape[0] // 2,
+                                                                           np.float32)]) + 0.1 * noise
+    return 0.1 * noise  # biases, embeddings, relative attention bias
+
+  return jax.tree_util.tree_map_with_path(lambda p, x: fill(p, x).astype(np.float32), shapes)
+
+
+def _top_counts(params) -> dict[str, int]:
+  return {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in params.items()}
+
+
+def _inputs(resolution: int):
+  rs = np.random.RandomState(0)
+  z = rs.standard_normal((BATCH, 100)).astype(np.float32)
+  words = rs.standard_normal((BATCH, LENGTH, TEXT_DIM)).astype(np.float32)
+  mask = (np.arange(LENGTH)[None] < np.array([[3], [LENGTH]])).astype(np.int32)
+  images = rs.uniform(-1, 1, (BATCH, resolution, resolution, 3)).astype(np.float32)
+  sent = ((words * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)).astype(np.float32)
+  return z, words, mask, sent, images
+
+
+@pytest.mark.parametrize("resolution,attn", [(32, (16,)), (64, (16, 32))])
+def test_same_params_shapes_and_outputs(resolution, attn):
+  z, words, mask, sent, images = _inputs(resolution)
+  g = gan.Generator(resolution, nf=16, cond_dim=64, attn_resolutions=attn)
+  d = gan.Discriminator(resolution, nf=16, cond_dim=64)
+  g_params = _random_params(g, z, sent, words, mask)
+  d_params = _random_params(d, images, sent)
+  tg = torch_gan.Generator(resolution, nf=16, cond_dim=64, attn_resolutions=attn,
+                           text_dim=TEXT_DIM)
+  td = torch_gan.Discriminator(resolution, nf=16, cond_dim=64, text_dim=TEXT_DIM)
+  assert torch_gan.top_level_counts(tg) == _top_counts(g_params)
+  assert torch_gan.top_level_counts(td) == _top_counts(d_params)
+  assert torch_gan.count_params(tg) == sum(x.size for x in jax.tree.leaves(g_params))
+
+  torch_gan.load_flax_params(tg, g_params)
+  torch_gan.load_flax_params(td, d_params)
+  out = np.asarray(jax.jit(g.apply)({"params": g_params}, z, sent, words, mask))
+  d_out = jax.jit(d.apply)({"params": d_params}, images, sent)
+  with torch.no_grad():
+    t_out = tg(_t(z), _t(sent), _t(words), _t(mask)).permute(0, 2, 3, 1).numpy()
+    t_d = td(_t(images).permute(0, 3, 1, 2), _t(sent))
+  assert t_out.shape == out.shape == (BATCH, resolution, resolution, 3)
+  assert 0.05 < np.abs(out).mean() < 0.99  # not saturated: the comparison means something
+  np.testing.assert_allclose(t_out, out, atol=2e-4)
+  assert d_out.keys() == t_d.keys()
+  for k in d_out:
+    np.testing.assert_allclose(t_d[k].numpy(), np.asarray(d_out[k]), atol=2e-4, rtol=1e-4)
+
+
+def test_text_encoder_conversion():
+  cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=0,
+                 num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+  ids = jnp.array([[5, 9, 3, 1, 0, 0], [7, 2, 2, 4, 8, 1]], jnp.int32)
+  mask = (ids > 0).astype(jnp.int32)
+  model = T5EncoderModel(cfg)
+  params = _random_params(model, ids, mask)
+  hf = transformers.T5EncoderModel(transformers.T5Config(
+      vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+      feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False))
+  torch_gan.load_flax_t5_encoder(hf, params)
+  assert torch_gan.count_params(hf) == sum(x.size for x in jax.tree.leaves(params))
+  with torch.no_grad():
+    out = hf(input_ids=_t(ids).long(), attention_mask=_t(mask).long()).last_hidden_state
+  np.testing.assert_allclose(out.numpy(), np.asarray(jax.jit(model.apply)({"params": params}, ids, mask)),
+                             atol=1e-5)
+
+
+def test_translate_matches_jax():
+  x = np.random.RandomState(0).standard_normal((3, 8, 8, 2)).astype(np.float32)
+  dh, dw = np.array([2, -1, 8]), np.array([0, 3, -5])
+  want = np.asarray(diffaugment.translate(x, dh, dw))
+  got = torch_train.translate(_t(x).permute(0, 3, 1, 2), _t(dh), _t(dw)).permute(0, 2, 3, 1)
+  np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_torch_train_step_updates_everything():
+  ml_collections = pytest.importorskip("ml_collections")
+  cfg = ml_collections.ConfigDict(dict(
+      model=dict(resolution=32, nf_g=8, nf_d=8, z_dim=16, cond_dim=16, attn_resolutions=(16,)),
+      text=dict(mode="trainable"),
+      loss=dict(gp="ma_gp", magp_k=2.0, magp_p=6.0, gp_every=1, contrastive_weight=0.2,
+                contrastive_temperature=0.1, contrastive_g=True,
+                diffaugment="color,translation,cutout"),
+      train=dict(lr_g=1e-4, lr_d=4e-4, lr_text=4e-4, b1=0.0, b2=0.9, ema_decay=0.999)))
+  torch.manual_seed(0)
+  hf = transformers.T5EncoderModel(transformers.T5Config(
+      vocab_size=64, d_model=TEXT_DIM, d_kv=12, d_ff=64, num_layers=1, num_heads=4,
+      feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False))
+  m = torch_train.build(cfg, hf, "cpu")
+  before = {name: [p.detach().clone() for p in mod.parameters()] for name, mod in
+            [("g", m.generator), ("d", m.discriminator), ("t", m.text_encoder),
+             ("ema", m.ema_generator)]}
+  batch = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+           "input_ids": torch.randint(2, 64, (4, LENGTH)),
+           "attention_mask": (torch.arange(LENGTH)[None] < torch.tensor([[3], [10], [6], [1]]))
+           .long()}
+  metrics = torch_train.train_step(m, batch)
+  assert bool(metrics["finite"]) and m.step == 1
+  for name, mod in [("g", m.generator), ("d", m.discriminator), ("t", m.text_encoder),
+                    ("ema", m.ema_generator)]:
+    changed = sum(not torch.equal(a, b) for a, b in zip(before[name], mod.parameters()))
+    assert changed > 0.5 * len(before[name]), f"{name}: only {changed} tensors changed"
+  images = torch_train.generate_images(m, torch.randn(4, 16), batch["input_ids"],
+                                       batch["attention_mask"])
+  assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
