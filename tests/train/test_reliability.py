@@ -173,3 +173,17 @@ def test_interrupted_save_is_never_taken_for_a_checkpoint(saved, tmp_path):
   assert sorted(manager.all_steps()) == [2, 4]
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(states[4]), it)
   assert int(restored.step) == 4 and not partial.exists()
+
+
+def test_sigint_asks_to_stop_a_second_one_interrupts_and_handlers_are_restored(tmp_path):
+  import os
+  import signal
+  from llmimg_jax.train.preemption import PreemptionWatch
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with PreemptionWatch(manager=None) as watch:
+    assert not watch.synced and not watch.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt, the loop saves and stops
+    assert watch.reached(2) and watch.description == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: stop now
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
