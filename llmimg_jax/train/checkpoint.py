@@ -7,6 +7,7 @@ finished checkpoint damaged later (truncated or deleted files) is detected when 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 from pathlib import Path
@@ -37,7 +38,23 @@ finally:
   _absl.setLevel(_level)
 
 
+_barriers = itertools.count()
+
+
+def wait_for_all_hosts(name: str, timeout_s: int = 900) -> None:
+  """A barrier of the JAX distributed service (no collective). Hosts reach the first collective
+  after different start-up times (imports, data, compilation), and a CPU (gloo) collective gives
+  up on a peer after 30 s; this waits for all of them, much longer."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.global_state.client is not None:
+    barrier = f"llmimg_jax_{name}_{next(_barriers)}"  # ids are single-use
+    distributed.global_state.client.wait_at_barrier(barrier, timeout_s * 1000)
+
+
 def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  wait_for_all_hosts("make_manager")  # Orbax's first cross-host sync follows
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,
       enable_async_checkpointing=True,

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class PreemptionWatch:
     if threading.current_thread() is not threading.main_thread():
       log.warning("train() runs outside the main thread: SIGTERM/SIGINT will not save first.")
       return self
+    if not self.synced and jax.process_count() > 1:
+      log.warning("JAX's preemption service is off (jax_enable_preemption_service): a SIGTERM "
+                  "or SIGINT stops only the host that gets it, without an agreed step.")
     signals = [signal.SIGINT] if self.synced else [signal.SIGTERM, signal.SIGINT]
     for sig in signals:
       self._previous[sig] = signal.signal(sig, self._handle)

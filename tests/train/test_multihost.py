@@ -22,7 +22,10 @@ OVERRIDES = (f"--config.train.steps={STEPS}", "--config.train.log_every=1",
 
 def _devices_env(n: int) -> dict[str, str]:
   # Process 0 compiles and sends the executable to process 1 (half the compile time on CPU).
-  return {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": str(n), "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1"}
+  # Without the persistent cache: its keys differ between the processes, so process 0 would
+  # load a program that process 1 then compiles, or waits for forever.
+  return {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": str(n), "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1",
+          "JAX_ENABLE_COMPILATION_CACHE": "false"}
 
 
 def _free_port() -> int:
