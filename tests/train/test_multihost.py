@@ -73,8 +73,9 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   stops = [int(re.search(r"Stopped by .* after step (\d+)", p.output).group(1)) for p in procs]
   assert stops[0] == stops[1] < STEPS, stops  # the agreed step, on both hosts
   assert finished_steps(run)[-1] == stops[0]
-  data_states = sorted(p.name for p in (run / "checkpoints" / str(stops[0]) / "data").iterdir())
-  assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
+  data_dir = run / "checkpoints" / str(stops[0]) / "data"  # each host's input-iterator state
+  assert sorted(p.name for p in data_dir.glob("process_*")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
 
   procs = _two_hosts(shapes_data_dir, run)
   _finish_all(procs)
