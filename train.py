@@ -2,11 +2,15 @@
 
   python train.py --config configs/shapes_quick.py --workdir runs/quick [--config.train.steps=2000]
 
-Rerunning the same command resumes from the latest checkpoint in the workdir. Multi-host: start
-one process per host with --coordinator_address, --num_processes and --process_id (on Cloud TPU,
---distributed alone lets JAX find its peers).
+Rerunning the same command resumes from the latest checkpoint in the workdir (after a crash, the
+newest one that restores). SIGTERM or Ctrl-C finishes the current step, saves a checkpoint and
+exits 0. Multi-host: start one process per host with --coordinator_address, --num_processes and
+--process_id (on Cloud TPU, --distributed alone lets JAX find its peers); a SIGTERM to any host
+saves at one agreed step on every host. Config and checkpoint errors print one paragraph and exit
+with status 2 (config) or 3 (no readable checkpoint; divergence).
 """
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -14,11 +18,37 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, samples and logs go.")
+_START_FRESH = flags.DEFINE_bool(
+    "start_fresh_if_corrupt", False,
+    "If no checkpoint in the workdir can be restored (damaged files), move them to "
+    "WORKDIR/corrupt_checkpoints/ and train from step 0 instead of stopping with an error.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message: str, status: int) -> None:
+  print(f"train.py: error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _innermost(e: BaseException) -> str:
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  return " ".join(str(e.args[0] if e.args else e).replace("\\'", "'").split())
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; a --config.KEY override naming no key is one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    _fail(f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A --config.KEY=VALUE "
+          "override must name an existing key (see base_config in llmimg_jax/train/config.py).",
+          2)
 
 
 def main(argv):
@@ -30,12 +60,21 @@ def main(argv):
     # Only the CPU backend reads this; set it before any backend starts (CPU multi-process runs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from llmimg_jax.train.loop import train
+  from llmimg_jax.train.checkpoint import CorruptCheckpointError
+  from llmimg_jax.train.config import validate
+  from llmimg_jax.train.loop import DivergenceError, train
+  try:  # before anything compiles or loads: a bad config fails in seconds
+    validate(_CONFIG.value, jax.device_count())
+  except ValueError as e:
+    _fail(str(e), 2)
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
                                        jax.devices())
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    train(_CONFIG.value, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
+  except (CorruptCheckpointError, DivergenceError) as e:
+    _fail(str(e), 3)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,4 +1,4 @@
-"""Grain input pipeline: random-access sources, seeded shuffle, host sharding, augmentation,
+"""Grain input pipeline: random-access sources, seeded shuffle, host slicing, augmentation,
 tokenization in the loader workers, numpy batches, and global `jax.Array` batches.
 
     it = make_iterator(cfg, tok, batch_size_per_host=64, seed=0)
@@ -218,14 +218,46 @@ def _crop_min(random_crop) -> float:
 # Iterator and global batches
 
 
+class HostSliceSampler:
+  """Host `h` of `P` reads rows [h*b, (h+1)*b) of every global batch of P*b sampler positions.
+
+  Concatenating the hosts' batches in process order (what `to_global_batch` does) gives the
+  batch a single process with batch size P*b reads: the global batches, their order and each
+  record's augmentation (grain's per-record RNG follows the global position) do not depend on
+  the number of hosts.
+  """
+
+  def __init__(self, sampler, batch_size_per_host: int, process_index: int, process_count: int):
+    self._sampler, self._b = sampler, int(batch_size_per_host)
+    self._h, self._p = int(process_index), int(process_count)
+    global_batch = self._b * self._p
+    self._len = len(sampler) // global_batch * self._b  # whole global batches only
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < self._len:
+      raise IndexError(index)
+    batch, row = divmod(index, self._b)
+    return self._sampler[(batch * self._p + self._h) * self._b + row]
+
+  def __repr__(self) -> str:  # grain checks it when restoring an iterator's state
+    return (f"HostSliceSampler({self._sampler!r}, batch_size_per_host={self._b}, "
+            f"process={self._h}/{self._p})")
+
+
 def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
                   split: str = "train", shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   source: ExampleSource | None = None) -> grain.DataLoaderIterator:
-  """Batches of this host's shard; infinite unless `num_epochs` is set.
+  """Batches of this host's slice of the global batches; infinite unless `num_epochs` is set.
 
-  Hosts (JAX processes) read disjoint interleaved shards of one global seeded order. The
-  iterator's `get_state()`/`set_state()` (or orbax with `grain.checkpoint.CheckpointSave/
+  Every host walks the same seeded global order and takes its contiguous rows of each global
+  batch (HostSliceSampler), so the global batch sequence is the same for any number of hosts.
+  (With data.num_workers > 0 grain batches within each worker, so batches are deterministic
+  and resumable but depend on the worker and host counts.)
+  The iterator's `get_state()`/`set_state()` (or orbax with `grain.checkpoint.CheckpointSave/
   CheckpointRestore`) resume with the exact same batches.
   """
   if process_index is None or process_count is None:
@@ -235,16 +267,19 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
   source = source if source is not None else load_source(data_cfg, split)
-  per_host = len(source) // process_count
-  if num_epochs is not None and per_host * num_epochs < batch_size_per_host:
+  global_batch = batch_size_per_host * process_count
+  if num_epochs is not None and len(source) * num_epochs < global_batch:
     raise ValueError(
-        f"{source!r} gives {per_host} records per host ({process_count} hosts), fewer than one "
-        f"batch of {batch_size_per_host}: lower batch_size_per_host or use a bigger split.")
+        f"{source!r} has {len(source)} records, fewer than one global batch of {global_batch} "
+        f"({process_count} host(s) x {batch_size_per_host}): lower the batch size or use a "
+        "bigger split.")
   num_workers = int(data_cfg.get("num_workers", 0) or 0)
   if num_workers > 0:
     _ensure_absl_flags_parsed()
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shuffle=shuffle, seed=int(seed), num_epochs=num_epochs)
+  sampler = HostSliceSampler(
+      grain.samplers.IndexSampler(num_records=len(source), shuffle=shuffle, seed=int(seed),
+                                  num_epochs=num_epochs),
+      batch_size_per_host, process_index, process_count)
   operations = [
       Augment(data_cfg.image_size, _crop_min(data_cfg.get("random_crop", 0.0)),
               bool(data_cfg.get("random_flip", False))),
@@ -255,8 +290,7 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
       data_source=source, sampler=sampler, operations=operations,
       worker_count=num_workers,
       worker_buffer_size=int(data_cfg.get("worker_buffer_size", 1) or 1),
-      shard_options=grain.sharding.ShardOptions(
-          shard_index=process_index, shard_count=process_count, drop_remainder=True),
+      shard_options=grain.sharding.NoSharding(),  # the sampler already slices per host
       read_options=_read_options(data_cfg))
   return iter(loader)
 

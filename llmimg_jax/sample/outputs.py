@@ -40,6 +40,18 @@ def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | 
   return check_prompts(prompts)
 
 
+# Line breaks for str.splitlines() that JSON leaves unescaped (they can only occur in strings).
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def _jsonl_line(record: dict) -> str:
+  """One JSON line that stays one line for any reader, whatever the prompt contains."""
+  line = json.dumps(record, ensure_ascii=False)
+  for char, escaped in _LINE_BREAKS.items():
+    line = line.replace(char, escaped)
+  return line + "\n"
+
+
 def image_name(prompt_index: int, sample_index: int) -> str:
   return f"p{prompt_index:04d}_s{sample_index:03d}.png"
 
@@ -70,5 +82,5 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
   captioned_grid(result.images, captions).save(out / GRID_NAME)
   with open(out / JSONL_NAME, "w", encoding="utf-8") as f:
     for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+      f.write(_jsonl_line(r))
   return records

@@ -1,23 +1,60 @@
 """Orbax checkpoints of the whole run: train state, input-iterator state and config, saved together.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
-complete), so a crash mid-save never leaves a half-written checkpoint that looks finished.
+complete), so a crash mid-save never leaves a half-written checkpoint that looks finished. A
+finished checkpoint damaged later (truncated or deleted files) is detected when restoring:
+`restore_latest` falls back to the previous one and moves the bad one aside, never deletes it.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's default handler
 
 log = logging.getLogger(__name__)
 
+# Orbax splits the writing of a replicated array across its replicas, slicing it with one small
+# jitted program per (shape, device): hundreds of compilations (~30 s on CPU) at a process's
+# first save of a small model. Only arrays big enough to gain from it are split.
+_absl = logging.getLogger("absl")
+_level = _absl.level
+_absl.setLevel(logging.ERROR)  # not Orbax's "overriding jax.Array" warning
+try:
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          min_slice_bytes_for_replica_parallel=16 << 20,
+          array_metadata_store=array_metadata_store.Store()),
+      override=True)
+finally:
+  _absl.setLevel(_level)
+
+
+_barriers = itertools.count()
+
+
+def wait_for_all_hosts(name: str, timeout_s: int = 900) -> None:
+  """A barrier of the JAX distributed service (no collective). Hosts reach the first collective
+  after different start-up times (imports, data, compilation), and a CPU (gloo) collective gives
+  up on a peer after 30 s; this waits for all of them, much longer."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.global_state.client is not None:
+    barrier = f"llmimg_jax_{name}_{next(_barriers)}"  # ids are single-use
+    distributed.global_state.client.wait_at_barrier(barrier, timeout_s * 1000)
+
 
 def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  wait_for_all_hosts("make_manager")  # Orbax's first cross-host sync follows
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,
       enable_async_checkpointing=True,
@@ -53,3 +90,83 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"]
 
+
+
+class CorruptCheckpointError(RuntimeError):
+  """No checkpoint of the run could be restored; the message names them and the way out."""
+
+
+CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+  """An Orbax/TensorStore error in one line (their messages embed whole JSON specs)."""
+  text = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _on_every_host(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unreadable step directories to WORKDIR/corrupt_checkpoints/ (kept for inspection)."""
+  root = Path(manager.directory)
+  if jax.process_index() == 0:
+    for step in steps:
+      target = root.parent / CORRUPT_DIR / str(step)
+      n = 1
+      while target.exists():
+        target, n = root.parent / CORRUPT_DIR / f"{step}.{n}", n + 1
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(root / str(step)), str(target))
+      log.warning("Moved the unreadable checkpoint %s to %s.", root / str(step), target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("llmimg_jax: corrupt checkpoints moved")
+  manager.reload()
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
+                   *, start_fresh_if_corrupt: bool = False) -> Any | None:
+  """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
+  when there is none. Checkpoints that fail to restore are logged and moved aside; if none
+  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  initial_data_state = data_iter.get_state() if data_iter is not None else None
+  failed: dict[int, str] = {}
+  for step in steps:
+    error = None
+    try:
+      state = restore(manager, step, abstract_state, data_iter)
+      jax.block_until_ready(state)
+    except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
+      error = _brief(e)
+    if _on_every_host(error is None):
+      if failed:
+        _move_aside(manager, list(failed))
+        log.warning("Resumed from the previous good checkpoint, step %d, instead of %s.", step,
+                    ", ".join(f"step {s}" for s in failed))
+      return state
+    failed[step] = error or "failed on another host"
+    log.warning("Checkpoint %s could not be restored (%s); trying the previous one.",
+                Path(manager.directory) / str(step), failed[step])
+  if not failed:
+    return None
+  if data_iter is not None:  # a failed restore may have set it already
+    data_iter.set_state(initial_data_state)
+  if not start_fresh_if_corrupt:
+    details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
+    raise CorruptCheckpointError(
+        f"No checkpoint in {manager.directory} could be restored ({details}). If they are "
+        "damaged, rerun with --start_fresh_if_corrupt (train.py; start_fresh_if_corrupt=True "
+        f"for train()) to train from step 0 (they are moved to {CORRUPT_DIR}/ beside them, not "
+        "deleted). If the config changed since they were saved, run with the saved config "
+        "(WORKDIR/config.json) or a new --workdir.")
+  _move_aside(manager, list(failed))
+  log.warning("No checkpoint could be restored; starting from step 0 as asked "
+              "(start_fresh_if_corrupt).")
+  return None

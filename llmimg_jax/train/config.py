@@ -1,6 +1,8 @@
 """Defaults shared by every experiment config, and validation that runs before anything compiles."""
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 from llmimg_jax.data.pipeline import default_data_config, validate_data_config
@@ -73,8 +75,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                 prefix: str = "config") -> list[str]:
+  """Errors for keys of `config` that `reference` (default base_config()) does not have."""
+  errors = []
+  for key, value in config.items():
+    name = f"{prefix}.{key}"
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+      hint = f"did you mean {prefix}.{close[0]}?" if close else f"known: {sorted(reference)}"
+      errors.append(f"{name} is not a config key ({hint})")
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        reference[key], ml_collections.ConfigDict):
+      errors += unknown_keys(value, reference[key], name)
+  return errors
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ValueError naming the key and the fix; cheap, runs before any compilation."""
+  if errors := unknown_keys(config, base_config()):
+    raise ValueError("; ".join(errors) + ". Fix the spelling or remove the key (the keys and "
+                     "their defaults are in llmimg_jax/train/config.py, base_config).")
   m, t = config.model, config.train
   if m.resolution not in RESOLUTIONS:
     raise ValueError(f"config.model.resolution={m.resolution} is not supported; use one of "

@@ -18,6 +18,7 @@ from llmimg_jax.data.pipeline import make_iterator, to_global_batch
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
+from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import Models, TrainState, build_models, build_text, init_state
 from llmimg_jax.train.step import generate_images, train_step
@@ -86,8 +87,14 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   path.write_text(config.to_json(indent=2))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> TrainState:
-  """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them."""
+def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, *,
+          start_fresh_if_corrupt: bool = False) -> TrainState:
+  """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them.
+
+  Resumes from the newest checkpoint that restores (damaged ones are moved aside; with none
+  readable it raises CorruptCheckpointError unless `start_fresh_if_corrupt`). SIGTERM/SIGINT
+  finish the current step, save and return early (every host at the same step).
+  """
   workdir = Path(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)
@@ -99,9 +106,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
 
   manager = checkpoint.make_manager(workdir, config)
   state = create_state(models, mesh, config.seed, pretrained_text)
-  if (latest := manager.latest_step()) is not None:
-    state = checkpoint.restore(manager, latest, checkpoint.abstract_like(state), data_iter)
-    log.info("Resumed from %s at step %d.", manager.directory, latest)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), data_iter,
+                                      start_fresh_if_corrupt=start_fresh_if_corrupt)
+  if restored is not None:
+    state = restored
+    log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -120,39 +129,45 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) 
   last_time, last_step = time.perf_counter(), start
   bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train",
              disable=jax.process_index() != 0, dynamic_ncols=True)
-  for step in bar:
-    batch = to_global_batch(next(data_iter), mesh)
-    state, metrics = step_fn(state, batch)
-    pending.append(metrics)
-    done = step + 1
-    if done % t.log_every == 0 or done == t.steps:
-      fetched = jax.device_get(pending)
-      pending = []
-      now = time.perf_counter()
-      scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-      scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
-      scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
-      last_time, last_step = now, done
-      bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
-                      img_s=f"{scalars['images_per_sec']:.0f}")
-      if writer is not None:
-        for k, v in scalars.items():
-          writer.add_scalar(f"train/{k}", v, done)
-      if scalars["skipped_updates"]:
-        log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
-                    scalars["skipped_updates"])
-      if int(state.bad_steps) >= t.max_bad_steps:
-        manager.wait_until_finished()
-        raise DivergenceError(
-            f"{int(state.bad_steps)} consecutive non-finite updates at step {done}: the run "
-            f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
-            "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
-    if done % t.sample_every == 0 or done == t.steps:
-      samples(state, done, writer)
-    if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
-      evaluate(state, done, writer)
-    if done % t.ckpt_every == 0 or done == t.steps:
-      checkpoint.save(manager, done, state, data_iter, config)
+  with PreemptionWatch(manager) as watch:
+    for step in bar:
+      batch = to_global_batch(next(data_iter), mesh)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      done = step + 1
+      if done % t.log_every == 0 or done == t.steps:
+        fetched = jax.device_get(pending)
+        pending = []
+        now = time.perf_counter()
+        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
+        scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
+        last_time, last_step = now, done
+        bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
+                        img_s=f"{scalars['images_per_sec']:.0f}")
+        if writer is not None:
+          for k, v in scalars.items():
+            writer.add_scalar(f"train/{k}", v, done)
+        if scalars["skipped_updates"]:
+          log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
+                      scalars["skipped_updates"])
+        if int(state.bad_steps) >= t.max_bad_steps:
+          manager.wait_until_finished()
+          raise DivergenceError(
+              f"{int(state.bad_steps)} consecutive non-finite updates at step {done}: the run "
+              f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
+              "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
+      if done % t.sample_every == 0 or done == t.steps:
+        samples(state, done, writer)
+      if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
+        evaluate(state, done, writer)
+      stop = watch.reached(done)  # SIGTERM/SIGINT: save now and stop (the same step everywhere)
+      if done % t.ckpt_every == 0 or done == t.steps or stop:
+        checkpoint.save(manager, done, state, data_iter, config)
+      if stop:
+        log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
+                    "resume.", watch.description, done)
+        break
   manager.wait_until_finished()
   if writer is not None:
     writer.close()

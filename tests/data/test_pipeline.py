@@ -194,3 +194,34 @@ def test_to_global_batch_over_a_4_device_mesh():
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK 4" in result.stdout
 
+
+
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_hosts_slices_concatenate_to_the_one_process_batches(shapes_cfg, tokenizer, hosts):
+  """The global batches (order, records, augmentation, tokens) do not depend on the host count."""
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.random_crop, cfg.random_flip = 0.7, True
+  single = _take(_iterator(cfg, tokenizer, seed=6, batch_size_per_host=16), 10)
+  per_host = [_take(_iterator(cfg, tokenizer, seed=6, batch_size_per_host=16 // hosts,
+                              process_index=h, process_count=hosts), 10) for h in range(hosts)]
+  merged = [{k: np.concatenate([p[i][k] for p in per_host]) for k in single[i]}
+            for i in range(10)]
+  _assert_same(merged, single)
+  # Hosts read different records (no duplicated work).
+  assert not set(per_host[0][0]["index"]) & set(per_host[1][0]["index"])
+
+
+def test_a_host_resumes_its_slice_from_a_checkpointed_state(shapes_cfg, tokenizer):
+  it = _iterator(shapes_cfg, tokenizer, seed=2, batch_size_per_host=8, process_index=1,
+                 process_count=2)
+  _take(it, 3)
+  state = it.get_state()
+  expected = _take(it, 2)
+  resumed = _iterator(shapes_cfg, tokenizer, seed=2, batch_size_per_host=8, process_index=1,
+                      process_count=2)
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 2), expected)
+  other_host = _iterator(shapes_cfg, tokenizer, seed=2, batch_size_per_host=8, process_index=0,
+                         process_count=2)
+  with pytest.raises(ValueError, match="Sampler in checkpoint does not match"):
+    other_host.set_state(state)

@@ -77,8 +77,24 @@ def _assert_same_images(out: Path, records: list[dict], expected: np.ndarray) ->
   assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, (diff.max(), np.mean(diff > 0))
 
 
-@pytest.mark.parametrize("case", ["empty_prompt", "empty_file", "no_prompts", "no_checkpoint",
-                                  "corrupt_checkpoint", "bad_template"])
+HOSTILE = [("a red circle " * 7693)[:100_000],  # 100,000 characters
+           "ctrl \x07\x1b[31mred\x1b[0m\t\x7f\u202e\u200b\ufeff end",  # control/format chars
+           "mixed: красный круг, دائرة حمراء, लाल वृत्त, 赤い円 🔴",  # scripts and directions
+           "\u00a0non-breaking\u3000ideographic space\u2028line separator"]
+
+
+def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
+  out = tmp_path / "out"
+  proc = _run("--workdir", str(run.workdir), "--out", str(out), "--num_per_prompt", "1",
+              *[a for p in HOSTILE for a in ("--prompt", p)], timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "text 0 had 100001 tokens" in proc.stderr  # truncated to max_length, with a warning
+  records = _records(out, len(HOSTILE))
+  assert [r["prompt"] for r in records] == HOSTILE
+
+
+@pytest.mark.parametrize("case", ["empty_prompt", "whitespace_prompt", "empty_file", "no_prompts",
+                                  "no_checkpoint", "corrupt_checkpoint", "bad_template"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -90,6 +106,8 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   fresh = tmp_path / "fresh" / "checkpoints"
   args, message = {  # message: literal text, except for the corrupt case's alternatives
       "empty_prompt": (["--prompt", "a cat", "--prompt", ""], "Prompt 1 is empty"),
+      "whitespace_prompt": (["--prompt", "a cat", "--prompt", " \t\u3000\u00a0 "],
+                            "Prompt 1 is empty"),
       "empty_file": (["--prompts_file", str(empty_file)], f"Prompts file {empty_file} has no"),
       "no_prompts": ([], "No prompts"),
       "no_checkpoint": (["--prompt", "a cat", "--workdir", str(tmp_path / "fresh")],

@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -41,6 +42,30 @@ def test_awkward_texts_encode_and_generate(generator, caplog):
   assert states.dtype == np.float32 and np.isfinite(states).all()
   texts = generator.generate(AWKWARD, max_new_tokens=4)
   assert len(texts) == len(AWKWARD) and all(isinstance(t, str) for t in texts)
+
+
+HOSTILE = ["  \t\n\u3000 ", ("a red circle " * 7693)[:100_000],
+           "ctrl \x00\x07\x1b[31mred\x1b[0m\r\n\x7f\u202e\u200b end",
+           "mixed: красный круг, دائرة حمراء, लाल वृत्त, 赤い円 🔴", "\ufeff\u200d\u2028\u2029"]
+
+
+def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
+  """Whitespace-only, 100,000 characters, control characters, mixed scripts: no crash or hang.
+  (Refusing empty prompts is sample.py's job; the encoder encodes whatever it gets.)"""
+  start = time.perf_counter()
+  with caplog.at_level(logging.WARNING):
+    batch = generator.tokenizer(HOSTILE)  # as many texts as AWKWARD: the same jitted shapes
+  assert time.perf_counter() - start < 10  # ~0.5 s; linear in the length
+  assert "text 1 had 100001 tokens" in caplog.text
+  mask = batch["attention_mask"]
+  assert mask[0].sum() == len(HOSTILE[0].encode()) + 1 and mask[1].all()
+  wide = load_tokenizer(None, 256)  # every byte survives: control characters and all scripts
+  assert wide.decode(wide(HOSTILE[2:4])["input_ids"]) == [t.strip() for t in HOSTILE[2:4]]
+  states = generator.encode(HOSTILE)
+  assert states.shape == (len(HOSTILE), MAX_LEN, generator.config.d_model)
+  assert np.isfinite(states).all()
+  texts = generator.generate(HOSTILE, max_new_tokens=4)
+  assert len(texts) == len(HOSTILE) and all(isinstance(t, str) for t in texts)
 
 
 def test_tokenizer_rejects_non_text():

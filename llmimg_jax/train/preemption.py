@@ -1,0 +1,73 @@
+"""SIGTERM/SIGINT -> "finish this step, save, stop", at the same step on every host.
+
+Multi-process runs (jax.distributed.initialize) use JAX's preemption sync manager, which owns
+SIGTERM: a notice on any host makes every host agree on the next safe step, and Orbax's
+`CheckpointManager.reached_preemption(step)` turns True there on all of them. SIGINT is forwarded
+to it as a SIGTERM. A single process has no sync manager; a plain handler sets a flag. A second
+SIGINT interrupts at once (KeyboardInterrupt).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def _sync_manager_active() -> bool:
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  state = distributed.global_state
+  return state.client is not None and state.preemption_sync_manager is not None
+
+
+class PreemptionWatch:
+  """Use as a context manager around the loop; ask `reached(step)` after every step."""
+
+  def __init__(self, manager: ocp.CheckpointManager):
+    self.manager = manager
+    self.signal: str | None = None  # the signal received (this process)
+    self.synced = _sync_manager_active()
+    self._previous: dict[int, object] = {}
+
+  def __enter__(self) -> PreemptionWatch:
+    if threading.current_thread() is not threading.main_thread():
+      log.warning("train() runs outside the main thread: SIGTERM/SIGINT will not save first.")
+      return self
+    if not self.synced and jax.process_count() > 1:
+      log.warning("JAX's preemption service is off (jax_enable_preemption_service): a SIGTERM "
+                  "or SIGINT stops only the host that gets it, without an agreed step.")
+    signals = [signal.SIGINT] if self.synced else [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def _handle(self, signum: int, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.signal == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
+    self.signal = name
+    log.warning("%s received: saving a checkpoint after the current step, then stopping "
+                "(Ctrl-C again to stop without saving).", name)
+    if self.synced and signum == signal.SIGINT:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier agrees on a step
+
+  def reached(self, step: int) -> bool:
+    """True at the step where this run should save and stop (the same step on every host)."""
+    if self.synced:
+      return self.manager.reached_preemption(step)
+    return self.signal is not None
+
+  @property
+  def description(self) -> str:
+    return self.signal or "a preemption notice"

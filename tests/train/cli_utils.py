@@ -1,0 +1,75 @@
+"""Running train.py in subprocesses that reuse the test session's compilation cache."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+
+ROOT = Path(__file__).parents[2]
+CONFIG_FILE = str(Path(__file__).parent / "tiny_config_file.py")
+
+
+def env(**extra: str) -> dict[str, str]:
+  """This process's environment (8 simulated devices) plus its persistent compilation cache."""
+  e = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]), JAX_PLATFORMS="cpu")
+  cache = jax.config.jax_compilation_cache_dir
+  if cache:
+    e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  e.update(extra)
+  return e
+
+
+def train_args(data_dir, workdir, *overrides: str) -> list[str]:
+  return [sys.executable, str(ROOT / "train.py"), f"--config={CONFIG_FILE}:{data_dir}",
+          f"--workdir={workdir}", *overrides]
+
+
+class Proc:
+  """A train.py subprocess whose stderr (logs, tqdm bar) is collected as it comes."""
+
+  def __init__(self, args: list[str], **env_extra: str):
+    self.popen = subprocess.Popen(args, env=env(**env_extra), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+    self._chunks: list[bytes] = []
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self) -> None:
+    while chunk := self.popen.stdout.read1(4096):
+      self._chunks.append(chunk)
+
+  @property
+  def output(self) -> str:
+    return b"".join(self._chunks).decode(errors="replace")
+
+  def wait_for(self, predicate, timeout: float = 240.0, what: str = "") -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+      if self.popen.poll() is not None:
+        raise AssertionError(f"train.py exited ({self.popen.returncode}) before {what}:\n"
+                             f"{self.output[-3000:]}")
+      if time.monotonic() > end:
+        self.popen.kill()
+        raise AssertionError(f"Timed out waiting for {what}:\n{self.output[-3000:]}")
+      time.sleep(0.05)
+
+  def finish(self, timeout: float = 300.0) -> int:
+    try:
+      rc = self.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.popen.kill()
+      raise
+    self._reader.join(10)
+    return rc
+
+
+def finished_steps(workdir) -> list[int]:
+  """Finalized checkpoint steps (Orbax renames a step's tmp dir to its number when complete)."""
+  d = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []

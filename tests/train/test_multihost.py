@@ -1,0 +1,86 @@
+"""Two processes x two CPU devices (jax.distributed on 127.0.0.1, gloo collectives) train like
+one process x four devices, stop together on a SIGTERM to one host, and resume."""
+from __future__ import annotations
+
+import functools
+import re
+import signal
+import socket
+
+import jax
+import numpy as np
+
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.state import build_models, build_text, init_state
+from tests.train.cli_utils import Proc, finished_steps, train_args
+from tests.train.conftest import tiny_config
+
+STEPS = 6
+OVERRIDES = (f"--config.train.steps={STEPS}", "--config.train.log_every=1",
+             "--config.train.ckpt_every=2", "--config.train.sample_every=1000")
+
+
+def _devices_env(n: int) -> dict[str, str]:
+  # Process 0 compiles and sends the executable to process 1 (half the compile time on CPU).
+  # Without the persistent cache: its keys differ between the processes, so process 0 would
+  # load a program that process 1 then compiles, or waits for forever.
+  return {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": str(n), "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1",
+          "JAX_ENABLE_COMPILATION_CACHE": "false"}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_hosts(data_dir, workdir) -> list[Proc]:
+  port = _free_port()
+  return [Proc(train_args(data_dir, workdir, *OVERRIDES,
+                          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                          f"--process_id={i}"), **_devices_env(2)) for i in range(2)]
+
+
+def _finish_all(procs: list[Proc]) -> None:
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=600) == 0, f"process {i}:\n{proc.output[-3000:]}"
+
+
+def _restore(workdir, config, step: int):
+  """The saved TrainState on this process's first device (saved from 4 devices)."""
+  models = build_models(config, build_text(config)[1])
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(functools.partial(init_state, models),
+                                         jax.random.PRNGKey(0), None))
+  return jax.device_get(checkpoint.restore(checkpoint.make_manager(workdir, config), step,
+                                           abstract))
+
+
+def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_path):
+  config = tiny_config(shapes_data_dir)
+  reference = Proc(train_args(shapes_data_dir, tmp_path / "one", *OVERRIDES), **_devices_env(4))
+  assert reference.finish(timeout=600) == 0, reference.output[-3000:]
+  assert "1 process(es), 4 device(s)" in reference.output
+
+  run = tmp_path / "two"
+  procs = _two_hosts(shapes_data_dir, run)
+  procs[0].wait_for(lambda: re.search(r"d=-?[\d.]+, g=", procs[0].output), timeout=600,
+                    what="the first logged step")
+  procs[1].popen.send_signal(signal.SIGTERM)  # a preemption notice to one host only
+  _finish_all(procs)
+  assert all("2 process(es), 4 device(s)" in p.output for p in procs)
+  stops = [int(re.search(r"Stopped by .* after step (\d+)", p.output).group(1)) for p in procs]
+  assert stops[0] == stops[1] < STEPS, stops  # the agreed step, on both hosts
+  assert finished_steps(run)[-1] == stops[0]
+  data_dir = run / "checkpoints" / str(stops[0]) / "data"  # each host's input-iterator state
+  assert sorted(p.name for p in data_dir.glob("process_*")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+
+  procs = _two_hosts(shapes_data_dir, run)
+  _finish_all(procs)
+  assert all(f"at step {stops[0]}" in p.output for p in procs)
+  one, two = _restore(tmp_path / "one", config, STEPS), _restore(run, config, STEPS)
+  assert int(one.step) == int(two.step) == STEPS
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one, two)
+  assert max(jax.tree.leaves(diffs)) <= 1e-5, diffs

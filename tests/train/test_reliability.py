@@ -1,0 +1,189 @@
+"""Non-finite updates, divergence, and damaged checkpoints, in process on the tiny config."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.data.pipeline import make_iterator
+from llmimg_jax.train import checkpoint, loop
+from llmimg_jax.train.state import build_models, build_text
+from tests.sample.conftest import _quick_state
+from tests.train.conftest import tiny_config
+from tests.train.test_step import _batch
+
+
+def _equal(a, b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(
+      lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+def _poison(batch: dict) -> dict:
+  """Token ids past the vocabulary (a broken tokenizer or record): NaN text embeddings."""
+  return {**batch, "input_ids": np.full_like(batch["input_ids"], 10**6)}
+
+
+def test_non_finite_update_is_skipped_and_counted(tmp_path):
+  config = tiny_config(tmp_path)
+  mesh = loop.make_mesh()
+  tokenizer, t5_config, _ = build_text(config)
+  models = build_models(config, t5_config)
+  step_fn = loop.jit_train_step(models, mesh)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  good = _batch(config, tokenizer)
+  state = loop.create_state(models, mesh, config.seed)
+  before = jax.device_get(state)
+
+  state, metrics = step_fn(state, jax.device_put(_poison(good), sharding))
+  assert metrics["finite"] == 0.0 and not np.isfinite(float(metrics["d_loss"]))
+  after = jax.device_get(state)
+  assert int(after.step) == 1 and int(after.bad_steps) == 1
+  assert _equal(after.replace(step=before.step, bad_steps=before.bad_steps), before)
+
+  state, metrics = step_fn(state, jax.device_put(_poison(good), sharding))
+  assert int(state.bad_steps) == 2
+  state, metrics = step_fn(state, jax.device_put(good, sharding))
+  assert metrics["finite"] == 1.0 and int(state.step) == 3 and int(state.bad_steps) == 0
+  assert not _equal(jax.device_get(state.g_params), before.g_params)
+
+
+class _PoisonFrom:
+  """The real iterator (checkpointable), with every batch from the `first`-th on poisoned."""
+
+  def __init__(self, it, first: int):
+    self.it, self.first, self.n = it, first, 0
+
+  def __next__(self):
+    self.n += 1
+    batch = next(self.it)
+    return _poison(batch) if self.n >= self.first else batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
+def test_divergence_stops_with_a_clear_error_and_the_last_good_checkpoint(
+    shapes_data_dir, tmp_path, monkeypatch, caplog):
+  config = tiny_config(shapes_data_dir)
+  config.train.steps, config.train.log_every, config.train.max_bad_steps = 10, 1, 3
+  monkeypatch.setattr(loop, "make_iterator",
+                      lambda *a, **k: _PoisonFrom(make_iterator(*a, **k), first=3))
+  with caplog.at_level(logging.WARNING), pytest.raises(loop.DivergenceError) as error:
+    loop.train(config, tmp_path)
+  assert "3 consecutive non-finite updates at step 5" in str(error.value)
+  assert "last good checkpoint" in str(error.value) and "grad_clip" in str(error.value)
+  assert "Step 3: 1 update(s) skipped for non-finite losses or gradients" in caplog.text
+  manager = checkpoint.make_manager(tmp_path, config)
+  assert manager.all_steps() == [2, 4]
+  abstract = checkpoint.abstract_like(loop.create_state(
+      build_models(config, build_text(config)[1]), loop.make_mesh(), config.seed))
+  good, during = (jax.device_get(checkpoint.restore(manager, s, abstract)) for s in (2, 4))
+  assert int(good.bad_steps) == 0 and int(during.bad_steps) == 2
+  # Steps 3 and 4 changed nothing: the step-4 checkpoint holds the step-2 (finite) parameters.
+  assert _equal(during.replace(step=good.step, bad_steps=good.bad_steps), good)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.g_params))
+
+
+@pytest.fixture
+def saved(shapes_data_dir, tmp_path):
+  """Checkpoints at steps 2 and 4 of host-drawn states (nothing compiled) with the iterator."""
+  config = tiny_config(shapes_data_dir)
+  tokenizer, t5_config, pretrained = build_text(config)
+  state = _quick_state(build_models(config, t5_config), pretrained)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  manager = checkpoint.make_manager(tmp_path, config)
+  states, data = {}, {0: it.get_state()}
+  for step in (2, 4):
+    next(it)
+    states[step] = state.replace(step=np.int32(step), g_params=jax.tree.map(
+        lambda x, s=step: x + s, state.g_params))
+    checkpoint.save(manager, step, states[step], it, config)
+    data[step] = it.get_state()
+  manager.wait_until_finished()
+  return config, tokenizer, states, data
+
+
+def _fresh(config, tokenizer, workdir):
+  return (checkpoint.make_manager(workdir, config),
+          make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0))
+
+
+def _damage(step_dir, how: str) -> None:
+  files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file())
+  if how == "truncated":
+    for p in files:
+      p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  elif how == "half_deleted":
+    for p in files[::2]:
+      p.unlink()
+  elif how == "array_data_deleted":
+    shutil.rmtree(step_dir / "state" / "d")
+  elif how == "data_state_deleted":
+    for p in (step_dir / "data").iterdir():
+      p.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "half_deleted", "array_data_deleted",
+                                 "data_state_deleted"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(saved, tmp_path, how, caplog):
+  config, tokenizer, states, data = saved
+  _damage(tmp_path / "checkpoints" / "4", how)
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with caplog.at_level(logging.WARNING):
+    restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(states[2]), it)
+  assert _equal(jax.device_get(restored), jax.device_get(states[2]))
+  assert it.get_state() == data[2]  # the input pipeline resumes where step 2 left it
+  assert f"{tmp_path / 'checkpoints' / '4'} could not be restored" in caplog.text
+  assert "previous good checkpoint, step 2" in caplog.text
+  assert manager.all_steps() == [2]
+  assert (tmp_path / checkpoint.CORRUPT_DIR / "4" / "state").is_dir()  # kept, not deleted
+
+
+def test_no_readable_checkpoint_stops_unless_asked_to_start_fresh(saved, tmp_path):
+  config, tokenizer, states, data = saved
+  for step in (2, 4):
+    _damage(tmp_path / "checkpoints" / str(step), "truncated")
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  abstract = checkpoint.abstract_like(states[2])
+  with pytest.raises(checkpoint.CorruptCheckpointError,
+                     match=r"No checkpoint in .* could be restored \(step 4: .*; step 2: .*"
+                           r"--start_fresh_if_corrupt"):
+    checkpoint.restore_latest(manager, abstract, it)
+  assert sorted(manager.all_steps()) == [2, 4]  # untouched
+  assert checkpoint.restore_latest(manager, abstract, it, start_fresh_if_corrupt=True) is None
+  assert manager.all_steps() == [] and it.get_state() == data[0]
+  assert sorted(p.name for p in (tmp_path / checkpoint.CORRUPT_DIR).iterdir()) == ["2", "4"]
+
+
+def test_interrupted_save_is_never_taken_for_a_checkpoint(saved, tmp_path):
+  """Orbax writes a step into '<step>.orbax-checkpoint-tmp-*' and renames it when complete; a
+  crash mid-save leaves only such a directory, which is ignored and cleaned up."""
+  config, tokenizer, states, _ = saved
+  ckpt_dir = tmp_path / "checkpoints"
+  partial = ckpt_dir / "6.orbax-checkpoint-tmp-1764350000000000"
+  shutil.copytree(ckpt_dir / "4", partial)
+  _damage(partial, "half_deleted")
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  assert sorted(manager.all_steps()) == [2, 4]
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(states[4]), it)
+  assert int(restored.step) == 4 and not partial.exists()
+
+
+def test_sigint_asks_to_stop_a_second_one_interrupts_and_handlers_are_restored(tmp_path):
+  import os
+  import signal
+  from llmimg_jax.train.preemption import PreemptionWatch
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with PreemptionWatch(manager=None) as watch:
+    assert not watch.synced and not watch.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt, the loop saves and stops
+    assert watch.reached(2) and watch.description == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: stop now
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

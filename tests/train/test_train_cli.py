@@ -1,0 +1,94 @@
+"""train.py in subprocesses: SIGTERM saves and exits 0, kill -9 resumes bitwise, and config
+errors stop in seconds with one paragraph."""
+from __future__ import annotations
+
+import random
+import re
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.train import checkpoint, loop
+from tests.train import cli_utils
+from tests.train.cli_utils import Proc, finished_steps, train_args
+from tests.train.conftest import tiny_config
+
+STEPS = 10
+OVERRIDES = (f"--config.train.steps={STEPS}", "--config.train.log_every=1",
+             "--config.train.ckpt_every=2", "--config.train.sample_every=1000")
+
+
+def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, tmp_path):
+  config = tiny_config(shapes_data_dir)
+  config.train.steps, config.train.log_every, config.train.sample_every = STEPS, 1, 1000
+  reference = loop.train(config, tmp_path / "reference")  # uninterrupted
+  run = tmp_path / "run"
+  args = train_args(shapes_data_dir, run, *OVERRIDES)
+
+  # Preemption: SIGTERM after the first logged step -> finish the step, save, exit 0.
+  proc = Proc(args)
+  proc.wait_for(lambda: re.search(r"d=-?[\d.]+, g=", proc.output), what="the first logged step")
+  proc.popen.send_signal(signal.SIGTERM)
+  assert proc.finish() == 0, proc.output[-3000:]
+  stopped = int(re.search(r"Stopped by SIGTERM after step (\d+)", proc.output).group(1))
+  assert 1 <= stopped < STEPS and finished_steps(run)[-1] == stopped, finished_steps(run)
+
+  # Crash: the same command, kill -9 at a random moment after it saved a new checkpoint
+  # (possibly in the middle of the next save).
+  proc = Proc(args)
+  proc.wait_for(lambda: finished_steps(run)[-1] > stopped, what="a new checkpoint")
+  assert f"Resumed from {run / 'checkpoints'} at step {stopped}" in proc.output
+  time.sleep(random.uniform(0.0, 1.0))
+  proc.popen.kill()
+  assert proc.finish() == -signal.SIGKILL, proc.output[-3000:]
+  last = finished_steps(run)[-1]
+  assert stopped < last < STEPS, "killed too late: the run had finished"
+
+  # The same command again resumes from the last finished checkpoint and completes.
+  proc = Proc(args)
+  assert proc.finish() == 0, proc.output[-3000:]
+  assert f"at step {last}" in proc.output
+  assert finished_steps(run)[-1] == STEPS
+  leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.isdigit()]
+  assert not leftovers, leftovers  # interrupted saves' temporary directories are cleaned up
+
+  manager = checkpoint.make_manager(run, config)
+  resumed = checkpoint.restore(manager, STEPS, checkpoint.abstract_like(reference))
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                      jax.device_get(reference), jax.device_get(resumed))
+  assert all(jax.tree.leaves(same)), same  # every parameter, optimizer moment, EMA, rng: bitwise
+
+
+def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_path):
+  typo_file = tmp_path / "typo_config.py"
+  typo_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
+                       "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
+                       "  c.model.nf_gg = 8\n  return c\n")
+  cases = {  # extra args -> what the error must say
+      ("--config.train.batch_size=12",): (
+          r"config\.train\.batch_size=12 is not divisible by the 8 devices.*"
+          r"--config\.train\.batch_size=16"),
+      ("--config.model.resolution=48", "--config.data.image_size=48"): (
+          r"config\.model\.resolution=48 is not supported; use one of \(32, 64, 128, 256\)"),
+      ("--config.train.stepz=3",): r"unknown config key 'stepz' Did you mean \"steps\"",
+      (f"--config={typo_file}:{shapes_data_dir}",): (
+          r"config\.model\.nf_gg is not a config key \(did you mean config\.model\.nf_g\?\)"),
+      ("--config.data.name=captioned_folder", f"--config.data.folder={tmp_path / 'nope'}"): (
+          r"captioned_folder needs data\.folder set to an existing folder.*nope"),
+      ("--config.data.name=imagenet",): r"Unknown dataset data\.name='imagenet'",
+  }
+  start = time.perf_counter()
+  procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra),
+                       JAX_LOG_COMPILES="1") for extra in cases}
+  for extra, pattern in cases.items():
+    proc = procs[extra]
+    assert proc.finish(timeout=120) == 2, proc.output[-2000:]
+    assert re.search(f"train.py: error: .*{pattern}", proc.output), proc.output[-2000:]
+    assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
+  elapsed = time.perf_counter() - start
+  assert not (tmp_path / "run").exists()
+  # Six processes at once on this machine; each alone takes ~3-4 s (imports included).
+  assert elapsed < 60, elapsed
