@@ -19,24 +19,3 @@ def pytest_configure(config):
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-
-# The longest files first (measured, seconds on 2 cores): with `-n 2 --dist loadfile` each file
-# runs on one worker, and starting these early keeps both workers busy until the end.
-_LONGEST_FIRST = (
-    "tests/train/test_multihost.py",  # ~230
-    "tests/train/test_learns_text.py",  # ~185
-    "tests/train/test_train_cli.py",  # ~125
-    "tests/train/test_reliability.py",  # ~110
-    "tests/train/test_step.py",  # ~135
-    "tests/eval/test_shapes_eval.py",  # ~75
-    "tests/test_readme.py",  # ~55
-    "tests/train/test_loop.py",  # ~40
-)
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  def rank(item):
-    path = item.nodeid.split("::")[0]
-    return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
-  items.sort(key=rank)
