@@ -1,0 +1,86 @@
+"""Where the real train_step's time goes on CPU: compile time, FLOPs, ms/step, and the HLO ops
+with the most time in a jax.profiler trace (summed per op, trace events of 5 steps).
+
+  python benchmarks/profile_step.py                      # shapes_quick sizes, 1 device
+  python benchmarks/profile_step.py --max_length 160     # the text length before the change
+
+Random batch (image, tokens with 60 valid of max_length); same step as train.py.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import shapes_quick  # noqa: E402
+from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noqa: E402
+from llmimg_jax.train.state import build_models, build_text  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--max_length", type=int, default=None, help="config.text.max_length")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--top", type=int, default=20)
+  args = parser.parse_args()
+  cfg = shapes_quick.get_config()
+  if args.max_length:
+    cfg.text.max_length = args.max_length
+  tokenizer, t5_config, _ = build_text(cfg)
+  del tokenizer
+  models = build_models(cfg, t5_config)
+  mesh = make_mesh(jax.devices()[:1])
+  state = create_state(models, mesh, 0)
+  step = jit_train_step(models, mesh)
+  b, length, res = cfg.train.batch_size, cfg.text.max_length, cfg.model.resolution
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 200, (b, length)).astype(np.int32)
+  mask = (np.arange(length)[None] < min(60, length)).repeat(b, 0).astype(np.int32)
+  batch = {"image": rng.integers(0, 255, (b, res, res, 3)).astype(np.uint8),
+           "input_ids": ids * mask, "attention_mask": mask}
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  print(f"compile {time.perf_counter() - t0:.1f} s, {cost['flops'] / 1e9:.2f} GFLOP/step")
+  for _ in range(3):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(args.steps):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  print(f"wall {(time.perf_counter() - t0) / args.steps * 1e3:.0f} ms/step, process CPU "
+        f"{(time.process_time() - c0) / args.steps * 1e3:.0f} ms/step, load "
+        f"{os.getloadavg()[0]:.1f}")
+  trace_dir = tempfile.mkdtemp(prefix="llmimg_trace_")
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(5):
+      state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+  events = json.load(gzip.open(glob.glob(f"{trace_dir}/**/*.trace.json.gz",
+                                         recursive=True)[0]))["traceEvents"]
+  total = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(("Thunk", "$", "Pjit")):
+      total[e["name"]] += e["dur"]
+  hlo = {line.split(" = ")[0].strip().lstrip("%"): line for line in compiled.as_text().splitlines()
+         if " = " in line}
+  for name, us in total.most_common(args.top):
+    op = hlo.get(name, "")
+    where = op.split('op_name="')[1].split('"')[0] if 'op_name="' in op else ""
+    print(f"{us / 5 / 1e3:8.2f} ms/step  {name:32s} {where[:90]}")
+
+
+if __name__ == "__main__":
+  main()
