@@ -28,7 +28,7 @@ from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
 
 log = logging.getLogger(__name__)
-NET_TAG = "crops1"  # bump when EvaluatorNet or its training changes: old caches are then unused
+NET_TAG = "cells2"  # bump when EvaluatorNet or its training changes: old caches are then unused
 
 
 @dataclasses.dataclass
