@@ -206,7 +206,8 @@ def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: Train
     idx = np.concatenate([order[:settings.batch_size], rng.choice(empty, num_empty)])
     order = order[settings.batch_size:]
     flip = rng.random(len(idx)) < 0.5  # left-right: the crop of the mirrored cell
-    x = np.where(flip[:, None, None, None], crops[idx][:, :, ::-1], crops[idx])
+    x = crops[idx]  # [batch + empty, P, P, 3]
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
     c = np.where(flip, _FLIP_CELLS[cells[idx]], cells[idx])
     y = {k: v[idx] for k, v in flat.items()}
     params, opt_state, loss = step(params, opt_state, x, c, y)
