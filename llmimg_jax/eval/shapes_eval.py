@@ -1,9 +1,13 @@
 """The captioned_shapes evaluator: trained once on a build's real train split, cached, and used
 to score images against captions and to embed them for the in-domain FID.
 
-  ev = ShapesEvaluator.load_or_train(config.data)  # loads, or trains once (32px: ~8 CPU-min)
+  ev = ShapesEvaluator.load_or_train(config.data)  # loads, or trains once (32px: ~4.5 CPU-min)
   ev.score(images, captions)  # {'caption_accuracy': ..., 'shape': ..., ...}
   ev.features(images)         # [n, 576] in-domain FID features
+
+On captioned_shapes/32 the default training (20,000 train images, 4,000 steps of 64 cells) reads
+99.98% of test and holdout shapes and 100% of presence, colour and size (one misread object in
+each 2,000-image split), in 267 CPU-s on 2 cores.
 
 Cache: <cache_dir>/evaluator/captioned_shapes-<config>-v<version>-<R>px-<net>.msgpack (flax
 serialization) with a .json beside it holding the settings and the measured test accuracies.
@@ -28,7 +32,7 @@ from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
 
 log = logging.getLogger(__name__)
-NET_TAG = "crops1"  # bump when EvaluatorNet or its training changes: old caches are then unused
+NET_TAG = "cells2"  # bump when EvaluatorNet or its training changes: old caches are then unused
 
 
 @dataclasses.dataclass
