@@ -4,8 +4,10 @@ Param names mirror the Hugging Face state dict (`encoder/block_0/layer_0/SelfAtt
 `encoder.block.0.layer.0.SelfAttention.q.weight` transposed), so loading is a rename. Params are fp32;
 `dtype` is the compute dtype (fp32 or bf16); norms, softmax and logits are computed in fp32.
 
-Decoder cache (generation): a dict {'index': int32 [], 'block_i': {'self_k', 'self_v': [b, max_len, heads,
-d_kv], 'cross_k', 'cross_v': [b, enc_len, heads, d_kv]}} made by `init_cache` and advanced by `decode`.
+Decoder cache (generation): a dict {'index': int32 [], 'block_i': {'self_k', 'self_v': [b, heads, max_len,
+d_kv], 'cross_k', 'cross_v': [b, heads, enc_len, d_kv]}} made by `init_cache` and advanced by `decode`.
+Keys and values are kept head-major, the layout the attention matmuls read, so a decoding step does
+not transpose the whole cache (on CPU those copies were ~15% of greedy generation).
 """
 from __future__ import annotations
 
@@ -91,8 +93,8 @@ class T5Attention(nn.Module):
                                               param_dtype=jnp.float32)
     self.dropout = nn.Dropout(c.dropout_rate)
 
-  def _heads(self, x: Array) -> Array:  # [b, l, h*dk] -> [b, l, h, dk]
-    return x.reshape(x.shape[:2] + (self.config.num_heads, self.config.d_kv))
+  def _heads(self, x: Array) -> Array:  # [b, l, h*dk] -> [b, h, l, dk]
+    return x.reshape(x.shape[:2] + (self.config.num_heads, self.config.d_kv)).transpose(0, 2, 1, 3)
 
   def query(self, x: Array) -> Array:
     return self._heads(self.q(x))
@@ -110,12 +112,12 @@ class T5Attention(nn.Module):
     return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
   def attend(self, q: Array, k: Array, v: Array, bias: Array, deterministic: bool) -> Array:
-    """q [b, q, h, dk], k/v [b, k, h, dk], bias broadcastable to [b, h, q, k] -> [b, q, d_model]."""
+    """q [b, h, q, dk], k/v [b, h, k, dk], bias broadcastable to [b, h, q, k] -> [b, q, d_model]."""
     # fp32 logits even for bf16 q/k: T5 attention logits are unscaled, bf16 would round them coarsely.
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [b, q, h, dk]
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)  # [b, q, h, dk]
     return self.o(out.reshape(out.shape[:2] + (-1,)))
 
 
@@ -141,14 +143,14 @@ class T5SelfAttentionLayer(nn.Module):
     if cache is not None:  # write this step's keys/values at cache['index']
       offset = cache["index"]
       k = jax.lax.dynamic_update_slice(cache["self_k"], k.astype(cache["self_k"].dtype),
-                                       (0, offset, 0, 0))
+                                       (0, 0, offset, 0))
       v = jax.lax.dynamic_update_slice(cache["self_v"], v.astype(cache["self_v"].dtype),
-                                       (0, offset, 0, 0))
+                                       (0, 0, offset, 0))
       cache = {**cache, "self_k": k, "self_v": v}
     if position_bias is None:
       if self.has_relative_bias:
         q_pos = offset + jnp.arange(x.shape[1], dtype=jnp.int32)
-        position_bias = attn.compute_bias(q_pos, jnp.arange(k.shape[1], dtype=jnp.int32))
+        position_bias = attn.compute_bias(q_pos, jnp.arange(k.shape[2], dtype=jnp.int32))
       else:
         position_bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
     y = attn.attend(q, k, v, position_bias + mask_bias, deterministic)
@@ -347,7 +349,7 @@ class T5ForConditionalGeneration(nn.Module):
     if cache is None:
       q_pos, k_len = jnp.arange(t), t
     else:
-      q_pos, k_len = cache["index"] + jnp.arange(t), cache["block_0"]["self_k"].shape[1]
+      q_pos, k_len = cache["index"] + jnp.arange(t), cache["block_0"]["self_k"].shape[2]
     causal = jnp.arange(k_len)[None, :] <= q_pos[:, None]  # [t, k]
     mask_bias = jnp.where(causal, 0.0, MASK_VALUE)[None, None].astype(jnp.float32)
     if decoder_attention_mask is not None:
@@ -365,7 +367,7 @@ class T5ForConditionalGeneration(nn.Module):
   def init_cache(self, encoder_states: Array, max_length: int) -> Cache:
     """A zeroed self-attention cache of max_length positions, with cross-attention K/V computed."""
     c, b = self.config, encoder_states.shape[0]
-    shape = (b, max_length, c.num_heads, c.d_kv)
+    shape = (b, c.num_heads, max_length, c.d_kv)
     cache: Cache = {"index": jnp.zeros((), jnp.int32)}
     for i, (k, v) in enumerate(self.decoder.cross_key_values(encoder_states)):
       cache[f"block_{i}"] = {"self_k": jnp.zeros(shape, k.dtype), "self_v": jnp.zeros(shape, v.dtype),
