@@ -75,6 +75,7 @@ class SceneSpec:
   supersample: int = 4
   max_objects: int = MAX_OBJECTS  # 1 for the single-object variant
   object_scale: float = 1.0  # radius multiplier (single large objects read better at 32px)
+  cells: tuple[int, ...] | None = None  # the cells objects may occupy; None = all nine
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,7 +87,8 @@ def allowed_pairs(split: str) -> tuple[tuple[int, int], ...]:
 
 
 def sample_scene(rng: np.random.Generator, split: str, colors_only: bool,
-                 max_objects: int = MAX_OBJECTS) -> dict[str, np.ndarray]:
+                 max_objects: int = MAX_OBJECTS, cells: tuple[int, ...] | None = None
+                 ) -> dict[str, np.ndarray]:
   """Structured ground truth, padded with -1 to MAX_OBJECTS objects."""
   gt = {k: np.full((MAX_OBJECTS,), -1, np.int32) for k in ("shape", "color", "size", "cell")}
   if colors_only:
@@ -98,7 +100,7 @@ def sample_scene(rng: np.random.Generator, split: str, colors_only: bool,
   else:
     n = int(rng.integers(1, max_objects + 1))
     pairs = allowed_pairs(split)
-    cells = rng.permutation(9)[:n]
+    cells = rng.permutation(9 if cells is None else np.asarray(cells))[:n]
     for i in range(n):
       s, c = pairs[rng.integers(len(pairs))]
       gt["shape"][i], gt["color"][i] = s, c
@@ -276,7 +278,7 @@ def render_example(spec: SceneSpec, split: str, index: int,
                    num_captions: int = 3) -> dict[str, object]:
   """One full example (image, captions, ground truth), deterministic in (seed, split, index)."""
   rng = np.random.default_rng([spec.seed, SPLIT_IDS[split], index])
-  gt = sample_scene(rng, split, spec.colors_only, spec.max_objects)
+  gt = sample_scene(rng, split, spec.colors_only, spec.max_objects, spec.cells)
   image = render_scene(gt, rng, spec.resolution, spec.supersample,
                        spec.object_scale)  # [R, R, 3]
   captions = []

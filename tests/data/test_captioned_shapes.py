@@ -166,6 +166,12 @@ def test_single_object_variant():
     changed = lambda im: int(np.any(im != background, axis=-1).sum())  # pylint: disable=unnecessary-lambda-assignment
     larger += changed(e["image"]) > changed(small)
   assert larger >= 38
+  center = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}["center_32"]
+  assert center.cells == (4,) and center.object_scale == 2.0 and center.max_objects == 1
+  for i in range(40):
+    e = shapes.render_example(shapes.SceneSpec(32, max_objects=1, object_scale=2.0, cells=(4,)),
+                              "test", i)
+    assert e["cell"][0] == 4 and e["cell"][1] == -1
   # Dataset version 1.0.0's examples (hash recorded before the single-object options existed).
   default = shapes.render_example(shapes.SceneSpec(32), "train", 3)
   assert hashlib.sha256(default["image"].tobytes()).hexdigest()[:16] == "99f3c58435d7a4d2"
