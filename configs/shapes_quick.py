@@ -2,16 +2,21 @@
 
   python train.py --config configs/shapes_quick.py --workdir runs/shapes_quick
 
-Data: captioned_shapes/single_32 (one shape per image, drawn large enough to read at 32px).
-On a 2-core CPU it runs ~6.3 steps/s (batch 16, ~100 images/s), so 4500 steps plus the dataset
-build (~30-60 s) and compilation (~30 s) take about 13-14 minutes. What it reaches (measured on the
-EMA samples of the 8 fixed prompts, runs/shapes_quick/samples/*.png): by step ~1000 objects sit
-where the captions put them; by 2500 colours match for 6 of 8 prompts; by 4000 colours and
-positions match for all 8. Shapes are NOT learned at this length: objects are still round blobs.
+Data: captioned_shapes/center_32 (one shape in the centre, drawn 2x larger, so only its shape,
+colour and size are to learn). On a 2-core CPU it runs ~5.3 steps/s (batch 16) with samples and
+checkpoints every 500 steps, so 4000 steps plus the dataset build (~25 s) and compilation (~30 s)
+take about 13-14 minutes (the README's command, measured from a fresh clone: 5000 steps took 16.2
+minutes after `pip install`).
+What it reaches, measured on EMA samples of 200 test captions with the shapes evaluator
+(`benchmarks/learning_curve.py --cells 4 --object_scale 2.0 --steps 4000`, same config, no flips):
+colour 0.80 / size 0.73 / shape 0.15 (chance 0.14) at step 1500; colour 0.97 / size 0.93 / shape
+0.30 at step 4000 (shape still rising: 0.18 -> 0.24 -> 0.30 over steps 3000-4000). In the samples
+(runs/shapes_quick/samples/*.png) colours follow the captions by ~2000 steps; squares, triangles,
+diamonds and crosses start to appear by 4000-5000, most shapes are not yet right.
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
-(minutes on a 2-core CPU) would add more than 5% to this run. Once it is cached (after one
-`python evaluate.py` or run with eval on), `--config.eval.every=500` logs caption accuracy and
-in-domain FID on 256 test captions (eval/* in TensorBoard, <workdir>/best.json).
+(~1-4 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
+or a run with eval on), `--config.eval.every=500` logs caption accuracy and in-domain FID on 256
+test captions (eval/* in TensorBoard, <workdir>/best.json).
 """
 from llmimg_jax.train.config import base_config
 
@@ -40,7 +45,7 @@ def get_config():
   c.loss.diffaugment = ""
   c.loss.contrastive_weight = 0.5
 
-  c.train.steps = 5000
+  c.train.steps = 4000
   c.train.batch_size = 16
   c.train.lr_g = 2e-4
   c.train.ema_decay = 0.99
