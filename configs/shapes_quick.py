@@ -10,7 +10,8 @@ minutes after `pip install`).
 What it reaches, measured on EMA samples of 200 test captions with the shapes evaluator
 (`benchmarks/learning_curve.py --cells 4 --object_scale 2.0 --steps 4000`, same config, no flips):
 colour 0.80 / size 0.73 / shape 0.15 (chance 0.14) at step 1500; colour 0.97 / size 0.93 / shape
-0.30 at step 4000 (shape still rising: 0.18 -> 0.24 -> 0.30 over steps 3000-4000). In the samples
+0.295 at step 4000 (shape still rising: 0.175 -> 0.24 -> 0.295 over steps 3000-4000; the table is
+in benchmarks/RESULTS.md). In the samples
 (runs/shapes_quick/samples/*.png) colours follow the captions by ~2000 steps; squares, triangles,
 diamonds and crosses start to appear by 4000-5000, most shapes are not yet right.
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
