@@ -3,10 +3,10 @@
   python train.py --config configs/shapes_quick.py --workdir runs/shapes_quick
 
 Data: captioned_shapes/center_32 (one shape in the centre, drawn 2x larger, so only its shape,
-colour and size are to learn). On a 2-core CPU it runs ~5.3 steps/s (batch 16) with samples and
-checkpoints every 500 steps, so 4000 steps plus the dataset build (~25 s) and compilation (~30 s)
-take about 13-14 minutes (the README's command, measured from a fresh clone: 5000 steps took 16.2
-minutes after `pip install`).
+colour and size are to learn). On a 2-core CPU it runs ~5.8 steps/s (batch 16) with samples and
+checkpoints every 500 steps: the README's command from a fresh clone trained these 4000 steps in
+11.8 minutes after `pip install` (dataset already built; building it takes ~27 s more), the same
+command at 5000 steps in 16.2 minutes.
 What it reaches, measured on EMA samples of 200 test captions with the shapes evaluator
 (`benchmarks/learning_curve.py --cells 4 --object_scale 2.0 --steps 4000`, same config, no flips):
 colour 0.80 / size 0.73 / shape 0.15 (chance 0.14) at step 1500; colour 0.97 / size 0.93 / shape
