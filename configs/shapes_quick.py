@@ -14,6 +14,10 @@ colour 0.80 / size 0.73 / shape 0.15 (chance 0.14) at step 1500; colour 0.97 / s
 in benchmarks/RESULTS.md). In the samples
 (runs/shapes_quick/samples/*.png) colours follow the captions by ~2000 steps; squares, triangles,
 diamonds and crosses start to appear by 4000-5000, most shapes are not yet right.
+`python evaluate.py --workdir runs/shapes_quick --split test --split holdout --num_samples 500`
+on that README run (step 4000; 3.8 min incl. the evaluator's one-time training): test caption
+accuracy 0.24 (shape 0.25, colour 0.93, size 0.97); holdout, unseen (shape, colour) pairs, 0.19
+(shape 0.26, colour 0.78); in-domain FID 159 (real-vs-real floor 22); real images score 1.00.
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
 (~1-4 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
 or a run with eval on), `--config.eval.every=500` logs caption accuracy and in-domain FID on 256
