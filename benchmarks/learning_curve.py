@@ -5,19 +5,18 @@ shapes evaluator on EMA samples (caption accuracy, shape, colour, cell) every K 
       --variant base --variant lazy_gp:loss.gp_every=4,train.batch_size=32
 
 A variant is NAME[:key=value,...] (overrides of --config, default configs/shapes_quick.py). The
-data are rendered in memory by the captioned_shapes renderer with the scene spec of
---max_objects/--object_scale (defaults = captioned_shapes/single_32, the quick config's data), so
-this runs where TFDS is not installed (a bare GPU machine); unlike train.py it does not flip
-images. The evaluator is trained on those train images first; its real-test accuracy is printed
-as the ceiling. One JSON line per (variant, step) in --out.
+first --num_train / --num_test records of the config's captioned_shapes build (built if missing,
+as train.py does) are read into memory; unlike train.py the loop does not flip images. The
+evaluator is trained on those train images first; its real-test accuracy is printed as the
+ceiling. One JSON line per (variant, step) in --out.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import functools
+import importlib.util
 import json
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -27,77 +26,42 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmimg_jax.data import shapes  # noqa: E402
 from llmimg_jax.eval import evaluator as ev  # noqa: E402
-from llmimg_jax.eval.shapes_eval import ShapesEvaluator  # noqa: E402
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 
-GT_KEYS = ("shape", "color", "size", "cell")
 
-
-def _render(spec: shapes.SceneSpec, split: str, index: int):
-  ex = shapes.render_example(spec, split, index)
-  return ex["image"], ex["captions"], [ex[k] for k in GT_KEYS]
-
-
-def render_split(spec: shapes.SceneSpec, split: str, n: int) -> dict[str, np.ndarray]:
-  with multiprocessing.Pool() as pool:
-    out = pool.map(functools.partial(_render, spec, split), range(n), chunksize=256)
-  data = {"images": np.stack([o[0] for o in out]),  # uint8 [n, R, R, 3]
-          "captions": np.array([o[1] for o in out])}  # [n, 3]
-  data.update({k: np.stack([o[2][i] for o in out]) for i, k in enumerate(GT_KEYS)})
-  return data
-
-
-def rendered_data(spec: shapes.SceneSpec, num_train: int, num_test: int, cache: str):
-  if cache and Path(cache).exists():
-    flat = np.load(cache)
-    return {s: {k[len(s) + 1:]: flat[k] for k in flat.files if k.startswith(s + "/")}
-            for s in ("train", "test")}
-  t0 = time.perf_counter()
-  data = {"train": render_split(spec, "train", num_train),
-          "test": render_split(spec, "test", num_test)}
-  print(f"rendered {num_train} + {num_test} images in {time.perf_counter() - t0:.0f}s", flush=True)
-  if cache:
-    tmp = f"{cache}.tmp.npz"
-    Path(cache).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(tmp, **{f"{s}/{k}": v for s, d in data.items() for k, v in d.items()})
-    Path(tmp).rename(cache)
-  return data
+def _literal(value: str):
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value  # a plain string, e.g. loss.gp=none
 
 
 def load_config(path: str, overrides: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("experiment_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  for item in filter(None, overrides.split(",")):
-    key, value = item.split("=", 1)
-    node, *path_keys = config, *key.split(".")
-    for k in path_keys[:-1]:
-      node = node[k]
-    try:
-      node[path_keys[-1]] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[path_keys[-1]] = value
+  config.update_from_flattened_dict(
+      {k: _literal(v) for k, v in (item.split("=", 1) for item in overrides.split(",") if item)})
   return config
 
 
-def run_variant(config, data, evaluator, steps: int, every: int, num_eval: int, out, name: str):
+def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEvaluator, steps: int,
+                every: int, num_eval: int, out, name: str):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   tokenizer, t5_config, pretrained = build_text(config)
   models = build_models(config, t5_config)
   mesh = loop.make_mesh(jax.devices()[:1])
   state = loop.create_state(models, mesh, config.seed, pretrained)
   step_fn = loop.jit_train_step(models, mesh)
-  train = data["train"]
-  tokens = tokenizer([c for caps in train["captions"] for c in caps])  # [n * 3, L]
-  n, per = len(train["images"]), train["captions"].shape[1]
-  test = data["test"]
-  eval_captions = [caps[0] for caps in test["captions"][:num_eval]]
+  per = len(train.captions[0])
+  tokens = tokenizer([c for caps in train.captions for c in caps])  # [n * per, L]
+  n = len(train.images)
+  eval_captions = [caps[0] for caps in test.captions[:num_eval]]
   eval_tokens = tokenizer(eval_captions)
   z = jax.random.normal(jax.random.PRNGKey(1), (len(eval_captions), config.model.z_dim))
   sample = jax.jit(functools.partial(generate_images, models))
@@ -107,7 +71,7 @@ def run_variant(config, data, evaluator, steps: int, every: int, num_eval: int, 
   for step in range(1, steps + 1):
     idx = rng.integers(0, n, b)
     rows = idx * per + rng.integers(0, per, b)
-    batch = {"image": train["images"][idx], "input_ids": tokens["input_ids"][rows],
+    batch = {"image": train.images[idx], "input_ids": tokens["input_ids"][rows],
              "attention_mask": tokens["attention_mask"][rows]}
     state, metrics = step_fn(state, batch)
     if step % every == 0 or step == steps:
@@ -135,31 +99,19 @@ def main() -> None:
   p.add_argument("--num_train", type=int, default=50_000)
   p.add_argument("--num_test", type=int, default=2_000)
   p.add_argument("--num_eval", type=int, default=500)
-  p.add_argument("--max_objects", type=int, default=1)
-  p.add_argument("--object_scale", type=float, default=1.5)
-  p.add_argument("--cells", default="", help="comma-separated cells objects may occupy (all)")
   p.add_argument("--evaluator_steps", type=int, default=ev.TrainSettings.steps)
-  p.add_argument("--data_cache", default="", help="an .npz of the rendered data, made if missing")
   p.add_argument("--out", default="curves.jsonl")
   args = p.parse_args()
 
   base = load_config(args.config, "")
-  spec = shapes.SceneSpec(resolution=base.data.image_size, seed=0, max_objects=args.max_objects,
-                          object_scale=args.object_scale,
-                          cells=tuple(map(int, args.cells.split(","))) if args.cells else None)
-  data = rendered_data(spec, args.num_train, args.num_test, args.data_cache)
-  if not args.steps:
-    return
   t0 = time.perf_counter()
-  train = data["train"]
-  params = ev.train_net(train["images"], ev.cell_labels({k: train[k] for k in GT_KEYS}),
+  train = load_split(base.data, "train", args.num_train)
+  test = load_split(base.data, "test", args.num_test)
+  params = ev.train_net(train.images, ev.cell_labels(train.gt),
                         ev.TrainSettings(steps=args.evaluator_steps))
   evaluator = ShapesEvaluator(params, base.data.image_size)
-  test = data["test"]
-  acc = ev.cell_accuracy(evaluator.read(test["images"]),
-                         ev.cell_labels({k: test[k] for k in GT_KEYS}))
-  real = evaluator.score(test["images"][:args.num_eval],
-                         [c[0] for c in test["captions"][:args.num_eval]])
+  acc = ev.cell_accuracy(evaluator.read(test.images), ev.cell_labels(test.gt))
+  real = evaluator.score(test.images[:args.num_eval], [c[0] for c in test.captions[:args.num_eval]])
   print(f"evaluator trained in {time.perf_counter() - t0:.0f}s; real test cells {acc}; real "
         f"captions {real}", flush=True)
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +119,8 @@ def main() -> None:
     out.write(json.dumps({"variant": "real", **real}) + "\n")
     for variant in args.variant or ["base"]:
       name, _, overrides = variant.partition(":")
-      run_variant(load_config(args.config, overrides), data, evaluator, args.steps, args.every,
-                  args.num_eval, out, name)
+      run_variant(load_config(args.config, overrides), train, test, evaluator, args.steps,
+                  args.every, args.num_eval, out, name)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ checkpoints every 500 steps: the README's command from a fresh clone trained the
 11.8 minutes after `pip install` (dataset already built; building it takes ~27 s more), the same
 command at 5000 steps in 16.2 minutes.
 What it reaches, measured on EMA samples of 200 test captions with the shapes evaluator
-(`benchmarks/learning_curve.py --cells 4 --object_scale 2.0 --steps 4000`, same config, no flips):
+(`benchmarks/learning_curve.py --steps 4000 --num_train 10000`, same config, no flips):
 colour 0.80 / size 0.73 / shape 0.15 (chance 0.14) at step 1500; colour 0.97 / size 0.93 / shape
 0.295 at step 4000 (shape still rising: 0.175 -> 0.24 -> 0.295 over steps 3000-4000; the table is
 in benchmarks/RESULTS.md). In the samples
