@@ -25,6 +25,12 @@ def env(**extra: str) -> dict[str, str]:
   return e
 
 
+def flags(changes: dict[str, object]) -> tuple[str, ...]:
+  """train.py's --config.a.b=value flags for {"a.b": value} (apply the same dict in process with
+  ConfigDict.update_from_flattened_dict)."""
+  return tuple(f"--config.{key}={value}" for key, value in changes.items())
+
+
 def train_args(data_dir, workdir, *overrides: str) -> list[str]:
   return [sys.executable, str(ROOT / "train.py"), f"--config={CONFIG_FILE}:{data_dir}",
           f"--workdir={workdir}", *overrides]

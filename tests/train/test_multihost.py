@@ -17,23 +17,13 @@ import numpy as np
 
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text, init_state
-from tests.train.cli_utils import Proc, finished_steps, train_args
+from tests.train.cli_utils import Proc, finished_steps, flags, train_args
 from tests.train.conftest import tiny_config
 
 STEPS = 6
-OVERRIDES = (f"--config.train.steps={STEPS}", "--config.train.log_every=1",
-             "--config.train.ckpt_every=2", "--config.train.sample_every=1000",
-             "--config.loss.gp=none", "--config.loss.diffaugment=",
-             "--config.model.attn_resolutions=()", "--config.loss.contrastive_weight=0")
-
-
-def _config(data_dir):
-  """tiny_config with OVERRIDES."""
-  c = tiny_config(data_dir)
-  c.train.steps, c.train.log_every, c.train.ckpt_every, c.train.sample_every = STEPS, 1, 2, 1000
-  c.loss.gp, c.loss.diffaugment, c.model.attn_resolutions = "none", "", ()
-  c.loss.contrastive_weight = 0.0
-  return c
+CHANGES = {"train.steps": STEPS, "train.log_every": 1, "train.ckpt_every": 2,
+           "train.sample_every": 1000, "loss.gp": "none", "loss.diffaugment": "",
+           "model.attn_resolutions": (), "loss.contrastive_weight": 0.0}  # tiny_config's
 
 
 def _devices_env(n: int) -> dict[str, str]:
@@ -52,7 +42,7 @@ def _free_port() -> int:
 
 def _two_hosts(data_dir, workdir) -> list[Proc]:
   port = _free_port()
-  return [Proc(train_args(data_dir, workdir, *OVERRIDES,
+  return [Proc(train_args(data_dir, workdir, *flags(CHANGES),
                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                           f"--process_id={i}"), **_devices_env(2)) for i in range(2)]
 
@@ -74,7 +64,8 @@ def _restore(workdir, config, step: int):
 
 
 def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_path):
-  config = _config(shapes_data_dir)
+  config = tiny_config(shapes_data_dir)
+  config.update_from_flattened_dict(CHANGES)
   one = jax.device_get(loop.train(config, tmp_path / "one"))  # 1 process x 8 devices
 
   run = tmp_path / "two"

@@ -13,20 +13,20 @@ import pytest
 
 from llmimg_jax.train import checkpoint, loop
 from tests.train import cli_utils
-from tests.train.cli_utils import Proc, finished_steps, train_args
+from tests.train.cli_utils import Proc, finished_steps, flags, train_args
 from tests.train.conftest import tiny_config
 
 STEPS = 10
-OVERRIDES = (f"--config.train.steps={STEPS}", "--config.train.log_every=1",
-             "--config.train.ckpt_every=2", "--config.train.sample_every=1000")
+CHANGES = {"train.steps": STEPS, "train.log_every": 1, "train.ckpt_every": 2,
+           "train.sample_every": 1000}  # tiny_config's
 
 
 def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, tmp_path):
   config = tiny_config(shapes_data_dir)
-  config.train.steps, config.train.log_every, config.train.sample_every = STEPS, 1, 1000
+  config.update_from_flattened_dict(CHANGES)
   reference = loop.train(config, tmp_path / "reference")  # uninterrupted
   run = tmp_path / "run"
-  args = train_args(shapes_data_dir, run, *OVERRIDES)
+  args = train_args(shapes_data_dir, run, *flags(CHANGES))
 
   # Preemption: SIGTERM after the first logged step -> finish the step, save, exit 0.
   proc = Proc(args)
