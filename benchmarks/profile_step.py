@@ -3,6 +3,7 @@ with the most time in a jax.profiler trace (summed per op, trace events of 5 ste
 
   python benchmarks/profile_step.py                      # shapes_quick sizes, 1 device
   python benchmarks/profile_step.py --max_length 160     # the text length before the change
+  python benchmarks/profile_step.py --bench 32           # run.py's GAN step (nf 32, batch 32)
 
 Random batch (image, tokens with 60 valid of max_length); same step as train.py.
 """
@@ -30,10 +31,16 @@ from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--max_length", type=int, default=None, help="config.text.max_length")
+  parser.add_argument("--bench", type=int, default=0, metavar="RES",
+                      help="profile run.py's benchmark config at this resolution instead")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--top", type=int, default=20)
   args = parser.parse_args()
-  cfg = shapes_quick.get_config()
+  if args.bench:
+    from benchmarks import gan_bench  # imports torch
+    cfg = gan_bench.make_config(args.bench, 32, 32, "float32")
+  else:
+    cfg = shapes_quick.get_config()
   if args.max_length:
     cfg.text.max_length = args.max_length
   tokenizer, t5_config, _ = build_text(cfg)

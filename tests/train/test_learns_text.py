@@ -1,8 +1,9 @@
 """The GAN really follows its text: colour-only captions, a short CPU run, colour accuracy.
 
-A model that ignored the text would score ~1/8 (chance over 8 colours); after 450 steps at batch
-16 (about 2.5 minutes on 2 CPU cores, compilation included) the EMA generator paints
-the caption's colour for >= 80% of prompts.
+A model that ignored the text would score ~1/8 (chance over 8 colours); after 300 steps at batch
+16 (under 2 minutes on 2 CPU cores, compilation included) the EMA generator paints the caption's
+colour for >= 80% of prompts (measured 0.98; 0.86 at 200 steps, 0.88 at 250). Learning rates
+3x the quick config's: at lr_g 2e-4 / lr_d 4e-4 the same accuracy took 450 steps.
 """
 import jax
 import numpy as np
@@ -28,12 +29,12 @@ def test_dominant_colour_follows_caption(shapes_data_dir, tmp_path):
   config.model.nf_g = config.model.nf_d = 16
   config.loss.diffaugment = ""
   config.loss.contrastive_weight = 0.5
-  config.train.lr_g = 2e-4
+  config.train.lr_g, config.train.lr_d, config.train.lr_text = 6e-4, 1.2e-3, 1.2e-3
   config.train.ema_decay = 0.98
   config.train.batch_size = 16
-  config.train.steps = 450
+  config.train.steps = 300
   config.train.log_every = 50
-  config.train.sample_every = config.train.ckpt_every = 450
+  config.train.sample_every = config.train.ckpt_every = 300
   # One device: 8 simulated devices would only add partitioning overhead on 2 cores.
   state = loop.train(config, tmp_path / "run", devices=jax.devices()[:1])
 
