@@ -62,7 +62,8 @@ class DFBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-  """Upsample, residual (DFBlock, conv3x3, DFBlock, conv3x3) * gain; 1x1 shortcut before upsample."""
+  """Upsample, residual (DFBlock, conv3x3, DFBlock, conv3x3) * gain; the 1x1 shortcut and the
+  first DFBlock before the upsample (as ours: they commute with it)."""
 
   def __init__(self, cond_dim: int, in_features: int, features: int):
     super().__init__()
@@ -78,7 +79,7 @@ class UpBlock(nn.Module):
 
   def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     shortcut = upsample2x(self.shortcut(x) if self.shortcut is not None else x)
-    h = self.fuse0(upsample2x(x), cond)
+    h = upsample2x(self.fuse0(x, cond))
     h = self.conv1(self.fuse1(self.conv0(h), cond))
     return shortcut + self.gain * h
 

@@ -53,8 +53,9 @@ class DFBlock(nn.Module):
 class UpBlock(nn.Module):
   """2x nearest upsample, then residual (DFBlock -> conv3x3 -> DFBlock -> conv3x3) * gain.
 
-  The shortcut is identity, or a learned 1x1 conv when the channel count changes (applied
-  before the upsample, which is the same result at a quarter of the cost).
+  The shortcut is identity, or a learned 1x1 conv when the channel count changes. Both it and
+  the first DFBlock (per-channel scale, shift and leaky ReLU) commute with nearest upsampling, so
+  they run before the upsample: the same function at a quarter of the cost.
   """
   features: int
   dtype: Dtype = jnp.float32
@@ -66,8 +67,8 @@ class UpBlock(nn.Module):
     if in_features != self.features:
       shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(x)
     shortcut = upsample2x(shortcut)  # [batch, 2*height, 2*width, features]
-    h = upsample2x(x)  # [batch, 2*height, 2*width, in_features]
-    h = DFBlock(in_features, self.dtype, name="fuse0")(h, cond)
+    h = DFBlock(in_features, self.dtype, name="fuse0")(x, cond)
+    h = upsample2x(h)  # [batch, 2*height, 2*width, in_features]
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv0")(h)
     h = DFBlock(self.features, self.dtype, name="fuse1")(h, cond)
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h)

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from llmimg_jax.gan import Generator, sentence_embedding
 
@@ -181,3 +182,21 @@ def test_sentence_embedding_masked_mean():
   mask = jnp.array([[0, 0, 1], [1, 1, 1]])
   np.testing.assert_allclose(np.asarray(sentence_embedding(states, mask)),
                              [[100.0, 100.0], [7.0, 5.0]])
+
+
+def test_upblock_equals_dfgan_order():
+  """UpBlock runs the shortcut and the first fusion block before upsampling; the result must
+  equal DF-GAN's order (upsample, then everything) with the same parameters."""
+  from llmimg_jax.gan.common import upsample2x
+  from llmimg_jax.gan.generator import DFBlock, UpBlock
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))  # [batch, h, w, in]
+  cond = jax.random.normal(jax.random.key(1), (2, 10))
+  block = UpBlock(6)
+  params = _liven({"block": block.init(fast_key(0), x, cond)["params"]})["block"]
+  conv = lambda name, h: nn.Conv(6, (3, 3)).apply({"params": params[name]}, h)
+  fuse = lambda name, c, h: DFBlock(c).apply({"params": params[name]}, h, cond)
+  up = upsample2x(x)
+  shortcut = nn.Conv(6, (1, 1)).apply({"params": params["shortcut"]}, up)
+  h = conv("conv1", fuse("fuse1", 6, conv("conv0", fuse("fuse0", 8, up))))
+  np.testing.assert_allclose(block.apply({"params": params}, x, cond),
+                             shortcut + params["gain"] * h, rtol=1e-5, atol=1e-5)
