@@ -83,6 +83,7 @@ def main() -> None:
       total[e["name"]] += e["dur"]
   hlo = {line.split(" = ")[0].strip().lstrip("%"): line for line in compiled.as_text().splitlines()
          if " = " in line}
+  print(f"sum of op time {sum(total.values()) / 5 / 1e3:.0f} ms/step")
   for name, us in total.most_common(args.top):
     op = hlo.get(name, "")
     where = op.split('op_name="')[1].split('"')[0] if 'op_name="' in op else ""
