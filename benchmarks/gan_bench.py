@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from benchmarks import timing, torch_gan, torch_train
+from llmimg_jax.train import loop
 from llmimg_jax.train.config import base_config
 from llmimg_jax.train.state import build_models, build_text, init_state
 from llmimg_jax.train.step import generate_images, train_step
@@ -100,7 +101,11 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
              "attention_mask": torch.from_numpy(np_batch["attention_mask"]).long()}
   t_batch = {k: v.to(device) for k, v in t_batch.items()}
 
-  step = jax.jit(functools.partial(train_step, models), donate_argnums=0)
+  # The XLA options train.py's step compiles with (loop.compiler_options: on CPU, YNNPACK for
+  # dots only).
+  options = loop.compiler_options(loop.make_mesh(jax.devices()[:1]))
+  step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
+                 compiler_options=options)
   compiled = step.lower(state, j_batch).compile()
   holder = {"state": state}
 
@@ -129,7 +134,8 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   shape = f"{resolution}px b{batch} nf{nf}"
   step_row = dict(name=f"GAN train step ({shape})", jax=t["jax"], torch=t["torch"],
                   torch_compile=t.get("torch_compile"), compile_note=compile_note,
-                  flops=timing.xla_flops(compiled), params=params, items=batch, unit="img")
+                  flops=timing.xla_flops(compiled), params=params, items=batch, unit="img",
+                  xla_options=options)
 
   # Sampling: EMA generator + text encoder, uint8 images, on the same prompts and noise.
   z = np.random.RandomState(1).randn(batch, cfg.model.z_dim).astype(np.float32)

@@ -38,10 +38,34 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
+# XLA:CPU hands dots and convolutions to YNNPACK; its convolution path runs the weight gradients
+# of 3x3 convs several times slower than XLA's own (benchmarks/RESULTS.md), so the train step
+# keeps YNNPACK for dots only.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.zeros((), np.float32)
+                                                                  ).compile()
+    return True
+  except jax.errors.JaxRuntimeError:  # an XLA without this (experimental) option
+    log.info("XLA:CPU has no %s; the train step compiles with the defaults.", list(_CPU_OPTIONS))
+    return False
+
+
+def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:
+  """XLA options for the train step: `_CPU_OPTIONS` on CPU meshes where XLA knows them, else {}."""
+  on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+  return dict(_CPU_OPTIONS) if on_cpu and _cpu_options_supported() else {}
+
+
 def jit_train_step(models: Models, mesh: jax.sharding.Mesh):
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, batch),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+                 out_shardings=(replicated, replicated), donate_argnums=0,
+                 compiler_options=compiler_options(mesh))
 
 
 def create_state(models: Models, mesh: jax.sharding.Mesh, seed: int, text_params=None

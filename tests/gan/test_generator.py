@@ -200,3 +200,24 @@ def test_upblock_equals_dfgan_order():
   h = conv("conv1", fuse("fuse1", 6, conv("conv0", fuse("fuse0", 8, up))))
   np.testing.assert_allclose(block.apply({"params": params}, x, cond),
                              shortcut + params["gain"] * h, rtol=1e-5, atol=1e-5)
+
+
+def test_upsample_conv_equals_conv_of_upsampled_incl_gradients_and_init():
+  from llmimg_jax.gan.common import upsample2x
+  from llmimg_jax.gan.generator import UpsampleConv3x3
+  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))  # [batch, h, w, in], odd h on purpose
+  g = jax.random.normal(jax.random.key(1), (2, 10, 8, 6))
+  ours, reference = UpsampleConv3x3(6), nn.Conv(6, (3, 3))
+  params = ours.init(fast_key(0), x)["params"]
+  ref_params = reference.init(fast_key(0), upsample2x(x))["params"]
+  jax.tree.map(np.testing.assert_array_equal, params, ref_params)  # same tree, same init
+  params = {"kernel": params["kernel"], "bias": params["bias"] + 0.1}
+
+  def loss(module, p, x, up):
+    return jnp.sum(module.apply({"params": p}, upsample2x(x) if up else x) * g)
+
+  np.testing.assert_allclose(ours.apply({"params": params}, x),
+                             reference.apply({"params": params}, upsample2x(x)), atol=1e-5)
+  got = jax.grad(loss, argnums=(1, 2))(ours, params, x, False)
+  want = jax.grad(loss, argnums=(1, 2))(reference, params, x, True)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), got, want)
