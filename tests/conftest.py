@@ -2,7 +2,10 @@
 import os
 
 # Must happen before JAX initialises its backends; tests that need 1 device use a 1-device mesh.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM's O0 for XLA:CPU's own kernels: the tests' programs compile ~40% faster and run about as
+# fast (convolutions and matmuls are library calls either way).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -8,6 +8,7 @@ tests/train/test_step.py::test_eight_devices_equal_one_device."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import signal
 import socket
@@ -30,8 +31,11 @@ def _devices_env(n: int) -> dict[str, str]:
   # Process 0 compiles and sends the executable to process 1 (half the compile time on CPU).
   # Without the persistent cache: its keys differ between the processes, so process 0 would
   # load a program that process 1 then compiles, or waits for forever.
-  return {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": str(n), "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1",
-          "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  # The other XLA flags stay those of the in-process reference (tests/conftest.py): codegen
+  # options change float results in the last bits.
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  return {"XLA_FLAGS": " ".join(flags), "JAX_NUM_CPU_DEVICES": str(n),
+          "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"}
 
 
 def _free_port() -> int:
@@ -87,5 +91,12 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   assert all(f"at step {stops[0]}" in p.output for p in procs)
   two = _restore(run, config, STEPS)
   assert int(one.step) == int(two.step) == STEPS
-  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one, two)
-  assert max(jax.tree.leaves(diffs)) <= 1e-5, diffs
+  # Equal up to float summation order (the gradient all-reduce differs between 1 x 8 and 2 x 2
+  # devices): >= 99.9% of all numbers within 1e-5, every one within 1e-4. Adam (beta1 = 0)
+  # divides each gradient by its own RMS, so an entry whose gradient is ~0 can move by a
+  # fraction of lr_d (4e-4) on summation noise alone (seen: 1 of 2304 in a D kernel, 1.03e-5).
+  pairs = list(zip(jax.tree_util.tree_leaves_with_path(one), jax.tree.leaves(two)))
+  close = sum(int(np.sum(np.isclose(b, a, rtol=1e-5, atol=1e-5))) for (_, a), b in pairs)
+  assert close >= 0.999 * sum(np.size(a) for (_, a), _ in pairs)
+  for (path, a), b in pairs:
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4, err_msg=jax.tree_util.keystr(path))

@@ -1,0 +1,74 @@
+"""A/B of XLA compile options on the real train step, alternating in one process.
+
+  python benchmarks/step_options.py --bench 64 \
+      --options xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
+
+Each --options is one variant (key=value;key=value, XLA DebugOptions); 'none' is XLA's defaults
+and 'train' what train.py uses (loop.compiler_options). --bench RES is run.py's GAN step config
+(nf 32, batch 32); without it, configs/shapes_quick.py. Random batch, one device.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import shapes_quick  # noqa: E402
+from llmimg_jax.train import loop  # noqa: E402
+from llmimg_jax.train.state import build_models, build_text  # noqa: E402
+from llmimg_jax.train.step import train_step  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--bench", type=int, default=0, metavar="RES")
+  parser.add_argument("--options", action="append", default=[])
+  parser.add_argument("--rounds", type=int, default=6)
+  args = parser.parse_args()
+  if args.bench:
+    from benchmarks import gan_bench  # imports torch
+    cfg = gan_bench.make_config(args.bench, 32, 32, "float32")
+  else:
+    cfg = shapes_quick.get_config()
+  _, t5_config, _ = build_text(cfg)
+  models = build_models(cfg, t5_config)
+  mesh = loop.make_mesh(jax.devices()[:1])
+  b, length, res = cfg.train.batch_size, cfg.text.max_length, cfg.model.resolution
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 255, (b, res, res, 3)).astype(np.uint8),
+           "input_ids": rng.integers(3, 200, (b, length)).astype(np.int32),
+           "attention_mask": np.ones((b, length), np.int32)}
+  runs = {}
+  for name in ["none", *args.options]:
+    options = (loop.compiler_options(mesh) if name == "train" else {} if name == "none" else
+               dict(kv.split("=", 1) for kv in name.split(";")))
+    step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
+                   compiler_options=options)
+    state = loop.create_state(models, mesh, cfg.seed)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    print(f"{name}: compile {time.perf_counter() - t0:.1f} s", flush=True)
+    for _ in range(2):  # warm-up
+      state, metrics = compiled(state, batch)
+    runs[name] = {"fn": compiled, "state": state, "times": [], "d_loss": float(metrics["d_loss"])}
+  for r in range(args.rounds):  # alternating, order reversed every other round
+    for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+      run = runs[name]
+      t0 = time.perf_counter()
+      run["state"], _ = run["fn"](run["state"], batch)
+      jax.block_until_ready(run["state"])
+      run["times"].append(time.perf_counter() - t0)
+  for name, run in runs.items():
+    print(f"{name:70s} median {np.median(run['times']) * 1e3:7.1f} ms  min "
+          f"{min(run['times']) * 1e3:7.1f} ms  (d_loss after 2 steps {run['d_loss']:.6f})")
+  print(f"load {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  main()
