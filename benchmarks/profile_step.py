@@ -28,6 +28,25 @@ from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noq
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 
 
+def models_and_batch(bench: int = 0, max_length: int | None = None):
+  """(config, Models, random batch) of shapes_quick, or of run.py's GAN step at `bench` px."""
+  if bench:
+    from benchmarks import gan_bench  # imports torch
+    cfg = gan_bench.make_config(bench, 32, 32, "float32")
+  else:
+    cfg = shapes_quick.get_config()
+  if max_length:
+    cfg.text.max_length = max_length
+  models = build_models(cfg, build_text(cfg)[1])
+  b, length, res = cfg.train.batch_size, cfg.text.max_length, cfg.model.resolution
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 200, (b, length)).astype(np.int32)
+  mask = (np.arange(length)[None] < min(60, length)).repeat(b, 0).astype(np.int32)
+  batch = {"image": rng.integers(0, 255, (b, res, res, 3)).astype(np.uint8),
+           "input_ids": ids * mask, "attention_mask": mask}
+  return cfg, models, batch
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--max_length", type=int, default=None, help="config.text.max_length")
@@ -36,25 +55,10 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--top", type=int, default=20)
   args = parser.parse_args()
-  if args.bench:
-    from benchmarks import gan_bench  # imports torch
-    cfg = gan_bench.make_config(args.bench, 32, 32, "float32")
-  else:
-    cfg = shapes_quick.get_config()
-  if args.max_length:
-    cfg.text.max_length = args.max_length
-  tokenizer, t5_config, _ = build_text(cfg)
-  del tokenizer
-  models = build_models(cfg, t5_config)
+  _, models, batch = models_and_batch(args.bench, args.max_length)
   mesh = make_mesh(jax.devices()[:1])
   state = create_state(models, mesh, 0)
   step = jit_train_step(models, mesh)
-  b, length, res = cfg.train.batch_size, cfg.text.max_length, cfg.model.resolution
-  rng = np.random.default_rng(0)
-  ids = rng.integers(3, 200, (b, length)).astype(np.int32)
-  mask = (np.arange(length)[None] < min(60, length)).repeat(b, 0).astype(np.int32)
-  batch = {"image": rng.integers(0, 255, (b, res, res, 3)).astype(np.uint8),
-           "input_ids": ids * mask, "attention_mask": mask}
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   cost = compiled.cost_analysis()

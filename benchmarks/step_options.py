@@ -10,6 +10,7 @@ and 'train' what train.py uses (loop.compiler_options). --bench RES is run.py's 
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import os
 import sys
@@ -19,10 +20,17 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import shapes_quick  # noqa: E402
+from benchmarks.profile_step import models_and_batch  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
-from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import train_step  # noqa: E402
+
+
+def _value(text: str):
+  """'True' -> True, '0' -> 0, anything else stays a string (e.g. an enum name)."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def main() -> None:
@@ -31,23 +39,12 @@ def main() -> None:
   parser.add_argument("--options", action="append", default=[])
   parser.add_argument("--rounds", type=int, default=6)
   args = parser.parse_args()
-  if args.bench:
-    from benchmarks import gan_bench  # imports torch
-    cfg = gan_bench.make_config(args.bench, 32, 32, "float32")
-  else:
-    cfg = shapes_quick.get_config()
-  _, t5_config, _ = build_text(cfg)
-  models = build_models(cfg, t5_config)
+  cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
-  b, length, res = cfg.train.batch_size, cfg.text.max_length, cfg.model.resolution
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 255, (b, res, res, 3)).astype(np.uint8),
-           "input_ids": rng.integers(3, 200, (b, length)).astype(np.int32),
-           "attention_mask": np.ones((b, length), np.int32)}
   runs = {}
   for name in ["none", *args.options]:
     options = (loop.compiler_options(mesh) if name == "train" else {} if name == "none" else
-               dict(kv.split("=", 1) for kv in name.split(";")))
+               {k: _value(v) for k, v in (kv.split("=", 1) for kv in name.split(";"))})
     step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                    compiler_options=options)
     state = loop.create_state(models, mesh, cfg.seed)
