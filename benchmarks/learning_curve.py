@@ -33,7 +33,8 @@ from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 
 
-def _literal(value: str):
+def parse_value(value: str):
+  """A Python literal ('True', '0', '()') as such, anything else as the string itself."""
   try:
     return ast.literal_eval(value)
   except (ValueError, SyntaxError):
@@ -46,7 +47,7 @@ def load_config(path: str, overrides: str):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.update_from_flattened_dict(
-      {k: _literal(v) for k, v in (item.split("=", 1) for item in overrides.split(",") if item)})
+      {k: parse_value(v) for k, v in (item.split("=", 1) for item in overrides.split(",") if item)})
   return config
 
 

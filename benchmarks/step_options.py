@@ -10,27 +10,19 @@ and 'train' what train.py uses (loop.compiler_options). --bench RES is run.py's 
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import os
 import sys
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import timing  # noqa: E402
+from benchmarks.learning_curve import parse_value  # noqa: E402
 from benchmarks.profile_step import models_and_batch  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.step import train_step  # noqa: E402
-
-
-def _value(text: str):
-  """'True' -> True, '0' -> 0, anything else stays a string (e.g. an enum name)."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def main() -> None:
@@ -41,29 +33,26 @@ def main() -> None:
   args = parser.parse_args()
   cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
-  runs = {}
+  holders, fns = {}, {}
   for name in ["none", *args.options]:
     options = (loop.compiler_options(mesh) if name == "train" else {} if name == "none" else
-               {k: _value(v) for k, v in (kv.split("=", 1) for kv in name.split(";"))})
+               {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in name.split(";"))})
     step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                    compiler_options=options)
-    state = loop.create_state(models, mesh, cfg.seed)
+    holder = holders[name] = {"state": loop.create_state(models, mesh, cfg.seed)}
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(holder["state"], batch).compile()
     print(f"{name}: compile {time.perf_counter() - t0:.1f} s", flush=True)
-    for _ in range(2):  # warm-up
-      state, metrics = compiled(state, batch)
-    runs[name] = {"fn": compiled, "state": state, "times": [], "d_loss": float(metrics["d_loss"])}
-  for r in range(args.rounds):  # alternating, order reversed every other round
-    for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-      run = runs[name]
-      t0 = time.perf_counter()
-      run["state"], _ = run["fn"](run["state"], batch)
-      jax.block_until_ready(run["state"])
-      run["times"].append(time.perf_counter() - t0)
-  for name, run in runs.items():
-    print(f"{name:70s} median {np.median(run['times']) * 1e3:7.1f} ms  min "
-          f"{min(run['times']) * 1e3:7.1f} ms  (d_loss after 2 steps {run['d_loss']:.6f})")
+
+    def call(compiled=compiled, holder=holder):
+      holder["state"], holder["metrics"] = compiled(holder["state"], batch)
+      jax.block_until_ready(holder["state"])
+
+    fns[name] = call
+  times = timing.alternate(fns, warmup=2, iters=args.rounds)
+  for name, t in times.items():
+    print(f"{name:70s} median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f} ms  "
+          f"(d_loss after the last step {float(holders[name]['metrics']['d_loss']):.6f})")
   print(f"load {os.getloadavg()[0]:.1f}")
 
 

@@ -60,9 +60,9 @@ class UpsampleConv3x3(nn.Module):
   resolution: one 3x3 conv with 4x the output channels (one set per output pixel phase, with the
   kernel taps that phase sees summed), then depth-to-space.
 
-  Same parameters as nn.Conv (`kernel` [3, 3, in, out], `bias` [out]) and the same function
-  (tested), but no upsampled tensor and ~2.8x less time for the forward and backward pass on
-  XLA:CPU (benchmarks/RESULTS.md).
+  Same parameters and init as nn.Conv (`kernel` [3, 3, in, out], `bias` [out]) and the same
+  function (tested), but no upsampled tensor; on XLA:CPU it pays off together with the train
+  step's compile options (benchmarks/RESULTS.md).
   """
   features: int
   dtype: Dtype = jnp.float32
