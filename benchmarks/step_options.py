@@ -1,16 +1,22 @@
-"""A/B of XLA compile options on the real train step, alternating in one process.
+"""A/B of XLA compile options and code switches on the real train step, alternating in one process.
 
   python benchmarks/step_options.py --bench 64 \
       --options xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
+  python benchmarks/step_options.py --bench 64 --baseline train \
+      --options "train;llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False"
 
-Each --options is one variant (key=value;key=value, XLA DebugOptions); 'none' is XLA's defaults
-and 'train' what train.py uses (loop.compiler_options). --bench RES is run.py's GAN step config
-(nf 32, batch 32); without it, configs/shapes_quick.py. Random batch, one device.
+Each --options is one variant, items separated by ';': 'none' (XLA's defaults), 'train' (the
+options train.py uses, loop.compiler_options), an XLA DebugOptions key=value, or a module
+attribute (a dotted key, e.g. llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that
+variant is traced. --baseline is the first variant (default 'none'). --bench RES is run.py's GAN
+step config (nf 32, batch 32); without it, configs/shapes_quick.py. Random batch, one device.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import importlib
 import os
 import sys
 import time
@@ -25,23 +31,46 @@ from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.step import train_step  # noqa: E402
 
 
+@contextlib.contextmanager
+def module_attributes(values: dict[str, object]):
+  """Sets 'package.module.ATTR' to each value, restoring the old values on exit."""
+  old = {}
+  for key, value in values.items():
+    module_name, attr = key.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    old[key] = (module, attr, getattr(module, attr))  # AttributeError names a wrong key
+    setattr(module, attr, value)
+  try:
+    yield
+  finally:
+    for module, attr, value in old.values():
+      setattr(module, attr, value)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--bench", type=int, default=0, metavar="RES")
   parser.add_argument("--options", action="append", default=[])
+  parser.add_argument("--baseline", default="none")
   parser.add_argument("--rounds", type=int, default=6)
   args = parser.parse_args()
   cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
-  for name in ["none", *args.options]:
-    options = (loop.compiler_options(mesh) if name == "train" else {} if name == "none" else
-               {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in name.split(";"))})
+  for name in [args.baseline, *args.options]:
+    options, switches = {}, {}
+    for item in name.split(";"):
+      if item in ("none", "train"):
+        options.update(loop.compiler_options(mesh) if item == "train" else {})
+        continue
+      key, value = item.split("=", 1)
+      (switches if "." in key else options)[key] = parse_value(value)
     step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                    compiler_options=options)
     holder = holders[name] = {"state": loop.create_state(models, mesh, cfg.seed)}
     t0 = time.perf_counter()
-    compiled = step.lower(holder["state"], batch).compile()
+    with module_attributes(switches):
+      compiled = step.lower(holder["state"], batch).compile()
     print(f"{name}: compile {time.perf_counter() - t0:.1f} s", flush=True)
 
     def call(compiled=compiled, holder=holder):

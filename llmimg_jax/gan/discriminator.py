@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, avgpool2x, channel_multipliers, lrelu
+from llmimg_jax.gan.layers import Conv
 
 
 def space_to_depth2x(x: jax.Array) -> jax.Array:
@@ -79,10 +80,10 @@ class DownBlock(nn.Module):
     # x: [batch, height, width, in_features]
     h = Conv4x4Stride2(self.features, self.dtype, name="conv0")(x)  # [b, h/2, w/2, features]
     h = lrelu(h)
-    h = lrelu(nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name="conv1")(h))
+    h = lrelu(Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name="conv1")(h))
     shortcut = avgpool2x(x)
     if x.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(shortcut)
+      shortcut = Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(shortcut)
     gain = self.param("gain", nn.initializers.zeros, ())
     return shortcut + gain.astype(self.dtype) * h
 
@@ -104,10 +105,10 @@ class Discriminator(nn.Module):
 
   def setup(self):
     chs = [self.nf * m for m in channel_multipliers(self.resolution)]  # validates resolution
-    self.conv_img = nn.Conv(chs[0], (3, 3), dtype=self.dtype)
+    self.conv_img = Conv(chs[0], (3, 3), dtype=self.dtype)
     self.blocks = [DownBlock(c, self.dtype) for c in chs[1:]]
     self.sent_proj = nn.Dense(self.cond_dim, dtype=self.dtype)
-    self.joint_conv = nn.Conv(2 * self.nf, (3, 3), dtype=self.dtype)
+    self.joint_conv = Conv(2 * self.nf, (3, 3), dtype=self.dtype)
     self.logit_conv = WholeImageConv(1, dtype=self.dtype)  # a 4x4 VALID conv
     if self.contrastive:
       self.image_proj = nn.Dense(self.embed_dim, dtype=self.dtype)

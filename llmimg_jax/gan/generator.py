@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, channel_multipliers, lrelu, upsample2x
+from llmimg_jax.gan.layers import Conv, add_bias, scale_shift
 
 
 def _gamma_beta_bias_init(key, shape, dtype=jnp.float32):
@@ -36,7 +37,7 @@ class Affine(nn.Module):
     gb = nn.Dense(2 * self.features, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                   bias_init=_gamma_beta_bias_init, name="fc2")(h)  # [batch, 2*channels]
     gamma, beta = jnp.split(gb, 2, axis=-1)
-    return x * gamma[:, None, None, :] + beta[:, None, None, :]
+    return scale_shift(x, gamma, beta)
 
 
 class DFBlock(nn.Module):
@@ -78,7 +79,7 @@ class UpsampleConv3x3(nn.Module):
         x.astype(self.dtype), k.reshape(3, 3, c, 4 * self.features).astype(self.dtype), (1, 1),
         "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [b, h, w, (r, s, out)]
     y = y.reshape(b, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+    return add_bias(y.reshape(b, 2 * h, 2 * w, self.features), bias.astype(self.dtype))
 
 
 class UpBlock(nn.Module):
@@ -97,13 +98,13 @@ class UpBlock(nn.Module):
     in_features = x.shape[-1]
     shortcut = x
     if in_features != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(x)
+      shortcut = Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(x)
     shortcut = upsample2x(shortcut)  # [batch, 2*height, 2*width, features]
     h = DFBlock(in_features, self.dtype, name="fuse0")(x, cond)
     # = nn.Conv(features, (3, 3))(upsample2x(h)): [batch, 2*height, 2*width, features]
     h = UpsampleConv3x3(self.features, self.dtype, name="conv0")(h)
     h = DFBlock(self.features, self.dtype, name="fuse1")(h, cond)
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h)
+    h = Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h)
     gain = self.param("gain", nn.initializers.ones, ())
     return shortcut + gain.astype(self.dtype) * h
 
@@ -189,5 +190,5 @@ class Generator(nn.Module):
       x = UpBlock(out_ch, self.dtype, name=f"block{i}")(x, cond)  # [batch, res, res, out_ch]
       if res in self.attn_resolutions:
         x = CrossAttention(_num_heads(out_ch), self.dtype, name=f"attn{res}")(x, words, word_mask)
-    x = nn.Conv(3, (3, 3), dtype=self.dtype, name="to_rgb")(lrelu(x))
+    x = Conv(3, (3, 3), dtype=self.dtype, name="to_rgb")(lrelu(x))
     return jnp.tanh(x.astype(jnp.float32))  # [batch, resolution, resolution, 3]
