@@ -26,29 +26,65 @@ def space_to_depth2x(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
-class Conv4x4Stride2(nn.Module):
-  """A 4x4 conv with stride 2 and padding 1 (DF-GAN's downsampling conv) as one matmul.
+def _conv4x4_stride2_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The conv as im2col + one matmul: x padded, rearranged space-to-depth, its four 2x2-shifted
+  views concatenated (no duplication beyond 4x)."""
+  b, h, w, c = x.shape  # h, w even
+  out = kernel.shape[-1]
+  # kernel[2p + r, 2q + s] multiplies padded[2(i + p) + r, 2(j + q) + s] = s2d[i + p, j + q, (r, s)]
+  k = kernel.reshape(2, 2, 2, 2, c, out).transpose(0, 2, 1, 3, 4, 5)
+  k = k.reshape(16 * c, out)  # [(p, q, r, s, c), out]
+  s2d = space_to_depth2x(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+  ho, wo = h // 2, w // 2
+  cols = jnp.concatenate([s2d[:, p:p + ho, q:q + wo] for p in (0, 1) for q in (0, 1)], axis=-1)
+  return cols @ k  # [batch, h/2, w/2, out]
 
-  Same function and same parameter as nn.Conv (`kernel` [4, 4, in, out], lecun-normal). The
-  input is padded, rearranged space-to-depth and its four 2x2-shifted views concatenated (im2col
-  without duplication beyond 4x), so the forward, backward and MA-GP's second-order passes are
-  matmuls, slices and pads. XLA:CPU runs autodiff's input-dilated convolutions of a strided conv,
-  and their second derivatives, 5-10x slower (measured in benchmarks/RESULTS.md).
+
+def _conv4x4_stride2_direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """nn.Conv(4x4, stride 2, padding 1, no bias) of x [b, h, w, c] with kernel [4, 4, c, out].
+
+  Each pass takes the form XLA:CPU runs fastest (benchmarks/RESULTS.md): the forward is XLA's
+  strided conv; the input gradient is the matmul form's (kernel^T matmul, then the four views
+  scattered back), because autodiff's input-dilated conv is slow to differentiate again (MA-GP:
+  its kernel derivative ran ~10x slower than the matmul form's); the kernel gradient is XLA's
+  (first order only: MA-GP differentiates input gradients, never kernel gradients).
+  """
+  return _conv4x4_stride2_direct(x, kernel)
+
+
+def _conv4x4_stride2_fwd(x, kernel):
+  return _conv4x4_stride2_direct(x, kernel), (x, kernel)
+
+
+def _conv4x4_stride2_bwd(residuals, g):
+  x, kernel = residuals
+  (dx,) = jax.vjp(lambda x_: _conv4x4_stride2_matmul(x_, kernel), x)[1](g)
+  (dkernel,) = jax.vjp(lambda k_: _conv4x4_stride2_direct(x, k_), kernel)[1](g)
+  return dx, dkernel
+
+
+conv4x4_stride2.defvjp(_conv4x4_stride2_fwd, _conv4x4_stride2_bwd)
+
+
+class Conv4x4Stride2(nn.Module):
+  """DF-GAN's downsampling conv (4x4, stride 2, padding 1) through `conv4x4_stride2`.
+
+  Same function and same parameter as nn.Conv (`kernel` [4, 4, in, out], lecun-normal).
   """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape  # h, w even
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, self.features))
-    # kernel[2p + r, 2q + s] multiplies padded[2(i + p) + r, 2(j + q) + s] = s2d[i + p, j + q, (r, s)]
-    k = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
-    k = k.reshape(16 * c, self.features).astype(self.dtype)  # [(p, q, r, s, c), out]
-    s2d = space_to_depth2x(jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0))))
-    ho, wo = h // 2, w // 2
-    cols = jnp.concatenate([s2d[:, p:p + ho, q:q + wo] for p in (0, 1) for q in (0, 1)], axis=-1)
-    return cols @ k  # [batch, h/2, w/2, features]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (4, 4, x.shape[-1], self.features))
+    return conv4x4_stride2(x.astype(self.dtype), kernel.astype(self.dtype))  # [b, h/2, w/2, out]
 
 
 class WholeImageConv(nn.Module):

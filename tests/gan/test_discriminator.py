@@ -108,8 +108,8 @@ def test_errors():
 
 
 def test_matmul_convs_equal_the_strided_and_valid_convs_they_replace():
-  """Conv4x4Stride2 / WholeImageConv are nn.Conv(4x4, stride 2, pad 1) / nn.Conv(4x4, VALID)
-  computed as matmuls: same parameters, same outputs, same first and second derivatives."""
+  """Conv4x4Stride2 (custom gradients) / WholeImageConv (a matmul) are nn.Conv(4x4, stride 2,
+  pad 1) / nn.Conv(4x4, VALID): same parameters, outputs, first and second derivatives."""
   import flax.linen as nn
   from llmimg_jax.gan.discriminator import Conv4x4Stride2, WholeImageConv
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
@@ -123,6 +123,14 @@ def test_matmul_convs_equal_the_strided_and_valid_convs_they_replace():
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref_params)
     out = ours.apply(params, xin).reshape(-1)
     np.testing.assert_allclose(out, ref.apply(params, xin).reshape(-1), atol=1e-5)
+
+    def loss(p, v):
+      return jnp.sum(jnp.sin(ours.apply(p, v)))
+    first = jax.grad(loss, argnums=(0, 1))(params, xin)
+    first_ref = jax.grad(lambda p, v: jnp.sum(jnp.sin(ref.apply(p, v))), argnums=(0, 1))(
+        params, xin)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(first_ref)):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
     def penalty(module):  # MA-GP-like: a loss on the input gradient, differentiated again
       def grad_x(p, v):
