@@ -1,4 +1,4 @@
-"""Where the real train_step's time goes on CPU: compile time, FLOPs, ms/step, and the HLO ops
+"""Where the real train_step's time goes on CPU: compile time, FLOPs, ms/call, and the HLO ops
 with the most time in a jax.profiler trace (summed per op, trace events of 5 steps).
 
   python benchmarks/profile_step.py                      # shapes_quick sizes, 1 device
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -24,8 +25,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import shapes_quick  # noqa: E402
-from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noqa: E402
+from llmimg_jax.train.loop import (  # noqa: E402
+    compiler_options, create_state, jit_train_step, make_mesh)
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
+from llmimg_jax.train.step import generate_images  # noqa: E402
 
 
 def models_and_batch(bench: int = 0, max_length: int | None = None):
@@ -52,33 +55,46 @@ def main() -> None:
   parser.add_argument("--max_length", type=int, default=None, help="config.text.max_length")
   parser.add_argument("--bench", type=int, default=0, metavar="RES",
                       help="profile run.py's benchmark config at this resolution instead")
+  parser.add_argument("--sampling", action="store_true",
+                      help="profile generate_images (EMA G + T5 sampling) instead of the step")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--top", type=int, default=20)
   args = parser.parse_args()
-  _, models, batch = models_and_batch(args.bench, args.max_length)
+  cfg, models, batch = models_and_batch(args.bench, args.max_length)
   mesh = make_mesh(jax.devices()[:1])
-  state = create_state(models, mesh, 0)
-  step = jit_train_step(models, mesh)
+  holder = {"state": create_state(models, mesh, 0)}
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  if args.sampling:
+    s = holder["state"]
+    z = np.random.default_rng(1).standard_normal((cfg.train.batch_size, cfg.model.z_dim),
+                                                  np.float32)
+    sample_args = (s.ema_params, s.text_params, z, batch["input_ids"], batch["attention_mask"])
+    compiled = jax.jit(functools.partial(generate_images, models),
+                       compiler_options=compiler_options(mesh)).lower(*sample_args).compile()
+
+    def call():
+      jax.block_until_ready(compiled(*sample_args))
+  else:
+    compiled = jit_train_step(models, mesh).lower(holder["state"], batch).compile()
+
+    def call():
+      holder["state"], _ = compiled(holder["state"], batch)
+      jax.block_until_ready(holder["state"])
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  print(f"compile {time.perf_counter() - t0:.1f} s, {cost['flops'] / 1e9:.2f} GFLOP/step")
+  print(f"compile {time.perf_counter() - t0:.1f} s, {cost['flops'] / 1e9:.2f} GFLOP/call")
   for _ in range(3):
-    state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
+    call()
   t0, c0 = time.perf_counter(), time.process_time()
   for _ in range(args.steps):
-    state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
-  print(f"wall {(time.perf_counter() - t0) / args.steps * 1e3:.0f} ms/step, process CPU "
-        f"{(time.process_time() - c0) / args.steps * 1e3:.0f} ms/step, load "
+    call()
+  print(f"wall {(time.perf_counter() - t0) / args.steps * 1e3:.0f} ms/call, process CPU "
+        f"{(time.process_time() - c0) / args.steps * 1e3:.0f} ms/call, load "
         f"{os.getloadavg()[0]:.1f}")
   trace_dir = tempfile.mkdtemp(prefix="llmimg_trace_")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for _ in range(5):
-      state, _ = compiled(state, batch)
-    jax.block_until_ready(state)
+      call()
   events = json.load(gzip.open(glob.glob(f"{trace_dir}/**/*.trace.json.gz",
                                          recursive=True)[0]))["traceEvents"]
   total = collections.Counter()
@@ -87,11 +103,11 @@ def main() -> None:
       total[e["name"]] += e["dur"]
   hlo = {line.split(" = ")[0].strip().lstrip("%"): line for line in compiled.as_text().splitlines()
          if " = " in line}
-  print(f"sum of op time {sum(total.values()) / 5 / 1e3:.0f} ms/step")
+  print(f"sum of op time {sum(total.values()) / 5 / 1e3:.0f} ms/call")
   for name, us in total.most_common(args.top):
     op = hlo.get(name, "")
     where = op.split('op_name="')[1].split('"')[0] if 'op_name="' in op else ""
-    print(f"{us / 5 / 1e3:8.2f} ms/step  {name:32s} {where[:90]}")
+    print(f"{us / 5 / 1e3:8.2f} ms/call  {name:32s} {where[:90]}")
 
 
 if __name__ == "__main__":

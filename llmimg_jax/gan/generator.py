@@ -51,9 +51,25 @@ class DFBlock(nn.Module):
     return lrelu(Affine(self.features, self.dtype, name="affine1")(x, cond))
 
 
-# Nearest 2x upsampling then a 3x3 conv, per axis: output row 2i + r sees low-res rows i-1, i, i+1
-# through these sums of the kernel's taps (rows: low-res offset -1, 0, +1; columns: tap 0, 1, 2).
-_PHASE_TAPS = ((1, 0, 0), (0, 1, 1), (0, 0, 0)), ((0, 0, 0), (1, 1, 0), (0, 0, 1))
+def _phase_taps(k0: jax.Array, k1: jax.Array, k2: jax.Array) -> list[list[jax.Array]]:
+  """A 3x3 conv's taps along one axis of a nearest-2x-upsampled input, seen from the input:
+  output 2i + r reads input i + offset through the sum of these taps. -> [offset -1, 0, +1]
+  [phase r = 0, 1]."""
+  zero = jnp.zeros_like(k0)
+  return [[k0, zero], [k1 + k2, k0 + k1], [zero, k2]]
+
+
+def upsample_conv_kernel(kernel: jax.Array) -> jax.Array:
+  """[3, 3, in, out] -> [3, 3, in, 2 * 2 * out]: per input offset, the kernel of each output
+  phase (r, s). Built from slices and adds: as an einsum with a 0/1 tap matrix it ran on XLA:CPU
+  as badly shaped matmuls plus transposes, in the forward and again in the backward pass."""
+  rows = _phase_taps(kernel[0], kernel[1], kernel[2])  # [offset y][r] -> [3 (x taps), in, out]
+  k = [[_phase_taps(taps[0], taps[1], taps[2]) for taps in phases] for phases in rows]
+  # k[oy][r][ox][s]: [in, out] -> [oy, ox, in, r, s, out]
+  k = jnp.stack([jnp.stack([jnp.stack([jnp.stack([k[oy][r][ox][s] for s in (0, 1)], axis=1)
+                                       for r in (0, 1)], axis=1)
+                            for ox in range(3)]) for oy in range(3)])
+  return k.reshape(*k.shape[:3], -1)
 
 
 class UpsampleConv3x3(nn.Module):
@@ -73,11 +89,9 @@ class UpsampleConv3x3(nn.Module):
     b, h, w, c = x.shape
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)  # [phase, low-res offset, tap]
-    k = jnp.einsum("rpk,sql,klio->pqirso", taps, taps, kernel)  # [3, 3, in, 2, 2, out]
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), k.reshape(3, 3, c, 4 * self.features).astype(self.dtype), (1, 1),
-        "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [b, h, w, (r, s, out)]
+        x.astype(self.dtype), upsample_conv_kernel(kernel).astype(self.dtype), (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [b, h, w, (r, s, out)]
     y = y.reshape(b, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
     return add_bias(y.reshape(b, 2 * h, 2 * w, self.features), bias.astype(self.dtype))
 
