@@ -49,11 +49,11 @@ def _conv4x4_stride2_direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """nn.Conv(4x4, stride 2, padding 1, no bias) of x [b, h, w, c] with kernel [4, 4, c, out].
 
-  Each pass takes the form XLA:CPU runs fastest (benchmarks/RESULTS.md): the forward is XLA's
-  strided conv; the input gradient is the matmul form's (kernel^T matmul, then the four views
-  scattered back), because autodiff's input-dilated conv is slow to differentiate again (MA-GP:
-  its kernel derivative ran ~10x slower than the matmul form's); the kernel gradient is XLA's
-  (first order only: MA-GP differentiates input gradients, never kernel gradients).
+  Each pass takes the form XLA:CPU runs fastest (benchmarks/strided_conv.py): the forward is
+  XLA's strided conv; the input gradient is the matmul form's (`_conv4x4_stride2_transpose`),
+  because autodiff's input-dilated conv is slow to differentiate again (MA-GP: ~10x slower);
+  the kernel gradient is XLA's (first order only: MA-GP differentiates input gradients, never
+  kernel gradients).
   """
   return _conv4x4_stride2_direct(x, kernel)
 
@@ -62,9 +62,33 @@ def _conv4x4_stride2_fwd(x, kernel):
   return _conv4x4_stride2_direct(x, kernel), (x, kernel)
 
 
+@jax.custom_vjp
+def _conv4x4_stride2_transpose(g: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The input gradient of conv4x4_stride2 for output gradient g, in the matmul form (kernel^T
+  matmul, then the four views scattered back). Its own derivatives, which MA-GP takes, are
+  XLA's strided conv (w.r.t. g) and that conv's kernel gradient (w.r.t. the kernel)."""
+  b, ho, wo, _ = g.shape
+  x = jnp.zeros((b, 2 * ho, 2 * wo, kernel.shape[2]), g.dtype)  # unused: the map is linear
+  return jax.vjp(lambda x_: _conv4x4_stride2_matmul(x_, kernel), x)[1](g)[0]
+
+
+def _transpose_fwd(g, kernel):
+  return _conv4x4_stride2_transpose(g, kernel), (g, kernel)
+
+
+def _transpose_bwd(residuals, xdot):
+  g, kernel = residuals
+  gdot = _conv4x4_stride2_direct(xdot, kernel)
+  (kdot,) = jax.vjp(lambda k_: _conv4x4_stride2_direct(xdot, k_), kernel)[1](g)
+  return gdot, kdot
+
+
+_conv4x4_stride2_transpose.defvjp(_transpose_fwd, _transpose_bwd)
+
+
 def _conv4x4_stride2_bwd(residuals, g):
   x, kernel = residuals
-  (dx,) = jax.vjp(lambda x_: _conv4x4_stride2_matmul(x_, kernel), x)[1](g)
+  dx = _conv4x4_stride2_transpose(g, kernel)
   (dkernel,) = jax.vjp(lambda k_: _conv4x4_stride2_direct(x, k_), kernel)[1](g)
   return dx, dkernel
 
