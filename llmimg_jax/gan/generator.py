@@ -51,49 +51,94 @@ class DFBlock(nn.Module):
     return lrelu(Affine(self.features, self.dtype, name="affine1")(x, cond))
 
 
-def _phase_taps(k0: jax.Array, k1: jax.Array, k2: jax.Array) -> list[list[jax.Array]]:
-  """A 3x3 conv's taps along one axis of a nearest-2x-upsampled input, seen from the input:
-  output 2i + r reads input i + offset through the sum of these taps. -> [offset -1, 0, +1]
-  [phase r = 0, 1]."""
+# Nearest 2x upsampling then a 3x3 conv, per axis: output 2i + r (phase r) reads input rows
+# i - 1, i, i + 1 through sums of the kernel's taps k0, k1, k2. -> [input offset][phase]
+def _taps_3x3(k0: jax.Array, k1: jax.Array, k2: jax.Array) -> list[list[jax.Array]]:
   zero = jnp.zeros_like(k0)
-  return [[k0, zero], [k1 + k2, k0 + k1], [zero, k2]]
+  return [[k0, zero], [k1 + k2, k0 + k1], [zero, k2]]  # offsets -1, 0, +1
 
 
-def upsample_conv_kernel(kernel: jax.Array) -> jax.Array:
-  """[3, 3, in, out] -> [3, 3, in, 2 * 2 * out]: per input offset, the kernel of each output
-  phase (r, s). Built from slices and adds: as an einsum with a 0/1 tap matrix it ran on XLA:CPU
-  as badly shaped matmuls plus transposes, in the forward and again in the backward pass."""
-  rows = _phase_taps(kernel[0], kernel[1], kernel[2])  # [offset y][r] -> [3 (x taps), in, out]
-  k = [[_phase_taps(taps[0], taps[1], taps[2]) for taps in phases] for phases in rows]
-  # k[oy][r][ox][s]: [in, out] -> [oy, ox, in, r, s, out]
+def _taps_2x2(k0: jax.Array, k1: jax.Array, k2: jax.Array) -> list[list[jax.Array]]:
+  return [[k0, k0 + k1], [k1 + k2, k2]]  # window positions 0, 1 from input row i + r - 1
+
+
+def _phase_kernel(kernel: jax.Array, taps) -> jax.Array:
+  """[3, 3, in, out] -> [n, n, in, (r, s, out)] for taps(k0, k1, k2) -> [n offsets][2 phases].
+  Slices and adds (as an einsum with a 0/1 tap matrix it ran on XLA:CPU as badly shaped matmuls
+  plus transposes, forward and backward)."""
+  rows = taps(*kernel)  # [offset y][r] -> [3 (x taps), in, out]
+  k = [[taps(*t) for t in phases] for phases in rows]  # [oy][r][ox][s] -> [in, out]
+  n = len(rows)
   k = jnp.stack([jnp.stack([jnp.stack([jnp.stack([k[oy][r][ox][s] for s in (0, 1)], axis=1)
                                        for r in (0, 1)], axis=1)
-                            for ox in range(3)]) for oy in range(3)])
+                            for ox in range(n)]) for oy in range(n)])  # [oy, ox, in, r, s, out]
   return k.reshape(*k.shape[:3], -1)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _upsample_conv_3x3_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  b, h, w, _ = x.shape
+  y = _conv(x, _phase_kernel(kernel, _taps_3x3), "SAME")  # [b, h, w, (r, s, out)]
+  y = y.reshape(b, h, w, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, 2 * h, 2 * w, -1)
+
+
+def _upsample_conv_2x2_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  b, h, w, _ = x.shape
+  y = _conv(x, _phase_kernel(kernel, _taps_2x2), ((1, 1), (1, 1)))
+  y = y.reshape(b, h + 1, w + 1, 2, 2, -1)  # [b, h + 1, w + 1, r, s, out]
+  # output (2i + r, 2j + s) = window (i + r - 1, j + s - 1) = y[i + r, j + s, r, s]
+  y = jnp.stack([jnp.stack([y[:, r:r + h, s:s + w, r, s] for s in (0, 1)], axis=3)
+                 for r in (0, 1)], axis=2)  # [b, h, r, w, s, out]
+  return y.reshape(b, 2 * h, 2 * w, -1)
+
+
+@jax.custom_vjp
+def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv3x3(upsample2x(x), kernel) with SAME padding: x [b, h, w, in] -> [b, 2h, 2w, out].
+
+  Forward and input gradient as one 2x2 conv with 4x the output channels (each output phase
+  reads a 2x2 window of the input: 4/9 of the 3x3 form's FLOPs); the kernel gradient through
+  the 3x3 form (one 3x3 conv with 4x the output channels), because XLA:CPU's kernel gradient of
+  a 2x2 conv runs on a slow path (benchmarks/upsample_conv.py).
+  """
+  return _upsample_conv_2x2_form(x, kernel)
+
+
+def _upsample_conv3x3_fwd(x, kernel):
+  return _upsample_conv_2x2_form(x, kernel), (x, kernel)
+
+
+def _upsample_conv3x3_bwd(residuals, g):
+  x, kernel = residuals
+  (dx,) = jax.vjp(lambda x_: _upsample_conv_2x2_form(x_, kernel), x)[1](g)
+  (dkernel,) = jax.vjp(lambda k_: _upsample_conv_3x3_form(x, k_), kernel)[1](g)
+  return dx, dkernel
+
+
+upsample_conv3x3.defvjp(_upsample_conv3x3_fwd, _upsample_conv3x3_bwd)
 
 
 class UpsampleConv3x3(nn.Module):
   """nn.Conv(features, (3, 3)) applied to the nearest-2x-upsampled input, computed at the input's
-  resolution: one 3x3 conv with 4x the output channels (one set per output pixel phase, with the
-  kernel taps that phase sees summed), then depth-to-space.
-
-  Same parameters and init as nn.Conv (`kernel` [3, 3, in, out], `bias` [out]) and the same
-  function (tested), but no upsampled tensor; on XLA:CPU it pays off together with the train
-  step's compile options (benchmarks/RESULTS.md).
+  resolution (`upsample_conv3x3`: per output pixel phase, the kernel taps that phase sees summed,
+  then depth-to-space). Same parameters and init as nn.Conv (`kernel` [3, 3, in, out], `bias`
+  [out]) and the same function and gradients (tested), but no upsampled tensor.
   """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), upsample_conv_kernel(kernel).astype(self.dtype), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [b, h, w, (r, s, out)]
-    y = y.reshape(b, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-    return add_bias(y.reshape(b, 2 * h, 2 * w, self.features), bias.astype(self.dtype))
+    y = upsample_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype))
+    return add_bias(y, bias.astype(self.dtype))  # [b, 2h, 2w, features]
 
 
 class UpBlock(nn.Module):
