@@ -51,7 +51,7 @@ def conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   Each pass takes the form XLA:CPU runs fastest (benchmarks/strided_conv.py): the forward is
   XLA's strided conv; the input gradient is the matmul form's (`_conv4x4_stride2_transpose`),
-  because autodiff's input-dilated conv is slow to differentiate again (MA-GP: ~10x slower);
+  because autodiff's input-dilated conv is slow to differentiate again (MA-GP: 7-9x slower);
   the kernel gradient is XLA's (first order only: MA-GP differentiates input gradients, never
   kernel gradients).
   """
