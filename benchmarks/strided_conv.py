@@ -34,25 +34,34 @@ def _ms(fn, *args, n: int = 10) -> float:
   return statistics.median(times) * 1e3
 
 
-def main() -> None:
-  for b, size, cin, cout in [(32, 64, 32, 64), (32, 32, 64, 128), (32, 16, 128, 256),
-                             (32, 8, 256, 256)]:
+def print_table(sizes, variants: dict, kernel_size: int, measures: dict) -> None:
+  """One row per (batch, size, in, out) of `sizes`: for each variant conv(x, kernel), the median
+  ms of each measure(conv) -> f(x, kernel)."""
+  for b, size, cin, cout in sizes:
     x = jax.random.normal(jax.random.key(0), (b, size, size, cin))
-    kernel = jax.random.normal(jax.random.key(1), (4, 4, cin, cout)) / (4 * cin**0.5)
-    row = []
-    for name, conv in VARIANTS.items():
-      def fwd_bwd(v, k, conv=conv):
-        return jax.grad(lambda v, k: jnp.sum(jnp.sin(conv(v, k))), (0, 1))(v, k)
-
-      def second(v, k, conv=conv):
-        def penalty(v, k):
-          gx = jax.grad(lambda v: jnp.sum(jnp.sin(conv(v, k))))(v)
-          return jnp.sum(gx ** 2)
-        return jax.grad(penalty, (0, 1))(v, k)
-
-      row.append(f"{name}: fwd {_ms(conv, x, kernel):6.1f}  fwd+bwd {_ms(fwd_bwd, x, kernel):6.1f}"
-                 f"  2nd order {_ms(second, x, kernel):7.1f}")
+    kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, cin, cout))
+    kernel /= kernel_size * cin**0.5
+    row = [f"{name}: " + "  ".join(f"{m} {_ms(make(conv), x, kernel):6.1f}"
+                                   for m, make in measures.items())
+           for name, conv in variants.items()]
     print(f"b{b} {size}x{size} {cin}->{cout} | " + " | ".join(row), flush=True)
+
+
+def _loss(conv):
+  return lambda v, k: jnp.sum(jnp.sin(conv(v, k)))
+
+
+def _second_order(conv):
+  def penalty(v, k):
+    return jnp.sum(jax.grad(_loss(conv))(v, k) ** 2)
+  return jax.grad(penalty, (0, 1))
+
+
+def main() -> None:
+  print_table([(32, 64, 32, 64), (32, 32, 64, 128), (32, 16, 128, 256), (32, 8, 256, 256)],
+              VARIANTS, 4, {"fwd": lambda conv: conv,
+                            "fwd+bwd": lambda conv: jax.grad(_loss(conv), (0, 1)),
+                            "2nd order": _second_order})
 
 
 if __name__ == "__main__":

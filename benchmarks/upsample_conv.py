@@ -11,10 +11,9 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.strided_conv import _ms  # noqa: E402
+from benchmarks.strided_conv import _loss, print_table  # noqa: E402
 from llmimg_jax.gan import generator  # noqa: E402
 
 VARIANTS = {"3x3 form": generator._upsample_conv_3x3_form,
@@ -23,18 +22,10 @@ VARIANTS = {"3x3 form": generator._upsample_conv_3x3_form,
 
 
 def main() -> None:
-  for b, size, cin, cout in [(32, 4, 256, 256), (32, 8, 256, 128), (32, 16, 128, 64),
-                             (32, 32, 64, 32)]:
-    x = jax.random.normal(jax.random.key(0), (b, size, size, cin))
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) / (3 * cin**0.5)
-    row = []
-    for name, conv in VARIANTS.items():
-      def loss(v, k, conv=conv):
-        return jnp.sum(jnp.sin(conv(v, k)))
-      row.append(f"{name}: fwd {_ms(conv, x, kernel):6.1f}  +dx "
-                 f"{_ms(jax.grad(loss, 0), x, kernel):6.1f}  +dkernel "
-                 f"{_ms(jax.grad(loss, 1), x, kernel):7.1f}")
-    print(f"b{b} {size}x{size} {cin}->{cout} | " + " | ".join(row), flush=True)
+  print_table([(32, 4, 256, 256), (32, 8, 256, 128), (32, 16, 128, 64), (32, 32, 64, 32)],
+              VARIANTS, 3, {"fwd": lambda conv: conv,
+                            "+dx": lambda conv: jax.grad(_loss(conv), 0),
+                            "+dkernel": lambda conv: jax.grad(_loss(conv), 1)})
 
 
 if __name__ == "__main__":

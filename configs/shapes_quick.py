@@ -3,15 +3,17 @@
   python train.py --config configs/shapes_quick.py --workdir runs/shapes_quick
 
 Data: captioned_shapes/center_32 (one shape in the centre, drawn 2x larger, so only its shape,
-colour and size are to learn). On a 2-core CPU it runs ~6.4 steps/s (batch 16, ~100 images/s)
+colour and size are to learn). On a 2-core CPU it runs ~7.6 steps/s (batch 16, ~120 images/s)
 with samples and checkpoints every 500 steps: the README's command from a fresh clone in a fresh
-venv took 12.4 minutes in all, 66 s `pip install` + 11.25 min train.py (dataset already built;
-building it takes ~27 s more).
+venv took 9.8 minutes in all, ~60 s `pip install` + 8.8 min train.py (2026-11-29; dataset
+already built, building it takes ~27 s more; 11.25 min train.py before that day's faster step).
 What it reaches: in that run's samples (runs/shapes_quick/samples/step_0004000.png) all 8 prompts
-have the named colour and shape. `python evaluate.py --workdir runs/shapes_quick --split test
---split holdout --num_samples 500` on it (step 4000; 44 s with the evaluator cached): test caption accuracy 0.904 (shape
-0.904, colour 1.000, size 1.000); holdout, unseen (shape, colour) pairs, 0.688 (shape 0.744, colour
-0.938); in-domain FID 72.0 (real-vs-real floor 22.2); real images score 1.000.
+have the named colour and 7 the named shape (the red circle is a blob). `python evaluate.py
+--workdir runs/shapes_quick --split test --split holdout --num_samples 500` on it (step 4000; 30 s
+with the evaluator cached): test caption accuracy 0.892 (shape 0.894, colour 1.000, size 1.000);
+holdout, unseen (shape, colour) pairs, 0.736 (shape 0.754, colour 0.968); in-domain FID 66.0
+(real-vs-real floor 22.2); real images score 1.000. (The run before the faster step: 0.904 /
+0.688, FID 72.0.)
 Learning curve (`benchmarks/learning_curve.py --steps 4000 --num_train 10000`, EMA samples of 200
 test captions, no flips): caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000. The
 learning rates are 4x those of earlier versions of this config, which reached 0.27 at step 4000

@@ -76,11 +76,14 @@ def _transpose_fwd(g, kernel):
   return _conv4x4_stride2_transpose(g, kernel), (g, kernel)
 
 
+def _kernel_grad(x: jax.Array, g: jax.Array, kernel: jax.Array) -> jax.Array:
+  """XLA's kernel gradient of the strided conv of x for output gradient g."""
+  return jax.vjp(lambda k_: _conv4x4_stride2_direct(x, k_), kernel)[1](g)[0]
+
+
 def _transpose_bwd(residuals, xdot):
   g, kernel = residuals
-  gdot = _conv4x4_stride2_direct(xdot, kernel)
-  (kdot,) = jax.vjp(lambda k_: _conv4x4_stride2_direct(xdot, k_), kernel)[1](g)
-  return gdot, kdot
+  return _conv4x4_stride2_direct(xdot, kernel), _kernel_grad(xdot, g, kernel)
 
 
 _conv4x4_stride2_transpose.defvjp(_transpose_fwd, _transpose_bwd)
@@ -88,9 +91,7 @@ _conv4x4_stride2_transpose.defvjp(_transpose_fwd, _transpose_bwd)
 
 def _conv4x4_stride2_bwd(residuals, g):
   x, kernel = residuals
-  dx = _conv4x4_stride2_transpose(g, kernel)
-  (dkernel,) = jax.vjp(lambda k_: _conv4x4_stride2_direct(x, k_), kernel)[1](g)
-  return dx, dkernel
+  return _conv4x4_stride2_transpose(g, kernel), _kernel_grad(x, g, kernel)
 
 
 conv4x4_stride2.defvjp(_conv4x4_stride2_fwd, _conv4x4_stride2_bwd)
