@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, avgpool2x, channel_multipliers, lrelu
-from llmimg_jax.gan.layers import Conv
+from llmimg_jax.gan.layers import Conv, conv2d
 
 
 def space_to_depth2x(x: jax.Array) -> jax.Array:
@@ -41,8 +41,7 @@ def _conv4x4_stride2_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _conv4x4_stride2_direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return conv2d(x, kernel, ((1, 1), (1, 1)), strides=(2, 2))
 
 
 @jax.custom_vjp

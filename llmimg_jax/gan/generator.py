@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, channel_multipliers, lrelu, upsample2x
-from llmimg_jax.gan.layers import Conv, add_bias, scale_shift
+from llmimg_jax.gan.layers import Conv, add_bias, conv2d, scale_shift
 
 
 def _gamma_beta_bias_init(key, shape, dtype=jnp.float32):
@@ -75,21 +75,21 @@ def _phase_kernel(kernel: jax.Array, taps) -> jax.Array:
   return k.reshape(*k.shape[:3], -1)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def _upsample_conv_3x3_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
   b, h, w, _ = x.shape
-  y = _conv(x, _phase_kernel(kernel, _taps_3x3), "SAME")  # [b, h, w, (r, s, out)]
+  y = conv2d(x, _phase_kernel(kernel, _taps_3x3))  # [b, h, w, (r, s, out)]
   y = y.reshape(b, h, w, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5)
   return y.reshape(b, 2 * h, 2 * w, -1)
 
 
 def _upsample_conv_2x2_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _phase_conv_2x2(x, _phase_kernel(kernel, _taps_2x2))
+
+
+def _phase_conv_2x2(x: jax.Array, phase_kernel: jax.Array) -> jax.Array:
+  """The 2x2 form for a phase kernel [2, 2, in, (r, s, out)] already built from the 3x3 one."""
   b, h, w, _ = x.shape
-  y = _conv(x, _phase_kernel(kernel, _taps_2x2), ((1, 1), (1, 1)))
+  y = conv2d(x, phase_kernel, ((1, 1), (1, 1)))
   y = y.reshape(b, h + 1, w + 1, 2, 2, -1)  # [b, h + 1, w + 1, r, s, out]
   # output (2i + r, 2j + s) = window (i + r - 1, j + s - 1) = y[i + r, j + s, r, s]
   y = jnp.stack([jnp.stack([y[:, r:r + h, s:s + w, r, s] for s in (0, 1)], axis=3)
@@ -110,12 +110,13 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _upsample_conv3x3_fwd(x, kernel):
-  return _upsample_conv_2x2_form(x, kernel), (x, kernel)
+  phase_kernel = _phase_kernel(kernel, _taps_2x2)  # built once, reused for the input gradient
+  return _phase_conv_2x2(x, phase_kernel), (x, kernel, phase_kernel)
 
 
 def _upsample_conv3x3_bwd(residuals, g):
-  x, kernel = residuals
-  (dx,) = jax.vjp(lambda x_: _upsample_conv_2x2_form(x_, kernel), x)[1](g)
+  x, kernel, phase_kernel = residuals
+  (dx,) = jax.vjp(lambda x_: _phase_conv_2x2(x_, phase_kernel), x)[1](g)
   (dkernel,) = jax.vjp(lambda k_: _upsample_conv_3x3_form(x, k_), kernel)[1](g)
   return dx, dkernel
 

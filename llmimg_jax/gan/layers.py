@@ -16,6 +16,12 @@ import flax.linen as nn
 from llmimg_jax.gan.common import Dtype
 
 
+def conv2d(x: jax.Array, kernel: jax.Array, padding="SAME", strides=(1, 1)) -> jax.Array:
+  """x [batch, h, w, in] (NHWC) convolved with kernel [kh, kw, in, out] (HWIO)."""
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def channel_sum(x: jax.Array) -> jax.Array:
   """[..., c] -> [c]: the sum over every axis but the last, as ones [n] @ x [n, c]."""
   flat = x.reshape(-1, x.shape[-1])  # [n, c]
@@ -51,11 +57,15 @@ def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
   return _add_bias(x, bias) if _use_matmul_reductions() else x + bias
 
 
+def _scale_shift_plain(x, gamma, beta):
+  return x * gamma[:, None, None, :] + beta[:, None, None, :]
+
+
 def scale_shift(x: jax.Array, gamma: jax.Array, beta: jax.Array) -> jax.Array:
   """x [batch, h, w, c] * gamma [batch, c] + beta [batch, c] (per example and channel)."""
   if _use_matmul_reductions():
     return _scale_shift(x, gamma, beta)
-  return x * gamma[:, None, None, :] + beta[:, None, None, :]
+  return _scale_shift_plain(x, gamma, beta)
 
 
 @jax.custom_vjp
@@ -74,13 +84,11 @@ def _add_bias_bwd(_, g):
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-@jax.custom_vjp
-def _scale_shift(x, gamma, beta):
-  return x * gamma[:, None, None, :] + beta[:, None, None, :]
+_scale_shift = jax.custom_vjp(_scale_shift_plain)
 
 
 def _scale_shift_fwd(x, gamma, beta):
-  return _scale_shift(x, gamma, beta), (x, gamma)
+  return _scale_shift_plain(x, gamma, beta), (x, gamma)
 
 
 def _scale_shift_bwd(residuals, g):
@@ -103,9 +111,7 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [batch, height, width, features]
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype))  # [batch, h, w, features]
     if self.use_bias:
       y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype))
     return y
