@@ -41,12 +41,14 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
   z = jax.random.normal(k_z, (real.shape[0], cfg.model.z_dim))  # [b, z_dim]
   augment = functools.partial(gan.diff_augment, policy=cfg.loss.diffaugment)
 
-  words, sent = jax.lax.stop_gradient(encode_text(models, state.text_params, ids, mask))
+  # One T5 forward serves both halves: G reads its outputs; D's loss is differentiated w.r.t. the
+  # sentence embedding, which the saved vjp pulls back into the text encoder's gradient.
+  (words, sent), text_vjp = jax.vjp(
+      lambda t: encode_text(models, t, ids, mask), state.text_params)
   fake, g_vjp = jax.vjp(  # [b, R, R, 3]
       lambda g: models.generator.apply({"params": g}, z, sent, words, mask), state.g_params)
 
-  def d_loss_fn(d_params, text_params):
-    _, sent = encode_text(models, text_params, ids, mask)
+  def d_loss_fn(d_params, sent):
     real_aug = augment(real, k_aug_real)
 
     def logits_fn(x, s):
@@ -85,8 +87,9 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
       metrics["d_contrastive"] = contrastive
     return loss, metrics
 
-  (d_loss, d_metrics), (d_grads, text_grads) = jax.value_and_grad(
-      d_loss_fn, argnums=(0, 1), has_aux=True)(state.d_params, state.text_params)
+  (d_loss, d_metrics), (d_grads, sent_grads) = jax.value_and_grad(
+      d_loss_fn, argnums=(0, 1), has_aux=True)(state.d_params, sent)
+  (text_grads,) = text_vjp((jnp.zeros_like(words), sent_grads))
   d_updates, d_opt_state = models.d_tx.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_updates)
   text_params, text_opt_state = state.text_params, state.text_opt_state

@@ -42,9 +42,10 @@ def test_eight_devices_equal_one_device(tmp_path):
   # The step really moved the parameters (the comparison above is not trivially true).
   fresh = loop.create_state(build_models(config, build_text(config)[1]),
                             loop.make_mesh(jax.devices()[:1]), config.seed)
-  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), fresh.g_params,
-                       state_8.g_params)
-  assert max(jax.tree.leaves(moved)) > 1e-5
+  for name in ("g_params", "d_params", "text_params"):  # text: through D's loss, via the vjp
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), getattr(fresh, name),
+                         getattr(state_8, name))
+    assert max(jax.tree.leaves(moved)) > 1e-5, name
   np.testing.assert_allclose(metrics_1["d_loss"], metrics_8["d_loss"], rtol=1e-5)
 
 
