@@ -35,14 +35,16 @@ def color(x: jax.Array, key: jax.Array) -> jax.Array:
   return (x - mean) * (_uniform(kc, b, x.dtype) + 0.5) + mean
 
 
-def translate(x: jax.Array, shift_h: jax.Array, shift_w: jax.Array) -> jax.Array:
+def translate(x: jax.Array, shift_h: jax.Array, shift_w: jax.Array,
+              max_shift: tuple[int, int] | None = None) -> jax.Array:
   """out[i, j] = x[i - shift_h, j - shift_w], zero where that falls outside. Shifts are [batch]
-  integers with |shift| <= height, width."""
+  integers with |shift| <= max_shift (default: the height and width), the zero padding added."""
   _, h, w, _ = x.shape
-  padded = jnp.pad(x, ((0, 0), (h, h), (w, w), (0, 0)))
+  ph, pw = max_shift or (h, w)
+  padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # [b, h + 2 ph, w + 2 pw, c]
 
   def one(img, dh, dw):
-    return jax.lax.dynamic_slice(img, (h - dh, w - dw, 0), (h, w, img.shape[-1]))
+    return jax.lax.dynamic_slice(img, (ph - dh, pw - dw, 0), (h, w, img.shape[-1]))
 
   return jax.vmap(one)(padded, shift_h, shift_w)
 
@@ -54,7 +56,7 @@ def translation(x: jax.Array, key: jax.Array, ratio: float = 0.125) -> jax.Array
   kh, kw = jax.random.split(key)
   dh = jax.random.randint(kh, (x.shape[0],), -sh, sh + 1)
   dw = jax.random.randint(kw, (x.shape[0],), -sw, sw + 1)
-  return translate(x, dh, dw)
+  return translate(x, dh, dw, max_shift=(sh, sw))
 
 
 def cutout(x: jax.Array, key: jax.Array, ratio: float = 0.5) -> jax.Array:

@@ -70,6 +70,9 @@ def test_translate_shifts_content():
   # Content pushed past the border is dropped and replaced by zeros.
   gone = np.asarray(translate(x, jnp.array([6, 0]), jnp.array([0, -4])))
   assert gone.sum() == 0.0
+  # Padding only by the largest shift gives the same images.
+  dh, dw = jnp.array([2, -2]), jnp.array([-1, 2])
+  np.testing.assert_array_equal(translate(x, dh, dw, max_shift=(2, 2)), translate(x, dh, dw))
 
 
 def test_random_translation_is_a_bounded_shift_with_zero_padding(images):
