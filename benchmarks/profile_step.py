@@ -4,6 +4,11 @@ with the most time in a jax.profiler trace (summed per op, trace events of 5 ste
   python benchmarks/profile_step.py                      # shapes_quick sizes, 1 device
   python benchmarks/profile_step.py --max_length 160     # the text length before the change
   python benchmarks/profile_step.py --bench 32           # run.py's GAN step (nf 32, batch 32)
+  taskset -c 0 python benchmarks/profile_step.py --bench 64   # every op, convolutions included
+
+On several cores XLA:CPU runs convolutions asynchronously on its thread pool, so the trace holds
+only their launch and the op-time sum leaves them out; pinned to one core they run inline and the
+sum is the whole step.
 
 Random batch (image, tokens with 60 valid of max_length); same step as train.py.
 """
@@ -104,6 +109,10 @@ def main() -> None:
   hlo = {line.split(" = ")[0].strip().lstrip("%"): line for line in compiled.as_text().splitlines()
          if " = " in line}
   print(f"sum of op time {sum(total.values()) / 5 / 1e3:.0f} ms/call")
+  kinds = collections.Counter()
+  for name, us in total.items():  # 'transpose_copy_fusion.16' -> 'transpose_copy_fusion'
+    kinds[name.split(".")[0]] += us
+  print("by kind: " + ", ".join(f"{k} {us / 5 / 1e3:.0f}" for k, us in kinds.most_common(8)))
   for name, us in total.most_common(args.top):
     op = hlo.get(name, "")
     where = op.split('op_name="')[1].split('"')[0] if 'op_name="' in op else ""
