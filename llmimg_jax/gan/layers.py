@@ -1,4 +1,5 @@
-"""Bias, per-channel affine and conv layers whose gradient reductions are matmuls.
+"""Bias, per-channel affine and conv layers whose gradient reductions are matmuls, and 3x3 convs
+with few channels on one side in forms XLA:CPU runs faster (`conv3x3`, further down).
 
 Autodiff turns `x + bias` and `x * gamma + beta` into reductions over the batch and pixels in
 the backward pass. XLA:CPU emits those as reduce-window trees (and re-runs the producing
@@ -99,6 +100,97 @@ def _scale_shift_bwd(residuals, g):
 _scale_shift.defvjp(_scale_shift_fwd, _scale_shift_bwd)
 
 
+# 3x3 convs with a few channels on one side (G's to_rgb: 32 -> 3; the input gradient of D's
+# conv_img: 32 -> 3) run on XLA:CPU at ~30 GFLOP/s, a seventh of the wide convs' rate (one-core
+# profile in benchmarks/RESULTS.md). None: the forms below on CPU only; True / False force them.
+NARROW_CONVS: bool | None = None
+_NARROW = 4  # at most this many channels on the narrow side
+
+
+def _use_narrow_convs() -> bool:
+  return jax.default_backend() == "cpu" if NARROW_CONVS is None else NARROW_CONVS
+
+
+def _conv3x3_taps_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3x3 SAME conv as one matmul onto all nine taps' outputs, then nine shifted adds."""
+  b, h, w, c = x.shape
+  out = kernel.shape[-1]
+  z = x @ kernel.transpose(2, 0, 1, 3).reshape(c, 9 * out)  # [b, h, w, (dy, dx, out)]
+  z = jnp.pad(z.reshape(b, h, w, 3, 3, out), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+  # y[i, j] = sum over taps of x[i + dy - 1, j + dx - 1] @ kernel[dy, dx] = z_padded[i + dy, j + dx]
+  return sum(z[:, dy:dy + h, dx:dx + w, dy, dx] for dy in range(3) for dx in range(3))
+
+
+def _conv3x3_kernel_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+  """The 3x3 SAME conv's kernel gradient for output gradient g with few channels: one matmul of x
+  with g's nine shifted copies. -> [3, 3, in, out]"""
+  b, h, w, c = x.shape
+  out = g.shape[-1]
+  gp = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # dk[dy, dx] = sum over (p, q) of x[p, q] g[p - dy + 1, q - dx + 1] = x[p, q] gp[p - dy + 2, ...]
+  shifted = jnp.concatenate([gp[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w]
+                             for dy in range(3) for dx in range(3)], axis=-1)  # [b, h, w, 9 out]
+  dk = jax.lax.dot_general(shifted.reshape(-1, 9 * out), x.reshape(-1, c),
+                           (((0,), (0,)), ((), ())))  # [(dy, dx, out), in]
+  return dk.reshape(3, 3, out, c).transpose(0, 1, 3, 2)
+
+
+def _transposed_kernel(kernel: jax.Array) -> jax.Array:
+  """The kernel whose SAME conv is the input gradient of kernel's: flipped, in <-> out."""
+  return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+@jax.custom_vjp
+def conv3x3_narrow_out(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv2d(x, kernel) for a [3, 3, in, out] kernel with few outputs: the forward as
+  `_conv3x3_taps_matmul`, the kernel gradient as `_conv3x3_kernel_grad`, the input gradient as
+  XLA's conv (a conv with few inputs). The backward rule is plain JAX, differentiable again."""
+  return _conv3x3_taps_matmul(x, kernel)
+
+
+def _narrow_out_fwd(x, kernel):
+  return _conv3x3_taps_matmul(x, kernel), (x, kernel)
+
+
+def _narrow_out_bwd(residuals, g):
+  x, kernel = residuals
+  return conv2d(g, _transposed_kernel(kernel)), _conv3x3_kernel_grad(x, g)
+
+
+conv3x3_narrow_out.defvjp(_narrow_out_fwd, _narrow_out_bwd)
+
+
+@jax.custom_vjp
+def conv3x3_narrow_in(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv2d(x, kernel) for a [3, 3, in, out] kernel with few inputs: XLA's conv forward and
+  kernel gradient; the input gradient (a conv with few outputs) through `conv3x3_narrow_out`,
+  whose own rule serves MA-GP's second derivative."""
+  return conv2d(x, kernel)
+
+
+def _narrow_in_fwd(x, kernel):
+  return conv2d(x, kernel), (x, kernel)
+
+
+def _narrow_in_bwd(residuals, g):
+  x, kernel = residuals
+  dkernel = jax.vjp(lambda k_: conv2d(x, k_), kernel)[1](g)[0]
+  return conv3x3_narrow_out(g, _transposed_kernel(kernel)), dkernel
+
+
+conv3x3_narrow_in.defvjp(_narrow_in_fwd, _narrow_in_bwd)
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3x3 SAME conv2d, through the narrow-channel forms where one side has <= 4 channels."""
+  if _use_narrow_convs():
+    if kernel.shape[3] <= _NARROW:
+      return conv3x3_narrow_out(x, kernel)
+    if kernel.shape[2] <= _NARROW:
+      return conv3x3_narrow_in(x, kernel)
+  return conv2d(x, kernel)
+
+
 class Conv(nn.Module):
   """nn.Conv(features, kernel_size) with stride 1 and SAME padding: the same parameters (`kernel`
   [kh, kw, in, out] lecun-normal, `bias` [out] zeros) and function, bias through `add_bias`."""
@@ -111,7 +203,8 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype))  # [batch, h, w, features]
+    conv = conv3x3 if tuple(self.kernel_size) == (3, 3) else conv2d
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype))  # [batch, h, w, features]
     if self.use_bias:
       y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype))
     return y

@@ -64,13 +64,38 @@ def test_forced_off_is_plain_autodiff(monkeypatch):
   assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda *a: layers.add_bias(*a))(x, b))
 
 
-@pytest.mark.parametrize("kernel_size, use_bias", [((3, 3), True), ((3, 3), False),
-                                                   ((1, 1), True)])
-def test_conv_equals_nn_conv(matmul_reductions, kernel_size, use_bias):
+@pytest.mark.parametrize("x_shape, kernel_shape", [((2, 6, 7, 5), (3, 3, 5, 3)),
+                                                    ((2, 6, 7, 3), (3, 3, 3, 6))])
+def test_narrow_conv3x3_to_second_order_equals_autodiff(monkeypatch, x_shape, kernel_shape):
+  """conv3x3 with <= 4 output (to_rgb) or input (D's conv_img) channels: the custom rules give
+  conv2d's values, gradients and MA-GP-style second derivatives."""
+  monkeypatch.setattr(layers, "NARROW_CONVS", True)
+  x, kernel = _rand(0, x_shape), _rand(1, kernel_shape)
+  weight = _rand(2, x_shape[:3] + (kernel_shape[3],))
+
+  def loss(conv, x, kernel):
+    return jnp.sum(jnp.sin(conv(x, kernel)) * weight)
+
+  def penalty(conv, x, kernel):  # ||d loss / dx||^2
+    return jnp.sum(jax.grad(loss, argnums=1)(conv, x, kernel) ** 2)
+
+  np.testing.assert_allclose(layers.conv3x3(x, kernel), layers.conv2d(x, kernel),
+                             rtol=1e-5, atol=1e-5)
+  for f in (loss, penalty):
+    got = jax.grad(f, argnums=(1, 2))(layers.conv3x3, x, kernel)
+    want = jax.grad(f, argnums=(1, 2))(layers.conv2d, x, kernel)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
+  assert "custom_vjp_call" in str(jax.make_jaxpr(lambda *a: layers.conv3x3(*a))(x, kernel))
+
+
+@pytest.mark.parametrize("kernel_size, use_bias, features", [
+    ((3, 3), True, 5), ((3, 3), False, 5), ((1, 1), True, 5), ((3, 3), True, 3)])
+def test_conv_equals_nn_conv(matmul_reductions, kernel_size, use_bias, features):
   """Same parameter tree and init (same key), same outputs and parameter gradients."""
   x = _rand(0, (2, 6, 6, 4))
-  ours = layers.Conv(5, kernel_size, use_bias=use_bias)
-  ref = nn.Conv(5, kernel_size, use_bias=use_bias)
+  ours = layers.Conv(features, kernel_size, use_bias=use_bias)
+  ref = nn.Conv(features, kernel_size, use_bias=use_bias)
   params = ours.init(jax.random.key(1), x)
   ref_params = ref.init(jax.random.key(1), x)
   assert jax.tree.structure(params) == jax.tree.structure(ref_params)
