@@ -5,6 +5,7 @@ with the most time in a jax.profiler trace (summed per op, trace events of 5 ste
   python benchmarks/profile_step.py --max_length 160     # the text length before the change
   python benchmarks/profile_step.py --bench 32           # run.py's GAN step (nf 32, batch 32)
   taskset -c 0 python benchmarks/profile_step.py --bench 64   # every op, convolutions included
+  python benchmarks/profile_step.py --bench 64 --set llmimg_jax.gan.layers.NARROW_CONVS=False
 
 On several cores XLA:CPU runs convolutions asynchronously on its thread pool, so the trace holds
 only their launch and the op-time sum leaves them out; pinned to one core they run inline and the
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import glob
 import gzip
+import importlib
 import json
 import os
 import sys
@@ -29,6 +32,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
 from llmimg_jax.train.loop import (  # noqa: E402
     compiler_options, create_state, jit_train_step, make_mesh)
@@ -55,6 +59,22 @@ def models_and_batch(bench: int = 0, max_length: int | None = None):
   return cfg, models, batch
 
 
+@contextlib.contextmanager
+def module_attributes(values: dict[str, object]):
+  """Sets 'package.module.ATTR' to each value, restoring the old values on exit."""
+  old = {}
+  for key, value in values.items():
+    module_name, attr = key.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    old[key] = (module, attr, getattr(module, attr))  # AttributeError names a wrong key
+    setattr(module, attr, value)
+  try:
+    yield
+  finally:
+    for module, attr, value in old.values():
+      setattr(module, attr, value)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--max_length", type=int, default=None, help="config.text.max_length")
@@ -64,23 +84,29 @@ def main() -> None:
                       help="profile generate_images (EMA G + T5 sampling) instead of the step")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--top", type=int, default=20)
+  parser.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
+                      help="a module switch set while tracing, e.g. "
+                           "llmimg_jax.gan.layers.NARROW_CONVS=False")
   args = parser.parse_args()
   cfg, models, batch = models_and_batch(args.bench, args.max_length)
   mesh = make_mesh(jax.devices()[:1])
   holder = {"state": create_state(models, mesh, 0)}
+  switches = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
   t0 = time.perf_counter()
   if args.sampling:
     s = holder["state"]
     z = np.random.default_rng(1).standard_normal((cfg.train.batch_size, cfg.model.z_dim),
                                                   np.float32)
     sample_args = (s.ema_params, s.text_params, z, batch["input_ids"], batch["attention_mask"])
-    compiled = jax.jit(functools.partial(generate_images, models),
-                       compiler_options=compiler_options(mesh)).lower(*sample_args).compile()
+    with module_attributes(switches):
+      compiled = jax.jit(functools.partial(generate_images, models),
+                         compiler_options=compiler_options(mesh)).lower(*sample_args).compile()
 
     def call():
       jax.block_until_ready(compiled(*sample_args))
   else:
-    compiled = jit_train_step(models, mesh).lower(holder["state"], batch).compile()
+    with module_attributes(switches):
+      compiled = jit_train_step(models, mesh).lower(holder["state"], batch).compile()
 
     def call():
       holder["state"], _ = compiled(holder["state"], batch)

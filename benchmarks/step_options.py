@@ -10,13 +10,12 @@ options train.py uses, loop.compiler_options), an XLA DebugOptions key=value, or
 attribute (a dotted key, e.g. llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that
 variant is traced. --baseline is the first variant (default 'none'). --bench RES is run.py's GAN
 step config (nf 32, batch 32); without it, configs/shapes_quick.py. Random batch, one device.
+--sampling times generate_images (EMA G + T5 to uint8 images) instead of the train step.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import importlib
 import os
 import sys
 import time
@@ -26,25 +25,9 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from benchmarks.learning_curve import parse_value  # noqa: E402
-from benchmarks.profile_step import models_and_batch  # noqa: E402
+from benchmarks.profile_step import models_and_batch, module_attributes  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
-from llmimg_jax.train.step import train_step  # noqa: E402
-
-
-@contextlib.contextmanager
-def module_attributes(values: dict[str, object]):
-  """Sets 'package.module.ATTR' to each value, restoring the old values on exit."""
-  old = {}
-  for key, value in values.items():
-    module_name, attr = key.rsplit(".", 1)
-    module = importlib.import_module(module_name)
-    old[key] = (module, attr, getattr(module, attr))  # AttributeError names a wrong key
-    setattr(module, attr, value)
-  try:
-    yield
-  finally:
-    for module, attr, value in old.values():
-      setattr(module, attr, value)
+from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
 
 
 def main() -> None:
@@ -53,10 +36,13 @@ def main() -> None:
   parser.add_argument("--options", action="append", default=[])
   parser.add_argument("--baseline", default="none")
   parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--sampling", action="store_true",
+                      help="time generate_images (EMA G + T5 sampling) instead of the step")
   args = parser.parse_args()
   cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
+  z = jax.random.normal(jax.random.PRNGKey(1), (cfg.train.batch_size, cfg.model.z_dim))
   for name in [args.baseline, *args.options]:
     options, switches = {}, {}
     for item in name.split(";"):
@@ -65,23 +51,37 @@ def main() -> None:
         continue
       key, value = item.split("=", 1)
       (switches if "." in key else options)[key] = parse_value(value)
-    step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
-                   compiler_options=options)
     holder = holders[name] = {"state": loop.create_state(models, mesh, cfg.seed)}
     t0 = time.perf_counter()
     with module_attributes(switches):
-      compiled = step.lower(holder["state"], batch).compile()
+      if args.sampling:
+        state = holder["state"]
+        sample_args = (state.ema_params, state.text_params, z, batch["input_ids"],
+                       batch["attention_mask"])
+        compiled = jax.jit(functools.partial(generate_images, models),
+                           compiler_options=options).lower(*sample_args).compile()
+      else:
+        compiled = jax.jit(functools.partial(train_step, models), donate_argnums=0,
+                           compiler_options=options).lower(holder["state"], batch).compile()
     print(f"{name}: compile {time.perf_counter() - t0:.1f} s", flush=True)
 
     def call(compiled=compiled, holder=holder):
-      holder["state"], holder["metrics"] = compiled(holder["state"], batch)
-      jax.block_until_ready(holder["state"])
+      if args.sampling:
+        holder["images"] = jax.block_until_ready(compiled(*sample_args))
+      else:
+        holder["state"], holder["metrics"] = compiled(holder["state"], batch)
+        jax.block_until_ready(holder["state"])
 
     fns[name] = call
   times = timing.alternate(fns, warmup=2, iters=args.rounds)
   for name, t in times.items():
+    if args.sampling:  # how far each variant's images are from the baseline's
+      diff = holders[name]["images"] != holders[args.baseline]["images"]
+      check = f"uint8 values unlike the baseline's: {int(diff.sum())} of {diff.size}"
+    else:
+      check = f"d_loss after the last step {float(holders[name]['metrics']['d_loss']):.6f}"
     print(f"{name:70s} median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f} ms  "
-          f"(d_loss after the last step {float(holders[name]['metrics']['d_loss']):.6f})")
+          f"({check})")
   print(f"load {os.getloadavg()[0]:.1f}")
 
 
