@@ -56,10 +56,10 @@ def main() -> None:
     with module_attributes(switches):
       if args.sampling:
         state = holder["state"]
-        sample_args = (state.ema_params, state.text_params, z, batch["input_ids"],
-                       batch["attention_mask"])
+        holder["sample_args"] = (state.ema_params, state.text_params, z, batch["input_ids"],
+                                 batch["attention_mask"])
         compiled = jax.jit(functools.partial(generate_images, models),
-                           compiler_options=options).lower(*sample_args).compile()
+                           compiler_options=options).lower(*holder["sample_args"]).compile()
       else:
         compiled = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                            compiler_options=options).lower(holder["state"], batch).compile()
@@ -67,7 +67,7 @@ def main() -> None:
 
     def call(compiled=compiled, holder=holder):
       if args.sampling:
-        holder["images"] = jax.block_until_ready(compiled(*sample_args))
+        holder["images"] = jax.block_until_ready(compiled(*holder["sample_args"]))
       else:
         holder["state"], holder["metrics"] = compiled(holder["state"], batch)
         jax.block_until_ready(holder["state"])
