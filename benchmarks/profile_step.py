@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
+from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.loop import (  # noqa: E402
     compiler_options, create_state, jit_train_step, make_mesh)
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
@@ -87,7 +88,11 @@ def main() -> None:
   parser.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
                       help="a module switch set while tracing, e.g. "
                            "llmimg_jax.gan.layers.NARROW_CONVS=False")
+  parser.add_argument("--no-reuse-host-memory", action="store_true",
+                      help="skip host_memory.reuse_host_memory (which train.py calls)")
   args = parser.parse_args()
+  if not args.no_reuse_host_memory:
+    reuse_host_memory()
   cfg, models, batch = models_and_batch(args.bench, args.max_length)
   mesh = make_mesh(jax.devices()[:1])
   holder = {"state": create_state(models, mesh, 0)}

@@ -11,7 +11,9 @@ the cores). MFU = XLA cost-analysis FLOPs of the JAX program / time / the measur
 FLOP/s (the faster of JAX's and torch's best n x n matmul in the same dtype); the PyTorch column
 uses the same FLOP count, since both sides do the same work.
 
-On CPU, OMP_WAIT_POLICY defaults to PASSIVE here (see main) and torch uses every core.
+On CPU, OMP_WAIT_POLICY defaults to PASSIVE here (see main) and torch uses every core. The
+process calls llmimg_jax.train.host_memory.reuse_host_memory() as train.py does (both sides run
+with its allocator settings; --no-reuse-host-memory skips it).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def _parse() -> argparse.Namespace:
                       "both, which is JAX's default; torch's default is TF32 for convs only)")
   p.add_argument("--render", default="", metavar="JSON",
                  help="only print the table of an earlier run's --json file")
+  p.add_argument("--no-reuse-host-memory", action="store_true",
+                 help="skip llmimg_jax.train.host_memory.reuse_host_memory (which train.py calls)")
   p.add_argument("--skip-gan", action="store_true")
   p.add_argument("--skip-t5", action="store_true")
   p.add_argument("--t5-batch", type=int, default=8)
@@ -113,6 +117,11 @@ def main() -> None:
   import torch
 
   from benchmarks import timing
+  from llmimg_jax.train.host_memory import reuse_host_memory
+
+  # As train.py: the step's scratch memory stays mapped between calls. Process-wide, so the
+  # PyTorch side gets the same allocator settings.
+  reuse_memory = not args.no_reuse_host_memory and reuse_host_memory()
 
   if args.device == "gpu" and jax.devices()[0].platform != "gpu":
     raise SystemExit(f"--device gpu but JAX sees {jax.devices()}; install jax[cuda] or use "
@@ -128,6 +137,7 @@ def main() -> None:
       jax.config.update("jax_default_matmul_precision", "highest")
   t_start = time.perf_counter()
   info = timing.machine_info(device)
+  info["reuse_host_memory"] = reuse_memory
   print(f"{info['cpu_model']} x{info['cpu_count']} | load {info['loadavg_start']} | "
         f"jax {info['jax']} ({info['jax_device']}) | torch {info['torch']} on {device} "
         f"({info['torch_num_threads']} threads) | dtype {args.dtype}", flush=True)

@@ -27,6 +27,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from benchmarks.profile_step import models_and_batch, module_attributes  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
+from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
 
 
@@ -38,7 +39,11 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--sampling", action="store_true",
                       help="time generate_images (EMA G + T5 sampling) instead of the step")
+  parser.add_argument("--no-reuse-host-memory", action="store_true",
+                      help="skip host_memory.reuse_host_memory (which train.py calls)")
   args = parser.parse_args()
+  if not args.no_reuse_host_memory:
+    reuse_host_memory()
   cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
   holders, fns = {}, {}

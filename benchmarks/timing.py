@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -16,22 +17,26 @@ import torch
 def alternate(fns: dict[str, Callable[[], object]], warmup: int, iters: int
               ) -> dict[str, dict[str, float]]:
   """Runs every fn `warmup` times, then `iters` rounds of one call each, the order reversed every
-  other round; each fn must block until its work is done. -> per name: median/min wall seconds
-  and median process CPU seconds (all threads) per call."""
+  other round; each fn must block until its work is done. -> per name: median/min wall seconds,
+  median process CPU seconds (all threads) and median minor page faults (process) per call."""
   for _ in range(warmup):
     for fn in fns.values():
       fn()
   wall: dict[str, list[float]] = {k: [] for k in fns}
   cpu: dict[str, list[float]] = {k: [] for k in fns}
+  faults: dict[str, list[float]] = {k: [] for k in fns}
   names = list(fns)
   for i in range(iters):
     for name in (names if i % 2 == 0 else names[::-1]):
       t0, c0 = time.perf_counter(), time.process_time()
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       fns[name]()
       wall[name].append(time.perf_counter() - t0)
       cpu[name].append(time.process_time() - c0)
+      faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
   return {k: {"median_s": statistics.median(wall[k]), "min_s": min(wall[k]),
-              "cpu_median_s": statistics.median(cpu[k]), "n": len(wall[k])} for k in fns}
+              "cpu_median_s": statistics.median(cpu[k]), "n": len(wall[k]),
+              "page_faults_median": statistics.median(faults[k])} for k in fns}
 
 
 def xla_flops(compiled) -> float | None:
