@@ -57,7 +57,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   import jax
   from llmimg_jax.train.host_memory import reuse_host_memory
-  reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped (llmimg_jax/train/host_memory.py)
+  reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
   if _DISTRIBUTED.value or _COORDINATOR.value:
     # Only the CPU backend reads this; set it before any backend starts (CPU multi-process runs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

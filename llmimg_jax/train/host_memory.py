@@ -34,8 +34,11 @@ def reuse_host_memory() -> bool:
     log.warning("reuse_host_memory() called after JAX started its backends; not applied.")
     return False
   libc = ctypes.CDLL("libc.so.6")
-  # Large blocks from the heap, not mmap; freed memory stays with the process.
-  if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)):
+  # Large blocks from the heap, not mmap; freed memory stays with the process. (mallopt returns
+  # 1 on success; it only rejects out-of-range values.)
+  applied = [libc.mallopt(_M_MMAP_MAX, 0), libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)]
+  if not all(applied):
+    log.warning("glibc's mallopt refused the host-memory settings (%s); not applied.", applied)
     return False
   # Only the main thread's heap can grow to hundreds of MB (other threads' arenas fall back to
   # mmap), so the CPU client runs computations on the calling thread.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -29,7 +30,7 @@ print(json.dumps({"applied": applied, "faults": faults, "late_call": reuse_host_
 
 def _probe(mode: str) -> dict:
   out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
-                       check=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+                       check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
