@@ -86,7 +86,7 @@ def main() -> None:
     else:
       check = f"d_loss after the last step {float(holders[name]['metrics']['d_loss']):.6f}"
     print(f"{name:70s} median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f} ms  "
-          f"({check})")
+          f"page faults {t['page_faults_median']:.0f}  ({check})")
   print(f"load {os.getloadavg()[0]:.1f}")
 
 

@@ -38,7 +38,8 @@ def reuse_host_memory() -> bool:
   # 1 on success; it only rejects out-of-range values.)
   applied = [libc.mallopt(_M_MMAP_MAX, 0), libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)]
   if not all(applied):
-    log.warning("glibc's mallopt refused the host-memory settings (%s); not applied.", applied)
+    log.warning("glibc's mallopt refused a host-memory setting (results %s); JAX's async "
+                "dispatch stays on.", applied)
     return False
   # Only the main thread's heap can grow to hundreds of MB (other threads' arenas fall back to
   # mmap), so the CPU client runs computations on the calling thread.
