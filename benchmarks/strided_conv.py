@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from llmimg_jax.gan import discriminator
 from llmimg_jax.train import loop
+from llmimg_jax.train.host_memory import reuse_host_memory
 
 VARIANTS = {"xla strided": discriminator._conv4x4_stride2_direct,
             "matmul": discriminator._conv4x4_stride2_matmul,
@@ -58,6 +59,7 @@ def _second_order(conv):
 
 
 def main() -> None:
+  reuse_host_memory()  # as train.py: XLA's scratch buffers stay mapped between calls
   print_table([(32, 64, 32, 64), (32, 32, 64, 128), (32, 16, 128, 256), (32, 8, 256, 256)],
               VARIANTS, 4, {"fwd": lambda conv: conv,
                             "fwd+bwd": lambda conv: jax.grad(_loss(conv), (0, 1)),

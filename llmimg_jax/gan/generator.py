@@ -52,14 +52,10 @@ class DFBlock(nn.Module):
 
 
 # Nearest 2x upsampling then a 3x3 conv, per axis: output 2i + r (phase r) reads input rows
-# i - 1, i, i + 1 through sums of the kernel's taps k0, k1, k2. -> [input offset][phase]
-def _taps_3x3(k0: jax.Array, k1: jax.Array, k2: jax.Array) -> list[list[jax.Array]]:
-  zero = jnp.zeros_like(k0)
-  return [[k0, zero], [k1 + k2, k0 + k1], [zero, k2]]  # offsets -1, 0, +1
-
-
+# i - 1, i, i + 1 through sums of the kernel's taps k0, k1, k2; as a 2x2 window starting at row
+# i + r - 1. -> [window position][phase]
 def _taps_2x2(k0: jax.Array, k1: jax.Array, k2: jax.Array) -> list[list[jax.Array]]:
-  return [[k0, k0 + k1], [k1 + k2, k2]]  # window positions 0, 1 from input row i + r - 1
+  return [[k0, k0 + k1], [k1 + k2, k2]]
 
 
 def _phase_kernel(kernel: jax.Array, taps) -> jax.Array:
@@ -75,21 +71,18 @@ def _phase_kernel(kernel: jax.Array, taps) -> jax.Array:
   return k.reshape(*k.shape[:3], -1)
 
 
-def _upsample_conv_3x3_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  b, h, w, _ = x.shape
-  y = conv2d(x, _phase_kernel(kernel, _taps_3x3))  # [b, h, w, (r, s, out)]
-  y = y.reshape(b, h, w, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5)
-  return y.reshape(b, 2 * h, 2 * w, -1)
-
-
 def _upsample_conv_2x2_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return _phase_conv_2x2(x, _phase_kernel(kernel, _taps_2x2))
 
 
 def _phase_conv_2x2(x: jax.Array, phase_kernel: jax.Array) -> jax.Array:
   """The 2x2 form for a phase kernel [2, 2, in, (r, s, out)] already built from the 3x3 one."""
-  b, h, w, _ = x.shape
-  y = conv2d(x, phase_kernel, ((1, 1), (1, 1)))
+  return _select_phases(conv2d(x, phase_kernel, ((1, 1), (1, 1))))
+
+
+def _select_phases(y: jax.Array) -> jax.Array:
+  """The 2x2 conv's windows [b, h + 1, w + 1, (r, s, out)] -> the output [b, 2h, 2w, out]."""
+  b, h, w = y.shape[0], y.shape[1] - 1, y.shape[2] - 1
   y = y.reshape(b, h + 1, w + 1, 2, 2, -1)  # [b, h + 1, w + 1, r, s, out]
   # output (2i + r, 2j + s) = window (i + r - 1, j + s - 1) = y[i + r, j + s, r, s]
   y = jnp.stack([jnp.stack([y[:, r:r + h, s:s + w, r, s] for s in (0, 1)], axis=3)
@@ -101,10 +94,10 @@ def _phase_conv_2x2(x: jax.Array, phase_kernel: jax.Array) -> jax.Array:
 def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """conv3x3(upsample2x(x), kernel) with SAME padding: x [b, h, w, in] -> [b, 2h, 2w, out].
 
-  Forward and input gradient as one 2x2 conv with 4x the output channels (each output phase
-  reads a 2x2 window of the input: 4/9 of the 3x3 form's FLOPs); the kernel gradient through
-  the 3x3 form (one 3x3 conv with 4x the output channels), because XLA:CPU's kernel gradient of
-  a 2x2 conv runs on a slow path (benchmarks/upsample_conv.py).
+  As one 2x2 conv with 4x the output channels (each output phase reads a 2x2 window of the
+  input: 4/9 of the FLOPs of a 3x3 conv at the input's resolution), then depth-to-space. The
+  custom gradient takes the kernel gradient of that conv on an explicitly padded input: XLA:CPU
+  runs a padding 2x2 conv's kernel gradient on a path 50x slower (benchmarks/upsample_conv.py).
   """
   return _upsample_conv_2x2_form(x, kernel)
 
@@ -114,10 +107,21 @@ def _upsample_conv3x3_fwd(x, kernel):
   return _phase_conv_2x2(x, phase_kernel), (x, kernel, phase_kernel)
 
 
+def _phase_gradient(g: jax.Array) -> jax.Array:
+  """g [b, 2h, 2w, out] -> the 2x2 conv's output gradient [b, h + 1, w + 1, (r, s, out)]: phase
+  (r, s) of g (a strided slice) at window offset (r, s), zero elsewhere. As concatenated slices:
+  autodiff's transpose of the depth-to-space took ~3x as long on XLA:CPU."""
+  return jnp.concatenate([jnp.pad(g[:, r::2, s::2], ((0, 0), (r, 1 - r), (s, 1 - s), (0, 0)))
+                          for r in (0, 1) for s in (0, 1)], axis=-1)
+
+
 def _upsample_conv3x3_bwd(residuals, g):
   x, kernel, phase_kernel = residuals
-  (dx,) = jax.vjp(lambda x_: _phase_conv_2x2(x_, phase_kernel), x)[1](g)
-  (dkernel,) = jax.vjp(lambda k_: _upsample_conv_3x3_form(x, k_), kernel)[1](g)
+  gy = _phase_gradient(g)  # [b, h + 1, w + 1, 4 * out]
+  (dx,) = jax.vjp(lambda x_: conv2d(x_, phase_kernel, ((1, 1), (1, 1))), x)[1](gy)
+  x_padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  (dphase,) = jax.vjp(lambda pk: conv2d(x_padded, pk, "VALID"), phase_kernel)[1](gy)
+  (dkernel,) = jax.vjp(lambda k_: _phase_kernel(k_, _taps_2x2), kernel)[1](dphase)
   return dx, dkernel
 
 

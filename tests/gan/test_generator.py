@@ -221,7 +221,3 @@ def test_upsample_conv_equals_conv_of_upsampled_incl_gradients_and_init():
   got = jax.grad(loss, argnums=(1, 2))(ours, params, x, False)
   want = jax.grad(loss, argnums=(1, 2))(reference, params, x, True)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), got, want)
-  # The two forms its custom gradient combines (2x2 forward / input grad, 3x3 kernel grad).
-  from llmimg_jax.gan import generator
-  np.testing.assert_allclose(generator._upsample_conv_2x2_form(x, params["kernel"]),
-                             generator._upsample_conv_3x3_form(x, params["kernel"]), atol=1e-5)
