@@ -135,7 +135,10 @@ def main() -> None:
                                          recursive=True)[0]))["traceEvents"]
   total = collections.Counter()
   for e in events:
-    if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(("Thunk", "$", "Pjit")):
+    # Not ops: thunk-executor, Python and dispatch events (with `reuse_host_memory` the whole
+    # execution shows up as one CommonPjRtLoadedExecutable event on the calling thread).
+    if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(
+        ("Thunk", "$", "Pjit", "CommonPjRt", "Wait for")):
       total[e["name"]] += e["dur"]
   hlo = {line.split(" = ")[0].strip().lstrip("%"): line for line in compiled.as_text().splitlines()
          if " = " in line}
