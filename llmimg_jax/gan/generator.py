@@ -77,7 +77,12 @@ def _upsample_conv_2x2_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _phase_conv_2x2(x: jax.Array, phase_kernel: jax.Array) -> jax.Array:
   """The 2x2 form for a phase kernel [2, 2, in, (r, s, out)] already built from the 3x3 one."""
-  return _select_phases(conv2d(x, phase_kernel, ((1, 1), (1, 1))))
+  return _select_phases(_phase_windows(x, phase_kernel))
+
+
+def _phase_windows(x: jax.Array, phase_kernel: jax.Array) -> jax.Array:
+  """Every 2x2 window of x [b, h, w, in] padded by 1 -> [b, h + 1, w + 1, (r, s, out)]."""
+  return conv2d(x, phase_kernel, ((1, 1), (1, 1)))
 
 
 def _select_phases(y: jax.Array) -> jax.Array:
@@ -118,7 +123,8 @@ def _phase_gradient(g: jax.Array) -> jax.Array:
 def _upsample_conv3x3_bwd(residuals, g):
   x, kernel, phase_kernel = residuals
   gy = _phase_gradient(g)  # [b, h + 1, w + 1, 4 * out]
-  (dx,) = jax.vjp(lambda x_: conv2d(x_, phase_kernel, ((1, 1), (1, 1))), x)[1](gy)
+  (dx,) = jax.vjp(lambda x_: _phase_windows(x_, phase_kernel), x)[1](gy)
+  # The same windows' kernel gradient, on an explicitly padded input (XLA:CPU's fast path).
   x_padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   (dphase,) = jax.vjp(lambda pk: conv2d(x_padded, pk, "VALID"), phase_kernel)[1](gy)
   (dkernel,) = jax.vjp(lambda k_: _phase_kernel(k_, _taps_2x2), kernel)[1](dphase)
