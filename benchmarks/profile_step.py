@@ -60,6 +60,17 @@ def models_and_batch(bench: int = 0, max_length: int | None = None):
   return cfg, models, batch
 
 
+def parse_args_reusing_host_memory(parser: argparse.ArgumentParser) -> argparse.Namespace:
+  """parser.parse_args() with --no-reuse-host-memory added; without that flag, calls
+  host_memory.reuse_host_memory() as train.py does (before JAX's first computation)."""
+  parser.add_argument("--no-reuse-host-memory", action="store_true",
+                      help="skip host_memory.reuse_host_memory (which train.py calls)")
+  args = parser.parse_args()
+  if not args.no_reuse_host_memory:
+    reuse_host_memory()
+  return args
+
+
 @contextlib.contextmanager
 def module_attributes(values: dict[str, object]):
   """Sets 'package.module.ATTR' to each value, restoring the old values on exit."""
@@ -88,11 +99,7 @@ def main() -> None:
   parser.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
                       help="a module switch set while tracing, e.g. "
                            "llmimg_jax.gan.layers.NARROW_CONVS=False")
-  parser.add_argument("--no-reuse-host-memory", action="store_true",
-                      help="skip host_memory.reuse_host_memory (which train.py calls)")
-  args = parser.parse_args()
-  if not args.no_reuse_host_memory:
-    reuse_host_memory()
+  args = parse_args_reusing_host_memory(parser)
   cfg, models, batch = models_and_batch(args.bench, args.max_length)
   mesh = make_mesh(jax.devices()[:1])
   holder = {"state": create_state(models, mesh, 0)}

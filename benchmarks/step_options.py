@@ -25,9 +25,9 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from benchmarks.learning_curve import parse_value  # noqa: E402
-from benchmarks.profile_step import models_and_batch, module_attributes  # noqa: E402
+from benchmarks.profile_step import (  # noqa: E402
+    models_and_batch, module_attributes, parse_args_reusing_host_memory)
 from llmimg_jax.train import loop  # noqa: E402
-from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
 
 
@@ -39,11 +39,7 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--sampling", action="store_true",
                       help="time generate_images (EMA G + T5 sampling) instead of the step")
-  parser.add_argument("--no-reuse-host-memory", action="store_true",
-                      help="skip host_memory.reuse_host_memory (which train.py calls)")
-  args = parser.parse_args()
-  if not args.no_reuse_host_memory:
-    reuse_host_memory()
+  args = parse_args_reusing_host_memory(parser)
   cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
