@@ -39,8 +39,9 @@ flags.mark_flags_as_required(["workdir", "out"])
 def run() -> None:
   # Inputs are checked before JAX and the checkpoint load: bad flags fail in a second.
   from llmimg_jax.sample.expand import check_template
-  from llmimg_jax.sample.outputs import read_prompts
+  from llmimg_jax.sample.outputs import check_out_dir, read_prompts
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
+  check_out_dir(_OUT.value)
   if _NUM.value < 1:
     raise ValueError(f"--num_per_prompt={_NUM.value} must be >= 1.")
   if _TRUNCATION.value is not None and not _TRUNCATION.value > 0:
@@ -94,7 +95,7 @@ def main(argv):
   from llmimg_jax.sample.restore import CheckpointError
   try:
     run()
-  except (CheckpointError, ValueError, TypeError, FileNotFoundError, NotADirectoryError) as e:
+  except (CheckpointError, ValueError, TypeError, OSError) as e:
     # Expected user errors: one clear line, no traceback (--verbosity=1 logs it too).
     logging.debug("sample.py failed", exc_info=True)
     print(f"sample.py: error: {e}", file=sys.stderr)

@@ -64,8 +64,9 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
-  from llmimg_jax.train.loop import DivergenceError, train
+  from llmimg_jax.train.loop import DivergenceError, local_workdir, train
   try:  # before anything compiles or loads: a bad config fails in seconds
+    local_workdir(_WORKDIR.value)
     validate(_CONFIG.value, jax.device_count())
   except ValueError as e:
     _fail(str(e), 2)
@@ -76,6 +77,8 @@ def main(argv):
     train(_CONFIG.value, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (CorruptCheckpointError, DivergenceError) as e:
     _fail(str(e), 3)
+  except (FileNotFoundError, NotADirectoryError) as e:  # e.g. config.text.checkpoint
+    _fail(str(e), 2)
 
 
 if __name__ == "__main__":

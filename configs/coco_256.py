@@ -1,7 +1,10 @@
 """coco_256: COCO captions at 256px, DF-GAN scale (a TPU pod slice or a multi-GPU host).
 
   pip install -e '.[tf]'   # TFDS's coco_captions reader needs TensorFlow
-  python train.py --config configs/coco_256.py --workdir gs://BUCKET/coco_256 --distributed
+  python train.py --config configs/coco_256.py --workdir /mnt/BUCKET/coco_256 --distributed
+
+The workdir must be a filesystem every host shares (e.g. a gcsfuse mount of a bucket at
+/mnt/BUCKET on each TPU VM): Orbax writes each host's checkpoint shards there.
 
 DF-GAN's COCO recipe (nf=32, hinge + MA-GP k=2 p=6, Adam(0, 0.9) with lr 1e-4 / 4e-4) with a
 frozen FLAN-T5-base encoder in place of DAMSM. DF-GAN reports FID 19.3 on COCO after ~290 epochs

@@ -15,6 +15,18 @@ GRID_NAME = "grid.png"
 JSONL_NAME = "samples.jsonl"
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+  """Raises if `write_samples` could not create or write `out_dir` (checked before sampling)."""
+  out = Path(out_dir).expanduser()
+  existing = next(p for p in (out, *out.parents) if p.exists())
+  if not existing.is_dir():
+    raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
+                             "the images (it is created if missing).")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(f"Output {out_dir!r}: {existing} is not writable; pass a directory "
+                          "you can write to.")
+
+
 def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | None = None
                  ) -> list[str]:
   """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""

@@ -107,6 +107,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"{max(1, round(t.batch_size / num_devices)) * num_devices}.")
   if config.text.mode not in ("trainable", "frozen"):
     raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
+  if config.text.mode == "frozen" and not config.text.checkpoint:
+    raise ValueError(
+        "config.text.mode='frozen' needs a pretrained T5 in config.text.checkpoint (a directory "
+        "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
   if config.loss.gp not in GRADIENT_PENALTIES:
     raise ValueError(f"config.loss.gp={config.loss.gp!r}: use one of {GRADIENT_PENALTIES}.")
   if config.model.dtype not in ("float32", "bfloat16"):
@@ -115,9 +119,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(
         f"config.data.image_size={config.data.image_size} differs from config.model.resolution="
         f"{m.resolution}; set both to the same value.")
-  for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
+  for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "max_bad_steps",
+               "samples_per_prompt"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name}={t[name]} must be positive.")
+  if not t.sample_prompts:
+    raise ValueError("config.train.sample_prompts is empty; give at least one prompt for the "
+                     "sample grids.")
   if config.eval.every < 0 or config.eval.num_samples < 2:
     raise ValueError(f"config.eval.every={config.eval.every} must be >= 0 (0 = off) and "
                      f"config.eval.num_samples={config.eval.num_samples} >= 2.")

@@ -111,6 +111,18 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   path.write_text(config.to_json(indent=2))
 
 
+def local_workdir(workdir: str | Path) -> Path:
+  """The workdir as a local path (~ expanded). A URL is refused: pathlib would turn 'gs://b/run'
+  into the relative local folder 'gs:/b/run', and the run would write there without a word."""
+  text = str(workdir)
+  if "://" in text:
+    raise ValueError(
+        f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
+        "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
+        "host shares) and pass the mount's path.")
+  return Path(text).expanduser()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, *,
           start_fresh_if_corrupt: bool = False) -> TrainState:
   """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them.
@@ -119,7 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   readable it raises CorruptCheckpointError unless `start_fresh_if_corrupt`). SIGTERM/SIGINT
   finish the current step, save and return early (every host at the same step).
   """
-  workdir = Path(workdir)
+  workdir = local_workdir(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)
   tokenizer, t5_config, pretrained_text = build_text(config)

@@ -13,6 +13,7 @@ import optax
 
 from llmimg_jax.gan import Discriminator, Generator
 from llmimg_jax.text import T5Config, T5EncoderModel, load_t5
+from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
   """The tokenizer, T5 config and (for a checkpoint) pretrained encoder params."""
   t = cfg.text
   if t.checkpoint:
-    tokenizer = load_tokenizer(t.checkpoint, t.max_length)
-    t5_config, params = load_t5(t.checkpoint)
+    ckpt_dir = resolve_checkpoint_dir(t.checkpoint)  # a missing directory is named as such
+    tokenizer = load_tokenizer(ckpt_dir, t.max_length)
+    t5_config, params = load_t5(ckpt_dir)
     return tokenizer, t5_config, {k: params[k] for k in ("shared", "encoder")}
   if t.mode == "frozen":
     raise ValueError(

@@ -94,7 +94,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty_prompt", "whitespace_prompt", "empty_file", "no_prompts",
-                                  "no_checkpoint", "corrupt_checkpoint", "bad_template"])
+                                  "no_checkpoint", "corrupt_checkpoint", "bad_template",
+                                  "out_is_a_file"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -116,6 +117,8 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                              f"Could not (read|restore) .* {corrupt / 'checkpoints' / '2'}"),
       "bad_template": (["--prompt", "a cat", "--expand_with", "x", "--expand_template", "hi"],
                        "Expansion template 'hi' has no {prompt} placeholder"),
+      "out_is_a_file": (["--prompt", "a cat", "--out", str(empty_file / "images")],
+                        f"Output '{empty_file / 'images'}': {empty_file} is a file"),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)

@@ -54,6 +54,10 @@ def test_eight_devices_equal_one_device(tmp_path):
     ("model.resolution", 48, "resolution=48 is not supported"),
     ("data.image_size", 64, "differs from config.model.resolution"),
     ("loss.gp", "wgan", "config.loss.gp"),
+    ("text.mode", "frozen", "needs a pretrained T5 in config.text.checkpoint"),
+    ("train.max_bad_steps", 0, "max_bad_steps=0 must be positive"),
+    ("train.samples_per_prompt", 0, "samples_per_prompt=0 must be positive"),
+    ("train.sample_prompts", (), "sample_prompts is empty"),
 ])
 def test_bad_config_fails_fast(tmp_path, key, value, match):
   config = tiny_config(tmp_path)
@@ -105,6 +109,13 @@ def test_frozen_without_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_config(tmp_path)
   config.text.mode = "frozen"
   with pytest.raises(ValueError, match="config.text.checkpoint"):
+    build_text(config)
+
+
+def test_missing_text_checkpoint_directory_is_named(tmp_path):
+  config = tiny_config(tmp_path)
+  config.text.checkpoint = str(tmp_path / "no_such_t5")
+  with pytest.raises(FileNotFoundError, match="T5 checkpoint directory not found: .*no_such_t5"):
     build_text(config)
 
 

@@ -79,6 +79,9 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
       ("--config.data.name=captioned_folder", f"--config.data.folder={tmp_path / 'nope'}"): (
           r"captioned_folder needs data\.folder set to an existing folder.*nope"),
       ("--config.data.name=imagenet",): r"Unknown dataset data\.name='imagenet'",
+      ("--workdir=gs://bucket/run",): r"workdir 'gs://bucket/run' is a URL.*gcsfuse",
+      (f"--config.text.checkpoint={tmp_path / 'no_t5'}",): (
+          r"T5 checkpoint directory not found: .*no_t5"),
   }
   start = time.perf_counter()
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra),
@@ -90,5 +93,5 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
-  # Six processes at once on this machine; each alone takes ~3-4 s (imports included).
+  # Eight processes at once on this machine; each alone takes ~3-4 s (imports included).
   assert elapsed < 60, elapsed
