@@ -4,8 +4,8 @@
 
 The folder holds images and `captions.jsonl` (`{"file_name": "a.jpg", "caption": "..."}` or
 `"captions": [...]` per line) or `captions.csv`; unreadable images and bad lines are skipped and
-counted (`python -m llmimg_jax.data.prepare --dataset captioned_folder --folder DIR` shows the
-summary first). DiffAugment is on, as small datasets need it. What it reaches depends on your
+counted (`python -m llmimg_jax.data.prepare --dataset captioned_folder --folder DIR --image_size 72`
+builds the dataset this config reads and shows the summary first). DiffAugment is on, as small datasets need it. What it reaches depends on your
 data: with a few thousand consistent images, recognisable samples after ~20k steps.
 """
 from llmimg_jax.train.config import base_config
@@ -16,6 +16,7 @@ def get_config():
   c.data.name = "captioned_folder"
   c.data.folder = ""  # required: --config.data.folder=/path/to/images
   c.data.image_size = 64
+  c.data.store_size = 72  # stored larger, so the random crops (>= 0.9 x 72 = 65 px) shrink to 64
   c.data.random_crop = 0.9
   c.data.random_flip = True
   c.data.num_workers = 2

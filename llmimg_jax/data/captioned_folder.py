@@ -41,12 +41,23 @@ class FolderConfig(tfds.core.BuilderConfig):
 
 
 def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderConfig:
-  """The config for `folder` at `image_size`; its name is stable for the same absolute path."""
+  """The config for `folder` at `image_size`. Its name hashes the absolute path, `max_pixels` and
+  the name, size and mtime of every captions and image file, so a build is reused only while the
+  folder is unchanged; any edit gets a new build (the old one stays in data_dir until deleted)."""
   if not folder:
     raise ValueError("captioned_folder needs a source folder: set data.folder (or --folder).")
   folder = os.path.abspath(os.path.expanduser(folder))
   slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip("/")).lower()).strip("_")
-  digest = hashlib.sha1(folder.encode()).hexdigest()[:8]
+  digest = hashlib.sha1(f"{folder}\0{max_pixels}\0".encode())
+  for root, dirs, files in os.walk(folder):  # only what a build reads: not a data_dir inside
+    dirs.sort()
+    for f in sorted(files):
+      if f in CAPTION_FILES and root == folder or (
+          os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS):
+        stat = os.stat(os.path.join(root, f))
+        digest.update(f"{os.path.relpath(os.path.join(root, f), folder)}\0{stat.st_size}\0"
+                      f"{stat.st_mtime_ns}\n".encode())
+  digest = digest.hexdigest()[:8]
   return FolderConfig(name=f"{slug or 'folder'}_{image_size}_{digest}", folder=folder,
                       image_size=image_size, max_pixels=max_pixels,
                       description=f"Images of {folder} at {image_size}px.")

@@ -121,6 +121,16 @@ def validate_data_config(data_cfg) -> None:
                        "images would be upsampled; raise store_size or set it to 0.")
 
 
+def folder_builder(data_cfg):
+  """The captioned_folder builder of `data_cfg` (folder, store_size or image_size, max_pixels)."""
+  from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
+  size = int(data_cfg.get("store_size") or 0) or int(data_cfg.image_size)
+  return captioned_folder.CaptionedFolder(
+      config=captioned_folder.folder_config(data_cfg.folder, size,
+                                            int(data_cfg.get("max_pixels") or 0)),
+      data_dir=_data_dir(data_cfg))
+
+
 def load_source(data_cfg, split: str = "train") -> ExampleSource:
   """The random-access source of `split`; builds captioned_shapes/captioned_folder if missing."""
   validate_data_config(data_cfg)
@@ -132,13 +142,8 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
                                                num_proc=num_proc)
     resolution = builder.builder_config.resolution
   elif name == "captioned_folder":
-    from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
-    size = int(data_cfg.get("store_size") or 0) or int(data_cfg.image_size)
-    builder = captioned_folder.CaptionedFolder(
-        config=captioned_folder.folder_config(data_cfg.folder, size,
-                                              int(data_cfg.get("max_pixels") or 0)),
-        data_dir=data_dir)
-    resolution = size
+    builder = folder_builder(data_cfg)
+    resolution = builder.builder_config.image_size
   else:
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     builder, resolution = coco.coco_builder(data_dir, prepare=False), None

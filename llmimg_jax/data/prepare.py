@@ -75,9 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "seconds": round(seconds, 1), "data_dir": cfg.data_dir}
   if cfg.name == "captioned_folder":
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
-    builder = captioned_folder.CaptionedFolder(
-        config=captioned_folder.folder_config(cfg.folder, cfg.image_size), data_dir=cfg.data_dir)
-    report["summary"] = captioned_folder.summary_of(builder)
+    report["summary"] = captioned_folder.summary_of(pipeline.folder_builder(cfg))
   if args.preview:
     preview_grid(source).save(args.preview)
     report["preview"] = args.preview

@@ -160,6 +160,28 @@ def test_csv_captions(tmp_path):
   assert caps == {"a.png": ["first, with comma"], "b.png": ["second"]}
 
 
+def test_an_edited_folder_is_rebuilt(tmp_path):
+  """The build is named after the folder's contents: a new caption line, a replaced image or
+  another max_pixels gives a new build; an untouched folder reuses the old one."""
+  folder, data_dir = tmp_path / "imgs", str(tmp_path / "imgs" / "tfds")  # data_dir inside: ignored
+  folder.mkdir()
+  Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "first"}\n')
+  first, _ = captioned_folder.build_folder(str(folder), data_dir, image_size=8)
+  again, _ = captioned_folder.build_folder(str(folder), data_dir, image_size=8)
+  assert again.builder_config.name == first.builder_config.name
+  with open(folder / "captions.jsonl", "a") as f:
+    f.write('{"file": "a.png", "caption": "second"}\n')
+  edited, summary = captioned_folder.build_folder(str(folder), data_dir, image_size=8)
+  assert edited.builder_config.name != first.builder_config.name
+  assert [c.decode() for c in edited.as_data_source("train")[0]["captions"]] == ["first", "second"]
+  os.utime(folder / "a.png", ns=(0, 0))  # same bytes, another mtime: rebuilt (cheap to be safe)
+  names = {edited.builder_config.name,
+           captioned_folder.folder_config(str(folder), 8).name,
+           captioned_folder.folder_config(str(folder), 8, max_pixels=10_000).name}
+  assert len(names) == 3
+
+
 def test_missing_folder_and_captions_file_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     captioned_folder.build_folder(str(tmp_path / "nope"), str(tmp_path / "tfds"), 8)
