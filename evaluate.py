@@ -1,10 +1,11 @@
 """Evaluates a train.py run: caption accuracy and in-domain FID on captioned_shapes, and the
-standard (Inception, DF-GAN protocol) FID.
+standard (Inception, DF-GAN protocol) FID, the only metric for runs on other data.
 
   python evaluate.py --workdir runs/shapes_quick                        # test + holdout, JSON
   python evaluate.py --workdir runs/x --split holdout --num_samples 500 --step 2000 --out r.json
   python evaluate.py --workdir runs/x --inception_weights pt_inception-2015-12-05-6726825d.pth \
       --ref_stats coco_val256.npz                                       # + standard FID
+  python evaluate.py --workdir runs/coco --inception_weights pt_inception-...pth  # COCO/folder
   python evaluate.py --write_stats ref.npz --config configs/shapes_quick.py --stats_split test \
       --inception_weights pt_inception-2015-12-05-6726825d.pth          # reference mu/sigma
 
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).")
-flags.DEFINE_multi_enum("split", ["test", "holdout"], ["test", "holdout"],
-                        "Split(s) whose captions are used; repeat the flag for several.")
+flags.DEFINE_multi_string("split", None, "Split(s) whose captions are used; repeat the flag for "
+                          "several. Default: test and holdout (captioned_shapes; holdout where "
+                          "the build has it), else test, else train.")
 flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split's size).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/eval_<step>.json).")
@@ -63,7 +66,7 @@ def _data_config():
 
 def _write_stats() -> None:
   import numpy as np
-  from llmimg_jax.data.pipeline import load_source, resize
+  from llmimg_jax.data.pipeline import center_crop_resize, load_source
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.inception import InceptionFeatures
   if not FLAGS.inception_weights:
@@ -71,7 +74,7 @@ def _write_stats() -> None:
   data = _data_config()
   source = load_source(data, FLAGS.stats_split)
   n = min(FLAGS.num_samples, len(source))
-  images = np.stack([resize(source[i]["image"], data.image_size) for i in range(n)])
+  images = np.stack([center_crop_resize(source[i]["image"], data.image_size) for i in range(n)])
   mu, sigma = fid.statistics(InceptionFeatures(FLAGS.inception_weights)(images))
   fid.save_statistics(FLAGS.write_stats, mu, sigma, num_images=n)
   print(f"Wrote Inception statistics of {n} {data.name}/{FLAGS.stats_split} images "
@@ -87,10 +90,15 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table
-  results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
-                         step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-                         data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
-                         ref_stats=FLAGS.ref_stats)
+  from llmimg_jax.sample.restore import CheckpointError
+  try:
+    results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
+                           step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+                           data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
+                           ref_stats=FLAGS.ref_stats)
+  except (CheckpointError, ValueError, OSError) as e:  # a bad split, run, weights or stats file
+    logging.debug("evaluate.py failed", exc_info=True)
+    sys.exit(f"evaluate.py: error: {e}")
   print(format_table(results))
   out = Path(FLAGS.out or Path(FLAGS.workdir) / f"eval_{results['step']}.json")
   out.write_text(json.dumps(results, indent=2))

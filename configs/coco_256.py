@@ -8,8 +8,9 @@ The workdir must be a filesystem every host shares (e.g. a gcsfuse mount of a bu
 
 DF-GAN's COCO recipe (nf=32, hinge + MA-GP k=2 p=6, Adam(0, 0.9) with lr 1e-4 / 4e-4) with a
 frozen FLAN-T5-base encoder in place of DAMSM. DF-GAN reports FID 19.3 on COCO after ~290 epochs
-at batch 32; at the global batch of 256 here that is ~93k steps. The standard-FID tool
-(evaluate.py) is not built yet, so this config's FID is not measured by us.
+at batch 32; at the global batch of 256 here that is ~93k steps. `python evaluate.py --workdir RUN
+--inception_weights pt_inception-2015-12-05-6726825d.pth --ref_stats STATS.npz` measures the
+standard FID (on the test split's captions); we have not trained this config, so no FID is ours.
 """
 from llmimg_jax.train.config import base_config
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -57,9 +58,11 @@ class ExampleSource:
   `index` is the record's position in this source. Picklable (grain worker processes).
   """
 
-  def __init__(self, source, name: str, split: str, resolution: int | None):
+  def __init__(self, source, name: str, split: str, resolution: int | None,
+               all_splits: Sequence[str] = ()):
     self._source = source
     self.name, self.split, self.resolution = name, split, resolution
+    self.all_splits = tuple(all_splits)  # every split of the dataset
 
   def __len__(self) -> int:
     return len(self._source)
@@ -155,7 +158,7 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
   if splits and split not in splits:  # (empty under tfds.testing.mock_data)
     raise ValueError(f"{name}/{builder.builder_config.name} has no split {split!r}; "
                      f"available: {splits}.")
-  return ExampleSource(builder.as_data_source(split), name, split, resolution)
+  return ExampleSource(builder.as_data_source(split), name, split, resolution, splits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +179,14 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS), np.uint8)
 
 
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """The centre square of uint8 [h, w, 3], resized to [size, size, 3] (no random crop)."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  y0, x0 = (h - side) // 2, (w - side) // 2
+  return resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), size)
+
+
 class Augment(grain.transforms.RandomMap):
   """Square crop (random or centre), resize, optional flip, and one random caption."""
 
@@ -184,14 +195,13 @@ class Augment(grain.transforms.RandomMap):
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     image = element["image"]  # [h, w, 3]
-    h, w = image.shape[:2]
-    side = min(h, w)
     if 0.0 < self.crop_min < 1.0:
-      side = max(1, int(round(side * rng.uniform(self.crop_min, 1.0))))
+      h, w = image.shape[:2]
+      side = max(1, int(round(min(h, w) * rng.uniform(self.crop_min, 1.0))))
       y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+      image = resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), self.image_size)
     else:
-      y0, x0 = (h - side) // 2, (w - side) // 2
-    image = resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), self.image_size)
+      image = center_crop_resize(image, self.image_size)
     captions = element["captions"]
     caption = captions[int(rng.integers(len(captions)))]
     if self.flip and rng.random() < 0.5:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
+from llmimg_jax.data.pipeline import center_crop_resize, load_source
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
@@ -27,22 +28,34 @@ def _reference(data_cfg, split: str, n: int, size: int):
   return load_split(data_cfg, split, n), load_split(data_cfg, "train", n)
 
 
-def evaluate_run(workdir: str, splits: Sequence[str] = ("test", "holdout"), num_samples: int = 1000,
+def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples: int = 1000,
                  step: int | None = None, seed: int = 0, batch_size: int = 64,
                  data_dir: str | None = None, inception_weights: str | None = None,
                  ref_stats: str | None = None) -> dict:
+  """captioned_shapes runs: shapes metrics (+ the standard FID with `inception_weights`) on
+  `splits` (default: test and, where the build has it, holdout). Other data: the standard FID
+  only (`inception_weights` required) on `splits` (default: test, else train)."""
   from llmimg_jax.eval.shapes_eval import _builder  # pylint: disable=g-import-not-at-top
   from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
   sampler = Sampler.from_workdir(workdir, step)
   data_cfg = ml_collections.ConfigDict(sampler.config.data.to_dict())
   if data_dir:
     data_cfg.data_dir = data_dir
-  evaluator = ShapesEvaluator.load_or_train(data_cfg)
   inception = None
   if inception_weights:
     from llmimg_jax.eval.inception import InceptionFeatures  # pylint: disable=g-import-not-at-top
     inception = InceptionFeatures(inception_weights)
+  if data_cfg.name != "captioned_shapes":
+    if inception is None:
+      raise ValueError(f"The run trained on {data_cfg.name}: only the standard FID applies. Pass "
+                       "--inception_weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) "
+                       "and, for DF-GAN's protocol, --ref_stats.")
+    return evaluate_inception(sampler, data_cfg, inception, splits, num_samples, seed,
+                              batch_size, ref_stats) | {"workdir": str(workdir)}
   builder = _builder(data_cfg)
+  splits = _check_splits(splits, [s for s in ("test", "holdout") if s in builder.info.splits],
+                         list(builder.info.splits), f"captioned_shapes/{data_cfg.config}")
+  evaluator = ShapesEvaluator.load_or_train(data_cfg)
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": f"captioned_shapes/{data_cfg.config}", "evaluator": evaluator.meta,
              "splits": {}}
@@ -72,10 +85,51 @@ def evaluate_run(workdir: str, splits: Sequence[str] = ("test", "holdout"), num_
   return results
 
 
+def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.ndarray],
+                       splits: Sequence[str] | None = None, num_samples: int = 1000,
+                       seed: int = 0, batch_size: int = 64, ref_stats: str | None = None) -> dict:
+  """The standard FID of any run: images generated from the first caption of records [0, N) of
+  each split against `ref_stats`, or else against those N real images (centre crop, resized)."""
+  all_splits = load_source(data_cfg).all_splits
+  splits = _check_splits(splits, ["test" if "test" in all_splits else "train"], all_splits,
+                         data_cfg.name)
+  results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name, "splits": {}}
+  for split in splits:
+    t0 = time.perf_counter()
+    source = load_source(data_cfg, split)
+    records = [source[i] for i in range(min(num_samples, len(source)))]
+    captions = [r["captions"][0] for r in records]
+    images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
+                                   sampler.tokenizer, captions, seed, batch_size)
+    if ref_stats:
+      ref = fid.load_statistics(ref_stats)
+    else:
+      real = np.stack([center_crop_resize(r["image"], data_cfg.image_size) for r in records])
+      ref = fid.statistics(features(real))
+    results["splits"][split] = {
+        "num_images": len(images),
+        "fid_inception": fid.frechet_distance(*fid.statistics(features(images)), *ref),
+        "reference": ref_stats or f"{len(records)} real {split} images",
+        "seconds": time.perf_counter() - t0}
+  return results
+
+
+def _check_splits(splits: Sequence[str] | None, default: list[str], available: Sequence[str],
+                  dataset: str) -> list[str]:
+  if splits is None:
+    return default
+  if missing := [s for s in splits if available and s not in available]:
+    raise ValueError(f"{dataset} has no split {', '.join(map(repr, missing))}; available: "
+                     f"{list(available)}.")
+  return list(splits)
+
+
 def format_table(results: dict) -> str:
   head = ["split", "images", "caption_acc", *ATTRIBUTE_COLUMNS, "FID(in-domain)", "floor"]
   rows = []
   for split, r in results["splits"].items():
+    if "generated" not in r:
+      continue
     for kind in ("generated", "real"):
       s = r[kind]
       fid_cols = ([f"{r['fid_indomain']:.3f}", f"{r['fid_indomain_floor']:.3f}"]
@@ -85,6 +139,11 @@ def format_table(results: dict) -> str:
     if "fid_inception" in r:
       rows.append([f"{split} Inception FID", "", f"{r['fid_inception']:.2f}", "", "", "", "", "",
                    "", "floor", f"{r['fid_inception_floor']:.2f}"])
+  if not rows:  # a run on other data: the standard FID only
+    return "\n".join([f"step {results['step']} of {results['workdir']} ({results['dataset']})",
+                      *(f"{split}: Inception FID {r['fid_inception']:.2f} over {r['num_images']} "
+                        f"images, against {r['reference']}"
+                        for split, r in results["splits"].items())])
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
   return "\n".join([f"step {results['step']} of {results['workdir']}", line(head),

@@ -51,7 +51,8 @@ def _builder(data_cfg):
   from llmimg_jax.data.pipeline import load_source  # pylint: disable=g-import-not-at-top
   if data_cfg.name != "captioned_shapes":
     raise ValueError(f"The shapes evaluator needs data.name='captioned_shapes', not "
-                     f"{data_cfg.name!r}; use the Inception FID (--inception) for other data.")
+                     f"{data_cfg.name!r}; for other data, evaluate.py --inception_weights gives "
+                     "the standard FID.")
   load_source(data_cfg, "train")  # validates and builds if missing
   return captioned_shapes.CaptionedShapes(
       config=data_cfg.config, data_dir=os.path.expanduser(data_cfg.data_dir))

@@ -66,6 +66,37 @@ def test_evaluate_run_scores_both_splits(run, tiny_eval):  # noqa: F811
   json.dumps(results)  # serialisable
 
 
+def test_standard_fid_of_any_run(run, tiny_eval):  # noqa: F811
+  """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
+  from llmimg_jax.data.pipeline import center_crop_resize, load_source
+  from llmimg_jax.eval import fid
+  from llmimg_jax.eval.generate import generate_for_captions
+  from llmimg_jax.eval.report import evaluate_inception, format_table
+  from llmimg_jax.sample import Sampler
+  data, _ = tiny_eval
+  sampler = Sampler.from_workdir(str(run.workdir))
+
+  def features(images):  # [n, 6]: per-channel mean and std
+    x = images.reshape(len(images), -1, 3).astype(np.float64)
+    return np.concatenate([x.mean(1), x.std(1)], axis=1)
+
+  results = evaluate_inception(sampler, data, features, num_samples=12, batch_size=8)
+  assert list(results["splits"]) == ["test"]  # the default where a test split exists
+  r = results["splits"]["test"]
+  source = load_source(data, "test")
+  records = [source[i] for i in range(12)]
+  generated = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
+                                    sampler.tokenizer, [x["captions"][0] for x in records], 0, 8)
+  real = np.stack([center_crop_resize(x["image"], data.image_size) for x in records])
+  expected = fid.frechet_distance(*fid.statistics(features(generated)),
+                                  *fid.statistics(features(real)))
+  assert r["num_images"] == 12 and r["fid_inception"] > 0
+  np.testing.assert_allclose(r["fid_inception"], expected, rtol=1e-6)
+  table = format_table(results | {"workdir": str(run.workdir)})
+  assert f"test: Inception FID {expected:.2f} over 12 images, against 12 real test images" in table
+  json.dumps(results)
+
+
 def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path):  # noqa: F811
   from tensorboardX import SummaryWriter
 
@@ -101,3 +132,13 @@ def test_cli_help_and_missing_workdir():
   out = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode != 0 and "--workdir" in out.stderr
+
+
+def test_cli_unknown_split_is_one_clear_error(run, tiny_eval):  # noqa: F811
+  data, _ = tiny_eval
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--split",
+                        "tset", "--data_dir", data.data_dir], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "evaluate.py: error: captioned_shapes/tiny_32 has no split 'tset'; available:" in out.stderr
+  assert "Traceback" not in out.stderr
