@@ -62,13 +62,16 @@ def main(argv):
     # Only the CPU backend reads this; set it before any backend starts (CPU multi-process runs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import DivergenceError, local_workdir, train
   try:  # before anything compiles or loads: a bad config fails in seconds
     local_workdir(_WORKDIR.value)
     validate(_CONFIG.value, jax.device_count())
-  except ValueError as e:
+    if _CONFIG.value.text.checkpoint:  # a missing directory, or a hub name that cannot be had
+      resolve_checkpoint_dir(_CONFIG.value.text.checkpoint)
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     _fail(str(e), 2)
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
@@ -77,8 +80,6 @@ def main(argv):
     train(_CONFIG.value, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (CorruptCheckpointError, DivergenceError) as e:
     _fail(str(e), 3)
-  except (FileNotFoundError, NotADirectoryError) as e:  # e.g. config.text.checkpoint
-    _fail(str(e), 2)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
 
 The folder holds images and `captions.jsonl` (`{"file_name": "a.jpg", "caption": "..."}` or
 `"captions": [...]` per line) or `captions.csv`; unreadable images and bad lines are skipped and
-counted (`python -m llmimg_jax.data.prepare --dataset captioned_folder --folder DIR --image_size 72`
-builds the dataset this config reads and shows the summary first). DiffAugment is on, as small datasets need it. What it reaches depends on your
-data: with a few thousand consistent images, recognisable samples after ~20k steps.
+counted (`python -m llmimg_jax.data.prepare --dataset captioned_folder --folder DIR
+--image_size 72` builds the dataset this config reads and shows the summary first). DiffAugment
+is on, as small datasets need it. What it reaches depends on your data: with a few thousand
+consistent images, recognisable samples after ~20k steps.
 """
 from llmimg_jax.train.config import base_config
 

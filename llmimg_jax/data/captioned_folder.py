@@ -41,26 +41,57 @@ class FolderConfig(tfds.core.BuilderConfig):
 
 
 def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderConfig:
-  """The config for `folder` at `image_size`. Its name hashes the absolute path, `max_pixels` and
-  the name, size and mtime of every captions and image file, so a build is reused only while the
-  folder is unchanged; any edit gets a new build (the old one stays in data_dir until deleted)."""
+  """The config for `folder` at `image_size`; its name is stable for the same absolute path (and
+  `max_pixels`), so a run resumes on the build it started with even if the folder changes since
+  (`warn_if_changed` says so)."""
   if not folder:
     raise ValueError("captioned_folder needs a source folder: set data.folder (or --folder).")
   folder = os.path.abspath(os.path.expanduser(folder))
   slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip("/")).lower()).strip("_")
-  digest = hashlib.sha1(f"{folder}\0{max_pixels}\0".encode())
-  for root, dirs, files in os.walk(folder):  # only what a build reads: not a data_dir inside
-    dirs.sort()
-    for f in sorted(files):
-      if f in CAPTION_FILES and root == folder or (
-          os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS):
-        stat = os.stat(os.path.join(root, f))
-        digest.update(f"{os.path.relpath(os.path.join(root, f), folder)}\0{stat.st_size}\0"
-                      f"{stat.st_mtime_ns}\n".encode())
-  digest = digest.hexdigest()[:8]
+  key = folder + (f"\0{max_pixels}" if max_pixels else "")
+  digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
   return FolderConfig(name=f"{slug or 'folder'}_{image_size}_{digest}", folder=folder,
                       image_size=image_size, max_pixels=max_pixels,
                       description=f"Images of {folder} at {image_size}px.")
+
+
+def fingerprint(folder: str) -> str:
+  """A hash of what a build reads: the captions files' bytes and the name, size and mtime of
+  every image file (symlinks followed; unreadable entries hashed as such)."""
+  digest = hashlib.sha1()
+  for name in CAPTION_FILES:
+    try:
+      with open(os.path.join(folder, name), "rb") as f:
+        digest.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
+    except OSError:
+      digest.update(name.encode() + b"\0-")
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    dirs.sort()
+    for f in sorted(files):
+      if os.path.splitext(f)[1].lower() not in images.IMAGE_EXTENSIONS:
+        continue  # only image files: a TFDS data_dir inside the folder does not count
+      path = os.path.join(root, f)
+      try:
+        stat = os.stat(path)
+        entry = f"{os.path.relpath(path, folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+      except OSError:
+        entry = f"{os.path.relpath(path, folder)}\0-\n"
+      digest.update(entry.encode("utf-8", "surrogateescape"))
+  return digest.hexdigest()
+
+
+def warn_if_changed(builder: "CaptionedFolder") -> bool:
+  """Logs a warning (and returns True) if the folder changed since `builder`'s build."""
+  built = dict((builder.info.metadata or {}).get("summary") or {}).get("fingerprint")
+  folder = builder.builder_config.folder
+  if built is None or built == fingerprint(folder):
+    return False
+  log.warning(
+      "captioned_folder: %s changed since it was built into %s (captions or images added, "
+      "removed or modified); training and evaluation read that build. To use the new contents, "
+      "delete that directory; a run started on the old build then cannot resume its data "
+      "position, so give it a new --workdir.", folder, builder.data_dir)
+  return True
 
 
 class _Skips:
@@ -202,6 +233,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, folder: str):
     cfg = self.builder_config
     skips, notes = _Skips(), _Skips()
+    folder_fingerprint = fingerprint(folder)  # before reading: what this build saw
     captions = read_captions(folder, skips)
     captioned = set(captions)
     for root, _, files in os.walk(folder):
@@ -222,7 +254,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
       yield rel, {"image": image, "captions": captions[rel], "file_name": rel, "index": index}
       index += 1
     summary = {
-        "folder": folder, "num_examples": index, "num_skipped": sum(skips.counts.values()),
+        "folder": folder, "fingerprint": folder_fingerprint,
+        "num_examples": index, "num_skipped": sum(skips.counts.values()),
         "skipped": dict(sorted(skips.counts.items())),
         "skipped_examples": {k: skips.examples[k] for k in sorted(skips.examples)},
         "notes": dict(sorted(notes.counts.items())),

@@ -150,10 +150,14 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
   else:
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     builder, resolution = coco.coco_builder(data_dir, prepare=False), None
-  if not builder.is_prepared():
+  prepared = builder.is_prepared()
+  if not prepared:
     log.info("Building %s/%s into %s.", name, builder.builder_config.name if
              builder.builder_config else "", data_dir)
   builder.download_and_prepare()
+  if prepared and name == "captioned_folder":
+    from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
+    captioned_folder.warn_if_changed(builder)
   splits = list(builder.info.splits.keys())
   if splits and split not in splits:  # (empty under tfds.testing.mock_data)
     raise ValueError(f"{name}/{builder.builder_config.name} has no split {split!r}; "

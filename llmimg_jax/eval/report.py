@@ -53,8 +53,9 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     return evaluate_inception(sampler, data_cfg, inception, splits, num_samples, seed,
                               batch_size, ref_stats) | {"workdir": str(workdir)}
   builder = _builder(data_cfg)
-  splits = _check_splits(splits, [s for s in ("test", "holdout") if s in builder.info.splits],
-                         list(builder.info.splits), f"captioned_shapes/{data_cfg.config}")
+  # test and holdout only: _reference draws the comparison set of `test` from train.
+  held_out = [s for s in ("test", "holdout") if s in builder.info.splits]
+  splits = _check_splits(splits, held_out, held_out, f"captioned_shapes/{data_cfg.config}")
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": f"captioned_shapes/{data_cfg.config}", "evaluator": evaluator.meta,

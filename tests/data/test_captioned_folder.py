@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import zlib
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import captioned_folder
+from llmimg_jax.data import captioned_folder, pipeline
 
 SIZE = 16
 
@@ -160,26 +161,34 @@ def test_csv_captions(tmp_path):
   assert caps == {"a.png": ["first, with comma"], "b.png": ["second"]}
 
 
-def test_an_edited_folder_is_rebuilt(tmp_path):
-  """The build is named after the folder's contents: a new caption line, a replaced image or
-  another max_pixels gives a new build; an untouched folder reuses the old one."""
-  folder, data_dir = tmp_path / "imgs", str(tmp_path / "imgs" / "tfds")  # data_dir inside: ignored
+def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
+  """A run resumes on the build it started with; an edit is reported, and deleting the build
+  rebuilds it with the new contents. Odd entries (a dangling symlink, a non-UTF-8 name, a TFDS
+  data_dir inside the folder) neither crash the fingerprint nor change it between loads."""
+  folder = tmp_path / "imgs"
   folder.mkdir()
   Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "a.png")
   (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "first"}\n')
-  first, _ = captioned_folder.build_folder(str(folder), data_dir, image_size=8)
-  again, _ = captioned_folder.build_folder(str(folder), data_dir, image_size=8)
-  assert again.builder_config.name == first.builder_config.name
-  with open(folder / "captions.jsonl", "a") as f:
-    f.write('{"file": "a.png", "caption": "second"}\n')
-  edited, summary = captioned_folder.build_folder(str(folder), data_dir, image_size=8)
-  assert edited.builder_config.name != first.builder_config.name
-  assert [c.decode() for c in edited.as_data_source("train")[0]["captions"]] == ["first", "second"]
-  os.utime(folder / "a.png", ns=(0, 0))  # same bytes, another mtime: rebuilt (cheap to be safe)
-  names = {edited.builder_config.name,
-           captioned_folder.folder_config(str(folder), 8).name,
-           captioned_folder.folder_config(str(folder), 8, max_pixels=10_000).name}
-  assert len(names) == 3
+  os.symlink(folder / "gone.png", folder / "dangling.png")
+  (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(b"not an image")
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), image_size=8,
+              data_dir=str(folder / "tfds"))
+  assert [r["captions"] for r in _records(data)] == [["first"]]
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    assert [r["captions"] for r in _records(data)] == [["first"]]
+    assert "changed since it was built" not in caplog.text
+    with open(folder / "captions.jsonl", "a") as f:
+      f.write('{"file": "a.png", "caption": "second"}\n')
+    assert [r["captions"] for r in _records(data)] == [["first"]]  # the same build
+    assert "changed since it was built" in caplog.text
+  shutil.rmtree(pipeline.folder_builder(data).data_dir)
+  assert [r["captions"] for r in _records(data)] == [["first", "second"]]
+
+
+def _records(data) -> list[dict]:
+  source = pipeline.load_source(data)
+  return [source[i] for i in range(len(source))]
 
 
 def test_missing_folder_and_captions_file_errors(tmp_path):

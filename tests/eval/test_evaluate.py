@@ -16,7 +16,7 @@ import pytest
 
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
-from tests.sample.conftest import run  # noqa: F401  (session fixture)
+from tests.sample.conftest import run, save_run  # noqa: F401  (run: session fixture)
 from tests.train.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,62 @@ def test_evaluate_run_scores_both_splits(run, tiny_eval):  # noqa: F811
   table = format_table(results)
   assert "holdout (generated)" in table and "FID(in-domain)" in table
   json.dumps(results)  # serialisable
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+  """A run whose config trained on a captioned_folder of 10 images (only a train split)."""
+  from PIL import Image
+  folder = tmp_path_factory.mktemp("my_images")
+  rng = np.random.default_rng(0)
+  with open(folder / "captions.jsonl", "w") as f:
+    for i in range(10):
+      Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"{i}.png")
+      f.write(json.dumps({"file": f"{i}.png", "caption": f"picture number {i}"}) + "\n")
+  config = tiny_config(tmp_path_factory.mktemp("tfds_folder"))
+  config.data.name, config.data.folder = "captioned_folder", str(folder)
+  return save_run(tmp_path_factory.mktemp("folder_run"), config)
+
+
+class _MeanStdFeatures:
+  """Stands in for InceptionFeatures: [n, 6] per-channel means and standard deviations."""
+
+  def __init__(self, weights):
+    assert weights == "inception.pth"
+
+  def __call__(self, images):
+    x = images.reshape(len(images), -1, 3).astype(np.float64)
+    return np.concatenate([x.mean(1), x.std(1)], axis=1)
+
+
+def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypatch):
+  from llmimg_jax.data.pipeline import load_source
+  from llmimg_jax.eval import fid, inception
+  from llmimg_jax.eval.generate import generate_for_captions
+  from llmimg_jax.eval.report import evaluate_run, format_table
+  from llmimg_jax.sample import Sampler
+  with pytest.raises(ValueError, match="captioned_folder: only the standard FID applies"):
+    evaluate_run(str(folder_run.workdir))
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  mu, sigma = np.arange(6.0) * 10, np.eye(6) * 100
+  fid.save_statistics(tmp_path / "ref.npz", mu, sigma, num_images=10)
+  results = evaluate_run(str(folder_run.workdir), num_samples=8, batch_size=8,
+                         inception_weights="inception.pth", ref_stats=str(tmp_path / "ref.npz"))
+  assert results["dataset"] == "captioned_folder" and list(results["splits"]) == ["train"]
+  r = results["splits"]["train"]
+  assert r["num_images"] == 8 and r["reference"] == str(tmp_path / "ref.npz")
+  sampler = Sampler.from_workdir(str(folder_run.workdir))
+  source = load_source(sampler.config.data)
+  generated = generate_for_captions(
+      sampler.models, sampler.ema_params, sampler.text_params, sampler.tokenizer,
+      [source[i]["captions"][0] for i in range(8)], 0, 8)
+  expected = fid.frechet_distance(*fid.statistics(_MeanStdFeatures("inception.pth")(generated)),
+                                  mu, sigma)
+  np.testing.assert_allclose(r["fid_inception"], expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="captioned_folder has no split 'test'; available: "
+                                       r"\['train'\]"):
+    evaluate_run(str(folder_run.workdir), splits=["test"], inception_weights="inception.pth")
+  assert "train: Inception FID" in format_table(results)
 
 
 def test_standard_fid_of_any_run(run, tiny_eval):  # noqa: F811

@@ -33,9 +33,13 @@ def run(tmp_path_factory) -> Run:
   a train step (~60 s) or the init (~12 s) on this CPU would dominate the suite, and sampling only
   reads ema_params/text_params/config. (Sampling a real train.py run is the same code path.)
   Each step's EMA differs from g_params and from the other step's, so tests can tell them apart."""
+  return save_run(tmp_path_factory.mktemp("sample_run"),
+                  tiny_config(tmp_path_factory.mktemp("unused_data")))
+
+
+def save_run(workdir: Path, config) -> Run:
+  """`run`'s workdir for any config (e.g. one trained on other data)."""
   assert jax.device_count() == 8, "tests/conftest.py should simulate 8 CPU devices"
-  workdir = tmp_path_factory.mktemp("sample_run")
-  config = tiny_config(tmp_path_factory.mktemp("unused_data"))
   _, t5_config, pretrained = build_text(config)
   models = build_models(config, t5_config)
   state = _quick_state(models, pretrained)
