@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.layers import Dense
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -37,45 +38,6 @@ _ACT = {
 
 def _normal(std: float):
   return nn.initializers.normal(stddev=std)
-
-
-@jax.custom_vjp
-def matmul(x: Array, kernel: Array) -> Array:
-  """x [..., in] @ kernel [in, out]; the kernel gradient is computed as (g^T x)^T.
-
-  For autodiff's x^T g, XLA:CPU lays g out transposed, and g is usually the end of a long
-  elementwise backward chain (the gated GELU's), which it then fuses into that transpose and
-  computes in transposed order. (g^T x)^T transposes x instead: a T5 FFN's forward + backward at
-  the GAN step's sizes took 10.1 instead of 20.4 ms (benchmarks/RESULTS.md).
-  """
-  return x @ kernel
-
-
-def _matmul_fwd(x, kernel):
-  return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(residuals, g):
-  x, kernel = residuals
-  tokens_g = g.reshape(-1, g.shape[-1])  # [tokens, out]
-  tokens_x = x.reshape(-1, x.shape[-1])  # [tokens, in]
-  dk = jax.lax.dot_general(tokens_g, tokens_x, (((0,), (0,)), ((), ()))).T  # [in, out]
-  return g @ kernel.T, dk
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-class Dense(nn.Module):
-  """nn.Dense without bias (same `kernel` [in, out] parameter) through `matmul`."""
-  features: int
-  kernel_init: Any
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmimg_jax.text.modeling import matmul
+from llmimg_jax.text.layers import matmul
 
 
 def test_matmul_gradients_equal_autodiff():
