@@ -1,4 +1,4 @@
-"""Pieces of the Flax T5 that are not covered by the parity tests' forward passes."""
+"""llmimg_jax/text/layers.py: the Dense layer's custom kernel gradient."""
 import jax
 import jax.numpy as jnp
 import numpy as np
