@@ -37,9 +37,8 @@ def three_by_three_form(x, kernel):
 
 
 def two_by_two_valid(x, kernel):
-  return generator._select_phases(conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
-                                         generator._phase_kernel(kernel, generator._taps_2x2),
-                                         "VALID"))
+  return generator._select_phases(generator._phase_windows_valid(
+      x, generator._phase_kernel(kernel, generator._taps_2x2)))
 
 
 VARIANTS = {"3x3 form": three_by_three_form,

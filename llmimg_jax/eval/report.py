@@ -126,11 +126,14 @@ def _check_splits(splits: Sequence[str] | None, default: list[str], available: S
 
 
 def format_table(results: dict) -> str:
+  if "evaluator" not in results:  # a run on other data: the standard FID only
+    return "\n".join([f"step {results['step']} of {results['workdir']} ({results['dataset']})",
+                      *(f"{split}: Inception FID {r['fid_inception']:.2f} over {r['num_images']} "
+                        f"images, against {r['reference']}"
+                        for split, r in results["splits"].items())])
   head = ["split", "images", "caption_acc", *ATTRIBUTE_COLUMNS, "FID(in-domain)", "floor"]
   rows = []
   for split, r in results["splits"].items():
-    if "generated" not in r:
-      continue
     for kind in ("generated", "real"):
       s = r[kind]
       fid_cols = ([f"{r['fid_indomain']:.3f}", f"{r['fid_indomain_floor']:.3f}"]
@@ -140,11 +143,6 @@ def format_table(results: dict) -> str:
     if "fid_inception" in r:
       rows.append([f"{split} Inception FID", "", f"{r['fid_inception']:.2f}", "", "", "", "", "",
                    "", "floor", f"{r['fid_inception_floor']:.2f}"])
-  if not rows:  # a run on other data: the standard FID only
-    return "\n".join([f"step {results['step']} of {results['workdir']} ({results['dataset']})",
-                      *(f"{split}: Inception FID {r['fid_inception']:.2f} over {r['num_images']} "
-                        f"images, against {r['reference']}"
-                        for split, r in results["splits"].items())])
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
   return "\n".join([f"step {results['step']} of {results['workdir']}", line(head),

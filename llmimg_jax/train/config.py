@@ -91,6 +91,13 @@ def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.Co
   return errors
 
 
+def check_frozen_text(text: ml_collections.ConfigDict) -> None:
+  if text.mode == "frozen" and not text.checkpoint:
+    raise ValueError(
+        "config.text.mode='frozen' needs a pretrained T5 in config.text.checkpoint (a directory "
+        "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ValueError naming the key and the fix; cheap, runs before any compilation."""
   if errors := unknown_keys(config, base_config()):
@@ -107,10 +114,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"{max(1, round(t.batch_size / num_devices)) * num_devices}.")
   if config.text.mode not in ("trainable", "frozen"):
     raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
-  if config.text.mode == "frozen" and not config.text.checkpoint:
-    raise ValueError(
-        "config.text.mode='frozen' needs a pretrained T5 in config.text.checkpoint (a directory "
-        "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
+  check_frozen_text(config.text)
   if config.loss.gp not in GRADIENT_PENALTIES:
     raise ValueError(f"config.loss.gp={config.loss.gp!r}: use one of {GRADIENT_PENALTIES}.")
   if config.model.dtype not in ("float32", "bfloat16"):

@@ -15,6 +15,7 @@ from llmimg_jax.gan import Discriminator, Generator
 from llmimg_jax.text import T5Config, T5EncoderModel, load_t5
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+from llmimg_jax.train.config import check_frozen_text
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -69,15 +70,12 @@ def _adam(lr: float, cfg: ml_collections.ConfigDict) -> optax.GradientTransforma
 def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config, PyTree | None]:
   """The tokenizer, T5 config and (for a checkpoint) pretrained encoder params."""
   t = cfg.text
+  check_frozen_text(t)
   if t.checkpoint:
     ckpt_dir = resolve_checkpoint_dir(t.checkpoint)  # a missing directory is named as such
     tokenizer = load_tokenizer(ckpt_dir, t.max_length)
     t5_config, params = load_t5(ckpt_dir)
     return tokenizer, t5_config, {k: params[k] for k in ("shared", "encoder")}
-  if t.mode == "frozen":
-    raise ValueError(
-        "config.text.mode='frozen' needs a pretrained T5 in config.text.checkpoint (a directory "
-        "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
   tokenizer = load_tokenizer(None, t.max_length)
   t5_config = T5Config(
       vocab_size=tokenizer.vocab_size, d_model=t.d_model, d_kv=t.d_model // t.num_heads,
