@@ -18,7 +18,7 @@ from benchmarks import timing, torch_gan, torch_train
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import base_config
 from llmimg_jax.train.state import build_models, build_text, init_state
-from llmimg_jax.train.step import generate_images, train_step
+from llmimg_jax.train.step import generate_images
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,11 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
              "attention_mask": torch.from_numpy(np_batch["attention_mask"]).long()}
   t_batch = {k: v.to(device) for k, v in t_batch.items()}
 
-  # The XLA options train.py's step compiles with (loop.compiler_options: on CPU, YNNPACK for
-  # dots only).
-  options = loop.compiler_options(loop.make_mesh(jax.devices()[:1]))
-  step = jax.jit(functools.partial(train_step, models), donate_argnums=0,
-                 compiler_options=options)
-  compiled = step.lower(state, j_batch).compile()
+  # The step as train.py compiles it on one device: its XLA options (loop.compiler_options: on
+  # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a CPU).
+  mesh = loop.make_mesh(jax.devices()[:1])
+  options = loop.compiler_options(mesh)
+  compiled = loop.jit_train_step(models, mesh).lower(state, j_batch).compile()
   holder = {"state": state}
 
   def jax_step():

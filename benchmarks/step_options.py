@@ -8,8 +8,10 @@
 Each --options is one variant, items separated by ';': 'none' (XLA's defaults), 'train' (the
 options train.py uses, loop.compiler_options), an XLA DebugOptions key=value, or a module
 attribute (a dotted key, e.g. llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that
-variant is traced. --baseline is the first variant (default 'none'). --bench RES is run.py's GAN
-step config (nf 32, batch 32); without it, configs/shapes_quick.py. Random batch, one device.
+variant is traced. The step runs in batch chunks as train.py's does (loop.batch_chunks; off with
+llmimg_jax.train.loop.CPU_BATCH_CHUNKS=1). --baseline is the first variant (default 'none').
+--bench RES is run.py's GAN step config (nf 32, batch 32); without it, configs/shapes_quick.py.
+Random batch, one device.
 --sampling times generate_images (EMA G + T5 to uint8 images) instead of the train step.
 """
 from __future__ import annotations
@@ -62,7 +64,8 @@ def main() -> None:
         compiled = jax.jit(functools.partial(generate_images, models),
                            compiler_options=options).lower(*holder["sample_args"]).compile()
       else:
-        compiled = jax.jit(functools.partial(train_step, models), donate_argnums=0,
+        step = functools.partial(train_step, models, batch_chunks=loop.batch_chunks(mesh))
+        compiled = jax.jit(step, donate_argnums=0,
                            compiler_options=options).lower(holder["state"], batch).compile()
     print(f"{name}: compile {time.perf_counter() - t0:.1f} s", flush=True)
 

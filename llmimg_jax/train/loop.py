@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -61,9 +62,24 @@ def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:
   return dict(_CPU_OPTIONS) if on_cpu and _cpu_options_supported() else {}
 
 
+# On a one-device CPU mesh with several cores the step runs G and D on this many batch slices,
+# which XLA:CPU runs concurrently: the 64px benchmark step -3% on the 2-core dev VM, +1.5% when
+# pinned to one core (benchmarks/RESULTS.md).
+CPU_BATCH_CHUNKS = 2
+
+
+def batch_chunks(mesh: jax.sharding.Mesh) -> int:
+  """train_step's batch_chunks: CPU_BATCH_CHUNKS on a one-device CPU mesh, else 1 (on several
+  devices a slice of the batch would span devices; on GPU/TPU it only adds kernel launches)."""
+  one_cpu = mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu"
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return CPU_BATCH_CHUNKS if one_cpu and (cores or 1) > 1 else 1
+
+
 def jit_train_step(models: Models, mesh: jax.sharding.Mesh):
   replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(functools.partial(train_step, models), in_shardings=(replicated, batch),
+  step = functools.partial(train_step, models, batch_chunks=batch_chunks(mesh))
+  return jax.jit(step, in_shardings=(replicated, batch),
                  out_shardings=(replicated, replicated), donate_argnums=0,
                  compiler_options=compiler_options(mesh))
 

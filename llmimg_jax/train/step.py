@@ -30,9 +30,25 @@ def _d_apply(models: Models, params, *args, method: str):
   return d.apply({"params": params}, *args, method=getattr(d, method))
 
 
-def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
-               ) -> tuple[TrainState, Metrics]:
-  """One update from a global batch: image uint8 [b, R, R, 3], input_ids/attention_mask [b, L]."""
+def _in_batch_chunks(fn, chunks: int, *args: jax.Array) -> jax.Array:
+  """fn(*args) as `chunks` independent slices of the batch axis, concatenated.
+
+  The same values (G and D's features are per example). XLA:CPU runs the independent slices
+  concurrently, one per core, which beats splitting each op over the cores (RESULTS.md).
+  """
+  if chunks == 1 or args[0].shape[0] % chunks:
+    return fn(*args)
+  slices = zip(*(jnp.split(a, chunks) for a in args))
+  return jnp.concatenate([fn(*s) for s in slices])
+
+
+def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
+               batch_chunks: int = 1) -> tuple[TrainState, Metrics]:
+  """One update from a global batch: image uint8 [b, R, R, 3], input_ids/attention_mask [b, L].
+
+  batch_chunks > 1 runs G and D's backbone on that many slices of the batch (same values; see
+  `loop.batch_chunks`).
+  """
   cfg = models.config
   rng = jax.random.fold_in(state.rng, state.step)
   k_z, k_aug_real, k_aug_fake, k_aug_g = jax.random.split(rng, 4)
@@ -46,20 +62,24 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
   (words, sent), text_vjp = jax.vjp(
       lambda t: encode_text(models, t, ids, mask), state.text_params)
   fake, g_vjp = jax.vjp(  # [b, R, R, 3]
-      lambda g: models.generator.apply({"params": g}, z, sent, words, mask), state.g_params)
+      lambda g: _in_batch_chunks(functools.partial(models.generator.apply, {"params": g}),
+                                 batch_chunks, z, sent, words, mask), state.g_params)
+
+  def features(d_params, images):  # [b, R, R, 3] -> [b, 4, 4, C]
+    return _in_batch_chunks(lambda x: _d_apply(models, d_params, x, method="features"),
+                            batch_chunks, images)
 
   def d_loss_fn(d_params, sent):
     real_aug = augment(real, k_aug_real)
 
     def logits_fn(x, s):
-      feats = _d_apply(models, d_params, x, method="features")  # [b, 4, 4, C]
+      feats = features(d_params, x)  # [b, 4, 4, C]
       return _d_apply(models, d_params, feats, s, method="logits")  # [b]
 
-    feats_real = _d_apply(models, d_params, real_aug, method="features")
+    feats_real = features(d_params, real_aug)
     logits_real = _d_apply(models, d_params, feats_real, sent, method="logits")
     logits_mismatch = _d_apply(models, d_params, feats_real, gan.mismatched(sent), method="logits")
-    feats_fake = _d_apply(models, d_params, augment(jax.lax.stop_gradient(fake), k_aug_fake),
-                          method="features")
+    feats_fake = features(d_params, augment(jax.lax.stop_gradient(fake), k_aug_fake))
     logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
     hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch)
 
@@ -98,7 +118,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array]
     text_params = optax.apply_updates(text_params, t_updates)
 
   def g_loss_fn(fake):
-    feats = _d_apply(models, d_params, augment(fake, k_aug_g), method="features")
+    feats = features(d_params, augment(fake, k_aug_g))
     adversarial = gan.g_hinge_loss(_d_apply(models, d_params, feats, sent, method="logits"))
     metrics = {"g_adversarial": adversarial}
     loss = adversarial

@@ -29,9 +29,20 @@ def _one_step(config, devices):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def test_eight_devices_equal_one_device(tmp_path):
+def test_batch_chunks_only_on_one_cpu_device_with_several_cores(monkeypatch):
+  one, eight = loop.make_mesh(jax.devices()[:1]), loop.make_mesh(jax.devices())
+  monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  assert (loop.batch_chunks(one), loop.batch_chunks(eight)) == (loop.CPU_BATCH_CHUNKS, 1) == (2, 1)
+  monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+  assert loop.batch_chunks(one) == 1
+
+
+def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
+  """Also checks the batch chunks: one device runs G and D on two batch slices, eight on none."""
   assert jax.device_count() == 8, "tests/conftest.py should simulate 8 CPU devices"
+  monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
   config = tiny_config(tmp_path)
+  assert config.train.batch_size % 2 == 0
   state_1, metrics_1 = _one_step(config, jax.devices()[:1])
   state_8, metrics_8 = _one_step(config, jax.devices())
   assert int(state_8.step) == 1 and metrics_8["finite"] == 1.0
