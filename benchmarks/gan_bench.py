@@ -102,7 +102,7 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   t_batch = {k: v.to(device) for k, v in t_batch.items()}
 
   # The step as train.py compiles it on one device: its XLA options (loop.compiler_options: on
-  # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a CPU).
+  # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a multi-core CPU).
   mesh = loop.make_mesh(jax.devices()[:1])
   options = loop.compiler_options(mesh)
   compiled = loop.jit_train_step(models, mesh).lower(state, j_batch).compile()
