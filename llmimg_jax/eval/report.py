@@ -60,6 +60,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": f"captioned_shapes/{data_cfg.config}", "evaluator": evaluator.meta,
              "splits": {}}
+  given_ref = fid.load_statistics(ref_stats) if ref_stats else None  # read once, for every split
   for split in splits:
     t0 = time.perf_counter()
     size = builder.info.splits[split].num_examples
@@ -76,8 +77,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
            "fid_indomain_floor": fid.frechet_distance(
                *fid.statistics(evaluator.features(real.images)), *other_stats)}
     if inception is not None:
-      ref = (fid.load_statistics(ref_stats) if ref_stats
-             else fid.statistics(inception(other.images)))
+      ref = given_ref if given_ref is not None else fid.statistics(inception(other.images))
       row["fid_inception"] = fid.frechet_distance(*fid.statistics(inception(images)), *ref)
       row["fid_inception_floor"] = fid.frechet_distance(
           *fid.statistics(inception(real.images)), *ref)
@@ -95,6 +95,7 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
   splits = _check_splits(splits, ["test" if "test" in all_splits else "train"], all_splits,
                          data_cfg.name)
   results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name, "splits": {}}
+  given_ref = fid.load_statistics(ref_stats) if ref_stats else None  # read once, for every split
   for split in splits:
     t0 = time.perf_counter()
     source = load_source(data_cfg, split)
@@ -102,9 +103,8 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
     captions = [r["captions"][0] for r in records]
     images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
                                    sampler.tokenizer, captions, seed, batch_size)
-    if ref_stats:
-      ref = fid.load_statistics(ref_stats)
-    else:
+    ref = given_ref
+    if ref is None:
       real = np.stack([center_crop_resize(r["image"], data_cfg.image_size) for r in records])
       ref = fid.statistics(features(real))
     results["splits"][split] = {

@@ -131,11 +131,7 @@ def test_standard_fid_of_any_run(run, tiny_eval):  # noqa: F811
   from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
   sampler = Sampler.from_workdir(str(run.workdir))
-
-  def features(images):  # [n, 6]: per-channel mean and std
-    x = images.reshape(len(images), -1, 3).astype(np.float64)
-    return np.concatenate([x.mean(1), x.std(1)], axis=1)
-
+  features = _MeanStdFeatures("inception.pth")
   results = evaluate_inception(sampler, data, features, num_samples=12, batch_size=8)
   assert list(results["splits"]) == ["test"]  # the default where a test split exists
   r = results["splits"]["test"]
