@@ -174,11 +174,11 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
   z = torch.randn(real.shape[0], cfg.model.z_dim, device=real.device)
   metrics = {}
   with m.autocast():
-    with torch.no_grad():
-      words, sent_fixed = encode_text(m.text_encoder, ids, mask)
-    fake = m.g_fn(z, sent_fixed, words, mask)  # [b, 3, R, R], graph kept for the G update
+    # One text-encoder forward, as in JAX: D's loss trains it through `sent`; G reads it detached.
+    words, sent = encode_text(m.text_encoder, ids, mask)
+    words_fixed, sent_fixed = words.detach(), sent.detach()
+    fake = m.g_fn(z, sent_fixed, words_fixed, mask)  # [b, 3, R, R], graph kept for the G update
 
-    _, sent = encode_text(m.text_encoder, ids, mask)  # differentiable w.r.t. the text encoder
     real_aug = diff_augment(real, policy)
     feats_real = m.d_features(real_aug)
     logits_real = m.d_logits(feats_real, sent)

@@ -142,8 +142,12 @@ def test_torch_train_step_updates_everything():
            "input_ids": torch.randint(2, 64, (4, LENGTH)),
            "attention_mask": (torch.arange(LENGTH)[None] < torch.tensor([[3], [10], [6], [1]]))
            .long()}
+  text_forwards = []
+  hook = m.text_encoder.register_forward_hook(lambda *_: text_forwards.append(1))
   metrics = torch_train.train_step(m, batch)
+  hook.remove()
   assert bool(metrics["finite"]) and m.step == 1
+  assert len(text_forwards) == 1  # the same work as the JAX step: one T5 forward serves both
   for name, mod in [("g", m.generator), ("d", m.discriminator), ("t", m.text_encoder),
                     ("ema", m.ema_generator)]:
     changed = sum(not torch.equal(a, b) for a, b in zip(before[name], mod.parameters()))
