@@ -190,6 +190,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       if done % t.log_every == 0 or done == t.steps:
         fetched = jax.device_get(pending)
         pending = []
+        # The longest streak of skipped updates since the last log, even one that has ended.
+        streak = max(int(m.pop("bad_steps")) for m in fetched)
         now = time.perf_counter()
         scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
         scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
@@ -203,10 +205,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         if scalars["skipped_updates"]:
           log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
                       scalars["skipped_updates"])
-        if int(state.bad_steps) >= t.max_bad_steps:
+        if streak >= t.max_bad_steps:
           manager.wait_until_finished()
           raise DivergenceError(
-              f"{int(state.bad_steps)} consecutive non-finite updates at step {done}: the run "
+              f"{streak} consecutive non-finite updates by step {done}: the run "
               f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
               "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
       if done % t.sample_every == 0 or done == t.steps:

@@ -152,7 +152,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
   new_state = new_state.replace(step=state.step + 1,
                                 bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
   metrics = {"d_loss": d_loss, "g_loss": g_loss, **d_metrics, **g_metrics, **norms,
-             "finite": ok.astype(jnp.float32)}
+             "finite": ok.astype(jnp.float32), "bad_steps": new_state.bad_steps}
   return new_state, metrics
 
 

@@ -50,16 +50,16 @@ def test_non_finite_update_is_skipped_and_counted(tmp_path):
   assert not _equal(jax.device_get(state.g_params), before.g_params)
 
 
-class _PoisonFrom:
-  """The real iterator (checkpointable), with every batch from the `first`-th on poisoned."""
+class _Poisoned:
+  """The real iterator (checkpointable), with batches first..last (1-based) poisoned."""
 
-  def __init__(self, it, first: int):
-    self.it, self.first, self.n = it, first, 0
+  def __init__(self, it, first: int, last: int):
+    self.it, self.first, self.last, self.n = it, first, last, 0
 
   def __next__(self):
     self.n += 1
     batch = next(self.it)
-    return _poison(batch) if self.n >= self.first else batch
+    return _poison(batch) if self.first <= self.n <= self.last else batch
 
   def get_state(self):
     return self.it.get_state()
@@ -71,14 +71,15 @@ class _PoisonFrom:
 def test_divergence_stops_with_a_clear_error_and_the_last_good_checkpoint(
     shapes_data_dir, tmp_path, monkeypatch, caplog):
   config = tiny_config(shapes_data_dir)
-  config.train.steps, config.train.log_every, config.train.max_bad_steps = 10, 1, 3
+  config.train.steps, config.train.log_every, config.train.max_bad_steps = 10, 2, 3
+  # Steps 3-5 fail; step 6 (a log step) is finite again: the streak ended between two logs.
   monkeypatch.setattr(loop, "make_iterator",
-                      lambda *a, **k: _PoisonFrom(make_iterator(*a, **k), first=3))
+                      lambda *a, **k: _Poisoned(make_iterator(*a, **k), first=3, last=5))
   with caplog.at_level(logging.WARNING), pytest.raises(loop.DivergenceError) as error:
     loop.train(config, tmp_path)
-  assert "3 consecutive non-finite updates at step 5" in str(error.value)
+  assert "3 consecutive non-finite updates by step 6" in str(error.value)
   assert "last good checkpoint" in str(error.value) and "grad_clip" in str(error.value)
-  assert "Step 3: 1 update(s) skipped for non-finite losses or gradients" in caplog.text
+  assert "Step 4: 2 update(s) skipped for non-finite losses or gradients" in caplog.text
   manager = checkpoint.make_manager(tmp_path, config)
   assert manager.all_steps() == [2, 4]
   abstract = checkpoint.abstract_like(loop.create_state(
