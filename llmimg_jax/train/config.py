@@ -6,9 +6,9 @@ import difflib
 import ml_collections
 
 from llmimg_jax.data.pipeline import default_data_config, validate_data_config
-from llmimg_jax.gan import GRADIENT_PENALTIES
+from llmimg_jax.gan import GRADIENT_PENALTIES, SUPPORTED_RESOLUTIONS, Generator
+from llmimg_jax.gan.diffaugment import parse_policy
 
-RESOLUTIONS = (32, 64, 128, 256)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -104,9 +104,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError("; ".join(errors) + ". Fix the spelling or remove the key (the keys and "
                      "their defaults are in llmimg_jax/train/config.py, base_config).")
   m, t = config.model, config.train
-  if m.resolution not in RESOLUTIONS:
+  if m.resolution not in SUPPORTED_RESOLUTIONS:
     raise ValueError(f"config.model.resolution={m.resolution} is not supported; use one of "
-                     f"{RESOLUTIONS}.")
+                     f"{SUPPORTED_RESOLUTIONS}.")
+  blocks = Generator(m.resolution).block_resolutions()  # [8, 16, ..., resolution]
+  if bad := [r for r in m.attn_resolutions if r not in blocks]:
+    raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)} contains {bad}; "
+                     f"at resolution {m.resolution} use a subset of {blocks}.")
   if t.batch_size % num_devices:
     raise ValueError(
         f"config.train.batch_size={t.batch_size} is not divisible by the {num_devices} devices "
@@ -115,6 +119,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.text.mode not in ("trainable", "frozen"):
     raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
   check_frozen_text(config.text)
+  if config.text.max_length < 2:
+    raise ValueError(f"config.text.max_length={config.text.max_length} must be >= 2 (room for "
+                     "one token and EOS).")
+  try:
+    parse_policy(config.loss.diffaugment)
+  except ValueError as e:
+    raise ValueError(f"config.loss.diffaugment: {e}") from None
   if config.loss.gp not in GRADIENT_PENALTIES:
     raise ValueError(f"config.loss.gp={config.loss.gp!r}: use one of {GRADIENT_PENALTIES}.")
   if config.model.dtype not in ("float32", "bfloat16"):
