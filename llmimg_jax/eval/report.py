@@ -55,7 +55,11 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   builder = _builder(data_cfg)
   # test and holdout only: _reference draws the comparison set of `test` from train.
   held_out = [s for s in ("test", "holdout") if s in builder.info.splits]
-  splits = _check_splits(splits, held_out, held_out, f"captioned_shapes/{data_cfg.config}")
+  name = f"captioned_shapes/{data_cfg.config}"
+  if splits and "train" in splits and "train" in builder.info.splits:
+    raise ValueError(f"{name}: the train split is not scored (it is the reference set of test's "
+                     f"in-domain FID); evaluate one of {held_out}.")
+  splits = _check_splits(splits, held_out, held_out, name)
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": f"captioned_shapes/{data_cfg.config}", "evaluator": evaluator.meta,

@@ -194,3 +194,11 @@ def test_cli_unknown_split_is_one_clear_error(run, tiny_eval):  # noqa: F811
   assert out.returncode == 1, out.stderr[-2000:]
   assert "evaluate.py: error: captioned_shapes/tiny_32 has no split 'tset'; available:" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_train_split_is_refused_with_the_reason(run, tiny_eval):  # noqa: F811
+  from llmimg_jax.eval.report import evaluate_run
+  data, _ = tiny_eval
+  with pytest.raises(ValueError, match=r"captioned_shapes/tiny_32: the train split is not scored "
+                                       r"\(it is the reference set of test's in-domain FID\)"):
+    evaluate_run(str(run.workdir), splits=["train"], data_dir=data.data_dir)
