@@ -1,6 +1,7 @@
 """evaluate.py's work: sample a run's EMA generator on a split's captions and measure it."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -11,21 +12,31 @@ import numpy as np
 from llmimg_jax.data.pipeline import center_crop_resize, load_source
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
-from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split
 
 log = logging.getLogger(__name__)
 ATTRIBUTE_COLUMNS = ("shape", "color", "size", "cell", "relation", "count")
 
 
-def _reference(data_cfg, split: str, n: int, size: int):
+def _reference(data_cfg, split: str, n: int, size: int) -> tuple[SplitData, SplitData]:
   """Real images [0, n) of `split` and a disjoint real set of the same distribution and size:
   train records for `test` (train and test draw from the same (shape, colour) pairs), holdout
-  records [n, 2n) for `holdout` (n is halved if the split is too small for both)."""
+  records [n, 2n) for `holdout` (n is halved if the split is too small for both). Both at
+  data.image_size, the resolution the run trained and generates at."""
   if split == "holdout":
     n = min(n, size // 2)
-    return load_split(data_cfg, split, n), load_split(data_cfg, split, n, start=n)
-  n = min(n, size)
-  return load_split(data_cfg, split, n), load_split(data_cfg, "train", n)
+    pair = load_split(data_cfg, split, n), load_split(data_cfg, split, n, start=n)
+  else:
+    n = min(n, size)
+    pair = load_split(data_cfg, split, n), load_split(data_cfg, "train", n)
+  return tuple(_at_size(d, data_cfg.image_size) for d in pair)
+
+
+def _at_size(data: SplitData, size: int) -> SplitData:
+  if data.images.shape[1:3] == (size, size):
+    return data
+  images = np.stack([center_crop_resize(image, size) for image in data.images])
+  return dataclasses.replace(data, images=images)
 
 
 def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples: int = 1000,

@@ -177,6 +177,25 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
   assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_reference_images_are_at_the_runs_image_size(tiny_eval):
+  """A run trained below its build's resolution is compared with real images at its own size."""
+  import ml_collections
+  from llmimg_jax.data.pipeline import center_crop_resize
+  from llmimg_jax.eval.report import _reference
+  data, _ = tiny_eval
+  small = ml_collections.ConfigDict(data.to_dict())
+  small.image_size = 16
+  for split in ("test", "holdout"):
+    stored, stored_other = _reference(data, split, 4, 8)
+    real, other = _reference(small, split, 4, 8)
+    assert stored.images.shape == (4, 32, 32, 3) and real.images.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(real.images,
+                                  [center_crop_resize(x, 16) for x in stored.images])
+    np.testing.assert_array_equal(other.images,
+                                  [center_crop_resize(x, 16) for x in stored_other.images])
+    assert real.captions == stored.captions
+
+
 def test_cli_help_and_missing_workdir():
   out = subprocess.run([sys.executable, "evaluate.py", "--helpfull"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
