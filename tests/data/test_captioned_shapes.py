@@ -5,6 +5,7 @@ import hashlib
 import re
 
 import numpy as np
+import pytest
 
 from llmimg_jax.data import captioned_shapes, pipeline, shapes
 
@@ -177,3 +178,23 @@ def test_single_object_variant():
   assert hashlib.sha256(default["image"].tobytes()).hexdigest()[:16] == "99f3c58435d7a4d2"
   assert default["captions"][0] == ("an ivory hexagon right of a tiny black box, plus a golden "
                                     "cross at the top")
+
+
+@pytest.mark.parametrize("config_name", ["shapes_quick", "shapes_64"])
+def test_experiment_configs_fit_their_datasets_longest_captions(config_name):
+  """Captions of 20k scenes drawn as the config's dataset draws them (nothing rendered): the
+  longest ones, tokenized with the config's tokenizer plus EOS, fit text.max_length."""
+  import importlib
+  from llmimg_jax.text.tokenizer import load_tokenizer
+  cfg = importlib.import_module(f"configs.{config_name}").get_config()
+  spec = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}[cfg.data.config]
+  rng = np.random.default_rng(0)
+  captions = set()
+  for i in range(20_000):
+    gt = shapes.sample_scene(rng, ("train", "test", "holdout")[i % 3], spec.colors_only,
+                             spec.max_objects, spec.cells)
+    captions.update(shapes.caption_scene(gt, rng) for _ in range(3))
+  longest = sorted(captions, key=len)[-20:]
+  hf = load_tokenizer(None, cfg.text.max_length).hf
+  lengths = [len(ids) for ids in hf(longest, add_special_tokens=True)["input_ids"]]
+  assert max(lengths) <= cfg.text.max_length, (max(lengths), longest[-1])
