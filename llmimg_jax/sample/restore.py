@@ -19,6 +19,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from llmimg_jax.train.checkpoint import brief_error
+
 log = logging.getLogger(__name__)
 PyTree = Any
 SAMPLING_KEYS = ("ema_params", "text_params")
@@ -35,12 +37,6 @@ class Restored:
   text_params: PyTree
   step: int
   path: Path  # the step directory restored from
-
-
-def _brief(e: Exception, limit: int = 400) -> str:
-  """An Orbax/TensorStore error in one short line (their messages embed whole JSON specs)."""
-  text = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
-  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -73,7 +69,7 @@ def _config_of(step_dir: Path, workdir: Path) -> ml_collections.ConfigDict:
       return ml_collections.ConfigDict(d)
     except Exception as e:  # noqa: BLE001 - any failure falls back to config.json, logged
       log.warning("Could not read the config saved in %s (%s); using %s.",
-                  step_dir / "config", _brief(e), workdir / "config.json")
+                  step_dir / "config", brief_error(e), workdir / "config.json")
   path = workdir / "config.json"
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -122,7 +118,7 @@ def _restore_subset(handler: ocp.PyTreeCheckpointHandler, state_dir: epath.Path,
     missing = [k for k in SAMPLING_KEYS if not isinstance(tree, dict) or k not in tree]
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; name the path
     raise CheckpointError(f"Could not read the checkpoint metadata in {state_dir} "
-                          f"({_brief(e)}). {hint}") from e
+                          f"({brief_error(e)}). {hint}") from e
   if missing:
     raise CheckpointError(f"{state_dir} has no {missing}: it is not a TrainState checkpoint of "
                           "llmimg_jax.train. Pass the --workdir of a train.py run.")
@@ -135,5 +131,5 @@ def _restore_subset(handler: ocp.PyTreeCheckpointHandler, state_dir: epath.Path,
     jax.block_until_ready(restored)
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"Could not restore {SAMPLING_KEYS} from {state_dir} "
-                          f"({_brief(e)}). {hint}") from e
+                          f"({brief_error(e)}). {hint}") from e
   return restored["ema_params"], restored["text_params"]

@@ -33,6 +33,7 @@ from llmimg_jax.sample.restore import restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+from llmimg_jax.train.loop import make_mesh
 from llmimg_jax.train.state import Models, build_models, build_text
 from llmimg_jax.train.step import generate_images
 
@@ -124,8 +125,7 @@ class Sampler:
     """Restores step `step` (default: latest) of a train.py workdir onto `devices` (default: this
     process's devices; batches are split across them)."""
     devices = list(jax.local_devices() if devices is None else devices)
-    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = make_mesh(devices)
     restored = restore_for_sampling(workdir, step, NamedSharding(mesh, P()))
     tokenizer, t5_config = text_setup(restored.config)
     models = build_models(restored.config, t5_config)

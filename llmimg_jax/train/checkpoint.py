@@ -99,7 +99,7 @@ class CorruptCheckpointError(RuntimeError):
 CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
 
 
-def _brief(e: BaseException, limit: int = 300) -> str:
+def brief_error(e: BaseException, limit: int = 400) -> str:
   """An Orbax/TensorStore error in one line (their messages embed whole JSON specs)."""
   text = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
   return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
@@ -144,7 +144,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       state = restore(manager, step, abstract_state, data_iter)
       jax.block_until_ready(state)
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
-      error = _brief(e)
+      error = brief_error(e)
     if _on_every_host(error is None):
       if failed:
         _move_aside(manager, list(failed))
