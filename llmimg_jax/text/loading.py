@@ -143,11 +143,15 @@ def hf_key_to_path(key: str) -> tuple[tuple[str, ...], bool]:
   return tuple(out[:-1]) + ("kernel",), True
 
 
-def param_shapes(config: T5Config, encoder_only: bool = False) -> Params:
-  """The param tree of shape/dtype structs, without allocating."""
+def _model_and_init_args(config: T5Config, encoder_only: bool):
   model = (T5EncoderModel if encoder_only else T5ForConditionalGeneration)(config)
   ids = jnp.zeros((1, 2), jnp.int32)
-  args = (ids, ids) if encoder_only else (ids, ids, ids)
+  return model, ((ids, ids) if encoder_only else (ids, ids, ids))  # (ids, mask[, decoder ids])
+
+
+def param_shapes(config: T5Config, encoder_only: bool = False) -> Params:
+  """The param tree of shape/dtype structs, without allocating."""
+  model, args = _model_and_init_args(config, encoder_only)
   return jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"]
 
 
@@ -212,9 +216,7 @@ def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
 
 def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False) -> Params:
   """Freshly initialised fp32 params (transformers' T5 init scheme)."""
-  model = (T5EncoderModel if encoder_only else T5ForConditionalGeneration)(config)
-  ids = jnp.zeros((1, 2), jnp.int32)
-  args = (ids, ids) if encoder_only else (ids, ids, ids)
+  model, args = _model_and_init_args(config, encoder_only)
   return jax.jit(model.init)(rng, *args)["params"]
 
 
