@@ -36,10 +36,12 @@ class TrainingEvaluator:
     self.seed = int(config.seed) + 2
     t0 = time.perf_counter()
     self.evaluator = ShapesEvaluator.load_or_train(config.data)
-    real = load_split(config.data, "test", n)
+    size = config.data.image_size  # real images at the resolution the run generates
+    real = load_split(config.data, "test", n).at_size(size)
     self.captions = [c[0] for c in real.captions]
     self.real_mu_sigma = fid.statistics(self.evaluator.features(real.images))
-    other = self.evaluator.features(load_split(config.data, "train", len(real.images)).images)
+    other = load_split(config.data, "train", len(real.images)).at_size(size)
+    other = self.evaluator.features(other.images)
     self.floor = fid.frechet_distance(*fid.statistics(other), *self.real_mu_sigma)
     self.real_scores = self.evaluator.score(real.images, self.captions)
     self.best_path = self.workdir / "best.json"

@@ -1,7 +1,6 @@
 """evaluate.py's work: sample a run's EMA generator on a split's captions and measure it."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,14 +28,7 @@ def _reference(data_cfg, split: str, n: int, size: int) -> tuple[SplitData, Spli
   else:
     n = min(n, size)
     pair = load_split(data_cfg, split, n), load_split(data_cfg, "train", n)
-  return tuple(_at_size(d, data_cfg.image_size) for d in pair)
-
-
-def _at_size(data: SplitData, size: int) -> SplitData:
-  if data.images.shape[1:3] == (size, size):
-    return data
-  images = np.stack([center_crop_resize(image, size) for image in data.images])
-  return dataclasses.replace(data, images=images)
+  return tuple(d.at_size(data_cfg.image_size) for d in pair)
 
 
 def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples: int = 1000,

@@ -27,6 +27,7 @@ import flax.serialization
 import jax
 import numpy as np
 
+from llmimg_jax.data.pipeline import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
@@ -40,6 +41,14 @@ class SplitData:
   images: np.ndarray  # uint8 [n, R, R, 3]
   gt: dict[str, np.ndarray]  # shape/color/size/cell [n, MAX_OBJECTS], -1 padded; num_objects [n]
   captions: list[list[str]]  # every caption of each image
+
+  def at_size(self, size: int) -> SplitData:
+    """The same records with images centre-cropped and resized to [size, size] (a run's
+    data.image_size may be below its build's resolution)."""
+    if self.images.shape[1:3] == (size, size):
+      return self
+    images = np.stack([center_crop_resize(image, size) for image in self.images])
+    return dataclasses.replace(self, images=images)
 
 
 def cache_dir() -> Path:

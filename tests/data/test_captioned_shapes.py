@@ -194,6 +194,8 @@ def test_experiment_configs_fit_their_datasets_longest_captions(config_name):
     gt = shapes.sample_scene(rng, ("train", "test", "holdout")[i % 3], spec.colors_only,
                              spec.max_objects, spec.cells)
     captions.update(shapes.caption_scene(gt, rng) for _ in range(3))
+  if cfg.data.random_flip:  # the pipeline swaps 'left' and 'right' in a flipped image's caption
+    captions |= {pipeline.swap_left_right(c) for c in captions}
   longest = sorted(captions, key=len)[-20:]
   hf = load_tokenizer(None, cfg.text.max_length).hf
   lengths = [len(ids) for ids in hf(longest, add_special_tokens=True)["input_ids"]]
