@@ -4,8 +4,9 @@ The same work per step as the JAX step: one text-encoder forward and one generat
 reused by both halves; the discriminator (and the trainable T5 text encoder) on real / detached
 fake / mismatched pairs with hinge loss, MA-GP (a double backward w.r.t. image and sentence) and
 the InfoNCE head; Adam(b1=0, b2=0.9) updates; then the generator's hinge (+ contrastive) loss
-through the updated D, and the EMA of G. Differences, none of which changes the cost measurably: random numbers come from torch's
-generator, and a non-finite update is flagged (grad norms computed, as in JAX) but not skipped.
+through the updated D, and the EMA of G. Differences, none of which changes the cost measurably:
+random numbers come from torch's generator, and a non-finite update is flagged (grad norms
+computed, as in JAX) but not skipped.
 """
 from __future__ import annotations
 

@@ -40,9 +40,9 @@ class TrainingEvaluator:
     real = load_split(config.data, "test", n).at_size(size)
     self.captions = [c[0] for c in real.captions]
     self.real_mu_sigma = fid.statistics(self.evaluator.features(real.images))
-    other = load_split(config.data, "train", len(real.images)).at_size(size)
-    other = self.evaluator.features(other.images)
-    self.floor = fid.frechet_distance(*fid.statistics(other), *self.real_mu_sigma)
+    train = load_split(config.data, "train", len(real.images)).at_size(size)
+    train_features = self.evaluator.features(train.images)
+    self.floor = fid.frechet_distance(*fid.statistics(train_features), *self.real_mu_sigma)
     self.real_scores = self.evaluator.score(real.images, self.captions)
     self.best_path = self.workdir / "best.json"
     log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "

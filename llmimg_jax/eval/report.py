@@ -65,7 +65,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   splits = _check_splits(splits, held_out, held_out, name)
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
-             "dataset": f"captioned_shapes/{data_cfg.config}", "evaluator": evaluator.meta,
+             "dataset": name, "evaluator": evaluator.meta,
              "splits": {}}
   given_ref = fid.load_statistics(ref_stats) if ref_stats else None  # read once, for every split
   for split in splits:

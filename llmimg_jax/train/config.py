@@ -10,7 +10,6 @@ from llmimg_jax.gan import GRADIENT_PENALTIES, SUPPORTED_RESOLUTIONS, Generator
 from llmimg_jax.gan.diffaugment import parse_policy
 
 
-
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
