@@ -72,6 +72,7 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("text.max_length", 1, "max_length=1 must be >= 2"),
     ("text.mode", "frozen", "needs a pretrained T5 in config.text.checkpoint"),
     ("train.max_bad_steps", 0, "max_bad_steps=0 must be positive"),
+    ("train.keep_checkpoints", 0, "keep_checkpoints=0 must be positive.*0 would keep none"),
     ("train.samples_per_prompt", 0, "samples_per_prompt=0 must be positive"),
     ("train.sample_prompts", (), "sample_prompts is empty"),
 ])
