@@ -122,6 +122,11 @@ def _add_caption_entry(folder, where, file_name, captions, out, skips) -> None:
   if not isinstance(captions, list):
     skips.add("missing_key", where)
     return
+  # Undecodable CSV bytes (surrogate-escaped) or a JSON "\ud83d" escape (half an emoji): not
+  # UTF-8, so TFDS could not write them.
+  if any(_has_surrogates(v) for v in (file_name, *captions) if isinstance(v, str)):
+    skips.add("invalid_utf8", where)
+    return
   captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
   if not captions:
     skips.add("empty_caption", where)
@@ -153,7 +158,7 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
         if not raw.strip():
           continue
         try:
-          line = raw.decode("utf-8")
+          line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a BOM, as some editors write
         except UnicodeDecodeError:
           skips.add("invalid_utf8", where)
           continue
@@ -181,17 +186,13 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
       raise ValueError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
                        f"and a caption column (one of {CAPTION_KEYS}).")
     for n, row in enumerate(reader, start=2):
-      where = f"captions.csv:{n}"
-      values = [v for v in row.values() if isinstance(v, str)]
-      if any(_has_surrogates(v) for v in values):
-        skips.add("invalid_utf8", where)
-        continue
-      _add_caption_entry(folder, where, row.get(file_col), row.get(cap_col) or "", out, skips)
+      _add_caption_entry(folder, f"captions.csv:{n}", row.get(file_col), row.get(cap_col) or "",
+                         out, skips)
   return dict(out)
 
 
 def _has_surrogates(s: str) -> bool:
-  return any("\udc80" <= ch <= "\udcff" for ch in s)
+  return any("\ud800" <= ch <= "\udfff" for ch in s)
 
 
 class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):

@@ -77,15 +77,17 @@ def make_odd_folder(root: str) -> dict[str, list[str]]:
             json.dumps({"file": "rgb.png", "captions": []}),  # empty_caption
             json.dumps({"file": "nope.png", "caption": "ghost"}),  # unknown_file
             json.dumps({"file": "../outside.png", "caption": "escape"}),  # unknown_file
+            '{"file": "rgb.png", "caption": "half an emoji \\ud83d"}',  # invalid_utf8 (surrogate)
             ""]
   with open(p("captions.jsonl"), "wb") as f:
+    f.write(b"\xef\xbb\xbf")  # a UTF-8 BOM before the first line (a good one), as Notepad writes
     f.write("\n".join(lines).encode() + b"\n")
     f.write(b'{"file": "rgb.png", "caption": "bad \xff\xfe bytes"}\n')  # invalid_utf8
   return good
 
 
 EXPECTED_SKIPS = {
-    "corrupt": 0, "empty_caption": 2, "empty_file": 1, "invalid_json": 2, "invalid_utf8": 1,
+    "corrupt": 0, "empty_caption": 2, "empty_file": 1, "invalid_json": 2, "invalid_utf8": 2,
     "missing_key": 2, "no_caption": 1, "too_large": 1, "truncated": 1, "unknown_file": 2,
     "unreadable": 1, "unsupported_extension": 1}
 
@@ -197,3 +199,18 @@ def test_missing_folder_and_captions_file_errors(tmp_path):
   (tmp_path / "imgs").mkdir()
   with pytest.raises(FileNotFoundError, match="captions.jsonl"):
     captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
+
+
+def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
+  """PIL refuses images over its own limit while opening; data.max_pixels overrides it."""
+  from llmimg_jax.data import images
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a stand-in for PIL's 89.5 MP
+  path = str(tmp_path / "big.png")
+  Image.new("RGB", (40, 40), (9, 99, 199)).save(path)  # 1,600 pixels
+  with pytest.raises(images.SkipImage, match="too_large"):
+    images.load_image(path, 8)  # PIL's limit
+  with pytest.raises(images.SkipImage, match="too_large"):
+    images.load_image(path, 8, max_pixels=1500)
+  image, _ = images.load_image(path, 8, max_pixels=10_000)
+  np.testing.assert_array_equal(image, np.full((8, 8, 3), (9, 99, 199)))
+  assert Image.MAX_IMAGE_PIXELS == 1000  # restored
