@@ -27,7 +27,7 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int 
     if not captions or n % len(captions):
       raise ValueError(f"{n} images do not split into {len(captions)} captioned rows.")
     columns = n // len(captions)
-  per_image = len(captions) == n and columns != n
+  per_image = len(captions) == n and len(captions) * columns != n  # (the same layout if both)
   if not per_image and len(captions) * columns != n:
     raise ValueError(f"{len(captions)} captions fit neither {n} images nor their rows of "
                      f"{columns}.")

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
                  lines: int = 5) -> Image.Image:
-  """Examples (scaled to `cell` px) with their first caption wrapped underneath."""
+  """Examples (centre squares scaled to `cell` px) with their first caption wrapped underneath."""
   examples = [source[i] for i in range(min(num, len(source)))]
-  images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])  # [n, h, w, 3]
+  images = [np.asarray(ex["image"], np.uint8) for ex in examples]  # [h, w, 3] each
+  side = min(cell, *(min(im.shape[:2]) for im in images))  # a common size (coco's vary)
+  images = np.stack([pipeline.center_crop_resize(im, side) for im in images])  # [n, s, s, 3]
   return captioned_grid(images, [ex["captions"][0] for ex in examples], columns=columns,
                         cell=cell, max_lines=lines)
 

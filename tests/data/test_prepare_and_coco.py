@@ -20,6 +20,19 @@ def test_prepare_builds_and_writes_preview(shapes_cfg, tmp_path):
   assert (strip < 100).any()
 
 
+def test_preview_of_images_of_different_sizes_shows_their_centres():
+  wide = np.zeros((20, 40, 3), np.uint8)
+  wide[:, 10:30] = (255, 0, 0)  # the centre square is red
+  tall = np.zeros((60, 30, 3), np.uint8)
+  tall[15:45] = (0, 0, 255)  # the centre square is blue
+  source = [{"image": wide, "captions": ["wide"]}, {"image": tall, "captions": ["tall"]}]
+  grid = np.asarray(prepare.preview_grid(source, columns=2, cell=40))
+  assert grid.shape[1] == 80
+  np.testing.assert_array_equal(grid[[1, 20, 38]][:, [1, 20, 38]], np.full((3, 3, 3), (255, 0, 0)))
+  np.testing.assert_array_equal(grid[[1, 20, 38]][:, [41, 60, 78]],
+                                np.full((3, 3, 3), (0, 0, 255)))
+
+
 def test_prepare_captioned_folder_reports_summary(tmp_path):
   folder = tmp_path / "imgs"
   folder.mkdir()
