@@ -5,7 +5,9 @@ carry on instead of crashing halfway.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -19,6 +21,7 @@ _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".g
             ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".tga": "TGA",
             ".ico": "ICO", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM"}
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class SkipImage(Exception):
@@ -49,6 +52,18 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), np.uint8)
 
 
+@contextlib.contextmanager
+def _pil_pixel_limit(limit: int | None):
+  """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
+  `max_pixels` above PIL's default admits those images."""
+  with _PIL_LIMIT_LOCK:
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit or None
+    try:
+      yield
+    finally:
+      Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
   """Decodes `path`, applies EXIF orientation, resizes the shorter side to `size`, centre-crops.
 
@@ -65,7 +80,7 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
   notes = []
   try:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       img = Image.open(path)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
