@@ -318,7 +318,7 @@ class T5ForConditionalGeneration(nn.Module):
     self.encoder = T5Stack(c, False, self.dtype)
     self.decoder = T5Stack(c, True, self.dtype)
     if not c.tie_word_embeddings:
-      self.lm_head = Dense(c.vocab_size, _normal(1.0), self.dtype)
+      self.lm_head = Dense(c.vocab_size, _normal(1.0), jnp.float32)  # logits in fp32 (decode)
 
   def __call__(self, input_ids: Array, attention_mask: Array, decoder_input_ids: Array,
                decoder_attention_mask: Array | None = None, deterministic: bool = True) -> Array:
@@ -358,8 +358,12 @@ class T5ForConditionalGeneration(nn.Module):
                             cross_mask_bias=padding_mask_bias(encoder_mask), cache=cache)
     if self.config.scale_decoder_outputs:
       x = x * (self.config.d_model ** -0.5)
-    logits = self.shared.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
-    return logits.astype(jnp.float32), cache
+    # The vocabulary projection in fp32 whatever the compute dtype: bf16 logits keep ~3 digits,
+    # which breaks near-ties and coarsens beam scores and sampling probabilities.
+    x = x.astype(jnp.float32)  # [b, t, d_model]
+    if self.config.tie_word_embeddings:
+      return x @ self.shared.embedding.T, cache  # [b, t, vocab]
+    return self.lm_head(x), cache
 
   def init_cache(self, encoder_states: Array, max_length: int) -> Cache:
     """A zeroed self-attention cache of max_length positions, with cross-attention K/V computed."""

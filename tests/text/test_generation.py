@@ -73,8 +73,8 @@ def test_sampling(relu, padded_batch):
              rng=jax.random.PRNGKey(0))
 
 
-def test_bf16_compute_close_to_fp32(relu, padded_batch):
-  config, params = relu
+def test_bf16_compute_close_to_fp32(checkpoint, padded_batch):  # tied and untied vocab heads
+  config, params = load_t5(checkpoint.path)
   ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
   dec = ids[:, :6]
   out = {}
@@ -85,6 +85,9 @@ def test_bf16_compute_close_to_fp32(relu, padded_batch):
         model.apply({"params": p}, ids, mask, dec)))(params)
     assert enc.dtype == dtype and logits.dtype == jnp.float32
     out[dtype] = (np.asarray(enc, np.float32), np.asarray(logits))
+  # The vocabulary projection runs in fp32: bf16 compute does not round the logits to bf16.
+  bf16_logits = out[jnp.bfloat16][1]
+  assert np.mean(bf16_logits != bf16_logits.astype(jnp.bfloat16).astype(np.float32)) > 0.9
   for ref, low in zip(out[jnp.float32], out[jnp.bfloat16]):
     assert np.isfinite(low).all()
     rms_err = np.linalg.norm(low - ref) / np.linalg.norm(ref)
