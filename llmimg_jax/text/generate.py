@@ -68,14 +68,16 @@ def _generate(params, input_ids, attention_mask, rng, scalars, *, config, max_ne
     attention_mask = jnp.repeat(attention_mask, num_beams, axis=0)
   cache = model.apply(variables, enc, max_new_tokens, method=model.init_cache)
 
-  def step_logits(tokens, cache, step):  # tokens [rows] -> fp32 log-space scores [rows, vocab]
+  def step_logits(tokens, cache, step):  # tokens [rows] -> fp32 scores [rows, vocab]
     logits, cache = model.apply(variables, tokens[:, None], enc, attention_mask, cache=cache,
                                 method=model.decode)
-    logits = logits[:, 0]
+    scores = logits[:, 0]
+    if num_beams > 1:  # log-probs, before the processors as in transformers' beam search
+      scores = jax.nn.log_softmax(scores, axis=-1)
     if min_new_tokens > 0:  # transformers' MinNewTokensLengthLogitsProcessor
-      eos_col = jnp.arange(logits.shape[-1]) == config.eos_token_id
-      logits = jnp.where(eos_col & (step < min_new_tokens), -jnp.inf, logits)
-    return logits, cache
+      eos_col = jnp.arange(scores.shape[-1]) == config.eos_token_id
+      scores = jnp.where(eos_col & (step < min_new_tokens), -jnp.inf, scores)
+    return scores, cache
 
   if num_beams == 1:
     out = _greedy_or_sample(step_logits, cache, input_ids.shape[0], rng, config, max_new_tokens,
@@ -151,8 +153,7 @@ def _beam_search(step_logits, cache, batch, config, n, num_beams, length_penalty
 
   def body(s):
     step = s["step"]
-    log_probs, cache = step_logits(s["last"], s["cache"], step)
-    log_probs = jax.nn.log_softmax(log_probs, axis=-1)  # [b*k, V]; -inf stays -inf
+    log_probs, cache = step_logits(s["last"], s["cache"], step)  # [b*k, V]
     vocab = log_probs.shape[-1]
     scores = log_probs.reshape(batch, k, vocab) + s["run_scores"][:, :, None]
     topk_lp, topk_idx = jax.lax.top_k(scores.reshape(batch, k * vocab), k2)  # [b, 2k]

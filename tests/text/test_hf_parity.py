@@ -115,3 +115,11 @@ def test_beam_search_matches_pytorch(checkpoint, loaded, padded_batch):
     ours_lp = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
                        max_new_tokens=n, num_beams=4, length_penalty=lp)
     assert strip_generated(np.asarray(ours_lp), config) == ref_lp, lp
+  # min_new_tokens masks EOS in the log-probs (after log_softmax, as transformers does).
+  for min_new in (3, 6):
+    ref_min = strip_generated(_hf_generate(checkpoint, padded_batch, max_new_tokens=n, num_beams=4,
+                                           eos_token_id=eos, min_new_tokens=min_new), config)
+    ours_min = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
+                        max_new_tokens=n, num_beams=4, min_new_tokens=min_new)
+    assert strip_generated(np.asarray(ours_min), config) == ref_min, min_new
+    assert min(len(r) for r in ref_min) >= min_new, ref_min
