@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +58,10 @@ class CaptionExpander:
       chunk = inputs[start:start + self.batch_size]
       # Pad the chunk to a fixed size: one compiled generation for every chunk.
       padded = chunk + [chunk[-1]] * (min(self.batch_size, len(inputs)) - len(chunk))
-      out = self.generator.generate(padded, seed=self.seed + start, **kw)
+      # A sampled expansion depends on the seed and its own input only, not on the other prompts.
+      seeds = [zlib.crc32(f"{self.seed}\0{text}".encode("utf-8", "surrogatepass"))
+               for text in padded]
+      out = self.generator.generate(padded, seed=seeds, **kw)
       captions += out[:len(chunk)]
     result = []
     for prompt, caption in zip(prompts, captions):

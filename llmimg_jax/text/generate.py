@@ -27,6 +27,8 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
 
   params: T5ForConditionalGeneration params (the inner dict, without {'params': ...}).
   input_ids, attention_mask: int [batch, length] (right-padded batches are fine).
+  rng (sampling): one key, split over the rows, or one key per row ([batch] keys), so that a row's
+  sample does not depend on the other rows.
   """
   input_ids = jnp.asarray(input_ids, jnp.int32)
   if input_ids.ndim != 2:
@@ -46,6 +48,7 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     if do_sample:
       raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
     rng = jax.random.PRNGKey(0)
+  rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
   # Scalars that only enter arithmetic are traced (no recompiles); the rest shape the program.
   scalars = jnp.asarray([temperature, top_p, length_penalty], jnp.float32)
   return _generate(params, input_ids, attention_mask, rng, scalars, config=config,
@@ -88,6 +91,17 @@ def _generate(params, input_ids, attention_mask, rng, scalars, *, config, max_ne
   return _pad_after_eos(out, config)
 
 
+def _row_keys(rng: jax.Array, batch: int) -> jax.Array:
+  """One key (raw uint32 [2] or typed []) -> `batch` keys; `batch` keys pass through."""
+  key_ndim = 0 if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else 1
+  if rng.ndim == key_ndim:
+    return jax.random.split(rng, batch)
+  if rng.ndim != key_ndim + 1 or rng.shape[0] != batch:
+    raise ValueError(f"rng must be one key or one key per row ({batch} rows); got an array of "
+                     f"shape {rng.shape}.")
+  return rng
+
+
 def _pad_after_eos(tokens, config):
   """Replaces everything after the first EOS by pad; [b, n] int32."""
   is_eos = tokens == config.eos_token_id
@@ -117,24 +131,25 @@ def _greedy_or_sample(step_logits, cache, batch, rng, config, n, do_sample, temp
   pad, eos = config.pad_token_id, config.eos_token_id
 
   def cond(state):
-    step, _, _, _, finished, _ = state
+    step, _, _, _, finished = state
     return (step < n) & ~jnp.all(finished)
 
   def body(state):
-    step, cache, last, out, finished, rng = state
-    logits, cache = step_logits(last, cache, step)
-    if do_sample:
-      rng, key = jax.random.split(rng)
-      token = jax.random.categorical(key, process_logits(logits, temperature, top_k, top_p))
+    step, cache, last, out, finished = state
+    logits, cache = step_logits(last, cache, step)  # [b, vocab]
+    if do_sample:  # row i draws with fold_in(rng[i], step): independent of the other rows
+      keys = jax.vmap(jax.random.fold_in, (0, None))(rng, step)
+      token = jax.vmap(jax.random.categorical)(keys, process_logits(logits, temperature, top_k,
+                                                                    top_p))
     else:
       token = jnp.argmax(logits, axis=-1)
     token = jnp.where(finished, pad, token).astype(jnp.int32)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
-    return step + 1, cache, token, out, finished | (token == eos), rng
+    return step + 1, cache, token, out, finished | (token == eos)
 
   start = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
   out = jnp.full((batch, n), pad, jnp.int32)
-  state = (jnp.zeros((), jnp.int32), cache, start, out, jnp.zeros((batch,), bool), rng)
+  state = (jnp.zeros((), jnp.int32), cache, start, out, jnp.zeros((batch,), bool))
   return jax.lax.while_loop(cond, body, state)[3]
 
 

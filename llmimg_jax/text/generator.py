@@ -39,11 +39,18 @@ class TextGenerator:
     config, params, tokenizer = load_pretrained(path_or_name, max_length, seed=seed)
     return cls(config, params, tokenizer, dtype)
 
-  def generate(self, texts: Sequence[str] | str, *, max_new_tokens: int = 32, seed: int = 0,
-               **kw) -> list[str]:
-    """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens."""
+  def generate(self, texts: Sequence[str] | str, *, max_new_tokens: int = 32,
+               seed: int | Sequence[int] = 0, **kw) -> list[str]:
+    """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens.
+
+    seed (sampling): one for the call, or one per text, so that a text's sample does not depend
+    on the other texts.
+    """
     batch = self.tokenizer(texts)
-    rng = jax.random.PRNGKey(seed)
+    if isinstance(seed, (int, np.integer)):
+      rng = jax.random.PRNGKey(seed)
+    else:
+      rng = jnp.stack([jax.random.PRNGKey(s) for s in seed])  # [texts, 2]
     ids = generate(self.params, self.config, batch["input_ids"], batch["attention_mask"],
                    max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
     return self.tokenizer.decode(np.asarray(ids))

@@ -140,10 +140,18 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   records = write_samples(result, tmp_path)
   assert [r["caption"] for r in records] == [c for c in captions for _ in range(2)]
   assert [r["prompt"] for r in records] == [p for p in PROMPTS for _ in range(2)]
-  # Sampling runs too (beam search: tests/sample/test_cli.py); a template without {prompt} or
-  # sampling with beams is refused.
-  sampled = CaptionExpander(expander.generator, do_sample=True, max_new_tokens=12, seed=1)
-  assert len(sampled(PROMPTS)) == 2
+  # A sampled expansion depends on the seed and its own prompt only, not on the other prompts of
+  # the call or their order (beam search: tests/sample/test_cli.py).
+  sampled = CaptionExpander(expander.generator, do_sample=True, temperature=3.0,
+                            max_new_tokens=12, seed=1)
+  pair = sampled(PROMPTS)
+  assert sampled([PROMPTS[1]]) == [pair[1]]
+  reordered = sampled([PROMPTS[1], "a third prompt", PROMPTS[0]])
+  assert [reordered[0], reordered[2]] == [pair[1], pair[0]]
+  reseeded = CaptionExpander(expander.generator, do_sample=True, temperature=3.0,
+                             max_new_tokens=12, seed=2)(PROMPTS)
+  assert reseeded != pair
+  # A template without {prompt} or sampling with beams is refused.
   with pytest.raises(ValueError, match="not both"):
     CaptionExpander(expander.generator, do_sample=True, num_beams=2)
   with pytest.raises(ValueError, match="no {prompt} placeholder"):

@@ -66,6 +66,14 @@ def test_sampling(relu, padded_batch):
   cold = generate(params, config, ids, mask, rng=jax.random.PRNGKey(3), max_new_tokens=24,
                   do_sample=True, temperature=1e-4)
   np.testing.assert_array_equal(np.asarray(cold), greedy)
+  # One key per row: a row's sample does not depend on the other rows.
+  keys = jax.random.split(jax.random.PRNGKey(5), ids.shape[0])
+  rows = np.asarray(generate(params, config, ids, mask, rng=keys, **kw))
+  alone = np.asarray(generate(params, config, ids[1:2], mask[1:2], rng=keys[1:2], **kw))
+  np.testing.assert_array_equal(rows[1], alone[0])
+  assert (rows != a).any()
+  with pytest.raises(ValueError, match=r"one key per row \(3 rows\); got an array of shape \(2, 2\)"):
+    generate(params, config, ids, mask, rng=keys[:2], **kw)
   with pytest.raises(ValueError, match="rng"):
     generate(params, config, ids, mask, max_new_tokens=4, do_sample=True)
   with pytest.raises(ValueError, match="top_p"):
