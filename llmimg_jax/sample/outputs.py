@@ -34,7 +34,7 @@ def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | 
   if prompts_file:
     path = Path(prompts_file).expanduser()
     try:
-      text = path.read_text(encoding="utf-8")
+      text = path.read_text(encoding="utf-8-sig")  # a BOM (as some editors write) is dropped
     except FileNotFoundError:
       raise FileNotFoundError(f"Prompts file {path} does not exist; pass a UTF-8 text file "
                               "with one prompt per line.") from None

@@ -96,7 +96,8 @@ def test_bad_prompts_fail_clearly(sampler, tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.txt"):
     read_prompts([], tmp_path / "missing.txt")
   good = tmp_path / "good.txt"
-  good.write_text("a red circle\n\n生成一张美丽的海滩风景图片\n", encoding="utf-8")
+  good.write_text("# a comment after a BOM\na red circle\n\n生成一张美丽的海滩风景图片\n",
+                  encoding="utf-8-sig")  # "UTF-8 with BOM", as Windows editors save it
   assert read_prompts(["x"], good) == ["x", "a red circle", "生成一张美丽的海滩风景图片"]
 
 
