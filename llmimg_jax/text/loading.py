@@ -25,8 +25,9 @@ Params = dict
 SAFE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)
-# Copies of shared.weight, and a key transformers itself ignores.
-_IGNORED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+# Copies of shared.weight (used as it when it is missing), and a key transformers itself ignores.
+_EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_IGNORED_KEYS = (*_EMBEDDING_ALIASES,
                  "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
 
 
@@ -160,6 +161,10 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
   """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
   carries its own lm_head; decoder/lm_head keys are skipped when encoder_only."""
   state = dict(state)
+  if "shared.weight" not in state:  # some exports keep the embedding only under an alias
+    alias = next((k for k in _EMBEDDING_ALIASES if k in state), None)
+    if alias is not None:
+      state["shared.weight"] = state[alias]
   for key in _IGNORED_KEYS:
     state.pop(key, None)
   lm_head = state.pop("lm_head.weight", None)

@@ -54,6 +54,18 @@ def test_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
   _assert_same_params(params, reference[1])
 
 
+def test_embedding_stored_only_under_an_alias_loads_the_same(checkpoint, reference, tmp_path):
+  # transformers loads such a file (embed_tokens is tied to shared); so do we.
+  state = checkpoint.hf_model.state_dict()
+  shared = state.pop("shared.weight")
+  assert torch.equal(state["encoder.embed_tokens.weight"], shared)
+  torch.save(state, tmp_path / "pytorch_model.bin")
+  _copy_config(checkpoint.path, tmp_path)
+  config, params = load_t5(tmp_path)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+
+
 def test_pytorch_bin_without_torch_says_what_to_do(relu_tied, tmp_path, monkeypatch):
   torch.save(relu_tied.hf_model.state_dict(), tmp_path / "pytorch_model.bin")
   _copy_config(relu_tied.path, tmp_path)
