@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     states = gen.encode(args.text)
     out_dir = os.path.dirname(os.path.abspath(args.encode_out))
     os.makedirs(out_dir, exist_ok=True)
-    np.save(args.encode_out, states)
-    print(f"saved encoder states {states.shape} {states.dtype} to {args.encode_out}")
+    path = args.encode_out if args.encode_out.endswith(".npy") else args.encode_out + ".npy"
+    np.save(path, states)  # (np.save adds .npy itself; name the file it writes)
+    print(f"saved encoder states {states.shape} {states.dtype} to {path}")
     return 0
   texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,
                        num_beams=args.num_beams, do_sample=args.do_sample,

@@ -89,10 +89,10 @@ def test_cli_generates_and_encodes(relu_tied, tmp_path):
   texts = ["a red fox in the snow", "hi"]
   common = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path,
             "--max_length", str(MAX_LEN)] + [a for t in texts for a in ("--text", t)]
-  npy = tmp_path / "states.npy"
+  npy = tmp_path / "states.npy"  # asked for without the extension that np.save adds
   env = dict(os.environ, PYTHONIOENCODING="utf-8")
   procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-           for cmd in (common + ["--max_new_tokens", "10"], common + ["--encode_out", str(npy)])]
+           for cmd in (common + ["--max_new_tokens", "10"], common + ["--encode_out", str(tmp_path / "states")])]
   results = [p.communicate(timeout=120) for p in procs]
   for p, (out, err) in zip(procs, results):
     assert p.returncode == 0, err.decode(errors="replace")[-3000:]
