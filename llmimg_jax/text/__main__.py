@@ -56,9 +56,13 @@ def main(argv=None) -> int:
     np.save(path, states)  # (np.save adds .npy itself; name the file it writes)
     print(f"saved encoder states {states.shape} {states.dtype} to {path}")
     return 0
-  texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       num_beams=args.num_beams, do_sample=args.do_sample,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  try:
+    texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                         num_beams=args.num_beams, do_sample=args.do_sample,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  except (ValueError, NotImplementedError) as e:  # generation options generate() refuses
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   for t in texts:
     print(t)
   return 0

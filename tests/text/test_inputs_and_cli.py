@@ -112,3 +112,11 @@ def test_cli_bad_model_path(tmp_path, capsys):
   assert main(["--model", missing, "--text", "x"]) == 2
   err = capsys.readouterr().err
   assert missing in err and "not found" in err
+
+
+def test_cli_bad_generation_options(relu_tied, capsys):
+  common = ["--model", relu_tied.path, "--text", "x"]
+  assert main(common + ["--max_new_tokens", "0"]) == 2
+  assert "max_new_tokens >= 1" in capsys.readouterr().err
+  assert main(common + ["--do_sample", "--num_beams", "2"]) == 2
+  assert "Beam sampling" in capsys.readouterr().err
