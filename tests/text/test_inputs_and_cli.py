@@ -85,6 +85,13 @@ def _hf_reference(ckpt, texts: list[str], max_new_tokens: int):
   return tok.decode(out[:, 1:].numpy()), enc.numpy()
 
 
+def test_decode_skips_ids_past_the_tokenizers_vocabulary():
+  # A model's embedding may have more rows than its tokenizer has tokens (t5: 32128 vs 32100);
+  # an untrained model can emit those ids. ByT5's tokenizer raises on them.
+  tok = load_tokenizer(None, 16)  # ByT5: 384 tokens; ids 104, 105, 106 are "e", "f", "g"
+  assert tok.decode(np.array([[104, 105, 390, 106, 1, 0], [500, 104, 1, 0, 0, 0]])) == ["efg", "e"]
+
+
 def test_cli_generates_and_encodes(relu_tied, tmp_path):
   texts = ["a red fox in the snow", "hi"]
   common = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path,
