@@ -28,11 +28,12 @@ flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).
 flags.DEFINE_multi_string("split", None, "Split(s) whose captions are used; repeat the flag for "
                           "several. Default: test and holdout (captioned_shapes; holdout where "
                           "the build has it), else test, else train.")
-flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split's size).")
+flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split's size).",
+                     lower_bound=2)  # a covariance needs two
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/eval_<step>.json).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
+flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
 flags.DEFINE_string("data_dir", None, "Override the run's config.data.data_dir.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or its .npz): adds the "

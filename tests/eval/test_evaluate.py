@@ -203,6 +203,9 @@ def test_cli_help_and_missing_workdir():
   out = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode != 0 and "--workdir" in out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--num_samples", "0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "--num_samples=0: 0 is not integer >= 2" in out.stderr, out.stderr
 
 
 def test_cli_unknown_split_is_one_clear_error(run, tiny_eval):  # noqa: F811
