@@ -151,6 +151,8 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
         f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
         '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
   jsonl, csv_path = paths
+  for path in paths:
+    _refuse_utf16(path)
   if os.path.isfile(jsonl):
     with open(jsonl, "rb") as f:
       for n, raw in enumerate(f, start=1):
@@ -189,6 +191,14 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
       _add_caption_entry(folder, f"captions.csv:{n}", row.get(file_col), row.get(cap_col) or "",
                          out, skips)
   return dict(out)
+
+
+def _refuse_utf16(path: str) -> None:
+  """A UTF-16 file (Excel's "Unicode text") would read as garbage lines; say so instead."""
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. Excel's \"CSV UTF-8\").")
 
 
 def _has_surrogates(s: str) -> bool:

@@ -163,6 +163,13 @@ def test_csv_captions(tmp_path):
   assert caps == {"a.png": ["first, with comma"], "b.png": ["second"]}
 
 
+def test_utf16_captions_file_is_named_with_the_fix(tmp_path):
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / "captions.csv").write_bytes("file,caption\na.png,red\n".encode("utf-16"))
+  with pytest.raises(ValueError, match=r"captions.csv is UTF-16 text; save it as UTF-8"):
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+
+
 def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
   """A run resumes on the build it started with; an edit is reported, and deleting the build
   rebuilds it with the new contents. Odd entries (a dangling symlink, a non-UTF-8 name, a TFDS
