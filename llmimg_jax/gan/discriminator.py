@@ -52,8 +52,11 @@ def conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   XLA's strided conv; the input gradient is the matmul form's (`_conv4x4_stride2_transpose`),
   because autodiff's input-dilated conv is slow to differentiate again (MA-GP: 7-9x slower);
   the kernel gradient is XLA's (first order only: MA-GP differentiates input gradients, never
-  kernel gradients).
+  kernel gradients). Even height and width only (the matmul form's input gradient assumes them).
   """
+  if x.shape[1] % 2 or x.shape[2] % 2:
+    raise ValueError(f"conv4x4_stride2 needs an even height and width, got x of shape {x.shape}; "
+                     "use nn.Conv(features, (4, 4), strides=2, padding=1) for odd sizes.")
   return _conv4x4_stride2_direct(x, kernel)
 
 

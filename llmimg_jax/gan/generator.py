@@ -26,6 +26,8 @@ class Affine(nn.Module):
   """Per-channel scale and shift predicted from the condition by a 2-layer MLP.
 
   The output layer starts at zero weight so gamma=1, beta=0 at init (identity), as in DF-GAN.
+  Unlike DF-GAN, whose Affine has two MLPs (fc_gamma, fc_beta), gamma and beta share the hidden
+  layer: one [cond, features] matrix fewer per Affine (the PyTorch twin in benchmarks/ mirrors it).
   """
   features: int
   dtype: Dtype = jnp.float32
@@ -71,8 +73,14 @@ def _phase_kernel(kernel: jax.Array, taps) -> jax.Array:
   return k.reshape(*k.shape[:3], -1)
 
 
+def _compute_phase_kernel(kernel: jax.Array, dtype) -> jax.Array:
+  """The 2x2 phase kernel, its tap sums taken in the kernel's dtype (fp32 params) and rounded
+  once to the compute dtype."""
+  return _phase_kernel(kernel, _taps_2x2).astype(dtype)
+
+
 def _upsample_conv_2x2_form(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _phase_conv_2x2(x, _phase_kernel(kernel, _taps_2x2))
+  return _phase_conv_2x2(x, _compute_phase_kernel(kernel, x.dtype))
 
 
 def _phase_conv_2x2(x: jax.Array, phase_kernel: jax.Array) -> jax.Array:
@@ -103,7 +111,8 @@ def _select_phases(y: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """conv3x3(upsample2x(x), kernel) with SAME padding: x [b, h, w, in] -> [b, 2h, 2w, out].
+  """conv3x3(upsample2x(x), kernel) with SAME padding: x [b, h, w, in] -> [b, 2h, 2w, out], in
+  x's dtype (kernel: fp32 params, or x's dtype).
 
   As one 2x2 conv with 4x the output channels (each output phase reads a 2x2 window of the
   input: 4/9 of the FLOPs of a 3x3 conv at the input's resolution), then depth-to-space. The
@@ -114,7 +123,7 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _upsample_conv3x3_fwd(x, kernel):
-  phase_kernel = _phase_kernel(kernel, _taps_2x2)  # built once, reused for the input gradient
+  phase_kernel = _compute_phase_kernel(kernel, x.dtype)  # built once, reused for dx
   return _phase_conv_2x2(x, phase_kernel), (x, kernel, phase_kernel)
 
 
@@ -131,7 +140,7 @@ def _upsample_conv3x3_bwd(residuals, g):
   gy = _phase_gradient(g)  # [b, h + 1, w + 1, 4 * out]
   (dx,) = jax.vjp(lambda x_: _phase_windows(x_, phase_kernel), x)[1](gy)
   (dphase,) = jax.vjp(lambda pk: _phase_windows_valid(x, pk), phase_kernel)[1](gy)
-  (dkernel,) = jax.vjp(lambda k_: _phase_kernel(k_, _taps_2x2), kernel)[1](dphase)
+  (dkernel,) = jax.vjp(lambda k_: _compute_phase_kernel(k_, x.dtype), kernel)[1](dphase)
   return dx, dkernel
 
 
@@ -152,7 +161,7 @@ class UpsampleConv3x3(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = upsample_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = upsample_conv3x3(x.astype(self.dtype), kernel)  # fp32 kernel: see _compute_phase_kernel
     return add_bias(y, bias.astype(self.dtype))  # [b, 2h, 2w, features]
 
 

@@ -115,10 +115,13 @@ def _conv3x3_taps_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """3x3 SAME conv as one matmul onto all nine taps' outputs, then nine shifted adds."""
   b, h, w, c = x.shape
   out = kernel.shape[-1]
-  z = x @ kernel.transpose(2, 0, 1, 3).reshape(c, 9 * out)  # [b, h, w, (dy, dx, out)]
+  z = jnp.matmul(x, kernel.transpose(2, 0, 1, 3).reshape(c, 9 * out),
+                 preferred_element_type=jnp.float32)  # [b, h, w, (dy, dx, out)]
   z = jnp.pad(z.reshape(b, h, w, 3, 3, out), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
   # y[i, j] = sum over taps of x[i + dy - 1, j + dx - 1] @ kernel[dy, dx] = z_padded[i + dy, j + dx]
-  return sum(z[:, dy:dy + h, dx:dx + w, dy, dx] for dy in range(3) for dx in range(3))
+  # (summed in fp32 and rounded once, as a conv accumulates, when the compute dtype is bf16)
+  y = sum(z[:, dy:dy + h, dx:dx + w, dy, dx] for dy in range(3) for dx in range(3))
+  return y.astype(x.dtype)
 
 
 def _conv3x3_kernel_grad(x: jax.Array, g: jax.Array) -> jax.Array:

@@ -138,3 +138,10 @@ def test_matmul_convs_equal_the_strided_and_valid_convs_they_replace():
       return jax.grad(lambda p, v: jnp.sum(grad_x(p, v) ** 2), argnums=(0, 1))(params, xin)
     for a, b in zip(jax.tree.leaves(penalty(ours)), jax.tree.leaves(penalty(ref))):
       np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_strided_conv_refuses_odd_sizes_by_name():
+  from llmimg_jax.gan.discriminator import conv4x4_stride2
+  x, kernel = jnp.zeros((2, 7, 6, 3)), jnp.zeros((4, 4, 3, 5))
+  with pytest.raises(ValueError, match=r"even height and width, got x of shape \(2, 7, 6, 3\)"):
+    conv4x4_stride2(x, kernel)

@@ -221,3 +221,22 @@ def test_upsample_conv_equals_conv_of_upsampled_incl_gradients_and_init():
   got = jax.grad(loss, argnums=(1, 2))(ours, params, x, False)
   want = jax.grad(loss, argnums=(1, 2))(reference, params, x, True)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), got, want)
+
+
+def test_upsample_conv_in_bf16_rounds_its_phase_kernel_once():
+  """bf16 compute: the phase kernel's tap sums come from the fp32 kernel (rounded once), so the
+  error vs fp32 is a plain bf16 conv's (from the bf16 kernel it was 1.2-1.6x that)."""
+  from llmimg_jax.gan.common import upsample2x
+  from llmimg_jax.gan.generator import upsample_conv3x3
+  from llmimg_jax.gan.layers import conv2d
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(k1, (8, 16, 16, 64))
+  kernel = jax.random.normal(k2, (3, 3, 64, 64)) / 24  # fp32, as the params are
+  truth = conv2d(upsample2x(x), kernel)
+  xb = x.astype(jnp.bfloat16)
+  err = lambda y: float(jnp.linalg.norm(y.astype(jnp.float32) - truth) / jnp.linalg.norm(truth))
+  ours = upsample_conv3x3(xb, kernel)
+  assert ours.dtype == jnp.bfloat16
+  assert err(ours) < 1.05 * err(conv2d(upsample2x(xb), kernel.astype(jnp.bfloat16)))
+  dkernel = jax.grad(lambda k: jnp.sum(upsample_conv3x3(xb, k).astype(jnp.float32)))(kernel)
+  assert dkernel.dtype == jnp.float32

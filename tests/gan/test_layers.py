@@ -110,3 +110,29 @@ def test_conv_equals_nn_conv(matmul_reductions, kernel_size, use_bias, features)
   grads, ref_grads = jax.grad(loss, 1)(ours, params), jax.grad(loss, 1)(ref, params)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _rel_err(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_narrow_conv3x3_in_bf16_rounds_like_xlas_conv(monkeypatch):
+  """bf16 compute: the nine taps are summed in fp32 and rounded once, as XLA's conv does (summed
+  in bf16 they had 2.5x its error). Forward (G's to_rgb) and input gradient (D's conv_img)."""
+  monkeypatch.setattr(layers, "NARROW_CONVS", True)
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(k1, (8, 32, 32, 32)).astype(jnp.bfloat16)
+  kernel = (jax.random.normal(k2, (3, 3, 32, 3)) / 17).astype(jnp.bfloat16)
+  f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+  truth = layers.conv2d(f32(x), f32(kernel))
+  xla = _rel_err(layers.conv2d(x, kernel), truth)
+  assert _rel_err(layers.conv3x3(x, kernel), truth) < 1.2 * xla
+  # conv_img (3 -> 32): its input gradient is a 32 -> 3 conv of g in the same form.
+  x3 = jax.random.normal(k1, (8, 32, 32, 3)).astype(jnp.bfloat16)
+  kernel3 = (jax.random.normal(k2, (3, 3, 3, 32)) / 5).astype(jnp.bfloat16)
+  g = jax.random.normal(k3, (8, 32, 32, 32)).astype(jnp.bfloat16)
+  dx = lambda conv, x_, k_, g_: jax.vjp(lambda a: conv(a, k_), x_)[1](g_)[0]  # noqa: E731
+  truth = dx(layers.conv2d, f32(x3), f32(kernel3), f32(g))
+  xla = _rel_err(dx(layers.conv2d, x3, kernel3, g), truth)
+  assert _rel_err(dx(layers.conv3x3, x3, kernel3, g), truth) < 1.2 * xla
