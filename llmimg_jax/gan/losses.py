@@ -43,7 +43,7 @@ def ma_gp(logits_fn: LogitsFn, x: jax.Array, s: jax.Array, k: float = 2.0,
   """DF-GAN matching-aware gradient penalty: k * mean_i ||[d/dx, d/ds] D(x_i, s_i)||_2 ** p.
 
   Taken jointly over the (real image, matching sentence) inputs. Computed as (sum of squares) **
-  (p / 2), which is differentiable at a zero gradient (no sqrt).
+  (p / 2), which is differentiable at a zero gradient (no sqrt) for p >= 2.
   """
   gx, gs = _input_grads(logits_fn, x, s)
   sq = (jnp.sum(jnp.square(gx).reshape(gx.shape[0], -1), axis=1)
