@@ -108,18 +108,13 @@ def test_beam_search_matches_pytorch(checkpoint, loaded, padded_batch):
   assert strip_generated(np.asarray(ours), config) == ref
   assert any(r[-1] == eos for r in ref), ref  # some beams finished on EOS ...
   assert sum(len(r) for r in ref) >= 20  # ... and the comparison still covers many tokens
-  # length_penalty is traced: other values reuse the compiled search.
-  for lp in (0.0, 2.0):
-    ref_lp = strip_generated(_hf_generate(checkpoint, padded_batch, max_new_tokens=n, num_beams=4,
-                                          eos_token_id=eos, length_penalty=lp), config)
-    ours_lp = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
-                       max_new_tokens=n, num_beams=4, length_penalty=lp)
-    assert strip_generated(np.asarray(ours_lp), config) == ref_lp, lp
-  # min_new_tokens masks EOS in the log-probs (after log_softmax, as transformers does).
-  for min_new in (3, 6):
-    ref_min = strip_generated(_hf_generate(checkpoint, padded_batch, max_new_tokens=n, num_beams=4,
-                                           eos_token_id=eos, min_new_tokens=min_new), config)
-    ours_min = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
-                        max_new_tokens=n, num_beams=4, min_new_tokens=min_new)
-    assert strip_generated(np.asarray(ours_min), config) == ref_min, min_new
-    assert min(len(r) for r in ref_min) >= min_new, ref_min
+  # length_penalty is traced: other values reuse the compiled search. min_new_tokens masks EOS in
+  # the log-probs (after log_softmax, as transformers does).
+  for kw in ({"length_penalty": 0.0}, {"length_penalty": 2.0}, {"min_new_tokens": 3},
+             {"min_new_tokens": 6}):
+    ref_kw = strip_generated(_hf_generate(checkpoint, padded_batch, max_new_tokens=n, num_beams=4,
+                                          eos_token_id=eos, **kw), config)
+    ours_kw = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
+                       max_new_tokens=n, num_beams=4, **kw)
+    assert strip_generated(np.asarray(ours_kw), config) == ref_kw, kw
+    assert min(len(r) for r in ref_kw) >= kw.get("min_new_tokens", 0), ref_kw
