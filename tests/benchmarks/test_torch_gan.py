@@ -93,6 +93,14 @@ def test_same_params_shapes_and_outputs(resolution, attn):
   assert d_out.keys() == t_d.keys()
   for k in d_out:
     np.testing.assert_allclose(t_d[k].numpy(), np.asarray(d_out[k]), atol=2e-4, rtol=1e-4)
+  # The twin's MA-GP (from D's own forward, D in channels_last as the twin builds it) is ours.
+  td = td.to(memory_format=torch.channels_last)
+  x, s = _t(images).permute(0, 3, 1, 2).requires_grad_(True), _t(sent).requires_grad_(True)
+  t_gp = torch_train.ma_gp(td.logits(td.features(x), s), x, s, k=2.0, p=6.0)
+  apply = lambda method, *a: d.apply({"params": d_params}, *a, method=method)  # noqa: E731
+  gp = gan.ma_gp(lambda x_, s_: apply(d.logits, apply(d.features, x_), s_), images, sent)
+  np.testing.assert_allclose(float(t_gp.detach()), float(gp), rtol=1e-3)
+  assert float(gp) > 1e-3
 
 
 def test_text_encoder_conversion():
@@ -142,12 +150,16 @@ def test_torch_train_step_updates_everything():
            "input_ids": torch.randint(2, 64, (4, LENGTH)),
            "attention_mask": (torch.arange(LENGTH)[None] < torch.tensor([[3], [10], [6], [1]]))
            .long()}
-  text_forwards = []
-  hook = m.text_encoder.register_forward_hook(lambda *_: text_forwards.append(1))
+  text_forwards, d_forwards = [], []
+  hooks = [m.text_encoder.register_forward_hook(lambda *_: text_forwards.append(1)),
+           m.discriminator.conv_img.register_forward_hook(lambda *_: d_forwards.append(1))]
   metrics = torch_train.train_step(m, batch)
-  hook.remove()
+  for hook in hooks:
+    hook.remove()
   assert bool(metrics["finite"]) and m.step == 1
-  assert len(text_forwards) == 1  # the same work as the JAX step: one T5 forward serves both
+  # The same work as the JAX step: one T5 forward serves both halves; D runs on the real and the
+  # detached fake batch, then on the fakes for G. MA-GP differentiates the real batch's forward.
+  assert len(text_forwards) == 1 and len(d_forwards) == 3
   for name, mod in [("g", m.generator), ("d", m.discriminator), ("t", m.text_encoder),
                     ("ema", m.ema_generator)]:
     changed = sum(not torch.equal(a, b) for a, b in zip(before[name], mod.parameters()))
