@@ -24,10 +24,11 @@ accuracy 0.894 (shape 0.894, colour 1.000, size 1.000), holdout 0.612 (shape 0.6
 0.932), FID 67.7. With the faster upsample-conv gradient (`972b9d7`): 4.7 minutes in all, 4.0 min
 of it train.py; test caption accuracy 0.910 (shape 0.914, colour 0.996, size 1.000), holdout 0.662
 (shape 0.702, colour 0.938), FID 55.7.
-Learning curve (`benchmarks/learning_curve.py --steps 4000 --num_train 10000`, EMA samples of 200
-test captions, no flips): caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000. The
-learning rates are 4x those of earlier versions of this config, which reached 0.27 at step 4000
-(the sweep is in benchmarks/RESULTS.md).
+Learning curve (`benchmarks/learning_curve.py --steps 4000 --every 500 --num_train 10000
+--num_test 500 --num_eval 200 --evaluator_steps 800`, EMA samples of 200 test captions, no flips):
+caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000. The learning rates are 4x those
+of earlier versions of this config, which reached 0.27 at step 4000 (the sweep is in
+benchmarks/RESULTS.md).
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
 (~1-4 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
 or a run with eval on), `--config.eval.every=500` logs caption accuracy and in-domain FID on 256
