@@ -125,7 +125,8 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
       for _ in range(2):  # compiles; failures surface here
         torch_step(torch_compiled)
       fns["torch_compile"] = functools.partial(torch_step, torch_compiled)
-      compile_note = "G and D compiled (MA-GP's double backward through eager D)"
+      compile_note = ("G and D compiled (the real batch's D forward eager, for MA-GP's double "
+                      "backward)")
     except Exception as e:  # report, keep benchmarking the rest
       compile_note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
       log.warning("torch.compile training step %s", compile_note)

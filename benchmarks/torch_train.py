@@ -3,8 +3,9 @@
 The same work per step as the JAX step: one text-encoder forward and one generator forward, each
 reused by both halves; the discriminator (and the trainable T5 text encoder) on real / detached
 fake / mismatched pairs with hinge loss, MA-GP (a double backward w.r.t. image and sentence,
-taken through the real pairs' D forward, as DF-GAN does) and the InfoNCE head; Adam(b1=0, b2=0.9) updates; then the generator's hinge (+ contrastive) loss
-through the updated D, and the EMA of G. Differences, none of which changes the cost measurably:
+taken through the real pairs' D forward, as DF-GAN does) and the InfoNCE head; Adam(b1=0,
+b2=0.9) updates; then the generator's hinge (+ contrastive) loss through the updated D, and the
+EMA of G. Differences, none of which changes the cost measurably:
 random numbers come from torch's generator, and a non-finite update is flagged (grad norms
 computed, as in JAX) but not skipped.
 """
@@ -143,7 +144,8 @@ def build(cfg: Any, text_encoder: nn.Module, device: str | torch.device,
   g, d = torch_gan.build_from_config(cfg, text_dim)
   g, d, text_encoder = g.to(device), d.to(device), text_encoder.to(device)
   # D's convolutions in channels_last, PyTorch's faster layout on CPU and for GPU tensor cores
-  # (-4% of the 64px CPU step; G's activations are channels_last already, from its first permute).
+  # (-5 to -6% of the 64px CPU step; G's activations are channels_last already, from its first
+  # permute).
   d = d.to(memory_format=torch.channels_last)
   trainable = cfg.text.mode == "trainable"
   text_encoder.requires_grad_(trainable)
@@ -206,7 +208,9 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
   m.d_opt.zero_grad(set_to_none=True)
   if m.text_opt is not None:
     m.text_opt.zero_grad(set_to_none=True)
-  d_loss.backward()
+  # Gradients of D and the text encoder only, as the JAX step (not of real_aug, a leaf for MA-GP).
+  d_loss.backward(inputs=[*D.parameters(),
+                          *(m.text_encoder.parameters() if m.text_opt is not None else ())])
   metrics["grad_norm_d"] = _grad_norm(D.parameters())
   m.d_opt.step()
   if m.text_opt is not None:

@@ -44,7 +44,6 @@ def _conv4x4_stride2_direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return conv2d(x, kernel, ((1, 1), (1, 1)), strides=(2, 2))
 
 
-@jax.custom_vjp
 def conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """nn.Conv(4x4, stride 2, padding 1, no bias) of x [b, h, w, c] with kernel [4, 4, c, out].
 
@@ -57,6 +56,11 @@ def conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   if x.shape[1] % 2 or x.shape[2] % 2:
     raise ValueError(f"conv4x4_stride2 needs an even height and width, got x of shape {x.shape}; "
                      "use nn.Conv(features, (4, 4), strides=2, padding=1) for odd sizes.")
+  return _conv4x4_stride2(x, kernel)
+
+
+@jax.custom_vjp
+def _conv4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return _conv4x4_stride2_direct(x, kernel)
 
 
@@ -96,7 +100,7 @@ def _conv4x4_stride2_bwd(residuals, g):
   return _conv4x4_stride2_transpose(g, kernel), _kernel_grad(x, g, kernel)
 
 
-conv4x4_stride2.defvjp(_conv4x4_stride2_fwd, _conv4x4_stride2_bwd)
+_conv4x4_stride2.defvjp(_conv4x4_stride2_fwd, _conv4x4_stride2_bwd)
 
 
 class Conv4x4Stride2(nn.Module):

@@ -227,16 +227,21 @@ def test_upsample_conv_in_bf16_rounds_its_phase_kernel_once():
   """bf16 compute: the phase kernel's tap sums come from the fp32 kernel (rounded once), so the
   error vs fp32 is a plain bf16 conv's (from the bf16 kernel it was 1.2-1.6x that)."""
   from llmimg_jax.gan.common import upsample2x
-  from llmimg_jax.gan.generator import upsample_conv3x3
+  from llmimg_jax.gan.generator import UpsampleConv3x3, upsample_conv3x3
   from llmimg_jax.gan.layers import conv2d
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.normal(k1, (8, 16, 16, 64))
   kernel = jax.random.normal(k2, (3, 3, 64, 64)) / 24  # fp32, as the params are
   truth = conv2d(upsample2x(x), kernel)
   xb = x.astype(jnp.bfloat16)
-  err = lambda y: float(jnp.linalg.norm(y.astype(jnp.float32) - truth) / jnp.linalg.norm(truth))
+  def err(y):
+    return float(jnp.linalg.norm(y.astype(jnp.float32) - truth) / jnp.linalg.norm(truth))
   ours = upsample_conv3x3(xb, kernel)
   assert ours.dtype == jnp.bfloat16
   assert err(ours) < 1.05 * err(conv2d(upsample2x(xb), kernel.astype(jnp.bfloat16)))
   dkernel = jax.grad(lambda k: jnp.sum(upsample_conv3x3(xb, k).astype(jnp.float32)))(kernel)
   assert dkernel.dtype == jnp.float32
+  # The module hands its fp32 kernel over (it used to cast it to the compute dtype first).
+  module = UpsampleConv3x3(64, dtype=jnp.bfloat16)
+  y = module.apply({"params": {"kernel": kernel, "bias": jnp.zeros(64)}}, xb)
+  np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(ours, np.float32))

@@ -72,7 +72,8 @@ def test_sampling(relu, padded_batch):
   alone = np.asarray(generate(params, config, ids[1:2], mask[1:2], rng=keys[1:2], **kw))
   np.testing.assert_array_equal(rows[1], alone[0])
   assert (rows != a).any()
-  with pytest.raises(ValueError, match=r"one key per row \(3 rows\); got an array of shape \(2, 2\)"):
+  with pytest.raises(ValueError,
+                     match=r"one key per row \(3 rows\); got an array of shape \(2, 2\)"):
     generate(params, config, ids, mask, rng=keys[:2], **kw)
   with pytest.raises(ValueError, match="rng"):
     generate(params, config, ids, mask, max_new_tokens=4, do_sample=True)

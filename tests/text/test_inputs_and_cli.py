@@ -99,7 +99,8 @@ def test_cli_generates_and_encodes(relu_tied, tmp_path):
   npy = tmp_path / "states.npy"  # asked for without the extension that np.save adds
   env = dict(os.environ, PYTHONIOENCODING="utf-8")
   procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-           for cmd in (common + ["--max_new_tokens", "10"], common + ["--encode_out", str(tmp_path / "states")])]
+           for cmd in (common + ["--max_new_tokens", "10"],
+                       common + ["--encode_out", str(tmp_path / "states")])]
   results = [p.communicate(timeout=120) for p in procs]
   for p, (out, err) in zip(procs, results):
     assert p.returncode == 0, err.decode(errors="replace")[-3000:]
