@@ -5,9 +5,9 @@ reused by both halves; the discriminator (and the trainable T5 text encoder) on 
 fake / mismatched pairs with hinge loss, MA-GP (a double backward w.r.t. image and sentence,
 taken through the real pairs' D forward, as DF-GAN does) and the InfoNCE head; Adam(b1=0,
 b2=0.9) updates; then the generator's hinge (+ contrastive) loss through the updated D, and the
-EMA of G. Differences, none of which changes the cost measurably:
-random numbers come from torch's generator, and a non-finite update is flagged (grad norms
-computed, as in JAX) but not skipped.
+EMA of G. Differences, none of which changes the cost measurably: random numbers come from
+torch's generator, and a non-finite update is flagged (grad norms computed, as in JAX) but not
+skipped.
 """
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     if do_sample:
       raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
     rng = jax.random.PRNGKey(0)
-  rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
+  if do_sample:  # greedy and beam search draw nothing
+    rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
   # Scalars that only enter arithmetic are traced (no recompiles); the rest shape the program.
   scalars = jnp.asarray([temperature, top_p, length_penalty], jnp.float32)
   return _generate(params, input_ids, attention_mask, rng, scalars, config=config,
