@@ -21,6 +21,8 @@ _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "UTF-8 file, one promp
 _NUM = flags.DEFINE_integer("num_per_prompt", 4, "Images per prompt (grid columns).")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed; image j of each prompt uses fold_in(seed, j).")
 _OUT = flags.DEFINE_string("out", None, "Output directory for PNGs, grid.png, samples.jsonl.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Delete the samples an earlier run left in --out first.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 _TRUNCATION = flags.DEFINE_float("truncation", None, "Truncate noise to [-t, t], e.g. 0.88.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per jitted batch (all local devices).")
@@ -41,9 +43,11 @@ def run() -> None:
   from llmimg_jax.sample.expand import check_template
   from llmimg_jax.sample.outputs import check_out_dir, read_prompts
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
-  check_out_dir(_OUT.value)
+  check_out_dir(_OUT.value, _OVERWRITE.value)
   if _NUM.value < 1:
     raise ValueError(f"--num_per_prompt={_NUM.value} must be >= 1.")
+  if not 0 <= _SEED.value < 2**32:
+    raise ValueError(f"--seed={_SEED.value} must be in [0, 2**32).")
   if _TRUNCATION.value is not None and not _TRUNCATION.value > 0:
     raise ValueError(f"--truncation={_TRUNCATION.value} must be > 0 (e.g. 0.88).")
   if _EXPAND_WITH.value:
@@ -62,7 +66,7 @@ def run() -> None:
   sampler = Sampler.from_workdir(_WORKDIR.value, _STEP.value, batch_size=_BATCH.value,
                                  expander=expander)
   result = sampler.sample(prompts, _SEED.value, _NUM.value, _TRUNCATION.value)
-  write_samples(result, _OUT.value)
+  write_samples(result, _OUT.value, overwrite=_OVERWRITE.value)
   if result.expanded:
     for p, c in zip(result.prompts, result.captions):
       logging.info("Expanded %r -> %r", p, c)

@@ -49,6 +49,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A --config.KEY=VALUE "
           "override must name an existing key (see base_config in llmimg_jax/train/config.py).",
           2)
+  except flags.Error as e:  # e.g. a value of the wrong type: --config.train.steps=ten
+    _fail(str(e), 2)
 
 
 def main(argv):

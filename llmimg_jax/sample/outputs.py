@@ -15,8 +15,17 @@ GRID_NAME = "grid.png"
 JSONL_NAME = "samples.jsonl"
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> None:
-  """Raises if `write_samples` could not create or write `out_dir` (checked before sampling)."""
+def _old_outputs(out: Path) -> list[Path]:
+  """What an earlier write_samples left in `out`."""
+  if not out.is_dir():
+    return []
+  return sorted([*out.glob("p[0-9]*_s[0-9]*.png"), *(out / n for n in (GRID_NAME, JSONL_NAME)
+                                                      if (out / n).exists())])
+
+
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+  """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
+  it holds an earlier run's samples (checked before sampling)."""
   out = Path(out_dir).expanduser()
   existing = next(p for p in (out, *out.parents) if p.exists())
   if not existing.is_dir():
@@ -25,6 +34,12 @@ def check_out_dir(out_dir: str | os.PathLike) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise PermissionError(f"Output {out_dir!r}: {existing} is not writable; pass a directory "
                           "you can write to.")
+  old = _old_outputs(out)
+  if old and not overwrite:
+    raise FileExistsError(
+        f"Output '{out}' already holds samples ({len(old)} files, e.g. {old[0].name}); pass "
+        "a new directory, or --overwrite to delete them first (new and old images would "
+        "otherwise mix, and samples.jsonl would describe only the new ones).")
 
 
 def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | None = None
@@ -41,7 +56,9 @@ def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | 
     except (OSError, UnicodeDecodeError) as e:
       raise ValueError(f"Could not read prompts file {path} ({type(e).__name__}: {e}); it must "
                        "be UTF-8 text with one prompt per line.") from None
-    from_file = [line.strip() for line in text.splitlines()]
+    # Lines end at \n, \r\n or \r only (str.splitlines would also split at U+2028, \x0c, ...).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    from_file = [line.strip() for line in lines]
     from_file = [p for p in from_file if p and not p.startswith("#")]
     if not from_file:
       raise ValueError(f"Prompts file {path} has no prompts (only blank or '#' lines); write one "
@@ -69,13 +86,17 @@ def image_name(prompt_index: int, sample_index: int) -> str:
 
 
 def write_samples(result: SampleResult, out_dir: str | os.PathLike,
-                  extra: dict | None = None) -> list[dict]:
+                  extra: dict | None = None, *, overwrite: bool = False) -> list[dict]:
   """One PNG per image, GRID_NAME (a row per prompt, its caption underneath) and JSONL_NAME.
+  A directory with earlier samples is refused, or with `overwrite` emptied of them first.
 
   Returns the jsonl records: file, prompt, caption (the expanded caption, or null), prompt_index,
   sample_index, seed, step, truncation, plus `extra`.
   """
+  check_out_dir(out_dir, overwrite)
   out = Path(out_dir).expanduser()
+  for path in _old_outputs(out):
+    path.unlink()
   out.mkdir(parents=True, exist_ok=True)
   n = result.num_per_prompt
   records = []

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -34,7 +35,7 @@ from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.train.loop import make_mesh
-from llmimg_jax.train.state import Models, build_models, build_text
+from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
 from llmimg_jax.train.step import generate_images
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,20 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
   return prompts
 
 
-def text_setup(config: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config]:
+def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
+               ) -> tuple[TextTokenizer, T5Config]:
   """The run's tokenizer and encoder config, without loading pretrained weights (the checkpoint
-  holds the encoder params actually trained or frozen)."""
+  holds the encoder params actually trained or frozen). A pretrained text.checkpoint's files are
+  read from WORKDIR/text (written by training), else from the checkpoint directory or hub."""
   t = config.text
   if t.checkpoint:
-    ckpt_dir = resolve_checkpoint_dir(t.checkpoint)
-    return (load_tokenizer(ckpt_dir, t.max_length),
-            T5Config.from_json_file(os.path.join(ckpt_dir, "config.json")))
+    saved = Path(workdir).expanduser() / TEXT_DIR if workdir is not None else None
+    if saved is not None and (saved / "config.json").is_file():
+      text_dir = str(saved)
+    else:  # a run trained before WORKDIR/text existed
+      text_dir = resolve_checkpoint_dir(t.checkpoint)
+    return (load_tokenizer(text_dir, t.max_length),
+            T5Config.from_json_file(os.path.join(text_dir, "config.json")))
   tokenizer, t5_config, _ = build_text(config)
   return tokenizer, t5_config
 
@@ -127,7 +134,7 @@ class Sampler:
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = make_mesh(devices)
     restored = restore_for_sampling(workdir, step, NamedSharding(mesh, P()))
-    tokenizer, t5_config = text_setup(restored.config)
+    tokenizer, t5_config = text_setup(restored.config, workdir)
     models = build_models(restored.config, t5_config)
     return cls(models, tokenizer, restored.ema_params, restored.text_params, mesh=mesh,
                step=restored.step, batch_size=batch_size, expander=expander)

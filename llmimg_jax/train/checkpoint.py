@@ -8,6 +8,7 @@ finished checkpoint damaged later (truncated or deleted files) is detected when 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -96,6 +97,10 @@ class CorruptCheckpointError(RuntimeError):
   """No checkpoint of the run could be restored; the message names them and the way out."""
 
 
+class ConfigMismatchError(CorruptCheckpointError):
+  """The checkpoints are readable but were saved with a config that builds a different model."""
+
+
 CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
 
 
@@ -130,11 +135,37 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   manager.reload()
 
 
+# Orbax's words for a checkpoint whose arrays do not fit the state restored into.
+_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  if isinstance(d, dict) and d:
+    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: d}
+
+
+def _config_changes(manager: ocp.CheckpointManager, step: int,
+                    config: ml_collections.ConfigDict) -> list[str]:
+  """'key: saved -> now' for every config value that differs from the one saved at `step`."""
+  try:
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  except Exception:  # noqa: BLE001 - no readable config: nothing to compare
+    return []
+  old, new = _flat(saved["config"]), _flat(json.loads(config.to_json()))
+  return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
+          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
-                   *, start_fresh_if_corrupt: bool = False) -> Any | None:
+                   *, start_fresh_if_corrupt: bool = False,
+                   config: ml_collections.ConfigDict | None = None) -> Any | None:
   """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
-  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`."""
+  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. With this run's
+  `config`: when none fits the state because the config changed since they were saved, raises
+  ConfigMismatchError naming the changed values, and moves nothing."""
   steps = sorted(manager.all_steps(), reverse=True)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, str] = {}
@@ -158,14 +189,21 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     return None
   if data_iter is not None:  # a failed restore may have set it already
     data_iter.set_state(initial_data_state)
+  details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
+  changes = _config_changes(manager, steps[0], config) if config is not None else []
+  if changes and all(any(m in e for m in _MISMATCH) for e in failed.values()):
+    raise ConfigMismatchError(
+        f"The checkpoints in {manager.directory} do not fit this run's model: the config "
+        f"changed since they were saved ({'; '.join(changes)}). Rerun with the config the run "
+        "started with (WORKDIR/config.json holds its values), or pass a new --workdir for a "
+        f"new run. The checkpoints are intact and were left in place ({details}).")
   if not start_fresh_if_corrupt:
-    details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
     raise CorruptCheckpointError(
         f"No checkpoint in {manager.directory} could be restored ({details}). If they are "
         "damaged, rerun with --start_fresh_if_corrupt (train.py; start_fresh_if_corrupt=True "
         f"for train()) to train from step 0 (they are moved to {CORRUPT_DIR}/ beside them, not "
-        "deleted). If the config changed since they were saved, run with the saved config "
-        "(WORKDIR/config.json) or a new --workdir.")
+        "deleted). If the config changed since they were saved, rerun with the config the run "
+        "started with (WORKDIR/config.json holds its values) or pass a new --workdir.")
   _move_aside(manager, list(failed))
   log.warning("No checkpoint could be restored; starting from step 0 as asked "
               "(start_fresh_if_corrupt).")

@@ -139,8 +139,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       raise ValueError(f"config.train.{name}={t[name]} must be positive.")
   if t.keep_checkpoints is not None and t.keep_checkpoints <= 0:  # Orbax's max_to_keep=0 keeps none
     raise ValueError(f"config.train.keep_checkpoints={t.keep_checkpoints} must be positive: it is "
-                     "how many of the latest checkpoints stay on disk (0 would keep none; None "
-                     "keeps all).")
+                     "how many of the latest checkpoints stay on disk (0 would keep none; to keep "
+                     "all, set it to None in a config file).")
   if not t.sample_prompts:
     raise ValueError("config.train.sample_prompts is empty; give at least one prompt for the "
                      "sample grids.")

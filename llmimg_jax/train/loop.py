@@ -21,7 +21,8 @@ from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.config import validate
-from llmimg_jax.train.state import Models, TrainState, build_models, build_text, init_state
+from llmimg_jax.train.state import (
+    Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,19 @@ class SampleWriter:
 
 
 def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """WORKDIR/config.json, replaced atomically; a differing (or unreadable) old one is logged."""
   path = workdir / "config.json"
   if path.exists():
-    old = json.loads(path.read_text())
-    if old != json.loads(config.to_json()):
-      log.warning("%s differs from this run's config; the new config is used and saved.", path)
-  path.write_text(config.to_json(indent=2))
+    try:
+      differs = json.loads(path.read_text()) != json.loads(config.to_json())
+    except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
+      log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
+    else:
+      if differs:
+        log.warning("%s differs from this run's config; the new config is used and saved.", path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(config.to_json(indent=2))
+  os.replace(tmp, path)
 
 
 def local_workdir(workdir: str | Path) -> Path:
@@ -159,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   manager = checkpoint.make_manager(workdir, config)
   state = create_state(models, mesh, config.seed, pretrained_text)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), data_iter,
-                                      start_fresh_if_corrupt=start_fresh_if_corrupt)
+                                      start_fresh_if_corrupt=start_fresh_if_corrupt, config=config)
   if restored is not None:
     state = restored
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
@@ -167,6 +175,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
+    if config.text.checkpoint:
+      save_text_files(workdir, tokenizer, t5_config)
   writer = None
   if jax.process_index() == 0:
     from tensorboardX import SummaryWriter

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -19,6 +24,10 @@ from llmimg_jax.train.config import check_frozen_text
 
 log = logging.getLogger(__name__)
 PyTree = Any
+# WORKDIR/TEXT_DIR: a pretrained text.checkpoint's tokenizer files and T5 config.json, written when
+# training starts, so sampling needs neither that directory nor the hub (the checkpoints hold the
+# encoder's weights).
+TEXT_DIR = "text"
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -61,10 +70,11 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def _adam(lr: float, cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  adam = optax.adam(lr, b1=cfg.train.b1, b2=cfg.train.b2)
-  if cfg.train.grad_clip:
-    return optax.chain(optax.clip_by_global_norm(cfg.train.grad_clip), adam)
-  return adam
+  clip = (optax.clip_by_global_norm(cfg.train.grad_clip) if cfg.train.grad_clip
+          else optax.identity())
+  # Both have an empty state, so the optimizer state's structure does not depend on grad_clip:
+  # a run resumes from its checkpoints with clipping turned on (the divergence error's advice).
+  return optax.chain(clip, optax.adam(lr, b1=cfg.train.b1, b2=cfg.train.b2))
 
 
 def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config, PyTree | None]:
@@ -83,6 +93,21 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
       feed_forward_proj=t.feed_forward_proj, dropout_rate=0.0,
       pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
   return tokenizer, t5_config, None
+
+
+def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer,
+                    t5_config: T5Config) -> Path:
+  """Writes WORKDIR/TEXT_DIR once (a temporary directory renamed into place) and returns it."""
+  target = Path(workdir) / TEXT_DIR
+  if not target.exists():
+    tmp = Path(tempfile.mkdtemp(prefix=f".{TEXT_DIR}-", dir=workdir))
+    try:
+      tokenizer.hf.save_pretrained(tmp)
+      (tmp / "config.json").write_text(json.dumps(t5_config.to_dict(), indent=2))
+      os.replace(tmp, target)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; left only by a failure
+  return target
 
 
 def build_models(cfg: ml_collections.ConfigDict, t5_config: T5Config) -> Models:

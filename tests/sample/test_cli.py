@@ -95,7 +95,7 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
 
 @pytest.mark.parametrize("case", ["empty_prompt", "whitespace_prompt", "empty_file", "no_prompts",
                                   "no_checkpoint", "corrupt_checkpoint", "bad_template",
-                                  "out_is_a_file"])
+                                  "out_is_a_file", "out_has_samples", "bad_seed"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -105,6 +105,9 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
     shutil.copytree(run.workdir, corrupt)
     shutil.rmtree(corrupt / "checkpoints" / "2" / "state" / "d")
   fresh = tmp_path / "fresh" / "checkpoints"
+  old_out = tmp_path / "old"
+  old_out.mkdir()
+  (old_out / "p0000_s000.png").write_bytes(b"an earlier run's image")
   args, message = {  # message: literal text, except for the corrupt case's alternatives
       "empty_prompt": (["--prompt", "a cat", "--prompt", ""], "Prompt 1 is empty"),
       "whitespace_prompt": (["--prompt", "a cat", "--prompt", " \t\u3000\u00a0 "],
@@ -119,6 +122,10 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                        "Expansion template 'hi' has no {prompt} placeholder"),
       "out_is_a_file": (["--prompt", "a cat", "--out", str(empty_file / "images")],
                         f"Output '{empty_file / 'images'}': {empty_file} is a file"),
+      "out_has_samples": (["--prompt", "a cat", "--out", str(old_out)],
+                          f"Output '{old_out}' already holds samples (1 files, e.g. "
+                          "p0000_s000.png); pass a new directory, or --overwrite"),
+      "bad_seed": (["--prompt", "a cat", "--seed", "-1"], "--seed=-1 must be in [0, 2**32)."),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)

@@ -13,6 +13,10 @@ from PIL import Image
 from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, read_prompts,
                                restore_for_sampling, write_samples)
 from llmimg_jax.sample.sampler import _noise
+from llmimg_jax.train import loop
+from llmimg_jax.train.state import build_text
+from tests.sample.conftest import _quick_state, save_run
+from tests.train.conftest import tiny_config, tiny_pretrained_t5
 
 PROMPTS = ["a red circle", "a big blue square in the center"]
 
@@ -75,6 +79,17 @@ def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
   assert result.images_per_sec > 0
 
 
+def test_an_out_dir_with_earlier_samples_is_refused_or_emptied_first(sampler, tmp_path):
+  write_samples(sampler.sample(PROMPTS, seed=1, num_per_prompt=2), tmp_path)
+  fewer = sampler.sample(PROMPTS[:1], seed=2, num_per_prompt=1)
+  with pytest.raises(FileExistsError, match=f"'{tmp_path}' already holds samples .*--overwrite"):
+    write_samples(fewer, tmp_path)
+  records = write_samples(fewer, tmp_path, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "p0000_s000.png",
+                                                        "samples.jsonl"]
+  assert [r["seed"] for r in records] == [2]
+
+
 def test_unicode_emoji_and_long_prompts(sampler, caplog):
   prompts = ["生成一张美丽的海滩风景图片", "🐱🌊🌅 a cat by the sea", "a red circle " * 20]
   with caplog.at_level(logging.WARNING):
@@ -99,6 +114,10 @@ def test_bad_prompts_fail_clearly(sampler, tmp_path):
   good.write_text("# a comment after a BOM\na red circle\n\n生成一张美丽的海滩风景图片\n",
                   encoding="utf-8-sig")  # "UTF-8 with BOM", as Windows editors save it
   assert read_prompts(["x"], good) == ["x", "a red circle", "生成一张美丽的海滩风景图片"]
+  # Lines end at \n, \r\n and \r only: other characters str.splitlines breaks at stay in.
+  odd = tmp_path / "odd.txt"
+  odd.write_bytes("a red\u2028circle\r\na blue\x0csquare\ra star\x1c\x85here\n".encode())
+  assert read_prompts([], odd) == ["a red\u2028circle", "a blue\x0csquare", "a star\x1c\x85here"]
 
 
 # A failed TensorStore read can leave Orbax callbacks that fire into its closed event loop.
@@ -157,3 +176,28 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
     CaptionExpander(expander.generator, do_sample=True, num_beams=2)
   with pytest.raises(ValueError, match="no {prompt} placeholder"):
     CaptionExpander(expander.generator, template="Describe an image")
+
+
+def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkeypatch):
+  """Training copies a pretrained T5's tokenizer and config.json into WORKDIR/text; sampling reads
+  them there, so neither the original directory nor the hub is needed (the weights are in the
+  checkpoints)."""
+  config = tiny_config(tmp_path / "unused_data")
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5")
+  tokenizer, t5_config, _ = build_text(config)
+  workdir = tmp_path / "run"
+  run = save_run(workdir, config)  # checkpoints of steps 1 and 2
+  # train() resumes at its last step, so it runs no step: nothing is compiled or read.
+  config.train.steps = 2
+  monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
+  monkeypatch.setattr(loop, "create_state",
+                      lambda models, mesh, seed, pretrained: _quick_state(models, pretrained))
+  loop.train(config, workdir)
+  shutil.rmtree(tmp_path / "t5")
+  sampler = Sampler.from_workdir(workdir, batch_size=8)
+  assert sampler.models.text_encoder.config == t5_config
+  prompt = ["a red circle"]
+  np.testing.assert_array_equal(sampler.tokenizer(prompt)["input_ids"],
+                                tokenizer(prompt)["input_ids"])
+  assert _same_tree(jax.device_get(sampler.ema_params), run.ema[2])
+  assert sampler(prompt, seed=0, num_per_prompt=1).shape == (1, 32, 32, 3)

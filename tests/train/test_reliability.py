@@ -1,6 +1,7 @@
 """Non-finite updates, divergence, and damaged checkpoints, in process on the tiny config."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -154,12 +155,51 @@ def test_no_readable_checkpoint_stops_unless_asked_to_start_fresh(saved, tmp_pat
   abstract = checkpoint.abstract_like(states[2])
   with pytest.raises(checkpoint.CorruptCheckpointError,
                      match=r"No checkpoint in .* could be restored \(step 4: .*; step 2: .*"
-                           r"--start_fresh_if_corrupt"):
-    checkpoint.restore_latest(manager, abstract, it)
+                           r"--start_fresh_if_corrupt.*rerun with the config the run started "
+                           r"with") as error:
+    checkpoint.restore_latest(manager, abstract, it, config=config)  # as train() calls it
+  assert not isinstance(error.value, checkpoint.ConfigMismatchError)  # same config: damage
   assert sorted(manager.all_steps()) == [2, 4]  # untouched
   assert checkpoint.restore_latest(manager, abstract, it, start_fresh_if_corrupt=True) is None
   assert manager.all_steps() == [] and it.get_state() == data[0]
   assert sorted(p.name for p in (tmp_path / checkpoint.CORRUPT_DIR).iterdir()) == ["2", "4"]
+
+
+def test_checkpoints_resume_after_turning_on_grad_clip(saved, tmp_path):
+  """The divergence error advises config.train.grad_clip: the optimizer state keeps its shape."""
+  config, tokenizer, states, _ = saved
+  config.train.grad_clip = 1.0
+  _, t5_config, pretrained = build_text(config)
+  clipped = _quick_state(build_models(config, t5_config), pretrained)
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(clipped), it,
+                                       config=config)
+  assert _equal(restored, states[4])
+
+
+def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
+  config, tokenizer, _, _ = saved
+  config.model.nf_g = 16
+  _, t5_config, pretrained = build_text(config)
+  wider = _quick_state(build_models(config, t5_config), pretrained)
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"the config changed since they were saved \(model\.nf_g: 8 -> 16\)"
+                           r"\. Rerun with the config the run started with"):
+    checkpoint.restore_latest(manager, checkpoint.abstract_like(wider), it,
+                              start_fresh_if_corrupt=True, config=config)
+  assert sorted(manager.all_steps()) == [2, 4]  # not moved aside, although asked to start fresh
+  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+
+
+def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
+  config = tiny_config(tmp_path)
+  (tmp_path / "config.json").write_text('{"data": {"name": "capt')  # cut short by a crash
+  with caplog.at_level(logging.WARNING):
+    loop._write_config(tmp_path, config)
+  assert f"Could not read {tmp_path / 'config.json'}" in caplog.text
+  assert json.loads((tmp_path / "config.json").read_text()) == json.loads(config.to_json())
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left
 
 
 def test_interrupted_save_is_never_taken_for_a_checkpoint(saved, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import build_models, build_text
-from tests.train.conftest import tiny_config
+from tests.train.conftest import tiny_config, tiny_pretrained_t5
 
 
 def _batch(config, tokenizer, seed=0):
@@ -86,24 +86,11 @@ def test_bad_config_fails_fast(tmp_path, key, value, match):
   assert time.perf_counter() - start < 1.0
 
 
-def _tiny_pretrained_t5(path) -> str:
-  """A tiny random T5 (+ ByT5 tokenizer) saved by transformers, as a 'pretrained' checkpoint."""
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  torch.manual_seed(0)
-  hf_config = transformers.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                                    num_decoder_layers=1, num_heads=4, pad_token_id=0,
-                                    eos_token_id=1, decoder_start_token_id=0)
-  transformers.T5ForConditionalGeneration(hf_config).save_pretrained(path)
-  transformers.ByT5Tokenizer().save_pretrained(path)
-  return str(path)
-
-
 def test_frozen_pretrained_text_encoder_with_bf16_compute(tmp_path):
   """mode='frozen' loads a HF checkpoint's encoder, never changes it; bf16 compute stays finite."""
   config = tiny_config(tmp_path)
   config.text.mode = "frozen"
-  config.text.checkpoint = _tiny_pretrained_t5(tmp_path / "t5")
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5")
   config.model.dtype = "bfloat16"
   tokenizer, t5_config, pretrained = build_text(config)
   assert t5_config.d_model == 32 and set(pretrained) == {"shared", "encoder"}
