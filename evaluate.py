@@ -8,6 +8,8 @@ standard (Inception, DF-GAN protocol) FID, the only metric for runs on other dat
   python evaluate.py --workdir runs/coco --inception_weights pt_inception-...pth  # COCO/folder
   python evaluate.py --write_stats ref.npz --config configs/shapes_quick.py --stats_split test \
       --inception_weights pt_inception-2015-12-05-6726825d.pth          # reference mu/sigma
+  python evaluate.py --write_stats ref.npz --config configs/folder_64.py \
+      --config.data.folder=DIR --inception_weights pt_inception-...pth   # a folder's train split
 
 Generated images use the split's captions (the first caption of records [0, N)) with noise
 z_i = normal(fold_in(key(seed), i)). In-domain FID compares evaluator features of the generated
@@ -22,6 +24,7 @@ import logging
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).")
@@ -40,10 +43,14 @@ flags.DEFINE_string("inception_weights", None,
                     "standard FID. Get it from " + "https://github.com/mseitzer/pytorch-fid/releases")
 flags.DEFINE_string("ref_stats", None, "An .npz of mu/sigma for the standard FID (DF-GAN's); "
                     "default: computed from the real reference set.")
-flags.DEFINE_string("write_stats", None, "Write Inception mu/sigma of a real split to this .npz "
-                    "and exit (needs --inception_weights and --workdir or --config).")
-flags.DEFINE_string("config", None, "A config file for --write_stats without a workdir.")
-flags.DEFINE_string("stats_split", "test", "The split --write_stats reads.")
+flags.DEFINE_string("write_stats", None, "Write Inception mu/sigma of the first --num_samples "
+                    "images of a real split to this .npz and exit (needs --inception_weights and "
+                    "--workdir or --config).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file for --write_stats without a workdir; values are overridden as "
+    "in train.py, e.g. --config.data.folder=DIR.")
+flags.DEFINE_string("stats_split", None, "The split --write_stats reads (default: test where "
+                    "the dataset has one, else train).")
 
 
 def _data_config():
@@ -51,12 +58,8 @@ def _data_config():
     import ml_collections
     from pathlib import Path
     cfg = ml_collections.ConfigDict(json.loads((Path(FLAGS.workdir) / "config.json").read_text()))
-  elif FLAGS.config:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("cfg", FLAGS.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+  elif _CONFIG.value is not None:
+    cfg = _CONFIG.value
   else:
     raise app.UsageError("Give --workdir (a train.py run) or --config.")
   data = cfg.data
@@ -72,27 +75,31 @@ def _write_stats() -> None:
   from llmimg_jax.eval.inception import InceptionFeatures
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
+  inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
   data = _data_config()
-  source = load_source(data, FLAGS.stats_split)
+  split = FLAGS.stats_split
+  if split is None:
+    split = "test" if "test" in load_source(data).all_splits else "train"
+  source = load_source(data, split)
   n = min(FLAGS.num_samples, len(source))
   images = np.stack([center_crop_resize(source[i]["image"], data.image_size) for i in range(n)])
-  mu, sigma = fid.statistics(InceptionFeatures(FLAGS.inception_weights)(images))
+  mu, sigma = fid.statistics(inception(images))
   fid.save_statistics(FLAGS.write_stats, mu, sigma, num_images=n)
-  print(f"Wrote Inception statistics of {n} {data.name}/{FLAGS.stats_split} images "
+  print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {FLAGS.write_stats}.")
 
 
 def main(argv) -> None:
   del argv
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  if FLAGS.write_stats:
-    return _write_stats()
-  if not FLAGS.workdir:
+  if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table
   from llmimg_jax.sample.restore import CheckpointError
   try:
+    if FLAGS.write_stats:
+      return _write_stats()
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,

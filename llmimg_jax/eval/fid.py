@@ -53,7 +53,9 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
-  np.savez(path, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
+  """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it)."""
+  with open(path, "wb") as f:
+    np.savez(f, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

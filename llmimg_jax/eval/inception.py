@@ -229,7 +229,7 @@ class InceptionFeatures:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) != 3:
+  if len(argv) != 3 or not argv[2].endswith(".npz"):  # the loader tells formats by the suffix
     raise SystemExit(f"usage: python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz\n"
                      f"(weights: {WEIGHTS_URL})")
   state = _read_state_dict(argv[1])

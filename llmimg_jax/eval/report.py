@@ -40,6 +40,10 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   only (`inception_weights` required) on `splits` (default: test, else train)."""
   from llmimg_jax.eval.shapes_eval import _builder  # pylint: disable=g-import-not-at-top
   from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
+  if ref_stats and not inception_weights:
+    raise ValueError("--ref_stats holds statistics of Inception features: pass "
+                     "--inception_weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) "
+                     "with it.")
   sampler = Sampler.from_workdir(workdir, step)
   data_cfg = ml_collections.ConfigDict(sampler.config.data.to_dict())
   if data_dir:
@@ -147,9 +151,10 @@ def format_table(results: dict) -> str:
                   if kind == "generated" else ["", ""])
       rows.append([f"{split} ({kind})", str(r["num_images"]), f"{s['caption_accuracy']:.3f}",
                    *(f"{s[m]:.3f}" for m in ATTRIBUTE_COLUMNS), *fid_cols])
-    if "fid_inception" in r:
-      rows.append([f"{split} Inception FID", "", f"{r['fid_inception']:.2f}", "", "", "", "", "",
-                   "", "floor", f"{r['fid_inception_floor']:.2f}"])
+    if "fid_inception" in r:  # in the FID columns: the generated images', the real ones'
+      rows.append([f"{split} (Inception FID)", str(r["num_images"]), "",
+                   *("" for _ in ATTRIBUTE_COLUMNS), f"{r['fid_inception']:.2f}",
+                   f"{r['fid_inception_floor']:.2f}"])
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
   return "\n".join([f"step {results['step']} of {results['workdir']}", line(head),

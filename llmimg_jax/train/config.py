@@ -147,6 +147,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.eval.every < 0 or config.eval.num_samples < 2:
     raise ValueError(f"config.eval.every={config.eval.every} must be >= 0 (0 = off) and "
                      f"config.eval.num_samples={config.eval.num_samples} >= 2.")
+  if config.eval.every and config.data.name != "captioned_shapes":
+    raise ValueError(f"config.eval.every={config.eval.every}: the in-training evaluation "
+                     "(caption accuracy, in-domain FID) needs data.name='captioned_shapes', not "
+                     f"{config.data.name!r}; set it to 0 and measure the standard FID with "
+                     "evaluate.py --inception_weights.")
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
   validate_data_config(config.data)

@@ -224,3 +224,57 @@ def test_train_split_is_refused_with_the_reason(run, tiny_eval):  # noqa: F811
   with pytest.raises(ValueError, match=r"captioned_shapes/tiny_32: the train split is not scored "
                                        r"\(it is the reference set of test's in-domain FID\)"):
     evaluate_run(str(run.workdir), splits=["train"], data_dir=data.data_dir)
+
+
+def test_ref_stats_without_inception_weights_is_refused(run):  # noqa: F811
+  from llmimg_jax.eval.report import evaluate_run
+  with pytest.raises(ValueError, match="--ref_stats holds statistics of Inception features: "
+                                       "pass --inception_weights"):
+    evaluate_run(str(run.workdir), ref_stats="coco_val256.npz")
+
+
+def test_inception_fid_row_sits_in_the_fid_columns():
+  from llmimg_jax.eval.report import ATTRIBUTE_COLUMNS, format_table
+  scores = {"caption_accuracy": 0.5, **{m: 0.5 for m in ATTRIBUTE_COLUMNS}}
+  results = {"step": 2, "workdir": "w", "evaluator": {}, "splits": {"test": {
+      "num_images": 4, "generated": scores, "real": scores, "fid_indomain": 1.0,
+      "fid_indomain_floor": 0.5, "fid_inception": 45.67, "fid_inception_floor": 3.21}}}
+  head, *rows = format_table(results).splitlines()[1:]
+  row = next(r for r in rows if "Inception" in r)
+  assert row.split()[-4:] == ["FID)", "4", "45.67", "3.21"]
+  # right-aligned under their headers: FID(in-domain) and floor
+  assert row.index("45.67") + 5 == head.index("FID(in-domain)") + len("FID(in-domain)")
+  assert len(row) == len(head)
+
+
+def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
+  """--write_stats with --config and a --config.data.folder override: the train split by default
+  (a folder has no test split), the .npz at exactly the path given."""
+  import evaluate
+  from llmimg_jax.eval import fid, inception
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  folder = json.loads((folder_run.workdir / "config.json").read_text())["data"]["folder"]
+  out = tmp_path / "folder_stats"  # no .npz suffix
+  argv = ["evaluate.py", "--write_stats", str(out), f"--config={ROOT / 'configs/folder_64.py'}",
+          f"--config.data.folder={folder}", "--data_dir", str(tmp_path / "tfds"),
+          "--inception_weights", "inception.pth", "--num_samples", "6"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+  evaluate.FLAGS(argv)
+  try:
+    evaluate.main([])
+  finally:
+    evaluate.FLAGS.unparse_flags()
+  mu, sigma = fid.load_statistics(out)
+  assert mu.shape == (6,) and sigma.shape == (6, 6)
+  assert int(np.load(out)["num_images"]) == 6
+
+
+def test_write_stats_checks_the_weights_before_the_data(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),
+       "--config=configs/folder_64.py", f"--config.data.folder={tmp_path / 'no_images'}",
+       "--inception_weights", str(tmp_path / "pt_inception.pth")],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert f"evaluate.py: error: No Inception weights at {tmp_path / 'pt_inception.pth'}" in out.stderr
+  assert "Traceback" not in out.stderr

@@ -49,3 +49,5 @@ def test_statistics_round_trip(tmp_path):
     fid.load_statistics(tmp_path / "bad.npz")
   with pytest.raises(FileNotFoundError, match="write_stats"):
     fid.load_statistics(tmp_path / "missing.npz")
+  fid.save_statistics(tmp_path / "no_suffix", mu, sigma)  # written where named
+  np.testing.assert_array_equal(fid.load_statistics(tmp_path / "no_suffix")[0], mu)

@@ -88,5 +88,7 @@ def test_pth_and_converted_npz_load_the_same(tmp_path, monkeypatch):
 
 
 def test_missing_weights_say_where_to_get_them(tmp_path):
+  with pytest.raises(SystemExit, match="usage: .* WEIGHTS.pth OUT.npz"):  # no .npz: refused
+    inception.main(["x", str(tmp_path / "w.pth"), str(tmp_path / "converted")])
   with pytest.raises(FileNotFoundError, match="pytorch-fid/releases/download/fid_weights"):
     inception.load_params(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))

@@ -109,6 +109,14 @@ def test_frozen_pretrained_text_encoder_with_bf16_compute(tmp_path):
   assert all(jax.tree.leaves(same))
 
 
+def test_in_training_eval_on_other_data_is_a_config_error(tmp_path):
+  config = tiny_config(tmp_path)
+  config.data.name, config.eval.every = "captioned_folder", 500
+  with pytest.raises(ValueError, match=r"config\.eval\.every=500: .* needs "
+                                       r"data\.name='captioned_shapes', not 'captioned_folder'"):
+    validate(config, jax.device_count())
+
+
 def test_frozen_without_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_config(tmp_path)
   config.text.mode = "frozen"
