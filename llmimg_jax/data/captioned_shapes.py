@@ -139,10 +139,13 @@ class CaptionedShapes(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
         for task, (count, num_bytes) in zip(tasks, outputs):
           results[task[-1]] = (count, num_bytes)
           bar.update(count)
-      finally:
+      except BaseException:  # e.g. Ctrl-C: waiting for the workers' lost shards would hang
         if pool is not None:
-          pool.close()
-          pool.join()
+          pool.terminate()
+        raise
+      if pool is not None:
+        pool.close()
+        pool.join()
     infos = []
     for split in self._split_sizes():
       shard_tasks = [t for t in tasks if t[1] == split]

@@ -38,7 +38,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.store_size = 0  # captioned_folder: stored resolution (0 = image_size)
   c.max_pixels = 0  # captioned_folder: skip images declaring more pixels (0 = PIL's limit)
   c.image_size = 32  # model resolution
-  c.random_crop = 0.0  # smallest crop side as a fraction of the image (0/False = centre crop)
+  c.random_crop = 0.0  # smallest crop side as a fraction of the image in (0, 1); 0: centre crop
   c.random_flip = False  # horizontal flip; swaps 'left'/'right' in the caption
   c.num_workers = 0  # grain worker processes (0 = in process)
   c.worker_buffer_size = 2
@@ -98,8 +98,11 @@ def validate_data_config(data_cfg) -> None:
   if int(data_cfg.get("image_size") or 0) <= 0:
     raise ValueError(f"data.image_size must be a positive int, got {data_cfg.get('image_size')}.")
   crop = data_cfg.get("random_crop", 0.0)
-  if not isinstance(crop, bool) and not 0.0 <= float(crop) <= 1.0:
-    raise ValueError(f"data.random_crop must be a bool or a fraction in [0, 1], got {crop}.")
+  # 1 would crop the whole image, i.e. nothing; it is also what `random_crop = True` becomes.
+  if not (crop == 0 or 0.0 < float(crop) < 1.0):
+    raise ValueError(f"data.random_crop={crop!r}: give the smallest crop side as a fraction in "
+                     "(0, 1), e.g. 0.8 (random crops of 80-100% of the image side), or 0 for "
+                     "centre crops.")
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     configs = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}
@@ -108,11 +111,14 @@ def validate_data_config(data_cfg) -> None:
                        f" expected one of {sorted(configs)}.")
     res = configs[data_cfg.config].resolution
     if data_cfg.image_size > res:
-      fits = sorted(n for n, c in configs.items() if c.resolution == data_cfg.image_size)
+      fits = sorted(n for n, c in configs.items() if c.resolution >= data_cfg.image_size)
+      largest = max(configs.values(), key=lambda c: c.resolution)
+      pick = (f"pick a config with images of at least {data_cfg.image_size}px {fits}" if fits
+              else f"no config stores {data_cfg.image_size}px images (the largest, "
+                   f"{largest.name!r}, stores {largest.resolution}px), so")
       raise ValueError(
           f"data.image_size={data_cfg.image_size} but captioned_shapes/{data_cfg.config} stores "
-          f"{res}px images; pick a config with {data_cfg.image_size}px images {fits} or set "
-          f"data.image_size <= {res}.")
+          f"{res}px images; {pick} set data.image_size <= {res}.")
   if name == "captioned_folder":
     folder = data_cfg.get("folder")
     if not folder or not os.path.isdir(os.path.expanduser(folder)):
@@ -168,12 +174,22 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
 # ---------------------------------------------------------------------------------------------
 # Transforms
 
-_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
+
+
+def _swapped(match: re.Match) -> str:
+  word = match.group(1)
+  new = "right" if word.lower() == "left" else "left"
+  if word.isupper():
+    new = new.upper()
+  elif word[0].isupper():
+    new = new.capitalize()
+  return new + (match.group(2) or "")
 
 
 def swap_left_right(text: str) -> str:
-  """The caption of the mirrored image ('left' <-> 'right')."""
-  return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+  """The caption of the mirrored image: 'left' <-> 'right' (also Left, LEFT, leftmost)."""
+  return _LEFT_RIGHT.sub(_swapped, text)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -227,10 +243,6 @@ class Tokenize(grain.transforms.Map):
             "index": np.asarray(element["index"], np.int64)}  # [b]
 
 
-def _crop_min(random_crop) -> float:
-  if isinstance(random_crop, bool):
-    return 0.8 if random_crop else 0.0
-  return float(random_crop or 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +312,7 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
                                   num_epochs=num_epochs),
       batch_size_per_host, process_index, process_count)
   operations = [
-      Augment(data_cfg.image_size, _crop_min(data_cfg.get("random_crop", 0.0)),
+      Augment(data_cfg.image_size, float(data_cfg.get("random_crop", 0.0)),
               bool(data_cfg.get("random_flip", False))),
       grain.transforms.Batch(batch_size=batch_size_per_host, drop_remainder=True),
       Tokenize(tokenizer),

@@ -117,6 +117,8 @@ def test_augment_flip_swaps_left_and_right():
   assert all(o["caption"] == "a star left of a circle" for o in kept)
   assert pipeline.swap_left_right("top-left: a box; right: a leftover") == (
       "top-right: a box; left: a leftover")
+  assert pipeline.swap_left_right("Left: a red circle; RIGHT: the leftmost box") == (
+      "Right: a red circle; LEFT: the rightmost box")
 
 
 def test_augment_random_crop_and_resize():
@@ -144,6 +146,16 @@ def test_config_validation_errors(shapes_cfg, tmp_path):
   cfg.image_size = 64
   with pytest.raises(ValueError, match=r"stores 32px images.*'64', '64_small'"):
     pipeline.load_source(cfg)
+  cfg.image_size = 256
+  with pytest.raises(ValueError, match=r"stores 32px images; no config stores 256px images \(the "
+                                       r"largest, '128', stores 128px\), so set"):
+    pipeline.load_source(cfg)
+  cfg = shapes_cfg.copy_and_resolve_references()
+  for crop in (True, 1.0, -0.1):  # True is stored as 1.0, which would crop nothing
+    cfg.random_crop = crop
+    with pytest.raises(ValueError, match=r"data.random_crop=1?-?0?\.[01]: give the smallest crop "
+                                         r"side as a fraction in \(0, 1\)"):
+      pipeline.load_source(cfg)
   cfg = shapes_cfg.copy_and_resolve_references()
   with pytest.raises(ValueError, match="no split 'validation'"):
     pipeline.load_source(cfg, "validation")
