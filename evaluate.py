@@ -26,6 +26,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from llmimg_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).")
 flags.DEFINE_multi_string("split", None, "Split(s) whose captions are used; repeat the flag for "
@@ -114,4 +116,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("evaluate.py"))

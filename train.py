@@ -10,10 +10,11 @@ saves at one agreed step on every host. Config and checkpoint errors print one p
 with status 2 (config) or 3 (no readable checkpoint; divergence).
 """
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from llmimg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -27,30 +28,6 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _fail(message: str, status: int) -> None:
-  print(f"train.py: error: {message}", file=sys.stderr)
-  sys.exit(status)
-
-
-def _innermost(e: BaseException) -> str:
-  while e.args and isinstance(e.args[0], BaseException):
-    e = e.args[0]
-  return " ".join(str(e.args[0] if e.args else e).replace("\\'", "'").split())
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing; a --config.KEY override naming no key is one line, not a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    _fail(f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A --config.KEY=VALUE "
-          "override must name an existing key (see base_config in llmimg_jax/train/config.py).",
-          2)
-  except flags.Error as e:  # e.g. a value of the wrong type: --config.train.steps=ten
-    _fail(str(e), 2)
 
 
 def main(argv):
@@ -74,15 +51,15 @@ def main(argv):
     if _CONFIG.value.text.checkpoint:  # a missing directory, or a hub name that cannot be had
       resolve_checkpoint_dir(_CONFIG.value.text.checkpoint)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-    _fail(str(e), 2)
+    cli.fail("train.py", str(e), 2)
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
                                        jax.devices())
   try:
     train(_CONFIG.value, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (CorruptCheckpointError, DivergenceError) as e:
-    _fail(str(e), 3)
+    cli.fail("train.py", str(e), 3)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("train.py"))

@@ -97,12 +97,6 @@ def validate_data_config(data_cfg) -> None:
     raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
   if int(data_cfg.get("image_size") or 0) <= 0:
     raise ValueError(f"data.image_size must be a positive int, got {data_cfg.get('image_size')}.")
-  crop = data_cfg.get("random_crop", 0.0)
-  # 1 would crop the whole image, i.e. nothing; it is also what `random_crop = True` becomes.
-  if not (crop == 0 or 0.0 < float(crop) < 1.0):
-    raise ValueError(f"data.random_crop={crop!r}: give the smallest crop side as a fraction in "
-                     "(0, 1), e.g. 0.8 (random crops of 80-100% of the image side), or 0 for "
-                     "centre crops.")
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     configs = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}

@@ -163,9 +163,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                    config: ml_collections.ConfigDict | None = None) -> Any | None:
   """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
-  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. With this run's
-  `config`: when none fits the state because the config changed since they were saved, raises
-  ConfigMismatchError naming the changed values, and moves nothing."""
+  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. When none fits the
+  state's structure or shapes (a changed config or code, not damage), raises ConfigMismatchError
+  (naming the values that differ from this run's `config`, if given) and moves nothing."""
   steps = sorted(manager.all_steps(), reverse=True)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, str] = {}
@@ -190,13 +190,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   if data_iter is not None:  # a failed restore may have set it already
     data_iter.set_state(initial_data_state)
   details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
-  changes = _config_changes(manager, steps[0], config) if config is not None else []
-  if changes and all(any(m in e for m in _MISMATCH) for e in failed.values()):
+  if all(any(m in e for m in _MISMATCH) for e in failed.values()):
+    changes = _config_changes(manager, steps[0], config) if config is not None else []
+    cause = (f"values that differ from the config saved with step {steps[0]}: "
+             f"{'; '.join(changes)}. If none of them changes the model, the code that builds it "
+             "did (another version of llmimg_jax)" if changes else
+             "this run's config equals the saved one, so the code that builds the model changed "
+             "(another version of llmimg_jax)")
     raise ConfigMismatchError(
-        f"The checkpoints in {manager.directory} do not fit this run's model: the config "
-        f"changed since they were saved ({'; '.join(changes)}). Rerun with the config the run "
-        "started with (WORKDIR/config.json holds its values), or pass a new --workdir for a "
-        f"new run. The checkpoints are intact and were left in place ({details}).")
+        f"The checkpoints in {manager.directory} do not fit the model this run builds ({cause}). "
+        "Rerun with the config (and version) the run started with (WORKDIR/config.json holds "
+        "its values), or pass a new --workdir for a new run. The checkpoints were left in place "
+        f"({details}).")
   if not start_fresh_if_corrupt:
     raise CorruptCheckpointError(
         f"No checkpoint in {manager.directory} could be restored ({details}). If they are "

@@ -154,4 +154,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                      "evaluate.py --inception_weights.")
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
+  crop = config.data.random_crop
+  # 1 would crop the whole image, i.e. nothing; it is also what `random_crop = True` becomes.
+  # (Checked for training only: runs saved with 1.0 are still evaluated, without crops.)
+  if not (crop == 0 or 0.0 < float(crop) < 1.0):
+    raise ValueError(f"config.data.random_crop={crop!r}: give the smallest crop side as a "
+                     "fraction in (0, 1), e.g. 0.8 (random crops of 80-100% of the image side), "
+                     "or 0 for centre crops.")
   validate_data_config(config.data)

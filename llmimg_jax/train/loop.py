@@ -176,7 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
     if config.text.checkpoint:
-      save_text_files(workdir, tokenizer, t5_config)
+      save_text_files(workdir, tokenizer, t5_config, replace=restored is None)
   writer = None
   if jax.process_index() == 0:
     from tensorboardX import SummaryWriter

@@ -70,11 +70,18 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def _adam(lr: float, cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  clip = (optax.clip_by_global_norm(cfg.train.grad_clip) if cfg.train.grad_clip
-          else optax.identity())
-  # Both have an empty state, so the optimizer state's structure does not depend on grad_clip:
-  # a run resumes from its checkpoints with clipping turned on (the divergence error's advice).
-  return optax.chain(clip, optax.adam(lr, b1=cfg.train.b1, b2=cfg.train.b2))
+  adam = optax.adam(lr, b1=cfg.train.b1, b2=cfg.train.b2)
+  if not cfg.train.grad_clip:
+    return adam
+  clip = optax.clip_by_global_norm(cfg.train.grad_clip)  # stateless
+
+  def update(grads, state, params=None):
+    clipped, _ = clip.update(grads, optax.EmptyState())
+    return adam.update(clipped, state, params)
+
+  # Adam's own state, as without clipping (optax.chain would nest it in a tuple): a run resumes
+  # from its checkpoints with clipping turned on, as the divergence error advises.
+  return optax.GradientTransformation(adam.init, update)
 
 
 def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config, PyTree | None]:
@@ -95,18 +102,21 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
   return tokenizer, t5_config, None
 
 
-def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer,
-                    t5_config: T5Config) -> Path:
-  """Writes WORKDIR/TEXT_DIR once (a temporary directory renamed into place) and returns it."""
+def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer, t5_config: T5Config,
+                    *, replace: bool = False) -> Path:
+  """Writes WORKDIR/TEXT_DIR (a temporary directory renamed into place) if it is missing, or
+  with `replace` (a run starting from step 0, maybe on another T5) anew; returns it."""
   target = Path(workdir) / TEXT_DIR
-  if not target.exists():
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TEXT_DIR}-", dir=workdir))
-    try:
-      tokenizer.hf.save_pretrained(tmp)
-      (tmp / "config.json").write_text(json.dumps(t5_config.to_dict(), indent=2))
-      os.replace(tmp, target)
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; left only by a failure
+  if target.exists() and not replace:
+    return target
+  tmp = Path(tempfile.mkdtemp(prefix=f".{TEXT_DIR}-", dir=workdir))
+  try:
+    tokenizer.hf.save_pretrained(tmp)
+    (tmp / "config.json").write_text(json.dumps(t5_config.to_dict(), indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; left only by a failure
   return target
 
 

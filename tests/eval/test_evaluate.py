@@ -278,3 +278,9 @@ def test_write_stats_checks_the_weights_before_the_data(tmp_path):
   assert out.returncode == 1, out.stderr[-2000:]
   assert f"evaluate.py: error: No Inception weights at {tmp_path / 'pt_inception.pth'}" in out.stderr
   assert "Traceback" not in out.stderr
+  out = subprocess.run(  # a --config.KEY naming no key: one line, as in train.py
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),
+       "--config=configs/folder_64.py", "--config.data.foldr=x"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert "evaluate.py: error: unknown config key 'foldr'" in out.stderr

@@ -1,6 +1,7 @@
 """The Sampler API: restore, determinism per seed, truncation, expansion, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -12,9 +13,9 @@ from PIL import Image
 
 from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, read_prompts,
                                restore_for_sampling, write_samples)
-from llmimg_jax.sample.sampler import _noise
+from llmimg_jax.sample.sampler import _noise, text_setup
 from llmimg_jax.train import loop
-from llmimg_jax.train.state import build_text
+from llmimg_jax.train.state import build_text, save_text_files
 from tests.sample.conftest import _quick_state, save_run
 from tests.train.conftest import tiny_config, tiny_pretrained_t5
 
@@ -201,3 +202,9 @@ def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkey
                                 tokenizer(prompt)["input_ids"])
   assert _same_tree(jax.device_get(sampler.ema_params), run.ema[2])
   assert sampler(prompt, seed=0, num_per_prompt=1).shape == (1, 32, 32, 3)
+  # A later start from step 0 (no checkpoint yet), maybe on another T5, writes them anew.
+  other = dataclasses.replace(t5_config, d_model=16)
+  save_text_files(workdir, tokenizer, other)
+  assert text_setup(config, workdir)[1] == t5_config  # a resumed run keeps them
+  save_text_files(workdir, tokenizer, other, replace=True)
+  assert text_setup(config, workdir)[1] == other

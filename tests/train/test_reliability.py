@@ -7,11 +7,12 @@ import shutil
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from llmimg_jax.data.pipeline import make_iterator
 from llmimg_jax.train import checkpoint, loop
-from llmimg_jax.train.state import build_models, build_text
+from llmimg_jax.train.state import _adam, build_models, build_text
 from tests.sample.conftest import _quick_state
 from tests.train.conftest import tiny_config
 from tests.train.test_step import _batch
@@ -175,18 +176,30 @@ def test_checkpoints_resume_after_turning_on_grad_clip(saved, tmp_path):
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(clipped), it,
                                        config=config)
   assert _equal(restored, states[4])
+  # Adam's own layout, with and without clipping: checkpoints of earlier runs restore too.
+  params = {"w": np.ones(3, np.float32)}
+  assert (jax.tree.structure(_adam(1e-4, config).init(params))
+          == jax.tree.structure(optax.adam(1e-4).init(params)))
 
 
 def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
-  config, tokenizer, _, _ = saved
+  config, tokenizer, states, _ = saved
   config.model.nf_g = 16
   _, t5_config, pretrained = build_text(config)
   wider = _quick_state(build_models(config, t5_config), pretrained)
   manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"the config changed since they were saved \(model\.nf_g: 8 -> 16\)"
-                           r"\. Rerun with the config the run started with"):
+                     match=r"do not fit the model this run builds \(values that differ from the "
+                           r"config saved with step 4: model\.nf_g: 8 -> 16\. .*\)\. Rerun with "
+                           r"the config \(and version\) the run started with"):
     checkpoint.restore_latest(manager, checkpoint.abstract_like(wider), it,
+                              start_fresh_if_corrupt=True, config=config)
+  config.model.nf_g = 8  # the same config, a state laid out differently (other code)
+  nested = states[4].replace(g_opt_state=(optax.EmptyState(), states[4].g_opt_state))
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match="this run's config equals the saved one, so the code that builds the "
+                           "model changed"):
+    checkpoint.restore_latest(manager, checkpoint.abstract_like(nested), it,
                               start_fresh_if_corrupt=True, config=config)
   assert sorted(manager.all_steps()) == [2, 4]  # not moved aside, although asked to start fresh
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()

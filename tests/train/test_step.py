@@ -73,6 +73,9 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("text.mode", "frozen", "needs a pretrained T5 in config.text.checkpoint"),
     ("train.max_bad_steps", 0, "max_bad_steps=0 must be positive"),
     ("train.keep_checkpoints", 0, "keep_checkpoints=0 must be positive.*0 would keep none"),
+    # True is stored as 1.0 (a float field), which would crop nothing.
+    ("data.random_crop", True, r"random_crop=1\.0: give the smallest crop side as a fraction"),
+    ("data.random_crop", -0.1, r"random_crop=-0\.1: give the smallest crop side"),
     ("train.samples_per_prompt", 0, "samples_per_prompt=0 must be positive"),
     ("train.sample_prompts", (), "sample_prompts is empty"),
 ])
