@@ -117,6 +117,12 @@ def _fresh(config, tokenizer, workdir):
           make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0))
 
 
+def _abstract_state(config):
+  """What train() restores into for `config` (host-drawn values, nothing compiled)."""
+  _, t5_config, pretrained = build_text(config)
+  return checkpoint.abstract_like(_quick_state(build_models(config, t5_config), pretrained))
+
+
 def _damage(step_dir, how: str) -> None:
   files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file())
   if how == "truncated":
@@ -170,11 +176,8 @@ def test_checkpoints_resume_after_turning_on_grad_clip(saved, tmp_path):
   """The divergence error advises config.train.grad_clip: the optimizer state keeps its shape."""
   config, tokenizer, states, _ = saved
   config.train.grad_clip = 1.0
-  _, t5_config, pretrained = build_text(config)
-  clipped = _quick_state(build_models(config, t5_config), pretrained)
   manager, it = _fresh(config, tokenizer, tmp_path)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(clipped), it,
-                                       config=config)
+  restored = checkpoint.restore_latest(manager, _abstract_state(config), it, config=config)
   assert _equal(restored, states[4])
   # Adam's own layout, with and without clipping: checkpoints of earlier runs restore too.
   params = {"w": np.ones(3, np.float32)}
@@ -185,14 +188,12 @@ def test_checkpoints_resume_after_turning_on_grad_clip(saved, tmp_path):
 def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
   config, tokenizer, states, _ = saved
   config.model.nf_g = 16
-  _, t5_config, pretrained = build_text(config)
-  wider = _quick_state(build_models(config, t5_config), pretrained)
   manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError,
                      match=r"do not fit the model this run builds \(values that differ from the "
                            r"config saved with step 4: model\.nf_g: 8 -> 16\. .*\)\. Rerun with "
                            r"the config \(and version\) the run started with"):
-    checkpoint.restore_latest(manager, checkpoint.abstract_like(wider), it,
+    checkpoint.restore_latest(manager, _abstract_state(config), it,
                               start_fresh_if_corrupt=True, config=config)
   config.model.nf_g = 8  # the same config, a state laid out differently (other code)
   nested = states[4].replace(g_opt_state=(optax.EmptyState(), states[4].g_opt_state))
