@@ -32,6 +32,9 @@ _EXPAND_TEMPLATE = flags.DEFINE_string("expand_template", "Describe an image of:
                                        "Expander input; {prompt} is replaced by the prompt.")
 _EXPAND_BEAMS = flags.DEFINE_integer("expand_num_beams", 1, "Beams for expansion (1: greedy).")
 _EXPAND_TOKENS = flags.DEFINE_integer("expand_max_new_tokens", 48, "Expansion length limit.")
+_EXPAND_INPUT = flags.DEFINE_integer("expand_max_length", 64, "Expander input length limit "
+                                     "(tokens of template + prompt; longer ones are cut).",
+                                     lower_bound=2)
 _EXPAND_SAMPLE = flags.DEFINE_bool("expand_do_sample", False, "Sample expansions (not greedy).")
 _EXPAND_TEMPERATURE = flags.DEFINE_float("expand_temperature", 1.0, "Expansion sampling temp.")
 _EXPAND_TOP_P = flags.DEFINE_float("expand_top_p", 1.0, "Expansion nucleus sampling top_p.")
@@ -40,7 +43,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def run() -> None:
   # Inputs are checked before JAX and the checkpoint load: bad flags fail in a second.
-  from llmimg_jax.sample.expand import check_template
+  from llmimg_jax.sample.expand import check_sampling, check_template
   from llmimg_jax.sample.outputs import check_out_dir, read_prompts
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   check_out_dir(_OUT.value, _OVERWRITE.value)
@@ -52,6 +55,7 @@ def run() -> None:
     raise ValueError(f"--truncation={_TRUNCATION.value} must be > 0 (e.g. 0.88).")
   if _EXPAND_WITH.value:
     check_template(_EXPAND_TEMPLATE.value)
+    check_sampling(_EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value)
 
   import jax
   from llmimg_jax.sample import CaptionExpander, Sampler, write_samples
@@ -60,7 +64,8 @@ def run() -> None:
   expander = None
   if _EXPAND_WITH.value:
     expander = CaptionExpander.from_pretrained(
-        _EXPAND_WITH.value, template=_EXPAND_TEMPLATE.value, num_beams=_EXPAND_BEAMS.value,
+        _EXPAND_WITH.value, max_length=_EXPAND_INPUT.value, template=_EXPAND_TEMPLATE.value,
+        num_beams=_EXPAND_BEAMS.value,
         max_new_tokens=_EXPAND_TOKENS.value, do_sample=_EXPAND_SAMPLE.value,
         temperature=_EXPAND_TEMPERATURE.value, top_p=_EXPAND_TOP_P.value, seed=_SEED.value)
   sampler = Sampler.from_workdir(_WORKDIR.value, _STEP.value, batch_size=_BATCH.value,

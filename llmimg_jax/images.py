@@ -1,14 +1,44 @@
 """Image grids with their captions written underneath (training samples, sample.py, previews)."""
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 _LINE_HEIGHT = 12  # pixels per text line of PIL's default font
-_CHAR_WIDTH = 6
+
+
+def _drawable(text: str, font) -> str:
+  """`text` as `font` can draw it: a bitmap font without these glyphs (CJK, emoji) gets '?'."""
+  try:
+    font.getlength(text)
+    return text
+  except UnicodeEncodeError:
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _wrap(text: str, font, width: float, max_lines: int) -> list[str]:
+  """Lines of `text` no wider than `width` pixels in `font` (words split only when one alone is
+  too wide); past `max_lines`, the last line ends in '...'."""
+  fits = lambda line: font.getlength(line) <= width
+  lines: list[str] = []
+  for word in _drawable(" ".join(text.split()), font).split(" "):
+    line = f"{lines[-1]} {word}" if lines else word
+    if lines and fits(line):
+      lines[-1] = line
+      continue
+    lines.append("")
+    for char in word:  # a new line; a word too wide for one is split where it overflows
+      if lines[-1] and not fits(lines[-1] + char):
+        lines.append("")
+      lines[-1] += char
+  if len(lines) > max_lines:
+    last = lines[max_lines - 1]
+    while last and not fits(last + "..."):
+      last = last[:-1]
+    lines = lines[:max_lines - 1] + [last + "..."]
+  return [line for line in lines if line]
 
 
 def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int | None = None,
@@ -33,7 +63,6 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int 
                      f"{columns}.")
   rows = -(-n // columns)
   label_width = cell if per_image else columns * cell
-  wrap = max(8, label_width // _CHAR_WIDTH)
   text_h = max_lines * _LINE_HEIGHT + 4
   font = ImageFont.load_default()
   canvas = Image.new("RGB", (columns * cell, rows * (cell + text_h)), "white")
@@ -46,13 +75,6 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int 
   for j, caption in enumerate(captions):
     x, y = ((j % columns) * cell, (j // columns) * (cell + text_h)) if per_image else (0, j * (
         cell + text_h))
-    lines = textwrap.wrap(caption, wrap)
-    if len(lines) > max_lines:
-      lines = lines[:max_lines - 1] + [lines[max_lines - 1][:wrap - 3] + "..."]
-    for k, line in enumerate(lines):
-      xy = (x + 2, y + cell + 2 + k * _LINE_HEIGHT)
-      try:
-        draw.text(xy, line, fill="black", font=font)
-      except UnicodeEncodeError:  # a bitmap font without these glyphs (CJK, emoji)
-        draw.text(xy, line.encode("latin-1", "replace").decode("latin-1"), fill="black", font=font)
+    for k, line in enumerate(_wrap(caption, font, label_width - 4, max_lines)):
+      draw.text((x + 2, y + cell + 2 + k * _LINE_HEIGHT), line, fill="black", font=font)
   return canvas

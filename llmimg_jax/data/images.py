@@ -93,9 +93,11 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
       raise SkipImage("too_large", f"{w}x{h} > {max_pixels} pixels")
     if w == 0 or h == 0:
       raise SkipImage("unreadable", f"declared size {w}x{h}")
-    if img.format and _FORMATS.get(ext) not in (None, img.format):
+    # PIL calls a JPEG with a second embedded image (cameras' previews, MPF) "MPO".
+    fmt = "JPEG" if img.format == "MPO" else img.format
+    if fmt and _FORMATS.get(ext) not in (None, fmt):
       notes.append("extension_mismatch")
-    if img.format == "JPEG":
+    if fmt == "JPEG":
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
     try:
       ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import string
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,9 @@ class CaptionExpander:
     if self.do_sample and self.num_beams > 1:
       raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
                        "not both; drop one of the two options.")
+    check_sampling(self.do_sample, self.temperature, self.top_p)
+    if self.batch_size < 1:
+      raise ValueError(f"expand batch_size={self.batch_size} must be >= 1.")
 
   @classmethod
   def from_pretrained(cls, path_or_name: str | os.PathLike, max_length: int = 64,
@@ -50,6 +54,12 @@ class CaptionExpander:
 
   def __call__(self, prompts: Sequence[str]) -> list[str]:
     inputs = [self.template.format(prompt=p) for p in prompts]
+    tokenizer = self.generator.tokenizer
+    lengths = tokenizer.token_counts(inputs) if inputs else []
+    if cut := [i for i, n in enumerate(lengths) if n > tokenizer.max_length]:
+      log.warning("The expander reads the first %d tokens of template + prompt: prompt(s) %s "
+                  "are cut short (prompt %d has %d tokens); raise --expand_max_length.",
+                  tokenizer.max_length, cut, cut[0], lengths[cut[0]])
     kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
     if self.do_sample:
       kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
@@ -75,11 +85,22 @@ class CaptionExpander:
 
 
 def check_template(template: str) -> None:
+  """A str.format template whose fields are all exactly {prompt} (conversions and format specs
+  allowed, e.g. {prompt!r}); ValueError otherwise."""
   try:
-    filled = template.format(prompt="\x00")
-  except (KeyError, IndexError, ValueError) as e:
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+  except ValueError as e:
     raise ValueError(f"Expansion template {template!r} is not a valid format string ({e}); "
                      "use {prompt} for the prompt and {{ }} for literal braces.") from None
-  if "\x00" not in filled:
+  if other := [f for f in fields if f != "prompt"]:
+    raise ValueError(f"Expansion template {template!r} has the field(s) {other}; the only field "
+                     "is {prompt} (the whole prompt), and {{ }} are literal braces.")
+  if not fields:
     raise ValueError(f"Expansion template {template!r} has no {{prompt}} placeholder; e.g. "
                      f"{DEFAULT_TEMPLATE!r}.")
+
+
+def check_sampling(do_sample: bool, temperature: float, top_p: float) -> None:
+  if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+    raise ValueError(f"Sampled expansion needs --expand_temperature > 0 and 0 < --expand_top_p "
+                     f"<= 1; got {temperature} and {top_p}.")

@@ -40,8 +40,7 @@ class TextTokenizer:
     """Returns input_ids and attention_mask, both int32 [batch, max_length]."""
     if isinstance(texts, (str, bytes)):
       texts = [texts]
-    texts = [_clean(t) for t in texts]
-    full = self.hf(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    full = self._full(texts)
     too_long = [(i, len(ids)) for i, ids in enumerate(full) if len(ids) > self.max_length]
     if too_long:
       i, n = too_long[0]
@@ -56,6 +55,14 @@ class TextTokenizer:
       ids[row, : len(seq)] = seq
       mask[row, : len(seq)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+  def _full(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.hf([_clean(t) for t in texts], add_special_tokens=True,
+                   truncation=False)["input_ids"]
+
+  def token_counts(self, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text before truncation to max_length (EOS included)."""
+    return [len(ids) for ids in self._full(texts)]
 
   def decode(self, ids: np.ndarray) -> list[str]:
     """Decodes [batch, length] ids, dropping padding and special tokens, and ids past the

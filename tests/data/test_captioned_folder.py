@@ -221,3 +221,21 @@ def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
   image, _ = images.load_image(path, 8, max_pixels=10_000)
   np.testing.assert_array_equal(image, np.full((8, 8, 3), (9, 99, 199)))
   assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+def test_camera_jpeg_with_an_embedded_preview_is_a_jpeg(tmp_path, monkeypatch):
+  """PIL opens a JPEG carrying a second (MPF) image as "MPO": still a .jpg, decoded reduced."""
+  from PIL import MpoImagePlugin
+  from llmimg_jax.data import images
+  path = tmp_path / "camera.jpg"
+  Image.new("RGB", (640, 480), (200, 30, 40)).save(
+      path, "MPO", save_all=True, append_images=[Image.new("RGB", (160, 120))])
+  assert Image.open(path).format == "MPO"
+  drafts = []
+  draft = MpoImagePlugin.MpoImageFile.draft
+  monkeypatch.setattr(MpoImagePlugin.MpoImageFile, "draft",
+                      lambda self, *a: drafts.append(a) or draft(self, *a))
+  image, notes = images.load_image(path, 8)
+  assert notes == [] and drafts == [("RGB", (8, 8))]
+  assert image.shape == (8, 8, 3)
+  np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (200, 30, 40), atol=4)

@@ -95,7 +95,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
 
 @pytest.mark.parametrize("case", ["empty_prompt", "whitespace_prompt", "empty_file", "no_prompts",
                                   "no_checkpoint", "corrupt_checkpoint", "bad_template",
-                                  "out_is_a_file", "out_has_samples", "bad_seed"])
+                                  "out_is_a_file", "out_has_samples", "bad_seed",
+                                  "bad_expand_sampling"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -126,6 +127,10 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                           f"Output '{old_out}' already holds samples (1 files, e.g. "
                           "p0000_s000.png); pass a new directory, or --overwrite"),
       "bad_seed": (["--prompt", "a cat", "--seed", "-1"], "--seed=-1 must be in [0, 2**32)."),
+      "bad_expand_sampling": (["--prompt", "a cat", "--expand_with", "x", "--expand_do_sample",
+                               "--expand_temperature", "0"],
+                              "Sampled expansion needs --expand_temperature > 0 and 0 < "
+                              "--expand_top_p <= 1; got 0.0 and 1.0."),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)

@@ -177,6 +177,23 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
     CaptionExpander(expander.generator, do_sample=True, num_beams=2)
   with pytest.raises(ValueError, match="no {prompt} placeholder"):
     CaptionExpander(expander.generator, template="Describe an image")
+  with pytest.raises(ValueError, match=r"has the field\(s\) \['prompt\[0\]'\]; the only field"):
+    CaptionExpander(expander.generator, template="Describe {prompt[0]}")  # would drop the rest
+  assert CaptionExpander(expander.generator, template="Describe {prompt!r}").template
+  with pytest.raises(ValueError, match="--expand_temperature > 0 and 0 < --expand_top_p <= 1"):
+    CaptionExpander(expander.generator, do_sample=True, temperature=0.0)
+  with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
+    CaptionExpander(expander.generator, batch_size=0)
+
+
+def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
+  expander = CaptionExpander.from_pretrained(expander_dir, max_length=24, template="{prompt}",
+                                             max_new_tokens=1, batch_size=1)
+  long = "a big red circle to the left of a small blue square"  # 51 bytes + EOS
+  with caplog.at_level(logging.WARNING):
+    expander(["a red circle", "a star", long])
+  assert ("first 24 tokens of template + prompt: prompt(s) [2] are cut short (prompt 2 has 52 "
+          "tokens); raise --expand_max_length") in caplog.text
 
 
 def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkeypatch):

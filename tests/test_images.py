@@ -1,0 +1,19 @@
+"""llmimg_jax/images.py: captioned grids."""
+import numpy as np
+from PIL import ImageFont
+
+from llmimg_jax.images import _wrap, captioned_grid
+
+
+def test_captions_wrap_by_their_drawn_width():
+  font = ImageFont.load_default()
+  for caption in ["WOMAN WITH MANY HATS ON THE LEFT SIDE OF A WIDE ROOM", "M" * 60, "a red circle"]:
+    lines = _wrap(caption, font, 92, 3)
+    assert 1 <= len(lines) <= 3 and all(font.getlength(line) <= 92 for line in lines), lines
+  assert _wrap("a red circle", font, 92, 3) == ["a red circle"]
+  assert _wrap("word " * 60, font, 92, 3)[-1].endswith("...")
+  # One caption per image: a wide one stays under its own image, the neighbour's stays blank.
+  grid = np.asarray(captioned_grid(np.full((2, 8, 8, 3), 255, np.uint8), ["MMMM " * 8, ""],
+                                   columns=2))
+  text = grid[96:]  # [caption rows, 2 cells, 3]
+  assert (text[:, :96] < 128).any() and not (text[:, 96:] < 128).any()
