@@ -147,12 +147,13 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _config_changes(manager: ocp.CheckpointManager, step: int,
-                    config: ml_collections.ConfigDict) -> list[str]:
-  """'key: saved -> now' for every config value that differs from the one saved at `step`."""
+                    config: ml_collections.ConfigDict) -> list[str] | None:
+  """'key: saved -> now' for every config value that differs from the one saved at `step`;
+  None when the saved config cannot be read."""
   try:
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   except Exception:  # noqa: BLE001 - no readable config: nothing to compare
-    return []
+    return None
   old, new = _flat(saved["config"]), _flat(json.loads(config.to_json()))
   return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
           for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
@@ -191,12 +192,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     data_iter.set_state(initial_data_state)
   details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
   if all(any(m in e for m in _MISMATCH) for e in failed.values()):
-    changes = _config_changes(manager, steps[0], config) if config is not None else []
-    cause = (f"values that differ from the config saved with step {steps[0]}: "
-             f"{'; '.join(changes)}. If none of them changes the model, the code that builds it "
-             "did (another version of llmimg_jax)" if changes else
-             "this run's config equals the saved one, so the code that builds the model changed "
-             "(another version of llmimg_jax)")
+    changes = _config_changes(manager, steps[0], config) if config is not None else None
+    if changes is None:  # nothing to compare with
+      cause = "the config or the code that builds the model changed since they were saved"
+    elif changes:
+      cause = (f"values that differ from the config saved with step {steps[0]}: "
+               f"{'; '.join(changes)}. If none of them changes the model, the code that builds "
+               "it did (another version of llmimg_jax)")
+    else:
+      cause = ("this run's config equals the saved one, so the code that builds the model "
+               "changed (another version of llmimg_jax)")
     raise ConfigMismatchError(
         f"The checkpoints in {manager.directory} do not fit the model this run builds ({cause}). "
         "Rerun with the config (and version) the run started with (WORKDIR/config.json holds "

@@ -202,6 +202,10 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
                            "model changed"):
     checkpoint.restore_latest(manager, checkpoint.abstract_like(nested), it,
                               start_fresh_if_corrupt=True, config=config)
+  with pytest.raises(checkpoint.ConfigMismatchError,  # no config to compare with
+                     match="the config or the code that builds the model changed since"):
+    checkpoint.restore_latest(manager, checkpoint.abstract_like(nested), it,
+                              start_fresh_if_corrupt=True)
   assert sorted(manager.all_steps()) == [2, 4]  # not moved aside, although asked to start fresh
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
