@@ -32,12 +32,28 @@ class SkipImage(Exception):
     self.reason = reason
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-  """Any PIL mode -> uint8 [h, w, 3]; transparency is composited over white."""
+def _sixteen_bit_samples(img: Image.Image) -> bool:
+  """Whether a freshly opened mode-I image holds 16-bit samples: PGM/PPM with a maxval above 255
+  (PIL rescales them to 0..65535), PNG (older Pillows' mode for 16-bit grey), 16-bit TIFF. Then
+  a dark image (every value <= 255) is still 16-bit, not 8-bit."""
+  if img.mode != "I":
+    return False
+  if img.format in ("PPM", "PNG"):
+    return True
+  if img.format == "TIFF":
+    bits = getattr(img, "tag_v2", {}).get(258)  # BitsPerSample: an int or one per channel
+    return 16 in (bits if isinstance(bits, tuple) else (bits,))
+  return False
+
+
+def _to_rgb(img: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
+  """Any PIL mode -> uint8 [h, w, 3]; transparency is composited over white. `sixteen_bit`: a
+  mode-I image's samples are 16-bit (`_sixteen_bit_samples`); otherwise mode I is taken as 16-bit
+  only when some value exceeds 255."""
   mode = img.mode
   if mode in _HIGH_BIT_MODES or mode == "F":
     a = np.asarray(img).astype(np.float64)  # [h, w]
-    if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
+    if mode.startswith("I;16") or (mode == "I" and (sixteen_bit or a.max(initial=0) > 255)):
       a = a / 257.0  # 16-bit range -> 8-bit
     elif mode == "F" and a.max(initial=0) <= 1.0:
       a = a * 255.0
@@ -105,11 +121,12 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
       raise SkipImage(reason, str(e)) from None
+    sixteen_bit = _sixteen_bit_samples(img)  # before exif_transpose's copy drops the format
     try:
       img = ImageOps.exif_transpose(img)
     except Exception:  # malformed EXIF: keep the stored orientation  # pylint: disable=broad-except
       notes.append("bad_exif")
-    rgb = _to_rgb(img)  # [h, w, 3]
+    rgb = _to_rgb(img, sixteen_bit)  # [h, w, 3]
   return resize_square(rgb, size), notes
 
 

@@ -239,3 +239,28 @@ def test_camera_jpeg_with_an_embedded_preview_is_a_jpeg(tmp_path, monkeypatch):
   assert notes == [] and drafts == [("RGB", (8, 8))]
   assert image.shape == (8, 8, 3)
   np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (200, 30, 40), atol=4)
+
+
+def _pgm(path: str, values: np.ndarray, maxval: int) -> None:
+  """A binary greyscale PGM (P5) with 16-bit big-endian samples."""
+  with open(path, "wb") as f:
+    f.write(f"P5 {values.shape[1]} {values.shape[0]} {maxval}\n".encode())
+    f.write(values.astype(">u2").tobytes())
+
+
+def test_dark_16bit_images_are_not_read_as_8bit(tmp_path):
+  """PIL opens a PGM with maxval > 255 as mode I in 0..65535; one with every value <= 255 is a
+  near-black 16-bit image, not an 8-bit one."""
+  from llmimg_jax.data.images import load_image
+  dark = tmp_path / "dark.pgm"
+  _pgm(str(dark), np.full((8, 8), 200), 65535)
+  assert Image.open(dark).mode == "I"
+  rgb, _ = load_image(str(dark), 8)
+  assert rgb.shape == (8, 8, 3) and rgb.max() == 1, rgb.max()  # 200 / 257 -> 1, not 200
+  ten_bit = tmp_path / "ten_bit.pgm"  # PIL scales maxval 1023 to 65535: 512 -> ~50% grey
+  _pgm(str(ten_bit), np.full((8, 8), 512), 1023)
+  assert load_image(str(ten_bit), 8)[0].max() == 128
+  # A mode-I image whose source depth is unknown (32-bit TIFF) keeps the value heuristic.
+  tiff = tmp_path / "int32.tif"
+  Image.fromarray(np.full((8, 8), 200, np.int32)).save(tiff)
+  assert Image.open(tiff).mode == "I" and load_image(str(tiff), 8)[0].max() == 200
