@@ -9,6 +9,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from llmimg_jax.text import TextGenerator
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,10 @@ class CaptionExpander:
 
   def __call__(self, prompts: Sequence[str]) -> list[str]:
     inputs = [self.template.format(prompt=p) for p in prompts]
+    if not inputs:
+      return []
     tokenizer = self.generator.tokenizer
-    lengths = tokenizer.token_counts(inputs) if inputs else []
+    lengths = tokenizer.token_counts(inputs)
     if cut := [i for i, n in enumerate(lengths) if n > tokenizer.max_length]:
       log.warning("The expander reads the first %d tokens of template + prompt: prompt(s) %s "
                   "are cut short (prompt %d has %d tokens); raise --expand_max_length.",
@@ -63,16 +67,18 @@ class CaptionExpander:
     kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
     if self.do_sample:
       kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+    tokens = tokenizer(inputs, warn_truncation=False)  # warned above, by prompt
+    # A sampled expansion depends on the seed and its own input only, not on the other prompts.
+    seeds = np.array([zlib.crc32(f"{self.seed}\0{text}".encode("utf-8", "surrogatepass"))
+                      for text in inputs], np.uint32)
     captions: list[str] = []
-    for start in range(0, len(inputs), self.batch_size):
-      chunk = inputs[start:start + self.batch_size]
-      # Pad the chunk to a fixed size: one compiled generation for every chunk.
-      padded = chunk + [chunk[-1]] * (min(self.batch_size, len(inputs)) - len(chunk))
-      # A sampled expansion depends on the seed and its own input only, not on the other prompts.
-      seeds = [zlib.crc32(f"{self.seed}\0{text}".encode("utf-8", "surrogatepass"))
-               for text in padded]
-      out = self.generator.generate(padded, seed=seeds, **kw)
-      captions += out[:len(chunk)]
+    size = min(self.batch_size, len(inputs))
+    for start in range(0, len(inputs), size):
+      # The last chunk repeats its last input: one compiled generation for every chunk.
+      rows = np.minimum(np.arange(start, start + size), len(inputs) - 1)
+      out = self.generator.generate_tokens({k: v[rows] for k, v in tokens.items()},
+                                           seed=[int(s) for s in seeds[rows]], **kw)
+      captions += out[:len(inputs) - start]
     result = []
     for prompt, caption in zip(prompts, captions):
       caption = " ".join(caption.split())

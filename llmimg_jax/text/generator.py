@@ -46,7 +46,12 @@ class TextGenerator:
     seed (sampling): one for the call, or one per text, so that a text's sample does not depend
     on the other texts.
     """
-    batch = self.tokenizer(texts)
+    return self.generate_tokens(self.tokenizer(texts), max_new_tokens=max_new_tokens, seed=seed,
+                                **kw)
+
+  def generate_tokens(self, batch: dict[str, np.ndarray], *, max_new_tokens: int = 32,
+                      seed: int | Sequence[int] = 0, **kw) -> list[str]:
+    """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
     if isinstance(seed, (int, np.integer)):
       rng = jax.random.PRNGKey(seed)
     else:

@@ -36,13 +36,16 @@ class TextTokenizer:
   def eos_id(self) -> int:
     return int(self.hf.eos_token_id)
 
-  def __call__(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
-    """Returns input_ids and attention_mask, both int32 [batch, max_length]."""
+  def __call__(self, texts: Sequence[str] | str, *, warn_truncation: bool = True
+               ) -> dict[str, np.ndarray]:
+    """Returns input_ids and attention_mask, both int32 [batch, max_length]. Texts longer than
+    max_length are truncated, with a warning unless `warn_truncation` is False (for callers that
+    name the cut texts themselves)."""
     if isinstance(texts, (str, bytes)):
       texts = [texts]
     full = self._full(texts)
     too_long = [(i, len(ids)) for i, ids in enumerate(full) if len(ids) > self.max_length]
-    if too_long:
+    if too_long and warn_truncation:
       i, n = too_long[0]
       log.warning(
           "%d text(s) longer than max_length=%d tokens were truncated (text %d had %d tokens).",

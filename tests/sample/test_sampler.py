@@ -194,6 +194,8 @@ def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
     expander(["a red circle", "a star", long])
   assert ("first 24 tokens of template + prompt: prompt(s) [2] are cut short (prompt 2 has 52 "
           "tokens); raise --expand_max_length") in caplog.text
+  # One warning, by prompt: not the tokenizer's again per chunk (with chunk-local indices).
+  assert caplog.text.count("cut short") == 1 and "were truncated" not in caplog.text
 
 
 def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkeypatch):
