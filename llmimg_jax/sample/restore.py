@@ -19,7 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from llmimg_jax.train.checkpoint import brief_error
+from llmimg_jax.train.checkpoint import brief_error, saved_config
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -64,9 +64,7 @@ def _config_of(step_dir: Path, workdir: Path) -> ml_collections.ConfigDict:
   """The config saved with the checkpoint; WORKDIR/config.json if the checkpoint lacks it."""
   if (step_dir / "config").is_dir():
     try:
-      d = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-          step_dir / "config", args=ocp.args.JsonRestore())
-      return ml_collections.ConfigDict(d)
+      return ml_collections.ConfigDict(saved_config(step_dir))
     except Exception as e:  # noqa: BLE001 - any failure falls back to config.json, logged
       log.warning("Could not read the config saved in %s (%s); using %s.",
                   step_dir / "config", brief_error(e), workdir / "config.json")

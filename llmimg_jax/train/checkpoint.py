@@ -146,15 +146,21 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: d}
 
 
+def saved_config(step_dir: str | Path) -> dict[str, Any]:
+  """The config saved with a checkpoint (its `config` item), given the step's directory."""
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    return checkpointer.restore(Path(step_dir) / "config", args=ocp.args.JsonRestore())
+
+
 def _config_changes(manager: ocp.CheckpointManager, step: int,
                     config: ml_collections.ConfigDict) -> list[str] | None:
   """'key: saved -> now' for every config value that differs from the one saved at `step`;
   None when the saved config cannot be read."""
   try:
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved = saved_config(Path(manager.directory) / str(step))
   except Exception:  # noqa: BLE001 - no readable config: nothing to compare
     return None
-  old, new = _flat(saved["config"]), _flat(json.loads(config.to_json()))
+  old, new = _flat(saved), _flat(json.loads(config.to_json()))
   return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
           for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 
