@@ -52,6 +52,12 @@ def _loss(conv):
   return lambda v, k: jnp.sum(jnp.sin(conv(v, k)))
 
 
+# forward; forward + input gradient; forward + kernel gradient (measures for print_table)
+SEPARATE_GRADIENTS = {"fwd": lambda conv: conv,
+                      "+dx": lambda conv: jax.grad(_loss(conv), 0),
+                      "+dkernel": lambda conv: jax.grad(_loss(conv), 1)}
+
+
 def _second_order(conv):
   def penalty(v, k):
     return jnp.sum(jax.grad(_loss(conv))(v, k) ** 2)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.strided_conv import _loss, print_table  # noqa: E402
+from benchmarks.strided_conv import SEPARATE_GRADIENTS, print_table  # noqa: E402
 from llmimg_jax.gan import generator  # noqa: E402
 from llmimg_jax.gan.layers import conv2d  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
@@ -50,9 +49,7 @@ VARIANTS = {"3x3 form": three_by_three_form,
 def main() -> None:
   reuse_host_memory()  # as train.py: XLA's scratch buffers stay mapped between calls
   print_table([(32, 4, 256, 256), (32, 8, 256, 128), (32, 16, 128, 64), (32, 32, 64, 32)],
-              VARIANTS, 3, {"fwd": lambda conv: conv,
-                            "+dx": lambda conv: jax.grad(_loss(conv), 0),
-                            "+dkernel": lambda conv: jax.grad(_loss(conv), 1)})
+              VARIANTS, 3, SEPARATE_GRADIENTS)
 
 
 if __name__ == "__main__":

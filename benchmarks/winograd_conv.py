@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.strided_conv import _loss, print_table  # noqa: E402
+from benchmarks.strided_conv import SEPARATE_GRADIENTS, print_table  # noqa: E402
 from llmimg_jax.gan.layers import conv2d  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 
@@ -84,9 +84,7 @@ VARIANTS = {"xla": conv2d,
 def main() -> None:
   reuse_host_memory()  # as train.py: XLA's scratch buffers stay mapped between calls
   print_table([(16, 64, 32, 32), (16, 32, 64, 64), (16, 16, 128, 128), (16, 8, 256, 256)],
-              VARIANTS, 3, {"fwd": lambda conv: conv,
-                            "+dx": lambda conv: jax.grad(_loss(conv), 0),
-                            "+dkernel": lambda conv: jax.grad(_loss(conv), 1)})
+              VARIANTS, 3, SEPARATE_GRADIENTS)
 
 
 if __name__ == "__main__":
