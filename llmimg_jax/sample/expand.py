@@ -59,7 +59,7 @@ class CaptionExpander:
     if not inputs:
       return []
     tokenizer = self.generator.tokenizer
-    lengths = tokenizer.token_counts(inputs)
+    tokens, lengths = tokenizer.tokenize(inputs)
     if cut := [i for i, n in enumerate(lengths) if n > tokenizer.max_length]:
       log.warning("The expander reads the first %d tokens of template + prompt: prompt(s) %s "
                   "are cut short (prompt %d has %d tokens); raise --expand_max_length.",
@@ -67,7 +67,6 @@ class CaptionExpander:
     kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
     if self.do_sample:
       kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-    tokens = tokenizer(inputs, warn_truncation=False)  # warned above, by prompt
     # A sampled expansion depends on the seed and its own input only, not on the other prompts.
     seeds = np.array([zlib.crc32(f"{self.seed}\0{text}".encode("utf-8", "surrogatepass"))
                       for text in inputs], np.uint32)

@@ -36,20 +36,23 @@ class TextTokenizer:
   def eos_id(self) -> int:
     return int(self.hf.eos_token_id)
 
-  def __call__(self, texts: Sequence[str] | str, *, warn_truncation: bool = True
-               ) -> dict[str, np.ndarray]:
+  def __call__(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
     """Returns input_ids and attention_mask, both int32 [batch, max_length]. Texts longer than
-    max_length are truncated, with a warning unless `warn_truncation` is False (for callers that
-    name the cut texts themselves)."""
-    if isinstance(texts, (str, bytes)):
-      texts = [texts]
-    full = self._full(texts)
-    too_long = [(i, len(ids)) for i, ids in enumerate(full) if len(ids) > self.max_length]
-    if too_long and warn_truncation:
-      i, n = too_long[0]
+    max_length are truncated, with a warning."""
+    tokens, lengths = self.tokenize(texts)
+    if too_long := [i for i, n in enumerate(lengths) if n > self.max_length]:
       log.warning(
           "%d text(s) longer than max_length=%d tokens were truncated (text %d had %d tokens).",
-          len(too_long), self.max_length, i, n)
+          len(too_long), self.max_length, too_long[0], lengths[too_long[0]])
+    return tokens
+
+  def tokenize(self, texts: Sequence[str] | str) -> tuple[dict[str, np.ndarray], list[int]]:
+    """__call__'s tokens, truncated without a warning, and each text's token count before
+    truncation (EOS included), for callers that name the cut texts themselves."""
+    if isinstance(texts, (str, bytes)):
+      texts = [texts]
+    full = self.hf([_clean(t) for t in texts], add_special_tokens=True,
+                   truncation=False)["input_ids"]
     ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)  # [batch, length]
     mask = np.zeros((len(texts), self.max_length), np.int32)  # [batch, length]
     for row, seq in enumerate(full):
@@ -57,15 +60,7 @@ class TextTokenizer:
         seq = list(seq[: self.max_length - 1]) + [self.eos_id]
       ids[row, : len(seq)] = seq
       mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-  def _full(self, texts: Sequence[str]) -> list[list[int]]:
-    return self.hf([_clean(t) for t in texts], add_special_tokens=True,
-                   truncation=False)["input_ids"]
-
-  def token_counts(self, texts: Sequence[str]) -> list[int]:
-    """Tokens of each text before truncation to max_length (EOS included)."""
-    return [len(ids) for ids in self._full(texts)]
+    return {"input_ids": ids, "attention_mask": mask}, [len(seq) for seq in full]
 
   def decode(self, ids: np.ndarray) -> list[str]:
     """Decodes [batch, length] ids, dropping padding and special tokens, and ids past the

@@ -36,6 +36,13 @@ def test_awkward_texts_encode_and_generate(generator, caplog):
   replacement = generator.tokenizer("\ufffd")["input_ids"][0, :3].tolist()  # U+FFFD's 3 bytes
   for row in (3, 4):  # invalid UTF-8 / lone surrogates become U+FFFD
     assert any(ids[row, i:i + 3].tolist() == replacement for i in range(MAX_LEN - 2))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # the same tokens with the lengths, and no warning
+    tokens, lengths = generator.tokenizer.tokenize(AWKWARD)
+  assert not caplog.text and lengths[:2] == [1, 10_001]
+  assert [min(n, MAX_LEN) for n in lengths] == mask.sum(1).tolist()
+  for key, value in batch.items():
+    np.testing.assert_array_equal(tokens[key], value)
 
   states = generator.encode(AWKWARD)
   assert states.shape == (len(AWKWARD), MAX_LEN, generator.config.d_model)
