@@ -87,6 +87,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   """The state saved at `step`; `data_iter` (if given) is restored in place."""
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
+    _check_data_process_count(Path(manager.directory) / str(step) / "data")
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"]
@@ -135,8 +136,25 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   manager.reload()
 
 
-# Orbax's words for a checkpoint whose arrays do not fit the state restored into.
-_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape")
+class ProcessCountMismatchError(ValueError):
+  """The input-iterator state was saved by another number of processes (hosts)."""
+
+
+def _check_data_process_count(data_dir: Path) -> None:
+  """Grain keeps one iterator state per process (process_I-of-N.json); with another N it only
+  finds none, which would read as damage."""
+  counts = sorted({int(f.stem.rsplit("-of-", 1)[1]) for f in data_dir.glob("process_*-of-*.json")})
+  if counts and jax.process_count() not in counts:
+    raise ProcessCountMismatchError(
+        f"the input-iterator state in {data_dir} was saved by {counts[0]} process(es) and this "
+        f"run has {jax.process_count()}: resume with {counts[0]} process(es)")
+
+
+# The words of an intact checkpoint that does not fit this run: Orbax's when its arrays do not fit
+# the state restored into; grain's when the input pipeline's settings (data.num_workers, the batch
+# size per host, the seed, the data) differ from those its iterator state was saved with.
+_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape",
+             "in checkpoint does not match", ProcessCountMismatchError.__name__)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -171,8 +189,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. When none fits the
-  state's structure or shapes (a changed config or code, not damage), raises ConfigMismatchError
-  (naming the values that differ from this run's `config`, if given) and moves nothing."""
+  state's structure or shapes, or the input pipeline's settings or process count (a changed
+  config, host count or code, not damage), raises ConfigMismatchError (naming the values that
+  differ from this run's `config`, if given) and moves nothing."""
   steps = sorted(manager.all_steps(), reverse=True)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, str] = {}
@@ -199,17 +218,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
   if all(any(m in e for m in _MISMATCH) for e in failed.values()):
     changes = _config_changes(manager, steps[0], config) if config is not None else None
-    if changes is None:  # nothing to compare with
+    if hosts := next((e for e in failed.values() if ProcessCountMismatchError.__name__ in e), None):
+      cause = hosts.split(": ", 1)[1]
+    elif changes is None:  # nothing to compare with
       cause = "the config or the code that builds the model changed since they were saved"
     elif changes:
       cause = (f"values that differ from the config saved with step {steps[0]}: "
-               f"{'; '.join(changes)}. If none of them changes the model, the code that builds "
-               "it did (another version of llmimg_jax)")
+               f"{'; '.join(changes)}. If none of them changes the model or the input pipeline, "
+               "the code that builds them did (another version of llmimg_jax)")
     else:
       cause = ("this run's config equals the saved one, so the code that builds the model "
                "changed (another version of llmimg_jax)")
     raise ConfigMismatchError(
-        f"The checkpoints in {manager.directory} do not fit the model this run builds ({cause}). "
+        f"The checkpoints in {manager.directory} do not fit the model or the input pipeline this "
+        f"run builds ({cause}). "
         "Rerun with the config (and version) the run started with (WORKDIR/config.json holds "
         "its values), or pass a new --workdir for a new run. The checkpoints were left in place "
         f"({details}).")

@@ -190,7 +190,8 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
   config.model.nf_g = 16
   manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"do not fit the model this run builds \(values that differ from the "
+                     match=r"do not fit the model or the input pipeline this run builds \(values "
+                           r"that differ from the "
                            r"config saved with step 4: model\.nf_g: 8 -> 16\. .*\)\. Rerun with "
                            r"the config \(and version\) the run started with"):
     checkpoint.restore_latest(manager, _abstract_state(config), it,
@@ -207,6 +208,32 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
     checkpoint.restore_latest(manager, checkpoint.abstract_like(nested), it,
                               start_fresh_if_corrupt=True)
   assert sorted(manager.all_steps()) == [2, 4]  # not moved aside, although asked to start fresh
+  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+
+
+@pytest.mark.parametrize("change", ["num_workers", "batch_size", "process_count"])
+def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_path, change):
+  """grain refuses an iterator state saved with other workers or another batch size per host,
+  and finds none for a process count it was not saved with: a changed run, not damage, so the
+  checkpoints stay even with start_fresh_if_corrupt."""
+  config, tokenizer, _, _ = saved
+  batch_size = 8
+  if change == "num_workers":
+    config.data.num_workers = 1
+    match = r"config saved with step 4: data\.num_workers: 0 -> 1\. If none of them"
+  elif change == "batch_size":
+    config.train.batch_size = batch_size = 16
+    match = r"config saved with step 4: train\.batch_size: 8 -> 16\. If none of them"
+  else:  # as if saved by 2 hosts
+    for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
+      state_file.rename(state_file.with_name("process_0-of-2.json"))
+    match = r"was saved by 2 process\(es\) and this run has 1: resume with 2 process\(es\)\)"
+  manager = checkpoint.make_manager(tmp_path, config)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=batch_size, seed=0)
+  with pytest.raises(checkpoint.ConfigMismatchError, match=match):
+    checkpoint.restore_latest(manager, _abstract_state(config), it,
+                              start_fresh_if_corrupt=True, config=config)
+  assert sorted(manager.all_steps()) == [2, 4]
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
 
