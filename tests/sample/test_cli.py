@@ -56,6 +56,7 @@ def test_expansion_end_to_end_records_and_uses_the_captions(run, sampler, expand
   assert {r["step"] for r in records} == {1}
   captions = [records[0]["caption"], records[2]["caption"]]
   assert all(captions) and records[1]["caption"] == captions[0]
+  assert captions[0] != "a red circle" and captions[1] != "🐱 a cat"  # expanded, not the prompts
   assert "Expanded 'a red circle' -> " in proc.stderr
   # The recorded captions, not the prompts, conditioned the step-1 generator.
   step1 = type(sampler).from_workdir(run.workdir, step=1, batch_size=8)

@@ -39,16 +39,19 @@ def test_restores_ema_of_latest_or_chosen_step_on_local_devices(run, sampler):
 
 
 def test_same_seed_same_images_whatever_the_batch(sampler):
-  images = sampler(PROMPTS, seed=3, num_per_prompt=3)
-  assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
-  np.testing.assert_array_equal(images, sampler(PROMPTS, seed=3, num_per_prompt=3))
-  # Another batch size (and padding of the last batch) or fewer prompts: the same images.
+  images = sampler(PROMPTS, seed=3, num_per_prompt=5)  # two batches of 8, the last one padded
+  assert images.shape == (10, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(images, sampler(PROMPTS, seed=3, num_per_prompt=5))
+  # Another batch size (one batch of 16) or fewer prompts (one padded batch): the same images.
   other = Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
                   mesh=sampler.mesh, batch_size=16)
-  np.testing.assert_array_equal(images, other(PROMPTS, seed=3, num_per_prompt=3))
-  np.testing.assert_array_equal(images[3:5], sampler(PROMPTS[1:], seed=3, num_per_prompt=2))
+  np.testing.assert_array_equal(images, other(PROMPTS, seed=3, num_per_prompt=5))
+  np.testing.assert_array_equal(images[5:7], sampler(PROMPTS[1:], seed=3, num_per_prompt=2))
+  with pytest.raises(ValueError, match=r"batch_size=0 must be >= 1"):
+    Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
+            mesh=sampler.mesh, batch_size=0)
   # Different seeds differ; so do the samples of one prompt (distinct noise per column).
-  assert not np.array_equal(images, sampler(PROMPTS, seed=4, num_per_prompt=3))
+  assert not np.array_equal(images, sampler(PROMPTS, seed=4, num_per_prompt=5))
   assert not np.array_equal(images[0], images[1])
 
 
@@ -150,7 +153,7 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   expander = CaptionExpander.from_pretrained(expander_dir, template="Describe: {prompt}",
                                              max_new_tokens=12)
   captions = expander(PROMPTS)
-  assert len(captions) == 2 and all(captions)
+  assert len(captions) == 2 and all(captions) and set(captions).isdisjoint(PROMPTS)
   sampler.expander = expander
   try:
     result = sampler.sample(PROMPTS, seed=0, num_per_prompt=2)
@@ -158,6 +161,7 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
     sampler.expander = None
   assert result.expanded and result.captions == captions
   np.testing.assert_array_equal(result.images, sampler(captions, seed=0, num_per_prompt=2))
+  assert not np.array_equal(result.images, sampler(PROMPTS, seed=0, num_per_prompt=2))
   records = write_samples(result, tmp_path)
   assert [r["caption"] for r in records] == [c for c in captions for _ in range(2)]
   assert [r["prompt"] for r in records] == [p for p in PROMPTS for _ in range(2)]
