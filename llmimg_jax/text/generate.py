@@ -30,6 +30,9 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   rng (sampling): one key, split over the rows, or one key per row ([batch] keys), so that a row's
   sample does not depend on the other rows.
   """
+  if config.num_decoder_layers < 1:
+    raise ValueError("This T5 has no decoder layers (num_decoder_layers=0, an encoder-only "
+                     "checkpoint): it encodes but cannot generate.")
   input_ids = jnp.asarray(input_ids, jnp.int32)
   if input_ids.ndim != 2:
     raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}.")

@@ -52,10 +52,15 @@ class TextGenerator:
   def generate_tokens(self, batch: dict[str, np.ndarray], *, max_new_tokens: int = 32,
                       seed: int | Sequence[int] = 0, **kw) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
+    rows = len(batch["input_ids"])
     if isinstance(seed, (int, np.integer)):
       rng = jax.random.PRNGKey(seed)
+    elif len(seed) != rows:
+      raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
     else:
       rng = jnp.stack([jax.random.PRNGKey(s) for s in seed])  # [texts, 2]
+    if rows == 0:
+      return []
     ids = generate(self.params, self.config, batch["input_ids"], batch["attention_mask"],
                    max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
     return self.tokenizer.decode(np.asarray(ids))
@@ -63,6 +68,8 @@ class TextGenerator:
   def encode(self, texts: Sequence[str] | str) -> np.ndarray:
     """Encoder last hidden states, float32 [batch, max_length, d_model] (padding rows included)."""
     batch = self.tokenizer(texts)
+    if not len(batch["input_ids"]):
+      return np.zeros((0, self.tokenizer.max_length, self.config.d_model), np.float32)
     enc_params = {k: self.params[k] for k in ("shared", "encoder")}
     out = _encode(enc_params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]),
                   config=self.config, dtype=jnp.dtype(self.dtype))

@@ -320,9 +320,11 @@ class T5ForConditionalGeneration(nn.Module):
     if not c.tie_word_embeddings:
       self.lm_head = Dense(c.vocab_size, _normal(1.0), jnp.float32)  # logits in fp32 (decode)
 
-  def __call__(self, input_ids: Array, attention_mask: Array, decoder_input_ids: Array,
+  def __call__(self, input_ids: Array, attention_mask: Array | None, decoder_input_ids: Array,
                decoder_attention_mask: Array | None = None, deterministic: bool = True) -> Array:
     """Teacher-forced logits, fp32 [b, decoder_len, vocab]."""
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
     encoder_states = self.encode(input_ids, attention_mask, deterministic)
     return self.decode(decoder_input_ids, encoder_states, attention_mask,
                        decoder_attention_mask=decoder_attention_mask, deterministic=deterministic)[0]

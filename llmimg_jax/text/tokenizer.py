@@ -52,7 +52,7 @@ class TextTokenizer:
     if isinstance(texts, (str, bytes)):
       texts = [texts]
     full = self.hf([_clean(t) for t in texts], add_special_tokens=True,
-                   truncation=False)["input_ids"]
+                   truncation=False)["input_ids"] if len(texts) else []
     ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)  # [batch, length]
     mask = np.zeros((len(texts), self.max_length), np.int32)  # [batch, length]
     for row, seq in enumerate(full):

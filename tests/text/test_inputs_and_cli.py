@@ -1,6 +1,7 @@
 """Awkward text inputs, the TextGenerator wrapper and the `python -m llmimg_jax.text` CLI."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg_jax.text import TextGenerator, load_tokenizer
+from llmimg_jax.text import T5ForConditionalGeneration, TextGenerator, generate, load_tokenizer
 from llmimg_jax.text.__main__ import main
 
 MAX_LEN = 32
@@ -54,6 +55,24 @@ def test_awkward_texts_encode_and_generate(generator, caplog):
 HOSTILE = ["  \t\n\u3000 ", ("a red circle " * 7693)[:100_000],
            "ctrl \x00\x07\x1b[31mred\x1b[0m\r\n\x7f\u202e\u200b end",
            "mixed: красный круг, دائرة حمراء, लाल वृत्त, 赤い円 🔴", "\ufeff\u200d\u2028\u2029"]
+
+
+def test_empty_input_decoderless_config_and_wrong_seed_count(generator):
+  assert generator.generate([]) == []
+  assert generator.encode([]).shape == (0, MAX_LEN, generator.config.d_model)
+  with pytest.raises(ValueError, match=r"seed must be one int or one per text \(3 texts\); got 2"):
+    generator.generate(["a", "b", "c"], seed=[1, 2], do_sample=True)
+  batch = generator.tokenizer(["a red circle", "a blue square"])
+  encoder_only = dataclasses.replace(generator.config, num_decoder_layers=0)
+  with pytest.raises(ValueError, match="no decoder layers .* it encodes but cannot generate"):
+    generate(generator.params, encoder_only, batch["input_ids"], batch["attention_mask"],
+             max_new_tokens=2)
+  # No attention mask: every position counts, as an all-ones mask.
+  model = T5ForConditionalGeneration(generator.config)
+  ids, start = batch["input_ids"], np.zeros((2, 1), np.int32)
+  np.testing.assert_array_equal(
+      model.apply({"params": generator.params}, ids, None, start),
+      model.apply({"params": generator.params}, ids, np.ones_like(ids), start))
 
 
 def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
