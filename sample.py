@@ -43,7 +43,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def run() -> None:
   # Inputs are checked before JAX and the checkpoint load: bad flags fail in a second.
-  from llmimg_jax.sample.expand import check_sampling, check_template
+  from llmimg_jax.sample.expand import check_options
   from llmimg_jax.sample.outputs import check_out_dir, read_prompts
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   check_out_dir(_OUT.value, _OVERWRITE.value)
@@ -53,23 +53,24 @@ def run() -> None:
     raise ValueError(f"--seed={_SEED.value} must be in [0, 2**32).")
   if _TRUNCATION.value is not None and not _TRUNCATION.value > 0:
     raise ValueError(f"--truncation={_TRUNCATION.value} must be > 0 (e.g. 0.88).")
+  if _BATCH.value < 1:
+    raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")
   if _EXPAND_WITH.value:
-    check_template(_EXPAND_TEMPLATE.value)
-    check_sampling(_EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value)
+    check_options(_EXPAND_TEMPLATE.value, _EXPAND_TOKENS.value, _EXPAND_BEAMS.value,
+                  _EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value)
 
   import jax
   from llmimg_jax.sample import CaptionExpander, Sampler, write_samples
   logging.info("JAX %s on %d local device(s): %s", jax.__version__, jax.local_device_count(),
                jax.local_devices())
-  expander = None
+  # The run first: a bad --workdir or --step fails before an expander downloads or loads.
+  sampler = Sampler.from_workdir(_WORKDIR.value, _STEP.value, batch_size=_BATCH.value)
   if _EXPAND_WITH.value:
-    expander = CaptionExpander.from_pretrained(
+    sampler.expander = CaptionExpander.from_pretrained(
         _EXPAND_WITH.value, max_length=_EXPAND_INPUT.value, template=_EXPAND_TEMPLATE.value,
         num_beams=_EXPAND_BEAMS.value,
         max_new_tokens=_EXPAND_TOKENS.value, do_sample=_EXPAND_SAMPLE.value,
         temperature=_EXPAND_TEMPERATURE.value, top_p=_EXPAND_TOP_P.value, seed=_SEED.value)
-  sampler = Sampler.from_workdir(_WORKDIR.value, _STEP.value, batch_size=_BATCH.value,
-                                 expander=expander)
   result = sampler.sample(prompts, _SEED.value, _NUM.value, _TRUNCATION.value)
   write_samples(result, _OUT.value, overwrite=_OVERWRITE.value)
   if result.expanded:

@@ -36,15 +36,8 @@ class CaptionExpander:
   batch_size: int = 32
 
   def __post_init__(self):
-    check_template(self.template)
-    if self.max_new_tokens < 1:
-      raise ValueError(f"expand max_new_tokens={self.max_new_tokens} must be >= 1.")
-    if self.num_beams < 1:
-      raise ValueError(f"expand num_beams={self.num_beams} must be >= 1.")
-    if self.do_sample and self.num_beams > 1:
-      raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
-                       "not both; drop one of the two options.")
-    check_sampling(self.do_sample, self.temperature, self.top_p)
+    check_options(self.template, self.max_new_tokens, self.num_beams, self.do_sample,
+                  self.temperature, self.top_p)
     if self.batch_size < 1:
       raise ValueError(f"expand batch_size={self.batch_size} must be >= 1.")
 
@@ -105,7 +98,17 @@ def check_template(template: str) -> None:
                      f"{DEFAULT_TEMPLATE!r}.")
 
 
-def check_sampling(do_sample: bool, temperature: float, top_p: float) -> None:
+def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
+                  temperature: float, top_p: float) -> None:
+  """CaptionExpander's options (ValueError if one is bad), to check before a model loads."""
+  check_template(template)
+  if max_new_tokens < 1:
+    raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
+  if num_beams < 1:
+    raise ValueError(f"expand num_beams={num_beams} must be >= 1.")
+  if do_sample and num_beams > 1:
+    raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
+                     "not both; drop one of the two options.")
   if do_sample and not (temperature > 0 and 0 < top_p <= 1):
     raise ValueError(f"Sampled expansion needs --expand_temperature > 0 and 0 < --expand_top_p "
                      f"<= 1; got {temperature} and {top_p}.")

@@ -97,7 +97,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
 @pytest.mark.parametrize("case", ["empty_prompt", "whitespace_prompt", "empty_file", "no_prompts",
                                   "no_checkpoint", "corrupt_checkpoint", "bad_template",
                                   "out_is_a_file", "out_has_samples", "bad_seed",
-                                  "bad_expand_sampling"])
+                                  "bad_expand_sampling", "beams_and_sampling", "bad_batch_size",
+                                  "no_checkpoint_and_an_expander"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -132,6 +133,15 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                                "--expand_temperature", "0"],
                               "Sampled expansion needs --expand_temperature > 0 and 0 < "
                               "--expand_top_p <= 1; got 0.0 and 1.0."),
+      "beams_and_sampling": (["--prompt", "a cat", "--expand_with", "x", "--expand_do_sample",
+                              "--expand_num_beams", "2"],
+                             "Caption expansion samples (do_sample) or beam-searches"),
+      "bad_batch_size": (["--prompt", "a cat", "--batch_size", "0"],
+                         "--batch_size=0 must be >= 1."),
+      # The run is read before the expander loads (a hub download, for a name).
+      "no_checkpoint_and_an_expander": (
+          ["--prompt", "a cat", "--workdir", str(tmp_path / "fresh"), "--expand_with", "x"],
+          f"No finished checkpoint in {fresh}"),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)
