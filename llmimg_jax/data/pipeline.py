@@ -169,10 +169,40 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
 # Transforms
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
+# 'left'/'right' mean a side after these words ("on the left", "top right", "turn left") ...
+_SIDE_AFTER = {"the", "to", "from", "its", "his", "her", "their", "my", "your", "top", "bottom",
+               "upper", "lower", "middle", "far", "turn", "turns", "turning", "turned"}
+# ... and, otherwise, not after these ("was left", "all right") or before these words: "right" as
+# in "right next to", "left" the verb as in "a bag left on a bench" (COCO-style captions).
+_NO_SIDE_AFTER = {"was", "were", "is", "are", "be", "been", "being", "has", "have", "had", "all",
+                  "just"}
+_NO_SIDE_BEFORE = {
+    "right": {"next", "now", "away", "there", "here", "in", "on", "at", "by", "behind", "beside",
+              "above", "below", "under", "near", "up", "down", "over", "into", "through",
+              "outside", "inside", "before", "after", "against", "along", "across", "between",
+              "around", "off", "out", "back"},
+    "left": {"on", "in", "at", "by", "behind", "alone", "over", "out", "open", "unattended",
+             "outside", "inside", "there", "here", "sitting", "standing", "lying", "parked",
+             "for", "with", "after", "from", "empty"},
+}
+
+
+def _is_side(match: re.Match) -> bool:
+  if match.group(2):  # leftmost, rightmost
+    return True
+  before = re.search(r"([A-Za-z]+)[\s-]+$", match.string[:match.start()])
+  before = before.group(1).lower() if before else ""
+  if before in _SIDE_AFTER:
+    return True
+  after = re.match(r"\s+([A-Za-z]+)", match.string[match.end():])
+  after = after.group(1).lower() if after else ""
+  return before not in _NO_SIDE_AFTER and after not in _NO_SIDE_BEFORE[match.group(1).lower()]
 
 
 def _swapped(match: re.Match) -> str:
   word = match.group(1)
+  if not _is_side(match):
+    return match.group(0)
   new = "right" if word.lower() == "left" else "left"
   if word.isupper():
     new = new.upper()
@@ -182,7 +212,8 @@ def _swapped(match: re.Match) -> str:
 
 
 def swap_left_right(text: str) -> str:
-  """The caption of the mirrored image: 'left' <-> 'right' (also Left, LEFT, leftmost)."""
+  """The caption of the mirrored image: 'left' <-> 'right' where they name a side (also Left,
+  LEFT, leftmost), not in "a bag left on a bench" or "right next to"."""
   return _LEFT_RIGHT.sub(_swapped, text)
 
 

@@ -119,6 +119,12 @@ def test_augment_flip_swaps_left_and_right():
       "top-right: a box; left: a leftover")
   assert pipeline.swap_left_right("Left: a red circle; RIGHT: the leftmost box") == (
       "Right: a red circle; LEFT: the rightmost box")
+  # Sides swap; the verb 'left' and the adverb 'right' stay (COCO-style captions).
+  assert pipeline.swap_left_right(
+      "A man turning left on the right side, a dog to his left, a bag left on a bench, a cat "
+      "right next to a car, the rightmost cup was left there, all right") == (
+      "A man turning right on the left side, a dog to his right, a bag left on a bench, a cat "
+      "right next to a car, the leftmost cup was left there, all right")
 
 
 def test_augment_random_crop_and_resize():
