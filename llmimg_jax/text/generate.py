@@ -7,6 +7,7 @@ Beam search follows transformers' vectorised beam search with its default `early
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -16,6 +17,7 @@ import numpy as np
 from llmimg_jax.text.config import T5Config
 from llmimg_jax.text.modeling import T5ForConditionalGeneration
 
+log = logging.getLogger(__name__)
 NEG = -1.0e9  # transformers' "impossible" score offset
 
 
@@ -53,6 +55,15 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     rng = jax.random.PRNGKey(0)
   if do_sample:  # greedy and beam search draw nothing
     rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
+  else:  # as transformers does, say so; and one compiled program whatever their values
+    if ignored := [f"{k}={v}" for k, v, default in (
+        ("temperature", temperature, 1.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0))
+        if v != default]:
+      log.warning("%s only apply when sampling (do_sample=True); ignored.", ", ".join(ignored))
+    top_k, top_p = 0, 1.0
+  if num_beams == 1 and length_penalty != 1.0:
+    log.warning("length_penalty=%s only applies to beam search (num_beams > 1); ignored.",
+                length_penalty)
   # Scalars that only enter arithmetic are traced (no recompiles); the rest shape the program.
   scalars = jnp.asarray([temperature, top_p, length_penalty], jnp.float32)
   return _generate(params, input_ids, attention_mask, rng, scalars, config=config,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import subprocess
@@ -57,7 +58,7 @@ HOSTILE = ["  \t\n\u3000 ", ("a red circle " * 7693)[:100_000],
            "mixed: красный круг, دائرة حمراء, लाल वृत्त, 赤い円 🔴", "\ufeff\u200d\u2028\u2029"]
 
 
-def test_empty_input_decoderless_config_and_wrong_seed_count(generator):
+def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generator, caplog):
   assert generator.generate([]) == []
   assert generator.encode([]).shape == (0, MAX_LEN, generator.config.d_model)
   with pytest.raises(ValueError, match=r"seed must be one int or one per text \(3 texts\); got 2"):
@@ -67,6 +68,14 @@ def test_empty_input_decoderless_config_and_wrong_seed_count(generator):
   with pytest.raises(ValueError, match="no decoder layers .* it encodes but cannot generate"):
     generate(generator.params, encoder_only, batch["input_ids"], batch["attention_mask"],
              max_new_tokens=2)
+  # Sampling options without sampling: named as ignored, and no program of their own.
+  programs = importlib.import_module("llmimg_jax.text.generate")._generate
+  with caplog.at_level(logging.WARNING):
+    greedy = generator.generate(["a red circle"], max_new_tokens=3, temperature=0.5, top_k=4)
+    compiled = programs._cache_size()
+    assert generator.generate(["a red circle"], max_new_tokens=3) == greedy
+  assert programs._cache_size() == compiled
+  assert "temperature=0.5, top_k=4 only apply when sampling (do_sample=True); ignored" in caplog.text
   # No attention mask: every position counts, as an all-ones mask.
   model = T5ForConditionalGeneration(generator.config)
   ids, start = batch["input_ids"], np.zeros((2, 1), np.int32)
