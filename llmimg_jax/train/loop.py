@@ -191,48 +191,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   last_time, last_step = time.perf_counter(), start
   bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train",
              disable=jax.process_index() != 0, dynamic_ncols=True)
-  with PreemptionWatch(manager) as watch:
-    for step in bar:
-      batch = to_global_batch(next(data_iter), mesh)
-      state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-      done = step + 1
-      if done % t.log_every == 0 or done == t.steps:
-        fetched = jax.device_get(pending)
-        pending = []
-        # The longest streak of skipped updates since the last log, even one that has ended.
-        streak = max(int(m.pop("bad_steps")) for m in fetched)
-        now = time.perf_counter()
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-        scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
-        scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
-        last_time, last_step = now, done
-        bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
-                        img_s=f"{scalars['images_per_sec']:.0f}")
-        if writer is not None:
-          for k, v in scalars.items():
-            writer.add_scalar(f"train/{k}", v, done)
-        if scalars["skipped_updates"]:
-          log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
-                      scalars["skipped_updates"])
-        if streak >= t.max_bad_steps:
-          manager.wait_until_finished()
-          raise DivergenceError(
-              f"{streak} consecutive non-finite updates by step {done}: the run "
-              f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
-              "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
-      if done % t.sample_every == 0 or done == t.steps:
-        samples(state, done, writer)
-      if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
-        evaluate(state, done, writer)
-      stop = watch.reached(done)  # SIGTERM/SIGINT: save now and stop (the same step everywhere)
-      if done % t.ckpt_every == 0 or done == t.steps or stop:
-        checkpoint.save(manager, done, state, data_iter, config)
-      if stop:
-        log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
-                    "resume.", watch.description, done)
-        break
-  manager.wait_until_finished()
-  if writer is not None:
-    writer.close()
+  try:
+    with PreemptionWatch(manager) as watch:
+      for step in bar:
+        batch = to_global_batch(next(data_iter), mesh)
+        state, metrics = step_fn(state, batch)
+        pending.append(metrics)
+        done = step + 1
+        if done % t.log_every == 0 or done == t.steps:
+          fetched = jax.device_get(pending)
+          pending = []
+          # The longest streak of skipped updates since the last log, even one that has ended.
+          streak = max(int(m.pop("bad_steps")) for m in fetched)
+          now = time.perf_counter()
+          scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+          scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
+          scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
+          last_time, last_step = now, done
+          bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
+                          img_s=f"{scalars['images_per_sec']:.0f}")
+          if writer is not None:
+            for k, v in scalars.items():
+              writer.add_scalar(f"train/{k}", v, done)
+          if scalars["skipped_updates"]:
+            log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
+                        scalars["skipped_updates"])
+          if streak >= t.max_bad_steps:
+            raise DivergenceError(
+                f"{streak} consecutive non-finite updates by step {done}: the run "
+                f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
+                "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
+        if done % t.sample_every == 0 or done == t.steps:
+          samples(state, done, writer)
+        if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
+          evaluate(state, done, writer)
+        stop = watch.reached(done)  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
+        if done % t.ckpt_every == 0 or done == t.steps or stop:
+          checkpoint.save(manager, done, state, data_iter, config)
+        if stop:
+          log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
+                      "resume.", watch.description, done)
+          break
+  finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    if writer is not None:
+      writer.close()
   return state

@@ -75,7 +75,8 @@ def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generat
     compiled = programs._cache_size()
     assert generator.generate(["a red circle"], max_new_tokens=3) == greedy
   assert programs._cache_size() == compiled
-  assert "temperature=0.5, top_k=4 only apply when sampling (do_sample=True); ignored" in caplog.text
+  assert ("temperature=0.5, top_k=4 only apply when sampling (do_sample=True); ignored"
+          in caplog.text)
   # No attention mask: every position counts, as an all-ones mask.
   model = T5ForConditionalGeneration(generator.config)
   ids, start = batch["input_ids"], np.zeros((2, 1), np.int32)

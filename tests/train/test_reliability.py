@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,6 +23,21 @@ from tests.train.test_step import _batch
 def _equal(a, b) -> bool:
   return all(jax.tree.leaves(jax.tree.map(
       lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+def _scalar_steps(logdir: Path, tag: str) -> list[int]:
+  """The steps of a scalar in TensorBoard event files (TFRecord framing: length, its CRC, an Event
+  proto, its CRC)."""
+  from tensorboardX.proto import event_pb2
+  steps = []
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (size,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
+      steps += [event.step for value in event.summary.value if value.tag == tag]
+      i += 12 + size + 4
+  return steps
 
 
 def _poison(batch: dict) -> dict:
@@ -82,6 +99,8 @@ def test_divergence_stops_with_a_clear_error_and_the_last_good_checkpoint(
   assert "3 consecutive non-finite updates by step 6" in str(error.value)
   assert "last good checkpoint" in str(error.value) and "grad_clip" in str(error.value)
   assert "Step 4: 2 update(s) skipped for non-finite losses or gradients" in caplog.text
+  # The TensorBoard log was closed (flushed) on the way out: it holds every logged step.
+  assert _scalar_steps(tmp_path / "tensorboard", "train/skipped_updates") == [2, 4, 6]
   manager = checkpoint.make_manager(tmp_path, config)
   assert manager.all_steps() == [2, 4]
   abstract = checkpoint.abstract_like(loop.create_state(
