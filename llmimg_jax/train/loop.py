@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from llmimg_jax.data.pipeline import make_iterator, to_global_batch
+from llmimg_jax.data.pipeline import load_source, make_iterator, to_global_batch
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
@@ -160,6 +160,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   validate(config, mesh.size)
   tokenizer, t5_config, pretrained_text = build_text(config)
   models = build_models(config, t5_config)
+  if jax.process_count() > 1:  # a dataset missing from a shared data_dir is built by one host
+    if jax.process_index() == 0:
+      load_source(config.data, "train")
+    checkpoint.wait_for_all_hosts("data_built", timeout_s=6 * 3600)
   data_iter = make_iterator(
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
       seed=config.seed)

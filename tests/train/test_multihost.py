@@ -73,12 +73,15 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   one = jax.device_get(loop.train(config, tmp_path / "one"))  # 1 process x 8 devices
 
   run = tmp_path / "two"
-  procs = _two_hosts(shapes_data_dir, run)
+  # A data_dir without the dataset, shared by both hosts: one builds it while the other waits.
+  shared_tfds = tmp_path / "tfds"
+  procs = _two_hosts(shared_tfds, run)
   procs[0].wait_for(lambda: re.search(r"d=-?[\d.]+, g=", procs[0].output), timeout=600,
                     what="the first logged step")
   procs[1].popen.send_signal(signal.SIGTERM)  # a preemption notice to one host only
   _finish_all(procs)
   assert all("2 process(es), 4 device(s)" in p.output for p in procs)
+  assert ["Building captioned_shapes" in p.output for p in procs] == [True, False]
   stops = [int(re.search(r"Stopped by .* after step (\d+)", p.output).group(1)) for p in procs]
   assert stops[0] == stops[1] < STEPS, stops  # the agreed step, on both hosts
   assert finished_steps(run)[-1] == stops[0]
@@ -86,7 +89,7 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   assert sorted(p.name for p in data_dir.glob("process_*")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
 
-  procs = _two_hosts(shapes_data_dir, run)
+  procs = _two_hosts(shared_tfds, run)
   _finish_all(procs)
   assert all(f"at step {stops[0]}" in p.output for p in procs)
   two = _restore(run, config, STEPS)
