@@ -160,13 +160,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   validate(config, mesh.size)
   tokenizer, t5_config, pretrained_text = build_text(config)
   models = build_models(config, t5_config)
+  source = None
   if jax.process_count() > 1:  # a dataset missing from a shared data_dir is built by one host
     if jax.process_index() == 0:
-      load_source(config.data, "train")
+      source = load_source(config.data, "train")
     checkpoint.wait_for_all_hosts("data_built", timeout_s=6 * 3600)
   data_iter = make_iterator(
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
-      seed=config.seed)
+      seed=config.seed, source=source)
 
   manager = checkpoint.make_manager(workdir, config)
   state = create_state(models, mesh, config.seed, pretrained_text)
