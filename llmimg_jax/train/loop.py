@@ -239,8 +239,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
           break
   finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
     bar.close()
-    manager.wait_until_finished()
-    manager.close()
+    manager.close()  # waits for the last save first
     if writer is not None:
       writer.close()
   return state
