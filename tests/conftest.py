@@ -7,8 +7,11 @@ import os
 #   benchmarks/step_options.py --options xla_backend_optimization_level=0`, the shapes_quick step:
 #   compile 17.8 -> 12.1 s, step 146 -> 258 ms; the suite: 12:49 -> 10:38 min).
 # - XLA's older elemental IR emitter for fusions instead of its MLIR fusion emitters, whose pass
-#   pipeline took half of the compile time: tiny_config's step on 8 devices at O0 compiles in
-#   5.4 instead of 11.5 s and runs in 120 instead of 138 ms; the suite compiles in 188 s, not 350.
+#   pipeline took a third of the compile time at O0 (`python benchmarks/step_options.py --baseline
+#   train --options "train;xla_backend_optimization_level=0" --options
+#   "train;xla_backend_optimization_level=0;xla_cpu_use_fusion_emitters=False"`, the shapes_quick
+#   step, AVX-512 VM 2026-12-02: compile 16.3 -> 10.8 -> 7.2 s, step 46.7 -> 133.8 -> 108.7 ms);
+#   the suite compiles in 188 s instead of 350.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
