@@ -111,6 +111,10 @@ def brief_error(e: BaseException, limit: int = 400) -> str:
   return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
+def _describe(e: BaseException | None) -> str:
+  return "failed on another host" if e is None else brief_error(e)
+
+
 def _on_every_host(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
@@ -154,7 +158,12 @@ def _check_data_process_count(data_dir: Path) -> None:
 # the state restored into; grain's when the input pipeline's settings (data.num_workers, the batch
 # size per host, the seed, the data) differ from those its iterator state was saved with.
 _MISMATCH = ("tree structures do not match", "is not compatible with the stored shape",
-             "in checkpoint does not match", ProcessCountMismatchError.__name__)
+             "in checkpoint does not match")
+
+
+def _is_mismatch(e: BaseException | None) -> bool:
+  return isinstance(e, ProcessCountMismatchError) or (
+      e is not None and any(m in str(e) for m in _MISMATCH))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -194,32 +203,33 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   differ from this run's `config`, if given) and moves nothing."""
   steps = sorted(manager.all_steps(), reverse=True)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
-  failed: dict[int, str] = {}
+  failed: dict[int, Exception | None] = {}  # None: it failed on another host
   for step in steps:
     error = None
     try:
       state = restore(manager, step, abstract_state, data_iter)
       jax.block_until_ready(state)
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
-      error = brief_error(e)
+      error = e.with_traceback(None)  # kept for its type and message, not its frames
     if _on_every_host(error is None):
       if failed:
         _move_aside(manager, list(failed))
         log.warning("Resumed from the previous good checkpoint, step %d, instead of %s.", step,
                     ", ".join(f"step {s}" for s in failed))
       return state
-    failed[step] = error or "failed on another host"
+    failed[step] = error
     log.warning("Checkpoint %s could not be restored (%s); trying the previous one.",
-                Path(manager.directory) / str(step), failed[step])
+                Path(manager.directory) / str(step), _describe(error))
   if not failed:
     return None
   if data_iter is not None:  # a failed restore may have set it already
     data_iter.set_state(initial_data_state)
-  details = "; ".join(f"step {s}: {e}" for s, e in failed.items())
-  if all(any(m in e for m in _MISMATCH) for e in failed.values()):
+  details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failed.items())
+  if all(_is_mismatch(e) for e in failed.values()):
     changes = _config_changes(manager, steps[0], config) if config is not None else None
-    if hosts := next((e for e in failed.values() if ProcessCountMismatchError.__name__ in e), None):
-      cause = hosts.split(": ", 1)[1]
+    hosts = [e for e in failed.values() if isinstance(e, ProcessCountMismatchError)]
+    if hosts:
+      cause = str(hosts[0])
     elif changes is None:  # nothing to compare with
       cause = "the config or the code that builds the model changed since they were saved"
     elif changes:

@@ -236,24 +236,26 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
   and finds none for a process count it was not saved with: a changed run, not damage, so the
   checkpoints stay even with start_fresh_if_corrupt."""
   config, tokenizer, _, _ = saved
-  batch_size = 8
+  batch_size, workdir = 8, tmp_path
   if change == "num_workers":
     config.data.num_workers = 1
     match = r"config saved with step 4: data\.num_workers: 0 -> 1\. If none of them"
   elif change == "batch_size":
     config.train.batch_size = batch_size = 16
     match = r"config saved with step 4: train\.batch_size: 8 -> 16\. If none of them"
-  else:  # as if saved by 2 hosts
-    for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
+  else:  # as if saved by 2 hosts, in a workdir whose path makes the message long
+    workdir = tmp_path / ("w" * 200) / ("w" * 200)
+    shutil.copytree(tmp_path / "checkpoints", workdir / "checkpoints")
+    for state_file in (workdir / "checkpoints").glob("*/data/process_0-of-1.json"):
       state_file.rename(state_file.with_name("process_0-of-2.json"))
     match = r"was saved by 2 process\(es\) and this run has 1: resume with 2 process\(es\)\)"
-  manager = checkpoint.make_manager(tmp_path, config)
+  manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=batch_size, seed=0)
   with pytest.raises(checkpoint.ConfigMismatchError, match=match):
     checkpoint.restore_latest(manager, _abstract_state(config), it,
                               start_fresh_if_corrupt=True, config=config)
   assert sorted(manager.all_steps()) == [2, 4]
-  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+  assert not (workdir / checkpoint.CORRUPT_DIR).exists()
 
 
 def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
