@@ -96,8 +96,11 @@ class T5Config:
       kw["eos_token_id"] = int(eos[0])
     if "decoder_start_token_id" not in kw:
       kw["decoder_start_token_id"] = kw.get("pad_token_id", 0)
-    if "scale_decoder_outputs" not in kw:  # pre-5.x transformers: scale iff tied
-      kw["scale_decoder_outputs"] = bool(kw.get("tie_word_embeddings", True))
+    if "scale_decoder_outputs" not in kw:
+      # transformers' T5 before 5.x (and its T5Config reading such a file): scale iff tied. Its
+      # MT5 never scales in 5.x, and 4.x read mT5's tie_word_embeddings=false: no scale either.
+      kw["scale_decoder_outputs"] = (model_type == "t5"
+                                     and bool(kw.get("tie_word_embeddings", True)))
     for name in ("dropout_rate", "layer_norm_epsilon"):
       if name in kw:
         kw[name] = float(kw[name])

@@ -43,12 +43,16 @@ class Checkpoint:
 
 
 def _hf_config(**kw) -> "transformers.T5Config":
+  return transformers.T5Config(**_hf_kwargs(**kw))
+
+
+def _hf_kwargs(**kw) -> dict:
   base = dict(vocab_size=BYT5_VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=4,
               relative_attention_num_buckets=16, relative_attention_max_distance=32,
               initializer_factor=2.0, dropout_rate=0.1, pad_token_id=0, eos_token_id=1,
               decoder_start_token_id=0)
   base.update(kw)
-  return transformers.T5Config(**base)
+  return base
 
 
 def _random_t5(seed: int, **kw) -> "transformers.T5ForConditionalGeneration":
@@ -102,6 +106,29 @@ def gated_untied(tmp_path_factory) -> Checkpoint:
   assert not hf.config.scale_decoder_outputs
   assert not torch.equal(hf.lm_head.weight, hf.shared.weight)
   return Checkpoint(path, hf, "gated_untied")
+
+
+@pytest.fixture(scope="session")
+def mt5_untied(tmp_path_factory) -> Checkpoint:
+  """mT5 as transformers 5 saves it: tie_word_embeddings=true and no scale_decoder_outputs in
+  config.json, its own lm_head.weight, and decoder outputs never rescaled (MT5's forward)."""
+  path = str(tmp_path_factory.mktemp("mt5_untied"))
+  config = transformers.MT5Config(**_hf_kwargs(num_layers=2))
+  torch.manual_seed(4)
+  model = transformers.MT5ForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.fill_(1.0)
+  model.lm_head.weight = torch.nn.Parameter(torch.randn(BYT5_VOCAB, 32) * 0.5)
+  _save(model, path)
+  with open(os.path.join(path, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["model_type"] == "mt5" and saved["tie_word_embeddings"]
+  assert "scale_decoder_outputs" not in saved
+  hf = transformers.MT5ForConditionalGeneration.from_pretrained(path).eval()
+  assert not torch.equal(hf.lm_head.weight, hf.shared.weight)
+  return Checkpoint(path, hf, "mt5_untied")
 
 
 @pytest.fixture(scope="session", params=["relu_tied", "gated_untied"])

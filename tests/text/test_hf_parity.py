@@ -118,3 +118,24 @@ def test_beam_search_matches_pytorch(checkpoint, loaded, padded_batch):
                        max_new_tokens=n, num_beams=4, **kw)
     assert strip_generated(np.asarray(ours_kw), config) == ref_kw, kw
     assert min(len(r) for r in ref_kw) >= kw.get("min_new_tokens", 0), ref_kw
+
+
+def test_mt5_saved_by_transformers_5_matches_pytorch(mt5_untied, padded_batch):
+  """Its config says tied but its lm_head is its own, and MT5 never rescales the decoder output:
+  a wrong scale leaves greedy argmax unchanged, so logits and beam search are compared."""
+  config, params = load_t5(mt5_untied.path)
+  assert not config.tie_word_embeddings and not config.scale_decoder_outputs
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  dec = np.full((ids.shape[0], 5), config.decoder_start_token_id, np.int32)
+  dec[:, 1:] = np.arange(10, 14)
+  with torch.no_grad():
+    ref = mt5_untied.hf_model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask),
+                              decoder_input_ids=torch.tensor(dec).long()).logits.numpy()
+  logits = jax.jit(T5ForConditionalGeneration(config).apply)({"params": params}, ids, mask, dec)
+  np.testing.assert_allclose(np.asarray(logits), ref, atol=TOL, rtol=0)
+  assert np.abs(ref).max() > 1.0
+  n = 10
+  ours = generate(params, config, ids, mask, max_new_tokens=n, num_beams=3)
+  assert (strip_generated(np.asarray(ours), config)
+          == strip_generated(_hf_generate(mt5_untied, padded_batch, max_new_tokens=n, num_beams=3),
+                             config))
