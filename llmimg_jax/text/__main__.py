@@ -24,7 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--num_beams", type=int, default=1)
   p.add_argument("--do_sample", action="store_true")
   p.add_argument("--temperature", type=float, default=1.0)
-  p.add_argument("--top_k", type=int, default=0)
+  p.add_argument("--top_k", type=int, default=50, help="sampling: keep the k likeliest tokens "
+                 "(transformers' default; 0: all)")
   p.add_argument("--top_p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params stay fp32)")

@@ -22,7 +22,7 @@ NEG = -1.0e9  # transformers' "impossible" score offset
 
 
 def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, max_new_tokens: int,
-             num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+             num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, top_k: int = 50,
              top_p: float = 1.0, length_penalty: float = 1.0, min_new_tokens: int = 0,
              rng: jax.Array | None = None, dtype: Any = jnp.float32) -> jax.Array:
   """Generated ids, int32 [batch, max_new_tokens]: no decoder start token, EOS kept, pad after it.
@@ -31,6 +31,7 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   input_ids, attention_mask: int [batch, length] (right-padded batches are fine).
   rng (sampling): one key, split over the rows, or one key per row ([batch] keys), so that a row's
   sample does not depend on the other rows.
+  Sampling options default to transformers' GenerationConfig (top_k=50; top_k=0 turns it off).
   """
   if config.num_decoder_layers < 1:
     raise ValueError("This T5 has no decoder layers (num_decoder_layers=0, an encoder-only "
@@ -57,7 +58,7 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
   else:  # as transformers does, say so; and one compiled program whatever their values
     if ignored := [f"{k}={v}" for k, v, default in (
-        ("temperature", temperature, 1.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0))
+        ("temperature", temperature, 1.0), ("top_k", top_k, 50), ("top_p", top_p, 1.0))
         if v != default]:
       log.warning("%s only apply when sampling (do_sample=True); ignored.", ", ".join(ignored))
     top_k, top_p = 0, 1.0

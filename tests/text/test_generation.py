@@ -59,6 +59,11 @@ def test_sampling(relu, padded_batch):
   c = np.asarray(generate(params, config, ids, mask, rng=jax.random.PRNGKey(2), **kw))
   np.testing.assert_array_equal(a, b)  # same key, same samples
   assert (a != c).any()  # another key, other samples
+  # transformers' default top_k=50; top_k=0 samples from the whole vocabulary.
+  top_50 = generate(params, config, ids, mask, rng=jax.random.PRNGKey(1), top_k=50, **kw)
+  whole = generate(params, config, ids, mask, rng=jax.random.PRNGKey(1), top_k=0, **kw)
+  np.testing.assert_array_equal(a, np.asarray(top_50))
+  assert (a != np.asarray(whole)).any()
   greedy = np.asarray(generate(params, config, ids, mask, max_new_tokens=24))
   assert (a != greedy).any()
   # A temperature near 0 concentrates sampling on the argmax: greedy again (same compiled program,
