@@ -45,7 +45,7 @@ def main(argv=None) -> int:
   try:
     gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
-                                        seed=args.seed)
+                                        seed=args.seed, encoder_only=bool(args.encode_out))
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -34,9 +34,12 @@ class TextGenerator:
 
   @classmethod
   def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, max_length: int = 64,
-                      dtype: Any = jnp.float32, seed: int = 0) -> TextGenerator:
-    """None: the untrained offline default (ByT5 tokenizer + fresh T5), with a warning."""
-    config, params, tokenizer = load_pretrained(path_or_name, max_length, seed=seed)
+                      dtype: Any = jnp.float32, seed: int = 0,
+                      encoder_only: bool = False) -> TextGenerator:
+    """None: the untrained offline default (ByT5 tokenizer + fresh T5), with a warning.
+    encoder_only: loads what `encode` needs (a T5EncoderModel checkpoint has nothing else)."""
+    config, params, tokenizer = load_pretrained(path_or_name, max_length, seed=seed,
+                                                encoder_only=encoder_only)
     return cls(config, params, tokenizer, dtype)
 
   def generate(self, texts: Sequence[str] | str, *, max_new_tokens: int = 32,
@@ -52,15 +55,18 @@ class TextGenerator:
   def generate_tokens(self, batch: dict[str, np.ndarray], *, max_new_tokens: int = 32,
                       seed: int | Sequence[int] = 0, **kw) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
+    if "decoder" not in self.params:
+      raise ValueError("This TextGenerator holds an encoder only (loaded with encoder_only=True, "
+                       "or from a T5EncoderModel checkpoint): it encodes but cannot generate. "
+                       "Load a T5ForConditionalGeneration checkpoint to generate.")
     rows = len(batch["input_ids"])
-    if isinstance(seed, (int, np.integer)):
-      rng = jax.random.PRNGKey(seed)
-    elif len(seed) != rows:
+    one_seed = isinstance(seed, (int, np.integer))
+    if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
-    else:
-      rng = jnp.stack([jax.random.PRNGKey(s) for s in seed])  # [texts, 2]
     if rows == 0:
       return []
+    rng = (jax.random.PRNGKey(seed) if one_seed
+           else jnp.stack([jax.random.PRNGKey(s) for s in seed]))  # [2] or [texts, 2]
     ids = generate(self.params, self.config, batch["input_ids"], batch["attention_mask"],
                    max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
     return self.tokenizer.decode(np.asarray(ids))

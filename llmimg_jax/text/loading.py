@@ -5,6 +5,7 @@ be present with the right shape, and leftover checkpoint keys are reported by na
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -194,18 +195,30 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
       continue
     flat[path] = value
   missing = ["/".join(p) for p in expected if p not in flat]
-  problems = []
-  if missing:
-    problems.append(f"missing params {missing}")
-  if unexpected:
-    problems.append(f"unexpected checkpoint keys {sorted(unexpected)}")
-  if bad_shapes:
-    problems.append(f"shape mismatches {bad_shapes}")
+  problems = [f"{what} {_some(names)}" for what, names in (
+      ("missing params", missing), ("unexpected checkpoint keys", sorted(unexpected)),
+      ("shape mismatches", bad_shapes)) if names]
   if problems:
-    hint = (" (an encoder-only checkpoint? pass encoder_only=True)"
-            if any(m.startswith("decoder/") for m in missing) else "")
+    wrapped = collections.Counter(  # the T5's own keys under a prefix ('transformer.')
+        k.split(".", 1)[0] for k in unexpected
+        if "." in k and hf_key_to_path(k.split(".", 1)[1])[0] in expected)
+    if wrapped:
+      hint = (f" (its T5 weights are under '{wrapped.most_common(1)[0][0]}.': a checkpoint of "
+              "another T5 class, e.g. T5ForSequenceClassification; save its T5 with "
+              "T5ForConditionalGeneration or T5EncoderModel)")
+    elif missing and all(m.startswith("decoder/") or m.startswith("lm_head/") for m in missing):
+      hint = (" (an encoder-only checkpoint, e.g. saved by T5EncoderModel: load it with "
+              "encoder_only=True; it encodes but cannot generate)")
+    else:
+      hint = ""
     raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems) + hint)
   return config, traverse_util.unflatten_dict(flat)
+
+
+def _some(names: list[str], limit: int = 8) -> str:
+  """The first `limit` names and how many more (a real T5 has hundreds of params)."""
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return f"{names[:limit]}{more}"
 
 
 def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
@@ -226,10 +239,12 @@ def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False)
 
 
 def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *, dtype=jnp.float32,
-                    seed: int = 0, config: T5Config | None = None
+                    seed: int = 0, config: T5Config | None = None, encoder_only: bool = False
                     ) -> tuple[T5Config, Params, TextTokenizer]:
   """(config, params, tokenizer). None gives the offline default: the ByT5 byte tokenizer and a
-  freshly initialised (untrained) `config`, by default T5Config.byt5_small_scratch()."""
+  freshly initialised (untrained) `config`, by default T5Config.byt5_small_scratch().
+  encoder_only: only the embedding and the encoder (what encoding needs; a T5EncoderModel
+  checkpoint has nothing else)."""
   if path_or_name is None:
     log.warning("No T5 checkpoint given: using a freshly initialised, UNTRAINED byte-level T5 "
                 "(T5Config.byt5_small_scratch) with the ByT5 tokenizer; its outputs are noise.")
@@ -237,13 +252,13 @@ def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *, 
     if config.vocab_size < BYT5_VOCAB_SIZE:
       raise ValueError(f"The offline default uses the ByT5 tokenizer ({BYT5_VOCAB_SIZE} ids); "
                        f"config.vocab_size={config.vocab_size} is too small.")
-    params = init_params(config, jax.random.PRNGKey(seed))
+    params = init_params(config, jax.random.PRNGKey(seed), encoder_only=encoder_only)
     return config, jax.tree.map(lambda x: x.astype(dtype), params), load_tokenizer(None, max_length)
   if config is not None:
     raise ValueError("config= is only for the offline default (path_or_name=None); a checkpoint "
                      "brings its own config.json.")
   ckpt_dir = resolve_checkpoint_dir(path_or_name)
-  config, params = load_t5(ckpt_dir, dtype)
+  config, params = load_t5(ckpt_dir, dtype, encoder_only=encoder_only)
   tokenizer = load_tokenizer(ckpt_dir, max_length)
   if tokenizer.vocab_size > config.vocab_size:
     raise ValueError(f"Tokenizer in {ckpt_dir} has {tokenizer.vocab_size} tokens but the model's "

@@ -91,8 +91,8 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
   if t.checkpoint:
     ckpt_dir = resolve_checkpoint_dir(t.checkpoint)  # a missing directory is named as such
     tokenizer = load_tokenizer(ckpt_dir, t.max_length)
-    t5_config, params = load_t5(ckpt_dir)
-    return tokenizer, t5_config, {k: params[k] for k in ("shared", "encoder")}
+    t5_config, params = load_t5(ckpt_dir, encoder_only=True)  # a T5EncoderModel's will do
+    return tokenizer, t5_config, params
   tokenizer = load_tokenizer(None, t.max_length)
   t5_config = T5Config(
       vocab_size=tokenizer.vocab_size, d_model=t.d_model, d_kv=t.d_model // t.num_heads,

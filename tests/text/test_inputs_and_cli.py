@@ -59,7 +59,7 @@ HOSTILE = ["  \t\n\u3000 ", ("a red circle " * 7693)[:100_000],
 
 
 def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generator, caplog):
-  assert generator.generate([]) == []
+  assert generator.generate([]) == [] and generator.generate([], seed=[]) == []
   assert generator.encode([]).shape == (0, MAX_LEN, generator.config.d_model)
   with pytest.raises(ValueError, match=r"seed must be one int or one per text \(3 texts\); got 2"):
     generator.generate(["a", "b", "c"], seed=[1, 2], do_sample=True)

@@ -12,7 +12,8 @@ import pytest
 import torch
 import transformers
 
-from llmimg_jax.text import T5Config, load_t5
+from llmimg_jax.text import T5Config, TextGenerator, load_t5
+from llmimg_jax.text.__main__ import main
 from llmimg_jax.text.loading import read_state_dict
 
 
@@ -80,12 +81,40 @@ def test_encoder_only(relu_tied, tmp_path):
   assert set(params) == {"shared", "encoder"}
   hf_cfg = transformers.T5Config.from_pretrained(relu_tied.path)
   torch.manual_seed(0)
-  transformers.T5EncoderModel(hf_cfg).save_pretrained(tmp_path)  # no decoder weights at all
+  hf_encoder = transformers.T5EncoderModel(hf_cfg).eval()
+  hf_encoder.save_pretrained(tmp_path)  # no decoder weights at all
+  transformers.ByT5Tokenizer().save_pretrained(tmp_path)
   _, enc_params = load_t5(tmp_path, encoder_only=True)
   assert set(enc_params) == {"shared", "encoder"}
-  with pytest.raises(ValueError, match="encoder_only=True") as e:
+  with pytest.raises(ValueError, match="encoder-only checkpoint, e.g. saved by T5EncoderModel: "
+                                       "load it with encoder_only=True") as e:
     load_t5(tmp_path)
-  assert "decoder/block_0" in str(e.value)
+  assert "decoder/block_0" in str(e.value) and " more]" not in str(e.value)
+  assert len(str(e.value)) < 1000  # the first names and a count, not all of them
+
+  # TextGenerator and the CLI's --encode_out load it; generating says why it cannot.
+  generator = TextGenerator.from_pretrained(tmp_path, max_length=16, encoder_only=True)
+  batch = generator.tokenizer(["a red fox", "x"])
+  with torch.no_grad():
+    ref = hf_encoder(input_ids=torch.tensor(batch["input_ids"]).long(),
+                     attention_mask=torch.tensor(batch["attention_mask"])).last_hidden_state
+  np.testing.assert_allclose(generator.encode(["a red fox", "x"]), ref.numpy(), atol=1e-4)
+  with pytest.raises(ValueError, match="holds an encoder only .* cannot generate"):
+    generator.generate(["a red fox"])
+  out = tmp_path / "states.npy"
+  assert main(["--model", str(tmp_path), "--text", "a red fox", "--text", "x", "--max_length",
+               "16", "--encode_out", str(out)]) == 0
+  np.testing.assert_allclose(np.load(out), ref.numpy(), atol=1e-4)
+
+
+def test_checkpoint_of_another_t5_class_is_named(tmp_path):
+  torch.manual_seed(0)
+  transformers.T5ForSequenceClassification(transformers.T5Config(
+      vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(tmp_path)
+  with pytest.raises(ValueError, match="its T5 weights are under 'transformer.': a checkpoint of "
+                                       "another T5 class") as e:
+    load_t5(tmp_path)
+  assert " more]" not in str(e.value) and "more" in str(e.value) and len(str(e.value)) < 2000
 
 
 def test_missing_directory(tmp_path):

@@ -120,6 +120,20 @@ def test_in_training_eval_on_other_data_is_a_config_error(tmp_path):
     validate(config, jax.device_count())
 
 
+def test_text_encoder_from_an_encoder_only_checkpoint(tmp_path):
+  """A T5EncoderModel checkpoint (how text-to-image models ship their T5) has all the GAN uses."""
+  config = tiny_config(tmp_path)
+  config.text.mode = "frozen"
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5", encoder_only=True)
+  _, t5_config, pretrained = build_text(config)
+  assert t5_config.d_model == 32 and set(pretrained) == {"shared", "encoder"}
+  from safetensors.numpy import load_file
+  saved = load_file(tmp_path / "t5" / "model.safetensors")
+  np.testing.assert_array_equal(pretrained["shared"]["embedding"], saved["shared.weight"])
+  np.testing.assert_array_equal(pretrained["encoder"]["block_0"]["layer_0"]["SelfAttention"]["q"]
+                                ["kernel"], saved["encoder.block.0.layer.0.SelfAttention.q.weight"].T)
+
+
 def test_frozen_without_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_config(tmp_path)
   config.text.mode = "frozen"
