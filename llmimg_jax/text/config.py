@@ -52,6 +52,12 @@ class T5Config:
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}.")
+    if not (self.relative_attention_num_buckets >= 4
+            and self.relative_attention_max_distance > self.relative_attention_num_buckets // 2):
+      raise ValueError(  # below, T5's log-spaced buckets divide by zero or run backwards
+          f"T5Config needs relative_attention_num_buckets >= 4 and relative_attention_max_distance "
+          f"> relative_attention_num_buckets // 2; got {self.relative_attention_num_buckets} and "
+          f"{self.relative_attention_max_distance} (T5's own: 32 and 128).")
     if self.num_decoder_layers < 0:
       raise ValueError(f"T5Config.num_decoder_layers must be >= 0, got {self.num_decoder_layers}.")
     if not 0.0 <= self.dropout_rate < 1.0:

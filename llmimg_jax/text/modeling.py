@@ -11,6 +11,7 @@ not transpose the whole cache (on CPU those copies were ~15% of greedy generatio
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -42,7 +43,9 @@ def _normal(std: float):
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
                              max_distance: int) -> Array:
-  """T5's bucketing of key_pos - query_pos, bit-exact with transformers (fp32 log)."""
+  """T5's bucketing of key_pos - query_pos, bit-exact with transformers: the log-spaced buckets
+  are a host-side table (float32 as transformers computes them; in a jitted program XLA would
+  turn the division by a constant into a multiplication, one ulp off at exact integers)."""
   buckets = jnp.zeros_like(relative_position)
   if bidirectional:
     num_buckets //= 2
@@ -50,12 +53,20 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
     relative_position = jnp.abs(relative_position)
   else:
     relative_position = -jnp.minimum(relative_position, 0)
+  table = _distance_buckets(num_buckets, max_distance)  # [max_distance + 1]
+  return buckets + jnp.asarray(table)[jnp.minimum(relative_position, max_distance)]
+
+
+@functools.cache
+def _distance_buckets(num_buckets: int, max_distance: int) -> np.ndarray:
+  """The bucket of each distance 0..max_distance (farther ones share the last)."""
+  distance = np.arange(max_distance + 1, dtype=np.int32)
   max_exact = num_buckets // 2
-  is_small = relative_position < max_exact
-  scaled = (jnp.log(jnp.maximum(relative_position, 1).astype(jnp.float32) / np.float32(max_exact))
-            / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
-  if_large = jnp.minimum(max_exact + scaled.astype(relative_position.dtype), num_buckets - 1)
-  return buckets + jnp.where(is_small, relative_position, if_large)
+  with np.errstate(divide="ignore"):  # log(0) for the distances below max_exact, not used
+    scaled = (np.log(distance.astype(np.float32) / np.float32(max_exact))
+              / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+  large = np.minimum(max_exact + np.nan_to_num(scaled, neginf=0).astype(np.int32), num_buckets - 1)
+  return np.where(distance < max_exact, distance, large).astype(np.int32)
 
 
 class T5LayerNorm(nn.Module):

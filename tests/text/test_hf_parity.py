@@ -139,3 +139,18 @@ def test_mt5_saved_by_transformers_5_matches_pytorch(mt5_untied, padded_batch):
   assert (strip_generated(np.asarray(ours), config)
           == strip_generated(_hf_generate(mt5_untied, padded_batch, max_new_tokens=n, num_beams=3),
                              config))
+
+
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 200), (64, 50), (128, 100)])
+def test_relative_position_buckets_equal_transformers(num_buckets, max_distance):
+  """Inside jit, as the model runs it, over +-4096 (where a division by a constant, compiled as a
+  multiplication, put some exact integers one bucket low)."""
+  from transformers.models.t5.modeling_t5 import T5Attention as HFT5Attention
+  from llmimg_jax.text.modeling import relative_position_bucket
+  relative = np.arange(-4096, 4097, dtype=np.int32)
+  for bidirectional in (True, False):
+    ref = HFT5Attention._relative_position_bucket(torch.tensor(relative), bidirectional,
+                                                  num_buckets, max_distance).numpy()
+    ours = jax.jit(relative_position_bucket, static_argnums=(1, 2, 3))(
+        relative, bidirectional, num_buckets, max_distance)
+    np.testing.assert_array_equal(np.asarray(ours), ref)

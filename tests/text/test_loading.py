@@ -203,6 +203,9 @@ def test_config_from_dict_follows_hf_semantics():
     T5Config.from_dict({"model_type": "bert"})
   with pytest.raises(ValueError, match="eos_token_id"):
     T5Config(vocab_size=10, eos_token_id=10)
+  with pytest.raises(ValueError, match=r"relative_attention_max_distance > "
+                                       r"relative_attention_num_buckets // 2; got 32 and 16"):
+    T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=16)
   roundtrip = transformers.T5Config(**T5Config.byt5_small_scratch().to_dict())
   assert roundtrip.vocab_size == 384 and roundtrip.is_gated_act
 
