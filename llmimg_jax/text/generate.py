@@ -36,9 +36,14 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   if config.num_decoder_layers < 1:
     raise ValueError("This T5 has no decoder layers (num_decoder_layers=0, an encoder-only "
                      "checkpoint): it encodes but cannot generate.")
+  input_ids = np.asarray(input_ids)
+  if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+    raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape "
+                     f"{input_ids.shape}.")
+  if input_ids.size and not 0 <= input_ids.min() <= input_ids.max() < config.vocab_size:
+    raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}); got "
+                     f"{input_ids.min()}..{input_ids.max()} (ids of another tokenizer?).")
   input_ids = jnp.asarray(input_ids, jnp.int32)
-  if input_ids.ndim != 2:
-    raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}.")
   attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
                     else jnp.asarray(attention_mask, jnp.int32))
   if attention_mask.shape != input_ids.shape:

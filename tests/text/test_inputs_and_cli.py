@@ -64,6 +64,12 @@ def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generat
   with pytest.raises(ValueError, match=r"seed must be one int or one per text \(3 texts\); got 2"):
     generator.generate(["a", "b", "c"], seed=[1, 2], do_sample=True)
   batch = generator.tokenizer(["a red circle", "a blue square"])
+  ids, vocab = batch["input_ids"], generator.config.vocab_size
+  for bad, match in ((ids[:, :0], r"length >= 1, got shape \(2, 0\)"),
+                     (np.where(ids == ids[0, 0], vocab, ids), rf"\[0, vocab_size={vocab}\); got"),
+                     (ids - 1000, rf"\[0, vocab_size={vocab}\); got")):
+    with pytest.raises(ValueError, match=match):
+      generate(generator.params, generator.config, bad, max_new_tokens=2)
   encoder_only = dataclasses.replace(generator.config, num_decoder_layers=0)
   with pytest.raises(ValueError, match="no decoder layers .* it encodes but cannot generate"):
     generate(generator.params, encoder_only, batch["input_ids"], batch["attention_mask"],
