@@ -209,7 +209,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
           # The longest streak of skipped updates since the last log, even one that has ended.
           streak = max(int(m.pop("bad_steps")) for m in fetched)
           now = time.perf_counter()
-          scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+          # Losses and norms of the updates made (a skipped one's are NaN); NaN if all skipped.
+          made = [m for m in fetched if m["finite"]] or fetched
+          scalars = {k: float(np.mean([m[k] for m in made])) for k in fetched[-1]}
+          scalars["finite"] = float(np.mean([m["finite"] for m in fetched]))
           scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
           scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
           last_time, last_step = now, done

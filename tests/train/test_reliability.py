@@ -25,19 +25,20 @@ def _equal(a, b) -> bool:
       lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
 
 
-def _scalar_steps(logdir: Path, tag: str) -> list[int]:
-  """The steps of a scalar in TensorBoard event files (TFRecord framing: length, its CRC, an Event
-  proto, its CRC)."""
+def _scalars(logdir: Path, tag: str) -> dict[int, float]:
+  """{step: value} of a scalar in TensorBoard event files (TFRecord framing: length, its CRC, an
+  Event proto, its CRC)."""
   from tensorboardX.proto import event_pb2
-  steps = []
+  values = {}
   for path in sorted(logdir.glob("events.out.tfevents.*")):
     data, i = path.read_bytes(), 0
     while i < len(data):
       (size,) = struct.unpack("<Q", data[i:i + 8])
       event = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
-      steps += [event.step for value in event.summary.value if value.tag == tag]
+      values.update({event.step: value.simple_value for value in event.summary.value
+                     if value.tag == tag})
       i += 12 + size + 4
-  return steps
+  return values
 
 
 def _poison(batch: dict) -> dict:
@@ -100,7 +101,12 @@ def test_divergence_stops_with_a_clear_error_and_the_last_good_checkpoint(
   assert "last good checkpoint" in str(error.value) and "grad_clip" in str(error.value)
   assert "Step 4: 2 update(s) skipped for non-finite losses or gradients" in caplog.text
   # The TensorBoard log was closed (flushed) on the way out: it holds every logged step.
-  assert _scalar_steps(tmp_path / "tensorboard", "train/skipped_updates") == [2, 4, 6]
+  logdir = tmp_path / "tensorboard"
+  assert _scalars(logdir, "train/skipped_updates") == {2: 0.0, 4: 2.0, 6: 1.0}
+  # Losses average the updates made: step 6's window (5 skipped, 6 made) logs step 6's.
+  d_loss = _scalars(logdir, "train/d_loss")
+  assert np.isfinite(d_loss[2]) and np.isnan(d_loss[4]) and np.isfinite(d_loss[6])
+  assert _scalars(logdir, "train/finite") == {2: 1.0, 4: 0.0, 6: 0.5}
   manager = checkpoint.make_manager(tmp_path, config)
   assert manager.all_steps() == [2, 4]
   abstract = checkpoint.abstract_like(loop.create_state(
