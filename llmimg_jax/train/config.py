@@ -8,6 +8,7 @@ import ml_collections
 from llmimg_jax.data.pipeline import default_data_config, validate_data_config
 from llmimg_jax.gan import GRADIENT_PENALTIES, SUPPORTED_RESOLUTIONS, Generator
 from llmimg_jax.gan.diffaugment import parse_policy
+from llmimg_jax.text.config import T5Config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -110,6 +111,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if bad := [r for r in m.attn_resolutions if r not in blocks]:
     raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)} contains {bad}; "
                      f"at resolution {m.resolution} use a subset of {blocks}.")
+  if t.batch_size < 2:  # the roll over the global batch would pair each sentence with itself
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be >= 2: D's mismatched pairs "
+                     "and the contrastive term pair each image with another example's sentence.")
   if t.batch_size % num_devices:
     raise ValueError(
         f"config.train.batch_size={t.batch_size} is not divisible by the {num_devices} devices "
@@ -152,6 +156,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                      "(caption accuracy, in-domain FID) needs data.name='captioned_shapes', not "
                      f"{config.data.name!r}; set it to 0 and measure the standard FID with "
                      "evaluate.py --inception_weights.")
+  check_ranges(config)
+  if not config.text.checkpoint:
+    check_text_encoder(config.text)
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
   crop = config.data.random_crop
@@ -162,3 +169,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                      "fraction in (0, 1), e.g. 0.8 (random crops of 80-100% of the image side), "
                      "or 0 for centre crops.")
   validate_data_config(config.data)
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Values outside these ranges train without an error but wrongly: a negative clip or learning
+  rate ascends, b1/b2/ema_decay = 1 divide by zero or freeze, temperature 0 is NaN every step."""
+  t, loss = config.train, config.loss
+  checks = [(f"train.{k}", t[k], t[k] >= 0, ">= 0") for k in ("lr_g", "lr_d", "lr_text")]
+  checks += [("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 = off)")]
+  checks += [(f"train.{k}", t[k], 0 <= t[k] < 1, "in [0, 1)") for k in ("b1", "b2", "ema_decay")]
+  checks += [("loss.contrastive_temperature", loss.contrastive_temperature,
+              loss.contrastive_temperature > 0, "> 0")]
+  checks += [(f"loss.{k}", loss[k], loss[k] >= 0, ">= 0")
+             for k in ("contrastive_weight", "magp_k", "r1_gamma")]
+  checks += [("loss.magp_p", loss.magp_p, loss.magp_p >= 1, ">= 1 (DF-GAN: 6)")]
+  if bad := [f"config.{k}={v} must be {need}" for k, v, ok, need in checks if not ok]:
+    raise ValueError("; ".join(bad) + ".")
+
+
+def check_text_encoder(text: ml_collections.ConfigDict) -> None:
+  """The from-scratch T5 encoder's shape (config.text.checkpoint brings its own)."""
+  if text.num_heads < 1 or text.d_model % text.num_heads:
+    raise ValueError(f"config.text.d_model={text.d_model} must be a multiple of "
+                     f"config.text.num_heads={text.num_heads} (>= 1).")
+  try:
+    T5Config(d_model=text.d_model, d_kv=text.d_model // text.num_heads, d_ff=text.d_ff,
+             num_layers=text.num_layers, num_heads=text.num_heads,
+             feed_forward_proj=text.feed_forward_proj)
+  except ValueError as e:
+    raise ValueError(f"config.text: {e}") from None

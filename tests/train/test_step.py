@@ -78,6 +78,17 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("data.random_crop", -0.1, r"random_crop=-0\.1: give the smallest crop side"),
     ("train.samples_per_prompt", 0, "samples_per_prompt=0 must be positive"),
     ("train.sample_prompts", (), "sample_prompts is empty"),
+    ("train.batch_size", 1, "batch_size=1 must be >= 2: D's mismatched pairs"),
+    ("train.grad_clip", -1.0, r"config\.train\.grad_clip=-1\.0 must be >= 0 \(0 = off\)"),
+    ("train.lr_d", -4e-4, r"config\.train\.lr_d=-0\.0004 must be >= 0"),
+    ("train.b2", 1.0, r"config\.train\.b2=1\.0 must be in \[0, 1\)"),
+    ("train.ema_decay", -1.0, r"config\.train\.ema_decay=-1\.0 must be in \[0, 1\)"),
+    ("loss.contrastive_temperature", 0.0, r"contrastive_temperature=0\.0 must be > 0"),
+    ("loss.magp_p", 0.0, r"config\.loss\.magp_p=0\.0 must be >= 1"),
+    ("text.num_heads", 0, r"text\.d_model=32 must be a multiple of config\.text\.num_heads=0"),
+    ("text.num_heads", 3, r"text\.d_model=32 must be a multiple of config\.text\.num_heads=3"),
+    ("text.d_ff", 0, r"config\.text: T5Config\.d_ff must be a positive int, got 0"),
+    ("text.feed_forward_proj", "gated-swishy", r"config\.text: Unsupported T5 feed_forward_proj"),
 ])
 def test_bad_config_fails_fast(tmp_path, key, value, match):
   config = tiny_config(tmp_path)
