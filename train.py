@@ -27,6 +27,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HOST_FLAGS = ("coordinator_address", "num_processes", "process_id")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,26 +38,35 @@ def main(argv):
   import jax
   from llmimg_jax.train.host_memory import reuse_host_memory
   reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
+  hosts = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if not _DISTRIBUTED.value and any(v is not None for v in hosts) and None in hosts:
+    cli.fail("train.py", "a multi-host run needs --coordinator_address, --num_processes and "
+             "--process_id together (or --distributed on Cloud TPU, where JAX finds them); got "
+             f"{', '.join(f'--{n}={v}' for n, v in zip(_HOST_FLAGS, hosts) if v is not None)}.", 2)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     # Only the CPU backend reads this; set it before any backend starts (CPU multi-process runs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:
+      jax.distributed.initialize(*hosts)
+    except (ValueError, RuntimeError) as e:
+      cli.fail("train.py", f"jax.distributed.initialize failed: {' '.join(str(e).split())}", 2)
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import DivergenceError, local_workdir, train
+  config = cli.config_value(_CONFIG, "train.py")
   try:  # before anything compiles or loads: a bad config fails in seconds
     local_workdir(_WORKDIR.value)
-    validate(_CONFIG.value, jax.device_count())
-    if _CONFIG.value.text.checkpoint:  # a missing directory, or a hub name that cannot be had
-      resolve_checkpoint_dir(_CONFIG.value.text.checkpoint)
+    validate(config, jax.device_count())
+    if config.text.checkpoint:  # a missing directory, or a hub name that cannot be had
+      resolve_checkpoint_dir(config.text.checkpoint)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     cli.fail("train.py", str(e), 2)
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
                                        jax.devices())
   try:
-    train(_CONFIG.value, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
+    train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (CorruptCheckpointError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)
 

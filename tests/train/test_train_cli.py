@@ -67,6 +67,8 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
   typo_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
                        "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
                        "  c.model.nf_gg = 8\n  return c\n")
+  raising_file = tmp_path / "raising_config.py"
+  raising_file.write_text("def get_config(data_dir):\n  raise RuntimeError('no such preset')\n")
   cases = {  # extra args -> what the error must say
       ("--config.train.batch_size=12",): (
           r"config\.train\.batch_size=12 is not divisible by the 8 devices.*"
@@ -84,6 +86,14 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
           r"T5 checkpoint directory not found: .*no_t5"),
       ("--config.train.keep_checkpoints=None",): (
           r"--config\.train\.keep_checkpoints=None: invalid literal for int"),
+      (f"--config={tmp_path / 'nope.py'}",): (
+          r"could not load the --config file: .*No such file or directory: .*nope\.py"),
+      (f"--config={raising_file}:{shapes_data_dir}",): (
+          r"the --config file failed to load: RuntimeError: no such preset \(at "
+          r".*raising_config\.py:2\)"),
+      ("--num_processes=2", "--process_id=1"): (
+          r"a multi-host run needs --coordinator_address, --num_processes and --process_id "
+          r"together .*; got --num_processes=2, --process_id=1"),
   }
   start = time.perf_counter()
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra),
@@ -95,5 +105,5 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
-  # Nine processes at once on this machine; each alone takes ~3-4 s (imports included).
+  # Twelve processes at once on this machine; each alone takes ~3-4 s (imports included).
   assert elapsed < 60, elapsed
