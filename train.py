@@ -27,7 +27,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_HOST_FLAGS = ("coordinator_address", "num_processes", "process_id")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,17 +38,19 @@ def main(argv):
   from llmimg_jax.train.host_memory import reuse_host_memory
   reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
   hosts = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if not _DISTRIBUTED.value and any(v is not None for v in hosts) and None in hosts:
-    cli.fail("train.py", "a multi-host run needs --coordinator_address, --num_processes and "
-             "--process_id together (or --distributed on Cloud TPU, where JAX finds them); got "
-             f"{', '.join(f'--{n}={v}' for n, v in zip(_HOST_FLAGS, hosts) if v is not None)}.", 2)
+  cluster = ("give --coordinator_address, --num_processes and --process_id, or --distributed "
+             "alone where JAX detects the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes)")
+  if not (_DISTRIBUTED.value or _COORDINATOR.value) and hosts != (None, None, None):
+    cli.fail("train.py", f"--num_processes/--process_id without --coordinator_address would "
+             f"train one independent process per host: {cluster}.", 2)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     # Only the CPU backend reads this; set it before any backend starts (CPU multi-process runs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
       jax.distributed.initialize(*hosts)
     except (ValueError, RuntimeError) as e:
-      cli.fail("train.py", f"jax.distributed.initialize failed: {' '.join(str(e).split())}", 2)
+      cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
+               f"{cluster}.", 2)
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate

@@ -1,7 +1,7 @@
 """Command-line helpers shared by train.py and evaluate.py."""
 from __future__ import annotations
 
-import re
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -34,24 +34,48 @@ def _innermost(e: BaseException) -> str:
   return " ".join(str(e.args[0] if e.args else e).replace("\\'", "'").split())
 
 
+def _config_file(argv: list[str]) -> str | None:
+  """The --config file's absolute path (without its ':ARGS'), if given (the last one counts)."""
+  path = None
+  for i, arg in enumerate(argv):
+    value = (arg.split("=", 1)[1] if arg.startswith("--config=")
+             else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if value:
+      path = os.path.abspath(value.split(":", 1)[0])
+  return path
+
+
+def _line_in(e: BaseException, path: str | None) -> str | None:
+  """'FILE:LINE' where `e` arose in the file `path` (a SyntaxError names its own)."""
+  if path is None:
+    return None
+  if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == path:
+    return f"{e.filename}:{e.lineno}"
+  lines = [f"{f.filename}:{f.lineno}" for f in traceback.extract_tb(e.__traceback__)
+           if os.path.abspath(f.filename) == path]
+  return lines[-1] if lines else None
+
+
 def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   """absl's flag parsing for app.run(flags_parser=...): a --config.KEY override naming no key,
-  or a flag value of the wrong type, is one line and exit status 2, not a traceback."""
+  a flag value of the wrong type, or a config file that fails to load is one paragraph and exit
+  status 2, not a traceback."""
   def parse(argv: list[str]) -> list[str]:
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:  # e.g. --config.train.steps=ten
       fail(prog, str(e), 2)
-    except Exception as e:  # noqa: BLE001 - an override's key, or the config file's get_config
+    except Exception as e:  # an override's key, or the config file itself
+      message = _innermost(e)
+      if where := _line_in(e, _config_file(argv)):
+        fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
+             f"{where})", 2)
+      if isinstance(e, OSError):  # ml_collections' deferred "could not read the file"
+        fail(prog, f"could not load the --config file: {message}", 2)
       overrides = [a for a in argv[1:] if a.startswith("--config.")]
-      key = re.match(r"'([^']*)'", _innermost(e))
-      if isinstance(e, (AttributeError, KeyError)) and key and any(
-          key[1] in o.split("=")[0].split(".") for o in overrides):
-        fail(prog, f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A "
-             "--config.KEY=VALUE override must name an existing key (see base_config in "
-             "llmimg_jax/train/config.py).", 2)
-      frames = traceback.extract_tb(e.__traceback__)  # the config file's line, not a library's
-      where = ([f for f in frames if "site-packages" not in f.filename] or frames)[-1]
-      fail(prog, f"the --config file failed to load: {type(e).__name__}: {e} (at "
-           f"{where.filename}:{where.lineno})", 2)
+      if not overrides:
+        raise
+      fail(prog, f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A "
+           "--config.KEY=VALUE override must name an existing key (see base_config in "
+           "llmimg_jax/train/config.py).", 2)
   return parse

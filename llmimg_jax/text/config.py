@@ -104,9 +104,11 @@ class T5Config:
       kw["decoder_start_token_id"] = kw.get("pad_token_id", 0)
     if "scale_decoder_outputs" not in kw:
       # transformers' T5 before 5.x (and its T5Config reading such a file): scale iff tied. Its
-      # MT5 never scales in 5.x, and 4.x read mT5's tie_word_embeddings=false: no scale either.
-      kw["scale_decoder_outputs"] = (model_type == "t5"
-                                     and bool(kw.get("tie_word_embeddings", True)))
+      # MT5 scaled iff tied up to 4.x and never in 5.x, whose mT5 configs always say tied.
+      tied = bool(kw.get("tie_word_embeddings", True))
+      saved_by = str(d.get("transformers_version", ""))
+      kw["scale_decoder_outputs"] = tied and (
+          model_type == "t5" or saved_by.split(".")[0] in tuple("01234"))
     for name in ("dropout_rate", "layer_norm_epsilon"):
       if name in kw:
         kw[name] = float(kw[name])

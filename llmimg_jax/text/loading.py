@@ -208,7 +208,8 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
               "T5ForConditionalGeneration or T5EncoderModel)")
     elif missing and all(m.startswith("decoder/") or m.startswith("lm_head/") for m in missing):
       hint = (" (an encoder-only checkpoint, e.g. saved by T5EncoderModel: load it with "
-              "encoder_only=True; it encodes but cannot generate)")
+              "encoder_only=True, or --encode_out in `python -m llmimg_jax.text`; it encodes "
+              "but cannot generate)")
     else:
       hint = ""
     raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems) + hint)

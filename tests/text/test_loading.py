@@ -197,7 +197,11 @@ def test_config_from_dict_follows_hf_semantics():
   assert old.num_decoder_layers == old.num_layers and old.decoder_start_token_id == 0
   new = T5Config.from_dict({"tie_word_embeddings": True, "scale_decoder_outputs": False})
   assert new.tie_word_embeddings and not new.scale_decoder_outputs
-  assert not T5Config.from_dict({"model_type": "mt5", "tie_word_embeddings": True}).scale_decoder_outputs
+  # mT5: transformers 5 never rescales (its configs always say tied); up to 4.x, iff tied.
+  for version, tied, scaled in (("5.0.0", True, False), ("4.46.3", True, True),
+                                ("4.46.3", False, False), (None, True, False)):
+    d = {"model_type": "mt5", "tie_word_embeddings": tied, "transformers_version": version}
+    assert T5Config.from_dict(d).scale_decoder_outputs == scaled, d
   assert T5Config.from_dict({"feed_forward_proj": "gated-gelu"}).activation == "gelu_new"
   with pytest.raises(ValueError, match="model_type"):
     T5Config.from_dict({"model_type": "bert"})

@@ -92,8 +92,10 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
           r"the --config file failed to load: RuntimeError: no such preset \(at "
           r".*raising_config\.py:2\)"),
       ("--num_processes=2", "--process_id=1"): (
-          r"a multi-host run needs --coordinator_address, --num_processes and --process_id "
-          r"together .*; got --num_processes=2, --process_id=1"),
+          r"--num_processes/--process_id without --coordinator_address would train one "
+          r"independent process per host"),
+      ("--config.train.steps.x=1",): (
+          r"unknown config key .*train\.steps\.x in --config\.train\.steps\.x=1"),
   }
   start = time.perf_counter()
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra),
@@ -105,5 +107,6 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
-  # Twelve processes at once on this machine; each alone takes ~3-4 s (imports included).
-  assert elapsed < 60, elapsed
+  # Thirteen processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # ~3-4 s (imports included): 13 s in all on an idle machine.
+  assert elapsed < 90, elapsed
