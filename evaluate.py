@@ -94,6 +94,7 @@ def _write_stats() -> None:
 def main(argv) -> None:
   del argv
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  cli.quiet_orbax()
   if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   from pathlib import Path

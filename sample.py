@@ -10,10 +10,11 @@ The same --seed gives the same images for any --batch_size or device count. --tr
 noise from the standard normal truncated to [-t, t] (DF-GAN's truncation trick; resampling, not
 clipping). Works on any device count: a run trained on 8 devices samples on one CPU.
 """
-import logging as std_logging
 import sys
 
 from absl import app, flags, logging
+
+from llmimg_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (with checkpoints/).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for more.")
@@ -80,26 +81,8 @@ def run() -> None:
         f"images/s (+{result.compile_seconds:.1f}s compilation) -> {_OUT.value}")
 
 
-def _quiet_orbax(record) -> bool:
-  """Drops Orbax's INFO chatter (handler set-up, read throughput); its warnings still show."""
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def _unraisable(info) -> None:
-  """Orbax read callbacks that outlive their event loop after a failed restore: not news."""
-  if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(info.exc_value):
-    logging.debug("Ignored after a failed read: %r", info.exc_value)
-  else:
-    sys.__unraisablehook__(info)
-
-
 def main(argv):
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  # A failed read of a corrupt checkpoint can leave Orbax's sibling reads as never-awaited
-  # asyncio tasks (logged by asyncio with full tracebacks) or callbacks into its closed event
-  # loop; the CheckpointError names the path and the fix, so both are kept quiet.
-  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
-  sys.unraisablehook = _unraisable
+  cli.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; quote prompts: --prompt \"a cat\".")
   from llmimg_jax.sample.restore import CheckpointError

@@ -34,6 +34,7 @@ def main(argv):
   del argv
   # Orbax and TFDS log every step of every save at INFO through absl; keep ours, quiet theirs.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  cli.quiet_orbax()  # no asyncio tracebacks around a checkpoint that fails to restore
   import jax
   from llmimg_jax.train.host_memory import reuse_host_memory
   reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
@@ -51,6 +52,7 @@ def main(argv):
     except (ValueError, RuntimeError) as e:
       cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
                f"{cluster}.", 2)
+  from llmimg_jax.data.captioned_folder import FolderError
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
@@ -68,6 +70,8 @@ def main(argv):
                                        jax.devices())
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
+  except FolderError as e:  # found while building a folder's dataset (e.g. no usable image)
+    cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)
 

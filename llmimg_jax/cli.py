@@ -1,6 +1,7 @@
-"""Command-line helpers shared by train.py and evaluate.py."""
+"""Command-line helpers shared by train.py, sample.py and evaluate.py."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -32,6 +33,32 @@ def _innermost(e: BaseException) -> str:
   while e.args and isinstance(e.args[0], BaseException):
     e = e.args[0]
   return " ".join(str(e.args[0] if e.args else e).replace("\\'", "'").split())
+
+
+def quiet_orbax() -> None:
+  """Orbax's INFO chatter off (its warnings stay). A failed read of a damaged or mismatched
+  checkpoint can leave Orbax's sibling reads as never-awaited asyncio tasks (logged with full
+  tracebacks and TensorStore specs) or callbacks into its closed event loop: hundreds of lines
+  around the one error that names the path and the fix, so both are kept quiet."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.get_absl_handler().addFilter(_not_orbax_info)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  sys.unraisablehook = _unraisable
+
+
+def _not_orbax_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _unraisable(info: Any) -> None:
+  code = getattr(info.object, "cr_code", None)  # a coroutine's: an Orbax read never awaited
+  orbax_read = code is not None and "/orbax/" in code.co_filename
+  closed_loop = (isinstance(info.exc_value, RuntimeError)
+                 and "Event loop is closed" in str(info.exc_value))
+  if orbax_read or closed_loop:
+    logging.getLogger(__name__).debug("Ignored after a failed read: %r", info.exc_value)
+  else:
+    sys.__unraisablehook__(info)
 
 
 def _config_file(argv: list[str]) -> str | None:

@@ -142,17 +142,42 @@ def _first(obj: dict, keys) -> object:
   return next((obj[k] for k in keys if k in obj), None)
 
 
+class FolderError(ValueError):
+  """A folder that cannot make a dataset (no captions file, an unreadable one, no usable image);
+  the message names the file and the fix."""
+
+
+def check_caption_files(folder: str) -> None:
+  """What can be refused without reading the images: raises FolderError (seconds, not a build)."""
+  paths = [os.path.join(folder, f) for f in CAPTION_FILES]
+  if not any(os.path.isfile(p) for p in paths):
+    raise FolderError(
+        f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
+        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
+  for path in paths:
+    _refuse_utf16(path)
+  if os.path.isfile(paths[1]):
+    with open(paths[1], "rb") as f:
+      _csv_columns(paths[1], f.readline().decode("utf-8", errors="surrogateescape"))
+
+
+def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
+  """The reader of a captions.csv's text and its file and caption columns."""
+  reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+  fields = reader.fieldnames or []
+  file_col = next((k for k in FILE_KEYS if k in fields), None)
+  cap_col = next((k for k in CAPTION_KEYS if k in fields), None)
+  if file_col is None or cap_col is None:
+    raise FolderError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
+                      f"and a caption column (one of {CAPTION_KEYS}).")
+  return reader, file_col, cap_col
+
+
 def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
   """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv."""
   out: dict[str, list[str]] = collections.defaultdict(list)
-  paths = [os.path.join(folder, f) for f in CAPTION_FILES]
-  if not any(os.path.isfile(p) for p in paths):
-    raise FileNotFoundError(
-        f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
-        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
-  jsonl, csv_path = paths
-  for path in paths:
-    _refuse_utf16(path)
+  check_caption_files(folder)
+  jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
   if os.path.isfile(jsonl):
     with open(jsonl, "rb") as f:
       for n, raw in enumerate(f, start=1):
@@ -180,13 +205,7 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
   if os.path.isfile(csv_path):
     with open(csv_path, "rb") as f:
       text = f.read().decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
-    fields = reader.fieldnames or []
-    file_col = next((k for k in FILE_KEYS if k in fields), None)
-    cap_col = next((k for k in CAPTION_KEYS if k in fields), None)
-    if file_col is None or cap_col is None:
-      raise ValueError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
-                       f"and a caption column (one of {CAPTION_KEYS}).")
+    reader, file_col, cap_col = _csv_columns(csv_path, text)
     for n, row in enumerate(reader, start=2):
       _add_caption_entry(folder, f"captions.csv:{n}", row.get(file_col), row.get(cap_col) or "",
                          out, skips)
@@ -198,7 +217,7 @@ def _refuse_utf16(path: str) -> None:
   if os.path.isfile(path):
     with open(path, "rb") as f:
       if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
-        raise ValueError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. Excel's \"CSV UTF-8\").")
+        raise FolderError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. Excel's \"CSV UTF-8\").")
 
 
 def _has_surrogates(s: str) -> bool:
@@ -276,8 +295,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     log_fn("captioned_folder %s: %d examples, skipped %d: %s; notes: %s", folder, index,
            summary["num_skipped"], summary["skipped"] or "none", summary["notes"] or "none")
     if index == 0:
-      raise ValueError(f"captioned_folder: no usable image in {folder} (skipped: "
-                       f"{summary['skipped']}). Check the file names in the captions file.")
+      raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
+                        f"{summary['skipped']}). Check the file names in the captions file.")
 
 
 def build_folder(folder: str, data_dir: str, image_size: int,

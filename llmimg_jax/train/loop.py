@@ -177,6 +177,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     state = restored
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
+  if start >= config.train.steps:
+    log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
+                "train. Raise --config.train.steps to go on.", workdir, start, config.train.steps)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)

@@ -204,8 +204,28 @@ def test_missing_folder_and_captions_file_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     captioned_folder.build_folder(str(tmp_path / "nope"), str(tmp_path / "tfds"), 8)
   (tmp_path / "imgs").mkdir()
-  with pytest.raises(FileNotFoundError, match="captions.jsonl"):
+  with pytest.raises(captioned_folder.FolderError, match="No captions file in .*captions.jsonl"):
     captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
+
+
+def test_config_validation_reads_the_captions_files_before_any_build(tmp_path):
+  """train.py validates the config in seconds: a folder it cannot build from is refused there."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  data = pipeline.default_data_config()
+  data.name, data.folder, data.image_size = "captioned_folder", str(folder), 8
+  for captions, match in ((None, "No captions file in"),
+                          ("name,desc\na.png,red\n", r"header \['name', 'desc'\] needs a file column"),
+                          ("file,caption\na.png,red\n".encode("utf-16"), "UTF-16 text")):
+    if captions is not None:
+      path = folder / "captions.csv"
+      path.write_bytes(captions if isinstance(captions, bytes) else captions.encode())
+    with pytest.raises(captioned_folder.FolderError, match=match):
+      pipeline.validate_data_config(data)
+  (folder / "captions.csv").write_text("image,text\na.png,red\n")
+  pipeline.validate_data_config(data)
+  assert not (tmp_path / "tfds").exists()
 
 
 def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):

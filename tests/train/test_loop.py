@@ -41,6 +41,14 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   assert checkpoint.make_manager(workdir, config).latest_step() == 6
   assert _max_diff(first.g_params, jax.device_get(second.g_params)) > 0.0
 
+  # Fewer steps than the run has made: nothing to train, and it says so.
+  config.train.steps = 5
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    third = loop.train(config, workdir)
+  assert f"The run in {workdir} is at step 6, at or past config.train.steps=5" in caplog.text
+  assert int(third.step) == 6 and checkpoint.make_manager(workdir, config).all_steps() == [2, 4, 6]
+
   # The run trained on 8 simulated devices samples in a plain 1-device process (sample.py).
   out = tmp_path / "samples"
   proc = subprocess.run(

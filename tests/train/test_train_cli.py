@@ -55,6 +55,13 @@ def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, t
   leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.isdigit()]
   assert not leftovers, leftovers  # interrupted saves' temporary directories are cleaned up
 
+  # Another model in the same workdir: status 3 and one error, none of the tracebacks of
+  # Orbax's abandoned reads.
+  proc = Proc(train_args(shapes_data_dir, run, *flags({**CHANGES, "model.nf_g": 16})))
+  assert proc.finish() == 3, proc.output[-3000:]
+  assert re.search(r"train.py: error: The checkpoints in .* model\.nf_g: 8 -> 16", proc.output)
+  assert "Traceback" not in proc.output and "Exception ignored" not in proc.output, proc.output
+
   manager = checkpoint.make_manager(run, config)
   resumed = checkpoint.restore(manager, STEPS, checkpoint.abstract_like(reference))
   same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
@@ -67,6 +74,9 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
   typo_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
                        "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
                        "  c.model.nf_gg = 8\n  return c\n")
+  no_images = tmp_path / "no_images"  # its captions name a file that is not there
+  no_images.mkdir()
+  (no_images / "captions.jsonl").write_text('{"file": "gone.png", "caption": "a red circle"}\n')
   raising_file = tmp_path / "raising_config.py"
   raising_file.write_text("def get_config(data_dir):\n  raise RuntimeError('no such preset')\n")
   cases = {  # extra args -> what the error must say
@@ -94,6 +104,8 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
       ("--num_processes=2", "--process_id=1"): (
           r"--num_processes/--process_id without --coordinator_address would train one "
           r"independent process per host"),
+      ("--config.data.name=captioned_folder", f"--config.data.folder={no_images}"): (
+          r"captioned_folder: no usable image in .*no_images \(skipped: \{'unknown_file': 1\}\)"),
       ("--config.train.steps.x=1",): (
           r"unknown config key .*train\.steps\.x in --config\.train\.steps\.x=1"),
   }
@@ -107,6 +119,6 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
-  # Thirteen processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Fourteen processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
