@@ -42,12 +42,20 @@ def quiet_orbax() -> None:
   around the one error that names the path and the fix, so both are kept quiet."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.get_absl_handler().addFilter(_not_orbax_info)
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  logging.getLogger("asyncio").addFilter(_not_orbax_task)
   sys.unraisablehook = _unraisable
 
 
 def _not_orbax_info(record: logging.LogRecord) -> bool:
   return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _not_orbax_task(record: logging.LogRecord) -> bool:
+  """asyncio's 'Task exception was never retrieved' for an Orbax read (the task names its file)."""
+  text = record.getMessage()
+  if record.exc_info and record.exc_info[2] is not None:
+    text += "".join(f.filename for f in traceback.extract_tb(record.exc_info[2]))
+  return "/orbax/" not in text
 
 
 def _unraisable(info: Any) -> None:

@@ -156,9 +156,9 @@ def check_caption_files(folder: str) -> None:
         '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
   for path in paths:
     _refuse_utf16(path)
-  if os.path.isfile(paths[1]):
-    with open(paths[1], "rb") as f:
-      _csv_columns(paths[1], f.readline().decode("utf-8", errors="surrogateescape"))
+  if os.path.isfile(paths[1]):  # its header record (a quoted cell may hold a line break)
+    with open(paths[1], encoding="utf-8", errors="surrogateescape", newline="") as f:
+      _csv_columns(paths[1], f.read(1 << 16))
 
 
 def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:

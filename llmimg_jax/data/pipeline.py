@@ -118,8 +118,9 @@ def validate_data_config(data_cfg) -> None:
     if not folder or not os.path.isdir(os.path.expanduser(folder)):
       raise ValueError(f"captioned_folder needs data.folder set to an existing folder of images "
                        f"with captions.jsonl or captions.csv (got {folder!r}).")
-    from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
-    captioned_folder.check_caption_files(os.path.expanduser(folder))
+    if not folder_builder(data_cfg).is_prepared():  # a built one is used as built, even if the
+      from llmimg_jax.data import captioned_folder  # folder changed since (it warns)
+      captioned_folder.check_caption_files(os.path.expanduser(folder))
     store = int(data_cfg.get("store_size") or 0)
     if store and store < data_cfg.image_size:
       raise ValueError(f"data.store_size={store} < data.image_size={data_cfg.image_size}: "

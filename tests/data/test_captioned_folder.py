@@ -223,9 +223,14 @@ def test_config_validation_reads_the_captions_files_before_any_build(tmp_path):
       path.write_bytes(captions if isinstance(captions, bytes) else captions.encode())
     with pytest.raises(captioned_folder.FolderError, match=match):
       pipeline.validate_data_config(data)
-  (folder / "captions.csv").write_text("image,text\na.png,red\n")
-  pipeline.validate_data_config(data)
+  (folder / "captions.csv").write_text('"cap\ntion",image,text\n"x\ny",a.png,red\n')  # a quoted
+  pipeline.validate_data_config(data)  # line break in the header is one record, as when built
   assert not (tmp_path / "tfds").exists()
+  # Once built, the build is what a run uses (resuming warns if the folder changed): no refusal.
+  data.data_dir = str(tmp_path / "tfds")
+  assert len(pipeline.load_source(data)) == 1
+  (folder / "captions.csv").unlink()
+  pipeline.validate_data_config(data)
 
 
 def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
