@@ -158,7 +158,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                      "evaluate.py --inception_weights.")
   check_ranges(config)
   if not config.text.checkpoint:
-    check_text_encoder(config.text)
+    text_encoder_config(config.text)
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
   crop = config.data.random_crop
@@ -187,14 +187,17 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
     raise ValueError("; ".join(bad) + ".")
 
 
-def check_text_encoder(text: ml_collections.ConfigDict) -> None:
-  """The from-scratch T5 encoder's shape (config.text.checkpoint brings its own)."""
+def text_encoder_config(text: ml_collections.ConfigDict, **vocab: int) -> T5Config:
+  """The from-scratch T5 encoder of config.text (config.text.checkpoint brings its own config);
+  vocab: its tokenizer's vocab_size, pad_token_id and eos_token_id (T5Config's defaults when only
+  checking). A shape it cannot have is a ValueError naming config.text."""
   if text.num_heads < 1 or text.d_model % text.num_heads:
     raise ValueError(f"config.text.d_model={text.d_model} must be a multiple of "
                      f"config.text.num_heads={text.num_heads} (>= 1).")
   try:
-    T5Config(d_model=text.d_model, d_kv=text.d_model // text.num_heads, d_ff=text.d_ff,
-             num_layers=text.num_layers, num_heads=text.num_heads,
-             feed_forward_proj=text.feed_forward_proj)
+    return T5Config(
+        d_model=text.d_model, d_kv=text.d_model // text.num_heads, d_ff=text.d_ff,
+        num_layers=text.num_layers, num_decoder_layers=0, num_heads=text.num_heads,
+        feed_forward_proj=text.feed_forward_proj, dropout_rate=0.0, **vocab)
   except ValueError as e:
     raise ValueError(f"config.text: {e}") from None

@@ -20,7 +20,7 @@ from llmimg_jax.gan import Discriminator, Generator
 from llmimg_jax.text import T5Config, T5EncoderModel, load_t5
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
-from llmimg_jax.train.config import check_frozen_text
+from llmimg_jax.train.config import check_frozen_text, text_encoder_config
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -94,11 +94,8 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
     t5_config, params = load_t5(ckpt_dir, encoder_only=True)  # a T5EncoderModel's will do
     return tokenizer, t5_config, params
   tokenizer = load_tokenizer(None, t.max_length)
-  t5_config = T5Config(
-      vocab_size=tokenizer.vocab_size, d_model=t.d_model, d_kv=t.d_model // t.num_heads,
-      d_ff=t.d_ff, num_layers=t.num_layers, num_decoder_layers=0, num_heads=t.num_heads,
-      feed_forward_proj=t.feed_forward_proj, dropout_rate=0.0,
-      pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
+  t5_config = text_encoder_config(t, vocab_size=tokenizer.vocab_size,
+                                  pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
   return tokenizer, t5_config, None
 
 
