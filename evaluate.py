@@ -61,7 +61,7 @@ def _data_config():
     from pathlib import Path
     cfg = ml_collections.ConfigDict(json.loads((Path(FLAGS.workdir) / "config.json").read_text()))
   elif _CONFIG.value is not None:
-    cfg = cli.config_value(_CONFIG, "evaluate.py")
+    cfg = _CONFIG.value
   else:
     raise app.UsageError("Give --workdir (a train.py run) or --config.")
   data = cfg.data

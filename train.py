@@ -57,7 +57,7 @@ def main(argv):
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import DivergenceError, local_workdir, train
-  config = cli.config_value(_CONFIG, "train.py")
+  config = _CONFIG.value
   try:  # before anything compiles or loads: a bad config fails in seconds
     local_workdir(_WORKDIR.value)
     validate(config, jax.device_count())

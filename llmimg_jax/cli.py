@@ -16,19 +16,6 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
   sys.exit(status)
 
 
-def config_value(flag: Any, prog: str) -> Any:
-  """The ConfigDict of a config_flags flag. ml_collections loads the file when it is first read,
-  so a missing file or a get_config that raises surfaces here: one paragraph and status 2."""
-  try:
-    config = flag.value
-    if config is None:
-      raise ValueError("its get_config() returned None (a missing return?)")
-    config.keys()  # a file that could not be read raises here (ml_collections' _ErrorConfig)
-  except Exception as e:  # noqa: BLE001 - OSError, or whatever the config file raised
-    fail(prog, f"could not load the --config file: {' '.join(str(e).split())}", 2)
-  return config
-
-
 def _innermost(e: BaseException) -> str:
   while e.args and isinstance(e.args[0], BaseException):
     e = e.args[0]
@@ -97,7 +84,13 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   status 2, not a traceback."""
   def parse(argv: list[str]) -> list[str]:
     try:
-      return flags.FLAGS(argv)
+      remaining = flags.FLAGS(argv)
+      if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+        config = flags.FLAGS["config"].value
+        if config is None:
+          fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
+        config.keys()  # ml_collections defers a file it could not read to the first access
+      return remaining
     except flags.Error as e:  # e.g. --config.train.steps=ten
       fail(prog, str(e), 2)
     except Exception as e:  # an override's key, or the config file itself
@@ -105,7 +98,7 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       if where := _line_in(e, _config_file(argv)):
         fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
              f"{where})", 2)
-      if isinstance(e, OSError):  # ml_collections' deferred "could not read the file"
+      if isinstance(e, OSError):  # ml_collections' "could not read the file"
         fail(prog, f"could not load the --config file: {message}", 2)
       overrides = [a for a in argv[1:] if a.startswith("--config.")]
       if not overrides:
