@@ -33,9 +33,11 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   sample does not depend on the other rows.
   Sampling options default to transformers' GenerationConfig (top_k=50; top_k=0 turns it off).
   """
-  if config.num_decoder_layers < 1:
-    raise ValueError("This T5 has no decoder layers (num_decoder_layers=0, an encoder-only "
-                     "checkpoint): it encodes but cannot generate.")
+  if config.num_decoder_layers < 1 or "decoder" not in params:
+    raise ValueError("This T5 holds an encoder only (no decoder layers in its config, or params "
+                     "loaded with encoder_only=True or from a T5EncoderModel checkpoint): it "
+                     "encodes but cannot generate. Load a T5ForConditionalGeneration checkpoint "
+                     "to generate.")
   input_ids = np.asarray(input_ids)
   if input_ids.ndim != 2 or input_ids.shape[1] == 0:
     raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape "

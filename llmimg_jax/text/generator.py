@@ -55,10 +55,6 @@ class TextGenerator:
   def generate_tokens(self, batch: dict[str, np.ndarray], *, max_new_tokens: int = 32,
                       seed: int | Sequence[int] = 0, **kw) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
-    if "decoder" not in self.params:
-      raise ValueError("This TextGenerator holds an encoder only (loaded with encoder_only=True, "
-                       "or from a T5EncoderModel checkpoint): it encodes but cannot generate. "
-                       "Load a T5ForConditionalGeneration checkpoint to generate.")
     rows = len(batch["input_ids"])
     one_seed = isinstance(seed, (int, np.integer))
     if not one_seed and len(seed) != rows:
