@@ -106,9 +106,9 @@ class T5Config:
       # transformers' T5 before 5.x (and its T5Config reading such a file): scale iff tied. Its
       # MT5 scaled iff tied up to 4.x and never in 5.x, whose mT5 configs always say tied.
       tied = bool(kw.get("tie_word_embeddings", True))
-      saved_by = str(d.get("transformers_version", ""))
-      kw["scale_decoder_outputs"] = tied and (
-          model_type == "t5" or saved_by.split(".")[0] in tuple("01234"))
+      major = str(d.get("transformers_version", "")).split(".")[0]
+      saved_before_5 = major.isdigit() and int(major) < 5
+      kw["scale_decoder_outputs"] = tied and (model_type == "t5" or saved_before_5)
     for name in ("dropout_rate", "layer_norm_epsilon"):
       if name in kw:
         kw[name] = float(kw[name])
