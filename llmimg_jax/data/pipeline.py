@@ -173,8 +173,8 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
 # 'left'/'right' mean a side after these words ("on the left", "top right", "turn left") ...
-_SIDE_AFTER = {"the", "to", "from", "its", "his", "her", "their", "my", "your", "top", "bottom",
-               "upper", "lower", "middle", "far", "turn", "turns", "turning", "turned"}
+_SIDE_AFTER = {"the", "to", "from", "on", "at", "its", "his", "her", "their", "my", "your", "top",
+               "bottom", "upper", "lower", "middle", "far", "turn", "turns", "turning", "turned"}
 # ... and, otherwise, not after these ("was left", "all right") or before these words: "right" as
 # in "right next to", "left" the verb as in "a bag left on a bench" (COCO-style captions).
 _NO_SIDE_AFTER = {"was", "were", "is", "are", "be", "been", "being", "has", "have", "had", "all",
@@ -190,16 +190,32 @@ _NO_SIDE_BEFORE = {
 }
 
 
+# "left" the verb also comes before its object ("a man who left his bag") and ends a clause after
+# a word that is not a motion ("one slice of pizza left.", but "looking left.").
+_LEFT_OBJECTS = {"his", "her", "their", "its", "my", "your", "our", "a", "an", "the", "them",
+                 "him", "it", "this", "that", "some"}
+_MOTIONS = {"go", "goes", "head", "heads", "look", "looks", "face", "faces", "point", "points",
+            "move", "moves", "walk", "walks", "run", "runs", "drive", "drives", "fly", "flies",
+            "ride", "rides", "swim", "swims", "lean", "leans", "veer", "veers", "swing", "swings"}
+
+
 def _is_side(match: re.Match) -> bool:
   if match.group(2):  # leftmost, rightmost
     return True
+  word = match.group(1).lower()
   before = re.search(r"([A-Za-z]+)[\s-]+$", match.string[:match.start()])
   before = before.group(1).lower() if before else ""
   if before in _SIDE_AFTER:
     return True
-  after = re.match(r"\s+([A-Za-z]+)", match.string[match.end():])
+  rest = match.string[match.end():]
+  after = re.match(r"\s+([A-Za-z]+)", rest)
   after = after.group(1).lower() if after else ""
-  return before not in _NO_SIDE_AFTER and after not in _NO_SIDE_BEFORE[match.group(1).lower()]
+  if word == "left" and before and (
+      after in _LEFT_OBJECTS or (re.match(r"\s*([.,;:!?)]|$)", rest) and before not in _MOTIONS
+                                 and not (before.endswith(("ing", "ed")) and
+                                          not before.endswith("thing")))):
+    return False
+  return before not in _NO_SIDE_AFTER and after not in _NO_SIDE_BEFORE[word]
 
 
 def _swapped(match: re.Match) -> str:

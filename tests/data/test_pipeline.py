@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import pipeline
+from llmimg_jax.data import pipeline, shapes
 
 
 def _take(it, n):
@@ -125,6 +126,22 @@ def test_augment_flip_swaps_left_and_right():
       "right next to a car, the rightmost cup was left there, all right") == (
       "A man turning right on the left side, a dog to his right, a bag left on a bench, a cat "
       "right next to a car, the leftmost cup was left there, all right")
+  # The verb before its object or ending a clause stays; a motion's direction swaps.
+  assert pipeline.swap_left_right(
+      "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking left, "
+      "a car turned left, a kite on left.") == (
+      "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking right, "
+      "a car turned right, a kite on right.")
+
+
+def test_flip_swaps_every_side_word_of_captioned_shapes():
+  spec = shapes.SceneSpec(resolution=32)
+  for i in range(300):
+    for caption in shapes.render_example(spec, "train", i, num_captions=3)["captions"]:
+      sides = re.findall(r"left|right", caption)
+      flipped = pipeline.swap_left_right(caption)
+      assert re.findall(r"left|right", flipped) == [
+          {"left": "right", "right": "left"}[w] for w in sides], caption
 
 
 def test_augment_random_crop_and_resize():
