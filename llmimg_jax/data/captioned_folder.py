@@ -1,10 +1,11 @@
 """`captioned_folder`: a TFDS dataset from a folder of images and `captions.jsonl`/`captions.csv`.
 
 captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption": "a cat"}` or
-`{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file are
-merged. captions.csv has a header with a file column (file/file_name/filename/image) and a
-caption column (caption/text/captions). Bad lines and bad images are skipped and counted by reason;
-the summary is logged, stored in the dataset's metadata.json and returned by `build_folder`.
+`{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file (and
+every caption key of a line) are merged. captions.csv has a header with a file column (file/file_name/filename/image) and a
+caption column (caption/text/captions); a caption column that comes last may hold unquoted commas
+(counted as a note). Bad lines and bad images are skipped and counted by reason; the summary is
+logged, stored in the dataset's metadata.json and returned by `build_folder`.
 """
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   """Logs a warning (and returns True) if the folder changed since `builder`'s build."""
   built = dict((builder.info.metadata or {}).get("summary") or {}).get("fingerprint")
   folder = builder.builder_config.folder
+  if not os.path.isdir(folder):
+    log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
+    return False
   if built is None or built == fingerprint(folder):
     return False
   log.warning(
@@ -173,7 +177,8 @@ def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
   return reader, file_col, cap_col
 
 
-def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
+def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
+                  ) -> dict[str, list[str]]:
   """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv."""
   out: dict[str, list[str]] = collections.defaultdict(list)
   check_caption_files(folder)
@@ -197,8 +202,10 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
         if not isinstance(obj, dict):
           skips.add("invalid_json", where)
           continue
-        file_name, captions = _first(obj, FILE_KEYS), _first(obj, CAPTION_KEYS)
-        if file_name is None or captions is None:
+        file_name = _first(obj, FILE_KEYS)
+        captions = [c for k in CAPTION_KEYS if k in obj
+                    for c in (obj[k] if isinstance(obj[k], list) else [obj[k]])]
+        if file_name is None or not any(k in obj for k in CAPTION_KEYS):
           skips.add("missing_key", where)
           continue
         _add_caption_entry(folder, where, file_name, captions, out, skips)
@@ -206,9 +213,17 @@ def read_captions(folder: str, skips: _Skips) -> dict[str, list[str]]:
     with open(csv_path, "rb") as f:
       text = f.read().decode("utf-8", errors="surrogateescape")
     reader, file_col, cap_col = _csv_columns(csv_path, text)
+    last = reader.fieldnames[-1] == cap_col
     for n, row in enumerate(reader, start=2):
-      _add_caption_entry(folder, f"captions.csv:{n}", row.get(file_col), row.get(cap_col) or "",
-                         out, skips)
+      caption, extra = row.get(cap_col) or "", row.get(None)
+      if extra:  # more cells than the header: an unquoted comma
+        if not last:  # which cells are the caption's is unknown
+          skips.add("extra_csv_cells", f"captions.csv:{n}")
+          continue
+        caption = ",".join([caption, *extra])  # the caption is the last column: its own commas
+        if notes is not None:
+          notes.add("unquoted_csv_comma", f"captions.csv:{n}")
+      _add_caption_entry(folder, f"captions.csv:{n}", row.get(file_col), caption, out, skips)
   return dict(out)
 
 
@@ -264,7 +279,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     skips, notes = _Skips(), _Skips()
     folder_fingerprint = fingerprint(folder)  # before reading: what this build saw
-    captions = read_captions(folder, skips)
+    captions = read_captions(folder, skips, notes)
     captioned = set(captions)
     for root, _, files in os.walk(folder):
       for f in files:

@@ -115,11 +115,14 @@ def validate_data_config(data_cfg) -> None:
           f"{res}px images; {pick} set data.image_size <= {res}.")
   if name == "captioned_folder":
     folder = data_cfg.get("folder")
-    if not folder or not os.path.isdir(os.path.expanduser(folder)):
+    # A built folder is read as built, even if the folder changed (it warns) or is gone.
+    built = bool(folder) and folder_builder(data_cfg).is_prepared()
+    if not built and (not folder or not os.path.isdir(os.path.expanduser(folder))):
       raise ValueError(f"captioned_folder needs data.folder set to an existing folder of images "
-                       f"with captions.jsonl or captions.csv (got {folder!r}).")
-    if not folder_builder(data_cfg).is_prepared():  # a built one is used as built, even if the
-      from llmimg_jax.data import captioned_folder  # folder changed since (it warns)
+                       f"with captions.jsonl or captions.csv (got {folder!r}; no build of it in "
+                       f"data.data_dir={data_cfg.get('data_dir')!r}).")
+    if not built:
+      from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
       captioned_folder.check_caption_files(os.path.expanduser(folder))
     store = int(data_cfg.get("store_size") or 0)
     if store and store < data_cfg.image_size:

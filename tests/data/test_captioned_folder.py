@@ -163,6 +163,26 @@ def test_csv_captions(tmp_path):
   assert caps == {"a.png": ["first, with comma"], "b.png": ["second"]}
 
 
+def test_unquoted_commas_and_every_caption_key_kept(tmp_path):
+  for name in ("a.png", "b.png"):
+    Image.new("RGB", (8, 8)).save(tmp_path / name)
+  (tmp_path / "captions.csv").write_text(
+      "file,caption\na.png,a red car, parked next to a blue house\nb.png,plain\n")
+  (tmp_path / "captions.jsonl").write_text(json.dumps(
+      {"file": "b.png", "caption": "one", "captions": ["two", "three"]}) + "\n")
+  skips, notes = captioned_folder._Skips(), captioned_folder._Skips()
+  caps = captioned_folder.read_captions(str(tmp_path), skips, notes)
+  assert caps == {"a.png": ["a red car, parked next to a blue house"],
+                  "b.png": ["one", "two", "three", "plain"]}
+  assert not skips.counts and notes.counts == {"unquoted_csv_comma": 1}
+  # With the caption column not last, the extra cells cannot be placed: the row is skipped.
+  (tmp_path / "captions.csv").write_text("caption,file\na red car, parked,a.png\n")
+  skips = captioned_folder._Skips()
+  assert captioned_folder.read_captions(str(tmp_path), skips) == {
+      "b.png": ["one", "two", "three"]}
+  assert skips.counts == {"extra_csv_cells": 1}
+
+
 def test_utf16_captions_file_is_named_with_the_fix(tmp_path):
   Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
   (tmp_path / "captions.csv").write_bytes("file,caption\na.png,red\n".encode("utf-16"))
@@ -193,6 +213,24 @@ def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
     assert "changed since it was built" in caplog.text
   shutil.rmtree(pipeline.folder_builder(data).data_dir)
   assert [r["captions"] for r in _records(data)] == [["first", "second"]]
+
+
+def test_a_built_folder_is_read_after_the_folder_is_gone(tmp_path, caplog):
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "first"}\n')
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), image_size=8,
+              data_dir=str(tmp_path / "tfds"))
+  assert [r["captions"] for r in _records(data)] == [["first"]]
+  shutil.rmtree(folder)  # archived, or on another machine than the shared data_dir
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    assert [r["captions"] for r in _records(data)] == [["first"]]
+  assert "changed since" not in caplog.text
+  data.data_dir = str(tmp_path / "other")  # not built there: the missing folder is the error
+  with pytest.raises(ValueError, match="existing folder .* no build of it in data.data_dir"):
+    pipeline.validate_data_config(data)
 
 
 def _records(data) -> list[dict]:
