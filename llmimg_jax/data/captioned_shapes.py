@@ -7,11 +7,13 @@ whose captions name only its colour, and no holdout split.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
 import multiprocessing
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -131,21 +133,11 @@ class CaptionedShapes(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     with tqdm.tqdm(total=total, desc=f"captioned_shapes/{cfg.name}", unit="img") as bar:
       if self._num_proc <= 1 or total < _MIN_PARALLEL:  # spawning workers costs seconds
         outputs = map(_write_shard, tasks)
-        pool = None
       else:
-        pool = multiprocessing.get_context("spawn").Pool(min(self._num_proc, len(tasks)))
-        outputs = pool.imap(_write_shard, tasks)
-      try:
-        for task, (count, num_bytes) in zip(tasks, outputs):
-          results[task[-1]] = (count, num_bytes)
-          bar.update(count)
-      except BaseException:  # e.g. Ctrl-C: waiting for the workers' lost shards would hang
-        if pool is not None:
-          pool.terminate()
-        raise
-      if pool is not None:
-        pool.close()
-        pool.join()
+        outputs = _write_shards_in_processes(tasks, min(self._num_proc, len(tasks)))
+      for task, (count, num_bytes) in zip(tasks, outputs):
+        results[task[-1]] = (count, num_bytes)
+        bar.update(count)
     infos = []
     for split in self._split_sizes():
       shard_tasks = [t for t in tasks if t[1] == split]
@@ -179,6 +171,27 @@ def _render(cfg: ShapesConfig, split: str, index: int) -> dict:
                           max_objects=cfg.max_objects, object_scale=cfg.object_scale,
                           cells=cfg.cells)
   return shapes.render_example(spec, split, index, num_captions=cfg.num_captions)
+
+
+def _write_shards_in_processes(tasks: list, num_proc: int) -> Iterator[tuple[int, int]]:
+  """_write_shard of each task, in order, from `num_proc` spawned processes; in this process if
+  they die (e.g. in a script without `if __name__ == "__main__":`, which each spawned process
+  runs again, or killed for memory)."""
+  done = 0
+  pool = concurrent.futures.ProcessPoolExecutor(
+      num_proc, mp_context=multiprocessing.get_context("spawn"))
+  try:
+    for result in pool.map(_write_shard, tasks):
+      yield result
+      done += 1
+  except concurrent.futures.process.BrokenProcessPool as e:
+    log.warning(
+        "captioned_shapes: the build's worker processes died (%s); building the remaining %d "
+        "shard(s) in this process (slower). In a script, put the build under `if __name__ == "
+        "'__main__':` to build in parallel.", e, len(tasks) - done)
+  finally:  # also on Ctrl-C or an error: queued shards are dropped, not waited for
+    pool.shutdown(wait=False, cancel_futures=True)
+  yield from map(_write_shard, tasks[done:])
 
 
 def _write_shard(task) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import re
 
 import numpy as np
@@ -200,3 +202,33 @@ def test_experiment_configs_fit_their_datasets_longest_captions(config_name):
   hf = load_tokenizer(None, cfg.text.max_length).hf
   lengths = [len(ids) for ids in hf(longest, add_special_tokens=True)["input_ids"]]
   assert max(lengths) <= cfg.text.max_length, (max(lengths), longest[-1])
+
+
+_BUILD_SCRIPT = """
+import hashlib, sys
+from llmimg_jax.data import captioned_shapes, pipeline
+captioned_shapes._MIN_PARALLEL = 0  # tiny_32's 384 images built by 2 spawned workers
+cfg = pipeline.default_data_config()
+cfg.config, cfg.data_dir, cfg.build_num_proc = "tiny_32", sys.argv[1], 2
+def digest():
+  source = pipeline.load_source(cfg, "test")
+  return hashlib.sha1(b"".join(source[i]["image"].tobytes() for i in range(len(source))))
+{body}
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_parallel_build_equals_the_sequential_one(shapes_cfg, tmp_path, guarded):
+  """Spawned build workers rerun the calling script: without `if __name__ == "__main__":` they
+  die, and the build finishes in the calling process (it used to respawn them forever)."""
+  body = "print(digest().hexdigest())"
+  script = _BUILD_SCRIPT.format(
+      body=f"if __name__ == '__main__':\n  {body}" if guarded else body)
+  (tmp_path / "build.py").write_text(script)
+  run = subprocess.run([sys.executable, str(tmp_path / "build.py"), str(tmp_path / "tfds")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert run.returncode == 0, run.stderr[-3000:]
+  source = pipeline.load_source(shapes_cfg, "test")
+  expected = hashlib.sha1(b"".join(source[i]["image"].tobytes() for i in range(len(source))))
+  assert run.stdout.split()[-1] == expected.hexdigest()
+  assert ("worker processes died" in run.stderr) != guarded, run.stderr[-3000:]
