@@ -140,9 +140,8 @@ def folder_builder(data_cfg):
       data_dir=_data_dir(data_cfg))
 
 
-def load_source(data_cfg, split: str = "train") -> ExampleSource:
-  """The random-access source of `split`; builds captioned_shapes/captioned_folder if missing."""
-  validate_data_config(data_cfg)
+def _builder(data_cfg) -> tuple[Any, int | None]:
+  """The TFDS builder of `data_cfg`'s dataset and its stored resolution (None: as stored)."""
   data_dir, name = _data_dir(data_cfg), data_cfg.name
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
@@ -156,6 +155,20 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
   else:
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     builder, resolution = coco.coco_builder(data_dir, prepare=False), None
+  return builder, resolution
+
+
+def is_built(data_cfg) -> bool:
+  """Whether `data_cfg`'s dataset is built (prepared) in its data_dir."""
+  validate_data_config(data_cfg)
+  return _builder(data_cfg)[0].is_prepared()
+
+
+def load_source(data_cfg, split: str = "train") -> ExampleSource:
+  """The random-access source of `split`; builds captioned_shapes/captioned_folder if missing."""
+  validate_data_config(data_cfg)
+  builder, resolution = _builder(data_cfg)
+  name, data_dir = data_cfg.name, _data_dir(data_cfg)
   prepared = builder.is_prepared()
   if not prepared:
     log.info("Building %s/%s into %s.", name, builder.builder_config.name if

@@ -115,11 +115,16 @@ def _describe(e: BaseException | None) -> str:
   return "failed on another host" if e is None else brief_error(e)
 
 
-def _on_every_host(ok: bool) -> bool:
+def host_flags(flag: bool) -> list[bool]:
+  """Every host's `flag`, in process order (a collective: every host must call it)."""
   if jax.process_count() == 1:
-    return ok
+    return [bool(flag)]
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+  return [bool(f) for f in np.ravel(multihost_utils.process_allgather(np.int32(flag)))]
+
+
+def _on_every_host(ok: bool) -> bool:
+  return all(host_flags(ok))
 
 
 def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from llmimg_jax.data.pipeline import load_source, make_iterator, to_global_batch
+from llmimg_jax.data.pipeline import is_built, load_source, make_iterator, to_global_batch
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
@@ -30,6 +30,23 @@ log = logging.getLogger(__name__)
 
 class DivergenceError(RuntimeError):
   pass
+
+
+class DataNotSharedError(ValueError):
+  """Hosts of a multi-host run do not see the dataset host 0 built."""
+
+
+def _check_data_shared(data_cfg: ml_collections.ConfigDict) -> None:
+  """After host 0 built the dataset, every host must read that build: with a data_dir on each
+  host's own disk (the default, ~/tensorflow_datasets) each would build its own copy, for hours
+  (COCO), while host 0 waits at the next barrier and gives up."""
+  missing = [i for i, ok in enumerate(checkpoint.host_flags(is_built(data_cfg))) if not ok]
+  if missing:
+    raise DataNotSharedError(
+        f"Host(s) {missing} do not see the {data_cfg.name} dataset that host 0 built in "
+        f"data.data_dir={data_cfg.data_dir!r}: every host reads host 0's build, so data.data_dir "
+        "(or TFDS_DATA_DIR) must be a location all hosts share, e.g. a gs:// bucket or a "
+        "shared mount.")
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -165,6 +182,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     if jax.process_index() == 0:
       source = load_source(config.data, "train")
     checkpoint.wait_for_all_hosts("data_built", timeout_s=6 * 3600)
+    _check_data_shared(config.data)
   data_iter = make_iterator(
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
       seed=config.seed, source=source)

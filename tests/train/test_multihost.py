@@ -103,3 +103,19 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   assert close >= 0.999 * sum(np.size(a) for (_, a), _ in pairs)
   for (path, a), b in pairs:
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_hosts_that_do_not_share_the_data_dir_fail_together(shapes_data_dir, tmp_path):
+  """Host 1's data_dir lacks host 0's build (e.g. ~/tensorflow_datasets on each host's disk): both
+  stop with the fix named, instead of host 1 building its own copy while host 0 times out."""
+  port = _free_port()
+  procs = [Proc(train_args(data_dir, tmp_path / "run", *flags(CHANGES),
+                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                           f"--process_id={i}"), **_devices_env(2))
+           for i, data_dir in enumerate((shapes_data_dir, tmp_path / "host1_tfds"))]
+  for proc in procs:
+    assert proc.finish(timeout=600) == 2, proc.output[-3000:]
+    assert "Host(s) [1] do not see the captioned_shapes dataset" in proc.output, proc.output[-3000:]
+    assert "must be a location all hosts share" in proc.output
+    assert "Traceback" not in proc.output
+  assert not (tmp_path / "host1_tfds").exists()
