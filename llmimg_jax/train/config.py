@@ -168,6 +168,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"config.data.random_crop={crop!r}: give the smallest crop side as a "
                      "fraction in (0, 1), e.g. 0.8 (random crops of 80-100% of the image side), "
                      "or 0 for centre crops.")
+  if config.data.name != "captioned_folder" and (
+      set_keys := [k for k in ("folder", "store_size", "max_pixels") if config.data[k]]):
+    raise ValueError(
+        f"config.data.{set_keys[0]}={config.data[set_keys[0]]!r} is read by captioned_folder "
+        f"only, but config.data.name={config.data.name!r}: set data.name='captioned_folder' "
+        f"(configs/folder_64.py) to train on a folder, or drop data.{', data.'.join(set_keys)}.")
   validate_data_config(config.data)
 
 
@@ -183,6 +189,9 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   checks += [(f"loss.{k}", loss[k], loss[k] >= 0, ">= 0")
              for k in ("contrastive_weight", "magp_k", "r1_gamma")]
   checks += [("loss.magp_p", loss.magp_p, loss.magp_p >= 1, ">= 1 (DF-GAN: 6)")]
+  checks += [("seed", config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)")]
+  checks += [(f"data.{k}", config.data[k], config.data[k] >= 0, ">= 0 (0 = the default)")
+             for k in ("max_pixels", "store_size")]
   if bad := [f"config.{k}={v} must be {need}" for k, v, ok, need in checks if not ok]:
     raise ValueError("; ".join(bad) + ".")
 

@@ -55,8 +55,8 @@ def test_coco_to_example_mapping():
   assert gray["image"].shape == (5, 7, 3)
 
 
-@pytest.mark.skipif(coco.tensorflow_available(), reason="TensorFlow is installed")
-def test_coco_without_tensorflow_names_the_tf_extra(tmp_path):
+def test_coco_without_tensorflow_names_the_tf_extra(tmp_path, monkeypatch):
+  monkeypatch.setattr(coco, "tensorflow_available", lambda: False)  # as without the `tf` extra
   cfg = pipeline.default_data_config()
   cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
   with pytest.raises(ImportError, match=r"`tf` extra.*llmimg_jax\[tf\]"):

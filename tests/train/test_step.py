@@ -89,11 +89,17 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("text.num_heads", 3, r"text\.d_model=32 must be a multiple of config\.text\.num_heads=3"),
     ("text.d_ff", 0, r"config\.text: T5Config\.d_ff must be a positive int, got 0"),
     ("text.feed_forward_proj", "gated-swishy", r"config\.text: Unsupported T5 feed_forward_proj"),
+    ("seed", 2**32, r"config\.seed=4294967296 must be in \[0, 2\*\*32\)"),
+    ("seed", -1, r"config\.seed=-1 must be in \[0, 2\*\*32\)"),
+    ("data.max_pixels", -1, r"config\.data\.max_pixels=-1 must be >= 0"),
+    ("data.folder", "/photos",
+     r"data\.folder='/photos' is read by captioned_folder only, but config\.data\.name="
+     r"'captioned_shapes'"),
 ])
 def test_bad_config_fails_fast(tmp_path, key, value, match):
   config = tiny_config(tmp_path)
-  section, name = key.split(".")
-  config[section][name] = value
+  *section, name = key.split(".")
+  (config[section[0]] if section else config)[name] = value
   start = time.perf_counter()
   with pytest.raises(ValueError, match=match):
     validate(config, jax.device_count())
