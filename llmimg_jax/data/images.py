@@ -83,8 +83,9 @@ def _pil_pixel_limit(limit: int | None):
 def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
   """Decodes `path`, applies EXIF orientation, resizes the shorter side to `size`, centre-crops.
 
-  Returns (uint8 [size, size, 3], notes) where notes are harmless oddities (e.g. a PNG named
-  .jpg, which is decoded by content). Raises SkipImage for anything unusable.
+  Returns (uint8 [size, size, 3], notes) where notes are oddities that still make an image (a PNG
+  named .jpg, decoded by content; smaller than `size`; a centre crop that drops over half of
+  it). Raises SkipImage for anything unusable.
   """
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
@@ -109,6 +110,10 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
       raise SkipImage("too_large", f"{w}x{h} > {max_pixels} pixels")
     if w == 0 or h == 0:
       raise SkipImage("unreadable", f"declared size {w}x{h}")
+    if min(w, h) < size:
+      notes.append("upscaled")  # blurry at the stored size
+    if max(w, h) > 2 * min(w, h):
+      notes.append("cropped_over_half")  # the centre square keeps < 1/2: side captions may lie
     # PIL calls a JPEG with a second embedded image (cameras' previews, MPF) "MPO".
     fmt = "JPEG" if img.format == "MPO" else img.format
     if fmt and _FORMATS.get(ext) not in (None, fmt):

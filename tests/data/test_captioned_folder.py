@@ -327,3 +327,13 @@ def test_dark_16bit_images_are_not_read_as_8bit(tmp_path):
   tiff = tmp_path / "int32.tif"
   Image.fromarray(np.full((8, 8), 200, np.int32)).save(tiff)
   assert Image.open(tiff).mode == "I" and load_image(str(tiff), 8)[0].max() == 200
+
+
+def test_upscaled_and_mostly_cropped_images_are_noted(tmp_path):
+  from llmimg_jax.data import images
+  for name, size, notes in (("thumb.png", (4, 4), ["upscaled"]),
+                            ("panorama.png", (100, 30), ["cropped_over_half"]),
+                            ("both.png", (30, 6), ["upscaled", "cropped_over_half"]),
+                            ("fine.png", (20, 10), [])):
+    Image.new("RGB", size).save(tmp_path / name)
+    assert images.load_image(str(tmp_path / name), 8)[1] == notes, name
