@@ -4,7 +4,9 @@
 
 tr((S1 S2)^(1/2)) is computed as pytorch-fid does (scipy.linalg.sqrtm of the product; when the
 result is not finite, the product is near singular and eps * I is added to both covariances; a
-small imaginary part from round-off is dropped, a large one is an error). Statistics are stored
+small imaginary part from round-off is dropped). Where pytorch-fid raises on a large imaginary part
+(rank-deficient covariances: fewer samples than feature dimensions), the trace comes from the
+eigenvalues of the symmetric S1^(1/2) S2 S1^(1/2) instead. Statistics are stored
 as .npz files with arrays `mu` [d] and `sigma` [d, d], the format of pytorch-fid and DF-GAN.
 """
 from __future__ import annotations
@@ -39,13 +41,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                 eps)
     offset = np.eye(s1.shape[0]) * eps
     covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-  if np.iscomplexobj(covmean):
-    imag = np.abs(covmean.imag).max()
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"Fréchet distance: imaginary component {imag:g} in sqrtm(S1 S2); the "
-                       "covariances are not valid (too few samples for the feature size?).")
-    covmean = covmean.real
-  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+  trace_covmean = np.trace(covmean.real)
+  if np.iscomplexobj(covmean) and not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+    # Round-off of sqrtm on rank-deficient covariances (fewer samples than feature dimensions,
+    # e.g. 256 images of 576-d features), where pytorch-fid raises: the same trace, stably.
+    log.warning("Fréchet distance: sqrtm(S1 S2) has an imaginary part of %g (fewer samples than "
+                "feature dimensions?); taking tr((S1 S2)^(1/2)) from the eigenvalues of "
+                "S1^(1/2) S2 S1^(1/2) instead.", np.abs(covmean.imag).max())
+    trace_covmean = _trace_sqrt_product(s1, s2)
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_covmean)
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+  """tr((S1 S2)^(1/2)) as the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2),
+  which has the same eigenvalues and is symmetric positive semi-definite (no complex round-off)."""
+  w, v = np.linalg.eigh(s1)
+  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
+  return float(np.sqrt(np.clip(np.linalg.eigvalsh(root @ s2 @ root), 0, None)).sum())
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
