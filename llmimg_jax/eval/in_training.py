@@ -1,6 +1,7 @@
 """Evaluation during training (shapes configs): caption accuracy and in-domain FID of the EMA
 generator on a fixed subset of the test split, logged to TensorBoard; the best step so far is
-kept in <workdir>/best.json (highest caption accuracy, then lowest FID).
+kept in <workdir>/best.json (highest caption accuracy, then lowest FID), and its checkpoint is
+kept beside the latest ones (the loop saves it if it was not a checkpoint step).
 
 config.eval.every = 0 disables it; config.eval.num_samples test captions (the first caption of
 records [0, n)) with fixed noise; the FID reference is the same records' real images, and the
@@ -19,6 +20,7 @@ import ml_collections
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
+from llmimg_jax.train.checkpoint import BEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,16 @@ class TrainingEvaluator:
     train_features = self.evaluator.features(train.images)
     self.floor = fid.frechet_distance(*fid.statistics(train_features), *self.real_mu_sigma)
     self.real_scores = self.evaluator.score(real.images, self.captions)
-    self.best_path = self.workdir / "best.json"
+    self.best_path = self.workdir / BEST_FILE
+    # The best so far, on every host (each compares the same results; host 0 writes the file).
+    self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
     log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
              "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
              time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
+
+  @property
+  def best_step(self) -> int | None:
+    return None if self.best is None else int(self.best["step"])
 
   def __call__(self, state, step: int, writer) -> dict[str, float]:
     t0 = time.perf_counter()
@@ -58,19 +66,31 @@ class TrainingEvaluator:
     result["fid_indomain"] = fid.frechet_distance(
         *fid.statistics(self.evaluator.features(images)), *self.real_mu_sigma)
     result["seconds"] = time.perf_counter() - t0
+    key = (result["caption_accuracy"], -result["fid_indomain"])
+    improved = self.best is None or key > (self.best["caption_accuracy"],
+                                          -self.best["fid_indomain"])
+    if improved:
+      self.best = {"step": step, **result, "fid_floor": self.floor}
     if jax.process_index() != 0:
       return result
+    if improved:
+      self.best_path.write_text(json.dumps(self.best, indent=2))
     if writer is not None:
       for k, v in result.items():
         writer.add_scalar(f"eval/{k}", v, step)
       writer.add_scalar("eval/fid_floor", self.floor, step)
       writer.add_scalar("eval/real_caption_accuracy", self.real_scores["caption_accuracy"], step)
-    best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
+    result["seconds"] = time.perf_counter() - t0
     key = (result["caption_accuracy"], -result["fid_indomain"])
-    if best is None or key > (best["caption_accuracy"], -best["fid_indomain"]):
-      self.best_path.write_text(json.dumps({"step": step, **result, "fid_floor": self.floor},
-                                           indent=2))
-    log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",
+    improved = self.best is None or key > (self.best["caption_accuracy"],
+                                          -self.best["fid_indomain"])
+    if improved:
+      self.best = {"step": step, **result, "fid_floor": self.floor}
+    if jax.process_index() != 0:
+      return result
+    if improved:
+      self.best_path.write_text(json.dumps(self.best, indent=2))
+    if writer is not None:    log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",
              step, result["caption_accuracy"], result["fid_indomain"], self.floor,
              result["seconds"])
     return result

@@ -7,6 +7,7 @@ finished checkpoint damaged later (truncated or deleted files) is detected when 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -54,14 +55,35 @@ def wait_for_all_hosts(name: str, timeout_s: int = 900) -> None:
     distributed.global_state.client.wait_at_barrier(barrier, timeout_s * 1000)
 
 
+BEST_FILE = "best.json"  # in the workdir: the in-training evaluation's best step (eval/)
+
+
+@dataclasses.dataclass
+class _KeepBest:
+  """An Orbax preservation policy: keep the checkpoint of the step in WORKDIR/best.json."""
+  best_file: Path
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    try:
+      best = int(json.loads(self.best_file.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet (or unreadable): keep none
+      best = None
+    return [c.step == best for c in checkpoints]
+
+
 def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """Keeps the latest config.train.keep_checkpoints checkpoints (None: all) and the best step's."""
   wait_for_all_hosts("make_manager")  # Orbax's first cross-host sync follows
+  workdir = Path(workdir).absolute()
+  policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.train.keep_checkpoints,
+      preservation_policy=policies.AnyPreservationPolicy([
+          policies.LatestN(config.train.keep_checkpoints), _KeepBest(workdir / BEST_FILE)]),
       enable_async_checkpointing=True,
       cleanup_tmp_directories=True,  # leftovers of a save interrupted by a crash
   )
-  return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
+  return ocp.CheckpointManager(workdir / "checkpoints", options=options,
                                item_names=("state", "data", "config"))
 
 

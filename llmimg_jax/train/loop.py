@@ -250,13 +250,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
                 f"{streak} consecutive non-finite updates by step {done}: the run "
                 f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
                 "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
+        stop = watch.reached(done)  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
+        saved = done % t.ckpt_every == 0 or done == t.steps or stop
+        if saved:  # before sampling and evaluation, whose errors would lose it
+          checkpoint.save(manager, done, state, data_iter, config)
         if done % t.sample_every == 0 or done == t.steps:
           samples(state, done, writer)
         if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
           evaluate(state, done, writer)
-        stop = watch.reached(done)  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
-        if done % t.ckpt_every == 0 or done == t.steps or stop:
-          checkpoint.save(manager, done, state, data_iter, config)
+          if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
+            checkpoint.save(manager, done, state, data_iter, config)
         if stop:
           log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
                       "resume.", watch.description, done)

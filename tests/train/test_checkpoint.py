@@ -1,0 +1,35 @@
+"""Which checkpoints stay: the latest config.train.keep_checkpoints and the best evaluated step."""
+import json
+
+import jax
+import numpy as np
+
+from llmimg_jax.eval import in_training
+from llmimg_jax.train import checkpoint, loop
+from tests.train.conftest import tiny_config
+
+
+def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, monkeypatch):
+  """eval.every=3 with ckpt_every=4 and keep_checkpoints=1: the best step (6) was no checkpoint
+  step, so the loop saves it, and it stays beside the latest checkpoint (9)."""
+  scores = {3: 0.5, 6: 0.9, 9: 0.1}
+
+  class ScriptedEvaluator:  # the loop's side of in_training.TrainingEvaluator
+    def __init__(self, models, tokenizer, config, workdir):
+      self.best_step, self.best_file = None, workdir / checkpoint.BEST_FILE
+
+    def __call__(self, state, step, writer):
+      if self.best_step is None or scores[step] > scores[self.best_step]:
+        self.best_step = step
+        self.best_file.write_text(json.dumps({"step": step}))
+
+  monkeypatch.setattr(in_training, "TrainingEvaluator", ScriptedEvaluator)
+  config = tiny_config(shapes_data_dir)
+  config.train.update(steps=9, ckpt_every=4, keep_checkpoints=1)
+  config.eval.every = 3
+  final = jax.device_get(loop.train(config, tmp_path))
+  manager = checkpoint.make_manager(tmp_path, config)
+  assert manager.all_steps() == [6, 9]
+  best = checkpoint.restore(manager, 6, checkpoint.abstract_like(final))
+  assert int(best.step) == 6 and not np.array_equal(best.g_params["to_rgb"]["kernel"],
+                                                    final.g_params["to_rgb"]["kernel"])
