@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of benchmarks/RESULTS.md, in one call on a lent GPU machine (see RESULTS.md):
 #   bash benchmarks/gpu.sh OUTDIR
+# writes OUTDIR/gpu_{float32,bfloat16}.{json,log} and nvidia_smi.txt; RESULTS.md keeps the JSON as
+# benchmarks/results/gpu_<gpu>_{f32,bf16}.json (copied by hand).
 # That machine has jax[cuda], flax, optax, orbax, torch and transformers but not ml_collections
 # or grain; their wheels travel in .whl/ (pip download ... -d .whl, see RESULTS.md).
 set -uo pipefail

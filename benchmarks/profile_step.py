@@ -35,8 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
-from llmimg_jax.train.loop import (  # noqa: E402
-    compiler_options, create_state, jit_train_step, make_mesh)
+from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 
@@ -111,8 +110,8 @@ def main() -> None:
                                                   np.float32)
     sample_args = (s.ema_params, s.text_params, z, batch["input_ids"], batch["attention_mask"])
     with module_attributes(switches):
-      compiled = jax.jit(functools.partial(generate_images, models),
-                         compiler_options=compiler_options(mesh)).lower(*sample_args).compile()
+      # As train.py's SampleWriter and run.py compile it: no train-step options.
+      compiled = jax.jit(functools.partial(generate_images, models)).lower(*sample_args).compile()
 
     def call():
       jax.block_until_ready(compiled(*sample_args))

@@ -131,6 +131,7 @@ def main() -> None:
     raise SystemExit("--device gpu but torch.cuda.is_available() is False.")
   torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
   if device.type == "cuda":  # the same fp32 matmul/conv precision on both sides
+    torch.backends.cudnn.benchmark = True  # fixed shapes: tuned in warm-up, as XLA tunes compiling
     torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
     if args.no_tf32:
