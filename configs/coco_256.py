@@ -4,13 +4,16 @@
   python train.py --config configs/coco_256.py --workdir /mnt/BUCKET/coco_256 --distributed
 
 The workdir must be a filesystem every host shares (e.g. a gcsfuse mount of a bucket at
-/mnt/BUCKET on each TPU VM): Orbax writes each host's checkpoint shards there.
+/mnt/BUCKET on each TPU VM): Orbax writes each host's checkpoint shards there. So must
+data.data_dir (or TFDS_DATA_DIR; e.g. gs://BUCKET/tensorflow_datasets): host 0 builds COCO there
+and every host reads that build (the run stops at the start if a host does not see it).
 
 DF-GAN's COCO recipe (nf=32, hinge + MA-GP k=2 p=6, Adam(0, 0.9) with lr 1e-4 / 4e-4) with a
 frozen FLAN-T5-base encoder in place of DAMSM. DF-GAN reports FID 19.3 on COCO after ~290 epochs
 at batch 32; at the global batch of 256 here that is ~93k steps. `python evaluate.py --workdir RUN
---inception_weights pt_inception-2015-12-05-6726825d.pth --ref_stats STATS.npz` measures the
-standard FID (on the test split's captions); we have not trained this config, so no FID is ours.
+--inception_weights pt_inception-2015-12-05-6726825d.pth --ref_stats STATS.npz --num_samples
+30000` measures the standard FID (on the test split's captions; at DF-GAN's image count, since FID
+grows as the count falls); we have not trained this config, so no FID is ours.
 """
 from llmimg_jax.train.config import base_config
 

@@ -130,6 +130,15 @@ def validate_data_config(data_cfg) -> None:
                        "images would be upsampled; raise store_size or set it to 0.")
 
 
+def dataset_id(data_cfg) -> str:
+  """Names the records a data config reads: 'captioned_shapes/tiny_32', 'captioned_folder:/abs'."""
+  if data_cfg.name == "captioned_shapes":
+    return f"captioned_shapes/{data_cfg.config}"
+  if data_cfg.name == "captioned_folder":
+    return f"captioned_folder:{os.path.abspath(os.path.expanduser(data_cfg.folder))}"
+  return str(data_cfg.name)
+
+
 def folder_builder(data_cfg):
   """The captioned_folder builder of `data_cfg` (folder, store_size or image_size, max_pixels)."""
   from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top

@@ -70,6 +70,12 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
     np.savez(f, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
 
 
+def statistics_info(path: str | os.PathLike) -> dict:
+  """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split)."""
+  with np.load(path) as f:
+    return {k: f[k].item() for k in f.keys() if k not in ("mu", "sigma") and f[k].ndim == 0}
+
+
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"No FID statistics at {path}; write them for a real split with "

@@ -1,14 +1,16 @@
 """evaluate.py's work: sample a run's EMA generator on a split's captions and measure it."""
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
-from llmimg_jax.data.pipeline import center_crop_resize, load_source
+from llmimg_jax.data.pipeline import center_crop_resize, dataset_id, load_source
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split
@@ -72,6 +74,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
              "dataset": name, "evaluator": evaluator.meta,
              "splits": {}}
   given_ref = fid.load_statistics(ref_stats) if ref_stats else None  # read once, for every split
+  ref_info = fid.statistics_info(ref_stats) if ref_stats else {}
   for split in splits:
     t0 = time.perf_counter()
     size = builder.info.splits[split].num_examples
@@ -90,7 +93,11 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     if inception is not None:
       ref = given_ref if given_ref is not None else fid.statistics(inception(other.images))
       row["fid_inception"] = fid.frechet_distance(*fid.statistics(inception(images)), *ref)
-      row["fid_inception_floor"] = fid.frechet_distance(
+      _warn_if_few(split, len(images))
+      # Real images [0, n) of a split against statistics of that split's first records (the
+      # documented `--write_stats --stats_split test`) would be ~0, not a floor: omitted.
+      same = (ref_info.get("dataset"), ref_info.get("split")) == (dataset_id(data_cfg), split)
+      row["fid_inception_floor"] = None if same else fid.frechet_distance(
           *fid.statistics(inception(real.images)), *ref)
     row["seconds"] = time.perf_counter() - t0
     results["splits"][split] = row
@@ -118,12 +125,23 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
     if ref is None:
       real = np.stack([center_crop_resize(r["image"], data_cfg.image_size) for r in records])
       ref = fid.statistics(features(real))
+    _warn_if_few(split, len(images))
     results["splits"][split] = {
         "num_images": len(images),
         "fid_inception": fid.frechet_distance(*fid.statistics(features(images)), *ref),
         "reference": ref_stats or f"{len(records)} real {split} images",
         "seconds": time.perf_counter() - t0}
   return results
+
+
+PUBLISHED_FID_IMAGES = 30_000  # COCO val captions, as DF-GAN and most text-to-image papers
+
+
+def _warn_if_few(split: str, n: int) -> None:
+  if n < PUBLISHED_FID_IMAGES:
+    log.warning("%s: the Inception FID over %d images is biased upward (the bias grows like 1/n): "
+                "compare it with published numbers only at their image count (--num_samples "
+                "%d on COCO's val captions).", split, n, PUBLISHED_FID_IMAGES)
 
 
 def _check_splits(splits: Sequence[str] | None, default: list[str], available: Sequence[str],
@@ -134,6 +152,17 @@ def _check_splits(splits: Sequence[str] | None, default: list[str], available: S
     raise ValueError(f"{dataset} has no split {', '.join(map(repr, missing))}; available: "
                      f"{list(available)}.")
   return list(splits)
+
+
+def to_json(results: dict) -> str:
+  """Strict JSON: NaN (a metric without statements, e.g. size on a colours-only build) -> null."""
+  def clean(x):
+    if isinstance(x, dict):
+      return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
+  return json.dumps(clean(results), indent=2, allow_nan=False)
 
 
 def format_table(results: dict) -> str:
@@ -154,6 +183,7 @@ def format_table(results: dict) -> str:
     if "fid_inception" in r:  # in the FID columns: the generated images', the real ones'
       rows.append([f"{split} (Inception FID)", str(r["num_images"]), "",
                    *("" for _ in ATTRIBUTE_COLUMNS), f"{r['fid_inception']:.2f}",
+                   "n/a" if r["fid_inception_floor"] is None else
                    f"{r['fid_inception_floor']:.2f}"])
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))

@@ -1,0 +1,84 @@
+"""evaluate.py's results: strict JSON files named by what they hold, the Inception rows of a
+captioned_shapes run, and clear errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmimg_jax.eval import fid, inception
+from llmimg_jax.eval.report import evaluate_run, format_table, to_json
+from tests.eval.test_evaluate import _MeanStdFeatures, monkeypatch_module, tiny_eval  # noqa: F401
+from tests.sample.conftest import run  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_results_are_strict_json_with_nan_as_null():
+  text = to_json({"splits": {"test": {"size": float("nan"), "acc": [0.5, float("nan")]}}})
+  parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+  assert parsed == {"splits": {"test": {"size": None, "acc": [0.5, None]}}}
+
+
+def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(  # noqa: F811
+    run, tiny_eval, tmp_path, monkeypatch):
+  """--ref_stats written by `--write_stats --stats_split test` hold the very records the floor
+  compares: that floor (~0) is omitted; stats of another split keep it."""
+  from llmimg_jax.data.pipeline import dataset_id
+  from llmimg_jax.eval.generate import generate_for_captions
+  from llmimg_jax.eval.shapes_eval import load_split
+  from llmimg_jax.sample import Sampler
+  data, _ = tiny_eval
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  features = _MeanStdFeatures("inception.pth")
+  real = load_split(data, "test", 8).at_size(data.image_size)
+  mu, sigma = fid.statistics(features(real.images))
+  rows = {}
+  for split in ("test", "train"):
+    path = tmp_path / f"{split}.npz"
+    fid.save_statistics(path, mu, sigma, num_images=8, dataset=dataset_id(data), split=split)
+    rows[split] = evaluate_run(str(run.workdir), splits=["test"], num_samples=8, batch_size=8,
+                               data_dir=data.data_dir, inception_weights="inception.pth",
+                               ref_stats=str(path))["splits"]["test"]
+  sampler = Sampler.from_workdir(str(run.workdir))
+  images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
+                                 sampler.tokenizer, [c[0] for c in real.captions], 0, 8)
+  expected = fid.frechet_distance(*fid.statistics(features(images)), mu, sigma)
+  for r in rows.values():
+    np.testing.assert_allclose(r["fid_inception"], expected, rtol=1e-6)
+  assert rows["test"]["fid_inception_floor"] is None
+  assert abs(rows["train"]["fid_inception_floor"]) < 1e-6  # here the same images, by design
+  table = format_table({"step": 2, "workdir": "w", "evaluator": {},
+                        "splits": {"test": rows["test"]}})
+  assert table.splitlines()[-1].split()[-2:] == [f"{expected:.2f}", "n/a"]
+
+
+def test_cli_names_its_file_by_split_size_and_seed(run, tiny_eval):  # noqa: F811
+  data, _ = tiny_eval
+  args = [sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--split", "test",
+          "--num_samples", "8", "--batch_size", "8", "--seed", "3", "--data_dir", data.data_dir]
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  path = run.workdir / "eval_2_test_n8_seed3.json"
+  assert f"Wrote {path}" in out.stdout
+  saved = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))
+  assert saved["seed"] == 3 and saved["splits"]["test"]["num_images"] == 8
+  assert all(v is None or math.isfinite(v) for v in saved["splits"]["test"]["generated"].values())
+
+
+def test_pth_weights_without_torch_is_one_clear_error(tmp_path):
+  (tmp_path / "torch").mkdir()
+  (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch blocked')\n")
+  (tmp_path / "w.pth").write_bytes(b"")
+  out = subprocess.run(
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),
+       "--config", "configs/shapes_quick.py", "--inception_weights", str(tmp_path / "w.pth")],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "PYTHONPATH": str(tmp_path)})
+  assert out.returncode == 1
+  assert "evaluate.py: error: Reading" in out.stderr and "needs torch" in out.stderr
+  assert "Traceback" not in out.stderr
