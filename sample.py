@@ -6,7 +6,8 @@ r"""Samples images from a trained run (the EMA generator of its latest or a chos
       --expand_with google/flan-t5-small --expand_template "Describe an image of: {prompt}"
 
 Writes one PNG per image, grid.png (a row per prompt, its text underneath) and samples.jsonl.
-The same --seed gives the same images for any --batch_size or device count. --truncation t draws
+The same --seed gives the same noise, so the same images, for any --batch_size or device count (up
+to a uint8 step where XLA's float rounding differs between batch shapes). --truncation t draws
 noise from the standard normal truncated to [-t, t] (DF-GAN's truncation trick; resampling, not
 clipping). Works on any device count: a run trained on 8 devices samples on one CPU.
 """
@@ -18,7 +19,9 @@ from llmimg_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (with checkpoints/).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for more.")
-_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "UTF-8 file, one prompt per line.")
+_PROMPTS_FILE = flags.DEFINE_string(
+    "prompts_file", None, "UTF-8 file, one prompt per line; blank lines and lines starting with "
+    "'#' are skipped.")
 _NUM = flags.DEFINE_integer("num_per_prompt", 4, "Images per prompt (grid columns).")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed; image j of each prompt uses fold_in(seed, j).")
 _OUT = flags.DEFINE_string("out", None, "Output directory for PNGs, grid.png, samples.jsonl.")

@@ -4,8 +4,9 @@
   images = sampler(["a red circle"], seed=0, num_per_prompt=4, truncation=0.88)  # [4, R, R, 3]
 
 Noise. Image j of every prompt uses z_j = normal(fold_in(key(seed), j)): one noise vector per
-grid column, shared by all prompts of a call. So a seed gives the same images whatever the batch
-size, device count, or the other prompts in the call, and a grid's columns compare prompts under
+grid column, shared by all prompts of a call. So a seed gives the same noise, and the same images,
+whatever the batch size, device count, or the other prompts in the call (up to a uint8 step where
+XLA's float rounding differs between batch shapes), and a grid's columns compare prompts under
 the same noise.
 
 Truncation (the DF-GAN/BigGAN truncation trick): with `truncation=t`, each z entry is drawn from
