@@ -80,17 +80,7 @@ class TrainingEvaluator:
         writer.add_scalar(f"eval/{k}", v, step)
       writer.add_scalar("eval/fid_floor", self.floor, step)
       writer.add_scalar("eval/real_caption_accuracy", self.real_scores["caption_accuracy"], step)
-    result["seconds"] = time.perf_counter() - t0
-    key = (result["caption_accuracy"], -result["fid_indomain"])
-    improved = self.best is None or key > (self.best["caption_accuracy"],
-                                          -self.best["fid_indomain"])
-    if improved:
-      self.best = {"step": step, **result, "fid_floor": self.floor}
-    if jax.process_index() != 0:
-      return result
-    if improved:
-      self.best_path.write_text(json.dumps(self.best, indent=2))
-    if writer is not None:    log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",
+    log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",
              step, result["caption_accuracy"], result["fid_indomain"], self.floor,
              result["seconds"])
     return result

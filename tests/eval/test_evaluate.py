@@ -6,7 +6,6 @@ LLMIMG_CACHE_DIR): this checks the mechanics (files, keys, table, best.json, Ten
 evaluator's accuracy (tests/eval/test_shapes_eval.py does that).
 """
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -51,16 +50,33 @@ def test_cached_evaluator_loads_identically(tiny_eval):
 
 
 def test_evaluate_run_scores_both_splits(run, tiny_eval):  # noqa: F811
+  from llmimg_jax.eval import fid
+  from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_run, format_table
+  from llmimg_jax.eval.shapes_eval import load_split
+  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
   results = evaluate_run(str(run.workdir), num_samples=16, data_dir=data.data_dir, batch_size=8)
   assert results["step"] == 2 and set(results["splits"]) == {"test", "holdout"}
-  for split, r in results["splits"].items():
-    assert r["num_images"] == (16 if split == "test" else 16)
-    for kind in ("generated", "real"):
-      assert 0 <= r[kind]["caption_accuracy"] <= 1
-      assert r[kind]["num_images"] == r["num_images"]
-    assert math.isfinite(r["fid_indomain"]) and math.isfinite(r["fid_indomain_floor"])
+  # Each row recomputed: 16 real records of the split; the in-domain FID's reference set is 16
+  # other real images of the same distribution (test: train records, holdout: its next 16).
+  sampler = Sampler.from_workdir(str(run.workdir))
+  evaluator = ShapesEvaluator.load_or_train(data)  # the cached one
+  stats = lambda images: fid.statistics(evaluator.features(images))
+  for split, (other_split, start) in {"test": ("train", 0), "holdout": ("holdout", 16)}.items():
+    r = results["splits"][split]
+    real, other = load_split(data, split, 16), load_split(data, other_split, 16, start=start)
+    assert len(real.images) == len(other.images) == r["num_images"] == 16
+    captions = [c[0] for c in real.captions]
+    generated = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
+                                      sampler.tokenizer, captions, 0, 8)
+    assert r["generated"] == pytest.approx(evaluator.score(generated, captions))
+    assert r["real"] == pytest.approx(evaluator.score(real.images, captions))
+    assert r["real"] != pytest.approx(r["generated"])  # the rows tell the two apart
+    assert r["fid_indomain"] == pytest.approx(
+        fid.frechet_distance(*stats(generated), *stats(other.images)), rel=1e-6)
+    floor = fid.frechet_distance(*stats(real.images), *stats(other.images))
+    assert r["fid_indomain_floor"] == pytest.approx(floor, rel=1e-6) and floor > 1e-3
   table = format_table(results)
   assert "holdout (generated)" in table and "FID(in-domain)" in table
   json.dumps(results)  # serialisable
@@ -149,9 +165,11 @@ def test_standard_fid_of_any_run(run, tiny_eval):  # noqa: F811
   json.dumps(results)
 
 
-def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path):  # noqa: F811
+def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path,  # noqa: F811
+                                                         monkeypatch):
   from tensorboardX import SummaryWriter
 
+  from llmimg_jax.eval import in_training
   from llmimg_jax.eval.in_training import TrainingEvaluator, enabled
   from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
@@ -166,15 +184,38 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
     ema_params, text_params = sampler.ema_params, sampler.text_params
 
   writer = SummaryWriter(str(tmp_path / "tb"))
+  best_json = tmp_path / "best.json"
   first = evaluate(State, 2, writer)
-  best = json.loads((tmp_path / "best.json").read_text())
+  best = json.loads(best_json.read_text())
   assert best["step"] == 2 and best["caption_accuracy"] == first["caption_accuracy"]
   assert best["fid_floor"] == evaluate.floor
   again = evaluate(State, 4, writer)  # same params and noise: not better, best stays at step 2
   assert again["fid_indomain"] == pytest.approx(first["fid_indomain"])
-  assert json.loads((tmp_path / "best.json").read_text())["step"] == 2
+  assert json.loads(best_json.read_text())["step"] == 2
   writer.close()
   assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+  # Steps that score differently (stand-in accuracy and FID), in a fresh workdir: the highest
+  # caption accuracy is kept, then the lowest FID.
+  (tmp_path / "fresh").mkdir()
+  evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path / "fresh")
+  best_json = tmp_path / "fresh" / "best.json"
+  now = {}  # the stand-in scores of the step being evaluated
+  score = evaluate.evaluator.score
+  monkeypatch.setattr(evaluate.evaluator, "score", lambda images, captions: {
+      **score(images, captions), "caption_accuracy": now["accuracy"]})
+  monkeypatch.setattr(in_training.fid, "frechet_distance", lambda *stats: now["fid"])
+  kept = {}
+  for step, accuracy, fid_value, want_best in [(6, 0.5, 10.0, 6), (8, 0.75, 12.0, 8),
+                                               (10, 0.25, 1.0, 8), (12, 0.75, 11.0, 12),
+                                               (14, 0.75, 11.5, 12)]:
+    now.update(accuracy=accuracy, fid=fid_value)
+    kept[step] = evaluate(State, step, None)
+    assert (kept[step]["caption_accuracy"], kept[step]["fid_indomain"]) == (accuracy, fid_value)
+    best = json.loads(best_json.read_text())
+    assert best["step"] == want_best, step
+    assert best == {"step": want_best, **kept[want_best], "fid_floor": evaluate.floor}
+    assert evaluate.best_step == want_best
 
 
 def test_reference_images_are_at_the_runs_image_size(tiny_eval):
