@@ -1,0 +1,225 @@
+"""train_step against one step recomputed here from the modules' apply functions, jax.grad and
+optax: D's losses, the lazy MA-GP, D's update, G's gradient through the updated D, the text
+encoder's update and the EMA with its warm-up. DiffAugment is off (a smaller program); which keys
+augment real and fake images is checked on its own."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from llmimg_jax import gan
+from llmimg_jax.train.state import TrainState, build_models, build_text, init_state
+from llmimg_jax.train.step import train_step
+from tests.train.conftest import tiny_config
+from tests.train.test_step import _batch
+
+STEP = 4  # gp_every=2: the lazy penalty applies at this step
+TOL = 1e-5  # relative error ||got - want|| / ||want|| of a tree; float32 noise here is ~1e-6
+# Adam's moments, compared on their own: their count would dominate a norm of the whole state.
+ADAM_FIELDS = ("mu", "nu")
+
+
+def _config(data_dir):
+  config = tiny_config(data_dir)
+  config.loss.gp_every = 2
+  config.loss.diffaugment = ""
+  # Distinct learning rates, so each must reach its own optimizer.
+  config.train.lr_g, config.train.lr_d, config.train.lr_text = 1e-4, 3e-4, 2e-4
+  return config
+
+
+def _host_state(models) -> TrainState:
+  """A state as if mid-training, drawn on the host (compiling init_state takes ~20 s): kernels
+  fan-in scaled, scales and gains near 1 (D's block gains start at 0, where the gradients of
+  their branches vanish), small biases; an EMA apart from G; Adam states with history (nu > 0:
+  the next update is smooth in the gradient, where a first Adam step is lr * sign(g))."""
+  abstract = jax.eval_shape(functools.partial(init_state, models), jax.random.PRNGKey(0), None)
+  rng = np.random.default_rng(0)
+
+  def param(path, x):
+    name, noise = jax.tree_util.keystr(path), rng.standard_normal(x.shape)
+    if x.ndim >= 2:  # kernels, embeddings
+      return (noise / np.sqrt(np.prod(x.shape[:-1]))).astype(x.dtype)
+    if "scale" in name or "weight" in name or "gain" in name:
+      return (1.0 + 0.1 * noise).astype(x.dtype)
+    if "fc2" in name:  # G's affine [gamma, beta] bias: gamma near 1
+      return (0.1 * noise + (np.arange(x.shape[0]) < x.shape[0] // 2)).astype(x.dtype)
+    return (0.1 * noise).astype(x.dtype)  # biases
+
+  params = {k: jax.tree_util.tree_map_with_path(param, getattr(abstract, k))
+            for k in ("g_params", "d_params", "text_params", "ema_params")}
+  opt_states = {f"{k}_opt_state": optax.tree.set(
+      getattr(abstract, f"{k}_opt_state"), count=np.int32(3),
+      mu=jax.tree.map(lambda p: 1e-3 * rng.standard_normal(p.shape, np.float32),
+                      params[f"{k}_params"]),
+      nu=jax.tree.map(lambda p: rng.uniform(1e-5, 1e-4, p.shape).astype(np.float32),
+                      params[f"{k}_params"]))
+      for k in ("g", "d", "text")}
+  return TrainState(step=np.int32(STEP), rng=np.asarray(jax.random.PRNGKey(3)),
+                    bad_steps=np.int32(0), **params, **opt_states)
+
+
+def _info_nce(a, b, temperature):  # [batch, dim] x2: symmetric InfoNCE over cosine similarities
+  a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+  b = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
+  logits = a @ b.T / temperature  # [batch, batch]; pair i matches pair i
+  diag = jnp.diagonal(logits)
+  return 0.5 * (jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
+                + jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag))
+
+
+def _reference_step(models, state, batch):
+  """(new params and optimizer states, gradients, metrics), from the definitions."""
+  cfg, t = models.config, models.config.train
+  assert not cfg.loss.diffaugment and cfg.loss.contrastive_g
+  D = models.discriminator
+  d_apply = lambda p, *a, m: D.apply({"params": p}, *a, method=m)
+  ids, mask = batch["input_ids"], batch["attention_mask"]  # [b, L]
+  m = mask.astype(jnp.float32)
+
+  def text(t_params):  # -> words [b, L, d], sentences [b, d]: the mean over unmasked tokens
+    words = models.text_encoder.apply({"params": t_params}, ids, mask)
+    return words, (words * m[..., None]).sum(1) / m.sum(1)[:, None]
+
+  k_z = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
+  real = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0  # [b, R, R, 3]
+  z = jax.random.normal(k_z, (real.shape[0], cfg.model.z_dim))  # [b, z_dim]
+  words0, sent0 = text(state.text_params)  # G and G's loss read the step's one T5 forward
+  generate = lambda g: models.generator.apply({"params": g}, z, sent0, words0, mask)
+  fake = generate(state.g_params)  # [b, R, R, 3]: a constant for D
+  w, temperature = cfg.loss.contrastive_weight, cfg.loss.contrastive_temperature
+
+  def d_terms(d, t_params):
+    sent = text(t_params)[1]
+    feats_real = d_apply(d, real, m="features")  # [b, 4, 4, C]
+    logit = lambda f, s: d_apply(d, f, s, m="logits")  # [b]
+    real_l, fake_l = logit(feats_real, sent), logit(d_apply(d, fake, m="features"), sent)
+    mis_l = logit(feats_real, jnp.concatenate([sent[-1:], sent[:-1]]))  # image i, sentence i-1
+
+    def one(x, s):  # D(x_i, s_i) of one pair
+      return logit(d_apply(d, x[None], m="features"), s[None])[0]
+
+    gx, gs = jax.vmap(jax.grad(one, argnums=(0, 1)))(real, sent)
+    norm2 = jnp.sum(gx**2, axis=(1, 2, 3)) + jnp.sum(gs**2, axis=1)  # [b]
+    gp = cfg.loss.magp_k * jnp.mean(norm2 ** (cfg.loss.magp_p / 2))
+    hinge = (jnp.mean(jax.nn.relu(1 - real_l))
+             + 0.5 * (jnp.mean(jax.nn.relu(1 + fake_l)) + jnp.mean(jax.nn.relu(1 + mis_l))))
+    contrastive = _info_nce(d_apply(d, feats_real, m="image_embedding"),
+                            d_apply(d, sent, m="text_embedding"), temperature)
+    loss = hinge + cfg.loss.gp_every * gp + w * contrastive
+    return loss, {"d_loss": loss, "d_hinge": hinge, "unscaled_gp": gp,
+                  "d_mismatch": mis_l.mean(), "d_contrastive": contrastive}
+
+  (d_grads, t_grads), metrics = jax.grad(d_terms, argnums=(0, 1), has_aux=True)(
+      state.d_params, state.text_params)
+  adam = lambda lr: optax.adam(lr, b1=t.b1, b2=t.b2)
+  d_updates, d_opt = adam(t.lr_d).update(d_grads, state.d_opt_state)
+  d_new = optax.apply_updates(state.d_params, d_updates)
+  t_updates, t_opt = adam(t.lr_text).update(t_grads, state.text_opt_state)
+
+  def g_terms(g):  # through the updated D
+    feats = d_apply(d_new, generate(g), m="features")
+    adversarial = -jnp.mean(d_apply(d_new, feats, sent0, m="logits"))
+    contrastive = _info_nce(d_apply(d_new, feats, m="image_embedding"),
+                            d_apply(d_new, sent0, m="text_embedding"), temperature)
+    return adversarial + w * contrastive, {"g_adversarial": adversarial,
+                                           "g_contrastive": contrastive}
+
+  g_grads, g_metrics = jax.grad(g_terms, has_aux=True)(state.g_params)
+  g_updates, g_opt = adam(t.lr_g).update(g_grads, state.g_opt_state)
+  g_new = optax.apply_updates(state.g_params, g_updates)
+  decay = min(t.ema_decay, (1 + STEP) / (10 + STEP))  # the warm-up: 5/14 at step 4
+  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, g_new)
+  new = {"d_params": d_new, "g_params": g_new, "ema_params": ema,
+         "text_params": optax.apply_updates(state.text_params, t_updates),
+         "d_opt_state": d_opt, "g_opt_state": g_opt, "text_opt_state": t_opt}
+  return new, {"d": d_grads, "g": g_grads, "text": t_grads}, {**metrics, **g_metrics}
+
+
+def _norm(tree) -> float:
+  return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
+
+
+def _rel_error(got, want) -> float:
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  return _norm(jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, got, want)) / _norm(want)
+
+
+@pytest.fixture(scope="module")
+def stepped(tmp_path_factory):
+  config = _config(tmp_path_factory.mktemp("unused"))
+  tokenizer, t5_config, _ = build_text(config)
+  models = build_models(config, t5_config)
+  state, batch = _host_state(models), _batch(config, tokenizer)
+  step = jax.jit(functools.partial(train_step, models))
+  new_state, metrics = step(state, batch)
+  odd_metrics = step(state.replace(step=np.int32(STEP + 1)), batch)[1]  # no penalty
+  want, grads, want_metrics = jax.jit(functools.partial(_reference_step, models))(state, batch)
+  return (config, state, *jax.device_get((new_state, metrics, odd_metrics, want, grads,
+                                          want_metrics)))
+
+
+def test_losses_and_lazy_penalty_equal_the_reference(stepped):
+  config, _, new_state, metrics, odd_metrics, _, _, want = stepped
+  assert metrics["finite"] == 1.0 and int(new_state.step) == STEP + 1
+  for k in ("d_loss", "d_hinge", "d_mismatch", "d_contrastive", "g_adversarial", "g_contrastive"):
+    np.testing.assert_allclose(metrics[k], want[k], rtol=TOL, err_msg=k)
+  # The lazy penalty: gp_every x MA-GP at a multiple of gp_every, and a part of D's loss.
+  np.testing.assert_allclose(metrics["gp"], 2 * want["unscaled_gp"], rtol=TOL)
+  assert metrics["gp"] > 1e-3 * metrics["d_loss"]
+  w = config.loss.contrastive_weight
+  np.testing.assert_allclose(metrics["g_loss"], want["g_adversarial"] + w * want["g_contrastive"],
+                             rtol=TOL)
+  # One step later: no penalty at all.
+  assert odd_metrics["gp"] == 0.0
+  np.testing.assert_allclose(odd_metrics["d_loss"],
+                             odd_metrics["d_hinge"] + w * odd_metrics["d_contrastive"], rtol=1e-6)
+
+
+def test_updates_equal_the_reference(stepped):
+  _, state, new_state, metrics, _, want, grads, _ = stepped
+  for name in ("d_params", "g_params", "text_params", "ema_params"):
+    assert _rel_error(getattr(new_state, name), want[name]) <= TOL, name
+    # The update moved every tree (by far more than the tolerance).
+    assert _rel_error(getattr(state, name), want[name]) > 10 * TOL, name
+  for name in ("d_opt_state", "g_opt_state", "text_opt_state"):
+    got, ref = getattr(new_state, name), want[name]
+    assert optax.tree.get(got, "count") == optax.tree.get(ref, "count") == 4
+    for field in ADAM_FIELDS:  # mu: with b1 = 0, the gradient itself
+      assert _rel_error(optax.tree.get(got, field), optax.tree.get(ref, field)) <= TOL, (name,
+                                                                                         field)
+  for name in ("d", "g", "text"):
+    np.testing.assert_allclose(metrics[f"grad_norm_{name}"], _norm(grads[name]),
+                               rtol=TOL)
+
+
+def test_real_and_fake_images_get_their_own_augmentation_keys(monkeypatch, tmp_path):
+  """DiffAugment's keys: the step key split four ways, [1] for the real images, [2] for the fakes
+  D learns from and [3] for the fakes G's loss sees; traced with a stand-in DiffAugment that
+  records them (only the keys are computed)."""
+  config = _config(tmp_path)
+  config.loss.diffaugment = "color,translation,cutout"
+  tokenizer, t5_config, _ = build_text(config)
+  models = build_models(config, t5_config)
+  keys = []
+
+  def record(x, key, policy):
+    assert policy == config.loss.diffaugment
+    keys.append(key)
+    return x
+
+  monkeypatch.setattr(gan, "diff_augment", record)
+
+  def step_keys(state, batch):
+    keys.clear()
+    train_step(models, state, batch)
+    return jnp.stack(keys)
+
+  state = _host_state(models)
+  got = np.asarray(jax.jit(step_keys)(state, _batch(config, tokenizer)))
+  want = jax.random.split(jax.random.fold_in(state.rng, STEP), 4)[1:]
+  np.testing.assert_array_equal(got, want)
+  assert len({k.tobytes() for k in got}) == 3
