@@ -1,6 +1,7 @@
 """Non-finite updates, divergence, and damaged checkpoints, in process on the tiny config."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -8,16 +9,20 @@ import struct
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from llmimg_jax import gan
 from llmimg_jax.data.pipeline import make_iterator
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import _adam, build_models, build_text
+from llmimg_jax.train.step import train_step
 from tests.sample.conftest import _quick_state
 from tests.train.conftest import tiny_config
 from tests.train.test_step import _batch
+from tests.train.test_step_reference import _host_state
 
 
 def _equal(a, b) -> bool:
@@ -68,6 +73,43 @@ def test_non_finite_update_is_skipped_and_counted(tmp_path):
   state, metrics = step_fn(state, jax.device_put(good, sharding))
   assert metrics["finite"] == 1.0 and int(state.step) == 3 and int(state.bad_steps) == 0
   assert not _equal(jax.device_get(state.g_params), before.g_params)
+
+
+@jax.custom_vjp
+def _nan_gradient(x):
+  return x
+
+
+_nan_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.full_like(g, jnp.nan),))
+
+
+@pytest.mark.parametrize("poisoned", ["g", "text"])
+def test_a_nan_gradient_under_finite_losses_is_skipped(tmp_path, monkeypatch, poisoned):
+  """A NaN in one gradient while both losses stay finite: G's (the backward pass of the
+  DiffAugment its fakes go through) or the text encoder's (that of the sentence pooling)."""
+  config = tiny_config(tmp_path)
+  # A smaller program (compiles in half the time); DiffAugment "" still calls gan.diff_augment.
+  config.loss.contrastive_weight, config.loss.diffaugment = 0.0, ""
+  config.model.attn_resolutions = ()
+  if poisoned == "g":
+    augment = gan.diff_augment
+    monkeypatch.setattr(gan, "diff_augment",
+                        lambda x, key, policy: augment(_nan_gradient(x), key, policy))
+  else:
+    pool = gan.sentence_embedding
+    monkeypatch.setattr(gan, "sentence_embedding",
+                        lambda words, mask: pool(_nan_gradient(words), mask))
+  tokenizer, t5_config, _ = build_text(config)
+  models = build_models(config, t5_config)
+  state = _host_state(models)
+  new_state, metrics = jax.device_get(
+      jax.jit(functools.partial(train_step, models))(state, _batch(config, tokenizer)))
+  assert np.isfinite(metrics["d_loss"]) and np.isfinite(metrics["g_loss"])
+  finite_norms = {k: bool(np.isfinite(metrics[f"grad_norm_{k}"])) for k in ("g", "d", "text")}
+  assert finite_norms == {"g": poisoned != "g", "d": True, "text": poisoned != "text"}
+  assert metrics["finite"] == 0.0
+  assert int(new_state.step) == int(state.step) + 1 and int(new_state.bad_steps) == 1
+  assert _equal(new_state.replace(step=state.step, bad_steps=state.bad_steps), state)
 
 
 class _Poisoned:
@@ -208,6 +250,48 @@ def test_checkpoints_resume_after_turning_on_grad_clip(saved, tmp_path):
   params = {"w": np.ones(3, np.float32)}
   assert (jax.tree.structure(_adam(1e-4, config).init(params))
           == jax.tree.structure(optax.adam(1e-4).init(params)))
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_optimizers_clip_and_take_their_own_learning_rates(tmp_path, grad_clip):
+  """G, D and the text encoder each get Adam with their learning rate, on gradients clipped to a
+  global norm of grad_clip (0: unclipped). Two updates: Adam's first is lr * sign(g) whatever the
+  gradient's scale, its second sees the first one's (clipped) size through nu."""
+  config = tiny_config(tmp_path)
+  config.train.lr_g, config.train.lr_d, config.train.lr_text = 1e-4, 3e-4, 2e-4
+  config.train.grad_clip = grad_clip
+  models = build_models(config, build_text(config)[1])
+  rng = np.random.default_rng(0)
+  params = {"w": rng.standard_normal((3, 4)).astype(np.float32),
+            "b": rng.standard_normal(4).astype(np.float32)}
+  big = jax.tree.map(lambda p: 10.0 * rng.standard_normal(p.shape).astype(np.float32), params)
+  small = jax.tree.map(lambda g: 0.02 * g, big)
+  norm = lambda g: np.sqrt(sum(np.sum(x.astype(np.float64)**2) for x in jax.tree.leaves(g)))
+  assert norm(big) > 10 and norm(small) < 1
+
+  def clipped(g):  # global-norm clipping, by hand
+    scale = min(1.0, grad_clip / norm(g)) if grad_clip else 1.0
+    return jax.tree.map(lambda x: np.float32(scale) * x, g)
+
+  def two_updates(tx, grads):
+    state, updates = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      updates.append(u)
+    return updates
+
+  for tx, lr in ((models.g_tx, 1e-4), (models.d_tx, 3e-4), (models.text_tx, 2e-4)):
+    want = two_updates(optax.adam(lr, b1=config.train.b1, b2=config.train.b2),
+                       [clipped(big), clipped(small)])
+    got = two_updates(tx, [big, small])
+    for g, w in zip(got, want):
+      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12)
+  if grad_clip:  # the clip shows in the second update, by far more than the tolerance
+    adam = optax.adam(1e-4, b1=config.train.b1, b2=config.train.b2)
+    a = two_updates(adam, [clipped(big), clipped(small)])[1]["w"]
+    b = two_updates(adam, [big, small])[1]["w"]
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0.1 * np.abs(np.asarray(b)).max()
 
 
 def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
