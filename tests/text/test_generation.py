@@ -87,6 +87,39 @@ def test_sampling(relu, padded_batch):
              rng=jax.random.PRNGKey(0))
 
 
+def test_top_p_samples_only_from_the_nucleus(relu, padded_batch):
+  """generate(top_p=...): each sampled token is among the most likely tokens of its step whose
+  probabilities (at the sampling temperature) sum to top_p; a tiny top_p leaves the argmax."""
+  config, params = relu
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  n, temperature = 16, 3.0
+  kw = dict(max_new_tokens=n, do_sample=True, temperature=temperature, top_k=0,
+            rng=jax.random.PRNGKey(0))
+  model = T5ForConditionalGeneration(config)
+  forced = jax.jit(lambda dec: model.apply({"params": params}, ids, mask, dec))
+
+  def outside_nucleus(tokens: np.ndarray, top_p: float) -> int:
+    """Tokens (up to each row's EOS) with more than top_p of the probability on likelier ones."""
+    start = np.full((len(tokens), 1), config.decoder_start_token_id, np.int32)
+    logits = np.asarray(forced(np.concatenate([start, tokens[:, :-1]], 1)), np.float64)
+    probs = np.asarray(jax.nn.softmax(logits / temperature, axis=-1))  # [b, n, vocab]
+    count = 0
+    for row, seq in enumerate(tokens):
+      eos = np.flatnonzero(seq == config.eos_token_id)
+      for t in range(eos[0] + 1 if len(eos) else n):
+        p = probs[row, t]
+        count += p[p > p[seq[t]]].sum() >= top_p + 1e-6
+    return count
+
+  greedy = np.asarray(generate(params, config, ids, mask, max_new_tokens=n))
+  whole = np.asarray(generate(params, config, ids, mask, **kw))
+  nucleus = np.asarray(generate(params, config, ids, mask, top_p=0.5, **kw))
+  tiny = np.asarray(generate(params, config, ids, mask, top_p=1e-6, **kw))
+  np.testing.assert_array_equal(tiny, greedy)  # a nucleus of one token
+  assert outside_nucleus(nucleus, 0.5) == 0 < outside_nucleus(whole, 0.5)
+  assert (nucleus != greedy).any() and (nucleus != whole).any()
+
+
 def test_bf16_compute_close_to_fp32(checkpoint, padded_batch):  # tied and untied vocab heads
   config, params = load_t5(checkpoint.path)
   ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]

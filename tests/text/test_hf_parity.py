@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from llmimg_jax.text import (T5EncoderModel, T5ForConditionalGeneration, generate, load_t5,
                              strip_generated)
+from tests.text.conftest import _random_t5, _save
 
 TOL = 1e-4  # fp32 max abs diff vs PyTorch
 MIN_COMPARED = 20  # greedy must run at least this many tokens
@@ -139,6 +141,30 @@ def test_mt5_saved_by_transformers_5_matches_pytorch(mt5_untied, padded_batch):
   assert (strip_generated(np.asarray(ours), config)
           == strip_generated(_hf_generate(mt5_untied, padded_batch, max_new_tokens=n, num_beams=3),
                              config))
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["gelu", "silu", "gated-silu"])
+def test_other_ffn_activations_match_pytorch(feed_forward_proj, padded_batch, tmp_path):
+  """The FFN activations beside relu and gated-gelu (the checkpoint fixtures'): exact (erf)
+  GELU, SiLU and gated SiLU, as transformers' T5 applies them."""
+  _save(_random_t5(5, num_layers=2, feed_forward_proj=feed_forward_proj), str(tmp_path))
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+  config, params = load_t5(str(tmp_path))
+  assert config.feed_forward_proj == feed_forward_proj
+  assert config.is_gated == feed_forward_proj.startswith("gated-")
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  dec = np.random.default_rng(0).integers(3, config.vocab_size, (ids.shape[0], 5)).astype(np.int32)
+  dec[:, 0] = config.decoder_start_token_id
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask),
+             decoder_input_ids=torch.tensor(dec).long())
+  model = T5ForConditionalGeneration(config)
+  enc, logits = jax.jit(lambda v: (model.apply(v, ids, mask, method=model.encode),
+                                   model.apply(v, ids, mask, dec)))({"params": params})
+  np.testing.assert_allclose(np.asarray(enc), ref.encoder_last_hidden_state.numpy(), atol=TOL,
+                             rtol=0)
+  np.testing.assert_allclose(np.asarray(logits), ref.logits.numpy(), atol=TOL, rtol=0)
+  assert np.abs(ref.logits.numpy()).max() > 1.0
 
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 200), (64, 50), (128, 100)])
