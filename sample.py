@@ -7,9 +7,10 @@ r"""Samples images from a trained run (the EMA generator of its latest or a chos
 
 Writes one PNG per image, grid.png (a row per prompt, its text underneath) and samples.jsonl.
 The same --seed gives the same noise, so the same images, for any --batch_size or device count (up
-to a uint8 step where XLA's float rounding differs between batch shapes). --truncation t draws
-noise from the standard normal truncated to [-t, t] (DF-GAN's truncation trick; resampling, not
-clipping). Works on any device count: a run trained on 8 devices samples on one CPU.
+to a uint8 step where XLA's float rounding differs between batch shapes). --truncation t scales
+noise drawn from the standard normal truncated to [-2, 2] by t (DF-GAN's truncation trick, 0.88
+in its scripts; resampling, not clipping). Works on any device count: a run trained on 8 devices
+samples on one CPU.
 """
 import sys
 
@@ -28,7 +29,8 @@ _OUT = flags.DEFINE_string("out", None, "Output directory for PNGs, grid.png, sa
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Delete the samples an earlier run left in --out first.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
-_TRUNCATION = flags.DEFINE_float("truncation", None, "Truncate noise to [-t, t], e.g. 0.88.")
+_TRUNCATION = flags.DEFINE_float(
+    "truncation", None, "DF-GAN's truncation trick: noise t * truncnorm(-2, 2), e.g. 0.88.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per jitted batch (all local devices).")
 _EXPAND_WITH = flags.DEFINE_string(
     "expand_with", None, "Seq2seq T5 (directory or hub name) that expands prompts to captions.")

@@ -9,10 +9,10 @@ whatever the batch size, device count, or the other prompts in the call (up to a
 XLA's float rounding differs between batch shapes), and a grid's columns compare prompts under
 the same noise.
 
-Truncation (the DF-GAN/BigGAN truncation trick): with `truncation=t`, each z entry is drawn from
-the standard normal *truncated* to [-t, t] (`jax.random.truncated_normal`), which is the same
-distribution as DF-GAN's resampling of out-of-range values (scipy `truncnorm`), not clipping.
-Smaller t trades diversity for fidelity; None (default) draws from the full normal.
+Truncation (DF-GAN's truncation trick): with `truncation=t`, each z entry is t times a draw from
+the standard normal truncated to [-2, 2] (`jax.random.truncated_normal`; DF-GAN's
+`truncated_noise`: `t * truncnorm.rvs(-2, 2)`), so 0.88, DF-GAN's sampling value, means the same
+here. Smaller t trades diversity for fidelity; None (default) draws from the full normal.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _noise(key: jax.Array, columns: jax.Array, z_dim: int, truncation: float | N
     k = jax.random.fold_in(key, j)
     if truncation is None:
       return jax.random.normal(k, (z_dim,))
-    return jax.random.truncated_normal(k, -truncation, truncation, (z_dim,))
+    return truncation * jax.random.truncated_normal(k, -2.0, 2.0, (z_dim,))
   return jax.vmap(one)(columns)
 
 

@@ -57,7 +57,7 @@ def test_same_seed_same_images_whatever_the_batch(sampler):
 
 def test_truncation_bounds_the_noise_and_changes_images(sampler):
   z = _noise(jax.random.key(0), np.arange(64), 16, 0.5)  # [64, 16]
-  assert float(np.abs(z).max()) <= 0.5 and float(np.abs(z).max()) > 0.4
+  assert float(np.abs(z).max()) <= 1.0 and float(np.abs(z).max()) > 0.9  # 0.5 x [-2, 2]
   full = _noise(jax.random.key(0), np.arange(64), 16, None)
   assert float(np.abs(full).max()) > 1.5
   a = sampler(PROMPTS, seed=0, num_per_prompt=2, truncation=0.5)
@@ -65,6 +65,21 @@ def test_truncation_bounds_the_noise_and_changes_images(sampler):
   assert not np.array_equal(a, sampler(PROMPTS, seed=0, num_per_prompt=2))
   with pytest.raises(ValueError, match="truncation"):
     sampler(PROMPTS, truncation=0.0)
+
+
+@pytest.mark.parametrize("truncation", [0.5, 0.88])
+def test_truncated_noise_follows_the_truncated_normal(truncation):
+  """DF-GAN's truncated_noise, t * truncnorm.rvs(-2, 2): no mass piled up at the bounds (as
+  clipping would: 4.6% of draws), the scaled truncated normal's spread and CDF (std 0.775 at
+  t = 0.88, where a normal truncated to [-t, t] has 0.48)."""
+  from scipy import stats
+  z = np.asarray(_noise(jax.random.key(1), np.arange(1024), 64, truncation)).ravel()  # [65536]
+  assert np.abs(z).max() < 2 * truncation
+  assert np.mean(np.abs(z) > 2 * truncation - 1e-4) < 1e-3
+  reference = stats.truncnorm(-2, 2, scale=truncation)
+  np.testing.assert_allclose(z.std(), reference.std(), rtol=0.01)  # clipped: +9%
+  assert abs(z.mean()) < 0.01
+  assert stats.kstest(z, reference.cdf).pvalue > 1e-3
 
 
 def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
