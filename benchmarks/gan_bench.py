@@ -18,7 +18,7 @@ from benchmarks import timing, torch_gan, torch_train
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import base_config
 from llmimg_jax.train.state import build_models, build_text, init_state
-from llmimg_jax.train.step import generate_images
+from llmimg_jax.train.step import generate_images, train_step
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a multi-core CPU).
   mesh = loop.make_mesh(jax.devices()[:1])
   options = loop.compiler_options(mesh)
-  lowered = loop.jit_train_step(models, mesh).lower(state, j_batch)
-  compiled = lowered.compile()
+  compiled = loop.jit_train_step(models, mesh).lower(state, j_batch).compile()
   holder = {"state": state}
 
   def jax_step():
@@ -137,7 +136,9 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   shape = f"{resolution}px b{batch} nf{nf}"
   step_row = dict(name=f"GAN train step ({shape})", jax=t["jax"], torch=t["torch"],
                   torch_compile=t.get("torch_compile"), compile_note=compile_note,
-                  flops=timing.xla_flops(lowered, compiled), params=params, items=batch, unit="img",
+                  flops=timing.xla_flops(compiled, functools.partial(train_step, models), state,
+                                         j_batch),
+                  params=params, items=batch, unit="img",
                   xla_options=options)
 
   # Sampling: EMA generator + text encoder, uint8 images, on the same prompts and noise.
@@ -146,8 +147,7 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   s = holder["state"]
   gen_args = (s.ema_params, s.text_params, jax.device_put(z), j_batch["input_ids"],
               j_batch["attention_mask"])
-  gen_lowered = gen.lower(*gen_args)
-  gen_compiled = gen_lowered.compile()
+  gen_compiled = gen.lower(*gen_args).compile()
   t_z = torch.from_numpy(z).to(device)
 
   def jax_sample():
@@ -160,6 +160,6 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
 
   ts = timing.alternate({"jax": jax_sample, "torch": torch_sample}, warmup, iters)
   sample_row = dict(name=f"Sampling EMA G + T5 ({shape})", jax=ts["jax"], torch=ts["torch"],
-                    flops=timing.xla_flops(gen_lowered, gen_compiled), params=params,
+                    flops=timing.xla_flops(gen_compiled, gen, *gen_args), params=params,
                     items=batch, unit="img")
   return [step_row, sample_row]

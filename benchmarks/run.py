@@ -9,9 +9,11 @@ every other round) and reports medians. speedup = PyTorch time / JAX time (> 1: 
 cpu-time = the same ratio of process CPU seconds per call (steadier when other processes share
 the cores). MFU = XLA cost-analysis FLOPs of the JAX program / time / the measured peak matmul
 FLOP/s (the faster of JAX's and torch's best n x n matmul in the same dtype); the PyTorch column
-uses the same FLOP count, since both sides do the same work.
+uses the same (our) FLOP count: the same function, though the twin's upsample convolutions take
+more FLOPs for it (RESULTS.md).
 
-On CPU, OMP_WAIT_POLICY defaults to PASSIVE here (see main) and torch uses every core. The
+On CPU torch uses every core with libgomp's default wait policy (--omp-passive for a shared
+machine, see main). The
 process calls llmimg_jax.train.host_memory.reuse_host_memory() as train.py does (both sides run
 with its allocator settings; --no-reuse-host-memory skips it).
 """
@@ -41,6 +43,8 @@ def _parse() -> argparse.Namespace:
                  help="also time torch.compile (default: on, off with --quick)")
   p.add_argument("--no-compile", dest="compile", action="store_false")
   p.add_argument("--torch-threads", type=int, default=0, help="default: the CPU count")
+  p.add_argument("--omp-passive", dest="omp_passive", action="store_true",
+                 help="OMP_WAIT_POLICY=PASSIVE for torch on a CPU shared with other processes")
   p.add_argument("--no-tf32", action="store_true",
                  help="GPU fp32: full-precision matmuls/convs on both sides (default: TF32 on "
                       "both, which is JAX's default; torch's default is TF32 for convs only)")
@@ -106,10 +110,12 @@ def main() -> None:
     return
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"
-    # libgomp's default spin-waiting makes PyTorch's 2-thread ops 5-10x slower when other
-    # processes share the cores (measured here: G forward 0.2 s -> 1-1.9 s at load 7); passive
-    # waiting costs nothing measurable on an idle machine. Set before torch loads libgomp.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # libgomp's default (spin, then sleep) is what users get and the fastest on a quiet machine:
+    # the 32px twin step 380-414 ms against 531-858 ms with PASSIVE (session 19). On a machine
+    # shared with other processes spinning threads make PyTorch 5-10x slower (G forward 0.2 s ->
+    # 1-1.9 s at load 7): --omp-passive there. Set before torch loads libgomp.
+    if args.omp_passive:
+      os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

@@ -39,15 +39,18 @@ def alternate(fns: dict[str, Callable[[], object]], warmup: int, iters: int
               "page_faults_median": statistics.median(faults[k])} for k in fns}
 
 
-def xla_flops(lowered, compiled) -> float | None:
-  """FLOPs per call from XLA's cost analysis (None if unavailable). On CPU of the optimised
-  program, i.e. what runs (duplicate work merged); elsewhere of the program before optimisation:
-  after it, GPU convolutions and matmuls are library calls whose FLOPs XLA's count misses (an H200
-  64px step counted 39.8 GFLOP, the CPU 248). The unoptimised count is ~5% higher (CPU, 32px
-  step: 57.4 vs 54.5 GFLOP)."""
-  import jax  # pylint: disable=g-import-not-at-top
+def xla_flops(compiled, fn: Callable, *args) -> float | None:
+  """FLOPs per call of `fn(*args)` from XLA's cost analysis of the optimised program (duplicate
+  work merged; None if unavailable): `compiled`'s on CPU; on another backend, that of `fn` compiled
+  for the CPU, since there the compiled program's convolutions and matmuls are cuDNN/cuBLAS calls
+  whose FLOPs XLA's count misses (an H200 64px step counted 39.8 GFLOP against 227.8 on CPU) and
+  the count before optimisation is not available (None through the PJRT C API)."""
   try:
-    cost = (compiled if jax.default_backend() == "cpu" else lowered).cost_analysis()
+    if jax.default_backend() != "cpu":  # shapes only (args may be donated), placed on a CPU
+      cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+      cpu_args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+      compiled = jax.jit(fn).lower(*cpu_args).compile()
+    cost = compiled.cost_analysis()
   except Exception:  # some backends do not implement it
     return None
   if isinstance(cost, (list, tuple)):
