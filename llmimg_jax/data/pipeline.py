@@ -198,8 +198,16 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
 # 'left'/'right' mean a side after these words ("on the left", "top right", "turn left") ...
-_SIDE_AFTER = {"the", "to", "from", "on", "at", "its", "his", "her", "their", "my", "your", "top",
-               "bottom", "upper", "lower", "middle", "far", "turn", "turns", "turning", "turned"}
+_SIDE_AFTER = {"the", "to", "from", "its", "his", "her", "their", "my", "your", "top", "bottom",
+               "upper", "lower", "middle", "far"}
+# Motions: the word after them is a direction ("turning left", "looking right", "a car turned left")
+_MOTIONS = {"turn", "turns", "turning", "turned", "go", "goes", "going", "went", "head", "heads",
+            "heading", "headed", "look", "looks", "looking", "looked", "face", "faces", "facing",
+            "faced", "point", "points", "pointing", "pointed", "move", "moves", "moving", "moved",
+            "walk", "walks", "walking", "walked", "run", "runs", "running", "drive", "drives",
+            "driving", "fly", "flies", "flying", "ride", "rides", "riding", "lean", "leans",
+            "leaning", "leaned", "veer", "veers", "veering", "veered", "swerving", "swerved",
+            "glancing", "staring", "gazing", "swing", "swings", "swinging"}
 # ... and, otherwise, not after these ("was left", "all right") or before these words: "right" as
 # in "right next to", "left" the verb as in "a bag left on a bench" (COCO-style captions).
 _NO_SIDE_AFTER = {"was", "were", "is", "are", "be", "been", "being", "has", "have", "had", "all",
@@ -215,13 +223,11 @@ _NO_SIDE_BEFORE = {
 }
 
 
-# "left" the verb also comes before its object ("a man who left his bag") and ends a clause after
-# a word that is not a motion ("one slice of pizza left.", but "looking left.").
+# "left" the verb also comes before its object ("a man who left his bag") and ends a clause
+# ("one slice of pizza left.") unless a motion precedes it; after "on"/"at", a side unless the
+# next word says otherwise ("on the left", but "on right now").
 _LEFT_OBJECTS = {"his", "her", "their", "its", "my", "your", "our", "a", "an", "the", "them",
                  "him", "it", "this", "that", "some"}
-_MOTIONS = {"go", "goes", "head", "heads", "look", "looks", "face", "faces", "point", "points",
-            "move", "moves", "walk", "walks", "run", "runs", "drive", "drives", "fly", "flies",
-            "ride", "rides", "swim", "swims", "lean", "leans", "veer", "veers", "swing", "swings"}
 
 
 def _is_side(match: re.Match) -> bool:
@@ -230,15 +236,13 @@ def _is_side(match: re.Match) -> bool:
   word = match.group(1).lower()
   before = re.search(r"([A-Za-z]+)[\s-]+$", match.string[:match.start()])
   before = before.group(1).lower() if before else ""
-  if before in _SIDE_AFTER:
+  if before in _SIDE_AFTER or before in _MOTIONS:
     return True
   rest = match.string[match.end():]
   after = re.match(r"\s+([A-Za-z]+)", rest)
   after = after.group(1).lower() if after else ""
-  if word == "left" and before and (
-      after in _LEFT_OBJECTS or (re.match(r"\s*([.,;:!?)]|$)", rest) and before not in _MOTIONS
-                                 and not (before.endswith(("ing", "ed")) and
-                                          not before.endswith("thing")))):
+  if word == "left" and before not in ("", "on", "at") and (
+      after in _LEFT_OBJECTS or re.match(r"\s*([.,;:!?)]|$)", rest)):
     return False
   return before not in _NO_SIDE_AFTER and after not in _NO_SIDE_BEFORE[word]
 

@@ -132,6 +132,11 @@ def test_augment_flip_swaps_left_and_right():
       "a car turned left, a kite on left.") == (
       "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking right, "
       "a car turned right, a kite on right.")
+  for kept in ("There is no pudding left.", "a plate with one wing left, and a cup",
+               "a tv turned on right now", "a lamp on right next to the bed"):
+    assert pipeline.swap_left_right(kept) == kept
+  assert pipeline.swap_left_right("a woman looking left a man looking right") == (
+      "a woman looking right a man looking left")
 
 
 def test_flip_swaps_every_side_word_of_captioned_shapes():
