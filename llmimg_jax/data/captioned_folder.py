@@ -2,10 +2,11 @@
 
 captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption": "a cat"}` or
 `{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file (and
-every caption key of a line) are merged. captions.csv has a header with a file column (file/file_name/filename/image) and a
-caption column (caption/text/captions); a caption column that comes last may hold unquoted commas
-(counted as a note). Bad lines and bad images are skipped and counted by reason; the summary is
-logged, stored in the dataset's metadata.json and returned by `build_folder`.
+every caption key of a line) are merged, each caption once. captions.csv has a header with a file
+column (file/file_name/filename/image) and a caption column (caption/text/captions); a caption
+column that comes last may hold unquoted commas (counted as a note). Bad lines and bad images are
+skipped and counted by reason; the summary is logged, stored in the dataset's metadata.json and
+returned by `build_folder`.
 """
 from __future__ import annotations
 
@@ -203,8 +204,9 @@ def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
           skips.add("invalid_json", where)
           continue
         file_name = _first(obj, FILE_KEYS)
-        captions = [c for k in CAPTION_KEYS if k in obj
-                    for c in (obj[k] if isinstance(obj[k], list) else [obj[k]])]
+        captions = list(dict.fromkeys(  # every caption key's, each caption once
+            c for k in CAPTION_KEYS if k in obj
+            for c in (obj[k] if isinstance(obj[k], list) else [obj[k]]) if isinstance(c, str)))
         if file_name is None or not any(k in obj for k in CAPTION_KEYS):
           skips.add("missing_key", where)
           continue

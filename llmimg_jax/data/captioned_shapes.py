@@ -185,12 +185,19 @@ def _write_shards_in_processes(tasks: list, num_proc: int) -> Iterator[tuple[int
       yield result
       done += 1
   except concurrent.futures.process.BrokenProcessPool as e:
+    pool.shutdown(wait=True)  # the pool terminates the workers: none still writes a shard
     log.warning(
         "captioned_shapes: the build's worker processes died (%s); building the remaining %d "
         "shard(s) in this process (slower). In a script, put the build under `if __name__ == "
         "'__main__':` to build in parallel.", e, len(tasks) - done)
-  finally:  # also on Ctrl-C or an error: queued shards are dropped, not waited for
-    pool.shutdown(wait=False, cancel_futures=True)
+  except BaseException:  # Ctrl-C, a worker's error: stop the other workers, drop queued shards
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+      process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    raise
+  else:
+    pool.shutdown(wait=True)
+    return
   yield from map(_write_shard, tasks[done:])
 
 

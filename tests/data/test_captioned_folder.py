@@ -169,7 +169,7 @@ def test_unquoted_commas_and_every_caption_key_kept(tmp_path):
   (tmp_path / "captions.csv").write_text(
       "file,caption\na.png,a red car, parked next to a blue house\nb.png,plain\n")
   (tmp_path / "captions.jsonl").write_text(json.dumps(
-      {"file": "b.png", "caption": "one", "captions": ["two", "three"]}) + "\n")
+      {"file": "b.png", "caption": "one", "captions": ["one", "two", "three"]}) + "\n")
   skips, notes = captioned_folder._Skips(), captioned_folder._Skips()
   caps = captioned_folder.read_captions(str(tmp_path), skips, notes)
   assert caps == {"a.png": ["a red car, parked next to a blue house"],

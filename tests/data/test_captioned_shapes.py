@@ -232,3 +232,10 @@ def test_parallel_build_equals_the_sequential_one(shapes_cfg, tmp_path, guarded)
   expected = hashlib.sha1(b"".join(source[i]["image"].tobytes() for i in range(len(source))))
   assert run.stdout.split()[-1] == expected.hexdigest()
   assert ("worker processes died" in run.stderr) != guarded, run.stderr[-3000:]
+
+
+def test_a_worker_error_reaches_the_caller(tmp_path):
+  cfg = captioned_shapes.CaptionedShapes.builder_configs["tiny_32"]
+  tasks = [(cfg, "test", 0, 4, str(tmp_path / "missing_dir" / f"shard{k}")) for k in range(2)]
+  with pytest.raises(Exception, match="missing_dir"):  # the writer's, raised in a worker
+    list(captioned_shapes._write_shards_in_processes(tasks, 2))
