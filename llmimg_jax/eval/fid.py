@@ -72,8 +72,15 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
 
 def statistics_info(path: str | os.PathLike) -> dict:
   """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split)."""
+  info = {}
   with np.load(path) as f:
-    return {k: f[k].item() for k in f.keys() if k not in ("mu", "sigma") and f[k].ndim == 0}
+    for k in f.keys():
+      try:
+        if k not in ("mu", "sigma") and f[k].ndim == 0:
+          info[k] = f[k].item()
+      except ValueError:  # e.g. a pickled object array: not ours
+        pass
+  return info
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

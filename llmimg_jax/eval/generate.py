@@ -19,8 +19,9 @@ def _jitted(models: Models):
 def generate_for_captions(models: Models, g_params, text_params, tokenizer,
                           captions: Sequence[str], seed: int = 0, batch_size: int = 64
                           ) -> np.ndarray:
-  """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the result
-  does not depend on batch_size. Params may be sharded or replicated; batches are not sharded."""
+  """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the noise
+  does not depend on batch_size (the images up to a uint8 step of XLA's rounding). Params may be
+  sharded or replicated; batches are not sharded."""
   fn = _jitted(models)
   z_dim = models.config.model.z_dim
   key = jax.random.PRNGKey(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import ml_collections
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
+from llmimg_jax.train import checkpoint
 from llmimg_jax.train.checkpoint import BEST_FILE
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,21 @@ class TrainingEvaluator:
     self.floor = fid.frechet_distance(*fid.statistics(train_features), *self.real_mu_sigma)
     self.real_scores = self.evaluator.score(real.images, self.captions)
     self.best_path = self.workdir / BEST_FILE
-    # The best so far, on every host (each compares the same results; host 0 writes the file).
-    self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
+    self.best = self._read_best()  # the best so far, on every host (host 0 writes the file)
     log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
              "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
              time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
+
+  def _read_best(self) -> dict | None:
+    if not self.best_path.exists():
+      return None
+    try:
+      best = json.loads(self.best_path.read_text())
+      float(best["caption_accuracy"]), float(best["fid_indomain"]), int(best["step"])
+      return best
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      log.warning("Could not read %s (%s); the next evaluation replaces it.", self.best_path, e)
+      return None
 
   @property
   def best_step(self) -> int | None:
@@ -69,12 +81,17 @@ class TrainingEvaluator:
     key = (result["caption_accuracy"], -result["fid_indomain"])
     improved = self.best is None or key > (self.best["caption_accuracy"],
                                           -self.best["fid_indomain"])
+    # Host 0's decision everywhere: the loop saves the best step's checkpoint (a collective),
+    # and hosts' float results may differ in the last bit.
+    improved = checkpoint.host_flags(improved)[0]
     if improved:
       self.best = {"step": step, **result, "fid_floor": self.floor}
     if jax.process_index() != 0:
       return result
-    if improved:
-      self.best_path.write_text(json.dumps(self.best, indent=2))
+    if improved:  # atomically: a crash mid-write leaves the previous file
+      tmp = self.best_path.with_name(f".{self.best_path.name}.tmp")
+      tmp.write_text(json.dumps(self.best, indent=2))
+      os.replace(tmp, self.best_path)
     if writer is not None:
       for k, v in result.items():
         writer.add_scalar(f"eval/{k}", v, step)

@@ -95,7 +95,8 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
       row["fid_inception"] = fid.frechet_distance(*fid.statistics(inception(images)), *ref)
       _warn_if_few(split, len(images))
       # Real images [0, n) of a split against statistics of that split's first records (the
-      # documented `--write_stats --stats_split test`) would be ~0, not a floor: omitted.
+      # documented `--write_stats --stats_split test`): the same records or a superset, ~0 or
+      # biased low, not a floor: omitted.
       same = (ref_info.get("dataset"), ref_info.get("split")) == (dataset_id(data_cfg), split)
       row["fid_inception_floor"] = None if same else fid.frechet_distance(
           *fid.statistics(inception(real.images)), *ref)
@@ -155,13 +156,14 @@ def _check_splits(splits: Sequence[str] | None, default: list[str], available: S
 
 
 def to_json(results: dict) -> str:
-  """Strict JSON: NaN (a metric without statements, e.g. size on a colours-only build) -> null."""
+  """Strict JSON: NaN (a metric without statements, e.g. size on a colours-only build) and inf ->
+  null."""
   def clean(x):
     if isinstance(x, dict):
       return {k: clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
       return [clean(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
+    return None if isinstance(x, float) and not math.isfinite(x) else x
   return json.dumps(clean(results), indent=2, allow_nan=False)
 
 

@@ -40,7 +40,11 @@ def _check_data_shared(data_cfg: ml_collections.ConfigDict) -> None:
   """After host 0 built the dataset, every host must read that build: with a data_dir on each
   host's own disk (the default, ~/tensorflow_datasets) each would build its own copy, for hours
   (COCO), while host 0 waits at the next barrier and gives up."""
-  missing = [i for i, ok in enumerate(checkpoint.host_flags(is_built(data_cfg))) if not ok]
+  try:
+    built = is_built(data_cfg)
+  except ValueError:  # e.g. a captioned_folder that this host neither has nor sees built
+    built = False
+  missing = [i for i, ok in enumerate(checkpoint.host_flags(built)) if not ok]
   if missing:
     raise DataNotSharedError(
         f"Host(s) {missing} do not see the {data_cfg.name} dataset that host 0 built in "
@@ -254,16 +258,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         saved = done % t.ckpt_every == 0 or done == t.steps or stop
         if saved:  # before sampling and evaluation, whose errors would lose it
           checkpoint.save(manager, done, state, data_iter, config)
+        if stop:  # the grace period of a preemption is short: no samples or evaluation
+          log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
+                      "resume.", watch.description, done)
+          break
         if done % t.sample_every == 0 or done == t.steps:
           samples(state, done, writer)
         if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
           evaluate(state, done, writer)
           if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
             checkpoint.save(manager, done, state, data_iter, config)
-        if stop:
-          log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
-                      "resume.", watch.description, done)
-          break
   finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
     bar.close()
     manager.close()  # waits for the last save first

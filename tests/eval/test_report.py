@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_results_are_strict_json_with_nan_as_null():
-  text = to_json({"splits": {"test": {"size": float("nan"), "acc": [0.5, float("nan")]}}})
+  text = to_json({"splits": {"test": {"size": float("nan"), "acc": [0.5, float("inf")]}}})
   parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
   assert parsed == {"splits": {"test": {"size": None, "acc": [0.5, None]}}}
 

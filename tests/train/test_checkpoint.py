@@ -33,3 +33,16 @@ def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, mo
   best = checkpoint.restore(manager, 6, checkpoint.abstract_like(final))
   assert int(best.step) == 6 and not np.array_equal(best.g_params["to_rgb"]["kernel"],
                                                     final.g_params["to_rgb"]["kernel"])
+
+
+def test_an_unreadable_best_json_is_replaced_not_fatal(tmp_path, caplog):
+  evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
+  evaluator.best_path = tmp_path / checkpoint.BEST_FILE
+  assert evaluator._read_best() is None  # none yet
+  evaluator.best_path.write_text('{"step": 4, "caption_acc')  # cut short by a crash
+  with caplog.at_level("WARNING"):
+    assert evaluator._read_best() is None
+  assert "the next evaluation replaces it" in caplog.text
+  evaluator.best_path.write_text(json.dumps({"step": 4, "caption_accuracy": 0.5,
+                                             "fid_indomain": 3.0}))
+  assert evaluator._read_best()["step"] == 4
