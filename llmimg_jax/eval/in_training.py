@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -55,13 +54,12 @@ class TrainingEvaluator:
              time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
 
   def _read_best(self) -> dict | None:
-    if not self.best_path.exists():
-      return None
     try:
-      best = json.loads(self.best_path.read_text())
-      float(best["caption_accuracy"]), float(best["fid_indomain"]), int(best["step"])
+      best = checkpoint.read_best(self.best_path)
+      if best is not None:  # the scores compared with the next evaluation's
+        float(best["caption_accuracy"]), float(best["fid_indomain"])
       return best
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
       log.warning("Could not read %s (%s); the next evaluation replaces it.", self.best_path, e)
       return None
 
@@ -88,10 +86,8 @@ class TrainingEvaluator:
       self.best = {"step": step, **result, "fid_floor": self.floor}
     if jax.process_index() != 0:
       return result
-    if improved:  # atomically: a crash mid-write leaves the previous file
-      tmp = self.best_path.with_name(f".{self.best_path.name}.tmp")
-      tmp.write_text(json.dumps(self.best, indent=2))
-      os.replace(tmp, self.best_path)
+    if improved:
+      checkpoint.write_atomically(self.best_path, json.dumps(self.best, indent=2))
     if writer is not None:
       for k, v in result.items():
         writer.add_scalar(f"eval/{k}", v, step)

@@ -55,8 +55,8 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   if not steps:
     raise CheckpointError(
         f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet (train.py saves "
-        "every config.train.ckpt_every steps, at the end and at its best evaluation); train longer or pick another "
-        "--workdir.")
+        "every config.train.ckpt_every steps, at the end and at its best evaluation); train "
+        "longer or pick another --workdir.")
   return dict(sorted(steps.items()))
 
 

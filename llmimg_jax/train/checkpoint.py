@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,26 @@ def wait_for_all_hosts(name: str, timeout_s: int = 900) -> None:
 BEST_FILE = "best.json"  # in the workdir: the in-training evaluation's best step (eval/)
 
 
+def read_best(best_file: Path) -> dict[str, Any] | None:
+  """The record in BEST_FILE ({"step": ..., the evaluation's results}); None if there is none
+  yet. Raises ValueError for a file that cannot be read (e.g. cut short by a crash)."""
+  if not best_file.exists():
+    return None
+  try:
+    best = json.loads(best_file.read_text())
+    int(best["step"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{type(e).__name__}: {e}") from None
+  return best
+
+
+def write_atomically(path: Path, text: str) -> None:
+  """`path` replaced by `text` in one rename: a crash mid-write leaves the previous file."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
 @dataclasses.dataclass
 class _KeepBest:
   """An Orbax preservation policy: keep the checkpoint of the step in WORKDIR/best.json."""
@@ -66,10 +87,10 @@ class _KeepBest:
   def should_preserve(self, checkpoints, *, context) -> list[bool]:
     del context
     try:
-      best = int(json.loads(self.best_file.read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):  # none yet (or unreadable): keep none
+      best = read_best(self.best_file)
+    except ValueError:  # unreadable: keep none (the next evaluation rewrites it)
       best = None
-    return [c.step == best for c in checkpoints]
+    return [best is not None and c.step == int(best["step"]) for c in checkpoints]
 
 
 def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:

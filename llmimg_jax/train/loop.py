@@ -151,9 +151,7 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     else:
       if differs:
         log.warning("%s differs from this run's config; the new config is used and saved.", path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(config.to_json(indent=2))
-  os.replace(tmp, path)
+  checkpoint.write_atomically(path, config.to_json(indent=2))
 
 
 def local_workdir(workdir: str | Path) -> Path:
