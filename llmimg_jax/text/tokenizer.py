@@ -89,14 +89,24 @@ def load_tokenizer(path_or_name: str | None, max_length: int) -> TextTokenizer:
   if path_or_name is None:
     from transformers import ByT5Tokenizer
     return TextTokenizer(ByT5Tokenizer(), max_length)
+  hint = ("A checkpoint directory needs tokenizer files (tokenizer.json, spiece.model or "
+          "tokenizer_config.json for ByT5) beside config.json; save them with "
+          "tokenizer.save_pretrained(DIR).")
   try:
     hf = _tokenizer_class(path_or_name).from_pretrained(path_or_name)
   except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"Could not load a tokenizer from {path_or_name!r}: {e}. {hint}") from e
+  # Without a vocabulary file transformers 5 builds a T5Tokenizer with an empty vocabulary (every
+  # word <unk>) instead of failing, e.g. for a directory of model.save_pretrained() alone.
+  if (os.path.isdir(os.fspath(path_or_name)) and not type(hf).__name__.startswith("ByT5")
+      and not any(os.path.isfile(os.path.join(os.fspath(path_or_name), f)) for f in _VOCAB_FILES)):
     raise FileNotFoundError(
-        f"Could not load a tokenizer from {path_or_name!r}: {e}. A checkpoint directory needs "
-        "tokenizer files (tokenizer.json, spiece.model or tokenizer_config.json for ByT5) beside "
-        "config.json; save them with tokenizer.save_pretrained(DIR).") from e
+        f"No tokenizer vocabulary in {path_or_name!r} (none of {_VOCAB_FILES}): every word would "
+        f"be <unk>. {hint}")
   return TextTokenizer(hf, max_length)
+
+
+_VOCAB_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
 
 
 def _tokenizer_class(path_or_name):

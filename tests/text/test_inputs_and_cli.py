@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from llmimg_jax.text import T5ForConditionalGeneration, TextGenerator, generate, load_tokenizer
 from llmimg_jax.text.__main__ import main
@@ -170,3 +171,14 @@ def test_cli_bad_generation_options(relu_tied, capsys):
   assert "max_new_tokens >= 1" in capsys.readouterr().err
   assert main(common + ["--do_sample", "--num_beams", "2"]) == 2
   assert "Beam sampling" in capsys.readouterr().err
+
+
+def test_checkpoint_without_vocabulary_is_refused(tmp_path):
+  # model.save_pretrained() alone: transformers 5 would give a T5Tokenizer mapping every word to
+  # <unk>; a ByT5 tokenizer needs no vocabulary file and still loads.
+  transformers.T5Config(vocab_size=64, d_model=8, d_ff=8, num_layers=1, num_heads=1,
+                        d_kv=8).save_pretrained(tmp_path / "t5")
+  with pytest.raises(FileNotFoundError, match="No tokenizer vocabulary.*save_pretrained"):
+    load_tokenizer(str(tmp_path / "t5"), 8)
+  transformers.ByT5Tokenizer().save_pretrained(tmp_path / "byt5")
+  assert load_tokenizer(str(tmp_path / "byt5"), 8)(["ab"])["input_ids"][0, :2].tolist() == [100, 101]
