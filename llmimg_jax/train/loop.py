@@ -154,6 +154,26 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   checkpoint.write_atomically(path, config.to_json(indent=2))
 
 
+def _set_aside_best_past(workdir: Path, start: int) -> None:
+  """A best.json of a step after `start` (a fresh start over an old run, or a fallback past
+  damaged checkpoints) scores a checkpoint this run does not have: kept as best.json.stale, it
+  would otherwise be compared with, and keep, this run's checkpoint of that step number."""
+  best_file = workdir / checkpoint.BEST_FILE
+  try:
+    best = checkpoint.read_best(best_file)
+  except ValueError:
+    best = None  # unreadable: the evaluator says so and starts over
+  stale = best is not None and int(best["step"]) > start
+  if jax.process_count() > 1:  # every host read it before host 0 moves it
+    checkpoint.wait_for_all_hosts("best_read")
+  if stale and jax.process_index() == 0:
+    log.warning("%s names step %d, past this run's step %d; moved to %s.stale.", best_file,
+                int(best["step"]), start, best_file.name)
+    best_file.replace(best_file.with_name(best_file.name + ".stale"))
+  if jax.process_count() > 1:
+    checkpoint.wait_for_all_hosts("best_moved")
+
+
 def local_workdir(workdir: str | Path) -> Path:
   """The workdir as a local path (~ expanded). A URL is refused: pathlib would turn 'gs://b/run'
   into the relative local folder 'gs:/b/run', and the run would write there without a word."""
@@ -163,7 +183,11 @@ def local_workdir(workdir: str | Path) -> Path:
         f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
         "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
         "host shares) and pass the mount's path.")
-  return Path(text).expanduser()
+  path = Path(text).expanduser()
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
+                     "run's) for checkpoints, samples and logs.")
+  return path
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, *,
@@ -197,6 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     state = restored
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
+  _set_aside_best_past(workdir, start)
   if start >= config.train.steps:
     log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
                 "train. Raise --config.train.steps to go on.", workdir, start, config.train.steps)

@@ -30,7 +30,10 @@ def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, mo
                                      "model.attn_resolutions": (), "loss.contrastive_weight": 0.0})
   config.train.update(steps=6, ckpt_every=4, keep_checkpoints=1)
   config.eval.every = 2
+  tmp_path.mkdir(exist_ok=True)  # an older run's best.json: none of its checkpoints is here
+  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 9}))
   final = jax.device_get(loop.train(config, tmp_path))
+  assert json.loads((tmp_path / "best.json.stale").read_text()) == {"step": 9}
   manager = checkpoint.make_manager(tmp_path, config)
   assert manager.all_steps() == [2, 6]
   best = checkpoint.restore(manager, 2, checkpoint.abstract_like(final))

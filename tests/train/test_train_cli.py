@@ -77,6 +77,8 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
   no_images = tmp_path / "no_images"  # its captions name a file that is not there
   no_images.mkdir()
   (no_images / "captions.jsonl").write_text('{"file": "gone.png", "caption": "a red circle"}\n')
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a run")
   raising_file = tmp_path / "raising_config.py"
   raising_file.write_text("def get_config(data_dir):\n  raise RuntimeError('no such preset')\n")
   cases = {  # extra args -> what the error must say
@@ -92,6 +94,7 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
           r"captioned_folder needs data\.folder set to an existing folder.*nope"),
       ("--config.data.name=imagenet",): r"Unknown dataset data\.name='imagenet'",
       ("--workdir=gs://bucket/run",): r"workdir 'gs://bucket/run' is a URL.*gcsfuse",
+      (f"--workdir={a_file}",): r"workdir '.*a_file' is a file, not a directory",
       (f"--config.text.checkpoint={tmp_path / 'no_t5'}",): (
           r"T5 checkpoint directory not found: .*no_t5"),
       ("--config.train.keep_checkpoints=None",): (
@@ -119,6 +122,6 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
-  # Fourteen processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Fifteen processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
