@@ -109,6 +109,8 @@ def main(argv) -> None:
   try:
     if FLAGS.write_stats:
       return _write_stats()
+    if FLAGS.out:  # its folder before the evaluation (hours at 30k samples), not after
+      Path(FLAGS.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
@@ -120,7 +122,7 @@ def main(argv) -> None:
   print(format_table(results))
   name = (f"eval_{results['step']}_{'+'.join(results['splits'])}_n{FLAGS.num_samples}_"
           f"seed{FLAGS.seed}.json")  # another split, seed or size gets another file
-  out = Path(FLAGS.out or Path(FLAGS.workdir) / name)
+  out = Path(FLAGS.out).expanduser() if FLAGS.out else Path(FLAGS.workdir) / name
   out.write_text(to_json(results))
   print(f"Wrote {out}")
 

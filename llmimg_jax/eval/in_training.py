@@ -9,8 +9,8 @@ real-vs-real floor (train records [0, n) against them) is logged once as eval/fi
 """
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import ml_collections
 
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.eval.report import to_json
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.checkpoint import BEST_FILE
@@ -87,10 +88,12 @@ class TrainingEvaluator:
     if jax.process_index() != 0:
       return result
     if improved:
-      checkpoint.write_atomically(self.best_path, json.dumps(self.best, indent=2))
+      # Strict JSON (a NaN metric, e.g. relations on a build without them, as null).
+      checkpoint.write_atomically(self.best_path, to_json(self.best))
     if writer is not None:
       for k, v in result.items():
-        writer.add_scalar(f"eval/{k}", v, step)
+        if math.isfinite(v):  # a metric the build has no statements for is NaN: no point
+          writer.add_scalar(f"eval/{k}", v, step)
       writer.add_scalar("eval/fid_floor", self.floor, step)
       writer.add_scalar("eval/real_caption_accuracy", self.real_scores["caption_accuracy"], step)
     log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",

@@ -186,7 +186,7 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
   writer = SummaryWriter(str(tmp_path / "tb"))
   best_json = tmp_path / "best.json"
   first = evaluate(State, 2, writer)
-  best = json.loads(best_json.read_text())
+  best = json.loads(best_json.read_text(), parse_constant=pytest.fail)  # strict: no NaN
   assert best["step"] == 2 and best["caption_accuracy"] == first["caption_accuracy"]
   assert best["fid_floor"] == evaluate.floor
   again = evaluate(State, 4, writer)  # same params and noise: not better, best stays at step 2
@@ -203,7 +203,8 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
   now = {}  # the stand-in scores of the step being evaluated
   score = evaluate.evaluator.score
   monkeypatch.setattr(evaluate.evaluator, "score", lambda images, captions: {
-      **score(images, captions), "caption_accuracy": now["accuracy"]})
+      **score(images, captions), "caption_accuracy": now["accuracy"],
+      "relation": float("nan")})  # a metric without statements in the build
   monkeypatch.setattr(in_training.fid, "frechet_distance", lambda *stats: now["fid"])
   kept = {}
   for step, accuracy, fid_value, want_best in [(6, 0.5, 10.0, 6), (8, 0.75, 12.0, 8),
@@ -212,9 +213,10 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
     now.update(accuracy=accuracy, fid=fid_value)
     kept[step] = evaluate(State, step, None)
     assert (kept[step]["caption_accuracy"], kept[step]["fid_indomain"]) == (accuracy, fid_value)
-    best = json.loads(best_json.read_text())
+    best = json.loads(best_json.read_text(), parse_constant=pytest.fail)  # strict: NaN -> null
     assert best["step"] == want_best, step
-    assert best == {"step": want_best, **kept[want_best], "fid_floor": evaluate.floor}
+    assert best == {"step": want_best, **kept[want_best], "relation": None,
+                    "fid_floor": evaluate.floor}
     assert evaluate.best_step == want_best
 
 
@@ -249,14 +251,17 @@ def test_cli_help_and_missing_workdir():
   assert out.returncode != 0 and "--num_samples=0: 0 is not integer >= 2" in out.stderr, out.stderr
 
 
-def test_cli_unknown_split_is_one_clear_error(run, tiny_eval):  # noqa: F811
+def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa: F811
   data, _ = tiny_eval
+  report = tmp_path / "new" / "folder" / "r.json"
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--split",
-                        "tset", "--data_dir", data.data_dir], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+                        "tset", "--data_dir", data.data_dir, "--out", str(report)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
   assert out.returncode == 1, out.stderr[-2000:]
   assert "evaluate.py: error: captioned_shapes/tiny_32 has no split 'tset'; available:" in out.stderr
   assert "Traceback" not in out.stderr
+  # --out's folder is made before the evaluation, not found missing after it.
+  assert report.parent.is_dir() and not report.exists()
 
 
 def test_train_split_is_refused_with_the_reason(run, tiny_eval):  # noqa: F811
