@@ -71,10 +71,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
   cfg = data_config_from_args(args)
   start = time.perf_counter()
-  from llmimg_jax.data.captioned_folder import FolderError  # pylint: disable=g-import-not-at-top
   try:
     source = pipeline.load_source(cfg, args.split)
-  except FolderError as e:
+  except ValueError as e:  # a bad folder (FolderError) or data config, e.g. a missing --folder
     parser.exit(2, f"{parser.prog}: error: {e}\n")
   seconds = time.perf_counter() - start
   report = {"dataset": args.dataset, "split": args.split, "num_examples": len(source),

@@ -46,6 +46,15 @@ def test_prepare_captioned_folder_reports_summary(tmp_path):
   assert report["summary"]["skipped"] == {"empty_file": 1, "invalid_json": 1}
 
 
+def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "captioned_folder", "--folder", str(tmp_path / "nope"),
+                  "--data_dir", str(tmp_path / "tfds")])
+  assert exit_info.value.code == 2
+  assert "error: captioned_folder needs data.folder set to an existing folder" in (
+      capsys.readouterr().err)
+
+
 def test_coco_to_example_mapping():
   ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
         "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}
