@@ -38,11 +38,12 @@ def _not_orbax_info(record: logging.LogRecord) -> bool:
 
 
 def _not_orbax_task(record: logging.LogRecord) -> bool:
-  """asyncio's 'Task exception was never retrieved' for an Orbax read (the task names its file)."""
+  """asyncio's 'Task exception was never retrieved' for an Orbax read: the task names an Orbax
+  file, or (a TensorStore future awaited by asyncio itself, seen under load) a TensorStore spec."""
   text = record.getMessage()
   if record.exc_info and record.exc_info[2] is not None:
     text += "".join(f.filename for f in traceback.extract_tb(record.exc_info[2]))
-  return "/orbax/" not in text
+  return "/orbax/" not in text and "TensorStore(" not in text
 
 
 def _unraisable(info: Any) -> None:
