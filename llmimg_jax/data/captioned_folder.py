@@ -3,10 +3,11 @@
 captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption": "a cat"}` or
 `{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file (and
 every caption key of a line) are merged, each caption once. captions.csv has a header with a file
-column (file/file_name/filename/image) and a caption column (caption/text/captions); a caption
-column that comes last may hold unquoted commas (counted as a note). Bad lines and bad images are
-skipped and counted by reason; the summary is logged, stored in the dataset's metadata.json and
-returned by `build_folder`.
+column (file/file_name/filename/image, any case) and a caption column (caption/text/captions); a
+caption column that comes last may hold unquoted commas (counted as a note). File names are
+relative to the folder (or absolute paths inside it). Bad lines and bad images are skipped and
+counted by reason; the summary is logged, stored in the dataset's metadata.json and returned by
+`build_folder`.
 """
 from __future__ import annotations
 
@@ -112,10 +113,17 @@ class _Skips:
       self.examples[reason].append(what)
 
 
-def _resolve(folder: str, name: str) -> str | None:
-  """The path of `name` inside `folder`, or None if it points outside."""
+def _relative_name(folder: str, name: str) -> str | None:
+  """`name` (relative to `folder`, or absolute) relative to `folder`; None if it is outside.
+
+  An absolute name may reach the folder through another path to it (a symlink); a file inside
+  the folder may itself be a symlink to anywhere."""
   path = os.path.normpath(os.path.join(folder, name))
-  return path if path.startswith(os.path.join(folder, "")) else None
+  for root, p in ((folder, path), (os.path.realpath(folder), os.path.realpath(path))):
+    rel = os.path.relpath(p, root)
+    if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+      return rel
+  return None
 
 
 def _add_caption_entry(folder, where, file_name, captions, out, skips) -> None:
@@ -132,15 +140,19 @@ def _add_caption_entry(folder, where, file_name, captions, out, skips) -> None:
   if any(_has_surrogates(v) for v in (file_name, *captions) if isinstance(v, str)):
     skips.add("invalid_utf8", where)
     return
+  rel = _relative_name(folder, file_name.strip())
+  if rel is None:
+    skips.add("outside_folder", f"{where} ({file_name})")
+    return
+  if not os.path.isfile(os.path.join(folder, rel)):
+    skips.add("unknown_file", f"{where} ({file_name})")
+    return
+  named = out[rel]  # named even if this line's captions are blank: not also "no_caption"
   captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
   if not captions:
     skips.add("empty_caption", where)
     return
-  path = _resolve(folder, file_name.strip())
-  if path is None or not os.path.isfile(path):
-    skips.add("unknown_file", f"{where} ({file_name})")
-    return
-  out[os.path.relpath(path, folder)].extend(captions)
+  named.extend(c for c in dict.fromkeys(captions) if c not in named)
 
 
 def _first(obj: dict, keys) -> object:
@@ -161,17 +173,38 @@ def check_caption_files(folder: str) -> None:
         '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
   for path in paths:
     _refuse_utf16(path)
+  if os.path.isfile(paths[0]):
+    _refuse_json_array(paths[0])
   if os.path.isfile(paths[1]):  # its header record (a quoted cell may hold a line break)
     with open(paths[1], encoding="utf-8", errors="surrogateescape", newline="") as f:
       _csv_columns(paths[1], f.read(1 << 16))
+
+
+def _refuse_json_array(jsonl_path: str) -> None:
+  """One JSON array of objects (what `json.dump(list)` writes) is not JSON Lines: say so."""
+  with open(jsonl_path, "rb") as f:
+    if not f.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+      return
+    f.seek(0)
+    try:
+      obj = json.loads(f.read().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      return  # a line-by-line problem; the build counts it
+  if isinstance(obj, list):
+    raise FolderError(
+        f"{jsonl_path} is one JSON array; captions.jsonl needs one JSON object per line "
+        "(JSON Lines), e.g. write it with `for e in entries: f.write(json.dumps(e) + '\\n')`.")
 
 
 def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
   """The reader of a captions.csv's text and its file and caption columns."""
   reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
   fields = reader.fieldnames or []
-  file_col = next((k for k in FILE_KEYS if k in fields), None)
-  cap_col = next((k for k in CAPTION_KEYS if k in fields), None)
+  by_name: dict[str, str] = {}  # "File Name " reads as file_name; the first such column wins
+  for f in fields:
+    by_name.setdefault(f.strip().lower().replace(" ", "_"), f)
+  file_col = next((by_name[k] for k in FILE_KEYS if k in by_name), None)
+  cap_col = next((by_name[k] for k in CAPTION_KEYS if k in by_name), None)
   if file_col is None or cap_col is None:
     raise FolderError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
                       f"and a caption column (one of {CAPTION_KEYS}).")
@@ -180,7 +213,9 @@ def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
 
 def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
                   ) -> dict[str, list[str]]:
-  """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv."""
+  """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv.
+
+  Each caption once per file; a file named only with blank captions maps to []."""
   out: dict[str, list[str]] = collections.defaultdict(list)
   check_caption_files(folder)
   jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
@@ -216,16 +251,17 @@ def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
       text = f.read().decode("utf-8", errors="surrogateescape")
     reader, file_col, cap_col = _csv_columns(csv_path, text)
     last = reader.fieldnames[-1] == cap_col
-    for n, row in enumerate(reader, start=2):
+    for row in reader:
+      where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
       caption, extra = row.get(cap_col) or "", row.get(None)
       if extra:  # more cells than the header: an unquoted comma
         if not last:  # which cells are the caption's is unknown
-          skips.add("extra_csv_cells", f"captions.csv:{n}")
+          skips.add("extra_csv_cells", where)
           continue
         caption = ",".join([caption, *extra])  # the caption is the last column: its own commas
         if notes is not None:
-          notes.add("unquoted_csv_comma", f"captions.csv:{n}")
-      _add_caption_entry(folder, f"captions.csv:{n}", row.get(file_col), caption, out, skips)
+          notes.add("unquoted_csv_comma", where)
+      _add_caption_entry(folder, where, row.get(file_col), caption, out, skips)
   return dict(out)
 
 
@@ -279,41 +315,69 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, folder: str):
     cfg = self.builder_config
-    skips, notes = _Skips(), _Skips()
+    line_skips, image_skips, notes = _Skips(), _Skips(), _Skips()
     folder_fingerprint = fingerprint(folder)  # before reading: what this build saw
-    captions = read_captions(folder, skips, notes)
-    captioned = set(captions)
+    captions = read_captions(folder, line_skips, notes)
     for root, _, files in os.walk(folder):
       for f in files:
         rel = os.path.relpath(os.path.join(root, f), folder)
-        if os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS and rel not in captioned:
-          skips.add("no_caption", rel)
+        if os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS and rel not in captions:
+          image_skips.add("no_caption", rel)
     index = 0
-    for rel in tqdm.tqdm(sorted(captions), desc=f"captioned_folder {folder}", unit="img"):
+    captioned = sorted(rel for rel, caps in captions.items() if caps)
+    for rel in tqdm.tqdm(captioned, desc=f"captioned_folder {folder}", unit="img"):
       try:
         image, image_notes = images.load_image(
             os.path.join(folder, rel), cfg.image_size, cfg.max_pixels or None)
       except images.SkipImage as e:
-        skips.add(e.reason, rel)
+        image_skips.add(e.reason, rel)
         continue
       for note in image_notes:
         notes.add(note, rel)
       yield rel, {"image": image, "captions": captions[rel], "file_name": rel, "index": index}
       index += 1
+    skipped = line_skips.counts + image_skips.counts
     summary = {
-        "folder": folder, "fingerprint": folder_fingerprint,
-        "num_examples": index, "num_skipped": sum(skips.counts.values()),
-        "skipped": dict(sorted(skips.counts.items())),
-        "skipped_examples": {k: skips.examples[k] for k in sorted(skips.examples)},
+        "folder": folder, "fingerprint": folder_fingerprint, "num_examples": index,
+        "skipped_lines": line_skips.counts.total(), "skipped_images": image_skips.counts.total(),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": {k: (line_skips.examples[k] + image_skips.examples[k])[
+            :_MAX_EXAMPLES_PER_REASON] for k in sorted(skipped)},
         "notes": dict(sorted(notes.counts.items())),
     }
     self.info.metadata["summary"] = summary
-    log_fn = log.warning if summary["num_skipped"] else log.info
-    log_fn("captioned_folder %s: %d examples, skipped %d: %s; notes: %s", folder, index,
-           summary["num_skipped"], summary["skipped"] or "none", summary["notes"] or "none")
+    log_fn = log.warning if skipped else log.info
+    log_fn("captioned_folder %s: %d examples; skipped %d caption lines and %d images: %s; "
+           "notes: %s", folder, index, summary["skipped_lines"], summary["skipped_images"],
+           summary["skipped"] or "none", summary["notes"] or "none")
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
-                        f"{summary['skipped']}). Check the file names in the captions file.")
+                        f"{summary['skipped']}). {_advice(line_skips, image_skips, captioned)}")
+
+
+_ADVICE = {
+    "unknown_file": "Check the file names in the captions file: they are relative to the folder.",
+    "outside_folder": "The captions file names files outside the folder; move them into it.",
+    "invalid_json": "Each line of captions.jsonl must be one JSON object.",
+    "missing_key": f"Each caption line needs a file key (one of {FILE_KEYS}) and a caption key "
+                   f"(one of {CAPTION_KEYS}).",
+    "empty_caption": "Every caption is blank; write a caption for each image.",
+    "invalid_utf8": "Save the captions file as UTF-8.",
+    "extra_csv_cells": "Quote the captions that contain commas, or make the caption column last.",
+}
+
+
+def _advice(line_skips: _Skips, image_skips: _Skips, captioned: list[str]) -> str:
+  """What to fix when no example was made: the images if captions named some, else the lines."""
+  if captioned:
+    reason = max(set(image_skips.counts) - {"no_caption"}, key=image_skips.counts.get)
+    return (f"None of the captioned images could be read ({reason}, e.g. "
+            f"{image_skips.examples[reason][0]}).")
+  if not line_skips.counts:
+    return ("The captions file names no image. Add a line per image, e.g. "
+            '{"file": "a.jpg", "caption": "..."}.')
+  reason = line_skips.counts.most_common(1)[0][0]
+  return f"{_ADVICE[reason]} E.g. {line_skips.examples[reason][0]}."
 
 
 def build_folder(folder: str, data_dir: str, image_size: int,

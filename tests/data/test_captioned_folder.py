@@ -76,7 +76,7 @@ def make_odd_folder(root: str) -> dict[str, list[str]]:
             json.dumps({"file": "rgb.png", "caption": "   "}),  # empty_caption
             json.dumps({"file": "rgb.png", "captions": []}),  # empty_caption
             json.dumps({"file": "nope.png", "caption": "ghost"}),  # unknown_file
-            json.dumps({"file": "../outside.png", "caption": "escape"}),  # unknown_file
+            json.dumps({"file": "../outside.png", "caption": "escape"}),  # outside_folder
             '{"file": "rgb.png", "caption": "half an emoji \\ud83d"}',  # invalid_utf8 (surrogate)
             ""]
   with open(p("captions.jsonl"), "wb") as f:
@@ -88,7 +88,8 @@ def make_odd_folder(root: str) -> dict[str, list[str]]:
 
 EXPECTED_SKIPS = {
     "corrupt": 0, "empty_caption": 2, "empty_file": 1, "invalid_json": 2, "invalid_utf8": 2,
-    "missing_key": 2, "no_caption": 1, "too_large": 1, "truncated": 1, "unknown_file": 2,
+    "missing_key": 2, "no_caption": 1, "outside_folder": 1, "too_large": 1, "truncated": 1,
+    "unknown_file": 1,
     "unreadable": 1, "unsupported_extension": 1}
 
 
@@ -110,6 +111,7 @@ def test_skip_counts_by_reason(built):
   good, summary, examples, _ = built
   expected = {k: v for k, v in EXPECTED_SKIPS.items() if v}
   assert summary["skipped"] == expected, summary
+  assert (summary["skipped_lines"], summary["skipped_images"]) == (10, 6)
   assert summary["num_examples"] == len(good) == len(examples)
   assert summary["notes"] == {"extension_mismatch": 1}
   assert set(examples) == set(good)
@@ -181,6 +183,55 @@ def test_unquoted_commas_and_every_caption_key_kept(tmp_path):
   assert captioned_folder.read_captions(str(tmp_path), skips) == {
       "b.png": ["one", "two", "three"]}
   assert skips.counts == {"extra_csv_cells": 1}
+
+
+def test_each_caption_once_and_paths_resolved_against_the_folder(tmp_path):
+  """Repeated captions (across lines and files, after stripping) are kept once; a header's case
+  does not matter; an absolute path reaching the folder through a symlink is inside it, `..` is
+  outside; a CSV line number is the physical line, after a caption spanning two lines."""
+  folder = tmp_path / "real"
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+  os.symlink(folder, tmp_path / "link")
+  (folder / "captions.jsonl").write_text("\n".join(json.dumps(e) for e in [
+      {"file": "a.png", "caption": "a cat"}, {"file": "a.png", "captions": ["a cat ", "a dog"]},
+      {"file": str(folder / "a.png"), "caption": "by real path"},
+      {"file": "../outside.png", "caption": "escape"}]) + "\n")
+  (folder / "captions.csv").write_text(
+      'File Name,Caption\na.png,a dog\na.png,"two\nlines"\nmissing.png,x\n')
+  skips = captioned_folder._Skips()
+  caps = captioned_folder.read_captions(str(tmp_path / "link"), skips)
+  assert caps == {"a.png": ["a cat", "a dog", "by real path", "two\nlines"]}
+  assert dict(skips.examples) == {"outside_folder": ["captions.jsonl:4 (../outside.png)"],
+                                  "unknown_file": ["captions.csv:5 (missing.png)"]}
+
+
+def test_an_image_with_only_blank_captions_is_skipped_once(tmp_path):
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+  (tmp_path / "captions.csv").write_text("file,caption\na.png,a cat\nb.png,  \n")
+  _, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["num_examples"] == 1
+  assert summary["skipped"] == {"empty_caption": 1}
+  assert (summary["skipped_lines"], summary["skipped_images"]) == (1, 0)
+
+
+@pytest.mark.parametrize("captions_jsonl, message", [
+    ('[{"file": "a.png", "caption": "x"}]', r"one JSON array; captions.jsonl needs one JSON object"),
+    ('{"path": "a.png", "caption": "x"}\n', r"no usable image .* needs a file key .* E.g. "
+                                            r"captions.jsonl:1"),
+    ('{"file": "b.png", "caption": "x"}\n', r"Check the file names .* E.g. captions.jsonl:1 \(b"),
+    ('{"file": "a.png", "caption": "x"}\n{"file": "a.png", "caption": "x"}\n',
+     r"None of the captioned images could be read \(empty_file, e.g. a.png\)"),
+    ("", r"The captions file names no image"),
+])
+def test_no_usable_image_names_the_main_reason(tmp_path, captions_jsonl, message):
+  (tmp_path / "a.png").touch()  # an empty file
+  (tmp_path / "captions.jsonl").write_text(captions_jsonl)
+  with pytest.raises(captioned_folder.FolderError, match=message):
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
 
 
 def test_utf16_captions_file_is_named_with_the_fix(tmp_path):
