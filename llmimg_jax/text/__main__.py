@@ -34,6 +34,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def _npy_path(encode_out: str) -> str:
+  """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable."""
+  path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
+  out_dir = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise OSError(f"--encode_out {encode_out}: cannot create its folder ({e}).") from None
+  if os.path.isdir(path) or not os.access(out_dir, os.W_OK):
+    raise OSError(f"--encode_out {encode_out}: cannot write {path}; name a writable .npy file.")
+  return path
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -43,19 +56,17 @@ def main(argv=None) -> int:
   from llmimg_jax.text.generator import TextGenerator
 
   try:
+    out_path = _npy_path(args.encode_out) if args.encode_out else None  # before the model load
     gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
                                         seed=args.seed, encoder_only=bool(args.encode_out))
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if args.encode_out:
+  if out_path:
     states = gen.encode(args.text)
-    out_dir = os.path.dirname(os.path.abspath(args.encode_out))
-    os.makedirs(out_dir, exist_ok=True)
-    path = args.encode_out if args.encode_out.endswith(".npy") else args.encode_out + ".npy"
-    np.save(path, states)  # (np.save adds .npy itself; name the file it writes)
-    print(f"saved encoder states {states.shape} {states.dtype} to {path}")
+    np.save(out_path, states)
+    print(f"saved encoder states {states.shape} {states.dtype} to {out_path}")
     return 0
   try:
     texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.text.config import T5Config
-from llmimg_jax.text.modeling import T5ForConditionalGeneration
+from llmimg_jax.text.modeling import T5ForConditionalGeneration, compute_dtype
 
 log = logging.getLogger(__name__)
 NEG = -1.0e9  # transformers' "impossible" score offset
@@ -77,7 +77,7 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   return _generate(params, input_ids, attention_mask, rng, scalars, config=config,
                    max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
                    do_sample=bool(do_sample), top_k=int(top_k), use_top_p=bool(top_p < 1.0),
-                   min_new_tokens=int(min_new_tokens), dtype=jnp.dtype(dtype))
+                   min_new_tokens=int(min_new_tokens), dtype=compute_dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnames=(

@@ -13,7 +13,7 @@ import numpy as np
 from llmimg_jax.text.config import T5Config
 from llmimg_jax.text.generate import generate
 from llmimg_jax.text.loading import load_pretrained
-from llmimg_jax.text.modeling import T5EncoderModel
+from llmimg_jax.text.modeling import T5EncoderModel, compute_dtype
 from llmimg_jax.text.tokenizer import TextTokenizer
 
 
@@ -30,7 +30,8 @@ class TextGenerator:
     if tokenizer.vocab_size > config.vocab_size:
       raise ValueError(f"Tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
                        f"is {config.vocab_size}.")
-    self.config, self.params, self.tokenizer, self.dtype = config, params, tokenizer, dtype
+    self.config, self.params, self.tokenizer = config, params, tokenizer
+    self.dtype = compute_dtype(dtype)
 
   @classmethod
   def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, max_length: int = 64,
@@ -38,6 +39,7 @@ class TextGenerator:
                       encoder_only: bool = False) -> TextGenerator:
     """None: the untrained offline default (ByT5 tokenizer + fresh T5), with a warning.
     encoder_only: loads what `encode` needs (a T5EncoderModel checkpoint has nothing else)."""
+    dtype = compute_dtype(dtype)  # before a load that may take minutes
     config, params, tokenizer = load_pretrained(path_or_name, max_length, seed=seed,
                                                 encoder_only=encoder_only)
     return cls(config, params, tokenizer, dtype)
@@ -74,5 +76,5 @@ class TextGenerator:
       return np.zeros((0, self.tokenizer.max_length, self.config.d_model), np.float32)
     enc_params = {k: self.params[k] for k in ("shared", "encoder")}
     out = _encode(enc_params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]),
-                  config=self.config, dtype=jnp.dtype(self.dtype))
+                  config=self.config, dtype=self.dtype)
     return np.asarray(out, np.float32)

@@ -26,6 +26,16 @@ from llmimg_jax.text.layers import Dense
 Array = jax.Array
 Cache = dict[str, Any]
 MASK_VALUE = -1e9  # additive attention mask; finite so fully masked rows stay NaN-free
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """`dtype` as a T5 compute dtype, or a ValueError naming the ones that work."""
+  d = jnp.dtype(dtype)
+  if d.name not in COMPUTE_DTYPES:
+    raise ValueError(f"T5 compute dtype {d.name} is not supported; use one of {COMPUTE_DTYPES} "
+                     "(T5's activations overflow float16's range: inf, then NaN).")
+  return d
 
 _ACT = {
     "relu": jax.nn.relu,

@@ -182,3 +182,21 @@ def test_checkpoint_without_vocabulary_is_refused(tmp_path):
     load_tokenizer(str(tmp_path / "t5"), 8)
   transformers.ByT5Tokenizer().save_pretrained(tmp_path / "byt5")
   assert load_tokenizer(str(tmp_path / "byt5"), 8)(["ab"])["input_ids"][0, :2].tolist() == [100, 101]
+
+
+def test_cli_unwritable_encode_out_is_refused_before_the_model_loads(tmp_path, capsys):
+  (tmp_path / "a_file").write_text("")
+  (tmp_path / "dir.npy").mkdir()
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  for out in (tmp_path / "a_file" / "states", tmp_path / "dir.npy"):
+    assert main(["--model", missing_model, "--text", "x", "--encode_out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--encode_out {out}" in err and "not found" not in err, err
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "float64", "int8"])
+def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, dtype):
+  with pytest.raises(ValueError, match="compute dtype .* not supported; use one of"):
+    TextGenerator(generator.config, generator.params, generator.tokenizer, dtype)
+  with pytest.raises(ValueError, match="compute dtype .* not supported"):
+    generate(generator.params, generator.config, [[5, 1]], max_new_tokens=2, dtype=dtype)
