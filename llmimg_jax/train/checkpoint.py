@@ -148,10 +148,18 @@ class ConfigMismatchError(CorruptCheckpointError):
 CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
 
 
-def brief_error(e: BaseException, limit: int = 400) -> str:
-  """An Orbax/TensorStore error in one line (their messages embed whole JSON specs)."""
-  text = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
-  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+def brief_error(e: BaseException, limit: int = 600) -> str:
+  """An Orbax/TensorStore error in one line (their messages embed whole JSON specs), with its
+  innermost cause (where Orbax's own message only says which array index failed)."""
+  def one_line(err: BaseException) -> str:
+    text = str(err).split(" [tensorstore_spec=")[0].split(" See full TensorStore details:")[0]
+    return f"{type(err).__name__}: {' '.join(text.split())}"
+  text, cause = one_line(e), e.__cause__
+  while cause is not None and cause.__cause__ is not None:
+    cause = cause.__cause__
+  if cause is not None:
+    text += f" (cause: {one_line(cause)})"
+  return f"{text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _describe(e: BaseException | None) -> str:

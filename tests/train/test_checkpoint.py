@@ -52,3 +52,25 @@ def test_an_unreadable_best_json_is_replaced_not_fatal(tmp_path, caplog):
   evaluator.best_path.write_text(json.dumps({"step": 4, "caption_accuracy": 0.5,
                                              "fid_indomain": 3.0}))
   assert evaluator._read_best()["step"] == 4
+
+
+def test_brief_error_is_one_line_with_the_innermost_cause():
+  spec = '{"driver": "zarr", "kvstore": {"path": "/ckpt/1/state/"}}'
+  try:
+    try:
+      try:
+        raise ValueError(f'OUT_OF_RANGE: Error reading "a/0" in OCDBT database: Requested byte '
+                         f"range [0, 2291) is not valid for value of size 1268 "
+                         f"[tensorstore_spec='{spec}']")
+      except ValueError as inner:
+        raise RuntimeError("read failed") from inner
+    except RuntimeError as middle:  # as Orbax raises it: the spec pretty-printed over lines
+      raise Exception("Encountered error while reading array index: (slice(0, 1000, 1),). See full "
+                      "TensorStore details: <bound method spec of TensorStore({\n  'base': {\n"
+                      "    'driver': 'zarr',\n  },\n})>.") from middle
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    brief = checkpoint.brief_error(e)
+  assert brief == ("Exception: Encountered error while reading array index: (slice(0, 1000, 1),)."
+                   " (cause: ValueError: OUT_OF_RANGE: Error reading \"a/0\" in OCDBT database: "
+                   "Requested byte range [0, 2291) is not valid for value of size 1268)")
+  assert checkpoint.brief_error(OSError("x " * 400), limit=20) == "OSError: x x x x x x..."
