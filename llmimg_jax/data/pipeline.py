@@ -355,7 +355,8 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
                   split: str = "train", shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   source: ExampleSource | None = None) -> grain.DataLoaderIterator:
-  """Batches of this host's slice of the global batches; infinite unless `num_epochs` is set.
+  """Batches of this host's slice of the global batches; infinite unless `num_epochs` is set
+  (which needs data.num_workers=0).
 
   Every host walks the same seeded global order and takes its contiguous rows of each global
   batch (HostSliceSampler), so the global batch sequence is the same for any number of hosts.
@@ -378,6 +379,11 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
         f"({process_count} host(s) x {batch_size_per_host}): lower the batch size or use a "
         "bigger split.")
   num_workers = int(data_cfg.get("num_workers", 0) or 0)
+  if num_workers > 0 and num_epochs is not None:
+    raise ValueError(
+        f"num_epochs={num_epochs} with data.num_workers={num_workers}: grain batches within each "
+        "worker, so every worker would drop its last partial batch (up to all of a small split). "
+        "Read a fixed number of epochs with data.num_workers=0.")
   if num_workers > 0:
     _ensure_absl_flags_parsed()
   sampler = HostSliceSampler(

@@ -200,6 +200,9 @@ def test_captioned_folder_through_the_pipeline(tmp_path, tokenizer):
              image_size=8, store_size=12)
   batches = list(_iterator(cfg, tokenizer, batch_size_per_host=3, num_epochs=1))
   assert len(batches) == 2 and batches[0]["image"].shape == (3, 8, 8, 3)
+  cfg.num_workers = 2  # each worker would batch its 3 records alone and keep one batch
+  with pytest.raises(ValueError, match="num_epochs=1 with data.num_workers=2: .* drop"):
+    _iterator(cfg, tokenizer, batch_size_per_host=3, num_epochs=1)
   source = pipeline.load_source(cfg)
   assert source.resolution == 12 and source[0]["image"].shape == (12, 12, 3)
 
