@@ -148,6 +148,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not t.sample_prompts:
     raise ValueError("config.train.sample_prompts is empty; give at least one prompt for the "
                      "sample grids.")
+  if isinstance(t.sample_prompts, str) or not all(
+      isinstance(p, str) and p.strip() for p in t.sample_prompts):
+    raise ValueError(f"config.train.sample_prompts={t.sample_prompts!r}: give a tuple of "
+                     "non-blank prompts, e.g. ('a red circle', 'a blue square').")
   if config.eval.every < 0 or config.eval.num_samples < 2:
     raise ValueError(f"config.eval.every={config.eval.every} must be >= 0 (0 = off) and "
                      f"config.eval.num_samples={config.eval.num_samples} >= 2.")

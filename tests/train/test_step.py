@@ -78,6 +78,7 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("data.random_crop", -0.1, r"random_crop=-0\.1: give the smallest crop side"),
     ("train.samples_per_prompt", 0, "samples_per_prompt=0 must be positive"),
     ("train.sample_prompts", (), "sample_prompts is empty"),
+    ("train.sample_prompts", ("a red circle", " "), r"sample_prompts=.*non-blank prompts"),
     ("train.batch_size", 1, "batch_size=1 must be >= 2: D's mismatched pairs"),
     ("train.grad_clip", -1.0, r"config\.train\.grad_clip=-1\.0 must be >= 0 \(0 = off\)"),
     ("train.lr_d", -4e-4, r"config\.train\.lr_d=-0\.0004 must be >= 0"),
