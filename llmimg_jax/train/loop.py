@@ -112,6 +112,32 @@ def create_state(models: Models, mesh: jax.sharding.Mesh, seed: int, text_params
   return init(jax.random.PRNGKey(seed), text_params)
 
 
+class _StepClock:
+  """Training steps and their seconds since the last `lap`, off the clock while stopped (for
+  checkpoint saves, sample grids, evaluation) and before the first step finished (compiling)."""
+
+  def __init__(self):
+    self.steps, self.seconds, self.since = 0, 0.0, None
+
+  def start(self) -> None:
+    if self.since is None:
+      self.since = time.perf_counter()
+
+  def stop(self, state: TrainState) -> None:
+    jax.block_until_ready(state)  # the steps dispatched so far, done
+    if self.since is not None:
+      self.seconds, self.since = self.seconds + time.perf_counter() - self.since, None
+
+  def lap(self) -> float | None:
+    """Steps per second since the last lap (the caller has synced with the last step)."""
+    now = time.perf_counter()
+    seconds = self.seconds + (now - self.since if self.since is not None else 0.0)
+    rate = self.steps / seconds if self.steps and seconds > 0 else None
+    self.steps, self.seconds = 0, 0.0
+    self.since = now if self.since is not None else None
+    return rate
+
+
 class SampleWriter:
   """Fixed prompts with fixed noise, rendered from the EMA generator as PNG + TensorBoard."""
 
@@ -241,31 +267,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
 
   t = config.train
   pending = []  # device metrics since the last log, fetched together to avoid a sync per step
-  last_time, last_step = time.perf_counter(), start
-  bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train",
-             disable=jax.process_index() != 0, dynamic_ncols=True)
+  clock = _StepClock()
+  bar = tqdm(initial=start, total=t.steps, desc="train", disable=jax.process_index() != 0,
+             dynamic_ncols=True)
   try:
     with PreemptionWatch(manager) as watch:
-      for step in bar:
+      for step in range(start, t.steps):
         batch = to_global_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, batch)
         pending.append(metrics)
         done = step + 1
+        bar.update(1)
+        if step == start:  # compiling (and restoring) is not training throughput
+          jax.block_until_ready(metrics)
+          clock.start()
+        else:
+          clock.steps += 1
         if done % t.log_every == 0 or done == t.steps:
           fetched = jax.device_get(pending)
           pending = []
           # The longest streak of skipped updates since the last log, even one that has ended.
           streak = max(int(m.pop("bad_steps")) for m in fetched)
-          now = time.perf_counter()
           # Losses and norms of the updates made (a skipped one's are NaN); NaN if all skipped.
           made = [m for m in fetched if m["finite"]] or fetched
           scalars = {k: float(np.mean([m[k] for m in made])) for k in fetched[-1]}
           scalars["finite"] = float(np.mean([m["finite"] for m in fetched]))
-          scalars["images_per_sec"] = t.batch_size * (done - last_step) / (now - last_time)
+          if steps_per_sec := clock.lap():  # None when only the first step ran
+            scalars["images_per_sec"] = t.batch_size * steps_per_sec
           scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
-          last_time, last_step = now, done
+          rate = scalars.get("images_per_sec")
           bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
-                          img_s=f"{scalars['images_per_sec']:.0f}")
+                          img_s="-" if rate is None else f"{rate:.0f}")
           if writer is not None:
             for k, v in scalars.items():
               writer.add_scalar(f"train/{k}", v, done)
@@ -279,18 +311,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
                 "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
         stop = watch.reached(done)  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
         saved = done % t.ckpt_every == 0 or done == t.steps or stop
+        sample_now = done % t.sample_every == 0 or done == t.steps
+        eval_now = evaluate is not None and (done % config.eval.every == 0 or done == t.steps)
+        if saved or sample_now or eval_now:  # not training: off the clock
+          clock.stop(state)
         if saved:  # before sampling and evaluation, whose errors would lose it
           checkpoint.save(manager, done, state, data_iter, config)
         if stop:  # the grace period of a preemption is short: no samples or evaluation
           log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
                       "resume.", watch.description, done)
           break
-        if done % t.sample_every == 0 or done == t.steps:
+        if sample_now:
           samples(state, done, writer)
-        if evaluate is not None and (done % config.eval.every == 0 or done == t.steps):
+        if eval_now:
           evaluate(state, done, writer)
           if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
             checkpoint.save(manager, done, state, data_iter, config)
+        clock.start()
   finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
     bar.close()
     manager.close()  # waits for the last save first

@@ -3,6 +3,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -11,17 +12,33 @@ import numpy as np
 from llmimg_jax.train import checkpoint, loop
 from tests.sample.conftest import one_device_env
 from tests.train.conftest import tiny_config
+from tests.train.test_reliability import _scalars
 
 
 def _max_diff(a, b) -> float:
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
 
 
-def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, caplog):
+def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, caplog,
+                                                  monkeypatch):
   workdir = tmp_path / "run"
   config = tiny_config(shapes_data_dir)
+  jit_train_step = loop.jit_train_step
+
+  def slow_first_call(*args):  # as if compiling took 4 s longer: images/s must not count it
+    step_fn, delays = jit_train_step(*args), iter([4.0])
+    def step(*a):
+      time.sleep(next(delays, 0.0))
+      return step_fn(*a)
+    return step
+  monkeypatch.setattr(loop, "jit_train_step", slow_first_call)
   first = jax.device_get(loop.train(config, workdir))
+  monkeypatch.undo()
   assert int(first.step) == 4
+  # Steps 1-2 are logged at step 2: step 2 alone is timed (< 2 s: a tiny model).
+  images_per_sec = _scalars(workdir / "tensorboard", "train/images_per_sec")
+  assert sorted(images_per_sec) == [2, 4], images_per_sec
+  assert min(images_per_sec.values()) > config.train.batch_size / 2.0, images_per_sec
   manager = checkpoint.make_manager(workdir, config)
   assert manager.all_steps() == [2, 4]
   assert (workdir / "config.json").exists()

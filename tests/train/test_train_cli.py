@@ -35,6 +35,8 @@ def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, t
   assert proc.finish() == 0, proc.output[-3000:]
   stopped = int(re.search(r"Stopped by SIGTERM after step (\d+)", proc.output).group(1))
   assert 1 <= stopped < STEPS and finished_steps(run)[-1] == stopped, finished_steps(run)
+  bar_steps = re.findall(rf"train: .*?\| *(\d+)/{STEPS} ", proc.output)
+  assert int(bar_steps[-1]) == stopped, bar_steps  # the progress bar ends at the saved step
 
   # Crash: the same command, kill -9 at a random moment after it saved a new checkpoint
   # (possibly in the middle of the next save).
