@@ -221,6 +221,7 @@ class CrossAttention(nn.Module):
     weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)  # [batch, heads, hw, length]
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v).reshape(b, h * w, c)
     out = nn.Dense(c, dtype=self.dtype, name="out")(out).reshape(b, h, w, c)
+    out = jnp.where(jnp.any(mask > 0, axis=-1)[:, None, None, None], out, 0)  # not out's bias
     gain = self.param("gain", nn.initializers.zeros, ())
     return x + gain.astype(self.dtype) * out
 

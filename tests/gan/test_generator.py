@@ -5,6 +5,7 @@ import pytest
 from flax import linen as nn
 
 from llmimg_jax.gan import Generator, sentence_embedding
+from llmimg_jax.gan.generator import CrossAttention
 
 B, L, D_TEXT, Z = 2, 6, 12, 16
 
@@ -171,6 +172,19 @@ def test_masked_tokens_do_not_affect_output(g32):
   # A fully masked row stays finite (no NaN from an empty softmax).
   empty = mask.at[1].set(0)
   assert bool(jnp.all(jnp.isfinite(apply(trained, z, sent, words, empty))))
+
+
+def test_attention_leaves_a_row_without_valid_tokens_unchanged():
+  attn = CrossAttention()
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))  # [batch, h, w, channels]
+  words = jax.random.normal(jax.random.key(1), (2, 5, 6))  # [batch, length, dim]
+  mask = jnp.array([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+  params = attn.init(jax.random.key(2), x, words, mask)["params"]
+  params = {**params, "gain": jnp.float32(0.5),  # a trained gain and output bias
+            "out": {**params["out"], "bias": jnp.full((8,), 0.3)}}
+  y = attn.apply({"params": params}, x, words, mask)
+  np.testing.assert_array_equal(np.asarray(y[1]), np.asarray(x[1]))
+  assert float(jnp.max(jnp.abs(y[0] - x[0]))) > 0.1
 
 
 def test_sentence_embedding_masked_mean():
