@@ -192,7 +192,8 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
               loss.contrastive_temperature > 0, "> 0")]
   checks += [(f"loss.{k}", loss[k], loss[k] >= 0, ">= 0")
              for k in ("contrastive_weight", "magp_k", "r1_gamma")]
-  checks += [("loss.magp_p", loss.magp_p, loss.magp_p >= 1, ">= 1 (DF-GAN: 6)")]
+  checks += [("loss.magp_p", loss.magp_p, loss.magp_p >= 2,  # below 2: NaN at a zero gradient
+              ">= 2 (DF-GAN: 6)")]
   checks += [("seed", config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)")]
   checks += [(f"data.{k}", config.data[k], config.data[k] >= 0, ">= 0 (0 = the default)")
              for k in ("max_pixels", "store_size")]

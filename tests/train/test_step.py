@@ -85,7 +85,7 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("train.b2", 1.0, r"config\.train\.b2=1\.0 must be in \[0, 1\)"),
     ("train.ema_decay", -1.0, r"config\.train\.ema_decay=-1\.0 must be in \[0, 1\)"),
     ("loss.contrastive_temperature", 0.0, r"contrastive_temperature=0\.0 must be > 0"),
-    ("loss.magp_p", 0.0, r"config\.loss\.magp_p=0\.0 must be >= 1"),
+    ("loss.magp_p", 1.5, r"config\.loss\.magp_p=1\.5 must be >= 2"),
     ("text.num_heads", 0, r"text\.d_model=32 must be a multiple of config\.text\.num_heads=0"),
     ("text.num_heads", 3, r"text\.d_model=32 must be a multiple of config\.text\.num_heads=3"),
     ("text.d_ff", 0, r"config\.text: T5Config\.d_ff must be a positive int, got 0"),
