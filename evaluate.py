@@ -17,7 +17,8 @@ images with a real set of the same distribution (train records for `test`, furth
 for `holdout`); the floor is the same FID for the split's own real images [0, N).
 Standard FID: pytorch-fid's InceptionV3 in Flax, images bilinearly resized to 299. FID is biased
 upward at small image counts: published numbers (DF-GAN's 19.3 on COCO) use ~30,000 generated
-images (--num_samples 30000); the default 1000 compares checkpoints of one run, not papers. With
+images; a split gives at most one image per record (coco_captions' test split: 5,000), and the
+default 1000 compares checkpoints of one run, not papers. With
 --ref_stats written from the split being scored, the real images' "floor" is omitted (those
 records, or a superset, against themselves).
 """

@@ -12,8 +12,9 @@ DF-GAN's COCO recipe (nf=32, hinge + MA-GP k=2 p=6, Adam(0, 0.9) with lr 1e-4 / 
 frozen FLAN-T5-base encoder in place of DAMSM. DF-GAN reports FID 19.3 on COCO after ~290 epochs
 at batch 32; at the global batch of 256 here that is ~93k steps. `python evaluate.py --workdir RUN
 --inception_weights pt_inception-2015-12-05-6726825d.pth --ref_stats STATS.npz --num_samples
-30000` measures the standard FID (on the test split's captions; at DF-GAN's image count, since FID
-grows as the count falls); we have not trained this config, so no FID is ours.
+5000` measures the standard FID on the test split's captions. That split (TFDS's Karpathy split)
+holds 5,000 images, while DF-GAN's number is over 30,000 images, and FID grows as the count
+falls: ours reads higher for the count alone. We have not trained this config, so no FID is ours.
 """
 from llmimg_jax.train.config import base_config
 

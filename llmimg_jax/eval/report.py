@@ -118,6 +118,9 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
   for split in splits:
     t0 = time.perf_counter()
     source = load_source(data_cfg, split)
+    if num_samples > len(source):
+      log.warning("%s has %d records: scoring %d images, not --num_samples %d.", split,
+                  len(source), len(source), num_samples)
     records = [source[i] for i in range(min(num_samples, len(source)))]
     captions = [r["captions"][0] for r in records]
     images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
@@ -141,8 +144,8 @@ PUBLISHED_FID_IMAGES = 30_000  # COCO val captions, as DF-GAN and most text-to-i
 def _warn_if_few(split: str, n: int) -> None:
   if n < PUBLISHED_FID_IMAGES:
     log.warning("%s: the Inception FID over %d images is biased upward (the bias grows like 1/n): "
-                "compare it with published numbers only at their image count (--num_samples "
-                "%d on COCO's val captions).", split, n, PUBLISHED_FID_IMAGES)
+                "compare it with published numbers only at their image count (%d for COCO).",
+                split, n, PUBLISHED_FID_IMAGES)
 
 
 def _check_splits(splits: Sequence[str] | None, default: list[str], available: Sequence[str],

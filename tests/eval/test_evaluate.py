@@ -6,6 +6,7 @@ LLMIMG_CACHE_DIR): this checks the mechanics (files, keys, table, best.json, Ten
 evaluator's accuracy (tests/eval/test_shapes_eval.py does that).
 """
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
   assert "train: Inception FID" in format_table(results)
 
 
-def test_standard_fid_of_any_run(run, tiny_eval):  # noqa: F811
+def test_standard_fid_of_any_run(run, tiny_eval, caplog):  # noqa: F811
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
   from llmimg_jax.data.pipeline import center_crop_resize, load_source
   from llmimg_jax.eval import fid
@@ -163,6 +164,12 @@ def test_standard_fid_of_any_run(run, tiny_eval):  # noqa: F811
   table = format_table(results | {"workdir": str(run.workdir)})
   assert f"test: Inception FID {expected:.2f} over 12 images, against 12 real test images" in table
   json.dumps(results)
+  # More images than the split has records: all of them, and a warning that says so.
+  with caplog.at_level(logging.WARNING):
+    results = evaluate_inception(sampler, data, features, num_samples=len(source) + 5)
+  assert results["splits"]["test"]["num_images"] == len(source)
+  assert (f"test has {len(source)} records: scoring {len(source)} images, not --num_samples "
+          f"{len(source) + 5}") in caplog.text
 
 
 def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path,  # noqa: F811
