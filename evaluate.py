@@ -43,7 +43,7 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
                     "eval_<step>_<splits>_n<num_samples>_seed<seed>.json; NaN is written null).")
-flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0, upper_bound=2**32 - 1)
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
 flags.DEFINE_string("data_dir", None, "Override the run's config.data.data_dir.")
 flags.DEFINE_string("inception_weights", None,
@@ -107,25 +107,42 @@ def main(argv) -> None:
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
+  from llmimg_jax.train.checkpoint import write_atomically
   try:
     if FLAGS.write_stats:
       return _write_stats()
-    if FLAGS.out:  # its folder before the evaluation (hours at 30k samples), not after
-      Path(FLAGS.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    out_dir = _writable_out_dir()  # before the evaluation (hours at 30k samples), not after
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
                            ref_stats=FLAGS.ref_stats)
+    print(format_table(results))
+    name = (f"eval_{results['step']}_{'+'.join(results['splits'])}_n{FLAGS.num_samples}_"
+            f"seed{FLAGS.seed}.json")  # another split, seed or size gets another file
+    out = Path(FLAGS.out).expanduser() if FLAGS.out else out_dir / name
+    write_atomically(out, to_json(results))
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
     sys.exit(f"evaluate.py: error: {e}")
-  print(format_table(results))
-  name = (f"eval_{results['step']}_{'+'.join(results['splits'])}_n{FLAGS.num_samples}_"
-          f"seed{FLAGS.seed}.json")  # another split, seed or size gets another file
-  out = Path(FLAGS.out).expanduser() if FLAGS.out else Path(FLAGS.workdir) / name
-  out.write_text(to_json(results))
   print(f"Wrote {out}")
+
+
+def _writable_out_dir():
+  """The folder the results go to (made if needed); OSError naming the flag if it cannot be."""
+  import os
+  from pathlib import Path
+  if FLAGS.out:
+    out = Path(FLAGS.out).expanduser()
+    if not FLAGS.out.strip() or out.is_dir():
+      raise OSError(f"--out {FLAGS.out!r} is a folder; name the results' .json file.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder, flag = out.parent, "--out"
+  else:
+    folder, flag = Path(FLAGS.workdir).expanduser(), "--workdir"
+  if folder.is_dir() and not os.access(folder, os.W_OK):
+    raise OSError(f"{flag}: cannot write the results into {folder}; pass a writable --out.")
+  return folder
 
 
 if __name__ == "__main__":

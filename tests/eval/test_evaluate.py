@@ -246,7 +246,7 @@ def test_reference_images_are_at_the_runs_image_size(tiny_eval):
     assert real.captions == stored.captions
 
 
-def test_cli_help_and_missing_workdir():
+def test_cli_help_and_missing_workdir(tmp_path):
   out = subprocess.run([sys.executable, "evaluate.py", "--helpfull"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert "--num_samples" in out.stdout and "--inception_weights" in out.stdout
@@ -256,6 +256,15 @@ def test_cli_help_and_missing_workdir():
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--num_samples", "0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "--num_samples=0: 0 is not integer >= 2" in out.stderr, out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--seed", str(2**32)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "--seed=4294967296: 4294967296 is not" in out.stderr, out.stderr
+  # An --out that names a folder is refused before the evaluation (of a run that does not exist).
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path / "no_run"),
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+      f"evaluate.py: error: --out '{tmp_path}' is a folder; name the results' .json file."), out.stderr
 
 
 def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa: F811
