@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,14 @@ def load_split(data_cfg, split: str, limit: int | None = None, start: int = 0) -
   return SplitData(np.stack([r["image"] for r in records]), gt, captions)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+  """`path` replaced in one rename, from a file of its own (processes may write concurrently)."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  with os.fdopen(fd, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
 class ShapesEvaluator:
   """Reads images cell by cell; scores them against captions; embeds them for FID."""
 
@@ -102,12 +111,17 @@ class ShapesEvaluator:
     directory = Path(directory or cache_dir() / "evaluator")
     path, meta_path = directory / f"{name}.msgpack", directory / f"{name}.json"
     if path.exists() and meta_path.exists():
-      meta = json.loads(meta_path.read_text())
-      template = jax.eval_shape(ev.EvaluatorNet().init, jax.random.PRNGKey(0),
-                                np.zeros((1, cfg.resolution, cfg.resolution, 3), np.uint8))
-      params = flax.serialization.from_bytes(template["params"], path.read_bytes())
-      log.info("Loaded the shapes evaluator %s (test accuracy %s).", path, meta.get("test"))
-      return cls(params, cfg.resolution, meta)
+      try:
+        meta = json.loads(meta_path.read_text())
+        template = jax.eval_shape(ev.EvaluatorNet().init, jax.random.PRNGKey(0),
+                                  np.zeros((1, cfg.resolution, cfg.resolution, 3), np.uint8))
+        params = flax.serialization.from_bytes(template["params"], path.read_bytes())
+      except (OSError, ValueError, KeyError, TypeError) as e:  # e.g. cut short by a crash
+        log.warning("The cached shapes evaluator %s / %s cannot be read (%s: %s); training it "
+                    "again.", path, meta_path.name, type(e).__name__, e)
+      else:
+        log.info("Loaded the shapes evaluator %s (test accuracy %s).", path, meta.get("test"))
+        return cls(params, cfg.resolution, meta)
     t0 = time.perf_counter()
     train = load_split(data_cfg, "train", max_train)
     params = ev.train_net(train.images, ev.cell_labels(train.gt), settings)
@@ -124,10 +138,8 @@ class ShapesEvaluator:
       log.warning("The shapes evaluator reaches only %s on the test split (< 99%%): its caption "
                   "accuracies are not reliable.", accuracy)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(flax.serialization.to_bytes(params))
-    os.replace(tmp, path)
-    meta_path.write_text(json.dumps(evaluator.meta, indent=2))
+    _write_atomically(path, flax.serialization.to_bytes(params))
+    _write_atomically(meta_path, json.dumps(evaluator.meta, indent=2).encode())
     return evaluator
 
   def _fit(self, images: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ evaluator's accuracy (tests/eval/test_shapes_eval.py does that).
 """
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,23 @@ def test_cached_evaluator_loads_identically(tiny_eval):
   b = ShapesEvaluator.load_or_train(data)
   np.testing.assert_array_equal(a.features(images), b.features(images))
   assert a.meta == b.meta and a.meta["settings"]["steps"] == 30
+
+
+@pytest.mark.parametrize("damaged", ["msgpack", "json"])
+def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog, damaged):
+  data, cache = tiny_eval
+  shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
+  path = next(tmp_path.glob(f"*.{damaged}"))
+  path.write_bytes(path.read_bytes()[:10])  # cut short, as by a crash mid-write
+  settings = ev.TrainSettings(steps=1, batch_size=16)
+  with caplog.at_level(logging.WARNING):
+    retrained = ShapesEvaluator.load_or_train(data, settings, directory=tmp_path)
+  assert path.name in caplog.text and "cannot be read" in caplog.text
+  assert "training it again" in caplog.text
+  assert retrained.meta["settings"]["steps"] == 1
+  again = ShapesEvaluator.load_or_train(data, directory=tmp_path)  # the new cache reads back
+  assert again.meta == retrained.meta
+  assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".msgpack"]  # no temp files
 
 
 def test_evaluate_run_scores_both_splits(run, tiny_eval):  # noqa: F811
