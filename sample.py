@@ -44,6 +44,8 @@ _EXPAND_INPUT = flags.DEFINE_integer("expand_max_length", 64, "Expander input le
 _EXPAND_SAMPLE = flags.DEFINE_bool("expand_do_sample", False, "Sample expansions (not greedy).")
 _EXPAND_TEMPERATURE = flags.DEFINE_float("expand_temperature", 1.0, "Expansion sampling temp.")
 _EXPAND_TOP_P = flags.DEFINE_float("expand_top_p", 1.0, "Expansion nucleus sampling top_p.")
+_EXPAND_OPTIONS = (_EXPAND_TEMPLATE, _EXPAND_BEAMS, _EXPAND_TOKENS, _EXPAND_INPUT, _EXPAND_SAMPLE,
+                   _EXPAND_TEMPERATURE, _EXPAND_TOP_P)
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -61,6 +63,9 @@ def run() -> None:
     raise ValueError(f"--truncation={_TRUNCATION.value} must be > 0 (e.g. 0.88).")
   if _BATCH.value < 1:
     raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")
+  if not _EXPAND_WITH.value and (given := [f"--{f.name}" for f in _EXPAND_OPTIONS if f.present]):
+    raise ValueError(f"{', '.join(given)} only apply with --expand_with MODEL (a seq2seq T5 "
+                     "that expands the prompts); pass it or drop them.")
   if _EXPAND_WITH.value:
     check_options(_EXPAND_TEMPLATE.value, _EXPAND_TOKENS.value, _EXPAND_BEAMS.value,
                   _EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value)

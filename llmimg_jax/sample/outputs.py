@@ -26,6 +26,8 @@ def _old_outputs(out: Path) -> list[Path]:
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
   it holds an earlier run's samples (checked before sampling)."""
+  if not str(out_dir).strip():
+    raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
   out = Path(out_dir).expanduser()
   existing = next(p for p in (out, *out.parents) if p.exists())
   if not existing.is_dir():
@@ -113,7 +115,7 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
   captions = [f"{p} -> {c}" if result.expanded else p
               for p, c in zip(result.prompts, result.captions)]
   captioned_grid(result.images, captions).save(out / GRID_NAME)
-  with open(out / JSONL_NAME, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(_jsonl_line(r))
+  tmp = out / f".{JSONL_NAME}.tmp"
+  tmp.write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
+  os.replace(tmp, out / JSONL_NAME)  # complete or absent
   return records

@@ -74,6 +74,11 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     if not p.strip():
       raise ValueError(f"Prompt {i} is empty; give every prompt some text (an empty prompt "
                        "would condition the generator on padding only).")
+    try:
+      p.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. Latin-1 bytes from a shell, decoded as surrogates
+      raise ValueError(f"Prompt {i} is not valid UTF-8 text ({p!r:.80}); set the terminal's "
+                       "encoding to UTF-8, or use a UTF-8 --prompts_file.") from None
   return prompts
 
 

@@ -20,9 +20,9 @@ PROMPTS = ["a red circle", "生成一张美丽的海滩风景图片", "🐱🌊 
            ("a tiny yellow star " * 12).strip()]
 
 
-def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def _run(*args: str, timeout: int = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, SCRIPT, *args], env=one_device_env(), timeout=timeout,
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, cwd=cwd)
 
 
 def test_one_device_process_matches_in_process_samples(run, sampler, tmp_path):
@@ -98,7 +98,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
                                   "no_checkpoint", "corrupt_checkpoint", "bad_template",
                                   "out_is_a_file", "out_has_samples", "bad_seed",
                                   "bad_expand_sampling", "beams_and_sampling", "bad_batch_size",
-                                  "no_checkpoint_and_an_expander"])
+                                  "no_checkpoint_and_an_expander", "non_utf8_prompt", "empty_out",
+                                  "expand_options_without_a_model"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -138,6 +139,12 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                              "Caption expansion samples (do_sample) or beam-searches"),
       "bad_batch_size": (["--prompt", "a cat", "--batch_size", "0"],
                          "--batch_size=0 must be >= 1."),
+      # Latin-1 bytes from a shell reach Python as surrogates; they cannot be written as UTF-8.
+      "non_utf8_prompt": (["--prompt", "caf\udce9"], "Prompt 0 is not valid UTF-8 text"),
+      "empty_out": (["--prompt", "a cat", "--out="], "The output directory is empty"),
+      "expand_options_without_a_model": (
+          ["--prompt", "a cat", "--expand_num_beams", "4", "--expand_temperature", "0.5"],
+          "--expand_num_beams, --expand_temperature only apply with --expand_with MODEL"),
       # The run is read before the expander loads (a hub download, for a name).
       "no_checkpoint_and_an_expander": (
           ["--prompt", "a cat", "--workdir", str(tmp_path / "fresh"), "--expand_with", "x"],
@@ -145,8 +152,10 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)
-  proc = _run("--workdir", str(run.workdir), "--out", str(tmp_path / "out"), *args)
+  (tmp_path / "cwd").mkdir()
+  proc = _run("--workdir", str(run.workdir), "--out", str(tmp_path / "out"), *args,
+              cwd=tmp_path / "cwd")
   assert proc.returncode != 0
   assert re.search(f"sample.py: error: {message}", proc.stderr), proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
-  assert not (tmp_path / "out").exists()
+  assert not (tmp_path / "out").exists() and not any((tmp_path / "cwd").iterdir())
