@@ -83,7 +83,9 @@ def statistics_info(path: str | os.PathLike) -> dict:
   return info
 
 
-def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_statistics(path: str | os.PathLike, dim: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """(mu [d], sigma [d, d]) from an .npz; ValueError unless d == `dim` (when given)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"No FID statistics at {path}; write them for a real split with "
                             "`python evaluate.py --write_stats PATH ...` or use DF-GAN's .npz.")
@@ -91,4 +93,10 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if "mu" not in f or "sigma" not in f:
       raise ValueError(f"{path} has arrays {sorted(f.keys())}; FID statistics need 'mu' and "
                        "'sigma'.")
-    return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+    mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+  d = mu.shape[0] if mu.ndim == 1 else -1
+  if d < 0 or sigma.shape != (d, d) or (dim is not None and d != dim):
+    raise ValueError(f"{path} holds mu {mu.shape} and sigma {sigma.shape}; FID statistics of "
+                     f"{dim or 'd'}-d features need mu ({dim or 'd'},) and sigma "
+                     f"({dim or 'd'}, {dim or 'd'}).")
+  return mu, sigma

@@ -210,6 +210,7 @@ def load_params(path: str | os.PathLike) -> dict:
 
 class InceptionFeatures:
   """Batched, jitted 2048-d features of uint8 images [n, h, w, 3] (resized to 299 bilinearly)."""
+  dim = 2048
 
   def __init__(self, weights: str | os.PathLike, batch_size: int = 50):
     self.params = jax.device_put(load_params(weights))

@@ -69,11 +69,12 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     raise ValueError(f"{name}: the train split is not scored (it is the reference set of test's "
                      f"in-domain FID); evaluate one of {held_out}.")
   splits = _check_splits(splits, held_out, held_out, name)
+  given_ref = (fid.load_statistics(ref_stats, getattr(inception, "dim", None)) if ref_stats
+               else None)  # read once, for every split; its size checked before sampling
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": name, "evaluator": evaluator.meta,
              "splits": {}}
-  given_ref = fid.load_statistics(ref_stats) if ref_stats else None  # read once, for every split
   ref_info = fid.statistics_info(ref_stats) if ref_stats else {}
   for split in splits:
     t0 = time.perf_counter()
@@ -114,7 +115,8 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
   splits = _check_splits(splits, ["test" if "test" in all_splits else "train"], all_splits,
                          data_cfg.name)
   results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name, "splits": {}}
-  given_ref = fid.load_statistics(ref_stats) if ref_stats else None  # read once, for every split
+  given_ref = (fid.load_statistics(ref_stats, getattr(features, "dim", None)) if ref_stats
+               else None)  # read once, for every split; its size checked before sampling
   for split in splits:
     t0 = time.perf_counter()
     source = load_source(data_cfg, split)

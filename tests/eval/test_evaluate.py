@@ -118,6 +118,7 @@ def folder_run(tmp_path_factory):
 
 class _MeanStdFeatures:
   """Stands in for InceptionFeatures: [n, 6] per-channel means and standard deviations."""
+  dim = 6
 
   def __init__(self, weights):
     assert weights == "inception.pth"
@@ -129,7 +130,7 @@ class _MeanStdFeatures:
 
 def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypatch):
   from llmimg_jax.data.pipeline import load_source
-  from llmimg_jax.eval import fid, inception
+  from llmimg_jax.eval import fid, inception, report
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_run, format_table
   from llmimg_jax.sample import Sampler
@@ -138,6 +139,14 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   mu, sigma = np.arange(6.0) * 10, np.eye(6) * 100
   fid.save_statistics(tmp_path / "ref.npz", mu, sigma, num_images=10)
+  fid.save_statistics(tmp_path / "ref5.npz", mu[:5], sigma[:5, :5], num_images=10)
+  monkeypatch.setattr(report, "generate_for_captions", None)  # refused before generating
+  with pytest.raises(ValueError, match=r"ref5.npz holds mu \(5,\) and sigma \(5, 5\); FID "
+                                       r"statistics of 6-d features need mu \(6,\)"):
+    evaluate_run(str(folder_run.workdir), num_samples=8, inception_weights="inception.pth",
+                 ref_stats=str(tmp_path / "ref5.npz"))
+  monkeypatch.undo()
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   results = evaluate_run(str(folder_run.workdir), num_samples=8, batch_size=8,
                          inception_weights="inception.pth", ref_stats=str(tmp_path / "ref.npz"))
   assert results["dataset"] == "captioned_folder" and list(results["splits"]) == ["train"]

@@ -65,6 +65,9 @@ def test_statistics_round_trip(tmp_path):
   np.savez(tmp_path / "bad.npz", m=mu)
   with pytest.raises(ValueError, match="'mu' and 'sigma'"):
     fid.load_statistics(tmp_path / "bad.npz")
+  with pytest.raises(ValueError, match=r"s.npz holds mu \(4,\) and sigma \(4, 4\); FID "
+                                       r"statistics of 2048-d features need mu \(2048,\)"):
+    fid.load_statistics(tmp_path / "s.npz", 2048)
   with pytest.raises(FileNotFoundError, match="write_stats"):
     fid.load_statistics(tmp_path / "missing.npz")
   fid.save_statistics(tmp_path / "no_suffix", mu, sigma)  # written where named
