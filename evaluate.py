@@ -104,6 +104,10 @@ def main(argv) -> None:
   cli.quiet_orbax()
   if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
+  if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")
+                                          if FLAGS[f].present]):
+    raise app.UsageError(f"--{' and --'.join(given)} only apply with --write_stats; the "
+                         "evaluation reads the run's config from its checkpoint.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
