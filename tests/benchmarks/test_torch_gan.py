@@ -167,3 +167,55 @@ def test_torch_train_step_updates_everything():
   images = torch_train.generate_images(m, torch.randn(4, 16), batch["input_ids"],
                                        batch["attention_mask"])
   assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
+  assert images.is_inference()  # sampling is timed without autograd bookkeeping, as ours
+
+
+def test_torch_train_step_equals_ours():
+  """One twin step and one of ours from the same weights, batch and noise: the same losses,
+  gradient norms and updated parameters, so the benchmark times the same function (DiffAugment
+  off: its random draws differ between the frameworks)."""
+  import functools
+  from benchmarks import gan_bench
+  from llmimg_jax.train.state import build_models, build_text, init_state
+  from llmimg_jax.train.step import train_step
+  cfg = gan_bench.make_config(32, 4, 8, "float32")
+  cfg.loss.diffaugment = ""
+  cfg.text.update(d_model=32, d_ff=32, num_layers=1, num_heads=2, d_kv=16, max_length=12)
+  _, t5_config, _ = build_text(cfg)
+  models = build_models(cfg, t5_config)
+  state = jax.jit(functools.partial(init_state, models))(jax.random.key(0), None)
+  rs = np.random.RandomState(0)
+  gains_on = lambda tree: jax.tree_util.tree_map_with_path(  # noqa: E731  (zero-init gains)
+      lambda p, x: x + 0.3 * rs.standard_normal(x.shape).astype(np.float32)
+      if getattr(p[-1], "key", "") == "gain" else x, jax.device_get(tree))
+  g = gains_on(state.g_params)
+  state = state.replace(g_params=g, ema_params=g, d_params=gains_on(state.d_params))
+  twin = gan_bench._torch_twin(cfg, models, state, torch.device("cpu"), None)
+  batch = gan_bench._batch(cfg, t5_config.vocab_size)
+  # z as train_step draws it (the first of four keys of fold_in(rng, step)).
+  k_z = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
+  z = np.asarray(jax.random.normal(k_z, (4, cfg.model.z_dim)))
+  randn = torch.randn
+  torch.randn = lambda *a, **k: _t(z)
+  try:
+    theirs = torch_train.train_step(twin, {
+        "image": _t(batch["image"]).permute(0, 3, 1, 2).contiguous(),
+        "input_ids": _t(batch["input_ids"]).long(),
+        "attention_mask": _t(batch["attention_mask"]).long()})
+  finally:
+    torch.randn = randn
+  before = state
+  ours, metrics = jax.jit(functools.partial(train_step, models))(state, batch)
+  for k in ("d_loss", "g_loss", "d_hinge", "grad_norm_d", "grad_norm_g", "grad_norm_text"):
+    np.testing.assert_allclose(float(theirs[k]), float(metrics[k]), rtol=1e-4, err_msg=k)
+  # Adam's first step moves each weight by ~lr * sign(gradient): compare the updates, allowing
+  # a few signs of near-zero gradients to differ.
+  for module, new, old in [(twin.generator, ours.g_params, before.g_params),
+                           (twin.discriminator, ours.d_params, before.d_params),
+                           (twin.ema_generator, ours.ema_params, before.ema_params)]:
+    want = torch_gan.flax_to_state_dict(jax.device_get(new))
+    start = torch_gan.flax_to_state_dict(jax.device_get(old))
+    got = module.state_dict()
+    off = sum(int(((got[k] - want[k]).abs() > 0.1 * (want[k] - start[k]).abs() + 1e-7).sum())
+              for k in want)
+    assert off <= 1e-3 * sum(v.numel() for v in want.values()), (type(module).__name__, off)
