@@ -135,7 +135,8 @@ def main() -> None:
   device = torch.device("cuda" if args.device == "gpu" else "cpu")
   if device.type == "cuda" and not torch.cuda.is_available():
     raise SystemExit("--device gpu but torch.cuda.is_available() is False.")
-  torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  torch.set_num_threads(args.torch_threads or usable or 1)  # the cores JAX's chunks use too
   if device.type == "cuda":  # the same fp32 matmul/conv precision on both sides
     torch.backends.cudnn.benchmark = True  # fixed shapes: tuned in warm-up, as XLA tunes compiling
     torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
