@@ -309,7 +309,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
                 f"{streak} consecutive non-finite updates by step {done}: the run "
                 f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
                 "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
-        stop = watch.reached(done)  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
+        stop = watch.reached()  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
         saved = done % t.ckpt_every == 0 or done == t.steps or stop
         sample_now = done % t.sample_every == 0 or done == t.steps
         eval_now = evaluate is not None and (done % config.eval.every == 0 or done == t.steps)

@@ -26,13 +26,14 @@ def _sync_manager_active() -> bool:
 
 
 class PreemptionWatch:
-  """Use as a context manager around the loop; ask `reached(step)` after every step."""
+  """Use as a context manager around the loop; ask `reached()` after every step."""
 
   def __init__(self, manager: ocp.CheckpointManager):
     self.manager = manager
     self.signal: str | None = None  # the signal received (this process)
     self.synced = _sync_manager_active()
     self._previous: dict[int, object] = {}
+    self._steps = 0  # steps of this process (every host resumes at the same step)
 
   def __enter__(self) -> PreemptionWatch:
     if threading.current_thread() is not threading.main_thread():
@@ -62,10 +63,12 @@ class PreemptionWatch:
     if self.synced and signum == signal.SIGINT:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier agrees on a step
 
-  def reached(self, step: int) -> bool:
+  def reached(self) -> bool:
     """True at the step where this run should save and stop (the same step on every host)."""
-    if self.synced:
-      return self.manager.reached_preemption(step)
+    self._steps += 1
+    if self.synced:  # JAX's sync manager counts from this process's start: a notice before a
+      # resumed run's first step agrees on step 1, which the run's own step number never equals.
+      return self.manager.reached_preemption(self._steps)
     return self.signal is not None
 
   @property

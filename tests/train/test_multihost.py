@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sys
 
 import jax
 import numpy as np
@@ -119,3 +120,38 @@ def test_hosts_that_do_not_share_the_data_dir_fail_together(shapes_data_dir, tmp
     assert "must be a location all hosts share" in proc.output
     assert "Traceback" not in proc.output
   assert not (tmp_path / "host1_tfds").exists()
+
+
+_NOTICE_BEFORE_THE_LOOP = """
+import os, signal, sys, time
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from jax.experimental import multihost_utils
+from llmimg_jax.train.preemption import PreemptionWatch
+
+class Manager:  # what PreemptionWatch asks of an Orbax CheckpointManager
+  reached_preemption = staticmethod(multihost_utils.reached_preemption_sync_point)
+
+if jax.process_index() == 1:
+  os.kill(os.getpid(), signal.SIGTERM)  # during the restore and compile of a resumed run
+multihost_utils.sync_global_devices("notice sent")
+time.sleep(1.0)
+with PreemptionWatch(Manager()) as watch:
+  for done in range(101, 121):  # resumed at step 100
+    if watch.reached():
+      break
+    time.sleep(0.2)
+  else:
+    done = None
+print("stopped after step", done, flush=True)
+"""
+
+
+def test_a_notice_before_a_resumed_runs_first_step_stops_every_host(tmp_path):
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _NOTICE_BEFORE_THE_LOOP, f"127.0.0.1:{port}", str(i)],
+                **_devices_env(1)) for i in range(2)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  assert [re.search(r"stopped after step (\w+)", p.output).group(1) for p in procs] == ["101"] * 2

@@ -378,9 +378,9 @@ def test_sigint_asks_to_stop_a_second_one_interrupts_and_handlers_are_restored(t
   from llmimg_jax.train.preemption import PreemptionWatch
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
   with PreemptionWatch(manager=None) as watch:
-    assert not watch.synced and not watch.reached(1)
+    assert not watch.synced and not watch.reached()
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt, the loop saves and stops
-    assert watch.reached(2) and watch.description == "SIGINT"
+    assert watch.reached() and watch.description == "SIGINT"
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: stop now
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
