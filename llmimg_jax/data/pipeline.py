@@ -12,8 +12,10 @@ from `seed` and the record's position in the sampler order, so it does not depen
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +82,14 @@ class ExampleSource:
 
   def __repr__(self) -> str:
     return f"ExampleSource({self.name}, split={self.split!r}, {len(self)} records)"
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    if multiprocessing.parent_process() is not None:  # a grain worker, sent this source
+      # A SIGTERM to every process of a job (Slurm's scancel, `kill -TERM -PGID`) is the main
+      # process's to handle: it finishes the step and saves, reading the workers' batches.
+      # Grain still stops its workers (an event, then SIGKILL after a timeout).
+      signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _text(t) -> str:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -90,6 +91,25 @@ def test_state_restore_mid_epoch_gives_identical_batches(shapes_cfg, tokenizer, 
   resumed = _iterator(cfg, tokenizer, seed=3)
   resumed.set_state(state)
   _assert_same(_take(resumed, 4), expected)
+
+
+def test_workers_outlive_a_sigterm_to_the_whole_job(shapes_cfg, tokenizer):
+  """scancel or `kill -TERM -PGID` also signals grain's workers; the main process, which saves
+  after the current step, must still get its batches."""
+  import multiprocessing
+  import signal
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.num_workers = 2
+  before = {p.pid for p in multiprocessing.active_children()}
+  it = _iterator(cfg, tokenizer, seed=3)
+  _take(it, 2)  # the workers run
+  workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+  assert len(workers) == 2
+  for worker in workers:
+    os.kill(worker.pid, signal.SIGTERM)
+  time.sleep(1.0)
+  assert all(w.is_alive() for w in workers)
+  assert len(_take(it, 4)) == 4  # more than the workers had buffered
 
 
 def test_orbax_checkpoint_roundtrip(shapes_cfg, tokenizer, tmp_path):
