@@ -53,6 +53,25 @@ def _check_data_shared(data_cfg: ml_collections.ConfigDict) -> None:
         "shared mount.")
 
 
+def _build_on_host_0(data_cfg: ml_collections.ConfigDict):
+  """Host 0 builds (or opens) the train split while the others wait; then every host checks
+  that it sees that build. A failure on host 0 stops every host at once, not at a timeout."""
+  source, error = None, None
+  if jax.process_index() == 0:
+    try:
+      source = load_source(data_cfg, "train")
+    except Exception as e:  # pylint: disable=broad-exception-caught  (raised after the barrier)
+      error = e
+  checkpoint.wait_for_all_hosts("data_built", timeout_s=6 * 3600)
+  if not all(checkpoint.host_flags(error is None)):
+    if error is not None:
+      raise error
+    raise DataNotSharedError(f"Host 0 could not build or open the {data_cfg.name} dataset; its "
+                             "log has the error.")
+  _check_data_shared(data_cfg)
+  return source
+
+
 def make_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over `devices` (default: every device of every host)."""
   devices = jax.devices() if devices is None else devices
@@ -229,12 +248,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   validate(config, mesh.size)
   tokenizer, t5_config, pretrained_text = build_text(config)
   models = build_models(config, t5_config)
-  source = None
-  if jax.process_count() > 1:  # a dataset missing from a shared data_dir is built by one host
-    if jax.process_index() == 0:
-      source = load_source(config.data, "train")
-    checkpoint.wait_for_all_hosts("data_built", timeout_s=6 * 3600)
-    _check_data_shared(config.data)
+  source = _build_on_host_0(config.data) if jax.process_count() > 1 else None
   data_iter = make_iterator(
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
       seed=config.seed, source=source)

@@ -155,3 +155,21 @@ def test_a_notice_before_a_resumed_runs_first_step_stops_every_host(tmp_path):
   for i, proc in enumerate(procs):
     assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
   assert [re.search(r"stopped after step (\w+)", p.output).group(1) for p in procs] == ["101"] * 2
+
+
+def test_a_dataset_build_failing_on_host_0_stops_every_host(shapes_data_dir, tmp_path):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  (folder / "a.png").write_bytes(b"not a png")  # no usable image: host 0's build fails
+  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "a red circle"}\n')
+  port = _free_port()
+  procs = [Proc(train_args(shapes_data_dir, tmp_path / "run", *flags(CHANGES),
+                           "--config.data.name=captioned_folder", f"--config.data.folder={folder}",
+                           f"--config.data.data_dir={tmp_path / 'tfds'}",
+                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                           f"--process_id={i}"), **_devices_env(2)) for i in range(2)]
+  codes = [proc.finish(timeout=240) for proc in procs]
+  assert codes == [2, 2], [p.output[-3000:] for p in procs]
+  assert "no usable image in" in procs[0].output
+  assert "Host 0 could not build or open the captioned_folder dataset" in procs[1].output
+  assert not any("Traceback" in p.output for p in procs)
