@@ -25,8 +25,8 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   config = tiny_config(shapes_data_dir)
   jit_train_step = loop.jit_train_step
 
-  def slow_first_call(*args):  # as if compiling took 4 s longer: images/s must not count it
-    step_fn, delays = jit_train_step(*args), iter([4.0])
+  def slow_first_call(*args):  # as if compiling took 10 s longer: images/s must not count it
+    step_fn, delays = jit_train_step(*args), iter([10.0])
     def step(*a):
       time.sleep(next(delays, 0.0))
       return step_fn(*a)
@@ -35,10 +35,11 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   first = jax.device_get(loop.train(config, workdir))
   monkeypatch.undo()
   assert int(first.step) == 4
-  # Steps 1-2 are logged at step 2: step 2 alone is timed (< 2 s: a tiny model).
+  # Steps 1-2 are logged at step 2: step 2 alone is timed (< 5 s even on a loaded machine),
+  # where counting the first call would give under 2 * batch / 10 s.
   images_per_sec = _scalars(workdir / "tensorboard", "train/images_per_sec")
   assert sorted(images_per_sec) == [2, 4], images_per_sec
-  assert min(images_per_sec.values()) > config.train.batch_size / 2.0, images_per_sec
+  assert min(images_per_sec.values()) > config.train.batch_size / 5.0, images_per_sec
   manager = checkpoint.make_manager(workdir, config)
   assert manager.all_steps() == [2, 4]
   assert (workdir / "config.json").exists()

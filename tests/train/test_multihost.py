@@ -154,7 +154,8 @@ def test_a_notice_before_a_resumed_runs_first_step_stops_every_host(tmp_path):
                 **_devices_env(1)) for i in range(2)]
   for i, proc in enumerate(procs):
     assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
-  assert [re.search(r"stopped after step (\w+)", p.output).group(1) for p in procs] == ["101"] * 2
+  stops = [re.search(r"stopped after step (\w+)", p.output).group(1) for p in procs]
+  assert stops[0] == stops[1] != "None", stops  # the same step (101 unless the notice is slow)
 
 
 def test_a_dataset_build_failing_on_host_0_stops_every_host(shapes_data_dir, tmp_path):
