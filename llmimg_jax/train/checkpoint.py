@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -166,6 +167,26 @@ def _describe(e: BaseException | None) -> str:
   return "failed on another host" if e is None else brief_error(e)
 
 
+def on_host_0(fn: Callable[[], Any], barrier: str, what: str,
+              error: type[Exception] = RuntimeError, timeout_s: int = 900) -> Any:
+  """fn() on host 0 while the other hosts wait at `barrier`; fn's result on host 0, else None.
+  If fn raises, host 0 raises its error and every other host `error` naming `what`, instead of
+  waiting at the next barrier until the distributed service aborts them."""
+  result, failure = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-exception-caught  (raised below)
+      failure = e
+  if jax.process_count() > 1:
+    wait_for_all_hosts(barrier, timeout_s)
+    if not all(host_flags(failure is None)) and failure is None:
+      raise error(f"Host 0 could not {what}; its log has the error.")
+  if failure is not None:
+    raise failure
+  return result
+
+
 def host_flags(flag: bool) -> list[bool]:
   """Every host's `flag`, in process order (a collective: every host must call it)."""
   if jax.process_count() == 1:
@@ -181,7 +202,8 @@ def _on_every_host(ok: bool) -> bool:
 def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   """Moves unreadable step directories to WORKDIR/corrupt_checkpoints/ (kept for inspection)."""
   root = Path(manager.directory)
-  if jax.process_index() == 0:
+
+  def move() -> None:
     for step in steps:
       target = root.parent / CORRUPT_DIR / str(step)
       n = 1
@@ -190,9 +212,8 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
       target.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(root / str(step)), str(target))
       log.warning("Moved the unreadable checkpoint %s to %s.", root / str(step), target)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("llmimg_jax: corrupt checkpoints moved")
+  on_host_0(move, "corrupt_moved", f"move unreadable checkpoints to {root.parent / CORRUPT_DIR}",
+            CorruptCheckpointError)
   manager.reload()
 
 

@@ -56,18 +56,9 @@ def _check_data_shared(data_cfg: ml_collections.ConfigDict) -> None:
 def _build_on_host_0(data_cfg: ml_collections.ConfigDict):
   """Host 0 builds (or opens) the train split while the others wait; then every host checks
   that it sees that build. A failure on host 0 stops every host at once, not at a timeout."""
-  source, error = None, None
-  if jax.process_index() == 0:
-    try:
-      source = load_source(data_cfg, "train")
-    except Exception as e:  # pylint: disable=broad-exception-caught  (raised after the barrier)
-      error = e
-  checkpoint.wait_for_all_hosts("data_built", timeout_s=6 * 3600)
-  if not all(checkpoint.host_flags(error is None)):
-    if error is not None:
-      raise error
-    raise DataNotSharedError(f"Host 0 could not build or open the {data_cfg.name} dataset; its "
-                             "log has the error.")
+  source = checkpoint.on_host_0(
+      lambda: load_source(data_cfg, "train"), "data_built",
+      f"build or open the {data_cfg.name} dataset", DataNotSharedError, timeout_s=6 * 3600)
   _check_data_shared(data_cfg)
   return source
 
@@ -211,12 +202,13 @@ def _set_aside_best_past(workdir: Path, start: int) -> None:
   stale = best is not None and int(best["step"]) > start
   if jax.process_count() > 1:  # every host read it before host 0 moves it
     checkpoint.wait_for_all_hosts("best_read")
-  if stale and jax.process_index() == 0:
-    log.warning("%s names step %d, past this run's step %d; moved to %s.stale.", best_file,
-                int(best["step"]), start, best_file.name)
-    best_file.replace(best_file.with_name(best_file.name + ".stale"))
-  if jax.process_count() > 1:
-    checkpoint.wait_for_all_hosts("best_moved")
+
+  def move() -> None:
+    if stale:
+      log.warning("%s names step %d, past this run's step %d; moved to %s.stale.", best_file,
+                  int(best["step"]), start, best_file.name)
+      best_file.replace(best_file.with_name(best_file.name + ".stale"))
+  checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 
 def local_workdir(workdir: str | Path) -> Path:

@@ -174,3 +174,33 @@ def test_a_dataset_build_failing_on_host_0_stops_every_host(shapes_data_dir, tmp
   assert "no usable image in" in procs[0].output
   assert "Host 0 could not build or open the captioned_folder dataset" in procs[1].output
   assert not any("Traceback" in p.output for p in procs)
+
+
+_HOST_0_FAILS = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from llmimg_jax.train import checkpoint
+print("result", checkpoint.on_host_0(lambda: 7, "works", "return 7"), flush=True)
+
+def move():
+  raise PermissionError("[Errno 13] Permission denied: 'corrupt_checkpoints'")
+try:
+  checkpoint.on_host_0(move, "fails", "move unreadable checkpoints aside",
+                       checkpoint.CorruptCheckpointError)
+except Exception as e:
+  print("raised", type(e).__name__, e, flush=True)
+"""
+
+
+def test_a_failure_in_host_0_only_work_stops_every_host():
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _HOST_0_FAILS, f"127.0.0.1:{port}", str(i)],
+                **_devices_env(1)) for i in range(2)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  assert "result 7" in procs[0].output and "result None" in procs[1].output
+  assert "raised PermissionError [Errno 13] Permission denied" in procs[0].output
+  assert ("raised CorruptCheckpointError Host 0 could not move unreadable checkpoints aside; its "
+          "log has the error.") in procs[1].output
