@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from llmimg_jax.data.pipeline import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
+from llmimg_jax.train.checkpoint import write_atomically
 
 log = logging.getLogger(__name__)
 NET_TAG = "cells2"  # bump when EvaluatorNet or its training changes: old caches are then unused
@@ -84,14 +84,6 @@ def load_split(data_cfg, split: str, limit: int | None = None, start: int = 0) -
   return SplitData(np.stack([r["image"] for r in records]), gt, captions)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-  """`path` replaced in one rename, from a file of its own (processes may write concurrently)."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 class ShapesEvaluator:
   """Reads images cell by cell; scores them against captions; embeds them for FID."""
 
@@ -138,8 +130,8 @@ class ShapesEvaluator:
       log.warning("The shapes evaluator reaches only %s on the test split (< 99%%): its caption "
                   "accuracies are not reliable.", accuracy)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, flax.serialization.to_bytes(params))
-    _write_atomically(meta_path, json.dumps(evaluator.meta, indent=2).encode())
+    write_atomically(path, flax.serialization.to_bytes(params))
+    write_atomically(meta_path, json.dumps(evaluator.meta, indent=2))
     return evaluator
 
   def _fit(self, images: np.ndarray) -> np.ndarray:

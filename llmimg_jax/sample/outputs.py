@@ -10,6 +10,7 @@ from PIL import Image
 
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample.sampler import SampleResult, check_prompts
+from llmimg_jax.train.checkpoint import write_atomically
 
 GRID_NAME = "grid.png"
 JSONL_NAME = "samples.jsonl"
@@ -115,7 +116,5 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
   captions = [f"{p} -> {c}" if result.expanded else p
               for p, c in zip(result.prompts, result.captions)]
   captioned_grid(result.images, captions).save(out / GRID_NAME)
-  tmp = out / f".{JSONL_NAME}.tmp"
-  tmp.write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
-  os.replace(tmp, out / JSONL_NAME)  # complete or absent
+  write_atomically(out / JSONL_NAME, "".join(_jsonl_line(r) for r in records))
   return records

@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -73,10 +73,11 @@ def read_best(best_file: Path) -> dict[str, Any] | None:
   return best
 
 
-def write_atomically(path: Path, text: str) -> None:
-  """`path` replaced by `text` in one rename: a crash mid-write leaves the previous file."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
+def write_atomically(path: Path, data: str | bytes) -> None:
+  """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
+  previous file. The temporary file is this process's, so concurrent writers do not mix."""
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
   os.replace(tmp, path)
 
 
@@ -180,7 +181,7 @@ def on_host_0(fn: Callable[[], Any], barrier: str, what: str,
       failure = e
   if jax.process_count() > 1:
     wait_for_all_hosts(barrier, timeout_s)
-    if not all(host_flags(failure is None)) and failure is None:
+    if not _on_every_host(failure is None) and failure is None:
       raise error(f"Host 0 could not {what}; its log has the error.")
   if failure is not None:
     raise failure
