@@ -138,7 +138,9 @@ def _writable_out_dir():
   from pathlib import Path
   if FLAGS.out:
     out = Path(FLAGS.out).expanduser()
-    if not FLAGS.out.strip() or out.is_dir():
+    if not FLAGS.out.strip():
+      raise OSError("--out is blank; name the results' .json file.")
+    if out.is_dir():
       raise OSError(f"--out {FLAGS.out!r} is a folder; name the results' .json file.")
     out.parent.mkdir(parents=True, exist_ok=True)
     folder, flag = out.parent, "--out"

@@ -296,6 +296,10 @@ def test_cli_help_and_missing_workdir(tmp_path):
                        timeout=120)
   assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
       f"evaluate.py: error: --out '{tmp_path}' is a folder; name the results' .json file."), out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path / "no_run"),
+                        "--out", " "], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+      "evaluate.py: error: --out is blank; name the results' .json file."), out.stderr
 
 
 def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa: F811
