@@ -239,9 +239,9 @@ def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
           skips.add("invalid_json", where)
           continue
         file_name = _first(obj, FILE_KEYS)
-        captions = list(dict.fromkeys(  # every caption key's, each caption once
+        captions = [  # every caption key's (_add_caption_entry keeps each caption once)
             c for k in CAPTION_KEYS if k in obj
-            for c in (obj[k] if isinstance(obj[k], list) else [obj[k]]) if isinstance(c, str)))
+            for c in (obj[k] if isinstance(obj[k], list) else [obj[k]]) if isinstance(c, str)]
         if file_name is None or not any(k in obj for k in CAPTION_KEYS):
           skips.add("missing_key", where)
           continue
