@@ -265,7 +265,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   writer = None
   if jax.process_index() == 0:
     from tensorboardX import SummaryWriter
-    writer = SummaryWriter(str(workdir / "tensorboard"))
+    # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
+    # start over an old run) are hidden by TensorBoard, not drawn under this run's.
+    writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
   samples = SampleWriter(models, tokenizer, config, workdir)
   evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir)
               if in_training.enabled(config) else None)

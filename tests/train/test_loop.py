@@ -12,7 +12,7 @@ import numpy as np
 from llmimg_jax.train import checkpoint, loop
 from tests.sample.conftest import one_device_env
 from tests.train.conftest import tiny_config
-from tests.train.test_reliability import _scalars
+from tests.train.test_reliability import _damage, _scalar_events, _scalars
 
 
 def _max_diff(a, b) -> float:
@@ -66,6 +66,13 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
     third = loop.train(config, workdir)
   assert f"The run in {workdir} is at step 6, at or past config.train.steps=5" in caplog.text
   assert int(third.step) == 6 and checkpoint.make_manager(workdir, config).all_steps() == [2, 4, 6]
+
+  # A damaged step 6 is set aside and steps 5-6 are trained again from step 4: TensorBoard shows
+  # the new step 6 only, not both runs' curves over each other.
+  _damage(workdir / "checkpoints" / "6", "truncated")
+  config.train.steps = 6
+  assert int(loop.train(config, workdir).step) == 6
+  assert [step for step, _ in _scalar_events(workdir / "tensorboard", "train/d_loss")] == [2, 4, 6]
 
   # The run trained on 8 simulated devices samples in a plain 1-device process (sample.py).
   out = tmp_path / "samples"

@@ -30,20 +30,27 @@ def _equal(a, b) -> bool:
       lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
 
 
-def _scalars(logdir: Path, tag: str) -> dict[int, float]:
-  """{step: value} of a scalar in TensorBoard event files (TFRecord framing: length, its CRC, an
-  Event proto, its CRC)."""
+def _scalar_events(logdir: Path, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of a scalar as TensorBoard shows it: event files in order (TFRecord framing:
+  length, its CRC, an Event proto, its CRC), where a SessionLog.START at step S drops the events
+  of step >= S read before it (a run resumed at S - 1)."""
   from tensorboardX.proto import event_pb2
-  values = {}
+  events = []
   for path in sorted(logdir.glob("events.out.tfevents.*")):
     data, i = path.read_bytes(), 0
     while i < len(data):
       (size,) = struct.unpack("<Q", data[i:i + 8])
       event = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
-      values.update({event.step: value.simple_value for value in event.summary.value
-                     if value.tag == tag})
+      if event.session_log.status == event_pb2.SessionLog.START:
+        events = [(step, value) for step, value in events if step < event.step]
+      events += [(event.step, value.simple_value) for value in event.summary.value
+                 if value.tag == tag]
       i += 12 + size + 4
-  return values
+  return events
+
+
+def _scalars(logdir: Path, tag: str) -> dict[int, float]:
+  return dict(_scalar_events(logdir, tag))
 
 
 def _poison(batch: dict) -> dict:
