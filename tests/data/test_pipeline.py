@@ -253,6 +253,18 @@ def test_to_global_batch_over_a_4_device_mesh():
 
 
 
+def test_to_global_batch_refuses_64_bit_integers_that_32_bits_would_change():
+  """Without jax_enable_x64 JAX keeps integers in 32 bits: an index past 2**31 would wrap."""
+  import jax
+  from llmimg_jax.data.pipeline import to_global_batch
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  small = to_global_batch({"index": np.array([0, 2**31 - 1], np.int64)}, mesh, keys=None)
+  np.testing.assert_array_equal(np.asarray(small["index"]), [0, 2**31 - 1])
+  with pytest.raises(ValueError, match=r"batch\['index'\] holds 64-bit integers .*2147483648"
+                                       r".*jax_enable_x64"):
+    to_global_batch({"index": np.array([1, 2**31], np.int64)}, mesh, keys=None)
+
+
 @pytest.mark.parametrize("hosts", [2, 4])
 def test_hosts_slices_concatenate_to_the_one_process_batches(shapes_cfg, tokenizer, hosts):
   """The global batches (order, records, augmentation, tokens) do not depend on the host count."""
