@@ -27,7 +27,8 @@ _NUM = flags.DEFINE_integer("num_per_prompt", 4, "Images per prompt (grid column
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed; image j of each prompt uses fold_in(seed, j).")
 _OUT = flags.DEFINE_string("out", None, "Output directory for PNGs, grid.png, samples.jsonl.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
-                               "Delete the samples an earlier run left in --out first.")
+                               "Replace the samples an earlier run left in --out (once the "
+                               "new ones are written).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 _TRUNCATION = flags.DEFINE_float(
     "truncation", None, "DF-GAN's truncation trick: noise t * truncnorm(-2, 2), e.g. 0.88.")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +12,6 @@ from PIL import Image
 
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample.sampler import SampleResult, check_prompts
-from llmimg_jax.train.checkpoint import write_atomically
 
 GRID_NAME = "grid.png"
 JSONL_NAME = "samples.jsonl"
@@ -41,7 +42,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   if old and not overwrite:
     raise FileExistsError(
         f"Output '{out}' already holds samples ({len(old)} files, e.g. {old[0].name}); pass "
-        "a new directory, or --overwrite to delete them first (new and old images would "
+        "a new directory, or --overwrite to replace them (new and old images would "
         "otherwise mix, and samples.jsonl would describe only the new ones).")
 
 
@@ -91,30 +92,37 @@ def image_name(prompt_index: int, sample_index: int) -> str:
 def write_samples(result: SampleResult, out_dir: str | os.PathLike,
                   extra: dict | None = None, *, overwrite: bool = False) -> list[dict]:
   """One PNG per image, GRID_NAME (a row per prompt, its caption underneath) and JSONL_NAME.
-  A directory with earlier samples is refused, or with `overwrite` emptied of them first.
+  A directory with earlier samples is refused, or with `overwrite` has them replaced, only once
+  every new file is written (in a staging folder inside `out_dir`, then renamed into place).
 
   Returns the jsonl records: file, prompt, caption (the expanded caption, or null), prompt_index,
   sample_index, seed, step, truncation, plus `extra`.
   """
   check_out_dir(out_dir, overwrite)
   out = Path(out_dir).expanduser()
-  for path in _old_outputs(out):
-    path.unlink()
   out.mkdir(parents=True, exist_ok=True)
-  n = result.num_per_prompt
-  records = []
-  for k, image in enumerate(result.images):
-    p, j = divmod(k, n)
-    name = image_name(p, j)
-    Image.fromarray(image).save(out / name)
-    records.append({
-        "file": name, "prompt": result.prompts[p],
-        "caption": result.captions[p] if result.expanded else None,
-        "prompt_index": p, "sample_index": j, "seed": result.seed, "step": result.step,
-        "truncation": result.truncation, **(extra or {})})
-  # Grid rows show what conditioned the generator: the expanded caption when there is one.
-  captions = [f"{p} -> {c}" if result.expanded else p
-              for p, c in zip(result.prompts, result.captions)]
-  captioned_grid(result.images, captions).save(out / GRID_NAME)
-  write_atomically(out / JSONL_NAME, "".join(_jsonl_line(r) for r in records))
+  staging = Path(tempfile.mkdtemp(prefix=".samples-", dir=out))
+  try:
+    n = result.num_per_prompt
+    records = []
+    for k, image in enumerate(result.images):
+      p, j = divmod(k, n)
+      name = image_name(p, j)
+      Image.fromarray(image).save(staging / name)
+      records.append({
+          "file": name, "prompt": result.prompts[p],
+          "caption": result.captions[p] if result.expanded else None,
+          "prompt_index": p, "sample_index": j, "seed": result.seed, "step": result.step,
+          "truncation": result.truncation, **(extra or {})})
+    # Grid rows show what conditioned the generator: the expanded caption when there is one.
+    captions = [f"{p} -> {c}" if result.expanded else p
+                for p, c in zip(result.prompts, result.captions)]
+    captioned_grid(result.images, captions).save(staging / GRID_NAME)
+    (staging / JSONL_NAME).write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
+    for path in _old_outputs(out):
+      path.unlink()
+    for name in [r["file"] for r in records] + [GRID_NAME, JSONL_NAME]:  # the index last
+      os.replace(staging / name, out / name)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return records

@@ -13,6 +13,7 @@ from PIL import Image
 
 from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, read_prompts,
                                restore_for_sampling, write_samples)
+from llmimg_jax.sample import outputs
 from llmimg_jax.sample.sampler import _noise, text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.state import build_text, save_text_files
@@ -98,7 +99,8 @@ def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
   assert result.images_per_sec > 0
 
 
-def test_an_out_dir_with_earlier_samples_is_refused_or_emptied_first(sampler, tmp_path):
+def test_an_out_dir_with_earlier_samples_is_refused_or_emptied_first(sampler, tmp_path,
+                                                                      monkeypatch):
   write_samples(sampler.sample(PROMPTS, seed=1, num_per_prompt=2), tmp_path)
   fewer = sampler.sample(PROMPTS[:1], seed=2, num_per_prompt=1)
   with pytest.raises(FileExistsError, match=f"'{tmp_path}' already holds samples .*--overwrite"):
@@ -107,6 +109,15 @@ def test_an_out_dir_with_earlier_samples_is_refused_or_emptied_first(sampler, tm
   assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "p0000_s000.png",
                                                         "samples.jsonl"]
   assert [r["seed"] for r in records] == [2]
+
+  # A write that fails (a full disk, here the grid) leaves the earlier samples as they were.
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(outputs, "captioned_grid", disk_full)
+  with pytest.raises(OSError, match="No space left"):
+    write_samples(sampler.sample(PROMPTS, seed=3, num_per_prompt=2), tmp_path, overwrite=True)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_unicode_emoji_and_long_prompts(sampler, caplog):
