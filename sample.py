@@ -5,7 +5,9 @@ r"""Samples images from a trained run (the EMA generator of its latest or a chos
   python sample.py --workdir runs/quick --prompts_file prompts.txt --out samples/quick \
       --expand_with google/flan-t5-small --expand_template "Describe an image of: {prompt}"
 
-Writes one PNG per image, grid.png (a row per prompt, its text underneath) and samples.jsonl.
+Writes one PNG per image, grid.png (a row per prompt, its text underneath) and samples.jsonl
+(per image: prompt, caption, seed, step, truncation and, with --expand_with, the expander's
+model and settings).
 The same --seed gives the same noise, so the same images, for any --batch_size or device count (up
 to a uint8 step where XLA's float rounding differs between batch shapes). --truncation t scales
 noise drawn from the standard normal truncated to [-2, 2] by t (DF-GAN's truncation trick, 0.88
@@ -84,7 +86,9 @@ def run() -> None:
         max_new_tokens=_EXPAND_TOKENS.value, do_sample=_EXPAND_SAMPLE.value,
         temperature=_EXPAND_TEMPERATURE.value, top_p=_EXPAND_TOP_P.value, seed=_SEED.value)
   result = sampler.sample(prompts, _SEED.value, _NUM.value, _TRUNCATION.value)
-  write_samples(result, _OUT.value, overwrite=_OVERWRITE.value)
+  extra = ({"expander": {"model": _EXPAND_WITH.value, **sampler.expander.settings()}}
+           if _EXPAND_WITH.value else None)
+  write_samples(result, _OUT.value, extra, overwrite=_OVERWRITE.value)
   if result.expanded:
     for p, c in zip(result.prompts, result.captions):
       logging.info("Expanded %r -> %r", p, c)

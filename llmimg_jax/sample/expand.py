@@ -47,6 +47,15 @@ class CaptionExpander:
     """A T5ForConditionalGeneration checkpoint directory or hub name (with its tokenizer)."""
     return cls(TextGenerator.from_pretrained(path_or_name, max_length=max_length), **kw)
 
+  def settings(self) -> dict[str, Any]:
+    """What decides the expansions besides the model and the seed (recorded in samples.jsonl)."""
+    settings = {"template": self.template, "max_length": self.generator.tokenizer.max_length,
+                "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                "do_sample": self.do_sample}
+    if self.do_sample:
+      settings.update(temperature=self.temperature, top_p=self.top_p)
+    return settings
+
   def __call__(self, prompts: Sequence[str]) -> list[str]:
     inputs = [self.template.format(prompt=p) for p in prompts]
     if not inputs:

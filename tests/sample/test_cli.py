@@ -58,6 +58,10 @@ def test_expansion_end_to_end_records_and_uses_the_captions(run, sampler, expand
   assert all(captions) and records[1]["caption"] == captions[0]
   assert captions[0] != "a red circle" and captions[1] != "🐱 a cat"  # expanded, not the prompts
   assert "Expanded 'a red circle' -> " in proc.stderr
+  # What expanded them, to redo it: the model and its settings (greedy: no temperature, top_p).
+  assert all(r["expander"] == {"model": str(expander_dir), "template": "Caption: {prompt}",
+                               "max_length": 64, "max_new_tokens": 10, "num_beams": 2,
+                               "do_sample": False} for r in records), records[0]
   # The recorded captions, not the prompts, conditioned the step-1 generator.
   step1 = type(sampler).from_workdir(run.workdir, step=1, batch_size=8)
   _assert_same_images(out, records, step1(captions, seed=0, num_per_prompt=2))
