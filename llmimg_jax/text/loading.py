@@ -26,6 +26,11 @@ Params = dict
 SAFE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)
+GENERATION_CONFIG = "generation_config.json"
+# transformers' GenerationConfig defaults for what `generate` here takes as arguments only.
+_DECODING_DEFAULTS = {"max_length": 20, "max_new_tokens": None, "min_length": 0,
+                      "min_new_tokens": None, "num_beams": 1, "do_sample": False,
+                      "temperature": 1.0, "top_k": 50, "top_p": 1.0, "length_penalty": 1.0}
 # Copies of shared.weight (used as it when it is missing), and a key transformers itself ignores.
 _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _IGNORED_KEYS = (*_EMBEDDING_ALIASES,
@@ -228,9 +233,41 @@ def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
   by default) with the layout of T5ForConditionalGeneration, or T5EncoderModel if encoder_only."""
   ckpt_dir = resolve_checkpoint_dir(path_or_name)
   config = T5Config.from_json_file(os.path.join(ckpt_dir, "config.json"))
+  config = _with_generation_config(config, ckpt_dir)
   state = read_state_dict(ckpt_dir)
   config, params = convert_state_dict(state, config, encoder_only=encoder_only, source=ckpt_dir)
   return config, jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+
+
+def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
+  """The decoder start, EOS and pad ids of generation_config.json win over config.json's, as in
+  transformers' `generate`; its decoding defaults (num_beams, ...) are named, not applied."""
+  path = os.path.join(ckpt_dir, GENERATION_CONFIG)
+  if not os.path.exists(path):
+    return config
+  try:
+    with open(path, encoding="utf-8") as f:
+      gen = json.load(f)
+    if not isinstance(gen, dict):
+      raise ValueError(f"expected a JSON object, got {type(gen).__name__}")
+  except (OSError, ValueError) as e:
+    raise ValueError(f"Could not read {path} ({e}); fix it, or delete it to generate with "
+                     "config.json's token ids.") from None
+  ids = {}
+  for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+    value = gen.get(name)
+    if isinstance(value, list):
+      if len(value) > 1:
+        log.warning("%s has several %s %s; generation stops at the first only.", path, name, value)
+      value = value[0] if value else None
+    if value is not None and int(value) != getattr(config, name):
+      ids[name] = int(value)
+  unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v != _DECODING_DEFAULTS[k]}
+  if unused:
+    log.warning("%s sets decoding defaults (%s) that llmimg_jax does not apply: pass them to "
+                "`generate` (e.g. num_beams=, max_new_tokens=) to decode as transformers would.",
+                path, ", ".join(f"{k}={v}" for k, v in sorted(unused.items())))
+  return dataclasses.replace(config, **ids)
 
 
 def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False) -> Params:

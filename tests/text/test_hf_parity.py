@@ -180,3 +180,32 @@ def test_relative_position_buckets_equal_transformers(num_buckets, max_distance)
     ours = jax.jit(relative_position_bucket, static_argnums=(1, 2, 3))(
         relative, bidirectional, num_buckets, max_distance)
     np.testing.assert_array_equal(np.asarray(ours), ref)
+
+
+def test_generation_config_token_ids_are_used_as_transformers_does(relu_tied, padded_batch,
+                                                                    tmp_path, caplog):
+  """generation_config.json's decoder start and EOS ids win over config.json's (as in transformers'
+  `generate`), and its decoding defaults, which `generate` here does not apply, are named."""
+  import json
+  import logging
+  import shutil
+  path = tmp_path / "ckpt"
+  shutil.copytree(relu_tied.path, path)
+  gen = json.loads((path / "generation_config.json").read_text())
+  gen.update(decoder_start_token_id=40, eos_token_id=104, num_beams=3, max_length=50)
+  (path / "generation_config.json").write_text(json.dumps(gen))
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+  with torch.no_grad():
+    ref = hf.generate(input_ids=torch.tensor(padded_batch["input_ids"]).long(),
+                      attention_mask=torch.tensor(padded_batch["attention_mask"]).long(),
+                      num_beams=1, do_sample=False, max_new_tokens=16)[:, 1:].numpy()
+  with caplog.at_level(logging.WARNING):
+    config, params = load_t5(path)
+  assert (config.decoder_start_token_id, config.eos_token_id) == (40, 104)
+  assert "generation_config.json" in caplog.text and "max_length=50, num_beams=3" in caplog.text
+  ours = np.asarray(generate(params, config, padded_batch["input_ids"],
+                             padded_batch["attention_mask"], max_new_tokens=16))
+  assert strip_generated(ours, config) == strip_generated(ref, config)
+  assert strip_generated(ours, config) != strip_generated(
+      np.asarray(generate(params, load_t5(relu_tied.path)[0], padded_batch["input_ids"],
+                          padded_batch["attention_mask"], max_new_tokens=16)), config)

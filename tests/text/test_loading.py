@@ -145,6 +145,14 @@ def test_malformed_config_json(relu_tied, tmp_path):
   assert str(tmp_path / "config.json") in str(e.value)
 
 
+def test_malformed_generation_config_json(relu_tied, tmp_path):
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  (tmp_path / "ckpt" / "generation_config.json").write_text("[0, 1]")
+  with pytest.raises(ValueError, match="Could not read .*generation_config.json .*expected a JSON "
+                                       "object.*delete it"):
+    load_t5(tmp_path / "ckpt")
+
+
 def test_missing_weights(relu_tied, tmp_path):
   _copy_config(relu_tied.path, tmp_path)
   with pytest.raises(FileNotFoundError, match="No T5 weights") as e:
