@@ -42,7 +42,7 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
                      lower_bound=2)  # a covariance needs two
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
-                    "eval_<step>_<splits>_n<num_samples>_seed<seed>.json; NaN is written null).")
+                    "eval_<step>_<splits>_n<images scored>_seed<seed>.json; NaN is written null).")
 flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0, upper_bound=2**32 - 1)
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
 flags.DEFINE_string("data_dir", None, "Override the run's config.data.data_dir.")
@@ -121,8 +121,10 @@ def main(argv) -> None:
                            data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
                            ref_stats=FLAGS.ref_stats)
     print(format_table(results))
-    name = (f"eval_{results['step']}_{'+'.join(results['splits'])}_n{FLAGS.num_samples}_"
-            f"seed{FLAGS.seed}.json")  # another split, seed or size gets another file
+    # Another split, seed or number of images scored (capped by a split's size) gets another file.
+    counts = [str(row["num_images"]) for row in results["splits"].values()]
+    n = counts[0] if len(set(counts)) == 1 else "+".join(counts)
+    name = f"eval_{results['step']}_{'+'.join(results['splits'])}_n{n}_seed{FLAGS.seed}.json"
     out = Path(FLAGS.out).expanduser() if FLAGS.out else out_dir / name
     write_atomically(out, to_json(results))
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).

@@ -381,3 +381,26 @@ def test_write_stats_checks_the_weights_before_the_data(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert "evaluate.py: error: unknown config key 'foldr'" in out.stderr
+
+
+def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, capsys):
+  """--num_samples 1000 on splits of 5 and 7 records scores 5 and 7 images: the file says so,
+  and asking for 2000 (the same results) names the same file."""
+  import evaluate
+  from llmimg_jax.eval import report
+  results = {"workdir": str(tmp_path), "step": 3, "seed": 1, "dataset": "d", "splits": {
+      "test": {"num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"},
+      "holdout": {"num_images": 7, "fid_inception": 2.0, "reference": "7 real images"}}}
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+  written = []
+  for n in ("1000", "2000"):
+    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--num_samples", n, "--seed", "1",
+                    "--split", "test", "--split", "holdout"])
+    try:
+      evaluate.main([])
+    finally:
+      evaluate.FLAGS.unparse_flags()
+    written.append(capsys.readouterr().out.splitlines()[-1])
+  name = tmp_path / "eval_3_test+holdout_n5+7_seed1.json"
+  assert written == [f"Wrote {name}"] * 2
+  assert json.loads(name.read_text())["splits"]["holdout"]["num_images"] == 7
