@@ -37,6 +37,40 @@ def test_near_singular_covariances_are_finite_and_real():
   assert np.isfinite(fid.fid_from_features(a, b))
 
 
+def test_statistics_are_the_mean_and_the_unbiased_covariance():
+  """As pytorch-fid (np.cov's n - 1): a covariance over n would shift every FID."""
+  x = np.array([[0.0, 1.0], [2.0, 5.0], [4.0, 0.0]])
+  mu, sigma = fid.statistics(x)
+  np.testing.assert_allclose(mu, [2.0, 2.0])
+  centred = x - [2.0, 2.0]  # [[-2, -1], [0, 3], [2, -2]]
+  np.testing.assert_allclose(sigma, centred.T @ centred / 2)  # [[4, -1], [-1, 7]]
+  np.testing.assert_allclose(sigma, [[4.0, -1.0], [-1.0, 7.0]])
+
+
+def test_a_non_finite_sqrtm_retries_with_eps_on_the_diagonals(monkeypatch, caplog):
+  """pytorch-fid's fallback: sqrtm of the product not finite -> (S1 + eps I)(S2 + eps I)."""
+  import scipy.linalg
+  rng = np.random.default_rng(2)
+  (m1, s1), (m2, s2) = fid.statistics(rng.normal(size=(30, 3))), fid.statistics(
+      rng.normal(size=(30, 3)) + 1)
+  eps = 0.5  # large enough that the retried value differs from the plain one
+  offset = eps * np.eye(3)
+  want = (np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2)
+          - 2 * np.trace(scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset)).real))
+  sqrtm, calls = scipy.linalg.sqrtm, []
+  def first_call_nan(m):
+    calls.append(m)
+    return np.full_like(m, np.nan) if len(calls) == 1 else sqrtm(m)
+  monkeypatch.setattr(scipy.linalg, "sqrtm", first_call_nan)
+  with caplog.at_level("WARNING", logger="llmimg_jax.eval.fid"):
+    got = fid.frechet_distance(m1, s1, m2, s2, eps=eps)
+  assert got == pytest.approx(want, rel=1e-9)
+  plain = (np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2)
+           - 2 * np.trace(sqrtm(s1 @ s2).real))
+  assert got != pytest.approx(plain, rel=1e-3)
+  assert "singular product of covariances; adding 0.5" in caplog.text
+
+
 def test_fewer_samples_than_dimensions_give_the_distance_not_an_error(monkeypatch, caplog):
   """Rank-deficient covariances (fewer samples than dimensions: 256 images of 576-d features in
   training) can leave sqrtm(S1 S2) an imaginary part above pytorch-fid's limit, where it raises:
