@@ -111,6 +111,26 @@ def test_color_changes_values_not_positions(images):
   assert not np.allclose(out[2:], 0.3)
 
 
+def test_color_is_brightness_then_saturation_then_contrast(images, monkeypatch):
+  """DiffAugment's rand_brightness, rand_saturation (about each pixel's channel mean) and
+  rand_contrast (about each image's mean), in that order, against numpy with known draws."""
+  from llmimg_jax.gan import diffaugment
+  draws = {"b": np.array([0.1, 0.9, 0.5, 0.3]), "s": np.array([0.2, 0.7, 1.0, 0.0]),
+           "c": np.array([0.0, 1.0, 0.25, 0.6])}  # U[0, 1) per image
+  order = iter("bsc")
+  monkeypatch.setattr(diffaugment, "_uniform", lambda key, b, dtype: jnp.asarray(
+      draws[next(order)], dtype)[:, None, None, None])
+  out = np.asarray(diffaugment.color(images, jax.random.key(0)))
+  x = np.asarray(images, np.float64)
+  b, sat, con = (draws[k][:, None, None, None] for k in "bsc")
+  x = x + (b - 0.5)
+  mean = x.mean(axis=3, keepdims=True)
+  x = (x - mean) * (sat * 2) + mean
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = (x - mean) * (con + 0.5) + mean
+  np.testing.assert_allclose(out, x, atol=1e-5)
+
+
 def test_differentiable(images):
   grad = jax.jit(jax.grad(lambda x: jnp.sum(diff_augment(x, fast_key(9), POLICY) ** 2)))(images)
   assert grad.shape == images.shape and bool(jnp.all(jnp.isfinite(grad)))
