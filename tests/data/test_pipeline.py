@@ -170,15 +170,28 @@ def test_flip_swaps_every_side_word_of_captioned_shapes():
 
 
 def test_augment_random_crop_and_resize():
-  image = np.asarray(Image.new("RGB", (40, 30), (10, 20, 30)))
+  """Each random crop is a square window of side >= crop_min * the short side, resized; windows
+  and captions vary with the rng, and every caption of a record is drawn."""
+  y, x = np.mgrid[0:30, 0:40]
+  image = np.stack([y * 8, x * 6, (x * y) % 256], -1).astype(np.uint8)  # every window differs
   crop = pipeline.Augment(image_size=16, crop_min=0.5)
   centre = pipeline.Augment(image_size=16)
-  element = {"image": image, "captions": ["x", "y"], "index": np.int64(0)}
-  for s in range(8):
+  element = {"image": image, "captions": ["x", "y", "z"], "index": np.int64(0)}
+  windows, captions = set(), set()
+  for s in range(30):
     out = crop.random_map(element, np.random.default_rng(s))
-    assert out["image"].shape == (16, 16, 3) and out["caption"] in ("x", "y")
-  np.testing.assert_allclose(centre.random_map(element, np.random.default_rng(0))["image"],
-                             np.broadcast_to([10, 20, 30], (16, 16, 3)), atol=1)
+    captions.add(out["caption"])
+    if s < 8:
+      found = [(side, y0, x0) for side in range(15, 31) for y0 in range(31 - side)
+               for x0 in range(41 - side)
+               if np.array_equal(out["image"], pipeline.resize(
+                   np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), 16))]
+      assert len(found) == 1, f"seed {s}: not one square window of side 15-30"
+      windows.add(found[0])
+  assert len(windows) >= 6 and len({side for side, _, _ in windows}) >= 4, windows
+  assert captions == {"x", "y", "z"}
+  np.testing.assert_array_equal(centre.random_map(element, np.random.default_rng(0))["image"],
+                                pipeline.resize(np.ascontiguousarray(image[:, 5:35]), 16))
 
 
 def test_config_validation_errors(shapes_cfg, tmp_path):
