@@ -1,0 +1,31 @@
+"""generate_for_captions: image i is the generator's output for caption i and noise i."""
+import jax
+import numpy as np
+
+from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.train.state import build_models, build_text
+from llmimg_jax.train.step import encode_text
+from tests.sample.conftest import _quick_state
+from tests.train.conftest import tiny_config
+
+
+def test_each_image_comes_from_its_caption_and_its_noise(tmp_path):
+  config = tiny_config(tmp_path)
+  tokenizer, t5_config, pretrained = build_text(config)
+  models = build_models(config, t5_config)
+  state = jax.device_get(_quick_state(models, pretrained))
+  captions = ["a red circle", "a blue square on the left", "a green triangle"]
+  # batch_size 2: the second batch wraps around to caption 0 and drops it.
+  images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                                 captions, seed=3, batch_size=2)
+  assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+  tokens = tokenizer(captions)
+  for i in range(3):
+    z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3), i), (1, config.model.z_dim))
+    ids, mask = tokens["input_ids"][i:i + 1], tokens["attention_mask"][i:i + 1]
+    words, sent = encode_text(models, state.text_params, ids, mask)
+    x = np.asarray(models.generator.apply({"params": state.ema_params}, z, sent, words, mask))
+    assert x.min() < -0.5 and x.max() > 0.5  # the [-1, 1] -> [0, 255] mapping is exercised
+    want = np.clip(np.round((x[0] + 1.0) * 127.5), 0, 255)
+    diff = np.abs(images[i].astype(np.float64) - want)
+    assert diff.max() <= 1 and diff.mean() < 0.01, (i, diff.max(), diff.mean())
