@@ -17,3 +17,15 @@ def test_captions_wrap_by_their_drawn_width():
                                    columns=2))
   text = grid[96:]  # [caption rows, 2 cells, 3]
   assert (text[:, :96] < 128).any() and not (text[:, 96:] < 128).any()
+
+
+def test_grid_cells_hold_the_images_in_row_major_order():
+  """Image p * columns + j sits in row p, column j, enlarged without blending (8 -> 96 px)."""
+  images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  grid = np.asarray(captioned_grid(images, ["first prompt", "second prompt"]))
+  text_h = (grid.shape[0] - 2 * 96) // 2
+  assert grid.shape == (2 * (96 + text_h), 3 * 96, 3)
+  for k, image in enumerate(images):
+    p, j = divmod(k, 3)
+    y, x = p * (96 + text_h), j * 96
+    np.testing.assert_array_equal(grid[y:y + 96, x:x + 96], image.repeat(12, 0).repeat(12, 1))

@@ -113,8 +113,12 @@ def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
     assert r["prompt"] == PROMPTS[k // 2] and r["seed"] == 1 and r["step"] == 2
     assert r["caption"] is None
   assert len({r["file"] for r in lines}) == 4
-  grid = Image.open(tmp_path / "grid.png")
-  assert grid.width == 2 * 96 and grid.height > 2 * 96  # 2 columns, 2 rows + caption lines
+  grid = np.asarray(Image.open(tmp_path / "grid.png"))
+  assert grid.shape[1] == 2 * 96 and grid.shape[0] > 2 * 96  # 2 columns, 2 rows + caption lines
+  row_h = grid.shape[0] // 2
+  for k, image in enumerate(result.images):  # prompt k // 2's row, sample k % 2's column
+    y, x = (k // 2) * row_h, (k % 2) * 96
+    np.testing.assert_array_equal(grid[y:y + 96, x:x + 96], image.repeat(3, 0).repeat(3, 1))
   assert result.images_per_sec > 0
 
 
