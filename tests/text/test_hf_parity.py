@@ -209,3 +209,31 @@ def test_generation_config_token_ids_are_used_as_transformers_does(relu_tied, pa
   assert strip_generated(ours, config) != strip_generated(
       np.asarray(generate(params, load_t5(relu_tied.path)[0], padded_batch["input_ids"],
                           padded_batch["attention_mask"], max_new_tokens=16)), config)
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
+def test_fresh_init_scales_equal_transformers(feed_forward_proj):
+  """init_params (the from-scratch text encoder of the default configs) draws every weight with
+  the std of transformers' T5 _init_weights: compared leaf by leaf through the loader's layout."""
+  from llmimg_jax.text import T5Config, init_params
+  from llmimg_jax.text.loading import convert_state_dict
+  hf_config = transformers.T5Config(
+      vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
+      feed_forward_proj=feed_forward_proj, tie_word_embeddings=False)
+  torch.manual_seed(0)
+  hf = transformers.T5ForConditionalGeneration(hf_config)
+  config = T5Config.from_dict(hf_config.to_dict())
+  state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+  _, reference = convert_state_dict(state, config)  # transformers' draws in our layout
+  ours = init_params(config, jax.random.PRNGKey(0))
+  flat_ref = dict(jax.tree_util.tree_flatten_with_path(reference)[0])
+  flat_ours = dict(jax.tree_util.tree_flatten_with_path(ours)[0])
+  assert flat_ref.keys() == flat_ours.keys()
+  for path, ref in flat_ref.items():
+    name, ref, got = jax.tree_util.keystr(path), np.asarray(ref), np.asarray(flat_ours[path])
+    assert got.shape == ref.shape, name
+    if ref.std() == 0:  # layer norms: ones
+      np.testing.assert_array_equal(got, ref, err_msg=name)
+    else:
+      assert got.std() == pytest.approx(ref.std(), rel=0.2), name
+      assert abs(got.mean()) < 0.2 * ref.std(), name
