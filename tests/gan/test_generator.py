@@ -187,6 +187,58 @@ def test_attention_leaves_a_row_without_valid_tokens_unchanged():
   assert float(jnp.max(jnp.abs(y[0] - x[0]))) > 0.1
 
 
+def _random_params(module, *args, seed=5):
+  params = module.init(jax.random.key(0), *args)["params"]
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(treedef, [rng.normal(0.0, 0.5, x.shape).astype(np.float32)
+                                      for x in leaves])
+
+
+def test_affine_is_scale_and_shift_from_one_shared_hidden_layer():
+  from llmimg_jax.gan.generator import Affine
+  x = np.random.default_rng(0).normal(size=(2, 3, 3, 4)).astype(np.float32)
+  cond = np.random.default_rng(1).normal(size=(2, 5)).astype(np.float32)
+  params = _random_params(Affine(4), x, cond)
+  h = np.maximum(cond @ params["fc1"]["kernel"] + params["fc1"]["bias"], 0)  # [batch, 4]
+  gb = h @ params["fc2"]["kernel"] + params["fc2"]["bias"]  # [batch, 8]: gamma, then beta
+  want = x * gb[:, None, None, :4] + gb[:, None, None, 4:]
+  got = Affine(4).apply({"params": params}, x, cond)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _layer_norm(x, p, eps=1e-6):
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def test_cross_attention_against_numpy():
+  """Two heads, scaled dot products over the valid tokens, the output projection, the gain; a
+  row without valid tokens keeps x."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(3, 2, 2, 8)).astype(np.float32)
+  words = rng.normal(size=(3, 5, 6)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], np.int32)
+  attn = CrossAttention(num_heads=2)
+  params = _random_params(attn, x, words, mask)
+  q = _layer_norm(x.reshape(3, 4, 8), params["q_norm"]) @ params["query"]["kernel"]
+  kv = _layer_norm(words, params["kv_norm"])
+  k, v = kv @ params["key"]["kernel"], kv @ params["value"]["kernel"] + params["value"]["bias"]
+  want = x.copy()
+  for b in range(2):  # row 2 has no valid token
+    valid = mask[b] > 0
+    heads = []
+    for h in range(2):
+      cols = slice(4 * h, 4 * h + 4)
+      logits = q[b, :, cols] @ k[b, valid, cols].T / np.sqrt(4)  # [positions, valid tokens]
+      weights = np.exp(logits - logits.max(-1, keepdims=True))
+      heads.append(weights / weights.sum(-1, keepdims=True) @ v[b, valid, cols])
+    out = np.concatenate(heads, -1) @ params["out"]["kernel"] + params["out"]["bias"]
+    want[b] += params["gain"] * out.reshape(2, 2, 8)
+  got = attn.apply({"params": params}, x, words, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_sentence_embedding_masked_mean():
   states = jnp.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
                       [[5.0, -1.0], [7.0, 7.0], [9.0, 9.0]]])
