@@ -107,6 +107,28 @@ def test_errors():
     jax.eval_shape(Discriminator(32, nf=4).init, fast_key(0), jnp.zeros((2, 64, 64, 3)), sent)
 
 
+def test_matching_aware_head_against_numpy():
+  """logits = 4x4 VALID conv(lrelu(3x3 conv([features, tiled sent_proj(sentence)]))), DF-GAN's
+  D_GET_LOGITS; with every parameter random."""
+  d = Discriminator(resolution=32, nf=2, cond_dim=3, embed_dim=4)
+  rng = np.random.default_rng(0)
+  params = d.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 5)))["params"]
+  params = jax.tree.map(lambda x: rng.normal(0, 0.5, x.shape).astype(np.float32), params)
+  feats = rng.normal(size=(2, 4, 4, 16)).astype(np.float32)
+  sent = rng.normal(size=(2, 5)).astype(np.float32)
+  s = sent @ params["sent_proj"]["kernel"] + params["sent_proj"]["bias"]  # [2, 3]
+  h = np.concatenate([feats, np.broadcast_to(s[:, None, None], (2, 4, 4, 3))], -1)
+  padded = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  k = params["joint_conv"]["kernel"]  # [3, 3, 19, 4]
+  conv = sum(padded[:, i:i + 4, j:j + 4] @ k[i, j] for i in range(3) for j in range(3))
+  conv = conv + params["joint_conv"]["bias"]
+  h = np.where(conv > 0, conv, 0.2 * conv)  # leaky ReLU, slope 0.2
+  want = np.einsum("bhwc,hwc->b", h, params["logit_conv"]["kernel"][..., 0])
+  want = want + params["logit_conv"]["bias"][0]
+  got = d.apply({"params": params}, jnp.asarray(feats), jnp.asarray(sent), method=d.logits)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_matmul_convs_equal_the_strided_and_valid_convs_they_replace():
   """Conv4x4Stride2 (custom gradients) / WholeImageConv (a matmul) are nn.Conv(4x4, stride 2,
   pad 1) / nn.Conv(4x4, VALID): same parameters, outputs, first and second derivatives."""
