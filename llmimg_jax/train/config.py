@@ -183,7 +183,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def check_ranges(config: ml_collections.ConfigDict) -> None:
   """Values outside these ranges train without an error but wrongly: a negative clip or learning
-  rate ascends, b1/b2/ema_decay = 1 divide by zero or freeze, temperature 0 is NaN every step."""
+  rate ascends, b1/b2/ema_decay = 1 divide by zero or freeze, temperature 0 is NaN every step;
+  model widths < 1 fail only in the init, after the dataset is built."""
   t, loss = config.train, config.loss
   checks = [(f"train.{k}", t[k], t[k] >= 0, ">= 0") for k in ("lr_g", "lr_d", "lr_text")]
   checks += [("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 = off)")]
@@ -195,6 +196,8 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   checks += [("loss.magp_p", loss.magp_p, loss.magp_p >= 2,  # below 2: NaN at a zero gradient
               ">= 2 (DF-GAN: 6)")]
   checks += [("seed", config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)")]
+  checks += [(f"model.{k}", config.model[k], config.model[k] >= 1, ">= 1")  # else init fails
+             for k in ("nf_g", "nf_d", "z_dim", "cond_dim")]
   checks += [(f"data.{k}", config.data[k], config.data[k] >= 0, ">= 0 (0 = the default)")
              for k in ("max_pixels", "store_size")]
   if bad := [f"config.{k}={v} must be {need}" for k, v, ok, need in checks if not ok]:

@@ -39,9 +39,9 @@ def train_args(data_dir, workdir, *overrides: str) -> list[str]:
 class Proc:
   """A train.py subprocess whose stderr (logs, tqdm bar) is collected as it comes."""
 
-  def __init__(self, args: list[str], **env_extra: str):
+  def __init__(self, args: list[str], cwd: str | os.PathLike | None = None, **env_extra: str):
     self.popen = subprocess.Popen(args, env=env(**env_extra), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
+                                  stderr=subprocess.STDOUT, cwd=cwd)
     self._chunks: list[bytes] = []
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()

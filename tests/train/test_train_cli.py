@@ -96,6 +96,9 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
           r"captioned_folder needs data\.folder set to an existing folder.*nope"),
       ("--config.data.name=imagenet",): r"Unknown dataset data\.name='imagenet'",
       ("--workdir=gs://bucket/run",): r"workdir 'gs://bucket/run' is a URL.*gcsfuse",
+      ("--workdir=",): r"--workdir is blank",  # e.g. --workdir=$RUN with RUN unset
+      ("--config.model.nf_g=0", "--config.model.z_dim=-1"): (
+          r"config\.model\.nf_g=0 must be >= 1; config\.model\.z_dim=-1 must be >= 1"),
       (f"--workdir={a_file}",): r"workdir '.*a_file' is a file, not a directory",
       (f"--config.text.checkpoint={tmp_path / 'no_t5'}",): (
           r"T5 checkpoint directory not found: .*no_t5"),
@@ -115,7 +118,7 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
           r"unknown config key .*train\.steps\.x in --config\.train\.steps\.x=1"),
   }
   start = time.perf_counter()
-  procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra),
+  procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
                        JAX_LOG_COMPILES="1") for extra in cases}
   for extra, pattern in cases.items():
     proc = procs[extra]
@@ -124,6 +127,7 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
-  # Fifteen processes at once on 2 cores (beside the other pytest worker); each alone takes
+  assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
+  # Seventeen processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
