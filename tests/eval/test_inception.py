@@ -1,14 +1,17 @@
 """The Flax FID InceptionV3 against pytorch-fid's own network with the same random weights.
 
-Needs torch, torchvision and pytorch-fid (pip install torch==2.14.1 torchvision==0.29.1
-pytorch-fid==0.3.0); skipped with the reason otherwise. No weights are downloaded: pytorch-fid's
-`fid_inception_v3` is replaced by the same construction without its `load_state_dict_from_url`.
+The first test needs only numpy: it compares with features pytorch-fid computed once
+(tests/eval/inception_reference.py). The others run pytorch-fid here and need torch, torchvision
+and pytorch-fid (pip install torch==2.14.1 torchvision==0.29.1 pytorch-fid==0.3.0); they are
+skipped with the reason otherwise. No weights are downloaded: pytorch-fid's `fid_inception_v3` is
+replaced by the same construction without its `load_state_dict_from_url`.
 """
 import jax
 import numpy as np
 import pytest
 
 from llmimg_jax.eval import inception
+from tests.eval import inception_reference as reference
 
 
 def _pytorch_fid():
@@ -24,42 +27,27 @@ def _pytorch_fid():
 
 def _random_fid_inception(torch, pfi, monkeypatch):
   """pytorch-fid's InceptionV3 (block 3) and its inner network, with random weights."""
-  torch.manual_seed(0)
-  inner = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-  inner.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-  inner.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-  inner.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-  inner.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-  inner.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-  inner.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-  inner.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-  inner.Mixed_7b = pfi.FIDInceptionE_1(1280)
-  inner.Mixed_7c = pfi.FIDInceptionE_2(2048)
-  g = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for name, p in inner.named_parameters():
-      if name.endswith("conv.weight"):  # variance-preserving through the ReLUs
-        fan_in = p[0].numel()
-        p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-      elif name.endswith("bn.weight"):
-        p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.75)
-      elif name.endswith("bn.bias"):
-        p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    for name, b in inner.named_buffers():
-      if name.endswith("running_mean"):
-        b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-      elif name.endswith("running_var"):
-        b.copy_(torch.rand(b.shape, generator=g) * 0.5 + 0.75)
-  monkeypatch.setattr(pfi, "fid_inception_v3", lambda: inner)
-  model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-  return model, inner
+  return reference.pytorch_fid_model(reference.random_state_dict(), torch, pfi, monkeypatch)
+
+
+def test_flax_inception_matches_committed_pytorch_fid_features():
+  """Without torch: the features pytorch-fid computed from the same numpy-drawn weights
+  (tests/eval/inception_reference.py made the file)."""
+  with np.load(reference.PATH) as f:
+    images, want = f["images"], f["features"]
+  np.testing.assert_array_equal(images, reference.images())
+  params = inception.params_from_state_dict(reference.random_state_dict())
+  got = np.asarray(inception.FIDInceptionV3().apply({"params": params}, images))
+  assert got.shape == want.shape == (2, 2048)
+  assert np.abs(want).mean() > 0.05  # the random network is not degenerate
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_flax_inception_matches_pytorch_fid(monkeypatch):
   torch, pfi = _pytorch_fid()
   model, inner = _random_fid_inception(torch, pfi, monkeypatch)
   state = {k: v.numpy() for k, v in inner.state_dict().items()}  # the .pth file's layout
-  images = np.random.default_rng(0).uniform(0, 1, (2, 37, 37, 3)).astype(np.float32)
+  images = reference.images()
   with torch.no_grad():
     want = model(torch.from_numpy(images).permute(0, 3, 1, 2))[0][:, :, 0, 0].numpy()  # [2, 2048]
   params = inception.params_from_state_dict(state)
