@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,28 @@ class ConfigMismatchError(CorruptCheckpointError):
   """The checkpoints are readable but were saved with a config that builds a different model."""
 
 
+class CheckpointAccessError(CorruptCheckpointError):
+  """A checkpoint could not be read for a reason other than damage (permissions, an unavailable
+  mount, memory): the run stops and moves nothing."""
+
+
+# Status codes (TensorStore's, gRPC's) and exception types of a read that failed for want of
+# access or resources: retrying later can succeed, so it is not damage.
+_ACCESS_CODES = re.compile(
+    r"\b(PERMISSION_DENIED|UNAUTHENTICATED|UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b")
+_ACCESS_TYPES = (PermissionError, MemoryError, TimeoutError, ConnectionError)
+
+
+def _is_access_error(e: BaseException | None) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:  # the error and what it was raised from
+    seen.add(id(e))
+    if isinstance(e, _ACCESS_TYPES) or _ACCESS_CODES.search(str(e)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
 CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
 
 
@@ -244,6 +267,19 @@ def _is_mismatch(e: BaseException | None) -> bool:
       e is not None and any(m in str(e) for m in _MISMATCH))
 
 
+def _data_change(errors) -> str | None:
+  """The record counts when grain refused the iterator state for a sampler or a source over
+  another number of records (both reprs name it), else None."""
+  for e in errors:
+    text = str(e)
+    if "Sampler in checkpoint does not match" in text or "DataSource in checkpoint" in text:
+      counts = re.findall(r"num_records=(\d+)|(\d+) records", text)
+      counts = [a or b for a, b in counts]
+      if len(counts) >= 2 and counts[0] != counts[1]:
+        return f"the checkpoints' input pipeline read {counts[0]} records, this one {counts[1]}"
+  return None
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   """{'a': {'b': 1}} -> {'a.b': 1}."""
   if isinstance(d, dict) and d:
@@ -275,7 +311,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                    config: ml_collections.ConfigDict | None = None) -> Any | None:
   """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
-  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. When none fits the
+  restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
+  for want of access or resources (not damage) raises CheckpointAccessError. When none fits the
   state's structure or shapes, or the input pipeline's settings or process count (a changed
   config, host count or code, not damage), raises ConfigMismatchError (naming the values that
   differ from this run's `config`, if given) and moves nothing."""
@@ -289,6 +326,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       jax.block_until_ready(state)
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
       error = e.with_traceback(None)  # kept for its type and message, not its frames
+    if not _on_every_host(not _is_access_error(error)):  # an older step would redo training
+      raise CheckpointAccessError(
+          f"Checkpoint {Path(manager.directory) / str(step)} could not be read "
+          f"({_describe(error) if _is_access_error(error) else 'failed on another host'}), which "
+          "is not damage: fix the access to it (file permissions, the mount, free memory) and "
+          "rerun the same command. No checkpoint was skipped or moved.")
     if _on_every_host(error is None):
       if failed:
         _move_aside(manager, list(failed))
@@ -314,6 +357,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       cause = (f"values that differ from the config saved with step {steps[0]}: "
                f"{'; '.join(changes)}. If none of them changes the model or the input pipeline, "
                "the code that builds them did (another version of llmimg_jax)")
+    elif data := _data_change(failed.values()):
+      cause = (f"this run's config equals the saved one, but its data differs: {data}. The "
+               "dataset changed since they were saved (e.g. images added to a captioned_folder "
+               "and its build redone): restore the build the run used")
     else:
       cause = ("this run's config equals the saved one, so the code that builds the model "
                "changed (another version of llmimg_jax)")

@@ -246,6 +246,32 @@ def test_no_readable_checkpoint_stops_unless_asked_to_start_fresh(saved, tmp_pat
   assert sorted(p.name for p in (tmp_path / checkpoint.CORRUPT_DIR).iterdir()) == ["2", "4"]
 
 
+@pytest.mark.parametrize("error", [
+    PermissionError(13, "Permission denied"),
+    ValueError('PERMISSION_DENIED: Error reading "g_params.conv/0.0" in OCDBT database'),
+    ValueError("UNAVAILABLE: Connection reset by peer"),  # a network mount
+    MemoryError()])
+def test_a_checkpoint_that_cannot_be_read_now_stops_the_run_and_stays(saved, tmp_path,
+                                                                       monkeypatch, error):
+  """Access or resources, not damage: no fallback to an older step (its training would be done
+  again), nothing moved aside, not even with start_fresh_if_corrupt."""
+  config, tokenizer, states, _ = saved
+  restore = checkpoint.restore
+  def unreadable_4(manager, step, *args):
+    if step == 4:
+      raise error
+    return restore(manager, step, *args)
+  monkeypatch.setattr(checkpoint, "restore", unreadable_4)
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with pytest.raises(checkpoint.CheckpointAccessError,
+                     match=rf"{tmp_path / 'checkpoints' / '4'} could not be read "
+                           rf"\({type(error).__name__}.*\), which is not damage"):
+    checkpoint.restore_latest(manager, checkpoint.abstract_like(states[2]), it,
+                              start_fresh_if_corrupt=True)
+  assert sorted(manager.all_steps()) == [2, 4]
+  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+
+
 def test_checkpoints_resume_after_turning_on_grad_clip(saved, tmp_path):
   """The divergence error advises config.train.grad_clip: the optimizer state keeps its shape."""
   config, tokenizer, states, _ = saved
@@ -353,6 +379,31 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
                               start_fresh_if_corrupt=True, config=config)
   assert sorted(manager.all_steps()) == [2, 4]
   assert not (workdir / checkpoint.CORRUPT_DIR).exists()
+
+
+def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
+  """The same config over a dataset with other records (e.g. a captioned_folder rebuilt after
+  adding images): grain refuses the iterator state, and the error says the data changed."""
+  from llmimg_jax.data.pipeline import ExampleSource, load_source
+  config, tokenizer, _, _ = saved
+  full = load_source(config.data)
+
+  class First:  # the build's first records only, as if it had fewer images
+    def __len__(self):
+      return len(full) - 8
+    def __getitem__(self, i):
+      return full._source[i]
+
+  source = ExampleSource(First(), full.name, full.split, full.resolution, full.all_splits)
+  manager = checkpoint.make_manager(tmp_path, config)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0, source=source)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=rf"this run's config equals the saved one, but its data differs: the "
+                           rf"checkpoints' input pipeline read {len(full)} records, this one "
+                           rf"{len(full) - 8}\. The dataset changed since they were saved"):
+    checkpoint.restore_latest(manager, _abstract_state(config), it,
+                              start_fresh_if_corrupt=True, config=config)
+  assert sorted(manager.all_steps()) == [2, 4]
 
 
 def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
