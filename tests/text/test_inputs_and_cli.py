@@ -47,6 +47,12 @@ def test_awkward_texts_encode_and_generate(generator, caplog):
   for key, value in batch.items():
     np.testing.assert_array_equal(tokens[key], value)
 
+  # A long text keeps its first max_length - 1 tokens and EOS, as transformers truncates.
+  text = "".join(f"word{i} " for i in range(200))
+  hf = generator.tokenizer.hf(text, truncation=True, max_length=MAX_LEN)["input_ids"]
+  assert len(hf) == MAX_LEN and hf[-1] == eos
+  np.testing.assert_array_equal(generator.tokenizer(text)["input_ids"][0], hf)
+
   states = generator.encode(AWKWARD)
   assert states.shape == (len(AWKWARD), MAX_LEN, generator.config.d_model)
   assert states.dtype == np.float32 and np.isfinite(states).all()
