@@ -95,6 +95,21 @@ def test_greedy_matches_pytorch(checkpoint, loaded, padded_batch):
   assert all(len(set(r)) >= 2 for r in ref), ref
 
 
+def test_greedy_min_new_tokens_matches_pytorch(relu_tied, padded_batch):
+  """min_new_tokens holds EOS back in greedy decoding too (an EOS the model emits early)."""
+  config, params = load_t5(relu_tied.path)
+  n = 12
+  eos = int(_hf_generate(relu_tied, padded_batch, max_new_tokens=n)[0, 2])  # row 0's 3rd token
+  config = dataclasses.replace(config, eos_token_id=eos)
+  for k in (0, 6):
+    ref = strip_generated(_hf_generate(relu_tied, padded_batch, max_new_tokens=n,
+                                       eos_token_id=eos, min_new_tokens=k), config)
+    ours = generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
+                    max_new_tokens=n, min_new_tokens=k)
+    assert strip_generated(np.asarray(ours), config) == ref, k
+    assert (len(ref[0]) <= 3) if k == 0 else (len(ref[0]) > 6), ref[0]  # EOS held back
+
+
 def test_beam_search_matches_pytorch(checkpoint, loaded, padded_batch):
   """num_beams=4, with an EOS id that the model actually emits so hypotheses finish early."""
   config, params = loaded
