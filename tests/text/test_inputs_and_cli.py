@@ -164,6 +164,21 @@ def test_cli_generates_and_encodes(relu_tied, tmp_path):
   assert str(npy) in results[1][0].decode()
 
 
+def test_cli_sampling_options_reach_generate(generator, relu_tied, capsys):
+  texts = ["a red fox in the snow", "hi"]
+  common = ["--model", relu_tied.path, "--max_length", str(MAX_LEN), "--max_new_tokens", "8",
+            "--do_sample", "--temperature", "1.7", "--top_k", "20", "--top_p", "0.9"]
+  common += [a for t in texts for a in ("--text", t)]
+  printed = {}
+  for seed in (3, 4):
+    assert main(common + ["--seed", str(seed)]) == 0
+    printed[seed] = capsys.readouterr().out
+    want = generator.generate(texts, max_new_tokens=8, seed=seed, do_sample=True,
+                              temperature=1.7, top_k=20, top_p=0.9)
+    assert printed[seed] == "".join(t + "\n" for t in want)
+  assert printed[3] != printed[4]
+
+
 def test_cli_bad_model_path(tmp_path, capsys):
   missing = str(tmp_path / "nowhere")
   assert main(["--model", missing, "--text", "x"]) == 2
