@@ -55,6 +55,21 @@ def test_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
   _assert_same_params(params, reference[1])
 
 
+def test_sharded_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
+  """pytorch_model-0000N-of-0000M.bin shards with their index, as transformers 4 wrote them."""
+  state = checkpoint.hf_model.state_dict()
+  names = sorted(state)
+  shards = {f"pytorch_model-0000{i + 1}-of-00002.bin": names[i::2] for i in range(2)}
+  for file, keys in shards.items():
+    torch.save({k: state[k] for k in keys}, tmp_path / file)
+  weight_map = {k: file for file, keys in shards.items() for k in keys}
+  (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+  _copy_config(checkpoint.path, tmp_path)
+  config, params = load_t5(tmp_path)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+
+
 def test_embedding_stored_only_under_an_alias_loads_the_same(checkpoint, reference, tmp_path):
   # transformers loads such a file (embed_tokens is tied to shared); so do we.
   state = checkpoint.hf_model.state_dict()
