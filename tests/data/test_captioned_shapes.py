@@ -1,6 +1,7 @@
 """captioned_shapes: determinism, holdout pairs, and captions that agree with the ground truth."""
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import subprocess
 import sys
@@ -94,8 +95,43 @@ def test_captions_agree_with_ground_truth(shapes_cfg):
         assert mentioned_shapes == kinds, caption
         assert mentioned_sizes <= sizes, caption
         if n == 1:  # 'left'/'right' only name the column (so a flip can swap them)
-          col = int(e["cell"][0]) % 3
+          row, col = divmod(int(e["cell"][0]), 3)
           assert ("left" in caption) == (col == 0) and ("right" in caption) == (col == 2), caption
+          words = set(re.findall(r"[a-z]+", caption))
+          assert bool(words & {"top", "upper"}) == (row == 0), caption
+          assert bool(words & {"bottom", "lower"}) == (row == 2), caption
+
+
+# What each colour word means, written out here rather than read from shapes.COLOR_SYNONYMS (which
+# the captions and the caption parser share, so a swap there would pass every other test).
+_COLOR_WORDS = {
+    "red": "red", "crimson": "red", "scarlet": "red", "orange": "orange", "tangerine": "orange",
+    "yellow": "yellow", "golden": "yellow", "lemon": "yellow", "green": "green",
+    "emerald": "green", "cyan": "cyan", "turquoise": "cyan", "aqua": "cyan", "blue": "blue",
+    "azure": "blue", "cobalt": "blue", "purple": "purple", "violet": "purple", "pink": "pink",
+    "rose": "pink", "white": "white", "snow-white": "white", "ivory": "white", "black": "black",
+    "jet-black": "black", "ebony": "black"}
+
+
+def test_colour_words_name_the_colours_drawn():
+  assert {w: c for c, words in shapes.COLOR_SYNONYMS.items() for w in words} == _COLOR_WORDS
+  hue = {c: colorsys.rgb_to_hsv(*(v / 255 for v in rgb)) for c, rgb in shapes.RGB.items()}
+  assert hue["red"][0] < hue["orange"][0] < hue["yellow"][0] < hue["green"][0] < hue["cyan"][0] \
+      < hue["blue"][0] < hue["purple"][0] < hue["pink"][0]  # round the colour wheel
+  assert hue["white"][2] > 0.9 > 0.1 > hue["black"][2] and hue["white"][1] < 0.1
+
+
+def test_large_objects_cover_more_pixels_than_small_ones(shapes_cfg):
+  """Pixels of each single object's colour, by its stated size."""
+  area = {"small": [], "large": []}
+  for e in _examples(shapes_cfg, "train"):
+    if int(e["num_objects"]) != 1:
+      continue
+    rgb = np.array(shapes.RGB[shapes.COLORS[e["color"][0]]], np.int32)
+    close = (np.abs(e["image"].astype(np.int32) - rgb).sum(-1) < 60).mean()
+    area[shapes.SIZES[e["size"][0]]].append(close)
+  assert min(map(len, area.values())) >= 3, {k: len(v) for k, v in area.items()}
+  assert np.median(area["large"]) > 2 * np.median(area["small"]), area
 
 
 def test_pixels_agree_with_ground_truth(shapes_cfg):
