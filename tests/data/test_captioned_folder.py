@@ -264,6 +264,12 @@ def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
     assert "changed since it was built" in caplog.text
   shutil.rmtree(pipeline.folder_builder(data).data_dir)
   assert [r["captions"] for r in _records(data)] == [["first", "second"]]
+  # An image replaced (same name, other pixels) is an edit too.
+  caplog.clear()
+  Image.new("RGB", (8, 9), (200, 2, 3)).save(folder / "a.png")
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    assert _records(data)[0]["image"][0, 0].tolist() == [1, 2, 3]  # the same build
+  assert "changed since it was built" in caplog.text
 
 
 def test_a_built_folder_is_read_after_the_folder_is_gone(tmp_path, caplog):
