@@ -18,6 +18,10 @@ def test_prepare_builds_and_writes_preview(shapes_cfg, tmp_path):
   # Caption text (dark pixels) is drawn below the first image.
   strip = np.asarray(grid)[160:200, :160]
   assert (strip < 100).any()
+  test = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                       shapes_cfg.data_dir, "--split", "test"])
+  assert test["split"] == "test"
+  assert test["num_examples"] == len(pipeline.load_source(shapes_cfg, "test")) != 256
 
 
 def test_preview_of_images_of_different_sizes_shows_their_centres():
