@@ -78,6 +78,10 @@ def test_score_checks_what_is_stated_and_no_extra_objects():
   moved = score_one(claims, _pred({1: (3, 3, 1)}), 0)
   assert not moved["correct"] and moved["checks"]["cell"] == [0]
   assert moved["checks"]["shape"] == [1]
+  # "left of" needs another column: one above the other (the same column) is not left of it.
+  claims = parse_caption("a red circle left of a blue square")
+  stacked = score_one(claims, _pred({1: (0, 0, 1), 7: (1, 5, 0)}), 0)
+  assert not stacked["correct"] and stacked["checks"]["relation"] == [0]
 
 
 def test_score_aggregates():
@@ -87,6 +91,13 @@ def test_score_aggregates():
   s = score(claims, pred)
   assert s["caption_accuracy"] == 0.5 and s["shape"] == 0.5 and s["count"] == 0.5
   assert s["num_images"] == 2
+  # Accuracies count statements, not images: 2 cell statements (1 true) + 1 (true) = 2/3.
+  claims = [parse_caption("a red circle in the top left corner and a blue square in the center"),
+            parse_caption("a red circle in the center")]
+  pred = {k: np.concatenate([a, b]) for (k, a), b in zip(
+      _pred({0: (0, 0, 0), 8: (1, 5, 0)}).items(), _pred({4: (0, 0, 0)}).values())}
+  s = score(claims, pred)
+  assert s["cell"] == pytest.approx(2 / 3) and s["caption_accuracy"] == 0.5
 
 
 def test_colour_only_captions_state_one_blob_of_that_colour():
