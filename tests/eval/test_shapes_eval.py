@@ -39,6 +39,9 @@ def test_evaluator_reads_real_test_images(small):
   print("test accuracy", evaluator.meta["test"])
   for attribute, accuracy in evaluator.meta["test"].items():
     assert accuracy >= 0.99, (attribute, accuracy)
+  test = load_split(data, "test")  # the recorded accuracy is the test split's
+  assert evaluator.meta["test"] == ev.cell_accuracy(evaluator.read(test.images),
+                                                    ev.cell_labels(test.gt))
   holdout = load_split(data, "holdout")  # unseen (shape, colour) pairs
   acc = ev.cell_accuracy(evaluator.read(holdout.images), ev.cell_labels(holdout.gt))
   print("holdout accuracy", acc)
@@ -63,3 +66,15 @@ def test_real_images_follow_their_captions_and_noise_does_not(small):
   print("shuffled", shuffled, "noise", noise)
   assert shuffled["caption_accuracy"] < 0.05 and noise["caption_accuracy"] < 0.02
   assert noise["shape"] < 0.3 and noise["color"] < 0.3  # chance is 1/7 and 1/10 when seen
+
+
+def test_cell_accuracy_counts_presence_over_all_cells_and_attributes_over_occupied_ones():
+  labels = {k: np.zeros((2, 9), np.int32) for k in ("present", "shape", "color", "size")}
+  labels["present"][0, [0, 4]] = 1
+  labels["shape"][0, 4] = 2  # cell 0's object is shape 0, cell 4's shape 2
+  pred = {k: v.copy() for k, v in labels.items()}
+  pred["present"] = np.ones((2, 9), bool)  # sees an object everywhere: 2 of 18 cells right
+  pred["shape"][0, 4] = 1  # misreads cell 4's shape; shapes of empty cells do not count
+  pred["color"][1] = 7
+  acc = ev.cell_accuracy(pred, labels)
+  assert acc == {"present": 2 / 18, "shape": 0.5, "color": 1.0, "size": 1.0}
