@@ -203,8 +203,9 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
                                                          monkeypatch):
   from tensorboardX import SummaryWriter
 
-  from llmimg_jax.eval import in_training
+  from llmimg_jax.eval import fid, in_training
   from llmimg_jax.eval.in_training import TrainingEvaluator, enabled
+  from llmimg_jax.eval.shapes_eval import load_split
   from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
   sampler = Sampler.from_workdir(run.workdir, batch_size=8)
@@ -213,6 +214,13 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
   config.eval.every, config.eval.num_samples = 2, 8
   assert enabled(config)
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+  # The floor: 8 real train images against the 8 real test images whose captions are scored.
+  train, test = (load_split(data, split, 8).at_size(config.data.image_size)
+                 for split in ("train", "test"))
+  features = evaluate.evaluator.features
+  assert evaluate.floor == pytest.approx(fid.frechet_distance(
+      *fid.statistics(features(train.images)), *fid.statistics(features(test.images))))
+  assert evaluate.floor > 1e-3 and evaluate.captions == [c[0] for c in test.captions]
 
   class State:
     ema_params, text_params = sampler.ema_params, sampler.text_params
