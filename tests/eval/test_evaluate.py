@@ -345,6 +345,8 @@ def test_inception_fid_row_sits_in_the_fid_columns():
       "num_images": 4, "generated": scores, "real": scores, "fid_indomain": 1.0,
       "fid_indomain_floor": 0.5, "fid_inception": 45.67, "fid_inception_floor": 3.21}}}
   head, *rows = format_table(results).splitlines()[1:]
+  generated = next(r for r in rows if "(generated)" in r).split()
+  assert generated[-2:] == ["1.000", "0.500"]  # FID(in-domain), then its floor
   row = next(r for r in rows if "Inception" in r)
   assert row.split()[-4:] == ["FID)", "4", "45.67", "3.21"]
   # right-aligned under their headers: FID(in-domain) and floor
