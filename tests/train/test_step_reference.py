@@ -1,7 +1,8 @@
 """train_step against one step recomputed here from the modules' apply functions, jax.grad and
-optax: D's losses, the lazy MA-GP, D's update, G's gradient through the updated D, the text
-encoder's update and the EMA with its warm-up. DiffAugment is off (a smaller program); which keys
-augment real and fake images is checked on its own."""
+optax: D's losses, the lazy gradient penalty, D's update, G's gradient through the updated D, the
+text encoder's update and the EMA (its warm-up, and its cap train.ema_decay one step later). Two
+configs: MA-GP without DiffAugment (the default), and R1 with DiffAugment and without G's
+contrastive term (which keys augment which images is checked on its own)."""
 import functools
 
 import jax
@@ -22,12 +23,19 @@ TOL = 1e-5  # relative error ||got - want|| / ||want|| of a tree; float32 noise 
 ADAM_FIELDS = ("mu", "nu")
 
 
-def _config(data_dir):
+def _config(data_dir, variant: str = "ma_gp"):
   config = tiny_config(data_dir)
   config.loss.gp_every = 2
   config.loss.diffaugment = ""
   # Distinct learning rates, so each must reach its own optimizer.
   config.train.lr_g, config.train.lr_d, config.train.lr_text = 1e-4, 3e-4, 2e-4
+  # The EMA's warm-up (1 + step) / (10 + step) is 5/14 at STEP, under this cap; 6/15 one step
+  # later, over it.
+  config.train.ema_decay = 0.38
+  if variant == "r1_augmented":
+    config.loss.gp, config.loss.r1_gamma = "r1", 3.0
+    config.loss.diffaugment = "color,translation,cutout"
+    config.loss.contrastive_g = False
   return config
 
 
@@ -74,7 +82,6 @@ def _info_nce(a, b, temperature):  # [batch, dim] x2: symmetric InfoNCE over cos
 def _reference_step(models, state, batch):
   """(new params and optimizer states, gradients, metrics), from the definitions."""
   cfg, t = models.config, models.config.train
-  assert not cfg.loss.diffaugment and cfg.loss.contrastive_g
   D = models.discriminator
   d_apply = lambda p, *a, m: D.apply({"params": p}, *a, method=m)
   ids, mask = batch["input_ids"], batch["attention_mask"]  # [b, L]
@@ -84,8 +91,9 @@ def _reference_step(models, state, batch):
     words = models.text_encoder.apply({"params": t_params}, ids, mask)
     return words, (words * m[..., None]).sum(1) / m.sum(1)[:, None]
 
-  k_z = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
-  real = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0  # [b, R, R, 3]
+  k_z, k_real, k_fake, k_g = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)
+  augment = lambda x, key: gan.diff_augment(x, key, cfg.loss.diffaugment)  # identity when off
+  real = augment(jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0, k_real)  # [b, R, R, 3]
   z = jax.random.normal(k_z, (real.shape[0], cfg.model.z_dim))  # [b, z_dim]
   words0, sent0 = text(state.text_params)  # G and G's loss read the step's one T5 forward
   generate = lambda g: models.generator.apply({"params": g}, z, sent0, words0, mask)
@@ -96,22 +104,27 @@ def _reference_step(models, state, batch):
     sent = text(t_params)[1]
     feats_real = d_apply(d, real, m="features")  # [b, 4, 4, C]
     logit = lambda f, s: d_apply(d, f, s, m="logits")  # [b]
-    real_l, fake_l = logit(feats_real, sent), logit(d_apply(d, fake, m="features"), sent)
+    real_l = logit(feats_real, sent)
+    fake_l = logit(d_apply(d, augment(fake, k_fake), m="features"), sent)
     mis_l = logit(feats_real, jnp.concatenate([sent[-1:], sent[:-1]]))  # image i, sentence i-1
 
     def one(x, s):  # D(x_i, s_i) of one pair
       return logit(d_apply(d, x[None], m="features"), s[None])[0]
 
-    gx, gs = jax.vmap(jax.grad(one, argnums=(0, 1)))(real, sent)
-    norm2 = jnp.sum(gx**2, axis=(1, 2, 3)) + jnp.sum(gs**2, axis=1)  # [b]
-    gp = cfg.loss.magp_k * jnp.mean(norm2 ** (cfg.loss.magp_p / 2))
+    gx, gs = jax.vmap(jax.grad(one, argnums=(0, 1)))(real, sent)  # of the augmented reals
+    if cfg.loss.gp == "r1":  # the image gradient only
+      gp = 0.5 * cfg.loss.r1_gamma * jnp.mean(jnp.sum(gx**2, axis=(1, 2, 3)))
+    else:
+      norm2 = jnp.sum(gx**2, axis=(1, 2, 3)) + jnp.sum(gs**2, axis=1)  # [b]
+      gp = cfg.loss.magp_k * jnp.mean(norm2 ** (cfg.loss.magp_p / 2))
     hinge = (jnp.mean(jax.nn.relu(1 - real_l))
              + 0.5 * (jnp.mean(jax.nn.relu(1 + fake_l)) + jnp.mean(jax.nn.relu(1 + mis_l))))
     contrastive = _info_nce(d_apply(d, feats_real, m="image_embedding"),
                             d_apply(d, sent, m="text_embedding"), temperature)
     loss = hinge + cfg.loss.gp_every * gp + w * contrastive
-    return loss, {"d_loss": loss, "d_hinge": hinge, "unscaled_gp": gp,
-                  "d_mismatch": mis_l.mean(), "d_contrastive": contrastive}
+    return loss, {"d_loss": loss, "d_hinge": hinge, "unscaled_gp": gp, "d_real": real_l.mean(),
+                  "d_fake": fake_l.mean(), "d_mismatch": mis_l.mean(),
+                  "d_contrastive": contrastive}
 
   (d_grads, t_grads), metrics = jax.grad(d_terms, argnums=(0, 1), has_aux=True)(
       state.d_params, state.text_params)
@@ -121,8 +134,10 @@ def _reference_step(models, state, batch):
   t_updates, t_opt = adam(t.lr_text).update(t_grads, state.text_opt_state)
 
   def g_terms(g):  # through the updated D
-    feats = d_apply(d_new, generate(g), m="features")
+    feats = d_apply(d_new, augment(generate(g), k_g), m="features")
     adversarial = -jnp.mean(d_apply(d_new, feats, sent0, m="logits"))
+    if not cfg.loss.contrastive_g:
+      return adversarial, {"g_adversarial": adversarial}
     contrastive = _info_nce(d_apply(d_new, feats, m="image_embedding"),
                             d_apply(d_new, sent0, m="text_embedding"), temperature)
     return adversarial + w * contrastive, {"g_adversarial": adversarial,
@@ -148,35 +163,48 @@ def _rel_error(got, want) -> float:
   return _norm(jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, got, want)) / _norm(want)
 
 
-@pytest.fixture(scope="module")
-def stepped(tmp_path_factory):
-  config = _config(tmp_path_factory.mktemp("unused"))
+@pytest.fixture(scope="module", params=["ma_gp", "r1_augmented"])
+def stepped(tmp_path_factory, request):
+  config = _config(tmp_path_factory.mktemp("unused"), request.param)
   tokenizer, t5_config, _ = build_text(config)
   models = build_models(config, t5_config)
   state, batch = _host_state(models), _batch(config, tokenizer)
   step = jax.jit(functools.partial(train_step, models))
   new_state, metrics = step(state, batch)
-  odd_metrics = step(state.replace(step=np.int32(STEP + 1)), batch)[1]  # no penalty
+  odd = step(state.replace(step=np.int32(STEP + 1)), batch)  # no penalty; the EMA at its cap
   want, grads, want_metrics = jax.jit(functools.partial(_reference_step, models))(state, batch)
-  return (config, state, *jax.device_get((new_state, metrics, odd_metrics, want, grads,
-                                          want_metrics)))
+  return (config, state, *jax.device_get((new_state, metrics, odd, want, grads, want_metrics)))
 
 
 def test_losses_and_lazy_penalty_equal_the_reference(stepped):
-  config, _, new_state, metrics, odd_metrics, _, _, want = stepped
+  config, _, new_state, metrics, (_, odd_metrics), _, _, want = stepped
   assert metrics["finite"] == 1.0 and int(new_state.step) == STEP + 1
-  for k in ("d_loss", "d_hinge", "d_mismatch", "d_contrastive", "g_adversarial", "g_contrastive"):
+  terms = ["d_loss", "d_hinge", "d_real", "d_fake", "d_mismatch", "d_contrastive",
+           "g_adversarial"]
+  for k in terms + ["g_contrastive"] * config.loss.contrastive_g:
     np.testing.assert_allclose(metrics[k], want[k], rtol=TOL, err_msg=k)
-  # The lazy penalty: gp_every x MA-GP at a multiple of gp_every, and a part of D's loss.
+  # The lazy penalty: gp_every x the penalty at a multiple of gp_every, and a part of D's loss.
   np.testing.assert_allclose(metrics["gp"], 2 * want["unscaled_gp"], rtol=TOL)
   assert metrics["gp"] > 1e-3 * metrics["d_loss"]
   w = config.loss.contrastive_weight
-  np.testing.assert_allclose(metrics["g_loss"], want["g_adversarial"] + w * want["g_contrastive"],
+  g_contrastive = want["g_contrastive"] if config.loss.contrastive_g else 0.0
+  assert ("g_contrastive" in metrics) == config.loss.contrastive_g
+  np.testing.assert_allclose(metrics["g_loss"], want["g_adversarial"] + w * g_contrastive,
                              rtol=TOL)
   # One step later: no penalty at all.
   assert odd_metrics["gp"] == 0.0
   np.testing.assert_allclose(odd_metrics["d_loss"],
                              odd_metrics["d_hinge"] + w * odd_metrics["d_contrastive"], rtol=1e-6)
+
+
+def test_the_ema_is_capped_at_train_ema_decay(stepped):
+  """At STEP + 1 the warm-up (6/15) passes train.ema_decay (0.38): the EMA takes 0.38."""
+  config, state, _, _, (odd_state, _), _, _, _ = stepped
+  decay = config.train.ema_decay
+  assert decay < (2 + STEP) / (11 + STEP)
+  want = jax.tree.map(lambda e, g: decay * e + (1 - decay) * g, state.ema_params,
+                      odd_state.g_params)
+  assert _rel_error(odd_state.ema_params, want) <= TOL
 
 
 def test_updates_equal_the_reference(stepped):
