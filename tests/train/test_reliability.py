@@ -68,6 +68,7 @@ def test_non_finite_update_is_skipped_and_counted(tmp_path):
   good = _batch(config, tokenizer)
   state = loop.create_state(models, mesh, config.seed)
   before = jax.device_get(state)
+  assert _equal(before.ema_params, before.g_params)  # the EMA starts as a copy of G
 
   state, metrics = step_fn(state, jax.device_put(_poison(good), sharding))
   assert metrics["finite"] == 0.0 and not np.isfinite(float(metrics["d_loss"]))
