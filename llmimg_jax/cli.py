@@ -37,13 +37,18 @@ def _not_orbax_info(record: logging.LogRecord) -> bool:
   return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
+# What a TensorStore read's task or error names: a spec, or the storage Orbax writes.
+_TENSORSTORE_WORDS = ("TensorStore(", "OCDBT database", '"zarr" driver', '"zarr3" driver')
+
+
 def _not_orbax_task(record: logging.LogRecord) -> bool:
   """asyncio's 'Task exception was never retrieved' for an Orbax read: the task names an Orbax
-  file, or (a TensorStore future awaited by asyncio itself, seen under load) a TensorStore spec."""
+  file, or (a TensorStore future awaited by asyncio itself, seen under load) a TensorStore spec
+  or the failed read of Orbax's storage."""
   text = record.getMessage()
   if record.exc_info and record.exc_info[2] is not None:
     text += "".join(f.filename for f in traceback.extract_tb(record.exc_info[2]))
-  return "/orbax/" not in text and "TensorStore(" not in text
+  return "/orbax/" not in text and not any(w in text for w in _TENSORSTORE_WORDS)
 
 
 def _unraisable(info: Any) -> None:
