@@ -8,8 +8,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from PIL import Image
 
+from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint, loop
+from llmimg_jax.train.state import build_models, build_text
+from llmimg_jax.train.step import generate_images
 from tests.sample.conftest import one_device_env
 from tests.train.conftest import tiny_config
 from tests.train.test_reliability import _damage, _scalar_events, _scalars
@@ -25,21 +29,42 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   config = tiny_config(shapes_data_dir)
   jit_train_step = loop.jit_train_step
 
+  d_losses = []
+
   def slow_first_call(*args):  # as if compiling took 10 s longer: images/s must not count it
-    step_fn, delays = jit_train_step(*args), iter([10.0])
+    step_fn, delays = jit_train_step(*args), iter([10.0, 0.5])  # step 2: at least 0.5 s
     def step(*a):
       time.sleep(next(delays, 0.0))
-      return step_fn(*a)
+      state, metrics = step_fn(*a)
+      d_losses.append(float(metrics["d_loss"]))
+      return state, metrics
     return step
   monkeypatch.setattr(loop, "jit_train_step", slow_first_call)
   first = jax.device_get(loop.train(config, workdir))
   monkeypatch.undo()
   assert int(first.step) == 4
-  # Steps 1-2 are logged at step 2: step 2 alone is timed (< 5 s even on a loaded machine),
-  # where counting the first call would give under 2 * batch / 10 s.
+  # Steps 1-2 are logged at step 2: step 2 alone is timed, 0.5 s + its run (< 2 s even on a
+  # loaded machine), where counting the first call would give under 2 * batch / 10 s.
   images_per_sec = _scalars(workdir / "tensorboard", "train/images_per_sec")
   assert sorted(images_per_sec) == [2, 4], images_per_sec
-  assert min(images_per_sec.values()) > config.train.batch_size / 5.0, images_per_sec
+  batch = config.train.batch_size
+  assert batch / 2.5 < images_per_sec[2] <= batch / 0.5, images_per_sec
+  # Each logged loss is the mean over the steps since the last log.
+  logged = _scalars(workdir / "tensorboard", "train/d_loss")
+  np.testing.assert_allclose([logged[2], logged[4]], [np.mean(d_losses[:2]),
+                                                      np.mean(d_losses[2:])], rtol=1e-6)
+  # The grid shows the EMA generator's images of each prompt in its row (fixed noise).
+  tokenizer, t5_config, _ = build_text(config)
+  prompts, k = list(config.train.sample_prompts), config.train.samples_per_prompt
+  tokens = tokenizer(prompts)
+  z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (len(prompts) * k,
+                                                              config.model.z_dim))
+  images = generate_images(build_models(config, t5_config), first.ema_params, first.text_params,
+                           z, *(np.repeat(tokens[n], k, axis=0)
+                                for n in ("input_ids", "attention_mask")))
+  want = np.asarray(captioned_grid(np.asarray(images), prompts), np.int32)
+  got = np.asarray(Image.open(workdir / "samples" / "step_0000004.png"), np.int32)
+  assert got.shape == want.shape and np.abs(got - want).max() <= 1  # XLA rounding of uint8
   manager = checkpoint.make_manager(workdir, config)
   assert manager.all_steps() == [2, 4]
   assert (workdir / "config.json").exists()
@@ -56,6 +81,7 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
     second = loop.train(config, workdir)
   assert "Resumed from" in caplog.text and "at step 4" in caplog.text
   assert int(second.step) == 6
+  assert (workdir / "samples" / "step_0000006.png").exists()  # the last step, off sample_every
   assert checkpoint.make_manager(workdir, config).latest_step() == 6
   assert _max_diff(first.g_params, jax.device_get(second.g_params)) > 0.0
 
