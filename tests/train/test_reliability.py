@@ -247,11 +247,22 @@ def test_no_readable_checkpoint_stops_unless_asked_to_start_fresh(saved, tmp_pat
   assert sorted(p.name for p in (tmp_path / checkpoint.CORRUPT_DIR).iterdir()) == ["2", "4"]
 
 
+def test_access_and_resource_errors_are_told_from_damage():
+  unavailable = RuntimeError("restore failed")
+  unavailable.__cause__ = ValueError("UNAVAILABLE: Connection reset by peer")  # a network mount
+  for error in (PermissionError(13, "Permission denied"), MemoryError(), TimeoutError(),
+                ValueError('PERMISSION_DENIED: Error reading "d/0.0" in OCDBT database'),
+                ValueError("RESOURCE_EXHAUSTED: out of memory"), unavailable):
+    assert checkpoint._is_access_error(error), error
+  for error in (ValueError('NOT_FOUND: Error reading "d/0.0" in OCDBT database'),  # deleted
+                ValueError("DATA_LOSS: Unexpected end of file"), FileNotFoundError(2, "gone"),
+                ValueError("Expecting property name enclosed in double quotes"), None):
+    assert not checkpoint._is_access_error(error), error
+
+
 @pytest.mark.parametrize("error", [
     PermissionError(13, "Permission denied"),
-    ValueError('PERMISSION_DENIED: Error reading "g_params.conv/0.0" in OCDBT database'),
-    ValueError("UNAVAILABLE: Connection reset by peer"),  # a network mount
-    MemoryError()])
+    ValueError('PERMISSION_DENIED: Error reading "g_params.conv/0.0" in OCDBT database')])
 def test_a_checkpoint_that_cannot_be_read_now_stops_the_run_and_stays(saved, tmp_path,
                                                                        monkeypatch, error):
   """Access or resources, not damage: no fallback to an older step (its training would be done
