@@ -16,6 +16,16 @@ ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 BYT5_VOCAB_SIZE = 384
 
 
+def first_token_id(value: Any, name: str, source: str) -> int | None:
+  """A token id as Hugging Face files give it: an int, or a list (several EOS ids) whose first
+  one generation here stops at; None for none."""
+  if isinstance(value, (list, tuple)):
+    if len(value) > 1:
+      log.warning("%s has several %s %s; generation stops at the first only.", source, name, value)
+    value = value[0] if value else None
+  return None if value is None else int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """T5 / T5 v1.1 / FLAN-T5 / mT5 / ByT5 hyperparameters. Frozen and hashable (a jit static arg).
@@ -95,11 +105,8 @@ class T5Config:
       raise ValueError("umT5 (per-layer relative attention bias) is not supported; use a t5/mt5 checkpoint.")
     fields = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in d.items() if k in fields and v is not None}
-    eos = kw.get("eos_token_id")
-    if isinstance(eos, (list, tuple)):
-      if len(eos) > 1:
-        log.warning("config has several eos_token_id %s; generation stops at the first only.", eos)
-      kw["eos_token_id"] = int(eos[0])
+    if "eos_token_id" in kw:
+      kw["eos_token_id"] = first_token_id(kw["eos_token_id"], "eos_token_id", "config")
     if "decoder_start_token_id" not in kw:
       kw["decoder_start_token_id"] = kw.get("pad_token_id", 0)
     if "scale_decoder_outputs" not in kw:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config
+from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 
@@ -255,13 +255,9 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
                      "config.json's token ids.") from None
   ids = {}
   for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
-    value = gen.get(name)
-    if isinstance(value, list):
-      if len(value) > 1:
-        log.warning("%s has several %s %s; generation stops at the first only.", path, name, value)
-      value = value[0] if value else None
-    if value is not None and int(value) != getattr(config, name):
-      ids[name] = int(value)
+    value = first_token_id(gen.get(name), name, path)
+    if value is not None and value != getattr(config, name):
+      ids[name] = value
   unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v != _DECODING_DEFAULTS[k]}
   if unused:
     log.warning("%s sets decoding defaults (%s) that llmimg_jax does not apply: pass them to "
