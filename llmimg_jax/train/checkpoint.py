@@ -326,10 +326,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       jax.block_until_ready(state)
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
       error = e.with_traceback(None)  # kept for its type and message, not its frames
-    if not _on_every_host(not _is_access_error(error)):  # an older step would redo training
+    access = _is_access_error(error)
+    if not _on_every_host(not access):  # an older step would redo training
       raise CheckpointAccessError(
           f"Checkpoint {Path(manager.directory) / str(step)} could not be read "
-          f"({_describe(error) if _is_access_error(error) else 'failed on another host'}), which "
+          f"({_describe(error) if access else 'failed on another host'}), which "
           "is not damage: fix the access to it (file permissions, the mount, free memory) and "
           "rerun the same command. No checkpoint was skipped or moved.")
     if _on_every_host(error is None):
