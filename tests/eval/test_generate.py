@@ -4,8 +4,7 @@ import numpy as np
 
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.train.state import build_models, build_text
-from llmimg_jax.train.step import encode_text
-from tests.sample.conftest import _quick_state
+from tests.sample.conftest import _quick_state, assert_uint8_of, generator_output
 from tests.train.conftest import tiny_config
 
 
@@ -22,10 +21,7 @@ def test_each_image_comes_from_its_caption_and_its_noise(tmp_path):
   tokens = tokenizer(captions)
   for i in range(3):
     z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3), i), (1, config.model.z_dim))
-    ids, mask = tokens["input_ids"][i:i + 1], tokens["attention_mask"][i:i + 1]
-    words, sent = encode_text(models, state.text_params, ids, mask)
-    x = np.asarray(models.generator.apply({"params": state.ema_params}, z, sent, words, mask))
+    x = generator_output(models, state.ema_params, state.text_params, z,
+                         tokens["input_ids"][i:i + 1], tokens["attention_mask"][i:i + 1])
     assert x.min() < -0.5 and x.max() > 0.5  # the [-1, 1] -> [0, 255] mapping is exercised
-    want = np.clip(np.round((x[0] + 1.0) * 127.5), 0, 255)
-    diff = np.abs(images[i].astype(np.float64) - want)
-    assert diff.max() <= 1 and diff.mean() < 0.01, (i, diff.max(), diff.mean())
+    assert_uint8_of(images[i], x)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.gan import Discriminator, mismatched
+from tests.gan.test_generator import _random_params
 
 B, D_TEXT = 3, 12
 
@@ -111,9 +112,8 @@ def test_matching_aware_head_against_numpy():
   """logits = 4x4 VALID conv(lrelu(3x3 conv([features, tiled sent_proj(sentence)]))), DF-GAN's
   D_GET_LOGITS; with every parameter random."""
   d = Discriminator(resolution=32, nf=2, cond_dim=3, embed_dim=4)
+  params = _random_params(d, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 5)))
   rng = np.random.default_rng(0)
-  params = d.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 5)))["params"]
-  params = jax.tree.map(lambda x: rng.normal(0, 0.5, x.shape).astype(np.float32), params)
   feats = rng.normal(size=(2, 4, 4, 16)).astype(np.float32)
   sent = rng.normal(size=(2, 5)).astype(np.float32)
   s = sent @ params["sent_proj"]["kernel"] + params["sent_proj"]["bias"]  # [2, 3]

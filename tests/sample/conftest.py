@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text, init_state
+from llmimg_jax.train.step import encode_text
 from tests.train.conftest import tiny_config
 
 STEPS = (1, 2)
@@ -122,3 +123,17 @@ def one_device_env() -> dict[str, str]:
   env["PYTHONPATH"] = os.pathsep.join(
       [str(Path(__file__).parents[2]), *filter(None, [env.get("PYTHONPATH")])])
   return env
+
+
+def generator_output(models, ema_params, text_params, z, ids, mask) -> np.ndarray:
+  """The generator's float image [R, R, 3] in [-1, 1] for noise z [1, z_dim] and one tokenized
+  text ids, mask [1, L], from the modules' apply functions."""
+  words, sent = encode_text(models, text_params, ids, mask)
+  return np.asarray(models.generator.apply({"params": ema_params}, z, sent, words, mask))[0]
+
+
+def assert_uint8_of(image: np.ndarray, x: np.ndarray) -> None:
+  """`image` is x's [-1, 1] -> [0, 255] mapping, up to XLA's rounding of another batch shape."""
+  want = np.clip(np.round((x + 1.0) * 127.5), 0, 255)
+  diff = np.abs(image.astype(np.float64) - want)
+  assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
