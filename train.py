@@ -56,7 +56,8 @@ def main(argv):
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
-  from llmimg_jax.train.loop import DataNotSharedError, DivergenceError, local_workdir, train
+  from llmimg_jax.train.loop import (
+      DataNotSharedError, DivergenceError, WorkdirNotWritableError, local_workdir, train)
   config = _CONFIG.value
   try:  # before anything compiles or loads: a bad config fails in seconds
     local_workdir(_WORKDIR.value)
@@ -70,7 +71,7 @@ def main(argv):
                                        jax.devices())
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
-  except (FolderError, DataNotSharedError) as e:  # e.g. a folder without a usable image
+  except (FolderError, DataNotSharedError, WorkdirNotWritableError) as e:  # e.g. no usable image
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)

@@ -230,6 +230,47 @@ def local_workdir(workdir: str | Path) -> Path:
   return path
 
 
+class WorkdirNotWritableError(ValueError):
+  """A directory the run writes into cannot be written (checked before anything is built)."""
+
+
+_WRITTEN_DIRS = ("", "checkpoints", "samples", "tensorboard")  # "": the workdir itself
+
+
+def _unwritable(workdir: Path) -> str | None:
+  """Why this host cannot write the workdir or a folder in it that the run writes, else None.
+  Creates nothing: a new workdir is checked by writing into its nearest existing parent."""
+  workdir = workdir.absolute()
+  for name in _WRITTEN_DIRS:
+    path = workdir / name
+    if name and not path.exists():  # created in the workdir, which was checked first
+      continue
+    while not path.exists():
+      path = path.parent
+    try:
+      probe = path / f".write_test.{os.getpid()}"
+      probe.write_bytes(b"")
+      probe.unlink()
+    except OSError as e:
+      return f"{path}: {type(e).__name__}: {e.strerror or e}"
+  return None
+
+
+def check_workdir_writable(workdir: Path) -> None:
+  """Every host can write the workdir (Orbax would otherwise wait minutes for a step directory
+  that cannot be made, then fail with a TimeoutError that names neither)."""
+  problem = _unwritable(workdir)
+  if jax.process_count() > 1:
+    checkpoint.wait_for_all_hosts("workdir_checked")
+    others = [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]
+    if problem is None and others:
+      problem = f"host(s) {others} cannot write it; their logs name the folder"
+  if problem is not None:
+    raise WorkdirNotWritableError(
+        f"The run cannot write to its workdir ({problem}). Fix the folder's permissions (or "
+        "free space, or the mount) or pass another --workdir; nothing was trained.")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, *,
           start_fresh_if_corrupt: bool = False) -> TrainState:
   """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them.
@@ -239,6 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
+  check_workdir_writable(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)
   tokenizer, t5_config, pretrained_text = build_text(config)

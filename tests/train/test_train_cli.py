@@ -2,10 +2,14 @@
 errors stop in seconds with one paragraph."""
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -73,7 +77,31 @@ def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, t
   assert all(jax.tree.leaves(same)), same  # every parameter, optimizer moment, EMA, rng: bitwise
 
 
+@contextlib.contextmanager
+def unwritable(folder: Path):
+  """`folder` made unwritable for this process: by its mode, or (as root, whom modes do not stop)
+  by the immutable attribute."""
+  if os.geteuid() != 0:
+    folder.chmod(0o555)
+    yield
+    folder.chmod(0o755)
+    return
+  if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+    pytest.skip("root without chattr +i: cannot make a folder unwritable")
+  try:
+    yield
+  finally:
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_path):
+  locked_run = tmp_path / "locked_run"  # an earlier run's checkpoints/, not writable now
+  (locked_run / "checkpoints").mkdir(parents=True)
+  with unwritable(locked_run / "checkpoints"):
+    _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run)
+
+
+def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   typo_file = tmp_path / "typo_config.py"
   typo_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
                        "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
@@ -118,6 +146,10 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
           r"captioned_folder: no usable image in .*no_images \(skipped: \{'unknown_file': 1\}\)"),
       ("--config.train.steps.x=1",): (
           r"unknown config key .*train\.steps\.x in --config\.train\.steps\.x=1"),
+      # Orbax waited 5 minutes for a step directory it could not make, then raised a TimeoutError.
+      (f"--workdir={locked_run}",): (
+          r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError: "
+          r"(Operation not permitted|Permission denied)\)"),
   }
   start = time.perf_counter()
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
@@ -130,6 +162,7 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
   elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
-  # Seventeen processes at once on 2 cores (beside the other pytest worker); each alone takes
+  assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
+  # Eighteen processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
