@@ -23,7 +23,8 @@ from tests.train.cli_utils import Proc, finished_steps, flags, train_args
 from tests.train.conftest import tiny_config
 
 STEPS = 6
-CHANGES = {"train.steps": STEPS, "train.log_every": 1, "train.ckpt_every": 2,
+# ckpt_every = STEPS: a checkpoint at the stop (before step STEPS) was saved because of the stop.
+CHANGES = {"train.steps": STEPS, "train.log_every": 1, "train.ckpt_every": STEPS,
            "train.sample_every": 1000, "loss.gp": "none", "loss.diffaugment": "",
            "model.attn_resolutions": (), "loss.contrastive_weight": 0.0}  # tiny_config's
 
