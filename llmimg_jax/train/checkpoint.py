@@ -363,8 +363,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                "dataset changed since they were saved (e.g. images added to a captioned_folder "
                "and its build redone): restore the build the run used")
     else:
-      cause = ("this run's config equals the saved one, so the code that builds the model "
-               "changed (another version of llmimg_jax)")
+      cause = ("this run's config equals the saved one, so the code that builds the model or "
+               "the input pipeline changed (another version of llmimg_jax), or the files saved "
+               "with them (e.g. the input-iterator state in STEP/data/) were edited")
     raise ConfigMismatchError(
         f"The checkpoints in {manager.directory} do not fit the model or the input pipeline this "
         f"run builds ({cause}). "

@@ -353,8 +353,8 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
   config.model.nf_g = 8  # the same config, a state laid out differently (other code)
   nested = states[4].replace(g_opt_state=(optax.EmptyState(), states[4].g_opt_state))
   with pytest.raises(checkpoint.ConfigMismatchError,
-                     match="this run's config equals the saved one, so the code that builds the "
-                           "model changed"):
+                     match=r"this run's config equals the saved one, so the code that builds the "
+                           r"model or the input pipeline changed \(another version of llmimg_jax\)"):
     checkpoint.restore_latest(manager, checkpoint.abstract_like(nested), it,
                               start_fresh_if_corrupt=True, config=config)
   with pytest.raises(checkpoint.ConfigMismatchError,  # no config to compare with
@@ -413,6 +413,22 @@ def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
                      match=rf"this run's config equals the saved one, but its data differs: the "
                            rf"checkpoints' input pipeline read {len(full)} records, this one "
                            rf"{len(full) - 8}\. The dataset changed since they were saved"):
+    checkpoint.restore_latest(manager, _abstract_state(config), it,
+                              start_fresh_if_corrupt=True, config=config)
+  assert sorted(manager.all_steps()) == [2, 4]
+
+
+def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
+  """Every step's input-iterator state edited by hand (another shuffle seed): grain refuses it as
+  it would a changed pipeline, and with the config unchanged the error names the edit too."""
+  config, tokenizer, _, _ = saved
+  for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
+    state_file.write_text(state_file.read_text().replace("seed=0)", "seed=5)"))
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"this run's config equals the saved one, so the code that builds the "
+                           r"model or the input pipeline changed .*, or the files saved with "
+                           r"them .* were edited\)"):
     checkpoint.restore_latest(manager, _abstract_state(config), it,
                               start_fresh_if_corrupt=True, config=config)
   assert sorted(manager.all_steps()) == [2, 4]
