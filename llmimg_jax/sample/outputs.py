@@ -46,10 +46,10 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         "otherwise mix, and samples.jsonl would describe only the new ones).")
 
 
-def read_prompts(prompts: Sequence[str] = (), prompts_file: str | os.PathLike | None = None
+def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathLike | None = None
                  ) -> list[str]:
   """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""
-  prompts = list(prompts)
+  prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # not one per character
   if prompts_file:
     path = Path(prompts_file).expanduser()
     try:

@@ -163,6 +163,7 @@ def test_bad_prompts_fail_clearly(sampler, tmp_path):
   good.write_text("# a comment after a BOM\na red circle\n\n生成一张美丽的海滩风景图片\n",
                   encoding="utf-8-sig")  # "UTF-8 with BOM", as Windows editors save it
   assert read_prompts(["x"], good) == ["x", "a red circle", "生成一张美丽的海滩风景图片"]
+  assert read_prompts("a cat", good) == ["a cat", "a red circle", "生成一张美丽的海滩风景图片"]
   # Lines end at \n, \r\n and \r only: other characters str.splitlines breaks at stay in.
   odd = tmp_path / "odd.txt"
   odd.write_bytes("a red\u2028circle\r\na blue\x0csquare\ra star\x1c\x85here\n".encode())
