@@ -120,12 +120,15 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
       notes.append("extension_mismatch")
     if fmt == "JPEG":
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
+    # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
+    truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-      ImageFile.LOAD_TRUNCATED_IMAGES = False
       img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
       raise SkipImage(reason, str(e)) from None
+    finally:
+      ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
     sixteen_bit = _sixteen_bit_samples(img)  # before exif_transpose's copy drops the format
     try:
       img = ImageOps.exif_transpose(img)

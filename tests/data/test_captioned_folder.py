@@ -93,6 +93,17 @@ EXPECTED_SKIPS = {
     "unreadable": 1, "unsupported_extension": 1}
 
 
+def test_truncated_images_are_skipped_and_pils_setting_is_kept(tmp_path, monkeypatch):
+  from PIL import ImageFile
+  from llmimg_jax.data.images import SkipImage, load_image
+  make_odd_folder(str(tmp_path))
+  monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the calling program's choice
+  with pytest.raises(SkipImage, match="truncated"):
+    load_image(str(tmp_path / "truncated.jpg"), SIZE)
+  assert load_image(str(tmp_path / "rgb.png"), SIZE)[0].shape == (SIZE, SIZE, 3)
+  assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("odd_folder"))
