@@ -275,3 +275,44 @@ def test_a_worker_error_reaches_the_caller(tmp_path):
   tasks = [(cfg, "test", 0, 4, str(tmp_path / "missing_dir" / f"shard{k}")) for k in range(2)]
   with pytest.raises(Exception, match="missing_dir"):  # the writer's, raised in a worker
     list(captioned_shapes._write_shards_in_processes(tasks, 2))
+
+
+def test_test_and_holdout_images_are_not_train_images(shapes_cfg):
+  """Each split draws its own scenes (seeded by split): none repeats a train image."""
+  digest = lambda e: hashlib.sha256(e["image"].tobytes()).hexdigest()  # noqa: E731
+  train = {digest(e) for e in _examples(shapes_cfg, "train")}
+  for split in ("test", "holdout"):
+    assert not {digest(e) for e in _examples(shapes_cfg, split)} & train, split
+  # Dataset version 1.0.0's test split (as the train pin in test_single_object_variant).
+  e = shapes.render_example(shapes.SceneSpec(32), "test", 3)
+  assert hashlib.sha256(e["image"].tobytes()).hexdigest()[:16] == "f4a303c037d0377b"
+  assert e["captions"][0] == "top: little tangerine disc"
+
+
+_RELATIONS = {"left of": ("col", -1), "right of": ("col", 1), "above": ("row", -1),
+              "over": ("row", -1), "below": ("row", 1), "under": ("row", 1)}
+
+
+def test_relation_words_say_where_the_first_object_is_relative_to_the_second():
+  """'a X left of a Y' (and 'to the left of', above/over, below/under): X is objects[0]."""
+  rng = np.random.default_rng(0)
+  seen = set()
+  for _ in range(3000):
+    gt = shapes.sample_scene(rng, "train", colors_only=False)
+    caption = shapes.caption_scene(gt, rng)
+    found = re.findall(r" (left of|right of|above|over|below|under) an? ", caption)
+    if not found:
+      continue
+    assert len(found) == 1 and int(gt["num_objects"]) >= 2, caption
+    (r0, c0), (r1, c1) = divmod(int(gt["cell"][0]), 3), divmod(int(gt["cell"][1]), 3)
+    axis, sign = _RELATIONS[found[0]]
+    assert np.sign(c0 - c1 if axis == "col" else r0 - r1) == sign, (caption, gt["cell"][:2])
+    seen.add(found[0])
+  assert seen == set(_RELATIONS)
+
+
+def test_every_example_has_distinct_captions(shapes_cfg):
+  """render_example draws until its num_captions (3) captions differ; tiny_32's templates allow."""
+  for split in ("train", "test", "holdout"):
+    for e in _examples(shapes_cfg, split):
+      assert len(set(e["captions"])) == len(e["captions"]) == 3, e["captions"]
