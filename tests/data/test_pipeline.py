@@ -47,6 +47,13 @@ def test_batch_format(shapes_cfg, tokenizer):
   source = pipeline.load_source(cfg, "train")
   for text, index in zip(tokenizer.decode(batch["input_ids"]), batch["index"]):
     assert any(c.startswith(text) for c in source[int(index)]["captions"]), text
+  # Each row is exactly the tokenizer's output (ids and mask) for one whole caption of its record.
+  for i, index in enumerate(batch["index"]):
+    tokens = tokenizer(source[int(index)]["captions"])
+    assert any(np.array_equal(batch["input_ids"][i], ids) and
+               np.array_equal(batch["attention_mask"][i], mask)
+               for ids, mask in zip(tokens["input_ids"], tokens["attention_mask"])), i
+  assert 0 < batch["attention_mask"].sum(1).min() < 64  # padding is masked
 
 
 def test_same_seed_same_batches_different_seed_differs(shapes_cfg, tokenizer):
@@ -192,6 +199,41 @@ def test_augment_random_crop_and_resize():
   assert captions == {"x", "y", "z"}
   np.testing.assert_array_equal(centre.random_map(element, np.random.default_rng(0))["image"],
                                 pipeline.resize(np.ascontiguousarray(image[:, 5:35]), 16))
+
+
+def test_random_crop_windows_stay_inside_and_reach_every_edge(monkeypatch):
+  """Random crops (resize made the identity) of a 30x40 image whose pixels hold their (y, x):
+  every window lies inside the image, and some touch each of its four edges."""
+  monkeypatch.setattr(pipeline, "resize", lambda image, size: image)
+  h, w = 30, 40
+  y, x = np.mgrid[0:h, 0:w]
+  element = {"image": np.stack([y, x, y * 0], -1).astype(np.uint8), "captions": ["x"],
+             "index": np.int64(0)}
+  crop = pipeline.Augment(image_size=16, crop_min=0.5)
+  edges = set()
+  for s in range(300):
+    out = crop.random_map(element, np.random.default_rng(s))["image"].astype(int)
+    side, (y0, x0) = out.shape[0], out[0, 0, :2]
+    assert out.shape == (side, side, 3) and 15 <= side <= 30, out.shape
+    assert 0 <= y0 <= h - side and 0 <= x0 <= w - side, (y0, x0, side)
+    assert out[-1, -1, :2].tolist() == [y0 + side - 1, x0 + side - 1]
+    edges |= {e for e, hit in (("top", y0 == 0), ("bottom", y0 + side == h), ("left", x0 == 0),
+                               ("right", x0 + side == w)) if hit}
+  assert edges == {"top", "bottom", "left", "right"}
+
+
+def test_store_size_below_image_size_is_refused(tmp_path):
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / "captions.jsonl").write_text('{"file": "a.png", "caption": "x"}\n')
+  cfg = pipeline.default_data_config()
+  cfg.update(name="captioned_folder", folder=str(tmp_path), data_dir=str(tmp_path / "tfds"),
+             image_size=8, store_size=4)
+  with pytest.raises(ValueError, match=r"data.store_size=4 < data.image_size=8: images would be "
+                                       r"upsampled"):
+    pipeline.load_source(cfg)
+  assert not (tmp_path / "tfds").exists()
+  cfg.store_size = 8  # equal is fine
+  pipeline.validate_data_config(cfg)
 
 
 def test_config_validation_errors(shapes_cfg, tmp_path):
