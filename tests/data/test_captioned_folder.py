@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from llmimg_jax.data import captioned_folder, pipeline
+from llmimg_jax.data import images as images_lib
 
 SIZE = 16
 
@@ -405,3 +406,35 @@ def test_upscaled_and_mostly_cropped_images_are_noted(tmp_path):
                             ("fine.png", (20, 10), [])):
     Image.new("RGB", size).save(tmp_path / name)
     assert images.load_image(str(tmp_path / name), 8)[1] == notes, name
+
+
+def test_each_image_size_is_its_own_build(tmp_path):
+  """One folder loaded at 8px then 16px into one data_dir: two builds, not the 8px one reread."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  image = np.zeros((32, 32, 3), np.uint8)
+  image[:, 16:] = (0, 0, 255)  # left half black, right half blue
+  Image.fromarray(image).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "black and blue"}\n')
+  assert (captioned_folder.folder_config(str(folder), 8).name
+          != captioned_folder.folder_config(str(folder), 16).name)
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), data_dir=str(tmp_path / "tfds"))
+  for size in (8, 16):
+    data.image_size = size
+    (record,) = _records(data)
+    assert record["image"].shape == (size, size, 3)
+    np.testing.assert_array_equal(record["image"], images_lib.resize_square(image, size))
+
+
+def test_a_transparent_palette_entry_is_composited_over_white(tmp_path):
+  """A P-mode PNG's tRNS (img.info["transparency"]): its transparent black index loads white."""
+  indices = np.zeros((8, 8), np.uint8)  # index 0: black, transparent
+  indices[:, 4:] = 1  # index 1: opaque red
+  img = Image.fromarray(indices, "P")
+  img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+  img.save(tmp_path / "t.png", transparency=0)
+  assert Image.open(tmp_path / "t.png").info["transparency"] == 0
+  rgb, _ = images_lib.load_image(str(tmp_path / "t.png"), 8)
+  assert rgb[:, :4].reshape(-1, 3).tolist() == [[255, 255, 255]] * 32
+  assert rgb[:, 4:].reshape(-1, 3).tolist() == [[255, 0, 0]] * 32
