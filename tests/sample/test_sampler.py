@@ -4,18 +4,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
+import types
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, read_prompts,
-                               restore_for_sampling, write_samples)
+from llmimg_jax.images import captioned_grid
+from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, available_steps,
+                               read_prompts, restore_for_sampling, write_samples)
 from llmimg_jax.sample import outputs
 from llmimg_jax.sample.sampler import _noise, text_setup
 from llmimg_jax.train import loop
+from llmimg_jax.train.checkpoint import saved_config
 from llmimg_jax.train.state import build_text, save_text_files
 from tests.sample.conftest import _quick_state, assert_uint8_of, generator_output, save_run
 from tests.train.conftest import tiny_config, tiny_pretrained_t5
@@ -115,6 +119,7 @@ def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
   for k, image in enumerate(result.images):  # prompt k // 2's row, sample k % 2's column
     y, x = (k // 2) * row_h, (k % 2) * 96
     np.testing.assert_array_equal(grid[y:y + 96, x:x + 96], image.repeat(3, 0).repeat(3, 1))
+  np.testing.assert_array_equal(grid, np.asarray(captioned_grid(result.images, PROMPTS)))
   assert result.images_per_sec > 0
 
 
@@ -210,6 +215,10 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   assert not np.array_equal(result.images, sampler(PROMPTS, seed=0, num_per_prompt=2))
   records = write_samples(result, tmp_path)
   assert [r["caption"] for r in records] == [c for c in captions for _ in range(2)]
+  # The grid's rows say what conditioned them: "prompt -> expanded caption".
+  labels = [f"{p} -> {c}" for p, c in zip(PROMPTS, captions)]
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "grid.png")),
+                                np.asarray(captioned_grid(result.images, labels)))
   assert [r["prompt"] for r in records] == [p for p in PROMPTS for _ in range(2)]
   # A sampled expansion depends on the seed and its own prompt only, not on the other prompts of
   # the call or their order (beam search: tests/sample/test_cli.py).
@@ -277,3 +286,55 @@ def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkey
   assert text_setup(config, workdir)[1] == t5_config  # a resumed run keeps them
   save_text_files(workdir, tokenizer, other, replace=True)
   assert text_setup(config, workdir)[1] == other
+
+
+def test_prompts_file_lines_are_kept_whole_and_must_be_utf8(tmp_path):
+  """Only lines starting with '#' are comments: a '#' inside a prompt is text. Bytes that are
+  not UTF-8 are refused, not replaced."""
+  path = tmp_path / "prompts.txt"
+  path.write_text("# a comment\na #1 fan, red # blue\n#another\n")
+  assert read_prompts([], path) == ["a #1 fan, red # blue"]
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes(b"caf\xe9\n")
+  with pytest.raises(ValueError, match=re.escape(f"Could not read prompts file {latin1} (") +
+                     ".*it must be UTF-8 text"):
+    read_prompts([], latin1)
+
+
+def test_an_empty_expansion_falls_back_to_the_prompt(caplog):
+  def tokenize(texts):
+    return {"input_ids": np.zeros((len(texts), 4), np.int32)}, [4] * len(texts)
+  for empty in ("", " \n"):
+    generator = types.SimpleNamespace(
+        tokenizer=types.SimpleNamespace(max_length=64, tokenize=tokenize),
+        generate_tokens=lambda tokens, seed, empty=empty, **kw: [empty, "x"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      assert CaptionExpander(generator)(PROMPTS) == [PROMPTS[0], "x"]
+    assert f"empty caption for {PROMPTS[0]!r}; using the prompt itself" in caplog.text
+    assert PROMPTS[1] not in caplog.text
+
+
+def test_the_latest_step_is_the_highest_not_the_last_by_name(run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(run.workdir, workdir)
+  shutil.copytree(workdir / "checkpoints" / "2", workdir / "checkpoints" / "10")
+  assert list(available_steps(workdir)) == [1, 2, 10]
+  restored = restore_for_sampling(workdir)
+  assert restored.step == 10 and restored.path == workdir / "checkpoints" / "10"
+  assert _same_tree(jax.device_get(restored.ema_params), run.ema[2])  # 10 is a copy of 2
+
+
+def test_the_checkpoints_own_config_wins_over_config_json(run, tmp_path):
+  """WORKDIR/config.json is the latest start's config; a step restores with the config it was
+  saved with, and falls back to config.json only when the step has none."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run.workdir, workdir)
+  step_dir = workdir / "checkpoints" / "1"
+  own = saved_config(step_dir)
+  edited = json.loads((workdir / "config.json").read_text())
+  edited["train"]["steps"] = own["train"]["steps"] + 1000
+  (workdir / "config.json").write_text(json.dumps(edited))
+  assert restore_for_sampling(workdir, step=1).config.to_dict() == own != edited
+  shutil.rmtree(step_dir / "config")
+  assert restore_for_sampling(workdir, step=1).config.to_dict() == edited
