@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,8 @@ import pytest
 import torch
 import transformers
 
-from llmimg_jax.text import (T5EncoderModel, T5ForConditionalGeneration, generate, load_t5,
-                             strip_generated)
+from llmimg_jax.text import (T5Config, T5EncoderModel, T5ForConditionalGeneration, generate,
+                             load_t5, strip_generated)
 from tests.text.conftest import _random_t5, _save
 
 TOL = 1e-4  # fp32 max abs diff vs PyTorch
@@ -158,28 +159,95 @@ def test_mt5_saved_by_transformers_5_matches_pytorch(mt5_untied, padded_batch):
                              config))
 
 
-@pytest.mark.parametrize("feed_forward_proj", ["gelu", "silu", "gated-silu"])
-def test_other_ffn_activations_match_pytorch(feed_forward_proj, padded_batch, tmp_path):
-  """The FFN activations beside relu and gated-gelu (the checkpoint fixtures'): exact (erf)
-  GELU, SiLU and gated SiLU, as transformers' T5 applies them."""
-  _save(_random_t5(5, num_layers=2, feed_forward_proj=feed_forward_proj), str(tmp_path))
-  hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
-  config, params = load_t5(str(tmp_path))
-  assert config.feed_forward_proj == feed_forward_proj
-  assert config.is_gated == feed_forward_proj.startswith("gated-")
-  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
-  dec = np.random.default_rng(0).integers(3, config.vocab_size, (ids.shape[0], 5)).astype(np.int32)
+def _saved_random_t5(path, seed: int, **kw) -> tuple:
+  """A random 2-layer T5 saved into `path`: (transformers' reload, our config, our params)."""
+  _save(_random_t5(seed, num_layers=2, **kw), str(path))
+  return transformers.T5ForConditionalGeneration.from_pretrained(str(path)).eval(), *load_t5(path)
+
+
+def _random_decoder_ids(config: T5Config, rows: int, length: int) -> np.ndarray:
+  dec = np.random.default_rng(0).integers(3, config.vocab_size, (rows, length)).astype(np.int32)
   dec[:, 0] = config.decoder_start_token_id
+  return dec
+
+
+def _assert_encoder_and_logits_match(hf, config: T5Config, params, batch, dec: np.ndarray,
+                                     dec_mask: np.ndarray | None = None) -> None:
+  ids, mask = batch["input_ids"], batch["attention_mask"]
   with torch.no_grad():
     ref = hf(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask),
-             decoder_input_ids=torch.tensor(dec).long())
+             decoder_input_ids=torch.tensor(dec).long(),
+             decoder_attention_mask=None if dec_mask is None else torch.tensor(dec_mask))
   model = T5ForConditionalGeneration(config)
   enc, logits = jax.jit(lambda v: (model.apply(v, ids, mask, method=model.encode),
-                                   model.apply(v, ids, mask, dec)))({"params": params})
+                                   model.apply(v, ids, mask, dec, dec_mask)))({"params": params})
   np.testing.assert_allclose(np.asarray(enc), ref.encoder_last_hidden_state.numpy(), atol=TOL,
                              rtol=0)
   np.testing.assert_allclose(np.asarray(logits), ref.logits.numpy(), atol=TOL, rtol=0)
   assert np.abs(ref.logits.numpy()).max() > 1.0
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["gelu", "silu", "gated-silu"])
+def test_other_ffn_activations_match_pytorch(feed_forward_proj, padded_batch, tmp_path):
+  """The FFN activations beside relu and gated-gelu (the checkpoint fixtures'): exact (erf)
+  GELU, SiLU and gated SiLU, as transformers' T5 applies them."""
+  hf, config, params = _saved_random_t5(tmp_path, 5, feed_forward_proj=feed_forward_proj)
+  assert config.feed_forward_proj == feed_forward_proj
+  assert config.is_gated == feed_forward_proj.startswith("gated-")
+  _assert_encoder_and_logits_match(hf, config, params, padded_batch,
+                                   _random_decoder_ids(config, len(padded_batch["input_ids"]), 5))
+
+
+def test_layer_norm_epsilon_matches_pytorch(padded_batch, tmp_path):
+  """An epsilon large against the activations' mean square (~4 here), so that every RMS norm,
+  the final ones included, is visibly changed by it."""
+  hf, config, params = _saved_random_t5(tmp_path, 5, layer_norm_epsilon=0.5)
+  assert config.layer_norm_epsilon == 0.5
+  _assert_encoder_and_logits_match(hf, config, params, padded_batch,
+                                   _random_decoder_ids(config, len(padded_batch["input_ids"]), 5))
+
+
+def test_tied_model_saved_unscaled_matches_pytorch(padded_batch, tmp_path):
+  """Tied embeddings but `"scale_decoder_outputs": false` in config.json (a transformers 5 save
+  of a T5 v1.1-style model): the scale follows that flag, not the tying."""
+  _save(_random_t5(6, num_layers=2), str(tmp_path))
+  cfg = json.loads((tmp_path / "config.json").read_text())
+  assert cfg["scale_decoder_outputs"] and cfg["tie_word_embeddings"]
+  (tmp_path / "config.json").write_text(json.dumps({**cfg, "scale_decoder_outputs": False}))
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+  config, params = load_t5(tmp_path)
+  assert config.tie_word_embeddings and not config.scale_decoder_outputs
+  assert not hf.config.scale_decoder_outputs and "lm_head" not in params
+  _assert_encoder_and_logits_match(hf, config, params, padded_batch,
+                                   _random_decoder_ids(config, len(padded_batch["input_ids"]), 5))
+
+
+def test_right_padded_decoder_attention_mask_matches_pytorch(relu_tied, padded_batch):
+  """Logits at every position, the padded ones included (the only ones the mask changes: the
+  causal mask already hides later positions from earlier ones)."""
+  config, params = load_t5(relu_tied.path)
+  dec = _random_decoder_ids(config, len(padded_batch["input_ids"]), 6)
+  dec_mask = (np.arange(6)[None] < np.array([[6], [2], [4]])).astype(np.int32)
+  _assert_encoder_and_logits_match(relu_tied.hf_model, config, params, padded_batch, dec, dec_mask)
+
+
+def test_decoding_chunks_through_the_cache_matches_pytorch(relu_tied, padded_batch):
+  """Several tokens per cached decode call (3, 2, 3): each chunk sits after the previous ones."""
+  config, params = load_t5(relu_tied.path)
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  dec = _random_decoder_ids(config, len(ids), 8)
+  with torch.no_grad():
+    ref = relu_tied.hf_model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask),
+                             decoder_input_ids=torch.tensor(dec).long()).logits.numpy()
+  model, v = T5ForConditionalGeneration(config), {"params": params}
+  enc = model.apply(v, ids, mask, method=model.encode)
+  cache = model.apply(v, enc, dec.shape[1], method=model.init_cache)
+  chunks = []
+  for start, stop in ((0, 3), (3, 5), (5, 8)):
+    logits, cache = model.apply(v, dec[:, start:stop], enc, mask, cache=cache, method=model.decode)
+    chunks.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(chunks, axis=1), ref, atol=TOL, rtol=0)
+  assert int(cache["index"]) == dec.shape[1]
 
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 200), (64, 50), (128, 100)])
@@ -230,7 +298,7 @@ def test_generation_config_token_ids_are_used_as_transformers_does(relu_tied, pa
 def test_fresh_init_scales_equal_transformers(feed_forward_proj):
   """init_params (the from-scratch text encoder of the default configs) draws every weight with
   the std of transformers' T5 _init_weights: compared leaf by leaf through the loader's layout."""
-  from llmimg_jax.text import T5Config, init_params
+  from llmimg_jax.text import init_params
   from llmimg_jax.text.loading import convert_state_dict
   hf_config = transformers.T5Config(
       vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
