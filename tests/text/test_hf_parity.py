@@ -294,14 +294,15 @@ def test_generation_config_token_ids_are_used_as_transformers_does(relu_tied, pa
                           padded_batch["attention_mask"], max_new_tokens=16)), config)
 
 
-@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
-def test_fresh_init_scales_equal_transformers(feed_forward_proj):
+@pytest.mark.parametrize("feed_forward_proj,d_kv", [("relu", 16), ("gated-gelu", 16), ("relu", 4)])
+def test_fresh_init_scales_equal_transformers(feed_forward_proj, d_kv):
   """init_params (the from-scratch text encoder of the default configs) draws every weight with
-  the std of transformers' T5 _init_weights: compared leaf by leaf through the loader's layout."""
+  the std of transformers' T5 _init_weights: compared leaf by leaf through the loader's layout.
+  d_kv=4: num_heads * d_kv != d_model, as the attention output's init std depends on."""
   from llmimg_jax.text import init_params
   from llmimg_jax.text.loading import convert_state_dict
   hf_config = transformers.T5Config(
-      vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
+      vocab_size=512, d_model=64, d_kv=d_kv, d_ff=128, num_heads=4, num_layers=2,
       feed_forward_proj=feed_forward_proj, tie_word_embeddings=False)
   torch.manual_seed(0)
   hf = transformers.T5ForConditionalGeneration(hf_config)
