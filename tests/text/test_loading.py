@@ -1,12 +1,14 @@
 """Checkpoint formats and loud, specific errors for broken checkpoints."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -45,9 +47,11 @@ def test_sharded_safetensors_load_the_same(checkpoint, reference, tmp_path):
 
 def test_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
   # transformers 5 only writes safetensors; write the legacy pickle as older versions did. The
-  # state dict carries tied copies (encoder/decoder.embed_tokens, a tied lm_head), which load away.
+  # state dict carries tied copies (encoder/decoder.embed_tokens, a tied lm_head), which load away,
+  # and the cross-attention bias that old T5 checkpoints hold and transformers ignores.
   state = checkpoint.hf_model.state_dict()
   assert "encoder.embed_tokens.weight" in state and "lm_head.weight" in state
+  state["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"] = torch.randn(16, 4)
   torch.save(state, tmp_path / "pytorch_model.bin")
   _copy_config(checkpoint.path, tmp_path)
   config, params = load_t5(tmp_path)
@@ -68,6 +72,31 @@ def test_sharded_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
   config, params = load_t5(tmp_path)
   assert config == reference[0]
   _assert_same_params(params, reference[1])
+
+
+def test_bf16_checkpoints_load_as_their_weights_upcast(relu_tied, tmp_path):
+  """A model saved in bfloat16, as safetensors and as a PyTorch pickle, loads to fp32 params equal
+  to the fp32 checkpoint's rounded to bf16."""
+  hf_bf16 = copy.deepcopy(relu_tied.hf_model).to(torch.bfloat16)
+  hf_bf16.save_pretrained(tmp_path / "safetensors")
+  _copy_config(relu_tied.path, tmp_path / "bin")
+  torch.save(hf_bf16.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+  config, params = load_t5(relu_tied.path)
+  upcast = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32)), params)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                      jax.tree.leaves(upcast)))
+  for name in ("safetensors", "bin"):
+    loaded_config, loaded = load_t5(tmp_path / name)
+    assert loaded_config == config
+    assert {x.dtype for x in jax.tree.leaves(loaded)} == {jnp.dtype(jnp.float32)}
+    _assert_same_params(loaded, upcast)
+
+
+def test_load_t5_casts_every_param_to_dtype(relu_tied):
+  _, params = load_t5(relu_tied.path)
+  _, low = load_t5(relu_tied.path, jnp.bfloat16)
+  assert {x.dtype for x in jax.tree.leaves(low)} == {jnp.dtype(jnp.bfloat16)}
+  _assert_same_params(low, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
 
 
 def test_embedding_stored_only_under_an_alias_loads_the_same(checkpoint, reference, tmp_path):
