@@ -99,6 +99,32 @@ def test_load_t5_casts_every_param_to_dtype(relu_tied):
   _assert_same_params(low, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
 
 
+def test_shard_index_naming_a_missing_shard_or_tensor_is_refused(relu_tied, tmp_path):
+  relu_tied.hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+  index_path = tmp_path / "model.safetensors.index.json"
+  index = json.loads(index_path.read_text())
+  shard = sorted(set(index["weight_map"].values()))[1]
+  os.rename(tmp_path / shard, tmp_path / "moved")
+  with pytest.raises(FileNotFoundError, match="listed in .*index.json is missing") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / shard) in str(e.value)
+  os.rename(tmp_path / "moved", tmp_path / shard)
+  index["weight_map"]["decoder.block.0.layer.0.SelfAttention.extra.weight"] = shard
+  index_path.write_text(json.dumps(index))
+  with pytest.raises(ValueError, match=r"absent from their shards: "
+                                       r"\['decoder.block.0.layer.0.SelfAttention.extra.weight'\]"):
+    load_t5(tmp_path)
+
+
+def test_checkpoint_path_under_the_home_directory(relu_tied, tmp_path, monkeypatch):
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  config, params = load_t5("~/ckpt")
+  reference = load_t5(relu_tied.path)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+
+
 def test_embedding_stored_only_under_an_alias_loads_the_same(checkpoint, reference, tmp_path):
   # transformers loads such a file (embed_tokens is tied to shared); so do we.
   state = checkpoint.hf_model.state_dict()
@@ -264,6 +290,30 @@ def test_config_from_dict_follows_hf_semantics():
     T5Config(relative_attention_num_buckets=32, relative_attention_max_distance=16)
   roundtrip = transformers.T5Config(**T5Config.byt5_small_scratch().to_dict())
   assert roundtrip.vocab_size == 384 and roundtrip.is_gated_act
+
+
+def test_scale_decoder_outputs_as_transformers_reads_configs():
+  """Original T5 configs (model_type t5, older hub files without transformers_version) scale iff
+  tied; an explicit flag wins; the constructor's default follows the tying."""
+  for d in ({"model_type": "t5"}, {}, {"model_type": "t5", "tie_word_embeddings": False},
+            {"model_type": "t5", "transformers_version": "4.40.0"},
+            {"model_type": "t5", "transformers_version": "5.0.0", "tie_word_embeddings": True},
+            {"tie_word_embeddings": True, "scale_decoder_outputs": False},
+            {"tie_word_embeddings": False, "scale_decoder_outputs": True}):
+    assert (T5Config.from_dict(d).scale_decoder_outputs
+            == transformers.T5Config.from_dict(d).scale_decoder_outputs), d
+  for kw in ({}, {"tie_word_embeddings": True}, {"tie_word_embeddings": False}):
+    assert T5Config(**kw).scale_decoder_outputs == transformers.T5Config(**kw).scale_decoder_outputs
+
+
+def test_generation_config_pad_token_id_is_used(relu_tied, tmp_path):
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  gen_path = tmp_path / "ckpt" / "generation_config.json"
+  gen_path.write_text(json.dumps({**json.loads(gen_path.read_text()), "pad_token_id": 5}))
+  config, _ = load_t5(tmp_path / "ckpt")
+  hf_generation = transformers.GenerationConfig.from_pretrained(tmp_path / "ckpt")
+  assert config.pad_token_id == hf_generation.pad_token_id == 5
+  assert load_t5(relu_tied.path)[0].pad_token_id == 0
 
 
 def test_unreachable_hub_name(monkeypatch):
