@@ -147,6 +147,24 @@ def test_bf16_compute_close_to_fp32(checkpoint, padded_batch):  # tied and untie
   assert tokens.shape == (ids.shape[0], 4) and tokens.dtype == jnp.int32
 
 
+def test_attention_logits_of_bf16_queries_and_keys_are_fp32():
+  """T5 does not scale its attention logits: at ~200, bf16 steps by 1 and would flatten logits that
+  differ by ~0.1. attend's softmax, read out through v = identity and an identity output
+  projection (fp32 module, so the weights are not rounded), against an fp32 einsum."""
+  from llmimg_jax.text.modeling import T5Attention
+  n = 5  # keys = d_kv = d_model
+  config = T5Config(vocab_size=8, d_model=n, d_kv=n, d_ff=8, num_layers=1, num_heads=1)
+  q = jnp.zeros((1, 1, 1, n)).at[..., :2].set(1.0).astype(jnp.bfloat16)  # [b, h, q, d_kv]
+  k = jnp.zeros((1, 1, n, n)).at[..., 0].set(200.0).at[..., 1].set(0.1 * jnp.arange(n))
+  k = k.astype(jnp.bfloat16)  # q . k_j = 200 + ~0.1 j
+  v = jnp.eye(n)[None, None]
+  weights = T5Attention(config).apply({"params": {"o": {"kernel": jnp.eye(n)}}}, q, k, v,
+                                      jnp.zeros((1, 1, 1, n)), True, method="attend")
+  ref = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)))
+  np.testing.assert_allclose(np.asarray(weights)[0, 0], np.asarray(ref)[0, 0, 0], atol=1e-5, rtol=0)
+  assert np.ptp(np.asarray(ref)) > 0.05
+
+
 def test_padding_does_not_leak(relu, padded_batch):
   """A row encodes the same alone as inside a batch padded to a longer length."""
   config, params = relu

@@ -77,6 +77,8 @@ def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generat
                      (ids - 1000, rf"\[0, vocab_size={vocab}\); got")):
     with pytest.raises(ValueError, match=match):
       generate(generator.params, generator.config, bad, max_new_tokens=2)
+  with pytest.raises(ValueError, match=r"attention_mask \(1, 32\) must match input_ids \(2, 32\)"):
+    generate(generator.params, generator.config, ids, batch["attention_mask"][:1], max_new_tokens=2)
   encoder_only = dataclasses.replace(generator.config, num_decoder_layers=0)
   with pytest.raises(ValueError, match="no decoder layers .* it encodes but cannot generate"):
     generate(generator.params, encoder_only, batch["input_ids"], batch["attention_mask"],
@@ -139,6 +141,7 @@ def test_decode_skips_ids_past_the_tokenizers_vocabulary():
   # an untrained model can emit those ids. ByT5's tokenizer raises on them.
   tok = load_tokenizer(None, 16)  # ByT5: 384 tokens; ids 104, 105, 106 are "e", "f", "g"
   assert tok.decode(np.array([[104, 105, 390, 106, 1, 0], [500, 104, 1, 0, 0, 0]])) == ["efg", "e"]
+  assert tok.vocab_size == 384 and tok.decode(np.array([[104, 384, 105, 383]])) == ["ef"]
 
 
 def test_cli_generates_and_encodes(relu_tied, tmp_path):
