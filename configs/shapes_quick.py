@@ -30,7 +30,7 @@ caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000. The learning rat
 of earlier versions of this config, which reached 0.27 at step 4000 (the sweep is in
 benchmarks/RESULTS.md).
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
-(~1-4 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
+(~4.5 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
 or a run with eval on), `--config.eval.every=500` logs caption accuracy and in-domain FID on 256
 test captions (eval/* in TensorBoard, <workdir>/best.json).
 """
