@@ -365,6 +365,15 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
 
+def _assert_refused_and_kept(manager, config, it, match: str) -> None:
+  """restore_latest refuses the checkpoints as not fitting this run, naming `match`, and leaves
+  them in place although asked to start fresh."""
+  with pytest.raises(checkpoint.ConfigMismatchError, match=match):
+    checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
+                              config=config)
+  assert sorted(manager.all_steps()) == [2, 4]
+
+
 @pytest.mark.parametrize("change", ["num_workers", "batch_size", "process_count"])
 def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_path, change):
   """grain refuses an iterator state saved with other workers or another batch size per host,
@@ -386,10 +395,7 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
     match = r"was saved by 2 process\(es\) and this run has 1: resume with 2 process\(es\)\)"
   manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=batch_size, seed=0)
-  with pytest.raises(checkpoint.ConfigMismatchError, match=match):
-    checkpoint.restore_latest(manager, _abstract_state(config), it,
-                              start_fresh_if_corrupt=True, config=config)
-  assert sorted(manager.all_steps()) == [2, 4]
+  _assert_refused_and_kept(manager, config, it, match)
   assert not (workdir / checkpoint.CORRUPT_DIR).exists()
 
 
@@ -409,13 +415,10 @@ def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
   source = ExampleSource(First(), full.name, full.split, full.resolution, full.all_splits)
   manager = checkpoint.make_manager(tmp_path, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0, source=source)
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=rf"this run's config equals the saved one, but its data differs: the "
-                           rf"checkpoints' input pipeline read {len(full)} records, this one "
-                           rf"{len(full) - 8}\. The dataset changed since they were saved"):
-    checkpoint.restore_latest(manager, _abstract_state(config), it,
-                              start_fresh_if_corrupt=True, config=config)
-  assert sorted(manager.all_steps()) == [2, 4]
+  _assert_refused_and_kept(
+      manager, config, it, rf"this run's config equals the saved one, but its data differs: the "
+      rf"checkpoints' input pipeline read {len(full)} records, this one {len(full) - 8}\. The "
+      "dataset changed since they were saved")
 
 
 def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
@@ -425,13 +428,9 @@ def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
   for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
     state_file.write_text(state_file.read_text().replace("seed=0)", "seed=5)"))
   manager, it = _fresh(config, tokenizer, tmp_path)
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"this run's config equals the saved one, so the code that builds the "
-                           r"model or the input pipeline changed .*, or the files saved with "
-                           r"them .* were edited\)"):
-    checkpoint.restore_latest(manager, _abstract_state(config), it,
-                              start_fresh_if_corrupt=True, config=config)
-  assert sorted(manager.all_steps()) == [2, 4]
+  _assert_refused_and_kept(
+      manager, config, it, r"this run's config equals the saved one, so the code that builds the "
+      r"model or the input pipeline changed .*, or the files saved with them .* were edited\)")
 
 
 def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
