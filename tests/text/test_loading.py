@@ -316,6 +316,52 @@ def test_generation_config_pad_token_id_is_used(relu_tied, tmp_path):
   assert load_t5(relu_tied.path)[0].pad_token_id == 0
 
 
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
+    weights, tmp_path, monkeypatch):
+  """Older hub repos hold only pytorch_model*.bin: a second download asks for those."""
+  import huggingface_hub
+  calls = []
+
+  def snapshot_download(name, allow_patterns):
+    calls.append(allow_patterns)
+    folder = tmp_path / f"snapshot{len(calls)}"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    if weights == "model.safetensors" or len(calls) == 2:
+      (folder / weights).write_bytes(b"")
+    return str(folder)
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+  from llmimg_jax.text.loading import resolve_checkpoint_dir
+  local = resolve_checkpoint_dir("google/t5-old")
+  assert "*.safetensors" in calls[0] and "pytorch_model*.bin" not in calls[0]
+  if weights == "model.safetensors":
+    assert len(calls) == 1 and local == str(tmp_path / "snapshot1")
+  else:
+    assert len(calls) == 2 and "pytorch_model*.bin" in calls[1]
+    assert local == str(tmp_path / "snapshot2")
+
+
+class _Touch:
+  """Unpickling this calls Path.touch: code that a weights-only load must not run."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (type(self.path).touch, (self.path,))
+
+
+def test_a_pickle_that_runs_code_is_refused_not_run(relu_tied, tmp_path):
+  marker = tmp_path / "ran"
+  _copy_config(relu_tied.path, tmp_path)
+  torch.save({"shared.weight": torch.zeros(2, 2), "payload": _Touch(marker)},
+             tmp_path / "pytorch_model.bin")
+  with pytest.raises(ValueError, match="Could not read PyTorch weights .*pytorch_model.bin"):
+    load_t5(tmp_path)
+  assert not marker.exists()
+
+
 def test_unreachable_hub_name(monkeypatch):
   import huggingface_hub
 
