@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -247,10 +248,10 @@ def _unwritable(workdir: Path) -> str | None:
       continue
     while not path.exists():
       path = path.parent
-    try:
-      probe = path / f".write_test.{os.getpid()}"
-      probe.write_bytes(b"")
-      probe.unlink()
+    try:  # a unique name: hosts sharing the workdir may run under the same pid
+      fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)
+      os.close(fd)
+      os.unlink(probe)
     except OSError as e:
       return f"{path}: {type(e).__name__}: {e.strerror or e}"
   return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -431,6 +432,15 @@ def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
   _assert_refused_and_kept(
       manager, config, it, r"this run's config equals the saved one, so the code that builds the "
       r"model or the input pipeline changed .*, or the files saved with them .* were edited\)")
+
+
+def test_the_workdir_check_does_not_collide_with_another_hosts(tmp_path, monkeypatch):
+  """Hosts of a shared workdir can run under the same pid (PID 1 as a container's entrypoint):
+  one host's probe in flight must not make another's fail."""
+  monkeypatch.setattr(os, "getpid", lambda: 1)
+  (tmp_path / ".write_test.1").mkdir()  # where a pid-named probe would go
+  loop.check_workdir_writable(tmp_path)
+  assert [p.name for p in tmp_path.iterdir()] == [".write_test.1"]  # the probe is gone
 
 
 def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
