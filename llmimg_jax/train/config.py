@@ -98,11 +98,31 @@ def check_frozen_text(text: ml_collections.ConfigDict) -> None:
         "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
 
 
+_NONE_MEANS_ALL = ("train.keep_checkpoints",)  # numbers that may be None
+
+
+def _none_numbers(config: ml_collections.ConfigDict, default: ml_collections.ConfigDict,
+                  prefix: str = "") -> list[str]:
+  """'config.KEY=None ...' for every number of `default` set to None in `config` (a ConfigDict
+  field accepts None whatever its type; the checks below would fail on it with a TypeError)."""
+  errors = []
+  for key, value in default.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and key in config:
+      errors += _none_numbers(config[key], value, f"{name}.")
+    elif (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and config.get(key, value) is None and name not in _NONE_MEANS_ALL):
+      errors.append(f"config.{name}=None: give a number (the default is {value})")
+  return errors
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ValueError naming the key and the fix; cheap, runs before any compilation."""
   if errors := unknown_keys(config, base_config()):
     raise ValueError("; ".join(errors) + ". Fix the spelling or remove the key (the keys and "
                      "their defaults are in llmimg_jax/train/config.py, base_config).")
+  if errors := _none_numbers(config, base_config()):
+    raise ValueError("; ".join(errors) + ".")
   m, t = config.model, config.train
   if m.resolution not in SUPPORTED_RESOLUTIONS:
     raise ValueError(f"config.model.resolution={m.resolution} is not supported; use one of "

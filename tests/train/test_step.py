@@ -96,6 +96,12 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("data.folder", "/photos",
      r"data\.folder='/photos' is read by captioned_folder only, but config\.data\.name="
      r"'captioned_shapes'"),
+    ("train.grad_clip", None, r"config\.train\.grad_clip=None: give a number \(the default is "
+                              r"0\.0\)\.$"),  # a TypeError in the range checks before
+    ("loss.magp_p", None, r"config\.loss\.magp_p=None: give a number"),
+    ("train.steps", 0, "steps=0 must be positive"),
+    ("eval.num_samples", 1, r"config\.eval\.num_samples=1 >= 2"),
+    ("train.lr_text", -1e-4, r"config\.train\.lr_text=-0\.0001 must be >= 0"),
 ])
 def test_bad_config_fails_fast(tmp_path, key, value, match):
   config = tiny_config(tmp_path)
