@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -84,6 +85,17 @@ def _line_in(e: BaseException, path: str | None) -> str | None:
   return lines[-1] if lines else None
 
 
+def _raised_in_config_file(text: str, path: str | None) -> str | None:
+  """ml_collections turns a TypeError or ValueError raised while loading the config file into a
+  flag error that holds the formatted traceback: its exception line and 'FILE:LINE' in the file."""
+  if "Traceback (most recent call last):" not in text:
+    return None
+  error = text.strip().splitlines()[-1].strip()
+  lines = [f"{m[1]}:{m[2]}" for m in re.finditer(r'File "([^"]+)", line (\d+)', text)
+           if path is not None and os.path.abspath(m[1]) == path]
+  return f"{error} (at {lines[-1]})" if lines else error
+
+
 def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   """absl's flag parsing for app.run(flags_parser=...): a --config.KEY override naming no key,
   a flag value of the wrong type, or a config file that fails to load is one paragraph and exit
@@ -98,6 +110,8 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
         config.keys()  # ml_collections defers a file it could not read to the first access
       return remaining
     except flags.Error as e:  # e.g. --config.train.steps=ten
+      if raised := _raised_in_config_file(str(e), _config_file(argv)):
+        fail(prog, f"the --config file failed to load: {raised}", 2)
       fail(prog, str(e), 2)
     except Exception as e:  # an override's key, or the config file itself
       message = _innermost(e)

@@ -111,6 +111,10 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   (no_images / "captions.jsonl").write_text('{"file": "gone.png", "caption": "a red circle"}\n')
   a_file = tmp_path / "a_file"
   a_file.write_text("not a run")
+  mistyped_file = tmp_path / "mistyped_config.py"  # ml_collections raises a TypeError
+  mistyped_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
+                           "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
+                           "  c.train.steps = 'ten'\n  return c\n")
   raising_file = tmp_path / "raising_config.py"
   raising_file.write_text("def get_config(data_dir):\n  raise RuntimeError('no such preset')\n")
   cases = {  # extra args -> what the error must say
@@ -139,6 +143,13 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       (f"--config={raising_file}:{shapes_data_dir}",): (
           r"the --config file failed to load: RuntimeError: no such preset \(at "
           r".*raising_config\.py:2\)"),
+      (f"--config={mistyped_file}:{shapes_data_dir}",): (
+          r"the --config file failed to load: TypeError: Could not override field 'steps' "
+          r"\(reference\)\. ten is of original type <class 'str'> .* \(at .*mistyped_config\.py:6\)"),
+      (f"--config={cli_utils.CONFIG_FILE}",): (  # without its :DATA_DIR argument
+          r"the --config file failed to load: TypeError: get_config\(\) missing 1 required "
+          r"positional argument: 'data_dir'"),
+      ("--process_id=1",): r"--num_processes/--process_id without --coordinator_address",
       ("--num_processes=2", "--process_id=1"): (
           r"--num_processes/--process_id without --coordinator_address would train one "
           r"independent process per host"),
@@ -163,6 +174,6 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
-  # Eighteen processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Twenty-one processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
