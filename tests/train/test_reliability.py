@@ -479,3 +479,26 @@ def test_sigint_asks_to_stop_a_second_one_interrupts_and_handlers_are_restored(t
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: stop now
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_with_jaxs_sync_manager_sigterm_stays_its_and_sigint_becomes_a_notice(monkeypatch):
+  """Multi-host: SIGTERM is left to JAX's preemption notifier, Ctrl-C is forwarded to it as a
+  SIGTERM, and the stop step is asked of the manager counted from this process's first step."""
+  import signal
+  from llmimg_jax.train import preemption
+  monkeypatch.setattr(preemption, "_sync_manager_active", lambda: True)
+  kills, asked = [], []
+  monkeypatch.setattr(preemption.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+
+  class Manager:
+    def reached_preemption(self, step):
+      asked.append(step)
+      return False
+  sigterm_handler = signal.getsignal(signal.SIGTERM)
+  with preemption.PreemptionWatch(Manager()) as watch:
+    assert watch.synced and signal.getsignal(signal.SIGTERM) is sigterm_handler
+    signal.raise_signal(signal.SIGINT)
+    assert kills == [(os.getpid(), signal.SIGTERM)]
+    assert not watch.reached() and not watch.reached() and asked == [1, 2]
+    with pytest.raises(KeyboardInterrupt):
+      signal.raise_signal(signal.SIGINT)
