@@ -104,12 +104,11 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
     try:
       remaining = flags.FLAGS(argv)
       if "config" in flags.FLAGS and flags.FLAGS["config"].present:
-        config = flags.FLAGS["config"].value
-        if config is None:
-          fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
-        config.keys()  # ml_collections defers a file it could not read to the first access
+        flags.FLAGS["config"].value.keys()  # ml_collections defers an unreadable file to here
       return remaining
     except flags.Error as e:  # e.g. --config.train.steps=ten
+      if "--config must have a value other than None" in str(e):
+        fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
       if raised := _raised_in_config_file(str(e), _config_file(argv)):
         fail(prog, f"the --config file failed to load: {raised}", 2)
       fail(prog, str(e), 2)

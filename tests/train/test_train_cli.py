@@ -115,6 +115,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   mistyped_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
                            "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
                            "  c.train.steps = 'ten'\n  return c\n")
+  none_file = tmp_path / "none_config.py"
+  none_file.write_text("def get_config():\n  pass\n")
   raising_file = tmp_path / "raising_config.py"
   raising_file.write_text("def get_config(data_dir):\n  raise RuntimeError('no such preset')\n")
   cases = {  # extra args -> what the error must say
@@ -161,6 +163,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       (f"--workdir={locked_run}",): (
           r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError: "
           r"(Operation not permitted|Permission denied)\)"),
+      (f"--workdir={locked_run / 'checkpoints' / 'new_run'}",): (  # a new one: its parent
+          r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError"),
+      (f"--config={none_file}",): r"the --config file's get_config\(\) returned None",
   }
   start = time.perf_counter()
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
@@ -174,6 +179,6 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
-  # Twenty-one processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Twenty-three processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
