@@ -22,3 +22,31 @@ def test_flops_of_a_matmul_on_cpu_and_from_shapes_elsewhere(monkeypatch):
   a_gone = jnp.ones((64, 32))
   donated(a_gone)
   assert timing.xla_flops(None, fn, a_gone, np.ones((32, 16), np.float32)) == flops
+
+
+def test_alternate_warms_up_reverses_order_and_takes_medians():
+  """Warm-up calls are not timed, rounds alternate ab / ba, and one slow call moves the median
+  less than the mean."""
+  import time
+  calls, delays = [], {"a": [0.3, 0.0, 0.0, 0.0, 0.0], "b": [0.0, 0.0, 0.0, 0.0, 0.05]}
+
+  def fn(name):
+    def call():
+      time.sleep(delays[name][sum(c == name for c in calls)])
+      calls.append(name)
+    return call
+  result = timing.alternate({"a": fn("a"), "b": fn("b")}, warmup=1, iters=4)
+  assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+  assert result["a"]["n"] == result["b"]["n"] == 4
+  assert result["a"]["median_s"] < 0.01  # the 0.3 s first call was the warm-up
+  assert result["b"]["median_s"] < 0.01 and result["b"]["min_s"] < 0.01  # one 0.05 s outlier
+
+
+def test_table_speedup_is_torch_over_jax():
+  from benchmarks import run
+  t = lambda s: {"median_s": s, "cpu_median_s": 2 * s, "min_s": s}  # noqa: E731
+  row = {"name": "step", "jax": t(1.0), "torch": t(2.0), "torch_compile": t(4.0), "items": 32,
+         "unit": "img", "flops": 1e11}
+  line = run.table([row], peak=1e12).splitlines()[-1]
+  assert line.split()[1:8] == ["1000.0", "2000.0", "4000.0", "2.00x", "2.00x", "4.00x", "32.0"]
+  assert line.split()[-2:] == ["10.0%", "5.0%"]  # MFU: 1e11 FLOP in 1 s (2 s) of a 1e12 peak
