@@ -186,6 +186,9 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
 
     real_aug = diff_augment(real, policy)
     gp = cfg.loss.gp == "ma_gp"
+    if gp and cfg.loss.gp_every != 1:  # ours skips the penalty between its steps: unequal work
+      raise NotImplementedError(f"torch twin: config.loss.gp_every={cfg.loss.gp_every} (the lazy "
+                                "penalty) is not mirrored; time with gp_every=1.")
     if gp:  # MA-GP differentiates this forward (XLA shares the JAX step's forward the same way)
       real_aug.requires_grad_(True)
       if not sent.requires_grad:  # a frozen text encoder
@@ -198,8 +201,7 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
     hinge = d_hinge_loss(logits_real, logits_fake, logits_mis)
     d_loss = hinge
     if gp:
-      d_loss = d_loss + cfg.loss.gp_every * ma_gp(logits_real, real_aug, sent, cfg.loss.magp_k,
-                                                  cfg.loss.magp_p)
+      d_loss = d_loss + ma_gp(logits_real, real_aug, sent, cfg.loss.magp_k, cfg.loss.magp_p)
     elif cfg.loss.gp != "none":
       raise NotImplementedError(f"torch twin: config.loss.gp={cfg.loss.gp!r} is not mirrored.")
     if cfg.loss.contrastive_weight > 0:

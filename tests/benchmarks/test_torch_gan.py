@@ -168,6 +168,9 @@ def test_torch_train_step_updates_everything():
                                        batch["attention_mask"])
   assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
   assert images.is_inference()  # sampling is timed without autograd bookkeeping, as ours
+  cfg.loss.gp_every = 2  # ours skips the penalty between its steps; the twin would not
+  with pytest.raises(NotImplementedError, match="gp_every=2 .* not mirrored"):
+    torch_train.train_step(m, batch)
 
 
 def test_torch_train_step_equals_ours():
