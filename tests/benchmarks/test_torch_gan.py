@@ -129,6 +129,23 @@ def test_translate_matches_jax():
   np.testing.assert_array_equal(got.numpy(), want)
 
 
+def test_color_and_cutout_match_jax_given_the_same_draws(monkeypatch):
+  """The twin's colour and cutout on JAX's random draws (fed in the order the twin asks): equal."""
+  x = np.random.RandomState(1).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)  # [b, h, w, c]
+  key = jax.random.PRNGKey(3)
+  draws = [np.asarray(diffaugment._uniform(k, 4, jnp.float32)) for k in jax.random.split(key, 3)]
+  monkeypatch.setattr(torch_train, "_uniform", lambda b, like: _t(draws.pop(0)))
+  got = torch_train.color(_t(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+  np.testing.assert_allclose(got.numpy(), np.asarray(diffaugment.color(x, key)), atol=1e-6)
+  kh, kw = jax.random.split(key)
+  offsets = [np.asarray(jax.random.randint(k, (4, 1, 1, 1), 0, 16 + 1)) for k in (kh, kw)]
+  monkeypatch.setattr(torch_train.torch, "randint", lambda lo, hi, shape, device: _t(offsets.pop(0)))
+  got = torch_train.cutout(_t(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+  want = np.asarray(diffaugment.cutout(x, key))
+  np.testing.assert_array_equal(got.numpy(), want)
+  assert 0 < (want == 0).mean() < 0.5
+
+
 def test_torch_train_step_updates_everything():
   ml_collections = pytest.importorskip("ml_collections")
   cfg = ml_collections.ConfigDict(dict(
