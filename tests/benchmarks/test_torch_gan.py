@@ -181,6 +181,12 @@ def test_torch_train_step_updates_everything():
                     ("ema", m.ema_generator)]:
     changed = sum(not torch.equal(a, b) for a, b in zip(before[name], mod.parameters()))
     assert changed > 0.5 * len(before[name]), f"{name}: only {changed} tensors changed"
+  decay = min(cfg.train.ema_decay, (1.0 + 0) / (10.0 + 0))  # the EMA warm-up at step 0: 0.1
+  for ema_before, ema, g in zip(before["ema"], m.ema_generator.parameters(),
+                                m.generator.parameters()):
+    moved = g.detach() - ema_before  # G's first update (~lr): the EMA moves by (1 - decay) of it
+    torch.testing.assert_close(ema - ema_before, (1 - decay) * moved, rtol=0,
+                               atol=1e-3 * float(moved.abs().max()) + 1e-9)
   images = torch_train.generate_images(m, torch.randn(4, 16), batch["input_ids"],
                                        batch["attention_mask"])
   assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
