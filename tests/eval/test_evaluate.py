@@ -292,9 +292,10 @@ def test_cli_help_and_missing_workdir(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "--num_samples=0: 0 is not integer >= 2" in out.stderr, out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--config",
-                        "configs/shapes_quick.py"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-  assert out.returncode != 0 and "--config only apply with --write_stats" in out.stderr, out.stderr
+                        "configs/shapes_quick.py", "--stats_split", "test"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and (
+      "--config and --stats_split only apply with --write_stats" in out.stderr), out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--seed", str(2**32)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "--seed=4294967296: 4294967296 is not" in out.stderr, out.stderr
