@@ -170,9 +170,15 @@ def test_torch_train_step_updates_everything():
   text_forwards, d_forwards = [], []
   hooks = [m.text_encoder.register_forward_hook(lambda *_: text_forwards.append(1)),
            m.discriminator.conv_img.register_forward_hook(lambda *_: d_forwards.append(1))]
+  d_grads = []  # D's gradients as D's optimizer used them; G's half must not add to them
+  d_step = m.d_opt.step
+  m.d_opt.step = lambda: (d_grads.extend(p.grad.clone() for p in m.discriminator.parameters()),
+                          d_step())
   metrics = torch_train.train_step(m, batch)
+  m.d_opt.step = d_step
   for hook in hooks:
     hook.remove()
+  assert all(torch.equal(g, p.grad) for g, p in zip(d_grads, m.discriminator.parameters()))
   assert bool(metrics["finite"]) and m.step == 1
   # The same work as the JAX step: one T5 forward serves both halves; D runs on the real and the
   # detached fake batch, then on the fakes for G. MA-GP differentiates the real batch's forward.
