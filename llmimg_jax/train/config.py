@@ -118,10 +118,11 @@ def _none_numbers(config: ml_collections.ConfigDict, default: ml_collections.Con
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ValueError naming the key and the fix; cheap, runs before any compilation."""
-  if errors := unknown_keys(config, base_config()):
+  default = base_config()
+  if errors := unknown_keys(config, default):
     raise ValueError("; ".join(errors) + ". Fix the spelling or remove the key (the keys and "
                      "their defaults are in llmimg_jax/train/config.py, base_config).")
-  if errors := _none_numbers(config, base_config()):
+  if errors := _none_numbers(config, default):
     raise ValueError("; ".join(errors) + ".")
   m, t = config.model, config.train
   if m.resolution not in SUPPORTED_RESOLUTIONS:
