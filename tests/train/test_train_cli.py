@@ -3,6 +3,7 @@ errors stop in seconds with one paragraph."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -83,15 +84,15 @@ def unwritable(folder: Path):
   by the immutable attribute."""
   if os.geteuid() != 0:
     folder.chmod(0o555)
-    yield
-    folder.chmod(0o755)
-    return
-  if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+    undo = functools.partial(folder.chmod, 0o755)
+  elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
     pytest.skip("root without chattr +i: cannot make a folder unwritable")
+  else:
+    undo = functools.partial(subprocess.run, ["chattr", "-i", str(folder)], check=True)
   try:
     yield
   finally:
-    subprocess.run(["chattr", "-i", str(folder)], check=True)
+    undo()
 
 
 def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_path):
