@@ -78,7 +78,8 @@ def _data_config():
 
 def _write_stats() -> None:
   import numpy as np
-  from llmimg_jax.data.pipeline import center_crop_resize, dataset_id, load_source
+  from llmimg_jax.data.images import center_crop_resize
+  from llmimg_jax.data.pipeline import dataset_id, load_source
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.inception import InceptionFeatures
   if not FLAGS.inception_weights:

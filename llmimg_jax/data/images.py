@@ -81,7 +81,7 @@ def _pil_pixel_limit(limit: int | None):
 
 
 def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
-  """Decodes `path`, applies EXIF orientation, resizes the shorter side to `size`, centre-crops.
+  """Decodes `path`, applies EXIF orientation, takes the centre square and resizes it to `size`.
 
   Returns (uint8 [size, size, 3], notes) where notes are oddities that still make an image (a PNG
   named .jpg, decoded by content; smaller than `size`; a centre crop that drops over half of
@@ -135,13 +135,19 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
     except Exception:  # malformed EXIF: keep the stored orientation  # pylint: disable=broad-except
       notes.append("bad_exif")
     rgb = _to_rgb(img, sixteen_bit)  # [h, w, 3]
-  return resize_square(rgb, size), notes
+  return center_crop_resize(rgb, size), notes
 
 
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-  """Shorter side to `size` (LANCZOS), then centre crop; uint8 [size, size, 3]."""
-  h, w = rgb.shape[:2]
-  if (h, w) == (size, size):
-    return rgb
-  fitted = ImageOps.fit(Image.fromarray(rgb), (size, size), method=Image.LANCZOS)
-  return np.asarray(fitted, np.uint8)
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [h, w, 3] -> [size, size, 3] (LANCZOS; a no-op when already that size)."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS), np.uint8)
+
+
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """The centre square of uint8 [h, w, 3], resized to [size, size, 3] (no random crop)."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  y0, x0 = (h - side) // 2, (w - side) // 2
+  return resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), size)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from llmimg_jax.data import pipeline
+from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.images import captioned_grid
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
   examples = [source[i] for i in range(min(num, len(source)))]
   images = [np.asarray(ex["image"], np.uint8) for ex in examples]  # [h, w, 3] each
   side = min(cell, *(min(im.shape[:2]) for im in images))  # a common size (coco's vary)
-  images = np.stack([pipeline.center_crop_resize(im, side) for im in images])  # [n, s, s, 3]
+  images = np.stack([center_crop_resize(im, side) for im in images])  # [n, s, s, 3]
   return captioned_grid(images, [ex["captions"][0] for ex in examples], columns=columns,
                         cell=cell, max_lines=lines)
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from llmimg_jax.data.pipeline import center_crop_resize, dataset_id, load_source
+from llmimg_jax.data.images import center_crop_resize
+from llmimg_jax.data.pipeline import dataset_id, load_source
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split

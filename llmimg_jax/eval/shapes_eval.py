@@ -27,7 +27,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from llmimg_jax.data.pipeline import center_crop_resize
+from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score

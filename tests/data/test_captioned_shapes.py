@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from llmimg_jax.data import captioned_shapes, pipeline, shapes
+from llmimg_jax.data import captioned_shapes, flip, pipeline, shapes
 
 
 def _pattern(words) -> re.Pattern:
@@ -233,7 +233,7 @@ def test_experiment_configs_fit_their_datasets_longest_captions(config_name):
                              spec.max_objects, spec.cells)
     captions.update(shapes.caption_scene(gt, rng) for _ in range(3))
   if cfg.data.random_flip:  # the pipeline swaps 'left' and 'right' in a flipped image's caption
-    captions |= {pipeline.swap_left_right(c) for c in captions}
+    captions |= {flip.swap_left_right(c) for c in captions}
   longest = sorted(captions, key=len)[-20:]
   hf = load_tokenizer(None, cfg.text.max_length).hf
   lengths = [len(ids) for ids in hf(longest, add_special_tokens=True)["input_ids"]]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import pipeline, shapes
+from llmimg_jax.data import images, pipeline, shapes
 
 
 def _take(it, n):
@@ -143,37 +143,6 @@ def test_augment_flip_swaps_left_and_right():
   assert flipped and kept
   assert all(o["caption"] == "a star right of a circle" for o in flipped)
   assert all(o["caption"] == "a star left of a circle" for o in kept)
-  assert pipeline.swap_left_right("top-left: a box; right: a leftover") == (
-      "top-right: a box; left: a leftover")
-  assert pipeline.swap_left_right("Left: a red circle; RIGHT: the leftmost box") == (
-      "Right: a red circle; LEFT: the rightmost box")
-  # Sides swap; the verb 'left' and the adverb 'right' stay (COCO-style captions).
-  assert pipeline.swap_left_right(
-      "A man turning left on the right side, a dog to his left, a bag left on a bench, a cat "
-      "right next to a car, the rightmost cup was left there, all right") == (
-      "A man turning right on the left side, a dog to his right, a bag left on a bench, a cat "
-      "right next to a car, the leftmost cup was left there, all right")
-  # The verb before its object or ending a clause stays; a motion's direction swaps.
-  assert pipeline.swap_left_right(
-      "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking left, "
-      "a car turned left, a kite on left.") == (
-      "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking right, "
-      "a car turned right, a kite on right.")
-  for kept in ("There is no pudding left.", "a plate with one wing left, and a cup",
-               "a tv turned on right now", "a lamp on right next to the bed"):
-    assert pipeline.swap_left_right(kept) == kept
-  assert pipeline.swap_left_right("a woman looking left a man looking right") == (
-      "a woman looking right a man looking left")
-
-
-def test_flip_swaps_every_side_word_of_captioned_shapes():
-  spec = shapes.SceneSpec(resolution=32)
-  for i in range(300):
-    for caption in shapes.render_example(spec, "train", i, num_captions=3)["captions"]:
-      sides = re.findall(r"left|right", caption)
-      flipped = pipeline.swap_left_right(caption)
-      assert re.findall(r"left|right", flipped) == [
-          {"left": "right", "right": "left"}[w] for w in sides], caption
 
 
 def test_augment_random_crop_and_resize():
@@ -191,14 +160,14 @@ def test_augment_random_crop_and_resize():
     if s < 8:
       found = [(side, y0, x0) for side in range(15, 31) for y0 in range(31 - side)
                for x0 in range(41 - side)
-               if np.array_equal(out["image"], pipeline.resize(
+               if np.array_equal(out["image"], images.resize(
                    np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), 16))]
       assert len(found) == 1, f"seed {s}: not one square window of side 15-30"
       windows.add(found[0])
   assert len(windows) >= 6 and len({side for side, _, _ in windows}) >= 4, windows
   assert captions == {"x", "y", "z"}
   np.testing.assert_array_equal(centre.random_map(element, np.random.default_rng(0))["image"],
-                                pipeline.resize(np.ascontiguousarray(image[:, 5:35]), 16))
+                                images.resize(np.ascontiguousarray(image[:, 5:35]), 16))
 
 
 def test_random_crop_windows_stay_inside_and_reach_every_edge(monkeypatch):

@@ -168,7 +168,8 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
 
 def test_standard_fid_of_any_run(run, tiny_eval, caplog):  # noqa: F811
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
-  from llmimg_jax.data.pipeline import center_crop_resize, load_source
+  from llmimg_jax.data.images import center_crop_resize
+  from llmimg_jax.data.pipeline import load_source
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_inception, format_table
@@ -265,7 +266,7 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
 def test_reference_images_are_at_the_runs_image_size(tiny_eval):
   """A run trained below its build's resolution is compared with real images at its own size."""
   import ml_collections
-  from llmimg_jax.data.pipeline import center_crop_resize
+  from llmimg_jax.data.images import center_crop_resize
   from llmimg_jax.eval.report import _reference
   data, _ = tiny_eval
   small = ml_collections.ConfigDict(data.to_dict())

@@ -1,0 +1,39 @@
+"""swap_left_right: the caption of a horizontally mirrored image."""
+import re
+
+from llmimg_jax.data import shapes
+from llmimg_jax.data.flip import swap_left_right
+
+
+def test_sides_swap_and_other_senses_of_left_and_right_stay():
+  assert swap_left_right("top-left: a box; right: a leftover") == (
+      "top-right: a box; left: a leftover")
+  assert swap_left_right("Left: a red circle; RIGHT: the leftmost box") == (
+      "Right: a red circle; LEFT: the rightmost box")
+  # Sides swap; the verb 'left' and the adverb 'right' stay (COCO-style captions).
+  assert swap_left_right(
+      "A man turning left on the right side, a dog to his left, a bag left on a bench, a cat "
+      "right next to a car, the rightmost cup was left there, all right") == (
+      "A man turning right on the left side, a dog to his right, a bag left on a bench, a cat "
+      "right next to a car, the leftmost cup was left there, all right")
+  # The verb before its object or ending a clause stays; a motion's direction swaps.
+  assert swap_left_right(
+      "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking left, "
+      "a car turned left, a kite on left.") == (
+      "Only one slice of pizza left. A man who left his bag, nothing left; a dog looking right, "
+      "a car turned right, a kite on right.")
+  for kept in ("There is no pudding left.", "a plate with one wing left, and a cup",
+               "a tv turned on right now", "a lamp on right next to the bed"):
+    assert swap_left_right(kept) == kept
+  assert swap_left_right("a woman looking left a man looking right") == (
+      "a woman looking right a man looking left")
+
+
+def test_flip_swaps_every_side_word_of_captioned_shapes():
+  spec = shapes.SceneSpec(resolution=32)
+  for i in range(300):
+    for caption in shapes.render_example(spec, "train", i, num_captions=3)["captions"]:
+      sides = re.findall(r"left|right", caption)
+      flipped = swap_left_right(caption)
+      assert re.findall(r"left|right", flipped) == [
+          {"left": "right", "right": "left"}[w] for w in sides], caption
