@@ -1,6 +1,8 @@
-"""llmimg_jax.cli.quiet_orbax's filter of asyncio's reports of abandoned Orbax reads."""
+"""llmimg_jax.cli.quiet_orbax: its filters of Orbax's INFO logs and of asyncio's reports of abandoned
+Orbax reads, and its unraisable-exception hook."""
 import asyncio
 import logging
+import sys
 
 from llmimg_jax import cli
 
@@ -27,3 +29,61 @@ def test_abandoned_tensorstore_reads_are_dropped_and_other_errors_kept():
                     '.zarray" in OCDBT database at local file "/tmp/run/checkpoints/2/state/"')
   assert not cli._not_orbax_task(_never_retrieved(read))
   assert cli._not_orbax_task(_never_retrieved(ValueError("a bug in our own code")))
+
+
+_ORBAX_FILE = "/venv/lib/python3.12/site-packages/orbax/checkpoint/_src/checkpointers/async.py"
+
+
+def _record(levelno: int, pathname: str) -> logging.LogRecord:
+  return logging.LogRecord("absl", levelno, pathname, 1, "saving step %d", (3,), None)
+
+
+def _unraisable_from(code: str, filename: str, error: Exception) -> None:
+  """A real unraisable exception: a coroutine defined in `filename`, suspended in its try, is
+  garbage-collected and its finally raises `error` (Python passes the coroutine as the object)."""
+  namespace = {"types": __import__("types"), "error": error}
+  exec(compile(code, filename, "exec"), namespace)
+  coro = namespace["read"]()
+  coro.send(None)  # suspended inside the try
+  del coro  # close() -> GeneratorExit -> the finally raises -> sys.unraisablehook
+
+
+_SUSPENDING = ("@types.coroutine\ndef _suspend():\n  yield\n\n\n"
+               "async def read():\n  try:\n    await _suspend()\n  finally:\n    raise error\n")
+
+
+def test_quiet_orbax_installs_its_filters_and_hook(monkeypatch):
+  """After quiet_orbax(): absl's handler drops Orbax's INFO records but keeps its warnings and
+  everyone else's INFO; asyncio's logger drops never-retrieved Orbax reads; the unraisable hook
+  drops an abandoned Orbax coroutine and a callback into a closed event loop and passes every
+  other unraisable exception to Python's default hook."""
+  from absl import logging as absl_logging
+  handler = absl_logging.get_absl_handler()
+  asyncio_logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+  monkeypatch.setattr(handler, "filters", list(handler.filters))
+  monkeypatch.setattr(asyncio_logger, "filters", list(asyncio_logger.filters))
+  passed_on = []
+  monkeypatch.setattr(sys, "__unraisablehook__", passed_on.append)
+
+  cli.quiet_orbax()
+
+  assert not handler.filter(_record(logging.INFO, _ORBAX_FILE))
+  assert not handler.filter(_record(logging.DEBUG, _ORBAX_FILE))
+  assert handler.filter(_record(logging.WARNING, _ORBAX_FILE))  # its warnings stay
+  assert handler.filter(_record(logging.ERROR, _ORBAX_FILE))
+  assert handler.filter(_record(logging.INFO, "/repo/llmimg_jax/train/loop.py"))  # ours stay
+
+  orbax_read = ValueError("NOT_FOUND: Error reading in OCDBT database at local file "
+                          '"/tmp/run/checkpoints/2/state/"')
+  assert not asyncio_logger.filter(_never_retrieved(orbax_read))
+  assert asyncio_logger.filter(_never_retrieved(ValueError("a bug in our own code")))
+
+  _unraisable_from(_SUSPENDING, "/site-packages/orbax/checkpoint/read.py",
+                   ValueError("an abandoned read"))
+  _unraisable_from(_SUSPENDING, "/repo/llmimg_jax/elsewhere.py",
+                   RuntimeError("Event loop is closed"))
+  assert passed_on == []  # both dropped
+  _unraisable_from(_SUSPENDING, "/repo/llmimg_jax/elsewhere.py", ValueError("our own bug"))
+  _unraisable_from(_SUSPENDING, "/site-packages/orbax_like/read.py", RuntimeError("loop busy"))
+  assert [str(info.exc_value) for info in passed_on] == ["our own bug", "loop busy"]
