@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +78,33 @@ def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, t
   same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
                       jax.device_get(reference), jax.device_get(resumed))
   assert all(jax.tree.leaves(same)), same  # every parameter, optimizer moment, EMA, rng: bitwise
+
+
+# train.py with loop.train replaced by one that prints what it was called with: the flags' path
+# from the command line to the training loop, in seconds (no compilation).
+_RECORDING_TRAIN = """
+import runpy, sys
+from llmimg_jax.train import loop
+def train(config, workdir, *, start_fresh_if_corrupt=False):  # loop.train's signature
+  print(f"train(steps={config.train.steps}, workdir={workdir}, "
+        f"start_fresh_if_corrupt={start_fresh_if_corrupt})", flush=True)
+loop.train = train
+sys.argv = sys.argv[1:]  # [train.py, flags...]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_start_fresh_if_corrupt_flag_reaches_the_training_loop(shapes_data_dir, tmp_path):
+  real = inspect.signature(loop.train).parameters["start_fresh_if_corrupt"]
+  assert real.kind is real.KEYWORD_ONLY and real.default is False  # as the stand-in's
+  procs = {fresh: Proc([sys.executable, "-c", _RECORDING_TRAIN,
+                        *train_args(shapes_data_dir, tmp_path / "run", "--config.train.steps=7",
+                                    *(["--start_fresh_if_corrupt"] if fresh else []))[1:]])
+           for fresh in (False, True)}
+  for fresh, proc in procs.items():
+    assert proc.finish(timeout=120) == 0, proc.output[-3000:]
+    assert (f"train(steps=7, workdir={tmp_path / 'run'}, start_fresh_if_corrupt={fresh})"
+            in proc.output), proc.output[-3000:]
 
 
 @contextlib.contextmanager
