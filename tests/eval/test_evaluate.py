@@ -416,3 +416,30 @@ def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, cap
   name = tmp_path / "eval_3_test+holdout_n5+7_seed1.json"
   assert written == [f"Wrote {name}"] * 2
   assert json.loads(name.read_text())["splits"]["holdout"]["num_images"] == 7
+
+
+def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+  """The results' folder (the workdir, or --out's) is checked for writing before the evaluation
+  (hours at 30k samples) runs, not found unwritable when its results are written."""
+  import evaluate
+  from llmimg_jax.eval import report
+  from tests.train.test_train_cli import unwritable
+  evaluated = []
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or {
+      "workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+          "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}})
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  cases = {"--workdir": ["--workdir", str(locked)],
+           "--out": ["--workdir", str(tmp_path), "--out", str(locked / "results.json")]}
+  with unwritable(locked):
+    for flag, args in cases.items():
+      evaluate.FLAGS(["evaluate.py", *args])
+      try:
+        with pytest.raises(SystemExit) as exited:
+          evaluate.main([])
+      finally:
+        evaluate.FLAGS.unparse_flags()
+      assert exited.value.code == (f"evaluate.py: error: {flag}: cannot write the results into "
+                                   f"{locked}; pass a writable --out.")
+  assert evaluated == [] and list(locked.iterdir()) == []
