@@ -169,3 +169,23 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   assert re.search(f"sample.py: error: {message}", proc.stderr), proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "out").exists() and not any((tmp_path / "cwd").iterdir())
+
+
+def test_num_per_prompt_below_1_is_refused_before_the_run_is_read(tmp_path):
+  """--num_per_prompt is checked with the other flags, before JAX starts and the checkpoint is
+  looked for (here there is none: reading it would fail with another error); 1 passes that
+  check."""
+  procs = {n: subprocess.Popen(
+      [sys.executable, SCRIPT, "--workdir", str(tmp_path / "no_run"), "--out",
+       str(tmp_path / f"out{n}"), "--prompt", "a cat", "--num_per_prompt", n],
+      env=one_device_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for n in ("0", "1")}
+  errors = {n: proc.communicate(timeout=120)[1] for n, proc in procs.items()}
+  assert procs["0"].returncode == 1
+  assert errors["0"].strip().splitlines()[-1] == (
+      "sample.py: error: --num_per_prompt=0 must be >= 1."), errors["0"][-2000:]
+  assert "local device(s)" not in errors["0"]  # refused before JAX started
+  assert procs["1"].returncode == 1
+  assert errors["1"].strip().splitlines()[-1].startswith(
+      f"sample.py: error: Workdir {tmp_path / 'no_run'} does not exist"), errors["1"][-2000:]
+  assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
