@@ -1,5 +1,5 @@
-"""llmimg_jax.cli.quiet_orbax: its filters of Orbax's INFO logs and of asyncio's reports of abandoned
-Orbax reads, and its unraisable-exception hook."""
+"""llmimg_jax.cli.quiet_orbax: its filters of Orbax's INFO logs and of asyncio's reports of
+abandoned Orbax reads, and its unraisable-exception hook."""
 import asyncio
 import logging
 import sys

@@ -1,10 +1,8 @@
 """benchmarks/gan_bench.bench_gan times what it says: both frameworks' steps and sampling on a
 batch of the requested size, each timed JAX call returning only once its outputs are computed."""
-import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
