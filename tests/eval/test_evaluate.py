@@ -423,7 +423,7 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
   (hours at 30k samples) runs, not found unwritable when its results are written."""
   import evaluate
   from llmimg_jax.eval import report
-  from tests.train.test_train_cli import unwritable
+  from tests.train.cli_utils import unwritable
   evaluated = []
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or {
       "workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {

@@ -1,6 +1,9 @@
-"""Running train.py in subprocesses that reuse the test session's compilation cache."""
+"""Running train.py in subprocesses that reuse the test session's compilation cache; folders
+the CLIs cannot write."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import time
 from pathlib import Path
 
 import jax
+import pytest
 
 ROOT = Path(__file__).parents[2]
 CONFIG_FILE = str(Path(__file__).parent / "tiny_config_file.py")
@@ -79,3 +83,20 @@ def finished_steps(workdir) -> list[int]:
   """Finalized checkpoint steps (Orbax renames a step's tmp dir to its number when complete)."""
   d = Path(workdir) / "checkpoints"
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path):
+  """`folder` made unwritable for this process: by its mode, or (as root, whom modes do not stop)
+  by the immutable attribute."""
+  if os.geteuid() != 0:
+    folder.chmod(0o555)
+    undo = functools.partial(folder.chmod, 0o755)
+  elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+    pytest.skip("root without chattr +i: cannot make a folder unwritable")
+  else:
+    undo = functools.partial(subprocess.run, ["chattr", "-i", str(folder)], check=True)
+  try:
+    yield
+  finally:
+    undo()

@@ -2,25 +2,19 @@
 errors stop in seconds with one paragraph."""
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
-import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from llmimg_jax.train import checkpoint, loop
 from tests.train import cli_utils
-from tests.train.cli_utils import Proc, finished_steps, flags, train_args
+from tests.train.cli_utils import Proc, finished_steps, flags, train_args, unwritable
 from tests.train.conftest import tiny_config
 
 STEPS = 10
@@ -105,23 +99,6 @@ def test_start_fresh_if_corrupt_flag_reaches_the_training_loop(shapes_data_dir, 
     assert proc.finish(timeout=120) == 0, proc.output[-3000:]
     assert (f"train(steps=7, workdir={tmp_path / 'run'}, start_fresh_if_corrupt={fresh})"
             in proc.output), proc.output[-3000:]
-
-
-@contextlib.contextmanager
-def unwritable(folder: Path):
-  """`folder` made unwritable for this process: by its mode, or (as root, whom modes do not stop)
-  by the immutable attribute."""
-  if os.geteuid() != 0:
-    folder.chmod(0o555)
-    undo = functools.partial(folder.chmod, 0o755)
-  elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-    pytest.skip("root without chattr +i: cannot make a folder unwritable")
-  else:
-    undo = functools.partial(subprocess.run, ["chattr", "-i", str(folder)], check=True)
-  try:
-    yield
-  finally:
-    undo()
 
 
 def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_path):
