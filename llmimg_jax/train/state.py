@@ -17,8 +17,7 @@ import ml_collections
 import optax
 
 from llmimg_jax.gan import Discriminator, Generator
-from llmimg_jax.text import T5Config, T5EncoderModel, load_t5
-from llmimg_jax.text.loading import resolve_checkpoint_dir
+from llmimg_jax.text import T5Config, T5EncoderModel, load_pretrained
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.train.config import check_frozen_text, text_encoder_config
 
@@ -89,9 +88,8 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
   t = cfg.text
   check_frozen_text(t)
   if t.checkpoint:
-    ckpt_dir = resolve_checkpoint_dir(t.checkpoint)  # a missing directory is named as such
-    tokenizer = load_tokenizer(ckpt_dir, t.max_length)
-    t5_config, params = load_t5(ckpt_dir, encoder_only=True)  # a T5EncoderModel's will do
+    # A T5EncoderModel's checkpoint will do; a tokenizer with ids past the embedding is refused.
+    t5_config, params, tokenizer = load_pretrained(t.checkpoint, t.max_length, encoder_only=True)
     return tokenizer, t5_config, params
   tokenizer = load_tokenizer(None, t.max_length)
   t5_config = text_encoder_config(t, vocab_size=tokenizer.vocab_size,

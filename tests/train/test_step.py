@@ -158,6 +158,16 @@ def test_text_encoder_from_an_encoder_only_checkpoint(tmp_path):
                                 ["kernel"], saved["encoder.block.0.layer.0.SelfAttention.q.weight"].T)
 
 
+def test_a_tokenizer_past_the_checkpoints_embedding_is_refused(tmp_path):
+  """ByT5's 384 ids into a 300-row embedding: out-of-range ids would embed as NaN (jnp.take's
+  fill) and end the run as diverged; build_text names the mismatch instead."""
+  config = tiny_config(tmp_path)
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5", vocab_size=300)
+  with pytest.raises(ValueError, match=r"Tokenizer in .*t5 has 384 tokens but the model's "
+                                       r"vocab_size is 300"):
+    build_text(config)
+
+
 def test_frozen_without_checkpoint_is_a_clear_error(tmp_path):
   config = tiny_config(tmp_path)
   config.text.mode = "frozen"
