@@ -48,8 +48,6 @@ HOLDOUT_PAIRS = (
 )
 
 # Cell c = 3 * row + col. Long phrases follow "in the"/"at the"; short ones prefix captions.
-_ROWS = ("top", "middle", "bottom")
-_COLS = ("left", "center", "right")
 CELL_PHRASES = {
     0: ("in the top left corner", "at the top left", "in the upper left"),
     1: ("at the top", "in the top middle", "at the top center"),
@@ -76,6 +74,14 @@ class SceneSpec:
   max_objects: int = MAX_OBJECTS  # 1 for the single-object variant
   object_scale: float = 1.0  # radius multiplier (single large objects read better at 32px)
   cells: tuple[int, ...] | None = None  # the cells objects may occupy; None = all nine
+
+  def __post_init__(self):
+    if not 1 <= self.max_objects <= MAX_OBJECTS:
+      raise ValueError(f"SceneSpec.max_objects={self.max_objects} must be in [1, {MAX_OBJECTS}].")
+    if self.cells is not None and (len(set(self.cells)) < self.max_objects
+                                   or not set(self.cells) <= set(range(9))):
+      raise ValueError(f"SceneSpec.cells={self.cells} must hold at least max_objects="
+                       f"{self.max_objects} distinct cells of 0-8 (one object per cell).")
 
 
 @functools.lru_cache(maxsize=None)

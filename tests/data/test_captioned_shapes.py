@@ -316,3 +316,11 @@ def test_every_example_has_distinct_captions(shapes_cfg):
   for split in ("train", "test", "holdout"):
     for e in _examples(shapes_cfg, split):
       assert len(set(e["captions"])) == len(e["captions"]) == 3, e["captions"]
+
+
+@pytest.mark.parametrize("spec", [dict(max_objects=3, cells=(4,)), dict(cells=(0, 1, 9)),
+                                  dict(max_objects=0), dict(max_objects=2, cells=(4, 4))])
+def test_a_scene_spec_that_cannot_place_its_objects_is_refused(spec):
+  """One object per cell: fewer cells than objects would index past the drawn cells."""
+  with pytest.raises(ValueError, match=r"SceneSpec\.(cells|max_objects)="):
+    shapes.SceneSpec(32, **spec)
