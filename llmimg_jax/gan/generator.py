@@ -215,7 +215,8 @@ class CrossAttention(nn.Module):
     q = q.reshape(b, h * w, self.num_heads, dh)
     k = k.reshape(b, -1, self.num_heads, dh)
     v = v.reshape(b, -1, self.num_heads, dh)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(dh)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,  # fp32 even for bf16 q, k: not rounded
+                        preferred_element_type=jnp.float32) / jnp.sqrt(dh)
     valid = (mask > 0)[:, None, None, :]  # [batch, 1, 1, length]
     logits = jnp.where(valid, logits, -1e30)
     weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)  # [batch, heads, hw, length]

@@ -311,3 +311,15 @@ def test_upsample_conv_in_bf16_rounds_its_phase_kernel_once():
   module = UpsampleConv3x3(64, dtype=jnp.bfloat16)
   y = module.apply({"params": {"kernel": kernel, "bias": jnp.zeros(64)}}, xb)
   np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(ours, np.float32))
+
+
+def test_cross_attention_logits_of_bf16_queries_and_keys_are_fp32():
+  """The q.k product is accumulated into fp32 (as T5's attention does), not rounded to bf16
+  first: bf16 steps by 1 at logits ~200, which would flatten softmax weights."""
+  attn = CrossAttention(num_heads=2, dtype=jnp.bfloat16)
+  x, words, mask = jnp.ones((2, 4, 4, 8)), jnp.ones((2, 5, 6)), jnp.ones((2, 5), jnp.int32)
+  params = attn.init(jax.random.key(0), x, words, mask)["params"]
+  jaxpr = jax.make_jaxpr(lambda p: attn.apply({"params": p}, x, words, mask))(params).jaxpr
+  logits = [e.outvars[0].aval for e in jaxpr.eqns if e.primitive.name == "dot_general"
+            and e.outvars[0].aval.shape == (2, 2, 16, 5)]  # [batch, heads, hw, length]
+  assert [a.dtype for a in logits] == [jnp.float32], logits
