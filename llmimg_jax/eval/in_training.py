@@ -5,7 +5,8 @@ kept beside the latest ones (the loop saves it if it was not a checkpoint step).
 
 config.eval.every = 0 disables it; config.eval.num_samples test captions (the first caption of
 records [0, n)) with fixed noise; the FID reference is the same records' real images, and the
-real-vs-real floor (train records [0, n) against them) is logged once as eval/fid_floor.
+real-vs-real floor (train records [0, n) against them) is computed once and logged with every
+evaluation as eval/fid_floor, a flat line beside the FID.
 """
 from __future__ import annotations
 

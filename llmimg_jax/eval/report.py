@@ -23,7 +23,7 @@ ATTRIBUTE_COLUMNS = ("shape", "color", "size", "cell", "relation", "count")
 def _reference(data_cfg, split: str, n: int, size: int) -> tuple[SplitData, SplitData]:
   """Real images [0, n) of `split` and a disjoint real set of the same distribution and size:
   train records for `test` (train and test draw from the same (shape, colour) pairs), holdout
-  records [n, 2n) for `holdout` (n is halved if the split is too small for both). Both at
+  records [n, 2n) for `holdout` (n at most half the split, so that both fit). Both at
   data.image_size, the resolution the run trained and generates at."""
   if split == "holdout":
     n = min(n, size // 2)

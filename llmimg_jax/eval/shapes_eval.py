@@ -95,7 +95,9 @@ class ShapesEvaluator:
   def load_or_train(cls, data_cfg, settings: ev.TrainSettings | None = None,
                     max_train: int | None = 20_000, directory: Path | None = None
                     ) -> ShapesEvaluator:
-    """The cached evaluator of this dataset build, trained (and cached) on first use."""
+    """The cached evaluator of this dataset build, trained (and cached) on first use. The cache
+    is named by the build, not by `settings` or `max_train`: a cached evaluator is reused
+    whatever they are (delete the cache to retrain with others)."""
     builder = _builder(data_cfg)
     cfg = builder.builder_config
     settings = settings or ev.TrainSettings()

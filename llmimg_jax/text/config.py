@@ -8,12 +8,24 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
+
 log = logging.getLogger(__name__)
 
 # Activation names as Hugging Face spells them -> how modeling.py computes them.
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 # Size of transformers' ByT5Tokenizer: 3 specials + 256 bytes + 125 extra ids.
 BYT5_VOCAB_SIZE = 384
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """`dtype` as a T5 compute dtype, or a ValueError naming the ones that work."""
+  d = jnp.dtype(dtype)
+  if d.name not in COMPUTE_DTYPES:
+    raise ValueError(f"T5 compute dtype {d.name} is not supported; use one of {COMPUTE_DTYPES} "
+                     "(T5's activations overflow float16's range: inf, then NaN).")
+  return d
 
 
 def first_token_id(value: Any, name: str, source: str) -> int | None:

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.text.config import T5Config
-from llmimg_jax.text.modeling import T5ForConditionalGeneration, compute_dtype
+from llmimg_jax.text.config import compute_dtype
+from llmimg_jax.text.modeling import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)
 NEG = -1.0e9  # transformers' "impossible" score offset

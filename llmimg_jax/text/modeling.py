@@ -26,17 +26,6 @@ from llmimg_jax.text.layers import Dense
 Array = jax.Array
 Cache = dict[str, Any]
 MASK_VALUE = -1e9  # additive attention mask; finite so fully masked rows stay NaN-free
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-def compute_dtype(dtype: Any) -> jnp.dtype:
-  """`dtype` as a T5 compute dtype, or a ValueError naming the ones that work."""
-  d = jnp.dtype(dtype)
-  if d.name not in COMPUTE_DTYPES:
-    raise ValueError(f"T5 compute dtype {d.name} is not supported; use one of {COMPUTE_DTYPES} "
-                     "(T5's activations overflow float16's range: inf, then NaN).")
-  return d
-
 _ACT = {
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -307,6 +296,14 @@ def _embed(config: T5Config, dtype) -> nn.Embed:
                   param_dtype=jnp.float32, name="shared")
 
 
+def _encode(shared: nn.Embed, encoder: T5Stack, input_ids: Array, attention_mask: Array | None,
+            deterministic: bool) -> Array:
+  if attention_mask is None:
+    attention_mask = jnp.ones_like(input_ids)
+  x = shared(input_ids.astype(jnp.int32))  # [b, l, d_model]
+  return encoder(x, padding_mask_bias(attention_mask), deterministic)[0]
+
+
 class T5EncoderModel(nn.Module):
   """The encoder alone: params {'shared': {'embedding'}, 'encoder': {...}}."""
   config: T5Config
@@ -319,10 +316,7 @@ class T5EncoderModel(nn.Module):
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                deterministic: bool = True) -> Array:
     """input_ids, attention_mask [b, l] -> last hidden state [b, l, d_model] (compute dtype)."""
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
-    x = self.shared(input_ids.astype(jnp.int32))  # [b, l, d_model]
-    return self.encoder(x, padding_mask_bias(attention_mask), deterministic)[0]
+    return _encode(self.shared, self.encoder, input_ids, attention_mask, deterministic)
 
 
 class T5ForConditionalGeneration(nn.Module):
@@ -352,10 +346,7 @@ class T5ForConditionalGeneration(nn.Module):
 
   def encode(self, input_ids: Array, attention_mask: Array | None = None,
              deterministic: bool = True) -> Array:
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
-    x = self.shared(input_ids.astype(jnp.int32))
-    return self.encoder(x, padding_mask_bias(attention_mask), deterministic)[0]
+    return _encode(self.shared, self.encoder, input_ids, attention_mask, deterministic)
 
   def decode(self, decoder_input_ids: Array, encoder_states: Array, encoder_mask: Array, *,
              decoder_attention_mask: Array | None = None, cache: Cache | None = None,

@@ -8,7 +8,7 @@ import ml_collections
 from llmimg_jax.data.pipeline import default_data_config, validate_data_config
 from llmimg_jax.gan import GRADIENT_PENALTIES, SUPPORTED_RESOLUTIONS, Generator
 from llmimg_jax.gan.diffaugment import parse_policy
-from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.config import COMPUTE_DTYPES, T5Config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -152,8 +152,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"config.loss.diffaugment: {e}") from None
   if config.loss.gp not in GRADIENT_PENALTIES:
     raise ValueError(f"config.loss.gp={config.loss.gp!r}: use one of {GRADIENT_PENALTIES}.")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'.")
+  if config.model.dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype={config.model.dtype!r}: use one of {COMPUTE_DTYPES}.")
   if config.data.image_size != m.resolution:
     raise ValueError(
         f"config.data.image_size={config.data.image_size} differs from config.model.resolution="

@@ -18,6 +18,7 @@ import optax
 
 from llmimg_jax.gan import Discriminator, Generator
 from llmimg_jax.text import T5Config, T5EncoderModel, load_pretrained
+from llmimg_jax.text.config import COMPUTE_DTYPES
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.train.config import check_frozen_text, text_encoder_config
 
@@ -62,10 +63,9 @@ class Models:
 
 
 def compute_dtype(name: str) -> jnp.dtype:
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if name not in dtypes:
-    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {sorted(dtypes)}.")
-  return dtypes[name]
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {COMPUTE_DTYPES}.")
+  return jnp.dtype(name)
 
 
 def _adam(lr: float, cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
