@@ -93,6 +93,11 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("seed", 2**32, r"config\.seed=4294967296 must be in \[0, 2\*\*32\)"),
     ("seed", -1, r"config\.seed=-1 must be in \[0, 2\*\*32\)"),
     ("data.max_pixels", -1, r"config\.data\.max_pixels=-1 must be >= 0"),
+    # grain raised these as tracebacks once the model was built (exit 1, not 2)
+    ("data.num_workers", -1, r"config\.data\.num_workers=-1 must be >= 0 \(0 = in this process\)"),
+    ("data.worker_buffer_size", -1, r"config\.data\.worker_buffer_size=-1 must be >= 0"),
+    ("data.read_threads", -1, r"config\.data\.read_threads=-1 must be >= 0"),
+    ("data.read_buffer_size", -3, r"config\.data\.read_buffer_size=-3 must be >= 0"),
     ("data.folder", "/photos",
      r"data\.folder='/photos' is read by captioned_folder only, but config\.data\.name="
      r"'captioned_shapes'"),
