@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -31,6 +32,24 @@ def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
   images = np.stack([center_crop_resize(im, side) for im in images])  # [n, s, s, 3]
   return captioned_grid(images, [ex["captions"][0] for ex in examples], columns=columns,
                         cell=cell, max_lines=lines)
+
+
+def check_preview_path(path: str) -> None:
+  """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
+  can take hours); its folder is made if missing."""
+  Image.init()
+  ext = os.path.splitext(path)[1].lower()
+  if os.path.isdir(path) or ext not in Image.registered_extensions():
+    raise ValueError(f"--preview {path!r} is not an image file name; name a .png file, e.g. "
+                     "--preview grid.png.")
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"--preview {path!r}: cannot create its folder ({e}).") from None
+  if not os.access(folder, os.W_OK):
+    raise ValueError(f"--preview {path!r}: {folder} is not writable; name a file you can "
+                     "write.")
 
 
 def data_config_from_args(args: argparse.Namespace):
@@ -73,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   cfg = data_config_from_args(args)
   start = time.perf_counter()
   try:
+    if args.preview:
+      check_preview_path(args.preview)
     source = pipeline.load_source(cfg, args.split)
   except ValueError as e:  # a bad folder (FolderError) or data config, e.g. a missing --folder
     parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -59,6 +59,25 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
       capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("preview", ["grid", "grid.pngx", "."])
+def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, capsys, preview):
+  """A --preview without an image extension (or a folder) failed in PIL with a traceback after
+  the build; now a one-line error before it."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
+                  "--preview", str(tmp_path / preview)])
+  assert exit_info.value.code == 2
+  assert "is not an image file name; name a .png file" in capsys.readouterr().err
+  assert not (tmp_path / "tfds").exists()  # nothing was built
+
+
+def test_prepare_makes_the_preview_folder(shapes_cfg, tmp_path):
+  out = tmp_path / "new" / "folder" / "grid.png"
+  report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                         shapes_cfg.data_dir, "--preview", str(out)])
+  assert report["preview"] == str(out) and Image.open(out).width == 4 * 160
+
+
 def test_coco_to_example_mapping():
   ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
         "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}
