@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -70,17 +72,38 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
     np.savez(f, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
 
 
+# What np.load raises for a file that is not a whole .npz: cut short (no zip directory, a
+# truncated member), another format (text, which it tries as a pickle; an .npy, no NpzFile).
+_NOT_NPZ = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError)
+
+
+def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
+  """The arrays of the .npz at `path` (pickled object arrays, not ours, left out); a file that is
+  not a readable .npz is a ValueError naming it, with `fix`."""
+  try:
+    with np.load(path) as f:
+      out = {}
+      for k in f.keys():
+        try:
+          out[k] = f[k]
+        except ValueError as e:  # a pickled object array (np.load does not unpickle)
+          if "pickled" not in str(e):
+            raise
+      return out
+  except _NOT_NPZ as e:  # numpy tries other files as pickles: its advice (unpickle) is not ours
+    why = ("neither a zip archive nor an .npy array" if "pickled" in str(e) else
+           f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+    raise ValueError(f"{path} is not a readable .npz file ({why}); {fix}") from None
+
+
+_STATS_FIX = ("write the statistics again with `python evaluate.py --write_stats PATH ...` or use "
+              "DF-GAN's .npz.")
+
+
 def statistics_info(path: str | os.PathLike) -> dict:
   """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split)."""
-  info = {}
-  with np.load(path) as f:
-    for k in f.keys():
-      try:
-        if k not in ("mu", "sigma") and f[k].ndim == 0:
-          info[k] = f[k].item()
-      except ValueError:  # e.g. a pickled object array: not ours
-        pass
-  return info
+  return {k: v.item() for k, v in read_npz(path, _STATS_FIX).items()
+          if k not in ("mu", "sigma") and v.ndim == 0}
 
 
 def load_statistics(path: str | os.PathLike, dim: int | None = None
@@ -89,11 +112,10 @@ def load_statistics(path: str | os.PathLike, dim: int | None = None
   if not os.path.exists(path):
     raise FileNotFoundError(f"No FID statistics at {path}; write them for a real split with "
                             "`python evaluate.py --write_stats PATH ...` or use DF-GAN's .npz.")
-  with np.load(path) as f:
-    if "mu" not in f or "sigma" not in f:
-      raise ValueError(f"{path} has arrays {sorted(f.keys())}; FID statistics need 'mu' and "
-                       "'sigma'.")
-    mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+  f = read_npz(path, _STATS_FIX)
+  if "mu" not in f or "sigma" not in f:
+    raise ValueError(f"{path} has arrays {sorted(f)}; FID statistics need 'mu' and 'sigma'.")
+  mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
   d = mu.shape[0] if mu.ndim == 1 else -1
   if d < 0 or sigma.shape != (d, d) or (dim is not None and d != dim):
     raise ValueError(f"{path} holds mu {mu.shape} and sigma {sigma.shape}; FID statistics of "

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmimg_jax.eval import fid
+
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
 BN_EPS = 1e-3  # torchvision BasicConv2d
@@ -162,8 +164,8 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         f"{WEIGHTS_URL} and pass their path (or the .npz made from them by "
         "`python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz`).")
   if path.endswith(".npz"):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.keys()}
+    return fid.read_npz(path, "pass pytorch-fid's weights (.pth) or convert them again: "
+                        f"python -m llmimg_jax.eval.inception WEIGHTS.pth {path}")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:

@@ -106,3 +106,25 @@ def test_statistics_round_trip(tmp_path):
     fid.load_statistics(tmp_path / "missing.npz")
   fid.save_statistics(tmp_path / "no_suffix", mu, sigma)  # written where named
   np.testing.assert_array_equal(fid.load_statistics(tmp_path / "no_suffix")[0], mu)
+
+
+def _damaged_npz_files(tmp_path, good: dict) -> list:
+  """A cut-short .npz, a text file and an .npy, each named .npz."""
+  np.savez(tmp_path / "whole.npz", **good)
+  data = (tmp_path / "whole.npz").read_bytes()
+  (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+  (tmp_path / "text.npz").write_text("mu,sigma\n1,2\n")
+  with open(tmp_path / "array.npz", "wb") as f:
+    np.save(f, np.zeros(3))
+  return [tmp_path / n for n in ("cut.npz", "text.npz", "array.npz")]
+
+
+def test_damaged_statistics_files_are_one_value_error(tmp_path):
+  """zipfile.BadZipFile (a traceback in evaluate.py) for a cut-short file, numpy's advice to
+  unpickle for a text file, a TypeError for an .npy: now ValueErrors naming the file."""
+  for path in _damaged_npz_files(tmp_path, {"mu": np.zeros(2), "sigma": np.eye(2)}):
+    for read in (fid.load_statistics, fid.statistics_info):
+      with pytest.raises(ValueError, match=f"{path.name} is not a readable .npz file .*"
+                                           "write the statistics again") as e:
+        read(path)
+      assert "allow_pickle" not in str(e.value)

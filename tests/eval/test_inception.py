@@ -80,3 +80,12 @@ def test_missing_weights_say_where_to_get_them(tmp_path):
     inception.main(["x", str(tmp_path / "w.pth"), str(tmp_path / "converted")])
   with pytest.raises(FileNotFoundError, match="pytorch-fid/releases/download/fid_weights"):
     inception.load_params(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))
+
+
+def test_damaged_npz_weights_are_one_value_error(tmp_path):
+  """A cut-short weights .npz raised zipfile.BadZipFile (evaluate.py printed a traceback)."""
+  from tests.eval.test_fid import _damaged_npz_files
+  for path in _damaged_npz_files(tmp_path, {"Conv2d_1a_3x3.conv.weight": np.zeros((2, 3, 3, 3))}):
+    with pytest.raises(ValueError, match=f"{path.name} is not a readable .npz file .*convert "
+                                         "them again: python -m llmimg_jax.eval.inception"):
+      inception.load_params(str(path))
