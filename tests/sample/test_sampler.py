@@ -315,6 +315,16 @@ def test_an_empty_expansion_falls_back_to_the_prompt(caplog):
     assert PROMPTS[1] not in caplog.text
 
 
+def test_a_checkpoints_folder_or_step_folder_names_the_workdir_to_pass(run):
+  """--workdir RUN/checkpoints/2 said "the run has not saved one yet ... train longer"."""
+  ckpt = run.workdir / "checkpoints"
+  want = rf"{ckpt / '2'} is a run's checkpoint folder, not its workdir: pass --workdir "
+  with pytest.raises(CheckpointError, match=want + rf"{run.workdir} --step 2\.$"):
+    available_steps(ckpt / "2")
+  with pytest.raises(CheckpointError, match=rf"pass --workdir {run.workdir}\.$"):
+    restore_for_sampling(ckpt)
+
+
 def test_the_latest_step_is_the_highest_not_the_last_by_name(run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(run.workdir, workdir)
