@@ -84,6 +84,7 @@ def _write_stats() -> None:
   from llmimg_jax.eval.inception import InceptionFeatures
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
+  _file_folder("--write_stats", FLAGS.write_stats, "the statistics' .npz file")  # not after hours
   inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
   data = _data_config()
   split = FLAGS.stats_split
@@ -137,20 +138,29 @@ def main(argv) -> None:
 
 def _writable_out_dir():
   """The folder the results go to (made if needed); OSError naming the flag if it cannot be."""
-  import os
   from pathlib import Path
   if FLAGS.out:
-    out = Path(FLAGS.out).expanduser()
-    if not FLAGS.out.strip():
-      raise OSError("--out is blank; name the results' .json file.")
-    if out.is_dir():
-      raise OSError(f"--out {FLAGS.out!r} is a folder; name the results' .json file.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    folder, flag = out.parent, "--out"
-  else:
-    folder, flag = Path(FLAGS.workdir).expanduser(), "--workdir"
+    return _file_folder("--out", FLAGS.out, "the results' .json file")
+  return _check_writable("--workdir", Path(FLAGS.workdir).expanduser(), "--out")
+
+
+def _file_folder(flag: str, value: str, what: str):
+  """The folder of the file `flag` names (made if needed); OSError naming the flag if the file
+  could not be written there."""
+  from pathlib import Path
+  out = Path(value).expanduser()
+  if not value.strip():
+    raise OSError(f"{flag} is blank; name {what}.")
+  if out.is_dir():
+    raise OSError(f"{flag} {value!r} is a folder; name {what}.")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  return _check_writable(flag, out.parent, flag)
+
+
+def _check_writable(flag: str, folder, fix_flag: str):
+  import os
   if folder.is_dir() and not os.access(folder, os.W_OK):
-    raise OSError(f"{flag}: cannot write the results into {folder}; pass a writable --out.")
+    raise OSError(f"{flag}: cannot write into {folder}; pass a writable {fix_flag}.")
   return folder
 
 

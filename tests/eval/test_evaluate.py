@@ -363,7 +363,7 @@ def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
   from llmimg_jax.eval import fid, inception
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   folder = json.loads((folder_run.workdir / "config.json").read_text())["data"]["folder"]
-  out = tmp_path / "folder_stats"  # no .npz suffix
+  out = tmp_path / "new" / "folder_stats"  # no .npz suffix; its folder is made
   argv = ["evaluate.py", "--write_stats", str(out), f"--config={ROOT / 'configs/folder_64.py'}",
           f"--config.data.folder={folder}", "--data_dir", str(tmp_path / "tfds"),
           "--inception_weights", "inception.pth", "--num_samples", "6"]
@@ -393,6 +393,19 @@ def test_write_stats_checks_the_weights_before_the_data(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert "evaluate.py: error: unknown config key 'foldr'" in out.stderr
+
+
+def test_write_stats_to_a_folder_is_refused_before_the_work(tmp_path):
+  """It failed with IsADirectoryError (FileNotFoundError for a missing folder) only once every
+  image's Inception features were computed."""
+  out = subprocess.run(
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path),
+       "--config=configs/folder_64.py", f"--config.data.folder={tmp_path / 'no_images'}",
+       "--inception_weights", str(tmp_path / "pt_inception.pth")],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert (f"evaluate.py: error: --write_stats '{tmp_path}' is a folder; name the statistics' "
+          ".npz file.") in out.stderr
 
 
 def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, capsys):
@@ -440,6 +453,6 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
           evaluate.main([])
       finally:
         evaluate.FLAGS.unparse_flags()
-      assert exited.value.code == (f"evaluate.py: error: {flag}: cannot write the results into "
+      assert exited.value.code == (f"evaluate.py: error: {flag}: cannot write into "
                                    f"{locked}; pass a writable --out.")
   assert evaluated == [] and list(locked.iterdir()) == []
