@@ -5,9 +5,7 @@ TFDS's `coco_captions` builder imports TensorFlow (even to construct it), so thi
 """
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 
 import numpy as np
 
@@ -25,23 +23,10 @@ def tensorflow_available() -> bool:
   return True
 
 
-def _provide_importlib_resources() -> None:
-  """TFDS finds coco_captions' checksums file (before any download) through `importlib_resources`,
-  a backport that Python >= 3.9 does not install: the build failed with ModuleNotFoundError.
-  The standard library's importlib.resources has what TFDS uses (`files`, `abc.Traversable`).
-  (Our own builders avoid it with tfds_utils.LocalCodePathMixin.)"""
-  try:
-    importlib.import_module("importlib_resources")
-  except ImportError:
-    importlib.import_module("importlib.resources.abc")
-    sys.modules["importlib_resources"] = importlib.import_module("importlib.resources")
-
-
 def coco_builder(data_dir: str, *, prepare: bool = True):
   """The `coco_captions` builder (array_record files, for random access); builds it if missing."""
   if not tensorflow_available():
     raise ImportError(TF_EXTRA_HINT)
-  _provide_importlib_resources()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder("coco_captions", data_dir=data_dir, file_format="array_record")
   if prepare:
