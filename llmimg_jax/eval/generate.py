@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from llmimg_jax.gan.common import image_noise
 from llmimg_jax.train.state import Models
 from llmimg_jax.train.step import generate_images
 
@@ -29,7 +30,7 @@ def generate_for_captions(models: Models, g_params, text_params, tokenizer,
   out = []
   for start in range(0, len(captions), batch_size):
     idx = np.arange(start, start + batch_size) % len(captions)  # one shape: the last wraps
-    z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(idx)
+    z = image_noise(key, idx, z_dim)  # [batch, z_dim]
     images = fn(g_params, text_params, z, tokens["input_ids"][idx], tokens["attention_mask"][idx])
     out.append(np.asarray(jax.device_get(images))[:len(captions) - start])
   return np.concatenate(out)

@@ -1,4 +1,4 @@
-"""Shared helpers for the GAN: channel schedules, activations, text pooling."""
+"""Shared helpers for the GAN: channel schedules, activations, text pooling, input noise."""
 from __future__ import annotations
 
 import math
@@ -56,3 +56,16 @@ def sentence_embedding(token_states: jax.Array, mask: jax.Array) -> jax.Array:
   total = jnp.sum(jnp.where(m > 0, states, 0.0), axis=1)  # [batch, dim]
   count = jnp.maximum(jnp.sum(m, axis=1), 1.0)  # [batch, 1]
   return total / count
+
+
+def image_noise(key: jax.Array, indices: jax.Array, z_dim: int,
+                truncation: float | None = None) -> jax.Array:
+  """z [b, z_dim] of the images numbered `indices` [b]: normal(fold_in(key, i)), so an image's
+  noise does not depend on the batch it is drawn in; with `truncation` t, t times a normal
+  truncated to [-2, 2] (DF-GAN's truncated_noise)."""
+  def one(i):
+    k = jax.random.fold_in(key, i)
+    if truncation is None:
+      return jax.random.normal(k, (z_dim,))
+    return truncation * jax.random.truncated_normal(k, -2.0, 2.0, (z_dim,))
+  return jax.vmap(one)(indices)

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from llmimg_jax.gan.common import image_noise
 from llmimg_jax.sample.restore import restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
@@ -100,19 +101,9 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
   return tokenizer, t5_config
 
 
-def _noise(key: jax.Array, columns: jax.Array, z_dim: int, truncation: float | None) -> jax.Array:
-  """z [b, z_dim] for images with column indices `columns` [b]."""
-  def one(j):
-    k = jax.random.fold_in(key, j)
-    if truncation is None:
-      return jax.random.normal(k, (z_dim,))
-    return truncation * jax.random.truncated_normal(k, -2.0, 2.0, (z_dim,))
-  return jax.vmap(one)(columns)
-
-
 def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,
               truncation: float | None) -> jax.Array:
-  z = _noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
+  z = image_noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
   return generate_images(models, ema_params, text_params, z, input_ids, mask)  # [b, R, R, 3]
 
 

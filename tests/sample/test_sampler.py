@@ -17,7 +17,8 @@ from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, available_steps,
                                read_prompts, restore_for_sampling, write_samples)
 from llmimg_jax.sample import outputs
-from llmimg_jax.sample.sampler import _noise, text_setup
+from llmimg_jax.gan.common import image_noise as _noise
+from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
 from llmimg_jax.train.state import build_text, save_text_files
