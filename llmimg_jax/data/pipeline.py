@@ -61,10 +61,9 @@ class ExampleSource:
   `index` is the record's position in this source. Picklable (grain worker processes).
   """
 
-  def __init__(self, source, name: str, split: str, resolution: int | None,
-               all_splits: Sequence[str] = ()):
+  def __init__(self, source, name: str, split: str, all_splits: Sequence[str] = ()):
     self._source = source
-    self.name, self.split, self.resolution = name, split, resolution
+    self.name, self.split = name, split
     self.all_splits = tuple(all_splits)  # every split of the dataset
 
   def __len__(self) -> int:
@@ -160,48 +159,44 @@ def folder_builder(data_cfg):
       data_dir=_data_dir(data_cfg))
 
 
-def _builder(data_cfg) -> tuple[Any, int | None]:
-  """The TFDS builder of `data_cfg`'s dataset and its stored resolution (None: as stored)."""
+def builder(data_cfg):
+  """The TFDS builder of `data_cfg`'s dataset (not built here)."""
   data_dir, name = _data_dir(data_cfg), data_cfg.name
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     num_proc = int(data_cfg.get("build_num_proc") or 0) or None
-    builder = captioned_shapes.CaptionedShapes(config=data_cfg.config, data_dir=data_dir,
-                                               num_proc=num_proc)
-    resolution = builder.builder_config.resolution
-  elif name == "captioned_folder":
-    builder = folder_builder(data_cfg)
-    resolution = builder.builder_config.image_size
-  else:
-    from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
-    builder, resolution = coco.coco_builder(data_dir, prepare=False), None
-  return builder, resolution
+    return captioned_shapes.CaptionedShapes(config=data_cfg.config, data_dir=data_dir,
+                                            num_proc=num_proc)
+  if name == "captioned_folder":
+    return folder_builder(data_cfg)
+  from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
+  return coco.coco_builder(data_dir, prepare=False)
 
 
 def is_built(data_cfg) -> bool:
   """Whether `data_cfg`'s dataset is built (prepared) in its data_dir."""
   validate_data_config(data_cfg)
-  return _builder(data_cfg)[0].is_prepared()
+  return builder(data_cfg).is_prepared()
 
 
 def load_source(data_cfg, split: str = "train") -> ExampleSource:
   """The random-access source of `split`; builds captioned_shapes/captioned_folder if missing."""
   validate_data_config(data_cfg)
-  builder, resolution = _builder(data_cfg)
+  dataset = builder(data_cfg)
   name, data_dir = data_cfg.name, _data_dir(data_cfg)
-  prepared = builder.is_prepared()
+  prepared = dataset.is_prepared()
   if not prepared:
-    log.info("Building %s/%s into %s.", name, builder.builder_config.name if
-             builder.builder_config else "", data_dir)
-  builder.download_and_prepare()
+    log.info("Building %s/%s into %s.", name, dataset.builder_config.name if
+             dataset.builder_config else "", data_dir)
+  dataset.download_and_prepare()
   if prepared and name == "captioned_folder":
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
-    captioned_folder.warn_if_changed(builder)
-  splits = list(builder.info.splits.keys())
+    captioned_folder.warn_if_changed(dataset)
+  splits = list(dataset.info.splits.keys())
   if splits and split not in splits:  # (empty under tfds.testing.mock_data)
-    raise ValueError(f"{name}/{builder.builder_config.name} has no split {split!r}; "
+    raise ValueError(f"{name}/{dataset.builder_config.name} has no split {split!r}; "
                      f"available: {splits}.")
-  return ExampleSource(builder.as_data_source(split), name, split, resolution, splits)
+  return ExampleSource(dataset.as_data_source(split), name, split, splits)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.data.pipeline import dataset_id, load_source
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
-from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split, shapes_builder
 
 log = logging.getLogger(__name__)
 ATTRIBUTE_COLUMNS = ("shape", "color", "size", "cell", "relation", "count")
@@ -41,7 +41,6 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   """captioned_shapes runs: shapes metrics (+ the standard FID with `inception_weights`) on
   `splits` (default: test and, where the build has it, holdout). Other data: the standard FID
   only (`inception_weights` required) on `splits` (default: test, else train)."""
-  from llmimg_jax.eval.shapes_eval import _builder  # pylint: disable=g-import-not-at-top
   from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
   if ref_stats and not inception_weights:
     raise ValueError("--ref_stats holds statistics of Inception features: pass "
@@ -62,7 +61,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
                        "and, for DF-GAN's protocol, --ref_stats.")
     return evaluate_inception(sampler, data_cfg, inception, splits, num_samples, seed,
                               batch_size, ref_stats) | {"workdir": str(workdir)}
-  builder = _builder(data_cfg)
+  builder = shapes_builder(data_cfg)
   # test and holdout only: _reference draws the comparison set of `test` from train.
   held_out = [s for s in ("test", "holdout") if s in builder.info.splits]
   name = f"captioned_shapes/{data_cfg.config}"

@@ -56,21 +56,20 @@ def cache_dir() -> Path:
   return Path(os.path.expanduser(os.environ.get("LLMIMG_CACHE_DIR") or "~/.cache/llmimg_jax"))
 
 
-def _builder(data_cfg):
-  from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
-  from llmimg_jax.data.pipeline import load_source  # pylint: disable=g-import-not-at-top
+def shapes_builder(data_cfg):
+  """The captioned_shapes builder of `data_cfg`, built if missing; other data is refused."""
+  from llmimg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if data_cfg.name != "captioned_shapes":
     raise ValueError(f"The shapes evaluator needs data.name='captioned_shapes', not "
                      f"{data_cfg.name!r}; for other data, evaluate.py --inception_weights gives "
                      "the standard FID.")
-  load_source(data_cfg, "train")  # validates and builds if missing
-  return captioned_shapes.CaptionedShapes(
-      config=data_cfg.config, data_dir=os.path.expanduser(data_cfg.data_dir))
+  pipeline.load_source(data_cfg, "train")  # validates and builds if missing
+  return pipeline.builder(data_cfg)
 
 
 def load_split(data_cfg, split: str, limit: int | None = None, start: int = 0) -> SplitData:
   """Records [start, start + limit) of a captioned_shapes split, with their ground truth."""
-  builder = _builder(data_cfg)
+  builder = shapes_builder(data_cfg)
   if split not in builder.info.splits:
     raise ValueError(f"captioned_shapes/{data_cfg.config} has no split {split!r}; available: "
                      f"{list(builder.info.splits.keys())}.")
@@ -98,7 +97,7 @@ class ShapesEvaluator:
     """The cached evaluator of this dataset build, trained (and cached) on first use. The cache
     is named by the build, not by `settings` or `max_train`: a cached evaluator is reused
     whatever they are (delete the cache to retrain with others)."""
-    builder = _builder(data_cfg)
+    builder = shapes_builder(data_cfg)
     cfg = builder.builder_config
     settings = settings or ev.TrainSettings()
     name = f"captioned_shapes-{cfg.name}-v{builder.version}-{cfg.resolution}px-{NET_TAG}"

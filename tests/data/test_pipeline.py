@@ -248,7 +248,7 @@ def test_captioned_folder_through_the_pipeline(tmp_path, tokenizer):
   with pytest.raises(ValueError, match="num_epochs=1 with data.num_workers=2: .* drop"):
     _iterator(cfg, tokenizer, batch_size_per_host=3, num_epochs=1)
   source = pipeline.load_source(cfg)
-  assert source.resolution == 12 and source[0]["image"].shape == (12, 12, 3)
+  assert source[0]["image"].shape == (12, 12, 3)
 
 
 def test_to_global_batch_over_a_4_device_mesh():

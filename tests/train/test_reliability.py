@@ -413,7 +413,7 @@ def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
     def __getitem__(self, i):
       return full._source[i]
 
-  source = ExampleSource(First(), full.name, full.split, full.resolution, full.all_splits)
+  source = ExampleSource(First(), full.name, full.split, full.all_splits)
   manager = checkpoint.make_manager(tmp_path, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0, source=source)
   _assert_refused_and_kept(
