@@ -271,6 +271,35 @@ def check_workdir_writable(workdir: Path) -> None:
         "free space, or the mount) or pass another --workdir; nothing was trained.")
 
 
+def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepClock, bar: tqdm,
+                 writer, t: ml_collections.ConfigDict, checkpoints: Path) -> None:
+  """The steps' metrics since the last log, averaged over the updates made, to the progress bar
+  and TensorBoard; DivergenceError after t.max_bad_steps non-finite updates in a row."""
+  # The longest streak of skipped updates since the last log, even one that has ended.
+  streak = max(int(m.pop("bad_steps")) for m in fetched)
+  # Losses and norms of the updates made (a skipped one's are NaN); NaN if all skipped.
+  made = [m for m in fetched if m["finite"]] or fetched
+  scalars = {k: float(np.mean([m[k] for m in made])) for k in fetched[-1]}
+  scalars["finite"] = float(np.mean([m["finite"] for m in fetched]))
+  if steps_per_sec := clock.lap():  # None when only the first step ran
+    scalars["images_per_sec"] = t.batch_size * steps_per_sec
+  scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
+  rate = scalars.get("images_per_sec")
+  bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
+                  img_s="-" if rate is None else f"{rate:.0f}")
+  if writer is not None:
+    for k, v in scalars.items():
+      writer.add_scalar(f"train/{k}", v, done)
+  if scalars["skipped_updates"]:
+    log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
+                scalars["skipped_updates"])
+  if streak >= t.max_bad_steps:
+    raise DivergenceError(
+        f"{streak} consecutive non-finite updates by step {done}: the run diverged. The last "
+        f"good checkpoint in {checkpoints} is intact; lower the learning rates "
+        "(config.train.lr_g/lr_d) or enable config.train.grad_clip.")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, *,
           start_fresh_if_corrupt: bool = False) -> TrainState:
   """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them.
@@ -337,31 +366,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         else:
           clock.steps += 1
         if done % t.log_every == 0 or done == t.steps:
-          fetched = jax.device_get(pending)
+          _log_metrics(jax.device_get(pending), done, clock, bar, writer, t, manager.directory)
           pending = []
-          # The longest streak of skipped updates since the last log, even one that has ended.
-          streak = max(int(m.pop("bad_steps")) for m in fetched)
-          # Losses and norms of the updates made (a skipped one's are NaN); NaN if all skipped.
-          made = [m for m in fetched if m["finite"]] or fetched
-          scalars = {k: float(np.mean([m[k] for m in made])) for k in fetched[-1]}
-          scalars["finite"] = float(np.mean([m["finite"] for m in fetched]))
-          if steps_per_sec := clock.lap():  # None when only the first step ran
-            scalars["images_per_sec"] = t.batch_size * steps_per_sec
-          scalars["skipped_updates"] = float(sum(1 - m["finite"] for m in fetched))
-          rate = scalars.get("images_per_sec")
-          bar.set_postfix(d=f"{scalars['d_loss']:.3f}", g=f"{scalars['g_loss']:.3f}",
-                          img_s="-" if rate is None else f"{rate:.0f}")
-          if writer is not None:
-            for k, v in scalars.items():
-              writer.add_scalar(f"train/{k}", v, done)
-          if scalars["skipped_updates"]:
-            log.warning("Step %d: %d update(s) skipped for non-finite losses or gradients.", done,
-                        scalars["skipped_updates"])
-          if streak >= t.max_bad_steps:
-            raise DivergenceError(
-                f"{streak} consecutive non-finite updates by step {done}: the run "
-                f"diverged. The last good checkpoint in {manager.directory} is intact; lower the "
-                "learning rates (config.train.lr_g/lr_d) or enable config.train.grad_clip.")
         stop = watch.reached()  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
         saved = done % t.ckpt_every == 0 or done == t.steps or stop
         sample_now = done % t.sample_every == 0 or done == t.steps
