@@ -42,6 +42,14 @@ def _in_batch_chunks(fn, chunks: int, *args: jax.Array) -> jax.Array:
   return jnp.concatenate([fn(*s) for s in slices])
 
 
+def _contrastive(models: Models, d_params: Any, feats: jax.Array, sent: jax.Array) -> jax.Array:
+  """InfoNCE between D's image embeddings of `feats` [b, 4, 4, C] and its text embeddings of
+  `sent` [b, d]: matching pairs against the batch's other pairs."""
+  return gan.info_nce(_d_apply(models, d_params, feats, method="image_embedding"),
+                      _d_apply(models, d_params, sent, method="text_embedding"),
+                      models.config.loss.contrastive_temperature)
+
+
 def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
                batch_chunks: int = 1) -> tuple[TrainState, Metrics]:
   """One update from a global batch: image uint8 [b, R, R, 3], input_ids/attention_mask [b, L].
@@ -99,10 +107,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     metrics = {"d_hinge": hinge, "gp": penalty, "d_real": logits_real.mean(),
                "d_fake": logits_fake.mean(), "d_mismatch": logits_mismatch.mean()}
     if cfg.loss.contrastive_weight > 0:
-      contrastive = gan.info_nce(
-          _d_apply(models, d_params, feats_real, method="image_embedding"),
-          _d_apply(models, d_params, sent, method="text_embedding"),
-          cfg.loss.contrastive_temperature)
+      contrastive = _contrastive(models, d_params, feats_real, sent)
       loss += cfg.loss.contrastive_weight * contrastive
       metrics["d_contrastive"] = contrastive
     return loss, metrics
@@ -123,9 +128,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     metrics = {"g_adversarial": adversarial}
     loss = adversarial
     if cfg.loss.contrastive_weight > 0 and cfg.loss.contrastive_g:
-      contrastive = gan.info_nce(_d_apply(models, d_params, feats, method="image_embedding"),
-                                 _d_apply(models, d_params, sent, method="text_embedding"),
-                                 cfg.loss.contrastive_temperature)
+      contrastive = _contrastive(models, d_params, feats, sent)
       loss += cfg.loss.contrastive_weight * contrastive
       metrics["g_contrastive"] = contrastive
     return loss, metrics
