@@ -16,7 +16,8 @@ from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
 from tests.sample.conftest import one_device_env
 from tests.train.conftest import tiny_config
-from tests.train.test_reliability import _damage, _scalar_events, _scalars
+from tests.train.test_reliability import _scalar_events, _scalars
+from tests.train.test_resume import _damage
 
 
 def _max_diff(a, b) -> float:
