@@ -86,9 +86,8 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
       for k in f.keys():
         try:
           out[k] = f[k]
-        except ValueError as e:  # a pickled object array (np.load does not unpickle)
-          if "pickled" not in str(e):
-            raise
+        except ValueError:  # an object array: np.load does not unpickle (and none is ours)
+          pass
       return out
   except _NOT_NPZ as e:  # numpy tries other files as pickles: its advice (unpickle) is not ours
     why = ("neither a zip archive nor an .npy array" if "pickled" in str(e) else

@@ -128,3 +128,15 @@ def test_damaged_statistics_files_are_one_value_error(tmp_path):
                                            "write the statistics again") as e:
         read(path)
       assert "allow_pickle" not in str(e.value)
+
+
+def test_an_object_array_member_is_left_out_not_fatal(tmp_path):
+  """Another tool's .npz may hold pickled object arrays beside mu and sigma: those are skipped
+  (np.load does not unpickle), the statistics still load."""
+  path = tmp_path / "stats.npz"
+  np.savez(path, mu=np.ones(2), sigma=np.eye(2), num_images=np.int64(7),
+           extra=np.array([{"a": 1}], dtype=object))
+  mu, sigma = fid.load_statistics(path)
+  np.testing.assert_array_equal(mu, np.ones(2))
+  np.testing.assert_array_equal(sigma, np.eye(2))
+  assert fid.statistics_info(path) == {"num_images": 7}
