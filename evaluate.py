@@ -77,6 +77,7 @@ def _data_config():
 
 
 def _write_stats() -> None:
+  from pathlib import Path
   import numpy as np
   from llmimg_jax.data.images import center_crop_resize
   from llmimg_jax.data.pipeline import dataset_id, load_source
@@ -94,10 +95,10 @@ def _write_stats() -> None:
   n = min(FLAGS.num_samples, len(source))
   images = np.stack([center_crop_resize(source[i]["image"], data.image_size) for i in range(n)])
   mu, sigma = fid.statistics(inception(images))
-  fid.save_statistics(FLAGS.write_stats, mu, sigma, num_images=n, dataset=dataset_id(data),
-                      split=split)
+  path = Path(FLAGS.write_stats).expanduser()  # the file _file_folder checked
+  fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split)
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
-        f"({data.image_size}px, resized to 299) to {FLAGS.write_stats}.")
+        f"({data.image_size}px, resized to 299) to {path}.")
 
 
 def main(argv) -> None:

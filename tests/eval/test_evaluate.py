@@ -364,7 +364,9 @@ def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   folder = json.loads((folder_run.workdir / "config.json").read_text())["data"]["folder"]
   out = tmp_path / "new" / "folder_stats"  # no .npz suffix; its folder is made
-  argv = ["evaluate.py", "--write_stats", str(out), f"--config={ROOT / 'configs/folder_64.py'}",
+  monkeypatch.setenv("HOME", str(tmp_path))  # "~" as a shell leaves it after "--write_stats="
+  argv = ["evaluate.py", "--write_stats=~/new/folder_stats",
+          f"--config={ROOT / 'configs/folder_64.py'}",
           f"--config.data.folder={folder}", "--data_dir", str(tmp_path / "tfds"),
           "--inception_weights", "inception.pth", "--num_samples", "6"]
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
