@@ -78,8 +78,8 @@ class SceneSpec:
   def __post_init__(self):
     if not 1 <= self.max_objects <= MAX_OBJECTS:
       raise ValueError(f"SceneSpec.max_objects={self.max_objects} must be in [1, {MAX_OBJECTS}].")
-    if self.cells is not None and (len(set(self.cells)) < self.max_objects
-                                   or not set(self.cells) <= set(range(9))):
+    if self.cells is not None and (len(self.cells) < self.max_objects or not set(self.cells)
+                                   <= set(range(9)) or len(set(self.cells)) < len(self.cells)):
       raise ValueError(f"SceneSpec.cells={self.cells} must hold at least max_objects="
                        f"{self.max_objects} distinct cells of 0-8 (one object per cell).")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import images, pipeline, shapes
+from llmimg_jax.data import images, pipeline
 
 
 def _take(it, n):

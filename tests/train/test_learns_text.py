@@ -7,7 +7,6 @@ at lr_g 2e-4 / lr_d 4e-4 / lr_text 4e-4 the same accuracy took 450 steps.
 """
 import jax
 import numpy as np
-import pytest
 
 from llmimg_jax.data import shapes
 from llmimg_jax.train import loop
