@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -34,14 +35,24 @@ def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
                         cell=cell, max_lines=lines)
 
 
+def _pil_can_save(ext: str) -> bool:
+  """Whether PIL writes images with this extension (it reads more formats than it writes)."""
+  Image.init()
+  if ext not in Image.registered_extensions():
+    return False
+  try:
+    Image.new("RGB", (1, 1)).save(io.BytesIO(), format=Image.registered_extensions()[ext])
+  except (KeyError, OSError, ValueError):
+    return False
+  return True
+
+
 def check_preview_path(path: str) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
   can take hours); its folder is made if missing."""
-  Image.init()
-  ext = os.path.splitext(path)[1].lower()
-  if os.path.isdir(path) or ext not in Image.registered_extensions():
-    raise ValueError(f"--preview {path!r} is not an image file name; name a .png file, e.g. "
-                     "--preview grid.png.")
+  if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
+    raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
+                     ".png file, e.g. --preview grid.png.")
   folder = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(folder, exist_ok=True)

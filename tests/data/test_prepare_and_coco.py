@@ -59,7 +59,7 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
       capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("preview", ["grid", "grid.pngx", "."])
+@pytest.mark.parametrize("preview", ["grid", "grid.pngx", ".", "grid.psd"])  # PIL reads .psd only
 def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, capsys, preview):
   """A --preview without an image extension (or a folder) failed in PIL with a traceback after
   the build; now a one-line error before it."""
@@ -67,7 +67,8 @@ def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, caps
     prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
                   "--preview", str(tmp_path / preview)])
   assert exit_info.value.code == 2
-  assert "is not an image file name; name a .png file" in capsys.readouterr().err
+  assert "is not the name of an image file PIL can write; name a .png file" in (
+      capsys.readouterr().err)
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
