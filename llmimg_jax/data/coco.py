@@ -11,12 +11,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder imports it): "
-                 "install the `tf` extra, e.g. pip install 'llmimg_jax[tf]' (tensorflow-cpu).")
+TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder imports it) and "
+                 "importlib_resources: install the `tf` extra, e.g. pip install 'llmimg_jax[tf]'.")
 
 
 def tensorflow_available() -> bool:
+  """Whether the `tf` extra is installed: TensorFlow, and importlib_resources, through which
+  TFDS's coco_captions finds its checksums."""
   try:
+    import importlib_resources  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
     import tensorflow  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     return False
