@@ -146,8 +146,8 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
-  """The centre square of uint8 [h, w, 3], resized to [size, size, 3] (no random crop)."""
-  h, w = image.shape[:2]
-  side = min(h, w)
-  y0, x0 = (h - side) // 2, (w - side) // 2
-  return resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), size)
+  """The centre square of uint8 [h, w, 3] (exactly centred: a half-pixel box when h - w is odd),
+  resampled (LANCZOS) to [size, size, 3]; a no-op when already that size."""
+  if image.shape[:2] == (size, size):
+    return image
+  return np.asarray(ImageOps.fit(Image.fromarray(image), (size, size), Image.LANCZOS), np.uint8)
