@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmimg_jax.text.config import T5Config
-from llmimg_jax.text.config import compute_dtype
+from llmimg_jax.text.config import T5Config, compute_dtype
 from llmimg_jax.text.modeling import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)

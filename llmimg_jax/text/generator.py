@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.config import T5Config, compute_dtype
 from llmimg_jax.text.generate import generate
 from llmimg_jax.text.loading import load_pretrained
-from llmimg_jax.text.config import compute_dtype
 from llmimg_jax.text.modeling import T5EncoderModel
 from llmimg_jax.text.tokenizer import TextTokenizer
 
