@@ -78,23 +78,20 @@ def _data_config():
 
 def _write_stats() -> None:
   from pathlib import Path
-  import numpy as np
-  from llmimg_jax.data.images import center_crop_resize
   from llmimg_jax.data.pipeline import dataset_id, load_source
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.inception import InceptionFeatures
+  from llmimg_jax.eval.report import default_split, real_images
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
   _file_folder("--write_stats", FLAGS.write_stats, "the statistics' .npz file")  # not after hours
   inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
   data = _data_config()
-  split = FLAGS.stats_split
-  if split is None:
-    split = "test" if "test" in load_source(data).all_splits else "train"
+  split = FLAGS.stats_split or default_split(load_source(data).all_splits)
   source = load_source(data, split)
   n = min(FLAGS.num_samples, len(source))
-  images = np.stack([center_crop_resize(source[i]["image"], data.image_size) for i in range(n)])
-  mu, sigma = fid.statistics(inception(images))
+  mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
+                                                    data.image_size)))
   path = Path(FLAGS.write_stats).expanduser()  # the file _file_folder checked
   fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split)
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "

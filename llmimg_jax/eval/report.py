@@ -106,14 +106,23 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   return results
 
 
+def default_split(all_splits: Sequence[str]) -> str:
+  """The split the standard FID scores by default: test, or train where there is none."""
+  return "test" if "test" in all_splits else "train"
+
+
+def real_images(records: Sequence[dict], size: int) -> np.ndarray:
+  """The FID reference: records' images, centre crop resized to the run's size [n, R, R, 3]."""
+  return np.stack([center_crop_resize(r["image"], size) for r in records])
+
+
 def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.ndarray],
                        splits: Sequence[str] | None = None, num_samples: int = 1000,
                        seed: int = 0, batch_size: int = 64, ref_stats: str | None = None) -> dict:
   """The standard FID of any run: images generated from the first caption of records [0, N) of
   each split against `ref_stats`, or else against those N real images (centre crop, resized)."""
   all_splits = load_source(data_cfg).all_splits
-  splits = _check_splits(splits, ["test" if "test" in all_splits else "train"], all_splits,
-                         data_cfg.name)
+  splits = _check_splits(splits, [default_split(all_splits)], all_splits, data_cfg.name)
   results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name, "splits": {}}
   given_ref = (fid.load_statistics(ref_stats, getattr(features, "dim", None)) if ref_stats
                else None)  # read once, for every split; its size checked before sampling
@@ -129,8 +138,7 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
                                    sampler.tokenizer, captions, seed, batch_size)
     ref = given_ref
     if ref is None:
-      real = np.stack([center_crop_resize(r["image"], data_cfg.image_size) for r in records])
-      ref = fid.statistics(features(real))
+      ref = fid.statistics(features(real_images(records, data_cfg.image_size)))
     _warn_if_few(split, len(images))
     results["splits"][split] = {
         "num_images": len(images),
