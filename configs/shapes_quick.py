@@ -3,32 +3,16 @@
   python train.py --config configs/shapes_quick.py --workdir runs/shapes_quick
 
 Data: captioned_shapes/center_32 (one shape in the centre, drawn 2x larger, so only its shape,
-colour and size are to learn). On a 2-core CPU it runs ~7.6 steps/s (batch 16, ~120 images/s)
-with samples and checkpoints every 500 steps: the README's command from a fresh clone in a fresh
-venv took 9.8 minutes in all, ~60 s `pip install` + 8.8 min train.py (2026-11-29; dataset
-already built, building it takes ~27 s more; 11.25 min train.py before that day's faster step).
-What it reaches: in that run's samples (runs/shapes_quick/samples/step_0004000.png) all 8 prompts
-have the named colour and 7 the named shape (the red circle is a blob). `python evaluate.py
---workdir runs/shapes_quick --split test --split holdout --num_samples 500` on it (step 4000; 30 s
-with the evaluator cached): test caption accuracy 0.892 (shape 0.894, colour 1.000, size 1.000);
-holdout, unseen (shape, colour) pairs, 0.736 (shape 0.754, colour 0.968); in-domain FID 66.0
-(real-vs-real floor 22.2); real images score 1.000. (The run before the faster step: 0.904 /
-0.688, FID 72.0.)
-On the current 2-core AMD EPYC VM (2026-12-01, code with one T5 forward per step) the same
-command took 5.5 minutes in all: 39 s `pip install` + 4.9 min train.py (~13 steps/s, including
-building the dataset); evaluate.py on it: test caption accuracy 0.874 (shape 0.876, colour 0.998,
-size 1.000), holdout 0.642 (shape 0.650, colour 0.978), FID 75.5; all 8 prompts of its step-4000
-grid in the named colour and shape. With train.py's host-memory setting (2026-12-01, `28cce41`):
-32 s `pip install` + 4.1 min train.py (~17-20 steps/s; dataset already built); test caption
-accuracy 0.894 (shape 0.894, colour 1.000, size 1.000), holdout 0.612 (shape 0.662, colour
-0.932), FID 67.7. With the faster upsample-conv gradient (`972b9d7`): 4.7 minutes in all, 4.0 min
-of it train.py; test caption accuracy 0.910 (shape 0.914, colour 0.996, size 1.000), holdout 0.662
-(shape 0.702, colour 0.938), FID 55.7.
-Learning curve (`benchmarks/learning_curve.py --steps 4000 --every 500 --num_train 10000
---num_test 500 --num_eval 200 --evaluator_steps 800`, EMA samples of 200 test captions, no flips):
-caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000. The learning rates are 4x those
-of earlier versions of this config, which reached 0.27 at step 4000 (the sweep is in
-benchmarks/RESULTS.md).
+colour and size are to learn). 4000 steps at batch 16, samples and checkpoints every 500.
+On the 2-core AMD EPYC dev VM the README's command (fresh clone and venv, dataset built by it)
+takes 4-7.5 minutes in all, ~40 s of it `pip install` (11-16 steps/s in train.py's progress bar).
+What it reaches (2026-12-03, `python evaluate.py --workdir runs/shapes_quick --split test --split
+holdout --num_samples 500` at step 4000): test caption accuracy 0.894 (shape 0.898, colour 0.996,
+size 1.000); holdout, unseen (shape, colour) pairs, 0.612 (shape 0.652, colour 0.936); in-domain
+FID 66.0 (real-vs-real floor 22.2); real images score 1.000. Over six such runs since
+2026-11-28: test 0.87-0.91, holdout 0.61-0.74 (benchmarks/RESULTS.md, "Learning curve of the
+quick config", has each run and the learning-rate sweep behind this config's rates; caption
+accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000).
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
 (~4.5 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
 or a run with eval on), `--config.eval.every=500` logs caption accuracy and in-domain FID on 256
