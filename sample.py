@@ -56,14 +56,10 @@ def run() -> None:
   # Inputs are checked before JAX and the checkpoint load: bad flags fail in a second.
   from llmimg_jax.sample.expand import check_options
   from llmimg_jax.sample.outputs import check_out_dir, read_prompts
+  from llmimg_jax.sample.sampler import check_sample_args
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   check_out_dir(_OUT.value, _OVERWRITE.value)
-  if _NUM.value < 1:
-    raise ValueError(f"--num_per_prompt={_NUM.value} must be >= 1.")
-  if not 0 <= _SEED.value < 2**32:
-    raise ValueError(f"--seed={_SEED.value} must be in [0, 2**32).")
-  if _TRUNCATION.value is not None and not _TRUNCATION.value > 0:
-    raise ValueError(f"--truncation={_TRUNCATION.value} must be > 0 (e.g. 0.88).")
+  check_sample_args(_NUM.value, _SEED.value, _TRUNCATION.value, flag="--")
   if _BATCH.value < 1:
     raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")
   if not _EXPAND_WITH.value and (given := [f"--{f.name}" for f in _EXPAND_OPTIONS if f.present]):

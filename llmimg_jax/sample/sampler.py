@@ -101,6 +101,20 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
   return tokenizer, t5_config
 
 
+def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, flag: str = ""
+                      ) -> float | None:
+  """The truncation as a float, or a ValueError naming the first bad value (with `flag` "--", as
+  sample.py's flag)."""
+  if num_per_prompt < 1:
+    raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"{flag}seed={seed} must be in [0, 2**32).")
+  if truncation is not None and not float(truncation) > 0:
+    raise ValueError(f"{flag}truncation={truncation} must be > 0 (e.g. 0.88); leave it unset for "
+                     "none.")
+  return None if truncation is None else float(truncation)
+
+
 def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,
               truncation: float | None) -> jax.Array:
   z = image_noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
@@ -166,14 +180,7 @@ class Sampler:
              truncation: float | None = None, *, expand: bool = True) -> SampleResult:
     """Like __call__, with the captions used, timing and settings (for files and logs)."""
     prompts = check_prompts(prompts)
-    if num_per_prompt < 1:
-      raise ValueError(f"num_per_prompt={num_per_prompt} must be >= 1.")
-    if truncation is not None:
-      truncation = float(truncation)
-      if not truncation > 0:
-        raise ValueError(f"truncation={truncation} must be > 0 (e.g. 0.88), or None for none.")
-    if not 0 <= seed < 2**32:
-      raise ValueError(f"seed={seed} must be in [0, 2**32).")
+    truncation = check_sample_args(num_per_prompt, seed, truncation)
     expanded = bool(expand and self.expander is not None)
     captions = list(self.expander(prompts)) if expanded else list(prompts)
     tokens = self.tokenizer(captions)  # [prompts, L]; over-long captions truncated, with a warning
