@@ -135,7 +135,7 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
     except Exception:  # malformed EXIF: keep the stored orientation  # pylint: disable=broad-except
       notes.append("bad_exif")
     rgb = _to_rgb(img, sixteen_bit)  # [h, w, 3]
-  return center_crop_resize(rgb, size), notes
+  return resize_square(rgb, size), notes
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -146,8 +146,18 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
-  """The centre square of uint8 [h, w, 3] (exactly centred: a half-pixel box when h - w is odd),
-  resampled (LANCZOS) to [size, size, 3]; a no-op when already that size."""
-  if image.shape[:2] == (size, size):
-    return image
-  return np.asarray(ImageOps.fit(Image.fromarray(image), (size, size), Image.LANCZOS), np.uint8)
+  """The centre square of uint8 [h, w, 3] (whole pixels: no colour from outside it), resized to
+  [size, size, 3]."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  y0, x0 = (h - side) // 2, (w - side) // 2
+  return resize(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), size)
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+  """The folder build's centre square (ImageOps.fit: exactly centred, a half-pixel box when h - w
+  is odd, its filter reading pixels beside the box). Kept apart from center_crop_resize so that
+  a rebuild stores what earlier builds stored."""
+  if rgb.shape[:2] == (size, size):
+    return rgb
+  return np.asarray(ImageOps.fit(Image.fromarray(rgb), (size, size), Image.LANCZOS), np.uint8)

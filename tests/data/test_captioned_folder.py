@@ -424,7 +424,7 @@ def test_each_image_size_is_its_own_build(tmp_path):
     data.image_size = size
     (record,) = _records(data)
     assert record["image"].shape == (size, size, 3)
-    np.testing.assert_array_equal(record["image"], images_lib.center_crop_resize(image, size))
+    np.testing.assert_array_equal(record["image"], images_lib.resize_square(image, size))
 
 
 def test_a_transparent_palette_entry_is_composited_over_white(tmp_path):

@@ -165,9 +165,8 @@ def test_augment_random_crop_and_resize():
       windows.add(found[0])
   assert len(windows) >= 6 and len({side for side, _, _ in windows}) >= 4, windows
   assert captions == {"x", "y", "z"}
-  centre_box = Image.fromarray(image).resize((16, 16), Image.LANCZOS, box=(5, 0, 35, 30))
   np.testing.assert_array_equal(centre.random_map(element, np.random.default_rng(0))["image"],
-                                np.asarray(centre_box))
+                                images.resize(np.ascontiguousarray(image[:, 5:35]), 16))
 
 
 def test_random_crop_windows_stay_inside_and_reach_every_edge(monkeypatch):
