@@ -15,6 +15,17 @@ TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder i
                  "importlib_resources: install the `tf` extra, e.g. pip install 'llmimg_jax[tf]'.")
 
 
+class MissingTensorFlowError(ImportError, ValueError):
+  """The `tf` extra is missing: an ImportError, and a ValueError as config errors are, so that
+  train.py and prepare refuse the config in one line before anything loads."""
+
+
+def check_tensorflow() -> None:
+  """Raises MissingTensorFlowError naming the `tf` extra if it is not installed."""
+  if not tensorflow_available():
+    raise MissingTensorFlowError(TF_EXTRA_HINT)
+
+
 def tensorflow_available() -> bool:
   """Whether the `tf` extra is installed: TensorFlow, and importlib_resources, through which
   TFDS's coco_captions finds its checksums."""
@@ -28,8 +39,7 @@ def tensorflow_available() -> bool:
 
 def coco_builder(data_dir: str, *, prepare: bool = True):
   """The `coco_captions` builder (array_record files, for random access); builds it if missing."""
-  if not tensorflow_available():
-    raise ImportError(TF_EXTRA_HINT)
+  check_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder("coco_captions", data_dir=data_dir, file_format="array_record")
   if prepare:

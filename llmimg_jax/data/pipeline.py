@@ -107,6 +107,9 @@ def validate_data_config(data_cfg) -> None:
     raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
   if int(data_cfg.get("image_size") or 0) <= 0:
     raise ValueError(f"data.image_size must be a positive int, got {data_cfg.get('image_size')}.")
+  if name == "coco_captions":  # TFDS's builder needs TensorFlow: say so before anything loads
+    from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
+    coco.check_tensorflow()
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     configs = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}

@@ -98,6 +98,24 @@ def test_coco_without_tensorflow_names_the_tf_extra(tmp_path, monkeypatch):
     pipeline.load_source(cfg)
 
 
+def test_coco_without_tensorflow_is_a_config_error_before_anything_loads(tmp_path, monkeypatch,
+                                                                         capsys):
+  """train.py's config check and prepare refused a coco run without the `tf` extra only when
+  the build started, with an ImportError traceback; now both print the hint in one line."""
+  from configs.coco_256 import get_config  # pylint: disable=g-import-not-at-top
+  from llmimg_jax.train.config import validate  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(coco, "tensorflow_available", lambda: False)  # as without the `tf` extra
+  config = get_config()
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(ValueError, match=r"`tf` extra.*llmimg_jax\[tf\]"):
+    validate(config, 1)
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert "`tf` extra" in capsys.readouterr().err
+  assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.tf
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                     reason="needs the `tf` extra: TFDS's coco_captions builder imports TensorFlow")
