@@ -53,6 +53,7 @@ def main(argv):
       cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
                f"{cluster}.", 2)
   from llmimg_jax.data.captioned_folder import FolderError
+  from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
@@ -71,7 +72,8 @@ def main(argv):
                                        jax.devices())
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
-  except (FolderError, DataNotSharedError, WorkdirNotWritableError) as e:  # e.g. no usable image
+  except (FolderError, CocoDownloadError, DataNotSharedError,
+          WorkdirNotWritableError) as e:  # e.g. no usable image, COCO offline
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)

@@ -44,8 +44,28 @@ def coco_builder(data_dir: str, *, prepare: bool = True):
   builder = tfds.builder("coco_captions", data_dir=data_dir, file_format="array_record")
   if prepare:
     log.info("Preparing coco_captions in %s (downloads ~20 GB the first time).", data_dir)
-    builder.download_and_prepare()
+    download_and_prepare(builder, data_dir)
   return builder
+
+
+class CocoDownloadError(ValueError):
+  """COCO could not be downloaded or built (no network, a failed or corrupt download, disk)."""
+
+
+def download_and_prepare(builder, data_dir: str) -> None:
+  """builder.download_and_prepare(), a failed download named in one paragraph with the fix
+  (it was a requests/TFDS traceback, minutes into the run)."""
+  from tensorflow_datasets.core.download import download_manager, util  # pylint: disable=g-import-not-at-top
+  try:
+    builder.download_and_prepare()
+  except (OSError, util.DownloadError, download_manager.NonMatchingChecksumError) as e:
+    detail = " ".join(str(e).split())
+    raise CocoDownloadError(
+        f"coco_captions could not be downloaded or built in data.data_dir={data_dir!r} "
+        f"({type(e).__name__}: {detail[:300]}). The first build downloads ~20 GB from "
+        "images.cocodataset.org: run `python -m llmimg_jax.data.prepare --dataset coco_captions "
+        "--data_dir DIR` where that site is reachable (with ~50 GB free), then set "
+        "data.data_dir to DIR (a location every host sees).") from e
 
 
 def coco_to_example(ex: dict) -> dict:

@@ -191,7 +191,11 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
   if not prepared:
     log.info("Building %s/%s into %s.", name, dataset.builder_config.name if
              dataset.builder_config else "", data_dir)
-  dataset.download_and_prepare()
+  if name == "coco_captions":
+    from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
+    coco.download_and_prepare(dataset, data_dir)  # a failed download: one clear error
+  else:
+    dataset.download_and_prepare()
   if prepared and name == "captioned_folder":
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
     captioned_folder.warn_if_changed(dataset)

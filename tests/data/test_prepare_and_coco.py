@@ -116,6 +116,34 @@ def test_coco_without_tensorflow_is_a_config_error_before_anything_loads(tmp_pat
   assert not list(tmp_path.iterdir())
 
 
+def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys):
+  """Offline, TFDS's requests ConnectionError reached train.py and prepare as a traceback minutes
+  into the run; now it is one error naming the data_dir, the site and how to build elsewhere."""
+
+  class OfflineCoco:  # what TFDS's coco_captions builder does without a network
+    builder_config = None
+
+    def is_prepared(self):
+      return False
+
+    def download_and_prepare(self):
+      raise ConnectionError("HTTPConnectionPool(host='images.cocodataset.org', port=80): Max "
+                            "retries exceeded\n(Failed to resolve 'images.cocodataset.org')")
+
+  monkeypatch.setattr(coco, "tensorflow_available", lambda: True)
+  monkeypatch.setattr(pipeline, "builder", lambda data_cfg: OfflineCoco())
+  cfg = pipeline.default_data_config()
+  cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
+  with pytest.raises(coco.CocoDownloadError, match=(
+      rf"coco_captions could not be downloaded or built in data.data_dir='{tmp_path}' "
+      r"\(ConnectionError: .*Failed to resolve.*images.cocodataset.org.*--data_dir DIR")):
+    pipeline.load_source(cfg)
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert "could not be downloaded" in capsys.readouterr().err
+
+
 @pytest.mark.tf
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                     reason="needs the `tf` extra: TFDS's coco_captions builder imports TensorFlow")
