@@ -105,6 +105,11 @@ def check_template(template: str) -> None:
   if not fields:
     raise ValueError(f"Expansion template {template!r} has no {{prompt}} placeholder; e.g. "
                      f"{DEFAULT_TEMPLATE!r}.")
+  try:  # a conversion or format spec str.format refuses for a str (e.g. {prompt!x}, {prompt:d})
+    template.format(prompt="a prompt")
+  except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    raise ValueError(f"Expansion template {template!r} cannot format a prompt ({e}); write the "
+                     "placeholder as {prompt}.") from None
 
 
 def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,

@@ -349,3 +349,14 @@ def test_the_checkpoints_own_config_wins_over_config_json(run, tmp_path):
   assert restore_for_sampling(workdir, step=1).config.to_dict() == own != edited
   shutil.rmtree(step_dir / "config")
   assert restore_for_sampling(workdir, step=1).config.to_dict() == edited
+
+
+@pytest.mark.parametrize("template", ["{prompt:d}", "{prompt!x}", "Describe {prompt:,}"])
+def test_a_template_that_cannot_format_a_prompt_is_refused_before_the_model_loads(template):
+  """check_template passed these (the field is `prompt`), so sample.py loaded the run and the
+  expander and then failed with str.format's "Unknown format code 'd' ...", naming nothing."""
+  from llmimg_jax.sample.expand import check_options
+  with pytest.raises(ValueError, match=re.escape(f"Expansion template {template!r} cannot "
+                                                 "format a prompt")):
+    check_options(template, 8, 1, False, 1.0, 1.0)
+  check_options("{prompt!r}: {prompt:>20}", 8, 1, False, 1.0, 1.0)  # conversions, specs that work
