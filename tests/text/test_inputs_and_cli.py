@@ -197,6 +197,14 @@ def test_cli_bad_generation_options(relu_tied, capsys):
   assert "Beam sampling" in capsys.readouterr().err
 
 
+def test_cli_nan_temperature_is_refused(relu_tied, capsys):
+  """--temperature nan passed the `temperature <= 0` check: every logit NaN, an empty text and
+  exit status 0."""
+  assert main(["--model", relu_tied.path, "--text", "x", "--do_sample", "--temperature",
+               "nan"]) == 2
+  assert "Sampling needs temperature > 0" in capsys.readouterr().err
+
+
 def test_checkpoint_without_vocabulary_is_refused(tmp_path):
   # model.save_pretrained() alone: transformers 5 would give a T5Tokenizer mapping every word to
   # <unk>; a ByT5 tokenizer needs no vocabulary file and still loads.
