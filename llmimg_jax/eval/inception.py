@@ -174,8 +174,14 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         "(pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu) or convert "
         "the file once where torch is installed: python -m llmimg_jax.eval.inception "
         f"{path} inception_fid.npz") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  try:  # a damaged or foreign file fails inside pickle with e.g. KeyError or UnpicklingError
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise ValueError(
+        f"{path} is not a readable torch state dict ({type(e).__name__}: "
+        f"{' '.join(str(e).split())[:200]}); download pytorch-fid's FID Inception weights again "
+        f"from {WEIGHTS_URL}.") from e
 
 
 def params_from_state_dict(state: dict[str, np.ndarray]) -> dict:
@@ -235,7 +241,10 @@ def main(argv: list[str]) -> None:
   if len(argv) != 3 or not argv[2].endswith(".npz"):  # the loader tells formats by the suffix
     raise SystemExit(f"usage: python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz\n"
                      f"(weights: {WEIGHTS_URL})")
-  state = _read_state_dict(argv[1])
+  try:
+    state = _read_state_dict(argv[1])
+  except (OSError, ValueError, ImportError) as e:  # missing, damaged, or no torch: one line
+    raise SystemExit(f"python -m llmimg_jax.eval.inception: error: {e}") from None
   np.savez(argv[2], **state)
   print(f"Wrote {len(state)} arrays to {argv[2]}.")
 

@@ -82,6 +82,24 @@ def test_missing_weights_say_where_to_get_them(tmp_path):
     inception.load_params(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))
 
 
+def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path):
+  """A .pth that torch.load cannot read raised KeyError from inside pickle (evaluate.py
+  --inception_weights and the README's conversion command printed a traceback)."""
+  torch = pytest.importorskip("torch")
+  junk, tensor = tmp_path / "junk.pth", tmp_path / "tensor.pth"
+  junk.write_text("junk\n")
+  torch.save(torch.zeros(3), tensor)  # a torch file, but not a state dict
+  for path in (junk, tensor):
+    with pytest.raises(ValueError, match=f"{path.name} is not a readable torch state dict .*"
+                                         "pytorch-fid/releases"):
+      inception.load_params(str(path))
+    with pytest.raises(SystemExit, match=f"error: .*{path.name} is not a readable torch state"):
+      inception.main(["x", str(path), str(tmp_path / "out.npz")])
+  with pytest.raises(SystemExit, match="error: No Inception weights at"):
+    inception.main(["x", str(tmp_path / "missing.pth"), str(tmp_path / "out.npz")])
+  assert not (tmp_path / "out.npz").exists()
+
+
 def test_damaged_npz_weights_are_one_value_error(tmp_path):
   """A cut-short weights .npz raised zipfile.BadZipFile (evaluate.py printed a traceback)."""
   from tests.eval.test_fid import _damaged_npz_files
