@@ -36,6 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _npy_path(encode_out: str) -> str:
   """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable."""
+  # '' (an unset shell variable) used to generate instead; ' ' or 'DIR/' saved ' .npy', 'DIR/.npy'
+  # and an existing DIR went to the sibling file DIR.npy.
+  if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
+      or os.path.isdir(encode_out)):
+    raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file for the "
+                  "states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
   out_dir = os.path.dirname(os.path.abspath(path))
   try:
@@ -56,10 +62,11 @@ def main(argv=None) -> int:
   from llmimg_jax.text.generator import TextGenerator
 
   try:
-    out_path = _npy_path(args.encode_out) if args.encode_out else None  # before the model load
+    encode = args.encode_out is not None
+    out_path = _npy_path(args.encode_out) if encode else None  # before the model load
     gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
-                                        seed=args.seed, encoder_only=bool(args.encode_out))
+                                        seed=args.seed, encoder_only=encode)
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -226,6 +226,19 @@ def test_cli_unwritable_encode_out_is_refused_before_the_model_loads(tmp_path, c
     assert f"--encode_out {out}" in err and "not found" not in err, err
 
 
+def test_cli_encode_out_naming_no_file_is_refused(tmp_path, capsys, monkeypatch):
+  """--encode_out '' (an unset variable) generated text instead and exited 0; ' ' and 'DIR/'
+  saved ' .npy' and 'DIR/.npy'; an existing DIR saved DIR.npy beside it."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "states").mkdir()
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  for out in ("", " ", "states/", "states", str(tmp_path / "states")):
+    assert main(["--model", missing_model, "--text", "x", "--encode_out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"--encode_out {out}: {out!r} names no file" in err and "not found" not in err, err
+  assert sorted(os.listdir(tmp_path)) == ["states"] and not os.listdir(tmp_path / "states")
+
+
 @pytest.mark.parametrize("dtype", [np.float16, "float64", "int8"])
 def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, dtype):
   with pytest.raises(ValueError, match="compute dtype .* not supported; use one of"):
