@@ -62,6 +62,9 @@ def run() -> None:
   check_sample_args(_NUM.value, _SEED.value, _TRUNCATION.value, flag="--")
   if _BATCH.value < 1:
     raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")
+  if _EXPAND_WITH.value is not None and not _EXPAND_WITH.value.strip():  # e.g. "$MODEL" unset
+    raise ValueError("--expand_with is empty; name the seq2seq T5 (a directory or hub name) "
+                     "that expands the prompts, or drop the flag to sample the prompts as given.")
   if not _EXPAND_WITH.value and (given := [f"--{f.name}" for f in _EXPAND_OPTIONS if f.present]):
     raise ValueError(f"{', '.join(given)} only apply with --expand_with MODEL (a seq2seq T5 "
                      "that expands the prompts); pass it or drop them.")
