@@ -50,6 +50,9 @@ def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathL
                  ) -> list[str]:
   """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # not one per character
+  if prompts_file is not None and not str(prompts_file).strip():  # e.g. "$FILE" unset
+    raise ValueError(f"The prompts file name is blank (--prompts_file={str(prompts_file)!r}); "
+                     "name a UTF-8 text file with one prompt per line, or drop the flag.")
   if prompts_file:
     path = Path(prompts_file).expanduser()
     try:

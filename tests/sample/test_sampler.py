@@ -302,6 +302,15 @@ def test_prompts_file_lines_are_kept_whole_and_must_be_utf8(tmp_path):
     read_prompts([], latin1)
 
 
+def test_a_blank_prompts_file_name_is_refused():
+  """--prompts_file '' (an unset "$FILE") was skipped: the --prompt prompts alone were sampled."""
+  for name in ("", " "):
+    with pytest.raises(ValueError, match=re.escape(f"The prompts file name is blank "
+                                                   f"(--prompts_file={name!r}); name a UTF-8")):
+      read_prompts(["a cat"], name)
+  assert read_prompts(["a cat"], None) == ["a cat"]
+
+
 def test_an_empty_expansion_falls_back_to_the_prompt(caplog):
   def tokenize(texts):
     return {"input_ids": np.zeros((len(texts), 4), np.int32)}, [4] * len(texts)
