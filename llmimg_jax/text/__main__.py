@@ -61,6 +61,9 @@ def main(argv=None) -> int:
 
   from llmimg_jax.text.generator import TextGenerator
 
+  if not 0 <= args.seed < 2**32:  # JAX's PRNGKey raised OverflowError past int64, a traceback
+    print(f"error: --seed={args.seed} must be in [0, 2**32).", file=sys.stderr)
+    return 2
   try:
     encode = args.encode_out is not None
     out_path = _npy_path(args.encode_out) if encode else None  # before the model load

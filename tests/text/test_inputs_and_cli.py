@@ -205,6 +205,15 @@ def test_cli_nan_temperature_is_refused(relu_tied, capsys):
   assert "Sampling needs temperature > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
+def test_cli_seed_out_of_range_is_refused(seed, tmp_path, capsys):
+  """A seed past int64 was an OverflowError traceback from jax.random.PRNGKey (sample.py and
+  evaluate.py take [0, 2**32) too)."""
+  missing_model = str(tmp_path / "nowhere")  # checked before the model loads
+  assert main(["--model", missing_model, "--text", "x", "--seed", seed]) == 2
+  assert f"--seed={seed} must be in [0, 2**32)" in capsys.readouterr().err
+
+
 def test_checkpoint_without_vocabulary_is_refused(tmp_path):
   # model.save_pretrained() alone: transformers 5 would give a T5Tokenizer mapping every word to
   # <unk>; a ByT5 tokenizer needs no vocabulary file and still loads.
