@@ -57,6 +57,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("llmimg_jax").setLevel(logging.INFO)
+  import jax
   import jax.numpy as jnp
 
   from llmimg_jax.text.generator import TextGenerator
@@ -73,17 +74,23 @@ def main(argv=None) -> int:
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if out_path:
-    states = gen.encode(args.text)
-    np.save(out_path, states)
-    print(f"saved encoder states {states.shape} {states.dtype} to {out_path}")
-    return 0
   try:
+    if out_path:
+      states = gen.encode(args.text)
+      np.save(out_path, states)
+      print(f"saved encoder states {states.shape} {states.dtype} to {out_path}")
+      return 0
     texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,
                          num_beams=args.num_beams, do_sample=args.do_sample,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
   except (ValueError, NotImplementedError) as e:  # generation options generate() refuses
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --max_length 100000000
+    if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    print(f"error: out of memory ({' '.join(str(e).split())[:200]}); lower --max_length, "
+          "--max_new_tokens, --num_beams or the number of --text.", file=sys.stderr)
     return 2
   for t in texts:
     print(t)

@@ -214,6 +214,25 @@ def test_cli_seed_out_of_range_is_refused(seed, tmp_path, capsys):
   assert f"--seed={seed} must be in [0, 2**32)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("encode", [False, True])
+def test_cli_out_of_memory_is_one_line_naming_the_sizes(encode, relu_tied, tmp_path, capsys,
+                                                        monkeypatch):
+  """--max_length 100000000 ended in XLA's RESOURCE_EXHAUSTED traceback."""
+  import jax
+
+  def exhausted(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                     "320000053200006392 bytes.")
+
+  monkeypatch.setattr(TextGenerator, "encode" if encode else "generate", exhausted)
+  args = ["--model", relu_tied.path, "--text", "x"]
+  args += ["--encode_out", str(tmp_path / "s.npy")] if encode else []
+  assert main(args) == 2
+  err = capsys.readouterr().err
+  assert "error: out of memory (RESOURCE_EXHAUSTED" in err and "lower --max_length" in err, err
+  assert not (tmp_path / "s.npy").exists()
+
+
 def test_checkpoint_without_vocabulary_is_refused(tmp_path):
   # model.save_pretrained() alone: transformers 5 would give a T5Tokenizer mapping every word to
   # <unk>; a ByT5 tokenizer needs no vocabulary file and still loads.
