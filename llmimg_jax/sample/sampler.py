@@ -109,9 +109,9 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
     raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
   if not 0 <= seed < 2**32:
     raise ValueError(f"{flag}seed={seed} must be in [0, 2**32).")
-  if truncation is not None and not float(truncation) > 0:
-    raise ValueError(f"{flag}truncation={truncation} must be > 0 (e.g. 0.88); leave it unset for "
-                     "none.")
+  if truncation is not None and not 0 < float(truncation) < float("inf"):  # inf: black images
+    raise ValueError(f"{flag}truncation={truncation} must be finite and > 0 (e.g. 0.88); leave it "
+                     "unset for none.")
   return None if truncation is None else float(truncation)
 
 

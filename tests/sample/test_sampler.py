@@ -88,6 +88,13 @@ def test_truncation_bounds_the_noise_and_changes_images(sampler):
     sampler(PROMPTS, truncation=0.0)
 
 
+def test_infinite_truncation_is_refused(sampler, tmp_path):
+  """truncation=inf drew infinite noise: black images, exit 0, and 'Infinity' (not JSON) in
+  samples.jsonl."""
+  with pytest.raises(ValueError, match=re.escape("truncation=inf must be finite and > 0")):
+    sampler.sample(PROMPTS, truncation=float("inf"))
+
+
 @pytest.mark.parametrize("truncation", [0.5, 0.88])
 def test_truncated_noise_follows_the_truncated_normal(truncation):
   """DF-GAN's truncated_noise, t * truncnorm.rvs(-2, 2): no mass piled up at the bounds (as
