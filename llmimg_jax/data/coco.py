@@ -5,11 +5,7 @@ TFDS's `coco_captions` builder imports TensorFlow (even to construct it), so thi
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder imports it) and "
                  "importlib_resources: install the `tf` extra, e.g. pip install 'llmimg_jax[tf]'.")
@@ -37,15 +33,12 @@ def tensorflow_available() -> bool:
   return True
 
 
-def coco_builder(data_dir: str, *, prepare: bool = True):
-  """The `coco_captions` builder (array_record files, for random access); builds it if missing."""
+def coco_builder(data_dir: str):
+  """The `coco_captions` builder (array_record files, for random access); not built here
+  (`download_and_prepare`)."""
   check_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder("coco_captions", data_dir=data_dir, file_format="array_record")
-  if prepare:
-    log.info("Preparing coco_captions in %s (downloads ~20 GB the first time).", data_dir)
-    download_and_prepare(builder, data_dir)
-  return builder
+  return tfds.builder("coco_captions", data_dir=data_dir, file_format="array_record")
 
 
 class CocoDownloadError(ValueError):

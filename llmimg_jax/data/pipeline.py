@@ -173,7 +173,7 @@ def builder(data_cfg):
   if name == "captioned_folder":
     return folder_builder(data_cfg)
   from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
-  return coco.coco_builder(data_dir, prepare=False)
+  return coco.coco_builder(data_dir)
 
 
 def is_built(data_cfg) -> bool:

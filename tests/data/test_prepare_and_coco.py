@@ -151,7 +151,7 @@ def test_coco_builder_finds_its_download_checksums(tmp_path):
   """What download_and_prepare reads first: it raised ModuleNotFoundError (importlib_resources)
   on Python >= 3.9, so COCO could never be built (mock_data below skips the build). Skipped only
   without TensorFlow: the `tf` extra must bring importlib_resources too."""
-  builder = coco.coco_builder(str(tmp_path), prepare=False)
+  builder = coco.coco_builder(str(tmp_path))
   assert any("cocodataset.org" in url for url in builder.url_infos)
 
 
