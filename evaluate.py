@@ -77,14 +77,13 @@ def _data_config():
 
 
 def _write_stats() -> None:
-  from pathlib import Path
   from llmimg_jax.data.pipeline import dataset_id, load_source
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.inception import InceptionFeatures
   from llmimg_jax.eval.report import default_split, real_images
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
-  _file_folder("--write_stats", FLAGS.write_stats, "the statistics' .npz file")  # not after hours
+  path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file")
   inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
   data = _data_config()
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
@@ -92,7 +91,6 @@ def _write_stats() -> None:
   n = min(FLAGS.num_samples, len(source))
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
-  path = Path(FLAGS.write_stats).expanduser()  # the file _file_folder checked
   fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split)
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
@@ -115,7 +113,11 @@ def main(argv) -> None:
   try:
     if FLAGS.write_stats:
       return _write_stats()
-    out_dir = _writable_out_dir()  # before the evaluation (hours at 30k samples), not after
+    # Checked before the evaluation (hours at 30k samples), not after.
+    if FLAGS.out:
+      out = _writable_file("--out", FLAGS.out, "the results' .json file")
+    else:
+      out, out_dir = None, _check_writable("--workdir", Path(FLAGS.workdir).expanduser(), "--out")
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
@@ -125,7 +127,7 @@ def main(argv) -> None:
     counts = [str(row["num_images"]) for row in results["splits"].values()]
     n = counts[0] if len(set(counts)) == 1 else "+".join(counts)
     name = f"eval_{results['step']}_{'+'.join(results['splits'])}_n{n}_seed{FLAGS.seed}.json"
-    out = Path(FLAGS.out).expanduser() if FLAGS.out else out_dir / name
+    out = out or out_dir / name
     write_atomically(out, to_json(results))
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
@@ -134,17 +136,9 @@ def main(argv) -> None:
   print(f"Wrote {out}")
 
 
-def _writable_out_dir():
-  """The folder the results go to (made if needed); OSError naming the flag if it cannot be."""
-  from pathlib import Path
-  if FLAGS.out:
-    return _file_folder("--out", FLAGS.out, "the results' .json file")
-  return _check_writable("--workdir", Path(FLAGS.workdir).expanduser(), "--out")
-
-
-def _file_folder(flag: str, value: str, what: str):
-  """The folder of the file `flag` names (made if needed); OSError naming the flag if the file
-  could not be written there."""
+def _writable_file(flag: str, value: str, what: str):
+  """The file `flag` names, `~` expanded (checked before hours of work; its folder made if
+  needed); OSError naming the flag if it could not be written."""
   from pathlib import Path
   out = Path(value).expanduser()
   if not value.strip():
@@ -152,7 +146,8 @@ def _file_folder(flag: str, value: str, what: str):
   if out.is_dir():
     raise OSError(f"{flag} {value!r} is a folder; name {what}.")
   out.parent.mkdir(parents=True, exist_ok=True)
-  return _check_writable(flag, out.parent, flag)
+  _check_writable(flag, out.parent, flag)
+  return out
 
 
 def _check_writable(flag: str, folder, fix_flag: str):
