@@ -52,12 +52,12 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   ckpt_dir = checkpoint_dir(workdir)
   paths = ocp.utils.checkpoint_steps_paths(ckpt_dir) if ckpt_dir.is_dir() else []
   steps = {ocp.step.step_from_checkpoint_name(p.name): Path(p) for p in paths}
-  if not steps and (inside := _inside_checkpoints(workdir)) is not None:
-    run, step = inside
-    raise CheckpointError(
-        f"{workdir} is a run's checkpoint folder, not its workdir: pass --workdir {run}"
-        + (f" --step {step}." if step is not None else "."))
   if not steps:
+    if (inside := _inside_checkpoints(workdir)) is not None:
+      run, step = inside
+      raise CheckpointError(
+          f"{workdir} is a run's checkpoint folder, not its workdir: pass --workdir {run}"
+          + (f" --step {step}." if step is not None else "."))
     raise CheckpointError(
         f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet (train.py saves "
         "every config.train.ckpt_every steps, at the end and at its best evaluation); train "
@@ -69,9 +69,10 @@ def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
   """(the workdir, the step) when `path` is a run's checkpoints/ folder or a step folder in it
   (what a user may take for the checkpoint to sample); None otherwise."""
   path = path.absolute()
-  if path.name == "checkpoints" and ocp.utils.checkpoint_steps_paths(path):
+  if path == checkpoint_dir(path.parent) and ocp.utils.checkpoint_steps_paths(path):
     return path.parent, None
-  if path.parent.name == "checkpoints" and path.name.isdigit() and (path / "state").is_dir():
+  if (path.parent == checkpoint_dir(path.parent.parent) and path.name.isdigit()
+      and (path / "state").is_dir()):
     return path.parent.parent, int(path.name)
   return None
 
