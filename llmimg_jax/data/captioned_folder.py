@@ -5,9 +5,10 @@ captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption"
 every caption key of a line) are merged, each caption once. captions.csv has a header with a file
 column (file/file_name/filename/image, any case) and a caption column (caption/text/captions); a
 caption column that comes last may hold unquoted commas (counted as a note). File names are
-relative to the folder (or absolute paths inside it). Bad lines and bad images are skipped and
-counted by reason; the summary is logged, stored in the dataset's metadata.json and returned by
-`build_folder`.
+relative to the folder (or absolute paths inside it) and match the names on disk after Unicode NFC
+normalisation (macOS may write `café.png` decomposed, as NFD). Bad lines and bad images are
+skipped and counted by reason; the summary is logged, stored in the dataset's metadata.json and
+returned by `build_folder`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -126,7 +128,42 @@ def _relative_name(folder: str, name: str) -> str | None:
   return None
 
 
-def _add_caption_entry(folder, where, file_name, captions, out, skips) -> None:
+class _DiskNames:
+  """Names in captions files -> the names on disk, compared after Unicode NFC normalisation."""
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    self._listings: dict[str, dict[str, list[str]]] = {}
+
+  def _listing(self, directory: str) -> dict[str, list[str]]:
+    """NFC name -> the entries of `directory` with that name (more than one: an ambiguity)."""
+    if directory not in self._listings:
+      by_nfc = collections.defaultdict(list)
+      try:
+        for entry in sorted(os.listdir(directory)):
+          by_nfc[unicodedata.normalize("NFC", entry)].append(entry)
+      except OSError:
+        pass
+      self._listings[directory] = dict(by_nfc)
+    return self._listings[directory]
+
+  def resolve(self, rel: str, where: str) -> str | None:
+    """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file."""
+    parts: list[str] = []
+    for part in rel.split(os.sep):
+      directory = os.path.join(self.folder, *parts)
+      matches = self._listing(directory).get(unicodedata.normalize("NFC", part), [])
+      if len(matches) > 1:
+        raise FolderError(
+            f"{where} names {part!r}, but {directory} holds {len(matches)} entries with that name "
+            f"in different Unicode forms: {', '.join(ascii(m) for m in matches)}. Rename or "
+            "remove all but one of them.")
+      parts.append(matches[0] if matches else part)  # none: a case-insensitive disk may find it
+    rel = os.path.join(*parts)
+    return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
+
+
+def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips) -> None:
   if not isinstance(file_name, str) or not file_name.strip():
     skips.add("missing_key", where)
     return
@@ -140,11 +177,12 @@ def _add_caption_entry(folder, where, file_name, captions, out, skips) -> None:
   if any(_has_surrogates(v) for v in (file_name, *captions) if isinstance(v, str)):
     skips.add("invalid_utf8", where)
     return
-  rel = _relative_name(folder, file_name.strip())
+  rel = _relative_name(names.folder, file_name.strip())
   if rel is None:
     skips.add("outside_folder", f"{where} ({file_name})")
     return
-  if not os.path.isfile(os.path.join(folder, rel)):
+  rel = names.resolve(rel, where)
+  if rel is None:
     skips.add("unknown_file", f"{where} ({file_name})")
     return
   named = out[rel]  # named even if this line's captions are blank: not also "no_caption"
@@ -218,6 +256,7 @@ def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
   Each caption once per file; a file named only with blank captions maps to []."""
   out: dict[str, list[str]] = collections.defaultdict(list)
   check_caption_files(folder)
+  names = _DiskNames(folder)
   jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
   if os.path.isfile(jsonl):
     with open(jsonl, "rb") as f:
@@ -245,7 +284,7 @@ def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
         if file_name is None or not any(k in obj for k in CAPTION_KEYS):
           skips.add("missing_key", where)
           continue
-        _add_caption_entry(folder, where, file_name, captions, out, skips)
+        _add_caption_entry(names, where, file_name, captions, out, skips)
   if os.path.isfile(csv_path):
     with open(csv_path, "rb") as f:
       text = f.read().decode("utf-8", errors="surrogateescape")
@@ -261,7 +300,7 @@ def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
         caption = ",".join([caption, *extra])  # the caption is the last column: its own commas
         if notes is not None:
           notes.add("unquoted_csv_comma", where)
-      _add_caption_entry(folder, where, row.get(file_col), caption, out, skips)
+      _add_caption_entry(names, where, row.get(file_col), caption, out, skips)
   return dict(out)
 
 

@@ -1,0 +1,58 @@
+"""captioned_folder: names in a captions file match the names on disk up to Unicode normalisation."""
+from __future__ import annotations
+
+import json
+import os
+import unicodedata
+
+import pytest
+from PIL import Image
+
+from llmimg_jax.data import captioned_folder
+
+NFC = unicodedata.normalize("NFC", "café.png")
+NFD = unicodedata.normalize("NFD", "café.png")
+
+
+def _write_jsonl(folder, entries: list[dict]) -> None:
+  (folder / "captions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries),
+                                         encoding="utf-8")
+
+
+@pytest.mark.parametrize("on_disk, in_captions", [(NFD, NFC), (NFC, NFD)])
+def test_a_name_in_the_other_unicode_form_is_the_file_on_disk(tmp_path, on_disk, in_captions):
+  Image.new("RGB", (8, 8), (9, 8, 7)).save(tmp_path / on_disk)
+  _write_jsonl(tmp_path, [{"file": in_captions, "caption": "a cafe"},
+                          {"file": on_disk, "caption": "a coffee shop"},
+                          {"file": "nope.png", "caption": "still unknown"}])
+  builder, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["num_examples"] == 1
+  assert summary["skipped_examples"] == {"unknown_file": ["captions.jsonl:3 (nope.png)"]}
+  example = builder.as_data_source("train")[0]
+  assert example["file_name"].decode() == on_disk  # the name on disk, both lines merged
+  assert [c.decode() for c in example["captions"]] == ["a cafe", "a coffee shop"]
+
+
+def test_a_directory_name_in_the_other_unicode_form_is_matched(tmp_path):
+  sub = unicodedata.normalize("NFD", "été")
+  (tmp_path / sub).mkdir()
+  Image.new("RGB", (8, 8)).save(tmp_path / sub / NFD)
+  (tmp_path / "captions.csv").write_text(
+      f"file,caption\n{unicodedata.normalize('NFC', 'été')}/{NFC},summer\n", encoding="utf-8")
+  skips = captioned_folder._Skips()
+  assert captioned_folder.read_captions(str(tmp_path), skips) == {
+      os.path.join(sub, NFD): ["summer"]}
+  assert not skips.counts
+
+
+def test_two_files_with_one_normalised_name_are_refused(tmp_path):
+  Image.new("RGB", (8, 8)).save(tmp_path / NFC)
+  Image.new("RGB", (8, 8)).save(tmp_path / NFD)
+  if len(os.listdir(tmp_path)) < 2:
+    pytest.skip("this file system stores one name per normalised form")
+  _write_jsonl(tmp_path, [{"file": NFC, "caption": "which one?"}])
+  with pytest.raises(captioned_folder.FolderError,
+                     match=r"captions.jsonl:1 names .* 2 entries with that name in different "
+                           r"Unicode forms: 'cafe\\u0301.png', 'caf\\xe9.png'. Rename or remove"):
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
