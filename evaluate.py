@@ -53,7 +53,9 @@ flags.DEFINE_string("ref_stats", None, "An .npz of mu/sigma for the standard FID
                     "default: computed from the real reference set.")
 flags.DEFINE_string("write_stats", None, "Write Inception mu/sigma of the first --num_samples "
                     "images of a real split to this .npz and exit (needs --inception_weights and "
-                    "--workdir or --config).")
+                    "--workdir or --config). An existing file is refused before any work unless "
+                    "--overwrite_stats.")
+flags.DEFINE_bool("overwrite_stats", False, "Let --write_stats replace an existing file.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file for --write_stats without a workdir; values are overridden as "
     "in train.py, e.g. --config.data.folder=DIR.")
@@ -84,6 +86,7 @@ def _write_stats() -> None:
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
   path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file")
+  _refuse_existing_stats(path)  # before the features of every image, not after
   inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
   data = _data_config()
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
@@ -91,9 +94,16 @@ def _write_stats() -> None:
   n = min(FLAGS.num_samples, len(source))
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
+  _refuse_existing_stats(path)  # one written meanwhile (another run's) is not replaced either
   fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split)
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
+
+
+def _refuse_existing_stats(path) -> None:
+  if (path.exists() or path.is_symlink()) and not FLAGS.overwrite_stats:
+    raise FileExistsError(f"--write_stats: {path} exists; remove it, name a new file, or pass "
+                          "--overwrite_stats to replace it.")
 
 
 def main(argv) -> None:

@@ -1,0 +1,72 @@
+"""evaluate.py --write_stats: an existing statistics file is never replaced unasked."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+class _MeanFeatures:
+  """Stands in for InceptionFeatures: [n, 3] per-channel means."""
+  dim = 3
+  made = 0
+
+  def __init__(self, weights):
+    assert weights == "inception.pth"
+    _MeanFeatures.made += 1
+
+  def __call__(self, images):
+    return images.reshape(len(images), -1, 3).astype(np.float64).mean(1)
+
+
+def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str) -> None:
+  """evaluate.py --write_stats tmp_path/ref.npz of `folder`'s images, by a workdir's config
+  (--config.data.folder could be parsed once per process only)."""
+  import evaluate
+  from llmimg_jax.eval import inception
+  from llmimg_jax.train.config import base_config
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanFeatures)
+  _MeanFeatures.made = 0
+  config = base_config()
+  config.data.name, config.data.folder, config.data.image_size = "captioned_folder", str(folder), 8
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json())
+  evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
+                  str(workdir), "--data_dir", str(tmp_path / "tfds"), "--inception_weights",
+                  "inception.pth", "--num_samples", "4", *flags])
+  try:
+    evaluate.main([])
+  finally:
+    evaluate.FLAGS.unparse_flags()
+
+
+def _folder(tmp_path: Path) -> Path:
+  folder = tmp_path / "images"
+  folder.mkdir()
+  with open(folder / "captions.jsonl", "w") as f:
+    for i in range(4):
+      Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(folder / f"{i}.png")
+      f.write(json.dumps({"file": f"{i}.png", "caption": f"red {i}"}) + "\n")
+  return folder
+
+
+def test_an_existing_stats_file_is_refused_before_the_work(tmp_path, monkeypatch):
+  """It was replaced silently, e.g. DF-GAN's downloaded COCO statistics by a folder's."""
+  (tmp_path / "ref.npz").write_bytes(b"DF-GAN's statistics")
+  with pytest.raises(SystemExit) as exited:
+    _write_stats(monkeypatch, tmp_path, _folder(tmp_path))
+  assert exited.value.code == (f"evaluate.py: error: --write_stats: {tmp_path / 'ref.npz'} "
+                               "exists; remove it, name a new file, or pass --overwrite_stats "
+                               "to replace it.")
+  assert (tmp_path / "ref.npz").read_bytes() == b"DF-GAN's statistics"
+  assert _MeanFeatures.made == 0  # refused before the weights and the data were read
+
+
+def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
+  (tmp_path / "ref.npz").write_bytes(b"old statistics")
+  _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats")
+  with np.load(tmp_path / "ref.npz") as stats:
+    assert stats["mu"].shape == (3,) and int(stats["num_images"]) == 4
