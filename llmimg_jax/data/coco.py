@@ -5,6 +5,10 @@ TFDS's `coco_captions` builder imports TensorFlow (even to construct it), so thi
 """
 from __future__ import annotations
 
+import os
+import time
+import urllib.parse
+
 import numpy as np
 
 TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder imports it) and "
@@ -45,20 +49,68 @@ class CocoDownloadError(ValueError):
   """COCO could not be downloaded or built (no network, a failed or corrupt download, disk)."""
 
 
+# A fresh build first asks each download host for one file's headers, so that offline it fails in
+# seconds: TFDS's downloader retries a connection error for ~3.5 minutes (urllib3 backoff).
+PROBE_TRIES = 2
+PROBE_TIMEOUT_S = 10.0
+PROBE_DELAY_S = 2.0
+
+
 def download_and_prepare(builder, data_dir: str) -> None:
   """builder.download_and_prepare(), a failed download named in one paragraph with the fix
   (it was a requests/TFDS traceback, minutes into the run)."""
   from tensorflow_datasets.core.download import download_manager, util  # pylint: disable=g-import-not-at-top
+  if not builder.is_prepared():
+    _check_hosts_answer(builder, data_dir)
   try:
     builder.download_and_prepare()
   except (OSError, util.DownloadError, download_manager.NonMatchingChecksumError) as e:
-    detail = " ".join(str(e).split())
-    raise CocoDownloadError(
-        f"coco_captions could not be downloaded or built in data.data_dir={data_dir!r} "
-        f"({type(e).__name__}: {detail[:300]}). The first build downloads ~20 GB from "
-        "images.cocodataset.org: run `python -m llmimg_jax.data.prepare --dataset coco_captions "
-        "--data_dir DIR` where that site is reachable (with ~50 GB free), then set "
-        "data.data_dir to DIR (a location every host sees).") from e
+    raise _download_error(data_dir, f"{type(e).__name__}: {_short(e)}") from e
+
+
+def _download_error(data_dir: str, why: str) -> CocoDownloadError:
+  return CocoDownloadError(
+      f"coco_captions could not be downloaded or built in data.data_dir={data_dir!r} "
+      f"({why}). The first build downloads ~20 GB from "
+      "images.cocodataset.org: run `python -m llmimg_jax.data.prepare --dataset coco_captions "
+      "--data_dir DIR` where that site is reachable (with ~50 GB free), then set "
+      "data.data_dir to DIR (a location every host sees).")
+
+
+def _check_hosts_answer(builder, data_dir: str) -> None:
+  """Raises CocoDownloadError if a download host does not answer; skipped once the downloads
+  folder holds a file (TFDS may find there all it needs, offline)."""
+  urls: dict[str, str] = {}  # host -> its first URL
+  for url in builder.url_infos or {}:
+    urls.setdefault(urllib.parse.urlsplit(url).netloc, url)
+  if not urls or _has_files(os.fspath(builder.data_dir_root / "downloads")):
+    return
+  for host, url in urls.items():
+    if (why := _probe(url)) is not None:
+      raise _download_error(data_dir, f"{host} does not answer: {why}")
+
+
+def _has_files(folder: str) -> bool:
+  """Whether `folder` holds a file (a failed download leaves only an empty temporary folder)."""
+  return any(files for _, _, files in os.walk(folder))
+
+
+def _probe(url: str) -> str | None:
+  """None if `url`'s host answers (any HTTP status), else the last try's error."""
+  import requests  # pylint: disable=g-import-not-at-top
+  for attempt in range(PROBE_TRIES):
+    if attempt:
+      time.sleep(PROBE_DELAY_S)
+    try:
+      requests.head(url, timeout=PROBE_TIMEOUT_S)
+      return None
+    except requests.RequestException as e:
+      why = f"{type(e).__name__}: {_short(e)}"
+  return why
+
+
+def _short(e: Exception) -> str:
+  return " ".join(str(e).split())[:300]
 
 
 def coco_to_example(ex: dict) -> dict:

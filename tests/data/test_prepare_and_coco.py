@@ -122,6 +122,7 @@ def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys
 
   class OfflineCoco:  # what TFDS's coco_captions builder does without a network
     builder_config = None
+    url_infos = None  # no URLs to probe first: the build's own error
 
     def is_prepared(self):
       return False
@@ -158,8 +159,9 @@ def test_coco_builder_finds_its_download_checksums(tmp_path):
 @pytest.mark.tf
 @pytest.mark.skipif(not coco.tensorflow_available(),
                     reason="needs the `tf` extra: TFDS's coco_captions builder imports TensorFlow")
-def test_coco_through_the_pipeline_with_mock_data(tmp_path, tokenizer):
+def test_coco_through_the_pipeline_with_mock_data(tmp_path, tokenizer, monkeypatch):
   import tensorflow_datasets as tfds
+  monkeypatch.setattr(coco, "_check_hosts_answer", lambda *_: None)  # mock_data downloads nothing
   cfg = pipeline.default_data_config()
   cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
