@@ -13,7 +13,11 @@ import sys
 import numpy as np
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+# Options that only steer generation (--encode_out would ignore them).
+_GENERATION_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p")
+
+
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m llmimg_jax.text", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=None, help="checkpoint directory or hub name (default: "
@@ -31,7 +35,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params stay fp32)")
   p.add_argument("--encode_out", default=None,
                  help="save encoder states to this .npy instead of generating")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  return _parser().parse_args(argv)
+
+
+def _generation_options_set(args: argparse.Namespace) -> list[str]:
+  """The generation options given values other than their defaults, as flags."""
+  defaults = _parser()
+  return [f"--{name}" for name in _GENERATION_OPTIONS
+          if getattr(args, name) != defaults.get_default(name)]
 
 
 def _npy_path(encode_out: str) -> str:
@@ -65,8 +80,12 @@ def main(argv=None) -> int:
   if not 0 <= args.seed < 2**32:  # JAX's PRNGKey raised OverflowError past int64, a traceback
     print(f"error: --seed={args.seed} must be in [0, 2**32).", file=sys.stderr)
     return 2
+  encode = args.encode_out is not None
+  if encode and (ignored := _generation_options_set(args)):
+    print(f"error: {', '.join(ignored)} only apply to generation, not to --encode_out (which "
+          "saves encoder states); drop them or drop --encode_out.", file=sys.stderr)
+    return 2
   try:
-    encode = args.encode_out is not None
     out_path = _npy_path(args.encode_out) if encode else None  # before the model load
     gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,

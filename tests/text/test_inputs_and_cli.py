@@ -267,6 +267,23 @@ def test_cli_encode_out_naming_no_file_is_refused(tmp_path, capsys, monkeypatch)
   assert sorted(os.listdir(tmp_path)) == ["states"] and not os.listdir(tmp_path / "states")
 
 
+def test_cli_generation_options_with_encode_out_are_refused(tmp_path, capsys):
+  """--encode_out saved the states and ignored --temperature, --max_new_tokens etc. silently."""
+  missing_model = str(tmp_path / "nowhere")  # refused before the model loads
+  common = ["--model", missing_model, "--text", "x", "--encode_out", str(tmp_path / "s.npy")]
+  assert main(common + ["--temperature", "0.5", "--max_new_tokens", "8", "--do_sample",
+                        "--num_beams", "1", "--top_p", "1.0"]) == 2
+  err = capsys.readouterr().err
+  assert err == ("error: --max_new_tokens, --do_sample, --temperature only apply to generation, "
+                 "not to --encode_out (which saves encoder states); drop them or drop "
+                 "--encode_out.\n"), err
+  # Options left at their defaults, even when given, are no reason to refuse.
+  assert main(common + ["--num_beams", "1", "--top_k", "50", "--seed", "3", "--bf16"]) == 2
+  err = capsys.readouterr().err
+  assert "only apply to generation" not in err and "not found" in err, err
+  assert not (tmp_path / "s.npy").exists()
+
+
 @pytest.mark.parametrize("dtype", [np.float16, "float64", "int8"])
 def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, dtype):
   with pytest.raises(ValueError, match="compute dtype .* not supported; use one of"):
