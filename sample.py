@@ -45,8 +45,10 @@ _EXPAND_INPUT = flags.DEFINE_integer("expand_max_length", 64, "Expander input le
                                      "(tokens of template + prompt; longer ones are cut).",
                                      lower_bound=2)
 _EXPAND_SAMPLE = flags.DEFINE_bool("expand_do_sample", False, "Sample expansions (not greedy).")
-_EXPAND_TEMPERATURE = flags.DEFINE_float("expand_temperature", 1.0, "Expansion sampling temp.")
-_EXPAND_TOP_P = flags.DEFINE_float("expand_top_p", 1.0, "Expansion nucleus sampling top_p.")
+_EXPAND_TEMPERATURE = flags.DEFINE_float("expand_temperature", 1.0, "Expansion sampling "
+                                          "temperature (with --expand_do_sample).")
+_EXPAND_TOP_P = flags.DEFINE_float("expand_top_p", 1.0, "Expansion nucleus sampling top_p (with "
+                                   "--expand_do_sample).")
 _EXPAND_OPTIONS = (_EXPAND_TEMPLATE, _EXPAND_BEAMS, _EXPAND_TOKENS, _EXPAND_INPUT, _EXPAND_SAMPLE,
                    _EXPAND_TEMPERATURE, _EXPAND_TOP_P)
 flags.mark_flags_as_required(["workdir", "out"])

@@ -22,7 +22,8 @@ class CaptionExpander:
   """`CaptionExpander.from_pretrained(path_or_name)(["a red circle"]) -> ["a small red ..."]`.
 
   Each prompt is put into `template` (which must contain `{prompt}`) and decoded greedily
-  (num_beams=1, do_sample=False), with beam search (num_beams > 1) or by sampling (do_sample).
+  (num_beams=1, do_sample=False), with beam search (num_beams > 1) or by sampling (do_sample;
+  temperature and top_p other than 1.0 are refused without it).
   An empty expansion falls back to the prompt itself, with a warning.
   """
   generator: TextGenerator
@@ -112,6 +113,13 @@ def check_template(template: str) -> None:
                      "placeholder as {prompt}.") from None
 
 
+def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
+  """The sampling options given values other than 1.0 (CaptionExpander's and sample.py's default),
+  as sample.py's flags."""
+  return [f"--expand_{name}={value}" for name, value in
+          (("temperature", temperature), ("top_p", top_p)) if value != 1.0]
+
+
 def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
                   temperature: float, top_p: float) -> None:
   """CaptionExpander's options (ValueError if one is bad), to check before a model loads."""
@@ -120,6 +128,9 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
     raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
   if num_beams < 1:
     raise ValueError(f"expand num_beams={num_beams} must be >= 1.")
+  if not do_sample and (ignored := _sampling_options_set(temperature, top_p)):
+    raise ValueError(f"{', '.join(ignored)} only apply when sampling expansions; pass "
+                     "--expand_do_sample, or drop them for greedy or beam-search expansion.")
   if do_sample and num_beams > 1:
     raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
                      "not both; drop one of the two options.")

@@ -109,7 +109,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
                                   "out_is_a_file", "out_has_samples", "bad_seed",
                                   "bad_expand_sampling", "beams_and_sampling", "bad_batch_size",
                                   "no_checkpoint_and_an_expander", "non_utf8_prompt", "empty_out",
-                                  "expand_options_without_a_model", "empty_expand_with"])
+                                  "expand_options_without_a_model", "empty_expand_with",
+                                  "expand_sampling_options_without_sampling"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -155,6 +156,12 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
       "expand_options_without_a_model": (
           ["--prompt", "a cat", "--expand_num_beams", "4", "--expand_temperature", "0.5"],
           "--expand_num_beams, --expand_temperature only apply with --expand_with MODEL"),
+      # Greedy expansion ignored them, and exited 0.
+      "expand_sampling_options_without_sampling": (
+          ["--prompt", "a cat", "--expand_with", "x", "--expand_temperature", "0.7",
+           "--expand_top_p", "0.9"],
+          "--expand_temperature=0.7, --expand_top_p=0.9 only apply when sampling expansions; "
+          "pass --expand_do_sample, or drop them"),
       # An unset "$MODEL" sampled the prompts unexpanded and exited 0.
       "empty_expand_with": (["--prompt", "a cat", "--expand_with="], "--expand_with is empty"),
       # The run is read before the expander loads (a hub download, for a name).

@@ -18,6 +18,7 @@ from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, availa
                                read_prompts, restore_for_sampling, write_samples)
 from llmimg_jax.sample import outputs
 from llmimg_jax.gan.common import image_noise as _noise
+from llmimg_jax.sample.expand import DEFAULT_TEMPLATE, check_options
 from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
@@ -253,6 +254,15 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
     CaptionExpander(expander.generator, batch_size=0)
 
 
+def test_expansion_sampling_options_without_sampling_are_refused():
+  """temperature and top_p were ignored by greedy and beam-search expansion."""
+  with pytest.raises(ValueError, match=r"^--expand_top_p=0.5 only apply when sampling expansions; "
+                     "pass --expand_do_sample"):
+    check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 0.5)
+  check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 1.0)  # the defaults, given or not
+  check_options(DEFAULT_TEMPLATE, 8, 1, True, 0.7, 0.5)
+
+
 def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
   expander = CaptionExpander.from_pretrained(expander_dir, max_length=24, template="{prompt}",
                                              max_new_tokens=1, batch_size=1)
@@ -371,7 +381,6 @@ def test_the_checkpoints_own_config_wins_over_config_json(run, tmp_path):
 def test_a_template_that_cannot_format_a_prompt_is_refused_before_the_model_loads(template):
   """check_template passed these (the field is `prompt`), so sample.py loaded the run and the
   expander and then failed with str.format's "Unknown format code 'd' ...", naming nothing."""
-  from llmimg_jax.sample.expand import check_options
   with pytest.raises(ValueError, match=re.escape(f"Expansion template {template!r} cannot "
                                                  "format a prompt")):
     check_options(template, 8, 1, False, 1.0, 1.0)
