@@ -15,6 +15,7 @@ in its scripts; resampling, not clipping). Works on any device count: a run trai
 samples on one CPU.
 """
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -101,14 +102,29 @@ def main(argv):
   cli.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; quote prompts: --prompt \"a cat\".")
+  import jax
   from llmimg_jax.sample.restore import CheckpointError
   try:
     run()
   except (CheckpointError, ValueError, TypeError, OSError) as e:
-    # Expected user errors: one clear line, no traceback (--verbosity=1 logs it too).
-    logging.debug("sample.py failed", exc_info=True)
-    print(f"sample.py: error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
+  except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --expand_max_length 1000000000
+    if not (message := cli.out_of_memory(e, _memory_sizes())):
+      raise
+    _fail(message)
+
+
+def _memory_sizes() -> str:
+  """The flags that size sampling's memory, the expander's first."""
+  expander = "--expand_max_length, --expand_max_new_tokens, --expand_num_beams, "
+  return f"{expander if _EXPAND_WITH.value else ''}--batch_size or --num_per_prompt"
+
+
+def _fail(message: str) -> NoReturn:
+  """Expected user errors: one clear line, no traceback (--verbosity=1 logs it too)."""
+  logging.debug("sample.py failed", exc_info=True)
+  print(f"sample.py: error: {message}", file=sys.stderr)
+  sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
   sys.exit(status)
 
 
+def out_of_memory(e: BaseException, sizes: str) -> str | None:
+  """One line for a MemoryError or XLA's RESOURCE_EXHAUSTED (a JaxRuntimeError) that names the
+  error and the sizes to lower; None for any other error."""
+  if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+    return None
+  detail = " ".join(str(e).split())[:200]
+  return f"out of memory{f' ({detail})' if detail else ''}; lower {sizes}."
+
+
 def _innermost(e: BaseException) -> str:
   while e.args and isinstance(e.args[0], BaseException):
     e = e.args[0]

@@ -75,6 +75,7 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
 
+  from llmimg_jax import cli
   from llmimg_jax.text.generator import TextGenerator
 
   if not 0 <= args.seed < 2**32:  # JAX's PRNGKey raised OverflowError past int64, a traceback
@@ -106,10 +107,11 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --max_length 100000000
-    if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+    sizes = ("--max_length or the number of --text" if encode else
+             "--max_length, --max_new_tokens, --num_beams or the number of --text")
+    if not (message := cli.out_of_memory(e, sizes)):
       raise
-    print(f"error: out of memory ({' '.join(str(e).split())[:200]}); lower --max_length, "
-          "--max_new_tokens, --num_beams or the number of --text.", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
     return 2
   for t in texts:
     print(t)

@@ -180,6 +180,33 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   assert not (tmp_path / "out").exists() and not any((tmp_path / "cwd").iterdir())
 
 
+# sample.py with its expander's generation running out of device memory, as XLA reports it.
+_OUT_OF_MEMORY = """
+import runpy, sys, jax
+from llmimg_jax.text import TextGenerator
+def exhausted(*args, **kwargs):
+  raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4000000000 bytes.")
+TextGenerator.generate_tokens = exhausted
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_expansion_out_of_memory_is_one_line_naming_the_sizes(run, expander_dir, tmp_path):
+  """--expand_max_length 1000000000 ended in XLA's RESOURCE_EXHAUSTED traceback. (The error is
+  injected: a real one would first fill gigabytes of host memory with the expander's tokens.)"""
+  proc = subprocess.run(
+      [sys.executable, "-c", _OUT_OF_MEMORY, SCRIPT, "--workdir", str(run.workdir), "--out",
+       str(tmp_path / "out"), "--prompt", "a cat", "--expand_with", expander_dir],
+      env=one_device_env(), timeout=120, capture_output=True, text=True)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "sample.py: error: out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 4000000000 "
+      "bytes.); lower --expand_max_length, --expand_max_new_tokens, --expand_num_beams, "
+      "--batch_size or --num_per_prompt."), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
 def test_num_per_prompt_below_1_is_refused_before_the_run_is_read(tmp_path):
   """--num_per_prompt is checked with the other flags, before JAX starts and the checkpoint is
   looked for (here there is none: reading it would fail with another error); 1 passes that

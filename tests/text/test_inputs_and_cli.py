@@ -230,6 +230,7 @@ def test_cli_out_of_memory_is_one_line_naming_the_sizes(encode, relu_tied, tmp_p
   assert main(args) == 2
   err = capsys.readouterr().err
   assert "error: out of memory (RESOURCE_EXHAUSTED" in err and "lower --max_length" in err, err
+  assert ("--max_new_tokens" in err) != encode, err  # encoding generates no tokens
   assert not (tmp_path / "s.npy").exists()
 
 
