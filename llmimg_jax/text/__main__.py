@@ -1,6 +1,7 @@
-"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...] [--encode_out FILE.npy]
+r"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...] [--encode_out FILE.npy]
 
-Prints one generated text per --text, or saves the encoder's last hidden states
+Prints one generated text per --text, each on one line: backslashes and line breaks in a text are
+printed as Python escapes (\\, \n, \r, \u2028, ...). Or saves the encoder's last hidden states
 (float32 [batch, max_length, d_model]) to --encode_out. Without --model: an untrained offline T5.
 """
 from __future__ import annotations
@@ -15,6 +16,10 @@ import numpy as np
 
 # Options that only steer generation (--encode_out would ignore them).
 _GENERATION_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p")
+
+
+# Where str.splitlines breaks a line, and the backslash that starts an escape, as Python escapes.
+_ESCAPES = str.maketrans({c: repr(c)[1:-1] for c in "\\\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
   for t in texts:
-    print(t)
+    print(t.translate(_ESCAPES))
   return 0
 
 

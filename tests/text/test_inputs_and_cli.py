@@ -182,6 +182,20 @@ def test_cli_sampling_options_reach_generate(generator, relu_tied, capsys):
   assert printed[3] != printed[4]
 
 
+def test_cli_prints_one_line_per_text_whatever_it_holds(relu_tied, capsys, monkeypatch):
+  """A generated line break split a text over two lines: line i of the output was no longer the
+  text of --text i."""
+  texts = ["two\nlines", "crlf\r\nand\u2028separator\x85", "back\\slash \\n", "tab\tand 日本語"]
+  monkeypatch.setattr(TextGenerator, "generate", lambda self, inputs, **kw: texts)
+  assert main(["--model", relu_tied.path] + [a for _ in texts for a in ("--text", "x")]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == ["two\\nlines", "crlf\\r\\nand\\u2028separator\\x85", "back\\\\slash \\\\n",
+                   "tab\tand 日本語"]
+  unescaped = [line.encode("latin-1", "backslashreplace").decode("unicode_escape")
+               for line in lines]
+  assert unescaped == texts  # as the README says
+
+
 def test_cli_bad_model_path(tmp_path, capsys):
   missing = str(tmp_path / "nowhere")
   assert main(["--model", missing, "--text", "x"]) == 2
