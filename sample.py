@@ -14,7 +14,6 @@ noise drawn from the standard normal truncated to [-2, 2] by t (DF-GAN's truncat
 in its scripts; resampling, not clipping). Works on any device count: a run trained on 8 devices
 samples on one CPU.
 """
-import sys
 from typing import NoReturn
 
 from absl import app, flags, logging
@@ -123,8 +122,7 @@ def _memory_sizes() -> str:
 def _fail(message: str) -> NoReturn:
   """Expected user errors: one clear line, no traceback (--verbosity=1 logs it too)."""
   logging.debug("sample.py failed", exc_info=True)
-  print(f"sample.py: error: {message}", file=sys.stderr)
-  sys.exit(1)
+  cli.fail("sample.py", message, 1)
 
 
 if __name__ == "__main__":
