@@ -14,8 +14,9 @@ import sys
 import numpy as np
 
 
-# Options that only steer generation (--encode_out would ignore them).
+# Options that only steer generation (--encode_out would ignore them), and sampling.
 _GENERATION_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p")
+_SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 
 
 # Where str.splitlines breaks a line, and the backslash that starts an escape, as Python escapes.
@@ -47,11 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   return _parser().parse_args(argv)
 
 
-def _generation_options_set(args: argparse.Namespace) -> list[str]:
-  """The generation options given values other than their defaults, as flags."""
+def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+  """The options among `names` given values other than their defaults, as flags."""
   defaults = _parser()
-  return [f"--{name}" for name in _GENERATION_OPTIONS
-          if getattr(args, name) != defaults.get_default(name)]
+  return [f"--{name}" for name in names if getattr(args, name) != defaults.get_default(name)]
 
 
 def _npy_path(encode_out: str) -> str:
@@ -87,9 +87,14 @@ def main(argv=None) -> int:
     print(f"error: --seed={args.seed} must be in [0, 2**32).", file=sys.stderr)
     return 2
   encode = args.encode_out is not None
-  if encode and (ignored := _generation_options_set(args)):
+  if encode and (ignored := _options_set(args, _GENERATION_OPTIONS)):
     print(f"error: {', '.join(ignored)} only apply to generation, not to --encode_out (which "
           "saves encoder states); drop them or drop --encode_out.", file=sys.stderr)
+    return 2
+  if not args.do_sample and (ignored := _options_set(args, _SAMPLING_OPTIONS)):
+    # generate() would ignore them with a warning; on the command line that is a mistake.
+    print(f"error: {', '.join(ignored)} only apply when sampling; pass --do_sample, or drop them "
+          "for greedy or beam-search generation.", file=sys.stderr)
     return 2
   try:
     out_path = _npy_path(args.encode_out) if encode else None  # before the model load

@@ -299,6 +299,20 @@ def test_cli_generation_options_with_encode_out_are_refused(tmp_path, capsys):
   assert not (tmp_path / "s.npy").exists()
 
 
+def test_cli_sampling_options_without_do_sample_are_refused(tmp_path, capsys):
+  """--temperature, --top_k and --top_p without --do_sample only logged that they were ignored."""
+  common = ["--model", str(tmp_path / "nowhere"), "--text", "x"]  # refused before the model loads
+  assert main(common + ["--temperature", "0.5", "--top_k", "4", "--top_p", "1.0"]) == 2
+  err = capsys.readouterr().err
+  assert err == ("error: --temperature, --top_k only apply when sampling; pass --do_sample, or "
+                 "drop them for greedy or beam-search generation.\n"), err
+  # With --do_sample, or at their defaults, they are no reason to refuse.
+  for extra in (["--do_sample", "--temperature", "0.5"], ["--top_k", "50", "--num_beams", "2"]):
+    assert main(common + extra) == 2
+    err = capsys.readouterr().err
+    assert "only apply when sampling" not in err and "not found" in err, err
+
+
 @pytest.mark.parametrize("dtype", [np.float16, "float64", "int8"])
 def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, dtype):
   with pytest.raises(ValueError, match="compute dtype .* not supported; use one of"):
