@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.gan import Discriminator, mismatched
-from tests.gan.test_generator import _random_params
+from tests.gan.utils import _random_params
 
 B, D_TEXT = 3, 12
 

@@ -6,6 +6,7 @@ from flax import linen as nn
 
 from llmimg_jax.gan import Generator, sentence_embedding
 from llmimg_jax.gan.generator import CrossAttention
+from tests.gan.utils import _random_params
 
 B, L, D_TEXT, Z = 2, 6, 12, 16
 
@@ -185,14 +186,6 @@ def test_attention_leaves_a_row_without_valid_tokens_unchanged():
   y = attn.apply({"params": params}, x, words, mask)
   np.testing.assert_array_equal(np.asarray(y[1]), np.asarray(x[1]))
   assert float(jnp.max(jnp.abs(y[0] - x[0]))) > 0.1
-
-
-def _random_params(module, *args, seed=5):
-  params = module.init(jax.random.key(0), *args)["params"]
-  leaves, treedef = jax.tree.flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(treedef, [rng.normal(0.0, 0.5, x.shape).astype(np.float32)
-                                      for x in leaves])
 
 
 def test_affine_is_scale_and_shift_from_one_shared_hidden_layer():
