@@ -16,8 +16,7 @@ from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
 from tests.sample.conftest import one_device_env
 from tests.train.conftest import tiny_config
-from tests.train.test_reliability import _scalar_events, _scalars
-from tests.train.test_resume import _damage
+from tests.train.utils import _damage, _scalar_events, _scalars
 
 
 def _max_diff(a, b) -> float:

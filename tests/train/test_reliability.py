@@ -6,8 +6,6 @@ import functools
 import json
 import logging
 import os
-import struct
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,36 +19,7 @@ from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import train_step
 from tests.train.conftest import tiny_config
-from tests.train.test_step import _batch
-from tests.train.test_step_reference import _host_state
-
-
-def _equal(a, b) -> bool:
-  return all(jax.tree.leaves(jax.tree.map(
-      lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
-
-
-def _scalar_events(logdir: Path, tag: str) -> list[tuple[int, float]]:
-  """(step, value) of a scalar as TensorBoard shows it: event files in order (TFRecord framing:
-  length, its CRC, an Event proto, its CRC), where a SessionLog.START at step S drops the events
-  of step >= S read before it (a run resumed at S - 1)."""
-  from tensorboardX.proto import event_pb2
-  events = []
-  for path in sorted(logdir.glob("events.out.tfevents.*")):
-    data, i = path.read_bytes(), 0
-    while i < len(data):
-      (size,) = struct.unpack("<Q", data[i:i + 8])
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
-      if event.session_log.status == event_pb2.SessionLog.START:
-        events = [(step, value) for step, value in events if step < event.step]
-      events += [(event.step, value.simple_value) for value in event.summary.value
-                 if value.tag == tag]
-      i += 12 + size + 4
-  return events
-
-
-def _scalars(logdir: Path, tag: str) -> dict[int, float]:
-  return dict(_scalar_events(logdir, tag))
+from tests.train.utils import _batch, _equal, _host_state, _scalars
 
 
 def _poison(batch: dict) -> dict:

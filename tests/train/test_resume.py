@@ -15,7 +15,7 @@ from llmimg_jax.train import checkpoint
 from llmimg_jax.train.state import _adam, build_models, build_text
 from tests.sample.conftest import _quick_state
 from tests.train.conftest import tiny_config
-from tests.train.test_reliability import _equal
+from tests.train.utils import _damage, _equal
 
 
 @pytest.fixture
@@ -46,21 +46,6 @@ def _abstract_state(config):
   """What train() restores into for `config` (host-drawn values, nothing compiled)."""
   _, t5_config, pretrained = build_text(config)
   return checkpoint.abstract_like(_quick_state(build_models(config, t5_config), pretrained))
-
-
-def _damage(step_dir, how: str) -> None:
-  files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file())
-  if how == "truncated":
-    for p in files:
-      p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-  elif how == "half_deleted":
-    for p in files[::2]:
-      p.unlink()
-  elif how == "array_data_deleted":
-    shutil.rmtree(step_dir / "state" / "d")
-  elif how == "data_state_deleted":
-    for p in (step_dir / "data").iterdir():
-      p.unlink()
 
 
 @pytest.mark.parametrize("how", ["truncated", "half_deleted", "array_data_deleted",

@@ -9,13 +9,7 @@ from llmimg_jax.train import loop
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import build_models, build_text
 from tests.train.conftest import tiny_config, tiny_pretrained_t5
-
-
-def _batch(config, tokenizer, seed=0):
-  rng = np.random.default_rng(seed)
-  b, r = config.train.batch_size, config.model.resolution
-  captions = [f"a {c} circle" for c in rng.choice(["red", "blue", "green", "yellow"], b)]
-  return {"image": rng.integers(0, 256, (b, r, r, 3), dtype=np.uint8), **tokenizer(captions)}
+from tests.train.utils import _batch
 
 
 def _one_step(config, devices):

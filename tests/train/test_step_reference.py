@@ -12,12 +12,12 @@ import optax
 import pytest
 
 from llmimg_jax import gan
-from llmimg_jax.train.state import TrainState, build_models, build_text, init_state
+from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import train_step
 from tests.train.conftest import tiny_config
-from tests.train.test_step import _batch
+# STEP: _host_state's step; with gp_every=2 the lazy penalty applies at it.
+from tests.train.utils import STEP, _batch, _host_state
 
-STEP = 4  # gp_every=2: the lazy penalty applies at this step
 TOL = 1e-5  # relative error ||got - want|| / ||want|| of a tree; float32 noise here is ~1e-6
 # Adam's moments, compared on their own: their count would dominate a norm of the whole state.
 ADAM_FIELDS = ("mu", "nu")
@@ -37,37 +37,6 @@ def _config(data_dir, variant: str = "ma_gp"):
     config.loss.diffaugment = "color,translation,cutout"
     config.loss.contrastive_g = False
   return config
-
-
-def _host_state(models) -> TrainState:
-  """A state as if mid-training, drawn on the host (compiling init_state takes ~20 s): kernels
-  fan-in scaled, scales and gains near 1 (D's block gains start at 0, where the gradients of
-  their branches vanish), small biases; an EMA apart from G; Adam states with history (nu > 0:
-  the next update is smooth in the gradient, where a first Adam step is lr * sign(g))."""
-  abstract = jax.eval_shape(functools.partial(init_state, models), jax.random.PRNGKey(0), None)
-  rng = np.random.default_rng(0)
-
-  def param(path, x):
-    name, noise = jax.tree_util.keystr(path), rng.standard_normal(x.shape)
-    if x.ndim >= 2:  # kernels, embeddings
-      return (noise / np.sqrt(np.prod(x.shape[:-1]))).astype(x.dtype)
-    if "scale" in name or "weight" in name or "gain" in name:
-      return (1.0 + 0.1 * noise).astype(x.dtype)
-    if "fc2" in name:  # G's affine [gamma, beta] bias: gamma near 1
-      return (0.1 * noise + (np.arange(x.shape[0]) < x.shape[0] // 2)).astype(x.dtype)
-    return (0.1 * noise).astype(x.dtype)  # biases
-
-  params = {k: jax.tree_util.tree_map_with_path(param, getattr(abstract, k))
-            for k in ("g_params", "d_params", "text_params", "ema_params")}
-  opt_states = {f"{k}_opt_state": optax.tree.set(
-      getattr(abstract, f"{k}_opt_state"), count=np.int32(3),
-      mu=jax.tree.map(lambda p: 1e-3 * rng.standard_normal(p.shape, np.float32),
-                      params[f"{k}_params"]),
-      nu=jax.tree.map(lambda p: rng.uniform(1e-5, 1e-4, p.shape).astype(np.float32),
-                      params[f"{k}_params"]))
-      for k in ("g", "d", "text")}
-  return TrainState(step=np.int32(STEP), rng=np.asarray(jax.random.PRNGKey(3)),
-                    bad_steps=np.int32(0), **params, **opt_states)
 
 
 def _info_nce(a, b, temperature):  # [batch, dim] x2: symmetric InfoNCE over cosine similarities

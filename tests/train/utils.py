@@ -1,0 +1,97 @@
+"""Helpers shared by the training tests: a random batch, a host-drawn mid-training state, tree
+equality, TensorBoard scalars as logged, and damaged checkpoints."""
+from __future__ import annotations
+
+import functools
+import shutil
+import struct
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from llmimg_jax.train.state import TrainState, init_state
+
+STEP = 4  # the step of _host_state's state
+
+
+def _batch(config, tokenizer, seed=0):
+  rng = np.random.default_rng(seed)
+  b, r = config.train.batch_size, config.model.resolution
+  captions = [f"a {c} circle" for c in rng.choice(["red", "blue", "green", "yellow"], b)]
+  return {"image": rng.integers(0, 256, (b, r, r, 3), dtype=np.uint8), **tokenizer(captions)}
+
+
+def _host_state(models) -> TrainState:
+  """A state as if mid-training, drawn on the host (compiling init_state takes ~20 s): kernels
+  fan-in scaled, scales and gains near 1 (D's block gains start at 0, where the gradients of
+  their branches vanish), small biases; an EMA apart from G; Adam states with history (nu > 0:
+  the next update is smooth in the gradient, where a first Adam step is lr * sign(g))."""
+  abstract = jax.eval_shape(functools.partial(init_state, models), jax.random.PRNGKey(0), None)
+  rng = np.random.default_rng(0)
+
+  def param(path, x):
+    name, noise = jax.tree_util.keystr(path), rng.standard_normal(x.shape)
+    if x.ndim >= 2:  # kernels, embeddings
+      return (noise / np.sqrt(np.prod(x.shape[:-1]))).astype(x.dtype)
+    if "scale" in name or "weight" in name or "gain" in name:
+      return (1.0 + 0.1 * noise).astype(x.dtype)
+    if "fc2" in name:  # G's affine [gamma, beta] bias: gamma near 1
+      return (0.1 * noise + (np.arange(x.shape[0]) < x.shape[0] // 2)).astype(x.dtype)
+    return (0.1 * noise).astype(x.dtype)  # biases
+
+  params = {k: jax.tree_util.tree_map_with_path(param, getattr(abstract, k))
+            for k in ("g_params", "d_params", "text_params", "ema_params")}
+  opt_states = {f"{k}_opt_state": optax.tree.set(
+      getattr(abstract, f"{k}_opt_state"), count=np.int32(3),
+      mu=jax.tree.map(lambda p: 1e-3 * rng.standard_normal(p.shape, np.float32),
+                      params[f"{k}_params"]),
+      nu=jax.tree.map(lambda p: rng.uniform(1e-5, 1e-4, p.shape).astype(np.float32),
+                      params[f"{k}_params"]))
+      for k in ("g", "d", "text")}
+  return TrainState(step=np.int32(STEP), rng=np.asarray(jax.random.PRNGKey(3)),
+                    bad_steps=np.int32(0), **params, **opt_states)
+
+
+def _equal(a, b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(
+      lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+def _scalar_events(logdir: Path, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of a scalar as TensorBoard shows it: event files in order (TFRecord framing:
+  length, its CRC, an Event proto, its CRC), where a SessionLog.START at step S drops the events
+  of step >= S read before it (a run resumed at S - 1)."""
+  from tensorboardX.proto import event_pb2
+  events = []
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (size,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + size])
+      if event.session_log.status == event_pb2.SessionLog.START:
+        events = [(step, value) for step, value in events if step < event.step]
+      events += [(event.step, value.simple_value) for value in event.summary.value
+                 if value.tag == tag]
+      i += 12 + size + 4
+  return events
+
+
+def _scalars(logdir: Path, tag: str) -> dict[int, float]:
+  return dict(_scalar_events(logdir, tag))
+
+
+def _damage(step_dir, how: str) -> None:
+  files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file())
+  if how == "truncated":
+    for p in files:
+      p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  elif how == "half_deleted":
+    for p in files[::2]:
+      p.unlink()
+  elif how == "array_data_deleted":
+    shutil.rmtree(step_dir / "state" / "d")
+  elif how == "data_state_deleted":
+    for p in (step_dir / "data").iterdir():
+      p.unlink()
