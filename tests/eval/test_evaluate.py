@@ -17,29 +17,11 @@ import pytest
 
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
+from tests.eval.utils import _MeanStdFeatures
 from tests.sample.conftest import run, save_run  # noqa: F401  (run: session fixture)
 from tests.train.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_eval(tmp_path_factory, monkeypatch_module):
-  """(data config of a tiny_32 build, cache dir holding its quickly trained evaluator)."""
-  data = tiny_config(tmp_path_factory.mktemp("tfds_eval")).data
-  data.build_num_proc = 1
-  cache = tmp_path_factory.mktemp("cache")
-  monkeypatch_module.setenv("LLMIMG_CACHE_DIR", str(cache))
-  evaluator = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=30, batch_size=16))
-  assert set(evaluator.meta["test"]) == {"present", "shape", "color", "size"}
-  assert list((cache / "evaluator").glob("captioned_shapes-tiny_32-v1.0.0-32px-*.msgpack"))
-  return data, cache
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-  with pytest.MonkeyPatch.context() as mp:
-    yield mp
 
 
 def test_cached_evaluator_loads_identically(tiny_eval):
@@ -114,18 +96,6 @@ def folder_run(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp("tfds_folder"))
   config.data.name, config.data.folder = "captioned_folder", str(folder)
   return save_run(tmp_path_factory.mktemp("folder_run"), config)
-
-
-class _MeanStdFeatures:
-  """Stands in for InceptionFeatures: [n, 6] per-channel means and standard deviations."""
-  dim = 6
-
-  def __init__(self, weights):
-    assert weights == "inception.pth"
-
-  def __call__(self, images):
-    x = images.reshape(len(images), -1, 3).astype(np.float64)
-    return np.concatenate([x.mean(1), x.std(1)], axis=1)
 
 
 def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.eval import fid
+from tests.eval.utils import _damaged_npz_files
 
 
 def test_matches_closed_form_for_diagonal_gaussians():
@@ -106,17 +107,6 @@ def test_statistics_round_trip(tmp_path):
     fid.load_statistics(tmp_path / "missing.npz")
   fid.save_statistics(tmp_path / "no_suffix", mu, sigma)  # written where named
   np.testing.assert_array_equal(fid.load_statistics(tmp_path / "no_suffix")[0], mu)
-
-
-def _damaged_npz_files(tmp_path, good: dict) -> list:
-  """A cut-short .npz, a text file and an .npy, each named .npz."""
-  np.savez(tmp_path / "whole.npz", **good)
-  data = (tmp_path / "whole.npz").read_bytes()
-  (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
-  (tmp_path / "text.npz").write_text("mu,sigma\n1,2\n")
-  with open(tmp_path / "array.npz", "wb") as f:
-    np.save(f, np.zeros(3))
-  return [tmp_path / n for n in ("cut.npz", "text.npz", "array.npz")]
 
 
 def test_damaged_statistics_files_are_one_value_error(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from llmimg_jax.eval import inception
 from tests.eval import inception_reference as reference
+from tests.eval.utils import _damaged_npz_files
 
 
 def _pytorch_fid():
@@ -102,7 +103,6 @@ def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path):
 
 def test_damaged_npz_weights_are_one_value_error(tmp_path):
   """A cut-short weights .npz raised zipfile.BadZipFile (evaluate.py printed a traceback)."""
-  from tests.eval.test_fid import _damaged_npz_files
   for path in _damaged_npz_files(tmp_path, {"Conv2d_1a_3x3.conv.weight": np.zeros((2, 3, 3, 3))}):
     with pytest.raises(ValueError, match=f"{path.name} is not a readable .npz file .*convert "
                                          "them again: python -m llmimg_jax.eval.inception"):

@@ -12,7 +12,7 @@ import pytest
 
 from llmimg_jax.eval import fid, inception
 from llmimg_jax.eval.report import evaluate_run, format_table, to_json
-from tests.eval.test_evaluate import _MeanStdFeatures, monkeypatch_module, tiny_eval  # noqa: F401
+from tests.eval.utils import _MeanStdFeatures
 from tests.sample.conftest import run  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,25 @@
+"""Helpers shared by the evaluation tests."""
+import numpy as np
+
+
+class _MeanStdFeatures:
+  """Stands in for InceptionFeatures: [n, 6] per-channel means and standard deviations."""
+  dim = 6
+
+  def __init__(self, weights):
+    assert weights == "inception.pth"
+
+  def __call__(self, images):
+    x = images.reshape(len(images), -1, 3).astype(np.float64)
+    return np.concatenate([x.mean(1), x.std(1)], axis=1)
+
+
+def _damaged_npz_files(tmp_path, good: dict) -> list:
+  """A cut-short .npz, a text file and an .npy, each named .npz."""
+  np.savez(tmp_path / "whole.npz", **good)
+  data = (tmp_path / "whole.npz").read_bytes()
+  (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+  (tmp_path / "text.npz").write_text("mu,sigma\n1,2\n")
+  with open(tmp_path / "array.npz", "wb") as f:
+    np.save(f, np.zeros(3))
+  return [tmp_path / n for n in ("cut.npz", "text.npz", "array.npz")]
