@@ -1,9 +1,13 @@
-"""Shared fixtures: the shapes evaluator of a tiny_32 build, quickly trained once per module into a
-temporary LLMIMG_CACHE_DIR."""
+"""Shared fixtures (each built once per module): the shapes evaluator of a tiny_32 build, quickly
+trained into a temporary LLMIMG_CACHE_DIR, and a run whose config trains on a captioned_folder."""
+import json
+
+import numpy as np
 import pytest
 
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
+from tests.sample.conftest import save_run
 from tests.train.conftest import tiny_config
 
 
@@ -24,3 +28,18 @@ def tiny_eval(tmp_path_factory, monkeypatch_module):
 def monkeypatch_module():
   with pytest.MonkeyPatch.context() as mp:
     yield mp
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+  """A run whose config trained on a captioned_folder of 10 images (only a train split)."""
+  from PIL import Image
+  folder = tmp_path_factory.mktemp("my_images")
+  rng = np.random.default_rng(0)
+  with open(folder / "captions.jsonl", "w") as f:
+    for i in range(10):
+      Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"{i}.png")
+      f.write(json.dumps({"file": f"{i}.png", "caption": f"picture number {i}"}) + "\n")
+  config = tiny_config(tmp_path_factory.mktemp("tfds_folder"))
+  config.data.name, config.data.folder = "captioned_folder", str(folder)
+  return save_run(tmp_path_factory.mktemp("folder_run"), config)

@@ -1,0 +1,165 @@
+"""evaluate.py's command line, in subprocesses or through evaluate.main: its flag checks and
+one-line errors, --write_stats, and the results file (its name, its folder), refused before the
+evaluation where they cannot work.
+
+The run, data and evaluator are tests/eval/test_evaluate_pipeline.py's (tests/eval/conftest.py).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.eval.utils import _MeanStdFeatures
+from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cli_help_and_missing_workdir(tmp_path):
+  out = subprocess.run([sys.executable, "evaluate.py", "--helpfull"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert "--num_samples" in out.stdout and "--inception_weights" in out.stdout
+  out = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode != 0 and "--workdir" in out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--num_samples", "0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "--num_samples=0: 0 is not integer >= 2" in out.stderr, out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--config",
+                        "configs/shapes_quick.py", "--stats_split", "test"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and (
+      "--config and --stats_split only apply with --write_stats" in out.stderr), out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--seed", str(2**32)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "--seed=4294967296: 4294967296 is not" in out.stderr, out.stderr
+  # An --out that names a folder is refused before the evaluation (of a run that does not exist).
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path / "no_run"),
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+      f"evaluate.py: error: --out '{tmp_path}' is a folder; name the results' .json file."), out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path / "no_run"),
+                        "--out", " "], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+      "evaluate.py: error: --out is blank; name the results' .json file."), out.stderr
+
+
+def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa: F811
+  data, _ = tiny_eval
+  report = tmp_path / "new" / "folder" / "r.json"
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--split",
+                        "tset", "--data_dir", data.data_dir, "--out", str(report)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "evaluate.py: error: captioned_shapes/tiny_32 has no split 'tset'; available:" in out.stderr
+  assert "Traceback" not in out.stderr
+  # --out's folder is made before the evaluation, not found missing after it.
+  assert report.parent.is_dir() and not report.exists()
+
+
+def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
+  """--write_stats with --config and a --config.data.folder override: the train split by default
+  (a folder has no test split), the .npz at exactly the path given."""
+  import evaluate
+  from llmimg_jax.eval import fid, inception
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  folder = json.loads((folder_run.workdir / "config.json").read_text())["data"]["folder"]
+  out = tmp_path / "new" / "folder_stats"  # no .npz suffix; its folder is made
+  monkeypatch.setenv("HOME", str(tmp_path))  # "~" as a shell leaves it after "--write_stats="
+  argv = ["evaluate.py", "--write_stats=~/new/folder_stats",
+          f"--config={ROOT / 'configs/folder_64.py'}",
+          f"--config.data.folder={folder}", "--data_dir", str(tmp_path / "tfds"),
+          "--inception_weights", "inception.pth", "--num_samples", "6"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+  evaluate.FLAGS(argv)
+  try:
+    evaluate.main([])
+  finally:
+    evaluate.FLAGS.unparse_flags()
+  mu, sigma = fid.load_statistics(out)
+  assert mu.shape == (6,) and sigma.shape == (6, 6)
+  assert int(np.load(out)["num_images"]) == 6
+
+
+def test_write_stats_checks_the_weights_before_the_data(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),
+       "--config=configs/folder_64.py", f"--config.data.folder={tmp_path / 'no_images'}",
+       "--inception_weights", str(tmp_path / "pt_inception.pth")],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert f"evaluate.py: error: No Inception weights at {tmp_path / 'pt_inception.pth'}" in out.stderr
+  assert "Traceback" not in out.stderr
+  out = subprocess.run(  # a --config.KEY naming no key: one line, as in train.py
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),
+       "--config=configs/folder_64.py", "--config.data.foldr=x"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert "evaluate.py: error: unknown config key 'foldr'" in out.stderr
+
+
+def test_write_stats_to_a_folder_is_refused_before_the_work(tmp_path):
+  """It failed with IsADirectoryError (FileNotFoundError for a missing folder) only once every
+  image's Inception features were computed."""
+  out = subprocess.run(
+      [sys.executable, "evaluate.py", "--write_stats", str(tmp_path),
+       "--config=configs/folder_64.py", f"--config.data.folder={tmp_path / 'no_images'}",
+       "--inception_weights", str(tmp_path / "pt_inception.pth")],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert (f"evaluate.py: error: --write_stats '{tmp_path}' is a folder; name the statistics' "
+          ".npz file.") in out.stderr
+
+
+def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, capsys):
+  """--num_samples 1000 on splits of 5 and 7 records scores 5 and 7 images: the file says so,
+  and asking for 2000 (the same results) names the same file."""
+  import evaluate
+  from llmimg_jax.eval import report
+  results = {"workdir": str(tmp_path), "step": 3, "seed": 1, "dataset": "d", "splits": {
+      "test": {"num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"},
+      "holdout": {"num_images": 7, "fid_inception": 2.0, "reference": "7 real images"}}}
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+  written = []
+  for n in ("1000", "2000"):
+    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--num_samples", n, "--seed", "1",
+                    "--split", "test", "--split", "holdout"])
+    try:
+      evaluate.main([])
+    finally:
+      evaluate.FLAGS.unparse_flags()
+    written.append(capsys.readouterr().out.splitlines()[-1])
+  name = tmp_path / "eval_3_test+holdout_n5+7_seed1.json"
+  assert written == [f"Wrote {name}"] * 2
+  assert json.loads(name.read_text())["splits"]["holdout"]["num_images"] == 7
+
+
+def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+  """The results' folder (the workdir, or --out's) is checked for writing before the evaluation
+  (hours at 30k samples) runs, not found unwritable when its results are written."""
+  import evaluate
+  from llmimg_jax.eval import report
+  from tests.train.cli_utils import unwritable
+  evaluated = []
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or {
+      "workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+          "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}})
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  cases = {"--workdir": ["--workdir", str(locked)],
+           "--out": ["--workdir", str(tmp_path), "--out", str(locked / "results.json")]}
+  with unwritable(locked):
+    for flag, args in cases.items():
+      evaluate.FLAGS(["evaluate.py", *args])
+      try:
+        with pytest.raises(SystemExit) as exited:
+          evaluate.main([])
+      finally:
+        evaluate.FLAGS.unparse_flags()
+      assert exited.value.code == (f"evaluate.py: error: {flag}: cannot write into "
+                                   f"{locked}; pass a writable --out.")
+  assert evaluated == [] and list(locked.iterdir()) == []
