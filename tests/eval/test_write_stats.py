@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-class _MeanFeatures:
-  """Stands in for InceptionFeatures: [n, 3] per-channel means."""
-  dim = 3
-  made = 0
-
-  def __init__(self, weights):
-    assert weights == "inception.pth"
-    _MeanFeatures.made += 1
-
-  def __call__(self, images):
-    return images.reshape(len(images), -1, 3).astype(np.float64).mean(1)
+from tests.eval.utils import _MeanStdFeatures
 
 
 def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str) -> None:
@@ -27,8 +17,8 @@ def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str) -> None:
   import evaluate
   from llmimg_jax.eval import inception
   from llmimg_jax.train.config import base_config
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanFeatures)
-  _MeanFeatures.made = 0
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _MeanStdFeatures.made = 0
   config = base_config()
   config.data.name, config.data.folder, config.data.image_size = "captioned_folder", str(folder), 8
   workdir = tmp_path / "run"
@@ -62,11 +52,11 @@ def test_an_existing_stats_file_is_refused_before_the_work(tmp_path, monkeypatch
                                "exists; remove it, name a new file, or pass --overwrite_stats "
                                "to replace it.")
   assert (tmp_path / "ref.npz").read_bytes() == b"DF-GAN's statistics"
-  assert _MeanFeatures.made == 0  # refused before the weights and the data were read
+  assert _MeanStdFeatures.made == 0  # refused before the weights and the data were read
 
 
 def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
   (tmp_path / "ref.npz").write_bytes(b"old statistics")
   _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats")
   with np.load(tmp_path / "ref.npz") as stats:
-    assert stats["mu"].shape == (3,) and int(stats["num_images"]) == 4
+    assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 
 from llmimg_jax.gan import Discriminator, mismatched
-from tests.gan.utils import _random_params
+from tests.gan.utils import _random_params, fast_key
 
 B, D_TEXT = 3, 12
-
-
-def fast_key(seed: int) -> jax.Array:
-  # RBG keys: init graphs compile ~3x faster than threefry on XLA:CPU (no global config change).
-  return jax.random.key(seed, impl="unsafe_rbg")
 
 
 def _liven(params):

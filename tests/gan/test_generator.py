@@ -6,14 +6,9 @@ from flax import linen as nn
 
 from llmimg_jax.gan import Generator, sentence_embedding
 from llmimg_jax.gan.generator import CrossAttention
-from tests.gan.utils import _random_params
+from tests.gan.utils import _random_params, fast_key
 
 B, L, D_TEXT, Z = 2, 6, 12, 16
-
-
-def fast_key(seed: int) -> jax.Array:
-  # RBG keys: init graphs compile ~3x faster than threefry on XLA:CPU (no global config change).
-  return jax.random.key(seed, impl="unsafe_rbg")
 
 
 def _inputs(key, batch=B, length=L):
