@@ -114,7 +114,8 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required.")
   if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")
                                           if FLAGS[f].present]):
-    raise app.UsageError(f"--{' and --'.join(given)} only apply with --write_stats; the "
+    verb = "applies" if len(given) == 1 else "apply"
+    raise app.UsageError(f"--{' and --'.join(given)} only {verb} with --write_stats; the "
                          "evaluation reads the run's config from its checkpoint.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json

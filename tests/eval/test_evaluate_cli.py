@@ -33,6 +33,10 @@ def test_cli_help_and_missing_workdir(tmp_path):
                        capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and (
       "--config and --stats_split only apply with --write_stats" in out.stderr), out.stderr
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--stats_split", "test"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and (
+      "--stats_split only applies with --write_stats" in out.stderr), out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--seed", str(2**32)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "--seed=4294967296: 4294967296 is not" in out.stderr, out.stderr
