@@ -105,6 +105,19 @@ def _raised_in_config_file(text: str, path: str | None) -> str | None:
   return f"{error} (at {lines[-1]})" if lines else error
 
 
+def _failed_overrides(e: BaseException, overrides: list[str]) -> list[str]:
+  """The overrides among `overrides` whose key ml_collections failed to look up (the `field_path`
+  or `override` it was resolving when `e` arose); all of them if that cannot be told."""
+  paths = set()
+  tb = e.__traceback__
+  while tb is not None:
+    names = tb.tb_frame.f_locals
+    paths.update(v for k in ("field_path", "override") if isinstance(v := names.get(k), str))
+    tb = tb.tb_next
+  failed = [a for a in overrides if a.split("=", 1)[0].removeprefix("--config.") in paths]
+  return failed or overrides
+
+
 def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   """absl's flag parsing for app.run(flags_parser=...): a --config.KEY override naming no key,
   a flag value of the wrong type, or a config file that fails to load is one paragraph and exit
@@ -131,6 +144,7 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       overrides = [a for a in argv[1:] if a.startswith("--config.")]
       if not overrides:
         raise
+      overrides = _failed_overrides(e, overrides)
       fail(prog, f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A "
            "--config.KEY=VALUE override must name an existing key (see base_config in "
            "llmimg_jax/train/config.py).", 2)

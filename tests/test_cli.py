@@ -1,8 +1,10 @@
 """llmimg_jax.cli.quiet_orbax: its filters of Orbax's INFO logs and of asyncio's reports of
-abandoned Orbax reads, and its unraisable-exception hook."""
+abandoned Orbax reads, and its unraisable-exception hook; cli.flags_parser's errors."""
 import asyncio
 import logging
 import sys
+
+import pytest
 
 from llmimg_jax import cli
 
@@ -87,3 +89,31 @@ def test_quiet_orbax_installs_its_filters_and_hook(monkeypatch):
   _unraisable_from(_SUSPENDING, "/repo/llmimg_jax/elsewhere.py", ValueError("our own bug"))
   _unraisable_from(_SUSPENDING, "/site-packages/orbax_like/read.py", RuntimeError("loop busy"))
   assert [str(info.exc_value) for info in passed_on] == ["our own bug", "loop busy"]
+
+
+def _parse_error(monkeypatch, capsys, tmp_path, *overrides: str) -> str:
+  """cli.flags_parser's one-line error for a config file and `overrides` (it exits with 2)."""
+  from absl import flags
+  from ml_collections import config_flags
+  config_file = tmp_path / "config.py"
+  config_file.write_text("import ml_collections\n\n\ndef get_config():\n  return "
+                         "ml_collections.ConfigDict({'train': {'steps': 1, 'batch_size': 2}, "
+                         "'data': {'folder': ''}})\n")
+  argv = ["train.py", f"--config={config_file}", *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
+  with pytest.raises(SystemExit) as exited:
+    cli.flags_parser("train.py")(argv)
+  assert exited.value.code == 2
+  return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typo", ["--config.train.step=5", "--config.tran.steps=5",
+                                  "--config.train.steps.x=5", "--config.data.folder.x=5"])
+def test_an_unknown_override_key_names_that_override_alone(monkeypatch, capsys, tmp_path, typo):
+  # It named every --config.* override of the command line, as if all of them were wrong.
+  err = _parse_error(monkeypatch, capsys, tmp_path, "--config.train.steps=3",
+                     "--config.data.folder=/data", typo, "--config.train.batch_size=4")
+  assert err.startswith("train.py: error: unknown config key "), err
+  assert f" in {typo}. A --config.KEY=VALUE override must name an existing key" in err, err
