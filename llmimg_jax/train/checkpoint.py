@@ -301,7 +301,12 @@ def _config_changes(manager: ocp.CheckpointManager, step: int,
     saved = saved_config(Path(manager.directory) / str(step))
   except Exception:  # noqa: BLE001 - no readable config: nothing to compare
     return None
-  old, new = _flat(saved), _flat(json.loads(config.to_json()))
+  return config_changes(saved, json.loads(config.to_json()))
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+  """'key: saved -> now' for every value of two configs (as JSON dicts) that differs."""
+  old, new = _flat(saved), _flat(now)
   return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
           for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 

@@ -181,12 +181,15 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   path = workdir / "config.json"
   if path.exists():
     try:
-      differs = json.loads(path.read_text()) != json.loads(config.to_json())
+      saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
       log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
     else:
-      if differs:
-        log.warning("%s differs from this run's config; the new config is used and saved.", path)
+      changes = checkpoint.config_changes(saved if isinstance(saved, dict) else {},
+                                          json.loads(config.to_json()))
+      if changes:
+        log.warning("%s differs from this run's config (%s); the new config is used and saved.",
+                    path, "; ".join(changes))
   checkpoint.write_atomically(path, config.to_json(indent=2))
 
 

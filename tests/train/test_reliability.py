@@ -198,6 +198,22 @@ def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left
 
 
+def test_a_changed_config_json_warning_names_the_changed_values(tmp_path, caplog):
+  # It said only that config.json differed: a value changed by mistake on resume went unseen.
+  config = tiny_config(tmp_path)
+  loop._write_config(tmp_path, config)
+  config.unlock()
+  config.train.steps, config.train.lr_g = 30, 2e-4
+  with caplog.at_level(logging.WARNING):
+    loop._write_config(tmp_path, config)
+  assert (f"{tmp_path / 'config.json'} differs from this run's config (train.lr_g: 0.0001 -> "
+          "0.0002; train.steps: 4 -> 30); the new config is used and saved.") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    loop._write_config(tmp_path, config)  # the same config again: nothing to say
+  assert "differs" not in caplog.text
+
+
 def test_sigint_asks_to_stop_a_second_one_interrupts_and_handlers_are_restored(tmp_path):
   import os
   import signal
