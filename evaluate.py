@@ -95,7 +95,8 @@ def _write_stats() -> None:
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
   _refuse_existing_stats(path)  # one written meanwhile (another run's) is not replaced either
-  fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split)
+  fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
+                      image_size=int(data.image_size))
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
 

@@ -100,7 +100,8 @@ _STATS_FIX = ("write the statistics again with `python evaluate.py --write_stats
 
 
 def statistics_info(path: str | os.PathLike) -> dict:
-  """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split)."""
+  """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split,
+  image_size)."""
   return {k: v.item() for k, v in read_npz(path, _STATS_FIX).items()
           if k not in ("mu", "sigma") and v.ndim == 0}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -50,6 +51,8 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   data_cfg = ml_collections.ConfigDict(sampler.config.data.to_dict())
   if data_dir:
     data_cfg.data_dir = data_dir
+  if ref_stats:  # before any sampling
+    check_ref_size(ref_stats, int(data_cfg.image_size))
   inception = None
   if inception_weights:
     from llmimg_jax.eval.inception import InceptionFeatures  # pylint: disable=g-import-not-at-top
@@ -104,6 +107,20 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     row["seconds"] = time.perf_counter() - t0
     results["splits"][split] = row
   return results
+
+
+def check_ref_size(ref_stats: str, image_size: int) -> None:
+  """ValueError if `ref_stats` (written by evaluate.py --write_stats, which records the size) are
+  of real images of another size than the run generates: that FID would measure the gap in
+  resolution. Statistics from elsewhere (DF-GAN's) do not say, and pass."""
+  if not os.path.isfile(ref_stats):
+    return  # fid.load_statistics names the missing file
+  size = fid.statistics_info(ref_stats).get("image_size")
+  if size is not None and int(size) != image_size:
+    raise ValueError(f"--ref_stats {ref_stats} holds statistics of {int(size)}px real images, but "
+                     f"the run generates {image_size}px ones; write them at its size with "
+                     "`python evaluate.py --write_stats PATH --workdir WORKDIR "
+                     "--inception_weights ...` (the run's own data config).")
 
 
 def default_split(all_splits: Sequence[str]) -> str:

@@ -1,4 +1,5 @@
-"""evaluate.py --write_stats: an existing statistics file is never replaced unasked."""
+"""evaluate.py --write_stats: an existing statistics file is never replaced unasked; the image
+size it records is checked against the run scored."""
 from __future__ import annotations
 
 import json
@@ -60,3 +61,26 @@ def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
   _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats")
   with np.load(tmp_path / "ref.npz") as stats:
     assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4
+
+
+def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tmp_path,
+                                                                             monkeypatch):
+  """Statistics of 64px real images scored a 32px run without a word (an FID of the resolution
+  gap): --write_stats records the size, and evaluate_run refuses another before it samples."""
+  import ml_collections
+  from llmimg_jax.eval import report
+  from llmimg_jax.sample import Sampler
+  _write_stats(monkeypatch, tmp_path, _folder(tmp_path))  # the run's data.image_size: 8
+  with np.load(tmp_path / "ref.npz") as stats:
+    assert int(stats["image_size"]) == 8
+  config = ml_collections.ConfigDict({"data": {"name": "captioned_folder", "image_size": 16}})
+  monkeypatch.setattr(Sampler, "from_workdir", lambda *a: type("S", (), {"config": config})())
+  with pytest.raises(ValueError, match=(
+      rf"--ref_stats {tmp_path / 'ref.npz'} holds statistics of 8px real images, but the run "
+      r"generates 16px ones; write them at its size with `python evaluate.py --write_stats "
+      r"PATH --workdir WORKDIR")):
+    report.evaluate_run(str(tmp_path / "run"), inception_weights="inception.pth",
+                        ref_stats=str(tmp_path / "ref.npz"))
+  assert _MeanStdFeatures.made == 1  # by --write_stats alone: refused before the weights were read
+  np.savez(tmp_path / "dfgan.npz", mu=np.zeros(3), sigma=np.eye(3))  # no size: not checked
+  report.check_ref_size(str(tmp_path / "dfgan.npz"), 16)
