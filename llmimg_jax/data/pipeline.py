@@ -233,13 +233,22 @@ class Augment(grain.transforms.RandomMap):
 
 
 class Tokenize(grain.transforms.Map):
-  """Batched captions -> input_ids / attention_mask (runs in the loader workers)."""
+  """Batched captions -> input_ids / attention_mask (runs in the loader workers). Captions longer
+  than the tokenizer's max_length are truncated with one warning per process, not one per batch
+  (a dataset of long captions would log one every training step)."""
 
   def __init__(self, tokenizer):
     self.tokenizer = tokenizer
+    self.warned = False
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-    tokens = self.tokenizer([str(c) for c in element["caption"]])
+    tokens, lengths = self.tokenizer.tokenize([str(c) for c in element["caption"]])
+    max_length = self.tokenizer.max_length
+    if not self.warned and max(lengths, default=0) > max_length:
+      self.warned = True
+      log.warning("Captions longer than config.text.max_length=%d tokens are truncated (one had "
+                  "%d tokens); said once, for the first such batch. Raise config.text.max_length "
+                  "to keep them whole.", max_length, max(lengths))
     return {"image": element["image"],  # [b, R, R, 3]
             "input_ids": tokens["input_ids"].astype(np.int32),  # [b, L]
             "attention_mask": tokens["attention_mask"].astype(np.int32),  # [b, L]

@@ -317,3 +317,19 @@ def test_a_host_resumes_its_slice_from_a_checkpointed_state(shapes_cfg, tokenize
                          process_count=2)
   with pytest.raises(ValueError, match="Sampler in checkpoint does not match"):
     other_host.set_state(state)
+
+
+def test_long_captions_are_warned_about_once_not_every_batch(caplog):
+  """A folder of long captions logged a truncation warning for every batch (every step)."""
+  import logging
+  from llmimg_jax.text import load_tokenizer
+  tokenize = pipeline.Tokenize(load_tokenizer(None, max_length=8))
+  batch = {"image": np.zeros((2, 4, 4, 3), np.uint8), "index": np.arange(2),
+           "caption": np.array(["a short one", "a caption of more than eight bytes"])}
+  with caplog.at_level(logging.WARNING):
+    for _ in range(3):
+      out = tokenize.map(batch)
+  assert [r.getMessage() for r in caplog.records] == [  # 34 bytes + EOS
+      "Captions longer than config.text.max_length=8 tokens are truncated (one had 35 tokens); "
+      "said once, for the first such batch. Raise config.text.max_length to keep them whole."]
+  assert out["input_ids"].shape == (2, 8) and out["attention_mask"][1].all()
