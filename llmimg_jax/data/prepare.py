@@ -63,6 +63,20 @@ def check_preview_path(path: str) -> None:
                      "write.")
 
 
+def check_args(args: argparse.Namespace) -> None:
+  """Raises ValueError for a flag the --dataset needs but lacks, or would ignore."""
+  name = args.dataset.partition("/")[0]
+  if name == "captioned_folder":
+    if not args.folder:
+      raise ValueError("--dataset captioned_folder needs --folder DIR: your images with "
+                       "captions.jsonl or captions.csv.")
+  elif given := [f"--{k}" for k in ("folder", "image_size") if getattr(args, k)]:
+    flags = " and ".join(given)
+    raise ValueError(f"{flags} {'apply' if len(given) > 1 else 'applies'} to --dataset "
+                     f"captioned_folder only ({args.dataset} stores its images at its own size); "
+                     f"drop {flags}.")
+
+
 def data_config_from_args(args: argparse.Namespace):
   cfg = pipeline.default_data_config()
   name, _, config = args.dataset.partition("/")
@@ -100,9 +114,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-  cfg = data_config_from_args(args)
   start = time.perf_counter()
   try:
+    check_args(args)
+    cfg = data_config_from_args(args)
     if args.preview:
       check_preview_path(args.preview)
     source = pipeline.load_source(cfg, args.split)

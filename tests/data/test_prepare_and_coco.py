@@ -61,6 +61,26 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
       capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("flags, error", [
+    (["--dataset", "captioned_folder"], "--dataset captioned_folder needs --folder DIR: your "
+     "images with captions.jsonl or captions.csv."),
+    (["--dataset", "captioned_shapes/tiny_32", "--folder", "imgs"], "--folder applies to "
+     "--dataset captioned_folder only (captioned_shapes/tiny_32 stores its images at its own "
+     "size); drop --folder."),
+    (["--dataset", "coco_captions", "--folder", "imgs", "--image_size", "16"], "--folder and "
+     "--image_size apply to --dataset captioned_folder only (coco_captions stores"),
+])
+def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, capsys, flags,
+                                                                    error):
+  """--folder and --image_size with another dataset were ignored without a word (its build
+  made); captioned_folder without --folder was refused in the config's terms (data.folder)."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main([*flags, "--data_dir", str(tmp_path / "tfds")])
+  assert exit_info.value.code == 2
+  assert f": error: {error}" in capsys.readouterr().err
+  assert not (tmp_path / "tfds").exists()  # nothing was built
+
+
 @pytest.mark.parametrize("preview", ["grid", "grid.pngx", ".", "grid.psd"])  # PIL reads .psd only
 def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, capsys, preview):
   """A --preview without an image extension (or a folder) failed in PIL with a traceback after
