@@ -65,9 +65,7 @@ flags.DEFINE_string("stats_split", None, "The split --write_stats reads (default
 
 def _data_config():
   if FLAGS.workdir:
-    import ml_collections
-    from pathlib import Path
-    cfg = ml_collections.ConfigDict(json.loads((Path(FLAGS.workdir) / "config.json").read_text()))
+    cfg = _run_config(FLAGS.workdir)
   elif _CONFIG.value is not None:
     cfg = _CONFIG.value
   else:
@@ -76,6 +74,19 @@ def _data_config():
   if FLAGS.data_dir:
     data.data_dir = FLAGS.data_dir
   return data
+
+
+def _run_config(workdir: str):
+  """The config a train.py run saved in WORKDIR/config.json; ValueError naming the workdir."""
+  import ml_collections
+  from pathlib import Path
+  path = Path(workdir).expanduser() / "config.json"
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (OSError, ValueError) as e:  # missing, not a folder, not JSON
+    why = " ".join(str(getattr(e, "strerror", None) or e).split())
+    raise ValueError(f"--workdir {workdir}: cannot read the run's config {path} ({why}); pass "
+                     "the --workdir of a train.py run, or --config with a config file.") from None
 
 
 def _write_stats() -> None:
@@ -87,8 +98,8 @@ def _write_stats() -> None:
     raise app.UsageError("--write_stats needs --inception_weights.")
   path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file")
   _refuse_existing_stats(path)  # before the features of every image, not after
+  data = _data_config()  # config.json only: a bad --workdir fails before the weights load
   inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
-  data = _data_config()
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
   source = load_source(data, split)
   n = min(FLAGS.num_samples, len(source))

@@ -84,3 +84,30 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   assert _MeanStdFeatures.made == 1  # by --write_stats alone: refused before the weights were read
   np.savez(tmp_path / "dfgan.npz", mu=np.zeros(3), sigma=np.eye(3))  # no size: not checked
   report.check_ref_size(str(tmp_path / "dfgan.npz"), 16)
+
+
+@pytest.mark.parametrize("workdir", ["missing", "a_file", "cut_short"])
+def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, monkeypatch,
+                                                                     workdir):
+  """--write_stats --workdir of no run printed Python's "[Errno 2] No such file or directory:
+  '.../config.json'" (or a JSON decoder's message), naming neither the flag nor the fix."""
+  import evaluate
+  from llmimg_jax.eval import inception
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _MeanStdFeatures.made = 0
+  (tmp_path / "a_file").write_text("not a run")
+  (tmp_path / "cut_short").mkdir()
+  (tmp_path / "cut_short" / "config.json").write_text('{"data": {"name": "capt')
+  evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
+                  str(tmp_path / workdir), "--inception_weights", "inception.pth"])
+  try:
+    with pytest.raises(SystemExit) as exited:
+      evaluate.main([])
+  finally:
+    evaluate.FLAGS.unparse_flags()
+  assert str(exited.value.code).startswith(
+      f"evaluate.py: error: --workdir {tmp_path / workdir}: cannot read the run's config "
+      f"{tmp_path / workdir / 'config.json'} (")
+  assert str(exited.value.code).endswith("); pass the --workdir of a train.py run, or --config "
+                                         "with a config file.")
+  assert _MeanStdFeatures.made == 0 and not (tmp_path / "ref.npz").exists()
