@@ -245,8 +245,24 @@ def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
   cap_col = next((by_name[k] for k in CAPTION_KEYS if k in by_name), None)
   if file_col is None or cap_col is None:
     raise FolderError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
-                      f"and a caption column (one of {CAPTION_KEYS}).")
+                      f"and a caption column (one of {CAPTION_KEYS}).{_delimiter_hint(fields)}")
   return reader, file_col, cap_col
+
+
+_OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "bars"}
+
+
+def _delimiter_hint(fields: list[str]) -> str:
+  """For a one-column header split by another delimiter (a European Excel's ';', a TSV's tab):
+  what to change. Empty otherwise."""
+  if len(fields) != 1:
+    return ""
+  for delimiter, name in _OTHER_DELIMITERS.items():
+    cells = [c.strip().lower().replace(" ", "_") for c in fields[0].split(delimiter)]
+    if any(c in FILE_KEYS for c in cells) and any(c in CAPTION_KEYS for c in cells):
+      return (f" Its columns are separated by {name}; captions.csv needs commas (save it as "
+              "\"CSV UTF-8 (Comma delimited)\", or write it with Python's csv module).")
+  return ""
 
 
 def read_captions(folder: str, skips: _Skips, notes: _Skips | None = None
