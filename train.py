@@ -52,7 +52,7 @@ def main(argv):
     except (ValueError, RuntimeError) as e:
       cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
                f"{cluster}.", 2)
-  from llmimg_jax.data.captioned_folder import FolderError
+  from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError

@@ -135,8 +135,8 @@ def validate_data_config(data_cfg) -> None:
                        f"with captions.jsonl or captions.csv (got {folder!r}; no build of it in "
                        f"data.data_dir={data_cfg.get('data_dir')!r}).")
     if not built:
-      from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
-      captioned_folder.check_caption_files(os.path.expanduser(folder))
+      from llmimg_jax.data import caption_files  # pylint: disable=g-import-not-at-top
+      caption_files.check_caption_files(os.path.expanduser(folder))
     store = int(data_cfg.get("store_size") or 0)
     if store and store < data_cfg.image_size:
       raise ValueError(f"data.store_size={store} < data.image_size={data_cfg.image_size}: "

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import captioned_folder, pipeline
+from llmimg_jax.data import caption_files, captioned_folder, pipeline
 from llmimg_jax.data import images as images_lib
 
 SIZE = 16
@@ -186,15 +186,15 @@ def test_unquoted_commas_and_every_caption_key_kept(tmp_path):
       "file,caption\na.png,a red car, parked next to a blue house\nb.png,plain\n")
   (tmp_path / "captions.jsonl").write_text(json.dumps(
       {"file": "b.png", "caption": "one", "captions": ["one", "two", "three"]}) + "\n")
-  skips, notes = captioned_folder._Skips(), captioned_folder._Skips()
-  caps = captioned_folder.read_captions(str(tmp_path), skips, notes)
+  skips, notes = caption_files.Skips(), caption_files.Skips()
+  caps = caption_files.read_captions(str(tmp_path), skips, notes)
   assert caps == {"a.png": ["a red car, parked next to a blue house"],
                   "b.png": ["one", "two", "three", "plain"]}
   assert not skips.counts and notes.counts == {"unquoted_csv_comma": 1}
   # With the caption column not last, the extra cells cannot be placed: the row is skipped.
   (tmp_path / "captions.csv").write_text("caption,file\na red car, parked,a.png\n")
-  skips = captioned_folder._Skips()
-  assert captioned_folder.read_captions(str(tmp_path), skips) == {
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
       "b.png": ["one", "two", "three"]}
   assert skips.counts == {"extra_csv_cells": 1}
 
@@ -214,8 +214,8 @@ def test_each_caption_once_and_paths_resolved_against_the_folder(tmp_path):
       {"file": "../outside.png", "caption": "escape"}]) + "\n")
   (folder / "captions.csv").write_text(
       'File Name,Caption\na.png,a dog\na.png,"two\nlines"\nmissing.png,x\n')
-  skips = captioned_folder._Skips()
-  caps = captioned_folder.read_captions(str(tmp_path / "link"), skips)
+  skips = caption_files.Skips()
+  caps = caption_files.read_captions(str(tmp_path / "link"), skips)
   assert caps == {"a.png": ["a cat", "a dog", "by real path", "two\nlines"]}
   assert dict(skips.examples) == {"outside_folder": ["captions.jsonl:4 (../outside.png)"],
                                   "unknown_file": ["captions.csv:5 (missing.png)"]}

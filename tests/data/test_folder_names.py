@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import captioned_folder
+from llmimg_jax.data import caption_files, captioned_folder
 
 NFC = unicodedata.normalize("NFC", "café.png")
 NFD = unicodedata.normalize("NFD", "café.png")
@@ -40,8 +40,8 @@ def test_a_directory_name_in_the_other_unicode_form_is_matched(tmp_path):
   Image.new("RGB", (8, 8)).save(tmp_path / sub / NFD)
   (tmp_path / "captions.csv").write_text(
       f"file,caption\n{unicodedata.normalize('NFC', 'été')}/{NFC},summer\n", encoding="utf-8")
-  skips = captioned_folder._Skips()
-  assert captioned_folder.read_captions(str(tmp_path), skips) == {
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
       os.path.join(sub, NFD): ["summer"]}
   assert not skips.counts
 

@@ -1,0 +1,254 @@
+"""Caption files of a captioned folder: captions.jsonl and/or captions.csv -> {file: [captions]}.
+
+captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption": "a cat"}` or
+`{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file (and
+every caption key of a line) are merged, each caption once. captions.csv has a header with a file
+column (file/file_name/filename/image, any case) and a caption column (caption/text/captions); a
+caption column that comes last may hold unquoted commas (counted as a note). File names are
+relative to the folder (or absolute paths inside it) and match the names on disk after Unicode NFC
+normalisation (macOS may write `café.png` decomposed, as NFD). Bad lines are skipped and counted
+by reason.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import os
+import unicodedata
+
+FILE_KEYS = ("file", "file_name", "filename", "image")
+CAPTION_KEYS = ("caption", "captions", "text")
+CAPTION_FILES = ("captions.jsonl", "captions.csv")
+MAX_EXAMPLES_PER_REASON = 5
+
+
+class Skips:
+  """Skip counts by reason, with a few examples of each."""
+
+  def __init__(self):
+    self.counts = collections.Counter()
+    self.examples = collections.defaultdict(list)
+
+  def add(self, reason: str, what: str) -> None:
+    self.counts[reason] += 1
+    if len(self.examples[reason]) < MAX_EXAMPLES_PER_REASON:
+      self.examples[reason].append(what)
+
+
+def _relative_name(folder: str, name: str) -> str | None:
+  """`name` (relative to `folder`, or absolute) relative to `folder`; None if it is outside.
+
+  An absolute name may reach the folder through another path to it (a symlink); a file inside
+  the folder may itself be a symlink to anywhere."""
+  path = os.path.normpath(os.path.join(folder, name))
+  for root, p in ((folder, path), (os.path.realpath(folder), os.path.realpath(path))):
+    rel = os.path.relpath(p, root)
+    if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+      return rel
+  return None
+
+
+class _DiskNames:
+  """Names in captions files -> the names on disk, compared after Unicode NFC normalisation."""
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    self._listings: dict[str, dict[str, list[str]]] = {}
+
+  def _listing(self, directory: str) -> dict[str, list[str]]:
+    """NFC name -> the entries of `directory` with that name (more than one: an ambiguity)."""
+    if directory not in self._listings:
+      by_nfc = collections.defaultdict(list)
+      try:
+        for entry in sorted(os.listdir(directory)):
+          by_nfc[unicodedata.normalize("NFC", entry)].append(entry)
+      except OSError:
+        pass
+      self._listings[directory] = dict(by_nfc)
+    return self._listings[directory]
+
+  def resolve(self, rel: str, where: str) -> str | None:
+    """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file."""
+    parts: list[str] = []
+    for part in rel.split(os.sep):
+      directory = os.path.join(self.folder, *parts)
+      matches = self._listing(directory).get(unicodedata.normalize("NFC", part), [])
+      if len(matches) > 1:
+        raise FolderError(
+            f"{where} names {part!r}, but {directory} holds {len(matches)} entries with that name "
+            f"in different Unicode forms: {', '.join(ascii(m) for m in matches)}. Rename or "
+            "remove all but one of them.")
+      parts.append(matches[0] if matches else part)  # none: a case-insensitive disk may find it
+    rel = os.path.join(*parts)
+    return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
+
+
+def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips) -> None:
+  if not isinstance(file_name, str) or not file_name.strip():
+    skips.add("missing_key", where)
+    return
+  if isinstance(captions, str):
+    captions = [captions]
+  if not isinstance(captions, list):
+    skips.add("missing_key", where)
+    return
+  # Undecodable CSV bytes (surrogate-escaped) or a JSON "\ud83d" escape (half an emoji): not
+  # UTF-8, so TFDS could not write them.
+  if any(_has_surrogates(v) for v in (file_name, *captions) if isinstance(v, str)):
+    skips.add("invalid_utf8", where)
+    return
+  rel = _relative_name(names.folder, file_name.strip())
+  if rel is None:
+    skips.add("outside_folder", f"{where} ({file_name})")
+    return
+  rel = names.resolve(rel, where)
+  if rel is None:
+    skips.add("unknown_file", f"{where} ({file_name})")
+    return
+  named = out[rel]  # named even if this line's captions are blank: not also "no_caption"
+  captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+  if not captions:
+    skips.add("empty_caption", where)
+    return
+  named.extend(c for c in dict.fromkeys(captions) if c not in named)
+
+
+def _first(obj: dict, keys) -> object:
+  return next((obj[k] for k in keys if k in obj), None)
+
+
+class FolderError(ValueError):
+  """A folder that cannot make a dataset (no captions file, an unreadable one, no usable image);
+  the message names the file and the fix."""
+
+
+def check_caption_files(folder: str) -> None:
+  """What can be refused without reading the images: raises FolderError (seconds, not a build)."""
+  paths = [os.path.join(folder, f) for f in CAPTION_FILES]
+  if not any(os.path.isfile(p) for p in paths):
+    raise FolderError(
+        f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
+        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
+  for path in paths:
+    _refuse_utf16(path)
+  if os.path.isfile(paths[0]):
+    _refuse_json_array(paths[0])
+  if os.path.isfile(paths[1]):  # its header record (a quoted cell may hold a line break)
+    with open(paths[1], encoding="utf-8", errors="surrogateescape", newline="") as f:
+      _csv_columns(paths[1], f.read(1 << 16))
+
+
+def _refuse_json_array(jsonl_path: str) -> None:
+  """One JSON array of objects (what `json.dump(list)` writes) is not JSON Lines: say so."""
+  with open(jsonl_path, "rb") as f:
+    if not f.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+      return
+    f.seek(0)
+    try:
+      obj = json.loads(f.read().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      return  # a line-by-line problem; the build counts it
+  if isinstance(obj, list):
+    raise FolderError(
+        f"{jsonl_path} is one JSON array; captions.jsonl needs one JSON object per line "
+        "(JSON Lines), e.g. write it with `for e in entries: f.write(json.dumps(e) + '\\n')`.")
+
+
+def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
+  """The reader of a captions.csv's text and its file and caption columns."""
+  reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+  fields = reader.fieldnames or []
+  by_name: dict[str, str] = {}  # "File Name " reads as file_name; the first such column wins
+  for f in fields:
+    by_name.setdefault(f.strip().lower().replace(" ", "_"), f)
+  file_col = next((by_name[k] for k in FILE_KEYS if k in by_name), None)
+  cap_col = next((by_name[k] for k in CAPTION_KEYS if k in by_name), None)
+  if file_col is None or cap_col is None:
+    raise FolderError(f"{csv_path}: header {fields} needs a file column (one of {FILE_KEYS}) "
+                      f"and a caption column (one of {CAPTION_KEYS}).{_delimiter_hint(fields)}")
+  return reader, file_col, cap_col
+
+
+_OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "bars"}
+
+
+def _delimiter_hint(fields: list[str]) -> str:
+  """For a one-column header split by another delimiter (a European Excel's ';', a TSV's tab):
+  what to change. Empty otherwise."""
+  if len(fields) != 1:
+    return ""
+  for delimiter, name in _OTHER_DELIMITERS.items():
+    cells = [c.strip().lower().replace(" ", "_") for c in fields[0].split(delimiter)]
+    if any(c in FILE_KEYS for c in cells) and any(c in CAPTION_KEYS for c in cells):
+      return (f" Its columns are separated by {name}; captions.csv needs commas (save it as "
+              "\"CSV UTF-8 (Comma delimited)\", or write it with Python's csv module).")
+  return ""
+
+
+def read_captions(folder: str, skips: Skips, notes: Skips | None = None
+                  ) -> dict[str, list[str]]:
+  """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv.
+
+  Each caption once per file; a file named only with blank captions maps to []."""
+  out: dict[str, list[str]] = collections.defaultdict(list)
+  check_caption_files(folder)
+  names = _DiskNames(folder)
+  jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
+  if os.path.isfile(jsonl):
+    with open(jsonl, "rb") as f:
+      for n, raw in enumerate(f, start=1):
+        where = f"captions.jsonl:{n}"
+        if not raw.strip():
+          continue
+        try:
+          line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a BOM, as some editors write
+        except UnicodeDecodeError:
+          skips.add("invalid_utf8", where)
+          continue
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError:
+          skips.add("invalid_json", where)
+          continue
+        if not isinstance(obj, dict):
+          skips.add("invalid_json", where)
+          continue
+        file_name = _first(obj, FILE_KEYS)
+        captions = [  # every caption key's (_add_caption_entry keeps each caption once)
+            c for k in CAPTION_KEYS if k in obj
+            for c in (obj[k] if isinstance(obj[k], list) else [obj[k]]) if isinstance(c, str)]
+        if file_name is None or not any(k in obj for k in CAPTION_KEYS):
+          skips.add("missing_key", where)
+          continue
+        _add_caption_entry(names, where, file_name, captions, out, skips)
+  if os.path.isfile(csv_path):
+    with open(csv_path, "rb") as f:
+      text = f.read().decode("utf-8", errors="surrogateescape")
+    reader, file_col, cap_col = _csv_columns(csv_path, text)
+    last = reader.fieldnames[-1] == cap_col
+    for row in reader:
+      where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
+      caption, extra = row.get(cap_col) or "", row.get(None)
+      if extra:  # more cells than the header: an unquoted comma
+        if not last:  # which cells are the caption's is unknown
+          skips.add("extra_csv_cells", where)
+          continue
+        caption = ",".join([caption, *extra])  # the caption is the last column: its own commas
+        if notes is not None:
+          notes.add("unquoted_csv_comma", where)
+      _add_caption_entry(names, where, row.get(file_col), caption, out, skips)
+  return dict(out)
+
+
+def _refuse_utf16(path: str) -> None:
+  """A UTF-16 file (Excel's "Unicode text") would read as garbage lines; say so instead."""
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+        raise FolderError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. Excel's \"CSV UTF-8\").")
+
+
+def _has_surrogates(s: str) -> bool:
+  return any("\ud800" <= ch <= "\udfff" for ch in s)
