@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from llmimg_jax.images import captioned_grid
@@ -110,3 +111,17 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   records = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [6, 6]
   assert all((out / r["file"]).stat().st_size > 0 for r in records)
+
+
+def test_a_dataset_of_one_image_is_refused_before_compiling(tmp_path):
+  """It trained: every batch held the one image, so each of D's "mismatched" pairs matched."""
+  folder = tmp_path / "one"
+  folder.mkdir()
+  Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "red.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "red.png", "caption": "red"}) + "\n")
+  config = tiny_config(tmp_path / "tfds")
+  config.data.name, config.data.config, config.data.folder = "captioned_folder", "", str(folder)
+  with pytest.raises(ValueError, match=r"has 1 record; training needs at least 2 \(D learns "
+                     r"from mismatched image-caption pairs\): add images"):
+    loop.train(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists()
