@@ -70,10 +70,23 @@ def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathL
     if not from_file:
       raise ValueError(f"Prompts file {path} has no prompts (only blank or '#' lines); write one "
                        "prompt per line.")
+    if json_line := next((p for p in from_file if _is_json_object(p)), None):
+      raise ValueError(f"Prompts file {path} holds JSON objects (e.g. {json_line[:60]!r}), not "
+                       "plain prompts; write one prompt per line (from a captions.jsonl: "
+                       "`jq -r .caption captions.jsonl > prompts.txt`).")
     prompts += from_file
   if not prompts:
     raise ValueError("No prompts: pass --prompt TEXT (repeatable) or --prompts_file FILE.")
   return check_prompts(prompts)
+
+
+def _is_json_object(line: str) -> bool:
+  if not line.startswith("{"):
+    return False
+  try:
+    return isinstance(json.loads(line), dict)
+  except ValueError:
+    return False
 
 
 # Line breaks for str.splitlines() that JSON leaves unescaped (they can only occur in strings).

@@ -319,6 +319,21 @@ def test_prompts_file_lines_are_kept_whole_and_must_be_utf8(tmp_path):
     read_prompts([], latin1)
 
 
+def test_a_prompts_file_of_json_lines_is_refused(tmp_path):
+  """A captions.jsonl given as --prompts_file sampled each raw JSON line as a prompt."""
+  jsonl = tmp_path / "captions.jsonl"
+  jsonl.write_text('{"file": "a.png", "caption": "a red circle"}\n')
+  with pytest.raises(ValueError, match=re.escape(
+      f"Prompts file {jsonl} holds JSON objects (e.g. '{{\"file\": \"a.png\", \"caption\": "
+      "\"a red circle\"}'), not plain prompts; write one prompt per line (from a captions.jsonl: "
+      "`jq -r .caption captions.jsonl > prompts.txt`).")):
+    read_prompts([], jsonl)
+  # Braces in a prompt that is not a JSON object are text.
+  text = tmp_path / "prompts.txt"
+  text.write_text("{a red} circle\n{}x\n")
+  assert read_prompts([], text) == ["{a red} circle", "{}x"]
+
+
 def test_a_blank_prompts_file_name_is_refused():
   """--prompts_file '' (an unset "$FILE") was skipped: the --prompt prompts alone were sampled."""
   for name in ("", " "):
