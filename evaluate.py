@@ -129,6 +129,9 @@ def main(argv) -> None:
     verb = "applies" if len(given) == 1 else "apply"
     raise app.UsageError(f"--{' and --'.join(given)} only {verb} with --write_stats; the "
                          "evaluation reads the run's config from its checkpoint.")
+  if not FLAGS.write_stats and FLAGS["overwrite_stats"].present:
+    raise app.UsageError("--overwrite_stats only applies with --write_stats (it lets that "
+                         "replace an existing statistics file); drop it, or pass --write_stats.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError

@@ -111,3 +111,15 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
   assert str(exited.value.code).endswith("); pass the --workdir of a train.py run, or --config "
                                          "with a config file.")
   assert _MeanStdFeatures.made == 0 and not (tmp_path / "ref.npz").exists()
+
+
+def test_overwrite_stats_without_write_stats_is_refused(tmp_path):
+  """--overwrite_stats alone was ignored without a word (the run was evaluated)."""
+  import evaluate
+  from absl import app
+  evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--overwrite_stats"])
+  try:
+    with pytest.raises(app.UsageError, match="^--overwrite_stats only applies with --write_stats"):
+      evaluate.main([])
+  finally:
+    evaluate.FLAGS.unparse_flags()
