@@ -256,8 +256,8 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
 
 def test_expansion_sampling_options_without_sampling_are_refused():
   """temperature and top_p were ignored by greedy and beam-search expansion."""
-  with pytest.raises(ValueError, match=r"^--expand_top_p=0.5 only apply when sampling expansions; "
-                     "pass --expand_do_sample"):
+  with pytest.raises(ValueError, match=r"^--expand_top_p=0.5 only applies when sampling "
+                     "expansions; pass --expand_do_sample, or drop it for greedy"):
     check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 0.5)
   check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 1.0)  # the defaults, given or not
   check_options(DEFAULT_TEMPLATE, 8, 1, True, 0.7, 0.5)

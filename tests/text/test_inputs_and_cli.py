@@ -295,7 +295,11 @@ def test_cli_generation_options_with_encode_out_are_refused(tmp_path, capsys):
   # Options left at their defaults, even when given, are no reason to refuse.
   assert main(common + ["--num_beams", "1", "--top_k", "50", "--seed", "3", "--bf16"]) == 2
   err = capsys.readouterr().err
-  assert "only apply to generation" not in err and "not found" in err, err
+  assert "to generation" not in err and "not found" in err, err
+  assert main(common + ["--top_p", "0.5"]) == 2  # one option: "applies", "it"
+  assert capsys.readouterr().err == (
+      "error: --top_p only applies to generation, not to --encode_out (which saves encoder "
+      "states); drop it or drop --encode_out.\n")
   assert not (tmp_path / "s.npy").exists()
 
 
@@ -310,7 +314,11 @@ def test_cli_sampling_options_without_do_sample_are_refused(tmp_path, capsys):
   for extra in (["--do_sample", "--temperature", "0.5"], ["--top_k", "50", "--num_beams", "2"]):
     assert main(common + extra) == 2
     err = capsys.readouterr().err
-    assert "only apply when sampling" not in err and "not found" in err, err
+    assert "when sampling" not in err and "not found" in err, err
+  assert main(common + ["--top_k", "4"]) == 2  # one option: "applies", "it"
+  assert capsys.readouterr().err == (
+      "error: --top_k only applies when sampling; pass --do_sample, or drop it for greedy or "
+      "beam-search generation.\n")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, "float64", "int8"])
