@@ -75,6 +75,8 @@ class _DiskNames:
     for part in rel.split(os.sep):
       directory = os.path.join(self.folder, *parts)
       matches = self._listing(directory).get(unicodedata.normalize("NFC", part), [])
+      if part in matches:  # spelled as on disk: no other form is meant
+        matches = [part]
       if len(matches) > 1:
         raise FolderError(
             f"{where} names {part!r}, but {directory} holds {len(matches)} entries with that name "

@@ -46,13 +46,22 @@ def test_a_directory_name_in_the_other_unicode_form_is_matched(tmp_path):
   assert not skips.counts
 
 
-def test_two_files_with_one_normalised_name_are_refused(tmp_path):
-  Image.new("RGB", (8, 8)).save(tmp_path / NFC)
-  Image.new("RGB", (8, 8)).save(tmp_path / NFD)
+def test_two_files_with_one_normalised_name_are_each_their_own_name(tmp_path):
+  """Two files whose names differ in Unicode form only: a caption spelled as one of them names
+  that file (as before names were normalised); one spelled in neither form is refused."""
+  Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / NFC)
+  Image.new("RGB", (8, 8), (200, 9, 9)).save(tmp_path / NFD)
   if len(os.listdir(tmp_path)) < 2:
     pytest.skip("this file system stores one name per normalised form")
-  _write_jsonl(tmp_path, [{"file": NFC, "caption": "which one?"}])
+  _write_jsonl(tmp_path, [{"file": NFC, "caption": "grey"}, {"file": NFD, "caption": "red"}])
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {NFC: ["grey"], NFD: ["red"]}
+  mixed = "e\u0301t\xe9.png"  # été in neither NFC nor NFD
+  for form in ("NFC", "NFD"):
+    Image.new("RGB", (8, 8)).save(tmp_path / unicodedata.normalize(form, mixed))
+  _write_jsonl(tmp_path, [{"file": mixed, "caption": "which one?"}])
   with pytest.raises(captioned_folder.FolderError,
                      match=r"captions.jsonl:1 names .* 2 entries with that name in different "
-                           r"Unicode forms: 'cafe\\u0301.png', 'caf\\xe9.png'. Rename or remove"):
+                           r"Unicode forms: 'e\\u0301te\\u0301.png', '\\xe9t\\xe9.png'. Rename "
+                           r"or remove"):
     captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
