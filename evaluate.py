@@ -82,11 +82,15 @@ def _run_config(workdir: str):
   from pathlib import Path
   path = Path(workdir).expanduser() / "config.json"
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # missing, not a folder, not JSON
     why = " ".join(str(getattr(e, "strerror", None) or e).split())
-    raise ValueError(f"--workdir {workdir}: cannot read the run's config {path} ({why}); pass "
-                     "the --workdir of a train.py run, or --config with a config file.") from None
+  else:
+    if isinstance(saved, dict) and isinstance(saved.get("data"), dict):
+      return ml_collections.ConfigDict(saved)
+    why = "no data section: not a train.py run's config, e.g. a model's"
+  raise ValueError(f"--workdir {workdir}: cannot read the run's config {path} ({why}); pass "
+                   "the --workdir of a train.py run, or --config with a config file.") from None
 
 
 def _write_stats() -> None:

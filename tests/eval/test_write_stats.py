@@ -86,7 +86,7 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   report.check_ref_size(str(tmp_path / "dfgan.npz"), 16)
 
 
-@pytest.mark.parametrize("workdir", ["missing", "a_file", "cut_short"])
+@pytest.mark.parametrize("workdir", ["missing", "a_file", "cut_short", "a_model"])
 def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, monkeypatch,
                                                                      workdir):
   """--write_stats --workdir of no run printed Python's "[Errno 2] No such file or directory:
@@ -98,6 +98,8 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
   (tmp_path / "a_file").write_text("not a run")
   (tmp_path / "cut_short").mkdir()
   (tmp_path / "cut_short" / "config.json").write_text('{"data": {"name": "capt')
+  (tmp_path / "a_model").mkdir()  # a Hugging Face model's folder: an AttributeError traceback
+  (tmp_path / "a_model" / "config.json").write_text('{"model_type": "t5", "d_model": 512}')
   evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
                   str(tmp_path / workdir), "--inception_weights", "inception.pth"])
   try:
