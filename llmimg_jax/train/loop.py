@@ -182,11 +182,12 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   if path.exists():
     try:
       saved = json.loads(path.read_text())
+      if not isinstance(saved, dict):
+        raise ValueError(f"a JSON {type(saved).__name__}, not an object")
     except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
       log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
     else:
-      changes = checkpoint.config_changes(saved if isinstance(saved, dict) else {},
-                                          json.loads(config.to_json()))
+      changes = checkpoint.config_changes(saved, json.loads(config.to_json()))
       if changes:
         log.warning("%s differs from this run's config (%s); the new config is used and saved.",
                     path, "; ".join(changes))

@@ -188,12 +188,14 @@ def test_the_workdir_check_does_not_collide_with_another_hosts(tmp_path, monkeyp
   assert [p.name for p in tmp_path.iterdir()] == [".write_test.1"]  # the probe is gone
 
 
-def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog):
+@pytest.mark.parametrize("text", ['{"data": {"name": "capt', "[]"])  # cut short by a crash
+def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog, text):
   config = tiny_config(tmp_path)
-  (tmp_path / "config.json").write_text('{"data": {"name": "capt')  # cut short by a crash
+  (tmp_path / "config.json").write_text(text)
   with caplog.at_level(logging.WARNING):
     loop._write_config(tmp_path, config)
   assert f"Could not read {tmp_path / 'config.json'}" in caplog.text
+  assert "differs" not in caplog.text  # not every value listed as changed from nothing
   assert json.loads((tmp_path / "config.json").read_text()) == json.loads(config.to_json())
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left
 
