@@ -130,8 +130,7 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required.")
   if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")
                                           if FLAGS[f].present]):
-    verb = "applies" if len(given) == 1 else "apply"
-    raise app.UsageError(f"--{' and --'.join(given)} only {verb} with --write_stats; the "
+    raise app.UsageError(f"{cli.only_apply([f'--{f}' for f in given])} with --write_stats; the "
                          "evaluation reads the run's config from its checkpoint.")
   if not FLAGS.write_stats and FLAGS["overwrite_stats"].present:
     raise app.UsageError("--overwrite_stats only applies with --write_stats (it lets that "

@@ -68,8 +68,8 @@ def run() -> None:
     raise ValueError("--expand_with is empty; name the seq2seq T5 (a directory or hub name) "
                      "that expands the prompts, or drop the flag to sample the prompts as given.")
   if not _EXPAND_WITH.value and (given := [f"--{f.name}" for f in _EXPAND_OPTIONS if f.present]):
-    raise ValueError(f"{', '.join(given)} only apply with --expand_with MODEL (a seq2seq T5 "
-                     "that expands the prompts); pass it or drop them.")
+    raise ValueError(f"{cli.only_apply(given)} with --expand_with MODEL (a seq2seq T5 that "
+                     f"expands the prompts); pass it or drop {cli.them(given)}.")
   if _EXPAND_WITH.value:
     check_options(_EXPAND_TEMPLATE.value, _EXPAND_TOKENS.value, _EXPAND_BEAMS.value,
                   _EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value)

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from absl import flags
@@ -15,6 +15,15 @@ from absl import flags
 def fail(prog: str, message: str, status: int) -> NoReturn:
   print(f"{prog}: error: {message}", file=sys.stderr)
   sys.exit(status)
+
+
+def only_apply(flags: Sequence[str]) -> str:
+  """'--a only applies' for one flag, '--a, --b only apply' for more."""
+  return f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'}"
+
+
+def them(flags: Sequence[str]) -> str:
+  return "it" if len(flags) == 1 else "them"
 
 
 def out_of_memory(e: BaseException, sizes: str) -> str | None:

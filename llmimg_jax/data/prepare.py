@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from llmimg_jax import cli
 from llmimg_jax.data import pipeline
 from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.images import captioned_grid
@@ -71,10 +72,8 @@ def check_args(args: argparse.Namespace) -> None:
       raise ValueError("--dataset captioned_folder needs --folder DIR: your images with "
                        "captions.jsonl or captions.csv.")
   elif given := [f"--{k}" for k in ("folder", "image_size") if getattr(args, k)]:
-    flags = " and ".join(given)
-    raise ValueError(f"{flags} {'apply' if len(given) > 1 else 'applies'} to --dataset "
-                     f"captioned_folder only ({args.dataset} stores its images at its own size); "
-                     f"drop {flags}.")
+    raise ValueError(f"{cli.only_apply(given)} to --dataset captioned_folder ({args.dataset} "
+                     f"stores its images at its own size); drop {cli.them(given)}.")
 
 
 def data_config_from_args(args: argparse.Namespace):

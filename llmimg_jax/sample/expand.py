@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from llmimg_jax import cli
 from llmimg_jax.text import TextGenerator
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,9 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
   if num_beams < 1:
     raise ValueError(f"expand num_beams={num_beams} must be >= 1.")
   if not do_sample and (ignored := _sampling_options_set(temperature, top_p)):
-    one = len(ignored) == 1
-    raise ValueError(f"{', '.join(ignored)} only {'applies' if one else 'apply'} when sampling "
-                     f"expansions; pass --expand_do_sample, or drop {'it' if one else 'them'} "
-                     "for greedy or beam-search expansion.")
+    raise ValueError(f"{cli.only_apply(ignored)} when sampling expansions; pass "
+                     f"--expand_do_sample, or drop {cli.them(ignored)} for greedy or beam-search "
+                     "expansion.")
   if do_sample and num_beams > 1:
     raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
                      "not both; drop one of the two options.")

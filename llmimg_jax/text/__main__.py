@@ -54,15 +54,6 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
   return [f"--{name}" for name in names if getattr(args, name) != defaults.get_default(name)]
 
 
-def _only_apply(flags: list[str]) -> str:
-  """'--a only applies' for one flag, '--a, --b only apply' for more."""
-  return f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'}"
-
-
-def _them(flags: list[str]) -> str:
-  return "it" if len(flags) == 1 else "them"
-
-
 def _npy_path(encode_out: str) -> str:
   """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable."""
   # '' (an unset shell variable) used to generate instead; ' ' or 'DIR/' saved ' .npy', 'DIR/.npy'
@@ -97,13 +88,13 @@ def main(argv=None) -> int:
     return 2
   encode = args.encode_out is not None
   if encode and (ignored := _options_set(args, _GENERATION_OPTIONS)):
-    print(f"error: {_only_apply(ignored)} to generation, not to --encode_out (which saves "
-          f"encoder states); drop {_them(ignored)} or drop --encode_out.", file=sys.stderr)
+    print(f"error: {cli.only_apply(ignored)} to generation, not to --encode_out (which saves "
+          f"encoder states); drop {cli.them(ignored)} or drop --encode_out.", file=sys.stderr)
     return 2
   if not args.do_sample and (ignored := _options_set(args, _SAMPLING_OPTIONS)):
     # generate() would ignore them with a warning; on the command line that is a mistake.
-    print(f"error: {_only_apply(ignored)} when sampling; pass --do_sample, or drop "
-          f"{_them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
+    print(f"error: {cli.only_apply(ignored)} when sampling; pass --do_sample, or drop "
+          f"{cli.them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
     return 2
   try:
     out_path = _npy_path(args.encode_out) if encode else None  # before the model load

@@ -64,11 +64,11 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("flags, error", [
     (["--dataset", "captioned_folder"], "--dataset captioned_folder needs --folder DIR: your "
      "images with captions.jsonl or captions.csv."),
-    (["--dataset", "captioned_shapes/tiny_32", "--folder", "imgs"], "--folder applies to "
-     "--dataset captioned_folder only (captioned_shapes/tiny_32 stores its images at its own "
-     "size); drop --folder."),
-    (["--dataset", "coco_captions", "--folder", "imgs", "--image_size", "16"], "--folder and "
-     "--image_size apply to --dataset captioned_folder only (coco_captions stores"),
+    (["--dataset", "captioned_shapes/tiny_32", "--folder", "imgs"], "--folder only applies "
+     "to --dataset captioned_folder (captioned_shapes/tiny_32 stores its images at its own "
+     "size); drop it."),
+    (["--dataset", "coco_captions", "--folder", "imgs", "--image_size", "16"], "--folder, "
+     "--image_size only apply to --dataset captioned_folder (coco_captions stores"),
 ])
 def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, capsys, flags,
                                                                     error):

@@ -32,7 +32,7 @@ def test_cli_help_and_missing_workdir(tmp_path):
                         "configs/shapes_quick.py", "--stats_split", "test"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and (
-      "--config and --stats_split only apply with --write_stats" in out.stderr), out.stderr
+      "--config, --stats_split only apply with --write_stats" in out.stderr), out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--stats_split", "test"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and (

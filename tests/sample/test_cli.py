@@ -110,7 +110,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
                                   "bad_expand_sampling", "beams_and_sampling", "bad_batch_size",
                                   "no_checkpoint_and_an_expander", "non_utf8_prompt", "empty_out",
                                   "expand_options_without_a_model", "empty_expand_with",
-                                  "expand_sampling_options_without_sampling"])
+                                  "expand_sampling_options_without_sampling",
+                                  "one_expand_option_without_a_model"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -156,6 +157,10 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
       "expand_options_without_a_model": (
           ["--prompt", "a cat", "--expand_num_beams", "4", "--expand_temperature", "0.5"],
           "--expand_num_beams, --expand_temperature only apply with --expand_with MODEL"),
+      "one_expand_option_without_a_model": (
+          ["--prompt", "a cat", "--expand_num_beams", "4"],
+          "--expand_num_beams only applies with --expand_with MODEL (a seq2seq T5 that expands "
+          "the prompts); pass it or drop it."),
       # Greedy expansion ignored them, and exited 0.
       "expand_sampling_options_without_sampling": (
           ["--prompt", "a cat", "--expand_with", "x", "--expand_temperature", "0.7",
