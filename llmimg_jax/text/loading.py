@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
-from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+from llmimg_jax.text.tokenizer import TextTokenizer, lfs_pointer_error, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
       for key in f.keys():
         out[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
   except Exception as e:
+    if lfs := lfs_pointer_error([path]):
+      raise ValueError(lfs) from e
     raise ValueError(f"Could not read safetensors file {path}: {e}. Is it truncated? "
                      "Re-save the checkpoint with model.save_pretrained(DIR).") from e
   return out
@@ -106,6 +108,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:
+    if lfs := lfs_pointer_error([path]):
+      raise ValueError(lfs) from e
     raise ValueError(f"Could not read PyTorch weights {path}: {e}.") from e
   return {k: v.detach().float().numpy() for k, v in state.items()}
 

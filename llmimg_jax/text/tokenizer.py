@@ -95,6 +95,9 @@ def load_tokenizer(path_or_name: str | None, max_length: int) -> TextTokenizer:
   try:
     hf = _tokenizer_class(path_or_name).from_pretrained(path_or_name)
   except (OSError, ValueError) as e:
+    vocab = [os.path.join(os.fspath(path_or_name), f) for f in _VOCAB_FILES]
+    if lfs := lfs_pointer_error(vocab):  # transformers said 'install tiktoken' or 'bad JSON'
+      raise ValueError(lfs) from e
     raise FileNotFoundError(f"Could not load a tokenizer from {path_or_name!r}: {e}. {hint}") from e
   # Without a vocabulary file transformers 5 builds a T5Tokenizer with an empty vocabulary (every
   # word <unk>) instead of failing, e.g. for a directory of model.save_pretrained() alone.
@@ -104,6 +107,29 @@ def load_tokenizer(path_or_name: str | None, max_length: int) -> TextTokenizer:
         f"No tokenizer vocabulary in {path_or_name!r} (none of {_VOCAB_FILES}): every word would "
         f"be <unk>. {hint}")
   return TextTokenizer(hf, max_length)
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointer_error(paths: Sequence[str]) -> str | None:
+  """Which of `paths` are Git LFS pointers (a repository cloned without Git LFS holds ~130-byte
+  text files in place of its weights and vocabulary) and how to fetch them; None if none are."""
+  pointers = []
+  for path in paths:
+    try:
+      if os.path.isfile(path) and os.path.getsize(path) < 1024:
+        with open(path, "rb") as f:
+          if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            pointers.append(path)
+    except OSError:
+      continue
+  if not pointers:
+    return None
+  folder = os.path.dirname(pointers[0]) or "."
+  return (f"{', '.join(pointers)}: Git LFS pointer file(s), not the real file(s); the checkpoint "
+          f"was cloned without Git LFS. Fetch them with `git lfs install && git lfs pull` in "
+          f"{folder}, or download the checkpoint with huggingface_hub.snapshot_download.")
 
 
 _VOCAB_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")

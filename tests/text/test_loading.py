@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from llmimg_jax.text import T5Config, TextGenerator, load_t5
+from llmimg_jax.text import T5Config, TextGenerator, load_t5, load_tokenizer
 from llmimg_jax.text.__main__ import main
 from llmimg_jax.text.loading import read_state_dict
 
@@ -238,6 +238,31 @@ def test_truncated_safetensors(relu_tied, tmp_path):
   with pytest.raises(ValueError, match="safetensors") as e:
     load_t5(tmp_path)
   assert str(tmp_path / "model.safetensors") in str(e.value)
+
+
+_LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 242041896\n".format(
+    "0" * 64)
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_git_lfs_pointer_weights_say_to_fetch_them(weights, relu_tied, tmp_path):
+  # A hub repository cloned without Git LFS: 'header too large ... truncated?' or torch's advice
+  # to load with weights_only=False used to be all the user saw.
+  _copy_config(relu_tied.path, tmp_path)
+  (tmp_path / weights).write_text(_LFS_POINTER)
+  with pytest.raises(ValueError, match="Git LFS pointer.*git lfs pull") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / weights) in str(e.value)
+
+
+@pytest.mark.parametrize("vocab", ["tokenizer.json", "spiece.model"])
+def test_git_lfs_pointer_vocabulary_says_to_fetch_it(vocab, tmp_path):
+  # spiece.model as a pointer made transformers ask for `pip install tiktoken`.
+  (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "T5Tokenizer"}')
+  (tmp_path / vocab).write_text(_LFS_POINTER)
+  with pytest.raises(ValueError, match="Git LFS pointer.*git lfs pull") as e:
+    load_tokenizer(str(tmp_path), 8)
+  assert str(tmp_path / vocab) in str(e.value) and "tiktoken" not in str(e.value)
 
 
 def test_missing_unexpected_and_misshaped_tensors_are_named(relu_tied, tmp_path):
