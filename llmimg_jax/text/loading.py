@@ -119,6 +119,10 @@ def _read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarra
   try:
     with open(index_path) as f:
       weight_map = json.load(f)["weight_map"]
+    if not isinstance(weight_map, dict):  # a list raised a bare AttributeError, null a TypeError
+      raise TypeError(f"'weight_map' is a JSON {type(weight_map).__name__}")
+    if bad := next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None):
+      raise TypeError(f"'weight_map' maps {bad[0]!r} to {json.dumps(bad[1])}")
   except (json.JSONDecodeError, KeyError, TypeError) as e:
     raise ValueError(f"Malformed shard index {index_path}: {e}; it needs a 'weight_map' object "
                      "of tensor name -> shard file.") from e

@@ -116,6 +116,17 @@ def test_shard_index_naming_a_missing_shard_or_tensor_is_refused(relu_tied, tmp_
     load_t5(tmp_path)
 
 
+@pytest.mark.parametrize("weight_map", [[], ["model-00001.safetensors"], {"shared.weight": None}])
+def test_shard_index_whose_weight_map_is_not_names_to_files_is_refused(weight_map, relu_tied,
+                                                                       tmp_path):
+  _copy_config(relu_tied.path, tmp_path)
+  index_path = tmp_path / "model.safetensors.index.json"
+  index_path.write_text(json.dumps({"weight_map": weight_map}))
+  with pytest.raises(ValueError, match="Malformed shard index .*'weight_map' object") as e:
+    load_t5(tmp_path)
+  assert str(index_path) in str(e.value)
+
+
 def test_checkpoint_path_under_the_home_directory(relu_tied, tmp_path, monkeypatch):
   shutil.copytree(relu_tied.path, tmp_path / "ckpt")
   monkeypatch.setenv("HOME", str(tmp_path))
