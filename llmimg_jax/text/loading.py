@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -110,8 +111,23 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   except Exception as e:
     if lfs := lfs_pointer_error([path]):
       raise ValueError(lfs) from e
-    raise ValueError(f"Could not read PyTorch weights {path}: {e}.") from e
+    raise ValueError(
+        f"Could not read PyTorch weights {path} ({_torch_load_detail(e)}): the file is cut short "
+        "or corrupt, or holds objects besides tensors, which are not unpickled (that can run "
+        "code). Re-download it, or convert a file you trust to safetensors with transformers: "
+        "T5ForConditionalGeneration.from_pretrained(DIR, weights_only=False)"
+        ".save_pretrained(DIR).") from e
   return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def _torch_load_detail(e: Exception) -> str:
+  """torch.load's error in one line, without its advice to load with weights_only=False (a
+  multi-paragraph message, with terminal escapes) or, for an empty file, nothing at all."""
+  text = str(e)
+  if m := re.search(r"WeightsUnpickler error:\s*(.+)", text):
+    text = m.group(1)
+  text = text.strip().split("\n")[0].split(". ")[0].rstrip(".")
+  return text or type(e).__name__
 
 
 def _read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarray]:

@@ -393,9 +393,27 @@ def test_a_pickle_that_runs_code_is_refused_not_run(relu_tied, tmp_path):
   _copy_config(relu_tied.path, tmp_path)
   torch.save({"shared.weight": torch.zeros(2, 2), "payload": _Touch(marker)},
              tmp_path / "pytorch_model.bin")
-  with pytest.raises(ValueError, match="Could not read PyTorch weights .*pytorch_model.bin"):
+  with pytest.raises(ValueError, match="Could not read PyTorch weights .*pytorch_model.bin") as e:
     load_t5(tmp_path)
   assert not marker.exists()
+  assert "weights_only=False).save_pretrained(DIR)" in str(e.value)  # what to do if trusted
+
+
+@pytest.mark.parametrize("content", ["empty", "garbage", "cut"])
+def test_unreadable_pytorch_bin_is_one_line_naming_the_fix(content, relu_tied, tmp_path):
+  # torch's own message: several paragraphs advising torch.load(weights_only=False), which this
+  # loader never does; for an empty file, nothing ('Could not read PyTorch weights X: .').
+  _copy_config(relu_tied.path, tmp_path)
+  torch.save(relu_tied.hf_model.state_dict(), tmp_path / "whole.bin")
+  data = {"empty": b"", "garbage": bytes(range(7, 256)) * 8,
+          "cut": (tmp_path / "whole.bin").read_bytes()[:5000]}[content]
+  (tmp_path / "pytorch_model.bin").write_bytes(data)
+  with pytest.raises(ValueError) as e:
+    load_t5(tmp_path)
+  msg = str(e.value)
+  assert msg.startswith(f"Could not read PyTorch weights {tmp_path / 'pytorch_model.bin'} (")
+  assert "\n" not in msg and "\x1b" not in msg and "Re-download it" in msg
+  assert "Re-running `torch.load`" not in msg and "()" not in msg
 
 
 def test_unreachable_hub_name(monkeypatch):
