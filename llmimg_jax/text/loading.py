@@ -117,6 +117,14 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         "code). Re-download it, or convert a file you trust to safetensors with transformers: "
         "T5ForConditionalGeneration.from_pretrained(DIR, weights_only=False)"
         ".save_pretrained(DIR).") from e
+  fix = "Save the T5 itself with model.save_pretrained(DIR)."
+  if not isinstance(state, dict):  # a training checkpoint raised AttributeError on .items/.detach
+    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors. {fix}")
+  others = [f"{k} ({type(v).__name__})" for k, v in state.items()
+            if not isinstance(v, torch.Tensor)]
+  if others:
+    raise ValueError(f"{path} is not a state dict of tensors: {_some(others)} are not tensors (a "
+                     f"training checkpoint that wraps one?). {fix}")
   return {k: v.detach().float().numpy() for k, v in state.items()}
 
 

@@ -416,6 +416,21 @@ def test_unreadable_pytorch_bin_is_one_line_naming_the_fix(content, relu_tied, t
   assert "Re-running `torch.load`" not in msg and "()" not in msg
 
 
+@pytest.mark.parametrize("wrap", ["nested", "extra", "list"])
+def test_pytorch_bin_of_more_than_tensors_is_named(wrap, relu_tied, tmp_path):
+  # A training checkpoint torch.load(weights_only=True) reads: it raised AttributeError ('dict'
+  # object has no attribute 'detach').
+  _copy_config(relu_tied.path, tmp_path)
+  state = relu_tied.hf_model.state_dict()
+  obj = {"nested": {"state_dict": dict(state)}, "extra": {**state, "epoch": 3}, "list": [state]}[wrap]
+  torch.save(obj, tmp_path / "pytorch_model.bin")
+  with pytest.raises(ValueError, match="not a state dict of tensors.*model.save_pretrained") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / "pytorch_model.bin") in str(e.value)
+  assert {"nested": "state_dict (dict)", "extra": "epoch (int)", "list": "a list"}[wrap] in str(
+      e.value)
+
+
 def test_unreachable_hub_name(monkeypatch):
   import huggingface_hub
 
