@@ -137,12 +137,12 @@ class T5Config:
   def from_json_file(cls, path: str | os.PathLike) -> T5Config:
     path = os.fspath(path)
     try:
-      with open(path) as f:
+      with open(path, encoding="utf-8") as f:  # JSON's encoding, whatever the locale's
         d = json.load(f)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"T5 config file not found: {path}. A checkpoint directory needs a "
                               "config.json (save one with model.config.save_pretrained(DIR)).") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the latter did not name the file
       raise ValueError(f"Malformed JSON in T5 config {path}: {e}. Re-save it with "
                        "config.save_pretrained(DIR).") from e
     if not isinstance(d, dict):

@@ -218,9 +218,11 @@ def test_missing_config_json(relu_tied, tmp_path):
   assert str(tmp_path) in str(e.value)
 
 
-def test_malformed_config_json(relu_tied, tmp_path):
+@pytest.mark.parametrize("content", [b'{"d_model": 32,', b'\xff\xfe{"d_model": 32}'])
+def test_malformed_config_json(content, relu_tied, tmp_path):
+  # Bytes that are not UTF-8 raised UnicodeDecodeError without the file's name.
   shutil.copy(os.path.join(relu_tied.path, "model.safetensors"), tmp_path)
-  (tmp_path / "config.json").write_text('{"d_model": 32,')
+  (tmp_path / "config.json").write_bytes(content)
   with pytest.raises(ValueError, match="Malformed JSON") as e:
     load_t5(tmp_path)
   assert str(tmp_path / "config.json") in str(e.value)
