@@ -60,9 +60,10 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
       local = snapshot_download(path, allow_patterns=["pytorch_model*.bin", BIN_INDEX])
     return local
   except Exception as e:  # network, auth, missing repo: all end here
+    reason = " ".join(str(e).split())  # huggingface_hub's messages span lines
     raise FileNotFoundError(
         f"{path!r} is not a local directory and could not be fetched from the Hugging Face hub "
-        f"({type(e).__name__}: {e}). Offline, download it elsewhere and pass the directory "
+        f"({type(e).__name__}: {reason}). Offline, download it elsewhere and pass the directory "
         f"(config.json + {SAFE}), or set HF_HUB_OFFLINE=1 with a populated HF cache.") from e
 
 
