@@ -70,17 +70,37 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
 def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
   """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names."""
   present = set(os.listdir(ckpt_dir))
-  if SAFE in present:
-    return _read_safetensors(os.path.join(ckpt_dir, SAFE))
-  if SAFE_INDEX in present:
-    return _read_sharded(ckpt_dir, SAFE_INDEX, _read_safetensors)
-  if BIN in present:
-    return _read_torch(os.path.join(ckpt_dir, BIN))
-  if BIN_INDEX in present:
-    return _read_sharded(ckpt_dir, BIN_INDEX, _read_torch)
-  raise FileNotFoundError(
-      f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
-      f"{sorted(present) or 'an empty directory'}. Save them with model.save_pretrained(DIR).")
+  name = (next((n for n in WEIGHT_FILES if n in present), None)
+          or _variant_weights(ckpt_dir, present))
+  if name is None:
+    raise FileNotFoundError(
+        f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
+        f"{sorted(present) or 'an empty directory'}. Save them with model.save_pretrained(DIR).")
+  reader = _read_safetensors if ".safetensors" in name else _read_torch
+  if name.endswith(".json"):  # a shard index, maybe a variant's: model.safetensors.index.fp16.json
+    return _read_sharded(ckpt_dir, name, reader)
+  return reader(os.path.join(ckpt_dir, name))
+
+
+def _variant_weights(ckpt_dir: str, present: set[str]) -> str | None:
+  """The weights of save_pretrained(DIR, variant=...) (model.fp16.safetensors, its shard index, or
+  pytorch_model.fp16.bin), as diffusers ships text encoders; None if none, an error if several."""
+  found: dict[str, list[str]] = collections.defaultdict(list)
+  for name in WEIGHT_FILES:  # in order of preference, as for unnamed weights
+    base, ext = name.rsplit(".", 1)  # transformers' _add_variant: model.safetensors.index.fp16.json
+    for file in sorted(present):
+      if m := re.fullmatch(rf"{re.escape(base)}\.([^.-]+)\.{ext}", file):
+        found[m.group(1)].append(file)
+  if len(found) > 1:
+    raise FileNotFoundError(
+        f"{ckpt_dir!r} holds weights of several variants ({', '.join(sorted(found))}) and none "
+        f"named {SAFE}: keep one variant's files, or re-save the one to use with "
+        "model.save_pretrained(DIR).")
+  if found:
+    (variant, files), = found.items()
+    log.info("%s: loading the %r variant's weights (%s).", ckpt_dir, variant, files[0])
+    return files[0]
+  return None
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:

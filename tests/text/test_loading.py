@@ -45,6 +45,23 @@ def test_sharded_safetensors_load_the_same(checkpoint, reference, tmp_path):
   _assert_same_params(params, reference[1])
 
 
+@pytest.mark.parametrize("shard", [False, True])
+def test_variant_weights_load_the_same(shard, relu_tied, tmp_path):
+  # save_pretrained(DIR, variant="fp16"), as diffusers ships T5 text encoders: model.fp16.safetensors
+  # or model.safetensors.index.fp16.json and its shards were 'No T5 weights'.
+  relu_tied.hf_model.save_pretrained(tmp_path, variant="fp16",
+                                     **({"max_shard_size": "40KB"} if shard else {}))
+  assert ("model.safetensors.index.fp16.json" if shard else "model.fp16.safetensors") in set(
+      os.listdir(tmp_path))
+  config, params = load_t5(tmp_path)
+  reference = load_t5(relu_tied.path)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+  (tmp_path / "model.bf16.safetensors").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match="several variants \\(bf16, fp16\\)"):
+    load_t5(tmp_path)
+
+
 def test_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
   # transformers 5 only writes safetensors; write the legacy pickle as older versions did. The
   # state dict carries tied copies (encoder/decoder.embed_tokens, a tied lm_head), which load away,
