@@ -306,17 +306,22 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
   except (OSError, ValueError) as e:
     raise ValueError(f"Could not read {path} ({e}); fix it, or delete it to generate with "
                      "config.json's token ids.") from None
-  ids = {}
-  for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
-    value = first_token_id(gen.get(name), name, path)
-    if value is not None and value != getattr(config, name):
-      ids[name] = value
+  try:  # a bad id raised int()'s or T5Config's error without naming the file
+    ids = {}
+    for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+      value = first_token_id(gen.get(name), name, path)
+      if value is not None and value != getattr(config, name):
+        ids[name] = value
+    config = dataclasses.replace(config, **ids)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"Invalid token id in {path}: {e}; fix it, or delete it to generate with "
+                     "config.json's token ids.") from None
   unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v != _DECODING_DEFAULTS[k]}
   if unused:
     log.warning("%s sets decoding defaults (%s) that llmimg_jax does not apply: pass them to "
                 "`generate` (e.g. num_beams=, max_new_tokens=) to decode as transformers would.",
                 path, ", ".join(f"{k}={v}" for k, v in sorted(unused.items())))
-  return dataclasses.replace(config, **ids)
+  return config
 
 
 def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False) -> Params:

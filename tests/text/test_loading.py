@@ -253,6 +253,15 @@ def test_malformed_generation_config_json(relu_tied, tmp_path):
     load_t5(tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("eos", ['"x"', "99999", "{}"])
+def test_bad_token_id_in_generation_config_json_names_the_file(eos, relu_tied, tmp_path):
+  # int()'s or T5Config's message alone ('invalid literal for int()', 'outside the vocabulary').
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  (tmp_path / "ckpt" / "generation_config.json").write_text(f'{{"eos_token_id": {eos}}}')
+  with pytest.raises(ValueError, match="Invalid token id in .*generation_config.json.*delete it"):
+    load_t5(tmp_path / "ckpt")
+
+
 def test_missing_weights(relu_tied, tmp_path):
   _copy_config(relu_tied.path, tmp_path)
   with pytest.raises(FileNotFoundError, match="No T5 weights") as e:
