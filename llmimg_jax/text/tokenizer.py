@@ -51,8 +51,10 @@ class TextTokenizer:
     truncation (EOS included), for callers that name the cut texts themselves."""
     if isinstance(texts, (str, bytes)):
       texts = [texts]
-    full = self.hf([_clean(t) for t in texts], add_special_tokens=True,
-                   truncation=False)["input_ids"] if len(texts) else []
+    # verbose=False: transformers' 'longer than the specified maximum sequence length for this
+    # model ... will result in indexing errors' is wrong for T5 (relative positions) and here.
+    full = self.hf([_clean(t) for t in texts], add_special_tokens=True, truncation=False,
+                   verbose=False)["input_ids"] if len(texts) else []
     ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)  # [batch, length]
     mask = np.zeros((len(texts), self.max_length), np.int32)  # [batch, length]
     for row, seq in enumerate(full):

@@ -14,7 +14,8 @@ import pytest
 import torch
 import transformers
 
-from llmimg_jax.text import T5ForConditionalGeneration, TextGenerator, generate, load_tokenizer
+from llmimg_jax.text import (T5ForConditionalGeneration, TextGenerator, TextTokenizer, generate,
+                             load_tokenizer)
 from llmimg_jax.text.__main__ import main
 
 MAX_LEN = 32
@@ -117,6 +118,15 @@ def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
   assert np.isfinite(states).all()
   texts = generator.generate(HOSTILE, max_new_tokens=4)
   assert len(texts) == len(HOSTILE) and all(isinstance(t, str) for t in texts)
+
+
+def test_texts_past_the_tokenizers_model_max_length_get_no_indexing_error_warning(capfd, caplog):
+  # A t5 tokenizer says model_max_length=512; transformers warned that longer texts 'will result
+  # in indexing errors' (T5's positions are relative), even when max_length kept them whole.
+  tok = TextTokenizer(transformers.ByT5Tokenizer(model_max_length=8), 64)
+  batch = tok(["thirty bytes of text, more or less"])
+  assert batch["attention_mask"].sum() == 35  # whole, EOS included
+  assert "indexing errors" not in capfd.readouterr().err + caplog.text
 
 
 def test_tokenizer_rejects_non_text():
