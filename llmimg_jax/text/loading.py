@@ -41,6 +41,10 @@ _IGNORED_KEYS = (*_EMBEDDING_ALIASES,
 def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
   """A local checkpoint directory, or a hub name downloaded (or found in the HF cache)."""
   path = os.path.expanduser(os.fspath(path_or_name))
+  if not path.strip():  # an unset shell variable: it was asked of the hub, which refused the name
+    raise FileNotFoundError(f"T5 checkpoint {path!r} is empty: pass a directory with config.json "
+                            f"and {SAFE}, or a hub name (without --model / None: the untrained "
+                            "offline default).")
   if os.path.isdir(path):
     return path
   if os.path.exists(path):

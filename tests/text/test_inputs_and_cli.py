@@ -213,6 +213,16 @@ def test_cli_bad_model_path(tmp_path, capsys):
   assert missing in err and "not found" in err
 
 
+@pytest.mark.parametrize("model", ["", " "])
+def test_cli_empty_model_path_is_named_not_asked_of_the_hub(model, capsys, monkeypatch):
+  # --model "$UNSET": the hub was asked for '' and its 'Repo id must use alphanumeric chars' shown.
+  import huggingface_hub
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **kw: pytest.fail("hub"))
+  assert main(["--model", model, "--text", "x"]) == 2
+  err = capsys.readouterr().err
+  assert f"T5 checkpoint {model!r} is empty" in err and "offline default" in err
+
+
 def test_cli_bad_generation_options(relu_tied, capsys):
   common = ["--model", relu_tied.path, "--text", "x"]
   assert main(common + ["--max_new_tokens", "0"]) == 2
