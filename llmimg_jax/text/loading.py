@@ -79,11 +79,26 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
   if name is None:
     raise FileNotFoundError(
         f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
-        f"{sorted(present) or 'an empty directory'}. Save them with model.save_pretrained(DIR).")
+        f"{sorted(present) or 'an empty directory'}. {_conversion_hint(present)}")
   reader = _read_safetensors if ".safetensors" in name else _read_torch
   if name.endswith(".json"):  # a shard index, maybe a variant's: model.safetensors.index.fp16.json
     return _read_sharded(ckpt_dir, name, reader)
   return reader(os.path.join(ckpt_dir, name))
+
+
+# Weights of transformers' Flax and TensorFlow T5s (gone in transformers 5), and the option of
+# transformers 4.x's from_pretrained that reads them.
+_OTHER_FRAMEWORKS = {"flax_model.msgpack": "from_flax", "tf_model.h5": "from_tf"}
+
+
+def _conversion_hint(present: set[str]) -> str:
+  """How to get weights this loader reads, from the files that are there."""
+  for file, option in _OTHER_FRAMEWORKS.items():
+    if file in present:  # e.g. a model saved by transformers' FlaxT5ForConditionalGeneration
+      return (f"{file} is not read here; convert it with transformers 4.x: "
+              f"T5ForConditionalGeneration.from_pretrained(DIR, {option}=True)"
+              ".save_pretrained(DIR).")
+  return "Save them with model.save_pretrained(DIR)."
 
 
 def _variant_weights(ckpt_dir: str, present: set[str]) -> str | None:

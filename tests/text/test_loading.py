@@ -270,6 +270,20 @@ def test_missing_weights(relu_tied, tmp_path):
   assert "config.json" in str(e.value)  # lists what it did find
 
 
+@pytest.mark.parametrize("file,option", [("flax_model.msgpack", "from_flax"),
+                                         ("tf_model.h5", "from_tf")])
+def test_weights_of_transformers_flax_or_tf_t5_say_how_to_convert(file, option, relu_tied,
+                                                                 tmp_path):
+  # A model saved by transformers 4.x's FlaxT5ForConditionalGeneration: 'Save them with
+  # model.save_pretrained(DIR)' was all the advice.
+  _copy_config(relu_tied.path, tmp_path)
+  (tmp_path / file).write_bytes(b"\x80")
+  with pytest.raises(FileNotFoundError, match="No T5 weights") as e:
+    load_t5(tmp_path)
+  assert f"{file} is not read here" in str(e.value)
+  assert f"from_pretrained(DIR, {option}=True).save_pretrained(DIR)" in str(e.value)
+
+
 def test_truncated_safetensors(relu_tied, tmp_path):
   _copy_config(relu_tied.path, tmp_path)
   data = open(os.path.join(relu_tied.path, "model.safetensors"), "rb").read()
