@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,18 @@ def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
   return None
 
 
+def _step_number(step: Any, steps: dict[int, Path]) -> int:
+  """`step` as an int (numpy integers too); a TypeError naming it for a str, float or bool, which
+  were reported as 'No checkpoint for step 4100; available steps: [4100]'."""
+  try:
+    if isinstance(step, bool):
+      raise TypeError
+    return operator.index(step)
+  except TypeError:
+    raise TypeError(f"Checkpoint step {step!r} is a {type(step).__name__}, not an int; pass an "
+                    f"int (available steps: {list(steps)}), or None for the latest.") from None
+
+
 def _config_of(step_dir: Path, workdir: Path) -> ml_collections.ConfigDict:
   """The config saved with the checkpoint; WORKDIR/config.json if the checkpoint lacks it."""
   if (step_dir / "config").is_dir():
@@ -105,7 +118,7 @@ def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
   steps = available_steps(workdir)
   if step is None:
     step = max(steps)
-  elif step not in steps:
+  elif (step := _step_number(step, steps)) not in steps:
     raise CheckpointError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; available "
                           f"steps: {list(steps)}. Pass one of them to --step, or omit --step for "
                           "the latest.")
