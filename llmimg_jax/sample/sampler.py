@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import operator
 import os
 import time
 from collections.abc import Sequence
@@ -103,8 +104,10 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
 
 def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, flag: str = ""
                       ) -> float | None:
-  """The truncation as a float, or a ValueError naming the first bad value (with `flag` "--", as
-  sample.py's flag)."""
+  """The truncation as a float, or a ValueError (TypeError for a count or seed that is not an int)
+  naming the first bad value (with `flag` "--", as sample.py's flag)."""
+  for name, value in (("num_per_prompt", num_per_prompt), ("seed", seed)):
+    _check_integer(value, f"{flag}{name}")
   if num_per_prompt < 1:
     raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
   if not 0 <= seed < 2**32:
@@ -113,6 +116,17 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
     raise ValueError(f"{flag}truncation={truncation} must be finite and > 0 (e.g. 0.88); leave it "
                      "unset for none.")
   return None if truncation is None else float(truncation)
+
+
+def _check_integer(value: Any, name: str) -> None:
+  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
+  images per prompt failed deep in jax.jit, a float seed as 'got JitTracer'."""
+  try:
+    if isinstance(value, bool):
+      raise TypeError
+    operator.index(value)
+  except TypeError:
+    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.") from None
 
 
 def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,

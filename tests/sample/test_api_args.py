@@ -21,3 +21,21 @@ def test_a_step_that_is_not_an_int_is_named_as_such(run, step):
 
 def test_a_numpy_integer_step_restores(run):
   assert restore_for_sampling(run.workdir, step=np.int64(1)).step == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_per_prompt": 2.5}, "num_per_prompt=2.5 is a float; pass an int."),
+    ({"num_per_prompt": "4"}, "num_per_prompt='4' is a str; pass an int."),
+    ({"seed": 1.5}, "seed=1.5 is a float; pass an int."),
+])
+def test_a_count_or_seed_that_is_not_an_int_is_named(sampler, kwargs, message):
+  """num_per_prompt=2.5 failed inside jax.jit with a traceback printing the whole model, seed=1.5
+  as 'PRNG key seed must be an integer; got JitTracer(~float32[])'."""
+  with pytest.raises(TypeError, match=re.escape(message)):
+    sampler(["a red circle"], **kwargs)
+
+
+def test_numpy_integer_count_and_seed_sample(sampler):
+  images = sampler(["a red circle"], seed=np.int64(3), num_per_prompt=np.int32(2))
+  assert images.shape[0] == 2
+  assert np.array_equal(images, sampler(["a red circle"], seed=3, num_per_prompt=2))
