@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import zipfile
 import zlib
 
@@ -30,19 +31,18 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  import scipy.linalg  # pylint: disable=g-import-not-at-top
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
     raise ValueError(f"Statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma "
                      f"{s1.shape} vs {s2.shape} (features of different networks?).")
   diff = mu1 - mu2
-  covmean = scipy.linalg.sqrtm(s1 @ s2)
+  covmean = _sqrtm(s1 @ s2)
   if not np.isfinite(covmean).all():
     log.warning("Fréchet distance: singular product of covariances; adding %g to the diagonals.",
                 eps)
     offset = np.eye(s1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = _sqrtm((s1 + offset) @ (s2 + offset))
   trace_covmean = np.trace(covmean.real)
   if np.iscomplexobj(covmean) and not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
     # Round-off of sqrtm on rank-deficient covariances (fewer samples than feature dimensions,
@@ -52,6 +52,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                 "S1^(1/2) S2 S1^(1/2) instead.", np.abs(covmean.imag).max())
     trace_covmean = _trace_sqrt_product(s1, s2)
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_covmean)
+
+
+def _sqrtm(m: np.ndarray) -> np.ndarray:
+  """scipy.linalg.sqrtm without its LinAlgWarning 'Matrix is singular. The result might be
+  inaccurate', printed at every evaluation of fewer images than feature dimensions (or with a dead
+  feature): the trace is then still exact, and frechet_distance checks what can go wrong (a
+  non-finite result, a large imaginary part) itself. pytorch-fid silences it too (disp=False)."""
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    return scipy.linalg.sqrtm(m)
 
 
 def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:

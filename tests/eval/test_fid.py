@@ -130,3 +130,20 @@ def test_an_object_array_member_is_left_out_not_fatal(tmp_path):
   np.testing.assert_array_equal(mu, np.ones(2))
   np.testing.assert_array_equal(sigma, np.eye(2))
   assert fid.statistics_info(path) == {"num_images": 7}
+
+
+def test_exactly_singular_covariances_give_the_exact_distance_without_scipys_warning():
+  """A dead (constant) feature or fewer images than dimensions made scipy print 'Matrix is
+  singular. The result might be inaccurate' at every evaluation (and in-training eval), though
+  the distance is exact: the same as from the eigenvalues of S1^(1/2) S2 S1^(1/2)."""
+  import warnings
+  rng = np.random.default_rng(0)
+  a = np.maximum(rng.normal(size=(200, 96)) @ rng.normal(size=(96, 96)) * 0.1, 0)
+  b = np.maximum(rng.normal(size=(200, 96)) @ rng.normal(size=(96, 96)) * 0.1 + 0.1, 0)
+  a[:, :10], b[:, :10] = 0.0, 0.5  # dead features: both covariances exactly singular
+  (m1, s1), (m2, s2) = fid.statistics(a), fid.statistics(b)
+  want = (np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2)
+          - 2 * fid._trace_sqrt_product(s1, s2))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert fid.frechet_distance(m1, s1, m2, s2) == pytest.approx(want, rel=1e-7)
