@@ -61,6 +61,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "in train.py, e.g. --config.data.folder=DIR.")
 flags.DEFINE_string("stats_split", None, "The split --write_stats reads (default: test where "
                     "the dataset has one, else train).")
+# Ignored by --write_stats (`--split holdout` wrote test statistics without a word).
+_EVALUATION_ONLY = ("split", "step", "seed", "out", "ref_stats", "batch_size")
 
 
 def _data_config():
@@ -132,6 +134,10 @@ def main(argv) -> None:
                                           if FLAGS[f].present]):
     raise app.UsageError(f"{cli.only_apply([f'--{f}' for f in given])} with --write_stats; the "
                          "evaluation reads the run's config from its checkpoint.")
+  if FLAGS.write_stats and (given := [f"--{f}" for f in _EVALUATION_ONLY if FLAGS[f].present]):
+    raise app.UsageError(f"{cli.only_apply(given)} to the evaluation of a run, not to "
+                         "--write_stats (statistics of real images; --stats_split names their "
+                         f"split); drop {cli.them(given)}.")
   if not FLAGS.write_stats and FLAGS["overwrite_stats"].present:
     raise app.UsageError("--overwrite_stats only applies with --write_stats (it lets that "
                          "replace an existing statistics file); drop it, or pass --write_stats.")

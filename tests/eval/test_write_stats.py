@@ -125,3 +125,26 @@ def test_overwrite_stats_without_write_stats_is_refused(tmp_path):
       evaluate.main([])
   finally:
     evaluate.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--split", "holdout"], "--split only applies"),
+    (["--step", "2", "--out", "r.json"], "--step, --out only apply"),
+    (["--seed", "1", "--ref_stats", "ref.npz", "--batch_size", "8"],
+     "--seed, --ref_stats, --batch_size only apply"),
+])
+def test_evaluation_flags_with_write_stats_are_refused(tmp_path, flags, named):
+  """--write_stats ref.npz --split holdout wrote the test split's statistics without a word (the
+  flag for that is --stats_split); --step, --seed, --out, ... were ignored as silently."""
+  import evaluate
+  from absl import app
+  evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
+                  str(tmp_path), "--inception_weights", "inception.pth", *flags])
+  try:
+    with pytest.raises(app.UsageError, match=(
+        f"^{named} to the evaluation of a run, not to --write_stats \\(statistics of real images; "
+        r"--stats_split names their split\); drop (it|them)\.$")):
+      evaluate.main([])
+  finally:
+    evaluate.FLAGS.unparse_flags()
+  assert not (tmp_path / "ref.npz").exists()
