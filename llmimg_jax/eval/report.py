@@ -179,10 +179,12 @@ def _check_splits(splits: Sequence[str] | None, default: list[str], available: S
                   dataset: str) -> list[str]:
   if splits is None:
     return default
+  if isinstance(splits, str):  # evaluate_run(splits="test"): one split, not its letters
+    splits = [splits]
   if missing := [s for s in splits if available and s not in available]:
     raise ValueError(f"{dataset} has no split {', '.join(map(repr, missing))}; available: "
                      f"{list(available)}.")
-  return list(splits)
+  return list(dict.fromkeys(splits))  # each once: `--split test --split test` scored it twice
 
 
 def to_json(results: dict) -> str:

@@ -82,3 +82,15 @@ def test_pth_weights_without_torch_is_one_clear_error(tmp_path):
   assert out.returncode == 1
   assert "evaluate.py: error: Reading" in out.stderr and "needs torch" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_splits_given_as_one_string_or_repeated_are_each_scored_once():
+  """evaluate_run(splits="test") was refused as "no split 't', 'e', 's', 't'"; a split repeated
+  (`--split test --split test`) was generated and scored twice for one row."""
+  from llmimg_jax.eval.report import _check_splits
+  available = ["test", "holdout"]
+  assert _check_splits("holdout", available, available, "d") == ["holdout"]
+  assert _check_splits(["test", "holdout", "test"], available, available, "d") == ["test",
+                                                                                   "holdout"]
+  with pytest.raises(ValueError, match="has no split 'tset'"):
+    _check_splits("tset", available, available, "d")
