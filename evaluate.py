@@ -38,8 +38,9 @@ flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).
 flags.DEFINE_multi_string("split", None, "Split(s) whose captions are used; repeat the flag for "
                           "several. Default: test and holdout (captioned_shapes; holdout where "
                           "the build has it), else test, else train.")
-flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split's size).",
-                     lower_bound=2)  # a covariance needs two
+flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split's size; "
+                     "holdout's by half of it, the other half being the in-domain FID's "
+                     "reference).", lower_bound=2)  # a covariance needs two
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
                     "eval_<step>_<splits>_n<images scored>_seed<seed>.json; NaN is written null).")

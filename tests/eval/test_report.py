@@ -94,3 +94,14 @@ def test_splits_given_as_one_string_or_repeated_are_each_scored_once():
                                                                                    "holdout"]
   with pytest.raises(ValueError, match="has no split 'tset'"):
     _check_splits("tset", available, available, "d")
+
+
+def test_num_samples_help_states_the_holdout_cap(run, tiny_eval):  # noqa: F811
+  """--num_samples 1500 --split holdout scored 1000 images of a 2000-record holdout, while the
+  help said only 'capped by the split's size'."""
+  import evaluate
+  data, _ = tiny_eval  # tiny_32: 64 holdout records, 32 scored and 32 as the FID reference
+  results = evaluate_run(str(run.workdir), splits=["holdout"], num_samples=48,
+                         data_dir=data.data_dir, batch_size=16)
+  assert results["splits"]["holdout"]["num_images"] == 32
+  assert "holdout's by half of it" in evaluate.FLAGS["num_samples"].help
