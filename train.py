@@ -57,8 +57,8 @@ def main(argv):
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
-  from llmimg_jax.train.loop import (
-      DataNotSharedError, DivergenceError, WorkdirNotWritableError, local_workdir, train)
+  from llmimg_jax.train.loop import DataNotSharedError, DivergenceError, local_workdir, train
+  from llmimg_jax.train.workdir import WorkdirNotWritableError
   config = _CONFIG.value
   try:  # before anything compiles or loads: a bad config fails in seconds
     local_workdir(_WORKDIR.value)

@@ -5,7 +5,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
+from llmimg_jax.train.workdir import check_workdir_writable
 
 log = logging.getLogger(__name__)
 
@@ -232,47 +232,6 @@ def local_workdir(workdir: str | Path) -> Path:
     raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
                      "run's) for checkpoints, samples and logs.")
   return path
-
-
-class WorkdirNotWritableError(ValueError):
-  """A directory the run writes into cannot be written (checked before anything is built)."""
-
-
-_WRITTEN_DIRS = ("", "checkpoints", "samples", "tensorboard")  # "": the workdir itself
-
-
-def _unwritable(workdir: Path) -> str | None:
-  """Why this host cannot write the workdir or a folder in it that the run writes, else None.
-  Creates nothing: a new workdir is checked by writing into its nearest existing parent."""
-  workdir = workdir.absolute()
-  for name in _WRITTEN_DIRS:
-    path = workdir / name
-    if name and not path.exists():  # created in the workdir, which was checked first
-      continue
-    while not path.exists():
-      path = path.parent
-    try:  # a unique name: hosts sharing the workdir may run under the same pid
-      fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)
-      os.close(fd)
-      os.unlink(probe)
-    except OSError as e:
-      return f"{path}: {type(e).__name__}: {e.strerror or e}"
-  return None
-
-
-def check_workdir_writable(workdir: Path) -> None:
-  """Every host can write the workdir (Orbax would otherwise wait minutes for a step directory
-  that cannot be made, then fail with a TimeoutError that names neither)."""
-  problem = _unwritable(workdir)
-  if jax.process_count() > 1:
-    checkpoint.wait_for_all_hosts("workdir_checked")
-    others = [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]
-    if problem is None and others:
-      problem = f"host(s) {others} cannot write it; their logs name the folder"
-  if problem is not None:
-    raise WorkdirNotWritableError(
-        f"The run cannot write to its workdir ({problem}). Fix the folder's permissions (or "
-        "free space, or the mount) or pass another --workdir; nothing was trained.")
 
 
 def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepClock, bar: tqdm,

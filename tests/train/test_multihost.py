@@ -205,3 +205,39 @@ def test_a_failure_in_host_0_only_work_stops_every_host():
   assert "raised PermissionError [Errno 13] Permission denied" in procs[0].output
   assert ("raised CorruptCheckpointError Host 0 could not move unreadable checkpoints aside; its "
           "log has the error.") in procs[1].output
+
+
+_CHECK_WORKDIR = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from llmimg_jax.train import loop
+try:
+  loop.check_workdir_writable(loop.local_workdir(sys.argv[3]))
+  print("shared", flush=True)
+except Exception as e:
+  print("raised", type(e).__name__, e, flush=True)
+"""
+
+
+def test_a_workdir_on_each_hosts_own_disk_is_refused_before_training(tmp_path):
+  """Host 1's workdir is not host 0's (the same path on each host's own disk): both stop with the
+  fix named, instead of host 1 failing at the first checkpoint with a FileNotFoundError while
+  host 0 waits. A shared workdir passes, and no probe file is left in it."""
+  for workdirs in ([tmp_path / "shared"] * 2, [tmp_path / "host0", tmp_path / "host1"]):
+    for workdir in workdirs:
+      workdir.mkdir(exist_ok=True)
+    port = _free_port()
+    procs = [Proc([sys.executable, "-c", _CHECK_WORKDIR, f"127.0.0.1:{port}", str(i), str(w)],
+                  **_devices_env(1)) for i, w in enumerate(workdirs)]
+    for i, proc in enumerate(procs):
+      assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+    if workdirs[0] == workdirs[1]:
+      assert all("shared" in p.output for p in procs), [p.output[-3000:] for p in procs]
+    else:
+      for proc, workdir in zip(procs, workdirs):  # the same path on real hosts
+        assert ("raised WorkdirNotSharedError Host(s) [1] do not see the file host 0 wrote in "
+                f"{workdir}, so the workdir") in proc.output, proc.output[-3000:]
+        assert "on a filesystem every host mounts at the same path" in proc.output
+  assert not [p for p in tmp_path.rglob(".shared_test.*")]

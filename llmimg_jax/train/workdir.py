@@ -1,0 +1,97 @@
+"""Checks of the workdir before anything is built: every host can write it, and on several hosts
+it is one folder they all share."""
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from llmimg_jax.train import checkpoint
+
+
+class WorkdirNotWritableError(ValueError):
+  """A directory the run writes into cannot be written (checked before anything is built)."""
+
+
+class WorkdirNotSharedError(WorkdirNotWritableError):
+  """The hosts of a multi-host run do not share the workdir (e.g. each host's own disk)."""
+
+
+_WRITTEN_DIRS = ("", "checkpoints", "samples", "tensorboard")  # "": the workdir itself
+
+
+def _nearest_existing(path: Path) -> Path:
+  while not path.exists():
+    path = path.parent
+  return path
+
+
+def _unwritable(workdir: Path) -> str | None:
+  """Why this host cannot write the workdir or a folder in it that the run writes, else None.
+  Creates nothing: a new workdir is checked by writing into its nearest existing parent."""
+  workdir = workdir.absolute()
+  for name in _WRITTEN_DIRS:
+    path = workdir / name
+    if name and not path.exists():  # created in the workdir, which was checked first
+      continue
+    path = _nearest_existing(path)
+    try:  # a unique name: hosts sharing the workdir may run under the same pid
+      fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)
+      os.close(fd)
+      os.unlink(probe)
+    except OSError as e:
+      return f"{path}: {type(e).__name__}: {e.strerror or e}"
+  return None
+
+
+def _sees(path: Path, wait_s: float = 5.0) -> bool:
+  """Whether `path` exists, allowing a shared filesystem a few seconds to show it."""
+  end = time.monotonic() + wait_s
+  while not path.exists():
+    if time.monotonic() > end:
+      return False
+    time.sleep(0.25)
+  return True
+
+
+def check_workdir_shared(workdir: Path) -> None:
+  """Every host sees a file host 0 writes where the workdir is (its nearest existing folder):
+  a workdir on each host's own disk would fail at the first checkpoint, which each host writes
+  part of, with a FileNotFoundError on one host while the others wait."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
+  folder = _nearest_existing(workdir.absolute())
+  probe = folder / f".shared_test.{token}"
+  checkpoint.on_host_0(probe.touch, "shared_probe_written", f"write {probe}",
+                       WorkdirNotWritableError)
+  missing = [i for i, ok in enumerate(checkpoint.host_flags(_sees(probe))) if not ok]
+  checkpoint.on_host_0(lambda: probe.unlink(missing_ok=True), "shared_probe_removed",
+                       f"remove {probe}", WorkdirNotWritableError)
+  if missing:
+    raise WorkdirNotSharedError(
+        f"Host(s) {missing} do not see the file host 0 wrote in {folder}, so the workdir "
+        f"{workdir} is not one folder all hosts share (each host writes its part of every "
+        "checkpoint there). Pass a --workdir on a filesystem every host mounts at the same path "
+        "(NFS, a gcsfuse mount); nothing was trained.")
+
+
+def check_workdir_writable(workdir: Path) -> None:
+  """Every host can write the workdir (Orbax would otherwise wait minutes for a step directory
+  that cannot be made, then fail with a TimeoutError that names neither), and shares it."""
+  problem = _unwritable(workdir)
+  if jax.process_count() > 1:
+    checkpoint.wait_for_all_hosts("workdir_checked")
+    others = [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]
+    if problem is None and others:
+      problem = f"host(s) {others} cannot write it; their logs name the folder"
+  if problem is not None:
+    raise WorkdirNotWritableError(
+        f"The run cannot write to its workdir ({problem}). Fix the folder's permissions (or "
+        "free space, or the mount) or pass another --workdir; nothing was trained.")
+  if jax.process_count() > 1:
+    check_workdir_shared(workdir)
