@@ -244,6 +244,10 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 class ProcessCountMismatchError(ValueError):
   """The input-iterator state was saved by another number of processes (hosts)."""
 
+  def __init__(self, message: str, saved: int):
+    super().__init__(message)
+    self.saved = saved
+
 
 def _check_data_process_count(data_dir: Path) -> None:
   """Grain keeps one iterator state per process (process_I-of-N.json); with another N it only
@@ -252,7 +256,7 @@ def _check_data_process_count(data_dir: Path) -> None:
   if counts and jax.process_count() not in counts:
     raise ProcessCountMismatchError(
         f"the input-iterator state in {data_dir} was saved by {counts[0]} process(es) and this "
-        f"run has {jax.process_count()}: resume with {counts[0]} process(es)")
+        f"run has {jax.process_count()}: resume with {counts[0]} process(es)", counts[0])
 
 
 # The words of an intact checkpoint that does not fit this run: Orbax's when its arrays do not fit
@@ -355,9 +359,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   if all(_is_mismatch(e) for e in failed.values()):
     changes = _config_changes(manager, steps[0], config) if config is not None else None
     hosts = [e for e in failed.values() if isinstance(e, ProcessCountMismatchError)]
-    if hosts:
-      cause = str(hosts[0])
-    elif changes is None:  # nothing to compare with
+    if hosts:  # not the config: the advice below would send the user looking in vain
+      raise ConfigMismatchError(
+          f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
+          f"process(es) and this run has {jax.process_count()}; each process saved its own "
+          f"input-pipeline position (STEP/data/). Resume with --num_processes={hosts[0].saved} "
+          "(the devices per process may differ), or pass a new --workdir for a new run. The "
+          "checkpoints were left in place.")
+    if changes is None:  # nothing to compare with
       cause = "the config or the code that builds the model changed since they were saved"
     elif changes:
       cause = (f"values that differ from the config saved with step {steps[0]}: "

@@ -185,7 +185,10 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
     shutil.copytree(tmp_path / "checkpoints", workdir / "checkpoints")
     for state_file in (workdir / "checkpoints").glob("*/data/process_0-of-1.json"):
       state_file.rename(state_file.with_name("process_0-of-2.json"))
-    match = r"was saved by 2 process\(es\) and this run has 1: resume with 2 process\(es\)\)"
+    match = (r"were saved by a run of 2 process\(es\) and this run has 1; each process saved "
+             r"its own input-pipeline position \(STEP/data/\)\. Resume with --num_processes=2 "
+             r"\(the devices per process may differ\), or pass a new --workdir for a new run\. "
+             r"The checkpoints were left in place\.$")  # not told to rerun with the old config
   manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=batch_size, seed=0)
   _assert_refused_and_kept(manager, config, it, match)
