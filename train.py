@@ -28,6 +28,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+_CONNECT_TIMEOUT_S = 300  # jax.distributed.initialize's default
 
 
 def main(argv):
@@ -47,8 +48,15 @@ def main(argv):
   if _DISTRIBUTED.value or _COORDINATOR.value:
     # Only the CPU backend reads this; set it before any backend starts (CPU multi-process runs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if None not in hosts:  # JAX waits silently, then aborts with DEADLINE_EXCEEDED
+      logging.getLogger("llmimg_jax").info(
+          "Process %d of %d: waiting up to %d s for every process to connect to %s. If this "
+          "times out (DEADLINE_EXCEEDED), start each with this --coordinator_address (process "
+          "0's host:port) and --num_processes, and its own --process_id (0 to %d).",
+          _PROCESS_ID.value, _NUM_PROCESSES.value, _CONNECT_TIMEOUT_S, _COORDINATOR.value,
+          _NUM_PROCESSES.value - 1)
     try:
-      jax.distributed.initialize(*hosts)
+      jax.distributed.initialize(*hosts, initialization_timeout=_CONNECT_TIMEOUT_S)
     except (ValueError, RuntimeError) as e:
       cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
                f"{cluster}.", 2)

@@ -241,3 +241,20 @@ def test_a_workdir_on_each_hosts_own_disk_is_refused_before_training(tmp_path):
                 f"{workdir}, so the workdir") in proc.output, proc.output[-3000:]
         assert "on a filesystem every host mounts at the same path" in proc.output
   assert not [p for p in tmp_path.rglob(".shared_test.*")]
+
+
+def test_a_process_waiting_for_the_others_says_what_they_need(shapes_data_dir, tmp_path):
+  """A lone host (the others not started, or with another --coordinator_address) waits minutes in
+  jax.distributed.initialize, then aborts with DEADLINE_EXCEEDED: the wait names the fix first."""
+  proc = Proc(train_args(shapes_data_dir, tmp_path / "run", f"--coordinator_address=127.0.0.1:"
+                         f"{_free_port()}", "--num_processes=2", "--process_id=1"),
+              **_devices_env(1))
+  try:
+    proc.wait_for(lambda: "Process 1 of 2: waiting up to 300 s" in proc.output, timeout=60,
+                  what="the notice of the wait")
+  finally:
+    proc.popen.kill()
+    proc.finish()
+  assert ("If this times out (DEADLINE_EXCEEDED), start each with this --coordinator_address "
+          "(process 0's host:port) and --num_processes, and its own --process_id (0 to 1).") \
+      in proc.output
