@@ -85,6 +85,10 @@ def main(argv):
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)
+  except KeyboardInterrupt:  # Ctrl-C before the first step (restore, compile), or a second one
+    cli.fail("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "
+             f"{_WORKDIR.value}/checkpoints are kept: rerun the same command to resume from the "
+             "latest.", 130)
 
 
 if __name__ == "__main__":

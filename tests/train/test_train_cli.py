@@ -189,3 +189,16 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   # Twenty-three processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
+
+
+def test_ctrl_c_before_the_first_step_is_one_line_not_a_traceback(shapes_data_dir, tmp_path):
+  """Ctrl-C while the run builds, restores or compiles (minutes at scale) has no step to save:
+  one line says what is kept and how to resume, not a KeyboardInterrupt traceback."""
+  proc = Proc(train_args(shapes_data_dir, tmp_path / "run"))
+  proc.wait_for(lambda: "process(es)" in proc.output, what="the start of train()")
+  proc.popen.send_signal(signal.SIGINT)
+  assert proc.finish() == 130, proc.output[-3000:]
+  assert "Traceback" not in proc.output, proc.output[-3000:]
+  assert (f"train.py: error: interrupted by Ctrl-C without saving; the checkpoints in "
+          f"{tmp_path / 'run'}/checkpoints are kept: rerun the same command to resume from the "
+          "latest.") in proc.output
