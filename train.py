@@ -66,6 +66,7 @@ def main(argv):
   from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import DataNotSharedError, DivergenceError, local_workdir, train
+  from llmimg_jax.train.same_config import ConfigDiffersError
   from llmimg_jax.train.workdir import WorkdirNotWritableError
   config = _CONFIG.value
   try:  # before anything compiles or loads: a bad config fails in seconds
@@ -80,7 +81,7 @@ def main(argv):
                                        jax.devices())
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
-  except (FolderError, CocoDownloadError, DataNotSharedError,
+  except (FolderError, CocoDownloadError, DataNotSharedError, ConfigDiffersError,
           WorkdirNotWritableError) as e:  # e.g. no usable image, COCO offline
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:

@@ -19,6 +19,7 @@ from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.preemption import PreemptionWatch
+from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
@@ -272,6 +273,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
+  check_same_config(config, workdir)
   check_workdir_writable(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)

@@ -258,3 +258,45 @@ def test_a_process_waiting_for_the_others_says_what_they_need(shapes_data_dir, t
   assert ("If this times out (DEADLINE_EXCEEDED), start each with this --coordinator_address "
           "(process 0's host:port) and --num_processes, and its own --process_id (0 to 1).") \
       in proc.output
+
+
+_CHECK_CONFIG = """
+import sys
+from pathlib import Path
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from llmimg_jax.train.same_config import check_same_config
+from tests.train.conftest import tiny_config
+config = tiny_config(sys.argv[4])  # data_dir: each host's own, compared by its dataset check
+config.train.steps = int(sys.argv[5])
+try:
+  check_same_config(config, Path(sys.argv[3]))
+  print("same", flush=True)
+except Exception as e:
+  print("raised", type(e).__name__, e, flush=True)
+"""
+
+
+def test_hosts_started_with_other_configs_or_workdirs_fail_together(tmp_path):
+  """A host with another --config.train.steps (or --workdir) trained on until a collective the
+  others never reached, and every host hung until JAX's timeouts aborted it."""
+  runs = {"same": [("run", "tfds0", 8), ("run", "tfds1", 8)],
+          "differ": [("run", "tfds0", 8), ("other_run", "tfds0", 4)]}
+  outputs = {}
+  for name, hosts in runs.items():
+    port = _free_port()
+    procs = [Proc([sys.executable, "-c", _CHECK_CONFIG, f"127.0.0.1:{port}", str(i),
+                   str(tmp_path / workdir), str(tmp_path / data_dir), str(steps)],
+                  **_devices_env(1)) for i, (workdir, data_dir, steps) in enumerate(hosts)]
+    for i, proc in enumerate(procs):
+      assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+    outputs[name] = [p.output for p in procs]
+  assert all("same" in out for out in outputs["same"]), outputs["same"]
+  host_0, host_1 = outputs["differ"]
+  assert ("raised ConfigDiffersError Every host must train the same config into the same "
+          "--workdir, but host(s) [1] differ from this one's; their logs name the values. Start "
+          "every host with the same --config file, --config.* overrides and --workdir") in host_0
+  assert (f"but this host's differ from host 0's (config.train.steps: 8 -> 4; workdir: "
+          f"{str(tmp_path / 'run')!r} -> {str(tmp_path / 'other_run')!r}; host 0's value "
+          "first)") in host_1, host_1
