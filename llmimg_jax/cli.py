@@ -142,6 +142,9 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
         fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
       if raised := _raised_in_config_file(str(e), _config_file(argv)):
         fail(prog, f"the --config file failed to load: {raised}", 2)
+      if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)
+        fail(prog, f"{e}. A number takes no None on the command line: set it to None in the "
+             "--config file (where None is allowed), or give a number.", 2)
       fail(prog, str(e), 2)
     except Exception as e:  # an override's key, or the config file itself
       message = _innermost(e)

@@ -146,7 +146,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       (f"--config.text.checkpoint={tmp_path / 'no_t5'}",): (
           r"T5 checkpoint directory not found: .*no_t5"),
       ("--config.train.keep_checkpoints=None",): (
-          r"--config\.train\.keep_checkpoints=None: invalid literal for int"),
+          r"--config\.train\.keep_checkpoints=None: invalid literal for int.*'None'\. A number "
+          r"takes no None on the command line: set it to None in the --config file \(where None "
+          r"is allowed\), or give a number\."),
       (f"--config={tmp_path / 'nope.py'}",): (
           r"could not load the --config file: .*No such file or directory: .*nope\.py"),
       (f"--config={raising_file}:{shapes_data_dir}",): (
