@@ -63,19 +63,26 @@ def main(argv):
   from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.text.loading import resolve_checkpoint_dir
-  from llmimg_jax.train.checkpoint import CorruptCheckpointError
+  from llmimg_jax.train.checkpoint import CorruptCheckpointError, host_flags, wait_for_all_hosts
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import DataNotSharedError, DivergenceError, local_workdir, train
   from llmimg_jax.train.same_config import ConfigDiffersError
   from llmimg_jax.train.workdir import WorkdirNotWritableError
   config = _CONFIG.value
+  num_devices = jax.device_count()  # every host: the others wait for this host's devices
+  problem = None
   try:  # before anything compiles or loads: a bad config fails in seconds
     local_workdir(_WORKDIR.value)
-    validate(config, jax.device_count())
+    validate(config, num_devices)
     if config.text.checkpoint:  # a missing directory, or a hub name that cannot be had
       resolve_checkpoint_dir(config.text.checkpoint)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-    cli.fail("train.py", str(e), 2)
+    problem = str(e)
+  wait_for_all_hosts("config_checked")  # a hub download on one host outlasts gloo's 30 s
+  failed = [i for i, ok in enumerate(host_flags(problem is None)) if not ok]
+  if failed:  # every host stops, not only those with the error (the others would wait minutes)
+    cli.fail("train.py", problem or f"host(s) {failed} stopped with a config error, which their "
+             "logs name; nothing was trained.", 2)
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
                                        jax.devices())

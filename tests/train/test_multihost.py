@@ -300,3 +300,19 @@ def test_hosts_started_with_other_configs_or_workdirs_fail_together(tmp_path):
   assert (f"but this host's differ from host 0's (config.train.steps: 8 -> 4; workdir: "
           f"{str(tmp_path / 'run')!r} -> {str(tmp_path / 'other_run')!r}; host 0's value "
           "first)") in host_1, host_1
+
+
+def test_a_config_error_on_one_host_stops_every_host(shapes_data_dir, tmp_path):
+  """Host 1's --workdir is refused before its devices start: host 0 waited for them for minutes
+  (and host 1, exiting, for host 0), instead of both stopping with status 2."""
+  port = _free_port()
+  procs = [Proc(train_args(shapes_data_dir, workdir, *flags(CHANGES),
+                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                           f"--process_id={i}"), **_devices_env(1))
+           for i, workdir in enumerate((tmp_path / "run", "gs://bucket/run"))]
+  for proc in procs:
+    assert proc.finish(timeout=90) == 2, proc.output[-3000:]
+    assert "Traceback" not in proc.output
+  assert ("train.py: error: host(s) [1] stopped with a config error, which their logs name; "
+          "nothing was trained.") in procs[0].output
+  assert "train.py: error: workdir 'gs://bucket/run' is a URL" in procs[1].output
