@@ -197,15 +197,17 @@ def test_ctrl_c_before_the_first_step_is_one_line_not_a_traceback(shapes_data_di
   """Ctrl-C while the run builds, restores or compiles (minutes at scale) has no step to save:
   one line says what is kept and how to resume, not a KeyboardInterrupt traceback."""
   # train() stands in for the build/restore/compile phase and never reaches a step (a real one
-  # could finish its 4 steps before the signal lands, with a warm compilation cache).
+  # could finish its 4 steps before the signal lands, with a warm compilation cache). Ctrl-C's
+  # KeyboardInterrupt as from a shell: pytest-xdist's workers ignore SIGINT, and so would a child.
   args = train_args(shapes_data_dir, tmp_path / "run")
-  stand_in = ("import runpy, sys, time; from llmimg_jax.train import loop; "
-              "loop.train = lambda *a, **k: (print('building', flush=True), time.sleep(600)); "
+  stand_in = ("import runpy, signal, sys, time; from llmimg_jax.train import loop; "
+              "signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "loop.train = lambda *a, **k: (print('building', flush=True), time.sleep(60)); "
               f"sys.argv = {args[1:]!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
   proc = Proc([sys.executable, "-c", stand_in])
   proc.wait_for(lambda: "building" in proc.output, what="the stand-in train()")
   proc.popen.send_signal(signal.SIGINT)
-  assert proc.finish() == 130, proc.output[-3000:]
+  assert proc.finish(timeout=60) == 130, proc.output[-3000:]
   assert "Traceback" not in proc.output, proc.output[-3000:]
   assert (f"train.py: error: interrupted by Ctrl-C without saving; the checkpoints in "
           f"{tmp_path / 'run'}/checkpoints are kept: rerun the same command to resume from the "
