@@ -78,16 +78,23 @@ def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
   return None
 
 
-def _step_number(step: Any, steps: dict[int, Path]) -> int:
-  """`step` as an int (numpy integers too); a TypeError naming it for a str, float or bool, which
-  were reported as 'No checkpoint for step 4100; available steps: [4100]'."""
+def as_int(value: Any) -> int | None:
+  """`value` as an int (numpy integers too); None for a bool, float, str or anything else."""
+  if isinstance(value, bool):
+    return None
   try:
-    if isinstance(step, bool):
-      raise TypeError
-    return operator.index(step)
+    return operator.index(value)
   except TypeError:
+    return None
+
+
+def _step_number(step: Any, steps: dict[int, Path]) -> int:
+  """`step` as an int; a TypeError naming it for a str, float or bool, which were reported as
+  'No checkpoint for step 4100; available steps: [4100]'."""
+  if (number := as_int(step)) is None:
     raise TypeError(f"Checkpoint step {step!r} is a {type(step).__name__}, not an int; pass an "
-                    f"int (available steps: {list(steps)}), or None for the latest.") from None
+                    f"int (available steps: {list(steps)}), or None for the latest.")
+  return number
 
 
 def _config_of(step_dir: Path, workdir: Path) -> ml_collections.ConfigDict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import operator
 import os
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.gan.common import image_noise
-from llmimg_jax.sample.restore import restore_for_sampling
+from llmimg_jax.sample.restore import as_int, restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
@@ -121,12 +120,8 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
 def _check_integer(value: Any, name: str) -> None:
   """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
   images per prompt failed deep in jax.jit, a float seed as 'got JitTracer'."""
-  try:
-    if isinstance(value, bool):
-      raise TypeError
-    operator.index(value)
-  except TypeError:
-    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.") from None
+  if as_int(value) is None:
+    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
 
 
 def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,
