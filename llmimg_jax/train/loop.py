@@ -269,8 +269,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them.
 
   Resumes from the newest checkpoint that restores (damaged ones are moved aside; with none
-  readable it raises CorruptCheckpointError unless `start_fresh_if_corrupt`). SIGTERM/SIGINT
-  finish the current step, save and return early (every host at the same step).
+  readable it raises CorruptCheckpointError unless `start_fresh_if_corrupt`); one already at
+  config.train.steps is returned as restored, config.json untouched and no evaluator set up.
+  SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
   check_same_config(config, workdir)
@@ -293,9 +294,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
   _set_aside_best_past(workdir, start)
-  if start >= config.train.steps:
+  if start >= config.train.steps:  # before config.json, TensorBoard and the evaluator's setup
     log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
-                "train. Raise --config.train.steps to go on.", workdir, start, config.train.steps)
+                "train; its config.json and checkpoints are left as they are. Raise "
+                "--config.train.steps to train further.", workdir, start, config.train.steps)
+    manager.close()
+    return state
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)

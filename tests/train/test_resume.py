@@ -3,6 +3,7 @@ input pipeline or dataset, in process on the tiny config."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import jax
@@ -241,3 +242,30 @@ def test_interrupted_save_is_never_taken_for_a_checkpoint(saved, tmp_path):
   assert sorted(manager.all_steps()) == [2, 4]
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(states[4]), it)
   assert int(restored.step) == 4 and not partial.exists()
+
+
+def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved, tmp_path,
+                                                                         monkeypatch, caplog):
+  """Rerun at train.steps it rewrote config.json and set up the in-training evaluator (FID
+  reference statistics: minutes at scale) before finding nothing to train."""
+  from llmimg_jax.eval import in_training
+  from llmimg_jax.train import loop
+  config, _, states, _ = saved
+  config.eval.every = 2  # the evaluator would be set up on a run with steps left
+  built = []
+  monkeypatch.setattr(in_training, "TrainingEvaluator", lambda *a, **k: built.append(a))
+  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
+                      lambda models, mesh, seed, text=None: _quick_state(models, text))
+  saved_config = tmp_path / "config.json"  # the run's (eval off): this config differs from it
+  saved_config.write_text(tiny_config(config.data.data_dir).to_json(indent=2))
+  os.utime(saved_config, ns=(1_000_000_000, 1_000_000_000))
+  before = saved_config.read_bytes()
+  with caplog.at_level(logging.WARNING):
+    state = loop.train(config, tmp_path)
+  assert _equal(jax.device_get(state), jax.device_get(states[4]))
+  assert saved_config.read_bytes() == before and saved_config.stat().st_mtime_ns == 1_000_000_000
+  assert built == [] and not (tmp_path / "tensorboard").exists()
+  assert (f"The run in {tmp_path} is at step 4, at or past config.train.steps=4: nothing to "
+          "train; its config.json and checkpoints are left as they are. Raise "
+          "--config.train.steps to train further.") in caplog.text
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
