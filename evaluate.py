@@ -43,7 +43,9 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
                      "reference).", lower_bound=2)  # a covariance needs two
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
-                    "eval_<step>_<splits>_n<images scored>_seed<seed>.json; NaN is written null).")
+                    "eval_<step>_<splits>_n<images scored>_seed<seed>.json; NaN is written null). "
+                    "An existing file is refused before any work unless --overwrite_out.")
+flags.DEFINE_bool("overwrite_out", False, "Let --out replace an existing file.")
 flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0, upper_bound=2**32 - 1)
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
 flags.DEFINE_string("data_dir", None, "Override the run's config.data.data_dir.")
@@ -63,7 +65,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.DEFINE_string("stats_split", None, "The split --write_stats reads (default: test where "
                     "the dataset has one, else train).")
 # Ignored by --write_stats (`--split holdout` wrote test statistics without a word).
-_EVALUATION_ONLY = ("split", "step", "seed", "out", "ref_stats", "batch_size")
+_EVALUATION_ONLY = ("split", "step", "seed", "out", "overwrite_out", "ref_stats",
+                    "batch_size")
 
 
 def _data_config():
@@ -104,7 +107,7 @@ def _write_stats() -> None:
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
   path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file")
-  _refuse_existing_stats(path)  # before the features of every image, not after
+  _refuse_existing("--write_stats", path, "overwrite_stats")  # before every image's features
   data = _data_config()  # config.json only: a bad --workdir fails before the weights load
   inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
@@ -112,17 +115,18 @@ def _write_stats() -> None:
   n = min(FLAGS.num_samples, len(source))
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
-  _refuse_existing_stats(path)  # one written meanwhile (another run's) is not replaced either
+  _refuse_existing("--write_stats", path, "overwrite_stats")  # nor one written meanwhile
   fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
                       image_size=int(data.image_size))
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
 
 
-def _refuse_existing_stats(path) -> None:
-  if (path.exists() or path.is_symlink()) and not FLAGS.overwrite_stats:
-    raise FileExistsError(f"--write_stats: {path} exists; remove it, name a new file, or pass "
-                          "--overwrite_stats to replace it.")
+def _refuse_existing(flag: str, path, overwrite: str) -> None:
+  """FileExistsError naming `flag` if `path` exists (a link too), unless --`overwrite` is set."""
+  if (path.exists() or path.is_symlink()) and not FLAGS[overwrite].value:
+    raise FileExistsError(f"{flag}: {path} exists; remove it, name a new file, or pass "
+                          f"--{overwrite} to replace it.")
 
 
 def main(argv) -> None:
@@ -142,6 +146,10 @@ def main(argv) -> None:
   if not FLAGS.write_stats and FLAGS["overwrite_stats"].present:
     raise app.UsageError("--overwrite_stats only applies with --write_stats (it lets that "
                          "replace an existing statistics file); drop it, or pass --write_stats.")
+  if not FLAGS.out and FLAGS["overwrite_out"].present:
+    raise app.UsageError("--overwrite_out only applies with --out (it lets that replace an "
+                         "existing results file; the default file is always replaced); drop it, "
+                         "or pass --out.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
@@ -152,6 +160,7 @@ def main(argv) -> None:
     # Checked before the evaluation (hours at 30k samples), not after.
     if FLAGS.out:
       out = _writable_file("--out", FLAGS.out, "the results' .json file")
+      _refuse_existing("--out", out, "overwrite_out")
     else:
       out, out_dir = None, _check_writable("--workdir", Path(FLAGS.workdir).expanduser(), "--out")
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
@@ -163,7 +172,10 @@ def main(argv) -> None:
     counts = [str(row["num_images"]) for row in results["splits"].values()]
     n = counts[0] if len(set(counts)) == 1 else "+".join(counts)
     name = f"eval_{results['step']}_{'+'.join(results['splits'])}_n{n}_seed{FLAGS.seed}.json"
-    out = out or out_dir / name
+    if out is None:  # the same evaluation's file (its results again) is replaced
+      out = out_dir / name
+    else:  # nor one written meanwhile (another evaluation's); the table above has the results
+      _refuse_existing("--out", out, "overwrite_out")
     write_atomically(out, to_json(results))
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:

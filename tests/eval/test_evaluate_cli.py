@@ -167,3 +167,46 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
       assert exited.value.code == (f"evaluate.py: error: {flag}: cannot write into "
                                    f"{locked}; pass a writable --out.")
   assert evaluated == [] and list(locked.iterdir()) == []
+
+
+def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+  """--out replaced an existing file without a word (--write_stats refuses one unless
+  --overwrite_stats): it is refused before the evaluation unless --overwrite_out, and a file
+  written meanwhile is not replaced either."""
+  import evaluate
+  from absl import app
+  from llmimg_jax.eval import report
+  evaluated = []
+  results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or results)
+
+  def main(*flags: str) -> None:
+    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), *flags])
+    try:
+      evaluate.main([])
+    finally:
+      evaluate.FLAGS.unparse_flags()
+
+  out = tmp_path / "r.json"
+  out.write_text("earlier results")
+  refused = (f"evaluate.py: error: --out: {out} exists; remove it, name a new file, or pass "
+             "--overwrite_out to replace it.")
+  with pytest.raises(SystemExit) as exited:
+    main("--out", str(out))
+  assert exited.value.code == refused
+  assert evaluated == [] and out.read_text() == "earlier results"
+  main("--out", str(out), "--overwrite_out")
+  assert len(evaluated) == 1 and json.loads(out.read_text())["step"] == 3
+  # Another evaluation's file, written while this one ran: kept, this one's results are printed.
+  later = tmp_path / "later.json"
+  monkeypatch.setattr(report, "evaluate_run",
+                      lambda *a, **k: later.write_text("another evaluation's") and results)
+  with pytest.raises(SystemExit) as exited:
+    main("--out", str(later))
+  assert exited.value.code == refused.replace(str(out), str(later))
+  assert later.read_text() == "another evaluation's"
+  with pytest.raises(app.UsageError, match=r"^--overwrite_out only applies with --out \(it lets "
+                     r"that replace an existing results file; the default file is always "
+                     r"replaced\); drop it, or pass --out\.$"):
+    main("--overwrite_out")
