@@ -18,6 +18,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -50,6 +51,8 @@ def build_and_register(build_dir: str) -> None:
     digest = hashlib.sha256(f.read() + jax.__version__.encode()).hexdigest()[:12]
   library = os.path.join(build_dir, f"onednn_conv_{digest}.so")
   if not os.path.exists(library):
+    if shutil.which("g++") is None:
+      sys.exit("g++ not found: it compiles onednn_conv.cc (Debian: apt install g++)")
     os.makedirs(build_dir, exist_ok=True)
     partial = f"{library}.{os.getpid()}.tmp"
     lib_dir = os.path.join(prefix, "lib")
