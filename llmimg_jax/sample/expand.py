@@ -25,7 +25,9 @@ class CaptionExpander:
   Each prompt is put into `template` (which must contain `{prompt}`) and decoded greedily
   (num_beams=1, do_sample=False), with beam search (num_beams > 1) or by sampling (do_sample;
   temperature and top_p other than 1.0 are refused without it).
-  An empty expansion falls back to the prompt itself, with a warning.
+  A caption's whitespace is collapsed (one space between words, none at the ends: the decoded
+  text keeps what the model generated). An empty expansion falls back to the prompt itself, with
+  a warning.
   """
   generator: TextGenerator
   template: str = DEFAULT_TEMPLATE

@@ -49,7 +49,7 @@ class TextGenerator:
     """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens.
 
     seed (sampling): one for the call, or one per text, so that a text's sample does not depend
-    on the other texts.
+    on the other texts. Texts come back as transformers decodes them, whitespace included.
     """
     return self.generate_tokens(self.tokenizer(texts), max_new_tokens=max_new_tokens, seed=seed,
                                 **kw)

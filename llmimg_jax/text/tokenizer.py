@@ -65,11 +65,11 @@ class TextTokenizer:
     return {"input_ids": ids, "attention_mask": mask}, [len(seq) for seq in full]
 
   def decode(self, ids: np.ndarray) -> list[str]:
-    """Decodes [batch, length] ids, dropping padding and special tokens, and ids past the
-    tokenizer's vocabulary (a model's embedding may have more rows: t5's 32128 for 32100 tokens;
-    ByT5's tokenizer raises on them)."""
+    """Decodes [batch, length] ids as transformers' `decode(row, skip_special_tokens=True)` does,
+    whitespace included, after dropping ids past the tokenizer's vocabulary (a model's embedding
+    may have more rows: t5's 32128 for 32100 tokens; ByT5's tokenizer raises on them)."""
     n = self.vocab_size
-    return [self.hf.decode([int(t) for t in row if t < n], skip_special_tokens=True).strip()
+    return [self.hf.decode([int(t) for t in row if t < n], skip_special_tokens=True)
             for row in np.asarray(ids)]
 
 

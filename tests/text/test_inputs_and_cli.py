@@ -17,6 +17,7 @@ import transformers
 from llmimg_jax.text import (T5ForConditionalGeneration, TextGenerator, TextTokenizer, generate,
                              load_tokenizer)
 from llmimg_jax.text.__main__ import main
+from tests.text.utils import sentencepiece_tokenizer_dir
 
 MAX_LEN = 32
 AWKWARD = ["", "x" * 10_000, "日本語のテキストと絵文字 🦊🎨👩‍👩‍👧", b"\xff\xfe invalid \xc3\x28 utf-8",
@@ -112,7 +113,8 @@ def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
   mask = batch["attention_mask"]
   assert mask[0].sum() == len(HOSTILE[0].encode()) + 1 and mask[1].all()
   wide = load_tokenizer(None, 256)  # every byte survives: control characters and all scripts
-  assert wide.decode(wide(HOSTILE[2:4])["input_ids"]) == [t.strip() for t in HOSTILE[2:4]]
+  whole = [HOSTILE[0]] + HOSTILE[2:]  # whitespace at the ends too (decode stripped it)
+  assert wide.decode(wide(whole)["input_ids"]) == whole
   states = generator.encode(HOSTILE)
   assert states.shape == (len(HOSTILE), MAX_LEN, generator.config.d_model)
   assert np.isfinite(states).all()
@@ -143,7 +145,7 @@ def _hf_reference(ckpt, texts: list[str], max_new_tokens: int):
     out = ckpt.hf_model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                  max_new_tokens=max_new_tokens)
     enc = ckpt.hf_model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-  return tok.decode(out[:, 1:].numpy()), enc.numpy()
+  return [tok.hf.decode(row, skip_special_tokens=True) for row in out[:, 1:].tolist()], enc.numpy()
 
 
 def test_decode_skips_ids_past_the_tokenizers_vocabulary():
@@ -152,6 +154,29 @@ def test_decode_skips_ids_past_the_tokenizers_vocabulary():
   tok = load_tokenizer(None, 16)  # ByT5: 384 tokens; ids 104, 105, 106 are "e", "f", "g"
   assert tok.decode(np.array([[104, 105, 390, 106, 1, 0], [500, 104, 1, 0, 0, 0]])) == ["efg", "e"]
   assert tok.vocab_size == 384 and tok.decode(np.array([[104, 384, 105, 383]])) == ["ef"]
+
+
+EDGE_WHITESPACE = ["  leading", "trailing  ", " \n a red\t ", "a  red   circle", "\u3000x\u3000",
+                   "\r\n", " "]
+
+
+def test_decode_is_transformers_decode_whitespace_included(tmp_path):
+  """decode stripped every text, so a text that begins or ends with whitespace (ByT5 keeps every
+  byte; a sentencepiece model can emit bare '▁' pieces) differed from transformers' decode."""
+  byt5 = load_tokenizer(None, 32)
+  spiece = load_tokenizer(sentencepiece_tokenizer_dir(str(tmp_path / "spiece")), 32)
+  assert type(spiece.hf).__name__ == "T5Tokenizer" and spiece.vocab_size == 30
+  space = spiece.hf.convert_tokens_to_ids("\u2581")
+  # As a model may generate them: '▁' pieces at the start and the end ('re', 'd' and 'a' between).
+  generated = [[space, 7, 10, space, space, 1], [space, space, 4, 1, 0, 0]]
+  for tok, rows in ((byt5, []), (spiece, generated)):
+    ids = np.concatenate([tok(EDGE_WHITESPACE)["input_ids"],
+                          np.array([r + [tok.pad_id] * (32 - len(r)) for r in rows],
+                                   np.int32).reshape(-1, 32)])
+    want = [tok.hf.decode(row, skip_special_tokens=True) for row in ids.tolist()]
+    assert tok.decode(ids) == want
+  assert byt5.decode(byt5(EDGE_WHITESPACE)["input_ids"]) == EDGE_WHITESPACE  # every byte back
+  assert spiece.decode(np.array(generated)) == ["red  ", " a"]  # were 'red' and 'a'
 
 
 def test_cli_generates_and_encodes(relu_tied, tmp_path):
