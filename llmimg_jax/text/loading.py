@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import re
 
 import jax
@@ -169,12 +170,16 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 
 
 def _torch_load_detail(e: Exception) -> str:
-  """torch.load's error in one line, without its advice to load with weights_only=False (a
-  multi-paragraph message, with terminal escapes) or, for an empty file, nothing at all."""
-  text = str(e)
-  if m := re.search(r"WeightsUnpickler error:\s*(.+)", text):
-    text = m.group(1)
-  text = text.strip().split("\n")[0].split(". ")[0].rstrip(".")
+  """torch.load's error in one line (its first sentence; the exception's type for an empty file's
+  message-less EOFError). A weights-only load that fails re-raises the unpickler's own error as
+  `pickle.UnpicklingError(advice + message) from None`: paragraphs advising weights_only=False,
+  with terminal escapes, and for a blocked module no reason at all in the first sentence. That
+  error is the context it suppressed (an UnpicklingError; a RuntimeError in older torch), so
+  the reason is read there, whatever the advice says."""
+  if (isinstance(e, pickle.UnpicklingError) and e.__suppress_context__
+      and isinstance(e.__context__, Exception)):
+    e = e.__context__
+  text = str(e).strip().split("\n")[0].split(". ")[0].rstrip(".")
   return text or type(e).__name__
 
 

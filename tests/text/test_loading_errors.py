@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 
@@ -12,7 +13,7 @@ import torch
 import transformers
 
 from llmimg_jax.text import T5Config, load_t5, load_tokenizer
-from llmimg_jax.text.loading import read_state_dict
+from llmimg_jax.text.loading import _torch_load_detail, read_state_dict
 from tests.text.utils import copy_config
 
 
@@ -211,6 +212,40 @@ def test_unreadable_pytorch_bin_is_one_line_naming_the_fix(content, relu_tied, t
   assert msg.startswith(f"Could not read PyTorch weights {tmp_path / 'pytorch_model.bin'} (")
   assert "\n" not in msg and "\x1b" not in msg and "Re-download it" in msg
   assert "Re-running `torch.load`" not in msg and "()" not in msg
+
+def test_a_pickle_of_a_blocked_module_says_which(relu_tied, tmp_path):
+  # torch wraps the unpickler's 'GLOBAL posix.system whose module posix is blocked' in paragraphs
+  # of advice whose first sentence is all that was kept: 'Weights only load failed', no reason.
+  copy_config(relu_tied.path, tmp_path)
+  torch.save({"shared.weight": torch.zeros(2, 2), "payload": os.system},
+             tmp_path / "pytorch_model.bin")
+  with pytest.raises(ValueError, match="Could not read PyTorch weights .*pytorch_model.bin") as e:
+    load_t5(tmp_path)
+  msg = str(e.value)
+  assert f"(Trying to load unsupported GLOBAL {os.system.__module__}.system whose module" in msg
+  assert "Weights only load failed" not in msg and "\n" not in msg and "\x1b" not in msg
+
+
+def test_torch_load_detail_reads_the_unpickler_error_torch_wrapped():
+  # How torch.load re-raises a weights-only failure (older torch: from a RuntimeError).
+  for inner in (pickle.UnpicklingError, RuntimeError):
+    try:
+      try:
+        raise inner("Unsupported operand 14. More advice.\nAnother line")
+      except inner as e:
+        raise pickle.UnpicklingError(f"Weights only load failed. \x1b[1mOnly if trusted\x1b[0m."
+                                     f"\n\t(1) ...\n\nWeightsUnpickler error: {e}") from None
+    except pickle.UnpicklingError as wrapped:
+      assert _torch_load_detail(wrapped) == "Unsupported operand 14"
+  try:
+    try:
+      raise KeyError("unrelated")
+    except KeyError:  # an error raised while handling another keeps its own message
+      raise pickle.UnpicklingError("invalid load key, 'x'.")
+  except pickle.UnpicklingError as e:
+    assert _torch_load_detail(e) == "invalid load key, 'x'"
+  assert _torch_load_detail(EOFError()) == "EOFError"
+
 
 @pytest.mark.parametrize("wrap", ["nested", "extra", "list"])
 def test_pytorch_bin_of_more_than_tensors_is_named(wrap, relu_tied, tmp_path):
