@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 
+import jax.numpy as jnp
 import ml_collections
 
 from llmimg_jax.data.pipeline import default_data_config, validate_data_config
@@ -91,6 +92,15 @@ def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.Co
   return errors
 
 
+def model_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """config.model.dtype, the models' compute dtype, or a ValueError naming the ones that work
+  (validate() checks it before compiling; a sampler's build_models reads a run's saved config)."""
+  name = config.model.dtype
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {COMPUTE_DTYPES}.")
+  return jnp.dtype(name)
+
+
 def check_frozen_text(text: ml_collections.ConfigDict) -> None:
   if text.mode == "frozen" and not text.checkpoint:
     raise ValueError(
@@ -152,8 +162,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"config.loss.diffaugment: {e}") from None
   if config.loss.gp not in GRADIENT_PENALTIES:
     raise ValueError(f"config.loss.gp={config.loss.gp!r}: use one of {GRADIENT_PENALTIES}.")
-  if config.model.dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"config.model.dtype={config.model.dtype!r}: use one of {COMPUTE_DTYPES}.")
+  model_dtype(config)
   if config.data.image_size != m.resolution:
     raise ValueError(
         f"config.data.image_size={config.data.image_size} differs from config.model.resolution="

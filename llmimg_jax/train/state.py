@@ -18,9 +18,8 @@ import optax
 
 from llmimg_jax.gan import Discriminator, Generator
 from llmimg_jax.text import T5Config, T5EncoderModel, load_pretrained
-from llmimg_jax.text.config import COMPUTE_DTYPES
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
-from llmimg_jax.train.config import check_frozen_text, text_encoder_config
+from llmimg_jax.train.config import check_frozen_text, model_dtype, text_encoder_config
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -60,12 +59,6 @@ class Models:
   @property
   def trainable_text(self) -> bool:
     return self.text_tx is not None
-
-
-def compute_dtype(name: str) -> jnp.dtype:
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"config.model.dtype={name!r} is not supported; use one of {COMPUTE_DTYPES}.")
-  return jnp.dtype(name)
 
 
 def _adam(lr: float, cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -116,7 +109,7 @@ def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer, t5_con
 
 
 def build_models(cfg: ml_collections.ConfigDict, t5_config: T5Config) -> Models:
-  dtype = compute_dtype(cfg.model.dtype)
+  dtype = model_dtype(cfg)
   m = cfg.model
   generator = Generator(resolution=m.resolution, nf=m.nf_g, z_dim=m.z_dim, cond_dim=m.cond_dim,
                         attn_resolutions=tuple(m.attn_resolutions), dtype=dtype)

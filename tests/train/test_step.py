@@ -112,6 +112,19 @@ def test_bad_config_fails_fast(tmp_path, key, value, match):
   assert time.perf_counter() - start < 1.0
 
 
+def test_model_dtype_is_refused_alike_by_validate_and_build_models(tmp_path):
+  """validate() and build_models (which a sampler runs on a run's saved config) had each their
+  own check, with two messages."""
+  config = tiny_config(tmp_path)
+  config.model.dtype = "float16"
+  t5_config = build_text(config)[1]
+  for check in (lambda: validate(config, jax.device_count()),
+                lambda: build_models(config, t5_config)):
+    with pytest.raises(ValueError, match=r"^config\.model\.dtype='float16' is not supported; use "
+                                         r"one of \('float32', 'bfloat16'\)\.$"):
+      check()
+
+
 def test_frozen_pretrained_text_encoder_with_bf16_compute(tmp_path):
   """mode='frozen' loads a HF checkpoint's encoder, never changes it; bf16 compute stays finite."""
   config = tiny_config(tmp_path)
