@@ -81,10 +81,12 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
 
   from llmimg_jax import cli
-  from llmimg_jax.text.generator import TextGenerator
+  from llmimg_jax.text.generator import TextGenerator, check_seed
 
-  if not 0 <= args.seed < 2**32:  # JAX's PRNGKey raised OverflowError past int64, a traceback
-    print(f"error: --seed={args.seed} must be in [0, 2**32).", file=sys.stderr)
+  try:
+    check_seed(args.seed, "--seed")  # before the model load, as TextGenerator checks it after
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   encode = args.encode_out is not None
   if encode and (ignored := _options_set(args, _GENERATION_OPTIONS)):

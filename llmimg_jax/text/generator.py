@@ -17,6 +17,14 @@ from llmimg_jax.text.modeling import T5EncoderModel
 from llmimg_jax.text.tokenizer import TextTokenizer
 
 
+def check_seed(seed: int, name: str = "seed") -> None:
+  """A PRNG seed in [0, 2**32), as sample.py and train.py take them, or a ValueError naming it
+  (`name`: as the caller spells it, e.g. '--seed'). jax.random.PRNGKey keeps a seed's low 32 bits
+  (2**32 gave seed 0's key, -1 that of 2**32 - 1) and raises OverflowError past int64."""
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"{name}={seed} must be in [0, 2**32).")
+
+
 @functools.partial(jax.jit, static_argnames=("config", "dtype"))
 def _encode(params, input_ids, attention_mask, *, config, dtype):
   return T5EncoderModel(config, dtype).apply({"params": params}, input_ids, attention_mask)
@@ -37,9 +45,11 @@ class TextGenerator:
   def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, max_length: int = 64,
                       dtype: Any = jnp.float32, seed: int = 0,
                       encoder_only: bool = False) -> TextGenerator:
-    """None: the untrained offline default (ByT5 tokenizer + fresh T5), with a warning.
+    """None: the untrained offline default (ByT5 tokenizer + fresh T5, initialised from `seed`),
+    with a warning.
     encoder_only: loads what `encode` needs (a T5EncoderModel checkpoint has nothing else)."""
     dtype = compute_dtype(dtype)  # before a load that may take minutes
+    check_seed(seed)
     config, params, tokenizer = load_pretrained(path_or_name, max_length, seed=seed,
                                                 encoder_only=encoder_only)
     return cls(config, params, tokenizer, dtype)
@@ -61,6 +71,8 @@ class TextGenerator:
     one_seed = isinstance(seed, (int, np.integer))
     if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
+    for i, s in enumerate([seed] if one_seed else seed):
+      check_seed(s, "seed" if one_seed else f"seed[{i}]")
     if rows == 0:
       return []
     rng = (jax.random.PRNGKey(seed) if one_seed

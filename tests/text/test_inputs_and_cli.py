@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -271,6 +272,18 @@ def test_cli_seed_out_of_range_is_refused(seed, tmp_path, capsys):
   missing_model = str(tmp_path / "nowhere")  # checked before the model loads
   assert main(["--model", missing_model, "--text", "x", "--seed", seed]) == 2
   assert f"--seed={seed} must be in [0, 2**32)" in capsys.readouterr().err
+
+
+def test_seeds_out_of_range_are_refused_by_the_generator(generator):
+  """TextGenerator took any seed: 2**32 sampled as seed 0 did, -1 as 2**32 - 1, and one past
+  int64 was an OverflowError from jax.random.PRNGKey; the CLI alone refused them."""
+  for seed, named in ((2**32, "seed=4294967296"), (-1, "seed=-1"),
+                      ([0, 2**64], f"seed[1]={2**64}")):
+    with pytest.raises(ValueError, match=rf"^{re.escape(named)} must be in \[0, 2\*\*32\)\.$"):
+      generator.generate(["a", "b"], max_new_tokens=2, seed=seed, do_sample=True)
+  with pytest.raises(ValueError, match=r"^seed=-1 must be in \[0, 2\*\*32\)"):
+    TextGenerator.from_pretrained(None, seed=-1)
+  assert generator.generate(["a"], max_new_tokens=2, seed=2**32 - 1, do_sample=True)
 
 
 @pytest.mark.parametrize("encode", [False, True])
