@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.sample.conftest import one_device_env
+from tests.sample.utils import one_device_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import pytest
 
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
-from tests.sample.conftest import save_run
-from tests.train.conftest import tiny_config
+from tests.sample.utils import save_run
+from tests.train.utils import tiny_config
 
 
 @pytest.fixture(scope="module")

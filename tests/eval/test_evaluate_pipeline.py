@@ -19,7 +19,7 @@ from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
 from tests.eval.utils import _MeanStdFeatures
 from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 
 def test_cached_evaluator_loads_identically(tiny_eval):

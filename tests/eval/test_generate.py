@@ -4,8 +4,8 @@ import numpy as np
 
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.train.state import build_models, build_text
-from tests.sample.conftest import _quick_state, assert_uint8_of, generator_output
-from tests.train.conftest import tiny_config
+from tests.sample.utils import _quick_state, assert_uint8_of, generator_output
+from tests.train.utils import tiny_config
 
 
 def test_each_image_comes_from_its_caption_and_its_noise(tmp_path):

@@ -3,7 +3,7 @@ records), as evaluate.py's: a floor the generated images beat by design was no f
 import pytest
 
 from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 
 def test_generated_and_real_images_are_scored_against_the_same_train_records(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.sample.conftest import one_device_env
+from tests.sample.utils import one_device_env
 
 SCRIPT = str(Path(__file__).parents[2] / "sample.py")
 PROMPTS = ["a red circle", "生成一张美丽的海滩风景图片", "🐱🌊 a cat by the sea 🌅",

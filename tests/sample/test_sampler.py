@@ -23,8 +23,8 @@ from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
 from llmimg_jax.train.state import build_text, save_text_files
-from tests.sample.conftest import _quick_state, assert_uint8_of, generator_output, save_run
-from tests.train.conftest import tiny_config, tiny_pretrained_t5
+from tests.sample.utils import _quick_state, assert_uint8_of, generator_output, save_run
+from tests.train.utils import tiny_config, tiny_pretrained_t5
 
 PROMPTS = ["a red circle", "a big blue square in the center"]
 

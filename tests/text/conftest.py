@@ -15,6 +15,8 @@ import os
 import numpy as np
 import pytest
 
+from tests.text.utils import BYT5_VOCAB, _hf_kwargs, _random_t5, _save
+
 TEXT_TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -31,7 +33,6 @@ def pytest_configure(config):
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-BYT5_VOCAB = 384
 TEXTS = ["a red fox jumps", "hello world, a longer sentence with more bytes in it", "x"]
 
 
@@ -40,34 +41,6 @@ class Checkpoint:
   path: str
   hf_model: "transformers.T5ForConditionalGeneration"  # reloaded by transformers from `path`
   name: str
-
-
-def _hf_config(**kw) -> "transformers.T5Config":
-  return transformers.T5Config(**_hf_kwargs(**kw))
-
-
-def _hf_kwargs(**kw) -> dict:
-  base = dict(vocab_size=BYT5_VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=4,
-              relative_attention_num_buckets=16, relative_attention_max_distance=32,
-              initializer_factor=2.0, dropout_rate=0.1, pad_token_id=0, eos_token_id=1,
-              decoder_start_token_id=0)
-  base.update(kw)
-  return base
-
-
-def _random_t5(seed: int, **kw) -> "transformers.T5ForConditionalGeneration":
-  torch.manual_seed(seed)
-  model = transformers.T5ForConditionalGeneration(_hf_config(**kw)).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "layer_norm" in name:
-        p.fill_(1.0)
-  return model
-
-
-def _save(model, path: str) -> None:
-  model.save_pretrained(path)
-  transformers.ByT5Tokenizer().save_pretrained(path)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import transformers
 
 from llmimg_jax.text import (T5Config, T5EncoderModel, T5ForConditionalGeneration, generate,
                              load_t5, strip_generated)
-from tests.text.conftest import _random_t5, _save
+from tests.text.utils import _random_t5, _save
 
 TOL = 1e-4  # fp32 max abs diff vs PyTorch
 MIN_COMPARED = 20  # greedy must run at least this many tokens

@@ -1,8 +1,17 @@
-"""Helpers shared by the T5 tests."""
+"""Helpers shared by the T5 tests: tiny random transformers T5s, checkpoint folders, an offline
+sentencepiece vocabulary."""
+from __future__ import annotations
+
 import io
 import json
 import os
 import shutil
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  import transformers
+
+BYT5_VOCAB = 384
 
 
 def copy_config(src: str, dst: str) -> None:
@@ -27,3 +36,38 @@ def sentencepiece_tokenizer_dir(path: str) -> str:
   with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
     json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}, f)
   return path
+
+
+def _hf_config(**kw) -> transformers.T5Config:
+  import transformers
+  return transformers.T5Config(**_hf_kwargs(**kw))
+
+
+def _hf_kwargs(**kw) -> dict:
+  base = dict(vocab_size=BYT5_VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=4,
+              relative_attention_num_buckets=16, relative_attention_max_distance=32,
+              initializer_factor=2.0, dropout_rate=0.1, pad_token_id=0, eos_token_id=1,
+              decoder_start_token_id=0)
+  base.update(kw)
+  return base
+
+
+def _random_t5(seed: int, **kw) -> transformers.T5ForConditionalGeneration:
+  """A random T5 of _hf_config(**kw): weights drawn with `seed`, layer norms at 1 (see
+  tests/text/conftest.py)."""
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  model = transformers.T5ForConditionalGeneration(_hf_config(**kw)).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.fill_(1.0)
+  return model
+
+
+def _save(model, path: str) -> None:
+  """`model` and a ByT5 tokenizer saved by transformers in `path`."""
+  import transformers
+  model.save_pretrained(path)
+  transformers.ByT5Tokenizer().save_pretrained(path)

@@ -6,7 +6,7 @@ import numpy as np
 
 from llmimg_jax.eval import in_training
 from llmimg_jax.train import checkpoint, loop
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 
 def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, monkeypatch):

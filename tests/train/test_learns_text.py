@@ -12,7 +12,7 @@ from llmimg_jax.data import shapes
 from llmimg_jax.train import loop
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 
 def dominant_colour(images: np.ndarray, colours) -> np.ndarray:

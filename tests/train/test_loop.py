@@ -15,9 +15,8 @@ from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
-from tests.sample.conftest import one_device_env
-from tests.train.conftest import tiny_config
-from tests.train.utils import _damage, _scalar_events, _scalars
+from tests.sample.utils import one_device_env
+from tests.train.utils import _damage, _scalar_events, _scalars, tiny_config
 
 
 def _max_diff(a, b) -> float:

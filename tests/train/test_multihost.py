@@ -20,7 +20,7 @@ import numpy as np
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text, init_state
 from tests.train.cli_utils import Proc, finished_steps, flags, train_args
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 STEPS = 6
 # ckpt_every = STEPS: a checkpoint at the stop (before step STEPS) was saved because of the stop.
@@ -267,7 +267,7 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from llmimg_jax.train.same_config import check_same_config
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 config = tiny_config(sys.argv[4])  # data_dir: each host's own, compared by its dataset check
 config.train.steps = int(sys.argv[5])
 try:

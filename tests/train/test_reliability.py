@@ -18,8 +18,7 @@ from llmimg_jax.data.pipeline import make_iterator
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import train_step
-from tests.train.conftest import tiny_config
-from tests.train.utils import _batch, _equal, _host_state, _scalars
+from tests.train.utils import _batch, _equal, _host_state, _scalars, tiny_config
 
 
 def _poison(batch: dict) -> dict:

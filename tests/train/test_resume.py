@@ -14,9 +14,8 @@ import pytest
 from llmimg_jax.data.pipeline import make_iterator
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.state import _adam, build_models, build_text
-from tests.sample.conftest import _quick_state
-from tests.train.conftest import tiny_config
-from tests.train.utils import _damage, _equal
+from tests.sample.utils import _quick_state
+from tests.train.utils import _damage, _equal, tiny_config
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import pytest
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import build_models, build_text
-from tests.train.conftest import tiny_config, tiny_pretrained_t5
-from tests.train.utils import _batch
+from tests.train.utils import _batch, tiny_config, tiny_pretrained_t5
 
 
 def _one_step(config, devices):

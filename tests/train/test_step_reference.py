@@ -14,9 +14,8 @@ import pytest
 from llmimg_jax import gan
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import train_step
-from tests.train.conftest import tiny_config
 # STEP: _host_state's step; with gp_every=2 the lazy penalty applies at it.
-from tests.train.utils import STEP, _batch, _host_state
+from tests.train.utils import STEP, _batch, _host_state, tiny_config
 
 TOL = 1e-5  # relative error ||got - want|| / ||want|| of a tree; float32 noise here is ~1e-6
 # Adam's moments, compared on their own: their count would dominate a norm of the whole state.

@@ -15,7 +15,7 @@ import numpy as np
 from llmimg_jax.train import checkpoint, loop
 from tests.train import cli_utils
 from tests.train.cli_utils import Proc, finished_steps, flags, train_args, unwritable
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 STEPS = 10
 # ckpt_every 3: a SIGTERM after the first logged step (at step 1 or 2 here) saves only because of
@@ -110,7 +110,7 @@ def test_config_errors_fail_in_seconds_before_compiling(shapes_data_dir, tmp_pat
 
 def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   typo_file = tmp_path / "typo_config.py"
-  typo_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
+  typo_file.write_text("from tests.train.utils import tiny_config\n\n\n"
                        "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
                        "  c.model.nf_gg = 8\n  return c\n")
   no_images = tmp_path / "no_images"  # its captions name a file that is not there
@@ -119,7 +119,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   a_file = tmp_path / "a_file"
   a_file.write_text("not a run")
   mistyped_file = tmp_path / "mistyped_config.py"  # ml_collections raises a TypeError
-  mistyped_file.write_text("from tests.train.conftest import tiny_config\n\n\n"
+  mistyped_file.write_text("from tests.train.utils import tiny_config\n\n\n"
                            "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
                            "  c.train.steps = 'ten'\n  return c\n")
   none_file = tmp_path / "none_config.py"

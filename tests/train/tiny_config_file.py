@@ -1,5 +1,5 @@
 """tiny_config as a config file for train.py subprocesses: --config tests/train/tiny_config_file.py:DATA_DIR"""
-from tests.train.conftest import tiny_config
+from tests.train.utils import tiny_config
 
 
 def get_config(data_dir: str):
