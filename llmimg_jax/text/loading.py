@@ -37,6 +37,9 @@ _DECODING_DEFAULTS = {"max_length": 20, "max_new_tokens": None, "min_length": 0,
 _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _IGNORED_KEYS = (*_EMBEDDING_ALIASES,
                  "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
+_ENCODER_ONLY_HINT = (" (an encoder-only checkpoint, e.g. saved by T5EncoderModel: load it with "
+                      "encoder_only=True, or --encode_out in `python -m llmimg_jax.text`; it "
+                      "encodes but cannot generate)")
 
 
 def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
@@ -259,8 +262,9 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
     config = dataclasses.replace(config, tie_word_embeddings=False)
   if not encoder_only and not config.tie_word_embeddings:
     if lm_head is None:
+      no_decoder = not any(k.startswith("decoder.") for k in state)  # e.g. FLAN-T5's encoder
       raise ValueError(f"{source}: config has tie_word_embeddings=false but the weights lack "
-                       "'lm_head.weight'.")
+                       f"'lm_head.weight'{_ENCODER_ONLY_HINT if no_decoder else ''}.")
     state["lm_head.weight"] = lm_head
 
   expected = traverse_util.flatten_dict(param_shapes(config, encoder_only))
@@ -289,9 +293,7 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
               "another T5 class, e.g. T5ForSequenceClassification; save its T5 with "
               "T5ForConditionalGeneration or T5EncoderModel)")
     elif missing and all(m.startswith("decoder/") or m.startswith("lm_head/") for m in missing):
-      hint = (" (an encoder-only checkpoint, e.g. saved by T5EncoderModel: load it with "
-              "encoder_only=True, or --encode_out in `python -m llmimg_jax.text`; it encodes "
-              "but cannot generate)")
+      hint = _ENCODER_ONLY_HINT
     else:
       hint = ""
     raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems) + hint)

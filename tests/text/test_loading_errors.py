@@ -51,6 +51,18 @@ def test_pytorch_bin_without_torch_says_what_to_do(relu_tied, tmp_path, monkeypa
     load_t5(tmp_path)
   assert "pytorch_model.bin" in str(e.value) and "safetensors" in str(e.value)
 
+def test_untied_encoder_only_checkpoint_says_to_load_it_encoder_only(gated_untied, tmp_path):
+  # FLAN-T5's encoder saved by T5EncoderModel: 'the weights lack lm_head.weight' was all it said.
+  from safetensors.numpy import save_file
+  state = read_state_dict(gated_untied.path)
+  save_file({k: v for k, v in state.items() if not k.startswith(("decoder.", "lm_head."))},
+            str(tmp_path / "model.safetensors"))
+  copy_config(gated_untied.path, tmp_path)
+  with pytest.raises(ValueError, match="lack 'lm_head.weight' \\(an encoder-only checkpoint.*"
+                                       "load it with encoder_only=True"):
+    load_t5(tmp_path)
+  assert set(load_t5(tmp_path, encoder_only=True)[1]) == {"shared", "encoder"}
+
 def test_checkpoint_of_another_t5_class_is_named(tmp_path):
   torch.manual_seed(0)
   transformers.T5ForSequenceClassification(transformers.T5Config(
