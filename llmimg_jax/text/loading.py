@@ -1,7 +1,10 @@
-"""Loading Hugging Face T5 checkpoints (safetensors, sharded safetensors, pytorch_model.bin) into Flax.
+"""Loading Hugging Face T5 checkpoints into Flax: safetensors, pytorch_model.bin (both sharded too),
+and transformers 4.x's Flax flax_model.msgpack (sharded too; flax_weights.py) in that order of
+preference. TensorFlow's tf_model.h5 is not read.
 
-Conversion is a rename (see modeling.py) plus transposing Linear weights; every expected param must
-be present with the right shape, and leftover checkpoint keys are reported by name.
+Every format is read into a PyTorch-named state dict; conversion is a rename (see modeling.py) plus
+transposing Linear weights; every expected param must be present with the right shape, and leftover
+checkpoint keys are reported by name.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
+from llmimg_jax.text.flax_weights import FLAX, FLAX_INDEX, flax_to_state_dict, read_msgpack
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
 from llmimg_jax.text.tokenizer import TextTokenizer, lfs_pointer_error, load_tokenizer
 
@@ -27,7 +31,8 @@ log = logging.getLogger(__name__)
 Params = dict
 SAFE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)
+TORCH_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)  # and their variants (model.fp16.safetensors)
+WEIGHT_FILES = (*TORCH_FILES, FLAX, FLAX_INDEX)  # preferred in this order, variants before Flax
 GENERATION_CONFIG = "generation_config.json"
 # transformers' GenerationConfig defaults for what `generate` here takes as arguments only.
 _DECODING_DEFAULTS = {"max_length": 20, "max_new_tokens": None, "min_length": 0,
@@ -76,29 +81,34 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
 
 
 def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
-  """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names."""
+  """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names (a Flax checkpoint's
+  params renamed and transposed to those)."""
   present = set(os.listdir(ckpt_dir))
-  name = (next((n for n in WEIGHT_FILES if n in present), None)
-          or _variant_weights(ckpt_dir, present))
+  name = (next((n for n in TORCH_FILES if n in present), None)
+          or _variant_weights(ckpt_dir, present)
+          or next((n for n in (FLAX, FLAX_INDEX) if n in present), None))
   if name is None:
     raise FileNotFoundError(
         f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
         f"{sorted(present) or 'an empty directory'}. {_conversion_hint(present)}")
-  reader = _read_safetensors if ".safetensors" in name else _read_torch
+  flax = name in (FLAX, FLAX_INDEX)
+  reader = (read_msgpack if flax else _read_safetensors if ".safetensors" in name else _read_torch)
   if name.endswith(".json"):  # a shard index, maybe a variant's: model.safetensors.index.fp16.json
-    return _read_sharded(ckpt_dir, name, reader)
-  return reader(os.path.join(ckpt_dir, name))
+    state = _read_sharded(ckpt_dir, name, reader)  # a Flax index names '/'-joined Flax paths
+  else:
+    state = reader(os.path.join(ckpt_dir, name))
+  return flax_to_state_dict(state) if flax else state
 
 
-# Weights of transformers' Flax and TensorFlow T5s (gone in transformers 5), and the option of
-# transformers 4.x's from_pretrained that reads them.
-_OTHER_FRAMEWORKS = {"flax_model.msgpack": "from_flax", "tf_model.h5": "from_tf"}
+# Weights of transformers' TensorFlow T5 (gone in transformers 5), and the option of transformers
+# 4.x's from_pretrained that reads them.
+_OTHER_FRAMEWORKS = {"tf_model.h5": "from_tf"}
 
 
 def _conversion_hint(present: set[str]) -> str:
   """How to get weights this loader reads, from the files that are there."""
   for file, option in _OTHER_FRAMEWORKS.items():
-    if file in present:  # e.g. a model saved by transformers' FlaxT5ForConditionalGeneration
+    if file in present:  # e.g. a model saved by transformers' TFT5ForConditionalGeneration
       return (f"{file} is not read here; convert it with transformers 4.x: "
               f"T5ForConditionalGeneration.from_pretrained(DIR, {option}=True)"
               ".save_pretrained(DIR).")
@@ -109,7 +119,7 @@ def _variant_weights(ckpt_dir: str, present: set[str]) -> str | None:
   """The weights of save_pretrained(DIR, variant=...) (model.fp16.safetensors, its shard index, or
   pytorch_model.fp16.bin), as diffusers ships text encoders; None if none, an error if several."""
   found: dict[str, list[str]] = collections.defaultdict(list)
-  for name in WEIGHT_FILES:  # in order of preference, as for unnamed weights
+  for name in TORCH_FILES:  # in order of preference, as for unnamed weights
     base, ext = name.rsplit(".", 1)  # transformers' _add_variant: model.safetensors.index.fp16.json
     for file in sorted(present):
       if m := re.fullmatch(rf"{re.escape(base)}\.([^.-]+)\.{ext}", file):

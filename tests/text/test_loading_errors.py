@@ -120,18 +120,17 @@ def test_missing_weights(relu_tied, tmp_path):
   assert str(tmp_path) in str(e.value) and "model.safetensors" in str(e.value)
   assert "config.json" in str(e.value)  # lists what it did find
 
-@pytest.mark.parametrize("file,option", [("flax_model.msgpack", "from_flax"),
-                                         ("tf_model.h5", "from_tf")])
-def test_weights_of_transformers_flax_or_tf_t5_say_how_to_convert(file, option, relu_tied,
-                                                                 tmp_path):
-  # A model saved by transformers 4.x's FlaxT5ForConditionalGeneration: 'Save them with
-  # model.save_pretrained(DIR)' was all the advice.
+def test_weights_of_transformers_tf_t5_say_how_to_convert(relu_tied, tmp_path):
+  # A model saved by transformers 4.x's TFT5ForConditionalGeneration: 'Save them with
+  # model.save_pretrained(DIR)' was all the advice. (Flax's flax_model.msgpack loads:
+  # test_flax_checkpoints.py.)
   copy_config(relu_tied.path, tmp_path)
-  (tmp_path / file).write_bytes(b"\x80")
+  (tmp_path / "tf_model.h5").write_bytes(b"\x80")
   with pytest.raises(FileNotFoundError, match="No T5 weights") as e:
     load_t5(tmp_path)
-  assert f"{file} is not read here" in str(e.value)
-  assert f"from_pretrained(DIR, {option}=True).save_pretrained(DIR)" in str(e.value)
+  assert "tf_model.h5 is not read here" in str(e.value)
+  assert "from_pretrained(DIR, from_tf=True).save_pretrained(DIR)" in str(e.value)
+  assert "flax_model.msgpack" in str(e.value)  # among the files that are read
 
 def test_truncated_safetensors(relu_tied, tmp_path):
   copy_config(relu_tied.path, tmp_path)
@@ -144,7 +143,8 @@ def test_truncated_safetensors(relu_tied, tmp_path):
 _LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 242041896\n".format(
     "0" * 64)
 
-@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+@pytest.mark.parametrize("weights",
+                         ["model.safetensors", "pytorch_model.bin", "flax_model.msgpack"])
 def test_git_lfs_pointer_weights_say_to_fetch_them(weights, relu_tied, tmp_path):
   # A hub repository cloned without Git LFS: 'header too large ... truncated?' or torch's advice
   # to load with weights_only=False used to be all the user saw.

@@ -1,0 +1,77 @@
+"""Weights saved by transformers 4.x's Flax T5s (flax_model.msgpack, or its shards and index).
+
+FlaxT5ForConditionalGeneration / FlaxT5Model / FlaxT5EncoderModel.save_pretrained wrote their
+param tree with flax.serialization (msgpack); transformers 5 has no Flax models to read it. Here it
+is read with flax alone and renamed to the PyTorch state dict that the safetensors and
+pytorch_model.bin readers give, so loading.convert_state_dict checks and converts all formats alike:
+
+  shared/embedding                         -> shared.weight
+  .../SelfAttention/q/kernel (Dense)       -> .../SelfAttention.q.weight (Linear: transposed)
+  .../relative_attention_bias/embedding    -> ...relative_attention_bias.weight
+  .../layer_norm/weight, final_layer_norm  -> the same, dotted
+  lm_head/kernel (untied models only)      -> lm_head.weight (transposed)
+with block/0/layer/1 -> block.0.layer.1, as in transformers' own Flax -> PyTorch conversion.
+"""
+from __future__ import annotations
+
+import numpy as np
+from flax import serialization
+
+from llmimg_jax.text.tokenizer import lfs_pointer_error
+
+FLAX, FLAX_INDEX = "flax_model.msgpack", "flax_model.msgpack.index.json"
+
+
+def read_msgpack(path: str) -> dict[str, np.ndarray]:
+  """One msgpack file's arrays as float32, keyed by '/'-joined Flax paths (the names of
+  transformers' shard index, flax_model.msgpack.index.json)."""
+  try:
+    with open(path, "rb") as f:
+      tree = serialization.msgpack_restore(f.read())
+  except Exception as e:  # msgpack's ValueError (cut short), ExtraData (not msgpack), ...
+    if lfs := lfs_pointer_error([path]):
+      raise ValueError(lfs) from e
+    detail = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+    raise ValueError(f"Could not read Flax weights {path} ({detail}): is it truncated or not a "
+                     "msgpack file? Re-download it, or re-save the checkpoint with transformers "
+                     "4.x's save_pretrained(DIR).") from e
+  flat, others = {}, []
+  if isinstance(tree, dict):
+    _flatten(tree, (), flat, others)
+  if others or not flat:
+    what = "an empty dict" if isinstance(tree, dict) else f"a {type(tree).__name__}"
+    found = f"{_some(others)} are not arrays" if others else f"it holds {what}"
+    raise ValueError(f"{path} is not a Flax param tree of arrays: {found}. Save the T5 itself "
+                     "with transformers 4.x's FlaxT5ForConditionalGeneration.save_pretrained(DIR).")
+  return {k: np.asarray(v, np.float32) for k, v in flat.items()}  # bf16/fp16 upcast
+
+
+def _flatten(tree: dict, prefix: tuple[str, ...], flat: dict, others: list) -> None:
+  """Arrays into `flat` by '/'-joined path; anything else (lists, numbers, empty dicts) named in
+  `others`."""
+  for key, value in tree.items():
+    path = (*prefix, str(key))
+    if isinstance(value, dict) and value:
+      _flatten(value, path, flat, others)
+    elif isinstance(value, np.ndarray):
+      flat["/".join(path)] = value
+    else:
+      others.append(f"{'/'.join(path)} ({type(value).__name__})")
+
+
+def _some(names: list[str], limit: int = 8) -> str:
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
+def flax_to_state_dict(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """'/'-joined HF Flax T5 params -> PyTorch T5 state dict (Dense kernels transposed to Linear
+  weights). Names that are not T5's stay as they are, dotted, for the loader to report."""
+  out = {}
+  for key, value in flat.items():
+    *owner, leaf = key.split("/")
+    if leaf in ("kernel", "embedding"):
+      value = np.ascontiguousarray(value.T) if leaf == "kernel" else value  # as other readers give
+      leaf = "weight"
+    out[".".join((*owner, leaf))] = value
+  return out

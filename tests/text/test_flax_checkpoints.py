@@ -1,0 +1,192 @@
+"""Checkpoints of transformers 4.x's Flax T5 (flax_model.msgpack) against that T5's own outputs.
+
+The folders under data/ were saved, and reference.npz recorded, by transformers 4.46.3's
+FlaxT5ForConditionalGeneration / FlaxT5EncoderModel (data/make_flax_fixtures.py); transformers 5
+has no Flax models to compare with here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization, traverse_util
+
+from llmimg_jax.text import T5EncoderModel, T5ForConditionalGeneration, load_t5
+from llmimg_jax.text.loading import read_state_dict
+from tests.text.utils import copy_config
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+TOL = 1e-5  # fp32 max abs diff vs transformers' Flax T5
+MSGPACK = "flax_model.msgpack"
+# Fixture folder -> the folder whose reference.npz holds its model's outputs.
+ENCODER_DECODERS = {"flax_t5_relu_tied": "flax_t5_relu_tied",
+                    "flax_t5_gated_untied": "flax_t5_gated_untied",
+                    "flax_t5_gated_sharded": "flax_t5_gated_untied"}
+
+
+def _reference(name: str) -> dict[str, np.ndarray]:
+  with np.load(os.path.join(DATA, name, "reference.npz")) as f:
+    return dict(f)
+
+
+def _encode(config, params, ref) -> np.ndarray:
+  enc_params = {k: params[k] for k in ("shared", "encoder")}
+  return np.asarray(T5EncoderModel(config).apply({"params": enc_params}, ref["input_ids"],
+                                                  ref["attention_mask"]))
+
+
+def _assert_same_params(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _restore(path: str):
+  with open(path, "rb") as f:
+    return serialization.msgpack_restore(f.read())
+
+
+def _write(tree, path) -> None:
+  with open(path, "wb") as f:  # as transformers' save_pretrained wrote it: flax.serialization
+    f.write(serialization.msgpack_serialize(tree))
+
+
+@pytest.mark.parametrize("name", ENCODER_DECODERS)
+def test_flax_checkpoint_matches_transformers_flax_t5(name):
+  path = os.path.join(DATA, name)
+  assert MSGPACK in os.listdir(path) or f"{MSGPACK}.index.json" in os.listdir(path)
+  ref = _reference(ENCODER_DECODERS[name])
+  config, params = load_t5(path)
+  untied = "untied" in ENCODER_DECODERS[name]
+  assert config.tie_word_embeddings != untied and config.scale_decoder_outputs != untied
+  assert ("lm_head" in params) == untied and config.is_gated == untied
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+  np.testing.assert_allclose(_encode(config, params, ref), ref["encoder_last_hidden_state"],
+                             atol=TOL, rtol=0)
+  logits = T5ForConditionalGeneration(config).apply(
+      {"params": params}, ref["input_ids"], ref["attention_mask"], ref["decoder_input_ids"])
+  np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=TOL, rtol=0)
+  assert np.abs(ref["logits"]).max() > 1.0  # not a trivially flat comparison
+
+
+def test_sharded_flax_checkpoint_loads_as_the_single_file():
+  files = os.listdir(os.path.join(DATA, "flax_t5_gated_sharded"))
+  assert MSGPACK not in files and len([f for f in files if f.endswith(".msgpack")]) > 2
+  single = load_t5(os.path.join(DATA, "flax_t5_gated_untied"))
+  sharded = load_t5(os.path.join(DATA, "flax_t5_gated_sharded"))
+  assert sharded[0] == single[0]
+  _assert_same_params(sharded[1], single[1])
+
+
+def test_flax_encoder_only_checkpoint():
+  path = os.path.join(DATA, "flax_t5_encoder")
+  ref = _reference("flax_t5_encoder")
+  config, params = load_t5(path, encoder_only=True)
+  assert set(params) == {"shared", "encoder"}
+  np.testing.assert_allclose(_encode(config, params, ref), ref["encoder_last_hidden_state"],
+                             atol=TOL, rtol=0)
+  # Untied, like FLAN-T5's encoders: lm_head.weight is missing as well as the decoder.
+  with pytest.raises(ValueError, match="lack 'lm_head.weight' \\(an encoder-only checkpoint.*"
+                                       "load it with encoder_only=True") as e:
+    load_t5(path)
+  assert path in str(e.value)
+
+
+def test_flax_state_dict_has_pytorch_names_and_layout():
+  state = read_state_dict(os.path.join(DATA, "flax_t5_gated_untied"))
+  tree = _restore(os.path.join(DATA, "flax_t5_gated_untied", MSGPACK))
+  assert len(state) == len(traverse_util.flatten_dict(tree))
+  np.testing.assert_array_equal(state["shared.weight"], tree["shared"]["embedding"])
+  np.testing.assert_array_equal(state["lm_head.weight"], tree["lm_head"]["kernel"].T)
+  wi = tree["encoder"]["block"]["0"]["layer"]["1"]["DenseReluDense"]["wi_0"]["kernel"]
+  np.testing.assert_array_equal(state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"], wi.T)
+  bias = tree["decoder"]["block"]["0"]["layer"]["0"]["SelfAttention"]["relative_attention_bias"]
+  np.testing.assert_array_equal(
+      state["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
+      bias["embedding"])
+  np.testing.assert_array_equal(state["decoder.block.1.layer.2.layer_norm.weight"],
+                                tree["decoder"]["block"]["1"]["layer"]["2"]["layer_norm"]["weight"])
+  assert all(v.dtype == np.float32 for v in state.values())
+
+
+def test_bf16_flax_checkpoint_loads_as_its_weights_upcast(tmp_path):
+  # FlaxT5.to_bf16(params) then save_pretrained(DIR, params=...) wrote bfloat16 arrays.
+  src = os.path.join(DATA, "flax_t5_relu_tied")
+  copy_config(src, tmp_path)
+  tree = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _restore(os.path.join(src, MSGPACK)))
+  _write(tree, tmp_path / MSGPACK)
+  config, params = load_t5(tmp_path)
+  _, fp32 = load_t5(src)
+  _assert_same_params(params, jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32),
+                                           fp32))
+  assert config == load_t5(src)[0]
+
+
+def test_safetensors_and_pytorch_weights_are_preferred_to_flax(tmp_path):
+  from safetensors.numpy import save_file
+  src = os.path.join(DATA, "flax_t5_relu_tied")
+  copy_config(src, tmp_path)
+  save_file(read_state_dict(src), str(tmp_path / "model.safetensors"))
+  (tmp_path / MSGPACK).write_bytes(b"not read")
+  _assert_same_params(load_t5(tmp_path)[1], load_t5(src)[1])
+  # tf_model.h5 beside it is not read, and no advice to convert it is given.
+  only_flax = tmp_path / "flax"
+  shutil.copytree(src, only_flax)
+  (only_flax / "tf_model.h5").write_bytes(b"\x89HDF")
+  _assert_same_params(load_t5(only_flax)[1], load_t5(src)[1])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not msgpack"])
+def test_damaged_flax_msgpack_names_the_file_and_the_fix(damage, tmp_path):
+  src = os.path.join(DATA, "flax_t5_relu_tied")
+  copy_config(src, tmp_path)
+  data = open(os.path.join(src, MSGPACK), "rb").read()
+  (tmp_path / MSGPACK).write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                                    "not msgpack": b"<html>404 Not Found</html>"}[damage])
+  with pytest.raises(ValueError, match="Could not read Flax weights") as e:
+    load_t5(tmp_path)
+  message = str(e.value)
+  assert str(tmp_path / MSGPACK) in message and "\n" not in message
+  assert "truncated" in message and "save_pretrained" in message
+
+
+@pytest.mark.parametrize("tree", [{}, {"shared": {"embedding": [1.0, 2.0]}, "step": 3}, [1, 2]])
+def test_flax_msgpack_of_other_than_arrays_is_named(tree, tmp_path):
+  src = os.path.join(DATA, "flax_t5_relu_tied")
+  copy_config(src, tmp_path)
+  _write(tree, tmp_path / MSGPACK)
+  with pytest.raises(ValueError, match="not a Flax param tree of arrays") as e:
+    load_t5(tmp_path)
+  assert str(tmp_path / MSGPACK) in str(e.value)
+  if isinstance(tree, dict) and tree:
+    assert "shared/embedding (list)" in str(e.value) and "step (int)" in str(e.value)
+
+
+def test_flax_checkpoint_missing_a_param_is_named(tmp_path):
+  src = os.path.join(DATA, "flax_t5_gated_untied")
+  copy_config(src, tmp_path)
+  tree = _restore(os.path.join(src, MSGPACK))
+  del tree["decoder"]["block"]["1"]["layer"]["1"]["EncDecAttention"]["v"]
+  tree["encoder"]["extra"] = {"kernel": np.zeros((2, 3), np.float32)}
+  _write(tree, tmp_path / MSGPACK)
+  with pytest.raises(ValueError, match="does not match its T5 config") as e:
+    load_t5(tmp_path)
+  assert "decoder/block_1/layer_1/EncDecAttention/v/kernel" in str(e.value)
+  assert "encoder.extra.weight" in str(e.value)
+
+
+def test_damaged_flax_shard_is_named(tmp_path):
+  shutil.copytree(os.path.join(DATA, "flax_t5_gated_sharded"), tmp_path / "ckpt")
+  shard = tmp_path / "ckpt" / "flax_model-00002-of-00004.msgpack"
+  shard.write_bytes(shard.read_bytes()[:100])
+  with pytest.raises(ValueError, match="Could not read Flax weights") as e:
+    load_t5(tmp_path / "ckpt")
+  assert str(shard) in str(e.value)
+  shard.unlink()
+  with pytest.raises(FileNotFoundError, match="Shard .*flax_model-00002-of-00004.msgpack listed"):
+    load_t5(tmp_path / "ckpt")
