@@ -71,6 +71,8 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
         "special_tokens_map.json", "added_tokens.json", "generation_config.json"])
     if not {SAFE, SAFE_INDEX} & set(os.listdir(local)):  # older repos: PyTorch weights only
       local = snapshot_download(path, allow_patterns=["pytorch_model*.bin", BIN_INDEX])
+    if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(local)):  # Flax's only
+      local = snapshot_download(path, allow_patterns=["flax_model*.msgpack", FLAX_INDEX])
     return local
   except Exception as e:  # network, auth, missing repo: all end here
     reason = " ".join(str(e).split())  # huggingface_hub's messages span lines

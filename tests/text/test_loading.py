@@ -209,29 +209,33 @@ def test_generation_config_pad_token_id_is_used(relu_tied, tmp_path):
   assert load_t5(relu_tied.path)[0].pad_token_id == 0
 
 
-@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+@pytest.mark.parametrize("weights",
+                         ["model.safetensors", "pytorch_model.bin", "flax_model.msgpack"])
 def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
     weights, tmp_path, monkeypatch):
-  """Older hub repos hold only pytorch_model*.bin: a second download asks for those."""
+  """Older hub repos hold only pytorch_model*.bin: a second download asks for those; repos of
+  transformers 4.x's Flax T5 only flax_model*.msgpack: a third asks for those."""
   import huggingface_hub
   calls = []
+  last = {"model.safetensors": 1, "pytorch_model.bin": 2, "flax_model.msgpack": 3}[weights]
 
   def snapshot_download(name, allow_patterns):
     calls.append(allow_patterns)
     folder = tmp_path / f"snapshot{len(calls)}"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    if weights == "model.safetensors" or len(calls) == 2:
+    if len(calls) == last:
       (folder / weights).write_bytes(b"")
     return str(folder)
   monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   local = resolve_checkpoint_dir("google/t5-old")
   assert "*.safetensors" in calls[0] and "pytorch_model*.bin" not in calls[0]
-  if weights == "model.safetensors":
-    assert len(calls) == 1 and local == str(tmp_path / "snapshot1")
-  else:
-    assert len(calls) == 2 and "pytorch_model*.bin" in calls[1]
-    assert local == str(tmp_path / "snapshot2")
+  assert len(calls) == last and local == str(tmp_path / f"snapshot{last}")
+  assert all("flax_model*.msgpack" not in c for c in calls[:2])
+  if last >= 2:
+    assert "pytorch_model*.bin" in calls[1]
+  if last == 3:
+    assert set(calls[2]) == {"flax_model*.msgpack", "flax_model.msgpack.index.json"}
 
 
