@@ -275,6 +275,14 @@ def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
   assert caplog.text.count("cut short") == 1 and "were truncated" not in caplog.text
 
 
+class _Stopped(Exception):
+  pass
+
+
+def _stop_before_the_step(*args, **kwargs):
+  raise _Stopped
+
+
 def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkeypatch):
   """Training copies a pretrained T5's tokenizer and config.json into WORKDIR/text; sampling reads
   them there, so neither the original directory nor the hub is needed (the weights are in the
@@ -284,12 +292,15 @@ def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkey
   tokenizer, t5_config, _ = build_text(config)
   workdir = tmp_path / "run"
   run = save_run(workdir, config)  # checkpoints of steps 1 and 2
-  # train() resumes at its last step, so it runs no step: nothing is compiled or read.
-  config.train.steps = 2
+  # train() from step 2 to 3 writes WORKDIR/text before its step; the step itself is stopped
+  # (no data, nothing compiled): what it wrote is what sampling needs.
+  config.train.steps = 3
   monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
   monkeypatch.setattr(loop, "create_state",
                       lambda models, mesh, seed, pretrained: _quick_state(models, pretrained))
-  loop.train(config, workdir)
+  monkeypatch.setattr(loop, "jit_train_step", _stop_before_the_step)
+  with pytest.raises(_Stopped):
+    loop.train(config, workdir)
   shutil.rmtree(tmp_path / "t5")
   sampler = Sampler.from_workdir(workdir, batch_size=8)
   assert sampler.models.text_encoder.config == t5_config
