@@ -22,6 +22,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from llmimg_jax.data import tfds_utils
 from llmimg_jax.data.flip import swap_left_right
 from llmimg_jax.data.images import center_crop_resize, resize
 
@@ -195,7 +196,7 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     coco.download_and_prepare(dataset, data_dir)  # a failed download: one clear error
   else:
-    dataset.download_and_prepare()
+    tfds_utils.build(dataset, dataset_id(data_cfg), data_dir)
   if prepared and name == "captioned_folder":
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
     captioned_folder.warn_if_changed(dataset)

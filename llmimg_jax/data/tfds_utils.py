@@ -19,3 +19,19 @@ class LocalCodePathMixin:
   @classmethod
   def code_path(cls) -> epath.Path:
     return epath.Path(inspect.getfile(cls))
+
+
+class DataDirError(ValueError):
+  """A dataset could not be built in its data_dir (not a folder, not writable, full, ...)."""
+
+
+def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
+  """dataset.download_and_prepare(), an OSError named with the data_dir and the fix (it was
+  os.makedirs' or a writer's traceback)."""
+  try:
+    dataset.download_and_prepare()
+  except OSError as e:
+    raise DataDirError(
+        f"Could not build {what} in data.data_dir={data_dir!r} ({type(e).__name__}: {e}). "
+        "Check that path, or set data.data_dir (prepare: --data_dir) to a folder you can write, "
+        "with room for the build.") from e

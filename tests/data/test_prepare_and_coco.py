@@ -61,6 +61,20 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
       capsys.readouterr().err)
 
 
+def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
+  """A --data_dir under a file (or unwritable, or full) ended in os.makedirs' traceback."""
+  (tmp_path / "a_file").write_text("not a folder")
+  data_dir = tmp_path / "a_file" / "tfds"
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(data_dir)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert (f"error: Could not build captioned_shapes/tiny_32 in data.data_dir={str(data_dir)!r} "
+          f"(NotADirectoryError: [Errno 20] Not a directory: {str(data_dir)!r})") in err, err
+  assert "set data.data_dir (prepare: --data_dir) to a folder you can write" in err
+  assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("flags, error", [
     (["--dataset", "captioned_folder"], "--dataset captioned_folder needs --folder DIR: your "
      "images with captions.jsonl or captions.csv."),

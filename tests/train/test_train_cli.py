@@ -175,6 +175,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       (f"--workdir={locked_run / 'checkpoints' / 'new_run'}",): (  # a new one: its parent
           r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError"),
       (f"--config={none_file}",): r"the --config file's get_config\(\) returned None",
+      (f"--config.data.data_dir={a_file / 'tfds'}",): (  # was os.makedirs' traceback
+          r"Could not build captioned_shapes/tiny_32 in data\.data_dir='.*a_file/tfds' "
+          r"\(NotADirectoryError: .*set data\.data_dir"),
   }
   start = time.perf_counter()
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
@@ -188,7 +191,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
-  # Twenty-three processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Twenty-four processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
 
