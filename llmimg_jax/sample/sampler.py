@@ -124,6 +124,17 @@ def _check_integer(value: Any, name: str) -> None:
     raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
 
 
+def _check_captions(captions: list[Any], num_prompts: int) -> None:
+  """A custom expander's captions: one str per prompt (too few failed with an IndexError deep in
+  sample(), too many were dropped without a word)."""
+  bad = next((i for i, c in enumerate(captions) if not isinstance(c, str)), None)
+  if len(captions) != num_prompts or bad is not None:
+    what = (f"returned {len(captions)} caption(s) for {num_prompts} prompts" if bad is None else
+            f"caption {bad} is {captions[bad]!r}, not a str")
+    raise ValueError(f"The caption expander {what}: it must return one caption (str) per prompt, "
+                     "in order.")
+
+
 def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,
               truncation: float | None) -> jax.Array:
   z = image_noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
@@ -192,6 +203,8 @@ class Sampler:
     truncation = check_sample_args(num_per_prompt, seed, truncation)
     expanded = bool(expand and self.expander is not None)
     captions = list(self.expander(prompts)) if expanded else list(prompts)
+    if expanded:
+      _check_captions(captions, len(prompts))
     tokens = self.tokenizer(captions)  # [prompts, L]; over-long captions truncated, with a warning
     total = len(prompts) * num_per_prompt
     rows = np.repeat(np.arange(len(prompts)), num_per_prompt)  # [total] prompt of each image

@@ -184,6 +184,22 @@ def test_bad_prompts_fail_clearly(sampler, tmp_path):
   assert read_prompts([], odd) == ["a red\u2028circle", "a blue\x0csquare", "a star\x1c\x85here"]
 
 
+@pytest.mark.parametrize("expander, error", [
+    (lambda prompts: ["one caption"], r"returned 1 caption\(s\) for 2 prompts"),
+    (lambda prompts: [*prompts, "extra"], r"returned 3 caption\(s\) for 2 prompts"),
+    (lambda prompts: [None, "x"], r"caption 0 is None, not a str"),
+])
+def test_an_expander_must_give_one_caption_per_prompt(sampler, expander, error):
+  """A custom expander with too few captions failed with an IndexError deep in sample(); with
+  too many the extras were dropped without a word."""
+  sampler.expander = expander
+  try:
+    with pytest.raises(ValueError, match=f"The caption expander .*{error}"):
+      sampler(["a red circle", "a blue square"])
+  finally:
+    sampler.expander = None
+
+
 # A failed TensorStore read can leave Orbax callbacks that fire into its closed event loop.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
