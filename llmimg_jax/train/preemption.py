@@ -36,6 +36,12 @@ class PreemptionWatch:
     self._steps = 0  # steps of this process (every host resumes at the same step)
 
   def __enter__(self) -> PreemptionWatch:
+    if self.synced:  # Orbax's save (every host) and its finalize thread (host 0) ask JAX's sync
+      # manager with the checkpoint's step number, which replaces this process's count there: a
+      # notice then agreed on that number + 1, which a resumed run's count reaches only `start`
+      # steps later. Only `reached` asks it while the watch is on.
+      self._ask = self.manager.reached_preemption
+      self.manager.reached_preemption = lambda step: False
     if threading.current_thread() is not threading.main_thread():
       log.warning("train() runs outside the main thread: SIGTERM/SIGINT will not save first.")
       return self
@@ -48,6 +54,8 @@ class PreemptionWatch:
     return self
 
   def __exit__(self, *exc) -> None:
+    if self.synced:
+      del self.manager.reached_preemption  # Orbax's own method again
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous.clear()
@@ -68,7 +76,7 @@ class PreemptionWatch:
     self._steps += 1
     if self.synced:  # JAX's sync manager counts from this process's start: a notice before a
       # resumed run's first step agrees on step 1, which the run's own step number never equals.
-      return self.manager.reached_preemption(self._steps)
+      return self._ask(self._steps)
     return self.signal is not None
 
   @property

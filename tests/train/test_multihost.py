@@ -159,6 +159,51 @@ def test_a_notice_before_a_resumed_runs_first_step_stops_every_host(tmp_path):
   assert stops[0] == stops[1] != "None", stops  # the same step (101 unless the notice is slow)
 
 
+_NOTICE_AFTER_A_SAVE = """
+import os, signal, sys, time
+import jax
+import numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from jax.experimental import multihost_utils
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.config import base_config
+from llmimg_jax.train.preemption import PreemptionWatch
+
+config = base_config()
+manager = checkpoint.make_manager(sys.argv[3], config)
+with PreemptionWatch(manager) as watch:
+  for done in range(101, 121):  # resumed at step 100
+    if watch.reached():
+      break
+    if done == 101:  # a checkpoint step; the notice comes while it is written
+      checkpoint.save(manager, done, {"w": np.zeros(3, np.float32)}, None, config)
+      manager.wait_until_finished()
+      if jax.process_index() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      multihost_utils.sync_global_devices("notice sent")
+      time.sleep(1.0)
+    time.sleep(0.2)
+  else:
+    done = None
+manager.close()
+print("stopped after step", done, flush=True)
+"""
+
+
+def test_a_notice_after_a_resumed_runs_checkpoint_stops_every_host(tmp_path):
+  """Orbax's save asks JAX's sync manager with the checkpoint's step number, which replaced the
+  count of steps since this process started: the agreed step was then 102, which that count
+  reaches only 100 steps later, long after the grace period."""
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _NOTICE_AFTER_A_SAVE, f"127.0.0.1:{port}", str(i),
+                 str(tmp_path / "run")], **_devices_env(1)) for i in range(2)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  stops = [re.search(r"stopped after step (\w+)", p.output).group(1) for p in procs]
+  assert stops[0] == stops[1] != "None", stops  # the same step (102 unless the notice is slow)
+
+
 def test_a_dataset_build_failing_on_host_0_stops_every_host(shapes_data_dir, tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
