@@ -68,7 +68,8 @@ def main(argv):
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError, host_flags, wait_for_all_hosts
   from llmimg_jax.train.config import validate
-  from llmimg_jax.train.loop import DataNotSharedError, DivergenceError, local_workdir, train
+  from llmimg_jax.train.loop import (DataNotSharedError, DivergenceError, TextCheckpointError,
+                                     local_workdir, train)
   from llmimg_jax.train.same_config import ConfigDiffersError
   from llmimg_jax.train.workdir import WorkdirNotWritableError
   config = _CONFIG.value
@@ -92,7 +93,7 @@ def main(argv):
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (FolderError, CocoDownloadError, DataDirError, DataNotSharedError, ConfigDiffersError,
-          WorkdirNotWritableError) as e:  # e.g. no usable image, COCO offline
+          WorkdirNotWritableError, TextCheckpointError) as e:  # e.g. no usable image, COCO offline
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)

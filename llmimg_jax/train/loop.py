@@ -33,6 +33,10 @@ class DivergenceError(RuntimeError):
   pass
 
 
+class TextCheckpointError(ValueError):
+  """config.text.checkpoint could not be loaded (missing or damaged weights or tokenizer)."""
+
+
 class DataNotSharedError(ValueError):
   """Hosts of a multi-host run do not see the dataset host 0 built."""
 
@@ -278,7 +282,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   check_workdir_writable(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)
-  tokenizer, t5_config, pretrained_text = build_text(config)
+  try:  # train.py checked only that the checkpoint's directory exists (or downloads)
+    tokenizer, t5_config, pretrained_text = build_text(config)
+  except (ValueError, OSError, TypeError, ImportError) as e:  # the loader names file and fix
+    raise TextCheckpointError(f"config.text.checkpoint={config.text.checkpoint!r} could not be "
+                              f"loaded: {e}") from e
   models = build_models(config, t5_config)
   source = _build_on_host_0(config.data) if jax.process_count() > 1 else None
   data_iter = make_iterator(

@@ -122,6 +122,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   mistyped_file.write_text("from tests.train.utils import tiny_config\n\n\n"
                            "def get_config(data_dir):\n  c = tiny_config(data_dir)\n"
                            "  c.train.steps = 'ten'\n  return c\n")
+  no_weights = tmp_path / "t5_without_weights"  # e.g. a download that stopped after config.json
+  no_weights.mkdir()
+  (no_weights / "config.json").write_text("{}")
   none_file = tmp_path / "none_config.py"
   none_file.write_text("def get_config():\n  pass\n")
   raising_file = tmp_path / "raising_config.py"
@@ -145,6 +148,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       (f"--workdir={a_file}",): r"workdir '.*a_file' is a file, not a directory",
       (f"--config.text.checkpoint={tmp_path / 'no_t5'}",): (
           r"T5 checkpoint directory not found: .*no_t5"),
+      (f"--config.text.checkpoint={no_weights}",): (  # read in train(): it was a traceback
+          r"config\.text\.checkpoint='.*t5_without_weights' could not be loaded: No T5 weights "
+          r"in '.*t5_without_weights'"),
       ("--config.train.keep_checkpoints=None",): (
           r"--config\.train\.keep_checkpoints=None: invalid literal for int.*'None'\. A number "
           r"takes no None on the command line: set it to None in the --config file \(where None "
