@@ -64,7 +64,7 @@ def main(argv):
                f"{cluster}.", 2)
   from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
-  from llmimg_jax.data.tfds_utils import DataDirError
+  from llmimg_jax.data.tfds_utils import DatasetError
   from llmimg_jax.text.loading import resolve_checkpoint_dir
   from llmimg_jax.train.checkpoint import CorruptCheckpointError, host_flags, wait_for_all_hosts
   from llmimg_jax.train.config import validate
@@ -92,7 +92,7 @@ def main(argv):
                                        jax.devices())
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
-  except (FolderError, CocoDownloadError, DataDirError, DataNotSharedError, ConfigDiffersError,
+  except (FolderError, CocoDownloadError, DatasetError, DataNotSharedError, ConfigDiffersError,
           WorkdirNotWritableError, TextCheckpointError) as e:  # e.g. no usable image, COCO offline
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, DivergenceError) as e:

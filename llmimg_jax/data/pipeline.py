@@ -312,10 +312,11 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
   source = source if source is not None else load_source(data_cfg, split)
   global_batch = batch_size_per_host * process_count
   if num_epochs is None and len(source) < 2:  # the training stream: one image in every row
-    raise ValueError(f"{source!r} has {len(source)} record; training needs at least 2 (D learns "
-                     "from mismatched image-caption pairs): add images to the dataset.")
+    raise tfds_utils.DatasetError(
+        f"{source!r} has {len(source)} record; training needs at least 2 (D learns from "
+        "mismatched image-caption pairs): add images to the dataset.")
   if num_epochs is not None and len(source) * num_epochs < global_batch:
-    raise ValueError(
+    raise tfds_utils.DatasetError(
         f"{source!r} has {len(source)} records, fewer than one global batch of {global_batch} "
         f"({process_count} host(s) x {batch_size_per_host}): lower the batch size or use a "
         "bigger split.")

@@ -21,8 +21,9 @@ class LocalCodePathMixin:
     return epath.Path(inspect.getfile(cls))
 
 
-class DataDirError(ValueError):
-  """A dataset could not be built in its data_dir (not a folder, not writable, full, ...)."""
+class DatasetError(ValueError):
+  """A dataset that cannot be built (data_dir not a folder, not writable, full) or trained on
+  as configured (too few records); the message names it and the fix."""
 
 
 def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
@@ -31,7 +32,7 @@ def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
   try:
     dataset.download_and_prepare()
   except OSError as e:
-    raise DataDirError(
+    raise DatasetError(
         f"Could not build {what} in data.data_dir={data_dir!r} ({type(e).__name__}: {e}). "
         "Check that path, or set data.data_dir (prepare: --data_dir) to a folder you can write, "
         "with room for the build.") from e

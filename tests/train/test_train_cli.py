@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 
 from llmimg_jax.train import checkpoint, loop
 from tests.train import cli_utils
@@ -116,6 +117,10 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   no_images = tmp_path / "no_images"  # its captions name a file that is not there
   no_images.mkdir()
   (no_images / "captions.jsonl").write_text('{"file": "gone.png", "caption": "a red circle"}\n')
+  one_image = tmp_path / "one_image"  # D needs a mismatched pair
+  one_image.mkdir()
+  Image.new("RGB", (32, 32), "red").save(one_image / "red.png")
+  (one_image / "captions.jsonl").write_text('{"file": "red.png", "caption": "red"}\n')
   a_file = tmp_path / "a_file"
   a_file.write_text("not a run")
   mistyped_file = tmp_path / "mistyped_config.py"  # ml_collections raises a TypeError
@@ -181,6 +186,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       (f"--workdir={locked_run / 'checkpoints' / 'new_run'}",): (  # a new one: its parent
           r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError"),
       (f"--config={none_file}",): r"the --config file's get_config\(\) returned None",
+      ("--config.data.name=captioned_folder", f"--config.data.folder={one_image}"): (
+          r"has 1 record; training needs at least 2"),  # was a traceback, exit 1
       (f"--config.data.data_dir={a_file / 'tfds'}",): (  # was os.makedirs' traceback
           r"Could not build captioned_shapes/tiny_32 in data\.data_dir='.*a_file/tfds' "
           r"\(NotADirectoryError: .*set data\.data_dir"),
@@ -197,7 +204,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
-  # Twenty-four processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Twenty-six processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
 
