@@ -1,6 +1,6 @@
 """Loading Hugging Face T5 checkpoints into Flax: safetensors, pytorch_model.bin (both sharded too),
 and transformers 4.x's Flax flax_model.msgpack (sharded too; flax_weights.py) in that order of
-preference. TensorFlow's tf_model.h5 is not read.
+preference (the files' readers: weight_files.py). TensorFlow's tf_model.h5 is not read.
 
 Every format is read into a PyTorch-named state dict; conversion is a rename (see modeling.py) plus
 transposing Linear weights; every expected param must be present with the right shape, and leftover
@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import re
 
 import jax
@@ -24,7 +23,8 @@ from flax import traverse_util
 from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
 from llmimg_jax.text.flax_weights import FLAX, FLAX_INDEX, flax_to_state_dict, read_msgpack
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
-from llmimg_jax.text.tokenizer import TextTokenizer, lfs_pointer_error, load_tokenizer
+from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+from llmimg_jax.text.weight_files import read_safetensors, read_sharded, read_torch, some_names
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,9 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
         f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
         f"{sorted(present) or 'an empty directory'}. {_conversion_hint(present)}")
   flax = name in (FLAX, FLAX_INDEX)
-  reader = (read_msgpack if flax else _read_safetensors if ".safetensors" in name else _read_torch)
+  reader = (read_msgpack if flax else read_safetensors if ".safetensors" in name else read_torch)
   if name.endswith(".json"):  # a shard index, maybe a variant's: model.safetensors.index.fp16.json
-    state = _read_sharded(ckpt_dir, name, reader)  # a Flax index names '/'-joined Flax paths
+    state = read_sharded(ckpt_dir, name, reader)  # a Flax index names '/'-joined Flax paths
   else:
     state = reader(os.path.join(ckpt_dir, name))
   return flax_to_state_dict(state) if flax else state
@@ -136,90 +136,6 @@ def _variant_weights(ckpt_dir: str, present: set[str]) -> str | None:
     log.info("%s: loading the %r variant's weights (%s).", ckpt_dir, variant, files[0])
     return files[0]
   return None
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors import safe_open
-  out = {}
-  try:
-    with safe_open(path, framework="flax") as f:  # flax handles bf16 checkpoints
-      for key in f.keys():
-        out[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
-  except Exception as e:
-    if lfs := lfs_pointer_error([path]):
-      raise ValueError(lfs) from e
-    raise ValueError(f"Could not read safetensors file {path}: {e}. Is it truncated? "
-                     "Re-save the checkpoint with model.save_pretrained(DIR).") from e
-  return out
-
-
-def _read_torch(path: str) -> dict[str, np.ndarray]:
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(
-        f"{path} is a PyTorch pickle and torch is not installed. Install torch (CPU build is "
-        "enough) or convert the checkpoint to safetensors: "
-        "T5ForConditionalGeneration.from_pretrained(DIR).save_pretrained(DIR, "
-        "safe_serialization=True).") from e
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:
-    if lfs := lfs_pointer_error([path]):
-      raise ValueError(lfs) from e
-    raise ValueError(
-        f"Could not read PyTorch weights {path} ({_torch_load_detail(e)}): the file is cut short "
-        "or corrupt, or holds objects besides tensors, which are not unpickled (that can run "
-        "code). Re-download it, or convert a file you trust to safetensors with transformers: "
-        "T5ForConditionalGeneration.from_pretrained(DIR, weights_only=False)"
-        ".save_pretrained(DIR).") from e
-  fix = "Save the T5 itself with model.save_pretrained(DIR)."
-  if not isinstance(state, dict):  # a training checkpoint raised AttributeError on .items/.detach
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors. {fix}")
-  others = [f"{k} ({type(v).__name__})" for k, v in state.items()
-            if not isinstance(v, torch.Tensor)]
-  if others:
-    raise ValueError(f"{path} is not a state dict of tensors: {_some(others)} are not tensors (a "
-                     f"training checkpoint that wraps one?). {fix}")
-  return {k: v.detach().float().numpy() for k, v in state.items()}
-
-
-def _torch_load_detail(e: Exception) -> str:
-  """torch.load's error in one line (its first sentence; the exception's type for an empty file's
-  message-less EOFError). A weights-only load that fails re-raises the unpickler's own error as
-  `pickle.UnpicklingError(advice + message) from None`: paragraphs advising weights_only=False,
-  with terminal escapes, and for a blocked module no reason at all in the first sentence. That
-  error is the context it suppressed (an UnpicklingError; a RuntimeError in older torch), so
-  the reason is read there, whatever the advice says."""
-  if (isinstance(e, pickle.UnpicklingError) and e.__suppress_context__
-      and isinstance(e.__context__, Exception)):
-    e = e.__context__
-  text = str(e).strip().split("\n")[0].split(". ")[0].rstrip(".")
-  return text or type(e).__name__
-
-
-def _read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarray]:
-  index_path = os.path.join(ckpt_dir, index_name)
-  try:
-    with open(index_path) as f:
-      weight_map = json.load(f)["weight_map"]
-    if not isinstance(weight_map, dict):  # a list raised a bare AttributeError, null a TypeError
-      raise TypeError(f"'weight_map' is a JSON {type(weight_map).__name__}")
-    if bad := next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None):
-      raise TypeError(f"'weight_map' maps {bad[0]!r} to {json.dumps(bad[1])}")
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise ValueError(f"Malformed shard index {index_path}: {e}; it needs a 'weight_map' object "
-                     "of tensor name -> shard file.") from e
-  out = {}
-  for shard in sorted(set(weight_map.values())):
-    shard_path = os.path.join(ckpt_dir, shard)
-    if not os.path.isfile(shard_path):
-      raise FileNotFoundError(f"Shard {shard_path} listed in {index_path} is missing.")
-    out.update(reader(shard_path))
-  missing = sorted(set(weight_map) - set(out))
-  if missing:
-    raise ValueError(f"Tensors listed in {index_path} but absent from their shards: {missing[:10]}")
-  return out
 
 
 def hf_key_to_path(key: str) -> tuple[tuple[str, ...], bool]:
@@ -293,7 +209,7 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
       continue
     flat[path] = value
   missing = ["/".join(p) for p in expected if p not in flat]
-  problems = [f"{what} {_some(names)}" for what, names in (
+  problems = [f"{what} {some_names(names)}" for what, names in (
       ("missing params", missing), ("unexpected checkpoint keys", sorted(unexpected)),
       ("shape mismatches", bad_shapes)) if names]
   if problems:
@@ -310,12 +226,6 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
       hint = ""
     raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems) + hint)
   return config, traverse_util.unflatten_dict(flat)
-
-
-def _some(names: list[str], limit: int = 8) -> str:
-  """The first `limit` names and how many more (a real T5 has hundreds of params)."""
-  more = f" and {len(names) - limit} more" if len(names) > limit else ""
-  return f"{names[:limit]}{more}"
 
 
 def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,

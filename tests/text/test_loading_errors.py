@@ -13,7 +13,8 @@ import torch
 import transformers
 
 from llmimg_jax.text import T5Config, load_t5, load_tokenizer
-from llmimg_jax.text.loading import _torch_load_detail, read_state_dict
+from llmimg_jax.text.loading import read_state_dict
+from llmimg_jax.text.weight_files import torch_load_detail
 from tests.text.utils import copy_config
 
 
@@ -248,15 +249,15 @@ def test_torch_load_detail_reads_the_unpickler_error_torch_wrapped():
         raise pickle.UnpicklingError(f"Weights only load failed. \x1b[1mOnly if trusted\x1b[0m."
                                      f"\n\t(1) ...\n\nWeightsUnpickler error: {e}") from None
     except pickle.UnpicklingError as wrapped:
-      assert _torch_load_detail(wrapped) == "Unsupported operand 14"
+      assert torch_load_detail(wrapped) == "Unsupported operand 14"
   try:
     try:
       raise KeyError("unrelated")
     except KeyError:  # an error raised while handling another keeps its own message
       raise pickle.UnpicklingError("invalid load key, 'x'.")
   except pickle.UnpicklingError as e:
-    assert _torch_load_detail(e) == "invalid load key, 'x'"
-  assert _torch_load_detail(EOFError()) == "EOFError"
+    assert torch_load_detail(e) == "invalid load key, 'x'"
+  assert torch_load_detail(EOFError()) == "EOFError"
 
 
 @pytest.mark.parametrize("wrap", ["nested", "extra", "list"])
