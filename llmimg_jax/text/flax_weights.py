@@ -18,6 +18,7 @@ import numpy as np
 from flax import serialization
 
 from llmimg_jax.text.tokenizer import lfs_pointer_error
+from llmimg_jax.text.weight_files import some_names
 
 FLAX, FLAX_INDEX = "flax_model.msgpack", "flax_model.msgpack.index.json"
 
@@ -40,7 +41,7 @@ def read_msgpack(path: str) -> dict[str, np.ndarray]:
     _flatten(tree, (), flat, others)
   if others or not flat:
     what = "an empty dict" if isinstance(tree, dict) else f"a {type(tree).__name__}"
-    found = f"{_some(others)} are not arrays" if others else f"it holds {what}"
+    found = f"{some_names(others)} are not arrays" if others else f"it holds {what}"
     raise ValueError(f"{path} is not a Flax param tree of arrays: {found}. Save the T5 itself "
                      "with transformers 4.x's FlaxT5ForConditionalGeneration.save_pretrained(DIR).")
   return {k: np.asarray(v, np.float32) for k, v in flat.items()}  # bf16/fp16 upcast
@@ -57,11 +58,6 @@ def _flatten(tree: dict, prefix: tuple[str, ...], flat: dict, others: list) -> N
       flat["/".join(path)] = value
     else:
       others.append(f"{'/'.join(path)} ({type(value).__name__})")
-
-
-def _some(names: list[str], limit: int = 8) -> str:
-  more = f" and {len(names) - limit} more" if len(names) > limit else ""
-  return ", ".join(names[:limit]) + more
 
 
 def flax_to_state_dict(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

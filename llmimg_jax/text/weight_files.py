@@ -98,6 +98,7 @@ def read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarray
 
 
 def some_names(names: list[str], limit: int = 8) -> str:
-  """The first `limit` names and how many more (a real T5 has hundreds of params)."""
+  """The first `limit` names, comma-joined, and how many more (a real T5 has hundreds of params):
+  what every loading error lists names with."""
   more = f" and {len(names) - limit} more" if len(names) > limit else ""
-  return f"{names[:limit]}{more}"
+  return ", ".join(names[:limit]) + more
