@@ -25,7 +25,8 @@ FLAX, FLAX_INDEX = "flax_model.msgpack", "flax_model.msgpack.index.json"
 
 def read_msgpack(path: str) -> dict[str, np.ndarray]:
   """One msgpack file's arrays as float32, keyed by '/'-joined Flax paths (the names of
-  transformers' shard index, flax_model.msgpack.index.json)."""
+  transformers' shard index, flax_model.msgpack.index.json). A tree wrapped in a single top-level
+  'params' key, as flax.serialization.to_bytes({"params": params}) writes it, is unwrapped."""
   try:
     with open(path, "rb") as f:
       tree = serialization.msgpack_restore(f.read())
@@ -36,6 +37,8 @@ def read_msgpack(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"Could not read Flax weights {path} ({detail}): is it truncated or not a "
                      "msgpack file? Re-download it, or re-save the checkpoint with transformers "
                      "4.x's save_pretrained(DIR).") from e
+  if isinstance(tree, dict) and list(tree) == ["params"] and isinstance(tree["params"], dict):
+    tree = tree["params"]  # flax.serialization.to_bytes({"params": params}): model.init's variables
   flat, others = {}, []
   if isinstance(tree, dict):
     _flatten(tree, (), flat, others)

@@ -127,6 +127,20 @@ def test_bf16_flax_checkpoint_loads_as_its_weights_upcast(tmp_path):
   assert config == load_t5(src)[0]
 
 
+def test_flax_msgpack_under_a_params_key_loads(tmp_path):
+  # flax.serialization.to_bytes({"params": params}) (model.init's variables, a training script's
+  # save) wraps the T5's tree in one top-level 'params' key.
+  src = os.path.join(DATA, "flax_t5_gated_untied")
+  copy_config(src, tmp_path)
+  tree = _restore(os.path.join(src, MSGPACK))
+  (tmp_path / MSGPACK).write_bytes(serialization.to_bytes({"params": tree}))
+  config, params = load_t5(tmp_path)
+  reference = load_t5(src)
+  assert config == reference[0]
+  _assert_same_params(params, reference[1])
+  assert read_state_dict(tmp_path).keys() == read_state_dict(src).keys()
+
+
 def test_safetensors_and_pytorch_weights_are_preferred_to_flax(tmp_path):
   from safetensors.numpy import save_file
   src = os.path.join(DATA, "flax_t5_relu_tied")
