@@ -1,6 +1,8 @@
 """Loading Hugging Face T5 checkpoints into Flax: safetensors, pytorch_model.bin (both sharded too),
 and transformers 4.x's Flax flax_model.msgpack (sharded too; flax_weights.py) in that order of
-preference (the files' readers: weight_files.py). TensorFlow's tf_model.h5 is not read.
+preference (the files' readers: weight_files.py); the model.safetensors of Flax names that
+transformers 4.x's Flax T5s also saved ({"format": "flax"}) is renamed as their msgpack is.
+TensorFlow's tf_model.h5 is not read.
 
 Every format is read into a PyTorch-named state dict; conversion is a rename (see modeling.py) plus
 transposing Linear weights; every expected param must be present with the right shape, and leftover
@@ -24,7 +26,8 @@ from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
 from llmimg_jax.text.flax_weights import FLAX, FLAX_INDEX, flax_to_state_dict, read_msgpack
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
-from llmimg_jax.text.weight_files import read_safetensors, read_sharded, read_torch, some_names
+from llmimg_jax.text.weight_files import (read_safetensors, read_sharded, read_torch,
+                                          safetensors_format, some_names)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,8 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
 
 def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
   """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names (a Flax checkpoint's
-  params renamed and transposed to those)."""
+  params renamed and transposed to those: flax_model.msgpack, or the model.safetensors of Flax
+  names that transformers 4.x's Flax save_pretrained(DIR, safe_serialization=True) wrote)."""
   present = set(os.listdir(ckpt_dir))
   name = (next((n for n in TORCH_FILES if n in present), None)
           or _variant_weights(ckpt_dir, present)
@@ -99,6 +103,8 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
     state = read_sharded(ckpt_dir, name, reader)  # a Flax index names '/'-joined Flax paths
   else:
     state = reader(os.path.join(ckpt_dir, name))
+    if reader is read_safetensors and safetensors_format(os.path.join(ckpt_dir, name)) == "flax":
+      flax, state = True, {k.replace(".", "/"): v for k, v in state.items()}  # Flax's own names
   return flax_to_state_dict(state) if flax else state
 
 

@@ -28,6 +28,14 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   return out
 
 
+def safetensors_format(path: str) -> str | None:
+  """The 'format' save_pretrained wrote in a safetensors file's metadata: 'pt', or 'flax' from
+  transformers 4.x's Flax models (safe_serialization=True: '.'-joined Flax names and layout)."""
+  from safetensors import safe_open
+  with safe_open(path, framework="np") as f:
+    return (f.metadata() or {}).get("format")
+
+
 def read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     import torch

@@ -1,4 +1,5 @@
-"""Checkpoints of transformers 4.x's Flax T5 (flax_model.msgpack) against that T5's own outputs.
+"""Checkpoints of transformers 4.x's Flax T5 (flax_model.msgpack, or its model.safetensors of Flax
+names) against that T5's own outputs.
 
 The folders under data/ were saved, and reference.npz recorded, by transformers 4.46.3's
 FlaxT5ForConditionalGeneration / FlaxT5EncoderModel (data/make_flax_fixtures.py); transformers 5
@@ -25,7 +26,8 @@ MSGPACK = "flax_model.msgpack"
 # Fixture folder -> the folder whose reference.npz holds its model's outputs.
 ENCODER_DECODERS = {"flax_t5_relu_tied": "flax_t5_relu_tied",
                     "flax_t5_gated_untied": "flax_t5_gated_untied",
-                    "flax_t5_gated_sharded": "flax_t5_gated_untied"}
+                    "flax_t5_gated_sharded": "flax_t5_gated_untied",
+                    "flax_t5_gated_safetensors": "flax_t5_gated_untied"}
 
 
 def _reference(name: str) -> dict[str, np.ndarray]:
@@ -58,7 +60,7 @@ def _write(tree, path) -> None:
 @pytest.mark.parametrize("name", ENCODER_DECODERS)
 def test_flax_checkpoint_matches_transformers_flax_t5(name):
   path = os.path.join(DATA, name)
-  assert MSGPACK in os.listdir(path) or f"{MSGPACK}.index.json" in os.listdir(path)
+  assert {MSGPACK, f"{MSGPACK}.index.json", "model.safetensors"} & set(os.listdir(path))
   ref = _reference(ENCODER_DECODERS[name])
   config, params = load_t5(path)
   untied = "untied" in ENCODER_DECODERS[name]
@@ -81,6 +83,24 @@ def test_sharded_flax_checkpoint_loads_as_the_single_file():
   sharded = load_t5(os.path.join(DATA, "flax_t5_gated_sharded"))
   assert sharded[0] == single[0]
   _assert_same_params(sharded[1], single[1])
+
+
+def test_flax_safetensors_checkpoint_loads_as_the_msgpack():
+  # transformers 4.x's FlaxT5.save_pretrained(DIR, safe_serialization=True): Flax names, '.'-joined,
+  # and Flax's layout ([in, out] kernels), marked by the metadata transformers reads them by.
+  from safetensors import safe_open
+  path = os.path.join(DATA, "flax_t5_gated_safetensors")
+  assert not any(f.endswith(".msgpack") for f in os.listdir(path))
+  with safe_open(os.path.join(path, "model.safetensors"), framework="np") as f:
+    assert f.metadata() == {"format": "flax"} and "lm_head.kernel" in f.keys()
+  msgpack = os.path.join(DATA, "flax_t5_gated_untied")
+  state, reference = read_state_dict(path), read_state_dict(msgpack)
+  assert state.keys() == reference.keys()
+  for key in state:
+    np.testing.assert_array_equal(state[key], reference[key])
+  single, loaded = load_t5(msgpack), load_t5(path)
+  assert loaded[0] == single[0]
+  _assert_same_params(loaded[1], single[1])
 
 
 def test_flax_encoder_only_checkpoint():

@@ -1,9 +1,10 @@
 """Writes the Flax T5 checkpoints in this folder with transformers 4.x, and their outputs.
 
 transformers 5 has no Flax models, so what its 4.x Flax T5s saved (flax_model.msgpack, or shards and
-flax_model.msgpack.index.json) is kept here, tiny and random, with the outputs transformers' own
-Flax T5 gave for fixed inputs (reference.npz); tests/text/test_flax_checkpoints.py loads them with
-llmimg_jax's loader and compares. Regenerate in a scratch venv, not the project's:
+flax_model.msgpack.index.json, or model.safetensors of Flax names) is kept here, tiny and random,
+with the outputs transformers' own Flax T5 gave for fixed inputs (reference.npz);
+tests/text/test_flax_checkpoints.py loads them with llmimg_jax's loader and compares. Regenerate in
+a scratch venv, not the project's:
 
   python3 -m venv /tmp/flax-t5-venv
   /tmp/flax-t5-venv/bin/pip install "transformers==4.46.3" "flax==0.8.5" "jax[cpu]==0.4.30" \
@@ -14,10 +15,12 @@ Folders written (each: config.json, generation_config.json where the class write
   flax_t5_relu_tied/        original-T5 style: ReLU FFN, tied embeddings (decoder output rescaled)
   flax_t5_gated_untied/     v1.1 / FLAN style: gated-GELU, own lm_head, 1 encoder / 2 decoder layers
   flax_t5_gated_sharded/    the same model saved with max_shard_size (shards + their index)
+  flax_t5_gated_safetensors/  the same model saved with safe_serialization=True: model.safetensors
+                            of '.'-joined Flax names and layout, metadata {"format": "flax"}
   flax_t5_encoder/          FlaxT5EncoderModel (shared embedding + encoder only)
-reference.npz in each but the sharded one (it is flax_t5_gated_untied's model): input_ids,
-attention_mask (the second row padded), decoder_input_ids, encoder_last_hidden_state and, for the
-encoder-decoders, logits.
+reference.npz in each but the sharded and the safetensors one (flax_t5_gated_untied's model):
+input_ids, attention_mask (the second row padded), decoder_input_ids, encoder_last_hidden_state
+and, for the encoder-decoders, logits.
 """
 from __future__ import annotations
 
@@ -73,7 +76,8 @@ def _fresh(name: str) -> str:
   return path
 
 
-def encoder_decoder(name: str, config: T5Config, seed: int, sharded_name: str | None = None):
+def encoder_decoder(name: str, config: T5Config, seed: int, sharded_name: str | None = None,
+                    safetensors_name: str | None = None):
   model = FlaxT5ForConditionalGeneration(config, seed=seed)
   params = _randomized(model.params, seed)
   assert ("lm_head" in params) != config.tie_word_embeddings
@@ -87,6 +91,10 @@ def encoder_decoder(name: str, config: T5Config, seed: int, sharded_name: str | 
     path = _fresh(sharded_name)
     model.save_pretrained(path, params=params, max_shard_size="4KB")
     assert "flax_model.msgpack.index.json" in os.listdir(path), os.listdir(path)
+  if safetensors_name:
+    path = _fresh(safetensors_name)
+    model.save_pretrained(path, params=params, safe_serialization=True)
+    assert "model.safetensors" in os.listdir(path), os.listdir(path)
 
 
 def encoder_only(name: str, config: T5Config, seed: int):
@@ -106,7 +114,8 @@ def main():
   encoder_decoder("flax_t5_relu_tied", _config(num_layers=2, feed_forward_proj="relu"), seed=1)
   encoder_decoder("flax_t5_gated_untied",
                   _config(num_layers=1, num_decoder_layers=2, feed_forward_proj="gated-gelu",
-                          tie_word_embeddings=False), seed=2, sharded_name="flax_t5_gated_sharded")
+                          tie_word_embeddings=False), seed=2, sharded_name="flax_t5_gated_sharded",
+                  safetensors_name="flax_t5_gated_safetensors")
   encoder_only("flax_t5_encoder", _config(num_layers=2, feed_forward_proj="gated-gelu",
                                           tie_word_embeddings=False), seed=3)
 
