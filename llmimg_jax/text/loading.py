@@ -89,6 +89,11 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
   """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names (a Flax checkpoint's
   params renamed and transposed to those: flax_model.msgpack, or the model.safetensors of Flax
   names that transformers 4.x's Flax save_pretrained(DIR, safe_serialization=True) wrote)."""
+  return _read_weights(ckpt_dir)[0]
+
+
+def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
+  """(read_state_dict's tensors, whether the file held Flax names and layout)."""
   present = set(os.listdir(ckpt_dir))
   name = (next((n for n in TORCH_FILES if n in present), None)
           or _variant_weights(ckpt_dir, present)
@@ -105,7 +110,7 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
     state = reader(os.path.join(ckpt_dir, name))
     if reader is read_safetensors and safetensors_format(os.path.join(ckpt_dir, name)) == "flax":
       flax, state = True, {k.replace(".", "/"): v for k, v in state.items()}  # Flax's own names
-  return flax_to_state_dict(state) if flax else state
+  return (flax_to_state_dict(state) if flax else state), flax
 
 
 # Weights of transformers' TensorFlow T5 (gone in transformers 5), and the option of transformers
@@ -177,9 +182,12 @@ def param_shapes(config: T5Config, encoder_only: bool = False) -> Params:
 
 
 def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encoder_only: bool = False,
-                       source: str = "checkpoint") -> tuple[T5Config, Params]:
+                       source: str = "checkpoint", from_flax: bool = False
+                       ) -> tuple[T5Config, Params]:
   """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
-  carries its own lm_head; decoder/lm_head keys are skipped when encoder_only."""
+  carries its own lm_head; decoder/lm_head keys are skipped when encoder_only. from_flax: the
+  state dict was renamed from a Flax file's params (read_state_dict does that), so shape errors
+  name those params and their [in, out] kernel shapes as the file holds them."""
   state = dict(state)
   if "shared.weight" not in state:  # some exports keep the embedding only under an alias
     alias = next((k for k in _EMBEDDING_ALIASES if k in state), None)
@@ -210,8 +218,8 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
       continue
     value = value.T if transpose else value
     if tuple(value.shape) != tuple(expected[path].shape):
-      bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
-                        f"{tuple(expected[path].shape)} (as {'/'.join(path)})")
+      bad_shapes.append(_shape_mismatch(key, path, transpose, tuple(value.shape),
+                                        tuple(expected[path].shape), from_flax))
       continue
     flat[path] = value
   missing = ["/".join(p) for p in expected if p not in flat]
@@ -234,6 +242,18 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
   return config, traverse_util.unflatten_dict(flat)
 
 
+def _shape_mismatch(key: str, path: tuple[str, ...], transpose: bool, shape: tuple[int, ...],
+                    model: tuple[int, ...], from_flax: bool) -> str:
+  """A param of the wrong shape, named and shaped as its file holds it: a Flax file's '/'-joined
+  param (an [in, out] kernel, the model's own layout), a PyTorch file's key ([out, in] Linear)."""
+  if from_flax:  # flax_to_state_dict renamed the leaf only: kernel/embedding -> weight
+    return f"{'/'.join((*key.split('.')[:-1], path[-1]))}: checkpoint {shape} vs model {model}"
+  if transpose:
+    shape, model = shape[::-1], model[::-1]
+  return (f"{key}: checkpoint {shape} vs model {model} (as {'/'.join(path)}"
+          f"{', transposed' if transpose else ''})")
+
+
 def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
             encoder_only: bool = False) -> tuple[T5Config, Params]:
   """(config, params) from a checkpoint directory or hub name. Params are `dtype` arrays (fp32
@@ -241,8 +261,9 @@ def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
   ckpt_dir = resolve_checkpoint_dir(path_or_name)
   config = T5Config.from_json_file(os.path.join(ckpt_dir, "config.json"))
   config = _with_generation_config(config, ckpt_dir)
-  state = read_state_dict(ckpt_dir)
-  config, params = convert_state_dict(state, config, encoder_only=encoder_only, source=ckpt_dir)
+  state, from_flax = _read_weights(ckpt_dir)
+  config, params = convert_state_dict(state, config, encoder_only=encoder_only, source=ckpt_dir,
+                                      from_flax=from_flax)
   return config, jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
 
 

@@ -7,6 +7,7 @@ has no Flax models to compare with here.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -173,6 +174,34 @@ def test_safetensors_and_pytorch_weights_are_preferred_to_flax(tmp_path):
   shutil.copytree(src, only_flax)
   (only_flax / "tf_model.h5").write_bytes(b"\x89HDF")
   _assert_same_params(load_t5(only_flax)[1], load_t5(src)[1])
+
+
+@pytest.mark.parametrize("weights", ["flax msgpack", "flax safetensors", "pytorch safetensors"])
+def test_shape_mismatch_is_named_as_the_file_holds_the_param(weights, tmp_path):
+  # config.json's d_ff is 32, the weights' 16: the FFN kernels are named by the file's own names,
+  # with its own shapes: Flax's [in, out] kernels, PyTorch's [out, in] Linear weights.
+  src = os.path.join(DATA, "flax_t5_gated_untied")
+  with open(os.path.join(src, "config.json")) as f:
+    (tmp_path / "config.json").write_text(json.dumps({**json.load(f), "d_ff": 32}))
+  if weights == "flax msgpack":
+    shutil.copy(os.path.join(src, MSGPACK), tmp_path)
+  elif weights == "flax safetensors":
+    shutil.copy(os.path.join(DATA, "flax_t5_gated_safetensors", "model.safetensors"), tmp_path)
+  else:
+    from safetensors.numpy import save_file
+    save_file(read_state_dict(src), str(tmp_path / "model.safetensors"))
+  with pytest.raises(ValueError, match="does not match its T5 config.*shape mismatches") as e:
+    load_t5(tmp_path)
+  message = str(e.value)
+  if weights.startswith("flax"):
+    ffn = "decoder/block/1/layer/2/DenseReluDense"
+    assert (f"{ffn}/wi_1/kernel: checkpoint (8, 16) vs model (8, 32), "
+            f"{ffn}/wo/kernel: checkpoint (16, 8) vs model (32, 8)") in message
+    assert "DenseReluDense.wi_1.weight" not in message and "wo.weight" not in message
+  else:
+    assert ("decoder.block.1.layer.2.DenseReluDense.wi_1.weight: checkpoint (16, 8) vs model "
+            "(32, 8) (as decoder/block_1/layer_2/DenseReluDense/wi_1/kernel, transposed)"
+            ) in message
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not msgpack"])
