@@ -210,7 +210,7 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
     state["lm_head.weight"] = lm_head
 
   expected = traverse_util.flatten_dict(param_shapes(config, encoder_only))
-  flat, unexpected, bad_shapes = {}, [], []
+  flat, unexpected, bad_shapes, misshaped = {}, [], [], set()
   for key, value in state.items():
     path, transpose = hf_key_to_path(key)
     if path not in expected:
@@ -220,9 +220,10 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
     if tuple(value.shape) != tuple(expected[path].shape):
       bad_shapes.append(_shape_mismatch(key, path, transpose, tuple(value.shape),
                                         tuple(expected[path].shape), from_flax))
+      misshaped.add(path)
       continue
     flat[path] = value
-  missing = ["/".join(p) for p in expected if p not in flat]
+  missing = ["/".join(p) for p in expected if p not in flat and p not in misshaped]  # named once
   problems = [f"{what} {some_names(names)}" for what, names in (
       ("missing params", missing), ("unexpected checkpoint keys", sorted(unexpected)),
       ("shape mismatches", bad_shapes)) if names]

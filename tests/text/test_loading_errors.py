@@ -179,6 +179,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(relu_tied, tmp_path)
   assert "encoder/block_1/layer_1/DenseReluDense/wo/kernel" in msg  # missing
   assert "encoder.block.7.layer.0.SelfAttention.q.weight" in msg  # unexpected
   assert "decoder.final_layer_norm.weight: checkpoint (31,) vs model (32,)" in msg
+  assert "final_layer_norm" not in msg.split("missing params ")[1].split(";")[0]  # named once
 
 def test_unknown_feed_forward_proj(relu_tied, tmp_path):
   with pytest.raises(ValueError, match="'gated-foo'"):
