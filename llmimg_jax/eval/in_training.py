@@ -1,7 +1,9 @@
 """Evaluation during training (shapes configs): caption accuracy and in-domain FID of the EMA
 generator on a fixed subset of the test split, logged to TensorBoard; the best step so far is
 kept in <workdir>/best.json (highest caption accuracy, then lowest FID), and its checkpoint is
-kept beside the latest ones (the loop saves it if it was not a checkpoint step).
+kept beside the latest ones (the loop saves it if it was not a checkpoint step). best.json names
+its evaluation (dataset, image size, number of captions): a resume that evaluates otherwise starts
+the best over rather than compare scores of different captions.
 
 config.eval.every = 0 disables it; config.eval.num_samples test captions (the first caption of
 records [0, n)) with fixed noise; the FID reference is train records [0, n), as evaluate.py's, and
@@ -18,6 +20,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from llmimg_jax.data.pipeline import dataset_id
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.report import to_json
@@ -44,6 +47,9 @@ class TrainingEvaluator:
     size = config.data.image_size  # real images at the resolution the run generates
     real = load_split(config.data, "test", n).at_size(size)
     self.captions = [c[0] for c in real.captions]
+    # What the scores are of: best.json's are compared only with scores of the same evaluation.
+    self.setup = {"dataset": dataset_id(config.data), "image_size": int(size),
+                  "num_samples": len(self.captions)}
     # Not the scored records' own images: generated images conditioned on the very captions of
     # the reference scored below the floor (FID 97, floor 139 at n=64), which then was none.
     train = load_split(config.data, "train", len(real.images)).at_size(size)
@@ -62,10 +68,16 @@ class TrainingEvaluator:
       best = checkpoint.read_best(self.best_path)
       if best is not None:  # the scores compared with the next evaluation's
         float(best["caption_accuracy"]), float(best["fid_indomain"])
-      return best
     except (ValueError, KeyError, TypeError) as e:
       log.warning("Could not read %s (%s); the next evaluation replaces it.", self.best_path, e)
       return None
+    setup = None if best is None else best.get("setup", self.setup)  # older files: no setup
+    if setup is not None and setup != self.setup:
+      log.warning("%s scores step %s on another evaluation (%s) than this run's (%s): its scores "
+                  "are not comparable; the next evaluation replaces it.", self.best_path,
+                  best["step"], setup, self.setup)
+      return None
+    return best
 
   @property
   def best_step(self) -> int | None:
@@ -87,7 +99,7 @@ class TrainingEvaluator:
     # and hosts' float results may differ in the last bit.
     improved = checkpoint.host_flags(improved)[0]
     if improved:
-      self.best = {"step": step, **result, "fid_floor": self.floor}
+      self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup}
     if jax.process_index() != 0:
       return result
     if improved:

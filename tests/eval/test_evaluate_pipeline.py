@@ -212,7 +212,9 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
     best = json.loads(best_json.read_text(), parse_constant=pytest.fail)  # strict: NaN -> null
     assert best["step"] == want_best, step
     assert best == {"step": want_best, **kept[want_best], "relation": None,
-                    "fid_floor": evaluate.floor}
+                    "fid_floor": evaluate.floor, "setup": {
+                        "dataset": "captioned_shapes/tiny_32", "image_size": 32,
+                        "num_samples": 8}}
     assert evaluate.best_step == want_best
 
 

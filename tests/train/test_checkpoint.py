@@ -44,6 +44,7 @@ def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, mo
 def test_an_unreadable_best_json_is_replaced_not_fatal(tmp_path, caplog):
   evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
   evaluator.best_path = tmp_path / checkpoint.BEST_FILE
+  evaluator.setup = {"num_samples": 8}
   assert evaluator._read_best() is None  # none yet
   evaluator.best_path.write_text('{"step": 4, "caption_acc')  # cut short by a crash
   with caplog.at_level("WARNING"):
