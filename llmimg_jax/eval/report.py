@@ -52,7 +52,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   if data_dir:
     data_cfg.data_dir = data_dir
   if ref_stats:  # before any sampling
-    check_ref_size(ref_stats, int(data_cfg.image_size))
+    check_ref_size(ref_stats, int(data_cfg.image_size), dataset_id(data_cfg))
   inception = None
   if inception_weights:
     from llmimg_jax.eval.inception import InceptionFeatures  # pylint: disable=g-import-not-at-top
@@ -109,13 +109,18 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   return results
 
 
-def check_ref_size(ref_stats: str, image_size: int) -> None:
-  """ValueError if `ref_stats` (written by evaluate.py --write_stats, which records the size) are
-  of real images of another size than the run generates: that FID would measure the gap in
-  resolution. Statistics from elsewhere (DF-GAN's) do not say, and pass."""
+def check_ref_size(ref_stats: str, image_size: int, dataset: str | None = None) -> None:
+  """ValueError if `ref_stats` (written by evaluate.py --write_stats, which records the size and
+  dataset) are of real images of another size than the run generates: that FID would measure the
+  gap in resolution. Another dataset than the run's (`dataset_id`) is allowed, with a warning.
+  Statistics from elsewhere (DF-GAN's) do not say, and pass."""
   if not os.path.isfile(ref_stats):
     return  # fid.load_statistics names the missing file
-  size = fid.statistics_info(ref_stats).get("image_size")
+  info = fid.statistics_info(ref_stats)
+  if dataset and info.get("dataset") not in (None, dataset):
+    log.warning("--ref_stats %s holds statistics of %s, not of the run's %s: its FID measures the "
+                "distance to that data.", ref_stats, info["dataset"], dataset)
+  size = info.get("image_size")
   if size is not None and int(size) != image_size:
     raise ValueError(f"--ref_stats {ref_stats} holds statistics of {int(size)}px real images, but "
                      f"the run generates {image_size}px ones; write them at its size with "

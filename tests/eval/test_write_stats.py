@@ -70,10 +70,12 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   import ml_collections
   from llmimg_jax.eval import report
   from llmimg_jax.sample import Sampler
-  _write_stats(monkeypatch, tmp_path, _folder(tmp_path))  # the run's data.image_size: 8
+  folder = _folder(tmp_path)
+  _write_stats(monkeypatch, tmp_path, folder)  # the run's data.image_size: 8
   with np.load(tmp_path / "ref.npz") as stats:
     assert int(stats["image_size"]) == 8
-  config = ml_collections.ConfigDict({"data": {"name": "captioned_folder", "image_size": 16}})
+  config = ml_collections.ConfigDict({"data": {"name": "captioned_folder", "folder": str(folder),
+                                               "image_size": 16}})
   monkeypatch.setattr(Sampler, "from_workdir", lambda *a: type("S", (), {"config": config})())
   with pytest.raises(ValueError, match=(
       rf"--ref_stats {tmp_path / 'ref.npz'} holds statistics of 8px real images, but the run "
@@ -84,6 +86,23 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   assert _MeanStdFeatures.made == 1  # by --write_stats alone: refused before the weights were read
   np.savez(tmp_path / "dfgan.npz", mu=np.zeros(3), sigma=np.eye(3))  # no size: not checked
   report.check_ref_size(str(tmp_path / "dfgan.npz"), 16)
+
+
+def test_stats_of_another_dataset_than_the_run_are_warned_about(tmp_path, monkeypatch, caplog):
+  """--ref_stats of another dataset (recorded by --write_stats) scored the run without a word:
+  allowed (e.g. a folder run against COCO's statistics), but said."""
+  from llmimg_jax.eval import report
+  _write_stats(monkeypatch, tmp_path, _folder(tmp_path))
+  recorded = str(np.load(tmp_path / "ref.npz")["dataset"])
+  assert recorded.startswith("captioned_folder:")
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    report.check_ref_size(str(tmp_path / "ref.npz"), 8, recorded)
+  assert "--ref_stats" not in caplog.text
+  with caplog.at_level("WARNING"):
+    report.check_ref_size(str(tmp_path / "ref.npz"), 8, "captioned_shapes/tiny_32")
+  assert (f"--ref_stats {tmp_path / 'ref.npz'} holds statistics of {recorded}, not of the run's "
+          "captioned_shapes/tiny_32: its FID measures the distance to that data") in caplog.text
 
 
 @pytest.mark.parametrize("workdir", ["missing", "a_file", "cut_short", "a_model"])
