@@ -342,10 +342,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
           clock.start()
         else:
           clock.steps += 1
-        if done % t.log_every == 0 or done == t.steps:
+        stop = watch.reached()  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
+        if done % t.log_every == 0 or done == t.steps or stop:  # a stop: the steps since the log
           _log_metrics(jax.device_get(pending), done, clock, bar, writer, t, manager.directory)
           pending = []
-        stop = watch.reached()  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
         saved = done % t.ckpt_every == 0 or done == t.steps or stop
         sample_now = done % t.sample_every == 0 or done == t.steps
         eval_now = evaluate is not None and (done % config.eval.every == 0 or done == t.steps)

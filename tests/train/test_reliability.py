@@ -136,6 +136,29 @@ def test_divergence_stops_with_a_clear_error_and_the_last_good_checkpoint(
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.g_params))
 
 
+def test_a_stop_between_logs_logs_the_steps_since_the_last_one(shapes_data_dir, tmp_path,
+                                                                monkeypatch):
+  """A SIGTERM/SIGINT stop between two log steps dropped the metrics of the steps since the last
+  log: TensorBoard never saw them, nor the warning of their skipped updates."""
+  config = tiny_config(shapes_data_dir)
+  config.train.steps, config.train.log_every, config.train.ckpt_every = 10, 4, 100
+  monkeypatch.setattr(loop, "make_iterator",  # step 6 is skipped (non-finite)
+                      lambda *a, **k: _Poisoned(make_iterator(*a, **k), first=6, last=6))
+  asked = []
+
+  def reached(watch):
+    asked.append(1)
+    return len(asked) == 6  # a notice during step 6: stop after it
+  monkeypatch.setattr(loop.PreemptionWatch, "reached", reached)
+  monkeypatch.setattr(loop.PreemptionWatch, "description", "SIGTERM")
+  state = loop.train(config, tmp_path)
+  assert int(state.step) == 6
+  logdir = tmp_path / "tensorboard"
+  assert _scalars(logdir, "train/skipped_updates") == {4: 0.0, 6: 1.0}
+  assert _scalars(logdir, "train/finite") == {4: 1.0, 6: 0.5}
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [6]
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_optimizers_clip_and_take_their_own_learning_rates(tmp_path, grad_clip):
   """G, D and the text encoder each get Adam with their learning rate, on gradients clipped to a
