@@ -12,6 +12,7 @@ checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no r
 checkpoint; divergence).
 """
 import logging
+import signal
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -31,6 +32,15 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 _CONNECT_TIMEOUT_S = 300  # jax.distributed.initialize's default
+
+
+class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+  """SIGTERM outside the training steps (the loop's own handler saves first)."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise _Terminated
 
 
 def main(argv):
@@ -90,6 +100,8 @@ def main(argv):
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
                                        jax.devices())
+  if jax.process_count() == 1:  # several: SIGTERM belongs to JAX's preemption notifier
+    signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (FolderError, CocoDownloadError, DatasetError, DataNotSharedError, ConfigDiffersError,
@@ -101,6 +113,10 @@ def main(argv):
     cli.fail("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "
              f"{_WORKDIR.value}/checkpoints are kept: rerun the same command to resume from the "
              "latest.", 130)
+  except _Terminated:
+    cli.fail("train.py", f"stopped by SIGTERM before a step could be saved (while building, "
+             f"restoring or compiling); the checkpoints in {_WORKDIR.value}/checkpoints are kept: "
+             "rerun the same command to resume from the latest.", 128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

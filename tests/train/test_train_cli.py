@@ -209,7 +209,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert elapsed < 90, elapsed
 
 
-def test_ctrl_c_before_the_first_step_is_one_line_not_a_traceback(shapes_data_dir, tmp_path):
+def test_ctrl_c_or_sigterm_before_the_first_step_is_one_line_not_a_traceback(shapes_data_dir, tmp_path):
   """Ctrl-C while the run builds, restores or compiles (minutes at scale) has no step to save:
   one line says what is kept and how to resume, not a KeyboardInterrupt traceback."""
   # train() stands in for the build/restore/compile phase and never reaches a step (a real one
@@ -228,3 +228,12 @@ def test_ctrl_c_before_the_first_step_is_one_line_not_a_traceback(shapes_data_di
   assert (f"train.py: error: interrupted by Ctrl-C without saving; the checkpoints in "
           f"{tmp_path / 'run'}/checkpoints are kept: rerun the same command to resume from the "
           "latest.") in proc.output
+  # SIGTERM there (a scheduler's stop, `kill`) ended the process silently with status 143.
+  proc = Proc([sys.executable, "-c", stand_in])
+  proc.wait_for(lambda: "building" in proc.output, what="the stand-in train()")
+  proc.popen.send_signal(signal.SIGTERM)
+  assert proc.finish(timeout=60) == 143, proc.output[-3000:]
+  assert "Traceback" not in proc.output, proc.output[-3000:]
+  assert (f"train.py: error: stopped by SIGTERM before a step could be saved (while building, "
+          f"restoring or compiling); the checkpoints in {tmp_path / 'run'}/checkpoints are kept: "
+          "rerun the same command to resume from the latest.") in proc.output
