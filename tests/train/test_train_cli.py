@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from llmimg_jax.train import checkpoint, loop
@@ -209,9 +210,16 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert elapsed < 90, elapsed
 
 
-def test_ctrl_c_or_sigterm_before_the_first_step_is_one_line_not_a_traceback(shapes_data_dir, tmp_path):
-  """Ctrl-C while the run builds, restores or compiles (minutes at scale) has no step to save:
-  one line says what is kept and how to resume, not a KeyboardInterrupt traceback."""
+@pytest.mark.parametrize("sig, status, message", [
+    (signal.SIGINT, 130, "interrupted by Ctrl-C without saving"),
+    # A scheduler's stop (`kill`): the process ended silently with status 143.
+    (signal.SIGTERM, 143, "stopped by SIGTERM before a step could be saved (while building, "
+     "restoring or compiling)"),
+])
+def test_a_signal_before_the_first_step_is_one_line_not_a_traceback(shapes_data_dir, tmp_path,
+                                                                     sig, status, message):
+  """Ctrl-C or SIGTERM while the run builds, restores or compiles (minutes at scale) has no step
+  to save: one line says what is kept and how to resume, not a KeyboardInterrupt traceback."""
   # train() stands in for the build/restore/compile phase and never reaches a step (a real one
   # could finish its 4 steps before the signal lands, with a warm compilation cache). Ctrl-C's
   # KeyboardInterrupt as from a shell: pytest-xdist's workers ignore SIGINT, and so would a child.
@@ -222,18 +230,8 @@ def test_ctrl_c_or_sigterm_before_the_first_step_is_one_line_not_a_traceback(sha
               f"sys.argv = {args[1:]!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
   proc = Proc([sys.executable, "-c", stand_in])
   proc.wait_for(lambda: "building" in proc.output, what="the stand-in train()")
-  proc.popen.send_signal(signal.SIGINT)
-  assert proc.finish(timeout=60) == 130, proc.output[-3000:]
+  proc.popen.send_signal(sig)
+  assert proc.finish(timeout=60) == status, proc.output[-3000:]
   assert "Traceback" not in proc.output, proc.output[-3000:]
-  assert (f"train.py: error: interrupted by Ctrl-C without saving; the checkpoints in "
-          f"{tmp_path / 'run'}/checkpoints are kept: rerun the same command to resume from the "
-          "latest.") in proc.output
-  # SIGTERM there (a scheduler's stop, `kill`) ended the process silently with status 143.
-  proc = Proc([sys.executable, "-c", stand_in])
-  proc.wait_for(lambda: "building" in proc.output, what="the stand-in train()")
-  proc.popen.send_signal(signal.SIGTERM)
-  assert proc.finish(timeout=60) == 143, proc.output[-3000:]
-  assert "Traceback" not in proc.output, proc.output[-3000:]
-  assert (f"train.py: error: stopped by SIGTERM before a step could be saved (while building, "
-          f"restoring or compiling); the checkpoints in {tmp_path / 'run'}/checkpoints are kept: "
-          "rerun the same command to resume from the latest.") in proc.output
+  assert (f"train.py: error: {message}; the checkpoints in {tmp_path / 'run'}/checkpoints are "
+          "kept: rerun the same command to resume from the latest.") in proc.output
