@@ -8,6 +8,7 @@ Median wall ms, compiled with the train step's XLA options.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -65,6 +66,8 @@ def _second_order(conv):
 
 
 def main() -> None:
+  argparse.ArgumentParser(  # no options; --help prints the docstring
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
   reuse_host_memory()  # as train.py: XLA's scratch buffers stay mapped between calls
   print_table([(32, 64, 32, 64), (32, 32, 64, 128), (32, 16, 128, 256), (32, 8, 256, 256)],
               VARIANTS, 4, {"fwd": lambda conv: conv,

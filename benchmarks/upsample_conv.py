@@ -9,6 +9,7 @@ on a slow path; the VALID one's is fast, and is the one ours takes.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -47,6 +48,8 @@ VARIANTS = {"3x3 form": three_by_three_form,
 
 
 def main() -> None:
+  argparse.ArgumentParser(  # no options; --help prints the docstring
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
   reuse_host_memory()  # as train.py: XLA's scratch buffers stay mapped between calls
   print_table([(32, 4, 256, 256), (32, 8, 256, 128), (32, 16, 128, 64), (32, 32, 64, 32)],
               VARIANTS, 3, SEPARATE_GRADIENTS)

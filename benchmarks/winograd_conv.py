@@ -12,6 +12,7 @@ more than the multiplies saved at every layer, so the train step keeps XLA's con
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -82,6 +83,8 @@ VARIANTS = {"xla": conv2d,
 
 
 def main() -> None:
+  argparse.ArgumentParser(  # no options; --help prints the docstring
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
   reuse_host_memory()  # as train.py: XLA's scratch buffers stay mapped between calls
   print_table([(16, 64, 32, 32), (16, 32, 64, 64), (16, 16, 128, 128), (16, 8, 256, 256)],
               VARIANTS, 3, SEPARATE_GRADIENTS)
