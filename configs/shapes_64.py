@@ -20,7 +20,7 @@ def get_config():
   c.data.random_flip = True  # the pipeline swaps 'left'/'right' in the caption
   c.data.num_workers = 2
 
-  c.text.max_length = 200  # ByT5 bytes + EOS: the longest possible caption has 198 bytes
+  c.text.max_length = 200  # ByT5 bytes + EOS: the longest possible caption has 195 bytes
   c.text.d_model = 128
   c.text.d_ff = 256
   c.text.num_layers = 2
