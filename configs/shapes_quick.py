@@ -14,9 +14,10 @@ FID 66.0 (real-vs-real floor 22.2); real images score 1.000. Over six such runs 
 quick config", has each run and the learning-rate sweep behind this config's rates; caption
 accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000).
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
-(~4.5 CPU-min) would cost this run 300+ steps. Once it is cached (after one `python evaluate.py`
-or a run with eval on), `--config.eval.every=500` logs caption accuracy and in-domain FID on 256
-test captions (eval/* in TensorBoard, <workdir>/best.json).
+(~4.5 CPU-min) would take as long as thousands of this run's 4000 steps (at 11-16 steps/s). Once
+it is cached (after one `python evaluate.py` or a run with eval on), `--config.eval.every=500`
+logs caption accuracy and in-domain FID on 256 test captions (eval/* in TensorBoard,
+<workdir>/best.json).
 """
 from llmimg_jax.train.config import base_config
 
