@@ -5,7 +5,8 @@
 Data: captioned_shapes/center_32 (one shape in the centre, drawn 2x larger, so only its shape,
 colour and size are to learn). 4000 steps at batch 16, samples and checkpoints every 500.
 On the 2-core AMD EPYC dev VM the README's command (fresh clone and venv, dataset built by it)
-takes 4-7.5 minutes in all, ~40 s of it `pip install` (11-16 steps/s in train.py's progress bar).
+takes 4-8 minutes in all (6m05s on 2026-12-04 beside other work), ~40 s of it `pip install`
+(11-16 steps/s in train.py's progress bar).
 What it reaches (2026-12-03, `python evaluate.py --workdir runs/shapes_quick --split test --split
 holdout --num_samples 500` at step 4000): test caption accuracy 0.894 (shape 0.898, colour 0.996,
 size 1.000); holdout, unseen (shape, colour) pairs, 0.612 (shape 0.652, colour 0.936); in-domain
