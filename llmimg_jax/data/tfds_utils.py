@@ -1,4 +1,5 @@
-"""Small helpers shared by the TFDS builders of this package (no TensorFlow needed)."""
+"""Small helpers shared by the TFDS builders of this package (no TensorFlow needed), and the
+error of a dataset that cannot be built or trained on as configured."""
 from __future__ import annotations
 
 import inspect
