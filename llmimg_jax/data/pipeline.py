@@ -24,6 +24,7 @@ import numpy as np
 
 from llmimg_jax.data import tfds_utils
 from llmimg_jax.data.flip import swap_left_right
+from llmimg_jax.data.host_slices import HostSliceSampler
 from llmimg_jax.data.images import center_crop_resize, resize
 
 log = logging.getLogger(__name__)
@@ -258,35 +259,6 @@ class Tokenize(grain.transforms.Map):
 
 # ---------------------------------------------------------------------------------------------
 # Iterator and global batches
-
-
-class HostSliceSampler:
-  """Host `h` of `P` reads rows [h*b, (h+1)*b) of every global batch of P*b sampler positions.
-
-  Concatenating the hosts' batches in process order (what `to_global_batch` does) gives the
-  batch a single process with batch size P*b reads: the global batches, their order and each
-  record's augmentation (grain's per-record RNG follows the global position) do not depend on
-  the number of hosts.
-  """
-
-  def __init__(self, sampler, batch_size_per_host: int, process_index: int, process_count: int):
-    self._sampler, self._b = sampler, int(batch_size_per_host)
-    self._h, self._p = int(process_index), int(process_count)
-    global_batch = self._b * self._p
-    self._len = len(sampler) // global_batch * self._b  # whole global batches only
-
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, index: int):
-    if not 0 <= index < self._len:
-      raise IndexError(index)
-    batch, row = divmod(index, self._b)
-    return self._sampler[(batch * self._p + self._h) * self._b + row]
-
-  def __repr__(self) -> str:  # grain checks it when restoring an iterator's state
-    return (f"HostSliceSampler({self._sampler!r}, batch_size_per_host={self._b}, "
-            f"process={self._h}/{self._p})")
 
 
 def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,

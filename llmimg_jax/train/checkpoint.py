@@ -25,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's default handler
 
+from llmimg_jax.data import host_slices
+
 log = logging.getLogger(__name__)
 
 # Orbax splits the writing of a replicated array across its replicas, slicing it with one small
@@ -132,10 +134,18 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: Any = None) -> Any:
   """The state saved at `step`; `data_iter` (if given) is restored in place."""
   items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
-    _check_data_process_count(Path(manager.directory) / str(step) / "data")
+  data_dir = Path(manager.directory) / str(step) / "data"
+  saved_hosts = host_slices.saved_process_count(data_dir) if data_iter is not None else None
+  resliced = None
+  if saved_hosts not in (None, jax.process_count()):  # saved by another number of hosts
+    resliced = host_slices.resliced_state(data_dir, data_iter.get_state())
+  elif data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if resliced is not None:
+    data_iter.set_state(resliced)
+    log.info("Resumed the input position saved by %d process(es) on this run's %d.",
+             saved_hosts, jax.process_count())
   return restored["state"]
 
 
@@ -241,24 +251,6 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   manager.reload()
 
 
-class ProcessCountMismatchError(ValueError):
-  """The input-iterator state was saved by another number of processes (hosts)."""
-
-  def __init__(self, message: str, saved: int):
-    super().__init__(message)
-    self.saved = saved
-
-
-def _check_data_process_count(data_dir: Path) -> None:
-  """Grain keeps one iterator state per process (process_I-of-N.json); with another N it only
-  finds none, which would read as damage."""
-  counts = sorted({int(f.stem.rsplit("-of-", 1)[1]) for f in data_dir.glob("process_*-of-*.json")})
-  if counts and jax.process_count() not in counts:
-    raise ProcessCountMismatchError(
-        f"the input-iterator state in {data_dir} was saved by {counts[0]} process(es) and this "
-        f"run has {jax.process_count()}: resume with {counts[0]} process(es)", counts[0])
-
-
 # The words of an intact checkpoint that does not fit this run: Orbax's when its arrays do not fit
 # the state restored into; grain's when the input pipeline's settings (data.num_workers, the batch
 # size per host, the seed, the data) differ from those its iterator state was saved with.
@@ -267,7 +259,7 @@ _MISMATCH = ("tree structures do not match", "is not compatible with the stored 
 
 
 def _is_mismatch(e: BaseException | None) -> bool:
-  return isinstance(e, ProcessCountMismatchError) or (
+  return isinstance(e, host_slices.ProcessCountMismatchError) or (
       e is not None and any(m in str(e) for m in _MISMATCH))
 
 
@@ -322,9 +314,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
   for want of access or resources (not damage) raises CheckpointAccessError. When none fits the
-  state's structure or shapes, or the input pipeline's settings or process count (a changed
-  config, host count or code, not damage), raises ConfigMismatchError (naming the values that
-  differ from this run's `config`, if given) and moves nothing."""
+  state's structure or shapes, or the input pipeline's settings or (with grain workers) process
+  count (a changed config, host count or code, not damage), raises ConfigMismatchError (naming
+  the values that differ from this run's `config`, if given) and moves nothing. A position saved
+  by another number of hosts without grain workers is resliced for this one (data/host_slices)."""
   steps = sorted(manager.all_steps(), reverse=True)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, Exception | None] = {}  # None: it failed on another host
@@ -358,12 +351,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failed.items())
   if all(_is_mismatch(e) for e in failed.values()):
     changes = _config_changes(manager, steps[0], config) if config is not None else None
-    hosts = [e for e in failed.values() if isinstance(e, ProcessCountMismatchError)]
+    hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
     if hosts:  # not the config: the advice below would send the user looking in vain
       raise ConfigMismatchError(
           f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
-          f"process(es) and this run has {jax.process_count()}; each process saved its own "
-          f"input-pipeline position (STEP/data/). Resume with --num_processes={hosts[0].saved} "
+          f"process(es) and this run has {jax.process_count()}; with grain worker processes "
+          "(data.num_workers > 0) each process's input-pipeline position (STEP/data/) depends "
+          f"on the number of processes. Resume with --num_processes={hosts[0].saved} "
           "(the devices per process may differ), or pass a new --workdir for a new run. The "
           "checkpoints were left in place.")
     if changes is None:  # nothing to compare with

@@ -1,5 +1,6 @@
 """Two processes x two CPU devices (jax.distributed on 127.0.0.1, gloo collectives) train like
-one process (this one, eight devices), stop together on a SIGTERM to one host, and resume.
+one process (this one, eight devices), stop together on a SIGTERM to one host, and resume (on
+two processes, and on one).
 
 What is under test is processes (collectives, per-host input slices, an agreed preemption step,
 resume), so the model is tiny_config without MA-GP, DiffAugment, attention and the contrastive
@@ -8,8 +9,10 @@ tests/train/test_step.py::test_eight_devices_equal_one_device."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -69,7 +72,7 @@ def _restore(workdir, config, step: int):
                                            abstract))
 
 
-def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_path):
+def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_path, caplog):
   config = tiny_config(shapes_data_dir)
   config.update_from_flattened_dict(CHANGES)
   one = jax.device_get(loop.train(config, tmp_path / "one"))  # 1 process x 8 devices
@@ -91,11 +94,22 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   assert sorted(p.name for p in data_dir.glob("process_*")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
 
+  # Without grain workers another number of processes resumes too: here one, with 8 devices.
+  shutil.copytree(run, tmp_path / "two_then_one")
+  with caplog.at_level(logging.INFO):
+    two_then_one = jax.device_get(loop.train(config, tmp_path / "two_then_one"))
+  assert "input position saved by 2 process(es) on this run's 1" in caplog.text
+
   procs = _two_hosts(shared_tfds, run)
   _finish_all(procs)
   assert all(f"at step {stops[0]}" in p.output for p in procs)
   two = _restore(run, config, STEPS)
-  assert int(one.step) == int(two.step) == STEPS
+  assert int(one.step) == int(two.step) == int(two_then_one.step) == STEPS
+  _assert_close(one, two)
+  _assert_close(one, two_then_one)
+
+
+def _assert_close(one, two) -> None:
   # Equal up to float summation order (the gradient all-reduce differs between 1 x 8 and 2 x 2
   # devices): >= 99.9% of all numbers within 1e-5, every one within 1e-4. Adam (beta1 = 0)
   # divides each gradient by its own RMS, so an entry whose gradient is ~0 can move by a

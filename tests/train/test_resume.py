@@ -2,6 +2,7 @@
 input pipeline or dataset, in process on the tiny config."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -169,9 +170,9 @@ def _assert_refused_and_kept(manager, config, it, match: str) -> None:
 
 @pytest.mark.parametrize("change", ["num_workers", "batch_size", "process_count"])
 def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_path, change):
-  """grain refuses an iterator state saved with other workers or another batch size per host,
-  and finds none for a process count it was not saved with: a changed run, not damage, so the
-  checkpoints stay even with start_fresh_if_corrupt."""
+  """grain refuses an iterator state saved with other workers or another batch size per host;
+  positions of grain worker processes saved by another number of hosts cannot be resliced. A
+  changed run, not damage, so the checkpoints stay even with start_fresh_if_corrupt."""
   config, tokenizer, _, _ = saved
   batch_size, workdir = 8, tmp_path
   if change == "num_workers":
@@ -180,19 +181,49 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
   elif change == "batch_size":
     config.train.batch_size = batch_size = 16
     match = r"config saved with step 4: train\.batch_size: 8 -> 16\. If none of them"
-  else:  # as if saved by 2 hosts, in a workdir whose path makes the message long
+  else:  # as if saved by 2 hosts with workers, in a workdir whose path makes the message long
     workdir = tmp_path / ("w" * 200) / ("w" * 200)
     shutil.copytree(tmp_path / "checkpoints", workdir / "checkpoints")
     for state_file in (workdir / "checkpoints").glob("*/data/process_0-of-1.json"):
-      state_file.rename(state_file.with_name("process_0-of-2.json"))
-    match = (r"were saved by a run of 2 process\(es\) and this run has 1; each process saved "
-             r"its own input-pipeline position \(STEP/data/\)\. Resume with --num_processes=2 "
+      for h in range(2):
+        state = json.loads(state_file.read_text())
+        state["sampler"] = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
+        state_file.with_name(f"process_{h}-of-2.json").write_text(
+            json.dumps({**state, "worker_count": 1}))
+      state_file.unlink()
+    config.data.num_workers = 1  # as the states say
+    match = (r"were saved by a run of 2 process\(es\) and this run has 1; with grain worker "
+             r"processes \(data\.num_workers > 0\) each process's input-pipeline position "
+             r"\(STEP/data/\) depends on the number of processes\. Resume with --num_processes=2 "
              r"\(the devices per process may differ\), or pass a new --workdir for a new run\. "
              r"The checkpoints were left in place\.$")  # not told to rerun with the old config
   manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=batch_size, seed=0)
   _assert_refused_and_kept(manager, config, it, match)
   assert not (workdir / checkpoint.CORRUPT_DIR).exists()
+
+
+def test_a_run_saved_by_two_hosts_resumes_on_one(saved, tmp_path, caplog):
+  """Without grain workers a position is a count of global batches: the state saved by 2 hosts
+  (each half of every global batch) puts one process where they were."""
+  config, tokenizer, states, data = saved
+  hosts = [make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0, process_index=h,
+                         process_count=2) for h in range(2)]
+  for step in (2, 4):
+    for it in hosts:
+      next(it)
+    data_dir = tmp_path / "checkpoints" / str(step) / "data"
+    (data_dir / "process_0-of-1.json").unlink()
+    for h, it in enumerate(hosts):
+      (data_dir / f"process_{h}-of-2.json").write_text(it.get_state().decode())
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with caplog.at_level(logging.INFO):
+    restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(states[4]), it,
+                                         config=config)
+  assert _equal(jax.device_get(restored), jax.device_get(states[4]))
+  assert json.loads(it.get_state()) == json.loads(data[4])  # where one process would be
+  assert "Resumed the input position saved by 2 process(es) on this run's 1." in caplog.text
+  assert manager.all_steps() == [2, 4]
 
 
 def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):

@@ -1,0 +1,106 @@
+"""An input position saved by one number of hosts, resumed on another."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmimg_jax.data import host_slices, pipeline
+
+GLOBAL_BATCH = 8
+
+
+def _hosts(cfg, tok, count: int) -> list:
+  """Every host's iterator of a run of `count` hosts (one seeded order, global batch 8)."""
+  return [pipeline.make_iterator(cfg, tok, batch_size_per_host=GLOBAL_BATCH // count, seed=3,
+                                 process_index=h, process_count=count) for h in range(count)]
+
+
+def _global_batches(iterators, n: int) -> list[dict[str, np.ndarray]]:
+  """The next `n` global batches: the hosts' batches concatenated in process order."""
+  per_host = [[next(it) for _ in range(n)] for it in iterators]
+  return [{k: np.concatenate([host[i][k] for host in per_host]) for k in per_host[0][i]}
+          for i in range(n)]
+
+
+def _save(iterators, data_dir) -> None:
+  """What grain's checkpoint handler writes: one state file per process."""
+  data_dir.mkdir(exist_ok=True)
+  for h, it in enumerate(iterators):
+    (data_dir / f"process_{h}-of-{len(iterators)}.json").write_text(it.get_state().decode())
+
+
+@pytest.mark.parametrize("saved, now", [(2, 1), (1, 2), (2, 4), (4, 2)])
+def test_a_position_saved_by_some_hosts_resumes_on_another_count(shapes_cfg, tokenizer, tmp_path,
+                                                                 saved, now):
+  before = _hosts(shapes_cfg, tokenizer, saved)
+  _global_batches(before, 3)
+  _save(before, tmp_path)
+  expected = _global_batches(before, 2)
+  assert host_slices.saved_process_count(tmp_path) == saved
+  after = _hosts(shapes_cfg, tokenizer, now)
+  for it in after:
+    it.set_state(host_slices.resliced_state(tmp_path, it.get_state()))
+  resumed = _global_batches(after, 2)
+  for a, b in zip(resumed, expected):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_position_at_the_start_or_with_another_global_batch(shapes_cfg, tokenizer, tmp_path):
+  _save(_hosts(shapes_cfg, tokenizer, 2), tmp_path)  # before the first batch
+  one = _hosts(shapes_cfg, tokenizer, 1)[0]
+  fresh = one.get_state()
+  assert json.loads(host_slices.resliced_state(tmp_path, fresh)) == json.loads(fresh)
+  # Another global batch size: the state comes back as saved, and grain refuses it.
+  other = pipeline.make_iterator(shapes_cfg, tokenizer, batch_size_per_host=4, seed=3,
+                                 process_index=0, process_count=1)
+  state = host_slices.resliced_state(tmp_path, other.get_state())
+  assert json.loads(state) == json.loads((tmp_path / "process_0-of-2.json").read_text())
+  with pytest.raises(ValueError, match="Sampler in checkpoint does not match"):
+    other.set_state(state)
+
+
+def _edit(path, **changes) -> None:
+  path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_states_that_are_not_one_runs_position_are_refused(shapes_cfg, tokenizer, tmp_path):
+  hosts = _hosts(shapes_cfg, tokenizer, 2)
+  next(hosts[0])
+  _save(hosts, tmp_path)
+  now = _hosts(shapes_cfg, tokenizer, 1)[0].get_state()
+  with pytest.raises(ValueError, match=r"input positions in .* differ: \[0, 1\] batches"):
+    host_slices.resliced_state(tmp_path, now)
+  next(hosts[1])
+  _save(hosts, tmp_path)
+  host_slices.resliced_state(tmp_path, now)  # at one position again
+  _edit(tmp_path / "process_1-of-2.json", last_seen_indices={"0": 5})
+  with pytest.raises(ValueError, match=r"process_1-of-2\.json stops inside a batch"):
+    host_slices.resliced_state(tmp_path, now)
+  (tmp_path / "process_1-of-2.json").rename(tmp_path / "process_2-of-2.json")
+  with pytest.raises(FileNotFoundError, match=r"process_1-of-2\.json is missing: host 1's"):
+    host_slices.resliced_state(tmp_path, now)
+  (tmp_path / "process_2-of-2.json").rename(tmp_path / "process_1-of-2.json")
+  _edit(tmp_path / "process_1-of-2.json",
+        sampler=json.loads((tmp_path / "process_0-of-2.json").read_text())["sampler"])
+  with pytest.raises(ValueError, match=r"process_1-of-2\.json is not host 1's state"):
+    host_slices.resliced_state(tmp_path, now)
+  (tmp_path / "process_0-of-3.json").write_text("{}")
+  with pytest.raises(ValueError, match=r"states of \[2, 3\] processes"):
+    host_slices.saved_process_count(tmp_path)
+
+
+def test_positions_of_grain_worker_processes_are_refused(shapes_cfg, tokenizer, tmp_path):
+  """grain batches within each worker: such a position depends on the host count."""
+  _save(_hosts(shapes_cfg, tokenizer, 2), tmp_path)
+  for h in range(2):
+    _edit(tmp_path / f"process_{h}-of-2.json", worker_count=2)
+  now = _hosts(shapes_cfg, tokenizer, 1)[0].get_state()
+  with pytest.raises(host_slices.ProcessCountMismatchError,
+                     match=r"saved by 2 process\(es\) with data\.num_workers=2") as error:
+    host_slices.resliced_state(tmp_path, json.dumps({**json.loads(now), "worker_count": 2}))
+  assert error.value.saved == 2
+  # This run without workers: a changed config, which grain names when it refuses the state.
+  assert json.loads(host_slices.resliced_state(tmp_path, now))["worker_count"] == 2
