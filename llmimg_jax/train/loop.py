@@ -329,8 +329,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   clock = _StepClock()
   bar = tqdm(initial=start, total=t.steps, desc="train", disable=jax.process_index() != 0,
              dynamic_ncols=True)
-  try:
-    with PreemptionWatch(manager) as watch:
+  with PreemptionWatch(manager) as watch:
+    try:
       for step in range(start, t.steps):
         batch = to_global_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, batch)
@@ -364,9 +364,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
           if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
             checkpoint.save(manager, done, state, data_iter, config)
         clock.start()
-  finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
-    bar.close()
-    manager.close()  # waits for the last save first
-    if writer is not None:
-      writer.close()
+    finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
+      watch.finishing = True  # a signal now waits for the last save instead of cutting it
+      bar.close()
+      manager.close()  # waits for the last save first
+      if writer is not None:
+        writer.close()
   return state

@@ -31,6 +31,7 @@ class PreemptionWatch:
   def __init__(self, manager: ocp.CheckpointManager):
     self.manager = manager
     self.signal: str | None = None  # the signal received (this process)
+    self.finishing = False  # set after the last step: a signal then waits for the last save
     self.synced = _sync_manager_active()
     self._previous: dict[int, object] = {}
     self._steps = 0  # steps of this process (every host resumes at the same step)
@@ -66,8 +67,12 @@ class PreemptionWatch:
     if self.signal == "SIGINT" and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
     self.signal = name
-    log.warning("%s received: saving a checkpoint after the current step, then stopping "
-                "(Ctrl-C again to stop without saving).", name)
+    if self.finishing:
+      log.warning("%s received while the last checkpoint is written: stopping when it is "
+                  "complete (Ctrl-C again to stop without it).", name)
+    else:
+      log.warning("%s received: saving a checkpoint after the current step, then stopping "
+                  "(Ctrl-C again to stop without saving).", name)
     if self.synced and signum == signal.SIGINT:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier agrees on a step
 

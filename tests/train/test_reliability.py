@@ -273,3 +273,34 @@ def test_with_jaxs_sync_manager_sigterm_stays_its_and_sigint_becomes_a_notice(mo
     assert not watch.reached() and not watch.reached() and asked == [1, 2]
     with pytest.raises(KeyboardInterrupt):
       signal.raise_signal(signal.SIGINT)
+
+
+def test_a_sigterm_while_the_last_checkpoint_is_written_lets_it_finish(shapes_data_dir, tmp_path,
+                                                                        monkeypatch, caplog):
+  """The watch ended with the loop, so a SIGTERM while manager.close() waited for the last save
+  met the caller's handler (train.py's says "before a step could be saved") mid-save."""
+  import signal
+  config = tiny_config(shapes_data_dir)
+  config.train.steps = config.train.ckpt_every = 1
+  make_manager = checkpoint.make_manager
+
+  def notice_during_close(*args):
+    manager = make_manager(*args)
+    close = manager.close
+    manager.close = lambda: (signal.raise_signal(signal.SIGTERM), close())
+    return manager
+  monkeypatch.setattr(checkpoint, "make_manager", notice_during_close)
+
+  class Terminated(BaseException):
+    pass
+  def terminate(signum, frame):
+    raise Terminated
+  previous = signal.signal(signal.SIGTERM, terminate)  # as train.py's, outside the loop
+  try:
+    with caplog.at_level(logging.WARNING):
+      state = loop.train(config, tmp_path)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert int(state.step) == 1 and make_manager(tmp_path, config).all_steps() == [1]
+  assert ("SIGTERM received while the last checkpoint is written: stopping when it is complete"
+          in caplog.text)
