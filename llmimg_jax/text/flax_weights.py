@@ -2,14 +2,17 @@
 
 FlaxT5ForConditionalGeneration / FlaxT5Model / FlaxT5EncoderModel.save_pretrained wrote their
 param tree with flax.serialization (msgpack); transformers 5 has no Flax models to read it. Here it
-is read with flax alone and renamed to the PyTorch state dict that the safetensors and
-pytorch_model.bin readers give, so loading.convert_state_dict checks and converts all formats alike:
+is read with flax alone, and its params are named by the PyTorch state dict keys that the
+safetensors and pytorch_model.bin readers give (flax_key_to_torch), so
+loading.convert_state_dict(..., from_flax=True) checks and converts all formats alike. That keeps
+Flax's [in, out] kernels, the model's own layout; read_state_dict transposes them to PyTorch's
+[out, in] Linear weights (flax_to_state_dict).
 
   shared/embedding                         -> shared.weight
-  .../SelfAttention/q/kernel (Dense)       -> .../SelfAttention.q.weight (Linear: transposed)
+  .../SelfAttention/q/kernel (Dense)       -> .../SelfAttention.q.weight (a Linear)
   .../relative_attention_bias/embedding    -> ...relative_attention_bias.weight
   .../layer_norm/weight, final_layer_norm  -> the same, dotted
-  lm_head/kernel (untied models only)      -> lm_head.weight (transposed)
+  lm_head/kernel (untied models only)      -> lm_head.weight
 with block/0/layer/1 -> block.0.layer.1, as in transformers' own Flax -> PyTorch conversion.
 """
 from __future__ import annotations
@@ -65,12 +68,17 @@ def _flatten(tree: dict, prefix: tuple[str, ...], flat: dict, others: list) -> N
 
 def flax_to_state_dict(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """'/'-joined HF Flax T5 params -> PyTorch T5 state dict (Dense kernels transposed to Linear
-  weights). Names that are not T5's stay as they are, dotted, for the loader to report."""
+  weights): read_state_dict's form of a Flax checkpoint."""
   out = {}
   for key, value in flat.items():
-    *owner, leaf = key.split("/")
-    if leaf in ("kernel", "embedding"):
-      value = np.ascontiguousarray(value.T) if leaf == "kernel" else value  # as other readers give
-      leaf = "weight"
-    out[".".join((*owner, leaf))] = value
+    kernel = key.rsplit("/", 1)[-1] == "kernel"
+    out[flax_key_to_torch(key)] = np.ascontiguousarray(value.T) if kernel else value
   return out
+
+
+def flax_key_to_torch(key: str) -> str:
+  """A '/'-joined Flax T5 param name -> its PyTorch state dict key (a kernel or embedding leaf
+  renamed weight): 'encoder/block/0/layer/0/SelfAttention/q/kernel' ->
+  'encoder.block.0.layer.0.SelfAttention.q.weight'."""
+  *owner, leaf = key.split("/")
+  return ".".join((*owner, "weight" if leaf in ("kernel", "embedding") else leaf))

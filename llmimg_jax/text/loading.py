@@ -4,9 +4,10 @@ preference (the files' readers: weight_files.py); the model.safetensors of Flax 
 transformers 4.x's Flax T5s also saved ({"format": "flax"}) is renamed as their msgpack is.
 TensorFlow's tf_model.h5 is not read.
 
-Every format is read into a PyTorch-named state dict; conversion is a rename (see modeling.py) plus
-transposing Linear weights; every expected param must be present with the right shape, and leftover
-checkpoint keys are reported by name.
+Conversion (convert_state_dict) maps PyTorch state dict keys to the model's params (see modeling.py)
+and transposes Linear weights; a Flax file's params are renamed to those keys, and kept in Flax's
+layout. Every expected param must be present with the right shape; leftover checkpoint keys, and
+params of the wrong shape, are named as the file holds them.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import numpy as np
 from flax import traverse_util
 
 from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
-from llmimg_jax.text.flax_weights import FLAX, FLAX_INDEX, flax_to_state_dict, read_msgpack
+from llmimg_jax.text.flax_weights import (FLAX, FLAX_INDEX, flax_key_to_torch, flax_to_state_dict,
+                                          read_msgpack)
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.text.weight_files import (read_safetensors, read_sharded, read_torch,
@@ -89,11 +91,13 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
   """The checkpoint's tensors as float32 numpy arrays, keyed by PyTorch names (a Flax checkpoint's
   params renamed and transposed to those: flax_model.msgpack, or the model.safetensors of Flax
   names that transformers 4.x's Flax save_pretrained(DIR, safe_serialization=True) wrote)."""
-  return _read_weights(ckpt_dir)[0]
+  state, flax = _read_weights(ckpt_dir)
+  return flax_to_state_dict(state) if flax else state
 
 
 def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
-  """(read_state_dict's tensors, whether the file held Flax names and layout)."""
+  """(the checkpoint's float32 tensors, whether they are a Flax T5's params: keyed by '/'-joined
+  Flax names and in Flax's layout, for convert_state_dict(..., from_flax=True))."""
   present = set(os.listdir(ckpt_dir))
   name = (next((n for n in TORCH_FILES if n in present), None)
           or _variant_weights(ckpt_dir, present)
@@ -110,7 +114,7 @@ def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
     state = reader(os.path.join(ckpt_dir, name))
     if reader is read_safetensors and safetensors_format(os.path.join(ckpt_dir, name)) == "flax":
       flax, state = True, {k.replace(".", "/"): v for k, v in state.items()}  # Flax's own names
-  return (flax_to_state_dict(state) if flax else state), flax
+  return state, flax
 
 
 # Weights of transformers' TensorFlow T5 (gone in transformers 5), and the option of transformers
@@ -185,9 +189,13 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
                        source: str = "checkpoint", from_flax: bool = False
                        ) -> tuple[T5Config, Params]:
   """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
-  carries its own lm_head; decoder/lm_head keys are skipped when encoder_only. from_flax: the
-  state dict was renamed from a Flax file's params (read_state_dict does that), so shape errors
-  name those params and their [in, out] kernel shapes as the file holds them."""
+  carries its own lm_head; decoder/lm_head keys are skipped when encoder_only. from_flax: `state`
+  is a Flax T5's params instead, keyed by '/'-joined names ('shared/embedding') with [in, out]
+  kernels, as a Flax file holds them: they are renamed, not transposed, and errors name them so."""
+  file_names = {}  # a Flax file's names, by the PyTorch keys they are renamed to
+  if from_flax:
+    file_names = {flax_key_to_torch(k): k for k in state}
+    state = {k: state[name] for k, name in file_names.items()}
   state = dict(state)
   if "shared.weight" not in state:  # some exports keep the embedding only under an alias
     alias = next((k for k in _EMBEDDING_ALIASES if k in state), None)
@@ -199,7 +207,7 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
   if encoder_only:
     state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
   elif lm_head is not None and config.tie_word_embeddings and not np.array_equal(
-      lm_head, state.get("shared.weight")):
+      lm_head.T if from_flax else lm_head, state.get("shared.weight")):
     log.info("%s has an lm_head distinct from the shared embedding: loading it untied.", source)
     config = dataclasses.replace(config, tie_word_embeddings=False)
   if not encoder_only and not config.tie_word_embeddings:
@@ -212,14 +220,16 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
   expected = traverse_util.flatten_dict(param_shapes(config, encoder_only))
   flat, unexpected, bad_shapes, misshaped = {}, [], [], set()
   for key, value in state.items():
-    path, transpose = hf_key_to_path(key)
+    path, linear = hf_key_to_path(key)
     if path not in expected:
       unexpected.append(key)
       continue
+    transpose = linear and not from_flax  # a Flax kernel is in the model's [in, out] already
     value = value.T if transpose else value
     if tuple(value.shape) != tuple(expected[path].shape):
-      bad_shapes.append(_shape_mismatch(key, path, transpose, tuple(value.shape),
-                                        tuple(expected[path].shape), from_flax))
+      bad_shapes.append(_shape_mismatch(file_names.get(key, key), path, transpose,
+                                        tuple(value.shape), tuple(expected[path].shape),
+                                        from_flax))
       misshaped.add(path)
       continue
     flat[path] = value
@@ -247,8 +257,8 @@ def _shape_mismatch(key: str, path: tuple[str, ...], transpose: bool, shape: tup
                     model: tuple[int, ...], from_flax: bool) -> str:
   """A param of the wrong shape, named and shaped as its file holds it: a Flax file's '/'-joined
   param (an [in, out] kernel, the model's own layout), a PyTorch file's key ([out, in] Linear)."""
-  if from_flax:  # flax_to_state_dict renamed the leaf only: kernel/embedding -> weight
-    return f"{'/'.join((*key.split('.')[:-1], path[-1]))}: checkpoint {shape} vs model {model}"
+  if from_flax:
+    return f"{key}: checkpoint {shape} vs model {model}"
   if transpose:
     shape, model = shape[::-1], model[::-1]
   return (f"{key}: checkpoint {shape} vs model {model} (as {'/'.join(path)}"

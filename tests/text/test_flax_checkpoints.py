@@ -18,7 +18,9 @@ import pytest
 from flax import serialization, traverse_util
 
 from llmimg_jax.text import T5EncoderModel, T5ForConditionalGeneration, load_t5
-from llmimg_jax.text.loading import read_state_dict
+from llmimg_jax.text.config import T5Config
+from llmimg_jax.text.flax_weights import read_msgpack
+from llmimg_jax.text.loading import convert_state_dict, read_state_dict
 from tests.text.utils import copy_config
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -133,6 +135,30 @@ def test_flax_state_dict_has_pytorch_names_and_layout():
   np.testing.assert_array_equal(state["decoder.block.1.layer.2.layer_norm.weight"],
                                 tree["decoder"]["block"]["1"]["layer"]["2"]["layer_norm"]["weight"])
   assert all(v.dtype == np.float32 for v in state.values())
+
+
+def test_convert_state_dict_takes_flax_params_as_their_file_holds_them():
+  # from_flax=True: '/'-joined Flax params, [in, out] kernels and all, are renamed, not transposed
+  # (read_state_dict's [out, in] Linear weights are the PyTorch form).
+  src = os.path.join(DATA, "flax_t5_gated_untied")
+  config = T5Config.from_json_file(os.path.join(src, "config.json"))
+  flax = convert_state_dict(read_msgpack(os.path.join(src, MSGPACK)), config, from_flax=True)
+  torch = convert_state_dict(read_state_dict(src), config)
+  assert flax[0] == torch[0]
+  _assert_same_params(flax[1], torch[1])
+
+
+def test_flax_lm_head_equal_to_the_embedding_stays_tied(tmp_path):
+  # A tied model's lm_head/kernel ([d_model, vocab]) saved beside shared/embedding ([vocab,
+  # d_model]) is the embedding, transposed: the config stays tied (untied, logits are not scaled).
+  src = os.path.join(DATA, "flax_t5_relu_tied")
+  copy_config(src, tmp_path)
+  tree = _restore(os.path.join(src, MSGPACK))
+  _write({**tree, "lm_head": {"kernel": tree["shared"]["embedding"].T}}, tmp_path / MSGPACK)
+  config, params = load_t5(tmp_path)
+  reference = load_t5(src)
+  assert config == reference[0] and config.tie_word_embeddings
+  _assert_same_params(params, reference[1])
 
 
 def test_bf16_flax_checkpoint_loads_as_its_weights_upcast(tmp_path):
