@@ -235,14 +235,17 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
     flat[path] = value
   missing = ["/".join(p) for p in expected if p not in flat and p not in misshaped]  # named once
   problems = [f"{what} {some_names(names)}" for what, names in (
-      ("missing params", missing), ("unexpected checkpoint keys", sorted(unexpected)),
+      ("missing params", missing),
+      ("unexpected checkpoint keys", sorted(file_names.get(k, k) for k in unexpected)),
       ("shape mismatches", bad_shapes)) if names]
   if problems:
-    wrapped = collections.Counter(  # the T5's own keys under a prefix ('transformer.')
-        k.split(".", 1)[0] for k in unexpected
+    # The T5's own keys under a prefix ('transformer.', or a Flax file's 'model/': a Flax name
+    # keeps its first part when renamed, so it is cut where the PyTorch key's first '.' is).
+    wrapped = collections.Counter(
+        file_names.get(k, k)[:k.index(".") + 1] for k in unexpected
         if "." in k and hf_key_to_path(k.split(".", 1)[1])[0] in expected)
     if wrapped:
-      hint = (f" (its T5 weights are under '{wrapped.most_common(1)[0][0]}.': a checkpoint of "
+      hint = (f" (its T5 weights are under '{wrapped.most_common(1)[0][0]}': a checkpoint of "
               "another T5 class, e.g. T5ForSequenceClassification; save its T5 with "
               "T5ForConditionalGeneration or T5EncoderModel)")
     elif missing and all(m.startswith("decoder/") or m.startswith("lm_head/") for m in missing):

@@ -262,12 +262,24 @@ def test_flax_checkpoint_missing_a_param_is_named(tmp_path):
   copy_config(src, tmp_path)
   tree = _restore(os.path.join(src, MSGPACK))
   del tree["decoder"]["block"]["1"]["layer"]["1"]["EncDecAttention"]["v"]
-  tree["encoder"]["extra"] = {"kernel": np.zeros((2, 3), np.float32)}
+  tree["encoder"]["extra"] = {"embedding": np.zeros((2, 3), np.float32)}
   _write(tree, tmp_path / MSGPACK)
   with pytest.raises(ValueError, match="does not match its T5 config") as e:
     load_t5(tmp_path)
-  assert "decoder/block_1/layer_1/EncDecAttention/v/kernel" in str(e.value)
-  assert "encoder.extra.weight" in str(e.value)
+  assert "missing params decoder/block_1/layer_1/EncDecAttention/v/kernel;" in str(e.value)
+  # Named as the file holds it, not as the PyTorch key it was renamed to (encoder.extra.weight).
+  assert "unexpected checkpoint keys encoder/extra/embedding" in str(e.value)
+  assert ".weight" not in str(e.value)
+
+
+def test_flax_t5_under_another_key_is_named_as_the_file_holds_it(tmp_path):
+  src = os.path.join(DATA, "flax_t5_relu_tied")
+  copy_config(src, tmp_path)
+  _write({"model": _restore(os.path.join(src, MSGPACK))}, tmp_path / MSGPACK)
+  with pytest.raises(ValueError, match="its T5 weights are under 'model/'") as e:
+    load_t5(tmp_path)
+  assert "unexpected checkpoint keys model/decoder/block/0/layer/0/SelfAttention/k/kernel, " in (
+      str(e.value))
 
 
 def test_damaged_flax_shard_is_named(tmp_path):
