@@ -17,6 +17,8 @@ with block/0/layer/1 -> block.0.layer.1, as in transformers' own Flax -> PyTorch
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from flax import serialization
 
@@ -67,18 +69,23 @@ def _flatten(tree: dict, prefix: tuple[str, ...], flat: dict, others: list) -> N
 
 
 def flax_to_state_dict(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """'/'-joined HF Flax T5 params -> PyTorch T5 state dict (Dense kernels transposed to Linear
-  weights): read_state_dict's form of a Flax checkpoint."""
+  """HF Flax T5 params, '/'- or '.'-joined -> PyTorch T5 state dict (Dense kernels transposed to
+  Linear weights): read_state_dict's form of a Flax checkpoint."""
   out = {}
   for key, value in flat.items():
-    kernel = key.rsplit("/", 1)[-1] == "kernel"
+    kernel = _SEPARATOR.split(key)[-1] == "kernel"
     out[flax_key_to_torch(key)] = np.ascontiguousarray(value.T) if kernel else value
   return out
 
 
+# Between the names of a Flax param's path: '/' in msgpack trees (and their shard index), '.' in
+# the keys of the model.safetensors that Flax save_pretrained(DIR, safe_serialization=True) wrote.
+_SEPARATOR = re.compile(r"[/.]")
+
+
 def flax_key_to_torch(key: str) -> str:
-  """A '/'-joined Flax T5 param name -> its PyTorch state dict key (a kernel or embedding leaf
-  renamed weight): 'encoder/block/0/layer/0/SelfAttention/q/kernel' ->
+  """A Flax T5 param's name, '/'- or '.'-joined -> its PyTorch state dict key (a kernel or
+  embedding leaf renamed weight): 'encoder/block/0/layer/0/SelfAttention/q/kernel' ->
   'encoder.block.0.layer.0.SelfAttention.q.weight'."""
-  *owner, leaf = key.split("/")
+  *owner, leaf = _SEPARATOR.split(key)
   return ".".join((*owner, "weight" if leaf in ("kernel", "embedding") else leaf))

@@ -96,8 +96,8 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
 
 
 def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
-  """(the checkpoint's float32 tensors, whether they are a Flax T5's params: keyed by '/'-joined
-  Flax names and in Flax's layout, for convert_state_dict(..., from_flax=True))."""
+  """(the checkpoint's float32 tensors, whether they are a Flax T5's params: keyed by Flax names
+  as the file spells them and in Flax's layout, for convert_state_dict(..., from_flax=True))."""
   present = set(os.listdir(ckpt_dir))
   name = (next((n for n in TORCH_FILES if n in present), None)
           or _variant_weights(ckpt_dir, present)
@@ -113,7 +113,7 @@ def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
   else:
     state = reader(os.path.join(ckpt_dir, name))
     if reader is read_safetensors and safetensors_format(os.path.join(ckpt_dir, name)) == "flax":
-      flax, state = True, {k.replace(".", "/"): v for k, v in state.items()}  # Flax's own names
+      flax = True  # '.'-joined Flax names
   return state, flax
 
 
@@ -190,8 +190,9 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
                        ) -> tuple[T5Config, Params]:
   """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
   carries its own lm_head; decoder/lm_head keys are skipped when encoder_only. from_flax: `state`
-  is a Flax T5's params instead, keyed by '/'-joined names ('shared/embedding') with [in, out]
-  kernels, as a Flax file holds them: they are renamed, not transposed, and errors name them so."""
+  is a Flax T5's params instead, keyed by '/'- or '.'-joined names ('shared/embedding') with
+  [in, out] kernels, as a Flax file holds them: they are renamed, not transposed, and errors name
+  them as given."""
   file_names = {}  # a Flax file's names, by the PyTorch keys they are renamed to
   if from_flax:
     file_names = {flax_key_to_torch(k): k for k in state}
@@ -258,8 +259,8 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encode
 
 def _shape_mismatch(key: str, path: tuple[str, ...], transpose: bool, shape: tuple[int, ...],
                     model: tuple[int, ...], from_flax: bool) -> str:
-  """A param of the wrong shape, named and shaped as its file holds it: a Flax file's '/'-joined
-  param (an [in, out] kernel, the model's own layout), a PyTorch file's key ([out, in] Linear)."""
+  """A param of the wrong shape, named and shaped as its file holds it: a Flax file's param (an
+  [in, out] kernel, the model's own layout), a PyTorch file's key ([out, in] Linear)."""
   if from_flax:
     return f"{key}: checkpoint {shape} vs model {model}"
   if transpose:

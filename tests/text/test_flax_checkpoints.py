@@ -220,10 +220,11 @@ def test_shape_mismatch_is_named_as_the_file_holds_the_param(weights, tmp_path):
     load_t5(tmp_path)
   message = str(e.value)
   assert "missing params" not in message  # a param of the wrong shape is not missing too
-  if weights.startswith("flax"):
-    ffn = "decoder/block/1/layer/2/DenseReluDense"
-    assert (f"{ffn}/wi_1/kernel: checkpoint (8, 16) vs model (8, 32), "
-            f"{ffn}/wo/kernel: checkpoint (16, 8) vs model (32, 8)") in message
+  if weights.startswith("flax"):  # the msgpack's '/'-joined tree paths, the safetensors' own keys
+    name = {"flax msgpack": "decoder/block/1/layer/2/DenseReluDense/{}/kernel",
+            "flax safetensors": "decoder.block.1.layer.2.DenseReluDense.{}.kernel"}[weights]
+    assert (f"{name.format('wi_1')}: checkpoint (8, 16) vs model (8, 32), "
+            f"{name.format('wo')}: checkpoint (16, 8) vs model (32, 8)") in message
     assert "DenseReluDense.wi_1.weight" not in message and "wo.weight" not in message
   else:
     assert ("decoder.block.1.layer.2.DenseReluDense.wi_1.weight: checkpoint (16, 8) vs model "
@@ -257,18 +258,25 @@ def test_flax_msgpack_of_other_than_arrays_is_named(tree, tmp_path):
     assert "shared/embedding (list)" in str(e.value) and "step (int)" in str(e.value)
 
 
-def test_flax_checkpoint_missing_a_param_is_named(tmp_path):
+@pytest.mark.parametrize("weights", ["flax msgpack", "flax safetensors"])
+def test_flax_checkpoint_missing_a_param_is_named(weights, tmp_path):
   src = os.path.join(DATA, "flax_t5_gated_untied")
   copy_config(src, tmp_path)
   tree = _restore(os.path.join(src, MSGPACK))
   del tree["decoder"]["block"]["1"]["layer"]["1"]["EncDecAttention"]["v"]
   tree["encoder"]["extra"] = {"embedding": np.zeros((2, 3), np.float32)}
-  _write(tree, tmp_path / MSGPACK)
+  if weights == "flax msgpack":
+    _write(tree, tmp_path / MSGPACK)
+  else:  # transformers 4.x's Flax save_pretrained(DIR, safe_serialization=True): '.'-joined
+    from safetensors.numpy import save_file
+    save_file(traverse_util.flatten_dict(tree, sep="."), str(tmp_path / "model.safetensors"),
+              metadata={"format": "flax"})
   with pytest.raises(ValueError, match="does not match its T5 config") as e:
     load_t5(tmp_path)
   assert "missing params decoder/block_1/layer_1/EncDecAttention/v/kernel;" in str(e.value)
   # Named as the file holds it, not as the PyTorch key it was renamed to (encoder.extra.weight).
-  assert "unexpected checkpoint keys encoder/extra/embedding" in str(e.value)
+  extra = "encoder/extra/embedding" if weights == "flax msgpack" else "encoder.extra.embedding"
+  assert f"unexpected checkpoint keys {extra}" in str(e.value)
   assert ".weight" not in str(e.value)
 
 
