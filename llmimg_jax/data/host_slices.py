@@ -108,6 +108,8 @@ def resliced_state(data_dir: Path, current: bytes) -> bytes:
   this = _REPR.fullmatch(current["sampler"])
   if this is None or int(this["b"]) * int(this["p"]) != int(samplers[0]["b"]) * saved:
     return json.dumps(states[0]).encode()
-  return json.dumps({**states[0], "last_seen_indices": {"0": batches.pop() * int(this["b"]) - 1},
-          "sampler": (f"HostSliceSampler({samplers[0]['sampler']}, batch_size_per_host="
-                      f"{this['b']}, process={this['h']}/{this['p']})")}).encode()
+  b = int(this["b"])  # this host's rows of each global batch
+  sampler = (f"HostSliceSampler({samplers[0]['sampler']}, batch_size_per_host={b}, "
+             f"process={this['h']}/{this['p']})")
+  return json.dumps({**states[0], "sampler": sampler,
+                     "last_seen_indices": {"0": batches.pop() * b - 1}}).encode()
