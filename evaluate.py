@@ -44,7 +44,8 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
                     "eval_<step>_<splits>_n<images scored>_seed<seed>.json; NaN is written null). "
-                    "An existing file is refused before any work unless --overwrite_out.")
+                    "An existing file is refused before any work unless --overwrite_out; a link is "
+                    "written through to its target.")
 flags.DEFINE_bool("overwrite_out", False, "Let --out replace an existing file.")
 flags.DEFINE_integer("seed", 0, "Noise seed.", lower_bound=0, upper_bound=2**32 - 1)
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
@@ -185,12 +186,21 @@ def main(argv) -> None:
 
 
 def _writable_file(flag: str, value: str, what: str):
-  """The file `flag` names, `~` expanded (checked before hours of work; its folder made if
-  needed); OSError naming the flag if it could not be written."""
+  """The file `flag` names, `~` expanded and links followed (checked before hours of work; its
+  folder made if needed); OSError naming the flag if it could not be written.
+
+  A link is written through, as the shell's `>` does: to its target (a missing one included),
+  which is what must not exist without the overwrite flag; the link is kept."""
   from pathlib import Path
-  out = Path(value).expanduser()
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
+  out = Path(value).expanduser()
+  try:
+    out = out.resolve()
+  except RuntimeError:  # a link loop (Python < 3.13)
+    out = None
+  if out is None or out.is_symlink():  # 3.13 resolves a loop to the link itself
+    raise OSError(f"{flag} {value!r} is a link that leads to itself (a loop); name {what}.")
   if out.is_dir():
     raise OSError(f"{flag} {value!r} is a folder; name {what}.")
   out.parent.mkdir(parents=True, exist_ok=True)

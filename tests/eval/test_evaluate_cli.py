@@ -210,3 +210,45 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
                      r"that replace an existing results file; the default file is always "
                      r"replaced\); drop it, or pass --out\.$"):
     main("--overwrite_out")
+
+
+def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
+  """--out (or a folder of it) that is a link to a missing file or folder was a raw "[Errno 17]
+  File exists" (the folder's link) or refused as existing, and --overwrite_out replaced the link
+  itself, leaving its target stale. The results go to the link's target, as the shell's `>`
+  writes them; an existing target is refused unless --overwrite_out, the link is kept."""
+  import evaluate
+  from llmimg_jax.eval import report
+  results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+
+  def main(*flags: str) -> int | str | None:
+    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), *flags])
+    try:
+      evaluate.main([])
+    except SystemExit as e:
+      return e.code
+    finally:
+      evaluate.FLAGS.unparse_flags()
+
+  to_file = tmp_path / "r.json"  # a link to a missing file, in a missing folder
+  to_file.symlink_to(tmp_path / "results" / "target.json")
+  to_folder = tmp_path / "linked"  # a link to a missing folder, named as --out's folder
+  to_folder.symlink_to("new_folder")
+  for out, target in [(to_file, tmp_path / "results" / "target.json"),
+                      (to_folder / "r.json", tmp_path / "new_folder" / "r.json")]:
+    assert main("--out", str(out)) is None
+    assert json.loads(target.read_text())["step"] == 3 and out.read_text() == target.read_text()
+    target.write_text("earlier results")  # now an existing file: refused, then replaced
+    assert main("--out", str(out)) == (f"evaluate.py: error: --out: {target} exists; remove it, "
+                                       "name a new file, or pass --overwrite_out to replace it.")
+    assert target.read_text() == "earlier results"
+    assert main("--out", str(out), "--overwrite_out") is None
+    assert json.loads(target.read_text())["step"] == 3
+  assert to_file.is_symlink() and to_folder.is_symlink()
+  loop = tmp_path / "loop.json"
+  loop.symlink_to(loop.name)
+  assert main("--out", str(loop)) == (f"evaluate.py: error: --out {str(loop)!r} is a link that "
+                                      "leads to itself (a loop); name the results' .json file.")
+  assert loop.is_symlink() and not (tmp_path / "results" / "loop.json").exists()
