@@ -43,7 +43,9 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
                      "reference).", lower_bound=2)  # a covariance needs two
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
-                    "eval_<step>_<splits>_n<images scored>_seed<seed>.json; NaN is written null). "
+                    "eval_<step>_<splits>_n<images scored>_seed<seed>.json, or "
+                    "..._no_inception.json beside one holding the Inception FID that these "
+                    "results lack; NaN is written null). "
                     "An existing file is refused before any work unless --overwrite_out; a link is "
                     "written through to its target.")
 flags.DEFINE_bool("overwrite_out", False, "Let --out replace an existing file.")
@@ -149,8 +151,8 @@ def main(argv) -> None:
                          "replace an existing statistics file); drop it, or pass --write_stats.")
   if not FLAGS.out and FLAGS["overwrite_out"].present:
     raise app.UsageError("--overwrite_out only applies with --out (it lets that replace an "
-                         "existing results file; the default file is always replaced); drop it, "
-                         "or pass --out.")
+                         "existing results file; the default file is replaced by the same "
+                         "evaluation's results); drop it, or pass --out.")
   from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
@@ -174,7 +176,7 @@ def main(argv) -> None:
     n = counts[0] if len(set(counts)) == 1 else "+".join(counts)
     name = f"eval_{results['step']}_{'+'.join(results['splits'])}_n{n}_seed{FLAGS.seed}.json"
     if out is None:  # the same evaluation's file (its results again) is replaced
-      out = out_dir / name
+      out = _default_out(out_dir / name, results)
     else:  # nor one written meanwhile (another evaluation's); the table above has the results
       _refuse_existing("--out", out, "overwrite_out")
     write_atomically(out, to_json(results))
@@ -183,6 +185,23 @@ def main(argv) -> None:
     logging.debug("evaluate.py failed", exc_info=True)
     sys.exit(f"evaluate.py: error: {e}")
   print(f"Wrote {out}")
+
+
+def _default_out(path, results: dict):
+  """`path` (the default results file), unless it holds an Inception FID that `results` lack:
+  hours of work that an evaluation without --inception_weights would replace. It is then kept,
+  and `results` go beside it, to <name>_no_inception.json."""
+  try:
+    old = json.loads(path.read_text())["splits"]
+    lost = [s for s, row in old.items() if "fid_inception" in row
+            and "fid_inception" not in results["splits"].get(s, {})]
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or not results
+    return path
+  if not lost:
+    return path
+  print(f"Kept {path}: it holds the Inception FID ({', '.join(lost)}), which these results "
+        f"(without --inception_weights) lack; pass --out {path} --overwrite_out to replace it.")
+  return path.with_name(f"{path.stem}_no_inception{path.suffix}")
 
 
 def _writable_file(flag: str, value: str, what: str):

@@ -207,8 +207,8 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
   assert exited.value.code == refused.replace(str(out), str(later))
   assert later.read_text() == "another evaluation's"
   with pytest.raises(app.UsageError, match=r"^--overwrite_out only applies with --out \(it lets "
-                     r"that replace an existing results file; the default file is always "
-                     r"replaced\); drop it, or pass --out\.$"):
+                     r"that replace an existing results file; the default file is replaced by "
+                     r"the same evaluation's results\); drop it, or pass --out\.$"):
     main("--overwrite_out")
 
 
@@ -252,3 +252,43 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
   assert main("--out", str(loop)) == (f"evaluate.py: error: --out {str(loop)!r} is a link that "
                                       "leads to itself (a loop); name the results' .json file.")
   assert loop.is_symlink() and not (tmp_path / "results" / "loop.json").exists()
+
+
+def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_path, monkeypatch,
+                                                                          capsys):
+  """The default file was replaced by any evaluation of the same step, splits, images and seed:
+  one without --inception_weights (no torch, minutes instead of hours) lost the Inception FID.
+  Such results now go beside it, to ..._no_inception.json; results with it replace it."""
+  import evaluate
+  from llmimg_jax.eval import report
+  score = {"caption_accuracy": 0.5, **{m: 0.5 for m in report.ATTRIBUTE_COLUMNS}}
+  row = {"num_images": 5, "generated": score, "real": score, "fid_indomain": 1.0,
+         "fid_indomain_floor": 0.5}
+  shapes = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "captioned_shapes/x",
+            "evaluator": {}, "splits": {"test": row}}
+  with_fid = shapes | {"splits": {"test": row | {"fid_inception": 20.0,
+                                                 "fid_inception_floor": 2.0}}}
+
+  def main(results: dict) -> list[str]:
+    monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--split", "test"])
+    try:
+      evaluate.main([])
+    finally:
+      evaluate.FLAGS.unparse_flags()
+    return [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("Wrote", "Kept"))]
+
+  default = tmp_path / "eval_3_test_n5_seed0.json"
+  beside = tmp_path / "eval_3_test_n5_seed0_no_inception.json"
+  assert main(shapes) == [f"Wrote {default}"]
+  assert main(with_fid) == [f"Wrote {default}"]  # more metrics: replaced
+  assert json.loads(default.read_text())["splits"]["test"]["fid_inception"] == 20.0
+  kept = [f"Kept {default}: it holds the Inception FID (test), which these results (without "
+          f"--inception_weights) lack; pass --out {default} --overwrite_out to replace it.",
+          f"Wrote {beside}"]
+  for _ in range(2):  # and the second time, the results without it replace their own file
+    assert main(shapes) == kept
+    assert json.loads(default.read_text())["splits"]["test"]["fid_inception"] == 20.0
+    assert "fid_inception" not in json.loads(beside.read_text())["splits"]["test"]
+  assert main(with_fid) == [f"Wrote {default}"]
