@@ -88,8 +88,7 @@ def _data_config():
 def _run_config(workdir: str):
   """The config a train.py run saved in WORKDIR/config.json; ValueError naming the workdir."""
   import ml_collections
-  from pathlib import Path
-  path = Path(workdir).expanduser() / "config.json"
+  path = cli.expand_home(workdir, "--workdir") / "config.json"
   try:
     saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # missing, not a folder, not JSON
@@ -153,7 +152,6 @@ def main(argv) -> None:
     raise app.UsageError("--overwrite_out only applies with --out (it lets that replace an "
                          "existing results file; the default file is replaced by the same "
                          "evaluation's results); drop it, or pass --out.")
-  from pathlib import Path
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
   from llmimg_jax.train.checkpoint import write_atomically
@@ -165,7 +163,8 @@ def main(argv) -> None:
       out = _writable_file("--out", FLAGS.out, "the results' .json file")
       _refuse_existing("--out", out, "overwrite_out")
     else:
-      out, out_dir = None, _check_writable("--workdir", Path(FLAGS.workdir).expanduser(), "--out")
+      out_dir = _check_writable("--workdir", cli.expand_home(FLAGS.workdir, "--workdir"), "--out")
+      out = None
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
@@ -210,10 +209,9 @@ def _writable_file(flag: str, value: str, what: str):
 
   A link is written through, as the shell's `>` does: to its target (a missing one included),
   which is what must not exist without the overwrite flag; the link is kept."""
-  from pathlib import Path
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
-  out = Path(value).expanduser()
+  out = cli.expand_home(value, flag)
   try:
     out = out.resolve()
   except RuntimeError:  # a link loop (Python < 3.13)

@@ -7,6 +7,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from absl import flags
@@ -24,6 +25,22 @@ def only_apply(flags: Sequence[str]) -> str:
 
 def them(flags: Sequence[str]) -> str:
   return "it" if len(flags) == 1 else "them"
+
+
+def expand_home(path: str | os.PathLike, flag: str) -> Path:
+  """`path` with a leading ~ or ~user expanded; a ValueError naming `flag` where that home is
+  unknown (pathlib's RuntimeError was a traceback)."""
+  try:
+    return Path(path).expanduser()
+  except RuntimeError:
+    text = os.fspath(path)
+    head = text.split("/", 1)[0]
+    if head == "~":
+      raise ValueError(f"{flag} {text!r}: ~ cannot be expanded (HOME is unset and this user has "
+                       "no home directory); set HOME, or write the path out in full.") from None
+    raise ValueError(f"{flag} {text!r}: {head} is no user's home directory (no user "
+                     f"{head[1:]!r} here); write the path out in full, or ~/ for your own "
+                     "home.") from None
 
 
 def out_of_memory(e: BaseException, sizes: str) -> str | None:

@@ -117,3 +117,18 @@ def test_an_unknown_override_key_names_that_override_alone(monkeypatch, capsys, 
                      "--config.data.folder=/data", typo, "--config.train.batch_size=4")
   assert err.startswith("train.py: error: unknown config key "), err
   assert f" in {typo}. A --config.KEY=VALUE override must name an existing key" in err, err
+
+
+def test_expand_home_names_the_flag_where_a_home_is_unknown(monkeypatch):
+  """cli.expand_home: pathlib's RuntimeError for ~ without HOME or a user entry (a container's
+  arbitrary uid) is a ValueError naming the flag; a known home is expanded."""
+  import pwd
+  from pathlib import Path
+  monkeypatch.setenv("HOME", "/home/me")
+  assert cli.expand_home("~/run", "--workdir") == Path("/home/me/run")
+  monkeypatch.delenv("HOME")
+  monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+  with pytest.raises(ValueError, match=r"^--out '~/r\.json': ~ cannot be expanded \(HOME is unset "
+                     r"and this user has no home directory\); set HOME, or write the path out in "
+                     r"full\.$"):
+    cli.expand_home("~/r.json", "--out")

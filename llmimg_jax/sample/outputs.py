@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from llmimg_jax import cli
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample.sampler import SampleResult, check_prompts
 
@@ -30,7 +31,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   it holds an earlier run's samples (checked before sampling)."""
   if not str(out_dir).strip():
     raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
-  out = Path(out_dir).expanduser()
+  out = cli.expand_home(out_dir, "--out")
   existing = next(p for p in (out, *out.parents) if p.exists())
   if not existing.is_dir():
     raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
@@ -54,7 +55,7 @@ def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathL
     raise ValueError(f"The prompts file name is blank (--prompts_file={str(prompts_file)!r}); "
                      "name a UTF-8 text file with one prompt per line, or drop the flag.")
   if prompts_file:
-    path = Path(prompts_file).expanduser()
+    path = cli.expand_home(prompts_file, "--prompts_file")
     try:
       text = path.read_text(encoding="utf-8-sig")  # a BOM (as some editors write) is dropped
     except FileNotFoundError:

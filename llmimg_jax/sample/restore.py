@@ -20,6 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from llmimg_jax import cli
 from llmimg_jax.train.checkpoint import brief_error, saved_config
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,12 @@ class Restored:
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
-  return Path(workdir).expanduser().absolute() / "checkpoints"
+  return cli.expand_home(workdir, "--workdir").absolute() / "checkpoints"
 
 
 def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   """Finalized checkpoint steps of a training workdir -> their step directories (sorted)."""
-  workdir = Path(workdir).expanduser()
+  workdir = cli.expand_home(workdir, "--workdir")
   if not workdir.is_dir():
     raise CheckpointError(f"Workdir {workdir} does not exist (or is not a directory); pass the "
                           "--workdir a training run (train.py) wrote to.")
@@ -121,7 +122,7 @@ def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
   `sharding` defaults to this process's first device; pass e.g. a replicated NamedSharding over
   local devices for data-parallel sampling. The saved shardings are ignored.
   """
-  workdir = Path(workdir).expanduser()
+  workdir = cli.expand_home(workdir, "--workdir")
   steps = available_steps(workdir)
   if step is None:
     step = max(steps)

@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from llmimg_jax import cli
 from llmimg_jax.data.pipeline import is_built, load_source, make_iterator, to_global_batch
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
@@ -232,7 +233,7 @@ def local_workdir(workdir: str | Path) -> Path:
         f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
         "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
         "host shares) and pass the mount's path.")
-  path = Path(text).expanduser()
+  path = cli.expand_home(text, "--workdir")
   if path.exists() and not path.is_dir():
     raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
                      "run's) for checkpoints, samples and logs.")

@@ -16,6 +16,7 @@ from tests.eval.utils import _MeanStdFeatures
 from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "shapes_quick.py"
 
 
 def test_cli_help_and_missing_workdir(tmp_path):
@@ -292,3 +293,30 @@ def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_pat
     assert json.loads(default.read_text())["splits"]["test"]["fid_inception"] == 20.0
     assert "fid_inception" not in json.loads(beside.read_text())["splits"]["test"]
   assert main(with_fid) == [f"Wrote {default}"]
+
+
+def test_a_path_of_a_user_without_a_home_is_one_line(tmp_path, monkeypatch):
+  """A ~user path flag with no such user was pathlib's RuntimeError, a traceback."""
+  import evaluate
+  no_user = ("evaluate.py: error: {} '~no_such_user_llmimg/{}': ~no_such_user_llmimg is no user's "
+             "home directory (no user 'no_such_user_llmimg' here); write the path out in full, or "
+             "~/ for your own home.")
+  stats = ["--inception_weights", str(tmp_path / "w.pth")]
+  cases = [(["--workdir", "~no_such_user_llmimg/run"], ("--workdir", "run")),
+           (["--workdir", "~no_such_user_llmimg/run", "--out", str(tmp_path / "r.json")],
+            ("--workdir", "run")),  # read by the evaluation
+           (["--workdir", str(tmp_path), "--out", "~no_such_user_llmimg/r.json"],
+            ("--out", "r.json")),
+           (["--write_stats", "~no_such_user_llmimg/s.npz", f"--config={CONFIG}", *stats],
+            ("--write_stats", "s.npz")),
+           (["--write_stats", str(tmp_path / "s.npz"), "--workdir", "~no_such_user_llmimg/run",
+             *stats], ("--workdir", "run"))]
+  for args, named in cases:
+    evaluate.FLAGS(["evaluate.py", *args])
+    try:
+      with pytest.raises(SystemExit) as exited:
+        evaluate.main([])
+    finally:
+      evaluate.FLAGS.unparse_flags()
+    assert exited.value.code == no_user.format(*named)
+  assert list(tmp_path.iterdir()) == []

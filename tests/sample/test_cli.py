@@ -104,6 +104,11 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
   assert [r["prompt"] for r in records] == HOSTILE
 
 
+_NO_USER = ("{} '~no_such_user_llmimg/{}': ~no_such_user_llmimg is no user's home directory (no "
+            "user 'no_such_user_llmimg' here); write the path out in full, or ~/ for your own "
+            "home.")
+
+
 @pytest.mark.parametrize("case", ["empty_prompt", "whitespace_prompt", "empty_file", "no_prompts",
                                   "no_checkpoint", "corrupt_checkpoint", "bad_template",
                                   "out_is_a_file", "out_has_samples", "bad_seed",
@@ -111,7 +116,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
                                   "no_checkpoint_and_an_expander", "non_utf8_prompt", "empty_out",
                                   "expand_options_without_a_model", "empty_expand_with",
                                   "expand_sampling_options_without_sampling",
-                                  "one_expand_option_without_a_model"])
+                                  "one_expand_option_without_a_model", "workdir_of_no_user",
+                                  "out_of_no_user", "prompts_file_of_no_user"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -173,6 +179,13 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
       "no_checkpoint_and_an_expander": (
           ["--prompt", "a cat", "--workdir", str(tmp_path / "fresh"), "--expand_with", "x"],
           f"No finished checkpoint in {fresh}"),
+      # pathlib's RuntimeError for a ~user with no home: a traceback.
+      "workdir_of_no_user": (["--prompt", "a cat", "--workdir", "~no_such_user_llmimg/run"],
+                             _NO_USER.format("--workdir", "run")),
+      "out_of_no_user": (["--prompt", "a cat", "--out", "~no_such_user_llmimg/out"],
+                         _NO_USER.format("--out", "out")),
+      "prompts_file_of_no_user": (["--prompts_file", "~no_such_user_llmimg/p.txt"],
+                                  _NO_USER.format("--prompts_file", "p.txt")),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)

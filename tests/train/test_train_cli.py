@@ -149,6 +149,10 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
       ("--config.data.name=imagenet",): r"Unknown dataset data\.name='imagenet'",
       ("--workdir=gs://bucket/run",): r"workdir 'gs://bucket/run' is a URL.*gcsfuse",
       ("--workdir=",): r"--workdir is blank",  # e.g. --workdir=$RUN with RUN unset
+      ("--workdir=~no_such_user_llmimg/run",): (  # was expanduser's RuntimeError, a traceback
+          r"--workdir '~no_such_user_llmimg/run': ~no_such_user_llmimg is no user's home "
+          r"directory \(no user 'no_such_user_llmimg' here\); write the path out in full, or "
+          r"~/ for your own home\."),
       ("--config.model.nf_g=0", "--config.model.z_dim=-1"): (
           r"config\.model\.nf_g=0 must be >= 1; config\.model\.z_dim=-1 must be >= 1"),
       (f"--workdir={a_file}",): r"workdir '.*a_file' is a file, not a directory",
@@ -205,7 +209,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
-  # Twenty-six processes at once on 2 cores (beside the other pytest worker); each alone takes
+  # Twenty-seven processes at once on 2 cores (beside the other pytest worker); each alone takes
   # ~3-4 s (imports included): 13 s in all on an idle machine.
   assert elapsed < 90, elapsed
 
