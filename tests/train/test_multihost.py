@@ -1,6 +1,6 @@
 """Two processes x two CPU devices (jax.distributed on 127.0.0.1, gloo collectives) train like
 one process (this one, eight devices), stop together on a SIGTERM to one host, and resume (on
-two processes, and on one).
+two processes, on one, and from one's checkpoint on two).
 
 What is under test is processes (collectives, per-host input slices, an agreed preemption step,
 resume), so the model is tiny_config without MA-GP, DiffAugment, attention and the contrastive
@@ -94,19 +94,29 @@ def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_p
   assert sorted(p.name for p in data_dir.glob("process_*")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
 
-  # Without grain workers another number of processes resumes too: here one, with 8 devices.
+  # Without grain workers another number of processes resumes too: here one, with 8 devices,
+  # saving every step; then two again, from its first save.
   shutil.copytree(run, tmp_path / "two_then_one")
+  every_step = config.copy_and_resolve_references()
+  every_step.train.ckpt_every, every_step.train.keep_checkpoints = 1, None
   with caplog.at_level(logging.INFO):
-    two_then_one = jax.device_get(loop.train(config, tmp_path / "two_then_one"))
+    two_then_one = jax.device_get(loop.train(every_step, tmp_path / "two_then_one"))
   assert "input position saved by 2 process(es) on this run's 1" in caplog.text
+  assert stops[0] + 1 < STEPS, stops
+  shutil.copytree(tmp_path / "two_then_one" / "checkpoints" / str(stops[0] + 1),
+                  tmp_path / "one_then_two" / "checkpoints" / str(stops[0] + 1))
+  procs = _two_hosts(shared_tfds, tmp_path / "one_then_two")
+  _finish_all(procs)
+  assert all("input position saved by 1 process(es) on this run's 2" in p.output for p in procs)
+  one_then_two = _restore(tmp_path / "one_then_two", config, STEPS)
 
   procs = _two_hosts(shared_tfds, run)
   _finish_all(procs)
   assert all(f"at step {stops[0]}" in p.output for p in procs)
   two = _restore(run, config, STEPS)
-  assert int(one.step) == int(two.step) == int(two_then_one.step) == STEPS
-  _assert_close(one, two)
-  _assert_close(one, two_then_one)
+  for resumed in (two, two_then_one, one_then_two):
+    assert int(one.step) == int(resumed.step) == STEPS
+    _assert_close(one, resumed)
 
 
 def _assert_close(one, two) -> None:
