@@ -22,6 +22,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from llmimg_jax import cli
 from llmimg_jax.data import tfds_utils
 from llmimg_jax.data.flip import swap_left_right
 from llmimg_jax.data.host_slices import HostSliceSampler
@@ -99,7 +100,10 @@ def _text(t) -> str:
 
 
 def _data_dir(data_cfg) -> str:
-  return os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
+  data_dir = data_cfg.get("data_dir") or DEFAULT_DATA_DIR
+  if "://" in data_dir:  # a bucket, which TFDS reads (pathlib would make gs:// a local gs:/)
+    return data_dir
+  return str(cli.expand_home(data_dir, "data.data_dir"))  # not a literal folder '~nosuchuser'
 
 
 def validate_data_config(data_cfg) -> None:
@@ -109,6 +113,7 @@ def validate_data_config(data_cfg) -> None:
     raise ValueError(f"Unknown dataset data.name={name!r}; expected one of {DATASETS}.")
   if int(data_cfg.get("image_size") or 0) <= 0:
     raise ValueError(f"data.image_size must be a positive int, got {data_cfg.get('image_size')}.")
+  _data_dir(data_cfg)
   if name == "coco_captions":  # TFDS's builder needs TensorFlow: say so before anything loads
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     coco.check_tensorflow()

@@ -222,6 +222,11 @@ def test_config_validation_errors(shapes_cfg, tmp_path):
                                        r"largest, '128', stores 128px\), so set"):
     pipeline.load_source(cfg)
   cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.data_dir = "~nosuchuser_llmimg/tfds"  # was a folder of that name in the current directory
+  with pytest.raises(ValueError, match=r"data\.data_dir '~nosuchuser_llmimg/tfds': "
+                                       r"~nosuchuser_llmimg is no user's home directory"):
+    pipeline.validate_data_config(cfg)
+  cfg = shapes_cfg.copy_and_resolve_references()
   with pytest.raises(ValueError, match="no split 'validation'"):
     pipeline.load_source(cfg, "validation")
   cfg.name = "captioned_folder"
