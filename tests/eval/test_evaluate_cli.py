@@ -19,6 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "shapes_quick.py"
 
 
+def _main(*args: str) -> int | str | None:
+  """evaluate.main under these flags: its SystemExit's code (a one-line error), or None."""
+  import evaluate
+  evaluate.FLAGS(["evaluate.py", *args])
+  try:
+    evaluate.main([])
+  except SystemExit as e:
+    return e.code
+  finally:
+    evaluate.FLAGS.unparse_flags()
+  return None
+
+
 def test_cli_help_and_missing_workdir(tmp_path):
   out = subprocess.run([sys.executable, "evaluate.py", "--helpfull"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
@@ -69,7 +82,6 @@ def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa
 def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
   """--write_stats with --config and a --config.data.folder override: the train split by default
   (a folder has no test split), the .npz at exactly the path given."""
-  import evaluate
   from llmimg_jax.eval import fid, inception
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   folder = json.loads((folder_run.workdir / "config.json").read_text())["data"]["folder"]
@@ -80,11 +92,7 @@ def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
           f"--config.data.folder={folder}", "--data_dir", str(tmp_path / "tfds"),
           "--inception_weights", "inception.pth", "--num_samples", "6"]
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
-  evaluate.FLAGS(argv)
-  try:
-    evaluate.main([])
-  finally:
-    evaluate.FLAGS.unparse_flags()
+  assert _main(*argv[1:]) is None
   mu, sigma = fid.load_statistics(out)
   assert mu.shape == (6,) and sigma.shape == (6, 6)
   assert int(np.load(out)["num_images"]) == 6
@@ -123,7 +131,6 @@ def test_write_stats_to_a_folder_is_refused_before_the_work(tmp_path):
 def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, capsys):
   """--num_samples 1000 on splits of 5 and 7 records scores 5 and 7 images: the file says so,
   and asking for 2000 (the same results) names the same file."""
-  import evaluate
   from llmimg_jax.eval import report
   results = {"workdir": str(tmp_path), "step": 3, "seed": 1, "dataset": "d", "splits": {
       "test": {"num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"},
@@ -131,12 +138,8 @@ def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, cap
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
   written = []
   for n in ("1000", "2000"):
-    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--num_samples", n, "--seed", "1",
-                    "--split", "test", "--split", "holdout"])
-    try:
-      evaluate.main([])
-    finally:
-      evaluate.FLAGS.unparse_flags()
+    assert _main("--workdir", str(tmp_path), "--num_samples", n, "--seed", "1", "--split", "test",
+                 "--split", "holdout") is None
     written.append(capsys.readouterr().out.splitlines()[-1])
   name = tmp_path / "eval_3_test+holdout_n5+7_seed1.json"
   assert written == [f"Wrote {name}"] * 2
@@ -146,7 +149,6 @@ def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, cap
 def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path, monkeypatch):
   """The results' folder (the workdir, or --out's) is checked for writing before the evaluation
   (hours at 30k samples) runs, not found unwritable when its results are written."""
-  import evaluate
   from llmimg_jax.eval import report
   from tests.train.cli_utils import unwritable
   evaluated = []
@@ -159,14 +161,8 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
            "--out": ["--workdir", str(tmp_path), "--out", str(locked / "results.json")]}
   with unwritable(locked):
     for flag, args in cases.items():
-      evaluate.FLAGS(["evaluate.py", *args])
-      try:
-        with pytest.raises(SystemExit) as exited:
-          evaluate.main([])
-      finally:
-        evaluate.FLAGS.unparse_flags()
-      assert exited.value.code == (f"evaluate.py: error: {flag}: cannot write into "
-                                   f"{locked}; pass a writable --out.")
+      assert _main(*args) == (f"evaluate.py: error: {flag}: cannot write into {locked}; pass a "
+                              "writable --out.")
   assert evaluated == [] and list(locked.iterdir()) == []
 
 
@@ -174,7 +170,6 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
   """--out replaced an existing file without a word (--write_stats refuses one unless
   --overwrite_stats): it is refused before the evaluation unless --overwrite_out, and a file
   written meanwhile is not replaced either."""
-  import evaluate
   from absl import app
   from llmimg_jax.eval import report
   evaluated = []
@@ -182,30 +177,22 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
       "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or results)
 
-  def main(*flags: str) -> None:
-    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), *flags])
-    try:
-      evaluate.main([])
-    finally:
-      evaluate.FLAGS.unparse_flags()
+  def main(*flags: str) -> int | str | None:
+    return _main("--workdir", str(tmp_path), *flags)
 
   out = tmp_path / "r.json"
   out.write_text("earlier results")
   refused = (f"evaluate.py: error: --out: {out} exists; remove it, name a new file, or pass "
              "--overwrite_out to replace it.")
-  with pytest.raises(SystemExit) as exited:
-    main("--out", str(out))
-  assert exited.value.code == refused
+  assert main("--out", str(out)) == refused
   assert evaluated == [] and out.read_text() == "earlier results"
-  main("--out", str(out), "--overwrite_out")
+  assert main("--out", str(out), "--overwrite_out") is None
   assert len(evaluated) == 1 and json.loads(out.read_text())["step"] == 3
   # Another evaluation's file, written while this one ran: kept, this one's results are printed.
   later = tmp_path / "later.json"
   monkeypatch.setattr(report, "evaluate_run",
                       lambda *a, **k: later.write_text("another evaluation's") and results)
-  with pytest.raises(SystemExit) as exited:
-    main("--out", str(later))
-  assert exited.value.code == refused.replace(str(out), str(later))
+  assert main("--out", str(later)) == refused.replace(str(out), str(later))
   assert later.read_text() == "another evaluation's"
   with pytest.raises(app.UsageError, match=r"^--overwrite_out only applies with --out \(it lets "
                      r"that replace an existing results file; the default file is replaced by "
@@ -218,20 +205,13 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
   File exists" (the folder's link) or refused as existing, and --overwrite_out replaced the link
   itself, leaving its target stale. The results go to the link's target, as the shell's `>`
   writes them; an existing target is refused unless --overwrite_out, the link is kept."""
-  import evaluate
   from llmimg_jax.eval import report
   results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
       "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
 
   def main(*flags: str) -> int | str | None:
-    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), *flags])
-    try:
-      evaluate.main([])
-    except SystemExit as e:
-      return e.code
-    finally:
-      evaluate.FLAGS.unparse_flags()
+    return _main("--workdir", str(tmp_path), *flags)
 
   to_file = tmp_path / "r.json"  # a link to a missing file, in a missing folder
   to_file.symlink_to(tmp_path / "results" / "target.json")
@@ -260,7 +240,6 @@ def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_pat
   """The default file was replaced by any evaluation of the same step, splits, images and seed:
   one without --inception_weights (no torch, minutes instead of hours) lost the Inception FID.
   Such results now go beside it, to ..._no_inception.json; results with it replace it."""
-  import evaluate
   from llmimg_jax.eval import report
   score = {"caption_accuracy": 0.5, **{m: 0.5 for m in report.ATTRIBUTE_COLUMNS}}
   row = {"num_images": 5, "generated": score, "real": score, "fid_indomain": 1.0,
@@ -272,11 +251,7 @@ def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_pat
 
   def main(results: dict) -> list[str]:
     monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
-    evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--split", "test"])
-    try:
-      evaluate.main([])
-    finally:
-      evaluate.FLAGS.unparse_flags()
+    assert _main("--workdir", str(tmp_path), "--split", "test") is None
     return [line for line in capsys.readouterr().out.splitlines()
             if line.startswith(("Wrote", "Kept"))]
 
@@ -297,7 +272,6 @@ def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_pat
 
 def test_a_path_of_a_user_without_a_home_is_one_line(tmp_path, monkeypatch):
   """A ~user path flag with no such user was pathlib's RuntimeError, a traceback."""
-  import evaluate
   no_user = ("evaluate.py: error: {} '~no_such_user_llmimg/{}': ~no_such_user_llmimg is no user's "
              "home directory (no user 'no_such_user_llmimg' here); write the path out in full, or "
              "~/ for your own home.")
@@ -312,11 +286,5 @@ def test_a_path_of_a_user_without_a_home_is_one_line(tmp_path, monkeypatch):
            (["--write_stats", str(tmp_path / "s.npz"), "--workdir", "~no_such_user_llmimg/run",
              *stats], ("--workdir", "run"))]
   for args, named in cases:
-    evaluate.FLAGS(["evaluate.py", *args])
-    try:
-      with pytest.raises(SystemExit) as exited:
-        evaluate.main([])
-    finally:
-      evaluate.FLAGS.unparse_flags()
-    assert exited.value.code == no_user.format(*named)
+    assert _main(*args) == no_user.format(*named)
   assert list(tmp_path.iterdir()) == []
