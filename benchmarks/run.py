@@ -120,7 +120,13 @@ def main() -> None:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
   import jax
-  import torch
+  try:
+    import torch
+  except ImportError as e:  # the test/bench extra, never a runtime dependency
+    raise SystemExit(
+        f"benchmarks/run.py: error: it times our models against PyTorch twins and needs torch "
+        f"({e}); install it: .venv/bin/pip install torch==2.13.0 (on plain PyPI add "
+        "--extra-index-url https://download.pytorch.org/whl/cpu for the CPU build).") from None
 
   from benchmarks import timing
   from llmimg_jax.train.host_memory import reuse_host_memory
