@@ -169,6 +169,11 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
         fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
              f"{where})", 2)
       if isinstance(e, OSError):  # ml_collections' "could not read the file"
+        if (path := _config_file(argv)) and not os.path.exists(path):  # its message: 3 lines
+          fail(prog, f"could not load the --config file: No such file or directory: {path!r}; "
+               "name an existing config file, e.g. --config configs/shapes_quick.py (the "
+               "configs are in the repository's configs/, a relative path is from the current "
+               "directory).", 2)
         fail(prog, f"could not load the --config file: {message}", 2)
       overrides = [a for a in argv[1:] if a.startswith("--config.")]
       if not overrides:

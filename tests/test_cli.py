@@ -132,3 +132,24 @@ def test_expand_home_names_the_flag_where_a_home_is_unknown(monkeypatch):
                      r"and this user has no home directory\); set HOME, or write the path out in "
                      r"full\.$"):
     cli.expand_home("~/r.json", "--out")
+
+
+def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeypatch, capsys,
+                                                                          tmp_path):
+  # It was ml_collections' message: "Configuration is not available because of an earlier
+  # failure to load: Failed loading config file config_config Attempted [Relative path]: ...".
+  from absl import flags
+  from ml_collections import config_flags
+  missing = tmp_path / "nope.py"
+  argv = ["train.py", f"--config={missing}"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
+  with pytest.raises(SystemExit) as exited:
+    cli.flags_parser("train.py")(argv)
+  assert exited.value.code == 2
+  err = capsys.readouterr().err
+  assert err == (f"train.py: error: could not load the --config file: No such file or directory: "
+                 f"{str(missing)!r}; name an existing config file, e.g. --config "
+                 "configs/shapes_quick.py (the configs are in the repository's configs/, a "
+                 "relative path is from the current directory).\n"), err
