@@ -1,4 +1,4 @@
-"""Evaluates a train.py run: caption accuracy and in-domain FID on captioned_shapes, and the
+r"""Evaluates a train.py run: caption accuracy and in-domain FID on captioned_shapes, and the
 standard (Inception, DF-GAN protocol) FID, the only metric for runs on other data.
 
   python evaluate.py --workdir runs/shapes_quick                        # test + holdout, JSON

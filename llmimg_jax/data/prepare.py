@@ -1,4 +1,4 @@
-"""Builds a dataset and optionally writes a preview grid of examples with their captions.
+r"""Builds a dataset and optionally writes a preview grid of examples with their captions.
 
   python -m llmimg_jax.data.prepare --dataset captioned_shapes/64 --data_dir ~/tensorflow_datasets \
       --preview shapes.png
