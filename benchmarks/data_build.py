@@ -16,7 +16,8 @@ from llmimg_jax.data import captioned_shapes
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="64")
   parser.add_argument("--data_dir", default="/tmp/bench_tfds")
   parser.add_argument("--num_proc", type=int, default=0, help="0 = automatic")

@@ -17,7 +17,8 @@ from llmimg_jax.text.tokenizer import load_tokenizer
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   parser.add_argument("--config", default="64")
   parser.add_argument("--image_size", type=int, default=64)

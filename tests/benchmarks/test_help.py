@@ -36,3 +36,17 @@ def test_every_benchmark_script_answers_help_with_its_usage():
   bad = {name: code for name, (code, usage) in results.items()
          if code != 0 or not usage.startswith("usage:")}
   assert not bad, bad
+
+
+def test_data_benchmarks_help_shows_their_example_command_on_its_own_line():
+  """The README's "Measured here" commands: argparse's default formatter ran the docstring's
+  example into the paragraphs around it ("... holdout). python benchmarks/data_build.py ...")."""
+  for name, command in [
+      ("data_build.py", "  python benchmarks/data_build.py --config 64 --data_dir /tmp/bench_tfds "
+                        "[--num_proc 2]\n"),
+      ("data_loader.py", "  python benchmarks/data_loader.py --data_dir DIR --config 64 "
+                         "--workers 2 --batch 64\n")]:
+    result = subprocess.run([sys.executable, f"benchmarks/{name}", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"\n\n{command}\n" in result.stdout, result.stdout
