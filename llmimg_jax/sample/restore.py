@@ -60,11 +60,26 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
       raise CheckpointError(
           f"{workdir} is a run's checkpoint folder, not its workdir: pass --workdir {run}"
           + (f" --step {step}." if step is not None else "."))
+    if not ckpt_dir.exists() and (runs := _runs_in(workdir)):  # e.g. --workdir runs
+      shown = ", ".join(str(r) for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+      raise CheckpointError(
+          f"{workdir} is a folder of {len(runs)} run(s), not a run's workdir (it has no "
+          f"checkpoints/); pass one of them as --workdir: {shown}.")
     raise CheckpointError(
         f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet (train.py saves "
         "every config.train.ckpt_every steps, at the end and at its best evaluation); train "
         "longer or pick another --workdir.")
   return dict(sorted(steps.items()))
+
+
+def _runs_in(folder: Path) -> list[Path]:
+  """The subfolders of `folder` that are runs with a finished checkpoint (sorted)."""
+  try:
+    children = sorted(c for c in folder.iterdir() if c.is_dir())
+  except OSError:
+    return []
+  return [c for c in children if (c / "checkpoints").is_dir()
+          and ocp.utils.checkpoint_steps_paths(c / "checkpoints")]
 
 
 def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:

@@ -357,6 +357,19 @@ def test_a_checkpoints_folder_or_step_folder_names_the_workdir_to_pass(run):
     restore_for_sampling(ckpt)
 
 
+def test_a_folder_of_runs_names_the_runs_to_pass(run, tmp_path):
+  """--workdir runs (the README's runs/shapes_quick's parent) said "No finished checkpoint in
+  runs/checkpoints: the run has not saved one yet ... train longer"."""
+  runs = tmp_path / "runs"
+  for name in ("b", "a"):
+    shutil.copytree(run.workdir, runs / name)
+  (runs / "not_a_run").mkdir()
+  with pytest.raises(CheckpointError, match=(
+      rf"^{runs} is a folder of 2 run\(s\), not a run's workdir \(it has no checkpoints/\); "
+      rf"pass one of them as --workdir: {runs / 'a'}, {runs / 'b'}\.$")):
+    available_steps(runs)
+
+
 def test_the_latest_step_is_the_highest_not_the_last_by_name(run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(run.workdir, workdir)
