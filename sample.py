@@ -126,4 +126,4 @@ def _fail(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("sample.py"))

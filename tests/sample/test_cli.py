@@ -243,3 +243,15 @@ def test_num_per_prompt_below_1_is_refused_before_the_run_is_read(tmp_path):
   assert errors["1"].strip().splitlines()[-1].startswith(
       f"sample.py: error: Workdir {tmp_path / 'no_run'} does not exist"), errors["1"][-2000:]
   assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--prompt", "a cat"], "flag --out=None: Flag --out must have a value other than None."),
+    (["--prompt", "a cat", "--out", "o", "--num_per_prompt=four"],
+     "flag --num_per_prompt=four: invalid literal for int() with base 10: 'four'")])
+def test_a_flag_error_is_one_line_like_train_and_evaluate(tmp_path, args, error):
+  """A missing or mistyped flag was absl's "FATAL Flags parsing error: ..." plus a --helpshort
+  hint, exit status 1; train.py and evaluate.py say "PROG: error: ..." and exit 2."""
+  proc = _run("--workdir", str(tmp_path / "run"), *args, cwd=tmp_path)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [f"sample.py: error: {error}"], proc.stderr[-2000:]
