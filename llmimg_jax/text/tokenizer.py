@@ -15,6 +15,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class _NoTorchAdvice(logging.Filter):
+  """transformers, imported without torch, advises "PyTorch was not found. Models won't be
+  available...": every command said so, but only its tokenizers are used here, which need none."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("PyTorch was not found.")
+
+
+logging.getLogger("transformers").addFilter(_NoTorchAdvice())  # its library logger
+
+
 class TextTokenizer:
   """Fixed-length batch tokenization around a transformers tokenizer. Picklable (grain workers)."""
 

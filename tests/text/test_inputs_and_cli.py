@@ -385,3 +385,18 @@ def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, d
     TextGenerator(generator.config, generator.params, generator.tokenizer, dtype)
   with pytest.raises(ValueError, match="compute dtype .* not supported"):
     generate(generator.params, generator.config, [[5, 1]], max_new_tokens=2, dtype=dtype)
+
+
+def test_no_pytorch_advice_without_torch():
+  """torch is not a runtime dependency, yet every command printed transformers' "PyTorch was not
+  found. Models won't be available ..." (its tokenizers, all we use, need no torch)."""
+  script = ("import sys; sys.modules['torch'] = None\n"  # as after the README's quick start
+            "from llmimg_jax.text import load_tokenizer\n"
+            "import transformers\n"
+            "assert not transformers.is_torch_available()\n"
+            "print(load_tokenizer(None, 16)(['a red circle'])['input_ids'].tolist())\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["[[100,", "35,", "117,", "104,", "103,", "35,", "102,", "108,",
+                                "117,", "102,", "111,", "104,", "1,", "0,", "0,", "0]]"]
+  assert "PyTorch was not found" not in out.stderr, out.stderr
