@@ -179,7 +179,10 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       if not overrides:
         raise
       overrides = _failed_overrides(e, overrides)
-      fail(prog, f"unknown config key {_innermost(e)} in {' '.join(overrides)}. A "
+      key, guess = _innermost(e), ""  # ml_collections': "'stepz' Did you mean "steps" instead..."
+      if m := re.fullmatch(r"(.*) Did you mean (\S+) instead of \S+\?", key):
+        key, guess = m[1], f" (did you mean {m[2]}?)"
+      fail(prog, f"unknown config key {key} in {' '.join(overrides)}{guess}. A "
            "--config.KEY=VALUE override must name an existing key (see base_config in "
            "llmimg_jax/train/config.py).", 2)
   return parse

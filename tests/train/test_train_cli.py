@@ -141,7 +141,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"--config\.train\.batch_size=16"),
       ("--config.model.resolution=48", "--config.data.image_size=48"): (
           r"config\.model\.resolution=48 is not supported; use one of \(32, 64, 128, 256\)"),
-      ("--config.train.stepz=3",): r"unknown config key 'stepz' Did you mean \"steps\"",
+      ("--config.train.stepz=3",): r"unknown config key 'stepz' in --config\.train\.stepz=3 "
+                                   r"\(did you mean \"steps\"\?\)\. A --config\.KEY=VALUE",
       (f"--config={typo_file}:{shapes_data_dir}",): (
           r"config\.model\.nf_gg is not a config key \(did you mean config\.model\.nf_g\?\)"),
       ("--config.data.name=captioned_folder", f"--config.data.folder={tmp_path / 'nope'}"): (
