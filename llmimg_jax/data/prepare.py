@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -121,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
       check_preview_path(args.preview)
     source = pipeline.load_source(cfg, args.split)
   except ValueError as e:  # a bad folder (FolderError) or data config, e.g. a missing --folder
-    parser.exit(2, f"{parser.prog}: error: {e}\n")
+    # The data config's checks name its keys; here the user gave them as this command's flags.
+    message = re.sub(r"\bdata\.(folder|data_dir|image_size)\b", r"--\1", str(e))
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
   seconds = time.perf_counter() - start
   report = {"dataset": args.dataset, "split": args.split, "num_examples": len(source),
             "seconds": round(seconds, 1), "data_dir": cfg.data_dir}

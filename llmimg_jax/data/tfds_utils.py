@@ -35,5 +35,5 @@ def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
   except OSError as e:
     raise DatasetError(
         f"Could not build {what} in data.data_dir={data_dir!r} ({type(e).__name__}: {e}). "
-        "Check that path, or set data.data_dir (prepare: --data_dir) to a folder you can write, "
-        "with room for the build.") from e
+        "Check that path, or set data.data_dir to a folder you can write, with room for the "
+        "build.") from e

@@ -57,8 +57,9 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
     prepare.main(["--dataset", "captioned_folder", "--folder", str(tmp_path / "nope"),
                   "--data_dir", str(tmp_path / "tfds")])
   assert exit_info.value.code == 2
-  assert "error: captioned_folder needs data.folder set to an existing folder" in (
-      capsys.readouterr().err)
+  err = capsys.readouterr().err  # named as this command's flags, not the data config's keys
+  assert "error: captioned_folder needs --folder set to an existing folder" in err, err
+  assert f"no build of it in --data_dir='{tmp_path / 'tfds'}')" in err, err
 
 
 def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
@@ -69,9 +70,9 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
     prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(data_dir)])
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert (f"error: Could not build captioned_shapes/tiny_32 in data.data_dir={str(data_dir)!r} "
+  assert (f"error: Could not build captioned_shapes/tiny_32 in --data_dir={str(data_dir)!r} "
           f"(NotADirectoryError: [Errno 20] Not a directory: {str(data_dir)!r})") in err, err
-  assert "set data.data_dir (prepare: --data_dir) to a folder you can write" in err
+  assert "set --data_dir to a folder you can write" in err
   assert "Traceback" not in err
 
 
