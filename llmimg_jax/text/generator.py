@@ -19,8 +19,12 @@ from llmimg_jax.text.tokenizer import TextTokenizer
 
 def check_seed(seed: int, name: str = "seed") -> None:
   """A PRNG seed in [0, 2**32), as sample.py and train.py take them, or a ValueError naming it
-  (`name`: as the caller spells it, e.g. '--seed'). jax.random.PRNGKey keeps a seed's low 32 bits
-  (2**32 gave seed 0's key, -1 that of 2**32 - 1) and raises OverflowError past int64."""
+  (`name`: as the caller spells it, e.g. '--seed'); a TypeError for one that is not an int (numpy
+  integers pass, bool does not): 2.5 failed in jax.random.PRNGKey as 'got JitTracer'.
+  jax.random.PRNGKey keeps a seed's low 32 bits (2**32 gave seed 0's key, -1 that of 2**32 - 1)
+  and raises OverflowError past int64."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    raise TypeError(f"{name}={seed!r} is a {type(seed).__name__}; pass an int.")
   if not 0 <= seed < 2**32:
     raise ValueError(f"{name}={seed} must be in [0, 2**32).")
 
@@ -68,7 +72,7 @@ class TextGenerator:
                       seed: int | Sequence[int] = 0, **kw) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
     rows = len(batch["input_ids"])
-    one_seed = isinstance(seed, (int, np.integer))
+    one_seed = np.ndim(seed) == 0  # a non-int one is named by check_seed, not len()'s TypeError
     if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
     for i, s in enumerate([seed] if one_seed else seed):
