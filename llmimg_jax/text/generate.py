@@ -57,13 +57,13 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
                      f"temperature={temperature}, top_p={top_p}, top_k={top_k}.")
   if do_sample and num_beams > 1:
     raise NotImplementedError("Beam sampling (do_sample with num_beams > 1) is not supported.")
-  if rng is None:
-    if do_sample:
-      raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
-    rng = jax.random.PRNGKey(0)
-  if do_sample:  # greedy and beam search draw nothing
+  if rng is None and do_sample:
+    raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
+  if do_sample:
     rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
-  else:  # as transformers does, say so; and one compiled program whatever their values
+  else:  # greedy and beam search draw nothing: one unused key, whatever the form of `rng`
+    rng = jax.random.PRNGKey(0)
+    # As transformers does, say so; and one compiled program whatever their values.
     if ignored := [f"{k}={v}" for k, v, default in (
         ("temperature", temperature, 1.0), ("top_k", top_k, 50), ("top_p", top_p, 1.0))
         if v != default]:
@@ -74,17 +74,17 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
                 length_penalty)
   # Scalars that only enter arithmetic are traced (no recompiles); the rest shape the program.
   scalars = jnp.asarray([temperature, top_p, length_penalty], jnp.float32)
-  return _generate(params, input_ids, attention_mask, rng, scalars, config=config,
+  min_tokens = jnp.asarray(min(max(int(min_new_tokens), 0), int(max_new_tokens)), jnp.int32)
+  return _generate(params, input_ids, attention_mask, rng, scalars, min_tokens, config=config,
                    max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
                    do_sample=bool(do_sample), top_k=int(top_k), use_top_p=bool(top_p < 1.0),
-                   min_new_tokens=int(min_new_tokens), dtype=compute_dtype(dtype))
+                   dtype=compute_dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "config", "max_new_tokens", "num_beams", "do_sample", "top_k", "use_top_p", "min_new_tokens",
-    "dtype"))
-def _generate(params, input_ids, attention_mask, rng, scalars, *, config, max_new_tokens, num_beams,
-              do_sample, top_k, use_top_p, min_new_tokens, dtype):
+    "config", "max_new_tokens", "num_beams", "do_sample", "top_k", "use_top_p", "dtype"))
+def _generate(params, input_ids, attention_mask, rng, scalars, min_new_tokens, *, config,
+              max_new_tokens, num_beams, do_sample, top_k, use_top_p, dtype):
   temperature, top_p, length_penalty = scalars[0], scalars[1], scalars[2]
   model = T5ForConditionalGeneration(config, dtype)
   variables = {"params": params}
@@ -100,9 +100,9 @@ def _generate(params, input_ids, attention_mask, rng, scalars, *, config, max_ne
     scores = logits[:, 0]
     if num_beams > 1:  # log-probs, before the processors as in transformers' beam search
       scores = jax.nn.log_softmax(scores, axis=-1)
-    if min_new_tokens > 0:  # transformers' MinNewTokensLengthLogitsProcessor
-      eos_col = jnp.arange(scores.shape[-1]) == config.eos_token_id
-      scores = jnp.where(eos_col & (step < min_new_tokens), -jnp.inf, scores)
+    # transformers' MinNewTokensLengthLogitsProcessor (min_new_tokens is traced: no recompiles)
+    eos_col = jnp.arange(scores.shape[-1]) == config.eos_token_id
+    scores = jnp.where(eos_col & (step < min_new_tokens), -jnp.inf, scores)
     return scores, cache
 
   if num_beams == 1:

@@ -1,11 +1,16 @@
-"""TextGenerator / generate API: argument errors name the argument."""
+"""TextGenerator / generate API: argument errors name the argument, and one compiled program per
+shape (values that only enter arithmetic never recompile)."""
 from __future__ import annotations
 
+import importlib
 import re
 
+import numpy as np
 import pytest
 
-from llmimg_jax.text import TextGenerator
+from llmimg_jax.text import TextGenerator, generate
+
+generate_module = importlib.import_module("llmimg_jax.text.generate")  # the function shadows it
 
 MAX_LEN = 16
 
@@ -29,3 +34,19 @@ def test_from_pretrained_names_a_seed_that_is_not_an_int():
   with pytest.raises(TypeError, match=r"^seed=2\.5 is a float; pass an int"):
     TextGenerator.from_pretrained(None, max_length=MAX_LEN, seed=2.5)
 
+
+def test_greedy_and_min_new_tokens_reuse_one_compiled_program(generator):
+  """Greedy search draws nothing, yet seed=[...] (per-row keys) compiled a second program; and
+  every min_new_tokens value compiled its own, though it only enters a comparison."""
+  kw = dict(max_new_tokens=3, num_beams=1)
+  batch = generator.tokenizer(["a red fox", "b"])
+  cfg, params = generator.config, generator.params
+  before = generate_module._generate._cache_size()
+  first = generator.generate_tokens(batch, seed=0, **kw)
+  after_first = generate_module._generate._cache_size()
+  assert generator.generate_tokens(batch, seed=[1, 2], **kw) == first
+  for k in (1, 2, 3):
+    out = generate(params, cfg, batch["input_ids"], batch["attention_mask"], min_new_tokens=k,
+                   **kw)
+    assert np.asarray(out).shape == (2, 3)
+  assert generate_module._generate._cache_size() == after_first <= before + 1
