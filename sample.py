@@ -105,8 +105,8 @@ def main(argv):
   from llmimg_jax.sample.restore import CheckpointError
   try:
     run()
-  except (CheckpointError, ValueError, TypeError, OSError) as e:
-    _fail(str(e))
+  except (CheckpointError, ValueError, TypeError, OSError, ImportError) as e:
+    _fail(str(e))  # ImportError: e.g. a PyTorch-pickle --expand_with without torch installed
   except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --expand_max_length 1000000000
     if not (message := cli.out_of_memory(e, _memory_sizes())):
       raise

@@ -3,6 +3,7 @@ bad inputs exit non-zero with one clear line."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -255,3 +256,28 @@ def test_a_flag_error_is_one_line_like_train_and_evaluate(tmp_path, args, error)
   proc = _run("--workdir", str(tmp_path / "run"), *args, cwd=tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines() == [f"sample.py: error: {error}"], proc.stderr[-2000:]
+
+
+def test_an_expander_that_needs_torch_is_one_line_without_it(run, expander_dir, tmp_path):
+  """A PyTorch-pickle expander (pytorch_model.bin) in a JAX-only install: the loader's 'install
+  torch or convert to safetensors' ImportError was a traceback (python -m llmimg_jax.text prints
+  it as one line)."""
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import load_file
+  pickled = tmp_path / "expander_pt"
+  shutil.copytree(expander_dir, pickled)
+  torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+  (pickled / "model.safetensors").unlink()
+  no_torch = tmp_path / "no_torch"  # first on the path: `import torch` fails as if not installed
+  no_torch.mkdir()
+  (no_torch / "torch.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+  env = one_device_env()
+  env["PYTHONPATH"] = os.pathsep.join([str(no_torch), env["PYTHONPATH"]])
+  proc = subprocess.run(
+      [sys.executable, SCRIPT, "--workdir", str(run.workdir), "--out", str(tmp_path / "out"),
+       "--prompt", "a cat", "--expand_with", str(pickled)],
+      env=env, timeout=120, capture_output=True, text=True)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("sample.py: error: ") and "torch is not installed" in last, last
+  assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
