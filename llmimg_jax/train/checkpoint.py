@@ -313,7 +313,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
-  for want of access or resources (not damage) raises CheckpointAccessError. When none fits the
+  for want of access or resources (not damage) raises CheckpointAccessError. When none restores
+  and one (even beside damaged ones) does not fit the
   state's structure or shapes, or the input pipeline's settings or (with grain workers) process
   count (a changed config, host count or code, not damage), raises ConfigMismatchError (naming
   the values that differ from this run's `config`, if given) and moves nothing. A position saved
@@ -349,7 +350,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   if data_iter is not None:  # a failed restore may have set it already
     data_iter.set_state(initial_data_state)
   details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failed.items())
-  if all(_is_mismatch(e) for e in failed.values()):
+  # One that fits no better (another config or host count), beside damaged ones: starting fresh
+  # would move it aside too, and the run is not the one that saved it.
+  if any(_is_mismatch(e) for e in failed.values()):
     changes = _config_changes(manager, steps[0], config) if config is not None else None
     hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
     if hosts:  # not the config: the advice below would send the user looking in vain

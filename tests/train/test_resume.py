@@ -299,3 +299,28 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
           "train; its config.json and checkpoints are left as they are. Raise "
           "--config.train.steps to train further.") in caplog.text
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
+
+
+def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothing(saved,
+                                                                                 tmp_path):
+  """Step 4 damaged, step 2 intact but saved by 2 hosts with grain workers: the run does not fit
+  its checkpoints, so even start_fresh_if_corrupt moves none of them (step 2 would be lost to a
+  run started with the wrong --num_processes)."""
+  config, tokenizer, _, _ = saved
+  for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
+    for h in range(2):
+      state = json.loads(state_file.read_text())
+      state["sampler"] = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
+      state_file.with_name(f"process_{h}-of-2.json").write_text(
+          json.dumps({**state, "worker_count": 1}))
+    state_file.unlink()
+  (tmp_path / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()  # damage
+  config.data.num_workers = 1  # as the states say
+  manager = checkpoint.make_manager(tmp_path, config)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"saved by a run of 2 process\(es\) and this run has 1"):
+    checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
+                              config=config)
+  assert sorted(manager.all_steps()) == [2, 4]
+  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
