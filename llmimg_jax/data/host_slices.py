@@ -71,8 +71,9 @@ def resliced_state(data_dir: Path, current: bytes) -> bytes:
 
   Raises ProcessCountMismatchError when they were saved with grain worker processes, and
   ValueError when they are not states of HostSliceSampler iterators at one position (damage).
-  Given another global batch size, it returns a saved state as it is, which grain then refuses
-  as saved for another sampler (the caller names the changed config)."""
+  Given another global batch size, or states of another sampler (another version's code), it
+  returns a saved state as it is, which grain then refuses as saved for another sampler (the
+  caller names the changed config)."""
   saved = saved_process_count(data_dir)
   states = []
   for i in range(saved or 0):
@@ -91,6 +92,8 @@ def resliced_state(data_dir: Path, current: bytes) -> bytes:
         f"data.num_workers={workers}, which batch within each worker, so the position depends on "
         "the host count", saved)
   samplers = [_REPR.fullmatch(state["sampler"]) for state in states]
+  if not any(samplers):  # another version's sampler (code, not damage): grain refuses it
+    return json.dumps(states[0]).encode()
   batches = set()
   for i, (state, sampler) in enumerate(zip(states, samplers)):
     if (sampler is None or int(state["worker_count"]) != 0

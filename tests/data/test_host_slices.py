@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -104,3 +105,20 @@ def test_positions_of_grain_worker_processes_are_refused(shapes_cfg, tokenizer, 
   assert error.value.saved == 2
   # This run without workers: a changed config, which grain names when it refuses the state.
   assert json.loads(host_slices.resliced_state(tmp_path, now))["worker_count"] == 2
+
+
+def test_states_of_another_sampler_are_left_for_grain_to_refuse(shapes_cfg, tokenizer, tmp_path):
+  """States of another version's sampler (before HostSliceSampler, hosts read interleaved
+  shards): not damage but other code, which grain refuses as another sampler, as it does when
+  the host count is unchanged."""
+  _save(_hosts(shapes_cfg, tokenizer, 2), tmp_path)
+  for h in range(2):
+    path = tmp_path / f"process_{h}-of-2.json"
+    inner = re.fullmatch(r"HostSliceSampler\((.*), batch_size_per_host=4, process=\d/2\)",
+                         json.loads(path.read_text())["sampler"])[1]
+    _edit(path, sampler=inner.replace("NoSharding()", f"ShardOptions(shard_index={h}, "
+                                      "shard_count=2, drop_remainder=True)"))
+  one = _hosts(shapes_cfg, tokenizer, 1)[0]
+  state = host_slices.resliced_state(tmp_path, one.get_state())
+  with pytest.raises(ValueError, match="Sampler in checkpoint does not match"):
+    one.set_state(state)
