@@ -350,9 +350,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   if data_iter is not None:  # a failed restore may have set it already
     data_iter.set_state(initial_data_state)
   details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failed.items())
-  # One that fits no better (another config or host count), beside damaged ones: starting fresh
-  # would move it aside too, and the run is not the one that saved it.
-  if any(_is_mismatch(e) for e in failed.values()):
+  # One that does not fit (another config or host count), even beside damaged ones or on one host
+  # only (another version there): the run is not the one that saved it, so none is moved aside.
+  if any(host_flags(any(_is_mismatch(e) for e in failed.values()))):
     changes = _config_changes(manager, steps[0], config) if config is not None else None
     hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
     if hosts:  # not the config: the advice below would send the user looking in vain

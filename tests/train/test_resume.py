@@ -324,3 +324,19 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
                               config=config)
   assert sorted(manager.all_steps()) == [2, 4]
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+
+
+def test_hosts_agree_that_checkpoints_do_not_fit(saved, tmp_path, monkeypatch):
+  """Host 0 restores both steps, host 1 (e.g. another version of llmimg_jax installed there)
+  refuses them as not fitting: every host stops with ConfigMismatchError and nothing is moved,
+  instead of host 0 moving them aside as damage (start_fresh_if_corrupt) and waiting for host 1
+  at its next barrier."""
+  config, tokenizer, states, _ = saved
+  host_1 = iter([True, False, True, False])  # per step: readable, not restored; then a mismatch
+  monkeypatch.setattr(checkpoint, "host_flags", lambda flag: [bool(flag), next(host_1, True)])
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r"step 4: failed on another host"):
+    checkpoint.restore_latest(manager, checkpoint.abstract_like(states[4]), it,
+                              start_fresh_if_corrupt=True, config=config)
+  assert sorted(manager.all_steps()) == [2, 4]
+  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
