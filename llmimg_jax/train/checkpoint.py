@@ -314,11 +314,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
   for want of access or resources (not damage) raises CheckpointAccessError. When none restores
-  and one (even beside damaged ones) does not fit the
-  state's structure or shapes, or the input pipeline's settings or (with grain workers) process
-  count (a changed config, host count or code, not damage), raises ConfigMismatchError (naming
-  the values that differ from this run's `config`, if given) and moves nothing. A position saved
-  by another number of hosts without grain workers is resliced for this one (data/host_slices)."""
+  and one (even beside damaged ones) does not fit the state's structure or shapes, or the input
+  pipeline's settings or (with grain workers) process count (a changed config, host count or
+  code, not damage), raises ConfigMismatchError (naming the values that differ from this run's
+  `config`, if given) and moves nothing. A position saved by another number of hosts without
+  grain workers is resliced for this one (data/host_slices)."""
   steps = sorted(manager.all_steps(), reverse=True)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, Exception | None] = {}  # None: it failed on another host
