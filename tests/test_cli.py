@@ -92,14 +92,18 @@ def test_quiet_orbax_installs_its_filters_and_hook(monkeypatch):
   assert [str(info.exc_value) for info in passed_on] == ["our own bug", "loop busy"]
 
 
-def _parse_error(monkeypatch, capsys, tmp_path, *overrides: str) -> str:
-  """cli.flags_parser's one-line error for a config file and `overrides` (it exits with 2)."""
-  from absl import flags
-  from ml_collections import config_flags
+def _config_file(tmp_path):
   config_file = tmp_path / "config.py"
   config_file.write_text("import ml_collections\n\n\ndef get_config():\n  return "
                          "ml_collections.ConfigDict({'train': {'steps': 1, 'batch_size': 2}, "
                          "'data': {'folder': ''}})\n")
+  return config_file
+
+
+def _parse_error(monkeypatch, capsys, config_file, *overrides: str) -> str:
+  """cli.flags_parser's one-line error for `config_file` and `overrides` (it exits with 2)."""
+  from absl import flags
+  from ml_collections import config_flags
   argv = ["train.py", f"--config={config_file}", *overrides]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
@@ -114,7 +118,7 @@ def _parse_error(monkeypatch, capsys, tmp_path, *overrides: str) -> str:
                                   "--config.train.steps.x=5", "--config.data.folder.x=5"])
 def test_an_unknown_override_key_names_that_override_alone(monkeypatch, capsys, tmp_path, typo):
   # It named every --config.* override of the command line, as if all of them were wrong.
-  err = _parse_error(monkeypatch, capsys, tmp_path, "--config.train.steps=3",
+  err = _parse_error(monkeypatch, capsys, _config_file(tmp_path), "--config.train.steps=3",
                      "--config.data.folder=/data", typo, "--config.train.batch_size=4")
   assert err.startswith("train.py: error: unknown config key "), err
   assert re.search(rf" in {re.escape(typo)}( \(did you mean \"\w+\"\?\))?\. A --config\.KEY=VALUE "
@@ -141,17 +145,8 @@ def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeyp
                                                                           tmp_path):
   # It was ml_collections' message: "Configuration is not available because of an earlier
   # failure to load: Failed loading config file config_config Attempted [Relative path]: ...".
-  from absl import flags
-  from ml_collections import config_flags
   missing = tmp_path / "nope.py"
-  argv = ["train.py", f"--config={missing}"]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
-  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
-  with pytest.raises(SystemExit) as exited:
-    cli.flags_parser("train.py")(argv)
-  assert exited.value.code == 2
-  err = capsys.readouterr().err
+  err = _parse_error(monkeypatch, capsys, missing)
   assert err == (f"train.py: error: could not load the --config file: No such file or directory: "
                  f"{str(missing)!r}; name an existing config file, e.g. --config "
                  "configs/shapes_quick.py (the configs are in the repository's configs/, a "

@@ -168,6 +168,18 @@ def _assert_refused_and_kept(manager, config, it, match: str) -> None:
   assert sorted(manager.all_steps()) == [2, 4]
 
 
+def _as_saved_by_two_hosts_with_workers(checkpoints) -> None:
+  """Every step's input-iterator state (one process, batch 8) rewritten as 2 hosts' (4 rows
+  each) with one grain worker each."""
+  for state_file in checkpoints.glob("*/data/process_0-of-1.json"):
+    for h in range(2):
+      state = json.loads(state_file.read_text())
+      state["sampler"] = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
+      state_file.with_name(f"process_{h}-of-2.json").write_text(
+          json.dumps({**state, "worker_count": 1}))
+    state_file.unlink()
+
+
 @pytest.mark.parametrize("change", ["num_workers", "batch_size", "process_count"])
 def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_path, change):
   """grain refuses an iterator state saved with other workers or another batch size per host;
@@ -184,13 +196,7 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
   else:  # as if saved by 2 hosts with workers, in a workdir whose path makes the message long
     workdir = tmp_path / ("w" * 200) / ("w" * 200)
     shutil.copytree(tmp_path / "checkpoints", workdir / "checkpoints")
-    for state_file in (workdir / "checkpoints").glob("*/data/process_0-of-1.json"):
-      for h in range(2):
-        state = json.loads(state_file.read_text())
-        state["sampler"] = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
-        state_file.with_name(f"process_{h}-of-2.json").write_text(
-            json.dumps({**state, "worker_count": 1}))
-      state_file.unlink()
+    _as_saved_by_two_hosts_with_workers(workdir / "checkpoints")
     config.data.num_workers = 1  # as the states say
     match = (r"were saved by a run of 2 process\(es\) and this run has 1; with grain worker "
              r"processes \(data\.num_workers > 0\) each process's input-pipeline position "
@@ -307,13 +313,7 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
   its checkpoints, so even start_fresh_if_corrupt moves none of them (step 2 would be lost to a
   run started with the wrong --num_processes)."""
   config, tokenizer, _, _ = saved
-  for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
-    for h in range(2):
-      state = json.loads(state_file.read_text())
-      state["sampler"] = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
-      state_file.with_name(f"process_{h}-of-2.json").write_text(
-          json.dumps({**state, "worker_count": 1}))
-    state_file.unlink()
+  _as_saved_by_two_hosts_with_workers(tmp_path / "checkpoints")
   (tmp_path / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()  # damage
   config.data.num_workers = 1  # as the states say
   manager = checkpoint.make_manager(tmp_path, config)
