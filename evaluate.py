@@ -111,7 +111,7 @@ def _write_stats() -> None:
   path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file")
   _refuse_existing("--write_stats", path, "overwrite_stats")  # before every image's features
   data = _data_config()  # config.json only: a bad --workdir fails before the weights load
-  inception = InceptionFeatures(FLAGS.inception_weights)  # a bad path fails before the data
+  inception = InceptionFeatures(_path_flag("inception_weights"))  # a bad one fails before the data
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
   source = load_source(data, split)
   n = min(FLAGS.num_samples, len(source))
@@ -122,6 +122,12 @@ def _write_stats() -> None:
                       image_size=int(data.image_size))
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
+
+
+def _path_flag(name: str) -> str | None:
+  """--`name`'s file with ~ expanded, as every path flag (no shell expands it after '=')."""
+  value = FLAGS[name].value
+  return value and str(cli.expand_home(value, f"--{name}"))
 
 
 def _refuse_existing(flag: str, path, overwrite: str) -> None:
@@ -167,8 +173,9 @@ def main(argv) -> None:
       out = None
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-                           data_dir=FLAGS.data_dir, inception_weights=FLAGS.inception_weights,
-                           ref_stats=FLAGS.ref_stats)
+                           data_dir=FLAGS.data_dir,
+                           inception_weights=_path_flag("inception_weights"),
+                           ref_stats=_path_flag("ref_stats"))
     print(format_table(results))
     # Another split, seed or number of images scored (capped by a split's size) gets another file.
     counts = [str(row["num_images"]) for row in results["splits"].values()]

@@ -288,3 +288,27 @@ def test_a_path_of_a_user_without_a_home_is_one_line(tmp_path, monkeypatch):
   for args, named in cases:
     assert _main(*args) == no_user.format(*named)
   assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_and_ref_stats_paths_expand_the_home_as_every_path_flag(tmp_path, monkeypatch):
+  """--inception_weights=~/w.pth and --ref_stats=~/s.npz (no shell expands ~ after '=') were read
+  as a folder named '~': 'No FID statistics at ~/s.npz', where --workdir, --out and --write_stats
+  expand it."""
+  from llmimg_jax.eval import inception, report
+  monkeypatch.setenv("HOME", str(tmp_path))
+  given = {}
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: given.update(k) or {
+      "workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+          "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}})
+  assert _main("--workdir", str(tmp_path), "--inception_weights=~/w.pth",
+               "--ref_stats=~/s.npz") is None
+  assert (given["inception_weights"], given["ref_stats"]) == (str(tmp_path / "w.pth"),
+                                                              str(tmp_path / "s.npz"))
+
+  def weights(path):
+    given["write_stats_weights"] = path
+    raise ValueError("stop")
+  monkeypatch.setattr(inception, "InceptionFeatures", weights)
+  assert _main("--write_stats", str(tmp_path / "s.npz"), f"--config={CONFIG}",
+               "--inception_weights=~/w.pth") == "evaluate.py: error: stop"
+  assert given["write_stats_weights"] == str(tmp_path / "w.pth")
