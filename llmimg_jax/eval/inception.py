@@ -226,6 +226,10 @@ class InceptionFeatures:
     self._apply = jax.jit(FIDInceptionV3().apply)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+      raise ValueError(f"Expected uint8 images [n, h, w, 3] (0-255, channels last); got "
+                       f"{images.dtype} {images.shape}.")
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = np.asarray(images[start:start + self.batch_size], np.float32) / 255.0

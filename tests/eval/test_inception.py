@@ -107,3 +107,17 @@ def test_damaged_npz_weights_are_one_value_error(tmp_path):
     with pytest.raises(ValueError, match=f"{path.name} is not a readable .npz file .*convert "
                                          "them again: python -m llmimg_jax.eval.inception"):
       inception.load_params(str(path))
+
+
+def test_features_refuse_images_that_are_not_uint8_hwc(tmp_path):
+  """Floats in [0, 1] (what pytorch-fid takes) were divided by 255 again, features of near-black
+  images and an FID without a word; channels first failed inside the convolution."""
+  weights = tmp_path / "w.npz"
+  np.savez(weights, **reference.random_state_dict())
+  features = inception.InceptionFeatures(str(weights), batch_size=2)
+  good = reference.images()  # [2, 37, 37, 3] in [0, 1]
+  for images, why in ((good, "float32"), (np.uint8(good * 255).transpose(0, 3, 1, 2), "(2, 3,")):
+    with pytest.raises(ValueError, match=r"uint8 images \[n, h, w, 3\]") as e:
+      features(images)
+    assert why in str(e.value)
+  assert features(np.uint8(good * 255)).shape == (2, 2048)
