@@ -158,6 +158,7 @@ def main(argv) -> None:
     raise app.UsageError("--overwrite_out only applies with --out (it lets that replace an "
                          "existing results file; the default file is replaced by the same "
                          "evaluation's results); drop it, or pass --out.")
+  import jax
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
   from llmimg_jax.train.checkpoint import write_atomically
@@ -190,6 +191,12 @@ def main(argv) -> None:
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
     sys.exit(f"evaluate.py: error: {e}")
+  except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --batch_size 100000
+    sizes = "--num_samples" if FLAGS.write_stats else "--batch_size or --num_samples"
+    if not (message := cli.out_of_memory(e, sizes)):
+      raise
+    logging.debug("evaluate.py failed", exc_info=True)
+    sys.exit(f"evaluate.py: error: {message}")
   print(f"Wrote {out}")
 
 

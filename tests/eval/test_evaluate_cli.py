@@ -312,3 +312,21 @@ def test_weights_and_ref_stats_paths_expand_the_home_as_every_path_flag(tmp_path
   assert _main("--write_stats", str(tmp_path / "s.npz"), f"--config={CONFIG}",
                "--inception_weights=~/w.pth") == "evaluate.py: error: stop"
   assert given["write_stats_weights"] == str(tmp_path / "w.pth")
+
+
+def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, monkeypatch):
+  """--batch_size 100000 ended in XLA's RESOURCE_EXHAUSTED traceback (sample.py says one line);
+  another runtime error is still raised as it is."""
+  import jax
+  from llmimg_jax.eval import report
+  oom = "RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes."
+  errors = iter([jax.errors.JaxRuntimeError(why) for why in (oom, "INTERNAL: something else")])
+
+  def evaluate_run(*args, **kwargs):
+    raise next(errors)
+  monkeypatch.setattr(report, "evaluate_run", evaluate_run)
+  assert _main("--workdir", str(tmp_path)) == (
+      f"evaluate.py: error: out of memory ({oom}); lower --batch_size or --num_samples.")
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):  # not memory: as it is
+    _main("--workdir", str(tmp_path))
+  assert list(tmp_path.iterdir()) == []
