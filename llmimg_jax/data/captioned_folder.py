@@ -48,7 +48,7 @@ def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderCo
 
 def fingerprint(folder: str) -> str:
   """A hash of what a build reads: the captions files' bytes and the name, size and mtime of
-  every image file (symlinks followed; unreadable entries hashed as such)."""
+  every image file (symlinks followed, but not round a loop; unreadable entries hashed as such)."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
     try:
@@ -56,8 +56,13 @@ def fingerprint(folder: str) -> str:
         digest.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
     except OSError:
       digest.update(name.encode() + b"\0-")
+  above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
   for root, dirs, files in os.walk(folder, followlinks=True):
-    dirs.sort()
+    # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
+    real = {d: os.path.realpath(os.path.join(root, d)) for d in dirs}
+    dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
+    for d in dirs:
+      above[os.path.join(root, d)] = above[root] | {real[d]}
     for f in sorted(files):
       if os.path.splitext(f)[1].lower() not in images.IMAGE_EXTENSIONS:
         continue  # only image files: a TFDS data_dir inside the folder does not count

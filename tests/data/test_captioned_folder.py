@@ -359,3 +359,14 @@ def test_each_image_size_is_its_own_build(tmp_path):
     (record,) = _records(data)
     assert record["image"].shape == (size, size, 3)
     np.testing.assert_array_equal(record["image"], images_lib.resize_square(image, size))
+
+
+def test_a_symlink_loop_in_the_folder_is_walked_once(tmp_path):
+  """A link back to the folder (or above it) is not followed round and round: the fingerprint
+  is the folder's own (two such links would otherwise take 2**40 walks: a hung build)."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / "captions.jsonl").write_text('{"file": "a.png", "caption": "x"}\n')
+  (tmp_path / "sub").mkdir()
+  plain = captioned_folder.fingerprint(str(tmp_path))
+  os.symlink("..", tmp_path / "sub" / "up")
+  assert captioned_folder.fingerprint(str(tmp_path)) == plain
