@@ -1,4 +1,4 @@
-"""The usage text a command prints (its module docstring: evaluate.py's on a usage error, prepare's
+r"""The usage text a command prints (its module docstring: evaluate.py's on a usage error, prepare's
 --help) shows its example commands as written, `\` line continuations included: a non-raw
 docstring joined each continued line to the next with a run of spaces."""
 import ast
