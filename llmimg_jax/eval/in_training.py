@@ -2,8 +2,8 @@
 generator on a fixed subset of the test split, logged to TensorBoard; the best step so far is
 kept in <workdir>/best.json (highest caption accuracy, then lowest FID), and its checkpoint is
 kept beside the latest ones (the loop saves it if it was not a checkpoint step). best.json names
-its evaluation (dataset, image size, number of captions): a resume that evaluates otherwise starts
-the best over rather than compare scores of different captions.
+its evaluation (dataset, image size, number of captions, noise seed, the evaluator's weights): a
+resume that evaluates otherwise starts the best over rather than compare incomparable scores.
 
 config.eval.every = 0 disables it; config.eval.num_samples test captions (the first caption of
 records [0, n)) with fixed noise; the FID reference is train records [0, n), as evaluate.py's, and
@@ -49,7 +49,8 @@ class TrainingEvaluator:
     self.captions = [c[0] for c in real.captions]
     # What the scores are of: best.json's are compared only with scores of the same evaluation.
     self.setup = {"dataset": dataset_id(config.data), "image_size": int(size),
-                  "num_samples": len(self.captions)}
+                  "num_samples": len(self.captions), "seed": self.seed,
+                  "evaluator": self.evaluator.fingerprint}
     # Not the scored records' own images: generated images conditioned on the very captions of
     # the reference scored below the floor (FID 97, floor 139 at n=64), which then was none.
     train = load_split(config.data, "train", len(real.images)).at_size(size)
@@ -71,11 +72,13 @@ class TrainingEvaluator:
     except (ValueError, KeyError, TypeError) as e:
       log.warning("Could not read %s (%s); the next evaluation replaces it.", self.best_path, e)
       return None
-    setup = None if best is None else best.get("setup", self.setup)  # older files: no setup
-    if setup is not None and setup != self.setup:
-      log.warning("%s scores step %s on another evaluation (%s) than this run's (%s): its scores "
-                  "are not comparable; the next evaluation replaces it.", self.best_path,
-                  best["step"], setup, self.setup)
+    # Older files have no setup, or one without the seed and evaluator: compared on what they hold.
+    setup = {} if best is None else best.get("setup", {})
+    setup = setup if isinstance(setup, dict) else {"setup": setup}
+    if changed := {k: (v, self.setup.get(k)) for k, v in setup.items() if self.setup.get(k) != v}:
+      log.warning("%s scores step %s on another evaluation than this run's (%s): its scores are "
+                  "not comparable; the next evaluation replaces it.", self.best_path,
+                  best["step"], ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
       return None
     return best
 

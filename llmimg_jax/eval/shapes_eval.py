@@ -16,6 +16,7 @@ cache_dir: LLMIMG_CACHE_DIR or ~/.cache/llmimg_jax.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -89,6 +90,8 @@ class ShapesEvaluator:
   def __init__(self, params, resolution: int, meta: dict | None = None):
     self.net, self.params, self.resolution = ev.EvaluatorNet(), params, resolution
     self.meta = meta or {}
+    # Names these weights (a retrained cache scores differently): sha256 of their serialization.
+    self.fingerprint = hashlib.sha256(flax.serialization.to_bytes(params)).hexdigest()[:16]
 
   @classmethod
   def load_or_train(cls, data_cfg, settings: ev.TrainSettings | None = None,

@@ -214,7 +214,8 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
     assert best == {"step": want_best, **kept[want_best], "relation": None,
                     "fid_floor": evaluate.floor, "setup": {
                         "dataset": "captioned_shapes/tiny_32", "image_size": 32,
-                        "num_samples": 8}}
+                        "num_samples": 8, "seed": config.seed + 2,
+                        "evaluator": evaluate.evaluator.fingerprint}}
     assert evaluate.best_step == want_best
 
 

@@ -32,3 +32,56 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
   assert "best.json" in caplog.text and "num_samples" in caplog.text
   other(State, 4, None)  # the first evaluation of this setup is the best so far
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 4
+
+
+def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
+    run, tiny_eval, tmp_path, caplog):  # noqa: F811
+  """A retrained (deleted cache) shapes evaluator, or another config.seed (the eval noise), scores
+  the same step differently: best.json names both, and a resume compares only like with like.
+  A best.json of an older version, without them, is still compared."""
+  import flax.serialization
+  import jax
+  from llmimg_jax.eval.in_training import TrainingEvaluator
+  from llmimg_jax.eval.shapes_eval import ShapesEvaluator
+  from llmimg_jax.sample import Sampler
+  data, cache = tiny_eval
+  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
+
+  class State:
+    ema_params, text_params = sampler.ema_params, sampler.text_params
+
+  config = tiny_config(data.data_dir)
+  config.eval.every, config.eval.num_samples = 2, 8
+  first = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+  first(State, 2, None)
+  setup = json.loads((tmp_path / "best.json").read_text())["setup"]
+  assert setup["seed"] == config.seed + 2
+  assert setup["evaluator"] == first.evaluator.fingerprint
+  assert len(setup["evaluator"]) == 16
+
+  config.seed += 1
+  with caplog.at_level(logging.WARNING):
+    assert TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path).best_step is None
+  assert "seed" in caplog.text
+  config.seed -= 1
+
+  # The cached evaluator retrained (other weights): its scores are not comparable.
+  msgpack, = (cache / "evaluator").glob("*.msgpack")
+  saved = msgpack.read_bytes()
+  params = jax.tree.map(lambda x: x * 1.01, first.evaluator.params)
+  msgpack.write_bytes(flax.serialization.to_bytes(params))
+  try:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      retrained = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+    assert retrained.evaluator.fingerprint != first.evaluator.fingerprint
+    assert retrained.best_step is None and "evaluator" in caplog.text
+  finally:
+    msgpack.write_bytes(saved)
+  assert ShapesEvaluator.load_or_train(data).fingerprint == first.evaluator.fingerprint
+
+  # An older best.json (no seed, no evaluator) keeps its best.
+  best = json.loads((tmp_path / "best.json").read_text())
+  del best["setup"]["seed"], best["setup"]["evaluator"]
+  (tmp_path / "best.json").write_text(json.dumps(best))
+  assert TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path).best_step == 2
