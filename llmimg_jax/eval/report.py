@@ -1,6 +1,7 @@
 """evaluate.py's work: sample a run's EMA generator on a split's captions and measure it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -77,7 +78,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": name, "evaluator": evaluator.meta,
-             "splits": {}}
+             **_inception_sources(inception, ref_stats), "splits": {}}
   ref_info = fid.statistics_info(ref_stats) if ref_stats else {}
   for split in splits:
     t0 = time.perf_counter()
@@ -145,9 +146,10 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
   each split against `ref_stats`, or else against those N real images (centre crop, resized)."""
   all_splits = load_source(data_cfg).all_splits
   splits = _check_splits(splits, [default_split(all_splits)], all_splits, data_cfg.name)
-  results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name, "splits": {}}
   given_ref = (fid.load_statistics(ref_stats, getattr(features, "dim", None)) if ref_stats
                else None)  # read once, for every split; its size checked before sampling
+  results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name,
+             **_inception_sources(features, ref_stats), "splits": {}}
   for split in splits:
     t0 = time.perf_counter()
     source = load_source(data_cfg, split)
@@ -168,6 +170,18 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
         "reference": ref_stats or f"{len(records)} real {split} images",
         "seconds": time.perf_counter() - t0}
   return results
+
+
+def _inception_sources(features, ref_stats: str | None) -> dict:
+  """What the Inception FIDs are of: the weights and the reference statistics file (path, sha256
+  and what --write_stats recorded in it)."""
+  sources = {} if features is None else {"inception_weights": getattr(features, "source", None)}
+  if ref_stats:
+    with open(ref_stats, "rb") as f:
+      digest = hashlib.file_digest(f, "sha256").hexdigest()
+    sources["ref_stats"] = {"path": str(ref_stats), "sha256": digest,
+                            **fid.statistics_info(ref_stats)}
+  return sources
 
 
 PUBLISHED_FID_IMAGES = 30_000  # COCO val captions, as DF-GAN and most text-to-image papers

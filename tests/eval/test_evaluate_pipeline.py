@@ -105,6 +105,9 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
   assert results["dataset"] == "captioned_folder" and list(results["splits"]) == ["train"]
   r = results["splits"]["train"]
   assert r["num_images"] == 8 and r["reference"] == str(tmp_path / "ref.npz")
+  assert results["inception_weights"] == _MeanStdFeatures.source
+  assert results["ref_stats"]["path"] == str(tmp_path / "ref.npz")
+  assert results["ref_stats"]["num_images"] == 10 and len(results["ref_stats"]["sha256"]) == 64
   sampler = Sampler.from_workdir(str(folder_run.workdir))
   source = load_source(sampler.config.data)
   generated = generate_for_captions(

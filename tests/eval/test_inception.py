@@ -6,6 +6,8 @@ and pytorch-fid (pip install torch==2.14.1 torchvision==0.29.1 pytorch-fid==0.3.
 skipped with the reason otherwise. No weights are downloaded: pytorch-fid's `fid_inception_v3` is
 replaced by the same construction without its `load_state_dict_from_url`.
 """
+import hashlib
+
 import jax
 import numpy as np
 import pytest
@@ -121,3 +123,6 @@ def test_features_refuse_images_that_are_not_uint8_hwc(tmp_path):
       features(images)
     assert why in str(e.value)
   assert features(np.uint8(good * 255)).shape == (2, 2048)
+  # What evaluate.py's results record of the weights.
+  assert features.source == {"path": str(weights),
+                             "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}

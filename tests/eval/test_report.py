@@ -1,5 +1,6 @@
 """evaluate.py's results: strict JSON files named by what they hold, the Inception rows of a
 captioned_shapes run, and clear errors."""
+import hashlib
 import json
 import math
 import os
@@ -41,9 +42,15 @@ def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(  # noq
   for split in ("test", "train"):
     path = tmp_path / f"{split}.npz"
     fid.save_statistics(path, mu, sigma, num_images=8, dataset=dataset_id(data), split=split)
-    rows[split] = evaluate_run(str(run.workdir), splits=["test"], num_samples=8, batch_size=8,
-                               data_dir=data.data_dir, inception_weights="inception.pth",
-                               ref_stats=str(path))["splits"]["test"]
+    results = evaluate_run(str(run.workdir), splits=["test"], num_samples=8, batch_size=8,
+                           data_dir=data.data_dir, inception_weights="inception.pth",
+                           ref_stats=str(path))
+    rows[split] = results["splits"]["test"]
+    # The results name what their Inception FIDs are of: the weights and the statistics file.
+    assert results["inception_weights"] == _MeanStdFeatures.source
+    assert results["ref_stats"] == {
+        "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "num_images": 8, "dataset": dataset_id(data), "split": split}
   sampler = Sampler.from_workdir(str(run.workdir))
   images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
                                  sampler.tokenizer, [c[0] for c in real.captions], 0, 8)
