@@ -28,6 +28,8 @@ class CaptionExpander:
   A caption's whitespace is collapsed (one space between words, none at the ends: the decoded
   text keeps what the model generated). An empty expansion falls back to the prompt itself, with
   a warning.
+  Prompts are generated up to `batch_size` at a time, in batches of 1, 2, 4, ... rows (padded by
+  repeating the last prompt), so calls with any number of prompts share a few compiled programs.
   """
   generator: TextGenerator
   template: str = DEFAULT_TEMPLATE
@@ -77,7 +79,7 @@ class CaptionExpander:
     seeds = np.array([zlib.crc32(f"{self.seed}\0{text}".encode("utf-8", "surrogatepass"))
                       for text in inputs], np.uint32)
     captions: list[str] = []
-    size = min(self.batch_size, len(inputs))
+    size = batch_bucket(len(inputs), self.batch_size)  # 1, 2, 4, ...: few compiled generations
     for start in range(0, len(inputs), size):
       # The last chunk repeats its last input: one compiled generation for every chunk.
       rows = np.minimum(np.arange(start, start + size), len(inputs) - 1)
@@ -93,6 +95,16 @@ class CaptionExpander:
         caption = prompt
       result.append(caption)
     return result
+
+
+def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:
+  """Rows of a compiled batch for `count` items: the smallest `multiple` * 2**k that holds them,
+  at most `cap` (a multiple of `multiple`). Calls with 1, 2, 3, 5... items then share a few
+  compiled programs (1 + log2(cap / multiple) or so) instead of compiling one per count."""
+  size = multiple
+  while size < min(count, cap):
+    size *= 2
+  return min(size, cap)
 
 
 def check_template(template: str) -> None:

@@ -9,6 +9,11 @@ whatever the batch size, device count, or the other prompts in the call (up to a
 XLA's float rounding differs between batch shapes), and a grid's columns compare prompts under
 the same noise.
 
+Batches. A call's images are generated in batches of n_dev * 2**k rows (n_dev: the mesh's
+devices), the smallest that holds them, at most batch_size; padding rows repeat earlier images and
+are cut off. So calls of any size share a few compiled programs (one per bucket and truncation),
+not one per image count.
+
 Truncation (DF-GAN's truncation trick): with `truncation=t`, each z entry is t times a draw from
 the standard normal truncated to [-2, 2] (`jax.random.truncated_normal`; DF-GAN's
 `truncated_noise`: `t * truncnorm.rvs(-2, 2)`), so 0.88, DF-GAN's sampling value, means the same
@@ -32,6 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.gan.common import image_noise
+from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.sample.restore import as_int, restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
@@ -210,7 +216,7 @@ class Sampler:
     rows = np.repeat(np.arange(len(prompts)), num_per_prompt)  # [total] prompt of each image
     columns = np.tile(np.arange(num_per_prompt, dtype=np.int32), len(prompts))  # [total]
     n_dev = self.mesh.devices.size
-    batch = min(self.batch_size, -(-total // n_dev) * n_dev)
+    batch = batch_bucket(total, self.batch_size, n_dev)  # n_dev * 2**k: few compiled programs
     t0 = time.perf_counter()
     compiled = self._executable(batch, truncation)
     compile_seconds = time.perf_counter() - t0
