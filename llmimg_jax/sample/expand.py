@@ -44,6 +44,8 @@ class CaptionExpander:
   def __post_init__(self):
     check_options(self.template, self.max_new_tokens, self.num_beams, self.do_sample,
                   self.temperature, self.top_p)
+    for name in ("batch_size", "seed"):
+      _check_int(getattr(self, name), f"expand {name}")
     if self.batch_size < 1:
       raise ValueError(f"expand batch_size={self.batch_size} must be >= 1.")
 
@@ -107,6 +109,12 @@ def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:
   return min(size, cap)
 
 
+def _check_int(value: Any, name: str) -> None:
+  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
+
+
 def check_template(template: str) -> None:
   """A str.format template whose fields are all exactly {prompt} (conversions and format specs
   allowed, e.g. {prompt!r}); ValueError otherwise."""
@@ -137,8 +145,11 @@ def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
 
 def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
                   temperature: float, top_p: float) -> None:
-  """CaptionExpander's options (ValueError if one is bad), to check before a model loads."""
+  """CaptionExpander's options (ValueError if one is bad; TypeError for a count that is not an
+  int), to check before a model loads."""
   check_template(template)
+  for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+    _check_int(value, f"expand {name}")
   if max_new_tokens < 1:
     raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
   if num_beams < 1:

@@ -153,6 +153,7 @@ class Sampler:
   def __init__(self, models: Models, tokenizer: TextTokenizer, ema_params: Any,
                text_params: Any, *, mesh: jax.sharding.Mesh, step: int | None = None,
                batch_size: int = 64, expander: Expander | None = None):
+    _check_integer(batch_size, "Sampler batch_size")
     if batch_size < 1:
       raise ValueError(f"Sampler batch_size={batch_size} must be >= 1 (images per call of the "
                        "generator, rounded up to a multiple of the device count).")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+import types
 
 import numpy as np
 import pytest
 
-from llmimg_jax.sample import restore_for_sampling
+from llmimg_jax.sample import CaptionExpander, Sampler, restore_for_sampling
+from llmimg_jax.sample.expand import DEFAULT_TEMPLATE, check_options
 
 
 @pytest.mark.parametrize("step", ["2", 2.0, True])
@@ -39,3 +41,32 @@ def test_numpy_integer_count_and_seed_sample(sampler):
   images = sampler(["a red circle"], seed=np.int64(3), num_per_prompt=np.int32(2))
   assert images.shape[0] == 2
   assert np.array_equal(images, sampler(["a red circle"], seed=3, num_per_prompt=2))
+
+
+@pytest.mark.parametrize("batch_size", [2.5, 16.0, True, "16"])
+def test_a_sampler_batch_size_that_is_not_an_int_is_named(sampler, batch_size):
+  """batch_size=16.0 was accepted, then a call needing a full float batch failed in range();
+  True was taken as 1."""
+  with pytest.raises(TypeError, match=re.escape(
+      f"Sampler batch_size={batch_size!r} is a {type(batch_size).__name__}; pass an int.")):
+    Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
+            mesh=sampler.mesh, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("max_new_tokens", 3.5), ("max_new_tokens", True), ("num_beams", 2.0), ("batch_size", 2.5),
+    ("batch_size", True), ("seed", 1.0),
+])
+def test_expander_counts_and_seed_that_are_not_ints_are_named(name, value):
+  """max_new_tokens=3.5 was cut to 3 without a word (num_beams likewise), batch_size=2.5 failed
+  as range()'s "'float' object cannot be interpreted as an integer", and seed=1.0 drew other
+  sampled captions than seed=1."""
+  with pytest.raises(TypeError, match=re.escape(
+      f"expand {name}={value!r} is a {type(value).__name__}; pass an int.")):
+    CaptionExpander(types.SimpleNamespace(), **{name: value})
+
+
+def test_check_options_refuses_float_counts():
+  """sample.py checks the expansion options before the model loads, with the same messages."""
+  with pytest.raises(TypeError, match=re.escape("expand num_beams=1.5 is a float; pass an int.")):
+    check_options(DEFAULT_TEMPLATE, 8, 1.5, False, 1.0, 1.0)
