@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmimg_jax import cli
+from llmimg_jax.sample.restore import check_integer
 from llmimg_jax.text import TextGenerator
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class CaptionExpander:
     check_options(self.template, self.max_new_tokens, self.num_beams, self.do_sample,
                   self.temperature, self.top_p)
     for name in ("batch_size", "seed"):
-      _check_int(getattr(self, name), f"expand {name}")
+      check_integer(getattr(self, name), f"expand {name}")
     if self.batch_size < 1:
       raise ValueError(f"expand batch_size={self.batch_size} must be >= 1.")
 
@@ -109,12 +110,6 @@ def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:
   return min(size, cap)
 
 
-def _check_int(value: Any, name: str) -> None:
-  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not)."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
-
-
 def check_template(template: str) -> None:
   """A str.format template whose fields are all exactly {prompt} (conversions and format specs
   allowed, e.g. {prompt!r}); ValueError otherwise."""
@@ -149,7 +144,7 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
   int), to check before a model loads."""
   check_template(template)
   for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
-    _check_int(value, f"expand {name}")
+    check_integer(value, f"expand {name}")
   if max_new_tokens < 1:
     raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
   if num_beams < 1:

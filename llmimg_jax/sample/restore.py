@@ -104,6 +104,14 @@ def as_int(value: Any) -> int | None:
     return None
 
 
+def check_integer(value: Any, name: str) -> None:
+  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
+  images per prompt failed deep in jax.jit, a float seed as 'got JitTracer', 3.5 new tokens were
+  cut to 3."""
+  if as_int(value) is None:
+    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
+
+
 def _step_number(step: Any, steps: dict[int, Path]) -> int:
   """`step` as an int; a TypeError naming it for a str, float or bool, which were reported as
   'No checkpoint for step 4100; available steps: [4100]'."""

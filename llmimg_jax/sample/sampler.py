@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.gan.common import image_noise
 from llmimg_jax.sample.expand import batch_bucket
-from llmimg_jax.sample.restore import as_int, restore_for_sampling
+from llmimg_jax.sample.restore import check_integer, restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
@@ -112,7 +112,7 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
   """The truncation as a float, or a ValueError (TypeError for a count or seed that is not an int)
   naming the first bad value (with `flag` "--", as sample.py's flag)."""
   for name, value in (("num_per_prompt", num_per_prompt), ("seed", seed)):
-    _check_integer(value, f"{flag}{name}")
+    check_integer(value, f"{flag}{name}")
   if num_per_prompt < 1:
     raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
   if not 0 <= seed < 2**32:
@@ -121,13 +121,6 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
     raise ValueError(f"{flag}truncation={truncation} must be finite and > 0 (e.g. 0.88); leave it "
                      "unset for none.")
   return None if truncation is None else float(truncation)
-
-
-def _check_integer(value: Any, name: str) -> None:
-  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
-  images per prompt failed deep in jax.jit, a float seed as 'got JitTracer'."""
-  if as_int(value) is None:
-    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
 
 
 def _check_captions(captions: list[Any], num_prompts: int) -> None:
@@ -153,7 +146,7 @@ class Sampler:
   def __init__(self, models: Models, tokenizer: TextTokenizer, ema_params: Any,
                text_params: Any, *, mesh: jax.sharding.Mesh, step: int | None = None,
                batch_size: int = 64, expander: Expander | None = None):
-    _check_integer(batch_size, "Sampler batch_size")
+    check_integer(batch_size, "Sampler batch_size")
     if batch_size < 1:
       raise ValueError(f"Sampler batch_size={batch_size} must be >= 1 (images per call of the "
                        "generator, rounded up to a multiple of the device count).")
