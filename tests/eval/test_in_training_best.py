@@ -1,5 +1,5 @@
 """best.json across a resume: the best step's scores are only compared with scores of the same
-evaluation (test captions, image size, dataset)."""
+evaluation (test captions, image size, dataset, noise seed, evaluator weights)."""
 import json
 import logging
 
@@ -7,11 +7,9 @@ from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 from tests.train.utils import tiny_config
 
 
-def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
-    run, tiny_eval, tmp_path, caplog):  # noqa: F811
-  """Resumed with another config.eval.num_samples, the run compared its scores with a best.json
-  scored on other captions and kept (or beat) that step by a comparison that means nothing."""
-  from llmimg_jax.eval.in_training import TrainingEvaluator
+def _run_to_evaluate(run, tiny_eval):
+  """(the run's sampler, a state of its EMA weights, a config evaluating 8 captions every 2
+  steps)."""
   from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
   sampler = Sampler.from_workdir(run.workdir, batch_size=8)
@@ -21,6 +19,15 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
 
   config = tiny_config(data.data_dir)
   config.eval.every, config.eval.num_samples = 2, 8
+  return sampler, State, config
+
+
+def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
+    run, tiny_eval, tmp_path, caplog):  # noqa: F811
+  """Resumed with another config.eval.num_samples, the run compared its scores with a best.json
+  scored on other captions and kept (or beat) that step by a comparison that means nothing."""
+  from llmimg_jax.eval.in_training import TrainingEvaluator
+  sampler, State, config = _run_to_evaluate(run, tiny_eval)
   TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)(State, 2, None)
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 2
   same = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
@@ -43,15 +50,8 @@ def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
   import jax
   from llmimg_jax.eval.in_training import TrainingEvaluator
   from llmimg_jax.eval.shapes_eval import ShapesEvaluator
-  from llmimg_jax.sample import Sampler
   data, cache = tiny_eval
-  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
-
-  class State:
-    ema_params, text_params = sampler.ema_params, sampler.text_params
-
-  config = tiny_config(data.data_dir)
-  config.eval.every, config.eval.num_samples = 2, 8
+  sampler, State, config = _run_to_evaluate(run, tiny_eval)
   first = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   first(State, 2, None)
   setup = json.loads((tmp_path / "best.json").read_text())["setup"]
