@@ -11,8 +11,8 @@ the same noise.
 
 Batches. A call's images are generated in batches of n_dev * 2**k rows (n_dev: the mesh's
 devices), the smallest that holds them, at most batch_size; padding rows repeat earlier images and
-are cut off. So calls of any size share a few compiled programs (one per bucket and truncation),
-not one per image count.
+are cut off. So calls of any size share a few compiled programs (one per bucket, with truncation
+or without: its value is an argument), not one per image count.
 
 Truncation (DF-GAN's truncation trick): with `truncation=t`, each z entry is t times a draw from
 the standard normal truncated to [-2, 2] (`jax.random.truncated_normal`; DF-GAN's
@@ -134,8 +134,8 @@ def _check_captions(captions: list[Any], num_prompts: int) -> None:
                      "in order.")
 
 
-def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask, *,
-              truncation: float | None) -> jax.Array:
+def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask,
+              truncation: jax.Array | None) -> jax.Array:
   z = image_noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
   return generate_images(models, ema_params, text_params, z, input_ids, mask)  # [b, R, R, 3]
 
@@ -182,17 +182,20 @@ class Sampler:
     """uint8 [len(prompts) * num_per_prompt, R, R, 3]: images of prompt i at [i * n : (i+1) * n]."""
     return self.sample(prompts, seed, num_per_prompt, truncation).images
 
-  def _executable(self, batch: int, truncation: float | None):
-    key = (batch, truncation)
+  def _executable(self, batch: int, truncated: bool):
+    """The compiled generation of `batch` images; the truncation value is its last argument (a
+    float32 scalar), so a sweep over truncations reuses one program."""
+    key = (batch, truncated)
     if key not in self._compiled:
-      fn = jax.jit(functools.partial(_generate, self.models, truncation=truncation),
-                   in_shardings=(self._replicated,) * 3 + (self._batch,) * 3,
+      fn = jax.jit(functools.partial(_generate, self.models),
+                   in_shardings=(self._replicated,) * 3 + (self._batch,) * 3 + (self._replicated,),
                    out_shardings=self._batch)
       length = self.tokenizer.max_length
       args = (self.ema_params, self.text_params, jax.random.key(0),
               jax.ShapeDtypeStruct((batch,), jnp.int32),
               jax.ShapeDtypeStruct((batch, length), jnp.int32),
-              jax.ShapeDtypeStruct((batch, length), jnp.int32))
+              jax.ShapeDtypeStruct((batch, length), jnp.int32),
+              jax.ShapeDtypeStruct((), jnp.float32) if truncated else None)
       self._compiled[key] = fn.lower(*args).compile()
     return self._compiled[key]
 
@@ -212,16 +215,17 @@ class Sampler:
     n_dev = self.mesh.devices.size
     batch = batch_bucket(total, self.batch_size, n_dev)  # n_dev * 2**k: few compiled programs
     t0 = time.perf_counter()
-    compiled = self._executable(batch, truncation)
+    compiled = self._executable(batch, truncation is not None)
     compile_seconds = time.perf_counter() - t0
     key = jax.device_put(jax.random.key(seed), self._replicated)
+    t = None if truncation is None else jax.device_put(np.float32(truncation), self._replicated)
     outputs = []
     t0 = time.perf_counter()
     for start in range(0, total, batch):
       idx = np.arange(start, start + batch) % total  # the last batch wraps around: one shape
       ids, mask = tokens["input_ids"][rows[idx]], tokens["attention_mask"][rows[idx]]
       args = [jax.device_put(x, self._batch) for x in (columns[idx], ids, mask)]
-      outputs.append(compiled(self.ema_params, self.text_params, key, *args))
+      outputs.append(compiled(self.ema_params, self.text_params, key, *args, t))
     images = np.concatenate([np.asarray(jax.device_get(o)) for o in outputs])[:total]
     seconds = time.perf_counter() - t0
     log.info("Sampled %d images at %dx%d in %.2fs: %.1f images/s (compilation %.1fs).", total,

@@ -47,3 +47,19 @@ def test_buckets_are_powers_of_two_times_the_multiple_capped_at_the_batch_size()
       8, 8, 16, 32, 32, 40, 40, 40]
   assert [batch_bucket(n, 4) for n in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 4, 4]
   assert batch_bucket(1, 8, 8) == 8  # one image on 8 devices: one row each
+
+
+def test_sampler_compiles_one_program_for_every_truncation(sampler):
+  """The truncation was a constant of the compiled program: a sweep over 0.5, 0.7, 0.88, 1.0
+  compiled four programs. Now it is an argument: one for truncated noise, one for plain noise,
+  and a truncated image is the same whichever value compiled the program."""
+  s = Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
+              mesh=sampler.mesh, batch_size=8)
+  images = {t: s(["a red circle"], seed=3, num_per_prompt=8, truncation=t)
+            for t in (0.5, 0.7, 0.88, 1.0, None)}
+  assert len(s._compiled) == 2
+  fresh = Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
+                  mesh=sampler.mesh, batch_size=8)
+  np.testing.assert_array_equal(fresh(["a red circle"], seed=3, num_per_prompt=8,
+                                      truncation=0.88), images[0.88])
+  assert not np.array_equal(images[0.5], images[1.0])
