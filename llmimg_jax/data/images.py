@@ -1,4 +1,4 @@
-"""Robust decoding of user images to square uint8 RGB arrays (PIL only).
+"""Robust decoding of user images to square uint8 sRGB arrays (PIL only).
 
 Every failure is a `SkipImage` with a short reason, so a dataset build can count the reasons and
 carry on instead of crashing halfway.
@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from llmimg_jax.data import icc as icc_lib
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
@@ -46,25 +48,39 @@ def _sixteen_bit_samples(img: Image.Image) -> bool:
   return False
 
 
-def _to_rgb(img: Image.Image, sixteen_bit: bool = False) -> np.ndarray:
-  """Any PIL mode -> uint8 [h, w, 3]; transparency is composited over white. `sixteen_bit`: a
-  mode-I image's samples are 16-bit (`_sixteen_bit_samples`); otherwise mode I is taken as 16-bit
-  only when some value exceeds 255."""
+def _gray8(img: Image.Image, sixteen_bit: bool) -> Image.Image:
+  """A mode I/I;16*/F image -> mode L. `sixteen_bit`: a mode-I image's samples are 16-bit
+  (`_sixteen_bit_samples`); otherwise mode I is taken as 16-bit only when some value exceeds 255."""
   mode = img.mode
-  if mode in _HIGH_BIT_MODES or mode == "F":
-    a = np.asarray(img).astype(np.float64)  # [h, w]
-    if mode.startswith("I;16") or (mode == "I" and (sixteen_bit or a.max(initial=0) > 255)):
-      a = a / 257.0  # 16-bit range -> 8-bit
-    elif mode == "F" and a.max(initial=0) <= 1.0:
-      a = a * 255.0
-    gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-  has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
-  if has_alpha:
+  a = np.asarray(img).astype(np.float64)  # [h, w]
+  if mode.startswith("I;16") or (mode == "I" and (sixteen_bit or a.max(initial=0) > 255)):
+    a = a / 257.0  # 16-bit range -> 8-bit
+  elif mode == "F" and a.max(initial=0) <= 1.0:
+    a = a * 255.0
+  return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+  return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+
+
+def _to_rgb(img: Image.Image, sixteen_bit: bool = False,
+            notes: list[str] | None = None) -> np.ndarray:
+  """Any PIL mode -> uint8 [h, w, 3] sRGB: an embedded ICC profile is applied (`icc.to_srgb`;
+  an unusable one is appended to `notes` as "bad_icc"), then transparency is composited over
+  white. `sixteen_bit`: see `_gray8`."""
+  icc = img.info.get("icc_profile")
+  if img.mode in _HIGH_BIT_MODES or img.mode == "F":
+    img = _gray8(img, sixteen_bit)
+  if icc:
+    img = icc_lib.to_srgb(img, icc, _has_alpha(img), notes if notes is not None else [])
+  if _has_alpha(img):
     rgba = np.asarray(img.convert("RGBA"), np.float32)  # [h, w, 4]
     alpha = rgba[..., 3:] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+  if img.mode == "L":
+    return np.repeat(np.asarray(img, np.uint8)[..., None], 3, axis=-1)
   return np.asarray(img.convert("RGB"), np.uint8)
 
 
@@ -85,7 +101,8 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
 
   Returns (uint8 [size, size, 3], notes) where notes are oddities that still make an image (a PNG
   named .jpg, decoded by content; smaller than `size`; a centre crop that drops over half of
-  it). Raises SkipImage for anything unusable.
+  it; an ICC profile that cannot be applied, "bad_icc": raw values kept). Pixels tagged with an
+  ICC profile are converted to sRGB (`icc.to_srgb`). Raises SkipImage for anything unusable.
   """
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
@@ -134,7 +151,7 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
       img = ImageOps.exif_transpose(img)
     except Exception:  # malformed EXIF: keep the stored orientation  # pylint: disable=broad-except
       notes.append("bad_exif")
-    rgb = _to_rgb(img, sixteen_bit)  # [h, w, 3]
+    rgb = _to_rgb(img, sixteen_bit, notes)  # [h, w, 3]
   return resize_square(rgb, size), notes
 
 

@@ -1,13 +1,16 @@
 """images.load_image's decoding of odd files: PIL's pixel limit and data.max_pixels, camera JPEGs
-with a preview (MPO), 16-bit depths, palette transparency, and the notes on upscaled or mostly
-cropped images."""
+with a preview (MPO), 16-bit depths, palette transparency, the notes on upscaled or mostly
+cropped images, and ICC colour profiles (converted to sRGB)."""
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from llmimg_jax.data import images as images_lib
+from tests.data.utils import adobe_rgb_icc, linear_gray_icc
 
 
 def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
@@ -89,3 +92,77 @@ def test_a_transparent_palette_entry_is_composited_over_white(tmp_path):
   rgb, _ = images_lib.load_image(str(tmp_path / "t.png"), 8)
   assert rgb[:, :4].reshape(-1, 3).tolist() == [[255, 255, 255]] * 32
   assert rgb[:, 4:].reshape(-1, 3).tolist() == [[255, 0, 0]] * 32
+
+
+_INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
+_FLAGS = ImageCms.Flags.BLACKPOINTCOMPENSATION
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def _icc_reference(img: Image.Image, icc: bytes, out_mode: str) -> np.ndarray:
+  """ImageCms's own conversion of `img` (tagged `icc`) to sRGB: what load_image should store."""
+  profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+  return np.asarray(ImageCms.profileToProfile(img, profile, _SRGB, renderingIntent=_INTENT,
+                                              outputMode=out_mode, flags=_FLAGS))
+
+
+def test_an_icc_profile_is_converted_to_srgb(tmp_path):
+  """Pixels tagged with a wider-gamut profile (Adobe RGB) are stored as their sRGB colours, in
+  PNG and JPEG, with alpha composited over white after the conversion."""
+  rng = np.random.default_rng(0)
+  raw = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  icc = adobe_rgb_icc()
+  Image.fromarray(raw).save(tmp_path / "adobe.png", icc_profile=icc)
+  rgb, notes = images_lib.load_image(str(tmp_path / "adobe.png"), 8)
+  assert notes == []
+  np.testing.assert_array_equal(rgb, _icc_reference(Image.fromarray(raw), icc, "RGB"))
+  assert np.abs(rgb.astype(int) - raw).max() > 20  # not the raw values
+  Image.fromarray(raw).save(tmp_path / "adobe.jpg", icc_profile=icc, quality=95)
+  decoded = Image.open(tmp_path / "adobe.jpg").convert("RGB")
+  np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "adobe.jpg"), 8)[0],
+                                _icc_reference(decoded, icc, "RGB"))
+  rgba = np.concatenate([raw, np.full((8, 8, 1), 128, np.uint8)], -1)
+  Image.fromarray(rgba).save(tmp_path / "adobe_rgba.png", icc_profile=icc)
+  ref = _icc_reference(Image.fromarray(rgba), icc, "RGBA").astype(np.float32)
+  ref = np.rint(ref[..., :3] * (128 / 255) + 255 * (1 - 128 / 255))
+  np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "adobe_rgba.png"), 8)[0], ref)
+
+
+def test_grey_and_16bit_images_with_a_grey_profile_are_converted(tmp_path):
+  """A linear grey profile: mid grey (128, or 32896 in 16 bits) is sRGB ~188, not 128."""
+  icc = linear_gray_icc()
+  Image.new("L", (8, 8), 128).save(tmp_path / "grey.png", icc_profile=icc)
+  expected = _icc_reference(Image.new("L", (8, 8), 128), icc, "RGB")
+  assert 180 < expected[0, 0, 0] < 195
+  np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "grey.png"), 8)[0], expected)
+  Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "deep.png", icc_profile=icc)
+  assert Image.open(tmp_path / "deep.png").info["icc_profile"] == icc
+  np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "deep.png"), 8)[0], expected)
+  la = Image.merge("LA", (Image.new("L", (8, 8), 128), Image.new("L", (8, 8), 255)))
+  la.save(tmp_path / "grey_alpha.png", icc_profile=icc)
+  np.testing.assert_array_equal(
+      images_lib.load_image(str(tmp_path / "grey_alpha.png"), 8)[0], expected)
+
+
+def test_an_unusable_icc_profile_keeps_the_raw_values_with_a_note(tmp_path):
+  """Garbage profile bytes, or a profile of another colour space than the pixels (an RGB
+  profile on a CMYK JPEG): the image is still stored, as before, and noted "bad_icc"."""
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "bad.png", icc_profile=b"x" * 200)
+  rgb, notes = images_lib.load_image(str(tmp_path / "bad.png"), 8)
+  assert notes == ["bad_icc"]
+  np.testing.assert_array_equal(rgb, np.full((8, 8, 3), (200, 100, 50)))
+  cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
+  cmyk.save(tmp_path / "cmyk.jpg", icc_profile=adobe_rgb_icc(), quality=95)
+  rgb, notes = images_lib.load_image(str(tmp_path / "cmyk.jpg"), 8)
+  assert notes == ["bad_icc"]
+  np.testing.assert_array_equal(rgb, np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB")))
+
+
+def test_an_srgb_profile_leaves_the_values_as_stored(tmp_path):
+  """sRGB-tagged images (most camera and web images) store exactly what earlier builds did."""
+  raw = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  srgb = ImageCms.ImageCmsProfile(_SRGB).tobytes()
+  Image.fromarray(raw).save(tmp_path / "srgb.png", icc_profile=srgb)
+  rgb, notes = images_lib.load_image(str(tmp_path / "srgb.png"), 8)
+  assert notes == [] and np.array_equal(rgb, raw)
+

@@ -1,0 +1,55 @@
+"""Test fixtures for tests/data: small ICC profiles built byte by byte (no system profiles
+needed), so colour-management tests use real profiles with known primaries and curves."""
+from __future__ import annotations
+
+import struct
+
+_D50 = (0.9642, 1.0, 0.8249)
+
+
+def _s15(v: float) -> bytes:
+  return struct.pack(">i", round(v * 65536))  # s15Fixed16Number
+
+
+def _xyz(x: float, y: float, z: float) -> bytes:
+  return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def _curve(gamma: float) -> bytes:
+  return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+
+
+def _desc(text: str) -> bytes:
+  """An ICC v2 textDescriptionType (ASCII part only)."""
+  ascii_ = text.encode("ascii") + b"\0"
+  return (b"desc\0\0\0\0" + struct.pack(">I", len(ascii_)) + ascii_ + struct.pack(">II", 0, 0)
+          + b"\0\0\0" + b"\0" * 67)
+
+
+def icc_profile(space: bytes, description: str, tags: dict[str, bytes]) -> bytes:
+  """An ICC v2 display profile of colour space `space` (b"RGB ", b"GRAY") with `tags`."""
+  tags = {"desc": _desc(description), "wtpt": _xyz(*_D50), **tags}
+  table, data = b"", b""
+  start = 128 + 4 + 12 * len(tags)
+  for sig, body in tags.items():
+    body += b"\0" * (-len(body) % 4)
+    table += sig.encode() + struct.pack(">II", start + len(data), len(body))
+    data += body
+  header = struct.pack(">I4sI4s4s4s", start + len(data), b"\0" * 4, 0x02100000, b"mntr", space,
+                       b"XYZ ")
+  header += b"\0" * 12 + b"acsp" + b"\0" * 28 + b"".join(_s15(v) for v in _D50)
+  header += b"\0" * (128 - len(header))
+  return header + struct.pack(">I", len(tags)) + table + data
+
+
+def adobe_rgb_icc() -> bytes:
+  """Adobe RGB (1998)'s primaries (D50-adapted) and gamma 563/256: wider than sRGB."""
+  gamma = _curve(563 / 256)
+  return icc_profile(b"RGB ", "Adobe-RGB-like test profile", {
+      "rXYZ": _xyz(0.60974, 0.31111, 0.01947), "gXYZ": _xyz(0.20528, 0.62567, 0.06087),
+      "bXYZ": _xyz(0.14919, 0.06322, 0.74457), "rTRC": gamma, "gTRC": gamma, "bTRC": gamma})
+
+
+def linear_gray_icc() -> bytes:
+  """A greyscale profile with a linear (gamma 1) tone curve: mid grey 128 is sRGB ~188."""
+  return icc_profile(b"GRAY", "linear grey test profile", {"kTRC": _curve(1.0)})
