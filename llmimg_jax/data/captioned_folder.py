@@ -160,12 +160,15 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
         "skipped_examples": {k: (line_skips.examples[k] + image_skips.examples[k])[
             :MAX_EXAMPLES_PER_REASON] for k in sorted(skipped)},
         "notes": dict(sorted(notes.counts.items())),
+        "fixes": {k: v for k, v in images.DECODER_FIXES.items() if k in skipped},
     }
     self.info.metadata["summary"] = summary
     log_fn = log.warning if skipped else log.info
     log_fn("captioned_folder %s: %d examples; skipped %d caption lines and %d images: %s; "
-           "notes: %s", folder, index, summary["skipped_lines"], summary["skipped_images"],
-           summary["skipped"] or "none", summary["notes"] or "none")
+           "notes: %s%s", folder, index, summary["skipped_lines"], summary["skipped_images"],
+           summary["skipped"] or "none", summary["notes"] or "none",
+           "".join(f". {fix}, then delete {self.data_dir} to rebuild"
+                   for fix in summary["fixes"].values()))
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
                         f"{summary['skipped']}). {_advice(line_skips, image_skips, captioned)}")
@@ -180,6 +183,7 @@ _ADVICE = {
     "empty_caption": "Every caption is blank; write a caption for each image.",
     "invalid_utf8": "Save the captions file as UTF-8.",
     "extra_csv_cells": "Quote the captions that contain commas, or make the caption column last.",
+    **images.DECODER_FIXES,
 }
 
 
@@ -187,8 +191,9 @@ def _advice(line_skips: Skips, image_skips: Skips, captioned: list[str]) -> str:
   """What to fix when no example was made: the images if captions named some, else the lines."""
   if captioned:
     reason = max(set(image_skips.counts) - {"no_caption"}, key=image_skips.counts.get)
+    fix = f" {_ADVICE[reason].rstrip('.')}." if reason in _ADVICE else ""
     return (f"None of the captioned images could be read ({reason}, e.g. "
-            f"{image_skips.examples[reason][0]}).")
+            f"{image_skips.examples[reason][0]}).{fix}")
   if not line_skips.counts:
     return ("The captions file names no image. Add a line per image, e.g. "
             '{"file": "a.jpg", "caption": "..."}.')

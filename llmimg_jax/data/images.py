@@ -11,19 +11,29 @@ import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from llmimg_jax.data import icc as icc_lib
 
+# Every image file a folder may hold (its fingerprint, its uncaptioned images); whether this
+# install decodes each: `_check_decoder` (AVIF needs a Pillow built with it, HEIC/HEIF the
+# pillow-heif plugin, which is not a dependency).
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-    ".pnm", ".tga", ".ico", ".jfif"})
+    ".pnm", ".tga", ".ico", ".jfif", ".avif", ".heic", ".heif"})
 # What PIL's `format` may be for each extension; anything else is loaded but noted.
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
             ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".tga": "TGA",
-            ".ico": "ICO", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM"}
+            ".ico": "ICO", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM",
+            ".avif": "AVIF", ".heic": "HEIF", ".heif": "HEIF"}
+# Skip reasons of images this install cannot decode -> the fix (captioned_folder reports them).
+DECODER_FIXES = {
+    "needs_pillow_heif": "HEIC/HEIF images need the pillow-heif plugin: pip install pillow-heif",
+    "needs_pillow_avif": "AVIF images need a Pillow built with AVIF: pip install -U pillow",
+}
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
+_heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
 
 
 class SkipImage(Exception):
@@ -84,6 +94,23 @@ def _to_rgb(img: Image.Image, sixteen_bit: bool = False,
   return np.asarray(img.convert("RGB"), np.uint8)
 
 
+def _check_decoder(ext: str) -> None:
+  """Raises SkipImage naming the fix if this install cannot decode `ext` files."""
+  global _heif_registered
+  if ext == ".avif" and not features.check("avif"):
+    raise SkipImage("needs_pillow_avif", DECODER_FIXES["needs_pillow_avif"])
+  if ext in (".heic", ".heif"):
+    if _heif_registered is None:
+      try:
+        import pillow_heif  # pylint: disable=g-import-not-at-top  # optional, not a dependency
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+      except ImportError:
+        _heif_registered = False
+    if not _heif_registered:
+      raise SkipImage("needs_pillow_heif", DECODER_FIXES["needs_pillow_heif"])
+
+
 @contextlib.contextmanager
 def _pil_pixel_limit(limit: int | None):
   """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
@@ -107,6 +134,7 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
     raise SkipImage("unsupported_extension", ext or "(none)")
+  _check_decoder(ext)
   if not os.path.isfile(path):
     raise SkipImage("unknown_file", path)
   if os.path.getsize(path) == 0:

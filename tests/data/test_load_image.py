@@ -1,13 +1,14 @@
 """images.load_image's decoding of odd files: PIL's pixel limit and data.max_pixels, camera JPEGs
 with a preview (MPO), 16-bit depths, palette transparency, the notes on upscaled or mostly
-cropped images, and ICC colour profiles (converted to sRGB)."""
+cropped images, ICC colour profiles (converted to sRGB) and AVIF/HEIC files."""
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, features
 
 from llmimg_jax.data import images as images_lib
 from tests.data.utils import adobe_rgb_icc, linear_gray_icc
@@ -166,3 +167,19 @@ def test_an_srgb_profile_leaves_the_values_as_stored(tmp_path):
   rgb, notes = images_lib.load_image(str(tmp_path / "srgb.png"), 8)
   assert notes == [] and np.array_equal(rgb, raw)
 
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow is built without AVIF")
+def test_avif_is_read_when_pillow_has_it(tmp_path):
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "a.avif", quality=100)
+  rgb, notes = images_lib.load_image(str(tmp_path / "a.avif"), 8)
+  assert notes == []
+  np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0), (200, 100, 50), atol=4)
+
+
+def test_heic_without_pillow_heif_is_skipped_naming_the_fix(tmp_path, monkeypatch):
+  """HEIC/HEIF need the pillow-heif plugin (not a dependency): without it the skip says so."""
+  monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not importable
+  monkeypatch.setattr(images_lib, "_heif_registered", None)  # checked afresh
+  (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  with pytest.raises(images_lib.SkipImage, match=r"needs_pillow_heif.*pip install pillow-heif"):
+    images_lib.load_image(str(tmp_path / "phone.heic"), 8)

@@ -1,0 +1,73 @@
+"""captioned_folder with colour-managed and newer formats: ICC-tagged images stored as sRGB,
+AVIF read and HEIC skipped naming its plugin."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, features
+
+from llmimg_jax.data import captioned_folder
+from llmimg_jax.data import images as images_lib
+from tests.data.utils import adobe_rgb_icc
+
+
+def _folder(root, files: dict[str, bool]) -> None:
+  """Captions for each file whose value is True."""
+  lines = [json.dumps({"file": f, "caption": f"a picture {f}"}) for f, cap in files.items() if cap]
+  (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _records(builder) -> dict[str, dict]:
+  source = builder.as_data_source("train")
+  return {source[i]["file_name"].decode(): source[i] for i in range(len(source))}
+
+
+def test_profiled_images_are_stored_as_srgb_and_bad_profiles_noted(tmp_path):
+  raw = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  Image.fromarray(raw).save(tmp_path / "adobe.png", icc_profile=adobe_rgb_icc())
+  Image.fromarray(raw).save(tmp_path / "bad.png", icc_profile=b"not a profile" * 20)
+  _folder(tmp_path, {"adobe.png": True, "bad.png": True})
+  builder, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["notes"] == {"bad_icc": 1}
+  records = _records(builder)
+  expected, _ = images_lib.load_image(str(tmp_path / "adobe.png"), 8)
+  np.testing.assert_array_equal(records["adobe.png"]["image"], expected)
+  assert not np.array_equal(records["adobe.png"]["image"], raw)
+  np.testing.assert_array_equal(records["bad.png"]["image"], raw)
+
+
+def test_heic_without_its_plugin_is_a_skip_reason_naming_the_fix(tmp_path, monkeypatch, caplog):
+  """A captioned .heic is skipped as needs_pillow_heif (the summary's fixes and the log say
+  `pip install pillow-heif`); an uncaptioned .heif is an image without a caption, not ignored."""
+  monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not importable
+  monkeypatch.setattr(images_lib, "_heif_registered", None)
+  Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+  (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  (tmp_path / "other.heif").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  files = {"a.png": True, "phone.heic": True}
+  if features.check("avif"):
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "new.avif", quality=100)
+    files["new.avif"] = True
+  _folder(tmp_path, files)
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    builder, summary = captioned_folder.build_folder(
+        str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["skipped"] == {"needs_pillow_heif": 1, "no_caption": 1}
+  assert summary["skipped_examples"]["needs_pillow_heif"] == ["phone.heic"]
+  assert "pip install pillow-heif" in summary["fixes"]["needs_pillow_heif"]
+  assert "pip install pillow-heif" in caplog.text
+  assert sorted(_records(builder)) == sorted(f for f in files if f != "phone.heic")
+
+
+def test_a_folder_of_only_heic_fails_naming_the_plugin(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "pillow_heif", None)
+  monkeypatch.setattr(images_lib, "_heif_registered", None)
+  (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  _folder(tmp_path, {"phone.heic": True})
+  with pytest.raises(captioned_folder.FolderError,
+                     match=r"\(needs_pillow_heif, e.g. phone.heic\)\. .*pip install pillow-heif"):
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
