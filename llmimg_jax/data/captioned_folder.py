@@ -77,9 +77,19 @@ def fingerprint(folder: str) -> str:
 
 
 def warn_if_changed(builder: "CaptionedFolder") -> bool:
-  """Logs a warning (and returns True) if the folder changed since `builder`'s build."""
-  built = dict((builder.info.metadata or {}).get("summary") or {}).get("fingerprint")
+  """Logs a warning (and returns True) if `builder`'s build was made by an older image decoder
+  (`images.DECODER_VERSION`: other pixels for some files) or the folder changed since."""
+  summary = dict((builder.info.metadata or {}).get("summary") or {})
+  built, decoder = summary.get("fingerprint"), summary.get("decoder", 1)
   folder = builder.builder_config.folder
+  if summary and decoder < images.DECODER_VERSION:
+    log.warning(
+        "captioned_folder: %s was built by an older image decoder (version %d, now %d: %s); "
+        "training and evaluation read that build as it is. To rebuild it with the current "
+        "decoder, delete that directory; a run started on the old build then cannot resume its "
+        "data position, so give it a new --workdir.", builder.data_dir, decoder,
+        images.DECODER_VERSION, _DECODER_CHANGES)
+    return True
   if not os.path.isdir(folder):
     log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
     return False
@@ -93,9 +103,17 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   return True
 
 
+_DECODER_CHANGES = ("ICC colour profiles (Adobe RGB, Display P3, CMYK) are now converted to sRGB "
+                    "and .avif/.heic/.heif images read, so such images differ or were skipped")
+
+
 class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
   """Your own images and captions. Pass `config=folder_config(folder, image_size)`."""
 
+  # Decoder changes are versioned in the build's summary (images.DECODER_VERSION; warn_if_changed
+  # flags older builds), not here: a new VERSION is a new directory, so a run resuming on its
+  # build would silently read a rebuild (other pixels, other indices) and a build whose folder
+  # is gone would no longer be found.
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
@@ -161,6 +179,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
             :MAX_EXAMPLES_PER_REASON] for k in sorted(skipped)},
         "notes": dict(sorted(notes.counts.items())),
         "fixes": {k: v for k, v in images.DECODER_FIXES.items() if k in skipped},
+        "decoder": images.DECODER_VERSION,
     }
     self.info.metadata["summary"] = summary
     log_fn = log.warning if skipped else log.info

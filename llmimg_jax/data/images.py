@@ -31,6 +31,10 @@ DECODER_FIXES = {
     "needs_pillow_heif": "HEIC/HEIF images need the pillow-heif plugin: pip install pillow-heif",
     "needs_pillow_avif": "AVIF images need a Pillow built with AVIF: pip install -U pillow",
 }
+# Bumped whenever the same file decodes to other stored pixels, so that captioned_folder flags
+# builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
+# converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read.
+DECODER_VERSION = 2
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried

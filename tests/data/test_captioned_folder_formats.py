@@ -1,15 +1,16 @@
 """captioned_folder with colour-managed and newer formats: ICC-tagged images stored as sRGB,
-AVIF read and HEIC skipped naming its plugin."""
+AVIF read, HEIC skipped naming its plugin, and builds by an older decoder flagged."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image, features
 
-from llmimg_jax.data import captioned_folder
+from llmimg_jax.data import captioned_folder, pipeline
 from llmimg_jax.data import images as images_lib
 from tests.data.utils import adobe_rgb_icc
 
@@ -61,6 +62,36 @@ def test_heic_without_its_plugin_is_a_skip_reason_naming_the_fix(tmp_path, monke
   assert "pip install pillow-heif" in summary["fixes"]["needs_pillow_heif"]
   assert "pip install pillow-heif" in caplog.text
   assert sorted(_records(builder)) == sorted(f for f in files if f != "phone.heic")
+
+
+def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
+  """Builds record images.DECODER_VERSION. One made before ICC profiles were applied (no
+  "decoder" in its summary) is still read as built (a run resumes on it), with a warning that
+  names what differs and how to rebuild; deleting it rebuilds with the current decoder."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png", icc_profile=adobe_rgb_icc())
+  _folder(folder, {"a.png": True})
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), image_size=8,
+              data_dir=str(tmp_path / "tfds"))
+  pipeline.load_source(data)
+  builder = pipeline.folder_builder(data)
+  assert captioned_folder.summary_of(builder)["decoder"] == images_lib.DECODER_VERSION >= 2
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    pipeline.load_source(data)
+  assert "older image decoder" not in caplog.text and "changed since" not in caplog.text
+  meta_path = os.path.join(builder.data_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  del meta["summary"]["decoder"]  # as a build before this version wrote it
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    assert len(pipeline.load_source(data)) == 1
+  assert "built by an older image decoder" in caplog.text and "ICC" in caplog.text
+  assert str(builder.data_dir) in caplog.text
+  assert captioned_folder.warn_if_changed(pipeline.folder_builder(data))
 
 
 def test_a_folder_of_only_heic_fails_naming_the_plugin(tmp_path, monkeypatch):
