@@ -102,3 +102,14 @@ def test_a_folder_of_only_heic_fails_naming_the_plugin(tmp_path, monkeypatch):
   with pytest.raises(captioned_folder.FolderError,
                      match=r"\(needs_pillow_heif, e.g. phone.heic\)\. .*pip install pillow-heif"):
     captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+
+
+def test_the_fingerprint_counts_avif_and_heic_files(tmp_path):
+  """A .avif/.heic added to a built folder is an edit (warn_if_changed), as a .png is."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  _folder(tmp_path, {"a.png": True})
+  before = captioned_folder.fingerprint(str(tmp_path))
+  (tmp_path / "b.heic").write_bytes(b"\0" * 32)
+  after_heic = captioned_folder.fingerprint(str(tmp_path))
+  (tmp_path / "c.avif").write_bytes(b"\0" * 32)
+  assert len({before, after_heic, captioned_folder.fingerprint(str(tmp_path))}) == 3

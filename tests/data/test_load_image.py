@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -183,3 +184,27 @@ def test_heic_without_pillow_heif_is_skipped_naming_the_fix(tmp_path, monkeypatc
   (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
   with pytest.raises(images_lib.SkipImage, match=r"needs_pillow_heif.*pip install pillow-heif"):
     images_lib.load_image(str(tmp_path / "phone.heic"), 8)
+
+
+def test_pillow_heif_is_registered_once_when_installed(tmp_path, monkeypatch):
+  """With pillow-heif importable its opener is registered (once) and .heic files are opened by
+  PIL: this stand-in plugin registers nothing, so the file is unreadable, not needs_pillow_heif."""
+  calls = []
+  plugin = types.ModuleType("pillow_heif")
+  plugin.register_heif_opener = lambda: calls.append(1)
+  monkeypatch.setitem(sys.modules, "pillow_heif", plugin)
+  monkeypatch.setattr(images_lib, "_heif_registered", None)
+  (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  for _ in range(2):
+    with pytest.raises(images_lib.SkipImage, match="unreadable"):
+      images_lib.load_image(str(tmp_path / "phone.heic"), 8)
+  assert calls == [1]
+
+
+def test_a_palette_image_with_a_profile_is_converted(tmp_path):
+  raw = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  Image.fromarray(raw).quantize(16).save(tmp_path / "p.png", icc_profile=adobe_rgb_icc())
+  decoded = Image.open(tmp_path / "p.png")
+  assert decoded.mode == "P"
+  np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "p.png"), 8)[0],
+                                _icc_reference(decoded.convert("RGB"), adobe_rgb_icc(), "RGB"))
