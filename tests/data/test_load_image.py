@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageCms, features
 
 from llmimg_jax.data import images as images_lib
-from tests.data.utils import adobe_rgb_icc, linear_gray_icc
+from tests.data.utils import adobe_rgb_icc, linear_gray_icc, naive_cmyk_icc
 
 
 def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
@@ -208,3 +208,16 @@ def test_a_palette_image_with_a_profile_is_converted(tmp_path):
   assert decoded.mode == "P"
   np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "p.png"), 8)[0],
                                 _icc_reference(decoded.convert("RGB"), adobe_rgb_icc(), "RGB"))
+
+
+def test_a_cmyk_jpeg_with_a_cmyk_profile_is_converted_by_it(tmp_path):
+  """A CMYK JPEG's colours come from its profile's lookup table, not PIL's naive formula."""
+  icc = naive_cmyk_icc()
+  Image.new("CMYK", (8, 8), (0, 128, 255, 40)).save(tmp_path / "press.jpg", icc_profile=icc,
+                                                     quality=95)
+  decoded = Image.open(tmp_path / "press.jpg")
+  assert decoded.mode == "CMYK"
+  rgb, notes = images_lib.load_image(str(tmp_path / "press.jpg"), 8)
+  assert notes == []
+  np.testing.assert_array_equal(rgb, _icc_reference(decoded, icc, "RGB"))
+  assert np.abs(rgb.astype(int) - np.asarray(decoded.convert("RGB"))).max() > 20

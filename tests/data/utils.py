@@ -2,7 +2,11 @@
 needed), so colour-management tests use real profiles with known primaries and curves."""
 from __future__ import annotations
 
+import itertools
 import struct
+
+import numpy as np
+from PIL import Image, ImageCms
 
 _D50 = (0.9642, 1.0, 0.8249)
 
@@ -53,3 +57,20 @@ def adobe_rgb_icc() -> bytes:
 def linear_gray_icc() -> bytes:
   """A greyscale profile with a linear (gamma 1) tone curve: mid grey 128 is sRGB ~188."""
   return icc_profile(b"GRAY", "linear grey test profile", {"kTRC": _curve(1.0)})
+
+
+def naive_cmyk_icc() -> bytes:
+  """A CMYK (printer-class, Lab PCS) profile with one 2-point-per-ink lookup table: its corners
+  are the naive CMYK colours (PIL's convert("RGB")) in Lab, interpolated in Lab between them, so
+  mid tones differ from the naive conversion."""
+  rgb = np.array([[255 * (1 - c) * (1 - k), 255 * (1 - m) * (1 - k), 255 * (1 - y) * (1 - k)]
+                  for c, m, y, k in itertools.product((0, 1), repeat=4)], np.uint8)
+  to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                   "RGB", "LAB")
+  lab = np.asarray(ImageCms.applyTransform(Image.fromarray(rgb[None]), to_lab))[0].copy()
+  lab[:, 1:] = (lab[:, 1:].view(np.int8).astype(int) + 128).astype(np.uint8)  # ICC a*, b* + 128
+  identity = b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+  ramp = bytes(range(256))
+  a2b0 = b"mft1\0\0\0\0" + bytes([4, 3, 2, 0]) + identity + ramp * 4 + lab.tobytes() + ramp * 3
+  icc = icc_profile(b"CMYK", "naive CMYK test profile", {"A2B0": a2b0})
+  return icc[:12] + b"prtr" + icc[16:20] + b"Lab " + icc[24:]  # device class, PCS
