@@ -104,7 +104,8 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
 
 
 _DECODER_CHANGES = ("ICC colour profiles (Adobe RGB, Display P3, CMYK) are now converted to sRGB "
-                    "and .avif/.heic/.heif images read, so such images differ or were skipped")
+                    "and .avif/.heic/.heif images read, so a new build differs if the folder "
+                    "holds such images")
 
 
 class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):

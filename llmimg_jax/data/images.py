@@ -138,11 +138,11 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
     raise SkipImage("unsupported_extension", ext or "(none)")
-  _check_decoder(ext)
   if not os.path.isfile(path):
     raise SkipImage("unknown_file", path)
   if os.path.getsize(path) == 0:
     raise SkipImage("empty_file", path)
+  _check_decoder(ext)
   max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
   notes = []
   try:
