@@ -82,19 +82,19 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   summary = dict((builder.info.metadata or {}).get("summary") or {})
   built, decoder = summary.get("fingerprint"), summary.get("decoder", 1)
   folder = builder.builder_config.folder
-  if summary and decoder < images.DECODER_VERSION:
+  older = bool(summary) and decoder < images.DECODER_VERSION
+  if older:
     log.warning(
         "captioned_folder: %s was built by an older image decoder (version %d, now %d: %s); "
         "training and evaluation read that build as it is. To rebuild it with the current "
         "decoder, delete that directory; a run started on the old build then cannot resume its "
         "data position, so give it a new --workdir.", builder.data_dir, decoder,
         images.DECODER_VERSION, _DECODER_CHANGES)
-    return True
   if not os.path.isdir(folder):
     log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
-    return False
+    return older
   if built is None or built == fingerprint(folder):
-    return False
+    return older
   log.warning(
       "captioned_folder: %s changed since it was built into %s (captions or images added, "
       "removed or modified); training and evaluation read that build. To use the new contents, "
