@@ -24,6 +24,18 @@ from llmimg_jax.data.tfds_utils import LocalCodePathMixin
 log = logging.getLogger(__name__)
 
 
+class _NoCustomConfigNotice(logging.Filter):
+  """TFDS warns "Using custom data configuration: FolderConfig(...)" whenever a builder is made
+  with a config it does not list; a folder's config (`folder_config`) always is one, so every
+  command printed it."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Using custom data configuration: FolderConfig(")
+
+
+logging.getLogger("absl").addFilter(_NoCustomConfigNotice())  # TFDS logs through absl
+
+
 @dataclasses.dataclass
 class FolderConfig(tfds.core.BuilderConfig):
   folder: str = ""

@@ -78,9 +78,11 @@ def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
   pipeline.load_source(data)
   builder = pipeline.folder_builder(data)
   assert captioned_folder.summary_of(builder)["decoder"] == images_lib.DECODER_VERSION >= 2
-  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+  with caplog.at_level("WARNING"):
     pipeline.load_source(data)
   assert "older image decoder" not in caplog.text and "changed since" not in caplog.text
+  # Nor TFDS's notice, on every command, that a folder's (always custom) config is used.
+  assert "Using custom data configuration" not in caplog.text
   meta_path = os.path.join(builder.data_dir, "metadata.json")
   with open(meta_path) as f:
     meta = json.load(f)
