@@ -26,14 +26,26 @@ def space_to_depth2x(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
+def depth_to_space2x(x: jax.Array) -> jax.Array:
+  """The inverse of `space_to_depth2x`: [batch, h, w, 4c] -> [batch, 2h, 2w, c]."""
+  b, h, w, c4 = x.shape
+  x = x.reshape(b, h, w, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, 2 * h, 2 * w, c4 // 4)
+
+
+def _matmul_kernel(kernel: jax.Array) -> jax.Array:
+  """[4, 4, c, out] -> the matmul form's [(p, q, r, s, c), out]."""
+  c, out = kernel.shape[2:]
+  # kernel[2p + r, 2q + s] multiplies padded[2(i + p) + r, 2(j + q) + s] = s2d[i + p, j + q, (r, s)]
+  k = kernel.reshape(2, 2, 2, 2, c, out).transpose(0, 2, 1, 3, 4, 5)
+  return k.reshape(16 * c, out)
+
+
 def _conv4x4_stride2_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The conv as im2col + one matmul: x padded, rearranged space-to-depth, its four 2x2-shifted
   views concatenated (no duplication beyond 4x)."""
-  b, h, w, c = x.shape  # h, w even
-  out = kernel.shape[-1]
-  # kernel[2p + r, 2q + s] multiplies padded[2(i + p) + r, 2(j + q) + s] = s2d[i + p, j + q, (r, s)]
-  k = kernel.reshape(2, 2, 2, 2, c, out).transpose(0, 2, 1, 3, 4, 5)
-  k = k.reshape(16 * c, out)  # [(p, q, r, s, c), out]
+  _, h, w, _ = x.shape  # h, w even
+  k = _matmul_kernel(kernel)  # [(p, q, r, s, c), out]
   s2d = space_to_depth2x(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
   ho, wo = h // 2, w // 2
   cols = jnp.concatenate([s2d[:, p:p + ho, q:q + wo] for p in (0, 1) for q in (0, 1)], axis=-1)
@@ -71,11 +83,19 @@ def _conv4x4_stride2_fwd(x, kernel):
 @jax.custom_vjp
 def _conv4x4_stride2_transpose(g: jax.Array, kernel: jax.Array) -> jax.Array:
   """The input gradient of conv4x4_stride2 for output gradient g, in the matmul form (kernel^T
-  matmul, then the four views scattered back). Its own derivatives, which MA-GP takes, are
-  XLA's strided conv (w.r.t. g) and that conv's kernel gradient (w.r.t. the kernel)."""
+  matmul, then the four views scattered back), summed in fp32 and rounded once to g's dtype (as
+  XLA's conv accumulates; rounded per view, bf16 had ~1.9x its error). Its own derivatives, which
+  MA-GP takes, are XLA's strided conv (w.r.t. g) and that conv's kernel gradient (w.r.t. the
+  kernel)."""
   b, ho, wo, _ = g.shape
-  x = jnp.zeros((b, 2 * ho, 2 * wo, kernel.shape[2]), g.dtype)  # unused: the map is linear
-  return jax.vjp(lambda x_: _conv4x4_stride2_matmul(x_, kernel), x)[1](g)[0]
+  c = kernel.shape[2]
+  cols = jax.lax.dot_general(g, _matmul_kernel(kernel).astype(g.dtype), (((3,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)  # [b, ho, wo, (p, q, r, s, c)]
+  cols = cols.reshape(b, ho, wo, 4, 4 * c)
+  # The transpose of cols[i, j, (p, q)] = s2d[i + p, j + q]: each view added back at its offset.
+  s2d = sum(jnp.pad(cols[:, :, :, 2 * p + q], ((0, 0), (p, 1 - p), (q, 1 - q), (0, 0)))
+            for p in (0, 1) for q in (0, 1))  # [b, ho + 1, wo + 1, (r, s, c)]
+  return depth_to_space2x(s2d)[:, 1:-1, 1:-1].astype(g.dtype)  # unpadded: [b, 2ho, 2wo, c]
 
 
 def _transpose_fwd(g, kernel):

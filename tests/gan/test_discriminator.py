@@ -163,3 +163,27 @@ def test_strided_conv_refuses_odd_sizes_by_name():
   for f in (conv4x4_stride2, jax.grad(lambda x_, k_: conv4x4_stride2(x_, k_).sum())):
     with pytest.raises(ValueError, match=r"even height and width, got x of shape \(2, 7, 6, 3\)"):
       f(x, kernel)
+
+
+def test_strided_conv_input_gradient_in_bf16_rounds_like_xlas():
+  """bf16 compute: the input gradient (the matmul form's transpose) sums the four 2x2 views in
+  fp32 and rounds once, as XLA's conv accumulates (rounded per view it had ~1.9x its error).
+  MA-GP and G's gradient through D both take it in every DownBlock."""
+  from llmimg_jax.gan.discriminator import _conv4x4_stride2_direct, conv4x4_stride2
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+  x = jax.random.normal(k1, (8, 16, 16, 32)).astype(jnp.bfloat16)
+  kernel = (jax.random.normal(k2, (4, 4, 32, 64)) / 23).astype(jnp.bfloat16)
+  g = jax.random.normal(k3, (8, 8, 8, 64)).astype(jnp.bfloat16)
+
+  def dx(conv, x_, k_):  # the input gradient for output gradient g
+    return jax.vjp(lambda a: conv(a, k_), x_)[1](g.astype(x_.dtype))[0]
+
+  truth = np.asarray(dx(_conv4x4_stride2_direct, f32(x), f32(kernel)), np.float64)
+
+  def rel_err(a):
+    return np.linalg.norm(np.asarray(a, np.float64) - truth) / np.linalg.norm(truth)
+
+  got = dx(conv4x4_stride2, x, kernel)
+  assert got.dtype == jnp.bfloat16
+  assert rel_err(got) < 1.2 * rel_err(dx(_conv4x4_stride2_direct, x, kernel))
