@@ -13,6 +13,19 @@ from typing import Any, NoReturn
 from absl import flags
 
 
+class _NoMissingLibtpu(logging.Filter):
+  """JAX probes every platform it knows and logs "Unable to initialize backend 'tpu': ...
+  Failed to open libtpu.so" on each CPU or GPU machine (every command printed it). Only that
+  absence is dropped: a TPU that fails to start with its library present is still reported."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not ("Unable to initialize backend 'tpu'" in text and "open libtpu.so" in text)
+
+
+logging.getLogger("jax._src.xla_bridge").addFilter(_NoMissingLibtpu())
+
+
 def fail(prog: str, message: str, status: int) -> NoReturn:
   print(f"{prog}: error: {message}", file=sys.stderr)
   sys.exit(status)
