@@ -35,6 +35,7 @@ DECODER_FIXES = {
 # builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
 # converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read.
 DECODER_VERSION = 2
+_COMPOSITE_PIXELS = 1 << 16  # pixels per block when compositing transparency over white
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
@@ -89,10 +90,15 @@ def _to_rgb(img: Image.Image, sixteen_bit: bool = False,
   if icc:
     img = icc_lib.to_srgb(img, icc, _has_alpha(img), notes if notes is not None else [])
   if _has_alpha(img):
-    rgba = np.asarray(img.convert("RGBA"), np.float32)  # [h, w, 4]
-    alpha = rgba[..., 3:] / 255.0
-    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    rgba = np.asarray(img.convert("RGBA"))  # uint8 [h, w, 4]
+    rgb = np.empty(rgba.shape[:2] + (3,), np.uint8)  # [h, w, 3]
+    # In blocks of rows: float32 copies of a whole image at PIL's 89.5 MP limit took ~3.5 GB.
+    rows = max(1, _COMPOSITE_PIXELS // max(1, rgba.shape[1]))
+    for y in range(0, len(rgba), rows):
+      block = rgba[y:y + rows].astype(np.float32)  # [rows, w, 4]
+      alpha = block[..., 3:] / 255.0
+      rgb[y:y + rows] = np.clip(np.rint(block[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255)
+    return rgb
   if img.mode == "L":
     return np.repeat(np.asarray(img, np.uint8)[..., None], 3, axis=-1)
   return np.asarray(img.convert("RGB"), np.uint8)

@@ -221,3 +221,26 @@ def test_a_cmyk_jpeg_with_a_cmyk_profile_is_converted_by_it(tmp_path):
   assert notes == []
   np.testing.assert_array_equal(rgb, _icc_reference(decoded, icc, "RGB"))
   assert np.abs(rgb.astype(int) - np.asarray(decoded.convert("RGB"))).max() > 20
+
+
+def test_transparency_is_composited_in_bounded_memory():
+  """An RGBA image was composited over white as float32 arrays of the whole image (~40 bytes per
+  pixel: 3.5 GB for an image at PIL's 89.5 MP limit); now in blocks of rows, with the same
+  values."""
+  import tracemalloc
+  rng = np.random.default_rng(0)
+  h, w = 1500, 1000
+  rgba = rng.integers(0, 256, (h, w, 4), np.uint8)
+  rgba[:10, :, 3], rgba[10:20, :, 3] = 0, 255
+  tracemalloc.start()
+  try:
+    got = images_lib._to_rgb(Image.fromarray(rgba, "RGBA"))
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  x = rgba.astype(np.float32)
+  alpha = x[..., 3:] / 255.0
+  want = np.clip(np.rint(x[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(got, want)
+  assert (got[:10] == 255).all() and (got[10:20] == rgba[10:20, :, :3]).all()
+  assert peak < 12 * h * w, peak / (h * w)  # the uint8 RGBA copy and result, and one block
