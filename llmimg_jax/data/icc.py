@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 
+import numpy as np
 from PIL import Image, ImageCms
 
 # Relative colorimetric with black-point compensation (Photoshop's "Convert to sRGB" default):
@@ -35,20 +36,31 @@ def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTran
   try:
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     space = profile.profile.xcolor_space.strip()
-    description = ImageCms.getProfileDescription(profile) or ""
   except (OSError, ImageCms.PyCMSError, TypeError, ValueError) as e:
     raise BadProfile(f"unreadable profile: {e}") from None
-  if space == "RGB" and "sRGB" in description:
-    # sRGB already (cameras', the web's default): stored as-is, as before profiles were read;
-    # a round trip through LittleCMS would only move values by rounding.
-    return None
-  if in_mode not in _MODES.get(space, ()):
-    raise BadProfile(f"a {space} profile on {in_mode} pixels")
   srgb = ImageCms.createProfile("sRGB")
   try:
-    return ImageCms.buildTransform(profile, srgb, in_mode, out_mode, INTENT, flags=FLAGS)
+    # sRGB already (cameras', the web's default): stored as-is, as before profiles were read.
+    # Told by what it does, not its name: GIMP's "Linear sRGB" is named sRGB but is linear.
+    srgb_already = space == "RGB" and _is_identity(
+        ImageCms.buildTransform(profile, srgb, "RGB", "RGB", INTENT, flags=FLAGS))
+    if not srgb_already and in_mode in _MODES.get(space, ()):
+      return ImageCms.buildTransform(profile, srgb, in_mode, out_mode, INTENT, flags=FLAGS)
   except (ImageCms.PyCMSError, OSError, ValueError) as e:
     raise BadProfile(f"cannot build transform: {e}") from None
+  if srgb_already:
+    return None
+  raise BadProfile(f"a {space} profile on {in_mode} pixels")
+
+
+_PROBE = np.stack(np.meshgrid(*[np.arange(0, 256, 15, dtype=np.uint8)] * 3, indexing="ij"), -1)
+
+
+def _is_identity(transform: ImageCms.ImageCmsTransform) -> bool:
+  """Whether an RGB -> sRGB transform leaves a grid of colours within rounding (1) of themselves."""
+  probe = _PROBE.reshape(1, -1, 3)  # [1, 18**3, 3]
+  out = np.asarray(ImageCms.applyTransform(Image.fromarray(probe), transform))
+  return int(np.abs(out.astype(np.int16) - probe).max()) <= 1
 
 
 def to_srgb(img: Image.Image, icc: bytes, has_alpha: bool, notes: list[str]) -> Image.Image:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageCms, features
 
 from llmimg_jax.data import images as images_lib
-from tests.data.utils import adobe_rgb_icc, linear_gray_icc, naive_cmyk_icc
+from tests.data.utils import adobe_rgb_icc, linear_gray_icc, linear_srgb_icc, naive_cmyk_icc
 
 
 def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
@@ -167,6 +167,18 @@ def test_an_srgb_profile_leaves_the_values_as_stored(tmp_path):
   Image.fromarray(raw).save(tmp_path / "srgb.png", icc_profile=srgb)
   rgb, notes = images_lib.load_image(str(tmp_path / "srgb.png"), 8)
   assert notes == [] and np.array_equal(rgb, raw)
+
+
+def test_a_linear_profile_named_srgb_is_converted(tmp_path):
+  """sRGB is recognised by what the profile does, not by its name: a linear-gamma profile
+  described "sRGB linear" (GIMP's, Krita's) is converted like any other."""
+  icc = linear_srgb_icc()
+  Image.new("RGB", (8, 8), (128, 128, 128)).save(tmp_path / "linear.png", icc_profile=icc)
+  rgb, notes = images_lib.load_image(str(tmp_path / "linear.png"), 8)
+  assert notes == []
+  np.testing.assert_array_equal(
+      rgb, _icc_reference(Image.new("RGB", (8, 8), (128, 128, 128)), icc, "RGB"))
+  assert rgb.min() > 180
 
 
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow is built without AVIF")

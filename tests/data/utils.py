@@ -74,3 +74,12 @@ def naive_cmyk_icc() -> bytes:
   a2b0 = b"mft1\0\0\0\0" + bytes([4, 3, 2, 0]) + identity + ramp * 4 + lab.tobytes() + ramp * 3
   icc = icc_profile(b"CMYK", "naive CMYK test profile", {"A2B0": a2b0})
   return icc[:12] + b"prtr" + icc[16:20] + b"Lab " + icc[24:]  # device class, PCS
+
+
+def linear_srgb_icc(description: str = "sRGB linear (gamma 1.0)") -> bytes:
+  """sRGB's primaries (D50-adapted) with a linear tone curve, as GIMP's "Linear sRGB" and
+  Krita's "sRGB-elle-V2-g10": named sRGB, but mid grey 128 is sRGB ~188."""
+  linear = _curve(1.0)
+  return icc_profile(b"RGB ", description, {
+      "rXYZ": _xyz(0.4361, 0.2225, 0.0139), "gXYZ": _xyz(0.3851, 0.7169, 0.0971),
+      "bXYZ": _xyz(0.1431, 0.0606, 0.7141), "rTRC": linear, "gTRC": linear, "bTRC": linear})
