@@ -58,9 +58,10 @@ def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderCo
                       description=f"Images of {folder} at {image_size}px.")
 
 
-def fingerprint(folder: str) -> str:
+def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS) -> str:
   """A hash of what a build reads: the captions files' bytes and the name, size and mtime of
-  every image file (symlinks followed, but not round a loop; unreadable entries hashed as such)."""
+  every image file, one of `extensions` (symlinks followed, but not round a loop; unreadable
+  entries hashed as such)."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
     try:
@@ -76,7 +77,7 @@ def fingerprint(folder: str) -> str:
     for d in dirs:
       above[os.path.join(root, d)] = above[root] | {real[d]}
     for f in sorted(files):
-      if os.path.splitext(f)[1].lower() not in images.IMAGE_EXTENSIONS:
+      if os.path.splitext(f)[1].lower() not in extensions:
         continue  # only image files: a TFDS data_dir inside the folder does not count
       path = os.path.join(root, f)
       try:
@@ -105,7 +106,10 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   if not os.path.isdir(folder):
     log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
     return older
-  if built is None or built == fingerprint(folder):
+  # Decoder 1 read (and fingerprinted) no .avif/.heic/.heif: an unchanged folder holding some
+  # is not "changed".
+  extensions = images.IMAGE_EXTENSIONS - ({".avif", ".heic", ".heif"} if decoder < 2 else set())
+  if built is None or built == fingerprint(folder, extensions):
     return older
   log.warning(
       "captioned_folder: %s changed since it was built into %s (captions or images added, "

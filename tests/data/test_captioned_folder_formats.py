@@ -121,3 +121,31 @@ def test_the_fingerprint_counts_avif_and_heic_files(tmp_path):
   after_heic = captioned_folder.fingerprint(str(tmp_path))
   (tmp_path / "c.avif").write_bytes(b"\0" * 32)
   assert len({before, after_heic, captioned_folder.fingerprint(str(tmp_path))}) == 3
+
+
+def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_changed(
+    tmp_path, caplog):
+  """A build by decoder 1 fingerprinted no .avif/.heic/.heif file (not image files then): the
+  same folder, unchanged, is not reported as changed since (only as built by an older decoder)."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png")
+  (folder / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  _folder(folder, {"a.png": True})
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), image_size=8,
+              data_dir=str(tmp_path / "tfds"))
+  pipeline.load_source(data)
+  builder = pipeline.folder_builder(data)
+  meta_path = os.path.join(builder.data_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  del meta["summary"]["decoder"]  # as decoder 1 wrote it, with its fingerprint
+  (folder / "phone.heic").rename(tmp_path / "phone.heic")
+  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder))
+  (tmp_path / "phone.heic").rename(folder / "phone.heic")
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    captioned_folder.warn_if_changed(pipeline.folder_builder(data))
+  assert "older image decoder" in caplog.text and "changed since" not in caplog.text
