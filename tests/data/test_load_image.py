@@ -256,3 +256,13 @@ def test_transparency_is_composited_in_bounded_memory():
   np.testing.assert_array_equal(got, want)
   assert (got[:10] == 255).all() and (got[10:20] == rgba[10:20, :, :3]).all()
   assert peak < 12 * h * w, peak / (h * w)  # the uint8 RGBA copy and result, and one block
+
+
+def test_the_declared_pillow_floor_has_the_imagecms_api_used():
+  """icc.py uses ImageCms.Flags (Pillow 10.3): under "Pillow>=10.0" pip kept a 10.2 install, on
+  which importing llmimg_jax.data failed with an AttributeError."""
+  import pathlib
+  import re
+  pyproject = (pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text()
+  floor = re.search(r'"Pillow>=(\d+)\.(\d+)', pyproject)
+  assert floor and tuple(map(int, floor.groups())) >= (10, 3)
