@@ -104,10 +104,16 @@ def _to_rgb(img: Image.Image, sixteen_bit: bool = False,
   return np.asarray(img.convert("RGB"), np.uint8)
 
 
+def _pillow_has_avif() -> bool:
+  """features.check("avif"), without its "Unknown feature" warning on Pillow < 11.2."""
+  known = any("avif" in t for t in (features.modules, features.codecs, features.features))
+  return known and features.check("avif")
+
+
 def _check_decoder(ext: str) -> None:
   """Raises SkipImage naming the fix if this install cannot decode `ext` files."""
   global _heif_registered
-  if ext == ".avif" and not features.check("avif"):
+  if ext == ".avif" and not _pillow_has_avif():
     raise SkipImage("needs_pillow_avif", DECODER_FIXES["needs_pillow_avif"])
   if ext in (".heic", ".heif"):
     if _heif_registered is None:

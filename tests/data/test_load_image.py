@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -266,3 +267,16 @@ def test_the_declared_pillow_floor_has_the_imagecms_api_used():
   pyproject = (pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text()
   floor = re.search(r'"Pillow>=(\d+)\.(\d+)', pyproject)
   assert floor and tuple(map(int, floor.groups())) >= (10, 3)
+
+
+def test_avif_on_a_pillow_that_does_not_know_it_is_skipped_without_a_warning(tmp_path,
+                                                                            monkeypatch):
+  """Pillow < 11.2 has no "avif" feature: features.check warned "Unknown feature 'avif'"."""
+  from PIL import features as pil_features
+  for table in (pil_features.modules, pil_features.codecs, pil_features.features):
+    monkeypatch.delitem(table, "avif", raising=False)
+  (tmp_path / "a.avif").write_bytes(b"\0\0\0\x1cftypavif" + b"\0" * 64)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(images_lib.SkipImage, match="needs_pillow_avif"):
+      images_lib.load_image(str(tmp_path / "a.avif"), 8)
