@@ -200,10 +200,13 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     }
     self.info.metadata["summary"] = summary
     log_fn = log.warning if skipped else log.info
+    # self.data_dir is TFDS's temporary incomplete.*_VERSION folder while generating; the build
+    # to delete is its sibling VERSION folder, which it is renamed to once complete.
+    build_dir = os.path.join(os.path.dirname(os.path.normpath(self.data_dir)), str(self.version))
     log_fn("captioned_folder %s: %d examples; skipped %d caption lines and %d images: %s; "
            "notes: %s%s", folder, index, summary["skipped_lines"], summary["skipped_images"],
            summary["skipped"] or "none", summary["notes"] or "none",
-           "".join(f". {fix}, then delete {self.data_dir} to rebuild"
+           "".join(f". {fix}, then delete {build_dir} to rebuild"
                    for fix in summary["fixes"].values()))
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "

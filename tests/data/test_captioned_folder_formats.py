@@ -43,7 +43,7 @@ def test_profiled_images_are_stored_as_srgb_and_bad_profiles_noted(tmp_path):
 
 def test_heic_without_its_plugin_is_a_skip_reason_naming_the_fix(tmp_path, monkeypatch, caplog):
   """A captioned .heic is skipped as needs_pillow_heif (the summary's fixes and the log say
-  `pip install pillow-heif`); an uncaptioned .heif is an image without a caption, not ignored."""
+  `pip install pillow-heif`, the log with the build folder to delete); an uncaptioned .heif is an image without a caption, not ignored."""
   monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not importable
   monkeypatch.setattr(images_lib, "_heif_registered", None)
   Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
@@ -61,6 +61,9 @@ def test_heic_without_its_plugin_is_a_skip_reason_naming_the_fix(tmp_path, monke
   assert summary["skipped_examples"]["needs_pillow_heif"] == ["phone.heic"]
   assert "pip install pillow-heif" in summary["fixes"]["needs_pillow_heif"]
   assert "pip install pillow-heif" in caplog.text
+  # the folder to delete is the finished build, not TFDS's temporary incomplete.* folder
+  assert f"then delete {builder.data_dir} to rebuild" in caplog.text
+  assert "incomplete." not in caplog.text
   assert sorted(_records(builder)) == sorted(f for f in files if f != "phone.heic")
 
 
