@@ -60,7 +60,8 @@ def download_and_prepare(builder, data_dir: str) -> None:
   """builder.download_and_prepare(), a failed download named in one paragraph with the fix
   (it was a requests/TFDS traceback, minutes into the run)."""
   from tensorflow_datasets.core.download import download_manager, util  # pylint: disable=g-import-not-at-top
-  if not builder.is_prepared():
+  from llmimg_jax.data import tfds_utils  # pylint: disable=g-import-not-at-top
+  if not tfds_utils.is_prepared(builder):
     _check_hosts_answer(builder, data_dir)
   try:
     builder.download_and_prepare()

@@ -136,7 +136,7 @@ def validate_data_config(data_cfg) -> None:
   if name == "captioned_folder":
     folder = data_cfg.get("folder")
     # A built folder is read as built, even if the folder changed (it warns) or is gone.
-    built = bool(folder) and folder_builder(data_cfg).is_prepared()
+    built = bool(folder) and tfds_utils.is_prepared(folder_builder(data_cfg))
     if not built and (not folder or not os.path.isdir(os.path.expanduser(folder))):
       raise ValueError(f"captioned_folder needs data.folder set to an existing folder of images "
                        f"with captions.jsonl or captions.csv (got {folder!r}; no build of it in "
@@ -186,7 +186,7 @@ def builder(data_cfg):
 def is_built(data_cfg) -> bool:
   """Whether `data_cfg`'s dataset is built (prepared) in its data_dir."""
   validate_data_config(data_cfg)
-  return builder(data_cfg).is_prepared()
+  return tfds_utils.is_prepared(builder(data_cfg))
 
 
 def load_source(data_cfg, split: str = "train") -> ExampleSource:
@@ -194,7 +194,7 @@ def load_source(data_cfg, split: str = "train") -> ExampleSource:
   validate_data_config(data_cfg)
   dataset = builder(data_cfg)
   name, data_dir = data_cfg.name, _data_dir(data_cfg)
-  prepared = dataset.is_prepared()
+  prepared = tfds_utils.is_prepared(dataset)
   if not prepared:
     log.info("Building %s/%s into %s.", name, dataset.builder_config.name if
              dataset.builder_config else "", data_dir)

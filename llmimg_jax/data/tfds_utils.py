@@ -27,6 +27,16 @@ class DatasetError(ValueError):
   as configured (too few records); the message names it and the fix."""
 
 
+def is_prepared(dataset: tfds.core.DatasetBuilder) -> bool:
+  """dataset.is_prepared(), without TFDS's warning "Variant folder DIR has no dataset_info.json"
+  for a dataset not built yet (DIR missing), which every first command printed, 2-4 times, even
+  before an error that had nothing to do with it. A DIR that exists is still TFDS's to judge."""
+  path = getattr(dataset, "data_path", None)
+  if path is not None and not epath.Path(path).exists():
+    return False
+  return dataset.is_prepared()
+
+
 def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
   """dataset.download_and_prepare(), an OSError named with the data_dir and the fix (it was
   os.makedirs' or a writer's traceback)."""

@@ -304,6 +304,27 @@ def test_a_built_folder_is_read_after_the_folder_is_gone(tmp_path, caplog):
     pipeline.validate_data_config(data)
 
 
+def test_a_first_build_has_no_tfds_warning_about_the_missing_build(tmp_path, caplog):
+  """Asking TFDS whether a dataset not yet built is prepared warned "Variant folder DIR/1.0.0 has
+  no dataset_info.json" (2-4 times in every first prepare / train.py, and before the error of a
+  missing folder, as if it were its cause)."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "first"}\n')
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), image_size=8,
+              data_dir=str(tmp_path / "tfds"))
+  with caplog.at_level("WARNING"):
+    assert not pipeline.is_built(data)
+    assert len(_records(data)) == 1
+    assert pipeline.is_built(data)
+    data.folder = str(tmp_path / "nope")
+    with pytest.raises(ValueError, match="existing folder"):
+      pipeline.validate_data_config(data)
+  assert "dataset_info.json" not in caplog.text
+
+
 def _records(data) -> list[dict]:
   source = pipeline.load_source(data)
   return [source[i] for i in range(len(source))]
