@@ -7,11 +7,13 @@ r"""Builds a dataset and optionally writes a preview grid of examples with their
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 
@@ -120,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = data_config_from_args(args)
     if args.preview:
       check_preview_path(args.preview)
-    source = pipeline.load_source(cfg, args.split)
+    # TFDS prints its "Downloading and preparing dataset ..." lines to stdout: stdout is the
+    # JSON report alone (for `| jq`), so they go to stderr with the other build output.
+    with contextlib.redirect_stdout(sys.stderr):
+      source = pipeline.load_source(cfg, args.split)
   except ValueError as e:  # a bad folder (FolderError) or data config, e.g. a missing --folder
     # The data config's checks name its keys; here the user gave them as this command's flags.
     message = re.sub(r"\bdata\.(folder|data_dir|image_size)\b", r"--\1", str(e))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_preview_of_images_of_different_sizes_shows_their_centres():
                                 np.full((3, 3, 3), (0, 0, 255)))
 
 
-def test_prepare_captioned_folder_reports_summary(tmp_path):
+def test_prepare_captioned_folder_reports_summary(tmp_path, capsys):
   folder = tmp_path / "imgs"
   folder.mkdir()
   Image.new("RGB", (10, 10), "red").save(folder / "a.png")
@@ -50,6 +51,9 @@ def test_prepare_captioned_folder_reports_summary(tmp_path):
                          str(tmp_path / "tfds"), "--image_size", "8"])
   assert report["num_examples"] == 1
   assert report["summary"]["skipped"] == {"empty_file": 1, "invalid_json": 1}
+  # stdout is the report alone (TFDS's "Downloading and preparing dataset ..." lines of a first
+  # build went there too, so `prepare ... | jq` failed): it parses as JSON
+  assert json.loads(capsys.readouterr().out) == report
 
 
 def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
