@@ -246,5 +246,14 @@ def _check_writable(flag: str, folder, fix_flag: str):
   return folder
 
 
+def _run(argv) -> None:
+  """main, a usage error in one line and status 2, as a flag's (absl printed the whole help, the
+  error last, with status 1)."""
+  try:
+    main(argv)
+  except app.UsageError as e:
+    cli.fail("evaluate.py", str(e), 2)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser("evaluate.py"))
+  app.run(_run, flags_parser=cli.flags_parser("evaluate.py"))

@@ -38,7 +38,14 @@ def test_cli_help_and_missing_workdir(tmp_path):
   assert "--num_samples" in out.stdout and "--inception_weights" in out.stdout
   out = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
-  assert out.returncode != 0 and "--workdir" in out.stderr
+  # one line and status 2, as flag errors (it was the 70-line help, the error at its end, status 1)
+  assert out.returncode == 2 and out.stderr == "evaluate.py: error: --workdir is required.\n"
+  out = subprocess.run([sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "r.npz"),
+                        "--config", str(CONFIG)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2 and out.stderr.splitlines()[-1] == (
+      "evaluate.py: error: --write_stats needs --inception_weights."), out.stderr
+  assert "flags:" not in out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", "x", "--num_samples", "0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "--num_samples=0: 0 is not integer >= 2" in out.stderr, out.stderr
