@@ -89,33 +89,44 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
   return digest.hexdigest()
 
 
+_WARNED: set[tuple] = set()  # (build, decoder, its fingerprint, the folder's): said once
+
+
 def warn_if_changed(builder: "CaptionedFolder") -> bool:
   """Logs a warning (and returns True) if `builder`'s build was made by an older image decoder
-  (`images.DECODER_VERSION`: other pixels for some files) or the folder changed since."""
+  (`images.DECODER_VERSION`: other pixels for some files) or the folder changed since. Each
+  warning is logged once per process (evaluate.py loads a source twice), until the folder changes
+  again."""
   summary = dict((builder.info.metadata or {}).get("summary") or {})
   built, decoder = summary.get("fingerprint"), summary.get("decoder", 1)
   folder = builder.builder_config.folder
   older = bool(summary) and decoder < images.DECODER_VERSION
-  if older:
+  # Decoder 1 read (and fingerprinted) no .avif/.heic/.heif: an unchanged folder holding some
+  # is not "changed".
+  extensions = images.IMAGE_EXTENSIONS - ({".avif", ".heic", ".heif"} if decoder < 2 else set())
+  current = fingerprint(folder, extensions) if os.path.isdir(folder) else None
+  key = (str(builder.data_dir), decoder, built, current)
+  first = key not in _WARNED
+  _WARNED.add(key)
+  if older and first:
     log.warning(
         "captioned_folder: %s was built by an older image decoder (version %d, now %d: %s); "
         "training and evaluation read that build as it is. To rebuild it with the current "
         "decoder, delete that directory; a run started on the old build then cannot resume its "
         "data position, so give it a new --workdir.", builder.data_dir, decoder,
         images.DECODER_VERSION, _DECODER_CHANGES)
-  if not os.path.isdir(folder):
-    log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
+  if current is None:
+    if first:
+      log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
     return older
-  # Decoder 1 read (and fingerprinted) no .avif/.heic/.heif: an unchanged folder holding some
-  # is not "changed".
-  extensions = images.IMAGE_EXTENSIONS - ({".avif", ".heic", ".heif"} if decoder < 2 else set())
-  if built is None or built == fingerprint(folder, extensions):
+  if built is None or built == current:
     return older
-  log.warning(
-      "captioned_folder: %s changed since it was built into %s (captions or images added, "
-      "removed or modified); training and evaluation read that build. To use the new contents, "
-      "delete that directory; a run started on the old build then cannot resume its data "
-      "position, so give it a new --workdir.", folder, builder.data_dir)
+  if first:
+    log.warning(
+        "captioned_folder: %s changed since it was built into %s (captions or images added, "
+        "removed or modified); training and evaluation read that build. To use the new "
+        "contents, delete that directory; a run started on the old build then cannot resume its "
+        "data position, so give it a new --workdir.", folder, builder.data_dir)
   return True
 
 

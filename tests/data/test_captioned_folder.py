@@ -276,6 +276,9 @@ def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
       f.write('{"file": "a.png", "caption": "second"}\n')
     assert [r["captions"] for r in _records(data)] == [["first"]]  # the same build
     assert "changed since it was built" in caplog.text
+    # said once per process: evaluate.py loads the source twice (splits, then the split)
+    assert [r["captions"] for r in _records(data)] == [["first"]]
+    assert caplog.text.count("changed since it was built") == 1
   shutil.rmtree(pipeline.folder_builder(data).data_dir)
   assert [r["captions"] for r in _records(data)] == [["first", "second"]]
   # An image replaced (same name, other pixels) is an edit too.
