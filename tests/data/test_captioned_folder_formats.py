@@ -43,7 +43,8 @@ def test_profiled_images_are_stored_as_srgb_and_bad_profiles_noted(tmp_path):
 
 def test_heic_without_its_plugin_is_a_skip_reason_naming_the_fix(tmp_path, monkeypatch, caplog):
   """A captioned .heic is skipped as needs_pillow_heif (the summary's fixes and the log say
-  `pip install pillow-heif`, the log with the build folder to delete); an uncaptioned .heif is an image without a caption, not ignored."""
+  `pip install pillow-heif`, the log with the build folder to delete); an uncaptioned .heif is an
+  image without a caption, not ignored."""
   monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not importable
   monkeypatch.setattr(images_lib, "_heif_registered", None)
   Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
