@@ -289,7 +289,8 @@ def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
   assert "changed since it was built" in caplog.text
 
 
-def test_a_built_folder_is_read_after_the_folder_is_gone(tmp_path, caplog):
+def _one_image_folder(tmp_path):
+  """(a folder of one image captioned "first", a data config reading it at 8px)."""
   folder = tmp_path / "imgs"
   folder.mkdir()
   Image.new("RGB", (8, 8)).save(folder / "a.png")
@@ -297,6 +298,11 @@ def test_a_built_folder_is_read_after_the_folder_is_gone(tmp_path, caplog):
   data = pipeline.default_data_config()
   data.update(name="captioned_folder", folder=str(folder), image_size=8,
               data_dir=str(tmp_path / "tfds"))
+  return folder, data
+
+
+def test_a_built_folder_is_read_after_the_folder_is_gone(tmp_path, caplog):
+  folder, data = _one_image_folder(tmp_path)
   assert [r["captions"] for r in _records(data)] == [["first"]]
   shutil.rmtree(folder)  # archived, or on another machine than the shared data_dir
   with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
@@ -311,13 +317,7 @@ def test_a_first_build_has_no_tfds_warning_about_the_missing_build(tmp_path, cap
   """Asking TFDS whether a dataset not yet built is prepared warned "Variant folder DIR/1.0.0 has
   no dataset_info.json" (2-4 times in every first prepare / train.py, and before the error of a
   missing folder, as if it were its cause)."""
-  folder = tmp_path / "imgs"
-  folder.mkdir()
-  Image.new("RGB", (8, 8)).save(folder / "a.png")
-  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "first"}\n')
-  data = pipeline.default_data_config()
-  data.update(name="captioned_folder", folder=str(folder), image_size=8,
-              data_dir=str(tmp_path / "tfds"))
+  folder, data = _one_image_folder(tmp_path)
   with caplog.at_level("WARNING"):
     assert not pipeline.is_built(data)
     assert len(_records(data)) == 1

@@ -68,6 +68,15 @@ def test_heic_without_its_plugin_is_a_skip_reason_naming_the_fix(tmp_path, monke
   assert sorted(_records(builder)) == sorted(f for f in files if f != "phone.heic")
 
 
+def _built(folder, tmp_path):
+  """(the data config of `folder` at 8px, its builder), built."""
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), image_size=8,
+              data_dir=str(tmp_path / "tfds"))
+  pipeline.load_source(data)
+  return data, pipeline.folder_builder(data)
+
+
 def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
   """Builds record images.DECODER_VERSION. One made before ICC profiles were applied (no
   "decoder" in its summary) is still read as built (a run resumes on it), with a warning that
@@ -76,11 +85,7 @@ def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
   folder.mkdir()
   Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png", icc_profile=adobe_rgb_icc())
   _folder(folder, {"a.png": True})
-  data = pipeline.default_data_config()
-  data.update(name="captioned_folder", folder=str(folder), image_size=8,
-              data_dir=str(tmp_path / "tfds"))
-  pipeline.load_source(data)
-  builder = pipeline.folder_builder(data)
+  data, builder = _built(folder, tmp_path)
   assert captioned_folder.summary_of(builder)["decoder"] == images_lib.DECODER_VERSION >= 2
   with caplog.at_level("WARNING"):
     pipeline.load_source(data)
@@ -136,11 +141,7 @@ def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_cha
   Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png")
   (folder / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
   _folder(folder, {"a.png": True})
-  data = pipeline.default_data_config()
-  data.update(name="captioned_folder", folder=str(folder), image_size=8,
-              data_dir=str(tmp_path / "tfds"))
-  pipeline.load_source(data)
-  builder = pipeline.folder_builder(data)
+  data, builder = _built(folder, tmp_path)
   meta_path = os.path.join(builder.data_dir, "metadata.json")
   with open(meta_path) as f:
     meta = json.load(f)
