@@ -140,6 +140,7 @@ def _refuse_existing(flag: str, path, overwrite: str) -> None:
 def main(argv) -> None:
   del argv
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
   cli.quiet_orbax()
   if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")

@@ -70,6 +70,8 @@ def test_cli_names_its_file_by_split_size_and_seed(run, tiny_eval):  # noqa: F81
           "--num_samples", "8", "--batch_size", "8", "--seed", "3", "--data_dir", data.data_dir]
   out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
+  # TFDS's INFO lines about reading the dataset (six of them) are not printed, as in train.py.
+  assert "Load dataset info" not in out.stderr and "Reusing dataset" not in out.stderr
   path = run.workdir / "eval_2_test_n8_seed3.json"
   assert f"Wrote {path}" in out.stdout
   saved = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))
