@@ -206,7 +206,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
         "skipped_examples": {k: (line_skips.examples[k] + image_skips.examples[k])[
             :MAX_EXAMPLES_PER_REASON] for k in sorted(skipped)},
         "notes": dict(sorted(notes.counts.items())),
-        "fixes": {k: v for k, v in images.DECODER_FIXES.items() if k in skipped},
+        "fixes": {k: v for k, v in _ADVICE.items() if k in skipped},
         "decoder": images.DECODER_VERSION,
     }
     self.info.metadata["summary"] = summary
@@ -217,8 +217,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     log_fn("captioned_folder %s: %d examples; skipped %d caption lines and %d images: %s; "
            "notes: %s%s", folder, index, summary["skipped_lines"], summary["skipped_images"],
            summary["skipped"] or "none", summary["notes"] or "none",
-           "".join(f". {fix}, then delete {build_dir} to rebuild"
-                   for fix in summary["fixes"].values()))
+           "".join(f". {fix.rstrip('.')}" for fix in summary["fixes"].values()) +
+           (f"; then delete {build_dir} to rebuild" if summary["fixes"] else ""))
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
                         f"{summary['skipped']}). {_advice(line_skips, image_skips, captioned)}")
@@ -230,7 +230,7 @@ _ADVICE = {
     "invalid_json": "Each line of captions.jsonl must be one JSON object.",
     "missing_key": f"Each caption line needs a file key (one of {FILE_KEYS}) and a caption key "
                    f"(one of {CAPTION_KEYS}).",
-    "empty_caption": "Every caption is blank; write a caption for each image.",
+    "empty_caption": "Blank captions are skipped; write a caption for each image.",
     "invalid_utf8": "Save the captions file as UTF-8.",
     "extra_csv_cells": "Quote the captions that contain commas, or make the caption column last.",
     **images.DECODER_FIXES,
