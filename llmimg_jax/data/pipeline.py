@@ -292,6 +292,11 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
     raise tfds_utils.DatasetError(
         f"{source!r} has {len(source)} record; training needs at least 2 (D learns from "
         "mismatched image-caption pairs): add images to the dataset.")
+  if num_epochs is None and len(source) < global_batch:
+    log.warning("%r has %d records, fewer than one global batch of %d (%d host(s) x %d): every "
+                "batch repeats records, and some of D's mismatched pairs match. Lower "
+                "train.batch_size or add images.", source, len(source), global_batch,
+                process_count, batch_size_per_host)
   if num_epochs is not None and len(source) * num_epochs < global_batch:
     raise tfds_utils.DatasetError(
         f"{source!r} has {len(source)} records, fewer than one global batch of {global_batch} "

@@ -338,3 +338,35 @@ def test_long_captions_are_warned_about_once_not_every_batch(caplog):
       "Captions longer than config.text.max_length=8 tokens are truncated (one had 35 tokens); "
       "said once, for the first such batch. Raise config.text.max_length to keep them whole."]
   assert out["input_ids"].shape == (2, 8) and out["attention_mask"][1].all()
+
+
+class _FirstRecords:
+  """The first `n` records of a source."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, n
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, i):
+    return self.source[i]
+
+  def __repr__(self) -> str:
+    return f"the first {self.n} records"
+
+
+def test_a_training_stream_over_fewer_records_than_a_batch_warns(shapes_cfg, tokenizer, caplog):
+  """30 images with batch 64 trained without a word, every batch holding images twice (and D's
+  "mismatched" pairs sometimes an image with its own caption)."""
+  source = pipeline.load_source(shapes_cfg, "train")
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.pipeline"):
+    batch = next(_iterator(shapes_cfg, tokenizer, source=_FirstRecords(source, 5),
+                           batch_size_per_host=4, process_count=2))
+  assert len(batch["index"]) == 4 and set(batch["index"]) <= set(range(5))
+  assert ("the first 5 records has 5 records, fewer than one global batch of 8 (2 host(s) x 4): "
+          "every batch repeats records") in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.pipeline"):
+    next(_iterator(shapes_cfg, tokenizer, source=_FirstRecords(source, 8), batch_size_per_host=8))
+  assert "fewer than one global batch" not in caplog.text
