@@ -26,6 +26,9 @@ from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.images import captioned_grid
 
 log = logging.getLogger(__name__)
+# configs/folder_64.py's data.store_size (64px crops of 72px images): prepare's default build is
+# the one it trains on (tests/data/test_prepare_and_coco.py keeps the two equal).
+FOLDER_STORE_SIZE = 72
 
 
 def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
@@ -94,7 +97,7 @@ def data_config_from_args(args: argparse.Namespace):
     known = {c.name: c.resolution for c in captioned_shapes.BUILDER_CONFIGS}
     cfg.image_size = args.image_size or known.get(cfg.config, cfg.image_size)
   else:
-    cfg.image_size = args.image_size or 64
+    cfg.image_size = args.image_size or FOLDER_STORE_SIZE
   cfg.build_num_proc = args.num_proc
   return cfg
 
@@ -109,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets)")
   parser.add_argument("--folder", default=None, help="captioned_folder: images + captions")
   parser.add_argument("--image_size", type=int, default=0,
-                      help="captioned_folder: stored resolution (default 64)")
+                      help=f"captioned_folder: stored resolution (default {FOLDER_STORE_SIZE}, "
+                           "what configs/folder_64.py reads)")
   parser.add_argument("--split", default="train")
   parser.add_argument("--preview", default=None, help="write a PNG grid of examples here")
   parser.add_argument("--num_proc", type=int, default=0, help="build processes (0 = auto)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,24 @@ def test_coco_through_the_pipeline_with_mock_data(tmp_path, tokenizer, monkeypat
     batch = next(pipeline.make_iterator(cfg, tokenizer, batch_size_per_host=4, seed=0,
                                         process_index=0, process_count=1, source=source))
   assert batch["image"].shape == (4, 32, 32, 3) and batch["input_ids"].shape == (4, 64)
+
+
+def test_prepare_of_a_folder_builds_what_folder_64_reads_by_default(tmp_path):
+  """Without --image_size prepare stored 64px images; configs/folder_64.py reads a 72px build
+  (random crops), so train.py built the folder again."""
+  spec = importlib.util.spec_from_file_location(
+      "folder_64", Path(__file__).parents[2] / "configs" / "folder_64.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  for i in range(2):
+    Image.new("RGB", (80, 80), (100 * i, 0, 0)).save(folder / f"{i}.png")
+  (folder / "captions.jsonl").write_text(
+      '{"file": "0.png", "caption": "black"}\n{"file": "1.png", "caption": "red"}\n')
+  data = module.get_config().data
+  data.folder, data.data_dir = str(folder), str(tmp_path / "tfds")
+  assert not pipeline.is_built(data)
+  prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
+                str(tmp_path / "tfds")])
+  assert pipeline.is_built(data)
