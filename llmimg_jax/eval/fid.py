@@ -11,6 +11,7 @@ as .npz files with arrays `mu` [d] and `sigma` [d, d], the format of pytorch-fid
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -108,6 +109,12 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
 
 _STATS_FIX = ("write the statistics again with `python evaluate.py --write_stats PATH ...` or use "
               "DF-GAN's .npz.")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """The sha256 of a file (results name the weights and statistics their FIDs are of)."""
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def statistics_info(path: str | os.PathLike) -> dict:

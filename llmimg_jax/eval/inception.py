@@ -11,7 +11,6 @@ Each conv + batch norm pair is folded into one conv with a bias at load time.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
@@ -223,8 +222,8 @@ class InceptionFeatures:
 
   def __init__(self, weights: str | os.PathLike, batch_size: int = 50):
     self.params = jax.device_put(load_params(weights))
-    with open(weights, "rb") as f:  # what results record: which weights their FIDs are of
-      self.source = {"path": str(weights), "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    # What results record: which weights their FIDs are of.
+    self.source = {"path": str(weights), "sha256": fid.file_sha256(weights)}
     self.batch_size = batch_size
     self._apply = jax.jit(FIDInceptionV3().apply)
 

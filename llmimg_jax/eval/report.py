@@ -1,7 +1,6 @@
 """evaluate.py's work: sample a run's EMA generator on a split's captions and measure it."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -79,7 +78,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
              "dataset": name, "evaluator": evaluator.meta,
              **_inception_sources(inception, ref_stats), "splits": {}}
-  ref_info = fid.statistics_info(ref_stats) if ref_stats else {}
+  ref_info = results.get("ref_stats", {})  # what --write_stats recorded in it, read above
   for split in splits:
     t0 = time.perf_counter()
     size = builder.info.splits[split].num_examples
@@ -177,9 +176,7 @@ def _inception_sources(features, ref_stats: str | None) -> dict:
   and what --write_stats recorded in it)."""
   sources = {} if features is None else {"inception_weights": getattr(features, "source", None)}
   if ref_stats:
-    with open(ref_stats, "rb") as f:
-      digest = hashlib.file_digest(f, "sha256").hexdigest()
-    sources["ref_stats"] = {"path": str(ref_stats), "sha256": digest,
+    sources["ref_stats"] = {"path": str(ref_stats), "sha256": fid.file_sha256(ref_stats),
                             **fid.statistics_info(ref_stats)}
   return sources
 
