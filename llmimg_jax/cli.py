@@ -13,17 +13,17 @@ from typing import Any, NoReturn
 from absl import flags
 
 
-class _NoMissingLibtpu(logging.Filter):
-  """JAX probes every platform it knows and logs "Unable to initialize backend 'tpu': ...
-  Failed to open libtpu.so" on each CPU or GPU machine (every command printed it). Only that
-  absence is dropped: a TPU that fails to start with its library present is still reported."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    text = record.getMessage()
-    return not ("Unable to initialize backend 'tpu'" in text and "open libtpu.so" in text)
+def drop_log_records(logger: str, unwanted: Callable[[str], bool]) -> None:
+  """Drops the records of `logger` whose message `unwanted` accepts: a library's notice that
+  every command printed and that asks nothing of the user."""
+  logging.getLogger(logger).addFilter(lambda record: not unwanted(record.getMessage()))
 
 
-logging.getLogger("jax._src.xla_bridge").addFilter(_NoMissingLibtpu())
+# JAX probes every platform it knows and logs "Unable to initialize backend 'tpu': ... Failed to
+# open libtpu.so" on each CPU or GPU machine. Only that absence is dropped: a TPU that fails to
+# start with its library present is still reported.
+drop_log_records("jax._src.xla_bridge", lambda text: "Unable to initialize backend 'tpu'" in text
+                 and "open libtpu.so" in text)
 
 
 def fail(prog: str, message: str, status: int) -> NoReturn:

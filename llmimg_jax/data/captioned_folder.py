@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from llmimg_jax import cli
 from llmimg_jax.data import images
 from llmimg_jax.data.caption_files import (CAPTION_FILES, CAPTION_KEYS, FILE_KEYS,
                                            MAX_EXAMPLES_PER_REASON, FolderError, Skips,
@@ -24,16 +25,10 @@ from llmimg_jax.data.tfds_utils import LocalCodePathMixin
 log = logging.getLogger(__name__)
 
 
-class _NoCustomConfigNotice(logging.Filter):
-  """TFDS warns "Using custom data configuration: FolderConfig(...)" whenever a builder is made
-  with a config it does not list; a folder's config (`folder_config`) always is one, so every
-  command printed it."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Using custom data configuration: FolderConfig(")
-
-
-logging.getLogger("absl").addFilter(_NoCustomConfigNotice())  # TFDS logs through absl
+# TFDS (through absl) warns "Using custom data configuration: FolderConfig(...)" whenever a builder
+# is made with a config it does not list; a folder's config (`folder_config`) always is one.
+cli.drop_log_records(
+    "absl", lambda text: text.startswith("Using custom data configuration: FolderConfig("))
 
 
 @dataclasses.dataclass

@@ -12,18 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from llmimg_jax import cli
+
 log = logging.getLogger(__name__)
 
 
-class _NoTorchAdvice(logging.Filter):
-  """transformers, imported without torch, advises "PyTorch was not found. Models won't be
-  available...": every command said so, but only its tokenizers are used here, which need none."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("PyTorch was not found.")
-
-
-logging.getLogger("transformers").addFilter(_NoTorchAdvice())  # its library logger
+# transformers, imported without torch, advises "PyTorch was not found. Models won't be
+# available...": every command said so, but only its tokenizers are used here, which need none.
+cli.drop_log_records("transformers", lambda text: text.startswith("PyTorch was not found."))
 
 
 class TextTokenizer:
