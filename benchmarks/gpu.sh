@@ -3,8 +3,15 @@
 #   bash benchmarks/gpu.sh OUTDIR
 # writes OUTDIR/gpu_{float32,bfloat16}.{json,log} and nvidia_smi.txt; RESULTS.md keeps the JSON as
 # benchmarks/results/gpu_<gpu>_{f32,bf16}.json (copied by hand).
-# That machine has jax[cuda], flax, optax, orbax, torch and transformers but not ml_collections
-# or grain; their wheels travel in .whl/ (pip download ... -d .whl, see RESULTS.md).
+# That machine has jax[cuda], flax, optax, orbax, torch and transformers but not ml_collections,
+# grain or TFDS; their wheels travel in .whl/ (ignored via .git/info/exclude). The set that ran on
+# 2026-12-04 (Python 3.12 there): `pip download --no-deps --only-binary=:all: --python-version 3.12
+# --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+# --platform manylinux2014_x86_64 -d .whl` array_record==0.8.6 grain==0.2.18 ml_collections==1.1.0
+# tensorflow-datasets==4.9.10 tensorflow-metadata==1.21.0 immutabledict==4.3.1 toml==0.10.2
+# portpicker==1.6.0 googleapis-common-protos==1.76.0 protobuf==7.36.2 (tensorflow-metadata's
+# generated code needs protobuf >= 6.31), plus `pip wheel --no-deps -w .whl promise==2.3` (no wheel
+# on PyPI). Then: run(command="bash benchmarks/gpu.sh $OUT", carry=[".whl"]), ~500 s.
 set -uo pipefail
 out=${1:-/tmp/gpu_bench}; mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
