@@ -8,7 +8,8 @@
 Each --options is one variant, items separated by ';': 'none' (XLA's defaults), 'train' (the
 options train.py uses, loop.compiler_options), an XLA DebugOptions key=value, or a module
 attribute (a dotted key, e.g. llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that
-variant is traced. The step runs in batch chunks as train.py's does (loop.batch_chunks; off with
+variant is traced; a value '@package.module.name' is that object (e.g. another conv function:
+llmimg_jax.gan.discriminator.conv4x4_stride2=@llmimg_jax.gan.discriminator._conv4x4_stride2_direct). The step runs in batch chunks as train.py's does (loop.batch_chunks; off with
 llmimg_jax.train.loop.CPU_BATCH_CHUNKS=1). --baseline is the first variant (default 'none').
 --bench RES is run.py's GAN step config (nf 32, batch 32); without it, configs/shapes_quick.py.
 Random batch, one device.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import sys
 import time
@@ -31,6 +33,14 @@ from benchmarks.profile_step import (  # noqa: E402
     models_and_batch, module_attributes, parse_args_reusing_host_memory)
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
+
+
+def _switch_value(value: str):
+  """'@package.module.name' -> that object; anything else as parse_value reads it."""
+  if not value.startswith("@"):
+    return parse_value(value)
+  module_name, name = value[1:].rsplit(".", 1)
+  return getattr(importlib.import_module(module_name), name)
 
 
 def main() -> None:
@@ -53,7 +63,7 @@ def main() -> None:
         options.update(loop.compiler_options(mesh) if item == "train" else {})
         continue
       key, value = item.split("=", 1)
-      (switches if "." in key else options)[key] = parse_value(value)
+      (switches if "." in key else options)[key] = _switch_value(value)
     holder = holders[name] = {"state": loop.create_state(models, mesh, cfg.seed)}
     t0 = time.perf_counter()
     with module_attributes(switches):

@@ -41,6 +41,15 @@ def two_by_two_valid(x, kernel):
       x, generator._phase_kernel(kernel, generator._taps_2x2)))
 
 
+def plain_upsample_conv3x3(x, kernel):
+  """What UpsampleConv3x3 computes, written plainly: nearest 2x upsample, then a 3x3 SAME conv
+  (autodiff for the gradients). For A/Bs of the whole step, e.g. on a GPU:
+  step_options.py --options "train;llmimg_jax.gan.generator.upsample_conv3x3=@benchmarks.upsample_conv.plain_upsample_conv3x3"
+  """
+  up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # [b, 2h, 2w, in]
+  return conv2d(up, kernel.astype(x.dtype))
+
+
 VARIANTS = {"3x3 form": three_by_three_form,
             "2x2 form": generator._upsample_conv_2x2_form,
             "2x2 VALID": two_by_two_valid,
