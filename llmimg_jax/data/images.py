@@ -16,8 +16,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 from llmimg_jax.data import icc as icc_lib
 
 # Every image file a folder may hold (its fingerprint, its uncaptioned images); whether this
-# install decodes each: `_check_decoder` (AVIF needs a Pillow built with it, HEIC/HEIF the
-# pillow-heif plugin, which is not a dependency).
+# install decodes each: `_missing_decoder` (AVIF needs a Pillow built with it, HEIC/HEIF the
+# pillow-heif plugin, which is not a dependency; only for files PIL cannot identify).
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
     ".pnm", ".tga", ".ico", ".jfif", ".avif", ".heic", ".heif"})
@@ -110,11 +110,13 @@ def _pillow_has_avif() -> bool:
   return known and features.check("avif")
 
 
-def _check_decoder(ext: str) -> None:
-  """Raises SkipImage naming the fix if this install cannot decode `ext` files."""
+def _missing_decoder(ext: str) -> str | None:
+  """The skip reason (a DECODER_FIXES key) if this install cannot decode `ext` files, else None;
+  registers pillow-heif's opener for .heic/.heif when it is installed. Only reported for files
+  PIL cannot identify: PIL reads by content, so a JPEG/PNG renamed .heic is still read."""
   global _heif_registered
   if ext == ".avif" and not _pillow_has_avif():
-    raise SkipImage("needs_pillow_avif", DECODER_FIXES["needs_pillow_avif"])
+    return "needs_pillow_avif"
   if ext in (".heic", ".heif"):
     if _heif_registered is None:
       try:
@@ -124,7 +126,8 @@ def _check_decoder(ext: str) -> None:
       except ImportError:
         _heif_registered = False
     if not _heif_registered:
-      raise SkipImage("needs_pillow_heif", DECODER_FIXES["needs_pillow_heif"])
+      return "needs_pillow_heif"
+  return None
 
 
 @contextlib.contextmanager
@@ -154,7 +157,7 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
     raise SkipImage("unknown_file", path)
   if os.path.getsize(path) == 0:
     raise SkipImage("empty_file", path)
-  _check_decoder(ext)
+  missing = _missing_decoder(ext)
   max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
   notes = []
   try:
@@ -163,7 +166,11 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
       img = Image.open(path)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise SkipImage("too_large", str(e)) from None
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+  except UnidentifiedImageError as e:
+    if missing:  # e.g. a real HEIC without pillow-heif: name the fix
+      raise SkipImage(missing, DECODER_FIXES[missing]) from None
+    raise SkipImage("unreadable", str(e)) from None
+  except (OSError, SyntaxError, ValueError) as e:
     raise SkipImage("unreadable", str(e)) from None
   with img:
     w, h = img.size  # declared size, read from the header before decoding

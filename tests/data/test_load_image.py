@@ -280,3 +280,28 @@ def test_avif_on_a_pillow_that_does_not_know_it_is_skipped_without_a_warning(tmp
     warnings.simplefilter("error")
     with pytest.raises(images_lib.SkipImage, match="needs_pillow_avif"):
       images_lib.load_image(str(tmp_path / "a.avif"), 8)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_heic_that_is_really_a_jpeg_or_png_is_read_without_pillow_heif(tmp_path, monkeypatch,
+                                                                         fmt):
+  """PIL identifies images by content: a JPEG/PNG renamed .heic is read (noted as a mismatch),
+  not skipped as needs_pillow_heif."""
+  monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not importable
+  monkeypatch.setattr(images_lib, "_heif_registered", None)
+  path = tmp_path / "renamed.heic"
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(path, fmt, quality=100)
+  rgb, notes = images_lib.load_image(str(path), 8)
+  assert notes == ["extension_mismatch"]
+  np.testing.assert_allclose(rgb.reshape(-1, 3).mean(0), (200, 100, 50), atol=2)
+
+
+def test_an_avif_that_is_really_a_png_is_read_without_avif_support(tmp_path, monkeypatch):
+  monkeypatch.setattr(images_lib, "_pillow_has_avif", lambda: False)
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "renamed.avif", "PNG")
+  rgb, notes = images_lib.load_image(str(tmp_path / "renamed.avif"), 8)
+  assert notes == ["extension_mismatch"]
+  np.testing.assert_array_equal(rgb, np.full((8, 8, 3), (200, 100, 50)))
+  (tmp_path / "real.avif").write_bytes(b"\0\0\0\x1cftypavif" + b"\0" * 64)
+  with pytest.raises(images_lib.SkipImage, match="needs_pillow_avif"):
+    images_lib.load_image(str(tmp_path / "real.avif"), 8)
