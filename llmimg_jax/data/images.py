@@ -6,6 +6,7 @@ carry on instead of crashing halfway.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import warnings
@@ -14,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from llmimg_jax.data import icc as icc_lib
+
+log = logging.getLogger(__name__)
 
 # Every image file a folder may hold (its fingerprint, its uncaptioned images); whether this
 # install decodes each: `_missing_decoder` (AVIF needs a Pillow built with it, HEIC/HEIF the
@@ -124,6 +127,10 @@ def _missing_decoder(ext: str) -> str | None:
         pillow_heif.register_heif_opener()
         _heif_registered = True
       except ImportError:
+        _heif_registered = False
+      except Exception as e:  # pylint: disable=broad-except  # e.g. OSError: a broken libheif
+        log.warning("pillow-heif is installed but cannot be used (%s: %s); .heic/.heif images "
+                    "PIL cannot identify are skipped as without it.", type(e).__name__, e)
         _heif_registered = False
     if not _heif_registered:
       return "needs_pillow_heif"

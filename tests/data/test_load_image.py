@@ -305,3 +305,27 @@ def test_an_avif_that_is_really_a_png_is_read_without_avif_support(tmp_path, mon
   (tmp_path / "real.avif").write_bytes(b"\0\0\0\x1cftypavif" + b"\0" * 64)
   with pytest.raises(images_lib.SkipImage, match="needs_pillow_avif"):
     images_lib.load_image(str(tmp_path / "real.avif"), 8)
+
+
+def test_a_pillow_heif_that_fails_to_import_is_not_available(tmp_path, monkeypatch, caplog):
+  """An installed pillow-heif whose import fails otherwise than ImportError (an OSError from a
+  broken shared library) does not crash the build: HEIC files are skipped as without it, and a
+  warning names the error."""
+  import builtins
+  real_import = builtins.__import__
+
+  def broken_import(name, *args, **kwargs):
+    if name == "pillow_heif":
+      raise OSError("libheif.so.1: cannot open shared object file")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.delitem(sys.modules, "pillow_heif", raising=False)
+  monkeypatch.setattr(builtins, "__import__", broken_import)
+  monkeypatch.setattr(images_lib, "_heif_registered", None)
+  (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.images"):
+    for _ in range(2):
+      with pytest.raises(images_lib.SkipImage, match="needs_pillow_heif"):
+        images_lib.load_image(str(tmp_path / "phone.heic"), 8)
+  warned = [r for r in caplog.records if "pillow-heif" in r.getMessage()]
+  assert len(warned) == 1 and "OSError: libheif.so.1" in warned[0].getMessage()
