@@ -38,7 +38,7 @@ DECODER_FIXES = {
 # builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
 # converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read.
 DECODER_VERSION = 2
-_COMPOSITE_PIXELS = 1 << 16  # pixels per block when compositing transparency over white
+_COMPOSITE_PIXELS = 1 << 16  # pixels per block: compositing over white, 16-bit grey
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
@@ -68,14 +68,24 @@ def _sixteen_bit_samples(img: Image.Image) -> bool:
 
 def _gray8(img: Image.Image, sixteen_bit: bool) -> Image.Image:
   """A mode I/I;16*/F image -> mode L. `sixteen_bit`: a mode-I image's samples are 16-bit
-  (`_sixteen_bit_samples`); otherwise mode I is taken as 16-bit only when some value exceeds 255."""
-  mode = img.mode
-  a = np.asarray(img).astype(np.float64)  # [h, w]
-  if mode.startswith("I;16") or (mode == "I" and (sixteen_bit or a.max(initial=0) > 255)):
-    a = a / 257.0  # 16-bit range -> 8-bit
-  elif mode == "F" and a.max(initial=0) <= 1.0:
-    a = a * 255.0
-  return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+  (`_sixteen_bit_samples`); otherwise mode I is taken as 16-bit only when some value exceeds 255.
+
+  In blocks of rows, integer samples as int32 (float64 copies of a whole 16-bit image at PIL's
+  89.5 MP limit took ~2.1 GB): round(v / 257) is (v + 128) // 257, never a tie (257 is odd)."""
+  mode, (w, h) = img.mode, img.size
+  high = 0 if mode.startswith("I;16") else (img.getextrema() or (0, 0))[1]  # I;16B has none
+  out = np.empty((h, w), np.uint8)
+  rows = max(1, _COMPOSITE_PIXELS // max(1, w))
+  wide = mode.startswith("I;16") or sixteen_bit or high > 255  # 16-bit range -> 8-bit
+  scale = 255.0 if high <= 1.0 else 1.0  # mode F
+  for y in range(0, h, rows):
+    block = np.asarray(img.crop((0, y, w, min(h, y + rows))))  # [rows, w]: uint16, int32, float32
+    if mode == "F":
+      out[y:y + rows] = np.clip(np.rint(block.astype(np.float64) * scale), 0, 255)
+    else:
+      block = np.clip(block, 0, 65535 if wide else 255).astype(np.int32)
+      out[y:y + rows] = (block + 128) // 257 if wide else block
+  return Image.fromarray(out, "L")
 
 
 def _has_alpha(img: Image.Image) -> bool:
