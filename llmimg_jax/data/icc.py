@@ -23,6 +23,7 @@ FLAGS = ImageCms.Flags.BLACKPOINTCOMPENSATION
 # A profile's colour space -> the PIL modes whose pixels it can describe.
 _MODES = {"RGB": ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA"), "GRAY": ("L", "LA", "La", "1"),
           "CMYK": ("CMYK",)}
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 class BadProfile(ValueError):
@@ -30,27 +31,42 @@ class BadProfile(ValueError):
 
 
 @functools.lru_cache(maxsize=16)
-def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform | None:
-  """The cached transform from `icc` to sRGB (a folder's images often share one profile); None
-  for an sRGB profile. Raises BadProfile."""
+def _profile(icc: bytes) -> tuple[ImageCms.ImageCmsProfile, str,
+                                  ImageCms.ImageCmsTransform | None]:
+  """(`icc`'s profile, its colour space, for an RGB profile its RGB -> sRGB transform: None for
+  other spaces and for sRGB), cached: the transform is built once, for the sRGB test and for
+  converting RGB pixels. Raises BadProfile."""
   try:
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     space = profile.profile.xcolor_space.strip()
   except (OSError, ImageCms.PyCMSError, TypeError, ValueError) as e:
     raise BadProfile(f"unreadable profile: {e}") from None
-  srgb = ImageCms.createProfile("sRGB")
+  if space != "RGB":
+    return profile, space, None
   try:
-    # sRGB already (cameras', the web's default): stored as-is, as before profiles were read.
-    # Told by what it does, not its name: GIMP's "Linear sRGB" is named sRGB but is linear.
-    srgb_already = space == "RGB" and _is_identity(
-        ImageCms.buildTransform(profile, srgb, "RGB", "RGB", INTENT, flags=FLAGS))
-    if not srgb_already and in_mode in _MODES.get(space, ()):
-      return ImageCms.buildTransform(profile, srgb, in_mode, out_mode, INTENT, flags=FLAGS)
+    rgb = ImageCms.buildTransform(profile, _SRGB, "RGB", "RGB", INTENT, flags=FLAGS)
   except (ImageCms.PyCMSError, OSError, ValueError) as e:
     raise BadProfile(f"cannot build transform: {e}") from None
-  if srgb_already:
-    return None
-  raise BadProfile(f"a {space} profile on {in_mode} pixels")
+  # sRGB already (cameras', the web's default): stored as-is, as before profiles were read.
+  # Told by what it does, not its name: GIMP's "Linear sRGB" is named sRGB but is linear.
+  return profile, space, None if _is_identity(rgb) else rgb
+
+
+@functools.lru_cache(maxsize=16)
+def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform | None:
+  """The cached transform from `icc` to sRGB (a folder's images often share one profile); None
+  for an sRGB profile. Raises BadProfile."""
+  profile, space, rgb = _profile(icc)
+  if space == "RGB" and rgb is None:
+    return None  # sRGB already
+  if in_mode not in _MODES.get(space, ()):
+    raise BadProfile(f"a {space} profile on {in_mode} pixels")
+  if (in_mode, out_mode) == ("RGB", "RGB"):
+    return rgb
+  try:
+    return ImageCms.buildTransform(profile, _SRGB, in_mode, out_mode, INTENT, flags=FLAGS)
+  except (ImageCms.PyCMSError, OSError, ValueError) as e:
+    raise BadProfile(f"cannot build transform: {e}") from None
 
 
 _PROBE = np.stack(np.meshgrid(*[np.arange(0, 256, 15, dtype=np.uint8)] * 3, indexing="ij"), -1)
