@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's default handler
 
 from llmimg_jax.data import host_slices
+from llmimg_jax.train.config_values import config_changes, config_values
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
          config: ml_collections.ConfigDict) -> bool:
   """Starts an asynchronous save of everything a resumed run needs; the caller picks the steps."""
   items = {"state": ocp.args.StandardSave(state),
-           "config": ocp.args.JsonSave(config.to_dict())}
+           "config": ocp.args.JsonSave(config_values(config))}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   return manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -276,13 +277,6 @@ def _data_change(errors) -> str | None:
   return None
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  if isinstance(d, dict) and d:
-    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-  return {prefix[:-1]: d}
-
-
 def saved_config(step_dir: str | Path) -> dict[str, Any]:
   """The config saved with a checkpoint (its `config` item), given the step's directory."""
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
@@ -297,14 +291,7 @@ def _config_changes(manager: ocp.CheckpointManager, step: int,
     saved = saved_config(Path(manager.directory) / str(step))
   except Exception:  # noqa: BLE001 - no readable config: nothing to compare
     return None
-  return config_changes(saved, json.loads(config.to_json()))
-
-
-def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-  """'key: saved -> now' for every value of two configs (as JSON dicts) that differs."""
-  old, new = _flat(saved), _flat(now)
-  return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
-          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+  return config_changes(saved, config_values(config))
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,

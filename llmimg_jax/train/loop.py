@@ -22,6 +22,7 @@ from llmimg_jax.train import checkpoint
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import validate
+from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
@@ -193,11 +194,11 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
       log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
     else:
-      changes = checkpoint.config_changes(saved, json.loads(config.to_json()))
+      changes = config_changes(saved, config_values(config))
       if changes:
         log.warning("%s differs from this run's config (%s); the new config is used and saved.",
                     path, "; ".join(changes))
-  checkpoint.write_atomically(path, config.to_json(indent=2))
+  checkpoint.write_atomically(path, json.dumps(config_values(config), indent=2))
 
 
 def _set_aside_best_past(workdir: Path, start: int) -> None:

@@ -12,6 +12,7 @@ import jax
 import ml_collections
 
 from llmimg_jax.train import checkpoint
+from llmimg_jax.train.config_values import config_changes, config_values
 
 # data.data_dir is compared by whether each host sees host 0's build (loop._check_data_shared).
 _PER_HOST = ("data_dir",)
@@ -23,7 +24,7 @@ class ConfigDiffersError(ValueError):
 
 
 def _settings(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-  values = json.loads(config.to_json())
+  values = config_values(config)
   for key in _PER_HOST:
     values.get("data", {}).pop(key, None)
   return {"workdir": str(workdir.absolute()), "config": values}
@@ -45,7 +46,7 @@ def check_same_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
   if jax.process_count() == 1:
     return
   mine = _settings(config, workdir)
-  changes = checkpoint.config_changes(_host_0_settings(mine), mine)
+  changes = config_changes(_host_0_settings(mine), mine)
   others = [i for i, ok in enumerate(checkpoint.host_flags(not changes)) if not ok]
   if not others:
     return
