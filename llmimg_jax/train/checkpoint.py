@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's default handler
 
 from llmimg_jax.data import host_slices
+from llmimg_jax.train import resume_agree
 from llmimg_jax.train.config_values import config_changes, config_values
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
           "is not damage: fix the access to it (file permissions, the mount, free memory) and "
           "rerun the same command. No checkpoint was skipped or moved.")
     if _on_every_host(error is None):
+      resume_agree.check_hosts_agree(step, data_iter, manager.directory)
       if failed:
         _move_aside(manager, list(failed))
         log.warning("Resumed from the previous good checkpoint, step %d, instead of %s.", step,

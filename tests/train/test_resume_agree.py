@@ -1,0 +1,98 @@
+"""Two processes (jax.distributed on 127.0.0.1, gloo) resume from checkpoints where one host's
+input position is of another step, or where one host does not see the newest step: both stop
+with the hosts and steps named, instead of training on from disagreeing points."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from llmimg_jax.data.pipeline import load_source
+from llmimg_jax.train import resume_agree
+from tests.train.cli_utils import Proc
+from tests.train.test_multihost import _devices_env, _free_port
+from tests.train.utils import tiny_config
+
+_RESUME = """
+import shutil, sys
+from pathlib import Path
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import numpy as np
+from llmimg_jax.data.pipeline import make_iterator
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.state import build_text
+from tests.train.utils import tiny_config
+
+config, workdir, how = tiny_config(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+tokenizer = build_text(config)[0]
+state = {"w": np.arange(3, dtype=np.float32)}
+it = make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
+manager = checkpoint.make_manager(workdir, config)
+for step in (2, 4):
+  next(it), next(it)
+  checkpoint.save(manager, step, state, it, config)
+manager.wait_until_finished()
+steps = workdir / "checkpoints"
+def edit():
+  if how == "position":  # host 1's position of step 2 in step 4
+    shutil.copy(steps / "2/data/process_1-of-2.json", steps / "4/data/process_1-of-2.json")
+checkpoint.on_host_0(edit, "edited", "edit")
+manager = checkpoint.make_manager(workdir, config)
+if how == "listing" and jax.process_index() == 1:  # step 4 not shown to host 1 yet
+  manager.all_steps = lambda read=False: [2]
+it = make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
+abstract = {"w": jax.ShapeDtypeStruct((3,), np.float32)}
+try:
+  checkpoint.restore_latest(manager, abstract, it, config=config)
+  print("restored", it.get_state().decode(), flush=True)
+except Exception as e:
+  print("raised", type(e).__name__, e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["position", "listing", "agree"])
+def test_hosts_resuming_at_different_points_stop_together(shapes_data_dir, tmp_path, how):
+  config = tiny_config(shapes_data_dir)
+  load_source(config.data)  # built here once, not by both processes
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _RESUME, f"127.0.0.1:{port}", str(i), str(shapes_data_dir),
+                 str(tmp_path / "run"), how], **_devices_env(1)) for i in range(2)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=240) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  if how == "agree":
+    assert all("restored" in proc.output for proc in procs)
+    return
+  behind = ("host 1: step 4 with the input position of 2 batches (another position than host "
+            "0's)" if how == "position" else "host 1: step 2 with the input position of 2 "
+            "batches (another position than host 0's)")
+  for proc in procs:
+    assert "raised ResumeDisagreesError The hosts resumed from" in proc.output, proc.output[-3000:]
+    assert f"(host 0: step 4 with the input position of 4 batches; {behind})" in proc.output
+
+
+class _Iterator:
+  def __init__(self, **state):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+
+def test_positions_compare_what_every_host_counts_alike():
+  """Each host's sampler names its process: only the positions are compared. With grain
+  workers they are per worker, not a count of batches."""
+  def state(process: int, seen: dict, workers: int = 0, last: int = -1) -> _Iterator:
+    return _Iterator(last_seen_indices=seen, last_worker_index=last, worker_count=workers,
+                     sampler=f"HostSliceSampler(S, batch_size_per_host=4, process={process}/2)")
+  assert resume_agree._position(state(0, {"0": 15})) == resume_agree._position(state(1, {"0": 15}))
+  assert resume_agree._position(state(0, {"0": 15}))[1] == 4
+  assert resume_agree._position(state(0, {"0": 15})) != resume_agree._position(state(1, {"0": 7}))
+  workers = [state(h, {"0": 9, "1": 13}, workers=2, last=1) for h in range(2)]
+  assert resume_agree._position(workers[0]) == resume_agree._position(workers[1])
+  assert resume_agree._position(workers[0])[1] == -1
+  assert resume_agree._position(workers[0]) != resume_agree._position(
+      state(1, {"0": 9, "1": 13}, workers=2, last=0))
+  assert resume_agree._position(None) == (0, -1)
