@@ -70,6 +70,15 @@ def parse_args_reusing_host_memory(parser: argparse.ArgumentParser) -> argparse.
   return args
 
 
+def switch_value(value: str):
+  """A module switch's value: '@package.module.name' is that object (e.g. another conv
+  function); anything else as parse_value reads it."""
+  if not value.startswith("@"):
+    return parse_value(value)
+  module_name, name = value[1:].rsplit(".", 1)
+  return getattr(importlib.import_module(module_name), name)
+
+
 @contextlib.contextmanager
 def module_attributes(values: dict[str, object]):
   """Sets 'package.module.ATTR' to each value, restoring the old values on exit."""
@@ -97,12 +106,13 @@ def main() -> None:
   parser.add_argument("--top", type=int, default=20)
   parser.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
                       help="a module switch set while tracing, e.g. "
-                           "llmimg_jax.gan.layers.NARROW_CONVS=False")
+                           "llmimg_jax.gan.layers.NARROW_CONVS=False; '@package.module.name' "
+                           "as VALUE is that object")
   args = parse_args_reusing_host_memory(parser)
   cfg, models, batch = models_and_batch(args.bench, args.max_length)
   mesh = make_mesh(jax.devices()[:1])
   holder = {"state": create_state(models, mesh, 0)}
-  switches = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+  switches = {k: switch_value(v) for k, v in (item.split("=", 1) for item in args.set)}
   t0 = time.perf_counter()
   if args.sampling:
     s = holder["state"]

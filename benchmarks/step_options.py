@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import os
 import sys
 import time
@@ -28,19 +27,10 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
-from benchmarks.learning_curve import parse_value  # noqa: E402
 from benchmarks.profile_step import (  # noqa: E402
-    models_and_batch, module_attributes, parse_args_reusing_host_memory)
+    models_and_batch, module_attributes, parse_args_reusing_host_memory, switch_value)
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
-
-
-def _switch_value(value: str):
-  """'@package.module.name' -> that object; anything else as parse_value reads it."""
-  if not value.startswith("@"):
-    return parse_value(value)
-  module_name, name = value[1:].rsplit(".", 1)
-  return getattr(importlib.import_module(module_name), name)
 
 
 def main() -> None:
@@ -63,7 +53,7 @@ def main() -> None:
         options.update(loop.compiler_options(mesh) if item == "train" else {})
         continue
       key, value = item.split("=", 1)
-      (switches if "." in key else options)[key] = _switch_value(value)
+      (switches if "." in key else options)[key] = switch_value(value)
     holder = holders[name] = {"state": loop.create_state(models, mesh, cfg.seed)}
     t0 = time.perf_counter()
     with module_attributes(switches):

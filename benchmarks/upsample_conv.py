@@ -18,6 +18,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.strided_conv import SEPARATE_GRADIENTS, print_table  # noqa: E402
 from llmimg_jax.gan import generator  # noqa: E402
+from llmimg_jax.gan.common import upsample2x  # noqa: E402
 from llmimg_jax.gan.layers import conv2d  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 
@@ -46,8 +47,7 @@ def plain_upsample_conv3x3(x, kernel):
   (autodiff for the gradients). For A/Bs of the whole step, e.g. on a GPU:
   step_options.py --options "train;llmimg_jax.gan.generator.upsample_conv3x3=@benchmarks.upsample_conv.plain_upsample_conv3x3"
   """
-  up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # [b, 2h, 2w, in]
-  return conv2d(up, kernel.astype(x.dtype))
+  return conv2d(upsample2x(x), kernel.astype(x.dtype))  # [b, 2h, 2w, out]
 
 
 VARIANTS = {"3x3 form": three_by_three_form,

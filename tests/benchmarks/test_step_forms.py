@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks.step_options import _switch_value
+from benchmarks.profile_step import switch_value
 from benchmarks.upsample_conv import plain_upsample_conv3x3
 from llmimg_jax.gan import discriminator
 from llmimg_jax.gan.generator import upsample_conv3x3
@@ -22,8 +22,8 @@ def test_plain_upsample_conv_equals_ours_with_gradients():
 
 
 def test_switch_values():
-  assert (_switch_value("@llmimg_jax.gan.discriminator._conv4x4_stride2_direct")
+  assert (switch_value("@llmimg_jax.gan.discriminator._conv4x4_stride2_direct")
           is discriminator._conv4x4_stride2_direct)
-  assert _switch_value("False") is False and _switch_value("none") == "none"
+  assert switch_value("False") is False and switch_value("none") == "none"
   with pytest.raises(AttributeError, match="no_such_conv"):
-    _switch_value("@llmimg_jax.gan.discriminator.no_such_conv")
+    switch_value("@llmimg_jax.gan.discriminator.no_such_conv")
