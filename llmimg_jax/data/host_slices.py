@@ -46,6 +46,13 @@ _REPR = re.compile(r"HostSliceSampler\((?P<sampler>.*), batch_size_per_host=(?P<
 _STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
+def batch_size_per_host(state: dict) -> int | None:
+  """The rows per host of each batch in a HostSliceSampler iterator's state (grain's get_state()
+  as JSON); None for another sampler's."""
+  sampler = _REPR.fullmatch(str(state.get("sampler", "")))
+  return int(sampler["b"]) if sampler else None
+
+
 class ProcessCountMismatchError(ValueError):
   """The input-iterator state was saved by another number of processes (hosts) with grain
   worker processes, whose positions depend on the host count."""

@@ -10,13 +10,14 @@ the others wait for it in a collective until JAX's timeouts abort them.
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from llmimg_jax.data import host_slices
 
 
 class ResumeDisagreesError(RuntimeError):
@@ -31,10 +32,10 @@ def _position(data_iter: Any) -> tuple[int, int]:
   values = json.loads(data_iter.get_state())
   seen = {str(k): int(v) for k, v in values.get("last_seen_indices", {}).items()}
   where = json.dumps([seen, values.get("last_worker_index")], sort_keys=True)
-  rows = re.search(r"batch_size_per_host=(\d+)", str(values.get("sampler", "")))
+  rows = host_slices.batch_size_per_host(values)
   batches = -1
   if rows and int(values.get("worker_count", 0)) == 0 and list(seen) == ["0"]:
-    batches = (seen["0"] + 1) // int(rows.group(1))
+    batches = (seen["0"] + 1) // rows
   return zlib.crc32(where.encode()) & 0x7FFFFFFF, batches
 
 
