@@ -38,7 +38,7 @@ DECODER_FIXES = {
 # builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
 # converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read.
 DECODER_VERSION = 2
-_COMPOSITE_PIXELS = 1 << 16  # pixels per block: compositing over white, 16-bit grey
+_BLOCK_PIXELS = 1 << 16  # about this many pixels per block of rows (`_row_blocks`)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
@@ -66,6 +66,13 @@ def _sixteen_bit_samples(img: Image.Image) -> bool:
   return False
 
 
+def _row_blocks(height: int, width: int) -> list[slice]:
+  """Slices of rows of about _BLOCK_PIXELS pixels each: per-block float or int32 copies instead of
+  whole-image ones (at PIL's 89.5 MP limit those took gigabytes)."""
+  rows = max(1, _BLOCK_PIXELS // max(1, width))
+  return [slice(y, min(height, y + rows)) for y in range(0, height, rows)]
+
+
 def _gray8(img: Image.Image, sixteen_bit: bool) -> Image.Image:
   """A mode I/I;16*/F image -> mode L. `sixteen_bit`: a mode-I image's samples are 16-bit
   (`_sixteen_bit_samples`); otherwise mode I is taken as 16-bit only when some value exceeds 255.
@@ -75,16 +82,15 @@ def _gray8(img: Image.Image, sixteen_bit: bool) -> Image.Image:
   mode, (w, h) = img.mode, img.size
   high = 0 if mode.startswith("I;16") else (img.getextrema() or (0, 0))[1]  # I;16B has none
   out = np.empty((h, w), np.uint8)
-  rows = max(1, _COMPOSITE_PIXELS // max(1, w))
   wide = mode.startswith("I;16") or sixteen_bit or high > 255  # 16-bit range -> 8-bit
   scale = 255.0 if high <= 1.0 else 1.0  # mode F
-  for y in range(0, h, rows):
-    block = np.asarray(img.crop((0, y, w, min(h, y + rows))))  # [rows, w]: uint16, int32, float32
+  for rows in _row_blocks(h, w):
+    block = np.asarray(img.crop((0, rows.start, w, rows.stop)))  # [rows, w]: uint16, int32, f32
     if mode == "F":
-      out[y:y + rows] = np.clip(np.rint(block.astype(np.float64) * scale), 0, 255)
+      out[rows] = np.clip(np.rint(block.astype(np.float64) * scale), 0, 255)
     else:
       block = np.clip(block, 0, 65535 if wide else 255).astype(np.int32)
-      out[y:y + rows] = (block + 128) // 257 if wide else block
+      out[rows] = (block + 128) // 257 if wide else block
   return Image.fromarray(out, "L")
 
 
@@ -105,12 +111,10 @@ def _to_rgb(img: Image.Image, sixteen_bit: bool = False,
   if _has_alpha(img):
     rgba = np.asarray(img.convert("RGBA"))  # uint8 [h, w, 4]
     rgb = np.empty(rgba.shape[:2] + (3,), np.uint8)  # [h, w, 3]
-    # In blocks of rows: float32 copies of a whole image at PIL's 89.5 MP limit took ~3.5 GB.
-    rows = max(1, _COMPOSITE_PIXELS // max(1, rgba.shape[1]))
-    for y in range(0, len(rgba), rows):
-      block = rgba[y:y + rows].astype(np.float32)  # [rows, w, 4]
+    for rows in _row_blocks(*rgba.shape[:2]):  # float32 of the whole image: ~3.5 GB at 89.5 MP
+      block = rgba[rows].astype(np.float32)  # [rows, w, 4]
       alpha = block[..., 3:] / 255.0
-      rgb[y:y + rows] = np.clip(np.rint(block[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255)
+      rgb[rows] = np.clip(np.rint(block[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255)
     return rgb
   if img.mode == "L":
     return np.repeat(np.asarray(img, np.uint8)[..., None], 3, axis=-1)
