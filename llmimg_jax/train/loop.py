@@ -26,6 +26,7 @@ from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
+from llmimg_jax.train.summaries import summary_writer
 from llmimg_jax.train.workdir import check_workdir_writable
 
 log = logging.getLogger(__name__)
@@ -317,10 +318,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       save_text_files(workdir, tokenizer, t5_config, replace=restored is None)
   writer = None
   if jax.process_index() == 0:
-    from tensorboardX import SummaryWriter
     # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
     # start over an old run) are hidden by TensorBoard, not drawn under this run's.
-    writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
+    writer = summary_writer(workdir / "tensorboard", purge_step=start + 1)
   samples = SampleWriter(models, tokenizer, config, workdir)
   evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir)
               if in_training.enabled(config) else None)
