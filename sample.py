@@ -56,9 +56,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def run() -> None:
   # Inputs are checked before JAX and the checkpoint load: bad flags fail in a second.
-  from llmimg_jax.sample.expand import check_options
-  from llmimg_jax.sample.outputs import check_out_dir, read_prompts
-  from llmimg_jax.sample.sampler import check_sample_args
+  from llmimg_jax.sample.checks import check_options, check_out_dir, check_sample_args, read_prompts
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   check_out_dir(_OUT.value, _OVERWRITE.value)
   check_sample_args(_NUM.value, _SEED.value, _TRUNCATION.value, flag="--")

@@ -4,19 +4,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import string
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from llmimg_jax import cli
-from llmimg_jax.sample.restore import check_integer
+from llmimg_jax.sample.checks import DEFAULT_TEMPLATE, check_integer, check_options
 from llmimg_jax.text import TextGenerator
 
 log = logging.getLogger(__name__)
-DEFAULT_TEMPLATE = "Describe an image of: {prompt}"
 
 
 @dataclasses.dataclass
@@ -108,54 +105,3 @@ def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:
   while size < min(count, cap):
     size *= 2
   return min(size, cap)
-
-
-def check_template(template: str) -> None:
-  """A str.format template whose fields are all exactly {prompt} (conversions and format specs
-  allowed, e.g. {prompt!r}); ValueError otherwise."""
-  try:
-    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-  except ValueError as e:
-    raise ValueError(f"Expansion template {template!r} is not a valid format string ({e}); "
-                     "use {prompt} for the prompt and {{ }} for literal braces.") from None
-  if other := [f for f in fields if f != "prompt"]:
-    raise ValueError(f"Expansion template {template!r} has the field(s) {other}; the only field "
-                     "is {prompt} (the whole prompt), and {{ }} are literal braces.")
-  if not fields:
-    raise ValueError(f"Expansion template {template!r} has no {{prompt}} placeholder; e.g. "
-                     f"{DEFAULT_TEMPLATE!r}.")
-  try:  # a conversion or format spec str.format refuses for a str (e.g. {prompt!x}, {prompt:d})
-    template.format(prompt="a prompt")
-  except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-    raise ValueError(f"Expansion template {template!r} cannot format a prompt ({e}); write the "
-                     "placeholder as {prompt}.") from None
-
-
-def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
-  """The sampling options given values other than 1.0 (CaptionExpander's and sample.py's default),
-  as sample.py's flags."""
-  return [f"--expand_{name}={value}" for name, value in
-          (("temperature", temperature), ("top_p", top_p)) if value != 1.0]
-
-
-def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
-                  temperature: float, top_p: float) -> None:
-  """CaptionExpander's options (ValueError if one is bad; TypeError for a count that is not an
-  int), to check before a model loads."""
-  check_template(template)
-  for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
-    check_integer(value, f"expand {name}")
-  if max_new_tokens < 1:
-    raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
-  if num_beams < 1:
-    raise ValueError(f"expand num_beams={num_beams} must be >= 1.")
-  if not do_sample and (ignored := _sampling_options_set(temperature, top_p)):
-    raise ValueError(f"{cli.only_apply(ignored)} when sampling expansions; pass "
-                     f"--expand_do_sample, or drop {cli.them(ignored)} for greedy or beam-search "
-                     "expansion.")
-  if do_sample and num_beams > 1:
-    raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
-                     "not both; drop one of the two options.")
-  if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-    raise ValueError(f"Sampled expansion needs --expand_temperature > 0 and 0 < --expand_top_p "
-                     f"<= 1; got {temperature} and {top_p}.")

@@ -1,94 +1,18 @@
-"""Prompt files in; PNGs, a captioned grid and samples.jsonl out."""
+"""PNGs, a captioned grid and samples.jsonl out (checks.py reads the prompts and checks the
+output directory first)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from llmimg_jax import cli
 from llmimg_jax.images import captioned_grid
-from llmimg_jax.sample.sampler import SampleResult, check_prompts
-
-GRID_NAME = "grid.png"
-JSONL_NAME = "samples.jsonl"
-
-
-def _old_outputs(out: Path) -> list[Path]:
-  """What an earlier write_samples left in `out`."""
-  if not out.is_dir():
-    return []
-  return sorted([*out.glob("p[0-9]*_s[0-9]*.png"), *(out / n for n in (GRID_NAME, JSONL_NAME)
-                                                      if (out / n).exists())])
-
-
-def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
-  """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
-  it holds an earlier run's samples (checked before sampling)."""
-  if not str(out_dir).strip():
-    raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
-  out = cli.expand_home(out_dir, "--out")
-  existing = next(p for p in (out, *out.parents) if p.exists())
-  if not existing.is_dir():
-    raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
-                             "the images (it is created if missing).")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise PermissionError(f"Output {out_dir!r}: {existing} is not writable; pass a directory "
-                          "you can write to.")
-  old = _old_outputs(out)
-  if old and not overwrite:
-    raise FileExistsError(
-        f"Output '{out}' already holds samples ({len(old)} files, e.g. {old[0].name}); pass "
-        "a new directory, or --overwrite to replace them (new and old images would "
-        "otherwise mix, and samples.jsonl would describe only the new ones).")
-
-
-def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathLike | None = None
-                 ) -> list[str]:
-  """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""
-  prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # not one per character
-  if prompts_file is not None and not str(prompts_file).strip():  # e.g. "$FILE" unset
-    raise ValueError(f"The prompts file name is blank (--prompts_file={str(prompts_file)!r}); "
-                     "name a UTF-8 text file with one prompt per line, or drop the flag.")
-  if prompts_file:
-    path = cli.expand_home(prompts_file, "--prompts_file")
-    try:
-      text = path.read_text(encoding="utf-8-sig")  # a BOM (as some editors write) is dropped
-    except FileNotFoundError:
-      raise FileNotFoundError(f"Prompts file {path} does not exist; pass a UTF-8 text file "
-                              "with one prompt per line.") from None
-    except (OSError, UnicodeDecodeError) as e:
-      raise ValueError(f"Could not read prompts file {path} ({type(e).__name__}: {e}); it must "
-                       "be UTF-8 text with one prompt per line.") from None
-    # Lines end at \n, \r\n or \r only (str.splitlines would also split at U+2028, \x0c, ...).
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    from_file = [line.strip() for line in lines]
-    from_file = [p for p in from_file if p and not p.startswith("#")]
-    if not from_file:
-      raise ValueError(f"Prompts file {path} has no prompts (only blank or '#' lines); write one "
-                       "prompt per line.")
-    if json_line := next((p for p in from_file if _is_json_object(p)), None):
-      raise ValueError(f"Prompts file {path} holds JSON objects (e.g. {json_line[:60]!r}), not "
-                       "plain prompts; write one prompt per line (from a captions.jsonl: "
-                       "`jq -r .caption captions.jsonl > prompts.txt`).")
-    prompts += from_file
-  if not prompts:
-    raise ValueError("No prompts: pass --prompt TEXT (repeatable) or --prompts_file FILE.")
-  return check_prompts(prompts)
-
-
-def _is_json_object(line: str) -> bool:
-  if not line.startswith("{"):
-    return False
-  try:
-    return isinstance(json.loads(line), dict)
-  except ValueError:
-    return False
-
+from llmimg_jax.sample.checks import GRID_NAME, JSONL_NAME, check_out_dir, old_outputs
+from llmimg_jax.sample.sampler import SampleResult
 
 # Line breaks for str.splitlines() that JSON leaves unescaped (they can only occur in strings).
 _LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
@@ -136,7 +60,7 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
                 for p, c in zip(result.prompts, result.captions)]
     captioned_grid(result.images, captions).save(staging / GRID_NAME)
     (staging / JSONL_NAME).write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
-    for path in _old_outputs(out):
+    for path in old_outputs(out):
       path.unlink()
     for name in [r["file"] for r in records] + [GRID_NAME, JSONL_NAME]:  # the index last
       os.replace(staging / name, out / name)

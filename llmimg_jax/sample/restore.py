@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from llmimg_jax import cli
+from llmimg_jax.sample.checks import as_int
 from llmimg_jax.train.checkpoint import brief_error, saved_config
 
 log = logging.getLogger(__name__)
@@ -92,24 +92,6 @@ def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
       and (path / "state").is_dir()):
     return path.parent.parent, int(path.name)
   return None
-
-
-def as_int(value: Any) -> int | None:
-  """`value` as an int (numpy integers too); None for a bool, float, str or anything else."""
-  if isinstance(value, bool):
-    return None
-  try:
-    return operator.index(value)
-  except TypeError:
-    return None
-
-
-def check_integer(value: Any, name: str) -> None:
-  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
-  images per prompt failed deep in jax.jit, a float seed as 'got JitTracer', 3.5 new tokens were
-  cut to 3."""
-  if as_int(value) is None:
-    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
 
 
 def _step_number(step: Any, steps: dict[int, Path]) -> int:

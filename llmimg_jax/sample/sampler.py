@@ -37,8 +37,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.gan.common import image_noise
+from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
 from llmimg_jax.sample.expand import batch_bucket
-from llmimg_jax.sample.restore import check_integer, restore_for_sampling
+from llmimg_jax.sample.restore import restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
@@ -68,27 +69,6 @@ class SampleResult:
     return len(self.images) / max(self.seconds, 1e-9)
 
 
-def check_prompts(prompts: Sequence[str] | str) -> list[str]:
-  """The prompts as a list; ValueError for no prompts or an empty (whitespace-only) one."""
-  if isinstance(prompts, str):
-    prompts = [prompts]
-  prompts = list(prompts)
-  if not prompts:
-    raise ValueError("No prompts given; pass at least one non-empty prompt.")
-  for i, p in enumerate(prompts):
-    if not isinstance(p, str):
-      raise TypeError(f"Prompt {i} is a {type(p).__name__}, not a str: {p!r:.80}")
-    if not p.strip():
-      raise ValueError(f"Prompt {i} is empty; give every prompt some text (an empty prompt "
-                       "would condition the generator on padding only).")
-    try:
-      p.encode("utf-8")
-    except UnicodeEncodeError:  # e.g. Latin-1 bytes from a shell, decoded as surrogates
-      raise ValueError(f"Prompt {i} is not valid UTF-8 text ({p!r:.80}); set the terminal's "
-                       "encoding to UTF-8, or use a UTF-8 --prompts_file.") from None
-  return prompts
-
-
 def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
                ) -> tuple[TextTokenizer, T5Config]:
   """The run's tokenizer and encoder config, without loading pretrained weights (the checkpoint
@@ -105,22 +85,6 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
             T5Config.from_json_file(os.path.join(text_dir, "config.json")))
   tokenizer, t5_config, _ = build_text(config)
   return tokenizer, t5_config
-
-
-def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, flag: str = ""
-                      ) -> float | None:
-  """The truncation as a float, or a ValueError (TypeError for a count or seed that is not an int)
-  naming the first bad value (with `flag` "--", as sample.py's flag)."""
-  for name, value in (("num_per_prompt", num_per_prompt), ("seed", seed)):
-    check_integer(value, f"{flag}{name}")
-  if num_per_prompt < 1:
-    raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
-  if not 0 <= seed < 2**32:
-    raise ValueError(f"{flag}seed={seed} must be in [0, 2**32).")
-  if truncation is not None and not 0 < float(truncation) < float("inf"):  # inf: black images
-    raise ValueError(f"{flag}truncation={truncation} must be finite and > 0 (e.g. 0.88); leave it "
-                     "unset for none.")
-  return None if truncation is None else float(truncation)
 
 
 def _check_captions(captions: list[Any], num_prompts: int) -> None:

@@ -1,0 +1,196 @@
+"""Sampling's inputs checked without JAX (or NumPy): sample.py reads the prompts and checks --out
+and its other flags with these before JAX and the checkpoint load, so a bad flag fails at once;
+Sampler, CaptionExpander and write_samples run them too."""
+from __future__ import annotations
+
+import json
+import operator
+import os
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmimg_jax import cli
+
+DEFAULT_TEMPLATE = "Describe an image of: {prompt}"
+GRID_NAME = "grid.png"
+JSONL_NAME = "samples.jsonl"
+
+
+def as_int(value: Any) -> int | None:
+  """`value` as an int (numpy integers too); None for a bool, float, str or anything else."""
+  if isinstance(value, bool):
+    return None
+  try:
+    return operator.index(value)
+  except TypeError:
+    return None
+
+
+def check_integer(value: Any, name: str) -> None:
+  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
+  images per prompt failed deep in jax.jit, a float seed as 'got JitTracer', 3.5 new tokens were
+  cut to 3."""
+  if as_int(value) is None:
+    raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
+
+
+def check_prompts(prompts: Sequence[str] | str) -> list[str]:
+  """The prompts as a list; ValueError for no prompts or an empty (whitespace-only) one."""
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  prompts = list(prompts)
+  if not prompts:
+    raise ValueError("No prompts given; pass at least one non-empty prompt.")
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str):
+      raise TypeError(f"Prompt {i} is a {type(p).__name__}, not a str: {p!r:.80}")
+    if not p.strip():
+      raise ValueError(f"Prompt {i} is empty; give every prompt some text (an empty prompt "
+                       "would condition the generator on padding only).")
+    try:
+      p.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. Latin-1 bytes from a shell, decoded as surrogates
+      raise ValueError(f"Prompt {i} is not valid UTF-8 text ({p!r:.80}); set the terminal's "
+                       "encoding to UTF-8, or use a UTF-8 --prompts_file.") from None
+  return prompts
+
+
+def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, flag: str = ""
+                      ) -> float | None:
+  """The truncation as a float, or a ValueError (TypeError for a count or seed that is not an int)
+  naming the first bad value (with `flag` "--", as sample.py's flag)."""
+  for name, value in (("num_per_prompt", num_per_prompt), ("seed", seed)):
+    check_integer(value, f"{flag}{name}")
+  if num_per_prompt < 1:
+    raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"{flag}seed={seed} must be in [0, 2**32).")
+  if truncation is not None and not 0 < float(truncation) < float("inf"):  # inf: black images
+    raise ValueError(f"{flag}truncation={truncation} must be finite and > 0 (e.g. 0.88); leave it "
+                     "unset for none.")
+  return None if truncation is None else float(truncation)
+
+
+def check_template(template: str) -> None:
+  """A str.format template whose fields are all exactly {prompt} (conversions and format specs
+  allowed, e.g. {prompt!r}); ValueError otherwise."""
+  try:
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+  except ValueError as e:
+    raise ValueError(f"Expansion template {template!r} is not a valid format string ({e}); "
+                     "use {prompt} for the prompt and {{ }} for literal braces.") from None
+  if other := [f for f in fields if f != "prompt"]:
+    raise ValueError(f"Expansion template {template!r} has the field(s) {other}; the only field "
+                     "is {prompt} (the whole prompt), and {{ }} are literal braces.")
+  if not fields:
+    raise ValueError(f"Expansion template {template!r} has no {{prompt}} placeholder; e.g. "
+                     f"{DEFAULT_TEMPLATE!r}.")
+  try:  # a conversion or format spec str.format refuses for a str (e.g. {prompt!x}, {prompt:d})
+    template.format(prompt="a prompt")
+  except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    raise ValueError(f"Expansion template {template!r} cannot format a prompt ({e}); write the "
+                     "placeholder as {prompt}.") from None
+
+
+def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
+  """The sampling options given values other than 1.0 (CaptionExpander's and sample.py's default),
+  as sample.py's flags."""
+  return [f"--expand_{name}={value}" for name, value in
+          (("temperature", temperature), ("top_p", top_p)) if value != 1.0]
+
+
+def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
+                  temperature: float, top_p: float) -> None:
+  """CaptionExpander's options (ValueError if one is bad; TypeError for a count that is not an
+  int), to check before a model loads."""
+  check_template(template)
+  for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+    check_integer(value, f"expand {name}")
+  if max_new_tokens < 1:
+    raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
+  if num_beams < 1:
+    raise ValueError(f"expand num_beams={num_beams} must be >= 1.")
+  if not do_sample and (ignored := _sampling_options_set(temperature, top_p)):
+    raise ValueError(f"{cli.only_apply(ignored)} when sampling expansions; pass "
+                     f"--expand_do_sample, or drop {cli.them(ignored)} for greedy or beam-search "
+                     "expansion.")
+  if do_sample and num_beams > 1:
+    raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
+                     "not both; drop one of the two options.")
+  if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+    raise ValueError(f"Sampled expansion needs --expand_temperature > 0 and 0 < --expand_top_p "
+                     f"<= 1; got {temperature} and {top_p}.")
+
+
+def old_outputs(out: Path) -> list[Path]:
+  """What an earlier write_samples left in `out`."""
+  if not out.is_dir():
+    return []
+  return sorted([*out.glob("p[0-9]*_s[0-9]*.png"), *(out / n for n in (GRID_NAME, JSONL_NAME)
+                                                      if (out / n).exists())])
+
+
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+  """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
+  it holds an earlier run's samples (checked before sampling)."""
+  if not str(out_dir).strip():
+    raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
+  out = cli.expand_home(out_dir, "--out")
+  existing = next(p for p in (out, *out.parents) if p.exists())
+  if not existing.is_dir():
+    raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
+                             "the images (it is created if missing).")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(f"Output {out_dir!r}: {existing} is not writable; pass a directory "
+                          "you can write to.")
+  old = old_outputs(out)
+  if old and not overwrite:
+    raise FileExistsError(
+        f"Output '{out}' already holds samples ({len(old)} files, e.g. {old[0].name}); pass "
+        "a new directory, or --overwrite to replace them (new and old images would "
+        "otherwise mix, and samples.jsonl would describe only the new ones).")
+
+
+def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathLike | None = None
+                 ) -> list[str]:
+  """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""
+  prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # not one per character
+  if prompts_file is not None and not str(prompts_file).strip():  # e.g. "$FILE" unset
+    raise ValueError(f"The prompts file name is blank (--prompts_file={str(prompts_file)!r}); "
+                     "name a UTF-8 text file with one prompt per line, or drop the flag.")
+  if prompts_file:
+    path = cli.expand_home(prompts_file, "--prompts_file")
+    try:
+      text = path.read_text(encoding="utf-8-sig")  # a BOM (as some editors write) is dropped
+    except FileNotFoundError:
+      raise FileNotFoundError(f"Prompts file {path} does not exist; pass a UTF-8 text file "
+                              "with one prompt per line.") from None
+    except (OSError, UnicodeDecodeError) as e:
+      raise ValueError(f"Could not read prompts file {path} ({type(e).__name__}: {e}); it must "
+                       "be UTF-8 text with one prompt per line.") from None
+    # Lines end at \n, \r\n or \r only (str.splitlines would also split at U+2028, \x0c, ...).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    from_file = [line.strip() for line in lines]
+    from_file = [p for p in from_file if p and not p.startswith("#")]
+    if not from_file:
+      raise ValueError(f"Prompts file {path} has no prompts (only blank or '#' lines); write one "
+                       "prompt per line.")
+    if json_line := next((p for p in from_file if _is_json_object(p)), None):
+      raise ValueError(f"Prompts file {path} holds JSON objects (e.g. {json_line[:60]!r}), not "
+                       "plain prompts; write one prompt per line (from a captions.jsonl: "
+                       "`jq -r .caption captions.jsonl > prompts.txt`).")
+    prompts += from_file
+  if not prompts:
+    raise ValueError("No prompts: pass --prompt TEXT (repeatable) or --prompts_file FILE.")
+  return check_prompts(prompts)
+
+
+def _is_json_object(line: str) -> bool:
+  if not line.startswith("{"):
+    return False
+  try:
+    return isinstance(json.loads(line), dict)
+  except ValueError:
+    return False
