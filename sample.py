@@ -99,16 +99,26 @@ def main(argv):
   cli.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; quote prompts: --prompt \"a cat\".")
-  import jax
-  from llmimg_jax.sample.restore import CheckpointError
   try:
     run()
-  except (CheckpointError, ValueError, TypeError, OSError, ImportError) as e:
+  except (ValueError, TypeError, OSError, ImportError) as e:
     _fail(str(e))  # ImportError: e.g. a PyTorch-pickle --expand_with without torch installed
-  except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --expand_max_length 1000000000
-    if not (message := cli.out_of_memory(e, _memory_sizes())):
+  except (MemoryError, RuntimeError) as e:  # CheckpointError and JAX's errors are RuntimeErrors
+    if (message := _runtime_error(e)) is None:
       raise
     _fail(message)
+
+
+def _runtime_error(e: MemoryError | RuntimeError) -> str | None:
+  """The line for a CheckpointError or an out-of-memory error (e.g. --expand_max_length
+  1000000000); None for any other. JAX loads here, not before run(): its checks need no JAX."""
+  import jax
+  from llmimg_jax.sample.restore import CheckpointError
+  if isinstance(e, CheckpointError):
+    return str(e)
+  if isinstance(e, (MemoryError, jax.errors.JaxRuntimeError)):
+    return cli.out_of_memory(e, _memory_sizes())
+  return None
 
 
 def _memory_sizes() -> str:

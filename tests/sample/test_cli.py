@@ -281,3 +281,33 @@ def test_an_expander_that_needs_torch_is_one_line_without_it(run, expander_dir, 
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("sample.py: error: ") and "torch is not installed" in last, last
   assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+_HEAVY = ("jax", "flax", "orbax", "tensorflow_datasets", "grain", "transformers", "torch")
+# sample.py run as __main__, printing at exit which of _HEAVY it imported.
+_REPORT_IMPORTS = (
+    "import atexit, runpy, sys\n"
+    f"atexit.register(lambda: print('imported:', sorted(m for m in {_HEAVY!r} "
+    "if m in sys.modules), file=sys.stderr))\n"
+    "sys.argv[0] = sys.argv.pop(1)\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--prompt", "a cat", "--seed", "-1"], "--seed=-1 must be in [0, 2**32)."),
+    (["--prompt", " "], "Prompt 0 is empty; give every prompt some text (an empty prompt would "
+     "condition the generator on padding only)."),
+    (["--prompt", "a cat", "--batch_size", "0"], "--batch_size=0 must be >= 1."),
+    (["--prompt", "a cat", "--expand_with", "t5", "--expand_template", "{text}"],
+     "Expansion template '{text}' has the field(s) ['text']; the only field is {prompt} (the "
+     "whole prompt), and {{ }} are literal braces.")])
+def test_bad_flags_fail_without_importing_jax(tmp_path, args, error):
+  """run()'s checks come before JAX and the checkpoint load: they imported JAX, Orbax, Flax and
+  Transformers all the same (2-3 s and 230 MB per bad flag), through llmimg_jax.sample."""
+  proc = subprocess.run(
+      [sys.executable, "-c", _REPORT_IMPORTS, SCRIPT, "--workdir", str(tmp_path / "run"), "--out",
+       str(tmp_path / "out"), *args], env=one_device_env(), timeout=120, capture_output=True,
+      text=True)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [f"sample.py: error: {error}", "imported: []"], (
+      proc.stderr[-2000:])
