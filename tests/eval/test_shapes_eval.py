@@ -33,6 +33,7 @@ def small(tmp_path_factory):
   return data, evaluator
 
 
+@pytest.mark.slow
 def test_evaluator_reads_real_test_images(small):
   data, evaluator = small
   assert evaluator.meta["num_train"] == 2000
@@ -49,6 +50,7 @@ def test_evaluator_reads_real_test_images(small):
     assert accuracy >= 0.99, (attribute, accuracy)
 
 
+@pytest.mark.slow
 def test_real_images_follow_their_captions_and_noise_does_not(small):
   data, evaluator = small
   test = load_split(data, "test")

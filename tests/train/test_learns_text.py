@@ -7,6 +7,7 @@ at lr_g 2e-4 / lr_d 4e-4 / lr_text 4e-4 the same accuracy took 450 steps.
 """
 import jax
 import numpy as np
+import pytest
 
 from llmimg_jax.data import shapes
 from llmimg_jax.train import loop
@@ -22,6 +23,7 @@ def dominant_colour(images: np.ndarray, colours) -> np.ndarray:
   return np.argmin(((centre[:, None] - palette[None]) ** 2).sum(-1), axis=1)
 
 
+@pytest.mark.slow
 def test_dominant_colour_follows_caption(shapes_data_dir, tmp_path, monkeypatch):
   config = tiny_config(shapes_data_dir)
   config.data.config = "colors_32"  # one large blob; captions name only its colour

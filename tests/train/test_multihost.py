@@ -19,6 +19,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text, init_state
@@ -72,6 +73,7 @@ def _restore(workdir, config, step: int):
                                            abstract))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_stop_together_and_resume(shapes_data_dir, tmp_path, caplog):
   config = tiny_config(shapes_data_dir)
   config.update_from_flattened_dict(CHANGES)
@@ -187,6 +189,7 @@ _NOTICE_AFTER_A_SAVE = """
 import os, signal, sys, time
 import jax
 import numpy as np
+import pytest
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from jax.experimental import multihost_utils
