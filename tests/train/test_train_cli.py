@@ -26,6 +26,7 @@ CHANGES = {"train.steps": STEPS, "train.log_every": 1, "train.ckpt_every": 3,
            "train.sample_every": 1000}  # tiny_config's
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, tmp_path):
   config = tiny_config(shapes_data_dir)
   config.update_from_flattened_dict(CHANGES)
@@ -198,7 +199,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"Could not build captioned_shapes/tiny_32 in data\.data_dir='.*a_file/tfds' "
           r"\(NotADirectoryError: .*set data\.data_dir"),
   }
-  start = time.perf_counter()
+  # "Before compiling" is JAX_LOG_COMPILES logging nothing, not a wall-clock bound: 27 processes
+  # at once on 2 cores took 13 s on an idle VM and 98 s on a slow day beside the other worker.
   procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
                        JAX_LOG_COMPILES="1") for extra in cases}
   for extra, pattern in cases.items():
@@ -206,13 +208,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
     assert proc.finish(timeout=120) == 2, proc.output[-2000:]
     assert re.search(f"train.py: error: .*{pattern}", proc.output), proc.output[-2000:]
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
-  elapsed = time.perf_counter() - start
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
-  # Twenty-seven processes at once on 2 cores (beside the other pytest worker); each alone takes
-  # ~3-4 s (imports included): 13 s in all on an idle machine.
-  assert elapsed < 90, elapsed
 
 
 @pytest.mark.parametrize("sig, status, message", [
