@@ -189,7 +189,6 @@ _NOTICE_AFTER_A_SAVE = """
 import os, signal, sys, time
 import jax
 import numpy as np
-import pytest
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from jax.experimental import multihost_utils
