@@ -1,17 +1,23 @@
 """Where the real train_step's time goes on CPU: compile time, FLOPs, ms/call, and the HLO ops
-with the most time in a jax.profiler trace (summed per op, trace events of 5 steps).
+with the most time in a jax.profiler trace (summed per op, trace events of 5 steps). Also for
+sampling (--sampling) and T5 greedy generation (--generate).
 
   python benchmarks/profile_step.py                      # shapes_quick sizes, 1 device
   python benchmarks/profile_step.py --max_length 160     # the text length before the change
   python benchmarks/profile_step.py --bench 32           # run.py's GAN step (nf 32, batch 32)
   taskset -c 0 python benchmarks/profile_step.py --bench 64   # every op, convolutions included
   python benchmarks/profile_step.py --bench 64 --set llmimg_jax.gan.layers.NARROW_CONVS=False
+  python benchmarks/profile_step.py --generate           # run.py's T5 generation row
+  python benchmarks/profile_step.py --generate --xla \
+      xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INVALID   # XLA's own dots
 
 On several cores XLA:CPU runs convolutions asynchronously on its thread pool, so the trace holds
 only their launch and the op-time sum leaves them out; pinned to one core they run inline and the
 sum is the whole step.
 
-Random batch (image, tokens with 60 valid of max_length); same step as train.py.
+Random batch (image, tokens with 60 valid of max_length); same step as train.py. --generate:
+t5-small-shaped random weights (ours, no PyTorch needed), batch 8, 64 input tokens (32-64 valid),
+exactly 32 new tokens, as run.py's T5 rows.
 """
 from __future__ import annotations
 
@@ -37,6 +43,9 @@ from configs import shapes_quick  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
+from llmimg_jax.text import T5Config  # noqa: E402
+from llmimg_jax.text.generate import _generate  # noqa: E402
+from llmimg_jax.text.loading import init_params  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 
 
@@ -79,6 +88,22 @@ def switch_value(value: str):
   return getattr(importlib.import_module(module_name), name)
 
 
+def greedy_generation_args(batch: int = 8, length: int = 64, new_tokens: int = 32):
+  """(args, static kwargs) of `text.generate._generate` for greedy generation of exactly
+  `new_tokens` tokens with t5-small-shaped random weights; rows hold length/2..length tokens."""
+  config = T5Config()  # t5-small's sizes
+  rng = np.random.default_rng(0)
+  valid = rng.integers(length // 2, length + 1, batch)
+  mask = (np.arange(length)[None] < valid[:, None]).astype(np.int32)  # [batch, length]
+  ids = rng.integers(2, config.vocab_size, (batch, length)).astype(np.int32) * mask
+  scalars = np.asarray([1.0, 1.0, 1.0], np.float32)  # temperature, top_p, length_penalty
+  args = (init_params(config, jax.random.PRNGKey(0)), ids, mask, jax.random.PRNGKey(0), scalars,
+          np.int32(new_tokens))  # min_new_tokens = max_new_tokens: no early EOS
+  static = dict(config=config, max_new_tokens=new_tokens, num_beams=1, do_sample=False, top_k=0,
+                use_top_p=False, dtype=np.dtype("float32"))  # as generate() passes it
+  return args, static
+
+
 @contextlib.contextmanager
 def module_attributes(values: dict[str, object]):
   """Sets 'package.module.ATTR' to each value, restoring the old values on exit."""
@@ -102,6 +127,11 @@ def main() -> None:
                       help="profile run.py's benchmark config at this resolution instead")
   parser.add_argument("--sampling", action="store_true",
                       help="profile generate_images (EMA G + T5 sampling) instead of the step")
+  parser.add_argument("--generate", action="store_true",
+                      help="profile T5 greedy generation (t5-small shapes, batch 8, 32 tokens) "
+                           "instead of the step")
+  parser.add_argument("--xla", action="append", default=[], metavar="OPTION=VALUE",
+                      help="an XLA compiler option for the profiled program, on top of its own")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--top", type=int, default=20)
   parser.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
@@ -109,25 +139,36 @@ def main() -> None:
                            "llmimg_jax.gan.layers.NARROW_CONVS=False; '@package.module.name' "
                            "as VALUE is that object")
   args = parse_args_reusing_host_memory(parser)
-  cfg, models, batch = models_and_batch(args.bench, args.max_length)
-  mesh = make_mesh(jax.devices()[:1])
-  holder = {"state": create_state(models, mesh, 0)}
   switches = {k: switch_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+  options = dict(item.split("=", 1) for item in args.xla)
+  if args.generate:
+    gen_args, static = greedy_generation_args()
+  else:
+    cfg, models, batch = models_and_batch(args.bench, args.max_length)
+    mesh = make_mesh(jax.devices()[:1])
+    holder = {"state": create_state(models, mesh, 0)}
   t0 = time.perf_counter()
-  if args.sampling:
+  if args.generate:
+    with module_attributes(switches):
+      compiled = _generate.lower(*gen_args, **static).compile(options)
+
+    def call():
+      jax.block_until_ready(compiled(*gen_args))
+  elif args.sampling:
     s = holder["state"]
     z = np.random.default_rng(1).standard_normal((cfg.train.batch_size, cfg.model.z_dim),
                                                   np.float32)
     sample_args = (s.ema_params, s.text_params, z, batch["input_ids"], batch["attention_mask"])
     with module_attributes(switches):
       # As train.py's SampleWriter and run.py compile it: no train-step options.
-      compiled = jax.jit(functools.partial(generate_images, models)).lower(*sample_args).compile()
+      compiled = jax.jit(functools.partial(generate_images, models)).lower(
+          *sample_args).compile(options)
 
     def call():
       jax.block_until_ready(compiled(*sample_args))
   else:
     with module_attributes(switches):
-      compiled = jit_train_step(models, mesh).lower(holder["state"], batch).compile()
+      compiled = jit_train_step(models, mesh).lower(holder["state"], batch).compile(options)
 
     def call():
       holder["state"], _ = compiled(holder["state"], batch)
