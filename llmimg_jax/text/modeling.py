@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.text.config import T5Config
-from llmimg_jax.text.layers import Dense
+from llmimg_jax.text.layers import Dense, vocab_logits
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -376,7 +376,7 @@ class T5ForConditionalGeneration(nn.Module):
     # which breaks near-ties and coarsens beam scores and sampling probabilities.
     x = x.astype(jnp.float32)  # [b, t, d_model]
     if self.config.tie_word_embeddings:
-      return x @ self.shared.embedding.T, cache  # [b, t, vocab]
+      return vocab_logits(x, self.shared.embedding), cache  # [b, t, vocab]
     return self.lm_head(x), cache
 
   def init_cache(self, encoder_states: Array, max_length: int) -> Cache:

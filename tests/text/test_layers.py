@@ -1,9 +1,12 @@
-"""llmimg_jax/text/layers.py: the Dense layer's custom kernel gradient."""
+"""llmimg_jax/text/layers.py: the Dense layer's custom kernel gradient and the vocabulary
+projection."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmimg_jax.text.layers import matmul
+import pytest
+
+from llmimg_jax.text.layers import matmul, vocab_logits
 
 
 def test_matmul_gradients_equal_autodiff():
@@ -24,3 +27,29 @@ def test_matmul_gradients_equal_autodiff():
   np.testing.assert_allclose(jax.grad(penalty, argnums=2)(matmul, x, kernel),
                              jax.grad(penalty, argnums=2)(lambda a, b: a @ b, x, kernel),
                              rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64, 65])
+def test_vocab_logits_equal_the_plain_projection(rows):
+  """x @ embedding^T in value and gradient, for a decoding step's few rows (the [vocab, rows]
+  form on CPU) and for more rows than that form takes."""
+  kx, ke, kg = jax.random.split(jax.random.PRNGKey(1), 3)
+  x = jax.random.normal(kx, (rows, 1, 16))  # [batch, length, d_model]
+  embedding = jax.random.normal(ke, (300, 16))  # [vocab, d_model]
+  g = jax.random.normal(kg, (rows, 1, 300))
+  ours, ours_vjp = jax.vjp(jax.jit(vocab_logits), x, embedding)
+  plain, plain_vjp = jax.vjp(lambda a, e: a @ e.T, x, embedding)
+  assert ours.shape == (rows, 1, 300)
+  np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5)
+  for a, b in zip(ours_vjp(g), plain_vjp(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_vocab_logits_of_few_rows_keep_the_vocabulary_major_dot_on_cpu():
+  """XLA folds a transpose of the dot's output back into the dot (the slow [rows, vocab] form of
+  XLA:CPU's kernel); the compiled program must still compute [vocab, rows]."""
+  x, embedding = jnp.ones((8, 1, 16)), jnp.ones((300, 16))
+  hlo = jax.jit(vocab_logits).lower(x, embedding).compile().as_text()
+  assert "f32[300,8]" in hlo, hlo
+  hlo = jax.jit(lambda a, e: a @ e.T).lower(x, embedding).compile().as_text()
+  assert "f32[300,8]" not in hlo  # what the test above guards against
