@@ -149,6 +149,18 @@ def process_logits(logits, temperature, top_k: int, top_p=None):
   return logits
 
 
+def first_argmax(scores: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis (the first maximum; the first NaN if any) as a max and a min.
+
+  XLA:CPU runs argmax's (value, index) reduction as a scalar loop: 0.6 ms for [8, 32128] here,
+  0.2 ms for these two vectorised reductions, once per generated token.
+  """
+  best = jnp.max(scores, axis=-1, keepdims=True)
+  hit = (scores == best) | jnp.isnan(scores)
+  vocab = scores.shape[-1]
+  return jnp.min(jnp.where(hit, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def _greedy_or_sample(step_logits, cache, batch, rng, config, n, do_sample, temperature, top_k,
                       top_p):
   pad, eos = config.pad_token_id, config.eos_token_id
@@ -165,7 +177,7 @@ def _greedy_or_sample(step_logits, cache, batch, rng, config, n, do_sample, temp
       token = jax.vmap(jax.random.categorical)(keys, process_logits(logits, temperature, top_k,
                                                                     top_p))
     else:
-      token = jnp.argmax(logits, axis=-1)
+      token = first_argmax(logits)
     token = jnp.where(finished, pad, token).astype(jnp.int32)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     return step + 1, cache, token, out, finished | (token == eos)

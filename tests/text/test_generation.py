@@ -12,7 +12,7 @@ import transformers
 
 from llmimg_jax.text import (T5Config, T5EncoderModel, T5ForConditionalGeneration, generate,
                              init_params, load_pretrained, load_t5)
-from llmimg_jax.text.generate import process_logits
+from llmimg_jax.text.generate import first_argmax, process_logits
 
 # bf16 compute (fp32 params; fp32 norms, attention logits and softmax) vs fp32 on the tiny test
 # model: relative RMS error <= 4% and max abs error <= 6% of the largest fp32 magnitude. bf16 keeps
@@ -42,6 +42,19 @@ def test_logit_processing_matches_transformers(temperature, top_k, top_p):
   np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
   np.testing.assert_allclose(ours[np.isfinite(ours)], ref[np.isfinite(ref)], rtol=1e-6)
   assert 0 < np.isfinite(ours).sum() < ours.size or (top_k == 0 and top_p == 1.0)
+
+
+def test_first_argmax_is_jnp_argmax():
+  """Greedy decoding's argmax (two plain reductions) returns jnp.argmax's index: the first of
+  tied maxima, the first NaN, 0 for a row of -inf."""
+  scores = np.random.default_rng(0).normal(size=(6, 50)).astype(np.float32)
+  scores[1, [3, 7, 40]] = 9.0  # tie
+  scores[2, [5, 9]] = np.nan
+  scores[3] = -np.inf
+  scores[4, [0, 49]] = np.inf
+  scores[5, 2] = -np.inf
+  np.testing.assert_array_equal(jax.jit(first_argmax)(scores), jnp.argmax(scores, axis=-1))
+  assert list(np.asarray(first_argmax(scores))[1:4]) == [3, 5, 0]
 
 
 def test_top_k_1_keeps_only_the_argmax():
