@@ -81,6 +81,7 @@ def main(argv):
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import (DataNotSharedError, DivergenceError, TextCheckpointError,
                                      local_workdir, train)
+  from llmimg_jax.train.resume_agree import ResumeDisagreesError
   from llmimg_jax.train.same_config import ConfigDiffersError
   from llmimg_jax.train.workdir import WorkdirNotWritableError
   config = _CONFIG.value
@@ -108,7 +109,7 @@ def main(argv):
   except (FolderError, CocoDownloadError, DatasetError, DataNotSharedError, ConfigDiffersError,
           WorkdirNotWritableError, TextCheckpointError) as e:  # e.g. no usable image, COCO offline
     cli.fail("train.py", str(e), 2)
-  except (CorruptCheckpointError, DivergenceError) as e:
+  except (CorruptCheckpointError, ResumeDisagreesError, DivergenceError) as e:
     cli.fail("train.py", str(e), 3)
   except KeyboardInterrupt:  # Ctrl-C before the first step (restore, compile), or a second one
     cli.fail("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "

@@ -325,7 +325,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
           "is not damage: fix the access to it (file permissions, the mount, free memory) and "
           "rerun the same command. No checkpoint was skipped or moved.")
     if _on_every_host(error is None):
-      resume_agree.check_hosts_agree(step, data_iter, manager.directory)
+      resume_agree.check_resume(step, data_iter, manager.directory)
       if failed:
         _move_aside(manager, list(failed))
         log.warning("Resumed from the previous good checkpoint, step %d, instead of %s.", step,

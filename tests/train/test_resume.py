@@ -29,7 +29,7 @@ def saved(shapes_data_dir, tmp_path):
   manager = checkpoint.make_manager(tmp_path, config)
   states, data = {}, {0: it.get_state()}
   for step in (2, 4):
-    next(it)
+    next(it), next(it)  # one batch per step, as train() reads (restore_latest checks it)
     states[step] = state.replace(step=np.int32(step), g_params=jax.tree.map(
         lambda x, s=step: x + s, state.g_params))
     checkpoint.save(manager, step, states[step], it, config)
@@ -217,7 +217,7 @@ def test_a_run_saved_by_two_hosts_resumes_on_one(saved, tmp_path, caplog):
                          process_count=2) for h in range(2)]
   for step in (2, 4):
     for it in hosts:
-      next(it)
+      next(it), next(it)
     data_dir = tmp_path / "checkpoints" / str(step) / "data"
     (data_dir / "process_0-of-1.json").unlink()
     for h, it in enumerate(hosts):

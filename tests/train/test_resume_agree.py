@@ -1,15 +1,21 @@
 """Two processes (jax.distributed on 127.0.0.1, gloo) resume from checkpoints where one host's
 input position is of another step, or where one host does not see the newest step: both stop
-with the hosts and steps named, instead of training on from disagreeing points."""
+with the hosts and steps named, instead of training on from disagreeing points. One process
+stops likewise on a position of another step than its checkpoint's."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-from llmimg_jax.data.pipeline import load_source
-from llmimg_jax.train import resume_agree
+from llmimg_jax.data.pipeline import load_source, make_iterator
+from llmimg_jax.train import checkpoint, resume_agree
+from llmimg_jax.train.resume_agree import ResumeDisagreesError
+from llmimg_jax.train.state import build_text
 from tests.train.cli_utils import Proc
 from tests.train.test_multihost import _devices_env, _free_port
 from tests.train.utils import tiny_config
@@ -82,17 +88,51 @@ class _Iterator:
 
 
 def test_positions_compare_what_every_host_counts_alike():
-  """Each host's sampler names its process: only the positions are compared. With grain
-  workers they are per worker, not a count of batches."""
+  """Each host's sampler names its process: only the positions are compared. The batches read
+  are counted with and without grain workers (states as grain 0.2.18 writes them after 7 and 5
+  batches of 4 rows)."""
   def state(process: int, seen: dict, workers: int = 0, last: int = -1) -> _Iterator:
     return _Iterator(last_seen_indices=seen, last_worker_index=last, worker_count=workers,
                      sampler=f"HostSliceSampler(S, batch_size_per_host=4, process={process}/2)")
   assert resume_agree._position(state(0, {"0": 15})) == resume_agree._position(state(1, {"0": 15}))
   assert resume_agree._position(state(0, {"0": 15}))[1] == 4
+  assert resume_agree._position(state(0, {"0": -1}))[1] == 0
   assert resume_agree._position(state(0, {"0": 15})) != resume_agree._position(state(1, {"0": 7}))
-  workers = [state(h, {"0": 9, "1": 13}, workers=2, last=1) for h in range(2)]
+  workers = [state(h, {"0": 30, "1": 23}, workers=2, last=0) for h in range(2)]
   assert resume_agree._position(workers[0]) == resume_agree._position(workers[1])
-  assert resume_agree._position(workers[0])[1] == -1
+  assert resume_agree._position(workers[0])[1] == 7
+  assert resume_agree._position(state(0, {"0": 21, "1": 22, "2": 11}, workers=3, last=1))[1] == 5
+  assert resume_agree._position(state(0, {"0": -3, "1": -2, "2": -1}, workers=3))[1] == 0
   assert resume_agree._position(workers[0]) != resume_agree._position(
-      state(1, {"0": 9, "1": 13}, workers=2, last=0))
+      state(1, {"0": 30, "1": 23}, workers=2, last=1))
+  # not at the end of a batch, or not this sampler: not counted
+  assert resume_agree._position(state(0, {"0": 13}))[1] == -1
+  assert resume_agree._position(state(0, {"0": 9, "1": 13}, workers=2))[1] == -1
+  assert resume_agree._position(_Iterator(last_seen_indices={"0": 15}, worker_count=0,
+                                          sampler="IndexSampler()"))[1] == -1
   assert resume_agree._position(None) == (0, -1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_host_refuses_a_position_of_another_step(shapes_data_dir, tmp_path, workers):
+  """Step 2's position file copied into step 4: a run on one host has no other host to compare
+  with, but a position of 2 batches is not step 4's. Restoring stops with both named and moves
+  nothing; as saved, the same checkpoint restores."""
+  config = tiny_config(shapes_data_dir)
+  config.data.num_workers = workers
+  tokenizer = build_text(config)[0]
+  iterator = lambda: make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
+  it, manager = iterator(), checkpoint.make_manager(tmp_path, config)
+  for step in (2, 4):
+    next(it), next(it)
+    checkpoint.save(manager, step, {"w": np.arange(3, dtype=np.float32)}, it, config)
+  manager.wait_until_finished()
+  abstract = {"w": jax.ShapeDtypeStruct((3,), np.float32)}
+  assert checkpoint.restore_latest(manager, abstract, iterator(), config=config) is not None
+  steps = tmp_path / "checkpoints"
+  shutil.copy(steps / "2/data/process_0-of-1.json", steps / "4/data/process_0-of-1.json")
+  with pytest.raises(ResumeDisagreesError, match=r"4 is at step 4, but the input position "
+                     r"restored with it .* is after 2 batches"):
+    checkpoint.restore_latest(checkpoint.make_manager(tmp_path, config), abstract, iterator(),
+                              config=config)
+  assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]
