@@ -329,6 +329,15 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
   return iter(loader)
 
 
+def close_iterator(data_iter: grain.DataLoaderIterator) -> None:
+  """Stops the iterator's grain workers and frees the batches they had buffered in shared memory
+  (at exit these were reported as leaked: google/grain#1031). The iterator is not read again.
+  grain 0.2's DataLoaderIterator has no close(); the dataset iterator it wraps has."""
+  close = getattr(getattr(data_iter, "_iterator", None), "close", None)
+  if close is not None:
+    close()
+
+
 def _read_options(data_cfg) -> grain.ReadOptions:
   defaults = grain.ReadOptions()
   return grain.ReadOptions(

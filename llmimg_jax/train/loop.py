@@ -15,7 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from llmimg_jax import cli
-from llmimg_jax.data.pipeline import is_built, load_source, make_iterator, to_global_batch
+from llmimg_jax.data.pipeline import (close_iterator, is_built, load_source, make_iterator,
+                                      to_global_batch)
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
@@ -370,6 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       watch.finishing = True  # a signal now waits for the last save instead of cutting it
       bar.close()
       manager.close()  # waits for the last save first
+      close_iterator(data_iter)  # its workers' buffered batches would be reported leaked at exit
       if writer is not None:
         writer.close()
   return state

@@ -40,9 +40,13 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
       return state, metrics
     return step
   monkeypatch.setattr(loop, "jit_train_step", slow_first_call)
+  closed = []  # the iterators train() closed (stopping grain's workers), at their positions
+  monkeypatch.setattr(loop, "close_iterator",
+                      lambda it: closed.append(json.loads(it.get_state())["last_seen_indices"]))
   first = jax.device_get(loop.train(config, workdir))
   monkeypatch.undo()
   assert int(first.step) == 4
+  assert closed == [{"0": 4 * config.train.batch_size - 1}]  # once, after its 4 batches
   # Steps 1-2 are logged at step 2: step 2 alone is timed, 0.5 s + its run (< 2 s even on a
   # loaded machine), where counting the first call would give under 2 * batch / 10 s.
   images_per_sec = _scalars(workdir / "tensorboard", "train/images_per_sec")
