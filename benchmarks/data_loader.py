@@ -54,6 +54,8 @@ def main() -> None:
       "startup_plus_warmup_s": round(first, 1), "cpu_count": os.cpu_count(),
       "load_avg_1m": round(os.getloadavg()[0], 2),
       "batch_shapes": {k: list(v.shape) for k, v in batch.items()}}))
+  del batch
+  pipeline.close_iterator(it)  # stops the workers; frees their buffered batches
 
 
 if __name__ == "__main__":
