@@ -9,10 +9,11 @@ whatever the batch size, device count, or the other prompts in the call (up to a
 XLA's float rounding differs between batch shapes), and a grid's columns compare prompts under
 the same noise.
 
-Batches. A call's images are generated in batches of n_dev * 2**k rows (n_dev: the mesh's
-devices), the smallest that holds them, at most batch_size; padding rows repeat earlier images and
-are cut off. So calls of any size share a few compiled programs (one per bucket, with truncation
-or without: its value is an argument), not one per image count.
+Batches. A call's images are generated in equal batches of n_dev * 2**k or n_dev * 3 * 2**k rows
+(n_dev: the mesh's devices), the smallest that holds them in as few calls as batch_size allows
+(expand.batch_bucket); padding rows repeat earlier images and are cut off. So calls of any size
+share a few compiled programs (one per bucket, with truncation or without: its value is an
+argument), not one per image count.
 
 Truncation (DF-GAN's truncation trick): with `truncation=t`, each z entry is t times a draw from
 the standard normal truncated to [-2, 2] (`jax.random.truncated_normal`; DF-GAN's
@@ -177,7 +178,7 @@ class Sampler:
     rows = np.repeat(np.arange(len(prompts)), num_per_prompt)  # [total] prompt of each image
     columns = np.tile(np.arange(num_per_prompt, dtype=np.int32), len(prompts))  # [total]
     n_dev = self.mesh.devices.size
-    batch = batch_bucket(total, self.batch_size, n_dev)  # n_dev * 2**k: few compiled programs
+    batch = batch_bucket(total, self.batch_size, n_dev)  # n_dev * (1, 2, 3, 4, 6, ...)
     t0 = time.perf_counter()
     compiled = self._executable(batch, truncation is not None)
     compile_seconds = time.perf_counter() - t0
