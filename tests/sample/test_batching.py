@@ -14,9 +14,9 @@ t5_generate = importlib.import_module("llmimg_jax.text.generate")
 
 
 def test_sampler_compiles_one_program_per_bucket(sampler):
-  """Each distinct ceil(total / 8) * 8 compiled anew (seconds each); now 1, 9, 17, 20, 25 and 40
-  images compile batches of 8, 16, 24, 24, 32 and 2 x 24 (powers of two: 8, 16, 32, 32, 32 and
-  2 x 32)."""
+  """Each batch shape compiles anew (seconds each): 1, 9, 17, 20, 25 and 40 images take batches
+  of 8, 16, 24, 24, 32 and 2 x 24 on 8 devices, four programs (powers of two alone: 8, 16, 32, 32,
+  32 and 2 x 32)."""
   s = Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
               mesh=sampler.mesh, batch_size=32)
   images = {n: s(["a red circle"], seed=3, num_per_prompt=n) for n in (1, 9, 17, 20, 25, 40)}

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from llmimg_jax.data.pipeline import load_source, make_iterator
+from llmimg_jax.data.pipeline import close_iterator, load_source, make_iterator
 from llmimg_jax.train import checkpoint, resume_agree
 from llmimg_jax.train.resume_agree import ResumeDisagreesError
 from llmimg_jax.train.state import build_text
@@ -121,7 +121,11 @@ def test_one_host_refuses_a_position_of_another_step(shapes_data_dir, tmp_path, 
   config = tiny_config(shapes_data_dir)
   config.data.num_workers = workers
   tokenizer = build_text(config)[0]
-  iterator = lambda: make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
+  iterators = []
+
+  def iterator():
+    iterators.append(make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0))
+    return iterators[-1]
   it, manager = iterator(), checkpoint.make_manager(tmp_path, config)
   for step in (2, 4):
     next(it), next(it)
@@ -136,3 +140,5 @@ def test_one_host_refuses_a_position_of_another_step(shapes_data_dir, tmp_path, 
     checkpoint.restore_latest(checkpoint.make_manager(tmp_path, config), abstract, iterator(),
                               config=config)
   assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]
+  for it in iterators:  # grain's workers stop
+    close_iterator(it)
