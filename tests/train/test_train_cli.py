@@ -238,3 +238,18 @@ def test_a_signal_before_the_first_step_is_one_line_not_a_traceback(shapes_data_
   assert "Traceback" not in proc.output, proc.output[-3000:]
   assert (f"train.py: error: {message}; the checkpoints in {tmp_path / 'run'}/checkpoints are "
           "kept: rerun the same command to resume from the latest.") in proc.output
+
+
+def test_a_resume_at_disagreeing_points_is_status_3_and_one_line(shapes_data_dir, tmp_path):
+  """restore_latest's ResumeDisagreesError (a position file of another step, hosts at different
+  steps) ends train.py like a damaged checkpoint does: status 3 and its message, no traceback."""
+  args = train_args(shapes_data_dir, tmp_path / "run")
+  stand_in = ("import runpy, sys; from llmimg_jax.train import loop, resume_agree\n"
+              "def train(*a, **k):\n"
+              "  raise resume_agree.ResumeDisagreesError('Checkpoint X is at step 4, but ...')\n"
+              f"loop.train = train; sys.argv = {args[1:]!r}\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+  proc = Proc([sys.executable, "-c", stand_in])
+  assert proc.finish(timeout=120) == 3, proc.output[-3000:]
+  assert "Traceback" not in proc.output, proc.output[-3000:]
+  assert "train.py: error: Checkpoint X is at step 4, but ..." in proc.output
