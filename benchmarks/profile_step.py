@@ -16,8 +16,9 @@ only their launch and the op-time sum leaves them out; pinned to one core they r
 sum is the whole step.
 
 Random batch (image, tokens with 60 valid of max_length); same step as train.py. --generate:
-t5-small-shaped random weights (ours, no PyTorch needed), batch 8, 64 input tokens (32-64 valid),
-exactly 32 new tokens, as run.py's T5 rows.
+run.py's T5 generation row (t5_bench's t5-small sizes and inputs: batch 8, 64 input tokens with
+32-64 valid, exactly 32 new tokens; torch must be importable for that module) with our random
+weights, compiled with the arguments text.generate passes.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from configs import shapes_quick  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
-from llmimg_jax.text import T5Config  # noqa: E402
+from llmimg_jax.text import T5Config, generate  # noqa: E402
 from llmimg_jax.text.generate import _generate  # noqa: E402
 from llmimg_jax.text.loading import init_params  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
@@ -89,19 +90,18 @@ def switch_value(value: str):
 
 
 def greedy_generation_args(batch: int = 8, length: int = 64, new_tokens: int = 32):
-  """(args, static kwargs) of `text.generate._generate` for greedy generation of exactly
-  `new_tokens` tokens with t5-small-shaped random weights; rows hold length/2..length tokens."""
-  config = T5Config()  # t5-small's sizes
-  rng = np.random.default_rng(0)
-  valid = rng.integers(length // 2, length + 1, batch)
-  mask = (np.arange(length)[None] < valid[:, None]).astype(np.int32)  # [batch, length]
-  ids = rng.integers(2, config.vocab_size, (batch, length)).astype(np.int32) * mask
-  scalars = np.asarray([1.0, 1.0, 1.0], np.float32)  # temperature, top_p, length_penalty
-  args = (init_params(config, jax.random.PRNGKey(0)), ids, mask, jax.random.PRNGKey(0), scalars,
-          np.int32(new_tokens))  # min_new_tokens = max_new_tokens: no early EOS
-  static = dict(config=config, max_new_tokens=new_tokens, num_beams=1, do_sample=False, top_k=0,
-                use_top_p=False, dtype=np.dtype("float32"))  # as generate() passes it
-  return args, static
+  """(args, static kwargs) that `text.generate.generate` passes to its compiled `_generate` for
+  run.py's T5 generation row: t5_bench's model sizes and inputs, our random weights, exactly
+  `new_tokens` tokens (min_new_tokens = max_new_tokens, as run.py)."""
+  from benchmarks import t5_bench  # imports torch and transformers: only for --generate
+  config = T5Config(**t5_bench.T5_SMALL)
+  ids, mask = t5_bench.inputs(batch, length, config.vocab_size)
+  calls = []
+  record = lambda *args, **static: calls.append((args, static))
+  with module_attributes({"llmimg_jax.text.generate._generate": record}):
+    generate(init_params(config, jax.random.PRNGKey(0)), config, ids, mask,
+             max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+  return calls[0]
 
 
 @contextlib.contextmanager

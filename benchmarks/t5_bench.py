@@ -25,7 +25,8 @@ T5_SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
-def _inputs(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def inputs(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded ids and mask [batch, length]: length/2..length tokens (row 0 all), EOS last."""
   rs = np.random.RandomState(seed)
   lengths = rs.randint(length // 2, length + 1, size=batch)
   lengths[0] = length
@@ -51,7 +52,7 @@ def bench_t5(dtype: str, device: torch.device, batch: int, length: int, new_toke
   if n_jax != n_torch:
     raise AssertionError(f"T5 parameter counts differ: JAX {n_jax} vs PyTorch {n_torch}.")
 
-  ids, mask = _inputs(batch, length, config.vocab_size)
+  ids, mask = inputs(batch, length, config.vocab_size)
   j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
   t_ids, t_mask = torch.from_numpy(ids).long().to(device), torch.from_numpy(mask).long().to(device)
   enc_params = {k: params[k] for k in ("shared", "encoder")}

@@ -40,7 +40,7 @@ def test_generation_runs_the_requested_tokens_on_both_sides(monkeypatch):
     torch.set_num_threads(n)
 
   config, params = loaded[0]
-  ids, mask = t5_bench._inputs(BATCH, LENGTH, config.vocab_size)
+  ids, mask = t5_bench.inputs(BATCH, LENGTH, config.vocab_size)
   free = np.asarray(generate(params, config, jnp.asarray(ids), jnp.asarray(mask),
                              max_new_tokens=NEW))
   eos = config.eos_token_id
