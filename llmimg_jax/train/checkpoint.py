@@ -345,13 +345,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     changes = _config_changes(manager, steps[0], config) if config is not None else None
     hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
     if hosts:  # not the config: the advice below would send the user looking in vain
+      other = [f"Step {s} failed for another reason as well: {_describe(e)}." for s, e in
+               failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
       raise ConfigMismatchError(
           f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
           f"process(es) and this run has {jax.process_count()}; with grain worker processes "
           "(data.num_workers > 0) each process's input-pipeline position (STEP/data/) depends "
           f"on the number of processes. Resume with --num_processes={hosts[0].saved} "
           "(the devices per process may differ), or pass a new --workdir for a new run. The "
-          "checkpoints were left in place.")
+          "checkpoints were left in place." + "".join(f" {o}" for o in other))
     if changes is None:  # nothing to compare with
       cause = "the config or the code that builds the model changed since they were saved"
     elif changes:

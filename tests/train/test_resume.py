@@ -311,7 +311,8 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
                                                                                  tmp_path):
   """Step 4 damaged, step 2 intact but saved by 2 hosts with grain workers: the run does not fit
   its checkpoints, so even start_fresh_if_corrupt moves none of them (step 2 would be lost to a
-  run started with the wrong --num_processes)."""
+  run started with the wrong --num_processes). The message names step 4's damage too: with the
+  advised --num_processes the run will resume from step 2."""
   config, tokenizer, _, _ = saved
   _as_saved_by_two_hosts_with_workers(tmp_path / "checkpoints")
   (tmp_path / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()  # damage
@@ -319,9 +320,12 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
   manager = checkpoint.make_manager(tmp_path, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
   with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"saved by a run of 2 process\(es\) and this run has 1"):
+                     match=r"saved by a run of 2 process\(es\) and this run has 1.*The checkpoints "
+                     r"were left in place\. Step 4 failed for another reason as well: "
+                     r"FileNotFoundError: .*process_1-of-2\.json is missing") as error:
     checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
                               config=config)
+  assert "step 2" not in str(error.value)  # its reason is the message itself
   assert sorted(manager.all_steps()) == [2, 4]
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
