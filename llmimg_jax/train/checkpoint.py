@@ -308,6 +308,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   `config`, if given) and moves nothing. A position saved by another number of hosts without
   grain workers is resliced for this one (data/host_slices)."""
   steps = sorted(manager.all_steps(), reverse=True)
+  resume_agree.check_steps(steps, manager.directory)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, Exception | None] = {}  # None: it failed on another host
   for step in steps:

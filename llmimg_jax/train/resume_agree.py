@@ -1,12 +1,13 @@
 """A resumed run starts at the input position saved with its step, on every host alike.
 
 Each host lists the checkpoints itself (Orbax reads the directory on every host) and restores
-its own input position, STEP/data/process_I-of-N.json; `restore_latest` checks only that every
-host restored some step. A position file from another step (copied or edited), or on several
-hosts a host that sees another step list (a filesystem that shows a new step directory late),
-would otherwise train on: the batches are not the ones of the step the run is at, or a host runs
-another number of steps and the others wait for it in a collective until JAX's timeouts abort
-them. The loop reads one batch per step, so a position is of as many batches as its step.
+its own input position, STEP/data/process_I-of-N.json. A host that sees another step list (a
+filesystem that shows a new step directory late) would restore another step, and a position file
+from another step (copied or edited) would put the batches out of step with the run: a run would
+train on other batches, or a host would run another number of steps while the others wait for it
+in a collective until JAX's timeouts abort them. So the hosts compare their step lists before
+restoring (`check_steps`) and their positions after (`check_resume`). The loop reads one batch
+per step, so a position is of as many batches as its step.
 """
 from __future__ import annotations
 
@@ -67,10 +68,32 @@ def _describe(step: int, batches: int) -> str:
                            else "")
 
 
+def check_steps(steps: list[int], checkpoints: str | Path) -> None:
+  """Raises ResumeDisagreesError (on every host) if the hosts list different checkpoint steps.
+
+  restore_latest then walks the same steps on every host, each step's collectives paired with
+  the same step's on the other hosts."""
+  if jax.process_count() == 1:
+    return
+  listed = json.dumps(sorted(steps)).encode()
+  rows = _gather(np.asarray([len(steps), max(steps, default=-1),
+                             zlib.crc32(listed) & 0x7FFFFFFF], np.int32))
+  if (rows == rows[0]).all():
+    return
+  hosts = "; ".join(f"host {i}: {n} step{'' if n == 1 else 's'}"
+                    + (f", the newest {newest}" if n else "")
+                    for i, (n, newest, _) in enumerate(rows))
+  raise ResumeDisagreesError(
+      f"The hosts list different checkpoints in {checkpoints} ({hosts}). Every host lists that "
+      "folder itself, and a filesystem that shows a new step directory to some hosts later than "
+      "to others makes them differ: rerun once every host lists the same steps there. Nothing "
+      "was restored or trained.")
+
+
 def check_resume(step: int, data_iter: Any, checkpoints: str | Path) -> None:
   """Raises ResumeDisagreesError (on every host) if a host's restored input position is of
   another number of batches than `step`, or if any host resumed at another step or input
-  position than host 0."""
+  position than host 0 (after check_steps, another position only)."""
   fingerprint, batches = _position(data_iter)
   row = np.asarray([step, fingerprint, batches], np.int32)
   rows = _gather(row) if jax.process_count() > 1 else row[None]
@@ -88,9 +111,7 @@ def check_resume(step: int, data_iter: Any, checkpoints: str | Path) -> None:
                     + ("" if f == rows[0][1] else " (another position than host 0's)")
                     for i, (s, f, b) in enumerate(rows))
   raise ResumeDisagreesError(
-      f"The hosts resumed from {checkpoints} at different points ({hosts}). Every host lists the "
-      "checkpoints and restores its own input position (STEP/data/process_I-of-N.json) itself: "
-      "a step directory some hosts do not see yet (rerun once every host lists the same steps "
-      "in that folder) or a position file of another step (restore STEP/data/ as it was saved, "
-      "or move the newest step's directory aside to resume from the one before) makes them "
-      "differ. Nothing was trained.")
+      f"The hosts resumed from {checkpoints} at different points ({hosts}). Every host restores "
+      "its own input position (STEP/data/process_I-of-N.json): a position file of another step "
+      "makes them differ. Restore STEP/data/ as it was saved, or move the step's directory aside "
+      "to resume from the one before. Nothing was trained.")

@@ -1,6 +1,7 @@
 """Two processes (jax.distributed on 127.0.0.1, gloo) resume from checkpoints where one host's
 input position is of another step, or where one host does not see the newest step: both stop
-with the hosts and steps named, instead of training on from disagreeing points. One process
+with the hosts and steps named (the step lists before restoring), instead of training on from
+disagreeing points. One process
 stops likewise on a position of another step than its checkpoint's."""
 from __future__ import annotations
 
@@ -71,12 +72,17 @@ def test_hosts_resuming_at_different_points_stop_together(shapes_data_dir, tmp_p
   if how == "agree":
     assert all("restored" in proc.output for proc in procs)
     return
-  behind = ("host 1: step 4 with the input position of 2 batches (another position than host "
-            "0's)" if how == "position" else "host 1: step 2 with the input position of 2 "
-            "batches (another position than host 0's)")
   for proc in procs:
-    assert "raised ResumeDisagreesError The hosts resumed from" in proc.output, proc.output[-3000:]
-    assert f"(host 0: step 4 with the input position of 4 batches; {behind})" in proc.output
+    if how == "position":
+      assert "raised ResumeDisagreesError The hosts resumed from" in proc.output, (
+          proc.output[-3000:])
+      assert ("(host 0: step 4 with the input position of 4 batches; host 1: step 4 with the "
+              "input position of 2 batches (another position than host 0's))") in proc.output
+    else:  # before restoring anything (at scale, minutes)
+      assert "raised ResumeDisagreesError The hosts list different checkpoints" in proc.output, (
+          proc.output[-3000:])
+      assert "(host 0: 2 steps, the newest 4; host 1: 1 step, the newest 2)" in proc.output
+      assert "Nothing was restored or trained." in proc.output
 
 
 class _Iterator:
