@@ -303,10 +303,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
   for want of access or resources (not damage) raises CheckpointAccessError. When none restores
   and one (even beside damaged ones) does not fit the state's structure or shapes, or the input
-  pipeline's settings or (with grain workers) process count (a changed config, host count or
-  code, not damage), raises ConfigMismatchError (naming the values that differ from this run's
-  `config`, if given) and moves nothing. A position saved by another number of hosts without
-  grain workers is resliced for this one (data/host_slices)."""
+  pipeline's settings, or a position of grain workers that this process count cannot resume (a
+  changed config, host count or code, not damage), raises ConfigMismatchError (naming the values
+  that differ from this run's `config`, if given) and moves nothing. A position saved by another
+  number of hosts is resliced for this one (data/host_slices)."""
   steps = sorted(manager.all_steps(), reverse=True)
   resume_agree.check_steps(steps, manager.directory)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
@@ -350,11 +350,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
       raise ConfigMismatchError(
           f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
-          f"process(es) and this run has {jax.process_count()}; with grain worker processes "
-          "(data.num_workers > 0) each process's input-pipeline position (STEP/data/) depends "
-          f"on the number of processes. Resume with --num_processes={hosts[0].saved} "
-          "(the devices per process may differ), or pass a new --workdir for a new run. The "
-          "checkpoints were left in place." + "".join(f" {o}" for o in other))
+          f"process(es) and this run has {jax.process_count()}; {hosts[0].reason}, so the "
+          "input-pipeline position (STEP/data/) cannot be carried over. Resume with "
+          f"--num_processes={hosts[0].saved} (the devices per process may differ), or pass a "
+          "new --workdir for a new run. The checkpoints were left in place."
+          + "".join(f" {o}" for o in other))
     if changes is None:  # nothing to compare with
       cause = "the config or the code that builds the model changed since they were saved"
     elif changes:

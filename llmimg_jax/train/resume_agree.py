@@ -35,26 +35,8 @@ def _position(data_iter: Any) -> tuple[int, int]:
   values = json.loads(data_iter.get_state())
   seen = {str(k): int(v) for k, v in values.get("last_seen_indices", {}).items()}
   where = json.dumps([seen, values.get("last_worker_index")], sort_keys=True)
-  return zlib.crc32(where.encode()) & 0x7FFFFFFF, _batches_read(values, seen)
-
-
-def _batches_read(values: dict, seen: dict[str, int]) -> int:
-  """Batches a HostSliceSampler iterator has returned, from grain's state; -1 if unknown.
-
-  Worker w of W (W = 1 without workers) reads sampler positions w, w + W, ..., batching its
-  own: its last position seen, initially w - W, counts its rows.
-  """
-  rows = host_slices.batch_size_per_host(values)
-  workers = max(int(values.get("worker_count", 0)), 1)
-  if not rows or sorted(seen) != sorted(str(w) for w in range(workers)):
-    return -1
-  total = 0
-  for w in range(workers):
-    done, rest = divmod((seen[str(w)] - w) // workers + 1, rows)
-    if rest or done < 0:  # not at the end of a batch: not a position this code saves
-      return -1
-    total += done
-  return total
+  batches = host_slices.batches_read(values)
+  return zlib.crc32(where.encode()) & 0x7FFFFFFF, -1 if batches is None else batches
 
 
 def _gather(row: np.ndarray) -> np.ndarray:

@@ -12,8 +12,10 @@ from llmimg_jax.data import host_slices, pipeline
 GLOBAL_BATCH = 8
 
 
-def _hosts(cfg, tok, count: int) -> list:
+def _hosts(cfg, tok, count: int, workers: int = 0) -> list:
   """Every host's iterator of a run of `count` hosts (one seeded order, global batch 8)."""
+  cfg = cfg.copy_and_resolve_references()
+  cfg.num_workers = workers
   return [pipeline.make_iterator(cfg, tok, batch_size_per_host=GLOBAL_BATCH // count, seed=3,
                                  process_index=h, process_count=count) for h in range(count)]
 
@@ -78,7 +80,7 @@ def test_states_that_are_not_one_runs_position_are_refused(shapes_cfg, tokenizer
   _save(hosts, tmp_path)
   host_slices.resliced_state(tmp_path, now)  # at one position again
   _edit(tmp_path / "process_1-of-2.json", last_seen_indices={"0": 5})
-  with pytest.raises(ValueError, match=r"process_1-of-2\.json stops inside a batch"):
+  with pytest.raises(ValueError, match=r"process_1-of-2\.json is not at the end of a batch"):
     host_slices.resliced_state(tmp_path, now)
   (tmp_path / "process_1-of-2.json").rename(tmp_path / "process_2-of-2.json")
   with pytest.raises(FileNotFoundError, match=r"process_1-of-2\.json is missing: host 1's"):
@@ -93,18 +95,49 @@ def test_states_that_are_not_one_runs_position_are_refused(shapes_cfg, tokenizer
     host_slices.saved_process_count(tmp_path)
 
 
-def test_positions_of_grain_worker_processes_are_refused(shapes_cfg, tokenizer, tmp_path):
-  """grain batches within each worker: such a position depends on the host count."""
-  _save(_hosts(shapes_cfg, tokenizer, 2), tmp_path)
-  for h in range(2):
-    _edit(tmp_path / f"process_{h}-of-2.json", worker_count=2)
-  now = _hosts(shapes_cfg, tokenizer, 1)[0].get_state()
+def test_a_position_of_grain_workers_resumes_on_another_host_count(shapes_cfg, tokenizer,
+                                                                    tmp_path):
+  """2 workers, 2 hosts x 4 rows, 3 batches read (worker 0's second batch started the second
+  block of 2 global batches) -> 1 host x 8 rows: the state is the one that host's iterator has
+  after 3 batches, and both read the same records in those batches (none twice, none skipped)."""
+  before = _hosts(shapes_cfg, tokenizer, 2, workers=2)
+  read = _global_batches(before, 3)
+  _save(before, tmp_path)
+  one = _hosts(shapes_cfg, tokenizer, 1, workers=2)[0]
+  resumed = _hosts(shapes_cfg, tokenizer, 1, workers=2)[0]
+  resumed.set_state(host_slices.resliced_state(tmp_path, resumed.get_state()))
+  read_by_one = [next(one)["index"] for _ in range(3)]
+  assert json.loads(resumed.get_state()) == json.loads(one.get_state())
+  assert (sorted(np.concatenate([b["index"] for b in read]))
+          == sorted(np.concatenate(read_by_one)))
+  np.testing.assert_array_equal(next(resumed)["index"], next(one)["index"])
+  for it in before + [one, resumed]:
+    pipeline.close_iterator(it)
+
+
+def test_a_position_of_grain_workers_that_another_host_count_reads_otherwise(shapes_cfg,
+                                                                             tokenizer, tmp_path):
+  """3 workers, 1 host x 8 rows -> 2 hosts x 4: after 3 batches (one block of 3 global batches)
+  the records read are the same; after 4, worker 0's batch of the second block holds other
+  records on 2 hosts (positions 24, 27, ..., 45 against 24, 27, 28, 31, ...), so it is refused."""
+  saved = _hosts(shapes_cfg, tokenizer, 1, workers=3)
+  now = [it.get_state() for it in _hosts(shapes_cfg, tokenizer, 2, workers=3)]
+  _global_batches(saved, 3)
+  _save(saved, tmp_path)
+  assert host_slices.batches_read(json.loads(host_slices.resliced_state(tmp_path, now[1]))) == 3
+  _global_batches(saved, 1)
+  _save(saved, tmp_path)
   with pytest.raises(host_slices.ProcessCountMismatchError,
-                     match=r"saved by 2 process\(es\) with data\.num_workers=2") as error:
-    host_slices.resliced_state(tmp_path, json.dumps({**json.loads(now), "worker_count": 2}))
-  assert error.value.saved == 2
+                     match=r"saved by 1 process\(es\); with data\.num_workers=3 .* the records of "
+                     r"the 4 batches read there are not those of 4 batches on 2 process\(es\): 4 "
+                     r"is not a multiple of 3, nor are both per-host batch sizes \(8 and 4\) "
+                     r"multiples of 3$") as error:
+    host_slices.resliced_state(tmp_path, now[0])
+  assert error.value.saved == 1
+  pipeline.close_iterator(saved[0])
   # This run without workers: a changed config, which grain names when it refuses the state.
-  assert json.loads(host_slices.resliced_state(tmp_path, now))["worker_count"] == 2
+  plain = _hosts(shapes_cfg, tokenizer, 2)[0].get_state()
+  assert json.loads(host_slices.resliced_state(tmp_path, plain))["worker_count"] == 3
 
 
 def test_states_of_another_sampler_are_left_for_grain_to_refuse(shapes_cfg, tokenizer, tmp_path):

@@ -170,13 +170,19 @@ def _assert_refused_and_kept(manager, config, it, match: str) -> None:
 
 def _as_saved_by_two_hosts_with_workers(checkpoints) -> None:
   """Every step's input-iterator state (one process, batch 8) rewritten as 2 hosts' (4 rows
-  each) with one grain worker each."""
+  each) with 3 grain workers each, at the same number of batches (2 or 4: worker w read batches
+  w, w + 3, ...). One host's 3 workers with 8 rows each read other records by then (see
+  tests/data/test_host_slices.py)."""
   for state_file in checkpoints.glob("*/data/process_0-of-1.json"):
+    state = json.loads(state_file.read_text())
+    batches = (state["last_seen_indices"]["0"] + 1) // 8
+    done = [len(range(w, batches, 3)) for w in range(3)]
+    position = {"last_seen_indices": {str(w): w + 3 * (n * 4 - 1) for w, n in enumerate(done)},
+                "last_worker_index": (batches - 1) % 3, "worker_count": 3}
     for h in range(2):
-      state = json.loads(state_file.read_text())
-      state["sampler"] = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
+      sampler = state["sampler"].replace("=8, process=0/1", f"=4, process={h}/2")
       state_file.with_name(f"process_{h}-of-2.json").write_text(
-          json.dumps({**state, "worker_count": 1}))
+          json.dumps({**state, "sampler": sampler, **position}))
     state_file.unlink()
 
 
@@ -197,12 +203,15 @@ def test_changed_input_pipeline_is_named_and_the_checkpoints_stay(saved, tmp_pat
     workdir = tmp_path / ("w" * 200) / ("w" * 200)
     shutil.copytree(tmp_path / "checkpoints", workdir / "checkpoints")
     _as_saved_by_two_hosts_with_workers(workdir / "checkpoints")
-    config.data.num_workers = 1  # as the states say
-    match = (r"were saved by a run of 2 process\(es\) and this run has 1; with grain worker "
-             r"processes \(data\.num_workers > 0\) each process's input-pipeline position "
-             r"\(STEP/data/\) depends on the number of processes\. Resume with --num_processes=2 "
-             r"\(the devices per process may differ\), or pass a new --workdir for a new run\. "
-             r"The checkpoints were left in place\.$")  # not told to rerun with the old config
+    config.data.num_workers = 3  # as the states say
+    match = (r"were saved by a run of 2 process\(es\) and this run has 1; with "
+             r"data\.num_workers=3 \(each worker batching its own records\) the records of the "
+             r"4 batches read there are not those of 4 batches on 1 process\(es\): 4 is not a "
+             r"multiple of 3, nor are both per-host batch sizes \(4 and 8\) multiples of 3, so "
+             r"the input-pipeline position \(STEP/data/\) "
+             r"cannot be carried over\. Resume with --num_processes=2 \(the devices per process "
+             r"may differ\), or pass a new --workdir for a new run\. The checkpoints were left in "
+             r"place\.$")  # not told to rerun with the old config, step 2 (refused alike) not named
   manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=batch_size, seed=0)
   _assert_refused_and_kept(manager, config, it, match)
@@ -316,7 +325,7 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
   config, tokenizer, _, _ = saved
   _as_saved_by_two_hosts_with_workers(tmp_path / "checkpoints")
   (tmp_path / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()  # damage
-  config.data.num_workers = 1  # as the states say
+  config.data.num_workers = 3  # as the states say
   manager = checkpoint.make_manager(tmp_path, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
   with pytest.raises(checkpoint.ConfigMismatchError,
