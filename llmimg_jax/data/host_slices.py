@@ -177,3 +177,15 @@ def resliced_state(data_dir: Path, current: bytes) -> bytes:
              f"process={this['h']}/{this['p']})")
   return json.dumps({**states[0], "sampler": sampler,
                      **_position(done, workers, rows)}).encode()
+
+
+def first_resliceable(data_dirs: dict[int, Path], current: bytes) -> int | None:
+  """The first key of `data_dirs` (e.g. a step) whose states `resliced_state` carries over to
+  this host (files read only), or None."""
+  for key, data_dir in data_dirs.items():
+    try:
+      resliced_state(data_dir, current)
+      return key
+    except (ValueError, OSError, KeyError):  # refused, damaged or missing: not one to suggest
+      continue
+  return None

@@ -333,6 +333,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                     ", ".join(f"step {s}" for s in failed))
       return state
     failed[step] = error
+    if any(host_flags(isinstance(error, host_slices.ProcessCountMismatchError))):
+      break  # an older step this count can read would redo training: the user decides
     log.warning("Checkpoint %s could not be restored (%s); trying the previous one.",
                 Path(manager.directory) / str(step), _describe(error))
   if not failed:
@@ -348,6 +350,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     if hosts:  # not the config: the advice below would send the user looking in vain
       other = [f"Step {s} failed for another reason as well: {_describe(e)}." for s, e in
                failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
+      untried = {s: Path(manager.directory) / str(s) / "data" for s in steps[len(failed):]}
+      if (older := host_slices.first_resliceable(untried, data_iter.get_state())) is not None:
+        newer = ", ".join(str(s) for s in steps if s > older)
+        other.append(f"Step {older}'s input position can be carried over to this count: to "
+                     f"resume from it instead (redoing the steps after it), move the directories "
+                     f"of steps {newer} aside.")
       raise ConfigMismatchError(
           f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
           f"process(es) and this run has {jax.process_count()}; {hosts[0].reason}, so the "

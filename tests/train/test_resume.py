@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from llmimg_jax.data.pipeline import make_iterator
+from llmimg_jax.data import host_slices
+from llmimg_jax.data.pipeline import close_iterator, make_iterator
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.state import _adam, build_models, build_text
 from tests.sample.utils import _quick_state
@@ -339,13 +340,51 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
 
+def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(saved, tmp_path):
+  """2 hosts with 3 grain workers saved steps 3 and 4; on 1 host step 3's records read are the
+  same (3 batches: one block of 3), step 4's are not. The run stops at step 4 instead of falling
+  back past it, which would redo a step and move step 4 aside as damage; with step 4 moved aside
+  by hand, step 3 resumes on 1 host."""
+  config, tokenizer, states, _ = saved
+  workdir = tmp_path / "workers"
+  manager = checkpoint.make_manager(workdir, config)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  for step, batches in ((3, 3), (4, 1)):
+    for _ in range(batches):
+      next(it)
+    checkpoint.save(manager, step, states[4].replace(step=np.int32(step)), it, config)
+  manager.wait_until_finished()
+  _as_saved_by_two_hosts_with_workers(workdir / "checkpoints")
+  config.data.num_workers = 3  # as the states say
+  manager = checkpoint.make_manager(workdir, config)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"the 4 batches read there .* Resume with --num_processes=2 .* Step 3's "
+                     r"input position can be carried over to this count: to resume from it "
+                     r"instead \(redoing the steps after it\), move the directories of steps 4 "
+                     r"aside\.$"):
+    checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
+                              config=config)
+  assert sorted(manager.all_steps()) == [3, 4]
+  assert not (workdir / checkpoint.CORRUPT_DIR).exists()
+  shutil.move(workdir / "checkpoints" / "4", tmp_path / "step_4")
+  restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config),
+                                       _abstract_state(config), it, config=config)
+  assert int(restored.step) == 3
+  position = json.loads(it.get_state())
+  assert host_slices.batches_read(position) == 3 and position["worker_count"] == 3
+  assert "process=0/1" in position["sampler"]
+  close_iterator(it)
+
+
 def test_hosts_agree_that_checkpoints_do_not_fit(saved, tmp_path, monkeypatch):
   """Host 0 restores both steps, host 1 (e.g. another version of llmimg_jax installed there)
   refuses them as not fitting: every host stops with ConfigMismatchError and nothing is moved,
   instead of host 0 moving them aside as damage (start_fresh_if_corrupt) and waiting for host 1
   at its next barrier."""
   config, tokenizer, states, _ = saved
-  host_1 = iter([True, False, True, False])  # per step: readable, not restored; then a mismatch
+  # per step: readable, not restored, not another process count's position; then a mismatch
+  host_1 = iter([True, False, False, True, False, False])
   monkeypatch.setattr(checkpoint, "host_flags", lambda flag: [bool(flag), next(host_1, True)])
   manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError, match=r"step 4: failed on another host"):
