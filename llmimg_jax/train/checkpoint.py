@@ -352,10 +352,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
       untried = {s: Path(manager.directory) / str(s) / "data" for s in steps[len(failed):]}
       if (older := host_slices.first_resliceable(untried, data_iter.get_state())) is not None:
-        newer = ", ".join(str(s) for s in steps if s > older)
+        newer = [str(s) for s in steps if s > older]
         other.append(f"Step {older}'s input position can be carried over to this count: to "
-                     f"resume from it instead (redoing the steps after it), move the directories "
-                     f"of steps {newer} aside.")
+                     f"resume from it instead (redoing the steps after it), move "
+                     + (f"step {newer[0]}'s directory" if len(newer) == 1 else
+                        f"the directories of steps {', '.join(newer)}") + " aside.")
       raise ConfigMismatchError(
           f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
           f"process(es) and this run has {jax.process_count()}; {hosts[0].reason}, so the "

@@ -341,15 +341,15 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
 
 
 def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(saved, tmp_path):
-  """2 hosts with 3 grain workers saved steps 3 and 4; on 1 host step 3's records read are the
-  same (3 batches: one block of 3), step 4's are not. The run stops at step 4 instead of falling
-  back past it, which would redo a step and move step 4 aside as damage; with step 4 moved aside
-  by hand, step 3 resumes on 1 host."""
+  """2 hosts with 3 grain workers saved steps 3, 4 and 5; on 1 host step 3's records read are the
+  same (3 batches: one block of 3), step 4's and 5's are not. The run stops at step 5 instead of
+  falling back past it, which would redo steps and move steps 5 and 4 aside as damage, and names
+  step 3; with steps 5 and 4 moved aside by hand, step 3 resumes on 1 host."""
   config, tokenizer, states, _ = saved
   workdir = tmp_path / "workers"
   manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
-  for step, batches in ((3, 3), (4, 1)):
+  for step, batches in ((3, 3), (4, 1), (5, 1)):
     for _ in range(batches):
       next(it)
     checkpoint.save(manager, step, states[4].replace(step=np.int32(step)), it, config)
@@ -359,15 +359,16 @@ def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(s
   manager = checkpoint.make_manager(workdir, config)
   it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
   with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"the 4 batches read there .* Resume with --num_processes=2 .* Step 3's "
+                     match=r"the 5 batches read there .* Resume with --num_processes=2 .* Step 3's "
                      r"input position can be carried over to this count: to resume from it "
-                     r"instead \(redoing the steps after it\), move the directories of steps 4 "
-                     r"aside\.$"):
+                     r"instead \(redoing the steps after it\), move the directories of steps 5, "
+                     r"4 aside\.$"):
     checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
                               config=config)
-  assert sorted(manager.all_steps()) == [3, 4]
+  assert sorted(manager.all_steps()) == [3, 4, 5]
   assert not (workdir / checkpoint.CORRUPT_DIR).exists()
-  shutil.move(workdir / "checkpoints" / "4", tmp_path / "step_4")
+  for step in (4, 5):
+    shutil.move(workdir / "checkpoints" / str(step), tmp_path / f"step_{step}")
   restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config),
                                        _abstract_state(config), it, config=config)
   assert int(restored.step) == 3
