@@ -80,9 +80,9 @@ def batches_read(state: dict) -> int | None:
 
 
 def _position(batches: int, workers: int, rows: int) -> dict:
-  """grain's position fields after `batches` batches of `rows` rows with `workers` workers."""
-  if not workers:
-    return {"last_seen_indices": {"0": batches * rows - 1}}
+  """grain's position fields after `batches` batches of `rows` rows with `workers` workers (as
+  in batches_read, no workers counts as one)."""
+  workers = max(workers, 1)
   done = [len(range(w, batches, workers)) for w in range(workers)]  # each worker's batches
   return {"last_seen_indices": {str(w): w + workers * (n * rows - 1) for w, n in enumerate(done)},
           "last_worker_index": (batches - 1) % workers if batches % workers else -1}

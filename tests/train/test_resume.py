@@ -327,8 +327,7 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
   _as_saved_by_two_hosts_with_workers(tmp_path / "checkpoints")
   (tmp_path / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()  # damage
   config.data.num_workers = 3  # as the states say
-  manager = checkpoint.make_manager(tmp_path, config)
-  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError,
                      match=r"saved by a run of 2 process\(es\) and this run has 1.*The checkpoints "
                      r"were left in place\. Step 4 failed for another reason as well: "
@@ -347,8 +346,7 @@ def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(s
   step 3; with steps 5 and 4 moved aside by hand, step 3 resumes on 1 host."""
   config, tokenizer, states, _ = saved
   workdir = tmp_path / "workers"
-  manager = checkpoint.make_manager(workdir, config)
-  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  manager, it = _fresh(config, tokenizer, workdir)
   for step, batches in ((3, 3), (4, 1), (5, 1)):
     for _ in range(batches):
       next(it)
@@ -356,8 +354,7 @@ def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(s
   manager.wait_until_finished()
   _as_saved_by_two_hosts_with_workers(workdir / "checkpoints")
   config.data.num_workers = 3  # as the states say
-  manager = checkpoint.make_manager(workdir, config)
-  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  manager, it = _fresh(config, tokenizer, workdir)
   with pytest.raises(checkpoint.ConfigMismatchError,
                      match=r"the 5 batches read there .* Resume with --num_processes=2 .* Step 3's "
                      r"input position can be carried over to this count: to resume from it "
