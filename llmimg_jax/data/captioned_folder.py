@@ -109,7 +109,7 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
         "training and evaluation read that build as it is. To rebuild it with the current "
         "decoder, delete that directory; a run started on the old build then cannot resume its "
         "data position, so give it a new --workdir.", builder.data_dir, decoder,
-        images.DECODER_VERSION, _DECODER_CHANGES)
+        images.DECODER_VERSION, _decoder_changes(decoder))
   if current is None:
     if first:
       log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
@@ -125,9 +125,18 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   return True
 
 
-_DECODER_CHANGES = ("ICC colour profiles (Adobe RGB, Display P3, CMYK) are now converted to sRGB "
-                    "and .avif/.heic/.heif images read, so a new build differs if the folder "
-                    "holds such images")
+# What each images.DECODER_VERSION changed; a build's warning names those after its version.
+_DECODER_CHANGES = {
+    2: "ICC colour profiles (Adobe RGB, Display P3, CMYK) are now converted to sRGB and "
+       ".avif/.heic/.heif images read",
+    3: "the transparent grey of 16-bit greyscale PNGs (tRNS) is now composited over white",
+}
+
+
+def _decoder_changes(decoder: int) -> str:
+  """What the current decoder reads otherwise than `decoder` did."""
+  changes = [c for v, c in sorted(_DECODER_CHANGES.items()) if v > decoder]
+  return "; ".join(changes) + ", so a new build differs if the folder holds such images"
 
 
 class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):

@@ -36,8 +36,9 @@ DECODER_FIXES = {
 }
 # Bumped whenever the same file decodes to other stored pixels, so that captioned_folder flags
 # builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
-# converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read.
-DECODER_VERSION = 2
+# converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read. 3: a 16-bit greyscale
+# PNG's transparent grey value (tRNS) is composited over white, as an 8-bit one's always was.
+DECODER_VERSION = 3
 _BLOCK_PIXELS = 1 << 16  # about this many pixels per block of rows (`_row_blocks`)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -94,6 +95,21 @@ def _gray8(img: Image.Image, sixteen_bit: bool) -> Image.Image:
   return Image.fromarray(out, "L")
 
 
+def _key_alpha(img: Image.Image) -> Image.Image | None:
+  """A high-bit grey image's transparent value (a 16-bit greyscale PNG's tRNS, an int in
+  info["transparency"]) as a mode-L alpha channel: 0 where a sample equals it, else 255; None
+  without one. Compared on the samples, before `_gray8` makes a new image without the info (and
+  rounds neighbouring values onto the key's). In blocks of rows, as `_gray8`."""
+  key = img.info.get("transparency")
+  if img.mode == "F" or isinstance(key, bool) or not isinstance(key, int):
+    return None
+  w, h = img.size
+  alpha = np.empty((h, w), np.uint8)
+  for rows in _row_blocks(h, w):
+    alpha[rows] = np.where(np.asarray(img.crop((0, rows.start, w, rows.stop))) == key, 0, 255)
+  return Image.fromarray(alpha, "L")
+
+
 def _has_alpha(img: Image.Image) -> bool:
   return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
 
@@ -105,7 +121,10 @@ def _to_rgb(img: Image.Image, sixteen_bit: bool = False,
   white. `sixteen_bit`: see `_gray8`."""
   icc = img.info.get("icc_profile")
   if img.mode in _HIGH_BIT_MODES or img.mode == "F":
+    alpha = _key_alpha(img)
     img = _gray8(img, sixteen_bit)
+    if alpha is not None:
+      img.putalpha(alpha)  # L -> LA: composited over white below
   if icc:
     img = icc_lib.to_srgb(img, icc, _has_alpha(img), notes if notes is not None else [])
   if _has_alpha(img):

@@ -111,6 +111,14 @@ def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
   assert "older image decoder" in caplog.text and "changed since" in caplog.text
 
 
+
+def test_an_older_decoders_warning_names_the_changes_since_its_version():
+  assert "ICC" in captioned_folder._decoder_changes(1)
+  assert "tRNS" in captioned_folder._decoder_changes(1)
+  assert "ICC" not in captioned_folder._decoder_changes(2)
+  assert "tRNS" in captioned_folder._decoder_changes(2)
+  assert max(captioned_folder._DECODER_CHANGES) == images_lib.DECODER_VERSION
+
 def test_a_folder_of_only_heic_fails_naming_the_plugin(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "pillow_heif", None)
   monkeypatch.setattr(images_lib, "_heif_registered", None)

@@ -97,6 +97,32 @@ def test_a_transparent_palette_entry_is_composited_over_white(tmp_path):
   assert rgb[:, 4:].reshape(-1, 3).tolist() == [[255, 0, 0]] * 32
 
 
+
+def test_a_transparent_grey_of_a_16bit_png_is_composited_over_white(tmp_path):
+  """A 16-bit greyscale PNG's tRNS (an int in info["transparency"], in 16-bit values) loads white
+  where a sample equals it, as an 8-bit one's does; a neighbouring value (the same 8-bit grey
+  once rounded) stays opaque. It was lost with the conversion to 8 bits: left as black."""
+  samples = np.full((8, 8), 40000, np.uint16)
+  samples[:, :3] = 0  # transparent
+  samples[:, 3] = 1  # opaque black: rounds to the transparent value's 8-bit grey
+  eight_bit = ((samples + 128) // 257).astype(np.uint8)  # 1 -> 0: the transparent value
+  for name, grey in (("g16.png", samples), ("g8.png", eight_bit)):
+    Image.fromarray(grey).save(tmp_path / name, transparency=0)
+    img = Image.open(tmp_path / name)
+    assert img.info["transparency"] == 0 and img.mode in ("L", "I;16", "I"), img.mode
+    rgb, _ = images_lib.load_image(str(tmp_path / name), 8)
+    assert rgb[:, :3].reshape(-1, 3).tolist() == [[255, 255, 255]] * 24, name
+    assert rgb[:, 4:].reshape(-1, 3).tolist() == [[156, 156, 156]] * 32, name
+  assert rgb[:, 3].reshape(-1, 3).tolist() == [[255, 255, 255]] * 8  # 8-bit: 1 // 257 is 0
+  assert images_lib.load_image(str(tmp_path / "g16.png"), 8)[0][:, 3].max() == 0  # 1: opaque
+  # With a grey profile too: the grey is converted, the alpha kept.
+  Image.fromarray(samples).save(tmp_path / "g16_icc.png", transparency=0,
+                                icc_profile=linear_gray_icc())
+  rgb, notes = images_lib.load_image(str(tmp_path / "g16_icc.png"), 8)
+  assert notes == [] and rgb[:, :3].reshape(-1, 3).tolist() == [[255, 255, 255]] * 24
+  assert rgb[:, 3].max() == 0 and rgb[0, 4, 0] > 156  # linear 156 is a lighter sRGB grey
+
+
 _INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
 _FLAGS = ImageCms.Flags.BLACKPOINTCOMPENSATION
 _SRGB = ImageCms.createProfile("sRGB")
