@@ -101,6 +101,9 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
   if any(_has_surrogates(v) for v in (file_name, *captions) if isinstance(v, str)):
     skips.add("invalid_utf8", where)
     return
+  if "\0" in file_name:  # a JSON "\u0000" or a NUL byte in a CSV cell: os calls raise on it
+    skips.add("unknown_file", f"{where} ({file_name!r})")
+    return
   rel = _relative_name(names.folder, file_name.strip())
   if rel is None:
     skips.add("outside_folder", f"{where} ({file_name})")

@@ -225,6 +225,23 @@ def test_each_caption_once_and_paths_resolved_against_the_folder(tmp_path):
                                   "unknown_file": ["captions.csv:5 (missing.png)"]}
 
 
+
+def test_a_file_name_with_a_nul_character_is_a_skipped_line(tmp_path):
+  """A NUL in a file name (JSON's "\\u0000", a NUL byte in a CSV cell) is counted as an unknown
+  file like any other name of no file; it was os.path.realpath's "ValueError: embedded null byte",
+  which stopped the build without naming the captions file or its line."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / "captions.jsonl").write_text(
+      json.dumps({"file": "a\0.png", "caption": "x"}) + "\n"
+      + json.dumps({"file": "../b\0.png", "caption": "x"}) + "\n"
+      + json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  (tmp_path / "captions.csv").write_bytes(b"file,caption\na\0.png,y\n")
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": ["a"]}
+  assert skips.counts == {"unknown_file": 3}
+  assert [e.split()[0] for e in skips.examples["unknown_file"]] == [
+      "captions.jsonl:1", "captions.jsonl:2", "captions.csv:2"]
+
 def test_an_image_with_only_blank_captions_is_skipped_once(tmp_path):
   Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
   Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
