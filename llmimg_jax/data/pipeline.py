@@ -8,6 +8,9 @@ tokenization in the loader workers, numpy batches, and global `jax.Array` batche
 
 Per-record randomness (crop, flip, caption choice) comes from grain's per-record RNG, derived
 from `seed` and the record's position in the sampler order, so it does not depend on workers.
+grain shuffles epoch e with seed + e and seeds position i's RNG with seed + i, so the seed is
+hashed first (`sampler_seed`): with it as given, runs of seeds s and s + 1 read the same record
+orders one epoch apart.
 """
 from __future__ import annotations
 
@@ -266,6 +269,14 @@ class Tokenize(grain.transforms.Map):
 # Iterator and global batches
 
 
+def sampler_seed(seed: int) -> int:
+  """The 32-bit seed grain's sampler gets for a run's `seed` (see the module docstring)."""
+  return int(np.random.SeedSequence([int(seed), _SAMPLER_SALT]).generate_state(1)[0])
+
+
+_SAMPLER_SALT = 0x6772616E  # "gran": sampler_seed's, not another use of the run's seed
+
+
 def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
                   split: str = "train", shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int | None = None, process_count: int | None = None,
@@ -311,7 +322,8 @@ def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
   if num_workers > 0:
     _ensure_absl_flags_parsed()
   sampler = HostSliceSampler(
-      grain.samplers.IndexSampler(num_records=len(source), shuffle=shuffle, seed=int(seed),
+      grain.samplers.IndexSampler(num_records=len(source), shuffle=shuffle,
+                                  seed=sampler_seed(seed),
                                   num_epochs=num_epochs),
       batch_size_per_host, process_index, process_count)
   operations = [

@@ -63,6 +63,19 @@ def test_same_seed_same_batches_different_seed_differs(shapes_cfg, tokenizer):
   assert not all(np.array_equal(x["index"], y["index"]) for x, y in zip(a, c))
 
 
+def test_neighbouring_seeds_do_not_share_epoch_orders(shapes_cfg, tokenizer):
+  """grain shuffles epoch e with its seed + e: seeds 1 and 0 would read the same orders one epoch
+  apart, and two records' crops and flips from the same RNG."""
+  def epochs(seed):
+    it = _iterator(shapes_cfg, tokenizer, batch_size_per_host=64, seed=seed)  # 256 records
+    return [np.concatenate([b["index"] for b in _take(it, 4)]) for _ in range(3)]
+
+  zero, one = epochs(0), epochs(1)
+  assert not any(np.array_equal(a, b) for a in zero for b in one)
+  assert len({pipeline.sampler_seed(s) for s in range(1000)}) == 1000
+  assert all(0 <= pipeline.sampler_seed(s) < 2**32 for s in (0, 2**32 - 1))
+
+
 def test_two_hosts_get_disjoint_shards_covering_the_split(shapes_cfg, tokenizer):
   seen = []
   for host in (0, 1):

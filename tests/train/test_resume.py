@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from llmimg_jax.data import host_slices
-from llmimg_jax.data.pipeline import close_iterator, make_iterator
+from llmimg_jax.data.pipeline import close_iterator, make_iterator, sampler_seed
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.state import _adam, build_models, build_text
 from tests.sample.utils import _quick_state
@@ -269,7 +269,9 @@ def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
   it would a changed pipeline, and with the config unchanged the error names the edit too."""
   config, tokenizer, _, _ = saved
   for state_file in (tmp_path / "checkpoints").glob("*/data/process_0-of-1.json"):
-    state_file.write_text(state_file.read_text().replace("seed=0)", "seed=5)"))
+    text = state_file.read_text()
+    assert f"seed={sampler_seed(0)})" in text
+    state_file.write_text(text.replace(f"seed={sampler_seed(0)})", f"seed={sampler_seed(5)})"))
   manager, it = _fresh(config, tokenizer, tmp_path)
   _assert_refused_and_kept(
       manager, config, it, r"this run's config equals the saved one, so the code that builds the "
