@@ -45,7 +45,11 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:  # absl leaves them: `--start_fresh_if_corrupt false` set it, left "false"
+    cli.fail("train.py", f"unexpected argument(s) {argv[1:]}: train.py takes flags only. Give a "
+             "value as --name=value (--config.train.steps=2000), and a boolean flag as --name or "
+             "--noname (--nostart_fresh_if_corrupt, or --start_fresh_if_corrupt=false), not "
+             "'--name false'; nothing was trained.", 2)
   # Orbax and TFDS log every step of every save at INFO through absl; keep ours, quiet theirs.
   logging.getLogger("absl").setLevel(logging.WARNING)
   cli.quiet_orbax()  # no asyncio tracebacks around a checkpoint that fails to restore

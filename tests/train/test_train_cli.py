@@ -213,6 +213,23 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
 
 
+@pytest.mark.parametrize("stray", [
+    # absl's boolean flags take no separate value: this was --start_fresh_if_corrupt with "false"
+    # left over and dropped, so the run moved its checkpoints aside and trained from step 0.
+    ("--start_fresh_if_corrupt", "false"),
+    ("config.train.steps=2000",),  # the override without its "--": dropped, the run trained 4 steps
+])
+def test_a_stray_argument_stops_the_run_before_anything_is_read(tmp_path, stray):
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)  # an earlier run's checkpoints: left as they are
+  proc = Proc(train_args(tmp_path / "data", run, *stray), cwd=tmp_path)
+  assert proc.finish(timeout=120) == 2, proc.output[-3000:]
+  assert (f"train.py: error: unexpected argument(s) [{stray[-1]!r}]: train.py takes flags only."
+          in proc.output), proc.output[-3000:]
+  assert "--nostart_fresh_if_corrupt" in proc.output and "Traceback" not in proc.output
+  assert [p.name for p in run.iterdir()] == ["checkpoints"] and not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("sig, status, message", [
     (signal.SIGINT, 130, "interrupted by Ctrl-C without saving"),
     # A scheduler's stop (`kill`): the process ended silently with status 143.
