@@ -138,7 +138,14 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   if not str(out_dir).strip():
     raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
   out = cli.expand_home(out_dir, "--out")
-  existing = next(p for p in (out, *out.parents) if p.exists())
+  chain = (out, *out.parents)
+  existing = next(p for p in chain if p.exists())
+  # A link to a missing target (an unmounted disk) does not exist, yet mkdir cannot create it:
+  # found only after sampling, as "[Errno 17] File exists".
+  if link := next((p for p in chain[:chain.index(existing)] if p.is_symlink()), None):
+    raise FileNotFoundError(f"Output {out_dir!r}: {link} is a symbolic link to "
+                            f"{os.readlink(link)}, which does not exist; create that directory "
+                            "(or mount its disk), or pass another --out.")
   if not existing.is_dir():
     raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
                              "the images (it is created if missing).")

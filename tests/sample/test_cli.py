@@ -118,7 +118,8 @@ _NO_USER = ("{} '~no_such_user_llmimg/{}': ~no_such_user_llmimg is no user's hom
                                   "expand_options_without_a_model", "empty_expand_with",
                                   "expand_sampling_options_without_sampling",
                                   "one_expand_option_without_a_model", "workdir_of_no_user",
-                                  "out_of_no_user", "prompts_file_of_no_user"])
+                                  "out_of_no_user", "prompts_file_of_no_user",
+                                  "out_is_a_dangling_link", "out_under_a_dangling_link"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -128,6 +129,7 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
     shutil.copytree(run.workdir, corrupt)
     shutil.rmtree(corrupt / "checkpoints" / "2" / "state" / "d")
   fresh = tmp_path / "fresh" / "checkpoints"
+  (tmp_path / "link").symlink_to(tmp_path / "unmounted")  # e.g. a disk that is not mounted
   old_out = tmp_path / "old"
   old_out.mkdir()
   (old_out / "p0000_s000.png").write_bytes(b"an earlier run's image")
@@ -187,6 +189,15 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                          _NO_USER.format("--out", "out")),
       "prompts_file_of_no_user": (["--prompts_file", "~no_such_user_llmimg/p.txt"],
                                   _NO_USER.format("--prompts_file", "p.txt")),
+      # Sampled first, then mkdir's "[Errno 17] File exists: '...link'".
+      "out_is_a_dangling_link": (
+          ["--prompt", "a cat", "--out", str(tmp_path / "link")],
+          f"Output '{tmp_path / 'link'}': {tmp_path / 'link'} is a symbolic link to "
+          f"{tmp_path / 'unmounted'}, which does not exist; create that directory"),
+      "out_under_a_dangling_link": (
+          ["--prompt", "a cat", "--out", str(tmp_path / "link" / "cats")],
+          f"Output '{tmp_path / 'link' / 'cats'}': {tmp_path / 'link'} is a symbolic link to "
+          f"{tmp_path / 'unmounted'}, which does not exist"),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)
