@@ -179,7 +179,9 @@ def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathL
                        "be UTF-8 text with one prompt per line.") from None
     # Lines end at \n, \r\n or \r only (str.splitlines would also split at U+2028, \x0c, ...).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    from_file = [line.strip() for line in lines]
+    # A BOM opening a line (files with BOMs concatenated: `cat a.txt b.txt`) is no text; kept,
+    # it made a '#' line a prompt. (str.strip leaves it: U+FEFF is not whitespace.)
+    from_file = [line.strip().lstrip("\ufeff").strip() for line in lines]
     from_file = [p for p in from_file if p and not p.startswith("#")]
     if not from_file:
       raise ValueError(f"Prompts file {path} has no prompts (only blank or '#' lines); write one "

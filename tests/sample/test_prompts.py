@@ -21,6 +21,19 @@ def test_prompts_file_lines_are_kept_whole_and_must_be_utf8(tmp_path):
     read_prompts([], latin1)
 
 
+def test_a_bom_opening_any_line_is_dropped(tmp_path):
+  """Files that each start with a BOM, concatenated: the second file's comment was a prompt
+  ('\ufeff# second file'), and its BOM-only line an empty-looking one."""
+  bom = "\ufeff"
+  joined = tmp_path / "joined.txt"
+  joined.write_text(f"{bom}# first\r\na red circle\r\n{bom}# second\r\n{bom}\r\n"
+                    f"  {bom}a blue square\r\n", encoding="utf-8")
+  assert read_prompts([], joined) == ["a red circle", "a blue square"]
+  inner = tmp_path / "inner.txt"  # a U+FEFF inside a prompt is the prompt's own text
+  inner.write_text(f"a{bom}b\n", encoding="utf-8")
+  assert read_prompts([], inner) == [f"a{bom}b"]
+
+
 def test_a_prompts_file_of_json_lines_is_refused(tmp_path):
   """A captions.jsonl given as --prompts_file sampled each raw JSON line as a prompt."""
   jsonl = tmp_path / "captions.jsonl"
