@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import re
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,12 +125,17 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
                      f"<= 1; got {temperature} and {top_p}.")
 
 
+# outputs.image_name's names (more digits past 9999 prompts or 999 samples), and no others: the
+# glob p[0-9]*_s[0-9]*.png also matched a user's p0000_s001_favorite.png, which --overwrite deleted.
+_IMAGE_NAME = re.compile(r"p[0-9]{4,}_s[0-9]{3,}\.png")
+
+
 def old_outputs(out: Path) -> list[Path]:
   """What an earlier write_samples left in `out`."""
   if not out.is_dir():
     return []
-  return sorted([*out.glob("p[0-9]*_s[0-9]*.png"), *(out / n for n in (GRID_NAME, JSONL_NAME)
-                                                      if (out / n).exists())])
+  images = [p for p in out.glob("p*_s*.png") if _IMAGE_NAME.fullmatch(p.name)]
+  return sorted([*images, *(out / n for n in (GRID_NAME, JSONL_NAME) if (out / n).exists())])
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:

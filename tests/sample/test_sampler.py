@@ -15,7 +15,8 @@ from PIL import Image
 
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, available_steps,
-                               read_prompts, restore_for_sampling, write_samples)
+                               SampleResult, read_prompts, restore_for_sampling,
+                               write_samples)
 from llmimg_jax.sample import outputs
 from llmimg_jax.gan.common import image_noise as _noise
 from llmimg_jax.sample.expand import DEFAULT_TEMPLATE, check_options
@@ -151,6 +152,25 @@ def test_an_out_dir_with_earlier_samples_is_refused_or_emptied_first(sampler, tm
   with pytest.raises(OSError, match="No space left"):
     write_samples(sampler.sample(PROMPTS, seed=3, num_per_prompt=2), tmp_path, overwrite=True)
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_overwrite_replaces_only_the_files_sample_py_writes(tmp_path):
+  """--overwrite deleted every p<digit>*_s<digit>*.png, so a user's copy named
+  p0000_s001_favorite.png too; and such a file alone made --out 'already hold samples'."""
+  mine = ["p0000_s001_favorite.png", "p2_s3-keep.png", "p0000_s000.png.bak", "p0000_s000.jpg"]
+  for name in mine:
+    (tmp_path / name).write_bytes(b"the user's")
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  result = SampleResult(images, ["a red circle"], ["a red circle"], False, 0, 2, None, 1, 0.1, 0.1)
+  write_samples(result, tmp_path)  # no earlier samples here: not refused
+  result.seed = 1
+  write_samples(result, tmp_path, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["grid.png", "p0000_s000.png", "p0000_s001.png", "samples.jsonl", *mine])
+  assert all((tmp_path / name).read_bytes() == b"the user's" for name in mine)
+  (tmp_path / "p10000_s1000.png").write_bytes(b"")  # of a call with over 9999 prompts
+  assert outputs.old_outputs(tmp_path) == [tmp_path / n for n in (
+      "grid.png", "p0000_s000.png", "p0000_s001.png", "p10000_s1000.png", "samples.jsonl")]
 
 
 def test_unicode_emoji_and_long_prompts(sampler, caplog):
