@@ -43,6 +43,10 @@ class T5Config:
   """T5 / T5 v1.1 / FLAN-T5 / mT5 / ByT5 hyperparameters. Frozen and hashable (a jit static arg).
 
   `tie_word_embeddings`: the LM head is the shared embedding (no `lm_head` param).
+  `dense_act_fn`, `is_gated_act`: the FFN's activation and gating where config.json's own keys (which
+  transformers writes, and applies over `feed_forward_proj`) say otherwise than `feed_forward_proj`,
+  e.g. BLIP-2's FLAN-T5 configs: 'gated-gelu' with dense_act_fn 'gelu' (exact GELU, not gelu_new).
+  None where they agree (normalised so in __post_init__): `activation` and `is_gated` are the FFN.
   `scale_decoder_outputs`: multiply the decoder output by d_model**-0.5 before the LM head; defaults to
   `tie_word_embeddings` (original T5), transformers >= 5 writes it explicitly.
   """
@@ -63,6 +67,8 @@ class T5Config:
   pad_token_id: int = 0
   eos_token_id: int = 1
   decoder_start_token_id: int = 0
+  dense_act_fn: str | None = None  # None: from feed_forward_proj
+  is_gated_act: bool | None = None  # None: from feed_forward_proj
 
   def __post_init__(self):
     if self.num_decoder_layers is None:
@@ -84,7 +90,16 @@ class T5Config:
       raise ValueError(f"T5Config.num_decoder_layers must be >= 0, got {self.num_decoder_layers}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
-    self.activation  # validates feed_forward_proj
+    proj_act, proj_gated = self._proj_ffn()  # validates feed_forward_proj
+    if self.dense_act_fn == proj_act:
+      object.__setattr__(self, "dense_act_fn", None)
+    if self.dense_act_fn is not None and self.dense_act_fn not in ACTIVATIONS:
+      raise ValueError(f"Unsupported T5 dense_act_fn={self.dense_act_fn!r}: expected one of "
+                       f"{ACTIVATIONS}.")
+    if self.is_gated_act is not None and not isinstance(self.is_gated_act, bool):
+      raise ValueError(f"T5Config.is_gated_act must be a bool, got {self.is_gated_act!r}.")
+    if self.is_gated_act == proj_gated:
+      object.__setattr__(self, "is_gated_act", None)
     for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
       value = getattr(self, name)
       if not 0 <= value < self.vocab_size:
@@ -92,11 +107,16 @@ class T5Config:
 
   @property
   def is_gated(self) -> bool:
-    return self.feed_forward_proj.startswith("gated-")
+    return self._proj_ffn()[1] if self.is_gated_act is None else self.is_gated_act
 
   @property
   def activation(self) -> str:
-    """The FFN activation: 'gated-gelu' means gelu_new (tanh approximation), as in transformers."""
+    """The FFN activation: 'gated-gelu' means gelu_new (tanh approximation), as in transformers;
+    `dense_act_fn` wins where set."""
+    return self._proj_ffn()[0] if self.dense_act_fn is None else self.dense_act_fn
+
+  def _proj_ffn(self) -> tuple[str, bool]:
+    """(activation, gated) as `feed_forward_proj` names them."""
     parts = self.feed_forward_proj.split("-")
     if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or parts[-1] not in ACTIVATIONS:
       raise ValueError(
@@ -104,8 +124,8 @@ class T5Config:
           f"'gated-<act>' with <act> one of {ACTIVATIONS} (e.g. 'relu' for original T5, "
           "'gated-gelu' for T5 v1.1 / FLAN-T5 / mT5 / ByT5).")
     if self.feed_forward_proj == "gated-gelu":
-      return "gelu_new"
-    return parts[-1]
+      return "gelu_new", True
+    return parts[-1], parts[0] == "gated" and len(parts) == 2
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> T5Config:
@@ -155,6 +175,8 @@ class T5Config:
   def to_dict(self) -> dict[str, Any]:
     """A Hugging Face compatible config dict (loadable by transformers.T5Config)."""
     d = dataclasses.asdict(self)
+    # transformers reads the FFN from these two where given (as it writes them): never None.
+    d.update(dense_act_fn=self.activation, is_gated_act=self.is_gated)
     d.update(model_type="t5", is_encoder_decoder=True, architectures=["T5ForConditionalGeneration"])
     return d
 

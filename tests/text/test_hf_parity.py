@@ -198,6 +198,27 @@ def test_other_ffn_activations_match_pytorch(feed_forward_proj, padded_batch, tm
                                    _random_decoder_ids(config, len(padded_batch["input_ids"]), 5))
 
 
+@pytest.mark.parametrize("feed_forward_proj,ffn", [
+    ("gated-gelu", {"dense_act_fn": "gelu"}),  # BLIP-2's FLAN-T5 configs: exact GELU, gated
+    ("gated-gelu", {"is_gated_act": False}),
+    ("relu", {"dense_act_fn": "gelu_new", "is_gated_act": True})])
+def test_dense_act_fn_and_is_gated_act_of_config_json_win_as_in_transformers(
+    feed_forward_proj, ffn, padded_batch, tmp_path):
+  """transformers writes dense_act_fn and is_gated_act into every T5 config.json and builds the
+  FFN from them, not from feed_forward_proj, where they differ (BLIP-2's FLAN-T5 text configs
+  say 'gated-gelu' with dense_act_fn 'gelu'). Reading feed_forward_proj alone ran gelu_new there
+  (logits 1e-3 off), or refused the checkpoint's gated weights."""
+  hf, config, params = _saved_random_t5(tmp_path, 5, feed_forward_proj=feed_forward_proj, **ffn)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert all(saved[k] == v for k, v in ffn.items()) and saved["feed_forward_proj"] == feed_forward_proj
+  assert (config.activation, config.is_gated) == (hf.config.dense_act_fn, hf.config.is_gated_act)
+  _assert_encoder_and_logits_match(hf, config, params, padded_batch,
+                                   _random_decoder_ids(config, len(padded_batch["input_ids"]), 5))
+  assert T5Config.from_dict(config.to_dict()) == config
+  again = transformers.T5Config(**config.to_dict())
+  assert (again.dense_act_fn, again.is_gated_act) == (config.activation, config.is_gated)
+
+
 def test_layer_norm_epsilon_matches_pytorch(padded_batch, tmp_path):
   """An epsilon large against the activations' mean square (~4 here), so that every RMS norm,
   the final ones included, is visibly changed by it."""
