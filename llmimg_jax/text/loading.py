@@ -43,6 +43,19 @@ GENERATION_CONFIG = "generation_config.json"
 _DECODING_DEFAULTS = {"max_length": 20, "max_new_tokens": None, "min_length": 0,
                       "min_new_tokens": None, "num_beams": 1, "do_sample": False,
                       "temperature": 1.0, "top_k": 50, "top_p": 1.0, "length_penalty": 1.0}
+# ... and for decoding options `generate` here does not have: transformers applies them from
+# generation_config.json by default (e.g. a fine-tune's no_repeat_ngram_size=3, early_stopping).
+# None is the default of each too (transformers 5 writes unset options as null).
+_UNSUPPORTED_DEFAULTS = {
+    "early_stopping": False, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "bad_words_ids": None,
+    "force_words_ids": None, "constraints": None, "sequence_bias": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None, "renormalize_logits": False,
+    "remove_invalid_values": False, "typical_p": 1.0, "min_p": None, "top_h": None,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "num_beam_groups": 1, "diversity_penalty": 0.0,
+    "penalty_alpha": None, "guidance_scale": None, "stop_strings": None, "max_time": None,
+    "num_return_sequences": 1}
 # Copies of shared.weight (used as it when it is missing), and a key transformers itself ignores.
 _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _IGNORED_KEYS = (*_EMBEDDING_ALIASES,
@@ -284,7 +297,8 @@ def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
 
 def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
   """The decoder start, EOS and pad ids of generation_config.json win over config.json's, as in
-  transformers' `generate`; its decoding defaults (num_beams, ...) are named, not applied."""
+  transformers' `generate`; its decoding defaults (num_beams, ...), and the options `generate`
+  here does not have (no_repeat_ngram_size, early_stopping, ...), are named, not applied."""
   path = os.path.join(ckpt_dir, GENERATION_CONFIG)
   if not os.path.exists(path):
     return config
@@ -311,6 +325,12 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
     log.warning("%s sets decoding defaults (%s) that llmimg_jax does not apply: pass them to "
                 "`generate` (e.g. num_beams=, max_new_tokens=) to decode as transformers would.",
                 path, ", ".join(f"{k}={v}" for k, v in sorted(unused.items())))
+  unsupported = {k: v for k, v in gen.items() if k in _UNSUPPORTED_DEFAULTS and v is not None
+                 and v != _UNSUPPORTED_DEFAULTS[k]}
+  if unsupported:
+    log.warning("%s sets decoding options (%s) that llmimg_jax's `generate` does not support: "
+                "transformers' generate applies them by default, so its outputs will differ.",
+                path, ", ".join(f"{k}={v}" for k, v in sorted(unsupported.items())))
   return config
 
 

@@ -212,6 +212,31 @@ def test_generation_config_pad_token_id_is_used(relu_tied, tmp_path):
   assert load_t5(relu_tied.path)[0].pad_token_id == 0
 
 
+def test_generation_config_options_generate_lacks_are_named(relu_tied, tmp_path, caplog):
+  """transformers' generate applies generation_config.json's no_repeat_ngram_size,
+  repetition_penalty, early_stopping, ... by default; `generate` here has no such options, and
+  loading said nothing of them (its outputs silently differed from transformers')."""
+  import logging
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  gen_path = tmp_path / "ckpt" / "generation_config.json"
+  ids = json.loads(gen_path.read_text())
+  gen_path.write_text(json.dumps({**ids, "no_repeat_ngram_size": 3, "repetition_penalty": 1.2,
+                                  "early_stopping": True}))
+  hf_generation = transformers.GenerationConfig.from_pretrained(tmp_path / "ckpt")
+  assert (hf_generation.no_repeat_ngram_size, hf_generation.repetition_penalty,
+          hf_generation.early_stopping) == (3, 1.2, True)
+  with caplog.at_level(logging.WARNING):
+    load_t5(tmp_path / "ckpt")
+  assert "early_stopping=True, no_repeat_ngram_size=3, repetition_penalty=1.2" in caplog.text
+  assert str(gen_path) in caplog.text
+  caplog.clear()  # their defaults, spelled out or null, are not named
+  gen_path.write_text(json.dumps({**ids, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
+                                  "early_stopping": False, "bad_words_ids": None}))
+  with caplog.at_level(logging.WARNING):
+    load_t5(tmp_path / "ckpt")
+  assert "generation_config.json" not in caplog.text
+
+
 @pytest.mark.parametrize("weights",
                          ["model.safetensors", "pytorch_model.bin", "flax_model.msgpack"])
 def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
