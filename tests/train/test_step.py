@@ -100,6 +100,11 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("train.steps", 0, "steps=0 must be positive"),
     ("eval.num_samples", 1, r"config\.eval\.num_samples=1 >= 2"),
     ("train.lr_text", -1e-4, r"config\.train\.lr_text=-0\.0001 must be >= 0"),
+    # inf passed every bound (inf >= 0): non-finite parameters after the first update
+    ("train.lr_g", float("inf"), r"config\.train\.lr_g=inf must be finite\.$"),
+    ("loss.r1_gamma", float("inf"), r"config\.loss\.r1_gamma=inf must be finite\.$"),
+    ("loss.contrastive_temperature", float("inf"), r"contrastive_temperature=inf must be finite"),
+    ("train.lr_d", float("nan"), r"config\.train\.lr_d=nan must be >= 0\.$"),
 ])
 def test_bad_config_fails_fast(tmp_path, key, value, match):
   config = tiny_config(tmp_path)
