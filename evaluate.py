@@ -138,7 +138,10 @@ def _refuse_existing(flag: str, path, overwrite: str) -> None:
 
 
 def main(argv) -> None:
-  del argv
+  if len(argv) > 1:  # absl leaves them: `--overwrite_out false` set it and left "false"
+    raise app.UsageError(f"Unexpected argument(s) {argv[1:]}: evaluate.py takes flags only. Give "
+                         "a value as --name=value, and a boolean flag as --name or --noname "
+                         "(--nooverwrite_out, or --overwrite_out=false), not '--name false'.")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
   cli.quiet_orbax()

@@ -73,6 +73,18 @@ def test_cli_help_and_missing_workdir(tmp_path):
       "evaluate.py: error: --out is blank; name the results' .json file."), out.stderr
 
 
+def test_a_stray_argument_is_one_clear_error(tmp_path):
+  """absl's boolean flags take no separate value: `--overwrite_out false` set the flag, and the
+  'false' left over was dropped, so an existing results file was replaced."""
+  out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path), "--out",
+                        str(tmp_path / "r.json"), "--overwrite_out", "false"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr == (
+      "evaluate.py: error: Unexpected argument(s) ['false']: evaluate.py takes flags only. Give a "
+      "value as --name=value, and a boolean flag as --name or --noname (--nooverwrite_out, or "
+      "--overwrite_out=false), not '--name false'.\n"), out.stderr
+
+
 def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa: F811
   data, _ = tiny_eval
   report = tmp_path / "new" / "folder" / "r.json"
