@@ -46,7 +46,7 @@ from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.train.loop import make_mesh
 from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
-from llmimg_jax.train.step import generate_images
+from llmimg_jax.train.step import generate_checked_images
 
 log = logging.getLogger(__name__)
 Expander = Callable[[Sequence[str]], list[str]]
@@ -100,9 +100,10 @@ def _check_captions(captions: list[Any], num_prompts: int) -> None:
 
 
 def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask,
-              truncation: jax.Array | None) -> jax.Array:
+              truncation: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   z = image_noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
-  return generate_images(models, ema_params, text_params, z, input_ids, mask)  # [b, R, R, 3]
+  # uint8 [b, R, R, 3], bool [b]
+  return generate_checked_images(models, ema_params, text_params, z, input_ids, mask)
 
 
 class Sampler:
@@ -154,7 +155,7 @@ class Sampler:
     if key not in self._compiled:
       fn = jax.jit(functools.partial(_generate, self.models),
                    in_shardings=(self._replicated,) * 3 + (self._batch,) * 3 + (self._replicated,),
-                   out_shardings=self._batch)
+                   out_shardings=(self._batch, self._batch))
       length = self.tokenizer.max_length
       args = (self.ema_params, self.text_params, jax.random.key(0),
               jax.ShapeDtypeStruct((batch,), jnp.int32),
@@ -191,10 +192,25 @@ class Sampler:
       ids, mask = tokens["input_ids"][rows[idx]], tokens["attention_mask"][rows[idx]]
       args = [jax.device_put(x, self._batch) for x in (columns[idx], ids, mask)]
       outputs.append(compiled(self.ema_params, self.text_params, key, *args, t))
-    images = np.concatenate([np.asarray(jax.device_get(o)) for o in outputs])[:total]
+    images, finite = (np.concatenate(x)[:total] for x in zip(*jax.device_get(outputs)))
     seconds = time.perf_counter() - t0
+    if not finite.all():
+      self._refuse_non_finite(np.flatnonzero(~finite), prompts, num_per_prompt, truncation)
     log.info("Sampled %d images at %dx%d in %.2fs: %.1f images/s (compilation %.1fs).", total,
              self.resolution, self.resolution, seconds, total / max(seconds, 1e-9),
              compile_seconds)
     return SampleResult(images, prompts, captions, expanded, seed, num_per_prompt, truncation,
                         self.step, seconds, compile_seconds)
+
+  def _refuse_non_finite(self, bad: np.ndarray, prompts: list[str], num_per_prompt: int,
+                         truncation: float | None) -> None:
+    """A ValueError for images whose generator output held NaN or inf (stored as flat colour)."""
+    first = int(bad[0])
+    hint = (f"truncation={truncation} multiplies the noise: use a smaller one (DF-GAN samples at "
+            "0.88). Otherwise check" if truncation is not None else "Check")
+    raise ValueError(
+        f"{len(bad)} of {len(prompts) * num_per_prompt} generated images are not finite (NaN or "
+        "inf in the generator's output, which would be saved as flat colour), the first: image "
+        f"{first % num_per_prompt} of prompt {prompts[first // num_per_prompt]!r}. {hint} the "
+        f"run's checkpoint (step {self.step}): its EMA generator or text encoder may hold NaN or "
+        "inf; sample an earlier step.")

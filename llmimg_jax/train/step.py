@@ -162,6 +162,14 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
 def generate_images(models: Models, g_params: Any, text_params: Any, z, input_ids, mask
                     ) -> jax.Array:
   """Images uint8 [b, R, R, 3] from noise [b, z_dim] and tokenized prompts [b, L]."""
+  return generate_checked_images(models, g_params, text_params, z, input_ids, mask)[0]
+
+
+def generate_checked_images(models: Models, g_params: Any, text_params: Any, z, input_ids, mask
+                            ) -> tuple[jax.Array, jax.Array]:
+  """generate_images' images, and bool [b]: whether the generator's output for each was finite
+  (NaN or inf in it becomes black or white pixels in uint8)."""
   words, sent = encode_text(models, text_params, input_ids, mask)
-  images = models.generator.apply({"params": g_params}, z, sent, words, mask)
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+  images = models.generator.apply({"params": g_params}, z, sent, words, mask)  # [b, R, R, 3]
+  pixels = jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+  return pixels, jnp.isfinite(images).all(axis=(1, 2, 3))

@@ -97,6 +97,23 @@ def test_infinite_truncation_is_refused(sampler, tmp_path):
     sampler.sample(PROMPTS, truncation=float("inf"))
 
 
+def test_non_finite_images_are_refused_naming_the_cause(sampler):
+  """A huge truncation (or NaN weights) made the generator's output NaN: flat black images,
+  written with exit 0."""
+  with pytest.raises(ValueError, match=re.escape(
+      "4 of 4 generated images are not finite (NaN or inf in the generator's output, which would "
+      "be saved as flat colour), the first: image 0 of prompt 'a red circle'. truncation=1e+30 "
+      "multiplies the noise: use a smaller one (DF-GAN samples at 0.88). Otherwise check the "
+      "run's checkpoint (step 2)")):
+    sampler.sample(PROMPTS, num_per_prompt=2, truncation=1e30)
+  nan_weights = jax.tree.map(lambda x: x * np.nan, sampler.ema_params)
+  broken = Sampler(sampler.models, sampler.tokenizer, nan_weights, sampler.text_params,
+                   mesh=sampler.mesh, step=sampler.step)
+  with pytest.raises(ValueError, match=r"3 of 3 .*image 0 of prompt 'a red circle'\. Check the "
+                                       r"run's checkpoint \(step 2\): its EMA generator"):
+    broken.sample(PROMPTS[:1], num_per_prompt=3)
+
+
 @pytest.mark.parametrize("truncation", [0.5, 0.88])
 def test_truncated_noise_follows_the_truncated_normal(truncation):
   """DF-GAN's truncated_noise, t * truncnorm.rvs(-2, 2): no mass piled up at the bounds (as
