@@ -79,8 +79,17 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
 
 # --- losses, as llmimg_jax.gan.losses ---------------------------------------------------------
 
-def d_hinge_loss(real, fake, mis) -> torch.Tensor:
-  return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + F.relu(1 + mis).mean())
+def mismatch_weights(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+  """1 where the rolled sentence is another caption than the item's own, 0 where the same."""
+  keys = torch.where(mask > 0, ids, -1)
+  return (keys != keys.roll(1, 0)).any(-1).float()
+
+
+def d_hinge_loss(real, fake, mis, mis_weight=None) -> torch.Tensor:
+  mis_each = F.relu(1 + mis)
+  mis_term = (mis_each.mean() if mis_weight is None else
+              (mis_weight * mis_each).sum() / mis_weight.sum().clamp_min(1.0))
+  return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + mis_term)
 
 
 def ma_gp(logits: torch.Tensor, x: torch.Tensor, s: torch.Tensor, k: float, p: float
@@ -198,7 +207,7 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
     logits_real = (D.logits if gp else m.d_logits)(feats_real, sent)
     logits_mis = m.d_logits(feats_real, sent.roll(1, 0))
     logits_fake = m.d_logits(m.d_features(diff_augment(fake.detach(), policy)), sent)
-    hinge = d_hinge_loss(logits_real, logits_fake, logits_mis)
+    hinge = d_hinge_loss(logits_real, logits_fake, logits_mis, mismatch_weights(ids, mask))
     d_loss = hinge
     if gp:
       d_loss = d_loss + ma_gp(logits_real, real_aug, sent, cfg.loss.magp_k, cfg.loss.magp_p)

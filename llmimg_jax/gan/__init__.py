@@ -11,6 +11,7 @@ from llmimg_jax.gan.losses import (
     gradient_penalty,
     info_nce,
     ma_gp,
+    mismatch_weights,
     mismatched,
     r1_penalty,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "gradient_penalty",
     "info_nce",
     "ma_gp",
+    "mismatch_weights",
     "mismatched",
     "r1_penalty",
     "sentence_embedding",

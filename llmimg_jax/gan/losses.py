@@ -17,12 +17,34 @@ def mismatched(x: jax.Array) -> jax.Array:
   return jnp.roll(x, 1, axis=0)
 
 
+def _caption_keys(input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+  """Token ids [b, L] with the padding (mask 0) as -1: equal rows are the same caption."""
+  return jnp.where(mask > 0, input_ids, -1)
+
+
+def mismatch_weights(input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+  """[b] float32: 1 where `mismatched` pairs item i with another caption than its own, 0 where
+  the neighbour's caption is the same one (repeated captions in a batch): that pair matches."""
+  keys = _caption_keys(input_ids, mask)
+  return jnp.any(keys != mismatched(keys), axis=-1).astype(jnp.float32)
+
+
 def d_hinge_loss(real_logits: jax.Array, fake_logits: jax.Array,
-                 mismatch_logits: jax.Array) -> jax.Array:
-  """mean relu(1 - D(real, s)) + 0.5 * (mean relu(1 + D(fake, s)) + mean relu(1 + D(real, s')))."""
+                 mismatch_logits: jax.Array, mismatch_weight: jax.Array | None = None
+                 ) -> jax.Array:
+  """mean relu(1 - D(real, s)) + 0.5 * (mean relu(1 + D(fake, s)) + mean relu(1 + D(real, s'))).
+
+  mismatch_weight [b] (`mismatch_weights`): the mismatch term is the mean over the pairs of
+  weight 1 only (0 when there are none): a "mismatched" sentence that is the image's own caption
+  is a matching pair, which the term would push down while the real term pushes it up."""
   real = jnp.mean(jax.nn.relu(1.0 - real_logits.astype(jnp.float32)))
   fake = jnp.mean(jax.nn.relu(1.0 + fake_logits.astype(jnp.float32)))
-  mis = jnp.mean(jax.nn.relu(1.0 + mismatch_logits.astype(jnp.float32)))
+  mis_each = jax.nn.relu(1.0 + mismatch_logits.astype(jnp.float32))
+  if mismatch_weight is None:
+    mis = jnp.mean(mis_each)
+  else:
+    w = mismatch_weight.astype(jnp.float32)
+    mis = jnp.sum(w * mis_each) / jnp.maximum(jnp.sum(w), 1.0)
   return real + 0.5 * (fake + mis)
 
 
@@ -74,6 +96,9 @@ def info_nce(image_emb: jax.Array, text_emb: jax.Array, temperature: float = 0.1
   """Symmetric InfoNCE over cosine similarities: pair i matches pair i.
 
   0.5 * (CE(image -> text) + CE(text -> image)), logits = cos(image_i, text_j) / temperature.
+  (Repeated captions need no mask here, unlike the hinge's mismatched pairs: their text
+  embeddings are equal, and with equal embeddings this loss and its gradients are those of the
+  multi-positive InfoNCE.)
   """
   a = image_emb.astype(jnp.float32)
   b = text_emb.astype(jnp.float32)

@@ -89,7 +89,10 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     logits_mismatch = _d_apply(models, d_params, feats_real, gan.mismatched(sent), method="logits")
     feats_fake = features(d_params, augment(jax.lax.stop_gradient(fake), k_aug_fake))
     logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
-    hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch)
+    # A rolled sentence that is the image's own caption (a caption repeated in the batch) is a
+    # matching pair: left out of the mismatch term.
+    hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch,
+                             gan.mismatch_weights(ids, mask))
 
     def penalty_fn():
       return cfg.loss.gp_every * gan.gradient_penalty(

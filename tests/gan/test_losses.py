@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.gan import (d_hinge_loss, g_hinge_loss, gradient_penalty, info_nce, ma_gp,
-                            mismatched, r1_penalty)
+                            mismatch_weights, mismatched, r1_penalty)
 
 
 def test_d_hinge_loss_hand_computed():
@@ -126,3 +126,51 @@ def test_penalties_jit_with_a_closure(toy):
   gp, r1 = step(jnp.asarray(a), x, s)
   np.testing.assert_allclose(float(gp), np.mean(gx2 + gs2), rtol=1e-5)
   np.testing.assert_allclose(float(r1), np.mean(gx2), rtol=1e-5)
+
+
+def test_mismatch_weights_leave_out_a_neighbour_with_the_same_caption():
+  # Captions as token ids under their masks: items 1 and 2 say the same; item 3 too (its 9 is
+  # padding); item 0 differs from item 3 only where item 3's mask is 0.
+  ids = jnp.array([[5, 6, 7], [5, 6, 0], [5, 6, 0], [5, 6, 9]])
+  mask = jnp.array([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 1, 0]])
+  # mismatched pairs item i with item i - 1: (0, 3) differ, (1, 0) differ, (2, 1) and (3, 2) match.
+  np.testing.assert_array_equal(np.asarray(mismatch_weights(ids, mask)), [1.0, 1.0, 0.0, 0.0])
+
+
+def test_d_hinge_loss_mismatch_term_skips_matching_pairs():
+  real = jnp.array([2.0, 0.5, -1.0])
+  fake = jnp.array([-2.0, 0.0, 1.0])
+  mis = jnp.array([0.5, -0.5, -3.0])  # relu(1 + m) = [1.5, 0.5, 0]
+  w = jnp.array([1.0, 0.0, 1.0])  # item 1's "mismatched" sentence is its own caption
+  expected = 5 / 6 + 0.5 * (1.0 + (1.5 + 0.0) / 2)
+  np.testing.assert_allclose(float(d_hinge_loss(real, fake, mis, w)), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(d_hinge_loss(real, fake, mis, jnp.ones(3))),
+                             float(d_hinge_loss(real, fake, mis)), rtol=1e-6)
+  # No real mismatch in the batch: no mismatch term (not a division by zero).
+  np.testing.assert_allclose(float(d_hinge_loss(real, fake, mis, jnp.zeros(3))), 5 / 6 + 0.5,
+                             rtol=1e-6)
+  # The matching pair is not pushed down: its mismatch logit gets no gradient.
+  g = jax.grad(lambda m: d_hinge_loss(real, fake, m, w))(mis)
+  assert float(g[1]) == 0.0 and float(g[0]) > 0
+
+
+def test_info_nce_with_repeated_captions_equals_the_multi_positive_loss():
+  """Repeated captions have equal text embeddings; InfoNCE's integer labels then give the value
+  and gradients of the loss whose targets spread over all items with the caption."""
+  rng = np.random.default_rng(0)
+  caption = jnp.array([0, 1, 1, 2, 1, 3])  # items 1, 2 and 4 share a caption
+  a = jnp.asarray(rng.normal(size=(6, 8)), jnp.float32)
+  emb = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)  # per distinct caption
+  same = (caption[:, None] == caption[None, :]).astype(jnp.float32)
+
+  def multi_positive(a, e):
+    a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+    b = e[caption] / jnp.linalg.norm(e[caption], axis=-1, keepdims=True)
+    logits, targets = a @ b.T / 0.1, same / same.sum(1, keepdims=True)
+    return 0.5 * (jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits, 1), 1))
+                  + jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits.T, 1), 1)))
+
+  ours = lambda a, e: info_nce(a, e[caption], 0.1)
+  np.testing.assert_allclose(float(ours(a, emb)), float(multi_positive(a, emb)), rtol=1e-5)
+  for g, w in zip(jax.grad(ours, (0, 1))(a, emb), jax.grad(multi_positive, (0, 1))(a, emb)):
+    np.testing.assert_allclose(g, w, atol=1e-5)

@@ -85,8 +85,13 @@ def _reference_step(models, state, batch):
     else:
       norm2 = jnp.sum(gx**2, axis=(1, 2, 3)) + jnp.sum(gs**2, axis=1)  # [b]
       gp = cfg.loss.magp_k * jnp.mean(norm2 ** (cfg.loss.magp_p / 2))
+    # Sentence i - 1 that is image i's own caption (a caption repeated in the batch; _batch has
+    # some) is a match, not a mismatch: the mismatch term averages over the other pairs.
+    keys = jnp.where(mask > 0, ids, -1)
+    own = jnp.all(keys == jnp.concatenate([keys[-1:], keys[:-1]]), axis=-1)  # [b]
+    mis_term = jnp.sum(jnp.where(own, 0.0, jax.nn.relu(1 + mis_l))) / jnp.sum(~own)
     hinge = (jnp.mean(jax.nn.relu(1 - real_l))
-             + 0.5 * (jnp.mean(jax.nn.relu(1 + fake_l)) + jnp.mean(jax.nn.relu(1 + mis_l))))
+             + 0.5 * (jnp.mean(jax.nn.relu(1 + fake_l)) + mis_term))
     contrastive = _info_nce(d_apply(d, feats_real, m="image_embedding"),
                             d_apply(d, sent, m="text_embedding"), temperature)
     loss = hinge + cfg.loss.gp_every * gp + w * contrastive
@@ -137,6 +142,9 @@ def stepped(tmp_path_factory, request):
   tokenizer, t5_config, _ = build_text(config)
   models = build_models(config, t5_config)
   state, batch = _host_state(models), _batch(config, tokenizer)
+  keys = np.where(batch["attention_mask"] > 0, batch["input_ids"], -1)
+  own = np.all(keys == np.roll(keys, 1, axis=0), axis=-1)
+  assert 0 < own.sum() < len(own), "the batch should repeat some neighbours' captions, not all"
   step = jax.jit(functools.partial(train_step, models))
   new_state, metrics = step(state, batch)
   odd = step(state.replace(step=np.int32(STEP + 1)), batch)  # no penalty; the EMA at its cap
