@@ -23,3 +23,22 @@ def summary_writer(logdir: str | Path, purge_step: int | None = None) -> Any:
     if hide and sys.modules.get("torch", ()) is None:
       del sys.modules["torch"]
   return SummaryWriter(str(logdir), purge_step=purge_step)
+
+
+def flush(writer: Any) -> None:
+  """Every event added to `writer` so far, written and flushed to its file.
+
+  tensorboardX hands events to a writer thread through a queue and flushes the file every 2
+  minutes; its flush() writes out only what that thread has taken from the queue so far (an image
+  added just before was not in it). Here the thread is stopped, which it does after writing every
+  event queued before, and a new one started on the same queue and file (as its reopen() does).
+  """
+  for file_writer in (getattr(writer, "all_writers", None) or {}).values():
+    events = getattr(file_writer, "event_writer", None)  # tensorboardX's EventFileWriter
+    worker = getattr(events, "_worker", None)
+    if worker is not None and not getattr(events, "_closed", True):
+      worker.stop()  # a shutdown mark after the queued events; joins the thread
+      events._worker = type(worker)(events._event_queue, events._ev_writer,  # pylint: disable=protected-access
+                                    events._flush_secs)  # pylint: disable=protected-access
+      events._worker.start()  # pylint: disable=protected-access
+  writer.flush()

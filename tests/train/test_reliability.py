@@ -159,6 +159,50 @@ def test_a_stop_between_logs_logs_the_steps_since_the_last_one(shapes_data_dir, 
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [6]
 
 
+def test_a_checkpoints_steps_are_on_disk_in_tensorboard_when_it_is_saved(shapes_data_dir,
+                                                                       tmp_path, monkeypatch):
+  """tensorboardX flushes its event file every 2 minutes: a crash after a checkpoint lost the
+  scalars of the steps it holds (and their grids and evaluations), which the run resumed from it
+  never logs again, a gap in every curve. What is on disk while the step after the checkpoint
+  runs is what a kill -9 there leaves."""
+  config = tiny_config(shapes_data_dir)
+  config.update_from_flattened_dict({"loss.gp": "none", "loss.diffaugment": "",
+                                     "model.attn_resolutions": (), "loss.contrastive_weight": 0.0})
+  config.train.update(steps=3, log_every=1, ckpt_every=2, sample_every=2)
+  jit_train_step, on_disk = loop.jit_train_step, []
+
+  def snapshot_at_step_3(*args):
+    step_fn, calls = jit_train_step(*args), []
+    def step(*a):
+      calls.append(1)
+      if len(calls) == 3:  # after the checkpoint (and the grid) of step 2
+        logdir = tmp_path / "tensorboard"
+        on_disk.append((_scalars(logdir, "train/d_loss"),
+                        _tags(logdir).count("samples")))
+      return step_fn(*a)
+    return step
+  monkeypatch.setattr(loop, "jit_train_step", snapshot_at_step_3)
+  loop.train(config, tmp_path)
+  (d_loss, grids), = on_disk
+  assert sorted(d_loss) == [1, 2] and grids == 1, on_disk
+
+
+def _tags(logdir) -> list[str]:
+  """The tags of every value in the event files (complete records only)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  tags = []
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i + 12 <= len(data):
+      (size,) = struct.unpack("<Q", data[i:i + 8])
+      if i + 12 + size + 4 > len(data):
+        break
+      tags += [v.tag for v in event_pb2.Event.FromString(data[i + 12:i + 12 + size]).summary.value]
+      i += 12 + size + 4
+  return tags
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_optimizers_clip_and_take_their_own_learning_rates(tmp_path, grad_clip):
   """G, D and the text encoder each get Adam with their learning rate, on gradients clipped to a

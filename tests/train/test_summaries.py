@@ -31,3 +31,21 @@ def test_the_summary_writer_writes_events_without_importing_torch(tmp_path):
   if has_torch:  # hidden only while tensorboardX loads
     assert "torch importable after: True" in out.stdout, out.stdout
   assert _scalars(tmp_path, "loss") == {1: 0.25}
+
+
+def test_flush_writes_every_event_added_so_far(tmp_path):
+  """What a kill -9 right after flush() leaves: tensorboardX's own flush() missed the events its
+  writer thread had not yet taken from its queue (an image added just before), and otherwise the
+  file is flushed every 2 minutes."""
+  import numpy as np
+  from llmimg_jax.train.summaries import flush, summary_writer
+  from tests.train.test_reliability import _tags
+  writer = summary_writer(tmp_path, purge_step=1)
+  for step in range(1, 4):
+    writer.add_scalar("train/d_loss", 0.5, step)
+    writer.add_image("samples", np.zeros((64, 64, 3), np.uint8), step, dataformats="HWC")
+    flush(writer)
+    assert _tags(tmp_path).count("samples") == step  # on disk, the writer still open
+  writer.add_scalar("train/d_loss", 0.5, 4)  # the writer thread goes on after a flush
+  writer.close()
+  assert sorted(_scalars(tmp_path, "train/d_loss")) == [1, 2, 3, 4]
