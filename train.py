@@ -5,8 +5,9 @@
 Rerunning the same command resumes from the latest checkpoint in the workdir (after a crash, the
 newest one that restores); a run already at config.train.steps says so and exits 0, changing
 nothing (raise --config.train.steps to train further). SIGTERM or Ctrl-C finishes the current
-step, saves a checkpoint and exits 0; before the first step (building, restoring, compiling) they
-stop at once with status 143 / 130, the checkpoints kept. Multi-host: start one process per host
+step, saves a checkpoint and exits 0 (one during the first step's compilation waits for it);
+before the loop (building, restoring, initialising) they stop at once with status 143 / 130, the
+checkpoints kept. Multi-host: start one process per host
 with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
 lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host. Config
 and checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no readable
