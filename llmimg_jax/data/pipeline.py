@@ -92,10 +92,12 @@ class ExampleSource:
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
     if multiprocessing.parent_process() is not None:  # a grain worker, sent this source
-      # A SIGTERM to every process of a job (Slurm's scancel, `kill -TERM -PGID`) is the main
-      # process's to handle: it finishes the step and saves, reading the workers' batches.
-      # Grain still stops its workers (an event, then SIGKILL after a timeout).
+      # A SIGTERM to every process of a job (Slurm's scancel, `kill -TERM -PGID`) or a Ctrl-C in
+      # a terminal (SIGINT to its process group) is the main process's to handle: it finishes
+      # the step and saves, reading the workers' batches. Grain still stops its workers (an
+      # event, then SIGKILL after a timeout).
       signal.signal(signal.SIGTERM, signal.SIG_IGN)
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _text(t) -> str:

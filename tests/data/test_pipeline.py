@@ -112,9 +112,11 @@ def test_state_restore_mid_epoch_gives_identical_batches(shapes_cfg, tokenizer, 
   _assert_same(_take(resumed, 4), expected)
 
 
-def test_workers_outlive_a_sigterm_to_the_whole_job(shapes_cfg, tokenizer):
-  """scancel or `kill -TERM -PGID` also signals grain's workers; the main process, which saves
-  after the current step, must still get its batches."""
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_workers_outlive_a_signal_to_the_whole_job(shapes_cfg, tokenizer, signum):
+  """scancel or `kill -TERM -PGID` also signals grain's workers, as Ctrl-C in a terminal does (a
+  KeyboardInterrupt traceback from each worker, leaked shared memory); the main process, which
+  saves after the current step, must still get its batches."""
   import multiprocessing
   import signal
   cfg = shapes_cfg.copy_and_resolve_references()
@@ -125,7 +127,7 @@ def test_workers_outlive_a_sigterm_to_the_whole_job(shapes_cfg, tokenizer):
   workers = [p for p in multiprocessing.active_children() if p.pid not in before]
   assert len(workers) == 2
   for worker in workers:
-    os.kill(worker.pid, signal.SIGTERM)
+    os.kill(worker.pid, getattr(signal, signum))
   time.sleep(1.0)
   assert all(w.is_alive() for w in workers)
   assert len(_take(it, 4)) == 4  # more than the workers had buffered
