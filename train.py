@@ -11,7 +11,7 @@ checkpoints kept. Multi-host: start one process per host
 with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
 lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host. Config
 and checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no readable
-checkpoint; divergence).
+checkpoint, or one that cannot be written; divergence).
 """
 import logging
 import signal
@@ -88,7 +88,7 @@ def main(argv):
                                      local_workdir, train)
   from llmimg_jax.train.resume_agree import ResumeDisagreesError
   from llmimg_jax.train.same_config import ConfigDiffersError
-  from llmimg_jax.train.workdir import WorkdirNotWritableError
+  from llmimg_jax.train.workdir import CheckpointSaveError, WorkdirNotWritableError
   config = _CONFIG.value
   num_devices = jax.device_count()  # every host: the others wait for this host's devices
   problem = None
@@ -114,7 +114,7 @@ def main(argv):
   except (FolderError, CocoDownloadError, DatasetError, DataNotSharedError, ConfigDiffersError,
           WorkdirNotWritableError, TextCheckpointError) as e:  # e.g. no usable image, COCO offline
     cli.fail("train.py", str(e), 2)
-  except (CorruptCheckpointError, ResumeDisagreesError, DivergenceError) as e:
+  except (CorruptCheckpointError, ResumeDisagreesError, DivergenceError, CheckpointSaveError) as e:
     cli.fail("train.py", str(e), 3)
   except KeyboardInterrupt:  # Ctrl-C before the first step (restore, compile), or a second one
     cli.fail("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "

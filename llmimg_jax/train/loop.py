@@ -28,7 +28,7 @@ from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
 from llmimg_jax.train.summaries import flush as flush_events, summary_writer
-from llmimg_jax.train.workdir import check_workdir_writable
+from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         if saved or sample_now or eval_now:  # not training: off the clock
           clock.stop(state)
         if saved:  # before sampling and evaluation, whose errors would lose it
-          checkpoint.save(manager, done, state, data_iter, config)
+          with checkpoint_saving(manager.directory):
+            checkpoint.save(manager, done, state, data_iter, config)
           _flush(writer)  # the steps it holds are not logged again after a crash
         if stop:  # the grace period of a preemption is short: no samples or evaluation
           log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
@@ -376,15 +377,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         if eval_now:
           evaluate(state, done, writer)
           if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
-            checkpoint.save(manager, done, state, data_iter, config)
+            with checkpoint_saving(manager.directory):
+              checkpoint.save(manager, done, state, data_iter, config)
         if sample_now or eval_now:
           _flush(writer)
         clock.start()
     finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
       watch.finishing = True  # a signal now waits for the last save instead of cutting it
       bar.close()
-      manager.close()  # waits for the last save first
-      close_iterator(data_iter)  # its workers' buffered batches would be reported leaked at exit
-      if writer is not None:
-        writer.close()
+      try:
+        with checkpoint_saving(manager.directory):
+          manager.close()  # waits for the last save first
+      finally:
+        close_iterator(data_iter)  # its workers' buffered batches would be reported leaked
+        if writer is not None:
+          writer.close()
   return state

@@ -1,7 +1,8 @@
 """Checks of the workdir before anything is built: every host can write it, and on several hosts
-it is one folder they all share."""
+it is one folder they all share; and a checkpoint that could not be written later, named."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -20,6 +21,28 @@ class WorkdirNotWritableError(ValueError):
 
 class WorkdirNotSharedError(WorkdirNotWritableError):
   """The hosts of a multi-host run do not share the workdir (e.g. each host's own disk)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (a full disk, lost permissions, an unmounted share)."""
+
+
+@contextlib.contextmanager
+def checkpoint_saving(checkpoints: Path):
+  """Any error inside (Orbax raises an asynchronous save's at the next save, or at close) as a
+  CheckpointSaveError naming the newest complete checkpoint, which a rerun resumes from: a full
+  disk was a ValueError of TensorStore's under hundreds of lines of traceback."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types
+    found = Path(checkpoints).iterdir() if Path(checkpoints).is_dir() else ()
+    steps = sorted(int(p.name) for p in found if p.name.isdigit())
+    newest = (f"The newest complete checkpoint there is step {steps[-1]}" if steps else
+              "No checkpoint of this run is complete there")
+    raise CheckpointSaveError(
+        f"A checkpoint could not be written to {checkpoints} ({checkpoint.brief_error(e)}). "
+        f"{newest}, and the save cut short is never taken for one. Free space on that disk (or "
+        "restore its permissions or mount), then rerun the same command to resume.") from e
 
 
 _WRITTEN_DIRS = ("", "checkpoints", "samples", "tensorboard")  # "": the workdir itself

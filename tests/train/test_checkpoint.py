@@ -1,11 +1,16 @@
-"""Which checkpoints stay: the latest config.train.keep_checkpoints and the best evaluated step."""
+"""Which checkpoints stay (the latest config.train.keep_checkpoints and the best evaluated step),
+and a save that fails."""
 import json
+import re
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 
 from llmimg_jax.eval import in_training
 from llmimg_jax.train import checkpoint, loop
+from llmimg_jax.train.workdir import CheckpointSaveError
 from tests.train.utils import tiny_config
 
 
@@ -75,3 +80,31 @@ def test_brief_error_is_one_line_with_the_innermost_cause():
                    " (cause: ValueError: OUT_OF_RANGE: Error reading \"a/0\" in OCDBT database: "
                    "Requested byte range [0, 2291) is not valid for value of size 1268)")
   assert checkpoint.brief_error(OSError("x " * 400), limit=20) == "OSError: x x x x x x..."
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_naming_the_newest(
+    shapes_data_dir, tmp_path, monkeypatch):
+  """A full disk surfaced as TensorStore's ValueError under hundreds of lines of traceback, at the
+  save after the one that failed (Orbax saves asynchronously)."""
+  config = tiny_config(shapes_data_dir)
+  config.update_from_flattened_dict({"loss.gp": "none", "loss.diffaugment": "",
+                                     "model.attn_resolutions": (), "loss.contrastive_weight": 0.0})
+  config.train.steps, config.train.ckpt_every, config.train.log_every = 4, 1, 1
+  save, calls = ocp.CheckpointManager.save, []
+
+  def full_disk(manager, step, *args, **kwargs):
+    calls.append(step)
+    if step == 1:
+      return save(manager, step, *args, **kwargs)
+    manager.wait_until_finished()
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing "bad_steps/.zarray": [OS error: No space '
+                     'left on device]')
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(CheckpointSaveError, match=(
+      rf"^A checkpoint could not be written to {re.escape(str(tmp_path / 'checkpoints'))} \("
+      r"ValueError: RESOURCE_EXHAUSTED: .*No space left on device\]\)\. The newest complete "
+      r"checkpoint there is step 1, .* rerun the same command to resume\.$")):
+    loop.train(config, tmp_path)
+  assert calls == [1, 2]
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
