@@ -238,7 +238,12 @@ def _writable_file(flag: str, value: str, what: str):
     raise OSError(f"{flag} {value!r} is a link that leads to itself (a loop); name {what}.")
   if out.is_dir():
     raise OSError(f"{flag} {value!r} is a folder; name {what}.")
-  out.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # a file where a folder should be, no permission: named with the flag
+    raise OSError(f"{flag} {value!r}: cannot create its folder {out.parent} "
+                  f"({type(e).__name__}: {e.strerror or e}); name {what} in a folder you can "
+                  "write.") from None
   _check_writable(flag, out.parent, flag)
   return out
 

@@ -147,6 +147,27 @@ def test_write_stats_to_a_folder_is_refused_before_the_work(tmp_path):
           ".npz file.") in out.stderr
 
 
+def test_an_output_under_a_file_is_one_error_naming_its_flag(tmp_path, monkeypatch):
+  """--out or --write_stats under a file (a file where its folder should be) was the bare
+  "error: [Errno 17] File exists: '...'", naming neither the flag nor the path given."""
+  from llmimg_jax.eval import report
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: pytest.fail("evaluated"))
+  afile = tmp_path / "afile"
+  afile.write_text("not a folder")
+  for where, error in ((afile / "r.json", "FileExistsError: File exists"),
+                       (afile / "sub" / "r.json", "NotADirectoryError: Not a directory")):
+    assert _main("--workdir", str(tmp_path / "no_run"), "--out", str(where)) == (
+        f"evaluate.py: error: --out '{where}': cannot create its folder {where.parent} "
+        f"({error}); name the results' .json file in a folder you can write.")
+  stats = afile / "ref.npz"
+  assert _main("--write_stats", str(stats), "--config", str(CONFIG), "--inception_weights",
+               str(tmp_path / "w.pth")) == (
+      f"evaluate.py: error: --write_stats '{stats}': cannot create its folder {afile} "
+      "(FileExistsError: File exists); name the statistics' .npz file in a folder you can "
+      "write.")
+  assert afile.read_text() == "not a folder"
+
+
 def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, capsys):
   """--num_samples 1000 on splits of 5 and 7 records scores 5 and 7 images: the file says so,
   and asking for 2000 (the same results) names the same file."""
