@@ -1,4 +1,4 @@
-r"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...] [--encode_out FILE.npy]
+r"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...] [--encode_out FILE.npy [--overwrite]]
 
 Prints one generated text per --text, each on one line: backslashes and line breaks in a text are
 printed as Python escapes (\\, \n, \r, \u2028, ...). Or saves the encoder's last hidden states
@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params stay fp32)")
   p.add_argument("--encode_out", default=None,
-                 help="save encoder states to this .npy instead of generating")
+                 help="save encoder states to this .npy instead of generating (an existing "
+                 "file is refused before the model loads unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="let --encode_out replace an existing "
+                 "file")
   return p
 
 
@@ -54,8 +57,9 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
   return [f"--{name}" for name in names if getattr(args, name) != defaults.get_default(name)]
 
 
-def _npy_path(encode_out: str) -> str:
-  """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable."""
+def _npy_path(encode_out: str, overwrite: bool = False) -> str:
+  """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable;
+  an existing one (a link too) refused unless `overwrite`."""
   # '' (an unset shell variable) used to generate instead; ' ' or 'DIR/' saved ' .npy', 'DIR/.npy'
   # and an existing DIR went to the sibling file DIR.npy.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
@@ -70,7 +74,24 @@ def _npy_path(encode_out: str) -> str:
     raise OSError(f"--encode_out {encode_out}: cannot create its folder ({e}).") from None
   if os.path.isdir(path) or not os.access(out_dir, os.W_OK):
     raise OSError(f"--encode_out {encode_out}: cannot write {path}; name a writable .npy file.")
+  if (os.path.exists(path) or os.path.islink(path)) and not overwrite:
+    raise OSError(f"--encode_out {encode_out}: {path} exists; remove it, name a new file, or pass "
+                  "--overwrite to replace it.")
   return path
+
+
+def _save_atomically(path: str, states: np.ndarray) -> None:
+  """np.save through a temporary file and one rename: a crash mid-write leaves the old file."""
+  path = os.path.realpath(path)  # a link is written through to its target, as the shell's `>`
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "wb") as f:
+      np.save(f, states)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def main(argv=None) -> int:
@@ -89,6 +110,10 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   encode = args.encode_out is not None
+  if args.overwrite and not encode:
+    print("error: --overwrite only applies to --encode_out (it lets that replace an existing "
+          "file); drop it, or pass --encode_out.", file=sys.stderr)
+    return 2
   if encode and (ignored := _options_set(args, _GENERATION_OPTIONS)):
     print(f"error: {cli.only_apply(ignored)} to generation, not to --encode_out (which saves "
           f"encoder states); drop {cli.them(ignored)} or drop --encode_out.", file=sys.stderr)
@@ -99,7 +124,7 @@ def main(argv=None) -> int:
           f"{cli.them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
     return 2
   try:
-    out_path = _npy_path(args.encode_out) if encode else None  # before the model load
+    out_path = _npy_path(args.encode_out, args.overwrite) if encode else None  # before the model load
     gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
                                         seed=args.seed, encoder_only=encode)
@@ -109,7 +134,7 @@ def main(argv=None) -> int:
   try:
     if out_path:
       states = gen.encode(args.text)
-      np.save(out_path, states)
+      _save_atomically(out_path, states)
       print(f"saved encoder states {states.shape} {states.dtype} to {out_path}")
       return 0
     texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,

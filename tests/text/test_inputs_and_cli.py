@@ -327,6 +327,27 @@ def test_cli_unwritable_encode_out_is_refused_before_the_model_loads(tmp_path, c
     assert f"--encode_out {out}" in err and "not found" not in err, err
 
 
+def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path, capsys):
+  """--encode_out replaced an existing .npy without a word (evaluate.py's --out and
+  --write_stats refuse one unless told): refused before the model loads, replaced with
+  --overwrite, and written through a temporary file (a crash mid-write keeps the old one)."""
+  npy = tmp_path / "states.npy"
+  np.save(npy, np.arange(3))
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  for out in (npy, tmp_path / "states"):  # np.save's suffix added
+    assert main(["--model", missing_model, "--text", "x", "--encode_out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--encode_out {out}: {npy} exists" in err and "--overwrite" in err, err
+    assert "not found" not in err
+  np.testing.assert_array_equal(np.load(npy), np.arange(3))
+  assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
+               "--encode_out", str(npy), "--overwrite"]) == 0
+  assert np.load(npy).shape == (1, MAX_LEN, 32)
+  assert sorted(os.listdir(tmp_path)) == ["states.npy"]  # no temporary file left
+  assert main(["--model", missing_model, "--text", "x", "--overwrite"]) == 2
+  assert "--overwrite only applies to --encode_out" in capsys.readouterr().err
+
+
 def test_cli_encode_out_naming_no_file_is_refused(tmp_path, capsys, monkeypatch):
   """--encode_out '' (an unset variable) generated text instead and exited 0; ' ' and 'DIR/'
   saved ' .npy' and 'DIR/.npy'; an existing DIR saved DIR.npy beside it."""
