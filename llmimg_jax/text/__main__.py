@@ -1,4 +1,5 @@
-r"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...] [--encode_out FILE.npy [--overwrite]]
+r"""python -m llmimg_jax.text --model DIR_OR_NAME --text "..." [--text ...]
+                          [--encode_out FILE.npy [--overwrite]]
 
 Prints one generated text per --text, each on one line: backslashes and line breaks in a text are
 printed as Python escapes (\\, \n, \r, \u2028, ...). Or saves the encoder's last hidden states
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
           f"{cli.them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
     return 2
   try:
-    out_path = _npy_path(args.encode_out, args.overwrite) if encode else None  # before the model load
+    # before the model load
+    out_path = _npy_path(args.encode_out, args.overwrite) if encode else None
     gen = TextGenerator.from_pretrained(args.model, max_length=args.max_length,
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
                                         seed=args.seed, encoder_only=encode)

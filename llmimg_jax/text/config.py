@@ -43,10 +43,11 @@ class T5Config:
   """T5 / T5 v1.1 / FLAN-T5 / mT5 / ByT5 hyperparameters. Frozen and hashable (a jit static arg).
 
   `tie_word_embeddings`: the LM head is the shared embedding (no `lm_head` param).
-  `dense_act_fn`, `is_gated_act`: the FFN's activation and gating where config.json's own keys (which
-  transformers writes, and applies over `feed_forward_proj`) say otherwise than `feed_forward_proj`,
-  e.g. BLIP-2's FLAN-T5 configs: 'gated-gelu' with dense_act_fn 'gelu' (exact GELU, not gelu_new).
-  None where they agree (normalised so in __post_init__): `activation` and `is_gated` are the FFN.
+  `dense_act_fn`, `is_gated_act`: the FFN's activation and gating where config.json's own keys
+  (which transformers writes, and applies over `feed_forward_proj`) say otherwise than
+  `feed_forward_proj`, e.g. BLIP-2's FLAN-T5 configs: 'gated-gelu' with dense_act_fn 'gelu' (exact
+  GELU, not gelu_new). None where they agree (normalised so in __post_init__): `activation` and
+  `is_gated` are the FFN.
   `scale_decoder_outputs`: multiply the decoder output by d_model**-0.5 before the LM head; defaults to
   `tie_word_embeddings` (original T5), transformers >= 5 writes it explicitly.
   """

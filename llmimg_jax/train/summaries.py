@@ -38,7 +38,7 @@ def flush(writer: Any) -> None:
     worker = getattr(events, "_worker", None)
     if worker is not None and not getattr(events, "_closed", True):
       worker.stop()  # a shutdown mark after the queued events; joins the thread
-      events._worker = type(worker)(events._event_queue, events._ev_writer,  # pylint: disable=protected-access
-                                    events._flush_secs)  # pylint: disable=protected-access
-      events._worker.start()  # pylint: disable=protected-access
+      # pylint: disable=protected-access
+      events._worker = type(worker)(events._event_queue, events._ev_writer, events._flush_secs)
+      events._worker.start()
   writer.flush()

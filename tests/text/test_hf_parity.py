@@ -210,7 +210,8 @@ def test_dense_act_fn_and_is_gated_act_of_config_json_win_as_in_transformers(
   (logits 1e-3 off), or refused the checkpoint's gated weights."""
   hf, config, params = _saved_random_t5(tmp_path, 5, feed_forward_proj=feed_forward_proj, **ffn)
   saved = json.loads((tmp_path / "config.json").read_text())
-  assert all(saved[k] == v for k, v in ffn.items()) and saved["feed_forward_proj"] == feed_forward_proj
+  assert all(saved[k] == v for k, v in ffn.items())
+  assert saved["feed_forward_proj"] == feed_forward_proj
   assert (config.activation, config.is_gated) == (hf.config.dense_act_fn, hf.config.is_gated_act)
   _assert_encoder_and_logits_match(hf, config, params, padded_batch,
                                    _random_decoder_ids(config, len(padded_batch["input_ids"]), 5))
