@@ -165,7 +165,7 @@ def main(argv) -> None:
   import jax
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
-  from llmimg_jax.train.checkpoint import write_atomically
+  from llmimg_jax.cli import write_atomically
   try:
     if FLAGS.write_stats:
       return _write_stats()

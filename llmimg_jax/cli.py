@@ -1,4 +1,5 @@
-"""Command-line helpers shared by train.py, sample.py and evaluate.py."""
+"""Command-line helpers shared by train.py, sample.py and evaluate.py, and the atomic file write
+every output uses."""
 from __future__ import annotations
 
 import logging
@@ -199,3 +200,17 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
            "--config.KEY=VALUE override must name an existing key (see base_config in "
            "llmimg_jax/train/config.py).", 2)
   return parse
+
+
+def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
+  """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
+  previous file. The temporary file is this process's, so concurrent writers do not mix, and it
+  is removed if the write fails."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise

@@ -12,6 +12,7 @@ as .npz files with arrays `mu` [d] and `sigma` [d, d], the format of pytorch-fid
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import warnings
@@ -19,6 +20,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from llmimg_jax import cli
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +82,11 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
-  """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it)."""
-  with open(path, "wb") as f:
-    np.savez(f, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
+  """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it), written
+  through a link as `>` would, in one rename (--overwrite_stats truncated the old file first)."""
+  npz = io.BytesIO()
+  np.savez(npz, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
+  cli.write_atomically(os.path.realpath(path), npz.getvalue())
 
 
 # What np.load raises for a file that is not a whole .npz: cut short (no zip directory, a

@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from llmimg_jax import cli
 from llmimg_jax.data.pipeline import dataset_id
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
@@ -107,7 +108,7 @@ class TrainingEvaluator:
       return result
     if improved:
       # Strict JSON (a NaN metric, e.g. relations on a build without them, as null).
-      checkpoint.write_atomically(self.best_path, to_json(self.best))
+      cli.write_atomically(self.best_path, to_json(self.best))
     if writer is not None:
       for k, v in result.items():
         if math.isfinite(v):  # a metric the build has no statements for is NaN: no point

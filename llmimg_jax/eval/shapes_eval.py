@@ -28,11 +28,11 @@ import flax.serialization
 import jax
 import numpy as np
 
+from llmimg_jax.cli import write_atomically
 from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
-from llmimg_jax.train.checkpoint import write_atomically
 
 log = logging.getLogger(__name__)
 NET_TAG = "cells2"  # bump when EvaluatorNet or its training changes: old caches are then unused

@@ -8,6 +8,7 @@ printed as Python escapes (\\, \n, \r, \u2028, ...). Or saves the encoder's last
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -82,17 +83,11 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
 
 
 def _save_atomically(path: str, states: np.ndarray) -> None:
-  """np.save through a temporary file and one rename: a crash mid-write leaves the old file."""
-  path = os.path.realpath(path)  # a link is written through to its target, as the shell's `>`
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      np.save(f, states)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """np.save in one rename (a crash mid-write leaves the old file), through a link as `>`."""
+  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  npy = io.BytesIO()
+  np.save(npy, states)
+  cli.write_atomically(os.path.realpath(path), npy.getvalue())
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -76,14 +75,6 @@ def read_best(best_file: Path) -> dict[str, Any] | None:
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{type(e).__name__}: {e}") from None
   return best
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-  """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
-  previous file. The temporary file is this process's, so concurrent writers do not mix."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-  os.replace(tmp, path)
 
 
 @dataclasses.dataclass

@@ -200,7 +200,7 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
       if changes:
         log.warning("%s differs from this run's config (%s); the new config is used and saved.",
                     path, "; ".join(changes))
-  checkpoint.write_atomically(path, json.dumps(config_values(config), indent=2))
+  cli.write_atomically(path, json.dumps(config_values(config), indent=2))
 
 
 def _set_aside_best_past(workdir: Path, start: int) -> None:

@@ -109,6 +109,24 @@ def test_statistics_round_trip(tmp_path):
   np.testing.assert_array_equal(fid.load_statistics(tmp_path / "no_suffix")[0], mu)
 
 
+def test_replacing_statistics_is_atomic_and_follows_a_link(tmp_path):
+  """--overwrite_stats opened the old file for writing first: a write that failed (here pickling
+  a metadata value) left it cut short."""
+  mu, sigma = fid.statistics(np.random.default_rng(0).normal(size=(10, 3)))
+  (tmp_path / "stats").mkdir()
+  target = tmp_path / "stats" / "s.npz"
+  fid.save_statistics(target, mu, sigma)
+  link = tmp_path / "s.npz"
+  link.symlink_to(target)
+  with pytest.raises(Exception, match="pickle"):
+    fid.save_statistics(link, mu * 2, sigma, bad=lambda: 0)
+  np.testing.assert_array_equal(fid.load_statistics(link)[0], mu)  # the old file, whole
+  assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == ["s.npz"]  # no temporary
+  fid.save_statistics(link, mu * 2, sigma)
+  assert link.is_symlink()  # written through to its target, as `>` would
+  np.testing.assert_array_equal(fid.load_statistics(target)[0], mu * 2)
+
+
 def test_damaged_statistics_files_are_one_value_error(tmp_path):
   """zipfile.BadZipFile (a traceback in evaluate.py) for a cut-short file, numpy's advice to
   unpickle for a text file, a TypeError for an .npy: now ValueErrors naming the file."""
