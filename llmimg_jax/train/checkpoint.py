@@ -116,6 +116,16 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
   return manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+def drop_former_best(manager: ocp.CheckpointManager, step: int, keep: int | None) -> None:
+  """Deletes `step`, the best evaluated step until now, unless among the latest `keep`. Orbax
+  applies the preservation policies when it saves, and the loop saves a step before evaluating
+  it: a best replaced at a saved step stayed until the next save (at the end of a run, for good)."""
+  steps = sorted(manager.all_steps())
+  if keep is not None and step in steps[:-keep]:
+    manager.wait_until_finished()  # the save of the new best, then one deletion on every host
+    manager.delete(step)
+
+
 def abstract_like(state: Any) -> Any:
   """ShapeDtypeStructs (with shardings) to restore into, from a state or its eval_shape."""
   return jax.tree.map(

@@ -375,7 +375,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         if sample_now:
           samples(state, done, writer)
         if eval_now:
+          former_best = evaluate.best_step
           evaluate(state, done, writer)
+          if evaluate.best_step == done and saved and former_best is not None:
+            checkpoint.drop_former_best(manager, former_best, t.keep_checkpoints)
           if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
             with checkpoint_saving(manager.directory):
               checkpoint.save(manager, done, state, data_iter, config)

@@ -14,12 +14,9 @@ from llmimg_jax.train.workdir import CheckpointSaveError
 from tests.train.utils import tiny_config
 
 
-def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, monkeypatch):
-  """eval.every=2 with ckpt_every=4 and keep_checkpoints=1: the best step (2) was no checkpoint
-  step, so the loop saves it, and it stays beside the latest checkpoint (6)."""
-  scores = {2: 0.9, 4: 0.5, 6: 0.1}
-
-  class ScriptedEvaluator:  # the loop's side of in_training.TrainingEvaluator
+def _scripted_evaluation(monkeypatch, scores: dict[int, float]) -> None:
+  """The loop's side of in_training.TrainingEvaluator, scoring each step as `scores` says."""
+  class ScriptedEvaluator:
     def __init__(self, models, tokenizer, config, workdir):
       self.best_step, self.best_file = None, workdir / checkpoint.BEST_FILE
 
@@ -29,10 +26,21 @@ def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, mo
         self.best_file.write_text(json.dumps({"step": step}))
 
   monkeypatch.setattr(in_training, "TrainingEvaluator", ScriptedEvaluator)
-  config = tiny_config(shapes_data_dir)
+
+
+def _small_config(data_dir):
+  config = tiny_config(data_dir)
   # What is under test is the loop's saves: a smaller model (half the compile time).
   config.update_from_flattened_dict({"loss.gp": "none", "loss.diffaugment": "",
                                      "model.attn_resolutions": (), "loss.contrastive_weight": 0.0})
+  return config
+
+
+def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, monkeypatch):
+  """eval.every=2 with ckpt_every=4 and keep_checkpoints=1: the best step (2) was no checkpoint
+  step, so the loop saves it, and it stays beside the latest checkpoint (6)."""
+  _scripted_evaluation(monkeypatch, {2: 0.9, 4: 0.5, 6: 0.1})
+  config = _small_config(shapes_data_dir)
   config.train.update(steps=6, ckpt_every=4, keep_checkpoints=1)
   config.eval.every = 2
   tmp_path.mkdir(exist_ok=True)  # an older run's best.json: none of its checkpoints is here
@@ -44,6 +52,20 @@ def test_the_best_evaluated_step_is_saved_and_kept(shapes_data_dir, tmp_path, mo
   best = checkpoint.restore(manager, 2, checkpoint.abstract_like(final))
   assert int(best.step) == 2 and not np.array_equal(best.g_params["to_rgb"]["kernel"],
                                                     final.g_params["to_rgb"]["kernel"])
+
+
+def test_a_best_replaced_at_a_saved_step_is_deleted_at_once(shapes_data_dir, tmp_path,
+                                                             monkeypatch):
+  """Orbax applies keep_checkpoints when it saves, and the loop saves a step before evaluating
+  it: the best it replaced (4, neither latest nor best) stayed until the next save, for good at the
+  end of a run."""
+  _scripted_evaluation(monkeypatch, {2: 0.1, 4: 0.5, 6: 0.9})
+  config = _small_config(shapes_data_dir)
+  config.train.update(steps=6, ckpt_every=2, keep_checkpoints=1)
+  config.eval.every = 2
+  loop.train(config, tmp_path)
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [6]
+  assert json.loads((tmp_path / checkpoint.BEST_FILE).read_text()) == {"step": 6}
 
 
 def test_an_unreadable_best_json_is_replaced_not_fatal(tmp_path, caplog):
@@ -86,9 +108,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_naming_the_newest(
     shapes_data_dir, tmp_path, monkeypatch):
   """A full disk surfaced as TensorStore's ValueError under hundreds of lines of traceback, at the
   save after the one that failed (Orbax saves asynchronously)."""
-  config = tiny_config(shapes_data_dir)
-  config.update_from_flattened_dict({"loss.gp": "none", "loss.diffaugment": "",
-                                     "model.attn_resolutions": (), "loss.contrastive_weight": 0.0})
+  config = _small_config(shapes_data_dir)
   config.train.steps, config.train.ckpt_every, config.train.log_every = 4, 1, 1
   save, calls = ocp.CheckpointManager.save, []
 
