@@ -243,16 +243,6 @@ def local_workdir(workdir: str | Path) -> Path:
   return path
 
 
-def _flush(writer) -> None:
-  """The events logged so far, on disk. tensorboardX writes them to a buffered file that it
-  flushes every 2 minutes: a crash (kill -9, OOM, a lost host) lost up to 2 minutes of scalars,
-  grids and evaluations, and a resume from a checkpoint of those steps does not log them again,
-  which left a gap in every curve. Flushed when a checkpoint is saved, and after samples and
-  evaluations (which a resume from that step does not redo)."""
-  if writer is not None:
-    flush_events(writer)
-
-
 def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepClock, bar: tqdm,
                  writer, t: ml_collections.ConfigDict, checkpoints: Path) -> None:
   """The steps' metrics since the last log, averaged over the updates made, to the progress bar
@@ -367,7 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         if saved:  # before sampling and evaluation, whose errors would lose it
           with checkpoint_saving(manager.directory):
             checkpoint.save(manager, done, state, data_iter, config)
-          _flush(writer)  # the steps it holds are not logged again after a crash
+          flush_events(writer)  # the steps it holds are not logged again after a crash
         if stop:  # the grace period of a preemption is short: no samples or evaluation
           log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
                       "resume.", watch.description, done)
@@ -383,7 +373,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
             with checkpoint_saving(manager.directory):
               checkpoint.save(manager, done, state, data_iter, config)
         if sample_now or eval_now:
-          _flush(writer)
+          flush_events(writer)
         clock.start()
     finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
       watch.finishing = True  # a signal now waits for the last save instead of cutting it

@@ -25,14 +25,19 @@ def summary_writer(logdir: str | Path, purge_step: int | None = None) -> Any:
   return SummaryWriter(str(logdir), purge_step=purge_step)
 
 
-def flush(writer: Any) -> None:
-  """Every event added to `writer` so far, written and flushed to its file.
+def flush(writer: Any | None) -> None:
+  """Every event added to `writer` (None: no writer, on hosts other than 0) so far, written and
+  flushed to its file. The loop flushes when it saves a checkpoint and after samples and
+  evaluations: a crash (kill -9, OOM, a lost host) lost up to 2 minutes of them, and a run resumed
+  from a checkpoint of those steps does not log them again, a gap in every curve.
 
   tensorboardX hands events to a writer thread through a queue and flushes the file every 2
   minutes; its flush() writes out only what that thread has taken from the queue so far (an image
   added just before was not in it). Here the thread is stopped, which it does after writing every
   event queued before, and a new one started on the same queue and file (as its reopen() does).
   """
+  if writer is None:
+    return
   for file_writer in (getattr(writer, "all_writers", None) or {}).values():
     events = getattr(file_writer, "event_writer", None)  # tensorboardX's EventFileWriter
     worker = getattr(events, "_worker", None)
