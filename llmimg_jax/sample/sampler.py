@@ -212,5 +212,5 @@ class Sampler:
         f"{len(bad)} of {len(prompts) * num_per_prompt} generated images are not finite (NaN or "
         "inf in the generator's output, which would be saved as flat colour), the first: image "
         f"{first % num_per_prompt} of prompt {prompts[first // num_per_prompt]!r}. {hint} the "
-        f"run's checkpoint (step {self.step}): its EMA generator or text encoder may hold NaN or "
-        "inf; sample an earlier step.")
+        f"run's checkpoint{'' if self.step is None else f' (step {self.step})'}: its EMA "
+        "generator or text encoder may hold NaN or inf; sample an earlier step.")
