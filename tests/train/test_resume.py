@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -160,13 +161,16 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
 
-def _assert_refused_and_kept(manager, config, it, match: str) -> None:
+def _assert_refused_and_kept(manager, config, it, match: str, steps=(2, 4)
+                             ) -> checkpoint.ConfigMismatchError:
   """restore_latest refuses the checkpoints as not fitting this run, naming `match`, and leaves
-  them in place although asked to start fresh."""
-  with pytest.raises(checkpoint.ConfigMismatchError, match=match):
+  them (`steps`) in place although asked to start fresh; the error, for more checks."""
+  with pytest.raises(checkpoint.ConfigMismatchError, match=match) as error:
     checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
                               config=config)
-  assert sorted(manager.all_steps()) == [2, 4]
+  assert sorted(manager.all_steps()) == list(steps)
+  assert not (Path(manager.directory).parent / checkpoint.CORRUPT_DIR).exists()
+  return error.value
 
 
 def _as_saved_by_two_hosts_with_workers(checkpoints) -> None:
@@ -330,15 +334,11 @@ def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothin
   (tmp_path / "checkpoints" / "4" / "data" / "process_1-of-2.json").unlink()  # damage
   config.data.num_workers = 3  # as the states say
   manager, it = _fresh(config, tokenizer, tmp_path)
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"saved by a run of 2 process\(es\) and this run has 1.*The checkpoints "
-                     r"were left in place\. Step 4 failed for another reason as well: "
-                     r"FileNotFoundError: .*process_1-of-2\.json is missing") as error:
-    checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
-                              config=config)
-  assert "step 2" not in str(error.value)  # its reason is the message itself
-  assert sorted(manager.all_steps()) == [2, 4]
-  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+  error = _assert_refused_and_kept(
+      manager, config, it, r"saved by a run of 2 process\(es\) and this run has 1.*The "
+      r"checkpoints were left in place\. Step 4 failed for another reason as well: "
+      r"FileNotFoundError: .*process_1-of-2\.json is missing")
+  assert "step 2" not in str(error)  # its reason is the message itself
 
 
 def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(saved, tmp_path):
@@ -357,15 +357,11 @@ def test_a_newer_position_of_workers_that_this_count_cannot_read_stops_the_run(s
   _as_saved_by_two_hosts_with_workers(workdir / "checkpoints")
   config.data.num_workers = 3  # as the states say
   manager, it = _fresh(config, tokenizer, workdir)
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"the 5 batches read there .* Resume with --num_processes=2 .* Step 3's "
-                     r"input position can be carried over to this count: to resume from it "
-                     r"instead \(redoing the steps after it\), move the directories of steps 5, "
-                     r"4 aside\.$"):
-    checkpoint.restore_latest(manager, _abstract_state(config), it, start_fresh_if_corrupt=True,
-                              config=config)
-  assert sorted(manager.all_steps()) == [3, 4, 5]
-  assert not (workdir / checkpoint.CORRUPT_DIR).exists()
+  _assert_refused_and_kept(
+      manager, config, it, r"the 5 batches read there .* Resume with --num_processes=2 .* Step "
+      r"3's input position can be carried over to this count: to resume from it instead "
+      r"\(redoing the steps after it\), move the directories of steps 5, 4 aside\.$",
+      steps=(3, 4, 5))
   for step in (4, 5):
     shutil.move(workdir / "checkpoints" / str(step), tmp_path / f"step_{step}")
   restored = checkpoint.restore_latest(checkpoint.make_manager(workdir, config),
