@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from llmimg_jax import cli
-from llmimg_jax.data.pipeline import (close_iterator, is_built, load_source, make_iterator,
-                                      to_global_batch)
+from llmimg_jax.data.global_batch import to_global_batch
+from llmimg_jax.data.pipeline import close_iterator, is_built, load_source, make_iterator
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
