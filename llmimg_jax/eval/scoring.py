@@ -3,7 +3,9 @@
 An image follows its caption when the evaluator sees exactly as many objects as the caption
 states and the stated objects can be matched one-to-one to seen objects so that every stated
 shape, colour, size, cell and relation holds. Per-attribute accuracies use the best such matching
-(the one with the most statements true); a stated object with no seen object to match counts
+(the one with the most statements true), each statement's credit averaged over the matchings tied
+for best (a red circle and a blue square read as a blue circle and a red square: half credit for
+shapes and colours, wherever the two stand); a stated object with no seen object to match counts
 as wrong in every attribute.
 """
 from __future__ import annotations
@@ -29,12 +31,14 @@ def _object_checks(obj, cell: int, pred: dict[str, np.ndarray], i: int) -> dict[
 
 
 def score_one(claims: Claims, pred: dict[str, np.ndarray], i: int) -> dict[str, object]:
-  """{'correct': bool, 'checks': {metric: [0/1, ...]}} for image i of the per-cell `pred`."""
+  """{'correct': bool, 'checks': {metric: [credit, ...]}} for image i of the per-cell `pred`: 1/0
+  per statement, or its mean over the best matchings when several tie."""
   seen = [int(c) for c in np.flatnonzero(pred["present"][i])]
   n = len(claims.objects)
   # Every injective placement of the stated objects on seen cells; -1 = no seen object left.
   slots = seen + [-1] * max(0, n - len(seen))
-  best, best_total = None, -1
+  tied: list[dict[str, list[int]]] = []
+  best_total = -1
   for placement in set(itertools.permutations(slots, n)):
     checks: dict[str, list[int]] = {m: [] for m in METRICS}
     for obj, cell in zip(claims.objects, placement):
@@ -46,9 +50,14 @@ def score_one(claims: Claims, pred: dict[str, np.ndarray], i: int) -> dict[str, 
       checks["relation"].append(int(a >= 0 and b >= 0 and rel.holds(a, b)))
     total = sum(sum(v) for v in checks.values())
     if total > best_total:
-      best, best_total = checks, total
+      tied, best_total = [], total
+    if total == best_total:
+      tied.append(checks)
+  # Credit split evenly among tied matchings: not given to whichever the set yields first.
+  best: dict[str, list] = {m: [sum(col) / len(tied) for col in zip(*(t[m] for t in tied))]
+                           for m in METRICS}
   best["count"] = [int(len(seen) == n)]
-  correct = all(all(v) for v in best.values())
+  correct = all(all(x == 1 for x in v) for v in best.values())
   return {"correct": correct, "checks": best}
 
 

@@ -107,3 +107,16 @@ def test_colour_only_captions_state_one_blob_of_that_colour():
     claims = parse_caption(shapes.caption_scene(gt, rng))
     (obj,) = claims.objects
     assert (obj.shape, obj.color, obj.cell) == (shapes.SHAPES.index("blob"), gt["color"][0], None)
+
+
+def test_score_splits_tied_credit_whatever_the_cells():
+  # A red circle and a blue square read as a blue circle and a red square: matching by shape or
+  # by colour ties; each gets half credit wherever the two stand (it went by the set's order).
+  claims = parse_caption("a red circle and a blue square")
+  for a, b in [(0, 4), (4, 0), (1, 7), (7, 1), (2, 6), (6, 2)]:
+    s = score_one(claims, _pred({a: (0, 5, 0), b: (1, 0, 0)}), 0)
+    assert not s["correct"]
+    assert s["checks"]["shape"] == [0.5, 0.5] and s["checks"]["color"] == [0.5, 0.5], (a, b)
+  # Identical objects tie with every statement true: still correct.
+  claims = parse_caption("a red circle and a red circle")
+  assert score_one(claims, _pred({2: (0, 0, 0), 6: (0, 0, 1)}), 0)["correct"]
