@@ -44,8 +44,9 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
                     "eval_<step>_<splits>_n<images scored>_seed<seed>.json, or "
-                    "..._no_inception.json beside one holding the Inception FID that these "
-                    "results lack; NaN is written null). "
+                    "..._no_inception.json or ..._ref-<sha256>.json beside one holding an "
+                    "Inception FID that these results lack or take against another reference; "
+                    "NaN is written null). "
                     "An existing file is refused before any work unless --overwrite_out; a link is "
                     "written through to its target.")
 flags.DEFINE_bool("overwrite_out", False, "Let --out replace an existing file.")
@@ -205,20 +206,39 @@ def main(argv) -> None:
 
 
 def _default_out(path, results: dict):
-  """`path` (the default results file), unless it holds an Inception FID that `results` lack:
-  hours of work that an evaluation without --inception_weights would replace. It is then kept,
-  and `results` go beside it, to <name>_no_inception.json."""
+  """`path` (the default results file), unless it holds an Inception FID that `results` lack or
+  took against other weights or reference statistics: hours of work that an evaluation without
+  --inception_weights, or with another --ref_stats, would replace. It is then kept, and `results`
+  go beside it, to <name>_no_inception.json or <name>_ref-<theirs>.json (the first 8 hex digits
+  of their --ref_stats' sha256, or 'real' for none; _weights-<sha256 8> for other weights)."""
   try:
-    old = json.loads(path.read_text())["splits"]
-    lost = [s for s, row in old.items() if "fid_inception" in row
-            and "fid_inception" not in results["splits"].get(s, {})]
+    old = json.loads(path.read_text())
+    held = [s for s, row in old["splits"].items() if "fid_inception" in row]
+    lost = [s for s in held if "fid_inception" not in results["splits"].get(s, {})]
+    # Results written before the weights were recorded (no such key) are not told apart by them.
+    other = [k for k in ("ref_stats", "inception_weights") if held and not lost
+             and (k in old or k == "ref_stats") and _sha256(old, k) != _sha256(results, k)]
   except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or not results
     return path
-  if not lost:
+  if lost:
+    print(f"Kept {path}: it holds the Inception FID ({', '.join(lost)}), which these results "
+          f"(without --inception_weights) lack; pass --out {path} --overwrite_out to replace it.")
+    return path.with_name(f"{path.stem}_no_inception{path.suffix}")
+  if not other:
     return path
-  print(f"Kept {path}: it holds the Inception FID ({', '.join(lost)}), which these results "
-        f"(without --inception_weights) lack; pass --out {path} --overwrite_out to replace it.")
-  return path.with_name(f"{path.stem}_no_inception{path.suffix}")
+  names = {"ref_stats": "reference statistics", "inception_weights": "Inception weights"}
+  print(f"Kept {path}: its Inception FID ({', '.join(held)}) is against other "
+        f"{' and '.join(names[k] for k in other)} than these results' (--ref_stats, "
+        f"--inception_weights); pass --out {path} --overwrite_out to replace it.")
+  tag = "_".join(f"{'ref' if k == 'ref_stats' else 'weights'}-"
+                 f"{(_sha256(results, k) or 'real')[:8]}" for k in other)
+  return path.with_name(f"{path.stem}_{tag}{path.suffix}")
+
+
+def _sha256(results: dict, key: str) -> str | None:
+  """The sha256 that `results` record for their --ref_stats or --inception_weights (None: none
+  given, the Inception FID then being against the real reference images)."""
+  return (results.get(key) or {}).get("sha256")
 
 
 def _writable_file(flag: str, value: str, what: str):

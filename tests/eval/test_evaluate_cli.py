@@ -370,3 +370,38 @@ def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, monkeypatch):
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):  # not memory: as it is
     _main("--workdir", str(tmp_path))
   assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_file_keeps_an_inception_fid_against_another_reference(tmp_path, monkeypatch,
+                                                                           capsys):
+  """An evaluation against other --ref_stats (or none: the real images) or other weights wrote
+  the same default file and replaced an Inception FID it does not reproduce (DF-GAN's protocol
+  at 30,000 images: hours). Its results now go beside it, named by their reference."""
+  from llmimg_jax.eval import report
+  row = {"num_images": 5, "fid_inception": 20.0, "reference": "coco.npz"}
+  weights = {"path": "w.pth", "sha256": "ab" * 32}
+  coco = {"path": "coco.npz", "sha256": "cd" * 32}
+  base = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d",
+          "inception_weights": weights}
+  with_coco = base | {"ref_stats": coco, "splits": {"test": row}}
+  with_real = base | {"splits": {"test": row | {"fid_inception": 30.0, "reference": "real"}}}
+
+  def main(results: dict) -> list[str]:
+    monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+    assert _main("--workdir", str(tmp_path), "--split", "test") is None
+    return [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("Wrote", "Kept"))]
+
+  default = tmp_path / "eval_3_test_n5_seed0.json"
+  beside = tmp_path / "eval_3_test_n5_seed0_ref-real.json"
+  assert main(with_coco) == [f"Wrote {default}"]
+  assert main(with_coco) == [f"Wrote {default}"]  # the same evaluation: replaced
+  for _ in range(2):  # and the second time, the other evaluation replaces its own file
+    lines = main(with_real)
+    assert lines[0].startswith(f"Kept {default}: its Inception FID (test) is against other "
+                               "reference statistics") and lines[1:] == [f"Wrote {beside}"]
+    assert json.loads(default.read_text())["splits"]["test"]["fid_inception"] == 20.0
+    assert json.loads(beside.read_text())["splits"]["test"]["fid_inception"] == 30.0
+  other_weights = with_coco | {"inception_weights": weights | {"sha256": "ef" * 32}}
+  weights_beside = tmp_path / "eval_3_test_n5_seed0_weights-efefefef.json"
+  assert main(other_weights)[1:] == [f"Wrote {weights_beside}"]
