@@ -70,3 +70,14 @@ def test_check_options_refuses_float_counts():
   """sample.py checks the expansion options before the model loads, with the same messages."""
   with pytest.raises(TypeError, match=re.escape("expand num_beams=1.5 is a float; pass an int.")):
     check_options(DEFAULT_TEMPLATE, 8, 1.5, False, 1.0, 1.0)
+
+
+def test_numpy_integer_count_and_seed_are_written_to_samples_jsonl(sampler, tmp_path):
+  """Accepted as ints, they were kept as numpy ints: write_samples then failed in json.dumps
+  ('Object of type int32 is not JSON serializable') after sampling, and nothing was written."""
+  from llmimg_jax.sample import write_samples
+  result = sampler.sample(["a red circle"], seed=np.int64(3), num_per_prompt=np.int32(2))
+  assert type(result.seed) is int and type(result.num_per_prompt) is int
+  records = write_samples(result, tmp_path)
+  assert [(r["seed"], r["sample_index"]) for r in records] == [(3, 0), (3, 1)]
+  assert (tmp_path / "samples.jsonl").read_text().count('"seed": 3') == 2
