@@ -39,7 +39,8 @@ BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 TORCH_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)  # and their variants (model.fp16.safetensors)
 WEIGHT_FILES = (*TORCH_FILES, FLAX, FLAX_INDEX)  # preferred in this order, variants before Flax
 GENERATION_CONFIG = "generation_config.json"
-# transformers' GenerationConfig defaults for what `generate` here takes as arguments only.
+# transformers' GenerationConfig defaults for what `generate` here takes as arguments only (None,
+# unset, is the default of each too).
 _DECODING_DEFAULTS = {"max_length": 20, "max_new_tokens": None, "min_length": 0,
                       "min_new_tokens": None, "num_beams": 1, "do_sample": False,
                       "temperature": 1.0, "top_k": 50, "top_p": 1.0, "length_penalty": 1.0}
@@ -320,7 +321,8 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
   except (TypeError, ValueError) as e:
     raise ValueError(f"Invalid token id in {path}: {e}; fix it, or delete it to generate with "
                      "config.json's token ids.") from None
-  unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v != _DECODING_DEFAULTS[k]}
+  unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v is not None
+            and v != _DECODING_DEFAULTS[k]}
   if unused:
     log.warning("%s sets decoding defaults (%s) that llmimg_jax does not apply: pass them to "
                 "`generate` (e.g. num_beams=, max_new_tokens=) to decode as transformers would.",

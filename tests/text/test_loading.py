@@ -237,6 +237,25 @@ def test_generation_config_options_generate_lacks_are_named(relu_tied, tmp_path,
   assert "generation_config.json" not in caplog.text
 
 
+def test_generation_config_of_every_option_unset_names_none(relu_tied, tmp_path, caplog):
+  """GenerationConfig.to_json_file(path, use_diff=False) writes every option, the unset ones as
+  null (transformers 5's default of each): loading warned that the file sets decoding defaults
+  'do_sample=None, length_penalty=None, max_length=None, ...' that transformers would apply."""
+  import logging
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  gen_path = tmp_path / "ckpt" / "generation_config.json"
+  transformers.GenerationConfig.from_pretrained(tmp_path / "ckpt").to_json_file(gen_path,
+                                                                               use_diff=False)
+  assert json.loads(gen_path.read_text())["num_beams"] is None
+  with caplog.at_level(logging.WARNING):
+    load_t5(tmp_path / "ckpt")
+  assert "generation_config.json" not in caplog.text
+  gen_path.write_text(json.dumps({**json.loads(gen_path.read_text()), "num_beams": 4}))
+  with caplog.at_level(logging.WARNING):  # one that is set is still named, alone
+    load_t5(tmp_path / "ckpt")
+  assert "sets decoding defaults (num_beams=4) that llmimg_jax does not apply" in caplog.text
+
+
 @pytest.mark.parametrize("weights",
                          ["model.safetensors", "pytorch_model.bin", "flax_model.msgpack"])
 def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
