@@ -299,9 +299,14 @@ def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
 def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
   """The decoder start, EOS and pad ids of generation_config.json win over config.json's, as in
   transformers' `generate`; its decoding defaults (num_beams, ...), and the options `generate`
-  here does not have (no_repeat_ngram_size, early_stopping, ...), are named, not applied."""
+  here does not have (no_repeat_ngram_size, early_stopping, ...), are named, not applied. Without
+  the file transformers takes those from config.json (where checkpoints saved before
+  generation_config.json existed keep them): they are named there."""
   path = os.path.join(ckpt_dir, GENERATION_CONFIG)
   if not os.path.exists(path):
+    config_path = os.path.join(ckpt_dir, "config.json")  # read (a JSON object) by the caller
+    with open(config_path, encoding="utf-8") as f:
+      _name_decoding_options(json.load(f), config_path)
     return config
   try:
     with open(path, encoding="utf-8") as f:
@@ -321,6 +326,13 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
   except (TypeError, ValueError) as e:
     raise ValueError(f"Invalid token id in {path}: {e}; fix it, or delete it to generate with "
                      "config.json's token ids.") from None
+  _name_decoding_options(gen, path)
+  return config
+
+
+def _name_decoding_options(gen: dict, path: str) -> None:
+  """Warns of the decoding options in `gen` (read from `path`) that transformers' generate would
+  apply by default and `generate` here does not."""
   unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v is not None
             and v != _DECODING_DEFAULTS[k]}
   if unused:
@@ -333,7 +345,6 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
     log.warning("%s sets decoding options (%s) that llmimg_jax's `generate` does not support: "
                 "transformers' generate applies them by default, so its outputs will differ.",
                 path, ", ".join(f"{k}={v}" for k, v in sorted(unsupported.items())))
-  return config
 
 
 def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False) -> Params:

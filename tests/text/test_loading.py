@@ -237,6 +237,27 @@ def test_generation_config_options_generate_lacks_are_named(relu_tied, tmp_path,
   assert "generation_config.json" not in caplog.text
 
 
+def test_decoding_options_of_config_json_are_named_without_generation_config(relu_tied, tmp_path,
+                                                                            caplog):
+  """Without generation_config.json (a checkpoint saved before it existed) transformers' generate
+  takes num_beams, no_repeat_ngram_size, ... from config.json; loading said nothing of them."""
+  import logging
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  (tmp_path / "ckpt" / "generation_config.json").unlink()
+  cfg_path = tmp_path / "ckpt" / "config.json"
+  cfg = json.loads(cfg_path.read_text())
+  with caplog.at_level(logging.WARNING):  # config.json of decoding options as transformers' own
+    load_t5(tmp_path / "ckpt")
+  assert "config.json" not in caplog.text
+  cfg_path.write_text(json.dumps({**cfg, "num_beams": 4, "no_repeat_ngram_size": 3}))
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
+  assert (hf.generation_config.num_beams, hf.generation_config.no_repeat_ngram_size) == (4, 3)
+  with caplog.at_level(logging.WARNING):
+    load_t5(tmp_path / "ckpt")
+  assert f"{cfg_path} sets decoding defaults (num_beams=4)" in caplog.text
+  assert f"{cfg_path} sets decoding options (no_repeat_ngram_size=3)" in caplog.text
+
+
 def test_generation_config_of_every_option_unset_names_none(relu_tied, tmp_path, caplog):
   """GenerationConfig.to_json_file(path, use_diff=False) writes every option, the unset ones as
   null (transformers 5's default of each): loading warned that the file sets decoding defaults
