@@ -85,11 +85,13 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
                             f"config.json and {SAFE} (or a hub name such as 'google/flan-t5-small').")
   try:
     from huggingface_hub import snapshot_download
+    # A shard index with a variant's too (model.safetensors.index.fp16.json; _variant_weights).
     local = snapshot_download(path, allow_patterns=[
-        "config.json", "*.safetensors", SAFE_INDEX, "tokenizer*", "spiece.model",
-        "special_tokens_map.json", "added_tokens.json", "generation_config.json"])
+        "config.json", "*.safetensors", "model.safetensors.index*.json", "tokenizer*",
+        "spiece.model", "special_tokens_map.json", "added_tokens.json", "generation_config.json"])
     if not {SAFE, SAFE_INDEX} & set(os.listdir(local)):  # older repos: PyTorch weights only
-      local = snapshot_download(path, allow_patterns=["pytorch_model*.bin", BIN_INDEX])
+      local = snapshot_download(path, allow_patterns=["pytorch_model*.bin",
+                                                      "pytorch_model.bin.index*.json"])
     if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(local)):  # Flax's only
       local = snapshot_download(path, allow_patterns=["flax_model*.msgpack", FLAX_INDEX])
     return local

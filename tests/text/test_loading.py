@@ -277,6 +277,43 @@ def test_generation_config_of_every_option_unset_names_none(relu_tied, tmp_path,
   assert "sets decoding defaults (num_beams=4) that llmimg_jax does not apply" in caplog.text
 
 
+@pytest.mark.parametrize("safe", [True, False])
+def test_hub_name_of_sharded_variant_weights_only_loads(safe, relu_tied, tmp_path, monkeypatch):
+  """A hub repo of save_pretrained(DIR, variant="fp16") shards alone: the downloads fetched the
+  shards but not their index (model.safetensors.index.fp16.json, pytorch_model.bin.index.fp16.json),
+  and loading said 'No T5 weights'."""
+  import huggingface_hub
+  from huggingface_hub.utils import filter_repo_objects
+  repo = tmp_path / "repo"
+  shutil.copytree(relu_tied.path, repo)
+  os.remove(repo / "model.safetensors")
+  if safe:
+    relu_tied.hf_model.save_pretrained(repo, variant="fp16", max_shard_size="40KB")
+    assert "model.safetensors.index.fp16.json" in os.listdir(repo)
+  else:  # as transformers 4 named them
+    state = relu_tied.hf_model.state_dict()
+    shards = {f"pytorch_model.fp16-0000{i + 1}-of-00002.bin": sorted(state)[i::2] for i in (0, 1)}
+    for file, keys in shards.items():
+      torch.save({k: state[k].half() for k in keys}, repo / file)
+    (repo / "pytorch_model.bin.index.fp16.json").write_text(json.dumps(
+        {"weight_map": {k: file for file, keys in shards.items() for k in keys}}))
+  snapshot = tmp_path / "snapshot"  # one snapshot folder, as huggingface_hub's cache keeps
+
+  def snapshot_download(name, allow_patterns):
+    for f in filter_repo_objects(os.listdir(repo), allow_patterns=allow_patterns):
+      shutil.copytree(repo, snapshot, dirs_exist_ok=True, ignore=lambda d, names: [
+          n for n in names if n != f])
+    snapshot.mkdir(exist_ok=True)
+    return str(snapshot)
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+  config, params = load_t5("org/t5-fp16")
+  reference = load_t5(relu_tied.path)
+  assert config == reference[0]
+  if not safe:  # the shards hold fp16 weights
+    reference = load_t5(repo)
+  _assert_same_params(params, reference[1])
+
+
 @pytest.mark.parametrize("weights",
                          ["model.safetensors", "pytorch_model.bin", "flax_model.msgpack"])
 def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
