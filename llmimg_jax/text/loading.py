@@ -288,10 +288,12 @@ def _shape_mismatch(key: str, path: tuple[str, ...], transpose: bool, shape: tup
 def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
             encoder_only: bool = False) -> tuple[T5Config, Params]:
   """(config, params) from a checkpoint directory or hub name. Params are `dtype` arrays (fp32
-  by default) with the layout of T5ForConditionalGeneration, or T5EncoderModel if encoder_only."""
+  by default) with the layout of T5ForConditionalGeneration, or T5EncoderModel if encoder_only
+  (which does not read generation_config.json: an encoder does not generate)."""
   ckpt_dir = resolve_checkpoint_dir(path_or_name)
   config = T5Config.from_json_file(os.path.join(ckpt_dir, "config.json"))
-  config = _with_generation_config(config, ckpt_dir)
+  if not encoder_only:
+    config = _with_generation_config(config, ckpt_dir)
   state, from_flax = _read_weights(ckpt_dir)
   config, params = convert_state_dict(state, config, encoder_only=encoder_only, source=ckpt_dir,
                                       from_flax=from_flax)

@@ -237,6 +237,27 @@ def test_generation_config_options_generate_lacks_are_named(relu_tied, tmp_path,
   assert "generation_config.json" not in caplog.text
 
 
+def test_encoder_only_load_does_not_name_decoding_options(relu_tied, tmp_path, caplog):
+  """An encoder-only load (train.py's text.checkpoint, --encode_out) warned of generation_config's
+  decoding options, advising to 'pass them to `generate`', which it cannot; and refused to encode
+  for a bad token id there."""
+  import logging
+  shutil.copytree(relu_tied.path, tmp_path / "ckpt")
+  gen_path = tmp_path / "ckpt" / "generation_config.json"
+  gen_path.write_text(json.dumps({**json.loads(gen_path.read_text()), "num_beams": 4,
+                                  "no_repeat_ngram_size": 3}))
+  with caplog.at_level(logging.WARNING):
+    config, params = load_t5(tmp_path / "ckpt", encoder_only=True)
+  assert not caplog.text and set(params) == {"shared", "encoder"}
+  with caplog.at_level(logging.WARNING):  # loaded to generate, they are named
+    load_t5(tmp_path / "ckpt")
+  assert "num_beams=4" in caplog.text and "no_repeat_ngram_size=3" in caplog.text
+  gen_path.write_text(json.dumps({"eos_token_id": 10**6}))
+  assert load_t5(tmp_path / "ckpt", encoder_only=True)[0] == config
+  with pytest.raises(ValueError, match="Invalid token id in .*generation_config.json"):
+    load_t5(tmp_path / "ckpt")
+
+
 def test_decoding_options_of_config_json_are_named_without_generation_config(relu_tied, tmp_path,
                                                                             caplog):
   """Without generation_config.json (a checkpoint saved before it existed) transformers' generate
