@@ -54,9 +54,10 @@ def _pil_can_save(ext: str) -> bool:
   return True
 
 
-def check_preview_path(path: str) -> None:
+def check_preview_path(path: str, overwrite: bool = False) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
-  can take hours); its folder is made if missing."""
+  can take hours), or if `path` exists (a link too) and not `overwrite`; its folder is made if
+  missing."""
   if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
     raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
                      ".png file, e.g. --preview grid.png.")
@@ -68,6 +69,22 @@ def check_preview_path(path: str) -> None:
   if not os.access(folder, os.W_OK):
     raise ValueError(f"--preview {path!r}: {folder} is not writable; name a file you can "
                      "write.")
+  refuse_existing(path, overwrite)
+
+
+def refuse_existing(path: str, overwrite: bool) -> None:
+  """ValueError if the --preview `path` exists (a link too), unless `overwrite`."""
+  if (os.path.exists(path) or os.path.islink(path)) and not overwrite:
+    raise ValueError(f"--preview {path!r} exists; remove it, name a new file, or pass "
+                     "--overwrite to replace it.")
+
+
+def save_preview(grid: Image.Image, path: str) -> None:
+  """`grid` written to `path` in one rename (a crash mid-write leaves the previous file), in the
+  format its extension names; through a link as `>` does."""
+  data = io.BytesIO()
+  grid.save(data, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
+  cli.write_atomically(os.path.realpath(path), data.getvalue())
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -80,6 +97,9 @@ def check_args(args: argparse.Namespace) -> None:
   elif given := [f"--{k}" for k in ("folder", "image_size") if getattr(args, k)]:
     raise ValueError(f"{cli.only_apply(given)} to --dataset captioned_folder ({args.dataset} "
                      f"stores its images at its own size); drop {cli.them(given)}.")
+  if args.overwrite and not args.preview:
+    raise ValueError("--overwrite only applies with --preview (it lets that replace an existing "
+                     "file); drop it.")
 
 
 def data_config_from_args(args: argparse.Namespace):
@@ -115,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       help=f"captioned_folder: stored resolution (default {FOLDER_STORE_SIZE}, "
                            "what configs/folder_64.py reads)")
   parser.add_argument("--split", default="train")
-  parser.add_argument("--preview", default=None, help="write a PNG grid of examples here")
+  parser.add_argument("--preview", default=None, help="write a PNG grid of examples here (an "
+                      "existing file is refused before the build unless --overwrite)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="let --preview replace an existing file")
   parser.add_argument("--num_proc", type=int, default=0, help="build processes (0 = auto)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -125,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_args(args)
     cfg = data_config_from_args(args)
     if args.preview:
-      check_preview_path(args.preview)
+      check_preview_path(args.preview, args.overwrite)
     # TFDS prints its "Downloading and preparing dataset ..." lines to stdout: stdout is the
     # JSON report alone (for `| jq`), so they go to stderr with the other build output.
     with contextlib.redirect_stdout(sys.stderr):
@@ -141,7 +164,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
     report["summary"] = captioned_folder.summary_of(pipeline.folder_builder(cfg))
   if args.preview:
-    preview_grid(source).save(args.preview)
+    try:
+      refuse_existing(args.preview, args.overwrite)  # nor one written during the build
+    except ValueError as e:
+      parser.exit(2, f"{parser.prog}: error: {e}\n")
+    save_preview(preview_grid(source), args.preview)
     report["preview"] = args.preview
   print(json.dumps(report, indent=2))
   return report

@@ -121,6 +121,28 @@ def test_prepare_makes_the_preview_folder(shapes_cfg, tmp_path):
   assert report["preview"] == str(out) and Image.open(out).width == 4 * 160
 
 
+def test_prepare_refuses_an_existing_preview_unless_overwrite(shapes_cfg, tmp_path, capsys):
+  """--preview replaced an existing file without a word (every other output of the project is
+  refused unless an overwrite flag); now refused before the build, and --overwrite replaces it
+  in one rename."""
+  out = tmp_path / "grid.png"
+  out.write_bytes(b"my earlier grid")
+  flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
+           "--preview", str(out)]
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(flags)
+  assert exit_info.value.code == 2
+  assert (f"error: --preview {str(out)!r} exists; remove it, name a new file, or pass "
+          "--overwrite to replace it.") in capsys.readouterr().err
+  assert out.read_bytes() == b"my earlier grid"
+  assert prepare.main([*flags, "--overwrite"])["preview"] == str(out)
+  assert Image.open(out).width == 4 * 160
+  assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
+  with pytest.raises(SystemExit):  # --overwrite without --preview would be ignored
+    prepare.main(flags[:-2] + ["--overwrite"])
+  assert "--overwrite only applies with --preview" in capsys.readouterr().err
+
+
 def test_coco_to_example_mapping():
   ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
         "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}
