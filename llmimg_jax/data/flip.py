@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-_LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most|wards?)?\b", re.IGNORECASE)
 # 'left'/'right' mean a side after these words ("on the left", "top right", "turn left") ...
 _SIDE_AFTER = {"the", "to", "from", "its", "his", "her", "their", "my", "your", "top", "bottom",
                "upper", "lower", "middle", "far"}
@@ -38,7 +38,7 @@ _LEFT_OBJECTS = {"his", "her", "their", "its", "my", "your", "our", "a", "an", "
 
 
 def _is_side(match: re.Match) -> bool:
-  if match.group(2):  # leftmost, rightmost
+  if match.group(2):  # leftmost, rightward(s): always a side
     return True
   word = match.group(1).lower()
   before = re.search(r"([A-Za-z]+)[\s-]+$", match.string[:match.start()])
@@ -68,5 +68,5 @@ def _swapped(match: re.Match) -> str:
 
 def swap_left_right(text: str) -> str:
   """The caption of the mirrored image: 'left' <-> 'right' where they name a side (also Left,
-  LEFT, leftmost), not in "a bag left on a bench" or "right next to"."""
+  LEFT, leftmost, leftward(s)), not in "a bag left on a bench" or "right next to"."""
   return _LEFT_RIGHT.sub(_swapped, text)

@@ -29,6 +29,13 @@ def test_sides_swap_and_other_senses_of_left_and_right_stay():
       "a woman looking right a man looking left")
 
 
+def test_leftward_and_rightward_swap():
+  """'leftward(s)'/'rightward(s)' were kept: a flipped arrow pointing right was captioned
+  'an arrow pointing leftward'."""
+  assert swap_left_right("an arrow pointing leftward, a bird flying Rightwards, LEFTWARDS") == (
+      "an arrow pointing rightward, a bird flying Leftwards, RIGHTWARDS")
+
+
 def test_flip_swaps_every_side_word_of_captioned_shapes():
   spec = shapes.SceneSpec(resolution=32)
   for i in range(300):
