@@ -17,6 +17,7 @@ import io
 import json
 import os
 import unicodedata
+from collections.abc import Iterable, Iterator
 
 FILE_KEYS = ("file", "file_name", "filename", "image")
 CAPTION_KEYS = ("caption", "captions", "text")
@@ -161,9 +162,13 @@ def _refuse_json_array(jsonl_path: str) -> None:
         "(JSON Lines), e.g. write it with `for e in entries: f.write(json.dumps(e) + '\\n')`.")
 
 
-def _csv_columns(csv_path: str, text: str) -> tuple[csv.DictReader, str, str]:
-  """The reader of a captions.csv's text and its file and caption columns."""
-  reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+def _csv_columns(csv_path: str, text: str | Iterable[str]
+                 ) -> tuple[csv.DictReader, str, str]:
+  """The reader of a captions.csv's text (or its lines) and its file and caption columns. A cell
+  written after a space, `a.jpg, "a cat, sitting"`, is read as quoted (skipinitialspace): by
+  default csv keeps its quotes and splits it at its commas."""
+  lines = io.StringIO(text.lstrip("\ufeff"), newline="") if isinstance(text, str) else text
+  reader = csv.DictReader(lines, skipinitialspace=True)
   fields = reader.fieldnames or []
   by_name: dict[str, str] = {}  # "File Name " reads as file_name; the first such column wins
   for f in fields:
@@ -231,20 +236,44 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
   if os.path.isfile(csv_path):
     with open(csv_path, "rb") as f:
       text = f.read().decode("utf-8", errors="surrogateescape")
-    reader, file_col, cap_col = _csv_columns(csv_path, text)
+    record: list[str] = []  # the lines read since the last record
+    reader, file_col, cap_col = _csv_columns(csv_path, _kept(
+        io.StringIO(text.lstrip("\ufeff"), newline=""), record))
+    record.clear()  # the header's
     last = reader.fieldnames[-1] == cap_col
     for row in reader:
+      lines, record[:] = record[:], []  # this record's
       where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
       caption, extra = row.get(cap_col) or "", row.get(None)
       if extra:  # more cells than the header: an unquoted comma
         if not last:  # which cells are the caption's is unknown
           skips.add("extra_csv_cells", where)
           continue
-        caption = ",".join([caption, *extra])  # the caption is the last column: its own commas
+        # The caption is the last column: its own commas, with the spaces after them.
+        cells = [row[f] or "" for f in reader.fieldnames] + extra
+        caption = _unquoted_caption(lines, cells, 1 + len(extra))
         if notes is not None:
           notes.add("unquoted_csv_comma", where)
       _add_caption_entry(names, where, row.get(file_col), caption, out, skips)
   return dict(out)
+
+
+def _kept(lines: Iterable[str], record: list[str]) -> Iterator[str]:
+  """`lines`, each also appended to `record` (which the caller empties after each record)."""
+  for line in lines:
+    record.append(line)
+    yield line
+
+
+def _unquoted_caption(lines: list[str], cells: list[str], caption_cells: int) -> str:
+  """The last column's text of the record written on `lines` whose `cells` (as read, with
+  skipinitialspace) end with `caption_cells` cells of its caption (an unquoted comma in it):
+  joined with the spaces after its commas as written (the record read again without
+  skipinitialspace, if that reads the same cells)."""
+  raw = next((r for r in csv.reader(io.StringIO("".join(lines), newline="")) if r), [])
+  if [c.strip() for c in raw] == [c.strip() for c in cells]:
+    cells = raw
+  return ",".join(cells[-caption_cells:])
 
 
 def _refuse_utf16(path: str) -> None:

@@ -1,7 +1,9 @@
-"""captioned_folder: a captions.csv whose columns are not separated by commas."""
+"""captioned_folder: a captions.csv whose columns are not separated by commas, or whose quoted
+cells follow a space."""
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from llmimg_jax.data import caption_files
 
@@ -23,3 +25,24 @@ def test_a_header_without_the_columns_gets_no_delimiter_hint(tmp_path):
   with pytest.raises(caption_files.FolderError, match=r"needs a file column") as error:
     caption_files.check_caption_files(str(tmp_path))
   assert "separated by" not in str(error.value)
+
+
+def test_a_quoted_cell_after_a_space_is_read_as_quoted(tmp_path):
+  """`a.png, "a cat, sitting"` (a space after the comma, as people type) kept the quotes in the
+  stored caption, split it at its commas (a caption column not last: the row skipped) and noted
+  an unquoted comma; a header `"file", "caption"` was refused. Unquoted commas keep their
+  spaces."""
+  for name in ("a.png", "b.png", "c.png", "d.png"):
+    Image.new("RGB", (8, 8)).save(tmp_path / name)
+  (tmp_path / "captions.csv").write_text(
+      '"file", "caption"\nc.png, a car, parked,  by a house\na.png, "a red cat"\n'
+      'b.png, "a dog, sitting"\nd.png, "a ""quoted"" word"\n')
+  skips, notes = caption_files.Skips(), caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips, notes) == {
+      "a.png": ["a red cat"], "b.png": ["a dog, sitting"], "c.png": ["a car, parked,  by a house"],
+      "d.png": ['a "quoted" word']}
+  assert not skips.counts and dict(notes.counts) == {"unquoted_csv_comma": 1}
+  (tmp_path / "captions.csv").write_text('file, caption, source\na.png, "a cat, sitting", web\n')
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": ["a cat, sitting"]}
+  assert not skips.counts
