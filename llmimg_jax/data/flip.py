@@ -37,6 +37,21 @@ _LEFT_OBJECTS = {"his", "her", "their", "its", "my", "your", "our", "a", "an", "
                  "him", "it", "this", "that", "some"}
 
 
+# 'left of' names what remains after these ("what's left of the pizza", "all that is left of it",
+# "nothing left of"), read back past _LINKS; otherwise it is a side ("the box is left of the cup").
+_REMAINS = {"what", "whats", "all", "nothing", "much", "anything", "something", "everything",
+            "whatever", "none"}
+_LINKS = {"is", "was", "are", "were", "s", "that"}
+
+
+def _remains_before(text: str) -> bool:
+  """Whether 'left of' after `text` means what remains of something."""
+  for word in reversed(re.findall(r"[A-Za-z]+", text.lower())):
+    if word not in _LINKS:
+      return word in _REMAINS
+  return False
+
+
 def _is_side(match: re.Match) -> bool:
   if match.group(2):  # leftmost, rightward(s): always a side
     return True
@@ -48,6 +63,8 @@ def _is_side(match: re.Match) -> bool:
   rest = match.string[match.end():]
   after = re.match(r"\s+([A-Za-z]+)", rest)
   after = after.group(1).lower() if after else ""
+  if after == "of":  # "is right of", "is left of the cup"; not "what is left of the cake"
+    return word == "right" or not _remains_before(match.string[:match.start()])
   if word == "left" and before not in ("", "on", "at") and (
       after in _LEFT_OBJECTS or re.match(r"\s*([.,;:!?)]|$)", rest)):
     return False

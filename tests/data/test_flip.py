@@ -44,3 +44,14 @@ def test_flip_swaps_every_side_word_of_captioned_shapes():
       flipped = swap_left_right(caption)
       assert re.findall(r"left|right", flipped) == [
           {"left": "right", "right": "left"}[w] for w in sides], caption
+
+
+def test_left_of_and_right_of_after_a_verb():
+  """'X is left of Y' and 'X is right of Y' were kept (taken for the verb 'left' and the adverb
+  'right'), and "what's left of the pizza" (what remains) became "what's right of the pizza"."""
+  assert swap_left_right("the red box is left of the cup, a dog is right of a cat") == (
+      "the red box is right of the cup, a dog is left of a cat")
+  for kept in ("what's left of a pizza", "whats left of the cake on a plate",
+               "all that is left of the sandwich", "there is not much left of the building",
+               "nothing left of it"):
+    assert swap_left_right(kept) == kept
