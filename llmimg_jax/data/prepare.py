@@ -97,6 +97,9 @@ def check_args(args: argparse.Namespace) -> None:
   elif given := [f"--{k}" for k in ("folder", "image_size") if getattr(args, k)]:
     raise ValueError(f"{cli.only_apply(given)} to --dataset captioned_folder ({args.dataset} "
                      f"stores its images at its own size); drop {cli.them(given)}.")
+  if args.num_proc and name != "captioned_shapes":
+    raise ValueError(f"--num_proc only applies to --dataset captioned_shapes ({args.dataset} is "
+                     "built in one process); drop it.")
   if args.overwrite and not args.preview:
     raise ValueError("--overwrite only applies with --preview (it lets that replace an existing "
                      "file); drop it.")
@@ -139,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       "existing file is refused before the build unless --overwrite)")
   parser.add_argument("--overwrite", action="store_true",
                       help="let --preview replace an existing file")
-  parser.add_argument("--num_proc", type=int, default=0, help="build processes (0 = auto)")
+  parser.add_argument("--num_proc", type=int, default=0,
+                      help="captioned_shapes: build processes (0 = auto)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -89,11 +89,15 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
      "size); drop it."),
     (["--dataset", "coco_captions", "--folder", "imgs", "--image_size", "16"], "--folder, "
      "--image_size only apply to --dataset captioned_folder (coco_captions stores"),
+    (["--dataset", "captioned_folder", "--folder", "imgs", "--num_proc", "4"], "--num_proc only "
+     "applies to --dataset captioned_shapes (captioned_folder is built in one process); drop "
+     "it."),
 ])
 def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, capsys, flags,
                                                                     error):
-  """--folder and --image_size with another dataset were ignored without a word (its build
-  made); captioned_folder without --folder was refused in the config's terms (data.folder)."""
+  """--folder and --image_size with another dataset (and --num_proc with any but
+  captioned_shapes) were ignored without a word (its build made); captioned_folder without
+  --folder was refused in the config's terms (data.folder)."""
   with pytest.raises(SystemExit) as exit_info:
     prepare.main([*flags, "--data_dir", str(tmp_path / "tfds")])
   assert exit_info.value.code == 2
