@@ -88,7 +88,9 @@ class _DiskNames:
     return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
 
 
-def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips) -> None:
+def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips,
+                       blank: str = "empty_caption") -> None:
+  """Adds `captions` of `file_name` to `out`, or a skip; `blank`: the reason when none is text."""
   if not isinstance(file_name, str) or not file_name.strip():
     skips.add("missing_key", where)
     return
@@ -116,7 +118,7 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
   named = out[rel]  # named even if this line's captions are blank: not also "no_caption"
   captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
   if not captions:
-    skips.add("empty_caption", where)
+    skips.add(blank, where)
     return
   named.extend(c for c in dict.fromkeys(captions) if c not in named)
 
@@ -226,13 +228,17 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
           skips.add("invalid_json", where)
           continue
         file_name = _first(obj, FILE_KEYS)
-        captions = [  # every caption key's (_add_caption_entry keeps each caption once)
+        values = [  # every caption key's (_add_caption_entry keeps each caption once)
             c for k in CAPTION_KEYS if k in obj
-            for c in (obj[k] if isinstance(obj[k], list) else [obj[k]]) if isinstance(c, str)]
+            for c in (obj[k] if isinstance(obj[k], list) else [obj[k]])]
+        captions = [c for c in values if isinstance(c, str)]
         if file_name is None or not any(k in obj for k in CAPTION_KEYS):
           skips.add("missing_key", where)
           continue
-        _add_caption_entry(names, where, file_name, captions, out, skips)
+        # e.g. "caption": 3 (a class id): not a blank caption, a value that is not text
+        blank = ("caption_not_text" if any(v is not None and not isinstance(v, str)
+                                           for v in values) else "empty_caption")
+        _add_caption_entry(names, where, file_name, captions, out, skips, blank)
   if os.path.isfile(csv_path):
     with open(csv_path, "rb") as f:
       text = f.read().decode("utf-8", errors="surrogateescape")

@@ -235,6 +235,8 @@ _ADVICE = {
     "missing_key": f"Each caption line needs a file key (one of {FILE_KEYS}) and a caption key "
                    f"(one of {CAPTION_KEYS}).",
     "empty_caption": "Blank captions are skipped; write a caption for each image.",
+    "caption_not_text": "Captions must be JSON strings, e.g. \"caption\": \"a red car\" (not a "
+                        "number, object or list of them).",
     "invalid_utf8": "Save the captions file as UTF-8.",
     "extra_csv_cells": "Quote the captions that contain commas, or make the caption column last.",
     **images.DECODER_FIXES,

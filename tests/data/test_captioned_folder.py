@@ -253,6 +253,19 @@ def test_an_image_with_only_blank_captions_is_skipped_once(tmp_path):
   assert (summary["skipped_lines"], summary["skipped_images"]) == (1, 0)
 
 
+def test_a_caption_that_is_not_text_is_not_called_blank(tmp_path):
+  """"caption": 3 (a class id) was skipped as empty_caption, whose fix ("write a caption for
+  each image") the user had done; a null caption is still blank."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / "captions.jsonl").write_text(
+      '{"file": "a.png", "caption": 3}\n{"file": "a.png", "caption": null}\n'
+      '{"file": "a.png", "caption": [" ", 4.5]}\n')
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": []}
+  assert skips.counts == {"caption_not_text": 2, "empty_caption": 1}
+  assert skips.examples["empty_caption"] == ["captions.jsonl:2"]
+
+
 @pytest.mark.parametrize("captions_jsonl, message", [
     ('[{"file": "a.png", "caption": "x"}]', r"one JSON array; captions.jsonl needs one JSON object"),
     ('{"path": "a.png", "caption": "x"}\n', r"no usable image .* needs a file key .* E.g. "
@@ -261,6 +274,9 @@ def test_an_image_with_only_blank_captions_is_skipped_once(tmp_path):
     ('{"file": "a.png", "caption": "x"}\n{"file": "a.png", "caption": "x"}\n',
      r"None of the captioned images could be read \(empty_file, e.g. a.png\)"),
     ("", r"The captions file names no image"),
+    ('{"file": "a.png", "caption": 3}\n{"file": "a.png", "captions": [1, {"en": "x"}]}\n',
+     r"no usable image .* \(skipped: \{'caption_not_text': 2\}\)\. Captions must be JSON strings, "
+     r"e\.g\. \"caption\": \"a red car\" .* E\.g\. captions\.jsonl:1\."),
 ])
 def test_no_usable_image_names_the_main_reason(tmp_path, captions_jsonl, message):
   (tmp_path / "a.png").touch()  # an empty file
