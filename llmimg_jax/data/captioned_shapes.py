@@ -74,7 +74,14 @@ BUILDER_CONFIGS = [
 def default_num_proc() -> int:
   """Worker processes used to render; override with LLMIMG_DATA_NUM_PROC (1 = in process)."""
   env = os.environ.get("LLMIMG_DATA_NUM_PROC")
-  return int(env) if env else max(1, min(8, os.cpu_count() or 1))
+  if not env:
+    return max(1, min(8, os.cpu_count() or 1))
+  try:
+    return int(env)
+  except ValueError:
+    raise ValueError(f"LLMIMG_DATA_NUM_PROC={env!r} is not a whole number: set it to the number "
+                     "of processes that render captioned_shapes (1 = in this process), or unset "
+                     "it for the default.") from None
 
 
 class CaptionedShapes(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):

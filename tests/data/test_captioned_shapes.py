@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from llmimg_jax.data import captioned_shapes, flip, pipeline, shapes
+from llmimg_jax.data import captioned_shapes, flip, pipeline, prepare, shapes
 
 
 def _pattern(words) -> re.Pattern:
@@ -341,3 +341,17 @@ def test_the_sequential_reference_path_yields_the_stored_records(shapes_cfg):
     for i, (_, example) in enumerate(first):
       assert example["captions"] == source[i]["captions"], (split, i)
       np.testing.assert_array_equal(example["image"], source[i]["image"])
+
+
+def test_a_process_count_that_is_no_number_is_named(tmp_path, monkeypatch, capsys):
+  """LLMIMG_DATA_NUM_PROC=auto failed with "invalid literal for int() with base 10: 'auto'",
+  which named neither the variable nor the fix."""
+  monkeypatch.setenv("LLMIMG_DATA_NUM_PROC", "auto")
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert ("error: LLMIMG_DATA_NUM_PROC='auto' is not a whole number: set it to the number of "
+          "processes that render captioned_shapes (1 = in this process), or unset it for the "
+          "default.") in capsys.readouterr().err
+  monkeypatch.setenv("LLMIMG_DATA_NUM_PROC", "3")
+  assert captioned_shapes.default_num_proc() == 3
