@@ -88,8 +88,20 @@ def save_preview(grid: Image.Image, path: str) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-  """Raises ValueError for a flag the --dataset needs but lacks, or would ignore."""
-  name = args.dataset.partition("/")[0]
+  """Raises ValueError for an unknown --dataset (or config of it), or a flag the --dataset needs
+  but lacks, or would ignore."""
+  name, _, config = args.dataset.partition("/")
+  if name not in pipeline.DATASETS:  # the data config's error named data.name
+    raise ValueError(f"--dataset {args.dataset}: no dataset {name!r}; name one of "
+                     "captioned_shapes[/CONFIG], captioned_folder, coco_captions.")
+  if config and name != "captioned_shapes":  # the config was ignored without a word
+    raise ValueError(f"--dataset {args.dataset}: {name} has no configs to choose (/{config} "
+                     f"would be ignored); give --dataset {name}.")
+  if config:
+    from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+    if config not in (known := sorted(c.name for c in captioned_shapes.BUILDER_CONFIGS)):
+      raise ValueError(f"--dataset {args.dataset}: captioned_shapes has no config {config!r}; "
+                       f"expected one of {known}.")
   if name == "captioned_folder":
     if not args.folder:
       raise ValueError("--dataset captioned_folder needs --folder DIR: your images with "

@@ -89,6 +89,14 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
      "size); drop it."),
     (["--dataset", "coco_captions", "--folder", "imgs", "--image_size", "16"], "--folder, "
      "--image_size only apply to --dataset captioned_folder (coco_captions stores"),
+    (["--dataset", "coco_captions/2017"], "--dataset coco_captions/2017: coco_captions has no "
+     "configs to choose (/2017 would be ignored); give --dataset coco_captions."),
+    (["--dataset", "captioned_folder/x", "--folder", "imgs"], "--dataset captioned_folder/x: "
+     "captioned_folder has no configs to choose (/x would be ignored)"),
+    (["--dataset", "shapes/64"], "--dataset shapes/64: no dataset 'shapes'; name one of "
+     "captioned_shapes[/CONFIG], captioned_folder, coco_captions."),
+    (["--dataset", "captioned_shapes/65"], "--dataset captioned_shapes/65: captioned_shapes has "
+     "no config '65'; expected one of ['128', '32', "),
     (["--dataset", "captioned_folder", "--folder", "imgs", "--num_proc", "4"], "--num_proc only "
      "applies to --dataset captioned_shapes (captioned_folder is built in one process); drop "
      "it."),
@@ -96,8 +104,9 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
 def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, capsys, flags,
                                                                     error):
   """--folder and --image_size with another dataset (and --num_proc with any but
-  captioned_shapes) were ignored without a word (its build made); captioned_folder without
-  --folder was refused in the config's terms (data.folder)."""
+  captioned_shapes, a /CONFIG of captioned_folder or coco_captions) were ignored without a word
+  (its build made); captioned_folder without --folder, an unknown dataset or captioned_shapes
+  config were refused in the config's terms (data.folder, data.name, data.config)."""
   with pytest.raises(SystemExit) as exit_info:
     prepare.main([*flags, "--data_dir", str(tmp_path / "tfds")])
   assert exit_info.value.code == 2
