@@ -127,6 +127,25 @@ def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, caps
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
+def test_prepare_refuses_a_preview_inside_the_folder(tmp_path, capsys, monkeypatch):
+  """`prepare --folder . --preview grid.png` (the README's flag, run in the folder) wrote the grid
+  into the folder: every later load warned that the folder changed since its build (delete it,
+  start a new workdir), and a rebuild counted the grid as an uncaptioned image."""
+  folder = tmp_path / "imgs"
+  (folder / "sub").mkdir(parents=True)
+  (folder / "captions.csv").write_text("file,caption\n")
+  monkeypatch.chdir(folder)
+  for preview in ("grid.png", "sub/grid.png", str(folder / "grid.png")):
+    with pytest.raises(SystemExit) as exit_info:
+      prepare.main(["--dataset", "captioned_folder", "--folder", ".", "--data_dir",
+                    str(tmp_path / "tfds"), "--preview", preview])
+    assert exit_info.value.code == 2
+    assert (f"error: --preview {preview!r} is inside --folder .: the grid would be an image "
+            "added to the folder") in capsys.readouterr().err
+  assert not (tmp_path / "tfds").exists() and not (folder / "grid.png").exists()
+  assert not prepare._inside(str(tmp_path / "imgs_grid.png"), str(folder))  # a sibling
+
+
 def test_prepare_makes_the_preview_folder(shapes_cfg, tmp_path):
   out = tmp_path / "new" / "folder" / "grid.png"
   report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
