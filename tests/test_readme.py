@@ -38,3 +38,15 @@ def test_readme_main_command_trains_and_leaves_samples_and_logs(tmp_path):
       "step_0000002.png", "step_0000004.png"]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert (workdir / "checkpoints" / "4").is_dir()
+
+
+def test_readme_names_the_caption_each_real_image_is_mismatched_with():
+  """The README said "the next caption"; the batch is rolled by one, so image i meets caption
+  i - 1 (the first image the last caption)."""
+  import numpy as np
+  from llmimg_jax.gan import losses
+  readme = " ".join((ROOT / "README.md").read_text().split())
+  said = re.search(r"mismatched pairs are each real image with the (\w+) caption", readme)
+  captions = np.asarray(losses.mismatched(np.arange(4)))  # the caption image i is paired with
+  assert captions.tolist() == [3, 0, 1, 2]
+  assert said and said.group(1) == "previous", said and said.group(0)
