@@ -50,3 +50,16 @@ def test_readme_names_the_caption_each_real_image_is_mismatched_with():
   captions = np.asarray(losses.mismatched(np.arange(4)))  # the caption image i is paired with
   assert captions.tolist() == [3, 0, 1, 2]
   assert said and said.group(1) == "previous", said and said.group(0)
+
+
+def test_readme_says_whether_ci_runs_the_shapes_evaluators_bounds():
+  """The README called the evaluator's >= 99% bounds "the CI test"; they are slow tests, which CI
+  (`-m "not slow"`) leaves out."""
+  readme = " ".join((ROOT / "README.md").read_text().split())
+  end = readme.index(">= 99% on every attribute")
+  sentence = readme[readme.rindex("colour and size;", 0, end):end]  # what holds the bounds
+  module = (ROOT / "tests/eval/test_shapes_eval.py").read_text()
+  bounds = [t for t in module.split("\n\n\n") if ">= 0.99" in t and "def test_" in t]
+  assert bounds and all("@pytest.mark.slow" in t for t in bounds)
+  assert "CI test" not in sentence and "tests/eval/test_shapes_eval.py" in sentence, sentence
+  assert "pytest -m slow" in sentence, sentence
