@@ -76,8 +76,10 @@ def main(argv):
     try:
       jax.distributed.initialize(*hosts, initialization_timeout=_CONNECT_TIMEOUT_S)
     except (ValueError, RuntimeError) as e:
+      alone = ("; on one host (several GPUs too), drop --distributed: train.py uses all of its "
+               "devices without it" if hosts == (None, None, None) else "")
       cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
-               f"{cluster}.", 2)
+               f"{cluster}{alone}.", 2)
   from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.data.tfds_utils import DatasetError

@@ -3,6 +3,9 @@
   pip install -e '.[tf]'   # TFDS's coco_captions reader needs TensorFlow
   python train.py --config configs/coco_256.py --workdir /mnt/BUCKET/coco_256 --distributed
 
+(--distributed on a TPU pod slice, every host; on one multi-GPU host drop it: train.py uses every
+local device without it, and --distributed alone finds no cluster there.)
+
 The workdir must be a filesystem every host shares (e.g. a gcsfuse mount of a bucket at
 /mnt/BUCKET on each TPU VM): Orbax writes each host's checkpoint shards there. So must
 data.data_dir (or TFDS_DATA_DIR; e.g. gs://BUCKET/tensorflow_datasets): host 0 builds COCO there

@@ -230,6 +230,16 @@ def test_a_stray_argument_stops_the_run_before_anything_is_read(tmp_path, stray)
   assert [p.name for p in run.iterdir()] == ["checkpoints"] and not (tmp_path / "data").exists()
 
 
+def test_distributed_alone_without_a_cluster_names_the_one_host_fix(tmp_path):
+  """configs/coco_256.py's command has --distributed, for a TPU pod slice; on one multi-GPU host
+  (no cluster for JAX to detect) it stopped naming only the multi-host flags."""
+  proc = Proc(train_args(tmp_path / "data", tmp_path / "run", "--distributed"), cwd=tmp_path)
+  assert proc.finish(timeout=120) == 2, proc.output[-3000:]
+  assert ("on one host (several GPUs too), drop --distributed: train.py uses all of its devices "
+          "without it." in proc.output), proc.output[-3000:]
+  assert "Traceback" not in proc.output and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("sig, status, message", [
     (signal.SIGINT, 130, "interrupted by Ctrl-C without saving"),
     # A scheduler's stop (`kill`): the process ended silently with status 143.
