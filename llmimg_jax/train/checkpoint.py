@@ -302,12 +302,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   """The state of the newest checkpoint that restores (`data_iter` restored in place), or None
   when there is none. Checkpoints that fail to restore are logged and moved aside; if none
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
-  for want of access or resources (not damage) raises CheckpointAccessError. When none restores
-  and one (even beside damaged ones) does not fit the state's structure or shapes, or the input
-  pipeline's settings, or a position of grain workers that this process count cannot resume (a
-  changed config, host count or code, not damage), raises ConfigMismatchError (naming the values
-  that differ from this run's `config`, if given) and moves nothing. A position saved by another
-  number of hosts is resliced for this one (data/host_slices)."""
+  for want of access or resources (not damage) raises CheckpointAccessError. One (even after
+  damaged ones) that does not fit the state's structure or shapes, or the input pipeline's
+  settings, or a position of grain workers that this process count cannot resume (a changed
+  config, host count or code, not damage), raises ConfigMismatchError without trying older ones
+  (naming the values that differ from this run's `config`, if given) and moves nothing. A
+  position saved by another number of hosts is resliced for this one (data/host_slices)."""
   steps = sorted(manager.all_steps(), reverse=True)
   resume_agree.check_steps(steps, manager.directory)
   initial_data_state = data_iter.get_state() if data_iter is not None else None
@@ -334,8 +334,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                     ", ".join(f"step {s}" for s in failed))
       return state
     failed[step] = error
-    if any(host_flags(isinstance(error, host_slices.ProcessCountMismatchError))):
-      break  # an older step this count can read would redo training: the user decides
+    if any(host_flags(_is_mismatch(error))):  # another config, version or host count saved it:
+      break  # an older step that fits would redo training, this one moved aside: the user decides
     log.warning("Checkpoint %s could not be restored (%s); trying the previous one.",
                 Path(manager.directory) / str(step), _describe(error))
   if not failed:

@@ -388,3 +388,30 @@ def test_hosts_agree_that_checkpoints_do_not_fit(saved, tmp_path, monkeypatch):
                               start_fresh_if_corrupt=True, config=config)
   assert sorted(manager.all_steps()) == [2, 4]
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+
+
+def test_a_newest_checkpoint_that_does_not_fit_stops_the_run_before_older_ones(
+    saved, tmp_path, monkeypatch):
+  """Step 4 saved by a run of another config (or version), step 2 by this one: the run stops at
+  step 4, naming the change, instead of falling back to step 2 (redoing its steps and moving
+  step 4 aside as damage); and the older steps are not restored one by one before that."""
+  config, tokenizer, _, _ = saved
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  other = config.copy_and_resolve_references()
+  other.model.nf_g = 16
+  manager, it = _fresh(other, tokenizer, tmp_path)
+  for _ in range(4):
+    next(it)
+  state = _quick_state(build_models(other, build_text(other)[1]), None)
+  checkpoint.save(manager, 4, state.replace(step=np.int32(4)), it, other)
+  manager.wait_until_finished()
+  tried, restore = [], checkpoint.restore
+  monkeypatch.setattr(checkpoint, "restore", lambda m, step, *a: (tried.append(step),
+                                                                   restore(m, step, *a))[1])
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"config saved with step 4: model\.nf_g: 16 -> 8\..* left in place"):
+    checkpoint.restore_latest(manager, _abstract_state(config), it, config=config)
+  assert tried == [4]
+  assert sorted(manager.all_steps()) == [2, 4]
+  assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
