@@ -9,7 +9,8 @@ step, saves a checkpoint and exits 0 (one during the first step's compilation wa
 before the loop (building, restoring, initialising) they stop at once with status 143 / 130, the
 checkpoints kept. Multi-host: start one process per host
 with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
-lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host. Config
+lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host, also
+before the loop and with one process (JAX's preemption notifier owns SIGTERM there). Config
 and checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no readable
 checkpoint, or one that cannot be written; divergence).
 """
@@ -88,6 +89,7 @@ def main(argv):
   from llmimg_jax.train.config import validate
   from llmimg_jax.train.loop import (DataNotSharedError, DivergenceError, TextCheckpointError,
                                      local_workdir, train)
+  from llmimg_jax.train.preemption import sync_manager_active
   from llmimg_jax.train.resume_agree import ResumeDisagreesError
   from llmimg_jax.train.same_config import ConfigDiffersError
   from llmimg_jax.train.workdir import CheckpointSaveError, WorkdirNotWritableError
@@ -109,7 +111,9 @@ def main(argv):
   logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
                                        jax.__version__, jax.process_count(), jax.device_count(),
                                        jax.devices())
-  if jax.process_count() == 1:  # several: SIGTERM belongs to JAX's preemption notifier
+  # With JAX's distributed service (even of one process, e.g. --distributed on a one-host TPU VM)
+  # SIGTERM belongs to its preemption notifier: the loop saves at the step it agrees on.
+  if not sync_manager_active():
     signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)

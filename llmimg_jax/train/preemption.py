@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-def _sync_manager_active() -> bool:
+def sync_manager_active() -> bool:
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   state = distributed.global_state
   return state.client is not None and state.preemption_sync_manager is not None
@@ -32,7 +32,7 @@ class PreemptionWatch:
     self.manager = manager
     self.signal: str | None = None  # the signal received (this process)
     self.finishing = False  # set after the last step: a signal then waits for the last save
-    self.synced = _sync_manager_active()
+    self.synced = sync_manager_active()
     self._previous: dict[int, object] = {}
     self._steps = 0  # steps of this process (every host resumes at the same step)
 

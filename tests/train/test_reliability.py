@@ -301,7 +301,7 @@ def test_with_jaxs_sync_manager_sigterm_stays_its_and_sigint_becomes_a_notice(mo
   SIGTERM, and the stop step is asked of the manager counted from this process's first step."""
   import signal
   from llmimg_jax.train import preemption
-  monkeypatch.setattr(preemption, "_sync_manager_active", lambda: True)
+  monkeypatch.setattr(preemption, "sync_manager_active", lambda: True)
   kills, asked = [], []
   monkeypatch.setattr(preemption.os, "kill", lambda pid, sig: kills.append((pid, sig)))
 

@@ -267,6 +267,37 @@ def test_a_signal_before_the_first_step_is_one_line_not_a_traceback(shapes_data_
           "kept: rerun the same command to resume from the latest.") in proc.output
 
 
+def test_a_sigterm_with_jaxs_distributed_service_on_one_process_saves_at_a_step(tmp_path):
+  """--coordinator_address with one process (or --distributed on a one-host TPU VM): SIGTERM
+  belongs to JAX's preemption notifier, as on several hosts, and the loop stops at a step to
+  save. train.py's before-the-loop handler took it there: exit 143, 'before a step could be
+  saved', and the steps since the last checkpoint were lost."""
+  from tests.train.test_multihost import _free_port
+  args = train_args(tmp_path / "data", tmp_path / "run", "--num_processes=1", "--process_id=0",
+                    f"--coordinator_address=127.0.0.1:{_free_port()}")
+  # train() stands in for the loop: the preemption watch asked after every 0.1 s "step".
+  stand_in = (
+      "import runpy, sys, time\n"
+      "from orbax.checkpoint._src.multihost import multihost\n"
+      "from llmimg_jax.train import loop, preemption\n"
+      "class Manager:\n"
+      "  reached_preemption = staticmethod(multihost.reached_preemption)\n"
+      "def train(*args, **kwargs):\n"
+      "  with preemption.PreemptionWatch(Manager()) as watch:\n"
+      "    print('training', flush=True)\n"
+      "    while not watch.reached():\n"
+      "      time.sleep(0.1)\n"
+      "  print('stopped at a step', flush=True)\n"
+      "loop.train = train\n"
+      f"sys.argv = {args[1:]!r}; runpy.run_path(sys.argv[0], run_name='__main__')\n")
+  proc = Proc([sys.executable, "-c", stand_in])
+  proc.wait_for(lambda: "training" in proc.output, what="the stand-in train()")
+  time.sleep(0.5)
+  proc.popen.send_signal(signal.SIGTERM)
+  assert proc.finish(timeout=60) == 0, proc.output[-3000:]
+  assert "stopped at a step" in proc.output, proc.output[-3000:]
+
+
 def test_a_resume_at_disagreeing_points_is_status_3_and_one_line(shapes_data_dir, tmp_path):
   """restore_latest's ResumeDisagreesError (a position file of another step, hosts at different
   steps) ends train.py like a damaged checkpoint does: status 3 and its message, no traceback."""
