@@ -345,7 +345,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
           clock.start()
         else:
           clock.steps += 1
-        stop = watch.reached()  # SIGTERM/SIGINT: save now, stop (the same step everywhere)
+        # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
+        # complete, so it ends as usual (a rerun would find nothing to train, nor sample).
+        stop = watch.reached() and done < t.steps
         if done % t.log_every == 0 or done == t.steps or stop:  # a stop: the steps since the log
           _log_metrics(jax.device_get(pending), done, clock, bar, writer, t, manager.directory)
           pending = []

@@ -159,6 +159,28 @@ def test_a_stop_between_logs_logs_the_steps_since_the_last_one(shapes_data_dir, 
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [6]
 
 
+def test_a_stop_at_the_last_step_still_ends_the_run_with_its_samples(shapes_data_dir, tmp_path,
+                                                                     monkeypatch, caplog):
+  """A SIGTERM/SIGINT during the last step: the run is complete once that step is saved. It was
+  taken for a preemption: no final sample grid (nor evaluation), and a log telling to rerun to
+  resume, where a rerun finds nothing to train and never makes them."""
+  config = tiny_config(shapes_data_dir)
+  config.train.update(steps=2, log_every=1, ckpt_every=100, sample_every=100)
+  monkeypatch.setattr(loop.PreemptionWatch, "reached", lambda watch: True)  # a notice at once
+  monkeypatch.setattr(loop.PreemptionWatch, "description", "SIGTERM")
+  with caplog.at_level(logging.WARNING):
+    state = loop.train(config, tmp_path)
+  assert int(state.step) == 1  # stopped after the first step: saved, no grid
+  assert not (tmp_path / "samples").exists() and "rerun the same command" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    state = loop.train(config, tmp_path)  # the rerun: a notice during its (last) step
+  assert int(state.step) == 2
+  assert (tmp_path / "samples" / "step_0000002.png").is_file()
+  assert "rerun the same command" not in caplog.text, caplog.text
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [1, 2]
+
+
 def test_a_checkpoints_steps_are_on_disk_in_tensorboard_when_it_is_saved(shapes_data_dir,
                                                                        tmp_path, monkeypatch):
   """tensorboardX flushes its event file every 2 minutes: a crash after a checkpoint lost the
