@@ -7,6 +7,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.data.utils import run_with_workers
+
 
 def test_to_global_batch_over_a_4_device_mesh():
   script = textwrap.dedent("""
@@ -49,26 +51,15 @@ def test_batches_of_grain_workers_are_not_reported_leaked_after_to_global_batch(
   """The arrays of a batch grain's workers hand over live in shared memory; once passed to
   to_global_batch, JAX kept the last batch's alive past close_iterator, and every train.py run
   with data.num_workers > 0 ended with "There appear to be 3 leaked shared_memory objects"."""
-  script = textwrap.dedent(f"""
-      import jax, ml_collections
-      from llmimg_jax.data import pipeline
+  result = run_with_workers(shapes_cfg, """
       from llmimg_jax.data.global_batch import to_global_batch
-      from llmimg_jax.text.tokenizer import load_tokenizer
-      if __name__ == "__main__":
-        cfg = ml_collections.ConfigDict({shapes_cfg.to_dict()!r})
-        cfg.num_workers = 2
-        it = pipeline.make_iterator(cfg, load_tokenizer(None, max_length=64),
-                                    batch_size_per_host=8, seed=0)
-        mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-        for _ in range(2):  # as the training loop
-          batch = to_global_batch(next(it), mesh)
-          jax.block_until_ready(batch)
-        del batch
-        pipeline.close_iterator(it)
-        print("OK", flush=True)
-  """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+      mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+      for _ in range(2):  # as the training loop
+        batch = to_global_batch(next(it), mesh)
+        jax.block_until_ready(batch)
+      del batch
+      pipeline.close_iterator(it)
+      print("OK", flush=True)
+  """, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
   assert "leaked shared_memory" not in result.stderr, result.stderr[-3000:]

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 from PIL import Image
 
 from llmimg_jax.data import images, pipeline
+from tests.data.utils import run_with_workers
 
 
 def _take(it, n):
@@ -137,25 +135,14 @@ def test_closing_an_iterator_stops_its_workers_and_frees_their_batches(shapes_cf
   """grain's workers hand batches over in shared memory; those still buffered when the process
   ends were reported at exit as leaked (multiprocessing's resource_tracker warning, at the end of
   every training run with data.num_workers > 0; google/grain#1031). close_iterator frees them."""
-  script = textwrap.dedent(f"""
-      import multiprocessing
-      import ml_collections
-      from llmimg_jax.data import pipeline
-      from llmimg_jax.text.tokenizer import load_tokenizer
-      if __name__ == "__main__":
-        cfg = ml_collections.ConfigDict({shapes_cfg.to_dict()!r})
-        cfg.num_workers = 2
-        it = pipeline.make_iterator(cfg, load_tokenizer(None, max_length=64),
-                                    batch_size_per_host=8, seed=0)
-        batches = [next(it) for _ in range(3)]
-        workers = multiprocessing.active_children()
-        del batches  # as a training step drops its batch
-        pipeline.close_iterator(it)
-        pipeline.close_iterator(it)  # a second close does nothing
-        print("workers", len(workers), "alive", sum(w.is_alive() for w in workers), flush=True)
+  result = run_with_workers(shapes_cfg, """
+      batches = [next(it) for _ in range(3)]
+      workers = multiprocessing.active_children()
+      del batches  # as a training step drops its batch
+      pipeline.close_iterator(it)
+      pipeline.close_iterator(it)  # a second close does nothing
+      print("workers", len(workers), "alive", sum(w.is_alive() for w in workers), flush=True)
   """)
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "workers 2 alive 0" in result.stdout, result.stdout
   assert "leaked shared_memory" not in result.stderr, result.stderr[-3000:]

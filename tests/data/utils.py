@@ -1,9 +1,13 @@
 """Test fixtures for tests/data: small ICC profiles built byte by byte (no system profiles
-needed), so colour-management tests use real profiles with known primaries and curves."""
+needed), so colour-management tests use real profiles with known primaries and curves; and the
+script of a process reading batches from grain workers."""
 from __future__ import annotations
 
 import itertools
 import struct
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -83,3 +87,21 @@ def linear_srgb_icc(description: str = "sRGB linear (gamma 1.0)") -> bytes:
   return icc_profile(b"RGB ", description, {
       "rXYZ": _xyz(0.4361, 0.2225, 0.0139), "gXYZ": _xyz(0.3851, 0.7169, 0.0971),
       "bXYZ": _xyz(0.1431, 0.0606, 0.7141), "rTRC": linear, "gTRC": linear, "bTRC": linear})
+
+
+def run_with_workers(data_cfg, body: str, **run_kw) -> subprocess.CompletedProcess:
+  """Runs `body` (a script's main block, 4-space indented) in a new Python process where `it` is
+  the pipeline's iterator of `data_cfg` with 2 grain workers, batches of 8 (workers need a
+  process whose main module is guarded by __name__ == "__main__")."""
+  script = textwrap.dedent(f"""
+      import jax, multiprocessing, ml_collections
+      from llmimg_jax.data import pipeline
+      from llmimg_jax.text.tokenizer import load_tokenizer
+      if __name__ == "__main__":
+        cfg = ml_collections.ConfigDict({data_cfg.to_dict()!r})
+        cfg.num_workers = 2
+        it = pipeline.make_iterator(cfg, load_tokenizer(None, max_length=64),
+                                    batch_size_per_host=8, seed=0)
+  """) + textwrap.indent(textwrap.dedent(body), "  ")
+  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120, check=False, **run_kw)

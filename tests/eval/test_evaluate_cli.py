@@ -275,6 +275,15 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
   assert loop.is_symlink() and not (tmp_path / "results" / "loop.json").exists()
 
 
+def _wrote_or_kept(results: dict, workdir, monkeypatch, capsys) -> list[str]:
+  """evaluate.py's lines on the files it wrote or kept, with `results` as the evaluation's."""
+  from llmimg_jax.eval import report
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+  assert _main("--workdir", str(workdir), "--split", "test") is None
+  return [line for line in capsys.readouterr().out.splitlines()
+          if line.startswith(("Wrote", "Kept"))]
+
+
 def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_path, monkeypatch,
                                                                           capsys):
   """The default file was replaced by any evaluation of the same step, splits, images and seed:
@@ -290,10 +299,7 @@ def test_the_default_file_keeps_an_inception_fid_from_results_without_it(tmp_pat
                                                  "fid_inception_floor": 2.0}}}
 
   def main(results: dict) -> list[str]:
-    monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
-    assert _main("--workdir", str(tmp_path), "--split", "test") is None
-    return [line for line in capsys.readouterr().out.splitlines()
-            if line.startswith(("Wrote", "Kept"))]
+    return _wrote_or_kept(results, tmp_path, monkeypatch, capsys)
 
   default = tmp_path / "eval_3_test_n5_seed0.json"
   beside = tmp_path / "eval_3_test_n5_seed0_no_inception.json"
@@ -377,7 +383,6 @@ def test_the_default_file_keeps_an_inception_fid_against_another_reference(tmp_p
   """An evaluation against other --ref_stats (or none: the real images) or other weights wrote
   the same default file and replaced an Inception FID it does not reproduce (DF-GAN's protocol
   at 30,000 images: hours). Its results now go beside it, named by their reference."""
-  from llmimg_jax.eval import report
   row = {"num_images": 5, "fid_inception": 20.0, "reference": "coco.npz"}
   weights = {"path": "w.pth", "sha256": "ab" * 32}
   coco = {"path": "coco.npz", "sha256": "cd" * 32}
@@ -387,10 +392,7 @@ def test_the_default_file_keeps_an_inception_fid_against_another_reference(tmp_p
   with_real = base | {"splits": {"test": row | {"fid_inception": 30.0, "reference": "real"}}}
 
   def main(results: dict) -> list[str]:
-    monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
-    assert _main("--workdir", str(tmp_path), "--split", "test") is None
-    return [line for line in capsys.readouterr().out.splitlines()
-            if line.startswith(("Wrote", "Kept"))]
+    return _wrote_or_kept(results, tmp_path, monkeypatch, capsys)
 
   default = tmp_path / "eval_3_test_n5_seed0.json"
   beside = tmp_path / "eval_3_test_n5_seed0_ref-real.json"
