@@ -102,8 +102,10 @@ class TrainingEvaluator:
     # Host 0's decision everywhere: the loop saves the best step's checkpoint (a collective),
     # and hosts' float results may differ in the last bit.
     improved = checkpoint.host_flags(improved)[0]
-    if improved:
-      self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup}
+    if improved:  # the best it replaces is kept in it, until this step's checkpoint is saved
+      former = None if self.best is None else {k: v for k, v in self.best.items() if k != "former"}
+      self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup,
+                   "former": former}
     if jax.process_index() != 0:
       return result
     if improved:

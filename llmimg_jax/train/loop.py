@@ -203,24 +203,32 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   cli.write_atomically(path, json.dumps(config_values(config), indent=2))
 
 
-def _set_aside_best_past(workdir: Path, start: int) -> None:
-  """A best.json of a step after `start` (a fresh start over an old run, or a fallback past
-  damaged checkpoints) scores a checkpoint this run does not have: kept as best.json.stale, it
-  would otherwise be compared with, and keep, this run's checkpoint of that step number."""
+def _set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
+  """A best.json of a step after `start` (a fresh start over an old run, a fallback past damaged
+  checkpoints, or a kill before the new best's checkpoint was complete) scores a checkpoint this
+  run does not have: kept as best.json.stale, it would otherwise be compared with, and keep, this
+  run's checkpoint of that step number. The best it replaced becomes best.json again if that
+  one's checkpoint (of `steps`) is there: forgotten, it would be deleted by the next save."""
   best_file = workdir / checkpoint.BEST_FILE
   try:
     best = checkpoint.read_best(best_file)
   except ValueError:
     best = None  # unreadable: the evaluator says so and starts over
   stale = best is not None and int(best["step"]) > start
+  former = best.get("former") if stale else None
+  former = former if isinstance(former, dict) and former.get("step") in steps else None
   if jax.process_count() > 1:  # every host read it before host 0 moves it
     checkpoint.wait_for_all_hosts("best_read")
 
   def move() -> None:
     if stale:
-      log.warning("%s names step %d, past this run's step %d; moved to %s.stale.", best_file,
-                  int(best["step"]), start, best_file.name)
+      log.warning("%s names step %d, past this run's step %d; moved to %s.stale%s.", best_file,
+                  int(best["step"]), start, best_file.name,
+                  "" if former is None else f" (the best before it, step {former['step']}, is "
+                  f"{best_file.name} again)")
       best_file.replace(best_file.with_name(best_file.name + ".stale"))
+      if former is not None:
+        cli.write_atomically(best_file, json.dumps(former, indent=2))
   checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 
@@ -305,7 +313,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     state = restored
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
-  _set_aside_best_past(workdir, start)
+  _set_aside_best_past(workdir, start, manager.all_steps())
   if start >= config.train.steps:  # before config.json, TensorBoard and the evaluator's setup
     log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
                 "train; its config.json and checkpoints are left as they are. Raise "

@@ -32,6 +32,11 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 2
   same = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   assert same.best_step == 2  # the same evaluation, resumed: still the best to beat
+  same.best["caption_accuracy"] = -1.0  # so that step 3 beats it
+  same(State, 3, None)
+  best = json.loads((tmp_path / "best.json").read_text())
+  # The best it replaced is kept in it (restored if step 3's checkpoint never completes).
+  assert best["step"] == 3 and best["former"]["step"] == 2 and "former" not in best["former"]
   config.eval.num_samples = 4
   with caplog.at_level(logging.WARNING):
     other = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)

@@ -128,3 +128,23 @@ def test_a_dataset_of_one_image_is_refused_before_compiling(tmp_path):
                      r"from mismatched image-caption pairs\): add images"):
     loop.train(config, tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, caplog):
+  """best.json is written before the new best's checkpoint is complete: a kill between the two
+  left it naming a step the resumed run does not have, and it was only set aside, so the best
+  before it (its checkpoint still there) was forgotten and deleted by the next save."""
+  best_file = tmp_path / checkpoint.BEST_FILE
+  best = {"step": 8, "caption_accuracy": 0.9, "former": {"step": 4, "caption_accuracy": 0.5}}
+  best_file.write_text(json.dumps(best))
+  with caplog.at_level(logging.WARNING):
+    loop._set_aside_best_past(tmp_path, 6, [2, 4, 6])  # pylint: disable=protected-access
+  assert json.loads(best_file.read_text()) == best["former"]
+  assert json.loads((tmp_path / "best.json.stale").read_text()) == best
+  assert "the best before it, step 4, is best.json again" in caplog.text
+  best_file.write_text(json.dumps(best))  # the former's checkpoint is gone: nothing to keep
+  loop._set_aside_best_past(tmp_path, 6, [6])  # pylint: disable=protected-access
+  assert not best_file.exists()
+  best_file.write_text(json.dumps(best))  # not past the run's step: left as it is
+  loop._set_aside_best_past(tmp_path, 8, [4, 8])  # pylint: disable=protected-access
+  assert json.loads(best_file.read_text()) == best
