@@ -85,7 +85,8 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     real, other = _reference(data_cfg, split, num_samples, size)
     captions = [c[0] for c in real.captions]
     images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
-                                   sampler.tokenizer, captions, seed, batch_size)
+                                   sampler.tokenizer, captions, seed, batch_size,
+                                   check_finite=True)
     other_stats = fid.statistics(evaluator.features(other.images))
     row = {"num_images": len(images),
            "generated": evaluator.score(images, captions),
@@ -158,7 +159,8 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
     records = [source[i] for i in range(min(num_samples, len(source)))]
     captions = [r["captions"][0] for r in records]
     images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
-                                   sampler.tokenizer, captions, seed, batch_size)
+                                   sampler.tokenizer, captions, seed, batch_size,
+                                   check_finite=True)
     ref = given_ref
     if ref is None:
       ref = fid.statistics(features(real_images(records, data_cfg.image_size)))

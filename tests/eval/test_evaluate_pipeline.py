@@ -122,6 +122,25 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
   assert "train: Inception FID" in format_table(results)
 
 
+def test_non_finite_generated_images_are_refused(folder_run, monkeypatch):
+  """A checkpoint whose generator gives NaN was scored as flat-colour images without a word."""
+  import jax
+  from llmimg_jax.eval import inception
+  from llmimg_jax.eval.report import evaluate_run
+  from llmimg_jax.sample import Sampler
+  from_workdir = Sampler.from_workdir.__func__
+
+  def nan_sampler(cls, *args, **kwargs):
+    sampler = from_workdir(cls, *args, **kwargs)
+    sampler.ema_params = jax.tree_util.tree_map(lambda x: x * np.nan, sampler.ema_params)
+    return sampler
+  monkeypatch.setattr(Sampler, "from_workdir", classmethod(nan_sampler))
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  with pytest.raises(ValueError, match="8 of 8 generated images are not finite"):
+    evaluate_run(str(folder_run.workdir), num_samples=8, batch_size=8,
+                 inception_weights="inception.pth")
+
+
 def test_standard_fid_of_any_run(run, tiny_eval, caplog):  # noqa: F811
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
   from llmimg_jax.data.images import center_crop_resize

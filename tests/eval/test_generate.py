@@ -25,3 +25,20 @@ def test_each_image_comes_from_its_caption_and_its_noise(tmp_path):
                          tokens["input_ids"][i:i + 1], tokens["attention_mask"][i:i + 1])
     assert x.min() < -0.5 and x.max() > 0.5  # the [-1, 1] -> [0, 255] mapping is exercised
     assert_uint8_of(images[i], x)
+
+
+def test_non_finite_generator_output_is_refused_when_checked(tmp_path):
+  """evaluate.py scored NaN generator output (cast to flat uint8 colour) without a word."""
+  import pytest
+  config = tiny_config(tmp_path)
+  tokenizer, t5_config, pretrained = build_text(config)
+  models = build_models(config, t5_config)
+  state = jax.device_get(_quick_state(models, pretrained))
+  nan_params = jax.tree_util.tree_map(lambda x: x * np.nan, state.ema_params)
+  captions = ["a red circle", "a green triangle"]
+  images = generate_for_captions(models, nan_params, state.text_params, tokenizer, captions)
+  assert images.shape == (2, 32, 32, 3)  # unchecked (training's evaluation): still images
+  with pytest.raises(ValueError, match=r"2 of 2 generated images are not finite.*'a red circle'"
+                     r".*earlier --step"):
+    generate_for_captions(models, nan_params, state.text_params, tokenizer, captions,
+                          check_finite=True)
