@@ -26,13 +26,28 @@ def _reference(data_cfg, split: str, n: int, size: int) -> tuple[SplitData, Spli
   train records for `test` (train and test draw from the same (shape, colour) pairs), holdout
   records [n, 2n) for `holdout` (n at most half the split, so that both fit). Both at
   data.image_size, the resolution the run trained and generates at."""
+  n = _num_images(split, n, size)
   if split == "holdout":
-    n = min(n, size // 2)
     pair = load_split(data_cfg, split, n), load_split(data_cfg, split, n, start=n)
   else:
-    n = min(n, size)
     pair = load_split(data_cfg, split, n), load_split(data_cfg, "train", n)
   return tuple(d.at_size(data_cfg.image_size) for d in pair)
+
+
+def _num_images(split: str, n: int, size: int) -> int:
+  """The images _reference scores of a split of `size` records: n, capped by the split (holdout:
+  by half of it, the other half being the reference)."""
+  return min(n, size // 2 if split == "holdout" else size)
+
+
+def _refuse_few(counts: dict[str, int], dataset: str) -> None:
+  """ValueError, before any sampling, for a split that would score fewer than the 2 images a
+  covariance (the FID's) needs."""
+  if few := {s: n for s, n in counts.items() if n < 2}:
+    raise ValueError(
+        f"{dataset}: {', '.join(f'{s} would score {n} image(s)' for s, n in few.items())}; the "
+        "FID needs 2 or more per split: pass --num_samples 2 or more, and evaluate a split with "
+        "2 or more records (holdout: 4, half of it being the reference).")
 
 
 def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples: int = 1000,
@@ -72,6 +87,8 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     raise ValueError(f"{name}: the train split is not scored (it is the reference set of test's "
                      f"in-domain FID); evaluate one of {held_out}.")
   splits = _check_splits(splits, held_out, held_out, name)
+  _refuse_few({s: _num_images(s, num_samples, builder.info.splits[s].num_examples)
+               for s in splits}, name)
   given_ref = (fid.load_statistics(ref_stats, getattr(inception, "dim", None)) if ref_stats
                else None)  # read once, for every split; its size checked before sampling
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
@@ -148,11 +165,12 @@ def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.nd
   splits = _check_splits(splits, [default_split(all_splits)], all_splits, data_cfg.name)
   given_ref = (fid.load_statistics(ref_stats, getattr(features, "dim", None)) if ref_stats
                else None)  # read once, for every split; its size checked before sampling
+  sources = {split: load_source(data_cfg, split) for split in splits}
+  _refuse_few({s: min(num_samples, len(source)) for s, source in sources.items()}, data_cfg.name)
   results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name,
              **_inception_sources(features, ref_stats), "splits": {}}
-  for split in splits:
+  for split, source in sources.items():
     t0 = time.perf_counter()
-    source = load_source(data_cfg, split)
     if num_samples > len(source):
       log.warning("%s has %d records: scoring %d images, not --num_samples %d.", split,
                   len(source), len(source), num_samples)

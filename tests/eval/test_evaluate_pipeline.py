@@ -141,6 +141,31 @@ def test_non_finite_generated_images_are_refused(folder_run, monkeypatch):
                  inception_weights="inception.pth")
 
 
+def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,  # noqa: F811
+                                                         monkeypatch):
+  """One image has no covariance: "Features must be [n >= 2, d]" came after all the sampling."""
+  from PIL import Image
+  from llmimg_jax.eval import inception, report
+  from llmimg_jax.eval.shapes_eval import ShapesEvaluator
+  from tests.sample.utils import save_run
+  folder = tmp_path / "one_image"
+  folder.mkdir()
+  Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(folder / "0.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "0.png", "caption": "black"}) + "\n")
+  config = tiny_config(tmp_path / "tfds")
+  config.data.name, config.data.folder = "captioned_folder", str(folder)
+  one = save_run(tmp_path / "run", config)
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  monkeypatch.setattr(report, "generate_for_captions", None)  # refused before generating
+  monkeypatch.setattr(ShapesEvaluator, "load_or_train", None)  # and before the evaluator
+  with pytest.raises(ValueError, match=r"captioned_folder: train would score 1 image\(s\); the "
+                                       r"FID needs 2 or more per split: pass --num_samples"):
+    report.evaluate_run(str(one.workdir), inception_weights="inception.pth")
+  with pytest.raises(ValueError, match=r"tiny_32: test would score 1 image\(s\), holdout would "
+                                       r"score 1 image\(s\); the FID needs 2"):
+    report.evaluate_run(str(run.workdir), num_samples=1)
+
+
 def test_standard_fid_of_any_run(run, tiny_eval, caplog):  # noqa: F811
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
   from llmimg_jax.data.images import center_crop_resize
