@@ -119,6 +119,10 @@ def main(argv=None) -> int:
     print(f"error: {cli.only_apply(ignored)} when sampling; pass --do_sample, or drop "
           f"{cli.them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
     return 2
+  if args.do_sample and args.num_beams > 1:  # generate() refused it only after the model load
+    print("error: Beam sampling (--do_sample with --num_beams > 1) is not supported; drop "
+          "--num_beams to sample, or --do_sample for beam search.", file=sys.stderr)
+    return 2
   try:
     # before the model load
     out_path = _npy_path(args.encode_out, args.overwrite) if encode else None

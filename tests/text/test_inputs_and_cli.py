@@ -257,6 +257,15 @@ def test_cli_bad_generation_options(relu_tied, capsys):
   assert "Beam sampling" in capsys.readouterr().err
 
 
+def test_cli_beam_sampling_is_refused_before_the_model_loads(monkeypatch, capsys):
+  """It was refused by generate(), after the model load, in a message naming no fix."""
+  from llmimg_jax.text.generator import TextGenerator
+  monkeypatch.setattr(TextGenerator, "from_pretrained", None)
+  assert main(["--model", "some/model", "--text", "x", "--do_sample", "--num_beams", "2"]) == 2
+  assert ("Beam sampling (--do_sample with --num_beams > 1) is not supported; drop --num_beams to "
+          "sample, or --do_sample for beam search.") in capsys.readouterr().err
+
+
 def test_cli_nan_temperature_is_refused(relu_tied, capsys):
   """--temperature nan passed the `temperature <= 0` check: every logit NaN, an empty text and
   exit status 0."""
