@@ -52,9 +52,10 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     raise ValueError(f"attention_mask {attention_mask.shape} must match input_ids {input_ids.shape}.")
   if max_new_tokens < 1 or num_beams < 1:
     raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, {num_beams}.")
-  if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0):  # NaN too
-    raise ValueError(f"Sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
-                     f"temperature={temperature}, top_p={top_p}, top_k={top_k}.")
+  # NaN too; a fractional top_k was truncated by int() (transformers refuses it)
+  if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0 or top_k % 1 != 0):
+    raise ValueError(f"Sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 a whole "
+                     f"number; got temperature={temperature}, top_p={top_p}, top_k={top_k}.")
   if do_sample and num_beams > 1:
     raise NotImplementedError("Beam sampling (do_sample with num_beams > 1) is not supported.")
   if rng is None and do_sample:

@@ -50,3 +50,10 @@ def test_greedy_and_min_new_tokens_reuse_one_compiled_program(generator):
                    **kw)
     assert np.asarray(out).shape == (2, 3)
   assert generate_module._generate._cache_size() == after_first <= before + 1
+
+
+@pytest.mark.parametrize("top_k", [2.5, 1e9 + 0.5])
+def test_sampling_refuses_a_top_k_that_is_not_a_whole_number(generator, top_k):
+  """top_k=2.5 sampled with top_k=2 without a word (transformers refuses it)."""
+  with pytest.raises(ValueError, match=rf"top_k={top_k}"):
+    generator.generate(["a"], max_new_tokens=2, seed=0, do_sample=True, top_k=top_k)
