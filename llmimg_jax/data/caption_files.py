@@ -209,8 +209,8 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
   names = _DiskNames(folder)
   jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
   if os.path.isfile(jsonl):
-    with open(jsonl, "rb") as f:
-      for n, raw in enumerate(f, start=1):
+    with open(jsonl, "rb") as f:  # lines end in \n, \r\n or (old Macs) \r, as captions.csv's
+      for n, raw in enumerate(f.read().splitlines(), start=1):
         where = f"captions.jsonl:{n}"
         if not raw.strip():
           continue

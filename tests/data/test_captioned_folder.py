@@ -431,3 +431,15 @@ def test_a_symlink_loop_in_the_folder_is_walked_once(tmp_path):
   plain = captioned_folder.fingerprint(str(tmp_path))
   os.symlink("..", tmp_path / "sub" / "up")
   assert captioned_folder.fingerprint(str(tmp_path)) == plain
+
+
+def test_captions_jsonl_with_cr_line_endings_is_read_line_by_line(tmp_path):
+  """Old Mac line endings (CR only), which captions.csv accepts, made captions.jsonl one
+  invalid_json line: every caption lost."""
+  for name in ("a.png", "b.png"):
+    Image.new("RGB", (8, 8)).save(tmp_path / name)
+  (tmp_path / "captions.jsonl").write_bytes(
+      b'{"file": "a.png", "caption": "a"}\r{"file": "b.png"\r{"file": "b.png", "caption": "b"}\r')
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": ["a"], "b.png": ["b"]}
+  assert skips.examples == {"invalid_json": ["captions.jsonl:2"]}
