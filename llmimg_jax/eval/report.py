@@ -225,12 +225,14 @@ def _check_splits(splits: Sequence[str] | None, default: list[str], available: S
 
 def to_json(results: dict) -> str:
   """Strict JSON: NaN (a metric without statements, e.g. size on a colours-only build) and inf ->
-  null."""
+  null; numpy scalars as Python numbers."""
   def clean(x):
     if isinstance(x, dict):
       return {k: clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
       return [clean(v) for v in x]
+    if isinstance(x, np.generic):  # e.g. evaluate_run(seed=np.int64(3)): json cannot write it
+      x = x.item()
     return None if isinstance(x, float) and not math.isfinite(x) else x
   return json.dumps(clean(results), indent=2, allow_nan=False)
 

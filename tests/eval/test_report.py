@@ -25,6 +25,14 @@ def test_results_are_strict_json_with_nan_as_null():
   assert parsed == {"splits": {"test": {"size": None, "acc": [0.5, None]}}}
 
 
+def test_numpy_scalars_in_results_are_written_as_json_numbers():
+  """evaluate_run(seed=np.int64(3)) keeps the numpy int in its results, and writing them failed
+  with "Object of type int64 is not JSON serializable", after all the evaluation."""
+  text = to_json({"seed": np.int64(3), "step": np.int32(7),
+                  "splits": {"test": {"acc": np.float32(0.5), "fid": np.float64("nan")}}})
+  assert json.loads(text) == {"seed": 3, "step": 7, "splits": {"test": {"acc": 0.5, "fid": None}}}
+
+
 def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(  # noqa: F811
     run, tiny_eval, tmp_path, monkeypatch):
   """--ref_stats written by `--write_stats --stats_split test` hold the very records the floor
