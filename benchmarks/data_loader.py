@@ -21,7 +21,8 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   parser.add_argument("--config", default="64")
-  parser.add_argument("--image_size", type=int, default=64)
+  parser.add_argument("--image_size", type=int, default=None,
+                      help="default: the resolution --config stores")
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--warmup", type=int, default=5)
@@ -30,6 +31,16 @@ def main() -> None:
   parser.add_argument("--read_threads", type=int, default=0, help="0 = grain's default")
   parser.add_argument("--augment", action="store_true", help="random crop 0.8 + flip")
   args = parser.parse_args()
+  from llmimg_jax.data.captioned_shapes import BUILDER_CONFIGS
+  stored = {c.name: c.resolution for c in BUILDER_CONFIGS}
+  if args.config not in stored:
+    parser.error(f"--config {args.config}: no such captioned_shapes config; pick one of "
+                 f"{sorted(stored)}.")
+  if args.image_size is None:  # a default of 64 refused --config 32, naming data.image_size
+    args.image_size = stored[args.config]
+  elif args.image_size > stored[args.config]:
+    parser.error(f"--image_size {args.image_size}: captioned_shapes/{args.config} stores "
+                 f"{stored[args.config]}px images; drop --image_size or pick a larger --config.")
 
   cfg = pipeline.default_data_config()
   cfg.update(name="captioned_shapes", config=args.config, data_dir=args.data_dir,
