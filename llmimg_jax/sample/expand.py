@@ -26,8 +26,9 @@ class CaptionExpander:
   A caption's whitespace is collapsed (one space between words, none at the ends: the decoded
   text keeps what the model generated). An empty expansion falls back to the prompt itself, with
   a warning.
-  Prompts are generated up to `batch_size` at a time, in batches of 1, 2, 4, ... rows (padded by
-  repeating the last prompt), so calls with any number of prompts share a few compiled programs.
+  Prompts are generated up to `batch_size` at a time, in batches of 1, 2, 3, 4, 6, 8, 12, ... rows
+  (batch_bucket; padded by repeating the last prompt), so calls with any number of prompts share
+  a few compiled programs.
   """
   generator: TextGenerator
   template: str = DEFAULT_TEMPLATE

@@ -78,3 +78,13 @@ def test_sampler_compiles_one_program_for_every_truncation(sampler):
   np.testing.assert_array_equal(fresh(["a red circle"], seed=3, num_per_prompt=8,
                                       truncation=0.88), images[0.88])
   assert not np.array_equal(images[0.5], images[1.0])
+
+
+def test_expander_docstring_names_the_batch_sizes_it_uses():
+  """CaptionExpander's docstring said batches of 1, 2, 4, ... rows; batch_bucket gives 3, 6 too."""
+  import re
+  doc = " ".join(CaptionExpander.__doc__.split())
+  listed = re.search(r"in batches of ([\d, ]+)\.\.\. rows", doc)
+  sizes = [int(x) for x in listed.group(1).split(",") if x.strip()]
+  used = sorted({batch_bucket(n, 64) for n in range(1, 65)})
+  assert sizes == used[:len(sizes)] and len(sizes) >= 4, (sizes, used)
