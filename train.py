@@ -12,7 +12,8 @@ with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --di
 lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host, also
 before the loop and with one process (JAX's preemption notifier owns SIGTERM there). Config
 and checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no readable
-checkpoint, or one that cannot be written; divergence).
+checkpoint, or checkpoints that do not fit this run's config, or one that cannot be written;
+divergence).
 """
 import logging
 import signal

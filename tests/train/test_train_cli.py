@@ -311,3 +311,24 @@ def test_a_resume_at_disagreeing_points_is_status_3_and_one_line(shapes_data_dir
   assert proc.finish(timeout=120) == 3, proc.output[-3000:]
   assert "Traceback" not in proc.output, proc.output[-3000:]
   assert "train.py: error: Checkpoint X is at step 4, but ..." in proc.output
+
+
+def test_checkpoints_that_do_not_fit_the_config_exit_with_the_status_the_docstring_gives(
+    shapes_data_dir, tmp_path):
+  """ConfigMismatchError (another model in the workdir) exits 3, but train.py's docstring gave
+  2 for config errors and 3 only for no readable checkpoint, one not written, or divergence."""
+  import ast
+  from pathlib import Path
+  source = (Path(__file__).resolve().parents[2] / "train.py").read_text()
+  doc = " ".join(ast.get_docstring(ast.parse(source)).split())
+  three = re.search(r"status 2 \(config\) or 3 \(([^)]*)\)", doc).group(1)
+  assert "do not fit this run's config" in three, three
+  args = train_args(shapes_data_dir, tmp_path / "run")
+  stand_in = ("import runpy, sys; from llmimg_jax.train import loop, checkpoint\n"
+              "def train(*a, **k):\n"
+              "  raise checkpoint.ConfigMismatchError('The checkpoints in X do not fit ...')\n"
+              f"loop.train = train; sys.argv = {args[1:]!r}\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+  proc = Proc([sys.executable, "-c", stand_in])
+  assert proc.finish(timeout=120) == 3, proc.output[-3000:]
+  assert "train.py: error: The checkpoints in X do not fit ..." in proc.output
