@@ -116,6 +116,9 @@ def _write_stats() -> None:
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
   source = load_source(data, split)
   n = min(FLAGS.num_samples, len(source))
+  if n < 2:  # fid.statistics refused it after the images, naming no flag
+    raise ValueError(f"--write_stats: {data.name}/{split} has {n} record(s); statistics need 2 "
+                     "or more images: pass the --stats_split of a larger split, or add images.")
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
   _refuse_existing("--write_stats", path, "overwrite_stats")  # nor one written meanwhile

@@ -167,3 +167,18 @@ def test_evaluation_flags_with_write_stats_are_refused(tmp_path, flags, named):
   finally:
     evaluate.FLAGS.unparse_flags()
   assert not (tmp_path / "ref.npz").exists()
+
+
+def test_a_split_of_one_image_is_refused_naming_the_fix(tmp_path, monkeypatch):
+  """One image has no covariance: the error was fid's "Features must be [n >= 2, d]", after the
+  weights and the images were read, naming no flag."""
+  folder = tmp_path / "images"
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "0.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "0.png", "caption": "black"}) + "\n")
+  with pytest.raises(SystemExit) as exited:
+    _write_stats(monkeypatch, tmp_path, folder)
+  assert exited.value.code == (
+      "evaluate.py: error: --write_stats: captioned_folder/train has 1 record(s); statistics need "
+      "2 or more images: pass the --stats_split of a larger split, or add images.")
+  assert not (tmp_path / "ref.npz").exists()
