@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, avgpool2x, channel_multipliers, lrelu
-from llmimg_jax.gan.layers import Conv, conv2d
+from llmimg_jax.gan.layers import Conv, conv2d, times_gain
 
 
 def space_to_depth2x(x: jax.Array) -> jax.Array:
@@ -172,7 +172,7 @@ class DownBlock(nn.Module):
     if x.shape[-1] != self.features:
       shortcut = Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(shortcut)
     gain = self.param("gain", nn.initializers.zeros, ())
-    return shortcut + gain.astype(self.dtype) * h
+    return shortcut + times_gain(h, gain)
 
 
 class Discriminator(nn.Module):

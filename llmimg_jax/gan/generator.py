@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, channel_multipliers, lrelu, upsample2x
-from llmimg_jax.gan.layers import Conv, add_bias, conv2d, scale_shift
+from llmimg_jax.gan.layers import Conv, add_bias, conv2d, scale_shift, times_gain
 
 
 def _gamma_beta_bias_init(key, shape, dtype=jnp.float32):
@@ -189,7 +189,7 @@ class UpBlock(nn.Module):
     h = DFBlock(self.features, self.dtype, name="fuse1")(h, cond)
     h = Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h)
     gain = self.param("gain", nn.initializers.ones, ())
-    return shortcut + gain.astype(self.dtype) * h
+    return shortcut + times_gain(h, gain)
 
 
 class CrossAttention(nn.Module):
@@ -224,7 +224,7 @@ class CrossAttention(nn.Module):
     out = nn.Dense(c, dtype=self.dtype, name="out")(out).reshape(b, h, w, c)
     out = jnp.where(jnp.any(mask > 0, axis=-1)[:, None, None, None], out, 0)  # not out's bias
     gain = self.param("gain", nn.initializers.zeros, ())
-    return x + gain.astype(self.dtype) * out
+    return x + times_gain(out, gain)
 
 
 def _num_heads(channels: int, head_dim: int = 64) -> int:

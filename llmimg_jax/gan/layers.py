@@ -42,6 +42,16 @@ def spatial_sum(x: jax.Array) -> jax.Array:
   return out.astype(x.dtype)
 
 
+def times_gain(x: jax.Array, gain: jax.Array) -> jax.Array:
+  """gain (a float32 scalar parameter, e.g. a residual gain) * x, in x's dtype.
+
+  The gain is broadcast to x's shape before it is cast, so autodiff sums its gradient (over every
+  element of x) in float32. Cast first, the sum ran in x's dtype: with bf16 compute, XLA:CPU's
+  bf16 sum put a block's gain gradient 60-80% off. The same values as gain.astype(x.dtype) * x.
+  """
+  return jnp.broadcast_to(gain, x.shape).astype(x.dtype) * x
+
+
 # None: matmul reductions on XLA:CPU only, where they were measured to pay off; True / False
 # force them on / off (benchmarks/step_options.py times both).
 MATMUL_REDUCTIONS: bool | None = None
