@@ -6,7 +6,8 @@ the backward pass. XLA:CPU emits those as reduce-window trees (and re-runs the p
 elementwise chain inside each reduction), among the largest ops of the train step's profile. These
 ops compute the same values with backward rules that take those sums as matmuls with a vector of
 ones; the rules are differentiable again (MA-GP differentiates the discriminator twice). On CPU
-the GAN step is 6-8% faster (benchmarks/RESULTS.md); other backends keep autodiff's reductions.
+the GAN step is 6-8% faster (benchmarks/RESULTS.md); other backends keep autodiff's reductions,
+which sum in float32 for bf16 compute too (`_broadcast_like`).
 """
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def spatial_sum(x: jax.Array) -> jax.Array:
   return out.astype(x.dtype)
 
 
+def _broadcast_like(v: jax.Array, x: jax.Array) -> jax.Array:
+  """v broadcast to x's shape in float32, then cast to x's dtype: v's values, but autodiff sums
+  v's gradient over the broadcast axes in float32. (Broadcast in bf16, XLA:CPU summed it in bf16:
+  a bias gradient over a batch of 32x32 bf16 maps came out 30-80% off.)"""
+  return jnp.broadcast_to(v.astype(jnp.float32), x.shape).astype(x.dtype)
+
+
 def times_gain(x: jax.Array, gain: jax.Array) -> jax.Array:
   """gain (a float32 scalar parameter, e.g. a residual gain) * x, in x's dtype.
 
@@ -49,7 +57,7 @@ def times_gain(x: jax.Array, gain: jax.Array) -> jax.Array:
   element of x) in float32. Cast first, the sum ran in x's dtype: with bf16 compute, XLA:CPU's
   bf16 sum put a block's gain gradient 60-80% off. The same values as gain.astype(x.dtype) * x.
   """
-  return jnp.broadcast_to(gain, x.shape).astype(x.dtype) * x
+  return _broadcast_like(gain, x) * x
 
 
 # None: matmul reductions on XLA:CPU only, where they were measured to pay off; True / False
@@ -65,11 +73,12 @@ def _use_matmul_reductions() -> bool:
 
 def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
   """x [..., c] + bias [c]."""
-  return _add_bias(x, bias) if _use_matmul_reductions() else x + bias
+  return _add_bias(x, bias) if _use_matmul_reductions() else x + _broadcast_like(bias, x)
 
 
 def _scale_shift_plain(x, gamma, beta):
-  return x * gamma[:, None, None, :] + beta[:, None, None, :]
+  return (x * _broadcast_like(gamma[:, None, None, :], x)
+          + _broadcast_like(beta[:, None, None, :], x))
 
 
 def scale_shift(x: jax.Array, gamma: jax.Array, beta: jax.Array) -> jax.Array:

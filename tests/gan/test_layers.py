@@ -167,3 +167,23 @@ def test_residual_gain_gradient_in_bf16_is_summed_in_fp32(block):
     return float(jax.grad(loss)(params)["gain"])
 
   assert gain_grad(jnp.bfloat16) == pytest.approx(gain_grad(jnp.float32), rel=0.03)
+
+
+@pytest.mark.parametrize("param", ["bias", "gamma", "beta"])
+def test_plain_reductions_sum_bf16_gradients_in_fp32(monkeypatch, param):
+  """With the matmul reductions off (every backend but CPU), a bf16 bias, gamma or beta's gradient
+  is autodiff's sum over the batch and pixels: it ran in bf16 (the bias's 30-80% off)."""
+  monkeypatch.setattr(layers, "MATMUL_REDUCTIONS", False)
+  x = (_rand(0, (8, 32, 32, 4)) + 1.0).astype(jnp.bfloat16)
+  g = (_rand(1, x.shape) + 1.0).astype(jnp.bfloat16)
+  gamma, beta = _rand(2, (8, 4)).astype(jnp.bfloat16), _rand(3, (8, 4)).astype(jnp.bfloat16)
+  g64, x64 = np.asarray(g, np.float64), np.asarray(x, np.float64)
+  if param == "bias":
+    got = jax.vjp(lambda b: layers.add_bias(x, b), beta[0])[1](g)[0]
+    want = g64.sum((0, 1, 2))
+  else:
+    fn = {"gamma": lambda v: layers.scale_shift(x, v, beta),
+          "beta": lambda v: layers.scale_shift(x, gamma, v)}[param]
+    got = jax.vjp(fn, gamma)[1](g)[0]
+    want = (g64 * x64 if param == "gamma" else g64).sum((1, 2))
+  assert got.dtype == jnp.bfloat16 and _rel_err(got, want) < 0.01
