@@ -298,16 +298,23 @@ def test_a_sigterm_with_jaxs_distributed_service_on_one_process_saves_at_a_step(
   assert "stopped at a step" in proc.output, proc.output[-3000:]
 
 
+def _train_py_raising(args: list[str], module: str, error: str) -> Proc:
+  """train.py started with `args`, its loop.train replaced by one raising `error` (an expression
+  over llmimg_jax.train's `module`)."""
+  stand_in = (f"import runpy, sys; from llmimg_jax.train import loop, {module}\n"
+              "def train(*a, **k):\n"
+              f"  raise {error}\n"
+              f"loop.train = train; sys.argv = {args[1:]!r}\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+  return Proc([sys.executable, "-c", stand_in])
+
+
 def test_a_resume_at_disagreeing_points_is_status_3_and_one_line(shapes_data_dir, tmp_path):
   """restore_latest's ResumeDisagreesError (a position file of another step, hosts at different
   steps) ends train.py like a damaged checkpoint does: status 3 and its message, no traceback."""
   args = train_args(shapes_data_dir, tmp_path / "run")
-  stand_in = ("import runpy, sys; from llmimg_jax.train import loop, resume_agree\n"
-              "def train(*a, **k):\n"
-              "  raise resume_agree.ResumeDisagreesError('Checkpoint X is at step 4, but ...')\n"
-              f"loop.train = train; sys.argv = {args[1:]!r}\n"
-              "runpy.run_path(sys.argv[0], run_name='__main__')")
-  proc = Proc([sys.executable, "-c", stand_in])
+  error = "resume_agree.ResumeDisagreesError('Checkpoint X is at step 4, but ...')"
+  proc = _train_py_raising(args, "resume_agree", error)
   assert proc.finish(timeout=120) == 3, proc.output[-3000:]
   assert "Traceback" not in proc.output, proc.output[-3000:]
   assert "train.py: error: Checkpoint X is at step 4, but ..." in proc.output
@@ -324,11 +331,7 @@ def test_checkpoints_that_do_not_fit_the_config_exit_with_the_status_the_docstri
   three = re.search(r"status 2 \(config\) or 3 \(([^)]*)\)", doc).group(1)
   assert "do not fit this run's config" in three, three
   args = train_args(shapes_data_dir, tmp_path / "run")
-  stand_in = ("import runpy, sys; from llmimg_jax.train import loop, checkpoint\n"
-              "def train(*a, **k):\n"
-              "  raise checkpoint.ConfigMismatchError('The checkpoints in X do not fit ...')\n"
-              f"loop.train = train; sys.argv = {args[1:]!r}\n"
-              "runpy.run_path(sys.argv[0], run_name='__main__')")
-  proc = Proc([sys.executable, "-c", stand_in])
+  proc = _train_py_raising(
+      args, "checkpoint", "checkpoint.ConfigMismatchError('The checkpoints in X do not fit ...')")
   assert proc.finish(timeout=120) == 3, proc.output[-3000:]
   assert "train.py: error: The checkpoints in X do not fit ..." in proc.output
