@@ -337,18 +337,16 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
 def _name_decoding_options(gen: dict, path: str) -> None:
   """Warns of the decoding options in `gen` (read from `path`) that transformers' generate would
   apply by default and `generate` here does not."""
-  unused = {k: v for k, v in gen.items() if k in _DECODING_DEFAULTS and v is not None
-            and v != _DECODING_DEFAULTS[k]}
-  if unused:
-    log.warning("%s sets decoding defaults (%s) that llmimg_jax does not apply: pass them to "
-                "`generate` (e.g. num_beams=, max_new_tokens=) to decode as transformers would.",
-                path, ", ".join(f"{k}={v}" for k, v in sorted(unused.items())))
-  unsupported = {k: v for k, v in gen.items() if k in _UNSUPPORTED_DEFAULTS and v is not None
-                 and v != _UNSUPPORTED_DEFAULTS[k]}
-  if unsupported:
-    log.warning("%s sets decoding options (%s) that llmimg_jax's `generate` does not support: "
-                "transformers' generate applies them by default, so its outputs will differ.",
-                path, ", ".join(f"{k}={v}" for k, v in sorted(unsupported.items())))
+  for defaults, what in (
+      (_DECODING_DEFAULTS, "decoding defaults (%s) that llmimg_jax does not apply: pass them to "
+                           "`generate` (e.g. num_beams=, max_new_tokens=) to decode as "
+                           "transformers would."),
+      (_UNSUPPORTED_DEFAULTS, "decoding options (%s) that llmimg_jax's `generate` does not "
+                              "support: transformers' generate applies them by default, so its "
+                              "outputs will differ.")):
+    given = {k: v for k, v in gen.items() if k in defaults and v is not None and v != defaults[k]}
+    if given:
+      log.warning("%s sets " + what, path, ", ".join(f"{k}={v}" for k, v in sorted(given.items())))
 
 
 def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False) -> Params:
