@@ -136,9 +136,7 @@ def _path_flag(name: str) -> str | None:
 
 def _refuse_existing(flag: str, path, overwrite: str) -> None:
   """FileExistsError naming `flag` if `path` exists (a link too), unless --`overwrite` is set."""
-  if (path.exists() or path.is_symlink()) and not FLAGS[overwrite].value:
-    raise FileExistsError(f"{flag}: {path} exists; remove it, name a new file, or pass "
-                          f"--{overwrite} to replace it.")
+  cli.refuse_existing(path, f"{flag}: {path}", FLAGS[overwrite].value, overwrite)
 
 
 def main(argv) -> None:

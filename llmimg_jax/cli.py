@@ -202,6 +202,16 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   return parse
 
 
+def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
+                    overwrite_flag: str = "overwrite",
+                    error: type[Exception] = FileExistsError) -> None:
+  """`error` if the output `path` exists (a link too, even to nothing), unless `overwrite`;
+  `named` is how the message names it (the flag and the path)."""
+  if os.path.lexists(path) and not overwrite:
+    raise error(f"{named} exists; remove it, name a new file, or pass --{overwrite_flag} to "
+                "replace it.")
+
+
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
   """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
   previous file. The temporary file is this process's, so concurrent writers do not mix, and it

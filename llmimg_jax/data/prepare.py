@@ -74,9 +74,7 @@ def check_preview_path(path: str, overwrite: bool = False) -> None:
 
 def refuse_existing(path: str, overwrite: bool) -> None:
   """ValueError if the --preview `path` exists (a link too), unless `overwrite`."""
-  if (os.path.exists(path) or os.path.islink(path)) and not overwrite:
-    raise ValueError(f"--preview {path!r} exists; remove it, name a new file, or pass "
-                     "--overwrite to replace it.")
+  cli.refuse_existing(path, f"--preview {path!r}", overwrite, error=ValueError)
 
 
 def save_preview(grid: Image.Image, path: str) -> None:

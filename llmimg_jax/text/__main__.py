@@ -76,9 +76,8 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
     raise OSError(f"--encode_out {encode_out}: cannot create its folder ({e}).") from None
   if os.path.isdir(path) or not os.access(out_dir, os.W_OK):
     raise OSError(f"--encode_out {encode_out}: cannot write {path}; name a writable .npy file.")
-  if (os.path.exists(path) or os.path.islink(path)) and not overwrite:
-    raise OSError(f"--encode_out {encode_out}: {path} exists; remove it, name a new file, or pass "
-                  "--overwrite to replace it.")
+  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.refuse_existing(path, f"--encode_out {encode_out}: {path}", overwrite)
   return path
 
 
