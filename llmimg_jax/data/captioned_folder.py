@@ -84,6 +84,13 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
   return digest.hexdigest()
 
 
+def _is_image_name(name: str) -> bool:
+  """Whether a file named `name` is an image an uncaptioned one is counted for: one of
+  images.IMAGE_EXTENSIONS, but no `._NAME` file (AppleDouble: the resource fork macOS writes
+  beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
+  return os.path.splitext(name)[1].lower() in images.IMAGE_EXTENSIONS and not name.startswith("._")
+
+
 _WARNED: set[tuple] = set()  # (build, decoder, its fingerprint, the folder's): said once
 
 
@@ -187,7 +194,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     for root, _, files in os.walk(folder):
       for f in files:
         rel = os.path.relpath(os.path.join(root, f), folder)
-        if os.path.splitext(f)[1].lower() in images.IMAGE_EXTENSIONS and rel not in captions:
+        if _is_image_name(f) and rel not in captions:
           image_skips.add("no_caption", rel)
     index = 0
     captioned = sorted(rel for rel, caps in captions.items() if caps)

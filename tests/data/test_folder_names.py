@@ -65,3 +65,20 @@ def test_two_files_with_one_normalised_name_are_each_their_own_name(tmp_path):
                            r"Unicode forms: 'e\\u0301te\\u0301.png', '\\xe9t\\xe9.png'. Rename "
                            r"or remove"):
     captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+
+
+def test_macos_appledouble_files_are_not_uncaptioned_images(tmp_path):
+  """macOS writes a `._NAME` file (AppleDouble: the resource fork, not an image) beside every
+  file it copies to a FAT/exFAT drive or a network share; `._a.jpg` was counted as a skipped
+  uncaptioned image (the build's warning: half of a copied folder uncaptioned)."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+  Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
+  (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(78))
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "._c.png").write_bytes(b"\x00\x05\x16\x07" + bytes(78))
+  (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+  _write_jsonl(tmp_path, [{"file": "a.jpg", "caption": "a"}])
+  _, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["num_examples"] == 1
+  assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
