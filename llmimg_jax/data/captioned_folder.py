@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -64,6 +65,21 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
         digest.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
     except OSError:
       digest.update(name.encode() + b"\0-")
+  for path in _walk(folder):
+    if os.path.splitext(path)[1].lower() not in extensions:
+      continue  # only image files: a TFDS data_dir inside the folder does not count
+    try:
+      stat = os.stat(path)
+      entry = f"{os.path.relpath(path, folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+    except OSError:
+      entry = f"{os.path.relpath(path, folder)}\0-\n"
+    digest.update(entry.encode("utf-8", "surrogateescape"))
+  return digest.hexdigest()
+
+
+def _walk(folder: str) -> Iterator[str]:
+  """The path of every file in `folder` and the folders under it, linked folders too (but not
+  round a loop), in sorted order."""
   above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
   for root, dirs, files in os.walk(folder, followlinks=True):
     # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
@@ -71,17 +87,7 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
     dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
     for d in dirs:
       above[os.path.join(root, d)] = above[root] | {real[d]}
-    for f in sorted(files):
-      if os.path.splitext(f)[1].lower() not in extensions:
-        continue  # only image files: a TFDS data_dir inside the folder does not count
-      path = os.path.join(root, f)
-      try:
-        stat = os.stat(path)
-        entry = f"{os.path.relpath(path, folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-      except OSError:
-        entry = f"{os.path.relpath(path, folder)}\0-\n"
-      digest.update(entry.encode("utf-8", "surrogateescape"))
-  return digest.hexdigest()
+    yield from (os.path.join(root, f) for f in sorted(files))
 
 
 def _is_image_name(name: str) -> bool:
@@ -191,11 +197,14 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     line_skips, image_skips, notes = Skips(), Skips(), Skips()
     folder_fingerprint = fingerprint(folder)  # before reading: what this build saw
     captions = read_captions(folder, line_skips, notes)
-    for root, _, files in os.walk(folder):
-      for f in files:
-        rel = os.path.relpath(os.path.join(root, f), folder)
-        if _is_image_name(f) and rel not in captions:
-          image_skips.add("no_caption", rel)
+    # Walked as the fingerprint is (linked folders too); a file captioned by another name of it
+    # (a link to it, a linked folder inside this one) is not uncaptioned.
+    captioned_files = {os.path.realpath(os.path.join(folder, rel)) for rel in captions}
+    for path in _walk(folder):
+      rel = os.path.relpath(path, folder)
+      if (_is_image_name(os.path.basename(path)) and rel not in captions
+          and os.path.realpath(path) not in captioned_files):
+        image_skips.add("no_caption", rel)
     index = 0
     captioned = sorted(rel for rel, caps in captions.items() if caps)
     for rel in tqdm.tqdm(captioned, desc=f"captioned_folder {folder}", unit="img"):

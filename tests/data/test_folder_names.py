@@ -82,3 +82,24 @@ def test_macos_appledouble_files_are_not_uncaptioned_images(tmp_path):
       str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
   assert summary["num_examples"] == 1
   assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
+
+
+def test_uncaptioned_images_in_a_linked_folder_are_counted(tmp_path):
+  """A linked sub-folder is read (captions name its files; the fingerprint walks it), but its
+  uncaptioned images were not counted: left out without a word. A link to a folder inside the
+  folder is walked too, and its captioned images (by their other name) are not uncaptioned."""
+  folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+  (folder / "sub").mkdir(parents=True)
+  elsewhere.mkdir()
+  for path in (folder / "a.png", folder / "sub" / "c.png", elsewhere / "e.png",
+               elsewhere / "uncaptioned.png"):
+    Image.new("RGB", (8, 8)).save(path)
+  os.symlink(elsewhere, folder / "linked")
+  os.symlink("sub", folder / "alias")
+  os.symlink("..", folder / "sub" / "up")  # a loop: walked once
+  _write_jsonl(folder, [{"file": name, "caption": "x"}
+                        for name in ("a.png", "sub/c.png", "linked/e.png")])
+  _, summary = captioned_folder.build_folder(
+      str(folder), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["num_examples"] == 3
+  assert summary["skipped_examples"] == {"no_caption": ["linked/uncaptioned.png"]}
