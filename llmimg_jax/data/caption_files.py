@@ -71,7 +71,8 @@ class _DiskNames:
     return self._listings[directory]
 
   def resolve(self, rel: str, where: str) -> str | None:
-    """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file."""
+    """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file (nor
+    a link to a file that is gone)."""
     parts: list[str] = []
     for part in rel.split(os.sep):
       directory = os.path.join(self.folder, *parts)
@@ -85,7 +86,11 @@ class _DiskNames:
             "remove all but one of them.")
       parts.append(matches[0] if matches else part)  # none: a case-insensitive disk may find it
     rel = os.path.join(*parts)
-    return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
+    path = os.path.join(self.folder, rel)
+    # A link whose target is gone (moved, deleted) still names the image: the build skips it as
+    # "broken_link", not as a name to check.
+    broken_link = os.path.islink(path) and not os.path.exists(path)
+    return rel if os.path.isfile(path) or broken_link else None
 
 
 def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips,

@@ -247,6 +247,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
 _ADVICE = {
     "unknown_file": "Check the file names in the captions file: they are relative to the folder.",
     "outside_folder": "The captions file names files outside the folder; move them into it.",
+    "broken_link": "Links in the folder point at files that are gone (moved or deleted); link "
+                   "them to the images again.",
     "invalid_json": "Each line of captions.jsonl must be one JSON object.",
     "missing_key": f"Each caption line needs a file key (one of {FILE_KEYS}) and a caption key "
                    f"(one of {CAPTION_KEYS}).",

@@ -194,6 +194,8 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   if ext not in IMAGE_EXTENSIONS:
     raise SkipImage("unsupported_extension", ext or "(none)")
   if not os.path.isfile(path):
+    if os.path.islink(path):  # its target moved or deleted (or a loop of links)
+      raise SkipImage("broken_link", f"{path} -> {os.readlink(path)}")
     raise SkipImage("unknown_file", path)
   if os.path.getsize(path) == 0:
     raise SkipImage("empty_file", path)

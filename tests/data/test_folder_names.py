@@ -103,3 +103,28 @@ def test_uncaptioned_images_in_a_linked_folder_are_counted(tmp_path):
       str(folder), data_dir=str(tmp_path / "tfds"), image_size=8)
   assert summary["num_examples"] == 3
   assert summary["skipped_examples"] == {"no_caption": ["linked/uncaptioned.png"]}
+
+
+def test_a_link_to_a_moved_image_is_named_as_a_broken_link(tmp_path):
+  """A folder of links into a photo library that was moved since: each image was counted twice,
+  as a caption line naming an unknown file and as an uncaptioned image, and the error told the
+  user to check the names in the captions file, which were right."""
+  library, folder = tmp_path / "library", tmp_path / "photos"
+  library.mkdir()
+  folder.mkdir()
+  for name in ("a.jpg", "b.jpg"):
+    Image.new("RGB", (8, 8)).save(library / name)
+    os.symlink(library / name, folder / name)
+  _write_jsonl(folder, [{"file": "a.jpg", "caption": "a"}, {"file": "b.jpg", "caption": "b"}])
+  os.remove(library / "a.jpg")
+  _, summary = captioned_folder.build_folder(
+      str(folder), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["num_examples"] == 1
+  assert summary["skipped"] == {"broken_link": 1}
+  assert summary["skipped_examples"]["broken_link"] == ["a.jpg"]
+  assert "link them to the images again" in summary["fixes"]["broken_link"]
+  library.rename(tmp_path / "moved")
+  with pytest.raises(captioned_folder.FolderError,
+                     match=r"None of the captioned images could be read \(broken_link, e.g. "
+                           r"a.jpg\)\. Links in the folder point at files that are gone"):
+    captioned_folder.build_folder(str(folder), data_dir=str(tmp_path / "tfds2"), image_size=8)
