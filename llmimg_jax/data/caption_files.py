@@ -5,9 +5,9 @@ captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption"
 every caption key of a line) are merged, each caption once. captions.csv has a header with a file
 column (file/file_name/filename/image, any case) and a caption column (caption/text/captions); a
 caption column that comes last may hold unquoted commas (counted as a note). File names are
-relative to the folder (or absolute paths inside it) and match the names on disk after Unicode NFC
-normalisation (macOS may write `café.png` decomposed, as NFD). Bad lines are skipped and counted
-by reason.
+relative to the folder (or absolute paths inside it; `sub\\a.jpg`, as written on Windows, is
+`sub/a.jpg`) and match the names on disk after Unicode NFC normalisation (macOS may write
+`café.png` decomposed, as NFD). Bad lines are skipped and counted by reason.
 """
 from __future__ import annotations
 
@@ -112,11 +112,15 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
   if "\0" in file_name:  # a JSON "\u0000" or a NUL byte in a CSV cell: os calls raise on it
     skips.add("unknown_file", f"{where} ({file_name!r})")
     return
-  rel = _relative_name(names.folder, file_name.strip())
+  name = file_name.strip()
+  rel = _relative_name(names.folder, name)
   if rel is None:
     skips.add("outside_folder", f"{where} ({file_name})")
     return
   rel = names.resolve(rel, where)
+  if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator
+    windows = _relative_name(names.folder, name.replace("\\", "/"))
+    rel = windows and names.resolve(windows, where)
   if rel is None:
     skips.add("unknown_file", f"{where} ({file_name})")
     return

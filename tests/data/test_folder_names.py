@@ -128,3 +128,17 @@ def test_a_link_to_a_moved_image_is_named_as_a_broken_link(tmp_path):
                      match=r"None of the captioned images could be read \(broken_link, e.g. "
                            r"a.jpg\)\. Links in the folder point at files that are gone"):
     captioned_folder.build_folder(str(folder), data_dir=str(tmp_path / "tfds2"), image_size=8)
+
+
+def test_a_name_written_on_windows_with_backslashes_is_the_file(tmp_path):
+  """A captions file written on Windows (os.path.relpath there, Excel) names `sub\\c.png`; on
+  Linux or macOS each such line was an unknown file and its image uncaptioned."""
+  (tmp_path / "sub" / "deeper").mkdir(parents=True)
+  Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "c.png")
+  Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "deeper" / "d.png")
+  (tmp_path / "captions.csv").write_text(
+      "file,caption\nsub\\c.png,a c\n.\\sub\\deeper\\d.png,a d\nsub\\nope.png,gone\n")
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
+      os.path.join("sub", "c.png"): ["a c"], os.path.join("sub", "deeper", "d.png"): ["a d"]}
+  assert skips.examples == {"unknown_file": ["captions.csv:4 (sub\\nope.png)"]}
