@@ -249,6 +249,10 @@ _ADVICE = {
     "outside_folder": "The captions file names files outside the folder; move them into it.",
     "broken_link": "Links in the folder point at files that are gone (moved or deleted); link "
                    "them to the images again.",
+    "too_large": "Images of more pixels than data.max_pixels (0: PIL's decompression-bomb limit, "
+                 "89.5 MP; a 108 MP photo, a panorama) are skipped; to use them, set "
+                 "data.max_pixels above their pixel count (train.py "
+                 "--config.data.max_pixels=250000000).",
     "invalid_json": "Each line of captions.jsonl must be one JSON object.",
     "missing_key": f"Each caption line needs a file key (one of {FILE_KEYS}) and a caption key "
                    f"(one of {CAPTION_KEYS}).",

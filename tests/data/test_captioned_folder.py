@@ -129,9 +129,9 @@ def test_skip_counts_by_reason(built):
   assert summary["num_examples"] == len(good) == len(examples)
   assert summary["notes"] == {"extension_mismatch": 1}
   assert set(examples) == set(good)
-  # Each skipped caption line's reason comes with its fix (only decoder reasons had one).
+  # Each skipped caption line's reason comes with its fix, as do some image reasons.
   assert set(summary["fixes"]) == {"empty_caption", "invalid_json", "invalid_utf8", "missing_key",
-                                   "outside_folder", "unknown_file"}
+                                   "outside_folder", "too_large", "unknown_file"}
   assert "file key (one of" in summary["fixes"]["missing_key"]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -162,3 +164,22 @@ def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_cha
   with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
     captioned_folder.warn_if_changed(pipeline.folder_builder(data))
   assert "older image decoder" in caplog.text and "changed since" not in caplog.text
+
+
+def test_images_over_the_pixel_limit_are_skipped_naming_data_max_pixels(tmp_path):
+  """A 108 or 200 MP phone photo, a panorama: over PIL's 89.5 MP limit, skipped as too_large
+  with no fix, though data.max_pixels admits them."""
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  header = chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 9000, 8, 2, 0, 0, 0))  # 108 MP
+  (tmp_path / "phone.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+  _folder(tmp_path, {"phone.png": True})
+  with pytest.raises(captioned_folder.FolderError,
+                     match=r"\(too_large, e.g. phone.png\)\. .*set data.max_pixels"):
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  _folder(tmp_path, {"phone.png": True, "a.png": True})
+  _, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds2"), image_size=8)
+  assert summary["skipped"] == {"too_large": 1}
+  assert "--config.data.max_pixels=" in summary["fixes"]["too_large"]
