@@ -85,7 +85,8 @@ class UpBlock(nn.Module):
 
 
 class CrossAttention(nn.Module):
-  """Image positions attend to the (masked) word states; zero-init residual gain."""
+  """Image positions attend to the (masked) word states; zero-init residual gain. A row with no
+  valid token gets a zero update, as ours."""
 
   def __init__(self, channels: int, word_dim: int, num_heads: int):
     super().__init__()
@@ -112,6 +113,7 @@ class CrossAttention(nn.Module):
     weights = torch.where(valid, logits.softmax(-1), 0.0)  # [b, heads, hw, L]
     out = torch.einsum("bhqk,bkhd->bqhd", weights.to(v.dtype), v).reshape(b, h * w, c)
     out = self.out(out).transpose(1, 2).reshape(b, c, h, w)
+    out = torch.where((mask > 0).any(-1)[:, None, None, None], out, 0.0)  # not out's bias
     return x + self.gain * out
 
 

@@ -251,3 +251,22 @@ def test_torch_train_step_equals_ours():
     off = sum(int(((got[k] - want[k]).abs() > 0.1 * (want[k] - start[k]).abs() + 1e-7).sum())
               for k in want)
     assert off <= 1e-3 * sum(v.numel() for v in want.values()), (type(module).__name__, off)
+
+
+def test_cross_attention_leaves_a_row_without_valid_tokens_unchanged_as_ours():
+  """A caption row with no valid token: ours adds nothing to the image there (not the output
+  Dense's bias through the gain); the twin's equal outputs must hold for it too."""
+  from llmimg_jax.gan.generator import CrossAttention
+  rs = np.random.RandomState(0)
+  x = rs.standard_normal((2, 4, 4, 8)).astype(np.float32)  # [b, h, w, c]
+  words = rs.standard_normal((2, 5, 6)).astype(np.float32)  # [b, L, d]
+  mask = np.array([[0, 0, 0, 0, 0], [1, 1, 1, 0, 0]], np.int32)
+  attn = CrossAttention(num_heads=2)
+  params = _random_params(attn, x, words, mask)
+  out = np.asarray(jax.jit(attn.apply)({"params": params}, x, words, mask))
+  twin = torch_gan.CrossAttention(8, 6, num_heads=2)
+  torch_gan.load_flax_params(twin, params)
+  with torch.no_grad():
+    got = twin(_t(x).permute(0, 3, 1, 2), _t(words), _t(mask)).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_array_equal(out[0], x[0])  # ours: the row without tokens is unchanged
+  np.testing.assert_allclose(got, out, atol=1e-5)
