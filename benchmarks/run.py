@@ -12,7 +12,7 @@ FLOP/s (the faster of JAX's and torch's best n x n matmul in the same dtype); th
 uses the same (our) FLOP count: the same function, though the twin's upsample convolutions take
 more FLOPs for it (RESULTS.md).
 
-On CPU torch uses every core with libgomp's default wait policy (--omp-passive for a shared
+On CPU torch uses every usable core with libgomp's default wait policy (--omp-passive for a shared
 machine, see main). The
 process calls llmimg_jax.train.host_memory.reuse_host_memory() as train.py does (both sides run
 with its allocator settings; --no-reuse-host-memory skips it).
@@ -42,7 +42,7 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--compile", dest="compile", action="store_true", default=None,
                  help="also time torch.compile (default: on, off with --quick)")
   p.add_argument("--no-compile", dest="compile", action="store_false")
-  p.add_argument("--torch-threads", type=int, default=0, help="default: the CPU count")
+  p.add_argument("--torch-threads", type=int, default=0, help="default: the cores this process may use (sched_getaffinity)")
   p.add_argument("--omp-passive", dest="omp_passive", action="store_true",
                  help="OMP_WAIT_POLICY=PASSIVE for torch on a CPU shared with other processes")
   p.add_argument("--no-tf32", action="store_true",
@@ -141,8 +141,7 @@ def main() -> None:
   device = torch.device("cuda" if args.device == "gpu" else "cpu")
   if device.type == "cuda" and not torch.cuda.is_available():
     raise SystemExit("--device gpu but torch.cuda.is_available() is False.")
-  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  torch.set_num_threads(args.torch_threads or usable or 1)  # the cores JAX's chunks use too
+  torch.set_num_threads(args.torch_threads or timing.usable_cpus())  # the cores JAX's chunks use
   if device.type == "cuda":  # the same fp32 matmul/conv precision on both sides
     torch.backends.cudnn.benchmark = True  # fixed shapes: tuned in warm-up, as XLA tunes compiling
     torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
@@ -152,7 +151,8 @@ def main() -> None:
   t_start = time.perf_counter()
   info = timing.machine_info(device)
   info["reuse_host_memory"] = reuse_memory
-  print(f"{info['cpu_model']} x{info['cpu_count']} | load {info['loadavg_start']} | "
+  print(f"{info['cpu_model']} x{info['cpu_count']} ({info['usable_cpus']} usable) | "
+        f"load {info['loadavg_start']} | "
         f"jax {info['jax']} ({info['jax_device']}) | torch {info['torch']} on {device} "
         f"({info['torch_num_threads']} threads) | dtype {args.dtype}", flush=True)
   peak = timing.peak_matmul_flops(args.dtype, device, 8192 if device.type == "cuda" else 2048)

@@ -103,12 +103,20 @@ def _cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
+def usable_cpus() -> int:
+  """The cores this process may run on (taskset, a container's cpuset), which torch's threads and
+  the JAX step's batch chunks follow; os.cpu_count() counts every core of the host."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def machine_info(torch_device: torch.device) -> dict[str, object]:
   import flax
   import transformers
   dev = jax.devices()[0]
   info = {
-      "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+      "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
       "loadavg_start": os.getloadavg(), "platform": platform.platform(),
       "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
       "torch": torch.__version__, "transformers": transformers.__version__,

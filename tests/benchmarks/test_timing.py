@@ -50,3 +50,12 @@ def test_table_speedup_is_torch_over_jax():
   line = run.table([row], peak=1e12).splitlines()[-1]
   assert line.split()[1:8] == ["1000.0", "2000.0", "4000.0", "2.00x", "2.00x", "4.00x", "32.0"]
   assert line.split()[-2:] == ["10.0%", "5.0%"]  # MFU: 1e11 FLOP in 1 s (2 s) of a 1e12 peak
+
+
+def test_machine_info_records_the_cores_this_process_may_use(monkeypatch):
+  """Under taskset or a container's cpuset torch gets the usable cores, not os.cpu_count(): the
+  JSON's machine record and run.py's header name them (a 2-of-64-core run read as 64 cores)."""
+  monkeypatch.setattr(timing.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+  monkeypatch.setattr(timing.os, "cpu_count", lambda: 64)
+  info = timing.machine_info(timing.torch.device("cpu"))
+  assert (info["cpu_count"], info["usable_cpus"]) == (64, 1)
