@@ -139,6 +139,11 @@ def main() -> None:
                            "llmimg_jax.gan.layers.NARROW_CONVS=False; '@package.module.name' "
                            "as VALUE is that object")
   args = parse_args_reusing_host_memory(parser)
+  if args.generate and (ignored := [flag for flag, value in [
+      ("--bench", args.bench), ("--max_length", args.max_length), ("--sampling", args.sampling)]
+      if value]):
+    parser.error(f"--generate profiles run.py's T5 generation row at its fixed sizes; "
+                 f"{', '.join(ignored)} would be ignored: drop it or --generate.")
   switches = {k: switch_value(v) for k, v in (item.split("=", 1) for item in args.set)}
   options = dict(item.split("=", 1) for item in args.xla)
   if args.generate:
