@@ -144,6 +144,10 @@ def main() -> None:
       if value]):
     parser.error(f"--generate profiles run.py's T5 generation row at its fixed sizes; "
                  f"{', '.join(ignored)} would be ignored: drop it or --generate.")
+  for flag, items, form in [("--set", args.set, "MODULE.ATTR=VALUE"),
+                            ("--xla", args.xla, "OPTION=VALUE")]:
+    if bad := [item for item in items if "=" not in item]:
+      parser.error(f"{flag} {bad[0]!r}: expected {form}.")
   switches = {k: switch_value(v) for k, v in (item.split("=", 1) for item in args.set)}
   options = dict(item.split("=", 1) for item in args.xla)
   if args.generate:

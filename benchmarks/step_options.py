@@ -42,6 +42,11 @@ def main() -> None:
   parser.add_argument("--sampling", action="store_true",
                       help="time generate_images (EMA G + T5 sampling) instead of the step")
   args = parse_args_reusing_host_memory(parser)
+  for name in [args.baseline, *args.options]:  # before minutes of compiling the first variants
+    items = name.split(";")
+    if bad := [item for item in items if item not in ("none", "train") and "=" not in item]:
+      parser.error(f"variant {name!r}: {bad[0]!r} is none of 'none', 'train', an XLA option "
+                   "KEY=VALUE or a module switch package.module.ATTR=VALUE.")
   cfg, models, batch = models_and_batch(args.bench)
   mesh = loop.make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
