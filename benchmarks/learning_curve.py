@@ -46,8 +46,11 @@ def load_config(path: str, overrides: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
+  items = [item for item in overrides.split(",") if item]
+  if bad := [item for item in items if "=" not in item]:
+    raise ValueError(f"{bad[0]!r} is not key=value (e.g. loss.gp_every=4)")
   config.update_from_flattened_dict(
-      {k: parse_value(v) for k, v in (item.split("=", 1) for item in overrides.split(",") if item)})
+      {k: parse_value(v) for k, v in (item.split("=", 1) for item in items)})
   return config
 
 
@@ -103,6 +106,13 @@ def main() -> None:
   p.add_argument("--evaluator_steps", type=int, default=ev.TrainSettings.steps)
   p.add_argument("--out", default="curves.jsonl")
   args = p.parse_args()
+  variants = []  # every variant's config read before hours of training the ones before it
+  for variant in args.variant or ["base"]:
+    name, _, overrides = variant.partition(":")
+    try:
+      variants.append((name, load_config(args.config, overrides)))
+    except (ValueError, KeyError, TypeError) as e:
+      p.error(f"--variant {variant!r}: {e}")
 
   base = load_config(args.config, "")
   t0 = time.perf_counter()
@@ -118,10 +128,8 @@ def main() -> None:
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   with open(args.out, "a") as out:
     out.write(json.dumps({"variant": "real", **real}) + "\n")
-    for variant in args.variant or ["base"]:
-      name, _, overrides = variant.partition(":")
-      run_variant(load_config(args.config, overrides), train, test, evaluator, args.steps,
-                  args.every, args.num_eval, out, name)
+    for name, config in variants:
+      run_variant(config, train, test, evaluator, args.steps, args.every, args.num_eval, out, name)
 
 
 if __name__ == "__main__":

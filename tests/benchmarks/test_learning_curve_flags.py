@@ -1,0 +1,31 @@
+"""benchmarks/learning_curve.py reads every --variant's config before any data or training."""
+import sys
+
+import pytest
+
+from benchmarks import learning_curve
+
+
+class _Ran(Exception):
+  pass
+
+
+def _ran(*args, **kwargs):  # stands in for loading the data (then training evaluator and runs)
+  raise _Ran
+
+
+@pytest.mark.parametrize("variant,message", [
+    ("lazy:loss.gp_every", "'loss.gp_every' is not key=value"),  # was 'not enough values'
+    ("lazy:no_such_group.gp_every=4", "no_such_group"),
+    ("lazy:train.batch_size=big", "batch_size")])
+def test_a_bad_variant_is_refused_before_the_first_one_runs(monkeypatch, capsys, variant, message):
+  """A typo in the second --variant stopped the script with a traceback only once the first
+  variant's steps (hours at the defaults) had run."""
+  monkeypatch.setattr(learning_curve, "load_split", _ran)
+  monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--variant", "base", "--variant",
+                                    variant])
+  with pytest.raises(SystemExit) as e:
+    learning_curve.main()
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert f"--variant {variant!r}: " in err and message in err, err
