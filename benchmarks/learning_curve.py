@@ -4,11 +4,12 @@ shapes evaluator on EMA samples (caption accuracy, shape, colour, cell) every K 
   python benchmarks/learning_curve.py --steps 12000 --every 1000 --out curves.jsonl \
       --variant base --variant lazy_gp:loss.gp_every=4,train.batch_size=32
 
-A variant is NAME[:key=value,...] (overrides of --config, default configs/shapes_quick.py). The
-first --num_train / --num_test records of the config's captioned_shapes build (built if missing,
-as train.py does) are read into memory; unlike train.py the loop does not flip images. The
-evaluator is trained on those train images first; its real-test accuracy is printed as the
-ceiling. One JSON line per (variant, step) in --out.
+A variant is NAME[:key=value,...] (overrides of --config, default configs/shapes_quick.py; not
+of its data.* settings, which all variants share). The first --num_train / --num_test records of
+the config's captioned_shapes build (built if missing, as train.py does) are read into memory;
+unlike train.py the loop does not flip images. The evaluator is trained on those train images
+first; its real-test accuracy is printed as the ceiling. One JSON line per (variant, step) in
+--out.
 """
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ def main() -> None:
   variants = []  # every variant's config read before hours of training the ones before it
   for variant in args.variant or ["base"]:
     name, _, overrides = variant.partition(":")
+    if data := [item.split("=")[0] for item in overrides.split(",") if item.startswith("data.")]:
+      p.error(f"--variant {variant!r}: {data[0]!r}: every variant trains on --config's data "
+              "(read once, not flipped); give a config file with that data as --config.")
     try:
       variants.append((name, load_config(args.config, overrides)))
     except (ValueError, KeyError, TypeError) as e:

@@ -21,7 +21,9 @@ def _ran(*args, **kwargs):  # stands in for loading the data (then training eval
     ("lazy:loss.gp_every", "'loss.gp_every' is not key=value"),  # was 'not enough values'
     ("lazy:no_such_group.gp_every=4", "no_such_group"),
     ("lazy:loss.gp_evry=4", f"'loss.gp_evry' is not a field of {CONFIG}"),
-    ("lazy:train.batch_size=big", "batch_size")])
+    ("lazy:train.batch_size=big", "batch_size"),
+    # was accepted and ignored: every variant trains on --config's data
+    ("flip:data.random_flip=True", "'data.random_flip': every variant trains on --config's data")])
 def test_a_bad_variant_is_refused_before_the_first_one_runs(monkeypatch, capsys, variant, message):
   """A typo in the second --variant stopped the script with a traceback only once the first
   variant's steps (hours at the defaults) had run."""
