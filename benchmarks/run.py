@@ -108,6 +108,8 @@ def main() -> None:
       saved = json.load(f)
     print(summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"]))
     return
+  if args.json:  # its folder now, not after minutes of benchmarking (a missing one lost the run)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"
     # libgomp's default (spin, then sleep) is what users get and the fastest on a quiet machine:

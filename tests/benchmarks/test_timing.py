@@ -59,3 +59,19 @@ def test_machine_info_records_the_cores_this_process_may_use(monkeypatch):
   monkeypatch.setattr(timing.os, "cpu_count", lambda: 64)
   info = timing.machine_info(timing.torch.device("cpu"))
   assert (info["cpu_count"], info["usable_cpus"]) == (64, 1)
+
+
+def test_run_writes_its_json_into_a_folder_that_does_not_exist_yet(monkeypatch, tmp_path):
+  """--json NEW_DIR/out.json raised FileNotFoundError at the end, after the whole benchmark."""
+  import json
+  import sys
+  from benchmarks import run
+  monkeypatch.setattr(timing, "peak_matmul_flops", lambda *a, **k: {
+      "peak_flops_per_s": 1e9, "jax_flops_per_s": 1e9, "torch_flops_per_s": 1e9, "n": 8})
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # run.main sets it for --device cpu: restored after
+  out = tmp_path / "new" / "out.json"
+  monkeypatch.setattr(sys, "argv", ["run.py", "--skip-gan", "--skip-t5", "--no-reuse-host-memory",
+                                    "--torch-threads", str(timing.torch.get_num_threads()),
+                                    "--json", str(out)])
+  run.main()
+  assert json.loads(out.read_text())["results"] == []
