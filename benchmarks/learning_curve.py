@@ -5,7 +5,8 @@ shapes evaluator on EMA samples (caption accuracy, shape, colour, cell) every K 
       --variant base --variant lazy_gp:loss.gp_every=4,train.batch_size=32
 
 A variant is NAME[:key=value,...] (overrides of --config, default configs/shapes_quick.py; not
-of its data.* settings, which all variants share). The first --num_train / --num_test records of
+of its data.* settings, which all variants share, nor of train.py's loop settings such as
+train.steps: --steps and --every set the run). The first --num_train / --num_test records of
 the config's captioned_shapes build (built if missing, as train.py does) are read into memory;
 unlike train.py the loop does not flip images. The evaluator is trained on those train images
 first; its real-test accuracy is printed as the ceiling. One JSON line per (variant, step) in
@@ -32,6 +33,12 @@ from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
+
+
+# train.py's loop settings, which run_variant's loop does not read (as eval.*).
+_LOOP_ONLY = ("train.steps", "train.log_every", "train.sample_every", "train.ckpt_every",
+              "train.keep_checkpoints", "train.max_bad_steps", "train.sample_prompts",
+              "train.samples_per_prompt")
 
 
 def parse_value(value: str):
@@ -123,9 +130,14 @@ def main() -> None:
   variants = []  # every variant's config read before hours of training the ones before it
   for variant in args.variant or ["base"]:
     name, _, overrides = variant.partition(":")
-    if data := [item.split("=")[0] for item in overrides.split(",") if item.startswith("data.")]:
+    keys = [item.split("=")[0] for item in overrides.split(",") if item]
+    if data := [k for k in keys if k.startswith("data.")]:
       p.error(f"--variant {variant!r}: {data[0]!r}: every variant trains on --config's data "
               "(read once, not flipped); give a config file with that data as --config.")
+    if loop_only := [k for k in keys if k in _LOOP_ONLY or k.startswith("eval.")]:
+      p.error(f"--variant {variant!r}: {loop_only[0]!r} is a setting of train.py's loop, which "
+              "this script does not run (--steps and --every set its run; no checkpoints, "
+              "samples, evaluation or divergence stop).")
     try:
       variants.append((name, load_config(args.config, overrides)))
     except (ValueError, KeyError, TypeError) as e:

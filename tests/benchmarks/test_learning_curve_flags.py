@@ -23,7 +23,10 @@ def _ran(*args, **kwargs):  # stands in for loading the data (then training eval
     ("lazy:loss.gp_evry=4", f"'loss.gp_evry' is not a field of {CONFIG}"),
     ("lazy:train.batch_size=big", "batch_size"),
     # was accepted and ignored: every variant trains on --config's data
-    ("flip:data.random_flip=True", "'data.random_flip': every variant trains on --config's data")])
+    ("flip:data.random_flip=True", "'data.random_flip': every variant trains on --config's data"),
+    ("short:train.steps=2000", "'train.steps' is a setting of train.py's loop"),  # ran --steps
+    ("stop:train.max_bad_steps=5", "'train.max_bad_steps' is a setting of train.py's loop"),
+    ("eval:eval.every=100", "'eval.every' is a setting of train.py's loop")])
 def test_a_bad_variant_is_refused_before_the_first_one_runs(monkeypatch, capsys, variant, message):
   """A typo in the second --variant stopped the script with a traceback only once the first
   variant's steps (hours at the defaults) had run."""
