@@ -4,10 +4,10 @@ The same work per step as the JAX step: one text-encoder forward and one generat
 reused by both halves; the discriminator (and the trainable T5 text encoder) on real / detached
 fake / mismatched pairs with hinge loss, MA-GP (a double backward w.r.t. image and sentence,
 taken through the real pairs' D forward, as DF-GAN does) and the InfoNCE head; Adam(b1=0,
-b2=0.9) updates; then the generator's hinge (+ contrastive) loss through the updated D, and the
-EMA of G. Differences, none of which changes the cost measurably: random numbers come from
-torch's generator, and a non-finite update is flagged (grad norms computed, as in JAX) but not
-skipped.
+b2=0.9) updates (after train.grad_clip's global-norm clip when set); then the generator's hinge
+(+ contrastive) loss through the updated D, and the EMA of G. Differences, none of which changes
+the cost measurably: random numbers come from torch's generator, and a non-finite update is
+flagged (grad norms computed, as in JAX) but not skipped.
 """
 from __future__ import annotations
 
@@ -179,6 +179,14 @@ def _grad_norm(params) -> torch.Tensor:
   return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+def _clip(params, norm: torch.Tensor, max_norm: float) -> None:
+  """As optax.clip_by_global_norm (train.state's _adam): gradients of global `norm` above
+  `max_norm` scaled down to it; 0 = off."""
+  if max_norm:
+    grads = [p.grad for p in params if p.grad is not None]
+    torch._foreach_mul_(grads, torch.clamp(max_norm / norm, max=1.0))
+
+
 def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
   """One update from image uint8 [b, 3, R, R], input_ids / attention_mask [b, L]."""
   cfg, D = m.cfg, m.discriminator
@@ -222,10 +230,13 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
   # Gradients of D and the text encoder only, as the JAX step (not of real_aug, a leaf for MA-GP).
   d_loss.backward(inputs=[*D.parameters(),
                           *(m.text_encoder.parameters() if m.text_opt is not None else ())])
+  clip = cfg.train.get("grad_clip", 0.0)
   metrics["grad_norm_d"] = _grad_norm(D.parameters())
+  _clip(D.parameters(), metrics["grad_norm_d"], clip)
   m.d_opt.step()
   if m.text_opt is not None:
     metrics["grad_norm_text"] = _grad_norm(m.text_encoder.parameters())
+    _clip(m.text_encoder.parameters(), metrics["grad_norm_text"], clip)
     m.text_opt.step()
 
   with m.autocast():
@@ -239,6 +250,7 @@ def train_step(m: TorchGAN, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
   for p, g in zip(g_params, torch.autograd.grad(g_loss, g_params)):
     p.grad = g
   metrics["grad_norm_g"] = _grad_norm(g_params)
+  _clip(g_params, metrics["grad_norm_g"], clip)
   m.g_opt.step()
   decay = min(cfg.train.ema_decay, (1.0 + m.step) / (10.0 + m.step))
   with torch.no_grad():
