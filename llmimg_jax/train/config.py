@@ -109,21 +109,27 @@ def check_frozen_text(text: ml_collections.ConfigDict) -> None:
         "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
 
 
-_NONE_MEANS_ALL = ("train.keep_checkpoints",)  # numbers that may be None
+# Fields that may be None: all checkpoints kept; no pretrained T5, folder, builder config, or
+# data_dir (the default one).
+_NONE_ALLOWED = ("train.keep_checkpoints", "text.checkpoint", "data.folder", "data.config",
+                 "data.data_dir")
+_KINDS = ((bool, "True or False"), ((int, float), "a number"), (str, "a str"), (tuple, "a tuple"))
 
 
-def _none_numbers(config: ml_collections.ConfigDict, default: ml_collections.ConfigDict,
-                  prefix: str = "") -> list[str]:
-  """'config.KEY=None ...' for every number of `default` set to None in `config` (a ConfigDict
-  field accepts None whatever its type; the checks below would fail on it with a TypeError)."""
+def _none_values(config: ml_collections.ConfigDict, default: ml_collections.ConfigDict,
+                 prefix: str = "") -> list[str]:
+  """'config.KEY=None ...' for every number, bool, str or tuple of `default` set to None in
+  `config` (a ConfigDict field accepts None whatever its type; the checks below would fail on it
+  with a TypeError or AttributeError, or read a bool's None as False)."""
   errors = []
   for key, value in default.items():
     name = f"{prefix}{key}"
     if isinstance(value, ml_collections.ConfigDict) and key in config:
-      errors += _none_numbers(config[key], value, f"{name}.")
-    elif (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and config.get(key, value) is None and name not in _NONE_MEANS_ALL):
-      errors.append(f"config.{name}=None: give a number (the default is {value})")
+      errors += _none_values(config[key], value, f"{name}.")
+    elif config.get(key, value) is None and name not in _NONE_ALLOWED:
+      kind = next((k for t, k in _KINDS if isinstance(value, t)), None)
+      if kind is not None:
+        errors.append(f"config.{name}=None: give {kind} (the default is {value!r})")
   return errors
 
 
@@ -133,7 +139,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if errors := unknown_keys(config, default):
     raise ValueError("; ".join(errors) + ". Fix the spelling or remove the key (the keys and "
                      "their defaults are in llmimg_jax/train/config.py, base_config).")
-  if errors := _none_numbers(config, default):
+  if errors := _none_values(config, default):
     raise ValueError("; ".join(errors) + ".")
   m, t = config.model, config.train
   if m.resolution not in SUPPORTED_RESOLUTIONS:

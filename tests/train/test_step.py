@@ -97,6 +97,14 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("train.grad_clip", None, r"config\.train\.grad_clip=None: give a number \(the default is "
                               r"0\.0\)\.$"),  # a TypeError in the range checks before
     ("loss.magp_p", None, r"config\.loss\.magp_p=None: give a number"),
+    # None in a config file for these was an AttributeError or TypeError traceback (exit 1)...
+    ("model.attn_resolutions", None,
+     r"config\.model\.attn_resolutions=None: give a tuple \(the default is \(16,\)\)\.$"),
+    ("loss.diffaugment", None, r"config\.loss\.diffaugment=None: give a str \(the default is "),
+    ("text.feed_forward_proj", None, r"config\.text\.feed_forward_proj=None: give a str"),
+    # ...or turned a default-on option off without a word
+    ("loss.contrastive_g", None, r"config\.loss\.contrastive_g=None: give True or False \(the "
+                                 r"default is True\)\.$"),
     ("train.steps", 0, "steps=0 must be positive"),
     ("eval.num_samples", 1, r"config\.eval\.num_samples=1 >= 2"),
     ("train.lr_text", -1e-4, r"config\.train\.lr_text=-0\.0001 must be >= 0"),
