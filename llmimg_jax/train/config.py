@@ -189,9 +189,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       isinstance(p, str) and p.strip() for p in t.sample_prompts):
     raise ValueError(f"config.train.sample_prompts={t.sample_prompts!r}: give a tuple of "
                      "non-blank prompts, e.g. ('a red circle', 'a blue square').")
-  if config.eval.every < 0 or config.eval.num_samples < 2:
-    raise ValueError(f"config.eval.every={config.eval.every} must be >= 0 (0 = off) and "
-                     f"config.eval.num_samples={config.eval.num_samples} >= 2.")
+  if config.eval.every < 0:
+    raise ValueError(f"config.eval.every={config.eval.every} must be >= 0 (0 = off).")
+  if config.eval.num_samples < 2:
+    raise ValueError(f"config.eval.num_samples={config.eval.num_samples} must be >= 2.")
   if config.eval.every and config.data.name != "captioned_shapes":
     raise ValueError(f"config.eval.every={config.eval.every}: the in-training evaluation "
                      "(caption accuracy, in-domain FID) needs data.name='captioned_shapes', not "

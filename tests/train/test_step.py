@@ -106,7 +106,9 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("loss.contrastive_g", None, r"config\.loss\.contrastive_g=None: give True or False \(the "
                                  r"default is True\)\.$"),
     ("train.steps", 0, "steps=0 must be positive"),
-    ("eval.num_samples", 1, r"config\.eval\.num_samples=1 >= 2"),
+    # was "config.eval.every=0 must be >= 0 (0 = off) and ...": a valid value blamed too
+    ("eval.num_samples", 1, r"^config\.eval\.num_samples=1 must be >= 2\.$"),
+    ("eval.every", -1, r"^config\.eval\.every=-1 must be >= 0 \(0 = off\)\.$"),
     ("train.lr_text", -1e-4, r"config\.train\.lr_text=-0\.0001 must be >= 0"),
     # inf passed every bound (inf >= 0): non-finite parameters after the first update
     ("train.lr_g", float("inf"), r"config\.train\.lr_g=inf must be finite\.$"),
