@@ -157,6 +157,9 @@ def main(argv) -> None:
     raise app.UsageError(f"{cli.only_apply(given)} to the evaluation of a run, not to "
                          "--write_stats (statistics of real images; --stats_split names their "
                          f"split); drop {cli.them(given)}.")
+  if FLAGS.write_stats and FLAGS.workdir and FLAGS["config"].present:  # --config was ignored
+    raise app.UsageError("--write_stats reads the data of --workdir (a run's) or of --config, "
+                         "not both: drop one.")
   if not FLAGS.write_stats and FLAGS["overwrite_stats"].present:
     raise app.UsageError("--overwrite_stats only applies with --write_stats (it lets that "
                          "replace an existing statistics file); drop it, or pass --write_stats.")

@@ -168,6 +168,20 @@ def test_an_output_under_a_file_is_one_error_naming_its_flag(tmp_path, monkeypat
   assert afile.read_text() == "not a folder"
 
 
+def test_write_stats_refuses_a_workdir_and_a_config_together(tmp_path, monkeypatch):
+  """With both, the run's data config was read and --config (and its --config.* overrides, e.g.
+  another data.folder) ignored without a word."""
+  from absl import app
+  argv = ["evaluate.py", "--write_stats", str(tmp_path / "s.npz"), "--workdir",
+          str(tmp_path / "no_run"), f"--config={CONFIG}", "--config.data.data_dir=/elsewhere",
+          "--inception_weights", str(tmp_path / "w.pth")]
+  monkeypatch.setattr(sys, "argv", argv)  # where ml_collections finds the --config.* overrides
+  with pytest.raises(app.UsageError, match=r"^--write_stats reads the data of --workdir \(a "
+                     r"run's\) or of --config, not both: drop one\.$"):
+    _main(*argv[1:])
+  assert not (tmp_path / "s.npz").exists()
+
+
 def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, capsys):
   """--num_samples 1000 on splits of 5 and 7 records scores 5 and 7 images: the file says so,
   and asking for 2000 (the same results) names the same file."""
