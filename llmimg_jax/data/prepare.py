@@ -114,6 +114,8 @@ def check_args(args: argparse.Namespace) -> None:
   if args.num_proc and name != "captioned_shapes":
     raise ValueError(f"--num_proc only applies to --dataset captioned_shapes ({args.dataset} is "
                      "built in one process); drop it.")
+  if args.num_proc < 0:  # CaptionedShapes builds in this one process below 2
+    raise ValueError(f"--num_proc={args.num_proc} must be >= 0 (0 = automatic).")
   if args.overwrite and not args.preview:
     raise ValueError("--overwrite only applies with --preview (it lets that replace an existing "
                      "file); drop it.")

@@ -239,10 +239,11 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   checks += [("seed", config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)")]
   checks += [(f"model.{k}", config.model[k], config.model[k] >= 1, ">= 1")  # else init fails
              for k in ("nf_g", "nf_d", "z_dim", "cond_dim")]
-  # grain refused the loader's negatives with a traceback, after the model was built
+  # grain refused the loader's negatives with a traceback, after the model was built; a negative
+  # build_num_proc built captioned_shapes in one process
   data_zero = {"max_pixels": "the default", "store_size": "the default", "num_workers": "in this "
                "process", "worker_buffer_size": "1", "read_threads": "grain's default",
-               "read_buffer_size": "grain's default"}
+               "read_buffer_size": "grain's default", "build_num_proc": "automatic"}
   checks += [(f"data.{k}", config.data[k], config.data[k] >= 0, f">= 0 (0 = {zero})")
              for k, zero in data_zero.items()]
   if bad := [f"config.{k}={v} must be {need}" for k, v, ok, need in checks if not ok]:

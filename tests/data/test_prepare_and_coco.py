@@ -100,6 +100,9 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
     (["--dataset", "captioned_folder", "--folder", "imgs", "--num_proc", "4"], "--num_proc only "
      "applies to --dataset captioned_shapes (captioned_folder is built in one process); drop "
      "it."),
+    # built in this one process without a word
+    (["--dataset", "captioned_shapes/tiny_32", "--num_proc", "-2"], "--num_proc=-2 must be >= 0 "
+     "(0 = automatic)."),
 ])
 def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, capsys, flags,
                                                                     error):

@@ -91,6 +91,8 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("data.worker_buffer_size", -1, r"config\.data\.worker_buffer_size=-1 must be >= 0"),
     ("data.read_threads", -1, r"config\.data\.read_threads=-1 must be >= 0"),
     ("data.read_buffer_size", -3, r"config\.data\.read_buffer_size=-3 must be >= 0"),
+    ("data.build_num_proc", -1,  # built in one process without a word
+     r"config\.data\.build_num_proc=-1 must be >= 0 \(0 = automatic\)"),
     ("data.folder", "/photos",
      r"data\.folder='/photos' is read by captioned_folder only, but config\.data\.name="
      r"'captioned_shapes'"),
