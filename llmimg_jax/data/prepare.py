@@ -171,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
   start = time.perf_counter()
   try:
+    if args.preview:  # no shell expands ~ after '=': it was a folder named '~' here
+      args.preview = str(cli.expand_home(args.preview, "--preview"))
     check_args(args)
     cfg = data_config_from_args(args)
     if args.preview:

@@ -156,6 +156,18 @@ def test_prepare_makes_the_preview_folder(shapes_cfg, tmp_path):
   assert report["preview"] == str(out) and Image.open(out).width == 4 * 160
 
 
+def test_prepare_expands_the_home_in_the_preview(shapes_cfg, tmp_path, monkeypatch):
+  """--preview=~/grid.png (no shell expands ~ after '=') wrote ./~/grid.png, a folder named '~'
+  in the current directory; --data_dir and --folder expanded it, as every other path flag."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                         shapes_cfg.data_dir, "--preview=~/grid.png"])
+  assert report["preview"] == str(tmp_path / "home" / "grid.png")
+  assert Image.open(tmp_path / "home" / "grid.png").width == 4 * 160
+  assert not (tmp_path / "~").exists()
+
+
 def test_prepare_refuses_an_existing_preview_unless_overwrite(shapes_cfg, tmp_path, capsys):
   """--preview replaced an existing file without a word (every other output of the project is
   refused unless an overwrite flag); now refused before the build, and --overwrite replaces it
