@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
   start = time.perf_counter()
   try:
+    if args.preview is not None and not args.preview:  # it built and wrote no grid
+      raise ValueError("--preview is blank (e.g. --preview=$FILE with FILE unset); name the .png "
+                       "file for the grid, or drop the flag.")
     if args.preview:  # no shell expands ~ after '=': it was a folder named '~' here
       args.preview = str(cli.expand_home(args.preview, "--preview"))
     check_args(args)

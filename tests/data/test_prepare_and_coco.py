@@ -130,6 +130,18 @@ def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, caps
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
+def test_prepare_refuses_a_blank_preview_before_building(tmp_path, capsys):
+  """--preview= (e.g. --preview=$GRID with GRID unset) built the dataset and wrote no grid,
+  without a word."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
+                  "--preview="])
+  assert exit_info.value.code == 2
+  assert ("error: --preview is blank (e.g. --preview=$FILE with FILE unset); name the .png file "
+          "for the grid, or drop the flag.") in capsys.readouterr().err
+  assert not (tmp_path / "tfds").exists()  # nothing was built
+
+
 def test_prepare_refuses_a_preview_inside_the_folder(tmp_path, capsys, monkeypatch):
   """`prepare --folder . --preview grid.png` (the README's flag, run in the folder) wrote the grid
   into the folder: every later load warned that the folder changed since its build (delete it,
