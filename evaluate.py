@@ -147,6 +147,11 @@ def main(argv) -> None:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
   cli.quiet_orbax()
+  # Read as not given: an FID against the real images instead of --ref_stats, or none at all.
+  if blank := next((f for f in ("ref_stats", "inception_weights")
+                    if FLAGS[f].present and not FLAGS[f].value.strip()), None):
+    raise app.UsageError(f"--{blank} is blank (e.g. --{blank}=$FILE with FILE unset); name the "
+                         "file, or drop the flag.")
   if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")

@@ -374,6 +374,21 @@ def test_weights_and_ref_stats_paths_expand_the_home_as_every_path_flag(tmp_path
   assert given["write_stats_weights"] == str(tmp_path / "w.pth")
 
 
+def test_a_blank_weights_or_ref_stats_flag_is_refused_before_the_evaluation(tmp_path,
+                                                                           monkeypatch):
+  """--ref_stats=$STATS with STATS unset took the FID against the run's own real images instead of
+  the reference statistics, and a blank --inception_weights left out the standard FID, without a
+  word."""
+  from absl import app
+  from llmimg_jax.eval import report
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: pytest.fail("evaluated"))
+  for flag in ("ref_stats", "inception_weights"):
+    with pytest.raises(app.UsageError, match=rf"^--{flag} is blank \(e\.g\. --{flag}=\$FILE with "
+                       r"FILE unset\); name the file, or drop the flag\.$"):
+      _main("--workdir", str(tmp_path), "--inception_weights=w.pth", f"--{flag}=")
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, monkeypatch):
   """--batch_size 100000 ended in XLA's RESOURCE_EXHAUSTED traceback (sample.py says one line);
   another runtime error is still raised as it is."""
