@@ -147,8 +147,9 @@ def main(argv) -> None:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
   cli.quiet_orbax()
-  # Read as not given: an FID against the real images instead of --ref_stats, or none at all.
-  if blank := next((f for f in ("ref_stats", "inception_weights")
+  # Read as not given: an FID against the real images instead of --ref_stats, or none at all;
+  # a run's evaluation instead of --write_stats.
+  if blank := next((f for f in ("ref_stats", "inception_weights", "write_stats")
                     if FLAGS[f].present and not FLAGS[f].value.strip()), None):
     raise app.UsageError(f"--{blank} is blank (e.g. --{blank}=$FILE with FILE unset); name the "
                          "file, or drop the flag.")

@@ -374,8 +374,7 @@ def test_weights_and_ref_stats_paths_expand_the_home_as_every_path_flag(tmp_path
   assert given["write_stats_weights"] == str(tmp_path / "w.pth")
 
 
-def test_a_blank_weights_or_ref_stats_flag_is_refused_before_the_evaluation(tmp_path,
-                                                                           monkeypatch):
+def test_a_blank_file_flag_is_refused_before_any_work(tmp_path, monkeypatch):
   """--ref_stats=$STATS with STATS unset took the FID against the run's own real images instead of
   the reference statistics, and a blank --inception_weights left out the standard FID, without a
   word."""
@@ -387,6 +386,9 @@ def test_a_blank_weights_or_ref_stats_flag_is_refused_before_the_evaluation(tmp_
                        r"FILE unset\); name the file, or drop the flag\.$"):
       _main("--workdir", str(tmp_path), "--inception_weights=w.pth", f"--{flag}=")
   assert list(tmp_path.iterdir()) == []
+  # --write_stats=$FILE with FILE unset evaluated a run instead: "--workdir is required"
+  with pytest.raises(app.UsageError, match=r"^--write_stats is blank \(e\.g\. --write_stats="):
+    _main("--write_stats=", f"--config={CONFIG}", "--inception_weights=w.pth")
 
 
 def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, monkeypatch):
