@@ -62,7 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.sample_every = 1000
   c.train.ckpt_every = 1000
-  c.train.keep_checkpoints = 3  # the latest N (None: all); the best eval step's is kept too
+  # The latest N (None: all); the best eval step's is kept too. Typed: a config file's None
+  # stays an int field, which a --config.train.keep_checkpoints=N override can set.
+  c.train.keep_checkpoints = ml_collections.FieldReference(3, field_type=int)
   c.train.max_bad_steps = 20  # consecutive non-finite updates before the run stops
   c.train.sample_prompts = (
       "a red circle", "a large blue square in the center", "a small green triangle",

@@ -1,4 +1,5 @@
 """The jitted train step: data-parallel equivalence, and config errors before compilation."""
+import json
 import time
 
 import jax
@@ -126,6 +127,25 @@ def test_bad_config_fails_fast(tmp_path, key, value, match):
   with pytest.raises(ValueError, match=match):
     validate(config, jax.device_count())
   assert time.perf_counter() - start < 1.0
+
+
+def test_a_config_files_keep_all_checkpoints_takes_a_number_on_the_command_line(tmp_path):
+  """train.keep_checkpoints = None in a config file (keep all, as validate() advises) made the
+  field untyped: --config.train.keep_checkpoints=5 was ml_collections' "Type <class 'NoneType'>
+  of field config.train.keep_checkpoints is not supported for overriding"."""
+  from absl import flags
+  from ml_collections import config_flags
+  config_file = tmp_path / "keep_all.py"
+  config_file.write_text("from llmimg_jax.train.config import base_config\n\n\n"
+                         "def get_config():\n  c = base_config()\n"
+                         "  c.train.keep_checkpoints = None\n  return c\n")
+  for overrides, keep in (((), None), (("--config.train.keep_checkpoints=5",), 5)):
+    argv = ["train.py", f"--config={config_file}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    assert flag_values.config.train.keep_checkpoints == keep
+    assert json.loads(flag_values.config.to_json())["train"]["keep_checkpoints"] == keep
 
 
 def test_model_dtype_is_refused_alike_by_validate_and_build_models(tmp_path):
