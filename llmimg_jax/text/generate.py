@@ -73,6 +73,10 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   if num_beams == 1 and length_penalty != 1.0:
     log.warning("length_penalty=%s only applies to beam search (num_beams > 1); ignored.",
                 length_penalty)
+  if min_new_tokens > max_new_tokens:  # transformers warns of such "unfeasible" constraints
+    log.warning("min_new_tokens=%s is more than max_new_tokens=%s: EOS is held back at every "
+                "step, so every row runs to max_new_tokens without one. Lower min_new_tokens or "
+                "raise max_new_tokens.", min_new_tokens, max_new_tokens)
   # Scalars that only enter arithmetic are traced (no recompiles); the rest shape the program.
   scalars = jnp.asarray([temperature, top_p, length_penalty], jnp.float32)
   min_tokens = jnp.asarray(min(max(int(min_new_tokens), 0), int(max_new_tokens)), jnp.int32)

@@ -3,6 +3,7 @@ shape (values that only enter arithmetic never recompile)."""
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 
 import numpy as np
@@ -57,3 +58,18 @@ def test_sampling_refuses_a_top_k_that_is_not_a_whole_number(generator, top_k):
   """top_k=2.5 sampled with top_k=2 without a word (transformers refuses it)."""
   with pytest.raises(ValueError, match=rf"top_k={top_k}"):
     generator.generate(["a"], max_new_tokens=2, seed=0, do_sample=True, top_k=top_k)
+
+
+def test_min_new_tokens_past_max_new_tokens_is_named(generator, caplog):
+  """min_new_tokens > max_new_tokens was clamped without a word (transformers warns that the
+  length constraints are unfeasible): no row could end with EOS."""
+  batch = generator.tokenizer(["a red fox"])
+  args = (generator.params, generator.config, batch["input_ids"], batch["attention_mask"])
+  with caplog.at_level(logging.WARNING):
+    out = np.asarray(generate(*args, max_new_tokens=3, min_new_tokens=5))
+  assert "min_new_tokens=5 is more than max_new_tokens=3" in caplog.text
+  assert generator.config.eos_token_id not in out
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    generate(*args, max_new_tokens=3, min_new_tokens=3)
+  assert "min_new_tokens" not in caplog.text
