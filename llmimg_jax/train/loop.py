@@ -27,7 +27,7 @@ from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
-from llmimg_jax.train.summaries import flush as flush_events, summary_writer
+from llmimg_jax.train.summaries import flush as flush_events, summary_writer, window_means
 from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,8 @@ def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepCl
   # The longest streak of skipped updates since the last log, even one that has ended.
   streak = max(int(m.pop("bad_steps")) for m in fetched)
   # Losses and norms of the updates made (a skipped one's are NaN); NaN if all skipped.
-  made = [m for m in fetched if m["finite"]] or fetched
-  scalars = {k: float(np.mean([m[k] for m in made])) for k in fetched[-1]}
+  made = [m for m in fetched if m["finite"]]
+  scalars = window_means(made or fetched, skip_nan=bool(made))
   scalars["finite"] = float(np.mean([m["finite"] for m in fetched]))
   if steps_per_sec := clock.lap():  # None when only the first step ran
     scalars["images_per_sec"] = t.batch_size * steps_per_sec

@@ -90,9 +90,11 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     feats_fake = features(d_params, augment(jax.lax.stop_gradient(fake), k_aug_fake))
     logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
     # A rolled sentence that is the image's own caption (a caption repeated in the batch) is a
-    # matching pair: left out of the mismatch term.
-    hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch,
-                             gan.mismatch_weights(ids, mask))
+    # matching pair: left out of the mismatch term, and of its metric (NaN with no such pair).
+    mismatch_weight = gan.mismatch_weights(ids, mask)
+    hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch, mismatch_weight)
+    d_mismatch = (jnp.sum(jnp.where(mismatch_weight > 0, logits_mismatch.astype(jnp.float32), 0.0))
+                  / jnp.sum(mismatch_weight))
 
     def penalty_fn():
       return cfg.loss.gp_every * gan.gradient_penalty(
@@ -108,7 +110,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
                              lambda: jnp.zeros((), jnp.float32))
     loss = hinge + penalty
     metrics = {"d_hinge": hinge, "gp": penalty, "d_real": logits_real.mean(),
-               "d_fake": logits_fake.mean(), "d_mismatch": logits_mismatch.mean()}
+               "d_fake": logits_fake.mean(), "d_mismatch": d_mismatch}
     if cfg.loss.contrastive_weight > 0:
       contrastive = _contrastive(models, d_params, feats_real, sent)
       loss += cfg.loss.contrastive_weight * contrastive

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def summary_writer(logdir: str | Path, purge_step: int | None = None) -> Any:
   """tensorboardX's SummaryWriter for `logdir`.
@@ -47,3 +49,17 @@ def flush(writer: Any | None) -> None:
       events._worker = type(worker)(events._event_queue, events._ev_writer, events._flush_secs)
       events._worker.start()
   writer.flush()
+
+
+def window_means(steps: list[dict[str, Any]], skip_nan: bool) -> dict[str, float]:
+  """Each metric's mean over `steps` (one dict of scalars per step, the same keys in each).
+
+  skip_nan: over the steps that measured it, as a metric is NaN at a step without a value
+  (d_mismatch with no mismatched pair); one that none measured is left out."""
+  means = {}
+  for key in steps[-1]:
+    values = np.asarray([m[key] for m in steps], np.float64)
+    values = values[~np.isnan(values)] if skip_nan else values
+    if values.size:
+      means[key] = float(np.mean(values))
+  return means

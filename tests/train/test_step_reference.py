@@ -96,7 +96,7 @@ def _reference_step(models, state, batch):
                             d_apply(d, sent, m="text_embedding"), temperature)
     loss = hinge + cfg.loss.gp_every * gp + w * contrastive
     return loss, {"d_loss": loss, "d_hinge": hinge, "unscaled_gp": gp, "d_real": real_l.mean(),
-                  "d_fake": fake_l.mean(), "d_mismatch": mis_l.mean(),
+                  "d_fake": fake_l.mean(), "d_mismatch": jnp.mean(mis_l, where=~own),
                   "d_contrastive": contrastive}
 
   (d_grads, t_grads), metrics = jax.grad(d_terms, argnums=(0, 1), has_aux=True)(
