@@ -43,7 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.magp_k = 2.0
   c.loss.magp_p = 6.0
   c.loss.r1_gamma = 10.0
-  c.loss.gp_every = 1  # lazy regularisation: the penalty every N steps, scaled by N
+  # Lazy regularisation: the penalty every N steps, scaled by N (train/gp: the penalty itself,
+  # averaged over the steps that computed it).
+  c.loss.gp_every = 1
   c.loss.diffaugment = "color,translation,cutout"  # '' disables DiffAugment
   c.loss.contrastive_weight = 0.0  # InfoNCE between D image features and sentences; 0 = off
   c.loss.contrastive_temperature = 0.1

@@ -104,12 +104,15 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     # Lazy regularisation (as StyleGAN2 does for R1): the penalty, whose double backward pass
     # costs several plain D steps, every gp_every steps, scaled by gp_every.
     if cfg.loss.gp_every == 1:
-      penalty = penalty_fn()
+      penalty = gp = penalty_fn()
     else:
-      penalty = jax.lax.cond(state.step % cfg.loss.gp_every == 0, penalty_fn,
-                             lambda: jnp.zeros((), jnp.float32))
+      gp_step = state.step % cfg.loss.gp_every == 0
+      penalty = jax.lax.cond(gp_step, penalty_fn, lambda: jnp.zeros((), jnp.float32))
+      # The metric: the penalty itself (unscaled), NaN at the steps without it, so that the
+      # logged mean is over the steps that computed it, whatever train.log_every.
+      gp = jnp.where(gp_step, penalty / cfg.loss.gp_every, jnp.nan)
     loss = hinge + penalty
-    metrics = {"d_hinge": hinge, "gp": penalty, "d_real": logits_real.mean(),
+    metrics = {"d_hinge": hinge, "gp": gp, "d_real": logits_real.mean(),
                "d_fake": logits_fake.mean(), "d_mismatch": d_mismatch}
     if cfg.loss.contrastive_weight > 0:
       contrastive = _contrastive(models, d_params, feats_real, sent)

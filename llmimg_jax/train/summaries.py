@@ -55,7 +55,8 @@ def window_means(steps: list[dict[str, Any]], skip_nan: bool) -> dict[str, float
   """Each metric's mean over `steps` (one dict of scalars per step, the same keys in each).
 
   skip_nan: over the steps that measured it, as a metric is NaN at a step without a value
-  (d_mismatch with no mismatched pair); one that none measured is left out."""
+  (d_mismatch with no mismatched pair, gp between lazy penalties); one that none measured is
+  left out."""
   means = {}
   for key in steps[-1]:
     values = np.asarray([m[key] for m in steps], np.float64)

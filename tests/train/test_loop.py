@@ -7,18 +7,16 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
-from tqdm import tqdm
 
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
 from tests.sample.utils import one_device_env
-from tests.train.utils import _damage, _scalar_events, _scalars, tiny_config
+from tests.train.utils import _damage, _log_window, _scalar_events, _scalars, tiny_config
 
 
 def _max_diff(a, b) -> float:
@@ -150,23 +148,6 @@ def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, 
   best_file.write_text(json.dumps(best))  # not past the run's step: left as it is
   loop._set_aside_best_past(tmp_path, 8, [4, 8])  # pylint: disable=protected-access
   assert json.loads(best_file.read_text()) == best
-
-
-def _log_window(steps: list[dict[str, float]], done: int = 4) -> dict[str, float]:
-  """What _log_metrics writes to TensorBoard for these steps' metrics (train/ stripped)."""
-  written = {}
-
-  class Writer:
-    def add_scalar(self, name, value, step):
-      assert step == done
-      written[name.removeprefix("train/")] = value
-  fetched = [{"bad_steps": np.int32(0), "finite": np.float32(1.0), "d_loss": np.float32(1.0),
-              "g_loss": np.float32(1.0), **{k: np.float32(v) for k, v in m.items()}}
-             for m in steps]
-  t = ml_collections.ConfigDict({"batch_size": 4, "max_bad_steps": 3})
-  loop._log_metrics(fetched, done, loop._StepClock(), tqdm(disable=True), Writer(), t,
-                    Path("checkpoints"))
-  return written
 
 
 def test_a_metric_a_step_did_not_measure_is_averaged_over_the_steps_that_did():

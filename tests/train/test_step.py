@@ -9,7 +9,7 @@ import pytest
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import build_models, build_text
-from tests.train.utils import _batch, tiny_config, tiny_pretrained_t5
+from tests.train.utils import _batch, _log_window, tiny_config, tiny_pretrained_t5
 
 
 def _one_step(config, devices):
@@ -231,7 +231,10 @@ def test_missing_text_checkpoint_directory_is_named(tmp_path):
 
 
 def test_lazy_gradient_penalty_every_other_step(tmp_path):
-  """gp_every=2: the penalty (scaled by 2) enters on even steps only."""
+  """gp_every=2: the penalty (scaled by 2) enters on even steps only. Its metric was 2 x it on
+  even steps and 0 on odd ones, so the logged mean over a window of log_every steps wobbled with
+  the number of even steps in it (4/3 x the penalty over steps 0-2, 2/3 x over steps 1-3); it is
+  the penalty on even steps, NaN on odd ones, and the logged mean is over the even steps."""
   config = tiny_config(tmp_path)
   config.loss.gp_every = 2
   # Only the penalty's schedule is under test: a smaller program (compiles in half the time).
@@ -241,8 +244,12 @@ def test_lazy_gradient_penalty_every_other_step(tmp_path):
   models = build_models(config, t5_config)
   state = loop.create_state(models, mesh, config.seed)
   step = loop.jit_train_step(models, mesh)
-  penalties = []
-  for i in range(3):
+  steps = []
+  for i in range(4):
     state, metrics = step(state, _batch(config, tokenizer, seed=i))
-    penalties.append(float(metrics["gp"]))
-  assert penalties[0] > 0 and penalties[1] == 0 and penalties[2] > 0
+    steps.append(jax.device_get(metrics))
+  penalties = [float(m["gp"]) for m in steps]
+  assert penalties[0] > 0 and np.isnan(penalties[1]) and penalties[2] > 0
+  assert np.isnan(penalties[3])
+  np.testing.assert_allclose(_log_window(steps[:3])["gp"], np.mean(penalties[::2]), rtol=1e-6)
+  np.testing.assert_allclose(_log_window(steps[1:])["gp"], penalties[2], rtol=1e-6)

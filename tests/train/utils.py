@@ -1,6 +1,6 @@
 """Helpers shared by the training tests: a tiny config and pretrained T5, a random batch, a
-host-drawn mid-training state, tree equality, TensorBoard scalars as logged, and damaged
-checkpoints."""
+host-drawn mid-training state, tree equality, TensorBoard scalars as logged (and as the loop logs
+given steps' metrics), and damaged checkpoints."""
 from __future__ import annotations
 
 import functools
@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from tqdm import tqdm
 
 from llmimg_jax.train.config import base_config
 from llmimg_jax.train.state import TrainState, init_state
@@ -144,3 +145,22 @@ def _damage(step_dir, how: str) -> None:
   elif how == "data_state_deleted":
     for p in (step_dir / "data").iterdir():
       p.unlink()
+
+
+def _log_window(steps: list[dict[str, float]], done: int = 4) -> dict[str, float]:
+  """What loop._log_metrics writes to TensorBoard for these steps' metrics (train/ stripped);
+  d_loss, g_loss, finite and bad_steps default to those of a finite update."""
+  from llmimg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  written = {}
+
+  class Writer:
+    def add_scalar(self, name, value, step):
+      assert step == done
+      written[name.removeprefix("train/")] = value
+  fetched = [{"bad_steps": np.int32(0), "finite": np.float32(1.0), "d_loss": np.float32(1.0),
+              "g_loss": np.float32(1.0), **{k: np.asarray(v) for k, v in m.items()}}
+             for m in steps]
+  t = ml_collections.ConfigDict({"batch_size": 4, "max_bad_steps": 3})
+  loop._log_metrics(fetched, done, loop._StepClock(), tqdm(disable=True), Writer(), t,
+                    Path("checkpoints"))
+  return written
