@@ -73,3 +73,15 @@ def test_min_new_tokens_past_max_new_tokens_is_named(generator, caplog):
   with caplog.at_level(logging.WARNING):
     generate(*args, max_new_tokens=3, min_new_tokens=3)
   assert "min_new_tokens" not in caplog.text
+
+
+@pytest.mark.parametrize("kw, named", [
+    ({"max_new_tokens": 2.5}, "max_new_tokens=2.5"), ({"num_beams": 2.5}, "num_beams=2.5"),
+    ({"min_new_tokens": 1.5}, "min_new_tokens=1.5")])
+def test_a_length_or_beam_count_that_is_not_a_whole_number_is_refused(generator, kw, named):
+  """int() truncated them without a word: max_new_tokens=2.5 generated 2 tokens, num_beams=2.5
+  searched with 2 beams (as top_k, refused)."""
+  batch = generator.tokenizer(["a red fox"])
+  with pytest.raises(ValueError, match=rf"^{re.escape(named)}: pass whole numbers"):
+    generate(generator.params, generator.config, batch["input_ids"], batch["attention_mask"],
+             **{"max_new_tokens": 3, **kw})
