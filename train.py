@@ -4,11 +4,12 @@
 
 Rerunning the same command resumes from the latest checkpoint in the workdir (after a crash, the
 newest one that restores); a run already at config.train.steps says so and exits 0, changing
-nothing (raise --config.train.steps to train further). SIGTERM or Ctrl-C finishes the current
-step, saves a checkpoint and exits 0 (one during the first step's compilation waits for it);
-before the loop (building, restoring, initialising) they stop at once with status 143 / 130, the
-checkpoints kept. Multi-host: start one process per host
-with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
+nothing (raise --config.train.steps to train further) but making its last sample grid or evaluation
+if a kill cut them short. SIGTERM or Ctrl-C finishes the current step, saves a checkpoint and
+exits 0 (one during the first step's compilation waits for it; the step's sample grid and
+evaluation, if due, are made on resuming); before the loop (building, restoring, initialising)
+they stop at once with status 143 / 130, the checkpoints kept. Multi-host: start one process per
+host with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
 lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host, also
 before the loop and with one process (JAX's preemption notifier owns SIGTERM there). Config
 and checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no readable

@@ -1,6 +1,7 @@
 """Evaluation during training (shapes configs): caption accuracy and in-domain FID of the EMA
 generator on a fixed subset of the test split, logged to TensorBoard; the best step so far is
-kept in <workdir>/best.json (highest caption accuracy, then lowest FID), and its checkpoint is
+kept in <workdir>/best.json (highest caption accuracy, then lowest FID; "evaluated": the last step
+evaluated, which a rerun after a kill during an evaluation makes again), and its checkpoint is
 kept beside the latest ones (the loop saves it if it was not a checkpoint step). best.json names
 its evaluation (dataset, image size, number of captions, noise seed, the evaluator's weights): a
 resume that evaluates otherwise starts the best over rather than compare incomparable scores.
@@ -12,6 +13,7 @@ with every evaluation as eval/fid_floor, a flat line beside the FID.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -35,6 +37,45 @@ log = logging.getLogger(__name__)
 def enabled(config: ml_collections.ConfigDict) -> bool:
   e = config.get("eval")
   return bool(e is not None and e.every > 0)  # validate() refuses it on other data
+
+
+def evaluated(workdir: Path, step: int) -> bool:
+  """Whether best.json records an evaluation at `step` or later: its "evaluated", the last step
+  evaluated (a kill during an evaluation leaves the one before), in older files its best step."""
+  try:
+    best = checkpoint.read_best(Path(workdir) / BEST_FILE)
+    return best is not None and int(best.get("evaluated", best["step"])) >= step
+  except (ValueError, TypeError):  # unreadable: the evaluation is made again
+    return False
+
+
+def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
+  """A best.json of a step after `start` (a fresh start over an old run, a fallback past damaged
+  checkpoints, or a kill before the new best's checkpoint was complete) scores a checkpoint this
+  run does not have: kept as best.json.stale, it would otherwise be compared with, and keep, this
+  run's checkpoint of that step number. The best it replaced becomes best.json again if that
+  one's checkpoint (of `steps`) is there: forgotten, it would be deleted by the next save."""
+  best_file = workdir / checkpoint.BEST_FILE
+  try:
+    best = checkpoint.read_best(best_file)
+  except ValueError:
+    best = None  # unreadable: the evaluator says so and starts over
+  stale = best is not None and int(best["step"]) > start
+  former = best.get("former") if stale else None
+  former = former if isinstance(former, dict) and former.get("step") in steps else None
+  if jax.process_count() > 1:  # every host read it before host 0 moves it
+    checkpoint.wait_for_all_hosts("best_read")
+
+  def move() -> None:
+    if stale:
+      log.warning("%s names step %d, past this run's step %d; moved to %s.stale%s.", best_file,
+                  int(best["step"]), start, best_file.name,
+                  "" if former is None else f" (the best before it, step {former['step']}, is "
+                  f"{best_file.name} again)")
+      best_file.replace(best_file.with_name(best_file.name + ".stale"))
+      if former is not None:
+        cli.write_atomically(best_file, json.dumps(former, indent=2))
+  checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 
 class TrainingEvaluator:
@@ -106,11 +147,11 @@ class TrainingEvaluator:
       former = None if self.best is None else {k: v for k, v in self.best.items() if k != "former"}
       self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup,
                    "former": former}
+    self.best["evaluated"] = step  # a rerun after a kill during this evaluation makes it again
     if jax.process_index() != 0:
       return result
-    if improved:
-      # Strict JSON (a NaN metric, e.g. relations on a build without them, as null).
-      cli.write_atomically(self.best_path, to_json(self.best))
+    # Strict JSON (a NaN metric, e.g. relations on a build without them, as null).
+    cli.write_atomically(self.best_path, to_json(self.best))
     if writer is not None:
       for k, v in result.items():
         if math.isfinite(v):  # a metric the build has no statements for is NaN: no point

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
 from llmimg_jax.train.summaries import flush as flush_events, summary_writer, window_means
-from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving
+from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving, local_workdir
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ class _StepClock:
     return rate
 
 
+def grid_name(step: int) -> str:
+  return f"step_{step:07d}.png"
+
+
 class SampleWriter:
   """Fixed prompts with fixed noise, rendered from the EMA generator as PNG + TensorBoard."""
 
@@ -178,8 +183,9 @@ class SampleWriter:
       return None
     grid = captioned_grid(images, self.prompts)
     self.dir.mkdir(parents=True, exist_ok=True)
-    path = self.dir / f"step_{step:07d}.png"
-    grid.save(path)
+    path, png = self.dir / grid_name(step), io.BytesIO()
+    grid.save(png, format="PNG")
+    cli.write_atomically(path, png.getvalue())  # a kill mid-write leaves no grid that looks made
     if writer is not None:
       writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
     return path
@@ -203,52 +209,29 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   cli.write_atomically(path, json.dumps(config_values(config), indent=2))
 
 
-def _set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
-  """A best.json of a step after `start` (a fresh start over an old run, a fallback past damaged
-  checkpoints, or a kill before the new best's checkpoint was complete) scores a checkpoint this
-  run does not have: kept as best.json.stale, it would otherwise be compared with, and keep, this
-  run's checkpoint of that step number. The best it replaced becomes best.json again if that
-  one's checkpoint (of `steps`) is there: forgotten, it would be deleted by the next save."""
-  best_file = workdir / checkpoint.BEST_FILE
-  try:
-    best = checkpoint.read_best(best_file)
-  except ValueError:
-    best = None  # unreadable: the evaluator says so and starts over
-  stale = best is not None and int(best["step"]) > start
-  former = best.get("former") if stale else None
-  former = former if isinstance(former, dict) and former.get("step") in steps else None
-  if jax.process_count() > 1:  # every host read it before host 0 moves it
-    checkpoint.wait_for_all_hosts("best_read")
-
-  def move() -> None:
-    if stale:
-      log.warning("%s names step %d, past this run's step %d; moved to %s.stale%s.", best_file,
-                  int(best["step"]), start, best_file.name,
-                  "" if former is None else f" (the best before it, step {former['step']}, is "
-                  f"{best_file.name} again)")
-      best_file.replace(best_file.with_name(best_file.name + ".stale"))
-      if former is not None:
-        cli.write_atomically(best_file, json.dumps(former, indent=2))
-  checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
+def _unmade(workdir: Path, step: int, config: ml_collections.ConfigDict) -> tuple[bool, bool]:
+  """Whether the sample grid and the evaluation due at `step`, where the run resumes, are missing
+  (host 0's view, on every host): a kill during them, after the step's checkpoint, lost them, for
+  good at the last step, which a rerun did not train again."""
+  t, due = config.train, 0 < step <= config.train.steps
+  grid = due and (step % t.sample_every == 0 or step == t.steps) and not (
+      workdir / "samples" / grid_name(step)).exists()
+  evaluation = due and in_training.enabled(config) and (
+      step % config.eval.every == 0 or step == t.steps) and not in_training.evaluated(workdir, step)
+  return checkpoint.host_flags(grid)[0], checkpoint.host_flags(evaluation)[0]
 
 
-def local_workdir(workdir: str | Path) -> Path:
-  """The workdir as a local path (~ expanded). A URL is refused: pathlib would turn 'gs://b/run'
-  into the relative local folder 'gs:/b/run', and the run would write there without a word."""
-  text = str(workdir)
-  if not text.strip():  # Path("") is the current directory: the run would write there
-    raise ValueError("--workdir is blank (e.g. --workdir=$RUN with RUN unset); name the "
-                     "directory for checkpoints, samples and logs.")
-  if "://" in text:
-    raise ValueError(
-        f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
-        "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
-        "host shares) and pass the mount's path.")
-  path = cli.expand_home(text, "--workdir")
-  if path.exists() and not path.is_dir():
-    raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
-                     "run's) for checkpoints, samples and logs.")
-  return path
+def _evaluate(evaluate: in_training.TrainingEvaluator, state: TrainState, step: int, saved: bool,
+              writer, manager, data_iter, config: ml_collections.ConfigDict) -> None:
+  """Evaluates `step`; a new best's checkpoint is kept: saved if it was not, else the former's
+  deleted (unless among the latest)."""
+  former_best = evaluate.best_step
+  evaluate(state, step, writer)
+  if evaluate.best_step == step and saved and former_best is not None:
+    checkpoint.drop_former_best(manager, former_best, config.train.keep_checkpoints)
+  if evaluate.best_step == step and not saved:  # kept beside the latest (make_manager)
+    with checkpoint_saving(manager.directory):
+      checkpoint.save(manager, step, state, data_iter, config)
 
 
 def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepClock, bar: tqdm,
@@ -286,7 +269,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
 
   Resumes from the newest checkpoint that restores (damaged ones are moved aside; with none
   readable it raises CorruptCheckpointError unless `start_fresh_if_corrupt`); one already at
-  config.train.steps is returned as restored, config.json untouched and no evaluator set up.
+  config.train.steps is returned as restored, config.json untouched and no evaluator set up,
+  unless its last sample grid or evaluation is missing (a kill during them): made then. A resumed
+  run makes those of the step it resumes at, if missing, before it trains.
   SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
@@ -313,14 +298,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     state = restored
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
-  _set_aside_best_past(workdir, start, manager.all_steps())
-  if start >= config.train.steps:  # before config.json, TensorBoard and the evaluator's setup
+  in_training.set_aside_best_past(workdir, start, manager.all_steps())
+  grid_unmade, eval_unmade = _unmade(workdir, start, config)
+  unmade = " and ".join(["sample grid"] * grid_unmade + ["evaluation"] * eval_unmade)
+  if start >= config.train.steps and unmade:
+    log.warning("The run in %s is at its last step, %d: nothing to train; making the step's %s, "
+                "which a stop cut short.", workdir, start, unmade)
+  elif start >= config.train.steps:  # before config.json, TensorBoard and the evaluator's setup
     log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
                 "train; its config.json and checkpoints are left as they are. Raise "
                 "--config.train.steps to train further.", workdir, start, config.train.steps)
     manager.close()
     return state
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and start < config.train.steps:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
     if config.text.checkpoint:
@@ -342,6 +332,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
              dynamic_ncols=True)
   with PreemptionWatch(manager) as watch:
     try:
+      if grid_unmade:  # of the checkpoint resumed from: a kill during them lost them
+        samples(state, start, writer)
+      if eval_unmade:
+        _evaluate(evaluate, state, start, True, writer, manager, data_iter, config)
       for step in range(start, t.steps):
         batch = to_global_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, batch)
@@ -354,7 +348,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         else:
           clock.steps += 1
         # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
-        # complete, so it ends as usual (a rerun would find nothing to train, nor sample).
+        # complete, so it ends as usual (its samples and evaluation are made now, not by a rerun).
         stop = watch.reached() and done < t.steps
         if done % t.log_every == 0 or done == t.steps or stop:  # a stop: the steps since the log
           _log_metrics(jax.device_get(pending), done, clock, bar, writer, t, manager.directory)
@@ -368,20 +362,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
           with checkpoint_saving(manager.directory):
             checkpoint.save(manager, done, state, data_iter, config)
           flush_events(writer)  # the steps it holds are not logged again after a crash
-        if stop:  # the grace period of a preemption is short: no samples or evaluation
+        if stop:  # the grace period of a preemption is short: samples and evaluation on resuming
           log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
                       "resume.", watch.description, done)
           break
         if sample_now:
           samples(state, done, writer)
         if eval_now:
-          former_best = evaluate.best_step
-          evaluate(state, done, writer)
-          if evaluate.best_step == done and saved and former_best is not None:
-            checkpoint.drop_former_best(manager, former_best, t.keep_checkpoints)
-          if evaluate.best_step == done and not saved:  # kept beside the latest (make_manager)
-            with checkpoint_saving(manager.directory):
-              checkpoint.save(manager, done, state, data_iter, config)
+          _evaluate(evaluate, state, done, saved, writer, manager, data_iter, config)
         if sample_now or eval_now:
           flush_events(writer)
         clock.start()

@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from llmimg_jax import cli
 from llmimg_jax.train import checkpoint
 
 
@@ -118,3 +119,22 @@ def check_workdir_writable(workdir: Path) -> None:
         "free space, or the mount) or pass another --workdir; nothing was trained.")
   if jax.process_count() > 1:
     check_workdir_shared(workdir)
+
+
+def local_workdir(workdir: str | Path) -> Path:
+  """The workdir as a local path (~ expanded). A URL is refused: pathlib would turn 'gs://b/run'
+  into the relative local folder 'gs:/b/run', and the run would write there without a word."""
+  text = str(workdir)
+  if not text.strip():  # Path("") is the current directory: the run would write there
+    raise ValueError("--workdir is blank (e.g. --workdir=$RUN with RUN unset); name the "
+                     "directory for checkpoints, samples and logs.")
+  if "://" in text:
+    raise ValueError(
+        f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
+        "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
+        "host shares) and pass the mount's path.")
+  path = cli.expand_home(text, "--workdir")
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
+                     "run's) for checkpoints, samples and logs.")
+  return path

@@ -259,6 +259,7 @@ def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_pat
     best = json.loads(best_json.read_text(), parse_constant=pytest.fail)  # strict: NaN -> null
     assert best["step"] == want_best, step
     former = best.pop("former")  # the best it replaced
+    assert best.pop("evaluated") == step  # the last step evaluated, even one not the best
     assert (former and former["step"]) == {6: None, 8: 6, 12: 8}[want_best], step
     assert best == {"step": want_best, **kept[want_best], "relation": None,
                     "fid_floor": evaluate.floor, "setup": {

@@ -82,6 +82,40 @@ def test_an_unreadable_best_json_is_replaced_not_fatal(tmp_path, caplog):
   assert evaluator._read_best()["step"] == 4
 
 
+def test_every_evaluation_is_recorded_in_best_json(tmp_path, monkeypatch):
+  """best.json was written only for a new best, so a rerun could not tell an evaluation a kill
+  cut short from one that did not improve: it now names the last step evaluated."""
+  from llmimg_jax.eval import fid
+  features = np.random.default_rng(0).normal(size=(8, 4))
+
+  class Scores:
+    def __init__(self):
+      self.accuracy = iter([0.5, 0.4])
+
+    def score(self, images, captions):
+      return {"caption_accuracy": next(self.accuracy), "num_images": len(captions)}
+
+    def features(self, images):
+      return features
+  evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
+  evaluator.__dict__.update(
+      models=None, tokenizer=None, captions=["a red circle"] * 8, seed=2, evaluator=Scores(),
+      reference=fid.statistics(features), floor=1.0, setup={"num_samples": 8}, best=None,
+      best_path=tmp_path / checkpoint.BEST_FILE)
+  monkeypatch.setattr(in_training, "generate_for_captions", lambda *a, **k: None)
+  state = type("State", (), {"ema_params": None, "text_params": None})
+  assert not in_training.evaluated(tmp_path, 2)
+  evaluator(state, 2, None)
+  assert in_training.evaluated(tmp_path, 2) and not in_training.evaluated(tmp_path, 4)
+  evaluator(state, 4, None)  # no better: step 2 stays the best, step 4 is recorded as evaluated
+  best = json.loads(evaluator.best_path.read_text())
+  assert best["step"] == 2 and best["evaluated"] == 4 and in_training.evaluated(tmp_path, 4)
+  evaluator.best_path.write_text(json.dumps({"step": 4}))  # an older version's: its best step
+  assert in_training.evaluated(tmp_path, 4) and not in_training.evaluated(tmp_path, 6)
+  evaluator.best_path.write_text('{"step": 4, "evalu')  # cut short: made again
+  assert not in_training.evaluated(tmp_path, 4)
+
+
 def test_brief_error_is_one_line_with_the_innermost_cause():
   spec = '{"driver": "zarr", "kvstore": {"path": "/ckpt/1/state/"}}'
   try:

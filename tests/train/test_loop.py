@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text
@@ -138,15 +139,15 @@ def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, 
   best = {"step": 8, "caption_accuracy": 0.9, "former": {"step": 4, "caption_accuracy": 0.5}}
   best_file.write_text(json.dumps(best))
   with caplog.at_level(logging.WARNING):
-    loop._set_aside_best_past(tmp_path, 6, [2, 4, 6])  # pylint: disable=protected-access
+    in_training.set_aside_best_past(tmp_path, 6, [2, 4, 6])
   assert json.loads(best_file.read_text()) == best["former"]
   assert json.loads((tmp_path / "best.json.stale").read_text()) == best
   assert "the best before it, step 4, is best.json again" in caplog.text
   best_file.write_text(json.dumps(best))  # the former's checkpoint is gone: nothing to keep
-  loop._set_aside_best_past(tmp_path, 6, [6])  # pylint: disable=protected-access
+  in_training.set_aside_best_past(tmp_path, 6, [6])
   assert not best_file.exists()
   best_file.write_text(json.dumps(best))  # not past the run's step: left as it is
-  loop._set_aside_best_past(tmp_path, 8, [4, 8])  # pylint: disable=protected-access
+  in_training.set_aside_best_past(tmp_path, 8, [4, 8])
   assert json.loads(best_file.read_text()) == best
 
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from llmimg_jax.data import host_slices
 from llmimg_jax.data.pipeline import close_iterator, make_iterator, sampler_seed
@@ -312,6 +313,9 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
   saved_config.write_text(tiny_config(config.data.data_dir).to_json(indent=2))
   os.utime(saved_config, ns=(1_000_000_000, 1_000_000_000))
   before = saved_config.read_bytes()
+  (tmp_path / "samples").mkdir()  # the last step's grid and evaluation were made
+  (tmp_path / "samples" / "step_0000004.png").write_bytes(b"png")
+  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 2, "evaluated": 4}))
   with caplog.at_level(logging.WARNING):
     state = loop.train(config, tmp_path)
   assert _equal(jax.device_get(state), jax.device_get(states[4]))
@@ -321,6 +325,60 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
           "train; its config.json and checkpoints are left as they are. Raise "
           "--config.train.steps to train further.") in caplog.text
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
+
+
+def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, tmp_path,
+                                                                         monkeypatch, caplog):
+  """The loop saves a step's checkpoint before its sample grid and evaluation: a kill during them
+  at the last step lost them for good, since a rerun found nothing to train and ended. A rerun now
+  makes them from the checkpoint without training; a kill while it writes the grid leaves none."""
+  from llmimg_jax.eval import in_training
+  from llmimg_jax.train import loop
+  config, _, states, _ = saved
+  config.eval.every = 2
+  evaluated = []
+
+  class Evaluator:  # the loop's side of in_training.TrainingEvaluator
+    best_step = None
+
+    def __init__(self, models, tokenizer, config, workdir):
+      self.best_file = workdir / checkpoint.BEST_FILE
+
+    def __call__(self, state, step, writer):
+      evaluated.append((step, _equal(jax.device_get(state), jax.device_get(states[4]))))
+      self.best_file.write_text(json.dumps({"step": 2, "evaluated": step}))
+  monkeypatch.setattr(in_training, "TrainingEvaluator", Evaluator)
+  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
+                      lambda models, mesh, seed, text=None: _quick_state(models, text))
+  monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
+  captioned_grid = loop.captioned_grid
+
+  class Killed(BaseException):
+    pass
+
+  class KilledWhileSaved:  # the grid, whose save is killed half-way through the file
+    def __init__(self, *args):
+      self.grid = captioned_grid(*args)
+
+    def save(self, out, **kwargs):
+      out.write(b"\x89PNG")
+      raise Killed
+  monkeypatch.setattr(loop, "captioned_grid", KilledWhileSaved)
+  grid = tmp_path / "samples" / "step_0000004.png"
+  with pytest.raises(Killed):
+    loop.train(config, tmp_path)
+  assert not grid.exists() and evaluated == []
+  monkeypatch.setattr(loop, "captioned_grid", captioned_grid)
+  with caplog.at_level(logging.WARNING):
+    state = loop.train(config, tmp_path)
+  assert ("is at its last step, 4: nothing to train; making the step's sample grid and "
+          "evaluation, which a stop cut short.") in caplog.text
+  assert _equal(jax.device_get(state), jax.device_get(states[4]))
+  assert Image.open(grid).size[0] > 0 and evaluated == [(4, True)]
+  assert not (tmp_path / "config.json").exists()
+  made = grid.stat().st_mtime_ns
+  loop.train(config, tmp_path)  # both made: nothing to do
+  assert evaluated == [(4, True)] and grid.stat().st_mtime_ns == made
 
 
 def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothing(saved,
