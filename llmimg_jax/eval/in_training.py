@@ -49,6 +49,18 @@ def evaluated(workdir: Path, step: int) -> bool:
     return False
 
 
+def superseded_best(workdir: Path, steps: list[int]) -> int | None:
+  """The step of the best that best.json's replaced ("former"), if both checkpoints are among
+  `steps`: the loop deletes it (unless among the latest) once the new best's checkpoint is saved,
+  and a kill in between left it for good at the last step, which no later save cleans up."""
+  try:
+    best = checkpoint.read_best(Path(workdir) / BEST_FILE)
+  except ValueError:
+    return None
+  former = best.get("former") if best is not None and int(best["step"]) in steps else None
+  return former["step"] if isinstance(former, dict) and former.get("step") in steps else None
+
+
 def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
   """A best.json of a step after `start` (a fresh start over an old run, a fallback past damaged
   checkpoints, or a kill before the new best's checkpoint was complete) scores a checkpoint this

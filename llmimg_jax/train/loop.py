@@ -299,6 +299,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
   in_training.set_aside_best_past(workdir, start, manager.all_steps())
+  if (former := in_training.superseded_best(workdir, manager.all_steps())) is not None:
+    checkpoint.drop_former_best(manager, former, config.train.keep_checkpoints)
   grid_unmade, eval_unmade = _unmade(workdir, start, config)
   unmade = " and ".join(["sample grid"] * grid_unmade + ["evaluation"] * eval_unmade)
   if start >= config.train.steps and unmade:

@@ -381,6 +381,27 @@ def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, t
   assert evaluated == [(4, True)] and grid.stat().st_mtime_ns == made
 
 
+def test_a_best_replaced_at_the_last_step_is_deleted_after_a_kill(saved, tmp_path, monkeypatch):
+  """The loop deletes the best a new best replaced (unless among the latest) after the new one's
+  checkpoint is saved: a kill in between at the last step left it for good, as no save followed,
+  beside the keep_checkpoints=1 the run was given."""
+  from llmimg_jax.train import loop
+  config, _, _, _ = saved
+  config.train.keep_checkpoints = 1
+  (tmp_path / "samples").mkdir()  # the last step's grid and evaluation were made
+  (tmp_path / "samples" / "step_0000004.png").write_bytes(b"png")
+  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 4, "former": {"step": 2}}))
+  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
+                      lambda models, mesh, seed, text=None: _quick_state(models, text))
+  loop.train(config, tmp_path)
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [4]
+  config.train.keep_checkpoints = 2  # among the latest: kept
+  shutil.copytree(tmp_path / "checkpoints" / "4", tmp_path / "checkpoints" / "2")
+  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 4, "former": {"step": 2}}))
+  loop.train(config, tmp_path)
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
+
+
 def test_a_damaged_latest_beside_an_older_one_of_another_host_count_moves_nothing(saved,
                                                                                  tmp_path):
   """Step 4 damaged, step 2 intact but saved by 2 hosts with grain workers: the run does not fit
