@@ -338,7 +338,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         samples(state, start, writer)
       if eval_unmade:
         _evaluate(evaluate, state, start, True, writer, manager, data_iter, config)
-      for step in range(start, t.steps):
+      # A signal during those (one process; JAX's sync manager agrees on a step): no step since
+      # the checkpoint to save, and compiling the first would outlast a preemption's grace period.
+      if stopped := bool(watch.signal and not watch.synced and start < t.steps):
+        log.warning("Stopped by %s before the first step; rerun the same command to resume.",
+                    watch.description)
+      for step in range(start, start if stopped else t.steps):
         batch = to_global_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, batch)
         pending.append(metrics)

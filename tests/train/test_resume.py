@@ -381,6 +381,32 @@ def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, t
   assert evaluated == [(4, True)] and grid.stat().st_mtime_ns == made
 
 
+def test_a_sigterm_while_a_resumed_run_makes_its_grid_stops_before_compiling(saved, tmp_path,
+                                                                             monkeypatch, caplog):
+  """A SIGTERM while a resumed run made the grid (or evaluation) a kill had cut short waited for
+  them, then for the first step's compilation (minutes at scale) and that step's save, all past a
+  preemption's grace period; no step has run since the checkpoint, so the run stops at once."""
+  import signal
+  from llmimg_jax.train import loop
+  config, _, states, _ = saved
+  config.train.steps = 8
+  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
+                      lambda models, mesh, seed, text=None: _quick_state(models, text))
+  monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
+  captioned_grid = loop.captioned_grid
+
+  def notice_during_the_grid(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return captioned_grid(*args)
+  monkeypatch.setattr(loop, "captioned_grid", notice_during_the_grid)
+  with caplog.at_level(logging.WARNING):
+    state = loop.train(config, tmp_path)
+  assert _equal(jax.device_get(state), jax.device_get(states[4]))
+  assert (tmp_path / "samples" / "step_0000004.png").exists()
+  assert "Stopped by SIGTERM before the first step; rerun the same command" in caplog.text
+  assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
+
+
 def test_a_best_replaced_at_the_last_step_is_deleted_after_a_kill(saved, tmp_path, monkeypatch):
   """The loop deletes the best a new best replaced (unless among the latest) after the new one's
   checkpoint is saved: a kill in between at the last step left it for good, as no save followed,
