@@ -37,9 +37,10 @@ def pytest_configure(config):
 # (tests/train/), they ended the run with one xdist worker busy for minutes while the other had
 # nothing left; first, the short tests fill in around them. Whole modules move, so module
 # fixtures are built once per worker as before.
-_FIRST = ("tests/train/test_multihost.py", "tests/train/test_train_cli.py",
-          "tests/train/test_loop.py", "tests/train/test_step.py", "tests/train/test_reliability.py",
-          "tests/train/test_learns_text.py", "tests/eval/test_shapes_eval.py")
+_FIRST = ("tests/train/test_multihost.py", "tests/train/test_multihost_workers.py",
+          "tests/train/test_train_cli.py", "tests/train/test_loop.py", "tests/train/test_step.py",
+          "tests/train/test_reliability.py", "tests/train/test_learns_text.py",
+          "tests/eval/test_shapes_eval.py")
 
 
 def pytest_collection_modifyitems(items):
