@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from llmimg_jax import cli
 from llmimg_jax.data.pipeline import dataset_id
@@ -113,7 +114,7 @@ class TrainingEvaluator:
         *fid.statistics(self.evaluator.features(real.images)), *self.reference)
     self.real_scores = self.evaluator.score(real.images, self.captions)
     self.best_path = self.workdir / BEST_FILE
-    self.best = self._read_best()  # the best so far, on every host (host 0 writes the file)
+    self.best = self._host_0s_best(self._read_best())  # the best so far (host 0 writes it)
     log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
              "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
              time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
@@ -134,6 +135,22 @@ class TrainingEvaluator:
                   "not comparable; the next evaluation replaces it.", self.best_path,
                   best["step"], ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
       return None
+    return best
+
+  @staticmethod
+  def _host_0s_best(best: dict | None) -> dict | None:
+    """Host 0's best step on every host: the loop deletes the former best's checkpoint and saves
+    the best's (each a collective) by it, and a host whose own evaluator cache holds other
+    weights than host 0's rejects a best.json that host 0 keeps. Host 0 compares the scores."""
+    if jax.process_count() == 1:
+      return best
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if best is None else
+                                                             best["step"])))
+    if step < 0:
+      return None
+    if best is None or int(best["step"]) != step:  # scores that host 0's decisions overrule
+      best = {"step": step, "caption_accuracy": math.nan, "fid_indomain": math.nan}
     return best
 
   @property

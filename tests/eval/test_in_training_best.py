@@ -2,6 +2,7 @@
 evaluation (test captions, image size, dataset, noise seed, evaluator weights)."""
 import json
 import logging
+import sys
 
 from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 from tests.train.utils import tiny_config
@@ -90,3 +91,49 @@ def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
   del best["setup"]["seed"], best["setup"]["evaluator"]
   (tmp_path / "best.json").write_text(json.dumps(best))
   assert TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path).best_step == 2
+
+
+_BEST_ON_HOST = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from llmimg_jax.eval.in_training import TrainingEvaluator
+from tests.train.utils import tiny_config
+config = tiny_config(sys.argv[3])
+config.eval.every, config.eval.num_samples = 2, 8
+print("best step", TrainingEvaluator(None, None, config, sys.argv[4]).best_step, flush=True)
+"""
+
+
+def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_path):
+  """Each host trains or loads the shapes evaluator in its own cache: one whose cache holds other
+  weights than host 0's rejected the best.json that host 0 kept, and the loop's collectives on
+  the best step (deleting the former best's checkpoint, saving the best's) ran on some hosts only,
+  which then waited for the others until JAX's timeouts aborted them."""
+  import shutil
+
+  import flax.serialization
+  import jax
+  from llmimg_jax.eval.in_training import TrainingEvaluator
+  from tests.train.cli_utils import Proc
+  from tests.train.test_multihost import _devices_env, _free_port
+  data, cache = tiny_eval
+  config = tiny_config(data.data_dir)
+  config.eval.every, config.eval.num_samples = 2, 8
+  setup = TrainingEvaluator(None, None, config, tmp_path).setup  # host 0's evaluation
+  (tmp_path / "best.json").write_text(json.dumps(
+      {"step": 2, "caption_accuracy": 0.5, "fid_indomain": 9.0, "setup": setup}))
+  other = tmp_path / "host1_cache"  # host 1's cache: an evaluator trained elsewhere
+  shutil.copytree(cache, other)
+  msgpack, = (other / "evaluator").glob("*.msgpack")
+  template = flax.serialization.msgpack_restore(msgpack.read_bytes())
+  msgpack.write_bytes(flax.serialization.to_bytes(jax.tree.map(lambda x: x * 1.01, template)))
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _BEST_ON_HOST, f"127.0.0.1:{port}", str(i),
+                 str(data.data_dir), str(tmp_path)], LLMIMG_CACHE_DIR=str(c), **_devices_env(1))
+           for i, c in enumerate((cache, other))]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=180) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  assert ["best step 2" in p.output for p in procs] == [True, True], [
+      p.output[-2000:] for p in procs]
