@@ -42,7 +42,8 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--compile", dest="compile", action="store_true", default=None,
                  help="also time torch.compile (default: on, off with --quick)")
   p.add_argument("--no-compile", dest="compile", action="store_false")
-  p.add_argument("--torch-threads", type=int, default=0, help="default: the cores this process may use (sched_getaffinity)")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="default: the cores this process may use (sched_getaffinity)")
   p.add_argument("--omp-passive", dest="omp_passive", action="store_true",
                  help="OMP_WAIT_POLICY=PASSIVE for torch on a CPU shared with other processes")
   p.add_argument("--no-tf32", action="store_true",
