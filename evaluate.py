@@ -149,10 +149,14 @@ def main(argv) -> None:
   cli.quiet_orbax()
   # Read as not given: an FID against the real images instead of --ref_stats, or none at all;
   # a run's evaluation instead of --write_stats.
-  if blank := next((f for f in ("ref_stats", "inception_weights", "write_stats")
-                    if FLAGS[f].present and not FLAGS[f].value.strip()), None):
-    raise app.UsageError(f"--{blank} is blank (e.g. --{blank}=$FILE with FILE unset); name the "
-                         "file, or drop the flag.")
+  # A blank --data_dir read the run's data_dir; a blank --stats_split the default split.
+  named = {"ref_stats": ("FILE", "the file"), "inception_weights": ("FILE", "the file"),
+           "write_stats": ("FILE", "the file"), "data_dir": ("DIR", "the TFDS data directory"),
+           "stats_split": ("SPLIT", "the split")}
+  if blank := next((f for f in named if FLAGS[f].present and not FLAGS[f].value.strip()), None):
+    var, what = named[blank]
+    raise app.UsageError(f"--{blank} is blank (e.g. --{blank}=${var} with {var} unset); name "
+                         f"{what}, or drop the flag.")
   if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")

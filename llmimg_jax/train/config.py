@@ -207,6 +207,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     text_encoder_config(config.text)
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
+  data_dir = config.data.data_dir  # "" read ~/tensorflow_datasets, ignoring $TFDS_DATA_DIR
+  if data_dir is not None and not str(data_dir).strip():
+    raise ValueError("config.data.data_dir is blank (e.g. --config.data.data_dir=$DIR with DIR "
+                     "unset); name the TFDS data directory, or drop the override for "
+                     "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets.")
   crop = config.data.random_crop
   # 1 would crop the whole image, i.e. nothing; it is also what `random_crop = True` becomes.
   # (Checked for training only: runs saved with 1.0 are still evaluated, without crops.)

@@ -142,6 +142,20 @@ def test_prepare_refuses_a_blank_preview_before_building(tmp_path, capsys):
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
+def test_prepare_refuses_a_blank_data_dir_before_building(tmp_path, capsys, monkeypatch):
+  """--data_dir= (e.g. --data_dir=$DIR with DIR unset) built into $TFDS_DATA_DIR or
+  ~/tensorflow_datasets, and --data_dir=' ' into a folder ' ' here, without a word."""
+  monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "default"))
+  monkeypatch.chdir(tmp_path)
+  for blank in ("", " "):
+    with pytest.raises(SystemExit) as exit_info:
+      prepare.main(["--dataset", "captioned_shapes/tiny_32", f"--data_dir={blank}"])
+    assert exit_info.value.code == 2
+    assert ("error: --data_dir is blank (e.g. --data_dir=$DIR with DIR unset); name the TFDS "
+            "data directory, or drop the flag") in capsys.readouterr().err
+  assert list(tmp_path.iterdir()) == []  # nothing was built
+
+
 def test_prepare_refuses_a_preview_inside_the_folder(tmp_path, capsys, monkeypatch):
   """`prepare --folder . --preview grid.png` (the README's flag, run in the folder) wrote the grid
   into the folder: every later load warned that the folder changed since its build (delete it,

@@ -389,6 +389,15 @@ def test_a_blank_file_flag_is_refused_before_any_work(tmp_path, monkeypatch):
   # --write_stats=$FILE with FILE unset evaluated a run instead: "--workdir is required"
   with pytest.raises(app.UsageError, match=r"^--write_stats is blank \(e\.g\. --write_stats="):
     _main("--write_stats=", f"--config={CONFIG}", "--inception_weights=w.pth")
+  # --data_dir=$DIR with DIR unset read the run's data_dir; --stats_split= the test split
+  with pytest.raises(app.UsageError, match=r"^--data_dir is blank \(e\.g\. --data_dir=\$DIR "
+                     r"with DIR unset\); name the TFDS data directory, or drop the flag\.$"):
+    _main("--workdir", str(tmp_path), "--data_dir=")
+  with pytest.raises(app.UsageError, match=r"^--stats_split is blank \(e\.g\. --stats_split="
+                     r"\$SPLIT with SPLIT unset\); name the split, or drop the flag\.$"):
+    _main("--write_stats", str(tmp_path / "s.npz"), f"--config={CONFIG}",
+          "--inception_weights=w.pth", "--stats_split=")
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, monkeypatch):

@@ -94,6 +94,11 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
     ("data.read_buffer_size", -3, r"config\.data\.read_buffer_size=-3 must be >= 0"),
     ("data.build_num_proc", -1,  # built in one process without a word
      r"config\.data\.build_num_proc=-1 must be >= 0 \(0 = automatic\)"),
+    # --config.data.data_dir=$DIR with DIR unset read and built ~/tensorflow_datasets, not even
+    # $TFDS_DATA_DIR, without a word
+    ("data.data_dir", "", r"^config\.data\.data_dir is blank \(e\.g\. --config\.data\.data_dir="
+                          r"\$DIR with DIR unset\); name the TFDS data directory"),
+    ("data.data_dir", " ", r"^config\.data\.data_dir is blank"),
     ("data.folder", "/photos",
      r"data\.folder='/photos' is read by captioned_folder only, but config\.data\.name="
      r"'captioned_shapes'"),
