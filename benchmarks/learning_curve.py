@@ -127,6 +127,10 @@ def main() -> None:
   p.add_argument("--evaluator_steps", type=int, default=ev.TrainSettings.steps)
   p.add_argument("--out", default="curves.jsonl")
   args = p.parse_args()
+  for flag, value, what in (("--steps", args.steps, "training steps per variant"),
+                            ("--every", args.every, "steps between evaluations")):
+    if value < 1:
+      p.error(f"{flag} {value}: give 1 or more ({what}).")
   variants = []  # every variant's config read before hours of training the ones before it
   for variant in args.variant or ["base"]:
     name, _, overrides = variant.partition(":")

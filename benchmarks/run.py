@@ -59,6 +59,10 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--t5-length", type=int, default=64)
   p.add_argument("--t5-new-tokens", type=int, default=32)
   a = p.parse_args()
+  for flag, value, least, what in (("--iters", a.iters, 1, "timed calls"),
+                                   ("--warmup", a.warmup, 0, "untimed calls first")):
+    if value is not None and value < least:
+      p.error(f"{flag} {value}: give {least} or more ({what} per model).")
   a.resolutions = a.resolutions or ([32] if a.quick else [32, 64])
   a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
   a.iters = a.iters if a.iters is not None else (5 if a.quick else 10)

@@ -46,3 +46,16 @@ def test_overrides_set_the_config_and_a_misspelt_field_is_not_added():
   assert (config.loss.gp_every, config.loss.gp) == (4, "none")
   with pytest.raises(ValueError, match="'loss.gp_evry' is not a field"):
     learning_curve.load_config(CONFIG, "loss.gp_evry=4")
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--steps", "0", "--steps 0: give 1 or more"),  # trained the evaluator, then no row at all
+    ("--every", "0", "--every 0: give 1 or more")])  # ZeroDivisionError at the first step
+def test_a_count_below_one_is_refused_before_the_data_loads(monkeypatch, capsys, flag, value,
+                                                            message):
+  monkeypatch.setattr(learning_curve, "load_split", _ran)
+  monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--config", CONFIG, flag, value])
+  with pytest.raises(SystemExit) as e:
+    learning_curve.main()
+  assert e.value.code == 2
+  assert f"learning_curve.py: error: {message}" in capsys.readouterr().err
