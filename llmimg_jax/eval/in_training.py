@@ -114,7 +114,12 @@ class TrainingEvaluator:
         *fid.statistics(self.evaluator.features(real.images)), *self.reference)
     self.real_scores = self.evaluator.score(real.images, self.captions)
     self.best_path = self.workdir / BEST_FILE
+    self._rejected: str | None = None  # why this host (not host 0) rejected best.json
     self.best = self._host_0s_best(self._read_best())  # the best so far (host 0 writes it)
+    if self._rejected:  # logged once host 0's reading, which every host follows, is known
+      log.warning("%s; %s.", self._rejected, "the next evaluation replaces it" if self.best is None
+                  else f"host 0 keeps its best step {self.best['step']}, which every host follows "
+                  "(host 0 compares the scores)")
     log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
              "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
              time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
@@ -125,17 +130,25 @@ class TrainingEvaluator:
       if best is not None:  # the scores compared with the next evaluation's
         float(best["caption_accuracy"]), float(best["fid_indomain"])
     except (ValueError, KeyError, TypeError) as e:
-      log.warning("Could not read %s (%s); the next evaluation replaces it.", self.best_path, e)
+      self._reject(f"Could not read {self.best_path} ({e})")
       return None
     # Older files have no setup, or one without the seed and evaluator: compared on what they hold.
     setup = {} if best is None else best.get("setup", {})
     setup = setup if isinstance(setup, dict) else {"setup": setup}
     if changed := {k: (v, self.setup.get(k)) for k, v in setup.items() if self.setup.get(k) != v}:
-      log.warning("%s scores step %s on another evaluation than this run's (%s): its scores are "
-                  "not comparable; the next evaluation replaces it.", self.best_path,
-                  best["step"], ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+      self._reject(f"{self.best_path} scores step {best['step']} on another evaluation than this "
+                   f"run's ({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changed.items())}): "
+                   "its scores are not comparable")
       return None
     return best
+
+  def _reject(self, why: str) -> None:
+    """Logs why best.json is not compared; on a host other than 0, once host 0's reading (which
+    every host follows, _host_0s_best) is known: host 0 may keep what this host rejected."""
+    if jax.process_index() == 0:
+      log.warning("%s; the next evaluation replaces it.", why)
+    else:
+      self._rejected = why
 
   @staticmethod
   def _host_0s_best(best: dict | None) -> dict | None:

@@ -137,3 +137,8 @@ def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_p
     assert proc.finish(timeout=180) == 0, f"process {i}:\n{proc.output[-3000:]}"
   assert ["best step 2" in p.output for p in procs] == [True, True], [
       p.output[-2000:] for p in procs]
+  # Host 1 logged "the next evaluation replaces it", although host 0's best was kept.
+  assert "not comparable" not in procs[0].output, procs[0].output[-2000:]
+  assert "the next evaluation replaces it" not in procs[1].output, procs[1].output[-2000:]
+  assert ("its scores are not comparable; host 0 keeps its best step 2, which every host "
+          "follows (host 0 compares the scores)") in procs[1].output, procs[1].output[-2000:]
