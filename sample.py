@@ -34,7 +34,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 _TRUNCATION = flags.DEFINE_float(
     "truncation", None, "DF-GAN's truncation trick: noise t * truncnorm(-2, 2), e.g. 0.88.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per jitted batch (all local devices).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per jitted batch over all local devices, "
+                               "rounded up to a multiple of their count.")
 _EXPAND_WITH = flags.DEFINE_string(
     "expand_with", None, "Seq2seq T5 (directory or hub name) that expands prompts to captions.")
 _EXPAND_TEMPLATE = flags.DEFINE_string("expand_template", "Describe an image of: {prompt}",

@@ -322,3 +322,12 @@ def test_bad_flags_fail_without_importing_jax(tmp_path, args, error):
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines() == [f"sample.py: error: {error}", "imported: []"], (
       proc.stderr[-2000:])
+
+
+def test_batch_size_help_says_it_is_rounded_up_to_the_device_count():
+  """--batch_size 4 on 8 devices generated batches of 8 (the Sampler rounds it up to a multiple
+  of the local device count), which only the Sampler's error for --batch_size 0 said."""
+  from absl import flags
+  import sample
+  help_text = flags.FLAGS[sample._BATCH.name].help  # pylint: disable=protected-access
+  assert "rounded up to a multiple of their count" in help_text
