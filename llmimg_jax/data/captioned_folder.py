@@ -97,6 +97,12 @@ def _is_image_name(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in images.IMAGE_EXTENSIONS and not name.startswith("._")
 
 
+def _in_hidden_folder(rel: str) -> bool:
+  """Whether the relative path `rel` is in a hidden folder (`.Trash-1000/`, `.Trashes/`, a
+  `.thumbnails/` cache): its images are counted as uncaptioned no more than `._NAME` files."""
+  return any(part.startswith(".") for part in rel.split(os.sep)[:-1])
+
+
 _WARNED: set[tuple] = set()  # (build, decoder, its fingerprint, the folder's): said once
 
 
@@ -202,7 +208,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     captioned_files = {os.path.realpath(os.path.join(folder, rel)) for rel in captions}
     for path in _walk(folder):
       rel = os.path.relpath(path, folder)
-      if (_is_image_name(os.path.basename(path)) and rel not in captions
+      if (_is_image_name(os.path.basename(path)) and not _in_hidden_folder(rel)
+          and rel not in captions
           and os.path.realpath(path) not in captioned_files):
         image_skips.add("no_caption", rel)
     index = 0

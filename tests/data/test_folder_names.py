@@ -84,6 +84,23 @@ def test_macos_appledouble_files_are_not_uncaptioned_images(tmp_path):
   assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
 
 
+def test_images_in_hidden_folders_are_not_uncaptioned_images(tmp_path):
+  """A USB drive's root holds the images a desktop deleted (`.Trash-1000/files/`, macOS's
+  `.Trashes/501/`): each was counted as a skipped uncaptioned image in the build's summary. An
+  image in a hidden folder that the captions name is still read."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+  Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
+  for sub in (".Trash-1000/files", ".Trashes/501", "sub/.thumbnails", ".kept"):
+    (tmp_path / sub).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / sub / "old.jpg")
+  _write_jsonl(tmp_path, [{"file": "a.jpg", "caption": "a"},
+                          {"file": ".kept/old.jpg", "caption": "kept"}])
+  _, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["num_examples"] == 2
+  assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
+
+
 def test_uncaptioned_images_in_a_linked_folder_are_counted(tmp_path):
   """A linked sub-folder is read (captions name its files; the fingerprint walks it), but its
   uncaptioned images were not counted: left out without a word. A link to a folder inside the
