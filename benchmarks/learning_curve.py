@@ -10,7 +10,7 @@ train.steps: --steps and --every set the run). The first --num_train / --num_tes
 the config's captioned_shapes build (built if missing, as train.py does) are read into memory;
 unlike train.py the loop does not flip images. The evaluator is trained on those train images
 first; its real-test accuracy is printed as the ceiling. One JSON line per (variant, step) in
---out.
+--out; its d_loss and g_loss are means over the steps since the variant's previous line.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
+from llmimg_jax.train.summaries import window_means  # noqa: E402
 
 
 # train.py's loop settings, which run_variant's loop does not read (as eval.*).
@@ -92,22 +93,27 @@ def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEval
   sample = jax.jit(functools.partial(generate_images, models))
   rng = np.random.default_rng(config.seed)
   b = config.train.batch_size
-  t0, train_time = time.perf_counter(), 0.0
+  t0, train_time, window = time.perf_counter(), 0.0, []
   for step in range(1, steps + 1):
     idx = rng.integers(0, n, b)
     rows = idx * per + rng.integers(0, per, b)
     batch = {"image": train.images[idx], "input_ids": tokens["input_ids"][rows],
              "attention_mask": tokens["attention_mask"][rows]}
     state, metrics = step_fn(state, batch)
+    window.append({k: metrics[k] for k in ("d_loss", "g_loss", "finite")})
     if step % every == 0 or step == steps:
-      metrics = jax.device_get(metrics)
+      # Means over the updates since the last row, as train.py logs them: one step's d_loss
+      # held a lazy penalty (loss.gp_every) at no --every that is a multiple of gp_every.
+      fetched, window = jax.device_get(window), []
+      made = [m for m in fetched if m["finite"]]
+      losses = window_means(made or fetched, skip_nan=bool(made))
       train_time += time.perf_counter() - t0
       images = np.asarray(sample(state.ema_params, state.text_params, z,
                                  jnp.asarray(eval_tokens["input_ids"]),
                                  jnp.asarray(eval_tokens["attention_mask"])))
       row = {"variant": name, "step": step, "train_seconds": round(train_time, 1),
              **{k: round(float(v), 4) for k, v in evaluator.score(images, eval_captions).items()},
-             "d_loss": float(metrics["d_loss"]), "g_loss": float(metrics["g_loss"])}
+             "d_loss": losses["d_loss"], "g_loss": losses["g_loss"]}
       print(json.dumps(row), flush=True)
       out.write(json.dumps(row) + "\n")
       out.flush()

@@ -1,4 +1,5 @@
 """benchmarks/learning_curve.py reads every --variant's config before any data or training."""
+import json
 import sys
 from pathlib import Path
 
@@ -59,3 +60,38 @@ def test_a_count_below_one_is_refused_before_the_data_loads(monkeypatch, capsys,
     learning_curve.main()
   assert e.value.code == 2
   assert f"learning_curve.py: error: {message}" in capsys.readouterr().err
+
+
+def test_a_rows_losses_are_means_over_the_steps_since_the_last_row(monkeypatch, tmp_path):
+  """A row's d_loss was that of its one step: with loss.gp_every=4 and --every a multiple of 4,
+  never a penalty step, so a lazy variant's d_loss left the penalty out and the base's (a
+  penalty every step) held it. The stand-in step's d_loss is 5 at penalty steps, else 1."""
+  import types
+
+  import numpy as np
+  config = learning_curve.load_config(CONFIG, "loss.gp_every=4,train.batch_size=2")
+
+  def step_fn(state, batch):
+    del batch
+    penalty = state.step % 4 == 0
+    return types.SimpleNamespace(step=state.step + 1, ema_params={}, text_params={}), {
+        "d_loss": np.float32(5.0 if penalty else 1.0), "g_loss": np.float32(state.step),
+        "finite": np.float32(1.0)}
+
+  def tokenizer(captions):
+    return {"input_ids": np.zeros((len(captions), 3), np.int32),
+            "attention_mask": np.ones((len(captions), 3), np.int32)}
+
+  start = types.SimpleNamespace(step=0, ema_params={}, text_params={})
+  monkeypatch.setattr(learning_curve, "build_text", lambda config: (tokenizer, None, None))
+  monkeypatch.setattr(learning_curve, "build_models", lambda config, t5: None)
+  monkeypatch.setattr(learning_curve.loop, "create_state", lambda *a: start)
+  monkeypatch.setattr(learning_curve.loop, "jit_train_step", lambda models, mesh: step_fn)
+  monkeypatch.setattr(learning_curve, "generate_images",
+                      lambda models, ema, text, z, ids, mask: np.zeros((2, 4, 4, 3), np.uint8))
+  data = types.SimpleNamespace(images=np.zeros((2, 4, 4, 3), np.uint8), captions=[["a"], ["b"]])
+  evaluator = types.SimpleNamespace(score=lambda images, captions: {"caption_accuracy": 0.5})
+  with open(tmp_path / "curves.jsonl", "w") as out:
+    learning_curve.run_variant(config, data, data, evaluator, 8, 4, 2, out, "lazy")
+  rows = [json.loads(line) for line in (tmp_path / "curves.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["d_loss"], r["g_loss"]) for r in rows] == [(4, 2.0, 1.5), (8, 2.0, 5.5)]
