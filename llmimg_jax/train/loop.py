@@ -336,13 +336,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     try:
       if grid_unmade:  # of the checkpoint resumed from: a kill during them lost them
         samples(state, start, writer)
-      if eval_unmade:
-        _evaluate(evaluate, state, start, True, writer, manager, data_iter, config)
       # A signal during those (one process; JAX's sync manager agrees on a step): no step since
-      # the checkpoint to save, and compiling the first would outlast a preemption's grace period.
-      if stopped := bool(watch.signal and not watch.synced and start < t.steps):
-        log.warning("Stopped by %s before the first step; rerun the same command to resume.",
-                    watch.description)
+      # the checkpoint to save; the evaluation (left to the rerun) or compiling the first step
+      # would outlast a preemption's grace period.
+      skip_eval = bool(eval_unmade and watch.signal and not watch.synced)
+      if eval_unmade and not skip_eval:
+        _evaluate(evaluate, state, start, True, writer, manager, data_iter, config)
+      left = ["the step's evaluation"] * skip_eval + ["the first step"] * (start < t.steps)
+      if stopped := bool(watch.signal and not watch.synced and left):
+        log.warning("Stopped by %s before %s; rerun the same command to resume.",
+                    watch.description, " and ".join(left))
       for step in range(start, start if stopped else t.steps):
         batch = to_global_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, batch)

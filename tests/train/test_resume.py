@@ -407,6 +407,51 @@ def test_a_sigterm_while_a_resumed_run_makes_its_grid_stops_before_compiling(sav
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
 
 
+def test_a_sigterm_during_a_resumed_runs_grid_leaves_its_evaluation_to_the_rerun(
+    saved, tmp_path, monkeypatch, caplog):
+  """README: a notice while a resumed run makes the grid and evaluation a kill cut short stops it
+  at once. A SIGTERM during the grid still waited for the evaluation (generating and scoring
+  eval.num_samples images: past a preemption's grace period); the rerun makes it."""
+  import signal
+  from llmimg_jax.eval import in_training
+  from llmimg_jax.train import loop
+  config, _, _, _ = saved
+  config.train.steps, config.eval.every = 8, 2
+  evaluated = []
+
+  class Evaluator:  # the loop's side of in_training.TrainingEvaluator
+    best_step = None
+
+    def __init__(self, models, tokenizer, config, workdir):
+      self.best_file = workdir / checkpoint.BEST_FILE
+
+    def __call__(self, state, step, writer):
+      evaluated.append(step)
+      self.best_file.write_text(json.dumps({"step": 2, "evaluated": step}))
+  monkeypatch.setattr(in_training, "TrainingEvaluator", Evaluator)
+  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
+                      lambda models, mesh, seed, text=None: _quick_state(models, text))
+  monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
+  captioned_grid = loop.captioned_grid
+
+  def notice_during_the_grid(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return captioned_grid(*args)
+  monkeypatch.setattr(loop, "captioned_grid", notice_during_the_grid)
+  with caplog.at_level(logging.WARNING):
+    loop.train(config, tmp_path)
+  assert (tmp_path / "samples" / "step_0000004.png").exists() and evaluated == []
+  assert ("Stopped by SIGTERM before the step's evaluation and the first step; rerun the same "
+          "command") in caplog.text
+  config.train.steps = 4  # also at the last step (nothing to train)
+  (tmp_path / "samples" / "step_0000004.png").unlink()
+  loop.train(config, tmp_path)
+  assert evaluated == []
+  monkeypatch.setattr(loop, "captioned_grid", captioned_grid)
+  loop.train(config, tmp_path)  # the rerun makes it
+  assert evaluated == [4]
+
+
 def test_a_best_replaced_at_the_last_step_is_deleted_after_a_kill(saved, tmp_path, monkeypatch):
   """The loop deletes the best a new best replaced (unless among the latest) after the new one's
   checkpoint is saved: a kill in between at the last step left it for good, as no save followed,
