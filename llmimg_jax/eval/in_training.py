@@ -42,10 +42,12 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 def evaluated(workdir: Path, step: int) -> bool:
   """Whether best.json records an evaluation at `step` or later: its "evaluated", the last step
-  evaluated (a kill during an evaluation leaves the one before), in older files its best step."""
+  evaluated (a kill during an evaluation leaves the one before). A file from before that record
+  counts as evaluated, as it did: its best step, read instead, made every finished run whose best
+  came earlier evaluate its last step again on a rerun, warning of a stop that never was."""
   try:
     best = checkpoint.read_best(Path(workdir) / BEST_FILE)
-    return best is not None and int(best.get("evaluated", best["step"])) >= step
+    return best is not None and int(best.get("evaluated", step)) >= step
   except (ValueError, TypeError):  # unreadable: the evaluation is made again
     return False
 

@@ -110,8 +110,9 @@ def test_every_evaluation_is_recorded_in_best_json(tmp_path, monkeypatch):
   evaluator(state, 4, None)  # no better: step 2 stays the best, step 4 is recorded as evaluated
   best = json.loads(evaluator.best_path.read_text())
   assert best["step"] == 2 and best["evaluated"] == 4 and in_training.evaluated(tmp_path, 4)
-  evaluator.best_path.write_text(json.dumps({"step": 4}))  # an older version's: its best step
-  assert in_training.evaluated(tmp_path, 4) and not in_training.evaluated(tmp_path, 6)
+  # An older version's, without "evaluated": counted as evaluated, as those versions did.
+  evaluator.best_path.write_text(json.dumps({"step": 2}))
+  assert in_training.evaluated(tmp_path, 4) and in_training.evaluated(tmp_path, 6)
   evaluator.best_path.write_text('{"step": 4, "evalu')  # cut short: made again
   assert not in_training.evaluated(tmp_path, 4)
 

@@ -297,10 +297,13 @@ def test_interrupted_save_is_never_taken_for_a_checkpoint(saved, tmp_path):
   assert int(restored.step) == 4 and not partial.exists()
 
 
+@pytest.mark.parametrize("best", [{"step": 2, "evaluated": 4}, {"step": 2}],
+                         ids=["evaluated", "from_before_evaluated_was_recorded"])
 def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved, tmp_path,
-                                                                         monkeypatch, caplog):
+                                                                         monkeypatch, caplog, best):
   """Rerun at train.steps it rewrote config.json and set up the in-training evaluator (FID
-  reference statistics: minutes at scale) before finding nothing to train."""
+  reference statistics: minutes at scale) before finding nothing to train. A best.json written
+  before "evaluated" was recorded, its best before the last step, made the rerun evaluate again."""
   from llmimg_jax.eval import in_training
   from llmimg_jax.train import loop
   config, _, states, _ = saved
@@ -315,7 +318,7 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
   before = saved_config.read_bytes()
   (tmp_path / "samples").mkdir()  # the last step's grid and evaluation were made
   (tmp_path / "samples" / "step_0000004.png").write_bytes(b"png")
-  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 2, "evaluated": 4}))
+  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps(best))
   with caplog.at_level(logging.WARNING):
     state = loop.train(config, tmp_path)
   assert _equal(jax.device_get(state), jax.device_get(states[4]))
