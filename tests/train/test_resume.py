@@ -330,27 +330,37 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
 
 
-def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, tmp_path,
-                                                                         monkeypatch, caplog):
-  """The loop saves a step's checkpoint before its sample grid and evaluation: a kill during them
-  at the last step lost them for good, since a rerun found nothing to train and ended. A rerun now
-  makes them from the checkpoint without training; a kill while it writes the grid leaves none."""
+def _stand_in_evaluator(monkeypatch, record) -> list:
+  """in_training.TrainingEvaluator replaced by the loop's side of it: each evaluation appends
+  record(state, step) to the list returned and writes best.json (best step 2, that step
+  evaluated)."""
   from llmimg_jax.eval import in_training
-  from llmimg_jax.train import loop
-  config, _, states, _ = saved
-  config.eval.every = 2
   evaluated = []
 
-  class Evaluator:  # the loop's side of in_training.TrainingEvaluator
+  class Evaluator:
     best_step = None
 
     def __init__(self, models, tokenizer, config, workdir):
       self.best_file = workdir / checkpoint.BEST_FILE
 
     def __call__(self, state, step, writer):
-      evaluated.append((step, _equal(jax.device_get(state), jax.device_get(states[4]))))
+      evaluated.append(record(state, step))
       self.best_file.write_text(json.dumps({"step": 2, "evaluated": step}))
   monkeypatch.setattr(in_training, "TrainingEvaluator", Evaluator)
+  return evaluated
+
+
+def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, tmp_path,
+                                                                         monkeypatch, caplog):
+  """The loop saves a step's checkpoint before its sample grid and evaluation: a kill during them
+  at the last step lost them for good, since a rerun found nothing to train and ended. A rerun now
+  makes them from the checkpoint without training; a kill while it writes the grid leaves none."""
+  from llmimg_jax.train import loop
+  config, _, states, _ = saved
+  config.eval.every = 2
+  evaluated = _stand_in_evaluator(
+      monkeypatch, lambda state, step: (step, _equal(jax.device_get(state),
+                                                     jax.device_get(states[4]))))
   monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
                       lambda models, mesh, seed, text=None: _quick_state(models, text))
   monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
@@ -384,15 +394,11 @@ def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, t
   assert evaluated == [(4, True)] and grid.stat().st_mtime_ns == made
 
 
-def test_a_sigterm_while_a_resumed_run_makes_its_grid_stops_before_compiling(saved, tmp_path,
-                                                                             monkeypatch, caplog):
-  """A SIGTERM while a resumed run made the grid (or evaluation) a kill had cut short waited for
-  them, then for the first step's compilation (minutes at scale) and that step's save, all past a
-  preemption's grace period; no step has run since the checkpoint, so the run stops at once."""
+def _sigterm_during_the_grid(monkeypatch):
+  """train() restores without compiling, fails if it trains, and gets a SIGTERM while it renders a
+  sample grid; returns the real captioned_grid."""
   import signal
   from llmimg_jax.train import loop
-  config, _, states, _ = saved
-  config.train.steps = 8
   monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
                       lambda models, mesh, seed, text=None: _quick_state(models, text))
   monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
@@ -402,6 +408,18 @@ def test_a_sigterm_while_a_resumed_run_makes_its_grid_stops_before_compiling(sav
     os.kill(os.getpid(), signal.SIGTERM)
     return captioned_grid(*args)
   monkeypatch.setattr(loop, "captioned_grid", notice_during_the_grid)
+  return captioned_grid
+
+
+def test_a_sigterm_while_a_resumed_run_makes_its_grid_stops_before_compiling(saved, tmp_path,
+                                                                             monkeypatch, caplog):
+  """A SIGTERM while a resumed run made the grid (or evaluation) a kill had cut short waited for
+  them, then for the first step's compilation (minutes at scale) and that step's save, all past a
+  preemption's grace period; no step has run since the checkpoint, so the run stops at once."""
+  from llmimg_jax.train import loop
+  config, _, states, _ = saved
+  config.train.steps = 8
+  _sigterm_during_the_grid(monkeypatch)
   with caplog.at_level(logging.WARNING):
     state = loop.train(config, tmp_path)
   assert _equal(jax.device_get(state), jax.device_get(states[4]))
@@ -415,32 +433,11 @@ def test_a_sigterm_during_a_resumed_runs_grid_leaves_its_evaluation_to_the_rerun
   """README: a notice while a resumed run makes the grid and evaluation a kill cut short stops it
   at once. A SIGTERM during the grid still waited for the evaluation (generating and scoring
   eval.num_samples images: past a preemption's grace period); the rerun makes it."""
-  import signal
-  from llmimg_jax.eval import in_training
   from llmimg_jax.train import loop
   config, _, _, _ = saved
   config.train.steps, config.eval.every = 8, 2
-  evaluated = []
-
-  class Evaluator:  # the loop's side of in_training.TrainingEvaluator
-    best_step = None
-
-    def __init__(self, models, tokenizer, config, workdir):
-      self.best_file = workdir / checkpoint.BEST_FILE
-
-    def __call__(self, state, step, writer):
-      evaluated.append(step)
-      self.best_file.write_text(json.dumps({"step": 2, "evaluated": step}))
-  monkeypatch.setattr(in_training, "TrainingEvaluator", Evaluator)
-  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
-                      lambda models, mesh, seed, text=None: _quick_state(models, text))
-  monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
-  captioned_grid = loop.captioned_grid
-
-  def notice_during_the_grid(*args):
-    os.kill(os.getpid(), signal.SIGTERM)
-    return captioned_grid(*args)
-  monkeypatch.setattr(loop, "captioned_grid", notice_during_the_grid)
+  evaluated = _stand_in_evaluator(monkeypatch, lambda state, step: step)
+  captioned_grid = _sigterm_during_the_grid(monkeypatch)
   with caplog.at_level(logging.WARNING):
     loop.train(config, tmp_path)
   assert (tmp_path / "samples" / "step_0000004.png").exists() and evaluated == []
