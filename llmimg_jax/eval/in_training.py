@@ -40,13 +40,22 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return bool(e is not None and e.every > 0)  # validate() refuses it on other data
 
 
+def _best_or_none(workdir: Path) -> dict | None:
+  """<workdir>/best.json; None if there is none or it is unreadable (the evaluator says so and
+  starts over)."""
+  try:
+    return checkpoint.read_best(Path(workdir) / BEST_FILE)
+  except ValueError:
+    return None
+
+
 def evaluated(workdir: Path, step: int) -> bool:
   """Whether best.json records an evaluation at `step` or later: its "evaluated", the last step
   evaluated (a kill during an evaluation leaves the one before). A file from before that record
   counts as evaluated, as it did: its best step, read instead, made every finished run whose best
   came earlier evaluate its last step again on a rerun, warning of a stop that never was."""
+  best = _best_or_none(workdir)
   try:
-    best = checkpoint.read_best(Path(workdir) / BEST_FILE)
     return best is not None and int(best.get("evaluated", step)) >= step
   except (ValueError, TypeError):  # unreadable: the evaluation is made again
     return False
@@ -56,10 +65,7 @@ def superseded_best(workdir: Path, steps: list[int]) -> int | None:
   """The step of the best that best.json's replaced ("former"), if both checkpoints are among
   `steps`: the loop deletes it (unless among the latest) once the new best's checkpoint is saved,
   and a kill in between left it for good at the last step, which no later save cleans up."""
-  try:
-    best = checkpoint.read_best(Path(workdir) / BEST_FILE)
-  except ValueError:
-    return None
+  best = _best_or_none(workdir)
   former = best.get("former") if best is not None and int(best["step"]) in steps else None
   return former["step"] if isinstance(former, dict) and former.get("step") in steps else None
 
@@ -71,10 +77,7 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
   run's checkpoint of that step number. The best it replaced becomes best.json again if that
   one's checkpoint (of `steps`) is there: forgotten, it would be deleted by the next save."""
   best_file = workdir / checkpoint.BEST_FILE
-  try:
-    best = checkpoint.read_best(best_file)
-  except ValueError:
-    best = None  # unreadable: the evaluator says so and starts over
+  best = _best_or_none(workdir)
   stale = best is not None and int(best["step"]) > start
   former = best.get("former") if stale else None
   former = former if isinstance(former, dict) and former.get("step") in steps else None
