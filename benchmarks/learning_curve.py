@@ -105,8 +105,7 @@ def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEval
       # Means over the updates since the last row, as train.py logs them: one step's d_loss
       # held a lazy penalty (loss.gp_every) at no --every that is a multiple of gp_every.
       fetched, window = jax.device_get(window), []
-      made = [m for m in fetched if m["finite"]]
-      losses = window_means(made or fetched, skip_nan=bool(made))
+      losses = window_means(fetched)
       train_time += time.perf_counter() - t0
       images = np.asarray(sample(state.ema_params, state.text_params, z,
                                  jnp.asarray(eval_tokens["input_ids"]),

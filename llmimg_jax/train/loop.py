@@ -241,8 +241,7 @@ def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepCl
   # The longest streak of skipped updates since the last log, even one that has ended.
   streak = max(int(m.pop("bad_steps")) for m in fetched)
   # Losses and norms of the updates made (a skipped one's are NaN); NaN if all skipped.
-  made = [m for m in fetched if m["finite"]]
-  scalars = window_means(made or fetched, skip_nan=bool(made))
+  scalars = window_means(fetched)
   scalars["finite"] = float(np.mean([m["finite"] for m in fetched]))
   if steps_per_sec := clock.lap():  # None when only the first step ran
     scalars["images_per_sec"] = t.batch_size * steps_per_sec

@@ -51,16 +51,17 @@ def flush(writer: Any | None) -> None:
   writer.flush()
 
 
-def window_means(steps: list[dict[str, Any]], skip_nan: bool) -> dict[str, float]:
-  """Each metric's mean over `steps` (one dict of scalars per step, the same keys in each).
-
-  skip_nan: over the steps that measured it, as a metric is NaN at a step without a value
-  (d_mismatch with no mismatched pair, gp between lazy penalties); one that none measured is
-  left out."""
+def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
+  """Each metric's mean over the updates made among `steps` (one dict of scalars per step, the
+  same keys in each, with "finite" 0 for a skipped update), over those that measured it: a
+  metric is NaN at a step without a value (d_mismatch with no mismatched pair, gp between lazy
+  penalties), and one that none measured is left out. If every update was skipped, the plain
+  means (NaN for the losses)."""
+  made = [m for m in steps if m["finite"]]
   means = {}
   for key in steps[-1]:
-    values = np.asarray([m[key] for m in steps], np.float64)
-    values = values[~np.isnan(values)] if skip_nan else values
+    values = np.asarray([m[key] for m in made or steps], np.float64)
+    values = values[~np.isnan(values)] if made else values
     if values.size:
       means[key] = float(np.mean(values))
   return means

@@ -2,6 +2,9 @@ import importlib.util
 import subprocess
 import sys
 
+import numpy as np
+
+from llmimg_jax.train.summaries import window_means
 from tests.train.cli_utils import ROOT, env
 from tests.train.utils import _scalars
 
@@ -49,3 +52,16 @@ def test_flush_writes_every_event_added_so_far(tmp_path):
   writer.add_scalar("train/d_loss", 0.5, 4)  # the writer thread goes on after a flush
   writer.close()
   assert sorted(_scalars(tmp_path, "train/d_loss")) == [1, 2, 3, 4]
+
+
+def test_window_means_average_the_updates_made_over_the_steps_that_measured_each_metric():
+  nan = float("nan")
+  steps = [{"d_loss": 1.0, "gp": 0.5, "d_mismatch": nan, "finite": 1.0},
+           {"d_loss": nan, "gp": nan, "d_mismatch": nan, "finite": 0.0},  # skipped update
+           {"d_loss": 3.0, "gp": nan, "d_mismatch": nan, "finite": 1.0}]
+  # The skipped step's NaN is left out of d_loss; gp is the one penalty step's; no step
+  # measured d_mismatch.
+  assert window_means(steps) == {"d_loss": 2.0, "gp": 0.5, "finite": 1.0}
+  # Every update skipped: the losses are NaN, not left out.
+  means = window_means(steps[1:2])
+  assert np.isnan(means["d_loss"]) and np.isnan(means["gp"]) and means["finite"] == 0.0
