@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmimg_jax.eval import evaluator as ev  # noqa: E402
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
+from llmimg_jax.train.config import unknown_keys  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 from llmimg_jax.train.summaries import window_means  # noqa: E402
@@ -50,15 +51,6 @@ def parse_value(value: str):
     return value  # a plain string, e.g. loss.gp=none
 
 
-def _has_field(config, key: str) -> bool:
-  node = config
-  for part in key.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def load_config(path: str, overrides: str):
   spec = importlib.util.spec_from_file_location("experiment_config", path)
   module = importlib.util.module_from_spec(spec)
@@ -67,12 +59,15 @@ def load_config(path: str, overrides: str):
   items = [item for item in overrides.split(",") if item]
   if bad := [item for item in items if "=" not in item]:
     raise ValueError(f"{bad[0]!r} is not key=value (e.g. loss.gp_every=4)")
+  try:
+    config.update_from_flattened_dict(
+        {k: parse_value(v) for k, v in (item.split("=", 1) for item in items)})
+  except KeyError as e:  # a key below a leaf or below a group the config does not have
+    raise ValueError(f"{path}: {e.args[0]}") from None
   # ConfigDict adds an unknown leaf of a known group (loss.gp_evry=4) as a new field, which
   # nothing reads: the variant would train the base config under its name.
-  if unknown := [k for k, _ in (item.split("=", 1) for item in items) if not _has_field(config, k)]:
-    raise ValueError(f"{unknown[0]!r} is not a field of {path}")
-  config.update_from_flattened_dict(
-      {k: parse_value(v) for k, v in (item.split("=", 1) for item in items)})
+  if unknown := unknown_keys(config, module.get_config()):
+    raise ValueError(f"{path}: {unknown[0]}")
   return config
 
 
