@@ -63,3 +63,17 @@ def test_readme_says_whether_ci_runs_the_shapes_evaluators_bounds():
   assert bounds and all("@pytest.mark.slow" in t for t in bounds)
   assert "CI test" not in sentence and "tests/eval/test_shapes_eval.py" in sentence, sentence
   assert "pytest -m slow" in sentence, sentence
+
+
+def test_readme_counts_and_names_the_slow_tests():
+  """The README said "the five longest tests" and named their files after a sixth slow test
+  (tests/train/test_multihost_workers.py) was added: what `-m "not slow"` leaves out."""
+  words = {5: "five", 6: "six", 7: "seven", 8: "eight"}
+  slow = {}  # file -> number of slow tests in it
+  for path in sorted((ROOT / "tests").rglob("test_*.py")):
+    if n := path.read_text().count("\n@pytest.mark.slow\ndef test_"):
+      slow[path.relative_to(ROOT).as_posix()] = n
+  readme = " ".join((ROOT / "README.md").read_text().split())
+  said = readme[readme.index('`-m "not slow"` leaves out the'):readme.index("Run them before")]
+  assert f"the {words[sum(slow.values())]} longest tests" in said, (slow, said)
+  assert [f for f in slow if f"`{f}`" not in said] == [], said
