@@ -225,12 +225,11 @@ def _a(word: str) -> str:
   return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _describe(rng, shape: int, color: int, size: int, with_size: bool | None = None) -> str:
+def _describe(rng, shape: int, color: int, size: int) -> str:
   """'large crimson disc' style noun phrase (no article)."""
   s = _pick(rng, SHAPE_SYNONYMS[SHAPES[shape]])
   c = _pick(rng, COLOR_SYNONYMS[COLORS[color]])
-  if with_size is None:
-    with_size = rng.random() < 0.8
+  with_size = rng.random() < 0.8
   return f"{_pick(rng, SIZE_SYNONYMS[SIZES[size]])} {c} {s}" if with_size else f"{c} {s}"
 
 
