@@ -63,10 +63,11 @@ BUILDER_CONFIGS = [
     _config("tiny_32", 32, 256, 64, 64),
     _config("colors_32", 32, 2_000, 200, 0, colors_only=True),
     _config("colors_64", 64, 2_000, 200, 0, colors_only=True),
-    # One larger shape per image: the quick CPU config's dataset (shapes readable at 32px).
+    # One larger shape per image (shapes readable at 32px): shapes_quick's data before center_32.
     _config("single_32", 32, 50_000, 2_000, 2_000, max_objects=1, object_scale=1.5),
-    # One shape in the centre cell, drawn 2x larger: only shape, colour and size to learn (the
-    # quick CPU config's data: shapes emerge within its 15 minutes, which single_32's do not).
+    # One shape in the centre cell, drawn 2x larger: only shape, colour and size to learn
+    # (shapes_quick's data: shapes emerge within its 4000 steps; on single_32 a 6000-step run,
+    # at a quarter of its learning rates, learned none: benchmarks/RESULTS.md).
     _config("center_32", 32, 50_000, 2_000, 2_000, max_objects=1, object_scale=2.0, cells=(4,)),
 ]
 

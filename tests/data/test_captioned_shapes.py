@@ -186,8 +186,9 @@ def test_predefined_configs():
 
 
 def test_single_object_variant():
-  """single_32 (the quick config's data): one shape per image, drawn 1.5x larger, with a
-  caption naming that shape; the default configs' images are unchanged by the new options."""
+  """single_32 (the quick config's data before center_32): one shape per image, drawn 1.5x
+  larger, with a caption naming that shape; the default configs' images are unchanged by the new
+  options."""
   cfg = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}["single_32"]
   assert cfg.max_objects == 1 and cfg.object_scale == 1.5 and cfg.num_train == 50_000
   single = shapes.SceneSpec(32, max_objects=1, object_scale=1.5)
