@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
                  prefix: str = "config") -> list[str]:
-  """Errors for keys of `config` that `reference` (default base_config()) does not have."""
+  """Errors for keys of `config` that `reference` (validate: base_config()) does not have."""
   errors = []
   for key, value in config.items():
     name = f"{prefix}.{key}"
