@@ -77,3 +77,40 @@ def test_readme_counts_and_names_the_slow_tests():
   said = readme[readme.index('`-m "not slow"` leaves out the'):readme.index("Run them before")]
   assert f"the {words[sum(slow.values())]} longest tests" in said, (slow, said)
   assert [f for f in slow if f"`{f}`" not in said] == [], said
+
+
+class _Choices:
+  """A stand-in rng for shapes.caption_scene: integers() returns the scripted choices in turn,
+  random() 0 (each object's phrase names its size)."""
+
+  def __init__(self, choices):
+    self._choices = iter(choices)
+
+  def integers(self, n):
+    return next(self._choices)
+
+  def random(self):
+    return 0.0
+
+
+def test_docs_state_the_longest_possible_shapes_caption():
+  """RESULTS_data.md said the longest caption the templates can produce has 198 bytes (199
+  tokens); three 'a little snow-white three-sided shape' phrases in the top right, bottom left
+  and bottom right corners (template 0) make the longest, 195 bytes (8abd919's search over every
+  cell triple and template; configs/shapes_64.py says 195)."""
+  import numpy as np
+  from llmimg_jax.data import shapes
+  triangle, white, small = (shapes.SHAPES.index("triangle"), shapes.COLORS.index("white"),
+                            shapes.SIZES.index("small"))
+  gt = {"num_objects": np.int32(3), "shape": np.array([triangle] * 3),
+        "color": np.array([white] * 3), "size": np.array([small] * 3), "cell": np.array([2, 6, 8])}
+  # Per object: 'three-sided shape', 'snow-white', 'little'; then each cell's first phrase,
+  # template 0 and the first relation word.
+  caption = shapes.caption_scene(gt, _Choices([1, 1, 1] * 3 + [0, 0, 0] + [0, 0]))
+  assert caption.count("a little snow-white three-sided shape in the ") == 3, caption
+  n = len(caption.encode())
+  said = " ".join((ROOT / "benchmarks/RESULTS_data.md").read_text().split())
+  assert f"the longest caption the templates can produce has {n} bytes" in said, n
+  assert f"i.e. {n + 1} tokens" in said
+  config = (ROOT / "configs/shapes_64.py").read_text()
+  assert f"the longest possible caption has {n} bytes" in config
