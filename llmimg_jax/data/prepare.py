@@ -140,7 +140,7 @@ def data_config_from_args(args: argparse.Namespace):
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     known = {c.name: c.resolution for c in captioned_shapes.BUILDER_CONFIGS}
-    cfg.image_size = args.image_size or known.get(cfg.config, cfg.image_size)
+    cfg.image_size = known[cfg.config]  # check_args refused --image_size and unknown configs
   else:
     cfg.image_size = args.image_size or FOLDER_STORE_SIZE
   cfg.build_num_proc = args.num_proc
