@@ -178,8 +178,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(
         f"config.data.image_size={config.data.image_size} differs from config.model.resolution="
         f"{m.resolution}; set both to the same value.")
-  for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every", "max_bad_steps",
-               "samples_per_prompt"):
+  for name in ("steps", "log_every", "sample_every", "ckpt_every", "max_bad_steps",
+               "samples_per_prompt"):  # batch_size: >= 2, above
     if t[name] <= 0:
       raise ValueError(f"config.train.{name}={t[name]} must be positive.")
   if t.keep_checkpoints is not None and t.keep_checkpoints <= 0:  # Orbax's max_to_keep=0 keeps none
