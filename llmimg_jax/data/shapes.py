@@ -1,6 +1,6 @@
 """Procedural scenes of coloured shapes on a 3x3 grid, with varied English captions.
 
-Pure numpy + PIL (no TensorFlow): `render_example(spec, split_id, index)` is a deterministic
+Pure numpy + PIL (no TensorFlow): `render_example(spec, split, index)` is a deterministic
 function of its arguments (per-example seeding), so any worker order gives the same dataset.
 """
 from __future__ import annotations
