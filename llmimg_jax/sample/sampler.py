@@ -166,13 +166,13 @@ class Sampler:
     return self._compiled[key]
 
   def sample(self, prompts: Sequence[str] | str, seed: int = 0, num_per_prompt: int = 1,
-             truncation: float | None = None, *, expand: bool = True) -> SampleResult:
+             truncation: float | None = None) -> SampleResult:
     """Like __call__, with the captions used, timing and settings (for files and logs)."""
     prompts = check_prompts(prompts)
     truncation = check_sample_args(num_per_prompt, seed, truncation)
     # Python ints: numpy ones passed the check but are no JSON for samples.jsonl.
     seed, num_per_prompt = int(seed), int(num_per_prompt)
-    expanded = bool(expand and self.expander is not None)
+    expanded = self.expander is not None
     captions = list(self.expander(prompts)) if expanded else list(prompts)
     if expanded:
       _check_captions(captions, len(prompts))
