@@ -15,10 +15,10 @@ from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.data.pipeline import dataset_id, load_source
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.eval.scoring import METRICS as ATTRIBUTE_COLUMNS  # one column per attribute
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split, shapes_builder
 
 log = logging.getLogger(__name__)
-ATTRIBUTE_COLUMNS = ("shape", "color", "size", "cell", "relation", "count")
 
 
 def _reference(data_cfg, split: str, n: int, size: int) -> tuple[SplitData, SplitData]:
