@@ -326,8 +326,10 @@ def test_bad_flags_fail_without_importing_jax(tmp_path, args, error):
 
 def test_batch_size_help_says_it_is_rounded_up_to_the_device_count():
   """--batch_size 4 on 8 devices generated batches of 8 (the Sampler rounds it up to a multiple
-  of the local device count), which only the Sampler's error for --batch_size 0 said."""
-  from absl import flags
-  import sample
-  help_text = flags.FLAGS[sample._BATCH.name].help  # pylint: disable=protected-access
-  assert "rounded up to a multiple of their count" in help_text
+  of the local device count), which only the Sampler's error for --batch_size 0 said. Asked of
+  `sample.py --help`: importing sample here redefines --workdir in absl's FLAGS wherever an
+  evaluate.py test ran before it in the same pytest worker (DuplicateFlagError)."""
+  proc = subprocess.run([sys.executable, SCRIPT, "--help"], env=one_device_env(), timeout=120,
+                        capture_output=True, text=True)
+  assert ("--batch_size: Images per jitted batch over all local devices, rounded up to a multiple "
+          "of their count.") in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
