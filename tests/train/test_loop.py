@@ -82,10 +82,16 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
 
   # The same command with more steps resumes at the saved step instead of starting over.
   config.train.steps = 6
+  closed.clear()
+  monkeypatch.setattr(loop, "close_iterator",
+                      lambda it: closed.append(json.loads(it.get_state())["last_seen_indices"]))
   with caplog.at_level(logging.INFO):
     second = loop.train(config, workdir)
+  monkeypatch.undo()
   assert "Resumed from" in caplog.text and "at step 4" in caplog.text
   assert int(second.step) == 6
+  # The input pipeline resumed where step 4 left it: 2 more batches, not 2 from the start again.
+  assert closed == [{"0": 6 * config.train.batch_size - 1}]
   assert (workdir / "samples" / "step_0000006.png").exists()  # the last step, off sample_every
   assert checkpoint.make_manager(workdir, config).latest_step() == 6
   assert _max_diff(first.g_params, jax.device_get(second.g_params)) > 0.0
