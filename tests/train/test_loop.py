@@ -17,7 +17,8 @@ from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
 from tests.sample.utils import one_device_env
-from tests.train.utils import _damage, _log_window, _scalar_events, _scalars, tiny_config
+from tests.train.utils import (_damage, _equal, _log_window, _scalar_events, _scalars,
+                               tiny_config, tiny_pretrained_t5)
 
 
 def _max_diff(a, b) -> float:
@@ -135,6 +136,26 @@ def test_a_dataset_of_one_image_is_refused_before_compiling(tmp_path):
                      r"from mismatched image-caption pairs\): add images"):
     loop.train(config, tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_from_a_pretrained_t5_starts_from_its_weights(tmp_path, monkeypatch):
+  """train() builds its first state with text.checkpoint's encoder weights: with a random encoder
+  instead, a frozen text encoder would never learn anything (checked up to the step, which is not
+  compiled)."""
+  config = tiny_config(tmp_path / "unused_data")
+  config.text.mode = "frozen"
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5")
+  pretrained = build_text(config)[2]
+  started, create_state = [], loop.create_state
+
+  def first_state(*args):
+    started.append(jax.device_get(create_state(*args).text_params))
+    raise RuntimeError("stopped before the first step")
+  monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
+  monkeypatch.setattr(loop, "create_state", first_state)
+  with pytest.raises(RuntimeError, match="stopped before the first step"):
+    loop.train(config, tmp_path / "run")
+  assert len(started) == 1 and _equal(started[0], pretrained)
 
 
 def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, caplog):
