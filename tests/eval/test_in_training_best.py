@@ -142,3 +142,34 @@ def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_p
   assert "the next evaluation replaces it" not in procs[1].output, procs[1].output[-2000:]
   assert ("its scores are not comparable; host 0 keeps its best step 2, which every host "
           "follows (host 0 compares the scores)") in procs[1].output, procs[1].output[-2000:]
+
+
+def test_between_equal_caption_accuracies_the_lower_fid_is_the_best(tmp_path, monkeypatch):
+  """The best step: the highest caption accuracy, then the lowest in-domain FID (scores made up
+  here: nothing generated)."""
+  import numpy as np
+  from llmimg_jax.eval import fid, in_training
+  rng = np.random.default_rng(0)
+  reference = rng.normal(size=(16, 4))
+  shifts = {2: 3.0, 4: 1.0, 6: 2.0}  # the FID of each step grows with its features' shift
+
+  class Scores:
+    def score(self, images, captions):
+      return {"caption_accuracy": 0.5, "num_images": len(captions)}
+
+    def features(self, images):
+      return reference + shifts[images]
+
+  evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
+  evaluator.__dict__.update(
+      models=None, tokenizer=None, captions=["a red circle"] * 16, seed=2, evaluator=Scores(),
+      reference=fid.statistics(reference), floor=0.0, setup={"num_samples": 16}, best=None,
+      best_path=tmp_path / "best.json")
+  state = type("State", (), {"ema_params": None, "text_params": None})
+  fids = {}
+  for step in (2, 4, 6):  # the "images" of a step: its number
+    monkeypatch.setattr(in_training, "generate_for_captions", lambda *a, s=step, **k: s)
+    fids[step] = evaluator(state, step, None)["fid_indomain"]
+  assert fids[4] < fids[6] < fids[2]
+  best = json.loads(evaluator.best_path.read_text())
+  assert best["step"] == 4 and best["evaluated"] == 6
