@@ -1,4 +1,5 @@
 """The training loop end to end on a tiny config: checkpoints, resume, samples, TensorBoard."""
+import dataclasses
 import json
 import logging
 import subprocess
@@ -13,8 +14,9 @@ from PIL import Image
 
 from llmimg_jax.eval import in_training
 from llmimg_jax.images import captioned_grid
+from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import checkpoint, loop
-from llmimg_jax.train.state import build_models, build_text
+from llmimg_jax.train.state import build_models, build_text, save_text_files
 from llmimg_jax.train.step import generate_images
 from tests.sample.utils import one_device_env
 from tests.train.utils import (_damage, _equal, _log_window, _scalar_events, _scalars,
@@ -156,6 +158,26 @@ def test_a_run_from_a_pretrained_t5_starts_from_its_weights(tmp_path, monkeypatc
   with pytest.raises(RuntimeError, match="stopped before the first step"):
     loop.train(config, tmp_path / "run")
   assert len(started) == 1 and _equal(started[0], pretrained)
+
+
+def test_a_fresh_start_replaces_an_earlier_runs_text_files(tmp_path, monkeypatch):
+  """WORKDIR/text (the T5 config and tokenizer sampling builds the encoder from) of an earlier run
+  on another T5, in a workdir without checkpoints, is written anew by a run from step 0: kept, it
+  would not fit this run's checkpoints. (Checked up to the step, which is not compiled.)"""
+  config = tiny_config(tmp_path / "unused_data")
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5")
+  tokenizer, t5_config, _ = build_text(config)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  save_text_files(workdir, tokenizer, dataclasses.replace(t5_config, d_model=16))
+
+  def stop(*args):
+    raise RuntimeError("stopped before the first step")
+  monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
+  monkeypatch.setattr(loop, "jit_train_step", stop)
+  with pytest.raises(RuntimeError, match="stopped before the first step"):
+    loop.train(config, workdir)
+  assert text_setup(config, workdir)[1] == t5_config
 
 
 def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, caplog):
