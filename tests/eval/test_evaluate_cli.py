@@ -189,14 +189,18 @@ def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, cap
   results = {"workdir": str(tmp_path), "step": 3, "seed": 1, "dataset": "d", "splits": {
       "test": {"num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"},
       "holdout": {"num_images": 7, "fid_inception": 2.0, "reference": "7 real images"}}}
-  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+  calls = []
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: calls.append(k) or results)
   written = []
   for n in ("1000", "2000"):
     assert _main("--workdir", str(tmp_path), "--num_samples", n, "--seed", "1", "--split", "test",
-                 "--split", "holdout") is None
+                 "--split", "holdout", "--step", "3") is None
     written.append(capsys.readouterr().out.splitlines()[-1])
   name = tmp_path / "eval_3_test+holdout_n5+7_seed1.json"
   assert written == [f"Wrote {name}"] * 2
+  # The evaluation is of the step, seed and number of images asked for (and the file names).
+  assert [(k["step"], k["seed"], k["num_samples"]) for k in calls] == [(3, 1, 1000),
+                                                                       (3, 1, 2000)]
   assert json.loads(name.read_text())["splits"]["holdout"]["num_images"] == 7
 
 
