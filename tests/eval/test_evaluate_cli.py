@@ -194,13 +194,17 @@ def test_default_results_file_names_the_images_scored(tmp_path, monkeypatch, cap
   written = []
   for n in ("1000", "2000"):
     assert _main("--workdir", str(tmp_path), "--num_samples", n, "--seed", "1", "--split", "test",
-                 "--split", "holdout", "--step", "3") is None
+                 "--split", "holdout", "--step", "3", "--batch_size", "8", "--data_dir",
+                 str(tmp_path / "tfds")) is None
     written.append(capsys.readouterr().out.splitlines()[-1])
   name = tmp_path / "eval_3_test+holdout_n5+7_seed1.json"
   assert written == [f"Wrote {name}"] * 2
-  # The evaluation is of the step, seed and number of images asked for (and the file names).
+  # The evaluation is of the step, seed and number of images asked for (and the file names),
+  # on the splits and data asked for.
   assert [(k["step"], k["seed"], k["num_samples"]) for k in calls] == [(3, 1, 1000),
                                                                        (3, 1, 2000)]
+  assert all((k["splits"], k["batch_size"], k["data_dir"]) == (
+      ["test", "holdout"], 8, str(tmp_path / "tfds")) for k in calls), calls
   assert json.loads(name.read_text())["splits"]["holdout"]["num_images"] == 7
 
 
