@@ -282,38 +282,40 @@ def test_a_failure_in_host_0_only_work_stops_every_host():
 
 
 _CHECK_WORKDIR = """
-import sys
+import functools, sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-from llmimg_jax.train import loop
-try:
-  loop.check_workdir_writable(loop.local_workdir(sys.argv[3]))
-  print("shared", flush=True)
-except Exception as e:
-  print("raised", type(e).__name__, e, flush=True)
+from llmimg_jax.train import loop, workdir as workdir_module
+# A shared filesystem's grace period for the probe file: 0.5 s, not 5 s, on this one disk.
+workdir_module._sees = functools.partial(workdir_module._sees, wait_s=0.5)
+for workdir in sys.argv[3:]:  # one check after the other, as two runs would
+  try:
+    loop.check_workdir_writable(loop.local_workdir(workdir))
+    print("shared", workdir, flush=True)
+  except Exception as e:
+    print("raised", type(e).__name__, e, flush=True)
 """
 
 
 def test_a_workdir_on_each_hosts_own_disk_is_refused_before_training(tmp_path):
   """Host 1's workdir is not host 0's (the same path on each host's own disk): both stop with the
   fix named, instead of host 1 failing at the first checkpoint with a FileNotFoundError while
-  host 0 waits. A shared workdir passes, and no probe file is left in it."""
-  for workdirs in ([tmp_path / "shared"] * 2, [tmp_path / "host0", tmp_path / "host1"]):
-    for workdir in workdirs:
-      workdir.mkdir(exist_ok=True)
-    port = _free_port()
-    procs = [Proc([sys.executable, "-c", _CHECK_WORKDIR, f"127.0.0.1:{port}", str(i), str(w)],
-                  **_devices_env(1)) for i, w in enumerate(workdirs)]
-    for i, proc in enumerate(procs):
-      assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
-    if workdirs[0] == workdirs[1]:
-      assert all("shared" in p.output for p in procs), [p.output[-3000:] for p in procs]
-    else:
-      for proc, workdir in zip(procs, workdirs):  # the same path on real hosts
-        assert ("raised WorkdirNotSharedError Host(s) [1] do not see the file host 0 wrote in "
-                f"{workdir}, so the workdir") in proc.output, proc.output[-3000:]
-        assert "on a filesystem every host mounts at the same path" in proc.output
+  host 0 waits. A shared workdir passes, and no probe file is left in it. One pair of processes
+  checks a shared workdir, then one on each host's disk."""
+  shared, own = tmp_path / "shared", [tmp_path / "host0", tmp_path / "host1"]
+  for workdir in (shared, *own):
+    workdir.mkdir()
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _CHECK_WORKDIR, f"127.0.0.1:{port}", str(i), str(shared),
+                 str(w)], **_devices_env(1)) for i, w in enumerate(own)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  for proc, workdir in zip(procs, own):  # the same path on real hosts
+    assert f"shared {shared}\n" in proc.output, proc.output[-3000:]
+    assert ("raised WorkdirNotSharedError Host(s) [1] do not see the file host 0 wrote in "
+            f"{workdir}, so the workdir") in proc.output, proc.output[-3000:]
+    assert "on a filesystem every host mounts at the same path" in proc.output
   assert not [p for p in tmp_path.rglob(".shared_test.*")]
 
 
@@ -342,32 +344,36 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from llmimg_jax.train.same_config import check_same_config
 from tests.train.utils import tiny_config
-config = tiny_config(sys.argv[4])  # data_dir: each host's own, compared by its dataset check
-config.train.steps = int(sys.argv[5])
-try:
-  check_same_config(config, Path(sys.argv[3]))
-  print("same", flush=True)
-except Exception as e:
-  print("raised", type(e).__name__, e, flush=True)
+for i in range(3, len(sys.argv), 3):  # one check after the other, as two starts would
+  workdir, data_dir, steps = sys.argv[i:i + 3]
+  config = tiny_config(data_dir)  # data_dir: each host's own, compared by its dataset check
+  config.train.steps = int(steps)
+  try:
+    check_same_config(config, Path(workdir))
+    print("same", flush=True)
+  except Exception as e:
+    print("raised", type(e).__name__, e, flush=True)
 """
 
 
 def test_hosts_started_with_other_configs_or_workdirs_fail_together(tmp_path):
   """A host with another --config.train.steps (or --workdir) trained on until a collective the
-  others never reached, and every host hung until JAX's timeouts aborted it."""
-  runs = {"same": [("run", "tfds0", 8), ("run", "tfds1", 8)],
-          "differ": [("run", "tfds0", 8), ("other_run", "tfds0", 4)]}
-  outputs = {}
-  for name, hosts in runs.items():
-    port = _free_port()
-    procs = [Proc([sys.executable, "-c", _CHECK_CONFIG, f"127.0.0.1:{port}", str(i),
-                   str(tmp_path / workdir), str(tmp_path / data_dir), str(steps)],
-                  **_devices_env(1)) for i, (workdir, data_dir, steps) in enumerate(hosts)]
-    for i, proc in enumerate(procs):
-      assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
-    outputs[name] = [p.output for p in procs]
-  assert all("same" in out for out in outputs["same"]), outputs["same"]
-  host_0, host_1 = outputs["differ"]
+  others never reached, and every host hung until JAX's timeouts aborted it. One pair of
+  processes checks the same configs (in each host's own data_dir), then differing ones."""
+  hosts = [[("run", "tfds0", 8), ("run", "tfds0", 8)],  # host 0: same, then differ
+           [("run", "tfds1", 8), ("other_run", "tfds0", 4)]]  # host 1
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _CHECK_CONFIG, f"127.0.0.1:{port}", str(i),
+                 *(str(a) for workdir, data_dir, steps in checks
+                   for a in (tmp_path / workdir, tmp_path / data_dir, steps))],
+                **_devices_env(1)) for i, checks in enumerate(hosts)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  results = [[line for line in p.output.splitlines() if line.startswith(("same", "raised "))]
+             for p in procs]
+  assert [r[0] for r in results] == ["same", "same"] and len(results[0]) == len(results[1]) == 2, (
+      [p.output[-3000:] for p in procs])
+  host_0, host_1 = (r[1] for r in results)
   assert ("raised ConfigDiffersError Every host must train the same config into the same "
           "--workdir, but host(s) [1] differ from this one's; their logs name the values. Start "
           "every host with the same --config file, --config.* overrides and --workdir") in host_0
