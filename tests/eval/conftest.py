@@ -1,6 +1,8 @@
 """Shared fixtures (each built once per module): the shapes evaluator of a tiny_32 build, quickly
-trained into a temporary LLMIMG_CACHE_DIR, and a run whose config trains on a captioned_folder."""
+trained (once per session) into a temporary LLMIMG_CACHE_DIR, and a run whose config trains on a
+captioned_folder."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,17 +13,30 @@ from tests.sample.utils import save_run
 from tests.train.utils import tiny_config
 
 
-@pytest.fixture(scope="module")
-def tiny_eval(tmp_path_factory, monkeypatch_module):
-  """(data config of a tiny_32 build, cache dir holding its quickly trained evaluator)."""
+@pytest.fixture(scope="session")
+def _trained_evaluator(tmp_path_factory):
+  """(data config of a tiny_32 build, the cache its evaluator was trained into): built and
+  trained once per test session (xdist worker), then copied into each module's cache."""
   data = tiny_config(tmp_path_factory.mktemp("tfds_eval")).data
   data.build_num_proc = 1
-  cache = tmp_path_factory.mktemp("cache")
-  monkeypatch_module.setenv("LLMIMG_CACHE_DIR", str(cache))
-  evaluator = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=30, batch_size=16))
+  cache = tmp_path_factory.mktemp("trained_cache")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("LLMIMG_CACHE_DIR", str(cache))
+    evaluator = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=30, batch_size=16))
   assert set(evaluator.meta["test"]) == {"present", "shape", "color", "size"}
-  assert list((cache / "evaluator").glob("captioned_shapes-tiny_32-v1.0.0-32px-*.msgpack"))
   return data, cache
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(_trained_evaluator, tmp_path_factory, monkeypatch_module):
+  """(data config of a tiny_32 build, cache dir holding its quickly trained evaluator): the
+  module's own copy of the cache (tests retrain or damage it) and of the data config."""
+  data, trained = _trained_evaluator
+  cache = tmp_path_factory.mktemp("cache")
+  shutil.copytree(trained, cache, dirs_exist_ok=True)
+  monkeypatch_module.setenv("LLMIMG_CACHE_DIR", str(cache))
+  assert list((cache / "evaluator").glob("captioned_shapes-tiny_32-v1.0.0-32px-*.msgpack"))
+  return data.copy_and_resolve_references(), cache
 
 
 @pytest.fixture(scope="module")
