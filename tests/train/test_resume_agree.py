@@ -33,56 +33,61 @@ from llmimg_jax.train import checkpoint
 from llmimg_jax.train.state import build_text
 from tests.train.utils import tiny_config
 
-config, workdir, how = tiny_config(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+config = tiny_config(sys.argv[3])
 tokenizer = build_text(config)[0]
 state = {"w": np.arange(3, dtype=np.float32)}
-it = make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
-manager = checkpoint.make_manager(workdir, config)
-for step in (2, 4):
-  next(it), next(it)
-  checkpoint.save(manager, step, state, it, config)
-manager.wait_until_finished()
-steps = workdir / "checkpoints"
-def edit():
-  if how == "position":  # host 1's position of step 2 in step 4
-    shutil.copy(steps / "2/data/process_1-of-2.json", steps / "4/data/process_1-of-2.json")
-checkpoint.on_host_0(edit, "edited", "edit")
-manager = checkpoint.make_manager(workdir, config)
-if how == "listing" and jax.process_index() == 1:  # step 4 not shown to host 1 yet
-  manager.all_steps = lambda read=False: [2]
-it = make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
-abstract = {"w": jax.ShapeDtypeStruct((3,), np.float32)}
-try:
-  checkpoint.restore_latest(manager, abstract, it, config=config)
-  print("restored", it.get_state().decode(), flush=True)
-except Exception as e:
-  print("raised", type(e).__name__, e, flush=True)
+for how, workdir in zip(sys.argv[4::2], map(Path, sys.argv[5::2])):  # one run after the other
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
+  manager = checkpoint.make_manager(workdir, config)
+  for step in (2, 4):
+    next(it), next(it)
+    checkpoint.save(manager, step, state, it, config)
+  manager.wait_until_finished()
+  steps = workdir / "checkpoints"
+  def edit():
+    if how == "position":  # host 1's position of step 2 in step 4
+      shutil.copy(steps / "2/data/process_1-of-2.json", steps / "4/data/process_1-of-2.json")
+  checkpoint.on_host_0(edit, f"edited_{how}", "edit")
+  manager = checkpoint.make_manager(workdir, config)
+  if how == "listing" and jax.process_index() == 1:  # step 4 not shown to host 1 yet
+    manager.all_steps = lambda read=False: [2]
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=4, seed=0)
+  abstract = {"w": jax.ShapeDtypeStruct((3,), np.float32)}
+  try:
+    checkpoint.restore_latest(manager, abstract, it, config=config)
+    print(how, "restored", it.get_state().decode(), flush=True)
+  except Exception as e:
+    print(how, "raised", type(e).__name__, e, flush=True)
 """
 
 
-@pytest.mark.parametrize("how", ["position", "listing", "agree"])
-def test_hosts_resuming_at_different_points_stop_together(shapes_data_dir, tmp_path, how):
+def test_hosts_resuming_at_different_points_stop_together(shapes_data_dir, tmp_path):
+  """One pair of processes resumes three runs in turn: host 1's position of another step, host 1
+  not listing the newest step, and both agreeing."""
   config = tiny_config(shapes_data_dir)
   load_source(config.data)  # built here once, not by both processes
+  hows = ("position", "listing", "agree")
   port = _free_port()
   procs = [Proc([sys.executable, "-c", _RESUME, f"127.0.0.1:{port}", str(i), str(shapes_data_dir),
-                 str(tmp_path / "run"), how], **_devices_env(1)) for i in range(2)]
+                 *(a for how in hows for a in (how, str(tmp_path / how)))], **_devices_env(1))
+           for i in range(2)]
   for i, proc in enumerate(procs):
     assert proc.finish(timeout=240) == 0, f"process {i}:\n{proc.output[-3000:]}"
-  if how == "agree":
-    assert all("restored" in proc.output for proc in procs)
-    return
   for proc in procs:
-    if how == "position":
-      assert "raised ResumeDisagreesError The hosts resumed from" in proc.output, (
-          proc.output[-3000:])
-      assert ("(host 0: step 4 with the input position of 4 batches; host 1: step 4 with the "
-              "input position of 2 batches (another position than host 0's))") in proc.output
-    else:  # before restoring anything (at scale, minutes)
-      assert "raised ResumeDisagreesError The hosts list different checkpoints" in proc.output, (
-          proc.output[-3000:])
-      assert "(host 0: 2 steps, the newest 4; host 1: 1 step, the newest 2)" in proc.output
-      assert "Nothing was restored or trained." in proc.output
+    results = {how: [line for line in proc.output.splitlines() if line.startswith(f"{how} ")]
+               for how in hows}
+    assert all(len(lines) == 1 for lines in results.values()), proc.output[-3000:]
+    position, listing, agree = (lines[0] for lines in results.values())
+    assert agree.startswith("agree restored"), proc.output[-3000:]
+    assert position.startswith("position raised ResumeDisagreesError The hosts resumed from"), (
+        proc.output[-3000:])
+    assert ("(host 0: step 4 with the input position of 4 batches; host 1: step 4 with the "
+            "input position of 2 batches (another position than host 0's))") in position
+    # before restoring anything (at scale, minutes)
+    assert listing.startswith("listing raised ResumeDisagreesError The hosts list different "
+                              "checkpoints"), proc.output[-3000:]
+    assert "(host 0: 2 steps, the newest 4; host 1: 1 step, the newest 2)" in listing
+    assert "Nothing was restored or trained." in listing
 
 
 class _Iterator:
