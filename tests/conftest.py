@@ -36,10 +36,13 @@ def pytest_configure(config):
 # train.py, two-host runs; with -m slow, training to a quality bar) run first. Collected last
 # (tests/train/), they ended the run with one xdist worker busy for minutes while the other had
 # nothing left; first, the short tests fill in around them. Whole modules move, so module
-# fixtures are built once per worker as before.
+# fixtures are built once per worker as before. test_step_reference.py (two module fixtures of
+# 18-23 s each under -n 1) and test_resume_agree.py (a 20 s test), collected among the last of
+# tests/train/, are as long as the others (`pytest -n 1 -m "not slow" --durations=60`).
 _FIRST = ("tests/train/test_multihost.py", "tests/train/test_multihost_workers.py",
           "tests/train/test_train_cli.py", "tests/train/test_loop.py", "tests/train/test_step.py",
-          "tests/train/test_reliability.py", "tests/train/test_learns_text.py",
+          "tests/train/test_step_reference.py", "tests/train/test_reliability.py",
+          "tests/train/test_resume_agree.py", "tests/train/test_learns_text.py",
           "tests/eval/test_shapes_eval.py")
 
 
