@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+# The cores torch's threads and the JAX step's batch chunks (loop.batch_chunks) follow.
+from llmimg_jax.train.loop import usable_cpus
+
 
 def alternate(fns: dict[str, Callable[[], object]], warmup: int, iters: int
               ) -> dict[str, dict[str, float]]:
@@ -101,14 +104,6 @@ def _cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or "unknown"
-
-
-def usable_cpus() -> int:
-  """The cores this process may run on (taskset, a container's cpuset), which torch's threads and
-  the JAX step's batch chunks follow; os.cpu_count() counts every core of the host."""
-  if hasattr(os, "sched_getaffinity"):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
 
 
 def machine_info(torch_device: torch.device) -> dict[str, object]:
