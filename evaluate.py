@@ -155,8 +155,7 @@ def main(argv) -> None:
            "stats_split": ("SPLIT", "the split")}
   if blank := next((f for f in named if FLAGS[f].present and not FLAGS[f].value.strip()), None):
     var, what = named[blank]
-    raise app.UsageError(f"--{blank} is blank (e.g. --{blank}=${var} with {var} unset); name "
-                         f"{what}, or drop the flag.")
+    raise app.UsageError(cli.blank_flag(f"--{blank}", var, f"name {what}, or drop the flag"))
   if not FLAGS.write_stats and not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")

@@ -41,6 +41,12 @@ def them(flags: Sequence[str]) -> str:
   return "it" if len(flags) == 1 else "them"
 
 
+def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
+  """The error for a blank `flag` (`name`: what is blank, if not the flag itself), read as not
+  given otherwise: its likeliest cause, `flag=$var` with `var` unset, and `fix`."""
+  return f"{name or flag} is blank (e.g. {flag}=${var} with {var} unset); {fix}."
+
+
 def expand_home(path: str | os.PathLike, flag: str) -> Path:
   """`path` with a leading ~ or ~user expanded; a ValueError naming `flag` where that home is
   unknown (pathlib's RuntimeError was a traceback)."""

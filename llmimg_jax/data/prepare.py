@@ -172,12 +172,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
   start = time.perf_counter()
   try:
     if args.preview is not None and not args.preview:  # it built and wrote no grid
-      raise ValueError("--preview is blank (e.g. --preview=$FILE with FILE unset); name the .png "
-                       "file for the grid, or drop the flag.")
+      raise ValueError(cli.blank_flag("--preview", "FILE",
+                                      "name the .png file for the grid, or drop the flag"))
     if args.data_dir is not None and not args.data_dir.strip():  # it built in the default one
-      raise ValueError("--data_dir is blank (e.g. --data_dir=$DIR with DIR unset); name the TFDS "
-                       "data directory, or drop the flag for $LLMIMG_DATA_DIR, $TFDS_DATA_DIR or "
-                       "~/tensorflow_datasets.")
+      raise ValueError(cli.blank_flag(
+          "--data_dir", "DIR", "name the TFDS data directory, or drop the flag for "
+          "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets"))
     if args.preview:  # no shell expands ~ after '=': it was a folder named '~' here
       args.preview = str(cli.expand_home(args.preview, "--preview"))
     check_args(args)

@@ -7,6 +7,7 @@ import math
 import jax.numpy as jnp
 import ml_collections
 
+from llmimg_jax import cli
 from llmimg_jax.data.pipeline import default_data_config, validate_data_config
 from llmimg_jax.gan import GRADIENT_PENALTIES, SUPPORTED_RESOLUTIONS, Generator
 from llmimg_jax.gan.diffaugment import parse_policy
@@ -209,9 +210,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
   data_dir = config.data.data_dir  # "" read ~/tensorflow_datasets, ignoring $TFDS_DATA_DIR
   if data_dir is not None and not str(data_dir).strip():
-    raise ValueError("config.data.data_dir is blank (e.g. --config.data.data_dir=$DIR with DIR "
-                     "unset); name the TFDS data directory, or drop the override for "
-                     "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets.")
+    raise ValueError(cli.blank_flag(
+        "--config.data.data_dir", "DIR", "name the TFDS data directory, or drop the override for "
+        "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets", name="config.data.data_dir"))
   crop = config.data.random_crop
   # 1 would crop the whole image, i.e. nothing; it is also what `random_crop = True` becomes.
   # (Checked for training only: runs saved with 1.0 are still evaluated, without crops.)

@@ -126,8 +126,8 @@ def local_workdir(workdir: str | Path) -> Path:
   into the relative local folder 'gs:/b/run', and the run would write there without a word."""
   text = str(workdir)
   if not text.strip():  # Path("") is the current directory: the run would write there
-    raise ValueError("--workdir is blank (e.g. --workdir=$RUN with RUN unset); name the "
-                     "directory for checkpoints, samples and logs.")
+    raise ValueError(cli.blank_flag("--workdir", "RUN",
+                                    "name the directory for checkpoints, samples and logs"))
   if "://" in text:
     raise ValueError(
         f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
