@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmimg_jax.eval import evaluator as ev  # noqa: E402
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
-from llmimg_jax.train.config import unknown_keys  # noqa: E402
+from llmimg_jax.train.config import due, unknown_keys  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 from llmimg_jax.train.summaries import window_means  # noqa: E402
@@ -96,7 +96,7 @@ def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEval
              "attention_mask": tokens["attention_mask"][rows]}
     state, metrics = step_fn(state, batch)
     window.append({k: metrics[k] for k in ("d_loss", "g_loss", "finite")})
-    if step % every == 0 or step == steps:
+    if due(step, every, steps):
       # Means over the updates since the last row, as train.py logs them: one step's d_loss
       # held a lazy penalty (loss.gp_every) at no --every that is a multiple of gp_every.
       fetched, window = jax.device_get(window), []

@@ -98,6 +98,12 @@ def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.Co
   return errors
 
 
+def due(step: int, every: int, steps: int) -> bool:
+  """Whether step `step` (1-based, after its update) logs / saves / samples / evaluates, for a
+  cadence `every` in a run of `steps` steps: every `every` steps, and always at the last."""
+  return step % every == 0 or step == steps
+
+
 def model_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   """config.model.dtype, the models' compute dtype, or a ValueError naming the ones that work
   (validate() checks it before compiling; a sampler's build_models reads a run's saved config)."""

@@ -23,7 +23,7 @@ from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
-from llmimg_jax.train.config import validate
+from llmimg_jax.train.config import due, validate
 from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
@@ -217,11 +217,11 @@ def _unmade(workdir: Path, step: int, config: ml_collections.ConfigDict) -> tupl
   """Whether the sample grid and the evaluation due at `step`, where the run resumes, are missing
   (host 0's view, on every host): a kill during them, after the step's checkpoint, lost them, for
   good at the last step, which a rerun did not train again."""
-  t, due = config.train, 0 < step <= config.train.steps
-  grid = due and (step % t.sample_every == 0 or step == t.steps) and not (
+  t, trained = config.train, 0 < step <= config.train.steps
+  grid = trained and due(step, t.sample_every, t.steps) and not (
       workdir / "samples" / grid_name(step)).exists()
-  evaluation = due and in_training.enabled(config) and (
-      step % config.eval.every == 0 or step == t.steps) and not in_training.evaluated(workdir, step)
+  evaluation = trained and in_training.enabled(config) and due(
+      step, config.eval.every, t.steps) and not in_training.evaluated(workdir, step)
   return checkpoint.host_flags(grid)[0], checkpoint.host_flags(evaluation)[0]
 
 
@@ -363,12 +363,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
         # complete, so it ends as usual (its samples and evaluation are made now, not by a rerun).
         stop = watch.reached() and done < t.steps
-        if done % t.log_every == 0 or done == t.steps or stop:  # a stop: the steps since the log
+        if due(done, t.log_every, t.steps) or stop:  # a stop: the steps since the log
           _log_metrics(jax.device_get(pending), done, clock, bar, writer, t, manager.directory)
           pending = []
-        saved = done % t.ckpt_every == 0 or done == t.steps or stop
-        sample_now = done % t.sample_every == 0 or done == t.steps
-        eval_now = evaluate is not None and (done % config.eval.every == 0 or done == t.steps)
+        saved = due(done, t.ckpt_every, t.steps) or stop
+        sample_now = due(done, t.sample_every, t.steps)
+        eval_now = evaluate is not None and due(done, config.eval.every, t.steps)
         if saved or sample_now or eval_now:  # not training: off the clock
           clock.stop(state)
         if saved:  # before sampling and evaluation, whose errors would lose it
