@@ -13,7 +13,6 @@ with every evaluation as eval/fid_floor, a flat line beside the FID.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -92,7 +91,7 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
                   f"{best_file.name} again)")
       best_file.replace(best_file.with_name(best_file.name + ".stale"))
       if former is not None:
-        cli.write_atomically(best_file, json.dumps(former, indent=2))
+        cli.write_atomically(best_file, to_json(former))
   checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 

@@ -185,19 +185,22 @@ def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, 
   left it naming a step the resumed run does not have, and it was only set aside, so the best
   before it (its checkpoint still there) was forgotten and deleted by the next save."""
   best_file = tmp_path / checkpoint.BEST_FILE
-  best = {"step": 8, "caption_accuracy": 0.9, "former": {"step": 4, "caption_accuracy": 0.5}}
+  best = {"step": 8, "caption_accuracy": 0.9,
+          "former": {"step": 4, "caption_accuracy": 0.5, "size": float("nan")}}
   best_file.write_text(json.dumps(best))
   with caplog.at_level(logging.WARNING):
     in_training.set_aside_best_past(tmp_path, 6, [2, 4, 6])
-  assert json.loads(best_file.read_text()) == best["former"]
-  assert json.loads((tmp_path / "best.json.stale").read_text()) == best
+  # Strict JSON, as every best.json is written (report.to_json): a NaN metric as null.
+  assert json.loads(best_file.read_text(), parse_constant=pytest.fail) == {
+      **best["former"], "size": None}
+  assert (tmp_path / "best.json.stale").read_text() == json.dumps(best)  # moved as it is
   assert "the best before it, step 4, is best.json again" in caplog.text
   best_file.write_text(json.dumps(best))  # the former's checkpoint is gone: nothing to keep
   in_training.set_aside_best_past(tmp_path, 6, [6])
   assert not best_file.exists()
   best_file.write_text(json.dumps(best))  # not past the run's step: left as it is
   in_training.set_aside_best_past(tmp_path, 8, [4, 8])
-  assert json.loads(best_file.read_text()) == best
+  assert best_file.read_text() == json.dumps(best)
 
 
 def test_a_metric_a_step_did_not_measure_is_averaged_over_the_steps_that_did():
