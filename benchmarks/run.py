@@ -129,7 +129,7 @@ def main() -> None:
   import jax
   try:
     import torch
-  except ImportError as e:  # the test/bench extra, never a runtime dependency
+  except ImportError as e:  # the test extra, never a runtime dependency
     raise SystemExit(
         f"benchmarks/run.py: error: it times our models against PyTorch twins and needs torch "
         f"({e}); install it: .venv/bin/pip install torch==2.13.0 (on plain PyPI add "

@@ -2,7 +2,7 @@
 
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a torch state dict of the
 TensorFlow FID Inception), given by path; nothing is downloaded. Loading a .pth needs torch
-(imported lazily: torch is a test/bench extra, never a runtime dependency), so convert it once:
+(imported lazily: torch is for tests, benchmarks; never a runtime dependency), so convert it once:
 
   python -m llmimg_jax.eval.inception pt_inception-2015-12-05-6726825d.pth inception_fid.npz
 
