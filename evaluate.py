@@ -68,7 +68,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "in train.py, e.g. --config.data.folder=DIR.")
 flags.DEFINE_string("stats_split", None, "The split --write_stats reads (default: test where "
                     "the dataset has one, else train).")
-# Ignored by --write_stats (`--split holdout` wrote test statistics without a word).
+# Refused with --write_stats, which would ignore them (`--split holdout` writing test statistics
+# without a word).
 _EVALUATION_ONLY = ("split", "step", "seed", "out", "overwrite_out", "ref_stats",
                     "batch_size")
 
@@ -116,7 +117,7 @@ def _write_stats() -> None:
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
   source = load_source(data, split)
   n = min(FLAGS.num_samples, len(source))
-  if n < 2:  # fid.statistics refused it after the images, naming no flag
+  if n < 2:  # before the images: fid.statistics' error names no flag
     raise ValueError(f"--write_stats: {data.name}/{split} has {n} record(s); statistics need 2 "
                      "or more images: pass the --stats_split of a larger split, or add images.")
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
@@ -147,9 +148,9 @@ def main(argv) -> None:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
   cli.quiet_orbax()
-  # Read as not given: an FID against the real images instead of --ref_stats, or none at all;
-  # a run's evaluation instead of --write_stats.
-  # A blank --data_dir read the run's data_dir; a blank --stats_split the default split.
+  # A blank one would read as not given: an FID against the real images instead of --ref_stats,
+  # or none at all; a run's evaluation instead of --write_stats; the run's data_dir for
+  # --data_dir; the default split for --stats_split.
   named = {"ref_stats": ("FILE", "the file"), "inception_weights": ("FILE", "the file"),
            "write_stats": ("FILE", "the file"), "data_dir": ("DIR", "the TFDS data directory"),
            "stats_split": ("SPLIT", "the split")}
@@ -166,7 +167,7 @@ def main(argv) -> None:
     raise app.UsageError(f"{cli.only_apply(given)} to the evaluation of a run, not to "
                          "--write_stats (statistics of real images; --stats_split names their "
                          f"split); drop {cli.them(given)}.")
-  if FLAGS.write_stats and FLAGS.workdir and FLAGS["config"].present:  # --config was ignored
+  if FLAGS.write_stats and FLAGS.workdir and FLAGS["config"].present:  # one would be ignored
     raise app.UsageError("--write_stats reads the data of --workdir (a run's) or of --config, "
                          "not both: drop one.")
   if not FLAGS.write_stats and FLAGS["overwrite_stats"].present:

@@ -47,7 +47,7 @@ def _profile(icc: bytes) -> tuple[ImageCms.ImageCmsProfile, str,
     rgb = ImageCms.buildTransform(profile, _SRGB, "RGB", "RGB", INTENT, flags=FLAGS)
   except (ImageCms.PyCMSError, OSError, ValueError) as e:
     raise BadProfile(f"cannot build transform: {e}") from None
-  # sRGB already (cameras', the web's default): stored as-is, as before profiles were read.
+  # sRGB already (cameras', the web's default): stored as-is.
   # Told by what it does, not its name: GIMP's "Linear sRGB" is named sRGB but is linear.
   return profile, space, None if _is_identity(rgb) else rgb
 

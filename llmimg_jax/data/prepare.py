@@ -92,7 +92,7 @@ def check_args(args: argparse.Namespace) -> None:
   if name not in pipeline.DATASETS:  # the data config's error named data.name
     raise ValueError(f"--dataset {args.dataset}: no dataset {name!r}; name one of "
                      "captioned_shapes[/CONFIG], captioned_folder, coco_captions.")
-  if config and name != "captioned_shapes":  # the config was ignored without a word
+  if config and name != "captioned_shapes":  # it would be ignored without a word
     raise ValueError(f"--dataset {args.dataset}: {name} has no configs to choose (/{config} "
                      f"would be ignored); give --dataset {name}.")
   if config:
@@ -171,14 +171,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
   start = time.perf_counter()
   try:
-    if args.preview is not None and not args.preview:  # it built and wrote no grid
+    if args.preview is not None and not args.preview:  # '' would build and write no grid
       raise ValueError(cli.blank_flag("--preview", "FILE",
                                       "name the .png file for the grid, or drop the flag"))
-    if args.data_dir is not None and not args.data_dir.strip():  # it built in the default one
+    if args.data_dir is not None and not args.data_dir.strip():  # '' would build in the default one
       raise ValueError(cli.blank_flag(
           "--data_dir", "DIR", "name the TFDS data directory, or drop the flag for "
           "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets"))
-    if args.preview:  # no shell expands ~ after '=': it was a folder named '~' here
+    if args.preview:  # no shell expands ~ after '='; else a folder named '~'
       args.preview = str(cli.expand_home(args.preview, "--preview"))
     check_args(args)
     cfg = data_config_from_args(args)

@@ -170,7 +170,7 @@ class Sampler:
     """Like __call__, with the captions used, timing and settings (for files and logs)."""
     prompts = check_prompts(prompts)
     truncation = check_sample_args(num_per_prompt, seed, truncation)
-    # Python ints: numpy ones passed the check but are no JSON for samples.jsonl.
+    # Python ints: numpy ones pass the check but are no JSON for samples.jsonl.
     seed, num_per_prompt = int(seed), int(num_per_prompt)
     expanded = self.expander is not None
     captions = list(self.expander(prompts)) if expanded else list(prompts)

@@ -62,8 +62,8 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable;
   an existing one (a link too) refused unless `overwrite`."""
-  # '' (an unset shell variable) used to generate instead; ' ' or 'DIR/' saved ' .npy', 'DIR/.npy'
-  # and an existing DIR went to the sibling file DIR.npy.
+  # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
+  # DIR the sibling file DIR.npy.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
       or os.path.isdir(encode_out)):
     raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file for the "
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     print(f"error: {cli.only_apply(ignored)} when sampling; pass --do_sample, or drop "
           f"{cli.them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
     return 2
-  if args.do_sample and args.num_beams > 1:  # generate() refused it only after the model load
+  if args.do_sample and args.num_beams > 1:  # generate() refuses it too, after loading the model
     print("error: Beam sampling (--do_sample with --num_beams > 1) is not supported; drop "
           "--num_beams to sample, or --do_sample for beam search.", file=sys.stderr)
     return 2

@@ -163,7 +163,7 @@ class T5Config:
     except FileNotFoundError as e:
       raise FileNotFoundError(f"T5 config file not found: {path}. A checkpoint directory needs a "
                               "config.json (save one with model.config.save_pretrained(DIR)).") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the latter did not name the file
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the latter names no file
       raise ValueError(f"Malformed JSON in T5 config {path}: {e}. Re-save it with "
                        "config.save_pretrained(DIR).") from e
     if not isinstance(d, dict):

@@ -52,11 +52,11 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
     raise ValueError(f"attention_mask {attention_mask.shape} must match input_ids {input_ids.shape}.")
   if max_new_tokens < 1 or num_beams < 1:
     raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, {num_beams}.")
-  # int() truncated them: max_new_tokens=2.5 generated 2 tokens, num_beams=2.5 searched 2 beams
+  # int() would truncate them (max_new_tokens=2.5 to 2 tokens, num_beams=2.5 to 2 beams)
   if fractional := [f"{k}={v}" for k, v in (("max_new_tokens", max_new_tokens),
                     ("num_beams", num_beams), ("min_new_tokens", min_new_tokens)) if v % 1 != 0]:
     raise ValueError(f"{', '.join(fractional)}: pass whole numbers (ints).")
-  # NaN too; a fractional top_k was truncated by int() (transformers refuses it)
+  # NaN too; a fractional top_k is refused (as transformers does), not truncated by int()
   if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0 or top_k % 1 != 0):
     raise ValueError(f"Sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 a whole "
                      f"number; got temperature={temperature}, top_p={top_p}, top_k={top_k}.")

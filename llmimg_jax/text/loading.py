@@ -69,7 +69,7 @@ _ENCODER_ONLY_HINT = (" (an encoder-only checkpoint, e.g. saved by T5EncoderMode
 def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
   """A local checkpoint directory, or a hub name downloaded (or found in the HF cache)."""
   path = os.path.expanduser(os.fspath(path_or_name))
-  if not path.strip():  # an unset shell variable: it was asked of the hub, which refused the name
+  if not path.strip():  # an unset shell variable, not a hub name
     raise FileNotFoundError(f"T5 checkpoint {path!r} is empty: pass a directory with config.json "
                             f"and {SAFE}, or a hub name (without --model / None: the untrained "
                             "offline default).")
@@ -320,7 +320,7 @@ def _with_generation_config(config: T5Config, ckpt_dir: str) -> T5Config:
   except (OSError, ValueError) as e:
     raise ValueError(f"Could not read {path} ({e}); fix it, or delete it to generate with "
                      "config.json's token ids.") from None
-  try:  # a bad id raised int()'s or T5Config's error without naming the file
+  try:  # int()'s and T5Config's errors for a bad id name no file
     ids = {}
     for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
       value = first_token_id(gen.get(name), name, path)

@@ -57,7 +57,7 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
         "T5ForConditionalGeneration.from_pretrained(DIR, weights_only=False)"
         ".save_pretrained(DIR).") from e
   fix = "Save the T5 itself with model.save_pretrained(DIR)."
-  if not isinstance(state, dict):  # a training checkpoint raised AttributeError on .items/.detach
+  if not isinstance(state, dict):  # e.g. a training checkpoint: no .items/.detach to call
     raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors. {fix}")
   others = [f"{k} ({type(v).__name__})" for k, v in state.items()
             if not isinstance(v, torch.Tensor)]
@@ -86,7 +86,7 @@ def read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarray
   try:
     with open(index_path) as f:
       weight_map = json.load(f)["weight_map"]
-    if not isinstance(weight_map, dict):  # a list raised a bare AttributeError, null a TypeError
+    if not isinstance(weight_map, dict):  # a list or null: no .items to call
       raise TypeError(f"'weight_map' is a JSON {type(weight_map).__name__}")
     if bad := next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None):
       raise TypeError(f"'weight_map' maps {bad[0]!r} to {json.dumps(bad[1])}")

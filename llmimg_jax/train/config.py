@@ -214,7 +214,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     text_encoder_config(config.text)
   if config.loss.gp_every < 1:
     raise ValueError(f"config.loss.gp_every={config.loss.gp_every} must be >= 1.")
-  data_dir = config.data.data_dir  # "" read ~/tensorflow_datasets, ignoring $TFDS_DATA_DIR
+  data_dir = config.data.data_dir  # "" would read ~/tensorflow_datasets, ignoring $TFDS_DATA_DIR
   if data_dir is not None and not str(data_dir).strip():
     raise ValueError(cli.blank_flag(
         "--config.data.data_dir", "DIR", "name the TFDS data directory, or drop the override for "
@@ -255,8 +255,8 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   checks += [("seed", config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)")]
   checks += [(f"model.{k}", config.model[k], config.model[k] >= 1, ">= 1")  # else init fails
              for k in ("nf_g", "nf_d", "z_dim", "cond_dim")]
-  # grain refused the loader's negatives with a traceback, after the model was built; a negative
-  # build_num_proc built captioned_shapes in one process
+  # grain refuses the loader's negatives with a traceback, after the model is built; a negative
+  # build_num_proc would build captioned_shapes in one process
   data_zero = {"max_pixels": "the default", "store_size": "the default", "num_workers": "in this "
                "process", "worker_buffer_size": "1", "read_threads": "grain's default",
                "read_buffer_size": "grain's default", "build_num_proc": "automatic"}
