@@ -55,7 +55,7 @@ flags.DEFINE_integer("batch_size", 64, "Generation batch size.", lower_bound=1)
 flags.DEFINE_string("data_dir", None, "Override the run's config.data.data_dir.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or its .npz): adds the "
-                    "standard FID. Get it from " + "https://github.com/mseitzer/pytorch-fid/releases")
+                    "standard FID. Get it from https://github.com/mseitzer/pytorch-fid/releases")
 flags.DEFINE_string("ref_stats", None, "An .npz of mu/sigma for the standard FID (DF-GAN's); "
                     "default: computed from the real reference set.")
 flags.DEFINE_string("write_stats", None, "Write Inception mu/sigma of the first --num_samples "

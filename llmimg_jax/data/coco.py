@@ -59,7 +59,8 @@ PROBE_DELAY_S = 2.0
 def download_and_prepare(builder, data_dir: str) -> None:
   """builder.download_and_prepare(), a failed download named in one paragraph with the fix
   (it was a requests/TFDS traceback, minutes into the run)."""
-  from tensorflow_datasets.core.download import download_manager, util  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import (  # pylint: disable=g-import-not-at-top
+      download_manager, util)
   from llmimg_jax.data import tfds_utils  # pylint: disable=g-import-not-at-top
   if not tfds_utils.is_prepared(builder):
     _check_hosts_answer(builder, data_dir)

@@ -228,5 +228,6 @@ class Conv(nn.Module):
     conv = conv3x3 if tuple(self.kernel_size) == (3, 3) else conv2d
     y = conv(x.astype(self.dtype), kernel.astype(self.dtype))  # [batch, h, w, features]
     if self.use_bias:
-      y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype))
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      y = add_bias(y, bias.astype(self.dtype))
     return y

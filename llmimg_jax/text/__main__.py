@@ -66,8 +66,8 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   # DIR the sibling file DIR.npy.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
       or os.path.isdir(encode_out)):
-    raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file for the "
-                  "states, e.g. --encode_out states.npy.")
+    raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file "
+                  "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
   out_dir = os.path.dirname(os.path.abspath(path))
   try:

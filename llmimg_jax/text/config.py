@@ -48,8 +48,8 @@ class T5Config:
   `feed_forward_proj`, e.g. BLIP-2's FLAN-T5 configs: 'gated-gelu' with dense_act_fn 'gelu' (exact
   GELU, not gelu_new). None where they agree (normalised so in __post_init__): `activation` and
   `is_gated` are the FFN.
-  `scale_decoder_outputs`: multiply the decoder output by d_model**-0.5 before the LM head; defaults to
-  `tie_word_embeddings` (original T5), transformers >= 5 writes it explicitly.
+  `scale_decoder_outputs`: multiply the decoder output by d_model**-0.5 before the LM head;
+  defaults to `tie_word_embeddings` (original T5), transformers >= 5 writes it explicitly.
   """
   vocab_size: int = 32128
   d_model: int = 512
@@ -104,7 +104,8 @@ class T5Config:
     for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
       value = getattr(self, name)
       if not 0 <= value < self.vocab_size:
-        raise ValueError(f"T5Config.{name}={value} is outside the vocabulary [0, {self.vocab_size}).")
+        raise ValueError(f"T5Config.{name}={value} is outside the vocabulary "
+                         f"[0, {self.vocab_size}).")
 
   @property
   def is_gated(self) -> bool:
@@ -133,9 +134,11 @@ class T5Config:
     """From a Hugging Face T5 config dict; unknown keys (architectures, dtype, ...) are ignored."""
     model_type = d.get("model_type", "t5")
     if model_type not in ("t5", "mt5", "umt5"):
-      raise ValueError(f"Expected a T5 config (model_type 't5' or 'mt5'), got model_type={model_type!r}.")
+      raise ValueError("Expected a T5 config (model_type 't5' or 'mt5'), "
+                       f"got model_type={model_type!r}.")
     if model_type == "umt5":
-      raise ValueError("umT5 (per-layer relative attention bias) is not supported; use a t5/mt5 checkpoint.")
+      raise ValueError("umT5 (per-layer relative attention bias) is not supported; "
+                       "use a t5/mt5 checkpoint.")
     fields = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in d.items() if k in fields and v is not None}
     if "eos_token_id" in kw:
@@ -161,8 +164,9 @@ class T5Config:
       with open(path, encoding="utf-8") as f:  # JSON's encoding, whatever the locale's
         d = json.load(f)
     except FileNotFoundError as e:
-      raise FileNotFoundError(f"T5 config file not found: {path}. A checkpoint directory needs a "
-                              "config.json (save one with model.config.save_pretrained(DIR)).") from e
+      raise FileNotFoundError(
+          f"T5 config file not found: {path}. A checkpoint directory needs a config.json "
+          "(save one with model.config.save_pretrained(DIR)).") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the latter names no file
       raise ValueError(f"Malformed JSON in T5 config {path}: {e}. Re-save it with "
                        "config.save_pretrained(DIR).") from e
@@ -183,8 +187,9 @@ class T5Config:
 
   @classmethod
   def byt5_small_scratch(cls, d_model: int = 256, num_layers: int = 4, num_heads: int = 4,
-                         d_kv: int = 64, d_ff: int | None = None, dropout_rate: float = 0.1) -> T5Config:
-    """The offline default: a small gated-GELU T5 for the ByT5 byte tokenizer (vocab 384), untied."""
+                         d_kv: int = 64, d_ff: int | None = None,
+                         dropout_rate: float = 0.1) -> T5Config:
+    """The offline default: a small untied gated-GELU T5 for the ByT5 byte tokenizer (vocab 384)."""
     return cls(vocab_size=BYT5_VOCAB_SIZE, d_model=d_model, d_kv=d_kv, d_ff=d_ff or 4 * d_model,
                num_layers=num_layers, num_heads=num_heads, dropout_rate=dropout_rate,
                feed_forward_proj="gated-gelu", tie_word_embeddings=False,

@@ -49,9 +49,11 @@ def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, 
   attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
                     else jnp.asarray(attention_mask, jnp.int32))
   if attention_mask.shape != input_ids.shape:
-    raise ValueError(f"attention_mask {attention_mask.shape} must match input_ids {input_ids.shape}.")
+    raise ValueError(f"attention_mask {attention_mask.shape} must match input_ids "
+                     f"{input_ids.shape}.")
   if max_new_tokens < 1 or num_beams < 1:
-    raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, {num_beams}.")
+    raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, "
+                     f"{num_beams}.")
   # int() would truncate them (max_new_tokens=2.5 to 2 tokens, num_beams=2.5 to 2 beams)
   if fractional := [f"{k}={v}" for k, v in (("max_new_tokens", max_new_tokens),
                     ("num_beams", num_beams), ("min_new_tokens", min_new_tokens)) if v % 1 != 0]:

@@ -81,8 +81,9 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
   looks_local = (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
                  or os.sep != "/" and os.sep in path)
   if looks_local:
-    raise FileNotFoundError(f"T5 checkpoint directory not found: {path!r}. Pass a directory with "
-                            f"config.json and {SAFE} (or a hub name such as 'google/flan-t5-small').")
+    raise FileNotFoundError(f"T5 checkpoint directory not found: {path!r}. Pass a directory "
+                            f"with config.json and {SAFE} (or a hub name such as "
+                            "'google/flan-t5-small').")
   try:
     from huggingface_hub import snapshot_download
     # A shard index with a variant's too (model.safetensors.index.fp16.json; _variant_weights).
@@ -201,9 +202,9 @@ def param_shapes(config: T5Config, encoder_only: bool = False) -> Params:
   return jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"]
 
 
-def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *, encoder_only: bool = False,
-                       source: str = "checkpoint", from_flax: bool = False
-                       ) -> tuple[T5Config, Params]:
+def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *,
+                       encoder_only: bool = False, source: str = "checkpoint",
+                       from_flax: bool = False) -> tuple[T5Config, Params]:
   """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
   carries its own lm_head; decoder/lm_head keys are skipped when encoder_only. from_flax: `state`
   is a Flax T5's params instead, keyed by '/'- or '.'-joined names ('shared/embedding') with

@@ -1,11 +1,13 @@
 """T5 in Flax linen, numerically matching transformers' PyTorch T5.
 
-Param names mirror the Hugging Face state dict (`encoder/block_0/layer_0/SelfAttention/q/kernel` is
-`encoder.block.0.layer.0.SelfAttention.q.weight` transposed), so loading is a rename. Params are fp32;
-`dtype` is the compute dtype (fp32 or bf16); norms, softmax and logits are computed in fp32.
+Param names mirror the Hugging Face state dict (`encoder/block_0/layer_0/SelfAttention/q/kernel`
+is `encoder.block.0.layer.0.SelfAttention.q.weight` transposed), so loading is a rename. Params
+are fp32; `dtype` is the compute dtype (fp32 or bf16); norms, softmax and logits are computed in
+fp32.
 
-Decoder cache (generation): a dict {'index': int32 [], 'block_i': {'self_k', 'self_v': [b, heads, max_len,
-d_kv], 'cross_k', 'cross_v': [b, heads, enc_len, d_kv]}} made by `init_cache` and advanced by `decode`.
+Decoder cache (generation): a dict {'index': int32 [], 'block_i': {'self_k', 'self_v':
+[b, heads, max_len, d_kv], 'cross_k', 'cross_v': [b, heads, enc_len, d_kv]}} made by `init_cache`
+and advanced by `decode`.
 Keys and values are kept head-major, the layout the attention matmuls read, so a decoding step does
 not transpose the whole cache (on CPU those copies were ~15% of greedy generation).
 """
@@ -63,7 +65,8 @@ def _distance_buckets(num_buckets: int, max_distance: int) -> np.ndarray:
   max_exact = num_buckets // 2
   with np.errstate(divide="ignore"):  # log(0) for the distances below max_exact, not used
     scaled = (np.log(distance.astype(np.float32) / np.float32(max_exact))
-              / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+              / np.float32(math.log(max_distance / max_exact))
+              * np.float32(num_buckets - max_exact))
   large = np.minimum(max_exact + np.nan_to_num(scaled, neginf=0).astype(np.int32), num_buckets - 1)
   return np.where(distance < max_exact, distance, large).astype(np.int32)
 
@@ -123,7 +126,8 @@ class T5Attention(nn.Module):
 
   def attend(self, q: Array, k: Array, v: Array, bias: Array, deterministic: bool) -> Array:
     """q [b, h, q, dk], k/v [b, h, k, dk], bias broadcastable to [b, h, q, k] -> [b, q, d_model]."""
-    # fp32 logits even for bf16 q/k: T5 attention logits are unscaled, bf16 would round them coarsely.
+    # fp32 logits even for bf16 q/k: T5 attention logits are unscaled, bf16 would round them
+    # coarsely.
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic)
@@ -214,7 +218,8 @@ class T5DenseActDense(nn.Module):
     dense = lambda n, std, name: Dense(n, _normal(std), self.dtype, name=name)
     act = _ACT[c.activation]
     if c.is_gated:
-      h = act(dense(c.d_ff, c.d_model ** -0.5, "wi_0")(x)) * dense(c.d_ff, c.d_model ** -0.5, "wi_1")(x)
+      std = c.d_model ** -0.5
+      h = act(dense(c.d_ff, std, "wi_0")(x)) * dense(c.d_ff, std, "wi_1")(x)
     else:
       h = act(dense(c.d_ff, c.d_model ** -0.5, "wi")(x))  # [b, l, d_ff]
     h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
@@ -342,7 +347,8 @@ class T5ForConditionalGeneration(nn.Module):
       attention_mask = jnp.ones_like(input_ids)
     encoder_states = self.encode(input_ids, attention_mask, deterministic)
     return self.decode(decoder_input_ids, encoder_states, attention_mask,
-                       decoder_attention_mask=decoder_attention_mask, deterministic=deterministic)[0]
+                       decoder_attention_mask=decoder_attention_mask,
+                       deterministic=deterministic)[0]
 
   def encode(self, input_ids: Array, attention_mask: Array | None = None,
              deterministic: bool = True) -> Array:
@@ -385,6 +391,6 @@ class T5ForConditionalGeneration(nn.Module):
     shape = (b, c.num_heads, max_length, c.d_kv)
     cache: Cache = {"index": jnp.zeros((), jnp.int32)}
     for i, (k, v) in enumerate(self.decoder.cross_key_values(encoder_states)):
-      cache[f"block_{i}"] = {"self_k": jnp.zeros(shape, k.dtype), "self_v": jnp.zeros(shape, v.dtype),
-                             "cross_k": k, "cross_v": v}
+      cache[f"block_{i}"] = {"self_k": jnp.zeros(shape, k.dtype),
+                             "self_v": jnp.zeros(shape, v.dtype), "cross_k": k, "cross_v": v}
     return cache
