@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return _parser().parse_args(argv)
 
 
@@ -89,7 +90,7 @@ def _save_atomically(path: str, states: np.ndarray) -> None:
   cli.write_atomically(os.path.realpath(path), npy.getvalue())
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("llmimg_jax").setLevel(logging.INFO)

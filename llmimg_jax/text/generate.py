@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 NEG = -1.0e9  # transformers' "impossible" score offset
 
 
-def generate(params: dict, config: T5Config, input_ids, attention_mask=None, *, max_new_tokens: int,
+def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
+             attention_mask: np.ndarray | jax.Array | None = None, *, max_new_tokens: int,
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, top_k: int = 50,
              top_p: float = 1.0, length_penalty: float = 1.0, min_new_tokens: int = 0,
              rng: jax.Array | None = None, dtype: Any = jnp.float32) -> jax.Array:
@@ -143,7 +144,8 @@ def _pad_after_eos(tokens, config):
   return jnp.where(after, config.pad_token_id, tokens).astype(jnp.int32)
 
 
-def process_logits(logits, temperature, top_k: int, top_p=None):
+def process_logits(logits: jax.Array, temperature: float | jax.Array, top_k: int,
+                   top_p: float | jax.Array | None = None) -> jax.Array:
   """Temperature, then top-k, then top-p (nucleus; None or 1.0 = off), in transformers' order.
 
   top_k is static; temperature and top_p may be traced scalars."""

@@ -59,7 +59,7 @@ class TextGenerator:
     return cls(config, params, tokenizer, dtype)
 
   def generate(self, texts: Sequence[str] | str, *, max_new_tokens: int = 32,
-               seed: int | Sequence[int] = 0, **kw) -> list[str]:
+               seed: int | Sequence[int] = 0, **kw: Any) -> list[str]:
     """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens.
 
     seed (sampling): one for the call, or one per text, so that a text's sample does not depend
@@ -69,7 +69,7 @@ class TextGenerator:
                                 **kw)
 
   def generate_tokens(self, batch: dict[str, np.ndarray], *, max_new_tokens: int = 32,
-                      seed: int | Sequence[int] = 0, **kw) -> list[str]:
+                      seed: int | Sequence[int] = 0, **kw: Any) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
     rows = len(batch["input_ids"])
     one_seed = np.ndim(seed) == 0  # a non-int one is named by check_seed, not len()'s TypeError

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -286,7 +287,7 @@ def _shape_mismatch(key: str, path: tuple[str, ...], transpose: bool, shape: tup
           f"{', transposed' if transpose else ''})")
 
 
-def load_t5(path_or_name: str | os.PathLike, dtype=jnp.float32, *,
+def load_t5(path_or_name: str | os.PathLike, dtype: Any = jnp.float32, *,
             encoder_only: bool = False) -> tuple[T5Config, Params]:
   """(config, params) from a checkpoint directory or hub name. Params are `dtype` arrays (fp32
   by default) with the layout of T5ForConditionalGeneration, or T5EncoderModel if encoder_only
@@ -356,9 +357,9 @@ def init_params(config: T5Config, rng: jax.Array, *, encoder_only: bool = False)
   return jax.jit(model.init)(rng, *args)["params"]
 
 
-def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *, dtype=jnp.float32,
-                    seed: int = 0, config: T5Config | None = None, encoder_only: bool = False
-                    ) -> tuple[T5Config, Params, TextTokenizer]:
+def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *,
+                    dtype: Any = jnp.float32, seed: int = 0, config: T5Config | None = None,
+                    encoder_only: bool = False) -> tuple[T5Config, Params, TextTokenizer]:
   """(config, params, tokenizer). None gives the offline default: the ByT5 byte tokenizer and a
   freshly initialised (untrained) `config`, by default T5Config.byt5_small_scratch().
   encoder_only: only the embedding and the encoder (what encoding needs; a T5EncoderModel

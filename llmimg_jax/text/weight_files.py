@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -81,7 +82,8 @@ def torch_load_detail(e: Exception) -> str:
   return text or type(e).__name__
 
 
-def read_sharded(ckpt_dir: str, index_name: str, reader) -> dict[str, np.ndarray]:
+def read_sharded(ckpt_dir: str, index_name: str, reader: Callable[[str], dict[str, np.ndarray]]
+                 ) -> dict[str, np.ndarray]:
   index_path = os.path.join(ckpt_dir, index_name)
   try:
     with open(index_path) as f:
