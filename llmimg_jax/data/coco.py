@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 TF_EXTRA_HINT = ("coco_captions needs TensorFlow (TFDS's coco_captions builder imports it) and "
                  "importlib_resources: install the `tf` extra, e.g. pip install 'llmimg_jax[tf]'.")
@@ -37,7 +41,7 @@ def tensorflow_available() -> bool:
   return True
 
 
-def coco_builder(data_dir: str):
+def coco_builder(data_dir: str) -> tfds.core.DatasetBuilder:
   """The `coco_captions` builder (array_record files, for random access); not built here
   (`download_and_prepare`)."""
   check_tensorflow()
@@ -56,7 +60,7 @@ PROBE_TIMEOUT_S = 10.0
 PROBE_DELAY_S = 2.0
 
 
-def download_and_prepare(builder, data_dir: str) -> None:
+def download_and_prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
   """builder.download_and_prepare(), a failed download named in one paragraph with the fix
   (it was a requests/TFDS traceback, minutes into the run)."""
   from tensorflow_datasets.core.download import (  # pylint: disable=g-import-not-at-top

@@ -4,9 +4,12 @@ jax is imported inside the function: grain's worker processes import the data pa
 need it."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+  import jax
 
 
 def _to_32_bits(key: str, value: np.ndarray) -> np.ndarray:
@@ -24,7 +27,7 @@ def _to_32_bits(key: str, value: np.ndarray) -> np.ndarray:
 MODEL_KEYS = ("image", "input_ids", "attention_mask")
 
 
-def to_global_batch(batch: dict[str, np.ndarray], mesh, axis: str = "data",
+def to_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str = "data",
                     keys: tuple[str, ...] | None = MODEL_KEYS) -> dict[str, Any]:
   """Each host's numpy batch -> global `jax.Array`s sharded over `axis` of `mesh`.
 

@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grain
 import ml_collections
@@ -30,6 +30,11 @@ from llmimg_jax.data import tfds_utils
 from llmimg_jax.data.flip import swap_left_right
 from llmimg_jax.data.host_slices import HostSliceSampler
 from llmimg_jax.data.images import center_crop_resize, resize
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
+
+  from llmimg_jax.text.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ def _data_dir(data_cfg) -> str:
   return str(cli.expand_home(data_dir, "data.data_dir"))  # not a literal folder '~nosuchuser'
 
 
-def validate_data_config(data_cfg) -> None:
+def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad field and the fix."""
   name = data_cfg.get("name")
   if name not in DATASETS:
@@ -155,7 +160,7 @@ def validate_data_config(data_cfg) -> None:
                        "images would be upsampled; raise store_size or set it to 0.")
 
 
-def dataset_id(data_cfg) -> str:
+def dataset_id(data_cfg: ml_collections.ConfigDict) -> str:
   """Names the records a data config reads: 'captioned_shapes/tiny_32', 'captioned_folder:/abs'."""
   if data_cfg.name == "captioned_shapes":
     return f"captioned_shapes/{data_cfg.config}"
@@ -164,7 +169,7 @@ def dataset_id(data_cfg) -> str:
   return str(data_cfg.name)
 
 
-def folder_builder(data_cfg):
+def folder_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The captioned_folder builder of `data_cfg` (folder, store_size or image_size, max_pixels)."""
   from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
   size = int(data_cfg.get("store_size") or 0) or int(data_cfg.image_size)
@@ -174,7 +179,7 @@ def folder_builder(data_cfg):
       data_dir=_data_dir(data_cfg))
 
 
-def builder(data_cfg):
+def builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `data_cfg`'s dataset (not built here)."""
   data_dir, name = _data_dir(data_cfg), data_cfg.name
   if name == "captioned_shapes":
@@ -188,13 +193,13 @@ def builder(data_cfg):
   return coco.coco_builder(data_dir)
 
 
-def is_built(data_cfg) -> bool:
+def is_built(data_cfg: ml_collections.ConfigDict) -> bool:
   """Whether `data_cfg`'s dataset is built (prepared) in its data_dir."""
   validate_data_config(data_cfg)
   return tfds_utils.is_prepared(builder(data_cfg))
 
 
-def load_source(data_cfg, split: str = "train") -> ExampleSource:
+def load_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> ExampleSource:
   """The random-access source of `split`; builds captioned_shapes/captioned_folder if missing."""
   validate_data_config(data_cfg)
   dataset = builder(data_cfg)
@@ -249,7 +254,7 @@ class Tokenize(grain.transforms.Map):
   than the tokenizer's max_length are truncated with one warning per process, not one per batch
   (a dataset of long captions would log one every training step)."""
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer: TextTokenizer):
     self.tokenizer = tokenizer
     self.warned = False
 
@@ -279,7 +284,8 @@ def sampler_seed(seed: int) -> int:
 _SAMPLER_SALT = 0x6772616E  # "gran": sampler_seed's, not another use of the run's seed
 
 
-def make_iterator(data_cfg, tokenizer, *, batch_size_per_host: int, seed: int,
+def make_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: TextTokenizer, *,
+                  batch_size_per_host: int, seed: int,
                   split: str = "train", shuffle: bool = True, num_epochs: int | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   source: ExampleSource | None = None) -> grain.DataLoaderIterator:

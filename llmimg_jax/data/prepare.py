@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 FOLDER_STORE_SIZE = 72
 
 
-def preview_grid(source, num: int = 16, columns: int = 4, cell: int = 160,
+def preview_grid(source: pipeline.ExampleSource, num: int = 16, columns: int = 4, cell: int = 160,
                  lines: int = 5) -> Image.Image:
   """Examples (centre squares scaled to `cell` px) with their first caption wrapped underneath."""
   examples = [source[i] for i in range(min(num, len(source)))]
@@ -127,7 +128,7 @@ def _inside(path: str, folder: str) -> bool:
   return os.path.commonpath(real) == real[1]
 
 
-def data_config_from_args(args: argparse.Namespace):
+def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
   cfg = pipeline.default_data_config()
   name, _, config = args.dataset.partition("/")
   cfg.name = name
