@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import time
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,7 +45,7 @@ def crop_size(resolution: int) -> int:
   return 2 * round(resolution / 3 * 1.3 / 2)
 
 
-def crop_cells(images):
+def crop_cells(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
   """Images [b, R, R, 3] (numpy or jax, any dtype) -> crops [b, 9, P, P, 3] of the same dtype,
   centred on the cells (shifted inwards at the image border, symmetrically), row-major: cell
   c = 3 * row + col. A left-right flipped crop of cell c is the crop of cell _FLIP_CELLS[c] of the
@@ -174,7 +175,8 @@ class TrainSettings:
   seed: int = 0
 
 
-def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: TrainSettings):
+def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: TrainSettings
+              ) -> dict[str, Any]:
   """Adam with cosine decay on the cells of uint8 images [n, R, R, 3] with per-cell labels
   [n, 9] (cell_labels); random left-right flips. Returns EvaluatorNet params."""
   crops = crop_cells(np.asarray(images))  # [n, 9, P, P, 3] uint8
@@ -218,14 +220,14 @@ def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: Train
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply(net: EvaluatorNet, params, images: jax.Array) -> dict[str, jax.Array]:
+def _apply(net: EvaluatorNet, params: Any, images: jax.Array) -> dict[str, jax.Array]:
   out = net.apply({"params": params}, images)
   pred = {"present": out["present"] > 0, "features": out["features"]}
   pred.update({a: jnp.argmax(out[a], -1).astype(jnp.int32) for a in ATTRIBUTES})
   return pred
 
 
-def apply_batched(net: EvaluatorNet, params, images: np.ndarray, batch_size: int = 256
+def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size: int = 256
                   ) -> dict[str, np.ndarray]:
   """{'present': bool [n, 9], 'shape'/'color'/'size': int [n, 9], 'features': [n, 9 * F]}."""
   outs = []

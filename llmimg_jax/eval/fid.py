@@ -34,7 +34,8 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return x.mean(0), np.cov(x, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
   mu1, mu2 = (np.atleast_1d(np.asarray(mu, np.float64)) for mu in (mu1, mu2))  # [features]
   s1, s2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))  # [feat, feat]
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
@@ -81,7 +82,8 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
   return frechet_distance(*statistics(a), *statistics(b))
 
 
-def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta) -> None:
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
+                    **meta: object) -> None:
   """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it), written
   through a link as `>` would, in one rename (--overwrite_stats truncated the old file first)."""
   npz = io.BytesIO()

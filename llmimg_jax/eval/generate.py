@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
 from llmimg_jax.gan.common import image_noise
+from llmimg_jax.text.tokenizer import TextTokenizer
 from llmimg_jax.train.state import Models
 from llmimg_jax.train.step import generate_checked_images
 
@@ -17,7 +19,7 @@ def _jitted(models: Models):
   return jax.jit(functools.partial(generate_checked_images, models))
 
 
-def generate_for_captions(models: Models, g_params, text_params, tokenizer,
+def generate_for_captions(models: Models, g_params: Any, text_params: Any, tokenizer: TextTokenizer,
                           captions: Sequence[str], seed: int = 0, batch_size: int = 64,
                           check_finite: bool = False) -> np.ndarray:
   """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the noise

@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
@@ -17,6 +18,9 @@ from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.scoring import METRICS as ATTRIBUTE_COLUMNS  # one column per attribute
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split, shapes_builder
+
+if TYPE_CHECKING:
+  from llmimg_jax.sample import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,8 @@ def real_images(records: Sequence[dict], size: int) -> np.ndarray:
   return np.stack([center_crop_resize(r["image"], size) for r in records])
 
 
-def evaluate_inception(sampler, data_cfg, features: Callable[[np.ndarray], np.ndarray],
+def evaluate_inception(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
+                       features: Callable[[np.ndarray], np.ndarray],
                        splits: Sequence[str] | None = None, num_samples: int = 1000,
                        seed: int = 0, batch_size: int = 64, ref_stats: str | None = None) -> dict:
   """The standard FID of any run: images generated from the first caption of records [0, N) of

@@ -23,9 +23,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import flax.serialization
 import jax
+import ml_collections
 import numpy as np
 
 from llmimg_jax.cli import write_atomically
@@ -33,6 +35,9 @@ from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
+
+if TYPE_CHECKING:
+  from llmimg_jax.data.captioned_shapes import CaptionedShapes
 
 log = logging.getLogger(__name__)
 NET_TAG = "cells2"  # bump when EvaluatorNet or its training changes: old caches are then unused
@@ -57,7 +62,7 @@ def cache_dir() -> Path:
   return Path(os.path.expanduser(os.environ.get("LLMIMG_CACHE_DIR") or "~/.cache/llmimg_jax"))
 
 
-def shapes_builder(data_cfg):
+def shapes_builder(data_cfg: ml_collections.ConfigDict) -> CaptionedShapes:
   """The captioned_shapes builder of `data_cfg`, built if missing; other data is refused."""
   from llmimg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if data_cfg.name != "captioned_shapes":
@@ -68,7 +73,8 @@ def shapes_builder(data_cfg):
   return pipeline.builder(data_cfg)
 
 
-def load_split(data_cfg, split: str, limit: int | None = None, start: int = 0) -> SplitData:
+def load_split(data_cfg: ml_collections.ConfigDict, split: str, limit: int | None = None,
+               start: int = 0) -> SplitData:
   """Records [start, start + limit) of a captioned_shapes split, with their ground truth."""
   builder = shapes_builder(data_cfg)
   if split not in builder.info.splits:
@@ -94,7 +100,8 @@ class ShapesEvaluator:
     self.fingerprint = hashlib.sha256(flax.serialization.to_bytes(params)).hexdigest()[:16]
 
   @classmethod
-  def load_or_train(cls, data_cfg, settings: ev.TrainSettings | None = None,
+  def load_or_train(cls, data_cfg: ml_collections.ConfigDict,
+                    settings: ev.TrainSettings | None = None,
                     max_train: int | None = 20_000, directory: Path | None = None
                     ) -> ShapesEvaluator:
     """The cached evaluator of this dataset build, trained (and cached) on first use. The cache
