@@ -140,7 +140,7 @@ def _refuse_existing(flag: str, path, overwrite: str) -> None:
   cli.refuse_existing(path, f"{flag}: {path}", FLAGS[overwrite].value, overwrite)
 
 
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
   if len(argv) > 1:  # absl leaves them: `--overwrite_out false` set it and left "false"
     raise app.UsageError(f"Unexpected argument(s) {argv[1:]}: evaluate.py takes flags only. Give "
                          "a value as --name=value, and a boolean flag as --name or --noname "

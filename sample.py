@@ -96,7 +96,7 @@ def run() -> None:
         f"images/s (+{result.compile_seconds:.1f}s compilation) -> {_OUT.value}")
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   cli.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; quote prompts: --prompt \"a cat\".")

@@ -48,7 +48,7 @@ def _raise_terminated(signum, frame):
   raise _Terminated
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:  # absl leaves them: `--start_fresh_if_corrupt false` set it, left "false"
     cli.fail("train.py", f"unexpected argument(s) {argv[1:]}: train.py takes flags only. Give a "
              "value as --name=value (--config.train.steps=2000), and a boolean flag as --name or "

@@ -11,6 +11,8 @@ which sum in float32 for bf16 compute too (`_broadcast_like`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -18,7 +20,8 @@ import flax.linen as nn
 from llmimg_jax.gan.common import Dtype
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, padding="SAME", strides=(1, 1)) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME",
+           strides: tuple[int, int] = (1, 1)) -> jax.Array:
   """x [batch, h, w, in] (NHWC) convolved with kernel [kh, kw, in, out] (HWIO)."""
   return jax.lax.conv_general_dilated(x, kernel, strides, padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -19,7 +19,8 @@ from llmimg_jax.train.state import Models, TrainState
 Metrics = dict[str, jax.Array]
 
 
-def encode_text(models: Models, text_params, input_ids, mask) -> tuple[jax.Array, jax.Array]:
+def encode_text(models: Models, text_params: Any, input_ids: jax.Array, mask: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
   """T5 token states [batch, length, d_text] and their mask-aware mean [batch, d_text], in fp32."""
   words = models.text_encoder.apply({"params": text_params}, input_ids, mask).astype(jnp.float32)
   return words, gan.sentence_embedding(words, mask)
@@ -167,13 +168,14 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
   return new_state, metrics
 
 
-def generate_images(models: Models, g_params: Any, text_params: Any, z, input_ids, mask
-                    ) -> jax.Array:
+def generate_images(models: Models, g_params: Any, text_params: Any, z: jax.Array,
+                    input_ids: jax.Array, mask: jax.Array) -> jax.Array:
   """Images uint8 [b, R, R, 3] from noise [b, z_dim] and tokenized prompts [b, L]."""
   return generate_checked_images(models, g_params, text_params, z, input_ids, mask)[0]
 
 
-def generate_checked_images(models: Models, g_params: Any, text_params: Any, z, input_ids, mask
+def generate_checked_images(models: Models, g_params: Any, text_params: Any, z: jax.Array,
+                            input_ids: jax.Array, mask: jax.Array
                             ) -> tuple[jax.Array, jax.Array]:
   """generate_images' images, and bool [b]: whether the generator's output for each was finite
   (NaN or inf in it becomes black or white pixels in uint8)."""

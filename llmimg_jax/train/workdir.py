@@ -7,6 +7,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -29,7 +30,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 @contextlib.contextmanager
-def checkpoint_saving(checkpoints: Path):
+def checkpoint_saving(checkpoints: Path) -> Iterator[None]:
   """Any error inside (Orbax raises an asynchronous save's at the next save, or at close) as a
   CheckpointSaveError naming the newest complete checkpoint, which a rerun resumes from: a full
   disk was a ValueError of TensorStore's under hundreds of lines of traceback."""
