@@ -49,7 +49,7 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
 
 def expand_home(path: str | os.PathLike, flag: str) -> Path:
   """`path` with a leading ~ or ~user expanded; a ValueError naming `flag` where that home is
-  unknown (pathlib's RuntimeError was a traceback)."""
+  unknown (not pathlib's RuntimeError and its traceback)."""
   try:
     return Path(path).expanduser()
   except RuntimeError:

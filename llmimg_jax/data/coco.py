@@ -62,7 +62,7 @@ PROBE_DELAY_S = 2.0
 
 def download_and_prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
   """builder.download_and_prepare(), a failed download named in one paragraph with the fix
-  (it was a requests/TFDS traceback, minutes into the run)."""
+  (not a requests/TFDS traceback, minutes into the run)."""
   from tensorflow_datasets.core.download import (  # pylint: disable=g-import-not-at-top
       download_manager, util)
   from llmimg_jax.data import tfds_utils  # pylint: disable=g-import-not-at-top

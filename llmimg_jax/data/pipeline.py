@@ -351,7 +351,7 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: TextTokenizer,
 
 def close_iterator(data_iter: grain.DataLoaderIterator) -> None:
   """Stops the iterator's grain workers and frees the batches they had buffered in shared memory
-  (at exit these were reported as leaked: google/grain#1031). The iterator is not read again.
+  (else reported as leaked at exit: google/grain#1031). The iterator is not read again.
   grain 0.2's DataLoaderIterator has no close(); the dataset iterator it wraps has."""
   close = getattr(getattr(data_iter, "_iterator", None), "close", None)
   if close is not None:

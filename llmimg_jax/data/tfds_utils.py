@@ -38,7 +38,7 @@ def is_prepared(dataset: tfds.core.DatasetBuilder) -> bool:
 
 
 def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
-  """dataset.download_and_prepare(), an OSError named with the data_dir and the fix (it was
+  """dataset.download_and_prepare(), an OSError named with the data_dir and the fix (not
   os.makedirs' or a writer's traceback)."""
   try:
     dataset.download_and_prepare()

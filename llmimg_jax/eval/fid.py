@@ -85,7 +85,7 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
                     **meta: object) -> None:
   """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it), written
-  through a link as `>` would, in one rename (--overwrite_stats truncated the old file first)."""
+  through a link as `>` would, in one rename (--overwrite_stats never truncates the old file)."""
   npz = io.BytesIO()
   np.savez(npz, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
   cli.write_atomically(os.path.realpath(path), npz.getvalue())

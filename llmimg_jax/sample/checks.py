@@ -30,9 +30,9 @@ def as_int(value: Any) -> int | None:
 
 
 def check_integer(value: Any, name: str) -> None:
-  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): 2.5
-  images per prompt failed deep in jax.jit, a float seed as 'got JitTracer', 3.5 new tokens were
-  cut to 3."""
+  """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): else 2.5
+  images per prompt fail deep in jax.jit, a float seed as 'got JitTracer', and 3.5 new tokens
+  are cut to 3."""
   if as_int(value) is None:
     raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
 

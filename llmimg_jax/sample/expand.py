@@ -103,8 +103,8 @@ def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:
   call: for an equal share of the ceil(count / cap) calls, the smallest `multiple` times 1, 2, 3,
   4, 6, 8, 12, ... (2**k and 3 * 2**k) that holds it. Calls with 1, 2, 3, 5... items then share a
   few compiled programs (about 2 * log2(cap / multiple)) instead of one per count. Above
-  2 * multiple rows a call pads less than a third of them; powers of two alone padded up to half
-  (17 items: 32 rows, now 24), and 65 items at cap 64 took two calls of 64 (now of 48)."""
+  2 * multiple rows a call pads less than a third of them; powers of two alone would pad up to
+  half (17 items: 32 rows, not 24; 65 items at cap 64: two calls of 64, not of 48)."""
   calls = -(-count // cap)
   share = -(-count // calls)  # rows each call needs
   unit = 1

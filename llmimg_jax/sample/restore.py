@@ -95,7 +95,7 @@ def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
 
 
 def _step_number(step: Any, steps: dict[int, Path]) -> int:
-  """`step` as an int; a TypeError naming it for a str, float or bool, which were reported as
+  """`step` as an int; a TypeError naming it for a str, float or bool, which would read as
   'No checkpoint for step 4100; available steps: [4100]'."""
   if (number := as_int(step)) is None:
     raise TypeError(f"Checkpoint step {step!r} is a {type(step).__name__}, not an int; pass an "

@@ -89,8 +89,8 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
 
 
 def _check_captions(captions: list[Any], num_prompts: int) -> None:
-  """A custom expander's captions: one str per prompt (too few failed with an IndexError deep in
-  sample(), too many were dropped without a word)."""
+  """A custom expander's captions: one str per prompt (too few would fail with an IndexError deep
+  in sample(), too many be dropped without a word)."""
   bad = next((i for i, c in enumerate(captions) if not isinstance(c, str)), None)
   if len(captions) != num_prompts or bad is not None:
     what = (f"returned {len(captions)} caption(s) for {num_prompts} prompts" if bad is None else

@@ -20,7 +20,7 @@ from llmimg_jax.text.tokenizer import TextTokenizer
 def check_seed(seed: int, name: str = "seed") -> None:
   """A PRNG seed in [0, 2**32), as sample.py and train.py take them, or a ValueError naming it
   (`name`: as the caller spells it, e.g. '--seed'); a TypeError for one that is not an int (numpy
-  integers pass, bool does not): 2.5 failed in jax.random.PRNGKey as 'got JitTracer'.
+  integers pass, bool does not): 2.5 would fail in jax.random.PRNGKey as 'got JitTracer'.
   jax.random.PRNGKey keeps a seed's low 32 bits (2**32 gave seed 0's key, -1 that of 2**32 - 1)
   and raises OverflowError past int64."""
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

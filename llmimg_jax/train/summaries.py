@@ -30,8 +30,8 @@ def summary_writer(logdir: str | Path, purge_step: int | None = None) -> Any:
 def flush(writer: Any | None) -> None:
   """Every event added to `writer` (None: no writer, on hosts other than 0) so far, written and
   flushed to its file. The loop flushes when it saves a checkpoint and after samples and
-  evaluations: a crash (kill -9, OOM, a lost host) lost up to 2 minutes of them, and a run resumed
-  from a checkpoint of those steps does not log them again, a gap in every curve.
+  evaluations: a crash (kill -9, OOM, a lost host) would lose up to 2 minutes of them, and a run
+  resumed from a checkpoint of those steps does not log them again, a gap in every curve.
 
   tensorboardX hands events to a writer thread through a queue and flushes the file every 2
   minutes; its flush() writes out only what that thread has taken from the queue so far (an image

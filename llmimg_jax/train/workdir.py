@@ -33,7 +33,7 @@ class CheckpointSaveError(RuntimeError):
 def checkpoint_saving(checkpoints: Path) -> Iterator[None]:
   """Any error inside (Orbax raises an asynchronous save's at the next save, or at close) as a
   CheckpointSaveError naming the newest complete checkpoint, which a rerun resumes from: a full
-  disk was a ValueError of TensorStore's under hundreds of lines of traceback."""
+  disk is not a ValueError of TensorStore's under hundreds of lines of traceback."""
   try:
     yield
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types
