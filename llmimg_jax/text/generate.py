@@ -218,27 +218,28 @@ def _beam_search(step_logits, cache, batch, config, n, num_beams, length_penalty
     step = s["step"]
     log_probs, cache = step_logits(s["last"], s["cache"], step)  # [b*k, V]
     vocab = log_probs.shape[-1]
-    scores = log_probs.reshape(batch, k, vocab) + s["run_scores"][:, :, None]
+    scores = log_probs.reshape(batch, k, vocab) + s["run_scores"][:, :, None]  # [b, k, V]
     topk_lp, topk_idx = jax.lax.top_k(scores.reshape(batch, k * vocab), k2)  # [b, 2k]
-    parent, token = topk_idx // vocab, (topk_idx % vocab).astype(jnp.int32)
+    parent, token = topk_idx // vocab, (topk_idx % vocab).astype(jnp.int32)  # beam, id [b, 2k]
     cand_seqs = _gather(s["run_seqs"], parent)  # [b, 2k, n]
     cand_seqs = jax.vmap(jax.vmap(lambda row, t: row.at[step].set(t)))(cand_seqs, token)
     hits = (token == eos) | (step + 1 >= n)  # [b, 2k]
 
     # Running beams for the next step: best k candidates that did not just finish.
-    run_lp = topk_lp + hits.astype(jnp.float32) * NEG
-    next_idx = jax.lax.top_k(run_lp, k)[1]
-    run_seqs, run_scores = _gather(cand_seqs, next_idx), _gather(run_lp, next_idx)
+    run_lp = topk_lp + hits.astype(jnp.float32) * NEG  # [b, 2k]
+    next_idx = jax.lax.top_k(run_lp, k)[1]  # [b, k]
+    run_seqs = _gather(cand_seqs, next_idx)  # [b, k, n]
+    run_scores = _gather(run_lp, next_idx)  # [b, k]
     run_parent, last = _gather(parent, next_idx), _gather(token, next_idx).reshape(-1)
 
     # Finished hypotheses: merge the newly finished (top k candidates only) with the kept ones.
     just_finished = hits & top_num_beam_mask[None, :]
-    fin_lp = topk_lp / ((step + 1).astype(jnp.float32) ** length_penalty)
+    fin_lp = topk_lp / ((step + 1).astype(jnp.float32) ** length_penalty)  # [b, 2k]
     fin_lp = fin_lp + (~s["improvable"])[:, None].astype(jnp.float32) * NEG
     fin_lp = fin_lp + (~just_finished).astype(jnp.float32) * NEG
-    merged_scores = jnp.concatenate([s["fin_scores"], fin_lp], axis=1)
-    keep = jax.lax.top_k(merged_scores, k)[1]
-    fin_seqs = _gather(jnp.concatenate([s["fin_seqs"], cand_seqs], axis=1), keep)
+    merged_scores = jnp.concatenate([s["fin_scores"], fin_lp], axis=1)  # [b, k + 2k]
+    keep = jax.lax.top_k(merged_scores, k)[1]  # [b, k]
+    fin_seqs = _gather(jnp.concatenate([s["fin_seqs"], cand_seqs], axis=1), keep)  # [b, k, n]
     fin_scores = _gather(merged_scores, keep)
     is_fin = _gather(jnp.concatenate([s["is_fin"], just_finished], axis=1), keep)
 
