@@ -48,18 +48,10 @@ def _raise_terminated(signum, frame):
   raise _Terminated
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:  # absl leaves them: `--start_fresh_if_corrupt false` set it, left "false"
-    cli.fail("train.py", f"unexpected argument(s) {argv[1:]}: train.py takes flags only. Give a "
-             "value as --name=value (--config.train.steps=2000), and a boolean flag as --name or "
-             "--noname (--nostart_fresh_if_corrupt, or --start_fresh_if_corrupt=false), not "
-             "'--name false'; nothing was trained.", 2)
-  # Orbax and TFDS log every step of every save at INFO through absl; keep ours, quiet theirs.
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  cli.quiet_orbax()  # no asyncio tracebacks around a checkpoint that fails to restore
+def _connect_hosts() -> None:
+  """jax.distributed.initialize() with --distributed or --coordinator_address (a cluster it
+  cannot join: one paragraph, status 2); nothing for a one-process run."""
   import jax
-  from llmimg_jax.train.host_memory import reuse_host_memory
-  reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
   hosts = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cluster = ("give --coordinator_address, --num_processes and --process_id, or --distributed "
              "alone where JAX detects the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes)")
@@ -83,6 +75,21 @@ def main(argv: list[str]) -> None:
                "devices without it" if hosts == (None, None, None) else "")
       cli.fail("train.py", f"jax.distributed.initialize failed ({' '.join(str(e).split())}): "
                f"{cluster}{alone}.", 2)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:  # absl leaves them: `--start_fresh_if_corrupt false` set it, left "false"
+    cli.fail("train.py", f"unexpected argument(s) {argv[1:]}: train.py takes flags only. Give a "
+             "value as --name=value (--config.train.steps=2000), and a boolean flag as --name or "
+             "--noname (--nostart_fresh_if_corrupt, or --start_fresh_if_corrupt=false), not "
+             "'--name false'; nothing was trained.", 2)
+  # Orbax and TFDS log every step of every save at INFO through absl; keep ours, quiet theirs.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  cli.quiet_orbax()  # no asyncio tracebacks around a checkpoint that fails to restore
+  import jax
+  from llmimg_jax.train.host_memory import reuse_host_memory
+  reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
+  _connect_hosts()
   from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.data.tfds_utils import DatasetError
