@@ -140,14 +140,8 @@ def _refuse_existing(flag: str, path, overwrite: str) -> None:
   cli.refuse_existing(path, f"{flag}: {path}", FLAGS[overwrite].value, overwrite)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:  # absl leaves them: `--overwrite_out false` set it and left "false"
-    raise app.UsageError(f"Unexpected argument(s) {argv[1:]}: evaluate.py takes flags only. Give "
-                         "a value as --name=value, and a boolean flag as --name or --noname "
-                         "(--nooverwrite_out, or --overwrite_out=false), not '--name false'.")
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
-  cli.quiet_orbax()
+def _check_flags() -> None:
+  """An app.UsageError for a blank path flag or a combination of flags that does not apply."""
   # A blank one would read as not given: an FID against the real images instead of --ref_stats,
   # or none at all; a run's evaluation instead of --write_stats; the run's data_dir for
   # --data_dir; the default split for --stats_split.
@@ -177,6 +171,17 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--overwrite_out only applies with --out (it lets that replace an "
                          "existing results file; the default file is replaced by the same "
                          "evaluation's results); drop it, or pass --out.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:  # absl leaves them: `--overwrite_out false` set it and left "false"
+    raise app.UsageError(f"Unexpected argument(s) {argv[1:]}: evaluate.py takes flags only. Give "
+                         "a value as --name=value, and a boolean flag as --name or --noname "
+                         "(--nooverwrite_out, or --overwrite_out=false), not '--name false'.")
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # TFDS's and Orbax's INFO; ours stay
+  cli.quiet_orbax()
+  _check_flags()
   import jax
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
