@@ -90,6 +90,31 @@ def _save_atomically(path: str, states: np.ndarray) -> None:
   cli.write_atomically(os.path.realpath(path), npy.getvalue())
 
 
+def _flags_error(args: argparse.Namespace) -> str | None:
+  """What is wrong with the flags, found before the model loads; None if nothing."""
+  from llmimg_jax import cli
+  from llmimg_jax.text.generator import check_seed
+  try:
+    check_seed(args.seed, "--seed")  # TextGenerator checks it too, after the model load
+  except ValueError as e:
+    return str(e)
+  encode = args.encode_out is not None
+  if args.overwrite and not encode:
+    return ("--overwrite only applies to --encode_out (it lets that replace an existing file); "
+            "drop it, or pass --encode_out.")
+  if encode and (ignored := _options_set(args, _GENERATION_OPTIONS)):
+    return (f"{cli.only_apply(ignored)} to generation, not to --encode_out (which saves encoder "
+            f"states); drop {cli.them(ignored)} or drop --encode_out.")
+  if not args.do_sample and (ignored := _options_set(args, _SAMPLING_OPTIONS)):
+    # generate() would ignore them with a warning; on the command line that is a mistake.
+    return (f"{cli.only_apply(ignored)} when sampling; pass --do_sample, or drop "
+            f"{cli.them(ignored)} for greedy or beam-search generation.")
+  if args.do_sample and args.num_beams > 1:  # generate() refuses it too, after loading the model
+    return ("Beam sampling (--do_sample with --num_beams > 1) is not supported; drop "
+            "--num_beams to sample, or --do_sample for beam search.")
+  return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -98,31 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   import jax.numpy as jnp
 
   from llmimg_jax import cli
-  from llmimg_jax.text.generator import TextGenerator, check_seed
+  from llmimg_jax.text.generator import TextGenerator
 
-  try:
-    check_seed(args.seed, "--seed")  # before the model load, as TextGenerator checks it after
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+  if error := _flags_error(args):
+    print(f"error: {error}", file=sys.stderr)
     return 2
   encode = args.encode_out is not None
-  if args.overwrite and not encode:
-    print("error: --overwrite only applies to --encode_out (it lets that replace an existing "
-          "file); drop it, or pass --encode_out.", file=sys.stderr)
-    return 2
-  if encode and (ignored := _options_set(args, _GENERATION_OPTIONS)):
-    print(f"error: {cli.only_apply(ignored)} to generation, not to --encode_out (which saves "
-          f"encoder states); drop {cli.them(ignored)} or drop --encode_out.", file=sys.stderr)
-    return 2
-  if not args.do_sample and (ignored := _options_set(args, _SAMPLING_OPTIONS)):
-    # generate() would ignore them with a warning; on the command line that is a mistake.
-    print(f"error: {cli.only_apply(ignored)} when sampling; pass --do_sample, or drop "
-          f"{cli.them(ignored)} for greedy or beam-search generation.", file=sys.stderr)
-    return 2
-  if args.do_sample and args.num_beams > 1:  # generate() refuses it too, after loading the model
-    print("error: Beam sampling (--do_sample with --num_beams > 1) is not supported; drop "
-          "--num_beams to sample, or --do_sample for beam search.", file=sys.stderr)
-    return 2
   try:
     # before the model load
     out_path = _npy_path(args.encode_out, args.overwrite) if encode else None
