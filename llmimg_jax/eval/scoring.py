@@ -63,7 +63,7 @@ def score_one(claims: Claims, pred: dict[str, np.ndarray], i: int) -> dict[str, 
 
 def score(claims: Sequence[Claims], pred: dict[str, np.ndarray]) -> dict[str, float]:
   """Caption accuracy (fraction of images following their caption in everything it states) and
-  per-attribute accuracies over a batch; pred from `Evaluator.read` ([n, 9] arrays)."""
+  per-attribute accuracies over a batch; pred from `ShapesEvaluator.read` ([n, 9] arrays)."""
   correct, totals = [], {m: [0, 0] for m in METRICS}
   for i, c in enumerate(claims):
     s = score_one(c, pred, i)
