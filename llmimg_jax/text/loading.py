@@ -258,21 +258,27 @@ def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *,
       ("unexpected checkpoint keys", sorted(file_names.get(k, k) for k in unexpected)),
       ("shape mismatches", bad_shapes)) if names]
   if problems:
-    # The T5's own keys under a prefix ('transformer.', or a Flax file's 'model/': a Flax name
-    # keeps its first part when renamed, so it is cut where the PyTorch key's first '.' is).
-    wrapped = collections.Counter(
-        file_names.get(k, k)[:k.index(".") + 1] for k in unexpected
-        if "." in k and hf_key_to_path(k.split(".", 1)[1])[0] in expected)
-    if wrapped:
-      hint = (f" (its T5 weights are under '{wrapped.most_common(1)[0][0]}': a checkpoint of "
-              "another T5 class, e.g. T5ForSequenceClassification; save its T5 with "
-              "T5ForConditionalGeneration or T5EncoderModel)")
-    elif missing and all(m.startswith("decoder/") or m.startswith("lm_head/") for m in missing):
-      hint = _ENCODER_ONLY_HINT
-    else:
-      hint = ""
-    raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems) + hint)
+    raise ValueError(f"{source} does not match its T5 config: " + "; ".join(problems)
+                     + _mismatch_hint(unexpected, missing, file_names, expected))
   return config, traverse_util.unflatten_dict(flat)
+
+
+def _mismatch_hint(unexpected: list[str], missing: list[str], file_names: dict[str, str],
+                   expected: dict[tuple[str, ...], Any]) -> str:
+  """The likely cause of keys that do not fit the config (unexpected ones as PyTorch keys,
+  missing ones as '/'-joined params), to end the error with; '' if none is known."""
+  # The T5's own keys under a prefix ('transformer.', or a Flax file's 'model/': a Flax name
+  # keeps its first part when renamed, so it is cut where the PyTorch key's first '.' is).
+  wrapped = collections.Counter(
+      file_names.get(k, k)[:k.index(".") + 1] for k in unexpected
+      if "." in k and hf_key_to_path(k.split(".", 1)[1])[0] in expected)
+  if wrapped:
+    return (f" (its T5 weights are under '{wrapped.most_common(1)[0][0]}': a checkpoint of "
+            "another T5 class, e.g. T5ForSequenceClassification; save its T5 with "
+            "T5ForConditionalGeneration or T5EncoderModel)")
+  if missing and all(m.startswith("decoder/") or m.startswith("lm_head/") for m in missing):
+    return _ENCODER_ONLY_HINT
+  return ""
 
 
 def _shape_mismatch(key: str, path: tuple[str, ...], transpose: bool, shape: tuple[int, ...],
