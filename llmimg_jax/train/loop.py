@@ -130,10 +130,10 @@ def jit_train_step(models: Models, mesh: jax.sharding.Mesh):
                  compiler_options=compiler_options(mesh))
 
 
-def create_state(models: Models, mesh: jax.sharding.Mesh, seed: int, text_params=None
-                 ) -> TrainState:
+def create_state(models: Models, mesh: jax.sharding.Mesh, seed: int, text_params=None, *,
+                 abstract: bool = False) -> TrainState:  # abstract: its ShapeDtypeStructs only
   init = jax.jit(functools.partial(init_state, models), out_shardings=NamedSharding(mesh, P()))
-  return init(jax.random.PRNGKey(seed), text_params)
+  return (init.eval_shape if abstract else init)(jax.random.PRNGKey(seed), text_params)
 
 
 class _StepClock:
@@ -294,11 +294,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       seed=config.seed, source=source)
 
   manager = checkpoint.make_manager(workdir, config)
-  state = create_state(models, mesh, config.seed, pretrained_text)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state), data_iter,
+  abstract = create_state(models, mesh, config.seed, pretrained_text, abstract=True)  # no compile
+  restored = checkpoint.restore_latest(manager, abstract, data_iter,
                                       start_fresh_if_corrupt=start_fresh_if_corrupt, config=config)
+  state = create_state(models, mesh, config.seed, pretrained_text) if restored is None else restored
   if restored is not None:
-    state = restored
     log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
   start = int(state.step)
   in_training.set_aside_best_past(workdir, start, manager.all_steps())

@@ -24,7 +24,7 @@ from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
 from llmimg_jax.train.state import build_text, save_text_files
-from tests.sample.utils import _quick_state, assert_uint8_of, generator_output, save_run
+from tests.sample.utils import assert_uint8_of, generator_output, save_run
 from tests.train.utils import tiny_config, tiny_pretrained_t5
 
 PROMPTS = ["a red circle", "a big blue square in the center"]
@@ -349,8 +349,6 @@ def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkey
   # (no data, nothing compiled): what it wrote is what sampling needs.
   config.train.steps = 3
   monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
-  monkeypatch.setattr(loop, "create_state",
-                      lambda models, mesh, seed, pretrained: _quick_state(models, pretrained))
   monkeypatch.setattr(loop, "jit_train_step", _stop_before_the_step)
   with pytest.raises(_Stopped):
     loop.train(config, workdir)

@@ -310,8 +310,6 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
   config.eval.every = 2  # the evaluator would be set up on a run with steps left
   built = []
   monkeypatch.setattr(in_training, "TrainingEvaluator", lambda *a, **k: built.append(a))
-  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
-                      lambda models, mesh, seed, text=None: _quick_state(models, text))
   saved_config = tmp_path / "config.json"  # the run's (eval off): this config differs from it
   saved_config.write_text(tiny_config(config.data.data_dir).to_json(indent=2))
   os.utime(saved_config, ns=(1_000_000_000, 1_000_000_000))
@@ -361,8 +359,6 @@ def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, t
   evaluated = _stand_in_evaluator(
       monkeypatch, lambda state, step: (step, _equal(jax.device_get(state),
                                                      jax.device_get(states[4]))))
-  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
-                      lambda models, mesh, seed, text=None: _quick_state(models, text))
   monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
   captioned_grid = loop.captioned_grid
 
@@ -399,8 +395,6 @@ def _sigterm_during_the_grid(monkeypatch):
   sample grid; returns the real captioned_grid."""
   import signal
   from llmimg_jax.train import loop
-  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
-                      lambda models, mesh, seed, text=None: _quick_state(models, text))
   monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
   captioned_grid = loop.captioned_grid
 
@@ -462,8 +456,6 @@ def test_a_best_replaced_at_the_last_step_is_deleted_after_a_kill(saved, tmp_pat
   (tmp_path / "samples").mkdir()  # the last step's grid and evaluation were made
   (tmp_path / "samples" / "step_0000004.png").write_bytes(b"png")
   (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 4, "former": {"step": 2}}))
-  monkeypatch.setattr(loop, "create_state",  # host-drawn, not compiled: train() restores into it
-                      lambda models, mesh, seed, text=None: _quick_state(models, text))
   loop.train(config, tmp_path)
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [4]
   config.train.keep_checkpoints = 2  # among the latest: kept
