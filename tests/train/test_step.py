@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+from llmimg_jax.gan import layers
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import validate
 from llmimg_jax.train.state import build_models, build_text
-from tests.train.utils import _batch, _log_window, tiny_config, tiny_pretrained_t5
+from tests.train.utils import (_batch, _host_state, _log_window, tiny_config,
+                               tiny_pretrained_t5)
 
 
 def _one_step(config, devices):
@@ -52,6 +54,49 @@ def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
                          getattr(state_8, name))
     assert max(jax.tree.leaves(moved)) > 1e-5, name
   np.testing.assert_allclose(metrics_1["d_loss"], metrics_8["d_loss"], rtol=1e-5)
+
+
+def test_the_accelerator_forms_of_the_step_equal_the_cpu_forms(tmp_path, monkeypatch):
+  """GPUs and TPUs run the step without the CPU-only forms: autodiff's bias and affine reductions
+  (layers.MATMUL_REDUCTIONS), XLA's 3x3 convs with 3 channels on one side (layers.NARROW_CONVS),
+  one batch chunk (loop.batch_chunks) and no XLA:CPU options (loop.compiler_options). Forced
+  here, one step from a mid-training state gives the CPU forms' state and metrics."""
+  config = tiny_config(tmp_path)
+  tokenizer, t5_config, _ = build_text(config)
+  models = build_models(config, t5_config)
+  mesh = loop.make_mesh(jax.devices()[:1])
+  batch = _batch(config, tokenizer)
+  monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  used = set()  # the CPU forms' own functions that a step traced
+
+  def spy(name):
+    fn = getattr(layers, name)
+    monkeypatch.setattr(layers, name, lambda *a: used.add(name) or fn(*a))
+  cpu_only = ("channel_sum", "spatial_sum", "_conv3x3_taps_matmul")
+  for name in cpu_only:
+    spy(name)
+
+  def step():
+    used.clear()
+    state = jax.device_put(_host_state(models), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    return jax.device_get(loop.jit_train_step(models, mesh)(state, batch))
+
+  cpu_state, cpu_metrics = step()
+  assert used == set(cpu_only) and loop.batch_chunks(mesh) == 2 and loop.compiler_options(mesh)
+  monkeypatch.setattr(layers, "MATMUL_REDUCTIONS", False)
+  monkeypatch.setattr(layers, "NARROW_CONVS", False)
+  monkeypatch.setattr(loop, "batch_chunks", lambda mesh: 1)
+  monkeypatch.setattr(loop, "compiler_options", lambda mesh: {})
+  state, metrics = step()
+  assert not used and metrics["finite"] == 1.0
+  for k in ("d_loss", "g_loss", "gp"):
+    np.testing.assert_allclose(metrics[k], cpu_metrics[k], rtol=1e-5, err_msg=k)
+  for name in ("g_params", "d_params", "text_params", "ema_params", "g_opt_state",
+               "d_opt_state"):
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), getattr(state, name),
+                         getattr(cpu_state, name))
+    assert max(jax.tree.leaves(diffs)) <= 1e-5, name
 
 
 @pytest.mark.parametrize("key, value, match", [
