@@ -41,7 +41,8 @@ def pytest_configure(config):
 # tests/train/, are as long as the others (`pytest -n 1 -m "not slow" --durations=60`).
 _FIRST = ("tests/train/test_multihost.py", "tests/train/test_multihost_workers.py",
           "tests/train/test_train_cli.py", "tests/train/test_loop.py", "tests/train/test_step.py",
-          "tests/train/test_step_reference.py", "tests/train/test_reliability.py",
+          "tests/train/test_step_reference.py", "tests/train/test_step_program.py",
+          "tests/train/test_reliability.py",
           "tests/train/test_resume_agree.py", "tests/train/test_learns_text.py",
           "tests/eval/test_shapes_eval.py")
 
