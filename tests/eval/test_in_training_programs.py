@@ -1,0 +1,39 @@
+"""The in-training evaluation compiles its programs once per run: later evaluations (of a new
+state each time, as the loop passes) reuse them."""
+import jax
+import jax.numpy as jnp
+
+from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
+from tests.train.utils import tiny_config
+
+
+def test_evaluations_after_the_first_compile_nothing(run, tiny_eval, tmp_path):  # noqa: F811
+  from llmimg_jax.eval.in_training import TrainingEvaluator
+  from llmimg_jax.sample import Sampler
+  data, _ = tiny_eval
+  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
+  config = tiny_config(data.data_dir)
+  config.eval.every, config.eval.num_samples = 2, 8
+  evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+
+  class State:  # a step's state: new arrays of the same types and shardings
+    def __init__(self):
+      self.ema_params, self.text_params = jax.tree.map(
+          jnp.copy, (sampler.ema_params, sampler.text_params))
+
+  lowered = []
+
+  def on_event(event: str, duration: float, **kwargs):
+    del duration
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":  # lowered: a jit cache miss
+      lowered.append(kwargs["fun_name"])
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    evaluate(State(), 2, None)
+    first = len(lowered)
+    for step in (4, 6):
+      evaluate(State(), step, None)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert lowered[first:] == [], lowered
