@@ -60,11 +60,11 @@ def test_the_accelerator_forms_of_the_step_equal_the_cpu_forms(tmp_path, monkeyp
   """GPUs and TPUs run the step without the CPU-only forms: autodiff's bias and affine reductions
   (layers.MATMUL_REDUCTIONS), XLA's 3x3 convs with 3 channels on one side (layers.NARROW_CONVS),
   one batch chunk (loop.batch_chunks) and no XLA:CPU options (loop.compiler_options). Forced
-  here, one step from a mid-training state gives the CPU forms' state and metrics."""
+  here, one step from a mid-training state on 8 devices (a pod's data-parallel program) gives
+  the state and metrics of the CPU forms on one device."""
   config = tiny_config(tmp_path)
   tokenizer, t5_config, _ = build_text(config)
   models = build_models(config, t5_config)
-  mesh = loop.make_mesh(jax.devices()[:1])
   batch = _batch(config, tokenizer)
   monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
   used = set()  # the CPU forms' own functions that a step traced
@@ -76,19 +76,20 @@ def test_the_accelerator_forms_of_the_step_equal_the_cpu_forms(tmp_path, monkeyp
   for name in cpu_only:
     spy(name)
 
-  def step():
+  def step(mesh):
     used.clear()
     state = jax.device_put(_host_state(models), jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
     return jax.device_get(loop.jit_train_step(models, mesh)(state, batch))
 
-  cpu_state, cpu_metrics = step()
-  assert used == set(cpu_only) and loop.batch_chunks(mesh) == 2 and loop.compiler_options(mesh)
+  one = loop.make_mesh(jax.devices()[:1])
+  cpu_state, cpu_metrics = step(one)
+  assert used == set(cpu_only) and loop.batch_chunks(one) == 2 and loop.compiler_options(one)
   monkeypatch.setattr(layers, "MATMUL_REDUCTIONS", False)
   monkeypatch.setattr(layers, "NARROW_CONVS", False)
   monkeypatch.setattr(loop, "batch_chunks", lambda mesh: 1)
   monkeypatch.setattr(loop, "compiler_options", lambda mesh: {})
-  state, metrics = step()
+  state, metrics = step(loop.make_mesh(jax.devices()))
   assert not used and metrics["finite"] == 1.0
   for k in ("d_loss", "g_loss", "gp"):
     np.testing.assert_allclose(metrics[k], cpu_metrics[k], rtol=1e-5, err_msg=k)
