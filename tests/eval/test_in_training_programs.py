@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
-from tests.train.utils import tiny_config
+from tests.train.utils import lowered_programs, tiny_config
 
 
 def test_evaluations_after_the_first_compile_nothing(run, tiny_eval, tmp_path):  # noqa: F811
@@ -21,19 +21,9 @@ def test_evaluations_after_the_first_compile_nothing(run, tiny_eval, tmp_path): 
       self.ema_params, self.text_params = jax.tree.map(
           jnp.copy, (sampler.ema_params, sampler.text_params))
 
-  lowered = []
-
-  def on_event(event: str, duration: float, **kwargs):
-    del duration
-    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":  # lowered: a jit cache miss
-      lowered.append(kwargs["fun_name"])
-
-  jax.monitoring.register_event_duration_secs_listener(on_event)
-  try:
+  with lowered_programs() as lowered:
     evaluate(State(), 2, None)
     first = len(lowered)
     for step in (4, 6):
       evaluate(State(), step, None)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(on_event)
   assert lowered[first:] == [], lowered

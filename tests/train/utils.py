@@ -3,6 +3,7 @@ host-drawn mid-training state, tree equality, TensorBoard scalars as logged (and
 given steps' metrics), and damaged checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
 import struct
@@ -49,6 +50,23 @@ def tiny_config(data_dir) -> ml_collections.ConfigDict:
   c.train.samples_per_prompt = 2
   return c
 
+
+@contextlib.contextmanager
+def lowered_programs():
+  """The names of the programs lowered inside the block, in order (jax.monitoring): each a jit
+  cache miss, which compiles (or loads from the persistent compilation cache)."""
+  names = []
+
+  def on_event(event: str, duration: float, **kwargs):
+    del duration
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+      names.append(kwargs["fun_name"])
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
 
 def tiny_pretrained_t5(path, encoder_only: bool = False, vocab_size: int = 384) -> str:
   """A tiny random T5 (+ ByT5 tokenizer) saved by transformers, as a 'pretrained' checkpoint
