@@ -58,5 +58,6 @@ def test_the_loop_compiles_its_step_once_and_donates_the_replicated_state(
   first = runs[0]
   assert first["lowered"][first["at_call"][2]:] == [], first["lowered"]
   # The resumed run's first state is a fresh run's in types (weak types included) and
-  # shardings: a restarted process finds its step in the persistent compilation cache.
+  # shardings: the same program, which a restarted process with JAX's persistent compilation
+  # cache (JAX_COMPILATION_CACHE_DIR) loads instead of compiling.
   assert runs[0]["input"] == runs[1]["input"]
