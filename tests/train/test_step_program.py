@@ -54,6 +54,8 @@ def test_the_loop_compiles_its_step_once_and_donates_the_replicated_state(
   for run in runs:
     compiled = collections.Counter(run["lowered"])
     assert compiled["jit(train_step)"] == compiled["jit(generate_images)"] == 1, compiled
+  # A fresh start initialises the state; a resume restores into its shapes, compiling nothing.
+  assert [collections.Counter(run["lowered"])["jit(init_state)"] for run in runs] == [1, 0]
   # After step 2's log, checkpoint and grid, steps 3 and 4 and theirs compile nothing new.
   first = runs[0]
   assert first["lowered"][first["at_call"][2]:] == [], first["lowered"]

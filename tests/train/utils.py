@@ -68,6 +68,7 @@ def lowered_programs():
   finally:
     jax.monitoring.unregister_event_duration_listener(on_event)
 
+
 def tiny_pretrained_t5(path, encoder_only: bool = False, vocab_size: int = 384) -> str:
   """A tiny random T5 (+ ByT5 tokenizer) saved by transformers, as a 'pretrained' checkpoint
   (encoder_only: by T5EncoderModel, without decoder weights)."""
