@@ -99,8 +99,8 @@ _NOT_NPZ = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError)
 def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
   """The arrays of the .npz at `path` (pickled object arrays, not ours, left out); a file that is
   not a readable .npz is a ValueError naming it, with `fix`."""
-  try:
-    with np.load(path) as f:
+  try:  # our own file object: np.load leaves one it opened open if the zip is cut short
+    with open(path, "rb") as fh, np.load(fh) as f:
       out = {}
       for k in f.keys():
         try:

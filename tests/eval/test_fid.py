@@ -1,5 +1,8 @@
 """The Fréchet distance: exact on known Gaussians, ~0 for a set with itself, monotone in noise,
 finite on singular covariances; statistics files round-trip."""
+import gc
+import warnings
+
 import numpy as np
 import pytest
 
@@ -136,6 +139,18 @@ def test_damaged_statistics_files_are_one_value_error(tmp_path):
                                            "write the statistics again") as e:
         read(path)
       assert "allow_pickle" not in str(e.value)
+
+
+def test_a_damaged_npz_is_closed(tmp_path):
+  """np.load leaves the file it opened open when a zip's directory is cut off (numpy 2.4's
+  NpzFile raises before it owns the file): a ResourceWarning at each such read."""
+  for path in _damaged_npz_files(tmp_path, {"mu": np.zeros(2)}):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", ResourceWarning)
+      with pytest.raises(ValueError):
+        fid.read_npz(path, "fix")
+      gc.collect()  # the exception's frames (and any file left in them) freed here
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], path.name
 
 
 def test_an_object_array_member_is_left_out_not_fatal(tmp_path):
