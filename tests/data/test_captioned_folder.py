@@ -39,7 +39,8 @@ def make_odd_folder(root: str) -> dict[str, list[str]]:
   Image.new("RGB", (20, 20), (0, 0, 255)).convert("P").save(p("palette.png"))
   Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(p("cmyk.jpg"), quality=95)
   Image.fromarray(np.full((20, 20), 51400, np.uint16)).save(p("deep16.png"))
-  assert Image.open(p("deep16.png")).mode.startswith("I")
+  with Image.open(p("deep16.png")) as deep:
+    assert deep.mode.startswith("I")
   rot = np.zeros((20, 40, 3), np.uint8)  # stored: left half red, right half blue
   rot[:, :20] = (255, 0, 0)
   rot[:, 20:] = (0, 0, 255)

@@ -38,7 +38,8 @@ def test_camera_jpeg_with_an_embedded_preview_is_a_jpeg(tmp_path, monkeypatch):
   path = tmp_path / "camera.jpg"
   Image.new("RGB", (640, 480), (200, 30, 40)).save(
       path, "MPO", save_all=True, append_images=[Image.new("RGB", (160, 120))])
-  assert Image.open(path).format == "MPO"
+  with Image.open(path) as img:
+    assert img.format == "MPO"
   drafts = []
   draft = MpoImagePlugin.MpoImageFile.draft
   monkeypatch.setattr(MpoImagePlugin.MpoImageFile, "draft",
@@ -62,7 +63,8 @@ def test_dark_16bit_images_are_not_read_as_8bit(tmp_path):
   from llmimg_jax.data.images import load_image
   dark = tmp_path / "dark.pgm"
   _pgm(str(dark), np.full((8, 8), 200), 65535)
-  assert Image.open(dark).mode == "I"
+  with Image.open(dark) as img:
+    assert img.mode == "I"
   rgb, _ = load_image(str(dark), 8)
   assert rgb.shape == (8, 8, 3) and rgb.max() == 1, rgb.max()  # 200 / 257 -> 1, not 200
   ten_bit = tmp_path / "ten_bit.pgm"  # PIL scales maxval 1023 to 65535: 512 -> ~50% grey
@@ -71,7 +73,9 @@ def test_dark_16bit_images_are_not_read_as_8bit(tmp_path):
   # A mode-I image whose source depth is unknown (32-bit TIFF) keeps the value heuristic.
   tiff = tmp_path / "int32.tif"
   Image.fromarray(np.full((8, 8), 200, np.int32)).save(tiff)
-  assert Image.open(tiff).mode == "I" and load_image(str(tiff), 8)[0].max() == 200
+  with Image.open(tiff) as img:
+    assert img.mode == "I"
+  assert load_image(str(tiff), 8)[0].max() == 200
 
 
 def test_upscaled_and_mostly_cropped_images_are_noted(tmp_path):
@@ -91,7 +95,8 @@ def test_a_transparent_palette_entry_is_composited_over_white(tmp_path):
   img = Image.fromarray(indices, "P")
   img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
   img.save(tmp_path / "t.png", transparency=0)
-  assert Image.open(tmp_path / "t.png").info["transparency"] == 0
+  with Image.open(tmp_path / "t.png") as opened:
+    assert opened.info["transparency"] == 0
   rgb, _ = images_lib.load_image(str(tmp_path / "t.png"), 8)
   assert rgb[:, :4].reshape(-1, 3).tolist() == [[255, 255, 255]] * 32
   assert rgb[:, 4:].reshape(-1, 3).tolist() == [[255, 0, 0]] * 32
@@ -108,8 +113,8 @@ def test_a_transparent_grey_of_a_16bit_png_is_composited_over_white(tmp_path):
   eight_bit = ((samples + 128) // 257).astype(np.uint8)  # 1 -> 0: the transparent value
   for name, grey in (("g16.png", samples), ("g8.png", eight_bit)):
     Image.fromarray(grey).save(tmp_path / name, transparency=0)
-    img = Image.open(tmp_path / name)
-    assert img.info["transparency"] == 0 and img.mode in ("L", "I;16", "I"), img.mode
+    with Image.open(tmp_path / name) as img:
+      assert img.info["transparency"] == 0 and img.mode in ("L", "I;16", "I"), img.mode
     rgb, _ = images_lib.load_image(str(tmp_path / name), 8)
     assert rgb[:, :3].reshape(-1, 3).tolist() == [[255, 255, 255]] * 24, name
     assert rgb[:, 4:].reshape(-1, 3).tolist() == [[156, 156, 156]] * 32, name
@@ -165,7 +170,8 @@ def test_grey_and_16bit_images_with_a_grey_profile_are_converted(tmp_path):
   assert 180 < expected[0, 0, 0] < 195
   np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "grey.png"), 8)[0], expected)
   Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "deep.png", icc_profile=icc)
-  assert Image.open(tmp_path / "deep.png").info["icc_profile"] == icc
+  with Image.open(tmp_path / "deep.png") as deep:
+    assert deep.info["icc_profile"] == icc
   np.testing.assert_array_equal(images_lib.load_image(str(tmp_path / "deep.png"), 8)[0], expected)
   la = Image.merge("LA", (Image.new("L", (8, 8), 128), Image.new("L", (8, 8), 255)))
   la.save(tmp_path / "grey_alpha.png", icc_profile=icc)

@@ -179,7 +179,9 @@ def test_prepare_makes_the_preview_folder(shapes_cfg, tmp_path):
   out = tmp_path / "new" / "folder" / "grid.png"
   report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
                          shapes_cfg.data_dir, "--preview", str(out)])
-  assert report["preview"] == str(out) and Image.open(out).width == 4 * 160
+  assert report["preview"] == str(out)
+  with Image.open(out) as grid:
+    assert grid.width == 4 * 160
 
 
 def test_prepare_expands_the_home_in_the_preview(shapes_cfg, tmp_path, monkeypatch):
@@ -190,7 +192,8 @@ def test_prepare_expands_the_home_in_the_preview(shapes_cfg, tmp_path, monkeypat
   report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
                          shapes_cfg.data_dir, "--preview=~/grid.png"])
   assert report["preview"] == str(tmp_path / "home" / "grid.png")
-  assert Image.open(tmp_path / "home" / "grid.png").width == 4 * 160
+  with Image.open(tmp_path / "home" / "grid.png") as grid:
+    assert grid.width == 4 * 160
   assert not (tmp_path / "~").exists()
 
 
@@ -209,7 +212,8 @@ def test_prepare_refuses_an_existing_preview_unless_overwrite(shapes_cfg, tmp_pa
           "--overwrite to replace it.") in capsys.readouterr().err
   assert out.read_bytes() == b"my earlier grid"
   assert prepare.main([*flags, "--overwrite"])["preview"] == str(out)
-  assert Image.open(out).width == 4 * 160
+  with Image.open(out) as grid:
+    assert grid.width == 4 * 160
   assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
   with pytest.raises(SystemExit):  # --overwrite without --preview would be ignored
     prepare.main(flags[:-2] + ["--overwrite"])

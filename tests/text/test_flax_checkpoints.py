@@ -236,7 +236,8 @@ def test_shape_mismatch_is_named_as_the_file_holds_the_param(weights, tmp_path):
 def test_damaged_flax_msgpack_names_the_file_and_the_fix(damage, tmp_path):
   src = os.path.join(DATA, "flax_t5_relu_tied")
   copy_config(src, tmp_path)
-  data = open(os.path.join(src, MSGPACK), "rb").read()
+  with open(os.path.join(src, MSGPACK), "rb") as f:
+    data = f.read()
   (tmp_path / MSGPACK).write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
                                     "not msgpack": b"<html>404 Not Found</html>"}[damage])
   with pytest.raises(ValueError, match="Could not read Flax weights") as e:

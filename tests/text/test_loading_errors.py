@@ -135,7 +135,8 @@ def test_weights_of_transformers_tf_t5_say_how_to_convert(relu_tied, tmp_path):
 
 def test_truncated_safetensors(relu_tied, tmp_path):
   copy_config(relu_tied.path, tmp_path)
-  data = open(os.path.join(relu_tied.path, "model.safetensors"), "rb").read()
+  with open(os.path.join(relu_tied.path, "model.safetensors"), "rb") as f:
+    data = f.read()
   (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match="safetensors") as e:
     load_t5(tmp_path)
@@ -185,7 +186,8 @@ def test_unknown_feed_forward_proj(relu_tied, tmp_path):
   with pytest.raises(ValueError, match="'gated-foo'"):
     T5Config.from_dict({"feed_forward_proj": "gated-foo"})
   shutil.copy(os.path.join(relu_tied.path, "model.safetensors"), tmp_path)
-  cfg = json.loads(open(os.path.join(relu_tied.path, "config.json")).read())
+  with open(os.path.join(relu_tied.path, "config.json")) as f:
+    cfg = json.load(f)
   cfg["feed_forward_proj"] = "swiglu-ish"
   (tmp_path / "config.json").write_text(json.dumps(cfg))
   with pytest.raises(ValueError, match="feed_forward_proj") as e:
