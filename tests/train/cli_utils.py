@@ -51,8 +51,9 @@ class Proc:
     self._reader.start()
 
   def _read(self) -> None:
-    while chunk := self.popen.stdout.read1(4096):
-      self._chunks.append(chunk)
+    with self.popen.stdout:  # closed at the end of the output (the process's exit)
+      while chunk := self.popen.stdout.read1(4096):
+        self._chunks.append(chunk)
 
   @property
   def output(self) -> str:
