@@ -237,8 +237,6 @@ def test_an_expander_must_give_one_caption_per_prompt(sampler, expander, error):
     sampler.expander = None
 
 
-# A failed TensorStore read can leave Orbax callbacks that fire into its closed event loop.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
   with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'} does not exist"):
     restore_for_sampling(tmp_path / "nope")
