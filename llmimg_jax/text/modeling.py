@@ -217,11 +217,11 @@ class T5DenseActDense(nn.Module):
     c = self.config
     dense = lambda n, std, name: Dense(n, _normal(std), self.dtype, name=name)
     act = _ACT[c.activation]
+    std = c.d_model ** -0.5  # the input projections' init (transformers' T5 _init_weights)
     if c.is_gated:
-      std = c.d_model ** -0.5
       h = act(dense(c.d_ff, std, "wi_0")(x)) * dense(c.d_ff, std, "wi_1")(x)
     else:
-      h = act(dense(c.d_ff, c.d_model ** -0.5, "wi")(x))  # [b, l, d_ff]
+      h = act(dense(c.d_ff, std, "wi")(x))  # [b, l, d_ff]
     h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
     return dense(c.d_model, c.d_ff ** -0.5, "wo")(h)
 
