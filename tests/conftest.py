@@ -17,19 +17,31 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+_CACHE_ENV = "LLMIMG_JAX_TEST_XLA_CACHE"  # the run's compilation cache, for pytest-xdist's workers
+_owned_cache: list[str] = []  # the folder this process made, removed when the run ends
+
+
 def pytest_configure(config):
   # Tests compile the same small programs many times (every train() call); a session-wide
-  # persistent compilation cache makes the repeats cheap.
+  # persistent compilation cache makes the repeats cheap. The process that starts the run (xdist's
+  # controller, or pytest without -n) makes the folder; the workers it starts inherit its path
+  # and share it, so each program compiles once per run.
   import tempfile
 
   import jax
-  # Under pytest-xdist (-n 2) the workers share one cache: each program compiles once per run.
-  run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-  cache = (os.path.join(tempfile.gettempdir(), f"llmimg_jax_xla_{run_id}") if run_id
-           else tempfile.mkdtemp(prefix="llmimg_jax_xla_"))
+  cache = os.environ.get(_CACHE_ENV)
+  if cache is None:
+    cache = tempfile.mkdtemp(prefix="llmimg_jax_xla_")
+    os.environ[_CACHE_ENV] = cache
+    _owned_cache.append(cache)
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+
+def pytest_unconfigure(config):
+  import shutil
+  for cache in _owned_cache:  # up to ~20 MB of compiled programs per run, left in /tmp before
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 # The modules holding the suite's longest tests (30-130 s each under -n 2: subprocess runs of
