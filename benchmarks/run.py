@@ -30,7 +30,9 @@ import time
 def _parse() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="32px + T5, fewer iterations (< 5 min)")
-  p.add_argument("--json", default="", help="write results and machine info here")
+  p.add_argument("--json", default="", help="write results and machine info here (a new file, "
+                 "refused up front if it exists, unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
   p.add_argument("--resolutions", type=int, nargs="+", default=None,
@@ -63,6 +65,12 @@ def _parse() -> argparse.Namespace:
                                    ("--warmup", a.warmup, 0, "untimed calls first")):
     if value is not None and value < least:
       p.error(f"{flag} {value}: give {least} or more ({what} per model).")
+  # Now, not after minutes of benchmarking: an earlier run's results were silently replaced.
+  if a.json and not a.overwrite and os.path.lexists(a.json):
+    p.error(f"--json {a.json} exists; remove it, name a new file, or pass --overwrite to "
+            "replace it.")
+  if a.overwrite and not a.json:
+    p.error("--overwrite only applies to --json (it lets that replace an existing file).")
   a.resolutions = a.resolutions or ([32] if a.quick else [32, 64])
   a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
   a.iters = a.iters if a.iters is not None else (5 if a.quick else 10)
@@ -136,6 +144,7 @@ def main() -> None:
         "--extra-index-url https://download.pytorch.org/whl/cpu for the CPU build).") from None
 
   from benchmarks import timing
+  from llmimg_jax import cli
   from llmimg_jax.train.host_memory import reuse_host_memory
 
   # As train.py: the step's scratch memory stays mapped between calls. Process-wide, so the
@@ -185,9 +194,8 @@ def main() -> None:
         f"{info['loadavg_end'][0]:.1f}; {info['wall_s']:.0f} s)")
   print(summary(rows, peak["peak_flops_per_s"]))
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"args": vars(args), "machine": info, "peak_matmul": peak, "results": rows}, f,
-                indent=1)
+    cli.write_atomically(args.json, json.dumps(  # a crash mid-write leaves no half file
+        {"args": vars(args), "machine": info, "peak_matmul": peak, "results": rows}, indent=1))
     print(f"wrote {args.json}")
 
 

@@ -1,9 +1,15 @@
-"""benchmarks/run.py refuses timing flags it cannot honour before any model is built."""
+"""benchmarks/run.py refuses flags it cannot honour (timing counts, an existing --json file) before
+any model is built, and writes --json whole."""
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks import run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -24,3 +30,44 @@ def test_a_count_below_its_least_is_a_usage_error_naming_the_flag(monkeypatch, c
 def test_the_least_counts_are_accepted(monkeypatch):
   monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--iters", "1", "--warmup", "0"])
   assert (run._parse().iters, run._parse().warmup) == (1, 0)  # pylint: disable=protected-access
+
+
+def test_an_existing_json_file_is_refused_before_benchmarking(monkeypatch, capsys, tmp_path):
+  """--json named an earlier run's file: it was replaced after minutes of benchmarking."""
+  out = tmp_path / "cpu.json"
+  out.write_text('{"results": []}')
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--quick", "--json", str(out)])
+  with pytest.raises(SystemExit) as e:
+    run._parse()  # pylint: disable=protected-access
+  assert e.value.code == 2
+  assert (f"run.py: error: --json {out} exists; remove it, name a new file, or pass --overwrite "
+          "to replace it." in capsys.readouterr().err)
+  assert out.read_text() == '{"results": []}'
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(out), "--overwrite"])
+  assert run._parse().overwrite  # pylint: disable=protected-access
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--overwrite"])
+  with pytest.raises(SystemExit):
+    run._parse()  # pylint: disable=protected-access
+  assert "--overwrite only applies to --json" in capsys.readouterr().err
+
+
+# run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json.
+_RUN_NOTHING = """
+import runpy, sys
+from benchmarks import timing
+timing.peak_matmul_flops = lambda *a: {"peak_flops_per_s": 1e9, "jax_flops_per_s": 1e9,
+                                       "torch_flops_per_s": 1e9}
+sys.argv = ["benchmarks/run.py", "--skip-gan", "--skip-t5", "--no-reuse-host-memory", *sys.argv[1:]]
+runpy.run_path("benchmarks/run.py", run_name="__main__")
+"""
+
+
+def test_overwrite_replaces_the_json_file_whole(tmp_path):
+  out = tmp_path / "cpu.json"
+  out.write_text("an earlier run's results")
+  result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(out), "--overwrite"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads(out.read_text())
+  assert saved["results"] == [] and saved["args"]["overwrite"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu.json"]  # no temporary file left
