@@ -115,10 +115,9 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   built, decoder = summary.get("fingerprint"), summary.get("decoder", 1)
   folder = builder.builder_config.folder
   older = bool(summary) and decoder < images.DECODER_VERSION
-  # Decoder 1 read (and fingerprinted) no .avif/.heic/.heif: an unchanged folder holding some
-  # is not "changed".
-  extensions = images.IMAGE_EXTENSIONS - ({".avif", ".heic", ".heif"} if decoder < 2 else set())
-  current = fingerprint(folder, extensions) if os.path.isdir(folder) else None
+  # An older decoder read (and fingerprinted) fewer extensions, e.g. decoder 1 no .avif/.heic:
+  # an unchanged folder holding such files is not "changed".
+  current = fingerprint(folder, images.extensions_of(decoder)) if os.path.isdir(folder) else None
   key = (str(builder.data_dir), decoder, built, current)
   first = key not in _WARNED
   _WARNED.add(key)
@@ -149,6 +148,7 @@ _DECODER_CHANGES = {
     2: "ICC colour profiles (Adobe RGB, Display P3, CMYK) are now converted to sRGB and "
        ".avif/.heic/.heif images read",
     3: "the transparent grey of 16-bit greyscale PNGs (tRNS) is now composited over white",
+    4: ".jpe, .apng and .mpo images are now read",
 }
 
 

@@ -20,15 +20,18 @@ log = logging.getLogger(__name__)
 
 # Every image file a folder may hold (its fingerprint, its uncaptioned images); whether this
 # install decodes each: `_missing_decoder` (AVIF needs a Pillow built with it, HEIC/HEIF the
-# pillow-heif plugin, which is not a dependency; only for files PIL cannot identify).
+# pillow-heif plugin, which is not a dependency; only for files PIL cannot identify). Of an
+# animated image (.gif, .apng, .webp) or a multi-picture one (.mpo: a 3D camera's two views) the
+# first frame is read.
 IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-    ".pnm", ".tga", ".ico", ".jfif", ".avif", ".heic", ".heif"})
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".gif", ".bmp", ".tif", ".tiff",
+    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".heic", ".heif"})
 # What PIL's `format` may be for each extension; anything else is loaded but noted.
-_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
-            ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".tga": "TGA",
-            ".ico": "ICO", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM",
-            ".avif": "AVIF", ".heic": "HEIF", ".heif": "HEIF"}
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".mpo": "JPEG",
+            ".png": "PNG", ".apng": "PNG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
+            ".tiff": "TIFF", ".webp": "WEBP", ".tga": "TGA", ".ico": "ICO", ".ppm": "PPM",
+            ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM", ".avif": "AVIF", ".heic": "HEIF",
+            ".heif": "HEIF"}
 # Skip reasons of images this install cannot decode -> the fix (captioned_folder reports them).
 DECODER_FIXES = {
     "needs_pillow_heif": "HEIC/HEIF images need the pillow-heif plugin: pip install pillow-heif",
@@ -38,11 +41,20 @@ DECODER_FIXES = {
 # builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
 # converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read. 3: a 16-bit greyscale
 # PNG's transparent grey value (tRNS) is composited over white, as an 8-bit one's always was.
-DECODER_VERSION = 3
+# 4: .jpe, .apng and .mpo files are read (skipped as unsupported_extension before).
+DECODER_VERSION = 4
+# The extensions each decoder version added: an older build read (and fingerprinted) none of them.
+_ADDED_EXTENSIONS = {2: frozenset({".avif", ".heic", ".heif"}),
+                     4: frozenset({".jpe", ".apng", ".mpo"})}
 _BLOCK_PIXELS = 1 << 16  # about this many pixels per block of rows (`_row_blocks`)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
+
+
+def extensions_of(decoder: int) -> frozenset[str]:
+  """The image extensions that decoder version `decoder` read (its builds' fingerprints)."""
+  return IMAGE_EXTENSIONS.difference(*(e for v, e in _ADDED_EXTENSIONS.items() if v > decoder))
 
 
 class SkipImage(Exception):

@@ -183,3 +183,50 @@ def test_images_over_the_pixel_limit_are_skipped_naming_data_max_pixels(tmp_path
       str(tmp_path), data_dir=str(tmp_path / "tfds2"), image_size=8)
   assert summary["skipped"] == {"too_large": 1}
   assert "--config.data.max_pixels=" in summary["fixes"]["too_large"]
+
+
+def test_jpe_apng_and_mpo_files_are_read_first_frame_first(tmp_path):
+  """.jpe (JPEG), .apng (animated PNG) and .mpo (a 3D camera's two JPEG views) are files Pillow
+  reads; they were skipped as unsupported_extension (and uncaptioned ones not counted). Of the
+  animated and multi-picture ones the first frame is stored, as of a GIF."""
+  red, blue, green = (Image.new("RGB", (8, 8), c) for c in ((250, 0, 0), (0, 0, 250), (0, 250, 0)))
+  red.save(tmp_path / "a.jpe", quality=100)
+  red.save(tmp_path / "b.apng", save_all=True, append_images=[blue], duration=100)
+  green.save(tmp_path / "c.mpo", save_all=True, append_images=[blue])
+  red.save(tmp_path / "d.gif", save_all=True, append_images=[blue], duration=100)
+  red.save(tmp_path / "uncaptioned.jpe")
+  _folder(tmp_path, {"a.jpe": True, "b.apng": True, "c.mpo": True, "d.gif": True})
+  builder, summary = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert summary["skipped"] == {"no_caption": 1}
+  assert summary["skipped_examples"]["no_caption"] == ["uncaptioned.jpe"]
+  assert summary["notes"] == {}  # no extension_mismatch: .apng is PNG, .mpo JPEG
+  records = _records(builder)
+  for name, colour in (("a.jpe", red), ("b.apng", red), ("c.mpo", green), ("d.gif", red)):
+    np.testing.assert_allclose(records[name]["image"], np.asarray(colour), atol=4, err_msg=name)
+
+
+def test_an_older_build_of_an_unchanged_folder_with_apng_files_is_not_called_changed(
+    tmp_path, caplog):
+  """Decoder 3 fingerprinted no .jpe/.apng/.mpo file (it did not read them): its build of a
+  folder holding some, unchanged, is flagged as by an older decoder, not as changed since."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png")
+  Image.new("RGB", (8, 8)).save(folder / "b.apng")
+  _folder(folder, {"a.png": True})
+  data, builder = _built(folder, tmp_path)
+  meta_path = os.path.join(builder.data_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  meta["summary"]["decoder"] = 3  # as decoder 3 wrote it, with its fingerprint
+  (folder / "b.apng").rename(tmp_path / "b.apng")
+  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder))
+  (tmp_path / "b.apng").rename(folder / "b.apng")
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    assert captioned_folder.warn_if_changed(pipeline.folder_builder(data))
+  assert "(version 3, now" in caplog.text
+  assert ".jpe, .apng and .mpo images are now read" in caplog.text
+  assert "changed since" not in caplog.text
