@@ -7,7 +7,8 @@ column (file/file_name/filename/image, any case) and a caption column (caption/t
 caption column that comes last may hold unquoted commas (counted as a note). File names are
 relative to the folder (or absolute paths inside it; `sub\\a.jpg`, as written on Windows, is
 `sub/a.jpg`) and match the names on disk after Unicode NFC normalisation (macOS may write
-`café.png` decomposed, as NFD). Bad lines are skipped and counted by reason.
+`café.png` decomposed, as NFD), and up to case where the disk finds names so (macOS's and
+Windows': `Cat.JPG` is cat.jpg). Bad lines are skipped and counted by reason.
 """
 from __future__ import annotations
 
@@ -52,11 +53,13 @@ def _relative_name(folder: str, name: str) -> str | None:
 
 
 class _DiskNames:
-  """Names in captions files -> the names on disk, compared after Unicode NFC normalisation."""
+  """Names in captions files -> the names on disk, compared after Unicode NFC normalisation (and
+  without case where the disk finds a name so: macOS's and Windows' disks)."""
 
   def __init__(self, folder: str):
     self.folder = folder
     self._listings: dict[str, dict[str, list[str]]] = {}
+    self._folded: dict[str, dict[str, list[str]]] = {}
 
   def _listing(self, directory: str) -> dict[str, list[str]]:
     """NFC name -> the entries of `directory` with that name (more than one: an ambiguity)."""
@@ -70,6 +73,15 @@ class _DiskNames:
       self._listings[directory] = dict(by_nfc)
     return self._listings[directory]
 
+  def _without_case(self, directory: str, part: str) -> list[str]:
+    """The entries of `directory` named `part` up to case (and Unicode form)."""
+    if directory not in self._folded:
+      by_folded = collections.defaultdict(list)
+      for nfc, entries in self._listing(directory).items():
+        by_folded[nfc.casefold()].extend(entries)
+      self._folded[directory] = dict(by_folded)
+    return self._folded[directory].get(unicodedata.normalize("NFC", part).casefold(), [])
+
   def resolve(self, rel: str, where: str) -> str | None:
     """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file (nor
     a link to a file that is gone)."""
@@ -79,12 +91,17 @@ class _DiskNames:
       matches = self._listing(directory).get(unicodedata.normalize("NFC", part), [])
       if part in matches:  # spelled as on disk: no other form is meant
         matches = [part]
+      if not matches and os.path.lexists(os.path.join(directory, part)):
+        # A case-insensitive disk found `Cat.JPG` as cat.jpg: the name on disk is the image's
+        # (one example of both spellings; cat.jpg not also an uncaptioned file).
+        folded = self._without_case(directory, part)
+        matches = folded if len(folded) == 1 else []  # several: which one it found is unknown
       if len(matches) > 1:
         raise FolderError(
             f"{where} names {part!r}, but {directory} holds {len(matches)} entries with that name "
             f"in different Unicode forms: {', '.join(ascii(m) for m in matches)}. Rename or "
             "remove all but one of them.")
-      parts.append(matches[0] if matches else part)  # none: a case-insensitive disk may find it
+      parts.append(matches[0] if matches else part)
     rel = os.path.join(*parts)
     path = os.path.join(self.folder, rel)
     # A link whose target is gone (moved, deleted) still names the image: the build skips it as

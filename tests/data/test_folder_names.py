@@ -1,4 +1,5 @@
-"""captioned_folder: names in a captions file match the names on disk up to Unicode normalisation."""
+"""captioned_folder: names in a captions file match the names on disk up to Unicode form (and
+case, where the disk ignores it)."""
 from __future__ import annotations
 
 import json
@@ -159,3 +160,32 @@ def test_a_name_written_on_windows_with_backslashes_is_the_file(tmp_path):
   assert caption_files.read_captions(str(tmp_path), skips) == {
       os.path.join("sub", "c.png"): ["a c"], os.path.join("sub", "deeper", "d.png"): ["a d"]}
   assert skips.examples == {"unknown_file": ["captions.csv:4 (sub\\nope.png)"]}
+
+
+def test_on_a_case_insensitive_disk_a_name_in_other_case_is_the_file_on_disk(tmp_path,
+                                                                              monkeypatch):
+  """macOS's and Windows' disks find `Cat.JPG` as cat.jpg: that name was kept as written, so a
+  second line spelling it cat.jpg made a second example of the same image, and the build's walk
+  (which sees cat.jpg) counted the image as uncaptioned too. Emulated here: the os.path calls
+  that check names find them without case, as such a disk does."""
+  (tmp_path / "sub").mkdir()
+  Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "cat.jpg")
+  _write_jsonl(tmp_path, [{"file": "SUB/Cat.JPG", "caption": "a cat"},
+                          {"file": "sub/cat.jpg", "caption": "a grey cat"},
+                          {"file": "dog.jpg", "caption": "no such file"}])
+  root = str(tmp_path)
+
+  def without_case(check):
+    return lambda p: check(root + os.fspath(p)[len(root):].lower()
+                           if os.fspath(p).startswith(root) else p)
+  for name in ("isfile", "exists", "lexists", "islink"):
+    monkeypatch.setattr(os.path, name, without_case(getattr(os.path, name)))
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(root, skips) == {
+      os.path.join("sub", "cat.jpg"): ["a cat", "a grey cat"]}
+  assert dict(skips.counts) == {"unknown_file": 1}
+  monkeypatch.undo()  # a case-sensitive disk: the other spelling is no file
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(root, skips) == {
+      os.path.join("sub", "cat.jpg"): ["a grey cat"]}
+  assert dict(skips.counts) == {"unknown_file": 2}
