@@ -5,6 +5,7 @@ reason; the summary is logged, stored in the dataset's metadata.json and returne
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import logging
@@ -54,10 +55,17 @@ def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderCo
                       description=f"Images of {folder} at {image_size}px.")
 
 
-def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS) -> str:
-  """A hash of what a build reads: the captions files' bytes and the name, size and mtime of
-  every image file, one of `extensions` (symlinks followed, but not round a loop; unreadable
-  entries hashed as such)."""
+# How `fingerprint` picks a folder's files; a build records it (summary["fingerprint_version"];
+# none: 1). 1: every image file, in hidden folders and `._NAME` files too; 2: those a build reads.
+FINGERPRINT_VERSION = 2
+
+
+def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS,
+                version: int = FINGERPRINT_VERSION) -> str:
+  """A hash of what a build reads: the captions files' bytes and the name, size and mtime of each
+  image file (one of `extensions`) it lists (`_listed_images`) or the captions name (symlinks
+  followed, but not round a loop; unreadable entries hashed as such). `version` 1: of every image
+  file, as builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them)."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
     try:
@@ -65,42 +73,55 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
         digest.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
     except OSError:
       digest.update(name.encode() + b"\0-")
-  for path in _walk(folder):
-    if os.path.splitext(path)[1].lower() not in extensions:
-      continue  # only image files: a TFDS data_dir inside the folder does not count
+  if version < 2:  # in _walk's order, as then
+    rels = [os.path.relpath(p, folder) for p in _walk(folder)
+            if os.path.splitext(p)[1].lower() in extensions]
+  else:
+    named = (rel for rel in _captioned(folder) if os.path.splitext(rel)[1].lower() in extensions)
+    rels = sorted({*_listed_images(folder, extensions), *named})
+  for rel in rels:
     try:
-      stat = os.stat(path)
-      entry = f"{os.path.relpath(path, folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+      stat = os.stat(os.path.join(folder, rel))
+      entry = f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
     except OSError:
-      entry = f"{os.path.relpath(path, folder)}\0-\n"
+      entry = f"{rel}\0-\n"
     digest.update(entry.encode("utf-8", "surrogateescape"))
   return digest.hexdigest()
 
 
-def _walk(folder: str) -> Iterator[str]:
+def _captioned(folder: str) -> list[str]:
+  """The files that the captions of `folder` give a caption (relative); none if a build would
+  fail on its captions files."""
+  try:
+    return [rel for rel, caps in read_captions(folder, Skips()).items() if caps]
+  except (OSError, ValueError, csv.Error):  # FolderError is a ValueError
+    return []
+
+
+def _walk(folder: str, hidden: bool = True) -> Iterator[str]:
   """The path of every file in `folder` and the folders under it, linked folders too (but not
-  round a loop), in sorted order."""
+  round a loop), in sorted order; `hidden`: also in hidden folders (names starting with '.')."""
   above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
   for root, dirs, files in os.walk(folder, followlinks=True):
     # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
     real = {d: os.path.realpath(os.path.join(root, d)) for d in dirs}
-    dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
+    dirs[:] = sorted(d for d in dirs
+                     if real[d] not in above[root] and (hidden or not d.startswith(".")))
     for d in dirs:
       above[os.path.join(root, d)] = above[root] | {real[d]}
     yield from (os.path.join(root, f) for f in sorted(files))
 
 
-def _is_image_name(name: str) -> bool:
-  """Whether a file named `name` is an image an uncaptioned one is counted for: one of
-  images.IMAGE_EXTENSIONS, but no `._NAME` file (AppleDouble: the resource fork macOS writes
-  beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
-  return os.path.splitext(name)[1].lower() in images.IMAGE_EXTENSIONS and not name.startswith("._")
-
-
-def _in_hidden_folder(rel: str) -> bool:
-  """Whether the relative path `rel` is in a hidden folder (`.Trash-1000/`, `.Trashes/`, a
-  `.thumbnails/` cache): its images are counted as uncaptioned no more than `._NAME` files."""
-  return any(part.startswith(".") for part in rel.split(os.sep)[:-1])
+def _listed_images(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS
+                   ) -> Iterator[str]:
+  """The image files (one of `extensions`; relative paths) that a build of `folder` lists: those
+  the captions do not name are counted as uncaptioned. None in a hidden folder (`.Trash-1000/`,
+  `.Trashes/`, a `.thumbnails/` cache, `.git/`), no `._NAME` file (AppleDouble: the resource fork
+  macOS writes beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
+  for path in _walk(folder, hidden=False):
+    name = os.path.basename(path)
+    if os.path.splitext(name)[1].lower() in extensions and not name.startswith("._"):
+      yield os.path.relpath(path, folder)
 
 
 _WARNED: set[tuple] = set()  # (build, decoder, its fingerprint, the folder's): said once
@@ -117,7 +138,9 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   older = bool(summary) and decoder < images.DECODER_VERSION
   # An older decoder read (and fingerprinted) fewer extensions, e.g. decoder 1 no .avif/.heic:
   # an unchanged folder holding such files is not "changed".
-  current = fingerprint(folder, images.extensions_of(decoder)) if os.path.isdir(folder) else None
+  current = (fingerprint(folder, images.extensions_of(decoder),
+                         summary.get("fingerprint_version", 1))
+             if os.path.isdir(folder) else None)
   key = (str(builder.data_dir), decoder, built, current)
   first = key not in _WARNED
   _WARNED.add(key)
@@ -206,11 +229,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     # Walked as the fingerprint is (linked folders too); a file captioned by another name of it
     # (a link to it, a linked folder inside this one) is not uncaptioned.
     captioned_files = {os.path.realpath(os.path.join(folder, rel)) for rel in captions}
-    for path in _walk(folder):
-      rel = os.path.relpath(path, folder)
-      if (_is_image_name(os.path.basename(path)) and not _in_hidden_folder(rel)
-          and rel not in captions
-          and os.path.realpath(path) not in captioned_files):
+    for rel in _listed_images(folder):
+      if rel not in captions and os.path.realpath(os.path.join(folder, rel)) not in captioned_files:
         image_skips.add("no_caption", rel)
     index = 0
     captioned = sorted(rel for rel, caps in captions.items() if caps)
@@ -234,7 +254,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
             :MAX_EXAMPLES_PER_REASON] for k in sorted(skipped)},
         "notes": dict(sorted(notes.counts.items())),
         "fixes": {k: v for k, v in _ADVICE.items() if k in skipped},
-        "decoder": images.DECODER_VERSION,
+        "decoder": images.DECODER_VERSION, "fingerprint_version": FINGERPRINT_VERSION,
     }
     self.info.metadata["summary"] = summary
     log_fn = log.warning if skipped else log.info

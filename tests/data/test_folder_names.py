@@ -102,6 +102,52 @@ def test_images_in_hidden_folders_are_not_uncaptioned_images(tmp_path):
   assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
 
 
+def test_only_files_a_build_reads_make_its_folder_changed(tmp_path, caplog):
+  """The fingerprint hashed every image file, though a build lists none in a hidden folder and
+  no `._NAME` file: emptying a drive's `.Trash-1000/`, a new `.thumbnails/` image or macOS
+  rewriting `._a.jpg` made loading the build warn that the folder changed (delete the build; a
+  run on it cannot resume). A change to an image there that the captions name is still one, as
+  is a new uncaptioned image the build would list."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+  (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(78))
+  for sub in (".Trash-1000/files", "sub/.thumbnails", ".kept"):
+    (tmp_path / sub).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / sub / "old.jpg")
+  _write_jsonl(tmp_path, [{"file": "a.jpg", "caption": "a"},
+                          {"file": ".kept/old.jpg", "caption": "kept"}])
+
+  def changed() -> bool:
+    builder, summary = captioned_folder.build_folder(  # built once, then found
+        str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+    assert summary["num_examples"] == 2
+    return captioned_folder.warn_if_changed(builder)
+  assert not changed()
+  (tmp_path / ".Trash-1000" / "files" / "old.jpg").unlink()
+  Image.new("RGB", (9, 9)).save(tmp_path / "sub" / ".thumbnails" / "new.png")
+  (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))
+  with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+    assert not changed()
+  assert "changed since" not in caplog.text
+  Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "b.jpg")
+  assert changed()
+  (tmp_path / "sub" / "b.jpg").unlink()
+  assert not changed()
+  Image.new("RGB", (9, 9)).save(tmp_path / ".kept" / "old.jpg")
+  assert changed()
+  # A build before fingerprint_version 2 hashed every image file: unchanged since, it is not
+  # "changed" (its version read from its summary).
+  builder, _ = captioned_folder.build_folder(
+      str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  meta_path = os.path.join(builder.data_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  del meta["summary"]["fingerprint_version"]
+  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(tmp_path), version=1)
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  assert not changed()
+
+
 def test_uncaptioned_images_in_a_linked_folder_are_counted(tmp_path):
   """A linked sub-folder is read (captions name its files; the fingerprint walks it), but its
   uncaptioned images were not counted: left out without a word. A link to a folder inside the
