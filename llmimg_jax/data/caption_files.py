@@ -82,6 +82,17 @@ class _DiskNames:
       self._folded[directory] = dict(by_folded)
     return self._folded[directory].get(unicodedata.normalize("NFC", part).casefold(), [])
 
+  def in_other_case(self, rel: str) -> str | None:
+    """The one file named `rel` (relative to the folder) up to case, or None."""
+    parts: list[str] = []
+    for part in rel.split(os.sep):
+      folded = self._without_case(os.path.join(self.folder, *parts), part)
+      if len(folded) != 1:
+        return None
+      parts.append(folded[0])
+    rel = os.path.join(*parts)
+    return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
+
   def resolve(self, rel: str, where: str) -> str | None:
     """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file (nor
     a link to a file that is gone)."""
@@ -134,12 +145,15 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
   if rel is None:
     skips.add("outside_folder", f"{where} ({file_name})")
     return
-  rel = names.resolve(rel, where)
+  written, rel = rel, names.resolve(rel, where)
   if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator
     windows = _relative_name(names.folder, name.replace("\\", "/"))
     rel = windows and names.resolve(windows, where)
   if rel is None:
-    skips.add("unknown_file", f"{where} ({file_name})")
+    # Written on a disk that ignores case (a Mac's), read on one that does not (Linux's)?
+    other = names.in_other_case(written)
+    skips.add("unknown_file", f"{where} ({file_name}" +
+              (f"; on disk: {other}, in other case)" if other else ")"))
     return
   named = out[rel]  # named even if this line's captions are blank: not also "no_caption"
   captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]

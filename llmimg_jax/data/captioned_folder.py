@@ -272,7 +272,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
 
 
 _ADVICE = {
-    "unknown_file": "Check the file names in the captions file: they are relative to the folder.",
+    "unknown_file": "Check the file names in the captions file: they are relative to the folder, "
+                    "and on most Linux disks their case matters (Cat.JPG is not cat.jpg).",
     "outside_folder": "The captions file names files outside the folder; move them into it.",
     "broken_link": "Links in the folder point at files that are gone (moved or deleted); link "
                    "them to the images again.",

@@ -235,3 +235,17 @@ def test_on_a_case_insensitive_disk_a_name_in_other_case_is_the_file_on_disk(tmp
   assert caption_files.read_captions(root, skips) == {
       os.path.join("sub", "cat.jpg"): ["a grey cat"]}
   assert dict(skips.counts) == {"unknown_file": 2}
+
+
+def test_a_name_in_other_case_on_a_case_sensitive_disk_is_skipped_naming_the_file(tmp_path):
+  """Captions written on a Mac (whose disk ignores case) for IMG_1.JPG, built on Linux where the
+  file is img_1.jpg: every line was an unknown_file and the error said only to check the names;
+  the skip names the file on disk and the advice says that case matters."""
+  (tmp_path / "sub").mkdir()
+  Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "img_1.jpg")
+  _write_jsonl(tmp_path, [{"file": "SUB/IMG_1.JPG", "caption": "a cat"}])
+  with pytest.raises(captioned_folder.FolderError) as e:
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert ("captions.jsonl:1 (SUB/IMG_1.JPG; on disk: sub/img_1.jpg, in other case)"
+          in str(e.value))
+  assert "their case matters (Cat.JPG is not cat.jpg)" in str(e.value)
