@@ -65,11 +65,8 @@ class _DiskNames:
     """NFC name -> the entries of `directory` with that name (more than one: an ambiguity)."""
     if directory not in self._listings:
       by_nfc = collections.defaultdict(list)
-      try:
-        for entry in sorted(os.listdir(directory)):
-          by_nfc[unicodedata.normalize("NFC", entry)].append(entry)
-      except OSError:
-        pass
+      for entry in _names(directory):
+        by_nfc[unicodedata.normalize("NFC", entry)].append(entry)
       self._listings[directory] = dict(by_nfc)
     return self._listings[directory]
 
@@ -176,9 +173,13 @@ def check_caption_files(folder: str) -> None:
   """What can be refused without reading the images: raises FolderError (seconds, not a build)."""
   paths = [os.path.join(folder, f) for f in CAPTION_FILES]
   if not any(os.path.isfile(p) for p in paths):
+    # Named on a disk that ignores case (a Mac's: Captions.csv), read where case matters.
+    other = [f for f in _names(folder) if f.casefold() in CAPTION_FILES]
     raise FolderError(
         f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
-        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption).')
+        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption)' +
+        (f"; rename {other[0]} to {other[0].lower()} (case matters on this disk)." if other
+         else "."))
   for path in paths:
     _refuse_utf16(path)
   if os.path.isfile(paths[0]):
@@ -186,6 +187,14 @@ def check_caption_files(folder: str) -> None:
   if os.path.isfile(paths[1]):  # its header record (a quoted cell may hold a line break)
     with open(paths[1], encoding="utf-8", errors="surrogateescape", newline="") as f:
       _csv_columns(paths[1], f.read(1 << 16))
+
+
+def _names(folder: str) -> list[str]:
+  """The entries of `folder` (none if it cannot be listed), sorted."""
+  try:
+    return sorted(os.listdir(folder))
+  except OSError:
+    return []
 
 
 def _refuse_json_array(jsonl_path: str) -> None:

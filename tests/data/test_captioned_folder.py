@@ -377,6 +377,12 @@ def test_missing_folder_and_captions_file_errors(tmp_path):
   (tmp_path / "imgs").mkdir()
   with pytest.raises(captioned_folder.FolderError, match="No captions file in .*captions.jsonl"):
     captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
+  # Written on a Mac, whose disk finds Captions.CSV as captions.csv; Linux's does not.
+  (tmp_path / "imgs" / "Captions.CSV").write_text("file,caption\n")
+  with pytest.raises(captioned_folder.FolderError,
+                     match=r"No captions file in .*; rename Captions.CSV to captions.csv \(case "
+                           r"matters on this disk\)\.$"):
+    captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
 
 
 def test_config_validation_reads_the_captions_files_before_any_build(tmp_path):
