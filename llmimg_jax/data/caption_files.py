@@ -44,12 +44,13 @@ def _relative_name(folder: str, name: str) -> str | None:
 
   An absolute name may reach the folder through another path to it (a symlink); a file inside
   the folder may itself be a symlink to anywhere."""
+  def outside(rel: str) -> bool:
+    return rel == os.pardir or rel.startswith(os.pardir + os.sep)
   path = os.path.normpath(os.path.join(folder, name))
-  for root, p in ((folder, path), (os.path.realpath(folder), os.path.realpath(path))):
-    rel = os.path.relpath(p, root)
-    if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
-      return rel
-  return None
+  rel = os.path.relpath(path, folder)
+  if outside(rel):  # only then: realpath stats each part of both paths
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(folder))
+  return None if outside(rel) else rel
 
 
 class _DiskNames:
