@@ -63,9 +63,9 @@ FINGERPRINT_VERSION = 2
 def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS,
                 version: int = FINGERPRINT_VERSION) -> str:
   """A hash of what a build reads: the captions files' bytes and the name, size and mtime of each
-  image file (one of `extensions`) it lists (`_listed_images`) or the captions name (symlinks
-  followed, but not round a loop; unreadable entries hashed as such). `version` 1: of every image
-  file, as builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them)."""
+  image file (one of `extensions`) it lists (`_listed`) or the captions name (symlinks followed,
+  but not round a loop; unreadable entries hashed as such). `version` 1: of every image file, as
+  builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them)."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
     try:
@@ -73,12 +73,11 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
         digest.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
     except OSError:
       digest.update(name.encode() + b"\0-")
-  if version < 2:  # in _walk's order, as then
-    rels = [os.path.relpath(p, folder) for p in _walk(folder)
-            if os.path.splitext(p)[1].lower() in extensions]
-  else:
-    named = (rel for rel in _captioned(folder) if os.path.splitext(rel)[1].lower() in extensions)
-    rels = sorted({*_listed_images(folder, extensions), *named})
+  rels = [os.path.relpath(path, folder) for path in _walk(folder)  # image files only: a TFDS
+          if os.path.splitext(path)[1].lower() in extensions]  # data_dir inside does not count
+  if version >= 2 and not all(map(_listed, rels)):  # the captions read only then
+    named = set(_captioned(folder))
+    rels = [rel for rel in rels if _listed(rel) or rel in named]
   for rel in rels:
     try:
       stat = os.stat(os.path.join(folder, rel))
@@ -98,30 +97,26 @@ def _captioned(folder: str) -> list[str]:
     return []
 
 
-def _walk(folder: str, hidden: bool = True) -> Iterator[str]:
+def _walk(folder: str) -> Iterator[str]:
   """The path of every file in `folder` and the folders under it, linked folders too (but not
-  round a loop), in sorted order; `hidden`: also in hidden folders (names starting with '.')."""
+  round a loop), in sorted order."""
   above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
   for root, dirs, files in os.walk(folder, followlinks=True):
     # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
     real = {d: os.path.realpath(os.path.join(root, d)) for d in dirs}
-    dirs[:] = sorted(d for d in dirs
-                     if real[d] not in above[root] and (hidden or not d.startswith(".")))
+    dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
     for d in dirs:
       above[os.path.join(root, d)] = above[root] | {real[d]}
     yield from (os.path.join(root, f) for f in sorted(files))
 
 
-def _listed_images(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS
-                   ) -> Iterator[str]:
-  """The image files (one of `extensions`; relative paths) that a build of `folder` lists: those
-  the captions do not name are counted as uncaptioned. None in a hidden folder (`.Trash-1000/`,
-  `.Trashes/`, a `.thumbnails/` cache, `.git/`), no `._NAME` file (AppleDouble: the resource fork
-  macOS writes beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
-  for path in _walk(folder, hidden=False):
-    name = os.path.basename(path)
-    if os.path.splitext(name)[1].lower() in extensions and not name.startswith("._"):
-      yield os.path.relpath(path, folder)
+def _listed(rel: str) -> bool:
+  """Whether a build lists the file `rel` (relative to its folder), if an image: those the
+  captions do not name are counted as uncaptioned. None in a hidden folder (`.Trash-1000/`,
+  `.Trashes/`, a `.thumbnails/` cache), no `._NAME` file (AppleDouble: the resource fork macOS
+  writes beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
+  *folders, name = rel.split(os.sep)
+  return not name.startswith("._") and not any(f.startswith(".") for f in folders)
 
 
 _WARNED: set[tuple] = set()  # (build, decoder, its fingerprint, the folder's): said once
@@ -229,8 +224,10 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     # Walked as the fingerprint is (linked folders too); a file captioned by another name of it
     # (a link to it, a linked folder inside this one) is not uncaptioned.
     captioned_files = {os.path.realpath(os.path.join(folder, rel)) for rel in captions}
-    for rel in _listed_images(folder):
-      if rel not in captions and os.path.realpath(os.path.join(folder, rel)) not in captioned_files:
+    for path in _walk(folder):
+      rel = os.path.relpath(path, folder)
+      if (os.path.splitext(path)[1].lower() in images.IMAGE_EXTENSIONS and _listed(rel)
+          and rel not in captions and os.path.realpath(path) not in captioned_files):
         image_skips.add("no_caption", rel)
     index = 0
     captioned = sorted(rel for rel, caps in captions.items() if caps)
