@@ -22,5 +22,6 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia_smi.txt"
 for dtype in float32 bfloat16; do
   timeout ${GPU_BENCH_TIMEOUT:-250} python3 benchmarks/run.py --device gpu --dtype $dtype \
-    --no-compile --json "$out/gpu_$dtype.json" 2>&1 | grep -v -E "Warning|warn\(" | tee "$out/gpu_$dtype.log"
+    --no-compile --json "$out/gpu_$dtype.json" --overwrite 2>&1 |
+    grep -v -E "Warning|warn\(" | tee "$out/gpu_$dtype.log"
 done
