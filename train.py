@@ -88,8 +88,8 @@ def main(argv: list[str]) -> None:
   cli.quiet_orbax()  # no asyncio tracebacks around a checkpoint that fails to restore
   import jax
   from llmimg_jax.train.host_memory import reuse_host_memory
-  reuse_host_memory()  # XLA:CPU's per-step scratch memory stays mapped between steps
   _connect_hosts()
+  reuse_host_memory()  # on CPU, XLA's per-step scratch memory stays mapped between steps
   from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.data.tfds_utils import DatasetError

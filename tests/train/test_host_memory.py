@@ -46,3 +46,31 @@ def test_reuse_host_memory_stops_per_call_page_faults():
   # investigated), so: at least 6 of the last 8 calls fault-free.
   assert sorted(reuse["faults"][-8:])[5] < 0.05 * pages, reuse
   assert reuse["late_call"] is False  # once JAX has started, a call changes nothing
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_glibc_keeps_freed_memory_only_when_the_step_runs_on_cpu(backend, monkeypatch):
+  # On an accelerator the step's memory is on the device; keeping every freed host block (input
+  # pipeline, checkpoints) would only grow the process.
+  from jax._src import xla_bridge
+
+  from llmimg_jax.train import host_memory
+  calls = []
+
+  class FakeLibc:
+    def mallopt(self, param: int, value: int) -> int:
+      calls.append((param, value))
+      return 1
+
+  monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda name: FakeLibc())
+  monkeypatch.setattr(host_memory.jax, "default_backend", lambda: backend)
+  dispatch = host_memory.jax.config.values["jax_cpu_enable_async_dispatch"]
+  try:
+    applied = host_memory.reuse_host_memory()
+  finally:  # this process's CPU client has started: the flag changes nothing but is restored
+    host_memory.jax.config.update("jax_cpu_enable_async_dispatch", dispatch)
+  assert applied == (backend == "cpu")
+  assert calls == ([(host_memory._M_MMAP_MAX, 0), (host_memory._M_TRIM_THRESHOLD, 2**31 - 1)]
+                   if backend == "cpu" else [])
