@@ -28,7 +28,8 @@ from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
-from llmimg_jax.train.summaries import flush as flush_events, summary_writer, window_means
+from llmimg_jax.train.summaries import (
+    flush as flush_events, progress_bar, summary_writer, window_means)
 from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving, local_workdir
 
 log = logging.getLogger(__name__)
@@ -333,8 +334,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   t = config.train
   pending = []  # device metrics since the last log, fetched together to avoid a sync per step
   clock = _StepClock()
-  bar = tqdm(initial=start, total=t.steps, desc="train", disable=jax.process_index() != 0,
-             dynamic_ncols=True)
+  bar = progress_bar(start, t.steps)
   with PreemptionWatch(manager) as watch:
     try:
       if grid_unmade:  # of the checkpoint resumed from: a kill during them lost them

@@ -1,11 +1,19 @@
-"""TensorBoard event files through tensorboardX (no TensorFlow), without importing PyTorch."""
+"""What a run shows: TensorBoard event files through tensorboardX (no TensorFlow), without
+importing PyTorch, and the progress bar."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from tqdm import tqdm
+
+# A bar written to a file (a batch job's log) rather than a terminal: tqdm's redraws (~90 bytes
+# each, up to 10 a second: one per step at shapes_quick's speed) at most once a minute, besides
+# the redraw of each log step's losses.
+_LOG_FILE_REDRAW_S = 60.0
 
 
 def summary_writer(logdir: str | Path, purge_step: int | None = None) -> Any:
@@ -65,3 +73,11 @@ def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
     if values.size:
       means[key] = float(np.mean(values))
   return means
+
+
+def progress_bar(start: int, steps: int) -> tqdm:
+  """Host 0's bar of the training steps, from `start` (a resumed run) to `steps`, on stderr."""
+  redraw = {} if sys.stderr.isatty() else {"mininterval": _LOG_FILE_REDRAW_S,
+                                           "maxinterval": _LOG_FILE_REDRAW_S}
+  return tqdm(initial=start, total=steps, desc="train", disable=jax.process_index() != 0,
+              dynamic_ncols=True, **redraw)

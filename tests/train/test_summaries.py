@@ -1,10 +1,13 @@
 import importlib.util
+import io
 import subprocess
 import sys
 
 import numpy as np
+import pytest
+import tqdm.std
 
-from llmimg_jax.train.summaries import window_means
+from llmimg_jax.train.summaries import progress_bar, window_means
 from tests.train.cli_utils import ROOT, env
 from tests.train.utils import _scalars
 
@@ -65,3 +68,32 @@ def test_window_means_average_the_updates_made_over_the_steps_that_measured_each
   # Every update skipped: the losses are NaN, not left out.
   means = window_means(steps[1:2])
   assert np.isnan(means["d_loss"]) and np.isnan(means["gp"]) and means["finite"] == 0.0
+
+
+class _Stderr(io.StringIO):
+  def __init__(self, terminal: bool):
+    super().__init__()
+    self.terminal = terminal
+
+  def isatty(self) -> bool:
+    return self.terminal
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_bar_in_a_log_file_is_redrawn_once_a_minute_not_at_every_step(terminal, monkeypatch):
+  stderr, now = _Stderr(terminal), [1000.0]
+  monkeypatch.setattr(sys, "stderr", stderr)
+  monkeypatch.setattr(tqdm.std, "time", lambda: now[0])  # tqdm's clock
+  bar = progress_bar(0, 600)
+  for step in range(1, 601):  # 5 minutes of 0.5 s steps
+    now[0] += 0.5
+    bar.update(1)
+    if step % 200 == 0:  # a log step's losses are drawn at once
+      bar.set_postfix(d=f"{step}")
+  bar.close()
+  draws = stderr.getvalue().split("\r")[1:]
+  assert "600/600" in draws[-1] and "d=600" in draws[-1]
+  if terminal:  # every step, as tqdm draws anywhere by default
+    assert len(draws) > 600, len(draws)
+  else:  # a minute's 120 steps per draw, plus the three log steps, the start and the end
+    assert 6 <= len(draws) <= 12, draws
