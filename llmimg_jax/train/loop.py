@@ -91,8 +91,7 @@ _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_IND
 @functools.cache
 def _cpu_options_supported() -> bool:
   try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.zeros((), np.float32)
-                                                                  ).compile()
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
     return True
   except jax.errors.JaxRuntimeError:  # an XLA without this (experimental) option
     log.info("XLA:CPU has no %s; the train step compiles with the defaults.", list(_CPU_OPTIONS))
@@ -354,12 +353,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         state, metrics = step_fn(state, batch)
         pending.append(metrics)
         done = step + 1
-        bar.update(1)
-        if step == start:  # compiling (and restoring) is not training throughput
+        if step == start:  # compiling (and restoring) is not training throughput, nor the bar's
           jax.block_until_ready(metrics)
           clock.start()
+          bar.unpause()  # its clock restarts: rate and ETA from the steps after this one
         else:
           clock.steps += 1
+        bar.update(1)
         # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
         # complete, so it ends as usual (its samples and evaluation are made now, not by a rerun).
         stop = watch.reached() and done < t.steps

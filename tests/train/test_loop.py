@@ -18,6 +18,7 @@ from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text, save_text_files
 from llmimg_jax.train.step import generate_images
+from llmimg_jax.train.summaries import progress_bar
 from tests.sample.utils import one_device_env
 from tests.train.utils import (_damage, _equal, _log_window, _scalar_events, _scalars,
                                tiny_config, tiny_pretrained_t5)
@@ -33,7 +34,7 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   config = tiny_config(shapes_data_dir)
   jit_train_step = loop.jit_train_step
 
-  d_losses = []
+  d_losses, returned, bars = [], [], []
 
   def slow_first_call(*args):  # as if compiling took 10 s longer: images/s must not count it
     step_fn, delays = jit_train_step(*args), iter([10.0, 0.5])  # step 2: at least 0.5 s
@@ -41,9 +42,11 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
       time.sleep(next(delays, 0.0))
       state, metrics = step_fn(*a)
       d_losses.append(float(metrics["d_loss"]))
+      returned.append(time.time())  # tqdm's clock
       return state, metrics
     return step
   monkeypatch.setattr(loop, "jit_train_step", slow_first_call)
+  monkeypatch.setattr(loop, "progress_bar", lambda *a: bars.append(progress_bar(*a)) or bars[-1])
   closed = []  # the iterators train() closed (stopping grain's workers), at their positions
   monkeypatch.setattr(loop, "close_iterator",
                       lambda it: closed.append(json.loads(it.get_state())["last_seen_indices"]))
@@ -57,6 +60,8 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   assert sorted(images_per_sec) == [2, 4], images_per_sec
   batch = config.train.batch_size
   assert batch / 2.5 < images_per_sec[2] <= batch / 0.5, images_per_sec
+  # Nor do the progress bar's rate and ETA: its clock starts once the first step has run.
+  assert returned[0] <= bars[0].start_t <= returned[1], (returned, bars[0].start_t)
   # Each logged loss is the mean over the steps since the last log.
   logged = _scalars(workdir / "tensorboard", "train/d_loss")
   np.testing.assert_allclose([logged[2], logged[4]], [np.mean(d_losses[:2]),
