@@ -69,7 +69,7 @@ def test_glibc_keeps_freed_memory_only_when_the_step_runs_on_cpu(backend, monkey
   dispatch = host_memory.jax.config.values["jax_cpu_enable_async_dispatch"]
   try:
     applied = host_memory.reuse_host_memory()
-  finally:  # this process's CPU client has started: the flag changes nothing but is restored
+  finally:  # for a CPU client this process starts later (a started one ignores the flag)
     host_memory.jax.config.update("jax_cpu_enable_async_dispatch", dispatch)
   assert applied == (backend == "cpu")
   assert calls == ([(host_memory._M_MMAP_MAX, 0), (host_memory._M_TRIM_THRESHOLD, 2**31 - 1)]
