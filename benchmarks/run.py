@@ -14,8 +14,8 @@ more FLOPs for it (RESULTS.md).
 
 On CPU torch uses every usable core with libgomp's default wait policy (--omp-passive for a shared
 machine, see main). The
-process calls llmimg_jax.train.host_memory.reuse_host_memory() as train.py does (both sides run
-with its allocator settings; --no-reuse-host-memory skips it).
+process calls llmimg_jax.train.host_memory.reuse_host_memory() as train.py does (on CPU both sides
+run with its allocator settings; --no-reuse-host-memory skips it).
 """
 from __future__ import annotations
 
@@ -147,8 +147,8 @@ def main() -> None:
   from llmimg_jax import cli
   from llmimg_jax.train.host_memory import reuse_host_memory
 
-  # As train.py: the step's scratch memory stays mapped between calls. Process-wide, so the
-  # PyTorch side gets the same allocator settings.
+  # As train.py: on CPU the step's scratch memory stays mapped between calls. Process-wide, so
+  # the PyTorch side gets the same allocator settings (none on a GPU: the result is False).
   reuse_memory = not args.no_reuse_host_memory and reuse_host_memory()
 
   if args.device == "gpu" and jax.devices()[0].platform != "gpu":
