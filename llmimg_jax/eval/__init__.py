@@ -6,7 +6,7 @@
   shapes_eval.py  ShapesEvaluator: trained once per dataset build and cached; read/score/features
   fid.py          Fréchet distance in float64, mu/sigma statistics files
   inception.py    pytorch-fid's FID InceptionV3 in Flax, loading its .pth (or a converted .npz)
-  generate.py     images for a list of captions from generator params
+  generate.py     images for a list of captions from generator params, each batch split over a mesh
   report.py       evaluate.py's work and table
   in_training.py  TrainingEvaluator, called by the training loop every config.eval.every steps
 """

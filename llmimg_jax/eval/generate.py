@@ -1,4 +1,5 @@
-"""Images for a list of captions from a generator's params, one fresh noise vector per image."""
+"""Images for a list of captions from a generator's params, one fresh noise vector per image,
+data parallel over a mesh's 'data' axis."""
 from __future__ import annotations
 
 import functools
@@ -7,37 +8,63 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.gan.common import image_noise
+from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.text.tokenizer import TextTokenizer
+from llmimg_jax.train.mesh import from_every_host, make_mesh
 from llmimg_jax.train.state import Models
 from llmimg_jax.train.step import generate_checked_images
 
 
+def _generate(models: Models, g_params: Any, text_params: Any, key: jax.Array,
+              indices: jax.Array, input_ids: jax.Array, mask: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+  z = image_noise(key, indices, models.config.model.z_dim)  # [b, z_dim]
+  # uint8 [b, R, R, 3], bool [b]
+  return generate_checked_images(models, g_params, text_params, z, input_ids, mask)
+
+
 @functools.lru_cache(maxsize=8)
-def _jitted(models: Models):
-  return jax.jit(functools.partial(generate_checked_images, models))
+def _jitted(models: Models, mesh: jax.sharding.Mesh):
+  """Rows split over the devices, params and key replicated; every device (host) gets every
+  image, so each host of a multi-host run can score them."""
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(functools.partial(_generate, models),
+                 in_shardings=(replicated,) * 3 + (rows,) * 3, out_shardings=replicated)
 
 
 def generate_for_captions(models: Models, g_params: Any, text_params: Any, tokenizer: TextTokenizer,
                           captions: Sequence[str], seed: int = 0, batch_size: int = 64,
-                          check_finite: bool = False) -> np.ndarray:
+                          check_finite: bool = False, mesh: jax.sharding.Mesh | None = None
+                          ) -> np.ndarray:
   """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the noise
-  does not depend on batch_size (the images up to a uint8 step of XLA's rounding). Params may be
-  sharded or replicated; batches are not sharded. With `check_finite` (evaluate.py), a ValueError
-  if the generator's output held NaN or inf (which uint8 stores as flat colour), as sample.py's."""
-  fn = _jitted(models)
-  z_dim = models.config.model.z_dim
-  key = jax.random.PRNGKey(seed)
+  does not depend on batch_size or the device count (the images up to a uint8 step of XLA's
+  rounding). With `check_finite` (evaluate.py), a ValueError if the generator's output held NaN
+  or inf (which uint8 stores as flat colour), as sample.py's.
+
+  Data parallel over `mesh` (default: every local device; train() passes its mesh of every
+  host's devices, and every host the same captions): batches of at most batch_size rows, rounded
+  up to a multiple of the device count (Sampler's buckets, expand.batch_bucket; the last batch
+  wraps around), split over the devices; the params are replicated on them (copied there once if
+  they are not)."""
+  mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  g_params, text_params = jax.device_put((g_params, text_params), replicated)
+  fn = _jitted(models, mesh)
+  key = from_every_host(np.asarray(jax.random.PRNGKey(seed)), replicated)
   tokens = tokenizer(list(captions))
+  n, n_dev = len(captions), mesh.devices.size
+  batch = batch_bucket(n, max(n_dev, -(-batch_size // n_dev) * n_dev), n_dev)
   out, finite = [], []
-  for start in range(0, len(captions), batch_size):
-    idx = np.arange(start, start + batch_size) % len(captions)  # one shape: the last wraps
-    z = image_noise(key, idx, z_dim)  # [batch, z_dim]
-    images, ok = jax.device_get(fn(g_params, text_params, z, tokens["input_ids"][idx],
-                                   tokens["attention_mask"][idx]))
-    out.append(np.asarray(images)[:len(captions) - start])
-    finite.append(np.asarray(ok)[:len(captions) - start])
+  for start in range(0, n, batch):
+    idx = np.arange(start, start + batch) % n  # one shape: the last batch wraps around
+    args = (idx.astype(np.int32), tokens["input_ids"][idx], tokens["attention_mask"][idx])
+    images, ok = jax.device_get(
+        fn(g_params, text_params, key, *(from_every_host(x, rows) for x in args)))
+    out.append(np.asarray(images)[:n - start])
+    finite.append(np.asarray(ok)[:n - start])
   bad = np.flatnonzero(~np.concatenate(finite))
   if check_finite and len(bad):
     raise ValueError(

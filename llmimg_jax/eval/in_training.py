@@ -97,8 +97,11 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
 
 class TrainingEvaluator:
 
-  def __init__(self, models, tokenizer, config: ml_collections.ConfigDict, workdir: Path):
+  def __init__(self, models, tokenizer, config: ml_collections.ConfigDict, workdir: Path, *,
+               mesh: jax.sharding.Mesh | None = None):
+    """`mesh`: what generates the images (generate_for_captions; train() passes its own)."""
     self.models, self.tokenizer, self.workdir = models, tokenizer, Path(workdir)
+    self.mesh = mesh
     self.every, n = int(config.eval.every), int(config.eval.num_samples)
     self.seed = int(config.seed) + 2
     t0 = time.perf_counter()
@@ -177,7 +180,8 @@ class TrainingEvaluator:
   def __call__(self, state, step: int, writer) -> dict[str, float]:
     t0 = time.perf_counter()
     images = generate_for_captions(self.models, state.ema_params, state.text_params,
-                                   self.tokenizer, self.captions, seed=self.seed)
+                                   self.tokenizer, self.captions, seed=self.seed,
+                                   mesh=self.mesh)
     result = {k: v for k, v in self.evaluator.score(images, self.captions).items()
               if k != "num_images"}
     result["fid_indomain"] = fid.frechet_distance(

@@ -107,7 +107,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
     captions = [c[0] for c in real.captions]
     images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
                                    sampler.tokenizer, captions, seed, batch_size,
-                                   check_finite=True)
+                                   check_finite=True, mesh=sampler.mesh)
     other_stats = fid.statistics(evaluator.features(other.images))
     row = {"num_images": len(images),
            "generated": evaluator.score(images, captions),
@@ -183,7 +183,7 @@ def evaluate_inception(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
     captions = [r["captions"][0] for r in records]
     images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
                                    sampler.tokenizer, captions, seed, batch_size,
-                                   check_finite=True)
+                                   check_finite=True, mesh=sampler.mesh)
     ref = given_ref
     if ref is None:
       ref = fid.statistics(features(real_images(records, data_cfg.image_size)))

@@ -44,7 +44,7 @@ from llmimg_jax.sample.restore import restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
-from llmimg_jax.train.loop import make_mesh
+from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
 from llmimg_jax.train.step import generate_checked_images
 

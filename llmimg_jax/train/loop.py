@@ -25,6 +25,7 @@ from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import due, validate
 from llmimg_jax.train.config_values import config_changes, config_values
+from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
 from llmimg_jax.train.step import generate_images, train_step
@@ -72,14 +73,6 @@ def _build_on_host_0(data_cfg: ml_collections.ConfigDict):
       f"build or open the {data_cfg.name} dataset", DataNotSharedError, timeout_s=6 * 3600)
   _check_data_shared(data_cfg)
   return source
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: every device of every host)."""
-  devices = jax.devices() if devices is None else devices
-  # Auto axes: shardings propagate from the jit's in/out shardings (classic data parallelism).
-  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
 
 
 # XLA:CPU hands dots and convolutions to YNNPACK; its convolution path runs the weight gradients
@@ -326,7 +319,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     # start over an old run) are hidden by TensorBoard, not drawn under this run's.
     writer = summary_writer(workdir / "tensorboard", purge_step=start + 1)
   samples = SampleWriter(models, tokenizer, config, workdir)
-  evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir)
+  evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
               if in_training.enabled(config) else None)
   step_fn = jit_train_step(models, mesh)
 

@@ -1,11 +1,39 @@
-"""generate_for_captions: image i is the generator's output for caption i and noise i."""
+"""generate_for_captions: image i is the generator's output for caption i and noise i, each
+batch split over the mesh's devices (one host or several)."""
+import sys
+
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from llmimg_jax.eval import generate
 from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import build_models, build_text
 from tests.sample.utils import _quick_state, assert_uint8_of, generator_output
 from tests.train.utils import tiny_config
+
+# 11 captions: not a multiple of 8 (nor 4) devices, so the last batch wraps around.
+CAPTIONS = [f"a {size} {colour} {shape}" for size, colour, shape in (
+    ("big", "red", "circle"), ("small", "blue", "square"), ("big", "green", "triangle"),
+    ("small", "red", "square"), ("big", "blue", "circle"), ("small", "green", "circle"),
+    ("big", "red", "triangle"), ("small", "blue", "triangle"), ("big", "green", "square"),
+    ("small", "red", "circle"), ("big", "blue", "square"))]
+
+
+def _setup(data_dir):
+  config = tiny_config(data_dir)
+  tokenizer, t5_config, pretrained = build_text(config)
+  models = build_models(config, t5_config)
+  return config, tokenizer, models, _quick_state(models, pretrained)  # replicated on 8 devices
+
+
+def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+  """The same images up to a uint8 step where XLA's float rounding differs between the batch
+  shapes of one device and of eight (a row each)."""
+  assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+  difference = np.abs(a.astype(np.int16) - b)
+  assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, difference.max()
 
 
 def test_each_image_comes_from_its_caption_and_its_noise(tmp_path):
@@ -42,3 +70,73 @@ def test_non_finite_generator_output_is_refused_when_checked(tmp_path):
                      r".*earlier --step"):
     generate_for_captions(models, nan_params, state.text_params, tokenizer, captions,
                           check_finite=True)
+
+
+def test_eight_devices_each_generate_a_share_of_the_batch_and_the_same_images(
+    tmp_path, monkeypatch):
+  """Generation ran the whole batch on every device of the mesh (the batch unsharded, the params
+  replicated), so 8 GPUs were no faster than one. Now each batch is split over 'data'."""
+  _, tokenizer, models, state = _setup(tmp_path)
+  calls = []  # per batch: its arguments and outputs
+  jitted = generate._jitted
+
+  def spy(models, mesh):
+    fn = jitted(models, mesh)
+
+    def call(*args):
+      out = fn(*args)
+      calls.append((mesh, args, out))
+      return out
+    return call
+
+  monkeypatch.setattr(generate, "_jitted", spy)
+  eight = generate_for_captions(models, state.ema_params, state.text_params, tokenizer, CAPTIONS,
+                                seed=3, batch_size=8, mesh=make_mesh())
+  assert len(calls) == 2  # 11 captions: batches of 8 rows, one per device, the last wrapped
+  for mesh, (g_params, text_params, key, *rows), out in calls:
+    assert mesh.devices.size == 8
+    assert all(x.shape[0] == 8 and x.sharding.is_equivalent_to(
+        NamedSharding(mesh, P("data")), x.ndim) for x in rows)
+    replicated = NamedSharding(mesh, P())
+    assert all(x.sharding.is_equivalent_to(replicated, x.ndim)
+               for x in jax.tree.leaves((g_params, text_params, key, out)))
+  one = generate_for_captions(models, state.ema_params, state.text_params, tokenizer, CAPTIONS,
+                              seed=3, batch_size=8, mesh=make_mesh(jax.devices()[:1]))
+  assert calls[-1][0].devices.size == 1 and eight.shape == (11, 32, 32, 3)
+  assert_same_images(eight, one)
+
+
+_ON_TWO_HOSTS = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import numpy as np
+from llmimg_jax.eval.generate import generate_for_captions
+from llmimg_jax.train.mesh import make_mesh
+from tests.eval.test_generate import CAPTIONS, _setup
+_, tokenizer, models, state = _setup(sys.argv[3])  # replicated on both hosts' devices
+mesh = make_mesh()
+images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer, CAPTIONS,
+                               seed=3, batch_size=4, mesh=mesh)
+np.savez(f"{sys.argv[3]}/host_{jax.process_index()}.npz", images=images)
+"""
+
+
+def test_two_hosts_generate_together_and_each_gets_every_image(tmp_path):
+  """train() under jax.distributed evaluates on the mesh of every host's devices: each host
+  passes the same captions and gets every image."""
+  from tests.train.cli_utils import Proc
+  from tests.train.test_multihost import _devices_env, _free_port
+  port = _free_port()
+  procs = [Proc([sys.executable, "-c", _ON_TWO_HOSTS, f"127.0.0.1:{port}", str(i),
+                 str(tmp_path)], **_devices_env(2)) for i in range(2)]
+  for i, proc in enumerate(procs):
+    assert proc.finish(timeout=240) == 0, f"process {i}:\n{proc.output[-3000:]}"
+  _, tokenizer, models, state = _setup(tmp_path)
+  one = make_mesh(jax.devices()[:1])
+  images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                                 CAPTIONS, seed=3, batch_size=4, mesh=one)
+  for host in range(2):
+    with np.load(tmp_path / f"host_{host}.npz") as got:
+      assert_same_images(got["images"], images)

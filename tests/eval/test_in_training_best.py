@@ -162,9 +162,9 @@ def test_between_equal_caption_accuracies_the_lower_fid_is_the_best(tmp_path, mo
 
   evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
   evaluator.__dict__.update(
-      models=None, tokenizer=None, captions=["a red circle"] * 16, seed=2, evaluator=Scores(),
-      reference=fid.statistics(reference), floor=0.0, setup={"num_samples": 16}, best=None,
-      best_path=tmp_path / "best.json")
+      models=None, tokenizer=None, mesh=None, captions=["a red circle"] * 16, seed=2,
+      evaluator=Scores(), reference=fid.statistics(reference), floor=0.0,
+      setup={"num_samples": 16}, best=None, best_path=tmp_path / "best.json")
   state = type("State", (), {"ema_params": None, "text_params": None})
   fids = {}
   for step in (2, 4, 6):  # the "images" of a step: its number

@@ -17,7 +17,7 @@ from tests.train.utils import tiny_config
 def _scripted_evaluation(monkeypatch, scores: dict[int, float]) -> None:
   """The loop's side of in_training.TrainingEvaluator, scoring each step as `scores` says."""
   class ScriptedEvaluator:
-    def __init__(self, models, tokenizer, config, workdir):
+    def __init__(self, models, tokenizer, config, workdir, mesh=None):
       self.best_step, self.best_file = None, workdir / checkpoint.BEST_FILE
 
     def __call__(self, state, step, writer):
@@ -99,9 +99,9 @@ def test_every_evaluation_is_recorded_in_best_json(tmp_path, monkeypatch):
       return features
   evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
   evaluator.__dict__.update(
-      models=None, tokenizer=None, captions=["a red circle"] * 8, seed=2, evaluator=Scores(),
-      reference=fid.statistics(features), floor=1.0, setup={"num_samples": 8}, best=None,
-      best_path=tmp_path / checkpoint.BEST_FILE)
+      models=None, tokenizer=None, mesh=None, captions=["a red circle"] * 8, seed=2,
+      evaluator=Scores(), reference=fid.statistics(features), floor=1.0,
+      setup={"num_samples": 8}, best=None, best_path=tmp_path / checkpoint.BEST_FILE)
   monkeypatch.setattr(in_training, "generate_for_captions", lambda *a, **k: None)
   state = type("State", (), {"ema_params": None, "text_params": None})
   assert not in_training.evaluated(tmp_path, 2)

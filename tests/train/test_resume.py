@@ -338,7 +338,7 @@ def _stand_in_evaluator(monkeypatch, record) -> list:
   class Evaluator:
     best_step = None
 
-    def __init__(self, models, tokenizer, config, workdir):
+    def __init__(self, models, tokenizer, config, workdir, mesh=None):
       self.best_file = workdir / checkpoint.BEST_FILE
 
     def __call__(self, state, step, writer):
