@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ from llmimg_jax import cli
 from llmimg_jax.data.global_batch import to_global_batch
 from llmimg_jax.data.pipeline import close_iterator, is_built, load_source, make_iterator
 from llmimg_jax.eval import in_training
-from llmimg_jax.images import captioned_grid
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
@@ -28,7 +26,8 @@ from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
-from llmimg_jax.train.step import generate_images, train_step
+from llmimg_jax.train.samples import SampleWriter, grid_name
+from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
     flush as flush_events, progress_bar, summary_writer, window_means)
 from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving, local_workdir
@@ -153,39 +152,6 @@ class _StepClock:
     self.steps, self.seconds = 0, 0.0
     self.since = now if self.since is not None else None
     return rate
-
-
-def grid_name(step: int) -> str:
-  return f"step_{step:07d}.png"
-
-
-class SampleWriter:
-  """Fixed prompts with fixed noise, rendered from the EMA generator as PNG + TensorBoard."""
-
-  def __init__(self, models: Models, tokenizer, config: ml_collections.ConfigDict, workdir: Path):
-    t = config.train
-    self.prompts = list(t.sample_prompts)
-    n = len(self.prompts) * t.samples_per_prompt
-    tokens = tokenizer(self.prompts)
-    self.ids = np.repeat(tokens["input_ids"], t.samples_per_prompt, axis=0)  # [n, L]
-    self.mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
-    self.z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))
-    self.generate = jax.jit(functools.partial(generate_images, models))
-    self.dir = workdir / "samples"
-
-  def __call__(self, state: TrainState, step: int, writer) -> Path | None:
-    images = np.asarray(jax.device_get(
-        self.generate(state.ema_params, state.text_params, self.z, self.ids, self.mask)))
-    if jax.process_index() != 0:
-      return None
-    grid = captioned_grid(images, self.prompts)
-    self.dir.mkdir(parents=True, exist_ok=True)
-    path, png = self.dir / grid_name(step), io.BytesIO()
-    grid.save(png, format="PNG")
-    cli.write_atomically(path, png.getvalue())  # a kill mid-write leaves no grid that looks made
-    if writer is not None:
-      writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-    return path
 
 
 def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -318,7 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
     # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
     # start over an old run) are hidden by TensorBoard, not drawn under this run's.
     writer = summary_writer(workdir / "tensorboard", purge_step=start + 1)
-  samples = SampleWriter(models, tokenizer, config, workdir)
+  samples = SampleWriter(models, tokenizer, config, workdir, mesh)
   evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
               if in_training.enabled(config) else None)
   step_fn = jit_train_step(models, mesh)

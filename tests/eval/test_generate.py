@@ -108,24 +108,28 @@ def test_eight_devices_each_generate_a_share_of_the_batch_and_the_same_images(
 
 _ON_TWO_HOSTS = """
 import sys
+from pathlib import Path
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import numpy as np
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.train.mesh import make_mesh
+from llmimg_jax.train.samples import SampleWriter
 from tests.eval.test_generate import CAPTIONS, _setup
-_, tokenizer, models, state = _setup(sys.argv[3])  # replicated on both hosts' devices
+config, tokenizer, models, state = _setup(sys.argv[3])  # replicated on both hosts' devices
 mesh = make_mesh()
 images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer, CAPTIONS,
                                seed=3, batch_size=4, mesh=mesh)
-np.savez(f"{sys.argv[3]}/host_{jax.process_index()}.npz", images=images)
+grid = SampleWriter(models, tokenizer, config, Path(sys.argv[3]), mesh).images(state)
+np.savez(f"{sys.argv[3]}/host_{jax.process_index()}.npz", images=images, grid=grid)
 """
 
 
 def test_two_hosts_generate_together_and_each_gets_every_image(tmp_path):
-  """train() under jax.distributed evaluates on the mesh of every host's devices: each host
-  passes the same captions and gets every image."""
+  """train() under jax.distributed evaluates and draws its sample grid on the mesh of every
+  host's devices: each host passes the same captions (and noise) and gets every image."""
+  from llmimg_jax.train.samples import SampleWriter
   from tests.train.cli_utils import Proc
   from tests.train.test_multihost import _devices_env, _free_port
   port = _free_port()
@@ -133,10 +137,12 @@ def test_two_hosts_generate_together_and_each_gets_every_image(tmp_path):
                  str(tmp_path)], **_devices_env(2)) for i in range(2)]
   for i, proc in enumerate(procs):
     assert proc.finish(timeout=240) == 0, f"process {i}:\n{proc.output[-3000:]}"
-  _, tokenizer, models, state = _setup(tmp_path)
+  config, tokenizer, models, state = _setup(tmp_path)
   one = make_mesh(jax.devices()[:1])
   images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
                                  CAPTIONS, seed=3, batch_size=4, mesh=one)
+  grid = SampleWriter(models, tokenizer, config, tmp_path, one).images(state)
   for host in range(2):
     with np.load(tmp_path / f"host_{host}.npz") as got:
       assert_same_images(got["images"], images)
+      assert_same_images(got["grid"], grid)

@@ -353,14 +353,14 @@ def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, t
   """The loop saves a step's checkpoint before its sample grid and evaluation: a kill during them
   at the last step lost them for good, since a rerun found nothing to train and ended. A rerun now
   makes them from the checkpoint without training; a kill while it writes the grid leaves none."""
-  from llmimg_jax.train import loop
+  from llmimg_jax.train import loop, samples
   config, _, states, _ = saved
   config.eval.every = 2
   evaluated = _stand_in_evaluator(
       monkeypatch, lambda state, step: (step, _equal(jax.device_get(state),
                                                      jax.device_get(states[4]))))
   monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
-  captioned_grid = loop.captioned_grid
+  captioned_grid = samples.captioned_grid
 
   class Killed(BaseException):
     pass
@@ -372,12 +372,12 @@ def test_a_kill_during_the_last_steps_grid_and_evaluation_loses_neither(saved, t
     def save(self, out, **kwargs):
       out.write(b"\x89PNG")
       raise Killed
-  monkeypatch.setattr(loop, "captioned_grid", KilledWhileSaved)
+  monkeypatch.setattr(samples, "captioned_grid", KilledWhileSaved)
   grid = tmp_path / "samples" / "step_0000004.png"
   with pytest.raises(Killed):
     loop.train(config, tmp_path)
   assert not grid.exists() and evaluated == []
-  monkeypatch.setattr(loop, "captioned_grid", captioned_grid)
+  monkeypatch.setattr(samples, "captioned_grid", captioned_grid)
   with caplog.at_level(logging.WARNING):
     state = loop.train(config, tmp_path)
   assert ("is at its last step, 4: nothing to train; making the step's sample grid and "
@@ -394,14 +394,14 @@ def _sigterm_during_the_grid(monkeypatch):
   """train() restores without compiling, fails if it trains, and gets a SIGTERM while it renders a
   sample grid; returns the real captioned_grid."""
   import signal
-  from llmimg_jax.train import loop
+  from llmimg_jax.train import loop, samples
   monkeypatch.setattr(loop, "jit_train_step", lambda *a: lambda *b: pytest.fail("trained"))
-  captioned_grid = loop.captioned_grid
+  captioned_grid = samples.captioned_grid
 
   def notice_during_the_grid(*args):
     os.kill(os.getpid(), signal.SIGTERM)
     return captioned_grid(*args)
-  monkeypatch.setattr(loop, "captioned_grid", notice_during_the_grid)
+  monkeypatch.setattr(samples, "captioned_grid", notice_during_the_grid)
   return captioned_grid
 
 
@@ -427,7 +427,7 @@ def test_a_sigterm_during_a_resumed_runs_grid_leaves_its_evaluation_to_the_rerun
   """README: a notice while a resumed run makes the grid and evaluation a kill cut short stops it
   at once. A SIGTERM during the grid still waited for the evaluation (generating and scoring
   eval.num_samples images: past a preemption's grace period); the rerun makes it."""
-  from llmimg_jax.train import loop
+  from llmimg_jax.train import loop, samples
   config, _, _, _ = saved
   config.train.steps, config.eval.every = 8, 2
   evaluated = _stand_in_evaluator(monkeypatch, lambda state, step: step)
@@ -441,7 +441,7 @@ def test_a_sigterm_during_a_resumed_runs_grid_leaves_its_evaluation_to_the_rerun
   (tmp_path / "samples" / "step_0000004.png").unlink()
   loop.train(config, tmp_path)
   assert evaluated == []
-  monkeypatch.setattr(loop, "captioned_grid", captioned_grid)
+  monkeypatch.setattr(samples, "captioned_grid", captioned_grid)
   loop.train(config, tmp_path)  # the rerun makes it
   assert evaluated == [4]
 

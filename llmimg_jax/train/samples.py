@@ -1,0 +1,63 @@
+"""The training run's sample grids: fixed prompts with fixed noise, every `train.sample_every`
+steps, generated data parallel over the training mesh."""
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from llmimg_jax import cli
+from llmimg_jax.images import captioned_grid
+from llmimg_jax.train.mesh import from_every_host
+from llmimg_jax.train.state import Models, TrainState
+from llmimg_jax.train.step import generate_images
+
+
+def grid_name(step: int) -> str:
+  return f"step_{step:07d}.png"
+
+
+class SampleWriter:
+  """Fixed prompts with fixed noise, rendered from the EMA generator as PNG + TensorBoard, data
+  parallel over `mesh` (every host passes the same prompts, and gets every image)."""
+
+  def __init__(self, models: Models, tokenizer, config: ml_collections.ConfigDict, workdir: Path,
+               mesh: jax.sharding.Mesh):
+    t = config.train
+    self.prompts = list(t.sample_prompts)
+    n = len(self.prompts) * t.samples_per_prompt
+    tokens = tokenizer(self.prompts)
+    ids = np.repeat(tokens["input_ids"], t.samples_per_prompt, axis=0)  # [n, L]
+    mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
+    z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))  # [n, Z]
+    self.num_images = n
+    idx = np.arange(-(-n // mesh.size) * mesh.size) % n  # a multiple of the devices: wrapped
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    self.inputs = [from_every_host(np.asarray(x)[idx], batch) for x in (z, ids, mask)]
+    self.generate = jax.jit(functools.partial(generate_images, models),
+                            in_shardings=(replicated,) * 2 + (batch,) * 3,
+                            out_shardings=replicated)
+    self.dir = workdir / "samples"
+
+  def images(self, state: TrainState) -> np.ndarray:
+    """uint8 [len(prompts) * samples_per_prompt, R, R, 3], prompt-major."""
+    images = self.generate(state.ema_params, state.text_params, *self.inputs)
+    return np.asarray(jax.device_get(images))[:self.num_images]
+
+  def __call__(self, state: TrainState, step: int, writer) -> Path | None:
+    images = self.images(state)
+    if jax.process_index() != 0:
+      return None
+    grid = captioned_grid(images, self.prompts)
+    self.dir.mkdir(parents=True, exist_ok=True)
+    path, png = self.dir / grid_name(step), io.BytesIO()
+    grid.save(png, format="PNG")
+    cli.write_atomically(path, png.getvalue())  # a kill mid-write leaves no grid that looks made
+    if writer is not None:
+      writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    return path
