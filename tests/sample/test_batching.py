@@ -1,13 +1,17 @@
 """Batch buckets: calls with different image or prompt counts share a few compiled programs
-(batch rounded up to 2**k or 3 * 2**k times the device count), with unchanged results."""
+(batch rounded up to 2**k or 3 * 2**k times the device count), with unchanged results; each batch
+split over the devices."""
 from __future__ import annotations
 
 import importlib
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample import CaptionExpander, Sampler
 from llmimg_jax.sample.expand import batch_bucket
+from llmimg_jax.train.mesh import make_mesh
 
 # The module, not the `generate` function that llmimg_jax.text exports under the same name.
 t5_generate = importlib.import_module("llmimg_jax.text.generate")
@@ -88,3 +92,19 @@ def test_expander_docstring_names_the_batch_sizes_it_uses():
   sizes = [int(x) for x in listed.group(1).split(",") if x.strip()]
   used = sorted({batch_bucket(n, 64) for n in range(1, 65)})
   assert sizes == used[:len(sizes)] and len(sizes) >= 4, (sizes, used)
+
+
+def test_eight_devices_each_generate_a_share_and_the_same_images_as_one(sampler):
+  """sample.py's mesh is every local device: each batch is split over them, params replicated."""
+  prompts = ["a red circle", "a big blue square in the center"]
+  images = sampler(prompts, seed=3, num_per_prompt=5)  # 10 images: two batches of 8 rows
+  mesh = sampler.mesh
+  (params, text, key, *rows, _), _ = sampler._compiled[(8, False)].input_shardings
+  assert mesh.devices.size == 8 and all(
+      s.is_equivalent_to(NamedSharding(mesh, P("data")), 2) for s in rows)
+  assert all(s.is_fully_replicated for s in jax.tree.leaves((params, text, key)))
+  one = make_mesh(jax.devices()[:1])
+  on_one = jax.device_put((sampler.ema_params, sampler.text_params), NamedSharding(one, P()))
+  single = Sampler(sampler.models, sampler.tokenizer, *on_one, mesh=one, batch_size=8)
+  difference = np.abs(images.astype(np.int16) - single(prompts, seed=3, num_per_prompt=5))
+  assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, difference.max()
