@@ -147,6 +147,7 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
   if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator
     windows = _relative_name(names.folder, name.replace("\\", "/"))
     rel = windows and names.resolve(windows, where)
+    written = windows or written
   if rel is None:
     # Written on a disk that ignores case (a Mac's), read on one that does not (Linux's)?
     other = names.in_other_case(written)

@@ -243,9 +243,14 @@ def test_a_name_in_other_case_on_a_case_sensitive_disk_is_skipped_naming_the_fil
   the skip names the file on disk and the advice says that case matters."""
   (tmp_path / "sub").mkdir()
   Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "img_1.jpg")
-  _write_jsonl(tmp_path, [{"file": "SUB/IMG_1.JPG", "caption": "a cat"}])
+  _write_jsonl(tmp_path, [{"file": "SUB/IMG_1.JPG", "caption": "a cat"},
+                          {"file": "SUB\\IMG_1.JPG", "caption": "a cat, on Windows"}])
   with pytest.raises(captioned_folder.FolderError) as e:
     captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
   assert ("captions.jsonl:1 (SUB/IMG_1.JPG; on disk: sub/img_1.jpg, in other case)"
           in str(e.value))
   assert "their case matters (Cat.JPG is not cat.jpg)" in str(e.value)
+  skips = caption_files.Skips()  # the line written on Windows (SUB\IMG_1.JPG) names it too
+  assert caption_files.read_captions(str(tmp_path), skips) == {}
+  assert skips.examples["unknown_file"][1] == (
+      "captions.jsonl:2 (SUB\\IMG_1.JPG; on disk: sub/img_1.jpg, in other case)")
