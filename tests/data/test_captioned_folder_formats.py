@@ -155,9 +155,10 @@ def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_cha
   meta_path = os.path.join(builder.data_dir, "metadata.json")
   with open(meta_path) as f:
     meta = json.load(f)
-  del meta["summary"]["decoder"]  # as decoder 1 wrote it, with its fingerprint
+  del meta["summary"]["decoder"]  # as decoder 1 wrote it, with its (version 1) fingerprint
+  del meta["summary"]["fingerprint_version"]
   (folder / "phone.heic").rename(tmp_path / "phone.heic")
-  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder))
+  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder), version=1)
   (tmp_path / "phone.heic").rename(folder / "phone.heic")
   with open(meta_path, "w") as f:
     json.dump(meta, f)
@@ -214,14 +215,17 @@ def test_an_older_build_of_an_unchanged_folder_with_apng_files_is_not_called_cha
   folder.mkdir()
   Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png")
   Image.new("RGB", (8, 8)).save(folder / "b.apng")
+  (folder / ".Trash-1000").mkdir()  # hashed by decoder 3's builds (fingerprint version 1)
+  Image.new("RGB", (8, 8)).save(folder / ".Trash-1000" / "old.png")
   _folder(folder, {"a.png": True})
   data, builder = _built(folder, tmp_path)
   meta_path = os.path.join(builder.data_dir, "metadata.json")
   with open(meta_path) as f:
     meta = json.load(f)
-  meta["summary"]["decoder"] = 3  # as decoder 3 wrote it, with its fingerprint
+  meta["summary"]["decoder"] = 3  # as decoder 3 wrote it, with its (version 1) fingerprint
+  del meta["summary"]["fingerprint_version"]
   (folder / "b.apng").rename(tmp_path / "b.apng")
-  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder))
+  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder), version=1)
   (tmp_path / "b.apng").rename(folder / "b.apng")
   with open(meta_path, "w") as f:
     json.dump(meta, f)
