@@ -49,6 +49,7 @@ def reuse_host_memory() -> bool:
   # 1 on success; it only rejects out-of-range values.)
   applied = [libc.mallopt(_M_MMAP_MAX, 0), libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)]
   if not all(applied):
-    log.warning("glibc's mallopt refused a host-memory setting (results %s).", applied)
+    log.warning("glibc's mallopt refused a host-memory setting (results %s); JAX's CPU "
+                "computations still run on the calling thread.", applied)
     return False
   return True
