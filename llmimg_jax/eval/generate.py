@@ -10,20 +10,11 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llmimg_jax.gan.common import image_noise
-from llmimg_jax.sample.expand import batch_bucket
+from llmimg_jax.sample.expand import batch_bucket, rows_per_call
 from llmimg_jax.text.tokenizer import TextTokenizer
 from llmimg_jax.train.mesh import from_every_host, make_mesh
 from llmimg_jax.train.state import Models
-from llmimg_jax.train.step import generate_checked_images
-
-
-def _generate(models: Models, g_params: Any, text_params: Any, key: jax.Array,
-              indices: jax.Array, input_ids: jax.Array, mask: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
-  z = image_noise(key, indices, models.config.model.z_dim)  # [b, z_dim]
-  # uint8 [b, R, R, 3], bool [b]
-  return generate_checked_images(models, g_params, text_params, z, input_ids, mask)
+from llmimg_jax.train.step import generate_numbered_images
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,7 +22,7 @@ def _jitted(models: Models, mesh: jax.sharding.Mesh):
   """Rows split over the devices, params and key replicated; every device (host) gets every
   image, so each host of a multi-host run can score them."""
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(functools.partial(_generate, models),
+  return jax.jit(functools.partial(generate_numbered_images, models),
                  in_shardings=(replicated,) * 3 + (rows,) * 3, out_shardings=replicated)
 
 
@@ -44,19 +35,21 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   rounding). With `check_finite` (evaluate.py), a ValueError if the generator's output held NaN
   or inf (which uint8 stores as flat colour), as sample.py's.
 
-  Data parallel over `mesh` (default: every local device; train() passes its mesh of every
-  host's devices, and every host the same captions): batches of at most batch_size rows, rounded
+  Data parallel over `mesh` (default: every device of every host; in a multi-host run every host
+  calls this with the same captions): batches of at most batch_size rows, rounded
   up to a multiple of the device count (Sampler's buckets, expand.batch_bucket; the last batch
   wraps around), split over the devices; the params are replicated on them (copied there once if
   they are not)."""
-  mesh = make_mesh(jax.local_devices()) if mesh is None else mesh
+  if not captions:
+    raise ValueError("generate_for_captions got no captions; pass at least one.")
+  mesh = make_mesh() if mesh is None else mesh
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   g_params, text_params = jax.device_put((g_params, text_params), replicated)
   fn = _jitted(models, mesh)
   key = from_every_host(np.asarray(jax.random.PRNGKey(seed)), replicated)
   tokens = tokenizer(list(captions))
   n, n_dev = len(captions), mesh.devices.size
-  batch = batch_bucket(n, max(n_dev, -(-batch_size // n_dev) * n_dev), n_dev)
+  batch = batch_bucket(n, rows_per_call(batch_size, n_dev), n_dev)
   out, finite = [], []
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch) % n  # one shape: the last batch wraps around

@@ -37,16 +37,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llmimg_jax.gan.common import image_noise
 from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
-from llmimg_jax.sample.expand import batch_bucket
+from llmimg_jax.sample.expand import batch_bucket, rows_per_call
 from llmimg_jax.sample.restore import restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
-from llmimg_jax.train.step import generate_checked_images
+from llmimg_jax.train.step import generate_numbered_images
 
 log = logging.getLogger(__name__)
 Expander = Callable[[Sequence[str]], list[str]]
@@ -99,13 +98,6 @@ def _check_captions(captions: list[Any], num_prompts: int) -> None:
                      "in order.")
 
 
-def _generate(models: Models, ema_params, text_params, key, columns, input_ids, mask,
-              truncation: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  z = image_noise(key, columns, models.config.model.z_dim, truncation)  # [b, z_dim]
-  # uint8 [b, R, R, 3], bool [b]
-  return generate_checked_images(models, ema_params, text_params, z, input_ids, mask)
-
-
 class Sampler:
   """Images from prompts with a trained run's EMA generator; see the module docstring."""
 
@@ -121,7 +113,7 @@ class Sampler:
     self.ema_params, self.text_params = ema_params, text_params
     self.expander = expander
     n = mesh.devices.size
-    self.batch_size = max(n, -(-batch_size // n) * n)  # a multiple of the device count
+    self.batch_size = rows_per_call(batch_size, n)
     self._replicated, self._batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     self._compiled: dict[tuple, Any] = {}
 
@@ -153,7 +145,7 @@ class Sampler:
     float32 scalar), so a sweep over truncations reuses one program."""
     key = (batch, truncated)
     if key not in self._compiled:
-      fn = jax.jit(functools.partial(_generate, self.models),
+      fn = jax.jit(functools.partial(generate_numbered_images, self.models),
                    in_shardings=(self._replicated,) * 3 + (self._batch,) * 3 + (self._replicated,),
                    out_shardings=(self._batch, self._batch))
       length = self.tokenizer.max_length

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from llmimg_jax import gan
+from llmimg_jax.gan.common import image_noise
 from llmimg_jax.train.state import Models, TrainState
 
 Metrics = dict[str, jax.Array]
@@ -183,3 +184,12 @@ def generate_checked_images(models: Models, g_params: Any, text_params: Any, z: 
   images = models.generator.apply({"params": g_params}, z, sent, words, mask)  # [b, R, R, 3]
   pixels = jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
   return pixels, jnp.isfinite(images).all(axis=(1, 2, 3))
+
+
+def generate_numbered_images(models: Models, g_params: Any, text_params: Any, key: jax.Array,
+                             indices: jax.Array, input_ids: jax.Array, mask: jax.Array,
+                             truncation: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """generate_checked_images with image i's noise drawn on the device from its number
+  `indices[i]` (gan.common.image_noise: independent of the batch it is in)."""
+  z = image_noise(key, indices, models.config.model.z_dim, truncation)  # [b, z_dim]
+  return generate_checked_images(models, g_params, text_params, z, input_ids, mask)

@@ -4,6 +4,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.eval import generate
@@ -146,3 +147,8 @@ def test_two_hosts_generate_together_and_each_gets_every_image(tmp_path):
     with np.load(tmp_path / f"host_{host}.npz") as got:
       assert_same_images(got["images"], images)
       assert_same_images(got["grid"], grid)
+
+
+def test_no_captions_is_an_error_naming_them():
+  with pytest.raises(ValueError, match="got no captions"):  # was a ZeroDivisionError
+    generate_for_captions(None, None, None, None, [])
