@@ -50,19 +50,23 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   tokens = tokenizer(list(captions))
   n, n_dev = len(captions), mesh.devices.size
   batch = batch_bucket(n, rows_per_call(batch_size, n_dev), n_dev)
-  out, finite = [], []
+  fetched, in_flight = [], None
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch) % n  # one shape: the last batch wraps around
     args = (idx.astype(np.int32), tokens["input_ids"][idx], tokens["attention_mask"][idx])
-    images, ok = jax.device_get(
-        fn(g_params, text_params, key, *(from_every_host(x, rows) for x in args)))
-    out.append(np.asarray(images)[:n - start])
-    finite.append(np.asarray(ok)[:n - start])
-  bad = np.flatnonzero(~np.concatenate(finite))
+    outputs = fn(g_params, text_params, key, *(from_every_host(x, rows) for x in args))
+    # One batch in flight: batch k is copied to the host while batch k+1 runs (not every batch
+    # at the end: each holds its images on every device).
+    if in_flight is not None:
+      fetched.append(jax.device_get(in_flight))
+    in_flight = outputs
+  fetched.append(jax.device_get(in_flight))
+  images, finite = (np.concatenate(x)[:n] for x in zip(*fetched))  # [n, R, R, 3], [n]
+  bad = np.flatnonzero(~finite)
   if check_finite and len(bad):
     raise ValueError(
         f"{len(bad)} of {len(captions)} generated images are not finite (NaN or inf in the "
         "generator's output, which would be scored as flat colour), the first for caption "
         f"{captions[bad[0]]!r}: the checkpoint's EMA generator or text encoder may hold NaN or "
         "inf; evaluate an earlier --step.")
-  return np.concatenate(out)
+  return images
