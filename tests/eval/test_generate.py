@@ -162,8 +162,7 @@ def test_two_hosts_generate_together_and_each_gets_every_image(tmp_path):
   """train() under jax.distributed evaluates and draws its sample grid on the mesh of every
   host's devices: each host passes the same captions (and noise) and gets every image."""
   from llmimg_jax.train.samples import SampleWriter
-  from tests.train.cli_utils import Proc
-  from tests.train.test_multihost import _devices_env, _free_port
+  from tests.train.cli_utils import Proc, _devices_env, _free_port
   port = _free_port()
   procs = [Proc([sys.executable, "-c", _ON_TWO_HOSTS, f"127.0.0.1:{port}", str(i),
                  str(tmp_path)], **_devices_env(2)) for i in range(2)]

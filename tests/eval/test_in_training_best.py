@@ -116,8 +116,7 @@ def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_p
   import flax.serialization
   import jax
   from llmimg_jax.eval.in_training import TrainingEvaluator
-  from tests.train.cli_utils import Proc
-  from tests.train.test_multihost import _devices_env, _free_port
+  from tests.train.cli_utils import Proc, _devices_env, _free_port
   data, cache = tiny_eval
   config = tiny_config(data.data_dir)
   config.eval.every, config.eval.num_samples = 2, 8

@@ -1,10 +1,12 @@
-"""Running train.py in subprocesses that reuse the test session's compilation cache; folders
-the CLIs cannot write."""
+"""Running train.py in subprocesses that reuse the test session's compilation cache (several as
+the hosts of one jax.distributed run: a free port, each host's devices); folders the CLIs cannot
+write."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +29,26 @@ def env(**extra: str) -> dict[str, str]:
     e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   e.update(extra)
   return e
+
+
+def _devices_env(n: int) -> dict[str, str]:
+  """env() extras for one of several processes of a jax.distributed run, each with n CPU
+  devices."""
+  # Process 0 compiles and sends the executable to process 1 (half the compile time on CPU).
+  # Without the persistent cache: its keys differ between the processes, so process 0 would
+  # load a program that process 1 then compiles, or waits for forever.
+  # The other XLA flags stay those of the in-process reference (tests/conftest.py): codegen
+  # options change float results in the last bits.
+  xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  return {"XLA_FLAGS": " ".join(xla_flags), "JAX_NUM_CPU_DEVICES": str(n),
+          "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"}
+
+
+def _free_port() -> int:
+  """A local port for a jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def flags(changes: dict[str, object]) -> tuple[str, ...]:

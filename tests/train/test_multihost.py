@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import shutil
 import signal
-import socket
 import sys
 
 import jax
@@ -23,7 +21,8 @@ import pytest
 
 from llmimg_jax.train import checkpoint, loop
 from llmimg_jax.train.state import build_models, build_text, init_state
-from tests.train.cli_utils import Proc, finished_steps, flags, train_args
+from tests.train.cli_utils import (
+    Proc, _devices_env, _free_port, finished_steps, flags, train_args)
 from tests.train.utils import tiny_config
 
 STEPS = 6
@@ -31,23 +30,6 @@ STEPS = 6
 CHANGES = {"train.steps": STEPS, "train.log_every": 1, "train.ckpt_every": STEPS,
            "train.sample_every": 1000, "loss.gp": "none", "loss.diffaugment": "",
            "model.attn_resolutions": (), "loss.contrastive_weight": 0.0}  # tiny_config's
-
-
-def _devices_env(n: int) -> dict[str, str]:
-  # Process 0 compiles and sends the executable to process 1 (half the compile time on CPU).
-  # Without the persistent cache: its keys differ between the processes, so process 0 would
-  # load a program that process 1 then compiles, or waits for forever.
-  # The other XLA flags stay those of the in-process reference (tests/conftest.py): codegen
-  # options change float results in the last bits.
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  return {"XLA_FLAGS": " ".join(flags), "JAX_NUM_CPU_DEVICES": str(n),
-          "JAX_SHARE_BINARY_BETWEEN_HOSTS": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"}
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _two_hosts(data_dir, workdir) -> list[Proc]:

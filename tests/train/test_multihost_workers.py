@@ -11,8 +11,9 @@ import jax
 import pytest
 
 from llmimg_jax.train import loop
-from tests.train.cli_utils import Proc, finished_steps, flags, train_args
-from tests.train.test_multihost import _devices_env, _finish_all, _free_port
+from tests.train.cli_utils import (
+    Proc, _devices_env, _free_port, finished_steps, flags, train_args)
+from tests.train.test_multihost import _finish_all
 from tests.train.utils import tiny_config
 
 STEPS = 4

@@ -17,8 +17,7 @@ from llmimg_jax.data.pipeline import close_iterator, load_source, make_iterator
 from llmimg_jax.train import checkpoint, resume_agree
 from llmimg_jax.train.resume_agree import ResumeDisagreesError
 from llmimg_jax.train.state import build_text
-from tests.train.cli_utils import Proc
-from tests.train.test_multihost import _devices_env, _free_port
+from tests.train.cli_utils import Proc, _devices_env, _free_port
 from tests.train.utils import tiny_config
 
 _RESUME = """

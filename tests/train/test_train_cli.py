@@ -272,7 +272,7 @@ def test_a_sigterm_with_jaxs_distributed_service_on_one_process_saves_at_a_step(
   belongs to JAX's preemption notifier, as on several hosts, and the loop stops at a step to
   save. train.py's before-the-loop handler took it there: exit 143, 'before a step could be
   saved', and the steps since the last checkpoint were lost."""
-  from tests.train.test_multihost import _free_port
+  from tests.train.cli_utils import _free_port
   args = train_args(tmp_path / "data", tmp_path / "run", "--num_processes=1", "--process_id=0",
                     f"--coordinator_address=127.0.0.1:{_free_port()}")
   # train() stands in for the loop: the preemption watch asked after every 0.1 s "step".
