@@ -17,6 +17,7 @@ import transformers
 from benchmarks import timing, torch_gan, torch_train
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import base_config
+from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import build_models, build_text, init_state
 from llmimg_jax.train.step import generate_images, train_step
 
@@ -105,7 +106,7 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
 
   # The step as train.py compiles it on one device: its XLA options (loop.compiler_options: on
   # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a multi-core CPU).
-  mesh = loop.make_mesh(jax.devices()[:1])
+  mesh = make_mesh(jax.devices()[:1])
   options = loop.compiler_options(mesh)
   compiled = loop.jit_train_step(models, mesh).lower(state, j_batch).compile()
   holder = {"state": state}

@@ -32,6 +32,7 @@ from llmimg_jax.eval import evaluator as ev  # noqa: E402
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.config import due, unknown_keys  # noqa: E402
+from llmimg_jax.train.mesh import make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 from llmimg_jax.train.summaries import window_means  # noqa: E402
@@ -76,7 +77,7 @@ def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEval
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   tokenizer, t5_config, pretrained = build_text(config)
   models = build_models(config, t5_config)
-  mesh = loop.make_mesh(jax.devices()[:1])
+  mesh = make_mesh(jax.devices()[:1])
   state = loop.create_state(models, mesh, config.seed, pretrained)
   step_fn = loop.jit_train_step(models, mesh)
   per = len(train.captions[0])

@@ -33,6 +33,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import models_and_batch, parse_args_reusing_host_memory  # noqa: E402
 from llmimg_jax.gan import discriminator, generator, layers  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
+from llmimg_jax.train.mesh import make_mesh  # noqa: E402
 from llmimg_jax.train.step import train_step  # noqa: E402
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
@@ -167,7 +168,7 @@ def main() -> None:
   if args.check:
     return check()
   cfg, models, batch = models_and_batch(args.bench)
-  mesh = loop.make_mesh(jax.devices()[:1])
+  mesh = make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
   for name, patch in [("xla", contextlib.nullcontext), ("onednn", onednn_convs)]:
     holder = holders[name] = {"state": loop.create_state(models, mesh, cfg.seed)}

@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
-from llmimg_jax.train.loop import create_state, jit_train_step, make_mesh  # noqa: E402
+from llmimg_jax.train.loop import create_state, jit_train_step  # noqa: E402
+from llmimg_jax.train.mesh import make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.text import T5Config, generate  # noqa: E402
 from llmimg_jax.text.generate import _generate  # noqa: E402

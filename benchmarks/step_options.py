@@ -30,6 +30,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import (  # noqa: E402
     models_and_batch, module_attributes, parse_args_reusing_host_memory, switch_value)
 from llmimg_jax.train import loop  # noqa: E402
+from llmimg_jax.train.mesh import make_mesh  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def main() -> None:
       parser.error(f"variant {name!r}: {bad[0]!r} is none of 'none', 'train', an XLA option "
                    "KEY=VALUE or a module switch package.module.ATTR=VALUE.")
   cfg, models, batch = models_and_batch(args.bench)
-  mesh = loop.make_mesh(jax.devices()[:1])
+  mesh = make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
   z = jax.random.normal(jax.random.PRNGKey(1), (cfg.train.batch_size, cfg.model.z_dim))
   for name in [args.baseline, *args.options]:

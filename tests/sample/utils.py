@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llmimg_jax.train import checkpoint, loop
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import build_models, build_text, init_state
 from llmimg_jax.train.step import encode_text
 
@@ -65,7 +66,7 @@ def _quick_state(models, pretrained):
     return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
 
   host = jax.tree_util.tree_map_with_path(fill, abstract)
-  return jax.device_put(host, NamedSharding(loop.make_mesh(), P()))
+  return jax.device_put(host, NamedSharding(make_mesh(), P()))
 
 
 def one_device_env() -> dict[str, str]:
