@@ -50,7 +50,14 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   tokens = tokenizer(list(captions))
   n, n_dev = len(captions), mesh.devices.size
   batch = batch_bucket(n, rows_per_call(batch_size, n_dev), n_dev)
-  fetched, in_flight = [], None
+  r = models.config.model.resolution
+  images, finite = np.empty((n, r, r, 3), np.uint8), np.empty((n,), bool)  # filled batch by batch
+
+  def fetch(start: int, outputs: tuple[jax.Array, jax.Array]) -> None:
+    stop = min(start + batch, n)
+    images[start:stop], finite[start:stop] = (x[:stop - start] for x in jax.device_get(outputs))
+
+  in_flight = None
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch) % n  # one shape: the last batch wraps around
     args = (idx.astype(np.int32), tokens["input_ids"][idx], tokens["attention_mask"][idx])
@@ -58,10 +65,9 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
     # One batch in flight: batch k is copied to the host while batch k+1 runs (not every batch
     # at the end: each holds its images on every device).
     if in_flight is not None:
-      fetched.append(jax.device_get(in_flight))
-    in_flight = outputs
-  fetched.append(jax.device_get(in_flight))
-  images, finite = (np.concatenate(x)[:n] for x in zip(*fetched))  # [n, R, R, 3], [n]
+      fetch(*in_flight)
+    in_flight = start, outputs
+  fetch(*in_flight)
   bad = np.flatnonzero(~finite)
   if check_finite and len(bad):
     raise ValueError(
