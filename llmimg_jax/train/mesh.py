@@ -1,12 +1,14 @@
 """The data-parallel mesh, and arrays that every host holds the same placed on it."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over `devices` (default: every device of every host)."""
   devices = jax.devices() if devices is None else devices
   # Auto axes: shardings propagate from the jit's in/out shardings (classic data parallelism).
