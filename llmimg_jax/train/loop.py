@@ -29,7 +29,7 @@ from llmimg_jax.train.state import (
 from llmimg_jax.train.samples import SampleWriter, grid_name
 from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
-    flush as flush_events, progress_bar, summary_writer, window_means)
+    flush as flush_events, logs_above, progress_bar, summary_writer, window_means)
 from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving, local_workdir
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   pending = []  # device metrics since the last log, fetched together to avoid a sync per step
   clock = _StepClock()
   bar = progress_bar(start, t.steps)
-  with PreemptionWatch(manager) as watch:
+  with PreemptionWatch(manager) as watch, logs_above(bar):
     try:
       if grid_unmade:  # of the checkpoint resumed from: a kill during them lost them
         samples(state, start, writer)

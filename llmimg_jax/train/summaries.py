@@ -1,8 +1,11 @@
 """What a run shows: TensorBoard event files through tensorboardX (no TensorFlow), without
-importing PyTorch, and the progress bar."""
+importing PyTorch, and the progress bar with the log records written above it."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +84,39 @@ def progress_bar(start: int, steps: int) -> tqdm:
                                            "maxinterval": _LOG_FILE_REDRAW_S}
   return tqdm(initial=start, total=steps, desc="train", disable=jax.process_index() != 0,
               dynamic_ncols=True, **redraw)
+
+
+class _AboveTheBar(logging.Handler):
+  """`handler` writing each record on a line of its own while `bar` is drawn: on a terminal the
+  bar is cleared first, in a file (where the bar's draws share one line) that line is ended; the
+  bar is redrawn after."""
+
+  def __init__(self, handler: logging.Handler, bar: tqdm):
+    super().__init__(handler.level)
+    self.handler, self.bar = handler, bar
+
+  def handle(self, record: logging.LogRecord) -> bool:
+    if self.bar.disable or not self.handler.filter(record):  # closed, or a record it drops
+      return self.handler.handle(record)
+    with self.bar.get_lock():
+      if self.bar.fp.isatty():
+        self.bar.clear(nolock=True)
+      else:
+        self.bar.fp.write("\n")
+      try:
+        return self.handler.handle(record)
+      finally:
+        self.bar.refresh(nolock=True)
+
+
+@contextlib.contextmanager
+def logs_above(bar: tqdm) -> Iterator[None]:
+  """In the block, each record the root logger's handlers write starts a line of its own instead
+  of continuing `bar`'s (tqdm's logging_redirect_tqdm knows plain StreamHandlers, not absl's)."""
+  root = logging.getLogger()
+  if not bar.disable:  # host 0's
+    root.handlers[:] = [_AboveTheBar(h, bar) for h in root.handlers]
+  try:
+    yield
+  finally:
+    root.handlers[:] = [h.handler if isinstance(h, _AboveTheBar) else h for h in root.handlers]

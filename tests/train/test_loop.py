@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 from PIL import Image
 
 from llmimg_jax.eval import in_training
@@ -20,6 +22,7 @@ from llmimg_jax.train.state import build_models, build_text, save_text_files
 from llmimg_jax.train.step import generate_images
 from llmimg_jax.train.summaries import progress_bar
 from tests.sample.utils import one_device_env
+from tests.train.test_summaries import _Stderr
 from tests.train.utils import (_damage, _equal, _log_window, _scalar_events, _scalars,
                                tiny_config, tiny_pretrained_t5)
 
@@ -43,10 +46,17 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
       state, metrics = step_fn(*a)
       d_losses.append(float(metrics["d_loss"]))
       returned.append(time.time())  # tqdm's clock
+      if len(returned) == 3:  # a record while the bar is drawn (as train.py logs: absl's handler)
+        logging.getLogger("llmimg_jax.train.loop").warning("At step 3.")
       return state, metrics
     return step
   monkeypatch.setattr(loop, "jit_train_step", slow_first_call)
   monkeypatch.setattr(loop, "progress_bar", lambda *a: bars.append(progress_bar(*a)) or bars[-1])
+  stderr = _Stderr(terminal=False)  # a batch job's log file
+  monkeypatch.setattr(sys, "stderr", stderr)
+  monkeypatch.setattr(absl_logging, "_warn_preinit_stderr", False)  # flags are not parsed here
+  monkeypatch.setattr(logging.getLogger(), "handlers",
+                      [absl_logging.ABSLHandler(absl_logging.PythonFormatter())])
   closed = []  # the iterators train() closed (stopping grain's workers), at their positions
   monkeypatch.setattr(loop, "close_iterator",
                       lambda it: closed.append(json.loads(it.get_state())["last_seen_indices"]))
@@ -54,6 +64,9 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   monkeypatch.undo()
   assert int(first.step) == 4
   assert closed == [{"0": 4 * config.train.batch_size - 1}]  # once, after its 4 batches
+  # The record is a line of the log file, not the end of the bar's.
+  lines = stderr.getvalue().split("\n")
+  assert [line for line in lines if re.fullmatch(r"W\d{4} .*\] At step 3\.", line)], lines
   # Steps 1-2 are logged at step 2: step 2 alone is timed, 0.5 s + its run (< 2 s even on a
   # loaded machine), where counting the first call would give under 2 * batch / 10 s.
   images_per_sec = _scalars(workdir / "tensorboard", "train/images_per_sec")

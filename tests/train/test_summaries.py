@@ -1,5 +1,7 @@
 import importlib.util
 import io
+import logging
+import re
 import subprocess
 import sys
 
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 import tqdm.std
 
-from llmimg_jax.train.summaries import progress_bar, window_means
+from llmimg_jax.train.summaries import logs_above, progress_bar, window_means
 from tests.train.cli_utils import ROOT, env
 from tests.train.utils import _scalars
 
@@ -97,3 +99,47 @@ def test_the_bar_in_a_log_file_is_redrawn_once_a_minute_not_at_every_step(termin
     assert len(draws) > 600, len(draws)
   else:  # a minute's 120 steps per draw, plus the three log steps, the start and the end
     assert 6 <= len(draws) <= 12, draws
+
+
+def _shown(text: str, terminal: bool) -> list[str]:
+  """The lines of `text` as a terminal shows them (each \\r back to the line's start, where the
+  next characters overwrite), or as a file's lines (less, grep)."""
+  if not terminal:
+    return text.split("\n")
+  lines, column = [[]], 0
+  for c in text:
+    if c in "\r\n":
+      column = 0
+      lines += [[]] if c == "\n" else []
+    else:
+      lines[-1][column:column + 1] = [c]
+      column += 1
+  return ["".join(line).rstrip() for line in lines]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_log_record_written_during_the_bar_starts_a_line_of_its_own(terminal, monkeypatch):
+  """train.py logs through absl's handler, which tqdm's logging_redirect_tqdm does not know: a
+  warning during training continued the bar's line."""
+  from absl import logging as absl_logging
+  stderr = _Stderr(terminal)
+  monkeypatch.setattr(sys, "stderr", stderr)
+  monkeypatch.setattr(absl_logging, "_warn_preinit_stderr", False)  # flags are not parsed here
+  handler = absl_logging.ABSLHandler(absl_logging.PythonFormatter())
+  monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+  bar = progress_bar(0, 10)
+  with logs_above(bar):
+    bar.update(3)
+    logging.getLogger("llmimg_jax.train.loop").warning("Step 3: 1 update(s) skipped.")
+    bar.update(1)
+    bar.close()
+    logging.getLogger("llmimg_jax.train.loop").warning("After the bar.")
+  assert logging.getLogger().handlers == [handler]  # as before the block
+  lines = _shown(stderr.getvalue(), terminal)
+  for message in ("Step 3: 1 update(s) skipped.", "After the bar."):
+    [line] = [line for line in lines if message in line]
+    assert re.fullmatch(rf"W\d{{4}} [\d:.]+ +\d+ test_summaries.py:\d+\] {re.escape(message)}",
+                        line), lines
+  bars = [line for line in lines if "train:" in line]
+  assert bars and all(line.lstrip("\r").startswith("train:") for line in bars), lines
+  assert "4/10" in bars[-1], lines  # redrawn after the record, closed at step 4
