@@ -155,7 +155,8 @@ class _StepClock:
 
 
 def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  """WORKDIR/config.json, replaced atomically; a differing (or unreadable) old one is logged."""
+  """WORKDIR/config.json, replaced atomically; a differing (or unreadable) old one is logged: a
+  warning, unless only train.steps changed (how a run is trained further)."""
   path = workdir / "config.json"
   if path.exists():
     try:
@@ -166,7 +167,10 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
       log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
     else:
       changes = config_changes(saved, config_values(config))
-      if changes:
+      if [change.split(":")[0] for change in changes] == ["train.steps"]:
+        log.info("The run continues to step %d (%s since %s).", config.train.steps, changes[0],
+                 path)
+      elif changes:
         log.warning("%s differs from this run's config (%s); the new config is used and saved.",
                     path, "; ".join(changes))
   cli.write_atomically(path, json.dumps(config_values(config), indent=2))

@@ -304,6 +304,20 @@ def test_a_changed_config_json_warning_names_the_changed_values(tmp_path, caplog
   assert "differs" not in caplog.text
 
 
+def test_raising_train_steps_alone_says_the_run_continues_without_a_warning(tmp_path, caplog):
+  # The README's way to train further warned that config.json differed from the run's config.
+  config = tiny_config(tmp_path)
+  loop._write_config(tmp_path, config)
+  config.unlock()
+  config.train.steps = 30
+  with caplog.at_level(logging.INFO, logger=loop.__name__):
+    loop._write_config(tmp_path, config)
+  assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+      ("INFO", f"The run continues to step 30 (train.steps: 4 -> 30 since "
+               f"{tmp_path / 'config.json'}).")]
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 30
+
+
 def test_sigint_asks_to_stop_a_second_one_interrupts_and_handlers_are_restored(tmp_path):
   import os
   import signal
