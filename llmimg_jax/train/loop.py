@@ -29,7 +29,8 @@ from llmimg_jax.train.state import (
 from llmimg_jax.train.samples import SampleWriter, grid_name
 from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
-    flush as flush_events, logs_above, progress_bar, summary_writer, window_means)
+    flush as flush_events, log_end, log_start, logs_above, progress_bar, summary_writer,
+    window_means)
 from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving, local_workdir
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   step_fn = jit_train_step(models, mesh)
 
   t = config.train
+  if jax.process_index() == 0:
+    log_start(config, workdir, mesh, start)
+  done, ended = start, "done"
   pending = []  # device metrics since the last log, fetched together to avoid a sync per step
   clock = _StepClock()
   bar = progress_bar(start, t.steps)
@@ -349,12 +353,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         if sample_now or eval_now:
           flush_events(writer)
         clock.start()
+      if done < t.steps:  # a SIGTERM/SIGINT (at the last step the run is complete)
+        ended = f"stopped by {watch.description}"
+    except BaseException as e:  # the end line names it, train.py (or the caller) reports it
+      ended = f"stopped by {type(e).__name__}"
+      raise
     finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
       watch.finishing = True  # a signal now waits for the last save instead of cutting it
       bar.close()
       try:
         with checkpoint_saving(manager.directory):
           manager.close()  # waits for the last save first
+        if jax.process_index() == 0:
+          log_end(workdir, manager, done, t.steps, ended)
       finally:
         close_iterator(data_iter)  # its workers' buffered batches would be reported leaked
         if writer is not None:

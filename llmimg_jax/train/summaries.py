@@ -1,5 +1,6 @@
 """What a run shows: TensorBoard event files through tensorboardX (no TensorFlow), without
-importing PyTorch, and the progress bar with the log records written above it."""
+importing PyTorch, the progress bar with the log records written above it, and the log's first
+and last lines of a run."""
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
+
+from llmimg_jax.train.samples import grid_name
+
+log = logging.getLogger(__name__)
 
 # A bar written to a file (a batch job's log) rather than a terminal: tqdm's redraws (~90 bytes
 # each, up to 10 a second: one per step at shapes_quick's speed) at most once a minute, besides
@@ -120,3 +126,24 @@ def logs_above(bar: tqdm) -> Iterator[None]:
     yield
   finally:
     root.handlers[:] = [h.handler if isinstance(h, _AboveTheBar) else h for h in root.handlers]
+
+
+def log_start(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh,
+              start: int) -> None:
+  """Host 0's line of what the run trains, on which devices, from which step to which."""
+  d, t = config.data, config.train
+  data = {"captioned_shapes": f"{d.name}/{d.config}", "captioned_folder": f"{d.name} {d.folder}"}
+  log.info("Training %s at %dpx from step %d to %d in %s: global batch %d over %d %s device(s) "
+           "on %d host(s).", data.get(d.name, d.name), config.model.resolution, start, t.steps,
+           workdir, t.batch_size, mesh.size, mesh.devices.flat[0].device_kind, jax.process_count())
+
+
+def log_end(workdir: Path, manager: Any, done: int, steps: int, why: str) -> None:
+  """Host 0's last line: the step the run ended at and why, its latest checkpoint (`manager`'s,
+  closed) and sample grid."""
+  latest = manager.latest_step()
+  grid = max((p for p in (workdir / "samples").glob("step_*.png") if p.name <= grid_name(done)),
+             default=None)
+  log.info("Training ended at step %d of %d (%s); latest checkpoint: %s; latest sample grid: %s.",
+           done, steps, why, "none" if latest is None else manager.directory / str(latest),
+           grid or "none")

@@ -57,6 +57,7 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   monkeypatch.setattr(absl_logging, "_warn_preinit_stderr", False)  # flags are not parsed here
   monkeypatch.setattr(logging.getLogger(), "handlers",
                       [absl_logging.ABSLHandler(absl_logging.PythonFormatter())])
+  monkeypatch.setattr(logging.getLogger("llmimg_jax"), "level", logging.INFO)
   closed = []  # the iterators train() closed (stopping grain's workers), at their positions
   monkeypatch.setattr(loop, "close_iterator",
                       lambda it: closed.append(json.loads(it.get_state())["last_seen_indices"]))
@@ -64,9 +65,16 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   monkeypatch.undo()
   assert int(first.step) == 4
   assert closed == [{"0": 4 * config.train.batch_size - 1}]  # once, after its 4 batches
-  # The record is a line of the log file, not the end of the bar's.
-  lines = stderr.getvalue().split("\n")
-  assert [line for line in lines if re.fullmatch(r"W\d{4} .*\] At step 3\.", line)], lines
+  # The record is a line of the log file, not the end of the bar's; a line says what the run
+  # trains, and the last where it ended.
+  messages = [m[1] for line in stderr.getvalue().split("\n")
+              if (m := re.fullmatch(r"[IW]\d{4} [\d:.]+ +\d+ \w+\.py:\d+\] (.*)", line))]
+  assert "At step 3." in messages, stderr.getvalue()
+  assert (f"Training captioned_shapes/tiny_32 at 32px from step 0 to 4 in {workdir}: global "
+          "batch 8 over 8 cpu device(s) on 1 host(s).") in messages, messages
+  assert messages[-1] == (
+      f"Training ended at step 4 of 4 (done); latest checkpoint: {workdir}/checkpoints/4; "
+      f"latest sample grid: {workdir}/samples/step_0000004.png."), messages
   # Steps 1-2 are logged at step 2: step 2 alone is timed, 0.5 s + its run (< 2 s even on a
   # loaded machine), where counting the first call would give under 2 * batch / 10 s.
   images_per_sec = _scalars(workdir / "tensorboard", "train/images_per_sec")

@@ -43,6 +43,8 @@ def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, t
   assert 1 <= stopped < STEPS and finished_steps(run)[-1] == stopped, finished_steps(run)
   bar_steps = re.findall(rf"train: .*?\| *(\d+)/{STEPS} ", proc.output)
   assert int(bar_steps[-1]) == stopped, bar_steps  # the progress bar ends at the saved step
+  assert (f"Training ended at step {stopped} of {STEPS} (stopped by SIGTERM); latest checkpoint: "
+          f"{run / 'checkpoints' / str(stopped)}; ") in proc.output, proc.output[-3000:]
 
   # Crash: the same command, kill -9 at a random moment after it saved a new checkpoint
   # (possibly in the middle of the next save).
@@ -60,6 +62,7 @@ def test_sigterm_saves_and_exits_0_then_kill9_resumes_bitwise(shapes_data_dir, t
   assert proc.finish() == 0, proc.output[-3000:]
   assert f"at step {last}" in proc.output
   assert finished_steps(run)[-1] == STEPS
+  assert f"Training ended at step {STEPS} of {STEPS} (done); " in proc.output, proc.output[-3000:]
   leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.isdigit()]
   assert not leftovers, leftovers  # interrupted saves' temporary directories are cleaned up
 
