@@ -15,9 +15,14 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from llmimg_jax import cli
 from llmimg_jax.train.samples import grid_name
 
 log = logging.getLogger(__name__)
+
+# tensorboardX warns 'NaN or Inf found in input tensor.' for each such scalar, naming none: the
+# loop logs NaN losses for a window of skipped updates, which its own warning counts.
+cli.drop_log_records("tensorboardX.x2num", lambda text: "NaN or Inf found in input" in text)
 
 # A bar written to a file (a batch job's log) rather than a terminal: tqdm's redraws (~90 bytes
 # each, up to 10 a second: one per step at shapes_quick's speed) at most once a minute, besides

@@ -59,6 +59,18 @@ def test_flush_writes_every_event_added_so_far(tmp_path):
   assert sorted(_scalars(tmp_path, "train/d_loss")) == [1, 2, 3, 4]
 
 
+def test_a_nan_scalar_is_written_without_tensorboardx_s_warning(tmp_path, caplog):
+  # A log step whose updates were all skipped wrote 8 lines 'NaN or Inf found in input tensor.'
+  # around the loop's own warning that counts them.
+  from llmimg_jax.train.summaries import summary_writer
+  writer = summary_writer(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    writer.add_scalar("train/d_loss", float("nan"), 1)
+  writer.close()
+  assert not caplog.records, caplog.text
+  assert np.isnan(_scalars(tmp_path, "train/d_loss")[1])
+
+
 def test_window_means_average_the_updates_made_over_the_steps_that_measured_each_metric():
   nan = float("nan")
   steps = [{"d_loss": 1.0, "gp": 0.5, "d_mismatch": nan, "finite": 1.0},
