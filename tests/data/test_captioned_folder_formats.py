@@ -7,6 +7,7 @@ import os
 import struct
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,26 @@ def test_the_fingerprint_counts_avif_and_heic_files(tmp_path):
   assert len({before, after_heic, captioned_folder.fingerprint(str(tmp_path))}) == 3
 
 
+def _as_built_by_decoder(builder, decoder: int, unread: Path) -> None:
+  """Rewrites `builder`'s summary as an older decoder's build wrote it: fingerprint version 1
+  (no key), taken without the file `unread`, which that decoder did not read."""
+  meta_path = os.path.join(builder.data_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  summary = meta["summary"]
+  del summary["fingerprint_version"]
+  if decoder == 1:
+    del summary["decoder"]  # decoder 1 wrote none
+  else:
+    summary["decoder"] = decoder
+  aside = unread.parent.parent / unread.name
+  unread.rename(aside)
+  summary["fingerprint"] = captioned_folder.fingerprint(str(unread.parent), version=1)
+  aside.rename(unread)
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+
+
 def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_changed(
     tmp_path, caplog):
   """A build by decoder 1 fingerprinted no .avif/.heic/.heif file (not image files then): the
@@ -152,16 +173,7 @@ def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_cha
   (folder / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
   _folder(folder, {"a.png": True})
   data, builder = _built(folder, tmp_path)
-  meta_path = os.path.join(builder.data_dir, "metadata.json")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  del meta["summary"]["decoder"]  # as decoder 1 wrote it, with its (version 1) fingerprint
-  del meta["summary"]["fingerprint_version"]
-  (folder / "phone.heic").rename(tmp_path / "phone.heic")
-  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder), version=1)
-  (tmp_path / "phone.heic").rename(folder / "phone.heic")
-  with open(meta_path, "w") as f:
-    json.dump(meta, f)
+  _as_built_by_decoder(builder, 1, folder / "phone.heic")
   with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
     captioned_folder.warn_if_changed(pipeline.folder_builder(data))
   assert "older image decoder" in caplog.text and "changed since" not in caplog.text
@@ -219,16 +231,7 @@ def test_an_older_build_of_an_unchanged_folder_with_apng_files_is_not_called_cha
   Image.new("RGB", (8, 8)).save(folder / ".Trash-1000" / "old.png")
   _folder(folder, {"a.png": True})
   data, builder = _built(folder, tmp_path)
-  meta_path = os.path.join(builder.data_dir, "metadata.json")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  meta["summary"]["decoder"] = 3  # as decoder 3 wrote it, with its (version 1) fingerprint
-  del meta["summary"]["fingerprint_version"]
-  (folder / "b.apng").rename(tmp_path / "b.apng")
-  meta["summary"]["fingerprint"] = captioned_folder.fingerprint(str(folder), version=1)
-  (tmp_path / "b.apng").rename(folder / "b.apng")
-  with open(meta_path, "w") as f:
-    json.dump(meta, f)
+  _as_built_by_decoder(builder, 3, folder / "b.apng")
   with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
     assert captioned_folder.warn_if_changed(pipeline.folder_builder(data))
   assert "(version 3, now" in caplog.text
