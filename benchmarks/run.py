@@ -66,9 +66,12 @@ def _parse() -> argparse.Namespace:
     if value is not None and value < least:
       p.error(f"{flag} {value}: give {least} or more ({what} per model).")
   # Now, not after minutes of benchmarking: an earlier run's results were silently replaced.
-  if a.json and not a.overwrite and os.path.lexists(a.json):
-    p.error(f"--json {a.json} exists; remove it, name a new file, or pass --overwrite to "
-            "replace it.")
+  from llmimg_jax.cli import refuse_existing  # the check of every output flag of the package's
+  try:
+    if a.json:
+      refuse_existing(a.json, f"--json {a.json}", a.overwrite)
+  except FileExistsError as e:
+    p.error(str(e))
   if a.overwrite and not a.json:
     p.error("--overwrite only applies to --json (it lets that replace an existing file).")
   a.resolutions = a.resolutions or ([32] if a.quick else [32, 64])
