@@ -10,9 +10,9 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llmimg_jax.sample.expand import batch_bucket, rows_per_call
+from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.text.tokenizer import TextTokenizer
-from llmimg_jax.train.mesh import from_every_host, make_mesh
+from llmimg_jax.train.mesh import from_every_host, make_mesh, rows_per_call
 from llmimg_jax.train.state import Models
 from llmimg_jax.train.step import generate_numbered_images
 

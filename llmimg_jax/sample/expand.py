@@ -98,11 +98,6 @@ class CaptionExpander:
     return result
 
 
-def rows_per_call(batch_size: int, devices: int) -> int:
-  """`batch_size` rounded up to a multiple of the device count (at least one row per device)."""
-  return max(devices, -(-batch_size // devices) * devices)
-
-
 def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:
   """Rows of each compiled call for `count` items, at most `cap` (a multiple of `multiple`) per
   call: for an equal share of the ceil(count / cap) calls, the smallest `multiple` times 1, 2, 3,

@@ -38,12 +38,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
-from llmimg_jax.sample.expand import batch_bucket, rows_per_call
+from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.sample.restore import restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
-from llmimg_jax.train.mesh import make_mesh
+from llmimg_jax.train.mesh import make_mesh, rows_per_call
 from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
 from llmimg_jax.train.step import generate_numbered_images
 

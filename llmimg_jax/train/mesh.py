@@ -20,3 +20,9 @@ def from_every_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """`x`, the same on every host, as one global array placed by `sharding`: each device takes
   its slice from its own host's copy (nothing moves between hosts)."""
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def rows_per_call(rows: int, devices: int) -> int:
+  """`rows` rounded up to a multiple of the device count (at least one row per device), so that
+  a batch of them splits evenly over the mesh's 'data' axis."""
+  return max(devices, -(-rows // devices) * devices)

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax import cli
 from llmimg_jax.images import captioned_grid
-from llmimg_jax.train.mesh import from_every_host
+from llmimg_jax.train.mesh import from_every_host, rows_per_call
 from llmimg_jax.train.state import Models, TrainState
 from llmimg_jax.train.step import generate_images
 
@@ -36,7 +36,7 @@ class SampleWriter:
     mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
     z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))  # [n, Z]
     self.num_images = n
-    idx = np.arange(-(-n // mesh.size) * mesh.size) % n  # a multiple of the devices: wrapped
+    idx = np.arange(rows_per_call(n, mesh.size)) % n  # a multiple of the devices: wrapped
     replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     self.inputs = [from_every_host(np.asarray(x)[idx], batch) for x in (z, ids, mask)]
     self.generate = jax.jit(functools.partial(generate_images, models),
