@@ -2,6 +2,11 @@
 the first log, checkpoint and sample grid), the batch sharded over the data axis, the state
 replicated and its buffers donated.
 
+On XLA:CPU a donation needs the buffers unshared: Orbax's asynchronous save holds numpy views of
+the state's (its copy to host memory shares them) until its write ends, and a step started
+before that copies the state instead of donating it (PJRT's CPU fallback). The test waits for
+each save, as a run on an accelerator (whose copy to host is a real copy) need not.
+
 (jax.transfer_guard cannot show here that the loop fetches nothing between its logging steps: an
 XLA:CPU array is in host memory already, and the guard lets every CPU fetch through.)"""
 import collections
@@ -9,7 +14,7 @@ import collections
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llmimg_jax.train import loop
+from llmimg_jax.train import checkpoint, loop
 from tests.train.utils import lowered_programs, tiny_config
 
 
@@ -44,6 +49,13 @@ def test_the_loop_compiles_its_step_once_and_donates_the_replicated_state(
       return new_state, metrics
     return step
 
+  def save_and_wait(manager, *args, **kwargs):
+    saved = save(manager, *args, **kwargs)
+    manager.wait_until_finished()
+    return saved
+
+  save = checkpoint.save
+  monkeypatch.setattr(checkpoint, "save", save_and_wait)
   monkeypatch.setattr(loop, "jit_train_step", checked)
   for steps in (4, 6):  # then resumed at step 4, as a new process would be
     config.train.steps = steps
