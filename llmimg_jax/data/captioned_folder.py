@@ -22,7 +22,7 @@ from llmimg_jax.data import images
 from llmimg_jax.data.caption_files import (CAPTION_FILES, CAPTION_KEYS, FILE_KEYS,
                                            MAX_EXAMPLES_PER_REASON, FolderError, Skips,
                                            read_captions)
-from llmimg_jax.data.tfds_utils import LocalCodePathMixin
+from llmimg_jax.data.tfds_utils import LocalCodePathMixin, LocalDatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from llmimg_jax.data import shapes
-from llmimg_jax.data.tfds_utils import LocalCodePathMixin
+from llmimg_jax.data.tfds_utils import LocalCodePathMixin, LocalDatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class CaptionedShapes(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=__doc__,
         features=features_of(self.builder_config.resolution),

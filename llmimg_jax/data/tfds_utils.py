@@ -22,6 +22,18 @@ class LocalCodePathMixin:
     return epath.Path(inspect.getfile(cls))
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of a dataset built here (no published copy to fetch).
+
+  A builder whose dataset is not prepared yet calls `info.initialize_from_bucket()` (TFDS
+  4.9.10: core/dataset_builder.py:301), which makes a tempfile.mkdtemp folder to copy the
+  dataset's published info files from GCS into (core/dataset_info.py:886) and never removes it:
+  with GCS off in this TFDS, one empty /tmp/tmp*tfds per builder made. Here it does nothing."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class DatasetError(ValueError):
   """A dataset that cannot be built (data_dir not a folder, not writable, full) or trained on
   as configured (too few records); the message names it and the fix."""

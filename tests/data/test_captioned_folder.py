@@ -7,13 +7,14 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import caption_files, captioned_folder, pipeline
+from llmimg_jax.data import caption_files, captioned_folder, captioned_shapes, pipeline
 from llmimg_jax.data import images as images_lib
 
 SIZE = 16
@@ -364,6 +365,20 @@ def test_a_first_build_has_no_tfds_warning_about_the_missing_build(tmp_path, cap
     with pytest.raises(ValueError, match="existing folder"):
       pipeline.validate_data_config(data)
   assert "dataset_info.json" not in caplog.text
+
+
+def test_builders_of_datasets_not_built_leave_no_folder_in_the_temp_dir(tmp_path, monkeypatch):
+  """TFDS's DatasetBuilder left an empty tmp*tfds folder in the temp dir (its
+  DatasetInfo.initialize_from_bucket) each time a builder of a dataset not yet built was made:
+  two per first prepare of a folder, hundreds in /tmp from the tests."""
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  _, data = _one_image_folder(tmp_path)
+  assert not pipeline.is_built(data)
+  assert len(_records(data)) == 1  # validates, builds, reads
+  captioned_shapes.CaptionedShapes(config="tiny_32", data_dir=str(tmp_path / "tfds"))
+  assert not list(temp.iterdir())
 
 
 def _records(data) -> list[dict]:
