@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -61,11 +61,14 @@ FINGERPRINT_VERSION = 2
 
 
 def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS,
-                version: int = FINGERPRINT_VERSION) -> str:
+                version: int = FINGERPRINT_VERSION,
+                captioned: Callable[[], Iterable[str]] | None = None) -> str:
   """A hash of what a build reads: the captions files' bytes and the name, size and mtime of each
   image file (one of `extensions`) it lists (`_listed`) or the captions name (symlinks followed,
   but not round a loop; unreadable entries hashed as such). `version` 1: of every image file, as
-  builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them)."""
+  builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them).
+  `captioned`: returns the files the captions give a caption (default `_captioned`); called
+  after the captions files are hashed, only if an image file is not `_listed`."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
     try:
@@ -76,7 +79,7 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
   rels = [os.path.relpath(path, folder) for path in _walk(folder)  # image files only: a TFDS
           if os.path.splitext(path)[1].lower() in extensions]  # data_dir inside does not count
   if version >= 2 and not all(map(_listed, rels)):  # the captions read only then
-    named = set(_captioned(folder))
+    named = set(captioned() if captioned else _captioned(folder))
     rels = [rel for rel in rels if _listed(rel) or rel in named]
   for rel in rels:
     try:
@@ -219,8 +222,16 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, folder: str):
     cfg = self.builder_config
     line_skips, image_skips, notes = Skips(), Skips(), Skips()
-    folder_fingerprint = fingerprint(folder)  # before reading: what this build saw
-    captions = read_captions(folder, line_skips, notes)
+    parsed: list[dict[str, list[str]]] = []  # the captions, parsed once for both uses
+
+    def captioned() -> list[str]:
+      parsed.append(read_captions(folder, line_skips, notes))
+      return [rel for rel, caps in parsed[0].items() if caps]
+
+    # Hashed before the images are read, and the captions (`captioned` runs after their bytes
+    # are hashed): a change during the build is one since it.
+    folder_fingerprint = fingerprint(folder, captioned=captioned)
+    captions = parsed[0] if parsed else read_captions(folder, line_skips, notes)
     # Walked as the fingerprint is (linked folders too); a file captioned by another name of it
     # (a link to it, a linked folder inside this one) is not uncaptioned.
     captioned_files = {os.path.realpath(os.path.join(folder, rel)) for rel in captions}

@@ -85,21 +85,30 @@ def test_macos_appledouble_files_are_not_uncaptioned_images(tmp_path):
   assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
 
 
-def test_images_in_hidden_folders_are_not_uncaptioned_images(tmp_path):
+def test_images_in_hidden_folders_are_not_uncaptioned_images(tmp_path, monkeypatch):
   """A USB drive's root holds the images a desktop deleted (`.Trash-1000/files/`, macOS's
   `.Trashes/501/`): each was counted as a skipped uncaptioned image in the build's summary. An
-  image in a hidden folder that the captions name is still read."""
+  image in a hidden folder that the captions name is still read. The build parses the captions
+  once (it parsed them a second time for its fingerprint, which then needs them)."""
   Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
   Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
   for sub in (".Trash-1000/files", ".Trashes/501", "sub/.thumbnails", ".kept"):
     (tmp_path / sub).mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / sub / "old.jpg")
   _write_jsonl(tmp_path, [{"file": "a.jpg", "caption": "a"},
-                          {"file": ".kept/old.jpg", "caption": "kept"}])
+                          {"file": ".kept/old.jpg", "caption": "kept"},
+                          {"file": "gone.jpg", "caption": "unknown"}])
+  parses = []
+  read_captions = captioned_folder.read_captions
+  monkeypatch.setattr(captioned_folder, "read_captions",
+                      lambda *args: parses.append(args[0]) or read_captions(*args))
   _, summary = captioned_folder.build_folder(
       str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert parses == [str(tmp_path)]
   assert summary["num_examples"] == 2
-  assert summary["skipped_examples"] == {"no_caption": ["b.jpg"]}
+  assert summary["skipped_examples"] == {"no_caption": ["b.jpg"],
+                                         "unknown_file": ["captions.jsonl:3 (gone.jpg)"]}
+  assert summary["fingerprint"] == captioned_folder.fingerprint(str(tmp_path))
 
 
 def test_only_files_a_build_reads_make_its_folder_changed(tmp_path, caplog):
