@@ -298,7 +298,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
         io.StringIO(text.lstrip("\ufeff"), newline=""), record))
     record.clear()  # the header's
     last = reader.fieldnames[-1] == cap_col
-    for row in reader:
+    for row in _rows(reader, record, csv_path):
       lines, record[:] = record[:], []  # this record's
       where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
       caption, extra = row.get(cap_col) or "", row.get(None)
@@ -313,6 +313,26 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
           notes.add("unquoted_csv_comma", where)
       _add_caption_entry(names, where, row.get(file_col), caption, out, skips)
   return dict(out)
+
+
+def _rows(reader: csv.DictReader, record: list[str], csv_path: str) -> Iterator[dict]:
+  """The records of `reader`, whose lines read since the last record are in `record` (`_kept`).
+  A csv.Error, a cell longer than csv.field_size_limit() (a quote opened and never closed reads
+  the lines after it into one cell), is a FolderError naming the record's line and the fix."""
+  done = reader.line_num  # the last line of the records read
+  while True:
+    try:
+      row = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      start = done + 1 + next((i for i, line in enumerate(record) if line.strip()), 0)
+      raise FolderError(
+          f"{csv_path}:{start}: {e}: a quote opened in that record is never closed, so the "
+          "lines after it were read as one cell. Close it, or write a quote inside a caption "
+          'as two and quote the caption ("a 12"" record").') from None
+    done = reader.line_num
+    yield row
 
 
 def _kept(lines: Iterable[str], record: list[str]) -> Iterator[str]:

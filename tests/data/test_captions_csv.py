@@ -1,5 +1,5 @@
-"""captioned_folder: a captions.csv whose columns are not separated by commas, or whose quoted
-cells follow a space."""
+"""captioned_folder: a captions.csv whose columns are not separated by commas, whose quoted
+cells follow a space, or that opens a quote it never closes."""
 from __future__ import annotations
 
 import pytest
@@ -46,3 +46,18 @@ def test_a_quoted_cell_after_a_space_is_read_as_quoted(tmp_path):
   skips = caption_files.Skips()
   assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": ["a cat, sitting"]}
   assert not skips.counts
+
+
+def test_a_quote_never_closed_is_an_error_naming_its_line(tmp_path):
+  """A caption opening a quote that no later one closes read the rest of a large captions.csv
+  into one cell, and the build failed with csv's bare "field larger than field limit (131072)",
+  naming neither the file nor the line."""
+  (tmp_path / "captions.csv").write_text(
+      'file,caption\na.png,a cat\n\nb.png,"a 12 inch record\n' +
+      "".join(f"{i}.png,an image\n" for i in range(10_000)))
+  with pytest.raises(caption_files.FolderError) as error:
+    caption_files.read_captions(str(tmp_path), caption_files.Skips())
+  assert str(error.value) == (
+      f"{tmp_path / 'captions.csv'}:4: field larger than field limit (131072): a quote opened in "
+      "that record is never closed, so the lines after it were read as one cell. Close it, or "
+      'write a quote inside a caption as two and quote the caption ("a 12"" record").')
