@@ -298,9 +298,13 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
         io.StringIO(text.lstrip("\ufeff"), newline=""), record))
     record.clear()  # the header's
     last = reader.fieldnames[-1] == cap_col
-    for row in _rows(reader, record, csv_path):
-      lines, record[:] = record[:], []  # this record's
+    file_index = reader.fieldnames.index(file_col)
+    for row, lines, start in _rows(reader, record, csv_path):
       where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
+      if len(lines) > 1 and _reads_other_records(folder, lines, file_index,
+                                                 row.get(file_col) or ""):
+        skips.add("unclosed_csv_quote", f"captions.csv:{start}-{reader.line_num}")
+        continue
       caption, extra = row.get(cap_col) or "", row.get(None)
       if extra:  # more cells than the header: an unquoted comma
         if not last:  # which cells are the caption's is unknown
@@ -315,24 +319,44 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
   return dict(out)
 
 
-def _rows(reader: csv.DictReader, record: list[str], csv_path: str) -> Iterator[dict]:
-  """The records of `reader`, whose lines read since the last record are in `record` (`_kept`).
-  A csv.Error, a cell longer than csv.field_size_limit() (a quote opened and never closed reads
+def _rows(reader: csv.DictReader, record: list[str], csv_path: str
+          ) -> Iterator[tuple[dict, list[str], int]]:
+  """(row, the lines it is written on, the first of them past blank lines) of each record of
+  `reader`, whose lines read since the last record are in `record` (`_kept`; emptied here). A
+  csv.Error, a cell longer than csv.field_size_limit() (a quote opened and never closed reads
   the lines after it into one cell), is a FolderError naming the record's line and the fix."""
   done = reader.line_num  # the last line of the records read
   while True:
+    error = None
     try:
       row = next(reader)
     except StopIteration:
       return
     except csv.Error as e:
-      start = done + 1 + next((i for i, line in enumerate(record) if line.strip()), 0)
+      error = e
+    lines, record[:] = record[:], []
+    start = done + 1 + next((i for i, line in enumerate(lines) if line.strip()), 0)
+    if error is not None:
       raise FolderError(
-          f"{csv_path}:{start}: {e}: a quote opened in that record is never closed, so the "
+          f"{csv_path}:{start}: {error}: a quote opened in that record is never closed, so the "
           "lines after it were read as one cell. Close it, or write a quote inside a caption "
-          'as two and quote the caption ("a 12"" record").') from None
+          'as two and quote the caption ("a 12"" record").')
+    yield row, lines, start
     done = reader.line_num
-    yield row
+
+
+def _reads_other_records(folder: str, lines: list[str], file_index: int, own: str) -> bool:
+  """Whether a record written on several `lines` (a quoted cell holding line breaks) holds a
+  line after its first that is a record of its own, its cell `file_index` naming a file in
+  `folder` other than the record's (`own`): a quote left open (closed by a later record's) read
+  those records into its cell."""
+  written = [line for line in lines if line.strip()]
+  for line in written[1:]:
+    cells = next(csv.reader([line], skipinitialspace=True), [])
+    name = cells[file_index].strip() if len(cells) > file_index else ""
+    if name and name != own.strip() and os.path.isfile(os.path.join(folder, name)):
+      return True
+  return False
 
 
 def _kept(lines: Iterable[str], record: list[str]) -> Iterator[str]:

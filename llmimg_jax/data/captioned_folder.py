@@ -297,6 +297,10 @@ _ADVICE = {
                         "number, object or list of them).",
     "invalid_utf8": "Save the captions file as UTF-8.",
     "extra_csv_cells": "Quote the captions that contain commas, or make the caption column last.",
+    "unclosed_csv_quote": "A caption in captions.csv opens a quote that is not closed where it "
+                          "ends, so the lines after it (to the quote that closes it) were read "
+                          "into it, their images then uncaptioned: close it, or write a quote "
+                          'inside a caption as two and quote the caption ("a 12"" record").',
     **images.DECODER_FIXES,
 }
 

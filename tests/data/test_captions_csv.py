@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import caption_files
+from llmimg_jax.data import caption_files, captioned_folder
 
 
 @pytest.mark.parametrize("delimiter, name", [(";", "semicolons"), ("\t", "tabs"), ("|", "bars")])
@@ -61,3 +61,23 @@ def test_a_quote_never_closed_is_an_error_naming_its_line(tmp_path):
       f"{tmp_path / 'captions.csv'}:4: field larger than field limit (131072): a quote opened in "
       "that record is never closed, so the lines after it were read as one cell. Close it, or "
       'write a quote inside a caption as two and quote the caption ("a 12"" record").')
+
+
+def test_records_read_into_a_quote_left_open_are_a_skip_naming_its_lines(tmp_path):
+  """A caption opening a quote that closes only in a later record (or at the end of the file)
+  read the records in between into its caption: b.png was stored with the caption 'a 12 inch
+  record\\nc.png,a dog\\nd.png,a bird"' and c.png and d.png were skipped as uncaptioned, nothing
+  naming the quote. A quoted caption holding a line break is still one caption."""
+  for name in "abcdefg":
+    Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+  (tmp_path / "captions.csv").write_text(
+      'file,caption\na.png,a cat\n\nb.png,"a 12 inch record\nc.png,a dog\nd.png,"a bird"\n'
+      'e.png,"two lines\nof caption"\nf.png,"an eel\n')
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
+      "a.png": ["a cat"], "e.png": ["two lines\nof caption"], "f.png": ["an eel"]}
+  assert skips.examples == {"unclosed_csv_quote": ["captions.csv:4-6"]}
+  _, summary = captioned_folder.build_folder(str(tmp_path), str(tmp_path / "tfds"), 8)
+  assert summary["skipped"] == {"no_caption": 4, "unclosed_csv_quote": 1}
+  assert summary["fixes"]["unclosed_csv_quote"].startswith(
+      "A caption in captions.csv opens a quote that is not closed where it ends")
