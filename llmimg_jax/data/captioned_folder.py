@@ -289,6 +289,10 @@ _ADVICE = {
                  "89.5 MP; a 108 MP photo, a panorama) are skipped; to use them, set "
                  "data.max_pixels above their pixel count (train.py "
                  "--config.data.max_pixels=250000000).",
+    "unsupported_extension": "The captions name files whose extension is not an image's (those "
+                             f"read: {', '.join(sorted(images.IMAGE_EXTENSIONS))}): give images "
+                             "their format's extension, and convert other files (.svg, .jxl, a "
+                             "camera's raw files) to PNG or JPEG.",
     "invalid_json": "Each line of captions.jsonl must be one JSON object.",
     "missing_key": f"Each caption line needs a file key (one of {FILE_KEYS}) and a caption key "
                    f"(one of {CAPTION_KEYS}).",

@@ -133,8 +133,10 @@ def test_skip_counts_by_reason(built):
   assert set(examples) == set(good)
   # Each skipped caption line's reason comes with its fix, as do some image reasons.
   assert set(summary["fixes"]) == {"empty_caption", "invalid_json", "invalid_utf8", "missing_key",
-                                   "outside_folder", "too_large", "unknown_file"}
+                                   "outside_folder", "too_large", "unknown_file",
+                                   "unsupported_extension"}
   assert "file key (one of" in summary["fixes"]["missing_key"]
+  assert ".jpg, .mpo, .pbm," in summary["fixes"]["unsupported_extension"]  # (notes.txt)
 
 
 def test_captions_merged_and_stored(built):
