@@ -177,11 +177,15 @@ def check_caption_files(folder: str) -> None:
   if not any(os.path.isfile(p) for p in paths):
     # Named on a disk that ignores case (a Mac's: Captions.csv), read where case matters.
     other = [f for f in _names(folder) if f.casefold() in CAPTION_FILES]
+    # A Hugging Face imagefolder's captions: its file_name and text keys are read here too.
+    hf = [f for f in _names(folder) if f in ("metadata.jsonl", "metadata.csv")]
     raise FolderError(
         f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
         '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption)' +
         (f"; rename {other[0]} to {other[0].lower()} (case matters on this disk)." if other
-         else "."))
+         else f"; rename {hf[0]} (a Hugging Face imagefolder's) to "
+              f"{hf[0].replace('metadata', 'captions')}: its file_name and text fields are "
+              "read." if hf else "."))
   for path in paths:
     _refuse_utf16(path)
   if os.path.isfile(paths[0]):

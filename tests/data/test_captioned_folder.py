@@ -400,6 +400,18 @@ def test_missing_folder_and_captions_file_errors(tmp_path):
                      match=r"No captions file in .*; rename Captions.CSV to captions.csv \(case "
                            r"matters on this disk\)\.$"):
     captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
+  # A Hugging Face imagefolder: its metadata.jsonl was not named.
+  (tmp_path / "imgs" / "Captions.CSV").unlink()
+  (tmp_path / "imgs" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a cat"}\n')
+  with pytest.raises(captioned_folder.FolderError,
+                     match=r"No captions file in .*; rename metadata.jsonl \(a Hugging Face "
+                           r"imagefolder's\) to captions.jsonl: its file_name and text fields "
+                           r"are read\.$"):
+    captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
+  (tmp_path / "imgs" / "metadata.jsonl").rename(tmp_path / "imgs" / "captions.jsonl")
+  Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+  _, summary = captioned_folder.build_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 8)
+  assert summary["num_examples"] == 1 and not summary["skipped"]
 
 
 def test_config_validation_reads_the_captions_files_before_any_build(tmp_path):
