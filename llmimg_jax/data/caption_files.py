@@ -91,6 +91,16 @@ class _DiskNames:
     rel = os.path.join(*parts)
     return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
 
+  def by_its_end(self, path: str) -> str | None:
+    """The file of the folder that the absolute `path` outside it ends with (the longest such
+    end: /home/ann/photos/sub/a.jpg, written on another machine, is sub/a.jpg), or None."""
+    parts = os.path.normpath(path).split(os.sep)
+    for k in range(1, len(parts)):
+      rel = os.path.join(*parts[k:])
+      if os.path.isfile(os.path.join(self.folder, rel)):
+        return rel
+    return None
+
   def resolve(self, rel: str, where: str) -> str | None:
     """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file (nor
     a link to a file that is gone)."""
@@ -141,7 +151,9 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
   name = file_name.strip()
   rel = _relative_name(names.folder, name)
   if rel is None:
-    skips.add("outside_folder", f"{where} ({file_name})")
+    inside = names.by_its_end(name) if os.path.isabs(name) else None
+    skips.add("outside_folder", f"{where} ({file_name}" +
+              (f"; in the folder: {inside})" if inside else ")"))
     return
   written, rel = rel, names.resolve(rel, where)
   if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator

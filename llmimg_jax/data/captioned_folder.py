@@ -282,7 +282,9 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
 _ADVICE = {
     "unknown_file": "Check the file names in the captions file: they are relative to the folder, "
                     "and on most Linux disks their case matters (Cat.JPG is not cat.jpg).",
-    "outside_folder": "The captions file names files outside the folder; move them into it.",
+    "outside_folder": "The captions file names files outside the folder; move them into it (or, "
+                      "for names of the folder's files written on another machine, "
+                      "/home/ann/photos/a.jpg, write them relative to the folder: a.jpg).",
     "broken_link": "Links in the folder point at files that are gone (moved or deleted); link "
                    "them to the images again.",
     "too_large": "Images of more pixels than data.max_pixels (0: PIL's decompression-bomb limit, "

@@ -263,3 +263,26 @@ def test_a_name_in_other_case_on_a_case_sensitive_disk_is_skipped_naming_the_fil
   assert caption_files.read_captions(str(tmp_path), skips) == {}
   assert skips.examples["unknown_file"][1] == (
       "captions.jsonl:2 (SUB\\IMG_1.JPG; on disk: sub/img_1.jpg, in other case)")
+
+
+def test_an_absolute_name_from_another_machine_names_the_file_in_the_folder(tmp_path):
+  """Captions written where the images lay elsewhere (/home/ann/photos/sub/a.png) were each
+  skipped as outside_folder, whose fix said to move the files into the folder they are in. The
+  skip names the folder's file the name ends with, and the fix says to name it so."""
+  folder = tmp_path / "photos"
+  (folder / "sub").mkdir(parents=True)
+  Image.new("RGB", (8, 8)).save(folder / "sub" / "a.png")
+  elsewhere = tmp_path / "home" / "ann" / "photos"
+  _write_jsonl(folder, [{"file": str(elsewhere / "sub" / "a.png"), "caption": "a"},
+                        {"file": str(elsewhere / "sub" / "b.png"), "caption": "b"}])
+  with pytest.raises(caption_files.FolderError) as error:
+    captioned_folder.build_folder(str(folder), data_dir=str(tmp_path / "tfds"), image_size=8)
+  assert str(error.value).endswith(
+      "or, for names of the folder's files written on another machine, /home/ann/photos/a.jpg, "
+      f"write them relative to the folder: a.jpg). E.g. captions.jsonl:1 ({elsewhere}/sub/a.png; "
+      "in the folder: sub/a.png).")
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(folder), skips) == {}
+  assert skips.examples == {"outside_folder": [
+      f"captions.jsonl:1 ({elsewhere}/sub/a.png; in the folder: sub/a.png)",
+      f"captions.jsonl:2 ({elsewhere}/sub/b.png)"]}
