@@ -17,8 +17,9 @@ import csv
 import io
 import json
 import os
-import unicodedata
 from collections.abc import Iterable, Iterator
+
+from llmimg_jax.data.folder_names import DiskNames, FolderError, names_in, relative_name
 
 FILE_KEYS = ("file", "file_name", "filename", "image")
 CAPTION_KEYS = ("caption", "captions", "text")
@@ -39,97 +40,7 @@ class Skips:
       self.examples[reason].append(what)
 
 
-def _relative_name(folder: str, name: str) -> str | None:
-  """`name` (relative to `folder`, or absolute) relative to `folder`; None if it is outside.
-
-  An absolute name may reach the folder through another path to it (a symlink); a file inside
-  the folder may itself be a symlink to anywhere."""
-  def outside(rel: str) -> bool:
-    return rel == os.pardir or rel.startswith(os.pardir + os.sep)
-  path = os.path.normpath(os.path.join(folder, name))
-  rel = os.path.relpath(path, folder)
-  if outside(rel):  # only then: realpath stats each part of both paths
-    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(folder))
-  return None if outside(rel) else rel
-
-
-class _DiskNames:
-  """Names in captions files -> the names on disk, compared after Unicode NFC normalisation (and
-  without case where the disk finds a name so: macOS's and Windows' disks)."""
-
-  def __init__(self, folder: str):
-    self.folder = folder
-    self._listings: dict[str, dict[str, list[str]]] = {}
-    self._folded: dict[str, dict[str, list[str]]] = {}
-
-  def _listing(self, directory: str) -> dict[str, list[str]]:
-    """NFC name -> the entries of `directory` with that name (more than one: an ambiguity)."""
-    if directory not in self._listings:
-      by_nfc = collections.defaultdict(list)
-      for entry in _names(directory):
-        by_nfc[unicodedata.normalize("NFC", entry)].append(entry)
-      self._listings[directory] = dict(by_nfc)
-    return self._listings[directory]
-
-  def _without_case(self, directory: str, part: str) -> list[str]:
-    """The entries of `directory` named `part` up to case (and Unicode form)."""
-    if directory not in self._folded:
-      by_folded = collections.defaultdict(list)
-      for nfc, entries in self._listing(directory).items():
-        by_folded[nfc.casefold()].extend(entries)
-      self._folded[directory] = dict(by_folded)
-    return self._folded[directory].get(unicodedata.normalize("NFC", part).casefold(), [])
-
-  def in_other_case(self, rel: str) -> str | None:
-    """The one file named `rel` (relative to the folder) up to case, or None."""
-    parts: list[str] = []
-    for part in rel.split(os.sep):
-      folded = self._without_case(os.path.join(self.folder, *parts), part)
-      if len(folded) != 1:
-        return None
-      parts.append(folded[0])
-    rel = os.path.join(*parts)
-    return rel if os.path.isfile(os.path.join(self.folder, rel)) else None
-
-  def by_its_end(self, path: str) -> str | None:
-    """The file of the folder that the absolute `path` outside it ends with (the longest such
-    end: /home/ann/photos/sub/a.jpg, written on another machine, is sub/a.jpg), or None."""
-    parts = os.path.normpath(path).split(os.sep)
-    for k in range(1, len(parts)):
-      rel = os.path.join(*parts[k:])
-      if os.path.isfile(os.path.join(self.folder, rel)):
-        return rel
-    return None
-
-  def resolve(self, rel: str, where: str) -> str | None:
-    """The on-disk spelling of the file `rel` (relative to the folder); None if it is no file (nor
-    a link to a file that is gone)."""
-    parts: list[str] = []
-    for part in rel.split(os.sep):
-      directory = os.path.join(self.folder, *parts)
-      matches = self._listing(directory).get(unicodedata.normalize("NFC", part), [])
-      if part in matches:  # spelled as on disk: no other form is meant
-        matches = [part]
-      if not matches and os.path.lexists(os.path.join(directory, part)):
-        # A case-insensitive disk found `Cat.JPG` as cat.jpg: the name on disk is the image's
-        # (one example of both spellings; cat.jpg not also an uncaptioned file).
-        folded = self._without_case(directory, part)
-        matches = folded if len(folded) == 1 else []  # several: which one it found is unknown
-      if len(matches) > 1:
-        raise FolderError(
-            f"{where} names {part!r}, but {directory} holds {len(matches)} entries with that name "
-            f"in different Unicode forms: {', '.join(ascii(m) for m in matches)}. Rename or "
-            "remove all but one of them.")
-      parts.append(matches[0] if matches else part)
-    rel = os.path.join(*parts)
-    path = os.path.join(self.folder, rel)
-    # A link whose target is gone (moved, deleted) still names the image: the build skips it as
-    # "broken_link", not as a name to check.
-    broken_link = os.path.islink(path) and not os.path.exists(path)
-    return rel if os.path.isfile(path) or broken_link else None
-
-
-def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips,
+def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
                        blank: str = "empty_caption") -> None:
   """Adds `captions` of `file_name` to `out`, or a skip; `blank`: the reason when none is text."""
   if not isinstance(file_name, str) or not file_name.strip():
@@ -149,7 +60,7 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
     skips.add("unknown_file", f"{where} ({file_name!r})")
     return
   name = file_name.strip()
-  rel = _relative_name(names.folder, name)
+  rel = relative_name(names.folder, name)
   if rel is None:
     inside = names.by_its_end(name) if os.path.isabs(name) else None
     skips.add("outside_folder", f"{where} ({file_name}" +
@@ -157,7 +68,7 @@ def _add_caption_entry(names: _DiskNames, where, file_name, captions, out, skips
     return
   written, rel = rel, names.resolve(rel, where)
   if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator
-    windows = _relative_name(names.folder, name.replace("\\", "/"))
+    windows = relative_name(names.folder, name.replace("\\", "/"))
     rel = windows and names.resolve(windows, where)
     written = windows or written
   if rel is None:
@@ -178,19 +89,14 @@ def _first(obj: dict, keys) -> object:
   return next((obj[k] for k in keys if k in obj), None)
 
 
-class FolderError(ValueError):
-  """A folder that cannot make a dataset (no captions file, an unreadable one, no usable image);
-  the message names the file and the fix."""
-
-
 def check_caption_files(folder: str) -> None:
   """What can be refused without reading the images: raises FolderError (seconds, not a build)."""
   paths = [os.path.join(folder, f) for f in CAPTION_FILES]
   if not any(os.path.isfile(p) for p in paths):
     # Named on a disk that ignores case (a Mac's: Captions.csv), read where case matters.
-    other = [f for f in _names(folder) if f.casefold() in CAPTION_FILES]
+    other = [f for f in names_in(folder) if f.casefold() in CAPTION_FILES]
     # A Hugging Face imagefolder's captions: its file_name and text keys are read here too.
-    hf = [f for f in _names(folder) if f in ("metadata.jsonl", "metadata.csv")]
+    hf = [f for f in names_in(folder) if f in ("metadata.jsonl", "metadata.csv")]
     raise FolderError(
         f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
         '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption)' +
@@ -205,14 +111,6 @@ def check_caption_files(folder: str) -> None:
   if os.path.isfile(paths[1]):  # its header record (a quoted cell may hold a line break)
     with open(paths[1], encoding="utf-8", errors="surrogateescape", newline="") as f:
       _csv_columns(paths[1], f.read(1 << 16))
-
-
-def _names(folder: str) -> list[str]:
-  """The entries of `folder` (none if it cannot be listed), sorted."""
-  try:
-    return sorted(os.listdir(folder))
-  except OSError:
-    return []
 
 
 def _refuse_json_array(jsonl_path: str) -> None:
@@ -273,7 +171,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
   Each caption once per file; a file named only with blank captions maps to []."""
   out: dict[str, list[str]] = collections.defaultdict(list)
   check_caption_files(folder)
-  names = _DiskNames(folder)
+  names = DiskNames(folder)
   jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
   if os.path.isfile(jsonl):
     with open(jsonl, "rb") as f:  # lines end in \n, \r\n or (old Macs) \r, as captions.csv's
