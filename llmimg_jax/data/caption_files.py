@@ -4,14 +4,16 @@ captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption"
 `{"file_name": "cat.jpg", "captions": ["a cat", "a grey cat"]}`; several lines for one file (and
 every caption key of a line) are merged, each caption once. captions.csv has a header with a file
 column (file/file_name/filename/image, any case) and a caption column (caption/text/captions); a
-caption column that comes last may hold unquoted commas (counted as a note). File names are
-relative to the folder (or absolute paths inside it; `sub\\a.jpg`, as written on Windows, is
+caption column that comes last may hold unquoted commas (counted as a note), and a cell holding a
+list of captions, in JSON or as pandas writes a list (`['a cat', 'a dog']`), is those. File names
+are relative to the folder (or absolute paths inside it; `sub\\a.jpg`, as written on Windows, is
 `sub/a.jpg`) and match the names on disk after Unicode NFC normalisation (macOS may write
 `café.png` decomposed, as NFD), and up to case where the disk finds names so (macOS's and
 Windows': `Cat.JPG` is cat.jpg). Bad lines are skipped and counted by reason.
 """
 from __future__ import annotations
 
+import ast
 import collections
 import csv
 import io
@@ -229,8 +231,27 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
         caption = _unquoted_caption(lines, cells, 1 + len(extra))
         if notes is not None:
           notes.add("unquoted_csv_comma", where)
-      _add_caption_entry(names, where, row.get(file_col), caption, out, skips)
+      listed = _listed_captions(caption)
+      _add_caption_entry(names, where, row.get(file_col), caption if listed is None else listed,
+                         out, skips)
   return dict(out)
+
+
+def _listed_captions(cell: str) -> list[str] | None:
+  """The captions of a captions.csv cell holding a list of them, in JSON (`["a cat", "a dog"]`)
+  or as pandas writes a list column (Python's repr, `['a cat', "a dog's toy"]`); None for any
+  other cell."""
+  text = cell.strip()
+  if not (text.startswith("[") and text.endswith("]")):
+    return None
+  for parse in (json.loads, ast.literal_eval):  # literal_eval reads literals only, runs nothing
+    try:
+      value = parse(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+      continue
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+      return value
+  return None
 
 
 def _rows(reader: csv.DictReader, record: list[str], csv_path: str

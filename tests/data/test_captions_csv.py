@@ -81,3 +81,19 @@ def test_records_read_into_a_quote_left_open_are_a_skip_naming_its_lines(tmp_pat
   assert summary["skipped"] == {"no_caption": 4, "unclosed_csv_quote": 1}
   assert summary["fixes"]["unclosed_csv_quote"].startswith(
       "A caption in captions.csv opens a quote that is not closed where it ends")
+
+
+def test_a_cell_holding_a_list_of_captions_is_those_captions(tmp_path):
+  """pandas writes a list column as Python's repr, so a DataFrame of files and their captions
+  saved with to_csv stored the one caption "['a cat', 'a grey cat']" for a.png. A JSON list is
+  read too; an empty one is a blank caption; other bracketed text is a caption."""
+  for name in "abcde":
+    Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+  (tmp_path / "captions.csv").write_text(
+      'file,captions\na.png,"[\'a cat\', \'a grey cat\']"\nb.png,"[""a dog"", ""a dog\'s toy""]"\n'
+      'c.png,[draft] a cow\nd.png,[]\ne.png,"[1, 2]"\n')
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
+      "a.png": ["a cat", "a grey cat"], "b.png": ["a dog", "a dog's toy"],
+      "c.png": ["[draft] a cow"], "d.png": [], "e.png": ["[1, 2]"]}
+  assert skips.examples == {"empty_caption": ["captions.csv:5"]}
