@@ -27,6 +27,13 @@ FILE_KEYS = ("file", "file_name", "filename", "image")
 CAPTION_KEYS = ("caption", "captions", "text")
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
 MAX_EXAMPLES_PER_REASON = 5
+# Builds record the version of this reader (captioned_folder.warn_if_changed flags older ones).
+# What each version reads otherwise than the one before; so far captions.csv only.
+READER_VERSION = 2
+READER_CHANGES = {
+    2: "a cell holding a list of captions (['a cat', 'a dog']) is now those captions, and a "
+       "quote left open is skipped instead of taking the lines after it into its caption",
+}
 
 
 class Skips:

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from llmimg_jax import cli
-from llmimg_jax.data import images
+from llmimg_jax.data import caption_files, images
 from llmimg_jax.data.caption_files import (CAPTION_FILES, CAPTION_KEYS, FILE_KEYS,
                                            MAX_EXAMPLES_PER_REASON, FolderError, Skips,
                                            read_captions)
@@ -127,9 +127,9 @@ _WARNED: set[tuple] = set()  # (build, decoder, its fingerprint, the folder's): 
 
 def warn_if_changed(builder: "CaptionedFolder") -> bool:
   """Logs a warning (and returns True) if `builder`'s build was made by an older image decoder
-  (`images.DECODER_VERSION`: other pixels for some files) or the folder changed since. Each
-  warning is logged once per process (evaluate.py loads a source twice), until the folder changes
-  again."""
+  (`images.DECODER_VERSION`: other pixels for some files) or captions.csv reader
+  (`caption_files.READER_VERSION`: other captions), or the folder changed since. Each warning is
+  logged once per process (evaluate.py loads a source twice), until the folder changes again."""
   summary = dict((builder.info.metadata or {}).get("summary") or {})
   built, decoder = summary.get("fingerprint"), summary.get("decoder", 1)
   folder = builder.builder_config.folder
@@ -149,6 +149,18 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
         "decoder, delete that directory; a run started on the old build then cannot resume its "
         "data position, so give it a new --workdir.", builder.data_dir, decoder,
         images.DECODER_VERSION, _decoder_changes(decoder))
+  reader = summary.get("captions_reader", 1)
+  older_reader = (bool(summary) and reader < caption_files.READER_VERSION
+                  and os.path.isfile(os.path.join(folder, "captions.csv")))
+  if older_reader and first:
+    changes = [c for v, c in sorted(caption_files.READER_CHANGES.items()) if v > reader]
+    log.warning(
+        "captioned_folder: %s was built by an older captions.csv reader (version %d, now %d: "
+        "%s); training and evaluation read that build as it is. To rebuild it, delete that "
+        "directory; a run started on the old build then cannot resume its data position, so "
+        "give it a new --workdir.", builder.data_dir, reader, caption_files.READER_VERSION,
+        "; ".join(changes))
+  older = older or older_reader
   if current is None:
     if first:
       log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
@@ -263,6 +275,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
         "notes": dict(sorted(notes.counts.items())),
         "fixes": {k: v for k, v in _ADVICE.items() if k in skipped},
         "decoder": images.DECODER_VERSION, "fingerprint_version": FINGERPRINT_VERSION,
+        "captions_reader": caption_files.READER_VERSION,
     }
     self.info.metadata["summary"] = summary
     log_fn = log.warning if skipped else log.info

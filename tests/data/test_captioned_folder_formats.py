@@ -237,3 +237,32 @@ def test_an_older_build_of_an_unchanged_folder_with_apng_files_is_not_called_cha
   assert "(version 3, now" in caplog.text
   assert ".jpe, .apng and .mpo images are now read" in caplog.text
   assert "changed since" not in caplog.text
+
+
+def test_a_build_by_an_older_captions_csv_reader_is_kept_and_flagged(tmp_path, caplog):
+  """Builds record caption_files.READER_VERSION. One of a folder with a captions.csv made before
+  list cells were read as captions is read as built, with a warning naming the change; one with
+  only a captions.jsonl (which that reader reads as before) is not flagged."""
+  for caption_file in ("captions.csv", "captions.jsonl"):
+    folder = tmp_path / caption_file.replace(".", "_") / "imgs"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(folder / "a.png")
+    if caption_file == "captions.csv":
+      (folder / caption_file).write_text("file,caption\na.png,\"['a cat', 'a dog']\"\n")
+    else:
+      (folder / caption_file).write_text('{"file": "a.png", "caption": "a cat"}\n')
+    data, builder = _built(folder, folder.parent)
+    assert captioned_folder.summary_of(builder)["captions_reader"] == 2
+    meta_path = os.path.join(builder.data_dir, "metadata.json")
+    with open(meta_path) as f:
+      meta = json.load(f)
+    del meta["summary"]["captions_reader"]  # as a build before this version wrote it
+    with open(meta_path, "w") as f:
+      json.dump(meta, f)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
+      flagged = captioned_folder.warn_if_changed(pipeline.folder_builder(data))
+    assert flagged == (caption_file == "captions.csv")
+    assert ("older captions.csv reader (version 1, now 2: a cell holding a list of captions"
+            in caplog.text) == flagged, caplog.text
+    assert "changed since" not in caplog.text
