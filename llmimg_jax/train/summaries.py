@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from absl import logging as absl_logging
 import jax
 import ml_collections
 import numpy as np
@@ -89,25 +90,49 @@ def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
   return means
 
 
+class _Bar(tqdm):
+  """tqdm naming the stream it draws on, for the log records written around it."""
+
+  def __init__(self, *args: Any, file: Any, **kwargs: Any):
+    self.stream = file
+    super().__init__(*args, file=file, **kwargs)
+
+
 def progress_bar(start: int, steps: int) -> tqdm:
   """Host 0's bar of the training steps, from `start` (a resumed run) to `steps`, on stderr."""
   redraw = {} if sys.stderr.isatty() else {"mininterval": _LOG_FILE_REDRAW_S,
                                            "maxinterval": _LOG_FILE_REDRAW_S}
-  return tqdm(initial=start, total=steps, desc="train", disable=jax.process_index() != 0,
-              dynamic_ncols=True, **redraw)
+  return _Bar(initial=start, total=steps, desc="train", disable=jax.process_index() != 0,
+              dynamic_ncols=True, file=sys.stderr, **redraw)
+
+
+def _writes_to(handler: logging.Handler, record: logging.LogRecord, stream: Any) -> bool:
+  """Whether `handler` writes `record` on `stream`: a StreamHandler on its own; absl's handler on
+  its Python handler's (a file after use_absl_log_file), and on sys.stderr where absl's flags
+  send the record there too (as absl's PythonHandler.emit decides)."""
+  handler = getattr(handler, "python_handler", handler)  # absl's ABSLHandler
+  if isinstance(handler, absl_logging.PythonHandler):
+    flags = absl_logging.FLAGS
+    if not flags.is_parsed() or flags["logtostderr"].value:  # stderr alone
+      return stream is sys.stderr
+    threshold = absl_logging.converter.string_to_standard(flags["stderrthreshold"].value)
+    if stream is sys.stderr and (flags["alsologtostderr"].value or record.levelno >= threshold):
+      return True
+  return isinstance(handler, logging.StreamHandler) and handler.stream is stream
 
 
 class _AboveTheBar(logging.Handler):
   """`handler` writing each record on a line of its own while `bar` is drawn: on a terminal the
   bar is cleared first, in a file (where the bar's draws share one line) that line is ended; the
-  bar is redrawn after."""
+  bar is redrawn after. A record the handler writes elsewhere (a log file) leaves the bar alone."""
 
-  def __init__(self, handler: logging.Handler, bar: tqdm):
+  def __init__(self, handler: logging.Handler, bar: _Bar):
     super().__init__(handler.level)
     self.handler, self.bar = handler, bar
 
   def handle(self, record: logging.LogRecord) -> bool:
-    if self.bar.disable or not self.handler.filter(record):  # closed, or a record it drops
+    if (self.bar.disable or not self.handler.filter(record)  # closed, or a record it drops
+        or not _writes_to(self.handler, record, self.bar.stream)):
       return self.handler.handle(record)
     with self.bar.get_lock():
       if self.bar.fp.isatty():
@@ -122,8 +147,9 @@ class _AboveTheBar(logging.Handler):
 
 @contextlib.contextmanager
 def logs_above(bar: tqdm) -> Iterator[None]:
-  """In the block, each record the root logger's handlers write starts a line of its own instead
-  of continuing `bar`'s (tqdm's logging_redirect_tqdm knows plain StreamHandlers, not absl's)."""
+  """In the block, each record the root logger's handlers write on the stream of `bar` (one of
+  progress_bar's) starts a line of its own instead of continuing the bar's (tqdm's
+  logging_redirect_tqdm knows plain StreamHandlers, not absl's)."""
   root = logging.getLogger()
   if not bar.disable:  # host 0's
     root.handlers[:] = [_AboveTheBar(h, bar) for h in root.handlers]

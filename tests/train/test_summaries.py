@@ -155,3 +155,61 @@ def test_a_log_record_written_during_the_bar_starts_a_line_of_its_own(terminal, 
   bars = [line for line in lines if "train:" in line]
   assert bars and all(line.lstrip("\r").startswith("train:") for line in bars), lines
   assert "4/10" in bars[-1], lines  # redrawn after the record, closed at step 4
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_record_a_handler_writes_elsewhere_leaves_the_bar_s_stream_alone(terminal, tmp_path,
+                                                                           monkeypatch):
+  """A FileHandler beside the bar on stderr (logging.basicConfig(filename=...) around train()):
+  each of its records ended the bar's line in a log file, or cleared and redrew it on a
+  terminal."""
+  stderr = _Stderr(terminal)
+  monkeypatch.setattr(sys, "stderr", stderr)
+  handler = logging.FileHandler(tmp_path / "run.log")
+  monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+  bar = progress_bar(0, 10)
+  with logs_above(bar):
+    bar.update(3)
+    drawn = stderr.getvalue()
+    logging.getLogger("llmimg_jax.train.loop").warning("Step 3: 1 update(s) skipped.")
+    after = stderr.getvalue()
+    bar.close()
+  handler.close()
+  assert after == drawn
+  assert (tmp_path / "run.log").read_text() == "Step 3: 1 update(s) skipped.\n"
+
+
+# absl's handler after use_absl_log_file (a program that logs to --log_dir): records go to the
+# file, and with --alsologtostderr to stderr too, where the bar is drawn.
+_ABSL_LOG_FILE = """
+import logging, sys
+from absl import flags, logging as absl_logging
+from llmimg_jax.train.summaries import logs_above, progress_bar
+flags.FLAGS(["train.py", *sys.argv[2:]])
+handler = absl_logging.get_absl_handler()
+handler.use_absl_log_file("train", sys.argv[1])
+logging.getLogger().handlers[:] = [handler]
+bar = progress_bar(0, 10)
+with logs_above(bar):
+  bar.update(3)
+  logging.getLogger("llmimg_jax.train.loop").warning("Step 3: 1 update(s) skipped.")
+  bar.update(1)
+  bar.close()
+"""
+
+
+@pytest.mark.parametrize("also_to_stderr", [False, True])
+def test_absl_s_records_in_a_log_file_end_the_bar_s_line_only_where_they_reach_it(
+    also_to_stderr, tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-c", _ABSL_LOG_FILE, str(tmp_path),
+       *["--alsologtostderr"] * also_to_stderr],
+      env=env(), cwd=ROOT, capture_output=True, timeout=300)  # bytes: each \r kept
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "] Step 3: 1 update(s) skipped." in (tmp_path / "train.INFO").read_text()
+  lines = out.stderr.decode().split("\n")
+  assert lines[-1] == "" and all(lines[:-1]), lines  # no empty line: one line end per line
+  bars = [line for line in lines if "train:" in line]
+  assert all(line.startswith("\rtrain:") for line in bars) and "4/10" in bars[-1], lines
+  records = [line for line in lines if "Step 3" in line]
+  assert len(records) == also_to_stderr and len(lines) == 2 + 2 * also_to_stderr, lines
