@@ -91,11 +91,16 @@ def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
 
 
 class _Bar(tqdm):
-  """tqdm naming the stream it draws on, for the log records written around it."""
+  """tqdm naming the stream it draws on, and whether its last draw there left a line open, for
+  the log records written around it."""
 
   def __init__(self, *args: Any, file: Any, **kwargs: Any):
-    self.stream = file
+    self.stream, self.line_open = file, False
     super().__init__(*args, file=file, **kwargs)
+
+  def display(self, *args: Any, **kwargs: Any) -> Any:  # every draw
+    self.line_open = True
+    return super().display(*args, **kwargs)
 
 
 def progress_bar(start: int, steps: int) -> tqdm:
@@ -123,8 +128,10 @@ def _writes_to(handler: logging.Handler, record: logging.LogRecord, stream: Any)
 
 class _AboveTheBar(logging.Handler):
   """`handler` writing each record on a line of its own while `bar` is drawn: on a terminal the
-  bar is cleared first, in a file (where the bar's draws share one line) that line is ended; the
-  bar is redrawn after. A record the handler writes elsewhere (a log file) leaves the bar alone."""
+  bar is cleared first and redrawn after; in a file (where the bar's draws share one line) that
+  line is ended, and the bar is drawn again at its next redraw (a log step's, or within a
+  minute): once after a burst of records, not a copy between each. A record the handler writes
+  elsewhere (a log file) leaves the bar alone."""
 
   def __init__(self, handler: logging.Handler, bar: _Bar):
     super().__init__(handler.level)
@@ -135,10 +142,12 @@ class _AboveTheBar(logging.Handler):
         or not _writes_to(self.handler, record, self.bar.stream)):
       return self.handler.handle(record)
     with self.bar.get_lock():
-      if self.bar.fp.isatty():
-        self.bar.clear(nolock=True)
-      else:
-        self.bar.fp.write("\n")
+      if not self.bar.fp.isatty():
+        if self.bar.line_open:
+          self.bar.fp.write("\n")
+          self.bar.line_open = False
+        return self.handler.handle(record)
+      self.bar.clear(nolock=True)
       try:
         return self.handler.handle(record)
       finally:

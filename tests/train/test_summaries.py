@@ -154,7 +154,7 @@ def test_a_log_record_written_during_the_bar_starts_a_line_of_its_own(terminal, 
                         line), lines
   bars = [line for line in lines if "train:" in line]
   assert bars and all(line.lstrip("\r").startswith("train:") for line in bars), lines
-  assert "4/10" in bars[-1], lines  # redrawn after the record, closed at step 4
+  assert "4/10" in bars[-1], lines  # drawn again after the record, closed at step 4
 
 
 @pytest.mark.parametrize("terminal", [True, False])
@@ -213,3 +213,28 @@ def test_absl_s_records_in_a_log_file_end_the_bar_s_line_only_where_they_reach_i
   assert all(line.startswith("\rtrain:") for line in bars) and "4/10" in bars[-1], lines
   records = [line for line in lines if "Step 3" in line]
   assert len(records) == also_to_stderr and len(lines) == 2 + 2 * also_to_stderr, lines
+
+
+def test_a_burst_of_records_in_a_log_file_leaves_no_bar_between_them(monkeypatch):
+  """tqdm.write's way (as 3ccf3e8's): the bar redrawn after each record left a copy of it between
+  each two records of a burst (an evaluation's lines, a checkpoint's messages) in a log file."""
+  stderr = _Stderr(terminal=False)
+  monkeypatch.setattr(sys, "stderr", stderr)
+  monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(stderr)])
+  say = logging.getLogger("llmimg_jax.train.loop").warning
+  bar = progress_bar(0, 10)
+  with logs_above(bar):
+    bar.update(3)
+    for i in range(3):
+      say("Record %d.", i)
+    bar.update(1)  # no draw within a minute of the last
+    say("Record 3.")
+    bar.set_postfix(d="1.0")  # a log step's draw
+    say("Record 4.")
+    bar.close()
+  lines = stderr.getvalue().split("\n")
+  assert lines[-1] == "" and all(lines[:-1]), lines  # every line end ends a line
+  assert [line.startswith("\rtrain:") for line in lines[:-1]] == [
+      True, False, False, False, False, True, False, True], lines
+  assert lines[1:5] == ["Record 0.", "Record 1.", "Record 2.", "Record 3."], lines
+  assert "4/10" in lines[5] and "d=1.0" in lines[5] and "4/10" in lines[7], lines
