@@ -4,12 +4,15 @@ import logging
 import re
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tqdm.std
 
-from llmimg_jax.train.summaries import logs_above, progress_bar, window_means
+from llmimg_jax.train.summaries import (log_end, log_start, logs_above, progress_bar,
+                                        window_means)
 from tests.train.cli_utils import ROOT, env
 from tests.train.utils import _scalars
 
@@ -238,3 +241,30 @@ def test_a_burst_of_records_in_a_log_file_leaves_no_bar_between_them(monkeypatch
       True, False, False, False, False, True, False, True], lines
   assert lines[1:5] == ["Record 0.", "Record 1.", "Record 2.", "Record 3."], lines
   assert "4/10" in lines[5] and "d=1.0" in lines[5] and "4/10" in lines[7], lines
+
+
+def test_the_start_and_end_lines_name_the_run_s_paths_in_full(tmp_path, monkeypatch, caplog):
+  """A relative --workdir (../runs/quick): the end line named the checkpoint in full (Orbax's
+  path, '..' kept) but the sample grid, like the start line the workdir, relative to the
+  directory the run was started in, which a log read later or elsewhere does not name."""
+  import jax
+  from llmimg_jax.train.config import base_config
+  from llmimg_jax.train.mesh import make_mesh
+  (tmp_path / "code").mkdir()
+  monkeypatch.chdir(tmp_path / "code")
+  workdir = Path("../runs/quick")  # as local_workdir returns --workdir=../runs/quick
+  (workdir / "samples").mkdir(parents=True)
+  for step in (2, 4):
+    (workdir / "samples" / f"step_000000{step}.png").touch()
+  # make_manager's directory.
+  manager = SimpleNamespace(directory=workdir.absolute() / "checkpoints", latest_step=lambda: 4)
+  config = base_config()
+  config.train.steps = 4
+  with caplog.at_level(logging.INFO, "llmimg_jax"):
+    log_start(config, workdir, make_mesh(jax.devices()[:1]), 0)
+    log_end(workdir, manager, 4, 4, "done")
+  start, end = caplog.messages
+  assert f" in {tmp_path}/runs/quick: global batch " in start, start
+  assert end == (f"Training ended at step 4 of 4 (done); latest checkpoint: "
+                 f"{tmp_path}/runs/quick/checkpoints/4; latest sample grid: "
+                 f"{tmp_path}/runs/quick/samples/step_0000004.png."), end
