@@ -101,6 +101,7 @@ def main(argv: list[str]) -> None:
   from llmimg_jax.train.preemption import sync_manager_active
   from llmimg_jax.train.resume_agree import ResumeDisagreesError
   from llmimg_jax.train.same_config import ConfigDiffersError
+  from llmimg_jax.train.summaries import describe_devices
   from llmimg_jax.train.workdir import CheckpointSaveError, WorkdirNotWritableError
   config = _CONFIG.value
   num_devices = jax.device_count()  # every host: the others wait for this host's devices
@@ -117,9 +118,9 @@ def main(argv: list[str]) -> None:
   if failed:  # every host stops, not only those with the error (the others would wait minutes)
     cli.fail("train.py", problem or f"host(s) {failed} stopped with a config error, which their "
              "logs name; nothing was trained.", 2)
-  logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s): %s",
+  logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s) (%s).",
                                        jax.__version__, jax.process_count(), jax.device_count(),
-                                       jax.devices())
+                                       describe_devices(jax.devices()))
   # With JAX's distributed service (even of one process, e.g. --distributed on a one-host TPU VM)
   # SIGTERM belongs to its preemption notifier: the loop saves at the step it agrees on.
   if not sync_manager_active():

@@ -3,11 +3,12 @@ importing PyTorch, the progress bar with the log records written above it, and t
 and last lines of a run."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,14 @@ def _in_full(path: Path) -> Path:
   job's log, another shell), where one relative to the directory the run started in does not
   resolve. Symlinks are kept, as the user named them (a mounted bucket)."""
   return Path(os.path.abspath(path))
+
+
+def describe_devices(devices: Sequence[jax.Device]) -> str:
+  """How many of `devices` are of each kind (and platform, where the kind does not name it):
+  '256 TPU v5 lite', '8 NVIDIA H100 80GB HBM3 (gpu)', '8 cpu'; not a repr of each device."""
+  kinds = collections.Counter((d.device_kind, d.platform) for d in devices)
+  return ", ".join(f"{n} {kind}" + ("" if platform in kind.lower() else f" ({platform})")
+                   for (kind, platform), n in kinds.items())
 
 
 def log_start(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tqdm.std
 
-from llmimg_jax.train.summaries import (log_end, log_start, logs_above, progress_bar,
-                                        window_means)
+from llmimg_jax.train.summaries import (describe_devices, log_end, log_start, logs_above,
+                                        progress_bar, window_means)
 from tests.train.cli_utils import ROOT, env
 from tests.train.utils import _scalars
 
@@ -268,3 +268,14 @@ def test_the_start_and_end_lines_name_the_run_s_paths_in_full(tmp_path, monkeypa
   assert end == (f"Training ended at step 4 of 4 (done); latest checkpoint: "
                  f"{tmp_path}/runs/quick/checkpoints/4; latest sample grid: "
                  f"{tmp_path}/runs/quick/samples/step_0000004.png."), end
+
+
+def test_the_devices_are_counted_by_kind_not_listed():
+  """train.py's first line listed jax.devices(): 256 device reprs on a TPU v5e-256 slice."""
+  tpu = [SimpleNamespace(platform="tpu", device_kind="TPU v5 lite")] * 256
+  gpu = [SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")] * 8
+  a100 = [SimpleNamespace(platform="gpu", device_kind="NVIDIA A100-SXM4-40GB")] * 2
+  assert describe_devices(tpu) == "256 TPU v5 lite"
+  assert describe_devices(gpu[:4] + a100 + gpu[4:]) == (
+      "8 NVIDIA H100 80GB HBM3 (gpu), 2 NVIDIA A100-SXM4-40GB (gpu)")
+  assert describe_devices([SimpleNamespace(platform="cpu", device_kind="cpu")] * 8) == "8 cpu"
