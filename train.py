@@ -118,9 +118,13 @@ def main(argv: list[str]) -> None:
   if failed:  # every host stops, not only those with the error (the others would wait minutes)
     cli.fail("train.py", problem or f"host(s) {failed} stopped with a config error, which their "
              "logs name; nothing was trained.", 2)
-  logging.getLogger("llmimg_jax").info("JAX %s: %d process(es), %d device(s) (%s).",
-                                       jax.__version__, jax.process_count(), jax.device_count(),
-                                       describe_devices(jax.devices()))
+  overrides = ", ".join(f"{key}={value}" for key, value in  # --config.a.b=value flags
+                        config_flags.get_override_values(flags.FLAGS["config"]).items())
+  logging.getLogger("llmimg_jax").info(
+      "JAX %s: %d process(es), %d device(s) (%s); config %s%s.", jax.__version__,
+      jax.process_count(), jax.device_count(), describe_devices(jax.devices()),
+      config_flags.get_config_filename(flags.FLAGS["config"]),
+      f" with {overrides}" if overrides else "")
   # With JAX's distributed service (even of one process, e.g. --distributed on a one-host TPU VM)
   # SIGTERM belongs to its preemption notifier: the loop saves at the step it agrees on.
   if not sync_manager_active():

@@ -340,11 +340,13 @@ def test_checkpoints_that_do_not_fit_the_config_exit_with_the_status_the_docstri
   assert "train.py: error: The checkpoints in X do not fit ..." in proc.output
 
 
-def test_the_first_line_counts_the_devices_by_kind(tmp_path):
-  """train.py's first line listed every device: 256 reprs on a TPU v5e-256 slice."""
+def test_the_first_line_counts_the_devices_by_kind_and_names_the_config(tmp_path):
+  """train.py's first line listed every device (256 reprs on a TPU v5e-256 slice) and named no
+  --config file (train(), which logs the start line, never sees its path)."""
   data = tmp_path / "data"  # not read: the stand-in train() trains nothing
   proc = Proc([sys.executable, "-c", _RECORDING_TRAIN,
-               *train_args(data, tmp_path / "run", *flags({"train.steps": 7}))[1:]])
+               *train_args(data, tmp_path / "run", *flags({"train.steps": 7, "seed": 3}))[1:]])
   assert proc.finish(timeout=120) == 0, proc.output[-3000:]
   [line] = [line for line in proc.output.splitlines() if "] JAX " in line]
-  assert line.endswith(f"] JAX {jax.__version__}: 1 process(es), 8 device(s) (8 cpu)."), line
+  assert line.endswith(f"] JAX {jax.__version__}: 1 process(es), 8 device(s) (8 cpu); config "
+                       f"{cli_utils.CONFIG_FILE}:{data} with train.steps=7, seed=3."), line
