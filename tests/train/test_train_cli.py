@@ -2,7 +2,9 @@
 errors stop in seconds with one paragraph."""
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
+import os
 import random
 import re
 import signal
@@ -202,13 +204,20 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"Could not build captioned_shapes/tiny_32 in data\.data_dir='.*a_file/tfds' "
           r"\(NotADirectoryError: .*set data\.data_dir"),
   }
-  # "Before compiling" is JAX_LOG_COMPILES logging nothing, not a wall-clock bound: 27 processes
-  # at once on 2 cores took 13 s on an idle VM and 98 s on a slow day beside the other worker.
-  procs = {extra: Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
-                       JAX_LOG_COMPILES="1") for extra in cases}
+  # "Before compiling" is JAX_LOG_COMPILES logging nothing, not a wall-clock bound. Two
+  # processes per core at once, each within its own timeout: all 27 at once on 2 cores took 13 s
+  # on an idle VM and 98 s on a slow day beside the other worker, and the first one's 120 s
+  # covered them all (on one core beside 40 busy processes it timed out: seen).
+  def run(extra: tuple[str, ...]) -> Proc:
+    proc = Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
+                JAX_LOG_COMPILES="1")
+    proc.finish(timeout=120)
+    return proc
+  with concurrent.futures.ThreadPoolExecutor(2 * len(os.sched_getaffinity(0))) as pool:
+    procs = dict(zip(cases, pool.map(run, cases)))
   for extra, pattern in cases.items():
     proc = procs[extra]
-    assert proc.finish(timeout=120) == 2, proc.output[-2000:]
+    assert proc.popen.returncode == 2, proc.output[-2000:]
     assert re.search(f"train.py: error: .*{pattern}", proc.output), proc.output[-2000:]
     assert "Traceback" not in proc.output and "Compiling" not in proc.output, proc.output
   assert not (tmp_path / "run").exists()
