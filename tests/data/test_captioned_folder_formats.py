@@ -2,11 +2,13 @@
 AVIF read, HEIC skipped naming its plugin, and builds by an older decoder flagged."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,17 @@ def _built(folder, tmp_path):
   return data, pipeline.folder_builder(data)
 
 
+@contextlib.contextmanager
+def _rewritten_summary(builder) -> Iterator[dict]:
+  """`builder`'s build summary, written back to its metadata.json after the block's edits."""
+  meta_path = os.path.join(builder.data_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  yield meta["summary"]
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+
+
 def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
   """Builds record images.DECODER_VERSION. One made before ICC profiles were applied (no
   "decoder" in its summary) is still read as built (a run resumes on it), with a warning that
@@ -95,12 +108,8 @@ def test_a_build_by_an_older_decoder_is_kept_and_flagged(tmp_path, caplog):
   assert "older image decoder" not in caplog.text and "changed since" not in caplog.text
   # Nor TFDS's notice, on every command, that a folder's (always custom) config is used.
   assert "Using custom data configuration" not in caplog.text
-  meta_path = os.path.join(builder.data_dir, "metadata.json")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  del meta["summary"]["decoder"]  # as a build before this version wrote it
-  with open(meta_path, "w") as f:
-    json.dump(meta, f)
+  with _rewritten_summary(builder) as summary:
+    del summary["decoder"]  # as a build before this version wrote it
   with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
     assert len(pipeline.load_source(data)) == 1
   assert "built by an older image decoder" in caplog.text and "ICC" in caplog.text
@@ -146,21 +155,16 @@ def test_the_fingerprint_counts_avif_and_heic_files(tmp_path):
 def _as_built_by_decoder(builder, decoder: int, unread: Path) -> None:
   """Rewrites `builder`'s summary as an older decoder's build wrote it: fingerprint version 1
   (no key), taken without the file `unread`, which that decoder did not read."""
-  meta_path = os.path.join(builder.data_dir, "metadata.json")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  summary = meta["summary"]
-  del summary["fingerprint_version"]
-  if decoder == 1:
-    del summary["decoder"]  # decoder 1 wrote none
-  else:
-    summary["decoder"] = decoder
-  aside = unread.parent.parent / unread.name
-  unread.rename(aside)
-  summary["fingerprint"] = captioned_folder.fingerprint(str(unread.parent), version=1)
-  aside.rename(unread)
-  with open(meta_path, "w") as f:
-    json.dump(meta, f)
+  with _rewritten_summary(builder) as summary:
+    del summary["fingerprint_version"]
+    if decoder == 1:
+      del summary["decoder"]  # decoder 1 wrote none
+    else:
+      summary["decoder"] = decoder
+    aside = unread.parent.parent / unread.name
+    unread.rename(aside)
+    summary["fingerprint"] = captioned_folder.fingerprint(str(unread.parent), version=1)
+    aside.rename(unread)
 
 
 def test_an_older_build_of_an_unchanged_folder_with_heic_files_is_not_called_changed(
@@ -253,12 +257,8 @@ def test_a_build_by_an_older_captions_csv_reader_is_kept_and_flagged(tmp_path, c
       (folder / caption_file).write_text('{"file": "a.png", "caption": "a cat"}\n')
     data, builder = _built(folder, folder.parent)
     assert captioned_folder.summary_of(builder)["captions_reader"] == 2
-    meta_path = os.path.join(builder.data_dir, "metadata.json")
-    with open(meta_path) as f:
-      meta = json.load(f)
-    del meta["summary"]["captions_reader"]  # as a build before this version wrote it
-    with open(meta_path, "w") as f:
-      json.dump(meta, f)
+    with _rewritten_summary(builder) as summary:
+      del summary["captions_reader"]  # as a build before this version wrote it
     caplog.clear()
     with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
       flagged = captioned_folder.warn_if_changed(pipeline.folder_builder(data))
