@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -62,13 +63,13 @@ FINGERPRINT_VERSION = 2
 
 def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSIONS,
                 version: int = FINGERPRINT_VERSION,
-                captioned: Callable[[], Iterable[str]] | None = None) -> str:
+                captions: Callable[[], Mapping[str, list[str]]] | None = None) -> str:
   """A hash of what a build reads: the captions files' bytes and the name, size and mtime of each
   image file (one of `extensions`) it lists (`_listed`) or the captions name (symlinks followed,
   but not round a loop; unreadable entries hashed as such). `version` 1: of every image file, as
   builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them).
-  `captioned`: returns the files the captions give a caption (default `_captioned`); called
-  after the captions files are hashed, only if an image file is not `_listed`."""
+  `captions`: returns the folder's read_captions (default `_captions`); called after the
+  captions files are hashed, only if an image file is not `_listed`."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
     try:
@@ -79,7 +80,8 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
   rels = [os.path.relpath(path, folder) for path in _walk(folder)  # image files only: a TFDS
           if os.path.splitext(path)[1].lower() in extensions]  # data_dir inside does not count
   if version >= 2 and not all(map(_listed, rels)):  # the captions read only then
-    named = set(captioned() if captioned else _captioned(folder))
+    named = {rel for rel, caps in (captions or functools.partial(_captions, folder))().items()
+             if caps}
     rels = [rel for rel in rels if _listed(rel) or rel in named]
   for rel in rels:
     try:
@@ -91,13 +93,12 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
   return digest.hexdigest()
 
 
-def _captioned(folder: str) -> list[str]:
-  """The files that the captions of `folder` give a caption (relative); none if a build would
-  fail on its captions files."""
+def _captions(folder: str) -> dict[str, list[str]]:
+  """read_captions of `folder`; none if a build would fail on its captions files."""
   try:
-    return [rel for rel, caps in read_captions(folder, Skips()).items() if caps]
+    return read_captions(folder, Skips())
   except (OSError, ValueError, csv.Error):  # FolderError is a ValueError
-    return []
+    return {}
 
 
 def _walk(folder: str) -> Iterator[str]:
@@ -133,7 +134,6 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   summary = dict((builder.info.metadata or {}).get("summary") or {})
   built, decoder = summary.get("fingerprint"), summary.get("decoder", 1)
   folder = builder.builder_config.folder
-  older = bool(summary) and decoder < images.DECODER_VERSION
   # An older decoder read (and fingerprinted) fewer extensions, e.g. decoder 1 no .avif/.heic:
   # an unchanged folder holding such files is not "changed".
   current = (fingerprint(folder, images.extensions_of(decoder),
@@ -142,25 +142,19 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
   key = (str(builder.data_dir), decoder, built, current)
   first = key not in _WARNED
   _WARNED.add(key)
-  if older and first:
-    log.warning(
-        "captioned_folder: %s was built by an older image decoder (version %d, now %d: %s); "
-        "training and evaluation read that build as it is. To rebuild it with the current "
-        "decoder, delete that directory; a run started on the old build then cannot resume its "
-        "data position, so give it a new --workdir.", builder.data_dir, decoder,
-        images.DECODER_VERSION, _decoder_changes(decoder))
-  reader = summary.get("captions_reader", 1)
-  older_reader = (bool(summary) and reader < caption_files.READER_VERSION
-                  and os.path.isfile(os.path.join(folder, "captions.csv")))
-  if older_reader and first:
-    changes = [c for v, c in sorted(caption_files.READER_CHANGES.items()) if v > reader]
-    log.warning(
-        "captioned_folder: %s was built by an older captions.csv reader (version %d, now %d: "
-        "%s); training and evaluation read that build as it is. To rebuild it, delete that "
-        "directory; a run started on the old build then cannot resume its data position, so "
-        "give it a new --workdir.", builder.data_dir, reader, caption_files.READER_VERSION,
-        "; ".join(changes))
-  older = older or older_reader
+  readers = [("image decoder", decoder, images.DECODER_VERSION, _decoder_changes(decoder))]
+  if os.path.isfile(os.path.join(folder, "captions.csv")):  # what the reader's versions changed
+    reader = summary.get("captions_reader", 1)
+    readers.append(("captions.csv reader", reader, caption_files.READER_VERSION,
+                    _changes_after(caption_files.READER_CHANGES, reader)))
+  older = False
+  for what, version, now, changes in readers:
+    if summary and version < now:
+      older = True
+      if first:
+        log.warning("captioned_folder: %s was built by an older %s (version %d, now %d: %s); "
+                    "training and evaluation read that build as it is. To rebuild it, %s",
+                    builder.data_dir, what, version, now, changes, _DELETE_THE_BUILD)
   if current is None:
     if first:
       log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
@@ -171,8 +165,7 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
     log.warning(
         "captioned_folder: %s changed since it was built into %s (captions or images added, "
         "removed or modified); training and evaluation read that build. To use the new "
-        "contents, delete that directory; a run started on the old build then cannot resume its "
-        "data position, so give it a new --workdir.", folder, builder.data_dir)
+        "contents, %s", folder, builder.data_dir, _DELETE_THE_BUILD)
   return True
 
 
@@ -185,10 +178,20 @@ _DECODER_CHANGES = {
 }
 
 
+_DELETE_THE_BUILD = ("delete that directory; a run started on the old build then cannot resume "
+                     "its data position, so give it a new --workdir.")
+
+
+def _changes_after(changes: dict[int, str], version: int) -> str:
+  """What `changes` (version -> what it reads otherwise than the one before) name after
+  `version`."""
+  return "; ".join(c for v, c in sorted(changes.items()) if v > version)
+
+
 def _decoder_changes(decoder: int) -> str:
   """What the current decoder reads otherwise than `decoder` did."""
-  changes = [c for v, c in sorted(_DECODER_CHANGES.items()) if v > decoder]
-  return "; ".join(changes) + ", so a new build differs if the folder holds such images"
+  return (_changes_after(_DECODER_CHANGES, decoder) +
+          ", so a new build differs if the folder holds such images")
 
 
 class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
@@ -234,16 +237,12 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, folder: str):
     cfg = self.builder_config
     line_skips, image_skips, notes = Skips(), Skips(), Skips()
-    parsed: list[dict[str, list[str]]] = []  # the captions, parsed once for both uses
-
-    def captioned() -> list[str]:
-      parsed.append(read_captions(folder, line_skips, notes))
-      return [rel for rel, caps in parsed[0].items() if caps]
-
-    # Hashed before the images are read, and the captions (`captioned` runs after their bytes
-    # are hashed): a change during the build is one since it.
-    folder_fingerprint = fingerprint(folder, captioned=captioned)
-    captions = parsed[0] if parsed else read_captions(folder, line_skips, notes)
+    # Parsed once, for the fingerprint (if it needs them) and the build.
+    read = functools.cache(functools.partial(read_captions, folder, line_skips, notes))
+    # Hashed before the images are read, and the captions (`read` runs after their bytes are
+    # hashed): a change during the build is one since it.
+    folder_fingerprint = fingerprint(folder, captions=read)
+    captions = read()
     # Walked as the fingerprint is (linked folders too); a file captioned by another name of it
     # (a link to it, a linked folder inside this one) is not uncaptioned.
     captioned_files = {os.path.realpath(os.path.join(folder, rel)) for rel in captions}
