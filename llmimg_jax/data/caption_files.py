@@ -102,17 +102,20 @@ def check_caption_files(folder: str) -> None:
   """What can be refused without reading the images: raises FolderError (seconds, not a build)."""
   paths = [os.path.join(folder, f) for f in CAPTION_FILES]
   if not any(os.path.isfile(p) for p in paths):
+    entries = names_in(folder)
     # Named on a disk that ignores case (a Mac's: Captions.csv), read where case matters.
-    other = [f for f in names_in(folder) if f.casefold() in CAPTION_FILES]
+    other = [f for f in entries if f.casefold() in CAPTION_FILES]
     # A Hugging Face imagefolder's captions: its file_name and text keys are read here too.
-    hf = [f for f in names_in(folder) if f in ("metadata.jsonl", "metadata.csv")]
+    hf = [f for f in entries if f in ("metadata.jsonl", "metadata.csv")]
+    hint = "."
+    if other:
+      hint = f"; rename {other[0]} to {other[0].lower()} (case matters on this disk)."
+    elif hf:
+      hint = (f"; rename {hf[0]} (a Hugging Face imagefolder's) to "
+              f"{hf[0].replace('metadata', 'captions')}: its file_name and text fields are read.")
     raise FolderError(
         f"No captions file in {folder}: add captions.jsonl (one JSON object per line, e.g. "
-        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption)' +
-        (f"; rename {other[0]} to {other[0].lower()} (case matters on this disk)." if other
-         else f"; rename {hf[0]} (a Hugging Face imagefolder's) to "
-              f"{hf[0].replace('metadata', 'captions')}: its file_name and text fields are "
-              "read." if hf else "."))
+        '{"file": "a.jpg", "caption": "..."}) or captions.csv (columns file,caption)' + hint)
   for path in paths:
     _refuse_utf16(path)
   if os.path.isfile(paths[0]):
