@@ -8,6 +8,16 @@ from PIL import Image
 from llmimg_jax.data import caption_files, captioned_folder
 
 
+def _read(folder, images, csv_text: str, notes=None) -> tuple[dict, caption_files.Skips]:
+  """read_captions (and its skips) of `folder` holding 8px images named `images` and `csv_text`
+  as its captions.csv."""
+  for name in images:
+    Image.new("RGB", (8, 8)).save(folder / name)
+  (folder / "captions.csv").write_text(csv_text)
+  skips = caption_files.Skips()
+  return caption_files.read_captions(str(folder), skips, notes), skips
+
+
 @pytest.mark.parametrize("delimiter, name", [(";", "semicolons"), ("\t", "tabs"), ("|", "bars")])
 def test_a_header_split_by_another_delimiter_says_so(tmp_path, delimiter, name):
   """A European Excel's ';' (or a TSV) was refused as a header that lacks the file and caption
@@ -32,13 +42,12 @@ def test_a_quoted_cell_after_a_space_is_read_as_quoted(tmp_path):
   stored caption, split it at its commas (a caption column not last: the row skipped) and noted
   an unquoted comma; a header `"file", "caption"` was refused. Unquoted commas keep their
   spaces."""
-  for name in ("a.png", "b.png", "c.png", "d.png"):
-    Image.new("RGB", (8, 8)).save(tmp_path / name)
-  (tmp_path / "captions.csv").write_text(
+  notes = caption_files.Skips()
+  captions, skips = _read(
+      tmp_path, ("a.png", "b.png", "c.png", "d.png"),
       '"file", "caption"\nc.png, a car, parked,  by a house\na.png, "a red cat"\n'
-      'b.png, "a dog, sitting"\nd.png, "a ""quoted"" word"\n')
-  skips, notes = caption_files.Skips(), caption_files.Skips()
-  assert caption_files.read_captions(str(tmp_path), skips, notes) == {
+      'b.png, "a dog, sitting"\nd.png, "a ""quoted"" word"\n', notes)
+  assert captions == {
       "a.png": ["a red cat"], "b.png": ["a dog, sitting"], "c.png": ["a car, parked,  by a house"],
       "d.png": ['a "quoted" word']}
   assert not skips.counts and dict(notes.counts) == {"unquoted_csv_comma": 1}
@@ -68,13 +77,11 @@ def test_records_read_into_a_quote_left_open_are_a_skip_naming_its_lines(tmp_pat
   read the records in between into its caption: b.png was stored with the caption 'a 12 inch
   record\\nc.png,a dog\\nd.png,a bird"' and c.png and d.png were skipped as uncaptioned, nothing
   naming the quote. A quoted caption holding a line break is still one caption."""
-  for name in "abcdefg":
-    Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
-  (tmp_path / "captions.csv").write_text(
+  captions, skips = _read(
+      tmp_path, (f"{name}.png" for name in "abcdefg"),
       'file,caption\na.png,a cat\n\nb.png,"a 12 inch record\nc.png,a dog\nd.png,"a bird"\n'
       'e.png,"two lines\nof caption"\nf.png,"an eel\n')
-  skips = caption_files.Skips()
-  assert caption_files.read_captions(str(tmp_path), skips) == {
+  assert captions == {
       "a.png": ["a cat"], "e.png": ["two lines\nof caption"], "f.png": ["an eel"]}
   assert skips.examples == {"unclosed_csv_quote": ["captions.csv:4-6"]}
   _, summary = captioned_folder.build_folder(str(tmp_path), str(tmp_path / "tfds"), 8)
@@ -87,13 +94,11 @@ def test_a_cell_holding_a_list_of_captions_is_those_captions(tmp_path):
   """pandas writes a list column as Python's repr, so a DataFrame of files and their captions
   saved with to_csv stored the one caption "['a cat', 'a grey cat']" for a.png. A JSON list is
   read too; an empty one is a blank caption; other bracketed text is a caption."""
-  for name in "abcde":
-    Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
-  (tmp_path / "captions.csv").write_text(
+  captions, skips = _read(
+      tmp_path, (f"{name}.png" for name in "abcde"),
       'file,captions\na.png,"[\'a cat\', \'a grey cat\']"\nb.png,"[""a dog"", ""a dog\'s toy""]"\n'
       'c.png,[draft] a cow\nd.png,[]\ne.png,"[1, 2]"\n')
-  skips = caption_files.Skips()
-  assert caption_files.read_captions(str(tmp_path), skips) == {
+  assert captions == {
       "a.png": ["a cat", "a grey cat"], "b.png": ["a dog", "a dog's toy"],
       "c.png": ["[draft] a cow"], "d.png": [], "e.png": ["[1, 2]"]}
   assert skips.examples == {"empty_caption": ["captions.csv:5"]}
