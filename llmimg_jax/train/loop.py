@@ -123,9 +123,14 @@ def jit_train_step(models: Models, mesh: jax.sharding.Mesh):
                  compiler_options=compiler_options(mesh))
 
 
+@functools.lru_cache(maxsize=1)  # train()'s eval_shape and fresh state: one trace, not two
+def _jit_init_state(models: Models, mesh: jax.sharding.Mesh):
+  return jax.jit(functools.partial(init_state, models), out_shardings=NamedSharding(mesh, P()))
+
+
 def create_state(models: Models, mesh: jax.sharding.Mesh, seed: int, text_params=None, *,
                  abstract: bool = False) -> TrainState:  # abstract: its ShapeDtypeStructs only
-  init = jax.jit(functools.partial(init_state, models), out_shardings=NamedSharding(mesh, P()))
+  init = _jit_init_state(models, mesh)
   return (init.eval_shape if abstract else init)(jax.random.PRNGKey(seed), text_params)
 
 
