@@ -42,10 +42,20 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: d}
 
 
-def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-  """'key: saved -> now' for every value of two configs (as JSON dicts) that differs; keys their
-  dataset does not read are not compared (a run saved with data.config='32_small' for a folder
-  is the same run)."""
+def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """{key: (saved value, value now)} for every value of two configs (as JSON dicts) that differs,
+  '(none)' where one lacks the key; keys their dataset does not read are not compared (a run
+  saved with data.config='32_small' for a folder is the same run)."""
   old, new = _flat(saved_values(saved)), _flat(saved_values(now))
-  return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
-          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+  return {k: (old.get(k, "(none)"), new.get(k, "(none)"))
+          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+
+
+def describe_changes(diff: dict[str, tuple[Any, Any]]) -> list[str]:
+  """config_diff's changes as 'key: saved -> now'."""
+  return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items()]
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+  """'key: saved -> now' for every value that differs (config_diff)."""
+  return describe_changes(config_diff(saved, now))

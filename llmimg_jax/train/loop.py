@@ -22,7 +22,7 @@ from llmimg_jax.train import checkpoint
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import due, validate
-from llmimg_jax.train.config_values import config_changes, config_values
+from llmimg_jax.train.config_values import config_diff, config_values, describe_changes
 from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import (
     Models, TrainState, build_models, build_text, init_state, save_text_files)
@@ -172,13 +172,13 @@ def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
       log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
     else:
-      changes = config_changes(saved, config_values(config))
-      if [change.split(":")[0] for change in changes] == ["train.steps"]:
-        log.info("The run continues to step %d (%s since %s).", config.train.steps, changes[0],
-                 path)
-      elif changes:
+      diff = config_diff(saved, config_values(config))
+      if diff.keys() == {"train.steps"}:
+        log.info("The run continues to step %d (%s since %s).", config.train.steps,
+                 describe_changes(diff)[0], path)
+      elif diff:
         log.warning("%s differs from this run's config (%s); the new config is used and saved.",
-                    path, "; ".join(changes))
+                    path, "; ".join(describe_changes(diff)))
   cli.write_atomically(path, json.dumps(config_values(config), indent=2))
 
 

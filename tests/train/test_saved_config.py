@@ -106,3 +106,18 @@ def test_a_config_mismatch_does_not_blame_the_shapes_builder_config(tmp_path):
   with pytest.raises(checkpoint.ConfigMismatchError, match=r"model\.nf_g: 8 -> 16") as error:
     checkpoint.restore_latest(manager, abstract, config=config)
   assert "data.config" not in str(error.value)
+
+
+def test_only_a_change_of_the_key_train_steps_says_the_run_continues(tmp_path, caplog):
+  """A steps-only change was told by the text before the first ':' of each change: a key holding
+  one ('steps: note', written into config.json by hand) read as train.steps, and the change to it
+  was an info line, not the warning every other change gets."""
+  config = tiny_config(tmp_path)
+  saved = json.loads(config.to_json())
+  saved["train"]["steps: note"] = "to 30 next"
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with caplog.at_level(logging.INFO, logger=loop.__name__):
+    loop._write_config(tmp_path, config)
+  assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+      ("WARNING", f"{tmp_path / 'config.json'} differs from this run's config (train.steps: note: "
+                  "'to 30 next' -> '(none)'); the new config is used and saved.")]
