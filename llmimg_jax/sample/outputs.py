@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from llmimg_jax import cli
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample.checks import GRID_NAME, JSONL_NAME, check_out_dir, old_outputs
 from llmimg_jax.sample.sampler import SampleResult
@@ -34,7 +35,8 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
                   extra: dict | None = None, *, overwrite: bool = False) -> list[dict]:
   """One PNG per image, GRID_NAME (a row per prompt, its caption underneath) and JSONL_NAME.
   A directory with earlier samples is refused, or with `overwrite` has them replaced, only once
-  every new file is written (in a staging folder inside `out_dir`, then renamed into place).
+  every new file is written (in a staging folder inside `out_dir`, then renamed into place; a
+  link among them is written through to its target and kept).
 
   Returns the jsonl records: file, prompt, caption (the expanded caption, or null), prompt_index,
   sample_index, seed, step, truncation, plus `extra`.
@@ -60,10 +62,15 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
                 for p, c in zip(result.prompts, result.captions)]
     captioned_grid(result.images, captions).save(staging / GRID_NAME)
     (staging / JSONL_NAME).write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
+    names = [r["file"] for r in records] + [GRID_NAME, JSONL_NAME]  # the index last
     for path in old_outputs(out):
-      path.unlink()
-    for name in [r["file"] for r in records] + [GRID_NAME, JSONL_NAME]:  # the index last
-      os.replace(staging / name, out / name)
+      if not (path.is_symlink() and path.name in names):
+        path.unlink()
+    for name in names:  # a link is written through (its target replaced), as evaluate.py's --out
+      if (out / name).is_symlink():
+        cli.write_atomically(os.path.realpath(out / name), (staging / name).read_bytes())
+      else:
+        os.replace(staging / name, out / name)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return records

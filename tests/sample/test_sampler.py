@@ -190,6 +190,26 @@ def test_overwrite_replaces_only_the_files_sample_py_writes(tmp_path):
       "grid.png", "p0000_s000.png", "p0000_s001.png", "p10000_s1000.png", "samples.jsonl")]
 
 
+def test_overwrite_writes_through_a_link_among_the_outputs(tmp_path):
+  """--overwrite replaced a link named as an output (samples.jsonl kept elsewhere) by a file,
+  its target left with the earlier samples; it is written through and kept, as evaluate.py's
+  --out is. An earlier output the new call does not write goes: the link, not its target."""
+  out, kept = tmp_path / "out", tmp_path / "kept"
+  kept.mkdir()
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  result = SampleResult(images, ["a red circle"], ["a red circle"], False, 0, 2, None, 1, 0.1, 0.1)
+  write_samples(result, out)
+  for name in ("samples.jsonl", "p0000_s001.png"):
+    shutil.move(out / name, kept / name)
+    (out / name).symlink_to(kept / name)
+  write_samples(dataclasses.replace(result, images=images[:1], seed=1, num_per_prompt=1), out,
+                overwrite=True)
+  assert sorted(p.name for p in out.iterdir()) == ["grid.png", "p0000_s000.png", "samples.jsonl"]
+  assert (out / "samples.jsonl").is_symlink()
+  assert [json.loads(line)["seed"] for line in (kept / "samples.jsonl").open()] == [1]
+  assert sorted(p.name for p in kept.iterdir()) == ["p0000_s001.png", "samples.jsonl"]
+
+
 def test_unicode_emoji_and_long_prompts(sampler, caplog):
   prompts = ["生成一张美丽的海滩风景图片", "🐱🌊🌅 a cat by the sea", "a red circle " * 20]
   with caplog.at_level(logging.WARNING):
