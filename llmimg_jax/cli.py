@@ -47,6 +47,14 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
   return f"{name or flag} is blank (e.g. {flag}=${var} with {var} unset); {fix}."
 
 
+def in_full(path: str | os.PathLike) -> Path:
+  """`path` absolute and without '..', as the log names it: a log is read later and elsewhere (a
+  batch job's, another shell), where a path relative to the launch directory does not resolve.
+  Symlinks are kept as named (a mounted bucket); a '..' after one (its target's parent) is kept."""
+  full, clean = Path(path).absolute(), Path(os.path.abspath(path))
+  return clean if os.path.realpath(clean) == os.path.realpath(full) else full
+
+
 def expand_home(path: str | os.PathLike, flag: str) -> Path:
   """`path` with a leading ~ or ~user expanded; a ValueError naming `flag` where that home is
   unknown (not pathlib's RuntimeError and its traceback)."""

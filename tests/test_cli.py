@@ -141,6 +141,19 @@ def test_expand_home_names_the_flag_where_a_home_is_unknown(monkeypatch):
     cli.expand_home("~/r.json", "--out")
 
 
+def test_in_full_drops_dot_dot_where_it_names_the_same_folder(monkeypatch, tmp_path):
+  """cli.in_full, as the log names paths: absolute, '..' gone and links kept; a '..' after a link
+  (its target's parent, not the link's folder) is kept, naming the folder the run writes."""
+  (tmp_path / "code").mkdir()
+  (tmp_path / "disk" / "runs").mkdir(parents=True)
+  (tmp_path / "code" / "runs").symlink_to(tmp_path / "disk" / "runs")
+  monkeypatch.chdir(tmp_path / "code")
+  assert cli.in_full("../new/run") == tmp_path / "new" / "run"  # need not exist yet
+  assert cli.in_full("runs/x") == tmp_path / "code" / "runs" / "x"
+  assert cli.in_full("runs/../runs/x") == tmp_path / "code" / "runs" / "x"
+  assert cli.in_full("runs/../x") == tmp_path / "code" / "runs" / ".." / "x"
+
+
 def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeypatch, capsys,
                                                                           tmp_path):
   # It was ml_collections' message: "Configuration is not available because of an earlier

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -170,13 +169,6 @@ def logs_above(bar: tqdm) -> Iterator[None]:
     root.handlers[:] = [h.handler if isinstance(h, _AboveTheBar) else h for h in root.handlers]
 
 
-def _in_full(path: Path) -> Path:
-  """`path` absolute and without '..': the log's paths are read later and elsewhere (a batch
-  job's log, another shell), where one relative to the directory the run started in does not
-  resolve. Symlinks are kept, as the user named them (a mounted bucket)."""
-  return Path(os.path.abspath(path))
-
-
 def describe_devices(devices: Sequence[jax.Device]) -> str:
   """How many of `devices` are of each kind (and platform, where the kind does not name it):
   '256 TPU v5 lite', '8 NVIDIA H100 80GB HBM3 (gpu)', '8 cpu'; not a repr of each device."""
@@ -187,21 +179,21 @@ def describe_devices(devices: Sequence[jax.Device]) -> str:
 
 def log_start(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh,
               start: int) -> None:
-  """Host 0's line of what the run trains, on which devices, from which step to which."""
+  """Host 0's line of what the run trains, on which devices, from which step to which; `workdir`
+  in full (local_workdir's), as every path in the log."""
   d, t = config.data, config.train
   data = {"captioned_shapes": f"{d.name}/{d.config}", "captioned_folder": f"{d.name} {d.folder}"}
   log.info("Training %s at %dpx from step %d to %d in %s: global batch %d over %d %s device(s) "
            "on %d host(s).", data.get(d.name, d.name), config.model.resolution, start, t.steps,
-           _in_full(workdir), t.batch_size, mesh.size, mesh.devices.flat[0].device_kind,
-           jax.process_count())
+           workdir, t.batch_size, mesh.size, mesh.devices.flat[0].device_kind, jax.process_count())
 
 
 def log_end(workdir: Path, manager: Any, done: int, steps: int, why: str) -> None:
   """Host 0's last line: the step the run ended at and why, its latest checkpoint (`manager`'s,
-  closed) and sample grid, named in full as the start line's workdir."""
+  closed) and sample grid, in full as the workdir (local_workdir's) they are in."""
   latest = manager.latest_step()
   grid = max((p for p in (workdir / "samples").glob("step_*.png") if p.name <= grid_name(done)),
              default=None)
-  checkpoint = "none" if latest is None else _in_full(manager.directory / str(latest))
+  checkpoint = "none" if latest is None else manager.directory / str(latest)
   log.info("Training ended at step %d of %d (%s); latest checkpoint: %s; latest sample grid: %s.",
-           done, steps, why, checkpoint, "none" if grid is None else _in_full(grid))
+           done, steps, why, checkpoint, "none" if grid is None else grid)

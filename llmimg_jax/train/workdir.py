@@ -123,8 +123,9 @@ def check_workdir_writable(workdir: Path) -> None:
 
 
 def local_workdir(workdir: str | Path) -> Path:
-  """The workdir as a local path (~ expanded). A URL is refused: pathlib would turn 'gs://b/run'
-  into the relative local folder 'gs:/b/run', and the run would write there without a word."""
+  """The workdir as a local path, ~ expanded and in full (cli.in_full): every path the log names
+  is in it. A URL is refused: pathlib would turn 'gs://b/run' into the relative local folder
+  'gs:/b/run', and the run would write there without a word."""
   text = str(workdir)
   if not text.strip():  # Path("") is the current directory: the run would write there
     raise ValueError(cli.blank_flag("--workdir", "RUN",
@@ -138,4 +139,4 @@ def local_workdir(workdir: str | Path) -> Path:
   if path.exists() and not path.is_dir():
     raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
                      "run's) for checkpoints, samples and logs.")
-  return path
+  return cli.in_full(path)

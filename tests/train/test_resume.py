@@ -328,6 +328,23 @@ def test_a_run_already_at_its_steps_leaves_the_workdir_and_sets_up_nothing(saved
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
 
 
+def test_the_resume_lines_name_a_relative_workdir_in_full(saved, tmp_path, monkeypatch, caplog):
+  """--workdir=..: 'Resumed from' named Orbax's directory with '..' kept, and 'The run in'
+  the workdir as typed, unlike the start and end lines (in full)."""
+  from llmimg_jax.train import loop
+  (tmp_path / "samples").mkdir()  # the last step's grid was made
+  (tmp_path / "samples" / "step_0000004.png").write_bytes(b"png")
+  (tmp_path / "code").mkdir()
+  monkeypatch.chdir(tmp_path / "code")
+  with caplog.at_level(logging.INFO, loop.__name__):
+    loop.train(saved[0], "..")
+  assert caplog.messages[:2] == [
+      f"Resumed from {tmp_path / 'checkpoints'} at step 4.",
+      f"The run in {tmp_path} is at step 4, at or past config.train.steps=4: nothing to train; "
+      "its config.json and checkpoints are left as they are. Raise --config.train.steps to train "
+      "further."]
+
+
 def _stand_in_evaluator(monkeypatch, record) -> list:
   """in_training.TrainingEvaluator replaced by the loop's side of it: each evaluation appends
   record(state, step) to the list returned and writes best.json (best step 2, that step

@@ -4,7 +4,6 @@ import logging
 import re
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -250,14 +249,15 @@ def test_the_start_and_end_lines_name_the_run_s_paths_in_full(tmp_path, monkeypa
   import jax
   from llmimg_jax.train.config import base_config
   from llmimg_jax.train.mesh import make_mesh
+  from llmimg_jax.train.workdir import local_workdir
   (tmp_path / "code").mkdir()
   monkeypatch.chdir(tmp_path / "code")
-  workdir = Path("../runs/quick")  # as local_workdir returns --workdir=../runs/quick
+  workdir = local_workdir("../runs/quick")  # as train() takes --workdir=../runs/quick
   (workdir / "samples").mkdir(parents=True)
   for step in (2, 4):
     (workdir / "samples" / f"step_000000{step}.png").touch()
   # make_manager's directory.
-  manager = SimpleNamespace(directory=workdir.absolute() / "checkpoints", latest_step=lambda: 4)
+  manager = SimpleNamespace(directory=workdir / "checkpoints", latest_step=lambda: 4)
   config = base_config()
   config.train.steps = 4
   with caplog.at_level(logging.INFO, "llmimg_jax"):
