@@ -45,10 +45,22 @@ def _devices_env(n: int) -> dict[str, str]:
 
 
 def _free_port() -> int:
-  """A local port for a jax.distributed coordinator."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+  """A local port for a jax.distributed coordinator, kept from other processes until it binds it.
+
+  A port merely bound and closed could be handed to another bind(("", 0)) (another test's gloo
+  listener or coordinator) before the coordinator's process starts, seconds later: it would exit
+  with 'Failed to start RPC server'. This one is left in TIME_WAIT (its side of a connection
+  closes first) for 60 s, in which the kernel hands it to no other bind to port 0; the
+  coordinator's gRPC server binds it regardless (SO_REUSEADDR, set here too).
+  """
+  with socket.socket() as server, socket.socket() as client:
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client.connect(server.getsockname())
+    accepted, _ = server.accept()
+    accepted.close()  # before the client's end: this port's end of the connection waits
+    return server.getsockname()[1]
 
 
 def flags(changes: dict[str, object]) -> tuple[str, ...]:
