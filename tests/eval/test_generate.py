@@ -153,16 +153,25 @@ def test_the_host_holds_the_images_once_not_every_batch_and_their_concatenation(
   monkeypatch.setattr(jax, "device_get", lambda x: jax.tree.map(np.array, device_get(x)))
   generate_for_captions(models, state.ema_params, state.text_params, tokenizer, captions[:64],
                         mesh=mesh)  # compiled: the same batch of 64 rows
-  tracemalloc.start()
-  try:
-    images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
-                                   captions, mesh=mesh)
-    peak = tracemalloc.get_traced_memory()[1]
-  finally:
-    tracemalloc.stop()
-  assert images.shape == (1000, 32, 32, 3)
+
+  def peak() -> float:
+    tracemalloc.start()
+    try:
+      images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                                     captions, mesh=mesh)
+      assert images.shape == (1000, 32, 32, 3)
+      return tracemalloc.get_traced_memory()[1] / images.nbytes
+    finally:
+      tracemalloc.stop()
+
   # The images, their tokens (a sixth of their bytes at 32px) and a batch: 1.18 (was 2.17).
-  assert peak < 1.5 * images.nbytes, peak / images.nbytes
+  # tracemalloc also counts other threads' allocations (an earlier test's grain prefetch threads,
+  # seen alive in later tests of a worker): 1 MB at once tips the bound, so a peak over it is
+  # measured once more; a host that keeps the batches is over it both times.
+  peaks = [peak()]
+  if peaks[0] >= 1.5:
+    peaks.append(peak())
+  assert min(peaks) < 1.5, peaks
 
 
 _ON_TWO_HOSTS = """
