@@ -7,6 +7,7 @@ updated discriminator's gradient w.r.t. those same fakes pulled back through the
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -52,6 +53,23 @@ def _contrastive(models: Models, d_params: Any, feats: jax.Array, sent: jax.Arra
                       models.config.loss.contrastive_temperature)
 
 
+def _lazy_penalty(every: int, step: jax.Array, penalty_fn: Callable[[], jax.Array]
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Lazy regularisation (as StyleGAN2 does for R1): the penalty, whose double backward pass
+  costs several plain D steps, every `every` steps, scaled by `every`; 0 at the other steps.
+
+  And its metric: the penalty itself (unscaled), NaN at the steps without it, so that the logged
+  mean is over the steps that computed it, whatever train.log_every.
+  """
+  scaled = lambda: every * penalty_fn()
+  if every == 1:
+    penalty = scaled()
+    return penalty, penalty
+  computed = step % every == 0
+  penalty = jax.lax.cond(computed, scaled, lambda: jnp.zeros((), jnp.float32))
+  return penalty, jnp.where(computed, penalty / every, jnp.nan)
+
+
 def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
                batch_chunks: int = 1) -> tuple[TrainState, Metrics]:
   """One update from a global batch: image uint8 [b, R, R, 3], input_ids/attention_mask [b, L].
@@ -81,11 +99,6 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
 
   def d_loss_fn(d_params, sent):
     real_aug = augment(real, k_aug_real)
-
-    def logits_fn(x, s):
-      feats = features(d_params, x)  # [b, 4, 4, C]
-      return _d_apply(models, d_params, feats, s, method="logits")  # [b]
-
     feats_real = features(d_params, real_aug)
     logits_real = _d_apply(models, d_params, feats_real, sent, method="logits")
     logits_mismatch = _d_apply(models, d_params, feats_real, gan.mismatched(sent), method="logits")
@@ -98,21 +111,14 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     d_mismatch = (jnp.sum(jnp.where(mismatch_weight > 0, logits_mismatch.astype(jnp.float32), 0.0))
                   / jnp.sum(mismatch_weight))
 
-    def penalty_fn():
-      return cfg.loss.gp_every * gan.gradient_penalty(
-          cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k, p=cfg.loss.magp_p,
-          gamma=cfg.loss.r1_gamma)
+    def logits_fn(x, s):
+      feats = features(d_params, x)  # [b, 4, 4, C]
+      return _d_apply(models, d_params, feats, s, method="logits")  # [b]
 
-    # Lazy regularisation (as StyleGAN2 does for R1): the penalty, whose double backward pass
-    # costs several plain D steps, every gp_every steps, scaled by gp_every.
-    if cfg.loss.gp_every == 1:
-      penalty = gp = penalty_fn()
-    else:
-      gp_step = state.step % cfg.loss.gp_every == 0
-      penalty = jax.lax.cond(gp_step, penalty_fn, lambda: jnp.zeros((), jnp.float32))
-      # The metric: the penalty itself (unscaled), NaN at the steps without it, so that the
-      # logged mean is over the steps that computed it, whatever train.log_every.
-      gp = jnp.where(gp_step, penalty / cfg.loss.gp_every, jnp.nan)
+    penalty, gp = _lazy_penalty(
+        cfg.loss.gp_every, state.step,
+        lambda: gan.gradient_penalty(cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k,
+                                     p=cfg.loss.magp_p, gamma=cfg.loss.r1_gamma))
     loss = hinge + penalty
     metrics = {"d_hinge": hinge, "gp": gp, "d_real": logits_real.mean(),
                "d_fake": logits_fake.mean(), "d_mismatch": d_mismatch}
