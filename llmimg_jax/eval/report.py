@@ -83,6 +83,18 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
                        "and, for DF-GAN's protocol, --ref_stats.")
     return evaluate_inception(sampler, data_cfg, inception, splits, num_samples, seed,
                               batch_size, ref_stats) | {"workdir": str(workdir)}
+  return {"workdir": str(workdir)} | evaluate_shapes(sampler, data_cfg, inception, splits,
+                                                     num_samples, seed, batch_size, ref_stats)
+
+
+def evaluate_shapes(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
+                    inception: Callable[[np.ndarray], np.ndarray] | None,
+                    splits: Sequence[str] | None = None, num_samples: int = 1000, seed: int = 0,
+                    batch_size: int = 64, ref_stats: str | None = None) -> dict:
+  """The shapes metrics of a captioned_shapes run on `splits` (default: test and, where the build
+  has it, holdout): images generated from the first caption of records [0, N) of each split,
+  scored by the shapes evaluator, with their in-domain FID against a disjoint real set
+  (_reference); and their standard FID where `inception` is given."""
   builder = shapes_builder(data_cfg)
   # test and holdout only: _reference draws the comparison set of `test` from train.
   held_out = [s for s in ("test", "holdout") if s in builder.info.splits]
@@ -96,8 +108,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   given_ref = (fid.load_statistics(ref_stats, getattr(inception, "dim", None)) if ref_stats
                else None)  # read once, for every split; its size checked before sampling
   evaluator = ShapesEvaluator.load_or_train(data_cfg)
-  results = {"workdir": str(workdir), "step": sampler.step, "seed": seed,
-             "dataset": name, "evaluator": evaluator.meta,
+  results = {"step": sampler.step, "seed": seed, "dataset": name, "evaluator": evaluator.meta,
              **_inception_sources(inception, ref_stats), "splits": {}}
   ref_info = results.get("ref_stats", {})  # what --write_stats recorded in it, read above
   for split in splits:
