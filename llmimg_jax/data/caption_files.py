@@ -69,17 +69,12 @@ def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
     skips.add("unknown_file", f"{where} ({file_name!r})")
     return
   name = file_name.strip()
-  rel = relative_name(names.folder, name)
-  if rel is None:
+  rel, written = _disk_file(names, name, where)
+  if written is None:
     inside = names.by_its_end(name) if os.path.isabs(name) else None
     skips.add("outside_folder", f"{where} ({file_name}" +
               (f"; in the folder: {inside})" if inside else ")"))
     return
-  written, rel = rel, names.resolve(rel, where)
-  if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator
-    windows = relative_name(names.folder, name.replace("\\", "/"))
-    rel = windows and names.resolve(windows, where)
-    written = windows or written
   if rel is None:
     # Written on a disk that ignores case (a Mac's), read on one that does not (Linux's)?
     other = names.in_other_case(written)
@@ -92,6 +87,20 @@ def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
     skips.add(blank, where)
     return
   named.extend(c for c in dict.fromkeys(captions) if c not in named)
+
+
+def _disk_file(names: DiskNames, name: str, where: str) -> tuple[str | None, str | None]:
+  """(the folder's file that the captions' file name `name` names, as spelled on disk; `name`
+  relative to the folder), each None if there is none (a name outside the folder: both)."""
+  rel = relative_name(names.folder, name)
+  if rel is None:
+    return None, None
+  written, rel = rel, names.resolve(rel, where)
+  if rel is None and "\\" in name:  # written on Windows, sub\a.jpg: its folders' separator
+    windows = relative_name(names.folder, name.replace("\\", "/"))
+    rel = windows and names.resolve(windows, where)
+    written = windows or written
+  return rel, written
 
 
 def _first(obj: dict, keys) -> object:
@@ -227,8 +236,8 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
     file_index = reader.fieldnames.index(file_col)
     for row, lines, start in _rows(reader, record, csv_path):
       where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
-      if len(lines) > 1 and _reads_other_records(folder, lines, file_index,
-                                                 row.get(file_col) or ""):
+      if len(lines) > 1 and _reads_other_records(names, lines, file_index,
+                                                 row.get(file_col) or "", where):
         skips.add("unclosed_csv_quote", f"captions.csv:{start}-{reader.line_num}")
         continue
       caption, extra = row.get(cap_col) or "", row.get(None)
@@ -290,16 +299,26 @@ def _rows(reader: csv.DictReader, record: list[str], csv_path: str
     done = reader.line_num
 
 
-def _reads_other_records(folder: str, lines: list[str], file_index: int, own: str) -> bool:
+def _reads_other_records(names: DiskNames, lines: list[str], file_index: int, own: str,
+                         where: str) -> bool:
   """Whether a record written on several `lines` (a quoted cell holding line breaks) holds a
-  line after its first that is a record of its own, its cell `file_index` naming a file in
-  `folder` other than the record's (`own`): a quote left open (closed by a later record's) read
-  those records into its cell."""
-  written = [line for line in lines if line.strip()]
-  for line in written[1:]:
+  line after its first that is a record of its own, its cell `file_index` naming a file of the
+  folder (as a caption's name may: another Unicode form, case or separator) other than the
+  record's (`own`): a quote left open (closed by a later record's) read those records into its
+  cell."""
+  def file_of(name: str) -> str | None:
+    if not name or "\0" in name:  # os calls raise on a NUL
+      return None
+    try:
+      rel, written = _disk_file(names, name, where)
+    except FolderError:  # entries by that name in several Unicode forms: the folder's files
+      return name
+    return rel or (written and names.in_other_case(written))
+  own_file = file_of(own.strip())
+  for line in [line for line in lines if line.strip()][1:]:
     cells = next(csv.reader([line], skipinitialspace=True), [])
-    name = cells[file_index].strip() if len(cells) > file_index else ""
-    if name and name != own.strip() and os.path.isfile(os.path.join(folder, name)):
+    rel = file_of(cells[file_index].strip() if len(cells) > file_index else "")
+    if rel is not None and rel != own_file:
       return True
   return False
 

@@ -2,6 +2,8 @@
 cells follow a space, or that opens a quote it never closes."""
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from PIL import Image
 
@@ -102,3 +104,15 @@ def test_a_cell_holding_a_list_of_captions_is_those_captions(tmp_path):
       "a.png": ["a cat", "a grey cat"], "b.png": ["a dog", "a dog's toy"],
       "c.png": ["[draft] a cow"], "d.png": [], "e.png": ["[1, 2]"]}
   assert skips.examples == {"empty_caption": ["captions.csv:5"]}
+
+
+def test_a_record_read_into_a_quote_names_its_file_as_the_captions_may(tmp_path):
+  """The lines read into a quote left open were found by an exact file name only: a record
+  naming its file in another Unicode form (café.png, decomposed on disk as macOS writes it) or
+  case (D.PNG for d.png, which the build names as on disk in other case) stayed in the caption."""
+  captions, skips = _read(
+      tmp_path, ["a.png", "b.png", unicodedata.normalize("NFD", "café.png"), "d.png", "e.png"],
+      'file,caption\na.png,"a 12 inch record\ncafé.png,a latte"\nb.png,"a 7 inch record\n'
+      'D.PNG,a bird"\ne.png,an eel\n')
+  assert captions == {"e.png": ["an eel"]}
+  assert skips.examples == {"unclosed_csv_quote": ["captions.csv:2-3", "captions.csv:4-5"]}
