@@ -49,6 +49,9 @@ _ADDED_EXTENSIONS = {2: frozenset({".avif", ".heic", ".heif"}),
 _BLOCK_PIXELS = 1 << 16  # about this many pixels per block of rows (`_row_blocks`)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _PIL_LIMIT_LOCK = threading.Lock()
+_LOADING_LOCK = threading.Lock()
+_loading = 0  # load_image calls decoding now, in any thread
+_truncated_setting = False  # the program's ImageFile.LOAD_TRUNCATED_IMAGES while they do
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
 
 
@@ -194,6 +197,25 @@ def _pil_pixel_limit(limit: int | None):
       Image.MAX_IMAGE_PIXELS = saved
 
 
+@contextlib.contextmanager
+def _truncated_images_refused():
+  """ImageFile.LOAD_TRUNCATED_IMAGES off (a truncated file is skipped, not padded) while any
+  thread decodes; the program's setting is restored when the last one ends. (Each call setting
+  and restoring it itself would, in threads, restore it while another one decodes.)"""
+  global _loading, _truncated_setting
+  with _LOADING_LOCK:
+    if not _loading:
+      _truncated_setting, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    _loading += 1
+  try:
+    yield
+  finally:
+    with _LOADING_LOCK:
+      _loading -= 1
+      if not _loading:
+        ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_setting
+
+
 def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
   """Decodes `path`, applies EXIF orientation, takes the centre square and resizes it to `size`.
 
@@ -215,7 +237,8 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
   notes = []
   try:
-    with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
+    # Both within the lock: catch_warnings saves and restores the process's filters.
+    with _pil_pixel_limit(max_pixels), warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       img = Image.open(path)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -243,14 +266,12 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
     if fmt == "JPEG":
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
     # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
-    truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-      img.load()
+      with _truncated_images_refused():
+        img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
       raise SkipImage(reason, str(e)) from None
-    finally:
-      ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
     sixteen_bit = _sixteen_bit_samples(img)  # before exif_transpose's copy drops the format
     try:
       img = ImageOps.exif_transpose(img)

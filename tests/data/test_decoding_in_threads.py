@@ -1,0 +1,83 @@
+"""images.load_image in several threads at once (captioned_folder's build decodes so): PIL's
+process-wide settings that it changes while decoding are those of the program after, and each
+call reads them as it would alone."""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from llmimg_jax.data import images
+
+
+def _save_cut_jpeg(path) -> None:
+  noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  Image.fromarray(noise).save(path)
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_image_is_skipped_while_another_thread_ends_its_load(tmp_path, monkeypatch):
+  """Each call saved the program's LOAD_TRUNCATED_IMAGES (True here), set it off and restored it:
+  a call starting while another decoded saved 'off', and the other's restore turned it on while
+  the first decoded, so its truncated file was padded into an image, and the program was left
+  with 'off'."""
+  monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the calling program's choice
+  good, cut = tmp_path / "good.png", tmp_path / "cut.jpg"
+  Image.new("RGB", (8, 8)).save(good)
+  _save_cut_jpeg(cut)
+  good_loading, cut_loading, good_done = threading.Event(), threading.Event(), threading.Event()
+  load = ImageFile.ImageFile.load
+
+  def paused_load(img):  # the good file's load waits for the cut one's to start, which waits
+    if img.filename == str(good):  # for the good file's call to end
+      good_loading.set()
+      assert cut_loading.wait(10)
+    elif img.filename == str(cut) and not cut_loading.is_set():
+      cut_loading.set()
+      assert good_done.wait(10)
+    return load(img)
+
+  monkeypatch.setattr(ImageFile.ImageFile, "load", paused_load)
+  with ThreadPoolExecutor(2) as pool:
+    first = pool.submit(images.load_image, str(good), 8)
+    assert good_loading.wait(10)
+    second = pool.submit(images.load_image, str(cut), 8)
+    first.result(timeout=10)
+    good_done.set()
+    with pytest.raises(images.SkipImage, match="truncated"):
+      second.result(timeout=10)
+  assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_threads_opening_images_leave_the_warning_filters_as_they_were(tmp_path, monkeypatch):
+  """Each call turned PIL's DecompressionBombWarning into an error within catch_warnings (which
+  saves and restores the process's filters) outside the lock it opens under: a second call
+  entering while the first opened saved the first's error filter and restored it last, so
+  the program's later opens of a large image raised."""
+  paths = [tmp_path / f"{i}.png" for i in range(2)]
+  for path in paths:
+    Image.new("RGB", (8, 8)).save(path)
+  opening = threading.Event()
+  real_open = Image.open
+
+  def slow_open(fp, *args, **kwargs):  # the first open lasts until the second call waits
+    if fp == str(paths[0]):
+      opening.set()
+      time.sleep(0.3)
+    return real_open(fp, *args, **kwargs)
+
+  monkeypatch.setattr(Image, "open", slow_open)
+  with warnings.catch_warnings():
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(2) as pool:
+      first = pool.submit(images.load_image, str(paths[0]), 8)
+      assert opening.wait(10)
+      second = pool.submit(images.load_image, str(paths[1]), 8)
+      first.result(timeout=10), second.result(timeout=10)
+    assert warnings.filters == before
