@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from llmimg_jax.data import images
+from llmimg_jax.data import captioned_folder, images
 
 
 def _save_cut_jpeg(path) -> None:
@@ -81,3 +81,30 @@ def test_threads_opening_images_leave_the_warning_filters_as_they_were(tmp_path,
       second = pool.submit(images.load_image, str(paths[1]), 8)
       first.result(timeout=10), second.result(timeout=10)
     assert warnings.filters == before
+
+
+def test_a_build_s_images_come_in_order_decoded_a_bounded_number_ahead(monkeypatch):
+  """captioned_folder decodes in threads: the images (or their skips) come in the order of
+  their paths, whichever decode ends first, and at most four per thread are decoded ahead of
+  the one taken (a folder of 100k photos is not held in memory)."""
+  monkeypatch.setattr(captioned_folder, "_decode_threads", lambda: 3)
+  started = []
+
+  def load_image(path, size, max_pixels):
+    started.append(path)
+    time.sleep(0.002 * (int(path) % 4))  # later paths often end first
+    if int(path) % 5 == 0:
+      raise images.SkipImage("corrupt", path)
+    return np.full((size, size, 3), int(path), np.uint8), [f"note {path}"]
+
+  monkeypatch.setattr(images, "load_image", load_image)
+  results = captioned_folder._decoded([str(i) for i in range(60)], 2, None)
+  for i, result in enumerate(results):
+    if i % 5 == 0:
+      assert isinstance(result, images.SkipImage) and str(result) == f"corrupt: {i}"
+    else:
+      np.testing.assert_array_equal(result[0], np.full((2, 2, 3), i))
+      assert result[1] == [f"note {i}"]
+    time.sleep(0.005)  # time to decode further ahead
+    assert len(started) <= i + 2 + 4 * 3
+  assert len(started) == 60
