@@ -5,8 +5,6 @@ reason; the summary is logged, stored in the dataset's metadata.json and returne
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import csv
 import dataclasses
 import functools
@@ -255,8 +253,8 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
         image_skips.add("no_caption", rel)
     index = 0
     captioned = sorted(rel for rel, caps in captions.items() if caps)
-    decoded = _decoded([os.path.join(folder, rel) for rel in captioned], cfg.image_size,
-                       cfg.max_pixels or None)
+    decoded = images.load_images([os.path.join(folder, rel) for rel in captioned],
+                                 cfg.image_size, cfg.max_pixels or None)
     for loaded, rel in zip(tqdm.tqdm(decoded, desc=f"captioned_folder {folder}",
                                      total=len(captioned), unit="img"), captioned):
       if isinstance(loaded, images.SkipImage):
@@ -292,39 +290,6 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
                         f"{summary['skipped']}). {_advice(line_skips, image_skips, captioned)}")
-
-
-def _decode_threads() -> int:
-  """Threads decoding a build's images: one per usable core, at most 8 (each holds a decoded
-  photo, up to PIL's 89.5 MP limit, while it resizes it)."""
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return max(1, min(8, cores or 1))
-
-
-def _decoded(paths: list[str], size: int, max_pixels: int | None
-             ) -> Iterator[tuple[np.ndarray, list[str]] | images.SkipImage]:
-  """images.load_image of each of `paths`, in order (a SkipImage in its place), decoded by
-  `_decode_threads()` threads (PIL releases the GIL while it decodes and resizes) at most four
-  images each ahead of the one taken."""
-  threads = _decode_threads()
-  pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="decode")
-
-  def load(path: str) -> tuple[np.ndarray, list[str]] | images.SkipImage:
-    try:
-      return images.load_image(path, size, max_pixels)
-    except images.SkipImage as e:
-      return e
-
-  pending: collections.deque[concurrent.futures.Future] = collections.deque()
-  try:
-    for path in paths:
-      pending.append(pool.submit(load, path))
-      if len(pending) > 4 * threads:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-  finally:  # also when the build stops early: the images not started are not decoded
-    pool.shutdown(cancel_futures=True)
 
 
 _ADVICE = {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from llmimg_jax.data import captioned_folder, images
+from llmimg_jax.data import images
 
 
 def _save_cut_jpeg(path) -> None:
@@ -84,10 +84,10 @@ def test_threads_opening_images_leave_the_warning_filters_as_they_were(tmp_path,
 
 
 def test_a_build_s_images_come_in_order_decoded_a_bounded_number_ahead(monkeypatch):
-  """captioned_folder decodes in threads: the images (or their skips) come in the order of
-  their paths, whichever decode ends first, and at most four per thread are decoded ahead of
-  the one taken (a folder of 100k photos is not held in memory)."""
-  monkeypatch.setattr(captioned_folder, "_decode_threads", lambda: 3)
+  """A folder build decodes in threads (images.load_images): the images (or their skips) come
+  in the order of their paths, whichever decode ends first, and at most four per thread are
+  decoded ahead of the one taken (a folder of 100k photos is not held in memory)."""
+  monkeypatch.setattr(images, "_decode_threads", lambda: 3)
   started = []
 
   def load_image(path, size, max_pixels):
@@ -98,7 +98,7 @@ def test_a_build_s_images_come_in_order_decoded_a_bounded_number_ahead(monkeypat
     return np.full((size, size, 3), int(path), np.uint8), [f"note {path}"]
 
   monkeypatch.setattr(images, "load_image", load_image)
-  results = captioned_folder._decoded([str(i) for i in range(60)], 2, None)
+  results = images.load_images([str(i) for i in range(60)], 2, None)
   for i, result in enumerate(results):
     if i % 5 == 0:
       assert isinstance(result, images.SkipImage) and str(result) == f"corrupt: {i}"
