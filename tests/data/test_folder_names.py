@@ -170,6 +170,7 @@ def test_uncaptioned_images_in_a_linked_folder_are_counted(tmp_path):
   os.symlink(elsewhere, folder / "linked")
   os.symlink("sub", folder / "alias")
   os.symlink("..", folder / "sub" / "up")  # a loop: walked once
+  os.symlink("a.png", folder / "a_link.png")  # a captioned image by another name
   _write_jsonl(folder, [{"file": name, "caption": "x"}
                         for name in ("a.png", "sub/c.png", "linked/e.png")])
   _, summary = captioned_folder.build_folder(
