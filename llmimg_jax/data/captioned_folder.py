@@ -23,7 +23,7 @@ from llmimg_jax.data import caption_files, images
 from llmimg_jax.data.caption_files import (CAPTION_FILES, CAPTION_KEYS, FILE_KEYS,
                                            MAX_EXAMPLES_PER_REASON, FolderError, Skips,
                                            read_captions)
-from llmimg_jax.data.tfds_utils import LocalCodePathMixin, LocalDatasetInfo
+from llmimg_jax.data.tfds_utils import DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _decoder_changes(decoder: int) -> str:
           ", so a new build differs if the folder holds such images")
 
 
-class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
+class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
   """Your own images and captions. Pass `config=folder_config(folder, image_size)`."""
 
   # Decoder changes are versioned in the build's summary (images.DECODER_VERSION; warn_if_changed
@@ -244,6 +244,7 @@ class CaptionedFolder(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     if not os.path.isdir(cfg.folder):
       raise FileNotFoundError(f"captioned_folder: source folder {cfg.folder} does not exist; "
                               "set data.folder (or --folder) to a folder of images.")
+    self._remove_dead_builds()
     return {"train": self._generate_examples(cfg.folder)}
 
   def _generate_examples(self, folder: str):

@@ -3,9 +3,19 @@ error of a dataset that cannot be built or trained on as configured."""
 from __future__ import annotations
 
 import inspect
+import logging
+import os
+import shutil
 
 import tensorflow_datasets as tfds
 from etils import epath
+
+try:
+  import fcntl
+except ImportError:  # Windows: no flock, no dead builds removed
+  fcntl = None
+
+log = logging.getLogger(__name__)
 
 
 class LocalCodePathMixin:
@@ -20,6 +30,78 @@ class LocalCodePathMixin:
   @classmethod
   def code_path(cls) -> epath.Path:
     return epath.Path(inspect.getfile(cls))
+
+
+class DeadBuildsMixin:
+  """Removes the folders that builds of the same dataset killed mid-way (SIGKILL, a preempted
+  job) left. TFDS builds in `incomplete.XXXXXX_VERSION/` beside the version folder and removes it
+  on an exception, never after a kill (nor at the next build): each such build left one, with
+  its shuffle files (up to the dataset's size). Here a build holds an flock on
+  `incomplete.XXXXXX_VERSION.lock` beside its folder while it runs, so a folder whose lock no
+  process holds (a lock dies with its process) is a dead build's: `_remove_dead_builds` (call it
+  from `_split_generators`) removes those, never a live build's (that of another process or
+  host sharing the data_dir). Folders without a lock (builds before this) are named in a
+  warning. List this mixin before `tfds.core.GeneratorBasedBuilder`."""
+
+  _build_lock = None  # the open lock file of this builder's build in progress
+
+  def download_and_prepare(self, *args, **kwargs):
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    finally:
+      if self._build_lock is not None:  # the build is renamed or removed by now
+        lock, self._build_lock = self._build_lock, None
+        _remove_file(lock.name)
+        lock.close()
+
+  def _remove_dead_builds(self) -> None:
+    own = os.path.normpath(os.fspath(self.data_dir))  # the incomplete.* folder while building
+    parent, name = os.path.split(own)
+    if fcntl is None or "://" in own or not name.startswith("incomplete."):
+      return
+    lock = open(own + ".lock", "w")  # pylint: disable=consider-using-with  # held till done
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:  # a filesystem without flock: no build can be known dead
+      lock.close()
+      _remove_file(lock.name)
+      log.info("Not removing dead builds beside %s: no lock there (%s).", own, e)
+      return
+    self._build_lock = lock
+    version = name.split("_", 1)[-1]
+    for entry in sorted(os.listdir(parent)):
+      path = os.path.join(parent, entry)
+      if (entry.startswith("incomplete.") and entry.endswith("_" + version) and path != own
+          and os.path.isdir(path)):
+        _remove_if_dead(path)
+
+
+def _remove_if_dead(path: str) -> None:
+  """Removes the incomplete build folder `path` if no process holds its lock."""
+  try:
+    fd = os.open(path + ".lock", os.O_WRONLY)  # for writing: NFS's flock needs it
+  except FileNotFoundError:
+    log.warning("%s is a build that did not finish (killed, or one running from code before "
+                "its builds were locked); if no build of this dataset is running, delete it.",
+                path)
+    return
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: a live build
+      return
+    shutil.rmtree(path, ignore_errors=True)
+    _remove_file(path + ".lock")
+    log.info("Removed %s, left by a build that was killed.", path)
+  finally:
+    os.close(fd)
+
+
+def _remove_file(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
 
 
 class LocalDatasetInfo(tfds.core.DatasetInfo):

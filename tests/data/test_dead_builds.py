@@ -1,0 +1,39 @@
+"""A folder build killed mid-way (SIGKILL, a preempted job) left TFDS's incomplete.* folder, with
+its shuffle files, and every later build left its own beside it: the next build removes those
+whose lock no process holds (tfds_utils.DeadBuildsMixin), never a live build's."""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+
+from PIL import Image
+
+from llmimg_jax.data import captioned_folder
+
+
+def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path, caplog):
+  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  config = captioned_folder.folder_config(str(folder), 8)
+  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  for name in ("incomplete.DEAD00_1.0.0", "incomplete.LIVE00_1.0.0", "incomplete.OLD000_1.0.0"):
+    os.makedirs(beside / name)
+    (beside / name / "shuffle.tmp").write_bytes(b"x" * 1000)
+  (beside / "incomplete.DEAD00_1.0.0.lock").touch()  # its process gone: no one holds it
+  with open(beside / "incomplete.LIVE00_1.0.0.lock", "w") as live:  # another build's, running
+    fcntl.flock(live, fcntl.LOCK_EX)
+    with caplog.at_level(logging.INFO):
+      _, summary = captioned_folder.build_folder(str(folder), data_dir, 8)
+  assert summary["num_examples"] == 1
+  assert sorted(os.listdir(beside)) == [
+      "1.0.0", "incomplete.LIVE00_1.0.0", "incomplete.LIVE00_1.0.0.lock",
+      "incomplete.OLD000_1.0.0"]  # the build's own lock is gone too
+  messages = [r.getMessage() for r in caplog.records]
+  assert f"Removed {beside / 'incomplete.DEAD00_1.0.0'}, left by a build that was killed." in (
+      messages)
+  assert any(m.startswith(f"{beside / 'incomplete.OLD000_1.0.0'} is a build that did not finish")
+             for m in messages)
