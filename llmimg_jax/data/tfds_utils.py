@@ -43,15 +43,15 @@ class DeadBuildsMixin:
   host sharing the data_dir). Folders without a lock (builds before this) are named in a
   warning. List this mixin before `tfds.core.GeneratorBasedBuilder`."""
 
-  _build_lock = None  # the open lock file of this builder's build in progress
+  _build_lock = None  # (open lock file, its path) of this builder's build in progress
 
   def download_and_prepare(self, *args, **kwargs):
     try:
       return super().download_and_prepare(*args, **kwargs)
     finally:
       if self._build_lock is not None:  # the build is renamed or removed by now
-        lock, self._build_lock = self._build_lock, None
-        _remove_file(lock.name)
+        (lock, path), self._build_lock = self._build_lock, None
+        _remove_file(path)
         lock.close()
 
   def _remove_dead_builds(self) -> None:
@@ -59,7 +59,9 @@ class DeadBuildsMixin:
     parent, name = os.path.split(own)
     if fcntl is None or "://" in own or not name.startswith("incomplete."):
       return
-    lock = open(own + ".lock", "w")  # pylint: disable=consider-using-with  # held till done
+    # Locked under a name no other build reads, then renamed (the lock stays with the file):
+    # another build never sees this build's lock file unheld and takes the build for dead.
+    lock = open(own + ".lock.new", "w")  # pylint: disable=consider-using-with  # held till done
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:  # a filesystem without flock: no build can be known dead
@@ -67,7 +69,8 @@ class DeadBuildsMixin:
       _remove_file(lock.name)
       log.info("Not removing dead builds beside %s: no lock there (%s).", own, e)
       return
-    self._build_lock = lock
+    os.replace(lock.name, own + ".lock")
+    self._build_lock = lock, own + ".lock"
     version = name.split("_", 1)[-1]
     for entry in sorted(os.listdir(parent)):
       path = os.path.join(parent, entry)

@@ -10,7 +10,7 @@ import os
 
 from PIL import Image
 
-from llmimg_jax.data import captioned_folder
+from llmimg_jax.data import captioned_folder, tfds_utils
 
 
 def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path, caplog):
@@ -37,3 +37,28 @@ def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path,
       messages)
   assert any(m.startswith(f"{beside / 'incomplete.OLD000_1.0.0'} is a build that did not finish")
              for m in messages)
+
+
+def test_a_build_s_lock_is_held_before_another_build_can_see_it(tmp_path, monkeypatch):
+  """Another build looking beside this one between the lock file's creation and its flock took
+  it for a dead build's and removed the folder this build was writing."""
+  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  seen, flock = [], fcntl.flock
+
+  def flock_after_another_build_looked(fd, operation):
+    own = os.path.normpath(os.fspath(builder.data_dir))  # incomplete.*, while it builds
+    if not seen:
+      seen.append(os.path.isdir(own))
+      tfds_utils._remove_if_dead(own)  # what a build starting now does with this one
+      seen.append(os.path.isdir(own))
+    return flock(fd, operation)
+
+  monkeypatch.setattr(tfds_utils.fcntl, "flock", flock_after_another_build_looked, raising=True)
+  builder = captioned_folder.CaptionedFolder(
+      config=captioned_folder.folder_config(str(folder), 8), data_dir=data_dir)
+  builder.download_and_prepare()
+  assert seen == [True, True]
+  assert builder.info.splits["train"].num_examples == 1
