@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from llmimg_jax.data import shapes
-from llmimg_jax.data.tfds_utils import LocalCodePathMixin, LocalDatasetInfo
+from llmimg_jax.data.tfds_utils import DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def default_num_proc() -> int:
                      "it for the default.") from None
 
 
-class CaptionedShapes(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
+class CaptionedShapes(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
   """Coloured shapes on a 3x3 grid over muted backgrounds, 3 captions each."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -126,6 +126,7 @@ class CaptionedShapes(LocalCodePathMixin, tfds.core.GeneratorBasedBuilder):
     """Renders and writes array_record shards in worker processes (TFDS's generic path
     serializes every example in the main process, which caps it at a few hundred images/s)."""
     del dl_manager, download_config
+    self._remove_dead_builds()
     cfg = self.builder_config
     if self.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
       raise ValueError(f"captioned_shapes writes array_record only, not {self.info.file_format}.")

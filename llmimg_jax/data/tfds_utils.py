@@ -39,9 +39,10 @@ class DeadBuildsMixin:
   its shuffle files (up to the dataset's size). Here a build holds an flock on
   `incomplete.XXXXXX_VERSION.lock` beside its folder while it runs, so a folder whose lock no
   process holds (a lock dies with its process) is a dead build's: `_remove_dead_builds` (call it
-  from `_split_generators`) removes those, never a live build's (that of another process or
-  host sharing the data_dir). Folders without a lock (builds before this) are named in a
-  warning. List this mixin before `tfds.core.GeneratorBasedBuilder`."""
+  from `_split_generators`, or `_generate_splits` where a builder overrides it) removes those,
+  never a live build's (that of another process or host sharing the data_dir). Folders without
+  a lock (builds before this) are named in a warning. List this mixin before
+  `tfds.core.GeneratorBasedBuilder`."""
 
   _build_lock = None  # (open lock file, its path) of this builder's build in progress
 

@@ -10,7 +10,7 @@ import os
 
 from PIL import Image
 
-from llmimg_jax.data import captioned_folder, tfds_utils
+from llmimg_jax.data import captioned_folder, captioned_shapes, tfds_utils
 
 
 def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path, caplog):
@@ -62,3 +62,16 @@ def test_a_build_s_lock_is_held_before_another_build_can_see_it(tmp_path, monkey
   builder.download_and_prepare()
   assert seen == [True, True]
   assert builder.info.splits["train"].num_examples == 1
+
+
+def test_a_captioned_shapes_build_removes_a_killed_build_s_folder(tmp_path):
+  cfg = captioned_shapes.ShapesConfig(name="dead_test", resolution=32, num_train=8, num_test=0,
+                                      num_holdout=0)
+  builder = captioned_shapes.CaptionedShapes(config=cfg, data_dir=str(tmp_path), num_proc=1)
+  beside = builder.data_path.parent
+  os.makedirs(beside / "incomplete.DEAD00_1.0.0")
+  (beside / "incomplete.DEAD00_1.0.0" / "shuffle.tmp").write_bytes(b"x" * 1000)
+  (beside / "incomplete.DEAD00_1.0.0.lock").touch()  # its process gone: no one holds it
+  builder.download_and_prepare()
+  assert builder.info.splits["train"].num_examples == 8
+  assert sorted(os.listdir(beside)) == ["1.0.0"]
