@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import types
@@ -421,6 +422,31 @@ def test_a_folder_of_runs_names_the_runs_to_pass(run, tmp_path):
       rf"^{runs} is a folder of 2 run\(s\), not a run's workdir \(it has no checkpoints/\); "
       rf"pass one of them as --workdir: {runs / 'a'}, {runs / 'b'}\.$")):
     available_steps(runs)
+
+
+def test_a_relative_workdir_is_named_in_full(run, tmp_path, monkeypatch, caplog):
+  """--workdir=../run: 'Restored ... from', Restored.path and the errors named the checkpoints
+  as code/../run/checkpoints (Path.absolute()), where training names its paths in full
+  (cli.in_full, 21facb7)."""
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "code").mkdir()
+  monkeypatch.chdir(tmp_path / "code")
+  workdir = os.path.relpath(run.workdir)  # ../../sample_run0 or the like
+  ckpt = run.workdir / "checkpoints"
+  with caplog.at_level(logging.INFO, "llmimg_jax.sample.restore"):
+    restored = restore_for_sampling(workdir, step=1)
+  assert restored.path == ckpt / "1"
+  assert [r.getMessage() for r in caplog.records if r.name == "llmimg_jax.sample.restore"] == [
+      f"Restored ema_params/text_params of step 1 from {ckpt / '1'}."]
+  with pytest.raises(CheckpointError, match=re.escape(f"No checkpoint for step 7 in {ckpt};")):
+    restore_for_sampling(workdir, step=7)
+  with pytest.raises(CheckpointError, match=re.escape(
+      f"No finished checkpoint in {tmp_path / 'empty' / 'checkpoints'}:")):
+    available_steps("../empty")
+  with pytest.raises(CheckpointError, match=re.escape(
+      f"{ckpt / '2'} is a run's checkpoint folder, not its workdir: pass --workdir "
+      f"{run.workdir} --step 2.")):
+    available_steps(os.path.join(workdir, "checkpoints", "2"))
 
 
 def test_the_latest_step_is_the_highest_not_the_last_by_name(run, tmp_path):
