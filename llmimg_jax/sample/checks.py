@@ -138,6 +138,14 @@ def old_outputs(out: Path) -> list[Path]:
   return sorted([*images, *(out / n for n in (GRID_NAME, JSONL_NAME) if (out / n).exists())])
 
 
+def _output_links(out: Path) -> list[Path]:
+  """The links in `out` named as write_samples' outputs, those to nothing included."""
+  if not out.is_dir():
+    return []
+  return sorted(p for p in out.iterdir() if p.is_symlink() and (
+      p.name in (GRID_NAME, JSONL_NAME) or _IMAGE_NAME.fullmatch(p.name)))
+
+
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
   it holds an earlier run's samples (checked before sampling)."""
@@ -158,6 +166,13 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise PermissionError(f"Output {out_dir!r}: {existing} is not writable; pass a directory "
                           "you can write to.")
+  # An output that is a link is written through to its target (outputs.write_samples): into a
+  # missing folder, that failed only after sampling.
+  for link in _output_links(out):
+    if not os.path.isdir(folder := os.path.dirname(os.path.realpath(link))):
+      raise FileNotFoundError(f"Output {out_dir!r}: {link} is a symbolic link to "
+                              f"{os.readlink(link)}, whose folder {folder} does not exist; create "
+                              "that directory (or mount its disk), or remove the link.")
   old = old_outputs(out)
   if old and not overwrite:
     raise FileExistsError(

@@ -119,7 +119,8 @@ _NO_USER = ("{} '~no_such_user_llmimg/{}': ~no_such_user_llmimg is no user's hom
                                   "expand_sampling_options_without_sampling",
                                   "one_expand_option_without_a_model", "workdir_of_no_user",
                                   "out_of_no_user", "prompts_file_of_no_user",
-                                  "out_is_a_dangling_link", "out_under_a_dangling_link"])
+                                  "out_is_a_dangling_link", "out_under_a_dangling_link",
+                                  "output_linked_into_a_missing_folder"])
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
@@ -130,6 +131,9 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
     shutil.rmtree(corrupt / "checkpoints" / "2" / "state" / "d")
   fresh = tmp_path / "fresh" / "checkpoints"
   (tmp_path / "link").symlink_to(tmp_path / "unmounted")  # e.g. a disk that is not mounted
+  linked = tmp_path / "linked"  # its samples.jsonl kept on that disk
+  linked.mkdir()
+  (linked / "samples.jsonl").symlink_to(tmp_path / "unmounted" / "samples.jsonl")
   old_out = tmp_path / "old"
   old_out.mkdir()
   (old_out / "p0000_s000.png").write_bytes(b"an earlier run's image")
@@ -198,6 +202,12 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
           ["--prompt", "a cat", "--out", str(tmp_path / "link" / "cats")],
           f"Output '{tmp_path / 'link' / 'cats'}': {tmp_path / 'link'} is a symbolic link to "
           f"{tmp_path / 'unmounted'}, which does not exist"),
+      # Sampled first, then "[Errno 2] No such file or directory: .../.samples.jsonl.PID.tmp".
+      "output_linked_into_a_missing_folder": (
+          ["--prompt", "a cat", "--out", str(linked)],
+          f"Output '{linked}': {linked / 'samples.jsonl'} is a symbolic link to "
+          f"{tmp_path / 'unmounted' / 'samples.jsonl'}, whose folder {tmp_path / 'unmounted'} does "
+          "not exist; create that directory (or mount its disk), or remove the link."),
   }[case]
   if case != "corrupt_checkpoint":
     message = re.escape(message)
