@@ -11,6 +11,7 @@ from llmimg_jax.eval import generate
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.state import build_models, build_text
+from tests.memory import traced_peaks
 from tests.sample.utils import _quick_state, assert_uint8_of, generator_output
 from tests.train.utils import tiny_config
 
@@ -144,7 +145,6 @@ def test_the_host_holds_the_images_once_not_every_batch_and_their_concatenation(
   """The fetched batches were kept and concatenated at the end: twice the images' bytes on the
   host (on a CPU more: each fetched batch kept its device buffers alive), 12 GB for evaluate.py's
   30k 256px images. Each batch is now copied into the result as it is fetched."""
-  import tracemalloc
   _, tokenizer, models, state = _setup(tmp_path)
   captions = [f"a red circle number {i}" for i in range(1000)]
   mesh, device_get = make_mesh(), jax.device_get
@@ -153,25 +153,13 @@ def test_the_host_holds_the_images_once_not_every_batch_and_their_concatenation(
   monkeypatch.setattr(jax, "device_get", lambda x: jax.tree.map(np.array, device_get(x)))
   generate_for_captions(models, state.ema_params, state.text_params, tokenizer, captions[:64],
                         mesh=mesh)  # compiled: the same batch of 64 rows
-
-  def peak() -> float:
-    tracemalloc.start()
-    try:
-      images = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
-                                     captions, mesh=mesh)
-      assert images.shape == (1000, 32, 32, 3)
-      return tracemalloc.get_traced_memory()[1] / images.nbytes
-    finally:
-      tracemalloc.stop()
-
-  # The images, their tokens (a sixth of their bytes at 32px) and a batch: 1.18 (was 2.17).
-  # tracemalloc also counts other threads' allocations (an earlier test's grain prefetch threads,
-  # seen alive in later tests of a worker): 1 MB at once tips the bound, so a peak over it is
-  # measured once more; a host that keeps the batches is over it both times.
-  peaks = [peak()]
-  if peaks[0] >= 1.5:
-    peaks.append(peak())
-  assert min(peaks) < 1.5, peaks
+  nbytes = len(captions) * 32 * 32 * 3  # the images'
+  images, peaks = traced_peaks(lambda: generate_for_captions(
+      models, state.ema_params, state.text_params, tokenizer, captions, mesh=mesh), 1.5 * nbytes)
+  assert images.shape == (1000, 32, 32, 3) and images.nbytes == nbytes
+  # The images, their tokens (a sixth of their bytes at 32px) and a batch: 1.18 (was 2.17). A
+  # thread of an earlier test allocating 1 MB at once tips the bound: see traced_peaks.
+  assert min(peaks) < 1.5 * nbytes, [p / nbytes for p in peaks]
 
 
 _ON_TWO_HOSTS = """
