@@ -202,9 +202,10 @@ def _pil_pixel_limit(limit: int | None):
 
 @contextlib.contextmanager
 def _truncated_images_refused():
-  """ImageFile.LOAD_TRUNCATED_IMAGES off (a truncated file is skipped, not padded) while any
-  thread decodes; the program's setting is restored when the last one ends. (Each call setting
-  and restoring it itself would, in threads, restore it while another one decodes.)"""
+  """ImageFile.LOAD_TRUNCATED_IMAGES off (a truncated file is skipped, not padded; a PNG chunk's
+  broken checksum refused) while any thread decodes; the program's setting is restored when the
+  last one ends. (Each call setting and restoring it itself would, in threads, restore it while
+  another one decodes.)"""
   global _loading, _truncated_setting
   with _LOADING_LOCK:
     if not _loading:
@@ -227,6 +228,14 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   it; an ICC profile that cannot be applied, "bad_icc": raw values kept). Pixels tagged with an
   ICC profile are converted to sRGB (`icc.to_srgb`). Raises SkipImage for anything unusable.
   """
+  # PIL reads LOAD_TRUNCATED_IMAGES as it opens (a PNG chunk's checksum) as well as loads: off
+  # throughout, so that an image decodes alike alone and while other threads decode.
+  with _truncated_images_refused():
+    return _decode(path, size, max_pixels)
+
+
+def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, list[str]]:
+  """load_image's work, within _truncated_images_refused."""
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
     raise SkipImage("unsupported_extension", ext or "(none)")
@@ -270,8 +279,7 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
     # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
     try:
-      with _truncated_images_refused():
-        img.load()
+      img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
       raise SkipImage(reason, str(e)) from None

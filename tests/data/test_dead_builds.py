@@ -3,6 +3,7 @@ its shuffle files, and every later build left its own beside it: the next build 
 whose lock no process holds (tfds_utils.DeadBuildsMixin), never a live build's."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -75,3 +76,33 @@ def test_a_captioned_shapes_build_removes_a_killed_build_s_folder(tmp_path):
   builder.download_and_prepare()
   assert builder.info.splits["train"].num_examples == 8
   assert sorted(os.listdir(beside)) == ["1.0.0"]
+
+
+def test_a_lock_this_build_cannot_open_leaves_its_folder_and_the_build_goes_on(
+    tmp_path, monkeypatch, caplog):
+  """A data_dir shared by several users: another user's build (killed, or running) left a lock
+  file that only that user may write (umask 022), and opening it raised PermissionError out of
+  this build's _split_generators: the build failed, every time, until someone deleted it."""
+  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  config = captioned_folder.folder_config(str(folder), 8)
+  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  os.makedirs(beside / "incomplete.OTHER0_1.0.0")
+  (beside / "incomplete.OTHER0_1.0.0.lock").touch()
+  os_open = os.open
+
+  def open_as_another_user(path, flags, *args, **kwargs):  # root here: chmod would not refuse
+    if os.fspath(path).endswith("incomplete.OTHER0_1.0.0.lock"):
+      raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+    return os_open(path, flags, *args, **kwargs)
+
+  monkeypatch.setattr(tfds_utils.os, "open", open_as_another_user)
+  with caplog.at_level(logging.INFO):
+    _, summary = captioned_folder.build_folder(str(folder), data_dir, 8)
+  assert summary["num_examples"] == 1
+  assert sorted(os.listdir(beside)) == [
+      "1.0.0", "incomplete.OTHER0_1.0.0", "incomplete.OTHER0_1.0.0.lock"]
+  assert any(m.startswith(f"{beside / 'incomplete.OTHER0_1.0.0'} is a build that did not finish")
+             and "Permission denied" in m for m in (r.getMessage() for r in caplog.records))

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
 from llmimg_jax.data import images
 
@@ -108,3 +108,32 @@ def test_a_build_s_images_come_in_order_decoded_a_bounded_number_ahead(monkeypat
     time.sleep(0.005)  # time to decode further ahead
     assert len(started) <= i + 2 + 4 * 3
   assert len(started) == 60
+
+
+def test_an_image_opens_as_it_would_alone_while_another_thread_decodes(tmp_path, monkeypatch):
+  """PIL reads LOAD_TRUNCATED_IMAGES while it opens too (on: a broken checksum of a PNG's text
+  chunk is let through), and another thread's decode turns it off until it ends: with the
+  program's 'on', such a PNG was stored when opened alone and skipped when another thread was
+  decoding, so a folder build in threads stored it or not by chance."""
+  monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the calling program's choice
+  path = tmp_path / "bad_text_checksum.png"
+  info = PngImagePlugin.PngInfo()
+  info.add_text("Comment", "a camera's note")
+  Image.new("RGB", (8, 8), (200, 10, 10)).save(path, pnginfo=info)
+  data = bytearray(path.read_bytes())
+  at = data.index(b"tEXt")
+  data[at + 4 + int.from_bytes(data[at - 4:at], "big")] ^= 0xFF  # its checksum's first byte
+  path.write_bytes(bytes(data))
+
+  def outcome() -> str:
+    try:
+      images.load_image(str(path), 8)
+    except images.SkipImage as e:
+      return e.reason
+    return "stored"
+
+  alone = outcome()
+  with images._truncated_images_refused():  # as while another thread loads an image
+    while_another_decodes = outcome()
+  assert (alone, while_another_decodes) == ("unreadable", "unreadable")
+  assert ImageFile.LOAD_TRUNCATED_IMAGES is True
