@@ -89,6 +89,11 @@ def _remove_if_dead(path: str) -> None:
                 "its builds were locked); if no build of this dataset is running, delete it.",
                 path)
     return
+  except OSError as e:  # e.g. another user's, in a shared data_dir: whether it is live is unknown
+    log.warning("%s is a build that did not finish or is running (its lock cannot be opened "
+                "here: %s); if no build of this dataset is running, delete it and its .lock.",
+                path, e)
+    return
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
