@@ -99,7 +99,14 @@ def _remove_if_dead(path: str) -> None:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # held: a live build
       return
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+      shutil.rmtree(path)
+    except FileNotFoundError:  # removed by another build that found it dead first
+      pass
+    except OSError as e:  # e.g. another user's files: its lock stays, the next build tries again
+      log.warning("%s, left by a build that was killed, could not be removed (%s); delete it and "
+                  "its .lock.", path, e)
+      return
     _remove_file(path + ".lock")
     log.info("Removed %s, left by a build that was killed.", path)
   finally:

@@ -106,3 +106,37 @@ def test_a_lock_this_build_cannot_open_leaves_its_folder_and_the_build_goes_on(
       "1.0.0", "incomplete.OTHER0_1.0.0", "incomplete.OTHER0_1.0.0.lock"]
   assert any(m.startswith(f"{beside / 'incomplete.OTHER0_1.0.0'} is a build that did not finish")
              and "Permission denied" in m for m in (r.getMessage() for r in caplog.records))
+
+
+def test_a_killed_build_s_folder_that_cannot_be_removed_is_not_said_removed(
+    tmp_path, monkeypatch, caplog):
+  """shutil.rmtree ignored its errors (a file of another user's in a shared data_dir, one in use
+  on NFS), and the build logged 'Removed' and removed the lock of a folder still there: later
+  builds took it for one from before builds were locked."""
+  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  config = captioned_folder.folder_config(str(folder), 8)
+  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  os.makedirs(beside / "incomplete.DEAD00_1.0.0")
+  (beside / "incomplete.DEAD00_1.0.0" / "theirs.tmp").write_bytes(b"x")
+  (beside / "incomplete.DEAD00_1.0.0.lock").touch()  # its process gone: no one holds it
+  unlink = os.unlink
+
+  def unlink_refusing_theirs(path, *args, **kwargs):  # root here: chmod would not refuse
+    if os.path.basename(os.fspath(path)) == "theirs.tmp":
+      raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+    return unlink(path, *args, **kwargs)
+
+  monkeypatch.setattr(tfds_utils.shutil.os, "unlink", unlink_refusing_theirs)
+  with caplog.at_level(logging.INFO):
+    _, summary = captioned_folder.build_folder(str(folder), data_dir, 8)
+  assert summary["num_examples"] == 1
+  assert sorted(os.listdir(beside)) == [
+      "1.0.0", "incomplete.DEAD00_1.0.0", "incomplete.DEAD00_1.0.0.lock"]  # tried again next
+  messages = [r.getMessage() for r in caplog.records]
+  assert not any(m.startswith("Removed") for m in messages), messages
+  assert any(m.startswith(f"{beside / 'incomplete.DEAD00_1.0.0'}, left by a build that was "
+                          "killed, could not be removed") and "Permission denied" in m
+             for m in messages), messages
