@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import shutil
+import socket
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -40,9 +41,10 @@ class DeadBuildsMixin:
   `incomplete.XXXXXX_VERSION.lock` beside its folder while it runs, so a folder whose lock no
   process holds (a lock dies with its process) is a dead build's: `_remove_dead_builds` (call it
   from `_split_generators`, or `_generate_splits` where a builder overrides it) removes those,
-  never a live build's (that of another process or host sharing the data_dir). Folders without
-  a lock (builds before this) are named in a warning. List this mixin before
-  `tfds.core.GeneratorBasedBuilder`."""
+  never a live build's. The lock names its host, and only this host's builds are judged: where
+  flock is local to each host (gcsfuse, NFS with local locks) another host's live build looks
+  dead. Folders of other hosts, or without a lock (builds before this), are named in a warning.
+  List this mixin before `tfds.core.GeneratorBasedBuilder`."""
 
   _build_lock = None  # (open lock file, its path) of this builder's build in progress
 
@@ -70,6 +72,8 @@ class DeadBuildsMixin:
       _remove_file(lock.name)
       log.info("Not removing dead builds beside %s: no lock there (%s).", own, e)
       return
+    lock.write(socket.gethostname() + "\n")
+    lock.flush()
     os.replace(lock.name, own + ".lock")
     self._build_lock = lock, own + ".lock"
     version = name.split("_", 1)[-1]
@@ -81,9 +85,10 @@ class DeadBuildsMixin:
 
 
 def _remove_if_dead(path: str) -> None:
-  """Removes the incomplete build folder `path` if no process holds its lock."""
+  """Removes the incomplete build folder `path` if it is this host's and no process holds its
+  lock."""
   try:
-    fd = os.open(path + ".lock", os.O_WRONLY)  # for writing: NFS's flock needs it
+    fd = os.open(path + ".lock", os.O_RDWR)  # for writing too: NFS's flock needs it
   except FileNotFoundError:
     log.warning("%s is a build that did not finish (killed, or one running from code before "
                 "its builds were locked); if no build of this dataset is running, delete it.",
@@ -95,6 +100,11 @@ def _remove_if_dead(path: str) -> None:
                 path, e)
     return
   try:
+    host = os.read(fd, 256).decode(errors="replace").strip()
+    if host != socket.gethostname():  # its lock may be held there, unseen here
+      log.warning("%s is a build on host %s that did not finish or is running; if no build of "
+                  "this dataset is running there, delete it and its .lock.", path, host or "?")
+      return
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # held: a live build

@@ -8,10 +8,13 @@ import fcntl
 import json
 import logging
 import os
+import socket
 
 from PIL import Image
 
 from llmimg_jax.data import captioned_folder, captioned_shapes, tfds_utils
+
+HOST = socket.gethostname() + "\n"  # what a build of this host writes in its lock
 
 
 def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path, caplog):
@@ -24,8 +27,10 @@ def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path,
   for name in ("incomplete.DEAD00_1.0.0", "incomplete.LIVE00_1.0.0", "incomplete.OLD000_1.0.0"):
     os.makedirs(beside / name)
     (beside / name / "shuffle.tmp").write_bytes(b"x" * 1000)
-  (beside / "incomplete.DEAD00_1.0.0.lock").touch()  # its process gone: no one holds it
+  (beside / "incomplete.DEAD00_1.0.0.lock").write_text(HOST)  # its process gone: unheld
   with open(beside / "incomplete.LIVE00_1.0.0.lock", "w") as live:  # another build's, running
+    live.write(HOST)
+    live.flush()
     fcntl.flock(live, fcntl.LOCK_EX)
     with caplog.at_level(logging.INFO):
       _, summary = captioned_folder.build_folder(str(folder), data_dir, 8)
@@ -72,7 +77,7 @@ def test_a_captioned_shapes_build_removes_a_killed_build_s_folder(tmp_path):
   beside = builder.data_path.parent
   os.makedirs(beside / "incomplete.DEAD00_1.0.0")
   (beside / "incomplete.DEAD00_1.0.0" / "shuffle.tmp").write_bytes(b"x" * 1000)
-  (beside / "incomplete.DEAD00_1.0.0.lock").touch()  # its process gone: no one holds it
+  (beside / "incomplete.DEAD00_1.0.0.lock").write_text(HOST)  # its process gone: unheld
   builder.download_and_prepare()
   assert builder.info.splits["train"].num_examples == 8
   assert sorted(os.listdir(beside)) == ["1.0.0"]
@@ -121,7 +126,7 @@ def test_a_killed_build_s_folder_that_cannot_be_removed_is_not_said_removed(
   beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
   os.makedirs(beside / "incomplete.DEAD00_1.0.0")
   (beside / "incomplete.DEAD00_1.0.0" / "theirs.tmp").write_bytes(b"x")
-  (beside / "incomplete.DEAD00_1.0.0.lock").touch()  # its process gone: no one holds it
+  (beside / "incomplete.DEAD00_1.0.0.lock").write_text(HOST)  # its process gone: unheld
   unlink = os.unlink
 
   def unlink_refusing_theirs(path, *args, **kwargs):  # root here: chmod would not refuse
@@ -140,3 +145,22 @@ def test_a_killed_build_s_folder_that_cannot_be_removed_is_not_said_removed(
   assert any(m.startswith(f"{beside / 'incomplete.DEAD00_1.0.0'}, left by a build that was "
                           "killed, could not be removed") and "Permission denied" in m
              for m in messages), messages
+
+
+def test_a_build_of_another_host_is_never_taken_for_dead(tmp_path, caplog):
+  """Where flock is local to each host (gcsfuse, NFS mounted with local locks), another host's
+  live build holds a lock this host cannot see: only this host's builds are judged by it."""
+  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  config = captioned_folder.folder_config(str(folder), 8)
+  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  os.makedirs(beside / "incomplete.THERE0_1.0.0")
+  (beside / "incomplete.THERE0_1.0.0.lock").write_text("another-host\n")  # unheld here
+  with caplog.at_level(logging.INFO):
+    captioned_folder.build_folder(str(folder), data_dir, 8)
+  assert sorted(os.listdir(beside)) == [
+      "1.0.0", "incomplete.THERE0_1.0.0", "incomplete.THERE0_1.0.0.lock"]
+  assert any(r.getMessage().startswith(f"{beside / 'incomplete.THERE0_1.0.0'} is a build on host "
+                                       "another-host") for r in caplog.records)
