@@ -167,9 +167,13 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
     raise PermissionError(f"Output {out_dir!r}: {existing} is not writable; pass a directory "
                           "you can write to.")
   # An output that is a link is written through to its target (outputs.write_samples): into a
-  # missing folder, that failed only after sampling.
+  # missing folder, or to a folder, that failed only after sampling (the earlier outputs gone).
   for link in _output_links(out):
-    if not os.path.isdir(folder := os.path.dirname(os.path.realpath(link))):
+    if os.path.isdir(target := os.path.realpath(link)):
+      raise IsADirectoryError(f"Output {out_dir!r}: {link} is a symbolic link to "
+                              f"{os.readlink(link)}, a folder; point it at a file, or remove the "
+                              "link.")
+    if not os.path.isdir(folder := os.path.dirname(target)):
       raise FileNotFoundError(f"Output {out_dir!r}: {link} is a symbolic link to "
                               f"{os.readlink(link)}, whose folder {folder} does not exist; create "
                               "that directory (or mount its disk), or remove the link.")
