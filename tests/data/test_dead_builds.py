@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 
 from PIL import Image
 
@@ -17,13 +18,19 @@ from llmimg_jax.data import captioned_folder, captioned_shapes, tfds_utils
 HOST = socket.gethostname() + "\n"  # what a build of this host writes in its lock
 
 
-def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path, caplog):
+def _one_image_folder(tmp_path: Path) -> tuple[Path, str, Path]:
+  """A folder of one captioned image, a data_dir, and where the folder's builds are made."""
   folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
   folder.mkdir()
   Image.new("RGB", (8, 8)).save(folder / "a.png")
   (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
   config = captioned_folder.folder_config(str(folder), 8)
   beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  return folder, data_dir, beside
+
+
+def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path, caplog):
+  folder, data_dir, beside = _one_image_folder(tmp_path)
   for name in ("incomplete.DEAD00_1.0.0", "incomplete.LIVE00_1.0.0", "incomplete.OLD000_1.0.0"):
     os.makedirs(beside / name)
     (beside / name / "shuffle.tmp").write_bytes(b"x" * 1000)
@@ -48,10 +55,7 @@ def test_the_next_build_removes_a_killed_build_s_folder_not_a_live_one(tmp_path,
 def test_a_build_s_lock_is_held_before_another_build_can_see_it(tmp_path, monkeypatch):
   """Another build looking beside this one between the lock file's creation and its flock took
   it for a dead build's and removed the folder this build was writing."""
-  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
-  folder.mkdir()
-  Image.new("RGB", (8, 8)).save(folder / "a.png")
-  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
+  folder, data_dir, _ = _one_image_folder(tmp_path)
   seen, flock = [], fcntl.flock
 
   def flock_after_another_build_looked(fd, operation):
@@ -88,12 +92,7 @@ def test_a_lock_this_build_cannot_open_leaves_its_folder_and_the_build_goes_on(
   """A data_dir shared by several users: another user's build (killed, or running) left a lock
   file that only that user may write (umask 022), and opening it raised PermissionError out of
   this build's _split_generators: the build failed, every time, until someone deleted it."""
-  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
-  folder.mkdir()
-  Image.new("RGB", (8, 8)).save(folder / "a.png")
-  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
-  config = captioned_folder.folder_config(str(folder), 8)
-  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  folder, data_dir, beside = _one_image_folder(tmp_path)
   os.makedirs(beside / "incomplete.OTHER0_1.0.0")
   (beside / "incomplete.OTHER0_1.0.0.lock").touch()
   os_open = os.open
@@ -118,12 +117,7 @@ def test_a_killed_build_s_folder_that_cannot_be_removed_is_not_said_removed(
   """shutil.rmtree ignored its errors (a file of another user's in a shared data_dir, one in use
   on NFS), and the build logged 'Removed' and removed the lock of a folder still there: later
   builds took it for one from before builds were locked."""
-  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
-  folder.mkdir()
-  Image.new("RGB", (8, 8)).save(folder / "a.png")
-  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
-  config = captioned_folder.folder_config(str(folder), 8)
-  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  folder, data_dir, beside = _one_image_folder(tmp_path)
   os.makedirs(beside / "incomplete.DEAD00_1.0.0")
   (beside / "incomplete.DEAD00_1.0.0" / "theirs.tmp").write_bytes(b"x")
   (beside / "incomplete.DEAD00_1.0.0.lock").write_text(HOST)  # its process gone: unheld
@@ -150,12 +144,7 @@ def test_a_killed_build_s_folder_that_cannot_be_removed_is_not_said_removed(
 def test_a_build_of_another_host_is_never_taken_for_dead(tmp_path, caplog):
   """Where flock is local to each host (gcsfuse, NFS mounted with local locks), another host's
   live build holds a lock this host cannot see: only this host's builds are judged by it."""
-  folder, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
-  folder.mkdir()
-  Image.new("RGB", (8, 8)).save(folder / "a.png")
-  (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "a"}) + "\n")
-  config = captioned_folder.folder_config(str(folder), 8)
-  beside = captioned_folder.CaptionedFolder(config=config, data_dir=data_dir).data_path.parent
+  folder, data_dir, beside = _one_image_folder(tmp_path)
   os.makedirs(beside / "incomplete.THERE0_1.0.0")
   (beside / "incomplete.THERE0_1.0.0.lock").write_text("another-host\n")  # unheld here
   with caplog.at_level(logging.INFO):
