@@ -1,5 +1,5 @@
-"""Command-line helpers shared by train.py, sample.py and evaluate.py, and the atomic file write
-every output uses."""
+"""Command-line helpers shared by train.py, sample.py and evaluate.py, the atomic file write
+every output uses, and the cores this process may use."""
 from __future__ import annotations
 
 import logging
@@ -53,6 +53,11 @@ def in_full(path: str | os.PathLike) -> Path:
   Symlinks are kept as named (a mounted bucket); a '..' after one (its target's parent) is kept."""
   full, clean = Path(path).absolute(), Path(os.path.abspath(path))
   return clean if os.path.realpath(clean) == os.path.realpath(full) else full
+
+
+def usable_cpus() -> int:
+  """The cores this process may run on (taskset, a cpuset), not os.cpu_count()'s host total."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def expand_home(path: str | os.PathLike, flag: str) -> Path:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
+from llmimg_jax import cli
 from llmimg_jax.data import icc as icc_lib
 
 log = logging.getLogger(__name__)
@@ -295,8 +296,7 @@ def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, l
 def _decode_threads() -> int:
   """Threads decoding in `load_images`: one per usable core, at most 8 (each holds a decoded
   photo, up to PIL's 89.5 MP limit, while it resizes it)."""
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return max(1, min(8, cores or 1))
+  return min(8, cli.usable_cpus())
 
 
 def load_images(paths: list[str], size: int, max_pixels: int | None = None

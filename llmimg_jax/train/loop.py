@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -103,16 +102,11 @@ def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:
 CPU_BATCH_CHUNKS = 2
 
 
-def usable_cpus() -> int:
-  """The cores this process may run on (taskset, a cpuset), not os.cpu_count()'s host total."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def batch_chunks(mesh: jax.sharding.Mesh) -> int:
   """train_step's batch_chunks: CPU_BATCH_CHUNKS on a one-device CPU mesh, else 1 (on several
   devices a slice of the batch would span devices; on GPU/TPU it only adds kernel launches)."""
   one_cpu = mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu"
-  return CPU_BATCH_CHUNKS if one_cpu and usable_cpus() > 1 else 1
+  return CPU_BATCH_CHUNKS if one_cpu and cli.usable_cpus() > 1 else 1
 
 
 def jit_train_step(models: Models, mesh: jax.sharding.Mesh):
