@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -54,7 +55,7 @@ class DeadBuildsMixin:
     finally:
       if self._build_lock is not None:  # the build is renamed or removed by now
         (lock, path), self._build_lock = self._build_lock, None
-        _remove_file(path)
+        Path(path).unlink(missing_ok=True)
         lock.close()
 
   def _remove_dead_builds(self) -> None:
@@ -69,7 +70,7 @@ class DeadBuildsMixin:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:  # a filesystem without flock: no build can be known dead
       lock.close()
-      _remove_file(lock.name)
+      Path(lock.name).unlink(missing_ok=True)
       log.info("Not removing dead builds beside %s: no lock there (%s).", own, e)
       return
     lock.write(socket.gethostname() + "\n")
@@ -117,17 +118,10 @@ def _remove_if_dead(path: str) -> None:
       log.warning("%s, left by a build that was killed, could not be removed (%s); delete it and "
                   "its .lock.", path, e)
       return
-    _remove_file(path + ".lock")
+    Path(path + ".lock").unlink(missing_ok=True)
     log.info("Removed %s, left by a build that was killed.", path)
   finally:
     os.close(fd)
-
-
-def _remove_file(path: str) -> None:
-  try:
-    os.remove(path)
-  except FileNotFoundError:
-    pass
 
 
 class LocalDatasetInfo(tfds.core.DatasetInfo):
