@@ -50,9 +50,33 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
 def in_full(path: str | os.PathLike) -> Path:
   """`path` absolute and without '..', as the log names it: a log is read later and elsewhere (a
   batch job's, another shell), where a path relative to the launch directory does not resolve.
-  Symlinks are kept as named (a mounted bucket); a '..' after one (its target's parent) is kept."""
+  Symlinks are kept as named (a mounted bucket) but for one a '..' steps out of: `link/..` is its
+  target's parent, so that link's target stands in for it (read, not resolved in full)."""
   full, clean = Path(path).absolute(), Path(os.path.abspath(path))
-  return clean if os.path.realpath(clean) == os.path.realpath(full) else full
+  if os.path.realpath(clean) == os.path.realpath(full):
+    return clean
+  try:
+    return _out_of_links(full) or full  # None: a loop of links
+  except OSError:  # a link removed meanwhile
+    return full
+
+
+def _out_of_links(path: Path) -> Path | None:
+  """Absolute `path` with each '..' gone: it drops the name before it, and after a link that
+  link's target first stands in for it. None past 40 links (a loop; Linux's limit too)."""
+  done, todo, links = [path.anchor], [*reversed(path.parts[1:])], 0
+  while todo:
+    if (part := todo.pop()) != "..":
+      done.append(part)
+    elif len(done) > 1 and os.path.islink(link := os.path.join(*done)):
+      if (links := links + 1) > 40:
+        return None
+      target = Path(os.readlink(link))
+      done = [target.anchor] if target.is_absolute() else done[:-1]
+      todo += ["..", *reversed(target.parts[target.is_absolute():])]
+    elif len(done) > 1:
+      done.pop()
+  return Path(*done)
 
 
 def usable_cpus() -> int:

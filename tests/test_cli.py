@@ -2,6 +2,7 @@
 abandoned Orbax reads, and its unraisable-exception hook; cli.flags_parser's errors."""
 import asyncio
 import logging
+import os
 import re
 import sys
 
@@ -145,7 +146,7 @@ def test_expand_home_names_the_flag_where_a_home_is_unknown(monkeypatch):
 
 def test_in_full_drops_dot_dot_where_it_names_the_same_folder(monkeypatch, tmp_path):
   """cli.in_full, as the log names paths: absolute, '..' gone and links kept; a '..' after a link
-  (its target's parent, not the link's folder) is kept, naming the folder the run writes."""
+  steps out of its target (not the link's folder), so there the target stands in for the link."""
   (tmp_path / "code").mkdir()
   (tmp_path / "disk" / "runs").mkdir(parents=True)
   (tmp_path / "code" / "runs").symlink_to(tmp_path / "disk" / "runs")
@@ -153,7 +154,30 @@ def test_in_full_drops_dot_dot_where_it_names_the_same_folder(monkeypatch, tmp_p
   assert cli.in_full("../new/run") == tmp_path / "new" / "run"  # need not exist yet
   assert cli.in_full("runs/x") == tmp_path / "code" / "runs" / "x"
   assert cli.in_full("runs/../runs/x") == tmp_path / "code" / "runs" / "x"
-  assert cli.in_full("runs/../x") == tmp_path / "code" / "runs" / ".." / "x"
+  assert cli.in_full("runs/../x") == tmp_path / "disk" / "x"
+
+
+def test_in_full_follows_only_the_links_a_dot_dot_steps_out_of(monkeypatch, tmp_path):
+  """A '..' after a link was kept with the whole path as typed (mnt/a/inner/../x); now that link's
+  target (relative ones too, and links within it) stands in for it, and the links before it
+  stay as named. Each name is the folder the OS opens. A loop of links is given up on."""
+  bucket = tmp_path / "bucket"
+  (bucket / "a" / "deep" / "inner").mkdir(parents=True)
+  (tmp_path / "store" / "runs").mkdir(parents=True)
+  (tmp_path / "code").mkdir()
+  (tmp_path / "code" / "mnt").symlink_to(bucket)  # a mounted bucket: kept as named
+  (bucket / "a" / "inner").symlink_to("deep/inner")
+  (bucket / "runs").symlink_to("../store/runs")  # steps out of mnt as well
+  (bucket / "loop").symlink_to("loop")
+  monkeypatch.chdir(tmp_path / "code")
+  mnt = tmp_path / "code" / "mnt"
+  cases = {"mnt/a/inner/../x": mnt / "a" / "deep" / "x",
+           "mnt/a/inner/../../x": mnt / "a" / "x",
+           "mnt/runs/../x": tmp_path / "store" / "x"}
+  for typed, named in cases.items():
+    assert (typed, cli.in_full(typed)) == (typed, named)
+    assert os.path.realpath(named) == os.path.realpath(typed)
+  assert cli._out_of_links(mnt / "loop" / ".." / "x") is None  # in_full: the path as typed
 
 
 def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeypatch, capsys,
