@@ -41,19 +41,19 @@ class Restored:
   path: Path  # the step directory restored from
 
 
-def _full_workdir(workdir: str | os.PathLike) -> Path:
+def full_workdir(workdir: str | os.PathLike) -> Path:
   """--workdir with ~ expanded, in full (cli.in_full: absolute, no '..'), as training names it
   (the paths this module logs and raises with derive from it)."""
   return cli.in_full(cli.expand_home(workdir, "--workdir"))
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
-  return _full_workdir(workdir) / "checkpoints"
+  return full_workdir(workdir) / "checkpoints"
 
 
 def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   """Finalized checkpoint steps of a training workdir -> their step directories (sorted)."""
-  workdir = _full_workdir(workdir)
+  workdir = full_workdir(workdir)
   if not workdir.is_dir():
     raise CheckpointError(f"Workdir {workdir} does not exist (or is not a directory); pass the "
                           "--workdir a training run (train.py) wrote to.")
@@ -133,7 +133,7 @@ def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
   `sharding` defaults to this process's first device; pass e.g. a replicated NamedSharding over
   local devices for data-parallel sampling. The saved shardings are ignored.
   """
-  workdir = _full_workdir(workdir)
+  workdir = full_workdir(workdir)
   steps = available_steps(workdir)
   if step is None:
     step = max(steps)

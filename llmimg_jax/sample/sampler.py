@@ -28,7 +28,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -39,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
 from llmimg_jax.sample.expand import batch_bucket
-from llmimg_jax.sample.restore import restore_for_sampling
+from llmimg_jax.sample.restore import full_workdir, restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
@@ -76,7 +75,7 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
   read from WORKDIR/text (written by training), else from the checkpoint directory or hub."""
   t = config.text
   if t.checkpoint:
-    saved = Path(workdir).expanduser() / TEXT_DIR if workdir is not None else None
+    saved = full_workdir(workdir) / TEXT_DIR if workdir is not None else None  # as errors name it
     if saved is not None and (saved / "config.json").is_file():
       text_dir = str(saved)
     else:  # a run trained before WORKDIR/text existed

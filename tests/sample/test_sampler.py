@@ -482,3 +482,16 @@ def test_a_template_that_cannot_format_a_prompt_is_refused_before_the_model_load
                                                  "format a prompt")):
     check_options(template, 8, 1, False, 1.0, 1.0)
   check_options("{prompt!r}: {prompt:>20}", 8, 1, False, 1.0, 1.0)  # conversions, specs that work
+
+
+def test_a_relative_workdirs_text_files_are_named_in_full(tmp_path, monkeypatch):
+  """--workdir=../run of a run from a pretrained T5: an error reading WORKDIR/text named it as
+  ../run/text (text_setup built it from the workdir as typed), not as restore.py names it."""
+  config = tiny_config(tmp_path / "unused_data")
+  config.text.checkpoint = str(tmp_path / "t5")  # gone: WORKDIR/text is what sampling reads
+  (tmp_path / "run" / "text").mkdir(parents=True)
+  (tmp_path / "run" / "text" / "config.json").write_text("{")  # and no tokenizer files
+  (tmp_path / "code").mkdir()
+  monkeypatch.chdir(tmp_path / "code")
+  with pytest.raises(FileNotFoundError, match=re.escape(repr(str(tmp_path / "run" / "text")))):
+    text_setup(config, "../run")
