@@ -93,7 +93,8 @@ def run() -> None:
     for p, c in zip(result.prompts, result.captions):
       logging.info("Expanded %r -> %r", p, c)
   print(f"{len(result.images)} images of step {result.step} at {result.images_per_sec:.1f} "
-        f"images/s (+{result.compile_seconds:.1f}s compilation) -> {_OUT.value}")
+        f"images/s (+{result.compile_seconds:.1f}s compilation) -> "
+        f"{cli.in_full(cli.expand_home(_OUT.value, '--out'))}")  # in full, as train.py's log
 
 
 def main(argv: list[str]) -> None:

@@ -43,10 +43,13 @@ def test_one_device_process_matches_in_process_samples(run, sampler, tmp_path):
   # The same prompts and seed on this process's 8 devices, another batch size: the same images
   # up to rounding (XLA's CPU kernels for other per-device batches round a few floats apart).
   _assert_same_images(out, records, sampler(PROMPTS, seed=7, num_per_prompt=3, truncation=0.88))
-  # --overwrite into the same --out: only the new samples remain, none of the earlier PNGs.
-  proc = _run("--workdir", str(run.workdir), "--out", str(out), "--prompt", PROMPTS[0],
-              "--overwrite", "--num_per_prompt", "1", "--seed", "9")
+  # --overwrite into the same --out: only the new samples remain, none of the earlier PNGs. The
+  # last line names a relative --out in full, as train.py's log names its paths (cli.in_full).
+  (tmp_path / "code").mkdir()
+  proc = _run("--workdir", str(run.workdir), "--out", "../out", "--prompt", PROMPTS[0],
+              "--overwrite", "--num_per_prompt", "1", "--seed", "9", cwd=tmp_path / "code")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.endswith(f" -> {out}\n"), proc.stdout
   assert [(r["file"], r["prompt"], r["seed"]) for r in _records(out, 1)] == [
       ("p0000_s000.png", PROMPTS[0], 9)]
 
