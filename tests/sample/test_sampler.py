@@ -1,10 +1,10 @@
-"""The Sampler API: restore, determinism per seed, truncation, expansion, bad inputs."""
+"""The Sampler API: determinism per seed, truncation, outputs, expansion, bad inputs (what it
+restores from a run: test_restore.py)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import types
@@ -15,36 +15,13 @@ import pytest
 from PIL import Image
 
 from llmimg_jax.images import captioned_grid
-from llmimg_jax.sample import (CaptionExpander, CheckpointError, Sampler, available_steps,
-                               SampleResult, read_prompts, restore_for_sampling,
-                               write_samples)
+from llmimg_jax.sample import CaptionExpander, Sampler, SampleResult, read_prompts, write_samples
 from llmimg_jax.sample import outputs
 from llmimg_jax.gan.common import image_noise as _noise
 from llmimg_jax.sample.expand import DEFAULT_TEMPLATE, check_options
-from llmimg_jax.sample.sampler import text_setup
-from llmimg_jax.train import loop
-from llmimg_jax.train.checkpoint import saved_config
-from llmimg_jax.train.state import build_text, save_text_files
-from tests.sample.utils import assert_uint8_of, generator_output, save_run
-from tests.train.utils import tiny_config, tiny_pretrained_t5
+from tests.sample.utils import assert_uint8_of, generator_output
 
 PROMPTS = ["a red circle", "a big blue square in the center"]
-
-
-def _same_tree(a, b) -> bool:
-  return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
-
-
-def test_restores_ema_of_latest_or_chosen_step_on_local_devices(run, sampler):
-  assert sampler.step == 2
-  assert _same_tree(jax.device_get(sampler.ema_params), run.ema[2])
-  assert not _same_tree(jax.device_get(sampler.ema_params), run.g_params)
-  leaf = jax.tree.leaves(sampler.ema_params)[0]
-  assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
-  one = restore_for_sampling(run.workdir, step=1)  # default: the first local device only
-  assert one.step == 1 and _same_tree(jax.device_get(one.ema_params), run.ema[1])
-  assert len(jax.tree.leaves(one.ema_params)[0].sharding.device_set) == 1
-  assert one.config.model.resolution == 32
 
 
 def test_same_seed_same_images_whatever_the_batch(sampler):
@@ -247,6 +224,8 @@ def test_bad_prompts_fail_clearly(sampler, tmp_path):
     (lambda prompts: [*prompts, "extra"], r"returned 3 caption\(s\) for 2 prompts"),
     (lambda prompts: [None, "x"], r"caption 0 is None, not a str"),
 ])
+
+
 def test_an_expander_must_give_one_caption_per_prompt(sampler, expander, error):
   """A custom expander with too few captions failed with an IndexError deep in sample(); with
   too many the extras were dropped without a word."""
@@ -256,29 +235,6 @@ def test_an_expander_must_give_one_caption_per_prompt(sampler, expander, error):
       sampler(["a red circle", "a blue square"])
   finally:
     sampler.expander = None
-
-
-def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
-  with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'} does not exist"):
-    restore_for_sampling(tmp_path / "nope")
-  (tmp_path / "empty").mkdir()
-  with pytest.raises(CheckpointError, match=f"No finished checkpoint in {tmp_path / 'empty'}"):
-    restore_for_sampling(tmp_path / "empty")
-  with pytest.raises(CheckpointError, match=r"No checkpoint for step 7 .* steps: \[1, 2\]"):
-    restore_for_sampling(run.workdir, step=7)
-
-  broken = tmp_path / "broken"
-  shutil.copytree(run.workdir, broken)
-  state_dir = broken / "checkpoints" / "2" / "state"
-  for f in state_dir.rglob("*"):  # truncate every array data file of the latest step
-    if f.is_file() and f.parent.name == "d":
-      f.write_bytes(f.read_bytes()[:10])
-  with pytest.raises(CheckpointError, match=f"Could not (read|restore) .* {state_dir}"):
-    restore_for_sampling(broken)
-  (state_dir / "_METADATA").unlink()
-  with pytest.raises(CheckpointError, match=f"{state_dir}.*--step"):
-    restore_for_sampling(broken)
-  assert restore_for_sampling(broken, step=1).step == 1  # the earlier step still restores
 
 
 def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_dir, tmp_path):
@@ -347,46 +303,6 @@ def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
   assert caplog.text.count("cut short") == 1 and "were truncated" not in caplog.text
 
 
-class _Stopped(Exception):
-  pass
-
-
-def _stop_before_the_step(*args, **kwargs):
-  raise _Stopped
-
-
-def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkeypatch):
-  """Training copies a pretrained T5's tokenizer and config.json into WORKDIR/text; sampling reads
-  them there, so neither the original directory nor the hub is needed (the weights are in the
-  checkpoints)."""
-  config = tiny_config(tmp_path / "unused_data")
-  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5")
-  tokenizer, t5_config, _ = build_text(config)
-  workdir = tmp_path / "run"
-  run = save_run(workdir, config)  # checkpoints of steps 1 and 2
-  # train() from step 2 to 3 writes WORKDIR/text before its step; the step itself is stopped
-  # (no data, nothing compiled): what it wrote is what sampling needs.
-  config.train.steps = 3
-  monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
-  monkeypatch.setattr(loop, "jit_train_step", _stop_before_the_step)
-  with pytest.raises(_Stopped):
-    loop.train(config, workdir)
-  shutil.rmtree(tmp_path / "t5")
-  sampler = Sampler.from_workdir(workdir, batch_size=8)
-  assert sampler.models.text_encoder.config == t5_config
-  prompt = ["a red circle"]
-  np.testing.assert_array_equal(sampler.tokenizer(prompt)["input_ids"],
-                                tokenizer(prompt)["input_ids"])
-  assert _same_tree(jax.device_get(sampler.ema_params), run.ema[2])
-  assert sampler(prompt, seed=0, num_per_prompt=1).shape == (1, 32, 32, 3)
-  # A later start from step 0 (no checkpoint yet), maybe on another T5, writes them anew.
-  other = dataclasses.replace(t5_config, d_model=16)
-  save_text_files(workdir, tokenizer, other)
-  assert text_setup(config, workdir)[1] == t5_config  # a resumed run keeps them
-  save_text_files(workdir, tokenizer, other, replace=True)
-  assert text_setup(config, workdir)[1] == other
-
-
 def test_an_empty_expansion_falls_back_to_the_prompt(caplog):
   def tokenize(texts):
     return {"input_ids": np.zeros((len(texts), 4), np.int32)}, [4] * len(texts)
@@ -401,79 +317,6 @@ def test_an_empty_expansion_falls_back_to_the_prompt(caplog):
     assert PROMPTS[1] not in caplog.text
 
 
-def test_a_checkpoints_folder_or_step_folder_names_the_workdir_to_pass(run):
-  """--workdir RUN/checkpoints/2 said "the run has not saved one yet ... train longer"."""
-  ckpt = run.workdir / "checkpoints"
-  want = rf"{ckpt / '2'} is a run's checkpoint folder, not its workdir: pass --workdir "
-  with pytest.raises(CheckpointError, match=want + rf"{run.workdir} --step 2\.$"):
-    available_steps(ckpt / "2")
-  with pytest.raises(CheckpointError, match=rf"pass --workdir {run.workdir}\.$"):
-    restore_for_sampling(ckpt)
-
-
-def test_a_folder_of_runs_names_the_runs_to_pass(run, tmp_path):
-  """--workdir runs (the README's runs/shapes_quick's parent) said "No finished checkpoint in
-  runs/checkpoints: the run has not saved one yet ... train longer"."""
-  runs = tmp_path / "runs"
-  for name in ("b", "a"):
-    shutil.copytree(run.workdir, runs / name)
-  (runs / "not_a_run").mkdir()
-  with pytest.raises(CheckpointError, match=(
-      rf"^{runs} is a folder of 2 run\(s\), not a run's workdir \(it has no checkpoints/\); "
-      rf"pass one of them as --workdir: {runs / 'a'}, {runs / 'b'}\.$")):
-    available_steps(runs)
-
-
-def test_a_relative_workdir_is_named_in_full(run, tmp_path, monkeypatch, caplog):
-  """--workdir=../run: 'Restored ... from', Restored.path and the errors named the checkpoints
-  as code/../run/checkpoints (Path.absolute()), where training names its paths in full
-  (cli.in_full, 21facb7)."""
-  (tmp_path / "empty").mkdir()
-  (tmp_path / "code").mkdir()
-  monkeypatch.chdir(tmp_path / "code")
-  workdir = os.path.relpath(run.workdir)  # ../../sample_run0 or the like
-  ckpt = run.workdir / "checkpoints"
-  with caplog.at_level(logging.INFO, "llmimg_jax.sample.restore"):
-    restored = restore_for_sampling(workdir, step=1)
-  assert restored.path == ckpt / "1"
-  assert [r.getMessage() for r in caplog.records if r.name == "llmimg_jax.sample.restore"] == [
-      f"Restored ema_params/text_params of step 1 from {ckpt / '1'}."]
-  with pytest.raises(CheckpointError, match=re.escape(f"No checkpoint for step 7 in {ckpt};")):
-    restore_for_sampling(workdir, step=7)
-  with pytest.raises(CheckpointError, match=re.escape(
-      f"No finished checkpoint in {tmp_path / 'empty' / 'checkpoints'}:")):
-    available_steps("../empty")
-  with pytest.raises(CheckpointError, match=re.escape(
-      f"{ckpt / '2'} is a run's checkpoint folder, not its workdir: pass --workdir "
-      f"{run.workdir} --step 2.")):
-    available_steps(os.path.join(workdir, "checkpoints", "2"))
-
-
-def test_the_latest_step_is_the_highest_not_the_last_by_name(run, tmp_path):
-  workdir = tmp_path / "run"
-  shutil.copytree(run.workdir, workdir)
-  shutil.copytree(workdir / "checkpoints" / "2", workdir / "checkpoints" / "10")
-  assert list(available_steps(workdir)) == [1, 2, 10]
-  restored = restore_for_sampling(workdir)
-  assert restored.step == 10 and restored.path == workdir / "checkpoints" / "10"
-  assert _same_tree(jax.device_get(restored.ema_params), run.ema[2])  # 10 is a copy of 2
-
-
-def test_the_checkpoints_own_config_wins_over_config_json(run, tmp_path):
-  """WORKDIR/config.json is the latest start's config; a step restores with the config it was
-  saved with, and falls back to config.json only when the step has none."""
-  workdir = tmp_path / "run"
-  shutil.copytree(run.workdir, workdir)
-  step_dir = workdir / "checkpoints" / "1"
-  own = saved_config(step_dir)
-  edited = json.loads((workdir / "config.json").read_text())
-  edited["train"]["steps"] = own["train"]["steps"] + 1000
-  (workdir / "config.json").write_text(json.dumps(edited))
-  assert restore_for_sampling(workdir, step=1).config.to_dict() == own != edited
-  shutil.rmtree(step_dir / "config")
-  assert restore_for_sampling(workdir, step=1).config.to_dict() == edited
-
-
 @pytest.mark.parametrize("template", ["{prompt:d}", "{prompt!x}", "Describe {prompt:,}"])
 def test_a_template_that_cannot_format_a_prompt_is_refused_before_the_model_loads(template):
   """check_template passed these (the field is `prompt`), so sample.py loaded the run and the
@@ -482,16 +325,3 @@ def test_a_template_that_cannot_format_a_prompt_is_refused_before_the_model_load
                                                  "format a prompt")):
     check_options(template, 8, 1, False, 1.0, 1.0)
   check_options("{prompt!r}: {prompt:>20}", 8, 1, False, 1.0, 1.0)  # conversions, specs that work
-
-
-def test_a_relative_workdirs_text_files_are_named_in_full(tmp_path, monkeypatch):
-  """--workdir=../run of a run from a pretrained T5: an error reading WORKDIR/text named it as
-  ../run/text (text_setup built it from the workdir as typed), not as restore.py names it."""
-  config = tiny_config(tmp_path / "unused_data")
-  config.text.checkpoint = str(tmp_path / "t5")  # gone: WORKDIR/text is what sampling reads
-  (tmp_path / "run" / "text").mkdir(parents=True)
-  (tmp_path / "run" / "text" / "config.json").write_text("{")  # and no tokenizer files
-  (tmp_path / "code").mkdir()
-  monkeypatch.chdir(tmp_path / "code")
-  with pytest.raises(FileNotFoundError, match=re.escape(repr(str(tmp_path / "run" / "text")))):
-    text_setup(config, "../run")
