@@ -79,9 +79,33 @@ def _out_of_links(path: Path) -> Path | None:
   return Path(*done)
 
 
-def usable_cpus() -> int:
-  """The cores this process may run on (taskset, a cpuset), not os.cpu_count()'s host total."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def usable_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+  """The cores this process may use, not os.cpu_count()'s host total: those it may run on
+  (taskset, a cpuset), at most its container's CPU quota rounded up (Docker's --cpus, a
+  Kubernetes CPU limit: `_cpu_quota`)."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count() or 1)
+  quota = _cpu_quota(Path(cgroup_root))
+  return min(cores, quota) if quota else cores
+
+
+def _cpu_quota(root: Path) -> int | None:
+  """ceil(quota / period) of the cgroup mounted at `root` as a container sees its own: v2's
+  cpu.max ("200000 100000"; "max 100000": none), else v1's cpu/cpu.cfs_quota_us (-1: none) and
+  cpu.cfs_period_us; None without a quota or where neither can be read (not Linux)."""
+  try:
+    quota, period = (root / "cpu.max").read_text().split()
+  except (OSError, ValueError):
+    try:
+      quota, period = ((root / "cpu" / name).read_text().strip()
+                       for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+    except OSError:
+      return None
+  try:
+    quota_us, period_us = int(quota), int(period)
+  except ValueError:  # "max"
+    return None
+  return -(-quota_us // period_us) if quota_us > 0 and period_us > 0 else None
 
 
 def expand_home(path: str | os.PathLike, flag: str) -> Path:
