@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from llmimg_jax import cli
 from llmimg_jax.data import shapes
 from llmimg_jax.data.tfds_utils import DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo
 
@@ -73,10 +74,11 @@ BUILDER_CONFIGS = [
 
 
 def default_num_proc() -> int:
-  """Worker processes used to render; override with LLMIMG_DATA_NUM_PROC (1 = in process)."""
+  """Worker processes used to render: one per usable core (cli.usable_cpus), at most 8; override
+  with LLMIMG_DATA_NUM_PROC (1 = in process)."""
   env = os.environ.get("LLMIMG_DATA_NUM_PROC")
   if not env:
-    return max(1, min(8, os.cpu_count() or 1))
+    return min(8, cli.usable_cpus())
   try:
     return int(env)
   except ValueError:

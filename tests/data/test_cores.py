@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmimg_jax import cli
+from llmimg_jax.data import captioned_shapes, images
 
 
 @pytest.mark.parametrize("files, expected", [
@@ -31,3 +32,16 @@ def test_the_affinity_mask_bounds_the_usable_cores_under_a_larger_quota(tmp_path
   monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {3}, raising=False)
   (tmp_path / "cpu.max").write_text("400000 100000\n")
   assert cli.usable_cpus(tmp_path) == 1
+
+
+def test_captioned_shapes_renders_in_one_process_per_usable_core(tmp_path, monkeypatch):
+  """default_num_proc counted os.cpu_count(): under taskset (or a quota) on a 64-core host a
+  build spawned 8 render processes for 2 cores, where the folder build's decode threads
+  (images._decode_threads) counted the usable ones."""
+  monkeypatch.delenv("LLMIMG_DATA_NUM_PROC", raising=False)
+  monkeypatch.setattr(cli.os, "cpu_count", lambda: 64)
+  monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  assert captioned_shapes.default_num_proc() == images._decode_threads() == 2
+  monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+  monkeypatch.setattr(cli, "_cpu_quota", lambda root: None)
+  assert captioned_shapes.default_num_proc() == images._decode_threads() == 8
