@@ -137,3 +137,63 @@ def test_an_image_opens_as_it_would_alone_while_another_thread_decodes(tmp_path,
     while_another_decodes = outcome()
   assert (alone, while_another_decodes) == ("unreadable", "unreadable")
   assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def _until(condition) -> None:
+  deadline = time.monotonic() + 10
+  while not condition():
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+
+
+def test_threads_open_images_at_once_under_the_same_pixel_limit(tmp_path, monkeypatch):
+  """_pil_pixel_limit held one lock across Image.open: a folder build's threads opened their
+  files one at a time, a network round trip each on NFS or gcsfuse. Two opens now overlap (each
+  waits for the other to have started), and PIL's limit is the program's again after."""
+  paths = [str(tmp_path / f"{i}.png") for i in range(2)]
+  both_opening = threading.Barrier(2, timeout=10)
+  real_open = Image.open
+
+  def open_together(fp, *args, **kwargs):
+    both_opening.wait()  # BrokenBarrierError if the other open cannot start meanwhile
+    return real_open(fp, *args, **kwargs)
+
+  for path in paths:
+    Image.new("RGB", (8, 8)).save(path)
+  monkeypatch.setattr(Image, "open", open_together)
+  before = Image.MAX_IMAGE_PIXELS
+  with ThreadPoolExecutor(2) as pool:
+    loads = [pool.submit(images.load_image, path, 8, 10**9) for path in paths]
+    assert [load.result(timeout=20)[0].shape for load in loads] == [(8, 8, 3)] * 2
+  assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_an_open_under_another_pixel_limit_waits_and_is_not_overtaken(tmp_path, monkeypatch):
+  """Threads opening under one limit share PIL's setting; one wanting another limit waits until
+  they end (each open sees its own limit throughout), and later opens under the first limit wait
+  for it in turn (a build's stream of opens does not keep it waiting)."""
+  a, b, c = (str(tmp_path / f"{name}.png") for name in "abc")
+  for path in (a, b, c):
+    Image.new("RGB", (8, 8)).save(path)
+  opens, release_a, real_open = [], threading.Event(), Image.open
+
+  def recorded_open(fp, *args, **kwargs):  # (path, start or end, PIL's limit then)
+    opens.append((fp, "start", Image.MAX_IMAGE_PIXELS))
+    if fp == a:
+      assert release_a.wait(10)
+    opens.append((fp, "end", Image.MAX_IMAGE_PIXELS))
+    return real_open(fp, *args, **kwargs)
+
+  monkeypatch.setattr(Image, "open", recorded_open)
+  with ThreadPoolExecutor(3) as pool:
+    first = pool.submit(images.load_image, a, 8, 10**8)
+    _until(lambda: opens)
+    second = pool.submit(images.load_image, b, 8, 2 * 10**8)
+    _until(lambda: images._limit_queue)  # the second waits
+    third = pool.submit(images.load_image, c, 8, 10**8)
+    time.sleep(0.2)  # time for the third to overtake the second, if it could
+    release_a.set()
+    for load in (first, second, third):
+      load.result(timeout=10)
+  assert opens == [(a, "start", 10**8), (a, "end", 10**8), (b, "start", 2 * 10**8),
+                   (b, "end", 2 * 10**8), (c, "start", 10**8), (c, "end", 10**8)]
