@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
-import itertools
 import logging
 import os
-import threading
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from llmimg_jax import cli
+from llmimg_jax.data import decode_guards
 from llmimg_jax.data import icc as icc_lib
 
 log = logging.getLogger(__name__)
@@ -53,16 +50,6 @@ _ADDED_EXTENSIONS = {2: frozenset({".avif", ".heic", ".heif"}),
                      4: frozenset({".jpe", ".apng", ".mpo"})}
 _BLOCK_PIXELS = 1 << 16  # about this many pixels per block of rows (`_row_blocks`)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-# Threads opening under a pixel limit (`_pil_pixel_limit`): how many, the limit they share,
-# what the program's was (restored when the last one ends), and the threads waiting, in turn.
-_PIL_LIMIT = threading.Condition()
-_limit_users = 0
-_limit: int | None = None
-_limit_restore = contextlib.ExitStack()
-_limit_queue: collections.deque[tuple[object, int | None]] = collections.deque()
-_LOADING_LOCK = threading.Lock()
-_loading = 0  # load_image calls decoding now, in any thread
-_truncated_setting = False  # the program's ImageFile.LOAD_TRUNCATED_IMAGES while they do
 _heif_registered: bool | None = None  # pillow-heif imported and registered; None: not tried
 
 
@@ -196,64 +183,6 @@ def _missing_decoder(ext: str) -> str | None:
   return None
 
 
-@contextlib.contextmanager
-def _pil_pixel_limit(limit: int | None):
-  """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
-  `max_pixels` above PIL's default admits those images, and its DecompressionBombWarning an
-  error. Threads wanting the same limit open at once (on NFS or gcsfuse an open is a network
-  round trip); one wanting another waits until they end, and later ones wanting theirs wait for
-  it. The program's settings (limit, warning filters) are restored when the last one ends."""
-  global _limit_users, _limit
-  limit = limit or None
-  waiting = (object(), limit)
-
-  def turn() -> bool:  # the limit is free or ours, and no one before us wants another
-    before = itertools.takewhile(lambda other: other is not waiting, _limit_queue)
-    return (not _limit_users or _limit == limit) and all(l == limit for _, l in before)
-
-  with _PIL_LIMIT:
-    _limit_queue.append(waiting)
-    try:
-      _PIL_LIMIT.wait_for(turn)
-    finally:  # also when interrupted: those after it do not wait for it
-      _limit_queue.remove(waiting)
-      _PIL_LIMIT.notify_all()
-    if not _limit_users:
-      _limit_restore.enter_context(warnings.catch_warnings())  # the process's filters
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      _limit_restore.callback(setattr, Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
-      Image.MAX_IMAGE_PIXELS = _limit = limit
-    _limit_users += 1
-  try:
-    yield
-  finally:
-    with _PIL_LIMIT:
-      _limit_users -= 1
-      if not _limit_users:
-        _limit_restore.close()  # the program's limit, then its filters
-        _PIL_LIMIT.notify_all()
-
-
-@contextlib.contextmanager
-def _truncated_images_refused():
-  """ImageFile.LOAD_TRUNCATED_IMAGES off (a truncated file is skipped, not padded; a PNG chunk's
-  broken checksum refused) while any thread decodes; the program's setting is restored when the
-  last one ends. (Each call setting and restoring it itself would, in threads, restore it while
-  another one decodes.)"""
-  global _loading, _truncated_setting
-  with _LOADING_LOCK:
-    if not _loading:
-      _truncated_setting, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-    _loading += 1
-  try:
-    yield
-  finally:
-    with _LOADING_LOCK:
-      _loading -= 1
-      if not _loading:
-        ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_setting
-
-
 def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
   """Decodes `path`, applies EXIF orientation, takes the centre square and resizes it to `size`.
 
@@ -264,12 +193,12 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   """
   # PIL reads LOAD_TRUNCATED_IMAGES as it opens (a PNG chunk's checksum) as well as loads: off
   # throughout, so that an image decodes alike alone and while other threads decode.
-  with _truncated_images_refused():
+  with decode_guards.truncated_images_refused():
     return _decode(path, size, max_pixels)
 
 
 def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, list[str]]:
-  """load_image's work, within _truncated_images_refused."""
+  """load_image's work, within decode_guards.truncated_images_refused."""
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
     raise SkipImage("unsupported_extension", ext or "(none)")
@@ -283,7 +212,7 @@ def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, l
   max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
   notes = []
   try:
-    with _pil_pixel_limit(max_pixels):
+    with decode_guards.pixel_limit(max_pixels):
       img = Image.open(path)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise SkipImage("too_large", str(e)) from None

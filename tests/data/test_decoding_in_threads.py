@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, PngImagePlugin
 
-from llmimg_jax.data import images
+from llmimg_jax.data import decode_guards, images
 
 
 def _save_cut_jpeg(path) -> None:
@@ -133,7 +133,7 @@ def test_an_image_opens_as_it_would_alone_while_another_thread_decodes(tmp_path,
     return "stored"
 
   alone = outcome()
-  with images._truncated_images_refused():  # as while another thread loads an image
+  with decode_guards.truncated_images_refused():  # as while another thread loads an image
     while_another_decodes = outcome()
   assert (alone, while_another_decodes) == ("unreadable", "unreadable")
   assert ImageFile.LOAD_TRUNCATED_IMAGES is True
@@ -147,7 +147,7 @@ def _until(condition) -> None:
 
 
 def test_threads_open_images_at_once_under_the_same_pixel_limit(tmp_path, monkeypatch):
-  """_pil_pixel_limit held one lock across Image.open: a folder build's threads opened their
+  """images._pil_pixel_limit held one lock across Image.open: a folder build's threads opened their
   files one at a time, a network round trip each on NFS or gcsfuse. Two opens now overlap (each
   waits for the other to have started), and PIL's limit is the program's again after."""
   paths = [str(tmp_path / f"{i}.png") for i in range(2)]
@@ -189,7 +189,7 @@ def test_an_open_under_another_pixel_limit_waits_and_is_not_overtaken(tmp_path, 
     first = pool.submit(images.load_image, a, 8, 10**8)
     _until(lambda: opens)
     second = pool.submit(images.load_image, b, 8, 2 * 10**8)
-    _until(lambda: images._limit_queue)  # the second waits
+    _until(lambda: decode_guards._limit_queue)  # the second waits
     third = pool.submit(images.load_image, c, 8, 10**8)
     time.sleep(0.2)  # time for the third to overtake the second, if it could
     release_a.set()

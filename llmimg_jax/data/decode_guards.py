@@ -1,0 +1,81 @@
+"""What threads decoding images at once (images.load_images) share: PIL's process-wide settings
+that load_image changes, set by the first thread and restored by the last, so that each thread
+decodes as it would alone and the program's settings are its own again after."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+import warnings
+
+from PIL import Image, ImageFile
+
+# Threads opening under a pixel limit (`pixel_limit`): how many, the limit they share,
+# what the program's was (restored when the last one ends), and the threads waiting, in turn.
+_PIL_LIMIT = threading.Condition()
+_limit_users = 0
+_limit: int | None = None
+_limit_restore = contextlib.ExitStack()
+_limit_queue: collections.deque[tuple[object, int | None]] = collections.deque()
+_LOADING_LOCK = threading.Lock()
+_loading = 0  # load_image calls decoding now, in any thread
+_truncated_setting = False  # the program's ImageFile.LOAD_TRUNCATED_IMAGES while they do
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: int | None):
+  """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
+  `max_pixels` above PIL's default admits those images, and its DecompressionBombWarning an
+  error. Threads wanting the same limit open at once (on NFS or gcsfuse an open is a network
+  round trip); one wanting another waits until they end, and later ones wanting theirs wait for
+  it. The program's settings (limit, warning filters) are restored when the last one ends."""
+  global _limit_users, _limit
+  limit = limit or None
+  waiting = (object(), limit)
+
+  def turn() -> bool:  # the limit is free or ours, and no one before us wants another
+    before = itertools.takewhile(lambda entry: entry is not waiting, _limit_queue)
+    return (not _limit_users or _limit == limit) and all(other == limit for _, other in before)
+
+  with _PIL_LIMIT:
+    _limit_queue.append(waiting)
+    try:
+      _PIL_LIMIT.wait_for(turn)
+    finally:  # also when interrupted: those after it do not wait for it
+      _limit_queue.remove(waiting)
+      _PIL_LIMIT.notify_all()
+    if not _limit_users:
+      _limit_restore.enter_context(warnings.catch_warnings())  # the process's filters
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      _limit_restore.callback(setattr, Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+      Image.MAX_IMAGE_PIXELS = _limit = limit
+    _limit_users += 1
+  try:
+    yield
+  finally:
+    with _PIL_LIMIT:
+      _limit_users -= 1
+      if not _limit_users:
+        _limit_restore.close()  # the program's limit, then its filters
+        _PIL_LIMIT.notify_all()
+
+
+@contextlib.contextmanager
+def truncated_images_refused():
+  """ImageFile.LOAD_TRUNCATED_IMAGES off (a truncated file is skipped, not padded; a PNG chunk's
+  broken checksum refused) while any thread decodes; the program's setting is restored when the
+  last one ends. (Each call setting and restoring it itself would, in threads, restore it while
+  another one decodes.)"""
+  global _loading, _truncated_setting
+  with _LOADING_LOCK:
+    if not _loading:
+      _truncated_setting, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    _loading += 1
+  try:
+    yield
+  finally:
+    with _LOADING_LOCK:
+      _loading -= 1
+      if not _loading:
+        ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_setting
