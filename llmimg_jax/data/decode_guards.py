@@ -1,6 +1,7 @@
 """What threads decoding images at once (images.load_images) share: PIL's process-wide settings
 that load_image changes, set by the first thread and restored by the last, so that each thread
-decodes as it would alone and the program's settings are its own again after."""
+decodes as it would alone and the program's settings are its own again after; and the memory
+their decodes hold, bounded together (DECODE_MEMORY)."""
 from __future__ import annotations
 
 import collections
@@ -8,9 +9,18 @@ import contextlib
 import itertools
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 
 from PIL import Image, ImageFile
 
+# The estimated peak bytes (images._peak_bytes) of the images decoded at once, in all threads
+# (`decode_memory`). Unbounded, 8 threads decoding 48 MP PNG scans peaked near 7 GB. 2 GiB lets 8
+# threads decode 12 MP PNGs (photos: 0.24 GB each) at once, and an image at PIL's default limit
+# (89.5 MP: 1.8 GB as RGB) beside small ones; a larger one decodes alone.
+DECODE_MEMORY = 2 << 30
+_DECODE_MEMORY = threading.Condition()
+_decoding_bytes = 0  # estimated peak bytes of the decodes running now
+_decode_queue: collections.deque[object] = collections.deque()  # those waiting, in turn
 # Threads opening under a pixel limit (`pixel_limit`): how many, the limit they share,
 # what the program's was (restored when the last one ends), and the threads waiting, in turn.
 _PIL_LIMIT = threading.Condition()
@@ -79,3 +89,38 @@ def truncated_images_refused():
       _loading -= 1
       if not _loading:
         ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_setting
+
+
+@contextlib.contextmanager
+def decode_memory() -> Iterator[Callable[[int], None]]:
+  """reserve(nbytes), to call once: waits until `nbytes` more fit in DECODE_MEMORY beside the
+  decodes running now (in any thread), first come first served, and holds them until the block
+  ends. A decode larger than DECODE_MEMORY starts when none runs (alone, never waiting for ever)."""
+  global _decoding_bytes
+  held = 0
+
+  def reserve(nbytes: int) -> None:
+    global _decoding_bytes
+    nonlocal held
+    ticket = object()
+
+    def turn() -> bool:
+      fits = not _decoding_bytes or _decoding_bytes + nbytes <= DECODE_MEMORY
+      return _decode_queue[0] is ticket and fits
+
+    with _DECODE_MEMORY:
+      _decode_queue.append(ticket)
+      try:
+        _DECODE_MEMORY.wait_for(turn)
+      finally:  # also when interrupted: those after it do not wait for it
+        _decode_queue.remove(ticket)
+        _DECODE_MEMORY.notify_all()  # the next in line may fit beside it
+      _decoding_bytes += nbytes
+      held = nbytes
+
+  try:
+    yield reserve
+  finally:
+    with _DECODE_MEMORY:
+      _decoding_bytes -= held
+      _DECODE_MEMORY.notify_all()

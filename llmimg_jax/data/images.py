@@ -9,7 +9,7 @@ import collections
 import concurrent.futures
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
@@ -193,12 +193,14 @@ def load_image(path: str, size: int, max_pixels: int | None = None) -> tuple[np.
   """
   # PIL reads LOAD_TRUNCATED_IMAGES as it opens (a PNG chunk's checksum) as well as loads: off
   # throughout, so that an image decodes alike alone and while other threads decode.
-  with decode_guards.truncated_images_refused():
-    return _decode(path, size, max_pixels)
+  # Its memory is reserved once opened, until it returns (decode_guards.decode_memory).
+  with decode_guards.truncated_images_refused(), decode_guards.decode_memory() as reserve:
+    return _decode(path, size, max_pixels, reserve)
 
 
-def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, list[str]]:
-  """load_image's work, within decode_guards.truncated_images_refused."""
+def _decode(path: str, size: int, max_pixels: int | None,
+            reserve: Callable[[int], None]) -> tuple[np.ndarray, list[str]]:
+  """load_image's work, within decode_guards.truncated_images_refused and decode_memory."""
   ext = os.path.splitext(path)[1].lower()
   if ext not in IMAGE_EXTENSIONS:
     raise SkipImage("unsupported_extension", ext or "(none)")
@@ -238,6 +240,7 @@ def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, l
       notes.append("extension_mismatch")
     if fmt == "JPEG":
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
+    reserve(_peak_bytes(img))  # waits for room beside other threads' decodes (DECODE_MEMORY)
     # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
     try:
       img.load()
@@ -253,9 +256,18 @@ def _decode(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, l
   return resize_square(rgb, size), notes
 
 
+def _peak_bytes(img: Image.Image) -> int:
+  """The bytes load_image holds at most while it decodes the opened `img` (its declared size,
+  a JPEG's after draft) into RGB and resizes it: 8 + 4 per band per pixel. Peaks measured
+  (ru_maxrss, Pillow 13, 12 MP PNG or TIFF) per pixel: L 8, I;16 10, P and 1 12, RGB and CMYK
+  18, RGBA 20 (PIL's decoded image, its RGB conversion, NumPy's copy, resize_square's)."""
+  w, h = img.size
+  return w * h * (8 + 4 * len(img.getbands()))
+
+
 def _decode_threads() -> int:
   """Threads decoding in `load_images`: one per usable core, at most 8 (each holds a decoded
-  photo, up to PIL's 89.5 MP limit, while it resizes it)."""
+  image while it resizes it; together at most decode_guards.DECODE_MEMORY)."""
   return min(8, cli.usable_cpus())
 
 

@@ -197,3 +197,46 @@ def test_an_open_under_another_pixel_limit_waits_and_is_not_overtaken(tmp_path, 
       load.result(timeout=10)
   assert opens == [(a, "start", 10**8), (a, "end", 10**8), (b, "start", 2 * 10**8),
                    (b, "end", 2 * 10**8), (c, "start", 10**8), (c, "end", 10**8)]
+
+
+def test_the_images_decoded_at_once_fit_in_the_decode_memory(tmp_path, monkeypatch):
+  """Each decode thread held a whole decode: 8 threads on 48 MP PNG scans took ~7 GB. The images
+  decoded at once now fit in decode_guards.DECODE_MEMORY by their estimated peaks (two 100x100
+  RGB images here: 200 kB each), one larger than it decodes alone (not never), and the build's
+  images, notes, skips and order are those of one thread."""
+  paths = []
+  for i in range(12):
+    paths.append(str(tmp_path / f"{i}.png"))
+    side = 300 if i == 5 else 100  # 1.8 MB: more than the whole budget
+    Image.fromarray(np.full((side, side, 3), 20 * i, np.uint8)).save(paths[-1])
+  (tmp_path / "7.png").write_bytes(b"not an image")  # skipped at open
+  (tmp_path / "9.png").write_bytes((tmp_path / "8.png").read_bytes()[:80])  # ... at load
+  monkeypatch.setattr(decode_guards, "DECODE_MEMORY", 450_000)
+  monkeypatch.setattr(images, "_decode_threads", lambda: 4)
+  decoding, at_once, lock, to_rgb = [], [], threading.Lock(), images._to_rgb
+
+  def counted_to_rgb(img, *args):  # each decode's span includes its _to_rgb
+    with lock:
+      decoding.append(img.size)
+      at_once.append(sorted(decoding))
+    time.sleep(0.05)
+    try:
+      return to_rgb(img, *args)
+    finally:
+      with lock:
+        decoding.remove(img.size)
+
+  monkeypatch.setattr(images, "_to_rgb", counted_to_rgb)
+  in_threads = list(images.load_images(paths, 16))
+  assert max(map(len, at_once)) == 2
+  assert [sizes for sizes in at_once if (300, 300) in sizes] == [[(300, 300)]]
+  monkeypatch.setattr(images, "_decode_threads", lambda: 1)
+  alone = list(images.load_images(paths, 16))
+  assert [type(r) for r in in_threads] == [type(r) for r in alone]
+  for i, (got, expected) in enumerate(zip(in_threads, alone)):
+    if isinstance(expected, images.SkipImage):
+      assert (got.reason, str(got)) == (expected.reason, str(expected)), i
+    else:
+      np.testing.assert_array_equal(got[0], expected[0])
+      assert got[1] == expected[1], i
+  assert [type(r).__name__ for r in alone].count("SkipImage") == 2
