@@ -1,7 +1,36 @@
+"""Shared fixtures of the training tests: a tiny captioned_shapes data_dir, and checkpoints of
+host-drawn states to resume from."""
+import jax
+import numpy as np
 import pytest
+
+from llmimg_jax.data.pipeline import make_iterator
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.state import build_models, build_text
+from tests.sample.utils import _quick_state
+from tests.train.utils import tiny_config
 
 
 @pytest.fixture(scope="session")
 def shapes_data_dir(tmp_path_factory):
   """A tiny captioned_shapes build shared by the training tests (built on first use)."""
   return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture
+def saved(shapes_data_dir, tmp_path):
+  """Checkpoints at steps 2 and 4 of host-drawn states (nothing compiled) with the iterator."""
+  config = tiny_config(shapes_data_dir)
+  tokenizer, t5_config, pretrained = build_text(config)
+  state = _quick_state(build_models(config, t5_config), pretrained)
+  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
+  manager = checkpoint.make_manager(tmp_path, config)
+  states, data = {}, {0: it.get_state()}
+  for step in (2, 4):
+    next(it), next(it)  # one batch per step, as train() reads (restore_latest checks it)
+    states[step] = state.replace(step=np.int32(step), g_params=jax.tree.map(
+        lambda x, s=step: x + s, state.g_params))
+    checkpoint.save(manager, step, states[step], it, config)
+    data[step] = it.get_state()
+  manager.wait_until_finished()
+  return config, tokenizer, states, data

@@ -1,6 +1,7 @@
 """Helpers shared by the training tests: a tiny config and pretrained T5, a random batch, a
 host-drawn mid-training state, tree equality, TensorBoard scalars as logged (and as the loop logs
-given steps' metrics), and damaged checkpoints."""
+given steps' metrics), damaged checkpoints, and a fresh checkpoint manager and input iterator to
+restore them into."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,8 @@ import optax
 import pytest
 from tqdm import tqdm
 
+from llmimg_jax.data.pipeline import make_iterator
+from llmimg_jax.train import checkpoint
 from llmimg_jax.train.config import base_config
 from llmimg_jax.train.state import TrainState, init_state
 
@@ -164,6 +167,11 @@ def _damage(step_dir, how: str) -> None:
   elif how == "data_state_deleted":
     for p in (step_dir / "data").iterdir():
       p.unlink()
+
+
+def _fresh(config, tokenizer, workdir):
+  return (checkpoint.make_manager(workdir, config),
+          make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0))
 
 
 def _log_window(steps: list[dict[str, float]], done: int = 4) -> dict[str, float]:
