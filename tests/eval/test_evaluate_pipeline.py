@@ -6,7 +6,7 @@ The run is tests/sample's (host-drawn params in train.py's workdir layout, no tr
 captioned_shapes/tiny_32 and the evaluator a deliberately short training of it (cached in a temp
 LLMIMG_CACHE_DIR, tests/eval/conftest.py): this checks the mechanics (files, keys, table, best.json,
 TensorBoard), not the evaluator's accuracy (tests/eval/test_shapes_eval.py does that). evaluate.py's
-command line: tests/eval/test_evaluate_cli.py.
+command line: tests/eval/test_evaluate_cli.py; its results file: test_evaluate_results_file.py.
 """
 import json
 import logging

@@ -1,5 +1,11 @@
-"""Helpers shared by the evaluation tests."""
+"""Helpers shared by the evaluation tests: a stand-in for the Inception network, damaged .npz
+files, and evaluate.main run under given flags."""
+from pathlib import Path
+
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "shapes_quick.py"
 
 
 class _MeanStdFeatures:
@@ -26,3 +32,16 @@ def _damaged_npz_files(tmp_path, good: dict) -> list:
   with open(tmp_path / "array.npz", "wb") as f:
     np.save(f, np.zeros(3))
   return [tmp_path / n for n in ("cut.npz", "text.npz", "array.npz")]
+
+
+def _main(*args: str) -> int | str | None:
+  """evaluate.main under these flags: its SystemExit's code (a one-line error), or None."""
+  import evaluate
+  evaluate.FLAGS(["evaluate.py", *args])
+  try:
+    evaluate.main([])
+  except SystemExit as e:
+    return e.code
+  finally:
+    evaluate.FLAGS.unparse_flags()
+  return None
