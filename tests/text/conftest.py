@@ -15,7 +15,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.text.utils import BYT5_VOCAB, _hf_kwargs, _random_t5, _save
+from llmimg_jax.text import TextGenerator
+from tests.text.utils import BYT5_VOCAB, MAX_LEN, _hf_kwargs, _random_t5, _save
 
 TEXT_TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -107,6 +108,12 @@ def mt5_untied(tmp_path_factory) -> Checkpoint:
 @pytest.fixture(scope="session", params=["relu_tied", "gated_untied"])
 def checkpoint(request) -> Checkpoint:
   return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def generator(relu_tied):
+  """relu_tied's TextGenerator at MAX_LEN tokens (tests/text/test_generate_api.py has its own)."""
+  return TextGenerator.from_pretrained(relu_tied.path, max_length=MAX_LEN)
 
 
 @pytest.fixture(scope="session")

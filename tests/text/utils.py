@@ -12,6 +12,7 @@ if TYPE_CHECKING:
   import transformers
 
 BYT5_VOCAB = 384
+MAX_LEN = 32  # the TextGenerator fixture's max_length (tests/text/conftest.py)
 
 
 def copy_config(src: str, dst: str) -> None:
