@@ -1,6 +1,8 @@
 """Test-session setup: 8 simulated CPU devices, so data-parallel code paths run everywhere."""
 import os
 
+import pytest
+
 # Must happen before JAX initialises its backends; tests that need 1 device use a 1-device mesh.
 # Two XLA:CPU options that make programs compile faster, a net win for tests that mostly compile:
 # - LLVM's O0 for XLA's own kernels: compile ~1/3 faster, elementwise kernels slower (`python
@@ -64,3 +66,19 @@ def pytest_collection_modifyitems(items):
     module = item.nodeid.split("::")[0]
     return _FIRST.index(module) if module in _FIRST else len(_FIRST)
   items.sort(key=rank)  # stable: the order within each module and of the rest is kept
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+  """A tiny run in train.py's layout (tests.sample.utils.Run), saved from 8 simulated devices: the
+  sampling and evaluation tests' run, built once per session (xdist worker). Here, not in
+  tests/sample/conftest.py: each module importing a fixture gets its own, built once per module
+  (7 times per worker in tests/eval and tests/sample). Its values are drawn on the host, not
+  trained: compiling a train step (~60 s) or the init (~12 s) on this CPU would dominate the
+  suite, and sampling only reads ema_params/text_params/config. (Sampling a real train.py run is
+  the same code path.) Each step's EMA differs from g_params and from the other step's, so tests
+  can tell them apart."""
+  from tests.sample.utils import save_run  # imports JAX: after XLA_FLAGS above
+  from tests.train.utils import tiny_config
+  return save_run(tmp_path_factory.mktemp("sample_run"),
+                  tiny_config(tmp_path_factory.mktemp("unused_data")))

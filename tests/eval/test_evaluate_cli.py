@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from tests.eval.utils import CONFIG, ROOT, _main, _MeanStdFeatures
-from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 
 
 def test_cli_help_and_missing_workdir(tmp_path):

@@ -18,7 +18,6 @@ import pytest
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
 from tests.eval.utils import _MeanStdFeatures
-from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 from tests.train.utils import tiny_config
 
 

@@ -4,7 +4,6 @@ import json
 import logging
 import sys
 
-from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 from tests.train.utils import tiny_config
 
 

@@ -3,7 +3,6 @@ state each time, as the loop passes) reuse them."""
 import jax
 import jax.numpy as jnp
 
-from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 from tests.train.utils import lowered_programs, tiny_config
 
 

@@ -2,7 +2,6 @@
 records), as evaluate.py's: a floor the generated images beat by design was no floor."""
 import pytest
 
-from tests.sample.conftest import run  # noqa: F401  (run: session fixture)
 from tests.train.utils import tiny_config
 
 

@@ -14,7 +14,6 @@ import pytest
 from llmimg_jax.eval import fid, inception
 from llmimg_jax.eval.report import evaluate_run, format_table, to_json
 from tests.eval.utils import _MeanStdFeatures
-from tests.sample.conftest import run  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 

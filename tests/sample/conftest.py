@@ -1,21 +1,7 @@
-"""A tiny run saved from 8 simulated devices, shared by the sampling tests (built once)."""
+"""The sampling tests' Sampler and expander, of tests/conftest.py's `run`."""
 from __future__ import annotations
 
 import pytest
-
-from tests.sample.utils import Run, save_run
-from tests.train.utils import tiny_config
-
-
-@pytest.fixture(scope="session")
-def run(tmp_path_factory) -> Run:
-  """A workdir in train.py's layout (checkpoint.make_manager/save, config.json), saved from a
-  state replicated on the 8-device mesh. Its values are drawn on the host, not trained: compiling
-  a train step (~60 s) or the init (~12 s) on this CPU would dominate the suite, and sampling only
-  reads ema_params/text_params/config. (Sampling a real train.py run is the same code path.)
-  Each step's EMA differs from g_params and from the other step's, so tests can tell them apart."""
-  return save_run(tmp_path_factory.mktemp("sample_run"),
-                  tiny_config(tmp_path_factory.mktemp("unused_data")))
 
 
 @pytest.fixture(scope="session")
