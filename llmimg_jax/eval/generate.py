@@ -30,7 +30,7 @@ def _jitted(models: Models, mesh: jax.sharding.Mesh):
 
 
 def generate_for_captions(models: Models, g_params: Any, text_params: Any, tokenizer: TextTokenizer,
-                          captions: Sequence[str], seed: int = 0, batch_size: int = 64,
+                          captions: Sequence[str] | str, seed: int = 0, batch_size: int = 64,
                           check_finite: bool = False, mesh: jax.sharding.Mesh | None = None
                           ) -> np.ndarray:
   """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the noise
@@ -42,7 +42,9 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   calls this with the same captions): batches of at most batch_size rows, rounded
   up to a multiple of the device count (Sampler's buckets, expand.batch_bucket; the last batch
   wraps around), split over the devices; the params are replicated on them (copied there once if
-  they are not)."""
+  they are not). One str is one caption, as the Sampler and the tokenizer take it."""
+  if isinstance(captions, str):  # not one caption per character
+    captions = [captions]
   if not captions:
     raise ValueError("generate_for_captions got no captions; pass at least one.")
   mesh = make_mesh() if mesh is None else mesh

@@ -206,3 +206,14 @@ def test_two_hosts_generate_together_and_each_gets_every_image(tmp_path):
 def test_no_captions_is_an_error_naming_them():
   with pytest.raises(ValueError, match="got no captions"):  # was a ZeroDivisionError
     generate_for_captions(None, None, None, None, [])
+
+
+def test_one_str_is_one_caption_not_one_per_character(tmp_path):
+  """generate_for_captions("a red circle") made 12 images, one per character of the caption."""
+  _, tokenizer, models, state = _setup(tmp_path)
+  one = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                              "a red circle", seed=1)
+  listed = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                                 ["a red circle"], seed=1)
+  assert one.shape == (1, 32, 32, 3)
+  np.testing.assert_array_equal(one, listed)
