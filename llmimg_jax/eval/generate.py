@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample.expand import batch_bucket
+from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.tokenizer import TextTokenizer
 from llmimg_jax.train.mesh import from_every_host, make_mesh, rows_per_call
 from llmimg_jax.train.state import Models
@@ -47,6 +48,7 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
     captions = [captions]
   if not captions:
     raise ValueError("generate_for_captions got no captions; pass at least one.")
+  check_seed(seed)  # PRNGKey(2**32) would be seed 0's key; 2.5 would fail as 'got JitTracer'
   mesh = make_mesh() if mesh is None else mesh
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   g_params, text_params = jax.device_put((g_params, text_params), replicated)

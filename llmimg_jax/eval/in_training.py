@@ -180,7 +180,8 @@ class TrainingEvaluator:
   def __call__(self, state, step: int, writer) -> dict[str, float]:
     t0 = time.perf_counter()
     images = generate_for_captions(self.models, state.ema_params, state.text_params,
-                                   self.tokenizer, self.captions, seed=self.seed,
+                                   self.tokenizer, self.captions,
+                                   seed=self.seed % 2**32,  # config.seed + 2 may pass 2**32 - 1
                                    mesh=self.mesh)
     result = {k: v for k, v in self.evaluator.score(images, self.captions).items()
               if k != "num_images"}

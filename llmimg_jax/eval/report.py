@@ -18,6 +18,7 @@ from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.scoring import METRICS as ATTRIBUTE_COLUMNS  # one column per attribute
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split, shapes_builder
+from llmimg_jax.text.generator import check_seed
 
 if TYPE_CHECKING:
   from llmimg_jax.sample import Sampler
@@ -62,6 +63,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   `splits` (default: test and, where the build has it, holdout). Other data: the standard FID
   only (`inception_weights` required) on `splits` (default: test, else train)."""
   from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
+  check_seed(seed)  # before the load: generate_for_captions checks it after the evaluator
   if ref_stats and not inception_weights:
     raise ValueError("--ref_stats holds statistics of Inception features: pass "
                      "--inception_weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) "

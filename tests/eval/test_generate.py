@@ -217,3 +217,11 @@ def test_one_str_is_one_caption_not_one_per_character(tmp_path):
                                  ["a red circle"], seed=1)
   assert one.shape == (1, 32, 32, 3)
   np.testing.assert_array_equal(one, listed)
+
+
+@pytest.mark.parametrize("seed, error", [(2**32, ValueError), (-1, ValueError), (2.5, TypeError)])
+def test_a_seed_outside_uint32_or_not_an_int_is_refused(seed, error):
+  """seed=2**32 generated seed 0's images (jax.random.PRNGKey keeps the low 32 bits), -1 those of
+  2**32 - 1, under the seed given; 2.5 failed inside jax.random as 'got JitTracer'."""
+  with pytest.raises(error, match=rf"seed={seed}"):
+    generate_for_captions(None, None, None, None, ["a red circle"], seed=seed)

@@ -26,3 +26,18 @@ def test_evaluations_after_the_first_compile_nothing(run, tiny_eval, tmp_path): 
     for step in (4, 6):
       evaluate(State(), step, None)
   assert lowered[first:] == [], lowered
+
+
+def test_the_largest_config_seed_evaluates(run, tiny_eval, tmp_path):  # noqa: F811
+  """The evaluation draws its noise from config.seed + 2, past 2**32 - 1 for the two largest
+  seeds config.validate allows: it wraps, as jax.random.PRNGKey did before generate_for_captions
+  checked its seed (which then refused it at the first evaluation, mid-run)."""
+  from llmimg_jax.eval.in_training import TrainingEvaluator
+  from llmimg_jax.sample import Sampler
+  data, _ = tiny_eval
+  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
+  config = tiny_config(data.data_dir)
+  config.seed, config.eval.every, config.eval.num_samples = 2**32 - 1, 2, 8
+  evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+  assert evaluate.setup["seed"] == 2**32 + 1  # what best.json records, as before
+  assert 0 <= evaluate(sampler, 2, None)["caption_accuracy"] <= 1

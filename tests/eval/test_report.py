@@ -112,6 +112,13 @@ def test_splits_given_as_one_string_or_repeated_are_each_scored_once():
     _check_splits("tset", available, available, "d")
 
 
+def test_a_bad_seed_is_refused_before_the_run_loads(tmp_path):
+  """evaluate_run(seed=2**32) evaluated seed 0's images under the seed given, and seed=2.5 failed
+  only once the run, the data and the shapes evaluator were loaded (minutes)."""
+  with pytest.raises(ValueError, match=r"seed=4294967296 must be in \[0, 2\*\*32\)"):
+    evaluate_run(str(tmp_path / "no_such_run"), seed=2**32)
+
+
 def test_num_samples_help_states_the_holdout_cap(run, tiny_eval):  # noqa: F811
   """--num_samples 1500 --split holdout scored 1000 images of a 2000-record holdout, while the
   help said only 'capped by the split's size'."""
