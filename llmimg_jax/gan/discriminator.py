@@ -202,10 +202,14 @@ class Discriminator(nn.Module):
       self.text_proj = nn.Dense(self.embed_dim, dtype=self.dtype)
 
   def features(self, x: jax.Array) -> jax.Array:
-    """[batch, R, R, 3] images -> [batch, 4, 4, 8*nf] features."""
+    """[batch, R, R, 3] float images in [-1, 1] -> [batch, 4, 4, 8*nf] features."""
     if x.ndim != 4 or x.shape[1:] != (self.resolution, self.resolution, 3):
       raise ValueError(f"expected images [batch, {self.resolution}, {self.resolution}, 3], "
                        f"got {x.shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # uint8 would be read as 0..255, not [-1, 1]
+      raise ValueError(f"expected float images in [-1, 1], got {x.dtype} ones; convert uint8 "
+                       "images (a dataset's, the Sampler's) with x / 127.5 - 1, as the train "
+                       "step does.")
     h = self.conv_img(x.astype(self.dtype))  # [batch, R, R, nf]
     for block in self.blocks:
       h = block(h)

@@ -103,6 +103,18 @@ def test_errors():
     jax.eval_shape(Discriminator(32, nf=4).init, fast_key(0), jnp.zeros((2, 64, 64, 3)), sent)
 
 
+def test_uint8_images_are_refused_not_read_as_0_to_255(d32):
+  """uint8 images (a dataset's or the Sampler's) were cast to float and scored as values in
+  0..255, far outside the [-1, 1] D trains on, without a word."""
+  d, params, _, x, sent = d32
+  pixels = np.asarray(jnp.round((x + 1) * 127.5), np.uint8)
+  for images in (pixels, pixels.astype(np.int32)):
+    with pytest.raises(ValueError, match=r"float images in \[-1, 1\], got (uint8|int32).*"
+                       r"x / 127\.5 - 1"):
+      d.apply(params, images, sent)
+  assert d.apply(params, pixels / 127.5 - 1, sent)["logits"].shape == (B,)
+
+
 def test_matching_aware_head_against_numpy():
   """logits = 4x4 VALID conv(lrelu(3x3 conv([features, tiled sent_proj(sentence)]))), DF-GAN's
   D_GET_LOGITS; with every parameter random."""
