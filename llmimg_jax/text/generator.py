@@ -23,6 +23,9 @@ def check_seed(seed: int, name: str = "seed") -> None:
   integers pass, bool does not): 2.5 would fail in jax.random.PRNGKey as 'got JitTracer'.
   jax.random.PRNGKey keeps a seed's low 32 bits (2**32 gave seed 0's key, -1 that of 2**32 - 1)
   and raises OverflowError past int64."""
+  if isinstance(seed, jax.Array):  # its repr spans lines (a typed key's, 'overlaying: ...')
+    raise TypeError(f"{name} is a JAX array ({seed.dtype} {list(seed.shape)}: a PRNG key?); "
+                    "pass an int seed, from which the key is made.")
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise TypeError(f"{name}={seed!r} is a {type(seed).__name__}; pass an int.")
   if not 0 <= seed < 2**32:
@@ -72,7 +75,8 @@ class TextGenerator:
                       seed: int | Sequence[int] = 0, **kw: Any) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
     rows = len(batch["input_ids"])
-    one_seed = np.ndim(seed) == 0  # a non-int one is named by check_seed, not len()'s TypeError
+    # a non-int one is named by check_seed, not len()'s TypeError; a key (uint32 [2]) as a key
+    one_seed = np.ndim(seed) == 0 or isinstance(seed, jax.Array)
     if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
     for i, s in enumerate([seed] if one_seed else seed):
