@@ -98,3 +98,15 @@ def test_a_jax_key_as_seed_is_named_as_one(generator, texts, key):
   with pytest.raises(TypeError, match=r"^seed is a JAX array \(.*: a PRNG key\?\); pass an int "
                      r"seed, from which the key is made\.$"):
     generator.generate(texts, max_new_tokens=2, seed=seed, do_sample=True)
+
+
+@pytest.mark.parametrize("rng, got", [(0, r"int32 \[\]"), ([1, 2, 3], r"int32 \[3\]"),
+                                      (np.arange(6.0).reshape(3, 2), r"float32 \[3, 2\]")])
+def test_seeds_where_keys_are_meant_are_named(generator, rng, got):
+  """generate(..., rng=0) said 'rng must be one key or one key per row (3 rows); got an array of
+  shape ()', naming no fix; per-row seeds failed inside jax.random ('invalid PRNG key data')."""
+  batch = generator.tokenizer(["a", "b", "c"])
+  with pytest.raises(TypeError, match=rf"^rng must be a JAX PRNG key \(jax\.random\.PRNGKey\(seed\)"
+                     rf".*; got {got} \(int seeds\? TextGenerator\.generate takes those\)\.$"):
+    generate(generator.params, generator.config, batch["input_ids"], batch["attention_mask"],
+             max_new_tokens=2, do_sample=True, rng=rng)
