@@ -267,6 +267,10 @@ class Generator(nn.Module):
       raise ValueError(f"expected sent [b, d], words [b, L, d], word_mask [b, L]; got "
                        f"{sent.shape}, {words.shape}, {word_mask.shape}.")
     b = z.shape[0]
+    if sent.shape[0] != b or words.shape[0] != b:  # else a concatenate's or reshape's error
+      raise ValueError(f"z, sent and words must hold one row per image; got batches of {b}, "
+                       f"{sent.shape[0]} and {words.shape[0]} (z {z.shape}, sent {sent.shape}, "
+                       f"words {words.shape}): repeat the text's rows for several images.")
     s = nn.Dense(self.cond_dim, dtype=self.dtype, name="sent_proj")(sent.astype(self.dtype))
     cond = jnp.concatenate([z.astype(self.dtype), s], axis=-1)  # [batch, z_dim + cond_dim]
     x = nn.Dense(4 * 4 * channels[0], dtype=self.dtype, name="start")(cond)

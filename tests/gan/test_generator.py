@@ -130,6 +130,20 @@ def test_bad_attn_resolution_raises():
     jax.eval_shape(Generator(32, nf=4, z_dim=Z, attn_resolutions=(64,)).init, fast_key(1), *inputs)
 
 
+@pytest.mark.parametrize("rows", [(3, 2, 2), (2, 1, 2), (2, 2, 1)])
+def test_inputs_of_different_batches_are_named(rows):
+  """z of 3 rows with 2 texts failed in jnp.concatenate ('Cannot concatenate arrays with shapes
+  that differ in dimensions other than the one being concatenated'); one text's words [1, 6, d]
+  for two images were reshaped by the cross-attention into two rows of 3 tokens, failing only at
+  the mask ('Incompatible shapes for broadcasting')."""
+  z, sent, words, mask = _inputs(jax.random.key(0), batch=2)
+  z = jnp.zeros((rows[0], Z))
+  sent, words, mask = sent[:rows[1]], words[:rows[2]], mask[:rows[2]]
+  with pytest.raises(ValueError, match=rf"one row per image; got batches of {rows[0]}, "
+                     rf"{rows[1]} and {rows[2]} \(z \({rows[0]}, {Z}\)"):
+    jax.eval_shape(Generator(32, nf=4, z_dim=Z).init, fast_key(1), z, sent, words, mask)
+
+
 def test_sentence_changes_output(g32):
   _, apply, params, trained, (z, sent, words, mask) = g32
   other = sent + 1.0
