@@ -163,8 +163,11 @@ class ShapesEvaluator:
   def features(self, images: np.ndarray) -> np.ndarray:
     return self.read(images)["features"]
 
-  def score(self, images: np.ndarray, captions: Sequence[str]) -> dict[str, float]:
-    """Caption accuracy and per-attribute accuracies of images [n, R, R, 3] against captions."""
+  def score(self, images: np.ndarray, captions: Sequence[str] | str) -> dict[str, float]:
+    """Caption accuracy and per-attribute accuracies of images [n, R, R, 3] against captions (one
+    str: one caption, of one image)."""
+    if isinstance(captions, str):  # not one caption per character
+      captions = [captions]
     if len(images) != len(captions):
       raise ValueError(f"{len(images)} images but {len(captions)} captions.")
     return score([parse_caption(c) for c in captions], self.read(images))

@@ -1,0 +1,26 @@
+"""ShapesEvaluator used from Python: its inputs as a notebook passes them."""
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.eval import evaluator as ev
+from llmimg_jax.eval.shapes_eval import ShapesEvaluator
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+  """Untrained weights: what it reads does not matter here, only how its inputs are taken."""
+  images = np.zeros((1, 32, 32, 3), np.uint8)
+  return ShapesEvaluator(jax.jit(ev.EvaluatorNet().init)(jax.random.PRNGKey(0), images)["params"],
+                         32)
+
+
+def test_one_str_is_the_caption_of_one_image(evaluator):
+  """score(image[None], "a red circle") was refused as '1 images but 12 captions' (its
+  characters), where the Sampler and generate_for_captions take one str as one caption."""
+  image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), np.uint8)
+  one = evaluator.score(image, "a red circle")
+  assert one["num_images"] == 1  # NaN: the sizes, cells and relations it does not state
+  assert one == pytest.approx(evaluator.score(image, ["a red circle"]), nan_ok=True)
+  with pytest.raises(ValueError, match="2 images but 1 captions"):
+    evaluator.score(np.concatenate([image, image]), "a red circle")
