@@ -44,8 +44,8 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   up to a multiple of the device count (Sampler's buckets, expand.batch_bucket; the last batch
   wraps around), split over the devices; the params are replicated on them (copied there once if
   they are not). One str is one caption, as the Sampler and the tokenizer take it."""
-  if isinstance(captions, str):  # not one caption per character
-    captions = [captions]
+  # One str: not one caption per character; a NumPy array of str or a pandas Series: no bool()
+  captions = [captions] if isinstance(captions, str) else list(captions)
   if not captions:
     raise ValueError("generate_for_captions got no captions; pass at least one.")
   check_seed(seed)  # PRNGKey(2**32) would be seed 0's key; 2.5 would fail as 'got JitTracer'

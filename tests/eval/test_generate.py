@@ -208,7 +208,7 @@ def test_no_captions_is_an_error_naming_them():
     generate_for_captions(None, None, None, None, [])
 
 
-def test_one_str_is_one_caption_not_one_per_character(tmp_path):
+def test_one_str_or_an_array_of_str_are_captions(tmp_path):
   """generate_for_captions("a red circle") made 12 images, one per character of the caption."""
   _, tokenizer, models, state = _setup(tmp_path)
   one = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
@@ -217,6 +217,12 @@ def test_one_str_is_one_caption_not_one_per_character(tmp_path):
                                  ["a red circle"], seed=1)
   assert one.shape == (1, 32, 32, 3)
   np.testing.assert_array_equal(one, listed)
+  # A NumPy array of str (a DataFrame column's values) failed in `not captions`: "The truth
+  # value of an array with more than one element is ambiguous".
+  two = generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                              np.array(["a red circle", "a blue square"]), seed=1)
+  assert two.shape == (2, 32, 32, 3)
+  assert_same_images(two[:1], listed)
 
 
 @pytest.mark.parametrize("seed, error", [(2**32, ValueError), (-1, ValueError), (2.5, TypeError)])
