@@ -230,6 +230,10 @@ def _apply(net: EvaluatorNet, params: Any, images: jax.Array) -> dict[str, jax.A
 def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size: int = 256
                   ) -> dict[str, np.ndarray]:
   """{'present': bool [n, 9], 'shape'/'color'/'size': int [n, 9], 'features': [n, 9 * F]}."""
+  if not len(images):  # no batch to run: empty outputs of one image's shapes and dtypes
+    one = jax.ShapeDtypeStruct((1,) + np.shape(images)[1:], np.asarray(images).dtype)
+    shapes = jax.eval_shape(functools.partial(_apply, net), params, one)  # (a 0-row reshape fails)
+    return {k: np.zeros((0,) + v.shape[1:], v.dtype) for k, v in shapes.items()}
   outs = []
   for start in range(0, len(images), batch_size):
     chunk = np.asarray(images[start:start + batch_size])

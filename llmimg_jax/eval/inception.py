@@ -232,6 +232,8 @@ class InceptionFeatures:
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
       raise ValueError(f"Expected uint8 images [n, h, w, 3] (0-255, channels last); got "
                        f"{images.dtype} {images.shape}.")
+    if not len(images):  # no batch to run
+      return np.zeros((0, self.dim), np.float64)
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = np.asarray(images[start:start + self.batch_size], np.float32) / 255.0

@@ -24,3 +24,15 @@ def test_one_str_is_the_caption_of_one_image(evaluator):
   assert one == pytest.approx(evaluator.score(image, ["a red circle"]), nan_ok=True)
   with pytest.raises(ValueError, match="2 images but 1 captions"):
     evaluator.score(np.concatenate([image, image]), "a red circle")
+
+
+def test_no_images_read_as_no_rows(evaluator):
+  """read() and features() of no images (a selection that kept none) failed with IndexError
+  ('list index out of range') in apply_batched."""
+  one = evaluator.read(np.zeros((1, 32, 32, 3), np.uint8))
+  none = evaluator.read(np.zeros((0, 32, 32, 3), np.uint8))
+  assert {k: (v.shape[1:], v.dtype) for k, v in none.items()} == {
+      k: (v.shape[1:], v.dtype) for k, v in one.items()}
+  assert all(len(v) == 0 for v in none.values())
+  assert evaluator.features(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0,) + one[
+      "features"].shape[1:]
