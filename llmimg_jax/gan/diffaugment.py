@@ -78,7 +78,12 @@ _OPS = {"color": color, "translation": translation, "cutout": cutout}
 
 def diff_augment(x: jax.Array, key: jax.Array,
                  policy: str = "color,translation,cutout") -> jax.Array:
-  """Applies the ops of a comma-separated policy in order; '' is the identity."""
+  """Applies the ops of a comma-separated policy in order to float images x [b, h, w, c] (as D
+  sees them, in [-1, 1]); '' is the identity."""
+  if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):  # uint8: 127.5 everywhere
+    raise ValueError(f"diff_augment(x, key, policy) takes float images x [batch, height, width, "
+                     f"channels]; got x {x.dtype} {list(x.shape)} (uint8 images: x / 127.5 - 1; "
+                     "the key comes second).")
   names = parse_policy(policy)
   if not names:
     return x

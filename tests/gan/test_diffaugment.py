@@ -53,6 +53,18 @@ def test_empty_policy_is_identity(images):
   assert diff_augment(images, jax.random.key(0), " , ") is images
 
 
+def test_uint8_images_or_a_key_first_are_refused(images):
+  """uint8 images came back float32 127.5 everywhere ('color': each random factor cast to uint8),
+  where the docstring says the dtype is kept; diff_augment(key, x) failed in jax.random with
+  'invalid PRNG key data: expected key_data.shape to end with (2,)'."""
+  pixels = np.full(images.shape, 128, np.uint8)
+  with pytest.raises(ValueError, match=r"takes float images .*; got x uint8 \[4, 32, 32, 3\] "
+                     r"\(uint8 images: x / 127\.5 - 1; the key comes second\)"):
+    diff_augment(pixels, jax.random.key(0), "color")
+  with pytest.raises(ValueError, match=r"got x key<fry> \[\]"):
+    diff_augment(jax.random.key(0), images)
+
+
 def test_unknown_op_raises(images):
   with pytest.raises(ValueError, match="allowed: color, translation, cutout"):
     diff_augment(images, jax.random.key(0), "color,flip")
