@@ -30,7 +30,7 @@ from llmimg_jax.text.flax_weights import (FLAX, FLAX_INDEX, flax_key_to_torch, f
 from llmimg_jax.text.modeling import T5EncoderModel, T5ForConditionalGeneration
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.text.weight_files import (read_safetensors, read_sharded, read_torch,
-                                          safetensors_format, some_names)
+                                          safetensors_format, some_names, torch_to_numpy)
 
 log = logging.getLogger(__name__)
 
@@ -203,14 +203,15 @@ def param_shapes(config: T5Config, encoder_only: bool = False) -> Params:
   return jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"]
 
 
-def convert_state_dict(state: dict[str, np.ndarray], config: T5Config, *,
+def convert_state_dict(state: dict[str, Any], config: T5Config, *,
                        encoder_only: bool = False, source: str = "checkpoint",
                        from_flax: bool = False) -> tuple[T5Config, Params]:
   """HF PyTorch T5 state dict -> (config, Flax params). The config is untied if the checkpoint
   carries its own lm_head; decoder/lm_head keys are skipped when encoder_only. from_flax: `state`
   is a Flax T5's params instead, keyed by '/'- or '.'-joined names ('shared/embedding') with
   [in, out] kernels, as a Flax file holds them: they are renamed, not transposed, and errors name
-  them as given."""
+  them as given. Values: arrays, or torch tensors (a model's state_dict(): float32 NumPy here)."""
+  state = {k: torch_to_numpy(v) for k, v in state.items()}
   file_names = {}  # a Flax file's names, by the PyTorch keys they are renamed to
   if from_flax:
     file_names = {flax_key_to_torch(k): k for k in state}

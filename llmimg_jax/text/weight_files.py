@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -65,7 +66,15 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   if others:
     raise ValueError(f"{path} is not a state dict of tensors: {some_names(others)} are not tensors "
                      f"(a training checkpoint that wraps one?). {fix}")
-  return {k: v.detach().float().numpy() for k, v in state.items()}
+  return {k: torch_to_numpy(v) for k, v in state.items()}
+
+
+def torch_to_numpy(value: Any) -> Any:
+  """A torch tensor as a float32 NumPy array (NumPy has no bfloat16; jax.jit takes no tensor);
+  anything else as it is."""
+  if not (hasattr(value, "detach") and hasattr(value, "numpy")):
+    return value
+  return value.detach().cpu().float().numpy()
 
 
 def torch_load_detail(e: Exception) -> str:

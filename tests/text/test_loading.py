@@ -365,3 +365,18 @@ def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
     assert set(calls[2]) == {"flax_model*.msgpack", "flax_model.msgpack.index.json"}
 
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_convert_state_dict_takes_a_torch_model_s_state_dict(relu_tied, dtype):
+  """convert_state_dict(hf_model.state_dict(), config), as its docstring's 'HF PyTorch T5 state
+  dict' reads, returned params holding torch tensors, which generate's jax.jit refused."""
+  from llmimg_jax.text import convert_state_dict, generate
+  config, params = load_t5(relu_tied.path)
+  model = copy.deepcopy(relu_tied.hf_model).to(dtype)
+  _, got = convert_state_dict(model.state_dict(), config)
+  assert all(type(x) is np.ndarray and x.dtype == np.float32 for x in jax.tree.leaves(got))
+  if dtype == torch.float32:
+    _assert_same_params(got, params)
+  ids = np.array([[5, 6, 7, 1]], np.int32)
+  assert generate(got, config, ids, max_new_tokens=3).shape == (1, 3)
