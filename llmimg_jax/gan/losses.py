@@ -54,6 +54,9 @@ def g_hinge_loss(fake_logits: jax.Array) -> jax.Array:
 
 
 def _input_grads(logits_fn: LogitsFn, x: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+  if not jnp.issubdtype(x.dtype, jnp.floating):  # cast below, D would see 0..255 unrefused
+    raise ValueError(f"Gradient penalties take the float images D sees (in [-1, 1]); got "
+                     f"{x.dtype} ones: convert uint8 images with x / 127.5 - 1.")
   # D scores each pair independently, so the gradient of the batch sum gives per-example grads.
   def total(x_, s_):
     return jnp.sum(logits_fn(x_, s_).astype(jnp.float32))

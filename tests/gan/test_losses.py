@@ -115,6 +115,16 @@ def test_gradient_penalty_switch(toy):
     gradient_penalty("wgan", fn, x, s)
 
 
+@pytest.mark.parametrize("penalty", [ma_gp, r1_penalty])
+def test_penalties_refuse_uint8_images(toy, penalty):
+  """They cast x to float32 before D (for bf16 images), so uint8 images reached D as values in
+  0..255, which Discriminator.features refuses as uint8, and were penalised without a word."""
+  a, c, x, s, _, _ = toy
+  pixels = np.uint8(np.clip((x + 1) * 127.5, 0, 255))
+  with pytest.raises(ValueError, match=r"float images D sees .*; got uint8 ones: .*x / 127\.5 - 1"):
+    penalty(_toy(jnp.asarray(a), jnp.asarray(c)), pixels, s)
+
+
 def test_penalties_jit_with_a_closure(toy):
   a, c, x, s, gx2, gs2 = toy
 
