@@ -37,6 +37,13 @@ def _encode(params, input_ids, attention_mask, *, config, dtype):
   return T5EncoderModel(config, dtype).apply({"params": params}, input_ids, attention_mask)
 
 
+# generate()'s or transformers' arguments that TextGenerator.generate sets itself or names otherwise
+_NOT_KW = {"rng": "pass seed=, an int or one per text: the keys are made from it",
+           "dtype": "the compute dtype is the TextGenerator's: from_pretrained(..., dtype=...)",
+           "max_length": "pass max_new_tokens=; transformers' max_length counts the decoder "
+                         "start token too: max_new_tokens = max_length - 1"}
+
+
 class TextGenerator:
   """`TextGenerator.from_pretrained(path_or_name)`; `.generate(texts)`, `.encode(texts)`."""
 
@@ -74,6 +81,8 @@ class TextGenerator:
   def generate_tokens(self, batch: dict[str, np.ndarray], *, max_new_tokens: int = 32,
                       seed: int | Sequence[int] = 0, **kw: Any) -> list[str]:
     """`generate` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
+    if wrong := [f"{k}= ({fix})" for k, fix in _NOT_KW.items() if k in kw]:
+      raise TypeError(f"TextGenerator.generate takes no {'; no '.join(wrong)}.")
     rows = len(batch["input_ids"])
     # a non-int one is named by check_seed, not len()'s TypeError; a key (uint32 [2]) as a key
     one_seed = np.ndim(seed) == 0 or isinstance(seed, jax.Array)

@@ -110,3 +110,14 @@ def test_seeds_where_keys_are_meant_are_named(generator, rng, got):
                      rf".*; got {got} \(int seeds\? TextGenerator\.generate takes those\)\.$"):
     generate(generator.params, generator.config, batch["input_ids"], batch["attention_mask"],
              max_new_tokens=2, do_sample=True, rng=rng)
+
+
+@pytest.mark.parametrize("kw, fix", [
+    ({"rng": None}, r"rng= \(pass seed=, an int or one per text"),
+    ({"dtype": "bfloat16"}, r"dtype= \(the compute dtype is the TextGenerator's"),
+    ({"max_length": 5}, r"max_length= \(pass max_new_tokens=; .* max_length - 1\)")])
+def test_generate_s_own_arguments_are_named_with_their_fix(generator, kw, fix):
+  """rng= and dtype= (generate()'s) failed as 'generate() got multiple values for keyword
+  argument', transformers' max_length= as 'got an unexpected keyword argument', naming no fix."""
+  with pytest.raises(TypeError, match=rf"^TextGenerator\.generate takes no {fix}"):
+    generator.generate(["a"], max_new_tokens=2, **kw)
