@@ -1,11 +1,13 @@
-"""Command-line helpers shared by train.py, sample.py and evaluate.py, the atomic file write
-every output uses, and the cores this process may use."""
+"""Command-line helpers shared by train.py, sample.py and evaluate.py, the check that a folder
+can be written and the atomic file write every output uses, and the cores this process may
+use."""
 from __future__ import annotations
 
 import logging
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -277,6 +279,21 @@ def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
   if os.path.lexists(path) and not overwrite:
     raise error(f"{named} exists; remove it, name a new file, or pass --{overwrite_flag} to "
                 "replace it.")
+
+
+def cannot_write(folder: str | os.PathLike) -> str | None:
+  """Why no file can be created in `folder` ('PermissionError: Permission denied'), else None.
+  A file is created and removed: os.access answers from the mode bits (and a read-only mount),
+  which root passes where the kernel still refuses a new file (/proc, /sys), and a FUSE
+  filesystem may answer only when a file is made. Its name is unique: hosts sharing a folder may
+  run under the same pid."""
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    return f"{type(e).__name__}: {e.strerror or e}"
+  return None
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:

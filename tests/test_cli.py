@@ -190,3 +190,13 @@ def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeyp
                  f"{str(missing)!r}; name an existing config file, e.g. --config "
                  "configs/shapes_quick.py (the configs are in the repository's configs/, a "
                  "relative path is from the current directory).\n"), err
+
+
+def test_cannot_write_creates_a_file_where_os_access_answers_for_the_mode_bits(tmp_path):
+  """cli.cannot_write, the check before the work of every command that writes: a file is made and
+  removed, so /proc, which root's os.access allows, is refused; the reason names the error."""
+  assert cli.cannot_write(tmp_path) is None
+  assert list(tmp_path.iterdir()) == []  # the probe is gone
+  assert cli.cannot_write("/proc") in ("FileNotFoundError: No such file or directory",
+                                       "PermissionError: Permission denied")
+  assert cli.cannot_write(tmp_path / "gone") == "FileNotFoundError: No such file or directory"

@@ -8,7 +8,6 @@ import operator
 import os
 import re
 import string
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -147,18 +146,6 @@ def _output_links(out: Path) -> list[Path]:
       p.name in (GRID_NAME, JSONL_NAME) or _IMAGE_NAME.fullmatch(p.name)))
 
 
-def _cannot_write(folder: str | os.PathLike) -> str | None:
-  """Why no file can be created in `folder`, else None. A file is written and removed: os.access
-  answers for the mode bits, and root passes those where the kernel still refuses (/proc, /sys)."""
-  try:
-    fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
-  except OSError as e:
-    return f"{type(e).__name__}: {e.strerror or e}"
-  os.close(fd)
-  os.unlink(probe)
-  return None
-
-
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
   it holds an earlier run's samples (checked before sampling)."""
@@ -176,7 +163,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   if not existing.is_dir():
     raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
                              "the images (it is created if missing).")
-  if problem := _cannot_write(existing):
+  if problem := cli.cannot_write(existing):
     raise PermissionError(f"Output {out_dir!r}: {existing} is not writable ({problem}); pass a "
                           "directory you can write to.")
   # An output that is a link is written through to its target (outputs.write_samples): into a
@@ -191,7 +178,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
       raise FileNotFoundError(f"Output {out_dir!r}: {link} is a symbolic link to "
                               f"{os.readlink(link)}, whose folder {folder} does not exist; create "
                               "that directory (or mount its disk), or remove the link.")
-    if problem := _cannot_write(folder):
+    if problem := cli.cannot_write(folder):
       raise PermissionError(f"Output {out_dir!r}: {link} is a symbolic link to "
                             f"{os.readlink(link)}, whose folder {folder} is not writable "
                             f"({problem}); point it into a folder you can write to, or remove "

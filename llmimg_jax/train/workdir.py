@@ -3,9 +3,7 @@ it is one folder they all share; and a checkpoint that could not be written late
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,12 +63,8 @@ def _unwritable(workdir: Path) -> str | None:
     if name and not path.exists():  # created in the workdir, which was checked first
       continue
     path = _nearest_existing(path)
-    try:  # a unique name: hosts sharing the workdir may run under the same pid
-      fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)
-      os.close(fd)
-      os.unlink(probe)
-    except OSError as e:
-      return f"{path}: {type(e).__name__}: {e.strerror or e}"
+    if problem := cli.cannot_write(path):
+      return f"{path}: {problem}"
   return None
 
 
