@@ -288,9 +288,9 @@ def _writable_file(flag: str, value: str, what: str):
 
 
 def _check_writable(flag: str, folder, fix_flag: str):
-  import os
-  if folder.is_dir() and not os.access(folder, os.W_OK):
-    raise OSError(f"{flag}: cannot write into {folder}; pass a writable {fix_flag}.")
+  """`folder`; OSError naming `flag` and `fix_flag` if it is one no file can be created in."""
+  if folder.is_dir() and (problem := cli.cannot_write(folder)):
+    raise OSError(f"{flag}: cannot write into {folder} ({problem}); pass a writable {fix_flag}.")
   return folder
 
 

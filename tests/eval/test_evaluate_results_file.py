@@ -3,6 +3,7 @@ default file's name and what it keeps (an Inception FID that other results lack 
 reproduce), and --out (an existing file, a link, a folder that cannot be made or written into),
 refused before the evaluation where it cannot work; --write_stats's folder too."""
 import json
+import re
 
 import pytest
 
@@ -71,9 +72,37 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
            "--out": ["--workdir", str(tmp_path), "--out", str(locked / "results.json")]}
   with unwritable(locked):
     for flag, args in cases.items():
-      assert _main(*args) == (f"evaluate.py: error: {flag}: cannot write into {locked}; pass a "
-                              "writable --out.")
+      error = _main(*args)  # root's immutable folder: not permitted; another's: denied
+      assert error in (f"evaluate.py: error: {flag}: cannot write into {locked} (PermissionError: "
+                       f"{why}); pass a writable --out." for why in ("Operation not permitted",
+                                                                      "Permission denied")), error
   assert evaluated == [] and list(locked.iterdir()) == []
+
+
+def test_a_results_folder_no_file_can_be_made_in_is_refused_before_the_evaluation(
+    tmp_path, monkeypatch):
+  """A folder whose mode allows writing but where the kernel refuses a new file (/proc, /sys):
+  os.access passed it as root (seen: --out /proc/llmimg_r.json), so the evaluation ran and its
+  results could not be written. Now a file is made and removed there first: --out in it or
+  linked into it, --write_stats, and a --workdir there (the default file's folder) are refused,
+  each naming its flag, the folder and the fix."""
+  from llmimg_jax.eval import report
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: pytest.fail("evaluated"))
+  (tmp_path / "link.json").symlink_to("/proc/llmimg_nope.json")
+  (tmp_path / "run").symlink_to("/proc")  # a run in a folder no file can be made in
+  cases = {"--out": ["--workdir", str(tmp_path), "--out", "/proc/llmimg_nope.json"],
+           "--out ": ["--workdir", str(tmp_path), "--out", str(tmp_path / "link.json")],
+           "--workdir": ["--workdir", str(tmp_path / "run")],
+           "--write_stats": ["--write_stats", "/proc/llmimg_nope.npz", "--config", str(CONFIG),
+                             "--inception_weights", str(tmp_path / "w.pth")]}
+  for flag, args in cases.items():
+    fix = "--write_stats" if flag == "--write_stats" else "--out"
+    folder = tmp_path / "run" if flag == "--workdir" else "/proc"
+    error = _main(*args)
+    assert re.fullmatch(rf"evaluate\.py: error: {flag.strip()}: cannot write into "
+                        rf"{re.escape(str(folder))} \((FileNotFoundError|PermissionError): .+\); "
+                        rf"pass a writable {fix}\.", error), error
+  assert not list(tmp_path.glob("**/.write_test.*"))
 
 
 def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeypatch):
