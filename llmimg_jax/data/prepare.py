@@ -67,9 +67,9 @@ def check_preview_path(path: str, overwrite: bool = False) -> None:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
     raise ValueError(f"--preview {path!r}: cannot create its folder ({e}).") from None
-  if not os.access(folder, os.W_OK):
-    raise ValueError(f"--preview {path!r}: {folder} is not writable; name a file you can "
-                     "write.")
+  if problem := cli.cannot_write(folder):
+    raise ValueError(f"--preview {path!r}: {folder} is not writable ({problem}); name a file "
+                     "you can write.")
   refuse_existing(path, overwrite)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,22 @@ def test_prepare_refuses_a_blank_preview_before_building(tmp_path, capsys):
   assert exit_info.value.code == 2
   assert ("error: --preview is blank (e.g. --preview=$FILE with FILE unset); name the .png file "
           "for the grid, or drop the flag.") in capsys.readouterr().err
+  assert not (tmp_path / "tfds").exists()  # nothing was built
+
+
+def test_prepare_refuses_a_preview_folder_no_file_can_be_made_in_before_building(tmp_path,
+                                                                                  capsys):
+  """A --preview in a folder whose mode allows writing but where the kernel refuses a new file
+  (/proc, /sys) passed os.access as root, so the dataset was built and the grid then failed to
+  save. Now a file is made and removed there first."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
+                  "--preview", "/proc/llmimg_nope.png"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert re.search(r"error: --preview '/proc/llmimg_nope\.png': /proc is not writable "
+                   r"\((FileNotFoundError|PermissionError): .+\); name a file you can write\.",
+                   err), err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
