@@ -57,12 +57,12 @@ def _pil_can_save(ext: str) -> bool:
 
 def check_preview_path(path: str, overwrite: bool = False) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
-  can take hours), or if `path` exists (a link too) and not `overwrite`; its folder is made if
-  missing."""
+  can take hours), or if `path` exists (a link too) and not `overwrite`; its folder (a link's
+  target's, as the grid is written through it) is made if missing."""
   if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
     raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
                      ".png file, e.g. --preview grid.png.")
-  folder = os.path.dirname(os.path.abspath(path))
+  folder = os.path.dirname(os.path.realpath(path))  # a link's target's: save_preview's
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:

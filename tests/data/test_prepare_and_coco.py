@@ -237,6 +237,27 @@ def test_prepare_refuses_an_existing_preview_unless_overwrite(shapes_cfg, tmp_pa
   assert "--overwrite only applies with --preview" in capsys.readouterr().err
 
 
+def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_path, capsys):
+  """The grid is written through a --preview link to its target (save_preview), but the check
+  made and tested the link's own folder: a link into /proc was built for, then failed to save;
+  one into a missing folder failed to save (a FileNotFoundError traceback). Now the target's
+  folder is made and tested before the build."""
+  to_proc, to_missing = tmp_path / "proc.png", tmp_path / "new.png"
+  to_proc.symlink_to("/proc/llmimg_nope.png")
+  to_missing.symlink_to(tmp_path / "new" / "grid.png")
+  flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
+           "--overwrite", "--preview"]  # --overwrite: a link is an existing file
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main([*flags, str(to_proc)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert f"error: --preview {str(to_proc)!r}: /proc is not writable (" in err, err
+  assert prepare.main([*flags, str(to_missing)])["preview"] == str(to_missing)
+  with Image.open(tmp_path / "new" / "grid.png") as grid:
+    assert grid.width == 4 * 160
+  assert to_missing.is_symlink()
+
+
 def test_coco_to_example_mapping():
   ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
         "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}
