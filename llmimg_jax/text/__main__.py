@@ -75,9 +75,12 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise OSError(f"--encode_out {encode_out}: cannot create its folder ({e}).") from None
-  if os.path.isdir(path) or not os.access(out_dir, os.W_OK):
+  if os.path.isdir(path):
     raise OSError(f"--encode_out {encode_out}: cannot write {path}; name a writable .npy file.")
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  if problem := cli.cannot_write(out_dir):  # not os.access: root passes it in /proc
+    raise OSError(f"--encode_out {encode_out}: cannot write into {out_dir} ({problem}); name a "
+                  ".npy file in a folder you can write.")
   cli.refuse_existing(path, f"--encode_out {encode_out}: {path}", overwrite)
   return path
 

@@ -160,6 +160,19 @@ def test_cli_unwritable_encode_out_is_refused_before_the_model_loads(tmp_path, c
     assert f"--encode_out {out}" in err and "not found" not in err, err
 
 
+def test_cli_encode_out_where_no_file_can_be_made_is_refused_before_the_model_loads(tmp_path,
+                                                                                    capsys):
+  """--encode_out /proc/s.npy: /proc's mode allows writing, so os.access passed it as root, the
+  model loaded and the texts were encoded before the save failed. A file is made and removed in
+  the folder first; the error names the flag, the folder, why, and the fix."""
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  assert main(["--model", missing_model, "--text", "x", "--encode_out",
+               "/proc/llmimg_nope.npy"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --encode_out /proc/llmimg_nope.npy: cannot write into /proc ("
+                        ) and err.endswith("); name a .npy file in a folder you can write.\n"), err
+
+
 def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path, capsys):
   """--encode_out replaced an existing .npy without a word (evaluate.py's --out and
   --write_stats refuse one unless told): refused before the model loads, replaced with
