@@ -125,7 +125,11 @@ def main() -> None:
     print(summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"]))
     return
   if args.json:  # its folder now, not after minutes of benchmarking (a missing one lost the run)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    from llmimg_jax.cli import cannot_write  # pylint: disable=g-import-not-at-top
+    os.makedirs(folder := os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    if problem := cannot_write(folder):
+      raise SystemExit(f"benchmarks/run.py: error: --json {args.json}: cannot write into {folder} "
+                       f"({problem}); name a file in a folder you can write.")
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"
     # libgomp's default (spin, then sleep) is what users get and the fastest on a quiet machine:

@@ -51,6 +51,20 @@ def test_an_existing_json_file_is_refused_before_benchmarking(monkeypatch, capsy
   assert "--overwrite only applies to --json" in capsys.readouterr().err
 
 
+def test_a_json_folder_no_file_can_be_made_in_is_refused_before_benchmarking(monkeypatch):
+  """--json's folder was made, never tried: one that cannot be written (no permission; as root
+  /proc or a read-only mount) lost the results after minutes of benchmarking."""
+  from benchmarks import timing
+  monkeypatch.setattr(timing, "machine_info", lambda *a: pytest.fail("benchmarked"))
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--skip-gan", "--skip-t5", "--json",
+                                    "/proc/llmimg_nope.json"])
+  with pytest.raises(SystemExit) as e:
+    run.main()
+  assert str(e.value).startswith("benchmarks/run.py: error: --json /proc/llmimg_nope.json: "
+                                 "cannot write into /proc ("), e.value
+  assert str(e.value).endswith("); name a file in a folder you can write."), e.value
+
+
 # run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json.
 _RUN_NOTHING = """
 import runpy, sys
