@@ -33,6 +33,18 @@ _loading = 0  # load_image calls decoding now, in any thread
 _truncated_setting = False  # the program's ImageFile.LOAD_TRUNCATED_IMAGES while they do
 
 
+def _wait_in_line(turns: threading.Condition, line: collections.deque, entry: object,
+                  turn: Callable[[], bool]) -> None:
+  """Holding `turns`: `entry` joins `line` and waits until turn(), then leaves it, waking those
+  after it (also when interrupted: they do not wait for it)."""
+  line.append(entry)
+  try:
+    turns.wait_for(turn)
+  finally:
+    line.remove(entry)
+    turns.notify_all()
+
+
 @contextlib.contextmanager
 def pixel_limit(limit: int | None):
   """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
@@ -49,12 +61,7 @@ def pixel_limit(limit: int | None):
     return (not _limit_users or _limit == limit) and all(other == limit for _, other in before)
 
   with _PIL_LIMIT:
-    _limit_queue.append(waiting)
-    try:
-      _PIL_LIMIT.wait_for(turn)
-    finally:  # also when interrupted: those after it do not wait for it
-      _limit_queue.remove(waiting)
-      _PIL_LIMIT.notify_all()
+    _wait_in_line(_PIL_LIMIT, _limit_queue, waiting, turn)
     if not _limit_users:
       _limit_restore.enter_context(warnings.catch_warnings())  # the process's filters
       warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -109,12 +116,7 @@ def decode_memory() -> Iterator[Callable[[int], None]]:
       return _decode_queue[0] is ticket and fits
 
     with _DECODE_MEMORY:
-      _decode_queue.append(ticket)
-      try:
-        _DECODE_MEMORY.wait_for(turn)
-      finally:  # also when interrupted: those after it do not wait for it
-        _decode_queue.remove(ticket)
-        _DECODE_MEMORY.notify_all()  # the next in line may fit beside it
+      _wait_in_line(_DECODE_MEMORY, _decode_queue, ticket, turn)  # the next may fit beside it
       _decoding_bytes += nbytes
       held = nbytes
 
