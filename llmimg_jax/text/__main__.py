@@ -61,8 +61,9 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 
 def _npy_path(encode_out: str, overwrite: bool = False) -> str:
-  """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable;
-  an existing one (a link too) refused unless `overwrite`."""
+  """The .npy file --encode_out names (np.save adds the suffix), its folder (a link's target's,
+  as the states are written through it) made and writable; an existing one (a link too) refused
+  unless `overwrite`."""
   # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
   # DIR the sibling file DIR.npy.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
@@ -70,7 +71,7 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
     raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
-  out_dir = os.path.dirname(os.path.abspath(path))
+  out_dir = os.path.dirname(os.path.realpath(path))  # a link's target's: _save_atomically's
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:

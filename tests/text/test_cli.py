@@ -173,6 +173,26 @@ def test_cli_encode_out_where_no_file_can_be_made_is_refused_before_the_model_lo
                         ) and err.endswith("); name a .npy file in a folder you can write.\n"), err
 
 
+def test_cli_encode_out_link_is_checked_where_the_states_are_written(relu_tied, tmp_path,
+                                                                     capsys):
+  """The states are written through an --encode_out link to its target, but the check made and
+  tested the link's own folder: a link into /proc passed it, and one into a missing folder failed
+  to save, each after the model loaded and the texts were encoded. The target's folder is made and
+  tested before the model loads."""
+  to_proc, to_missing = tmp_path / "proc.npy", tmp_path / "new.npy"
+  to_proc.symlink_to("/proc/llmimg_nope.npy")
+  to_missing.symlink_to(tmp_path / "new" / "states.npy")
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  assert main(["--model", missing_model, "--text", "x", "--encode_out", str(to_proc),
+               "--overwrite"]) == 2  # --overwrite: a link to a file is that file
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: --encode_out {to_proc}: cannot write into /proc ("), err
+  assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
+               "--encode_out", str(to_missing), "--overwrite"]) == 0
+  assert np.load(tmp_path / "new" / "states.npy").shape == (1, MAX_LEN, 32)
+  assert to_missing.is_symlink()
+
+
 def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path, capsys):
   """--encode_out replaced an existing .npy without a word (evaluate.py's --out and
   --write_stats refuse one unless told): refused before the model loads, replaced with
