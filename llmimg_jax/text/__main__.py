@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params stay fp32)")
   p.add_argument("--encode_out", default=None,
                  help="save encoder states to this .npy instead of generating (an existing "
-                 "file is refused before the model loads unless --overwrite)")
+                 "file is refused before the model loads unless --overwrite; a link is written "
+                 "through to its target)")
   p.add_argument("--overwrite", action="store_true", help="let --encode_out replace an existing "
                  "file")
   return p
@@ -61,9 +62,9 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 
 def _npy_path(encode_out: str, overwrite: bool = False) -> str:
-  """The .npy file --encode_out names (np.save adds the suffix), its folder (a link's target's,
-  as the states are written through it) made and writable; an existing one (a link too) refused
-  unless `overwrite`."""
+  """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable;
+  an existing one refused unless `overwrite`. A link is written through, as the shell's `>` does
+  (and evaluate.py's --out): its target's folder is made, and its target must not exist."""
   # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
   # DIR the sibling file DIR.npy.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
@@ -71,7 +72,8 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
     raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
-  out_dir = os.path.dirname(os.path.realpath(path))  # a link's target's: _save_atomically's
+  target = os.path.realpath(path)  # a link's, which _save_atomically writes
+  out_dir = os.path.dirname(target)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
@@ -82,7 +84,8 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   if problem := cli.cannot_write(out_dir):  # not os.access: root passes it in /proc
     raise OSError(f"--encode_out {encode_out}: cannot write into {out_dir} ({problem}); name a "
                   ".npy file in a folder you can write.")
-  cli.refuse_existing(path, f"--encode_out {encode_out}: {path}", overwrite)
+  named = f"{path} (a link to {target})" if os.path.islink(path) else path
+  cli.refuse_existing(target, f"--encode_out {encode_out}: {named}", overwrite)
   return path
 
 

@@ -183,14 +183,30 @@ def test_cli_encode_out_link_is_checked_where_the_states_are_written(relu_tied, 
   to_proc.symlink_to("/proc/llmimg_nope.npy")
   to_missing.symlink_to(tmp_path / "new" / "states.npy")
   missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
-  assert main(["--model", missing_model, "--text", "x", "--encode_out", str(to_proc),
-               "--overwrite"]) == 2  # --overwrite: a link to a file is that file
+  assert main(["--model", missing_model, "--text", "x", "--encode_out", str(to_proc)]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"error: --encode_out {to_proc}: cannot write into /proc ("), err
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
-               "--encode_out", str(to_missing), "--overwrite"]) == 0
+               "--encode_out", str(to_missing)]) == 0  # nothing to overwrite: no --overwrite
   assert np.load(tmp_path / "new" / "states.npy").shape == (1, MAX_LEN, 32)
   assert to_missing.is_symlink()
+
+
+def test_cli_encode_out_link_is_refused_only_if_its_target_exists(relu_tied, tmp_path, capsys):
+  """A link whose target did not exist yet was refused as existing unless --overwrite, though
+  nothing would be overwritten (evaluate.py's --out writes through such a link). Its target is
+  what must not exist: a link to an existing file is refused, naming both, unless --overwrite."""
+  target, link = tmp_path / "states.npy", tmp_path / "link.npy"
+  np.save(target, np.arange(3))
+  link.symlink_to(target)
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  assert main(["--model", missing_model, "--text", "x", "--encode_out", str(link)]) == 2
+  err = capsys.readouterr().err
+  assert f"--encode_out {link}: {link} (a link to {target}) exists" in err, err
+  assert "--overwrite" in err and "not found" not in err, err
+  assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
+               "--encode_out", str(link), "--overwrite"]) == 0
+  assert np.load(target).shape == (1, MAX_LEN, 32) and link.is_symlink()
 
 
 def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path, capsys):
