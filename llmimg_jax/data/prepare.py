@@ -57,8 +57,8 @@ def _pil_can_save(ext: str) -> bool:
 
 def check_preview_path(path: str, overwrite: bool = False) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
-  can take hours), or if `path` exists (a link too) and not `overwrite`; its folder (a link's
-  target's, as the grid is written through it) is made if missing."""
+  can take hours), or if `path` exists and not `overwrite`; its folder is made if missing. A link
+  is written through: its target's folder is made, and its target must not exist."""
   if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
     raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
                      ".png file, e.g. --preview grid.png.")
@@ -74,8 +74,11 @@ def check_preview_path(path: str, overwrite: bool = False) -> None:
 
 
 def refuse_existing(path: str, overwrite: bool) -> None:
-  """ValueError if the --preview `path` exists (a link too), unless `overwrite`."""
-  cli.refuse_existing(path, f"--preview {path!r}", overwrite, error=ValueError)
+  """ValueError if the --preview `path` exists (a link's target: save_preview writes through it,
+  as evaluate.py's --out), unless `overwrite`."""
+  target = os.path.realpath(path)
+  named = f"{path!r} (a link to {target})" if os.path.islink(path) else repr(path)
+  cli.refuse_existing(target, f"--preview {named}", overwrite, error=ValueError)
 
 
 def save_preview(grid: Image.Image, path: str) -> None:
@@ -162,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            "what configs/folder_64.py reads)")
   parser.add_argument("--split", default="train")
   parser.add_argument("--preview", default=None, help="write a PNG grid of examples here (an "
-                      "existing file is refused before the build unless --overwrite)")
+                      "existing file is refused before the build unless --overwrite; a link is "
+                      "written through to its target)")
   parser.add_argument("--overwrite", action="store_true",
                       help="let --preview replace an existing file")
   parser.add_argument("--num_proc", type=int, default=0,

@@ -246,7 +246,7 @@ def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_pat
   to_proc.symlink_to("/proc/llmimg_nope.png")
   to_missing.symlink_to(tmp_path / "new" / "grid.png")
   flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
-           "--overwrite", "--preview"]  # --overwrite: a link is an existing file
+           "--preview"]  # no --overwrite: neither target exists
   with pytest.raises(SystemExit) as exit_info:
     prepare.main([*flags, str(to_proc)])
   assert exit_info.value.code == 2
@@ -256,6 +256,27 @@ def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_pat
   with Image.open(tmp_path / "new" / "grid.png") as grid:
     assert grid.width == 4 * 160
   assert to_missing.is_symlink()
+
+
+def test_a_preview_link_is_refused_only_if_its_target_exists(shapes_cfg, tmp_path, capsys):
+  """A --preview link whose target did not exist yet was refused as existing unless --overwrite,
+  though nothing would be overwritten (evaluate.py's --out writes through such a link). Its
+  target is what must not exist: a link to an existing file is refused, naming both."""
+  target, link = tmp_path / "grid.png", tmp_path / "link.png"
+  target.write_bytes(b"my earlier grid")
+  link.symlink_to(target)
+  flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
+           "--preview", str(link)]
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(flags)
+  assert exit_info.value.code == 2
+  assert (f"error: --preview {str(link)!r} (a link to {target}) exists; remove it, name a new "
+          "file, or pass --overwrite to replace it.") in capsys.readouterr().err
+  assert target.read_bytes() == b"my earlier grid"
+  assert prepare.main([*flags, "--overwrite"])["preview"] == str(link)
+  with Image.open(target) as grid:
+    assert grid.width == 4 * 160
+  assert link.is_symlink()
 
 
 def test_coco_to_example_mapping():
