@@ -43,6 +43,10 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
   if input_ids.ndim != 2 or input_ids.shape[1] == 0:
     raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape "
                      f"{input_ids.shape}.")
+  if np.issubdtype(input_ids.dtype, np.floating) and (
+      cut := input_ids[input_ids != np.round(input_ids)]).size:  # NaN too; jnp.int32 cuts them
+    raise ValueError(f"input_ids must be whole numbers (token ids); got {input_ids.dtype} values "
+                     f"such as {cut[0]}. Pass the tokenizer's int ids (its 'input_ids').")
   if input_ids.size and not 0 <= input_ids.min() <= input_ids.max() < config.vocab_size:
     raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}); got "
                      f"{input_ids.min()}..{input_ids.max()} (ids of another tokenizer?).")

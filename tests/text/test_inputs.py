@@ -97,6 +97,20 @@ def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generat
       model.apply({"params": generator.params}, ids, np.ones_like(ids), start))
 
 
+def test_fractional_input_ids_are_refused_not_cut_to_other_tokens(generator):
+  """Float input_ids such as 104.7 were cut to int32 (104.7 generated from token 104) without a
+  word; they are refused, naming the argument and the fix. Whole-number floats are ids."""
+  ids = generator.tokenizer(["a red circle"])["input_ids"]
+  for bad in (ids + 0.7, np.where(ids == ids[0, 0], np.nan, ids)):
+    with pytest.raises(ValueError, match=r"input_ids must be whole numbers \(token ids\); got "
+                                         r"float64 values such as (\d+\.7|nan)\. Pass the "
+                                         r"tokenizer's int ids"):
+      generate(generator.params, generator.config, bad, max_new_tokens=2)
+  np.testing.assert_array_equal(
+      generate(generator.params, generator.config, ids.astype(np.float32), max_new_tokens=2),
+      generate(generator.params, generator.config, ids, max_new_tokens=2))
+
+
 def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
   """Whitespace-only, 100,000 characters, control characters, mixed scripts: no crash or hang.
   (Refusing empty prompts is sample.py's job; the encoder encodes whatever it gets.)"""
