@@ -372,6 +372,8 @@ def load_pretrained(path_or_name: str | os.PathLike | None, max_length: int, *,
   encoder_only: only the embedding and the encoder (what encoding needs; a T5EncoderModel
   checkpoint has nothing else)."""
   if path_or_name is None:
+    from llmimg_jax.text.generator import check_seed  # pylint: disable=g-import-not-at-top
+    check_seed(seed)  # imported here: generator imports this module
     log.warning("No T5 checkpoint given: using a freshly initialised, UNTRAINED byte-level T5 "
                 "(T5Config.byt5_small_scratch) with the ByT5 tokenizer; its outputs are noise.")
     config = config or T5Config.byt5_small_scratch()

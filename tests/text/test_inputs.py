@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import transformers
 
-from llmimg_jax.text import (T5ForConditionalGeneration, TextGenerator, TextTokenizer, generate,
-                             load_tokenizer)
+from llmimg_jax.text import (T5Config, T5ForConditionalGeneration, TextGenerator, TextTokenizer,
+                             generate, load_pretrained, load_tokenizer)
 from tests.text.utils import MAX_LEN, sentencepiece_tokenizer_dir
 
 AWKWARD = ["", "x" * 10_000, "日本語のテキストと絵文字 🦊🎨👩‍👩‍👧", b"\xff\xfe invalid \xc3\x28 utf-8",
@@ -187,6 +187,15 @@ def test_seeds_out_of_range_are_refused_by_the_generator(generator):
   with pytest.raises(ValueError, match=r"^seed=-1 must be in \[0, 2\*\*32\)"):
     TextGenerator.from_pretrained(None, seed=-1)
   assert generator.generate(["a"], max_new_tokens=2, seed=2**32 - 1, do_sample=True)
+
+
+def test_seeds_out_of_range_are_refused_by_the_offline_default():
+  """load_pretrained(None, seed=...) initialised with any seed: 2**32 as seed 0 (PRNGKey keeps
+  the low 32 bits), -1 as 2**32 - 1; from_pretrained checked it, load_pretrained did not."""
+  tiny = T5Config.byt5_small_scratch(d_model=8, num_layers=1, num_heads=1, d_kv=8, d_ff=8)
+  for seed, error in ((2**32, ValueError), (-1, ValueError), (2.5, TypeError)):
+    with pytest.raises(error, match=rf"^seed={seed} (must be in \[0, 2\*\*32\)|is a float)"):
+      load_pretrained(None, 8, seed=seed, config=tiny)
 
 
 def test_checkpoint_without_vocabulary_is_refused(tmp_path):
