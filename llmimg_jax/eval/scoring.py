@@ -63,7 +63,8 @@ def score_one(claims: Claims, pred: dict[str, np.ndarray], i: int) -> dict[str, 
 
 def score(claims: Sequence[Claims], pred: dict[str, np.ndarray]) -> dict[str, float]:
   """Caption accuracy (fraction of images following their caption in everything it states) and
-  per-attribute accuracies over a batch; pred from `ShapesEvaluator.read` ([n, 9] arrays)."""
+  per-attribute accuracies over a batch; pred from `ShapesEvaluator.read` ([n, 9] arrays). NaN
+  where nothing was measured: an attribute no caption states, and every accuracy of no images."""
   correct, totals = [], {m: [0, 0] for m in METRICS}
   for i, c in enumerate(claims):
     s = score_one(c, pred, i)
@@ -71,6 +72,7 @@ def score(claims: Sequence[Claims], pred: dict[str, np.ndarray]) -> dict[str, fl
     for m, v in s["checks"].items():
       totals[m][0] += sum(v)
       totals[m][1] += len(v)
-  out = {"caption_accuracy": float(np.mean(correct)), "num_images": len(correct)}
+  out = {"caption_accuracy": float(np.mean(correct)) if correct else float("nan"),
+         "num_images": len(correct)}
   out.update({m: (t / n if n else float("nan")) for m, (t, n) in totals.items()})
   return out

@@ -36,3 +36,14 @@ def test_no_images_read_as_no_rows(evaluator):
   assert all(len(v) == 0 for v in none.values())
   assert evaluator.features(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0,) + one[
       "features"].shape[1:]
+
+
+@pytest.mark.filterwarnings("error")
+def test_no_images_score_nan_without_a_warning(evaluator):
+  """score() of no images gave a NaN caption accuracy with numpy's 'Mean of empty slice'
+  RuntimeWarning; as the per-attribute accuracies of statements never made, every accuracy is
+  NaN (nothing measured), quietly, and num_images 0."""
+  scores = evaluator.score(np.zeros((0, 32, 32, 3), np.uint8), [])
+  assert scores.pop("num_images") == 0
+  assert set(scores) == {"caption_accuracy", "shape", "color", "size", "cell", "relation",
+                         "count"} and all(np.isnan(v) for v in scores.values()), scores
