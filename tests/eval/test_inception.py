@@ -130,3 +130,16 @@ def test_features_refuse_images_that_are_not_uint8_hwc(tmp_path):
   # What evaluate.py's results record of the weights.
   assert features.source == {"path": str(weights),
                              "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+
+
+def test_a_batch_size_that_is_not_a_positive_int_is_named(tmp_path):
+  """InceptionFeatures(batch_size=0) failed at the first call with range()'s 'arg 3 must not be
+  zero', -1 with np.concatenate's 'need at least one array', 2.5 with 'float object cannot be
+  interpreted as an integer': refused when made, naming the argument and the fix."""
+  weights = tmp_path / "w.npz"
+  np.savez(weights, **reference.random_state_dict())
+  images = np.zeros((2, 37, 37, 3), np.uint8)
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match=rf"^batch_size={bad} must be an int >= 1 \(images per "
+                                         r"call of the network\)\.$"):
+      inception.InceptionFeatures(str(weights), batch_size=bad)(images)
