@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -68,7 +68,7 @@ class TextGenerator:
                                                 encoder_only=encoder_only)
     return cls(config, params, tokenizer, dtype)
 
-  def generate(self, texts: Sequence[str] | str, *, max_new_tokens: int = 32,
+  def generate(self, texts: Iterable[str] | str, *, max_new_tokens: int = 32,
                seed: int | Sequence[int] = 0, **kw: Any) -> list[str]:
     """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens.
 
@@ -98,7 +98,7 @@ class TextGenerator:
                    max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
     return self.tokenizer.decode(np.asarray(ids))
 
-  def encode(self, texts: Sequence[str] | str) -> np.ndarray:
+  def encode(self, texts: Iterable[str] | str) -> np.ndarray:
     """Encoder last hidden states, float32 [batch, max_length, d_model] (padding rows included)."""
     batch = self.tokenizer(texts)
     if not len(batch["input_ids"]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class TextTokenizer:
   def eos_id(self) -> int:
     return int(self.hf.eos_token_id)
 
-  def __call__(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
+  def __call__(self, texts: Iterable[str] | str) -> dict[str, np.ndarray]:
     """Returns input_ids and attention_mask, both int32 [batch, max_length]. Texts longer than
     max_length are truncated, with a warning."""
     tokens, lengths = self.tokenize(texts)
@@ -53,11 +53,16 @@ class TextTokenizer:
           len(too_long), self.max_length, too_long[0], lengths[too_long[0]])
     return tokens
 
-  def tokenize(self, texts: Sequence[str] | str) -> tuple[dict[str, np.ndarray], list[int]]:
+  def tokenize(self, texts: Iterable[str] | str) -> tuple[dict[str, np.ndarray], list[int]]:
     """__call__'s tokens, truncated without a warning, and each text's token count before
     truncation (EOS included), for callers that name the cut texts themselves."""
     if isinstance(texts, (str, bytes)):
       texts = [texts]
+    try:  # any iterable of texts, a generator's too: read once
+      texts = list(texts)
+    except TypeError:
+      raise TypeError(f"Expected texts as one str or an iterable of str; got "
+                      f"{type(texts).__name__}: {texts!r:.80}.") from None
     # verbose=False: transformers' 'longer than the specified maximum sequence length for this
     # model ... will result in indexing errors' is wrong for T5 (relative positions) and here.
     full = self.hf([_clean(t) for t in texts], add_special_tokens=True, truncation=False,

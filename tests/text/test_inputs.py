@@ -146,6 +146,23 @@ def test_tokenizer_rejects_non_text():
     tok([1, 2, 3])
 
 
+def test_texts_from_any_iterable_are_tokenized(generator):
+  """A generator expression of texts failed as "object of type 'generator' has no len()", in the
+  tokenizer and so in TextGenerator.generate and encode; any iterable of texts is taken, and a
+  non-iterable is named."""
+  texts = ["a red circle", "a blue square"]
+  want = generator.tokenizer(texts)
+  for got in (generator.tokenizer(t for t in texts), generator.tokenizer(iter(texts)),
+              generator.tokenizer(dict.fromkeys(texts))):
+    assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in want.items()}
+  assert generator.generate((t for t in texts), max_new_tokens=2) == generator.generate(
+      texts, max_new_tokens=2)
+  assert generator.encode(t for t in texts).shape == (2, MAX_LEN, generator.config.d_model)
+  with pytest.raises(TypeError, match=r"^Expected texts as one str or an iterable of str; got "
+                                      r"int: 5\.$"):
+    generator.tokenizer(5)
+
+
 def test_decode_skips_ids_past_the_tokenizers_vocabulary():
   # A model's embedding may have more rows than its tokenizer has tokens (t5: 32128 vs 32100);
   # an untrained model can emit those ids. ByT5's tokenizer raises on them.
