@@ -216,8 +216,13 @@ class Discriminator(nn.Module):
     return h  # [batch, 4, 4, 8*nf]
 
   def logits(self, features: jax.Array, sent: jax.Array) -> jax.Array:
-    """Matching-aware head: one float32 logit per (image, sentence) pair -> [batch]."""
+    """Matching-aware head: one float32 logit per (image, sentence) pair -> [batch]; sent
+    [batch, d], one row per image (as the Generator takes it)."""
     b = features.shape[0]
+    if sent.shape[0] != b:  # one row was tiled over the images (text_embedding's stayed one)
+      raise ValueError(f"images and sent must hold one row per image; got batches of {b} and "
+                       f"{sent.shape[0]} (sent {sent.shape}): repeat the sentence's rows for "
+                       f"several images (jnp.repeat(sent, {b}, axis=0) for one).")
     s = self.sent_proj(sent.astype(self.dtype))  # [batch, cond_dim]
     s = jnp.broadcast_to(s[:, None, None, :], (b, 4, 4, self.cond_dim))
     h = jnp.concatenate([features.astype(self.dtype), s], axis=-1)  # [batch, 4, 4, C + cond]

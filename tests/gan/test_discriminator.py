@@ -115,6 +115,23 @@ def test_uint8_images_are_refused_not_read_as_0_to_255(d32):
   assert d.apply(params, pixels / 127.5 - 1, sent)["logits"].shape == (B,)
 
 
+def test_sentences_of_another_batch_than_the_images_are_named(d32):
+  """One sentence [1, d] was tiled over every image by logits while text_embedding stayed [1, e]
+  (outputs of two batches), and [2, d] for 3 images failed in jnp.broadcast_to ('Incompatible
+  types for broadcasting'). As the Generator (one text row per image), D now names both batches
+  and the fix."""
+  d, params, _, x, sent = d32
+  feats = d.apply(params, x, method=d.features)
+  for s in (sent[:1], sent[:2]):
+    message = (rf"^images and sent must hold one row per image; got batches of {B} and {len(s)} "
+               rf"\(sent \({len(s)}, {D_TEXT}\)\): repeat the sentence's rows for several images "
+               rf"\(jnp\.repeat\(sent, {B}, axis=0\) for one\)\.")
+    with pytest.raises(ValueError, match=message):
+      d.apply(params, x, s)
+    with pytest.raises(ValueError, match=message):
+      d.apply(params, feats, s, method=d.logits)
+
+
 def test_matching_aware_head_against_numpy():
   """logits = 4x4 VALID conv(lrelu(3x3 conv([features, tiled sent_proj(sentence)]))), DF-GAN's
   D_GET_LOGITS; with every parameter random."""
