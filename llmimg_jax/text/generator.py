@@ -84,7 +84,8 @@ class TextGenerator:
     if wrong := [f"{k}= ({fix})" for k, fix in _NOT_KW.items() if k in kw]:
       raise TypeError(f"TextGenerator.generate takes no {'; no '.join(wrong)}.")
     rows = len(batch["input_ids"])
-    # a non-int one is named by check_seed, not len()'s TypeError; a key (uint32 [2]) as a key
+    # One seed: a scalar, whose check_seed names a non-int (len() would not), or a JAX array,
+    # e.g. a PRNG key (uint32 [2]), which check_seed names as a key, not as two seeds.
     one_seed = np.ndim(seed) == 0 or isinstance(seed, jax.Array)
     if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
