@@ -91,8 +91,8 @@ def _mfu(flops: float | None, t: dict | None, peak: float) -> str:
 
 def table(rows: list[dict], peak: float) -> str:
   head = (f"{'benchmark':44s} {'JAX ms':>9s} {'torch ms':>9s} {'compile ms':>10s} "
-          f"{'speedup':>8s} {'cpu-time':>8s} {'vs comp.':>8s} {'JAX rate':>12s} {'GFLOP':>7s} {'MFU JAX':>8s} "
-          f"{'MFU torch':>9s}")
+          f"{'speedup':>8s} {'cpu-time':>8s} {'vs comp.':>8s} {'JAX rate':>12s} {'GFLOP':>7s} "
+          f"{'MFU JAX':>8s} {'MFU torch':>9s}")
   lines = [head, "-" * len(head)]
   for r in rows:
     j, t, c = r["jax"], r["torch"], r.get("torch_compile")
