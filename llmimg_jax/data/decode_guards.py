@@ -26,6 +26,7 @@ _decode_queue: collections.deque[object] = collections.deque()  # those waiting,
 _PIL_LIMIT = threading.Condition()
 _limit_users = 0
 _limit: int | None = None
+_program_limit: int | None = None  # Image.MAX_IMAGE_PIXELS before the first of them set theirs
 _limit_restore = contextlib.ExitStack()
 _limit_queue: collections.deque[tuple[object, int | None]] = collections.deque()
 _LOADING_LOCK = threading.Lock()
@@ -52,7 +53,7 @@ def pixel_limit(limit: int | None):
   error. Threads wanting the same limit open at once (on NFS or gcsfuse an open is a network
   round trip); one wanting another waits until they end, and later ones wanting theirs wait for
   it. The program's settings (limit, warning filters) are restored when the last one ends."""
-  global _limit_users, _limit
+  global _limit_users, _limit, _program_limit
   limit = limit or None
   waiting = (object(), limit)
 
@@ -65,7 +66,8 @@ def pixel_limit(limit: int | None):
     if not _limit_users:
       _limit_restore.enter_context(warnings.catch_warnings())  # the process's filters
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      _limit_restore.callback(setattr, Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+      _program_limit = Image.MAX_IMAGE_PIXELS
+      _limit_restore.callback(setattr, Image, "MAX_IMAGE_PIXELS", _program_limit)
       Image.MAX_IMAGE_PIXELS = _limit = limit
     _limit_users += 1
   try:
@@ -76,6 +78,13 @@ def pixel_limit(limit: int | None):
       if not _limit_users:
         _limit_restore.close()  # the program's limit, then its filters
         _PIL_LIMIT.notify_all()
+
+
+def program_pixel_limit() -> int | None:
+  """PIL's limit as the program set it: Image.MAX_IMAGE_PIXELS, but while threads open under
+  their own (`pixel_limit`) the one restored when they end."""
+  with _PIL_LIMIT:
+    return _program_limit if _limit_users else Image.MAX_IMAGE_PIXELS
 
 
 @contextlib.contextmanager

@@ -211,7 +211,8 @@ def _decode(path: str, size: int, max_pixels: int | None,
   if os.path.getsize(path) == 0:
     raise SkipImage("empty_file", path)
   missing = _missing_decoder(ext)
-  max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+  # The program's: another thread's open may have set PIL's to its own max_pixels meanwhile.
+  max_pixels = decode_guards.program_pixel_limit() if max_pixels is None else max_pixels
   notes = []
   try:
     with decode_guards.pixel_limit(max_pixels):

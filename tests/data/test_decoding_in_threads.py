@@ -240,3 +240,29 @@ def test_the_images_decoded_at_once_fit_in_the_decode_memory(tmp_path, monkeypat
       np.testing.assert_array_equal(got[0], expected[0])
       assert got[1] == expected[1], i
   assert [type(r).__name__ for r in alone].count("SkipImage") == 2
+
+
+def test_the_program_s_pixel_limit_is_read_while_another_thread_opens_under_its_own(
+    tmp_path, monkeypatch):
+  """load_image(max_pixels=None) reads the program's limit (Image.MAX_IMAGE_PIXELS), but another
+  thread opening under its own max_pixels has set PIL's to that one meanwhile: an image over the
+  program's limit was read under the other's and stored, where alone it is skipped."""
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)  # the calling program's choice
+  path = str(tmp_path / "big.png")
+  Image.new("RGB", (200, 200)).save(path)  # over twice the limit: DecompressionBombError
+
+  def outcome() -> str:
+    try:
+      images.load_image(path, 8)
+    except images.SkipImage as e:
+      return e.reason
+    return "stored"
+
+  alone = outcome()
+  with ThreadPoolExecutor(1) as pool:
+    with decode_guards.pixel_limit(10**6):  # as while another thread opens under 10**6
+      load = pool.submit(outcome)
+      _until(lambda: load.done() or decode_guards._limit_queue)  # read, or waiting its turn
+    while_another_opens = load.result(timeout=10)
+  assert (alone, while_another_opens) == ("too_large", "too_large")
+  assert Image.MAX_IMAGE_PIXELS == 50 * 50
