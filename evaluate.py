@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -287,7 +288,7 @@ def _writable_file(flag: str, value: str, what: str):
   return out
 
 
-def _check_writable(flag: str, folder, fix_flag: str):
+def _check_writable(flag: str, folder: Path, fix_flag: str) -> Path:
   """`folder`; OSError naming `flag` and `fix_flag` if it is one no file can be created in."""
   if folder.is_dir() and (problem := cli.cannot_write(folder)):
     raise OSError(f"{flag}: cannot write into {folder} ({problem}); pass a writable {fix_flag}.")

@@ -47,7 +47,7 @@ def _wait_in_line(turns: threading.Condition, line: collections.deque, entry: ob
 
 
 @contextlib.contextmanager
-def pixel_limit(limit: int | None):
+def pixel_limit(limit: int | None) -> Iterator[None]:
   """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
   `max_pixels` above PIL's default admits those images, and its DecompressionBombWarning an
   error. Threads wanting the same limit open at once (on NFS or gcsfuse an open is a network
@@ -88,7 +88,7 @@ def program_pixel_limit() -> int | None:
 
 
 @contextlib.contextmanager
-def truncated_images_refused():
+def truncated_images_refused() -> Iterator[None]:
   """ImageFile.LOAD_TRUNCATED_IMAGES off (a truncated file is skipped, not padded; a PNG chunk's
   broken checksum refused) while any thread decodes; the program's setting is restored when the
   last one ends. (Each call setting and restoring it itself would, in threads, restore it while
