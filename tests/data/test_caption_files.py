@@ -113,7 +113,8 @@ def test_a_caption_that_is_not_text_is_not_called_blank(tmp_path):
 
 
 @pytest.mark.parametrize("captions_jsonl, message", [
-    ('[{"file": "a.png", "caption": "x"}]', r"one JSON array; captions.jsonl needs one JSON object"),
+    ('[{"file": "a.png", "caption": "x"}]',
+     r"one JSON array; captions.jsonl needs one JSON object"),
     ('{"path": "a.png", "caption": "x"}\n', r"no usable image .* needs a file key .* E.g. "
                                             r"captions.jsonl:1"),
     ('{"file": "b.png", "caption": "x"}\n', r"Check the file names .* E.g. captions.jsonl:1 \(b"),

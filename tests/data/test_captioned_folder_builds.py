@@ -115,7 +115,8 @@ def test_config_validation_reads_the_captions_files_before_any_build(tmp_path):
   data = pipeline.default_data_config()
   data.name, data.folder, data.image_size = "captioned_folder", str(folder), 8
   for captions, match in ((None, "No captions file in"),
-                          ("name,desc\na.png,red\n", r"header \['name', 'desc'\] needs a file column"),
+                          ("name,desc\na.png,red\n",
+                           r"header \['name', 'desc'\] needs a file column"),
                           ("file,caption\na.png,red\n".encode("utf-16"), "UTF-16 text")):
     if captions is not None:
       path = folder / "captions.csv"

@@ -55,8 +55,9 @@ def test_a_changed_config_is_named_and_the_checkpoints_stay(saved, tmp_path):
   config.model.nf_g = 8  # the same config, a state laid out differently (other code)
   nested = states[4].replace(g_opt_state=(optax.EmptyState(), states[4].g_opt_state))
   with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"this run's config equals the saved one, so the code that builds the "
-                           r"model or the input pipeline changed \(another version of llmimg_jax\)"):
+                     match=r"this run's config equals the saved one, so the code that builds "
+                           r"the model or the input pipeline changed \(another version of "
+                           r"llmimg_jax\)"):
     checkpoint.restore_latest(manager, checkpoint.abstract_like(nested), it,
                               start_fresh_if_corrupt=True, config=config)
   with pytest.raises(checkpoint.ConfigMismatchError,  # no config to compare with
