@@ -29,7 +29,7 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
   """Generated ids, int32 [batch, max_new_tokens]: no decoder start token, EOS kept, pad after it.
 
   params: T5ForConditionalGeneration params (the inner dict, without {'params': ...}).
-  input_ids, attention_mask: int [batch, length] (right-padded batches are fine).
+  input_ids, attention_mask: int [batch, length] (right-padded batches are fine); the mask 0/1.
   rng (sampling): one key, split over the rows, or one key per row ([batch] keys), so that a row's
   sample does not depend on the other rows.
   Sampling options default to transformers' GenerationConfig (top_k=50; top_k=0 turns it off).
@@ -51,11 +51,17 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
     raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}); got "
                      f"{input_ids.min()}..{input_ids.max()} (ids of another tokenizer?).")
   input_ids = jnp.asarray(input_ids, jnp.int32)
-  attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
-                    else jnp.asarray(attention_mask, jnp.int32))
+  attention_mask = (np.ones(input_ids.shape, np.int32) if attention_mask is None
+                    else np.asarray(attention_mask))
   if attention_mask.shape != input_ids.shape:
     raise ValueError(f"attention_mask {attention_mask.shape} must match input_ids "
                      f"{input_ids.shape}.")
+  # NaN too; jnp.int32 would cut 0.5 to 0 (masked), where the encoder reads nonzero as a token
+  if (cut := attention_mask[(attention_mask != 0) & (attention_mask != 1)]).size:
+    raise ValueError(f"attention_mask must hold 0 (padding) or 1 (a token); got "
+                     f"{attention_mask.dtype} values such as {cut[0]}. Pass the tokenizer's "
+                     "'attention_mask'.")
+  attention_mask = jnp.asarray(attention_mask, jnp.int32)
   if max_new_tokens < 1 or num_beams < 1:
     raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, "
                      f"{num_beams}.")

@@ -111,6 +111,24 @@ def test_fractional_input_ids_are_refused_not_cut_to_other_tokens(generator):
       generate(generator.params, generator.config, ids, max_new_tokens=2))
 
 
+def test_attention_masks_other_than_0_and_1_are_refused(generator):
+  """A float attention_mask of 0.5 was cut to int32 0 (that token masked out, where the encoder
+  itself reads any nonzero as attended) and 2 taken, without a word; values other than 0 and 1
+  are refused, naming the argument and the fix. Float and bool 0/1 masks are masks."""
+  batch = generator.tokenizer(["a red circle", "a blue square on the left"])
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  for bad, dtype, value in ((mask * 0.5, "float64", r"0\.5"), (mask * 2, "int32", "2"),
+                            (np.where(mask == 0, np.nan, mask), "float64", "nan")):
+    with pytest.raises(ValueError, match=rf"^attention_mask must hold 0 \(padding\) or 1 \(a "
+                                         rf"token\); got {dtype} values such as {value}\. Pass "
+                                         r"the tokenizer's 'attention_mask'\.$"):
+      generate(generator.params, generator.config, ids, bad, max_new_tokens=2)
+  want = generate(generator.params, generator.config, ids, mask, max_new_tokens=2)
+  for same in (mask.astype(np.float32), mask.astype(bool)):
+    np.testing.assert_array_equal(
+        generate(generator.params, generator.config, ids, same, max_new_tokens=2), want)
+
+
 def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
   """Whitespace-only, 100,000 characters, control characters, mixed scripts: no crash or hang.
   (Refusing empty prompts is sample.py's job; the encoder encodes whatever it gets.)"""
