@@ -1,9 +1,10 @@
 """Command-line helpers shared by train.py, sample.py and evaluate.py, the check that a folder
-can be written and the atomic file write every output uses, and the cores this process may
-use."""
+can be written and the atomic file write every output uses, the cores this process may use, and
+the check of a batch size that numpy-batched loops take."""
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import sys
@@ -294,6 +295,19 @@ def cannot_write(folder: str | os.PathLike) -> str | None:
   except OSError as e:
     return f"{type(e).__name__}: {e.strerror or e}"
   return None
+
+
+def check_batch_size(batch_size: Any) -> None:
+  """ValueError naming `batch_size` unless it is an int >= 1 (numpy's too, bool not): a loop of
+  range(0, n, batch_size) fails on 0 naming no argument, runs no batch for -1 and refuses 2.5
+  unnamed."""
+  try:
+    whole = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1
+  except TypeError:
+    whole = False
+  if not whole:
+    raise ValueError(f"batch_size={batch_size} must be an int >= 1 (images per call of the "
+                     "network).")
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:

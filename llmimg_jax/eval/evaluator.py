@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from llmimg_jax import cli
 from llmimg_jax.data import shapes
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ def _apply(net: EvaluatorNet, params: Any, images: jax.Array) -> dict[str, jax.A
 def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size: int = 256
                   ) -> dict[str, np.ndarray]:
   """{'present': bool [n, 9], 'shape'/'color'/'size': int [n, 9], 'features': [n, 9 * F]}."""
+  cli.check_batch_size(batch_size)
   if not len(images):  # no batch to run: empty outputs of one image's shapes and dtypes
     one = jax.ShapeDtypeStruct((1,) + np.shape(images)[1:], np.asarray(images).dtype)
     shapes = jax.eval_shape(functools.partial(_apply, net), params, one)  # (a 0-row reshape fails)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmimg_jax import cli
 from llmimg_jax.eval import fid
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -221,10 +222,7 @@ class InceptionFeatures:
   dim = 2048
 
   def __init__(self, weights: str | os.PathLike, batch_size: int = 50):
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1):  # range() would name no argument, or run no batch
-      raise ValueError(f"batch_size={batch_size} must be an int >= 1 (images per call of the "
-                       "network).")
+    cli.check_batch_size(batch_size)  # before the weights load
     self.params = jax.device_put(load_params(weights))
     # What results record: which weights their FIDs are of.
     self.source = {"path": str(weights), "sha256": fid.file_sha256(weights)}

@@ -47,3 +47,17 @@ def test_no_images_score_nan_without_a_warning(evaluator):
   assert scores.pop("num_images") == 0
   assert set(scores) == {"caption_accuracy", "shape", "color", "size", "cell", "relation",
                          "count"} and all(np.isnan(v) for v in scores.values()), scores
+
+
+def test_a_batch_size_that_is_not_a_positive_int_is_named(evaluator):
+  """apply_batched(batch_size=0) failed with range()'s 'arg 3 must not be zero', -1 with
+  'list index out of range', 2.5 with 'float object cannot be interpreted as an integer': named
+  with the fix, as InceptionFeatures' (one shared check). numpy ints are batch sizes."""
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match=rf"^batch_size={bad} must be an int >= 1 \(images per "
+                                         r"call of the network\)\.$"):
+      ev.apply_batched(evaluator.net, evaluator.params, images, batch_size=bad)
+  two = ev.apply_batched(evaluator.net, evaluator.params, images, batch_size=np.int64(2))
+  for k, v in evaluator.read(images).items():
+    np.testing.assert_allclose(two[k], v, rtol=1e-5, atol=1e-6)  # batches of 2 and of 3
