@@ -31,7 +31,8 @@ def _parse() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="32px + T5, fewer iterations (< 5 min)")
   p.add_argument("--json", default="", help="write results and machine info here (a new file, "
-                 "refused up front if it exists, unless --overwrite)")
+                 "refused up front if it exists, unless --overwrite; a link is written through "
+                 "to its target)")
   p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
@@ -126,7 +127,8 @@ def main() -> None:
     return
   if args.json:  # its folder now, not after minutes of benchmarking (a missing one lost the run)
     from llmimg_jax.cli import cannot_write  # pylint: disable=g-import-not-at-top
-    os.makedirs(folder := os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    # A link's target's, which the results are written to
+    os.makedirs(folder := os.path.dirname(os.path.realpath(args.json)), exist_ok=True)
     if problem := cannot_write(folder):
       raise SystemExit(f"benchmarks/run.py: error: --json {args.json}: cannot write into {folder} "
                        f"({problem}); name a file in a folder you can write.")
@@ -201,7 +203,7 @@ def main() -> None:
         f"{info['loadavg_end'][0]:.1f}; {info['wall_s']:.0f} s)")
   print(summary(rows, peak["peak_flops_per_s"]))
   if args.json:
-    cli.write_atomically(args.json, json.dumps(  # a crash mid-write leaves no half file
+    cli.write_atomically(os.path.realpath(args.json), json.dumps(  # no half file; as `>`
         {"args": vars(args), "machine": info, "peak_matmul": peak, "results": rows}, indent=1))
     print(f"wrote {args.json}")
 

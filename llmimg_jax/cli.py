@@ -275,10 +275,13 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
 def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
                     overwrite_flag: str = "overwrite",
                     error: type[Exception] = FileExistsError) -> None:
-  """`error` if the output `path` exists (a link too, even to nothing), unless `overwrite`;
-  `named` is how the message names it (the flag and the path)."""
-  if os.path.lexists(path) and not overwrite:
-    raise error(f"{named} exists; remove it, name a new file, or pass --{overwrite_flag} to "
+  """`error` if the output `path` exists, unless `overwrite`; `named` is how the message names
+  it (the flag and the path). A link is written through, as the shell's `>` does (each output
+  writes os.path.realpath(path)): its target is what must not exist, named beside it."""
+  target = os.path.realpath(path)  # a link to nothing is a new file
+  if os.path.lexists(target) and not overwrite:
+    link = f" (a link to {target})" if os.path.islink(path) else ""
+    raise error(f"{named}{link} exists; remove it, name a new file, or pass --{overwrite_flag} to "
                 "replace it.")
 
 

@@ -65,6 +65,25 @@ def test_a_json_folder_no_file_can_be_made_in_is_refused_before_benchmarking(mon
   assert str(e.value).endswith("); name a file in a folder you can write."), e.value
 
 
+def test_a_json_link_is_refused_only_if_its_target_exists(monkeypatch, capsys, tmp_path):
+  """A --json link was refused as existing (even to nothing), and with --overwrite the results
+  replaced the link itself, where evaluate.py's --out, prepare's --preview and the text CLI's
+  --encode_out write through a link to its target: that is what must not exist, named with it."""
+  target, link = tmp_path / "cpu.json", tmp_path / "link.json"
+  target.write_text('{"results": []}')
+  link.symlink_to(target)
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(link)])
+  with pytest.raises(SystemExit) as e:
+    run._parse()  # pylint: disable=protected-access
+  assert e.value.code == 2
+  assert (f"run.py: error: --json {link} (a link to {target}) exists; remove it, name a new "
+          "file, or pass --overwrite to replace it." in capsys.readouterr().err)
+  to_new = tmp_path / "to_new.json"
+  to_new.symlink_to(tmp_path / "new" / "gpu.json")  # the target's folder is made too
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(to_new)])
+  assert run._parse().json == str(to_new)  # pylint: disable=protected-access
+
+
 # run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json.
 _RUN_NOTHING = """
 import runpy, sys
@@ -85,3 +104,19 @@ def test_overwrite_replaces_the_json_file_whole(tmp_path):
   saved = json.loads(out.read_text())
   assert saved["results"] == [] and saved["args"]["overwrite"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu.json"]  # no temporary file left
+
+
+def test_the_json_file_is_written_through_a_link(tmp_path):
+  """With --overwrite the results replaced a --json link itself, and a link to nothing was
+  refused; as the shell's `>`, the results go to its target (its folder made), the link kept."""
+  target, to_new = tmp_path / "cpu.json", tmp_path / "to_new.json"
+  target.write_text("an earlier run's results")
+  (tmp_path / "link.json").symlink_to(target)
+  to_new.symlink_to(tmp_path / "new" / "gpu.json")
+  for link, flags in ((tmp_path / "link.json", ["--overwrite"]), (to_new, [])):
+    result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(link), *flags],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert link.is_symlink() and json.loads(link.read_text())["results"] == []
+  assert sorted(p.name for p in tmp_path.rglob("*")) == [
+      "cpu.json", "gpu.json", "link.json", "new", "to_new.json"]  # no temporary file left
