@@ -43,7 +43,7 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
   if input_ids.ndim != 2 or input_ids.shape[1] == 0:
     raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape "
                      f"{input_ids.shape}.")
-  if np.issubdtype(input_ids.dtype, np.floating) and (
+  if jnp.issubdtype(input_ids.dtype, jnp.floating) and (  # bf16 too (no np.floating)
       cut := input_ids[input_ids != np.round(input_ids)]).size:  # NaN too; jnp.int32 cuts them
     raise ValueError(f"input_ids must be whole numbers (token ids); got {input_ids.dtype} values "
                      f"such as {cut[0]}. Pass the tokenizer's int ids (its 'input_ids').")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
@@ -106,6 +107,11 @@ def test_fractional_input_ids_are_refused_not_cut_to_other_tokens(generator):
                                          r"float64 values such as (\d+\.7|nan)\. Pass the "
                                          r"tokenizer's int ids"):
       generate(generator.params, generator.config, bad, max_new_tokens=2)
+  assert ids.max() < 128  # where bfloat16 still holds halves: ml_dtypes' bf16 is no np.floating
+  with pytest.raises(ValueError, match=r"input_ids must be whole numbers \(token ids\); got "
+                                       r"bfloat16 values such as \d+\.5\."):
+    generate(generator.params, generator.config, jnp.asarray(ids + 0.5, jnp.bfloat16),
+             max_new_tokens=2)
   np.testing.assert_array_equal(
       generate(generator.params, generator.config, ids.astype(np.float32), max_new_tokens=2),
       generate(generator.params, generator.config, ids, max_new_tokens=2))
