@@ -76,9 +76,7 @@ def check_preview_path(path: str, overwrite: bool = False) -> None:
 def refuse_existing(path: str, overwrite: bool) -> None:
   """ValueError if the --preview `path` exists (a link's target: save_preview writes through it,
   as evaluate.py's --out), unless `overwrite`."""
-  target = os.path.realpath(path)
-  named = f"{path!r} (a link to {target})" if os.path.islink(path) else repr(path)
-  cli.refuse_existing(target, f"--preview {named}", overwrite, error=ValueError)
+  cli.refuse_existing(path, f"--preview {path!r}", overwrite, error=ValueError)
 
 
 def save_preview(grid: Image.Image, path: str) -> None:

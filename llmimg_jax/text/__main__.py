@@ -84,8 +84,7 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   if problem := cli.cannot_write(out_dir):  # not os.access: root passes it in /proc
     raise OSError(f"--encode_out {encode_out}: cannot write into {out_dir} ({problem}); name a "
                   ".npy file in a folder you can write.")
-  named = f"{path} (a link to {target})" if os.path.islink(path) else path
-  cli.refuse_existing(target, f"--encode_out {encode_out}: {named}", overwrite)
+  cli.refuse_existing(path, f"--encode_out {encode_out}: {path}", overwrite)
   return path
 
 
