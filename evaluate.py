@@ -137,7 +137,8 @@ def _path_flag(name: str) -> str | None:
 
 
 def _refuse_existing(flag: str, path, overwrite: str) -> None:
-  """FileExistsError naming `flag` if `path` exists (a link too), unless --`overwrite` is set."""
+  """FileExistsError naming `flag` if `path` (resolved: a link's target) exists, unless
+  --`overwrite` is set."""
   cli.refuse_existing(path, f"{flag}: {path}", FLAGS[overwrite].value, overwrite)
 
 
