@@ -130,20 +130,17 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
 _IMAGE_NAME = re.compile(r"p[0-9]{4,}_s[0-9]{3,}\.png")
 
 
+def _named_outputs(out: Path) -> list[Path]:
+  """The entries of `out` named as write_samples' outputs (links to nothing too), sorted."""
+  if not out.is_dir():
+    return []
+  return sorted(p for p in out.iterdir()
+                if p.name in (GRID_NAME, JSONL_NAME) or _IMAGE_NAME.fullmatch(p.name))
+
+
 def old_outputs(out: Path) -> list[Path]:
-  """What an earlier write_samples left in `out`."""
-  if not out.is_dir():
-    return []
-  images = [p for p in out.glob("p*_s*.png") if _IMAGE_NAME.fullmatch(p.name)]
-  return sorted([*images, *(out / n for n in (GRID_NAME, JSONL_NAME) if (out / n).exists())])
-
-
-def _output_links(out: Path) -> list[Path]:
-  """The links in `out` named as write_samples' outputs, those to nothing included."""
-  if not out.is_dir():
-    return []
-  return sorted(p for p in out.iterdir() if p.is_symlink() and (
-      p.name in (GRID_NAME, JSONL_NAME) or _IMAGE_NAME.fullmatch(p.name)))
+  """What an earlier write_samples left in `out` (a grid or index linked to nothing is not)."""
+  return [p for p in _named_outputs(out) if _IMAGE_NAME.fullmatch(p.name) or p.exists()]
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
@@ -169,20 +166,16 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   # An output that is a link is written through to its target (outputs.write_samples): into a
   # missing or unwritable folder, or to a folder, that failed only after sampling (the earlier
   # outputs gone).
-  for link in _output_links(out):
+  for link in filter(Path.is_symlink, _named_outputs(out)):
+    linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
     if os.path.isdir(target := os.path.realpath(link)):
-      raise IsADirectoryError(f"Output {out_dir!r}: {link} is a symbolic link to "
-                              f"{os.readlink(link)}, a folder; point it at a file, or remove the "
-                              "link.")
+      raise IsADirectoryError(f"{linked}, a folder; point it at a file, or remove the link.")
     if not os.path.isdir(folder := os.path.dirname(target)):
-      raise FileNotFoundError(f"Output {out_dir!r}: {link} is a symbolic link to "
-                              f"{os.readlink(link)}, whose folder {folder} does not exist; create "
-                              "that directory (or mount its disk), or remove the link.")
+      raise FileNotFoundError(f"{linked}, whose folder {folder} does not exist; create that "
+                              "directory (or mount its disk), or remove the link.")
     if problem := cli.cannot_write(folder):
-      raise PermissionError(f"Output {out_dir!r}: {link} is a symbolic link to "
-                            f"{os.readlink(link)}, whose folder {folder} is not writable "
-                            f"({problem}); point it into a folder you can write to, or remove "
-                            "the link.")
+      raise PermissionError(f"{linked}, whose folder {folder} is not writable ({problem}); point "
+                            "it into a folder you can write to, or remove the link.")
   old = old_outputs(out)
   if old and not overwrite:
     raise FileExistsError(
