@@ -67,7 +67,7 @@ def test_a_stray_argument_is_one_clear_error(tmp_path):
       "--overwrite_out=false), not '--name false'.\n"), out.stderr
 
 
-def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):  # noqa: F811
+def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):
   data, _ = tiny_eval
   report = tmp_path / "new" / "folder" / "r.json"
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--split",

@@ -2,11 +2,12 @@
 shapes evaluator, report.evaluate_run and evaluate_inception (also of a run on a captioned_folder,
 which only the standard FID scores), TrainingEvaluator and the results table.
 
-The run is tests/sample's (host-drawn params in train.py's workdir layout, no training), the data
-captioned_shapes/tiny_32 and the evaluator a deliberately short training of it (cached in a temp
-LLMIMG_CACHE_DIR, tests/eval/conftest.py): this checks the mechanics (files, keys, table, best.json,
-TensorBoard), not the evaluator's accuracy (tests/eval/test_shapes_eval.py does that). evaluate.py's
-command line: tests/eval/test_evaluate_cli.py; its results file: test_evaluate_results_file.py.
+The run is tests/conftest.py's (host-drawn params in train.py's workdir layout, no training), the
+data captioned_shapes/tiny_32 and the evaluator a deliberately short training of it (cached in a
+temp LLMIMG_CACHE_DIR, tests/eval/conftest.py): this checks the mechanics (files, keys, table,
+best.json, TensorBoard), not the evaluator's accuracy (tests/eval/test_shapes_eval.py does that).
+evaluate.py's command line: tests/eval/test_evaluate_cli.py; its results file:
+test_evaluate_results_file.py.
 """
 import json
 import logging
@@ -47,7 +48,7 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
   assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".msgpack"]  # no temp files
 
 
-def test_evaluate_run_scores_both_splits(run, tiny_eval):  # noqa: F811
+def test_evaluate_run_scores_both_splits(run, tiny_eval):
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_run, format_table
@@ -141,7 +142,7 @@ def test_non_finite_generated_images_are_refused(folder_run, monkeypatch):
                  inception_weights="inception.pth")
 
 
-def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,  # noqa: F811
+def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,
                                                          monkeypatch):
   """One image has no covariance: "Features must be [n >= 2, d]" came after all the sampling."""
   from PIL import Image
@@ -166,7 +167,7 @@ def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,  # noqa:
     report.evaluate_run(str(run.workdir), num_samples=1)
 
 
-def test_standard_fid_of_any_run(run, tiny_eval, caplog):  # noqa: F811
+def test_standard_fid_of_any_run(run, tiny_eval, caplog):
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
   from llmimg_jax.data.images import center_crop_resize
   from llmimg_jax.data.pipeline import load_source
@@ -200,7 +201,7 @@ def test_standard_fid_of_any_run(run, tiny_eval, caplog):  # noqa: F811
           f"{len(source) + 5}") in caplog.text
 
 
-def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path,  # noqa: F811
+def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path,
                                                          monkeypatch):
   from tensorboardX import SummaryWriter
 
@@ -288,7 +289,7 @@ def test_reference_images_are_at_the_runs_image_size(tiny_eval):
     assert real.captions == stored.captions
 
 
-def test_train_split_is_refused_with_the_reason(run, tiny_eval):  # noqa: F811
+def test_train_split_is_refused_with_the_reason(run, tiny_eval):
   from llmimg_jax.eval.report import evaluate_run
   data, _ = tiny_eval
   with pytest.raises(ValueError, match=r"captioned_shapes/tiny_32: the train split is not scored "
@@ -296,7 +297,7 @@ def test_train_split_is_refused_with_the_reason(run, tiny_eval):  # noqa: F811
     evaluate_run(str(run.workdir), splits=["train"], data_dir=data.data_dir)
 
 
-def test_ref_stats_without_inception_weights_is_refused(run):  # noqa: F811
+def test_ref_stats_without_inception_weights_is_refused(run):
   from llmimg_jax.eval.report import evaluate_run
   with pytest.raises(ValueError, match="--ref_stats holds statistics of Inception features: "
                                        "pass --inception_weights"):

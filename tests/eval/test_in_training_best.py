@@ -23,7 +23,7 @@ def _run_to_evaluate(run, tiny_eval):
 
 
 def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
-    run, tiny_eval, tmp_path, caplog):  # noqa: F811
+    run, tiny_eval, tmp_path, caplog):
   """Resumed with another config.eval.num_samples, the run compared its scores with a best.json
   scored on other captions and kept (or beat) that step by a comparison that means nothing."""
   from llmimg_jax.eval.in_training import TrainingEvaluator
@@ -47,7 +47,7 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
 
 
 def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
-    run, tiny_eval, tmp_path, caplog):  # noqa: F811
+    run, tiny_eval, tmp_path, caplog):
   """A retrained (deleted cache) shapes evaluator, or another config.seed (the eval noise), scores
   the same step differently: best.json names both, and a resume compares only like with like.
   A best.json of an older version, without them, is still compared."""

@@ -6,7 +6,7 @@ from tests.train.utils import tiny_config
 
 
 def test_generated_and_real_images_are_scored_against_the_same_train_records(
-    run, tiny_eval, tmp_path):  # noqa: F811
+    run, tiny_eval, tmp_path):
   """The FID took the scored test records' own real images as reference, the floor train
   records: generated images conditioned on exactly the reference's captions came out below the
   floor (in-domain FID 97.3, floor 138.9 on shapes_quick with eval.num_samples=64)."""

@@ -32,7 +32,7 @@ def test_numpy_scalars_in_results_are_written_as_json_numbers():
   assert json.loads(text) == {"seed": 3, "step": 7, "splits": {"test": {"acc": 0.5, "fid": None}}}
 
 
-def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(  # noqa: F811
+def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(
     run, tiny_eval, tmp_path, monkeypatch):
   """--ref_stats written by `--write_stats --stats_split test` hold the very records the floor
   compares: that floor (~0) is omitted; stats of another split keep it."""
@@ -71,7 +71,7 @@ def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(  # noq
   assert table.splitlines()[-1].split()[-2:] == [f"{expected:.2f}", "n/a"]
 
 
-def test_cli_names_its_file_by_split_size_and_seed(run, tiny_eval):  # noqa: F811
+def test_cli_names_its_file_by_split_size_and_seed(run, tiny_eval):
   data, _ = tiny_eval
   args = [sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--split", "test",
           "--num_samples", "8", "--batch_size", "8", "--seed", "3", "--data_dir", data.data_dir]
@@ -119,7 +119,7 @@ def test_a_bad_seed_is_refused_before_the_run_loads(tmp_path):
     evaluate_run(str(tmp_path / "no_such_run"), seed=2**32)
 
 
-def test_num_samples_help_states_the_holdout_cap(run, tiny_eval):  # noqa: F811
+def test_num_samples_help_states_the_holdout_cap(run, tiny_eval):
   """--num_samples 1500 --split holdout scored 1000 images of a 2000-record holdout, while the
   help said only 'capped by the split's size'."""
   import evaluate
