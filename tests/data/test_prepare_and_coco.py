@@ -13,6 +13,14 @@ from PIL import Image
 from llmimg_jax.data import coco, pipeline, prepare
 
 
+def _usage_error(capsys, argv: list[str]) -> str:
+  """prepare.main(argv)'s one-line error (stderr): it must exit with 2."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(argv)
+  assert exit_info.value.code == 2
+  return capsys.readouterr().err
+
+
 def test_prepare_builds_and_writes_preview(shapes_cfg, tmp_path):
   out = tmp_path / "grid.png"
   report = prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir",
@@ -59,11 +67,9 @@ def test_prepare_captioned_folder_reports_summary(tmp_path, capsys):
 
 
 def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "captioned_folder", "--folder", str(tmp_path / "nope"),
-                  "--data_dir", str(tmp_path / "tfds")])
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err  # named as this command's flags, not the data config's keys
+  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(tmp_path / "nope"),
+                              "--data_dir", str(tmp_path / "tfds")])
+  # Named as this command's flags, not the data config's keys.
   assert "error: captioned_folder needs --folder set to an existing folder" in err, err
   assert f"no build of it in --data_dir='{tmp_path / 'tfds'}')" in err, err
 
@@ -72,10 +78,8 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
   """A --data_dir under a file (or unwritable, or full) ended in os.makedirs' traceback."""
   (tmp_path / "a_file").write_text("not a folder")
   data_dir = tmp_path / "a_file" / "tfds"
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(data_dir)])
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
+  err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                              str(data_dir)])
   assert (f"error: Could not build captioned_shapes/tiny_32 in --data_dir={str(data_dir)!r} "
           f"(NotADirectoryError: [Errno 20] Not a directory: {str(data_dir)!r})") in err, err
   assert "set --data_dir to a folder you can write" in err
@@ -111,10 +115,8 @@ def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, cap
   captioned_shapes, a /CONFIG of captioned_folder or coco_captions) were ignored without a word
   (its build made); captioned_folder without --folder, an unknown dataset or captioned_shapes
   config were refused in the config's terms (data.folder, data.name, data.config)."""
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main([*flags, "--data_dir", str(tmp_path / "tfds")])
-  assert exit_info.value.code == 2
-  assert f": error: {error}" in capsys.readouterr().err
+  err = _usage_error(capsys, [*flags, "--data_dir", str(tmp_path / "tfds")])
+  assert f": error: {error}" in err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
@@ -122,24 +124,19 @@ def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, cap
 def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, capsys, preview):
   """A --preview without an image extension (or a folder) failed in PIL with a traceback after
   the build; now a one-line error before it."""
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
-                  "--preview", str(tmp_path / preview)])
-  assert exit_info.value.code == 2
-  assert "is not the name of an image file PIL can write; name a .png file" in (
-      capsys.readouterr().err)
+  err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                              str(tmp_path / "tfds"), "--preview", str(tmp_path / preview)])
+  assert "is not the name of an image file PIL can write; name a .png file" in err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
 def test_prepare_refuses_a_blank_preview_before_building(tmp_path, capsys):
   """--preview= (e.g. --preview=$GRID with GRID unset) built the dataset and wrote no grid,
   without a word."""
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
-                  "--preview="])
-  assert exit_info.value.code == 2
+  err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                              str(tmp_path / "tfds"), "--preview="])
   assert ("error: --preview is blank (e.g. --preview=$FILE with FILE unset); name the .png file "
-          "for the grid, or drop the flag.") in capsys.readouterr().err
+          "for the grid, or drop the flag.") in err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
@@ -148,11 +145,8 @@ def test_prepare_refuses_a_preview_folder_no_file_can_be_made_in_before_building
   """A --preview in a folder whose mode allows writing but where the kernel refuses a new file
   (/proc, /sys) passed os.access as root, so the dataset was built and the grid then failed to
   save. Now a file is made and removed there first."""
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "captioned_shapes/tiny_32", "--data_dir", str(tmp_path / "tfds"),
-                  "--preview", "/proc/llmimg_nope.png"])
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
+  err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                              str(tmp_path / "tfds"), "--preview", "/proc/llmimg_nope.png"])
   assert re.search(r"error: --preview '/proc/llmimg_nope\.png': /proc is not writable "
                    r"\((FileNotFoundError|PermissionError): .+\); name a file you can write\.",
                    err), err
@@ -165,11 +159,9 @@ def test_prepare_refuses_a_blank_data_dir_before_building(tmp_path, capsys, monk
   monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "default"))
   monkeypatch.chdir(tmp_path)
   for blank in ("", " "):
-    with pytest.raises(SystemExit) as exit_info:
-      prepare.main(["--dataset", "captioned_shapes/tiny_32", f"--data_dir={blank}"])
-    assert exit_info.value.code == 2
+    err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", f"--data_dir={blank}"])
     assert ("error: --data_dir is blank (e.g. --data_dir=$DIR with DIR unset); name the TFDS "
-            "data directory, or drop the flag") in capsys.readouterr().err
+            "data directory, or drop the flag") in err
   assert list(tmp_path.iterdir()) == []  # nothing was built
 
 
@@ -182,12 +174,10 @@ def test_prepare_refuses_a_preview_inside_the_folder(tmp_path, capsys, monkeypat
   (folder / "captions.csv").write_text("file,caption\n")
   monkeypatch.chdir(folder)
   for preview in ("grid.png", "sub/grid.png", str(folder / "grid.png")):
-    with pytest.raises(SystemExit) as exit_info:
-      prepare.main(["--dataset", "captioned_folder", "--folder", ".", "--data_dir",
-                    str(tmp_path / "tfds"), "--preview", preview])
-    assert exit_info.value.code == 2
+    err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", ".", "--data_dir",
+                                str(tmp_path / "tfds"), "--preview", preview])
     assert (f"error: --preview {preview!r} is inside --folder .: the grid would be an image "
-            "added to the folder") in capsys.readouterr().err
+            "added to the folder") in err
   assert not (tmp_path / "tfds").exists() and not (folder / "grid.png").exists()
   assert not prepare._inside(str(tmp_path / "imgs_grid.png"), str(folder))  # a sibling
 
@@ -222,19 +212,17 @@ def test_prepare_refuses_an_existing_preview_unless_overwrite(shapes_cfg, tmp_pa
   out.write_bytes(b"my earlier grid")
   flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
            "--preview", str(out)]
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(flags)
-  assert exit_info.value.code == 2
+  err = _usage_error(capsys, flags)
   assert (f"error: --preview {str(out)!r} exists; remove it, name a new file, or pass "
-          "--overwrite to replace it.") in capsys.readouterr().err
+          "--overwrite to replace it.") in err
   assert out.read_bytes() == b"my earlier grid"
   assert prepare.main([*flags, "--overwrite"])["preview"] == str(out)
   with Image.open(out) as grid:
     assert grid.width == 4 * 160
   assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
-  with pytest.raises(SystemExit):  # --overwrite without --preview would be ignored
-    prepare.main(flags[:-2] + ["--overwrite"])
-  assert "--overwrite only applies with --preview" in capsys.readouterr().err
+  # --overwrite without --preview would be ignored
+  err = _usage_error(capsys, flags[:-2] + ["--overwrite"])
+  assert "--overwrite only applies with --preview" in err
 
 
 def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_path, capsys):
@@ -247,10 +235,7 @@ def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_pat
   to_missing.symlink_to(tmp_path / "new" / "grid.png")
   flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
            "--preview"]  # no --overwrite: neither target exists
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main([*flags, str(to_proc)])
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
+  err = _usage_error(capsys, [*flags, str(to_proc)])
   assert f"error: --preview {str(to_proc)!r}: /proc is not writable (" in err, err
   assert prepare.main([*flags, str(to_missing)])["preview"] == str(to_missing)
   with Image.open(tmp_path / "new" / "grid.png") as grid:
@@ -267,11 +252,9 @@ def test_a_preview_link_is_refused_only_if_its_target_exists(shapes_cfg, tmp_pat
   link.symlink_to(target)
   flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
            "--preview", str(link)]
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(flags)
-  assert exit_info.value.code == 2
+  err = _usage_error(capsys, flags)
   assert (f"error: --preview {str(link)!r} (a link to {target}) exists; remove it, name a new "
-          "file, or pass --overwrite to replace it.") in capsys.readouterr().err
+          "file, or pass --overwrite to replace it.") in err
   assert target.read_bytes() == b"my earlier grid"
   assert prepare.main([*flags, "--overwrite"])["preview"] == str(link)
   with Image.open(target) as grid:
@@ -307,10 +290,8 @@ def test_coco_without_tensorflow_is_a_config_error_before_anything_loads(tmp_pat
   config.data.data_dir = str(tmp_path)
   with pytest.raises(ValueError, match=r"`tf` extra.*llmimg_jax\[tf\]"):
     validate(config, 1)
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
-  assert exit_info.value.code == 2
-  assert "`tf` extra" in capsys.readouterr().err
+  err = _usage_error(capsys, ["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
+  assert "`tf` extra" in err
   assert not list(tmp_path.iterdir())
 
 
@@ -337,10 +318,8 @@ def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys
       rf"coco_captions could not be downloaded or built in data.data_dir='{tmp_path}' "
       r"\(ConnectionError: .*Failed to resolve.*images.cocodataset.org.*--data_dir DIR")):
     pipeline.load_source(cfg)
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
-  assert exit_info.value.code == 2
-  assert "could not be downloaded" in capsys.readouterr().err
+  err = _usage_error(capsys, ["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
+  assert "could not be downloaded" in err
 
 
 @pytest.mark.tf
