@@ -22,6 +22,15 @@ def _save_cut_jpeg(path) -> None:
   path.write_bytes(data[: len(data) // 2])
 
 
+def _outcome(path) -> str:
+  """load_image(path, 8)'s outcome: "stored", or the reason the image is skipped."""
+  try:
+    images.load_image(str(path), 8)
+  except images.SkipImage as e:
+    return e.reason
+  return "stored"
+
+
 def test_a_truncated_image_is_skipped_while_another_thread_ends_its_load(tmp_path, monkeypatch):
   """Each call saved the program's LOAD_TRUNCATED_IMAGES (True here), set it off and restored it:
   a call starting while another decoded saved 'off', and the other's restore turned it on while
@@ -124,17 +133,9 @@ def test_an_image_opens_as_it_would_alone_while_another_thread_decodes(tmp_path,
   at = data.index(b"tEXt")
   data[at + 4 + int.from_bytes(data[at - 4:at], "big")] ^= 0xFF  # its checksum's first byte
   path.write_bytes(bytes(data))
-
-  def outcome() -> str:
-    try:
-      images.load_image(str(path), 8)
-    except images.SkipImage as e:
-      return e.reason
-    return "stored"
-
-  alone = outcome()
+  alone = _outcome(path)
   with decode_guards.truncated_images_refused():  # as while another thread loads an image
-    while_another_decodes = outcome()
+    while_another_decodes = _outcome(path)
   assert (alone, while_another_decodes) == ("unreadable", "unreadable")
   assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
@@ -250,18 +251,10 @@ def test_the_program_s_pixel_limit_is_read_while_another_thread_opens_under_its_
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)  # the calling program's choice
   path = str(tmp_path / "big.png")
   Image.new("RGB", (200, 200)).save(path)  # over twice the limit: DecompressionBombError
-
-  def outcome() -> str:
-    try:
-      images.load_image(path, 8)
-    except images.SkipImage as e:
-      return e.reason
-    return "stored"
-
-  alone = outcome()
+  alone = _outcome(path)
   with ThreadPoolExecutor(1) as pool:
     with decode_guards.pixel_limit(10**6):  # as while another thread opens under 10**6
-      load = pool.submit(outcome)
+      load = pool.submit(_outcome, path)
       _until(lambda: load.done() or decode_guards._limit_queue)  # read, or waiting its turn
     while_another_opens = load.result(timeout=10)
   assert (alone, while_another_opens) == ("too_large", "too_large")
