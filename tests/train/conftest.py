@@ -4,11 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from llmimg_jax.data.pipeline import make_iterator
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.state import build_models, build_text
 from tests.sample.utils import _quick_state
-from tests.train.utils import tiny_config
+from tests.train.utils import _fresh, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +22,7 @@ def saved(shapes_data_dir, tmp_path):
   config = tiny_config(shapes_data_dir)
   tokenizer, t5_config, pretrained = build_text(config)
   state = _quick_state(build_models(config, t5_config), pretrained)
-  it = make_iterator(config.data, tokenizer, batch_size_per_host=8, seed=0)
-  manager = checkpoint.make_manager(tmp_path, config)
+  manager, it = _fresh(config, tokenizer, tmp_path)  # as the tests restore into
   states, data = {}, {0: it.get_state()}
   for step in (2, 4):
     next(it), next(it)  # one batch per step, as train() reads (restore_latest checks it)
