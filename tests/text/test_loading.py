@@ -365,8 +365,6 @@ def test_hub_name_fetches_pytorch_weights_only_where_there_are_no_safetensors(
     assert set(calls[2]) == {"flax_model*.msgpack", "flax_model.msgpack.index.json"}
 
 
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_convert_state_dict_takes_a_torch_model_s_state_dict(relu_tied, dtype):
   """convert_state_dict(hf_model.state_dict(), config), as its docstring's 'HF PyTorch T5 state
