@@ -6,16 +6,13 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmimg_jax.eval import fid, inception
 from llmimg_jax.eval.report import evaluate_run, format_table, to_json
-from tests.eval.utils import _MeanStdFeatures
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.eval.utils import ROOT, _MeanStdFeatures
 
 
 def test_results_are_strict_json_with_nan_as_null():
