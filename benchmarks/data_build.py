@@ -32,7 +32,8 @@ def main() -> None:
   total = sum(s.num_examples for s in builder.info.splits.values())
   size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
   print(json.dumps({"config": args.config, "examples": total, "seconds": round(seconds, 1),
-                    "images_per_s": round(total / seconds, 1), "num_proc": builder._num_proc,  # pylint: disable=protected-access
+                    "images_per_s": round(total / seconds, 1),
+                    "num_proc": builder._num_proc,  # pylint: disable=protected-access
                     "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                     "disk_mb": round(size / 2**20, 1)}))
   if not args.keep:

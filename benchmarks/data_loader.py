@@ -59,7 +59,8 @@ def main() -> None:
     batch = next(it)
   seconds = time.perf_counter() - start
   print(json.dumps({
-      "config": args.config, "image_size": args.image_size, "workers": args.workers, "read_threads": args.read_threads,
+      "config": args.config, "image_size": args.image_size, "workers": args.workers,
+      "read_threads": args.read_threads,
       "batch": args.batch, "augment": args.augment, "steps": args.steps,
       "images_per_s": round(args.steps * args.batch / seconds, 1),
       "startup_plus_warmup_s": round(first, 1), "cpu_count": os.cpu_count(),

@@ -102,10 +102,12 @@ conv.defvjp(lambda x, w, s, p: (conv(x, w, s, p), (x, w)),
                                   conv_kernel_grad(res[0], g, res[1].shape, s, p)))
 conv_input_grad.defvjp(
     lambda dy, w, xs, s, p: (conv_input_grad(dy, w, xs, s, p), (dy, w)),
-    lambda xs, s, p, res, c: (conv(c, res[1], s, p), conv_kernel_grad(c, res[0], res[1].shape, s, p)))
+    lambda xs, s, p, res, c: (conv(c, res[1], s, p),
+                              conv_kernel_grad(c, res[0], res[1].shape, s, p)))
 conv_kernel_grad.defvjp(
     lambda x, dy, ws, s, p: (conv_kernel_grad(x, dy, ws, s, p), (x, dy)),
-    lambda ws, s, p, res, c: (conv_input_grad(res[1], c, res[0].shape, s, p), conv(res[0], c, s, p)))
+    lambda ws, s, p, res, c: (conv_input_grad(res[1], c, res[0].shape, s, p),
+                              conv(res[0], c, s, p)))
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding="SAME", strides=(1, 1)) -> jax.Array:
@@ -122,7 +124,8 @@ def onednn_convs():
   """While tracing: every conv of G and D through oneDNN (the XLA:CPU forms bypassed)."""
   patches = {(layers, "conv2d"): conv2d, (generator, "conv2d"): conv2d,
              (discriminator, "conv2d"): conv2d, (layers, "conv3x3"): conv2d,
-             (discriminator, "conv4x4_stride2"): lambda x, k: conv2d(x, k, ((1, 1), (1, 1)), (2, 2))}
+             (discriminator, "conv4x4_stride2"):
+                 lambda x, k: conv2d(x, k, ((1, 1), (1, 1)), (2, 2))}
   old = {key: getattr(*key) for key in patches}
   for (module, name), fn in patches.items():
     setattr(module, name, fn)
@@ -147,7 +150,8 @@ def check() -> None:
       gx = jax.grad(lambda x_: jnp.sum(jnp.sin(f(x_))))(x)
       return jnp.sum(gx ** 2) + jnp.sum(jnp.cos(f(x)))
 
-    ours = (conv2d(x, w, padding, (stride, stride)), *jax.grad(functools.partial(loss, conv2d), (0, 1))(x, w))
+    ours = (conv2d(x, w, padding, (stride, stride)),
+            *jax.grad(functools.partial(loss, conv2d), (0, 1))(x, w))
     ref = (layers.conv2d(x, w, padding, (stride, stride)),
            *jax.grad(functools.partial(loss, layers.conv2d), (0, 1))(x, w))
     errors = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(ours, ref)]

@@ -9,7 +9,8 @@ Each --options is one variant, items separated by ';': 'none' (XLA's defaults), 
 options train.py uses, loop.compiler_options), an XLA DebugOptions key=value, or a module
 attribute (a dotted key, e.g. llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that
 variant is traced; a value '@package.module.name' is that object (e.g. another conv function:
-llmimg_jax.gan.discriminator.conv4x4_stride2=@llmimg_jax.gan.discriminator._conv4x4_stride2_direct). The step runs in batch chunks as train.py's does (loop.batch_chunks; off with
+llmimg_jax.gan.discriminator.conv4x4_stride2=@llmimg_jax.gan.discriminator._conv4x4_stride2_direct).
+The step runs in batch chunks as train.py's does (loop.batch_chunks; off with
 llmimg_jax.train.loop.CPU_BATCH_CHUNKS=1). --baseline is the first variant (default 'none').
 --bench RES is run.py's GAN step config (nf 32, batch 32); without it, configs/shapes_quick.py.
 Random batch, one device.

@@ -45,7 +45,8 @@ def two_by_two_valid(x, kernel):
 def plain_upsample_conv3x3(x, kernel):
   """What UpsampleConv3x3 computes, written plainly: nearest 2x upsample, then a 3x3 SAME conv
   (autodiff for the gradients). For A/Bs of the whole step, e.g. on a GPU:
-  step_options.py --options "train;llmimg_jax.gan.generator.upsample_conv3x3=@benchmarks.upsample_conv.plain_upsample_conv3x3"
+  G=llmimg_jax.gan.generator.upsample_conv3x3=@benchmarks.upsample_conv.plain_upsample_conv3x3
+  step_options.py --options "train;$G"
   """
   return conv2d(upsample2x(x), kernel.astype(x.dtype))  # [b, 2h, 2w, out]
 

@@ -1,6 +1,7 @@
-"""folder_64: train on your own folder of images with captions, at 64px.
+r"""folder_64: train on your own folder of images with captions, at 64px.
 
-  python train.py --config configs/folder_64.py --workdir runs/mine --config.data.folder=/path/to/images
+  python train.py --config configs/folder_64.py --workdir runs/mine \
+      --config.data.folder=/path/to/images
 
 The folder holds images and `captions.jsonl` (`{"file_name": "a.jpg", "caption": "..."}` or
 `"captions": [...]` per line) or `captions.csv`; unreadable images and bad lines are skipped and
