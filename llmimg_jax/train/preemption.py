@@ -12,6 +12,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,7 +36,9 @@ class PreemptionWatch:
     self.signal: str | None = None  # the signal received (this process)
     self.finishing = False  # set after the last step: a signal then waits for the last save
     self.synced = sync_manager_active()
-    self._previous: dict[int, object] = {}
+    # signal.signal's previous handlers: a function, SIG_DFL/SIG_IGN, or None for one installed
+    # outside Python (by a program that embeds it), which Python cannot install again.
+    self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
     self._steps = 0  # steps of this process (every host resumes at the same step)
 
   def __enter__(self) -> PreemptionWatch:
@@ -58,7 +63,7 @@ class PreemptionWatch:
     if self.synced:
       del self.manager.reached_preemption  # Orbax's own method again
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: TypeError
     self._previous.clear()
 
   def _handle(self, signum: int, frame) -> None:
