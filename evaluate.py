@@ -111,8 +111,9 @@ def _write_stats() -> None:
   from llmimg_jax.eval.report import default_split, real_images
   if not FLAGS.inception_weights:
     raise app.UsageError("--write_stats needs --inception_weights.")
-  path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file")
-  _refuse_existing("--write_stats", path, "overwrite_stats")  # before every image's features
+  # Before every image's features.
+  path = _writable_file("--write_stats", FLAGS.write_stats, "the statistics' .npz file",
+                        "overwrite_stats")
   data = _data_config()  # config.json only: a bad --workdir fails before the weights load
   inception = InceptionFeatures(_path_flag("inception_weights"))  # a bad one fails before the data
   split = FLAGS.stats_split or default_split(load_source(data).all_splits)
@@ -137,9 +138,9 @@ def _path_flag(name: str) -> str | None:
 
 
 def _refuse_existing(flag: str, path, overwrite: str) -> None:
-  """FileExistsError naming `flag` if `path` (resolved: a link's target) exists, unless
-  --`overwrite` is set."""
-  cli.refuse_existing(path, f"{flag}: {path}", FLAGS[overwrite].value, overwrite)
+  """OSError naming `flag` if `path` (resolved: a link's target) exists, unless --`overwrite` is
+  set."""
+  cli.refuse_existing(path, f"{flag} {str(path)!r}", FLAGS[overwrite].value, overwrite, OSError)
 
 
 def _check_flags() -> None:
@@ -193,8 +194,7 @@ def main(argv: list[str]) -> None:
       return _write_stats()
     # Checked before the evaluation (hours at 30k samples), not after.
     if FLAGS.out:
-      out = _writable_file("--out", FLAGS.out, "the results' .json file")
-      _refuse_existing("--out", out, "overwrite_out")
+      out = _writable_file("--out", FLAGS.out, "the results' .json file", "overwrite_out")
     else:
       out_dir = _check_writable("--workdir", cli.expand_home(FLAGS.workdir, "--workdir"), "--out")
       out = None
@@ -262,31 +262,20 @@ def _sha256(results: dict, key: str) -> str | None:
   return (results.get(key) or {}).get("sha256")
 
 
-def _writable_file(flag: str, value: str, what: str):
-  """The file `flag` names, `~` expanded and links followed (checked before hours of work; its
-  folder made if needed); OSError naming the flag if it could not be written.
-
-  A link is written through, as the shell's `>` does: to its target (a missing one included),
-  which is what must not exist without the overwrite flag; the link is kept."""
+def _writable_file(flag: str, value: str, what: str, overwrite: str) -> Path:
+  """The file `flag` names, `~` expanded and checked before hours of work by
+  cli.check_output_file (its folder made; not existing unless --`overwrite`): a link is written
+  through, as the shell's `>` does, so this is its target (a missing one included)."""
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
   out = cli.expand_home(value, flag)
   try:
-    out = out.resolve()
+    looped = out.resolve().is_symlink()  # 3.13 resolves a loop to the link itself
   except RuntimeError:  # a link loop (Python < 3.13)
-    out = None
-  if out is None or out.is_symlink():  # 3.13 resolves a loop to the link itself
+    looped = True
+  if looped:
     raise OSError(f"{flag} {value!r} is a link that leads to itself (a loop); name {what}.")
-  if out.is_dir():
-    raise OSError(f"{flag} {value!r} is a folder; name {what}.")
-  try:
-    out.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as e:  # a file where a folder should be, no permission: named with the flag
-    raise OSError(f"{flag} {value!r}: cannot create its folder {out.parent} "
-                  f"({type(e).__name__}: {e.strerror or e}); name {what} in a folder you can "
-                  "write.") from None
-  _check_writable(flag, out.parent, flag)
-  return out
+  return Path(cli.check_output_file(out, flag, FLAGS[overwrite].value, what, overwrite))
 
 
 def _check_writable(flag: str, folder: Path, fix_flag: str) -> Path:

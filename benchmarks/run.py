@@ -66,12 +66,13 @@ def _parse() -> argparse.Namespace:
                                    ("--warmup", a.warmup, 0, "untimed calls first")):
     if value is not None and value < least:
       p.error(f"{flag} {value}: give {least} or more ({what} per model).")
-  # Now, not after minutes of benchmarking: an earlier run's results were silently replaced.
-  from llmimg_jax.cli import refuse_existing  # the check of every output flag of the package's
+  # Now, not after minutes of benchmarking: an earlier run's results were silently replaced, a
+  # folder that cannot be written lost them.
+  from llmimg_jax.cli import check_output_file  # the check of every output flag of the package's
   try:
     if a.json:
-      refuse_existing(a.json, f"--json {a.json}", a.overwrite)
-  except FileExistsError as e:
+      check_output_file(a.json, "--json", a.overwrite, "a .json file")
+  except OSError as e:
     p.error(str(e))
   if a.overwrite and not a.json:
     p.error("--overwrite only applies to --json (it lets that replace an existing file).")
@@ -125,13 +126,6 @@ def main() -> None:
       saved = json.load(f)
     print(summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"]))
     return
-  if args.json:  # its folder now, not after minutes of benchmarking (a missing one lost the run)
-    from llmimg_jax.cli import cannot_write  # pylint: disable=g-import-not-at-top
-    # A link's target's, which the results are written to
-    os.makedirs(folder := os.path.dirname(os.path.realpath(args.json)), exist_ok=True)
-    if problem := cannot_write(folder):
-      raise SystemExit(f"benchmarks/run.py: error: --json {args.json}: cannot write into {folder} "
-                       f"({problem}); name a file in a folder you can write.")
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"
     # libgomp's default (spin, then sleep) is what users get and the fastest on a quiet machine:

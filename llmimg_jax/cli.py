@@ -285,6 +285,31 @@ def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
                 "replace it.")
 
 
+def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what: str = "a file",
+                      overwrite_flag: str = "overwrite",
+                      error: type[Exception] = OSError) -> str:
+  """The file an output flag writes `path` to, checked before the work that makes it: a link is
+  written through, as the shell's `>` does, so this is its target (one that does not exist yet
+  included; the link is kept). `error` naming `flag`, the path and the fix (`what`: what to name
+  instead) if that is a folder, its folder cannot be made (it is made here if missing) or no file
+  can be created in it, or it exists and not `overwrite` (refuse_existing)."""
+  named = f"{flag} {os.fspath(path)!r}"
+  target = os.path.realpath(path)
+  if os.path.isdir(target):
+    raise error(f"{named} is a folder; name {what}.")
+  folder = os.path.dirname(target)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:  # a file where a folder should be, no permission
+    raise error(f"{named}: cannot create its folder {folder} ({type(e).__name__}: "
+                f"{e.strerror or e}); name {what} in a folder you can write.") from None
+  if problem := cannot_write(folder):  # not os.access: root passes it in /proc
+    raise error(f"{named}: cannot write into {folder} ({problem}); name {what} in a folder you "
+                "can write.")
+  refuse_existing(path, named, overwrite, overwrite_flag, error)
+  return target
+
+
 def cannot_write(folder: str | os.PathLike) -> str | None:
   """Why no file can be created in `folder` ('PermissionError: Permission denied'), else None.
   A file is created and removed: os.access answers from the mode bits (and a read-only mount),

@@ -57,20 +57,12 @@ def _pil_can_save(ext: str) -> bool:
 
 def check_preview_path(path: str, overwrite: bool = False) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
-  can take hours), or if `path` exists and not `overwrite`; its folder is made if missing. A link
-  is written through: its target's folder is made, and its target must not exist."""
+  can take hours), or if `path` exists and not `overwrite` (cli.check_output_file: its folder is
+  made if missing; a link is written through, and its target must not exist)."""
   if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
     raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
                      ".png file, e.g. --preview grid.png.")
-  folder = os.path.dirname(os.path.realpath(path))  # a link's target's: save_preview's
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"--preview {path!r}: cannot create its folder ({e}).") from None
-  if problem := cli.cannot_write(folder):
-    raise ValueError(f"--preview {path!r}: {folder} is not writable ({problem}); name a file "
-                     "you can write.")
-  refuse_existing(path, overwrite)
+  cli.check_output_file(path, "--preview", overwrite, "an image file", error=ValueError)
 
 
 def refuse_existing(path: str, overwrite: bool) -> None:

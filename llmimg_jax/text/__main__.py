@@ -62,29 +62,18 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 
 def _npy_path(encode_out: str, overwrite: bool = False) -> str:
-  """The .npy file --encode_out names (np.save adds the suffix), its folder made and writable;
-  an existing one refused unless `overwrite`. A link is written through, as the shell's `>` does
-  (and evaluate.py's --out): its target's folder is made, and its target must not exist."""
+  """The .npy file --encode_out names (np.save adds the suffix), checked by
+  cli.check_output_file: its folder made and writable, an existing one refused unless
+  `overwrite`, a link written through (as the shell's `>` and evaluate.py's --out)."""
   # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
   # DIR the sibling file DIR.npy.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
       or os.path.isdir(encode_out)):
-    raise OSError(f"--encode_out {encode_out}: {encode_out!r} names no file; name the .npy file "
+    raise OSError(f"--encode_out {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
-  target = os.path.realpath(path)  # a link's, which _save_atomically writes
-  out_dir = os.path.dirname(target)
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise OSError(f"--encode_out {encode_out}: cannot create its folder ({e}).") from None
-  if os.path.isdir(path):
-    raise OSError(f"--encode_out {encode_out}: cannot write {path}; name a writable .npy file.")
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
-  if problem := cli.cannot_write(out_dir):  # not os.access: root passes it in /proc
-    raise OSError(f"--encode_out {encode_out}: cannot write into {out_dir} ({problem}); name a "
-                  ".npy file in a folder you can write.")
-  cli.refuse_existing(path, f"--encode_out {encode_out}: {path}", overwrite)
+  cli.check_output_file(path, "--encode_out", overwrite, "a .npy file")
   return path
 
 

@@ -147,9 +147,9 @@ def test_prepare_refuses_a_preview_folder_no_file_can_be_made_in_before_building
   save. Now a file is made and removed there first."""
   err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
                               str(tmp_path / "tfds"), "--preview", "/proc/llmimg_nope.png"])
-  assert re.search(r"error: --preview '/proc/llmimg_nope\.png': /proc is not writable "
-                   r"\((FileNotFoundError|PermissionError): .+\); name a file you can write\.",
-                   err), err
+  assert re.search(r"error: --preview '/proc/llmimg_nope\.png': cannot write into /proc "
+                   r"\((FileNotFoundError|PermissionError): .+\); name an image file in a "
+                   r"folder you can write\.", err), err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
@@ -236,7 +236,7 @@ def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_pat
   flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
            "--preview"]  # no --overwrite: neither target exists
   err = _usage_error(capsys, [*flags, str(to_proc)])
-  assert f"error: --preview {str(to_proc)!r}: /proc is not writable (" in err, err
+  assert f"error: --preview {str(to_proc)!r}: cannot write into /proc (" in err, err
   assert prepare.main([*flags, str(to_missing)])["preview"] == str(to_missing)
   with Image.open(tmp_path / "new" / "grid.png") as grid:
     assert grid.width == 4 * 160

@@ -68,14 +68,16 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
           "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}})
   locked = tmp_path / "locked"
   locked.mkdir()
-  cases = {"--workdir": ["--workdir", str(locked)],
-           "--out": ["--workdir", str(tmp_path), "--out", str(locked / "results.json")]}
+  cases = {"--workdir": (["--workdir", str(locked)], "pass a writable --out"),
+           f"--out '{locked / 'results.json'}'": (
+               ["--workdir", str(tmp_path), "--out", str(locked / "results.json")],
+               "name the results' .json file in a folder you can write")}
   with unwritable(locked):
-    for flag, args in cases.items():
+    for named, (args, fix) in cases.items():
       error = _main(*args)  # root's immutable folder: not permitted; another's: denied
-      assert error in (f"evaluate.py: error: {flag}: cannot write into {locked} (PermissionError: "
-                       f"{why}); pass a writable --out." for why in ("Operation not permitted",
-                                                                      "Permission denied")), error
+      assert error in (f"evaluate.py: error: {named}: cannot write into {locked} (PermissionError: "
+                       f"{why}); {fix}." for why in ("Operation not permitted",
+                                                      "Permission denied")), error
   assert evaluated == [] and list(locked.iterdir()) == []
 
 
@@ -90,18 +92,23 @@ def test_a_results_folder_no_file_can_be_made_in_is_refused_before_the_evaluatio
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: pytest.fail("evaluated"))
   (tmp_path / "link.json").symlink_to("/proc/llmimg_nope.json")
   (tmp_path / "run").symlink_to("/proc")  # a run in a folder no file can be made in
-  cases = {"--out": ["--workdir", str(tmp_path), "--out", "/proc/llmimg_nope.json"],
-           "--out ": ["--workdir", str(tmp_path), "--out", str(tmp_path / "link.json")],
-           "--workdir": ["--workdir", str(tmp_path / "run")],
-           "--write_stats": ["--write_stats", "/proc/llmimg_nope.npz", "--config", str(CONFIG),
-                             "--inception_weights", str(tmp_path / "w.pth")]}
-  for flag, args in cases.items():
-    fix = "--write_stats" if flag == "--write_stats" else "--out"
-    folder = tmp_path / "run" if flag == "--workdir" else "/proc"
+  results, stats = "name the results' .json file in a folder you can write", (
+      "name the statistics' .npz file in a folder you can write")
+  cases = {"--out '/proc/llmimg_nope.json'": (
+               ["--workdir", str(tmp_path), "--out", "/proc/llmimg_nope.json"], "/proc", results),
+           f"--out '{tmp_path / 'link.json'}'": (
+               ["--workdir", str(tmp_path), "--out", str(tmp_path / "link.json")], "/proc",
+               results),
+           "--workdir": (["--workdir", str(tmp_path / "run")], tmp_path / "run",
+                         "pass a writable --out"),
+           "--write_stats '/proc/llmimg_nope.npz'": (
+               ["--write_stats", "/proc/llmimg_nope.npz", "--config", str(CONFIG),
+                "--inception_weights", str(tmp_path / "w.pth")], "/proc", stats)}
+  for named, (args, folder, fix) in cases.items():
     error = _main(*args)
-    assert re.fullmatch(rf"evaluate\.py: error: {flag.strip()}: cannot write into "
+    assert re.fullmatch(rf"evaluate\.py: error: {re.escape(named)}: cannot write into "
                         rf"{re.escape(str(folder))} \((FileNotFoundError|PermissionError): .+\); "
-                        rf"pass a writable {fix}\.", error), error
+                        rf"{re.escape(fix)}\.", error), error
   assert not list(tmp_path.glob("**/.write_test.*"))
 
 
@@ -121,7 +128,7 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
 
   out = tmp_path / "r.json"
   out.write_text("earlier results")
-  refused = (f"evaluate.py: error: --out: {out} exists; remove it, name a new file, or pass "
+  refused = (f"evaluate.py: error: --out '{out}' exists; remove it, name a new file, or pass "
              "--overwrite_out to replace it.")
   assert main("--out", str(out)) == refused
   assert evaluated == [] and out.read_text() == "earlier results"
@@ -161,8 +168,10 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
     assert main("--out", str(out)) is None
     assert json.loads(target.read_text())["step"] == 3 and out.read_text() == target.read_text()
     target.write_text("earlier results")  # now an existing file: refused, then replaced
-    assert main("--out", str(out)) == (f"evaluate.py: error: --out: {target} exists; remove it, "
-                                       "name a new file, or pass --overwrite_out to replace it.")
+    link = f" (a link to {target})" if out.is_symlink() else ""  # or in a linked folder
+    assert main("--out", str(out)) == (f"evaluate.py: error: --out '{out}'{link} exists; remove "
+                                       "it, name a new file, or pass --overwrite_out to replace "
+                                       "it.")
     assert target.read_text() == "earlier results"
     assert main("--out", str(out), "--overwrite_out") is None
     assert json.loads(target.read_text())["step"] == 3

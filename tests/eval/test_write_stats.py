@@ -49,7 +49,7 @@ def test_an_existing_stats_file_is_refused_before_the_work(tmp_path, monkeypatch
   (tmp_path / "ref.npz").write_bytes(b"DF-GAN's statistics")
   with pytest.raises(SystemExit) as exited:
     _write_stats(monkeypatch, tmp_path, _folder(tmp_path))
-  assert exited.value.code == (f"evaluate.py: error: --write_stats: {tmp_path / 'ref.npz'} "
+  assert exited.value.code == (f"evaluate.py: error: --write_stats '{tmp_path / 'ref.npz'}' "
                                "exists; remove it, name a new file, or pass --overwrite_stats "
                                "to replace it.")
   assert (tmp_path / "ref.npz").read_bytes() == b"DF-GAN's statistics"

@@ -157,7 +157,7 @@ def test_cli_unwritable_encode_out_is_refused_before_the_model_loads(tmp_path, c
   for out in (tmp_path / "a_file" / "states", tmp_path / "dir.npy"):
     assert main(["--model", missing_model, "--text", "x", "--encode_out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"--encode_out {out}" in err and "not found" not in err, err
+    assert f"--encode_out '{out}" in err and "not found" not in err, err
 
 
 def test_cli_encode_out_where_no_file_can_be_made_is_refused_before_the_model_loads(tmp_path,
@@ -169,7 +169,7 @@ def test_cli_encode_out_where_no_file_can_be_made_is_refused_before_the_model_lo
   assert main(["--model", missing_model, "--text", "x", "--encode_out",
                "/proc/llmimg_nope.npy"]) == 2
   err = capsys.readouterr().err
-  assert err.startswith("error: --encode_out /proc/llmimg_nope.npy: cannot write into /proc ("
+  assert err.startswith("error: --encode_out '/proc/llmimg_nope.npy': cannot write into /proc ("
                         ) and err.endswith("); name a .npy file in a folder you can write.\n"), err
 
 
@@ -185,7 +185,7 @@ def test_cli_encode_out_link_is_checked_where_the_states_are_written(relu_tied, 
   missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
   assert main(["--model", missing_model, "--text", "x", "--encode_out", str(to_proc)]) == 2
   err = capsys.readouterr().err
-  assert err.startswith(f"error: --encode_out {to_proc}: cannot write into /proc ("), err
+  assert err.startswith(f"error: --encode_out '{to_proc}': cannot write into /proc ("), err
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
                "--encode_out", str(to_missing)]) == 0  # nothing to overwrite: no --overwrite
   assert np.load(tmp_path / "new" / "states.npy").shape == (1, MAX_LEN, 32)
@@ -202,7 +202,7 @@ def test_cli_encode_out_link_is_refused_only_if_its_target_exists(relu_tied, tmp
   missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
   assert main(["--model", missing_model, "--text", "x", "--encode_out", str(link)]) == 2
   err = capsys.readouterr().err
-  assert f"--encode_out {link}: {link} (a link to {target}) exists" in err, err
+  assert f"--encode_out '{link}' (a link to {target}) exists" in err, err
   assert "--overwrite" in err and "not found" not in err, err
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
                "--encode_out", str(link), "--overwrite"]) == 0
@@ -219,7 +219,7 @@ def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path
   for out in (npy, tmp_path / "states"):  # np.save's suffix added
     assert main(["--model", missing_model, "--text", "x", "--encode_out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"--encode_out {out}: {npy} exists" in err and "--overwrite" in err, err
+    assert f"--encode_out '{npy}' exists" in err and "--overwrite" in err, err
     assert "not found" not in err
   np.testing.assert_array_equal(np.load(npy), np.arange(3))
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
@@ -239,7 +239,7 @@ def test_cli_encode_out_naming_no_file_is_refused(tmp_path, capsys, monkeypatch)
   for out in ("", " ", "states/", "states", str(tmp_path / "states")):
     assert main(["--model", missing_model, "--text", "x", "--encode_out", out]) == 2
     err = capsys.readouterr().err
-    assert f"--encode_out {out}: {out!r} names no file" in err and "not found" not in err, err
+    assert f"--encode_out {out!r} names no file" in err and "not found" not in err, err
   assert sorted(os.listdir(tmp_path)) == ["states"] and not os.listdir(tmp_path / "states")
 
 
