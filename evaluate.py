@@ -268,14 +268,9 @@ def _writable_file(flag: str, value: str, what: str, overwrite: str) -> Path:
   through, as the shell's `>` does, so this is its target (a missing one included)."""
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
-  out = cli.expand_home(value, flag)
-  try:
-    looped = out.resolve().is_symlink()  # 3.13 resolves a loop to the link itself
-  except RuntimeError:  # a link loop (Python < 3.13)
-    looped = True
-  if looped:
-    raise OSError(f"{flag} {value!r} is a link that leads to itself (a loop); name {what}.")
-  return Path(cli.check_output_file(out, flag, FLAGS[overwrite].value, what, overwrite))
+  out = cli.check_output_file(cli.expand_home(value, flag), flag, FLAGS[overwrite].value, what,
+                              overwrite)
+  return Path(out)
 
 
 def _check_writable(flag: str, folder: Path, fix_flag: str) -> Path:

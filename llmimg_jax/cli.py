@@ -3,6 +3,7 @@ can be written and the atomic file write every output uses, the cores this proce
 the check of a batch size that numpy-batched loops take."""
 from __future__ import annotations
 
+import errno
 import logging
 import operator
 import os
@@ -291,9 +292,15 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
   """The file an output flag writes `path` to, checked before the work that makes it: a link is
   written through, as the shell's `>` does, so this is its target (one that does not exist yet
   included; the link is kept). `error` naming `flag`, the path and the fix (`what`: what to name
-  instead) if that is a folder, its folder cannot be made (it is made here if missing) or no file
-  can be created in it, or it exists and not `overwrite` (refuse_existing)."""
+  instead) if a link on its way leads back to itself (the shell's `>` fails there too), if it is
+  a folder, its folder cannot be made (it is made here if missing) or no file can be created in
+  it, or it exists and not `overwrite` (refuse_existing)."""
   named = f"{flag} {os.fspath(path)!r}"
+  try:
+    os.path.realpath(path, strict=True)
+  except OSError as e:  # non-strict, a loop is left unresolved: that link 'exists'
+    if e.errno == errno.ELOOP:
+      raise error(f"{named} leads to itself through a link (a loop); name {what}.") from None
   target = os.path.realpath(path)
   if os.path.isdir(target):
     raise error(f"{named} is a folder; name {what}.")

@@ -200,3 +200,23 @@ def test_cannot_write_creates_a_file_where_os_access_answers_for_the_mode_bits(t
   assert cli.cannot_write("/proc") in ("FileNotFoundError: No such file or directory",
                                        "PermissionError: Permission denied")
   assert cli.cannot_write(tmp_path / "gone") == "FileNotFoundError: No such file or directory"
+
+
+def test_an_output_path_through_a_loop_of_links_is_named_as_a_loop(tmp_path):
+  """A link to itself (`ln -s x x`) was refused as '(a link to x) exists' and with --overwrite
+  the output replaced the link, where the shell's `>` fails ('Too many levels of symbolic
+  links'); a loop in its folder was 'cannot create its folder (FileExistsError)'. Each is named
+  as a loop, overwrite or not, and nothing is written."""
+  (tmp_path / "self.json").symlink_to("self.json")
+  (tmp_path / "a.json").symlink_to("b.json")
+  (tmp_path / "b.json").symlink_to("a.json")
+  (tmp_path / "dir").symlink_to("dir")
+  for path in (tmp_path / "self.json", tmp_path / "a.json", tmp_path / "dir" / "r.json"):
+    for overwrite in (False, True):
+      with pytest.raises(ValueError) as e:
+        cli.check_output_file(path, "--json", overwrite, "a .json file", error=ValueError)
+      assert str(e.value) == (f"--json {str(path)!r} leads to itself through a link (a loop); "
+                              "name a .json file.")
+  assert sorted(p.name for p in tmp_path.iterdir() if p.is_symlink()) == [
+      "a.json", "b.json", "dir", "self.json"]
+  assert [p.name for p in tmp_path.iterdir() if not p.is_symlink()] == []

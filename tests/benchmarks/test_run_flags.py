@@ -88,6 +88,21 @@ def test_a_json_link_is_refused_only_if_its_target_exists(monkeypatch, capsys, t
   assert run._parse().json == str(to_new)  # pylint: disable=protected-access
 
 
+def test_a_json_link_to_itself_is_named_as_a_loop(monkeypatch, capsys, tmp_path):
+  """`ln -s cpu.json cpu.json` was refused as '(a link to ...) exists', and with --overwrite the
+  results replaced the link after the benchmarks: a loop is named before them."""
+  loop = tmp_path / "cpu.json"
+  loop.symlink_to(loop.name)
+  for overwrite in ([], ["--overwrite"]):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(loop), *overwrite])
+    with pytest.raises(SystemExit) as e:
+      run._parse()  # pylint: disable=protected-access
+    assert e.value.code == 2
+    assert (f"run.py: error: --json {str(loop)!r} leads to itself through a link (a loop); name "
+            "a .json file.\n") in capsys.readouterr().err
+  assert loop.is_symlink()
+
+
 # run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json.
 _RUN_NOTHING = """
 import runpy, sys

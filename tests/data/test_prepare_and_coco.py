@@ -262,6 +262,19 @@ def test_a_preview_link_is_refused_only_if_its_target_exists(shapes_cfg, tmp_pat
   assert link.is_symlink()
 
 
+def test_a_preview_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
+  """`ln -s grid.png grid.png` was refused as '(a link to ...) exists', and with --overwrite the
+  dataset was built and the grid replaced the link: a loop is named before the build."""
+  loop = tmp_path / "grid.png"
+  loop.symlink_to(loop.name)
+  for overwrite in ([], ["--overwrite"]):
+    err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                                str(tmp_path / "tfds"), "--preview", str(loop), *overwrite])
+    assert (f"error: --preview {str(loop)!r} leads to itself through a link (a loop); name an "
+            "image file.") in err, err
+  assert loop.is_symlink() and not (tmp_path / "tfds").exists()
+
+
 def test_coco_to_example_mapping():
   ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
         "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}

@@ -178,8 +178,8 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
   assert to_file.is_symlink() and to_folder.is_symlink()
   loop = tmp_path / "loop.json"
   loop.symlink_to(loop.name)
-  assert main("--out", str(loop)) == (f"evaluate.py: error: --out {str(loop)!r} is a link that "
-                                      "leads to itself (a loop); name the results' .json file.")
+  assert main("--out", str(loop)) == (f"evaluate.py: error: --out {str(loop)!r} leads to itself "
+                                      "through a link (a loop); name the results' .json file.")
   assert loop.is_symlink() and not (tmp_path / "results" / "loop.json").exists()
 
 

@@ -209,6 +209,20 @@ def test_cli_encode_out_link_is_refused_only_if_its_target_exists(relu_tied, tmp
   assert np.load(target).shape == (1, MAX_LEN, 32) and link.is_symlink()
 
 
+def test_cli_encode_out_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
+  """`ln -s s.npy s.npy` was refused as '(a link to ...) exists', and with --overwrite the model
+  loaded and the states replaced the link: a loop is named before the model loads."""
+  loop = tmp_path / "s.npy"
+  loop.symlink_to(loop.name)
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  for overwrite in ([], ["--overwrite"]):
+    assert main(["--model", missing_model, "--text", "x", "--encode_out", str(loop),
+                 *overwrite]) == 2
+    assert capsys.readouterr().err == (f"error: --encode_out {str(loop)!r} leads to itself "
+                                       "through a link (a loop); name a .npy file.\n")
+  assert loop.is_symlink()
+
+
 def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path, capsys):
   """--encode_out replaced an existing .npy without a word (evaluate.py's --out and
   --write_stats refuse one unless told): refused before the model loads, replaced with
