@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 
 
@@ -119,6 +120,29 @@ def summary(rows: list[dict], peak: float) -> str:
   return "\n".join(lines)
 
 
+def write_json(path: str, results: dict) -> None:
+  """`results` written whole to --json's `path` (through a link, as `>`). Its folder was checked
+  before the benchmarks, but this write comes minutes later (the folder removed meanwhile, a full
+  disk): if it fails the results go to a new file in the temporary folder, or else to stdout, and
+  the error (exit status 1) says where."""
+  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  text = json.dumps(results, indent=1)
+  try:
+    cli.write_atomically(os.path.realpath(path), text)  # no half file
+  except OSError as e:
+    why = f"could not write --json {path} ({type(e).__name__}: {e.strerror or e})"
+    try:
+      fd, spare = tempfile.mkstemp(prefix="run_", suffix=".json")
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+      where = f"in {spare}"
+    except OSError:
+      print(text)
+      where = "printed above"
+    sys.exit(f"benchmarks/run.py: error: {why}; the results are {where}.")
+  print(f"wrote {path}")
+
+
 def main() -> None:
   args = _parse()
   if args.render:
@@ -147,7 +171,6 @@ def main() -> None:
         "--extra-index-url https://download.pytorch.org/whl/cpu for the CPU build).") from None
 
   from benchmarks import timing
-  from llmimg_jax import cli
   from llmimg_jax.train.host_memory import reuse_host_memory
 
   # As train.py: on CPU the step's scratch memory stays mapped between calls. Process-wide, so
@@ -197,9 +220,8 @@ def main() -> None:
         f"{info['loadavg_end'][0]:.1f}; {info['wall_s']:.0f} s)")
   print(summary(rows, peak["peak_flops_per_s"]))
   if args.json:
-    cli.write_atomically(os.path.realpath(args.json), json.dumps(  # no half file; as `>`
-        {"args": vars(args), "machine": info, "peak_matmul": peak, "results": rows}, indent=1))
-    print(f"wrote {args.json}")
+    write_json(args.json, {"args": vars(args), "machine": info, "peak_matmul": peak,
+                           "results": rows})
 
 
 if __name__ == "__main__":

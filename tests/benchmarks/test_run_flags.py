@@ -1,9 +1,11 @@
 """benchmarks/run.py refuses flags it cannot honour (timing counts, an existing --json file) before
 any model is built, and writes --json whole."""
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,12 +105,16 @@ def test_a_json_link_to_itself_is_named_as_a_loop(monkeypatch, capsys, tmp_path)
   assert loop.is_symlink()
 
 
-# run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json.
+# run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json;
+# $REMOVE_MEANWHILE, a folder removed while it "benchmarks".
 _RUN_NOTHING = """
-import runpy, sys
+import os, runpy, shutil, sys
 from benchmarks import timing
-timing.peak_matmul_flops = lambda *a: {"peak_flops_per_s": 1e9, "jax_flops_per_s": 1e9,
-                                       "torch_flops_per_s": 1e9}
+def peak(*args):
+  if "REMOVE_MEANWHILE" in os.environ:
+    shutil.rmtree(os.environ["REMOVE_MEANWHILE"])
+  return {"peak_flops_per_s": 1e9, "jax_flops_per_s": 1e9, "torch_flops_per_s": 1e9}
+timing.peak_matmul_flops = peak
 sys.argv = ["benchmarks/run.py", "--skip-gan", "--skip-t5", "--no-reuse-host-memory", *sys.argv[1:]]
 runpy.run_path("benchmarks/run.py", run_name="__main__")
 """
@@ -139,3 +145,36 @@ def test_the_json_file_is_written_through_a_link(tmp_path):
     assert link.is_symlink() and json.loads(link.read_text())["results"] == []
   assert sorted(p.name for p in tmp_path.rglob("*")) == [
       "cpu.json", "gpu.json", "link.json", "new", "to_new.json"]  # no temporary file left
+
+
+def test_results_are_kept_where_the_json_file_cannot_be_written_after_the_benchmarks(tmp_path):
+  """--json's folder is checked before the benchmarks, but a write that failed after them (the
+  folder removed meanwhile, a full disk) lost the results in a traceback. They now go to a new
+  file in the temporary folder, and the error names it (exit status 1)."""
+  folder, spare = tmp_path / "out", tmp_path / "tmp"
+  spare.mkdir()
+  result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(folder / "cpu.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REMOVE_MEANWHILE": str(folder), "TMPDIR": str(spare)})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  [saved] = spare.iterdir()
+  assert result.stderr.endswith(
+      f"benchmarks/run.py: error: could not write --json {folder / 'cpu.json'} "
+      f"(FileNotFoundError: No such file or directory); the results are in {saved}.\n"), (
+          result.stderr[-3000:])
+  assert json.loads(saved.read_text())["results"] == [] and not folder.exists()
+
+
+def test_results_are_printed_where_no_file_can_be_written_after_the_benchmarks(tmp_path,
+                                                                               monkeypatch,
+                                                                               capsys):
+  """Where the temporary folder cannot be written either, the results are printed as JSON."""
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_tmp"))
+  results = {"results": [{"name": "gan 32px step"}]}
+  with pytest.raises(SystemExit) as e:
+    run.write_json(str(tmp_path / "gone" / "cpu.json"), results)
+  assert e.value.code == (f"benchmarks/run.py: error: could not write --json "
+                          f"{tmp_path / 'gone' / 'cpu.json'} (FileNotFoundError: No such file or "
+                          "directory); the results are printed above.")
+  assert json.loads(capsys.readouterr().out) == results
+  assert list(tmp_path.iterdir()) == []
