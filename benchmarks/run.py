@@ -20,6 +20,7 @@ run with its allocator settings; --no-reuse-host-memory skips it).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -120,14 +121,16 @@ def summary(rows: list[dict], peak: float) -> str:
   return "\n".join(lines)
 
 
-def write_json(path: str, results: dict) -> None:
-  """`results` written whole to --json's `path` (through a link, as `>`). Its folder was checked
-  before the benchmarks, but this write comes minutes later (the folder removed meanwhile, a full
-  disk): if it fails the results go to a new file in the temporary folder, or else to stdout, and
-  the error (exit status 1) says where."""
+def write_json(path: str, results: dict, overwrite: bool = False) -> None:
+  """`results` written whole to --json's `path` (through a link, as `>`). It was checked before
+  the benchmarks, but this write comes minutes later (the folder removed meanwhile, a full disk,
+  a file written there by another run, kept unless `overwrite`): if it fails the results go to a
+  new file in the temporary folder, or else to stdout, and the error (exit status 1) says where."""
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
   text = json.dumps(results, indent=1)
   try:
+    if not overwrite and os.path.lexists(os.path.realpath(path)):
+      raise FileExistsError(errno.EEXIST, "a file was written there while the benchmarks ran")
     cli.write_atomically(os.path.realpath(path), text)  # no half file
   except OSError as e:
     why = f"could not write --json {path} ({type(e).__name__}: {e.strerror or e})"
@@ -221,7 +224,7 @@ def main() -> None:
   print(summary(rows, peak["peak_flops_per_s"]))
   if args.json:
     write_json(args.json, {"args": vars(args), "machine": info, "peak_matmul": peak,
-                           "results": rows})
+                           "results": rows}, args.overwrite)
 
 
 if __name__ == "__main__":

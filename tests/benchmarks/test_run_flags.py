@@ -106,13 +106,16 @@ def test_a_json_link_to_itself_is_named_as_a_loop(monkeypatch, capsys, tmp_path)
 
 
 # run.py's main with no benchmark and a stand-in peak matmul: only its machine info and --json;
-# $REMOVE_MEANWHILE, a folder removed while it "benchmarks".
+# $REMOVE_MEANWHILE, a folder removed while it "benchmarks", $WRITE_MEANWHILE a file written.
 _RUN_NOTHING = """
 import os, runpy, shutil, sys
 from benchmarks import timing
 def peak(*args):
   if "REMOVE_MEANWHILE" in os.environ:
     shutil.rmtree(os.environ["REMOVE_MEANWHILE"])
+  if "WRITE_MEANWHILE" in os.environ:
+    with open(os.environ["WRITE_MEANWHILE"], "w") as f:
+      f.write("another run's results")
   return {"peak_flops_per_s": 1e9, "jax_flops_per_s": 1e9, "torch_flops_per_s": 1e9}
 timing.peak_matmul_flops = peak
 sys.argv = ["benchmarks/run.py", "--skip-gan", "--skip-t5", "--no-reuse-host-memory", *sys.argv[1:]]
@@ -163,6 +166,26 @@ def test_results_are_kept_where_the_json_file_cannot_be_written_after_the_benchm
       f"(FileNotFoundError: No such file or directory); the results are in {saved}.\n"), (
           result.stderr[-3000:])
   assert json.loads(saved.read_text())["results"] == [] and not folder.exists()
+
+
+def test_a_json_file_written_while_the_benchmarks_ran_is_kept(tmp_path):
+  """--json is refused if it exists before the benchmarks, but a file written there meanwhile
+  (another run's, given the same --json) was replaced by these results without a word, where
+  evaluate.py and prepare refuse it again before they write. It is kept, these results go to a
+  new file in the temporary folder, and the error names both (exit status 1)."""
+  out, spare = tmp_path / "cpu.json", tmp_path / "tmp"
+  spare.mkdir()
+  result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WRITE_MEANWHILE": str(out), "TMPDIR": str(spare)})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  [saved] = spare.iterdir()
+  assert result.stderr.endswith(
+      f"benchmarks/run.py: error: could not write --json {out} (FileExistsError: a file was "
+      f"written there while the benchmarks ran); the results are in {saved}.\n"), (
+          result.stderr[-3000:])
+  assert out.read_text() == "another run's results"
+  assert json.loads(saved.read_text())["results"] == []
 
 
 def test_results_are_printed_where_no_file_can_be_written_after_the_benchmarks(tmp_path,
