@@ -63,7 +63,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   `splits` (default: test and, where the build has it, holdout). Other data: the standard FID
   only (`inception_weights` required) on `splits` (default: test, else train)."""
   from llmimg_jax.sample import Sampler  # pylint: disable=g-import-not-at-top
-  check_seed(seed)  # before the load: generate_for_captions checks it after the evaluator
+  check_seed(seed)  # before the run loads (evaluate_shapes and evaluate_inception check it again)
   if ref_stats and not inception_weights:
     raise ValueError("--ref_stats holds statistics of Inception features: pass "
                      "--inception_weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) "
@@ -97,6 +97,7 @@ def evaluate_shapes(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
   has it, holdout): images generated from the first caption of records [0, N) of each split,
   scored by the shapes evaluator, with their in-domain FID against a disjoint real set
   (_reference); and their standard FID where `inception` is given."""
+  seed = check_seed(seed)  # before the evaluator; an int in the results (to_json writes it)
   builder = shapes_builder(data_cfg)
   # test and holdout only: _reference draws the comparison set of `test` from train.
   held_out = [s for s in ("test", "holdout") if s in builder.info.splits]
@@ -179,6 +180,7 @@ def evaluate_inception(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
                        seed: int = 0, batch_size: int = 64, ref_stats: str | None = None) -> dict:
   """The standard FID of any run: images generated from the first caption of records [0, N) of
   each split against `ref_stats`, or else against those N real images (centre crop, resized)."""
+  seed = check_seed(seed)  # an int in the results (to_json writes it)
   all_splits = load_source(data_cfg).all_splits
   splits = _check_splits(splits, [default_split(all_splits)], all_splits, data_cfg.name)
   given_ref = (fid.load_statistics(ref_stats, getattr(features, "dim", None)) if ref_stats

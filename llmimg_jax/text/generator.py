@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,19 +18,35 @@ from llmimg_jax.text.modeling import T5EncoderModel
 from llmimg_jax.text.tokenizer import TextTokenizer
 
 
-def check_seed(seed: int, name: str = "seed") -> None:
-  """A PRNG seed in [0, 2**32), as sample.py and train.py take them, or a ValueError naming it
-  (`name`: as the caller spells it, e.g. '--seed'); a TypeError for one that is not an int (numpy
-  integers pass, bool does not): 2.5 would fail in jax.random.PRNGKey as 'got JitTracer'.
+def _is_key(x: Any) -> bool:
+  """Whether `x` is a JAX PRNG key: a typed one (jax.random.key) or raw key data, the uint32
+  [..., 2] of jax.random.PRNGKey and split. Other JAX int arrays are seeds, as NumPy's are."""
+  return isinstance(x, jax.Array) and (
+      jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+      or (x.dtype == jnp.uint32 and x.ndim >= 1 and x.shape[-1] == 2))
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+  """A PRNG seed in [0, 2**32), as sample.py and train.py take them, as an int, or a ValueError
+  naming it (`name`: as the caller spells it, e.g. '--seed'); a TypeError for one that is not an
+  int (numpy and JAX integer scalars pass, as the Sampler's seed; bool does not): 2.5 would fail
+  in jax.random.PRNGKey as 'got JitTracer', and a PRNG key is named as one.
   jax.random.PRNGKey keeps a seed's low 32 bits (2**32 gave seed 0's key, -1 that of 2**32 - 1)
   and raises OverflowError past int64."""
-  if isinstance(seed, jax.Array):  # its repr spans lines (a typed key's, 'overlaying: ...')
+  if _is_key(seed):  # its repr spans lines (a typed key's, 'overlaying: ...')
     raise TypeError(f"{name} is a JAX array ({seed.dtype} {list(seed.shape)}: a PRNG key?); "
                     "pass an int seed, from which the key is made.")
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise TypeError(f"{name}={seed!r} is a {type(seed).__name__}; pass an int.")
-  if not 0 <= seed < 2**32:
-    raise ValueError(f"{name}={seed} must be in [0, 2**32).")
+  try:
+    value = None if isinstance(seed, bool) else operator.index(seed)
+  except TypeError:
+    value = None
+  if value is None:
+    got = (f" is a JAX array ({seed.dtype} {list(seed.shape)})" if isinstance(seed, jax.Array)
+           else f"={seed!r} is a {type(seed).__name__}")
+    raise TypeError(f"{name}{got}; pass an int.")
+  if not 0 <= value < 2**32:
+    raise ValueError(f"{name}={value} must be in [0, 2**32).")
+  return value
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype"))
@@ -84,17 +101,17 @@ class TextGenerator:
     if wrong := [f"{k}= ({fix})" for k, fix in _NOT_KW.items() if k in kw]:
       raise TypeError(f"TextGenerator.generate takes no {'; no '.join(wrong)}.")
     rows = len(batch["input_ids"])
-    # One seed: a scalar, whose check_seed names a non-int (len() would not), or a JAX array,
-    # e.g. a PRNG key (uint32 [2]), which check_seed names as a key, not as two seeds.
-    one_seed = np.ndim(seed) == 0 or isinstance(seed, jax.Array)
+    # One seed: a scalar, whose check_seed names a non-int (len() would not), or a PRNG key
+    # (uint32 [2], typed), which check_seed names as a key, not as two seeds.
+    one_seed = _is_key(seed) or np.ndim(seed) == 0
     if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
-    for i, s in enumerate([seed] if one_seed else seed):
-      check_seed(s, "seed" if one_seed else f"seed[{i}]")
+    seeds = [check_seed(s, "seed" if one_seed else f"seed[{i}]")
+             for i, s in enumerate([seed] if one_seed else seed)]
     if rows == 0:
       return []
-    rng = (jax.random.PRNGKey(seed) if one_seed
-           else jnp.stack([jax.random.PRNGKey(s) for s in seed]))  # [2] or [texts, 2]
+    rng = (jax.random.PRNGKey(seeds[0]) if one_seed
+           else jnp.stack([jax.random.PRNGKey(s) for s in seeds]))  # [2] or [texts, 2]
     ids = generate(self.params, self.config, batch["input_ids"], batch["attention_mask"],
                    max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
     return self.tokenizer.decode(np.asarray(ids))

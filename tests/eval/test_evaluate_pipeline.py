@@ -167,6 +167,19 @@ def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,
     report.evaluate_run(str(run.workdir), num_samples=1)
 
 
+def test_a_jax_int_seed_is_recorded_as_an_int(run, tiny_eval):
+  """seed=jnp.int32(3), a seed as TextGenerator.generate and the Sampler take it, stayed a JAX
+  array in the results, which json cannot write (after all the evaluation)."""
+  import jax.numpy as jnp
+  from llmimg_jax.eval.report import evaluate_inception, to_json
+  from llmimg_jax.sample import Sampler
+  data, _ = tiny_eval
+  sampler = Sampler.from_workdir(str(run.workdir))
+  results = evaluate_inception(sampler, data, _MeanStdFeatures("inception.pth"), num_samples=2,
+                               batch_size=8, seed=jnp.int32(3))
+  assert type(results["seed"]) is int and json.loads(to_json(results))["seed"] == 3
+
+
 def test_standard_fid_of_any_run(run, tiny_eval, caplog):
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
   from llmimg_jax.data.images import center_crop_resize

@@ -100,6 +100,22 @@ def test_a_jax_key_as_seed_is_named_as_one(generator, texts, key):
     generator.generate(texts, max_new_tokens=2, seed=seed, do_sample=True)
 
 
+def test_jax_int_seeds_are_seeds_as_numpy_s_are(generator):
+  """seed=jnp.arange(3) (one per text) and jnp.int32(5) were refused as "seed is a JAX array
+  (int32 [3]: a PRNG key?)", where np.arange(3), a list and np.int32(5) generate."""
+  import jax.numpy as jnp
+  texts, kw = ["a red fox", "b", "c c"], dict(max_new_tokens=3, do_sample=True)
+  per_text = generator.generate(texts, seed=[0, 1, 2], **kw)
+  assert generator.generate(texts, seed=jnp.arange(3), **kw) == per_text
+  assert generator.generate(texts, seed=jnp.arange(3, dtype=jnp.uint32), **kw) == per_text
+  assert generator.generate(texts, seed=jnp.int32(5), **kw) == generator.generate(texts, seed=5,
+                                                                                   **kw)
+  with pytest.raises(ValueError, match=r"^seed must be one int or one per text \(3 texts\); got 2"):
+    generator.generate(texts, seed=jnp.arange(2), **kw)
+  with pytest.raises(TypeError, match=r"^seed is a JAX array \(float32 \[\]\); pass an int\.$"):
+    generator.generate(texts, seed=jnp.float32(2.0), **kw)
+
+
 @pytest.mark.parametrize("rng, got", [(0, r"int32 \[\]"), ([1, 2, 3], r"int32 \[3\]"),
                                       (np.arange(6.0).reshape(3, 2), r"float32 \[3, 2\]")])
 def test_seeds_where_keys_are_meant_are_named(generator, rng, got):
