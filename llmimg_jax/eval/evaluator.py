@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import operator
 import time
 from typing import Any
 
@@ -174,6 +175,18 @@ class TrainSettings:
   learning_rate: float = 3e-3
   label_smoothing: float = 0.1
   seed: int = 0
+
+  def __post_init__(self):
+    """batch_size 0 or -1 trained on one empty cell per step (and cached that evaluator), 2.5
+    failed in a slice, steps=0 in optax: refused here, naming the field."""
+    for name, what in (("steps", "Adam steps"), ("batch_size", "occupied cells per step")):
+      value = getattr(self, name)
+      try:
+        whole = not isinstance(value, bool) and operator.index(value) >= 1
+      except TypeError:
+        whole = False
+      if not whole:
+        raise ValueError(f"TrainSettings {name}={value!r} must be an int >= 1 ({what}).")
 
 
 def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: TrainSettings

@@ -61,3 +61,15 @@ def test_a_batch_size_that_is_not_a_positive_int_is_named(evaluator):
   two = ev.apply_batched(evaluator.net, evaluator.params, images, batch_size=np.int64(2))
   for k, v in evaluator.read(images).items():
     np.testing.assert_allclose(two[k], v, rtol=1e-5, atol=1e-6)  # batches of 2 and of 3
+
+
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"batch_size": -1}, {"batch_size": 2.5},
+                                {"batch_size": True}, {"steps": 0}, {"steps": 10.0}])
+def test_train_settings_that_are_not_positive_ints_are_named(kw):
+  """TrainSettings(batch_size=0) or -1 trained the evaluator on one empty cell per step (no shape
+  or colour seen) and cached it, with only the accuracy warning; 2.5 failed in a slice, steps=0
+  in optax ('cosine_decay_schedule requires positive decay_steps')."""
+  (name, value), = kw.items()
+  with pytest.raises(ValueError, match=rf"^TrainSettings {name}={value!r} must be an int >= 1 "):
+    ev.TrainSettings(**kw)
+  assert ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16)).batch_size == 16
