@@ -40,6 +40,7 @@ from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_
 from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.sample.restore import full_workdir, restore_for_sampling
 from llmimg_jax.text import T5Config
+from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
 from llmimg_jax.train.mesh import make_mesh, rows_per_call
@@ -160,9 +161,9 @@ class Sampler:
              truncation: float | None = None) -> SampleResult:
     """Like __call__, with the captions used, timing and settings (for files and logs)."""
     prompts = check_prompts(prompts)
+    seed = check_seed(seed)  # an int (JSON for samples.jsonl); a PRNG key is named as one
     truncation = check_sample_args(num_per_prompt, seed, truncation)
-    # Python ints: numpy ones pass the check but are no JSON for samples.jsonl.
-    seed, num_per_prompt = int(seed), int(num_per_prompt)
+    num_per_prompt = int(num_per_prompt)  # a Python int: numpy's pass the check but are no JSON
     expanded = self.expander is not None
     captions = list(self.expander(prompts)) if expanded else list(prompts)
     if expanded:

@@ -43,6 +43,21 @@ def test_numpy_integer_count_and_seed_sample(sampler):
   assert np.array_equal(images, sampler(["a red circle"], seed=3, num_per_prompt=2))
 
 
+@pytest.mark.parametrize("key", ["raw", "typed"])
+def test_a_jax_key_as_seed_is_named_as_one(sampler, key):
+  """seed=jax.random.key(0) was 'seed=Array((), dtype=key<fry>) overlaying:\n[0 0] is a
+  PRNGKeyArray', over two lines, PRNGKey(0) 'is a ArrayImpl': named as a key, as
+  TextGenerator.generate and generate_for_captions name it. A JAX int seed samples as the int."""
+  import jax
+  seed = jax.random.PRNGKey(0) if key == "raw" else jax.random.key(0)
+  with pytest.raises(TypeError, match=r"^seed is a JAX array \(.*: a PRNG key\?\); pass an int "
+                     r"seed, from which the key is made\.$"):
+    sampler(["a red circle"], seed=seed)
+  result = sampler.sample(["a red circle"], seed=jax.numpy.int32(3))
+  assert type(result.seed) is int and np.array_equal(result.images,
+                                                     sampler(["a red circle"], seed=3))
+
+
 @pytest.mark.parametrize("batch_size", [2.5, 16.0, True, "16"])
 def test_a_sampler_batch_size_that_is_not_an_int_is_named(sampler, batch_size):
   """batch_size=16.0 was accepted, then a call needing a full float batch failed in range();
