@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def _object_checks(obj, cell: int, pred: dict[str, np.ndarray], i: int) -> dict[
           "cell": None if obj.cell is None else int(seen and cell == obj.cell)}
 
 
-def score_one(claims: Claims, pred: dict[str, np.ndarray], i: int) -> dict[str, object]:
+def score_one(claims: Claims, pred: dict[str, np.ndarray], i: int) -> dict[str, Any]:
   """{'correct': bool, 'checks': {metric: [credit, ...]}} for image i of the per-cell `pred`: 1/0
   per statement, or its mean over the best matchings when several tie."""
   seen = [int(c) for c in np.flatnonzero(pred["present"][i])]

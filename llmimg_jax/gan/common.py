@@ -59,7 +59,7 @@ def sentence_embedding(token_states: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def image_noise(key: jax.Array, indices: jax.Array, z_dim: int,
-                truncation: float | None = None) -> jax.Array:
+                truncation: float | jax.Array | None = None) -> jax.Array:
   """z [b, z_dim] of the images numbered `indices` [b]: normal(fold_in(key, i)), so an image's
   noise does not depend on the batch it is drawn in; with `truncation` t, t times a normal
   truncated to [-2, 2] (DF-GAN's truncated_noise)."""
