@@ -150,17 +150,25 @@ def test_the_json_file_is_written_through_a_link(tmp_path):
       "cpu.json", "gpu.json", "link.json", "new", "to_new.json"]  # no temporary file left
 
 
+def _failed_final_write(tmp_path, json_path, **env):
+  """run.py with no benchmarks, `env` telling _RUN_NOTHING what to do to --json meanwhile: its
+  result (exit status 1, no traceback) and the one file the results were saved to instead."""
+  spare = tmp_path / "tmp"
+  spare.mkdir()
+  result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(json_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env, "TMPDIR": str(spare)})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  [saved] = spare.iterdir()
+  return result, saved
+
+
 def test_results_are_kept_where_the_json_file_cannot_be_written_after_the_benchmarks(tmp_path):
   """--json's folder is checked before the benchmarks, but a write that failed after them (the
   folder removed meanwhile, a full disk) lost the results in a traceback. They now go to a new
   file in the temporary folder, and the error names it (exit status 1)."""
-  folder, spare = tmp_path / "out", tmp_path / "tmp"
-  spare.mkdir()
-  result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(folder / "cpu.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "REMOVE_MEANWHILE": str(folder), "TMPDIR": str(spare)})
-  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-  [saved] = spare.iterdir()
+  folder = tmp_path / "out"
+  result, saved = _failed_final_write(tmp_path, folder / "cpu.json", REMOVE_MEANWHILE=str(folder))
   assert result.stderr.endswith(
       f"benchmarks/run.py: error: could not write --json {folder / 'cpu.json'} "
       f"(FileNotFoundError: No such file or directory); the results are in {saved}.\n"), (
@@ -173,13 +181,8 @@ def test_a_json_file_written_while_the_benchmarks_ran_is_kept(tmp_path):
   (another run's, given the same --json) was replaced by these results without a word, where
   evaluate.py and prepare refuse it again before they write. It is kept, these results go to a
   new file in the temporary folder, and the error names both (exit status 1)."""
-  out, spare = tmp_path / "cpu.json", tmp_path / "tmp"
-  spare.mkdir()
-  result = subprocess.run([sys.executable, "-c", _RUN_NOTHING, "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "WRITE_MEANWHILE": str(out), "TMPDIR": str(spare)})
-  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-  [saved] = spare.iterdir()
+  out = tmp_path / "cpu.json"
+  result, saved = _failed_final_write(tmp_path, out, WRITE_MEANWHILE=str(out))
   assert result.stderr.endswith(
       f"benchmarks/run.py: error: could not write --json {out} (FileExistsError: a file was "
       f"written there while the benchmarks ran); the results are in {saved}.\n"), (
