@@ -37,3 +37,32 @@ def test_an_output_linked_into_an_unwritable_folder_is_refused_before_sampling(t
                                                       f"{tmp_path / 'proc'} is not writable (")):
     checks.check_out_dir(f"{tmp_path}/proc/samples")
   assert list(out.iterdir()) == [out / checks.GRID_NAME]  # the probes are gone
+
+
+def test_an_output_or_out_that_is_a_loop_of_links_is_named_as_one(tmp_path):
+  """A named output linked to itself (ln -s grid.png grid.png) passed: its resolved path is the
+  link, whose folder is --out, and old_outputs does not count it (it does not exist), so
+  write_samples replaced the link, where the shell's > fails (Too many levels of symbolic links)
+  and cli.check_output_file names the loop; an --out that loops was 'a symbolic link to loop,
+  which does not exist; create that directory'."""
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / checks.GRID_NAME).symlink_to(checks.GRID_NAME)
+  message = (f"Output '{out}': {out / checks.GRID_NAME} is a symbolic link to {checks.GRID_NAME}, "
+             "which leads back to itself (a loop); point it at a file, or remove the link.")
+  for overwrite in (False, True):
+    with pytest.raises(OSError, match=re.escape(message)):
+      checks.check_out_dir(str(out), overwrite=overwrite)
+  assert (out / checks.GRID_NAME).is_symlink()
+  (out / checks.GRID_NAME).unlink()
+  (out / "p0000_s000.png").symlink_to("other.png")  # a loop through a second link
+  (out / "other.png").symlink_to("p0000_s000.png")
+  with pytest.raises(OSError, match=re.escape(f"{out / 'p0000_s000.png'} is a symbolic link to "
+                                              "other.png, which leads back to itself (a loop)")):
+    checks.check_out_dir(str(out), overwrite=True)
+  (tmp_path / "loop").symlink_to("loop")
+  for given in (tmp_path / "loop", tmp_path / "loop" / "samples"):
+    with pytest.raises(OSError, match=re.escape(
+        f"Output '{given}': {tmp_path / 'loop'} is a symbolic link to loop, which leads back to "
+        "itself (a loop); pass another --out.")):
+      checks.check_out_dir(str(given))
