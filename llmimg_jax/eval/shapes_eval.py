@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,11 +163,19 @@ class ShapesEvaluator:
   def features(self, images: np.ndarray) -> np.ndarray:
     return self.read(images)["features"]
 
-  def score(self, images: np.ndarray, captions: Sequence[str] | str) -> dict[str, float]:
-    """Caption accuracy and per-attribute accuracies of images [n, R, R, 3] against captions (one
-    str: one caption, of one image)."""
+  def score(self, images: np.ndarray, captions: Iterable[str] | str) -> dict[str, float]:
+    """Caption accuracy and per-attribute accuracies of images [n, R, R, 3] against captions (any
+    iterable of str, a generator's too; one str: one caption, of one image)."""
     if isinstance(captions, str):  # not one caption per character
       captions = [captions]
+    try:
+      captions = list(captions)
+    except TypeError:
+      raise TypeError(f"Expected captions as one str or an iterable of str; got "
+                      f"{type(captions).__name__}: {captions!r:.80}.") from None
+    for i, c in enumerate(captions):
+      if not isinstance(c, str):
+        raise TypeError(f"Caption {i} is a {type(c).__name__}, not a str: {c!r:.80}")
     if len(images) != len(captions):
       raise ValueError(f"{len(images)} images but {len(captions)} captions.")
     return score([parse_caption(c) for c in captions], self.read(images))

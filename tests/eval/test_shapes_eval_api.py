@@ -26,6 +26,23 @@ def test_one_str_is_the_caption_of_one_image(evaluator):
     evaluator.score(np.concatenate([image, image]), "a red circle")
 
 
+def test_captions_are_any_iterable_of_str(evaluator):
+  """score(images, generator) failed with 'object of type 'generator' has no len()', where the
+  tokenizer and the Sampler take any iterable of texts; a caption that is not a str failed in
+  the parser ("'NoneType' object has no attribute 'lower'"), naming neither it nor which one."""
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  captions = ["a red circle", "a small blue square"]
+  assert evaluator.score(images, (c for c in captions)) == pytest.approx(
+      evaluator.score(images, captions), nan_ok=True)
+  with pytest.raises(ValueError, match="^2 images but 1 captions"):
+    evaluator.score(images, iter(captions[:1]))
+  with pytest.raises(TypeError, match=r"^Caption 1 is a NoneType, not a str: None$"):
+    evaluator.score(images, ["a red circle", None])
+  with pytest.raises(TypeError, match=r"^Expected captions as one str or an iterable of str; "
+                                      r"got int: 3\.$"):
+    evaluator.score(images, 3)
+
+
 def test_no_images_read_as_no_rows(evaluator):
   """read() and features() of no images (a selection that kept none) failed with IndexError
   ('list index out of range') in apply_batched."""
