@@ -31,6 +31,7 @@ import optax
 
 from llmimg_jax import cli
 from llmimg_jax.data import shapes
+from llmimg_jax.text.generator import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,9 @@ class TrainSettings:
 
   def __post_init__(self):
     """batch_size 0 or -1 trained on one empty cell per step (and cached that evaluator), 2.5
-    failed in a slice, steps=0 in optax: refused here, naming the field."""
+    failed in a slice, steps=0 in optax, seed=2**32 made seed 0's key: refused here, naming the
+    field."""
+    self.seed = check_seed(self.seed, "TrainSettings seed")  # an int: the cache's meta is JSON
     for name, what in (("steps", "Adam steps"), ("batch_size", "occupied cells per step")):
       value = getattr(self, name)
       try:

@@ -90,3 +90,19 @@ def test_train_settings_that_are_not_positive_ints_are_named(kw):
   with pytest.raises(ValueError, match=rf"^TrainSettings {name}={value!r} must be an int >= 1 "):
     ev.TrainSettings(**kw)
   assert ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16)).batch_size == 16
+
+
+def test_a_train_settings_seed_outside_the_key_s_range_is_named():
+  """TrainSettings(seed=2**32) initialised the evaluator from seed 0's key (PRNGKey keeps the low
+  32 bits) and -1 failed in NumPy's default_rng after the init, naming no field: checked as every
+  seed is (check_seed), and kept as an int (the cached evaluator's meta is JSON)."""
+  for bad in (2**32, -1):
+    with pytest.raises(ValueError,
+                       match=rf"^TrainSettings seed={bad} must be in \[0, 2\*\*32\)\.$"):
+      ev.TrainSettings(seed=bad)
+  with pytest.raises(TypeError, match=r"^TrainSettings seed=2\.5 is a float; pass an int\.$"):
+    ev.TrainSettings(seed=2.5)
+  with pytest.raises(TypeError, match=r"^TrainSettings seed is a JAX array \(.*: a PRNG key\?\)"):
+    ev.TrainSettings(seed=jax.random.PRNGKey(0))
+  seed = ev.TrainSettings(seed=np.int64(2**32 - 1)).seed
+  assert seed == 2**32 - 1 and type(seed) is int
