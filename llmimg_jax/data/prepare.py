@@ -36,6 +36,9 @@ def preview_grid(source: pipeline.ExampleSource, num: int = 16, columns: int = 4
                  lines: int = 5) -> Image.Image:
   """Examples (centre squares scaled to `cell` px) with their first caption wrapped underneath."""
   examples = [source[i] for i in range(min(num, len(source)))]
+  if not examples:  # min(cell, *()) below would fail as "'int' object is not iterable"
+    raise ValueError(f"preview_grid: no examples to show (num={num} of a source of "
+                     f"{len(source)}); pass a source with examples and num >= 1.")
   images = [np.asarray(ex["image"], np.uint8) for ex in examples]  # [h, w, 3] each
   side = min(cell, *(min(im.shape[:2]) for im in images))  # a common size (coco's vary)
   images = np.stack([center_crop_resize(im, side) for im in images])  # [n, s, s, 3]

@@ -50,6 +50,19 @@ def test_preview_of_images_of_different_sizes_shows_their_centres():
                                 np.full((3, 3, 3), (0, 0, 255)))
 
 
+def test_a_preview_of_no_examples_is_named():
+  """preview_grid of an empty source, or num=0, failed in min(cell, *()) as "'int' object is not
+  iterable" (prepare's --preview cannot reach it: an empty split is not built, a folder with no
+  usable image is refused; from Python it can)."""
+  with pytest.raises(ValueError, match=r"^preview_grid: no examples to show \(num=16 of a source "
+                                       r"of 0\); pass a source with examples and num >= 1\.$"):
+    prepare.preview_grid([])
+  source = [{"image": np.zeros((8, 8, 3), np.uint8), "captions": ["black"]}]
+  with pytest.raises(ValueError, match=r"\(num=0 of a source of 1\)"):
+    prepare.preview_grid(source, num=0)
+  assert prepare.preview_grid(source, columns=1, cell=8).width == 8
+
+
 def test_prepare_captioned_folder_reports_summary(tmp_path, capsys):
   folder = tmp_path / "imgs"
   folder.mkdir()
