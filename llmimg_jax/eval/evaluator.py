@@ -190,6 +190,7 @@ class TrainSettings:
         whole = False
       if not whole:
         raise ValueError(f"TrainSettings {name}={value!r} must be an int >= 1 ({what}).")
+      setattr(self, name, operator.index(value))  # a NumPy int is no JSON
 
 
 def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: TrainSettings

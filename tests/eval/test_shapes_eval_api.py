@@ -1,4 +1,7 @@
 """ShapesEvaluator used from Python: its inputs as a notebook passes them."""
+import dataclasses
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -90,6 +93,15 @@ def test_train_settings_that_are_not_positive_ints_are_named(kw):
   with pytest.raises(ValueError, match=rf"^TrainSettings {name}={value!r} must be an int >= 1 "):
     ev.TrainSettings(**kw)
   assert ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16)).batch_size == 16
+
+
+def test_numpy_int_train_settings_are_kept_as_ints():
+  """TrainSettings(steps=np.int64(3), batch_size=np.int32(16)) passed the check and trained, then
+  load_or_train's meta (the settings, as JSON) failed with 'Object of type int64 is not JSON
+  serializable', leaving a cached evaluator without it (trained again on every use)."""
+  settings = ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16))
+  assert (settings.steps, settings.batch_size) == (3, 16)
+  assert json.loads(json.dumps(dataclasses.asdict(settings)))["batch_size"] == 16
 
 
 def test_a_train_settings_seed_outside_the_key_s_range_is_named():
