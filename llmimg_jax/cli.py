@@ -286,6 +286,17 @@ def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
                 "replace it.")
 
 
+def leads_to_itself(path: str | os.PathLike) -> bool:
+  """Whether `path` leads back to itself through links (ln -s x x, or through others): it does
+  not exist, yet no file can be made there (the shell's > fails: Too many levels of symbolic
+  links)."""
+  try:
+    os.path.realpath(path, strict=True)
+  except OSError as e:
+    return e.errno == errno.ELOOP
+  return False
+
+
 def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what: str = "a file",
                       overwrite_flag: str = "overwrite",
                       error: type[Exception] = OSError) -> str:
@@ -296,11 +307,8 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
   a folder, its folder cannot be made (it is made here if missing) or no file can be created in
   it, or it exists and not `overwrite` (refuse_existing)."""
   named = f"{flag} {os.fspath(path)!r}"
-  try:
-    os.path.realpath(path, strict=True)
-  except OSError as e:  # non-strict, a loop is left unresolved: that link 'exists'
-    if e.errno == errno.ELOOP:
-      raise error(f"{named} leads to itself through a link (a loop); name {what}.") from None
+  if leads_to_itself(path):  # non-strict, realpath leaves the loop unresolved: that link 'exists'
+    raise error(f"{named} leads to itself through a link (a loop); name {what}.")
   target = os.path.realpath(path)
   if os.path.isdir(target):
     raise error(f"{named} is a folder; name {what}.")

@@ -3,7 +3,6 @@ and its other flags with these before JAX and the checkpoint load, so a bad flag
 Sampler, CaptionExpander and write_samples run them too."""
 from __future__ import annotations
 
-import errno
 import json
 import operator
 import os
@@ -144,16 +143,6 @@ def old_outputs(out: Path) -> list[Path]:
   return [p for p in _named_outputs(out) if _IMAGE_NAME.fullmatch(p.name) or p.exists()]
 
 
-def _loops(link: Path) -> bool:
-  """Whether `link` leads back to itself (ln -s x x, or through other links): it does not exist,
-  yet no file can be made there (the shell's > fails: Too many levels of symbolic links)."""
-  try:
-    os.path.realpath(link, strict=True)
-  except OSError as e:  # non-strict, a loop is left unresolved: the link itself
-    return e.errno == errno.ELOOP
-  return False
-
-
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   """Raises if `write_samples` could not create or write `out_dir`, or (unless `overwrite`) if
   it holds an earlier run's samples (checked before sampling)."""
@@ -166,7 +155,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   # found only after sampling, as "[Errno 17] File exists".
   if link := next((p for p in chain[:chain.index(existing)] if p.is_symlink()), None):
     linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
-    if _loops(link):
+    if cli.leads_to_itself(link):
       raise OSError(f"{linked}, which leads back to itself (a loop); pass another --out.")
     raise FileNotFoundError(f"{linked}, which does not exist; create that directory (or mount "
                             "its disk), or pass another --out.")
@@ -181,7 +170,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   # outputs gone).
   for link in filter(Path.is_symlink, _named_outputs(out)):
     linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
-    if _loops(link):  # else it passed: its resolved path is the link, in --out
+    if cli.leads_to_itself(link):  # else it passed: its resolved path is the link, in --out
       raise OSError(f"{linked}, which leads back to itself (a loop); point it at a file, or "
                     "remove the link.")
     if os.path.isdir(target := os.path.realpath(link)):
