@@ -179,8 +179,9 @@ class TrainSettings:
 
   def __post_init__(self):
     """batch_size 0 or -1 trained on one empty cell per step (and cached that evaluator), 2.5
-    failed in a slice, steps=0 in optax, seed=2**32 made seed 0's key: refused here, naming the
-    field."""
+    failed in a slice, steps=0 in optax, seed=2**32 made seed 0's key, a negative learning_rate
+    or label_smoothing >= 1 trained nonsense: refused here, naming the field. NumPy numbers are
+    kept as Python ones (the cache's meta is JSON)."""
     self.seed = check_seed(self.seed, "TrainSettings seed")  # an int: the cache's meta is JSON
     for name, what in (("steps", "Adam steps"), ("batch_size", "occupied cells per step")):
       value = getattr(self, name)
@@ -191,6 +192,18 @@ class TrainSettings:
       if not whole:
         raise ValueError(f"TrainSettings {name}={value!r} must be an int >= 1 ({what}).")
       setattr(self, name, operator.index(value))  # a NumPy int is no JSON
+    for name, rule, ok in (("learning_rate", "a finite number > 0 (Adam's peak rate)",
+                            lambda v: 0 < v < float("inf")),
+                           ("label_smoothing", "a number in [0, 1) (1 spreads every target "
+                            "evenly over its classes)", lambda v: 0 <= v < 1)):
+      value = getattr(self, name)
+      try:  # a str or a bool is no rate; an array is not one
+        real = None if isinstance(value, (str, bytes, bool)) or np.ndim(value) else float(value)
+      except (TypeError, ValueError):
+        real = None
+      if real is None or not ok(real):  # nan fails both
+        raise ValueError(f"TrainSettings {name}={value!r} must be {rule}.")
+      setattr(self, name, real)  # a NumPy float is no JSON
 
 
 def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: TrainSettings

@@ -1,6 +1,7 @@
 """ShapesEvaluator used from Python: its inputs as a notebook passes them."""
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -118,3 +119,20 @@ def test_a_train_settings_seed_outside_the_key_s_range_is_named():
     ev.TrainSettings(seed=jax.random.PRNGKey(0))
   seed = ev.TrainSettings(seed=np.int64(2**32 - 1)).seed
   assert seed == 2**32 - 1 and type(seed) is int
+
+
+@pytest.mark.parametrize("kw", [{"learning_rate": -3e-3}, {"learning_rate": 0.0},
+                                {"learning_rate": float("nan")}, {"learning_rate": float("inf")},
+                                {"learning_rate": "3e-3"},
+                                {"label_smoothing": 1.0}, {"label_smoothing": -0.1},
+                                {"label_smoothing": True}])
+def test_train_settings_rates_out_of_range_are_named(kw):
+  """A negative learning rate (ascent), label_smoothing >= 1 (uniform targets) trained nonsense
+  and cached it; np.float32 ones trained, then the cache's meta (JSON) failed to be written."""
+  (name, value), = kw.items()
+  with pytest.raises(ValueError, match=rf"^TrainSettings {name}={re.escape(repr(value))} must be "):
+    ev.TrainSettings(**kw)
+  settings = ev.TrainSettings(learning_rate=np.float32(5e-3), label_smoothing=np.float64(0))
+  assert type(settings.learning_rate) is float and type(settings.label_smoothing) is float
+  assert json.loads(json.dumps(dataclasses.asdict(settings)))["learning_rate"] == pytest.approx(
+      5e-3)
