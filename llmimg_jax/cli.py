@@ -304,14 +304,20 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
   written through, as the shell's `>` does, so this is its target (one that does not exist yet
   included; the link is kept). `error` naming `flag`, the path and the fix (`what`: what to name
   instead) if a link on its way leads back to itself (the shell's `>` fails there too), if it is
-  a folder, its folder cannot be made (it is made here if missing) or no file can be created in
-  it, or it exists and not `overwrite` (refuse_existing)."""
+  a folder or not a regular file (a pipe, a device), its folder cannot be made (it is made here
+  if missing) or no file can be created in it, or it exists and not `overwrite`
+  (refuse_existing)."""
   named = f"{flag} {os.fspath(path)!r}"
   if leads_to_itself(path):  # non-strict, realpath leaves the loop unresolved: that link 'exists'
     raise error(f"{named} leads to itself through a link (a loop); name {what}.")
   target = os.path.realpath(path)
   if os.path.isdir(target):
     raise error(f"{named} is a folder; name {what}.")
+  # /dev/stdout, /dev/null, a fifo (os.path: through /proc's fd links, which realpath cannot):
+  # the output's rename would put a file in its place (as root, /dev/null's), not write into it.
+  if os.path.exists(path) and not os.path.isfile(path):
+    raise error(f"{named} is not a regular file (a pipe, a device or a socket), which an output "
+                f"replaces whole; name {what}.")
   folder = os.path.dirname(target)
   try:
     os.makedirs(folder, exist_ok=True)

@@ -220,3 +220,18 @@ def test_an_output_path_through_a_loop_of_links_is_named_as_a_loop(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir() if p.is_symlink()) == [
       "a.json", "b.json", "dir", "self.json"]
   assert [p.name for p in tmp_path.iterdir() if not p.is_symlink()] == []
+
+
+def test_an_output_that_is_not_a_regular_file_is_named_not_replaced(tmp_path):
+  """A named pipe or a device (/dev/null) passed with overwrite, and the output then replaced it
+  with a file (write_atomically's rename; as root /dev/null itself), where the shell's `>` writes
+  into it; without overwrite it was '... exists'. Each is named before the work."""
+  fifo = tmp_path / "pipe.json"
+  os.mkfifo(fifo)
+  for path in (fifo, "/dev/null"):
+    for overwrite in (False, True):
+      with pytest.raises(ValueError) as e:
+        cli.check_output_file(path, "--json", overwrite, "a .json file", error=ValueError)
+      assert str(e.value) == (f"--json {str(path)!r} is not a regular file (a pipe, a device or "
+                              "a socket), which an output replaces whole; name a .json file.")
+  assert [p.name for p in tmp_path.iterdir()] == ["pipe.json"] and not fifo.is_file()
