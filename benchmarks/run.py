@@ -70,11 +70,12 @@ def _parse() -> argparse.Namespace:
       p.error(f"{flag} {value}: give {least} or more ({what} per model).")
   # Now, not after minutes of benchmarking: an earlier run's results were silently replaced, a
   # folder that cannot be written lost them.
-  from llmimg_jax.cli import check_output_file  # the check of every output flag of the package's
+  from llmimg_jax import cli  # the checks of every output flag of the package's
   try:
-    if a.json:
-      check_output_file(a.json, "--json", a.overwrite, "a .json file")
-  except OSError as e:
+    if a.json:  # '~/x.json' after '=', which no shell expands: as the package's path flags
+      a.json = str(cli.expand_home(a.json, "--json"))
+      cli.check_output_file(a.json, "--json", a.overwrite, "a .json file")
+  except (OSError, ValueError) as e:  # ValueError: a ~user that is no one's
     p.error(str(e))
   if a.overwrite and not a.json:
     p.error("--overwrite only applies to --json (it lets that replace an existing file).")

@@ -90,6 +90,17 @@ def test_a_json_link_is_refused_only_if_its_target_exists(monkeypatch, capsys, t
   assert run._parse().json == str(to_new)  # pylint: disable=protected-access
 
 
+def test_a_json_file_under_home_is_expanded_as_every_path_flag_is(monkeypatch, tmp_path):
+  """`--json=~/b/cpu.json` (no shell expands a ~ after '=') made a folder named '~' in the
+  current one and wrote there, where evaluate.py's --out and prepare's --preview expand it."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json=~/b/cpu.json"])
+  json_path = run._parse().json  # pylint: disable=protected-access
+  assert json_path == str(tmp_path / "home" / "b" / "cpu.json")
+  assert os.listdir(tmp_path) == ["home"] and os.listdir(tmp_path / "home" / "b") == []
+
+
 def test_a_json_link_to_itself_is_named_as_a_loop(monkeypatch, capsys, tmp_path):
   """`ln -s cpu.json cpu.json` was refused as '(a link to ...) exists', and with --overwrite the
   results replaced the link after the benchmarks: a loop is named before them."""
