@@ -65,14 +65,15 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   """The .npy file --encode_out names (np.save adds the suffix), checked by
   cli.check_output_file: its folder made and writable, an existing one refused unless
   `overwrite`, a link written through (as the shell's `>` and evaluate.py's --out)."""
+  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
   # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
-  # DIR the sibling file DIR.npy.
+  # DIR the sibling file DIR.npy. '~/s.npy' after '=', which no shell expands: expanded, as the
+  # package's path flags are.
   if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
-      or os.path.isdir(encode_out)):
+      or os.path.isdir(encode_out := str(cli.expand_home(encode_out, "--encode_out")))):
     raise OSError(f"--encode_out {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
-  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
   cli.check_output_file(path, "--encode_out", overwrite, "a .npy file")
   return path
 

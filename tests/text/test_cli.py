@@ -223,6 +223,23 @@ def test_cli_encode_out_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
   assert loop.is_symlink()
 
 
+def test_cli_encode_out_under_home_is_expanded_as_every_path_flag_is(tmp_path, capsys,
+                                                                     monkeypatch):
+  """--encode_out=~/s.npy (no shell expands a ~ after '=') made a folder named '~' in the current
+  one, where evaluate.py's --out and prepare's --preview expand it: here ~/s.npy exists."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "home").mkdir()
+  np.save(tmp_path / "home" / "s.npy", np.arange(3))
+  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
+  assert main(["--model", missing_model, "--text", "x", "--encode_out=~/s.npy"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: --encode_out {str(tmp_path / 'home' / 's.npy')!r} exists"), err
+  assert main(["--model", missing_model, "--text", "x", "--encode_out=~/s/"]) == 2
+  assert capsys.readouterr().err.startswith("error: --encode_out '~/s/' names no file")
+  assert os.listdir(tmp_path) == ["home"]
+
+
 def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path, capsys):
   """--encode_out replaced an existing .npy without a word (evaluate.py's --out and
   --write_stats refuse one unless told): refused before the model loads, replaced with
