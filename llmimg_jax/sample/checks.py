@@ -167,7 +167,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
                           "directory you can write to.")
   # An output that is a link is written through to its target (outputs.write_samples): into a
   # missing or unwritable folder, or to a folder, that failed only after sampling (the earlier
-  # outputs gone).
+  # outputs gone); a pipe or a device was replaced by a file.
   for link in filter(Path.is_symlink, _named_outputs(out)):
     linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
     if cli.leads_to_itself(link):  # else it passed: its resolved path is the link, in --out
@@ -175,6 +175,9 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
                     "remove the link.")
     if os.path.isdir(target := os.path.realpath(link)):
       raise IsADirectoryError(f"{linked}, a folder; point it at a file, or remove the link.")
+    if os.path.exists(link) and not os.path.isfile(link):  # e.g. /dev/null: replaced, as root
+      raise OSError(f"{linked}, which is not a regular file (a pipe, a device or a socket); point "
+                    "it at a file, or remove the link.")
     if not os.path.isdir(folder := os.path.dirname(target)):
       raise FileNotFoundError(f"{linked}, whose folder {folder} does not exist; create that "
                               "directory (or mount its disk), or remove the link.")

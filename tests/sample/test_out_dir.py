@@ -1,6 +1,7 @@
 """check_out_dir refuses, before any sampling, an --out that write_samples could not write."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -66,3 +67,20 @@ def test_an_output_or_out_that_is_a_loop_of_links_is_named_as_one(tmp_path):
         f"Output '{given}': {tmp_path / 'loop'} is a symbolic link to loop, which leads back to "
         "itself (a loop); pass another --out.")):
       checks.check_out_dir(str(given))
+
+
+def test_an_output_linked_to_a_pipe_or_a_device_is_named_before_sampling(tmp_path):
+  """grid.png -> /dev/null (to drop the grid) passed with overwrite, and write_samples then
+  renamed a file over the target (as root, over /dev/null itself; else a PermissionError after
+  sampling), where the shell's `>` writes into it: named before sampling, as a fifo is."""
+  out = tmp_path / "out"
+  out.mkdir()
+  os.mkfifo(tmp_path / "fifo")
+  for target in ("/dev/null", str(tmp_path / "fifo")):
+    (out / checks.GRID_NAME).symlink_to(target)
+    with pytest.raises(OSError, match=re.escape(
+        f"Output '{out}': {out / checks.GRID_NAME} is a symbolic link to {target}, which is not "
+        "a regular file (a pipe, a device or a socket); point it at a file, or remove the link.")):
+      checks.check_out_dir(str(out), overwrite=True)
+    (out / checks.GRID_NAME).unlink()
+  assert os.listdir(out) == []
