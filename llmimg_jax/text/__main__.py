@@ -68,9 +68,11 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
   # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
   # DIR the sibling file DIR.npy. '~/s.npy' after '=', which no shell expands: expanded, as the
-  # package's path flags are.
-  if (not encode_out.strip() or encode_out.endswith(("/", os.sep))
-      or os.path.isdir(encode_out := str(cli.expand_home(encode_out, "--encode_out")))):
+  # package's path flags are (after those checks: a Path drops the '/' and makes '' '.').
+  names_no_file = not encode_out.strip() or encode_out.endswith(("/", os.sep))
+  if not names_no_file:
+    encode_out = str(cli.expand_home(encode_out, "--encode_out"))
+  if names_no_file or os.path.isdir(encode_out):
     raise OSError(f"--encode_out {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
