@@ -188,7 +188,7 @@ def main(argv: list[str]) -> None:
   import jax
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
-  from llmimg_jax.cli import write_atomically
+  from llmimg_jax.cli import write_results
   try:
     if FLAGS.write_stats:
       return _write_stats()
@@ -210,9 +210,11 @@ def main(argv: list[str]) -> None:
     name = f"eval_{results['step']}_{'+'.join(results['splits'])}_n{n}_seed{FLAGS.seed}.json"
     if out is None:  # the same evaluation's file (its results again) is replaced
       out = _default_out(out_dir / name, results)
-    else:  # nor one written meanwhile (another evaluation's); the table above has the results
-      _refuse_existing("--out", out, "overwrite_out")
-    write_atomically(out, to_json(results))
+      named, replace = f"the results file {out}", True
+    else:  # not one written meanwhile (another evaluation's)
+      named, replace = f"--out {str(out)!r}", FLAGS.overwrite_out
+    # A failed write keeps the results in a spare file, named in the error.
+    write_results(out, to_json(results), named, replace, "during the evaluation", "eval_")
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)

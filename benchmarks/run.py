@@ -20,12 +20,10 @@ run with its allocator settings; --no-reuse-host-memory skips it).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
 
@@ -123,27 +121,14 @@ def summary(rows: list[dict], peak: float) -> str:
 
 
 def write_json(path: str, results: dict, overwrite: bool = False) -> None:
-  """`results` written whole to --json's `path` (through a link, as `>`). It was checked before
-  the benchmarks, but this write comes minutes later (the folder removed meanwhile, a full disk,
-  a file written there by another run, kept unless `overwrite`): if it fails the results go to a
-  new file in the temporary folder, or else to stdout, and the error (exit status 1) says where."""
+  """`results` written to --json's `path` minutes after its check (cli.write_results: kept in a
+  spare file if that fails); exit status 1 naming where they are."""
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
-  text = json.dumps(results, indent=1)
   try:
-    if not overwrite and os.path.lexists(os.path.realpath(path)):
-      raise FileExistsError(errno.EEXIST, "a file was written there while the benchmarks ran")
-    cli.write_atomically(os.path.realpath(path), text)  # no half file
+    cli.write_results(path, json.dumps(results, indent=1), f"--json {path}", overwrite,
+                      "while the benchmarks ran", "run_")
   except OSError as e:
-    why = f"could not write --json {path} ({type(e).__name__}: {e.strerror or e})"
-    try:
-      fd, spare = tempfile.mkstemp(prefix="run_", suffix=".json")
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
-      where = f"in {spare}"
-    except OSError:
-      print(text)
-      where = "printed above"
-    sys.exit(f"benchmarks/run.py: error: {why}; the results are {where}.")
+    sys.exit(f"benchmarks/run.py: error: {e}")
   print(f"wrote {path}")
 
 

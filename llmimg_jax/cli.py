@@ -359,6 +359,29 @@ def check_batch_size(batch_size: Any) -> None:
                      "network).")
 
 
+def write_results(path: str | os.PathLike, text: str, named: str, overwrite: bool, during: str,
+                  prefix: str) -> None:
+  """`text` written whole to `path` (through a link, as `>`), long after the path was checked
+  (check_output_file): if that fails (its folder removed `during` the work, a full disk, a file
+  written there meanwhile, kept unless `overwrite`), `text` goes to a new file `prefix`*.json in
+  the temporary folder, or else to stdout, and an OSError names `named`, the cause and where."""
+  try:
+    if not overwrite and os.path.lexists(os.path.realpath(path)):
+      raise FileExistsError(errno.EEXIST, f"a file was written there {during}")
+    write_atomically(os.path.realpath(path), text)
+  except OSError as e:
+    why = f"could not write {named} ({type(e).__name__}: {e.strerror or e})"
+    try:
+      fd, spare = tempfile.mkstemp(prefix=prefix, suffix=".json")
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+      where = f"in {spare}"
+    except OSError:
+      print(text)
+      where = "printed above"
+    raise OSError(f"{why}; the results are {where}.") from None
+
+
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
   """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
   previous file. The temporary file is this process's, so concurrent writers do not mix, and it

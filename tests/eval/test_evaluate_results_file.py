@@ -4,6 +4,7 @@ reproduce), and --out (an existing file, a link, a folder that cannot be made or
 refused before the evaluation where it cannot work; --write_stats's folder too."""
 import json
 import re
+import tempfile
 
 import pytest
 
@@ -115,7 +116,8 @@ def test_a_results_folder_no_file_can_be_made_in_is_refused_before_the_evaluatio
 def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeypatch):
   """--out replaced an existing file without a word (--write_stats refuses one unless
   --overwrite_stats): it is refused before the evaluation unless --overwrite_out, and a file
-  written meanwhile is not replaced either."""
+  written meanwhile is not replaced either; the results, printed as a table only, were then lost
+  as JSON: they are kept in a spare file, which the error names."""
   from absl import app
   from llmimg_jax.eval import report
   evaluated = []
@@ -134,12 +136,17 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
   assert evaluated == [] and out.read_text() == "earlier results"
   assert main("--out", str(out), "--overwrite_out") is None
   assert len(evaluated) == 1 and json.loads(out.read_text())["step"] == 3
-  # Another evaluation's file, written while this one ran: kept, this one's results are printed.
-  later = tmp_path / "later.json"
+  # Another evaluation's file, written while this one ran: kept, this one's results in a spare.
+  later, spare = tmp_path / "later.json", tmp_path / "tmp"
+  spare.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(spare))
   monkeypatch.setattr(report, "evaluate_run",
                       lambda *a, **k: later.write_text("another evaluation's") and results)
-  assert main("--out", str(later)) == refused.replace(str(out), str(later))
-  assert later.read_text() == "another evaluation's"
+  error = main("--out", str(later))
+  [saved] = spare.iterdir()
+  assert error == (f"evaluate.py: error: could not write --out '{later}' (FileExistsError: a file "
+                   f"was written there during the evaluation); the results are in {saved}.")
+  assert later.read_text() == "another evaluation's" and json.loads(saved.read_text()) == results
   with pytest.raises(app.UsageError, match=r"^--overwrite_out only applies with --out \(it lets "
                      r"that replace an existing results file; the default file is replaced by "
                      r"the same evaluation's results\); drop it, or pass --out\.$"):
