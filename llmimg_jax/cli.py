@@ -287,9 +287,8 @@ def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
 
 
 def leads_to_itself(path: str | os.PathLike) -> bool:
-  """Whether `path` leads back to itself through links (ln -s x x, or through others): it does
-  not exist, yet no file can be made there (the shell's > fails: Too many levels of symbolic
-  links)."""
+  """Whether `path` leads back to itself through links (ln -s x x, or through others), where the
+  shell's > fails ('Too many levels of symbolic links')."""
   try:
     os.path.realpath(path, strict=True)
   except OSError as e:
@@ -301,12 +300,10 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
                       overwrite_flag: str = "overwrite",
                       error: type[Exception] = OSError) -> str:
   """The file an output flag writes `path` to, checked before the work that makes it: a link is
-  written through, as the shell's `>` does, so this is its target (one that does not exist yet
-  included; the link is kept). `error` naming `flag`, the path and the fix (`what`: what to name
-  instead) if a link on its way leads back to itself (the shell's `>` fails there too), if it is
-  a folder or not a regular file (a pipe, a device), its folder cannot be made (it is made here
-  if missing) or no file can be created in it, or it exists and not `overwrite`
-  (refuse_existing)."""
+  written through, as the shell's `>` does, so this is its target (a missing one too; the link is
+  kept). `error` naming `flag`, the path and the fix (`what`: what to name instead) if it leads
+  to itself through links, is a folder or not a regular file (a pipe, a device), its folder
+  cannot be made (made here if missing) or written in, or it exists and not `overwrite`."""
   named = f"{flag} {os.fspath(path)!r}"
   if leads_to_itself(path):  # non-strict, realpath leaves the loop unresolved: that link 'exists'
     raise error(f"{named} leads to itself through a link (a loop); name {what}.")
@@ -346,15 +343,21 @@ def cannot_write(folder: str | os.PathLike) -> str | None:
   return None
 
 
+def as_int(value: Any) -> int | None:
+  """`value` as an int (NumPy and JAX integer scalars too); None for a bool, float, str, etc."""
+  if isinstance(value, bool):
+    return None
+  try:
+    return operator.index(value)
+  except TypeError:
+    return None
+
+
 def check_batch_size(batch_size: Any) -> None:
   """ValueError naming `batch_size` unless it is an int >= 1 (numpy's too, bool not): a loop of
   range(0, n, batch_size) fails on 0 naming no argument, runs no batch for -1 and refuses 2.5
   unnamed."""
-  try:
-    whole = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1
-  except TypeError:
-    whole = False
-  if not whole:
+  if (number := as_int(batch_size)) is None or number < 1:
     raise ValueError(f"batch_size={batch_size} must be an int >= 1 (images per call of the "
                      "network).")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import operator
 import time
 from typing import Any
 
@@ -185,13 +184,9 @@ class TrainSettings:
     self.seed = check_seed(self.seed, "TrainSettings seed")  # an int: the cache's meta is JSON
     for name, what in (("steps", "Adam steps"), ("batch_size", "occupied cells per step")):
       value = getattr(self, name)
-      try:
-        whole = not isinstance(value, bool) and operator.index(value) >= 1
-      except TypeError:
-        whole = False
-      if not whole:
+      if (number := cli.as_int(value)) is None or number < 1:
         raise ValueError(f"TrainSettings {name}={value!r} must be an int >= 1 ({what}).")
-      setattr(self, name, operator.index(value))  # a NumPy int is no JSON
+      setattr(self, name, number)  # a NumPy int is no JSON
     for name, rule, ok in (("learning_rate", "a finite number > 0 (Adam's peak rate)",
                             lambda v: 0 < v < float("inf")),
                            ("label_smoothing", "a number in [0, 1) (1 spreads every target "

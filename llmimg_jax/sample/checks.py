@@ -4,7 +4,6 @@ Sampler, CaptionExpander and write_samples run them too."""
 from __future__ import annotations
 
 import json
-import operator
 import os
 import re
 import string
@@ -19,21 +18,11 @@ GRID_NAME = "grid.png"
 JSONL_NAME = "samples.jsonl"
 
 
-def as_int(value: Any) -> int | None:
-  """`value` as an int (numpy integers too); None for a bool, float, str or anything else."""
-  if isinstance(value, bool):
-    return None
-  try:
-    return operator.index(value)
-  except TypeError:
-    return None
-
-
 def check_integer(value: Any, name: str) -> None:
   """A TypeError naming `name` unless `value` is an int (numpy integers too, bool not): else 2.5
   images per prompt fail deep in jax.jit, a float seed as 'got JitTracer', and 3.5 new tokens
   are cut to 3."""
-  if as_int(value) is None:
+  if cli.as_int(value) is None:
     raise TypeError(f"{name}={value!r} is a {type(value).__name__}; pass an int.")
 
 

@@ -20,7 +20,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from llmimg_jax import cli
-from llmimg_jax.sample.checks import as_int
 from llmimg_jax.train.checkpoint import brief_error, saved_config
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
 def _step_number(step: Any, steps: dict[int, Path]) -> int:
   """`step` as an int; a TypeError naming it for a str, float or bool, which would read as
   'No checkpoint for step 4100; available steps: [4100]'."""
-  if (number := as_int(step)) is None:
+  if (number := cli.as_int(step)) is None:
     raise TypeError(f"Checkpoint step {step!r} is a {type(step).__name__}, not an int; pass an "
                     f"int (available steps: {list(steps)}), or None for the latest.")
   return number

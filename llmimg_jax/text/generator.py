@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import operator
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -11,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmimg_jax import cli
 from llmimg_jax.text.config import T5Config, compute_dtype
 from llmimg_jax.text.generate import generate
 from llmimg_jax.text.loading import load_pretrained
@@ -36,11 +36,7 @@ def check_seed(seed: int, name: str = "seed") -> int:
   if _is_key(seed):  # its repr spans lines (a typed key's, 'overlaying: ...')
     raise TypeError(f"{name} is a JAX array ({seed.dtype} {list(seed.shape)}: a PRNG key?); "
                     "pass an int seed, from which the key is made.")
-  try:
-    value = None if isinstance(seed, bool) else operator.index(seed)
-  except TypeError:
-    value = None
-  if value is None:
+  if (value := cli.as_int(seed)) is None:
     got = (f" is a JAX array ({seed.dtype} {list(seed.shape)})" if isinstance(seed, jax.Array)
            else f"={seed!r} is a {type(seed).__name__}")
     raise TypeError(f"{name}{got}; pass an int.")
