@@ -35,6 +35,7 @@ from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
+from llmimg_jax.text.tokenizer import as_texts
 
 if TYPE_CHECKING:
   from llmimg_jax.data.captioned_shapes import CaptionedShapes
@@ -166,13 +167,7 @@ class ShapesEvaluator:
   def score(self, images: np.ndarray, captions: Iterable[str] | str) -> dict[str, float]:
     """Caption accuracy and per-attribute accuracies of images [n, R, R, 3] against captions (any
     iterable of str, a generator's too; one str: one caption, of one image)."""
-    if isinstance(captions, str):  # not one caption per character
-      captions = [captions]
-    try:
-      captions = list(captions)
-    except TypeError:
-      raise TypeError(f"Expected captions as one str or an iterable of str; got "
-                      f"{type(captions).__name__}: {captions!r:.80}.") from None
+    captions = as_texts(captions, "captions")
     for i, c in enumerate(captions):
       if not isinstance(c, str):
         raise TypeError(f"Caption {i} is a {type(c).__name__}, not a str: {c!r:.80}")

@@ -56,13 +56,7 @@ class TextTokenizer:
   def tokenize(self, texts: Iterable[str] | str) -> tuple[dict[str, np.ndarray], list[int]]:
     """__call__'s tokens, truncated without a warning, and each text's token count before
     truncation (EOS included), for callers that name the cut texts themselves."""
-    if isinstance(texts, (str, bytes)):
-      texts = [texts]
-    try:  # any iterable of texts, a generator's too: read once
-      texts = list(texts)
-    except TypeError:
-      raise TypeError(f"Expected texts as one str or an iterable of str; got "
-                      f"{type(texts).__name__}: {texts!r:.80}.") from None
+    texts = as_texts([texts] if isinstance(texts, bytes) else texts)
     # verbose=False: transformers' 'longer than the specified maximum sequence length for this
     # model ... will result in indexing errors' is wrong for T5 (relative positions) and here.
     full = self.hf([_clean(t) for t in texts], add_special_tokens=True, truncation=False,
@@ -83,6 +77,18 @@ class TextTokenizer:
     n = self.vocab_size
     return [self.hf.decode([int(t) for t in row if t < n], skip_special_tokens=True)
             for row in np.asarray(ids)]
+
+
+def as_texts(texts: Iterable[str] | str, what: str = "texts") -> list:
+  """`texts` as a list, read once (a generator's too); one str is one text, not one per
+  character. A TypeError naming `what` for what is no iterable."""
+  if isinstance(texts, str):
+    return [texts]
+  try:
+    return list(texts)
+  except TypeError:
+    raise TypeError(f"Expected {what} as one str or an iterable of str; got "
+                    f"{type(texts).__name__}: {texts!r:.80}.") from None
 
 
 def _clean(text) -> str:
