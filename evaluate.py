@@ -124,7 +124,9 @@ def _write_stats() -> None:
                      "or more images: pass the --stats_split of a larger split, or add images.")
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
-  _refuse_existing("--write_stats", path, "overwrite_stats")  # nor one written meanwhile
+  # Nor one written meanwhile (a link's target).
+  cli.refuse_existing(path, f"--write_stats {str(path)!r}", FLAGS.overwrite_stats,
+                      "overwrite_stats", OSError)
   fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
                       image_size=int(data.image_size))
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
@@ -135,12 +137,6 @@ def _path_flag(name: str) -> str | None:
   """--`name`'s file with ~ expanded, as every path flag (no shell expands it after '=')."""
   value = FLAGS[name].value
   return value and str(cli.expand_home(value, f"--{name}"))
-
-
-def _refuse_existing(flag: str, path, overwrite: str) -> None:
-  """OSError naming `flag` if `path` (resolved: a link's target) exists, unless --`overwrite` is
-  set."""
-  cli.refuse_existing(path, f"{flag} {str(path)!r}", FLAGS[overwrite].value, overwrite, OSError)
 
 
 def _check_flags() -> None:
