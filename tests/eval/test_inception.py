@@ -122,11 +122,12 @@ def test_features_refuse_images_that_are_not_uint8_hwc(tmp_path):
     with pytest.raises(ValueError, match=r"uint8 images \[n, h, w, 3\]") as e:
       features(images)
     assert why in str(e.value)
-  assert features(np.uint8(good * 255)).shape == (2, 2048)
+  real = features(np.uint8(good * 255))
+  assert real.shape == (2, 2048)
   # No images (a selection that kept none): no features, not np.concatenate's 'need at least one
   # array to concatenate'.
   none = features(np.zeros((0, 37, 37, 3), np.uint8))
-  assert none.shape == (0, 2048) and none.dtype == features(np.uint8(good * 255)).dtype
+  assert none.shape == (0, 2048) and none.dtype == real.dtype
   # What evaluate.py's results record of the weights.
   assert features.source == {"path": str(weights),
                              "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
