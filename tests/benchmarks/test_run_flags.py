@@ -15,6 +15,15 @@ from benchmarks import run
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _usage_error(monkeypatch, capsys, *args: str) -> str:
+  """run.py's flag parsing of these flags: its one-line error (stderr); it must exit with 2."""
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", *args])
+  with pytest.raises(SystemExit) as e:
+    run._parse()  # pylint: disable=protected-access
+  assert e.value.code == 2
+  return capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     # median of no calls: statistics.StatisticsError after the peak matmul and the first compile
     (["--iters", "0"], "--iters 0: give 1 or more"),
@@ -23,11 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
     (["--warmup", "-1"], "--warmup -1: give 0 or more")])
 def test_a_count_below_its_least_is_a_usage_error_naming_the_flag(monkeypatch, capsys, args,
                                                                   message):
-  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", *args])
-  with pytest.raises(SystemExit) as e:
-    run._parse()  # pylint: disable=protected-access
-  assert e.value.code == 2
-  assert f"run.py: error: {message}" in capsys.readouterr().err
+  assert f"run.py: error: {message}" in _usage_error(monkeypatch, capsys, *args)
 
 
 def test_the_least_counts_are_accepted(monkeypatch):
@@ -39,19 +44,12 @@ def test_an_existing_json_file_is_refused_before_benchmarking(monkeypatch, capsy
   """--json named an earlier run's file: it was replaced after minutes of benchmarking."""
   out = tmp_path / "cpu.json"
   out.write_text('{"results": []}')
-  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--quick", "--json", str(out)])
-  with pytest.raises(SystemExit) as e:
-    run._parse()  # pylint: disable=protected-access
-  assert e.value.code == 2
   assert (f"run.py: error: --json '{out}' exists; remove it, name a new file, or pass --overwrite "
-          "to replace it." in capsys.readouterr().err)
+          "to replace it." in _usage_error(monkeypatch, capsys, "--quick", "--json", str(out)))
   assert out.read_text() == '{"results": []}'
   monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(out), "--overwrite"])
   assert run._parse().overwrite  # pylint: disable=protected-access
-  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--overwrite"])
-  with pytest.raises(SystemExit):
-    run._parse()  # pylint: disable=protected-access
-  assert "--overwrite only applies to --json" in capsys.readouterr().err
+  assert "--overwrite only applies to --json" in _usage_error(monkeypatch, capsys, "--overwrite")
 
 
 def test_a_json_folder_no_file_can_be_made_in_is_refused_before_benchmarking(monkeypatch,
@@ -78,12 +76,9 @@ def test_a_json_link_is_refused_only_if_its_target_exists(monkeypatch, capsys, t
   target, link = tmp_path / "cpu.json", tmp_path / "link.json"
   target.write_text('{"results": []}')
   link.symlink_to(target)
-  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(link)])
-  with pytest.raises(SystemExit) as e:
-    run._parse()  # pylint: disable=protected-access
-  assert e.value.code == 2
+  err = _usage_error(monkeypatch, capsys, "--json", str(link))
   assert (f"run.py: error: --json '{link}' (a link to {target}) exists; remove it, name a new "
-          "file, or pass --overwrite to replace it." in capsys.readouterr().err)
+          "file, or pass --overwrite to replace it." in err)
   to_new = tmp_path / "to_new.json"
   to_new.symlink_to(tmp_path / "new" / "gpu.json")  # the target's folder is made too
   monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(to_new)])
@@ -107,12 +102,8 @@ def test_a_json_link_to_itself_is_named_as_a_loop(monkeypatch, capsys, tmp_path)
   loop = tmp_path / "cpu.json"
   loop.symlink_to(loop.name)
   for overwrite in ([], ["--overwrite"]):
-    monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--json", str(loop), *overwrite])
-    with pytest.raises(SystemExit) as e:
-      run._parse()  # pylint: disable=protected-access
-    assert e.value.code == 2
     assert (f"run.py: error: --json {str(loop)!r} leads to itself through a link (a loop); name "
-            "a .json file.\n") in capsys.readouterr().err
+            "a .json file.\n") in _usage_error(monkeypatch, capsys, "--json", str(loop), *overwrite)
   assert loop.is_symlink()
 
 
