@@ -27,6 +27,13 @@ def _hf_reference(ckpt, texts: list[str], max_new_tokens: int):
   return [tok.hf.decode(row, skip_special_tokens=True) for row in out[:, 1:].tolist()], enc.numpy()
 
 
+def _refused(tmp_path, capsys, *flags: str) -> str:
+  """main's stderr for --text x with these flags and a model that is not there: they must be
+  refused (exit 2) before the model loads, whose 'not found' would be another message."""
+  assert main(["--model", str(tmp_path / "nowhere"), "--text", "x", *flags]) == 2
+  return capsys.readouterr().err
+
+
 def test_cli_generates_and_encodes(relu_tied, tmp_path):
   texts = ["a red fox in the snow", "hi"]
   common = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path,
@@ -125,9 +132,7 @@ def test_cli_nan_temperature_is_refused(relu_tied, capsys):
 def test_cli_seed_out_of_range_is_refused(seed, tmp_path, capsys):
   """A seed past int64 was an OverflowError traceback from jax.random.PRNGKey (sample.py and
   evaluate.py take [0, 2**32) too)."""
-  missing_model = str(tmp_path / "nowhere")  # checked before the model loads
-  assert main(["--model", missing_model, "--text", "x", "--seed", seed]) == 2
-  assert f"--seed={seed} must be in [0, 2**32)" in capsys.readouterr().err
+  assert f"--seed={seed} must be in [0, 2**32)" in _refused(tmp_path, capsys, "--seed", seed)
 
 
 @pytest.mark.parametrize("encode", [False, True])
@@ -153,10 +158,8 @@ def test_cli_out_of_memory_is_one_line_naming_the_sizes(encode, relu_tied, tmp_p
 def test_cli_unwritable_encode_out_is_refused_before_the_model_loads(tmp_path, capsys):
   (tmp_path / "a_file").write_text("")
   (tmp_path / "dir.npy").mkdir()
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
   for out in (tmp_path / "a_file" / "states", tmp_path / "dir.npy"):
-    assert main(["--model", missing_model, "--text", "x", "--encode_out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = _refused(tmp_path, capsys, "--encode_out", str(out))
     assert f"--encode_out '{out}" in err and "not found" not in err, err
 
 
@@ -165,10 +168,7 @@ def test_cli_encode_out_where_no_file_can_be_made_is_refused_before_the_model_lo
   """--encode_out /proc/s.npy: /proc's mode allows writing, so os.access passed it as root, the
   model loaded and the texts were encoded before the save failed. A file is made and removed in
   the folder first; the error names the flag, the folder, why, and the fix."""
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
-  assert main(["--model", missing_model, "--text", "x", "--encode_out",
-               "/proc/llmimg_nope.npy"]) == 2
-  err = capsys.readouterr().err
+  err = _refused(tmp_path, capsys, "--encode_out", "/proc/llmimg_nope.npy")
   assert err.startswith("error: --encode_out '/proc/llmimg_nope.npy': cannot write into /proc ("
                         ) and err.endswith("); name a .npy file in a folder you can write.\n"), err
 
@@ -182,9 +182,7 @@ def test_cli_encode_out_link_is_checked_where_the_states_are_written(relu_tied, 
   to_proc, to_missing = tmp_path / "proc.npy", tmp_path / "new.npy"
   to_proc.symlink_to("/proc/llmimg_nope.npy")
   to_missing.symlink_to(tmp_path / "new" / "states.npy")
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
-  assert main(["--model", missing_model, "--text", "x", "--encode_out", str(to_proc)]) == 2
-  err = capsys.readouterr().err
+  err = _refused(tmp_path, capsys, "--encode_out", str(to_proc))
   assert err.startswith(f"error: --encode_out '{to_proc}': cannot write into /proc ("), err
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
                "--encode_out", str(to_missing)]) == 0  # nothing to overwrite: no --overwrite
@@ -199,9 +197,7 @@ def test_cli_encode_out_link_is_refused_only_if_its_target_exists(relu_tied, tmp
   target, link = tmp_path / "states.npy", tmp_path / "link.npy"
   np.save(target, np.arange(3))
   link.symlink_to(target)
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
-  assert main(["--model", missing_model, "--text", "x", "--encode_out", str(link)]) == 2
-  err = capsys.readouterr().err
+  err = _refused(tmp_path, capsys, "--encode_out", str(link))
   assert f"--encode_out '{link}' (a link to {target}) exists" in err, err
   assert "--overwrite" in err and "not found" not in err, err
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
@@ -214,12 +210,10 @@ def test_cli_encode_out_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
   loaded and the states replaced the link: a loop is named before the model loads."""
   loop = tmp_path / "s.npy"
   loop.symlink_to(loop.name)
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
   for overwrite in ([], ["--overwrite"]):
-    assert main(["--model", missing_model, "--text", "x", "--encode_out", str(loop),
-                 *overwrite]) == 2
-    assert capsys.readouterr().err == (f"error: --encode_out {str(loop)!r} leads to itself "
-                                       "through a link (a loop); name a .npy file.\n")
+    assert _refused(tmp_path, capsys, "--encode_out", str(loop), *overwrite) == (
+        f"error: --encode_out {str(loop)!r} leads to itself through a link (a loop); name a .npy "
+        "file.\n")
   assert loop.is_symlink()
 
 
@@ -231,12 +225,10 @@ def test_cli_encode_out_under_home_is_expanded_as_every_path_flag_is(tmp_path, c
   monkeypatch.chdir(tmp_path)
   (tmp_path / "home").mkdir()
   np.save(tmp_path / "home" / "s.npy", np.arange(3))
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
-  assert main(["--model", missing_model, "--text", "x", "--encode_out=~/s.npy"]) == 2
-  err = capsys.readouterr().err
+  err = _refused(tmp_path, capsys, "--encode_out=~/s.npy")
   assert err.startswith(f"error: --encode_out {str(tmp_path / 'home' / 's.npy')!r} exists"), err
-  assert main(["--model", missing_model, "--text", "x", "--encode_out=~/s/"]) == 2
-  assert capsys.readouterr().err.startswith("error: --encode_out '~/s/' names no file")
+  assert _refused(tmp_path, capsys, "--encode_out=~/s/").startswith(
+      "error: --encode_out '~/s/' names no file")
   assert os.listdir(tmp_path) == ["home"]
 
 
@@ -246,10 +238,8 @@ def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path
   --overwrite, and written through a temporary file (a crash mid-write keeps the old one)."""
   npy = tmp_path / "states.npy"
   np.save(npy, np.arange(3))
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
   for out in (npy, tmp_path / "states"):  # np.save's suffix added
-    assert main(["--model", missing_model, "--text", "x", "--encode_out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = _refused(tmp_path, capsys, "--encode_out", str(out))
     assert f"--encode_out '{npy}' exists" in err and "--overwrite" in err, err
     assert "not found" not in err
   np.testing.assert_array_equal(np.load(npy), np.arange(3))
@@ -257,8 +247,7 @@ def test_cli_existing_encode_out_is_refused_unless_overwrite(relu_tied, tmp_path
                "--encode_out", str(npy), "--overwrite"]) == 0
   assert np.load(npy).shape == (1, MAX_LEN, 32)
   assert sorted(os.listdir(tmp_path)) == ["states.npy"]  # no temporary file left
-  assert main(["--model", missing_model, "--text", "x", "--overwrite"]) == 2
-  assert "--overwrite only applies to --encode_out" in capsys.readouterr().err
+  assert "--overwrite only applies to --encode_out" in _refused(tmp_path, capsys, "--overwrite")
 
 
 def test_cli_encode_out_naming_no_file_is_refused(tmp_path, capsys, monkeypatch):
@@ -266,10 +255,8 @@ def test_cli_encode_out_naming_no_file_is_refused(tmp_path, capsys, monkeypatch)
   saved ' .npy' and 'DIR/.npy'; an existing DIR saved DIR.npy beside it."""
   monkeypatch.chdir(tmp_path)
   (tmp_path / "states").mkdir()
-  missing_model = str(tmp_path / "nowhere")  # loading it would fail with another message
   for out in ("", " ", "states/", "states", str(tmp_path / "states")):
-    assert main(["--model", missing_model, "--text", "x", "--encode_out", out]) == 2
-    err = capsys.readouterr().err
+    err = _refused(tmp_path, capsys, "--encode_out", out)
     assert f"--encode_out {out!r} names no file" in err and "not found" not in err, err
   assert sorted(os.listdir(tmp_path)) == ["states"] and not os.listdir(tmp_path / "states")
 
