@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.eval.utils import _MeanStdFeatures
+from tests.eval.utils import _main, _MeanStdFeatures
 
 
 def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str) -> None:
@@ -110,7 +110,6 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
                                                                      workdir):
   """--write_stats --workdir of no run printed Python's "[Errno 2] No such file or directory:
   '.../config.json'" (or a JSON decoder's message), naming neither the flag nor the fix."""
-  import evaluate
   from llmimg_jax.eval import inception
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   _MeanStdFeatures.made = 0
@@ -119,31 +118,21 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
   (tmp_path / "cut_short" / "config.json").write_text('{"data": {"name": "capt')
   (tmp_path / "a_model").mkdir()  # a Hugging Face model's folder: an AttributeError traceback
   (tmp_path / "a_model" / "config.json").write_text('{"model_type": "t5", "d_model": 512}')
-  evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
-                  str(tmp_path / workdir), "--inception_weights", "inception.pth"])
-  try:
-    with pytest.raises(SystemExit) as exited:
-      evaluate.main([])
-  finally:
-    evaluate.FLAGS.unparse_flags()
-  assert str(exited.value.code).startswith(
+  error = _main("--write_stats", str(tmp_path / "ref.npz"), "--workdir", str(tmp_path / workdir),
+                "--inception_weights", "inception.pth")
+  assert str(error).startswith(
       f"evaluate.py: error: --workdir {tmp_path / workdir}: cannot read the run's config "
       f"{tmp_path / workdir / 'config.json'} (")
-  assert str(exited.value.code).endswith("); pass the --workdir of a train.py run, or --config "
-                                         "with a config file.")
+  assert str(error).endswith("); pass the --workdir of a train.py run, or --config with a config "
+                             "file.")
   assert _MeanStdFeatures.made == 0 and not (tmp_path / "ref.npz").exists()
 
 
 def test_overwrite_stats_without_write_stats_is_refused(tmp_path):
   """--overwrite_stats alone was ignored without a word (the run was evaluated)."""
-  import evaluate
   from absl import app
-  evaluate.FLAGS(["evaluate.py", "--workdir", str(tmp_path), "--overwrite_stats"])
-  try:
-    with pytest.raises(app.UsageError, match="^--overwrite_stats only applies with --write_stats"):
-      evaluate.main([])
-  finally:
-    evaluate.FLAGS.unparse_flags()
+  with pytest.raises(app.UsageError, match="^--overwrite_stats only applies with --write_stats"):
+    _main("--workdir", str(tmp_path), "--overwrite_stats")
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -155,17 +144,12 @@ def test_overwrite_stats_without_write_stats_is_refused(tmp_path):
 def test_evaluation_flags_with_write_stats_are_refused(tmp_path, flags, named):
   """--write_stats ref.npz --split holdout wrote the test split's statistics without a word (the
   flag for that is --stats_split); --step, --seed, --out, ... were ignored as silently."""
-  import evaluate
   from absl import app
-  evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
-                  str(tmp_path), "--inception_weights", "inception.pth", *flags])
-  try:
-    with pytest.raises(app.UsageError, match=(
-        f"^{named} to the evaluation of a run, not to --write_stats \\(statistics of real images; "
-        r"--stats_split names their split\); drop (it|them)\.$")):
-      evaluate.main([])
-  finally:
-    evaluate.FLAGS.unparse_flags()
+  with pytest.raises(app.UsageError, match=(
+      f"^{named} to the evaluation of a run, not to --write_stats \\(statistics of real images; "
+      r"--stats_split names their split\); drop (it|them)\.$")):
+    _main("--write_stats", str(tmp_path / "ref.npz"), "--workdir", str(tmp_path),
+          "--inception_weights", "inception.pth", *flags)
   assert not (tmp_path / "ref.npz").exists()
 
 
