@@ -124,11 +124,11 @@ def _write_stats() -> None:
                      "or more images: pass the --stats_split of a larger split, or add images.")
   mu, sigma = fid.statistics(inception(real_images([source[i] for i in range(n)],
                                                     data.image_size)))
-  # Nor one written meanwhile (a link's target).
-  cli.refuse_existing(path, f"--write_stats {str(path)!r}", FLAGS.overwrite_stats,
-                      "overwrite_stats", OSError)
-  fid.save_statistics(path, mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
-                      image_size=int(data.image_size))
+  # Not over one written meanwhile; a failed write keeps them in a spare file, named in the error.
+  npz = fid.statistics_npz(mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
+                           image_size=int(data.image_size))
+  cli.write_results(path, npz, f"--write_stats {str(path)!r}", FLAGS.overwrite_stats,
+                    "while the statistics were computed", "stats_", "the statistics")
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
 

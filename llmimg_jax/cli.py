@@ -354,35 +354,35 @@ def as_int(value: Any) -> int | None:
 
 
 def check_batch_size(batch_size: Any) -> None:
-  """ValueError naming `batch_size` unless it is an int >= 1 (numpy's too, bool not): a loop of
-  range(0, n, batch_size) fails on 0 naming no argument, runs no batch for -1 and refuses 2.5
-  unnamed."""
+  """ValueError naming `batch_size` unless an int >= 1 (NumPy's too, bool not): a loop of
+  range(0, n, batch_size) fails on 0 naming no argument, runs none for -1, refuses 2.5 unnamed."""
   if (number := as_int(batch_size)) is None or number < 1:
     raise ValueError(f"batch_size={batch_size} must be an int >= 1 (images per call of the "
                      "network).")
 
 
-def write_results(path: str | os.PathLike, text: str, named: str, overwrite: bool, during: str,
-                  prefix: str) -> None:
-  """`text` written whole to `path` (through a link, as `>`), long after the path was checked
-  (check_output_file): if that fails (its folder removed `during` the work, a full disk, a file
-  written there meanwhile, kept unless `overwrite`), `text` goes to a new file `prefix`*.json in
-  the temporary folder, or else to stdout, and an OSError names `named`, the cause and where."""
+def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwrite: bool,
+                  during: str, prefix: str, what: str = "the results") -> None:
+  """`data` written whole to `path` (through a link, as `>`) long after its check: if that fails
+  (its folder removed `during` the work, a full disk, a file written there meanwhile, kept unless
+  `overwrite`), to a new `prefix`*.SUFFIX (`path`'s) in the temporary folder, or else (text) to
+  stdout; an OSError names `named`, the cause and where `what` are."""
   try:
     if not overwrite and os.path.lexists(os.path.realpath(path)):
       raise FileExistsError(errno.EEXIST, f"a file was written there {during}")
-    write_atomically(os.path.realpath(path), text)
+    write_atomically(os.path.realpath(path), data)
   except OSError as e:
     why = f"could not write {named} ({type(e).__name__}: {e.strerror or e})"
+    suffix = os.path.splitext(path)[1]
     try:
-      fd, spare = tempfile.mkstemp(prefix=prefix, suffix=".json")
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
-      where = f"in {spare}"
-    except OSError:
-      print(text)
-      where = "printed above"
-    raise OSError(f"{why}; the results are {where}.") from None
+      with tempfile.NamedTemporaryFile("wb", suffix=suffix, prefix=prefix, delete=False) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+      where = f"are in {f.name}"
+    except OSError:  # nor in the temporary folder: text is printed, bytes (an .npz) cannot be
+      if isinstance(data, str):
+        print(data)
+      where = "are printed above" if isinstance(data, str) else "are lost (no temporary folder)"
+    raise OSError(f"{why}; {what} {where}.") from None
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:

@@ -235,3 +235,22 @@ def test_an_output_that_is_not_a_regular_file_is_named_not_replaced(tmp_path):
       assert str(e.value) == (f"--json {str(path)!r} is not a regular file (a pipe, a device or "
                               "a socket), which an output replaces whole; name a .json file.")
   assert [p.name for p in tmp_path.iterdir()] == ["pipe.json"] and not fifo.is_file()
+
+
+def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, capsys):
+  """write_results keeps text it cannot write in a spare file, or prints it; bytes (an .npz) go to
+  a spare file with the output's suffix, and where none can be made are said lost, not printed."""
+  import tempfile
+  out = tmp_path / "gone" / "ref.npz"  # its folder removed meanwhile
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  with pytest.raises(OSError, match=r"the statistics are in .*/stats_\w+\.npz\.$"):
+    cli.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile", "stats_",
+                      "the statistics")
+  [spare] = tmp_path.glob("stats_*.npz")
+  assert spare.read_bytes() == b"PK\x03\x04"
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_tmp"))
+  with pytest.raises(OSError, match=r"^could not write --write_stats \(FileNotFoundError: No such "
+                     r"file or directory\); the statistics are lost \(no temporary folder\)\.$"):
+    cli.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile", "stats_",
+                      "the statistics")
+  assert capsys.readouterr().out == ""

@@ -86,9 +86,14 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
                     **meta: object) -> None:
   """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it), written
   through a link as `>` would, in one rename (--overwrite_stats never truncates the old file)."""
+  cli.write_atomically(os.path.realpath(path), statistics_npz(mu, sigma, **meta))
+
+
+def statistics_npz(mu: np.ndarray, sigma: np.ndarray, **meta: object) -> bytes:
+  """The bytes of save_statistics' .npz: mu, sigma and each of `meta` as an array."""
   npz = io.BytesIO()
   np.savez(npz, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
-  cli.write_atomically(os.path.realpath(path), npz.getvalue())
+  return npz.getvalue()
 
 
 # What np.load raises for a file that is not a whole .npz: cut short (no zip directory, a

@@ -3,6 +3,8 @@ size it records is checked against the run scored."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,9 @@ from PIL import Image
 from tests.eval.utils import _main, _MeanStdFeatures
 
 
-def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str) -> None:
-  """evaluate.py --write_stats tmp_path/ref.npz of `folder`'s images, by a workdir's config
-  (--config.data.folder could be parsed once per process only)."""
+def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str, out: Path | None = None) -> None:
+  """evaluate.py --write_stats `out` (tmp_path/ref.npz) of `folder`'s images, by a workdir's
+  config (--config.data.folder could be parsed once per process only)."""
   import evaluate
   from llmimg_jax.eval import inception
   from llmimg_jax.train.config import base_config
@@ -25,7 +27,7 @@ def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str) -> None:
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "config.json").write_text(config.to_json())
-  evaluate.FLAGS(["evaluate.py", "--write_stats", str(tmp_path / "ref.npz"), "--workdir",
+  evaluate.FLAGS(["evaluate.py", "--write_stats", str(out or tmp_path / "ref.npz"), "--workdir",
                   str(workdir), "--data_dir", str(tmp_path / "tfds"), "--inception_weights",
                   "inception.pth", "--num_samples", "4", *flags])
   try:
@@ -61,6 +63,40 @@ def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
   _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats")
   with np.load(tmp_path / "ref.npz") as stats:
     assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4
+
+
+@pytest.mark.parametrize("meanwhile", ["folder removed", "file written"])
+def test_statistics_are_kept_where_their_file_cannot_be_written_after_the_work(
+    tmp_path, monkeypatch, meanwhile):
+  """--write_stats is checked before the work (Inception features of every image: minutes to
+  hours), but a write that failed after it (its folder removed meanwhile, a full disk; a file
+  written there meanwhile, kept unless --overwrite_stats) lost the statistics, where evaluate.py's
+  and run.py's results are kept. They now go to a spare stats_*.npz, which the error names."""
+  from llmimg_jax.eval import fid
+  out, spare = tmp_path / "stats" / "ref.npz", tmp_path / "tmp"
+  spare.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(spare))
+  statistics = fid.statistics
+
+  def statistics_meanwhile(features):
+    if meanwhile == "folder removed":
+      shutil.rmtree(out.parent)
+    else:
+      out.write_bytes(b"another's statistics")
+    return statistics(features)
+
+  monkeypatch.setattr(fid, "statistics", statistics_meanwhile)
+  with pytest.raises(SystemExit) as exited:
+    _write_stats(monkeypatch, tmp_path, _folder(tmp_path), out=out)
+  [saved] = spare.glob("stats_*.npz")
+  why = ("FileNotFoundError: No such file or directory" if meanwhile == "folder removed" else
+         "FileExistsError: a file was written there while the statistics were computed")
+  assert exited.value.code == (f"evaluate.py: error: could not write --write_stats '{out}' "
+                               f"({why}); the statistics are in {saved}.")
+  with np.load(saved) as stats:
+    assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4
+  assert (out.read_bytes() == b"another's statistics" if meanwhile == "file written"
+          else not out.parent.exists())
 
 
 def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tmp_path,
