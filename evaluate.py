@@ -184,7 +184,6 @@ def main(argv: list[str]) -> None:
   import jax
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
-  from llmimg_jax.cli import write_results
   try:
     if FLAGS.write_stats:
       return _write_stats()
@@ -210,7 +209,7 @@ def main(argv: list[str]) -> None:
     else:  # not one written meanwhile (another evaluation's)
       named, replace = f"--out {str(out)!r}", FLAGS.overwrite_out
     # A failed write keeps the results in a spare file, named in the error.
-    write_results(out, to_json(results), named, replace, "during the evaluation", "eval_")
+    cli.write_results(out, to_json(results), named, replace, "during the evaluation", "eval_")
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
@@ -262,13 +261,13 @@ def _sha256(results: dict, key: str) -> str | None:
 
 def _writable_file(flag: str, value: str, what: str, overwrite: str) -> Path:
   """The file `flag` names, `~` expanded and checked before hours of work by
-  cli.check_output_file (its folder made; not existing unless --`overwrite`): a link is written
-  through, as the shell's `>` does, so this is its target (a missing one included)."""
+  cli.check_output_file (its folder made; not existing unless --`overwrite`); a link is kept as
+  named: it is written through, as the shell's `>` does, and named with its target."""
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
-  out = cli.check_output_file(cli.expand_home(value, flag), flag, FLAGS[overwrite].value, what,
-                              overwrite)
-  return Path(out)
+  out = cli.expand_home(value, flag)
+  cli.check_output_file(out, flag, FLAGS[overwrite].value, what, overwrite)
+  return out
 
 
 def _check_writable(flag: str, folder: Path, fix_flag: str) -> Path:

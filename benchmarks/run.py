@@ -125,7 +125,7 @@ def write_json(path: str, results: dict, overwrite: bool = False) -> None:
   spare file if that fails); exit status 1 naming where they are."""
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
   try:
-    cli.write_results(path, json.dumps(results, indent=1), f"--json {path}", overwrite,
+    cli.write_results(path, json.dumps(results, indent=1), f"--json {path!r}", overwrite,
                       "while the benchmarks ran", "run_")
   except OSError as e:
     sys.exit(f"benchmarks/run.py: error: {e}")

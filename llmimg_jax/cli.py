@@ -1,6 +1,5 @@
-"""Command-line helpers shared by train.py, sample.py and evaluate.py, the check that a folder
-can be written and the atomic file write every output uses, the cores this process may use, and
-the check of a batch size that numpy-batched loops take."""
+"""Command-line helpers shared by the entry points: flag parsing and errors, the checks and atomic
+writes of output files, the cores this process may use, and the check of a batch size."""
 from __future__ import annotations
 
 import errno
@@ -330,10 +329,9 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
 
 def cannot_write(folder: str | os.PathLike) -> str | None:
   """Why no file can be created in `folder` ('PermissionError: Permission denied'), else None.
-  A file is created and removed: os.access answers from the mode bits (and a read-only mount),
-  which root passes where the kernel still refuses a new file (/proc, /sys), and a FUSE
-  filesystem may answer only when a file is made. Its name is unique: hosts sharing a folder may
-  run under the same pid."""
+  A file is made and removed: os.access answers from the mode bits (and a read-only mount), which
+  root passes where the kernel refuses a new file (/proc, /sys), and a FUSE filesystem may answer
+  only when a file is made. A unique name: hosts sharing a folder may run under the same pid."""
   try:
     fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
     os.close(fd)
@@ -366,13 +364,15 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
   """`data` written whole to `path` (through a link, as `>`) long after its check: if that fails
   (its folder removed `during` the work, a full disk, a file written there meanwhile, kept unless
   `overwrite`), to a new `prefix`*.SUFFIX (`path`'s) in the temporary folder, or else (text) to
-  stdout; an OSError names `named`, the cause and where `what` are."""
+  stdout; an OSError names `named` (a link with its target), the cause and where `what` are."""
+  target = os.path.realpath(path)
   try:
-    if not overwrite and os.path.lexists(os.path.realpath(path)):
+    if not overwrite and os.path.lexists(target):
       raise FileExistsError(errno.EEXIST, f"a file was written there {during}")
-    write_atomically(os.path.realpath(path), data)
+    write_atomically(target, data)
   except OSError as e:
-    why = f"could not write {named} ({type(e).__name__}: {e.strerror or e})"
+    link = f" (a link to {target})" if os.path.islink(path) else ""
+    why = f"could not write {named}{link} ({type(e).__name__}: {e.strerror or e})"
     suffix = os.path.splitext(path)[1]
     try:
       with tempfile.NamedTemporaryFile("wb", suffix=suffix, prefix=prefix, delete=False) as f:

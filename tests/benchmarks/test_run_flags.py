@@ -172,7 +172,7 @@ def test_results_are_kept_where_the_json_file_cannot_be_written_after_the_benchm
   folder = tmp_path / "out"
   result, saved = _failed_final_write(tmp_path, folder / "cpu.json", REMOVE_MEANWHILE=str(folder))
   assert result.stderr.endswith(
-      f"benchmarks/run.py: error: could not write --json {folder / 'cpu.json'} "
+      f"benchmarks/run.py: error: could not write --json '{folder / 'cpu.json'}' "
       f"(FileNotFoundError: No such file or directory); the results are in {saved}.\n"), (
           result.stderr[-3000:])
   assert json.loads(saved.read_text())["results"] == [] and not folder.exists()
@@ -186,7 +186,7 @@ def test_a_json_file_written_while_the_benchmarks_ran_is_kept(tmp_path):
   out = tmp_path / "cpu.json"
   result, saved = _failed_final_write(tmp_path, out, WRITE_MEANWHILE=str(out))
   assert result.stderr.endswith(
-      f"benchmarks/run.py: error: could not write --json {out} (FileExistsError: a file was "
+      f"benchmarks/run.py: error: could not write --json '{out}' (FileExistsError: a file was "
       f"written there while the benchmarks ran); the results are in {saved}.\n"), (
           result.stderr[-3000:])
   assert out.read_text() == "another run's results"
@@ -202,7 +202,7 @@ def test_results_are_printed_where_no_file_can_be_written_after_the_benchmarks(t
   with pytest.raises(SystemExit) as e:
     run.write_json(str(tmp_path / "gone" / "cpu.json"), results)
   assert e.value.code == (f"benchmarks/run.py: error: could not write --json "
-                          f"{tmp_path / 'gone' / 'cpu.json'} (FileNotFoundError: No such file or "
+                          f"'{tmp_path / 'gone' / 'cpu.json'}' (FileNotFoundError: No such file or "
                           "directory); the results are printed above.")
   assert json.loads(capsys.readouterr().out) == results
   assert list(tmp_path.iterdir()) == []

@@ -183,6 +183,19 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
     assert main("--out", str(out), "--overwrite_out") is None
     assert json.loads(target.read_text())["step"] == 3
   assert to_file.is_symlink() and to_folder.is_symlink()
+  # The late recheck names the link as the first check does (it named the target alone).
+  target = tmp_path / "results" / "target.json"
+  target.unlink()
+  spare = tmp_path / "tmp"
+  spare.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(spare))
+  monkeypatch.setattr(report, "evaluate_run",
+                      lambda *a, **k: target.write_text("another evaluation's") and results)
+  error = main("--out", str(to_file))
+  [saved] = spare.iterdir()
+  assert error == (f"evaluate.py: error: could not write --out '{to_file}' (a link to {target}) "
+                   "(FileExistsError: a file was written there during the evaluation); the "
+                   f"results are in {saved}.")
   loop = tmp_path / "loop.json"
   loop.symlink_to(loop.name)
   assert main("--out", str(loop)) == (f"evaluate.py: error: --out {str(loop)!r} leads to itself "
