@@ -229,6 +229,8 @@ def _default_out(path, results: dict):
   --inception_weights, or with another --ref_stats, would replace. It is then kept, and `results`
   go beside it, to <name>_no_inception.json or <name>_ref-<theirs>.json (the first 8 hex digits
   of their --ref_stats' sha256, or 'real' for none; _weights-<sha256 8> for other weights)."""
+  if not path.is_file():  # none, or (not read: a pipe waits) one that write_results refuses
+    return path
   try:
     old = json.loads(path.read_text())
     held = [s for s, row in old["splits"].items() if "fid_inception" in row]

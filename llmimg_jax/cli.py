@@ -18,8 +18,7 @@ from absl import flags
 
 
 def drop_log_records(logger: str, unwanted: Callable[[str], bool]) -> None:
-  """Drops the records of `logger` whose message `unwanted` accepts: a library's notice that
-  every command printed and that asks nothing of the user."""
+  """Drops `logger`'s records whose message `unwanted` accepts: a notice that asks nothing."""
   logging.getLogger(logger).addFilter(lambda record: not unwanted(record.getMessage()))
 
 
@@ -286,8 +285,7 @@ def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
 
 
 def leads_to_itself(path: str | os.PathLike) -> bool:
-  """Whether `path` leads back to itself through links (ln -s x x, or through others), where the
-  shell's > fails ('Too many levels of symbolic links')."""
+  """Whether `path` leads back to itself through links (ln -s x x), where the shell's > fails."""
   try:
     os.path.realpath(path, strict=True)
   except OSError as e:
@@ -365,13 +363,15 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
   (its folder removed `during` the work, a full disk, a file written there meanwhile, kept unless
   `overwrite`), to a new `prefix`*.SUFFIX (`path`'s) in the temporary folder, or else (text) to
   stdout; an OSError names `named` (a link with its target), the cause and where `what` are."""
-  target = os.path.realpath(path)
-  try:
+  target = os.path.realpath(path)  # a loop of links: `path` itself
+  try:  # not over a pipe or a device, whose place the rename would take (a path read only late)
+    if leads_to_itself(path) or os.path.exists(path) and not os.path.isfile(path):
+      raise OSError(errno.EINVAL, "a loop of links, a folder, a pipe or a device: not a file")
     if not overwrite and os.path.lexists(target):
       raise FileExistsError(errno.EEXIST, f"a file was written there {during}")
     write_atomically(target, data)
   except OSError as e:
-    link = f" (a link to {target})" if os.path.islink(path) else ""
+    link = f" (a link to {target})" if os.path.islink(path) and not leads_to_itself(path) else ""
     why = f"could not write {named}{link} ({type(e).__name__}: {e.strerror or e})"
     suffix = os.path.splitext(path)[1]
     try:

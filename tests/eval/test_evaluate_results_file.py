@@ -3,6 +3,7 @@ default file's name and what it keeps (an Inception FID that other results lack 
 reproduce), and --out (an existing file, a link, a folder that cannot be made or written into),
 refused before the evaluation where it cannot work; --write_stats's folder too."""
 import json
+import os
 import re
 import tempfile
 
@@ -201,6 +202,38 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
   assert main("--out", str(loop)) == (f"evaluate.py: error: --out {str(loop)!r} leads to itself "
                                       "through a link (a loop); name the results' .json file.")
   assert loop.is_symlink() and not (tmp_path / "results" / "loop.json").exists()
+
+
+@pytest.mark.timeout(60)  # it waited forever
+def test_a_default_file_that_is_a_pipe_or_a_loop_is_not_replaced(tmp_path, monkeypatch):
+  """The default results file is named after the evaluation, so not checked before it as --out is.
+  One that was a named pipe (or a link to one) was read for an Inception FID it might hold, which
+  waited for a writer forever after the evaluation; a link leading to itself was replaced by the
+  results (as root, a link to /dev/null would have replaced /dev/null). Now neither is read nor
+  replaced: the results go to a spare file, which the error names."""
+  from llmimg_jax.eval import report
+  results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
+  spare = tmp_path / "tmp"
+  spare.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(spare))
+  default, pipe = tmp_path / "eval_3_test_n5_seed0.json", tmp_path / "pipe"
+  os.mkfifo(pipe)
+  for make, link in ((lambda: os.mkfifo(default), ""),
+                     (lambda: default.symlink_to(pipe), f" (a link to {pipe})"),
+                     (lambda: default.symlink_to(default.name), "")):
+    make()
+    error = _main("--workdir", str(tmp_path), "--split", "test")
+    [saved] = spare.iterdir()
+    assert error == (f"evaluate.py: error: could not write the results file {default}{link} "
+                     "(OSError: a loop of links, a folder, a pipe or a device: not a file); the "
+                     f"results are in {saved}.")
+    assert json.loads(saved.read_text()) == results
+    assert default.is_symlink() or default.is_fifo()
+    default.unlink()
+    saved.unlink()
+  assert pipe.is_fifo()
 
 
 def _wrote_or_kept(results: dict, workdir, monkeypatch, capsys) -> list[str]:
