@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.eval.utils import CONFIG, ROOT, _main, _MeanStdFeatures
+from tests.eval.utils import CONFIG, ROOT, _main, _MeanStdFeatures, _results
 
 
 def test_cli_help_and_missing_workdir(tmp_path):
@@ -170,9 +170,7 @@ def test_weights_and_ref_stats_paths_expand_the_home_as_every_path_flag(tmp_path
   from llmimg_jax.eval import inception, report
   monkeypatch.setenv("HOME", str(tmp_path))
   given = {}
-  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: given.update(k) or {
-      "workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
-          "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}})
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: given.update(k) or _results(tmp_path))
   assert _main("--workdir", str(tmp_path), "--inception_weights=~/w.pth",
                "--ref_stats=~/s.npz") is None
   assert (given["inception_weights"], given["ref_stats"]) == (str(tmp_path / "w.pth"),

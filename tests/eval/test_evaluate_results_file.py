@@ -5,11 +5,10 @@ refused before the evaluation where it cannot work; --write_stats's folder too."
 import json
 import os
 import re
-import tempfile
 
 import pytest
 
-from tests.eval.utils import CONFIG, _main
+from tests.eval.utils import CONFIG, _main, _results
 
 
 def test_an_output_under_a_file_is_one_error_naming_its_flag(tmp_path, monkeypatch):
@@ -65,9 +64,8 @@ def test_an_unwritable_results_folder_is_refused_before_the_evaluation(tmp_path,
   from llmimg_jax.eval import report
   from tests.train.cli_utils import unwritable
   evaluated = []
-  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or {
-      "workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
-          "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}})
+  monkeypatch.setattr(report, "evaluate_run",
+                      lambda *a, **k: evaluated.append(a) or _results(tmp_path))
   locked = tmp_path / "locked"
   locked.mkdir()
   cases = {"--workdir": (["--workdir", str(locked)], "pass a writable --out"),
@@ -114,7 +112,7 @@ def test_a_results_folder_no_file_can_be_made_in_is_refused_before_the_evaluatio
   assert not list(tmp_path.glob("**/.write_test.*"))
 
 
-def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeypatch, spare):
   """--out replaced an existing file without a word (--write_stats refuses one unless
   --overwrite_stats): it is refused before the evaluation unless --overwrite_out, and a file
   written meanwhile is not replaced either; the results, printed as a table only, were then lost
@@ -122,8 +120,7 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
   from absl import app
   from llmimg_jax.eval import report
   evaluated = []
-  results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
-      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
+  results = _results(tmp_path)
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: evaluated.append(a) or results)
 
   def main(*flags: str) -> int | str | None:
@@ -138,9 +135,7 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
   assert main("--out", str(out), "--overwrite_out") is None
   assert len(evaluated) == 1 and json.loads(out.read_text())["step"] == 3
   # Another evaluation's file, written while this one ran: kept, this one's results in a spare.
-  later, spare = tmp_path / "later.json", tmp_path / "tmp"
-  spare.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(spare))
+  later = tmp_path / "later.json"
   monkeypatch.setattr(report, "evaluate_run",
                       lambda *a, **k: later.write_text("another evaluation's") and results)
   error = main("--out", str(later))
@@ -154,14 +149,13 @@ def test_an_existing_out_file_is_refused_before_the_evaluation(tmp_path, monkeyp
     main("--overwrite_out")
 
 
-def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
+def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch, spare):
   """--out (or a folder of it) that is a link to a missing file or folder was a raw "[Errno 17]
   File exists" (the folder's link) or refused as existing, and --overwrite_out replaced the link
   itself, leaving its target stale. The results go to the link's target, as the shell's `>`
   writes them; an existing target is refused unless --overwrite_out, the link is kept."""
   from llmimg_jax.eval import report
-  results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
-      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
+  results = _results(tmp_path)
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
 
   def main(*flags: str) -> int | str | None:
@@ -187,9 +181,6 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
   # The late recheck names the link as the first check does (it named the target alone).
   target = tmp_path / "results" / "target.json"
   target.unlink()
-  spare = tmp_path / "tmp"
-  spare.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(spare))
   monkeypatch.setattr(report, "evaluate_run",
                       lambda *a, **k: target.write_text("another evaluation's") and results)
   error = main("--out", str(to_file))
@@ -205,19 +196,15 @@ def test_an_out_link_is_written_through_to_its_target(tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(60)  # it waited forever
-def test_a_default_file_that_is_a_pipe_or_a_loop_is_not_replaced(tmp_path, monkeypatch):
+def test_a_default_file_that_is_a_pipe_or_a_loop_is_not_replaced(tmp_path, monkeypatch, spare):
   """The default results file is named after the evaluation, so not checked before it as --out is.
   One that was a named pipe (or a link to one) was read for an Inception FID it might hold, which
   waited for a writer forever after the evaluation; a link leading to itself was replaced by the
   results (as root, a link to /dev/null would have replaced /dev/null). Now neither is read nor
   replaced: the results go to a spare file, which the error names."""
   from llmimg_jax.eval import report
-  results = {"workdir": str(tmp_path), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
-      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
+  results = _results(tmp_path)
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: results)
-  spare = tmp_path / "tmp"
-  spare.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(spare))
   default, pipe = tmp_path / "eval_3_test_n5_seed0.json", tmp_path / "pipe"
   os.mkfifo(pipe)
   for make, link in ((lambda: os.mkfifo(default), ""),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +66,13 @@ def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("meanwhile", ["folder removed", "file written"])
 def test_statistics_are_kept_where_their_file_cannot_be_written_after_the_work(
-    tmp_path, monkeypatch, meanwhile):
+    tmp_path, monkeypatch, spare, meanwhile):
   """--write_stats is checked before the work (Inception features of every image: minutes to
   hours), but a write that failed after it (its folder removed meanwhile, a full disk; a file
   written there meanwhile, kept unless --overwrite_stats) lost the statistics, where evaluate.py's
   and run.py's results are kept. They now go to a spare stats_*.npz, which the error names."""
   from llmimg_jax.eval import fid
-  out, spare = tmp_path / "stats" / "ref.npz", tmp_path / "tmp"
-  spare.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(spare))
+  out = tmp_path / "stats" / "ref.npz"
   statistics = fid.statistics
 
   def statistics_meanwhile(features):

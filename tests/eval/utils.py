@@ -1,5 +1,5 @@
 """Helpers shared by the evaluation tests: a stand-in for the Inception network, damaged .npz
-files, and evaluate.main run under given flags."""
+files, evaluate.main run under given flags, and results for a stand-in evaluation to return."""
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +45,10 @@ def _main(*args: str) -> int | str | None:
   finally:
     evaluate.FLAGS.unparse_flags()
   return None
+
+
+def _results(workdir) -> dict:
+  """evaluate_run's results of a run in `workdir`, for a stand-in evaluation to return: step 3,
+  seed 0, an Inception FID of 5 test images."""
+  return {"workdir": str(workdir), "step": 3, "seed": 0, "dataset": "d", "splits": {"test": {
+      "num_images": 5, "fid_inception": 1.0, "reference": "5 real test images"}}}
