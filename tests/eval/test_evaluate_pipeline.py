@@ -48,19 +48,17 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
   assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".msgpack"]  # no temp files
 
 
-def test_evaluate_run_scores_both_splits(run, tiny_eval):
+def test_evaluate_run_scores_both_splits(run, sampler, tiny_eval):
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_run, format_table
   from llmimg_jax.eval.shapes_eval import load_split
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
   results = evaluate_run(str(run.workdir), num_samples=16, data_dir=data.data_dir, batch_size=8,
                          seed=3)  # not the default: the images must be of this seed's noise
   assert results["step"] == 2 and set(results["splits"]) == {"test", "holdout"}
   # Each row recomputed: 16 real records of the split; the in-domain FID's reference set is 16
   # other real images of the same distribution (test: train records, holdout: its next 16).
-  sampler = Sampler.from_workdir(str(run.workdir))
   evaluator = ShapesEvaluator.load_or_train(data)  # the cached one
   stats = lambda images: fid.statistics(evaluator.features(images))
   for split, (other_split, start) in {"test": ("train", 0), "holdout": ("holdout", 16)}.items():
@@ -167,29 +165,25 @@ def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,
     report.evaluate_run(str(run.workdir), num_samples=1)
 
 
-def test_a_jax_int_seed_is_recorded_as_an_int(run, tiny_eval):
+def test_a_jax_int_seed_is_recorded_as_an_int(sampler, tiny_eval):
   """seed=jnp.int32(3), a seed as TextGenerator.generate and the Sampler take it, stayed a JAX
   array in the results, which json cannot write (after all the evaluation)."""
   import jax.numpy as jnp
   from llmimg_jax.eval.report import evaluate_inception, to_json
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(str(run.workdir))
   results = evaluate_inception(sampler, data, _MeanStdFeatures("inception.pth"), num_samples=2,
                                batch_size=8, seed=jnp.int32(3))
   assert type(results["seed"]) is int and json.loads(to_json(results))["seed"] == 3
 
 
-def test_standard_fid_of_any_run(run, tiny_eval, caplog):
+def test_standard_fid_of_any_run(run, sampler, tiny_eval, caplog):
   """The Inception-only path (runs on COCO or a folder), with a stand-in feature extractor."""
   from llmimg_jax.data.images import center_crop_resize
   from llmimg_jax.data.pipeline import load_source
   from llmimg_jax.eval import fid
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_inception, format_table
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(str(run.workdir))
   features = _MeanStdFeatures("inception.pth")
   results = evaluate_inception(sampler, data, features, num_samples=12, batch_size=8, seed=3)
   assert list(results["splits"]) == ["test"]  # the default where a test split exists
@@ -214,16 +208,14 @@ def test_standard_fid_of_any_run(run, tiny_eval, caplog):
           f"{len(source) + 5}") in caplog.text
 
 
-def test_training_evaluator_logs_and_keeps_the_best_step(run, tiny_eval, tmp_path,
+def test_training_evaluator_logs_and_keeps_the_best_step(sampler, tiny_eval, tmp_path,
                                                          monkeypatch):
   from tensorboardX import SummaryWriter
 
   from llmimg_jax.eval import fid, in_training
   from llmimg_jax.eval.in_training import TrainingEvaluator, enabled
   from llmimg_jax.eval.shapes_eval import load_split
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
   config = tiny_config(data.data_dir)
   assert not enabled(config)
   config.eval.every, config.eval.num_samples = 2, 8

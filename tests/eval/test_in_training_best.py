@@ -7,27 +7,24 @@ import sys
 from tests.train.utils import tiny_config
 
 
-def _run_to_evaluate(run, tiny_eval):
-  """(the run's sampler, a state of its EMA weights, a config evaluating 8 captions every 2
-  steps)."""
-  from llmimg_jax.sample import Sampler
+def _to_evaluate(sampler, tiny_eval):
+  """(a state of the sampler's EMA weights, a config evaluating 8 captions every 2 steps)."""
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
 
   class State:
     ema_params, text_params = sampler.ema_params, sampler.text_params
 
   config = tiny_config(data.data_dir)
   config.eval.every, config.eval.num_samples = 2, 8
-  return sampler, State, config
+  return State, config
 
 
 def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
-    run, tiny_eval, tmp_path, caplog):
+    sampler, tiny_eval, tmp_path, caplog):
   """Resumed with another config.eval.num_samples, the run compared its scores with a best.json
   scored on other captions and kept (or beat) that step by a comparison that means nothing."""
   from llmimg_jax.eval.in_training import TrainingEvaluator
-  sampler, State, config = _run_to_evaluate(run, tiny_eval)
+  State, config = _to_evaluate(sampler, tiny_eval)
   TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)(State, 2, None)
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 2
   same = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
@@ -47,7 +44,7 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
 
 
 def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
-    run, tiny_eval, tmp_path, caplog):
+    sampler, tiny_eval, tmp_path, caplog):
   """A retrained (deleted cache) shapes evaluator, or another config.seed (the eval noise), scores
   the same step differently: best.json names both, and a resume compares only like with like.
   A best.json of an older version, without them, is still compared."""
@@ -56,7 +53,7 @@ def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
   from llmimg_jax.eval.in_training import TrainingEvaluator
   from llmimg_jax.eval.shapes_eval import ShapesEvaluator
   data, cache = tiny_eval
-  sampler, State, config = _run_to_evaluate(run, tiny_eval)
+  State, config = _to_evaluate(sampler, tiny_eval)
   first = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   first(State, 2, None)
   setup = json.loads((tmp_path / "best.json").read_text())["setup"]

@@ -6,11 +6,9 @@ import jax.numpy as jnp
 from tests.train.utils import lowered_programs, tiny_config
 
 
-def test_evaluations_after_the_first_compile_nothing(run, tiny_eval, tmp_path):
+def test_evaluations_after_the_first_compile_nothing(sampler, tiny_eval, tmp_path):
   from llmimg_jax.eval.in_training import TrainingEvaluator
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
   config = tiny_config(data.data_dir)
   config.eval.every, config.eval.num_samples = 2, 8
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
@@ -28,14 +26,12 @@ def test_evaluations_after_the_first_compile_nothing(run, tiny_eval, tmp_path):
   assert lowered[first:] == [], lowered
 
 
-def test_the_largest_config_seed_evaluates(run, tiny_eval, tmp_path):
+def test_the_largest_config_seed_evaluates(sampler, tiny_eval, tmp_path):
   """The evaluation draws its noise from config.seed + 2, past 2**32 - 1 for the two largest
   seeds config.validate allows: it wraps, as jax.random.PRNGKey did before generate_for_captions
   checked its seed (which then refused it at the first evaluation, mid-run)."""
   from llmimg_jax.eval.in_training import TrainingEvaluator
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
   config = tiny_config(data.data_dir)
   config.seed, config.eval.every, config.eval.num_samples = 2**32 - 1, 2, 8
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)

@@ -6,7 +6,7 @@ from tests.train.utils import tiny_config
 
 
 def test_generated_and_real_images_are_scored_against_the_same_train_records(
-    run, tiny_eval, tmp_path):
+    sampler, tiny_eval, tmp_path):
   """The FID took the scored test records' own real images as reference, the floor train
   records: generated images conditioned on exactly the reference's captions came out below the
   floor (in-domain FID 97.3, floor 138.9 on shapes_quick with eval.num_samples=64)."""
@@ -14,9 +14,7 @@ def test_generated_and_real_images_are_scored_against_the_same_train_records(
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.in_training import TrainingEvaluator
   from llmimg_jax.eval.shapes_eval import load_split
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
-  sampler = Sampler.from_workdir(run.workdir, batch_size=8)
   config = tiny_config(data.data_dir)
   config.eval.every, config.eval.num_samples = 2, 8
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)

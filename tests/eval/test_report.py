@@ -30,13 +30,12 @@ def test_numpy_scalars_in_results_are_written_as_json_numbers():
 
 
 def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(
-    run, tiny_eval, tmp_path, monkeypatch):
+    run, sampler, tiny_eval, tmp_path, monkeypatch):
   """--ref_stats written by `--write_stats --stats_split test` hold the very records the floor
   compares: that floor (~0) is omitted; stats of another split keep it."""
   from llmimg_jax.data.pipeline import dataset_id
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.shapes_eval import load_split
-  from llmimg_jax.sample import Sampler
   data, _ = tiny_eval
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   features = _MeanStdFeatures("inception.pth")
@@ -55,7 +54,6 @@ def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(
     assert results["ref_stats"] == {
         "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "num_images": 8, "dataset": dataset_id(data), "split": split}
-  sampler = Sampler.from_workdir(str(run.workdir))
   images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
                                  sampler.tokenizer, [c[0] for c in real.captions], 0, 8)
   expected = fid.frechet_distance(*fid.statistics(features(images)), mu, sigma)
