@@ -93,16 +93,19 @@ def test_train_settings_that_are_not_positive_ints_are_named(kw):
   (name, value), = kw.items()
   with pytest.raises(ValueError, match=rf"^TrainSettings {name}={value!r} must be an int >= 1 "):
     ev.TrainSettings(**kw)
-  assert ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16)).batch_size == 16
 
 
-def test_numpy_int_train_settings_are_kept_as_ints():
-  """TrainSettings(steps=np.int64(3), batch_size=np.int32(16)) passed the check and trained, then
-  load_or_train's meta (the settings, as JSON) failed with 'Object of type int64 is not JSON
-  serializable', leaving a cached evaluator without it (trained again on every use)."""
-  settings = ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16))
+def test_numpy_train_settings_are_kept_as_python_numbers():
+  """TrainSettings(steps=np.int64(3), batch_size=np.int32(16)), or np.float32 rates, passed the
+  checks and trained, then load_or_train's meta (the settings, as JSON) failed with 'Object of
+  type int64 is not JSON serializable', leaving a cached evaluator without it (trained again on
+  every use)."""
+  settings = ev.TrainSettings(steps=np.int64(3), batch_size=np.int32(16),
+                              learning_rate=np.float32(5e-3), label_smoothing=np.float64(0))
   assert (settings.steps, settings.batch_size) == (3, 16)
-  assert json.loads(json.dumps(dataclasses.asdict(settings)))["batch_size"] == 16
+  assert type(settings.learning_rate) is float and type(settings.label_smoothing) is float
+  meta = json.loads(json.dumps(dataclasses.asdict(settings)))
+  assert meta["batch_size"] == 16 and meta["learning_rate"] == pytest.approx(5e-3)
 
 
 def test_a_train_settings_seed_outside_the_key_s_range_is_named():
@@ -128,11 +131,7 @@ def test_a_train_settings_seed_outside_the_key_s_range_is_named():
                                 {"label_smoothing": True}])
 def test_train_settings_rates_out_of_range_are_named(kw):
   """A negative learning rate (ascent), label_smoothing >= 1 (uniform targets) trained nonsense
-  and cached it; np.float32 ones trained, then the cache's meta (JSON) failed to be written."""
+  and cached it (NumPy rates: test_numpy_train_settings_are_kept_as_python_numbers)."""
   (name, value), = kw.items()
   with pytest.raises(ValueError, match=rf"^TrainSettings {name}={re.escape(repr(value))} must be "):
     ev.TrainSettings(**kw)
-  settings = ev.TrainSettings(learning_rate=np.float32(5e-3), label_smoothing=np.float64(0))
-  assert type(settings.learning_rate) is float and type(settings.label_smoothing) is float
-  assert json.loads(json.dumps(dataclasses.asdict(settings)))["learning_rate"] == pytest.approx(
-      5e-3)
