@@ -364,7 +364,7 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
   `overwrite`), to a new `prefix`*.SUFFIX (`path`'s) in the temporary folder, or else (text) to
   stdout; an OSError names `named` (a link with its target), the cause and where `what` are."""
   target = os.path.realpath(path)  # a loop of links: `path` itself
-  try:  # not over a pipe or a device, whose place the rename would take (a path read only late)
+  try:  # a path named after the work (evaluate.py's default) is checked only here
     if leads_to_itself(path) or os.path.exists(path) and not os.path.isfile(path):
       raise OSError(errno.EINVAL, "a loop of links, a folder, a pipe or a device: not a file")
     if not overwrite and os.path.lexists(target):
@@ -378,10 +378,10 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
       with tempfile.NamedTemporaryFile("wb", suffix=suffix, prefix=prefix, delete=False) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
       where = f"are in {f.name}"
-    except OSError:  # nor in the temporary folder: text is printed, bytes (an .npz) cannot be
+    except OSError:  # nor a temporary file: text is printed, bytes (an .npz) cannot be
       if isinstance(data, str):
         print(data)
-      where = "are printed above" if isinstance(data, str) else "are lost (no temporary folder)"
+      where = "are printed above" if isinstance(data, str) else "are lost (no spare file either)"
     raise OSError(f"{why}; {what} {where}.") from None
 
 
