@@ -1,15 +1,17 @@
 """The training loop: one jitted step over a data-parallel mesh of every device of every host."""
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -17,15 +19,13 @@ from llmimg_jax import cli
 from llmimg_jax.data.global_batch import to_global_batch
 from llmimg_jax.data.pipeline import close_iterator, is_built, load_source, make_iterator
 from llmimg_jax.eval import in_training
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, resume
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import due, validate
-from llmimg_jax.train.config_values import config_diff, config_values, describe_changes
 from llmimg_jax.train.mesh import make_mesh
-from llmimg_jax.train.state import (
-    Models, TrainState, build_models, build_text, init_state, save_text_files)
-from llmimg_jax.train.samples import SampleWriter, grid_name
+from llmimg_jax.train.state import Models, TrainState, build_models, build_text, init_state
+from llmimg_jax.train.samples import SampleWriter
 from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
     flush as flush_events, log_end, log_start, logs_above, progress_bar, summary_writer,
@@ -154,51 +154,33 @@ class _StepClock:
     return rate
 
 
-def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  """WORKDIR/config.json, replaced atomically; a differing (or unreadable) old one is logged: a
-  warning, unless only train.steps changed (how a run is trained further)."""
-  path = workdir / "config.json"
-  if path.exists():
-    try:
-      saved = json.loads(path.read_text())
-      if not isinstance(saved, dict):
-        raise ValueError(f"a JSON {type(saved).__name__}, not an object")
-    except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
-      log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
-    else:
-      diff = config_diff(saved, config_values(config))
-      if diff.keys() == {"train.steps"}:
-        log.info("The run continues to step %d (%s since %s).", config.train.steps,
-                 describe_changes(diff)[0], path)
-      elif diff:
-        log.warning("%s differs from this run's config (%s); the new config is used and saved.",
-                    path, "; ".join(describe_changes(diff)))
-  cli.write_atomically(path, json.dumps(config_values(config), indent=2))
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What train() sets up for its steps: where they are saved, read from and logged."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  mesh: jax.sharding.Mesh
+  manager: ocp.CheckpointManager
+  data_iter: Any
+  writer: Any  # TensorBoard's, on host 0 only (else None)
+  samples: SampleWriter
+  evaluate: in_training.TrainingEvaluator | None
 
 
-def _unmade(workdir: Path, step: int, config: ml_collections.ConfigDict) -> tuple[bool, bool]:
-  """Whether the sample grid and the evaluation due at `step`, where the run resumes, are missing
-  (host 0's view, on every host): a kill during them, after the step's checkpoint, lost them, for
-  good at the last step, which a rerun did not train again."""
-  t, trained = config.train, 0 < step <= config.train.steps
-  grid = trained and due(step, t.sample_every, t.steps) and not (
-      workdir / "samples" / grid_name(step)).exists()
-  evaluation = trained and in_training.enabled(config) and due(
-      step, config.eval.every, t.steps) and not in_training.evaluated(workdir, step)
-  return checkpoint.host_flags(grid)[0], checkpoint.host_flags(evaluation)[0]
+def _save(run: _Run, state: TrainState, step: int) -> None:
+  with checkpoint_saving(run.manager.directory):
+    checkpoint.save(run.manager, step, state, run.data_iter, run.config)
 
 
-def _evaluate(evaluate: in_training.TrainingEvaluator, state: TrainState, step: int, saved: bool,
-              writer, manager, data_iter, config: ml_collections.ConfigDict) -> None:
+def _evaluate(run: _Run, state: TrainState, step: int, saved: bool) -> None:
   """Evaluates `step`; a new best's checkpoint is kept: saved if it was not, else the former's
   deleted (unless among the latest)."""
-  former_best = evaluate.best_step
-  evaluate(state, step, writer)
-  if evaluate.best_step == step and saved and former_best is not None:
-    checkpoint.drop_former_best(manager, former_best, config.train.keep_checkpoints)
-  if evaluate.best_step == step and not saved:  # kept beside the latest (make_manager)
-    with checkpoint_saving(manager.directory):
-      checkpoint.save(manager, step, state, data_iter, config)
+  former_best = run.evaluate.best_step
+  run.evaluate(state, step, run.writer)
+  if run.evaluate.best_step == step and saved and former_best is not None:
+    checkpoint.drop_former_best(run.manager, former_best, run.config.train.keep_checkpoints)
+  if run.evaluate.best_step == step and not saved:  # kept beside the latest (make_manager)
+    _save(run, state, step)
 
 
 def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepClock, bar: tqdm,
@@ -229,6 +211,29 @@ def _log_metrics(fetched: list[dict[str, np.ndarray]], done: int, clock: _StepCl
         "(config.train.lr_g/lr_d) or enable config.train.grad_clip.")
 
 
+def _load_text(config: ml_collections.ConfigDict):
+  """build_text(config); TextCheckpointError naming config.text.checkpoint if it fails."""
+  try:  # train.py checked only that the checkpoint's directory exists (or downloads)
+    return build_text(config)
+  except (ValueError, OSError, TypeError, ImportError) as e:  # the loader names file and fix
+    raise TextCheckpointError(f"config.text.checkpoint={config.text.checkpoint!r} could not be "
+                              f"loaded: {e}") from e
+
+
+def _restore_or_init(manager: ocp.CheckpointManager, models: Models, mesh: jax.sharding.Mesh,
+                     config: ml_collections.ConfigDict, pretrained_text, data_iter,
+                     start_fresh_if_corrupt: bool) -> tuple[TrainState, bool]:
+  """The newest checkpoint's state (`data_iter` restored in place), else a fresh one; and whether
+  it was restored."""
+  abstract = create_state(models, mesh, config.seed, pretrained_text, abstract=True)  # no compile
+  restored = checkpoint.restore_latest(manager, abstract, data_iter,
+                                      start_fresh_if_corrupt=start_fresh_if_corrupt, config=config)
+  if restored is None:
+    return create_state(models, mesh, config.seed, pretrained_text), False
+  log.info("Resumed from %s at step %d.", manager.directory, int(restored.step))
+  return restored, True
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, *,
           start_fresh_if_corrupt: bool = False) -> TrainState:
   """Trains to config.train.steps, resuming from workdir; `devices` defaults to all of them.
@@ -245,11 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   check_workdir_writable(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)
-  try:  # train.py checked only that the checkpoint's directory exists (or downloads)
-    tokenizer, t5_config, pretrained_text = build_text(config)
-  except (ValueError, OSError, TypeError, ImportError) as e:  # the loader names file and fix
-    raise TextCheckpointError(f"config.text.checkpoint={config.text.checkpoint!r} could not be "
-                              f"loaded: {e}") from e
+  tokenizer, t5_config, pretrained_text = _load_text(config)
   models = build_models(config, t5_config)
   source = _build_on_host_0(config.data) if jax.process_count() > 1 else None
   data_iter = make_iterator(
@@ -257,65 +258,44 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       seed=config.seed, source=source)
 
   manager = checkpoint.make_manager(workdir, config)
-  abstract = create_state(models, mesh, config.seed, pretrained_text, abstract=True)  # no compile
-  restored = checkpoint.restore_latest(manager, abstract, data_iter,
-                                      start_fresh_if_corrupt=start_fresh_if_corrupt, config=config)
-  state = create_state(models, mesh, config.seed, pretrained_text) if restored is None else restored
-  if restored is not None:
-    log.info("Resumed from %s at step %d.", manager.directory, int(state.step))
+  state, resumed = _restore_or_init(manager, models, mesh, config, pretrained_text, data_iter,
+                                    start_fresh_if_corrupt)
   start = int(state.step)
-  in_training.set_aside_best_past(workdir, start, manager.all_steps())
-  if (former := in_training.superseded_best(workdir, manager.all_steps())) is not None:
-    checkpoint.drop_former_best(manager, former, config.train.keep_checkpoints)
-  grid_unmade, eval_unmade = _unmade(workdir, start, config)
-  unmade = " and ".join(["sample grid"] * grid_unmade + ["evaluation"] * eval_unmade)
-  if start >= config.train.steps and unmade:
-    log.warning("The run in %s is at its last step, %d: nothing to train; making the step's %s, "
-                "which a stop cut short.", workdir, start, unmade)
-  elif start >= config.train.steps:  # before config.json, TensorBoard and the evaluator's setup
-    log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
-                "train; its config.json and checkpoints are left as they are. Raise "
-                "--config.train.steps to train further.", workdir, start, config.train.steps)
+  resume.tidy_best(workdir, manager, start, config)
+  grid_unmade, eval_unmade = resume.unmade(workdir, start, config)
+  # A finished run returns before config.json, TensorBoard and the evaluator's setup.
+  if resume.nothing_to_do(workdir, start, config, grid_unmade, eval_unmade):
     manager.close()
     return state
   if jax.process_index() == 0 and start < config.train.steps:
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_config(workdir, config)
-    if config.text.checkpoint:
-      save_text_files(workdir, tokenizer, t5_config, replace=restored is None)
-  writer = None
-  if jax.process_index() == 0:
-    # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
-    # start over an old run) are hidden by TensorBoard, not drawn under this run's.
-    writer = summary_writer(workdir / "tensorboard", purge_step=start + 1)
-  samples = SampleWriter(models, tokenizer, config, workdir, mesh)
-  evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
-              if in_training.enabled(config) else None)
-  step_fn = jit_train_step(models, mesh)
+    resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
+  # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
+  # start over an old run) are hidden by TensorBoard, not drawn under this run's.
+  writer = (summary_writer(workdir / "tensorboard", purge_step=start + 1)
+            if jax.process_index() == 0 else None)
+  run = _Run(config, workdir, mesh, manager, data_iter, writer,
+             samples=SampleWriter(models, tokenizer, config, workdir, mesh),
+             evaluate=in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
+             if in_training.enabled(config) else None)
+  return _train_steps(run, state, start, jit_train_step(models, mesh), grid_unmade, eval_unmade)
 
-  t = config.train
+
+def _train_steps(run: _Run, state: TrainState, start: int, step_fn, grid_unmade: bool,
+                 eval_unmade: bool) -> TrainState:
+  """Steps from `start` to config.train.steps (first the unmade grid and evaluation of `start`),
+  or to a SIGTERM/SIGINT; then the last save and the end of the logs, whatever ended them."""
+  t = run.config.train
   if jax.process_index() == 0:
-    log_start(config, workdir, mesh, start)
+    log_start(run.config, run.workdir, run.mesh, start)
   done, ended = start, "done"
   pending = []  # device metrics since the last log, fetched together to avoid a sync per step
   clock = _StepClock()
   bar = progress_bar(start, t.steps)
-  with PreemptionWatch(manager) as watch, logs_above(bar):
+  with PreemptionWatch(run.manager) as watch, logs_above(bar):
     try:
-      if grid_unmade:  # of the checkpoint resumed from: a kill during them lost them
-        samples(state, start, writer)
-      # A signal during those (one process; JAX's sync manager agrees on a step): no step since
-      # the checkpoint to save; the evaluation (left to the rerun) or compiling the first step
-      # would outlast a preemption's grace period.
-      skip_eval = bool(eval_unmade and watch.signal and not watch.synced)
-      if eval_unmade and not skip_eval:
-        _evaluate(evaluate, state, start, True, writer, manager, data_iter, config)
-      left = ["the step's evaluation"] * skip_eval + ["the first step"] * (start < t.steps)
-      if stopped := bool(watch.signal and not watch.synced and left):
-        log.warning("Stopped by %s before %s; rerun the same command to resume.",
-                    watch.description, " and ".join(left))
+      stopped = _make_unmade(run, state, start, grid_unmade, eval_unmade, watch)
       for step in range(start, start if stopped else t.steps):
-        batch = to_global_batch(next(data_iter), mesh)
+        batch = to_global_batch(next(run.data_iter), run.mesh)
         state, metrics = step_fn(state, batch)
         pending.append(metrics)
         done = step + 1
@@ -326,47 +306,81 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         else:
           clock.steps += 1
         bar.update(1)
-        # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
-        # complete, so it ends as usual (its samples and evaluation are made now, not by a rerun).
-        stop = watch.reached() and done < t.steps
-        if due(done, t.log_every, t.steps) or stop:  # a stop: the steps since the log
-          _log_metrics(jax.device_get(pending), done, clock, bar, writer, t, manager.directory)
-          pending = []
-        saved = due(done, t.ckpt_every, t.steps) or stop
-        sample_now = due(done, t.sample_every, t.steps)
-        eval_now = evaluate is not None and due(done, config.eval.every, t.steps)
-        if saved or sample_now or eval_now:  # not training: off the clock
-          clock.stop(state)
-        if saved:  # before sampling and evaluation, whose errors would lose it
-          with checkpoint_saving(manager.directory):
-            checkpoint.save(manager, done, state, data_iter, config)
-          flush_events(writer)  # the steps it holds are not logged again after a crash
-        if stop:  # the grace period of a preemption is short: samples and evaluation on resuming
-          log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
-                      "resume.", watch.description, done)
+        if _after_step(run, state, done, pending, clock, bar, watch):
           break
-        if sample_now:
-          samples(state, done, writer)
-        if eval_now:
-          _evaluate(evaluate, state, done, saved, writer, manager, data_iter, config)
-        if sample_now or eval_now:
-          flush_events(writer)
-        clock.start()
       if done < t.steps:  # a SIGTERM/SIGINT (at the last step the run is complete)
         ended = f"stopped by {watch.description}"
     except BaseException as e:  # the end line names it, train.py (or the caller) reports it
       ended = f"stopped by {type(e).__name__}"
       raise
     finally:  # also on an error (e.g. DivergenceError): the last save, logs and bar end cleanly
-      watch.finishing = True  # a signal now waits for the last save instead of cutting it
-      bar.close()
-      try:
-        with checkpoint_saving(manager.directory):
-          manager.close()  # waits for the last save first
-        if jax.process_index() == 0:
-          log_end(workdir, manager, done, t.steps, ended)
-      finally:
-        close_iterator(data_iter)  # its workers' buffered batches would be reported leaked
-        if writer is not None:
-          writer.close()
+      _finish(run, watch, bar, done, ended)
   return state
+
+
+def _make_unmade(run: _Run, state: TrainState, start: int, grid_unmade: bool, eval_unmade: bool,
+                 watch: PreemptionWatch) -> bool:
+  """The sample grid and evaluation of `start` that a kill during them lost; whether a signal
+  then stops the run before its first step (logged)."""
+  if grid_unmade:
+    run.samples(state, start, run.writer)
+  # A signal during those (one process; JAX's sync manager agrees on a step): no step since
+  # the checkpoint to save; the evaluation (left to the rerun) or compiling the first step
+  # would outlast a preemption's grace period.
+  skip_eval = bool(eval_unmade and watch.signal and not watch.synced)
+  if eval_unmade and not skip_eval:
+    _evaluate(run, state, start, True)
+  left = ["the step's evaluation"] * skip_eval + ["the first step"] * (
+      start < run.config.train.steps)
+  if stopped := bool(watch.signal and not watch.synced and left):
+    log.warning("Stopped by %s before %s; rerun the same command to resume.",
+                watch.description, " and ".join(left))
+  return stopped
+
+
+def _after_step(run: _Run, state: TrainState, done: int, pending: list, clock: _StepClock,
+                bar: tqdm, watch: PreemptionWatch) -> bool:
+  """Logs, saves, samples and evaluates what is due after step `done`; whether a SIGTERM/SIGINT
+  stops the run here (saved)."""
+  t = run.config.train
+  # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
+  # complete, so it ends as usual (its samples and evaluation are made now, not by a rerun).
+  stop = watch.reached() and done < t.steps
+  if due(done, t.log_every, t.steps) or stop:  # a stop: the steps since the log
+    _log_metrics(jax.device_get(pending), done, clock, bar, run.writer, t, run.manager.directory)
+    pending.clear()
+  saved = due(done, t.ckpt_every, t.steps) or stop
+  sample_now = due(done, t.sample_every, t.steps)
+  eval_now = run.evaluate is not None and due(done, run.config.eval.every, t.steps)
+  if saved or sample_now or eval_now:  # not training: off the clock
+    clock.stop(state)
+  if saved:  # before sampling and evaluation, whose errors would lose it
+    _save(run, state, done)
+    flush_events(run.writer)  # the steps it holds are not logged again after a crash
+  if stop:  # the grace period of a preemption is short: samples and evaluation on resuming
+    log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
+                "resume.", watch.description, done)
+    return True
+  if sample_now:
+    run.samples(state, done, run.writer)
+  if eval_now:
+    _evaluate(run, state, done, saved)
+  if sample_now or eval_now:
+    flush_events(run.writer)
+  clock.start()
+  return False
+
+
+def _finish(run: _Run, watch: PreemptionWatch, bar: tqdm, done: int, ended: str) -> None:
+  """The last save, the logs' end line, then the input pipeline and TensorBoard closed."""
+  watch.finishing = True  # a signal now waits for the last save instead of cutting it
+  bar.close()
+  try:
+    with checkpoint_saving(run.manager.directory):
+      run.manager.close()  # waits for the last save first
+    if jax.process_index() == 0:
+      log_end(run.workdir, run.manager, done, run.config.train.steps, ended)
+  finally:
+    close_iterator(run.data_iter)  # its workers' buffered batches would be reported leaked
+    if run.writer is not None:
+      run.writer.close()

@@ -15,7 +15,7 @@ import pytest
 
 from llmimg_jax import gan
 from llmimg_jax.data.pipeline import make_iterator
-from llmimg_jax.train import checkpoint, loop
+from llmimg_jax.train import checkpoint, loop, resume
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import train_step
 from tests.train.utils import _batch, _equal, _host_state, _scalars, tiny_config
@@ -281,7 +281,7 @@ def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog, text)
   config = tiny_config(tmp_path)
   (tmp_path / "config.json").write_text(text)
   with caplog.at_level(logging.WARNING):
-    loop._write_config(tmp_path, config)
+    resume.write_config(tmp_path, config)
   assert f"Could not read {tmp_path / 'config.json'}" in caplog.text
   assert "differs" not in caplog.text  # not every value listed as changed from nothing
   assert json.loads((tmp_path / "config.json").read_text()) == json.loads(config.to_json())
@@ -291,27 +291,27 @@ def test_an_unreadable_config_json_is_replaced_not_fatal(tmp_path, caplog, text)
 def test_a_changed_config_json_warning_names_the_changed_values(tmp_path, caplog):
   # It said only that config.json differed: a value changed by mistake on resume went unseen.
   config = tiny_config(tmp_path)
-  loop._write_config(tmp_path, config)
+  resume.write_config(tmp_path, config)
   config.unlock()
   config.train.steps, config.train.lr_g = 30, 2e-4
   with caplog.at_level(logging.WARNING):
-    loop._write_config(tmp_path, config)
+    resume.write_config(tmp_path, config)
   assert (f"{tmp_path / 'config.json'} differs from this run's config (train.lr_g: 0.0001 -> "
           "0.0002; train.steps: 4 -> 30); the new config is used and saved.") in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    loop._write_config(tmp_path, config)  # the same config again: nothing to say
+    resume.write_config(tmp_path, config)  # the same config again: nothing to say
   assert "differs" not in caplog.text
 
 
 def test_raising_train_steps_alone_says_the_run_continues_without_a_warning(tmp_path, caplog):
   # The README's way to train further warned that config.json differed from the run's config.
   config = tiny_config(tmp_path)
-  loop._write_config(tmp_path, config)
+  resume.write_config(tmp_path, config)
   config.unlock()
   config.train.steps = 30
-  with caplog.at_level(logging.INFO, logger=loop.__name__):
-    loop._write_config(tmp_path, config)
+  with caplog.at_level(logging.INFO, logger=resume.__name__):
+    resume.write_config(tmp_path, config)
   assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
       ("INFO", f"The run continues to step 30 (train.steps: 4 -> 30 since "
                f"{tmp_path / 'config.json'}).")]

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from llmimg_jax.train import checkpoint, loop, same_config
+from llmimg_jax.train import checkpoint, resume, same_config
 from tests.train.utils import tiny_config
 
 ROOT = Path(__file__).parents[2]
@@ -39,19 +39,19 @@ def test_config_json_of_another_dataset_holds_no_shapes_builder_config(tmp_path,
   which reads as if the folder run used it."""
   config = _folder_config(tmp_path)
   config.data.name = dataset
-  loop._write_config(tmp_path, config)
+  resume.write_config(tmp_path, config)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["data"]["config"] is None
   assert saved["data"]["name"] == dataset and saved["model"] == json.loads(config.to_json())["model"]
 
 
 def test_the_folder_config_files_run_saves_no_shapes_builder_config(tmp_path):
-  loop._write_config(tmp_path, _config_file("folder_64"))
+  resume.write_config(tmp_path, _config_file("folder_64"))
   assert json.loads((tmp_path / "config.json").read_text())["data"]["config"] is None
 
 
 def test_a_shapes_run_still_saves_its_builder_config(tmp_path):
-  loop._write_config(tmp_path, tiny_config(tmp_path))
+  resume.write_config(tmp_path, tiny_config(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text())["data"]["config"] == "tiny_32"
 
 
@@ -71,7 +71,7 @@ def test_resuming_a_folder_run_whose_config_json_holds_32_small_is_no_change(tmp
   (tmp_path / "config.json").write_text(old.to_json(indent=2))
   new = _folder_config(tmp_path, builder_config=None)
   with caplog.at_level(logging.WARNING):
-    loop._write_config(tmp_path, new)
+    resume.write_config(tmp_path, new)
   assert "differs" not in caplog.text
   assert checkpoint.config_changes(json.loads(old.to_json()), json.loads(new.to_json())) == []
   # Hosts of one run compare their settings the same way (same_config.check_same_config).
@@ -116,8 +116,8 @@ def test_only_a_change_of_the_key_train_steps_says_the_run_continues(tmp_path, c
   saved = json.loads(config.to_json())
   saved["train"]["steps: note"] = "to 30 next"
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  with caplog.at_level(logging.INFO, logger=loop.__name__):
-    loop._write_config(tmp_path, config)
+  with caplog.at_level(logging.INFO, logger=resume.__name__):
+    resume.write_config(tmp_path, config)
   assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
       ("WARNING", f"{tmp_path / 'config.json'} differs from this run's config (train.steps: note: "
                   "'to 30 next' -> '(none)'); the new config is used and saved.")]

@@ -1,0 +1,90 @@
+"""A run's start in its workdir, before its first step: what a resumed run finds there (the best
+evaluated step, the sample grid and evaluation a kill lost, whether anything is left to do) and
+the files every run writes (config.json, the pretrained T5's tokenizer and config)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from llmimg_jax import cli
+from llmimg_jax.eval import in_training
+from llmimg_jax.train import checkpoint
+from llmimg_jax.train.config import due
+from llmimg_jax.train.config_values import config_diff, config_values, describe_changes
+from llmimg_jax.train.samples import grid_name
+from llmimg_jax.train.state import save_text_files
+
+log = logging.getLogger(__name__)
+
+
+def tidy_best(workdir: Path, manager: ocp.CheckpointManager, start: int,
+              config: ml_collections.ConfigDict) -> None:
+  """The evaluation's best step as a run resumed at `start` finds it: one past `start` set
+  aside, a superseded one's checkpoint dropped (in_training)."""
+  in_training.set_aside_best_past(workdir, start, manager.all_steps())
+  if (former := in_training.superseded_best(workdir, manager.all_steps())) is not None:
+    checkpoint.drop_former_best(manager, former, config.train.keep_checkpoints)
+
+
+def unmade(workdir: Path, step: int, config: ml_collections.ConfigDict) -> tuple[bool, bool]:
+  """Whether the sample grid and the evaluation due at `step`, where the run resumes, are missing
+  (host 0's view, on every host): a kill during them, after the step's checkpoint, lost them, for
+  good at the last step, which a rerun did not train again."""
+  t, trained = config.train, 0 < step <= config.train.steps
+  grid = trained and due(step, t.sample_every, t.steps) and not (
+      workdir / "samples" / grid_name(step)).exists()
+  evaluation = trained and in_training.enabled(config) and due(
+      step, config.eval.every, t.steps) and not in_training.evaluated(workdir, step)
+  return checkpoint.host_flags(grid)[0], checkpoint.host_flags(evaluation)[0]
+
+
+def nothing_to_do(workdir: Path, start: int, config: ml_collections.ConfigDict,
+                  grid_unmade: bool, eval_unmade: bool) -> bool:
+  """Whether a run resumed at `start` has neither steps to train nor a sample grid or evaluation
+  to make; at or past config.train.steps, it logs which."""
+  if start < config.train.steps:
+    return False
+  if missing := " and ".join(["sample grid"] * grid_unmade + ["evaluation"] * eval_unmade):
+    log.warning("The run in %s is at its last step, %d: nothing to train; making the step's %s, "
+                "which a stop cut short.", workdir, start, missing)
+    return False
+  log.warning("The run in %s is at step %d, at or past config.train.steps=%d: nothing to "
+              "train; its config.json and checkpoints are left as they are. Raise "
+              "--config.train.steps to train further.", workdir, start, config.train.steps)
+  return True
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """WORKDIR/config.json, replaced atomically; a differing (or unreadable) old one is logged: a
+  warning, unless only train.steps changed (how a run is trained further)."""
+  path = workdir / "config.json"
+  if path.exists():
+    try:
+      saved = json.loads(path.read_text())
+      if not isinstance(saved, dict):
+        raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as e:  # e.g. left empty by a crash: it is rewritten below
+      log.warning("Could not read %s (%s); it is replaced by this run's config.", path, e)
+    else:
+      diff = config_diff(saved, config_values(config))
+      if diff.keys() == {"train.steps"}:
+        log.info("The run continues to step %d (%s since %s).", config.train.steps,
+                 describe_changes(diff)[0], path)
+      elif diff:
+        log.warning("%s differs from this run's config (%s); the new config is used and saved.",
+                    path, "; ".join(describe_changes(diff)))
+  cli.write_atomically(path, json.dumps(config_values(config), indent=2))
+
+
+def write_run_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer, t5_config,
+                    fresh: bool) -> None:
+  """config.json and, for a pretrained T5 (config.text.checkpoint), its tokenizer and config:
+  anew on a `fresh` start, which may be on another T5."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_config(workdir, config)
+  if config.text.checkpoint:
+    save_text_files(workdir, tokenizer, t5_config, replace=fresh)
