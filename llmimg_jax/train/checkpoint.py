@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's
 from llmimg_jax.data import host_slices
 from llmimg_jax.train import resume_agree
 from llmimg_jax.train.config_values import config_changes, config_values
+from llmimg_jax.train.restore_errors import data_change, is_access_error, is_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -166,23 +166,6 @@ class CheckpointAccessError(CorruptCheckpointError):
   mount, memory): the run stops and moves nothing."""
 
 
-# Status codes (TensorStore's, gRPC's) and exception types of a read that failed for want of
-# access or resources: retrying later can succeed, so it is not damage.
-_ACCESS_CODES = re.compile(
-    r"\b(PERMISSION_DENIED|UNAUTHENTICATED|UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b")
-_ACCESS_TYPES = (PermissionError, MemoryError, TimeoutError, ConnectionError)
-
-
-def _is_access_error(e: BaseException | None) -> bool:
-  seen = set()
-  while e is not None and id(e) not in seen:  # the error and what it was raised from
-    seen.add(id(e))
-    if isinstance(e, _ACCESS_TYPES) or _ACCESS_CODES.search(str(e)):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
-
-
 CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
 
 
@@ -254,31 +237,6 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   manager.reload()
 
 
-# The words of an intact checkpoint that does not fit this run: Orbax's when its arrays do not fit
-# the state restored into; grain's when the input pipeline's settings (data.num_workers, the batch
-# size per host, the seed, the data) differ from those its iterator state was saved with.
-_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape",
-             "in checkpoint does not match")
-
-
-def _is_mismatch(e: BaseException | None) -> bool:
-  return isinstance(e, host_slices.ProcessCountMismatchError) or (
-      e is not None and any(m in str(e) for m in _MISMATCH))
-
-
-def _data_change(errors) -> str | None:
-  """The record counts when grain refused the iterator state for a sampler or a source over
-  another number of records (both reprs name it), else None."""
-  for e in errors:
-    text = str(e)
-    if "Sampler in checkpoint does not match" in text or "DataSource in checkpoint" in text:
-      counts = re.findall(r"num_records=(\d+)|(\d+) records", text)
-      counts = [a or b for a, b in counts]
-      if len(counts) >= 2 and counts[0] != counts[1]:
-        return f"the checkpoints' input pipeline read {counts[0]} records, this one {counts[1]}"
-  return None
-
-
 def saved_config(step_dir: str | Path) -> dict[str, Any]:
   """The config saved with a checkpoint (its `config` item), given the step's directory."""
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
@@ -319,7 +277,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
       jax.block_until_ready(state)
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
       error = e.with_traceback(None)  # kept for its type and message, not its frames
-    access = _is_access_error(error)
+    access = is_access_error(error)
     if not _on_every_host(not access):  # an older step would redo training
       raise CheckpointAccessError(
           f"Checkpoint {Path(manager.directory) / str(step)} could not be read "
@@ -334,7 +292,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                     ", ".join(f"step {s}" for s in failed))
       return state
     failed[step] = error
-    if any(host_flags(_is_mismatch(error))):  # another config, version or host count saved it:
+    if any(host_flags(is_mismatch(error))):  # another config, version or host count saved it:
       break  # an older step that fits would redo training, this one moved aside: the user decides
     log.warning("Checkpoint %s could not be restored (%s); trying the previous one.",
                 Path(manager.directory) / str(step), _describe(error))
@@ -345,46 +303,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failed.items())
   # One that does not fit (another config or host count), even beside damaged ones or on one host
   # only (another version there): the run is not the one that saved it, so none is moved aside.
-  if any(host_flags(any(_is_mismatch(e) for e in failed.values()))):
-    changes = _config_changes(manager, steps[0], config) if config is not None else None
-    hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
-    if hosts:  # not the config: the advice below would send the user looking in vain
-      other = [f"Step {s} failed for another reason as well: {_describe(e)}." for s, e in
-               failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
-      untried = {s: Path(manager.directory) / str(s) / "data" for s in steps[len(failed):]}
-      if (older := host_slices.first_resliceable(untried, data_iter.get_state())) is not None:
-        newer = [str(s) for s in steps if s > older]
-        other.append(f"Step {older}'s input position can be carried over to this count: to "
-                     f"resume from it instead (redoing the steps after it), move "
-                     + (f"step {newer[0]}'s directory" if len(newer) == 1 else
-                        f"the directories of steps {', '.join(newer)}") + " aside.")
-      raise ConfigMismatchError(
-          f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
-          f"process(es) and this run has {jax.process_count()}; {hosts[0].reason}, so the "
-          "input-pipeline position (STEP/data/) cannot be carried over. Resume with "
-          f"--num_processes={hosts[0].saved} (the devices per process may differ), or pass a "
-          "new --workdir for a new run. The checkpoints were left in place."
-          + "".join(f" {o}" for o in other))
-    if changes is None:  # nothing to compare with
-      cause = "the config or the code that builds the model changed since they were saved"
-    elif changes:
-      cause = (f"values that differ from the config saved with step {steps[0]}: "
-               f"{'; '.join(changes)}. If none of them changes the model or the input pipeline, "
-               "the code that builds them did (another version of llmimg_jax)")
-    elif data := _data_change(failed.values()):
-      cause = (f"this run's config equals the saved one, but its data differs: {data}. The "
-               "dataset changed since they were saved (e.g. images added to a captioned_folder "
-               "and its build redone): restore the build the run used")
-    else:
-      cause = ("this run's config equals the saved one, so the code that builds the model or "
-               "the input pipeline changed (another version of llmimg_jax), or the files saved "
-               "with them (e.g. the input-iterator state in STEP/data/) were edited")
-    raise ConfigMismatchError(
-        f"The checkpoints in {manager.directory} do not fit the model or the input pipeline this "
-        f"run builds ({cause}). "
-        "Rerun with the config (and version) the run started with (WORKDIR/config.json holds "
-        "its values), or pass a new --workdir for a new run. The checkpoints were left in place "
-        f"({details}).")
+  if any(host_flags(any(is_mismatch(e) for e in failed.values()))):
+    raise _mismatch_error(manager, steps, failed, data_iter, config, details)
   if not start_fresh_if_corrupt:
     raise CorruptCheckpointError(
         f"No checkpoint in {manager.directory} could be restored ({details}). If they are "
@@ -396,3 +316,57 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   log.warning("No checkpoint could be restored; starting from step 0 as asked "
               "(start_fresh_if_corrupt).")
   return None
+
+
+def _mismatch_error(manager: ocp.CheckpointManager, steps: list[int],
+                    failed: dict[int, Exception | None], data_iter: Any,
+                    config: ml_collections.ConfigDict | None, details: str) -> ConfigMismatchError:
+  """restore_latest's error for `failed` checkpoints (newest first) that do not fit this run:
+  what changed since `steps[0]` was saved, as far as this run can tell, and the way out."""
+  # Another host count, not the config: the advice below would send the user looking in vain.
+  if any(isinstance(e, host_slices.ProcessCountMismatchError) for e in failed.values()):
+    return _host_count_error(manager, steps, failed, data_iter)
+  changes = _config_changes(manager, steps[0], config) if config is not None else None
+  if changes is None:  # nothing to compare with
+    cause = "the config or the code that builds the model changed since they were saved"
+  elif changes:
+    cause = (f"values that differ from the config saved with step {steps[0]}: "
+             f"{'; '.join(changes)}. If none of them changes the model or the input pipeline, "
+             "the code that builds them did (another version of llmimg_jax)")
+  elif data := data_change(failed.values()):
+    cause = (f"this run's config equals the saved one, but its data differs: {data}. The "
+             "dataset changed since they were saved (e.g. images added to a captioned_folder "
+             "and its build redone): restore the build the run used")
+  else:
+    cause = ("this run's config equals the saved one, so the code that builds the model or "
+             "the input pipeline changed (another version of llmimg_jax), or the files saved "
+             "with them (e.g. the input-iterator state in STEP/data/) were edited")
+  return ConfigMismatchError(
+      f"The checkpoints in {manager.directory} do not fit the model or the input pipeline this "
+      f"run builds ({cause}). "
+      "Rerun with the config (and version) the run started with (WORKDIR/config.json holds "
+      "its values), or pass a new --workdir for a new run. The checkpoints were left in place "
+      f"({details}).")
+
+
+def _host_count_error(manager: ocp.CheckpointManager, steps: list[int],
+                      failed: dict[int, Exception | None], data_iter: Any) -> ConfigMismatchError:
+  """For checkpoints saved by another number of processes, whose input position this run cannot
+  carry over: the count that can, and an older step whose position this count can read."""
+  hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
+  other = [f"Step {s} failed for another reason as well: {_describe(e)}." for s, e in
+           failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
+  untried = {s: Path(manager.directory) / str(s) / "data" for s in steps[len(failed):]}
+  if (older := host_slices.first_resliceable(untried, data_iter.get_state())) is not None:
+    newer = [str(s) for s in steps if s > older]
+    other.append(f"Step {older}'s input position can be carried over to this count: to "
+                 f"resume from it instead (redoing the steps after it), move "
+                 + (f"step {newer[0]}'s directory" if len(newer) == 1 else
+                    f"the directories of steps {', '.join(newer)}") + " aside.")
+  return ConfigMismatchError(
+      f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
+      f"process(es) and this run has {jax.process_count()}; {hosts[0].reason}, so the "
+      "input-pipeline position (STEP/data/) cannot be carried over. Resume with "
+      f"--num_processes={hosts[0].saved} (the devices per process may differ), or pass a "
+      "new --workdir for a new run. The checkpoints were left in place."
+      + "".join(f" {o}" for o in other))

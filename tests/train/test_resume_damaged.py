@@ -9,7 +9,7 @@ import shutil
 import jax
 import pytest
 
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, restore_errors
 from tests.train.utils import _damage, _equal, _fresh
 
 
@@ -53,11 +53,11 @@ def test_access_and_resource_errors_are_told_from_damage():
   for error in (PermissionError(13, "Permission denied"), MemoryError(), TimeoutError(),
                 ValueError('PERMISSION_DENIED: Error reading "d/0.0" in OCDBT database'),
                 ValueError("RESOURCE_EXHAUSTED: out of memory"), unavailable):
-    assert checkpoint._is_access_error(error), error
+    assert restore_errors.is_access_error(error), error
   for error in (ValueError('NOT_FOUND: Error reading "d/0.0" in OCDBT database'),  # deleted
                 ValueError("DATA_LOSS: Unexpected end of file"), FileNotFoundError(2, "gone"),
                 ValueError("Expecting property name enclosed in double quotes"), None):
-    assert not checkpoint._is_access_error(error), error
+    assert not restore_errors.is_access_error(error), error
 
 
 @pytest.mark.parametrize("error", [

@@ -1,0 +1,50 @@
+"""What the error of a checkpoint that did not restore says: not damage but want of access or
+resources (retrying can succeed), or a checkpoint that does not fit this run (another config,
+version, host count or dataset), which an older one would not fix either."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from llmimg_jax.data import host_slices
+
+# Status codes (TensorStore's, gRPC's) and exception types of a read that failed for want of
+# access or resources: retrying later can succeed, so it is not damage.
+_ACCESS_CODES = re.compile(
+    r"\b(PERMISSION_DENIED|UNAUTHENTICATED|UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b")
+_ACCESS_TYPES = (PermissionError, MemoryError, TimeoutError, ConnectionError)
+
+
+def is_access_error(e: BaseException | None) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:  # the error and what it was raised from
+    seen.add(id(e))
+    if isinstance(e, _ACCESS_TYPES) or _ACCESS_CODES.search(str(e)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+# The words of an intact checkpoint that does not fit this run: Orbax's when its arrays do not fit
+# the state restored into; grain's when the input pipeline's settings (data.num_workers, the batch
+# size per host, the seed, the data) differ from those its iterator state was saved with.
+_MISMATCH = ("tree structures do not match", "is not compatible with the stored shape",
+             "in checkpoint does not match")
+
+
+def is_mismatch(e: BaseException | None) -> bool:
+  return isinstance(e, host_slices.ProcessCountMismatchError) or (
+      e is not None and any(m in str(e) for m in _MISMATCH))
+
+
+def data_change(errors: Iterable[BaseException | None]) -> str | None:
+  """The record counts when grain refused the iterator state for a sampler or a source over
+  another number of records (both reprs name it), else None."""
+  for e in errors:
+    text = str(e)
+    if "Sampler in checkpoint does not match" in text or "DataSource in checkpoint" in text:
+      counts = re.findall(r"num_records=(\d+)|(\d+) records", text)
+      counts = [a or b for a, b in counts]
+      if len(counts) >= 2 and counts[0] != counts[1]:
+        return f"the checkpoints' input pipeline read {counts[0]} records, this one {counts[1]}"
+  return None
