@@ -48,11 +48,12 @@ def _wait_in_line(turns: threading.Condition, line: collections.deque, entry: ob
 
 @contextlib.contextmanager
 def pixel_limit(limit: int | None) -> Iterator[None]:
-  """PIL's decompression-bomb limit set to `limit` while opening (it checks before we can), so a
-  `max_pixels` above PIL's default admits those images, and its DecompressionBombWarning an
-  error. Threads wanting the same limit open at once (on NFS or gcsfuse an open is a network
-  round trip); one wanting another waits until they end, and later ones wanting theirs wait for
-  it. The program's settings (limit, warning filters) are restored when the last one ends."""
+  """PIL's decompression-bomb limit set to `limit` while opening and loading (it checks before we
+  can, and a TIFF's size again as it loads), so a `max_pixels` above PIL's default admits those
+  images, and its DecompressionBombWarning an error. Threads wanting the same limit open at once
+  (on NFS or gcsfuse an open is a network round trip); one wanting another waits until they end,
+  and later ones wanting theirs wait for it. The program's settings (limit, warning filters) are
+  restored when the last one ends."""
   global _limit_users, _limit, _program_limit
   limit = limit or None
   waiting = (object(), limit)

@@ -214,18 +214,9 @@ def _decode(path: str, size: int, max_pixels: int | None,
   # The program's: another thread's open may have set PIL's to its own max_pixels meanwhile.
   max_pixels = decode_guards.program_pixel_limit() if max_pixels is None else max_pixels
   notes = []
-  try:
-    with decode_guards.pixel_limit(max_pixels):
-      img = Image.open(path)
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise SkipImage("too_large", str(e)) from None
-  except UnidentifiedImageError as e:
-    if missing:  # e.g. a real HEIC without pillow-heif: name the fix
-      raise SkipImage(missing, DECODER_FIXES[missing]) from None
-    raise SkipImage("unreadable", str(e)) from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise SkipImage("unreadable", str(e)) from None
-  with img:
+  # PIL checks sizes against its limit as it opens and again as it loads (a TIFF's), so the
+  # image is loaded under max_pixels too.
+  with decode_guards.pixel_limit(max_pixels), _open(path, missing) as img:
     w, h = img.size  # declared size, read from the header before decoding
     if max_pixels and w * h > max_pixels:
       raise SkipImage("too_large", f"{w}x{h} > {max_pixels} pixels")
@@ -245,6 +236,8 @@ def _decode(path: str, size: int, max_pixels: int | None,
     # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
     try:
       img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+      raise SkipImage("too_large", str(e)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
       raise SkipImage(reason, str(e)) from None
@@ -255,6 +248,21 @@ def _decode(path: str, size: int, max_pixels: int | None,
       notes.append("bad_exif")
     rgb = _to_rgb(img, sixteen_bit, notes)  # [h, w, 3]
   return resize_square(rgb, size), notes
+
+
+def _open(path: str, missing: str | None) -> Image.Image:
+  """Image.open(path), or SkipImage naming why not (`missing`: the decoder this install lacks
+  for its extension)."""
+  try:
+    return Image.open(path)
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise SkipImage("too_large", str(e)) from None
+  except UnidentifiedImageError as e:
+    if missing:  # e.g. a real HEIC without pillow-heif: name the fix
+      raise SkipImage(missing, DECODER_FIXES[missing]) from None
+    raise SkipImage("unreadable", str(e)) from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise SkipImage("unreadable", str(e)) from None
 
 
 def _peak_bytes(img: Image.Image) -> int:

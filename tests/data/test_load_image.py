@@ -15,12 +15,16 @@ from tests.data.utils import adobe_rgb_icc, linear_gray_icc, linear_srgb_icc, na
 from tests.memory import traced_peaks
 
 
-def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch):
-  """PIL refuses images over its own limit while opening; data.max_pixels overrides it."""
+@pytest.mark.filterwarnings("error")  # no DecompressionBombWarning either
+@pytest.mark.parametrize("name, side", [("big.png", 40), ("big.tif", 40), ("big.tif", 60)])
+def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch, name, side):
+  """PIL refuses images over its own limit while opening, and a TIFF's again while loading it
+  (over twice the limit: DecompressionBombError, which stopped a folder build; over it: a
+  warning); data.max_pixels overrides both."""
   from llmimg_jax.data import images
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a stand-in for PIL's 89.5 MP
-  path = str(tmp_path / "big.png")
-  Image.new("RGB", (40, 40), (9, 99, 199)).save(path)  # 1,600 pixels
+  path = str(tmp_path / name)
+  Image.new("RGB", (side, side), (9, 99, 199)).save(path)  # 1,600 or 3,600 pixels
   with pytest.raises(images.SkipImage, match="too_large"):
     images.load_image(path, 8)  # PIL's limit
   with pytest.raises(images.SkipImage, match="too_large"):
