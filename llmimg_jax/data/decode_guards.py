@@ -27,11 +27,14 @@ _PIL_LIMIT = threading.Condition()
 _limit_users = 0
 _limit: int | None = None
 _program_limit: int | None = None  # Image.MAX_IMAGE_PIXELS before the first of them set theirs
-_limit_restore = contextlib.ExitStack()
 _limit_queue: collections.deque[tuple[object, int | None]] = collections.deque()
 _LOADING_LOCK = threading.Lock()
 _loading = 0  # load_image calls decoding now, in any thread
 _truncated_setting = False  # the program's ImageFile.LOAD_TRUNCATED_IMAGES while they do
+# The warning filter that makes PIL's DecompressionBombWarning an error while they open and
+# load, and the list of filters it went into: one object, taken out by identity.
+_BOMB_ERROR = ("error", None, Image.DecompressionBombWarning, None, 0)
+_filters_with_ours: list = []
 
 
 def _wait_in_line(turns: threading.Condition, line: collections.deque, entry: object,
@@ -52,8 +55,8 @@ def pixel_limit(limit: int | None) -> Iterator[None]:
   can, and a TIFF's size again as it loads), so a `max_pixels` above PIL's default admits those
   images, and its DecompressionBombWarning an error. Threads wanting the same limit open at once
   (on NFS or gcsfuse an open is a network round trip); one wanting another waits until they end,
-  and later ones wanting theirs wait for it. The program's settings (limit, warning filters) are
-  restored when the last one ends."""
+  and later ones wanting theirs wait for it. The program's limit is restored, and the error filter
+  taken out, when the last one ends."""
   global _limit_users, _limit, _program_limit
   limit = limit or None
   waiting = (object(), limit)
@@ -65,11 +68,8 @@ def pixel_limit(limit: int | None) -> Iterator[None]:
   with _PIL_LIMIT:
     _wait_in_line(_PIL_LIMIT, _limit_queue, waiting, turn)
     if not _limit_users:
-      _limit_restore.enter_context(warnings.catch_warnings())  # the process's filters
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      _program_limit = Image.MAX_IMAGE_PIXELS
-      _limit_restore.callback(setattr, Image, "MAX_IMAGE_PIXELS", _program_limit)
-      Image.MAX_IMAGE_PIXELS = _limit = limit
+      _program_limit, Image.MAX_IMAGE_PIXELS, _limit = Image.MAX_IMAGE_PIXELS, limit, limit
+      _bomb_warning_raises()
     _limit_users += 1
   try:
     yield
@@ -77,8 +77,31 @@ def pixel_limit(limit: int | None) -> Iterator[None]:
     with _PIL_LIMIT:
       _limit_users -= 1
       if not _limit_users:
-        _limit_restore.close()  # the program's limit, then its filters
+        Image.MAX_IMAGE_PIXELS = _program_limit
+        _bomb_warning_as_before()
         _PIL_LIMIT.notify_all()
+
+
+def _bomb_warning_raises() -> None:
+  """_BOMB_ERROR put first in the warning filters in use. (Within catch_warnings, entered by the
+  first open and left by the last, the filters of the first's start were put back: one that any
+  thread set meanwhile was lost; another thread's catch_warnings spanning that end lost its
+  filters, and then put back those with the error, left on for the rest of the program.) The
+  warnings module's caches are not reset: a warning PIL gave before word for word stays quiet,
+  not an error (load_image checks the declared size itself)."""
+  global _filters_with_ours
+  _filters_with_ours = warnings.filters
+  _filters_with_ours.insert(0, _BOMB_ERROR)
+
+
+def _bomb_warning_as_before() -> None:
+  """_BOMB_ERROR taken out of the list it went into and of the one in use now (another thread's
+  catch_warnings may have put a copy in its place meanwhile); every other filter stays."""
+  for filters in (_filters_with_ours, warnings.filters):
+    for i, entry in enumerate(filters):
+      if entry is _BOMB_ERROR:
+        del filters[i]
+        break
 
 
 def program_pixel_limit() -> int | None:

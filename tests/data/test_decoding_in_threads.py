@@ -92,6 +92,37 @@ def test_threads_opening_images_leave_the_warning_filters_as_they_were(tmp_path,
     assert warnings.filters == before
 
 
+def test_warning_filters_set_by_another_thread_while_an_image_opens_are_its_own(
+    tmp_path, monkeypatch):
+  """The first open's catch_warnings saved the process's filters and the last one's end put them
+  back: a filter the program set meanwhile was lost, and a catch_warnings of another thread that
+  spanned the decode's end lost its own filters then, and put back at its end those saved inside
+  the decode's, DecompressionBombWarning an error for the rest of the program."""
+  path = tmp_path / "a.png"
+  Image.new("RGB", (8, 8)).save(path)
+  opening, release, real_open = threading.Event(), threading.Event(), Image.open
+
+  def paused_open(fp, *args, **kwargs):
+    opening.set()
+    assert release.wait(10)
+    return real_open(fp, *args, **kwargs)
+
+  monkeypatch.setattr(Image, "open", paused_open)
+  with warnings.catch_warnings():
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(1) as pool:
+      load = pool.submit(images.load_image, str(path), 8)
+      assert opening.wait(10)
+      warnings.simplefilter("ignore", UserWarning)  # the program's, while the image opens
+      with warnings.catch_warnings():  # another part of the program, until after the decode
+        warnings.simplefilter("ignore", DeprecationWarning)
+        release.set()
+        assert load.result(timeout=10)[0].shape == (8, 8, 3)
+        assert warnings.filters[:2] == [("ignore", None, DeprecationWarning, None, 0),
+                                        ("ignore", None, UserWarning, None, 0)]
+    assert warnings.filters == [("ignore", None, UserWarning, None, 0), *before]
+
+
 def test_a_build_s_images_come_in_order_decoded_a_bounded_number_ahead(monkeypatch):
   """A folder build decodes in threads (images.load_images): the images (or their skips) come
   in the order of their paths, whichever decode ends first, and at most four per thread are
