@@ -245,23 +245,27 @@ def test_the_images_decoded_at_once_fit_in_the_decode_memory(tmp_path, monkeypat
   (tmp_path / "9.png").write_bytes((tmp_path / "8.png").read_bytes()[:80])  # ... at load
   monkeypatch.setattr(decode_guards, "DECODE_MEMORY", 450_000)
   monkeypatch.setattr(images, "_decode_threads", lambda: 4)
-  decoding, at_once, lock, to_rgb = [], [], threading.Lock(), images._to_rgb
+  decoding, at_once, ended, lock, to_rgb = [], [], [], threading.Lock(), images._to_rgb
 
   def counted_to_rgb(img, *args):  # each decode's span includes its _to_rgb
     with lock:
       decoding.append(img.size)
       at_once.append(sorted(decoding))
-    time.sleep(0.05)
+    # Held until no other can start beside it (one waits for memory, or none is left of the 10
+    # that get here): every decode the memory bound lets in meanwhile is counted.
+    _until(lambda: decode_guards._decode_queue or len(ended) + len(decoding) == 10)
     try:
       return to_rgb(img, *args)
     finally:
       with lock:
         decoding.remove(img.size)
+        ended.append(img.size)
 
   monkeypatch.setattr(images, "_to_rgb", counted_to_rgb)
   in_threads = list(images.load_images(paths, 16))
   assert max(map(len, at_once)) == 2
   assert [sizes for sizes in at_once if (300, 300) in sizes] == [[(300, 300)]]
+  monkeypatch.setattr(images, "_to_rgb", to_rgb)
   monkeypatch.setattr(images, "_decode_threads", lambda: 1)
   alone = list(images.load_images(paths, 16))
   assert [type(r) for r in in_threads] == [type(r) for r in alone]
@@ -272,6 +276,35 @@ def test_the_images_decoded_at_once_fit_in_the_decode_memory(tmp_path, monkeypat
       np.testing.assert_array_equal(got[0], expected[0])
       assert got[1] == expected[1], i
   assert [type(r).__name__ for r in alone].count("SkipImage") == 2
+
+
+def test_a_decode_larger_than_the_decode_memory_starts_alone_in_its_turn(monkeypatch):
+  """decode_memory: one larger than DECODE_MEMORY waits until the decodes running end (not for
+  ever), and a later one that would fit beside those waits for it (first come, first served)."""
+  monkeypatch.setattr(decode_guards, "DECODE_MEMORY", 100)
+  started, ends = [], {name: threading.Event() for name in "abc"}
+
+  def decode(name: str, nbytes: int) -> None:
+    with decode_guards.decode_memory() as reserve:
+      reserve(nbytes)
+      started.append(name)
+      assert ends[name].wait(10)
+
+  with ThreadPoolExecutor(3) as pool:
+    runs = [pool.submit(decode, "a", 60)]
+    _until(lambda: started)
+    runs.append(pool.submit(decode, "b", 500))
+    _until(lambda: decode_guards._decode_queue or len(started) > 1)
+    runs.append(pool.submit(decode, "c", 30))  # 90 of 100 beside a
+    _until(lambda: len(decode_guards._decode_queue) > 1 or len(started) > 1)
+    assert started == ["a"]
+    ends["a"].set()
+    _until(lambda: len(started) > 1)
+    assert started == ["a", "b"] and len(decode_guards._decode_queue) == 1  # c still waits
+    ends["b"].set(), ends["c"].set()
+    for run in runs:
+      run.result(timeout=10)
+  assert started == ["a", "b", "c"]
 
 
 def test_the_program_s_pixel_limit_is_read_while_another_thread_opens_under_its_own(
