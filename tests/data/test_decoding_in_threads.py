@@ -72,23 +72,28 @@ def test_threads_opening_images_leave_the_warning_filters_as_they_were(tmp_path,
   paths = [tmp_path / f"{i}.png" for i in range(2)]
   for path in paths:
     Image.new("RGB", (8, 8)).save(path)
-  opening = threading.Event()
+  opening, second_opening, first_done = (threading.Event() for _ in range(3))
   real_open = Image.open
 
-  def slow_open(fp, *args, **kwargs):  # the first open lasts until the second call waits
+  def paused_open(fp, *args, **kwargs):  # the second call starts within the first, ends after it
     if fp == str(paths[0]):
       opening.set()
-      time.sleep(0.3)
+      assert second_opening.wait(10)
+    else:
+      second_opening.set()
+      assert first_done.wait(10)
     return real_open(fp, *args, **kwargs)
 
-  monkeypatch.setattr(Image, "open", slow_open)
+  monkeypatch.setattr(Image, "open", paused_open)
   with warnings.catch_warnings():
     before = list(warnings.filters)
     with ThreadPoolExecutor(2) as pool:
       first = pool.submit(images.load_image, str(paths[0]), 8)
       assert opening.wait(10)
       second = pool.submit(images.load_image, str(paths[1]), 8)
-      first.result(timeout=10), second.result(timeout=10)
+      first.result(timeout=10)
+      first_done.set()
+      second.result(timeout=10)
     assert warnings.filters == before
 
 
@@ -223,7 +228,7 @@ def test_an_open_under_another_pixel_limit_waits_and_is_not_overtaken(tmp_path, 
     second = pool.submit(images.load_image, b, 8, 2 * 10**8)
     _until(lambda: decode_guards._limit_queue)  # the second waits
     third = pool.submit(images.load_image, c, 8, 10**8)
-    time.sleep(0.2)  # time for the third to overtake the second, if it could
+    _until(lambda: len(decode_guards._limit_queue) > 1 or len(opens) > 2)  # waits, or overtakes
     release_a.set()
     for load in (first, second, third):
       load.result(timeout=10)
