@@ -320,7 +320,7 @@ _ADVICE = {
     "too_large": "Images of more pixels than data.max_pixels (0: PIL's decompression-bomb limit, "
                  "89.5 MP; a 108 MP photo, a panorama) are skipped; to use them, set "
                  "data.max_pixels above their pixel count (train.py "
-                 "--config.data.max_pixels=250000000).",
+                 "--config.data.max_pixels=250000000, prepare's --max_pixels=250000000).",
     "unsupported_extension": "The captions name files whose extension is not an image's (those "
                              f"read: {', '.join(sorted(images.IMAGE_EXTENSIONS))}): give images "
                              "their format's extension, and convert other files (.svg, .jxl, a "

@@ -101,7 +101,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.folder:
       raise ValueError("--dataset captioned_folder needs --folder DIR: your images with "
                        "captions.jsonl or captions.csv.")
-  elif given := [f"--{k}" for k in ("folder", "image_size") if getattr(args, k)]:
+  elif given := [f"--{k}" for k in ("folder", "image_size", "max_pixels") if getattr(args, k)]:
     raise ValueError(f"{cli.only_apply(given)} to --dataset captioned_folder ({args.dataset} "
                      f"stores its images at its own size); drop {cli.them(given)}.")
   if name == "captioned_folder" and args.preview and _inside(args.preview, args.folder):
@@ -111,6 +111,8 @@ def check_args(args: argparse.Namespace) -> None:
   if args.num_proc and name != "captioned_shapes":
     raise ValueError(f"--num_proc only applies to --dataset captioned_shapes ({args.dataset} is "
                      "built in one process); drop it.")
+  if args.max_pixels < 0:  # every image would be skipped as too_large
+    raise ValueError(f"--max_pixels={args.max_pixels} must be >= 0 (0 = PIL's limit).")
   if args.num_proc < 0:  # CaptionedShapes builds in this one process below 2
     raise ValueError(f"--num_proc={args.num_proc} must be >= 0 (0 = automatic).")
   if args.overwrite and not args.preview:
@@ -140,6 +142,7 @@ def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict
     cfg.image_size = known[cfg.config]  # check_args refused --image_size and unknown configs
   else:
     cfg.image_size = args.image_size or FOLDER_STORE_SIZE
+    cfg.max_pixels = args.max_pixels
   cfg.build_num_proc = args.num_proc
   return cfg
 
@@ -156,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--image_size", type=int, default=0,
                       help=f"captioned_folder: stored resolution (default {FOLDER_STORE_SIZE}, "
                            "what configs/folder_64.py reads)")
+  parser.add_argument("--max_pixels", type=int, default=0,
+                      help="captioned_folder: skip images of more pixels (default 0: PIL's "
+                           "limit, 89.5 MP); train.py reads this build with the same "
+                           "--config.data.max_pixels")
   parser.add_argument("--split", default="train")
   parser.add_argument("--preview", default=None, help="write a PNG grid of examples here (an "
                       "existing file is refused before the build unless --overwrite; a link is "
@@ -187,8 +194,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
       source = pipeline.load_source(cfg, args.split)
   except ValueError as e:  # a bad folder (FolderError) or data config, e.g. a missing --folder
-    # The data config's checks name its keys; here the user gave them as this command's flags.
-    message = re.sub(r"\bdata\.(folder|data_dir|image_size)\b", r"--\1", str(e))
+    # The data config's checks name its keys; here the user gave them as this command's flags
+    # (train.py's --config.data.KEY stays).
+    message = re.sub(r"(?<!--config\.)\bdata\.(folder|data_dir|image_size|max_pixels)\b",
+                     r"--\1", str(e))
     parser.exit(2, f"{parser.prog}: error: {message}\n")
   seconds = time.perf_counter() - start
   report = {"dataset": args.dataset, "split": args.split, "num_examples": len(source),

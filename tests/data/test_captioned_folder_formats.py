@@ -266,3 +266,33 @@ def test_a_build_by_an_older_captions_csv_reader_is_kept_and_flagged(tmp_path, c
     assert ("older captions.csv reader (version 1, now 2: a cell holding a list of captions"
             in caplog.text) == flagged, caplog.text
     assert "changed since" not in caplog.text
+
+
+def test_prepare_builds_with_the_max_pixels_train_py_reads(tmp_path, monkeypatch, capsys):
+  """The too_large fix names data.max_pixels, for which prepare had no flag: its build skipped
+  those images, and train.py with data.max_pixels set read (and built) another one."""
+  from llmimg_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a stand-in for PIL's 89.5 MP
+  Image.new("RGB", (40, 40), "red").save(tmp_path / "big.png")  # 1,600 pixels
+  Image.new("RGB", (8, 8), "blue").save(tmp_path / "small.png")
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(tmp_path), data_dir=str(tmp_path / "tfds"),
+              image_size=8, max_pixels=2000)
+  flags = ["--dataset", "captioned_folder", "--folder", str(tmp_path), "--data_dir",
+           data.data_dir, "--image_size", "8"]
+  _folder(tmp_path, {"big.png": True})
+  with pytest.raises(SystemExit):  # no usable image: the fix names this command's flag
+    prepare.main(flags)
+  assert ("set --max_pixels above their pixel count (train.py --config.data.max_pixels="
+          in capsys.readouterr().err)
+  _folder(tmp_path, {"big.png": True, "small.png": True})
+  report = prepare.main([*flags, "--max_pixels", "2000"])
+  assert (report["num_examples"], report["summary"]["skipped"]) == (2, {})
+  assert pipeline.is_built(data)
+  for argv, error in [
+      ([*flags, "--max_pixels", "-1"], "--max_pixels=-1 must be >= 0 (0 = PIL's limit)."),
+      (["--dataset", "captioned_shapes/tiny_32", "--max_pixels", "9"],
+       "--max_pixels only applies to --dataset captioned_folder")]:
+    with pytest.raises(SystemExit):
+      prepare.main(argv)
+    assert error in capsys.readouterr().err
