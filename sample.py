@@ -98,9 +98,12 @@ def run() -> None:
 
 
 def main(argv: list[str]) -> None:
+  if len(argv) > 1:  # absl leaves them: `--prompt a red circle` took "a"; `--overwrite false`
+    cli.fail("sample.py", f"unexpected argument(s) {argv[1:]}: sample.py takes flags only. Quote "
+             "a prompt of several words (--prompt \"a red circle\"), and give a boolean flag as "
+             "--name or --noname (--nooverwrite, or --overwrite=false), not '--name false'; "
+             "nothing was sampled.", 2)
   cli.quiet_orbax()
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}; quote prompts: --prompt \"a cat\".")
   try:
     run()
   except (ValueError, TypeError, OSError, ImportError) as e:

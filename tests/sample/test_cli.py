@@ -270,16 +270,26 @@ def test_num_per_prompt_below_1_is_refused_before_the_run_is_read(tmp_path):
   assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
 
 
+_STRAY = ("unexpected argument(s) {}: sample.py takes flags only. Quote a prompt of several "
+          "words (--prompt \"a red circle\"), and give a boolean flag as --name or --noname "
+          "(--nooverwrite, or --overwrite=false), not '--name false'; nothing was sampled.")
+
+
 @pytest.mark.parametrize("args, error", [
     (["--prompt", "a cat"], "flag --out=None: Flag --out must have a value other than None."),
     (["--prompt", "a cat", "--out", "o", "--num_per_prompt=four"],
-     "flag --num_per_prompt=four: invalid literal for int() with base 10: 'four'")])
+     "flag --num_per_prompt=four: invalid literal for int() with base 10: 'four'"),
+    # An unquoted prompt, and '--overwrite false' (which sets it): absl's whole help (68 lines),
+    # the error last, exit status 1.
+    (["--prompt", "a", "red", "circle", "--out", "o"], _STRAY.format("['red', 'circle']")),
+    (["--prompt", "a cat", "--out", "o", "--overwrite", "false"], _STRAY.format("['false']"))])
 def test_a_flag_error_is_one_line_like_train_and_evaluate(tmp_path, args, error):
   """A missing or mistyped flag was absl's "FATAL Flags parsing error: ..." plus a --helpshort
   hint, exit status 1; train.py and evaluate.py say "PROG: error: ..." and exit 2."""
   proc = _run("--workdir", str(tmp_path / "run"), *args, cwd=tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines() == [f"sample.py: error: {error}"], proc.stderr[-2000:]
+  assert not (tmp_path / "o").exists()
 
 
 def test_an_expander_that_needs_torch_is_one_line_without_it(run, expander_dir, tmp_path):
