@@ -70,11 +70,26 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
       raise CheckpointError(
           f"{workdir} is a folder of {len(runs)} run(s), not a run's workdir (it has no "
           f"checkpoints/); pass one of them as --workdir: {shown}.")
+    if not ckpt_dir.exists():  # train.py makes it first: e.g. a T5's folder, or samples/
+      raise CheckpointError(
+          f"{workdir} is not a training run's workdir: it has no checkpoints/, which train.py "
+          f"makes as it starts ({_contents(workdir)}); pass the --workdir of a train.py run.")
     raise CheckpointError(
         f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet (train.py saves "
         "every config.train.ckpt_every steps, at the end and at its best evaluation); train "
         "longer or pick another --workdir.")
   return dict(sorted(steps.items()))
+
+
+def _contents(folder: Path) -> str:
+  """'it holds a, b, ...' (the first few names, sorted), or 'it is empty'."""
+  try:
+    names = sorted(c.name for c in folder.iterdir())
+  except OSError as e:
+    return f"its files cannot be listed: {type(e).__name__}"
+  if not names:
+    return "it is empty"
+  return "it holds " + ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _runs_in(folder: Path) -> list[Path]:

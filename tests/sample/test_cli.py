@@ -127,7 +127,7 @@ _NO_USER = ("{} '~no_such_user_llmimg/{}': ~no_such_user_llmimg is no user's hom
 def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   empty_file = tmp_path / "empty.txt"
   empty_file.write_text("\n   \n")
-  (tmp_path / "fresh").mkdir()
+  (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)  # a run that has not saved yet
   corrupt = tmp_path / "corrupt"
   if case == "corrupt_checkpoint":  # the latest step's array data deleted
     shutil.copytree(run.workdir, corrupt)

@@ -38,7 +38,7 @@ def test_restores_ema_of_latest_or_chosen_step_on_local_devices(run, sampler):
 def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
   with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'} does not exist"):
     restore_for_sampling(tmp_path / "nope")
-  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)  # a run that has not saved yet
   with pytest.raises(CheckpointError, match=f"No finished checkpoint in {tmp_path / 'empty'}"):
     restore_for_sampling(tmp_path / "empty")
   with pytest.raises(CheckpointError, match=r"No checkpoint for step 7 .* steps: \[1, 2\]"):
@@ -121,11 +121,30 @@ def test_a_folder_of_runs_names_the_runs_to_pass(run, tmp_path):
     available_steps(runs)
 
 
+def test_a_folder_that_is_no_run_is_named_with_what_it_holds(tmp_path):
+  """A folder without checkpoints/ (which train.py makes as it starts), such as a T5's or the
+  samples' --out, said "No finished checkpoint in DIR/checkpoints: the run has not saved one yet
+  ... train longer"."""
+  t5 = tmp_path / "flan-t5-small"
+  t5.mkdir()
+  for name in ("config.json", "model.safetensors", "spiece.model"):
+    (t5 / name).write_text("{}")
+  with pytest.raises(CheckpointError, match=re.escape(
+      f"{t5} is not a training run's workdir: it has no checkpoints/, which train.py makes as it "
+      "starts (it holds config.json, model.safetensors, spiece.model); pass the --workdir of a "
+      "train.py run.")):
+    available_steps(t5)
+  (tmp_path / "new").mkdir()
+  with pytest.raises(CheckpointError, match=re.escape("checkpoints/, which train.py makes as it "
+                                                      "starts (it is empty); pass")):
+    restore_for_sampling(tmp_path / "new")
+
+
 def test_a_relative_workdir_is_named_in_full(run, tmp_path, monkeypatch, caplog):
   """--workdir=../run: 'Restored ... from', Restored.path and the errors named the checkpoints
   as code/../run/checkpoints (Path.absolute()), where training names its paths in full
   (cli.in_full, 21facb7)."""
-  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
   (tmp_path / "code").mkdir()
   monkeypatch.chdir(tmp_path / "code")
   workdir = os.path.relpath(run.workdir)  # ../../sample_run0 or the like
