@@ -71,7 +71,8 @@ def run() -> None:
                      f"expands the prompts); pass it or drop {cli.them(given)}.")
   if _EXPAND_WITH.value:
     check_options(_EXPAND_TEMPLATE.value, _EXPAND_TOKENS.value, _EXPAND_BEAMS.value,
-                  _EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value)
+                  _EXPAND_SAMPLE.value, _EXPAND_TEMPERATURE.value, _EXPAND_TOP_P.value,
+                  flag="--expand_")
 
   import jax
   from llmimg_jax.sample import CaptionExpander, Sampler, write_samples

@@ -92,16 +92,16 @@ def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
 
 
 def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
-                  temperature: float, top_p: float) -> None:
+                  temperature: float, top_p: float, flag: str = "expand ") -> None:
   """CaptionExpander's options (ValueError if one is bad; TypeError for a count that is not an
-  int), to check before a model loads."""
+  int), to check before a model loads; named with `flag` ("--expand_": as sample.py's flags)."""
   check_template(template)
   for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
-    check_integer(value, f"expand {name}")
+    check_integer(value, f"{flag}{name}")
   if max_new_tokens < 1:
-    raise ValueError(f"expand max_new_tokens={max_new_tokens} must be >= 1.")
+    raise ValueError(f"{flag}max_new_tokens={max_new_tokens} must be >= 1.")
   if num_beams < 1:
-    raise ValueError(f"expand num_beams={num_beams} must be >= 1.")
+    raise ValueError(f"{flag}num_beams={num_beams} must be >= 1.")
   if not do_sample and (ignored := _sampling_options_set(temperature, top_p)):
     raise ValueError(f"{cli.only_apply(ignored)} when sampling expansions; pass "
                      f"--expand_do_sample, or drop {cli.them(ignored)} for greedy or beam-search "

@@ -334,7 +334,12 @@ _REPORT_IMPORTS = (
     (["--prompt", "a cat", "--batch_size", "0"], "--batch_size=0 must be >= 1."),
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_template", "{text}"],
      "Expansion template '{text}' has the field(s) ['text']; the only field is {prompt} (the "
-     "whole prompt), and {{ }} are literal braces.")])
+     "whole prompt), and {{ }} are literal braces."),
+    # Named as CaptionExpander's fields ('expand max_new_tokens=0'), not as the flags.
+    (["--prompt", "a cat", "--expand_with", "t5", "--expand_max_new_tokens", "0"],
+     "--expand_max_new_tokens=0 must be >= 1."),
+    (["--prompt", "a cat", "--expand_with", "t5", "--expand_num_beams", "-1"],
+     "--expand_num_beams=-1 must be >= 1.")])
 def test_bad_flags_fail_without_importing_jax(tmp_path, args, error):
   """run()'s checks come before JAX and the checkpoint load: they imported JAX, Orbax, Flax and
   Transformers all the same (2-3 s and 230 MB per bad flag), through llmimg_jax.sample."""
