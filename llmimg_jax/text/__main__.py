@@ -110,7 +110,25 @@ def _flags_error(args: argparse.Namespace) -> str | None:
   if args.do_sample and args.num_beams > 1:  # generate() refuses it too, after loading the model
     return ("Beam sampling (--do_sample with --num_beams > 1) is not supported; drop "
             "--num_beams to sample, or --do_sample for beam search.")
-  return None
+  return _out_of_range(args)
+
+
+def _out_of_range(args: argparse.Namespace) -> str | None:
+  """A size or sampling value that the tokenizer or generate() would refuse after the model
+  load (a hub download, for a name); None if none. NaN fails every comparison, so it is named."""
+  if args.max_length < 2:
+    return f"--max_length={args.max_length} must be >= 2 (room for one token and EOS)."
+  if args.encode_out is not None:
+    return None
+  if bad := next((n for n in ("max_new_tokens", "num_beams") if getattr(args, n) < 1), None):
+    return f"--{bad}={getattr(args, bad)} must be >= 1."
+  if not args.do_sample:
+    return None
+  ranges = {"temperature": (args.temperature > 0, "> 0 (1: the model's own probabilities)"),
+            "top_p": (0 < args.top_p <= 1, "in (0, 1] (1: all tokens)"),
+            "top_k": (args.top_k >= 0, ">= 0 (0: all tokens)")}
+  return next((f"--{name}={getattr(args, name)} must be {what}."
+               for name, (ok, what) in ranges.items() if not ok), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

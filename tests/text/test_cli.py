@@ -103,12 +103,22 @@ def test_cli_empty_model_path_is_named_not_asked_of_the_hub(model, capsys, monke
   assert f"T5 checkpoint {model!r} is empty" in err and "offline default" in err
 
 
-def test_cli_bad_generation_options(relu_tied, capsys):
-  common = ["--model", relu_tied.path, "--text", "x"]
-  assert main(common + ["--max_new_tokens", "0"]) == 2
-  assert "max_new_tokens >= 1" in capsys.readouterr().err
-  assert main(common + ["--do_sample", "--num_beams", "2"]) == 2
-  assert "Beam sampling" in capsys.readouterr().err
+@pytest.mark.parametrize("flags, error", [
+    (["--max_new_tokens", "0"], "--max_new_tokens=0 must be >= 1."),
+    (["--num_beams", "-1"], "--num_beams=-1 must be >= 1."),
+    (["--max_length", "1"], "--max_length=1 must be >= 2 (room for one token and EOS)."),
+    (["--max_length", "0", "--encode_out", "s.npy"], "--max_length=0 must be >= 2"),
+    (["--do_sample", "--temperature", "0"], "--temperature=0.0 must be > 0 (1: the model's own "
+     "probabilities)."),
+    (["--do_sample", "--temperature", "nan"], "--temperature=nan must be > 0"),
+    (["--do_sample", "--top_p", "0"], "--top_p=0.0 must be in (0, 1] (1: all tokens)."),
+    (["--do_sample", "--top_k", "-1"], "--top_k=-1 must be >= 0 (0: all tokens).")])
+def test_cli_out_of_range_options_are_refused_before_the_model_loads(flags, error, tmp_path,
+                                                                      capsys):
+  """They were refused by the tokenizer or generate() once the model had loaded (a hub download,
+  for a name), naming the options without their flags ('Need max_new_tokens >= 1 and num_beams
+  >= 1, got 0, 1.')."""
+  assert f"error: {error}" in _refused(tmp_path, capsys, *flags)
 
 
 def test_cli_beam_sampling_is_refused_before_the_model_loads(monkeypatch, capsys):
@@ -118,14 +128,6 @@ def test_cli_beam_sampling_is_refused_before_the_model_loads(monkeypatch, capsys
   assert main(["--model", "some/model", "--text", "x", "--do_sample", "--num_beams", "2"]) == 2
   assert ("Beam sampling (--do_sample with --num_beams > 1) is not supported; drop --num_beams to "
           "sample, or --do_sample for beam search.") in capsys.readouterr().err
-
-
-def test_cli_nan_temperature_is_refused(relu_tied, capsys):
-  """--temperature nan passed the `temperature <= 0` check: every logit NaN, an empty text and
-  exit status 0."""
-  assert main(["--model", relu_tied.path, "--text", "x", "--do_sample", "--temperature",
-               "nan"]) == 2
-  assert "Sampling needs temperature > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
