@@ -32,15 +32,22 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--model", default=None, help="checkpoint directory or hub name (default: "
                  "untrained byte-level T5 with the ByT5 tokenizer)")
   p.add_argument("--text", action="append", required=True, help="input text; repeatable")
-  p.add_argument("--max_length", type=int, default=64, help="tokenizer length (pad/truncate)")
-  p.add_argument("--max_new_tokens", type=int, default=32)
-  p.add_argument("--num_beams", type=int, default=1)
-  p.add_argument("--do_sample", action="store_true")
-  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--max_length", type=int, default=64, help="tokenizer length: each text is "
+                 "padded or truncated to it (default: %(default)s)")
+  p.add_argument("--max_new_tokens", type=int, default=32,
+                 help="most tokens generated per text (default: %(default)s)")
+  p.add_argument("--num_beams", type=int, default=1,
+                 help="beam search over this many beams (default: %(default)s, greedy)")
+  p.add_argument("--do_sample", action="store_true", help="sample instead of greedy or beam "
+                 "search (with --temperature, --top_k, --top_p, --seed)")
+  p.add_argument("--temperature", type=float, default=1.0,
+                 help="sampling: logits divided by it (default: %(default)s)")
   p.add_argument("--top_k", type=int, default=50, help="sampling: keep the k likeliest tokens "
-                 "(transformers' default; 0: all)")
-  p.add_argument("--top_p", type=float, default=1.0)
-  p.add_argument("--seed", type=int, default=0)
+                 "(default: %(default)s, transformers'; 0: all)")
+  p.add_argument("--top_p", type=float, default=1.0, help="sampling: keep the likeliest tokens "
+                 "that hold this much probability (default: %(default)s, all)")
+  p.add_argument("--seed", type=int, default=0, help="sampling seed, one for all texts; it also "
+                 "initialises the untrained model without --model (default: %(default)s)")
   p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params stay fp32)")
   p.add_argument("--encode_out", default=None,
                  help="save encoder states to this .npy instead of generating (an existing "
