@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -80,11 +81,29 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
     if saved is not None and (saved / "config.json").is_file():
       text_dir = str(saved)
     else:  # a run trained before WORKDIR/text existed
-      text_dir = resolve_checkpoint_dir(t.checkpoint)
+      text_dir = _checkpoint_dir_of_run(t.checkpoint, saved)
     return (load_tokenizer(text_dir, t.max_length),
             T5Config.from_json_file(os.path.join(text_dir, "config.json")))
   tokenizer, t5_config, _ = build_text(config)
   return tokenizer, t5_config
+
+
+def _checkpoint_dir_of_run(checkpoint: str, saved: Path | None) -> str:
+  """The run's config.text.checkpoint as a local directory; an error naming `saved` (the
+  WORKDIR/text that lacks its files) as the fix: sample.py has no flag for the T5."""
+  try:
+    return resolve_checkpoint_dir(checkpoint)
+  except OSError as e:
+    if saved is None:
+      raise
+    # A local path that is gone: no more to say; a hub name's download: why it failed.
+    cause = e.__cause__ or e
+    reason = ("not found" if type(e) is FileNotFoundError and e.__cause__ is None
+              else f"{type(cause).__name__}: {' '.join(str(cause).split())}")
+    raise FileNotFoundError(
+        f"The run's tokenizer and T5 config.json are neither in {saved} nor in its "
+        f"config.text.checkpoint ({checkpoint!r}: {reason}): copy that T5's config.json and "
+        f"tokenizer files into {saved}/ (the trained weights are in the run's checkpoints).") from e
 
 
 def _check_captions(captions: list[Any], num_prompts: int) -> None:

@@ -201,3 +201,19 @@ def test_a_relative_workdirs_text_files_are_named_in_full(tmp_path, monkeypatch)
   monkeypatch.chdir(tmp_path / "code")
   with pytest.raises(FileNotFoundError, match=re.escape(repr(str(tmp_path / "run" / "text")))):
     text_setup(config, "../run")
+
+
+def test_a_run_without_text_files_and_its_t5_gone_names_the_folder_to_fill(tmp_path):
+  """A run trained before WORKDIR/text existed reads its tokenizer and T5 config from
+  config.text.checkpoint; with that directory gone, sampling said "T5 checkpoint directory not
+  found: ... Pass a directory with config.json and model.safetensors", which sample.py has no
+  flag for."""
+  config = tiny_config(tmp_path / "unused_data")
+  config.text.checkpoint = str(tmp_path / "t5")
+  (tmp_path / "run").mkdir()
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"The run's tokenizer and T5 config.json are neither in {tmp_path / 'run' / 'text'} nor in "
+      f"its config.text.checkpoint ({str(tmp_path / 't5')!r}: not found): copy that T5's "
+      f"config.json and tokenizer files into {tmp_path / 'run' / 'text'}/ (the trained weights "
+      "are in the run's checkpoints).")):
+    text_setup(config, tmp_path / "run")
