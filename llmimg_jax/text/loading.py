@@ -123,7 +123,7 @@ def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
   if name is None:
     raise FileNotFoundError(
         f"No T5 weights in {ckpt_dir!r}: expected one of {', '.join(WEIGHT_FILES)}; found "
-        f"{sorted(present) or 'an empty directory'}. {_conversion_hint(present)}")
+        f"{sorted(present) or 'an empty directory'}. {_conversion_hint(present, ckpt_dir)}")
   flax = name in (FLAX, FLAX_INDEX)
   reader = (read_msgpack if flax else read_safetensors if ".safetensors" in name else read_torch)
   if name.endswith(".json"):  # a shard index, maybe a variant's: model.safetensors.index.fp16.json
@@ -140,13 +140,17 @@ def _read_weights(ckpt_dir: str) -> tuple[dict[str, np.ndarray], bool]:
 _OTHER_FRAMEWORKS = {"tf_model.h5": "from_tf"}
 
 
-def _conversion_hint(present: set[str]) -> str:
+def _conversion_hint(present: set[str], ckpt_dir: str) -> str:
   """How to get weights this loader reads, from the files that are there."""
   for file, option in _OTHER_FRAMEWORKS.items():
     if file in present:  # e.g. a model saved by transformers' TFT5ForConditionalGeneration
       return (f"{file} is not read here; convert it with transformers 4.x: "
               f"T5ForConditionalGeneration.from_pretrained(DIR, {option}=True)"
               ".save_pretrained(DIR).")
+  if "checkpoints" in present and "config.json" in present:  # --model runs/quick
+    return (f"{ckpt_dir} is a train.py run: its text encoder is in its checkpoints/, which "
+            "sample.py and evaluate.py read (from Python: Sampler.from_workdir(DIR).models."
+            "text_encoder with its text_params); this loader reads a Hugging Face T5's folder.")
   return "Save them with model.save_pretrained(DIR)."
 
 

@@ -121,6 +121,20 @@ def test_missing_weights(relu_tied, tmp_path):
   assert str(tmp_path) in str(e.value) and "model.safetensors" in str(e.value)
   assert "config.json" in str(e.value)  # lists what it did find
 
+def test_a_training_run_is_named_as_one(tmp_path):
+  """--model runs/quick (or config.text.checkpoint of an earlier run) said 'Save them with
+  model.save_pretrained(DIR)': a run's T5 is in its Orbax checkpoints, which this loader does not
+  read."""
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  (tmp_path / "config.json").write_text("{}")  # the run's config, not a T5's
+  with pytest.raises(FileNotFoundError, match="No T5 weights") as e:
+    load_t5(tmp_path)
+  assert str(e.value).endswith(
+      f"{tmp_path} is a train.py run: its text encoder is in its checkpoints/, which sample.py "
+      "and evaluate.py read (from Python: Sampler.from_workdir(DIR).models.text_encoder with its "
+      "text_params); this loader reads a Hugging Face T5's folder.")
+
+
 def test_weights_of_transformers_tf_t5_say_how_to_convert(relu_tied, tmp_path):
   # A model saved by transformers 4.x's TFT5ForConditionalGeneration: 'Save them with
   # model.save_pretrained(DIR)' was all the advice. (Flax's flax_model.msgpack loads:
