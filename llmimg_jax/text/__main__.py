@@ -103,6 +103,12 @@ def _flags_error(args: argparse.Namespace) -> str | None:
     check_seed(args.seed, "--seed")  # TextGenerator checks it too, after the model load
   except ValueError as e:
     return str(e)
+  for i, text in enumerate(args.text):
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError:  # the tokenizer would read the surrogates as U+FFFD
+      return (f"--text {i} is not valid UTF-8 text ({text!r:.80}); set the terminal's encoding "
+              "to UTF-8.")
   encode = args.encode_out is not None
   if args.overwrite and not encode:
     return ("--overwrite only applies to --encode_out (it lets that replace an existing file); "

@@ -130,6 +130,14 @@ def test_cli_beam_sampling_is_refused_before_the_model_loads(monkeypatch, capsys
           "sample, or --do_sample for beam search.") in capsys.readouterr().err
 
 
+def test_cli_text_that_is_not_utf8_is_refused_before_the_model_loads(tmp_path, capsys):
+  """Latin-1 bytes from a shell reach Python as surrogates, which the tokenizer makes U+FFFD: a
+  Latin-1 'café' was generated from (or encoded as) 'caf' and U+FFFD without a word, where
+  sample.py refuses such a prompt."""
+  assert ("error: --text 1 is not valid UTF-8 text ('caf\\udce9'); set the terminal's encoding "
+          "to UTF-8.") in _refused(tmp_path, capsys, "--text", "caf\udce9")
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
 def test_cli_seed_out_of_range_is_refused(seed, tmp_path, capsys):
   """A seed past int64 was an OverflowError traceback from jax.random.PRNGKey (sample.py and
