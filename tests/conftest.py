@@ -82,3 +82,11 @@ def run(tmp_path_factory):
   from tests.train.utils import tiny_config
   return save_run(tmp_path_factory.mktemp("sample_run"),
                   tiny_config(tmp_path_factory.mktemp("unused_data")))
+
+
+@pytest.fixture(scope="session")
+def sampler(run):
+  """The Sampler of `run` (batch_size 8), restored once per session (xdist worker) for
+  tests/sample and tests/eval: a test that sets an attribute (e.g. its expander) puts it back."""
+  from llmimg_jax.sample import Sampler
+  return Sampler.from_workdir(run.workdir, batch_size=8)

@@ -1,7 +1,7 @@
 """Shared fixtures: the shapes evaluator of a tiny_32 build, quickly trained (once per session)
 into a temporary LLMIMG_CACHE_DIR (each module's copy), a run whose config trains on a
-captioned_folder (once per module), the Sampler of tests/conftest.py's `run` (once per session),
-and a test's own temporary folder, where a failed late write keeps its results."""
+captioned_folder (once per module), and a test's own temporary folder, where a failed late write
+keeps its results."""
 import json
 import shutil
 import tempfile
@@ -60,14 +60,6 @@ def folder_run(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp("tfds_folder"))
   config.data.name, config.data.folder = "captioned_folder", str(folder)
   return save_run(tmp_path_factory.mktemp("folder_run"), config)
-
-
-@pytest.fixture(scope="session")
-def sampler(run):
-  """The Sampler of tests/conftest.py's `run` (batch_size 8), restored once per session (xdist
-  worker): the tests read its models, weights and tokenizer, and change none."""
-  from llmimg_jax.sample import Sampler
-  return Sampler.from_workdir(run.workdir, batch_size=8)
 
 
 @pytest.fixture

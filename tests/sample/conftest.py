@@ -1,13 +1,7 @@
-"""The sampling tests' Sampler and expander, of tests/conftest.py's `run`."""
+"""The sampling tests' caption expander (a tiny saved T5)."""
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def sampler(run):
-  from llmimg_jax.sample import Sampler
-  return Sampler.from_workdir(run.workdir, batch_size=8)
 
 
 @pytest.fixture(scope="session")
