@@ -45,8 +45,8 @@ def _random_params(module, *args, seed: int = 0):
     if names[-1] in ("scale", "weight", "gain"):
       return 1.0 + 0.1 * noise
     if names[-1] == "bias" and names[-2] == "fc2":  # [gamma, beta]
-      return np.concatenate([np.ones(shape[0] // 2, np.float32), np.zeros(shape[0] // 2,
-                                                                           np.float32)]) + 0.1 * noise
+      half = shape[0] // 2
+      return np.concatenate([np.ones(half, np.float32), np.zeros(half, np.float32)]) + 0.1 * noise
     return 0.1 * noise  # biases, embeddings, relative attention bias
 
   return jax.tree_util.tree_map_with_path(lambda p, x: fill(p, x).astype(np.float32), shapes)
@@ -117,8 +117,8 @@ def test_text_encoder_conversion():
   assert torch_gan.count_params(hf) == sum(x.size for x in jax.tree.leaves(params))
   with torch.no_grad():
     out = hf(input_ids=_t(ids).long(), attention_mask=_t(mask).long()).last_hidden_state
-  np.testing.assert_allclose(out.numpy(), np.asarray(jax.jit(model.apply)({"params": params}, ids, mask)),
-                             atol=1e-5)
+  ours = jax.jit(model.apply)({"params": params}, ids, mask)
+  np.testing.assert_allclose(out.numpy(), np.asarray(ours), atol=1e-5)
 
 
 def test_translate_matches_jax():
@@ -139,7 +139,8 @@ def test_color_and_cutout_match_jax_given_the_same_draws(monkeypatch):
   np.testing.assert_allclose(got.numpy(), np.asarray(diffaugment.color(x, key)), atol=1e-6)
   kh, kw = jax.random.split(key)
   offsets = [np.asarray(jax.random.randint(k, (4, 1, 1, 1), 0, 16 + 1)) for k in (kh, kw)]
-  monkeypatch.setattr(torch_train.torch, "randint", lambda lo, hi, shape, device: _t(offsets.pop(0)))
+  monkeypatch.setattr(torch_train.torch, "randint",
+                      lambda lo, hi, shape, device: _t(offsets.pop(0)))
   got = torch_train.cutout(_t(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
   want = np.asarray(diffaugment.cutout(x, key))
   np.testing.assert_array_equal(got.numpy(), want)

@@ -165,7 +165,8 @@ def test_images_are_rgb_uint8_with_correct_pixels(built):
 
 def test_summary_persisted_and_rebuild_is_a_noop(built, tmp_path):
   _, summary, _, builder = built
-  again, summary2 = captioned_folder.build_folder(
-      builder.builder_config.folder, data_dir=str(builder.data_dir).split("/captioned_folder/")[0], image_size=SIZE)
+  data_dir = str(builder.data_dir).split("/captioned_folder/")[0]
+  again, summary2 = captioned_folder.build_folder(builder.builder_config.folder,
+                                                  data_dir=data_dir, image_size=SIZE)
   assert summary2 == summary
   assert str(again.data_dir) == str(builder.data_dir)

@@ -25,6 +25,11 @@ _SIZE_OF = {w: s for s, ws in shapes.SIZE_SYNONYMS.items() for w in ws}
 _COLOR_RE, _SHAPE_RE, _SIZE_RE = _pattern(_COLOR_OF), _pattern(_SHAPE_OF), _pattern(_SIZE_OF)
 
 
+def _changed(image: np.ndarray, background: np.ndarray) -> int:
+  """How many pixels of `image` differ from `background`."""
+  return int(np.any(image != background, axis=-1).sum())
+
+
 def _mentions(caption: str):
   return ({_COLOR_OF[m] for m in _COLOR_RE.findall(caption)},
           {_SHAPE_OF[m] for m in _SHAPE_RE.findall(caption)},
@@ -153,8 +158,9 @@ def test_pixels_agree_with_ground_truth(shapes_cfg):
 
 def test_spatial_relation_words_match_cells():
   rng = np.random.default_rng(0)
-  assert shapes._relation(0, 2, rng) in ("left of", "to the left of")  # pylint: disable=protected-access
-  assert shapes._relation(7, 1, rng) in ("below", "under")  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  assert shapes._relation(0, 2, rng) in ("left of", "to the left of")
+  assert shapes._relation(7, 1, rng) in ("below", "under")
 
 
 def test_colors_only_variant(tmp_path):
@@ -204,8 +210,7 @@ def test_single_object_variant():
     # Same scene, same background: the 1.5x object changes more pixels than the 1x one.
     background = shapes.render_example(shapes.SceneSpec(32, max_objects=1, object_scale=0.0),
                                        "train", i)["image"]
-    changed = lambda im: int(np.any(im != background, axis=-1).sum())  # pylint: disable=unnecessary-lambda-assignment
-    larger += changed(e["image"]) > changed(small)
+    larger += _changed(e["image"], background) > _changed(small, background)
   assert larger >= 38
   center = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}["center_32"]
   assert center.cells == (4,) and center.object_scale == 2.0 and center.max_objects == 1

@@ -1,4 +1,5 @@
-"""coco_captions offline: a fresh build fails in seconds, not after TFDS's ~3.5 minutes of retries."""
+"""coco_captions offline: a fresh build fails in seconds, not after TFDS's ~3.5 minutes of
+retries."""
 from __future__ import annotations
 
 from pathlib import Path

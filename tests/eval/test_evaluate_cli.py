@@ -48,7 +48,8 @@ def test_cli_help_and_missing_workdir(tmp_path):
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
-      f"evaluate.py: error: --out '{tmp_path}' is a folder; name the results' .json file."), out.stderr
+      f"evaluate.py: error: --out '{tmp_path}' is a folder; name the results' .json file."
+  ), out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tmp_path / "no_run"),
                         "--out", " "], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
@@ -74,7 +75,8 @@ def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):
                         "tset", "--data_dir", data.data_dir, "--out", str(report)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 1, out.stderr[-2000:]
-  assert "evaluate.py: error: captioned_shapes/tiny_32 has no split 'tset'; available:" in out.stderr
+  assert ("evaluate.py: error: captioned_shapes/tiny_32 has no split 'tset'; available:"
+          in out.stderr)
   assert "Traceback" not in out.stderr
   # --out's folder is made before the evaluation, not found missing after it.
   assert report.parent.is_dir() and not report.exists()
@@ -100,13 +102,14 @@ def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
 
 
 def test_write_stats_checks_the_weights_before_the_data(tmp_path):
+  weights = tmp_path / "pt_inception.pth"
   out = subprocess.run(
       [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),
        "--config=configs/folder_64.py", f"--config.data.folder={tmp_path / 'no_images'}",
-       "--inception_weights", str(tmp_path / "pt_inception.pth")],
+       "--inception_weights", str(weights)],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1, out.stderr[-2000:]
-  assert f"evaluate.py: error: No Inception weights at {tmp_path / 'pt_inception.pth'}" in out.stderr
+  assert f"evaluate.py: error: No Inception weights at {weights}" in out.stderr
   assert "Traceback" not in out.stderr
   out = subprocess.run(  # a --config.KEY naming no key: one line, as in train.py
       [sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "s.npz"),

@@ -42,8 +42,8 @@ def test_sharded_safetensors_load_the_same(checkpoint, reference, tmp_path):
 
 @pytest.mark.parametrize("shard", [False, True])
 def test_variant_weights_load_the_same(shard, relu_tied, tmp_path):
-  # save_pretrained(DIR, variant="fp16"), as diffusers ships T5 text encoders: model.fp16.safetensors
-  # or model.safetensors.index.fp16.json and its shards were 'No T5 weights'.
+  # save_pretrained(DIR, variant="fp16"), as diffusers ships T5 text encoders:
+  # model.fp16.safetensors or model.safetensors.index.fp16.json and its shards were 'No T5 weights'.
   relu_tied.hf_model.save_pretrained(tmp_path, variant="fp16",
                                      **({"max_shard_size": "40KB"} if shard else {}))
   assert ("model.safetensors.index.fp16.json" if shard else "model.fp16.safetensors") in set(
@@ -63,7 +63,8 @@ def test_pytorch_bin_loads_the_same(checkpoint, reference, tmp_path):
   # and the cross-attention bias that old T5 checkpoints hold and transformers ignores.
   state = checkpoint.hf_model.state_dict()
   assert "encoder.embed_tokens.weight" in state and "lm_head.weight" in state
-  state["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"] = torch.randn(16, 4)
+  cross_bias = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
+  state[cross_bias] = torch.randn(16, 4)
   torch.save(state, tmp_path / "pytorch_model.bin")
   copy_config(checkpoint.path, tmp_path)
   config, params = load_t5(tmp_path)

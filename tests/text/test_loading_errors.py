@@ -66,8 +66,9 @@ def test_untied_encoder_only_checkpoint_says_to_load_it_encoder_only(gated_untie
 
 def test_checkpoint_of_another_t5_class_is_named(tmp_path):
   torch.manual_seed(0)
-  transformers.T5ForSequenceClassification(transformers.T5Config(
-      vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(tmp_path)
+  config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                 num_heads=4)
+  transformers.T5ForSequenceClassification(config).save_pretrained(tmp_path)
   with pytest.raises(ValueError, match="its T5 weights are under 'transformer.': a checkpoint of "
                                        "another T5 class") as e:
     load_t5(tmp_path)
@@ -283,7 +284,8 @@ def test_pytorch_bin_of_more_than_tensors_is_named(wrap, relu_tied, tmp_path):
   # object has no attribute 'detach').
   copy_config(relu_tied.path, tmp_path)
   state = relu_tied.hf_model.state_dict()
-  obj = {"nested": {"state_dict": dict(state)}, "extra": {**state, "epoch": 3}, "list": [state]}[wrap]
+  obj = {"nested": {"state_dict": dict(state)}, "extra": {**state, "epoch": 3},
+         "list": [state]}[wrap]
   torch.save(obj, tmp_path / "pytorch_model.bin")
   with pytest.raises(ValueError, match="not a state dict of tensors.*model.save_pretrained") as e:
     load_t5(tmp_path)

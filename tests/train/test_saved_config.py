@@ -42,7 +42,8 @@ def test_config_json_of_another_dataset_holds_no_shapes_builder_config(tmp_path,
   resume.write_config(tmp_path, config)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["data"]["config"] is None
-  assert saved["data"]["name"] == dataset and saved["model"] == json.loads(config.to_json())["model"]
+  assert saved["data"]["name"] == dataset
+  assert saved["model"] == json.loads(config.to_json())["model"]
 
 
 def test_the_folder_config_files_run_saves_no_shapes_builder_config(tmp_path):

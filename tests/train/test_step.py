@@ -254,8 +254,8 @@ def test_text_encoder_from_an_encoder_only_checkpoint(tmp_path):
   from safetensors.numpy import load_file
   saved = load_file(tmp_path / "t5" / "model.safetensors")
   np.testing.assert_array_equal(pretrained["shared"]["embedding"], saved["shared.weight"])
-  np.testing.assert_array_equal(pretrained["encoder"]["block_0"]["layer_0"]["SelfAttention"]["q"]
-                                ["kernel"], saved["encoder.block.0.layer.0.SelfAttention.q.weight"].T)
+  q = pretrained["encoder"]["block_0"]["layer_0"]["SelfAttention"]["q"]["kernel"]
+  np.testing.assert_array_equal(q, saved["encoder.block.0.layer.0.SelfAttention.q.weight"].T)
 
 
 def test_a_tokenizer_past_the_checkpoints_embedding_is_refused(tmp_path):
@@ -290,7 +290,8 @@ def test_lazy_gradient_penalty_every_other_step(tmp_path):
   config = tiny_config(tmp_path)
   config.loss.gp_every = 2
   # Only the penalty's schedule is under test: a smaller program (compiles in half the time).
-  config.loss.contrastive_weight, config.loss.diffaugment, config.model.attn_resolutions = 0.0, "", ()
+  config.loss.contrastive_weight, config.loss.diffaugment = 0.0, ""
+  config.model.attn_resolutions = ()
   mesh = loop.make_mesh(jax.devices()[:1])
   tokenizer, t5_config, _ = build_text(config)
   models = build_models(config, t5_config)

@@ -179,7 +179,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r".*raising_config\.py:2\)"),
       (f"--config={mistyped_file}:{shapes_data_dir}",): (
           r"the --config file failed to load: TypeError: Could not override field 'steps' "
-          r"\(reference\)\. ten is of original type <class 'str'> .* \(at .*mistyped_config\.py:6\)"),
+          r"\(reference\)\. ten is of original type <class 'str'> .* "
+          r"\(at .*mistyped_config\.py:6\)"),
       (f"--config={cli_utils.CONFIG_FILE}",): (  # without its :DATA_DIR argument
           r"the --config file failed to load: TypeError: get_config\(\) missing 1 required "
           r"positional argument: 'data_dir'"),

@@ -1,4 +1,5 @@
-"""tiny_config as a config file for train.py subprocesses: --config tests/train/tiny_config_file.py:DATA_DIR"""
+"""tiny_config as a config file for train.py subprocesses:
+--config tests/train/tiny_config_file.py:DATA_DIR"""
 from tests.train.utils import tiny_config
 
 

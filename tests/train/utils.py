@@ -78,8 +78,8 @@ def tiny_pretrained_t5(path, encoder_only: bool = False, vocab_size: int = 384) 
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  hf_config = transformers.T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                                    num_decoder_layers=1, num_heads=4, pad_token_id=0,
+  hf_config = transformers.T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64,
+                                    num_layers=1, num_decoder_layers=1, num_heads=4, pad_token_id=0,
                                     eos_token_id=1, decoder_start_token_id=0)
   model_class = (transformers.T5EncoderModel if encoder_only
                  else transformers.T5ForConditionalGeneration)
