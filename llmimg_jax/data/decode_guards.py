@@ -31,9 +31,24 @@ _limit_queue: collections.deque[tuple[object, int | None]] = collections.deque()
 _LOADING_LOCK = threading.Lock()
 _loading = 0  # load_image calls decoding now, in any thread
 _truncated_setting = False  # the program's ImageFile.LOAD_TRUNCATED_IMAGES while they do
+
+
+class _OnlyItself(tuple):
+  """A warning filter equal to itself only, so that list.remove takes out this object in one
+  step (a filter another thread puts in meanwhile, or an equal one the program set, stays)."""
+
+  def __eq__(self, other: object) -> bool:
+    return self is other
+
+  def __ne__(self, other: object) -> bool:
+    return self is not other
+
+  __hash__ = tuple.__hash__
+
+
 # The warning filter that makes PIL's DecompressionBombWarning an error while they open and
 # load, and the list of filters it went into: one object, taken out by identity.
-_BOMB_ERROR = ("error", None, Image.DecompressionBombWarning, None, 0)
+_BOMB_ERROR = _OnlyItself(("error", None, Image.DecompressionBombWarning, None, 0))
 _filters_with_ours: list = []
 
 
@@ -98,10 +113,10 @@ def _bomb_warning_as_before() -> None:
   """_BOMB_ERROR taken out of the list it went into and of the one in use now (another thread's
   catch_warnings may have put a copy in its place meanwhile); every other filter stays."""
   for filters in (_filters_with_ours, warnings.filters):
-    for i, entry in enumerate(filters):
-      if entry is _BOMB_ERROR:
-        del filters[i]
-        break
+    with contextlib.suppress(ValueError):  # not in it
+      # One step: found, then deleted by index, a filter another thread put first in between
+      # was deleted instead.
+      filters.remove(_BOMB_ERROR)
 
 
 def program_pixel_limit() -> int | None:

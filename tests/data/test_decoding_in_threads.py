@@ -128,6 +128,37 @@ def test_warning_filters_set_by_another_thread_while_an_image_opens_are_its_own(
     assert warnings.filters == [("ignore", None, UserWarning, None, 0), *before]
 
 
+def test_a_filter_another_thread_adds_as_the_error_filter_is_taken_out_stays(tmp_path):
+  """The error filter is taken out in one step: found by index and then deleted, another thread's
+  simplefilter between the two (its filter put first) had the deletion take that filter out, lost
+  to the program (or, the lists in use differing, the error left on)."""
+  path = tmp_path / "a.png"
+  Image.new("RGB", (8, 8)).save(path)
+  theirs = ("ignore", None, UserWarning, None, 0)
+
+  came = []
+
+  class Filters(list):  # warnings.filters: another thread's simplefilter as one is taken out
+    def _theirs_first(self) -> None:
+      if not came:
+        came.append(theirs)
+        warnings.simplefilter("ignore", UserWarning)  # itself a remove, then an insert
+
+    def __delitem__(self, index):  # after the index was found
+      self._theirs_first()
+      super().__delitem__(index)
+
+    def remove(self, value):  # before the one step
+      self._theirs_first()
+      super().remove(value)
+
+  with warnings.catch_warnings():
+    warnings.filters = Filters(warnings.filters)
+    before = list(warnings.filters)
+    assert images.load_image(str(path), 8)[0].shape == (8, 8, 3)
+    assert warnings.filters == [theirs, *before]
+
+
 def test_a_build_s_images_come_in_order_decoded_a_bounded_number_ahead(monkeypatch):
   """A folder build decodes in threads (images.load_images): the images (or their skips) come
   in the order of their paths, whichever decode ends first, and at most four per thread are
