@@ -323,10 +323,12 @@ def _mismatch_error(manager: ocp.CheckpointManager, steps: list[int],
                     config: ml_collections.ConfigDict | None, details: str) -> ConfigMismatchError:
   """restore_latest's error for `failed` checkpoints (newest first) that do not fit this run:
   what changed since `steps[0]` was saved, as far as this run can tell, and the way out."""
+  # Read on every host, whatever error it saw (hosts may see different ones): Orbax's restore of
+  # it waits at a barrier for all of them.
+  changes = _config_changes(manager, steps[0], config) if config is not None else None
   # Another host count, not the config: the advice below would send the user looking in vain.
   if any(isinstance(e, host_slices.ProcessCountMismatchError) for e in failed.values()):
     return _host_count_error(manager, steps, failed, data_iter)
-  changes = _config_changes(manager, steps[0], config) if config is not None else None
   if changes is None:  # nothing to compare with
     cause = "the config or the code that builds the model changed since they were saved"
   elif changes:

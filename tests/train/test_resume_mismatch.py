@@ -256,6 +256,29 @@ def test_hosts_agree_that_checkpoints_do_not_fit(saved, tmp_path, monkeypatch):
   assert not (tmp_path / checkpoint.CORRUPT_DIR).exists()
 
 
+def test_hosts_that_saw_other_errors_pass_the_same_barriers_making_theirs(saved, tmp_path,
+                                                                        monkeypatch):
+  """Hosts agree that the checkpoints do not fit, each from its own error (a read that failed on
+  one host, a position of another host count on the other): the host that saw no host-count error
+  read the saved config, whose Orbax restore waits at a barrier for every host, and the other
+  did not, leaving it there until the barrier timed out instead of both raising."""
+  from orbax.checkpoint._src.multihost import multihost
+  config, tokenizer, _, _ = saved
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  barriers, sync = [], multihost.sync_global_processes
+  monkeypatch.setattr(multihost, "sync_global_processes",
+                      lambda *args, **kwargs: barriers.append(args[0]) or sync(*args, **kwargs))
+  passed = []
+  for error in (ValueError("Error reading 'd/0.0': DATA_LOSS"),  # beside another host's mismatch
+                host_slices.ProcessCountMismatchError("saved by 2", 2, "its workers' records")):
+    barriers.clear()
+    assert isinstance(checkpoint._mismatch_error(manager, [4, 2], {4: error}, it, config, "..."),
+                      checkpoint.ConfigMismatchError)
+    passed.append(list(barriers))
+  assert passed[0] == passed[1] and passed[0], passed
+  close_iterator(it)
+
+
 def test_a_newest_checkpoint_that_does_not_fit_stops_the_run_before_older_ones(
     saved, tmp_path, monkeypatch):
   """Step 4 saved by a run of another config (or version), step 2 by this one: the run stops at
