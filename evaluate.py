@@ -33,6 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmimg_jax import cli
+from llmimg_jax import output_files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).")
@@ -91,7 +92,7 @@ def _data_config():
 def _run_config(workdir: str):
   """The config a train.py run saved in WORKDIR/config.json; ValueError naming the workdir."""
   import ml_collections
-  path = cli.expand_home(workdir, "--workdir") / "config.json"
+  path = output_files.expand_home(workdir, "--workdir") / "config.json"
   try:
     saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # missing, not a folder, not JSON
@@ -127,7 +128,7 @@ def _write_stats() -> None:
   # Not over one written meanwhile; a failed write keeps them in a spare file, named in the error.
   npz = fid.statistics_npz(mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
                            image_size=int(data.image_size))
-  cli.write_results(path, npz, f"--write_stats {str(path)!r}", FLAGS.overwrite_stats,
+  output_files.write_results(path, npz, f"--write_stats {str(path)!r}", FLAGS.overwrite_stats,
                     "while the statistics were computed", "stats_", "the statistics")
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
@@ -136,7 +137,7 @@ def _write_stats() -> None:
 def _path_flag(name: str) -> str | None:
   """--`name`'s file with ~ expanded, as every path flag (no shell expands it after '=')."""
   value = FLAGS[name].value
-  return value and str(cli.expand_home(value, f"--{name}"))
+  return value and str(output_files.expand_home(value, f"--{name}"))
 
 
 def _check_flags() -> None:
@@ -191,7 +192,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.out:
       out = _writable_file("--out", FLAGS.out, "the results' .json file", "overwrite_out")
     else:
-      out_dir = _check_writable("--workdir", cli.expand_home(FLAGS.workdir, "--workdir"), "--out")
+      out_dir = _check_writable("--workdir", output_files.expand_home(FLAGS.workdir, "--workdir"),
+                                "--out")
       out = None
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,
                            step=FLAGS.step, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
@@ -209,7 +211,8 @@ def main(argv: list[str]) -> None:
     else:  # not one written meanwhile (another evaluation's)
       named, replace = f"--out {str(out)!r}", FLAGS.overwrite_out
     # A failed write keeps the results in a spare file, named in the error.
-    cli.write_results(out, to_json(results), named, replace, "during the evaluation", "eval_")
+    output_files.write_results(out, to_json(results), named, replace, "during the evaluation",
+                               "eval_")
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
@@ -263,18 +266,18 @@ def _sha256(results: dict, key: str) -> str | None:
 
 def _writable_file(flag: str, value: str, what: str, overwrite: str) -> Path:
   """The file `flag` names, `~` expanded and checked before hours of work by
-  cli.check_output_file (its folder made; not existing unless --`overwrite`); a link is kept as
-  named: it is written through, as the shell's `>` does, and named with its target."""
+  output_files.check_output_file (its folder made; not existing unless --`overwrite`); a link is
+  kept as named: it is written through, as the shell's `>` does, and named with its target."""
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
-  out = cli.expand_home(value, flag)
-  cli.check_output_file(out, flag, FLAGS[overwrite].value, what, overwrite)
+  out = output_files.expand_home(value, flag)
+  output_files.check_output_file(out, flag, FLAGS[overwrite].value, what, overwrite)
   return out
 
 
 def _check_writable(flag: str, folder: Path, fix_flag: str) -> Path:
   """`folder`; OSError naming `flag` and `fix_flag` if it is one no file can be created in."""
-  if folder.is_dir() and (problem := cli.cannot_write(folder)):
+  if folder.is_dir() and (problem := output_files.cannot_write(folder)):
     raise OSError(f"{flag}: cannot write into {folder} ({problem}); pass a writable {fix_flag}.")
   return folder
 

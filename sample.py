@@ -19,6 +19,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from llmimg_jax import cli
+from llmimg_jax import output_files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (with checkpoints/).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for more.")
@@ -95,7 +96,8 @@ def run() -> None:
       logging.info("Expanded %r -> %r", p, c)
   print(f"{len(result.images)} images of step {result.step} at {result.images_per_sec:.1f} "
         f"images/s (+{result.compile_seconds:.1f}s compilation) -> "
-        f"{cli.in_full(cli.expand_home(_OUT.value, '--out'))}")  # in full, as train.py's log
+        # In full, as train.py's log.
+        f"{output_files.in_full(output_files.expand_home(_OUT.value, '--out'))}")
 
 
 def main(argv: list[str]) -> None:

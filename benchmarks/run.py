@@ -68,11 +68,11 @@ def _parse() -> argparse.Namespace:
       p.error(f"{flag} {value}: give {least} or more ({what} per model).")
   # Now, not after minutes of benchmarking: an earlier run's results were silently replaced, a
   # folder that cannot be written lost them.
-  from llmimg_jax import cli  # the checks of every output flag of the package's
+  from llmimg_jax import output_files  # the checks of every output flag of the package's
   try:
     if a.json:  # '~/x.json' after '=', which no shell expands: as the package's path flags
-      a.json = str(cli.expand_home(a.json, "--json"))
-      cli.check_output_file(a.json, "--json", a.overwrite, "a .json file")
+      a.json = str(output_files.expand_home(a.json, "--json"))
+      output_files.check_output_file(a.json, "--json", a.overwrite, "a .json file")
   except (OSError, ValueError) as e:  # ValueError: a ~user that is no one's
     p.error(str(e))
   if a.overwrite and not a.json:
@@ -121,12 +121,12 @@ def summary(rows: list[dict], peak: float) -> str:
 
 
 def write_json(path: str, results: dict, overwrite: bool = False) -> None:
-  """`results` written to --json's `path` minutes after its check (cli.write_results: kept in a
-  spare file if that fails); exit status 1 naming where they are."""
-  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  """`results` written to --json's `path` minutes after its check (output_files.write_results:
+  kept in a spare file if that fails); exit status 1 naming where they are."""
+  from llmimg_jax import output_files  # pylint: disable=g-import-not-at-top
   try:
-    cli.write_results(path, json.dumps(results, indent=1), f"--json {path!r}", overwrite,
-                      "while the benchmarks ran", "run_")
+    output_files.write_results(path, json.dumps(results, indent=1), f"--json {path!r}",
+                               overwrite, "while the benchmarks ran", "run_")
   except OSError as e:
     sys.exit(f"benchmarks/run.py: error: {e}")
   print(f"wrote {path}")

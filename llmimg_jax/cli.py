@@ -1,14 +1,13 @@
-"""Command-line helpers shared by the entry points: flag parsing and errors, the checks and atomic
-writes of output files, the cores this process may use, and the check of a batch size."""
+"""Command-line helpers shared by the entry points: flag parsing and errors, the cores this
+process may use, and the check of a batch size (the paths that flags name and the files that the
+commands write: output_files)."""
 from __future__ import annotations
 
-import errno
 import logging
 import operator
 import os
 import re
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,38 +48,6 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
   return f"{name or flag} is blank (e.g. {flag}=${var} with {var} unset); {fix}."
 
 
-def in_full(path: str | os.PathLike) -> Path:
-  """`path` absolute and without '..', as the log names it: a log is read later and elsewhere (a
-  batch job's, another shell), where a path relative to the launch directory does not resolve.
-  Symlinks are kept as named (a mounted bucket) but for one a '..' steps out of: `link/..` is its
-  target's parent, so that link's target stands in for it (read, not resolved in full)."""
-  full, clean = Path(path).absolute(), Path(os.path.abspath(path))
-  if os.path.realpath(clean) == os.path.realpath(full):
-    return clean
-  try:
-    return _out_of_links(full) or full  # None: a loop of links
-  except OSError:  # a link removed meanwhile
-    return full
-
-
-def _out_of_links(path: Path) -> Path | None:
-  """Absolute `path` with each '..' gone: it drops the name before it, and after a link that
-  link's target first stands in for it. None past 40 links (a loop; Linux's limit too)."""
-  done, todo, links = [path.anchor], [*reversed(path.parts[1:])], 0
-  while todo:
-    if (part := todo.pop()) != "..":
-      done.append(part)
-    elif len(done) > 1 and os.path.islink(link := os.path.join(*done)):
-      if (links := links + 1) > 40:
-        return None
-      target = Path(os.readlink(link))
-      done = [target.anchor] if target.is_absolute() else done[:-1]
-      todo += ["..", *reversed(target.parts[target.is_absolute():])]
-    elif len(done) > 1:
-      done.pop()
-  return Path(*done)
-
-
 def usable_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
   """The cores this process may use, not os.cpu_count()'s host total: those it may run on
   (taskset, a cpuset), at most its container's CPU quota rounded up (Docker's --cpus, a
@@ -108,22 +75,6 @@ def _cpu_quota(root: Path) -> int | None:
   except ValueError:  # "max"
     return None
   return -(-quota_us // period_us) if quota_us > 0 and period_us > 0 else None
-
-
-def expand_home(path: str | os.PathLike, flag: str) -> Path:
-  """`path` with a leading ~ or ~user expanded; a ValueError naming `flag` where that home is
-  unknown (not pathlib's RuntimeError and its traceback)."""
-  try:
-    return Path(path).expanduser()
-  except RuntimeError:
-    text = os.fspath(path)
-    head = text.split("/", 1)[0]
-    if head == "~":
-      raise ValueError(f"{flag} {text!r}: ~ cannot be expanded (HOME is unset and this user has "
-                       "no home directory); set HOME, or write the path out in full.") from None
-    raise ValueError(f"{flag} {text!r}: {head} is no user's home directory (no user "
-                     f"{head[1:]!r} here); write the path out in full, or ~/ for your own "
-                     "home.") from None
 
 
 def out_of_memory(e: BaseException, sizes: str) -> str | None:
@@ -271,74 +222,6 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
   return parse
 
 
-def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
-                    overwrite_flag: str = "overwrite",
-                    error: type[Exception] = FileExistsError) -> None:
-  """`error` if the output `path` exists, unless `overwrite`; `named` is how the message names
-  it (the flag and the path). A link is written through, as the shell's `>` does (each output
-  writes os.path.realpath(path)): its target is what must not exist, named beside it."""
-  target = os.path.realpath(path)  # a link to nothing is a new file
-  if os.path.lexists(target) and not overwrite:
-    link = f" (a link to {target})" if os.path.islink(path) else ""
-    raise error(f"{named}{link} exists; remove it, name a new file, or pass --{overwrite_flag} to "
-                "replace it.")
-
-
-def leads_to_itself(path: str | os.PathLike) -> bool:
-  """Whether `path` leads back to itself through links (ln -s x x), where the shell's > fails."""
-  try:
-    os.path.realpath(path, strict=True)
-  except OSError as e:
-    return e.errno == errno.ELOOP
-  return False
-
-
-def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what: str = "a file",
-                      overwrite_flag: str = "overwrite",
-                      error: type[Exception] = OSError) -> str:
-  """The file an output flag writes `path` to, checked before the work that makes it: a link is
-  written through, as the shell's `>` does, so this is its target (a missing one too; the link is
-  kept). `error` naming `flag`, the path and the fix (`what`: what to name instead) if it leads
-  to itself through links, is a folder or not a regular file (a pipe, a device), its folder
-  cannot be made (made here if missing) or written in, or it exists and not `overwrite`."""
-  named = f"{flag} {os.fspath(path)!r}"
-  if leads_to_itself(path):  # non-strict, realpath leaves the loop unresolved: that link 'exists'
-    raise error(f"{named} leads to itself through a link (a loop); name {what}.")
-  target = os.path.realpath(path)
-  if os.path.isdir(target):
-    raise error(f"{named} is a folder; name {what}.")
-  # /dev/stdout, /dev/null, a fifo (os.path: through /proc's fd links, which realpath cannot):
-  # the output's rename would put a file in its place (as root, /dev/null's), not write into it.
-  if os.path.exists(path) and not os.path.isfile(path):
-    raise error(f"{named} is not a regular file (a pipe, a device or a socket), which an output "
-                f"replaces whole; name {what}.")
-  folder = os.path.dirname(target)
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as e:  # a file where a folder should be, no permission
-    raise error(f"{named}: cannot create its folder {folder} ({type(e).__name__}: "
-                f"{e.strerror or e}); name {what} in a folder you can write.") from None
-  if problem := cannot_write(folder):  # not os.access: root passes it in /proc
-    raise error(f"{named}: cannot write into {folder} ({problem}); name {what} in a folder you "
-                "can write.")
-  refuse_existing(path, named, overwrite, overwrite_flag, error)
-  return target
-
-
-def cannot_write(folder: str | os.PathLike) -> str | None:
-  """Why no file can be created in `folder` ('PermissionError: Permission denied'), else None.
-  A file is made and removed: os.access answers from the mode bits (and a read-only mount), which
-  root passes where the kernel refuses a new file (/proc, /sys), and a FUSE filesystem may answer
-  only when a file is made. A unique name: hosts sharing a folder may run under the same pid."""
-  try:
-    fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
-    os.close(fd)
-    os.unlink(probe)
-  except OSError as e:
-    return f"{type(e).__name__}: {e.strerror or e}"
-  return None
-
-
 def as_int(value: Any) -> int | None:
   """`value` as an int (NumPy and JAX integer scalars too); None for a bool, float, str, etc."""
   if isinstance(value, bool):
@@ -355,45 +238,3 @@ def check_batch_size(batch_size: Any) -> None:
   if (number := as_int(batch_size)) is None or number < 1:
     raise ValueError(f"batch_size={batch_size} must be an int >= 1 (images per call of the "
                      "network).")
-
-
-def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwrite: bool,
-                  during: str, prefix: str, what: str = "the results") -> None:
-  """`data` written whole to `path` (through a link, as `>`) long after its check: if that fails
-  (its folder removed `during` the work, a full disk, a file written there meanwhile, kept unless
-  `overwrite`), to a new `prefix`*.SUFFIX (`path`'s) in the temporary folder, or else (text) to
-  stdout; an OSError names `named` (a link with its target), the cause and where `what` are."""
-  target = os.path.realpath(path)  # a loop of links: `path` itself
-  try:  # a path named after the work (evaluate.py's default) is checked only here
-    if leads_to_itself(path) or os.path.exists(path) and not os.path.isfile(path):
-      raise OSError(errno.EINVAL, "a loop of links, a folder, a pipe or a device: not a file")
-    if not overwrite and os.path.lexists(target):
-      raise FileExistsError(errno.EEXIST, f"a file was written there {during}")
-    write_atomically(target, data)
-  except OSError as e:
-    link = f" (a link to {target})" if os.path.islink(path) and not leads_to_itself(path) else ""
-    why = f"could not write {named}{link} ({type(e).__name__}: {e.strerror or e})"
-    suffix = os.path.splitext(path)[1]
-    try:
-      with tempfile.NamedTemporaryFile("wb", suffix=suffix, prefix=prefix, delete=False) as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-      where = f"are in {f.name}"
-    except OSError:  # nor a temporary file: text is printed, bytes (an .npz) cannot be
-      if isinstance(data, str):
-        print(data)
-      where = "are printed above" if isinstance(data, str) else "are lost (no spare file either)"
-    raise OSError(f"{why}; {what} {where}.") from None
-
-
-def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
-  """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
-  previous file. The temporary file is this process's, so concurrent writers do not mix, and it
-  is removed if the write fails."""
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise

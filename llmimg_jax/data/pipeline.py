@@ -25,7 +25,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.data import tfds_utils
 from llmimg_jax.data.flip import swap_left_right
 from llmimg_jax.data.host_slices import HostSliceSampler
@@ -113,7 +113,8 @@ def _data_dir(data_cfg) -> str:
   data_dir = data_cfg.get("data_dir") or DEFAULT_DATA_DIR
   if "://" in data_dir:  # a bucket, which TFDS reads (pathlib would make gs:// a local gs:/)
     return data_dir
-  return str(cli.expand_home(data_dir, "data.data_dir"))  # not a literal folder '~nosuchuser'
+  # Not a literal folder '~nosuchuser'.
+  return str(output_files.expand_home(data_dir, "data.data_dir"))
 
 
 def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.data import pipeline
 from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.images import captioned_grid
@@ -60,18 +61,18 @@ def _pil_can_save(ext: str) -> bool:
 
 def check_preview_path(path: str, overwrite: bool = False) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
-  can take hours), or if `path` exists and not `overwrite` (cli.check_output_file: its folder is
-  made if missing; a link is written through, and its target must not exist)."""
+  can take hours), or if `path` exists and not `overwrite` (output_files.check_output_file: its
+  folder is made if missing; a link is written through, and its target must not exist)."""
   if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
     raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
                      ".png file, e.g. --preview grid.png.")
-  cli.check_output_file(path, "--preview", overwrite, "an image file", error=ValueError)
+  output_files.check_output_file(path, "--preview", overwrite, "an image file", error=ValueError)
 
 
 def refuse_existing(path: str, overwrite: bool) -> None:
   """ValueError if the --preview `path` exists (a link's target: save_preview writes through it,
   as evaluate.py's --out), unless `overwrite`."""
-  cli.refuse_existing(path, f"--preview {path!r}", overwrite, error=ValueError)
+  output_files.refuse_existing(path, f"--preview {path!r}", overwrite, error=ValueError)
 
 
 def save_preview(grid: Image.Image, path: str) -> None:
@@ -79,7 +80,7 @@ def save_preview(grid: Image.Image, path: str) -> None:
   format its extension names; through a link as `>` does."""
   data = io.BytesIO()
   grid.save(data, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
-  cli.write_atomically(os.path.realpath(path), data.getvalue())
+  output_files.write_atomically(os.path.realpath(path), data.getvalue())
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           "--data_dir", "DIR", "name the TFDS data directory, or drop the flag for "
           "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets"))
     if args.preview:  # no shell expands ~ after '='; else a folder named '~'
-      args.preview = str(cli.expand_home(args.preview, "--preview"))
+      args.preview = str(output_files.expand_home(args.preview, "--preview"))
     check_args(args)
     cfg = data_config_from_args(args)
     if args.preview:

@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from llmimg_jax import cli
+from llmimg_jax import output_files
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
                     **meta: object) -> None:
   """An .npz at exactly `path` (np.savez given a name would add '.npz' to one without it), written
   through a link as `>` would, in one rename (--overwrite_stats never truncates the old file)."""
-  cli.write_atomically(os.path.realpath(path), statistics_npz(mu, sigma, **meta))
+  output_files.write_atomically(os.path.realpath(path), statistics_npz(mu, sigma, **meta))
 
 
 def statistics_npz(mu: np.ndarray, sigma: np.ndarray, **meta: object) -> bytes:

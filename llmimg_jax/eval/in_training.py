@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.data.pipeline import dataset_id
 from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
@@ -91,7 +91,7 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
                   f"{best_file.name} again)")
       best_file.replace(best_file.with_name(best_file.name + ".stale"))
       if former is not None:
-        cli.write_atomically(best_file, to_json(former))
+        output_files.write_atomically(best_file, to_json(former))
   checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 
@@ -202,7 +202,7 @@ class TrainingEvaluator:
     if jax.process_index() != 0:
       return result
     # Strict JSON (a NaN metric, e.g. relations on a build without them, as null).
-    cli.write_atomically(self.best_path, to_json(self.best))
+    output_files.write_atomically(self.best_path, to_json(self.best))
     if writer is not None:
       for k, v in result.items():
         if math.isfinite(v):  # a metric the build has no statements for is NaN: no point

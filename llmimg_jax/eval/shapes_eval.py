@@ -30,11 +30,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmimg_jax.cli import write_atomically
 from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.captions import parse_caption
 from llmimg_jax.eval.scoring import score
+from llmimg_jax.output_files import write_atomically
 from llmimg_jax.text.tokenizer import as_texts
 
 if TYPE_CHECKING:

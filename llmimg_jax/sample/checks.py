@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmimg_jax import cli
+from llmimg_jax import output_files
 
 DEFAULT_TEMPLATE = "Describe an image of: {prompt}"
 GRID_NAME = "grid.png"
@@ -137,21 +138,21 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   it holds an earlier run's samples (checked before sampling)."""
   if not str(out_dir).strip():
     raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
-  out = cli.expand_home(out_dir, "--out")
+  out = output_files.expand_home(out_dir, "--out")
   chain = (out, *out.parents)
   existing = next(p for p in chain if p.exists())
   # A link to a missing target (an unmounted disk) does not exist, yet mkdir cannot create it:
   # found only after sampling, as "[Errno 17] File exists".
   if link := next((p for p in chain[:chain.index(existing)] if p.is_symlink()), None):
     linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
-    if cli.leads_to_itself(link):
+    if output_files.leads_to_itself(link):
       raise OSError(f"{linked}, which leads back to itself (a loop); pass another --out.")
     raise FileNotFoundError(f"{linked}, which does not exist; create that directory (or mount "
                             "its disk), or pass another --out.")
   if not existing.is_dir():
     raise NotADirectoryError(f"Output {out_dir!r}: {existing} is a file; pass a directory for "
                              "the images (it is created if missing).")
-  if problem := cli.cannot_write(existing):
+  if problem := output_files.cannot_write(existing):
     raise PermissionError(f"Output {out_dir!r}: {existing} is not writable ({problem}); pass a "
                           "directory you can write to.")
   # An output that is a link is written through to its target (outputs.write_samples): into a
@@ -159,7 +160,8 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   # outputs gone); a pipe or a device was replaced by a file.
   for link in filter(Path.is_symlink, _named_outputs(out)):
     linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
-    if cli.leads_to_itself(link):  # else it passed: its resolved path is the link, in --out
+    # Else it passed: its resolved path is the link, in --out.
+    if output_files.leads_to_itself(link):
       raise OSError(f"{linked}, which leads back to itself (a loop); point it at a file, or "
                     "remove the link.")
     if os.path.isdir(target := os.path.realpath(link)):
@@ -170,7 +172,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
     if not os.path.isdir(folder := os.path.dirname(target)):
       raise FileNotFoundError(f"{linked}, whose folder {folder} does not exist; create that "
                               "directory (or mount its disk), or remove the link.")
-    if problem := cli.cannot_write(folder):
+    if problem := output_files.cannot_write(folder):
       raise PermissionError(f"{linked}, whose folder {folder} is not writable ({problem}); point "
                             "it into a folder you can write to, or remove the link.")
   old = old_outputs(out)
@@ -189,7 +191,7 @@ def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathL
     raise ValueError(f"The prompts file name is blank (--prompts_file={str(prompts_file)!r}); "
                      "name a UTF-8 text file with one prompt per line, or drop the flag.")
   if prompts_file:
-    path = cli.expand_home(prompts_file, "--prompts_file")
+    path = output_files.expand_home(prompts_file, "--prompts_file")
     try:
       text = path.read_text(encoding="utf-8-sig")  # a BOM (as some editors write) is dropped
     except FileNotFoundError:

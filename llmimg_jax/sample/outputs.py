@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.sample.checks import GRID_NAME, JSONL_NAME, check_out_dir, old_outputs
 from llmimg_jax.sample.sampler import SampleResult
@@ -68,7 +68,7 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
         path.unlink()
     for name in names:  # a link is written through (its target replaced), as evaluate.py's --out
       if (out / name).is_symlink():
-        cli.write_atomically(os.path.realpath(out / name), (staging / name).read_bytes())
+        output_files.write_atomically(os.path.realpath(out / name), (staging / name).read_bytes())
       else:
         os.replace(staging / name, out / name)
   finally:

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.train.checkpoint import brief_error, saved_config
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class Restored:
 
 
 def full_workdir(workdir: str | os.PathLike) -> Path:
-  """--workdir with ~ expanded, in full (cli.in_full: absolute, no '..'), as training names it
-  (the paths this module logs and raises with derive from it)."""
-  return cli.in_full(cli.expand_home(workdir, "--workdir"))
+  """--workdir with ~ expanded, in full (output_files.in_full: absolute, no '..'), as training
+  names it (the paths this module logs and raises with derive from it)."""
+  return output_files.in_full(output_files.expand_home(workdir, "--workdir"))
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -105,7 +106,7 @@ def _runs_in(folder: Path) -> list[Path]:
 def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
   """(the workdir, the step) when `path` is a run's checkpoints/ folder or a step folder in it
   (what a user may take for the checkpoint to sample); None otherwise."""
-  path = cli.in_full(path)
+  path = output_files.in_full(path)
   if path == checkpoint_dir(path.parent) and ocp.utils.checkpoint_steps_paths(path):
     return path.parent, None
   if (path.parent == checkpoint_dir(path.parent.parent) and path.name.isdigit()

@@ -70,29 +70,29 @@ def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   """The .npy file --encode_out names (np.save adds the suffix), checked by
-  cli.check_output_file: its folder made and writable, an existing one refused unless
+  output_files.check_output_file: its folder made and writable, an existing one refused unless
   `overwrite`, a link written through (as the shell's `>` and evaluate.py's --out)."""
-  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  from llmimg_jax import output_files  # pylint: disable=g-import-not-at-top
   # '' is an unset shell variable; ' ' or 'DIR/' would save ' .npy', 'DIR/.npy' and an existing
   # DIR the sibling file DIR.npy. '~/s.npy' after '=', which no shell expands: expanded, as the
   # package's path flags are (after those checks: a Path drops the '/' and makes '' '.').
   names_no_file = not encode_out.strip() or encode_out.endswith(("/", os.sep))
   if not names_no_file:
-    encode_out = str(cli.expand_home(encode_out, "--encode_out"))
+    encode_out = str(output_files.expand_home(encode_out, "--encode_out"))
   if names_no_file or os.path.isdir(encode_out):
     raise OSError(f"--encode_out {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")
   path = encode_out if encode_out.endswith(".npy") else encode_out + ".npy"
-  cli.check_output_file(path, "--encode_out", overwrite, "a .npy file")
+  output_files.check_output_file(path, "--encode_out", overwrite, "a .npy file")
   return path
 
 
 def _save_atomically(path: str, states: np.ndarray) -> None:
   """np.save in one rename (a crash mid-write leaves the old file), through a link as `>`."""
-  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top
+  from llmimg_jax import output_files  # pylint: disable=g-import-not-at-top
   npy = io.BytesIO()
   np.save(npy, states)
-  cli.write_atomically(os.path.realpath(path), npy.getvalue())
+  output_files.write_atomically(os.path.realpath(path), npy.getvalue())
 
 
 def _flags_error(args: argparse.Namespace) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import ml_collections
 import orbax.checkpoint as ocp
 
-from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.eval import in_training
 from llmimg_jax.train import checkpoint
 from llmimg_jax.train.config import due
@@ -77,7 +77,7 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
       elif diff:
         log.warning("%s differs from this run's config (%s); the new config is used and saved.",
                     path, "; ".join(describe_changes(diff)))
-  cli.write_atomically(path, json.dumps(config_values(config), indent=2))
+  output_files.write_atomically(path, json.dumps(config_values(config), indent=2))
 
 
 def write_run_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer, t5_config,

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.images import captioned_grid
 from llmimg_jax.train.mesh import from_every_host, rows_per_call
 from llmimg_jax.train.state import Models, TrainState
@@ -57,7 +57,8 @@ class SampleWriter:
     self.dir.mkdir(parents=True, exist_ok=True)
     path, png = self.dir / grid_name(step), io.BytesIO()
     grid.save(png, format="PNG")
-    cli.write_atomically(path, png.getvalue())  # a kill mid-write leaves no grid that looks made
+    # A kill mid-write leaves no grid that looks made.
+    output_files.write_atomically(path, png.getvalue())
     if writer is not None:
       writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
     return path

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from llmimg_jax import cli
+from llmimg_jax import output_files
 from llmimg_jax.train import checkpoint
 
 
@@ -63,7 +64,7 @@ def _unwritable(workdir: Path) -> str | None:
     if name and not path.exists():  # created in the workdir, which was checked first
       continue
     path = _nearest_existing(path)
-    if problem := cli.cannot_write(path):
+    if problem := output_files.cannot_write(path):
       return f"{path}: {problem}"
   return None
 
@@ -117,8 +118,8 @@ def check_workdir_writable(workdir: Path) -> None:
 
 
 def local_workdir(workdir: str | Path) -> Path:
-  """The workdir as a local path, ~ expanded and in full (cli.in_full): every path the log names
-  is in it. A URL is refused: pathlib would turn 'gs://b/run' into the relative local folder
+  """The workdir as a local path, ~ expanded and in full (output_files.in_full): every path the log
+  names is in it. A URL is refused: pathlib would turn 'gs://b/run' into the relative local folder
   'gs:/b/run', and the run would write there without a word."""
   text = str(workdir)
   if not text.strip():  # Path("") is the current directory: the run would write there
@@ -129,8 +130,8 @@ def local_workdir(workdir: str | Path) -> Path:
         f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
         "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
         "host shares) and pass the mount's path.")
-  path = cli.expand_home(text, "--workdir")
+  path = output_files.expand_home(text, "--workdir")
   if path.exists() and not path.is_dir():
     raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
                      "run's) for checkpoints, samples and logs.")
-  return cli.in_full(path)
+  return output_files.in_full(path)

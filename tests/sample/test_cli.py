@@ -44,7 +44,8 @@ def test_one_device_process_matches_in_process_samples(run, sampler, tmp_path):
   # up to rounding (XLA's CPU kernels for other per-device batches round a few floats apart).
   _assert_same_images(out, records, sampler(PROMPTS, seed=7, num_per_prompt=3, truncation=0.88))
   # --overwrite into the same --out: only the new samples remain, none of the earlier PNGs. The
-  # last line names a relative --out in full, as train.py's log names its paths (cli.in_full).
+  # last line names a relative --out in full, as train.py's log names its paths
+  # (output_files.in_full).
   (tmp_path / "code").mkdir()
   proc = _run("--workdir", str(run.workdir), "--out", "../out", "--prompt", PROMPTS[0],
               "--overwrite", "--num_per_prompt", "1", "--seed", "9", cwd=tmp_path / "code")

@@ -44,8 +44,8 @@ def test_an_output_or_out_that_is_a_loop_of_links_is_named_as_one(tmp_path):
   """A named output linked to itself (ln -s grid.png grid.png) passed: its resolved path is the
   link, whose folder is --out, and old_outputs does not count it (it does not exist), so
   write_samples replaced the link, where the shell's > fails (Too many levels of symbolic links)
-  and cli.check_output_file names the loop; an --out that loops was 'a symbolic link to loop,
-  which does not exist; create that directory'."""
+  and output_files.check_output_file names the loop; an --out that loops was 'a symbolic link to
+  loop, which does not exist; create that directory'."""
   out = tmp_path / "out"
   out.mkdir()
   (out / checks.GRID_NAME).symlink_to(checks.GRID_NAME)

@@ -143,7 +143,7 @@ def test_a_folder_that_is_no_run_is_named_with_what_it_holds(tmp_path):
 def test_a_relative_workdir_is_named_in_full(run, tmp_path, monkeypatch, caplog):
   """--workdir=../run: 'Restored ... from', Restored.path and the errors named the checkpoints
   as code/../run/checkpoints (Path.absolute()), where training names its paths in full
-  (cli.in_full, 21facb7)."""
+  (output_files.in_full, 21facb7)."""
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
   (tmp_path / "code").mkdir()
   monkeypatch.chdir(tmp_path / "code")

@@ -1,0 +1,126 @@
+"""llmimg_jax.output_files: `~` expanded naming the flag, paths in full as the log names them,
+the check that a folder can be written, the checks of an output file before the work, and the
+late write that keeps what it cannot write."""
+import os
+
+import pytest
+
+from llmimg_jax import output_files
+
+
+def test_expand_home_names_the_flag_where_a_home_is_unknown(monkeypatch):
+  """output_files.expand_home: pathlib's RuntimeError for ~ without HOME or a user entry (a
+  container's arbitrary uid) is a ValueError naming the flag; a known home is expanded."""
+  import pwd
+  from pathlib import Path
+  monkeypatch.setenv("HOME", "/home/me")
+  assert output_files.expand_home("~/run", "--workdir") == Path("/home/me/run")
+  monkeypatch.delenv("HOME")
+  monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+  with pytest.raises(ValueError, match=r"^--out '~/r\.json': ~ cannot be expanded \(HOME is unset "
+                     r"and this user has no home directory\); set HOME, or write the path out in "
+                     r"full\.$"):
+    output_files.expand_home("~/r.json", "--out")
+
+
+def test_in_full_drops_dot_dot_where_it_names_the_same_folder(monkeypatch, tmp_path):
+  """output_files.in_full, as the log names paths: absolute, '..' gone and links kept; a '..'
+  after a link steps out of its target (not the link's folder), so there the target stands in for
+  the link."""
+  (tmp_path / "code").mkdir()
+  (tmp_path / "disk" / "runs").mkdir(parents=True)
+  (tmp_path / "code" / "runs").symlink_to(tmp_path / "disk" / "runs")
+  monkeypatch.chdir(tmp_path / "code")
+  assert output_files.in_full("../new/run") == tmp_path / "new" / "run"  # need not exist yet
+  assert output_files.in_full("runs/x") == tmp_path / "code" / "runs" / "x"
+  assert output_files.in_full("runs/../runs/x") == tmp_path / "code" / "runs" / "x"
+  assert output_files.in_full("runs/../x") == tmp_path / "disk" / "x"
+
+
+def test_in_full_follows_only_the_links_a_dot_dot_steps_out_of(monkeypatch, tmp_path):
+  """A '..' after a link was kept with the whole path as typed (mnt/a/inner/../x); now that link's
+  target (relative ones too, and links within it) stands in for it, and the links before it
+  stay as named. Each name is the folder the OS opens. A loop of links is given up on."""
+  bucket = tmp_path / "bucket"
+  (bucket / "a" / "deep" / "inner").mkdir(parents=True)
+  (tmp_path / "store" / "runs").mkdir(parents=True)
+  (tmp_path / "code").mkdir()
+  (tmp_path / "code" / "mnt").symlink_to(bucket)  # a mounted bucket: kept as named
+  (bucket / "a" / "inner").symlink_to("deep/inner")
+  (bucket / "runs").symlink_to("../store/runs")  # steps out of mnt as well
+  (bucket / "loop").symlink_to("loop")
+  monkeypatch.chdir(tmp_path / "code")
+  mnt = tmp_path / "code" / "mnt"
+  cases = {"mnt/a/inner/../x": mnt / "a" / "deep" / "x",
+           "mnt/a/inner/../../x": mnt / "a" / "x",
+           "mnt/runs/../x": tmp_path / "store" / "x"}
+  for typed, named in cases.items():
+    assert (typed, output_files.in_full(typed)) == (typed, named)
+    assert os.path.realpath(named) == os.path.realpath(typed)
+  assert output_files._out_of_links(mnt / "loop" / ".." / "x") is None  # in_full: the path as typed
+
+
+def test_cannot_write_creates_a_file_where_os_access_answers_for_the_mode_bits(tmp_path):
+  """output_files.cannot_write, the check before the work of every command that writes: a file is
+  made and removed, so /proc, which root's os.access allows, is refused; the reason names the
+  error."""
+  assert output_files.cannot_write(tmp_path) is None
+  assert list(tmp_path.iterdir()) == []  # the probe is gone
+  assert output_files.cannot_write("/proc") in ("FileNotFoundError: No such file or directory",
+                                       "PermissionError: Permission denied")
+  assert (output_files.cannot_write(tmp_path / "gone")
+          == "FileNotFoundError: No such file or directory")
+
+
+def test_an_output_path_through_a_loop_of_links_is_named_as_a_loop(tmp_path):
+  """A link to itself (`ln -s x x`) was refused as '(a link to x) exists' and with --overwrite
+  the output replaced the link, where the shell's `>` fails ('Too many levels of symbolic
+  links'); a loop in its folder was 'cannot create its folder (FileExistsError)'. Each is named
+  as a loop, overwrite or not, and nothing is written."""
+  (tmp_path / "self.json").symlink_to("self.json")
+  (tmp_path / "a.json").symlink_to("b.json")
+  (tmp_path / "b.json").symlink_to("a.json")
+  (tmp_path / "dir").symlink_to("dir")
+  for path in (tmp_path / "self.json", tmp_path / "a.json", tmp_path / "dir" / "r.json"):
+    for overwrite in (False, True):
+      with pytest.raises(ValueError) as e:
+        output_files.check_output_file(path, "--json", overwrite, "a .json file", error=ValueError)
+      assert str(e.value) == (f"--json {str(path)!r} leads to itself through a link (a loop); "
+                              "name a .json file.")
+  assert sorted(p.name for p in tmp_path.iterdir() if p.is_symlink()) == [
+      "a.json", "b.json", "dir", "self.json"]
+  assert [p.name for p in tmp_path.iterdir() if not p.is_symlink()] == []
+
+
+def test_an_output_that_is_not_a_regular_file_is_named_not_replaced(tmp_path):
+  """A named pipe or a device (/dev/null) passed with overwrite, and the output then replaced it
+  with a file (write_atomically's rename; as root /dev/null itself), where the shell's `>` writes
+  into it; without overwrite it was '... exists'. Each is named before the work."""
+  fifo = tmp_path / "pipe.json"
+  os.mkfifo(fifo)
+  for path in (fifo, "/dev/null"):
+    for overwrite in (False, True):
+      with pytest.raises(ValueError) as e:
+        output_files.check_output_file(path, "--json", overwrite, "a .json file", error=ValueError)
+      assert str(e.value) == (f"--json {str(path)!r} is not a regular file (a pipe, a device or "
+                              "a socket), which an output replaces whole; name a .json file.")
+  assert [p.name for p in tmp_path.iterdir()] == ["pipe.json"] and not fifo.is_file()
+
+
+def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, capsys):
+  """write_results keeps text it cannot write in a spare file, or prints it; bytes (an .npz) go to
+  a spare file with the output's suffix, and where none can be made are said lost, not printed."""
+  import tempfile
+  out = tmp_path / "gone" / "ref.npz"  # its folder removed meanwhile
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  with pytest.raises(OSError, match=r"the statistics are in .*/stats_\w+\.npz\.$"):
+    output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile", "stats_",
+                      "the statistics")
+  [spare] = tmp_path.glob("stats_*.npz")
+  assert spare.read_bytes() == b"PK\x03\x04"
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_tmp"))
+  with pytest.raises(OSError, match=r"^could not write --write_stats \(FileNotFoundError: No such "
+                     r"file or directory\); the statistics are lost \(no spare file either\)\.$"):
+    output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile", "stats_",
+                      "the statistics")
+  assert capsys.readouterr().out == ""
