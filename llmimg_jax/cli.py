@@ -17,7 +17,8 @@ from absl import flags
 
 
 def drop_log_records(logger: str, unwanted: Callable[[str], bool]) -> None:
-  """Drops `logger`'s records whose message `unwanted` accepts: a notice that asks nothing."""
+  """Drops the records of `logger` whose message `unwanted` accepts: a library's notice that
+  every command printed and that asks nothing of the user."""
   logging.getLogger(logger).addFilter(lambda record: not unwanted(record.getMessage()))
 
 
@@ -233,8 +234,9 @@ def as_int(value: Any) -> int | None:
 
 
 def check_batch_size(batch_size: Any) -> None:
-  """ValueError naming `batch_size` unless an int >= 1 (NumPy's too, bool not): a loop of
-  range(0, n, batch_size) fails on 0 naming no argument, runs none for -1, refuses 2.5 unnamed."""
+  """ValueError naming `batch_size` unless it is an int >= 1 (NumPy's too, bool not): a loop of
+  range(0, n, batch_size) fails on 0 naming no argument, runs no batch for -1 and refuses 2.5
+  unnamed."""
   if (number := as_int(batch_size)) is None or number < 1:
     raise ValueError(f"batch_size={batch_size} must be an int >= 1 (images per call of the "
                      "network).")

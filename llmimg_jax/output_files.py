@@ -71,7 +71,8 @@ def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
 
 
 def leads_to_itself(path: str | os.PathLike) -> bool:
-  """Whether `path` leads back to itself through links (ln -s x x), where the shell's > fails."""
+  """Whether `path` leads back to itself through links (ln -s x x, or through others), where the
+  shell's > fails ('Too many levels of symbolic links')."""
   try:
     os.path.realpath(path, strict=True)
   except OSError as e:
@@ -113,9 +114,10 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
 
 def cannot_write(folder: str | os.PathLike) -> str | None:
   """Why no file can be created in `folder` ('PermissionError: Permission denied'), else None.
-  A file is made and removed: os.access answers from the mode bits (and a read-only mount), which
-  root passes where the kernel refuses a new file (/proc, /sys), and a FUSE filesystem may answer
-  only when a file is made. A unique name: hosts sharing a folder may run under the same pid."""
+  A file is created and removed: os.access answers from the mode bits (and a read-only mount),
+  which root passes where the kernel still refuses a new file (/proc, /sys), and a FUSE
+  filesystem may answer only when a file is made. Its name is unique: hosts sharing a folder may
+  run under the same pid."""
   try:
     fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
     os.close(fd)
