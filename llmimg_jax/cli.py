@@ -1,6 +1,7 @@
-"""Command-line helpers shared by the entry points: flag parsing and errors, the cores this
-process may use, and the check of a batch size (the paths that flags name and the files that the
-commands write: output_files)."""
+"""Command-line helpers shared by the entry points: flag parsing and errors, one line for an
+out-of-memory error, libraries' log notices and Orbax's chatter kept quiet, the cores this process
+may use, and the check of a batch size (the paths that flags name and the files that the commands
+write: output_files)."""
 from __future__ import annotations
 
 import logging
