@@ -129,7 +129,7 @@ def _write_stats() -> None:
   npz = fid.statistics_npz(mu, sigma, num_images=n, dataset=dataset_id(data), split=split,
                            image_size=int(data.image_size))
   output_files.write_results(path, npz, f"--write_stats {str(path)!r}", FLAGS.overwrite_stats,
-                    "while the statistics were computed", "stats_", "the statistics")
+                             "while the statistics were computed", "stats_*.npz", "the statistics")
   print(f"Wrote Inception statistics of {n} {data.name}/{split} images "
         f"({data.image_size}px, resized to 299) to {path}.")
 
@@ -212,7 +212,7 @@ def main(argv: list[str]) -> None:
       named, replace = f"--out {str(out)!r}", FLAGS.overwrite_out
     # A failed write keeps the results in a spare file, named in the error.
     output_files.write_results(out, to_json(results), named, replace, "during the evaluation",
-                               "eval_")
+                               "eval_*.json")
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)

@@ -126,7 +126,7 @@ def write_json(path: str, results: dict, overwrite: bool = False) -> None:
   from llmimg_jax import output_files  # pylint: disable=g-import-not-at-top
   try:
     output_files.write_results(path, json.dumps(results, indent=1), f"--json {path!r}",
-                               overwrite, "while the benchmarks ran", "run_")
+                               overwrite, "while the benchmarks ran", "run_*.json")
   except OSError as e:
     sys.exit(f"benchmarks/run.py: error: {e}")
   print(f"wrote {path}")

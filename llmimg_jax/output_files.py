@@ -128,11 +128,12 @@ def cannot_write(folder: str | os.PathLike) -> str | None:
 
 
 def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwrite: bool,
-                  during: str, prefix: str, what: str = "the results") -> None:
+                  during: str, spare: str, what: str = "the results") -> None:
   """`data` written whole to `path` (through a link, as `>`) long after its check: if that fails
   (its folder removed `during` the work, a full disk, a file written there meanwhile, kept unless
-  `overwrite`), to a new `prefix`*.SUFFIX (`path`'s) in the temporary folder, or else (text) to
-  stdout; an OSError names `named` (a link with its target), the cause and where `what` are."""
+  `overwrite`), to a new file named like `spare` ('eval_*.json') in the temporary folder, or else
+  (text) to stdout; an OSError names `named` (a link with its target), the cause and where `what`
+  are."""
   target = os.path.realpath(path)  # a loop of links: `path` itself
   try:  # a path named after the work (evaluate.py's default) is checked only here
     if leads_to_itself(path) or os.path.exists(path) and not os.path.isfile(path):
@@ -143,12 +144,16 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
   except OSError as e:
     link = f" (a link to {target})" if os.path.islink(path) and not leads_to_itself(path) else ""
     why = f"could not write {named}{link} ({type(e).__name__}: {e.strerror or e})"
-    suffix = os.path.splitext(path)[1]
+    prefix, suffix = spare.split("*")
+    spare_file = None
     try:
       with tempfile.NamedTemporaryFile("wb", suffix=suffix, prefix=prefix, delete=False) as f:
+        spare_file = f.name
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
-      where = f"are in {f.name}"
+      where = f"are in {spare_file}"
     except OSError:  # nor a temporary file: text is printed, bytes (an .npz) cannot be
+      if spare_file is not None:  # a partial one (a full disk)
+        os.unlink(spare_file)
       if isinstance(data, str):
         print(data)
       where = "are printed above" if isinstance(data, str) else "are lost (no spare file either)"

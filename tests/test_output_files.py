@@ -114,13 +114,41 @@ def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, caps
   out = tmp_path / "gone" / "ref.npz"  # its folder removed meanwhile
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   with pytest.raises(OSError, match=r"the statistics are in .*/stats_\w+\.npz\.$"):
-    output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile", "stats_",
-                      "the statistics")
+    output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile",
+                               "stats_*.npz", "the statistics")
   [spare] = tmp_path.glob("stats_*.npz")
   assert spare.read_bytes() == b"PK\x03\x04"
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_tmp"))
   with pytest.raises(OSError, match=r"^could not write --write_stats \(FileNotFoundError: No such "
                      r"file or directory\); the statistics are lost \(no spare file either\)\.$"):
-    output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile", "stats_",
-                      "the statistics")
+    output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile",
+                               "stats_*.npz", "the statistics")
   assert capsys.readouterr().out == ""
+
+
+def test_the_spare_file_has_the_callers_suffix_and_none_is_left_half_written(tmp_path,
+                                                                            monkeypatch):
+  """The spare file took the output's suffix: `--out results` kept JSON in a suffixless `eval_*`
+  (`--json out.txt`: a `run_*.txt`); and one a full disk cut short was left behind while the
+  error said the results were printed."""
+  import tempfile
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  out = tmp_path / "gone" / "results"  # its folder removed meanwhile
+  with pytest.raises(OSError, match=r"the results are in .*/eval_\w+\.json\.$"):
+    output_files.write_results(out, "{}", "--out", False, "meanwhile", "eval_*.json")
+  [spare] = tmp_path.glob("eval_*")
+  assert spare.suffix == ".json" and spare.read_text() == "{}"
+  spare.unlink()
+
+  real = tempfile.NamedTemporaryFile
+
+  def full_disk(*args, **kwargs):
+    f = real(*args, **kwargs)
+    def write(data):
+      raise OSError(28, "No space left on device")
+    f.write = write
+    return f
+  monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
+  with pytest.raises(OSError, match=r"the results are printed above\.$"):
+    output_files.write_results(out, "{}", "--out", False, "meanwhile", "eval_*.json")
+  assert not list(tmp_path.glob("eval_*"))
