@@ -95,7 +95,8 @@ def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
 def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
                   temperature: float, top_p: float, flag: str = "expand ") -> None:
   """CaptionExpander's options (ValueError if one is bad; TypeError for a count that is not an
-  int), to check before a model loads; named with `flag` ("--expand_": as sample.py's flags)."""
+  int), to check before a model loads; named with `flag` ("--expand_": as sample.py's flags;
+  "expand ": as CaptionExpander's fields)."""
   check_template(template)
   for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
     check_integer(value, f"{flag}{name}")
@@ -108,8 +109,10 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
                      f"--expand_do_sample, or drop {cli.them(ignored)} for greedy or beam-search "
                      "expansion.")
   if do_sample and num_beams > 1:
-    raise ValueError("Caption expansion samples (do_sample) or beam-searches (num_beams > 1), "
-                     "not both; drop one of the two options.")
+    sample, beams, what = ((f"{flag}do_sample", f"{flag}num_beams={num_beams}", "flags")
+                           if flag.startswith("--") else ("do_sample", "num_beams > 1", "options"))
+    raise ValueError(f"Caption expansion samples ({sample}) or beam-searches ({beams}), not both; "
+                     f"drop one of the two {what}.")
   if do_sample and not (temperature > 0 and 0 < top_p <= 1):
     raise ValueError(f"Sampled expansion needs --expand_temperature > 0 and 0 < --expand_top_p "
                      f"<= 1; got {temperature} and {top_p}.")

@@ -165,7 +165,8 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
                               "--expand_top_p <= 1; got 0.0 and 1.0."),
       "beams_and_sampling": (["--prompt", "a cat", "--expand_with", "x", "--expand_do_sample",
                               "--expand_num_beams", "2"],
-                             "Caption expansion samples (do_sample) or beam-searches"),
+                             "Caption expansion samples (--expand_do_sample) or beam-searches "
+                             "(--expand_num_beams=2)"),
       "bad_batch_size": (["--prompt", "a cat", "--batch_size", "0"],
                          "--batch_size=0 must be >= 1."),
       # Latin-1 bytes from a shell reach Python as surrogates; they cannot be written as UTF-8.
@@ -340,7 +341,11 @@ _REPORT_IMPORTS = (
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_max_new_tokens", "0"],
      "--expand_max_new_tokens=0 must be >= 1."),
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_num_beams", "-1"],
-     "--expand_num_beams=-1 must be >= 1.")])
+     "--expand_num_beams=-1 must be >= 1."),
+    # Named as CaptionExpander's fields: 'samples (do_sample) or beam-searches (num_beams > 1)'.
+    (["--prompt", "a cat", "--expand_with", "t5", "--expand_do_sample", "--expand_num_beams", "4"],
+     "Caption expansion samples (--expand_do_sample) or beam-searches (--expand_num_beams=4), "
+     "not both; drop one of the two flags.")])
 def test_bad_flags_fail_without_importing_jax(tmp_path, args, error):
   """run()'s checks come before JAX and the checkpoint load: they imported JAX, Orbax, Flax and
   Transformers all the same (2-3 s and 230 MB per bad flag), through llmimg_jax.sample."""

@@ -269,8 +269,9 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
                              max_new_tokens=12, seed=2)(PROMPTS)
   assert reseeded != pair
   # A template without {prompt} or sampling with beams is refused.
-  with pytest.raises(ValueError, match="not both"):
-    CaptionExpander(expander.generator, do_sample=True, num_beams=2)
+  with pytest.raises(ValueError, match=r"^Caption expansion samples \(do_sample\) or "
+                     r"beam-searches \(num_beams > 1\), not both; drop one of the two options\.$"):
+    CaptionExpander(expander.generator, do_sample=True, num_beams=2)  # its fields, not flags
   with pytest.raises(ValueError, match="no {prompt} placeholder"):
     CaptionExpander(expander.generator, template="Describe an image")
   with pytest.raises(ValueError, match=r"has the field\(s\) \['prompt\[0\]'\]; the only field"):
