@@ -46,7 +46,7 @@ def _parse() -> argparse.Namespace:
                  help="also time torch.compile (default: on, off with --quick)")
   p.add_argument("--no-compile", dest="compile", action="store_false")
   p.add_argument("--torch-threads", type=int, default=0,
-                 help="default: the cores this process may use (cli.usable_cpus)")
+                 help="default: the cores this process may use (cpus.usable_cpus)")
   p.add_argument("--omp-passive", dest="omp_passive", action="store_true",
                  help="OMP_WAIT_POLICY=PASSIVE for torch on a CPU shared with other processes")
   p.add_argument("--no-tf32", action="store_true",

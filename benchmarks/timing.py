@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 # The cores torch's threads and the JAX step's batch chunks (loop.batch_chunks) follow.
-from llmimg_jax.cli import usable_cpus
+from llmimg_jax.cpus import usable_cpus
 
 
 def alternate(fns: dict[str, Callable[[], object]], warmup: int, iters: int

@@ -1,7 +1,7 @@
 """Command-line helpers shared by the entry points: flag parsing and errors, one line for an
-out-of-memory error, libraries' log notices and Orbax's chatter kept quiet, the cores this process
-may use, and the check of a batch size (the paths that flags name and the files that the commands
-write: output_files)."""
+out-of-memory error, libraries' log notices and Orbax's chatter kept quiet, and the check of a
+batch size (the paths that flags name and the files that the commands write: output_files; the
+cores this process may use: cpus)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,6 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from absl import flags
@@ -48,35 +47,6 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
   """The error for a blank `flag` (`name`: what is blank, if not the flag itself), read as not
   given otherwise: its likeliest cause, `flag=$var` with `var` unset, and `fix`."""
   return f"{name or flag} is blank (e.g. {flag}=${var} with {var} unset); {fix}."
-
-
-def usable_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
-  """The cores this process may use, not os.cpu_count()'s host total: those it may run on
-  (taskset, a cpuset), at most its container's CPU quota rounded up (Docker's --cpus, a
-  Kubernetes CPU limit: `_cpu_quota`)."""
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-           else os.cpu_count() or 1)
-  quota = _cpu_quota(Path(cgroup_root))
-  return min(cores, quota) if quota else cores
-
-
-def _cpu_quota(root: Path) -> int | None:
-  """ceil(quota / period) of the cgroup mounted at `root` as a container sees its own: v2's
-  cpu.max ("200000 100000"; "max 100000": none), else v1's cpu/cpu.cfs_quota_us (-1: none) and
-  cpu.cfs_period_us; None without a quota or where neither can be read (not Linux)."""
-  try:
-    quota, period = (root / "cpu.max").read_text().split()
-  except (OSError, ValueError):
-    try:
-      quota, period = ((root / "cpu" / name).read_text().strip()
-                       for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
-    except OSError:
-      return None
-  try:
-    quota_us, period_us = int(quota), int(period)
-  except ValueError:  # "max"
-    return None
-  return -(-quota_us // period_us) if quota_us > 0 and period_us > 0 else None
 
 
 def out_of_memory(e: BaseException, sizes: str) -> str | None:

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from llmimg_jax import cli
+from llmimg_jax import cpus
 from llmimg_jax.data import shapes
 from llmimg_jax.data.tfds_utils import DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo
 
@@ -74,11 +74,11 @@ BUILDER_CONFIGS = [
 
 
 def default_num_proc() -> int:
-  """Worker processes used to render: one per usable core (cli.usable_cpus), at most 8; override
+  """Worker processes used to render: one per usable core (cpus.usable_cpus), at most 8; override
   with LLMIMG_DATA_NUM_PROC (1 = in process)."""
   env = os.environ.get("LLMIMG_DATA_NUM_PROC")
   if not env:
-    return min(8, cli.usable_cpus())
+    return min(8, cpus.usable_cpus())
   try:
     return int(env)
   except ValueError:

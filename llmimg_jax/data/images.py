@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from llmimg_jax import cli
+from llmimg_jax import cpus
 from llmimg_jax.data import decode_guards
 from llmimg_jax.data import icc as icc_lib
 
@@ -277,7 +277,7 @@ def _peak_bytes(img: Image.Image) -> int:
 def _decode_threads() -> int:
   """Threads decoding in `load_images`: one per usable core, at most 8 (each holds a decoded
   image while it resizes it; together at most decode_guards.DECODE_MEMORY)."""
-  return min(8, cli.usable_cpus())
+  return min(8, cpus.usable_cpus())
 
 
 def load_images(paths: list[str], size: int, max_pixels: int | None = None

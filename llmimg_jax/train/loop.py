@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from llmimg_jax import cli
+from llmimg_jax import cpus
 from llmimg_jax.data.global_batch import to_global_batch
 from llmimg_jax.data.pipeline import close_iterator, is_built, load_source, make_iterator
 from llmimg_jax.eval import in_training
@@ -106,7 +106,7 @@ def batch_chunks(mesh: jax.sharding.Mesh) -> int:
   """train_step's batch_chunks: CPU_BATCH_CHUNKS on a one-device CPU mesh, else 1 (on several
   devices a slice of the batch would span devices; on GPU/TPU it only adds kernel launches)."""
   one_cpu = mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu"
-  return CPU_BATCH_CHUNKS if one_cpu and cli.usable_cpus() > 1 else 1
+  return CPU_BATCH_CHUNKS if one_cpu and cpus.usable_cpus() > 1 else 1
 
 
 def jit_train_step(models: Models, mesh: jax.sharding.Mesh):

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from llmimg_jax import cli
+from llmimg_jax import cpus
 from llmimg_jax.gan import layers
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import validate
@@ -28,16 +28,16 @@ def _one_step(config, devices):
 
 def test_batch_chunks_only_on_one_cpu_device_with_several_cores(monkeypatch):
   one, eight = loop.make_mesh(jax.devices()[:1]), loop.make_mesh(jax.devices())
-  monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+  monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)
   assert (loop.batch_chunks(one), loop.batch_chunks(eight)) == (loop.CPU_BATCH_CHUNKS, 1) == (2, 1)
-  monkeypatch.setattr(cli, "usable_cpus", lambda: 1)
+  monkeypatch.setattr(cpus, "usable_cpus", lambda: 1)
   assert loop.batch_chunks(one) == 1
 
 
 def test_eight_devices_equal_one_device(tmp_path, monkeypatch):
   """Also checks the batch chunks: one device runs G and D on two batch slices, eight on none."""
   assert jax.device_count() == 8, "tests/conftest.py should simulate 8 CPU devices"
-  monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+  monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)
   config = tiny_config(tmp_path)
   assert config.train.batch_size % 2 == 0
   state_1, metrics_1 = _one_step(config, jax.devices()[:1])
@@ -67,7 +67,7 @@ def test_the_accelerator_forms_of_the_step_equal_the_cpu_forms(tmp_path, monkeyp
   tokenizer, t5_config, _ = build_text(config)
   models = build_models(config, t5_config)
   batch = _batch(config, tokenizer)
-  monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+  monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)
   used = set()  # the CPU forms' own functions that a step traced
 
   def spy(name):
