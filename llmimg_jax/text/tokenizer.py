@@ -45,12 +45,18 @@ class TextTokenizer:
 
   def __call__(self, texts: Iterable[str] | str) -> dict[str, np.ndarray]:
     """Returns input_ids and attention_mask, both int32 [batch, max_length]. Texts longer than
-    max_length are truncated, with a warning."""
+    max_length are truncated, with a warning that names the first and the setting to raise."""
+    texts = as_texts([texts] if isinstance(texts, bytes) else texts)
     tokens, lengths = self.tokenize(texts)
     if too_long := [i for i, n in enumerate(lengths) if n > self.max_length]:
+      first = _clean(texts[too_long[0]])
+      short = first if len(first) <= 30 else f"{first[:30]}..."
       log.warning(
-          "%d text(s) longer than max_length=%d tokens were truncated (text %d had %d tokens).",
-          len(too_long), self.max_length, too_long[0], lengths[too_long[0]])
+          "Text %d (%r, %d tokens) is cut to max_length=%d tokens%s: raise max_length to keep such "
+          "texts whole, a run's config.text.max_length (train.py --config.text.max_length) or, "
+          "from Python, the max_length of load_tokenizer or TextGenerator.from_pretrained.",
+          too_long[0], short, lengths[too_long[0]], self.max_length,
+          f" ({len(too_long)} of {len(texts)} texts are)" if len(too_long) > 1 else "")
     return tokens
 
   def tokenize(self, texts: Iterable[str] | str) -> tuple[dict[str, np.ndarray], list[int]]:

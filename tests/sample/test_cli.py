@@ -35,7 +35,7 @@ def test_one_device_process_matches_in_process_samples(run, sampler, tmp_path):
               "3", "--seed", "7", "--truncation", "0.88", "--batch_size", "4")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "on 1 local device(s)" in proc.stderr and "images/s" in proc.stdout
-  assert "truncated" in proc.stderr  # the long prompt, with the tokenizer's warning
+  assert "is cut to max_length=32 tokens" in proc.stderr  # the long prompt, with a warning
   records = _records(out, 12)
   assert [r["prompt"] for r in records] == [p for p in PROMPTS for _ in range(3)]
   assert {(r["seed"], r["step"], r["truncation"], r["caption"]) for r in records} == {
@@ -104,7 +104,10 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
   proc = _run("--workdir", str(run.workdir), "--out", str(out), "--num_per_prompt", "1",
               *[a for p in HOSTILE for a in ("--prompt", p)], timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "text 0 had 100001 tokens" in proc.stderr  # truncated to max_length, with a warning
+  # Truncated to the run's max_length, with a warning that names the prompt and the setting.
+  assert ("Text 0 ('a red circle a red circle a re...', 100001 tokens) is cut to max_length=32 "
+          "tokens (4 of 4 texts are): raise max_length to keep such texts whole, a run's "
+          "config.text.max_length (train.py --config.text.max_length)") in proc.stderr
   records = _records(out, len(HOSTILE))
   assert [r["prompt"] for r in records] == HOSTILE
 

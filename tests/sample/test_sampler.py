@@ -193,7 +193,7 @@ def test_unicode_emoji_and_long_prompts(sampler, caplog):
   with caplog.at_level(logging.WARNING):
     images = sampler(prompts, seed=0, num_per_prompt=1)
   assert images.shape == (3, 32, 32, 3)
-  assert "truncated" in caplog.text and "max_length=32" in caplog.text
+  assert "is cut to max_length=32 tokens (2 of 3 texts are)" in caplog.text
   assert len({im.tobytes() for im in images}) == 3
 
 
@@ -301,7 +301,7 @@ def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
   assert ("first 24 tokens of template + prompt: prompt(s) [2] are cut short (prompt 2 has 52 "
           "tokens); raise --expand_max_length") in caplog.text
   # One warning, by prompt: not the tokenizer's again per chunk (with chunk-local indices).
-  assert caplog.text.count("cut short") == 1 and "were truncated" not in caplog.text
+  assert caplog.text.count("cut short") == 1 and "is cut to max_length" not in caplog.text
 
 
 def test_an_empty_expansion_falls_back_to_the_prompt(caplog):

@@ -28,7 +28,7 @@ AWKWARD = ["", "x" * 10_000, "日本語のテキストと絵文字 🦊🎨👩�
 def test_awkward_texts_encode_and_generate(generator, caplog):
   with caplog.at_level(logging.WARNING):
     batch = generator.tokenizer(AWKWARD)
-  assert "truncated" in caplog.text and "10001 tokens" in caplog.text  # 10k bytes + EOS
+  assert "is cut to max_length" in caplog.text and "10001 tokens" in caplog.text  # 10k bytes + EOS
   ids, mask = batch["input_ids"], batch["attention_mask"]
   eos = generator.tokenizer.eos_id
   assert mask[0].sum() == 1 and ids[0, 0] == eos  # empty text: just EOS
@@ -142,7 +142,7 @@ def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
   with caplog.at_level(logging.WARNING):
     batch = generator.tokenizer(HOSTILE)  # as many texts as AWKWARD: the same jitted shapes
   assert time.perf_counter() - start < 10  # ~0.5 s; linear in the length
-  assert "text 1 had 100001 tokens" in caplog.text
+  assert "Text 1 ('a red circle a red circle a re...', 100001 tokens) is cut" in caplog.text
   mask = batch["attention_mask"]
   assert mask[0].sum() == len(HOSTILE[0].encode()) + 1 and mask[1].all()
   wide = load_tokenizer(None, 256)  # every byte survives: control characters and all scripts
@@ -162,6 +162,21 @@ def test_texts_past_the_tokenizers_model_max_length_get_no_indexing_error_warnin
   batch = tok(["thirty bytes of text, more or less"])
   assert batch["attention_mask"].sum() == 35  # whole, EOS included
   assert "indexing errors" not in capfd.readouterr().err + caplog.text
+
+
+def test_a_text_cut_to_max_length_is_named_with_what_to_raise(caplog):
+  """sample.py's over-long prompt was 'text 0 had N tokens', with max_length=72 but not the
+  prompt, nor which setting that is: a run's config.text.max_length, or load_tokenizer's (or
+  TextGenerator.from_pretrained's) argument from Python."""
+  tok = load_tokenizer(None, 8)
+  with caplog.at_level(logging.WARNING):
+    batch = tok(["a cat", "a red circle\nleft of a blue square", "seven b", b"bytes too long"])
+  assert batch["attention_mask"].sum(axis=1).tolist() == [6, 8, 8, 8]
+  assert [r.getMessage() for r in caplog.records] == [
+      "Text 1 ('a red circle\\nleft of a blue sq...', 35 tokens) is cut to max_length=8 tokens (2 "
+      "of 4 texts are): raise max_length to keep such texts whole, a run's config.text.max_length "
+      "(train.py --config.text.max_length) or, from Python, the max_length of load_tokenizer or "
+      "TextGenerator.from_pretrained."]
 
 
 def test_tokenizer_rejects_non_text():
