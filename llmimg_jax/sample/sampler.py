@@ -187,7 +187,13 @@ class Sampler:
     captions = list(self.expander(prompts)) if expanded else list(prompts)
     if expanded:
       _check_captions(captions, len(prompts))
-    tokens = self.tokenizer(captions)  # [prompts, L]; over-long captions truncated, with a warning
+    # [prompts, L]; over-long captions truncated, with a warning: a longer max_length would be
+    # another input than the run's text encoder was trained on.
+    tokens = self.tokenizer(captions, fix=(
+        f"the run's text encoder was trained on config.text.max_length="
+        f"{self.config.text.max_length} tokens and reads no more: shorten "
+        + ("the expander's captions to keep them whole (fewer max_new_tokens: sample.py "
+           "--expand_max_new_tokens)" if expanded else "such prompts to keep them whole")))
     total = len(prompts) * num_per_prompt
     rows = np.repeat(np.arange(len(prompts)), num_per_prompt)  # [total] prompt of each image
     columns = np.tile(np.arange(num_per_prompt, dtype=np.int32), len(prompts))  # [total]

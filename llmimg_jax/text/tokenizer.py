@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 cli.drop_log_records("transformers", lambda text: text.startswith("PyTorch was not found."))
 
 
+# What a cut text's warning advises by default: the caller may know better (a trained run's).
+_RAISE_MAX_LENGTH = (
+    "raise max_length to keep such texts whole, a run's config.text.max_length (train.py "
+    "--config.text.max_length) or, from Python, the max_length of load_tokenizer or "
+    "TextGenerator.from_pretrained")
+
+
 class TextTokenizer:
   """Fixed-length batch tokenization around a transformers tokenizer. Picklable (grain workers)."""
 
@@ -43,20 +50,20 @@ class TextTokenizer:
   def eos_id(self) -> int:
     return int(self.hf.eos_token_id)
 
-  def __call__(self, texts: Iterable[str] | str) -> dict[str, np.ndarray]:
+  def __call__(self, texts: Iterable[str] | str, fix: str | None = None
+               ) -> dict[str, np.ndarray]:
     """Returns input_ids and attention_mask, both int32 [batch, max_length]. Texts longer than
-    max_length are truncated, with a warning that names the first and the setting to raise."""
+    max_length are truncated, with a warning that names the first and `fix`: what to do about it
+    (default: raise max_length, naming where it is set; a caller that knows names its own)."""
     texts = as_texts([texts] if isinstance(texts, bytes) else texts)
     tokens, lengths = self.tokenize(texts)
     if too_long := [i for i, n in enumerate(lengths) if n > self.max_length]:
       first = _clean(texts[too_long[0]])
       short = first if len(first) <= 30 else f"{first[:30]}..."
-      log.warning(
-          "Text %d (%r, %d tokens) is cut to max_length=%d tokens%s: raise max_length to keep such "
-          "texts whole, a run's config.text.max_length (train.py --config.text.max_length) or, "
-          "from Python, the max_length of load_tokenizer or TextGenerator.from_pretrained.",
-          too_long[0], short, lengths[too_long[0]], self.max_length,
-          f" ({len(too_long)} of {len(texts)} texts are)" if len(too_long) > 1 else "")
+      log.warning("Text %d (%r, %d tokens) is cut to max_length=%d tokens%s: %s.", too_long[0],
+                  short, lengths[too_long[0]], self.max_length,
+                  f" ({len(too_long)} of {len(texts)} texts are)" if len(too_long) > 1 else "",
+                  fix or _RAISE_MAX_LENGTH)
     return tokens
 
   def tokenize(self, texts: Iterable[str] | str) -> tuple[dict[str, np.ndarray], list[int]]:

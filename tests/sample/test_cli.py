@@ -104,10 +104,11 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
   proc = _run("--workdir", str(run.workdir), "--out", str(out), "--num_per_prompt", "1",
               *[a for p in HOSTILE for a in ("--prompt", p)], timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  # Truncated to the run's max_length, with a warning that names the prompt and the setting.
+  # Truncated to the run's max_length, with a warning that names the prompt and the fix.
   assert ("Text 0 ('a red circle a red circle a re...', 100001 tokens) is cut to max_length=32 "
-          "tokens (4 of 4 texts are): raise max_length to keep such texts whole, a run's "
-          "config.text.max_length (train.py --config.text.max_length)") in proc.stderr
+          "tokens (4 of 4 texts are): the run's text encoder was trained on "
+          "config.text.max_length=32 tokens and reads no more: shorten such prompts to keep them "
+          "whole.") in proc.stderr
   records = _records(out, len(HOSTILE))
   assert [r["prompt"] for r in records] == HOSTILE
 

@@ -326,3 +326,27 @@ def test_a_template_that_cannot_format_a_prompt_is_refused_before_the_model_load
                                                  "format a prompt")):
     check_options(template, 8, 1, False, 1.0, 1.0)
   check_options("{prompt!r}: {prompt:>20}", 8, 1, False, 1.0, 1.0)  # conversions, specs that work
+
+
+def test_a_prompt_cut_to_the_run_s_max_length_is_to_be_shortened(sampler, caplog):
+  """The tokenizer's advice, to raise max_length, is no fix for a trained run: its text encoder
+  was trained on config.text.max_length tokens, which its tokenizer reads. Shorten the prompt
+  (or, expanded, the caption)."""
+  with caplog.at_level(logging.WARNING):
+    sampler(["a cat", "a red circle " * 3], num_per_prompt=1)
+  assert [r.getMessage() for r in caplog.records] == [
+      "Text 1 ('a red circle a red circle a re...', 40 tokens) is cut to max_length=32 tokens: "
+      "the run's text encoder was trained on config.text.max_length=32 tokens and reads no more: "
+      "shorten such prompts to keep them whole."]
+  caplog.clear()
+  sampler.expander = lambda prompts: [f"{p}, drawn in bright colours" for p in prompts]
+  try:
+    with caplog.at_level(logging.WARNING):
+      sampler(["a cat", "a red circle"], num_per_prompt=1)
+  finally:
+    sampler.expander = None
+  assert [r.getMessage() for r in caplog.records] == [
+      "Text 1 ('a red circle, drawn in bright ...', 38 tokens) is cut to max_length=32 tokens: "
+      "the run's text encoder was trained on config.text.max_length=32 tokens and reads no more: "
+      "shorten the expander's captions to keep them whole (fewer max_new_tokens: sample.py "
+      "--expand_max_new_tokens)."]
