@@ -31,7 +31,9 @@ class SampleWriter:
     t = config.train
     self.prompts = list(t.sample_prompts)
     n = len(self.prompts) * t.samples_per_prompt
-    tokens = tokenizer(self.prompts)
+    tokens = tokenizer(self.prompts, fix=(
+        "shorten such prompts in config.train.sample_prompts, or raise config.text.max_length "
+        "(which the training captions are cut to as well) to keep them whole"))
     ids = np.repeat(tokens["input_ids"], t.samples_per_prompt, axis=0)  # [n, L]
     mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
     z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))  # [n, Z]

@@ -1,11 +1,15 @@
 """The loop's sample grid: generated data parallel over the training mesh, the same images as on
 one device."""
+import logging
+
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.train.mesh import make_mesh
 from llmimg_jax.train.samples import SampleWriter, grid_name
+from llmimg_jax.train.state import build_models, build_text
 from tests.eval.test_generate import _setup, assert_same_images
+from tests.train.utils import tiny_config
 
 
 def test_the_grid_is_split_over_the_devices_and_the_same_as_on_one(tmp_path):
@@ -24,3 +28,18 @@ def test_the_grid_is_split_over_the_devices_and_the_same_as_on_one(tmp_path):
   assert_same_images(images, one.images(state))
   assert eight(state, 7, None) == tmp_path / "eight" / "samples" / grid_name(7)
   assert (tmp_path / "eight" / "samples" / grid_name(7)).is_file()
+
+
+def test_a_sample_prompt_cut_to_max_length_names_the_run_s_settings(tmp_path, caplog):
+  """The tokenizer's advice named load_tokenizer and TextGenerator.from_pretrained: a sample
+  prompt is the config's, and so is the max_length it is cut to (the training captions' too)."""
+  config = tiny_config(tmp_path)
+  config.train.sample_prompts = ("a red circle", "a red circle left of a blue square")
+  tokenizer, t5_config, _ = build_text(config)
+  with caplog.at_level(logging.WARNING):
+    SampleWriter(build_models(config, t5_config), tokenizer, config, tmp_path,
+                 make_mesh(jax.devices()[:1]))
+  assert [r.getMessage() for r in caplog.records] == [
+      "Text 1 ('a red circle left of a blue sq...', 35 tokens) is cut to max_length=32 tokens: "
+      "shorten such prompts in config.train.sample_prompts, or raise config.text.max_length "
+      "(which the training captions are cut to as well) to keep them whole."]
