@@ -54,7 +54,10 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   g_params, text_params = jax.device_put((g_params, text_params), replicated)
   fn = _jitted(models, mesh)
   key = from_every_host(np.asarray(jax.random.PRNGKey(seed)), replicated)
-  tokens = tokenizer(list(captions))
+  tokens = tokenizer(list(captions), fix=(
+      f"the run reads config.text.max_length={models.config.text.max_length} tokens of a caption, "
+      "as in training: a run trained with a larger one (train.py --config.text.max_length) keeps "
+      "such captions whole"))
   n, n_dev = len(captions), mesh.devices.size
   batch = batch_bucket(n, rows_per_call(batch_size, n_dev), n_dev)
   r = models.config.model.resolution

@@ -1,5 +1,6 @@
 """generate_for_captions: image i is the generator's output for caption i and noise i, each
 batch split over the mesh's devices (one host or several)."""
+import logging
 import sys
 
 import jax
@@ -223,6 +224,21 @@ def test_one_str_or_an_array_of_str_are_captions(tmp_path):
                               np.array(["a red circle", "a blue square"]), seed=1)
   assert two.shape == (2, 32, 32, 3)
   assert_same_images(two[:1], listed)
+
+
+def test_a_caption_cut_to_the_run_s_max_length_names_training_as_the_fix(tmp_path, caplog):
+  """The tokenizer's advice named load_tokenizer and TextGenerator.from_pretrained: evaluate.py's
+  and the in-training evaluation's captions are cut as the run's training captions are, by
+  config.text.max_length; only a run trained with a longer one reads them whole."""
+  _, tokenizer, models, state = _setup(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    generate_for_captions(models, state.ema_params, state.text_params, tokenizer,
+                          ["a red circle", "a big red circle left of a small blue square"],
+                          mesh=make_mesh(jax.devices()[:1]))
+  assert [r.getMessage() for r in caplog.records] == [
+      "Text 1 ('a big red circle left of a sma...', 45 tokens) is cut to max_length=32 tokens: "
+      "the run reads config.text.max_length=32 tokens of a caption, as in training: a run "
+      "trained with a larger one (train.py --config.text.max_length) keeps such captions whole."]
 
 
 @pytest.mark.parametrize("seed, error", [(2**32, ValueError), (-1, ValueError), (2.5, TypeError)])
