@@ -168,14 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
+    batch = gen.tokenizer(args.text, fix="raise --max_length to keep such texts whole")
     if out_path:
-      states = gen.encode(args.text)
+      states = gen.encode_tokens(batch)
       _save_atomically(out_path, states)
       print(f"saved encoder states {states.shape} {states.dtype} to {out_path}")
       return 0
-    texts = gen.generate(args.text, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                         num_beams=args.num_beams, do_sample=args.do_sample,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    texts = gen.generate_tokens(batch, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                num_beams=args.num_beams, do_sample=args.do_sample,
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
   except (ValueError, NotImplementedError) as e:  # generation options generate() refuses
     print(f"error: {e}", file=sys.stderr)
     return 2

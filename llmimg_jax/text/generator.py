@@ -114,7 +114,10 @@ class TextGenerator:
 
   def encode(self, texts: Iterable[str] | str) -> np.ndarray:
     """Encoder last hidden states, float32 [batch, max_length, d_model] (padding rows included)."""
-    batch = self.tokenizer(texts)
+    return self.encode_tokens(self.tokenizer(texts))
+
+  def encode_tokens(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """`encode` for texts already tokenized: input_ids and attention_mask [batch, max_length]."""
     if not len(batch["input_ids"]):
       return np.zeros((0, self.tokenizer.max_length, self.config.d_model), np.float32)
     enc_params = {k: self.params[k] for k in ("shared", "encoder")}

@@ -3,6 +3,7 @@ its sampling options reaching generate, one line per text, and bad models, optio
 --encode_out files refused in one line (before the model loads where they can be)."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def test_cli_prints_one_line_per_text_whatever_it_holds(relu_tied, capsys, monke
   """A generated line break split a text over two lines: line i of the output was no longer the
   text of --text i."""
   texts = ["two\nlines", "crlf\r\nand\u2028separator\x85", "back\\slash \\n", "tab\tand 日本語"]
-  monkeypatch.setattr(TextGenerator, "generate", lambda self, inputs, **kw: texts)
+  monkeypatch.setattr(TextGenerator, "generate_tokens", lambda self, batch, **kw: texts)
   assert main(["--model", relu_tied.path] + [a for _ in texts for a in ("--text", "x")]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines == ["two\\nlines", "crlf\\r\\nand\\u2028separator\\x85", "back\\\\slash \\\\n",
@@ -138,6 +139,20 @@ def test_cli_text_that_is_not_utf8_is_refused_before_the_model_loads(tmp_path, c
           "to UTF-8.") in _refused(tmp_path, capsys, "--text", "caf\udce9")
 
 
+@pytest.mark.parametrize("encode", [False, True])
+def test_cli_text_cut_to_max_length_names_the_flag(encode, relu_tied, tmp_path, caplog, capsys):
+  """The tokenizer's advice named a run's config.text.max_length, load_tokenizer and
+  TextGenerator.from_pretrained, where the CLI's own flag is --max_length."""
+  out = ["--encode_out", str(tmp_path / "s.npy")] if encode else ["--max_new_tokens", "2"]
+  with caplog.at_level(logging.WARNING):
+    assert main(["--model", relu_tied.path, "--max_length", "8", "--text", "a cat",
+                 "--text", "a red circle left of a blue square", *out]) == 0
+  capsys.readouterr()
+  [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert message == ("Text 1 ('a red circle left of a blue sq...', 35 tokens) is cut to "
+                     "max_length=8 tokens: raise --max_length to keep such texts whole.")
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
 def test_cli_seed_out_of_range_is_refused(seed, tmp_path, capsys):
   """A seed past int64 was an OverflowError traceback from jax.random.PRNGKey (sample.py and
@@ -155,7 +170,7 @@ def test_cli_out_of_memory_is_one_line_naming_the_sizes(encode, relu_tied, tmp_p
     raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
                                      "320000053200006392 bytes.")
 
-  monkeypatch.setattr(TextGenerator, "encode" if encode else "generate", exhausted)
+  monkeypatch.setattr(TextGenerator, "encode_tokens" if encode else "generate_tokens", exhausted)
   args = ["--model", relu_tied.path, "--text", "x"]
   args += ["--encode_out", str(tmp_path / "s.npy")] if encode else []
   assert main(args) == 2
