@@ -107,8 +107,9 @@ def _flags_error(args: argparse.Namespace) -> str | None:
     try:
       text.encode("utf-8")
     except UnicodeEncodeError:  # the tokenizer would read the surrogates as U+FFFD
-      return (f"--text {i} is not valid UTF-8 text ({text!r:.80}); set the terminal's encoding "
-              "to UTF-8.")
+      which = f"--text #{i + 1} of {len(args.text)}" if len(args.text) > 1 else "--text"
+      return (f"{which} is not valid UTF-8 text ({text!r:.80}); set the terminal's encoding to "
+              "UTF-8.")
   encode = args.encode_out is not None
   if args.overwrite and not encode:
     return ("--overwrite only applies to --encode_out (it lets that replace an existing file); "

@@ -134,9 +134,13 @@ def test_cli_beam_sampling_is_refused_before_the_model_loads(monkeypatch, capsys
 def test_cli_text_that_is_not_utf8_is_refused_before_the_model_loads(tmp_path, capsys):
   """Latin-1 bytes from a shell reach Python as surrogates, which the tokenizer makes U+FFFD: a
   Latin-1 'café' was generated from (or encoded as) 'caf' and U+FFFD without a word, where
-  sample.py refuses such a prompt."""
-  assert ("error: --text 1 is not valid UTF-8 text ('caf\\udce9'); set the terminal's encoding "
-          "to UTF-8.") in _refused(tmp_path, capsys, "--text", "caf\udce9")
+  sample.py refuses such a prompt. Named by its place from 1: '--text 1' (from 0) read like its
+  value."""
+  assert ("error: --text #2 of 2 is not valid UTF-8 text ('caf\\udce9'); set the terminal's "
+          "encoding to UTF-8.") in _refused(tmp_path, capsys, "--text", "caf\udce9")
+  assert main(["--model", str(tmp_path / "nowhere"), "--text", "caf\udce9"]) == 2
+  assert capsys.readouterr().err == ("error: --text is not valid UTF-8 text ('caf\\udce9'); set "
+                                     "the terminal's encoding to UTF-8.\n")
 
 
 @pytest.mark.parametrize("encode", [False, True])
