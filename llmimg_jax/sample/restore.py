@@ -104,14 +104,16 @@ def _runs_in(folder: Path) -> list[Path]:
 
 
 def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
-  """(the workdir, the step) when `path` is a run's checkpoints/ folder or a step folder in it
-  (what a user may take for the checkpoint to sample); None otherwise."""
+  """(the workdir, the step) when `path` is a run's checkpoints/ folder, a step folder in it or a
+  folder inside a step, e.g. its state/ (what a user may take for the checkpoint to sample); None
+  otherwise."""
   path = output_files.in_full(path)
   if path == checkpoint_dir(path.parent) and ocp.utils.checkpoint_steps_paths(path):
     return path.parent, None
-  if (path.parent == checkpoint_dir(path.parent.parent) and path.name.isdigit()
-      and (path / "state").is_dir()):
-    return path.parent.parent, int(path.name)
+  for step in (path, *path.parents):  # RUN/checkpoints/2, or RUN/checkpoints/2/state/...
+    if (step.parent == checkpoint_dir(step.parent.parent) and step.name.isdigit()
+        and (step / "state").is_dir()):
+      return step.parent.parent, int(step.name)
   return None
 
 

@@ -99,11 +99,15 @@ def test_a_pretrained_text_run_samples_without_its_t5_directory(tmp_path, monkey
 
 
 def test_a_checkpoints_folder_or_step_folder_names_the_workdir_to_pass(run):
-  """--workdir RUN/checkpoints/2 said "the run has not saved one yet ... train longer"."""
+  """--workdir RUN/checkpoints/2 said "the run has not saved one yet ... train longer"; a folder
+  inside the step (its state/, which holds the arrays) said it was no run's workdir."""
   ckpt = run.workdir / "checkpoints"
-  want = rf"{ckpt / '2'} is a run's checkpoint folder, not its workdir: pass --workdir "
-  with pytest.raises(CheckpointError, match=want + rf"{run.workdir} --step 2\.$"):
-    available_steps(ckpt / "2")
+  step = ckpt / "2"
+  for inside in (step, step / "state", step / "config", step / "state" / "d"):
+    want = re.escape(f"{inside} is a run's checkpoint folder, not its workdir: pass --workdir "
+                     f"{run.workdir} --step 2.")
+    with pytest.raises(CheckpointError, match=f"^{want}$"):
+      available_steps(inside)
   with pytest.raises(CheckpointError, match=rf"pass --workdir {run.workdir}\.$"):
     restore_for_sampling(ckpt)
 
