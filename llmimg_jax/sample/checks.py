@@ -85,10 +85,10 @@ def check_template(template: str) -> None:
                      "placeholder as {prompt}.") from None
 
 
-def _sampling_options_set(temperature: float, top_p: float) -> list[str]:
+def _sampling_options_set(temperature: float, top_p: float, prefix: str) -> list[str]:
   """The sampling options given values other than 1.0 (CaptionExpander's and sample.py's default),
-  as sample.py's flags."""
-  return [f"--expand_{name}={value}" for name, value in
+  each named with `prefix` ("--expand_": sample.py's flags; "": CaptionExpander's fields)."""
+  return [f"{prefix}{name}={value}" for name, value in
           (("temperature", temperature), ("top_p", top_p)) if value != 1.0]
 
 
@@ -104,18 +104,21 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
     raise ValueError(f"{flag}max_new_tokens={max_new_tokens} must be >= 1.")
   if num_beams < 1:
     raise ValueError(f"{flag}num_beams={num_beams} must be >= 1.")
-  if not do_sample and (ignored := _sampling_options_set(temperature, top_p)):
-    raise ValueError(f"{cli.only_apply(ignored)} when sampling expansions; pass "
-                     f"--expand_do_sample, or drop {cli.them(ignored)} for greedy or beam-search "
-                     "expansion.")
+  # The options together: sample.py names its flags, CaptionExpander its fields (as arguments).
+  on_cli = flag.startswith("--")
+  prefix = flag if on_cli else ""
+  if not do_sample and (ignored := _sampling_options_set(temperature, top_p, prefix)):
+    do = f"{flag}do_sample" if on_cli else "do_sample=True"
+    raise ValueError(f"{cli.only_apply(ignored)} when sampling expansions; pass {do}, or drop "
+                     f"{cli.them(ignored)} for greedy or beam-search expansion.")
   if do_sample and num_beams > 1:
     sample, beams, what = ((f"{flag}do_sample", f"{flag}num_beams={num_beams}", "flags")
-                           if flag.startswith("--") else ("do_sample", "num_beams > 1", "options"))
+                           if on_cli else ("do_sample", "num_beams > 1", "options"))
     raise ValueError(f"Caption expansion samples ({sample}) or beam-searches ({beams}), not both; "
                      f"drop one of the two {what}.")
   if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-    raise ValueError(f"Sampled expansion needs --expand_temperature > 0 and 0 < --expand_top_p "
-                     f"<= 1; got {temperature} and {top_p}.")
+    raise ValueError(f"Sampled expansion needs {prefix}temperature > 0 and 0 < {prefix}top_p <= 1; "
+                     f"got {temperature} and {top_p}.")
 
 
 # outputs.image_name's names (more digits past 9999 prompts or 999 samples), and no others: the

@@ -277,17 +277,23 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   with pytest.raises(ValueError, match=r"has the field\(s\) \['prompt\[0\]'\]; the only field"):
     CaptionExpander(expander.generator, template="Describe {prompt[0]}")  # would drop the rest
   assert CaptionExpander(expander.generator, template="Describe {prompt!r}").template
-  with pytest.raises(ValueError, match="--expand_temperature > 0 and 0 < --expand_top_p <= 1"):
-    CaptionExpander(expander.generator, do_sample=True, temperature=0.0)
+  with pytest.raises(ValueError, match=r"^Sampled expansion needs temperature > 0 and 0 < top_p "
+                     r"<= 1; got 0\.0 and 1\.0\.$"):
+    CaptionExpander(expander.generator, do_sample=True, temperature=0.0)  # its fields, not flags
   with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
     CaptionExpander(expander.generator, batch_size=0)
 
 
 def test_expansion_sampling_options_without_sampling_are_refused():
-  """temperature and top_p were ignored by greedy and beam-search expansion."""
+  """temperature and top_p were ignored by greedy and beam-search expansion. sample.py's error
+  names its flags, CaptionExpander's its fields (it named sample.py's flags)."""
   with pytest.raises(ValueError, match=r"^--expand_top_p=0.5 only applies when sampling "
                      "expansions; pass --expand_do_sample, or drop it for greedy"):
-    check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 0.5)
+    check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 0.5, flag="--expand_")
+  with pytest.raises(ValueError, match=r"^temperature=0.7, top_p=0.5 only apply when sampling "
+                     r"expansions; pass do_sample=True, or drop them for greedy or beam-search "
+                     r"expansion\.$"):
+    check_options(DEFAULT_TEMPLATE, 8, 2, False, 0.7, 0.5)  # as CaptionExpander calls it
   check_options(DEFAULT_TEMPLATE, 8, 2, False, 1.0, 1.0)  # the defaults, given or not
   check_options(DEFAULT_TEMPLATE, 8, 1, True, 0.7, 0.5)
 
