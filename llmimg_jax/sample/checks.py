@@ -166,7 +166,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   # outputs gone); a pipe or a device was replaced by a file.
   for link in filter(Path.is_symlink, _named_outputs(out)):
     linked = f"Output {out_dir!r}: {link} is a symbolic link to {os.readlink(link)}"
-    # Else it passed: its resolved path is the link, in --out.
+    # A loop would pass the checks below: realpath leaves it unresolved, the link itself in --out.
     if output_files.leads_to_itself(link):
       raise OSError(f"{linked}, which leads back to itself (a loop); point it at a file, or "
                     "remove the link.")
