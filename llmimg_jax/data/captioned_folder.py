@@ -46,7 +46,8 @@ def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderCo
   `max_pixels`), so a run resumes on the build it started with even if the folder changes since
   (`warn_if_changed` says so)."""
   if not folder:
-    raise ValueError("captioned_folder needs a source folder: set data.folder (or --folder).")
+    # Named as the data config's key, as pipeline's checks are: prepare names it as --folder.
+    raise ValueError("captioned_folder needs a source folder: set data.folder.")
   folder = os.path.abspath(os.path.expanduser(folder))
   slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip("/")).lower()).strip("_")
   key = folder + (f"\0{max_pixels}" if max_pixels else "")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llmimg_jax.data import coco, pipeline, prepare
+from llmimg_jax.data import captioned_folder, coco, pipeline, prepare
 
 
 def _usage_error(capsys, argv: list[str]) -> str:
@@ -85,6 +85,18 @@ def test_prepare_without_the_folder_is_one_line_error(tmp_path, capsys):
   # Named as this command's flags, not the data config's keys.
   assert "error: captioned_folder needs --folder set to an existing folder" in err, err
   assert f"no build of it in --data_dir='{tmp_path / 'tfds'}')" in err, err
+
+
+def test_the_folders_own_errors_name_the_folder_flag_once(tmp_path, capsys, monkeypatch):
+  """captioned_folder's 'set data.folder (or --folder)' read 'set --folder (or --folder)' once
+  prepare named the data config's keys as its flags."""
+  def load_source(cfg, split):
+    del split
+    captioned_folder.folder_config("", cfg.image_size)  # its error for a config without a folder
+  monkeypatch.setattr(pipeline, "load_source", load_source)
+  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(tmp_path),
+                              "--data_dir", str(tmp_path / "tfds")])
+  assert err.endswith("error: captioned_folder needs a source folder: set --folder.\n"), err
 
 
 def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
