@@ -155,6 +155,17 @@ def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, caps
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
+@pytest.mark.parametrize("preview", ["out/", "grid.png/"])
+def test_a_preview_named_as_a_folder_is_refused_as_given(tmp_path, capsys, preview):
+  """--preview grid.png/ (a folder's name) was saved as the file grid.png, and --preview out/
+  was refused as 'out': expanding ~ (a Path) dropped the '/'."""
+  path = f"{tmp_path}/{preview}"
+  err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
+                              str(tmp_path / "tfds"), "--preview", path])
+  assert f"error: --preview {path!r} is not the name of an image file PIL can write" in err, err
+  assert not (tmp_path / "tfds").exists()  # nothing was built
+
+
 def test_prepare_refuses_a_blank_preview_before_building(tmp_path, capsys):
   """--preview= (e.g. --preview=$GRID with GRID unset) built the dataset and wrote no grid,
   without a word."""
