@@ -261,56 +261,6 @@ def test_prepare_refuses_an_existing_preview_unless_overwrite(shapes_cfg, tmp_pa
   assert "--overwrite only applies with --preview" in err
 
 
-def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_path, capsys):
-  """The grid is written through a --preview link to its target (save_preview), but the check
-  made and tested the link's own folder: a link into /proc was built for, then failed to save;
-  one into a missing folder failed to save (a FileNotFoundError traceback). Now the target's
-  folder is made and tested before the build."""
-  to_proc, to_missing = tmp_path / "proc.png", tmp_path / "new.png"
-  to_proc.symlink_to("/proc/llmimg_nope.png")
-  to_missing.symlink_to(tmp_path / "new" / "grid.png")
-  flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
-           "--preview"]  # no --overwrite: neither target exists
-  err = _usage_error(capsys, [*flags, str(to_proc)])
-  assert f"error: --preview {str(to_proc)!r}: cannot write into /proc (" in err, err
-  assert prepare.main([*flags, str(to_missing)])["preview"] == str(to_missing)
-  with Image.open(tmp_path / "new" / "grid.png") as grid:
-    assert grid.width == 4 * 160
-  assert to_missing.is_symlink()
-
-
-def test_a_preview_link_is_refused_only_if_its_target_exists(shapes_cfg, tmp_path, capsys):
-  """A --preview link whose target did not exist yet was refused as existing unless --overwrite,
-  though nothing would be overwritten (evaluate.py's --out writes through such a link). Its
-  target is what must not exist: a link to an existing file is refused, naming both."""
-  target, link = tmp_path / "grid.png", tmp_path / "link.png"
-  target.write_bytes(b"my earlier grid")
-  link.symlink_to(target)
-  flags = ["--dataset", "captioned_shapes/tiny_32", "--data_dir", shapes_cfg.data_dir,
-           "--preview", str(link)]
-  err = _usage_error(capsys, flags)
-  assert (f"error: --preview {str(link)!r} (a link to {target}) exists; remove it, name a new "
-          "file, or pass --overwrite to replace it.") in err
-  assert target.read_bytes() == b"my earlier grid"
-  assert prepare.main([*flags, "--overwrite"])["preview"] == str(link)
-  with Image.open(target) as grid:
-    assert grid.width == 4 * 160
-  assert link.is_symlink()
-
-
-def test_a_preview_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
-  """`ln -s grid.png grid.png` was refused as '(a link to ...) exists', and with --overwrite the
-  dataset was built and the grid replaced the link: a loop is named before the build."""
-  loop = tmp_path / "grid.png"
-  loop.symlink_to(loop.name)
-  for overwrite in ([], ["--overwrite"]):
-    err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
-                                str(tmp_path / "tfds"), "--preview", str(loop), *overwrite])
-    assert (f"error: --preview {str(loop)!r} leads to itself through a link (a loop); name an "
-            "image file.") in err, err
-  assert loop.is_symlink() and not (tmp_path / "tfds").exists()
-
-
 def test_coco_to_example_mapping():
   ex = {"image": np.zeros((5, 7, 3), np.uint8), "image/id": 3,
         "captions": {"id": np.array([1, 2]), "text": np.array([b"a cat", b"a dog"], object)}}
