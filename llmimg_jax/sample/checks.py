@@ -35,15 +35,17 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
   if not prompts:
     raise ValueError("No prompts given; pass at least one non-empty prompt.")
   for i, p in enumerate(prompts):
+    # Counted from 1 (the 2nd --prompt, prompts[1]: "Prompt #2 of 3").
+    named = "The prompt" if len(prompts) == 1 else f"Prompt #{i + 1} of {len(prompts)}"
     if not isinstance(p, str):
-      raise TypeError(f"Prompt {i} is a {type(p).__name__}, not a str: {p!r:.80}")
+      raise TypeError(f"{named} is a {type(p).__name__}, not a str: {p!r:.80}")
     if not p.strip():
-      raise ValueError(f"Prompt {i} is empty; give every prompt some text (an empty prompt "
+      raise ValueError(f"{named} is empty; give every prompt some text (an empty prompt "
                        "would condition the generator on padding only).")
     try:
       p.encode("utf-8")
     except UnicodeEncodeError:  # e.g. Latin-1 bytes from a shell, decoded as surrogates
-      raise ValueError(f"Prompt {i} is not valid UTF-8 text ({p!r:.80}); set the terminal's "
+      raise ValueError(f"{named} is not valid UTF-8 text ({p!r:.80}); set the terminal's "
                        "encoding to UTF-8, or use a UTF-8 --prompts_file.") from None
   return prompts
 

@@ -146,9 +146,9 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
   old_out.mkdir()
   (old_out / "p0000_s000.png").write_bytes(b"an earlier run's image")
   args, message = {  # message: literal text, except for the corrupt case's alternatives
-      "empty_prompt": (["--prompt", "a cat", "--prompt", ""], "Prompt 1 is empty"),
+      "empty_prompt": (["--prompt", "a cat", "--prompt", ""], "Prompt #2 of 2 is empty"),
       "whitespace_prompt": (["--prompt", "a cat", "--prompt", " \t\u3000\u00a0 "],
-                            "Prompt 1 is empty"),
+                            "Prompt #2 of 2 is empty"),
       "empty_file": (["--prompts_file", str(empty_file)], f"Prompts file {empty_file} has no"),
       "no_prompts": ([], "No prompts"),
       "no_checkpoint": (["--prompt", "a cat", "--workdir", str(tmp_path / "fresh")],
@@ -174,7 +174,7 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
       "bad_batch_size": (["--prompt", "a cat", "--batch_size", "0"],
                          "--batch_size=0 must be >= 1."),
       # Latin-1 bytes from a shell reach Python as surrogates; they cannot be written as UTF-8.
-      "non_utf8_prompt": (["--prompt", "caf\udce9"], "Prompt 0 is not valid UTF-8 text"),
+      "non_utf8_prompt": (["--prompt", "caf\udce9"], "The prompt is not valid UTF-8 text"),
       "empty_out": (["--prompt", "a cat", "--out="], "The output directory is empty"),
       "expand_options_without_a_model": (
           ["--prompt", "a cat", "--expand_num_beams", "4", "--expand_temperature", "0.5"],
@@ -335,7 +335,7 @@ _REPORT_IMPORTS = (
 
 @pytest.mark.parametrize("args, error", [
     (["--prompt", "a cat", "--seed", "-1"], "--seed=-1 must be in [0, 2**32)."),
-    (["--prompt", " "], "Prompt 0 is empty; give every prompt some text (an empty prompt would "
+    (["--prompt", " "], "The prompt is empty; give every prompt some text (an empty prompt would "
      "condition the generator on padding only)."),
     (["--prompt", "a cat", "--batch_size", "0"], "--batch_size=0 must be >= 1."),
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_template", "{text}"],

@@ -198,8 +198,10 @@ def test_unicode_emoji_and_long_prompts(sampler, caplog):
 
 
 def test_bad_prompts_fail_clearly(sampler, tmp_path):
-  with pytest.raises(ValueError, match="Prompt 1 is empty"):
+  with pytest.raises(ValueError, match="Prompt #2 of 2 is empty"):
     sampler(["a cat", "  "])
+  with pytest.raises(TypeError, match="^Prompt #3 of 3 is a int, not a str: 3$"):
+    sampler(["a cat", "a dog", 3])
   with pytest.raises(ValueError, match="No prompts"):
     sampler([])
   empty = tmp_path / "prompts.txt"
