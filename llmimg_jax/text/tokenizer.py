@@ -60,8 +60,10 @@ class TextTokenizer:
     if too_long := [i for i, n in enumerate(lengths) if n > self.max_length]:
       first = _clean(texts[too_long[0]])
       short = first if len(first) <= 30 else f"{first[:30]}..."
-      log.warning("Text %d (%r, %d tokens) is cut to max_length=%d tokens%s: %s.", too_long[0],
-                  short, lengths[too_long[0]], self.max_length,
+      # Counted from 1, as sample.py's prompts and the text CLI's --text are ("Prompt #2 of 3").
+      named = "The text" if len(texts) == 1 else f"Text #{too_long[0] + 1} of {len(texts)}"
+      log.warning("%s (%r, %d tokens) is cut to max_length=%d tokens%s: %s.", named, short,
+                  lengths[too_long[0]], self.max_length,
                   f" ({len(too_long)} of {len(texts)} texts are)" if len(too_long) > 1 else "",
                   fix or _RAISE_MAX_LENGTH)
     return tokens

@@ -236,8 +236,8 @@ def test_a_caption_cut_to_the_run_s_max_length_names_training_as_the_fix(tmp_pat
                           ["a red circle", "a big red circle left of a small blue square"],
                           mesh=make_mesh(jax.devices()[:1]))
   assert [r.getMessage() for r in caplog.records] == [
-      "Text 1 ('a big red circle left of a sma...', 45 tokens) is cut to max_length=32 tokens: "
-      "the run reads config.text.max_length=32 tokens of a caption, as in training: a run "
+      "Text #2 of 2 ('a big red circle left of a sma...', 45 tokens) is cut to max_length=32 "
+      "tokens: the run reads config.text.max_length=32 tokens of a caption, as in training: a run "
       "trained with a larger one (train.py --config.text.max_length) keeps such captions whole."]
 
 

@@ -105,8 +105,8 @@ def test_hostile_prompts_are_sampled_and_recorded_verbatim(run, tmp_path):
               *[a for p in HOSTILE for a in ("--prompt", p)], timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
   # Truncated to the run's max_length, with a warning that names the prompt and the fix.
-  assert ("Text 0 ('a red circle a red circle a re...', 100001 tokens) is cut to max_length=32 "
-          "tokens (4 of 4 texts are): the run's text encoder was trained on "
+  assert ("Text #1 of 4 ('a red circle a red circle a re...', 100001 tokens) is cut to "
+          "max_length=32 tokens (4 of 4 texts are): the run's text encoder was trained on "
           "config.text.max_length=32 tokens and reads no more: shorten such prompts to keep them "
           "whole.") in proc.stderr
   records = _records(out, len(HOSTILE))

@@ -343,9 +343,9 @@ def test_a_prompt_cut_to_the_run_s_max_length_is_to_be_shortened(sampler, caplog
   with caplog.at_level(logging.WARNING):
     sampler(["a cat", "a red circle " * 3], num_per_prompt=1)
   assert [r.getMessage() for r in caplog.records] == [
-      "Text 1 ('a red circle a red circle a re...', 40 tokens) is cut to max_length=32 tokens: "
-      "the run's text encoder was trained on config.text.max_length=32 tokens and reads no more: "
-      "shorten such prompts to keep them whole."]
+      "Text #2 of 2 ('a red circle a red circle a re...', 40 tokens) is cut to max_length=32 "
+      "tokens: the run's text encoder was trained on config.text.max_length=32 tokens and reads "
+      "no more: shorten such prompts to keep them whole."]
   caplog.clear()
   sampler.expander = lambda prompts: [f"{p}, drawn in bright colours" for p in prompts]
   try:
@@ -354,7 +354,7 @@ def test_a_prompt_cut_to_the_run_s_max_length_is_to_be_shortened(sampler, caplog
   finally:
     sampler.expander = None
   assert [r.getMessage() for r in caplog.records] == [
-      "Text 1 ('a red circle, drawn in bright ...', 38 tokens) is cut to max_length=32 tokens: "
-      "the run's text encoder was trained on config.text.max_length=32 tokens and reads no more: "
-      "shorten the expander's captions to keep them whole (fewer max_new_tokens: sample.py "
-      "--expand_max_new_tokens)."]
+      "Text #2 of 2 ('a red circle, drawn in bright ...', 38 tokens) is cut to max_length=32 "
+      "tokens: the run's text encoder was trained on config.text.max_length=32 tokens and reads "
+      "no more: shorten the expander's captions to keep them whole (fewer max_new_tokens: "
+      "sample.py --expand_max_new_tokens)."]

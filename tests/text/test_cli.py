@@ -153,7 +153,7 @@ def test_cli_text_cut_to_max_length_names_the_flag(encode, relu_tied, tmp_path, 
                  "--text", "a red circle left of a blue square", *out]) == 0
   capsys.readouterr()
   [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert message == ("Text 1 ('a red circle left of a blue sq...', 35 tokens) is cut to "
+  assert message == ("Text #2 of 2 ('a red circle left of a blue sq...', 35 tokens) is cut to "
                      "max_length=8 tokens: raise --max_length to keep such texts whole.")
 
 

@@ -142,7 +142,7 @@ def test_hostile_texts_tokenize_quickly_and_encode(generator, caplog):
   with caplog.at_level(logging.WARNING):
     batch = generator.tokenizer(HOSTILE)  # as many texts as AWKWARD: the same jitted shapes
   assert time.perf_counter() - start < 10  # ~0.5 s; linear in the length
-  assert "Text 1 ('a red circle a red circle a re...', 100001 tokens) is cut" in caplog.text
+  assert "Text #2 of 5 ('a red circle a red circle a re...', 100001 tokens) is cut" in caplog.text
   mask = batch["attention_mask"]
   assert mask[0].sum() == len(HOSTILE[0].encode()) + 1 and mask[1].all()
   wide = load_tokenizer(None, 256)  # every byte survives: control characters and all scripts
@@ -167,16 +167,23 @@ def test_texts_past_the_tokenizers_model_max_length_get_no_indexing_error_warnin
 def test_a_text_cut_to_max_length_is_named_with_what_to_raise(caplog):
   """sample.py's over-long prompt was 'text 0 had N tokens', with max_length=72 but not the
   prompt, nor which setting that is: a run's config.text.max_length, or load_tokenizer's (or
-  TextGenerator.from_pretrained's) argument from Python."""
+  TextGenerator.from_pretrained's) argument from Python. Counted from 1, as sample.py's prompts
+  are ('Prompt #2 of 4'): 'Text 1' was the second."""
   tok = load_tokenizer(None, 8)
   with caplog.at_level(logging.WARNING):
     batch = tok(["a cat", "a red circle\nleft of a blue square", "seven b", b"bytes too long"])
   assert batch["attention_mask"].sum(axis=1).tolist() == [6, 8, 8, 8]
   assert [r.getMessage() for r in caplog.records] == [
-      "Text 1 ('a red circle\\nleft of a blue sq...', 35 tokens) is cut to max_length=8 tokens (2 "
-      "of 4 texts are): raise max_length to keep such texts whole, a run's config.text.max_length "
-      "(train.py --config.text.max_length) or, from Python, the max_length of load_tokenizer or "
-      "TextGenerator.from_pretrained."]
+      "Text #2 of 4 ('a red circle\\nleft of a blue sq...', 35 tokens) is cut to max_length=8 "
+      "tokens (2 of 4 texts are): raise max_length to keep such texts whole, a run's "
+      "config.text.max_length (train.py --config.text.max_length) or, from Python, the "
+      "max_length of load_tokenizer or TextGenerator.from_pretrained."]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # one text: no number to give it
+    tok("a red circle left of a blue square", fix="shorten it")
+  assert [r.getMessage() for r in caplog.records] == [
+      "The text ('a red circle left of a blue sq...', 35 tokens) is cut to max_length=8 tokens: "
+      "shorten it."]
 
 
 def test_tokenizer_rejects_non_text():

@@ -40,6 +40,7 @@ def test_a_sample_prompt_cut_to_max_length_names_the_run_s_settings(tmp_path, ca
     SampleWriter(build_models(config, t5_config), tokenizer, config, tmp_path,
                  make_mesh(jax.devices()[:1]))
   assert [r.getMessage() for r in caplog.records] == [
-      "Text 1 ('a red circle left of a blue sq...', 35 tokens) is cut to max_length=32 tokens: "
-      "shorten such prompts in config.train.sample_prompts, or raise config.text.max_length "
-      "(which the training captions are cut to as well) to keep them whole."]
+      "Text #2 of 2 ('a red circle left of a blue sq...', 35 tokens) is cut to max_length=32 "
+      "tokens: shorten such prompts in config.train.sample_prompts, or raise "
+      "config.text.max_length (which the training captions are cut to as well) to keep them "
+      "whole."]
