@@ -70,9 +70,10 @@ class CaptionExpander:
     tokenizer = self.generator.tokenizer
     tokens, lengths = tokenizer.tokenize(inputs)
     if cut := [i for i, n in enumerate(lengths) if n > tokenizer.max_length]:
-      log.warning("The expander reads the first %d tokens of template + prompt: prompt(s) %s "
-                  "are cut short (prompt %d has %d tokens); raise --expand_max_length.",
-                  tokenizer.max_length, cut, cut[0], lengths[cut[0]])
+      log.warning("The expander reads the first %d tokens of template + prompt: %d of %d "
+                  "prompts are cut short (prompt #%d has %d tokens); raise its max_length "
+                  "(sample.py --expand_max_length).", tokenizer.max_length, len(cut),
+                  len(inputs), cut[0] + 1, lengths[cut[0]])
     kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
     if self.do_sample:
       kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)

@@ -306,8 +306,8 @@ def test_expansion_input_cut_short_is_named_by_prompt(expander_dir, caplog):
   long = "a big red circle to the left of a small blue square"  # 51 bytes + EOS
   with caplog.at_level(logging.WARNING):
     expander(["a red circle", "a star", long])
-  assert ("first 24 tokens of template + prompt: prompt(s) [2] are cut short (prompt 2 has 52 "
-          "tokens); raise --expand_max_length") in caplog.text
+  assert ("first 24 tokens of template + prompt: 1 of 3 prompts are cut short (prompt #3 has 52 "
+          "tokens); raise its max_length (sample.py --expand_max_length).") in caplog.text
   # One warning, by prompt: not the tokenizer's again per chunk (with chunk-local indices).
   assert caplog.text.count("cut short") == 1 and "is cut to max_length" not in caplog.text
 
