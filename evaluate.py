@@ -270,9 +270,9 @@ def _writable_file(flag: str, value: str, what: str, overwrite: str) -> Path:
   kept as named: it is written through, as the shell's `>` does, and named with its target."""
   if not value.strip():
     raise OSError(f"{flag} is blank; name {what}.")
-  out = output_files.expand_home(value, flag)
+  out = output_files.expand_output(value, flag)
   output_files.check_output_file(out, flag, FLAGS[overwrite].value, what, overwrite)
-  return out
+  return Path(out)
 
 
 def _check_writable(flag: str, folder: Path, fix_flag: str) -> Path:

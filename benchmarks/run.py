@@ -71,7 +71,7 @@ def _parse() -> argparse.Namespace:
   from llmimg_jax import output_files  # the checks of every output flag of the package's
   try:
     if a.json:  # '~/x.json' after '=', which no shell expands: as the package's path flags
-      a.json = str(output_files.expand_home(a.json, "--json"))
+      a.json = output_files.expand_output(a.json, "--json")
       output_files.check_output_file(a.json, "--json", a.overwrite, "a .json file")
   except (OSError, ValueError) as e:  # ValueError: a ~user that is no one's
     p.error(str(e))

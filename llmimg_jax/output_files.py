@@ -57,6 +57,13 @@ def expand_home(path: str | os.PathLike, flag: str) -> Path:
                      "home.") from None
 
 
+def expand_output(path: str, flag: str) -> str:
+  """An output flag's file with ~ expanded (expand_home) and a trailing '/' kept, which a Path
+  drops: check_output_file then refuses the folder's name instead of writing a file by it."""
+  expanded = str(expand_home(path, flag))
+  return os.path.join(expanded, "") if path.endswith(("/", os.sep)) else expanded
+
+
 def refuse_existing(path: str | os.PathLike, named: str, overwrite: bool,
                     overwrite_flag: str = "overwrite",
                     error: type[Exception] = FileExistsError) -> None:
@@ -94,6 +101,8 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
   target = os.path.realpath(path)
   if os.path.isdir(target):
     raise error(f"{named} is a folder; name {what}.")
+  if os.fspath(path).endswith(("/", os.sep)):  # realpath drops it: a file by the folder's name
+    raise error(f"{named} names a folder (it ends in '/'); name {what}.")
   # /dev/stdout, /dev/null, a fifo (os.path: through /proc's fd links, which realpath cannot):
   # the output's rename would put a file in its place (as root, /dev/null's), not write into it.
   if os.path.exists(path) and not os.path.isfile(path):

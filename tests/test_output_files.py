@@ -152,3 +152,19 @@ def test_the_spare_file_has_the_callers_suffix_and_none_is_left_half_written(tmp
   with pytest.raises(OSError, match=r"the results are printed above\.$"):
     output_files.write_results(out, "{}", "--out", False, "meanwhile", "eval_*.json")
   assert not list(tmp_path.glob("eval_*"))
+
+
+@pytest.mark.parametrize("named", ["results.json/", "~/results.json/"])
+def test_a_folders_name_is_refused_not_written_as_a_file(named, tmp_path, monkeypatch):
+  """An output flag's `results.json/` lost its '/' to expand_home (a Path), and its file was
+  written as results.json (prepare --preview had its own fix, f41ef54; evaluate.py --out and
+  --write_stats, run.py --json had none)."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  path = output_files.expand_output(named, "--out")
+  assert path == f"{tmp_path}/results.json/" if named.startswith("~") else path == named
+  with pytest.raises(OSError, match=r"^--out '.*results\.json/' names a folder \(it ends in "
+                     r"'/'\); name a \.json file\.$"):
+    output_files.check_output_file(path, "--out", False, "a .json file")
+  assert output_files.expand_output("~/r.json", "--out") == f"{tmp_path}/r.json"
+  assert not list(tmp_path.iterdir())

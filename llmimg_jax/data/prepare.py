@@ -185,9 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           "--data_dir", "DIR", "name the TFDS data directory, or drop the flag for "
           "$LLMIMG_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets"))
     if args.preview:  # no shell expands ~ after '='; else a folder named '~'
-      preview = str(output_files.expand_home(args.preview, "--preview"))
-      # Path drops a trailing '/', a folder's name: grid.png/ was saved as the file grid.png.
-      args.preview = os.path.join(preview, "") if args.preview.endswith("/") else preview
+      args.preview = output_files.expand_output(args.preview, "--preview")
     check_args(args)
     cfg = data_config_from_args(args)
     if args.preview:

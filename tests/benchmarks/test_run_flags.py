@@ -52,6 +52,14 @@ def test_an_existing_json_file_is_refused_before_benchmarking(monkeypatch, capsy
   assert "--overwrite only applies to --json" in _usage_error(monkeypatch, capsys, "--overwrite")
 
 
+def test_a_json_folder_name_is_refused_before_benchmarking(monkeypatch, capsys, tmp_path):
+  """--json out.json/ wrote its results as the file out.json (the '/' lost to expanding ~)."""
+  named = f"{tmp_path}/out.json/"
+  assert (f"run.py: error: --json {named!r} names a folder (it ends in '/'); name a .json file."
+          in _usage_error(monkeypatch, capsys, "--quick", "--json", named))
+  assert not list(tmp_path.iterdir())
+
+
 def test_a_json_folder_no_file_can_be_made_in_is_refused_before_benchmarking(monkeypatch,
                                                                              capsys):
   """--json's folder was made, never tried: one that cannot be written (no permission; as root

@@ -132,6 +132,19 @@ def test_write_stats_to_a_folder_is_refused_before_the_work(tmp_path):
           ".npz file.") in out.stderr
 
 
+@pytest.mark.parametrize("flag, name, args", [
+    ("--write_stats", "ref.npz/", ["--config=configs/folder_64.py", "--config.data.folder=x"]),
+    ("--out", "results.json/", ["--workdir", "no_run"])])
+def test_an_output_named_as_a_folder_is_refused_before_the_work(flag, name, args, tmp_path,
+                                                                monkeypatch):
+  """--write_stats ref.npz/ (or --out results.json/) was written as the file ref.npz."""
+  monkeypatch.chdir(tmp_path)
+  named = f"{tmp_path}/{name}"
+  error = _main(flag, named, *args, "--inception_weights", "pt_inception.pth")
+  assert f"{flag} {named!r} names a folder (it ends in '/')" in str(error), error
+  assert not list(tmp_path.iterdir())
+
+
 def test_write_stats_refuses_a_workdir_and_a_config_together(tmp_path, monkeypatch):
   """With both, the run's data config was read and --config (and its --config.* overrides, e.g.
   another data.folder) ignored without a word."""
