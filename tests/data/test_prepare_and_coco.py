@@ -11,14 +11,7 @@ import pytest
 from PIL import Image
 
 from llmimg_jax.data import captioned_folder, coco, pipeline, prepare
-
-
-def _usage_error(capsys, argv: list[str]) -> str:
-  """prepare.main(argv)'s one-line error (stderr): it must exit with 2."""
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(argv)
-  assert exit_info.value.code == 2
-  return capsys.readouterr().err
+from tests.data.utils import _usage_error
 
 
 def test_prepare_builds_and_writes_preview(shapes_cfg, tmp_path):

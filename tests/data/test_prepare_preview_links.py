@@ -2,18 +2,10 @@
 leads (its target), and a link to itself named as a loop."""
 from __future__ import annotations
 
-import pytest
 from PIL import Image
 
 from llmimg_jax.data import prepare
-
-
-def _usage_error(capsys, argv: list[str]) -> str:
-  """prepare.main(argv)'s one-line error (stderr): it must exit with 2."""
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main(argv)
-  assert exit_info.value.code == 2
-  return capsys.readouterr().err
+from tests.data.utils import _usage_error
 
 
 def test_a_preview_link_is_checked_where_the_grid_is_written(shapes_cfg, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Test fixtures for tests/data: small ICC profiles built byte by byte (no system profiles
-needed), so colour-management tests use real profiles with known primaries and curves; and the
-script of a process reading batches from grain workers."""
+needed), so colour-management tests use real profiles with known primaries and curves; the
+script of a process reading batches from grain workers; and the check of a prepare usage error."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +10,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from PIL import Image, ImageCms
+
+from llmimg_jax.data import prepare
 
 _D50 = (0.9642, 1.0, 0.8249)
 
@@ -105,3 +108,11 @@ def run_with_workers(data_cfg, body: str, **run_kw) -> subprocess.CompletedProce
   """) + textwrap.indent(textwrap.dedent(body), "  ")
   return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=120, check=False, **run_kw)
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+  """prepare.main(argv)'s one-line error (stderr): it must exit with 2."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main(argv)
+  assert exit_info.value.code == 2
+  return capsys.readouterr().err
