@@ -32,8 +32,8 @@ def _jitted(models: Models, mesh: jax.sharding.Mesh):
 
 def generate_for_captions(models: Models, g_params: Any, text_params: Any, tokenizer: TextTokenizer,
                           captions: Sequence[str] | str, seed: int = 0, batch_size: int = 64,
-                          check_finite: bool = False, mesh: jax.sharding.Mesh | None = None
-                          ) -> np.ndarray:
+                          check_finite: bool = False, mesh: jax.sharding.Mesh | None = None,
+                          warn_cut: bool = True) -> np.ndarray:
   """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the noise
   does not depend on batch_size or the device count (the images up to a uint8 step of XLA's
   rounding). With `check_finite` (evaluate.py), a ValueError if the generator's output held NaN
@@ -43,7 +43,8 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   calls this with the same captions): batches of at most batch_size rows, rounded
   up to a multiple of the device count (Sampler's buckets, expand.batch_bucket; the last batch
   wraps around), split over the devices; the params are replicated on them (copied there once if
-  they are not). One str is one caption, as the Sampler and the tokenizer take it."""
+  they are not). One str is one caption, as the Sampler and the tokenizer take it. Captions over
+  config.text.max_length are cut, with a warning unless not `warn_cut` (a caller's repeat)."""
   # One str: not one caption per character; a NumPy array of str or a pandas Series: no bool()
   captions = [captions] if isinstance(captions, str) else list(captions)
   if not captions:
@@ -54,10 +55,10 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   g_params, text_params = jax.device_put((g_params, text_params), replicated)
   fn = _jitted(models, mesh)
   key = from_every_host(np.asarray(jax.random.PRNGKey(seed)), replicated)
-  tokens = tokenizer(list(captions), fix=(
+  tokens = tokenizer(captions, fix=(
       f"the run reads config.text.max_length={models.config.text.max_length} tokens of a caption, "
       "as in training: a run trained with a larger one (train.py --config.text.max_length) keeps "
-      "such captions whole"))
+      "such captions whole")) if warn_cut else tokenizer.tokenize(captions)[0]
   n, n_dev = len(captions), mesh.devices.size
   batch = batch_bucket(n, rows_per_call(batch_size, n_dev), n_dev)
   r = models.config.model.resolution

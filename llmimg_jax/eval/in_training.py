@@ -96,6 +96,7 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
 
 
 class TrainingEvaluator:
+  _cut_warned = False  # the same captions at every evaluation: their cut is warned of once
 
   def __init__(self, models, tokenizer, config: ml_collections.ConfigDict, workdir: Path, *,
                mesh: jax.sharding.Mesh | None = None):
@@ -182,7 +183,8 @@ class TrainingEvaluator:
     images = generate_for_captions(self.models, state.ema_params, state.text_params,
                                    self.tokenizer, self.captions,
                                    seed=self.seed % 2**32,  # config.seed + 2 may pass 2**32 - 1
-                                   mesh=self.mesh)
+                                   mesh=self.mesh, warn_cut=not self._cut_warned)
+    self._cut_warned = True
     result = {k: v for k, v in self.evaluator.score(images, self.captions).items()
               if k != "num_images"}
     result["fid_indomain"] = fid.frechet_distance(

@@ -37,3 +37,21 @@ def test_the_largest_config_seed_evaluates(sampler, tiny_eval, tmp_path):
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   assert evaluate.setup["seed"] == 2**32 + 1  # what best.json records, as before
   assert 0 <= evaluate(sampler, 2, None)["caption_accuracy"] <= 1
+
+
+def test_a_cut_caption_is_warned_of_once_per_run_not_every_evaluation(
+    sampler, tiny_eval, tmp_path, caplog):
+  """The evaluation's captions are the same at every step: their cut warning (tiny_32's two-shape
+  captions are over config.text.max_length=32 tokens) comes with the first evaluation, not again
+  every eval.every steps."""
+  import logging
+  from llmimg_jax.eval.in_training import TrainingEvaluator
+  data, _ = tiny_eval
+  config = tiny_config(data.data_dir)
+  config.eval.every, config.eval.num_samples = 2, 8
+  evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+  with caplog.at_level(logging.WARNING, logger="llmimg_jax"):
+    for step in (2, 4, 6):
+      evaluate(sampler, step, None)
+  cut = [r.getMessage() for r in caplog.records if "is cut to max_length" in r.getMessage()]
+  assert len(cut) == 1 and "(6 of 8 texts are)" in cut[0], cut
