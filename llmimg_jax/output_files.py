@@ -161,11 +161,16 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
       where = f"are in {spare_file}"
     except OSError:  # nor a temporary file: text is printed, bytes (an .npz) cannot be
-      if spare_file is not None:  # a partial one (a full disk)
-        os.unlink(spare_file)
+      left = ""
+      if spare_file is not None:  # a partial one (a full disk); if it stays, it is named
+        try:
+          os.unlink(spare_file)
+        except OSError as e:
+          left = f" ({spare_file}, cut short, could not be removed: {e.strerror or e})"
       if isinstance(data, str):
         print(data)
-      where = "are printed above" if isinstance(data, str) else "are lost (no spare file either)"
+      where = ("are printed above" if isinstance(data, str) else
+               "are lost (no spare file either)") + left
     raise OSError(f"{why}; {what} {where}.") from None
 
 

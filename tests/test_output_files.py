@@ -154,6 +154,37 @@ def test_the_spare_file_has_the_callers_suffix_and_none_is_left_half_written(tmp
   assert not list(tmp_path.glob("eval_*"))
 
 
+def test_a_half_written_spare_file_that_cannot_be_removed_is_named_and_the_results_printed(
+    tmp_path, monkeypatch, capsys):
+  """Removing the spare file a full disk cut short raised out of write_results: the results were
+  not printed and the error named neither the output nor where they are."""
+  import tempfile
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  real = tempfile.NamedTemporaryFile
+
+  def full_disk(*args, **kwargs):
+    f = real(*args, **kwargs)
+    def write(data):
+      raise OSError(28, "No space left on device")
+    f.write = write
+    return f
+
+  real_unlink = os.unlink
+
+  def unlink(path, *args, **kwargs):  # the spare file's only
+    if os.path.basename(path).startswith("eval_"):
+      raise PermissionError(13, "Permission denied")
+    real_unlink(path, *args, **kwargs)
+  monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
+  monkeypatch.setattr(os, "unlink", unlink)
+  with pytest.raises(OSError, match=r"^could not write --out \(FileNotFoundError: No such file or "
+                     r"directory\); the results are printed above \(.*/eval_\w+\.json, cut "
+                     r"short, could not be removed: Permission denied\)\.$"):
+    output_files.write_results(tmp_path / "gone" / "r.json", '{"fid": 1.0}', "--out", False,
+                               "meanwhile", "eval_*.json")
+  assert capsys.readouterr().out == '{"fid": 1.0}\n'
+
+
 @pytest.mark.parametrize("named", ["results.json/", "~/results.json/"])
 def test_a_folders_name_is_refused_not_written_as_a_file(named, tmp_path, monkeypatch):
   """An output flag's `results.json/` lost its '/' to expand_home (a Path), and its file was
