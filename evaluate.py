@@ -90,12 +90,15 @@ def _data_config():
 
 
 def _run_config(workdir: str):
-  """The config a train.py run saved in WORKDIR/config.json; ValueError naming the workdir."""
+  """The config a train.py run saved in WORKDIR/config.json; ValueError naming the workdir (a
+  CheckpointError naming the run's for a folder in its checkpoints/)."""
   import ml_collections
+  from llmimg_jax.sample.restore import refuse_checkpoint_folder
   path = output_files.expand_home(workdir, "--workdir") / "config.json"
   try:
     saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # missing, not a folder, not JSON
+    refuse_checkpoint_folder(path.parent, step_flag=False)  # the statistics take no --step
     why = " ".join(str(getattr(e, "strerror", None) or e).split())
   else:
     if isinstance(saved, dict) and isinstance(saved.get("data"), dict):

@@ -61,11 +61,7 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   paths = ocp.utils.checkpoint_steps_paths(ckpt_dir) if ckpt_dir.is_dir() else []
   steps = {ocp.step.step_from_checkpoint_name(p.name): Path(p) for p in paths}
   if not steps:
-    if (inside := _inside_checkpoints(workdir)) is not None:
-      run, step = inside
-      raise CheckpointError(
-          f"{workdir} is a run's checkpoint folder, not its workdir: pass --workdir {run}"
-          + (f" --step {step}." if step is not None else "."))
+    refuse_checkpoint_folder(workdir)
     if not ckpt_dir.exists() and (runs := _runs_in(workdir)):  # e.g. --workdir runs
       shown = ", ".join(str(r) for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
       raise CheckpointError(
@@ -80,6 +76,19 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
         "every config.train.ckpt_every steps, at the end and at its best evaluation); train "
         "longer or pick another --workdir.")
   return dict(sorted(steps.items()))
+
+
+def refuse_checkpoint_folder(path: str | os.PathLike, step_flag: bool = True) -> None:
+  """A CheckpointError naming the --workdir to pass (and, with `step_flag`, the --step) if `path`
+  is a run's checkpoints/ folder, a step folder in it or a folder inside a step (what a user may
+  take for the run, or for the checkpoint to sample)."""
+  path = full_workdir(path)
+  if (inside := _inside_checkpoints(path)) is None:
+    return
+  run, step = inside
+  raise CheckpointError(
+      f"{path} is a run's checkpoint folder, not its workdir: pass --workdir {run}"
+      + (f" --step {step}." if step is not None and step_flag else "."))
 
 
 def _contents(folder: Path) -> str:

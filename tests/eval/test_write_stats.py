@@ -161,6 +161,22 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
   assert _MeanStdFeatures.made == 0 and not (tmp_path / "ref.npz").exists()
 
 
+def test_a_workdir_inside_a_runs_checkpoints_names_the_run_to_pass(run, tmp_path, monkeypatch):
+  """--write_stats --workdir RUN/checkpoints/2 (or a folder in it) said it cannot read
+  RUN/checkpoints/2/config.json, where sample.py and the evaluation name the run's --workdir
+  (restore.refuse_checkpoint_folder); without --step, which --write_stats refuses."""
+  from llmimg_jax.eval import inception
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _MeanStdFeatures.made = 0
+  ckpt = run.workdir / "checkpoints"
+  for inside in (ckpt, ckpt / "2", ckpt / "2" / "state"):
+    error = _main("--write_stats", str(tmp_path / "ref.npz"), "--workdir", str(inside),
+                  "--inception_weights", "inception.pth")
+    assert error == (f"evaluate.py: error: {inside} is a run's checkpoint folder, not its "
+                     f"workdir: pass --workdir {run.workdir}.")
+  assert _MeanStdFeatures.made == 0 and not (tmp_path / "ref.npz").exists()
+
+
 def test_overwrite_stats_without_write_stats_is_refused(tmp_path):
   """--overwrite_stats alone was ignored without a word (the run was evaluated)."""
   from absl import app
