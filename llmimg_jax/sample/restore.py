@@ -26,6 +26,7 @@ from llmimg_jax.train.checkpoint import brief_error, saved_config
 log = logging.getLogger(__name__)
 PyTree = Any
 SAMPLING_KEYS = ("ema_params", "text_params")
+_SAVES = "train.py saves every config.train.ckpt_every steps, at the end and at its best evaluation"
 
 
 class CheckpointError(RuntimeError):
@@ -71,10 +72,8 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
       raise CheckpointError(
           f"{workdir} is not a training run's workdir: it has no checkpoints/, which train.py "
           f"makes as it starts ({_contents(workdir)}); pass the --workdir of a train.py run.")
-    raise CheckpointError(
-        f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet (train.py saves "
-        "every config.train.ckpt_every steps, at the end and at its best evaluation); train "
-        "longer or pick another --workdir.")
+    raise CheckpointError(f"No finished checkpoint in {ckpt_dir}: the run has not saved one yet "
+                          f"({_SAVES}); train longer or pick another --workdir.")
   return dict(sorted(steps.items()))
 
 
@@ -86,9 +85,12 @@ def refuse_checkpoint_folder(path: str | os.PathLike, step_flag: bool = True) ->
   if (inside := _inside_checkpoints(path)) is None:
     return
   run, step = inside
+  unfinished = (step_flag and step is None and not ocp.utils.checkpoint_steps_paths(path))
   raise CheckpointError(
       f"{path} is a run's checkpoint folder, not its workdir: pass --workdir {run}"
-      + (f" --step {step}." if step is not None and step_flag else "."))
+      + (f" --step {step}." if step is not None and step_flag else ".")
+      + (f" It has no finished checkpoint yet ({_SAVES}): wait for the first save, or train "
+         "longer." if unfinished else ""))
 
 
 def _contents(folder: Path) -> str:
@@ -113,11 +115,12 @@ def _runs_in(folder: Path) -> list[Path]:
 
 
 def _inside_checkpoints(path: Path) -> tuple[Path, int | None] | None:
-  """(the workdir, the step) when `path` is a run's checkpoints/ folder, a step folder in it or a
-  folder inside a step, e.g. its state/ (what a user may take for the checkpoint to sample); None
-  otherwise."""
+  """(the workdir, the step) when `path` is a run's checkpoints/ folder (with a finished step, or
+  beside the config.json train.py writes as it starts), a step folder in it or a folder inside a
+  step, e.g. its state/ (what a user may take for the checkpoint to sample); None otherwise."""
   path = output_files.in_full(path)
-  if path == checkpoint_dir(path.parent) and ocp.utils.checkpoint_steps_paths(path):
+  if path == checkpoint_dir(path.parent) and path.is_dir() and (
+      ocp.utils.checkpoint_steps_paths(path) or (path.parent / "config.json").is_file()):
     return path.parent, None
   for step in (path, *path.parents):  # RUN/checkpoints/2, or RUN/checkpoints/2/state/...
     if (step.parent == checkpoint_dir(step.parent.parent) and step.name.isdigit()

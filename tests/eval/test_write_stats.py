@@ -138,7 +138,7 @@ def test_stats_of_another_dataset_than_the_run_are_warned_about(tmp_path, monkey
           "captioned_shapes/tiny_32: its FID measures the distance to that data") in caplog.text
 
 
-@pytest.mark.parametrize("workdir", ["missing", "a_file", "cut_short", "a_model"])
+@pytest.mark.parametrize("workdir", ["missing", "a_file", "cut_short", "a_model", "checkpoints"])
 def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, monkeypatch,
                                                                      workdir):
   """--write_stats --workdir of no run printed Python's "[Errno 2] No such file or directory:
@@ -147,6 +147,7 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
   _MeanStdFeatures.made = 0
   (tmp_path / "a_file").write_text("not a run")
+  (tmp_path / "checkpoints").write_text("a file by a run's checkpoints/ name")
   (tmp_path / "cut_short").mkdir()
   (tmp_path / "cut_short" / "config.json").write_text('{"data": {"name": "capt')
   (tmp_path / "a_model").mkdir()  # a Hugging Face model's folder: an AttributeError traceback

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.sample import CheckpointError, Sampler, available_steps, restore_for_sampling
+from llmimg_jax.sample.restore import refuse_checkpoint_folder
 from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
@@ -110,6 +111,27 @@ def test_a_checkpoints_folder_or_step_folder_names_the_workdir_to_pass(run):
       available_steps(inside)
   with pytest.raises(CheckpointError, match=rf"pass --workdir {run.workdir}\.$"):
     restore_for_sampling(ckpt)
+
+
+def test_the_checkpoints_folder_of_a_run_without_a_finished_step_is_named_as_one(tmp_path):
+  """--workdir RUN/checkpoints of a run that has not finished a save (none yet, or one under
+  way) said "... is not a training run's workdir: it has no checkpoints/ ..."."""
+  ckpt = tmp_path / "run" / "checkpoints"
+  (ckpt / "2.orbax-checkpoint-tmp-1733443200").mkdir(parents=True)  # a save under way
+  (tmp_path / "run" / "config.json").write_text("{}")  # train.py writes it as it starts
+  want = (f"{ckpt} is a run's checkpoint folder, not its workdir: pass --workdir "
+          f"{tmp_path / 'run'}. It has no finished checkpoint yet (train.py saves every "
+          "config.train.ckpt_every steps, at the end and at its best evaluation): wait for the "
+          "first save, or train longer.")
+  with pytest.raises(CheckpointError, match=f"^{re.escape(want)}$"):
+    available_steps(ckpt)
+  with pytest.raises(CheckpointError, match=f"^{re.escape(want.split(' It has')[0])}$"):
+    refuse_checkpoint_folder(ckpt, step_flag=False)  # evaluate.py --write_stats: the config only
+  with pytest.raises(CheckpointError, match=re.escape(
+      f"No finished checkpoint in {ckpt}: the run has not saved one yet (train.py saves every "
+      "config.train.ckpt_every steps, at the end and at its best evaluation); train longer or "
+      "pick another --workdir.")):
+    available_steps(tmp_path / "run")
 
 
 def test_a_folder_of_runs_names_the_runs_to_pass(run, tmp_path):
