@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
-from llmimg_jax.sample.expand import batch_bucket
+from llmimg_jax.sample.expand import CaptionExpander, batch_bucket
 from llmimg_jax.sample.restore import full_workdir, restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.generator import check_seed
@@ -188,12 +188,14 @@ class Sampler:
     if expanded:
       _check_captions(captions, len(prompts))
     # [prompts, L]; over-long captions truncated, with a warning: a longer max_length would be
-    # another input than the run's text encoder was trained on.
+    # another input than the run's text encoder was trained on. A caller's own expander has no
+    # max_new_tokens (nor a flag of sample.py's).
+    shorten = "such prompts" if not expanded else "the expander's captions"
     tokens = self.tokenizer(captions, fix=(
         f"the run's text encoder was trained on config.text.max_length="
-        f"{self.config.text.max_length} tokens and reads no more: shorten "
-        + ("the expander's captions to keep them whole (fewer max_new_tokens: sample.py "
-           "--expand_max_new_tokens)" if expanded else "such prompts to keep them whole")))
+        f"{self.config.text.max_length} tokens and reads no more: shorten {shorten} to keep them "
+        "whole" + (" (fewer max_new_tokens: sample.py --expand_max_new_tokens)"
+                   if isinstance(self.expander, CaptionExpander) else "")))
     total = len(prompts) * num_per_prompt
     rows = np.repeat(np.arange(len(prompts)), num_per_prompt)  # [total] prompt of each image
     columns = np.tile(np.arange(num_per_prompt, dtype=np.int32), len(prompts))  # [total]

@@ -346,8 +346,24 @@ def test_a_prompt_cut_to_the_run_s_max_length_is_to_be_shortened(sampler, caplog
       "Text #2 of 2 ('a red circle a red circle a re...', 40 tokens) is cut to max_length=32 "
       "tokens: the run's text encoder was trained on config.text.max_length=32 tokens and reads "
       "no more: shorten such prompts to keep them whole."]
-  caplog.clear()
-  sampler.expander = lambda prompts: [f"{p}, drawn in bright colours" for p in prompts]
+
+
+class _BrightExpander(CaptionExpander):
+  """A CaptionExpander whose captions are the prompts 'drawn in bright colours' (no model)."""
+
+  def __call__(self, prompts):
+    return [f"{p}, drawn in bright colours" for p in prompts]
+
+
+@pytest.mark.parametrize("expander, fix", [
+    # A caller's own expander: sample.py's flag sets nothing of it (it named it all the same).
+    (lambda prompts: [f"{p}, drawn in bright colours" for p in prompts], "."),
+    (_BrightExpander(types.SimpleNamespace()),
+     " (fewer max_new_tokens: sample.py --expand_max_new_tokens)."),
+], ids=["own_expander", "CaptionExpander"])
+def test_an_expanded_caption_cut_to_the_run_s_max_length_names_the_expander_s_fix(
+    sampler, caplog, expander, fix):
+  sampler.expander = expander
   try:
     with caplog.at_level(logging.WARNING):
       sampler(["a cat", "a red circle"], num_per_prompt=1)
@@ -356,5 +372,4 @@ def test_a_prompt_cut_to_the_run_s_max_length_is_to_be_shortened(sampler, caplog
   assert [r.getMessage() for r in caplog.records] == [
       "Text #2 of 2 ('a red circle, drawn in bright ...', 38 tokens) is cut to max_length=32 "
       "tokens: the run's text encoder was trained on config.text.max_length=32 tokens and reads "
-      "no more: shorten the expander's captions to keep them whole (fewer max_new_tokens: "
-      "sample.py --expand_max_new_tokens)."]
+      f"no more: shorten the expander's captions to keep them whole{fix}"]
