@@ -95,10 +95,11 @@ def _sampling_options_set(temperature: float, top_p: float, prefix: str) -> list
 
 
 def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample: bool,
-                  temperature: float, top_p: float, flag: str = "expand ") -> None:
+                  temperature: float, top_p: float, flag: str = "CaptionExpander ") -> None:
   """CaptionExpander's options (ValueError if one is bad; TypeError for a count that is not an
   int), to check before a model loads; named with `flag` ("--expand_": as sample.py's flags;
-  "expand ": as CaptionExpander's fields)."""
+  "CaptionExpander ": as its arguments, 'CaptionExpander max_new_tokens=0', and bare where
+  several are named together, 'pass do_sample=True')."""
   check_template(template)
   for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
     check_integer(value, f"{flag}{name}")

@@ -44,9 +44,9 @@ class CaptionExpander:
     check_options(self.template, self.max_new_tokens, self.num_beams, self.do_sample,
                   self.temperature, self.top_p)
     for name in ("batch_size", "seed"):
-      check_integer(getattr(self, name), f"expand {name}")
+      check_integer(getattr(self, name), f"CaptionExpander {name}")
     if self.batch_size < 1:
-      raise ValueError(f"expand batch_size={self.batch_size} must be >= 1.")
+      raise ValueError(f"CaptionExpander batch_size={self.batch_size} must be >= 1.")
 
   @classmethod
   def from_pretrained(cls, path_or_name: str | os.PathLike, max_length: int = 64,

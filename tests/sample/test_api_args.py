@@ -77,13 +77,24 @@ def test_expander_counts_and_seed_that_are_not_ints_are_named(name, value):
   as range()'s "'float' object cannot be interpreted as an integer", and seed=1.0 drew other
   sampled captions than seed=1."""
   with pytest.raises(TypeError, match=re.escape(
-      f"expand {name}={value!r} is a {type(value).__name__}; pass an int.")):
+      f"CaptionExpander {name}={value!r} is a {type(value).__name__}; pass an int.")):
+    CaptionExpander(types.SimpleNamespace(), **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("max_new_tokens", 0), ("num_beams", 0),
+                                         ("batch_size", 0)])
+def test_expander_counts_out_of_range_are_named_as_its_arguments(name, value):
+  """They said 'expand max_new_tokens=0 must be >= 1.' (neither sample.py's --expand_ flag nor
+  the argument), beside the argument names of CaptionExpander's other errors ('pass
+  do_sample=True'); they name the class and the argument, as the Sampler's 'Sampler batch_size'."""
+  with pytest.raises(ValueError, match=f"^CaptionExpander {name}={value} must be >= 1\\.$"):
     CaptionExpander(types.SimpleNamespace(), **{name: value})
 
 
 def test_check_options_refuses_float_counts():
   """sample.py checks the expansion options before the model loads, with the same messages."""
-  with pytest.raises(TypeError, match=re.escape("expand num_beams=1.5 is a float; pass an int.")):
+  with pytest.raises(TypeError, match=re.escape("CaptionExpander num_beams=1.5 is a float; pass "
+                                                "an int.")):
     check_options(DEFAULT_TEMPLATE, 8, 1.5, False, 1.0, 1.0)
 
 

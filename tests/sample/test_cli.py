@@ -341,12 +341,12 @@ _REPORT_IMPORTS = (
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_template", "{text}"],
      "Expansion template '{text}' has the field(s) ['text']; the only field is {prompt} (the "
      "whole prompt), and {{ }} are literal braces."),
-    # Named as CaptionExpander's fields ('expand max_new_tokens=0'), not as the flags.
+    # Named as the flags, not as CaptionExpander's arguments ('CaptionExpander max_new_tokens=0').
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_max_new_tokens", "0"],
      "--expand_max_new_tokens=0 must be >= 1."),
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_num_beams", "-1"],
      "--expand_num_beams=-1 must be >= 1."),
-    # Named as CaptionExpander's fields: 'samples (do_sample) or beam-searches (num_beams > 1)'.
+    # Not as CaptionExpander's arguments: 'samples (do_sample) or beam-searches (num_beams > 1)'.
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_do_sample", "--expand_num_beams", "4"],
      "Caption expansion samples (--expand_do_sample) or beam-searches (--expand_num_beams=4), "
      "not both; drop one of the two flags.")])
