@@ -7,11 +7,14 @@ the state's (its copy to host memory shares them) until its write ends, and a st
 before that copies the state instead of donating it (PJRT's CPU fallback). The test waits for
 each save, as a run on an accelerator (whose copy to host is a real copy) need not.
 
-(jax.transfer_guard cannot show here that the loop fetches nothing between its logging steps: an
-XLA:CPU array is in host memory already, and the guard lets every CPU fetch through.)"""
+The loop reads no device value between its logging steps (a float() or a Python `if` on a step's
+output would wait for that step: no step dispatched ahead of the device). jax.transfer_guard cannot
+show it here, as it lets every XLA:CPU fetch through; the test counts the reads of jax.Array's
+_value, which np.asarray, float, bool, .item() and jax.device_get all go through."""
 import collections
 
 import jax
+from jax._src import array as jax_array
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.train import checkpoint, loop
@@ -23,10 +26,16 @@ def test_the_loop_compiles_its_step_once_and_donates_the_replicated_state(
   config = tiny_config(shapes_data_dir)
   # Steps 2 and 4 log, save and sample; steps 1 and 3 (and 5 after the resume) only train.
   config.train.update(steps=4, log_every=2, ckpt_every=2, sample_every=2)
-  # Per train() call: the programs lowered, how many there were at each step call, and the
-  # types and shardings of the first step's state.
+  # Per train() call: the programs lowered, how many there were at each step call, the device
+  # values read before each step call, and the types and shardings of the first step's state.
   runs = []
   jit_train_step = loop.jit_train_step
+  reads = [0]
+  value = jax_array.ArrayImpl._value
+
+  def counted(self):
+    reads[0] += 1
+    return value.fget(self)
 
   def checked(models, mesh):
     step_fn = jit_train_step(models, mesh)
@@ -42,6 +51,7 @@ def test_the_loop_compiles_its_step_once_and_donates_the_replicated_state(
       assert sharded(batch, NamedSharding(mesh, P("data")))
       assert sharded(state, NamedSharding(mesh, P()))  # replicated
       run["at_call"].append(len(run["lowered"]))
+      run["reads"].append(reads[0])
       new_state, metrics = step_fn(state, batch)
       # Donated: the loop cannot read the old state by mistake, and no copy of it is kept.
       assert all(x.is_deleted() for x in jax.tree.leaves(state))
@@ -57,12 +67,18 @@ def test_the_loop_compiles_its_step_once_and_donates_the_replicated_state(
   save = checkpoint.save
   monkeypatch.setattr(checkpoint, "save", save_and_wait)
   monkeypatch.setattr(loop, "jit_train_step", checked)
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(counted))
   for steps in (4, 6):  # then resumed at step 4, as a new process would be
     config.train.steps = steps
     with lowered_programs() as lowered:
-      runs.append({"lowered": lowered, "at_call": []})
+      runs.append({"lowered": lowered, "at_call": [], "reads": []})
       loop.train(config, tmp_path)
+      runs[-1]["reads"].append(reads[0])
   assert [len(run["at_call"]) for run in runs] == [4, 2]
+  # Device values are read after the logging steps (2, 4 and 6: their metrics, sample grids),
+  # none after steps 1, 3 and 5 (nor while reading and placing the batch of the next step).
+  read_after_step = [[b > a for a, b in zip(r["reads"], r["reads"][1:])] for r in runs]
+  assert read_after_step == [[False, True, False, True], [False, True]], read_after_step
   for run in runs:
     compiled = collections.Counter(run["lowered"])
     assert compiled["jit(train_step)"] == compiled["jit(generate_images)"] == 1, compiled
