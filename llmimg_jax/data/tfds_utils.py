@@ -2,6 +2,7 @@
 error of a dataset that cannot be built or trained on as configured."""
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
@@ -151,12 +152,20 @@ def is_prepared(dataset: tfds.core.DatasetBuilder) -> bool:
   return dataset.is_prepared()
 
 
+# A failed write as the array_record writer (C++) raises it, a RuntimeError: 'Failed to finalize
+# writing of split "train": write() failed: No space left on device; writing PATH; ...'.
+_WRITE_ERRORS = tuple(os.strerror(n) for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO,
+                                               errno.EROFS, errno.EACCES, errno.EPERM))
+
+
 def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
-  """dataset.download_and_prepare(), an OSError named with the data_dir and the fix (not
-  os.makedirs' or a writer's traceback)."""
+  """dataset.download_and_prepare(), an OSError (or the records writer's failed write: a full
+  disk) named with the data_dir and the fix (not os.makedirs' or a writer's traceback)."""
   try:
     dataset.download_and_prepare()
-  except OSError as e:
+  except (OSError, RuntimeError) as e:
+    if isinstance(e, RuntimeError) and not any(text in str(e) for text in _WRITE_ERRORS):
+      raise
     raise DatasetError(
         f"Could not build {what} in data.data_dir={data_dir!r} ({type(e).__name__}: {e}). "
         "Check that path, or set data.data_dir to a folder you can write, with room for the "
