@@ -242,9 +242,9 @@ class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
-    if not os.path.isdir(cfg.folder):
-      raise FileNotFoundError(f"captioned_folder: source folder {cfg.folder} does not exist; "
-                              "set data.folder (or --folder) to a folder of images.")
+    if not os.path.isdir(cfg.folder):  # gone since the config was checked
+      raise FolderError(f"captioned_folder: source folder {cfg.folder} does not exist; set "
+                        "data.folder to a folder of images.")
     self._remove_dead_builds()
     return {"train": self._generate_examples(cfg.folder)}
 
@@ -283,6 +283,7 @@ class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
         notes.add(note, rel)
       yield rel, {"image": image, "captions": captions[rel], "file_name": rel, "index": index}
       index += 1
+    _check_still_there(folder, index, len(captioned))
     skipped = line_skips.counts + image_skips.counts
     summary = {
         "folder": folder, "fingerprint": folder_fingerprint, "num_examples": index,
@@ -308,6 +309,20 @@ class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
                         f"{summary['skipped']}). {_advice(line_skips, image_skips, captioned)}")
+
+
+def _check_still_there(folder: str, read: int, captioned: int) -> None:
+  """FolderError if `folder` was removed (or renamed) or made unreadable during its build:
+  each image after that was skipped as unknown_file, and the build of the part read before would
+  be kept as complete (TFDS removes its unfinished build on an error)."""
+  try:
+    os.scandir(folder).close()
+  except OSError as e:
+    raise FolderError(
+        f"captioned_folder: {folder} was removed, renamed or made unreadable during its build "
+        f"({e.strerror}); the part built ({read} of {captioned} captioned images) is not kept. "
+        "Restore the folder (or set data.folder to where it is now) and build again."
+    ) from None
 
 
 _ADVICE = {

@@ -140,7 +140,8 @@ def test_utf16_captions_file_is_named_with_the_fix(tmp_path):
 
 
 def test_missing_folder_and_captions_file_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(captioned_folder.FolderError, match=r"nope does not exist; set data.folder "
+                                                        r"to a folder of images\.$"):
     captioned_folder.build_folder(str(tmp_path / "nope"), str(tmp_path / "tfds"), 8)
   (tmp_path / "imgs").mkdir()
   with pytest.raises(captioned_folder.FolderError, match="No captions file in .*captions.jsonl"):

@@ -1,13 +1,16 @@
-"""A build that fails part-way (a full disk) ends prepare in one line naming the path and the
-fix, and leaves no build that a later command would read."""
+"""A build that fails part-way (a full disk, its folder removed) ends prepare in one line naming
+the path and the fix, and leaves no build that a later command would read."""
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 import types
 
 from PIL import Image
 from tensorflow_datasets.core import file_adapters
 
+from llmimg_jax.data import caption_files, images
 from tests.data.utils import _usage_error
 
 
@@ -55,3 +58,45 @@ def test_a_full_disk_while_writing_the_records_is_one_line_error(tmp_path, capsy
                       "for the build.\n"), err
   assert "Traceback" not in err
   assert _files_under(data_dir) == []  # TFDS removed its incomplete build, and the lock is gone
+
+
+def test_a_folder_removed_during_its_build_leaves_no_build(tmp_path, capsys, monkeypatch):
+  """Each image after the folder was removed was skipped as unknown_file, and the build of those
+  read before was kept as complete (exit 0), read from then on by train.py with no warning (a
+  build whose folder is gone is read as it is)."""
+  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  load_image, calls, lock = images.load_image, [], threading.Lock()
+
+  def load_then_remove(path, *args):  # the folder removed as the 3rd image is read
+    with lock:
+      calls.append(path)
+      if len(calls) == 3:
+        shutil.rmtree(folder)
+    return load_image(path, *args)
+  monkeypatch.setattr(images, "load_image", load_then_remove)
+  monkeypatch.setattr(images, "_decode_threads", lambda: 1)  # the first two read before
+  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
+                              "--data_dir", str(data_dir), "--image_size", "8"])
+  assert err.endswith(
+      f"error: captioned_folder: {folder} was removed, renamed or made unreadable during its "
+      "build (No such file or directory); the part built (2 of 6 captioned images) is not kept. "
+      "Restore the folder (or set --folder to where it is now) and build again.\n"), err
+  assert _files_under(data_dir) == []
+
+
+def test_a_folder_removed_before_its_build_names_the_folder_flag(tmp_path, capsys, monkeypatch):
+  """Removed after the config was checked: a FileNotFoundError, which prepare printed as a data_dir
+  it could not write ('... set --folder (or --folder) to a folder of images.). Check that path, or
+  set --data_dir to a folder you can write, with room for the build.')."""
+  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  check_caption_files = caption_files.check_caption_files
+
+  def check_then_remove(path):
+    check_caption_files(path)
+    shutil.rmtree(path)
+  monkeypatch.setattr(caption_files, "check_caption_files", check_then_remove)
+  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
+                              "--data_dir", str(data_dir), "--image_size", "8"])
+  assert err.endswith(f"error: captioned_folder: source folder {folder} does not exist; set "
+                      "--folder to a folder of images.\n"), err
+  assert _files_under(data_dir) == []
