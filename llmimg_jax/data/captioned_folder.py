@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -167,7 +168,7 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
       if first:
         log.warning("captioned_folder: %s was built by an older %s (version %d, now %d: %s); "
                     "training and evaluation read that build as it is. To rebuild it, %s",
-                    builder.data_dir, what, version, now, changes, _DELETE_THE_BUILD)
+                    builder.data_dir, what, version, now, changes, _delete_the_build(builder))
   if current is None:
     if first:
       log.info("captioned_folder: %s is gone; reading its build in %s.", folder, builder.data_dir)
@@ -178,7 +179,7 @@ def warn_if_changed(builder: "CaptionedFolder") -> bool:
     log.warning(
         "captioned_folder: %s changed since it was built into %s (captions or images added, "
         "removed or modified); training and evaluation read that build. To use the new "
-        "contents, %s", folder, builder.data_dir, _DELETE_THE_BUILD)
+        "contents, %s", folder, builder.data_dir, _delete_the_build(builder))
   return True
 
 
@@ -191,8 +192,12 @@ _DECODER_CHANGES = {
 }
 
 
-_DELETE_THE_BUILD = ("delete that directory; a run started on the old build then cannot resume "
-                     "its data position, so give it a new --workdir.")
+def _delete_the_build(builder: "CaptionedFolder") -> str:
+  """How to delete `builder`'s build (not the folder of images, named in the same warning)."""
+  path = str(builder.data_dir)
+  command = path if "://" in path else f"rm -r {shlex.quote(path)}"  # a bucket's: its own tool
+  return (f"delete that build ({command}); a run started on it then cannot resume its data "
+          "position, so give it a new --workdir.")
 
 
 def _changes_after(changes: dict[int, str], version: int) -> str:

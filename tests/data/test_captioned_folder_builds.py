@@ -4,6 +4,8 @@ loop is walked once, and a first build leaves no TFDS warning or temp folder."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import tempfile
 
@@ -16,9 +18,10 @@ from llmimg_jax.data import images as images_lib
 
 
 def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
-  """A run resumes on the build it started with; an edit is reported, and deleting the build
-  rebuilds it with the new contents. Odd entries (a dangling symlink, a non-UTF-8 name, a TFDS
-  data_dir inside the folder) neither crash the fingerprint nor change it between loads."""
+  """A run resumes on the build it started with; an edit is reported, and deleting the build (the
+  warning's `rm -r`) rebuilds it with the new contents. Odd entries (a dangling symlink, a
+  non-UTF-8 name, a TFDS data_dir inside the folder) neither crash the fingerprint nor change it
+  between loads."""
   folder = tmp_path / "imgs"
   folder.mkdir()
   Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "a.png")
@@ -39,7 +42,11 @@ def test_an_edited_folder_keeps_its_build_with_a_warning(tmp_path, caplog):
     # said once per process: evaluate.py loads the source twice (splits, then the split)
     assert [r["captions"] for r in _records(data)] == [["first"]]
     assert caplog.text.count("changed since it was built") == 1
-  shutil.rmtree(pipeline.folder_builder(data).data_dir)
+  # The command to run, not 'delete that directory' after naming the folder of images too.
+  command = re.search(r"delete that build \((rm -r .+?)\); a run started on it", caplog.text)
+  assert command, caplog.text
+  assert shlex.split(command[1]) == ["rm", "-r", str(pipeline.folder_builder(data).data_dir)]
+  shutil.rmtree(shlex.split(command[1])[2])
   assert [r["captions"] for r in _records(data)] == [["first", "second"]]
   # An image replaced (same name, other pixels) is an edit too.
   caplog.clear()
