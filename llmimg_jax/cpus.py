@@ -4,29 +4,69 @@ job step's cores), where os.cpu_count() counts the host's."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 
 def usable_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
-                proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> int:
+                proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
+                mountinfo: str | os.PathLike = "/proc/self/mountinfo") -> int:
   """The cores this process may run on (taskset, a cpuset), at most the smallest CPU quota,
-  rounded up, along its cgroup's path under `cgroup_root` (`proc_cgroup` names that path)."""
+  rounded up, along its cgroup's path (`proc_cgroup` names it) in the cgroup mounts `mountinfo`
+  lists (else under `cgroup_root`)."""
   cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
            else os.cpu_count() or 1)
-  quota = _cpu_quota(Path(cgroup_root), Path(proc_cgroup))
+  quota = _cpu_quota(Path(cgroup_root), Path(proc_cgroup), Path(mountinfo))
   return min(cores, quota) if quota else cores
 
 
-def _cpu_quota(root: Path, proc_cgroup: Path) -> int | None:
-  """The smallest ceil(quota / period) of the process's cgroup and those above it up to `root`:
-  v2's cpu.max ("200000 100000"; "max 100000": none) under `root`, v1's cpu.cfs_quota_us (-1:
-  none) and cpu.cfs_period_us under root/cpu. None without a quota or where none can be read (not
-  Linux). A container sees its own cgroup at `root` ('0::/'); a process in the host's namespace
-  (a systemd unit, a Slurm job step) sees its path from the host's root."""
+def _cpu_quota(root: Path, proc_cgroup: Path, mountinfo: Path) -> int | None:
+  """The smallest ceil(quota / period) of the process's cgroup and those above it up to its
+  mount: v2's cpu.max ("200000 100000"; "max 100000": none), v1's cpu.cfs_quota_us (-1: none)
+  and cpu.cfs_period_us. None without a quota or where none can be read (not Linux). The mounts
+  are those `mountinfo` lists (v1's cpu controller's: 'cpu,cpuacct', wherever it is), else
+  `root` (v2) and root/cpu (v1), mounted at the cgroup root. A container sees its own cgroup at
+  its mount ('0::/', or its path from the host's root where the mount's root is that path); a
+  process in the host's namespace (a systemd unit, a Slurm job step) its path from the root."""
   v2, v1 = _cgroup_paths(proc_cgroup)
-  quotas = ([_v2_quota(folder) for folder in _up_to(root, v2)]
-            + [_v1_quota(folder) for folder in _up_to(root / "cpu", v1)])
+  mounts = _cgroup_mounts(mountinfo)
+  v2_at, v2_root = mounts.get("v2", (root, "/"))
+  v1_at, v1_root = mounts.get("v1", (root / "cpu", "/"))
+  quotas = ([_v2_quota(folder) for folder in _up_to(v2_at, _below(v2, v2_root))]
+            + [_v1_quota(folder) for folder in _up_to(v1_at, _below(v1, v1_root))])
   return min((q for q in quotas if q), default=None)
+
+
+def _cgroup_mounts(mountinfo: Path) -> dict[str, tuple[Path, str]]:
+  """The first cgroup v2 mount and v1 cpu controller mount `mountinfo` lists: {"v2"/"v1": (its
+  mount point, the cgroup mounted there)}; none where it cannot be read."""
+  try:
+    lines = mountinfo.read_text().splitlines()
+  except (OSError, UnicodeDecodeError):
+    return {}
+  mounts = {}
+  for line in lines:  # ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+    mount, _, filesystem = line.partition(" - ")
+    fields, (fstype, _, options) = mount.split(), (filesystem.split() + ["", "", ""])[:3]
+    if len(fields) >= 5 and (fstype == "cgroup2" or
+                             fstype == "cgroup" and "cpu" in options.split(",")):
+      root, point = (_unescape(field) for field in fields[3:5])
+      mounts.setdefault("v2" if fstype == "cgroup2" else "v1", (Path(point), root))
+  return mounts
+
+
+def _unescape(field: str) -> str:
+  """A mountinfo path: a space, tab, newline or backslash in it is written '\\040' and so on."""
+  return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _below(path: str, mount_root: str) -> str:
+  """The cgroup `path` (from the root) from where the cgroup `mount_root` is mounted; as it is if
+  it is not below that one."""
+  try:
+    return "/" + str(PurePosixPath(path).relative_to(mount_root))
+  except ValueError:
+    return path
 
 
 def _cgroup_paths(proc_cgroup: Path) -> tuple[str, str]:

@@ -16,5 +16,5 @@ def test_captioned_shapes_renders_in_one_process_per_usable_core(tmp_path, monke
   monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
   assert captioned_shapes.default_num_proc() == images._decode_threads() == 2
   monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-  monkeypatch.setattr(cpus, "_cpu_quota", lambda root, proc_cgroup: None)
+  monkeypatch.setattr(cpus, "_cpu_quota", lambda root, proc_cgroup, mountinfo: None)
   assert captioned_shapes.default_num_proc() == images._decode_threads() == 8
