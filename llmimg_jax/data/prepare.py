@@ -211,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
       refuse_existing(args.preview, args.overwrite)  # nor one written during the build
     except ValueError as e:
       parser.exit(2, f"{parser.prog}: error: {e}\n")
-    save_preview(preview_grid(source), args.preview)
+    try:
+      save_preview(preview_grid(source), args.preview)
+    except OSError as e:  # its folder removed during the build, a full disk
+      parser.exit(2, f"{parser.prog}: error: could not write --preview {args.preview!r} "
+                     f"({type(e).__name__}: {e.strerror or e}); the dataset is built in "
+                     f"{cfg.data_dir}: run prepare again with a --preview it can write (the build "
+                     "is reused).\n")
     report["preview"] = args.preview
   print(json.dumps(report, indent=2))
   return report

@@ -1,5 +1,6 @@
 """A build that fails part-way (a full disk, its folder removed) ends prepare in one line naming
-the path and the fix, and leaves no build that a later command would read."""
+the path and the fix, and leaves no build that a later command would read; so does a --preview
+that cannot be written after the build."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import types
 from PIL import Image
 from tensorflow_datasets.core import file_adapters
 
-from llmimg_jax.data import caption_files, images
+from llmimg_jax.data import caption_files, images, pipeline, prepare
 from tests.data.utils import _usage_error
 
 
@@ -100,3 +101,25 @@ def test_a_folder_removed_before_its_build_names_the_folder_flag(tmp_path, capsy
   assert err.endswith(f"error: captioned_folder: source folder {folder} does not exist; set "
                       "--folder to a folder of images.\n"), err
   assert _files_under(data_dir) == []
+
+
+def test_a_preview_that_cannot_be_written_after_the_build_is_one_line_error(tmp_path, capsys,
+                                                                            monkeypatch):
+  """Its folder, checked before the build, removed during it: the write's traceback."""
+  folder, data_dir, out = _folder(tmp_path), tmp_path / "tfds", tmp_path / "out"
+  load_source = pipeline.load_source
+
+  def load_then_remove(*args):
+    source = load_source(*args)
+    shutil.rmtree(out)
+    return source
+  monkeypatch.setattr(pipeline, "load_source", load_then_remove)
+  argv = ["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir", str(data_dir),
+          "--image_size", "8", "--preview", str(out / "grid.png")]
+  err = _usage_error(capsys, argv)
+  assert err.endswith(
+      f"error: could not write --preview '{out / 'grid.png'}' (FileNotFoundError: No such file "
+      f"or directory); the dataset is built in {data_dir}: run prepare again with a --preview it "
+      "can write (the build is reused).\n"), err
+  monkeypatch.setattr(pipeline, "load_source", load_source)
+  assert prepare.main(argv)["num_examples"] == 6 and (out / "grid.png").is_file()
