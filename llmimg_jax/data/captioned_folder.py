@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import functools
 import hashlib
 import logging
@@ -317,17 +318,17 @@ class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
 
 
 def _check_still_there(folder: str, read: int, captioned: int) -> None:
-  """FolderError if `folder` was removed (or renamed) or made unreadable during its build:
-  each image after that was skipped as unknown_file, and the build of the part read before would
-  be kept as complete (TFDS removes its unfinished build on an error)."""
-  try:
-    os.scandir(folder).close()
-  except OSError as e:
-    raise FolderError(
-        f"captioned_folder: {folder} was removed, renamed or made unreadable during its build "
-        f"({e.strerror}); the part built ({read} of {captioned} captioned images) is not kept. "
-        "Restore the folder (or set data.folder to where it is now) and build again."
-    ) from None
+  """FolderError if `folder` was removed (or renamed) or made unreadable during its build: each
+  image after that was skipped as unknown_file, and the build of the part read before would be
+  kept as complete (TFDS removes its unfinished build on an error). A folder that cannot be
+  listed (mode 711) but whose files can be reached is built as before."""
+  if os.path.isdir(folder) and os.access(folder, os.X_OK):
+    return
+  why = errno.EACCES if os.path.isdir(folder) else errno.ENOENT
+  raise FolderError(
+      f"captioned_folder: {folder} was removed, renamed or made unreadable during its build "
+      f"({os.strerror(why)}); the part built ({read} of {captioned} captioned images) is not "
+      "kept. Restore the folder (or set data.folder to where it is now) and build again.")
 
 
 _ADVICE = {

@@ -85,6 +85,33 @@ def test_a_folder_removed_during_its_build_leaves_no_build(tmp_path, capsys, mon
   assert _files_under(data_dir) == []
 
 
+def test_a_folder_made_unreadable_during_its_build_leaves_no_build(tmp_path, capsys, monkeypatch):
+  """chmod 000 (as root, whom chmod does not stop: its access check)."""
+  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+      os.fspath(path) != str(folder) and access(path, mode, **kw)))
+  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
+                              "--data_dir", str(data_dir), "--image_size", "8"])
+  assert "during its build (Permission denied); the part built (6 of 6 captioned " in err, err
+  assert _files_under(data_dir) == []
+
+
+def test_a_folder_that_cannot_be_listed_still_builds(tmp_path, monkeypatch):
+  """A folder of mode 711 (its files reached by name, its list refused): a build reads the
+  images its captions name, and the check of a folder removed during its build lets it be."""
+  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  for name in ("scandir", "listdir"):
+    def refused(path=".", *, original=getattr(os, name)):
+      if str(path) == str(folder):
+        raise PermissionError(13, "Permission denied", str(path))
+      return original(path)
+    monkeypatch.setattr(os, name, refused)
+  report = prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
+                         str(data_dir), "--image_size", "8"])
+  assert report["num_examples"] == 6
+
+
 def test_a_folder_removed_before_its_build_names_the_folder_flag(tmp_path, capsys, monkeypatch):
   """Removed after the config was checked: a FileNotFoundError, which prepare printed as a data_dir
   it could not write ('... set --folder (or --folder) to a folder of images.). Check that path, or
