@@ -70,7 +70,10 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> No
     _check_hosts_answer(builder, data_dir)
   try:
     builder.download_and_prepare()
-  except (OSError, util.DownloadError, download_manager.NonMatchingChecksumError) as e:
+  except (OSError, RuntimeError, util.DownloadError,
+          download_manager.NonMatchingChecksumError) as e:
+    if isinstance(e, RuntimeError) and not tfds_utils.is_os_error(e):  # a full disk is one
+      raise
     raise _download_error(data_dir, f"{type(e).__name__}: {_short(e)}") from e
 
 

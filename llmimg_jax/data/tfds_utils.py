@@ -158,13 +158,19 @@ _WRITE_ERRORS = tuple(os.strerror(n) for n in (errno.ENOSPC, errno.EDQUOT, errno
                                                errno.EROFS, errno.EACCES, errno.EPERM))
 
 
+def is_os_error(e: BaseException) -> bool:
+  """Whether `e` is an OSError, or the array_record writer's failed write (a RuntimeError)."""
+  return isinstance(e, OSError) or (isinstance(e, RuntimeError)
+                                    and any(text in str(e) for text in _WRITE_ERRORS))
+
+
 def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
   """dataset.download_and_prepare(), an OSError (or the records writer's failed write: a full
   disk) named with the data_dir and the fix (not os.makedirs' or a writer's traceback)."""
   try:
     dataset.download_and_prepare()
   except (OSError, RuntimeError) as e:
-    if isinstance(e, RuntimeError) and not any(text in str(e) for text in _WRITE_ERRORS):
+    if not is_os_error(e):
       raise
     raise DatasetError(
         f"Could not build {what} in data.data_dir={data_dir!r} ({type(e).__name__}: {e}). "

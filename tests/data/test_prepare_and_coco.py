@@ -287,11 +287,21 @@ def test_coco_without_tensorflow_is_a_config_error_before_anything_loads(tmp_pat
   assert not list(tmp_path.iterdir())
 
 
-def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("error, why", [
+    (ConnectionError("HTTPConnectionPool(host='images.cocodataset.org', port=80): Max retries "
+                     "exceeded\n(Failed to resolve 'images.cocodataset.org')"),
+     r"ConnectionError: .*Failed to resolve.*images.cocodataset.org"),
+    # a full disk as the array_record writer raises it (seen on a 1 MB tmpfs: a traceback)
+    (RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on '
+                  "device; writing coco_captions-train.array_record-00003-of-00064"),
+     r"RuntimeError: Failed to finalize writing .* No space left on device"),
+], ids=["offline", "full_disk"])
+def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys, error, why):
   """Offline, TFDS's requests ConnectionError reached train.py and prepare as a traceback minutes
-  into the run; now it is one error naming the data_dir, the site and how to build elsewhere."""
+  into the run, as did a full disk as the records were written; now each is one error naming the
+  data_dir, the site and how to build elsewhere."""
 
-  class OfflineCoco:  # what TFDS's coco_captions builder does without a network
+  class FailingCoco:  # what TFDS's coco_captions builder does without a network or room
     builder_config = None
     url_infos = None  # no URLs to probe first: the build's own error
 
@@ -299,16 +309,15 @@ def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys
       return False
 
     def download_and_prepare(self):
-      raise ConnectionError("HTTPConnectionPool(host='images.cocodataset.org', port=80): Max "
-                            "retries exceeded\n(Failed to resolve 'images.cocodataset.org')")
+      raise error
 
   monkeypatch.setattr(coco, "tensorflow_available", lambda: True)
-  monkeypatch.setattr(pipeline, "builder", lambda data_cfg: OfflineCoco())
+  monkeypatch.setattr(pipeline, "builder", lambda data_cfg: FailingCoco())
   cfg = pipeline.default_data_config()
   cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
   with pytest.raises(coco.CocoDownloadError, match=(
       rf"coco_captions could not be downloaded or built in data.data_dir='{tmp_path}' "
-      r"\(ConnectionError: .*Failed to resolve.*images.cocodataset.org.*--data_dir DIR")):
+      rf"\({why}.*--data_dir DIR.* \(with ~50 GB free\)")):
     pipeline.load_source(cfg)
   err = _usage_error(capsys, ["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
   assert "could not be downloaded" in err
