@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, channel_multipliers, lrelu, upsample2x
-from llmimg_jax.gan.layers import Conv, add_bias, conv2d, scale_shift, times_gain
+from llmimg_jax.gan.layers import Conv, Dense, add_bias, conv2d, scale_shift, times_gain
 
 
 def _gamma_beta_bias_init(key, shape, dtype=jnp.float32):
@@ -209,9 +209,10 @@ class CrossAttention(nn.Module):
     dh = c // self.num_heads
     q_in = nn.LayerNorm(dtype=self.dtype, name="q_norm")(x).reshape(b, h * w, c)
     kv_in = nn.LayerNorm(dtype=self.dtype, name="kv_norm")(words.astype(self.dtype))
-    q = nn.Dense(c, use_bias=False, dtype=self.dtype, name="query")(q_in)  # [batch, hw, c]
-    k = nn.Dense(c, use_bias=False, dtype=self.dtype, name="key")(kv_in)  # [batch, length, c]
-    v = nn.Dense(c, dtype=self.dtype, name="value")(kv_in)  # [batch, length, c]
+    # layers.Dense: nn.Dense with its bias gradient summed in fp32 for bf16 compute too
+    q = Dense(c, use_bias=False, dtype=self.dtype, name="query")(q_in)  # [batch, hw, c]
+    k = Dense(c, use_bias=False, dtype=self.dtype, name="key")(kv_in)  # [batch, length, c]
+    v = Dense(c, dtype=self.dtype, name="value")(kv_in)  # [batch, length, c]
     q = q.reshape(b, h * w, self.num_heads, dh)
     k = k.reshape(b, -1, self.num_heads, dh)
     v = v.reshape(b, -1, self.num_heads, dh)
@@ -221,7 +222,7 @@ class CrossAttention(nn.Module):
     logits = jnp.where(valid, logits, -1e30)
     weights = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0.0)  # [batch, heads, hw, length]
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v).reshape(b, h * w, c)
-    out = nn.Dense(c, dtype=self.dtype, name="out")(out).reshape(b, h, w, c)
+    out = Dense(c, dtype=self.dtype, name="out")(out).reshape(b, h, w, c)
     out = jnp.where(jnp.any(mask > 0, axis=-1)[:, None, None, None], out, 0)  # not out's bias
     gain = self.param("gain", nn.initializers.zeros, ())
     return x + times_gain(out, gain)

@@ -234,3 +234,22 @@ class Conv(nn.Module):
       bias = self.param("bias", nn.initializers.zeros, (self.features,))
       y = add_bias(y, bias.astype(self.dtype))
     return y
+
+
+class Dense(nn.Module):
+  """nn.Dense(features) on the last axis: the same parameters (`kernel` [in, out] lecun-normal,
+  `bias` [out] zeros) and function, bias through `add_bias` (its gradient, a sum over every
+  other axis, in float32 for bf16 compute too)."""
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))  # [..., features]
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      y = add_bias(y, bias.astype(self.dtype))
+    return y
