@@ -243,8 +243,10 @@ class T5Block(nn.Module):
   def cross_key_value(self, encoder_states: Array) -> tuple[Array, Array]:
     return self.layer[1].key_value(encoder_states)
 
-  def __call__(self, x, mask_bias, position_bias, deterministic, *, cross_kv=None,
-               cross_mask_bias=None, cache=None):
+  def __call__(self, x: Array, mask_bias: Array, position_bias: Array | None, deterministic: bool,
+               *, cross_kv: tuple[Array, Array] | None = None,
+               cross_mask_bias: Array | None = None,
+               cache: Cache | None = None) -> tuple[Array, Array, Cache | None]:
     x, position_bias, cache = self.layer[0](x, mask_bias, position_bias, deterministic, cache)
     if self.is_decoder:
       x = self.layer[1](x, cross_kv, cross_mask_bias, deterministic)
