@@ -298,16 +298,17 @@ def padding_mask_bias(mask: Array) -> Array:
   return jnp.where(mask[:, None, None, :].astype(bool), 0.0, MASK_VALUE).astype(jnp.float32)
 
 
-def _embed(config: T5Config, dtype) -> nn.Embed:
-  return nn.Embed(config.vocab_size, config.d_model, embedding_init=_normal(1.0), dtype=dtype,
-                  param_dtype=jnp.float32, name="shared")
+def _embed(config: T5Config) -> nn.Embed:
+  """Looked up in fp32 and cast after (the same values): its gradient is summed in fp32."""
+  return nn.Embed(config.vocab_size, config.d_model, embedding_init=_normal(1.0),
+                  dtype=jnp.float32, param_dtype=jnp.float32, name="shared")
 
 
 def _encode(shared: nn.Embed, encoder: T5Stack, input_ids: Array, attention_mask: Array | None,
             deterministic: bool) -> Array:
   if attention_mask is None:
     attention_mask = jnp.ones_like(input_ids)
-  x = shared(input_ids.astype(jnp.int32))  # [b, l, d_model]
+  x = shared(input_ids.astype(jnp.int32)).astype(encoder.dtype)  # [b, l, d_model]
   return encoder(x, padding_mask_bias(attention_mask), deterministic)[0]
 
 
@@ -317,7 +318,7 @@ class T5EncoderModel(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.shared = _embed(self.config, self.dtype)
+    self.shared = _embed(self.config)
     self.encoder = T5Stack(self.config, False, self.dtype)
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
@@ -336,7 +337,7 @@ class T5ForConditionalGeneration(nn.Module):
 
   def setup(self):
     c = self.config
-    self.shared = _embed(c, self.dtype)
+    self.shared = _embed(c)
     self.encoder = T5Stack(c, False, self.dtype)
     self.decoder = T5Stack(c, True, self.dtype)
     if not c.tie_word_embeddings:
@@ -375,7 +376,7 @@ class T5ForConditionalGeneration(nn.Module):
       if cache is not None:
         raise ValueError("decoder_attention_mask is only supported without a cache.")
       mask_bias = mask_bias + padding_mask_bias(decoder_attention_mask)
-    x = self.shared(decoder_input_ids.astype(jnp.int32))
+    x = self.shared(decoder_input_ids.astype(jnp.int32)).astype(self.dtype)  # [b, t, d_model]
     x, cache = self.decoder(x, mask_bias, deterministic, encoder_states=encoder_states,
                             cross_mask_bias=padding_mask_bias(encoder_mask), cache=cache)
     if self.config.scale_decoder_outputs:
