@@ -211,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
       refuse_existing(args.preview, args.overwrite)  # nor one written during the build
     except ValueError as e:
       parser.exit(2, f"{parser.prog}: error: {e}\n")
+    grid = preview_grid(source)  # a build that cannot be read is not a --preview to change
     try:
-      save_preview(preview_grid(source), args.preview)
+      save_preview(grid, args.preview)
     except OSError as e:  # its folder removed during the build, a full disk
       parser.exit(2, f"{parser.prog}: error: could not write --preview {args.preview!r} "
                      f"({type(e).__name__}: {e.strerror or e}); the dataset is built in "

@@ -8,7 +8,8 @@ import shutil
 import threading
 import types
 
-from PIL import Image
+import pytest
+from PIL import Image, UnidentifiedImageError
 from tensorflow_datasets.core import file_adapters
 
 from llmimg_jax.data import caption_files, images, pipeline, prepare
@@ -150,3 +151,27 @@ def test_a_preview_that_cannot_be_written_after_the_build_is_one_line_error(tmp_
       "can write (the build is reused).\n"), err
   monkeypatch.setattr(pipeline, "load_source", load_source)
   assert prepare.main(argv)["num_examples"] == 6 and (out / "grid.png").is_file()
+
+
+def test_a_build_that_cannot_be_read_for_the_preview_is_not_named_a_preview_it_cannot_write(
+    tmp_path, capsys, monkeypatch):
+  """An image of the build that does not decode (PIL's UnidentifiedImageError, an OSError) as the
+  grid reads it was named a --preview that could not be written ('... run prepare again with a
+  --preview it can write (the build is reused).'): prepare again would fail the same way."""
+  folder, data_dir, out = _folder(tmp_path), tmp_path / "tfds", tmp_path / "out"
+  load_source = pipeline.load_source
+
+  class Undecodable:  # the built source, whose records do not decode
+    def __init__(self, source):
+      self.source = source
+
+    def __len__(self):
+      return len(self.source)
+
+    def __getitem__(self, index):
+      raise UnidentifiedImageError("cannot identify image file <_io.BytesIO object>")
+  monkeypatch.setattr(pipeline, "load_source", lambda *args: Undecodable(load_source(*args)))
+  with pytest.raises(UnidentifiedImageError):
+    prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
+                  str(data_dir), "--image_size", "8", "--preview", str(out / "grid.png")])
+  assert "--preview" not in capsys.readouterr().err
