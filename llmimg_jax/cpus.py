@@ -40,9 +40,9 @@ def _cpu_quota(root: Path, proc_cgroup: Path, mountinfo: Path) -> int | None:
 def _cgroup_mounts(mountinfo: Path) -> dict[str, tuple[Path, str]]:
   """The first cgroup v2 mount and v1 cpu controller mount `mountinfo` lists: {"v2"/"v1": (its
   mount point, the cgroup mounted there)}; none where it cannot be read."""
-  try:
-    lines = mountinfo.read_text().splitlines()
-  except (OSError, UnicodeDecodeError):
+  try:  # a path's bytes as they are (a Latin-1 disk label's too), as os.fsdecode names them
+    lines = os.fsdecode(mountinfo.read_bytes()).splitlines()
+  except OSError:
     return {}
   mounts = {}
   for line in lines:  # ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER

@@ -143,3 +143,19 @@ def test_the_cgroup_mounts_are_found_in_mountinfo(tmp_path, monkeypatch, proc, m
             for root, point, fstype, options in mounts]
   mountinfo = _mountinfo(tmp_path / "mountinfo", mounts)
   assert cpus.usable_cpus(tmp_path / "fs", tmp_path / "cgroup", mountinfo) == expected
+
+
+def test_a_mount_point_that_is_not_utf8_leaves_the_cgroup_mounts_found(tmp_path, monkeypatch):
+  """mountinfo holds a mount point's bytes as they are (only a space, tab, newline and backslash
+  escaped): one not UTF-8 (a Latin-1 disk label) failed the whole file's decoding, and a cpu
+  controller mounted as cpu,cpuacct went unread (every core counted)."""
+  monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+  _cgroups(tmp_path, {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n",
+                      "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+  (tmp_path / "cgroup").write_text("4:cpu,cpuacct:/\n")
+  (tmp_path / "mountinfo").write_bytes(
+      b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+      b"26 22 8:17 / /media/\xe9t\xe9 rw,nosuid shared:8 - vfat /dev/sdb1 rw\n"
+      + f"30 22 0:40 / {tmp_path / 'cpu,cpuacct'} rw,nosuid shared:9 - cgroup cgroup "
+        "rw,cpu,cpuacct\n".encode())
+  assert cpus.usable_cpus(tmp_path / "fs", tmp_path / "cgroup", tmp_path / "mountinfo") == 2
