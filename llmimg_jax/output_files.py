@@ -170,7 +170,7 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
       if isinstance(data, str):
         print(data)
       where = ("are printed above" if isinstance(data, str) else
-               "are lost (no spare file either)") + left
+               "are lost (no whole spare file either)") + left
     raise OSError(f"{why}; {what} {where}.") from None
 
 

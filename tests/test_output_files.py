@@ -120,7 +120,8 @@ def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, caps
   assert spare.read_bytes() == b"PK\x03\x04"
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_tmp"))
   with pytest.raises(OSError, match=r"^could not write --write_stats \(FileNotFoundError: No such "
-                     r"file or directory\); the statistics are lost \(no spare file either\)\.$"):
+                     r"file or directory\); the statistics are lost "
+                     r"\(no whole spare file either\)\.$"):
     output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile",
                                "stats_*.npz", "the statistics")
   assert capsys.readouterr().out == ""
