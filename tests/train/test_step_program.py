@@ -10,7 +10,9 @@ each save, as a run on an accelerator (whose copy to host is a real copy) need n
 The loop reads no device value between its logging steps (a float() or a Python `if` on a step's
 output would wait for that step: no step dispatched ahead of the device). jax.transfer_guard cannot
 show it here, as it lets every XLA:CPU fetch through; the test counts the reads of jax.Array's
-_value, which np.asarray, float, bool, .item() and jax.device_get all go through."""
+_value, which np.asarray, float, bool, .item() and jax.device_get of an array over several devices
+(a step's outputs here) all go through. (A one-device CPU array's np.asarray and .item() read its
+buffer directly: a one-device test would not count them.)"""
 import collections
 
 import jax
