@@ -127,6 +127,20 @@ def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, caps
   assert capsys.readouterr().out == ""
 
 
+def _fill_the_disk(monkeypatch) -> None:
+  """Every temporary file write fails as on a full disk (the file itself is made)."""
+  import tempfile
+  real = tempfile.NamedTemporaryFile
+
+  def full_disk(*args, **kwargs):
+    f = real(*args, **kwargs)
+    def write(data):
+      raise OSError(28, "No space left on device")
+    f.write = write
+    return f
+  monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
+
+
 def test_the_spare_file_has_the_callers_suffix_and_none_is_left_half_written(tmp_path,
                                                                             monkeypatch):
   """The spare file took the output's suffix: `--out results` kept JSON in a suffixless `eval_*`
@@ -141,15 +155,7 @@ def test_the_spare_file_has_the_callers_suffix_and_none_is_left_half_written(tmp
   assert spare.suffix == ".json" and spare.read_text() == "{}"
   spare.unlink()
 
-  real = tempfile.NamedTemporaryFile
-
-  def full_disk(*args, **kwargs):
-    f = real(*args, **kwargs)
-    def write(data):
-      raise OSError(28, "No space left on device")
-    f.write = write
-    return f
-  monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
+  _fill_the_disk(monkeypatch)
   with pytest.raises(OSError, match=r"the results are printed above\.$"):
     output_files.write_results(out, "{}", "--out", False, "meanwhile", "eval_*.json")
   assert not list(tmp_path.glob("eval_*"))
@@ -161,22 +167,13 @@ def test_a_half_written_spare_file_that_cannot_be_removed_is_named_and_the_resul
   not printed and the error named neither the output nor where they are."""
   import tempfile
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-  real = tempfile.NamedTemporaryFile
-
-  def full_disk(*args, **kwargs):
-    f = real(*args, **kwargs)
-    def write(data):
-      raise OSError(28, "No space left on device")
-    f.write = write
-    return f
-
+  _fill_the_disk(monkeypatch)
   real_unlink = os.unlink
 
   def unlink(path, *args, **kwargs):  # the spare file's only
     if os.path.basename(path).startswith("eval_"):
       raise PermissionError(13, "Permission denied")
     real_unlink(path, *args, **kwargs)
-  monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
   monkeypatch.setattr(os, "unlink", unlink)
   with pytest.raises(OSError, match=r"^could not write --out \(FileNotFoundError: No such file or "
                      r"directory\); the results are printed above \(.*/eval_\w+\.json, cut "
