@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from llmimg_jax.gan.common import Dtype, avgpool2x, channel_multipliers, lrelu
-from llmimg_jax.gan.layers import Conv, conv2d, times_gain
+from llmimg_jax.gan.layers import Conv, Dense, add_bias, conv2d, times_gain
 
 
 def space_to_depth2x(x: jax.Array) -> jax.Array:
@@ -150,7 +150,8 @@ class WholeImageConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (h, w, c, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     flat = x.astype(self.dtype).reshape(b, h * w * c)  # [batch, h*w*in]
-    return flat @ kernel.reshape(h * w * c, -1).astype(self.dtype) + bias.astype(self.dtype)
+    return add_bias(flat @ kernel.reshape(h * w * c, -1).astype(self.dtype),
+                    bias.astype(self.dtype))  # [batch, features]
 
 
 class DownBlock(nn.Module):
@@ -194,12 +195,12 @@ class Discriminator(nn.Module):
     chs = [self.nf * m for m in channel_multipliers(self.resolution)]  # validates resolution
     self.conv_img = Conv(chs[0], (3, 3), dtype=self.dtype)
     self.blocks = [DownBlock(c, self.dtype) for c in chs[1:]]
-    self.sent_proj = nn.Dense(self.cond_dim, dtype=self.dtype)
+    self.sent_proj = Dense(self.cond_dim, dtype=self.dtype)
     self.joint_conv = Conv(2 * self.nf, (3, 3), dtype=self.dtype)
     self.logit_conv = WholeImageConv(1, dtype=self.dtype)  # a 4x4 VALID conv
     if self.contrastive:
-      self.image_proj = nn.Dense(self.embed_dim, dtype=self.dtype)
-      self.text_proj = nn.Dense(self.embed_dim, dtype=self.dtype)
+      self.image_proj = Dense(self.embed_dim, dtype=self.dtype)
+      self.text_proj = Dense(self.embed_dim, dtype=self.dtype)
 
   def features(self, x: jax.Array) -> jax.Array:
     """[batch, R, R, 3] float images in [-1, 1] -> [batch, 4, 4, 8*nf] features."""

@@ -35,9 +35,9 @@ class Affine(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     # x: [batch, height, width, channels]; cond: [batch, cond]
-    h = nn.relu(nn.Dense(self.features, dtype=self.dtype, name="fc1")(cond))
-    gb = nn.Dense(2 * self.features, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                  bias_init=_gamma_beta_bias_init, name="fc2")(h)  # [batch, 2*channels]
+    h = nn.relu(Dense(self.features, dtype=self.dtype, name="fc1")(cond))
+    gb = Dense(2 * self.features, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+               bias_init=_gamma_beta_bias_init, name="fc2")(h)  # [batch, 2*channels]
     gamma, beta = jnp.split(gb, 2, axis=-1)
     return scale_shift(x, gamma, beta)
 
@@ -209,7 +209,6 @@ class CrossAttention(nn.Module):
     dh = c // self.num_heads
     q_in = nn.LayerNorm(dtype=self.dtype, name="q_norm")(x).reshape(b, h * w, c)
     kv_in = nn.LayerNorm(dtype=self.dtype, name="kv_norm")(words.astype(self.dtype))
-    # layers.Dense: nn.Dense with its bias gradient summed in fp32 for bf16 compute too
     q = Dense(c, use_bias=False, dtype=self.dtype, name="query")(q_in)  # [batch, hw, c]
     k = Dense(c, use_bias=False, dtype=self.dtype, name="key")(kv_in)  # [batch, length, c]
     v = Dense(c, dtype=self.dtype, name="value")(kv_in)  # [batch, length, c]
@@ -272,9 +271,9 @@ class Generator(nn.Module):
       raise ValueError(f"z, sent and words must hold one row per image; got batches of {b}, "
                        f"{sent.shape[0]} and {words.shape[0]} (z {z.shape}, sent {sent.shape}, "
                        f"words {words.shape}): repeat the text's rows for several images.")
-    s = nn.Dense(self.cond_dim, dtype=self.dtype, name="sent_proj")(sent.astype(self.dtype))
+    s = Dense(self.cond_dim, dtype=self.dtype, name="sent_proj")(sent.astype(self.dtype))
     cond = jnp.concatenate([z.astype(self.dtype), s], axis=-1)  # [batch, z_dim + cond_dim]
-    x = nn.Dense(4 * 4 * channels[0], dtype=self.dtype, name="start")(cond)
+    x = Dense(4 * 4 * channels[0], dtype=self.dtype, name="start")(cond)
     x = x.reshape(b, 4, 4, channels[0])  # [batch, 4, 4, 8*nf]
     for i, (out_ch, res) in enumerate(zip(channels[1:], block_res)):
       x = UpBlock(out_ch, self.dtype, name=f"block{i}")(x, cond)  # [batch, res, res, out_ch]

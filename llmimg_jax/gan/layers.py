@@ -11,7 +11,7 @@ which sum in float32 for bf16 compute too (`_broadcast_like`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -237,19 +237,21 @@ class Conv(nn.Module):
 
 
 class Dense(nn.Module):
-  """nn.Dense(features) on the last axis: the same parameters (`kernel` [in, out] lecun-normal,
-  `bias` [out] zeros) and function, bias through `add_bias` (its gradient, a sum over every
-  other axis, in float32 for bf16 compute too)."""
+  """nn.Dense(features) on the last axis: the same parameters (`kernel` [in, out], lecun-normal
+  by default; `bias` [out], zeros) and function, bias through `add_bias` (its gradient, a sum
+  over every other axis, in float32 for bf16 compute too), as Conv's. G's and D's dense layers."""
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                             (((x.ndim - 1,), (0,)), ((), ())))  # [..., features]
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      bias = self.param("bias", self.bias_init, (self.features,))
       y = add_bias(y, bias.astype(self.dtype))
     return y

@@ -216,3 +216,25 @@ def test_strided_conv_input_gradient_in_bf16_rounds_like_xlas():
   got = dx(conv4x4_stride2, x, kernel)
   assert got.dtype == jnp.bfloat16
   assert rel_err(got) < 1.2 * rel_err(dx(_conv4x4_stride2_direct, x, kernel))
+
+
+@pytest.mark.parametrize("matmul_reductions", [True, False])
+def test_dense_bias_gradients_in_bf16_are_summed_in_fp32(monkeypatch, matmul_reductions):
+  """D's dense heads (and G's: one layers.Dense) added their bias in bf16 with bf16 compute
+  (nn.Dense), so its gradient, a sum over the batch, was summed in bf16 too; it is summed in
+  fp32 now, as the convs' biases are (layers.add_bias). text_proj's here, over 16384 sentences:
+  1.6% off before, 0.1% now (the fp32 sum rounded to the bf16 bias's gradient); the exact
+  gradient is the bf16 cotangent's plain sum."""
+  from llmimg_jax.gan import layers
+  monkeypatch.setattr(layers, "MATMUL_REDUCTIONS", matmul_reductions)
+  d = Discriminator(resolution=32, nf=4, cond_dim=8, embed_dim=16, dtype=jnp.bfloat16)
+  params = d.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 12)))["params"]
+  sent = jax.random.normal(jax.random.key(1), (16384, 12))  # [batch, dim]
+  cotangent = jax.random.normal(jax.random.key(2), (16384, 16)).astype(jnp.bfloat16)
+
+  def loss(p):
+    return jnp.sum(d.apply({"params": p}, sent, method=d.text_embedding) * cotangent)
+
+  got = np.asarray(jax.grad(loss)(params)["text_proj"]["bias"], np.float64)
+  want = np.asarray(cotangent, np.float64).sum(0)
+  assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.005
