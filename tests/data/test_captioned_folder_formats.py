@@ -17,7 +17,7 @@ from PIL import Image, features
 
 from llmimg_jax.data import captioned_folder, pipeline
 from llmimg_jax.data import images as images_lib
-from tests.data.utils import _usage_error, adobe_rgb_icc
+from tests.data.utils import _usage_error, adobe_rgb_icc, folder_argv
 
 
 def _folder(root, files: dict[str, bool]) -> None:
@@ -278,8 +278,7 @@ def test_prepare_builds_with_the_max_pixels_train_py_reads(tmp_path, monkeypatch
   data = pipeline.default_data_config()
   data.update(name="captioned_folder", folder=str(tmp_path), data_dir=str(tmp_path / "tfds"),
               image_size=8, max_pixels=2000)
-  flags = ["--dataset", "captioned_folder", "--folder", str(tmp_path), "--data_dir",
-           data.data_dir, "--image_size", "8"]
+  flags = folder_argv(tmp_path, data.data_dir)
   _folder(tmp_path, {"big.png": True})
   # No usable image: the fix names this command's flag.
   assert ("set --max_pixels above their pixel count (train.py --config.data.max_pixels="

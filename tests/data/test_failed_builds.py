@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from tensorflow_datasets.core import file_adapters
 
 from llmimg_jax.data import caption_files, images, pipeline, prepare
-from tests.data.utils import _usage_error
+from tests.data.utils import _usage_error, folder_argv
 
 
 def _folder(tmp_path, num: int = 6):
@@ -51,8 +51,7 @@ def test_a_full_disk_while_writing_the_records_is_one_line_error(tmp_path, capsy
   monkeypatch.setattr(file_adapters, "array_record_module",
                       types.SimpleNamespace(ArrayRecordWriter=FullDiskWriter))
   data_dir = tmp_path / "tfds"
-  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(_folder(tmp_path)),
-                              "--data_dir", str(data_dir), "--image_size", "8"])
+  err = _usage_error(capsys, folder_argv(_folder(tmp_path), data_dir))
   assert f"error: Could not build captioned_folder:{tmp_path / 'imgs'} in " in err, err
   assert ("(RuntimeError: Failed to finalize writing of split \"train\": write() failed: No space "
           "left on device; writing ") in err, err
@@ -77,8 +76,7 @@ def test_a_folder_removed_during_its_build_leaves_no_build(tmp_path, capsys, mon
     return load_image(path, *args)
   monkeypatch.setattr(images, "load_image", load_then_remove)
   monkeypatch.setattr(images, "_decode_threads", lambda: 1)  # the first two read before
-  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
-                              "--data_dir", str(data_dir), "--image_size", "8"])
+  err = _usage_error(capsys, folder_argv(folder, data_dir))
   assert err.endswith(
       f"error: captioned_folder: {folder} was removed, renamed or made unreadable during its "
       "build (No such file or directory); the part built (2 of 6 captioned images) is not kept. "
@@ -92,8 +90,7 @@ def test_a_folder_made_unreadable_during_its_build_leaves_no_build(tmp_path, cap
   access = os.access
   monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
       os.fspath(path) != str(folder) and access(path, mode, **kw)))
-  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
-                              "--data_dir", str(data_dir), "--image_size", "8"])
+  err = _usage_error(capsys, folder_argv(folder, data_dir))
   assert "during its build (Permission denied); the part built (6 of 6 captioned " in err, err
   assert _files_under(data_dir) == []
 
@@ -108,8 +105,7 @@ def test_a_folder_that_cannot_be_listed_still_builds(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
       return original(path)
     monkeypatch.setattr(os, name, refused)
-  report = prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
-                         str(data_dir), "--image_size", "8"])
+  report = prepare.main(folder_argv(folder, data_dir))
   assert report["num_examples"] == 6
 
 
@@ -124,8 +120,7 @@ def test_a_folder_removed_before_its_build_names_the_folder_flag(tmp_path, capsy
     check_caption_files(path)
     shutil.rmtree(path)
   monkeypatch.setattr(caption_files, "check_caption_files", check_then_remove)
-  err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
-                              "--data_dir", str(data_dir), "--image_size", "8"])
+  err = _usage_error(capsys, folder_argv(folder, data_dir))
   assert err.endswith(f"error: captioned_folder: source folder {folder} does not exist; set "
                       "--folder to a folder of images.\n"), err
   assert _files_under(data_dir) == []
@@ -142,8 +137,7 @@ def test_a_preview_that_cannot_be_written_after_the_build_is_one_line_error(tmp_
     shutil.rmtree(out)
     return source
   monkeypatch.setattr(pipeline, "load_source", load_then_remove)
-  argv = ["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir", str(data_dir),
-          "--image_size", "8", "--preview", str(out / "grid.png")]
+  argv = folder_argv(folder, data_dir, "--preview", str(out / "grid.png"))
   err = _usage_error(capsys, argv)
   assert err.endswith(
       f"error: could not write --preview '{out / 'grid.png'}' (FileNotFoundError: No such file "
@@ -172,6 +166,5 @@ def test_a_build_that_cannot_be_read_for_the_preview_is_not_named_a_preview_it_c
       raise UnidentifiedImageError("cannot identify image file <_io.BytesIO object>")
   monkeypatch.setattr(pipeline, "load_source", lambda *args: Undecodable(load_source(*args)))
   with pytest.raises(UnidentifiedImageError):
-    prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
-                  str(data_dir), "--image_size", "8", "--preview", str(out / "grid.png")])
+    prepare.main(folder_argv(folder, data_dir, "--preview", str(out / "grid.png")))
   assert "--preview" not in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from llmimg_jax.data import captioned_folder, coco, pipeline, prepare
-from tests.data.utils import _usage_error
+from tests.data.utils import _usage_error, folder_argv
 
 
 def test_prepare_builds_and_writes_preview(shapes_cfg, tmp_path):
@@ -63,8 +63,7 @@ def test_prepare_captioned_folder_reports_summary(tmp_path, capsys):
   (folder / "b.png").write_bytes(b"")
   (folder / "captions.jsonl").write_text(
       '{"file": "a.png", "caption": "red"}\n{"file": "b.png", "caption": "empty"}\nnot json\n')
-  report = prepare.main(["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir",
-                         str(tmp_path / "tfds"), "--image_size", "8"])
+  report = prepare.main(folder_argv(folder, tmp_path / "tfds"))
   assert report["num_examples"] == 1
   assert report["summary"]["skipped"] == {"empty_file": 1, "invalid_json": 1}
   # stdout is the report alone (TFDS's "Downloading and preparing dataset ..." lines of a first

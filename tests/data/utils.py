@@ -1,6 +1,7 @@
 """Test fixtures for tests/data: small ICC profiles built byte by byte (no system profiles
 needed), so colour-management tests use real profiles with known primaries and curves; the
-script of a process reading batches from grain workers; and the check of a prepare usage error."""
+script of a process reading batches from grain workers; and prepare's command line of a folder
+build and the check of its usage errors."""
 from __future__ import annotations
 
 import itertools
@@ -116,3 +117,9 @@ def _usage_error(capsys, argv: list[str]) -> str:
     prepare.main(argv)
   assert exit_info.value.code == 2
   return capsys.readouterr().err
+
+
+def folder_argv(folder, data_dir, *flags: str) -> list[str]:
+  """prepare's command line building the captioned_folder `folder` into `data_dir` at 8px."""
+  return ["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir", str(data_dir),
+          "--image_size", "8", *flags]
