@@ -1,5 +1,6 @@
 """Test-session setup: 8 simulated CPU devices, so data-parallel code paths run everywhere."""
 import os
+import tempfile
 
 import pytest
 
@@ -90,3 +91,12 @@ def sampler(run):
   tests/sample and tests/eval: a test that sets an attribute (e.g. its expander) puts it back."""
   from llmimg_jax.sample import Sampler
   return Sampler.from_workdir(run.workdir, batch_size=8)
+
+
+@pytest.fixture
+def spare(tmp_path, monkeypatch):
+  """This test's own temporary folder (tempfile's), where a failed late write keeps its results."""
+  folder = tmp_path / "tmp"
+  folder.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(folder))
+  return folder

@@ -2,6 +2,7 @@
 the check that a folder can be written, the checks of an output file before the work, and the
 late write that keeps what it cannot write."""
 import os
+import tempfile
 
 import pytest
 
@@ -107,17 +108,15 @@ def test_an_output_that_is_not_a_regular_file_is_named_not_replaced(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["pipe.json"] and not fifo.is_file()
 
 
-def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, capsys):
+def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, capsys, spare):
   """write_results keeps text it cannot write in a spare file, or prints it; bytes (an .npz) go to
   a spare file with the output's suffix, and where none can be made are said lost, not printed."""
-  import tempfile
   out = tmp_path / "gone" / "ref.npz"  # its folder removed meanwhile
-  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   with pytest.raises(OSError, match=r"the statistics are in .*/stats_\w+\.npz\.$"):
     output_files.write_results(out, b"PK\x03\x04", "--write_stats", False, "meanwhile",
                                "stats_*.npz", "the statistics")
-  [spare] = tmp_path.glob("stats_*.npz")
-  assert spare.read_bytes() == b"PK\x03\x04"
+  [saved] = spare.glob("stats_*.npz")
+  assert saved.read_bytes() == b"PK\x03\x04"
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_tmp"))
   with pytest.raises(OSError, match=r"^could not write --write_stats \(FileNotFoundError: No such "
                      r"file or directory\); the statistics are lost "
@@ -129,7 +128,6 @@ def test_bytes_that_no_file_can_take_are_not_printed(tmp_path, monkeypatch, caps
 
 def _fill_the_disk(monkeypatch) -> None:
   """Every temporary file write fails as on a full disk (the file itself is made)."""
-  import tempfile
   real = tempfile.NamedTemporaryFile
 
   def full_disk(*args, **kwargs):
@@ -142,31 +140,27 @@ def _fill_the_disk(monkeypatch) -> None:
 
 
 def test_the_spare_file_has_the_callers_suffix_and_none_is_left_half_written(tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, spare):
   """The spare file took the output's suffix: `--out results` kept JSON in a suffixless `eval_*`
   (`--json out.txt`: a `run_*.txt`); and one a full disk cut short was left behind while the
   error said the results were printed."""
-  import tempfile
-  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   out = tmp_path / "gone" / "results"  # its folder removed meanwhile
   with pytest.raises(OSError, match=r"the results are in .*/eval_\w+\.json\.$"):
     output_files.write_results(out, "{}", "--out", False, "meanwhile", "eval_*.json")
-  [spare] = tmp_path.glob("eval_*")
-  assert spare.suffix == ".json" and spare.read_text() == "{}"
-  spare.unlink()
+  [saved] = spare.glob("eval_*")
+  assert saved.suffix == ".json" and saved.read_text() == "{}"
+  saved.unlink()
 
   _fill_the_disk(monkeypatch)
   with pytest.raises(OSError, match=r"the results are printed above\.$"):
     output_files.write_results(out, "{}", "--out", False, "meanwhile", "eval_*.json")
-  assert not list(tmp_path.glob("eval_*"))
+  assert not list(spare.glob("eval_*"))
 
 
 def test_a_half_written_spare_file_that_cannot_be_removed_is_named_and_the_results_printed(
-    tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys, spare):
   """Removing the spare file a full disk cut short raised out of write_results: the results were
   not printed and the error named neither the output nor where they are."""
-  import tempfile
-  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   _fill_the_disk(monkeypatch)
   real_unlink = os.unlink
 

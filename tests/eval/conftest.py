@@ -1,10 +1,8 @@
 """Shared fixtures: the shapes evaluator of a tiny_32 build, quickly trained (once per session)
 into a temporary LLMIMG_CACHE_DIR (each module's copy), a run whose config trains on a
-captioned_folder (once per module), and a test's own temporary folder, where a failed late write
-keeps its results."""
+captioned_folder (once per module). (A test's own temporary folder, `spare`: tests/conftest.py.)"""
 import json
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -60,12 +58,3 @@ def folder_run(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp("tfds_folder"))
   config.data.name, config.data.folder = "captioned_folder", str(folder)
   return save_run(tmp_path_factory.mktemp("folder_run"), config)
-
-
-@pytest.fixture
-def spare(tmp_path, monkeypatch):
-  """This test's own temporary folder (tempfile's), where a failed late write keeps its results."""
-  folder = tmp_path / "tmp"
-  folder.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(folder))
-  return folder
