@@ -122,6 +122,7 @@ def test_missing_weights(relu_tied, tmp_path):
   assert str(tmp_path) in str(e.value) and "model.safetensors" in str(e.value)
   assert "config.json" in str(e.value)  # lists what it did find
 
+
 def test_a_training_run_is_named_as_one(tmp_path):
   """--model runs/quick (or config.text.checkpoint of an earlier run) said 'Save them with
   model.save_pretrained(DIR)': a run's T5 is in its Orbax checkpoints, which this loader does not
