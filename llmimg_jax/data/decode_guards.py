@@ -101,12 +101,18 @@ def _bomb_warning_raises() -> None:
   """_BOMB_ERROR put first in the warning filters in use. (Within catch_warnings, entered by the
   first open and left by the last, the filters of the first's start were put back: one that any
   thread set meanwhile was lost; another thread's catch_warnings spanning that end lost its
-  filters, and then put back those with the error, left on for the rest of the program.) The
-  warnings module's caches are not reset: a warning PIL gave before word for word stays quiet,
-  not an error (load_image checks the declared size itself)."""
+  filters, and then put back those with the error, left on for the rest of the program.) PIL's
+  bomb warnings shown before are forgotten: Python shows a warning once per message and place
+  (PIL.Image's __warningregistry__), which a filter put in by hand does not reset, so one the
+  program saw word for word was quiet, not an error (load_image checks the declared size itself;
+  a size PIL reads only as it loads, a BLP texture's JPEG, only this checks)."""
   global _filters_with_ours
   _filters_with_ours = warnings.filters
   _filters_with_ours.insert(0, _BOMB_ERROR)
+  shown = vars(Image).get("__warningregistry__", {})  # {(text, category, line): True, ...}
+  for key in list(shown):
+    if isinstance(key, tuple) and key[1] is Image.DecompressionBombWarning:
+      shown.pop(key, None)
 
 
 def _bomb_warning_as_before() -> None:

@@ -5,6 +5,8 @@ test_optional_decoders.py."""
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -32,6 +34,39 @@ def test_max_pixels_above_pils_limit_admits_the_image(tmp_path, monkeypatch, nam
   image, _ = images.load_image(path, 8, max_pixels=10_000)
   np.testing.assert_array_equal(image, np.full((8, 8, 3), (9, 99, 199)))
   assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+def _blp_with_a_larger_jpeg(path, declared: int, real: int) -> None:
+  """A BLP1 texture (Blizzard's; PIL reads it by content, whatever its name) declaring
+  declared x declared pixels whose JPEG holds real x real: PIL checks the JPEG's size against its
+  limit only as it loads it, after load_image's own check of the declared size."""
+  jpeg = io.BytesIO()
+  Image.new("RGB", (real, real), (200, 10, 10)).save(jpeg, "JPEG")
+  jpeg = jpeg.getvalue()
+  header = b"BLP1" + struct.pack("<iIIIii", 0, 0, declared, declared, 5, 0)  # JPEG, no alpha
+  mipmaps = struct.pack("<16I", len(header) + 128 + 4, *[0] * 15)
+  mipmaps += struct.pack("<16I", len(jpeg), *[0] * 15)
+  path.write_bytes(header + mipmaps + struct.pack("<I", 0) + jpeg)  # shared JPEG header: none
+
+
+def test_a_bomb_warning_the_program_saw_before_still_refuses_the_image(tmp_path, monkeypatch):
+  """PIL's DecompressionBombWarning is an error while load_image opens and loads, but Python
+  shows a warning once per message and place (PIL.Image's __warningregistry__), and a filter put
+  in by hand does not reset that: once the program had seen PIL's warning for an image, the same
+  image (same pixel count and limit) was let through by the error filter, decoded and stored."""
+  from llmimg_jax.data import images
+  path = tmp_path / "texture.png"
+  _blp_with_a_larger_jpeg(path, 10, 12)  # 100 pixels declared, 144 loaded
+  with pytest.raises(images.SkipImage, match="too_large"):
+    images.load_image(str(path), 8, max_pixels=100)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+  shown = []
+  monkeypatch.setattr(warnings, "showwarning", lambda message, *_: shown.append(message))
+  with Image.open(path) as img:  # the program's own: PIL warns (shown once) and decodes it
+    img.load()
+  assert [type(message) for message in shown] == [Image.DecompressionBombWarning]
+  with pytest.raises(images.SkipImage, match="too_large"):
+    images.load_image(str(path), 8, max_pixels=100)
 
 
 def test_camera_jpeg_with_an_embedded_preview_is_a_jpeg(tmp_path, monkeypatch):
