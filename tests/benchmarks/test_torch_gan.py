@@ -147,27 +147,34 @@ def test_color_and_cutout_match_jax_given_the_same_draws(monkeypatch):
   assert 0 < (want == 0).mean() < 0.5
 
 
-def test_torch_train_step_updates_everything():
+def _small_twin(diffaugment: str = "color,translation,cutout", grad_clip: float = 0.0):
+  """(config, twin, batch of 4): a 32px nf 8 twin with every loss term on and a one-layer
+  trainable T5, built from torch's seed 0."""
   ml_collections = pytest.importorskip("ml_collections")
   cfg = ml_collections.ConfigDict(dict(
       model=dict(resolution=32, nf_g=8, nf_d=8, z_dim=16, cond_dim=16, attn_resolutions=(16,)),
       text=dict(mode="trainable"),
       loss=dict(gp="ma_gp", magp_k=2.0, magp_p=6.0, gp_every=1, contrastive_weight=0.2,
-                contrastive_temperature=0.1, contrastive_g=True,
-                diffaugment="color,translation,cutout"),
-      train=dict(lr_g=1e-4, lr_d=4e-4, lr_text=4e-4, b1=0.0, b2=0.9, ema_decay=0.999)))
+                contrastive_temperature=0.1, contrastive_g=True, diffaugment=diffaugment),
+      train=dict(lr_g=1e-4, lr_d=4e-4, lr_text=4e-4, b1=0.0, b2=0.9, ema_decay=0.999,
+                 grad_clip=grad_clip)))
   torch.manual_seed(0)
   hf = transformers.T5EncoderModel(transformers.T5Config(
       vocab_size=64, d_model=TEXT_DIM, d_kv=12, d_ff=64, num_layers=1, num_heads=4,
       feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False))
-  m = torch_train.build(cfg, hf, "cpu")
-  before = {name: [p.detach().clone() for p in mod.parameters()] for name, mod in
-            [("g", m.generator), ("d", m.discriminator), ("t", m.text_encoder),
-             ("ema", m.ema_generator)]}
+  twin = torch_train.build(cfg, hf, "cpu")
   batch = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
            "input_ids": torch.randint(2, 64, (4, LENGTH)),
            "attention_mask": (torch.arange(LENGTH)[None] < torch.tensor([[3], [10], [6], [1]]))
            .long()}
+  return cfg, twin, batch
+
+
+def test_torch_train_step_updates_everything():
+  cfg, m, batch = _small_twin()
+  before = {name: [p.detach().clone() for p in mod.parameters()] for name, mod in
+            [("g", m.generator), ("d", m.discriminator), ("t", m.text_encoder),
+             ("ema", m.ema_generator)]}
   text_forwards, d_forwards = [], []
   hooks = [m.text_encoder.register_forward_hook(lambda *_: text_forwards.append(1)),
            m.discriminator.conv_img.register_forward_hook(lambda *_: d_forwards.append(1))]
@@ -276,28 +283,12 @@ def test_cross_attention_leaves_a_row_without_valid_tokens_unchanged_as_ours():
 def test_torch_train_step_clips_gradients_as_ours():
   """With config.train.grad_clip set, ours (train.state._adam) clips each optimizer's gradients
   to that global norm and reports the norms before clipping; the twin ignored the setting."""
-  ml_collections = pytest.importorskip("ml_collections")
-  cfg = ml_collections.ConfigDict(dict(
-      model=dict(resolution=32, nf_g=8, nf_d=8, z_dim=16, cond_dim=16, attn_resolutions=(16,)),
-      text=dict(mode="trainable"),
-      loss=dict(gp="ma_gp", magp_k=2.0, magp_p=6.0, gp_every=1, contrastive_weight=0.2,
-                contrastive_temperature=0.1, contrastive_g=True, diffaugment=""),
-      train=dict(lr_g=1e-4, lr_d=4e-4, lr_text=4e-4, b1=0.0, b2=0.9, ema_decay=0.999,
-                 grad_clip=1e-3)))
-  torch.manual_seed(0)
-  hf = transformers.T5EncoderModel(transformers.T5Config(
-      vocab_size=64, d_model=TEXT_DIM, d_kv=12, d_ff=64, num_layers=1, num_heads=4,
-      feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False))
-  m = torch_train.build(cfg, hf, "cpu")
+  _, m, batch = _small_twin(diffaugment="", grad_clip=1e-3)
   used = {}  # the global norm of the gradients each optimizer stepped with
   for name, opt in [("d", m.d_opt), ("text", m.text_opt), ("g", m.g_opt)]:
     params = [p for group in opt.param_groups for p in group["params"]]
     opt.step = lambda params=params, name=name, step=opt.step: (
         used.setdefault(name, float(torch_train._grad_norm(params))), step())
-  batch = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
-           "input_ids": torch.randint(2, 64, (4, LENGTH)),
-           "attention_mask": (torch.arange(LENGTH)[None] < torch.tensor([[3], [10], [6], [1]]))
-           .long()}
   metrics = torch_train.train_step(m, batch)
   for name in ("d", "text", "g"):
     assert float(metrics[f"grad_norm_{name}"]) > 10 * 1e-3, name  # reported before clipping
