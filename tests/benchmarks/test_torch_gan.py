@@ -293,3 +293,35 @@ def test_torch_train_step_clips_gradients_as_ours():
   for name in ("d", "text", "g"):
     assert float(metrics[f"grad_norm_{name}"]) > 10 * 1e-3, name  # reported before clipping
     np.testing.assert_allclose(used[name], 1e-3, rtol=1e-4, err_msg=name)
+
+
+def test_torch_optimizers_are_ours_over_several_steps():
+  """Each of the twin's three Adams (G, D, text encoder) updates its parameters as ours
+  (train.state._adam from the same config) does from the same parameters, gradients and
+  optimizer state, over three twin steps. A first Adam step cannot tell: it moves every weight by
+  ~lr * sign(gradient) whatever b1, b2 and eps (test_torch_train_step_equals_ours is one step)."""
+  from llmimg_jax.train.state import _adam
+  cfg, m, batch = _small_twin()
+  seen = {}  # optimizer -> [(params before, gradients, params after)], one per step
+  for name, opt in [("g", m.g_opt), ("d", m.d_opt), ("text", m.text_opt)]:
+    params = [p for group in opt.param_groups for p in group["params"]]
+
+    def step(params=params, name=name, step=opt.step):
+      before, grads = [p.detach().clone() for p in params], [p.grad.clone() for p in params]
+      step()
+      seen.setdefault(name, []).append((before, grads, [p.detach().clone() for p in params]))
+    opt.step = step
+  for _ in range(3):
+    torch_train.train_step(m, batch)
+  lrs = {"g": cfg.train.lr_g, "d": cfg.train.lr_d, "text": cfg.train.lr_text}
+  for name, steps in seen.items():
+    assert len(steps) == 3, name
+    tx = _adam(lrs[name], cfg)
+    state = tx.init([p.numpy() for p in steps[0][0]])
+    for i, (before, grads, after) in enumerate(steps):
+      updates, state = tx.update([g.numpy() for g in grads], state, [p.numpy() for p in before])
+      for b, u, a in zip(before, updates, after):
+        b, a = b.numpy(), a.numpy()
+        # A wrong b2 (torch's default 0.999) moves step 2's updates by up to ~3% of lr.
+        tol = 1e-3 * lrs[name] + 2 * np.spacing(np.abs(b))  # rounding of b + u
+        assert np.all(np.abs(a - (b + np.asarray(u))) <= tol), (name, i, b.shape)
