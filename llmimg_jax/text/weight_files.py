@@ -9,19 +9,21 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.text.tokenizer import lfs_pointer_error
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Read on the host: framework="flax" makes the same NumPy arrays, then copies each to the
+  default device. bf16 is ml_dtypes.bfloat16, which jax (imported by llmimg_jax.text) registers
+  with NumPy: without it safetensors' NumPy reader does not know the dtype."""
   from safetensors import safe_open
   out = {}
   try:
-    with safe_open(path, framework="flax") as f:  # flax handles bf16 checkpoints
+    with safe_open(path, framework="np") as f:
       for key in f.keys():
-        out[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
+        out[key] = np.asarray(f.get_tensor(key), np.float32)
   except Exception as e:
     if lfs := lfs_pointer_error([path]):
       raise ValueError(lfs) from e

@@ -105,6 +105,25 @@ def test_bf16_checkpoints_load_as_their_weights_upcast(relu_tied, tmp_path):
     _assert_same_params(loaded, upcast)
 
 
+def test_safetensors_are_read_on_the_host(tmp_path):
+  """safe_open(framework="flax") put every tensor on the default device and read it back (device
+  memory and transfers for arrays that end in NumPy; a device's error, out of memory, was named
+  'Could not read safetensors file ... Is it truncated?'); no device is touched now, and bf16,
+  fp16 and fp32 values are read exactly."""
+  from safetensors.numpy import save_file
+
+  from llmimg_jax.text.weight_files import read_safetensors
+  values = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4) + np.float32(1 / 3)
+  stored = {"bf16": values.astype(jnp.bfloat16), "fp16": values.astype(np.float16), "fp32": values}
+  save_file(stored, str(tmp_path / "w.safetensors"))
+  with jax.transfer_guard("disallow"):
+    state = read_safetensors(str(tmp_path / "w.safetensors"))
+  assert {k: (type(v), v.dtype) for k, v in state.items()} == {
+      k: (np.ndarray, np.dtype(np.float32)) for k in stored}
+  for k, v in stored.items():
+    np.testing.assert_array_equal(state[k], v.astype(np.float32))
+
+
 def test_load_t5_casts_every_param_to_dtype(relu_tied):
   _, params = load_t5(relu_tied.path)
   _, low = load_t5(relu_tied.path, jnp.bfloat16)
