@@ -137,7 +137,8 @@ def _generate(params, input_ids, attention_mask, rng, scalars, min_new_tokens, *
 
 
 def _row_keys(rng: jax.Array, batch: int) -> jax.Array:
-  """One key (raw uint32 [2] or typed []) -> `batch` keys; `batch` keys pass through."""
+  """One key (raw uint32 [2], [4] under the rbg PRNGs, or typed []) -> `batch` keys; `batch` keys
+  pass through."""
   key_ndim = 0 if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else 1
   if key_ndim and rng.dtype != jnp.uint32:  # rng=0 or per-row seeds: ints, not keys
     raise TypeError(f"rng must be a JAX PRNG key (jax.random.PRNGKey(seed), jax.random.key(seed))"

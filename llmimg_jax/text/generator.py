@@ -20,10 +20,20 @@ from llmimg_jax.text.tokenizer import TextTokenizer
 
 def _is_key(x: Any) -> bool:
   """Whether `x` is a JAX PRNG key: a typed one (jax.random.key) or raw key data, the uint32
-  [..., 2] of jax.random.PRNGKey and split. Other JAX int arrays are seeds, as NumPy's are."""
+  [..., 2] of jax.random.PRNGKey and split ([..., 4] under jax_default_prng_impl rbg or
+  unsafe_rbg). Other JAX int arrays are seeds, as NumPy's are."""
   return isinstance(x, jax.Array) and (
       jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-      or (x.dtype == jnp.uint32 and x.ndim >= 1 and x.shape[-1] == 2))
+      or (x.dtype == jnp.uint32 and x.ndim >= 1
+          and x.shape[-1] == _raw_key_length(jax.config.jax_default_prng_impl)))
+
+
+@functools.cache
+def _raw_key_length(impl: str) -> int:
+  """The last dimension of jax.random.PRNGKey's raw key data under the PRNG implementation `impl`
+  (traced, not run)."""
+  with jax.default_prng_impl(impl):
+    return jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape[-1]
 
 
 def check_seed(seed: int, name: str = "seed") -> int:

@@ -87,17 +87,19 @@ def test_a_length_or_beam_count_that_is_not_a_whole_number_is_refused(generator,
              **{"max_new_tokens": 3, **kw})
 
 
-@pytest.mark.parametrize("texts", [["a", "b"], ["a", "b", "c"]])
-@pytest.mark.parametrize("key", ["raw", "typed"])
+@pytest.mark.parametrize("texts", [["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"]])
+@pytest.mark.parametrize("key", ["raw", "typed", "rbg", "unsafe_rbg"])
 def test_a_jax_key_as_seed_is_named_as_one(generator, texts, key):
   """seed=jax.random.PRNGKey(0) was taken for one seed per text: "seed[0]=Array(0, dtype=uint32)
   is a ArrayImpl" for 2 texts, "seed must be one int or one per text (3 texts); got 2" for 3; a
-  typed key's error spanned lines ('overlaying: ...')."""
+  typed key's error spanned lines ('overlaying: ...'). Under jax_default_prng_impl rbg or
+  unsafe_rbg, PRNGKey's raw key data is uint32 [4]: 4 texts took it for 4 seeds, silently."""
   import jax
-  seed = jax.random.PRNGKey(0) if key == "raw" else jax.random.key(0)
-  with pytest.raises(TypeError, match=r"^seed is a JAX array \(.*: a PRNG key\?\); pass an int "
-                     r"seed, from which the key is made\.$"):
-    generator.generate(texts, max_new_tokens=2, seed=seed, do_sample=True)
+  with jax.default_prng_impl(key if "rbg" in key else jax.config.jax_default_prng_impl):
+    seed = jax.random.key(0) if key == "typed" else jax.random.PRNGKey(0)
+    with pytest.raises(TypeError, match=r"^seed is a JAX array \(.*: a PRNG key\?\); pass an "
+                       r"int seed, from which the key is made\.$"):
+      generator.generate(texts, max_new_tokens=2, seed=seed, do_sample=True)
 
 
 def test_jax_int_seeds_are_seeds_as_numpy_s_are(generator):
