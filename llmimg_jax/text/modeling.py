@@ -154,12 +154,10 @@ class T5SelfAttentionLayer(nn.Module):
     q = attn.query(h)
     k, v = attn.key_value(h)
     offset = jnp.zeros((), jnp.int32)
-    if cache is not None:  # write this step's keys/values at cache['index']
+    if cache is not None:  # this step's keys/values at cache['index'] (clamped to fit: see decode)
       offset = cache["index"]
-      k = jax.lax.dynamic_update_slice(cache["self_k"], k.astype(cache["self_k"].dtype),
-                                       (0, 0, offset, 0))
-      v = jax.lax.dynamic_update_slice(cache["self_v"], v.astype(cache["self_v"].dtype),
-                                       (0, 0, offset, 0))
+      write = lambda c, x: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, 0, offset, 0))
+      k, v = write(cache["self_k"], k), write(cache["self_v"], v)
       cache = {**cache, "self_k": k, "self_v": v}
     if position_bias is None:
       if self.has_relative_bias:
@@ -363,13 +361,15 @@ class T5ForConditionalGeneration(nn.Module):
     """decoder_input_ids [b, t] -> (fp32 logits [b, t, vocab], advanced cache or None).
 
     Without a cache the whole (causal) sequence is decoded; with one, the t new tokens sit at
-    positions cache['index'] ... and attend to everything cached before them.
+    positions cache['index'] ... and attend to everything cached before them. index + t must not
+    pass init_cache's max_length; only t is checked (the index is traced): past it the cache's
+    last positions are overwritten and the logits are wrong. generate() stays within it.
     """
     t = decoder_input_ids.shape[1]
-    if cache is None:
-      q_pos, k_len = jnp.arange(t), t
-    else:
-      q_pos, k_len = cache["index"] + jnp.arange(t), cache["block_0"]["self_k"].shape[2]
+    k_len = t if cache is None else cache["block_0"]["self_k"].shape[2]  # the cache's max_length
+    if t > k_len:  # dynamic_update_slice would refuse it naming shapes only
+      raise ValueError(f"decode: {t} tokens overflow the cache (init_cache's max_length={k_len}).")
+    q_pos = jnp.arange(t) + (0 if cache is None else cache["index"])
     causal = jnp.arange(k_len)[None, :] <= q_pos[:, None]  # [t, k]
     mask_bias = jnp.where(causal, 0.0, MASK_VALUE)[None, None].astype(jnp.float32)
     if decoder_attention_mask is not None:

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from llmimg_jax.text import (T5Config, T5EncoderModel, T5ForConditionalGeneration, generate,
-                             load_t5, strip_generated)
+                             init_params, load_t5, strip_generated)
 from tests.text.utils import _random_t5, _save
 
 TOL = 1e-4  # fp32 max abs diff vs PyTorch
@@ -272,6 +272,22 @@ def test_decoding_chunks_through_the_cache_matches_pytorch(relu_tied, padded_bat
   assert int(cache["index"]) == dec.shape[1]
 
 
+
+def test_more_tokens_than_the_cache_holds_are_refused_by_name():
+  """t new tokens past init_cache's max_length failed in dynamic_update_slice, naming shapes only
+  ('update shape (1, 2, 5, 64) for operand shape (1, 2, 4, 64)'). An index that runs past it is
+  traced, not checked (decode's docstring); generate never does."""
+  config = T5Config.byt5_small_scratch(d_model=32, num_layers=1, num_heads=2, dropout_rate=0.0)
+  model, v = T5ForConditionalGeneration(config), {"params": init_params(config, jax.random.key(0))}
+  enc, enc_mask = jnp.zeros((1, 3, 32)), jnp.ones((1, 3), jnp.int32)
+  cache = model.apply(v, enc, 4, method=model.init_cache)
+  with pytest.raises(ValueError, match=r"^decode: 5 tokens overflow the cache \(init_cache's "
+                     r"max_length=4\)\."):
+    model.apply(v, jnp.zeros((1, 5), jnp.int32), enc, enc_mask, cache=cache, method=model.decode)
+  logits, cache = model.apply(v, jnp.zeros((1, 4), jnp.int32), enc, enc_mask, cache=cache,
+                              method=model.decode)  # 4 fit
+  assert logits.shape == (1, 4, config.vocab_size) and int(cache["index"]) == 4
+
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 200), (64, 50), (128, 100)])
 def test_relative_position_buckets_equal_transformers(num_buckets, max_distance):
   """Inside jit, as the model runs it, over +-4096 (where a division by a constant, compiled as a
@@ -321,7 +337,6 @@ def test_fresh_init_scales_equal_transformers(feed_forward_proj, d_kv):
   """init_params (the from-scratch text encoder of the default configs) draws every weight with
   the std of transformers' T5 _init_weights: compared leaf by leaf through the loader's layout.
   d_kv=4: num_heads * d_kv != d_model, as the attention output's init std depends on."""
-  from llmimg_jax.text import init_params
   from llmimg_jax.text.loading import convert_state_dict
   hf_config = transformers.T5Config(
       vocab_size=512, d_model=64, d_kv=d_kv, d_ff=128, num_heads=4, num_layers=2,
