@@ -79,6 +79,13 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
     raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
   if do_sample:
     rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
+    impl = (str(jax.random.key_impl(rng)) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+            else jax.config.jax_default_prng_impl)
+    if "rbg" in impl and input_ids.shape[0] > 1:  # rbg, unsafe_rbg
+      log.warning("Sampling with %s keys: JAX draws a vmapped batch from its first key alone, so "
+                  "each row's sample follows the first row's key (and its place in the batch), "
+                  "not its own. Use threefry2x32 keys (JAX's default) for rows sampled by their "
+                  "own keys or seeds.", impl)
   else:  # greedy and beam search draw nothing: one unused key, whatever the form of `rng`
     rng = jax.random.PRNGKey(0)
     # As transformers does, say so; and one compiled program whatever their values.

@@ -102,6 +102,23 @@ def test_a_jax_key_as_seed_is_named_as_one(generator, texts, key):
       generator.generate(texts, max_new_tokens=2, seed=seed, do_sample=True)
 
 
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_sampling_rows_under_the_rbg_prngs_is_warned_of(generator, impl, caplog):
+  """Under the rbg PRNGs JAX's vmap draws a batch from its first key alone (jax.random's docs):
+  a row's sample followed the first row's seed, not its own, silently."""
+  import jax
+  texts, kw = ["a red fox", "a red fox"], dict(max_new_tokens=6, do_sample=True)
+  with caplog.at_level(logging.WARNING):
+    with jax.default_prng_impl(impl):
+      rows = generator.generate(texts, seed=[0, 1], **kw)
+      assert generator.generate(texts, seed=[0, 2], **kw)[1] == rows[1]  # what the warning says
+      assert "follows the first row's key" in caplog.text and impl in caplog.text
+      caplog.clear()
+      generator.generate(texts[:1], seed=0, **kw)  # one row: its own key
+    generator.generate(texts, seed=[0, 1], **kw)  # threefry2x32 (test_sampling: rows own keys)
+  assert "first row's key" not in caplog.text
+
+
 def test_jax_int_seeds_are_seeds_as_numpy_s_are(generator):
   """seed=jnp.arange(3) (one per text) and jnp.int32(5) were refused as "seed is a JAX array
   (int32 [3]: a PRNG key?)", where np.arange(3), a list and np.int32(5) generate."""
