@@ -162,6 +162,9 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       return remaining
     except flags.Error as e:  # e.g. --config.train.steps=ten
       if "--config must have a value other than None" in str(e):
+        if _config_file(argv) is None:  # absl's same words for a required flag left out
+          fail(prog, "--config is required: name a config file, e.g. --config "
+               "configs/shapes_quick.py (the configs are in the repository's configs/).", 2)
         fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
       if raised := _raised_in_config_file(str(e), _config_file(argv)):
         fail(prog, f"the --config file failed to load: {raised}", 2)

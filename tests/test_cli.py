@@ -138,3 +138,22 @@ def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeyp
                  f"{str(missing)!r}; name an existing config file, e.g. --config "
                  "configs/shapes_quick.py (the configs are in the repository's configs/, a "
                  "relative path is from the current directory).\n"), err
+
+
+def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
+  # absl's error for the required --config left out is the one for a get_config() that returned
+  # None, and the parser read it as that: "the --config file's get_config() returned None".
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["train.py", "--workdir=/tmp/run"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
+  with pytest.raises(SystemExit) as exited:
+    cli.flags_parser("train.py")(argv)
+  assert exited.value.code == 2
+  assert capsys.readouterr().err == (
+      "train.py: error: --config is required: name a config file, e.g. --config "
+      "configs/shapes_quick.py (the configs are in the repository's configs/).\n")
