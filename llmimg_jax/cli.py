@@ -166,6 +166,9 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
           fail(prog, "--config is required: name a config file, e.g. --config "
                "configs/shapes_quick.py (the configs are in the repository's configs/).", 2)
         fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
+      if m := re.match(r"flag --(\w+)=None: Flag --\1 must have a value other than None", str(e)):
+        help_text = flags.FLAGS[m[1]].help  # a required flag left out, e.g. sample.py's --out
+        fail(prog, f"--{m[1]} is required: {help_text[:1].lower()}{help_text[1:]}", 2)
       if raised := _raised_in_config_file(str(e), _config_file(argv)):
         fail(prog, f"the --config file failed to load: {raised}", 2)
       if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)
