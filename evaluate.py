@@ -155,7 +155,8 @@ def _check_flags() -> None:
     var, what = named[blank]
     raise app.UsageError(cli.blank_flag(f"--{blank}", var, f"name {what}, or drop the flag"))
   if not FLAGS.write_stats and not FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
+    raise app.UsageError("--workdir is required: the train.py run to evaluate (or --write_stats "
+                         "FILE, with --workdir or --config, for a real split's statistics).")
   if not FLAGS.write_stats and (given := [f for f in ("config", "stats_split")
                                           if FLAGS[f].present]):
     raise app.UsageError(f"{cli.only_apply([f'--{f}' for f in given])} with --write_stats; the "

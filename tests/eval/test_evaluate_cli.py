@@ -21,7 +21,9 @@ def test_cli_help_and_missing_workdir(tmp_path):
   out = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
   # one line and status 2, as flag errors (it was the 70-line help, the error at its end, status 1)
-  assert out.returncode == 2 and out.stderr == "evaluate.py: error: --workdir is required.\n"
+  assert out.returncode == 2 and out.stderr == (
+      "evaluate.py: error: --workdir is required: the train.py run to evaluate (or --write_stats "
+      "FILE, with --workdir or --config, for a real split's statistics).\n"), out.stderr
   out = subprocess.run([sys.executable, "evaluate.py", "--write_stats", str(tmp_path / "r.npz"),
                         "--config", str(CONFIG)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
