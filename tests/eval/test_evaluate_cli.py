@@ -135,7 +135,7 @@ def test_write_stats_to_a_folder_is_refused_before_the_work(tmp_path):
 
 
 @pytest.mark.parametrize("flag, name, args", [
-    ("--write_stats", "ref.npz/", ["--config=configs/folder_64.py", "--config.data.folder=x"]),
+    ("--write_stats", "ref.npz/", [f"--config={ROOT / 'configs/folder_64.py'}"]),
     ("--out", "results.json/", ["--workdir", "no_run"])])
 def test_an_output_named_as_a_folder_is_refused_before_the_work(flag, name, args, tmp_path,
                                                                 monkeypatch):
