@@ -31,9 +31,8 @@ def _is_key(x: Any) -> bool:
 @functools.cache
 def _raw_key_length(impl: str) -> int:
   """The last dimension of jax.random.PRNGKey's raw key data under the PRNG implementation `impl`
-  (traced, not run)."""
-  with jax.default_prng_impl(impl):
-    return jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape[-1]
+  (traced, not run; key_data, as PRNGKey is a typed key under jax_enable_custom_prng)."""
+  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape[-1]
 
 
 def check_seed(seed: int, name: str = "seed") -> int:

@@ -119,6 +119,20 @@ def test_sampling_rows_under_the_rbg_prngs_is_warned_of(generator, impl, caplog)
   assert "first row's key" not in caplog.text
 
 
+def test_seeds_are_told_from_keys_under_jax_enable_custom_prng(generator):
+  """With jax_enable_custom_prng, jax.random.PRNGKey returns a typed key: the raw key length was
+  read from its shape, (), and any uint32 seed array failed with 'IndexError: tuple index out of
+  range'."""
+  import jax
+  import jax.numpy as jnp
+  texts, kw = ["a red fox", "b", "c c"], dict(max_new_tokens=3, do_sample=True)
+  per_text = generator.generate(texts, seed=[0, 1, 2], **kw)
+  with jax.enable_custom_prng(True):
+    assert generator.generate(texts, seed=jnp.arange(3, dtype=jnp.uint32), **kw) == per_text
+    with pytest.raises(TypeError, match=r"^seed is a JAX array \(.*: a PRNG key\?\)"):
+      generator.generate(texts, seed=jax.random.PRNGKey(0), **kw)
+
+
 def test_jax_int_seeds_are_seeds_as_numpy_s_are(generator):
   """seed=jnp.arange(3) (one per text) and jnp.int32(5) were refused as "seed is a JAX array
   (int32 [3]: a PRNG key?)", where np.arange(3), a list and np.int32(5) generate."""
