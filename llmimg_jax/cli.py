@@ -162,7 +162,7 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       return remaining
     except flags.Error as e:  # e.g. --config.train.steps=ten
       if "--config must have a value other than None" in str(e):
-        if _config_file(argv) is None:  # absl's same words for a required flag left out
+        if not flags.FLAGS["config"].present:  # absl's same words for a required flag left out
           fail(prog, "--config is required: name a config file, e.g. --config "
                "configs/shapes_quick.py (the configs are in the repository's configs/).", 2)
         fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)

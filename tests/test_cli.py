@@ -157,3 +157,28 @@ def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
   assert capsys.readouterr().err == (
       "train.py: error: --config is required: name a config file, e.g. --config "
       "configs/shapes_quick.py (the configs are in the repository's configs/).\n")
+
+
+@pytest.mark.parametrize("form", ["-config=", "flagfile"])
+def test_a_config_given_otherwise_than_as_config_is_not_named_as_left_out(form, monkeypatch,
+                                                                         capsys, tmp_path):
+  # absl also takes -config=FILE and a --flagfile holding --config=FILE; a file among them whose
+  # get_config() returned None was named "--config is required" (the command line has no
+  # --config), not as the file's missing return.
+  from absl import flags
+  from ml_collections import config_flags
+  config = tmp_path / "none_config.py"
+  config.write_text("def get_config():\n  return None\n")
+  (flagfile := tmp_path / "flags.txt").write_text(f"--config={config}\n")
+  given = f"-config={config}" if form == "-config=" else f"--flagfile={flagfile}"
+  argv = ["train.py", "--workdir=/tmp/run", given]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
+  with pytest.raises(SystemExit) as exited:
+    cli.flags_parser("train.py")(argv)
+  assert exited.value.code == 2
+  assert capsys.readouterr().err == (
+      "train.py: error: the --config file's get_config() returned None (a missing return?).\n")
