@@ -37,8 +37,8 @@ def _damaged_npz_files(tmp_path, good: dict) -> list:
 def _main(*args: str) -> int | str | None:
   """evaluate.main under these flags: its SystemExit's code (a one-line error), or None."""
   import evaluate
-  evaluate.FLAGS(["evaluate.py", *args])
-  try:
+  try:  # a flag error too: the flags parsed before it are not left set for the next test
+    evaluate.FLAGS(["evaluate.py", *args])
     evaluate.main([])
   except SystemExit as e:
     return e.code
