@@ -317,9 +317,9 @@ def test_torch_optimizers_are_ours_over_several_steps():
   for name, steps in seen.items():
     assert len(steps) == 3, name
     tx = _adam(lrs[name], cfg)
-    state = tx.init([p.numpy() for p in steps[0][0]])
+    state, update = tx.init([p.numpy() for p in steps[0][0]]), jax.jit(tx.update)  # op by op: 3x
     for i, (before, grads, after) in enumerate(steps):
-      updates, state = tx.update([g.numpy() for g in grads], state, [p.numpy() for p in before])
+      updates, state = update([g.numpy() for g in grads], state, [p.numpy() for p in before])
       for b, u, a in zip(before, updates, after):
         b, a = b.numpy(), a.numpy()
         # A wrong b2 (torch's default 0.999) moves step 2's updates by up to ~3% of lr.
