@@ -272,7 +272,6 @@ def test_decoding_chunks_through_the_cache_matches_pytorch(relu_tied, padded_bat
   assert int(cache["index"]) == dec.shape[1]
 
 
-
 def test_more_tokens_than_the_cache_holds_are_refused_by_name():
   """t new tokens past init_cache's max_length failed in dynamic_update_slice, naming shapes only
   ('update shape (1, 2, 5, 64) for operand shape (1, 2, 4, 64)'). An index that runs past it is
@@ -287,6 +286,7 @@ def test_more_tokens_than_the_cache_holds_are_refused_by_name():
   logits, cache = model.apply(v, jnp.zeros((1, 4), jnp.int32), enc, enc_mask, cache=cache,
                               method=model.decode)  # 4 fit
   assert logits.shape == (1, 4, config.vocab_size) and int(cache["index"]) == 4
+
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 200), (64, 50), (128, 100)])
 def test_relative_position_buckets_equal_transformers(num_buckets, max_distance):
