@@ -26,10 +26,10 @@ def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str, out: Path | N
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "config.json").write_text(config.to_json())
-  evaluate.FLAGS(["evaluate.py", "--write_stats", str(out or tmp_path / "ref.npz"), "--workdir",
-                  str(workdir), "--data_dir", str(tmp_path / "tfds"), "--inception_weights",
-                  "inception.pth", "--num_samples", "4", *flags])
-  try:
+  try:  # a flag error too: the flags parsed before it are not left set for the next test
+    evaluate.FLAGS(["evaluate.py", "--write_stats", str(out or tmp_path / "ref.npz"),
+                    "--workdir", str(workdir), "--data_dir", str(tmp_path / "tfds"),
+                    "--inception_weights", "inception.pth", "--num_samples", "4", *flags])
     evaluate.main([])
   finally:
     evaluate.FLAGS.unparse_flags()
