@@ -140,12 +140,12 @@ def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeyp
                  "relative path is from the current directory).\n"), err
 
 
-def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
-  # absl's error for the required --config left out is the one for a get_config() that returned
-  # None, and the parser read it as that: "the --config file's get_config() returned None".
+def _required_flags_error(monkeypatch, capsys, *args: str) -> str:
+  """cli.flags_parser's one-line error for train.py's flags (--config and --workdir, both
+  required) given --workdir and `args` (it exits with 2)."""
   from absl import flags
   from ml_collections import config_flags
-  argv = ["train.py", "--workdir=/tmp/run"]
+  argv = ["train.py", "--workdir=/tmp/run", *args]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
@@ -154,7 +154,13 @@ def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
   with pytest.raises(SystemExit) as exited:
     cli.flags_parser("train.py")(argv)
   assert exited.value.code == 2
-  assert capsys.readouterr().err == (
+  return capsys.readouterr().err
+
+
+def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
+  # absl's error for the required --config left out is the one for a get_config() that returned
+  # None, and the parser read it as that: "the --config file's get_config() returned None".
+  assert _required_flags_error(monkeypatch, capsys) == (
       "train.py: error: --config is required: name a config file, e.g. --config "
       "configs/shapes_quick.py (the configs are in the repository's configs/).\n")
 
@@ -165,20 +171,9 @@ def test_a_config_given_otherwise_than_as_config_is_not_named_as_left_out(form, 
   # absl also takes -config=FILE and a --flagfile holding --config=FILE; a file among them whose
   # get_config() returned None was named "--config is required" (the command line has no
   # --config), not as the file's missing return.
-  from absl import flags
-  from ml_collections import config_flags
   config = tmp_path / "none_config.py"
   config.write_text("def get_config():\n  return None\n")
   (flagfile := tmp_path / "flags.txt").write_text(f"--config={config}\n")
   given = f"-config={config}" if form == "-config=" else f"--flagfile={flagfile}"
-  argv = ["train.py", "--workdir=/tmp/run", given]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
-  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
-  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
-  with pytest.raises(SystemExit) as exited:
-    cli.flags_parser("train.py")(argv)
-  assert exited.value.code == 2
-  assert capsys.readouterr().err == (
+  assert _required_flags_error(monkeypatch, capsys, given) == (
       "train.py: error: the --config file's get_config() returned None (a missing return?).\n")
