@@ -102,45 +102,7 @@ def _config_file(tmp_path):
   return config_file
 
 
-def _parse_error(monkeypatch, capsys, config_file, *overrides: str) -> str:
-  """cli.flags_parser's one-line error for `config_file` and `overrides` (it exits with 2)."""
-  from absl import flags
-  from ml_collections import config_flags
-  argv = ["train.py", f"--config={config_file}", *overrides]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
-  monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
-  with pytest.raises(SystemExit) as exited:
-    cli.flags_parser("train.py")(argv)
-  assert exited.value.code == 2
-  return capsys.readouterr().err
-
-
-@pytest.mark.parametrize("typo", ["--config.train.step=5", "--config.tran.steps=5",
-                                  "--config.train.steps.x=5", "--config.data.folder.x=5"])
-def test_an_unknown_override_key_names_that_override_alone(monkeypatch, capsys, tmp_path, typo):
-  # It named every --config.* override of the command line, as if all of them were wrong.
-  err = _parse_error(monkeypatch, capsys, _config_file(tmp_path), "--config.train.steps=3",
-                     "--config.data.folder=/data", typo, "--config.train.batch_size=4")
-  assert err.startswith("train.py: error: unknown config key "), err
-  assert re.search(rf" in {re.escape(typo)}( \(did you mean \"\w+\"\?\))?\. A --config\.KEY=VALUE "
-                   "override must name an existing key", err), err
-  assert ('(did you mean "steps"?)' in err) == (typo == "--config.train.step=5"), err
-
-
-def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeypatch, capsys,
-                                                                          tmp_path):
-  # It was ml_collections' message: "Configuration is not available because of an earlier
-  # failure to load: Failed loading config file config_config Attempted [Relative path]: ...".
-  missing = tmp_path / "nope.py"
-  err = _parse_error(monkeypatch, capsys, missing)
-  assert err == (f"train.py: error: could not load the --config file: No such file or directory: "
-                 f"{str(missing)!r}; name an existing config file, e.g. --config "
-                 "configs/shapes_quick.py (the configs are in the repository's configs/, a "
-                 "relative path is from the current directory).\n"), err
-
-
-def _required_flags_error(monkeypatch, capsys, *args: str) -> str:
+def _parse_error(monkeypatch, capsys, *args: str) -> str:
   """cli.flags_parser's one-line error for train.py's flags (--config and --workdir, both
   required) given --workdir and `args` (it exits with 2)."""
   from absl import flags
@@ -157,10 +119,35 @@ def _required_flags_error(monkeypatch, capsys, *args: str) -> str:
   return capsys.readouterr().err
 
 
+@pytest.mark.parametrize("typo", ["--config.train.step=5", "--config.tran.steps=5",
+                                  "--config.train.steps.x=5", "--config.data.folder.x=5"])
+def test_an_unknown_override_key_names_that_override_alone(monkeypatch, capsys, tmp_path, typo):
+  # It named every --config.* override of the command line, as if all of them were wrong.
+  err = _parse_error(monkeypatch, capsys, f"--config={_config_file(tmp_path)}",
+                     "--config.train.steps=3", "--config.data.folder=/data", typo,
+                     "--config.train.batch_size=4")
+  assert err.startswith("train.py: error: unknown config key "), err
+  assert re.search(rf" in {re.escape(typo)}( \(did you mean \"\w+\"\?\))?\. A --config\.KEY=VALUE "
+                   "override must name an existing key", err), err
+  assert ('(did you mean "steps"?)' in err) == (typo == "--config.train.step=5"), err
+
+
+def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeypatch, capsys,
+                                                                          tmp_path):
+  # It was ml_collections' message: "Configuration is not available because of an earlier
+  # failure to load: Failed loading config file config_config Attempted [Relative path]: ...".
+  missing = tmp_path / "nope.py"
+  err = _parse_error(monkeypatch, capsys, f"--config={missing}")
+  assert err == (f"train.py: error: could not load the --config file: No such file or directory: "
+                 f"{str(missing)!r}; name an existing config file, e.g. --config "
+                 "configs/shapes_quick.py (the configs are in the repository's configs/, a "
+                 "relative path is from the current directory).\n"), err
+
+
 def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
   # absl's error for the required --config left out is the one for a get_config() that returned
   # None, and the parser read it as that: "the --config file's get_config() returned None".
-  assert _required_flags_error(monkeypatch, capsys) == (
+  assert _parse_error(monkeypatch, capsys) == (
       "train.py: error: --config is required: name a config file, e.g. --config "
       "configs/shapes_quick.py (the configs are in the repository's configs/).\n")
 
@@ -175,5 +162,5 @@ def test_a_config_given_otherwise_than_as_config_is_not_named_as_left_out(form, 
   config.write_text("def get_config():\n  return None\n")
   (flagfile := tmp_path / "flags.txt").write_text(f"--config={config}\n")
   given = f"-config={config}" if form == "-config=" else f"--flagfile={flagfile}"
-  assert _required_flags_error(monkeypatch, capsys, given) == (
+  assert _parse_error(monkeypatch, capsys, given) == (
       "train.py: error: the --config file's get_config() returned None (a missing return?).\n")
