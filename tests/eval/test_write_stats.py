@@ -13,10 +13,11 @@ from PIL import Image
 from tests.eval.utils import _main, _MeanStdFeatures
 
 
-def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str, out: Path | None = None) -> None:
+def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str,
+                 out: Path | None = None) -> int | str | None:
   """evaluate.py --write_stats `out` (tmp_path/ref.npz) of `folder`'s images, by a workdir's
-  config (--config.data.folder could be parsed once per process only)."""
-  import evaluate
+  config (--config.data.folder could be parsed once per process only): _main's exit code (a
+  one-line error), or None."""
   from llmimg_jax.eval import inception
   from llmimg_jax.train.config import base_config
   monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
@@ -26,13 +27,9 @@ def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str, out: Path | N
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "config.json").write_text(config.to_json())
-  try:  # a flag error too: the flags parsed before it are not left set for the next test
-    evaluate.FLAGS(["evaluate.py", "--write_stats", str(out or tmp_path / "ref.npz"),
-                    "--workdir", str(workdir), "--data_dir", str(tmp_path / "tfds"),
-                    "--inception_weights", "inception.pth", "--num_samples", "4", *flags])
-    evaluate.main([])
-  finally:
-    evaluate.FLAGS.unparse_flags()
+  return _main("--write_stats", str(out or tmp_path / "ref.npz"), "--workdir", str(workdir),
+               "--data_dir", str(tmp_path / "tfds"), "--inception_weights", "inception.pth",
+               "--num_samples", "4", *flags)
 
 
 def _folder(tmp_path: Path) -> Path:
@@ -48,18 +45,16 @@ def _folder(tmp_path: Path) -> Path:
 def test_an_existing_stats_file_is_refused_before_the_work(tmp_path, monkeypatch):
   """It was replaced silently, e.g. DF-GAN's downloaded COCO statistics by a folder's."""
   (tmp_path / "ref.npz").write_bytes(b"DF-GAN's statistics")
-  with pytest.raises(SystemExit) as exited:
-    _write_stats(monkeypatch, tmp_path, _folder(tmp_path))
-  assert exited.value.code == (f"evaluate.py: error: --write_stats '{tmp_path / 'ref.npz'}' "
-                               "exists; remove it, name a new file, or pass --overwrite_stats "
-                               "to replace it.")
+  assert _write_stats(monkeypatch, tmp_path, _folder(tmp_path)) == (
+      f"evaluate.py: error: --write_stats '{tmp_path / 'ref.npz'}' exists; remove it, name a new "
+      "file, or pass --overwrite_stats to replace it.")
   assert (tmp_path / "ref.npz").read_bytes() == b"DF-GAN's statistics"
   assert _MeanStdFeatures.made == 0  # refused before the weights and the data were read
 
 
 def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
   (tmp_path / "ref.npz").write_bytes(b"old statistics")
-  _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats")
+  assert _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats") is None
   with np.load(tmp_path / "ref.npz") as stats:
     assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4
 
@@ -83,13 +78,12 @@ def test_statistics_are_kept_where_their_file_cannot_be_written_after_the_work(
     return statistics(features)
 
   monkeypatch.setattr(fid, "statistics", statistics_meanwhile)
-  with pytest.raises(SystemExit) as exited:
-    _write_stats(monkeypatch, tmp_path, _folder(tmp_path), out=out)
+  error = _write_stats(monkeypatch, tmp_path, _folder(tmp_path), out=out)
   [saved] = spare.glob("stats_*.npz")
   why = ("FileNotFoundError: No such file or directory" if meanwhile == "folder removed" else
          "FileExistsError: a file was written there while the statistics were computed")
-  assert exited.value.code == (f"evaluate.py: error: could not write --write_stats '{out}' "
-                               f"({why}); the statistics are in {saved}.")
+  assert error == (f"evaluate.py: error: could not write --write_stats '{out}' ({why}); the "
+                   f"statistics are in {saved}.")
   with np.load(saved) as stats:
     assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4
   assert (out.read_bytes() == b"another's statistics" if meanwhile == "file written"
@@ -104,7 +98,7 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   from llmimg_jax.eval import report
   from llmimg_jax.sample import Sampler
   folder = _folder(tmp_path)
-  _write_stats(monkeypatch, tmp_path, folder)  # the run's data.image_size: 8
+  assert _write_stats(monkeypatch, tmp_path, folder) is None  # the run's data.image_size: 8
   with np.load(tmp_path / "ref.npz") as stats:
     assert int(stats["image_size"]) == 8
   config = ml_collections.ConfigDict({"data": {"name": "captioned_folder", "folder": str(folder),
@@ -125,7 +119,7 @@ def test_stats_of_another_dataset_than_the_run_are_warned_about(tmp_path, monkey
   """--ref_stats of another dataset (recorded by --write_stats) scored the run without a word:
   allowed (e.g. a folder run against COCO's statistics), but said."""
   from llmimg_jax.eval import report
-  _write_stats(monkeypatch, tmp_path, _folder(tmp_path))
+  assert _write_stats(monkeypatch, tmp_path, _folder(tmp_path)) is None
   recorded = str(np.load(tmp_path / "ref.npz")["dataset"])
   assert recorded.startswith("captioned_folder:")
   caplog.clear()
@@ -210,9 +204,7 @@ def test_a_split_of_one_image_is_refused_naming_the_fix(tmp_path, monkeypatch):
   folder.mkdir()
   Image.new("RGB", (8, 8)).save(folder / "0.png")
   (folder / "captions.jsonl").write_text(json.dumps({"file": "0.png", "caption": "black"}) + "\n")
-  with pytest.raises(SystemExit) as exited:
-    _write_stats(monkeypatch, tmp_path, folder)
-  assert exited.value.code == (
+  assert _write_stats(monkeypatch, tmp_path, folder) == (
       "evaluate.py: error: --write_stats: captioned_folder/train has 1 record(s); statistics need "
       "2 or more images: pass the --stats_split of a larger split, or add images.")
   assert not (tmp_path / "ref.npz").exists()
