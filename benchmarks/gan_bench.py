@@ -47,6 +47,13 @@ def _batch(cfg: Any, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
   return {"image": image, "input_ids": ids, "attention_mask": mask}
 
 
+def torch_batch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+  """_batch's arrays as the twin takes them: image uint8 [b, 3, R, R], ids and mask int64."""
+  return {"image": torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device),
+          "input_ids": torch.from_numpy(batch["input_ids"]).long().to(device),
+          "attention_mask": torch.from_numpy(batch["attention_mask"]).long().to(device)}
+
+
 def _hf_encoder(t5) -> torch.nn.Module:
   return transformers.T5EncoderModel(transformers.T5Config(
       vocab_size=t5.vocab_size, d_model=t5.d_model, d_kv=t5.d_kv, d_ff=t5.d_ff,
@@ -61,8 +68,10 @@ def _count(tree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
-def _torch_twin(cfg, models, state, device, autocast_dtype) -> torch_train.TorchGAN:
-  tg = torch_train.build(cfg, _hf_encoder(models.text_encoder.config), device, autocast_dtype)
+def _torch_twin(cfg, models, state, device, autocast_dtype, fused_adam: bool = True
+                ) -> torch_train.TorchGAN:
+  tg = torch_train.build(cfg, _hf_encoder(models.text_encoder.config), device, autocast_dtype,
+                         fused_adam)
   torch_gan.load_flax_params(tg.generator, jax.device_get(state.g_params))
   torch_gan.load_flax_params(tg.ema_generator, jax.device_get(state.ema_params))
   torch_gan.load_flax_params(tg.discriminator, jax.device_get(state.d_params))
@@ -99,10 +108,7 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
 
   np_batch = _batch(cfg, t5_config.vocab_size)
   j_batch = jax.device_put(np_batch)
-  t_batch = {"image": torch.from_numpy(np_batch["image"]).permute(0, 3, 1, 2).contiguous(),
-             "input_ids": torch.from_numpy(np_batch["input_ids"]).long(),
-             "attention_mask": torch.from_numpy(np_batch["attention_mask"]).long()}
-  t_batch = {k: v.to(device) for k, v in t_batch.items()}
+  t_batch = torch_batch(np_batch, device)
 
   # The step as train.py compiles it on one device: its XLA options (loop.compiler_options: on
   # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a multi-core CPU).

@@ -143,31 +143,34 @@ class TorchGAN:
     return torch.autocast(device, dtype=self.autocast_dtype)
 
 
-def _adam(params, lr: float, cfg: Any) -> torch.optim.Optimizer:
-  # fused: one kernel over all tensors (torch's default is a Python loop over them on CPU);
-  # it needs each weight in its gradient's memory format, hence G in channels_last below.
-  return torch.optim.Adam(params, lr=lr, betas=(cfg.train.b1, cfg.train.b2), eps=1e-8,
-                          fused=True)
-
-
 def build(cfg: Any, text_encoder: nn.Module, device: str | torch.device,
-          autocast_dtype: torch.dtype | None = None) -> TorchGAN:
+          autocast_dtype: torch.dtype | None = None, fused_adam: bool = True) -> TorchGAN:
+  """The twin as run.py times it; `fused_adam=False`: torch's default Adam and G's weights
+  contiguous, as before 7657fbb (benchmarks/twin_ab.py compares the two)."""
   text_dim = text_encoder.config.d_model
   g, d = torch_gan.build_from_config(cfg, text_dim)
   g, d, text_encoder = g.to(device), d.to(device), text_encoder.to(device)
   # G and D's convolutions in channels_last, PyTorch's faster layout on CPU and for GPU tensor
   # cores (D's: -5 to -6% of the 64px CPU step; G's activations are channels_last already, from
   # its first permute, and its weights follow for fused Adam).
-  g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+  d = d.to(memory_format=torch.channels_last)
+  if fused_adam:
+    g = g.to(memory_format=torch.channels_last)
   trainable = cfg.text.mode == "trainable"
+
+  def adam(module: nn.Module, lr: float) -> torch.optim.Optimizer:
+    # fused: one kernel over all tensors (torch's default is a Python loop over them on CPU);
+    # it needs each weight in its gradient's memory format, hence G in channels_last above.
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.train.b1, cfg.train.b2),
+                            eps=1e-8, fused=fused_adam or None)
+
   text_encoder.requires_grad_(trainable)
   text_encoder.eval()  # no dropout work (rate 0 anyway), as JAX's deterministic=True
   return TorchGAN(
       generator=g, discriminator=d, text_encoder=text_encoder,
       ema_generator=copy.deepcopy(g).requires_grad_(False),
-      g_opt=_adam(g.parameters(), cfg.train.lr_g, cfg),
-      d_opt=_adam(d.parameters(), cfg.train.lr_d, cfg),
-      text_opt=_adam(text_encoder.parameters(), cfg.train.lr_text, cfg) if trainable else None,
+      g_opt=adam(g, cfg.train.lr_g), d_opt=adam(d, cfg.train.lr_d),
+      text_opt=adam(text_encoder, cfg.train.lr_text) if trainable else None,
       cfg=cfg, autocast_dtype=autocast_dtype)
 
 

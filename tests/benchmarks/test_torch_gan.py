@@ -147,7 +147,8 @@ def test_color_and_cutout_match_jax_given_the_same_draws(monkeypatch):
   assert 0 < (want == 0).mean() < 0.5
 
 
-def _small_twin(diffaugment: str = "color,translation,cutout", grad_clip: float = 0.0):
+def _small_twin(diffaugment: str = "color,translation,cutout", grad_clip: float = 0.0,
+                fused_adam: bool = True):
   """(config, twin, batch of 4): a 32px nf 8 twin with every loss term on and a one-layer
   trainable T5, built from torch's seed 0."""
   ml_collections = pytest.importorskip("ml_collections")
@@ -162,7 +163,7 @@ def _small_twin(diffaugment: str = "color,translation,cutout", grad_clip: float 
   hf = transformers.T5EncoderModel(transformers.T5Config(
       vocab_size=64, d_model=TEXT_DIM, d_kv=12, d_ff=64, num_layers=1, num_heads=4,
       feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False))
-  twin = torch_train.build(cfg, hf, "cpu")
+  twin = torch_train.build(cfg, hf, "cpu", fused_adam=fused_adam)
   batch = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
            "input_ids": torch.randint(2, 64, (4, LENGTH)),
            "attention_mask": (torch.arange(LENGTH)[None] < torch.tensor([[3], [10], [6], [1]]))
@@ -295,13 +296,15 @@ def test_torch_train_step_clips_gradients_as_ours():
     np.testing.assert_allclose(used[name], 1e-3, rtol=1e-4, err_msg=name)
 
 
-def test_torch_optimizers_are_ours_over_several_steps():
+@pytest.mark.parametrize("fused_adam", [True, False])  # run.py's twin; twin_ab.py's other
+def test_torch_optimizers_are_ours_over_several_steps(fused_adam):
   """Each of the twin's three Adams (G, D, text encoder) updates its parameters as ours
   (train.state._adam from the same config) does from the same parameters, gradients and
   optimizer state, over three twin steps. A first Adam step cannot tell: it moves every weight by
   ~lr * sign(gradient) whatever b1, b2 and eps (test_torch_train_step_equals_ours is one step)."""
   from llmimg_jax.train.state import _adam
-  cfg, m, batch = _small_twin()
+  cfg, m, batch = _small_twin(fused_adam=fused_adam)
+  assert bool(m.g_opt.defaults["fused"]) == fused_adam
   seen = {}  # optimizer -> [(params before, gradients, params after)], one per step
   for name, opt in [("g", m.g_opt), ("d", m.d_opt), ("text", m.text_opt)]:
     params = [p for group in opt.param_groups for p in group["params"]]
