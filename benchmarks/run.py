@@ -182,7 +182,8 @@ def main() -> None:
   t_start = time.perf_counter()
   info = timing.machine_info(device)
   info["reuse_host_memory"] = reuse_memory
-  print(f"{info['cpu_model']} x{info['cpu_count']} ({info['usable_cpus']} usable) | "
+  print(f"{info['cpu_model']} ({info['cpu_id']}) x{info['cpu_count']} "
+        f"({info['usable_cpus']} usable) | "
         f"load {info['loadavg_start']} | "
         f"jax {info['jax']} ({info['jax_device']}) | torch {info['torch']} on {device} "
         f"({info['torch_num_threads']} threads) | dtype {args.dtype}", flush=True)

@@ -95,23 +95,48 @@ def peak_matmul_flops(dtype: str, torch_device: torch.device, n: int, iters: int
   return out
 
 
-def _cpu_model() -> str:
+# The instruction sets that decide the matmul and conv kernels both sides pick (cpu_id below).
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+  """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+  fields = {}
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(path) as f:
       for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+        if not line.strip():
+          break  # the first processor's block ends
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return platform.processor() or "unknown"
+  return fields
+
+
+def _cpu_model(cpuinfo: dict[str, str]) -> str:
+  return cpuinfo.get("model name") or platform.processor() or "unknown"
+
+
+def _cpu_id(cpuinfo: dict[str, str]) -> str:
+  """e.g. 'GenuineIntel family 6 model 207, avx2 avx512f': a VM's model name is often generic
+  ('Intel(R) Xeon(R) Processor'), its family and model tell the CPU apart."""
+  if "cpu family" not in cpuinfo:
+    return platform.machine() or "unknown"
+  flags = set(cpuinfo.get("flags", "").split())
+  isa = " ".join(f for f in _ISA_FLAGS if f in flags) or "no avx2"
+  return (f"{cpuinfo.get('vendor_id', '?')} family {cpuinfo['cpu family']} model "
+          f"{cpuinfo.get('model', '?')}, {isa}")
 
 
 def machine_info(torch_device: torch.device) -> dict[str, object]:
   import flax
   import transformers
   dev = jax.devices()[0]
+  cpuinfo = _cpuinfo()
   info = {
-      "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
+      "cpu_model": _cpu_model(cpuinfo), "cpu_id": _cpu_id(cpuinfo), "cpu_count": os.cpu_count(),
+      "usable_cpus": usable_cpus(),
       "loadavg_start": os.getloadavg(), "platform": platform.platform(),
       "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
       "torch": torch.__version__, "transformers": transformers.__version__,

@@ -66,6 +66,22 @@ def test_machine_info_records_the_cores_this_process_may_use(monkeypatch):
   assert (info["cpu_count"], info["usable_cpus"]) == (64, 1)
 
 
+def test_machine_info_names_the_cpu_by_family_and_model(tmp_path):
+  """A VM's model name is often generic ('Intel(R) Xeon(R) Processor' was two different CPUs
+  here): the record holds vendor, family, model and the vector ISA of the first processor."""
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(
+      "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+      "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_vnni\n\n"
+      "processor\t: 1\nvendor_id\t: OtherVendor\ncpu family\t: 25\nmodel\t\t: 17\n")
+  fields = timing._cpuinfo(str(cpuinfo))
+  assert timing._cpu_model(fields) == "Intel(R) Xeon(R) Processor"
+  assert timing._cpu_id(fields) == "GenuineIntel family 6 model 207, avx2 avx512f"
+  assert timing._cpu_id({"cpu family": "25", "model": "17", "flags": "sse2"}).endswith(
+      "family 25 model 17, no avx2")
+  assert timing._cpuinfo(str(tmp_path / "missing")) == {}
+
+
 def test_run_writes_its_json_into_a_folder_that_does_not_exist_yet(monkeypatch, tmp_path):
   """--json NEW_DIR/out.json raised FileNotFoundError at the end, after the whole benchmark."""
   import json
