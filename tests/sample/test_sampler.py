@@ -228,27 +228,23 @@ def test_bad_prompts_fail_clearly(sampler, tmp_path):
 ])
 
 
-def test_an_expander_must_give_one_caption_per_prompt(sampler, expander, error):
+def test_an_expander_must_give_one_caption_per_prompt(sampler, monkeypatch, expander, error):
   """A custom expander with too few captions failed with an IndexError deep in sample(); with
   too many the extras were dropped without a word."""
-  sampler.expander = expander
-  try:
-    with pytest.raises(ValueError, match=f"The caption expander .*{error}"):
-      sampler(["a red circle", "a blue square"])
-  finally:
-    sampler.expander = None
+  monkeypatch.setattr(sampler, "expander", expander)
+  with pytest.raises(ValueError, match=f"The caption expander .*{error}"):
+    sampler(["a red circle", "a blue square"])
 
 
-def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_dir, tmp_path):
+def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_dir, tmp_path,
+                                                           monkeypatch):
   expander = CaptionExpander.from_pretrained(expander_dir, template="Describe: {prompt}",
                                              max_new_tokens=12)
   captions = expander(PROMPTS)
   assert len(captions) == 2 and all(captions) and set(captions).isdisjoint(PROMPTS)
-  sampler.expander = expander
-  try:
-    result = sampler.sample(PROMPTS, seed=0, num_per_prompt=2)
-  finally:
-    sampler.expander = None
+  monkeypatch.setattr(sampler, "expander", expander)
+  result = sampler.sample(PROMPTS, seed=0, num_per_prompt=2)
+  monkeypatch.undo()  # the sampler without an expander again, for the comparisons below
   assert result.expanded and result.captions == captions
   np.testing.assert_array_equal(result.images, sampler(captions, seed=0, num_per_prompt=2))
   assert not np.array_equal(result.images, sampler(PROMPTS, seed=0, num_per_prompt=2))
@@ -362,13 +358,10 @@ class _BrightExpander(CaptionExpander):
      " (fewer max_new_tokens: sample.py --expand_max_new_tokens)."),
 ], ids=["own_expander", "CaptionExpander"])
 def test_an_expanded_caption_cut_to_the_run_s_max_length_names_the_expander_s_fix(
-    sampler, caplog, expander, fix):
-  sampler.expander = expander
-  try:
-    with caplog.at_level(logging.WARNING):
-      sampler(["a cat", "a red circle"], num_per_prompt=1)
-  finally:
-    sampler.expander = None
+    sampler, caplog, monkeypatch, expander, fix):
+  monkeypatch.setattr(sampler, "expander", expander)
+  with caplog.at_level(logging.WARNING):
+    sampler(["a cat", "a red circle"], num_per_prompt=1)
   assert [r.getMessage() for r in caplog.records] == [
       "Text #2 of 2 ('a red circle, drawn in bright ...', 38 tokens) is cut to max_length=32 "
       "tokens: the run's text encoder was trained on config.text.max_length=32 tokens and reads "
