@@ -18,7 +18,7 @@ import pytest
 
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
-from tests.eval.utils import _MeanStdFeatures
+from tests.eval.utils import _MeanStdFeatures, _to_evaluate
 from tests.train.utils import tiny_config
 
 
@@ -216,9 +216,8 @@ def test_training_evaluator_logs_and_keeps_the_best_step(sampler, tiny_eval, tmp
   from llmimg_jax.eval.in_training import TrainingEvaluator, enabled
   from llmimg_jax.eval.shapes_eval import load_split
   data, _ = tiny_eval
-  config = tiny_config(data.data_dir)
-  assert not enabled(config)
-  config.eval.every, config.eval.num_samples = 2, 8
+  assert not enabled(tiny_config(data.data_dir))
+  State, config = _to_evaluate(sampler, tiny_eval)
   assert enabled(config)
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   # The floor: 8 real train images against the 8 real test images whose captions are scored.
@@ -228,10 +227,6 @@ def test_training_evaluator_logs_and_keeps_the_best_step(sampler, tiny_eval, tmp
   assert evaluate.floor == pytest.approx(fid.frechet_distance(
       *fid.statistics(features(train.images)), *fid.statistics(features(test.images))))
   assert evaluate.floor > 1e-3 and evaluate.captions == [c[0] for c in test.captions]
-
-  class State:
-    ema_params, text_params = sampler.ema_params, sampler.text_params
-
   writer = SummaryWriter(str(tmp_path / "tb"))
   best_json = tmp_path / "best.json"
   first = evaluate(State, 2, writer)

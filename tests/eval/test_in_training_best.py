@@ -4,19 +4,7 @@ import json
 import logging
 import sys
 
-from tests.train.utils import tiny_config
-
-
-def _to_evaluate(sampler, tiny_eval):
-  """(a state of the sampler's EMA weights, a config evaluating 8 captions every 2 steps)."""
-  data, _ = tiny_eval
-
-  class State:
-    ema_params, text_params = sampler.ema_params, sampler.text_params
-
-  config = tiny_config(data.data_dir)
-  config.eval.every, config.eval.num_samples = 2, 8
-  return State, config
+from tests.eval.utils import _eval_config, _to_evaluate
 
 
 def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
@@ -95,9 +83,8 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from llmimg_jax.eval.in_training import TrainingEvaluator
-from tests.train.utils import tiny_config
-config = tiny_config(sys.argv[3])
-config.eval.every, config.eval.num_samples = 2, 8
+from tests.eval.utils import _eval_config
+config = _eval_config(sys.argv[3])
 print("best step", TrainingEvaluator(None, None, config, sys.argv[4]).best_step, flush=True)
 """
 
@@ -114,8 +101,7 @@ def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_p
   from llmimg_jax.eval.in_training import TrainingEvaluator
   from tests.train.cli_utils import Proc, _devices_env, _free_port
   data, cache = tiny_eval
-  config = tiny_config(data.data_dir)
-  config.eval.every, config.eval.num_samples = 2, 8
+  config = _eval_config(data.data_dir)
   setup = TrainingEvaluator(None, None, config, tmp_path).setup  # host 0's evaluation
   (tmp_path / "best.json").write_text(json.dumps(
       {"step": 2, "caption_accuracy": 0.5, "fid_indomain": 9.0, "setup": setup}))

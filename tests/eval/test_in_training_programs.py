@@ -3,14 +3,14 @@ state each time, as the loop passes) reuse them."""
 import jax
 import jax.numpy as jnp
 
-from tests.train.utils import lowered_programs, tiny_config
+from tests.eval.utils import _eval_config
+from tests.train.utils import lowered_programs
 
 
 def test_evaluations_after_the_first_compile_nothing(sampler, tiny_eval, tmp_path):
   from llmimg_jax.eval.in_training import TrainingEvaluator
   data, _ = tiny_eval
-  config = tiny_config(data.data_dir)
-  config.eval.every, config.eval.num_samples = 2, 8
+  config = _eval_config(data.data_dir)
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
 
   class State:  # a step's state: new arrays of the same types and shardings
@@ -32,8 +32,8 @@ def test_the_largest_config_seed_evaluates(sampler, tiny_eval, tmp_path):
   checked its seed (which then refused it at the first evaluation, mid-run)."""
   from llmimg_jax.eval.in_training import TrainingEvaluator
   data, _ = tiny_eval
-  config = tiny_config(data.data_dir)
-  config.seed, config.eval.every, config.eval.num_samples = 2**32 - 1, 2, 8
+  config = _eval_config(data.data_dir)
+  config.seed = 2**32 - 1
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   assert evaluate.setup["seed"] == 2**32 + 1  # what best.json records, as before
   assert 0 <= evaluate(sampler, 2, None)["caption_accuracy"] <= 1
@@ -47,8 +47,7 @@ def test_a_cut_caption_is_warned_of_once_per_run_not_every_evaluation(
   import logging
   from llmimg_jax.eval.in_training import TrainingEvaluator
   data, _ = tiny_eval
-  config = tiny_config(data.data_dir)
-  config.eval.every, config.eval.num_samples = 2, 8
+  config = _eval_config(data.data_dir)
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   with caplog.at_level(logging.WARNING, logger="llmimg_jax"):
     for step in (2, 4, 6):

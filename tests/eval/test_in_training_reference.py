@@ -2,7 +2,7 @@
 records), as evaluate.py's: a floor the generated images beat by design was no floor."""
 import pytest
 
-from tests.train.utils import tiny_config
+from tests.eval.utils import _to_evaluate
 
 
 def test_generated_and_real_images_are_scored_against_the_same_train_records(
@@ -15,17 +15,12 @@ def test_generated_and_real_images_are_scored_against_the_same_train_records(
   from llmimg_jax.eval.in_training import TrainingEvaluator
   from llmimg_jax.eval.shapes_eval import load_split
   data, _ = tiny_eval
-  config = tiny_config(data.data_dir)
-  config.eval.every, config.eval.num_samples = 2, 8
+  State, config = _to_evaluate(sampler, tiny_eval)
   evaluate = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   train, test = (load_split(data, split, 8).at_size(config.data.image_size)
                  for split in ("train", "test"))
   features, stats = evaluate.evaluator.features, fid.statistics
   reference = stats(features(train.images))
-
-  class State:
-    ema_params, text_params = sampler.ema_params, sampler.text_params
-
   images = generate_for_captions(sampler.models, sampler.ema_params, sampler.text_params,
                                  sampler.tokenizer, evaluate.captions, seed=evaluate.seed)
   result = evaluate(State, 2, None)

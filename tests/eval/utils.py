@@ -1,8 +1,11 @@
 """Helpers shared by the evaluation tests: a stand-in for the Inception network, damaged .npz
-files, evaluate.main run under given flags, and results for a stand-in evaluation to return."""
+files, evaluate.main run under given flags, results for a stand-in evaluation to return, and the
+in-training evaluation's config and state."""
 from pathlib import Path
 
 import numpy as np
+
+from tests.train.utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "shapes_quick.py"
@@ -45,6 +48,23 @@ def _main(*args: str) -> int | str | None:
   finally:
     evaluate.FLAGS.unparse_flags()
   return None
+
+
+def _eval_config(data_dir):
+  """tiny_config of the tiny_32 build in `data_dir`, evaluating 8 captions every 2 steps."""
+  config = tiny_config(data_dir)
+  config.eval.every, config.eval.num_samples = 2, 8
+  return config
+
+
+def _to_evaluate(sampler, tiny_eval) -> tuple[type, object]:
+  """(a state of the sampler's EMA weights, _eval_config of the tiny_eval fixture's build)."""
+  data, _ = tiny_eval
+
+  class State:
+    ema_params, text_params = sampler.ema_params, sampler.text_params
+
+  return State, _eval_config(data.data_dir)
 
 
 def _results(workdir) -> dict:
