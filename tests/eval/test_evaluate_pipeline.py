@@ -18,7 +18,7 @@ import pytest
 
 from llmimg_jax.eval import evaluator as ev
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
-from tests.eval.utils import _MeanStdFeatures, _to_evaluate
+from tests.eval.utils import _MeanStdFeatures, _stand_in_inception, _to_evaluate
 from tests.train.utils import tiny_config
 
 
@@ -82,13 +82,13 @@ def test_evaluate_run_scores_both_splits(run, sampler, tiny_eval):
 
 def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypatch):
   from llmimg_jax.data.pipeline import load_source
-  from llmimg_jax.eval import fid, inception, report
+  from llmimg_jax.eval import fid, report
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.report import evaluate_run, format_table
   from llmimg_jax.sample import Sampler
   with pytest.raises(ValueError, match="captioned_folder: only the standard FID applies"):
     evaluate_run(str(folder_run.workdir))
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _stand_in_inception(monkeypatch)
   mu, sigma = np.arange(6.0) * 10, np.eye(6) * 100
   fid.save_statistics(tmp_path / "ref.npz", mu, sigma, num_images=10)
   fid.save_statistics(tmp_path / "ref5.npz", mu[:5], sigma[:5, :5], num_images=10)
@@ -98,7 +98,7 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
     evaluate_run(str(folder_run.workdir), num_samples=8, inception_weights="inception.pth",
                  ref_stats=str(tmp_path / "ref5.npz"))
   monkeypatch.undo()
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _stand_in_inception(monkeypatch)
   results = evaluate_run(str(folder_run.workdir), num_samples=8, batch_size=8,
                          inception_weights="inception.pth", ref_stats=str(tmp_path / "ref.npz"))
   assert results["dataset"] == "captioned_folder" and list(results["splits"]) == ["train"]
@@ -124,7 +124,6 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
 def test_non_finite_generated_images_are_refused(folder_run, monkeypatch):
   """A checkpoint whose generator gives NaN was scored as flat-colour images without a word."""
   import jax
-  from llmimg_jax.eval import inception
   from llmimg_jax.eval.report import evaluate_run
   from llmimg_jax.sample import Sampler
   from_workdir = Sampler.from_workdir.__func__
@@ -134,7 +133,7 @@ def test_non_finite_generated_images_are_refused(folder_run, monkeypatch):
     sampler.ema_params = jax.tree_util.tree_map(lambda x: x * np.nan, sampler.ema_params)
     return sampler
   monkeypatch.setattr(Sampler, "from_workdir", classmethod(nan_sampler))
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _stand_in_inception(monkeypatch)
   with pytest.raises(ValueError, match="8 of 8 generated images are not finite"):
     evaluate_run(str(folder_run.workdir), num_samples=8, batch_size=8,
                  inception_weights="inception.pth")
@@ -144,7 +143,7 @@ def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,
                                                          monkeypatch):
   """One image has no covariance: "Features must be [n >= 2, d]" came after all the sampling."""
   from PIL import Image
-  from llmimg_jax.eval import inception, report
+  from llmimg_jax.eval import report
   from llmimg_jax.eval.shapes_eval import ShapesEvaluator
   from tests.sample.utils import save_run
   folder = tmp_path / "one_image"
@@ -154,7 +153,7 @@ def test_a_split_of_one_image_is_refused_before_sampling(run, tmp_path,
   config = tiny_config(tmp_path / "tfds")
   config.data.name, config.data.folder = "captioned_folder", str(folder)
   one = save_run(tmp_path / "run", config)
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _stand_in_inception(monkeypatch)
   monkeypatch.setattr(report, "generate_for_captions", None)  # refused before generating
   monkeypatch.setattr(ShapesEvaluator, "load_or_train", None)  # and before the evaluator
   with pytest.raises(ValueError, match=r"captioned_folder: train would score 1 image\(s\); the "

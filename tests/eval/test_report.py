@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from llmimg_jax.eval import fid, inception
+from llmimg_jax.eval import fid
 from llmimg_jax.eval.report import evaluate_run, format_table, to_json
-from tests.eval.utils import ROOT, _MeanStdFeatures
+from tests.eval.utils import ROOT, _MeanStdFeatures, _stand_in_inception
 
 
 def test_results_are_strict_json_with_nan_as_null():
@@ -37,7 +37,7 @@ def test_inception_rows_and_the_floor_of_ref_stats_from_the_scored_split(
   from llmimg_jax.eval.generate import generate_for_captions
   from llmimg_jax.eval.shapes_eval import load_split
   data, _ = tiny_eval
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _stand_in_inception(monkeypatch)
   features = _MeanStdFeatures("inception.pth")
   real = load_split(data, "test", 8).at_size(data.image_size)
   mu, sigma = fid.statistics(features(real.images))

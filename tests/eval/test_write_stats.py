@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.eval.utils import _main, _MeanStdFeatures
+from tests.eval.utils import _main, _MeanStdFeatures, _stand_in_inception
 
 
 def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str,
@@ -18,10 +18,8 @@ def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str,
   """evaluate.py --write_stats `out` (tmp_path/ref.npz) of `folder`'s images, by a workdir's
   config (--config.data.folder could be parsed once per process only): _main's exit code (a
   one-line error), or None."""
-  from llmimg_jax.eval import inception
   from llmimg_jax.train.config import base_config
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
-  _MeanStdFeatures.made = 0
+  _stand_in_inception(monkeypatch)
   config = base_config()
   config.data.name, config.data.folder, config.data.image_size = "captioned_folder", str(folder), 8
   workdir = tmp_path / "run"
@@ -137,9 +135,7 @@ def test_a_workdir_without_a_readable_config_is_one_error_naming_it(tmp_path, mo
                                                                      workdir):
   """--write_stats --workdir of no run printed Python's "[Errno 2] No such file or directory:
   '.../config.json'" (or a JSON decoder's message), naming neither the flag nor the fix."""
-  from llmimg_jax.eval import inception
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
-  _MeanStdFeatures.made = 0
+  _stand_in_inception(monkeypatch)
   (tmp_path / "a_file").write_text("not a run")
   (tmp_path / "checkpoints").write_text("a file by a run's checkpoints/ name")
   (tmp_path / "cut_short").mkdir()
@@ -160,9 +156,7 @@ def test_a_workdir_inside_a_runs_checkpoints_names_the_run_to_pass(run, tmp_path
   """--write_stats --workdir RUN/checkpoints/2 (or a folder in it) said it cannot read
   RUN/checkpoints/2/config.json, where sample.py and the evaluation name the run's --workdir
   (restore.refuse_checkpoint_folder); without --step, which --write_stats refuses."""
-  from llmimg_jax.eval import inception
-  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
-  _MeanStdFeatures.made = 0
+  _stand_in_inception(monkeypatch)
   ckpt = run.workdir / "checkpoints"
   for inside in (ckpt, ckpt / "2", ckpt / "2" / "state"):
     error = _main("--write_stats", str(tmp_path / "ref.npz"), "--workdir", str(inside),

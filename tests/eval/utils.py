@@ -26,6 +26,13 @@ class _MeanStdFeatures:
     return np.concatenate([x.mean(1), x.std(1)], axis=1)
 
 
+def _stand_in_inception(monkeypatch) -> None:
+  """inception.InceptionFeatures is _MeanStdFeatures for this test, none of them made yet."""
+  from llmimg_jax.eval import inception
+  monkeypatch.setattr(inception, "InceptionFeatures", _MeanStdFeatures)
+  _MeanStdFeatures.made = 0
+
+
 def _damaged_npz_files(tmp_path, good: dict) -> list:
   """A cut-short .npz, a text file and an .npy, each named .npz."""
   np.savez(tmp_path / "whole.npz", **good)
