@@ -9,22 +9,11 @@ import threading
 import types
 
 import pytest
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tensorflow_datasets.core import file_adapters
 
 from llmimg_jax.data import caption_files, images, pipeline, prepare
-from tests.data.utils import _usage_error, folder_argv
-
-
-def _folder(tmp_path, num: int = 6):
-  """A folder of `num` captioned 8px images."""
-  folder = tmp_path / "imgs"
-  folder.mkdir()
-  for i in range(num):
-    Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
-  (folder / "captions.jsonl").write_text(
-      "".join(f'{{"file": "{i}.png", "caption": "image {i}"}}\n' for i in range(num)))
-  return folder
+from tests.data.utils import _usage_error, captioned_images, folder_argv
 
 
 def _files_under(path) -> list[str]:
@@ -51,7 +40,7 @@ def test_a_full_disk_while_writing_the_records_is_one_line_error(tmp_path, capsy
   monkeypatch.setattr(file_adapters, "array_record_module",
                       types.SimpleNamespace(ArrayRecordWriter=FullDiskWriter))
   data_dir = tmp_path / "tfds"
-  err = _usage_error(capsys, folder_argv(_folder(tmp_path), data_dir))
+  err = _usage_error(capsys, folder_argv(captioned_images(tmp_path, 6), data_dir))
   assert f"error: Could not build captioned_folder:{tmp_path / 'imgs'} in " in err, err
   assert ("(RuntimeError: Failed to finalize writing of split \"train\": write() failed: No space "
           "left on device; writing ") in err, err
@@ -65,7 +54,7 @@ def test_a_folder_removed_during_its_build_leaves_no_build(tmp_path, capsys, mon
   """Each image after the folder was removed was skipped as unknown_file, and the build of those
   read before was kept as complete (exit 0), read from then on by train.py with no warning (a
   build whose folder is gone is read as it is)."""
-  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  folder, data_dir = captioned_images(tmp_path, 6), tmp_path / "tfds"
   load_image, calls, lock = images.load_image, [], threading.Lock()
 
   def load_then_remove(path, *args):  # the folder removed as the 3rd image is read
@@ -86,7 +75,7 @@ def test_a_folder_removed_during_its_build_leaves_no_build(tmp_path, capsys, mon
 
 def test_a_folder_made_unreadable_during_its_build_leaves_no_build(tmp_path, capsys, monkeypatch):
   """chmod 000 (as root, whom chmod does not stop: its access check)."""
-  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  folder, data_dir = captioned_images(tmp_path, 6), tmp_path / "tfds"
   access = os.access
   monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
       os.fspath(path) != str(folder) and access(path, mode, **kw)))
@@ -98,7 +87,7 @@ def test_a_folder_made_unreadable_during_its_build_leaves_no_build(tmp_path, cap
 def test_a_folder_that_cannot_be_listed_still_builds(tmp_path, monkeypatch):
   """A folder of mode 711 (its files reached by name, its list refused): a build reads the
   images its captions name, and the check of a folder removed during its build lets it be."""
-  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  folder, data_dir = captioned_images(tmp_path, 6), tmp_path / "tfds"
   for name in ("scandir", "listdir"):
     def refused(path=".", *, original=getattr(os, name)):
       if str(path) == str(folder):
@@ -113,7 +102,7 @@ def test_a_folder_removed_before_its_build_names_the_folder_flag(tmp_path, capsy
   """Removed after the config was checked: a FileNotFoundError, which prepare printed as a data_dir
   it could not write ('... set --folder (or --folder) to a folder of images.). Check that path, or
   set --data_dir to a folder you can write, with room for the build.')."""
-  folder, data_dir = _folder(tmp_path), tmp_path / "tfds"
+  folder, data_dir = captioned_images(tmp_path, 6), tmp_path / "tfds"
   check_caption_files = caption_files.check_caption_files
 
   def check_then_remove(path):
@@ -129,7 +118,7 @@ def test_a_folder_removed_before_its_build_names_the_folder_flag(tmp_path, capsy
 def test_a_preview_that_cannot_be_written_after_the_build_is_one_line_error(tmp_path, capsys,
                                                                             monkeypatch):
   """Its folder, checked before the build, removed during it: the write's traceback."""
-  folder, data_dir, out = _folder(tmp_path), tmp_path / "tfds", tmp_path / "out"
+  folder, data_dir, out = captioned_images(tmp_path, 6), tmp_path / "tfds", tmp_path / "out"
   load_source = pipeline.load_source
 
   def load_then_remove(*args):
@@ -152,7 +141,7 @@ def test_a_build_that_cannot_be_read_for_the_preview_is_not_named_a_preview_it_c
   """An image of the build that does not decode (PIL's UnidentifiedImageError, an OSError) as the
   grid reads it was named a --preview that could not be written ('... run prepare again with a
   --preview it can write (the build is reused).'): prepare again would fail the same way."""
-  folder, data_dir, out = _folder(tmp_path), tmp_path / "tfds", tmp_path / "out"
+  folder, data_dir, out = captioned_images(tmp_path, 6), tmp_path / "tfds", tmp_path / "out"
   load_source = pipeline.load_source
 
   class Undecodable:  # the built source, whose records do not decode

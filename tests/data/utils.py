@@ -1,14 +1,16 @@
 """Test fixtures for tests/data: small ICC profiles built byte by byte (no system profiles
 needed), so colour-management tests use real profiles with known primaries and curves; the
-script of a process reading batches from grain workers; and prepare's command line of a folder
-build and the check of its usage errors."""
+script of a process reading batches from grain workers; a folder of captioned images, prepare's
+command line of its build and the check of its usage errors."""
 from __future__ import annotations
 
 import itertools
+import json
 import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +119,18 @@ def _usage_error(capsys, argv: list[str]) -> str:
     prepare.main(argv)
   assert exit_info.value.code == 2
   return capsys.readouterr().err
+
+
+def captioned_images(parent: Path, num: int) -> Path:
+  """A folder parent/imgs of `num` 8px images, i.png a red from black (0) to 255 (the last),
+  captioned "image i" in captions.jsonl."""
+  folder = parent / "imgs"
+  folder.mkdir()
+  with open(folder / "captions.jsonl", "w") as f:
+    for i in range(num):
+      Image.new("RGB", (8, 8), (255 * i // max(num - 1, 1), 0, 0)).save(folder / f"{i}.png")
+      f.write(json.dumps({"file": f"{i}.png", "caption": f"image {i}"}) + "\n")
+  return folder
 
 
 def folder_argv(folder, data_dir, *flags: str) -> list[str]:

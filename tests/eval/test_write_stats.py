@@ -2,14 +2,13 @@
 size it records is checked against the run scored."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.data.utils import captioned_images
 from tests.eval.utils import _main, _MeanStdFeatures, _stand_in_inception
 
 
@@ -30,20 +29,10 @@ def _write_stats(monkeypatch, tmp_path, folder: Path, *flags: str,
                "--num_samples", "4", *flags)
 
 
-def _folder(tmp_path: Path) -> Path:
-  folder = tmp_path / "images"
-  folder.mkdir()
-  with open(folder / "captions.jsonl", "w") as f:
-    for i in range(4):
-      Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(folder / f"{i}.png")
-      f.write(json.dumps({"file": f"{i}.png", "caption": f"red {i}"}) + "\n")
-  return folder
-
-
 def test_an_existing_stats_file_is_refused_before_the_work(tmp_path, monkeypatch):
   """It was replaced silently, e.g. DF-GAN's downloaded COCO statistics by a folder's."""
   (tmp_path / "ref.npz").write_bytes(b"DF-GAN's statistics")
-  assert _write_stats(monkeypatch, tmp_path, _folder(tmp_path)) == (
+  assert _write_stats(monkeypatch, tmp_path, captioned_images(tmp_path, 4)) == (
       f"evaluate.py: error: --write_stats '{tmp_path / 'ref.npz'}' exists; remove it, name a new "
       "file, or pass --overwrite_stats to replace it.")
   assert (tmp_path / "ref.npz").read_bytes() == b"DF-GAN's statistics"
@@ -52,7 +41,8 @@ def test_an_existing_stats_file_is_refused_before_the_work(tmp_path, monkeypatch
 
 def test_overwrite_stats_replaces_the_file(tmp_path, monkeypatch):
   (tmp_path / "ref.npz").write_bytes(b"old statistics")
-  assert _write_stats(monkeypatch, tmp_path, _folder(tmp_path), "--overwrite_stats") is None
+  folder = captioned_images(tmp_path, 4)
+  assert _write_stats(monkeypatch, tmp_path, folder, "--overwrite_stats") is None
   with np.load(tmp_path / "ref.npz") as stats:
     assert stats["mu"].shape == (6,) and int(stats["num_images"]) == 4
 
@@ -76,7 +66,7 @@ def test_statistics_are_kept_where_their_file_cannot_be_written_after_the_work(
     return statistics(features)
 
   monkeypatch.setattr(fid, "statistics", statistics_meanwhile)
-  error = _write_stats(monkeypatch, tmp_path, _folder(tmp_path), out=out)
+  error = _write_stats(monkeypatch, tmp_path, captioned_images(tmp_path, 4), out=out)
   [saved] = spare.glob("stats_*.npz")
   why = ("FileNotFoundError: No such file or directory" if meanwhile == "folder removed" else
          "FileExistsError: a file was written there while the statistics were computed")
@@ -95,7 +85,7 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   import ml_collections
   from llmimg_jax.eval import report
   from llmimg_jax.sample import Sampler
-  folder = _folder(tmp_path)
+  folder = captioned_images(tmp_path, 4)
   assert _write_stats(monkeypatch, tmp_path, folder) is None  # the run's data.image_size: 8
   with np.load(tmp_path / "ref.npz") as stats:
     assert int(stats["image_size"]) == 8
@@ -117,7 +107,7 @@ def test_stats_of_another_dataset_than_the_run_are_warned_about(tmp_path, monkey
   """--ref_stats of another dataset (recorded by --write_stats) scored the run without a word:
   allowed (e.g. a folder run against COCO's statistics), but said."""
   from llmimg_jax.eval import report
-  assert _write_stats(monkeypatch, tmp_path, _folder(tmp_path)) is None
+  assert _write_stats(monkeypatch, tmp_path, captioned_images(tmp_path, 4)) is None
   recorded = str(np.load(tmp_path / "ref.npz")["dataset"])
   assert recorded.startswith("captioned_folder:")
   caplog.clear()
@@ -194,11 +184,7 @@ def test_evaluation_flags_with_write_stats_are_refused(tmp_path, flags, named):
 def test_a_split_of_one_image_is_refused_naming_the_fix(tmp_path, monkeypatch):
   """One image has no covariance: the error was fid's "Features must be [n >= 2, d]", after the
   weights and the images were read, naming no flag."""
-  folder = tmp_path / "images"
-  folder.mkdir()
-  Image.new("RGB", (8, 8)).save(folder / "0.png")
-  (folder / "captions.jsonl").write_text(json.dumps({"file": "0.png", "caption": "black"}) + "\n")
-  assert _write_stats(monkeypatch, tmp_path, folder) == (
+  assert _write_stats(monkeypatch, tmp_path, captioned_images(tmp_path, 1)) == (
       "evaluate.py: error: --write_stats: captioned_folder/train has 1 record(s); statistics need "
       "2 or more images: pass the --stats_split of a larger split, or add images.")
   assert not (tmp_path / "ref.npz").exists()
