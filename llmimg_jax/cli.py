@@ -104,15 +104,25 @@ def _unraisable(info: Any) -> None:
     sys.__unraisablehook__(info)
 
 
-def _config_file(argv: list[str]) -> str | None:
-  """The --config file's absolute path (without its ':ARGS'), if given (the last one counts)."""
-  path = None
-  for i, arg in enumerate(argv):
-    value = (arg.split("=", 1)[1] if arg.startswith("--config=")
-             else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-    if value:
-      path = os.path.abspath(value.split(":", 1)[0])
-  return path
+def _config_file(e: BaseException) -> str | None:
+  """The --config file's absolute path (without its ':ARGS') as absl's parse of the flag got it,
+  however it was spelt (--config FILE, -config=FILE, a --flagfile's line: the last one counts):
+  the argument of the flag's parse that raised `e`, else that of its finished parse (whose file
+  ml_collections reads later). None without a --config flag or file."""
+  if "config" not in flags.FLAGS:
+    return None
+  flag, argument = flags.FLAGS["config"], None
+  tb = e.__traceback__
+  while tb is not None:
+    names = tb.tb_frame.f_locals
+    if names.get("self") is flag and isinstance(names.get("argument"), str):
+      argument = names["argument"]
+    tb = tb.tb_next
+  if argument is None and flag.present:
+    argument = getattr(flag, "config_filename", None)  # ml_collections' config flag's
+  if not isinstance(argument, str) or not (path := argument.split(":", 1)[0]):
+    return None
+  return os.path.abspath(path)
 
 
 def _line_in(e: BaseException, path: str | None) -> str | None:
@@ -169,7 +179,7 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       if m := re.match(r"flag --(\w+)=None: Flag --\1 must have a value other than None", str(e)):
         help_text = flags.FLAGS[m[1]].help  # a required flag left out, e.g. sample.py's --out
         fail(prog, f"--{m[1]} is required: {help_text[:1].lower()}{help_text[1:]}", 2)
-      if raised := _raised_in_config_file(str(e), _config_file(argv)):
+      if raised := _raised_in_config_file(str(e), _config_file(e)):
         fail(prog, f"the --config file failed to load: {raised}", 2)
       if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)
         fail(prog, f"{e}. A number takes no None on the command line: set it to None in the "
@@ -177,11 +187,11 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       fail(prog, str(e), 2)
     except Exception as e:  # an override's key, or the config file itself
       message = _innermost(e)
-      if where := _line_in(e, _config_file(argv)):
+      if where := _line_in(e, _config_file(e)):
         fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
              f"{where})", 2)
       if isinstance(e, OSError):  # ml_collections' "could not read the file"
-        if (path := _config_file(argv)) and not os.path.exists(path):  # its message: 3 lines
+        if (path := _config_file(e)) and not os.path.exists(path):  # its message: 3 lines
           fail(prog, f"could not load the --config file: No such file or directory: {path!r}; "
                "name an existing config file, e.g. --config configs/shapes_quick.py (the "
                "configs are in the repository's configs/, a relative path is from the current "

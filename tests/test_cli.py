@@ -164,3 +164,37 @@ def test_a_config_given_otherwise_than_as_config_is_not_named_as_left_out(form, 
   given = f"-config={config}" if form == "-config=" else f"--flagfile={flagfile}"
   assert _parse_error(monkeypatch, capsys, given) == (
       "train.py: error: the --config file's get_config() returned None (a missing return?).\n")
+
+
+_BROKEN_CONFIGS = {  # a config file's text, and the error for it after "train.py: error: "
+    "missing": (None, "could not load the --config file: No such file or directory: {path!r}; "
+                "name an existing config file, e.g. --config configs/shapes_quick.py (the "
+                "configs are in the repository's configs/, a relative path is from the current "
+                "directory)."),
+    "raising": ("def get_config():\n  x = 1\n  raise NameError('no preset')\n",
+                "the --config file failed to load: NameError: no preset (at {path}:3)"),
+    "mistyped": ("def get_config():\n  raise ValueError('bad size')\n",  # a flags.Error
+                 "the --config file failed to load: ValueError: bad size (at {path}:2)"),
+    "syntax": ("def get_config(\n",
+               "the --config file failed to load: SyntaxError: '(' was never closed (at "
+               "{path}:1)")}
+
+
+@pytest.mark.parametrize("spelling", ["--config=FILE", "--config FILE", "-config=FILE",
+                                      "-config FILE", "--flagfile"])
+@pytest.mark.parametrize("broken", sorted(_BROKEN_CONFIGS))
+def test_a_broken_config_file_is_named_however_absl_was_given_it(spelling, broken, monkeypatch,
+                                                                 capsys, tmp_path):
+  # The path was read from the command line's --config alone: with -config=FILE or a --flagfile
+  # the errors lost it ("Configuration is not available because of an earlier failure to load:
+  # ...", or a traceback for an exception in the file).
+  text, error = _BROKEN_CONFIGS[broken]
+  config = tmp_path / f"{broken}_config.py"
+  if text is not None:
+    config.write_text(text)
+  (flagfile := tmp_path / "flags.txt").write_text(f"--config={config}\n")
+  given = {"--config=FILE": [f"--config={config}"], "--config FILE": ["--config", str(config)],
+           "-config=FILE": [f"-config={config}"], "-config FILE": ["-config", str(config)],
+           "--flagfile": [f"--flagfile={flagfile}"]}[spelling]
+  assert _parse_error(monkeypatch, capsys, *given) == (
+      f"train.py: error: {error.format(path=str(config))}\n")
