@@ -104,11 +104,11 @@ def _unraisable(info: Any) -> None:
     sys.__unraisablehook__(info)
 
 
-def _config_file(e: BaseException) -> str | None:
-  """The --config file's absolute path (without its ':ARGS') as absl's parse of the flag got it,
-  however it was spelt (--config FILE, -config=FILE, a --flagfile's line: the last one counts):
-  the argument of the flag's parse that raised `e`, else that of its finished parse (whose file
-  ml_collections reads later). None without a --config flag or file."""
+def _config_argument(e: BaseException) -> str | None:
+  """The --config flag's value ('FILE' or 'FILE:ARGS') as absl's parse of it got it, however it
+  was spelt (--config FILE, -config=FILE, a --flagfile's line: the last one counts): the
+  argument of the flag's parse that raised `e`, else that of its finished parse (whose file
+  ml_collections reads later). None without a --config flag or value."""
   if "config" not in flags.FLAGS:
     return None
   flag, argument = flags.FLAGS["config"], None
@@ -120,7 +120,13 @@ def _config_file(e: BaseException) -> str | None:
     tb = tb.tb_next
   if argument is None and flag.present:
     argument = getattr(flag, "config_filename", None)  # ml_collections' config flag's
-  if not isinstance(argument, str) or not (path := argument.split(":", 1)[0]):
+  return argument if isinstance(argument, str) else None
+
+
+def _config_file(e: BaseException) -> str | None:
+  """The --config file's absolute path (without its ':ARGS'), if one was given."""
+  argument = _config_argument(e)
+  if argument is None or not (path := argument.split(":", 1)[0]).strip():
     return None
   return os.path.abspath(path)
 
@@ -191,6 +197,9 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
         fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
              f"{where})", 2)
       if isinstance(e, OSError):  # ml_collections' "could not read the file"
+        if (given := _config_argument(e)) is not None and not given.split(":", 1)[0].strip():
+          fail(prog, blank_flag("--config", "CONFIG", "name a config file, e.g. --config "
+                                "configs/shapes_quick.py"), 2)
         if (path := _config_file(e)) and not os.path.exists(path):  # its message: 3 lines
           fail(prog, f"could not load the --config file: No such file or directory: {path!r}; "
                "name an existing config file, e.g. --config configs/shapes_quick.py (the "

@@ -198,3 +198,12 @@ def test_a_broken_config_file_is_named_however_absl_was_given_it(spelling, broke
            "--flagfile": [f"--flagfile={flagfile}"]}[spelling]
   assert _parse_error(monkeypatch, capsys, *given) == (
       f"train.py: error: {error.format(path=str(config))}\n")
+
+
+@pytest.mark.parametrize("given", ["--config=", "--config= ", "-config=", "--config=:arg"])
+def test_a_blank_config_is_named_as_blank(given, monkeypatch, capsys):
+  # It was ml_collections' "could not load the --config file: Configuration is not available
+  # because of an earlier failure to load: Path to config file is an empty string."
+  assert _parse_error(monkeypatch, capsys, given) == (
+      "train.py: error: --config is blank (e.g. --config=$CONFIG with CONFIG unset); name a "
+      "config file, e.g. --config configs/shapes_quick.py.\n")
