@@ -142,4 +142,7 @@ def _fail(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser("sample.py"))
+  app.run(main, flags_parser=cli.flags_parser("sample.py", required={
+      "workdir": "name the train.py run to sample from (its --workdir), e.g. --workdir "
+                 "runs/shapes_quick.",
+      "out": "name a folder for the PNGs, grid.png and samples.jsonl, e.g. --out samples."}))

@@ -147,4 +147,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser("train.py"))
+  app.run(main, flags_parser=cli.flags_parser("train.py", required={
+      "workdir": "name the folder for the run's checkpoints, samples and logs, e.g. --workdir "
+                 "runs/shapes_quick (a run already there resumes)."}))

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from absl import flags
@@ -166,10 +166,13 @@ def _failed_overrides(e: BaseException, overrides: list[str]) -> list[str]:
   return failed or overrides
 
 
-def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
+def flags_parser(prog: str, required: Mapping[str, str] | None = None
+                 ) -> Callable[[list[str]], list[str]]:
   """absl's flag parsing for app.run(flags_parser=...): a --config.KEY override naming no key,
   a flag value of the wrong type, or a config file that fails to load is one paragraph and exit
-  status 2, not a traceback."""
+  status 2, not a traceback. `required`: for each flag marked required (by name, --config
+  aside), the fix that ends its line when it is left out ("--workdir is required: FIX"; without
+  one, the flag's help)."""
   def parse(argv: list[str]) -> list[str]:
     try:
       remaining = flags.FLAGS(argv)
@@ -183,8 +186,8 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
                "configs/shapes_quick.py (the configs are in the repository's configs/).", 2)
         fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
       if m := re.match(r"flag --(\w+)=None: Flag --\1 must have a value other than None", str(e)):
-        help_text = flags.FLAGS[m[1]].help  # a required flag left out, e.g. sample.py's --out
-        fail(prog, f"--{m[1]} is required: {help_text[:1].lower()}{help_text[1:]}", 2)
+        fix = (required or {}).get(m[1]) or flags.FLAGS[m[1]].help  # e.g. sample.py's --out
+        fail(prog, f"--{m[1]} is required: {fix[:1].lower()}{fix[1:]}", 2)
       if raised := _raised_in_config_file(str(e), _config_file(e)):
         fail(prog, f"the --config file failed to load: {raised}", 2)
       if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)

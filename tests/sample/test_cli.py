@@ -283,7 +283,8 @@ _STRAY = ("unexpected argument(s) {}: sample.py takes flags only. Quote a prompt
 
 @pytest.mark.parametrize("args, error", [
     (["--prompt", "a cat"],  # was absl's "flag --out=None: Flag --out must have a value ..."
-     "--out is required: output directory for PNGs, grid.png, samples.jsonl."),
+     "--out is required: name a folder for the PNGs, grid.png and samples.jsonl, e.g. --out "
+     "samples."),
     (["--prompt", "a cat", "--out", "o", "--num_per_prompt=four"],
      "flag --num_per_prompt=four: invalid literal for int() with base 10: 'four'"),
     # An unquoted prompt, and '--overwrite false' (which sets it): absl's whole help (68 lines),
