@@ -153,6 +153,19 @@ def _raised_in_config_file(text: str, path: str | None) -> str | None:
   return f"{error} (at {lines[-1]})" if lines else error
 
 
+_OVERRIDE = re.compile(r"-{1,2}(no)?config\.")  # ml_collections' pattern for an override
+
+
+def _overrides(argv: list[str]) -> list[str]:
+  """The --config.KEY overrides as ml_collections finds them: among the arguments with each
+  --flagfile's lines in its place (absl's expansion), with one dash or two, --noKEY too."""
+  try:
+    args = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+  except flags.Error:  # absl's own parse would have stopped on it first
+    args = argv[1:]
+  return [a for a in args if _OVERRIDE.match(a)]
+
+
 def _failed_overrides(e: BaseException, overrides: list[str]) -> list[str]:
   """The overrides among `overrides` whose key ml_collections failed to look up (the `field_path`
   or `override` it was resolving when `e` arose); all of them if that cannot be told."""
@@ -162,7 +175,7 @@ def _failed_overrides(e: BaseException, overrides: list[str]) -> list[str]:
     names = tb.tb_frame.f_locals
     paths.update(v for k in ("field_path", "override") if isinstance(v := names.get(k), str))
     tb = tb.tb_next
-  failed = [a for a in overrides if a.split("=", 1)[0].removeprefix("--config.") in paths]
+  failed = [a for a in overrides if _OVERRIDE.sub("", a.split("=", 1)[0], count=1) in paths]
   return failed or overrides
 
 
@@ -209,7 +222,7 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
                "configs are in the repository's configs/, a relative path is from the current "
                "directory).", 2)
         fail(prog, f"could not load the --config file: {message}", 2)
-      overrides = [a for a in argv[1:] if a.startswith("--config.")]
+      overrides = _overrides(argv)
       if not overrides:
         raise
       overrides = _failed_overrides(e, overrides)

@@ -232,3 +232,19 @@ def test_each_required_flag_left_out_is_one_sentence_naming_the_fix(script, args
   proc = subprocess.run([sys.executable, str(_ROOT / script), *args], cwd=_ROOT,
                         capture_output=True, text=True, timeout=120)
   assert (proc.returncode, proc.stderr) == (2, f"{script}: error: {error}\n"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("spelling", ["-config.train.step=5", "--flagfile",
+                                      "--noconfig.train.step"])
+def test_an_unknown_override_key_is_named_however_absl_was_given_it(spelling, monkeypatch, capsys,
+                                                                    tmp_path):
+  # Only a --config.KEY=VALUE on the command line was looked for: given with one dash, as a
+  # --noKEY or in a --flagfile, an unknown key was ml_collections' AttributeError traceback.
+  (flagfile := tmp_path / "flags.txt").write_text("--config.train.step=5\n")
+  given = f"--flagfile={flagfile}" if spelling == "--flagfile" else spelling
+  named = "--config.train.step=5" if spelling == "--flagfile" else spelling
+  err = _parse_error(monkeypatch, capsys, f"--config={_config_file(tmp_path)}",
+                     "--config.train.steps=3", given)
+  assert err == (f"train.py: error: unknown config key 'step' in {named} (did you mean "
+                 "\"steps\"?). A --config.KEY=VALUE override must name an existing key (see "
+                 "base_config in llmimg_jax/train/config.py).\n"), err
