@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=None, help="checkpoint directory or hub name (default: "
                  "untrained byte-level T5 with the ByT5 tokenizer)")
-  p.add_argument("--text", action="append", required=True, help="input text; repeatable")
+  # Required, checked in parse_args: argparse names a required flag left out before unknown
+  # ones, so a misspelt `--txt hi` read as if nothing had been typed.
+  p.add_argument("--text", action="append", help="input text (required); repeatable")
   p.add_argument("--max_length", type=int, default=64, help="tokenizer length: each text is "
                  "padded or truncated to it (default: %(default)s)")
   p.add_argument("--max_new_tokens", type=int, default=32,
@@ -59,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  return _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)  # unknown arguments refused first
+  if args.text is None:
+    parser.error("the following arguments are required: --text")  # argparse's own words
+  return args
 
 
 def _options_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:

@@ -327,3 +327,16 @@ def test_cli_sampling_options_without_do_sample_are_refused(tmp_path, capsys):
   assert capsys.readouterr().err == (
       "error: --top_k only applies when sampling; pass --do_sample, or drop it for greedy or "
       "beam-search generation.\n")
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--txt", "hi"], "unrecognized arguments: --txt hi"),
+    (["--num_beams", "2", "--txt", "hi", "--bogus"], "unrecognized arguments: --txt hi --bogus"),
+    (["--num_beams", "2"], "the following arguments are required: --text")])
+def test_a_misspelt_flag_is_named_before_the_text_it_left_out(args, error, capsys):
+  # `--txt hi` said only "the following arguments are required: --text", as if the misspelt
+  # flag were not there (argparse checks the required flags before the unknown ones).
+  with pytest.raises(SystemExit) as exited:
+    main(args)
+  assert exited.value.code == 2
+  assert capsys.readouterr().err.splitlines()[-1] == f"python -m llmimg_jax.text: error: {error}"
