@@ -18,14 +18,26 @@ from llmimg_jax.text.modeling import T5EncoderModel
 from llmimg_jax.text.tokenizer import TextTokenizer
 
 
+# The PRNG implementations JAX registers itself: raw key data uint32 [2] (threefry2x32) or [4]
+_JAX_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
 def _is_key(x: Any) -> bool:
-  """Whether `x` is a JAX PRNG key: a typed one (jax.random.key) or raw key data, the uint32
-  [..., 2] of jax.random.PRNGKey and split ([..., 4] under jax_default_prng_impl rbg or
-  unsafe_rbg). Other JAX int arrays are seeds, as NumPy's are."""
+  """Whether `x` is taken for a JAX PRNG key: a typed one (jax.random.key), or a JAX uint32 array
+  whose last dimension is a raw key length of any of JAX's PRNG implementations or of the default
+  one (2: jax.random.PRNGKey under threefry2x32; 4: under rbg or unsafe_rbg), whatever
+  jax_default_prng_impl is. Raw key data name no implementation (jax.random.key_impl reads the
+  default's for them) and may equal seeds (PRNGKey(7) is uint32 [0, 7] under threefry2x32): a key
+  made under another default must not be read as seeds. Other JAX int arrays are seeds, as
+  NumPy's are."""
   return isinstance(x, jax.Array) and (
       jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-      or (x.dtype == jnp.uint32 and x.ndim >= 1
-          and x.shape[-1] == _raw_key_length(jax.config.jax_default_prng_impl)))
+      or (x.dtype == jnp.uint32 and x.ndim >= 1 and x.shape[-1] in _raw_key_lengths()))
+
+
+def _raw_key_lengths() -> set[int]:
+  """The last dimensions of raw key data: JAX's own implementations' and the default's."""
+  return {_raw_key_length(impl) for impl in (*_JAX_IMPLS, jax.config.jax_default_prng_impl)}
 
 
 @functools.cache
@@ -33,6 +45,18 @@ def _raw_key_length(impl: str) -> int:
   """The last dimension of jax.random.PRNGKey's raw key data under the PRNG implementation `impl`
   (traced, not run; key_data, as PRNGKey is a typed key under jax_enable_custom_prng)."""
   return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape[-1]
+
+
+def _key_error(key: jax.Array, name: str, seeds_too: bool = False) -> TypeError:
+  """The error for a PRNG key (`_is_key`) passed as a seed; seeds_too: where int seeds, one per
+  item, are taken too, says which uint32 arrays are read as raw keys instead."""
+  raw = "" if not seeds_too or jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else (
+      f" A JAX uint32 array whose last dimension is "
+      f"{' or '.join(map(str, sorted(_raw_key_lengths())))} is taken for raw key data "
+      "(jax.random.PRNGKey's) under any jax_default_prng_impl: pass int seeds as ints, a list or "
+      "a NumPy array.")
+  return TypeError(f"{name} is a JAX array ({key.dtype} {list(key.shape)}: a PRNG key?); pass an "
+                   f"int seed, from which the key is made.{raw}")
 
 
 def check_seed(seed: int, name: str = "seed") -> int:
@@ -43,8 +67,7 @@ def check_seed(seed: int, name: str = "seed") -> int:
   jax.random.PRNGKey keeps a seed's low 32 bits (2**32 gave seed 0's key, -1 that of 2**32 - 1)
   and raises OverflowError past int64."""
   if _is_key(seed):  # its repr spans lines (a typed key's, 'overlaying: ...')
-    raise TypeError(f"{name} is a JAX array ({seed.dtype} {list(seed.shape)}: a PRNG key?); "
-                    "pass an int seed, from which the key is made.")
+    raise _key_error(seed, name)
   if (value := cli.as_int(seed)) is None:
     got = (f" is a JAX array ({seed.dtype} {list(seed.shape)})" if isinstance(seed, jax.Array)
            else f"={seed!r} is a {type(seed).__name__}")
@@ -94,8 +117,10 @@ class TextGenerator:
                seed: int | Sequence[int] = 0, **kw: Any) -> list[str]:
     """kw: num_beams, do_sample, temperature, top_k, top_p, length_penalty, min_new_tokens.
 
-    seed (sampling): one for the call, or one per text, so that a text's sample does not depend
-    on the other texts. Texts come back as transformers decodes them, whitespace included.
+    seed (sampling): one int for the call, or one per text (a list, a NumPy or JAX int array), so
+    that a text's sample does not depend on the other texts; a PRNG key is refused, and so is a
+    JAX uint32 array whose last dimension is 2 or 4 (raw key data). Texts come back as
+    transformers decodes them, whitespace included.
     """
     return self.generate_tokens(self.tokenizer(texts), max_new_tokens=max_new_tokens, seed=seed,
                                 **kw)
@@ -106,9 +131,10 @@ class TextGenerator:
     if wrong := [f"{k}= ({fix})" for k, fix in _NOT_KW.items() if k in kw]:
       raise TypeError(f"TextGenerator.generate takes no {'; no '.join(wrong)}.")
     rows = len(batch["input_ids"])
-    # One seed: a scalar, whose check_seed names a non-int (len() would not), or a PRNG key
-    # (uint32 [2], typed), which check_seed names as a key, not as two seeds.
-    one_seed = _is_key(seed) or np.ndim(seed) == 0
+    if _is_key(seed):  # typed, or uint32 [..., 2] or [..., 4]: a key, not 2 or 4 seeds
+      raise _key_error(seed, "seed", seeds_too=True)
+    # One seed: a scalar, whose check_seed names a non-int (len() would not).
+    one_seed = np.ndim(seed) == 0
     if not one_seed and len(seed) != rows:
       raise ValueError(f"seed must be one int or one per text ({rows} texts); got {len(seed)}.")
     seeds = [check_seed(s, "seed" if one_seed else f"seed[{i}]")

@@ -97,9 +97,34 @@ def test_a_jax_key_as_seed_is_named_as_one(generator, texts, key):
   import jax
   with jax.default_prng_impl(key if "rbg" in key else jax.config.jax_default_prng_impl):
     seed = jax.random.key(0) if key == "typed" else jax.random.PRNGKey(0)
+    raw = "" if key == "typed" else (  # which uint32 arrays are keys, where seeds are taken
+        r" A JAX uint32 array whose last dimension is 2 or 4 is taken for raw key data "
+        r"\(jax\.random\.PRNGKey's\) under any jax_default_prng_impl: pass int seeds as ints, a "
+        r"list or a NumPy array\.")
     with pytest.raises(TypeError, match=r"^seed is a JAX array \(.*: a PRNG key\?\); pass an "
-                       r"int seed, from which the key is made\.$"):
+                       rf"int seed, from which the key is made\.{raw}$"):
       generator.generate(texts, max_new_tokens=2, seed=seed, do_sample=True)
+
+
+@pytest.mark.parametrize("made, passed, texts", [
+    ("threefry2x32", "rbg", ["a", "b"]), ("threefry2x32", "unsafe_rbg", ["a", "b"]),
+    ("rbg", "threefry2x32", ["a", "b", "c", "d"]), ("unsafe_rbg", "threefry2x32", ["a"] * 4)])
+def test_a_raw_key_of_another_prng_implementation_is_named_as_one(generator, made, passed, texts):
+  """Raw keys were told from seeds by the default implementation's key length: a threefry2x32
+  PRNGKey (uint32 [2]) passed under an rbg default sampled 2 texts with seeds 0 and 7, and an rbg
+  one (uint32 [4]) 4 texts, silently. Raw key data name no implementation (jax.random.key_impl
+  reads the default's), so uint32 [..., 2] and [..., 4] are keys under every default."""
+  import jax
+  with jax.default_prng_impl(made):
+    key = jax.random.PRNGKey(7)
+  with jax.default_prng_impl(passed):
+    with pytest.raises(TypeError, match=rf"^seed is a JAX array \(uint32 \[{len(key)}\]: a PRNG key"
+                       r"\?\); pass an int seed, from which the key is made\. A JAX uint32 "
+                       r"array whose last dimension is 2 or 4 is taken for raw key data"):
+      generator.generate(texts, max_new_tokens=2, seed=key, do_sample=True)
+    # int seeds in any other form are seeds under every default
+    assert len(generator.generate(texts, max_new_tokens=2, seed=list(range(len(texts))),
+                                  do_sample=True)) == len(texts)
 
 
 @pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
