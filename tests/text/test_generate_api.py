@@ -128,25 +128,28 @@ def test_a_raw_key_of_another_prng_implementation_is_named_as_one(generator, mad
 
 
 @pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
-def test_sampling_rows_under_the_rbg_prngs_is_warned_of(generator, impl, caplog):
-  """Under the rbg PRNGs JAX's vmap draws a batch from its first key alone (jax.random's docs):
-  a row's sample followed the first row's seed, not its own, silently."""
+def test_rows_sampled_under_the_rbg_prngs_follow_their_own_keys(generator, impl, caplog):
+  """Under the rbg PRNGs JAX's vmap draws a batch from its first key alone (rng_bit_generator's
+  batching rule): a row's sample followed the first row's seed and its place in the batch, not
+  its own seed (warned of on every call). Raw keys under an rbg default, and typed rbg keys."""
   import jax
-  texts, kw = ["a red fox", "a red fox"], dict(max_new_tokens=6, do_sample=True)
-  warned = f"Sampling with {impl} keys: JAX draws a vmapped batch from its first key alone"
-  with caplog.at_level(logging.WARNING):
-    with jax.default_prng_impl(impl):
-      rows = generator.generate(texts, seed=[0, 1], **kw)
-      assert generator.generate(texts, seed=[0, 2], **kw)[1] == rows[1]  # what the warning says
-      assert caplog.text.count(warned) == 2  # every call, not once per compiled program
-      caplog.clear()
-      generator.generate(texts[:1], seed=0, **kw)  # one row: its own key
-    generator.generate(texts, seed=[0, 1], **kw)  # threefry2x32 (test_sampling: rows own keys)
-    assert "first key alone" not in caplog.text
-    batch = generator.tokenizer(texts)  # typed keys: their own implementation, not the default's
-    generate(generator.params, generator.config, batch["input_ids"], batch["attention_mask"],
-             rng=jax.random.key(0, impl=impl), **kw)
-  assert caplog.text.count(warned) == 1
+  texts, kw = ["a red fox"] * 3, dict(max_new_tokens=8, do_sample=True, temperature=2.0)
+  with caplog.at_level(logging.WARNING), jax.default_prng_impl(impl):
+    rows = generator.generate(texts, seed=[0, 1, 0], **kw)
+    other = generator.generate(texts, seed=[0, 2, 0], **kw)
+    alone = [generator.generate(texts[:1], seed=[s], **kw)[0] for s in (0, 1, 2)]
+  assert rows[0] == rows[2] == other[0] == other[2] == alone[0]  # equal keys, equal samples
+  assert rows[1] == alone[1] != other[1] == alone[2]  # its own key, wherever it sits
+  assert rows[0] != rows[1]
+  batch = generator.tokenizer(texts)  # typed keys carry their implementation
+  keys = jax.numpy.stack([jax.random.key(s, impl=impl) for s in (5, 6, 5)])
+  typed = np.asarray(generate(generator.params, generator.config, batch["input_ids"],
+                              batch["attention_mask"], rng=keys, **kw))
+  first = np.asarray(generate(generator.params, generator.config, batch["input_ids"][1:],
+                              batch["attention_mask"][1:], rng=keys[1:], **kw))
+  np.testing.assert_array_equal(typed[1:], first)  # row 1 without row 0 before it
+  assert (typed[0] == typed[2]).all() and (typed[0] != typed[1]).any()
+  assert "first key alone" not in caplog.text
 
 
 def test_seeds_are_told_from_keys_under_jax_enable_custom_prng(generator):
