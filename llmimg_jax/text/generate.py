@@ -142,6 +142,13 @@ def _generate(params, input_ids, attention_mask, rng, scalars, min_new_tokens, *
   return _pad_after_eos(out, config)
 
 
+@functools.cache
+def raw_key_length(impl: str) -> int:
+  """The last dimension of jax.random.PRNGKey's raw key data under the PRNG implementation `impl`
+  (traced, not run; key_data, as PRNGKey is a typed key under jax_enable_custom_prng)."""
+  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape[-1]
+
+
 def _row_keys(rng: jax.Array, batch: int) -> jax.Array:
   """One key (raw uint32 [2], [4] under the rbg PRNGs, or typed []) -> `batch` keys; `batch` keys
   pass through."""
@@ -150,6 +157,12 @@ def _row_keys(rng: jax.Array, batch: int) -> jax.Array:
     raise TypeError(f"rng must be a JAX PRNG key (jax.random.PRNGKey(seed), jax.random.key(seed))"
                     f" or one per row; got {rng.dtype} {list(rng.shape)} (int seeds? "
                     "TextGenerator.generate takes those).")
+  impl = jax.config.jax_default_prng_impl
+  if key_ndim and rng.ndim and rng.shape[-1] != (n := raw_key_length(impl)):  # raw data name none
+    raise TypeError(f"rng must be raw key data ending in {n} (jax.random.PRNGKey(seed)'s under "
+                    f"jax_default_prng_impl={impl}), one key or one per row; got uint32 "
+                    f"{list(rng.shape)} (a key made under another default?). Typed keys "
+                    "(jax.random.key(seed, impl=...)) carry their implementation.")
   if rng.ndim == key_ndim:
     return jax.random.split(rng, batch)
   if rng.ndim != key_ndim + 1 or rng.shape[0] != batch:

@@ -12,7 +12,7 @@ import numpy as np
 
 from llmimg_jax import cli
 from llmimg_jax.text.config import T5Config, compute_dtype
-from llmimg_jax.text.generate import generate
+from llmimg_jax.text.generate import generate, raw_key_length
 from llmimg_jax.text.loading import load_pretrained
 from llmimg_jax.text.modeling import T5EncoderModel
 from llmimg_jax.text.tokenizer import TextTokenizer
@@ -37,14 +37,7 @@ def _is_key(x: Any) -> bool:
 
 def _raw_key_lengths() -> set[int]:
   """The last dimensions of raw key data: JAX's own implementations' and the default's."""
-  return {_raw_key_length(impl) for impl in (*_JAX_IMPLS, jax.config.jax_default_prng_impl)}
-
-
-@functools.cache
-def _raw_key_length(impl: str) -> int:
-  """The last dimension of jax.random.PRNGKey's raw key data under the PRNG implementation `impl`
-  (traced, not run; key_data, as PRNGKey is a typed key under jax_enable_custom_prng)."""
-  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape[-1]
+  return {raw_key_length(impl) for impl in (*_JAX_IMPLS, jax.config.jax_default_prng_impl)}
 
 
 def _key_error(key: jax.Array, name: str, seeds_too: bool = False) -> TypeError:

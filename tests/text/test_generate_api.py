@@ -194,6 +194,29 @@ def test_seeds_where_keys_are_meant_are_named(generator, rng, got):
              max_new_tokens=2, do_sample=True, rng=rng)
 
 
+@pytest.mark.parametrize("made, passed, split", [("threefry2x32", "rbg", 0),
+                                                  ("threefry2x32", "rbg", 3),
+                                                  ("rbg", "threefry2x32", 3)])
+def test_raw_keys_of_another_prng_implementation_are_named(generator, made, passed, split):
+  """generate(rng=...) with raw keys made under another jax_default_prng_impl failed in jax.random
+  as 'JAX encountered invalid PRNG key data: expected key_data.shape to end with (4,); got
+  shape=(2,) for impl=PRNGImpl(key_shape=(4,), seed=<function _rbg_seed at 0x...>, ...', naming
+  neither the argument nor the fix."""
+  import jax
+  batch = generator.tokenizer(["a", "b", "c"])
+  with jax.default_prng_impl(made):
+    rng = jax.random.PRNGKey(0)
+    rng = jax.random.split(rng, split) if split else rng
+  want = 4 if "rbg" in passed else 2
+  with jax.default_prng_impl(passed):
+    with pytest.raises(TypeError, match=rf"^rng must be raw key data ending in {want} "
+                       rf"\(jax\.random\.PRNGKey\(seed\)'s under jax_default_prng_impl={passed}\)"
+                       rf", one key or one per row; got uint32 {re.escape(str(list(rng.shape)))} "
+                       r"\(a key made under another default\?\)\. Typed keys"):
+      generate(generator.params, generator.config, batch["input_ids"], batch["attention_mask"],
+               max_new_tokens=2, do_sample=True, rng=rng)
+
+
 @pytest.mark.parametrize("kw, fix", [
     ({"rng": None}, r"rng= \(pass seed=, an int or one per text"),
     ({"dtype": "bfloat16"}, r"dtype= \(the compute dtype is the TextGenerator's"),
