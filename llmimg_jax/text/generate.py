@@ -213,20 +213,16 @@ def _draw(keys: jax.Array, logits: jax.Array, rows_apart: bool) -> jax.Array:
   [b, vocab] -> int [b].
 
   rows_apart: for the rbg PRNGs, under whose vmap every row would be drawn from keys[0]
-  (rng_bit_generator's batching rule). Each row's random bits come from its own key, one
-  jax.random.bits per row in a scan unrolled 8 rows at a time (jax.lax.map over whole
-  categorical draws doubled the draw's time on CPU; a full unroll compiled 2.5 s longer for 128
-  rows); the Gumbel noise and the argmax are batched, as jax.random.categorical computes them by
-  default: a uniform in [tiny, 1) from the 23 high bits, then argmax(logits - log(-log(u))).
+  (rng_bit_generator's batching rule): each row's Gumbel noise comes from its own key in a scan
+  unrolled 8 rows at a time (jax.lax.map over whole categorical draws doubled the draw's time on
+  CPU; a full unroll compiled 2.5 s longer for 128 rows), then one batched argmax, as
+  jax.random.categorical draws: argmax(logits + gumbel).
   """
   if not rows_apart:
     return jax.vmap(jax.random.categorical)(keys, logits)
-  bits = jax.lax.scan(lambda _, key: (None, jax.random.bits(key, logits.shape[-1:])), None, keys,
-                      unroll=max(1, min(8, len(keys))))[1]  # uint32 [b, vocab]
-  one = jnp.uint32(np.float32(1.0).view(np.uint32))
-  u = jax.lax.bitcast_convert_type((bits >> 9) | one, jnp.float32) - 1.0  # [b, vocab] in [0, 1)
-  u = jnp.maximum(u, jnp.finfo(jnp.float32).tiny)
-  return jnp.argmax(logits - jnp.log(-jnp.log(u)), axis=-1)
+  gumbel = jax.lax.scan(lambda _, key: (None, jax.random.gumbel(key, logits.shape[-1:])), None,
+                        keys, unroll=max(1, min(8, len(keys))))[1]  # [b, vocab]
+  return jnp.argmax(logits + gumbel, axis=-1)
 
 
 def _greedy_or_sample(step_logits, cache, batch, rng, config, n, do_sample, temperature, top_k,
