@@ -112,20 +112,18 @@ def _config_argument(e: BaseException) -> str | None:
   if "config" not in flags.FLAGS:
     return None
   flag, argument = flags.FLAGS["config"], None
-  tb = e.__traceback__
-  while tb is not None:
-    names = tb.tb_frame.f_locals
+  for frame, _ in traceback.walk_tb(e.__traceback__):
+    names = frame.f_locals
     if names.get("self") is flag and isinstance(names.get("argument"), str):
       argument = names["argument"]
-    tb = tb.tb_next
   if argument is None and flag.present:
     argument = getattr(flag, "config_filename", None)  # ml_collections' config flag's
   return argument if isinstance(argument, str) else None
 
 
-def _config_file(e: BaseException) -> str | None:
-  """The --config file's absolute path (without its ':ARGS'), if one was given."""
-  argument = _config_argument(e)
+def _config_path(argument: str | None) -> str | None:
+  """The --config file's absolute path from the flag's argument (without its ':ARGS'); None
+  without one or for a blank one."""
   if argument is None or not (path := argument.split(":", 1)[0]).strip():
     return None
   return os.path.abspath(path)
@@ -170,11 +168,9 @@ def _failed_overrides(e: BaseException, overrides: list[str]) -> list[str]:
   """The overrides among `overrides` whose key ml_collections failed to look up (the `field_path`
   or `override` it was resolving when `e` arose); all of them if that cannot be told."""
   paths = set()
-  tb = e.__traceback__
-  while tb is not None:
-    names = tb.tb_frame.f_locals
+  for frame, _ in traceback.walk_tb(e.__traceback__):
+    names = frame.f_locals
     paths.update(v for k in ("field_path", "override") if isinstance(v := names.get(k), str))
-    tb = tb.tb_next
   failed = [a for a in overrides if _OVERRIDE.sub("", a.split("=", 1)[0], count=1) in paths]
   return failed or overrides
 
@@ -201,22 +197,23 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
       if m := re.match(r"flag --(\w+)=None: Flag --\1 must have a value other than None", str(e)):
         fix = (required or {}).get(m[1]) or flags.FLAGS[m[1]].help  # e.g. sample.py's --out
         fail(prog, f"--{m[1]} is required: {fix[:1].lower()}{fix[1:]}", 2)
-      if raised := _raised_in_config_file(str(e), _config_file(e)):
+      if raised := _raised_in_config_file(str(e), _config_path(_config_argument(e))):
         fail(prog, f"the --config file failed to load: {raised}", 2)
       if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)
         fail(prog, f"{e}. A number takes no None on the command line: set it to None in the "
              "--config file (where None is allowed), or give a number.", 2)
       fail(prog, str(e), 2)
     except Exception as e:  # an override's key, or the config file itself
-      message = _innermost(e)
-      if where := _line_in(e, _config_file(e)):
+      message, given = _innermost(e), _config_argument(e)
+      path = _config_path(given)
+      if where := _line_in(e, path):
         fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
              f"{where})", 2)
       if isinstance(e, OSError):  # ml_collections' "could not read the file"
-        if (given := _config_argument(e)) is not None and not given.split(":", 1)[0].strip():
+        if given is not None and path is None:  # blank
           fail(prog, blank_flag("--config", "CONFIG", "name a config file, e.g. --config "
                                 "configs/shapes_quick.py"), 2)
-        if (path := _config_file(e)) and not os.path.exists(path):  # its message: 3 lines
+        if path and not os.path.exists(path):  # its message: 3 lines
           fail(prog, f"could not load the --config file: No such file or directory: {path!r}; "
                "name an existing config file, e.g. --config configs/shapes_quick.py (the "
                "configs are in the repository's configs/, a relative path is from the current "
