@@ -5,11 +5,11 @@ import logging
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from llmimg_jax import cli
+from tests.train.cli_utils import ROOT
 
 
 def _never_retrieved(error: Exception) -> logging.LogRecord:
@@ -211,25 +211,19 @@ def test_a_blank_config_is_named_as_blank(given, monkeypatch, capsys):
       "config file, e.g. --config configs/shapes_quick.py.\n")
 
 
-_ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.mark.parametrize("script, args, error", [
     ("train.py", ["--config", "configs/shapes_quick.py"],
      "--workdir is required: name the folder for the run's checkpoints, samples and logs, e.g. "
      "--workdir runs/shapes_quick (a run already there resumes)."),
     ("sample.py", ["--out", "samples"],
      "--workdir is required: name the train.py run to sample from (its --workdir), e.g. "
-     "--workdir runs/shapes_quick."),
-    ("sample.py", ["--workdir", "runs/shapes_quick"],
-     "--out is required: name a folder for the PNGs, grid.png and samples.jsonl, e.g. --out "
-     "samples.")])
+     "--workdir runs/shapes_quick.")])
 def test_each_required_flag_left_out_is_one_sentence_naming_the_fix(script, args, error,
                                                                       tmp_path):
   # The line quoted the flag's help as written: "--workdir is required: where checkpoints,
-  # samples and logs go." (train.py), "--out is required: output directory for PNGs, ..."
-  # (sample.py). evaluate.py names its --workdir itself (tests/eval/test_evaluate_cli.py).
-  proc = subprocess.run([sys.executable, str(_ROOT / script), *args], cwd=_ROOT,
+  # samples and logs go." (train.py). sample.py's --out line is checked with its other flag
+  # errors (tests/sample/test_cli.py), evaluate.py's --workdir in tests/eval/test_evaluate_cli.py.
+  proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
   assert (proc.returncode, proc.stderr) == (2, f"{script}: error: {error}\n"), proc.stderr[-2000:]
 
