@@ -27,7 +27,9 @@ _ESCAPES = str.maketrans({c: repr(c)[1:-1] for c in "\\\n\r\v\f\x1c\x1d\x1e\x85\
 
 
 def _parser() -> argparse.ArgumentParser:
+  # allow_abbrev=False: a prefix such as --tex is refused, not read as the option it begins
   p = argparse.ArgumentParser(prog="python -m llmimg_jax.text", description=__doc__,
+                              allow_abbrev=False,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=None, help="checkpoint directory or hub name (default: "
                  "untrained byte-level T5 with the ByT5 tokenizer)")

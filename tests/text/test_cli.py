@@ -332,7 +332,9 @@ def test_cli_sampling_options_without_do_sample_are_refused(tmp_path, capsys):
 @pytest.mark.parametrize("args, error", [
     (["--txt", "hi"], "unrecognized arguments: --txt hi"),
     (["--num_beams", "2", "--txt", "hi", "--bogus"], "unrecognized arguments: --txt hi --bogus"),
-    (["--num_beams", "2"], "the following arguments are required: --text")])
+    (["--num_beams", "2"], "the following arguments are required: --text"),
+    # A prefix of an option was read as that option: --tex as --text.
+    (["--tex", "hi"], "unrecognized arguments: --tex hi")])
 def test_a_misspelt_flag_is_named_before_the_text_it_left_out(args, error, capsys):
   # `--txt hi` said only "the following arguments are required: --text", as if the misspelt
   # flag were not there (argparse checks the required flags before the unknown ones).
