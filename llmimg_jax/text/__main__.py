@@ -26,10 +26,12 @@ _SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 _ESCAPES = str.maketrans({c: repr(c)[1:-1] for c in "\\\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
 
 
+_PROG = "python -m llmimg_jax.text"
+
+
 def _parser() -> argparse.ArgumentParser:
   # allow_abbrev=False: a prefix such as --tex is refused, not read as the option it begins
-  p = argparse.ArgumentParser(prog="python -m llmimg_jax.text", description=__doc__,
-                              allow_abbrev=False,
+  p = argparse.ArgumentParser(prog=_PROG, description=__doc__, allow_abbrev=False,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=None, help="checkpoint directory or hub name (default: "
                  "untrained byte-level T5 with the ByT5 tokenizer)")
@@ -60,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true", help="let --encode_out replace an existing "
                  "file")
   return p
+
+
+def _error(message: str) -> int:
+  """Prints `message` as argparse's own errors are (after the program's name); exit status 2."""
+  print(f"{_PROG}: error: {message}", file=sys.stderr)
+  return 2
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -164,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from llmimg_jax.text.generator import TextGenerator
 
   if error := _flags_error(args):
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    return _error(error)
   encode = args.encode_out is not None
   try:
     # before the model load
@@ -174,8 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
                                         seed=args.seed, encoder_only=encode)
   except (OSError, ValueError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return _error(str(e))
   try:
     batch = gen.tokenizer(args.text, fix="raise --max_length to keep such texts whole")
     if out_path:
@@ -187,15 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 num_beams=args.num_beams, do_sample=args.do_sample,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
   except (ValueError, NotImplementedError) as e:  # generation options generate() refuses
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return _error(str(e))
   except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --max_length 100000000
     sizes = ("--max_length or the number of --text" if encode else
              "--max_length, --max_new_tokens, --num_beams or the number of --text")
     if not (message := cli.out_of_memory(e, sizes)):
       raise
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return _error(message)
   for t in texts:
     print(t.translate(_ESCAPES))
   return 0

@@ -16,6 +16,8 @@ from llmimg_jax.text import TextGenerator, load_tokenizer
 from llmimg_jax.text.__main__ import main
 from tests.text.utils import MAX_LEN
 
+_ERROR = "python -m llmimg_jax.text: error: "  # as argparse's own errors begin
+
 
 def _hf_reference(ckpt, texts: list[str], max_new_tokens: int):
   tok = load_tokenizer(ckpt.path, MAX_LEN)
@@ -119,7 +121,7 @@ def test_cli_out_of_range_options_are_refused_before_the_model_loads(flags, erro
   """They were refused by the tokenizer or generate() once the model had loaded (a hub download,
   for a name), naming the options without their flags ('Need max_new_tokens >= 1 and num_beams
   >= 1, got 0, 1.')."""
-  assert f"error: {error}" in _refused(tmp_path, capsys, *flags)
+  assert _ERROR + error in _refused(tmp_path, capsys, *flags)
 
 
 def test_cli_beam_sampling_is_refused_before_the_model_loads(monkeypatch, capsys):
@@ -136,10 +138,10 @@ def test_cli_text_that_is_not_utf8_is_refused_before_the_model_loads(tmp_path, c
   Latin-1 'café' was generated from (or encoded as) 'caf' and U+FFFD without a word, where
   sample.py refuses such a prompt. Named by its place from 1: '--text 1' (from 0) read like its
   value."""
-  assert ("error: --text #2 of 2 is not valid UTF-8 text ('caf\\udce9'); set the terminal's "
+  assert (_ERROR + "--text #2 of 2 is not valid UTF-8 text ('caf\\udce9'); set the terminal's "
           "encoding to UTF-8.") in _refused(tmp_path, capsys, "--text", "caf\udce9")
   assert main(["--model", str(tmp_path / "nowhere"), "--text", "caf\udce9"]) == 2
-  assert capsys.readouterr().err == ("error: --text is not valid UTF-8 text ('caf\\udce9'); set "
+  assert capsys.readouterr().err == (_ERROR + "--text is not valid UTF-8 text ('caf\\udce9'); set "
                                      "the terminal's encoding to UTF-8.\n")
 
 
@@ -179,7 +181,7 @@ def test_cli_out_of_memory_is_one_line_naming_the_sizes(encode, relu_tied, tmp_p
   args += ["--encode_out", str(tmp_path / "s.npy")] if encode else []
   assert main(args) == 2
   err = capsys.readouterr().err
-  assert "error: out of memory (RESOURCE_EXHAUSTED" in err and "lower --max_length" in err, err
+  assert _ERROR + "out of memory (RESOURCE_EXHAUSTED" in err and "lower --max_length" in err, err
   assert ("--max_new_tokens" in err) != encode, err  # encoding generates no tokens
   assert not (tmp_path / "s.npy").exists()
 
@@ -198,7 +200,7 @@ def test_cli_encode_out_where_no_file_can_be_made_is_refused_before_the_model_lo
   model loaded and the texts were encoded before the save failed. A file is made and removed in
   the folder first; the error names the flag, the folder, why, and the fix."""
   err = _refused(tmp_path, capsys, "--encode_out", "/proc/llmimg_nope.npy")
-  assert err.startswith("error: --encode_out '/proc/llmimg_nope.npy': cannot write into /proc ("
+  assert err.startswith(_ERROR + "--encode_out '/proc/llmimg_nope.npy': cannot write into /proc ("
                         ) and err.endswith("); name a .npy file in a folder you can write.\n"), err
 
 
@@ -212,7 +214,7 @@ def test_cli_encode_out_link_is_checked_where_the_states_are_written(relu_tied, 
   to_proc.symlink_to("/proc/llmimg_nope.npy")
   to_missing.symlink_to(tmp_path / "new" / "states.npy")
   err = _refused(tmp_path, capsys, "--encode_out", str(to_proc))
-  assert err.startswith(f"error: --encode_out '{to_proc}': cannot write into /proc ("), err
+  assert err.startswith(_ERROR + f"--encode_out '{to_proc}': cannot write into /proc ("), err
   assert main(["--model", relu_tied.path, "--text", "x", "--max_length", str(MAX_LEN),
                "--encode_out", str(to_missing)]) == 0  # nothing to overwrite: no --overwrite
   assert np.load(tmp_path / "new" / "states.npy").shape == (1, MAX_LEN, 32)
@@ -241,7 +243,7 @@ def test_cli_encode_out_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
   loop.symlink_to(loop.name)
   for overwrite in ([], ["--overwrite"]):
     assert _refused(tmp_path, capsys, "--encode_out", str(loop), *overwrite) == (
-        f"error: --encode_out {str(loop)!r} leads to itself through a link (a loop); name a .npy "
+        _ERROR + f"--encode_out {str(loop)!r} leads to itself through a link (a loop); name a .npy "
         "file.\n")
   assert loop.is_symlink()
 
@@ -255,9 +257,9 @@ def test_cli_encode_out_under_home_is_expanded_as_every_path_flag_is(tmp_path, c
   (tmp_path / "home").mkdir()
   np.save(tmp_path / "home" / "s.npy", np.arange(3))
   err = _refused(tmp_path, capsys, "--encode_out=~/s.npy")
-  assert err.startswith(f"error: --encode_out {str(tmp_path / 'home' / 's.npy')!r} exists"), err
+  assert err.startswith(_ERROR + f"--encode_out {str(tmp_path / 'home' / 's.npy')!r} exists"), err
   assert _refused(tmp_path, capsys, "--encode_out=~/s/").startswith(
-      "error: --encode_out '~/s/' names no file")
+      _ERROR + "--encode_out '~/s/' names no file")
   assert os.listdir(tmp_path) == ["home"]
 
 
@@ -297,7 +299,7 @@ def test_cli_generation_options_with_encode_out_are_refused(tmp_path, capsys):
   assert main(common + ["--temperature", "0.5", "--max_new_tokens", "8", "--do_sample",
                         "--num_beams", "1", "--top_p", "1.0"]) == 2
   err = capsys.readouterr().err
-  assert err == ("error: --max_new_tokens, --do_sample, --temperature only apply to generation, "
+  assert err == (_ERROR + "--max_new_tokens, --do_sample, --temperature only apply to generation, "
                  "not to --encode_out (which saves encoder states); drop them or drop "
                  "--encode_out.\n"), err
   # Options left at their defaults, even when given, are no reason to refuse.
@@ -306,7 +308,7 @@ def test_cli_generation_options_with_encode_out_are_refused(tmp_path, capsys):
   assert "to generation" not in err and "not found" in err, err
   assert main(common + ["--top_p", "0.5"]) == 2  # one option: "applies", "it"
   assert capsys.readouterr().err == (
-      "error: --top_p only applies to generation, not to --encode_out (which saves encoder "
+      _ERROR + "--top_p only applies to generation, not to --encode_out (which saves encoder "
       "states); drop it or drop --encode_out.\n")
   assert not (tmp_path / "s.npy").exists()
 
@@ -316,7 +318,7 @@ def test_cli_sampling_options_without_do_sample_are_refused(tmp_path, capsys):
   common = ["--model", str(tmp_path / "nowhere"), "--text", "x"]  # refused before the model loads
   assert main(common + ["--temperature", "0.5", "--top_k", "4", "--top_p", "1.0"]) == 2
   err = capsys.readouterr().err
-  assert err == ("error: --temperature, --top_k only apply when sampling; pass --do_sample, or "
+  assert err == (_ERROR + "--temperature, --top_k only apply when sampling; pass --do_sample, or "
                  "drop them for greedy or beam-search generation.\n"), err
   # With --do_sample, or at their defaults, they are no reason to refuse.
   for extra in (["--do_sample", "--temperature", "0.5"], ["--top_k", "50", "--num_beams", "2"]):
@@ -325,7 +327,7 @@ def test_cli_sampling_options_without_do_sample_are_refused(tmp_path, capsys):
     assert "when sampling" not in err and "not found" in err, err
   assert main(common + ["--top_k", "4"]) == 2  # one option: "applies", "it"
   assert capsys.readouterr().err == (
-      "error: --top_k only applies when sampling; pass --do_sample, or drop it for greedy or "
+      _ERROR + "--top_k only applies when sampling; pass --do_sample, or drop it for greedy or "
       "beam-search generation.\n")
 
 
@@ -341,4 +343,4 @@ def test_a_misspelt_flag_is_named_before_the_text_it_left_out(args, error, capsy
   with pytest.raises(SystemExit) as exited:
     main(args)
   assert exited.value.code == 2
-  assert capsys.readouterr().err.splitlines()[-1] == f"python -m llmimg_jax.text: error: {error}"
+  assert capsys.readouterr().err.splitlines()[-1] == _ERROR + error
