@@ -193,7 +193,8 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
         if not flags.FLAGS["config"].present:  # absl's same words for a required flag left out
           fail(prog, "--config is required: name a config file, e.g. --config "
                "configs/shapes_quick.py (the configs are in the repository's configs/).", 2)
-        fail(prog, "the --config file's get_config() returned None (a missing return?).", 2)
+        fail(prog, f"the --config file {_config_path(_config_argument(e))}: its get_config() "
+             "returned None (a missing return?).", 2)
       if m := re.match(r"flag --(\w+)=None: Flag --\1 must have a value other than None", str(e)):
         fix = (required or {}).get(m[1]) or flags.FLAGS[m[1]].help  # e.g. sample.py's --out
         fail(prog, f"--{m[1]} is required: {fix[:1].lower()}{fix[1:]}", 2)

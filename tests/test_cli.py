@@ -148,7 +148,7 @@ def test_a_missing_config_file_is_named_without_ml_collections_internals(monkeyp
 
 def test_a_config_left_out_is_named_as_required(monkeypatch, capsys):
   # absl's error for the required --config left out is the one for a get_config() that returned
-  # None, and the parser read it as that: "the --config file's get_config() returned None".
+  # None, and the parser read it as that: "... its get_config() returned None".
   assert _parse_error(monkeypatch, capsys) == (
       "train.py: error: --config is required: name a config file, e.g. --config "
       "configs/shapes_quick.py (the configs are in the repository's configs/).\n")
@@ -165,7 +165,8 @@ def test_a_config_given_otherwise_than_as_config_is_not_named_as_left_out(form, 
   (flagfile := tmp_path / "flags.txt").write_text(f"--config={config}\n")
   given = f"-config={config}" if form == "-config=" else f"--flagfile={flagfile}"
   assert _parse_error(monkeypatch, capsys, given) == (
-      "train.py: error: the --config file's get_config() returned None (a missing return?).\n")
+      f"train.py: error: the --config file {config}: its get_config() returned None (a missing "
+      "return?).\n")
 
 
 _BROKEN_CONFIGS = {  # a config file's text, and the error for it after "train.py: error: "

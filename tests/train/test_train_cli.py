@@ -198,7 +198,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"(Operation not permitted|Permission denied)\)"),
       (f"--workdir={locked_run / 'checkpoints' / 'new_run'}",): (  # a new one: its parent
           r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError"),
-      (f"--config={none_file}",): r"the --config file's get_config\(\) returned None",
+      (f"--config={none_file}",): (  # the file named: a flagfile may hold the --config
+          r"the --config file .*none_config\.py: its get_config\(\) returned None"),
       ("--config.data.name=captioned_folder", f"--config.data.folder={one_image}"): (
           r"has 1 record; training needs at least 2"),  # was a traceback, exit 1
       (f"--config.data.data_dir={a_file / 'tfds'}",): (  # was os.makedirs' traceback
