@@ -29,8 +29,13 @@ drop_log_records("jax._src.xla_bridge", lambda text: "Unable to initialize backe
                  and "open libtpu.so" in text)
 
 
-def fail(prog: str, message: str, status: int) -> NoReturn:
+def error(prog: str, message: str) -> None:
+  """Prints 'PROG: error: MESSAGE' to stderr, as argparse's and absl's parse errors begin."""
   print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def fail(prog: str, message: str, status: int) -> NoReturn:
+  error(prog, message)
   sys.exit(status)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from llmimg_jax import cli
+
 
 # Options that only steer generation (--encode_out would ignore them), and sampling.
 _GENERATION_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p")
@@ -66,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _error(message: str) -> int:
   """Prints `message` as argparse's own errors are (after the program's name); exit status 2."""
-  print(f"{_PROG}: error: {message}", file=sys.stderr)
+  cli.error(_PROG, message)
   return 2
 
 
@@ -168,7 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   import jax
   import jax.numpy as jnp
 
-  from llmimg_jax import cli
   from llmimg_jax.text.generator import TextGenerator
 
   if error := _flags_error(args):
