@@ -40,15 +40,17 @@ def pytest_configure(config):
     _owned_cache.append(cache)
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  # Tracing makes millions of short-lived Python objects. CPython collects its young generation
-  # every 700 allocations and, every 10th and 100th time, the older ones, which with jax, flax,
-  # TF and torch imported hold a large heap (perf of benchmarks/step_options.py, which imports,
-  # traces, compiles and runs the shapes_quick step: gc_collect_main 3.8% of all samples, second
-  # to the interpreter loop's 5.4%). Every 100,000 allocations instead: three traces of that step
-  # 4.4-4.9 -> 3.6-3.8 s of CPU; `pytest tests/train/test_loop.py tests/gan/test_generator.py
-  # tests/text/test_generation.py`, alternating: 156 and 148 s of CPU -> 146 and 140 s; the
-  # suite (one run each, one after the other): 745 -> 717 s, 1,408 -> 1,378 s of CPU.
-  # (train.py's subprocesses keep the default.)
+  # Tracing makes millions of Python objects. CPython collects its young generation every 700
+  # allocations and, every 10th and 100th time, the older ones, which with jax, flax, TF and
+  # torch imported hold a large heap (`perf record python benchmarks/step_options.py --rounds 1
+  # --baseline "train;xla_backend_optimization_level=0;xla_cpu_use_fusion_emitters=False"`, which
+  # imports, traces, compiles and runs the shapes_quick step: gc_collect_main 3.8% of all samples,
+  # second to the interpreter loop's 5.4%). Here the young generation every 100,000 allocations,
+  # the older ones every 50th and 2,500th time. With and without this line, alternating: `pytest
+  # tests/train/test_loop.py tests/gan/test_generator.py tests/text/test_generation.py` 156 and
+  # 148 s of CPU -> 146 and 140 s; the suite (`pytest -n 2 -m "not slow"`, one run each): 745 ->
+  # 717 s, 1,408 -> 1,378 s of CPU, within the VM's noise. (train.py's subprocesses keep the
+  # default.)
   gc.set_threshold(100_000, 50, 50)
 
 
