@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -220,13 +219,13 @@ def main(argv: list[str]) -> None:
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
-    sys.exit(f"evaluate.py: error: {e}")
+    cli.fail("evaluate.py", str(e), 1)
   except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --batch_size 100000
     sizes = "--num_samples" if FLAGS.write_stats else "--batch_size or --num_samples"
     if not (message := cli.out_of_memory(e, sizes)):
       raise
     logging.debug("evaluate.py failed", exc_info=True)
-    sys.exit(f"evaluate.py: error: {message}")
+    cli.fail("evaluate.py", message, 1)
   print(f"Wrote {out}")
 
 

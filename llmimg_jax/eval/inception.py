@@ -248,13 +248,15 @@ class InceptionFeatures:
 
 
 def main(argv: list[str]) -> None:
+  prog = "python -m llmimg_jax.eval.inception"
   if len(argv) != 3 or not argv[2].endswith(".npz"):  # the loader tells formats by the suffix
-    raise SystemExit(f"usage: python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz\n"
-                     f"(weights: {WEIGHTS_URL})")
+    print(f"usage: {prog} WEIGHTS.pth OUT.npz", file=sys.stderr)
+    cli.fail(prog, f"expected the weights and an output file ending in .npz, got "
+             f"{' '.join(argv[1:]) or 'nothing'} (weights: {WEIGHTS_URL})", 2)
   try:
     state = _read_state_dict(argv[1])
   except (OSError, ValueError, ImportError) as e:  # missing, damaged, or no torch: one line
-    raise SystemExit(f"python -m llmimg_jax.eval.inception: error: {e}") from None
+    cli.fail(prog, str(e), 1)
   np.savez(argv[2], **state)
   print(f"Wrote {len(state)} arrays to {argv[2]}.")
 

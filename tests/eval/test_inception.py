@@ -16,6 +16,8 @@ from llmimg_jax.eval import inception
 from tests.eval import inception_reference as reference
 from tests.eval.utils import _damaged_npz_files
 
+PROG = "python -m llmimg_jax.eval.inception"
+
 
 def _pytorch_fid():
   try:
@@ -78,14 +80,29 @@ def test_pth_and_converted_npz_load_the_same(tmp_path, monkeypatch):
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_missing_weights_say_where_to_get_them(tmp_path):
-  with pytest.raises(SystemExit, match="usage: .* WEIGHTS.pth OUT.npz"):  # no .npz: refused
+def test_missing_weights_say_where_to_get_them(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:  # no .npz: refused as a usage error
     inception.main(["x", str(tmp_path / "w.pth"), str(tmp_path / "converted")])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == (
+      f"usage: {PROG} WEIGHTS.pth OUT.npz\n{PROG}: error: expected the weights and an output file "
+      f"ending in .npz, got {tmp_path}/w.pth {tmp_path}/converted (weights: "
+      f"{inception.WEIGHTS_URL})\n")
   with pytest.raises(FileNotFoundError, match="pytorch-fid/releases/download/fid_weights"):
     inception.load_params(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))
 
 
-def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path):
+def _error(capsys, argv: list[str]) -> str:
+  """inception.main(argv)'s one stderr line before exiting with status 1."""
+  with pytest.raises(SystemExit) as exit_info:
+    inception.main(argv)
+  assert exit_info.value.code == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: "), lines
+  return lines[0]
+
+
+def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path, capsys):
   """A .pth that torch.load cannot read raised KeyError from inside pickle (evaluate.py
   --inception_weights and the README's conversion command printed a traceback)."""
   torch = pytest.importorskip("torch")
@@ -96,10 +113,10 @@ def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=f"{path.name} is not a readable torch state dict .*"
                                          "pytorch-fid/releases"):
       inception.load_params(str(path))
-    with pytest.raises(SystemExit, match=f"error: .*{path.name} is not a readable torch state"):
-      inception.main(["x", str(path), str(tmp_path / "out.npz")])
-  with pytest.raises(SystemExit, match="error: No Inception weights at"):
-    inception.main(["x", str(tmp_path / "missing.pth"), str(tmp_path / "out.npz")])
+    assert f"{path.name} is not a readable torch state" in _error(
+        capsys, ["x", str(path), str(tmp_path / "out.npz")])
+  assert "error: No Inception weights at" in _error(
+      capsys, ["x", str(tmp_path / "missing.pth"), str(tmp_path / "out.npz")])
   assert not (tmp_path / "out.npz").exists()
 
 

@@ -1,6 +1,8 @@
 """Helpers shared by the evaluation tests: a stand-in for the Inception network, damaged .npz
 files, evaluate.main run under given flags, results for a stand-in evaluation to return, and the
 in-training evaluation's config and state."""
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +46,20 @@ def _damaged_npz_files(tmp_path, good: dict) -> list:
   return [tmp_path / n for n in ("cut.npz", "text.npz", "array.npz")]
 
 
-def _main(*args: str) -> int | str | None:
-  """evaluate.main under these flags: its SystemExit's code (a one-line error), or None."""
+def _main(*args: str) -> str | None:
+  """evaluate.main under these flags: the one 'evaluate.py: error: ...' line it printed before
+  exiting with status 1, or None."""
   import evaluate
+  stderr = io.StringIO()
   try:  # a flag error too: the flags parsed before it are not left set for the next test
     evaluate.FLAGS(["evaluate.py", *args])
-    evaluate.main([])
+    with contextlib.redirect_stderr(stderr):
+      evaluate.main([])
   except SystemExit as e:
-    return e.code
+    errors = [line for line in stderr.getvalue().splitlines()
+              if line.startswith("evaluate.py: error: ")]
+    assert e.code == 1 and len(errors) == 1, (e.code, stderr.getvalue())
+    return errors[0]
   finally:
     evaluate.FLAGS.unparse_flags()
   return None
