@@ -17,7 +17,7 @@ import transformers
 from benchmarks import timing, torch_gan, torch_train
 from llmimg_jax.train import loop
 from llmimg_jax.train.config import base_config
-from llmimg_jax.train.mesh import make_mesh
+from llmimg_jax.train.mesh import compiler_options, make_mesh
 from llmimg_jax.train.state import build_models, build_text, init_state
 from llmimg_jax.train.step import generate_images, train_step
 
@@ -110,10 +110,10 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   j_batch = jax.device_put(np_batch)
   t_batch = torch_batch(np_batch, device)
 
-  # The step as train.py compiles it on one device: its XLA options (loop.compiler_options: on
+  # The step as train.py compiles it on one device: its XLA options (mesh.compiler_options: on
   # CPU, YNNPACK for dots only) and batch chunks (loop.batch_chunks: 2 on a multi-core CPU).
   mesh = make_mesh(jax.devices()[:1])
-  options = loop.compiler_options(mesh)
+  options = compiler_options(mesh)
   compiled = loop.jit_train_step(models, mesh).lower(state, j_batch).compile()
   holder = {"state": state}
 
@@ -148,9 +148,10 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
                   params=params, items=batch, unit="img",
                   xla_options=options)
 
-  # Sampling: EMA generator + text encoder, uint8 images, on the same prompts and noise.
+  # Sampling: EMA generator + text encoder, uint8 images, on the same prompts and noise; with
+  # the XLA options that sample.py's and train.py's sampling compile with, the step's.
   z = np.random.RandomState(1).randn(batch, cfg.model.z_dim).astype(np.float32)
-  gen = jax.jit(functools.partial(generate_images, models))
+  gen = jax.jit(functools.partial(generate_images, models), compiler_options=options)
   s = holder["state"]
   gen_args = (s.ema_params, s.text_params, jax.device_put(z), j_batch["input_ids"],
               j_batch["attention_mask"])
@@ -168,5 +169,5 @@ def bench_gan(resolution: int, batch: int, nf: int, dtype: str, device: torch.de
   ts = timing.alternate({"jax": jax_sample, "torch": torch_sample}, warmup, iters)
   sample_row = dict(name=f"Sampling EMA G + T5 ({shape})", jax=ts["jax"], torch=ts["torch"],
                     flops=timing.xla_flops(gen_compiled, gen, *gen_args), params=params,
-                    items=batch, unit="img")
+                    items=batch, unit="img", xla_options=options)
   return [step_row, sample_row]

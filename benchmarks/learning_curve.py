@@ -32,7 +32,7 @@ from llmimg_jax.eval import evaluator as ev  # noqa: E402
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.config import due, unknown_keys  # noqa: E402
-from llmimg_jax.train.mesh import make_mesh  # noqa: E402
+from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.train.step import generate_images  # noqa: E402
 from llmimg_jax.train.summaries import window_means  # noqa: E402
@@ -86,7 +86,8 @@ def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEval
   eval_captions = [caps[0] for caps in test.captions[:num_eval]]
   eval_tokens = tokenizer(eval_captions)
   z = jax.random.normal(jax.random.PRNGKey(1), (len(eval_captions), config.model.z_dim))
-  sample = jax.jit(functools.partial(generate_images, models))
+  sample = jax.jit(functools.partial(generate_images, models),
+                   compiler_options=compiler_options(mesh))
   rng = np.random.default_rng(config.seed)
   b = config.train.batch_size
   t0, train_time, window = time.perf_counter(), 0.0, []

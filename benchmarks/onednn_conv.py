@@ -33,7 +33,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import models_and_batch, parse_args_reusing_host_memory  # noqa: E402
 from llmimg_jax.gan import discriminator, generator, layers  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
-from llmimg_jax.train.mesh import make_mesh  # noqa: E402
+from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.step import train_step  # noqa: E402
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
@@ -179,7 +179,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with patch():
       step = functools.partial(train_step, models, batch_chunks=loop.batch_chunks(mesh))
-      compiled = jax.jit(step, donate_argnums=0, compiler_options=loop.compiler_options(mesh)
+      compiled = jax.jit(step, donate_argnums=0, compiler_options=compiler_options(mesh)
                          ).lower(holder["state"], batch).compile()
     print(f"{name}: compile {time.perf_counter() - t0:.1f} s", flush=True)
 

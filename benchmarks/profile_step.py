@@ -43,7 +43,7 @@ from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.loop import create_state, jit_train_step  # noqa: E402
-from llmimg_jax.train.mesh import make_mesh  # noqa: E402
+from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text  # noqa: E402
 from llmimg_jax.text import T5Config, generate  # noqa: E402
 from llmimg_jax.text.generate import _generate  # noqa: E402
@@ -170,8 +170,9 @@ def main() -> None:
                                                   np.float32)
     sample_args = (s.ema_params, s.text_params, z, batch["input_ids"], batch["attention_mask"])
     with module_attributes(switches):
-      # As train.py's SampleWriter and run.py compile it: no train-step options.
-      compiled = jax.jit(functools.partial(generate_images, models)).lower(
+      # As sample.py, train.py's SampleWriter and run.py compile it, --xla added.
+      compiled = jax.jit(functools.partial(generate_images, models),
+                         compiler_options=compiler_options(mesh)).lower(
           *sample_args).compile(options)
 
     def call():

@@ -6,9 +6,10 @@
       --options "train;llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False"
 
 Each --options is one variant, items separated by ';': 'none' (XLA's defaults), 'train' (the
-options train.py uses, loop.compiler_options), an XLA DebugOptions key=value, or a module
-attribute (a dotted key, e.g. llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that
-variant is traced; a value '@package.module.name' is that object (e.g. another conv function:
+options of train.py's step and of sampling, mesh.compiler_options), an XLA DebugOptions
+key=value, or a module attribute (a dotted key, e.g.
+llmimg_jax.gan.layers.MATMUL_REDUCTIONS=False) set while that variant is traced; a value
+'@package.module.name' is that object (e.g. another conv function:
 llmimg_jax.gan.discriminator.conv4x4_stride2=@llmimg_jax.gan.discriminator._conv4x4_stride2_direct).
 The step runs in batch chunks as train.py's does (loop.batch_chunks; off with
 llmimg_jax.train.loop.CPU_BATCH_CHUNKS=1). --baseline is the first variant (default 'none').
@@ -31,7 +32,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import (  # noqa: E402
     models_and_batch, module_attributes, parse_args_reusing_host_memory, switch_value)
 from llmimg_jax.train import loop  # noqa: E402
-from llmimg_jax.train.mesh import make_mesh  # noqa: E402
+from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main() -> None:
     options, switches = {}, {}
     for item in name.split(";"):
       if item in ("none", "train"):
-        options.update(loop.compiler_options(mesh) if item == "train" else {})
+        options.update(compiler_options(mesh) if item == "train" else {})
         continue
       key, value = item.split("=", 1)
       (switches if "." in key else options)[key] = switch_value(value)

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from llmimg_jax.gan import discriminator
-from llmimg_jax.train import loop
 from llmimg_jax.train.host_memory import reuse_host_memory
-from llmimg_jax.train.mesh import make_mesh
+from llmimg_jax.train.mesh import compiler_options, make_mesh
 
 VARIANTS = {"xla strided": discriminator._conv4x4_stride2_direct,
             "matmul": discriminator._conv4x4_stride2_matmul,
@@ -26,7 +25,7 @@ VARIANTS = {"xla strided": discriminator._conv4x4_stride2_direct,
 
 
 def _ms(fn, *args, n: int = 10) -> float:
-  options = loop.compiler_options(make_mesh(jax.devices()[:1]))
+  options = compiler_options(make_mesh(jax.devices()[:1]))
   compiled = jax.jit(fn, compiler_options=options).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
   times = []

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.tokenizer import TextTokenizer
-from llmimg_jax.train.mesh import from_every_host, make_mesh, rows_per_call
+from llmimg_jax.train.mesh import compiler_options, from_every_host, make_mesh, rows_per_call
 from llmimg_jax.train.state import Models
 from llmimg_jax.train.step import generate_numbered_images
 
@@ -27,7 +27,8 @@ def _jitted(models: Models, mesh: jax.sharding.Mesh):
   host while the next batch runs."""
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(functools.partial(generate_numbered_images, models),
-                 in_shardings=(replicated,) * 3 + (rows,) * 3, out_shardings=replicated)
+                 in_shardings=(replicated,) * 3 + (rows,) * 3, out_shardings=replicated,
+                 compiler_options=compiler_options(mesh))
 
 
 def generate_for_captions(models: Models, g_params: Any, text_params: Any, tokenizer: TextTokenizer,

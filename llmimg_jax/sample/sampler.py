@@ -44,7 +44,7 @@ from llmimg_jax.text import T5Config
 from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.loading import resolve_checkpoint_dir
 from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
-from llmimg_jax.train.mesh import make_mesh, rows_per_call
+from llmimg_jax.train.mesh import compiler_options, make_mesh, rows_per_call
 from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
 from llmimg_jax.train.step import generate_numbered_images
 
@@ -166,7 +166,8 @@ class Sampler:
     if key not in self._compiled:
       fn = jax.jit(functools.partial(generate_numbered_images, self.models),
                    in_shardings=(self._replicated,) * 3 + (self._batch,) * 3 + (self._replicated,),
-                   out_shardings=(self._batch, self._batch))
+                   out_shardings=(self._batch, self._batch),
+                   compiler_options=compiler_options(self.mesh))
       length = self.tokenizer.max_length
       args = (self.ema_params, self.text_params, jax.random.key(0),
               jax.ShapeDtypeStruct((batch,), jnp.int32),

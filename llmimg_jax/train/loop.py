@@ -23,7 +23,7 @@ from llmimg_jax.train import checkpoint, resume
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import due, validate
-from llmimg_jax.train.mesh import make_mesh
+from llmimg_jax.train.mesh import compiler_options, make_mesh
 from llmimg_jax.train.state import Models, TrainState, build_models, build_text, init_state
 from llmimg_jax.train.samples import SampleWriter
 from llmimg_jax.train.step import train_step
@@ -73,27 +73,6 @@ def _build_on_host_0(data_cfg: ml_collections.ConfigDict):
   _check_data_shared(data_cfg)
   return source
 
-
-# XLA:CPU hands dots and convolutions to YNNPACK; its convolution path runs the weight gradients
-# of 3x3 convs several times slower than XLA's own (benchmarks/RESULTS.md), so the train step
-# keeps YNNPACK for dots only.
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
-@functools.cache
-def _cpu_options_supported() -> bool:
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
-    return True
-  except jax.errors.JaxRuntimeError:  # an XLA without this (experimental) option
-    log.info("XLA:CPU has no %s; the train step compiles with the defaults.", list(_CPU_OPTIONS))
-    return False
-
-
-def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:
-  """XLA options for the train step: `_CPU_OPTIONS` on CPU meshes where XLA knows them, else {}."""
-  on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
-  return dict(_CPU_OPTIONS) if on_cpu and _cpu_options_supported() else {}
 
 
 # On a one-device CPU mesh with several cores the step runs G and D on this many batch slices,

@@ -1,11 +1,16 @@
-"""The data-parallel mesh, and arrays that every host holds the same placed on it."""
+"""The data-parallel mesh, arrays that every host holds the same placed on it, and the XLA options
+of the programs that run on it."""
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
+
+log = logging.getLogger(__name__)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -26,3 +31,27 @@ def rows_per_call(rows: int, devices: int) -> int:
   """`rows` rounded up to a multiple of the device count (at least one row per device), so that
   a batch of them splits evenly over the mesh's 'data' axis."""
   return max(devices, -(-rows // devices) * devices)
+
+
+# XLA:CPU hands dots and convolutions to YNNPACK. Its convolution path runs the weight gradients of
+# 3x3 convs several times slower than XLA's own, and G's forward convolutions on two cores slower
+# than on one (benchmarks/RESULTS.md), so the train step and sampling keep YNNPACK for dots only.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
+    return True
+  except jax.errors.JaxRuntimeError:  # an XLA without this (experimental) option
+    log.info("XLA:CPU has no %s; the GAN's programs compile with the defaults.",
+             list(_CPU_OPTIONS))
+    return False
+
+
+def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:
+  """XLA options for the train step and for sampling (the generator's programs) on `mesh`:
+  `_CPU_OPTIONS` on CPU meshes where XLA knows them, else {}."""
+  on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+  return dict(_CPU_OPTIONS) if on_cpu and _cpu_options_supported() else {}

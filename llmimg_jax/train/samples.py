@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax import output_files
 from llmimg_jax.images import captioned_grid
-from llmimg_jax.train.mesh import from_every_host, rows_per_call
+from llmimg_jax.train.mesh import compiler_options, from_every_host, rows_per_call
 from llmimg_jax.train.state import Models, TrainState
 from llmimg_jax.train.step import generate_images
 
@@ -43,7 +43,7 @@ class SampleWriter:
     self.inputs = [from_every_host(np.asarray(x)[idx], batch) for x in (z, ids, mask)]
     self.generate = jax.jit(functools.partial(generate_images, models),
                             in_shardings=(replicated,) * 2 + (batch,) * 3,
-                            out_shardings=replicated)
+                            out_shardings=replicated, compiler_options=compiler_options(mesh))
     self.dir = workdir / "samples"
 
   def images(self, state: TrainState) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.data import shapes
-from llmimg_jax.train import loop
+from llmimg_jax.train import loop, mesh
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import generate_images
 from tests.train.utils import tiny_config
@@ -40,7 +40,7 @@ def test_dominant_colour_follows_caption(shapes_data_dir, tmp_path, monkeypatch)
   # mostly runs steps, so its step compiles at XLA's default backend optimization, as train.py's
   # does: the suite's O0 (tests/conftest.py) saves 5 s of compile and costs 36 s over 300 steps
   # (202 -> 83 ms a step).
-  monkeypatch.setitem(loop._CPU_OPTIONS, "xla_backend_optimization_level", "2")
+  monkeypatch.setitem(mesh._CPU_OPTIONS, "xla_backend_optimization_level", "2")
   state = loop.train(config, tmp_path / "run", devices=jax.devices()[:1])
 
   colours = shapes.COLORS_ONLY
