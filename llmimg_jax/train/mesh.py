@@ -33,9 +33,10 @@ def rows_per_call(rows: int, devices: int) -> int:
   return max(devices, -(-rows // devices) * devices)
 
 
-# XLA:CPU hands dots and convolutions to YNNPACK. Its convolution path runs the weight gradients of
-# 3x3 convs several times slower than XLA's own, and G's forward convolutions on two cores slower
-# than on one (benchmarks/RESULTS.md), so the train step and sampling keep YNNPACK for dots only.
+# XLA:CPU hands dots and convolutions to YNNPACK. Its convolutions run the weight gradients of 3x3
+# convs several times slower than XLA's own, and the generator's forward pass (sampling) at 64px
+# 17-25% slower on the 2-core dev VM (benchmarks/RESULTS.md), so the train step and sampling keep
+# YNNPACK for dots only.
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
