@@ -31,6 +31,7 @@ import optax
 from llmimg_jax import cli
 from llmimg_jax.data import shapes
 from llmimg_jax.text.generator import check_seed
+from llmimg_jax.train.mesh import compiler_options
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,16 @@ class TrainSettings:
       setattr(self, name, real)  # a NumPy float is no JSON
 
 
+def adam_step(net: CellNet, tx: optax.GradientTransformation, label_smoothing: float,
+              params: Any, opt_state: Any, x: jax.Array, cells: jax.Array,
+              labels: dict[str, jax.Array]) -> tuple[Any, Any, jax.Array]:
+  """One step of train_net on crops x [n, P, P, 3] of `cells` [n] -> (params, opt_state, loss)."""
+  loss, grads = jax.value_and_grad(
+      lambda p: _loss(net.apply({"params": p}, x, cells), labels, label_smoothing))(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
 def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: TrainSettings
               ) -> dict[str, Any]:
   """Adam with cosine decay on the cells of uint8 images [n, R, R, 3] with per-cell labels
@@ -217,14 +228,8 @@ def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: Train
       0.0, settings.learning_rate, min(100, settings.steps // 10), settings.steps)
   tx = optax.adam(schedule)
   opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, x, c, y):
-    loss, grads = jax.value_and_grad(
-        lambda p: _loss(net.apply({"params": p}, x, c), y, settings.label_smoothing))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
+  step = jax.jit(functools.partial(adam_step, net, tx, settings.label_smoothing),
+                 compiler_options=compiler_options())
   rng = np.random.default_rng(settings.seed)
   t0, order = time.perf_counter(), np.zeros((0,), np.int64)
   num_empty = max(1, settings.batch_size // 4) if len(empty) else 0

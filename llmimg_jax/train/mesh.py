@@ -34,9 +34,9 @@ def rows_per_call(rows: int, devices: int) -> int:
 
 
 # XLA:CPU hands dots and convolutions to YNNPACK. Its convolutions run the weight gradients of 3x3
-# convs several times slower than XLA's own, and the generator's forward pass (sampling) at 64px
-# 17-25% slower on the 2-core dev VM (benchmarks/RESULTS.md), so the train step and sampling keep
-# YNNPACK for dots only.
+# convs several times slower than XLA's own, the generator's forward pass (sampling) at 64px
+# 17-25% slower on the 2-core dev VM and the shapes evaluator's training step 19-20% slower
+# (benchmarks/RESULTS.md), so those programs keep YNNPACK for dots only.
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
@@ -51,8 +51,10 @@ def _cpu_options_supported() -> bool:
     return False
 
 
-def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:
-  """XLA options for the train step and for sampling (the generator's programs) on `mesh`:
-  `_CPU_OPTIONS` on CPU meshes where XLA knows them, else {}."""
-  on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+def compiler_options(mesh: jax.sharding.Mesh | None = None) -> dict[str, str]:
+  """XLA options for the train step, sampling and the shapes evaluator's training on `mesh`
+  (None: JAX's default device, where a jit without shardings runs): `_CPU_OPTIONS` on CPU where
+  XLA knows them, else {}."""
+  devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
+  on_cpu = all(d.platform == "cpu" for d in devices)
   return dict(_CPU_OPTIONS) if on_cpu and _cpu_options_supported() else {}
