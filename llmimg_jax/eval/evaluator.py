@@ -250,12 +250,17 @@ def train_net(images: np.ndarray, labels: dict[str, np.ndarray], settings: Train
   return {"cell": params}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(net: EvaluatorNet, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+def read_cells(net: EvaluatorNet, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+  """apply_batched's work on one batch of uint8 images [b, R, R, 3]."""
   out = net.apply({"params": params}, images)
   pred = {"present": out["present"] > 0, "features": out["features"]}
   pred.update({a: jnp.argmax(out[a], -1).astype(jnp.int32) for a in ATTRIBUTES})
   return pred
+
+
+@functools.cache  # compiler_options asks for the default device: not at import
+def _read_cells_jitted():
+  return jax.jit(read_cells, static_argnums=0, compiler_options=compiler_options())
 
 
 def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size: int = 256
@@ -263,8 +268,9 @@ def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size
   """{'present': bool [n, 9], 'shape'/'color'/'size': int [n, 9], 'features': [n, 9 * F]}."""
   cli.check_batch_size(batch_size)
   if not len(images):  # no batch to run: empty outputs of one image's shapes and dtypes
+    # One image's: a reshape of 0 rows fails.
     one = jax.ShapeDtypeStruct((1,) + np.shape(images)[1:], np.asarray(images).dtype)
-    shapes = jax.eval_shape(functools.partial(_apply, net), params, one)  # (a 0-row reshape fails)
+    shapes = jax.eval_shape(functools.partial(read_cells, net), params, one)
     return {k: np.zeros((0,) + v.shape[1:], v.dtype) for k, v in shapes.items()}
   outs = []
   for start in range(0, len(images), batch_size):
@@ -272,7 +278,7 @@ def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size
     pad = batch_size - len(chunk) if len(images) > batch_size else 0  # one compiled shape
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out = jax.device_get(_apply(net, params, jnp.asarray(chunk)))
+    out = jax.device_get(_read_cells_jitted()(net, params, jnp.asarray(chunk)))
     outs.append({k: v[:len(v) - pad] for k, v in out.items()})
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from llmimg_jax import cli
 from llmimg_jax.eval import fid
+from llmimg_jax.train.mesh import compiler_options
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
@@ -227,7 +228,7 @@ class InceptionFeatures:
     # What results record: which weights their FIDs are of.
     self.source = {"path": str(weights), "sha256": fid.file_sha256(weights)}
     self.batch_size = batch_size
-    self._apply = jax.jit(FIDInceptionV3().apply)
+    self._apply = jax.jit(FIDInceptionV3().apply, compiler_options=compiler_options())
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)

@@ -34,9 +34,9 @@ def rows_per_call(rows: int, devices: int) -> int:
 
 
 # XLA:CPU hands dots and convolutions to YNNPACK. Its convolutions run the weight gradients of 3x3
-# convs several times slower than XLA's own, the generator's forward pass (sampling) at 64px
-# 17-25% slower on the 2-core dev VM and the shapes evaluator's training step 19-20% slower
-# (benchmarks/RESULTS.md), so those programs keep YNNPACK for dots only.
+# convs several times slower than XLA's own, and forward passes slower too on the 2-core dev VM:
+# sampling at 64px by 17-25%, FID's InceptionV3 by half (benchmarks/RESULTS.md). So the GAN's,
+# the shapes evaluator's and Inception's programs keep YNNPACK for dots only.
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
@@ -52,9 +52,9 @@ def _cpu_options_supported() -> bool:
 
 
 def compiler_options(mesh: jax.sharding.Mesh | None = None) -> dict[str, str]:
-  """XLA options for the train step, sampling and the shapes evaluator's training on `mesh`
-  (None: JAX's default device, where a jit without shardings runs): `_CPU_OPTIONS` on CPU where
-  XLA knows them, else {}."""
+  """XLA options for the train step, sampling and the evaluation's networks on `mesh` (None:
+  JAX's default device, where a jit without shardings runs): `_CPU_OPTIONS` on CPU where XLA
+  knows them, else {}."""
   devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
   on_cpu = all(d.platform == "cpu" for d in devices)
   return dict(_CPU_OPTIONS) if on_cpu and _cpu_options_supported() else {}

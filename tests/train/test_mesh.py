@@ -1,12 +1,13 @@
-"""The XLA options of the programs on a mesh (mesh.compiler_options): the train step's, every
-sampling program's and the shapes evaluator's training."""
+"""The XLA options of the programs on a mesh or the default device (mesh.compiler_options): the
+train step's, every sampling program's and the evaluation's networks'."""
 import jax
 import numpy as np
 import pytest
 
-from llmimg_jax.eval import evaluator, generate
+from llmimg_jax.eval import evaluator, generate, inception
 from llmimg_jax.sample import sampler
 from llmimg_jax.train import mesh as mesh_lib, samples
+from tests.eval import inception_reference
 from tests.eval.test_generate import _setup
 
 
@@ -39,18 +40,36 @@ def test_every_sampling_program_compiles_with_the_mesh_s_options(tmp_path, monke
     assert asked.pop() is mesh and not asked, name
 
 
-def test_the_shapes_evaluator_trains_with_the_default_device_s_options(monkeypatch):
-  """Its training step compiled with XLA's defaults: 19-20% slower per step on 2 cores."""
+def test_the_evaluation_s_networks_compile_with_the_default_device_s_options(tmp_path,
+                                                                          monkeypatch):
+  """The shapes evaluator's training and reading and FID's InceptionV3 compiled with XLA's
+  defaults: on 2 cores 19-20%, ~30% and ~50% slower (benchmarks/eval_options.py)."""
   assert mesh_lib.compiler_options()  # the default device, a CPU here
   asked = []
-  monkeypatch.setattr(evaluator, "compiler_options", lambda *mesh: asked.append(mesh) or {
-      "xla_llmimg_probe": "1"})
+  for module in (evaluator, inception):
+    monkeypatch.setattr(module, "compiler_options", lambda *mesh: asked.append(mesh) or {
+        "xla_llmimg_probe": "1"})
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
   labels = {"present": np.ones((2, 9), np.int32)}  # [n, cells]
   labels.update({a: rng.integers(0, k, (2, 9)).astype(np.int32)
                  for a, k in evaluator.NUM_CLASSES.items()})
-  with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option: "
-                     "'xla_llmimg_probe'"):
-    evaluator.train_net(images, labels, evaluator.TrainSettings(steps=1, batch_size=2))
-  assert asked == [()]  # no mesh: the default device's
+  net = evaluator.EvaluatorNet()
+  params = jax.jit(net.init)(jax.random.PRNGKey(0), images[:1])["params"]
+  weights = tmp_path / "inception.npz"
+  np.savez(weights, **inception_reference.random_state_dict())
+  programs = {
+      "the evaluator's training": lambda: evaluator.train_net(
+          images, labels, evaluator.TrainSettings(steps=1, batch_size=2)),
+      "the evaluator's reading": lambda: evaluator.apply_batched(net, params, images),
+      "Inception's features": lambda: inception.InceptionFeatures(str(weights))(images)}
+  evaluator._read_cells_jitted.cache_clear()  # one jit per process, made at its first use
+  try:
+    for name, run in programs.items():
+      with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option: "
+                         "'xla_llmimg_probe'"):
+        run()
+      assert asked == [()], name  # no mesh: the default device's
+      asked.clear()
+  finally:
+    evaluator._read_cells_jitted.cache_clear()
