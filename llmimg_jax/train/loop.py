@@ -74,7 +74,6 @@ def _build_on_host_0(data_cfg: ml_collections.ConfigDict):
   return source
 
 
-
 # On a one-device CPU mesh with several cores the step runs G and D on this many batch slices,
 # which XLA:CPU runs concurrently: the 64px benchmark step -3% on the 2-core dev VM, +1.5% when
 # pinned to one core (benchmarks/RESULTS.md).

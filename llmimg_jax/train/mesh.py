@@ -46,8 +46,8 @@ def _cpu_options_supported() -> bool:
     jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
     return True
   except jax.errors.JaxRuntimeError:  # an XLA without this (experimental) option
-    log.info("XLA:CPU has no %s; the GAN's programs compile with the defaults.",
-             list(_CPU_OPTIONS))
+    log.info("XLA:CPU has no %s; the train step, sampling and the evaluation's networks "
+             "compile with the defaults.", list(_CPU_OPTIONS))
     return False
 
 
