@@ -13,12 +13,14 @@ holdout --num_samples 500` at step 4000): test caption accuracy 0.894 (shape 0.8
 size 1.000); holdout, unseen (shape, colour) pairs, 0.612 (shape 0.652, colour 0.936); in-domain
 FID 66.0 (real-vs-real floor 22.2); real images score 1.000. 2026-12-04, after a change of the
 strided conv's gradient summation order: test 0.876, holdout 0.608, FID 63.0. 2026-12-05, with
-another record order (the seed hashed for grain): test 0.856, holdout 0.660, FID 63.9. Over
-eight such runs since 2026-11-28: test 0.86-0.91, holdout 0.60-0.74 (benchmarks/RESULTS.md,
+another record order (the seed hashed for grain): test 0.856, holdout 0.660, FID 63.9.
+2026-12-06 (Intel VM; an evaluator trained afresh, so FIDs on its own scale): test 0.894,
+holdout 0.740, FID 43.6 (floor 20.0). Over nine such runs since 2026-11-28: test 0.86-0.91,
+holdout 0.60-0.74 (benchmarks/RESULTS.md,
 "Learning curve of the quick config", has each run and the learning-rate sweep behind this
 config's rates; caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000).
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
-(~4.5 CPU-min) would take as long as thousands of this run's 4000 steps (at 11-16 steps/s). Once
+(131 s on 2 cores, 2026-12-06) would take as long as 1000+ of this run's 4000 steps. Once
 it is cached (after one `python evaluate.py` or a run with eval on), `--config.eval.every=500`
 logs caption accuracy and in-domain FID on 256 test captions (eval/* in TensorBoard,
 <workdir>/best.json).

@@ -1,7 +1,7 @@
 """The captioned_shapes evaluator: trained once on a build's real train split, cached, and used
 to score images against captions and to embed them for the in-domain FID.
 
-  ev = ShapesEvaluator.load_or_train(config.data)  # loads, or trains once (32px: ~4.5 CPU-min)
+  ev = ShapesEvaluator.load_or_train(config.data)  # loads, or trains once (32px: ~2 min)
   ev.score(images, captions)  # {'caption_accuracy': ..., 'shape': ..., ...}
   ev.features(images)         # [n, 576] in-domain FID features
 
