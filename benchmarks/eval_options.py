@@ -38,7 +38,8 @@ def program(name: str, resolution: int, rng: np.random.Generator):
   if name == "read":
     net, x = ev.EvaluatorNet(), images(256)
     params = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])["params"]
-    return ev.read_cells, (net, params, x), f"reading 256 images of {resolution}px"
+    return functools.partial(ev.read_cells, net), (params, x), (
+        f"reading 256 images of {resolution}px")
   settings = ev.TrainSettings()
   n, p = settings.batch_size + settings.batch_size // 4, ev.crop_size(resolution)
   crops = rng.integers(0, 256, (n, p, p, 3)).astype(np.uint8)  # [n, P, P, 3]
@@ -59,15 +60,12 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=20)
   args = parse_args_reusing_host_memory(parser)
   fn, fn_args, what = program(args.program, args.resolution, np.random.default_rng(0))
-  static = (0,) if args.program == "read" else ()  # the EvaluatorNet
   variants, fns, outputs = {"none": {}, "train": compiler_options()}, {}, {}
   for name, options in variants.items():
-    compiled = jax.jit(fn, static_argnums=static, compiler_options=options).lower(
-        *fn_args).compile()
-    dynamic = [a for i, a in enumerate(fn_args) if i not in static]
+    compiled = jax.jit(fn, compiler_options=options).lower(*fn_args).compile()
 
-    def call(compiled=compiled, name=name, dynamic=dynamic):
-      outputs[name] = jax.tree.leaves(jax.block_until_ready(compiled(*dynamic)))
+    def call(compiled=compiled, name=name):
+      outputs[name] = jax.tree.leaves(jax.block_until_ready(compiled(*fn_args)))
     fns[name] = call
   times = timing.alternate(fns, warmup=3, iters=args.rounds)
   print(f"{what}:")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from llmimg_jax.gan import discriminator
 from llmimg_jax.train.host_memory import reuse_host_memory
-from llmimg_jax.train.mesh import compiler_options, make_mesh
+from llmimg_jax.train.mesh import compiler_options
 
 VARIANTS = {"xla strided": discriminator._conv4x4_stride2_direct,
             "matmul": discriminator._conv4x4_stride2_matmul,
@@ -25,8 +25,7 @@ VARIANTS = {"xla strided": discriminator._conv4x4_stride2_direct,
 
 
 def _ms(fn, *args, n: int = 10) -> float:
-  options = compiler_options(make_mesh(jax.devices()[:1]))
-  compiled = jax.jit(fn, compiler_options=options).lower(*args).compile()
+  compiled = jax.jit(fn, compiler_options=compiler_options()).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(n):
