@@ -11,6 +11,22 @@ from tests.eval import inception_reference
 from tests.eval.test_generate import _setup
 
 
+def _probe(modules, monkeypatch) -> list:
+  """Makes each module's compiler_options record its argument (the mesh, or none) and return an
+  option that XLA refuses by name, so that the error shows a program compiled with it."""
+  asked = []
+  for module in modules:
+    monkeypatch.setattr(module, "compiler_options", lambda *mesh: asked.append(mesh) or {
+        "xla_llmimg_probe": "1"})
+  return asked
+
+
+def _compiles_with_the_probe(run) -> None:
+  with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option: "
+                     "'xla_llmimg_probe'"):
+    run()
+
+
 def test_every_sampling_program_compiles_with_the_mesh_s_options(tmp_path, monkeypatch):
   """sample.py, the loop's sample grids and the evaluations compiled the generator with XLA's
   defaults, whose YNNPACK convolutions made 64px sampling 17-25% slower on 2 cores than the train
@@ -18,13 +34,7 @@ def test_every_sampling_program_compiles_with_the_mesh_s_options(tmp_path, monke
   config, tokenizer, models, state = _setup(tmp_path)  # state replicated on 8 devices
   mesh = mesh_lib.make_mesh()
   assert mesh_lib.compiler_options(mesh)  # on CPU: YNNPACK for dots only
-  asked = []
-
-  def probe(mesh):  # an option XLA refuses by name: the error shows that a program asked for it
-    asked.append(mesh)
-    return {"xla_llmimg_probe": "1"}
-  for module in (sampler, samples, generate):
-    monkeypatch.setattr(module, "compiler_options", probe)
+  asked = _probe((sampler, samples, generate), monkeypatch)
   prompts = ["a red circle"]
   programs = {
       "sample.py's Sampler": lambda: sampler.Sampler(
@@ -34,10 +44,8 @@ def test_every_sampling_program_compiles_with_the_mesh_s_options(tmp_path, monke
       "an evaluation's images": lambda: generate.generate_for_captions(
           models, state.ema_params, state.text_params, tokenizer, prompts, mesh=mesh)}
   for name, run in programs.items():
-    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option: "
-                       "'xla_llmimg_probe'"):
-      run()
-    assert asked.pop() is mesh and not asked, name
+    _compiles_with_the_probe(run)
+    assert len(asked) == 1 and asked.pop()[0] is mesh, name
 
 
 def test_the_evaluation_s_networks_compile_with_the_default_device_s_options(tmp_path,
@@ -45,10 +53,7 @@ def test_the_evaluation_s_networks_compile_with_the_default_device_s_options(tmp
   """The shapes evaluator's training and reading and FID's InceptionV3 compiled with XLA's
   defaults: on 2 cores 19-20%, ~30% and ~50% slower (benchmarks/eval_options.py)."""
   assert mesh_lib.compiler_options()  # the default device, a CPU here
-  asked = []
-  for module in (evaluator, inception):
-    monkeypatch.setattr(module, "compiler_options", lambda *mesh: asked.append(mesh) or {
-        "xla_llmimg_probe": "1"})
+  asked = _probe((evaluator, inception), monkeypatch)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
   labels = {"present": np.ones((2, 9), np.int32)}  # [n, cells]
@@ -66,9 +71,7 @@ def test_the_evaluation_s_networks_compile_with_the_default_device_s_options(tmp
   evaluator._read_cells_jitted.cache_clear()  # one jit per process, made at its first use
   try:
     for name, run in programs.items():
-      with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option: "
-                         "'xla_llmimg_probe'"):
-        run()
+      _compiles_with_the_probe(run)
       assert asked == [()], name  # no mesh: the default device's
       asked.clear()
   finally:
