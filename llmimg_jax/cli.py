@@ -180,6 +180,27 @@ def _failed_overrides(e: BaseException, overrides: list[str]) -> list[str]:
   return failed or overrides
 
 
+_NOT_A_NUMBER = re.compile(r"flag --([\w.]+)=(.*): (invalid literal for int\(\) with base 10|"
+                           r"could not convert string to float): .*", re.S)
+
+
+def _not_a_number(message: str) -> str | None:
+  """absl's "flag --steps=1e3: invalid literal for int() with base 10: '1e3'" as what the flag
+  takes and a value it would take (the config's, or the flag's default); None for other errors."""
+  if not (m := _NOT_A_NUMBER.fullmatch(message)):
+    return None
+  name, value = m[1], m[2]
+  kind = "a whole number" if "int()" in m[3] else "a number"
+  try:
+    known = flags.FLAGS[name].value
+  except KeyError:
+    known = None
+  if known is None:  # e.g. a placeholder(int): None is no value to give on the command line
+    return f"--{name}={value}: not {kind}."
+  whose = "the config has" if name.startswith("config.") else "its default is"
+  return f"--{name}={value}: not {kind}; {whose} --{name}={known}."
+
+
 def flags_parser(prog: str, required: Mapping[str, str] | None = None
                  ) -> Callable[[list[str]], list[str]]:
   """absl's flag parsing for app.run(flags_parser=...): a --config.KEY override naming no key,
@@ -208,6 +229,8 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
       if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)
         fail(prog, f"{e}. A number takes no None on the command line: set it to None in the "
              "--config file (where None is allowed), or give a number.", 2)
+      if not_a_number := _not_a_number(str(e)):
+        fail(prog, not_a_number, 2)
       fail(prog, str(e), 2)
     except Exception as e:  # an override's key, or the config file itself
       message, given = _innermost(e), _config_argument(e)

@@ -229,6 +229,24 @@ def test_each_required_flag_left_out_is_one_sentence_naming_the_fix(script, args
   assert (proc.returncode, proc.stderr) == (2, f"{script}: error: {error}\n"), proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("override, error", [
+    # The value in effect: the file's 1 after the earlier --config.train.steps=3.
+    ("--config.train.steps=1e3", "not a whole number; the config has --config.train.steps=3."),
+    ("--config.train.lr=fast", "not a number; the config has --config.train.lr=0.0001."),
+    ("--config.train.keep=all", "not a whole number."),  # a placeholder(int): None
+])
+def test_a_value_of_the_wrong_type_names_the_config_value(override, error, monkeypatch, capsys,
+                                                          tmp_path):
+  # It was absl's "flag --config.train.steps=1e3: invalid literal for int() with base 10: '1e3'".
+  config_file = tmp_path / "config.py"
+  config_file.write_text("from ml_collections import config_dict\n\n\ndef get_config():\n  "
+                         "return config_dict.ConfigDict({'train': {'steps': 1, 'lr': 1e-4, "
+                         "'keep': config_dict.placeholder(int)}})\n")
+  err = _parse_error(monkeypatch, capsys, f"--config={config_file}", "--config.train.steps=3",
+                     override)
+  assert err == f"train.py: error: {override}: {error}\n", err
+
+
 @pytest.mark.parametrize("spelling", ["-config.train.step=5", "--flagfile",
                                       "--noconfig.train.step"])
 def test_an_unknown_override_key_is_named_however_absl_was_given_it(spelling, monkeypatch, capsys,

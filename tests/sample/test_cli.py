@@ -286,7 +286,7 @@ _STRAY = ("unexpected argument(s) {}: sample.py takes flags only. Quote a prompt
      "--out is required: name a folder for the PNGs, grid.png and samples.jsonl, e.g. --out "
      "samples."),
     (["--prompt", "a cat", "--out", "o", "--num_per_prompt=four"],
-     "flag --num_per_prompt=four: invalid literal for int() with base 10: 'four'"),
+     "--num_per_prompt=four: not a whole number; its default is --num_per_prompt=4."),
     # An unquoted prompt, and '--overwrite false' (which sets it): absl's whole help (68 lines),
     # the error last, exit status 1.
     (["--prompt", "a", "red", "circle", "--out", "o"], _STRAY.format("['red', 'circle']")),
