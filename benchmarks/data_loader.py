@@ -3,7 +3,9 @@
   python benchmarks/data_loader.py --data_dir DIR --config 64 --workers 2 --batch 64
 
 Builds captioned_shapes/CONFIG first if it is missing. Reports the steady-state rate after
---warmup batches.
+--warmup batches, and the CPU time per batch of the process and of its main thread (the one that
+trains: with --workers 0 it runs the crop/flip, batching and tokenizing, and grain's prefetch
+bookkeeping).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument("--max_length", type=int, default=64)
   parser.add_argument("--read_threads", type=int, default=0, help="0 = grain's default")
+  parser.add_argument("--read_buffer", type=int, default=0,
+                      help="data.read_buffer_size (0 = the pipeline's default)")
   parser.add_argument("--augment", action="store_true", help="random crop 0.8 + flip")
   args = parser.parse_args()
   from llmimg_jax.data.captioned_shapes import BUILDER_CONFIGS
@@ -46,7 +50,7 @@ def main() -> None:
   cfg.update(name="captioned_shapes", config=args.config, data_dir=args.data_dir,
              image_size=args.image_size, num_workers=args.workers, worker_buffer_size=2,
              random_crop=0.8 if args.augment else 0.0, random_flip=args.augment,
-             read_threads=args.read_threads)
+             read_threads=args.read_threads, read_buffer_size=args.read_buffer)
   tok = load_tokenizer(None, max_length=args.max_length)
   start = time.perf_counter()
   it = pipeline.make_iterator(cfg, tok, batch_size_per_host=args.batch, seed=0,
@@ -54,15 +58,18 @@ def main() -> None:
   for _ in range(args.warmup):
     next(it)
   first = time.perf_counter() - start
-  start = time.perf_counter()
+  start, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
   for _ in range(args.steps):
     batch = next(it)
   seconds = time.perf_counter() - start
+  cpu, main_cpu = time.process_time() - cpu, time.thread_time() - main_cpu
+  per_batch = lambda s: round(s / args.steps * 1e3, 2)  # ms
   print(json.dumps({
       "config": args.config, "image_size": args.image_size, "workers": args.workers,
-      "read_threads": args.read_threads,
+      "read_threads": args.read_threads, "read_buffer": args.read_buffer,
       "batch": args.batch, "augment": args.augment, "steps": args.steps,
       "images_per_s": round(args.steps * args.batch / seconds, 1),
+      "cpu_ms_per_batch": per_batch(cpu), "main_thread_cpu_ms_per_batch": per_batch(main_cpu),
       "startup_plus_warmup_s": round(first, 1), "cpu_count": os.cpu_count(),
       "load_avg_1m": round(os.getloadavg()[0], 2),
       "batch_shapes": {k: list(v.shape) for k, v in batch.items()}}))

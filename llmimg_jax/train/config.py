@@ -259,7 +259,7 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   # build_num_proc would build captioned_shapes in one process
   data_zero = {"max_pixels": "the default", "store_size": "the default", "num_workers": "in this "
                "process", "worker_buffer_size": "1", "read_threads": "grain's default",
-               "read_buffer_size": "grain's default", "build_num_proc": "automatic"}
+               "read_buffer_size": "two per read thread", "build_num_proc": "automatic"}
   checks += [(f"data.{k}", config.data[k], config.data[k] >= 0, f">= 0 (0 = {zero})")
              for k, zero in data_zero.items()]
   if bad := [f"config.{k}={v} must be {need}" for k, v, ok, need in checks if not ok]:

@@ -110,6 +110,24 @@ def test_state_restore_mid_epoch_gives_identical_batches(shapes_cfg, tokenizer, 
   _assert_same(_take(resumed, 4), expected)
 
 
+def test_the_read_buffer_holds_reads_ahead_and_leaves_the_batches_alone(shapes_cfg, tokenizer):
+  """data.read_buffer_size: grain's reads held ahead, by default two per read thread, not grain's
+  500 (for every record it returns, grain checks each buffered read; benchmarks/RESULTS_data.md).
+  The batches are the same whatever it holds."""
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.random_crop, cfg.random_flip = 0.8, True
+  default = pipeline._read_options(cfg)
+  assert (default.num_threads, default.prefetch_buffer_size) == (16, 32)  # grain's 16 threads
+  cfg.read_threads = 3
+  assert pipeline._read_options(cfg).prefetch_buffer_size == 6
+  cfg.read_buffer_size = 500
+  given = pipeline._read_options(cfg)
+  assert (given.num_threads, given.prefetch_buffer_size) == (3, 500)
+  batches = _take(_iterator(cfg, tokenizer, seed=3), 20)  # 320 records: past an epoch
+  cfg.read_threads = cfg.read_buffer_size = 0
+  _assert_same(_take(_iterator(cfg, tokenizer, seed=3), 20), batches)
+
+
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_workers_outlive_a_signal_to_the_whole_job(shapes_cfg, tokenizer, signum):
   """scancel or `kill -TERM -PGID` also signals grain's workers, as Ctrl-C in a terminal does (a
