@@ -186,11 +186,15 @@ _NOT_A_NUMBER = re.compile(r"flag --([\w.]+)=(.*): (invalid literal for int\(\) 
 
 def _not_a_number(message: str) -> str | None:
   """absl's "flag --steps=1e3: invalid literal for int() with base 10: '1e3'" as what the flag
-  takes and a value it would take (the config's, or the flag's default); None for other errors."""
+  takes and a value it would take (the config's, or the flag's default), or for a None where
+  the command line takes none, where None goes; None for other errors."""
   if not (m := _NOT_A_NUMBER.fullmatch(message)):
     return None
   name, value = m[1], m[2]
   kind = "a whole number" if "int()" in m[3] else "a number"
+  if value == "None" and "int()" in m[3]:  # e.g. train.keep_checkpoints (None: all)
+    return (f"{message}. A number takes no None on the command line: set it to None in the "
+            "--config file (where None is allowed), or give a number.")
   try:
     known = flags.FLAGS[name].value
   except KeyError:
@@ -226,9 +230,6 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
         fail(prog, f"--{m[1]} is required: {fix[:1].lower()}{fix[1:]}", 2)
       if raised := _raised_in_config_file(str(e), _config_path(_config_argument(e))):
         fail(prog, f"the --config file failed to load: {raised}", 2)
-      if "for int() with base 10: 'None'" in str(e):  # e.g. train.keep_checkpoints (None: all)
-        fail(prog, f"{e}. A number takes no None on the command line: set it to None in the "
-             "--config file (where None is allowed), or give a number.", 2)
       if not_a_number := _not_a_number(str(e)):
         fail(prog, not_a_number, 2)
       fail(prog, str(e), 2)
