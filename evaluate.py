@@ -93,7 +93,7 @@ def _run_config(workdir: str):
   CheckpointError naming the run's for a folder in its checkpoints/)."""
   import ml_collections
   from llmimg_jax.sample.restore import refuse_checkpoint_folder
-  path = output_files.expand_home(workdir, "--workdir") / "config.json"
+  path = output_files.flag_path(workdir, "--workdir") / "config.json"
   try:
     saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # missing, not a folder, not JSON
@@ -139,7 +139,7 @@ def _write_stats() -> None:
 def _path_flag(name: str) -> str | None:
   """--`name`'s file with ~ expanded, as every path flag (no shell expands it after '=')."""
   value = FLAGS[name].value
-  return value and str(output_files.expand_home(value, f"--{name}"))
+  return value and str(output_files.flag_path(value, f"--{name}"))
 
 
 def _check_flags() -> None:
@@ -195,7 +195,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.out:
       out = _writable_file("--out", FLAGS.out, "the results' .json file", "overwrite_out")
     else:
-      out_dir = _check_writable("--workdir", output_files.expand_home(FLAGS.workdir, "--workdir"),
+      out_dir = _check_writable("--workdir", output_files.flag_path(FLAGS.workdir, "--workdir"),
                                 "--out")
       out = None
     results = evaluate_run(FLAGS.workdir, splits=FLAGS.split, num_samples=FLAGS.num_samples,

@@ -97,7 +97,7 @@ def run() -> None:
   print(f"{len(result.images)} images of step {result.step} at {result.images_per_sec:.1f} "
         f"images/s (+{result.compile_seconds:.1f}s compilation) -> "
         # In full, as train.py's log.
-        f"{output_files.in_full(output_files.expand_home(_OUT.value, '--out'))}")
+        f"{output_files.in_full(output_files.flag_path(_OUT.value, '--out'))}")
 
 
 def main(argv: list[str]) -> None:

@@ -1,10 +1,13 @@
-"""The paths that flags name and the files that the commands write: `~` expanded naming the flag,
-a path in full as the log names it, an output's checks before the work that makes it, and writes
-that leave the previous file whole, or keep the results elsewhere where the late write fails."""
+"""The paths that flags name and the files that the commands write: `~` expanded and a closed
+folder on the way refused, naming the flag; a path in full as the log names it, an output's checks
+before the work that makes it, and writes that leave the previous file whole, or keep the results
+elsewhere where the late write fails."""
 from __future__ import annotations
 
 import errno
 import os
+import pwd
+import stat
 import tempfile
 from pathlib import Path
 
@@ -41,11 +44,13 @@ def _out_of_links(path: Path) -> Path | None:
   return Path(*done)
 
 
-def expand_home(path: str | os.PathLike, flag: str) -> Path:
-  """`path` with a leading ~ or ~user expanded; a ValueError naming `flag` where that home is
-  unknown (not pathlib's RuntimeError and its traceback)."""
+def flag_path(path: str | os.PathLike, flag: str) -> Path:
+  """The path a flag names, `path` with a leading ~ or ~user expanded. A ValueError naming `flag`
+  where that home is unknown (not pathlib's RuntimeError and its traceback), or where a folder on
+  the way does not let this user in (every later stat would be a PermissionError naming `path`
+  alone; Python 3.11's Path.exists raises it)."""
   try:
-    return Path(path).expanduser()
+    expanded = Path(path).expanduser()
   except RuntimeError:
     text = os.fspath(path)
     head = text.split("/", 1)[0]
@@ -55,12 +60,48 @@ def expand_home(path: str | os.PathLike, flag: str) -> Path:
     raise ValueError(f"{flag} {text!r}: {head} is no user's home directory (no user "
                      f"{head[1:]!r} here); write the path out in full, or ~/ for your own "
                      "home.") from None
+  if (closed := _closed_folder(expanded)) is not None:
+    info = closed.stat()
+    raise ValueError(
+        f"{flag} {os.fspath(path)!r}: {closed} ({stat.filemode(info.st_mode)}, owner "
+        f"{_user(info.st_uid)}) does not let this user ({_user(os.geteuid())}) in, so nothing in "
+        "it can be read or written; run as a user it lets in, give them its search (x) "
+        "permission, or name a path outside it.")
+  return expanded
+
+
+def _closed_folder(path: str | os.PathLike) -> Path | None:
+  """The folder on the way to `path` (links followed) that this user may not enter, where a
+  stat of `path` fails with PermissionError; None where it does not."""
+  try:
+    os.stat(path)
+    return None
+  except PermissionError:
+    pass
+  except OSError:  # missing (a new output), a loop of links: other checks name those
+    return None
+  full = Path(os.path.realpath(path))  # links resolved up to the closed folder
+  for step in (*reversed(full.parents), full):
+    try:
+      os.stat(step)
+    except PermissionError:
+      return step.parent
+    except OSError:
+      return None
+  return None
+
+
+def _user(uid: int) -> str:
+  try:
+    return pwd.getpwuid(uid).pw_name
+  except KeyError:  # a container's arbitrary uid
+    return f"uid {uid}"
 
 
 def expand_output(path: str, flag: str) -> str:
-  """An output flag's file with ~ expanded (expand_home) and a trailing '/' kept, which a Path
+  """An output flag's file with ~ expanded (flag_path) and a trailing '/' kept, which a Path
   drops: check_output_file then refuses the folder's name instead of writing a file by it."""
-  expanded = str(expand_home(path, flag))
+  expanded = str(flag_path(path, flag))
   return os.path.join(expanded, "") if path.endswith(("/", os.sep)) else expanded
 
 

@@ -9,20 +9,60 @@ import pytest
 from llmimg_jax import output_files
 
 
-def test_expand_home_names_the_flag_where_a_home_is_unknown(monkeypatch):
-  """output_files.expand_home: pathlib's RuntimeError for ~ without HOME or a user entry (a
+def test_flag_path_names_the_flag_where_a_home_is_unknown(monkeypatch):
+  """output_files.flag_path: pathlib's RuntimeError for ~ without HOME or a user entry (a
   container's arbitrary uid) is a ValueError naming the flag; a known home is expanded."""
   import pwd
   from pathlib import Path
   monkeypatch.setenv("HOME", "/home/me")
-  assert output_files.expand_home("~/run", "--workdir") == Path("/home/me/run")
+  assert output_files.flag_path("~/run", "--workdir") == Path("/home/me/run")
   monkeypatch.delenv("HOME")
   monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
   with pytest.raises(ValueError, match=r"^--out '~/r\.json': ~ cannot be expanded \(HOME is unset "
                      r"and this user has no home directory\); set HOME, or write the path out in "
                      r"full\.$"):
-    output_files.expand_home("~/r.json", "--out")
+    output_files.flag_path("~/r.json", "--out")
 
+
+
+_FLAG_PATHS = """
+import json, sys
+from llmimg_jax import output_files
+results = {}
+for name in sys.argv[1:]:
+  try:
+    results[name] = str(output_files.flag_path(name, "--workdir"))
+  except ValueError as e:
+    results[name] = f"ValueError: {e}"
+print(json.dumps(results))
+"""
+
+
+def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
+  """A path under a folder this user may not enter was every later stat's PermissionError naming
+  the path alone (train.py: a traceback from Path.exists): a ValueError naming the flag, that
+  folder, its mode and owner, and the fixes, wherever the path leads (through a link too)."""
+  import json
+  import pwd
+  import subprocess
+  import sys
+  from tests.train.cli_utils import ROOT, closed, modes_hold
+  shut = tmp_path / "shut"
+  shut.mkdir()
+  (tmp_path / "link").symlink_to(shut / "run")
+  user = pwd.getpwuid(os.geteuid()).pw_name
+  refused = (f"ValueError: --workdir {{!r}}: {shut} (d---------, owner {user}) does not let this "
+             f"user ({user}) in, so nothing in it can be read or written; run as a user it lets "
+             "in, give them its search (x) permission, or name a path outside it.")
+  names = [str(shut / "run"), str(shut / "a" / "b"), str(tmp_path / "link"), str(shut),
+           str(tmp_path / "new" / "run")]
+  with closed(shut):
+    proc = subprocess.run([*modes_hold(), sys.executable, "-c", _FLAG_PATHS, *names],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout) == {
+      **{name: refused.format(name) for name in names[:3]},
+      str(shut): str(shut), str(tmp_path / "new" / "run"): str(tmp_path / "new" / "run")}
 
 def test_in_full_drops_dot_dot_where_it_names_the_same_folder(monkeypatch, tmp_path):
   """output_files.in_full, as the log names paths: absolute, '..' gone and links kept; a '..'
@@ -179,7 +219,7 @@ def test_a_half_written_spare_file_that_cannot_be_removed_is_named_and_the_resul
 
 @pytest.mark.parametrize("named", ["results.json/", "~/results.json/"])
 def test_a_folders_name_is_refused_not_written_as_a_file(named, tmp_path, monkeypatch):
-  """An output flag's `results.json/` lost its '/' to expand_home (a Path), and its file was
+  """An output flag's `results.json/` lost its '/' to flag_path (a Path), and its file was
   written as results.json (prepare --preview had its own fix, f41ef54; evaluate.py --out and
   --write_stats, run.py --json had none)."""
   monkeypatch.setenv("HOME", str(tmp_path))

@@ -115,7 +115,7 @@ def _data_dir(data_cfg) -> str:
   if "://" in data_dir:  # a bucket, which TFDS reads (pathlib would make gs:// a local gs:/)
     return data_dir
   # Not a literal folder '~nosuchuser'.
-  return str(output_files.expand_home(data_dir, "data.data_dir"))
+  return str(output_files.flag_path(data_dir, "data.data_dir"))
 
 
 def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:

@@ -147,7 +147,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   it holds an earlier run's samples (checked before sampling)."""
   if not str(out_dir).strip():
     raise ValueError("The output directory is empty (--out=''); name a directory for the images.")
-  out = output_files.expand_home(out_dir, "--out")
+  out = output_files.flag_path(out_dir, "--out")
   chain = (out, *out.parents)
   existing = next(p for p in chain if p.exists())
   # A link to a missing target (an unmounted disk) does not exist, yet mkdir cannot create it:
@@ -200,7 +200,7 @@ def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathL
     raise ValueError(f"The prompts file name is blank (--prompts_file={str(prompts_file)!r}); "
                      "name a UTF-8 text file with one prompt per line, or drop the flag.")
   if prompts_file:
-    path = output_files.expand_home(prompts_file, "--prompts_file")
+    path = output_files.flag_path(prompts_file, "--prompts_file")
     try:
       text = path.read_text(encoding="utf-8-sig")  # a BOM (as some editors write) is dropped
     except FileNotFoundError:

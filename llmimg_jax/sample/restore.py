@@ -45,7 +45,7 @@ class Restored:
 def full_workdir(workdir: str | os.PathLike) -> Path:
   """--workdir with ~ expanded, in full (output_files.in_full: absolute, no '..'), as training
   names it (the paths this module logs and raises with derive from it)."""
-  return output_files.in_full(output_files.expand_home(workdir, "--workdir"))
+  return output_files.in_full(output_files.flag_path(workdir, "--workdir"))
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:

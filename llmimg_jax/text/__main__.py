@@ -96,7 +96,7 @@ def _npy_path(encode_out: str, overwrite: bool = False) -> str:
   # package's path flags are (after those checks: a Path drops the '/' and makes '' '.').
   names_no_file = not encode_out.strip() or encode_out.endswith(("/", os.sep))
   if not names_no_file:
-    encode_out = str(output_files.expand_home(encode_out, "--encode_out"))
+    encode_out = str(output_files.flag_path(encode_out, "--encode_out"))
   if names_no_file or os.path.isdir(encode_out):
     raise OSError(f"--encode_out {encode_out!r} names no file; name the .npy file "
                   "for the states, e.g. --encode_out states.npy.")

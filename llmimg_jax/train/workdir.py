@@ -130,7 +130,7 @@ def local_workdir(workdir: str | Path) -> Path:
         f"workdir {text!r} is a URL, but checkpoints, samples and logs are written through the "
         "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
         "host shares) and pass the mount's path.")
-  path = output_files.expand_home(text, "--workdir")
+  path = output_files.flag_path(text, "--workdir")
   if path.exists() and not path.is_dir():
     raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
                      "run's) for checkpoints, samples and logs.")

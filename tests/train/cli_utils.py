@@ -1,11 +1,12 @@
 """Running train.py in subprocesses that reuse the test session's compilation cache (several as
 the hosts of one jax.distributed run: a free port, each host's devices); folders the CLIs cannot
-write."""
+write, or enter."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -135,3 +136,27 @@ def unwritable(folder: Path):
     yield
   finally:
     undo()
+
+
+# The capabilities that let root past a folder's mode bits; without them its modes hold for root too.
+_MODE_OVERRIDES = "-dac_override,-dac_read_search"
+
+
+def modes_hold() -> list[str]:
+  """A command prefix under which a folder's mode bits stop the command: none for a user, as
+  root setpriv without the capabilities that pass them (skips the test without setpriv)."""
+  if os.geteuid() != 0:
+    return []
+  if shutil.which("setpriv") is None:
+    pytest.skip("root without setpriv: a folder's mode cannot keep this process out")
+  return ["setpriv", f"--bounding-set={_MODE_OVERRIDES}", f"--inh-caps={_MODE_OVERRIDES}"]
+
+
+@contextlib.contextmanager
+def closed(folder: Path):
+  """`folder` with mode 000: nobody enters it under modes_hold()."""
+  folder.chmod(0o000)
+  try:
+    yield
+  finally:
+    folder.chmod(0o755)

@@ -137,6 +137,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   no_weights = tmp_path / "t5_without_weights"  # e.g. a download that stopped after config.json
   no_weights.mkdir()
   (no_weights / "config.json").write_text("{}")
+  shut = tmp_path / "shut"  # a folder this user may not enter (under modes_hold())
+  shut.mkdir()
+  shut_workdir = (f"--workdir={shut / 'run'}",)
   none_file = tmp_path / "none_config.py"
   none_file.write_text("def get_config():\n  pass\n")
   raising_file = tmp_path / "raising_config.py"
@@ -198,6 +201,10 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"(Operation not permitted|Permission denied)\)"),
       (f"--workdir={locked_run / 'checkpoints' / 'new_run'}",): (  # a new one: its parent
           r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError"),
+      # Path.exists' PermissionError naming the workdir alone: a traceback.
+      shut_workdir: (
+          r"--workdir '.*shut/run': .*shut \(d---------, owner .*\) does not let this user "
+          r"\(.*\) in, so nothing in it can be read or written"),
       (f"--config={none_file}",): (  # the file named: a flagfile may hold the --config
           r"the --config file .*none_config\.py: its get_config\(\) returned None"),
       ("--config.data.name=captioned_folder", f"--config.data.folder={one_image}"): (
@@ -210,12 +217,15 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   # processes per core at once, each within its own timeout: all 27 at once on 2 cores took 13 s
   # on an idle VM and 98 s on a slow day beside the other worker, and the first one's 120 s
   # covered them all (on one core beside 40 busy processes it timed out: seen).
+  user = cli_utils.modes_hold()
   def run(extra: tuple[str, ...]) -> Proc:
-    proc = Proc(train_args(shapes_data_dir, tmp_path / "run", *extra), cwd=tmp_path,
+    as_user = user if extra == shut_workdir else []
+    proc = Proc([*as_user, *train_args(shapes_data_dir, tmp_path / "run", *extra)], cwd=tmp_path,
                 JAX_LOG_COMPILES="1")
     proc.finish(timeout=120)
     return proc
-  with concurrent.futures.ThreadPoolExecutor(2 * len(os.sched_getaffinity(0))) as pool:
+  with cli_utils.closed(shut), concurrent.futures.ThreadPoolExecutor(
+      2 * len(os.sched_getaffinity(0))) as pool:
     procs = dict(zip(cases, pool.map(run, cases)))
   for extra, pattern in cases.items():
     proc = procs[extra]
