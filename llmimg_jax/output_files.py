@@ -60,14 +60,19 @@ def flag_path(path: str | os.PathLike, flag: str) -> Path:
     raise ValueError(f"{flag} {text!r}: {head} is no user's home directory (no user "
                      f"{head[1:]!r} here); write the path out in full, or ~/ for your own "
                      "home.") from None
-  if (closed := _closed_folder(expanded)) is not None:
+  refuse_closed(expanded, f"{flag} {os.fspath(path)!r}")
+  return expanded
+
+
+def refuse_closed(path: str | os.PathLike, named: str) -> None:
+  """A ValueError naming `named` (the flag and the path) where a folder on the way to `path` does
+  not let this user in, with that folder's mode and owner and the fixes."""
+  if (closed := _closed_folder(path)) is not None:
     info = closed.stat()
     raise ValueError(
-        f"{flag} {os.fspath(path)!r}: {closed} ({stat.filemode(info.st_mode)}, owner "
-        f"{_user(info.st_uid)}) does not let this user ({_user(os.geteuid())}) in, so nothing in "
-        "it can be read or written; run as a user it lets in, give them its search (x) "
-        "permission, or name a path outside it.")
-  return expanded
+        f"{named}: {closed} ({stat.filemode(info.st_mode)}, owner {_user(info.st_uid)}) does not "
+        f"let this user ({_user(os.geteuid())}) in, so nothing in it can be read or written; run "
+        "as a user it lets in, give them its search (x) permission, or name a path outside it.")
 
 
 def _closed_folder(path: str | os.PathLike) -> Path | None:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from llmimg_jax import output_files
 from llmimg_jax.text.config import BYT5_VOCAB_SIZE, T5Config, first_token_id
 from llmimg_jax.text.flax_weights import (FLAX, FLAX_INDEX, flax_key_to_torch, flax_to_state_dict,
                                           read_msgpack)
@@ -40,8 +41,7 @@ BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 TORCH_FILES = (SAFE, SAFE_INDEX, BIN, BIN_INDEX)  # and their variants (model.fp16.safetensors)
 WEIGHT_FILES = (*TORCH_FILES, FLAX, FLAX_INDEX)  # preferred in this order, variants before Flax
 GENERATION_CONFIG = "generation_config.json"
-# transformers' GenerationConfig defaults for what `generate` here takes as arguments only (None,
-# unset, is the default of each too).
+# transformers' GenerationConfig defaults of the options `generate` here takes (or None: unset).
 _DECODING_DEFAULTS = {"max_length": 20, "max_new_tokens": None, "min_length": 0,
                       "min_new_tokens": None, "num_beams": 1, "do_sample": False,
                       "temperature": 1.0, "top_k": 50, "top_p": 1.0, "length_penalty": 1.0}
@@ -76,6 +76,7 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
                             "offline default).")
   if os.path.isdir(path):
     return path
+  output_files.refuse_closed(path, f"T5 checkpoint {path!r}")  # not "not found"
   if os.path.exists(path):
     raise NotADirectoryError(f"T5 checkpoint {path!r} is a file; pass the directory holding "
                              "config.json and model.safetensors.")
