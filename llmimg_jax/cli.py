@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 
 from absl import flags
 
+from llmimg_jax import output_files
+
 
 def drop_log_records(logger: str, unwanted: Callable[[str], bool]) -> None:
   """Drops the records of `logger` whose message `unwanted` accepts: a library's notice that
@@ -243,6 +245,8 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
         if given is not None and path is None:  # blank
           fail(prog, blank_flag("--config", "CONFIG", "name a config file, e.g. --config "
                                 "configs/shapes_quick.py"), 2)
+        if path and (why := output_files.why_closed(path, f"--config {path!r}")):
+          fail(prog, why, 2)  # not "No such file"
         if path and not os.path.exists(path):  # its message: 3 lines
           fail(prog, f"could not load the --config file: No such file or directory: {path!r}; "
                "name an existing config file, e.g. --config configs/shapes_quick.py (the "

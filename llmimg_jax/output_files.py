@@ -60,19 +60,21 @@ def flag_path(path: str | os.PathLike, flag: str) -> Path:
     raise ValueError(f"{flag} {text!r}: {head} is no user's home directory (no user "
                      f"{head[1:]!r} here); write the path out in full, or ~/ for your own "
                      "home.") from None
-  refuse_closed(expanded, f"{flag} {os.fspath(path)!r}")
+  if why := why_closed(expanded, f"{flag} {os.fspath(path)!r}"):
+    raise ValueError(why)
   return expanded
 
 
-def refuse_closed(path: str | os.PathLike, named: str) -> None:
-  """A ValueError naming `named` (the flag and the path) where a folder on the way to `path` does
-  not let this user in, with that folder's mode and owner and the fixes."""
-  if (closed := _closed_folder(path)) is not None:
-    info = closed.stat()
-    raise ValueError(
-        f"{named}: {closed} ({stat.filemode(info.st_mode)}, owner {_user(info.st_uid)}) does not "
-        f"let this user ({_user(os.geteuid())}) in, so nothing in it can be read or written; run "
-        "as a user it lets in, give them its search (x) permission, or name a path outside it.")
+def why_closed(path: str | os.PathLike, named: str) -> str | None:
+  """Where a folder on the way to `path` does not let this user in: a message naming `named` (the
+  flag and the path), that folder with its mode and owner, and the fixes; else None."""
+  if (closed := _closed_folder(path)) is None:
+    return None
+  info = closed.stat()
+  return (f"{named}: {closed} ({stat.filemode(info.st_mode)}, owner {_user(info.st_uid)}) does "
+          f"not let this user ({_user(os.geteuid())}) in, so nothing in it can be read or "
+          "written; run as a user it lets in, give them its search (x) permission, or name a "
+          "path outside it.")
 
 
 def _closed_folder(path: str | os.PathLike) -> Path | None:

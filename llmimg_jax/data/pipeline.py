@@ -149,6 +149,9 @@ def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:
     folder = data_cfg.get("folder")
     # A built folder is read as built, even if the folder changed (it warns) or is gone.
     built = bool(folder) and tfds_utils.is_prepared(folder_builder(data_cfg))
+    if not built and folder and (why := output_files.why_closed(os.path.expanduser(folder),
+                                                                f"data.folder {folder!r}")):
+      raise ValueError(why)  # not "needs ... an existing folder"
     if not built and (not folder or not os.path.isdir(os.path.expanduser(folder))):
       raise ValueError(f"captioned_folder needs data.folder set to an existing folder of images "
                        f"with captions.jsonl or captions.csv (got {folder!r}; no build of it in "

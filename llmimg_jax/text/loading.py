@@ -76,10 +76,11 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike) -> str:
                             "offline default).")
   if os.path.isdir(path):
     return path
-  output_files.refuse_closed(path, f"T5 checkpoint {path!r}")  # not "not found"
+  if why := output_files.why_closed(path, f"T5 checkpoint {path!r}"):  # not "not found"
+    raise ValueError(why)
   if os.path.exists(path):
     raise NotADirectoryError(f"T5 checkpoint {path!r} is a file; pass the directory holding "
-                             "config.json and model.safetensors.")
+                             f"config.json and {SAFE}.")
   looks_local = (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
                  or os.sep != "/" and os.sep in path)
   if looks_local:
@@ -275,9 +276,8 @@ def _mismatch_hint(unexpected: list[str], missing: list[str], file_names: dict[s
   missing ones as '/'-joined params), to end the error with; '' if none is known."""
   # The T5's own keys under a prefix ('transformer.', or a Flax file's 'model/': a Flax name
   # keeps its first part when renamed, so it is cut where the PyTorch key's first '.' is).
-  wrapped = collections.Counter(
-      file_names.get(k, k)[:k.index(".") + 1] for k in unexpected
-      if "." in k and hf_key_to_path(k.split(".", 1)[1])[0] in expected)
+  wrapped = collections.Counter(file_names.get(k, k)[:k.index(".") + 1] for k in unexpected
+                                if "." in k and hf_key_to_path(k.split(".", 1)[1])[0] in expected)
   if wrapped:
     return (f" (its T5 weights are under '{wrapped.most_common(1)[0][0]}': a checkpoint of "
             "another T5 class, e.g. T5ForSequenceClassification; save its T5 with "

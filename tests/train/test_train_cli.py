@@ -139,7 +139,12 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   (no_weights / "config.json").write_text("{}")
   shut = tmp_path / "shut"  # a folder this user may not enter (under modes_hold())
   shut.mkdir()
-  shut_workdir, shut_t5 = (f"--workdir={shut / 'run'}",), (f"--config.text.checkpoint={shut}/t5",)
+  shut_cases = {  # each was "not found", or Path.exists' PermissionError (a traceback)
+      (f"--workdir={shut / 'run'}",): f"--workdir '{shut / 'run'}'",
+      (f"--config.text.checkpoint={shut / 't5'}",): f"T5 checkpoint '{shut / 't5'}'",
+      ("--config.data.name=captioned_folder", f"--config.data.folder={shut / 'images'}"): (
+          f"data.folder '{shut / 'images'}'"),
+      (f"--config={shut / 'config.py'}",): f"--config '{shut / 'config.py'}'"}
   none_file = tmp_path / "none_config.py"
   none_file.write_text("def get_config():\n  pass\n")
   raising_file = tmp_path / "raising_config.py"
@@ -201,12 +206,9 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"(Operation not permitted|Permission denied)\)"),
       (f"--workdir={locked_run / 'checkpoints' / 'new_run'}",): (  # a new one: its parent
           r"The run cannot write to its workdir \(.*locked_run/checkpoints: PermissionError"),
-      # Path.exists' PermissionError naming the workdir alone: a traceback
-      shut_workdir: (
-          r"--workdir '.*shut/run': .*shut \(d---------, owner .*\) does not let this user "
-          r"\(.*\) in, so nothing in it can be read or written"),
-      # was "T5 checkpoint directory not found", which it may be, unseen
-      shut_t5: r"T5 checkpoint '.*shut/t5': .*shut \(d---------, owner .*\) does not let",
+      **{extra: re.escape(f"{named}: {shut} (d---------, owner ") + r"\S+\) does not let this "
+         r"user \(\S+\) in, so nothing in it can be read or written" for extra, named in
+         shut_cases.items()},
       (f"--config={none_file}",): (  # the file named: a flagfile may hold the --config
           r"the --config file .*none_config\.py: its get_config\(\) returned None"),
       ("--config.data.name=captioned_folder", f"--config.data.folder={one_image}"): (
@@ -221,7 +223,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   # covered them all (on one core beside 40 busy processes it timed out: seen).
   user = cli_utils.modes_hold()
   def run(extra: tuple[str, ...]) -> Proc:
-    as_user = user if extra in (shut_workdir, shut_t5) else []
+    as_user = user if extra in shut_cases else []
     proc = Proc([*as_user, *train_args(shapes_data_dir, tmp_path / "run", *extra)], cwd=tmp_path,
                 JAX_LOG_COMPILES="1")
     proc.finish(timeout=120)
