@@ -68,16 +68,14 @@ def flag_path(path: str | os.PathLike, flag: str) -> Path:
 def why_closed(path: str | os.PathLike, named: str) -> str | None:
   """Where a folder on the way to `path` does not let this user in: a message naming `named` (the
   flag and the path), that folder with its mode and owner, and the fixes; else None."""
-  if (closed := _closed_folder(path)) is None:
+  if (closed := closed_folder(path)) is None:
     return None
-  info = closed.stat()
-  return (f"{named}: {closed} ({stat.filemode(info.st_mode)}, owner {_user(info.st_uid)}) does "
-          f"not let this user ({_user(os.geteuid())}) in, so nothing in it can be read or "
-          "written; run as a user it lets in, give them its search (x) permission, or name a "
-          "path outside it.")
+  return (f"{named}: {closed} ({mode_and_owner(closed)}) does not let this user ({this_user()}) "
+          "in, so nothing in it can be read or written; run as a user it lets in, give them its "
+          "search (x) permission, or name a path outside it.")
 
 
-def _closed_folder(path: str | os.PathLike) -> Path | None:
+def closed_folder(path: str | os.PathLike) -> Path | None:
   """The folder on the way to `path` (links followed) that this user may not enter, where a
   stat of `path` fails with PermissionError; None where it does not."""
   try:
@@ -96,6 +94,16 @@ def _closed_folder(path: str | os.PathLike) -> Path | None:
     except OSError:
       return None
   return None
+
+
+def mode_and_owner(path: str | os.PathLike) -> str:
+  """'drwx------, owner alice': what decides who may use `path`."""
+  info = os.stat(path)
+  return f"{stat.filemode(info.st_mode)}, owner {_user(info.st_uid)}"
+
+
+def this_user() -> str:
+  return _user(os.geteuid())
 
 
 def _user(uid: int) -> str:

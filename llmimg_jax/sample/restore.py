@@ -7,10 +7,12 @@ Optimizer states, the discriminator and the data-iterator state are never read.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from etils import epath
 from llmimg_jax import cli
 from llmimg_jax import output_files
 from llmimg_jax.train.checkpoint import brief_error, saved_config
+from llmimg_jax.train.restore_errors import is_access_error
 
 log = logging.getLogger(__name__)
 PyTree = Any
@@ -46,6 +49,24 @@ def full_workdir(workdir: str | os.PathLike) -> Path:
   """--workdir with ~ expanded, in full (output_files.in_full: absolute, no '..'), as training
   names it (the paths this module logs and raises with derive from it)."""
   return output_files.in_full(output_files.flag_path(workdir, "--workdir"))
+
+
+@contextlib.contextmanager
+def readable_run(workdir: str | os.PathLike) -> Iterator[None]:
+  """A PermissionError reading the run's files inside (Orbax's too) as a CheckpointError naming
+  the folder that keeps this user out, or else the unreadable file or folder, with its mode and
+  owner: e.g. checkpoints/ made by a trainer whose umask is 077."""
+  try:
+    yield
+  except PermissionError as e:
+    if e.filename is None:
+      raise
+    denied = output_files.closed_folder(e.filename) or Path(e.filename)
+    raise CheckpointError(
+        f"The run in {full_workdir(workdir)} cannot be read by this user "
+        f"({output_files.this_user()}): {denied} ({output_files.mode_and_owner(denied)}) keeps "
+        "them out. Run as a user who may read it (the one that trained), or give them read (r) "
+        "permission on its files and search (x) on its folders.") from None
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -194,7 +215,7 @@ def _restore_subset(handler: ocp.PyTreeCheckpointHandler, state_dir: epath.Path,
     missing = [k for k in SAMPLING_KEYS if not isinstance(tree, dict) or k not in tree]
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; name the path
     raise CheckpointError(f"Could not read the checkpoint metadata in {state_dir} "
-                          f"({brief_error(e)}). {hint}") from e
+                          f"({brief_error(e)}). {_fix(e, hint)}") from e
   if missing:
     raise CheckpointError(f"{state_dir} has no {missing}: it is not a TrainState checkpoint of "
                           "llmimg_jax.train. Pass the --workdir of a train.py run.")
@@ -207,5 +228,18 @@ def _restore_subset(handler: ocp.PyTreeCheckpointHandler, state_dir: epath.Path,
     jax.block_until_ready(restored)
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"Could not restore {SAMPLING_KEYS} from {state_dir} "
-                          f"({brief_error(e)}). {hint}") from e
+                          f"({brief_error(e)}). {_fix(e, hint)}") from e
   return restored["ema_params"], restored["text_params"]
+
+
+def _fix(e: Exception, damaged_hint: str) -> str:
+  """What to do about a checkpoint that did not read: `damaged_hint` (an earlier step, or a
+  rewrite) only where the error is not a want of access or resources, which deleting it would not
+  mend."""
+  if isinstance(e, PermissionError) or "PERMISSION_DENIED" in str(e):
+    return (f"This user ({output_files.this_user()}) may not read all of its files: run as a user "
+            "who may (the one that trained), or give them read (r) permission on its files and "
+            "search (x) on its folders.")
+  if is_access_error(e):
+    return "Not damage but a want of access or resources: try again once they are back."
+  return damaged_hint

@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
 from llmimg_jax.sample.expand import CaptionExpander, batch_bucket
-from llmimg_jax.sample.restore import full_workdir, restore_for_sampling
+from llmimg_jax.sample.restore import full_workdir, readable_run, restore_for_sampling
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.loading import resolve_checkpoint_dir
@@ -144,8 +144,9 @@ class Sampler:
     process's devices; batches are split across them)."""
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = make_mesh(devices)
-    restored = restore_for_sampling(workdir, step, NamedSharding(mesh, P()))
-    tokenizer, t5_config = text_setup(restored.config, workdir)
+    with readable_run(workdir):
+      restored = restore_for_sampling(workdir, step, NamedSharding(mesh, P()))
+      tokenizer, t5_config = text_setup(restored.config, workdir)
     models = build_models(restored.config, t5_config)
     return cls(models, tokenizer, restored.ema_params, restored.text_params, mesh=mesh,
                step=restored.step, batch_size=batch_size, expander=expander)

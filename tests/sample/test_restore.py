@@ -59,6 +59,20 @@ def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
   assert restore_for_sampling(broken, step=1).step == 1  # the earlier step still restores
 
 
+
+def test_only_a_damaged_checkpoint_gets_the_advice_to_pass_another_step_or_delete_it():
+  """The hint of a checkpoint that did not read: deleting it mends neither want of access nor of
+  resources."""
+  from llmimg_jax.sample.restore import _fix
+  hint = "The checkpoint may be corrupt or incomplete; pass an earlier --step or delete it."
+  assert _fix(ValueError("DATA_LOSS: Error reading local file: unexpected end"), hint) == hint
+  assert _fix(ValueError("PERMISSION_DENIED: Failed to open: Permission denied"),
+              hint).startswith("This user (")
+  assert _fix(PermissionError(13, "Permission denied"), hint).startswith("This user (")
+  for scarce in (MemoryError(), ValueError("RESOURCE_EXHAUSTED: out of memory"), TimeoutError()):
+    assert _fix(scarce, hint) == ("Not damage but a want of access or resources: try again once "
+                                  "they are back.")
+
 class _Stopped(Exception):
   pass
 
