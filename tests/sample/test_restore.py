@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -20,7 +22,8 @@ from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
 from llmimg_jax.train.state import build_text, save_text_files
-from tests.sample.utils import save_run
+from tests.sample.utils import one_device_env, save_run
+from tests.train.cli_utils import ROOT, closed, modes_hold
 from tests.train.utils import _equal, tiny_config, tiny_pretrained_t5
 
 
@@ -257,3 +260,40 @@ def test_a_run_without_text_files_and_its_t5_gone_names_the_folder_to_fill(tmp_p
       f"config.json and tokenizer files into {tmp_path / 'run' / 'text'}/ (the trained weights "
       "are in the run's checkpoints).")):
     text_setup(config, tmp_path / "run")
+
+
+def test_a_run_this_user_may_not_read_is_named_with_the_fix_not_as_damage(run, tmp_path):
+  """A checkpoints/ folder this user may not enter (a trainer's umask 077) was "[Errno 13]
+  Permission denied: PATH"; array files it may not read were "The checkpoint may be corrupt ...
+  delete it": advice that loses a good checkpoint."""
+  user = modes_hold()
+  runs = {name: tmp_path / name for name in ("closed", "unreadable")}
+  for workdir in runs.values():
+    shutil.copytree(run.workdir, workdir)
+  arrays = list((runs["unreadable"] / "checkpoints" / "2" / "state" / "d").iterdir())
+  for f in arrays:
+    f.chmod(0)
+  with closed(runs["closed"] / "checkpoints"):
+    procs = {name: subprocess.Popen(
+        [*user, sys.executable, str(ROOT / "sample.py"), "--workdir", str(workdir), "--out",
+         str(tmp_path / f"out_{name}"), "--prompt", "a cat"], env=one_device_env(),
+        stderr=subprocess.PIPE, text=True) for name, workdir in runs.items()}
+    errors = {name: proc.communicate(timeout=120)[1] for name, proc in procs.items()}
+  for f in arrays:
+    f.chmod(0o644)
+  checkpoints = runs["closed"] / "checkpoints"
+  assert re.search(
+      re.escape(f"sample.py: error: The run in {runs['closed']} cannot be read by this user (")
+      + r"\S+" + re.escape(f"): {checkpoints} (d---------, owner ") + r"\S+" + re.escape(
+          ") keeps them out. Run as a user who may read it (the one that trained), or give them "
+          "read (r) permission on its files and search (x) on its folders.\n"),
+      errors["closed"]), errors["closed"]
+  state = runs["unreadable"] / "checkpoints" / "2" / "state"
+  assert re.search(
+      re.escape(f"sample.py: error: Could not read the checkpoint metadata in {state} (") + ".*"
+      + "Permission denied.*" + re.escape("). This user (") + r"\S+" + re.escape(
+          ") may not read all of its files: run as a user who may (the one that trained), or "
+          "give them read (r) permission on its files and search (x) on its folders.\n"),
+      errors["unreadable"]), errors["unreadable"]
+  assert "Traceback" not in "".join(errors.values())
+  assert not any(tmp_path.glob("out_*"))
