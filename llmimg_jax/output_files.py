@@ -5,8 +5,8 @@ elsewhere where the late write fails."""
 from __future__ import annotations
 
 import errno
+import getpass
 import os
-import pwd
 import stat
 import tempfile
 from pathlib import Path
@@ -103,13 +103,14 @@ def mode_and_owner(path: str | os.PathLike) -> str:
 
 
 def this_user() -> str:
-  return _user(os.geteuid())
+  return _user(os.geteuid()) if hasattr(os, "geteuid") else getpass.getuser()  # Windows: none
 
 
 def _user(uid: int) -> str:
   try:
+    import pwd  # pylint: disable=g-import-not-at-top  (not on Windows)
     return pwd.getpwuid(uid).pw_name
-  except KeyError:  # a container's arbitrary uid
+  except (ImportError, KeyError):  # a container's arbitrary uid
     return f"uid {uid}"
 
 
