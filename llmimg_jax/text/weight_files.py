@@ -19,6 +19,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   default device. bf16 is ml_dtypes.bfloat16, which jax (imported by llmimg_jax.text) registers
   with NumPy: without it safetensors' NumPy reader does not know the dtype."""
   from safetensors import safe_open
+  open(path, "rb").close()  # safetensors reports any error opening it as "No such file"
   out = {}
   try:
     with safe_open(path, framework="np") as f:

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -63,6 +64,28 @@ def test_untied_encoder_only_checkpoint_says_to_load_it_encoder_only(gated_untie
                                        "load it with encoder_only=True"):
     load_t5(tmp_path)
   assert set(load_t5(tmp_path, encoder_only=True)[1]) == {"shared", "encoder"}
+
+_READ = """import sys
+from llmimg_jax.text.weight_files import read_safetensors
+try:
+  read_safetensors(sys.argv[1])
+except Exception as e:
+  print(type(e).__name__, e)
+"""
+
+
+def test_weights_this_user_may_not_read_are_not_called_missing_or_truncated(tmp_path):
+  # safetensors' error for any file it cannot open: "No such file or directory", then ours: "Is
+  # it truncated? Re-save the checkpoint".
+  from safetensors.numpy import save_file
+  from tests.train.cli_utils import ROOT, modes_hold
+  path = tmp_path / "model.safetensors"
+  save_file({"shared.weight": np.zeros((2, 2), np.float32)}, str(path))
+  path.chmod(0)
+  proc = subprocess.run([*modes_hold(), sys.executable, "-c", _READ, str(path)],
+                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert proc.stdout == f"PermissionError [Errno 13] Permission denied: '{path}'\n", proc.stderr
+
 
 def test_checkpoint_of_another_t5_class_is_named(tmp_path):
   torch.manual_seed(0)
