@@ -46,7 +46,7 @@ def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
   import pwd
   import subprocess
   import sys
-  from tests.train.cli_utils import ROOT, closed, modes_hold
+  from tests.train.cli_utils import ROOT, as_modes_hold, closed
   shut = tmp_path / "shut"
   shut.mkdir()
   (tmp_path / "link").symlink_to(shut / "run")
@@ -57,7 +57,7 @@ def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
   names = [str(shut / "run"), str(shut / "a" / "b"), str(tmp_path / "link"), str(shut),
            str(tmp_path / "new" / "run")]
   with closed(shut):
-    proc = subprocess.run([*modes_hold(), sys.executable, "-c", _FLAG_PATHS, *names],
+    proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _FLAG_PATHS, *names],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout) == {

@@ -23,7 +23,7 @@ from llmimg_jax.train import loop
 from llmimg_jax.train.checkpoint import saved_config
 from llmimg_jax.train.state import build_text, save_text_files
 from tests.sample.utils import one_device_env, save_run
-from tests.train.cli_utils import ROOT, closed, modes_hold
+from tests.train.cli_utils import ROOT, as_modes_hold, closed
 from tests.train.utils import _equal, tiny_config, tiny_pretrained_t5
 
 
@@ -266,7 +266,7 @@ def test_a_run_this_user_may_not_read_is_named_with_the_fix_not_as_damage(run, t
   """A checkpoints/ folder this user may not enter (a trainer's umask 077) was "[Errno 13]
   Permission denied: PATH"; array files it may not read were "The checkpoint may be corrupt ...
   delete it": advice that loses a good checkpoint."""
-  user = modes_hold()
+  user = as_modes_hold()
   runs = {name: tmp_path / name for name in ("closed", "unreadable")}
   for workdir in runs.values():
     shutil.copytree(run.workdir, workdir)

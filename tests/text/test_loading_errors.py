@@ -78,11 +78,11 @@ def test_weights_this_user_may_not_read_are_not_called_missing_or_truncated(tmp_
   # safetensors' error for any file it cannot open: "No such file or directory", then ours: "Is
   # it truncated? Re-save the checkpoint".
   from safetensors.numpy import save_file
-  from tests.train.cli_utils import ROOT, modes_hold
+  from tests.train.cli_utils import ROOT, as_modes_hold
   path = tmp_path / "model.safetensors"
   save_file({"shared.weight": np.zeros((2, 2), np.float32)}, str(path))
   path.chmod(0)
-  proc = subprocess.run([*modes_hold(), sys.executable, "-c", _READ, str(path)],
+  proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _READ, str(path)],
                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert proc.stdout == f"PermissionError [Errno 13] Permission denied: '{path}'\n", proc.stderr
 

@@ -142,14 +142,24 @@ def unwritable(folder: Path):
 _MODE_OVERRIDES = "-dac_override,-dac_read_search"
 
 
-def modes_hold() -> list[str]:
+def modes_hold() -> list[str] | None:
   """A command prefix under which a folder's mode bits stop the command: none for a user, as
-  root setpriv without the capabilities that pass them (skips the test without setpriv)."""
+  root setpriv without the capabilities that pass them; None where that cannot be (no setpriv,
+  or not allowed to drop capabilities)."""
   if os.geteuid() != 0:
     return []
-  if shutil.which("setpriv") is None:
-    pytest.skip("root without setpriv: a folder's mode cannot keep this process out")
-  return ["setpriv", f"--bounding-set={_MODE_OVERRIDES}", f"--inh-caps={_MODE_OVERRIDES}"]
+  prefix = ["setpriv", f"--bounding-set={_MODE_OVERRIDES}", f"--inh-caps={_MODE_OVERRIDES}"]
+  if shutil.which("setpriv") is None or subprocess.run([*prefix, "true"]).returncode:
+    return None
+  return prefix
+
+
+def as_modes_hold() -> list[str]:
+  """modes_hold(), or the test skipped where modes cannot stop this process."""
+  if (prefix := modes_hold()) is None:
+    pytest.skip("root without setpriv, or not allowed to drop capabilities (CAP_SETPCAP): a "
+                "folder's mode cannot keep this process out")
+  return prefix
 
 
 @contextlib.contextmanager
