@@ -13,6 +13,8 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from etils import epath
 
+from llmimg_jax import output_files
+
 try:
   import fcntl
 except ImportError:  # Windows: no flock, no dead builds removed
@@ -145,8 +147,11 @@ class DatasetError(ValueError):
 def is_prepared(dataset: tfds.core.DatasetBuilder) -> bool:
   """dataset.is_prepared(), without TFDS's warning "Variant folder DIR has no dataset_info.json"
   for a dataset not built yet (DIR missing), which every first command printed, 2-4 times, even
-  before an error that had nothing to do with it. A DIR that exists is still TFDS's to judge."""
+  before an error that had nothing to do with it. A DIR that exists is still TFDS's to judge; one
+  in a folder this user may not enter is a DatasetError naming that folder."""
   path = getattr(dataset, "data_path", None)
+  if path is not None and (why := output_files.why_closed(path, f"The dataset folder {path}")):
+    raise DatasetError(why)  # not taken for a dataset to build, which fails on the same folder
   if path is not None and not epath.Path(path).exists():
     return False
   return dataset.is_prepared()

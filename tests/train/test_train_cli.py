@@ -139,12 +139,17 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   (no_weights / "config.json").write_text("{}")
   shut = tmp_path / "shut"  # a folder this user may not enter (under modes_hold())
   shut.mkdir()
-  shut_cases = {  # each was "not found", or Path.exists' PermissionError (a traceback)
+  other_tfds = tmp_path / "tfds_of_another"  # its captioned_shapes/ one this user may not enter
+  other_tfds.mkdir()
+  (other_tfds / "captioned_shapes").symlink_to(shut)
+  shut_cases = {  # each was "not found", "could not build", or a traceback (Path.exists)
       (f"--workdir={shut / 'run'}",): f"--workdir '{shut / 'run'}'",
       (f"--config.text.checkpoint={shut / 't5'}",): f"T5 checkpoint '{shut / 't5'}'",
       ("--config.data.name=captioned_folder", f"--config.data.folder={shut / 'images'}"): (
           f"data.folder '{shut / 'images'}'"),
-      (f"--config={shut / 'config.py'}",): f"--config '{shut / 'config.py'}'"}
+      (f"--config={shut / 'config.py'}",): f"--config '{shut / 'config.py'}'",
+      (f"--config.data.data_dir={other_tfds}",): (
+          f"The dataset folder {other_tfds}/captioned_shapes/tiny_32/1.0.0")}
   none_file = tmp_path / "none_config.py"
   none_file.write_text("def get_config():\n  pass\n")
   raising_file = tmp_path / "raising_config.py"
