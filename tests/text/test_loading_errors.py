@@ -66,26 +66,33 @@ def test_untied_encoder_only_checkpoint_says_to_load_it_encoder_only(gated_untie
   assert set(load_t5(tmp_path, encoder_only=True)[1]) == {"shared", "encoder"}
 
 _READ = """import sys
+from llmimg_jax.text import load_tokenizer
 from llmimg_jax.text.weight_files import read_safetensors
-try:
-  read_safetensors(sys.argv[1])
-except Exception as e:
-  print(type(e).__name__, e)
+for read, path in ((read_safetensors, sys.argv[1]), (lambda p: load_tokenizer(p, 8), sys.argv[2])):
+  try:
+    read(path)
+  except Exception as e:
+    print(type(e).__name__, e)
 """
 
 
-def test_weights_this_user_may_not_read_are_not_called_missing_or_truncated(tmp_path):
-  # safetensors' error for any file it cannot open: "No such file or directory", then ours: "Is
-  # it truncated? Re-save the checkpoint".
+def test_files_this_user_may_not_read_are_not_called_missing_or_truncated(tmp_path):
+  """safetensors reports any file it cannot open as "No such file or directory", which we
+  followed with "Is it truncated? Re-save the checkpoint"; the tokenizer's error came with "save
+  them with tokenizer.save_pretrained(DIR)". Now Python's PermissionError, naming the file."""
   from safetensors.numpy import save_file
   from tests.train.cli_utils import ROOT, as_modes_hold
-  path = tmp_path / "model.safetensors"
-  save_file({"shared.weight": np.zeros((2, 2), np.float32)}, str(path))
-  path.chmod(0)
-  proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _READ, str(path)],
-                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-  assert proc.stdout == f"PermissionError [Errno 13] Permission denied: '{path}'\n", proc.stderr
-
+  weights = tmp_path / "model.safetensors"
+  save_file({"shared.weight": np.zeros((2, 2), np.float32)}, str(weights))
+  transformers.ByT5Tokenizer().save_pretrained(tmp_path)
+  tokenizer_config = tmp_path / "tokenizer_config.json"
+  for path in (weights, tokenizer_config):
+    path.chmod(0)
+  proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _READ, str(weights),
+                         str(tmp_path)], capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert proc.stdout == "".join(f"PermissionError [Errno 13] Permission denied: '{path}'\n"
+                                for path in (weights, tokenizer_config)), proc.stderr
 
 def test_checkpoint_of_another_t5_class_is_named(tmp_path):
   torch.manual_seed(0)
