@@ -43,14 +43,13 @@ def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
   the path alone (train.py: a traceback from Path.exists): a ValueError naming the flag, that
   folder, its mode and owner, and the fixes, wherever the path leads (through a link too)."""
   import json
-  import pwd
   import subprocess
   import sys
   from tests.train.cli_utils import ROOT, as_modes_hold, closed
   shut = tmp_path / "shut"
   shut.mkdir()
   (tmp_path / "link").symlink_to(shut / "run")
-  user = pwd.getpwuid(os.geteuid()).pw_name
+  user = output_files.this_user()  # a container's uid without a name: 'uid N'
   refused = (f"ValueError: --workdir {{!r}}: {shut} (d---------, owner {user}) does not let this "
              f"user ({user}) in, so nothing in it can be read or written; run as a user it lets "
              "in, give them its search (x) permission, or name a path outside it.")
@@ -58,7 +57,8 @@ def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
            str(tmp_path / "new" / "run")]
   with closed(shut):
     proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _FLAG_PATHS, *names],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout) == {
       **{name: refused.format(name) for name in names[:3]},

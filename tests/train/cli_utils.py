@@ -138,7 +138,7 @@ def unwritable(folder: Path):
     undo()
 
 
-# The capabilities that let root past a folder's mode bits; without them its modes hold for root too.
+# The capabilities that let root past a folder's mode bits; without them its modes hold for root.
 _MODE_OVERRIDES = "-dac_override,-dac_read_search"
 
 
