@@ -45,7 +45,7 @@ def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
   import json
   import subprocess
   import sys
-  from tests.train.cli_utils import ROOT, as_modes_hold, closed
+  from tests.train.cli_utils import as_modes_hold, closed, env
   shut = tmp_path / "shut"
   shut.mkdir()
   (tmp_path / "link").symlink_to(shut / "run")
@@ -57,8 +57,7 @@ def test_flag_path_names_the_folder_that_keeps_this_user_out(tmp_path):
            str(tmp_path / "new" / "run")]
   with closed(shut):
     proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _FLAG_PATHS, *names],
-                          capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          capture_output=True, text=True, env=env())
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout) == {
       **{name: refused.format(name) for name in names[:3]},

@@ -29,6 +29,9 @@ from llmimg_jax.train.restore_errors import is_access_error
 log = logging.getLogger(__name__)
 PyTree = Any
 SAMPLING_KEYS = ("ema_params", "text_params")
+# The end of the fix for a run this user may not read, after "run as a user who may ...".
+_MAY_READ = ("(the one that trained), or give them read (r) permission on its files and search (x) "
+             "on its folders.")
 _SAVES = "train.py saves every config.train.ckpt_every steps, at the end and at its best evaluation"
 
 
@@ -65,8 +68,7 @@ def readable_run(workdir: str | os.PathLike) -> Iterator[None]:
     raise CheckpointError(
         f"The run in {full_workdir(workdir)} cannot be read by this user "
         f"({output_files.this_user()}): {denied} ({output_files.mode_and_owner(denied)}) keeps "
-        "them out. Run as a user who may read it (the one that trained), or give them read (r) "
-        "permission on its files and search (x) on its folders.") from None
+        f"them out. Run as a user who may read it {_MAY_READ}") from None
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -238,8 +240,7 @@ def _fix(e: Exception, damaged_hint: str) -> str:
   mend."""
   if isinstance(e, PermissionError) or "PERMISSION_DENIED" in str(e):
     return (f"This user ({output_files.this_user()}) may not read all of its files: run as a user "
-            "who may (the one that trained), or give them read (r) permission on its files and "
-            "search (x) on its folders.")
+            f"who may {_MAY_READ}")
   if is_access_error(e):
     return "Not damage but a want of access or resources: try again once they are back."
   return damaged_hint

@@ -129,9 +129,9 @@ def load_tokenizer(path_or_name: str | None, max_length: int) -> TextTokenizer:
           "tokenizer.save_pretrained(DIR).")
   try:
     hf = _tokenizer_class(path_or_name).from_pretrained(path_or_name)
+  except PermissionError:  # it names the file; the files are there
+    raise
   except (OSError, ValueError) as e:
-    if isinstance(e, PermissionError):  # names the file; the files are there
-      raise
     vocab = [os.path.join(os.fspath(path_or_name), f) for f in _VOCAB_FILES]
     if lfs := lfs_pointer_error(vocab):  # transformers said 'install tiktoken' or 'bad JSON'
       raise ValueError(lfs) from e

@@ -81,7 +81,7 @@ def test_files_this_user_may_not_read_are_not_called_missing_or_truncated(tmp_pa
   followed with "Is it truncated? Re-save the checkpoint"; the tokenizer's error came with "save
   them with tokenizer.save_pretrained(DIR)". Now Python's PermissionError, naming the file."""
   from safetensors.numpy import save_file
-  from tests.train.cli_utils import ROOT, as_modes_hold
+  from tests.train.cli_utils import as_modes_hold, env
   weights = tmp_path / "model.safetensors"
   save_file({"shared.weight": np.zeros((2, 2), np.float32)}, str(weights))
   transformers.ByT5Tokenizer().save_pretrained(tmp_path)
@@ -89,8 +89,7 @@ def test_files_this_user_may_not_read_are_not_called_missing_or_truncated(tmp_pa
   for path in (weights, tokenizer_config):
     path.chmod(0)
   proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _READ, str(weights),
-                         str(tmp_path)], capture_output=True, text=True,
-                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                         str(tmp_path)], capture_output=True, text=True, env=env())
   assert proc.stdout == "".join(f"PermissionError [Errno 13] Permission denied: '{path}'\n"
                                 for path in (weights, tokenizer_config)), proc.stderr
 
