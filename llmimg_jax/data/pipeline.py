@@ -14,6 +14,7 @@ orders one epoch apart.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import os
@@ -116,6 +117,18 @@ def _data_dir(data_cfg) -> str:
     return data_dir
   # Not a literal folder '~nosuchuser'.
   return str(output_files.flag_path(data_dir, "data.data_dir"))
+
+
+def paths_in_full(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `data_cfg` with data.folder and a local data.data_dir absolute, ~ expanded. A run
+  saves its config so: relative, they named whatever folder and build were at that path in the
+  directory evaluate.py ran in, not the ones the run trained on."""
+  data_cfg = copy.deepcopy(data_cfg)
+  if data_cfg.get("folder"):  # as captioned_folder.folder_config names its build
+    data_cfg.folder = os.path.abspath(os.path.expanduser(data_cfg.folder))
+  if data_cfg.get("data_dir") and "://" not in data_cfg.data_dir:
+    data_cfg.data_dir = os.path.abspath(_data_dir(data_cfg))
+  return data_cfg
 
 
 def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:

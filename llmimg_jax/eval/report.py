@@ -72,6 +72,7 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
   data_cfg = ml_collections.ConfigDict(sampler.config.data.to_dict())
   if data_dir:
     data_cfg.data_dir = data_dir
+  _warn_relative_paths(data_cfg, given_data_dir=bool(data_dir))
   if ref_stats:  # before any sampling
     check_ref_size(ref_stats, int(data_cfg.image_size), dataset_id(data_cfg))
   inception = None
@@ -87,6 +88,20 @@ def evaluate_run(workdir: str, splits: Sequence[str] | None = None, num_samples:
                               batch_size, ref_stats) | {"workdir": str(workdir)}
   return {"workdir": str(workdir)} | evaluate_shapes(sampler, data_cfg, inception, splits,
                                                      num_samples, seed, batch_size, ref_stats)
+
+
+def _warn_relative_paths(data_cfg: ml_collections.ConfigDict, given_data_dir: bool) -> None:
+  """A run trained before train.py saved its data paths in full names them relative to the
+  directory it ran in, which evaluate.py cannot know: the same path here may be other data."""
+  paths = {"data.folder": data_cfg.folder if data_cfg.name == "captioned_folder" else None,
+           "data.data_dir": None if given_data_dir else data_cfg.get("data_dir")}
+  for key, path in paths.items():
+    if path and "://" not in path and not os.path.isabs(os.path.expanduser(path)):
+      fix = ("run evaluate.py in the directory train.py ran in" if key == "data.folder" else
+             "run evaluate.py in the directory train.py ran in, or pass --data_dir")
+      log.warning("The run's config names %s=%r, relative to the directory train.py ran in: it "
+                  "is read as %s. If the run trained elsewhere, %s.", key, path,
+                  os.path.abspath(os.path.expanduser(path)), fix)
 
 
 def evaluate_shapes(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
@@ -187,7 +202,7 @@ def evaluate_inception(sampler: Sampler, data_cfg: ml_collections.ConfigDict,
                else None)  # read once, for every split; its size checked before sampling
   sources = {split: load_source(data_cfg, split) for split in splits}
   _refuse_few({s: min(num_samples, len(source)) for s, source in sources.items()}, data_cfg.name)
-  results = {"step": sampler.step, "seed": seed, "dataset": data_cfg.name,
+  results = {"step": sampler.step, "seed": seed, "dataset": dataset_id(data_cfg),
              **_inception_sources(features, ref_stats), "splits": {}}
   for split, source in sources.items():
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """The training loop: one jitted step over a data-parallel mesh of every device of every host."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -17,7 +18,8 @@ from tqdm import tqdm
 
 from llmimg_jax import cpus
 from llmimg_jax.data.global_batch import to_global_batch
-from llmimg_jax.data.pipeline import close_iterator, is_built, load_source, make_iterator
+from llmimg_jax.data.pipeline import (close_iterator, is_built, load_source, make_iterator,
+                                      paths_in_full)
 from llmimg_jax.eval import in_training
 from llmimg_jax.train import checkpoint, resume
 from llmimg_jax.train.preemption import PreemptionWatch
@@ -228,6 +230,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   check_workdir_writable(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)
+  config = copy.copy(config)  # the caller's keeps its data paths as given
+  config.data = paths_in_full(config.data)
   tokenizer, t5_config, pretrained_text = _load_text(config)
   models = build_models(config, t5_config)
   source = _build_on_host_0(config.data) if jax.process_count() > 1 else None

@@ -101,7 +101,7 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
   _stand_in_inception(monkeypatch)
   results = evaluate_run(str(folder_run.workdir), num_samples=8, batch_size=8,
                          inception_weights="inception.pth", ref_stats=str(tmp_path / "ref.npz"))
-  assert results["dataset"] == "captioned_folder" and list(results["splits"]) == ["train"]
+  assert list(results["splits"]) == ["train"]
   r = results["splits"]["train"]
   assert r["num_images"] == 8 and r["reference"] == str(tmp_path / "ref.npz")
   assert results["inception_weights"] == _MeanStdFeatures.source
@@ -109,6 +109,7 @@ def test_run_on_other_data_gets_the_standard_fid(folder_run, tmp_path, monkeypat
   assert results["ref_stats"]["num_images"] == 10 and len(results["ref_stats"]["sha256"]) == 64
   sampler = Sampler.from_workdir(str(folder_run.workdir))
   source = load_source(sampler.config.data)
+  assert results["dataset"] == f"captioned_folder:{sampler.config.data.folder}"  # the one scored
   generated = generate_for_captions(
       sampler.models, sampler.ema_params, sampler.text_params, sampler.tokenizer,
       [source[i]["captions"][0] for i in range(8)], 0, 8)

@@ -123,3 +123,29 @@ def test_num_samples_help_states_the_holdout_cap(run, tiny_eval):
                          data_dir=data.data_dir, batch_size=16)
   assert results["splits"]["holdout"]["num_images"] == 32
   assert "holdout's by half of it" in evaluate.FLAGS["num_samples"].help
+
+
+def test_data_paths_a_run_saved_relative_are_named_with_where_they_are_read(tmp_path, monkeypatch,
+                                                                             caplog):
+  """Runs trained before train.py saved them in full hold data.folder and data.data_dir as typed,
+  relative to a directory evaluate.py cannot know."""
+  import logging
+
+  import ml_collections
+
+  from llmimg_jax.eval import report
+  monkeypatch.chdir(tmp_path)
+  data = ml_collections.ConfigDict({"name": "captioned_folder", "folder": "my_images/",
+                                    "data_dir": "tfds"})
+  with caplog.at_level(logging.WARNING, report.__name__):
+    report._warn_relative_paths(data, given_data_dir=False)
+    report._warn_relative_paths(data, given_data_dir=True)  # --data_dir: the folder only
+    data.folder, data.data_dir = str(tmp_path / "my_images"), "gs://bucket/tfds"
+    report._warn_relative_paths(data, given_data_dir=False)  # nothing to say
+  folder = (f"The run's config names data.folder='my_images/', relative to the directory "
+            f"train.py ran in: it is read as {tmp_path / 'my_images'}. If the run trained "
+            "elsewhere, run evaluate.py in the directory train.py ran in.")
+  assert caplog.messages == [
+      folder, f"The run's config names data.data_dir='tfds', relative to the directory train.py "
+              f"ran in: it is read as {tmp_path / 'tfds'}. If the run trained elsewhere, run "
+              "evaluate.py in the directory train.py ran in, or pass --data_dir.", folder]

@@ -122,3 +122,34 @@ def test_only_a_change_of_the_key_train_steps_says_the_run_continues(tmp_path, c
   assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
       ("WARNING", f"{tmp_path / 'config.json'} differs from this run's config (train.steps: note: "
                   "'to 30 next' -> '(none)'); the new config is used and saved.")]
+
+
+def test_a_run_saves_its_data_paths_in_full(tmp_path, monkeypatch):
+  """--config.data.folder=my_images/ (the README's) and a relative data_dir were saved as typed:
+  evaluate.py, run from another directory, read whatever folder and build that path named there
+  (a build of another folder, scored without a word)."""
+  from PIL import Image
+
+  from llmimg_jax.data.pipeline import dataset_id, is_built
+  from llmimg_jax.train import loop
+  launch = tmp_path / "launch"
+  (launch / "my_images").mkdir(parents=True)
+  for i, colour in enumerate(["red", "blue", "green", "white"]):
+    Image.new("RGB", (32, 32), colour).save(launch / "my_images" / f"{i}.png")
+  (launch / "my_images" / "captions.jsonl").write_text(
+      "".join(json.dumps({"file": f"{i}.png", "caption": f"image {i}"}) + "\n" for i in range(4)))
+  config = tiny_config("tfds")
+  config.data.name, config.data.config, config.data.folder = "captioned_folder", "", "my_images/"
+  runs = []
+  monkeypatch.setattr(loop, "_train_steps", lambda run, *args: runs.append(run))  # no compile
+  monkeypatch.chdir(launch)
+  loop.train(config, "run")
+  assert (config.data.folder, config.data.data_dir) == ("my_images/", "tfds")  # the caller's
+  saved = json.loads((launch / "run" / "config.json").read_text())["data"]
+  assert (saved["folder"], saved["data_dir"]) == (str(launch / "my_images"), str(launch / "tfds"))
+  in_run = runs[0].config.data  # what each checkpoint saves, and the in-training evaluation reads
+  assert (in_run.folder, in_run.data_dir) == (saved["folder"], saved["data_dir"])
+  built_from = dataset_id(config.data)
+  (tmp_path / "elsewhere" / "my_images").mkdir(parents=True)  # another folder of that name
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  assert dataset_id(in_run) == built_from and is_built(in_run)  # the run's own build
