@@ -39,6 +39,12 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
                      "loaded with encoder_only=True or from a T5EncoderModel checkpoint): it "
                      "encodes but cannot generate. Load a T5ForConditionalGeneration checkpoint "
                      "to generate.")
+  options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "min_new_tokens":
+             min_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+             "length_penalty": length_penalty}
+  if unset := [f"{k}=None" for k, v in options.items() if v is None]:  # was a TypeError of '<'
+    raise TypeError(f"{', '.join(unset)}: pass a number (min_new_tokens=0 for no minimum, "
+                    "top_k=0 for no top-k filter).")
   input_ids = np.asarray(input_ids)
   if input_ids.ndim != 2 or input_ids.shape[1] == 0:
     raise ValueError(f"input_ids must be [batch, length] with length >= 1, got shape "
@@ -242,7 +248,7 @@ def _greedy_or_sample(step_logits, cache, batch, rng, config, n, do_sample, temp
     else:
       token = first_argmax(logits)
     token = jnp.where(finished, pad, token).astype(jnp.int32)
-    out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
+    out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, 1)
     return step + 1, cache, token, out, finished | (token == eos)
 
   start = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)

@@ -132,7 +132,7 @@ class T5Attention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = self.dropout(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)  # [b, q, h, dk]
-    return self.o(out.reshape(out.shape[:2] + (-1,)))
+    return self.o(jax.lax.collapse(out, 2))  # [b, q, h * dk] (reshape's -1 fails on 0 rows)
 
 
 class T5SelfAttentionLayer(nn.Module):
@@ -156,7 +156,7 @@ class T5SelfAttentionLayer(nn.Module):
     offset = jnp.zeros((), jnp.int32)
     if cache is not None:  # this step's keys/values at cache['index'] (clamped to fit: see decode)
       offset = cache["index"]
-      write = lambda c, x: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, 0, offset, 0))
+      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), offset, 2)
       k, v = write(cache["self_k"], k), write(cache["self_v"], v)
       cache = {**cache, "self_k": k, "self_v": v}
     if position_bias is None:

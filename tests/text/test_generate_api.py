@@ -226,3 +226,15 @@ def test_generate_s_own_arguments_are_named_with_their_fix(generator, kw, fix):
   argument', transformers' max_length= as 'got an unexpected keyword argument', naming no fix."""
   with pytest.raises(TypeError, match=rf"^TextGenerator\.generate takes no {fix}"):
     generator.generate(["a"], max_new_tokens=2, **kw)
+
+
+def test_an_option_given_as_none_is_named(generator):
+  """max_new_tokens=None or top_k=None (transformers' "unset") failed with "'<' not supported
+  between instances of 'NoneType' and 'int'", naming no option."""
+  batch = generator.tokenizer(["a"])
+  with pytest.raises(TypeError, match=r"^max_new_tokens=None, top_k=None: pass a number "
+                                      r"\(min_new_tokens=0 for no minimum, top_k=0 for no top-k"):
+    generate(generator.params, generator.config, batch["input_ids"], max_new_tokens=None,
+             top_k=None)
+  with pytest.raises(TypeError, match=r"^min_new_tokens=None: pass a number"):
+    generator.generate(["a"], max_new_tokens=2, min_new_tokens=None)

@@ -249,3 +249,18 @@ def test_embedding_gradient_in_bf16_is_summed_in_fp32():
   want = np.zeros(table.shape)
   np.add.at(want, np.asarray(ids), np.asarray(per_token, np.float64))
   assert np.linalg.norm(got - want) / np.linalg.norm(want) < 5e-3
+
+
+def test_generation_under_jax_enable_x64_is_the_same(relu, padded_batch):
+  """With jax_enable_x64 every search failed: "index arguments to dynamic_update_slice must be
+  integers of the same type, got int64, int64, int32, int64" (a literal 0 is int64 there, the
+  KV cache's index int32)."""
+  config, params = relu
+  ids, mask = padded_batch["input_ids"], padded_batch["attention_mask"]
+  searches = [{}, {"num_beams": 3}, {"do_sample": True, "rng": jax.random.PRNGKey(1)}]
+  run = lambda kw: np.asarray(generate(params, config, ids, mask, max_new_tokens=6, **kw))
+  expected = [run(kw) for kw in searches]
+  with jax.enable_x64(True):
+    got = [run(kw) for kw in searches]
+  for search, want, have in zip(searches, expected, got):
+    np.testing.assert_array_equal(have, want, err_msg=str(search))

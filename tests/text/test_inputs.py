@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -66,6 +67,10 @@ HOSTILE = ["  \t\n\u3000 ", ("a red circle " * 7693)[:100_000],
 def test_empty_input_decoderless_config_wrong_seed_count_ignored_options(generator, caplog):
   assert generator.generate([]) == [] and generator.generate([], seed=[]) == []
   assert generator.encode([]).shape == (0, MAX_LEN, generator.config.d_model)
+  no_rows = np.zeros((0, MAX_LEN), np.int32)  # generate() itself: a ZeroDivisionError (reshape)
+  for search in ({}, {"num_beams": 2}, {"do_sample": True, "rng": jax.random.PRNGKey(0)}):
+    out = generate(generator.params, generator.config, no_rows, max_new_tokens=2, **search)
+    assert out.shape == (0, 2), search
   with pytest.raises(ValueError, match=r"seed must be one int or one per text \(3 texts\); got 2"):
     generator.generate(["a", "b", "c"], seed=[1, 2], do_sample=True)
   batch = generator.tokenizer(["a red circle", "a blue square"])
