@@ -1,21 +1,45 @@
 """Image grids with their captions written underneath (training samples, sample.py, previews)."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-_LINE_HEIGHT = 12  # pixels per text line of PIL's default font
+_LINE_HEIGHT = 12  # pixels per text line of a 10-point font
+# Tried before PIL's default font, whose FreeType face (Aileron) holds ASCII only: é, ß or Ж came
+# out as the same box as 中. Each holds Latin, Greek and Cyrillic; none of them CJK or emoji.
+_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "LiberationSans-Regular.ttf", "Arial.ttf")
+
+
+@functools.cache
+def caption_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+  """The first of _FONTS that PIL finds in the system's font folders, else PIL's default."""
+  for name in _FONTS:
+    try:
+      return ImageFont.truetype(name, 10)
+    except OSError:
+      continue
+  return ImageFont.load_default()
 
 
 def _drawable(text: str, font) -> str:
-  """`text` as `font` can draw it: a bitmap font without these glyphs (CJK, emoji) gets '?'."""
+  """`text` as `font` can draw it: '?' for a character it has no glyph for (drawn as a box)."""
   try:
     font.getlength(text)
-    return text
-  except UnicodeEncodeError:
+  except UnicodeEncodeError:  # a bitmap font: Latin-1 only
     return text.encode("latin-1", "replace").decode("latin-1")
+  if not isinstance(font, ImageFont.FreeTypeFont):
+    return text
+  return "".join(c if c == " " or _has_glyph(font, c) else "?" for c in text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(font: ImageFont.FreeTypeFont, char: str) -> bool:
+  """Whether `font` draws `char` otherwise than U+FFFF (a noncharacter: the missing-glyph box)."""
+  drawn = lambda c: (font.getlength(c), np.asarray(font.getmask(c)).tobytes())
+  return drawn(char) != drawn("\uffff")
 
 
 def _wrap(text: str, font, width: float, max_lines: int) -> list[str]:
@@ -64,7 +88,7 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int 
   rows = -(-n // columns)
   label_width = cell if per_image else columns * cell
   text_h = max_lines * _LINE_HEIGHT + 4
-  font = ImageFont.load_default()
+  font = caption_font()
   canvas = Image.new("RGB", (columns * cell, rows * (cell + text_h)), "white")
   draw = ImageDraw.Draw(canvas)
   for i, image in enumerate(images):

@@ -1,8 +1,9 @@
 """llmimg_jax/images.py: captioned grids."""
 import numpy as np
+import pytest
 from PIL import ImageFont
 
-from llmimg_jax.images import _wrap, captioned_grid
+from llmimg_jax.images import _drawable, _wrap, caption_font, captioned_grid
 
 
 def test_captions_wrap_by_their_drawn_width():
@@ -29,3 +30,15 @@ def test_grid_cells_hold_the_images_in_row_major_order():
     p, j = divmod(k, 3)
     y, x = p * (96 + text_h), j * 96
     np.testing.assert_array_equal(grid[y:y + 96, x:x + 96], image.repeat(12, 0).repeat(12, 1))
+
+
+def test_captions_beyond_ascii_are_drawn_and_missing_glyphs_are_question_marks():
+  """PIL's default font (Aileron) drew é, ß and Ж as the box it draws for 中: the grid of 'café'
+  was the grid of 'caf中'."""
+  assert _drawable("café Жук 中文 🦊", ImageFont.load_default()) == "caf? ??? ?? ?"
+  if caption_font().getname()[0] == ImageFont.load_default().getname()[0]:
+    pytest.skip("none of images._FONTS is installed (Debian: fonts-dejavu-core)")
+  grid = lambda caption: np.asarray(captioned_grid(np.zeros((1, 8, 8, 3), np.uint8), [caption]))
+  assert not np.array_equal(grid("café"), grid("caf?"))
+  assert not np.array_equal(grid("Жук"), grid("???"))
+  np.testing.assert_array_equal(grid("caf中"), grid("caf?"))  # no CJK in these fonts
