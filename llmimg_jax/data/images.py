@@ -241,6 +241,8 @@ def _decode(path: str, size: int, max_pixels: int | None,
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
       raise SkipImage(reason, str(e)) from None
+    if fmt == "PNG":
+      _check_png_checksums(path)
     sixteen_bit = _sixteen_bit_samples(img)  # before exif_transpose's copy drops the format
     try:
       img = ImageOps.exif_transpose(img)
@@ -248,6 +250,17 @@ def _decode(path: str, size: int, max_pixels: int | None,
       notes.append("bad_exif")
     rgb = _to_rgb(img, sixteen_bit, notes)  # [h, w, 3]
   return resize_square(rgb, size), notes
+
+
+def _check_png_checksums(path: str) -> None:
+  """SkipImage('corrupt') for a PNG whose chunks fail their CRCs. PIL's load checks only those
+  before the image data: a copy cut short and padded with zeros (a preallocated download) decoded
+  without an error, its lower rows black."""
+  try:
+    with Image.open(path) as again:
+      again.verify()
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
+    raise SkipImage("corrupt", str(e)) from None
 
 
 def _open(path: str, missing: str | None) -> Image.Image:

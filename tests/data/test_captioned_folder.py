@@ -108,6 +108,20 @@ def test_truncated_images_are_skipped_and_pils_setting_is_kept(tmp_path, monkeyp
   assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
 
+def test_a_png_padded_with_zeros_is_skipped_as_corrupt(tmp_path):
+  """A copy cut short and padded with zeros to its size (a preallocated download) decoded without
+  an error, the rows past the cut black: PIL's load leaves the image data's CRCs unchecked."""
+  from llmimg_jax.data.images import SkipImage, load_image
+  gradient = np.tile(np.arange(256, dtype=np.uint8)[:, None, None], (1, 256, 3))
+  Image.fromarray(gradient).save(tmp_path / "whole.png")
+  data = (tmp_path / "whole.png").read_bytes()
+  (tmp_path / "padded.png").write_bytes(data[:len(data) // 2].ljust(len(data), b"\0"))
+  with pytest.raises(SkipImage, match=r"corrupt: broken PNG file \(bad header checksum in "
+                                      r"b'IDAT'\)"):
+    load_image(str(tmp_path / "padded.png"), SIZE)
+  assert load_image(str(tmp_path / "whole.png"), SIZE)[0][-1].min() > 200  # its bottom rows
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("odd_folder"))
