@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 from llmimg_jax.data.folder_names import DiskNames, FolderError, names_in, relative_name
@@ -68,8 +69,13 @@ def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
   if "\0" in file_name:  # a JSON "\u0000" or a NUL byte in a CSV cell: os calls raise on it
     skips.add("unknown_file", f"{where} ({file_name!r})")
     return
-  name = file_name.strip()
+  # As written first: a file may begin or end with a space (' dog.png'); stripped (a cell's
+  # padding) only where no file has the name as written.
+  name = file_name
   rel, written = _disk_file(names, name, where)
+  if rel is None and name != name.strip():
+    name = name.strip()
+    rel, written = _disk_file(names, name, where)
   if written is None:
     inside = names.by_its_end(name) if os.path.isabs(name) else None
     skips.add("outside_folder", f"{where} ({file_name}" +
@@ -150,12 +156,18 @@ def _refuse_json_array(jsonl_path: str) -> None:
         "(JSON Lines), e.g. write it with `for e in entries: f.write(json.dumps(e) + '\\n')`.")
 
 
+def _without_boms(text: str) -> str:
+  """`text` without the byte-order marks that begin its lines: one at its start, as some editors
+  write, and more where files were joined (`cat a.csv b.csv`): '\ufeffb.jpg' named no file."""
+  return re.sub("(?:^|(?<=[\r\n]))\ufeff+", "", text)
+
+
 def _csv_columns(csv_path: str, text: str | Iterable[str]
                  ) -> tuple[csv.DictReader, str, str]:
   """The reader of a captions.csv's text (or its lines) and its file and caption columns. A cell
   written after a space, `a.jpg, "a cat, sitting"`, is read as quoted (skipinitialspace): by
   default csv keeps its quotes and splits it at its commas."""
-  lines = io.StringIO(text.lstrip("\ufeff"), newline="") if isinstance(text, str) else text
+  lines = io.StringIO(_without_boms(text), newline="") if isinstance(text, str) else text
   reader = csv.DictReader(lines, skipinitialspace=True)
   fields = reader.fieldnames or []
   by_name: dict[str, str] = {}  # "File Name " reads as file_name; the first such column wins
@@ -201,7 +213,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
         if not raw.strip():
           continue
         try:
-          line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a BOM, as some editors write
+          line = raw.decode("utf-8-sig")  # a BOM: some editors write one, `cat a b` two
         except UnicodeDecodeError:
           skips.add("invalid_utf8", where)
           continue
@@ -230,7 +242,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
       text = f.read().decode("utf-8", errors="surrogateescape")
     record: list[str] = []  # the lines read since the last record
     reader, file_col, cap_col = _csv_columns(csv_path, _kept(
-        io.StringIO(text.lstrip("\ufeff"), newline=""), record))
+        io.StringIO(_without_boms(text), newline=""), record))
     record.clear()  # the header's
     last = reader.fieldnames[-1] == cap_col
     file_index = reader.fieldnames.index(file_col)

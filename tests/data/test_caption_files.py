@@ -176,3 +176,32 @@ def test_captions_jsonl_with_cr_line_endings_is_read_line_by_line(tmp_path):
   skips = caption_files.Skips()
   assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": ["a"], "b.png": ["b"]}
   assert skips.examples == {"invalid_json": ["captions.jsonl:2"]}
+
+
+def test_byte_order_marks_of_joined_files_are_dropped(tmp_path):
+  """`cat a.jsonl b.jsonl` (each with a BOM) put one at a line's start: its line was skipped as
+  invalid_json, and a CSV's next row named '\ufeffb.png', an unknown file."""
+  for name in ("a.png", "b.png", "c.png", "d.png"):
+    Image.new("RGB", (8, 8)).save(tmp_path / name)
+  bom = b"\xef\xbb\xbf"
+  (tmp_path / "captions.jsonl").write_bytes(bom + b'{"file": "a.png", "caption": "a"}\n' + bom +
+                                            b'{"file": "b.png", "caption": "b"}\n')
+  (tmp_path / "captions.csv").write_bytes(bom + b"file,caption\r\nc.png,c\r\n" + bom + b"d.png,d\r\n")
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
+      "a.png": ["a"], "b.png": ["b"], "c.png": ["c"], "d.png": ["d"]}
+  assert not skips.counts
+
+
+def test_a_file_name_that_begins_or_ends_with_a_space_is_read_as_written(tmp_path):
+  """Names were stripped first: 'cat.png ' captioned cat.png, and ' dog.png' was unknown."""
+  for name, colour in (("cat.png", "red"), ("cat.png ", "blue"), (" dog.png", "green")):
+    Image.new("RGB", (8, 8), colour).save(tmp_path / name, format="PNG")
+  (tmp_path / "captions.csv").write_text('file,caption\ncat.png,a red cat\n"cat.png ",a blue cat\n'
+                                         '" dog.png",a green dog\n"bird.png ",x\n')
+  Image.new("RGB", (8, 8)).save(tmp_path / "bird.png")  # padded in the CSV only: stripped
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {
+      "cat.png": ["a red cat"], "cat.png ": ["a blue cat"], " dog.png": ["a green dog"],
+      "bird.png": ["x"]}
+  assert not skips.counts
