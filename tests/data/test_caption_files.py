@@ -186,7 +186,8 @@ def test_byte_order_marks_of_joined_files_are_dropped(tmp_path):
   bom = b"\xef\xbb\xbf"
   (tmp_path / "captions.jsonl").write_bytes(bom + b'{"file": "a.png", "caption": "a"}\n' + bom +
                                             b'{"file": "b.png", "caption": "b"}\n')
-  (tmp_path / "captions.csv").write_bytes(bom + b"file,caption\r\nc.png,c\r\n" + bom + b"d.png,d\r\n")
+  (tmp_path / "captions.csv").write_bytes(bom + b"file,caption\r\nc.png,c\r\n" + bom +
+                                          b"d.png,d\r\n")
   skips = caption_files.Skips()
   assert caption_files.read_captions(str(tmp_path), skips) == {
       "a.png": ["a"], "b.png": ["b"], "c.png": ["c"], "d.png": ["d"]}
