@@ -284,10 +284,10 @@ def _train_steps(run: _Run, state: TrainState, start: int, step_fn, grid_unmade:
         if step == start:  # compiling (and restoring) is not training throughput, nor the bar's
           jax.block_until_ready(metrics)
           clock.start()
-          bar.unpause()  # its clock restarts: rate and ETA from the steps after this one
+          bar.update_untimed()  # rate and ETA from the steps after this one
         else:
           clock.steps += 1
-        bar.update(1)
+          bar.update(1)
         if _after_step(run, state, done, pending, clock, bar, watch):
           break
       if done < t.steps:  # a SIGTERM/SIGINT (at the last step the run is complete)

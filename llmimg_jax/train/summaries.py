@@ -103,6 +103,14 @@ class _Bar(tqdm):
     self.line_open = True
     return super().display(*args, **kwargs)
 
+  def update_untimed(self) -> None:
+    """One step counted but left out of the rate and ETA (the first: compiling, restoring); the
+    clock restarts here. tqdm's rate is the steps since `initial` over the time since its start,
+    or once it drew, a mean of the steps over the time between draws: both begin after it."""
+    self.unpause()
+    self.update(1)
+    self.initial = self.last_print_n = self.n
+
 
 def progress_bar(start: int, steps: int) -> tqdm:
   """Host 0's bar of the training steps, from `start` (a resumed run) to `steps`, on stderr."""

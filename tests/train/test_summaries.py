@@ -115,6 +115,23 @@ def test_the_bar_in_a_log_file_is_redrawn_once_a_minute_not_at_every_step(termin
     assert 6 <= len(draws) <= 12, draws
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_bar_s_rate_leaves_out_the_first_step(terminal, monkeypatch):
+  """The first (compiling) step was counted in the rate but not timed: the bar showed 2x the
+  speed at the first log step, and an ETA too short by as much."""
+  stderr, now = _Stderr(terminal), [1000.0]
+  monkeypatch.setattr(sys, "stderr", stderr)
+  monkeypatch.setattr(tqdm.std, "time", lambda: now[0])  # tqdm's clock
+  bar = progress_bar(0, 10)
+  now[0] += 30.0  # compiling
+  bar.update_untimed()
+  for _ in range(3):  # 2 steps per second
+    now[0] += 0.5
+    bar.update(1)
+  assert bar.n == 4 and "4/10" in str(bar) and "2.00it/s" in str(bar), str(bar)
+  assert "<00:03," in str(bar)  # 6 steps left
+
+
 def _shown(text: str, terminal: bool) -> list[str]:
   """The lines of `text` as a terminal shows them (each \\r back to the line's start, where the
   next characters overwrite), or as a file's lines (less, grep)."""
