@@ -255,7 +255,10 @@ def _check_splits(splits: Sequence[str] | None, default: list[str], available: S
   if missing := [s for s in splits if available and s not in available]:
     raise ValueError(f"{dataset} has no split {', '.join(map(repr, missing))}; available: "
                      f"{list(available)}.")
-  return list(dict.fromkeys(splits))  # each once: `--split test --split test` scored it twice
+  # Each once (`--split test --split test` scored it twice), in the dataset's order: the results
+  # file is named by them, and `--split holdout --split test` wrote a second file beside the
+  # default order's instead of replacing it.
+  return [s for s in available if s in splits] if available else list(dict.fromkeys(splits))
 
 
 def to_json(results: dict) -> str:
