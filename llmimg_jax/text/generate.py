@@ -72,8 +72,8 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
     raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, "
                      f"{num_beams}.")
   # int() would truncate them (max_new_tokens=2.5 to 2 tokens, num_beams=2.5 to 2 beams)
-  if fractional := [f"{k}={v}" for k, v in (("max_new_tokens", max_new_tokens),
-                    ("num_beams", num_beams), ("min_new_tokens", min_new_tokens)) if v % 1 != 0]:
+  if fractional := [f"{k}={options[k]}" for k in ("max_new_tokens", "num_beams", "min_new_tokens")
+                    if options[k] % 1 != 0]:
     raise ValueError(f"{', '.join(fractional)}: pass whole numbers (ints).")
   # NaN too; a fractional top_k is refused (as transformers does), not truncated by int()
   if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0 or top_k % 1 != 0):
