@@ -3,6 +3,7 @@ it is one folder they all share; and a checkpoint that could not be written late
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -50,7 +51,8 @@ _WRITTEN_DIRS = ("", "checkpoints", "samples", "tensorboard")  # "": the workdir
 
 
 def _nearest_existing(path: Path) -> Path:
-  while not path.exists():
+  """`path` or its nearest parent that exists, a link to nothing included (see _unwritable)."""
+  while not os.path.lexists(path):
     path = path.parent
   return path
 
@@ -61,9 +63,11 @@ def _unwritable(workdir: Path) -> str | None:
   workdir = workdir.absolute()
   for name in _WRITTEN_DIRS:
     path = workdir / name
-    if name and not path.exists():  # created in the workdir, which was checked first
+    if name and not os.path.lexists(path):  # created in the workdir, which was checked first
       continue
     path = _nearest_existing(path)
+    if not path.exists():  # a link to nothing (an unmounted disk): makedirs fails through it
+      return f"{path} is a link to {os.readlink(path)}, which does not exist"
     if problem := output_files.cannot_write(path):
       return f"{path}: {problem}"
   return None

@@ -16,6 +16,7 @@ import pytest
 from llmimg_jax import gan
 from llmimg_jax.data.pipeline import make_iterator
 from llmimg_jax.train import checkpoint, loop, resume
+from llmimg_jax.train import workdir as workdir_checks
 from llmimg_jax.train.state import build_models, build_text
 from llmimg_jax.train.step import train_step
 from tests.train.utils import _batch, _equal, _host_state, _scalars, tiny_config
@@ -274,6 +275,22 @@ def test_the_workdir_check_does_not_collide_with_another_hosts(tmp_path, monkeyp
   (tmp_path / ".write_test.1").mkdir()  # where a pid-named probe would go
   loop.check_workdir_writable(tmp_path)
   assert [p.name for p in tmp_path.iterdir()] == [".write_test.1"]  # the probe is gone
+
+
+@pytest.mark.parametrize("link, workdir", [("run", "run"), ("runs", "runs/new_run"),
+                                           ("run/checkpoints", "run")])
+def test_a_workdir_through_a_link_to_nothing_is_refused_before_training(tmp_path, link, workdir):
+  """A runs folder linked to a disk that is not mounted: the check walked past the link (exists()
+  follows it) to its writable parent, and the run failed after building everything, in Orbax's
+  makedirs with a FileNotFoundError traceback."""
+  if link == "run/checkpoints":  # an existing run whose checkpoints folder is a link
+    (tmp_path / "run").mkdir()
+  (tmp_path / link).symlink_to(tmp_path / "unmounted" / "runs")
+  with pytest.raises(workdir_checks.WorkdirNotWritableError,
+                     match=f"{tmp_path / link} is a link to .*unmounted/runs, which does not "
+                           r"exist\). Fix the folder's permissions \(or free space, or the "
+                           r"mount\)"):
+    loop.check_workdir_writable(tmp_path / workdir)
 
 
 @pytest.mark.parametrize("text", ['{"data": {"name": "capt', "[]"])  # cut short by a crash
