@@ -107,6 +107,23 @@ def test_truncated_noise_follows_the_truncated_normal(truncation):
   assert stats.kstest(z, reference.cdf).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+@pytest.mark.parametrize("truncation", [None, 0.5])
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_an_images_noise_is_its_own_under_the_rbg_prngs(impl, truncation, make_key):
+  """Under rbg and unsafe_rbg (TPU's fast PRNGs), JAX's vmap draws a batch from its first key
+  (rng_bit_generator's batching rule): images changed with --batch_size and the device count, and
+  the prompts of a grid column did not share their noise."""
+  with jax.default_prng_impl(impl):
+    key = make_key(7)
+    noise = jax.jit(_noise, static_argnums=2)
+    z = np.asarray(noise(key, np.array([0, 1, 2, 3, 0, 1]), 16, truncation))  # [6, 16]
+    alone = np.stack([noise(key, np.array([i]), 16, truncation)[0] for i in range(4)])
+  np.testing.assert_array_equal(z[:4], alone)  # each image's draw, whatever its batch
+  np.testing.assert_array_equal(z[4:], z[:2])  # a grid column's shared noise
+  assert len({row.tobytes() for row in z[:4]}) == 4
+
+
 def test_outputs_grid_and_jsonl_agree(sampler, tmp_path):
   result = sampler.sample(PROMPTS, seed=1, num_per_prompt=2)
   records = write_samples(result, tmp_path)
