@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 _LINE_HEIGHT = 12  # pixels per text line of a 10-point font
 # Tried before PIL's default font, whose FreeType face (Aileron) holds ASCII only: é, ß or Ж came
-# out as the same box as 中. Each holds Latin, Greek and Cyrillic; none of them CJK or emoji.
+# out as the same box as 中. Each holds Latin, Greek and Cyrillic; none of them CJK, few emoji.
 _FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "LiberationSans-Regular.ttf", "Arial.ttf")
 
 
