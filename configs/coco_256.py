@@ -12,7 +12,8 @@ data.data_dir (or TFDS_DATA_DIR; e.g. gs://BUCKET/tensorflow_datasets): host 0 b
 and every host reads that build (the run stops at the start if a host does not see it).
 
 DF-GAN's COCO recipe (nf=32, hinge + MA-GP k=2 p=6, Adam(0, 0.9) with lr 1e-4 / 4e-4) with a
-frozen FLAN-T5-base encoder in place of DAMSM. DF-GAN reports FID 19.3 on COCO after ~290 epochs
+frozen FLAN-T5-base encoder in place of DAMSM (the model's other departures from DF-GAN:
+llmimg_jax/gan/__init__.py). DF-GAN reports FID 19.3 on COCO after ~290 epochs
 at batch 32; at the global batch of 256 here that is ~93k steps. `python evaluate.py --workdir RUN
 --inception_weights pt_inception-2015-12-05-6726825d.pth --ref_stats STATS.npz --num_samples
 5000` measures the standard FID on the test split's captions. That split (TFDS's Karpathy split)
@@ -26,7 +27,9 @@ def get_config():
   c = base_config()
   c.data.name = "coco_captions"
   c.data.image_size = 256
-  c.data.random_crop = 0.85  # DF-GAN: resize then random crop
+  # A square of 85-100% of the short side at a random place, resized to 256. DF-GAN resizes to
+  # 76/64 of 256, then crops 256: always 84% of the side, at a random place.
+  c.data.random_crop = 0.85
   c.data.random_flip = True
   c.data.num_workers = 8
 

@@ -196,6 +196,7 @@ class Discriminator(nn.Module):
     self.conv_img = Conv(chs[0], (3, 3), dtype=self.dtype)
     self.blocks = [DownBlock(c, self.dtype) for c in chs[1:]]
     self.sent_proj = Dense(self.cond_dim, dtype=self.dtype)
+    # Both with biases, which DF-GAN's NetC leaves out (2 * nf + 1 parameters).
     self.joint_conv = Conv(2 * self.nf, (3, 3), dtype=self.dtype)
     self.logit_conv = WholeImageConv(1, dtype=self.dtype)  # a 4x4 VALID conv
     if self.contrastive:

@@ -168,6 +168,7 @@ class UpsampleConv3x3(nn.Module):
 class UpBlock(nn.Module):
   """2x nearest upsample, then residual (DFBlock -> conv3x3 -> DFBlock -> conv3x3) * gain.
 
+  The gain is learned and starts at 1 (DF-GAN's G_Block adds the branch unscaled).
   The shortcut is identity, or a learned 1x1 conv when the channel count changes. Both it and
   the first DFBlock (per-channel scale, shift and leaky ReLU) commute with nearest upsampling, so
   they run before the upsample: the same function at a quarter of the cost. The first conv reads
@@ -236,7 +237,7 @@ class Generator(nn.Module):
   `attn_resolutions`.
 
   The sentence is projected to `cond_dim` and concatenated with z: cond = [z, proj(sentence)]
-  feeds the 4x4 start and every fusion block.
+  feeds the 4x4 start (DF-GAN's start reads z alone) and every fusion block.
   """
   resolution: int
   nf: int = 32
