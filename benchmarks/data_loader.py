@@ -14,6 +14,7 @@ import json
 import os
 import time
 
+from llmimg_jax import cli
 from llmimg_jax.data import pipeline
 from llmimg_jax.text.tokenizer import load_tokenizer
 
@@ -25,10 +26,10 @@ def main() -> None:
   parser.add_argument("--config", default="64")
   parser.add_argument("--image_size", type=int, default=None,
                       help="default: the resolution --config stores")
-  parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--warmup", type=int, default=5)
-  parser.add_argument("--steps", type=int, default=50)
+  parser.add_argument("--workers", type=cli.at_least(0), default=2)
+  parser.add_argument("--batch", type=cli.at_least(1), default=64)
+  parser.add_argument("--warmup", type=cli.at_least(0), default=5)
+  parser.add_argument("--steps", type=cli.at_least(1), default=50)
   parser.add_argument("--max_length", type=int, default=64)
   parser.add_argument("--read_threads", type=int, default=0, help="0 = grain's default")
   parser.add_argument("--read_buffer", type=int, default=0,

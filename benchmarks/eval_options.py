@@ -24,6 +24,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import parse_args_reusing_host_memory  # noqa: E402
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.eval import evaluator as ev, inception  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--program", choices=["step", "read", "inception"], default="step")
   parser.add_argument("--resolution", type=int, default=32, help="the images' side (px)")
-  parser.add_argument("--rounds", type=int, default=20)
+  parser.add_argument("--rounds", type=cli.at_least(1), default=20)
   args = parse_args_reusing_host_memory(parser)
   fn, fn_args, what = program(args.program, args.resolution, np.random.default_rng(0))
   variants, fns, outputs = {"none": {}, "train": compiler_options()}, {}, {}

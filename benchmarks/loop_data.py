@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from benchmarks.profile_step import parse_args_reusing_host_memory  # noqa: E402
+from llmimg_jax import cli  # noqa: E402
 from configs import shapes_quick  # noqa: E402
 from llmimg_jax.data.global_batch import to_global_batch  # noqa: E402
 from llmimg_jax.data.pipeline import close_iterator, make_iterator  # noqa: E402
@@ -36,8 +37,8 @@ def main() -> None:
   parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE[;...]")
   parser.add_argument("--baseline", default="", metavar="KEY=VALUE[;...]",
                       help="default: shapes_quick's data config as it is")
-  parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument("--block", type=int, default=50, help="steps per timed call")
+  parser.add_argument("--rounds", type=cli.at_least(1), default=10)
+  parser.add_argument("--block", type=cli.at_least(1), default=50, help="steps per timed call")
   args = parse_args_reusing_host_memory(parser)
   config = shapes_quick.get_config()
   variants = {}

@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.loop import create_state, jit_train_step  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
@@ -133,8 +134,8 @@ def main() -> None:
                            "instead of the step")
   parser.add_argument("--xla", action="append", default=[], metavar="OPTION=VALUE",
                       help="an XLA compiler option for the profiled program, on top of its own")
-  parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--top", type=int, default=20)
+  parser.add_argument("--steps", type=cli.at_least(1), default=20)
+  parser.add_argument("--top", type=cli.at_least(0), default=20)
   parser.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
                       help="a module switch set while tracing, e.g. "
                            "llmimg_jax.gan.layers.NARROW_CONVS=False; '@package.module.name' "

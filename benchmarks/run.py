@@ -28,6 +28,7 @@ import time
 
 
 def _parse() -> argparse.Namespace:
+  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top  (no jax: JAX_PLATFORMS first)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="32px + T5, fewer iterations (< 5 min)")
   p.add_argument("--json", default="", help="write results and machine info here (a new file, "
@@ -38,14 +39,14 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
   p.add_argument("--resolutions", type=int, nargs="+", default=None,
                  help="default: 32 with --quick, else 32 64")
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--nf", type=int, default=32)
+  p.add_argument("--batch", type=cli.at_least(1), default=32)
+  p.add_argument("--nf", type=cli.at_least(1), default=32)
   p.add_argument("--warmup", type=int, default=None, help="default: 1 quick, 3 full")
   p.add_argument("--iters", type=int, default=None, help="default: 5 quick, 10 full")
   p.add_argument("--compile", dest="compile", action="store_true", default=None,
                  help="also time torch.compile (default: on, off with --quick)")
   p.add_argument("--no-compile", dest="compile", action="store_false")
-  p.add_argument("--torch-threads", type=int, default=0,
+  p.add_argument("--torch-threads", type=cli.at_least(0), default=0,
                  help="default: the cores this process may use (cpus.usable_cpus)")
   p.add_argument("--omp-passive", dest="omp_passive", action="store_true",
                  help="OMP_WAIT_POLICY=PASSIVE for torch on a CPU shared with other processes")
@@ -58,9 +59,9 @@ def _parse() -> argparse.Namespace:
                  help="skip llmimg_jax.train.host_memory.reuse_host_memory (which train.py calls)")
   p.add_argument("--skip-gan", action="store_true")
   p.add_argument("--skip-t5", action="store_true")
-  p.add_argument("--t5-batch", type=int, default=8)
-  p.add_argument("--t5-length", type=int, default=64)
-  p.add_argument("--t5-new-tokens", type=int, default=32)
+  p.add_argument("--t5-batch", type=cli.at_least(1), default=8)
+  p.add_argument("--t5-length", type=cli.at_least(1), default=64)
+  p.add_argument("--t5-new-tokens", type=cli.at_least(1), default=32)
   a = p.parse_args()
   for flag, value, least, what in (("--iters", a.iters, 1, "timed calls"),
                                    ("--warmup", a.warmup, 0, "untimed calls first")):

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import (  # noqa: E402
     models_and_batch, module_attributes, parse_args_reusing_host_memory, switch_value)
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> None:
   parser.add_argument("--bench", type=int, default=0, metavar="RES")
   parser.add_argument("--options", action="append", default=[])
   parser.add_argument("--baseline", default="none")
-  parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--rounds", type=cli.at_least(1), default=6)
   parser.add_argument("--sampling", action="store_true",
                       help="time generate_images (EMA G + T5 sampling) instead of the step")
   args = parse_args_reusing_host_memory(parser)

@@ -20,14 +20,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import gan_bench, timing, torch_train  # noqa: E402
 from benchmarks.profile_step import parse_args_reusing_host_memory  # noqa: E402
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text, init_state  # noqa: E402
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--bench", type=int, default=32, metavar="RES")
-  parser.add_argument("--rounds", type=int, default=20)
-  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--rounds", type=cli.at_least(1), default=20)
+  parser.add_argument("--warmup", type=cli.at_least(0), default=3)
   args = parse_args_reusing_host_memory(parser)
   cfg = gan_bench.make_config(args.bench, 32, 32, "float32")
   t5_config = build_text(cfg)[1]

@@ -4,6 +4,7 @@ batch size (the paths that flags name and the files that the commands write: out
 cores this process may use: cpus)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import operator
 import os
@@ -34,6 +35,17 @@ drop_log_records("jax._src.xla_bridge", lambda text: "Unable to initialize backe
 def error(prog: str, message: str) -> None:
   """Prints 'PROG: error: MESSAGE' to stderr, as argparse's and absl's parse errors begin."""
   print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def at_least(least: int) -> Callable[[str], int]:
+  """An argparse `type`: a whole number >= `least`, else a usage error naming the flag ('argument
+  --rounds: 0: give 1 or more'), not a ZeroDivisionError or an empty median after compiling."""
+  def whole_number(text: str) -> int:
+    value = int(text)  # argparse: "invalid whole_number value: 'x'"
+    if value < least:
+      raise argparse.ArgumentTypeError(f"{value}: give {least} or more")
+    return value
+  return whole_number
 
 
 def fail(prog: str, message: str, status: int) -> NoReturn:

@@ -1,5 +1,6 @@
 """`python benchmarks/X.py --help` prints usage and exits 0 for every benchmark script, without
 running the benchmark (a script without a flag parser ignored --help and ran in full)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,34 +9,54 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
                  if 'if __name__ == "__main__":' in p.read_text())
 
-# One interpreter for all scripts (each would import JAX again): runpy runs each as __main__.
+# One interpreter for all calls (each would import JAX again): runpy runs each script as __main__.
 _RUN_ALL = """
 import contextlib, io, json, runpy, sys
-results = {}
-for name in sys.argv[1:]:
-  out = io.StringIO()
-  sys.argv = [f"benchmarks/{name}", "--help"]
+results = []
+for name, args in json.loads(sys.argv[1]):
+  out, err = io.StringIO(), io.StringIO()
+  sys.argv = [f"benchmarks/{name}", *args]
   code = "ran without exiting"
-  with contextlib.redirect_stdout(out):
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
       runpy.run_path(f"benchmarks/{name}", run_name="__main__")
     except SystemExit as e:
       code = e.code or 0
-  results[name] = [code, out.getvalue()]
+  results.append([code, out.getvalue(), err.getvalue()])
 print(json.dumps(results))
 """
 
 
-def test_every_benchmark_script_answers_help_with_its_usage():
-  assert {"run.py", "strided_conv.py", "upsample_conv.py", "winograd_conv.py"} <= set(SCRIPTS)
-  result = subprocess.run([sys.executable, "-c", _RUN_ALL, *SCRIPTS], cwd=ROOT,
+def run_scripts(calls: list[tuple[str, list[str]]]) -> list[tuple[int | str, str, str]]:
+  """(exit code, stdout, stderr) of `python benchmarks/NAME ARGS...` for each (NAME, ARGS)."""
+  result = subprocess.run([sys.executable, "-c", _RUN_ALL, json.dumps(calls)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  import json
-  results = json.loads(result.stdout.splitlines()[-1])
-  bad = {name: code for name, (code, usage) in results.items()
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_every_benchmark_script_answers_help_with_its_usage():
+  assert {"run.py", "strided_conv.py", "upsample_conv.py", "winograd_conv.py"} <= set(SCRIPTS)
+  results = run_scripts([(name, ["--help"]) for name in SCRIPTS])
+  bad = {name: code for name, (code, usage, _) in zip(SCRIPTS, results)
          if code != 0 or not usage.startswith("usage:")}
   assert not bad, bad
+
+
+def test_a_count_below_its_least_is_a_usage_error_before_any_work():
+  """Were a ZeroDivisionError (profile_step.py --steps 0 after a minute of compiling, loop_data.py
+  --block 0, data_loader.py --steps 0) or 'no median for empty data' (--rounds 0)."""
+  calls = {("profile_step.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
+           ("eval_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
+           ("loop_data.py", "--block", "0"): "argument --block: 0: give 1 or more",
+           ("data_loader.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
+           ("step_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
+           ("twin_ab.py", "--warmup", "-1"): "argument --warmup: -1: give 0 or more",
+           ("run.py", "--nf", "0"): "argument --nf: 0: give 1 or more",
+           ("run.py", "--batch", "two"): "argument --batch: invalid whole_number value: 'two'"}
+  results = run_scripts([(name, list(args)) for name, *args in calls])
+  for (name, *_), message, (code, _, err) in zip(calls, calls.values(), results):
+    assert (code, err.splitlines()[-1]) == (2, f"{name}: error: {message}")
 
 
 def test_data_benchmarks_help_shows_their_example_command_on_its_own_line():
