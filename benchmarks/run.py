@@ -27,6 +27,11 @@ import sys
 import time
 
 
+# gan.common.SUPPORTED_RESOLUTIONS (tests/benchmarks keep them equal), not imported: that imports
+# JAX, which must load after main sets JAX_PLATFORMS.
+RESOLUTIONS = (32, 64, 128, 256)
+
+
 def _parse() -> argparse.Namespace:
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top  (no jax: JAX_PLATFORMS first)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +42,7 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-  p.add_argument("--resolutions", type=int, nargs="+", default=None,
+  p.add_argument("--resolutions", type=int, nargs="+", default=None, choices=RESOLUTIONS,
                  help="default: 32 with --quick, else 32 64")
   p.add_argument("--batch", type=cli.at_least(1), default=32)
   p.add_argument("--nf", type=cli.at_least(1), default=32)
@@ -78,6 +83,8 @@ def _parse() -> argparse.Namespace:
     p.error(str(e))
   if a.overwrite and not a.json:
     p.error("--overwrite only applies to --json (it lets that replace an existing file).")
+  if a.render and a.json:  # it would write nothing
+    p.error("--render only prints the table of an earlier run's --json file; drop --json.")
   a.resolutions = a.resolutions or ([32] if a.quick else [32, 64])
   a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
   a.iters = a.iters if a.iters is not None else (5 if a.quick else 10)
@@ -136,9 +143,15 @@ def write_json(path: str, results: dict, overwrite: bool = False) -> None:
 def main() -> None:
   args = _parse()
   if args.render:
-    with open(args.render) as f:
-      saved = json.load(f)
-    print(summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"]))
+    try:
+      with open(args.render) as f:
+        saved = json.load(f)
+      text = summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: not JSON
+      why = f"no {e} in it" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+      sys.exit(f"benchmarks/run.py: error: --render {args.render!r}: {why}; name a --json "
+               "file that run.py wrote.")
+    print(text)
     return
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"

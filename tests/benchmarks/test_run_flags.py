@@ -214,3 +214,40 @@ def test_results_are_printed_where_no_file_can_be_written_after_the_benchmarks(t
                           "directory); the results are printed above.")
   assert json.loads(capsys.readouterr().out) == results
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resolution_the_gan_lacks_is_refused_before_benchmarking(monkeypatch, capsys):
+  """--resolutions 32 48: the 32px rows ran (minutes), then ValueError 'Unsupported resolution
+  48' lost them all, with no --json written and no T5 rows."""
+  from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS
+  assert run.RESOLUTIONS == SUPPORTED_RESOLUTIONS
+  assert ("run.py: error: argument --resolutions: invalid choice: 48 (choose from 32, 64, 128, "
+          "256)" in _usage_error(monkeypatch, capsys, "--resolutions", "32", "48"))
+
+
+@pytest.mark.parametrize("content, why", [
+    (None, "FileNotFoundError: [Errno 2] No such file or directory: '{path}'"),
+    ('{"results": []}', "no 'peak_matmul' in it"),
+    ("{not json", "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 "
+                  "column 2 (char 1)")])
+def test_render_names_a_file_it_cannot_read(monkeypatch, tmp_path, content, why):
+  """Were a FileNotFoundError, KeyError or JSONDecodeError traceback."""
+  path = tmp_path / "cpu.json"
+  if content is not None:
+    path.write_text(content)
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--render", str(path)])
+  with pytest.raises(SystemExit) as e:
+    run.main()
+  assert e.value.code == (f"benchmarks/run.py: error: --render '{path}': "
+                          f"{why.format(path=path)}; name a --json file that run.py wrote.")
+
+
+def test_render_prints_a_saved_run_and_refuses_json(monkeypatch, capsys):
+  """--render X --json Y printed X's table and wrote nothing to Y, without a word."""
+  saved = ROOT / "benchmarks" / "results" / "cpu_full_f32.json"
+  monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--render", str(saved)])
+  run.main()
+  assert "GAN train step (32px b32 nf32)" in capsys.readouterr().out
+  error = _usage_error(monkeypatch, capsys, "--render", str(saved), "--json", "y.json")
+  assert ("run.py: error: --render only prints the table of an earlier run's --json file; drop "
+          "--json." in error)
