@@ -91,6 +91,19 @@ def switch_value(value: str):
   return getattr(importlib.import_module(module_name), name)
 
 
+def check_switch(parser: argparse.ArgumentParser, named: str, key: str, value: str) -> None:
+  """parser.error where module switch `key` (package.module.ATTR) or its '@' `value` names
+  nothing: the AttributeError came once tracing began, after the variants before it compiled."""
+  for dotted in [key] + ([value[1:]] if value.startswith("@") else []):
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+      module = importlib.import_module(module_name)
+    except (ImportError, ValueError) as e:  # ValueError: an empty module name
+      parser.error(f"{named}: {dotted!r} names nothing: no module {module_name!r} ({e}).")
+    if not hasattr(module, attr):
+      parser.error(f"{named}: {dotted!r} names nothing: {module_name} has no {attr!r}.")
+
+
 def greedy_generation_args(batch: int = 8, length: int = 64, new_tokens: int = 32):
   """(args, static kwargs) that `text.generate.generate` passes to its compiled `_generate` for
   run.py's T5 generation row: t5_bench's model sizes and inputs, our random weights, exactly
@@ -150,6 +163,8 @@ def main() -> None:
                             ("--xla", args.xla, "OPTION=VALUE")]:
     if bad := [item for item in items if "=" not in item]:
       parser.error(f"{flag} {bad[0]!r}: expected {form}.")
+  for item in args.set:
+    check_switch(parser, f"--set {item!r}", *item.split("=", 1))
   switches = {k: switch_value(v) for k, v in (item.split("=", 1) for item in args.set)}
   options = dict(item.split("=", 1) for item in args.xla)
   if args.generate:

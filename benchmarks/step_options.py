@@ -30,7 +30,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import (  # noqa: E402
-    models_and_batch, module_attributes, parse_args_reusing_host_memory, switch_value)
+    check_switch, models_and_batch, module_attributes, parse_args_reusing_host_memory,
+    switch_value)
 from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
@@ -46,11 +47,17 @@ def main() -> None:
   parser.add_argument("--sampling", action="store_true",
                       help="time generate_images (EMA G + T5 sampling) instead of the step")
   args = parse_args_reusing_host_memory(parser)
-  for name in [args.baseline, *args.options]:  # before minutes of compiling the first variants
+  for i, name in enumerate(variants := [args.baseline, *args.options]):  # before any compiling
     items = name.split(";")
     if bad := [item for item in items if item not in ("none", "train") and "=" not in item]:
       parser.error(f"variant {name!r}: {bad[0]!r} is none of 'none', 'train', an XLA option "
                    "KEY=VALUE or a module switch package.module.ATTR=VALUE.")
+    for key, value in (item.split("=", 1) for item in items if "=" in item):
+      if "." in key:
+        check_switch(parser, f"variant {name!r}", key, value)
+    if name in variants[:i]:  # one result per name: it was compiled again and dropped
+      parser.error(f"variant {name!r} is given twice (--baseline is the first); for an A/A "
+                   f"check of noise, spell the second otherwise, e.g. '{name};none'.")
   cfg, models, batch = models_and_batch(args.bench)
   mesh = make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
