@@ -66,8 +66,8 @@ def image_noise(key: jax.Array, indices: jax.Array, z_dim: int,
   def one(i):
     k = jax.random.fold_in(key, i)
     if truncation is None:
-      return jax.random.normal(k, (z_dim,))
-    return truncation * jax.random.truncated_normal(k, -2.0, 2.0, (z_dim,))
+      return jax.random.normal(k, (z_dim,), jnp.float32)
+    return truncation * jax.random.truncated_normal(k, -2.0, 2.0, (z_dim,), jnp.float32)
   impl = (str(jax.random.key_impl(key)) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
           else jax.config.jax_default_prng_impl)
   if "rbg" in impl:  # rbg, unsafe_rbg: vmap would draw every row from the first row's key

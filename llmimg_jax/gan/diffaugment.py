@@ -44,7 +44,7 @@ def translate(x: jax.Array, shift_h: jax.Array, shift_w: jax.Array,
   padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # [b, h + 2 ph, w + 2 pw, c]
 
   def one(img, dh, dw):
-    return jax.lax.dynamic_slice(img, (ph - dh, pw - dw, 0), (h, w, img.shape[-1]))
+    return jax.lax.dynamic_slice(img, (ph - dh, pw - dw, jnp.zeros_like(dh)), (h, w, img.shape[-1]))
 
   return jax.vmap(one)(padded, shift_h, shift_w)
 
@@ -54,8 +54,8 @@ def translation(x: jax.Array, key: jax.Array, ratio: float = 0.125) -> jax.Array
   _, h, w, _ = x.shape
   sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
   kh, kw = jax.random.split(key)
-  dh = jax.random.randint(kh, (x.shape[0],), -sh, sh + 1)
-  dw = jax.random.randint(kw, (x.shape[0],), -sw, sw + 1)
+  dh = jax.random.randint(kh, (x.shape[0],), -sh, sh + 1, jnp.int32)
+  dw = jax.random.randint(kw, (x.shape[0],), -sw, sw + 1, jnp.int32)
   return translate(x, dh, dw, max_shift=(sh, sw))
 
 
@@ -65,8 +65,8 @@ def cutout(x: jax.Array, key: jax.Array, ratio: float = 0.5) -> jax.Array:
   ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
   kh, kw = jax.random.split(key)
   # As in the reference: centres in [0, size + (1 - cut % 2)), window starts at centre - cut//2.
-  oh = jax.random.randint(kh, (b, 1, 1, 1), 0, h + (1 - ch % 2)) - ch // 2
-  ow = jax.random.randint(kw, (b, 1, 1, 1), 0, w + (1 - cw % 2)) - cw // 2
+  oh = jax.random.randint(kh, (b, 1, 1, 1), 0, h + (1 - ch % 2), jnp.int32) - ch // 2
+  ow = jax.random.randint(kw, (b, 1, 1, 1), 0, w + (1 - cw % 2), jnp.int32) - cw // 2
   rows = jnp.arange(h)[None, :, None, None]
   cols = jnp.arange(w)[None, None, :, None]
   inside = (rows >= oh) & (rows < oh + ch) & (cols >= ow) & (cols < ow + cw)  # [b, h, w, 1]

@@ -134,7 +134,7 @@ class Conv4x4Stride2(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (4, 4, x.shape[-1], self.features))
+                        (4, 4, x.shape[-1], self.features), jnp.float32)
     return conv4x4_stride2(x.astype(self.dtype), kernel.astype(self.dtype))  # [b, h/2, w/2, out]
 
 
@@ -147,8 +147,9 @@ class WholeImageConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (h, w, c, self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (h, w, c, self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     flat = x.astype(self.dtype).reshape(b, h * w * c)  # [batch, h*w*in]
     return add_bias(flat @ kernel.reshape(h * w * c, -1).astype(self.dtype),
                     bias.astype(self.dtype))  # [batch, features]
@@ -172,7 +173,7 @@ class DownBlock(nn.Module):
     shortcut = avgpool2x(x)
     if x.shape[-1] != self.features:
       shortcut = Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(shortcut)
-    gain = self.param("gain", nn.initializers.zeros, ())
+    gain = self.param("gain", nn.initializers.zeros, (), jnp.float32)
     return shortcut + times_gain(h, gain)
 
 

@@ -159,8 +159,8 @@ class UpsampleConv3x3(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     y = upsample_conv3x3(x.astype(self.dtype), kernel)  # fp32 kernel: see _compute_phase_kernel
     return add_bias(y, bias.astype(self.dtype))  # [b, 2h, 2w, features]
 
@@ -189,7 +189,7 @@ class UpBlock(nn.Module):
     h = UpsampleConv3x3(self.features, self.dtype, name="conv0")(h)
     h = DFBlock(self.features, self.dtype, name="fuse1")(h, cond)
     h = Conv(self.features, (3, 3), dtype=self.dtype, name="conv1")(h)
-    gain = self.param("gain", nn.initializers.ones, ())
+    gain = self.param("gain", nn.initializers.ones, (), jnp.float32)
     return shortcut + times_gain(h, gain)
 
 
@@ -224,7 +224,7 @@ class CrossAttention(nn.Module):
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v).reshape(b, h * w, c)
     out = Dense(c, dtype=self.dtype, name="out")(out).reshape(b, h, w, c)
     out = jnp.where(jnp.any(mask > 0, axis=-1)[:, None, None, None], out, 0)  # not out's bias
-    gain = self.param("gain", nn.initializers.zeros, ())
+    gain = self.param("gain", nn.initializers.zeros, (), jnp.float32)
     return x + times_gain(out, gain)
 
 

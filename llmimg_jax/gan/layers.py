@@ -227,11 +227,11 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (*self.kernel_size, x.shape[-1], self.features))
+                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
     conv = conv3x3 if tuple(self.kernel_size) == (3, 3) else conv2d
     y = conv(x.astype(self.dtype), kernel.astype(self.dtype))  # [batch, h, w, features]
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = add_bias(y, bias.astype(self.dtype))
     return y
 
@@ -248,10 +248,10 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                             (((x.ndim - 1,), (0,)), ((), ())))  # [..., features]
     if self.use_bias:
-      bias = self.param("bias", self.bias_init, (self.features,))
+      bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
       y = add_bias(y, bias.astype(self.dtype))
     return y

@@ -128,7 +128,7 @@ def init_state(models: Models, rng: jax.Array, text_params: PyTree | None) -> Tr
   # threefry's. Training randomness stays threefry (identical for any sharding).
   k_run, k_init = jax.random.split(rng)
   k_g, k_d, k_t = jax.random.split(
-      jax.random.key(jax.random.randint(k_init, (), 0, 2**31 - 1), impl="rbg"), 3)
+      jax.random.key(jax.random.randint(k_init, (), 0, 2**31 - 1, jnp.int32), impl="rbg"), 3)
   res, length = cfg.model.resolution, cfg.text.max_length
   ids = jnp.ones((1, length), jnp.int32)  # [batch, length]
   mask = jnp.ones((1, length), jnp.int32)  # [batch, length]

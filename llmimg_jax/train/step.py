@@ -82,7 +82,7 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
   k_z, k_aug_real, k_aug_fake, k_aug_g = jax.random.split(rng, 4)
   real = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [b, R, R, 3]
   ids, mask = batch["input_ids"], batch["attention_mask"]  # [b, L]
-  z = jax.random.normal(k_z, (real.shape[0], cfg.model.z_dim))  # [b, z_dim]
+  z = jax.random.normal(k_z, (real.shape[0], cfg.model.z_dim), jnp.float32)  # [b, z_dim]
   augment = functools.partial(gan.diff_augment, policy=cfg.loss.diffaugment)
 
   # One T5 forward serves both halves: G reads its outputs; D's loss is differentiated w.r.t. the
