@@ -26,7 +26,8 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's
 from llmimg_jax.data import host_slices
 from llmimg_jax.train import resume_agree
 from llmimg_jax.train.config_values import config_changes, config_values
-from llmimg_jax.train.restore_errors import data_change, is_access_error, is_mismatch
+from llmimg_jax.train.restore_errors import (data_change, is_access_error, is_mismatch,
+                                             prng_change)
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +330,12 @@ def _mismatch_error(manager: ocp.CheckpointManager, steps: list[int],
   # Another host count, not the config: the advice below would send the user looking in vain.
   if any(isinstance(e, host_slices.ProcessCountMismatchError) for e in failed.values()):
     return _host_count_error(manager, steps, failed, data_iter)
+  if prng := prng_change(Path(manager.directory) / str(steps[0]) / "state"):
+    return ConfigMismatchError(
+        f"The checkpoints in {manager.directory} were saved under another JAX PRNG: {prng}. "
+        "Rerun under the one the run started with (JAX_DEFAULT_PRNG_IMPL, or "
+        "jax.config.update('jax_default_prng_impl', ...)), or pass a new --workdir for a new "
+        f"run. The checkpoints were left in place ({details}).")
   if changes is None:  # nothing to compare with
     cause = "the config or the code that builds the model changed since they were saved"
   elif changes:

@@ -1,10 +1,14 @@
 """What the error of a checkpoint that did not restore says: not damage but want of access or
 resources (retrying can succeed), or a checkpoint that does not fit this run (another config,
-version, host count or dataset), which an older one would not fix either."""
+version, host count, dataset or JAX PRNG), which an older one would not fix either."""
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
 
 from llmimg_jax.data import host_slices
 
@@ -48,3 +52,21 @@ def data_change(errors: Iterable[BaseException | None]) -> str | None:
       if len(counts) >= 2 and counts[0] != counts[1]:
         return f"the checkpoints' input pipeline read {counts[0]} records, this one {counts[1]}"
   return None
+
+
+_KEY_IMPLS = {(2,): "threefry2x32 (JAX's default)", (4,): "rbg or unsafe_rbg"}
+
+
+def prng_change(state_dir: Path) -> str | None:
+  """How the training key saved in `state_dir` (raw key data: uint32 [2] under threefry2x32, [4]
+  under rbg and unsafe_rbg) differs from this process's jax_default_prng_impl's, else None."""
+  try:
+    saved = tuple(ocp.StandardCheckpointHandler().metadata(state_dir)["rng"].shape)
+  except Exception:  # noqa: BLE001 - no readable metadata: nothing to compare
+    return None
+  now = jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape
+  if saved == now:
+    return None
+  return (f"their training key is uint32 {list(saved)}, made under jax_default_prng_impl "
+          f"{_KEY_IMPLS.get(saved, '?')}; this process's is {jax.config.jax_default_prng_impl} "
+          f"(uint32 {list(now)})")
