@@ -19,6 +19,9 @@ from llmimg_jax.gan.common import image_noise
 from llmimg_jax.train.state import Models, TrainState
 
 Metrics = dict[str, jax.Array]
+# A metric KEY that a step may not measure comes with KEY + MEASURED, 1.0 where it did (gp between
+# lazy penalties, d_mismatch with no mismatched pair): no NaN, which jax_debug_nans would stop on.
+MEASURED = "_measured"
 
 
 def encode_text(models: Models, text_params: Any, input_ids: jax.Array, mask: jax.Array
@@ -54,20 +57,20 @@ def _contrastive(models: Models, d_params: Any, feats: jax.Array, sent: jax.Arra
 
 
 def _lazy_penalty(every: int, step: jax.Array, penalty_fn: Callable[[], jax.Array]
-                  ) -> tuple[jax.Array, jax.Array]:
+                  ) -> tuple[jax.Array, Metrics]:
   """Lazy regularisation (as StyleGAN2 does for R1): the penalty, whose double backward pass
   costs several plain D steps, every `every` steps, scaled by `every`; 0 at the other steps.
 
-  And its metric: the penalty itself (unscaled), NaN at the steps without it, so that the logged
-  mean is over the steps that computed it, whatever train.log_every.
+  And its metrics: the penalty itself (unscaled), and whether this step computed it, so that the
+  logged mean is over the steps that did (summaries.window_means), whatever train.log_every.
   """
   scaled = lambda: every * penalty_fn()
   if every == 1:
     penalty = scaled()
-    return penalty, penalty
+    return penalty, {"gp": penalty, "gp" + MEASURED: jnp.ones((), jnp.float32)}
   computed = step % every == 0
   penalty = jax.lax.cond(computed, scaled, lambda: jnp.zeros((), jnp.float32))
-  return penalty, jnp.where(computed, penalty / every, jnp.nan)
+  return penalty, {"gp": penalty / every, "gp" + MEASURED: computed.astype(jnp.float32)}
 
 
 def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
@@ -105,23 +108,26 @@ def train_step(models: Models, state: TrainState, batch: dict[str, jax.Array],
     feats_fake = features(d_params, augment(jax.lax.stop_gradient(fake), k_aug_fake))
     logits_fake = _d_apply(models, d_params, feats_fake, sent, method="logits")
     # A rolled sentence that is the image's own caption (a caption repeated in the batch) is a
-    # matching pair: left out of the mismatch term, and of its metric (NaN with no such pair).
+    # matching pair: left out of the mismatch term, and of its metric (unmeasured with no such
+    # pair: not a NaN, which would stop a run under jax_debug_nans).
     mismatch_weight = gan.mismatch_weights(ids, mask)
     hinge = gan.d_hinge_loss(logits_real, logits_fake, logits_mismatch, mismatch_weight)
+    pairs = jnp.sum(mismatch_weight)
     d_mismatch = (jnp.sum(jnp.where(mismatch_weight > 0, logits_mismatch.astype(jnp.float32), 0.0))
-                  / jnp.sum(mismatch_weight))
+                  / jnp.maximum(pairs, 1.0))
 
     def logits_fn(x, s):
       feats = features(d_params, x)  # [b, 4, 4, C]
       return _d_apply(models, d_params, feats, s, method="logits")  # [b]
 
-    penalty, gp = _lazy_penalty(
+    penalty, gp_metrics = _lazy_penalty(
         cfg.loss.gp_every, state.step,
         lambda: gan.gradient_penalty(cfg.loss.gp, logits_fn, real_aug, sent, k=cfg.loss.magp_k,
                                      p=cfg.loss.magp_p, gamma=cfg.loss.r1_gamma))
     loss = hinge + penalty
-    metrics = {"d_hinge": hinge, "gp": gp, "d_real": logits_real.mean(),
-               "d_fake": logits_fake.mean(), "d_mismatch": d_mismatch}
+    metrics = {"d_hinge": hinge, **gp_metrics, "d_real": logits_real.mean(),
+               "d_fake": logits_fake.mean(), "d_mismatch": d_mismatch,
+               "d_mismatch" + MEASURED: (pairs > 0).astype(jnp.float32)}
     if cfg.loss.contrastive_weight > 0:
       contrastive = _contrastive(models, d_params, feats_real, sent)
       loss += cfg.loss.contrastive_weight * contrastive

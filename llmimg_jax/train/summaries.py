@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from llmimg_jax import cli
 from llmimg_jax.train.samples import grid_name
+from llmimg_jax.train.step import MEASURED
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +78,17 @@ def flush(writer: Any | None) -> None:
 
 def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
   """Each metric's mean over the updates made among `steps` (one dict of scalars per step, the
-  same keys in each, with "finite" 0 for a skipped update), over those that measured it: a
-  metric is NaN at a step without a value (d_mismatch with no mismatched pair, gp between lazy
-  penalties), and one that none measured is left out. If every update was skipped, the plain
-  means (NaN for the losses)."""
-  made = [m for m in steps if m["finite"]]
+  same keys in each, with "finite" 0 for a skipped update), over those that measured it (KEY +
+  MEASURED); one that none measured is left out, and so are the MEASURED flags. If every update
+  was skipped, the means over all steps (NaN for the losses)."""
+  made = [m for m in steps if m["finite"]] or steps
   means = {}
   for key in steps[-1]:
-    values = np.asarray([m[key] for m in made or steps], np.float64)
-    values = values[~np.isnan(values)] if made else values
-    if values.size:
-      means[key] = float(np.mean(values))
+    if key.endswith(MEASURED):
+      continue
+    values = [m[key] for m in made if m.get(key + MEASURED, 1.0)]
+    if values:
+      means[key] = float(np.mean(np.asarray(values, np.float64)))
   return means
 
 

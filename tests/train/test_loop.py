@@ -257,9 +257,12 @@ def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, 
 
 
 def test_a_metric_a_step_did_not_measure_is_averaged_over_the_steps_that_did():
-  """d_mismatch is NaN at a step with no mismatched pair (every neighbour's caption its own): the
-  window's mean is over the other steps (it was NaN), and a window without one leaves it out."""
-  logged = _log_window([{"d_mismatch": 0.5}, {"d_mismatch": np.nan}, {"d_mismatch": -0.1}])
+  """d_mismatch is unmeasured at a step with no mismatched pair (every neighbour's caption its
+  own): the window's mean is over the other steps (it was NaN), and a window without one leaves
+  it out."""
+  measured = lambda value, flag=1.0: {"d_mismatch": value, "d_mismatch_measured": flag}
+  logged = _log_window([measured(0.5), measured(0.0, 0.0), measured(-0.1)])
   np.testing.assert_allclose(logged["d_mismatch"], 0.2, rtol=1e-6)
   assert logged["d_loss"] == 1.0 and logged["finite"] == 1.0
-  assert "d_mismatch" not in _log_window([{"d_mismatch": np.nan}])
+  assert "d_mismatch_measured" not in logged
+  assert "d_mismatch" not in _log_window([measured(0.0, 0.0)])

@@ -75,11 +75,14 @@ def test_a_nan_scalar_is_written_without_tensorboardx_s_warning(tmp_path, caplog
 
 def test_window_means_average_the_updates_made_over_the_steps_that_measured_each_metric():
   nan = float("nan")
-  steps = [{"d_loss": 1.0, "gp": 0.5, "d_mismatch": nan, "finite": 1.0},
-           {"d_loss": nan, "gp": nan, "d_mismatch": nan, "finite": 0.0},  # skipped update
-           {"d_loss": 3.0, "gp": nan, "d_mismatch": nan, "finite": 1.0}]
+  steps = [{"d_loss": 1.0, "gp": 0.5, "gp_measured": 1.0, "d_mismatch": 0.0,
+            "d_mismatch_measured": 0.0, "finite": 1.0},
+           {"d_loss": nan, "gp": nan, "gp_measured": 1.0, "d_mismatch": nan,  # skipped update
+            "d_mismatch_measured": 1.0, "finite": 0.0},
+           {"d_loss": 3.0, "gp": 0.0, "gp_measured": 0.0, "d_mismatch": 0.0,
+            "d_mismatch_measured": 0.0, "finite": 1.0}]
   # The skipped step's NaN is left out of d_loss; gp is the one penalty step's; no step
-  # measured d_mismatch.
+  # measured d_mismatch; the flags are not metrics.
   assert window_means(steps) == {"d_loss": 2.0, "gp": 0.5, "finite": 1.0}
   # Every update skipped: the losses are NaN, not left out.
   means = window_means(steps[1:2])
