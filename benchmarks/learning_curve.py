@@ -85,7 +85,8 @@ def run_variant(config, train: SplitData, test: SplitData, evaluator: ShapesEval
   n = len(train.images)
   eval_captions = [caps[0] for caps in test.captions[:num_eval]]
   eval_tokens = tokenizer(eval_captions)
-  z = jax.random.normal(jax.random.PRNGKey(1), (len(eval_captions), config.model.z_dim))
+  z = jax.random.normal(jax.random.PRNGKey(1), (len(eval_captions), config.model.z_dim),
+                        np.float32)
   sample = jax.jit(functools.partial(generate_images, models),
                    compiler_options=compiler_options(mesh))
   rng = np.random.default_rng(config.seed)

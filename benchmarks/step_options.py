@@ -26,6 +26,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import timing  # noqa: E402
@@ -61,7 +62,8 @@ def main() -> None:
   cfg, models, batch = models_and_batch(args.bench)
   mesh = make_mesh(jax.devices()[:1])
   holders, fns = {}, {}
-  z = jax.random.normal(jax.random.PRNGKey(1), (cfg.train.batch_size, cfg.model.z_dim))
+  z = jax.random.normal(jax.random.PRNGKey(1), (cfg.train.batch_size, cfg.model.z_dim),
+                        np.float32)
   for name in [args.baseline, *args.options]:
     options, switches = {}, {}
     for item in name.split(";"):

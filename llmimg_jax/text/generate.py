@@ -226,8 +226,8 @@ def _draw(keys: jax.Array, logits: jax.Array, rows_apart: bool) -> jax.Array:
   """
   if not rows_apart:
     return jax.vmap(jax.random.categorical)(keys, logits)
-  gumbel = jax.lax.scan(lambda _, key: (None, jax.random.gumbel(key, logits.shape[-1:])), None,
-                        keys, unroll=max(1, min(8, len(keys))))[1]  # [b, vocab]
+  draw = lambda _, key: (None, jax.random.gumbel(key, logits.shape[-1:], logits.dtype))
+  gumbel = jax.lax.scan(draw, None, keys, unroll=max(1, min(8, len(keys))))[1]  # [b, vocab]
   return jnp.argmax(logits + gumbel, axis=-1)
 
 

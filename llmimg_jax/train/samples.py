@@ -36,7 +36,8 @@ class SampleWriter:
         "(which the training captions are cut to as well) to keep them whole"))
     ids = np.repeat(tokens["input_ids"], t.samples_per_prompt, axis=0)  # [n, L]
     mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
-    z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))  # [n, Z]
+    z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim),
+                          np.float32)  # [n, Z]
     self.num_images = n
     idx = np.arange(rows_per_call(n, mesh.size)) % n  # a multiple of the devices: wrapped
     replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))

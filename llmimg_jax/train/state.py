@@ -135,11 +135,12 @@ def init_state(models: Models, rng: jax.Array, text_params: PyTree | None) -> Tr
   if text_params is None:
     text_params = models.text_encoder.init(k_t, ids, mask)["params"]
   d_text = models.text_encoder.config.d_model
-  words = jnp.zeros((1, length, d_text))  # G and D only need the shapes of the text features
-  sent = jnp.zeros((1, d_text))
-  z = jnp.zeros((1, cfg.model.z_dim))
+  # G and D only need the shapes of the text features
+  words = jnp.zeros((1, length, d_text), jnp.float32)
+  sent = jnp.zeros((1, d_text), jnp.float32)
+  z = jnp.zeros((1, cfg.model.z_dim), jnp.float32)
   g_params = models.generator.init(k_g, z, sent, words, mask)["params"]
-  images = jnp.zeros((1, res, res, 3))
+  images = jnp.zeros((1, res, res, 3), jnp.float32)
   d_params = models.discriminator.init(k_d, images, sent)["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), rng=k_run, g_params=g_params, d_params=d_params,
