@@ -7,6 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from llmimg_jax import prng
+
 Dtype = Any
 
 SUPPORTED_RESOLUTIONS: tuple[int, ...] = (32, 64, 128, 256)
@@ -68,8 +70,6 @@ def image_noise(key: jax.Array, indices: jax.Array, z_dim: int,
     if truncation is None:
       return jax.random.normal(k, (z_dim,), jnp.float32)
     return truncation * jax.random.truncated_normal(k, -2.0, 2.0, (z_dim,), jnp.float32)
-  impl = (str(jax.random.key_impl(key)) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-          else jax.config.jax_default_prng_impl)
-  if "rbg" in impl:  # rbg, unsafe_rbg: vmap would draw every row from the first row's key
-    return jax.lax.map(one, indices)  # (rng_bit_generator's batching rule)
+  if prng.vmap_draws_from_first_key(key):  # rbg, unsafe_rbg
+    return jax.lax.map(one, indices)
   return jax.vmap(one)(indices)

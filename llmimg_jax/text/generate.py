@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmimg_jax import prng
 from llmimg_jax.text.config import T5Config, compute_dtype
 from llmimg_jax.text.modeling import T5ForConditionalGeneration
 
@@ -85,10 +86,8 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
     raise ValueError("do_sample=True needs rng=jax.random.PRNGKey(seed).")
   if do_sample:
     rng = _row_keys(jnp.asarray(rng), input_ids.shape[0])
-    impl = (str(jax.random.key_impl(rng)) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
-            else jax.config.jax_default_prng_impl)
-    # rbg, unsafe_rbg: vmap draws a batch from its first key alone (rng_bit_generator's batching)
-    draw_rows_apart = "rbg" in impl  # one row too: the same draw as in any batch
+    # rbg, unsafe_rbg: one row too, for the same draw as in any batch
+    draw_rows_apart = prng.vmap_draws_from_first_key(rng)
   else:  # greedy and beam search draw nothing: one unused key, whatever the form of `rng`
     rng = jax.random.PRNGKey(0)
     # As transformers does, say so; and one compiled program whatever their values.
@@ -148,13 +147,6 @@ def _generate(params, input_ids, attention_mask, rng, scalars, min_new_tokens, *
   return _pad_after_eos(out, config)
 
 
-@functools.cache
-def raw_key_length(impl: str) -> int:
-  """The last dimension of jax.random.PRNGKey's raw key data under the PRNG implementation `impl`
-  (traced, not run; key_data, as PRNGKey is a typed key under jax_enable_custom_prng)."""
-  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape[-1]
-
-
 def _row_keys(rng: jax.Array, batch: int) -> jax.Array:
   """One key (raw uint32 [2], [4] under the rbg PRNGs, or typed []) -> `batch` keys; `batch` keys
   pass through."""
@@ -164,7 +156,8 @@ def _row_keys(rng: jax.Array, batch: int) -> jax.Array:
                     f" or one per row; got {rng.dtype} {list(rng.shape)} (int seeds? "
                     "TextGenerator.generate takes those).")
   impl = jax.config.jax_default_prng_impl
-  if key_ndim and rng.ndim and rng.shape[-1] != (n := raw_key_length(impl)):  # raw data name none
+  # Raw key data name no PRNG: its length must be the default's.
+  if key_ndim and rng.ndim and rng.shape[-1] != (n := prng.raw_key_length(impl)):
     raise TypeError(f"rng must be raw key data ending in {n} (jax.random.PRNGKey(seed)'s under "
                     f"jax_default_prng_impl={impl}), one key or one per row; got uint32 "
                     f"{list(rng.shape)} (a key made under another default?). Typed keys "

@@ -12,7 +12,8 @@ import numpy as np
 
 from llmimg_jax import cli
 from llmimg_jax.text.config import T5Config, compute_dtype
-from llmimg_jax.text.generate import generate, raw_key_length
+from llmimg_jax.prng import raw_key_length
+from llmimg_jax.text.generate import generate
 from llmimg_jax.text.loading import load_pretrained
 from llmimg_jax.text.modeling import T5EncoderModel
 from llmimg_jax.text.tokenizer import TextTokenizer

@@ -331,11 +331,12 @@ def _mismatch_error(manager: ocp.CheckpointManager, steps: list[int],
   if any(isinstance(e, host_slices.ProcessCountMismatchError) for e in failed.values()):
     return _host_count_error(manager, steps, failed, data_iter)
   if prng := prng_change(Path(manager.directory) / str(steps[0]) / "state"):
+    also = f" The config differs too: {'; '.join(changes)}." if changes else ""
     return ConfigMismatchError(
         f"The checkpoints in {manager.directory} were saved under another JAX PRNG: {prng}. "
         "Rerun under the one the run started with (JAX_DEFAULT_PRNG_IMPL, or "
         "jax.config.update('jax_default_prng_impl', ...)), or pass a new --workdir for a new "
-        f"run. The checkpoints were left in place ({details}).")
+        f"run.{also} The checkpoints were left in place ({details}).")
   if changes is None:  # nothing to compare with
     cause = "the config or the code that builds the model changed since they were saved"
   elif changes:

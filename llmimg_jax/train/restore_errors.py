@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from llmimg_jax import prng
 from llmimg_jax.data import host_slices
 
 # Status codes (TensorStore's, gRPC's) and exception types of a read that failed for want of
@@ -54,12 +55,10 @@ def data_change(errors: Iterable[BaseException | None]) -> str | None:
   return None
 
 
-_KEY_IMPLS = {(2,): "threefry2x32 (JAX's default)", (4,): "rbg or unsafe_rbg"}
-
-
 def prng_change(state_dir: Path) -> str | None:
   """How the training key saved in `state_dir` (raw key data: uint32 [2] under threefry2x32, [4]
-  under rbg and unsafe_rbg) differs from this process's jax_default_prng_impl's, else None."""
+  under rbg, ...) differs in shape from this process's jax_default_prng_impl's, else None (PRNGs
+  of one key shape, e.g. rbg and unsafe_rbg, are not told apart)."""
   try:
     saved = tuple(ocp.StandardCheckpointHandler().metadata(state_dir)["rng"].shape)
   except Exception:  # noqa: BLE001 - no readable metadata: nothing to compare
@@ -68,5 +67,5 @@ def prng_change(state_dir: Path) -> str | None:
   if saved == now:
     return None
   return (f"their training key is uint32 {list(saved)}, made under jax_default_prng_impl "
-          f"{_KEY_IMPLS.get(saved, '?')}; this process's is {jax.config.jax_default_prng_impl} "
-          f"(uint32 {list(now)})")
+          f"{' or '.join(prng.impls_with_key_length(saved[-1])) or '?'}; this process's is "
+          f"{jax.config.jax_default_prng_impl} (uint32 {list(now)})")

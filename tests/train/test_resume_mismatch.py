@@ -175,18 +175,23 @@ def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
       "dataset changed since they were saved")
 
 
-@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
-def test_a_run_saved_under_another_jax_prng_is_named(saved, tmp_path, impl):
+@pytest.mark.parametrize("impl, lr_g", [("rbg", None), ("unsafe_rbg", 3e-4)])
+def test_a_run_saved_under_another_jax_prng_is_named(saved, tmp_path, impl, lr_g):
   """Saved under threefry2x32 (JAX's default), resumed under JAX_DEFAULT_PRNG_IMPL=rbg: the error
   blamed another version of llmimg_jax or edited files (or a config value changed with it), and
-  rerunning as it advised never worked."""
+  rerunning as it advised never worked. A changed config value is named too."""
   config, tokenizer, _, _ = saved
   manager, it = _fresh(config, tokenizer, tmp_path)
+  also = ""
+  if lr_g is not None:
+    also = rf" The config differs too: train\.lr_g: {config.train.lr_g} -> {lr_g}\."
+    config.train.lr_g = lr_g
   with jax.default_prng_impl(impl):
     _assert_refused_and_kept(
         manager, config, it, rf"were saved under another JAX PRNG: their training key is uint32 "
-        rf"\[2\], made under jax_default_prng_impl threefry2x32 \(JAX's default\); this process's "
-        rf"is {impl} \(uint32 \[4\]\)\. Rerun under the one the run started with")
+        rf"\[2\], made under jax_default_prng_impl threefry2x32 or philox4x32; this process's is "
+        rf"{impl} \(uint32 \[4\]\)\. Rerun under the one the run started with .* for a new "
+        rf"run\.{also} The checkpoints were left in place")
 
 
 def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
