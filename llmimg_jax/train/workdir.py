@@ -66,8 +66,10 @@ def _unwritable(workdir: Path) -> str | None:
     if name and not os.path.lexists(path):  # created in the workdir, which was checked first
       continue
     path = _nearest_existing(path)
-    if not path.exists():  # a link to nothing (an unmounted disk): makedirs fails through it
-      return f"{path} is a link to {os.readlink(path)}, which does not exist"
+    try:  # through a link to nothing (an unmounted disk), a loop of links: makedirs fails
+      os.stat(path)
+    except OSError as e:
+      return f"{path} is a link to {os.path.realpath(path)} ({e.strerror})"
     if problem := output_files.cannot_write(path):
       return f"{path}: {problem}"
   return None

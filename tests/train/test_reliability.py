@@ -287,8 +287,8 @@ def test_a_workdir_through_a_link_to_nothing_is_refused_before_training(tmp_path
     (tmp_path / "run").mkdir()
   (tmp_path / link).symlink_to(tmp_path / "unmounted" / "runs")
   with pytest.raises(workdir_checks.WorkdirNotWritableError,
-                     match=f"{tmp_path / link} is a link to .*unmounted/runs, which does not "
-                           r"exist\). Fix the folder's permissions \(or free space, or the "
+                     match=f"{tmp_path / link} is a link to .*unmounted/runs \\(No such file or "
+                           r"directory\)\). Fix the folder's permissions \(or free space, or the "
                            r"mount\)"):
     loop.check_workdir_writable(tmp_path / workdir)
 
