@@ -98,7 +98,7 @@ def check_switch(parser: argparse.ArgumentParser, named: str, key: str, value: s
     module_name, _, attr = dotted.rpartition(".")
     try:
       module = importlib.import_module(module_name)
-    except (ImportError, ValueError) as e:  # ValueError: an empty module name
+    except (ImportError, ValueError, TypeError) as e:  # '', '.x': no module name to import
       parser.error(f"{named}: {dotted!r} names nothing: no module {module_name!r} ({e}).")
     if not hasattr(module, attr):
       parser.error(f"{named}: {dotted!r} names nothing: {module_name} has no {attr!r}.")

@@ -143,11 +143,11 @@ def write_json(path: str, results: dict, overwrite: bool = False) -> None:
 def main() -> None:
   args = _parse()
   if args.render:
-    try:
+    try:  # ValueError: not JSON; ZeroDivisionError: a time or peak of 0
       with open(args.render) as f:
         saved = json.load(f)
       text = summary(saved["results"], saved["peak_matmul"]["peak_flops_per_s"])
-    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: not JSON
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
       why = f"no {e} in it" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
       sys.exit(f"benchmarks/run.py: error: --render {args.render!r}: {why}; name a --json "
                "file that run.py wrote.")

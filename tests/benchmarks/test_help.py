@@ -52,6 +52,7 @@ def test_a_count_below_its_least_is_a_usage_error_before_any_work():
            ("data_loader.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
            ("step_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
            ("twin_ab.py", "--warmup", "-1"): "argument --warmup: -1: give 0 or more",
+           ("onednn_conv.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
            ("run.py", "--nf", "0"): "argument --nf: 0: give 1 or more",
            ("run.py", "--batch", "two"): "argument --batch: invalid whole_number value: 'two'"}
   results = run_scripts([(name, list(args)) for name, *args in calls])
