@@ -80,7 +80,7 @@ def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
   """Each metric's mean over the updates made among `steps` (one dict of scalars per step, the
   same keys in each, with "finite" 0 for a skipped update), over those that measured it (KEY +
   MEASURED); one that none measured is left out, and so are the MEASURED flags. If every update
-  was skipped, the means over all steps (NaN for the losses)."""
+  was skipped, the same means over every step (NaN for the losses)."""
   made = [m for m in steps if m["finite"]] or steps
   means = {}
   for key in steps[-1]:

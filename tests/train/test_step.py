@@ -287,7 +287,8 @@ def test_lazy_gradient_penalty_every_other_step(tmp_path):
   even steps and 0 on odd ones, so the logged mean over a window of log_every steps wobbled with
   the number of even steps in it (4/3 x the penalty over steps 0-2, 2/3 x over steps 1-3); it is
   the penalty on even steps, unmeasured on odd ones, and the logged mean is over the even steps.
-  Under jax_debug_nans: the odd steps' metric was NaN, and JAX stopped the run on it."""
+  Under jax_debug_nans: the odd steps' metric was NaN, and JAX stopped the run on it (as on
+  d_mismatch at a step without a mismatched pair)."""
   config = tiny_config(tmp_path)
   config.loss.gp_every = 2
   # Only the penalty's schedule is under test: a smaller program (compiles in half the time).
@@ -301,10 +302,15 @@ def test_lazy_gradient_penalty_every_other_step(tmp_path):
   steps = []
   with jax.debug_nans(True):
     for i in range(4):
-      state, metrics = step(state, _batch(config, tokenizer, seed=i))
+      batch = _batch(config, tokenizer, seed=i)
+      if i == 3:  # one caption for every image: no mismatched pair, d_mismatch unmeasured
+        batch.update({k: np.repeat(v[:1], len(v), axis=0) for k, v in batch.items()
+                      if k != "image"})
+      state, metrics = step(state, batch)
       steps.append(jax.device_get(metrics))
   penalties = [float(m["gp"]) for m in steps]
   assert [m["gp_measured"] for m in steps] == [1.0, 0.0, 1.0, 0.0]
+  assert [m["d_mismatch_measured"] for m in steps] == [1.0, 1.0, 1.0, 0.0]
   assert penalties[0] > 0 and penalties[2] > 0
   np.testing.assert_allclose(_log_window(steps[:3])["gp"], np.mean(penalties[::2]), rtol=1e-6)
   np.testing.assert_allclose(_log_window(steps[1:])["gp"], penalties[2], rtol=1e-6)

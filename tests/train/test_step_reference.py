@@ -164,7 +164,7 @@ def test_losses_and_lazy_penalty_equal_the_reference(stepped):
   for k in terms + ["g_contrastive"] * config.loss.contrastive_g:
     np.testing.assert_allclose(metrics[k], want[k], rtol=TOL, atol=ATOL, err_msg=k)
   # The lazy penalty at a multiple of gp_every: gp_every x it is a part of D's loss; the metric
-  # is the penalty itself (as with gp_every=1), NaN at the other steps.
+  # is the penalty itself (as with gp_every=1), 0 and unmeasured at the other steps.
   np.testing.assert_allclose(metrics["gp"], want["unscaled_gp"], rtol=TOL)
   assert config.loss.gp_every * metrics["gp"] > 1e-3 * metrics["d_loss"]  # not negligible
   w = config.loss.contrastive_weight
@@ -173,7 +173,7 @@ def test_losses_and_lazy_penalty_equal_the_reference(stepped):
   np.testing.assert_allclose(metrics["g_loss"], want["g_adversarial"] + w * g_contrastive,
                              rtol=TOL, atol=ATOL)
   # One step later: no penalty at all, and no value for it.
-  assert (metrics["gp_measured"], odd_metrics["gp_measured"]) == (1.0, 0.0)
+  assert (metrics["gp_measured"], odd_metrics["gp_measured"], odd_metrics["gp"]) == (1.0, 0.0, 0.0)
   np.testing.assert_allclose(odd_metrics["d_loss"],
                              odd_metrics["d_hinge"] + w * odd_metrics["d_contrastive"], rtol=1e-6)
 
