@@ -1,5 +1,6 @@
 """`python benchmarks/X.py --help` prints usage and exits 0 for every benchmark script, without
 running the benchmark (a script without a flag parser ignored --help and ran in full)."""
+import functools
 import json
 import subprocess
 import sys
@@ -27,36 +28,43 @@ print(json.dumps(results))
 """
 
 
-def run_scripts(calls: list[tuple[str, list[str]]]) -> list[tuple[int | str, str, str]]:
-  """(exit code, stdout, stderr) of `python benchmarks/NAME ARGS...` for each (NAME, ARGS)."""
-  result = subprocess.run([sys.executable, "-c", _RUN_ALL, json.dumps(calls)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+# Usage errors of a count below its least: were a ZeroDivisionError (profile_step.py --steps 0 after
+# a minute of compiling, loop_data.py --block 0, data_loader.py --steps 0) or 'no median for empty
+# data' (--rounds 0).
+COUNTS = {("profile_step.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
+          ("eval_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
+          ("loop_data.py", "--block", "0"): "argument --block: 0: give 1 or more",
+          ("data_loader.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
+          ("step_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
+          ("twin_ab.py", "--warmup", "-1"): "argument --warmup: -1: give 0 or more",
+          ("onednn_conv.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
+          ("run.py", "--nf", "0"): "argument --nf: 0: give 1 or more",
+          ("run.py", "--batch", "two"): "argument --batch: invalid whole_number value: 'two'"}
+
+
+@functools.cache
+def _ran() -> dict[tuple[str, ...], tuple[int | str, str, str]]:
+  """(exit code, stdout, stderr) of `python benchmarks/NAME ARGS...`, keyed (NAME, *ARGS), for
+  every script's --help and COUNTS: one interpreter for all, once per test process."""
+  calls = [(name, "--help") for name in SCRIPTS] + list(COUNTS)
+  result = subprocess.run([sys.executable, "-c", _RUN_ALL,
+                           json.dumps([(name, list(args)) for name, *args in calls])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.splitlines()[-1])
+  return dict(zip(calls, json.loads(result.stdout.splitlines()[-1])))
 
 
 def test_every_benchmark_script_answers_help_with_its_usage():
   assert {"run.py", "strided_conv.py", "upsample_conv.py", "winograd_conv.py"} <= set(SCRIPTS)
-  results = run_scripts([(name, ["--help"]) for name in SCRIPTS])
-  bad = {name: code for name, (code, usage, _) in zip(SCRIPTS, results)
-         if code != 0 or not usage.startswith("usage:")}
+  bad = {name: code for name in SCRIPTS
+         if (code := _ran()[name, "--help"][0]) != 0
+         or not _ran()[name, "--help"][1].startswith("usage:")}
   assert not bad, bad
 
 
 def test_a_count_below_its_least_is_a_usage_error_before_any_work():
-  """Were a ZeroDivisionError (profile_step.py --steps 0 after a minute of compiling, loop_data.py
-  --block 0, data_loader.py --steps 0) or 'no median for empty data' (--rounds 0)."""
-  calls = {("profile_step.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
-           ("eval_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
-           ("loop_data.py", "--block", "0"): "argument --block: 0: give 1 or more",
-           ("data_loader.py", "--steps", "0"): "argument --steps: 0: give 1 or more",
-           ("step_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
-           ("twin_ab.py", "--warmup", "-1"): "argument --warmup: -1: give 0 or more",
-           ("onednn_conv.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
-           ("run.py", "--nf", "0"): "argument --nf: 0: give 1 or more",
-           ("run.py", "--batch", "two"): "argument --batch: invalid whole_number value: 'two'"}
-  results = run_scripts([(name, list(args)) for name, *args in calls])
-  for (name, *_), message, (code, _, err) in zip(calls, calls.values(), results):
+  for (name, *args), message in COUNTS.items():
+    code, _, err = _ran()[(name, *args)]
     assert (code, err.splitlines()[-1]) == (2, f"{name}: error: {message}")
 
 
@@ -68,7 +76,6 @@ def test_data_benchmarks_help_shows_their_example_command_on_its_own_line():
                         "[--num_proc 2]\n"),
       ("data_loader.py", "  python benchmarks/data_loader.py --data_dir DIR --config 64 "
                          "--workers 2 --batch 64\n")]:
-    result = subprocess.run([sys.executable, f"benchmarks/{name}", "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"\n\n{command}\n" in result.stdout, result.stdout
+    code, usage, err = _ran()[name, "--help"]
+    assert code == 0, err[-3000:]
+    assert f"\n\n{command}\n" in usage, usage
