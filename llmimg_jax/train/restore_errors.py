@@ -60,12 +60,12 @@ def prng_change(state_dir: Path) -> str | None:
   under rbg, ...) differs in shape from this process's jax_default_prng_impl's, else None (PRNGs
   of one key shape, e.g. rbg and unsafe_rbg, are not told apart)."""
   try:
-    saved = tuple(ocp.StandardCheckpointHandler().metadata(state_dir)["rng"].shape)
+    saved = ocp.StandardCheckpointHandler().metadata(state_dir)["rng"].shape[-1]
   except Exception:  # noqa: BLE001 - no readable metadata: nothing to compare
     return None
-  now = jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape
-  if saved == now:
+  impl = jax.config.jax_default_prng_impl
+  if saved == (now := prng.raw_key_length(impl)):
     return None
-  return (f"their training key is uint32 {list(saved)}, made under jax_default_prng_impl "
-          f"{' or '.join(prng.impls_with_key_length(saved[-1])) or '?'}; this process's is "
-          f"{jax.config.jax_default_prng_impl} (uint32 {list(now)})")
+  return (f"their training key is uint32 [{saved}], made under jax_default_prng_impl "
+          f"{' or '.join(prng.impls_with_key_length(saved)) or '?'}; this process's is {impl} "
+          f"(uint32 [{now}])")
