@@ -66,10 +66,10 @@ def _lazy_penalty(every: int, step: jax.Array, penalty_fn: Callable[[], jax.Arra
   """
   scaled = lambda: every * penalty_fn()
   if every == 1:
-    penalty = scaled()
-    return penalty, {"gp": penalty, "gp" + MEASURED: jnp.ones((), jnp.float32)}
-  computed = step % every == 0
-  penalty = jax.lax.cond(computed, scaled, lambda: jnp.zeros((), jnp.float32))
+    penalty, computed = scaled(), jnp.ones((), bool)
+  else:
+    computed = step % every == 0
+    penalty = jax.lax.cond(computed, scaled, lambda: jnp.zeros((), jnp.float32))
   return penalty, {"gp": penalty / every, "gp" + MEASURED: computed.astype(jnp.float32)}
 
 
