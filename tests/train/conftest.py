@@ -1,5 +1,7 @@
 """Shared fixtures of the training tests: a tiny captioned_shapes data_dir, and checkpoints of
 host-drawn states to resume from."""
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -16,13 +18,15 @@ def shapes_data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
-@pytest.fixture
-def saved(shapes_data_dir, tmp_path):
-  """Checkpoints at steps 2 and 4 of host-drawn states (nothing compiled) with the iterator."""
+@pytest.fixture(scope="session")
+def _saved_once(shapes_data_dir, tmp_path_factory):
+  """The folder of `saved`'s checkpoints, saved once per session (xdist worker): building and
+  saving them took ~2 s, for each of ~30 tests."""
+  folder = tmp_path_factory.mktemp("saved")
   config = tiny_config(shapes_data_dir)
   tokenizer, t5_config, pretrained = build_text(config)
   state = _quick_state(build_models(config, t5_config), pretrained)
-  manager, it = _fresh(config, tokenizer, tmp_path)  # as the tests restore into
+  manager, it = _fresh(config, tokenizer, folder)  # as the tests restore into
   states, data = {}, {0: it.get_state()}
   for step in (2, 4):
     next(it), next(it)  # one batch per step, as train() reads (restore_latest checks it)
@@ -31,4 +35,15 @@ def saved(shapes_data_dir, tmp_path):
     checkpoint.save(manager, step, states[step], it, config)
     data[step] = it.get_state()
   manager.wait_until_finished()
-  return config, tokenizer, states, data
+  manager.close()
+  return folder, tokenizer, states, data
+
+
+@pytest.fixture
+def saved(_saved_once, shapes_data_dir, tmp_path):
+  """Checkpoints at steps 2 and 4 of host-drawn states (nothing compiled) with the iterator, in
+  this test's tmp_path (a copy): the config (a new one, for the test to change), tokenizer,
+  states and iterator states by step."""
+  folder, tokenizer, states, data = _saved_once
+  shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+  return tiny_config(shapes_data_dir), tokenizer, dict(states), dict(data)
