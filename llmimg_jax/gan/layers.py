@@ -91,13 +91,15 @@ def scale_shift(x: jax.Array, gamma: jax.Array, beta: jax.Array) -> jax.Array:
   return _scale_shift_plain(x, gamma, beta)
 
 
-@jax.custom_vjp
-def _add_bias(x, bias):
-  return x + bias
+def _add_bias_plain(x, bias):
+  return x + jax.lax.broadcast_to_rank(bias, x.ndim)  # no rank promotion (a flag can forbid it)
+
+
+_add_bias = jax.custom_vjp(_add_bias_plain)
 
 
 def _add_bias_fwd(x, bias):
-  return x + bias, None
+  return _add_bias_plain(x, bias), None
 
 
 def _add_bias_bwd(_, g):

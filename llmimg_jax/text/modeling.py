@@ -82,7 +82,7 @@ class T5LayerNorm(nn.Module):
     weight = self.param("weight", nn.initializers.ones, (self.d_model,), jnp.float32)
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (weight * x32).astype(self.dtype)
+    return (jax.lax.broadcast_to_rank(weight, x32.ndim) * x32).astype(self.dtype)
 
 
 class T5Attention(nn.Module):

@@ -238,3 +238,15 @@ def test_an_option_given_as_none_is_named(generator):
              top_k=None)
   with pytest.raises(TypeError, match=r"^min_new_tokens=None: pass a number"):
     generator.generate(["a"], max_new_tokens=2, min_new_tokens=None)
+
+
+@pytest.mark.parametrize("kw", [{"num_beams": 1}, {"num_beams": 2},
+                                {"do_sample": True, "seed": 0}])
+def test_generation_needs_no_rank_promotion(generator, kw):
+  """Under jax_numpy_rank_promotion='raise' (set by projects that catch their own implicit
+  broadcasts) every decoding raised in the RMS norm's weight * x; now the same tokens."""
+  import jax
+  texts = ["a red fox", "b"]
+  want = generator.generate(texts, max_new_tokens=3, **kw)
+  with jax.numpy_rank_promotion("raise"):
+    assert generator.generate(texts, max_new_tokens=3, **kw) == want
