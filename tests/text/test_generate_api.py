@@ -6,6 +6,7 @@ import importlib
 import logging
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -245,7 +246,6 @@ def test_an_option_given_as_none_is_named(generator):
 def test_generation_needs_no_rank_promotion(generator, kw):
   """Under jax_numpy_rank_promotion='raise' (set by projects that catch their own implicit
   broadcasts) every decoding raised in the RMS norm's weight * x; now the same tokens."""
-  import jax
   texts = ["a red fox", "b"]
   want = generator.generate(texts, max_new_tokens=3, **kw)
   with jax.numpy_rank_promotion("raise"):

@@ -14,7 +14,7 @@ from llmimg_jax.train.step import generate_images, train_step
 from tests.train.utils import _batch, tiny_config
 
 
-@pytest.mark.parametrize("matmul_reductions", [True, False])  # XLA:CPU's forms, accelerators'
+@pytest.mark.parametrize("matmul_reductions", [True, False])  # the layers' two forms of bias add
 def test_training_and_sampling_trace_without_rank_promotion(tmp_path, monkeypatch,
                                                             matmul_reductions):
   """They raised in T5's RMS norm (weight * x) and the GAN's bias adds: train.py stopped with a
