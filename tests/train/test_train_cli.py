@@ -226,9 +226,10 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
     for extra in shut_cases:
       del cases[extra]
   # "Before compiling" is JAX_LOG_COMPILES logging nothing, not a wall-clock bound. Runs are
-  # forked from one process that imported the package (forked_runs: ~0.3 s of CPU each instead of
-  # ~2 s), two at a time, each within 120 s; those in `shut` are new processes, one per core, under
-  # modes_hold()'s prefix (setpriv without the capabilities that pass mode bits, as root).
+  # forked from one process that imported the package (forked_runs: ~0.7 s of CPU each instead
+  # of ~2.1 s), two at a time, each within 120 s; those in `shut` are new processes, one per
+  # core, under modes_hold()'s prefix (setpriv without the capabilities that pass mode bits, as
+  # root).
   forked = [extra for extra in cases if extra not in shut_cases]
   ends = forked_runs.run_forked(
       [train_args(shapes_data_dir, tmp_path / "run", *extra)[1:] for extra in forked], tmp_path,
