@@ -15,10 +15,11 @@ FID 66.0 (real-vs-real floor 22.2); real images score 1.000. 2026-12-04, after a
 strided conv's gradient summation order: test 0.876, holdout 0.608, FID 63.0. 2026-12-05, with
 another record order (the seed hashed for grain): test 0.856, holdout 0.660, FID 63.9.
 2026-12-06 (Intel VM; an evaluator trained afresh, so FIDs on its own scale): test 0.894,
-holdout 0.740, FID 43.6 (floor 20.0). Over nine such runs since 2026-11-28: test 0.86-0.91,
-holdout 0.60-0.74 (benchmarks/RESULTS.md,
-"Learning curve of the quick config", has each run and the learning-rate sweep behind this
-config's rates; caption accuracy 0.36 at step 2000, 0.77 at 3000, 0.91 at 4000).
+holdout 0.740, FID 43.6 (floor 20.0); 2026-12-07 (the same VM, a fresh venv, other final losses):
+test 0.858, holdout 0.662, FID 54.2 (floor 20.0). Over ten such runs since 2026-11-28: test
+0.86-0.91, holdout 0.60-0.74 (benchmarks/RESULTS.md, "Learning curve of the quick config", has
+each run and the learning-rate sweep behind this config's rates; caption accuracy 0.36 at step
+2000, 0.77 at 3000, 0.91 at 4000).
 In-training evaluation is off here (config.eval.every = 0): the evaluator's one-time training
 (131 s on 2 cores, 2026-12-06) would take as long as 1000+ of this run's 4000 steps. Once
 it is cached (after one `python evaluate.py` or a run with eval on), `--config.eval.every=500`
