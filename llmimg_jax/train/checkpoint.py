@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the whole run: train state, input-iterator state and config, saved together.
+"""Orbax checkpoints of the whole run: train state, input-iterator state, config and the PRNG
+of the training key, saved together.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
 complete), so a crash mid-save never leaves a half-written checkpoint that looks finished. A
@@ -26,8 +27,8 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's
 from llmimg_jax.data import host_slices
 from llmimg_jax.train import resume_agree
 from llmimg_jax.train.config_values import config_changes, config_values
-from llmimg_jax.train.restore_errors import (data_change, is_access_error, is_mismatch,
-                                             prng_change)
+from llmimg_jax.train.restore_errors import (PRNG_ITEM, data_change, is_access_error,
+                                             is_mismatch, prng_change, prng_record, prng_switch)
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,15 @@ def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.
       cleanup_tmp_directories=True,  # leftovers of a save interrupted by a crash
   )
   return ocp.CheckpointManager(workdir / "checkpoints", options=options,
-                               item_names=("state", "data", "config"))
+                               item_names=("state", "data", "config", PRNG_ITEM))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
          config: ml_collections.ConfigDict) -> bool:
   """Starts an asynchronous save of everything a resumed run needs; the caller picks the steps."""
   items = {"state": ocp.args.StandardSave(state),
-           "config": ocp.args.JsonSave(config_values(config))}
+           "config": ocp.args.JsonSave(config_values(config)),
+           PRNG_ITEM: ocp.args.JsonSave(prng_record())}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   return manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -263,8 +265,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   restores, raises CorruptCheckpointError unless `start_fresh_if_corrupt`. One that cannot be read
   for want of access or resources (not damage) raises CheckpointAccessError. One (even after
   damaged ones) that does not fit the state's structure or shapes, or the input pipeline's
-  settings, or a position of grain workers that this process count cannot resume (a changed
-  config, host count or code, not damage), raises ConfigMismatchError without trying older ones
+  settings, or a position of grain workers that this process count cannot resume, or one saved
+  under another JAX PRNG (a changed config, host count, code or PRNG, not damage), raises
+  ConfigMismatchError without trying older ones
   (naming the values that differ from this run's `config`, if given) and moves nothing. A
   position saved by another number of hosts is resliced for this one (data/host_slices)."""
   steps = sorted(manager.all_steps(), reverse=True)
@@ -272,6 +275,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   initial_data_state = data_iter.get_state() if data_iter is not None else None
   failed: dict[int, Exception | None] = {}  # None: it failed on another host
   for step in steps:
+    # Keys of one shape restore under another PRNG, and the run would go on another random stream.
+    switch = prng_switch(Path(manager.directory) / str(step))
+    if any(host_flags(switch is not None)):
+      changes = _config_changes(manager, step, config) if config is not None else None
+      raise _prng_error(manager, switch or "another host's jax_default_prng_impl is not the "
+                        "one they record", changes, "")
     error = None
     try:
       state = restore(manager, step, abstract_state, data_iter)
@@ -331,12 +340,7 @@ def _mismatch_error(manager: ocp.CheckpointManager, steps: list[int],
   if any(isinstance(e, host_slices.ProcessCountMismatchError) for e in failed.values()):
     return _host_count_error(manager, steps, failed, data_iter)
   if prng := prng_change(Path(manager.directory) / str(steps[0]) / "state"):
-    also = f" The config differs too: {'; '.join(changes)}." if changes else ""
-    return ConfigMismatchError(
-        f"The checkpoints in {manager.directory} were saved under another JAX PRNG: {prng}. "
-        "Rerun under the one the run started with (JAX_DEFAULT_PRNG_IMPL, or "
-        "jax.config.update('jax_default_prng_impl', ...)), or pass a new --workdir for a new "
-        f"run.{also} The checkpoints were left in place ({details}).")
+    return _prng_error(manager, prng, changes, details)
   if changes is None:  # nothing to compare with
     cause = "the config or the code that builds the model changed since they were saved"
   elif changes:
@@ -357,6 +361,16 @@ def _mismatch_error(manager: ocp.CheckpointManager, steps: list[int],
       "Rerun with the config (and version) the run started with (WORKDIR/config.json holds "
       "its values), or pass a new --workdir for a new run. The checkpoints were left in place "
       f"({details}).")
+
+
+def _prng_error(manager: ocp.CheckpointManager, prng: str, changes: list[str] | None,
+                details: str) -> ConfigMismatchError:
+  also = f" The config differs too: {'; '.join(changes)}." if changes else ""
+  return ConfigMismatchError(
+      f"The checkpoints in {manager.directory} were saved under another JAX PRNG: {prng}. "
+      "Rerun under the one the run started with (JAX_DEFAULT_PRNG_IMPL, or "
+      "jax.config.update('jax_default_prng_impl', ...)), or pass a new --workdir for a new "
+      f"run.{also} The checkpoints were left in place{f' ({details})' if details else ''}.")
 
 
 def _host_count_error(manager: ocp.CheckpointManager, steps: list[int],

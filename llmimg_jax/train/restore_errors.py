@@ -55,6 +55,36 @@ def data_change(errors: Iterable[BaseException | None]) -> str | None:
   return None
 
 
+PRNG_ITEM = "prng"  # each checkpoint's record of its training key's PRNG
+
+
+def prng_record() -> dict[str, str]:
+  """The PRNG of the run's training key, raw key data (TrainState.rng) under the default's."""
+  return {"jax_default_prng_impl": jax.config.jax_default_prng_impl}
+
+
+def _key_length(impl: str) -> str:
+  try:
+    return str(prng.raw_key_length(impl))
+  except ValueError:  # a PRNG this JAX lacks
+    return "?"
+
+
+def prng_switch(step_dir: Path) -> str | None:
+  """How the PRNG recorded with the checkpoint in `step_dir` differs from this process's
+  jax_default_prng_impl, else None (also for checkpoints saved before the record: prng_change)."""
+  try:
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+      saved = checkpointer.restore(step_dir / PRNG_ITEM,
+                                   args=ocp.args.JsonRestore())["jax_default_prng_impl"]
+  except Exception:  # noqa: BLE001 - no readable record: nothing to compare
+    return None
+  if saved == (now := jax.config.jax_default_prng_impl):
+    return None
+  return (f"jax_default_prng_impl {saved} (a training key of uint32 [{_key_length(saved)}]); "
+          f"this process's is {now} (uint32 [{_key_length(now)}])")
+
+
 def prng_change(state_dir: Path) -> str | None:
   """How the training key saved in `state_dir` (raw key data: uint32 [2] under threefry2x32, [4]
   under rbg, ...) differs in shape from this process's jax_default_prng_impl's, else None (PRNGs

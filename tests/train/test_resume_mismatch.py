@@ -175,12 +175,49 @@ def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
       "dataset changed since they were saved")
 
 
-@pytest.mark.parametrize("impl, lr_g", [("rbg", None), ("unsafe_rbg", 3e-4)])
-def test_a_run_saved_under_another_jax_prng_is_named(saved, tmp_path, impl, lr_g):
-  """Saved under threefry2x32 (JAX's default), resumed under JAX_DEFAULT_PRNG_IMPL=rbg: the error
-  blamed another version of llmimg_jax or edited files (or a config value changed with it), and
-  rerunning as it advised never worked. A changed config value is named too."""
+@pytest.mark.parametrize("impl, length, lr_g", [("philox4x32", 2, None), ("rbg", 4, None),
+                                                ("unsafe_rbg", 4, 3e-4)])
+def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, impl, length,
+                                                               lr_g):
+  """Each checkpoint records its training key's PRNG. Saved under threefry2x32 (JAX's default),
+  resumed under JAX_DEFAULT_PRNG_IMPL=philox4x32, whose raw keys are uint32 [2] too: the state
+  restored and the run went on drawing another random stream, without a word (not the results
+  of an uninterrupted run). Nothing is restored; a changed config value is named too."""
   config, tokenizer, _, _ = saved
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  also = ""
+  if lr_g is not None:
+    also = rf" The config differs too: train\.lr_g: {config.train.lr_g} -> {lr_g}\."
+    config.train.lr_g = lr_g
+  with jax.default_prng_impl(impl):
+    _assert_refused_and_kept(
+        manager, config, it, rf"were saved under another JAX PRNG: jax_default_prng_impl "
+        rf"threefry2x32 \(a training key of uint32 \[2\]\); this process's is {impl} \(uint32 "
+        rf"\[{length}\]\)\. Rerun under the one the run started with .* for a new run\.{also} "
+        rf"The checkpoints were left in place")
+
+
+def test_hosts_agree_that_another_prng_is_not_resumed(saved, tmp_path, monkeypatch):
+  """Host 1 runs under another PRNG than the one the checkpoints record: every host stops before
+  restoring anything."""
+  config, tokenizer, _, _ = saved
+  host_1 = iter([True])  # the PRNG differs there
+  monkeypatch.setattr(checkpoint, "host_flags", lambda flag: [bool(flag), next(host_1, False)])
+  manager, it = _fresh(config, tokenizer, tmp_path)
+  _assert_refused_and_kept(manager, config, it, r"saved under another JAX PRNG: another host's "
+                           r"jax_default_prng_impl is not the one they record\. Rerun under")
+
+
+@pytest.mark.parametrize("impl, lr_g", [("rbg", None), ("unsafe_rbg", 3e-4)])
+def test_a_run_saved_under_another_jax_prng_before_its_record_is_named(saved, tmp_path, impl,
+                                                                       lr_g):
+  """Checkpoints of earlier versions (no STEP/prng record), saved under threefry2x32 and resumed
+  under JAX_DEFAULT_PRNG_IMPL=rbg: the error blamed another version of llmimg_jax or edited files
+  (or a config value changed with it), and rerunning as it advised never worked. Keys of one
+  length (philox4x32's) are not told apart there."""
+  config, tokenizer, _, _ = saved
+  for record in (tmp_path / "checkpoints").glob("*/prng"):
+    shutil.rmtree(record)
   manager, it = _fresh(config, tokenizer, tmp_path)
   also = ""
   if lr_g is not None:
@@ -264,8 +301,9 @@ def test_hosts_agree_that_checkpoints_do_not_fit(saved, tmp_path, monkeypatch):
   instead of host 0 moving them aside as damage (start_fresh_if_corrupt) and waiting for host 1
   at its next barrier."""
   config, tokenizer, states, _ = saved
-  # per step: readable, not restored, not another process count's position; then a mismatch
-  host_1 = iter([True, False, False, True, False, False])
+  # per step: the recorded PRNG, readable, not restored, not another process count's position;
+  # then a mismatch
+  host_1 = iter([False, True, False, False, False, True, False, False])
   monkeypatch.setattr(checkpoint, "host_flags", lambda flag: [bool(flag), next(host_1, True)])
   manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError, match=r"step 4: failed on another host"):
