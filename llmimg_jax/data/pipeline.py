@@ -54,6 +54,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_pixels = 0  # captioned_folder: skip images declaring more pixels (0 = PIL's limit)
   c.image_size = 32  # model resolution
   c.random_crop = 0.0  # smallest crop side as a fraction of the image in (0, 1); 0: centre crop
+  # (training refuses it for captioned_shapes, whose captions state sizes and places)
   c.random_flip = False  # horizontal flip; swaps 'left'/'right' in the caption
   c.num_workers = 0  # grain worker processes (0 = in process)
   c.worker_buffer_size = 2

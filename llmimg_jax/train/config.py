@@ -226,6 +226,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"config.data.random_crop={crop!r}: give the smallest crop side as a "
                      "fraction in (0, 1), e.g. 0.8 (random crops of 80-100% of the image side), "
                      "or 0 for centre crops.")
+  if crop and config.data.name == "captioned_shapes":
+    raise ValueError(f"config.data.random_crop={crop!r} with data.name='captioned_shapes': its "
+                     "captions state each object's size and place in the image, which a random "
+                     "crop changes (or cuts the object off); set data.random_crop=0 "
+                     "(data.random_flip keeps them true: it swaps left and right in the caption).")
   if config.data.name != "captioned_folder" and (
       set_keys := [k for k in ("folder", "store_size", "max_pixels") if config.data[k]]):
     raise ValueError(

@@ -117,6 +117,9 @@ def test_the_accelerator_forms_of_the_step_equal_the_cpu_forms(tmp_path, monkeyp
     # True is stored as 1.0 (a float field), which would crop nothing.
     ("data.random_crop", True, r"random_crop=1\.0: give the smallest crop side as a fraction"),
     ("data.random_crop", -0.1, r"random_crop=-0\.1: give the smallest crop side"),
+    # Captions that state sizes and places, made untrue by crops.
+    ("data.random_crop", 0.8, r"random_crop=0\.8 with data\.name='captioned_shapes': its captions "
+                              r"state each object's size and place .* set data\.random_crop=0"),
     ("train.samples_per_prompt", 0, "samples_per_prompt=0 must be positive"),
     ("train.sample_prompts", (), "sample_prompts is empty"),
     ("train.sample_prompts", ("a red circle", " "), r"sample_prompts=.*non-blank prompts"),
