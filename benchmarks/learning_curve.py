@@ -131,9 +131,16 @@ def main() -> None:
   p.add_argument("--out", default="curves.jsonl")
   args = p.parse_args()
   for flag, value, what in (("--steps", args.steps, "training steps per variant"),
-                            ("--every", args.every, "steps between evaluations")):
+                            ("--every", args.every, "steps between evaluations"),
+                            ("--num_train", args.num_train, "train records read"),
+                            ("--num_test", args.num_test, "test records read"),
+                            ("--num_eval", args.num_eval, "test captions sampled per evaluation"),
+                            ("--evaluator_steps", args.evaluator_steps, "the evaluator's steps")):
     if value < 1:
       p.error(f"{flag} {value}: give 1 or more ({what}).")
+  if args.num_eval > args.num_test:  # would score only the --num_test read
+    p.error(f"--num_eval {args.num_eval} exceeds --num_test {args.num_test}: the evaluations "
+            "sample test captions; raise --num_test or lower --num_eval.")
   variants = []  # every variant's config read before hours of training the ones before it
   for variant in args.variant or ["base"]:
     name, _, overrides = variant.partition(":")

@@ -53,9 +53,17 @@ def test_overrides_set_the_config_and_a_misspelt_field_is_not_added():
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--steps", "0", "--steps 0: give 1 or more"),  # trained the evaluator, then no row at all
-    ("--every", "0", "--every 0: give 1 or more")])  # ZeroDivisionError at the first step
+    ("--every", "0", "--every 0: give 1 or more"),  # ZeroDivisionError at the first step
+    # np.stack of no records, once the dataset was built
+    ("--num_train", "0", "--num_train 0: give 1 or more"),
+    ("--num_test", "-1", "--num_test -1: give 1 or more"),
+    ("--num_eval", "0", "--num_eval 0: give 1 or more"),
+    ("--evaluator_steps", "0", "--evaluator_steps 0: give 1 or more"),  # an untrained evaluator
+    # scored 100 captions a row, not the 500 asked
+    ("--num_test", "100", "--num_eval 500 exceeds --num_test 100: the evaluations sample")])
 def test_a_count_below_one_is_refused_before_the_data_loads(monkeypatch, capsys, flag, value,
                                                             message):
+  """And a --num_eval that --num_test cannot give."""
   monkeypatch.setattr(learning_curve, "load_split", _ran)
   monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--config", CONFIG, flag, value])
   with pytest.raises(SystemExit) as e:
