@@ -328,12 +328,14 @@ def _after_step(run: _Run, state: TrainState, done: int, pending: list, clock: _
   # SIGTERM/SIGINT: save now, stop (the same step everywhere); at the last step the run is
   # complete, so it ends as usual (its samples and evaluation are made now, not by a rerun).
   stop = watch.reached() and done < t.steps
-  if due(done, t.log_every, t.steps) or stop:  # a stop: the steps since the log
-    _log_metrics(jax.device_get(pending), done, clock, bar, run.writer, t, run.manager.directory)
-    pending.clear()
   saved = due(done, t.ckpt_every, t.steps) or stop
   sample_now = due(done, t.sample_every, t.steps)
   eval_now = run.evaluate is not None and due(done, run.config.eval.every, t.steps)
+  # The steps since the last log, logged before a checkpoint too (an evaluation's new best is
+  # one): a rerun after a crash resumes after it, and would never log them.
+  if due(done, t.log_every, t.steps) or saved or eval_now:
+    _log_metrics(jax.device_get(pending), done, clock, bar, run.writer, t, run.manager.directory)
+    pending.clear()
   if saved or sample_now or eval_now:  # not training: off the clock
     clock.stop(state)
   if saved:  # before sampling and evaluation, whose errors would lose it

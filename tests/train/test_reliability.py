@@ -160,6 +160,43 @@ def test_a_stop_between_logs_logs_the_steps_since_the_last_one(shapes_data_dir, 
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [6]
 
 
+class _Crashed(Exception):
+  pass
+
+
+class _CrashingAt(_Poisoned):
+  """_Poisoned, raising _Crashed for batch `crash` (1-based), as a kill -9 before that step."""
+
+  def __init__(self, it, first: int, last: int, crash: int):
+    super().__init__(it, first, last)
+    self.crash = crash
+
+  def __next__(self):
+    if self.n + 1 == self.crash:
+      raise _Crashed
+    return super().__next__()
+
+
+def test_a_crash_after_a_checkpoint_between_logs_loses_no_step_of_the_logs(
+    shapes_data_dir, tmp_path, monkeypatch, caplog):
+  """A checkpoint at a step that is not a log step (ckpt_every 4, log_every 3) held the metrics
+  of the steps since the last log in memory only: after a crash (kill -9, here an error before
+  step 5) the rerun resumed after them and no window logged them: step 4's skipped update was
+  counted nowhere, without a warning (and a streak of them ending there never stopped a run)."""
+  config = tiny_config(shapes_data_dir)
+  config.train.steps, config.train.log_every, config.train.ckpt_every = 6, 3, 4
+  monkeypatch.setattr(loop, "make_iterator", lambda *a, **k: _CrashingAt(
+      make_iterator(*a, **k), first=4, last=4, crash=5))
+  with caplog.at_level(logging.WARNING), pytest.raises(_Crashed):
+    loop.train(config, tmp_path)
+  assert "Step 4: 1 update(s) skipped for non-finite losses or gradients" in caplog.text
+  monkeypatch.setattr(loop, "make_iterator", make_iterator)
+  assert int(loop.train(config, tmp_path).step) == 6  # resumed at step 4
+  logdir = tmp_path / "tensorboard"
+  assert _scalars(logdir, "train/skipped_updates") == {3: 0.0, 4: 1.0, 6: 0.0}
+  assert _scalars(logdir, "train/finite") == {3: 1.0, 4: 0.0, 6: 1.0}
+
+
 def test_a_stop_at_the_last_step_still_ends_the_run_with_its_samples(shapes_data_dir, tmp_path,
                                                                      monkeypatch, caplog):
   """A SIGTERM/SIGINT during the last step: the run is complete once that step is saved. It was
