@@ -21,10 +21,15 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 def compute_dtype(dtype: Any) -> jnp.dtype:
   """`dtype` as a T5 compute dtype, or a ValueError naming the ones that work."""
-  d = jnp.dtype(dtype)
-  if d.name not in COMPUTE_DTYPES:
-    raise ValueError(f"T5 compute dtype {d.name} is not supported; use one of {COMPUTE_DTYPES} "
-                     "(T5's activations overflow float16's range: inf, then NaN).")
+  try:
+    d = jnp.dtype(dtype)
+  except TypeError:  # e.g. 'bf16'
+    d = None
+  if d is None or d.name not in COMPUTE_DTYPES:
+    why = (" (T5's activations overflow float16's range: inf, then NaN)" if d == jnp.float16
+           else "")
+    raise ValueError(f"T5 compute dtype {dtype if d is None else d.name!r} is not supported; use "
+                     f"one of {COMPUTE_DTYPES}{why}.")
   return d
 
 

@@ -278,10 +278,15 @@ def test_checkpoint_without_vocabulary_is_refused(tmp_path):
   assert ids[0, :2].tolist() == [100, 101]
 
 
-@pytest.mark.parametrize("dtype", [np.float16, "float64", "int8"])
-def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, dtype):
-  with pytest.raises(ValueError, match="compute dtype .* not supported; use one of"):
+@pytest.mark.parametrize("dtype, why", [
+    (np.float16, "T5's activations overflow float16's range"), ("float64", r"\.$"),
+    ("int8", r"\.$"), ("bf16", r"\.$")])  # 'bf16': numpy's TypeError "data type not understood"
+def test_compute_dtypes_other_than_float32_and_bfloat16_are_refused(generator, dtype, why):
+  """Only float16's message gives its overflow as the reason (float64's did too)."""
+  with pytest.raises(ValueError, match="compute dtype .* not supported; use one of") as error:
     TextGenerator(generator.config, generator.params, generator.tokenizer, dtype)
+  assert re.search(why, str(error.value)) and ("overflow" in str(error.value)) == (
+      dtype is np.float16)
   with pytest.raises(ValueError, match="compute dtype .* not supported"):
     generate(generator.params, generator.config, [[5, 1]], max_new_tokens=2, dtype=dtype)
 
