@@ -102,13 +102,15 @@ def main(argv: list[str]) -> None:
   from llmimg_jax.train.resume_agree import ResumeDisagreesError
   from llmimg_jax.train.same_config import ConfigDiffersError
   from llmimg_jax.train.summaries import describe_devices
-  from llmimg_jax.train.workdir import CheckpointSaveError, WorkdirNotWritableError
+  from llmimg_jax.train.workdir import (CheckpointSaveError, WorkdirNotWritableError,
+                                       check_workdir_outside_data)
   config = _CONFIG.value
   num_devices = jax.device_count()  # every host: the others wait for this host's devices
   problem = None
   try:  # before anything compiles or loads: a bad config fails in seconds
-    local_workdir(_WORKDIR.value)
+    workdir = local_workdir(_WORKDIR.value)
     validate(config, num_devices)
+    check_workdir_outside_data(workdir, config.data)
     if config.text.checkpoint:  # a missing directory, or a hub name that cannot be had
       resolve_checkpoint_dir(config.text.checkpoint)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:

@@ -44,6 +44,12 @@ def _out_of_links(path: Path) -> Path | None:
   return Path(*done)
 
 
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+  """Whether `path` is `folder` or in a folder under it (links resolved)."""
+  real = [os.path.realpath(os.path.expanduser(p)) for p in (path, folder)]
+  return os.path.commonpath(real) == real[1]
+
+
 def flag_path(path: str | os.PathLike, flag: str) -> Path:
   """The path a flag names, `path` with a leading ~ or ~user expanded. A ValueError naming `flag`
   where that home is unknown (not pathlib's RuntimeError and its traceback), or where a folder on

@@ -105,7 +105,7 @@ def check_args(args: argparse.Namespace) -> None:
   elif given := [f"--{k}" for k in ("folder", "image_size", "max_pixels") if getattr(args, k)]:
     raise ValueError(f"{cli.only_apply(given)} to --dataset captioned_folder ({args.dataset} "
                      f"stores its images at its own size); drop {cli.them(given)}.")
-  if name == "captioned_folder" and args.preview and _inside(args.preview, args.folder):
+  if name == "captioned_folder" and args.preview and output_files.inside(args.preview, args.folder):
     raise ValueError(f"--preview {args.preview!r} is inside --folder {args.folder}: the grid would "
                      "be an image added to the folder, whose build is then reported as changed; "
                      "write it elsewhere, e.g. --preview ../grid.png.")
@@ -119,12 +119,6 @@ def check_args(args: argparse.Namespace) -> None:
   if args.overwrite and not args.preview:
     raise ValueError("--overwrite only applies with --preview (it lets that replace an existing "
                      "file); drop it.")
-
-
-def _inside(path: str, folder: str) -> bool:
-  """Whether `path` is in `folder` or a folder under it (links resolved)."""
-  real = [os.path.realpath(os.path.expanduser(p)) for p in (path, folder)]
-  return os.path.commonpath(real) == real[1]
 
 
 def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:

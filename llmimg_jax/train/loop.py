@@ -32,7 +32,8 @@ from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
     flush as flush_events, log_end, log_start, logs_above, progress_bar, summary_writer,
     window_means)
-from llmimg_jax.train.workdir import check_workdir_writable, checkpoint_saving, local_workdir
+from llmimg_jax.train.workdir import (check_workdir_outside_data, check_workdir_writable,
+                                     checkpoint_saving, local_workdir)
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
+  check_workdir_outside_data(workdir, config.data)
   check_same_config(config, workdir)
   check_workdir_writable(workdir)
   mesh = make_mesh(devices)

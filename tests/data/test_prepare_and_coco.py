@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llmimg_jax import output_files
 from llmimg_jax.data import captioned_folder, coco, pipeline, prepare
 from tests.data.utils import _usage_error, folder_argv
 
@@ -207,7 +208,7 @@ def test_prepare_refuses_a_preview_inside_the_folder(tmp_path, capsys, monkeypat
     assert (f"error: --preview {preview!r} is inside --folder .: the grid would be an image "
             "added to the folder") in err
   assert not (tmp_path / "tfds").exists() and not (folder / "grid.png").exists()
-  assert not prepare._inside(str(tmp_path / "imgs_grid.png"), str(folder))  # a sibling
+  assert not output_files.inside(tmp_path / "imgs_grid.png", folder)  # a sibling
 
 
 def test_prepare_makes_the_preview_folder(shapes_cfg, tmp_path):

@@ -170,6 +170,11 @@ def test_a_dataset_of_one_image_is_refused_before_compiling(tmp_path):
                      r"from mismatched image-caption pairs\): add images"):
     loop.train(config, tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
+  # A workdir in the folder (its grids would change the folder's build): refused before the build.
+  with pytest.raises(ValueError, match=r"--workdir '.*one/runs/a' is inside config\.data\.folder="
+                     r"'.*one': the run's sample grids would be images added to the folder"):
+    loop.train(config, folder / "runs" / "a")
+  assert not (folder / "runs").exists()
 
 
 def test_a_run_from_a_pretrained_t5_starts_from_its_weights(tmp_path, monkeypatch):

@@ -218,6 +218,11 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
           r"the --config file .*none_config\.py: its get_config\(\) returned None"),
       ("--config.data.name=captioned_folder", f"--config.data.folder={one_image}"): (
           r"has 1 record; training needs at least 2"),  # was a traceback, exit 1
+      # Its sample grids were images of the folder: each resume said it changed since its build.
+      ("--config.data.name=captioned_folder", f"--config.data.folder={one_image}",
+       f"--workdir={one_image / 'run'}"): (
+          rf"--workdir '{one_image / 'run'}' is inside config\.data\.folder='.*one_image': the "
+          r"run's sample grids would be images added to the folder"),
       (f"--config.data.data_dir={a_file / 'tfds'}",): (  # was os.makedirs' traceback
           r"Could not build captioned_shapes/tiny_32 in data\.data_dir='.*a_file/tfds' "
           r"\(NotADirectoryError: .*set data\.data_dir"),
@@ -253,6 +258,7 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   assert not (tmp_path / "run").exists()
   assert not (tmp_path / "checkpoints").exists()  # nor the current directory (a blank --workdir)
   assert [p.name for p in locked_run.iterdir()] == ["checkpoints"]
+  assert not (one_image / "run").exists()
 
 
 @pytest.mark.parametrize("stray", [
