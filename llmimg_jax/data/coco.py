@@ -80,10 +80,11 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> No
 def _download_error(data_dir: str, why: str) -> CocoDownloadError:
   return CocoDownloadError(
       f"coco_captions could not be downloaded or built in data.data_dir={data_dir!r} "
-      f"({why}). The first build downloads ~20 GB from "
-      "images.cocodataset.org: run `python -m llmimg_jax.data.prepare --dataset coco_captions "
-      "--data_dir DIR` where that site is reachable (with ~50 GB free), then set "
-      "data.data_dir to DIR (a location every host sees).")
+      f"({why}). The first build downloads ~40 GB from "
+      "images.cocodataset.org (TFDS fetches every COCO 2014 archive, the test sets' too) and "
+      "extracts it: run `python -m llmimg_jax.data.prepare --dataset coco_captions "
+      "--data_dir DIR` where that site is reachable (with ~100 GB free: the archives, their "
+      "files and the build), then set data.data_dir to DIR (a location every host sees).")
 
 
 def _check_hosts_answer(builder, data_dir: str) -> None:

@@ -317,7 +317,7 @@ def test_a_failed_coco_download_is_one_clear_error(tmp_path, monkeypatch, capsys
   cfg.update(name="coco_captions", data_dir=str(tmp_path), image_size=32)
   with pytest.raises(coco.CocoDownloadError, match=(
       rf"coco_captions could not be downloaded or built in data.data_dir='{tmp_path}' "
-      rf"\({why}.*--data_dir DIR.* \(with ~50 GB free\)")):
+      rf"\({why}.*--data_dir DIR.* \(with ~100 GB free")):
     pipeline.load_source(cfg)
   err = _usage_error(capsys, ["--dataset", "coco_captions", "--data_dir", str(tmp_path)])
   assert "could not be downloaded" in err
@@ -332,6 +332,13 @@ def test_coco_builder_finds_its_download_checksums(tmp_path):
   without TensorFlow: the `tf` extra must bring importlib_resources too."""
   builder = coco.coco_builder(str(tmp_path))
   assert any("cocodataset.org" in url for url in builder.url_infos)
+  # The size the error states: every coco/2014 archive (TFDS's Coco._split_generators fetches the
+  # test2014 and test2015 sets too) and Karpathy's captions, 40.4 GB. It said ~20 GB.
+  fetched = [info.size for url, info in builder.url_infos.items()
+             if re.search(r"(2014|test2015)\.zip$|caption_datasets\.zip$", url)]
+  assert len(fetched) == 8
+  message = str(coco._download_error("DIR", "why"))
+  assert f"The first build downloads ~{sum(fetched) / 1e9:.0f} GB from" in message, message
 
 
 @pytest.mark.tf
