@@ -251,6 +251,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   if resume.nothing_to_do(workdir, start, config, grid_unmade, eval_unmade):
     manager.close()
     return state
+  if resumed:  # the run's tokenizer and T5 config, which sampling reads, are the ones it trains on
+    resume.check_text_files(workdir, config, tokenizer, t5_config)
   if jax.process_index() == 0 and start < config.train.steps:
     resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
   # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh

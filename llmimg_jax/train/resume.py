@@ -16,7 +16,9 @@ from llmimg_jax.train import checkpoint
 from llmimg_jax.train.config import due
 from llmimg_jax.train.config_values import config_diff, config_values, describe_changes
 from llmimg_jax.train.samples import grid_name
-from llmimg_jax.train.state import save_text_files
+from llmimg_jax.text import T5Config, TextTokenizer
+from llmimg_jax.text.tokenizer import load_tokenizer
+from llmimg_jax.train.state import TEXT_DIR, save_text_files
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +90,46 @@ def write_run_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer,
   write_config(workdir, config)
   if config.text.checkpoint:
     save_text_files(workdir, tokenizer, t5_config, replace=fresh)
+
+
+def _tokenizer_change(saved: TextTokenizer, now: TextTokenizer, texts: list[str]) -> str | None:
+  """How `now` tokenizes differently from `saved`: a text's ids, or the vocabulary."""
+  def ids(tokenizer: TextTokenizer, text: str) -> list[int]:
+    tokens = tokenizer.tokenize([text])[0]
+    return tokens["input_ids"][0][tokens["attention_mask"][0] > 0].tolist()
+
+  for text in texts:
+    if (before := ids(saved, text)) != (after := ids(now, text)):
+      return f"{text!r}: {before} -> {after}"
+  return None if saved.hf.get_vocab() == now.hf.get_vocab() else "another vocabulary"
+
+
+def check_text_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer: TextTokenizer,
+                     t5_config: T5Config) -> None:
+  """ConfigMismatchError if a resumed run's config.text.checkpoint holds another tokenizer or T5
+  config than WORKDIR/text, those the run started with, which sample.py and evaluate.py read (its
+  encoder weights are in the checkpoints)."""
+  saved_dir = workdir / TEXT_DIR
+  if not config.text.checkpoint or not (saved_dir / "config.json").is_file():
+    return  # a T5 of the config's own, or a run from before WORKDIR/text
+  saved = T5Config.from_json_file(saved_dir / "config.json").to_dict()
+  changes = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in t5_config.to_dict().items()
+             if saved.get(k) != v]
+  held = [f"another T5 config ({'; '.join(changes)})"] if changes else []
+  probes = [*config.train.sample_prompts, "Zürich, 東京 & 42 — ok?"]
+  if why := _tokenizer_change(load_tokenizer(str(saved_dir), config.text.max_length), tokenizer,
+                              probes):
+    held.append(f"another tokenizer ({why})")
+  if not held:
+    return
+  trained = ""
+  try:
+    first = json.loads((workdir / "config.json").read_text())["text"]["checkpoint"]
+    trained = f" ({first!r} in {workdir / 'config.json'})"
+  except (OSError, ValueError, KeyError, TypeError):  # unreadable: the advice stands without it
+    pass
+  raise checkpoint.ConfigMismatchError(
+      f"The checkpoints in {workdir / 'checkpoints'} were trained with the tokenizer and T5 config "
+      f"in {saved_dir}, but config.text.checkpoint={config.text.checkpoint!r} holds "
+      f"{' and '.join(held)}. Rerun with the text.checkpoint the run was trained with{trained}, or "
+      "pass a new --workdir for a new run. Nothing was trained.")

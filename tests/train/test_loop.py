@@ -3,6 +3,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from llmimg_jax.train.state import build_models, build_text, save_text_files
 from llmimg_jax.train.step import generate_images
 from llmimg_jax.train.summaries import progress_bar
 from tests.sample.utils import one_device_env
+from tests.text.utils import sentencepiece_tokenizer_dir
 from tests.train.test_summaries import _Stderr
 from tests.train.utils import (_damage, _equal, _log_window, _scalar_events, _scalars,
                                tiny_config, tiny_pretrained_t5)
@@ -216,6 +218,49 @@ def test_a_fresh_start_replaces_an_earlier_runs_text_files(tmp_path, monkeypatch
   monkeypatch.setattr(loop, "jit_train_step", stop)
   with pytest.raises(RuntimeError, match="stopped before the first step"):
     loop.train(config, workdir)
+  assert text_setup(config, workdir)[1] == t5_config
+
+
+def test_a_resume_on_another_tokenizer_or_t5_config_is_refused(tmp_path, monkeypatch):
+  """WORKDIR/text holds the tokenizer and T5 config a run on a pretrained T5 started with, which
+  sampling reads. A resume whose text.checkpoint (another path, or the same one re-saved) held
+  another tokenizer or config trained on those, while sample.py and evaluate.py kept the run's:
+  one prompt, two embeddings. The same files at another path resume. (Checked up to the step,
+  which is not compiled; the restore is stood in for.)"""
+  config = tiny_config(tmp_path / "unused_data")
+  config.text.checkpoint = tiny_pretrained_t5(tmp_path / "t5")
+  tokenizer, t5_config, _ = build_text(config)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  save_text_files(workdir, tokenizer, t5_config)
+  (workdir / "config.json").write_text(config.to_json())
+
+  def stop(*args):
+    raise RuntimeError("stopped before the first step")
+  monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
+  monkeypatch.setattr(loop, "_restore_or_init",
+                      lambda *args: (types.SimpleNamespace(step=np.int32(2)), True))
+  monkeypatch.setattr(loop, "jit_train_step", stop)
+  moved = shutil.copytree(tmp_path / "t5", tmp_path / "t5_moved")
+  config.text.checkpoint = str(moved)
+  with pytest.raises(RuntimeError, match="stopped before the first step"):
+    loop.train(config, workdir)
+  gelu = shutil.copytree(tmp_path / "t5", tmp_path / "t5_gelu")  # relu's shapes
+  hf_config = json.loads((gelu / "config.json").read_text())
+  (gelu / "config.json").write_text(json.dumps({**hf_config, "feed_forward_proj": "gelu",
+                                                "dense_act_fn": "gelu"}))
+  spiece = shutil.copytree(tmp_path / "t5", tmp_path / "t5_spiece")
+  sentencepiece_tokenizer_dir(str(spiece))  # its tokenizer_config.json names T5Tokenizer
+  trained = re.escape(str(moved))  # config.json names the last run's
+  for other, what in ((gelu, r"another T5 config \(feed_forward_proj: 'relu' -> 'gelu'.*\)"),
+                      (spiece, r"another tokenizer \('a red circle': \[.*\] -> \[.*\]\)")):
+    config.text.checkpoint = str(other)
+    with pytest.raises(checkpoint.ConfigMismatchError, match=(
+        rf"The checkpoints in .*run/checkpoints were trained with the tokenizer and T5 config in "
+        rf".*run/text, but config\.text\.checkpoint='.*{other.name}' holds {what}\. Rerun with "
+        rf"the text\.checkpoint the run was trained with \('{trained}' in .*run/config\.json\), "
+        r"or pass a new --workdir for a new run")):
+      loop.train(config, workdir)
   assert text_setup(config, workdir)[1] == t5_config
 
 
