@@ -175,15 +175,35 @@ def test_a_changed_dataset_is_named_not_taken_for_other_code(saved, tmp_path):
       "dataset changed since they were saved")
 
 
-@pytest.mark.parametrize("impl, length, lr_g", [("philox4x32", 2, None), ("rbg", 4, None),
-                                                ("unsafe_rbg", 4, 3e-4)])
-def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, impl, length,
-                                                               lr_g):
+def _recorded(impl: str, length: int) -> str:
+  return (rf"jax_default_prng_impl threefry2x32 \(a training key of uint32 \[2\]\); this "
+          rf"process's is {impl} \(uint32 \[{length}\]\)")
+
+
+def _by_length(impl: str) -> str:
+  return (rf"their training key is uint32 \[2\], made under jax_default_prng_impl threefry2x32 "
+          rf"or philox4x32; this process's is {impl} \(uint32 \[4\]\)")
+
+
+@pytest.mark.parametrize("recorded, impl, lr_g, named", [
+    (True, "philox4x32", None, _recorded("philox4x32", 2)),
+    (True, "rbg", None, _recorded("rbg", 4)),
+    (True, "unsafe_rbg", 3e-4, _recorded("unsafe_rbg", 4)),
+    # Checkpoints of earlier versions (no STEP/prng record): told apart by key length only.
+    (False, "rbg", None, _by_length("rbg")),
+    (False, "unsafe_rbg", 3e-4, _by_length("unsafe_rbg"))])
+def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, recorded, impl,
+                                                               lr_g, named):
   """Each checkpoint records its training key's PRNG. Saved under threefry2x32 (JAX's default),
   resumed under JAX_DEFAULT_PRNG_IMPL=philox4x32, whose raw keys are uint32 [2] too: the state
   restored and the run went on drawing another random stream, without a word (not the results
-  of an uninterrupted run). Nothing is restored; a changed config value is named too."""
+  of an uninterrupted run). Under rbg (keys of uint32 [4]) the error blamed another version of
+  llmimg_jax or edited files, and rerunning as it advised never worked. Nothing is restored; a
+  changed config value is named too."""
   config, tokenizer, _, _ = saved
+  if not recorded:
+    for record in (tmp_path / "checkpoints").glob("*/prng"):
+      shutil.rmtree(record)
   manager, it = _fresh(config, tokenizer, tmp_path)
   also = ""
   if lr_g is not None:
@@ -191,10 +211,8 @@ def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, 
     config.train.lr_g = lr_g
   with jax.default_prng_impl(impl):
     _assert_refused_and_kept(
-        manager, config, it, rf"were saved under another JAX PRNG: jax_default_prng_impl "
-        rf"threefry2x32 \(a training key of uint32 \[2\]\); this process's is {impl} \(uint32 "
-        rf"\[{length}\]\)\. Rerun under the one the run started with .* for a new run\.{also} "
-        rf"The checkpoints were left in place")
+        manager, config, it, rf"were saved under another JAX PRNG: {named}\. Rerun under the one "
+        rf"the run started with .* for a new run\.{also} The checkpoints were left in place")
 
 
 def test_hosts_agree_that_another_prng_is_not_resumed(saved, tmp_path, monkeypatch):
@@ -206,29 +224,6 @@ def test_hosts_agree_that_another_prng_is_not_resumed(saved, tmp_path, monkeypat
   manager, it = _fresh(config, tokenizer, tmp_path)
   _assert_refused_and_kept(manager, config, it, r"saved under another JAX PRNG: another host's "
                            r"jax_default_prng_impl is not the one they record\. Rerun under")
-
-
-@pytest.mark.parametrize("impl, lr_g", [("rbg", None), ("unsafe_rbg", 3e-4)])
-def test_a_run_saved_under_another_jax_prng_before_its_record_is_named(saved, tmp_path, impl,
-                                                                       lr_g):
-  """Checkpoints of earlier versions (no STEP/prng record), saved under threefry2x32 and resumed
-  under JAX_DEFAULT_PRNG_IMPL=rbg: the error blamed another version of llmimg_jax or edited files
-  (or a config value changed with it), and rerunning as it advised never worked. Keys of one
-  length (philox4x32's) are not told apart there."""
-  config, tokenizer, _, _ = saved
-  for record in (tmp_path / "checkpoints").glob("*/prng"):
-    shutil.rmtree(record)
-  manager, it = _fresh(config, tokenizer, tmp_path)
-  also = ""
-  if lr_g is not None:
-    also = rf" The config differs too: train\.lr_g: {config.train.lr_g} -> {lr_g}\."
-    config.train.lr_g = lr_g
-  with jax.default_prng_impl(impl):
-    _assert_refused_and_kept(
-        manager, config, it, rf"were saved under another JAX PRNG: their training key is uint32 "
-        rf"\[2\], made under jax_default_prng_impl threefry2x32 or philox4x32; this process's is "
-        rf"{impl} \(uint32 \[4\]\)\. Rerun under the one the run started with .* for a new "
-        rf"run\.{also} The checkpoints were left in place")
 
 
 def test_edited_iterator_states_are_not_blamed_on_the_config(saved, tmp_path):
