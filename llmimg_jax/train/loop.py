@@ -223,7 +223,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   readable it raises CorruptCheckpointError unless `start_fresh_if_corrupt`); one already at
   config.train.steps is returned as restored, config.json untouched and no evaluator set up,
   unless its last sample grid or evaluation is missing (a kill during them): made then. A resumed
-  run makes those of the step it resumes at, if missing, before it trains.
+  run makes those of the step it resumes at, if missing, before it trains. A workdir inside a
+  captioned_folder's folder is refused (ValueError), and so is a resume whose text.checkpoint
+  holds another tokenizer or T5 config than WORKDIR/text (ConfigMismatchError).
   SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)

@@ -73,10 +73,9 @@ def _key_length(impl: str) -> str:
 def prng_switch(step_dir: Path) -> str | None:
   """How the PRNG recorded with the checkpoint in `step_dir` differs from this process's
   jax_default_prng_impl, else None (also for checkpoints saved before the record: prng_change)."""
-  try:
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-      saved = checkpointer.restore(step_dir / PRNG_ITEM,
-                                   args=ocp.args.JsonRestore())["jax_default_prng_impl"]
+  try:  # the handler itself: a Checkpointer would wait for every host, which may not all read it
+    saved = ocp.JsonCheckpointHandler().restore(
+        step_dir / PRNG_ITEM, args=ocp.args.JsonRestore())["jax_default_prng_impl"]
   except Exception:  # noqa: BLE001 - no readable record: nothing to compare
     return None
   if saved == (now := jax.config.jax_default_prng_impl):

@@ -92,6 +92,12 @@ def write_run_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer,
     save_text_files(workdir, tokenizer, t5_config, replace=fresh)
 
 
+# T5Config fields that leave a training run's encoder as it is: the decoder's, and dropout (the
+# encoder runs deterministic).
+_NOT_ENCODER = ("num_decoder_layers", "decoder_start_token_id", "scale_decoder_outputs",
+                "tie_word_embeddings", "dropout_rate")
+
+
 def _tokenizer_change(saved: TextTokenizer, now: TextTokenizer, texts: list[str]) -> str | None:
   """How `now` tokenizes differently from `saved`: a text's ids, or the vocabulary."""
   def ids(tokenizer: TextTokenizer, text: str) -> list[int]:
@@ -112,13 +118,19 @@ def check_text_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer
   saved_dir = workdir / TEXT_DIR
   if not config.text.checkpoint or not (saved_dir / "config.json").is_file():
     return  # a T5 of the config's own, or a run from before WORKDIR/text
-  saved = T5Config.from_json_file(saved_dir / "config.json").to_dict()
+  try:
+    saved = T5Config.from_json_file(saved_dir / "config.json").to_dict()
+    saved_tokenizer = load_tokenizer(str(saved_dir), config.text.max_length)
+  except (OSError, ValueError, TypeError) as e:  # e.g. files copied in by hand, one cut short
+    log.warning("Could not read the run's tokenizer and T5 config in %s (%s: %s), so they are "
+                "not compared with config.text.checkpoint's; sample.py reads them: restore the "
+                "files the run started with.", saved_dir, type(e).__name__, e)
+    return
   changes = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in t5_config.to_dict().items()
-             if saved.get(k) != v]
+             if k not in _NOT_ENCODER and saved.get(k) != v]
   held = [f"another T5 config ({'; '.join(changes)})"] if changes else []
   probes = [*config.train.sample_prompts, "Zürich, 東京 & 42 — ok?"]
-  if why := _tokenizer_change(load_tokenizer(str(saved_dir), config.text.max_length), tokenizer,
-                              probes):
+  if why := _tokenizer_change(saved_tokenizer, tokenizer, probes):
     held.append(f"another tokenizer ({why})")
   if not held:
     return

@@ -221,7 +221,7 @@ def test_a_fresh_start_replaces_an_earlier_runs_text_files(tmp_path, monkeypatch
   assert text_setup(config, workdir)[1] == t5_config
 
 
-def test_a_resume_on_another_tokenizer_or_t5_config_is_refused(tmp_path, monkeypatch):
+def test_a_resume_on_another_tokenizer_or_t5_config_is_refused(tmp_path, monkeypatch, caplog):
   """WORKDIR/text holds the tokenizer and T5 config a run on a pretrained T5 started with, which
   sampling reads. A resume whose text.checkpoint (another path, or the same one re-saved) held
   another tokenizer or config trained on those, while sample.py and evaluate.py kept the run's:
@@ -262,6 +262,11 @@ def test_a_resume_on_another_tokenizer_or_t5_config_is_refused(tmp_path, monkeyp
         r"or pass a new --workdir for a new run")):
       loop.train(config, workdir)
   assert text_setup(config, workdir)[1] == t5_config
+  # The run's files cut short (e.g. copied in by hand): a warning, as before the comparison.
+  (workdir / "text" / "config.json").write_text("{")
+  with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match="before the first"):
+    loop.train(config, workdir)
+  assert "Could not read the run's tokenizer and T5 config in" in caplog.text
 
 
 def test_a_fresh_start_traces_init_state_once(tmp_path, monkeypatch):

@@ -192,8 +192,8 @@ def _by_length(impl: str) -> str:
     # Checkpoints of earlier versions (no STEP/prng record): told apart by key length only.
     (False, "rbg", None, _by_length("rbg")),
     (False, "unsafe_rbg", 3e-4, _by_length("unsafe_rbg"))])
-def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, recorded, impl,
-                                                               lr_g, named):
+def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, monkeypatch,
+                                                               recorded, impl, lr_g, named):
   """Each checkpoint records its training key's PRNG. Saved under threefry2x32 (JAX's default),
   resumed under JAX_DEFAULT_PRNG_IMPL=philox4x32, whose raw keys are uint32 [2] too: the state
   restored and the run went on drawing another random stream, without a word (not the results
@@ -209,10 +209,14 @@ def test_a_run_saved_under_another_jax_prng_is_refused_by_name(saved, tmp_path, 
   if lr_g is not None:
     also = rf" The config differs too: train\.lr_g: {config.train.lr_g} -> {lr_g}\."
     config.train.lr_g = lr_g
+  tried, restore = [], checkpoint.restore
+  monkeypatch.setattr(checkpoint, "restore", lambda m, step, *a: tried.append(step) or restore(
+      m, step, *a))
   with jax.default_prng_impl(impl):
     _assert_refused_and_kept(
         manager, config, it, rf"were saved under another JAX PRNG: {named}\. Rerun under the one "
         rf"the run started with .* for a new run\.{also} The checkpoints were left in place")
+  assert tried == ([] if recorded else [4])  # the record is read before any restore
 
 
 def test_hosts_agree_that_another_prng_is_not_resumed(saved, tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def test_flush_writes_every_event_added_so_far(tmp_path):
   file is flushed every 2 minutes."""
   import numpy as np
   from llmimg_jax.train.summaries import flush, summary_writer
-  from tests.train.test_reliability import _tags
+  from tests.train.test_logs_at_stops import _tags
   writer = summary_writer(tmp_path, purge_step=1)
   for step in range(1, 4):
     writer.add_scalar("train/d_loss", 0.5, step)
