@@ -70,6 +70,11 @@ def check_template(template: str) -> None:
   """A str.format template whose fields are all exactly {prompt} (conversions and format specs
   allowed, e.g. {prompt!r}); ValueError otherwise."""
   try:
+    template.encode("utf-8")
+  except UnicodeEncodeError:  # e.g. Latin-1 bytes from a shell, decoded as surrogates
+    raise ValueError(f"Expansion template {template!r} is not valid UTF-8 text; set the "
+                     "terminal's encoding to UTF-8.") from None
+  try:
     fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
   except ValueError as e:
     raise ValueError(f"Expansion template {template!r} is not a valid format string ({e}); "

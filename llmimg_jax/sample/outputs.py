@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +25,9 @@ def _jsonl_line(record: dict) -> str:
   line = json.dumps(record, ensure_ascii=False)
   for char, escaped in _LINE_BREAKS.items():
     line = line.replace(char, escaped)
-  return line + "\n"
+  # Lone surrogates (a path of non-UTF-8 bytes, as Python decodes it) as JSON escapes: UTF-8
+  # cannot hold them, and a JSON reader gets the same str back.
+  return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", line) + "\n"
 
 
 def image_name(prompt_index: int, sample_index: int) -> str:

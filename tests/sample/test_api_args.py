@@ -107,3 +107,17 @@ def test_numpy_integer_count_and_seed_are_written_to_samples_jsonl(sampler, tmp_
   records = write_samples(result, tmp_path)
   assert [(r["seed"], r["sample_index"]) for r in records] == [(3, 0), (3, 1)]
   assert (tmp_path / "samples.jsonl").read_text().count('"seed": 3') == 2
+
+
+def test_a_path_that_is_not_utf8_is_written_to_samples_jsonl(sampler, tmp_path):
+  """A folder name of Latin-1 bytes (legal on Linux; Python holds it with surrogates), such as
+  --expand_with's, which samples.jsonl records: its UTF-8 write failed after sampling ('utf-8'
+  codec can't encode character '\\udce9'), and nothing was written. It is a JSON escape now, read
+  back as the same str."""
+  import json
+
+  from llmimg_jax.sample import write_samples
+  result = sampler.sample(["a red circle"], seed=0, num_per_prompt=1)
+  write_samples(result, tmp_path, {"expander": {"model": "t5_caf\udce9"}})
+  line = (tmp_path / "samples.jsonl").read_text(encoding="utf-8")
+  assert "t5_caf\\udce9" in line and json.loads(line)["expander"]["model"] == "t5_caf\udce9"

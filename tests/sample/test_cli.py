@@ -343,6 +343,10 @@ _REPORT_IMPORTS = (
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_template", "{text}"],
      "Expansion template '{text}' has the field(s) ['text']; the only field is {prompt} (the "
      "whole prompt), and {{ }} are literal braces."),
+    # Read as U+FFFD by the tokenizer, then the UTF-8 write of samples.jsonl failed after sampling.
+    (["--prompt", "a cat", "--expand_with", "t5", "--expand_template", "caf\udce9 {prompt}"],
+     "Expansion template 'caf\\udce9 {prompt}' is not valid UTF-8 text; set the terminal's "
+     "encoding to UTF-8."),
     # Named as the flags, not as CaptionExpander's arguments ('CaptionExpander max_new_tokens=0').
     (["--prompt", "a cat", "--expand_with", "t5", "--expand_max_new_tokens", "0"],
      "--expand_max_new_tokens=0 must be >= 1."),
