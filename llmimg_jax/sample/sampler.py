@@ -43,9 +43,10 @@ from llmimg_jax.sample.restore import full_workdir, readable_run, restore_for_sa
 from llmimg_jax.text import T5Config
 from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.loading import resolve_checkpoint_dir
-from llmimg_jax.text.tokenizer import TextTokenizer, load_tokenizer
+from llmimg_jax.text.tokenizer import TextTokenizer
 from llmimg_jax.train.mesh import compiler_options, make_mesh, rows_per_call
-from llmimg_jax.train.state import TEXT_DIR, Models, build_models, build_text
+from llmimg_jax.train.state import (TEXT_DIR, Models, build_models, build_text,
+                                    load_text_files)
 from llmimg_jax.train.step import generate_numbered_images
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,7 @@ def text_setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike | N
       text_dir = str(saved)
     else:  # a run trained before WORKDIR/text existed
       text_dir = _checkpoint_dir_of_run(t.checkpoint, saved)
-    return (load_tokenizer(text_dir, t.max_length),
-            T5Config.from_json_file(os.path.join(text_dir, "config.json")))
+    return load_text_files(text_dir, t.max_length)
   tokenizer, t5_config, _ = build_text(config)
   return tokenizer, t5_config
 

@@ -17,8 +17,7 @@ from llmimg_jax.train.config import due
 from llmimg_jax.train.config_values import config_diff, config_values, describe_changes
 from llmimg_jax.train.samples import grid_name
 from llmimg_jax.text import T5Config, TextTokenizer
-from llmimg_jax.text.tokenizer import load_tokenizer
-from llmimg_jax.train.state import TEXT_DIR, save_text_files
+from llmimg_jax.train.state import TEXT_DIR, load_text_files, save_text_files
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +118,13 @@ def check_text_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer
   if not config.text.checkpoint or not (saved_dir / "config.json").is_file():
     return  # a T5 of the config's own, or a run from before WORKDIR/text
   try:
-    saved = T5Config.from_json_file(saved_dir / "config.json").to_dict()
-    saved_tokenizer = load_tokenizer(str(saved_dir), config.text.max_length)
+    saved_tokenizer, saved_config = load_text_files(saved_dir, config.text.max_length)
   except (OSError, ValueError, TypeError) as e:  # e.g. files copied in by hand, one cut short
     log.warning("Could not read the run's tokenizer and T5 config in %s (%s: %s), so they are "
                 "not compared with config.text.checkpoint's; sample.py reads them: restore the "
                 "files the run started with.", saved_dir, type(e).__name__, e)
     return
+  saved = saved_config.to_dict()
   changes = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in t5_config.to_dict().items()
              if k not in _NOT_ENCODER and saved.get(k) != v]
   held = [f"another T5 config ({'; '.join(changes)})"] if changes else []

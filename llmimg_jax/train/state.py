@@ -108,6 +108,13 @@ def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer, t5_con
   return target
 
 
+def load_text_files(text_dir: str | os.PathLike, max_length: int
+                    ) -> tuple[TextTokenizer, T5Config]:
+  """The tokenizer and T5 config that save_text_files wrote (or a checkpoint directory's)."""
+  return (load_tokenizer(str(text_dir), max_length),
+          T5Config.from_json_file(os.path.join(text_dir, "config.json")))
+
+
 def build_models(cfg: ml_collections.ConfigDict, t5_config: T5Config) -> Models:
   dtype = model_dtype(cfg)
   m = cfg.model
