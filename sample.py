@@ -58,9 +58,11 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def run() -> None:
   # Inputs are checked before JAX and the checkpoint load: bad flags fail in a second.
-  from llmimg_jax.sample.checks import check_options, check_out_dir, check_sample_args, read_prompts
+  from llmimg_jax.sample.checks import (check_options, check_out_dir, check_out_outside_data,
+                                        check_sample_args, read_prompts)
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   check_out_dir(_OUT.value, _OVERWRITE.value)
+  check_out_outside_data(_OUT.value, _WORKDIR.value)
   check_sample_args(_NUM.value, _SEED.value, _TRUNCATION.value, flag="--")
   if _BATCH.value < 1:
     raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")

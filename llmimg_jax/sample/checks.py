@@ -197,6 +197,25 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         "otherwise mix, and samples.jsonl would describe only the new ones).")
 
 
+def check_out_outside_data(out_dir: str | os.PathLike, workdir: str | os.PathLike) -> None:
+  """A ValueError for an `out_dir` inside the training images of the run in `workdir` (a
+  captioned_folder's config.data.folder, as WORKDIR/config.json names it): its PNGs would be
+  images added to the folder, and the run's next resume would report the folder changed since its
+  build. Nothing is checked where config.json is unreadable (sampling reports that run)."""
+  try:
+    data = json.loads((output_files.flag_path(workdir, "--workdir") / "config.json").read_text(
+        encoding="utf-8"))["data"]
+    name, folder = data["name"], str(data.get("folder") or "")
+  except (OSError, ValueError, KeyError, TypeError):
+    return
+  if name == "captioned_folder" and folder.strip() and output_files.inside(
+      output_files.flag_path(out_dir, "--out"), folder):
+    raise ValueError(f"Output {str(out_dir)!r} is inside the run's training images "
+                     f"(config.data.folder={folder!r}): its PNGs would be images added to the "
+                     "folder, whose build the run's next resume reports as changed; pass an "
+                     "--out outside it, e.g. samples/NAME.")
+
+
 def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathLike | None = None
                  ) -> list[str]:
   """`prompts`, then one prompt per non-blank line of `prompts_file` (UTF-8; '#' lines skipped)."""

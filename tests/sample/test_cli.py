@@ -368,6 +368,25 @@ def test_bad_flags_fail_without_importing_jax(tmp_path, args, error):
       proc.stderr[-2000:])
 
 
+def test_an_out_in_the_runs_training_folder_fails_without_importing_jax(tmp_path):
+  images = tmp_path / "images"
+  images.mkdir()
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text(
+      json.dumps({"data": {"name": "captioned_folder", "folder": str(images)}}))
+  proc = subprocess.run(
+      [sys.executable, "-c", _REPORT_IMPORTS, SCRIPT, "--workdir", str(tmp_path / "run"), "--out",
+       str(images / "samples"), "--prompt", "a cat"], env=one_device_env(), timeout=120,
+      capture_output=True, text=True)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [
+      f"sample.py: error: Output '{images / 'samples'}' is inside the run's training images "
+      f"(config.data.folder='{images}'): its PNGs would be images added to the folder, whose "
+      "build the run's next resume reports as changed; pass an --out outside it, e.g. "
+      "samples/NAME.", "imported: []"], proc.stderr[-2000:]
+  assert not (images / "samples").exists()
+
+
 def test_batch_size_help_says_it_is_rounded_up_to_the_device_count():
   """--batch_size 4 on 8 devices generated batches of 8 (the Sampler rounds it up to a multiple
   of the local device count), which only the Sampler's error for --batch_size 0 said. Asked of

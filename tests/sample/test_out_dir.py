@@ -1,6 +1,7 @@
 """check_out_dir refuses, before any sampling, an --out that write_samples could not write."""
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -84,3 +85,33 @@ def test_an_output_linked_to_a_pipe_or_a_device_is_named_before_sampling(tmp_pat
       checks.check_out_dir(str(out), overwrite=True)
     (out / checks.GRID_NAME).unlink()
   assert os.listdir(out) == []
+
+
+def _run_of(tmp_path, data: dict):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"data": data}))
+  return run
+
+
+def test_an_out_inside_the_runs_training_folder_is_refused(tmp_path):
+  """sample.py wrote its PNGs into the run's captioned_folder when --out was in it: images added
+  to the training data, so the run's next resume reported the folder changed since its build."""
+  images = tmp_path / "images"
+  (images / "sub").mkdir(parents=True)
+  (tmp_path / "link").symlink_to(images)
+  run = _run_of(tmp_path, {"name": "captioned_folder", "folder": str(images)})
+  for out in (images, images / "samples", tmp_path / "link" / "sub" / "samples"):
+    message = (f"Output {str(out)!r} is inside the run's training images "
+               f"(config.data.folder={str(images)!r}): its PNGs would be images added to the "
+               "folder, whose build the run's next resume reports as changed; pass an --out "
+               "outside it, e.g. samples/NAME.")
+    with pytest.raises(ValueError, match=re.escape(message)):
+      checks.check_out_outside_data(str(out), str(run))
+  checks.check_out_outside_data(str(tmp_path / "samples"), str(run))
+  checks.check_out_outside_data(str(tmp_path / "images2"), str(run))  # a name that starts alike
+  shapes = tmp_path / "shapes"
+  shapes.mkdir()
+  run_of_shapes = _run_of(shapes, {"name": "captioned_shapes", "folder": str(images)})
+  checks.check_out_outside_data(str(images / "samples"), str(run_of_shapes))
+  checks.check_out_outside_data(str(images / "samples"), str(tmp_path / "no_run"))  # no config
