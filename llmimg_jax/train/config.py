@@ -167,7 +167,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(
         f"config.train.batch_size={t.batch_size} is not divisible by the {num_devices} devices "
         f"of this run; use a multiple of {num_devices}, e.g. --config.train.batch_size="
-        f"{max(1, round(t.batch_size / num_devices)) * num_devices}.")
+        f"{max(1, round(t.batch_size / num_devices)) * num_devices}, or run on a device count "
+        f"that divides {t.batch_size} (a run resuming its checkpoints keeps its batch size).")
   if config.text.mode not in ("trainable", "frozen"):
     raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
   check_frozen_text(config.text)

@@ -157,7 +157,8 @@ def _config_errors_fail_in_seconds(shapes_data_dir, tmp_path, locked_run):
   cases = {  # extra args -> what the error must say
       ("--config.train.batch_size=12",): (
           r"config\.train\.batch_size=12 is not divisible by the 8 devices.*"
-          r"--config\.train\.batch_size=16"),
+          r"--config\.train\.batch_size=16, or run on a device count that divides 12 \(a run "
+          r"resuming its checkpoints keeps its batch size\)\."),
       ("--config.model.resolution=48", "--config.data.image_size=48"): (
           r"config\.model\.resolution=48 is not supported; use one of \(32, 64, 128, 256\)"),
       ("--config.train.stepz=3",): r"unknown config key 'stepz' in --config\.train\.stepz=3 "
