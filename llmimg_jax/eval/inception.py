@@ -186,13 +186,22 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         f"from {WEIGHTS_URL}.") from e
 
 
-def params_from_state_dict(state: dict[str, np.ndarray]) -> dict:
-  """Flax params of FIDInceptionV3 from a state dict in pytorch-fid's layout, BN folded in."""
+def params_from_state_dict(state: dict[str, np.ndarray], source: str = "The state dict") -> dict:
+  """Flax params of FIDInceptionV3 from a state dict in pytorch-fid's layout, BN folded in.
+  A ValueError, naming `source` and the fix, for a state dict of another layout or with a
+  layer's entry missing."""
+  fix = (f"pass pytorch-fid's FID Inception weights ({WEIGHTS_URL}) or the .npz converted from "
+         "them (python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz).")
   params: dict = {}
   prefixes = sorted({k[:-len(".conv.weight")] for k in state if k.endswith(".conv.weight")})
   if not prefixes:
-    raise ValueError("The state dict has no '*.conv.weight' entries: not pytorch-fid's "
-                     f"Inception layout (keys like {sorted(state)[:3]}).")
+    raise ValueError(f"{source} has no '*.conv.weight' entries (keys like {sorted(state)[:3]}): "
+                     f"not pytorch-fid's Inception layout; {fix}")
+  if missing := sorted(f"{prefix}.bn.{k}" for prefix in prefixes
+                       for k in ("weight", "bias", "running_mean", "running_var")
+                       if f"{prefix}.bn.{k}" not in state):
+    raise ValueError(f"{source} is missing entries of pytorch-fid's Inception layout "
+                     f"({len(missing)}, e.g. {missing[0]!r}): a partial or foreign state dict; {fix}")
   for prefix in prefixes:
     w = np.asarray(state[f"{prefix}.conv.weight"], np.float64)  # [out, in, kh, kw]
     gamma, beta = (np.asarray(state[f"{prefix}.bn.{k}"], np.float64) for k in ("weight", "bias"))
@@ -206,16 +215,19 @@ def params_from_state_dict(state: dict[str, np.ndarray]) -> dict:
   return params
 
 
-def load_params(path: str | os.PathLike) -> dict:
-  params = params_from_state_dict(_read_state_dict(os.fspath(path)))
+def _checked_params(state: dict[str, np.ndarray], path: str) -> dict:
+  params = params_from_state_dict(state, source=path)
   expected = jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0),
                             jnp.zeros((1, 299, 299, 3)))["params"]
-  got = jax.tree.map(lambda a: a.shape, params)
-  want = jax.tree.map(lambda a: a.shape, expected)
-  if got != want:
+  if jax.tree.map(lambda a: a.shape, params) != jax.tree.map(lambda a: a.shape, expected):
     raise ValueError(f"{path} does not hold the FID InceptionV3 (pytorch-fid layout): its "
-                     "shapes differ from the network's.")
+                     f"layers or shapes differ from the network's; pass pytorch-fid's FID "
+                     f"Inception weights ({WEIGHTS_URL}).")
   return params
+
+
+def load_params(path: str | os.PathLike) -> dict:
+  return _checked_params(_read_state_dict(os.fspath(path)), os.fspath(path))
 
 
 class InceptionFeatures:
@@ -256,7 +268,8 @@ def main(argv: list[str]) -> None:
              f"{' '.join(argv[1:]) or 'nothing'} (weights: {WEIGHTS_URL})", 2)
   try:
     state = _read_state_dict(argv[1])
-  except (OSError, ValueError, ImportError) as e:  # missing, damaged, or no torch: one line
+    _checked_params(state, argv[1])  # not an .npz that evaluate.py then refuses
+  except (OSError, ValueError, ImportError) as e:  # missing, damaged, foreign, or no torch
     cli.fail(prog, str(e), 1)
   np.savez(argv[2], **state)
   print(f"Wrote {len(state)} arrays to {argv[2]}.")

@@ -7,6 +7,7 @@ skipped with the reason otherwise. No weights are downloaded: pytorch-fid's `fid
 replaced by the same construction without its `load_state_dict_from_url`.
 """
 import hashlib
+import re
 
 import jax
 import numpy as np
@@ -126,6 +127,26 @@ def test_damaged_npz_weights_are_one_value_error(tmp_path):
     with pytest.raises(ValueError, match=f"{path.name} is not a readable .npz file .*convert "
                                          "them again: python -m llmimg_jax.eval.inception"):
       inception.load_params(str(path))
+
+
+def test_foreign_or_partial_weights_are_one_error_naming_the_file(tmp_path, capsys):
+  """A state dict missing one BN entry raised KeyError (evaluate.py --inception_weights printed a
+  traceback); an .npz of FID statistics (mu, sigma) was refused without naming the file or the
+  fix, and the converter wrote either one to OUT.npz without a word."""
+  partial = reference.random_state_dict()
+  del partial["Mixed_7c.branch_pool.bn.running_var"]
+  cases = {"partial.npz": (partial, r"partial\.npz is missing entries of pytorch-fid's Inception "
+                                    r"layout \(1, e\.g\. 'Mixed_7c\.branch_pool\.bn\.running_var'\)"),
+           "stats.npz": ({"mu": np.zeros(3), "sigma": np.eye(3)},
+                         r"stats\.npz has no '\*\.conv\.weight' entries \(keys like \['mu', "
+                         r"'sigma'\]\): not pytorch-fid's Inception layout")}
+  for name, (state, message) in cases.items():
+    np.savez(tmp_path / name, **state)
+    with pytest.raises(ValueError, match=f"{message}.*pass pytorch-fid's FID Inception weights "
+                                         r"\(https://github\.com/.*or the \.npz converted"):
+      inception.load_params(str(tmp_path / name))
+    assert re.search(message, _error(capsys, ["x", str(tmp_path / name), str(tmp_path / "out.npz")]))
+  assert not (tmp_path / "out.npz").exists()
 
 
 def test_features_refuse_images_that_are_not_uint8_hwc(tmp_path):
