@@ -14,7 +14,15 @@ _MOTIONS = {"turn", "turns", "turning", "turned", "go", "goes", "going", "went",
             "walk", "walks", "walking", "walked", "run", "runs", "running", "drive", "drives",
             "driving", "fly", "flies", "flying", "ride", "rides", "riding", "lean", "leans",
             "leaning", "leaned", "veer", "veers", "veering", "veered", "swerving", "swerved",
-            "glancing", "staring", "gazing", "swing", "swings", "swinging"}
+            "glancing", "staring", "gazing", "swing", "swings", "swinging",
+            # irregular pasts and step(s): without them a clause-final "left" ("a car drove
+            # left") was read as the verb and kept, while "drove right" swapped
+            "ran", "drove", "flew", "rode", "swung", "step", "steps", "stepping", "stepped",
+            "jump", "jumps", "jumping", "jumped", "roll", "rolls", "rolling", "rolled",
+            "swim", "swims", "swimming", "swam", "leant", "bend", "bends", "bending", "bent",
+            "glance", "glances", "glanced", "stare", "stares", "stared", "gaze", "gazes", "gazed",
+            "swerve", "swerves", "tilt", "tilts", "tilting", "tilted", "curve", "curves",
+            "curving", "curved", "sped", "drifting", "drifted"}
 # ... and, otherwise, not after these ("was left", "all right") or before these words: "right" as
 # in "right next to", "left" the verb as in "a bag left on a bench" (COCO-style captions).
 _NO_SIDE_AFTER = {"was", "were", "is", "are", "be", "been", "being", "has", "have", "had", "all",
@@ -23,7 +31,8 @@ _NO_SIDE_BEFORE = {
     "right": {"next", "now", "away", "there", "here", "in", "on", "at", "by", "behind", "beside",
               "above", "below", "under", "near", "up", "down", "over", "into", "through",
               "outside", "inside", "before", "after", "against", "along", "across", "between",
-              "around", "off", "out", "back"},
+              "around", "off", "out", "back",
+              "triangle", "triangles", "angle", "angles", "angled"},  # 90 degrees, not a side
     "left": {"on", "in", "at", "by", "behind", "alone", "over", "out", "open", "unattended",
              "outside", "inside", "there", "here", "sitting", "standing", "lying", "parked",
              "for", "with", "after", "from", "empty"},
@@ -61,7 +70,7 @@ def _is_side(match: re.Match) -> bool:
   if before in _SIDE_AFTER or before in _MOTIONS:
     return True
   rest = match.string[match.end():]
-  after = re.match(r"\s+([A-Za-z]+)", rest)
+  after = re.match(r"[\s-]+([A-Za-z]+)", rest)  # "right angle", "right-angled", "left-over"
   after = after.group(1).lower() if after else ""
   if after == "of":  # "is right of", "is left of the cup"; not "what is left of the cake"
     return word == "right" or not _remains_before(match.string[:match.start()])

@@ -55,3 +55,16 @@ def test_left_of_and_right_of_after_a_verb():
                "all that is left of the sandwich", "there is not much left of the building",
                "nothing left of it"):
     assert swap_left_right(kept) == kept
+
+
+def test_a_direction_after_an_irregular_motion_verb_swaps_and_a_right_angle_stays():
+  """A clause-final 'left' after drove/ran/flew/stepped was read as the verb and kept, while
+  'right' swapped: both 'drove left' and 'drove right' became 'drove left'. 'A right triangle'
+  (90 degrees) became 'a left triangle'."""
+  for verb in ("drove", "ran", "flew", "rode", "stepped", "jumped", "swam"):
+    assert swap_left_right(f"a car {verb} left. a car {verb} right") == (
+        f"a car {verb} right. a car {verb} left")
+  for kept in ("a right triangle", "two right angles", "a right-angled corner",
+               "a man who left his bag", "one slice left."):
+    assert swap_left_right(kept) == kept
+  assert swap_left_right("a left-hand glove") == "a right-hand glove"
