@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import multiprocessing
 import os
-import signal
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grain
@@ -31,6 +28,7 @@ from llmimg_jax.data import tfds_utils
 from llmimg_jax.data.flip import swap_left_right
 from llmimg_jax.data.host_slices import HostSliceSampler
 from llmimg_jax.data.images import center_crop_resize, resize
+from llmimg_jax.data.source import ExampleSource
 
 if TYPE_CHECKING:
   import tensorflow_datasets as tfds
@@ -66,50 +64,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources
-
-
-class ExampleSource:
-  """Random access to {'image': uint8 [h, w, 3], 'captions': list[str], 'index': int64}.
-
-  `index` is the record's position in this source. Picklable (grain worker processes).
-  """
-
-  def __init__(self, source, name: str, split: str, all_splits: Sequence[str] = ()):
-    self._source = source
-    self.name, self.split = name, split
-    self.all_splits = tuple(all_splits)  # every split of the dataset
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self._source[index]
-    if self.name == "coco_captions":
-      from llmimg_jax.data.coco import coco_to_example  # pylint: disable=g-import-not-at-top
-      ex = coco_to_example(ex)
-    captions = [_text(c) for c in ex["captions"]]
-    if not captions:
-      raise ValueError(f"{self.name}/{self.split} record {index} has no captions.")
-    return {"image": np.asarray(ex["image"], np.uint8), "captions": captions,
-            "index": np.int64(index)}
-
-  def __repr__(self) -> str:
-    return f"ExampleSource({self.name}, split={self.split!r}, {len(self)} records)"
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__dict__.update(state)
-    if multiprocessing.parent_process() is not None:  # a grain worker, sent this source
-      # A SIGTERM to every process of a job (Slurm's scancel, `kill -TERM -PGID`) or a Ctrl-C in
-      # a terminal (SIGINT to its process group) is the main process's to handle: it finishes
-      # the step and saves, reading the workers' batches. Grain still stops its workers (an
-      # event, then SIGKILL after a timeout).
-      signal.signal(signal.SIGTERM, signal.SIG_IGN)
-      signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _text(t) -> str:
-  return t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
+# Sources (ExampleSource: data/source.py)
 
 
 def _data_dir(data_cfg) -> str:
@@ -239,7 +194,8 @@ def load_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> Ex
   if splits and split not in splits:  # (empty under tfds.testing.mock_data)
     raise ValueError(f"{name}/{dataset.builder_config.name} has no split {split!r}; "
                      f"available: {splits}.")
-  return ExampleSource(dataset.as_data_source(split), name, split, splits)
+  return ExampleSource(dataset.as_data_source(split), name, split, splits,
+                       build_dir=os.fspath(dataset.data_dir))
 
 
 # ---------------------------------------------------------------------------------------------

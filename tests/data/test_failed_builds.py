@@ -12,7 +12,7 @@ import pytest
 from PIL import UnidentifiedImageError
 from tensorflow_datasets.core import file_adapters
 
-from llmimg_jax.data import caption_files, images, pipeline, prepare
+from llmimg_jax.data import caption_files, images, pipeline, prepare, tfds_utils
 from tests.data.utils import _usage_error, captioned_images, folder_argv
 
 
@@ -157,3 +157,29 @@ def test_a_build_that_cannot_be_read_for_the_preview_is_not_named_a_preview_it_c
   with pytest.raises(UnidentifiedImageError):
     prepare.main(folder_argv(folder, data_dir, "--preview", str(out / "grid.png")))
   assert "--preview" not in capsys.readouterr().err
+
+
+def test_a_damaged_build_is_one_error_naming_it_and_the_fix(shapes_cfg, tokenizer, tmp_path):
+  """Bytes of a built array_record file changed (a disk error, a copy cut short): the batch
+  that read them raised Riegeli's 'Corrupted Riegeli/records file' RuntimeError, naming neither
+  the dataset nor the fix (train.py printed a traceback mid-run)."""
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.data_dir = str(tmp_path / "tfds")
+  shutil.copytree(shapes_cfg.data_dir, cfg.data_dir)
+  build = pipeline.builder(cfg).data_dir
+  record_file, = [os.path.join(build, f) for f in os.listdir(build) if "-train.array_record" in f]
+  data = bytearray(open(record_file, "rb").read())
+  data[len(data) // 2:len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2:][:64])
+  with open(record_file, "wb") as f:
+    f.write(data)
+  source = pipeline.load_source(cfg)
+  batches = pipeline.make_iterator(cfg, tokenizer, batch_size_per_host=16, seed=0, source=source)
+  with pytest.raises(tfds_utils.DatasetError) as error:
+    for _ in range(len(source) // 16 + 1):
+      next(batches)
+  message = str(error.value)
+  assert message.startswith("captioned_shapes/train record "), message
+  assert f"cannot be read from {build} (RuntimeError: Corrupted Riegeli" in message, message
+  assert message.endswith(f"the build is damaged (a disk error, or a copy cut short). Delete it "
+                          f"(rm -r '{build}') and rerun to build it again; a run resumes from "
+                          "its last checkpoint."), message

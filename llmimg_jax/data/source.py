@@ -1,0 +1,65 @@
+"""Random access to a dataset split's records as the pipeline reads them."""
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmimg_jax.data import tfds_utils
+
+
+class ExampleSource:
+  """Random access to {'image': uint8 [h, w, 3], 'captions': list[str], 'index': int64}.
+
+  `index` is the record's position in this source. Picklable (grain worker processes).
+  """
+
+  def __init__(self, source, name: str, split: str, all_splits: Sequence[str] = (),
+               build_dir: str | None = None):
+    self._source = source
+    self.name, self.split = name, split
+    self.all_splits = tuple(all_splits)  # every split of the dataset
+    self.build_dir = build_dir  # the TFDS build the records are read from, where known
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    try:
+      ex = self._source[index]
+    except (RuntimeError, OSError) as e:  # e.g. "Corrupted Riegeli/records file": a damaged build
+      if self.build_dir is None:
+        raise
+      raise tfds_utils.DatasetError(
+          f"{self.name}/{self.split} record {index} cannot be read from {self.build_dir} "
+          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}): the build is damaged (a disk "
+          f"error, or a copy cut short). Delete it (rm -r '{self.build_dir}') and rerun to build "
+          "it again; a run resumes from its last checkpoint.") from e
+    if self.name == "coco_captions":
+      from llmimg_jax.data.coco import coco_to_example  # pylint: disable=g-import-not-at-top
+      ex = coco_to_example(ex)
+    captions = [_text(c) for c in ex["captions"]]
+    if not captions:
+      raise ValueError(f"{self.name}/{self.split} record {index} has no captions.")
+    return {"image": np.asarray(ex["image"], np.uint8), "captions": captions,
+            "index": np.int64(index)}
+
+  def __repr__(self) -> str:
+    return f"ExampleSource({self.name}, split={self.split!r}, {len(self)} records)"
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    if multiprocessing.parent_process() is not None:  # a grain worker, sent this source
+      # A SIGTERM to every process of a job (Slurm's scancel, `kill -TERM -PGID`) or a Ctrl-C in
+      # a terminal (SIGINT to its process group) is the main process's to handle: it finishes
+      # the step and saves, reading the workers' batches. Grain still stops its workers (an
+      # event, then SIGKILL after a timeout).
+      signal.signal(signal.SIGTERM, signal.SIG_IGN)
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _text(t) -> str:
+  return t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t)
