@@ -265,7 +265,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: TextTokenizer,
                   process_index: int | None = None, process_count: int | None = None,
                   source: ExampleSource | None = None) -> grain.DataLoaderIterator:
   """Batches of this host's slice of the global batches; infinite unless `num_epochs` is set
-  (which needs data.num_workers=0).
+  (which needs data.num_workers=0; whole global batches only: the last
+  len(source) * num_epochs % global batch records of the order are left out, with a warning).
 
   Every host walks the same seeded global order and takes its contiguous rows of each global
   batch (HostSliceSampler), so the global batch sequence is the same for any number of hosts.
@@ -301,7 +302,12 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: TextTokenizer,
     raise ValueError(
         f"num_epochs={num_epochs} with data.num_workers={num_workers}: grain batches within each "
         "worker, so every worker would drop its last partial batch (up to all of a small split). "
-        "Read a fixed number of epochs with data.num_workers=0.")
+        "Read a fixed number of epochs with data.num_workers=0 (which drops only the last "
+        "partial global batch).")
+  if num_epochs is not None and (left_out := len(source) * num_epochs % global_batch):
+    log.warning("%r read for %d epoch(s) in global batches of %d leaves out the last %d "
+                "records of its order (whole batches only).", source, num_epochs, global_batch,
+                left_out)
   if num_workers > 0:
     _ensure_absl_flags_parsed()
   sampler = HostSliceSampler(
