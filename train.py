@@ -138,12 +138,13 @@ def main(argv: list[str]) -> None:
     cli.fail("train.py", str(e), 2)
   except (CorruptCheckpointError, ResumeDisagreesError, DivergenceError, CheckpointSaveError) as e:
     cli.fail("train.py", str(e), 3)
+  # A signal can interrupt JAX mid-compile, after which Python's shutdown crashed: exit at once.
   except KeyboardInterrupt:  # Ctrl-C before the first step (restore, compile), or a second one
-    cli.fail("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "
+    cli.fail_now("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "
              f"{_WORKDIR.value}/checkpoints are kept: rerun the same command to resume from the "
              "latest.", 130)
   except _Terminated:
-    cli.fail("train.py", f"stopped by SIGTERM before a step could be saved (while building, "
+    cli.fail_now("train.py", f"stopped by SIGTERM before a step could be saved (while building, "
              f"restoring or compiling); the checkpoints in {_WORKDIR.value}/checkpoints are kept: "
              "rerun the same command to resume from the latest.", 128 + signal.SIGTERM)
 

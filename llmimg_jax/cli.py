@@ -53,6 +53,16 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
   sys.exit(status)
 
 
+def fail_now(prog: str, message: str, status: int) -> NoReturn:
+  """`fail` without Python's shutdown: after a signal interrupted JAX (an exception raised in a
+  compile), the interpreter's teardown crashed with a segmentation fault (status 139)."""
+  error(prog, message)
+  logging.shutdown()  # flush the logs' handlers; stdout and stderr:
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
 def only_apply(flags: Sequence[str]) -> str:
   """'--a only applies' for one flag, '--a, --b only apply' for more."""
   return f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'}"
