@@ -35,6 +35,7 @@ class PreemptionWatch:
     self.manager = manager
     self.signal: str | None = None  # the signal received (this process)
     self.finishing = False  # set after the last step: a signal then waits for the last save
+    self.interrupted = False  # a second Ctrl-C: stop without saving
     self.synced = sync_manager_active()
     # signal.signal's previous handlers: a function, SIG_DFL/SIG_IGN, or None for one installed
     # outside Python (by a program that embeds it), which Python cannot install again.
@@ -70,7 +71,11 @@ class PreemptionWatch:
     del frame
     name = signal.Signals(signum).name
     if self.signal == "SIGINT" and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
+      # A second Ctrl-C: stop now, without the save. Python ignores the KeyboardInterrupt where
+      # the handler runs inside a callback (JAX's garbage-collection hook): reached() raises it
+      # again at the step's end, not saving and exiting 0.
+      self.interrupted = True
+      raise KeyboardInterrupt
     self.signal = name
     if self.finishing:
       log.warning("%s received while the last checkpoint is written: stopping when it is "
@@ -83,6 +88,8 @@ class PreemptionWatch:
 
   def reached(self) -> bool:
     """True at the step where this run should save and stop (the same step on every host)."""
+    if self.interrupted:
+      raise KeyboardInterrupt
     self._steps += 1
     if self.synced:  # JAX's sync manager counts from this process's start: a notice before a
       # resumed run's first step agrees on step 1, which the run's own step number never equals.

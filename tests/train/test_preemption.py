@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from llmimg_jax.train import preemption
 
 
@@ -27,3 +29,19 @@ def test_a_handler_python_cannot_reinstall_becomes_the_default_action(monkeypatc
   finally:
     real(signal.SIGINT, before[0])
     real(signal.SIGTERM, before[1])
+
+
+def test_a_second_ctrl_c_that_python_ignored_still_stops_without_saving():
+  """A second Ctrl-C's KeyboardInterrupt raised inside JAX's garbage-collection callback, where
+  Python prints and ignores it: the run then saved at the step's end and exited 0."""
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with preemption.PreemptionWatch(manager=None) as watch:
+    handler = signal.getsignal(signal.SIGINT)
+    handler(signal.SIGINT, None)  # the first: save after this step
+    try:
+      handler(signal.SIGINT, None)  # the second, raised where Python ignores it
+    except KeyboardInterrupt:
+      pass
+    with pytest.raises(KeyboardInterrupt):
+      watch.reached()
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
