@@ -45,7 +45,7 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
                     "eval_<step>_<splits>_n<images scored>_seed<seed>.json, or "
-                    "..._no_inception.json or ..._ref-<sha256>.json beside one holding an "
+                    "..._no_inception.json or ..._ref-<sha256[:8]>.json beside one holding an "
                     "Inception FID that these results lack or take against another reference; "
                     "NaN is written null). "
                     "An existing file is refused before any work unless --overwrite_out; a link is "
