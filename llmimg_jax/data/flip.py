@@ -15,14 +15,21 @@ _MOTIONS = {"turn", "turns", "turning", "turned", "go", "goes", "going", "went",
             "driving", "fly", "flies", "flying", "ride", "rides", "riding", "lean", "leans",
             "leaning", "leaned", "veer", "veers", "veering", "veered", "swerving", "swerved",
             "glancing", "staring", "gazing", "swing", "swings", "swinging",
-            # irregular pasts and step(s): without them a clause-final "left" ("a car drove
-            # left") was read as the verb and kept, while "drove right" swapped
-            "ran", "drove", "flew", "rode", "swung", "step", "steps", "stepping", "stepped",
-            "jump", "jumps", "jumping", "jumped", "roll", "rolls", "rolling", "rolled",
-            "swim", "swims", "swimming", "swam", "leant", "bend", "bends", "bending", "bent",
-            "glance", "glances", "glanced", "stare", "stares", "stared", "gaze", "gazes", "gazed",
-            "swerve", "swerves", "tilt", "tilts", "tilting", "tilted", "curve", "curves",
-            "curving", "curved", "sped", "drifting", "drifted"}
+            # irregular pasts and stepping: without them a clause-final "left" ("a car drove
+            # left") was read as the verb and kept, while "drove right" swapped. Not the forms
+            # that are also nouns ("two rolls left", "steps", "a bend"): 'left' stays there.
+            "ran", "drove", "flew", "rode", "swung", "stepping", "stepped", "jumping", "jumped",
+            "rolling", "rolled", "swimming", "swam", "leant", "bending", "bent", "glanced",
+            "stared", "gazed", "swerve", "swerves", "tilting", "tilted", "curving", "curved",
+            "sped", "drifting", "drifted"}
+# After a motion that does not steer, 'right' before these is "straight, directly" ("jumped right
+# into the pool", "ran right up to"); after turn/veer/swerve/head/face it is the side ("turned
+# right into the drive", "a horse facing right in a field").
+_STEERS = {"turn", "turns", "turning", "turned", "veer", "veers", "veering", "veered", "swerve",
+           "swerves", "swerving", "swerved", "head", "heads", "heading", "headed", "face", "faces",
+           "facing", "faced"}
+_RIGHT_AS_DIRECTLY = {"into", "up", "over", "through", "past", "off", "onto", "out", "down",
+                      "back", "away", "next", "behind", "under", "at", "in", "across", "by"}
 # ... and, otherwise, not after these ("was left", "all right") or before these words: "right" as
 # in "right next to", "left" the verb as in "a bag left on a bench" (COCO-style captions).
 _NO_SIDE_AFTER = {"was", "were", "is", "are", "be", "been", "being", "has", "have", "had", "all",
@@ -67,11 +74,13 @@ def _is_side(match: re.Match) -> bool:
   word = match.group(1).lower()
   before = re.search(r"([A-Za-z]+)[\s-]+$", match.string[:match.start()])
   before = before.group(1).lower() if before else ""
-  if before in _SIDE_AFTER or before in _MOTIONS:
-    return True
   rest = match.string[match.end():]
   after = re.match(r"[\s-]+([A-Za-z]+)", rest)  # "right angle", "right-angled", "left-over"
   after = after.group(1).lower() if after else ""
+  if before in _MOTIONS and word == "right" and before not in _STEERS:
+    return after not in _RIGHT_AS_DIRECTLY
+  if before in _SIDE_AFTER or before in _MOTIONS:
+    return True
   if after == "of":  # "is right of", "is left of the cup"; not "what is left of the cake"
     return word == "right" or not _remains_before(match.string[:match.start()])
   if word == "left" and before not in ("", "on", "at") and (

@@ -65,6 +65,12 @@ def test_a_direction_after_an_irregular_motion_verb_swaps_and_a_right_angle_stay
     assert swap_left_right(f"a car {verb} left. a car {verb} right") == (
         f"a car {verb} right. a car {verb} left")
   for kept in ("a right triangle", "two right angles", "a right-angled corner",
-               "a man who left his bag", "one slice left."):
+               "a man who left his bag", "one slice left.",
+               # nouns that are also motions; 'right' as "directly" after a motion
+               "two rolls left on a plate", "there are two rolls left.", "steps left",
+               "a dog jumped right into the pool", "a man ran right up to the car",
+               "a cat stared right at the camera", "a man walking right next to a car"):
     assert swap_left_right(kept) == kept
+  assert swap_left_right("a car turned right into the drive, a horse facing right in a field") == (
+      "a car turned left into the drive, a horse facing left in a field")
   assert swap_left_right("a left-hand glove") == "a right-hand glove"
