@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import shlex
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -25,7 +24,8 @@ from llmimg_jax.data import caption_files, images
 from llmimg_jax.data.caption_files import (CAPTION_FILES, CAPTION_KEYS, FILE_KEYS,
                                            MAX_EXAMPLES_PER_REASON, FolderError, Skips,
                                            read_captions)
-from llmimg_jax.data.tfds_utils import DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo
+from llmimg_jax.data.tfds_utils import (DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo,
+                                        delete_command)
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +195,8 @@ _DECODER_CHANGES = {
 
 def _delete_the_build(builder: "CaptionedFolder") -> str:
   """How to delete `builder`'s build (not the folder of images, named in the same warning)."""
-  path = str(builder.data_dir)
-  command = path if "://" in path else f"rm -r {shlex.quote(path)}"  # a bucket's: its own tool
-  return (f"delete that build ({command}); a run started on it then cannot resume its data "
-          "position, so give it a new --workdir.")
+  return (f"delete that build ({delete_command(builder.data_dir)}); a run started on it then "
+          "cannot resume its data position, so give it a new --workdir.")
 
 
 def _changes_after(changes: dict[int, str], version: int) -> str:

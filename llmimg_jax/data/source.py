@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 import numpy as np
 
 from llmimg_jax.data import tfds_utils
+
+
+# What array_record's reader says of changed bytes; other errors (a file limit, a network file
+# system's) are raised as they are: deleting the build would not help.
+_DAMAGED = re.compile(r"Corrupted|Riegeli|DATA_LOSS", re.IGNORECASE)
 
 
 class ExampleSource:
@@ -30,14 +36,14 @@ class ExampleSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     try:
       ex = self._source[index]
-    except (RuntimeError, OSError) as e:  # e.g. "Corrupted Riegeli/records file": a damaged build
-      if self.build_dir is None:
+    except RuntimeError as e:  # array_record's reader: "Corrupted Riegeli/records file: ..."
+      if self.build_dir is None or not _DAMAGED.search(str(e)):
         raise
       raise tfds_utils.DatasetError(
           f"{self.name}/{self.split} record {index} cannot be read from {self.build_dir} "
           f"({type(e).__name__}: {' '.join(str(e).split())[:200]}): the build is damaged (a disk "
-          f"error, or a copy cut short). Delete it (rm -r '{self.build_dir}') and rerun to build "
-          "it again; a run resumes from its last checkpoint.") from e
+          f"error, or a copy cut short). Delete it ({tfds_utils.delete_command(self.build_dir)}) "
+          "and rerun to build it again; a run resumes from its last checkpoint.") from e
     if self.name == "coco_captions":
       from llmimg_jax.data.coco import coco_to_example  # pylint: disable=g-import-not-at-top
       ex = coco_to_example(ex)

@@ -6,6 +6,7 @@ import errno
 import inspect
 import logging
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -137,6 +138,12 @@ class LocalDatasetInfo(tfds.core.DatasetInfo):
 
   def initialize_from_bucket(self) -> None:
     pass
+
+
+def delete_command(build_dir: str | os.PathLike) -> str:
+  """The shell command that deletes a build (a bucket's path alone: its own tool deletes it)."""
+  path = os.fspath(build_dir)
+  return path if "://" in path else f"rm -r {shlex.quote(path)}"
 
 
 class DatasetError(ValueError):

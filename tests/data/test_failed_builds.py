@@ -4,6 +4,7 @@ that cannot be written after the build."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import threading
 import types
@@ -159,6 +160,11 @@ def test_a_build_that_cannot_be_read_for_the_preview_is_not_named_a_preview_it_c
   assert "--preview" not in capsys.readouterr().err
 
 
+class _TooManyOpenFiles:
+  def __getitem__(self, index: int):
+    raise RuntimeError("Too many open files")
+
+
 def test_a_damaged_build_is_one_error_naming_it_and_the_fix(shapes_cfg, tokenizer, tmp_path):
   """Bytes of a built array_record file changed (a disk error, a copy cut short): the batch
   that read them raised Riegeli's 'Corrupted Riegeli/records file' RuntimeError, naming neither
@@ -181,5 +187,9 @@ def test_a_damaged_build_is_one_error_naming_it_and_the_fix(shapes_cfg, tokenize
   assert message.startswith("captioned_shapes/train record "), message
   assert f"cannot be read from {build} (RuntimeError: Corrupted Riegeli" in message, message
   assert message.endswith(f"the build is damaged (a disk error, or a copy cut short). Delete it "
-                          f"(rm -r '{build}') and rerun to build it again; a run resumes from "
-                          "its last checkpoint."), message
+                          f"(rm -r {shlex.quote(str(build))}) and rerun to build it again; a run "
+                          "resumes from its last checkpoint."), message
+  # Other errors of the reader (a file limit, a network file system's) are not the build's.
+  source._source = _TooManyOpenFiles()  # pylint: disable=protected-access
+  with pytest.raises(RuntimeError, match="^Too many open files$"):
+    source[0]
