@@ -141,12 +141,13 @@ def main(argv: list[str]) -> None:
   # A signal can interrupt JAX mid-compile, after which Python's shutdown crashed: exit at once.
   except KeyboardInterrupt:  # Ctrl-C before the first step (restore, compile), or a second one
     cli.fail_now("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "
-             f"{_WORKDIR.value}/checkpoints are kept: rerun the same command to resume from the "
-             "latest.", 130)
+                 f"{_WORKDIR.value}/checkpoints are kept: rerun the same command to resume from "
+                 "the latest.", 130)
   except _Terminated:
-    cli.fail_now("train.py", f"stopped by SIGTERM before a step could be saved (while building, "
-             f"restoring or compiling); the checkpoints in {_WORKDIR.value}/checkpoints are kept: "
-             "rerun the same command to resume from the latest.", 128 + signal.SIGTERM)
+    cli.fail_now("train.py", f"stopped by SIGTERM before a step could be saved (while "
+                 f"building, restoring or compiling); the checkpoints in {_WORKDIR.value}/"
+                 "checkpoints are kept: rerun the same command to resume from the latest.",
+                 128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

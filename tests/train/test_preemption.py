@@ -38,10 +38,8 @@ def test_a_second_ctrl_c_that_python_ignored_still_stops_without_saving():
   with preemption.PreemptionWatch(manager=None) as watch:
     handler = signal.getsignal(signal.SIGINT)
     handler(signal.SIGINT, None)  # the first: save after this step
-    try:
-      handler(signal.SIGINT, None)  # the second, raised where Python ignores it
-    except KeyboardInterrupt:
-      pass
+    with pytest.raises(KeyboardInterrupt):  # the second, raised where Python ignores it
+      handler(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
       watch.reached()
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
