@@ -304,7 +304,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: TextTokenizer,
         "worker, so every worker would drop its last partial batch (up to all of a small split). "
         "Read a fixed number of epochs with data.num_workers=0 (which drops only the last "
         "partial global batch).")
-  if num_epochs is not None and (left_out := len(source) * num_epochs % global_batch):
+  if (num_epochs is not None and process_index == 0
+      and (left_out := len(source) * num_epochs % global_batch)):  # of the global order: once
     log.warning("%r read for %d epoch(s) in global batches of %d leaves out the last %d "
                 "records of its order (whole batches only).", source, num_epochs, global_batch,
                 left_out)
