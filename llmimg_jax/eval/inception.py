@@ -186,22 +186,25 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         f"from {WEIGHTS_URL}.") from e
 
 
+_FIX = (f"pass pytorch-fid's FID Inception weights ({WEIGHTS_URL}) or the .npz converted from "
+        "them (python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz).")
+
+
 def params_from_state_dict(state: dict[str, np.ndarray], source: str = "The state dict") -> dict:
   """Flax params of FIDInceptionV3 from a state dict in pytorch-fid's layout, BN folded in.
   A ValueError, naming `source` and the fix, for a state dict of another layout or with a
   layer's entry missing."""
-  fix = (f"pass pytorch-fid's FID Inception weights ({WEIGHTS_URL}) or the .npz converted from "
-         "them (python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz).")
   params: dict = {}
   prefixes = sorted({k[:-len(".conv.weight")] for k in state if k.endswith(".conv.weight")})
   if not prefixes:
     raise ValueError(f"{source} has no '*.conv.weight' entries (keys like {sorted(state)[:3]}): "
-                     f"not pytorch-fid's Inception layout; {fix}")
+                     f"not pytorch-fid's Inception layout; {_FIX}")
   if missing := sorted(f"{prefix}.bn.{k}" for prefix in prefixes
                        for k in ("weight", "bias", "running_mean", "running_var")
                        if f"{prefix}.bn.{k}" not in state):
     raise ValueError(f"{source} is missing entries of pytorch-fid's Inception layout "
-                     f"({len(missing)}, e.g. {missing[0]!r}): a partial or foreign state dict; {fix}")
+                     f"({len(missing)}, e.g. {missing[0]!r}): a partial or foreign state dict; "
+                     f"{_FIX}")
   for prefix in prefixes:
     w = np.asarray(state[f"{prefix}.conv.weight"], np.float64)  # [out, in, kh, kw]
     gamma, beta = (np.asarray(state[f"{prefix}.bn.{k}"], np.float64) for k in ("weight", "bias"))
@@ -217,12 +220,18 @@ def params_from_state_dict(state: dict[str, np.ndarray], source: str = "The stat
 
 def _checked_params(state: dict[str, np.ndarray], path: str) -> dict:
   params = params_from_state_dict(state, source=path)
-  expected = jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, 299, 299, 3)))["params"]
+  # Shapes only: no arrays made, nor a device started (the converter runs without one).
+  expected = jax.eval_shape(lambda: FIDInceptionV3().init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3))))["params"]
   if jax.tree.map(lambda a: a.shape, params) != jax.tree.map(lambda a: a.shape, expected):
     raise ValueError(f"{path} does not hold the FID InceptionV3 (pytorch-fid layout): its "
-                     f"layers or shapes differ from the network's; pass pytorch-fid's FID "
-                     f"Inception weights ({WEIGHTS_URL}).")
+                     f"layers or shapes differ from the network's; {_FIX}")
+  # torchvision's ImageNet inception_v3 has the same layers, and another network's features: its
+  # classifier has 1000 classes, the FID network's (TF's 2015 Inception) 1008.
+  if "fc.weight" in state and np.shape(state["fc.weight"])[0] != 1008:
+    raise ValueError(f"{path} holds an Inception of {np.shape(state['fc.weight'])[0]} classes "
+                     "(torchvision's ImageNet inception_v3 has 1000), not the FID network of "
+                     f"1008, whose features every published FID uses; {_FIX}")
   return params
 
 

@@ -147,6 +147,16 @@ def test_foreign_or_partial_weights_are_one_error_naming_the_file(tmp_path, caps
       inception.load_params(str(tmp_path / name))
     assert re.search(message, _error(capsys, ["x", str(tmp_path / name), str(tmp_path / "out.npz")]))
   assert not (tmp_path / "out.npz").exists()
+  torchvision_like = {**reference.random_state_dict(), "fc.weight": np.zeros((1000, 2048)),
+                      "fc.bias": np.zeros(1000)}
+  np.savez(tmp_path / "imagenet.npz", **torchvision_like)
+  with pytest.raises(ValueError, match=r"imagenet\.npz holds an Inception of 1000 classes "
+                                       r"\(torchvision's ImageNet inception_v3 has 1000\), not the "
+                                       r"FID network of 1008.*pass pytorch-fid's FID Inception"):
+    inception.load_params(str(tmp_path / "imagenet.npz"))
+  fid_like = {**torchvision_like, "fc.weight": np.zeros((1008, 2048)), "fc.bias": np.zeros(1008)}
+  np.savez(tmp_path / "fid.npz", **fid_like)
+  inception.load_params(str(tmp_path / "fid.npz"))
 
 
 def test_features_refuse_images_that_are_not_uint8_hwc(tmp_path):
