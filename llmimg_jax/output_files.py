@@ -50,6 +50,13 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
   return os.path.commonpath(real) == real[1]
 
 
+def in_training_folder(path: str | os.PathLike, data) -> bool:
+  """Whether `path` is in the images a run trains on: `data` (its config's data section, a
+  ConfigDict or the dict of config.json) reads a captioned_folder, and `path` is in its folder."""
+  folder = str(data.get("folder") or "")
+  return data.get("name") == "captioned_folder" and bool(folder.strip()) and inside(path, folder)
+
+
 def flag_path(path: str | os.PathLike, flag: str) -> Path:
   """The path a flag names, `path` with a leading ~ or ~user expanded. A ValueError naming `flag`
   where that home is unknown (not pathlib's RuntimeError and its traceback), or where a folder on

@@ -205,15 +205,14 @@ def check_out_outside_data(out_dir: str | os.PathLike, workdir: str | os.PathLik
   try:
     data = json.loads((output_files.flag_path(workdir, "--workdir") / "config.json").read_text(
         encoding="utf-8"))["data"]
-    name, folder = data["name"], str(data.get("folder") or "")
-  except (OSError, ValueError, KeyError, TypeError):
+    inside = output_files.in_training_folder(output_files.flag_path(out_dir, "--out"), data)
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no readable data section
     return
-  if name == "captioned_folder" and folder.strip() and output_files.inside(
-      output_files.flag_path(out_dir, "--out"), folder):
+  if inside:
     raise ValueError(f"Output {str(out_dir)!r} is inside the run's training images "
-                     f"(config.data.folder={folder!r}): its PNGs would be images added to the "
-                     "folder, whose build the run's next resume reports as changed; pass an "
-                     "--out outside it, e.g. samples/NAME.")
+                     f"(config.data.folder={str(data['folder'])!r}): its PNGs would be images "
+                     "added to the folder, whose build the run's next resume reports as changed; "
+                     "pass an --out outside it, e.g. samples/NAME.")
 
 
 def read_prompts(prompts: Sequence[str] | str = (), prompts_file: str | os.PathLike | None = None

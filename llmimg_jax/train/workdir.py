@@ -126,8 +126,7 @@ def check_workdir_writable(workdir: Path) -> None:
 def check_workdir_outside_data(workdir: Path, data_cfg) -> None:
   """A ValueError for a workdir in a captioned_folder's folder: the run's sample grids would be
   images added to it, and every resume would report the folder changed since its build."""
-  if (data_cfg.name == "captioned_folder" and str(data_cfg.folder).strip()
-      and output_files.inside(workdir, data_cfg.folder)):
+  if output_files.in_training_folder(workdir, data_cfg):
     raise ValueError(f"--workdir {str(workdir)!r} is inside config.data.folder="
                      f"{data_cfg.folder!r}: the run's sample grids would be images added to the "
                      "folder, whose build is then reported as changed; pass a --workdir outside "
