@@ -45,8 +45,10 @@ flags.DEFINE_integer("num_samples", 1000, "Images per split (capped by the split
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("out", None, "JSON file for the results (default: <workdir>/"
                     "eval_<step>_<splits>_n<images scored>_seed<seed>.json, or "
-                    "..._no_inception.json or ..._ref-<sha256[:8]>.json beside one holding an "
-                    "Inception FID that these results lack or take against another reference; "
+                    "..._no_inception.json, ..._ref-<sha256[:8]>.json or "
+                    "..._weights-<sha256[:8]>.json (both: _ref-<>_weights-<>) beside one "
+                    "holding an Inception FID that these results lack or take against another "
+                    "reference or other weights; "
                     "NaN is written null). "
                     "An existing file is refused before any work unless --overwrite_out; a link is "
                     "written through to its target.")
