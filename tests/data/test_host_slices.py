@@ -1,7 +1,9 @@
-"""An input position saved by one number of hosts, resumed on another."""
+"""Host slices of the global order: an input position saved by one number of hosts, resumed on
+another, and the whole global batches that a fixed number of epochs reads."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import numpy as np
@@ -155,3 +157,22 @@ def test_states_of_another_sampler_are_left_for_grain_to_refuse(shapes_cfg, toke
   state = host_slices.resliced_state(tmp_path, one.get_state())
   with pytest.raises(ValueError, match="Sampler in checkpoint does not match"):
     one.set_state(state)
+
+
+def test_a_fixed_number_of_epochs_warns_of_the_records_left_out(shapes_cfg, tokenizer, caplog):
+  """num_epochs with a split that is not a whole number of global batches dropped its last
+  records without a word (256 train records in batches of 24: 16 never read)."""
+  warning = ("ExampleSource(captioned_shapes, split='train', 256 records) read for 1 epoch(s) in "
+             "global batches of 24 leaves out the last 16 records of its order (whole batches "
+             "only).")
+  caplog.set_level(logging.WARNING, logger="llmimg_jax.data.pipeline")
+  left_out = lambda: [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
+  for host in (0, 1):  # two hosts of 12 rows: global batches of 24, the warning on host 0 only
+    batches = list(pipeline.make_iterator(shapes_cfg, tokenizer, batch_size_per_host=12, seed=0,
+                                          num_epochs=1, process_index=host, process_count=2))
+    assert len(batches) == 10 and len({int(i) for b in batches for i in b["index"]}) == 120
+    assert left_out() == [warning] * (host == 0)
+    caplog.clear()
+  assert len(list(pipeline.make_iterator(shapes_cfg, tokenizer, batch_size_per_host=8, seed=0,
+                                         num_epochs=1, process_index=0, process_count=2))) == 16
+  assert not left_out()

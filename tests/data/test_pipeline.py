@@ -382,23 +382,3 @@ def test_a_training_stream_over_fewer_records_than_a_batch_warns(shapes_cfg, tok
     next(_iterator(shapes_cfg, tokenizer, source=_FirstRecords(source, 8), batch_size_per_host=8))
   assert "fewer than one global batch" not in caplog.text
 
-
-def test_a_fixed_number_of_epochs_warns_of_the_records_left_out(shapes_cfg, tokenizer, caplog):
-  """num_epochs with a split that is not a whole number of global batches dropped its last
-  records without a word (256 train records in batches of 24: 16 never read)."""
-  for host in (0, 1):  # two hosts of 12 rows: global batches of 24, the warning on host 0 only
-    with caplog.at_level(logging.WARNING, logger="llmimg_jax.data.pipeline"):
-      batches = list(_iterator(shapes_cfg, tokenizer, batch_size_per_host=12, num_epochs=1,
-                               process_index=host, process_count=2))
-    assert len(batches) == 10
-    assert len({int(i) for b in batches for i in b["index"]}) == 120
-    left_out = [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
-    assert left_out == [
-        "ExampleSource(captioned_shapes, split='train', 256 records) read for 1 epoch(s) in "
-        "global batches of 24 leaves out the last 16 records of its order (whole batches only)."
-    ] * (host == 0)
-    caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="llmimg_jax.data.pipeline"):
-    assert len(list(_iterator(shapes_cfg, tokenizer, batch_size_per_host=8, process_count=2,
-                              num_epochs=1))) == 16
-  assert not [r for r in caplog.records if "leaves out" in r.getMessage()]

@@ -136,7 +136,8 @@ def test_foreign_or_partial_weights_are_one_error_naming_the_file(tmp_path, caps
   partial = reference.random_state_dict()
   del partial["Mixed_7c.branch_pool.bn.running_var"]
   cases = {"partial.npz": (partial, r"partial\.npz is missing entries of pytorch-fid's Inception "
-                                    r"layout \(1, e\.g\. 'Mixed_7c\.branch_pool\.bn\.running_var'\)"),
+                                    r"layout \(1, e\.g\. "
+                                    r"'Mixed_7c\.branch_pool\.bn\.running_var'\)"),
            "stats.npz": ({"mu": np.zeros(3), "sigma": np.eye(3)},
                          r"stats\.npz has no '\*\.conv\.weight' entries \(keys like \['mu', "
                          r"'sigma'\]\): not pytorch-fid's Inception layout")}
@@ -145,7 +146,8 @@ def test_foreign_or_partial_weights_are_one_error_naming_the_file(tmp_path, caps
     with pytest.raises(ValueError, match=f"{message}.*pass pytorch-fid's FID Inception weights "
                                          r"\(https://github\.com/.*or the \.npz converted"):
       inception.load_params(str(tmp_path / name))
-    assert re.search(message, _error(capsys, ["x", str(tmp_path / name), str(tmp_path / "out.npz")]))
+    converting = ["x", str(tmp_path / name), str(tmp_path / "out.npz")]
+    assert re.search(message, _error(capsys, converting))
   assert not (tmp_path / "out.npz").exists()
   torchvision_like = {**reference.random_state_dict(), "fc.weight": np.zeros((1000, 2048)),
                       "fc.bias": np.zeros(1000)}
