@@ -263,6 +263,9 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
       if where := _line_in(e, path):
         fail(prog, f"the --config file failed to load: {type(e).__name__}: {message} (at "
              f"{where})", 2)
+      if isinstance(e, AttributeError) and e.name == "get_config" and path:  # ml_collections'
+        fail(prog, f"the --config file {path} defines no get_config(): define one that returns "
+             "the config (e.g. configs/shapes_quick.py's).", 2)
       if isinstance(e, OSError):  # ml_collections' "could not read the file"
         if given is not None and path is None:  # blank
           fail(prog, blank_flag("--config", "CONFIG", "name a config file, e.g. --config "

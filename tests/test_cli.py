@@ -110,6 +110,9 @@ def _parse_error(monkeypatch, capsys, *args: str) -> str:
   from absl import flags
   from ml_collections import config_flags
   argv = ["train.py", "--workdir=/tmp/run", *args]
+  # ml_collections executes each config file in the module 'config_config', kept in sys.modules:
+  # a file without get_config would have the previous test's.
+  monkeypatch.delitem(sys.modules, "config_config", raising=False)
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
@@ -180,7 +183,10 @@ _BROKEN_CONFIGS = {  # a config file's text, and the error for it after "train.p
                  "the --config file failed to load: ValueError: bad size (at {path}:2)"),
     "syntax": ("def get_config(\n",
                "the --config file failed to load: SyntaxError: '(' was never closed (at "
-               "{path}:1)")}
+               "{path}:1)"),
+    "no_get_config": ("X = 1\n",  # a traceback (AttributeError in ml_collections)
+                      "the --config file {path} defines no get_config(): define one that "
+                      "returns the config (e.g. configs/shapes_quick.py's).")}
 
 
 @pytest.mark.parametrize("spelling", ["--config=FILE", "--config FILE", "-config=FILE",
@@ -201,6 +207,16 @@ def test_a_broken_config_file_is_named_however_absl_was_given_it(spelling, broke
            "--flagfile": [f"--flagfile={flagfile}"]}[spelling]
   assert _parse_error(monkeypatch, capsys, *given) == (
       f"train.py: error: {error.format(path=str(config))}\n")
+
+
+def test_a_config_file_without_get_config_is_not_named_as_an_unknown_key(monkeypatch, capsys,
+                                                                          tmp_path):
+  # With an override, ml_collections' AttributeError was read as the override's: "unknown config
+  # key module 'config_config' has no attribute 'get_config' in --config.train.steps=2".
+  (config := tmp_path / "no_get_config.py").write_text("X = 1\n")
+  assert _parse_error(monkeypatch, capsys, f"--config={config}", "--config.train.steps=2") == (
+      f"train.py: error: the --config file {config} defines no get_config(): define one that "
+      "returns the config (e.g. configs/shapes_quick.py's).\n")
 
 
 @pytest.mark.parametrize("given", ["--config=", "--config= ", "-config=", "--config=:arg"])
