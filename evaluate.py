@@ -297,4 +297,5 @@ def _run(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(_run, flags_parser=cli.flags_parser("evaluate.py"))
+  with cli.ends_on_signal("evaluate.py", "no results were written: rerun the command."):
+    app.run(_run, flags_parser=cli.flags_parser("evaluate.py"))

@@ -144,7 +144,9 @@ def _fail(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser("sample.py", required={
-      "workdir": "name the train.py run to sample from (its --workdir), e.g. --workdir "
-                 "runs/shapes_quick.",
-      "out": "name a folder for the PNGs, grid.png and samples.jsonl, e.g. --out samples."}))
+  # samples.jsonl, written last, indexes a complete set; a killed write leaves no staging folder.
+  with cli.ends_on_signal("sample.py", "the samples were not all written: rerun the command."):
+    app.run(main, flags_parser=cli.flags_parser("sample.py", required={
+        "workdir": "name the train.py run to sample from (its --workdir), e.g. --workdir "
+                   "runs/shapes_quick.",
+        "out": "name a folder for the PNGs, grid.png and samples.jsonl, e.g. --out samples."}))

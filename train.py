@@ -39,15 +39,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 _CONNECT_TIMEOUT_S = 300  # jax.distributed.initialize's default
 
 
-class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
-  """SIGTERM outside the training steps (the loop's own handler saves first)."""
-
-
-def _raise_terminated(signum, frame):
-  del signum, frame
-  raise _Terminated
-
-
 def _connect_hosts() -> None:
   """jax.distributed.initialize() with --distributed or --coordinator_address (a cluster it
   cannot join: one paragraph, status 2); nothing for a one-process run."""
@@ -130,7 +121,8 @@ def main(argv: list[str]) -> None:
   # With JAX's distributed service (even of one process, e.g. --distributed on a one-host TPU VM)
   # SIGTERM belongs to its preemption notifier: the loop saves at the step it agrees on.
   if not sync_manager_active():
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, cli.raise_terminated)  # in the steps, the loop saves first
+  cli.resend_ignored_signals()
   try:
     train(config, _WORKDIR.value, start_fresh_if_corrupt=_START_FRESH.value)
   except (FolderError, CocoDownloadError, DatasetError, DataNotSharedError, ConfigDiffersError,
@@ -143,7 +135,7 @@ def main(argv: list[str]) -> None:
     cli.fail_now("train.py", f"interrupted by Ctrl-C without saving; the checkpoints in "
                  f"{_WORKDIR.value}/checkpoints are kept: rerun the same command to resume from "
                  "the latest.", 130)
-  except _Terminated:
+  except cli.Terminated:
     cli.fail_now("train.py", f"stopped by SIGTERM before a step could be saved (while "
                  f"building, restoring or compiling); the checkpoints in {_WORKDIR.value}/"
                  "checkpoints are kept: rerun the same command to resume from the latest.",

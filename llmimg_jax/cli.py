@@ -5,13 +5,17 @@ cores this process may use: cpus)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import operator
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 from absl import flags
@@ -63,6 +67,49 @@ def fail_now(prog: str, message: str, status: int) -> NoReturn:
   os._exit(status)  # pylint: disable=protected-access
 
 
+class Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+  """SIGTERM, raised by raise_terminated: `finally` blocks run (a staging folder is removed)."""
+
+
+def raise_terminated(signum, frame) -> NoReturn:
+  del signum, frame
+  raise Terminated
+
+
+@contextlib.contextmanager
+def ends_on_signal(prog: str, unfinished: str) -> Iterator[None]:
+  """Ctrl-C or SIGTERM in the block: 'PROG: error: interrupted by Ctrl-C; UNFINISHED' ('stopped by
+  SIGTERM; ...') and status 130 (143), not a traceback. The exit is fail_now's: a signal during
+  an XLA compile crashed Python's shutdown after it."""
+  previous, previous_hook = signal.signal(signal.SIGTERM, raise_terminated), sys.unraisablehook
+  resend_ignored_signals()
+  try:
+    yield
+  except KeyboardInterrupt:
+    fail_now(prog, f"interrupted by Ctrl-C; {unfinished}", 128 + signal.SIGINT)
+  except Terminated:
+    fail_now(prog, f"stopped by SIGTERM; {unfinished}", 128 + signal.SIGTERM)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    sys.unraisablehook = previous_hook
+
+
+def resend_ignored_signals() -> None:
+  """From now on, the signal of a KeyboardInterrupt or Terminated that Python ignored (raised
+  in a gc callback, e.g. JAX's, or a __del__: about 1 in 10 Ctrl-Cs as evaluate.py began) is
+  sent again, from a thread, to land in the main thread's code (sys.unraisablehook)."""
+  sys.unraisablehook = functools.partial(_signal_again, sys.unraisablehook)
+
+
+def _signal_again(passed_on: Callable[[Any], None], info: Any) -> None:
+  if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
+    return passed_on(info)
+  signum = signal.SIGINT if isinstance(info.exc_value, KeyboardInterrupt) else signal.SIGTERM
+  timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+  timer.daemon = True
+  timer.start()
+
+
 def only_apply(flags: Sequence[str]) -> str:
   """'--a only applies' for one flag, '--a, --b only apply' for more."""
   return f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'}"
@@ -101,7 +148,7 @@ def quiet_orbax() -> None:
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.get_absl_handler().addFilter(_not_orbax_info)
   logging.getLogger("asyncio").addFilter(_not_orbax_task)
-  sys.unraisablehook = _unraisable
+  sys.unraisablehook = functools.partial(_unraisable, sys.unraisablehook)
 
 
 def _not_orbax_info(record: logging.LogRecord) -> bool:
@@ -122,7 +169,7 @@ def _not_orbax_task(record: logging.LogRecord) -> bool:
   return "/orbax/" not in text and not any(w in text for w in _TENSORSTORE_WORDS)
 
 
-def _unraisable(info: Any) -> None:
+def _unraisable(passed_on: Callable[[Any], None], info: Any) -> None:
   code = getattr(info.object, "cr_code", None)  # a coroutine's: an Orbax read never awaited
   orbax_read = code is not None and "/orbax/" in code.co_filename
   closed_loop = (isinstance(info.exc_value, RuntimeError)
@@ -130,7 +177,7 @@ def _unraisable(info: Any) -> None:
   if orbax_read or closed_loop:
     logging.getLogger(__name__).debug("Ignored after a failed read: %r", info.exc_value)
   else:
-    sys.__unraisablehook__(info)
+    passed_on(info)
 
 
 def _config_argument(e: BaseException) -> str | None:

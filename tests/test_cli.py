@@ -61,15 +61,14 @@ def test_quiet_orbax_installs_its_filters_and_hook(monkeypatch):
   """After quiet_orbax(): absl's handler drops Orbax's INFO records but keeps its warnings and
   everyone else's INFO; asyncio's logger drops never-retrieved Orbax reads; the unraisable hook
   drops an abandoned Orbax coroutine and a callback into a closed event loop and passes every
-  other unraisable exception to Python's default hook."""
+  other unraisable exception to the hook it replaced (Python's default, or ends_on_signal's)."""
   from absl import logging as absl_logging
   handler = absl_logging.get_absl_handler()
   asyncio_logger = logging.getLogger("asyncio")
-  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
   monkeypatch.setattr(handler, "filters", list(handler.filters))
   monkeypatch.setattr(asyncio_logger, "filters", list(asyncio_logger.filters))
   passed_on = []
-  monkeypatch.setattr(sys, "__unraisablehook__", passed_on.append)
+  monkeypatch.setattr(sys, "unraisablehook", passed_on.append)  # restored after the test
 
   cli.quiet_orbax()
 

@@ -219,4 +219,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("prepare.py", "the dataset is not built (TFDS keeps no partial build): "
+                          "rerun the command to build it."):
+    main()

@@ -207,4 +207,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with cli.ends_on_signal(_PROG, "rerun the command."):
+    sys.exit(main())
