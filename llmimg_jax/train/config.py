@@ -98,6 +98,21 @@ def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.Co
   return errors
 
 
+def missing_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                 prefix: str = "config") -> list[str]:
+  """The keys of `reference` (validate: base_config()) that `config` lacks, a section whose
+  keys it all lacks by its name alone."""
+  missing = []
+  for key, value in reference.items():
+    name = f"{prefix}.{key}"
+    if key not in config:
+      missing.append(name)
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        config[key], ml_collections.ConfigDict):
+      missing += missing_keys(config[key], value, name)
+  return missing
+
+
 def due(step: int, every: int, steps: int) -> bool:
   """Whether step `step` (1-based, after its update) logs / saves / samples / evaluates, for a
   cadence `every` in a run of `steps` steps: every `every` steps, and always at the last."""
@@ -147,6 +162,13 @@ def _none_values(config: ml_collections.ConfigDict, default: ml_collections.Conf
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ValueError naming the key and the fix; cheap, runs before any compilation."""
   default = base_config()
+  start = "start get_config() from llmimg_jax.train.config.base_config(), which has every key"
+  if not isinstance(config, ml_collections.ConfigDict):  # e.g. a dict
+    raise ValueError(f"the config is a {type(config).__name__}, not an ml_collections "
+                     f"ConfigDict: {start}, and set what differs.")
+  if missing := missing_keys(config, default):
+    raise ValueError(f"the config lacks {', '.join(missing)}: {start} (the defaults are "
+                     "there), and set what differs.")
   if errors := unknown_keys(config, default):
     raise ValueError("; ".join(errors) + ". Fix the spelling or remove the key (the keys and "
                      "their defaults are in llmimg_jax/train/config.py, base_config).")

@@ -184,6 +184,21 @@ def test_bad_config_fails_fast(tmp_path, key, value, match):
   assert time.perf_counter() - start < 1.0
 
 
+def test_a_config_lacking_keys_or_no_config_dict_is_named_with_the_fix(tmp_path):
+  """A get_config() that deleted keys or returned a dict: an AttributeError traceback from
+  validate() (train.py's status 1), naming one key or none."""
+  config = tiny_config(tmp_path)
+  del config.eval
+  del config.train.steps
+  start = r"start get_config\(\) from llmimg_jax\.train\.config\.base_config\(\), which has "
+  with pytest.raises(ValueError, match=rf"^the config lacks config\.eval, config\.train\.steps: "
+                                       rf"{start}every key \(the defaults are there\)"):
+    validate(config, jax.device_count())
+  with pytest.raises(ValueError, match=rf"^the config is a dict, not an ml_collections "
+                                       rf"ConfigDict: {start}every key, and set what differs\.$"):
+    validate({"train": {"steps": 2}}, jax.device_count())
+
+
 def test_a_config_files_keep_all_checkpoints_takes_a_number_on_the_command_line(tmp_path):
   """train.keep_checkpoints = None in a config file (keep all, as validate() advises) made the
   field untyped: --config.train.keep_checkpoints=5 was ml_collections' "Type <class 'NoneType'>
