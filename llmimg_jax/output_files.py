@@ -44,6 +44,25 @@ def _out_of_links(path: Path) -> Path | None:
   return Path(*done)
 
 
+def unstorable(path: str | os.PathLike) -> str | None:
+  """Why Orbax cannot hold a checkpoint under `path` (in full), or None. Its array storage
+  (TensorStore) reads a backslash as a folder separator, and its save finds each host's arrays
+  with a glob of the path: either way a run exited 0 with every checkpoint unreadable (a '*' or
+  '?' could match another run's folder). Nor can it name bytes that are not UTF-8 (which Python
+  holds as surrogates): the first save failed after compiling, in hundreds of tracebacks."""
+  text = os.fspath(path)
+  if "\\" in text:
+    return ("holds a backslash, which Orbax's array storage (TensorStore) reads as a folder "
+            "separator")
+  if any(c in text for c in "*?["):
+    return "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return "is not UTF-8, which Orbax's array storage (TensorStore) cannot name"
+  return None
+
+
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
   """Whether `path` is `folder` or in a folder under it (links resolved)."""
   real = [os.path.realpath(os.path.expanduser(p)) for p in (path, folder)]

@@ -78,6 +78,10 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
 def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   """Finalized checkpoint steps of a training workdir -> their step directories (sorted)."""
   workdir = full_workdir(workdir)
+  if why := output_files.unstorable(workdir):  # not read as a damaged checkpoint
+    raise CheckpointError(f"The run's path {str(workdir)!r} {why}: its checkpoints cannot be "
+                          "read there. Move (rename) the run's folder to a path without it, and "
+                          "pass that --workdir.")
   if not workdir.is_dir():
     raise CheckpointError(f"Workdir {workdir} does not exist (or is not a directory); pass the "
                           "--workdir a training run (train.py) wrote to.")

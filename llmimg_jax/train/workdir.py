@@ -147,7 +147,15 @@ def local_workdir(workdir: str | Path) -> Path:
         "local filesystem. Mount the bucket (e.g. with gcsfuse; on several hosts, a mount every "
         "host shares) and pass the mount's path.")
   path = output_files.flag_path(text, "--workdir")
-  if path.exists() and not path.is_dir():
+  try:
+    is_file = path.exists() and not path.is_dir()
+  except OSError as e:  # e.g. a name over 255 bytes: a traceback
+    raise ValueError(f"workdir {text!r} cannot be used ({e.strerror}); pass another --workdir."
+                     ) from e
+  if is_file:
     raise ValueError(f"workdir {text!r} is a file, not a directory; pass a directory (new or a "
                      "run's) for checkpoints, samples and logs.")
-  return output_files.in_full(path)
+  if why := output_files.unstorable(full := output_files.in_full(path)):
+    raise ValueError(f"workdir {str(full)!r} {why}: its checkpoints could not be saved. Pass "
+                     "another --workdir, without it; nothing was trained.")
+  return full

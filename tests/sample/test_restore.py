@@ -39,6 +39,19 @@ def test_restores_ema_of_latest_or_chosen_step_on_local_devices(run, sampler):
   assert one.config.model.resolution == 32
 
 
+def test_a_run_moved_where_orbax_cannot_read_is_not_called_damaged(run, tmp_path):
+  """A good run copied to a non-UTF-8 path was 'may be corrupt ...; delete CHECKPOINT' (which
+  would destroy it) after a traceback (tests/train/test_workdir.py: train.py refuses such paths)."""
+  moved = tmp_path / os.fsdecode(b"moved_\xe9")
+  shutil.copytree(run.workdir, moved)
+  with pytest.raises(CheckpointError) as refused:
+    restore_for_sampling(moved)
+  assert str(refused.value) == (
+      f"The run's path {str(moved)!r} is not UTF-8, which Orbax's array storage (TensorStore) "
+      "cannot name: its checkpoints cannot be read there. Move (rename) the run's folder to a "
+      "path without it, and pass that --workdir.")
+
+
 def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
   with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'} does not exist"):
     restore_for_sampling(tmp_path / "nope")

@@ -1,0 +1,44 @@
+"""train/workdir.local_workdir's refusals of a workdir Orbax cannot save into, before anything is
+built (train.py prints them as one line; the others: tests/train/test_train_cli.py)."""
+import os
+
+import pytest
+
+from llmimg_jax.train.workdir import local_workdir
+
+
+@pytest.mark.parametrize("name, why", [
+    # TensorStore wrote the arrays to runs/new/...; train.py exited 0, no checkpoint readable
+    ("runs\\new", "holds a backslash, which Orbax's array storage (TensorStore) reads as a "
+                  "folder separator"),
+    # the first save failed after compiling, in 472 tracebacks, blaming the disk
+    # Orbax's save globbed the path: no array in the checkpoint, or another run's ("runs/a*")
+    ("run[1]", "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"),
+    ("run*", "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"),
+    ("run?", "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"),
+    (os.fsdecode(b"run_\xe9"), "is not UTF-8, which Orbax's array storage (TensorStore) cannot "
+                               "name")])
+def test_a_workdir_orbax_cannot_save_into_is_refused(name, why, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the backslash is in the full path's parent too
+  with pytest.raises(ValueError) as refused:
+    local_workdir(name)
+  assert str(refused.value) == (
+      f"workdir {str(tmp_path / name)!r} {why}: its checkpoints could not be saved. Pass another "
+      "--workdir, without it; nothing was trained.")
+  assert not (tmp_path / name).exists()
+  (tmp_path / "odd\\parent").mkdir()
+  monkeypatch.chdir(tmp_path / "odd\\parent")
+  with pytest.raises(ValueError, match="holds a backslash"):
+    local_workdir("run")
+
+
+def test_a_workdir_name_too_long_is_a_value_error_not_a_traceback(tmp_path):
+  with pytest.raises(ValueError) as refused:  # an OSError (ENAMETOOLONG) from Path.exists
+    local_workdir(tmp_path / ("w" * 256))
+  assert str(refused.value) == (f"workdir {str(tmp_path / ('w' * 256))!r} cannot be used (File "
+                                "name too long); pass another --workdir.")
+
+
+def test_odd_names_orbax_stores_are_taken(tmp_path):
+  for name in ("{b}#=!$]", "sp ace%:;'\"", "new\nline", "é 中 🙂"):
+    assert local_workdir(tmp_path / name) == tmp_path / name
