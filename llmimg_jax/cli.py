@@ -81,8 +81,8 @@ def ends_on_signal(prog: str, unfinished: str) -> Iterator[None]:
   """Ctrl-C or SIGTERM in the block: 'PROG: error: interrupted by Ctrl-C; UNFINISHED' ('stopped by
   SIGTERM; ...') and status 130 (143), not a traceback. The exit is fail_now's: a signal during
   an XLA compile crashed Python's shutdown after it."""
-  previous, previous_hook = signal.signal(signal.SIGTERM, raise_terminated), sys.unraisablehook
-  resend_ignored_signals()
+  previous = signal.signal(signal.SIGTERM, raise_terminated)
+  resend_ignored_signals()  # kept after the block: quiet_orbax's hook, set in it, passes to it
   try:
     yield
   except KeyboardInterrupt:
@@ -91,7 +91,6 @@ def ends_on_signal(prog: str, unfinished: str) -> Iterator[None]:
     fail_now(prog, f"stopped by SIGTERM; {unfinished}", 128 + signal.SIGTERM)
   finally:
     signal.signal(signal.SIGTERM, previous)
-    sys.unraisablehook = previous_hook
 
 
 def resend_ignored_signals() -> None:
