@@ -33,7 +33,7 @@ from llmimg_jax.train.summaries import (
     flush as flush_events, log_end, log_start, logs_above, progress_bar, summary_writer,
     window_means)
 from llmimg_jax.train.workdir import (check_workdir_outside_data, check_workdir_writable,
-                                     checkpoint_saving, local_workdir)
+                                     checkpoint_saving, local_workdir, workdir_claimed)
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   unless its last sample grid or evaluation is missing (a kill during them): made then. A resumed
   run makes those of the step it resumes at, if missing, before it trains. A workdir inside a
   captioned_folder's folder is refused (ValueError), and so is a resume whose text.checkpoint
-  holds another tokenizer or T5 config than WORKDIR/text (ConfigMismatchError).
+  holds another tokenizer or T5 config than WORKDIR/text (ConfigMismatchError), and a workdir
+  another train() or train.py trains in (WorkdirInUseError).
   SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
@@ -243,29 +244,30 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
       seed=config.seed, source=source)
 
-  manager = checkpoint.make_manager(workdir, config)
-  state, resumed = _restore_or_init(manager, models, mesh, config, pretrained_text, data_iter,
-                                    start_fresh_if_corrupt)
-  start = int(state.step)
-  resume.tidy_best(workdir, manager, start, config)
-  grid_unmade, eval_unmade = resume.unmade(workdir, start, config)
-  # A finished run returns before config.json, TensorBoard and the evaluator's setup.
-  if resume.nothing_to_do(workdir, start, config, grid_unmade, eval_unmade):
-    manager.close()
-    return state
-  if resumed:  # the run's tokenizer and T5 config, which sampling reads, are the ones it trains on
-    resume.check_text_files(workdir, config, tokenizer, t5_config)
-  if jax.process_index() == 0 and start < config.train.steps:
-    resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
-  # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
-  # start over an old run) are hidden by TensorBoard, not drawn under this run's.
-  writer = (summary_writer(workdir / "tensorboard", purge_step=start + 1)
-            if jax.process_index() == 0 else None)
-  run = _Run(config, workdir, mesh, manager, data_iter, writer,
-             samples=SampleWriter(models, tokenizer, config, workdir, mesh),
-             evaluate=in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
-             if in_training.enabled(config) else None)
-  return _train_steps(run, state, start, jit_train_step(models, mesh), grid_unmade, eval_unmade)
+  with workdir_claimed(workdir):  # another train.py there: refused
+    manager = checkpoint.make_manager(workdir, config)
+    state, resumed = _restore_or_init(manager, models, mesh, config, pretrained_text, data_iter,
+                                      start_fresh_if_corrupt)
+    start = int(state.step)
+    resume.tidy_best(workdir, manager, start, config)
+    grid_unmade, eval_unmade = resume.unmade(workdir, start, config)
+    # A finished run returns before config.json, TensorBoard and the evaluator's setup.
+    if resume.nothing_to_do(workdir, start, config, grid_unmade, eval_unmade):
+      manager.close()
+      return state
+    if resumed:  # the run's tokenizer and T5 config, which sampling reads, are those it trains on
+      resume.check_text_files(workdir, config, tokenizer, t5_config)
+    if jax.process_index() == 0 and start < config.train.steps:
+      resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
+    # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
+    # start over an old run) are hidden by TensorBoard, not drawn under this run's.
+    writer = (summary_writer(workdir / "tensorboard", purge_step=start + 1)
+              if jax.process_index() == 0 else None)
+    run = _Run(config, workdir, mesh, manager, data_iter, writer,
+               samples=SampleWriter(models, tokenizer, config, workdir, mesh),
+               evaluate=in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
+               if in_training.enabled(config) else None)
+    return _train_steps(run, state, start, jit_train_step(models, mesh), grid_unmade, eval_unmade)
 
 
 def _train_steps(run: _Run, state: TrainState, start: int, step_fn, grid_unmade: bool,

@@ -1,10 +1,15 @@
 """Checks of the workdir before anything is built: every host can write it, and on several hosts
-it is one folder they all share; and a checkpoint that could not be written later, named."""
+it is one folder they all share; the run's claim on it; and a checkpoint that could not be
+written later, named."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +21,8 @@ from llmimg_jax import cli
 from llmimg_jax import output_files
 from llmimg_jax.train import checkpoint
 
+log = logging.getLogger(__name__)
+LOCK_FILE = ".train.lock"  # in the workdir: host 0's flock while the run trains; who holds it
 
 class WorkdirNotWritableError(ValueError):
   """A directory the run writes into cannot be written (checked before anything is built)."""
@@ -23,6 +30,10 @@ class WorkdirNotWritableError(ValueError):
 
 class WorkdirNotSharedError(WorkdirNotWritableError):
   """The hosts of a multi-host run do not share the workdir (e.g. each host's own disk)."""
+
+
+class WorkdirInUseError(WorkdirNotWritableError):
+  """Another train.py process trains in the workdir (it holds LOCK_FILE)."""
 
 
 class CheckpointSaveError(RuntimeError):
@@ -159,3 +170,42 @@ def local_workdir(workdir: str | Path) -> Path:
     raise ValueError(f"workdir {str(full)!r} {why}: its checkpoints could not be saved. Pass "
                      "another --workdir, without it; nothing was trained.")
   return full
+
+
+@contextlib.contextmanager
+def workdir_claimed(workdir: Path) -> Iterator[None]:
+  """Host 0's flock on WORKDIR/LOCK_FILE while the block runs: a second train.py on the workdir
+  (a job resubmitted while the first still runs) is refused, naming the first. It resumed beside
+  it, both saving the same steps, and its checkpoint manager's start deleted the first run's save
+  in progress (which died, exit 3, blaming the disk). The lock goes with the process, however it
+  ends; a filesystem without flock claims nothing (a warning)."""
+  fd = checkpoint.on_host_0(lambda: _claim(workdir), "workdir_claimed",
+                            f"claim {workdir / LOCK_FILE}", WorkdirInUseError)
+  try:
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)
+
+
+def _claim(workdir: Path) -> int | None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / LOCK_FILE
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # for writing: NFS's flock needs it
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "its process"
+    os.close(fd)
+    if e.errno != errno.EWOULDBLOCK:
+      log.warning("Could not lock %s (%s): a second train.py on this workdir would not be "
+                  "refused.", path, e.strerror)
+      return None
+    raise WorkdirInUseError(
+        f"The workdir {workdir} is in use by another train.py ({holder}): two runs there would "
+        "save the same checkpoints, and one's start deletes the other's save in progress. Wait "
+        "for it to end (or stop it), or pass another --workdir; nothing was trained.") from e
+  os.ftruncate(fd, 0)
+  os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode())
+  return fd

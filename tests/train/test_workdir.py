@@ -1,10 +1,15 @@
-"""train/workdir.local_workdir's refusals of a workdir Orbax cannot save into, before anything is
-built (train.py prints them as one line; the others: tests/train/test_train_cli.py)."""
+"""train/workdir.py: local_workdir's refusals of a workdir Orbax cannot save into, and the run's
+claim on its workdir, each before anything is built (train.py prints them as one line; the other
+refusals: tests/train/test_train_cli.py)."""
 import os
+import re
+import socket
 
 import pytest
 
-from llmimg_jax.train.workdir import local_workdir
+from llmimg_jax.train import loop
+from llmimg_jax.train.workdir import LOCK_FILE, WorkdirInUseError, local_workdir, workdir_claimed
+from tests.train.utils import tiny_config
 
 
 @pytest.mark.parametrize("name, why", [
@@ -42,3 +47,24 @@ def test_a_workdir_name_too_long_is_a_value_error_not_a_traceback(tmp_path):
 def test_odd_names_orbax_stores_are_taken(tmp_path):
   for name in ("{b}#=!$]", "sp ace%:;'\"", "new\nline", "é 中 🙂"):
     assert local_workdir(tmp_path / name) == tmp_path / name
+
+
+def test_a_workdir_in_use_is_refused_naming_its_process_and_freed_after(shapes_data_dir,
+                                                                        tmp_path):
+  """A second train.py on a busy workdir resumed beside the first, and its checkpoint manager
+  deleted the first run's save in progress (which died, exit 3, blaming the disk)."""
+  run = tmp_path / "run"
+  with workdir_claimed(run):  # made by the claim
+    with pytest.raises(WorkdirInUseError) as refused, workdir_claimed(run):
+      pass
+    assert re.fullmatch(
+        rf"The workdir {run} is in use by another train\.py \(pid {os.getpid()} on "
+        rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \w+\): two "
+        r"runs there would save the same checkpoints, and one's start deletes the other's save "
+        r"in progress\. Wait for it to end \(or stop it\), or pass another --workdir; nothing "
+        r"was trained\.", str(refused.value)), str(refused.value)
+    with pytest.raises(WorkdirInUseError):  # before its checkpoint manager (which cleans up)
+      loop.train(tiny_config(shapes_data_dir), run)
+    assert os.listdir(run) == [LOCK_FILE]
+  with workdir_claimed(run):  # the first one's lock went with it
+    pass
