@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from llmimg_jax import cli
 from llmimg_jax.sample import outputs
-from llmimg_jax.sample.sampler import SampleResult
+from tests.sample.utils import black_samples
 from tests.train.cli_utils import ROOT, Proc
 
 # XLA's compile comes next; Python raises the KeyboardInterrupt as it returns.
@@ -72,9 +71,6 @@ def test_ctrl_c_during_a_build_is_one_line_and_leaves_no_partial_build(tmp_path)
 
 def test_sigterm_while_samples_are_written_leaves_no_staging_folder(tmp_path, monkeypatch):
   """SIGTERM as ends_on_signal has it handled (an exception): write_samples' cleanup runs."""
-  result = SampleResult(np.zeros((6, 8, 8, 3), np.uint8), prompts=["a", "b"], captions=["a", "b"],
-                        expanded=False, seed=0, num_per_prompt=3, truncation=None, step=1,
-                        seconds=1.0, compile_seconds=0.0)
   saved = []
   fromarray = outputs.Image.fromarray
 
@@ -88,7 +84,7 @@ def test_sigterm_while_samples_are_written_leaves_no_staging_folder(tmp_path, mo
   previous = signal.signal(signal.SIGTERM, cli.raise_terminated)
   try:
     with pytest.raises(cli.Terminated):
-      outputs.write_samples(result, tmp_path / "out")
+      outputs.write_samples(black_samples(2, 3), tmp_path / "out")
   finally:
     signal.signal(signal.SIGTERM, previous)
   assert len(saved) == 3 and not list((tmp_path / "out").iterdir())

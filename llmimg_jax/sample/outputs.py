@@ -66,6 +66,11 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
     captioned_grid(result.images, captions).save(staging / GRID_NAME)
     (staging / JSONL_NAME).write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
     names = [r["file"] for r in records] + [GRID_NAME, JSONL_NAME]  # the index last
+    if not overwrite and (written := old_outputs(out)):  # e.g. two sample.py on one --out
+      raise FileExistsError(
+          f"Output '{out}' received other samples while these were written ({len(written)} "
+          f"files, e.g. {written[0].name}; another sample.py?), which are kept; these were not "
+          "written: pass a new directory, or --overwrite to replace those.")
     for path in old_outputs(out):
       if not (path.is_symlink() and path.name in names):
         path.unlink()

@@ -1,4 +1,5 @@
-"""check_out_dir refuses, before any sampling, an --out that write_samples could not write."""
+"""check_out_dir refuses, before any sampling, an --out that write_samples could not write;
+write_samples keeps the samples another process wrote there meanwhile."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import re
 
 import pytest
 
-from llmimg_jax.sample import checks
+from llmimg_jax.sample import checks, outputs
+from tests.sample.utils import black_samples
 
 
 def test_an_output_linked_to_a_folder_is_refused_before_sampling(tmp_path):
@@ -115,3 +117,24 @@ def test_an_out_inside_the_runs_training_folder_is_refused(tmp_path):
   run_of_shapes = _run_of(shapes, {"name": "captioned_shapes", "folder": str(images)})
   checks.check_out_outside_data(str(images / "samples"), str(run_of_shapes))
   checks.check_out_outside_data(str(images / "samples"), str(tmp_path / "no_run"))  # no config
+
+
+def test_samples_another_process_wrote_meanwhile_are_kept(tmp_path, monkeypatch):
+  """Two sample.py on one new --out both passed the check and both exited 0, the later one
+  deleting the other's images (without --overwrite)."""
+  out = tmp_path / "out"
+  fromarray = outputs.Image.fromarray
+
+  def another_process_writes(image):  # while this call stages its images
+    out.joinpath("p0000_s000.png").write_bytes(b"the other's")
+    return fromarray(image)
+
+  monkeypatch.setattr(outputs.Image, "fromarray", another_process_writes)
+  with pytest.raises(FileExistsError) as refused:
+    outputs.write_samples(black_samples(1, 2), out)
+  assert str(refused.value) == (
+      f"Output '{out}' received other samples while these were written (1 files, e.g. "
+      "p0000_s000.png; another sample.py?), which are kept; these were not written: pass a new "
+      "directory, or --overwrite to replace those.")
+  assert os.listdir(out) == ["p0000_s000.png"]
+  assert (out / "p0000_s000.png").read_bytes() == b"the other's"

@@ -1,5 +1,6 @@
 """Helpers shared by the sampling tests: a run's workdir saved from a host-drawn state, the
-environment of a one-device process, and the generator's image for comparisons."""
+environment of a one-device process, the generator's image for comparisons, and black samples to
+write."""
 from __future__ import annotations
 
 import dataclasses
@@ -92,3 +93,12 @@ def assert_uint8_of(image: np.ndarray, x: np.ndarray) -> None:
   want = np.clip(np.round((x + 1.0) * 127.5), 0, 255)
   diff = np.abs(image.astype(np.float64) - want)
   assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def black_samples(num_prompts: int, num_per_prompt: int):
+  """A SampleResult of black 8x8 images, for write_samples."""
+  from llmimg_jax.sample.sampler import SampleResult  # pylint: disable=g-import-not-at-top
+  prompts = [f"prompt {i}" for i in range(num_prompts)]
+  return SampleResult(np.zeros((num_prompts * num_per_prompt, 8, 8, 3), np.uint8), prompts,
+                      prompts, expanded=False, seed=0, num_per_prompt=num_per_prompt,
+                      truncation=None, step=1, seconds=1.0, compile_seconds=0.0)
