@@ -266,9 +266,10 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
   """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
   previous file. The temporary file is this process's, so concurrent writers do not mix, and it
-  is removed if the write fails."""
+  is removed if the write fails. Its name keeps 200 bytes of `path`'s: a legal name of over 240
+  (up to 255) made one too long, and the write failed after the work it saves."""
   path = Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp = path.with_name(f".{os.fsdecode(os.fsencode(path.name)[:200])}.{os.getpid()}.tmp")
   try:
     tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)

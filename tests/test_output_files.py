@@ -230,3 +230,11 @@ def test_a_folders_name_is_refused_not_written_as_a_file(named, tmp_path, monkey
     output_files.check_output_file(path, "--out", False, "a .json file")
   assert output_files.expand_output("~/r.json", "--out") == f"{tmp_path}/r.json"
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["e" * 250 + ".json", "é" * 125 + ".npy"])  # 255, 254 bytes
+def test_write_atomically_takes_the_longest_names(name, tmp_path):
+  """Its temporary file, '.NAME.PID.tmp', was over 255 bytes: evaluate.py's --out failed after
+  the evaluation, the T5 CLI's --encode_out in a traceback."""
+  output_files.write_atomically(tmp_path / name, "{}")
+  assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_text() == "{}"
