@@ -186,7 +186,11 @@ def load_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> Ex
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     coco.download_and_prepare(dataset, data_dir)  # a failed download: one clear error
   else:
-    tfds_utils.build(dataset, dataset_id(data_cfg), data_dir)
+    try:
+      tfds_utils.build(dataset, dataset_id(data_cfg), data_dir)
+    except tfds_utils.BuiltMeanwhile as e:
+      log.info("%s; reading that build.", e)
+      dataset = builder(data_cfg)
   if prepared and name == "captioned_folder":
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
     captioned_folder.warn_if_changed(dataset)

@@ -176,12 +176,22 @@ def is_os_error(e: BaseException) -> bool:
                                     and any(text in str(e) for text in _WRITE_ERRORS))
 
 
+class BuiltMeanwhile(Exception):
+  """Another process finished the same build first (its rename won): read that build."""
+
+
 def build(dataset: tfds.core.DatasetBuilder, what: str, data_dir: str) -> None:
   """dataset.download_and_prepare(), an OSError (or the records writer's failed write: a full
-  disk) named with the data_dir and the fix (not os.makedirs' or a writer's traceback)."""
+  disk) named with the data_dir and the fix (not os.makedirs' or a writer's traceback); raises
+  BuiltMeanwhile where another process (two prepare or train.py on one data_dir) finished the
+  same build first: TFDS's "Cannot rename ... Destination ... already exists" was reported as a
+  folder to check, the dataset built."""
   try:
     dataset.download_and_prepare()
   except (OSError, RuntimeError) as e:
+    if isinstance(e, FileExistsError) and (
+        epath.Path(dataset.data_path) / "dataset_info.json").exists():
+      raise BuiltMeanwhile(f"{what} was built in {data_dir} by another process meanwhile") from e
     if not is_os_error(e):
       raise
     raise DatasetError(

@@ -13,7 +13,7 @@ import pytest
 from PIL import UnidentifiedImageError
 from tensorflow_datasets.core import file_adapters
 
-from llmimg_jax.data import caption_files, images, pipeline, prepare, tfds_utils
+from llmimg_jax.data import caption_files, captioned_shapes, images, pipeline, prepare, tfds_utils
 from tests.data.utils import _usage_error, captioned_images, folder_argv
 
 
@@ -193,3 +193,29 @@ def test_a_damaged_build_is_one_error_naming_it_and_the_fix(shapes_cfg, tokenize
   source._source = _TooManyOpenFiles()  # pylint: disable=protected-access
   with pytest.raises(RuntimeError, match="^Too many open files$"):
     source[0]
+
+
+def test_a_build_another_process_finished_first_is_read(shapes_cfg, tmp_path, monkeypatch,
+                                                        caplog):
+  """Two prepare (or train.py) building one dataset at once: the one whose rename came second
+  exited 2, 'Could not build ... (FileExistsError: Cannot rename ... Destination ... already
+  exists). Check that path, or set --data_dir to a folder you can write', the dataset built."""
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.data_dir = str(tmp_path)
+  generate = captioned_shapes.CaptionedShapes._generate_splits
+
+  def racing(self, *args):  # the other process builds while this one writes
+    infos = generate(self, *args)
+    if not racing.done:
+      racing.done = True
+      pipeline.load_source(cfg, "test")
+    return infos
+
+  racing.done = False
+  monkeypatch.setattr(captioned_shapes.CaptionedShapes, "_generate_splits", racing)
+  caplog.set_level("INFO")
+  source = pipeline.load_source(cfg, "test")
+  assert racing.done and len(source) == 64 and source[0]["captions"]
+  assert (f"captioned_shapes/tiny_32 was built in {tmp_path} by another process meanwhile; "
+          "reading that build.") in caplog.text
+  assert not list(tmp_path.glob("captioned_shapes/tiny_32/incomplete*"))
