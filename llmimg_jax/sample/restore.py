@@ -190,13 +190,31 @@ def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
   local devices for data-parallel sampling. The saved shardings are ignored.
   """
   workdir = full_workdir(workdir)
-  steps = available_steps(workdir)
-  if step is None:
-    step = max(steps)
-  elif (step := _step_number(step, steps)) not in steps:
-    raise CheckpointError(f"No checkpoint for step {step} in {checkpoint_dir(workdir)}; available "
-                          f"steps: {list(steps)}. Pass one of them to --step, or omit --step for "
-                          "the latest.")
+  tries = 0
+  while True:  # a training still running deletes its older steps
+    steps = available_steps(workdir)
+    chosen = max(steps) if step is None else _step_number(step, steps)
+    if chosen not in steps:
+      raise CheckpointError(f"No checkpoint for step {chosen} in {checkpoint_dir(workdir)}; "
+                            f"available steps: {list(steps)}. Pass one of them to --step, or "
+                            "omit --step for the latest.")
+    try:
+      return _restore_step(workdir, chosen, steps, sharding)
+    except CheckpointError as e:
+      if steps[chosen].exists():
+        raise
+      if step is not None or (tries := tries + 1) == 3:
+        raise CheckpointError(
+            f"The checkpoint of step {chosen} was deleted while it was read (the training in "
+            f"{workdir} keeps its newest config.train.keep_checkpoints); pass a step it keeps "
+            f"(now {list(available_steps(workdir))}) to --step, or omit --step for the latest."
+        ) from e
+      log.info("The checkpoint of step %d was deleted while it was read (the training's "
+               "keep_checkpoints); reading the latest again.", chosen)
+
+
+def _restore_step(workdir: Path, step: int, steps: dict[int, Path],
+                  sharding: jax.sharding.Sharding | None) -> Restored:
   step_dir = steps[step]
   config = _config_of(step_dir, workdir)
   if sharding is None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.sample import CheckpointError, Sampler, available_steps, restore_for_sampling
+from llmimg_jax.sample import restore
 from llmimg_jax.sample.restore import refuse_checkpoint_folder
 from llmimg_jax.sample.sampler import text_setup
 from llmimg_jax.train import loop
@@ -50,6 +51,30 @@ def test_a_run_moved_where_orbax_cannot_read_is_not_called_damaged(run, tmp_path
       f"The run's path {str(moved)!r} is not UTF-8, which Orbax's array storage (TensorStore) "
       "cannot name: its checkpoints cannot be read there. Move (rename) the run's folder to a "
       "path without it, and pass that --workdir.")
+
+
+def test_a_step_the_training_deletes_while_it_is_read_is_not_called_damaged(run, tmp_path,
+                                                                             monkeypatch):
+  """sample.py beside a training (keep_checkpoints) failed 2 of 6 times: 'may be corrupt or
+  incomplete; pass an earlier --step (available: [5]) or delete .../5 and resume training'."""
+  live = tmp_path / "live"
+  shutil.copytree(run.workdir, live)
+  read = restore._restore_subset
+
+  def deleted_while_read(handler, state_dir, *args):
+    if state_dir.parent.name == "2":  # the training's next save removes it
+      shutil.rmtree(state_dir.parent)
+    return read(handler, state_dir, *args)
+
+  monkeypatch.setattr(restore, "_restore_subset", deleted_while_read)
+  assert restore_for_sampling(live).step == 1  # the latest, read again
+  shutil.copytree(run.workdir / "checkpoints" / "2", live / "checkpoints" / "2")
+  with pytest.raises(CheckpointError) as refused:
+    restore_for_sampling(live, step=2)
+  assert str(refused.value) == (
+      f"The checkpoint of step 2 was deleted while it was read (the training in {live} keeps "
+      "its newest config.train.keep_checkpoints); pass a step it keeps (now [1]) to --step, or "
+      "omit --step for the latest.")
 
 
 def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
