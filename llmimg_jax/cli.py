@@ -318,6 +318,10 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
                                 "configs/shapes_quick.py"), 2)
         if path and (why := output_files.why_closed(path, f"--config {path!r}")):
           fail(prog, why, 2)  # not "No such file"
+        if ":" in (given or "") and os.path.isfile(given):  # read as FILE:ARGS
+          fail(prog, f"the --config file {os.path.abspath(given)!r} has a ':' in its path, "
+               "where FILE:ARGS begins the config's arguments: move or link it to a path "
+               "without ':'.", 2)
         if path and not os.path.exists(path):  # its message: 3 lines
           fail(prog, f"could not load the --config file: No such file or directory: {path!r}; "
                "name an existing config file, e.g. --config configs/shapes_quick.py (the "

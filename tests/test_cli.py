@@ -218,6 +218,19 @@ def test_a_config_file_without_get_config_is_not_named_as_an_unknown_key(monkeyp
       "returns the config (e.g. configs/shapes_quick.py's).\n")
 
 
+@pytest.mark.parametrize("folder", ["my:configs", "a_file:x"])
+def test_a_config_file_with_a_colon_in_its_path_is_named_with_the_fix(folder, monkeypatch,
+                                                                       capsys, tmp_path):
+  # FILE:ARGS split it: "No such file or directory: '.../my'", or "Is a directory" for a folder
+  # named as the part before the ':'.
+  (tmp_path / "a_file").mkdir()
+  (config := tmp_path / folder / "c.py").parent.mkdir()
+  config.write_text("def get_config():\n  return None\n")
+  assert _parse_error(monkeypatch, capsys, f"--config={config}") == (
+      f"train.py: error: the --config file {str(config)!r} has a ':' in its path, where "
+      "FILE:ARGS begins the config's arguments: move or link it to a path without ':'.\n")
+
+
 @pytest.mark.parametrize("given", ["--config=", "--config= ", "-config=", "--config=:arg"])
 def test_a_blank_config_is_named_as_blank(given, monkeypatch, capsys):
   # It was ml_collections' "could not load the --config file: Configuration is not available
