@@ -56,11 +56,18 @@ def unstorable(path: str | os.PathLike) -> str | None:
             "separator")
   if any(c in text for c in "*?["):
     return "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"
-  try:
-    text.encode("utf-8")
-  except UnicodeEncodeError:
+  if not is_utf8(text):
     return "is not UTF-8, which Orbax's array storage (TensorStore) cannot name"
   return None
+
+
+def is_utf8(path: str | os.PathLike) -> bool:
+  """Whether `path` is UTF-8: not bytes that Python holds as surrogates (os.fsdecode)."""
+  try:
+    os.fspath(path).encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:

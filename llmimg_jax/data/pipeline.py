@@ -95,6 +95,10 @@ def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:
   if int(data_cfg.get("image_size") or 0) <= 0:
     raise ValueError(f"data.image_size must be a positive int, got {data_cfg.get('image_size')}.")
   _data_dir(data_cfg)
+  for key in ("data_dir", "folder"):  # a traceback in the records writer, or TFDS's encode error
+    if (path := data_cfg.get(key)) and not output_files.is_utf8(path):
+      raise ValueError(f"data.{key}={path!r} is not UTF-8, which TFDS's build cannot name; "
+                       "rename the folder to a UTF-8 name and pass that.")
   if name == "coco_captions":  # TFDS's builder needs TensorFlow: say so before anything loads
     from llmimg_jax.data import coco  # pylint: disable=g-import-not-at-top
     coco.check_tensorflow()

@@ -275,6 +275,13 @@ def test_config_validation_errors(shapes_cfg, tmp_path):
   with pytest.raises(ValueError, match=r"data\.data_dir '~nosuchuser_llmimg/tfds': "
                                        r"~nosuchuser_llmimg is no user's home directory"):
     pipeline.validate_data_config(cfg)
+  for key in ("data_dir", "folder"):  # the records writer's TypeError; TFDS's encode error
+    cfg = shapes_cfg.copy_and_resolve_references()
+    cfg[key] = str(tmp_path / os.fsdecode(b"dd_\xe9"))
+    with pytest.raises(ValueError) as refused:
+      pipeline.validate_data_config(cfg)
+    assert str(refused.value) == (f"data.{key}={cfg[key]!r} is not UTF-8, which TFDS's build "
+                                  "cannot name; rename the folder to a UTF-8 name and pass that.")
   cfg = shapes_cfg.copy_and_resolve_references()
   with pytest.raises(ValueError, match="no split 'validation'"):
     pipeline.load_source(cfg, "validation")
