@@ -54,7 +54,9 @@ def folder_config(folder: str, image_size: int, max_pixels: int = 0) -> FolderCo
   slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip("/")).lower()).strip("_")
   key = folder + (f"\0{max_pixels}" if max_pixels else "")
   digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-  return FolderConfig(name=f"{slug or 'folder'}_{image_size}_{digest}", folder=folder,
+  suffix = f"_{image_size}_{digest}"
+  slug = (slug or "folder")[:255 - len(suffix)]  # the build's folder name: <= 255 bytes
+  return FolderConfig(name=slug + suffix, folder=folder,
                       image_size=image_size, max_pixels=max_pixels,
                       description=f"Images of {folder} at {image_size}px.")
 

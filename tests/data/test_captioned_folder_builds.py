@@ -159,6 +159,24 @@ def test_each_image_size_is_its_own_build(tmp_path):
     np.testing.assert_array_equal(record["image"], images_lib.resize_square(image, size))
 
 
+def test_a_folder_of_the_longest_name_builds(tmp_path):
+  """Its build folder, SLUG_SIZE_DIGEST, was over 255 bytes for a folder name of over 244:
+  'File name too long', with a fix (another data_dir) that could not help. Shorter names keep
+  their build's name."""
+  folder = tmp_path / ("p" * 255)
+  folder.mkdir()
+  Image.new("RGB", (8, 8)).save(folder / "a.png")
+  (folder / "captions.jsonl").write_text('{"file": "a.png", "caption": "x"}\n')
+  name = captioned_folder.folder_config(str(folder), 8).name
+  assert len(name) == 255 and name.startswith("p" * 244 + "_8_")
+  assert captioned_folder.folder_config(str(tmp_path / ("p" * 244)), 8).name.startswith(
+      "p" * 244 + "_8_")
+  data = pipeline.default_data_config()
+  data.update(name="captioned_folder", folder=str(folder), data_dir=str(tmp_path / "tfds"),
+              image_size=8)
+  assert len(pipeline.load_source(data)) == 1
+
+
 def test_a_symlink_loop_in_the_folder_is_walked_once(tmp_path):
   """A link back to the folder (or above it) is not followed round and round: the fingerprint
   is the folder's own (two such links would otherwise take 2**40 walks: a hung build)."""
