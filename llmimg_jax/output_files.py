@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import getpass
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -44,18 +45,19 @@ def _out_of_links(path: Path) -> Path | None:
   return Path(*done)
 
 
-def unstorable(path: str | os.PathLike) -> str | None:
-  """Why Orbax cannot hold a checkpoint under `path` (in full), or None. Its array storage
-  (TensorStore) reads a backslash as a folder separator, and its save finds each host's arrays
-  with a glob of the path: either way a run exited 0 with every checkpoint unreadable (a '*' or
-  '?' could match another run's folder). Nor can it name bytes that are not UTF-8 (which Python
-  holds as surrogates): the first save failed after compiling, in hundreds of tracebacks."""
+def unstorable(path: str | os.PathLike, saving: bool = True) -> str | None:
+  """Why Orbax cannot save (`saving`) or read a checkpoint under `path` (in full), or None. Its
+  array storage (TensorStore) reads a backslash as a folder separator, and its save finds each
+  host's arrays with a glob of the path: either way a run exited 0 with every checkpoint
+  unreadable (a '*' or '?' could match another run's folder); a read takes the path as it is.
+  Nor can it name bytes that are not UTF-8 (which Python holds as surrogates): the first save
+  failed after compiling, in hundreds of tracebacks."""
   text = os.fspath(path)
   if "\\" in text:
     return ("holds a backslash, which Orbax's array storage (TensorStore) reads as a folder "
             "separator")
-  if any(c in text for c in "*?["):
-    return "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"
+  if saving and re.search(r"[*?]|\[[^/]*\]", text):  # a lone '[' is no pattern
+    return "holds a wildcard (*, ?, [...]), which Orbax's save reads as a pattern (a glob)"
   if not is_utf8(text):
     return "is not UTF-8, which Orbax's array storage (TensorStore) cannot name"
   return None

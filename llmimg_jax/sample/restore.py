@@ -78,7 +78,7 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
 def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
   """Finalized checkpoint steps of a training workdir -> their step directories (sorted)."""
   workdir = full_workdir(workdir)
-  if why := output_files.unstorable(workdir):  # not read as a damaged checkpoint
+  if why := output_files.unstorable(workdir, saving=False):  # not called damaged
     raise CheckpointError(f"The run's path {str(workdir)!r} {why}: its checkpoints cannot be "
                           "read there. Move (rename) the run's folder to a path without it, and "
                           "pass that --workdir.")

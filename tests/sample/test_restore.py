@@ -51,6 +51,8 @@ def test_a_run_moved_where_orbax_cannot_read_is_not_called_damaged(run, tmp_path
       f"The run's path {str(moved)!r} is not UTF-8, which Orbax's array storage (TensorStore) "
       "cannot name: its checkpoints cannot be read there. Move (rename) the run's folder to a "
       "path without it, and pass that --workdir.")
+  shutil.move(moved, wildcards := tmp_path / "exp[1]*?")  # only Orbax's save globs the path
+  assert restore_for_sampling(wildcards).step == 2
 
 
 def test_a_step_the_training_deletes_while_it_is_read_is_not_called_damaged(run, tmp_path,

@@ -18,9 +18,9 @@ from tests.train.utils import tiny_config
                   "folder separator"),
     # the first save failed after compiling, in 472 tracebacks, blaming the disk
     # Orbax's save globbed the path: no array in the checkpoint, or another run's ("runs/a*")
-    ("run[1]", "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"),
-    ("run*", "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"),
-    ("run?", "holds a wildcard (*, ? or [), which Orbax's save reads as a pattern (a glob)"),
+    ("run[1]", "holds a wildcard (*, ?, [...]), which Orbax's save reads as a pattern (a glob)"),
+    ("run*", "holds a wildcard (*, ?, [...]), which Orbax's save reads as a pattern (a glob)"),
+    ("run?", "holds a wildcard (*, ?, [...]), which Orbax's save reads as a pattern (a glob)"),
     (os.fsdecode(b"run_\xe9"), "is not UTF-8, which Orbax's array storage (TensorStore) cannot "
                                "name")])
 def test_a_workdir_orbax_cannot_save_into_is_refused(name, why, tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_a_workdir_name_too_long_is_a_value_error_not_a_traceback(tmp_path):
 
 
 def test_odd_names_orbax_stores_are_taken(tmp_path):
-  for name in ("{b}#=!$]", "sp ace%:;'\"", "new\nline", "é 中 🙂"):
+  for name in ("{b}#=!$]", "lone [", "sp ace%:;'\"", "new\nline", "é 中 🙂"):
     assert local_workdir(tmp_path / name) == tmp_path / name
 
 
