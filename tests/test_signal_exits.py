@@ -64,8 +64,8 @@ def test_ctrl_c_during_a_build_is_one_line_and_leaves_no_partial_build(tmp_path)
   proc = Proc([sys.executable, "-m", "llmimg_jax.data.prepare", "--dataset",
                "captioned_shapes/32", "--data_dir", str(tmp_path), "--num_proc", "1"], cwd=ROOT)
   output = _signal_and_finish(proc, "img/s]", signal.SIGINT)  # tqdm's bar: building
-  assert output.endswith("prepare.py: error: interrupted by Ctrl-C; the dataset is not built "
-                         "(TFDS keeps no partial build): rerun the command to build it."), output
+  assert output.endswith("prepare.py: error: interrupted by Ctrl-C; a build it had not finished "
+                         "is not kept (TFDS): rerun the command."), output
   assert not list(tmp_path.glob("captioned_shapes/32/*/*")), "a partial build was kept"
 
 

@@ -219,6 +219,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  with cli.ends_on_signal("prepare.py", "the dataset is not built (TFDS keeps no partial build): "
-                          "rerun the command to build it."):
+  with cli.ends_on_signal("prepare.py", "a build it had not finished is not kept (TFDS): rerun "
+                          "the command."):
     main()
