@@ -194,7 +194,7 @@ def load_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> Ex
       tfds_utils.build(dataset, dataset_id(data_cfg), data_dir)
     except tfds_utils.BuiltMeanwhile as e:
       log.info("%s; reading that build.", e)
-      dataset = builder(data_cfg)
+      dataset, prepared = builder(data_cfg), True  # from the folder as it was then
   if prepared and name == "captioned_folder":
     from llmimg_jax.data import captioned_folder  # pylint: disable=g-import-not-at-top
     captioned_folder.warn_if_changed(dataset)
