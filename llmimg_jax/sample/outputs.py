@@ -2,11 +2,14 @@
 output directory first)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -66,19 +69,33 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
     captioned_grid(result.images, captions).save(staging / GRID_NAME)
     (staging / JSONL_NAME).write_text("".join(_jsonl_line(r) for r in records), encoding="utf-8")
     names = [r["file"] for r in records] + [GRID_NAME, JSONL_NAME]  # the index last
-    if not overwrite and (written := old_outputs(out)):  # e.g. two sample.py on one --out
-      raise FileExistsError(
-          f"Output '{out}' received other samples while these were written ({len(written)} "
-          f"files, e.g. {written[0].name}; another sample.py?), which are kept; these were not "
-          "written: pass a new directory, or --overwrite to replace those.")
-    for path in old_outputs(out):
-      if not (path.is_symlink() and path.name in names):
-        path.unlink()
-    for name in names:  # a link is written through (its target replaced), as evaluate.py's --out
-      if (out / name).is_symlink():
-        output_files.write_atomically(os.path.realpath(out / name), (staging / name).read_bytes())
-      else:
-        os.replace(staging / name, out / name)
+    with _locked(out):  # another sample.py on this --out waits here, then finds these
+      if not overwrite and (written := old_outputs(out)):
+        raise FileExistsError(
+            f"Output '{out}' received other samples while these were written ({len(written)} "
+            f"files, e.g. {written[0].name}; another sample.py?), which are kept; these were not "
+            "written: pass a new directory, or --overwrite to replace those.")
+      for path in old_outputs(out):
+        if not (path.is_symlink() and path.name in names):
+          path.unlink()
+      for name in names:  # a link is written through (its target replaced), as evaluate.py's
+        if (out / name).is_symlink():
+          output_files.write_atomically(os.path.realpath(out / name),
+                                        (staging / name).read_bytes())
+        else:
+          os.replace(staging / name, out / name)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return records
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+  """An flock on `folder` itself (none where its filesystem has no flock)."""
+  fd = os.open(folder, os.O_RDONLY)
+  try:
+    with contextlib.suppress(OSError):
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 
 import pytest
 
@@ -138,3 +140,34 @@ def test_samples_another_process_wrote_meanwhile_are_kept(tmp_path, monkeypatch)
       "directory, or --overwrite to replace those.")
   assert os.listdir(out) == ["p0000_s000.png"]
   assert (out / "p0000_s000.png").read_bytes() == b"the other's"
+
+
+def test_two_writers_on_one_out_take_turns(tmp_path, monkeypatch):
+  """Both passed that check when each checked before the other's renames: the second to rename
+  deleted or mixed with the first's files. The first to put its files in place (here A, paused
+  there for 0.5 s) now holds --out until it is done; the other then finds them."""
+  out, a_in_place = tmp_path / "out", threading.Event()
+  listed = outputs.old_outputs
+
+  def slow_for_a(folder):
+    if threading.current_thread().name == "A" and not a_in_place.is_set():
+      a_in_place.set()
+      time.sleep(0.5)
+    return listed(folder)
+
+  monkeypatch.setattr(outputs, "old_outputs", slow_for_a)
+  errors = {}
+
+  def write(name: str, num_prompts: int) -> None:
+    try:
+      outputs.write_samples(black_samples(num_prompts, 1), out)
+    except FileExistsError as e:
+      errors[name] = e
+
+  a = threading.Thread(target=write, args=("A", 1), name="A")
+  a.start()
+  assert a_in_place.wait(30)
+  write("B", 2)
+  a.join()
+  assert set(errors) == {"B"}
+  assert sorted(os.listdir(out)) == ["grid.png", "p0000_s000.png", "samples.jsonl"]
