@@ -201,14 +201,21 @@ def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
     try:
       return _restore_step(workdir, chosen, steps, sharding)
     except CheckpointError as e:
-      if steps[chosen].exists():
+      # Being deleted (Orbax removes the step's folder last) or gone: a newer step saved.
+      newer = step is None and max(available_steps(workdir)) > chosen
+      if steps[chosen].exists() and not newer:
         raise
-      if step is not None or (tries := tries + 1) == 3:
+      kept = list(available_steps(workdir))
+      if step is not None:
         raise CheckpointError(
             f"The checkpoint of step {chosen} was deleted while it was read (the training in "
             f"{workdir} keeps its newest config.train.keep_checkpoints); pass a step it keeps "
-            f"(now {list(available_steps(workdir))}) to --step, or omit --step for the latest."
-        ) from e
+            f"(now {kept}) to --step, or omit --step for the latest.") from e
+      if (tries := tries + 1) == 3:
+        raise CheckpointError(
+            f"The training in {workdir} deleted each of the latest steps as they were read "
+            f"({tries} tries; it keeps its newest config.train.keep_checkpoints): rerun, or pass "
+            f"a step it keeps (now {kept}) to --step.") from e
       log.info("The checkpoint of step %d was deleted while it was read (the training's "
                "keep_checkpoints); reading the latest again.", chosen)
 

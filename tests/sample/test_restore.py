@@ -59,24 +59,45 @@ def test_a_step_the_training_deletes_while_it_is_read_is_not_called_damaged(run,
                                                                              monkeypatch):
   """sample.py beside a training (keep_checkpoints) failed 2 of 6 times: 'may be corrupt or
   incomplete; pass an earlier --step (available: [5]) or delete .../5 and resume training'."""
-  live = tmp_path / "live"
-  shutil.copytree(run.workdir, live)
-  read = restore._restore_subset
+  saved, live = run.workdir / "checkpoints", tmp_path / "live"
+  read, training = restore._restore_subset, {}  # step -> what the training does as it is read
 
-  def deleted_while_read(handler, state_dir, *args):
-    if state_dir.parent.name == "2":  # the training's next save removes it
+  def training_meanwhile(handler, state_dir, *args):
+    if training.get(state_dir.parent.name) == "deletes":  # after its next save
       shutil.rmtree(state_dir.parent)
+    elif training.get(state_dir.parent.name) == "saves 3, deletes":  # the folder goes last
+      shutil.copytree(saved / "2", live / "checkpoints" / "3")
+      shutil.rmtree(state_dir)
     return read(handler, state_dir, *args)
 
-  monkeypatch.setattr(restore, "_restore_subset", deleted_while_read)
+  def steps_saved(*steps: int) -> None:
+    shutil.rmtree(live, ignore_errors=True)
+    shutil.copytree(run.workdir, live)
+    for step in steps:
+      shutil.copytree(saved / "2", live / "checkpoints" / str(step), dirs_exist_ok=True)
+
+  monkeypatch.setattr(restore, "_restore_subset", training_meanwhile)
+  steps_saved(1, 2)
+  training.update({"2": "deletes"})
   assert restore_for_sampling(live).step == 1  # the latest, read again
-  shutil.copytree(run.workdir / "checkpoints" / "2", live / "checkpoints" / "2")
+  steps_saved(1, 2)
   with pytest.raises(CheckpointError) as refused:
     restore_for_sampling(live, step=2)
   assert str(refused.value) == (
       f"The checkpoint of step 2 was deleted while it was read (the training in {live} keeps "
       "its newest config.train.keep_checkpoints); pass a step it keeps (now [1]) to --step, or "
       "omit --step for the latest.")
+  steps_saved(1, 2)
+  training.update({"2": "saves 3, deletes"})
+  assert restore_for_sampling(live).step == 3
+  steps_saved(1, 2, 3, 4)
+  training.update({"2": "deletes", "3": "deletes", "4": "deletes"})
+  with pytest.raises(CheckpointError) as refused:
+    restore_for_sampling(live)
+  assert str(refused.value) == (
+      f"The training in {live} deleted each of the latest steps as they were read (3 tries; it "
+      "keeps its newest config.train.keep_checkpoints): rerun, or pass a step it keeps (now "
+      "[1]) to --step.")
 
 
 def test_missing_unknown_and_corrupt_checkpoints_name_the_path(run, tmp_path):
