@@ -24,6 +24,7 @@ from llmimg_jax.train import checkpoint
 log = logging.getLogger(__name__)
 LOCK_FILE = ".train.lock"  # in the workdir: host 0's flock while the run trains; who holds it
 
+
 class WorkdirNotWritableError(ValueError):
   """A directory the run writes into cannot be written (checked before anything is built)."""
 
@@ -174,11 +175,10 @@ def local_workdir(workdir: str | Path) -> Path:
 
 @contextlib.contextmanager
 def workdir_claimed(workdir: Path) -> Iterator[None]:
-  """Host 0's flock on WORKDIR/LOCK_FILE while the block runs: a second train.py on the workdir
-  (a job resubmitted while the first still runs) is refused, naming the first. It resumed beside
-  it, both saving the same steps, and its checkpoint manager's start deleted the first run's save
-  in progress (which died, exit 3, blaming the disk). The lock goes with the process, however it
-  ends; a filesystem without flock claims nothing (a warning)."""
+  """Host 0's flock on WORKDIR/LOCK_FILE while the block runs: a second claim (train.py, train())
+  on the workdir raises WorkdirInUseError naming the first. The lock goes with the process,
+  however it ends; where the file cannot be opened or locked (no flock), nothing is claimed (a
+  warning)."""
   fd = checkpoint.on_host_0(lambda: _claim(workdir), "workdir_claimed",
                             f"claim {workdir / LOCK_FILE}", WorkdirInUseError)
   try:
@@ -191,13 +191,16 @@ def workdir_claimed(workdir: Path) -> Iterator[None]:
 def _claim(workdir: Path) -> int | None:
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / LOCK_FILE
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # for writing: NFS's flock needs it
+  fd = None
   try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # for writing: NFS's flock needs it
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
-    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "its process"
-    os.close(fd)
-    if e.errno != errno.EWOULDBLOCK:
+    holder = "its process"
+    if fd is not None:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or holder
+      os.close(fd)
+    if e.errno != errno.EWOULDBLOCK:  # e.g. another user's lock file: PermissionError
       log.warning("Could not lock %s (%s): a second train.py on this workdir would not be "
                   "refused.", path, e.strerror)
       return None

@@ -59,7 +59,7 @@ def test_a_workdir_in_use_is_refused_naming_its_process_and_freed_after(shapes_d
       pass
     assert re.fullmatch(
         rf"The workdir {run} is in use by another train\.py \(pid {os.getpid()} on "
-        rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \w+\): two "
+        rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \S+\): two "
         r"runs there would save the same checkpoints, and one's start deletes the other's save "
         r"in progress\. Wait for it to end \(or stop it\), or pass another --workdir; nothing "
         r"was trained\.", str(refused.value)), str(refused.value)
@@ -68,3 +68,10 @@ def test_a_workdir_in_use_is_refused_naming_its_process_and_freed_after(shapes_d
     assert os.listdir(run) == [LOCK_FILE]
   with workdir_claimed(run):  # the first one's lock went with it
     pass
+
+
+def test_a_lock_file_that_cannot_be_opened_claims_nothing(tmp_path, caplog):
+  (tmp_path / LOCK_FILE).mkdir()  # as another user's file would (PermissionError): a traceback
+  with workdir_claimed(tmp_path), workdir_claimed(tmp_path):
+    pass
+  assert f"Could not lock {tmp_path / LOCK_FILE} (Is a directory)" in caplog.text
