@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -71,7 +72,7 @@ class Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception
   """SIGTERM, raised by raise_terminated: `finally` blocks run (a staging folder is removed)."""
 
 
-def raise_terminated(signum, frame) -> NoReturn:
+def raise_terminated(signum: int, frame: types.FrameType | None) -> NoReturn:
   del signum, frame
   raise Terminated
 
@@ -103,6 +104,8 @@ def resend_ignored_signals() -> None:
 def _signal_again(passed_on: Callable[[Any], None], info: Any) -> None:
   if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
     return passed_on(info)
+  if sys.is_finalizing():  # the command has ended; no thread can start
+    return None
   signum = signal.SIGINT if isinstance(info.exc_value, KeyboardInterrupt) else signal.SIGTERM
   timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
   timer.daemon = True
