@@ -275,10 +275,13 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
   """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
   previous file. The temporary file is this process's, so concurrent writers do not mix, and it
-  is removed if the write fails. Its name keeps 200 bytes of `path`'s: a legal name of over 240
-  (up to 255) made one too long, and the write failed after the work it saves."""
+  is removed if the write fails. Its name keeps up to 200 bytes of `path`'s, whole characters: a
+  legal name of over 240 (up to 255) made one too long, and the write failed after the work."""
   path = Path(path)
-  tmp = path.with_name(f".{os.fsdecode(os.fsencode(path.name)[:200])}.{os.getpid()}.tmp")
+  name = path.name
+  while len(os.fsencode(name)) > 200:
+    name = name[:-1]
+  tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
   try:
     tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
