@@ -230,11 +230,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
+  mesh = make_mesh(devices)
+  validate(config, mesh.size)  # first: the checks below read the config (a dict had no .data)
   check_workdir_outside_data(workdir, config.data)
   check_same_config(config, workdir)
   check_workdir_writable(workdir)
-  mesh = make_mesh(devices)
-  validate(config, mesh.size)
   config = copy.copy(config)  # the caller's keeps its data paths as given
   config.data = paths_in_full(config.data)
   tokenizer, t5_config, pretrained_text = _load_text(config)

@@ -197,6 +197,8 @@ def test_a_config_lacking_keys_or_no_config_dict_is_named_with_the_fix(tmp_path)
   with pytest.raises(ValueError, match=rf"^the config is a dict, not an ml_collections "
                                        rf"ConfigDict: {start}every key, and set what differs\.$"):
     validate({"train": {"steps": 2}}, jax.device_count())
+  with pytest.raises(ValueError, match=r"^the config is a dict"):  # train() read its .data first
+    loop.train({"train": {"steps": 2}}, tmp_path / "run")
 
 
 def test_a_config_files_keep_all_checkpoints_takes_a_number_on_the_command_line(tmp_path):
