@@ -14,7 +14,7 @@ import pytest
 from llmimg_jax import cli
 from llmimg_jax.sample import outputs
 from tests.sample.utils import black_samples
-from tests.train.cli_utils import ROOT, Proc
+from tests.train.cli_utils import ROOT, Proc, heed_ctrl_c
 
 # XLA's compile comes next; Python raises the KeyboardInterrupt as it returns.
 _LOWERED = "Finished jaxpr to MLIR module conversion jit({})"
@@ -34,7 +34,7 @@ def _signal_and_finish(proc: Proc, after: str, signum: int) -> str:
 def test_ctrl_c_while_t5_compiles_is_one_line_not_a_crash():
   """The built-in untrained T5 (no files): 5 of 5 such Ctrl-Cs crashed."""
   proc = Proc([sys.executable, "-m", "llmimg_jax.text", "--text", "hello"], cwd=ROOT,
-              JAX_LOG_COMPILES="1", JAX_ENABLE_COMPILATION_CACHE="false")
+              ctrl_c=True, JAX_LOG_COMPILES="1", JAX_ENABLE_COMPILATION_CACHE="false")
   output = _signal_and_finish(proc, _LOWERED.format("init"), signal.SIGINT)
   assert output.endswith("python -m llmimg_jax.text: error: interrupted by Ctrl-C; rerun the "
                          "command."), output[-3000:]
@@ -52,8 +52,8 @@ def test_sigterm_while_sample_compiles_writes_nothing(run, tmp_path):
 
 def test_ctrl_c_during_evaluate_is_one_line(run, tmp_path):
   proc = Proc([sys.executable, "evaluate.py", "--workdir", str(run.workdir), "--num_samples",
-               "16", "--out", str(tmp_path / "eval.json")], cwd=ROOT, JAX_LOG_COMPILES="1",
-              LLMIMG_CACHE_DIR=str(tmp_path / "cache"))
+               "16", "--out", str(tmp_path / "eval.json")], cwd=ROOT, ctrl_c=True,
+              JAX_LOG_COMPILES="1", LLMIMG_CACHE_DIR=str(tmp_path / "cache"))
   output = _signal_and_finish(proc, "Compiling ", signal.SIGINT)
   assert output.endswith("evaluate.py: error: interrupted by Ctrl-C; no results were written: "
                          "rerun the command."), output[-3000:]
@@ -62,7 +62,8 @@ def test_ctrl_c_during_evaluate_is_one_line(run, tmp_path):
 
 def test_ctrl_c_during_a_build_is_one_line_and_leaves_no_partial_build(tmp_path):
   proc = Proc([sys.executable, "-m", "llmimg_jax.data.prepare", "--dataset",
-               "captioned_shapes/32", "--data_dir", str(tmp_path), "--num_proc", "1"], cwd=ROOT)
+               "captioned_shapes/32", "--data_dir", str(tmp_path), "--num_proc", "1"], cwd=ROOT,
+              ctrl_c=True)
   output = _signal_and_finish(proc, "img/s]", signal.SIGINT)  # tqdm's bar: building
   assert output.endswith("prepare.py: error: interrupted by Ctrl-C; a build it had not finished "
                          "is not kept (TFDS): rerun the command."), output
@@ -112,7 +113,7 @@ def test_a_signal_whose_exception_python_ignored_still_ends_the_command(signum):
   'Exception ignored in: ...' and lost: evaluate.py went on after about 1 in 10 Ctrl-Cs as it
   began (in JAX's _xla_gc_callback). The signal is sent again."""
   proc = subprocess.run([sys.executable, "-c", _IGNORED_BY_PYTHON, signum.name], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60)
+                        capture_output=True, text=True, timeout=60, preexec_fn=heed_ctrl_c)
   assert proc.returncode == 128 + signum, proc.stderr
   stopped = "interrupted by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM"
   assert proc.stderr.endswith(f"prog: error: {stopped}; rerun the command.\n"), proc.stderr

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,12 +76,21 @@ def train_args(data_dir, workdir, *overrides: str) -> list[str]:
           f"--workdir={workdir}", *overrides]
 
 
+def heed_ctrl_c() -> None:
+  """A child's SIGINT as from a shell: a subprocess's preexec_fn."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
   """A train.py subprocess whose stderr (logs, tqdm bar) is collected as it comes."""
 
-  def __init__(self, args: list[str], cwd: str | os.PathLike | None = None, **env_extra: str):
+  def __init__(self, args: list[str], cwd: str | os.PathLike | None = None,
+               ctrl_c: bool = False, **env_extra: str):
+    """`ctrl_c`: SIGINT as from a shell (pytest-xdist's workers ignore it, and so would a child,
+    whose Python then raises no KeyboardInterrupt)."""
     self.popen = subprocess.Popen(args, env=env(**env_extra), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, cwd=cwd)
+                                  stderr=subprocess.STDOUT, cwd=cwd,
+                                  preexec_fn=heed_ctrl_c if ctrl_c else None)
     self._chunks: list[bytes] = []
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()
