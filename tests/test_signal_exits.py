@@ -14,7 +14,7 @@ import pytest
 from llmimg_jax import cli
 from llmimg_jax.sample import outputs
 from tests.sample.utils import black_samples
-from tests.train.cli_utils import ROOT, Proc, heed_ctrl_c
+from tests.train.cli_utils import HEED_CTRL_C, ROOT, Proc
 
 # XLA's compile comes next; Python raises the KeyboardInterrupt as it returns.
 _LOWERED = "Finished jaxpr to MLIR module conversion jit({})"
@@ -112,8 +112,8 @@ def test_a_signal_whose_exception_python_ignored_still_ends_the_command(signum):
   """The signal's exception raised in a gc callback (JAX has one) or a __del__ is printed as
   'Exception ignored in: ...' and lost: evaluate.py went on after about 1 in 10 Ctrl-Cs as it
   began (in JAX's _xla_gc_callback). The signal is sent again."""
-  proc = subprocess.run([sys.executable, "-c", _IGNORED_BY_PYTHON, signum.name], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60, preexec_fn=heed_ctrl_c)
+  proc = subprocess.run([*HEED_CTRL_C, sys.executable, "-c", _IGNORED_BY_PYTHON, signum.name],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 128 + signum, proc.stderr
   stopped = "interrupted by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM"
   assert proc.stderr.endswith(f"prog: error: {stopped}; rerun the command.\n"), proc.stderr

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -76,9 +75,10 @@ def train_args(data_dir, workdir, *overrides: str) -> list[str]:
           f"--workdir={workdir}", *overrides]
 
 
-def heed_ctrl_c() -> None:
-  """A child's SIGINT as from a shell: a subprocess's preexec_fn."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A command's prefix: SIGINT heeded, as from a shell, then the command (exec keeps it so).
+# Not a preexec_fn: Python code between fork and exec in a process with JAX's threads may hang.
+HEED_CTRL_C = [sys.executable, "-c", "import os, signal, sys; "
+               "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 class Proc:
@@ -88,9 +88,9 @@ class Proc:
                ctrl_c: bool = False, **env_extra: str):
     """`ctrl_c`: SIGINT as from a shell (pytest-xdist's workers ignore it, and so would a child,
     whose Python then raises no KeyboardInterrupt)."""
-    self.popen = subprocess.Popen(args, env=env(**env_extra), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, cwd=cwd,
-                                  preexec_fn=heed_ctrl_c if ctrl_c else None)
+    self.popen = subprocess.Popen([*HEED_CTRL_C, *args] if ctrl_c else args,
+                                  env=env(**env_extra), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, cwd=cwd)
     self._chunks: list[bytes] = []
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()
