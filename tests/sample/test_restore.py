@@ -40,14 +40,18 @@ def test_restores_ema_of_latest_or_chosen_step_on_local_devices(run, sampler):
   assert one.config.model.resolution == 32
 
 
+def _restore_error(workdir, **kwargs) -> str:
+  with pytest.raises(CheckpointError) as refused:
+    restore_for_sampling(workdir, **kwargs)
+  return str(refused.value)
+
+
 def test_a_run_moved_where_orbax_cannot_read_is_not_called_damaged(run, tmp_path):
   """A good run copied to a non-UTF-8 path was 'may be corrupt ...; delete CHECKPOINT' (which
   would destroy it) after a traceback (tests/train/test_workdir.py: train.py refuses such paths)."""
   moved = tmp_path / os.fsdecode(b"moved_\xe9")
   shutil.copytree(run.workdir, moved)
-  with pytest.raises(CheckpointError) as refused:
-    restore_for_sampling(moved)
-  assert str(refused.value) == (
+  assert _restore_error(moved) == (
       f"The run's path {str(moved)!r} is not UTF-8, which Orbax's array storage (TensorStore) "
       "cannot name: its checkpoints cannot be read there. Move (rename) the run's folder to a "
       "path without it, and pass that --workdir.")
@@ -81,9 +85,7 @@ def test_a_step_the_training_deletes_while_it_is_read_is_not_called_damaged(run,
   training.update({"2": "deletes"})
   assert restore_for_sampling(live).step == 1  # the latest, read again
   steps_saved(1, 2)
-  with pytest.raises(CheckpointError) as refused:
-    restore_for_sampling(live, step=2)
-  assert str(refused.value) == (
+  assert _restore_error(live, step=2) == (
       f"The checkpoint of step 2 was deleted while it was read (the training in {live} keeps "
       "its newest config.train.keep_checkpoints); pass a step it keeps (now [1]) to --step, or "
       "omit --step for the latest.")
@@ -92,9 +94,7 @@ def test_a_step_the_training_deletes_while_it_is_read_is_not_called_damaged(run,
   assert restore_for_sampling(live).step == 3
   steps_saved(1, 2, 3, 4)
   training.update({"2": "deletes", "3": "deletes", "4": "deletes"})
-  with pytest.raises(CheckpointError) as refused:
-    restore_for_sampling(live)
-  assert str(refused.value) == (
+  assert _restore_error(live) == (
       f"The training in {live} deleted each of the latest steps as they were read (3 tries; it "
       "keeps its newest config.train.keep_checkpoints): rerun, or pass a step it keeps (now "
       "[1]) to --step.")
