@@ -297,5 +297,6 @@ def _run(argv) -> None:
 
 
 if __name__ == "__main__":
+  cli.print_paths_as_given()
   with cli.ends_on_signal("evaluate.py", "no results were written: rerun the command."):
     app.run(_run, flags_parser=cli.flags_parser("evaluate.py"))

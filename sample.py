@@ -144,6 +144,7 @@ def _fail(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
+  cli.print_paths_as_given()
   # samples.jsonl, written last, indexes a complete set; a killed write leaves no staging folder.
   with cli.ends_on_signal("sample.py", "the samples were not all written: rerun the command."):
     app.run(main, flags_parser=cli.flags_parser("sample.py", required={

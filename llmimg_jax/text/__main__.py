@@ -207,5 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  cli.print_paths_as_given()
   with cli.ends_on_signal(_PROG, "rerun the command."):
     sys.exit(main())

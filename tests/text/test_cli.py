@@ -41,11 +41,13 @@ def test_cli_generates_and_encodes(relu_tied, tmp_path):
   texts = ["a red fox in the snow", "hi"]
   common = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path,
             "--max_length", str(MAX_LEN)] + [a for t in texts for a in ("--text", t)]
-  npy = tmp_path / "states.npy"  # asked for without the extension that np.save adds
+  # Asked for without the extension that np.save adds; a name that is not UTF-8 printed under a
+  # UTF-8 stdout was a UnicodeEncodeError after the file was saved (exit 2).
+  npy = tmp_path / os.fsdecode(b"states_\xe9.npy")
   env = dict(os.environ, PYTHONIOENCODING="utf-8")
   procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
            for cmd in (common + ["--max_new_tokens", "10"],
-                       common + ["--encode_out", str(tmp_path / "states")])]
+                       common + ["--encode_out", str(npy)[:-len(".npy")]])]
   results = [p.communicate(timeout=120) for p in procs]
   for p, (out, err) in zip(procs, results):
     assert p.returncode == 0, err.decode(errors="replace")[-3000:]
@@ -57,7 +59,7 @@ def test_cli_generates_and_encodes(relu_tied, tmp_path):
   states = np.load(npy)
   assert states.dtype == np.float32 and states.shape == (len(texts), MAX_LEN, 32)
   np.testing.assert_allclose(states, ref_states, atol=1e-4)
-  assert str(npy) in results[1][0].decode()
+  assert str(npy) in results[1][0].decode(errors="surrogateescape")
 
 
 def test_cli_sampling_options_reach_generate(generator, relu_tied, capsys):
