@@ -63,10 +63,11 @@ def unstorable(path: str | os.PathLike, saving: bool = True) -> str | None:
   return None
 
 
-def is_utf8(path: str | os.PathLike) -> bool:
-  """Whether `path` is UTF-8: not bytes that Python holds as surrogates (os.fsdecode)."""
+def is_utf8(text: str | os.PathLike) -> bool:
+  """Whether `text` (a path, a caption) is UTF-8: not bytes that Python holds as surrogates
+  (os.fsdecode, surrogateescape), nor a JSON escape of half a character ("\\ud83d")."""
   try:
-    os.fspath(path).encode("utf-8")
+    os.fspath(text).encode("utf-8")
   except UnicodeEncodeError:
     return False
   return True

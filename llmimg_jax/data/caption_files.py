@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
+from llmimg_jax import output_files
 from llmimg_jax.data.folder_names import DiskNames, FolderError, names_in, relative_name
 
 FILE_KEYS = ("file", "file_name", "filename", "image")
@@ -63,7 +64,7 @@ def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
     return
   # Undecodable CSV bytes (surrogate-escaped) or a JSON "\ud83d" escape (half an emoji): not
   # UTF-8, so TFDS could not write them.
-  if any(_has_surrogates(v) for v in (file_name, *captions) if isinstance(v, str)):
+  if not all(output_files.is_utf8(v) for v in (file_name, *captions) if isinstance(v, str)):
     skips.add("invalid_utf8", where)
     return
   if "\0" in file_name:  # a JSON "\u0000" or a NUL byte in a CSV cell: os calls raise on it
@@ -359,7 +360,3 @@ def _refuse_utf16(path: str) -> None:
     with open(path, "rb") as f:
       if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
         raise FolderError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. Excel's \"CSV UTF-8\").")
-
-
-def _has_surrogates(s: str) -> bool:
-  return any("\ud800" <= ch <= "\udfff" for ch in s)
