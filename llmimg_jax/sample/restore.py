@@ -201,11 +201,10 @@ def restore_for_sampling(workdir: str | os.PathLike, step: int | None = None,
     try:
       return _restore_step(workdir, chosen, steps, sharding)
     except CheckpointError as e:
-      # Being deleted (Orbax removes the step's folder last) or gone: a newer step saved.
-      newer = step is None and max(available_steps(workdir)) > chosen
-      if steps[chosen].exists() and not newer:
-        raise
       kept = list(available_steps(workdir))
+      # Being deleted (Orbax removes the step's folder last) or gone: a newer step saved.
+      if steps[chosen].exists() and not (step is None and max(kept) > chosen):
+        raise
       if step is not None:
         raise CheckpointError(
             f"The checkpoint of step {chosen} was deleted while it was read (the training in "
