@@ -73,8 +73,9 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
   """A best.json of a step after `start` (a fresh start over an old run, a fallback past damaged
   checkpoints, or a kill before the new best's checkpoint was complete) scores a checkpoint this
   run does not have: kept as best.json.stale, it would otherwise be compared with, and keep, this
-  run's checkpoint of that step number. The best it replaced becomes best.json again if that
-  one's checkpoint (of `steps`) is there: forgotten, it would be deleted by the next save."""
+  run's checkpoint of that step number (an earlier_best_*.json past `start` too). The best it
+  replaced becomes best.json again if that one's checkpoint (of `steps`) is there: forgotten, it
+  would be deleted by the next save."""
   best_file = workdir / checkpoint.BEST_FILE
   best = _best_or_none(workdir)
   stale = best is not None and int(best["step"]) > start
@@ -84,6 +85,11 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
     checkpoint.wait_for_all_hosts("best_read")
 
   def move() -> None:
+    for step in sorted(s for s in checkpoint.earlier_best_steps(workdir) if s > start):
+      earlier = workdir / checkpoint.EARLIER_BEST.format(step=step)  # keeps this run's step
+      earlier.replace(earlier.with_name(earlier.name + ".stale"))
+      log.warning("%s names step %d, past this run's step %d; moved to %s.stale.", earlier, step,
+                  start, earlier.name)
     if stale:
       log.warning("%s names step %d, past this run's step %d; moved to %s.stale%s.", best_file,
                   int(best["step"]), start, best_file.name,
@@ -123,7 +129,9 @@ class TrainingEvaluator:
     self.real_scores = self.evaluator.score(real.images, self.captions)
     self.best_path = self.workdir / BEST_FILE
     self._rejected: str | None = None  # why this host (not host 0) rejected best.json
+    self._other_setup: dict | None = None  # best.json, if scored on another evaluation
     self.best = self._host_0s_best(self._read_best())  # the best so far (host 0 writes it)
+    checkpoint.on_host_0(self._keep_earlier_best, "earlier_best", f"move {self.best_path} aside")
     if self._rejected:  # logged once host 0's reading, which every host follows, is known
       log.warning("%s; %s.", self._rejected, "the next evaluation replaces it" if self.best is None
                   else f"host 0 keeps its best step {self.best['step']}, which every host follows "
@@ -147,8 +155,19 @@ class TrainingEvaluator:
       self._reject(f"{self.best_path} scores step {best['step']} on another evaluation than this "
                    f"run's ({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changed.items())}): "
                    "its scores are not comparable")
+      self._other_setup = best
       return None
     return best
+
+  def _keep_earlier_best(self) -> None:
+    """Host 0 moves a best.json scored on another evaluation aside: its step's checkpoint, which
+    the next evaluation's best would let the loop delete, is kept (checkpoint._KeepBest)."""
+    if self._other_setup is not None:
+      step = int(self._other_setup["step"])
+      earlier = self.workdir / checkpoint.EARLIER_BEST.format(step=step)
+      self.best_path.replace(earlier)
+      log.warning("Moved %s to %s: step %d's checkpoint is kept until that file is deleted.",
+                  self.best_path, earlier, step)
 
   def _reject(self, why: str) -> None:
     """Logs why best.json is not compared; on a host other than 0, once host 0's reading (which

@@ -27,7 +27,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's
 from llmimg_jax.data import host_slices
 from llmimg_jax.train import resume_agree
 from llmimg_jax.train.config_values import config_changes, config_values
-from llmimg_jax.train.restore_errors import (PRNG_ITEM, data_change, is_access_error,
+from llmimg_jax.train.restore_errors import (PRNG_ITEM, brief_error, data_change, is_access_error,
                                              is_mismatch, prng_change, prng_record, prng_switch)
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,13 @@ def wait_for_all_hosts(name: str, timeout_s: int = 900) -> None:
 
 
 BEST_FILE = "best.json"  # in the workdir: the in-training evaluation's best step (eval/)
+EARLIER_BEST = "earlier_best_{step}.json"  # a best of another evaluation (eval/in_training)
+
+
+def earlier_best_steps(workdir: Path) -> set[int]:
+  """The steps of the EARLIER_BEST files in `workdir`: checkpoints kept until those are deleted."""
+  names = [p.name[len("earlier_best_"):-len(".json")] for p in workdir.glob("earlier_best_*.json")]
+  return {int(name) for name in names if name.isdigit()}
 
 
 def read_best(best_file: Path) -> dict[str, Any] | None:
@@ -81,7 +88,8 @@ def read_best(best_file: Path) -> dict[str, Any] | None:
 
 @dataclasses.dataclass
 class _KeepBest:
-  """An Orbax preservation policy: keep the checkpoint of the step in WORKDIR/best.json."""
+  """An Orbax preservation policy: keep the checkpoints of the steps in WORKDIR/best.json and in
+  WORKDIR/earlier_best_*.json."""
   best_file: Path
 
   def should_preserve(self, checkpoints, *, context) -> list[bool]:
@@ -90,7 +98,8 @@ class _KeepBest:
       best = read_best(self.best_file)
     except ValueError:  # unreadable: keep none (the next evaluation rewrites it)
       best = None
-    return [best is not None and c.step == int(best["step"]) for c in checkpoints]
+    kept = earlier_best_steps(self.best_file.parent) | ({int(best["step"])} if best else set())
+    return [c.step in kept for c in checkpoints]
 
 
 def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -155,7 +164,6 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   return restored["state"]
 
 
-
 class CorruptCheckpointError(RuntimeError):
   """No checkpoint of the run could be restored; the message names them and the way out."""
 
@@ -170,20 +178,6 @@ class CheckpointAccessError(CorruptCheckpointError):
 
 
 CORRUPT_DIR = "corrupt_checkpoints"  # in the workdir, beside checkpoints/
-
-
-def brief_error(e: BaseException, limit: int = 600) -> str:
-  """An Orbax/TensorStore error in one line (their messages embed whole JSON specs), with its
-  innermost cause (where Orbax's own message only says which array index failed)."""
-  def one_line(err: BaseException) -> str:
-    text = str(err).split(" [tensorstore_spec=")[0].split(" See full TensorStore details:")[0]
-    return f"{type(err).__name__}: {' '.join(text.split())}"
-  text, cause = one_line(e), e.__cause__
-  while cause is not None and cause.__cause__ is not None:
-    cause = cause.__cause__
-  if cause is not None:
-    text += f" (cause: {one_line(cause)})"
-  return f"{text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _describe(e: BaseException | None) -> str:

@@ -98,3 +98,17 @@ def prng_change(state_dir: Path) -> str | None:
   return (f"their training key is uint32 [{saved}], made under jax_default_prng_impl "
           f"{' or '.join(prng.impls_with_key_length(saved)) or '?'}; this process's is {impl} "
           f"(uint32 [{now}])")
+
+
+def brief_error(e: BaseException, limit: int = 600) -> str:
+  """An Orbax/TensorStore error in one line (their messages embed whole JSON specs), with its
+  innermost cause (where Orbax's own message only says which array index failed)."""
+  def one_line(err: BaseException) -> str:
+    text = str(err).split(" [tensorstore_spec=")[0].split(" See full TensorStore details:")[0]
+    return f"{type(err).__name__}: {' '.join(text.split())}"
+  text, cause = one_line(e), e.__cause__
+  while cause is not None and cause.__cause__ is not None:
+    cause = cause.__cause__
+  if cause is not None:
+    text += f" (cause: {one_line(cause)})"
+  return f"{text[:limit]}{'...' if len(text) > limit else ''}"

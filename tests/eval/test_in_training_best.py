@@ -27,6 +27,9 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
     other = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
   assert other.best_step is None
   assert "best.json" in caplog.text and "num_samples" in caplog.text
+  # Set aside, not forgotten: the loop would have deleted step 3's checkpoint at the next save.
+  assert json.loads((tmp_path / "earlier_best_3.json").read_text()) == best
+  assert "earlier_best_3.json: step 3's checkpoint is kept" in caplog.text
   other(State, 4, None)  # the first evaluation of this setup is the best so far
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 4
 
@@ -54,6 +57,7 @@ def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
     assert TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path).best_step is None
   assert "seed" in caplog.text
   config.seed -= 1
+  (tmp_path / "earlier_best_2.json").replace(tmp_path / "best.json")  # set aside: put back
 
   # The cached evaluator retrained (other weights): its scores are not comparable.
   msgpack, = (cache / "evaluator").glob("*.msgpack")
@@ -68,6 +72,7 @@ def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
     assert retrained.best_step is None and "evaluator" in caplog.text
   finally:
     msgpack.write_bytes(saved)
+  (tmp_path / "earlier_best_2.json").replace(tmp_path / "best.json")
   assert ShapesEvaluator.load_or_train(data).fingerprint == first.evaluator.fingerprint
 
   # An older best.json (no seed, no evaluator) keeps its best.

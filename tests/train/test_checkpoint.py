@@ -163,3 +163,21 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_naming_the_newest(
     loop.train(config, tmp_path)
   assert calls == [1, 2]
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+def test_a_best_of_an_earlier_evaluation_keeps_its_checkpoint_until_its_file_goes(tmp_path):
+  """A resume with another evaluation (e.g. the evaluator's cache retrained) moves best.json to
+  earlier_best_STEP.json: as best.json's step was, that checkpoint is kept beside the latest."""
+  import ml_collections
+  config = ml_collections.ConfigDict({"train": {"keep_checkpoints": 1}})
+  (tmp_path / "earlier_best_1.json").write_text(json.dumps({"step": 1}))
+  (tmp_path / "earlier_best_x.json").write_text("{}")  # not a step: keeps nothing
+  with checkpoint.make_manager(tmp_path, config) as manager:
+    for step in range(4):
+      checkpoint.save(manager, step, {"w": np.full(2, step)}, None, config)
+      manager.wait_until_finished()
+    assert manager.all_steps() == [1, 3]
+    (tmp_path / "earlier_best_1.json").unlink()
+    checkpoint.save(manager, 4, {"w": np.full(2, 4)}, None, config)
+    manager.wait_until_finished()
+    assert manager.all_steps() == [4]

@@ -309,6 +309,12 @@ def test_a_best_past_the_resumed_step_gives_way_to_the_best_before_it(tmp_path, 
   best_file.write_text(json.dumps(best))  # not past the run's step: left as it is
   in_training.set_aside_best_past(tmp_path, 8, [4, 8])
   assert best_file.read_text() == json.dumps(best)
+  # A best of an earlier evaluation (kept with its checkpoint) past the run's step: set aside too.
+  for step in (6, 9):
+    (tmp_path / f"earlier_best_{step}.json").write_text(json.dumps({"step": step}))
+  in_training.set_aside_best_past(tmp_path, 8, [4, 6, 8])
+  assert checkpoint.earlier_best_steps(tmp_path) == {6}
+  assert (tmp_path / "earlier_best_9.json.stale").exists()
 
 
 def test_a_metric_a_step_did_not_measure_is_averaged_over_the_steps_that_did():
