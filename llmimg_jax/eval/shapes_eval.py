@@ -117,9 +117,14 @@ class ShapesEvaluator:
     if path.exists() and meta_path.exists():
       try:
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+          raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         template = jax.eval_shape(ev.EvaluatorNet().init, jax.random.PRNGKey(0),
                                   np.zeros((1, cfg.resolution, cfg.resolution, 3), np.uint8))
         params = flax.serialization.from_bytes(template["params"], path.read_bytes())
+        shapes = lambda tree: jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), tree)
+        if shapes(params) != shapes(template["params"]):  # from_bytes checks only the names
+          raise ValueError(f"weights of other shapes than this version's network ({NET_TAG})")
       except (OSError, ValueError, KeyError, TypeError) as e:  # e.g. cut short by a crash
         log.warning("The cached shapes evaluator %s / %s cannot be read (%s: %s); training it "
                     "again.", path, meta_path.name, type(e).__name__, e)
@@ -141,9 +146,15 @@ class ShapesEvaluator:
     if min(accuracy.values()) < 0.99:
       log.warning("The shapes evaluator reaches only %s on the test split (< 99%%): its caption "
                   "accuracies are not reliable.", accuracy)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, flax.serialization.to_bytes(params))
-    write_atomically(meta_path, json.dumps(evaluator.meta, indent=2))
+    try:
+      directory.mkdir(parents=True, exist_ok=True)
+      write_atomically(path, flax.serialization.to_bytes(params))
+      write_atomically(meta_path, json.dumps(evaluator.meta, indent=2))
+    except OSError as e:  # the evaluator trained is used all the same
+      log.warning("Could not cache the shapes evaluator in %s (%s: %s): the next evaluation trains "
+                  "it again. Set LLMIMG_CACHE_DIR to a folder this user can write (default "
+                  "~/.cache/llmimg_jax) to keep it.", directory, type(e).__name__,
+                  e.strerror or e)
     return evaluator
 
   def _fit(self, images: np.ndarray) -> np.ndarray:

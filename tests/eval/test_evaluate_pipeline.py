@@ -31,12 +31,21 @@ def test_cached_evaluator_loads_identically(tiny_eval):
   assert a.meta == b.meta and a.meta["settings"]["steps"] == 30
 
 
-@pytest.mark.parametrize("damaged", ["msgpack", "json"])
+@pytest.mark.parametrize("damaged", ["msgpack", "json", "shapes", "not_a_dict"])
 def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog, damaged):
+  """Cut short as by a crash mid-write, weights of another version's network (a kernel of other
+  shape: a flax ScopeParamShapeError at the first use), or JSON meta that is no object (an
+  AttributeError traceback)."""
+  import flax.serialization
   data, cache = tiny_eval
   shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
-  path = next(tmp_path.glob(f"*.{damaged}"))
-  path.write_bytes(path.read_bytes()[:10])  # cut short, as by a crash mid-write
+  path = next(tmp_path.glob("*.json" if damaged in ("json", "not_a_dict") else "*.msgpack"))
+  if damaged == "shapes":
+    params = flax.serialization.msgpack_restore(path.read_bytes())
+    params["cell"]["present_head"]["kernel"] = params["cell"]["present_head"]["kernel"][:-1]
+    path.write_bytes(flax.serialization.msgpack_serialize(params))
+  else:
+    path.write_bytes(b"null" if damaged == "not_a_dict" else path.read_bytes()[:10])
   settings = ev.TrainSettings(steps=1, batch_size=16)
   with caplog.at_level(logging.WARNING):
     retrained = ShapesEvaluator.load_or_train(data, settings, directory=tmp_path)
@@ -46,6 +55,19 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
   again = ShapesEvaluator.load_or_train(data, directory=tmp_path)  # the new cache reads back
   assert again.meta == retrained.meta
   assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".msgpack"]  # no temp files
+
+
+def test_an_evaluator_that_cannot_be_cached_is_used_all_the_same(tiny_eval, tmp_path, caplog):
+  """The cache written after the training: a folder that cannot be made (a file in the way, no
+  write permission) failed the run there (train.py: a traceback), the trained evaluator lost."""
+  data, _ = tiny_eval
+  (tmp_path / "file").write_text("in the way")
+  with caplog.at_level(logging.WARNING):
+    evaluator = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=1, batch_size=16),
+                                              directory=tmp_path / "file" / "evaluator")
+  assert evaluator.meta["settings"]["steps"] == 1
+  assert f"Could not cache the shapes evaluator in {tmp_path / 'file' / 'evaluator'}" in caplog.text
+  assert "LLMIMG_CACHE_DIR" in caplog.text
 
 
 def test_evaluate_run_scores_both_splits(run, sampler, tiny_eval):
