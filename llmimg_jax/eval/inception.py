@@ -11,6 +11,7 @@ Each conv + batch norm pair is folded into one conv with a bias at load time.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmimg_jax import cli
+from llmimg_jax import cli, output_files
 from llmimg_jax.eval import fid
 from llmimg_jax.train.mesh import compiler_options
 
@@ -276,11 +277,15 @@ def main(argv: list[str]) -> None:
     cli.fail(prog, f"expected the weights and an output file ending in .npz, got "
              f"{' '.join(argv[1:]) or 'nothing'} (weights: {WEIGHTS_URL})", 2)
   try:
+    # A folder, a missing parent that cannot be made: named before the weights are read.
+    out = output_files.check_output_file(argv[2], "OUT.npz", overwrite=True)
     state = _read_state_dict(argv[1])
     _checked_params(state, argv[1])  # not an .npz that evaluate.py then refuses
+    npz = io.BytesIO()
+    np.savez(npz, **state)
+    output_files.write_atomically(out, npz.getvalue())  # not half a file over an older one
   except (OSError, ValueError, ImportError) as e:  # missing, damaged, foreign, or no torch
     cli.fail(prog, str(e), 1)
-  np.savez(argv[2], **state)
   print(f"Wrote {len(state)} arrays to {argv[2]}.")
 
 

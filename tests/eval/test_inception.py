@@ -103,6 +103,17 @@ def _error(capsys, argv: list[str]) -> str:
   return lines[0]
 
 
+def test_an_output_that_cannot_be_written_is_one_error_before_the_weights_are_read(tmp_path,
+                                                                                   capsys):
+  """np.savez's traceback (FileNotFoundError, IsADirectoryError) after reading the weights."""
+  (tmp_path / "folder.npz").mkdir()
+  (tmp_path / "file").write_text("in the way")
+  missing = str(tmp_path / "missing.pth")  # not read: the output is named first
+  assert "OUT.npz" in _error(capsys, ["x", missing, str(tmp_path / "folder.npz")])
+  assert "is a folder" in _error(capsys, ["x", missing, str(tmp_path / "folder.npz")])
+  assert "cannot create its folder" in _error(capsys, ["x", missing, str(tmp_path / "file/w.npz")])
+
+
 def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path, capsys):
   """A .pth that torch.load cannot read raised KeyError from inside pickle (evaluate.py
   --inception_weights and the README's conversion command printed a traceback)."""
