@@ -136,6 +136,11 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
   return f"{name or flag} is blank (e.g. {flag}=${var} with {var} unset); {fix}."
 
 
+# Lower sampling temperatures are greedy decoding (a logit gap of 1e-4 weighs e^100); near 0,
+# float32 logits / temperature overflow to inf and NaN, and the draw picks the lowest token id.
+MIN_TEMPERATURE = 1e-6
+
+
 def out_of_memory(e: BaseException, sizes: str) -> str | None:
   """One line for a MemoryError or XLA's RESOURCE_EXHAUSTED (a JaxRuntimeError) that names the
   error and the sizes to lower; None for any other error."""

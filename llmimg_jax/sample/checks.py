@@ -124,9 +124,10 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
                            if on_cli else ("do_sample", "num_beams > 1", "options"))
     raise ValueError(f"Caption expansion samples ({sample}) or beam-searches ({beams}), not both; "
                      f"drop one of the two {what}.")
-  if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-    raise ValueError(f"Sampled expansion needs {prefix}temperature > 0 and 0 < {prefix}top_p <= 1; "
-                     f"got {temperature} and {top_p}.")
+  if do_sample and not (temperature >= cli.MIN_TEMPERATURE and 0 < top_p <= 1):
+    raise ValueError(f"Sampled expansion needs {prefix}temperature >= {cli.MIN_TEMPERATURE:g} "
+                     f"(lower is greedy) and 0 < {prefix}top_p <= 1; got {temperature} and "
+                     f"{top_p}.")
 
 
 # outputs.image_name's names (more digits past 9999 prompts or 999 samples), and no others: the

@@ -150,13 +150,19 @@ def _out_of_range(args: argparse.Namespace) -> str | None:
   load (a hub download, for a name); None if none. NaN fails every comparison, so it is named."""
   if args.max_length < 2:
     return f"--max_length={args.max_length} must be >= 2 (room for one token and EOS)."
+  if args.max_length >= 2**31:  # the tokenizer's arrays: the kernel's OOM kill, no message
+    return f"--max_length={args.max_length} must be < 2**31 (int32 token positions)."
   if args.encode_out is not None:
     return None
   if bad := next((n for n in ("max_new_tokens", "num_beams") if getattr(args, n) < 1), None):
     return f"--{bad}={getattr(args, bad)} must be >= 1."
+  if args.max_new_tokens >= 2**31:
+    return f"--max_new_tokens={args.max_new_tokens} must be < 2**31 (an int32 step count)."
   if not args.do_sample:
     return None
-  ranges = {"temperature": (args.temperature > 0, "> 0 (1: the model's own probabilities)"),
+  ranges = {"temperature": (args.temperature >= cli.MIN_TEMPERATURE,
+                            f">= {cli.MIN_TEMPERATURE:g} (1: the model's own probabilities; "
+                            "lower is greedy decoding: drop --do_sample)"),
             "top_p": (0 < args.top_p <= 1, "in (0, 1] (1: all tokens)"),
             "top_k": (args.top_k >= 0, ">= 0 (0: all tokens)")}
   return next((f"--{name}={getattr(args, name)} must be {what}."

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmimg_jax import prng
+from llmimg_jax import cli, prng
 from llmimg_jax.text.config import T5Config, compute_dtype
 from llmimg_jax.text.modeling import T5ForConditionalGeneration
 
@@ -72,14 +72,18 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
   if max_new_tokens < 1 or num_beams < 1:
     raise ValueError(f"Need max_new_tokens >= 1 and num_beams >= 1, got {max_new_tokens}, "
                      f"{num_beams}.")
+  if max_new_tokens >= 2**31:  # jit's OverflowError traceback
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be < 2**31 (an int32 step count).")
   # int() would truncate them (max_new_tokens=2.5 to 2 tokens, num_beams=2.5 to 2 beams)
   if fractional := [f"{k}={options[k]}" for k in ("max_new_tokens", "num_beams", "min_new_tokens")
                     if options[k] % 1 != 0]:
     raise ValueError(f"{', '.join(fractional)}: pass whole numbers (ints).")
   # NaN too; a fractional top_k is refused (as transformers does), not truncated by int()
-  if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0 or top_k % 1 != 0):
-    raise ValueError(f"Sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 a whole "
-                     f"number; got temperature={temperature}, top_p={top_p}, top_k={top_k}.")
+  if do_sample and (not temperature >= cli.MIN_TEMPERATURE or not 0 < top_p <= 1 or top_k < 0
+                    or top_k % 1 != 0):
+    raise ValueError(f"Sampling needs temperature >= {cli.MIN_TEMPERATURE:g} (lower is greedy "
+                     "decoding: do_sample=False), 0 < top_p <= 1, top_k >= 0 a whole number; got "
+                     f"temperature={temperature}, top_p={top_p}, top_k={top_k}.")
   if do_sample and num_beams > 1:
     raise NotImplementedError("Beam sampling (do_sample with num_beams > 1) is not supported.")
   if rng is None and do_sample:

@@ -35,6 +35,8 @@ class TextTokenizer:
   def __init__(self, hf_tokenizer, max_length: int):
     if max_length < 2:
       raise ValueError(f"max_length must be >= 2 (room for one token and EOS), got {max_length}.")
+    if max_length >= 2**31:  # its arrays' allocation: the kernel's OOM kill, no message
+      raise ValueError(f"max_length must be < 2**31 (int32 token positions), got {max_length}.")
     self.hf = hf_tokenizer
     self.max_length = int(max_length)
 

@@ -292,8 +292,8 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   with pytest.raises(ValueError, match=r"has the field\(s\) \['prompt\[0\]'\]; the only field"):
     CaptionExpander(expander.generator, template="Describe {prompt[0]}")  # would drop the rest
   assert CaptionExpander(expander.generator, template="Describe {prompt!r}").template
-  with pytest.raises(ValueError, match=r"^Sampled expansion needs temperature > 0 and 0 < top_p "
-                     r"<= 1; got 0\.0 and 1\.0\.$"):
+  with pytest.raises(ValueError, match=r"^Sampled expansion needs temperature >= 1e-06 \(lower "
+                     r"is greedy\) and 0 < top_p <= 1; got 0\.0 and 1\.0\.$"):
     CaptionExpander(expander.generator, do_sample=True, temperature=0.0)  # its fields, not flags
   with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
     CaptionExpander(expander.generator, batch_size=0)

@@ -61,6 +61,19 @@ def test_sampling_refuses_a_top_k_that_is_not_a_whole_number(generator, top_k):
     generator.generate(["a"], max_new_tokens=2, seed=0, do_sample=True, top_k=top_k)
 
 
+@pytest.mark.parametrize("kw, error", [
+    ({"do_sample": True, "temperature": 1e-40}, r"Sampling needs temperature >= 1e-06 \(lower is "
+     r"greedy decoding: do_sample=False\)"),  # 0 in float32: NUL characters, no error
+    ({"max_new_tokens": 2**31}, r"max_new_tokens=2147483648 must be < 2\*\*31"),  # jit traceback
+])
+def test_a_temperature_or_length_that_float32_or_int32_cannot_hold_is_refused(generator, kw,
+                                                                              error):
+  with pytest.raises(ValueError, match=f"^{error}"):
+    generator.generate(["a"], seed=0, **{"max_new_tokens": 2, **kw})
+  with pytest.raises(ValueError, match=r"max_length must be < 2\*\*31"):  # the OOM killer
+    type(generator.tokenizer)(generator.tokenizer.hf, 2**31)
+
+
 def test_min_new_tokens_past_max_new_tokens_is_named(generator, caplog):
   """min_new_tokens > max_new_tokens was clamped without a word (transformers warns that the
   length constraints are unfeasible): no row could end with EOS."""
