@@ -36,7 +36,7 @@ def _parse() -> argparse.Namespace:
   from llmimg_jax import cli  # pylint: disable=g-import-not-at-top  (no jax: JAX_PLATFORMS first)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="32px + T5, fewer iterations (< 5 min)")
-  p.add_argument("--json", default="", help="write results and machine info here (a new file, "
+  p.add_argument("--json", default=None, help="write results and machine info here (a new file, "
                  "refused up front if it exists, unless --overwrite; a link is written through "
                  "to its target)")
   p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
@@ -58,7 +58,7 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--no-tf32", action="store_true",
                  help="GPU fp32: full-precision matmuls/convs on both sides (default: TF32 on "
                       "both, which is JAX's default; torch's default is TF32 for convs only)")
-  p.add_argument("--render", default="", metavar="JSON",
+  p.add_argument("--render", default=None, metavar="JSON",
                  help="only print the table of an earlier run's --json file")
   p.add_argument("--no-reuse-host-memory", action="store_true",
                  help="skip llmimg_jax.train.host_memory.reuse_host_memory (which train.py calls)")
@@ -68,6 +68,11 @@ def _parse() -> argparse.Namespace:
   p.add_argument("--t5-length", type=cli.at_least(1), default=64)
   p.add_argument("--t5-new-tokens", type=cli.at_least(1), default=32)
   a = p.parse_args()
+  # '' read as not given: --json "$OUT" with OUT unset wrote nothing after the whole run, and
+  # --render '' ran one; ' ' wrote a file named ' '.
+  for flag, value in (("--json", a.json), ("--render", a.render)):
+    if value is not None and not value.strip():
+      p.error(cli.blank_flag(flag, "OUT", "name a .json file"))
   for flag, value, least, what in (("--iters", a.iters, 1, "timed calls"),
                                    ("--warmup", a.warmup, 0, "untimed calls first")):
     if value is not None and value < least:
@@ -76,14 +81,14 @@ def _parse() -> argparse.Namespace:
   # folder that cannot be written lost them.
   from llmimg_jax import output_files  # the checks of every output flag of the package's
   try:
-    if a.json:  # '~/x.json' after '=', which no shell expands: as the package's path flags
+    if a.json is not None:  # '~/x.json' after '=', which no shell expands: as the path flags
       a.json = output_files.expand_output(a.json, "--json")
       output_files.check_output_file(a.json, "--json", a.overwrite, "a .json file")
   except (OSError, ValueError) as e:  # ValueError: a ~user that is no one's
     p.error(str(e))
-  if a.overwrite and not a.json:
+  if a.overwrite and a.json is None:
     p.error("--overwrite only applies to --json (it lets that replace an existing file).")
-  if a.render and a.json:  # it would write nothing
+  if a.render is not None and a.json is not None:  # it would write nothing
     p.error("--render only prints the table of an earlier run's --json file; drop --json.")
   a.resolutions = a.resolutions or ([32] if a.quick else [32, 64])
   a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
@@ -142,7 +147,7 @@ def write_json(path: str, results: dict, overwrite: bool = False) -> None:
 
 def main() -> None:
   args = _parse()
-  if args.render:
+  if args.render is not None:
     try:  # ValueError: not JSON; ZeroDivisionError: a time or peak of 0
       with open(args.render) as f:
         saved = json.load(f)
@@ -223,10 +228,13 @@ def main() -> None:
         f"{args.warmup} warm-up; speedup = torch / JAX; load {info['loadavg_start'][0]:.1f} -> "
         f"{info['loadavg_end'][0]:.1f}; {info['wall_s']:.0f} s)")
   print(summary(rows, peak["peak_flops_per_s"]))
-  if args.json:
+  if args.json is not None:
     write_json(args.json, {"args": vars(args), "machine": info, "peak_matmul": peak,
                            "results": rows}, args.overwrite)
 
 
 if __name__ == "__main__":
-  main()
+  from llmimg_jax import cli  # pylint: disable=g-import-not-at-top  (no jax: JAX_PLATFORMS first)
+  with cli.ends_on_signal("benchmarks/run.py", "the benchmarks did not finish (the tables "
+                          "printed so far hold what was measured): rerun the command."):
+    main()

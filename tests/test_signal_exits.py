@@ -60,6 +60,16 @@ def test_ctrl_c_during_evaluate_is_one_line(run, tmp_path):
   assert not (tmp_path / "eval.json").exists()
 
 
+def test_ctrl_c_during_the_benchmarks_is_one_line():
+  """benchmarks/run.py printed a KeyboardInterrupt traceback (from inside XLA's compile)."""
+  proc = Proc([sys.executable, "benchmarks/run.py", "--skip-gan", "--iters", "1", "--warmup", "0"],
+              cwd=ROOT, ctrl_c=True, JAX_LOG_COMPILES="1", JAX_ENABLE_COMPILATION_CACHE="false")
+  output = _signal_and_finish(proc, "| dtype float32", signal.SIGINT)  # timing the peak matmul
+  assert output.endswith("benchmarks/run.py: error: interrupted by Ctrl-C; the benchmarks did not "
+                         "finish (the tables printed so far hold what was measured): rerun the "
+                         "command."), output[-3000:]
+
+
 def test_ctrl_c_during_a_build_is_one_line_and_leaves_no_partial_build(tmp_path):
   proc = Proc([sys.executable, "-m", "llmimg_jax.data.prepare", "--dataset",
                "captioned_shapes/32", "--data_dir", str(tmp_path), "--num_proc", "1"], cwd=ROOT,

@@ -52,6 +52,15 @@ def test_an_existing_json_file_is_refused_before_benchmarking(monkeypatch, capsy
   assert "--overwrite only applies to --json" in _usage_error(monkeypatch, capsys, "--overwrite")
 
 
+@pytest.mark.parametrize("flag", ["--json", "--render"])
+@pytest.mark.parametrize("value", ["", " "])
+def test_a_blank_json_or_render_is_a_usage_error(monkeypatch, capsys, flag, value):
+  """--json "$OUT" with OUT unset: '' was read as no --json (the results of the whole run not
+  written, no word) and ' ' wrote a file named ' '; --render '' ran the benchmarks."""
+  assert (f"run.py: error: {flag} is blank (e.g. {flag}=$OUT with OUT unset); name a .json file."
+          in _usage_error(monkeypatch, capsys, flag, value))
+
+
 def test_a_json_folder_name_is_refused_before_benchmarking(monkeypatch, capsys, tmp_path):
   """--json out.json/ wrote its results as the file out.json (the '/' lost to expanding ~)."""
   named = f"{tmp_path}/out.json/"
