@@ -41,12 +41,17 @@ DATASETS = ("captioned_shapes", "captioned_folder", "coco_captions")
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 
+def default_data_dir() -> str:
+  """data.data_dir's default, which data_dir=None reads too: $LLMIMG_DATA_DIR, else
+  $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.environ.get("LLMIMG_DATA_DIR") or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
+
+
 def default_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "captioned_shapes"  # one of DATASETS
   c.config = "32_small"  # captioned_shapes builder config (see captioned_shapes.BUILDER_CONFIGS)
-  c.data_dir = (os.environ.get("LLMIMG_DATA_DIR") or os.environ.get("TFDS_DATA_DIR")
-                or DEFAULT_DATA_DIR)
+  c.data_dir = default_data_dir()
   c.folder = ""  # captioned_folder: the folder with images and captions.jsonl / captions.csv
   c.store_size = 0  # captioned_folder: stored resolution (0 = image_size)
   c.max_pixels = 0  # captioned_folder: skip images declaring more pixels (0 = PIL's limit)
@@ -68,7 +73,8 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def _data_dir(data_cfg) -> str:
-  data_dir = data_cfg.get("data_dir") or DEFAULT_DATA_DIR
+  # None: the default (it read ~/tensorflow_datasets, a second build beside $TFDS_DATA_DIR's)
+  data_dir = data_cfg.get("data_dir") or default_data_dir()
   if "://" in data_dir:  # a bucket, which TFDS reads (pathlib would make gs:// a local gs:/)
     return data_dir
   # Not a literal folder '~nosuchuser'.
@@ -82,8 +88,8 @@ def paths_in_full(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
   data_cfg = copy.deepcopy(data_cfg)
   if data_cfg.get("folder"):  # as captioned_folder.folder_config names its build
     data_cfg.folder = os.path.abspath(os.path.expanduser(data_cfg.folder))
-  if data_cfg.get("data_dir") and "://" not in data_cfg.data_dir:
-    data_cfg.data_dir = os.path.abspath(_data_dir(data_cfg))
+  if "data_dir" in data_cfg and "://" not in (data_dir := _data_dir(data_cfg)):
+    data_cfg.data_dir = os.path.abspath(data_dir)  # None too: saved as the folder it read
   return data_cfg
 
 

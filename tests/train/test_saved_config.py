@@ -153,3 +153,20 @@ def test_a_run_saves_its_data_paths_in_full(tmp_path, monkeypatch):
   (tmp_path / "elsewhere" / "my_images").mkdir(parents=True)  # another folder of that name
   monkeypatch.chdir(tmp_path / "elsewhere")
   assert dataset_id(in_run) == built_from and is_built(in_run)  # the run's own build
+
+
+def test_a_data_dir_of_none_reads_and_saves_the_default_one(tmp_path, monkeypatch):
+  """validate() lets data.data_dir=None mean the default, $LLMIMG_DATA_DIR or $TFDS_DATA_DIR
+  first; it read ~/tensorflow_datasets (a second build beside theirs), saved as null, which
+  sample.py and evaluate.py then read under their own $HOME."""
+  from llmimg_jax.data import pipeline
+  config = tiny_config(tmp_path / "tfds")
+  config.data.data_dir = None
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.delenv("LLMIMG_DATA_DIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  assert pipeline.paths_in_full(config.data).data_dir == str(tmp_path / "tfds")
+  monkeypatch.setenv("LLMIMG_DATA_DIR", "shared")
+  monkeypatch.chdir(tmp_path)
+  assert pipeline.paths_in_full(config.data).data_dir == str(tmp_path / "shared")
+  assert config.data.data_dir is None  # the caller's as given
