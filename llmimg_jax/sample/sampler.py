@@ -129,11 +129,14 @@ class Sampler:
                        "generator, rounded up to a multiple of the device count).")
     self.models, self.tokenizer, self.mesh, self.step = models, tokenizer, mesh, step
     self.config = models.config
-    self.ema_params, self.text_params = ema_params, text_params
     self.expander = expander
     n = mesh.devices.size
     self.batch_size = rows_per_call(batch_size, n)
     self._replicated, self._batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    # On the mesh's devices once, as the compiled sampler takes them: params of another sampler's
+    # mesh or of one device failed every call with XLA's 'input shardings that disagree'.
+    self.ema_params, self.text_params = jax.device_put((ema_params, text_params),
+                                                       self._replicated)
     self._compiled: dict[tuple, Any] = {}
 
   @classmethod

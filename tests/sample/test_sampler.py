@@ -33,6 +33,14 @@ def test_same_seed_same_images_whatever_the_batch(sampler):
                   mesh=sampler.mesh, batch_size=16)
   np.testing.assert_array_equal(images, other(PROMPTS, seed=3, num_per_prompt=5))
   np.testing.assert_array_equal(images[5:7], sampler(PROMPTS[1:], seed=3, num_per_prompt=2))
+  # Its params on 2 of the devices, or (from the host) on one: XLA's 'input shardings that
+  # disagree' at every call.
+  from llmimg_jax.train.mesh import make_mesh
+  for params in (jax.device_get((sampler.ema_params, sampler.text_params)),
+                 (sampler.ema_params, sampler.text_params)):
+    on_two = Sampler(sampler.models, sampler.tokenizer, *params,
+                     mesh=make_mesh(jax.devices()[2:4]), batch_size=4)
+    np.testing.assert_array_equal(images, on_two(PROMPTS, seed=3, num_per_prompt=5))
   with pytest.raises(ValueError, match=r"batch_size=0 must be >= 1"):
     Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, sampler.text_params,
             mesh=sampler.mesh, batch_size=0)
