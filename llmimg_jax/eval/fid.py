@@ -31,7 +31,7 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   x = np.asarray(features, np.float64)
   if x.ndim != 2 or len(x) < 2:
     raise ValueError(f"Features must be [n >= 2, d]; got shape {x.shape}.")
-  return x.mean(0), np.cov(x, rowvar=False)
+  return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))  # d = 1: np.cov's is 0-d
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -41,6 +41,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
     raise ValueError(f"Statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma "
                      f"{s1.shape} vs {s2.shape} (features of different networks?).")
+  # NaN in sigma: 'Internal error in scipy.linalg.sqrtm: -102'; in mu: a NaN distance
+  if bad := [n for n, a in zip(("mu1", "sigma1", "mu2", "sigma2"), (mu1, s1, mu2, s2))
+             if not np.isfinite(a).all()]:
+    raise ValueError(f"Statistics {', '.join(bad)} hold NaN or inf: no distance to compute.")
   diff = mu1 - mu2
   covmean = _sqrtm(s1 @ s2)
   if not np.isfinite(covmean).all():
@@ -151,4 +155,6 @@ def load_statistics(path: str | os.PathLike, dim: int | None = None
     raise ValueError(f"{path} holds mu {mu.shape} and sigma {sigma.shape}; FID statistics of "
                      f"{dim or 'd'}-d features need mu ({dim or 'd'},) and sigma "
                      f"({dim or 'd'}, {dim or 'd'}).")
+  if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    raise ValueError(f"{path} holds NaN or inf in mu or sigma; {_STATS_FIX}")
   return mu, sigma

@@ -51,6 +51,29 @@ def test_statistics_are_the_mean_and_the_unbiased_covariance():
   np.testing.assert_allclose(sigma, [[4.0, -1.0], [-1.0, 7.0]])
 
 
+def test_one_dimensional_features_round_trip(tmp_path):
+  """np.cov of [n, 1] features is 0-d: saved so, load_statistics refused the file."""
+  mu, sigma = fid.statistics(np.random.default_rng(0).normal(size=(10, 1)))
+  assert (mu.shape, sigma.shape) == ((1,), (1, 1))
+  fid.save_statistics(tmp_path / "s.npz", mu, sigma)
+  np.testing.assert_array_equal(fid.load_statistics(tmp_path / "s.npz", 1)[1], sigma)
+
+
+def test_statistics_holding_nan_or_inf_are_named(tmp_path):
+  """NaN in sigma failed in scipy ('Internal error in scipy.linalg.sqrtm: -102'); NaN in mu gave
+  a NaN distance without a word; a file holding them was accepted."""
+  mu, sigma = fid.statistics(np.random.default_rng(0).normal(size=(50, 3)))
+  bad = sigma.copy()
+  bad[2, 2] = np.nan
+  with pytest.raises(ValueError, match=r"^Statistics sigma2 hold NaN or inf"):
+    fid.frechet_distance(mu, sigma, mu, bad)
+  with pytest.raises(ValueError, match=r"^Statistics mu1 hold NaN or inf"):
+    fid.frechet_distance(mu + np.inf, sigma, mu, sigma)
+  np.savez(tmp_path / "bad.npz", mu=mu, sigma=bad)
+  with pytest.raises(ValueError, match=r"bad.npz holds NaN or inf in mu or sigma; write the "):
+    fid.load_statistics(tmp_path / "bad.npz")
+
+
 def test_a_non_finite_sqrtm_retries_with_eps_on_the_diagonals(monkeypatch, caplog):
   """pytorch-fid's fallback: sqrtm of the product not finite -> (S1 + eps I)(S2 + eps I)."""
   import scipy.linalg
