@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.text.feed_forward_proj = "gated-gelu"
 
   c.model = ml_collections.ConfigDict()
-  c.model.resolution = 64
+  c.model.resolution = 32  # data.image_size's default
   c.model.nf_g = 32
   c.model.nf_d = 32
   c.model.z_dim = 100

@@ -199,6 +199,9 @@ def test_a_config_lacking_keys_or_no_config_dict_is_named_with_the_fix(tmp_path)
     validate({"train": {"steps": 2}}, jax.device_count())
   with pytest.raises(ValueError, match=r"^the config is a dict"):  # train() read its .data first
     loop.train({"train": {"steps": 2}}, tmp_path / "run")
+  # The start these errors advise is valid as it is (data.image_size 32, model.resolution was 64).
+  from llmimg_jax.train.config import base_config
+  validate(base_config(), jax.device_count())
 
 
 def test_a_config_files_keep_all_checkpoints_takes_a_number_on_the_command_line(tmp_path):
