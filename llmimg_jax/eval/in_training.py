@@ -115,6 +115,10 @@ class TrainingEvaluator:
     self.evaluator = ShapesEvaluator.load_or_train(config.data)
     size = config.data.image_size  # real images at the resolution the run generates
     real = load_split(config.data, "test", n).at_size(size)
+    if len(real.images) < n:  # FIDs of fewer images are not comparable with others of n
+      log.warning("config.eval.num_samples=%d, but the test split of %s has %d records: the "
+                  "evaluation scores those %d.", n, dataset_id(config.data), len(real.images),
+                  len(real.images))
     self.captions = [c[0] for c in real.captions]
     # What the scores are of: best.json's are compared only with scores of the same evaluation.
     self.setup = {"dataset": dataset_id(config.data), "image_size": int(size),

@@ -25,6 +25,7 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
   config.eval.num_samples = 4
   with caplog.at_level(logging.WARNING):
     other = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+  assert "has 64 records" not in caplog.text
   assert other.best_step is None
   assert "best.json" in caplog.text and "num_samples" in caplog.text
   # Set aside, not forgotten: the loop would have deleted step 3's checkpoint at the next save.
@@ -32,6 +33,12 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
   assert "earlier_best_3.json: step 3's checkpoint is kept" in caplog.text
   other(State, 4, None)  # the first evaluation of this setup is the best so far
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 4
+  # More captions than the test split holds (64): capped without a word.
+  config.eval.num_samples = 100
+  with caplog.at_level(logging.WARNING):
+    assert len(TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path).captions) == 64
+  assert ("config.eval.num_samples=100, but the test split of captioned_shapes/tiny_32 has 64 "
+          "records: the evaluation scores those 64.") in caplog.text
 
 
 def test_a_best_scored_by_another_evaluator_or_seed_is_replaced_not_compared(
