@@ -98,6 +98,11 @@ def check_args(args: argparse.Namespace) -> None:
     if config not in (known := sorted(c.name for c in captioned_shapes.BUILDER_CONFIGS)):
       raise ValueError(f"--dataset {args.dataset}: captioned_shapes has no config {config!r}; "
                        f"expected one of {known}.")
+  # Refused after the whole build (hours for a large folder) by the split's load.
+  if (splits := _splits(name, config)) and args.split not in splits:
+    choices = " or ".join([", ".join(splits[:-1]), splits[-1]] if splits[1:] else splits)
+    raise ValueError(f"--split {args.split}: {args.dataset} has no split {args.split!r}; "
+                     f"give --split {choices}.")
   if name == "captioned_folder":
     if not args.folder:
       raise ValueError("--dataset captioned_folder needs --folder DIR: your images with "
@@ -119,6 +124,19 @@ def check_args(args: argparse.Namespace) -> None:
   if args.overwrite and not args.preview:
     raise ValueError("--overwrite only applies with --preview (it lets that replace an existing "
                      "file); drop it.")
+
+
+def _splits(name: str, config: str) -> list[str] | None:
+  """The splits of a --dataset that builds here (coco_captions: TFDS's, None)."""
+  if name == "captioned_folder":
+    return ["train"]
+  if name != "captioned_shapes":
+    return None
+  from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  config = config or pipeline.default_data_config().config
+  cfg = next(c for c in captioned_shapes.BUILDER_CONFIGS if c.name == config)
+  return [s for s, n in (("train", cfg.num_train), ("test", cfg.num_test),
+                         ("holdout", cfg.num_holdout)) if n > 0]
 
 
 def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:

@@ -126,6 +126,13 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
     # built in this one process without a word
     (["--dataset", "captioned_shapes/tiny_32", "--num_proc", "-2"], "--num_proc=-2 must be >= 0 "
      "(0 = automatic)."),
+    # refused after the whole build
+    (["--dataset", "captioned_folder", "--folder", "imgs", "--split", "test"], "--split test: "
+     "captioned_folder has no split 'test'; give --split train."),
+    (["--dataset", "captioned_shapes/colors_32", "--split", "holdout"], "--split holdout: "
+     "captioned_shapes/colors_32 has no split 'holdout'; give --split train or test."),
+    (["--dataset", "captioned_shapes", "--split", "val"], "--split val: captioned_shapes has no "
+     "split 'val'; give --split train, test or holdout."),
 ])
 def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, capsys, flags,
                                                                     error):
