@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 
 import jax.numpy as jnp
@@ -12,6 +13,8 @@ from llmimg_jax.data.pipeline import default_data_config, validate_data_config
 from llmimg_jax.gan import GRADIENT_PENALTIES, SUPPORTED_RESOLUTIONS, Generator
 from llmimg_jax.gan.diffaugment import parse_policy
 from llmimg_jax.text.config import COMPUTE_DTYPES, T5Config
+
+log = logging.getLogger(__name__)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -135,6 +138,19 @@ def check_frozen_text(text: ml_collections.ConfigDict) -> None:
         "with config.json + model.safetensors, or a hub name); set it, or use mode='trainable'.")
 
 
+def warn_of_unused_text_keys(config: ml_collections.ConfigDict) -> None:
+  """Text keys set for an encoder the run does not have, ignored (they were without a word). A
+  warning: configs/shapes_quick.py --config.text.checkpoint=... sets them, which no flag unsets."""
+  base, text = base_config(), config.text
+  scratch = ("d_model", "d_ff", "num_layers", "num_heads", "feed_forward_proj")
+  if text.checkpoint and (set_ := [f"config.text.{k}" for k in scratch if text[k] != base.text[k]]):
+    log.warning("%s to a T5 from scratch, ignored: config.text.checkpoint=%r brings its own "
+                "config.", cli.only_apply(set_), text.checkpoint)
+  if text.mode == "frozen" and config.train.lr_text != base.train.lr_text:
+    log.warning("config.train.lr_text=%s only applies to a trainable text encoder, ignored: "
+                "config.text.mode='frozen' trains none.", config.train.lr_text)
+
+
 # Fields that may be None: all checkpoints kept; no pretrained T5, folder, builder config, or
 # data_dir (the default one).
 _NONE_ALLOWED = ("train.keep_checkpoints", "text.checkpoint", "data.folder", "data.config",
@@ -194,6 +210,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.text.mode not in ("trainable", "frozen"):
     raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
   check_frozen_text(config.text)
+  warn_of_unused_text_keys(config)
   if config.text.max_length < 2:
     raise ValueError(f"config.text.max_length={config.text.max_length} must be >= 2 (room for "
                      "one token and EOS).")
