@@ -36,7 +36,8 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
   # More captions than the test split holds (64): capped without a word.
   config.eval.num_samples = 100
   with caplog.at_level(logging.WARNING):
-    assert len(TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path).captions) == 64
+    capped = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)
+  assert len(capped.captions) == 64
   assert ("config.eval.num_samples=100, but the test split of captioned_shapes/tiny_32 has 64 "
           "records: the evaluation scores those 64.") in caplog.text
 
