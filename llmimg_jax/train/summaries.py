@@ -18,7 +18,6 @@ import numpy as np
 from tqdm import tqdm
 
 from llmimg_jax import cli
-from llmimg_jax.train.samples import grid_name
 from llmimg_jax.train.step import MEASURED
 
 log = logging.getLogger(__name__)
@@ -201,8 +200,10 @@ def log_end(workdir: Path, manager: Any, done: int, steps: int, why: str) -> Non
   """Host 0's last line: the step the run ended at and why, its latest checkpoint (`manager`'s,
   closed) and sample grid, in full as the workdir (local_workdir's) they are in."""
   latest = manager.latest_step()
-  grid = max((p for p in (workdir / "samples").glob("step_*.png") if p.name <= grid_name(done)),
-             default=None)
+  # By number: grid_name's 7 digits grow to 8 past step 9,999,999, and such names sort apart.
+  grids = {int(p.stem[5:]): p for p in (workdir / "samples").glob("step_*.png")
+           if p.stem[5:].isdigit()}
+  grid = grids.get(max((step for step in grids if step <= done), default=-1))
   checkpoint = "none" if latest is None else manager.directory / str(latest)
   log.info("Training ended at step %d of %d (%s); latest checkpoint: %s; latest sample grid: %s.",
            done, steps, why, checkpoint, "none" if grid is None else grid)

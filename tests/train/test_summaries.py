@@ -290,6 +290,19 @@ def test_the_start_and_end_lines_name_the_run_s_paths_in_full(tmp_path, monkeypa
                  f"{tmp_path}/runs/quick/samples/step_0000004.png."), end
 
 
+def test_the_end_line_names_the_latest_grid_past_step_9999999(tmp_path, caplog):
+  """Grid names grow from 7 digits to 8 there: compared as strings, none was named."""
+  from llmimg_jax.train.samples import grid_name
+  from llmimg_jax.train.summaries import log_end
+  (tmp_path / "samples").mkdir()
+  for step in (9_000_000, 9_999_000, 10_000_600):
+    (tmp_path / "samples" / grid_name(step)).touch()
+  manager = SimpleNamespace(directory=tmp_path / "checkpoints", latest_step=lambda: None)
+  with caplog.at_level(logging.INFO, "llmimg_jax"):
+    log_end(tmp_path, manager, 10_000_500, 10_001_000, "stopped")
+  assert caplog.messages[-1].endswith(f"latest sample grid: {tmp_path}/samples/step_9999000.png.")
+
+
 def test_the_devices_are_counted_by_kind_not_listed():
   """train.py's first line listed jax.devices(): 256 device reprs on a TPU v5e-256 slice."""
   tpu = [SimpleNamespace(platform="tpu", device_kind="TPU v5 lite")] * 256
