@@ -344,21 +344,22 @@ def _after_step(run: _Run, state: TrainState, done: int, pending: list, clock: _
   if due(done, t.log_every, t.steps) or saved or eval_now:
     _log_metrics(jax.device_get(pending), done, clock, bar, run.writer, t, run.manager.directory)
     pending.clear()
-  if saved or sample_now or eval_now:  # not training: off the clock
+  if saved or sample_now or eval_now:  # not training: off the clock, and the bar's
     clock.stop(state)
-  if saved:  # before sampling and evaluation, whose errors would lose it
-    _save(run, state, done)
-    flush_events(run.writer)  # the steps it holds are not logged again after a crash
-  if stop:  # the grace period of a preemption is short: samples and evaluation on resuming
-    log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
-                "resume.", watch.description, done)
-    return True
-  if sample_now:
-    run.samples(state, done, run.writer)
-  if eval_now:
-    _evaluate(run, state, done, saved)
-  if sample_now or eval_now:
-    flush_events(run.writer)
+  with bar.off_the_clock():
+    if saved:  # before sampling and evaluation, whose errors would lose it
+      _save(run, state, done)
+      flush_events(run.writer)  # the steps it holds are not logged again after a crash
+    if stop:  # the grace period of a preemption is short: samples and evaluation on resuming
+      log.warning("Stopped by %s after step %d with a checkpoint; rerun the same command to "
+                  "resume.", watch.description, done)
+      return True
+    if sample_now:
+      run.samples(state, done, run.writer)
+    if eval_now:
+      _evaluate(run, state, done, saved)
+    if sample_now or eval_now:
+      flush_events(run.writer)
   clock.start()
   return False
 

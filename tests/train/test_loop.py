@@ -89,8 +89,9 @@ def test_short_run_writes_checkpoints_and_resumes(shapes_data_dir, tmp_path, cap
   assert sorted(images_per_sec) == [2, 4], images_per_sec
   batch = config.train.batch_size
   assert batch / 100 < images_per_sec[2] <= batch / 0.5, images_per_sec
-  # Nor do the progress bar's rate and ETA: its clock starts once the first step has run.
-  assert returned[0] <= bars[0].start_t <= returned[1], (returned, bars[0].start_t)
+  # Nor do the progress bar's rate and ETA: its clock starts once the first step has run (and
+  # moves on by the saves and grids off the clock since).
+  assert returned[0] <= bars[0].start_t, (returned, bars[0].start_t)
   # Each logged loss is the mean over the steps since the last log.
   logged = _scalars(workdir / "tensorboard", "train/d_loss")
   np.testing.assert_allclose([logged[2], logged[4]], [np.mean(d_losses[:2]),

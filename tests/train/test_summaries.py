@@ -135,6 +135,25 @@ def test_the_bar_s_rate_leaves_out_the_first_step(terminal, monkeypatch):
   assert "<00:03," in str(bar)  # 6 steps left
 
 
+def test_the_bar_s_rate_leaves_out_saves_samples_and_evaluations(monkeypatch):
+  """Only the first step was: a resumed run's last line drew 0.52 it/s where it trained at 7.6,
+  counting the last sample grid's compile and the final save."""
+  stderr, now = _Stderr(False), [1000.0]
+  monkeypatch.setattr(sys, "stderr", stderr)
+  monkeypatch.setattr(tqdm.std, "time", lambda: now[0])  # tqdm's clock
+  bar = progress_bar(0, 10)
+  bar.update_untimed()
+  for step in range(1, 9):  # 2 steps per second, a grid every 4 steps
+    now[0] += 0.5
+    bar.update(1)
+    if step % 4 == 0:
+      with bar.off_the_clock():
+        now[0] += 30.0
+  bar.close()
+  assert "9/10 [00:04<" in stderr.getvalue().split("\n")[-2] and "2.00it/s" in str(bar), (
+      stderr.getvalue())
+
+
 def _shown(text: str, terminal: bool) -> list[str]:
   """The lines of `text` as a terminal shows them (each \\r back to the line's start, where the
   next characters overwrite), or as a file's lines (less, grep)."""
