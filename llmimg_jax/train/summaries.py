@@ -113,16 +113,19 @@ class _Bar(tqdm):
 
   @contextlib.contextmanager
   def off_the_clock(self) -> Iterator[None]:
-    """Work between steps (saves, sample grids, evaluations) left out of the rate and ETA, as of
-    the run's img/s: the last line's rate counted the last grid's compile and the final save (a
-    resumed run's 7.6 steps/s drawn as 0.52)."""
+    """Work between steps (saves, sample grids, evaluations) left out of the rate, ETA and
+    elapsed time, as of the run's img/s: the last line's rate counted the last grid's compile and
+    the final save (a resumed run's 7.6 steps/s drawn as 0.52)."""
+    if self.disable:  # not host 0: no clock (tqdm sets none)
+      yield
+      return
     start = self._time()
     try:
       yield
     finally:
-      if not self.disable:  # a disabled bar (not host 0) has no clock
-        self.start_t += self._time() - start
-        self.last_print_t += self._time() - start
+      off = self._time() - start
+      self.start_t += off
+      self.last_print_t += off
 
 
 def progress_bar(start: int, steps: int) -> tqdm:
@@ -215,7 +218,7 @@ def log_end(workdir: Path, manager: Any, done: int, steps: int, why: str) -> Non
   latest = manager.latest_step()
   # By number: grid_name's 7 digits grow to 8 past step 9,999,999, and such names sort apart.
   grids = {int(p.stem[5:]): p for p in (workdir / "samples").glob("step_*.png")
-           if p.stem[5:].isdigit()}
+           if p.stem[5:].isdecimal()}
   grid = grids.get(max((step for step in grids if step <= done), default=-1))
   checkpoint = "none" if latest is None else manager.directory / str(latest)
   log.info("Training ended at step %d of %d (%s); latest checkpoint: %s; latest sample grid: %s.",

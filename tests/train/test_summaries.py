@@ -6,6 +6,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 import tqdm.std
@@ -152,6 +153,10 @@ def test_the_bar_s_rate_leaves_out_saves_samples_and_evaluations(monkeypatch):
   bar.close()
   assert "9/10 [00:04<" in stderr.getvalue().split("\n")[-2] and "2.00it/s" in str(bar), (
       stderr.getvalue())
+  monkeypatch.setattr(jax, "process_index", lambda: 1)  # a disabled bar (tqdm sets no clock)
+  quiet = progress_bar(0, 10)
+  with quiet.off_the_clock():  # an AttributeError on every host but 0
+    quiet.update(1)
 
 
 def _shown(text: str, terminal: bool) -> list[str]:
