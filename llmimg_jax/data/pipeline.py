@@ -88,8 +88,9 @@ def paths_in_full(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
   data_cfg = copy.deepcopy(data_cfg)
   if data_cfg.get("folder"):  # as captioned_folder.folder_config names its build
     data_cfg.folder = os.path.abspath(os.path.expanduser(data_cfg.folder))
-  if "data_dir" in data_cfg and "://" not in (data_dir := _data_dir(data_cfg)):
-    data_cfg.data_dir = os.path.abspath(data_dir)  # None too: saved as the folder it read
+  if "data_dir" in data_cfg:  # None too: saved as the folder (or bucket) it read
+    data_dir = _data_dir(data_cfg)
+    data_cfg.data_dir = data_dir if "://" in data_dir else os.path.abspath(data_dir)
   return data_cfg
 
 

@@ -98,6 +98,10 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
       best_file.replace(best_file.with_name(best_file.name + ".stale"))
       if former is not None:
         output_files.write_atomically(best_file, to_json(former))
+    if kept := sorted(checkpoint.earlier_best_steps(workdir)):  # one per change of evaluation
+      log.info("Checkpoints kept for the bests of earlier evaluations: step(s) %s; delete %s to "
+               "let one go.", ", ".join(map(str, kept)),
+               workdir / checkpoint.EARLIER_BEST.format(step="STEP"))
   checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 

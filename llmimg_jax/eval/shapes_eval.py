@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import flax.serialization
 import jax
@@ -91,6 +91,10 @@ def load_split(data_cfg: ml_collections.ConfigDict, split: str, limit: int | Non
   return SplitData(np.stack([r["image"] for r in records]), gt, captions)
 
 
+def _shapes(tree: Any) -> Any:
+  return jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), tree)
+
+
 class ShapesEvaluator:
   """Reads images cell by cell; scores them against captions; embeds them for FID."""
 
@@ -122,8 +126,7 @@ class ShapesEvaluator:
         template = jax.eval_shape(ev.EvaluatorNet().init, jax.random.PRNGKey(0),
                                   np.zeros((1, cfg.resolution, cfg.resolution, 3), np.uint8))
         params = flax.serialization.from_bytes(template["params"], path.read_bytes())
-        shapes = lambda tree: jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), tree)
-        if shapes(params) != shapes(template["params"]):  # from_bytes checks only the names
+        if _shapes(params) != _shapes(template["params"]):  # from_bytes checks only the names
           raise ValueError(f"weights of other shapes than this version's network ({NET_TAG})")
       except (OSError, ValueError, KeyError, TypeError) as e:  # e.g. cut short by a crash
         log.warning("The cached shapes evaluator %s / %s cannot be read (%s: %s); training it "

@@ -70,7 +70,7 @@ EARLIER_BEST = "earlier_best_{step}.json"  # a best of another evaluation (eval/
 def earlier_best_steps(workdir: Path) -> set[int]:
   """The steps of the EARLIER_BEST files in `workdir`: checkpoints kept until those are deleted."""
   names = [p.name[len("earlier_best_"):-len(".json")] for p in workdir.glob("earlier_best_*.json")]
-  return {int(name) for name in names if name.isdigit()}
+  return {int(name) for name in names if name.isdecimal()}
 
 
 def read_best(best_file: Path) -> dict[str, Any] | None:
@@ -129,11 +129,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
 
 
 def drop_former_best(manager: ocp.CheckpointManager, step: int, keep: int | None) -> None:
-  """Deletes `step`, the best evaluated step until now, unless among the latest `keep`. Orbax
-  applies the preservation policies when it saves, and the loop saves a step before evaluating
-  it: a best replaced at a saved step stayed until the next save (at the end of a run, for good)."""
+  """Deletes `step`, the best evaluated step until now, unless among the latest `keep` or the
+  best of an earlier evaluation (EARLIER_BEST: a resume evaluated it again). Orbax applies the
+  preservation policies when it saves, and the loop saves a step before evaluating it: a best
+  replaced at a saved step stayed until the next save (at the end of a run, for good)."""
   steps = sorted(manager.all_steps())
-  if keep is not None and step in steps[:-keep]:
+  kept = earlier_best_steps(Path(manager.directory).parent)  # re-evaluated after a resume
+  if keep is not None and step in steps[:-keep] and step not in kept:
     manager.wait_until_finished()  # the save of the new best, then one deletion on every host
     manager.delete(step)
 

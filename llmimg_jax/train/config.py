@@ -143,9 +143,10 @@ def warn_of_unused_text_keys(config: ml_collections.ConfigDict) -> None:
   warning: configs/shapes_quick.py --config.text.checkpoint=... sets them, which no flag unsets."""
   base, text = base_config(), config.text
   scratch = ("d_model", "d_ff", "num_layers", "num_heads", "feed_forward_proj")
-  if text.checkpoint and (set_ := [f"config.text.{k}" for k in scratch if text[k] != base.text[k]]):
+  sizes = [f"config.text.{k}" for k in scratch if text[k] != base.text[k]]
+  if text.checkpoint and sizes:
     log.warning("%s to a T5 from scratch, ignored: config.text.checkpoint=%r brings its own "
-                "config.", cli.only_apply(set_), text.checkpoint)
+                "config.", cli.only_apply(sizes), text.checkpoint)
   if text.mode == "frozen" and config.train.lr_text != base.train.lr_text:
     log.warning("config.train.lr_text=%s only applies to a trainable text encoder, ignored: "
                 "config.text.mode='frozen' trains none.", config.train.lr_text)
@@ -210,7 +211,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.text.mode not in ("trainable", "frozen"):
     raise ValueError(f"config.text.mode={config.text.mode!r}: use 'trainable' or 'frozen'.")
   check_frozen_text(config.text)
-  warn_of_unused_text_keys(config)
   if config.text.max_length < 2:
     raise ValueError(f"config.text.max_length={config.text.max_length} must be >= 2 (room for "
                      "one token and EOS).")

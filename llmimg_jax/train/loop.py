@@ -24,7 +24,7 @@ from llmimg_jax.eval import in_training
 from llmimg_jax.train import checkpoint, resume
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
-from llmimg_jax.train.config import due, validate
+from llmimg_jax.train.config import due, validate, warn_of_unused_text_keys
 from llmimg_jax.train.mesh import compiler_options, make_mesh
 from llmimg_jax.train.state import Models, TrainState, build_models, build_text, init_state
 from llmimg_jax.train.samples import SampleWriter
@@ -232,6 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   workdir = local_workdir(workdir)
   mesh = make_mesh(devices)
   validate(config, mesh.size)  # first: the checks below read the config (a dict had no .data)
+  warn_of_unused_text_keys(config)  # here, not in validate(), which train.py calls first too
   check_workdir_outside_data(workdir, config.data)
   check_same_config(config, workdir)
   check_workdir_writable(workdir)

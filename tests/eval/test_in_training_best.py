@@ -33,7 +33,7 @@ def test_a_best_scored_on_another_evaluation_is_replaced_not_compared(
   assert "earlier_best_3.json: step 3's checkpoint is kept" in caplog.text
   other(State, 4, None)  # the first evaluation of this setup is the best so far
   assert json.loads((tmp_path / "best.json").read_text())["step"] == 4
-  # More captions than the test split holds (64): capped without a word.
+  # More captions than the test split holds (64): capped with a warning (was without a word).
   config.eval.num_samples = 100
   with caplog.at_level(logging.WARNING):
     capped = TrainingEvaluator(sampler.models, sampler.tokenizer, config, tmp_path)

@@ -177,6 +177,9 @@ def test_a_best_of_an_earlier_evaluation_keeps_its_checkpoint_until_its_file_goe
       checkpoint.save(manager, step, {"w": np.full(2, step)}, None, config)
       manager.wait_until_finished()
     assert manager.all_steps() == [1, 3]
+    # Evaluated again after a resume, it became best.json's, then a former best: kept still.
+    checkpoint.drop_former_best(manager, 1, config.train.keep_checkpoints)
+    assert manager.all_steps() == [1, 3]
     (tmp_path / "earlier_best_1.json").unlink()
     checkpoint.save(manager, 4, {"w": np.full(2, 4)}, None, config)
     manager.wait_until_finished()

@@ -169,4 +169,6 @@ def test_a_data_dir_of_none_reads_and_saves_the_default_one(tmp_path, monkeypatc
   monkeypatch.setenv("LLMIMG_DATA_DIR", "shared")
   monkeypatch.chdir(tmp_path)
   assert pipeline.paths_in_full(config.data).data_dir == str(tmp_path / "shared")
+  monkeypatch.setenv("LLMIMG_DATA_DIR", "gs://bucket/tfds")
+  assert pipeline.paths_in_full(config.data).data_dir == "gs://bucket/tfds"
   assert config.data.data_dir is None  # the caller's as given

@@ -271,14 +271,15 @@ def test_in_training_eval_on_other_data_is_a_config_error(tmp_path):
 def test_text_keys_of_an_encoder_the_run_lacks_are_named_as_ignored(tmp_path, caplog):
   """With config.text.checkpoint, the from-scratch sizes; with mode='frozen', train.lr_text:
   ignored without a word (tiny_config sets the sizes, as configs/shapes_quick.py does)."""
+  from llmimg_jax.train.config import warn_of_unused_text_keys
   config = tiny_config(tmp_path)
   with caplog.at_level(logging.WARNING):
-    validate(config, jax.device_count())
+    warn_of_unused_text_keys(config)
   assert "ignored" not in caplog.text
   config.text.mode, config.text.checkpoint = "frozen", str(tmp_path / "t5")
   config.train.lr_text = 1e-3
   with caplog.at_level(logging.WARNING):
-    validate(config, jax.device_count())
+    warn_of_unused_text_keys(config)
   assert ("config.text.d_model, config.text.d_ff, config.text.num_layers, config.text.num_heads "
           "only apply to a T5 from scratch, ignored: config.text.checkpoint="
           f"'{tmp_path / 't5'}' brings its own config." in caplog.messages)
