@@ -39,6 +39,11 @@ class ShapesConfig(tfds.core.BuilderConfig):
   object_scale: float = 1.0
   cells: tuple[int, ...] | None = None  # the cells objects may occupy; None = all nine
 
+  def split_sizes(self) -> dict[str, int]:
+    """Records per split; a split of none (colors_*' holdout) is not built."""
+    sizes = {"train": self.num_train, "test": self.num_test, "holdout": self.num_holdout}
+    return {split: n for split, n in sizes.items() if n > 0}
+
 
 def _config(name: str, resolution: int, num_train: int, num_test: int, num_holdout: int,
             colors_only: bool = False, max_objects: int = shapes.MAX_OBJECTS,
@@ -110,14 +115,10 @@ class CaptionedShapes(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
             holdout_pairs=[list(p) for p in shapes.HOLDOUT_PAIRS]),
     )
 
-  def _split_sizes(self) -> dict[str, int]:
-    cfg = self.builder_config
-    sizes = {"train": cfg.num_train, "test": cfg.num_test, "holdout": cfg.num_holdout}
-    return {split: n for split, n in sizes.items() if n > 0}
-
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, n) for split, n in self._split_sizes().items()}
+    return {split: self._generate_examples(split, n)
+            for split, n in self.builder_config.split_sizes().items()}
 
   def _generate_examples(self, split: str, num_examples: int):
     """Sequential reference path; `_generate_splits` writes the same examples in parallel."""
@@ -132,15 +133,15 @@ class CaptionedShapes(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
     cfg = self.builder_config
     if self.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
       raise ValueError(f"captioned_shapes writes array_record only, not {self.info.file_format}.")
-    tasks, templates = [], {}
-    for split, n in self._split_sizes().items():
+    tasks, templates, sizes = [], {}, cfg.split_sizes()
+    for split, n in sizes.items():
       num_shards = max(1, -(-n // _SHARD_SIZE))
       templates[split] = self._get_filename_template(split)
       for k in range(num_shards):
         path = os.fspath(templates[split].sharded_filepath(shard_index=k, num_shards=num_shards))
         tasks.append((cfg, split, k * n // num_shards, (k + 1) * n // num_shards, path))
     results = {}
-    total = sum(n for n in self._split_sizes().values())
+    total = sum(sizes.values())
     with tqdm.tqdm(total=total, desc=f"captioned_shapes/{cfg.name}", unit="img") as bar:
       if self._num_proc <= 1 or total < _MIN_PARALLEL:  # spawning workers costs seconds
         outputs = map(_write_shard, tasks)
@@ -150,7 +151,7 @@ class CaptionedShapes(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
         results[task[-1]] = (count, num_bytes)
         bar.update(count)
     infos = []
-    for split in self._split_sizes():
+    for split in sizes:
       shard_tasks = [t for t in tasks if t[1] == split]
       infos.append(tfds.core.SplitInfo(
           name=split, shard_lengths=[results[t[-1]][0] for t in shard_tasks],

@@ -134,9 +134,7 @@ def _splits(name: str, config: str) -> list[str] | None:
     return None
   from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
   config = config or pipeline.default_data_config().config
-  cfg = next(c for c in captioned_shapes.BUILDER_CONFIGS if c.name == config)
-  return [s for s, n in (("train", cfg.num_train), ("test", cfg.num_test),
-                         ("holdout", cfg.num_holdout)) if n > 0]
+  return list(next(c for c in captioned_shapes.BUILDER_CONFIGS if c.name == config).split_sizes())
 
 
 def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:

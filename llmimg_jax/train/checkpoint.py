@@ -69,8 +69,10 @@ EARLIER_BEST = "earlier_best_{step}.json"  # a best of another evaluation (eval/
 
 def earlier_best_steps(workdir: Path) -> set[int]:
   """The steps of the EARLIER_BEST files in `workdir`: checkpoints kept until those are deleted."""
-  names = [p.name[len("earlier_best_"):-len(".json")] for p in workdir.glob("earlier_best_*.json")]
-  return {int(name) for name in names if name.isdecimal()}
+  prefix, suffix = EARLIER_BEST.split("{step}")
+  steps = [p.name.removeprefix(prefix).removesuffix(suffix)
+           for p in workdir.glob(EARLIER_BEST.format(step="*"))]
+  return {int(step) for step in steps if step.isdecimal()}
 
 
 def read_best(best_file: Path) -> dict[str, Any] | None:
