@@ -5,10 +5,10 @@
 Each step is what train.py's loop does: the next batch from the grain pipeline, to_global_batch
 and the jitted step (dispatched asynchronously, so reading the next batch overlaps the step);
 metrics are fetched at the end of each block of --block steps. configs/shapes_quick.py on all
-devices (the README's job); each variant is a ';'-separated list of data.KEY=VALUE changes, with
-its own iterator; one compiled step serves them all. Reports the median and minimum ms per step
-over --rounds blocks per variant (order reversed every other round), and whether every variant
-read the same batches as the baseline.
+devices (the README's job); each variant is a ';'-separated list of KEY=VALUE changes to
+config.data (data.KEY=VALUE also reads), with its own iterator; one compiled step serves them
+all. Reports the median and minimum ms per step over --rounds blocks per variant (order reversed
+every other round), and whether every variant read the same batches as the baseline.
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def main() -> None:
     data = config.data.copy_and_resolve_references()
     for item in filter(None, name.split(";")):
       key, sep, value = item.partition("=")
+      key = key.removeprefix("data.")
       if not sep or key not in data:
-        parser.error(f"{item!r}: expected data.KEY=VALUE with one of {sorted(data)} as KEY.")
+        parser.error(f"{item!r}: expected KEY=VALUE with one of {sorted(data)} as KEY.")
       data[key] = parse_value(value)
     variants[name or "shapes_quick"] = data
   tokenizer, t5_config, _ = build_text(config)

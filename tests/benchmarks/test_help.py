@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from configs import shapes_quick
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
                  if 'if __name__ == "__main__":' in p.read_text())
@@ -38,6 +40,10 @@ COUNTS = {("profile_step.py", "--steps", "0"): "argument --steps: 0: give 1 or m
           ("step_options.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
           ("twin_ab.py", "--warmup", "-1"): "argument --warmup: -1: give 0 or more",
           ("onednn_conv.py", "--rounds", "0"): "argument --rounds: 0: give 1 or more",
+          # Its docstring's data.KEY=VALUE form reads: the error names the second change only.
+          ("loop_data.py", "--data", "data.read_buffer_size=0;buffer=1"):
+              f"'buffer=1': expected KEY=VALUE with one of "
+              f"{sorted(shapes_quick.get_config().data)} as KEY.",
           ("run.py", "--nf", "0"): "argument --nf: 0: give 1 or more",
           ("run.py", "--batch", "two"): "argument --batch: invalid whole_number value: 'two'"}
 
