@@ -55,12 +55,13 @@ class CaptionExpander:
     return cls(TextGenerator.from_pretrained(path_or_name, max_length=max_length), **kw)
 
   def settings(self) -> dict[str, Any]:
-    """What decides the expansions besides the model and the seed (recorded in samples.jsonl)."""
+    """What decides the expansions besides the model (recorded in samples.jsonl). A sampled
+    expansion's seed is the expander's own, not Sampler.sample's (sample.py gives both --seed)."""
     settings = {"template": self.template, "max_length": self.generator.tokenizer.max_length,
                 "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
                 "do_sample": self.do_sample}
     if self.do_sample:
-      settings.update(temperature=self.temperature, top_p=self.top_p)
+      settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
     return settings
 
   def __call__(self, prompts: Sequence[str]) -> list[str]:

@@ -291,6 +291,9 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   reseeded = CaptionExpander(expander.generator, do_sample=True, temperature=3.0,
                              max_new_tokens=12, seed=2)(PROMPTS)
   assert reseeded != pair
+  # So samples.jsonl records a sampled expansion's seed (a Sampler.sample seed is not the
+  # expander's); greedy and beam expansion have none.
+  assert (sampled.settings()["seed"], "seed" in expander.settings()) == (1, False)
   # A template without {prompt} or sampling with beams is refused.
   with pytest.raises(ValueError, match=r"^Caption expansion samples \(do_sample\) or "
                      r"beam-searches \(num_beams > 1\), not both; drop one of the two options\.$"):
