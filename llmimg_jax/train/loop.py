@@ -1,6 +1,7 @@
 """The training loop: one jitted step over a data-parallel mesh of every device of every host."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -244,31 +245,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   data_iter = make_iterator(
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
       seed=config.seed, source=source)
-
-  with workdir_claimed(workdir):  # another train.py there: refused
-    manager = checkpoint.make_manager(workdir, config)
-    state, resumed = _restore_or_init(manager, models, mesh, config, pretrained_text, data_iter,
-                                      start_fresh_if_corrupt)
-    start = int(state.step)
-    resume.tidy_best(workdir, manager, start, config)
-    grid_unmade, eval_unmade = resume.unmade(workdir, start, config)
-    # A finished run returns before config.json, TensorBoard and the evaluator's setup.
-    if resume.nothing_to_do(workdir, start, config, grid_unmade, eval_unmade):
-      manager.close()
-      return state
-    if resumed:  # the run's tokenizer and T5 config, which sampling reads, are those it trains on
-      resume.check_text_files(workdir, config, tokenizer, t5_config)
-    if jax.process_index() == 0 and start < config.train.steps:
-      resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
-    # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
-    # start over an old run) are hidden by TensorBoard, not drawn under this run's.
-    writer = (summary_writer(workdir / "tensorboard", purge_step=start + 1)
-              if jax.process_index() == 0 else None)
-    run = _Run(config, workdir, mesh, manager, data_iter, writer,
-               samples=SampleWriter(models, tokenizer, config, workdir, mesh),
-               evaluate=in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
-               if in_training.enabled(config) else None)
-    return _train_steps(run, state, start, jit_train_step(models, mesh), grid_unmade, eval_unmade)
+  try:
+    with workdir_claimed(workdir), contextlib.ExitStack() as unless_training:  # refused if taken
+      manager = checkpoint.make_manager(workdir, config)
+      unless_training.callback(manager.close)  # on an error or a return before training
+      state, resumed = _restore_or_init(manager, models, mesh, config, pretrained_text,
+                                        data_iter, start_fresh_if_corrupt)
+      start = int(state.step)
+      resume.tidy_best(workdir, manager, start, config)
+      grid_unmade, eval_unmade = resume.unmade(workdir, start, config)
+      # A finished run returns before config.json, TensorBoard and the evaluator's setup.
+      if resume.nothing_to_do(workdir, start, config, grid_unmade, eval_unmade):
+        return state
+      if resumed:  # the run's tokenizer and T5 config, which sampling reads, are those it trains on
+        resume.check_text_files(workdir, config, tokenizer, t5_config)
+      if jax.process_index() == 0 and start < config.train.steps:
+        resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
+      # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
+      # start over an old run) are hidden by TensorBoard, not drawn under this run's.
+      writer = (summary_writer(workdir / "tensorboard", purge_step=start + 1)
+                if jax.process_index() == 0 else None)
+      if writer is not None:
+        unless_training.callback(writer.close)
+      evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
+                  if in_training.enabled(config) else None)
+      run = _Run(config, workdir, mesh, manager, data_iter, writer,
+                 samples=SampleWriter(models, tokenizer, config, workdir, mesh), evaluate=evaluate)
+      unless_training.pop_all()  # _train_steps closes them, after its last save
+      return _train_steps(run, state, start, jit_train_step(models, mesh), grid_unmade,
+                          eval_unmade)
+  finally:
+    close_iterator(data_iter)  # its workers' buffered batches would be reported leaked
 
 
 def _train_steps(run: _Run, state: TrainState, start: int, step_fn, grid_unmade: bool,
@@ -366,7 +373,8 @@ def _after_step(run: _Run, state: TrainState, done: int, pending: list, clock: _
 
 
 def _finish(run: _Run, watch: PreemptionWatch, bar: tqdm, done: int, ended: str) -> None:
-  """The last save, the logs' end line, then the input pipeline and TensorBoard closed."""
+  """The last save, the logs' end line, then TensorBoard closed (train() closes the input
+  pipeline)."""
   watch.finishing = True  # a signal now waits for the last save instead of cutting it
   bar.close()
   try:
@@ -375,6 +383,5 @@ def _finish(run: _Run, watch: PreemptionWatch, bar: tqdm, done: int, ended: str)
     if jax.process_index() == 0:
       log_end(run.workdir, run.manager, done, run.config.train.steps, ended)
   finally:
-    close_iterator(run.data_iter)  # its workers' buffered batches would be reported leaked
     if run.writer is not None:
       run.writer.close()

@@ -199,3 +199,35 @@ def test_a_best_replaced_at_the_last_step_is_deleted_after_a_kill(saved, tmp_pat
   (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps({"step": 4, "former": {"step": 2}}))
   loop.train(config, tmp_path)
   assert checkpoint.make_manager(tmp_path, config).all_steps() == [2, 4]
+
+
+def test_a_return_or_an_error_before_training_closes_the_input_pipeline(saved, tmp_path,
+                                                                        monkeypatch):
+  """A rerun with nothing to train, or a resume refused after the restore, left the grain
+  iterator open: its worker processes read on until the interpreter exited (a notebook's too), and
+  an error left the checkpoint manager open as well."""
+  from llmimg_jax.train import loop, resume
+  closed = []
+  monkeypatch.setattr(loop, "close_iterator", lambda data_iter: closed.append("data"))
+  make_manager = checkpoint.make_manager
+
+  def recording_manager(*args, **kwargs):
+    manager = make_manager(*args, **kwargs)
+    close = manager.close
+    monkeypatch.setattr(manager, "close", lambda: (closed.append("manager"), close()))
+    return manager
+
+  monkeypatch.setattr(checkpoint, "make_manager", recording_manager)
+  (tmp_path / "samples").mkdir()  # the last step's grid was made: nothing to do
+  (tmp_path / "samples" / "step_0000004.png").write_bytes(b"png")
+  loop.train(saved[0], tmp_path)
+  assert closed == ["manager", "data"]
+  closed.clear()
+
+  def refused(*args):
+    raise OSError("the samples folder cannot be listed")
+
+  monkeypatch.setattr(resume, "unmade", refused)
+  with pytest.raises(OSError, match="cannot be listed"):
+    loop.train(saved[0], tmp_path)
+  assert closed == ["manager", "data"]
