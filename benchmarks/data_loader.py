@@ -24,15 +24,15 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   parser.add_argument("--config", default="64")
-  parser.add_argument("--image_size", type=int, default=None,
+  parser.add_argument("--image_size", type=cli.at_least(1), default=None,
                       help="default: the resolution --config stores")
   parser.add_argument("--workers", type=cli.at_least(0), default=2)
   parser.add_argument("--batch", type=cli.at_least(1), default=64)
   parser.add_argument("--warmup", type=cli.at_least(0), default=5)
   parser.add_argument("--steps", type=cli.at_least(1), default=50)
-  parser.add_argument("--max_length", type=int, default=64)
-  parser.add_argument("--read_threads", type=int, default=0, help="0 = grain's default")
-  parser.add_argument("--read_buffer", type=int, default=0,
+  parser.add_argument("--max_length", type=cli.at_least(2), default=64)
+  parser.add_argument("--read_threads", type=cli.at_least(0), default=0, help="0 = grain's default")
+  parser.add_argument("--read_buffer", type=cli.at_least(0), default=0,
                       help="data.read_buffer_size (0 = the pipeline's default)")
   parser.add_argument("--augment", action="store_true", help="random crop 0.8 + flip")
   args = parser.parse_args()
@@ -79,4 +79,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/data_loader.py", "no rate was measured: rerun the command."):
+    main()

@@ -26,6 +26,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import parse_args_reusing_host_memory  # noqa: E402
 from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.eval import evaluator as ev, inception  # noqa: E402
+from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options  # noqa: E402
 
 
@@ -57,7 +58,8 @@ def program(name: str, resolution: int, rng: np.random.Generator):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--program", choices=["step", "read", "inception"], default="step")
-  parser.add_argument("--resolution", type=int, default=32, help="the images' side (px)")
+  parser.add_argument("--resolution", type=int, default=32, choices=SUPPORTED_RESOLUTIONS,
+                      help="the images' side (px)")
   parser.add_argument("--rounds", type=cli.at_least(1), default=20)
   args = parse_args_reusing_host_memory(parser)
   fn, fn_args, what = program(args.program, args.resolution, np.random.default_rng(0))
@@ -80,4 +82,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/eval_options.py",
+                          "the programs were not all timed: rerun the command."):
+    main()

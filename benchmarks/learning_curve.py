@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.eval import evaluator as ev  # noqa: E402
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, SplitData, load_split  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
@@ -144,6 +145,10 @@ def main() -> None:
   variants = []  # every variant's config read before hours of training the ones before it
   for variant in args.variant or ["base"]:
     name, _, overrides = variant.partition(":")
+    # Its rows are told apart by name, and its samples saved as NAME_STEP.npy beside --out.
+    if not name or "/" in name or name == "real" or name in [n for n, _ in variants]:
+      p.error(f"--variant {variant!r}: give each variant its own name before the ':', without "
+              "'/' and other than 'real' (the real images' row).")
     keys = [item.split("=")[0] for item in overrides.split(",") if item]
     if data := [k for k in keys if k.startswith("data.")]:
       p.error(f"--variant {variant!r}: {data[0]!r}: every variant trains on --config's data "
@@ -176,4 +181,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/learning_curve.py",
+                          "--out holds the rows of the evaluations made so far."):
+    main()

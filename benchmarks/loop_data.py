@@ -49,8 +49,14 @@ def main() -> None:
       key = key.removeprefix("data.")
       if not sep or key not in data:
         parser.error(f"{item!r}: expected KEY=VALUE with one of {sorted(data)} as KEY.")
-      data[key] = parse_value(value)
-    variants[name or "shapes_quick"] = data
+      try:
+        data[key] = parse_value(value)
+      except (TypeError, ValueError):  # ml_collections keeps a field's type
+        parser.error(f"{item!r}: config.data.{key} must be of type "
+                     f"{type(data[key]).__name__}, like its default {data[key]!r}.")
+    if (name := name or "shapes_quick") in variants:  # one iterator would time both
+      parser.error(f"the variant {name!r} is given twice; give each once.")
+    variants[name] = data
   tokenizer, t5_config, _ = build_text(config)
   models = build_models(config, t5_config)
   mesh = make_mesh(jax.devices())
@@ -86,4 +92,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/loop_data.py",
+                          "the variants were not all timed: rerun the command."):
+    main()

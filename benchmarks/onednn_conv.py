@@ -33,6 +33,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.profile_step import models_and_batch, parse_args_reusing_host_memory  # noqa: E402
 from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.gan import discriminator, generator, layers  # noqa: E402
+from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.step import train_step  # noqa: E402
@@ -165,7 +166,8 @@ def check() -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--check", action="store_true", help="compare with XLA's conv and exit")
-  parser.add_argument("--bench", type=int, default=64, metavar="RES")
+  parser.add_argument("--bench", type=int, default=64, choices=SUPPORTED_RESOLUTIONS,
+                      metavar="RES")
   parser.add_argument("--rounds", type=cli.at_least(1), default=10)
   parser.add_argument("--build_dir", default=os.path.expanduser("~/.cache/llmimg_jax"))
   args = parse_args_reusing_host_memory(parser)
@@ -196,4 +198,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/onednn_conv.py",
+                          "the benchmark did not finish: rerun the command."):
+    main()

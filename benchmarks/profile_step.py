@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.learning_curve import parse_value  # noqa: E402
 from configs import shapes_quick  # noqa: E402
 from llmimg_jax import cli  # noqa: E402
+from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 from llmimg_jax.train.loop import create_state, jit_train_step  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
@@ -137,8 +138,10 @@ def module_attributes(values: dict[str, object]):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--max_length", type=int, default=None, help="config.text.max_length")
-  parser.add_argument("--bench", type=int, default=0, metavar="RES",
+  parser.add_argument("--max_length", type=cli.at_least(2), default=None,
+                      help="config.text.max_length")
+  parser.add_argument("--bench", type=int, default=0, choices=(0, *SUPPORTED_RESOLUTIONS),
+                      metavar="RES",
                       help="profile run.py's benchmark config at this resolution instead")
   parser.add_argument("--sampling", action="store_true",
                       help="profile generate_images (EMA G + T5 sampling) instead of the step")
@@ -242,4 +245,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/profile_step.py",
+                          "no profile was written: rerun the command."):
+    main()

@@ -34,6 +34,7 @@ from benchmarks.profile_step import (  # noqa: E402
     check_switch, models_and_batch, module_attributes, parse_args_reusing_host_memory,
     switch_value)
 from llmimg_jax import cli  # noqa: E402
+from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS  # noqa: E402
 from llmimg_jax.train import loop  # noqa: E402
 from llmimg_jax.train.mesh import compiler_options, make_mesh  # noqa: E402
 from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
@@ -41,7 +42,8 @@ from llmimg_jax.train.step import generate_images, train_step  # noqa: E402
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--bench", type=int, default=0, metavar="RES")
+  parser.add_argument("--bench", type=int, default=0, choices=(0, *SUPPORTED_RESOLUTIONS),
+                      metavar="RES")
   parser.add_argument("--options", action="append", default=[])
   parser.add_argument("--baseline", default="none")
   parser.add_argument("--rounds", type=cli.at_least(1), default=6)
@@ -108,4 +110,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/step_options.py",
+                          "the options were not all timed: rerun the command."):
+    main()

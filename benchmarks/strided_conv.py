@@ -15,6 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from llmimg_jax import cli
 from llmimg_jax.gan import discriminator
 from llmimg_jax.train.host_memory import reuse_host_memory
 from llmimg_jax.train.mesh import compiler_options
@@ -75,4 +76,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/strided_conv.py",
+                          "the table was not printed: rerun the command."):
+    main()

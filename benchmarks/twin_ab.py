@@ -21,12 +21,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import gan_bench, timing, torch_train  # noqa: E402
 from benchmarks.profile_step import parse_args_reusing_host_memory  # noqa: E402
 from llmimg_jax import cli  # noqa: E402
+from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS  # noqa: E402
 from llmimg_jax.train.state import build_models, build_text, init_state  # noqa: E402
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--bench", type=int, default=32, metavar="RES")
+  parser.add_argument("--bench", type=int, default=32, choices=SUPPORTED_RESOLUTIONS,
+                      metavar="RES")
   parser.add_argument("--rounds", type=cli.at_least(1), default=20)
   parser.add_argument("--warmup", type=cli.at_least(0), default=3)
   args = parse_args_reusing_host_memory(parser)
@@ -53,4 +55,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/twin_ab.py",
+                          "the variants were not all timed: rerun the command."):
+    main()

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.strided_conv import SEPARATE_GRADIENTS, print_table  # noqa: E402
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.gan import generator  # noqa: E402
 from llmimg_jax.gan.common import upsample2x  # noqa: E402
 from llmimg_jax.gan.layers import conv2d  # noqa: E402
@@ -66,4 +67,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/upsample_conv.py",
+                          "the table was not printed: rerun the command."):
+    main()

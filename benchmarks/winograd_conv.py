@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.strided_conv import SEPARATE_GRADIENTS, print_table  # noqa: E402
+from llmimg_jax import cli  # noqa: E402
 from llmimg_jax.gan.layers import conv2d  # noqa: E402
 from llmimg_jax.train.host_memory import reuse_host_memory  # noqa: E402
 
@@ -91,4 +92,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.ends_on_signal("benchmarks/winograd_conv.py",
+                          "the table was not printed: rerun the command."):
+    main()

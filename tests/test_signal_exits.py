@@ -127,3 +127,26 @@ def test_a_signal_whose_exception_python_ignored_still_ends_the_command(signum):
   assert proc.returncode == 128 + signum, proc.stderr
   stopped = "interrupted by Ctrl-C" if signum == signal.SIGINT else "stopped by SIGTERM"
   assert proc.stderr.endswith(f"prog: error: {stopped}; rerun the command.\n"), proc.stderr
+
+
+def test_every_benchmark_script_ends_on_a_signal_with_one_line():
+  """Each script's main() runs in cli.ends_on_signal, as run.py's (tested above) does: a Ctrl-C
+  during twin_ab.py, step_options.py, profile_step.py or eval_options.py crashed Python's
+  shutdown (status -11), and one during the others printed a traceback."""
+  scripts = [p for p in sorted((ROOT / "benchmarks").glob("*.py"))
+             if 'if __name__ == "__main__":' in p.read_text()]
+  assert len(scripts) >= 13
+  for path in scripts:
+    main_block = path.read_text().split('if __name__ == "__main__":\n')[1]
+    assert main_block.split("\n")[-2:] == ["    main()", ""], path.name
+    assert f'cli.ends_on_signal("benchmarks/{path.name}",' in main_block, path.name
+
+
+def test_ctrl_c_during_the_build_benchmark_removes_its_partial_build(tmp_path):
+  """benchmarks/data_build.py printed a traceback and left its build_CONFIG_PID/ folder."""
+  proc = Proc([sys.executable, "benchmarks/data_build.py", "--config", "32", "--data_dir",
+               str(tmp_path), "--num_proc", "1"], cwd=ROOT, ctrl_c=True)
+  output = _signal_and_finish(proc, "img/s]", signal.SIGINT)  # tqdm's bar: building
+  assert output.endswith("data_build.py: error: interrupted by Ctrl-C; the partial build was "
+                         "removed: rerun the command."), output[-3000:]
+  assert list(tmp_path.iterdir()) == []

@@ -47,12 +47,43 @@ COUNTS = {("profile_step.py", "--steps", "0"): "argument --steps: 0: give 1 or m
           ("run.py", "--nf", "0"): "argument --nf: 0: give 1 or more",
           ("run.py", "--batch", "two"): "argument --batch: invalid whole_number value: 'two'"}
 
+# Other values no run can use: were a traceback (ValueError, IndexError, FileNotFoundError, a
+# TypeError), after its build or training for some; or a silent wrong result: two variants of one
+# name were timed as one, or overwrote each other's samples.
+BAD_VALUES = {
+    ("data_loader.py", "--image_size", "0"): "argument --image_size: 0: give 1 or more",
+    ("data_loader.py", "--max_length", "1"): "argument --max_length: 1: give 2 or more",
+    ("data_loader.py", "--read_threads", "-2"): "argument --read_threads: -2: give 0 or more",
+    ("eval_options.py", "--resolution", "0"):
+        "argument --resolution: invalid choice: 0 (choose from 32, 64, 128, 256)",
+    ("twin_ab.py", "--bench", "0"): "argument --bench: invalid choice: 0 (choose from 32, 64, "
+                                    "128, 256)",
+    ("step_options.py", "--bench", "7"): "argument --bench: invalid choice: 7 (choose from 0, "
+                                         "32, 64, 128, 256)",
+    ("data_build.py", "--num_proc", "-3"): "argument --num_proc: -3: give 0 or more",
+    ("data_build.py", "--config", "nosuch"): "--config nosuch: no such captioned_shapes config; "
+        "pick one of ['128', '32', '32_small', '64', '64_small', 'center_32', 'colors_32', "
+        "'colors_64', 'single_32', 'tiny_32'].",
+    ("data_build.py", "--data_dir", "/proc/nope"): "--data_dir /proc/nope: No such file or "
+                                                   "directory; pass a folder it can create.",
+    ("loop_data.py", "--data", "read_buffer_size=big"):
+        "'read_buffer_size=big': config.data.read_buffer_size must be of type int, like its "
+        "default 0.",
+    ("loop_data.py", "--baseline", "read_buffer_size=5", "--data", "read_buffer_size=5"):
+        "the variant 'read_buffer_size=5' is given twice; give each once.",
+    ("learning_curve.py", "--variant", "gp/4:loss.gp_every=4"):
+        "--variant 'gp/4:loss.gp_every=4': give each variant its own name before the ':', "
+        "without '/' and other than 'real' (the real images' row).",
+    ("learning_curve.py", "--variant", "a:loss.gp_every=4", "--variant", "a:loss.gp_every=2"):
+        "--variant 'a:loss.gp_every=2': give each variant its own name before the ':', without "
+        "'/' and other than 'real' (the real images' row)."}
+
 
 @functools.cache
 def _ran() -> dict[tuple[str, ...], tuple[int | str, str, str]]:
   """(exit code, stdout, stderr) of `python benchmarks/NAME ARGS...`, keyed (NAME, *ARGS), for
   every script's --help and COUNTS: one interpreter for all, once per test process."""
-  calls = [(name, "--help") for name in SCRIPTS] + list(COUNTS)
+  calls = [(name, "--help") for name in SCRIPTS] + list(COUNTS) + list(BAD_VALUES)
   result = subprocess.run([sys.executable, "-c", _RUN_ALL,
                            json.dumps([(name, list(args)) for name, *args in calls])],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -70,6 +101,12 @@ def test_every_benchmark_script_answers_help_with_its_usage():
 
 def test_a_count_below_its_least_is_a_usage_error_before_any_work():
   for (name, *args), message in COUNTS.items():
+    code, _, err = _ran()[(name, *args)]
+    assert (code, err.splitlines()[-1]) == (2, f"{name}: error: {message}")
+
+
+def test_a_value_no_run_can_use_is_a_usage_error_before_any_work():
+  for (name, *args), message in BAD_VALUES.items():
     code, _, err = _ran()[(name, *args)]
     assert (code, err.splitlines()[-1]) == (2, f"{name}: error: {message}")
 
