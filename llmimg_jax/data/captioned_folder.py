@@ -192,6 +192,7 @@ _DECODER_CHANGES = {
        ".avif/.heic/.heif images read",
     3: "the transparent grey of 16-bit greyscale PNGs (tRNS) is now composited over white",
     4: ".jpe, .apng and .mpo images are now read",
+    5: "the transparent colour of 16-bit RGB PNGs (tRNS) is now composited over white",
 }
 
 

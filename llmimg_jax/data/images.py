@@ -43,8 +43,9 @@ DECODER_FIXES = {
 # builds made before (their metadata's summary["decoder"]; none means 1). 2: ICC profiles are
 # converted to sRGB; .avif (and .heic/.heif with pillow-heif) are read. 3: a 16-bit greyscale
 # PNG's transparent grey value (tRNS) is composited over white, as an 8-bit one's always was.
-# 4: .jpe, .apng and .mpo files are read (skipped as unsupported_extension before).
-DECODER_VERSION = 4
+# 4: .jpe, .apng and .mpo files are read (skipped as unsupported_extension before). 5: a 16-bit
+# RGB PNG's transparent colour (tRNS) is composited over white (`_narrow_rgb_key`).
+DECODER_VERSION = 5
 # The extensions each decoder version added: an older build read (and fingerprinted) none of them.
 _ADDED_EXTENSIONS = {2: frozenset({".avif", ".heic", ".heif"}),
                      4: frozenset({".jpe", ".apng", ".mpo"})}
@@ -121,6 +122,16 @@ def _key_alpha(img: Image.Image) -> Image.Image | None:
   for rows in _row_blocks(h, w):
     alpha[rows] = np.where(np.asarray(img.crop((0, rows.start, w, rows.stop))) == key, 0, 255)
   return Image.fromarray(alpha, "L")
+
+
+def _narrow_rgb_key(img: Image.Image) -> None:
+  """PIL reads a 16-bit RGB PNG as 8-bit RGB, each sample's high byte, but keeps its transparent
+  colour (tRNS) in 16-bit values, which then matched no pixel unless each was below 256: set to
+  the 8-bit colour its pixels read as. (Colours that differ from it in the low bytes alone read as
+  it too: PIL keeps no more of them.)"""
+  key = img.info.get("transparency")
+  if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+    img.info["transparency"] = tuple(int(v) >> 8 for v in key)
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -233,6 +244,7 @@ def _decode(path: str, size: int, max_pixels: int | None,
     if fmt == "JPEG":
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
     reserve(_peak_bytes(img))  # waits for room beside other threads' decodes (DECODE_MEMORY)
+    rgb16 = fmt == "PNG" and any(tile.args == "RGB;16B" for tile in img.tile)  # gone once loaded
     # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
     try:
       img.load()
@@ -243,6 +255,8 @@ def _decode(path: str, size: int, max_pixels: int | None,
       raise SkipImage(reason, str(e)) from None
     if fmt == "PNG":
       _check_png_checksums(path)
+    if rgb16:
+      _narrow_rgb_key(img)
     sixteen_bit = _sixteen_bit_samples(img)  # before exif_transpose's copy drops the format
     try:
       img = ImageOps.exif_transpose(img)

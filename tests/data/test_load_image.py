@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -163,6 +164,34 @@ def test_a_transparent_grey_of_a_16bit_png_is_composited_over_white(tmp_path):
   rgb, notes = images_lib.load_image(str(tmp_path / "g16_icc.png"), 8)
   assert notes == [] and rgb[:, :3].reshape(-1, 3).tolist() == [[255, 255, 255]] * 24
   assert rgb[:, 3].max() == 0 and rgb[0, 4, 0] > 156  # linear 156 is a lighter sRGB grey
+
+
+def _rgb16_png(samples: np.ndarray, transparent: tuple[int, int, int]) -> bytes:
+  """A 16-bit RGB PNG of uint16 [h, w, 3] `samples` with a transparent colour (tRNS): PIL writes
+  none."""
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  h, w, _ = samples.shape
+  rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)  # filter 0 per row
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+          + chunk(b"tRNS", struct.pack(">3H", *transparent)) + chunk(b"IDAT", zlib.compress(rows))
+          + chunk(b"IEND", b""))
+
+
+def test_a_transparent_colour_of_a_16bit_rgb_png_is_composited_over_white(tmp_path):
+  """PIL reads a 16-bit RGB PNG as 8-bit, but its tRNS in 16-bit values: only colours whose
+  samples were all below 256 (or multiples of 257) were made transparent; others kept the
+  colour, e.g. a background that was to be white."""
+  key = (0x1234, 0x8080, 0xC0C0)
+  samples = np.empty((8, 8, 3), np.uint16)
+  samples[:] = key  # transparent
+  samples[:, 4:] = (0, 0xFFFF, 0)  # opaque green
+  (tmp_path / "rgb16.png").write_bytes(_rgb16_png(samples, key))
+  with Image.open(tmp_path / "rgb16.png") as img:
+    assert (img.mode, img.info["transparency"]) == ("RGB", key)
+  rgb, notes = images_lib.load_image(str(tmp_path / "rgb16.png"), 8)
+  assert notes == [] and rgb[:, :4].reshape(-1, 3).tolist() == [[255, 255, 255]] * 32
+  assert rgb[:, 4:].reshape(-1, 3).tolist() == [[0, 255, 0]] * 32
 
 
 _INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
