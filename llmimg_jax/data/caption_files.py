@@ -5,7 +5,8 @@ captions.jsonl has one JSON object per line, e.g. `{"file": "cat.jpg", "caption"
 every caption key of a line) are merged, each caption once. captions.csv has a header with a file
 column (file/file_name/filename/image, any case) and a caption column (caption/text/captions); a
 caption column that comes last may hold unquoted commas (counted as a note), and a cell holding a
-list of captions, in JSON or as pandas writes a list (`['a cat', 'a dog']`), is those. File names
+list of captions, in JSON or as pandas writes a list (`['a cat', 'a dog']`, or numpy's
+`['a cat' 'a dog']` for an array), is those. File names
 are relative to the folder (or absolute paths inside it; `sub\\a.jpg`, as written on Windows, is
 `sub/a.jpg`) and match the names on disk after Unicode NFC normalisation (macOS may write
 `café.png` decomposed, as NFD), and up to case where the disk finds names so (macOS's and
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import re
+import tokenize
 from collections.abc import Iterable, Iterator
 
 from llmimg_jax import output_files
@@ -31,10 +33,12 @@ CAPTION_FILES = ("captions.jsonl", "captions.csv")
 MAX_EXAMPLES_PER_REASON = 5
 # Builds record the version of this reader (captioned_folder.warn_if_changed flags older ones).
 # What each version reads otherwise than the one before; so far captions.csv only.
-READER_VERSION = 2
+READER_VERSION = 3
 READER_CHANGES = {
     2: "a cell holding a list of captions (['a cat', 'a dog']) is now those captions, and a "
        "quote left open is skipped instead of taking the lines after it into its caption",
+    3: "numpy's list cells (['a cat' 'a dog']) are now two captions, not 'a cata dog', and a "
+       "quote left open is skipped when the next line names the same file too",
 }
 
 
@@ -120,6 +124,11 @@ def check_caption_files(folder: str) -> None:
   if not any(os.path.isfile(p) for p in paths):
     entries = names_in(folder)
     # Named on a disk that ignores case (a Mac's: Captions.csv), read where case matters.
+    if here := [f for f in CAPTION_FILES if f in entries]:  # a link to nothing, a folder
+      path = os.path.join(folder, here[0])
+      what = (f"a link to {os.readlink(path)}, which is no file" if os.path.islink(path) else
+              "not a file")
+      raise FolderError(f"{path} is {what}: make it the captions file itself (or a link to it).")
     other = [f for f in entries if f.casefold() in CAPTION_FILES]
     # A Hugging Face imagefolder's captions: its file_name and text keys are read here too.
     hf = [f for f in entries if f in ("metadata.jsonl", "metadata.csv")]
@@ -271,19 +280,31 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
 
 def _listed_captions(cell: str) -> list[str] | None:
   """The captions of a captions.csv cell holding a list of them, in JSON (`["a cat", "a dog"]`)
-  or as pandas writes a list column (Python's repr, `['a cat', "a dog's toy"]`); None for any
+  or as pandas writes a list column (Python's repr, `['a cat', "a dog's toy"]`, or numpy's
+  str of an array, `['a cat' 'a dog']`, which literal_eval would join into one); None for any
   other cell."""
   text = cell.strip()
   if not (text.startswith("[") and text.endswith("]")):
     return None
-  for parse in (json.loads, ast.literal_eval):  # literal_eval reads literals only, runs nothing
-    try:
-      value = parse(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-      continue
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-      return value
-  return None
+  try:
+    value = json.loads(text)
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+  except (ValueError, RecursionError):
+    pass
+  try:
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
+              if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER)]
+  except (tokenize.TokenError, SyntaxError):
+    return None
+  inner = tokens[1:-1]
+  if ([t.string for t in (tokens[0], tokens[-1])] != ["[", "]"] or
+      any(t.type != tokenize.STRING and t.string != "," for t in inner)):
+    return None
+  try:
+    values = [ast.literal_eval(t.string) for t in inner if t.type == tokenize.STRING]
+  except (ValueError, SyntaxError):  # f'...'
+    return None
+  return values if all(isinstance(v, str) for v in values) else None  # not b'...'
 
 
 def _rows(reader: csv.DictReader, record: list[str], csv_path: str
@@ -303,6 +324,9 @@ def _rows(reader: csv.DictReader, record: list[str], csv_path: str
       error = e
     lines, record[:] = record[:], []
     start = done + 1 + next((i for i, line in enumerate(lines) if line.strip()), 0)
+    if error is not None and len([line for line in lines if line.strip()]) < 2:  # no quote
+      raise FolderError(f"{csv_path}:{start}: {error}: a caption that long cannot be read "
+                        "from captions.csv; shorten it, or give it in captions.jsonl.")
     if error is not None:
       raise FolderError(
           f"{csv_path}:{start}: {error}: a quote opened in that record is never closed, so the "
@@ -317,8 +341,9 @@ def _reads_other_records(names: DiskNames, lines: list[str], file_index: int, ow
   """Whether a record written on several `lines` (a quoted cell holding line breaks) holds a
   line after its first that is a record of its own, its cell `file_index` naming a file of the
   folder (as a caption's name may: another Unicode form, case or separator) other than the
-  record's (`own`): a quote left open (closed by a later record's) read those records into its
-  cell."""
+  record's (`own`), or its own file again (one file's captions may take several records; a
+  record's own file cell is on one line only): a quote left open (closed by a later record's)
+  read those records into its cell."""
   def file_of(name: str) -> str | None:
     if not name or "\0" in name:  # os calls raise on a NUL
       return None
@@ -327,11 +352,12 @@ def _reads_other_records(names: DiskNames, lines: list[str], file_index: int, ow
     except FolderError:  # entries by that name in several Unicode forms: the folder's files
       return name
     return rel or (written and names.in_other_case(written))
-  own_file = file_of(own.strip())
-  for line in [line for line in lines if line.strip()][1:]:
+  own_file, own_lines = file_of(own.strip()), 0
+  for i, line in enumerate(line for line in lines if line.strip()):
     cells = next(csv.reader([line], skipinitialspace=True), [])
     rel = file_of(cells[file_index].strip() if len(cells) > file_index else "")
-    if rel is not None and rel != own_file:
+    own_lines += rel is not None and rel == own_file
+    if i and rel is not None and (rel != own_file or own_lines > 1):
       return True
   return False
 

@@ -166,6 +166,21 @@ def test_missing_folder_and_captions_file_errors(tmp_path):
   assert summary["num_examples"] == 1 and not summary["skipped"]
 
 
+def test_a_captions_file_that_is_no_file_is_named_as_such(tmp_path):
+  """A captions.csv linked to nothing (or a folder named captions.jsonl) was told to rename
+  captions.csv to captions.csv."""
+  (tmp_path / "captions.csv").symlink_to(tmp_path / "moved" / "captions.csv")
+  with pytest.raises(captioned_folder.FolderError) as error:
+    caption_files.check_caption_files(str(tmp_path))
+  assert str(error.value) == (
+      f"{tmp_path / 'captions.csv'} is a link to {tmp_path / 'moved' / 'captions.csv'}, which is "
+      "no file: make it the captions file itself (or a link to it).")
+  (tmp_path / "captions.csv").unlink()
+  (tmp_path / "captions.jsonl").mkdir()
+  with pytest.raises(captioned_folder.FolderError, match=r"captions.jsonl is not a file: make "):
+    caption_files.check_caption_files(str(tmp_path))
+
+
 def test_captions_jsonl_with_cr_line_endings_is_read_line_by_line(tmp_path):
   """Old Mac line endings (CR only), which captions.csv accepts, made captions.jsonl one
   invalid_json line: every caption lost."""

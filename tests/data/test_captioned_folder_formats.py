@@ -256,14 +256,14 @@ def test_a_build_by_an_older_captions_csv_reader_is_kept_and_flagged(tmp_path, c
     else:
       (folder / caption_file).write_text('{"file": "a.png", "caption": "a cat"}\n')
     data, builder = _built(folder, folder.parent)
-    assert captioned_folder.summary_of(builder)["captions_reader"] == 2
+    assert captioned_folder.summary_of(builder)["captions_reader"] == 3
     with _rewritten_summary(builder) as summary:
       del summary["captions_reader"]  # as a build before this version wrote it
     caplog.clear()
     with caplog.at_level("WARNING", logger="llmimg_jax.data.captioned_folder"):
       flagged = captioned_folder.warn_if_changed(pipeline.folder_builder(data))
     assert flagged == (caption_file == "captions.csv")
-    assert ("older captions.csv reader (version 1, now 2: a cell holding a list of captions"
+    assert ("older captions.csv reader (version 1, now 3: a cell holding a list of captions"
             in caplog.text) == flagged, caplog.text
     assert "changed since" not in caplog.text
 

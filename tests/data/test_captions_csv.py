@@ -92,6 +92,38 @@ def test_records_read_into_a_quote_left_open_are_a_skip_naming_its_lines(tmp_pat
       "A caption in captions.csv opens a quote that is not closed where it ends")
 
 
+def test_a_quote_left_open_is_found_when_the_next_record_names_the_same_file(tmp_path):
+  """One file's captions on several records, the first opening a quote the next closes: a.png
+  was stored with the caption 'a cat on a mat\na.png,a grey kitten"', nothing skipped."""
+  captions, skips = _read(tmp_path, ("a.png", "b.png"),
+                          'file,caption\na.png,"a cat on a mat\na.png,"a grey kitten"\n'
+                          'b.png,"a dog"\n')
+  assert captions == {"b.png": ["a dog"]}
+  assert skips.examples == {"unclosed_csv_quote": ["captions.csv:2-3"]}
+
+
+def test_a_caption_longer_than_csvs_limit_is_named_as_such(tmp_path):
+  """A closed-quoted caption of over 131,072 characters was reported as a quote never closed."""
+  (tmp_path / "captions.csv").write_text('file,caption\na.png,"' + "word " * 30_000 + '"\n')
+  with pytest.raises(caption_files.FolderError) as error:
+    caption_files.read_captions(str(tmp_path), caption_files.Skips())
+  assert str(error.value) == (
+      f"{tmp_path / 'captions.csv'}:2: field larger than field limit (131072): a caption that "
+      "long cannot be read from captions.csv; shorten it, or give it in captions.jsonl.")
+
+
+def test_a_cell_holding_numpys_str_of_an_array_is_its_captions(tmp_path):
+  """pandas writes an array cell (a list column read with pyarrow) as numpy's str, without
+  commas: ast.literal_eval joined ['a cat' 'a grey cat'] into the one caption 'a cata grey cat'.
+  A long array wraps its line."""
+  captions, skips = _read(
+      tmp_path, ("a.png", "b.png"),
+      'file,captions\na.png,[\'a cat\' \'a grey cat\']\nb.png,"[""a dog\'s toy"" \'a dog\'\n'
+      ' \'a pup\']"\n')
+  assert captions == {"a.png": ["a cat", "a grey cat"], "b.png": ["a dog's toy", "a dog", "a pup"]}
+  assert not skips.counts
+
+
 def test_a_cell_holding_a_list_of_captions_is_those_captions(tmp_path):
   """pandas writes a list column as Python's repr, so a DataFrame of files and their captions
   saved with to_csv stored the one caption "['a cat', 'a grey cat']" for a.png. A JSON list is
