@@ -312,7 +312,8 @@ def _rows(reader: csv.DictReader, record: list[str], csv_path: str
   """(row, the lines it is written on, the first of them past blank lines) of each record of
   `reader`, whose lines read since the last record are in `record` (`_kept`; emptied here). A
   csv.Error, a cell longer than csv.field_size_limit() (a quote opened and never closed reads
-  the lines after it into one cell), is a FolderError naming the record's line and the fix."""
+  the lines after it into one cell; on one line, a caption is that long), is a FolderError
+  naming the record's line and the fix."""
   done = reader.line_num  # the last line of the records read
   while True:
     error = None
@@ -324,7 +325,7 @@ def _rows(reader: csv.DictReader, record: list[str], csv_path: str
       error = e
     lines, record[:] = record[:], []
     start = done + 1 + next((i for i, line in enumerate(lines) if line.strip()), 0)
-    if error is not None and len([line for line in lines if line.strip()]) < 2:  # no quote
+    if error is not None and len([line for line in lines if line.strip()]) < 2:  # one line
       raise FolderError(f"{csv_path}:{start}: {error}: a caption that long cannot be read "
                         "from captions.csv; shorten it, or give it in captions.jsonl.")
     if error is not None:
