@@ -215,7 +215,9 @@ def log_start(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.shardi
 def log_end(workdir: Path, manager: Any, done: int, steps: int, why: str) -> None:
   """Host 0's last line: the step the run ended at and why, its latest checkpoint (`manager`'s,
   closed) and sample grid, in full as the workdir (local_workdir's) they are in."""
-  latest = manager.latest_step()
+  # Orbax's list of its saves, as on disk: not one deleted since (by hand) or cut short.
+  latest = max((step for step in manager.all_steps() if (manager.directory / str(step)).exists()),
+               default=None)
   # By number: grid_name's 7 digits grow to 8 past step 9,999,999, and such names sort apart.
   grids = {int(p.stem[5:]): p for p in (workdir / "samples").glob("step_*.png")
            if p.stem[5:].isdecimal()}

@@ -301,7 +301,9 @@ def test_the_start_and_end_lines_name_the_run_s_paths_in_full(tmp_path, monkeypa
   for step in (2, 4):
     (workdir / "samples" / f"step_000000{step}.png").touch()
   # make_manager's directory.
-  manager = SimpleNamespace(directory=workdir / "checkpoints", latest_step=lambda: 4)
+  manager = SimpleNamespace(directory=workdir / "checkpoints", all_steps=lambda: [2, 4])
+  for step in (2, 4):
+    (manager.directory / str(step)).mkdir(parents=True)
   config = base_config()
   config.train.steps = 4
   with caplog.at_level(logging.INFO, "llmimg_jax"):
@@ -321,10 +323,26 @@ def test_the_end_line_names_the_latest_grid_past_step_9999999(tmp_path, caplog):
   (tmp_path / "samples").mkdir()
   for step in (9_000_000, 9_999_000, 10_000_600):
     (tmp_path / "samples" / grid_name(step)).touch()
-  manager = SimpleNamespace(directory=tmp_path / "checkpoints", latest_step=lambda: None)
+  manager = SimpleNamespace(directory=tmp_path / "checkpoints", all_steps=lambda: [])
   with caplog.at_level(logging.INFO, "llmimg_jax"):
     log_end(tmp_path, manager, 10_000_500, 10_001_000, "stopped")
   assert caplog.messages[-1].endswith(f"latest sample grid: {tmp_path}/samples/step_9999000.png.")
+
+
+def test_the_end_line_names_a_checkpoint_on_disk(tmp_path, caplog):
+  """Orbax's latest step, once deleted by hand during the run (a failed save then ended it), was
+  named as the latest checkpoint, beside train.py's error saying none is complete there."""
+  from llmimg_jax.train.summaries import log_end
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-12").mkdir()  # the save cut short
+  manager = SimpleNamespace(directory=tmp_path / "checkpoints", all_steps=lambda: [4, 6],
+                            latest_step=lambda: 6)  # 6: deleted
+  with caplog.at_level(logging.INFO, "llmimg_jax"):
+    log_end(tmp_path, manager, 8, 20, "stopped by CheckpointSaveError")
+    (tmp_path / "checkpoints" / "4").rmdir()
+    log_end(tmp_path, manager, 8, 20, "stopped by CheckpointSaveError")
+  assert [m.split("; ")[1] for m in caplog.messages[-2:]] == [
+      f"latest checkpoint: {tmp_path}/checkpoints/4", "latest checkpoint: none"]
 
 
 def test_the_devices_are_counted_by_kind_not_listed():
