@@ -77,6 +77,18 @@ def test_quiet_orbax_installs_its_filters_and_hook(monkeypatch):
   assert handler.filter(_record(logging.WARNING, _ORBAX_FILE))  # its warnings stay
   assert handler.filter(_record(logging.ERROR, _ORBAX_FILE))
   assert handler.filter(_record(logging.INFO, "/repo/llmimg_jax/train/loop.py"))  # ours stay
+  # An error of its save threads is its line alone (train.py's error names it, and the fix); four
+  # such tracebacks came to 325 lines on a full disk. Ours keep theirs.
+  for pathname, traceback_kept in ((_ORBAX_FILE, False), ("/repo/llmimg_jax/loop.py", True)):
+    try:
+      raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+    except ValueError as e:
+      record = logging.LogRecord("absl", logging.ERROR, pathname, 1, "save failed: %s", (e,),
+                                 sys.exc_info())
+    assert handler.filter(record)
+    first, *rest = handler.format(record).splitlines()
+    assert first.endswith("] save failed: RESOURCE_EXHAUSTED: No space left on device"), first
+    assert (rest[:1] == ["Traceback (most recent call last):"]) == traceback_kept, rest
 
   orbax_read = ValueError("NOT_FOUND: Error reading in OCDBT database at local file "
                           '"/tmp/run/checkpoints/2/state/"')
