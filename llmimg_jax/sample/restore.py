@@ -87,7 +87,10 @@ def available_steps(workdir: str | os.PathLike) -> dict[int, Path]:
                           "--workdir a training run (train.py) wrote to.")
   ckpt_dir = checkpoint_dir(workdir)
   paths = ocp.utils.checkpoint_steps_paths(ckpt_dir) if ckpt_dir.is_dir() else []
-  steps = {ocp.step.step_from_checkpoint_name(p.name): Path(p) for p in paths}
+  # By the names train.py resumes from (Orbax's manager): a copy named 04 is not step 4 (nor
+  # would it be read in place of 4 as the folder listing orders them).
+  steps = {step: Path(p) for p in paths
+           if p.name == str(step := ocp.step.step_from_checkpoint_name(p.name))}
   if not steps:
     refuse_checkpoint_folder(workdir)
     if not ckpt_dir.exists() and (runs := _runs_in(workdir)):  # e.g. --workdir runs

@@ -358,3 +358,12 @@ def test_a_run_this_user_may_not_read_is_named_with_the_fix_not_as_damage(run, t
       errors["unreadable"]), errors["unreadable"]
   assert "Traceback" not in "".join(errors.values())
   assert not any(tmp_path.glob("out_*"))
+
+
+def test_steps_are_the_folders_train_py_resumes_from(tmp_path):
+  """A step folder copied as 04 was step 4 to sample.py and evaluate.py (train.py resumes from 2,
+  then writes its own 4 beside it: which one --step 4 read was the folder listing's order)."""
+  for name in ("2", "04", "6"):
+    (tmp_path / "checkpoints" / name).mkdir(parents=True)
+  assert available_steps(tmp_path) == {2: tmp_path / "checkpoints" / "2",
+                                       6: tmp_path / "checkpoints" / "6"}
