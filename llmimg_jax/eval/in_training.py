@@ -56,7 +56,7 @@ def evaluated(workdir: Path, step: int) -> bool:
   best = _best_or_none(workdir)
   try:
     return best is not None and int(best.get("evaluated", step)) >= step
-  except (ValueError, TypeError):  # unreadable: the evaluation is made again
+  except (ValueError, TypeError, OverflowError):  # unreadable: the evaluation is made again
     return False
 
 
@@ -73,26 +73,33 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
   """A best.json of a step after `start` (a fresh start over an old run, a fallback past damaged
   checkpoints, or a kill before the new best's checkpoint was complete) scores a checkpoint this
   run does not have: kept as best.json.stale, it would otherwise be compared with, and keep, this
-  run's checkpoint of that step number (an earlier_best_*.json past `start` too). The best it
-  replaced becomes best.json again if that one's checkpoint (of `steps`) is there: forgotten, it
-  would be deleted by the next save."""
+  run's checkpoint of that step number (an earlier_best_*.json past `start` too). So is one of a
+  step not among `steps` (its checkpoint deleted by hand, or moved aside as damaged): no later
+  best would be kept. The best it replaced becomes best.json again if that one's checkpoint (of
+  `steps`) is there: forgotten, it would be deleted by the next save."""
   best_file = workdir / checkpoint.BEST_FILE
   best = _best_or_none(workdir)
-  stale = best is not None and int(best["step"]) > start
+
+  def gone(step: int) -> str:
+    return (f"past this run's step {start}" if step > start else
+            f"whose checkpoint is not in {workdir / 'checkpoints'}")
+
+  stale = best is not None and (int(best["step"]) > start or best["step"] not in steps)
   former = best.get("former") if stale else None
   former = former if isinstance(former, dict) and former.get("step") in steps else None
   if jax.process_count() > 1:  # every host read it before host 0 moves it
     checkpoint.wait_for_all_hosts("best_read")
 
   def move() -> None:
-    for step in sorted(s for s in checkpoint.earlier_best_steps(workdir) if s > start):
+    for step in sorted(s for s in checkpoint.earlier_best_steps(workdir)
+                       if s > start or s not in steps):
       earlier = workdir / checkpoint.EARLIER_BEST.format(step=step)  # keeps this run's step
       earlier.replace(earlier.with_name(earlier.name + ".stale"))
-      log.warning("%s names step %d, past this run's step %d; moved to %s.stale.", earlier, step,
-                  start, earlier.name)
+      log.warning("%s names step %d, %s; moved to %s.stale.", earlier, step, gone(step),
+                  earlier.name)
     if stale:
-      log.warning("%s names step %d, past this run's step %d; moved to %s.stale%s.", best_file,
-                  int(best["step"]), start, best_file.name,
+      log.warning("%s names step %d, %s; moved to %s.stale%s.", best_file, best["step"],
+                  gone(best["step"]), best_file.name,
                   "" if former is None else f" (the best before it, step {former['step']}, is "
                   f"{best_file.name} again)")
       best_file.replace(best_file.with_name(best_file.name + ".stale"))
@@ -151,8 +158,8 @@ class TrainingEvaluator:
   def _read_best(self) -> dict | None:
     try:
       best = checkpoint.read_best(self.best_path)
-      if best is not None:  # the scores compared with the next evaluation's
-        float(best["caption_accuracy"]), float(best["fid_indomain"])
+      if best is not None:  # the scores compared with the next evaluation's, as numbers
+        best.update({k: float(best[k]) for k in ("caption_accuracy", "fid_indomain")})
     except (ValueError, KeyError, TypeError) as e:
       self._reject(f"Could not read {self.best_path} ({e})")
       return None

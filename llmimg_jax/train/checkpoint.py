@@ -77,14 +77,16 @@ def earlier_best_steps(workdir: Path) -> set[int]:
 
 def read_best(best_file: Path) -> dict[str, Any] | None:
   """The record in BEST_FILE ({"step": ..., the evaluation's results}); None if there is none
-  yet. Raises ValueError for a file that cannot be read (e.g. cut short by a crash)."""
+  yet. Raises ValueError for a file that cannot be read, or whose step is no step number."""
   if not best_file.exists():
     return None
   try:
     best = json.loads(best_file.read_text())
-    int(best["step"])
+    step = best["step"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{type(e).__name__}: {e}") from None
+  if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    raise ValueError(f"its step {step!r} is no step number")
   return best
 
 

@@ -2,6 +2,7 @@
 and a save that fails."""
 import json
 import re
+import types
 
 import jax
 import numpy as np
@@ -80,6 +81,53 @@ def test_an_unreadable_best_json_is_replaced_not_fatal(tmp_path, caplog):
   evaluator.best_path.write_text(json.dumps({"step": 4, "caption_accuracy": 0.5,
                                              "fid_indomain": 3.0}))
   assert evaluator._read_best()["step"] == 4
+
+
+@pytest.mark.parametrize("text", ['{"step": 4, "caption_acc', '{"step": -3}', '{"step": 1e400}',
+                                  '{"step": Infinity}', '{"step": "4"}', '[4]'])
+def test_a_resume_refuses_a_best_json_it_cannot_read(tmp_path, text):
+  """Its step's checkpoint, which it keeps, was deleted at the next save: without a word with
+  evaluation off, under 'the next evaluation replaces it' with it on. 1e400 was an OverflowError
+  traceback."""
+  from llmimg_jax.train import resume
+  (tmp_path / checkpoint.BEST_FILE).write_text(text)
+  manager = types.SimpleNamespace(all_steps=lambda: [2, 4])
+  with pytest.raises(resume.BestFileError) as error:
+    resume.tidy_best(tmp_path, manager, 4, tiny_config(tmp_path))
+  assert str(error.value).startswith(f"{tmp_path / checkpoint.BEST_FILE} cannot be read (")
+  assert str(error.value).endswith("or delete it to let that checkpoint go; then rerun the same "
+                                   "command.")
+  assert isinstance(error.value, checkpoint.CorruptCheckpointError)  # train.py: one line, 3
+
+
+def test_a_best_whose_checkpoint_is_gone_is_set_aside(tmp_path, caplog):
+  """A best.json (or earlier_best_*.json) of a step whose checkpoint was deleted by hand stayed:
+  no later evaluation that scored below it was kept, and the log said that missing checkpoint
+  'is kept'."""
+  best = {"step": 2, "caption_accuracy": 0.9, "evaluated": 8}
+  (tmp_path / checkpoint.BEST_FILE).write_text(json.dumps(best))
+  (tmp_path / "earlier_best_6.json").write_text(json.dumps({"step": 6}))
+  with caplog.at_level("WARNING"):
+    in_training.set_aside_best_past(tmp_path, 8, [4, 8])
+  assert not (tmp_path / checkpoint.BEST_FILE).exists()
+  assert json.loads((tmp_path / "best.json.stale").read_text()) == best
+  assert (tmp_path / "earlier_best_6.json.stale").exists()
+  assert (f"best.json names step 2, whose checkpoint is not in {tmp_path / 'checkpoints'}; "
+          "moved to best.json.stale.") in caplog.text
+  assert "earlier_best_6.json names step 6, whose checkpoint is not in" in caplog.text
+
+
+def test_best_json_scores_are_compared_as_numbers(tmp_path):
+  """A score written as a string passed the check and failed every later evaluation (TypeError:
+  bad operand type for unary -: 'str'); an "evaluated" of Infinity was an OverflowError."""
+  evaluator = in_training.TrainingEvaluator.__new__(in_training.TrainingEvaluator)
+  evaluator.best_path = tmp_path / checkpoint.BEST_FILE
+  evaluator.setup = {}
+  evaluator.best_path.write_text(json.dumps({"step": 4, "caption_accuracy": "0.5",
+                                             "fid_indomain": "3", "evaluated": float("inf")}))
+  best = evaluator._read_best()
+  assert (best["caption_accuracy"], best["fid_indomain"]) == (0.5, 3.0)
+  assert not in_training.evaluated(tmp_path, 4)  # made again
 
 
 def test_every_evaluation_is_recorded_in_best_json(tmp_path, monkeypatch):
