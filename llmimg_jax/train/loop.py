@@ -226,8 +226,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   unless its last sample grid or evaluation is missing (a kill during them): made then. A resumed
   run makes those of the step it resumes at, if missing, before it trains. A workdir inside a
   captioned_folder's folder is refused (ValueError), and so is a resume whose text.checkpoint
-  holds another tokenizer or T5 config than WORKDIR/text (ConfigMismatchError), and a workdir
-  another train() or train.py trains in (WorkdirInUseError).
+  holds another tokenizer or T5 config than WORKDIR/text (ConfigMismatchError), a workdir
+  another train() or train.py trains in (WorkdirInUseError), and a WORKDIR/best.json that cannot
+  be read (BestFileError: the checkpoint it keeps would be deleted).
   SIGTERM/SIGINT finish the current step, save and return early (every host at the same step).
   """
   workdir = local_workdir(workdir)
@@ -245,10 +246,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   data_iter = make_iterator(
       config.data, tokenizer, batch_size_per_host=config.train.batch_size // jax.process_count(),
       seed=config.seed, source=source)
+  run = None
   try:
     with workdir_claimed(workdir), contextlib.ExitStack() as unless_training:  # refused if taken
       manager = checkpoint.make_manager(workdir, config)
       unless_training.callback(manager.close)  # on an error or a return before training
+      resume.check_best_file(workdir)  # before a restore (minutes at scale)
       state, resumed = _restore_or_init(manager, models, mesh, config, pretrained_text,
                                         data_iter, start_fresh_if_corrupt)
       start = int(state.step)
@@ -267,15 +270,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
                 if jax.process_index() == 0 else None)
       if writer is not None:
         unless_training.callback(writer.close)
+      samples = SampleWriter(models, tokenizer, config, workdir, mesh)  # first: a prompt too long
       evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
                   if in_training.enabled(config) else None)
-      run = _Run(config, workdir, mesh, manager, data_iter, writer,
-                 samples=SampleWriter(models, tokenizer, config, workdir, mesh), evaluate=evaluate)
-      unless_training.pop_all()  # _train_steps closes them, after its last save
-      return _train_steps(run, state, start, jit_train_step(models, mesh), grid_unmade,
-                          eval_unmade)
+      step_fn = jit_train_step(models, mesh)
+      run = _Run(config, workdir, mesh, manager, data_iter, writer, samples, evaluate)
+      unless_training.pop_all()  # the run's to close now: _train_steps does, after its last save
+      return _train_steps(run, state, start, step_fn, grid_unmade, eval_unmade)
   finally:
-    close_iterator(data_iter)  # its workers' buffered batches would be reported leaked
+    if run is None:  # else _train_steps closed it, as signals wait for its last save
+      close_iterator(data_iter)  # its workers' buffered batches would be reported leaked
 
 
 def _train_steps(run: _Run, state: TrainState, start: int, step_fn, grid_unmade: bool,
@@ -373,8 +377,7 @@ def _after_step(run: _Run, state: TrainState, done: int, pending: list, clock: _
 
 
 def _finish(run: _Run, watch: PreemptionWatch, bar: tqdm, done: int, ended: str) -> None:
-  """The last save, the logs' end line, then TensorBoard closed (train() closes the input
-  pipeline)."""
+  """The last save, the logs' end line, then the input pipeline and TensorBoard closed."""
   watch.finishing = True  # a signal now waits for the last save instead of cutting it
   bar.close()
   try:
@@ -383,5 +386,6 @@ def _finish(run: _Run, watch: PreemptionWatch, bar: tqdm, done: int, ended: str)
     if jax.process_index() == 0:
       log_end(run.workdir, run.manager, done, run.config.train.steps, ended)
   finally:
+    close_iterator(run.data_iter)  # its workers' buffered batches would be reported leaked
     if run.writer is not None:
       run.writer.close()

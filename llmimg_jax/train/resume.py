@@ -26,20 +26,27 @@ class BestFileError(checkpoint.CorruptCheckpointError):
   """WORKDIR/best.json cannot be read: the checkpoint of the step it names would not be kept."""
 
 
-def tidy_best(workdir: Path, manager: ocp.CheckpointManager, start: int,
-              config: ml_collections.ConfigDict) -> None:
-  """The evaluation's best step as a run resumed at `start` finds it: one past `start` set
-  aside, a superseded one's checkpoint dropped (in_training). An unreadable one is refused:
-  its step's checkpoint, kept by it, would be deleted at the next save."""
+def check_best_file(workdir: Path) -> None:
+  """A BestFileError, on every host, if WORKDIR/best.json cannot be read on one: its step's
+  checkpoint, kept by it, would be deleted at the next save."""
   best_file = workdir / checkpoint.BEST_FILE
   try:
     checkpoint.read_best(best_file)
+    problem = None
   except ValueError as e:
+    problem = str(e)
+  if hosts := [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]:
     raise BestFileError(
-        f"{best_file} cannot be read ({e}): it names the best evaluated step, whose checkpoint "
-        "the run keeps, and would otherwise delete at its next save. Restore the file (e.g. "
-        '{"step": N, ...} as the run wrote it), or delete it to let that checkpoint go; then '
-        "rerun the same command.") from None
+        f"{best_file} cannot be read ({problem or f'on host(s) {hosts}, which log why'}): it "
+        "names the best evaluated step, whose checkpoint the run keeps, and would otherwise "
+        'delete at its next save. Restore the file (e.g. {"step": N, ...} as the run wrote it), '
+        "or delete it to let that checkpoint go; then rerun the same command.")
+
+
+def tidy_best(workdir: Path, manager: ocp.CheckpointManager, start: int,
+              config: ml_collections.ConfigDict) -> None:
+  """The evaluation's best step as a run resumed at `start` finds it: one past `start` set
+  aside, a superseded one's checkpoint dropped (in_training)."""
   in_training.set_aside_best_past(workdir, start, manager.all_steps())
   if (former := in_training.superseded_best(workdir, manager.all_steps())) is not None:
     checkpoint.drop_former_best(manager, former, config.train.keep_checkpoints)

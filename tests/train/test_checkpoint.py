@@ -2,7 +2,6 @@
 and a save that fails."""
 import json
 import re
-import types
 
 import jax
 import numpy as np
@@ -91,13 +90,23 @@ def test_a_resume_refuses_a_best_json_it_cannot_read(tmp_path, text):
   traceback."""
   from llmimg_jax.train import resume
   (tmp_path / checkpoint.BEST_FILE).write_text(text)
-  manager = types.SimpleNamespace(all_steps=lambda: [2, 4])
   with pytest.raises(resume.BestFileError) as error:
-    resume.tidy_best(tmp_path, manager, 4, tiny_config(tmp_path))
+    resume.check_best_file(tmp_path)  # as train() does before it restores
   assert str(error.value).startswith(f"{tmp_path / checkpoint.BEST_FILE} cannot be read (")
   assert str(error.value).endswith("or delete it to let that checkpoint go; then rerun the same "
                                    "command.")
   assert isinstance(error.value, checkpoint.CorruptCheckpointError)  # train.py: one line, 3
+
+
+def test_train_refuses_an_unreadable_best_json_before_it_restores(tmp_path, monkeypatch):
+  from llmimg_jax.train import resume
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / checkpoint.BEST_FILE).write_text('{"step": 4, "caption_acc')
+  monkeypatch.setattr(loop, "make_iterator", lambda *args, **kwargs: None)
+  monkeypatch.setattr(loop, "close_iterator", lambda data_iter: None)
+  monkeypatch.setattr(loop, "_restore_or_init", lambda *args: pytest.fail("restored first"))
+  with pytest.raises(resume.BestFileError, match="best.json cannot be read"):
+    loop.train(tiny_config(tmp_path / "unused_data"), tmp_path / "run")
 
 
 def test_a_best_whose_checkpoint_is_gone_is_set_aside(tmp_path, caplog):
