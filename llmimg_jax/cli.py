@@ -157,11 +157,12 @@ def _innermost(e: BaseException) -> str:
 
 
 def quiet_orbax() -> None:
-  """Orbax's INFO chatter off (its warnings stay; its errors without their tracebacks: a save cut
-  short by a full disk logged four, 325 lines above train.py's one line naming it). A failed read of a damaged or mismatched
-  checkpoint can leave Orbax's sibling reads as never-awaited asyncio tasks (logged with full
-  tracebacks and TensorStore specs) or callbacks into its closed event loop: hundreds of lines
-  around the one error that names the path and the fix, so both are kept quiet."""
+  """Orbax's INFO chatter off (its warnings stay; its errors end with their exception's first
+  line, not its traceback: a save cut short by a full disk logged four, 325 lines above
+  train.py's one line naming it). A failed read of a damaged or mismatched checkpoint can leave
+  Orbax's sibling reads as never-awaited asyncio tasks (logged with full tracebacks and
+  TensorStore specs) or callbacks into its closed event loop: hundreds of lines around the one
+  error that names the path and the fix, so both are kept quiet."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.get_absl_handler().addFilter(_not_orbax_info)
   logging.getLogger("asyncio").addFilter(_not_orbax_task)
@@ -171,7 +172,11 @@ def quiet_orbax() -> None:
 def _not_orbax_info(record: logging.LogRecord) -> bool:
   if "/orbax/" not in record.pathname:
     return True
-  record.exc_info = record.exc_text = None  # its message names the error, the caller's the fix
+  if record.exc_info and (error := record.exc_info[1]) is not None:
+    line = (str(error).splitlines() or [""])[0]
+    if line not in record.getMessage():  # e.g. 'Failed to remove checkpoint (PATH)'
+      record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {line})", None
+    record.exc_info = record.exc_text = None
   return record.levelno >= logging.WARNING
 
 

@@ -89,6 +89,13 @@ def test_quiet_orbax_installs_its_filters_and_hook(monkeypatch):
     first, *rest = handler.format(record).splitlines()
     assert first.endswith("] save failed: RESOURCE_EXHAUSTED: No space left on device"), first
     assert (rest[:1] == ["Traceback (most recent call last):"]) == traceback_kept, rest
+  try:  # a message without the error (Orbax's 'Failed to remove checkpoint (%s)') gets its line
+    raise PermissionError(13, "Permission denied")
+  except PermissionError:
+    record = logging.LogRecord("absl", logging.ERROR, _ORBAX_FILE, 1, "Failed to remove %s",
+                               ("/run/checkpoints/2",), sys.exc_info())
+  assert handler.filter(record) and handler.format(record).endswith(
+      "] Failed to remove /run/checkpoints/2 (PermissionError: [Errno 13] Permission denied)")
 
   orbax_read = ValueError("NOT_FOUND: Error reading in OCDBT database at local file "
                           '"/tmp/run/checkpoints/2/state/"')
