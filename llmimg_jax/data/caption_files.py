@@ -258,7 +258,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
     file_index = reader.fieldnames.index(file_col)
     for row, lines, start in _rows(reader, record, csv_path):
       where = f"captions.csv:{reader.line_num}"  # the record's last line (quotes may span lines)
-      if len(lines) > 1 and _reads_other_records(names, lines, file_index,
+      if len(lines) > 1 and _reads_other_records(names, lines, file_index, len(reader.fieldnames),
                                                  row.get(file_col) or "", where):
         skips.add("unclosed_csv_quote", f"captions.csv:{start}-{reader.line_num}")
         continue
@@ -294,7 +294,7 @@ def _listed_captions(cell: str) -> list[str] | None:
   try:
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
               if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER)]
-  except (tokenize.TokenError, SyntaxError):
+  except (tokenize.TokenError, SyntaxError, ValueError):  # 3.12: a non-UTF-8 byte's surrogate
     return None
   inner = tokens[1:-1]
   if ([t.string for t in (tokens[0], tokens[-1])] != ["[", "]"] or
@@ -337,14 +337,14 @@ def _rows(reader: csv.DictReader, record: list[str], csv_path: str
     done = reader.line_num
 
 
-def _reads_other_records(names: DiskNames, lines: list[str], file_index: int, own: str,
-                         where: str) -> bool:
+def _reads_other_records(names: DiskNames, lines: list[str], file_index: int, columns: int,
+                         own: str, where: str) -> bool:
   """Whether a record written on several `lines` (a quoted cell holding line breaks) holds a
   line after its first that is a record of its own, its cell `file_index` naming a file of the
   folder (as a caption's name may: another Unicode form, case or separator) other than the
-  record's (`own`), or its own file again (one file's captions may take several records; a
-  record's own file cell is on one line only): a quote left open (closed by a later record's)
-  read those records into its cell."""
+  record's (`own`), or its own file again in a whole record (`columns` cells, its quotes closed:
+  one file's captions may take several records, and a caption may mention its file): a quote
+  left open (closed by a later record's) read those records into its cell."""
   def file_of(name: str) -> str | None:
     if not name or "\0" in name:  # os calls raise on a NUL
       return None
@@ -357,7 +357,8 @@ def _reads_other_records(names: DiskNames, lines: list[str], file_index: int, ow
   for i, line in enumerate(line for line in lines if line.strip()):
     cells = next(csv.reader([line], skipinitialspace=True), [])
     rel = file_of(cells[file_index].strip() if len(cells) > file_index else "")
-    own_lines += rel is not None and rel == own_file
+    whole = len(cells) >= columns and line.count('"') % 2 == 0
+    own_lines += rel is not None and rel == own_file and (whole or not i)
     if i and rel is not None and (rel != own_file or own_lines > 1):
       return True
   return False

@@ -95,10 +95,12 @@ def test_records_read_into_a_quote_left_open_are_a_skip_naming_its_lines(tmp_pat
 def test_a_quote_left_open_is_found_when_the_next_record_names_the_same_file(tmp_path):
   """One file's captions on several records, the first opening a quote the next closes: a.png
   was stored with the caption 'a cat on a mat\na.png,a grey kitten"', nothing skipped."""
-  captions, skips = _read(tmp_path, ("a.png", "b.png"),
+  captions, skips = _read(tmp_path, ("a.png", "b.png", "c.png", "d.png"),
                           'file,caption\na.png,"a cat on a mat\na.png,"a grey kitten"\n'
-                          'b.png,"a dog"\n')
-  assert captions == {"b.png": ["a dog"]}
+                          'b.png,"a dog"\nc.png,"Title\nc.png, a cow"\nd.png,"\nd.png\na doe"\n')
+  # A caption's own lines that mention its file are no records: no cells beyond it, or its quote.
+  assert captions == {"b.png": ["a dog"], "c.png": ["Title\nc.png, a cow"],
+                      "d.png": ["d.png\na doe"]}
   assert skips.examples == {"unclosed_csv_quote": ["captions.csv:2-3"]}
 
 
@@ -122,6 +124,11 @@ def test_a_cell_holding_numpys_str_of_an_array_is_its_captions(tmp_path):
       ' \'a pup\']"\n')
   assert captions == {"a.png": ["a cat", "a grey cat"], "b.png": ["a dog's toy", "a dog", "a pup"]}
   assert not skips.counts
+  # A Latin-1 byte in such a cell: a skip, not Python 3.12's tokenize's UnicodeEncodeError.
+  (tmp_path / "captions.csv").write_bytes(b"file,captions\na.png,['caf\xe9' 'a latte']\n")
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {}
+  assert skips.examples == {"invalid_utf8": ["captions.csv:2"]}
 
 
 def test_a_cell_holding_a_list_of_captions_is_those_captions(tmp_path):
