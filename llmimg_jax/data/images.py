@@ -126,9 +126,10 @@ def _key_alpha(img: Image.Image) -> Image.Image | None:
 
 def _narrow_rgb_key(img: Image.Image) -> None:
   """PIL reads a 16-bit RGB PNG as 8-bit RGB, each sample's high byte, but keeps its transparent
-  colour (tRNS) in 16-bit values, which then matched no pixel unless each was below 256: set to
-  the 8-bit colour its pixels read as. (Colours that differ from it in the low bytes alone read as
-  it too: PIL keeps no more of them.)"""
+  colour (tRNS) in 16-bit values, whose low bytes its conversion to RGBA then compared with the
+  pixels: another colour was made transparent (key 0x1234 made pixels reading 0x34 so) unless
+  each value was a multiple of 257. Set to the 8-bit colour its pixels read as. (Colours that
+  differ from it in the low bytes alone read as it too: PIL keeps no more of them.)"""
   key = img.info.get("transparency")
   if img.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
     img.info["transparency"] = tuple(int(v) >> 8 for v in key)
@@ -244,7 +245,7 @@ def _decode(path: str, size: int, max_pixels: int | None,
     if fmt == "JPEG":
       img.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale, still >= size
     reserve(_peak_bytes(img))  # waits for room beside other threads' decodes (DECODE_MEMORY)
-    rgb16 = fmt == "PNG" and any(tile.args == "RGB;16B" for tile in img.tile)  # gone once loaded
+    rgb16 = fmt == "PNG" and any(tile[3] == "RGB;16B" for tile in img.tile)  # gone once loaded
     # A truncated file is skipped even where the program lets PIL pad them (its setting is kept).
     try:
       img.load()
