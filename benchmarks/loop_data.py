@@ -53,7 +53,8 @@ def main() -> None:
         data[key] = parse_value(value)
       except (TypeError, ValueError):  # ml_collections keeps a field's type
         parser.error(f"{item!r}: config.data.{key} must be of type "
-                     f"{type(data[key]).__name__}, like its default {data[key]!r}.")
+                     f"{type(config.data[key]).__name__}, like its default "
+                     f"{config.data[key]!r}.")
     if (name := name or "shapes_quick") in variants:  # one iterator would time both
       parser.error(f"the variant {name!r} is given twice; give each once.")
     variants[name] = data

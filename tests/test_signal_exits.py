@@ -129,10 +129,10 @@ def test_a_signal_whose_exception_python_ignored_still_ends_the_command(signum):
   assert proc.stderr.endswith(f"prog: error: {stopped}; rerun the command.\n"), proc.stderr
 
 
-def test_every_benchmark_script_ends_on_a_signal_with_one_line():
-  """Each script's main() runs in cli.ends_on_signal, as run.py's (tested above) does: a Ctrl-C
-  during twin_ab.py, step_options.py, profile_step.py or eval_options.py crashed Python's
-  shutdown (status -11), and one during the others printed a traceback."""
+def test_every_benchmark_script_runs_its_main_in_ends_on_signal():
+  """As run.py's and twin_ab.py's (tested running) do: a Ctrl-C during twin_ab.py,
+  step_options.py, profile_step.py or eval_options.py crashed Python's shutdown (status -11),
+  and one during the others printed a traceback."""
   scripts = [p for p in sorted((ROOT / "benchmarks").glob("*.py"))
              if 'if __name__ == "__main__":' in p.read_text()]
   assert len(scripts) >= 13
@@ -140,6 +140,14 @@ def test_every_benchmark_script_ends_on_a_signal_with_one_line():
     main_block = path.read_text().split('if __name__ == "__main__":\n')[1]
     assert main_block.split("\n")[-2:] == ["    main()", ""], path.name
     assert f'cli.ends_on_signal("benchmarks/{path.name}",' in main_block, path.name
+
+
+def test_ctrl_c_while_a_benchmark_compiles_is_one_line_not_a_crash():
+  proc = Proc([sys.executable, "benchmarks/twin_ab.py", "--rounds", "1"], cwd=ROOT, ctrl_c=True,
+              JAX_LOG_COMPILES="1", JAX_ENABLE_COMPILATION_CACHE="false")
+  output = _signal_and_finish(proc, "Finished jaxpr to MLIR module conversion", signal.SIGINT)
+  assert output.endswith("benchmarks/twin_ab.py: error: interrupted by Ctrl-C; the variants were "
+                         "not all timed: rerun the command."), output[-3000:]
 
 
 def test_ctrl_c_during_the_build_benchmark_removes_its_partial_build(tmp_path):

@@ -160,7 +160,7 @@ class TrainingEvaluator:
       best = checkpoint.read_best(self.best_path)
       if best is not None:  # the scores compared with the next evaluation's, as numbers
         best.update({k: float(best[k]) for k in ("caption_accuracy", "fid_indomain")})
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
       self._reject(f"Could not read {self.best_path} ({e})")
       return None
     # Older files have no setup, or one without the seed and evaluator: compared on what they hold.
