@@ -80,19 +80,20 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
   best_file = workdir / checkpoint.BEST_FILE
   best = _best_or_none(workdir)
 
-  def gone(step: int) -> str:
-    return (f"past this run's step {start}" if step > start else
-            f"whose checkpoint is not in {workdir / 'checkpoints'}")
+  def gone(step: int) -> str | None:
+    """Why a best file naming `step` is set aside; None if it is kept."""
+    if step > start:
+      return f"past this run's step {start}"
+    return None if step in steps else f"whose checkpoint is not in {workdir / 'checkpoints'}"
 
-  stale = best is not None and (int(best["step"]) > start or best["step"] not in steps)
+  stale = best is not None and gone(best["step"]) is not None
   former = best.get("former") if stale else None
   former = former if isinstance(former, dict) and former.get("step") in steps else None
   if jax.process_count() > 1:  # every host read it before host 0 moves it
     checkpoint.wait_for_all_hosts("best_read")
 
   def move() -> None:
-    for step in sorted(s for s in checkpoint.earlier_best_steps(workdir)
-                       if s > start or s not in steps):
+    for step in sorted(s for s in checkpoint.earlier_best_steps(workdir) if gone(s)):
       earlier = workdir / checkpoint.EARLIER_BEST.format(step=step)  # keeps this run's step
       earlier.replace(earlier.with_name(earlier.name + ".stale"))
       log.warning("%s names step %d, %s; moved to %s.stale.", earlier, step, gone(step),
