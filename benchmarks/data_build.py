@@ -24,9 +24,10 @@ def main() -> None:
   parser.add_argument("--num_proc", type=cli.at_least(0), default=0, help="0 = automatic")
   parser.add_argument("--keep", action="store_true", help="keep the built dataset")
   args = parser.parse_args()
-  if args.config not in (names := [c.name for c in captioned_shapes.BUILDER_CONFIGS]):
-    parser.error(f"--config {args.config}: no such captioned_shapes config; pick one of "
-                 f"{sorted(names)}.")
+  try:
+    captioned_shapes.builder_config(args.config, f"--config {args.config}")
+  except ValueError as e:
+    parser.error(str(e))
   try:
     os.makedirs(args.data_dir, exist_ok=True)
   except OSError as e:

@@ -36,16 +36,16 @@ def main() -> None:
                       help="data.read_buffer_size (0 = the pipeline's default)")
   parser.add_argument("--augment", action="store_true", help="random crop 0.8 + flip")
   args = parser.parse_args()
-  from llmimg_jax.data.captioned_shapes import BUILDER_CONFIGS
-  stored = {c.name: c.resolution for c in BUILDER_CONFIGS}
-  if args.config not in stored:
-    parser.error(f"--config {args.config}: no such captioned_shapes config; pick one of "
-                 f"{sorted(stored)}.")
+  from llmimg_jax.data import captioned_shapes
+  try:
+    stored = captioned_shapes.builder_config(args.config, f"--config {args.config}").resolution
+  except ValueError as e:
+    parser.error(str(e))
   if args.image_size is None:  # a default of 64 refused --config 32, naming data.image_size
-    args.image_size = stored[args.config]
-  elif args.image_size > stored[args.config]:
+    args.image_size = stored
+  elif args.image_size > stored:
     parser.error(f"--image_size {args.image_size}: captioned_shapes/{args.config} stores "
-                 f"{stored[args.config]}px images; drop --image_size or pick a larger --config.")
+                 f"{stored}px images; drop --image_size or pick a larger --config.")
 
   cfg = pipeline.default_data_config()
   cfg.update(name="captioned_shapes", config=args.config, data_dir=args.data_dir,

@@ -78,6 +78,16 @@ BUILDER_CONFIGS = [
 ]
 
 
+def builder_config(name: str | None, given: str) -> ShapesConfig:
+  """The config called `name`; a ValueError naming `given` (the flag or key that chose it) and
+  the configs there are, for any other name."""
+  for config in BUILDER_CONFIGS:
+    if config.name == name:
+      return config
+  raise ValueError(f"{given}: captioned_shapes has no config {name!r}; pick one of "
+                   f"{sorted(c.name for c in BUILDER_CONFIGS)}.")
+
+
 def default_num_proc() -> int:
   """Worker processes used to render: one per usable core (cpus.usable_cpus), at most 8; override
   with LLMIMG_DATA_NUM_PROC (1 = in process)."""

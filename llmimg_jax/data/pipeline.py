@@ -111,14 +111,11 @@ def validate_data_config(data_cfg: ml_collections.ConfigDict) -> None:
     coco.check_tensorflow()
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
-    configs = {c.name: c for c in captioned_shapes.BUILDER_CONFIGS}
-    if data_cfg.get("config") not in configs:
-      raise ValueError(f"Unknown captioned_shapes config data.config={data_cfg.get('config')!r};"
-                       f" expected one of {sorted(configs)}.")
-    res = configs[data_cfg.config].resolution
+    res = captioned_shapes.builder_config(data_cfg.get("config"), "data.config").resolution
     if data_cfg.image_size > res:
-      fits = sorted(n for n, c in configs.items() if c.resolution >= data_cfg.image_size)
-      largest = max(configs.values(), key=lambda c: c.resolution)
+      configs = captioned_shapes.BUILDER_CONFIGS
+      fits = sorted(c.name for c in configs if c.resolution >= data_cfg.image_size)
+      largest = max(configs, key=lambda c: c.resolution)
       pick = (f"pick a config with images of at least {data_cfg.image_size}px {fits}" if fits
               else f"no config stores {data_cfg.image_size}px images (the largest, "
                    f"{largest.name!r}, stores {largest.resolution}px), so")

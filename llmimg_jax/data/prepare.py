@@ -95,9 +95,7 @@ def check_args(args: argparse.Namespace) -> None:
                      f"would be ignored); give --dataset {name}.")
   if config:
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
-    if config not in (known := sorted(c.name for c in captioned_shapes.BUILDER_CONFIGS)):
-      raise ValueError(f"--dataset {args.dataset}: captioned_shapes has no config {config!r}; "
-                       f"expected one of {known}.")
+    captioned_shapes.builder_config(config, f"--dataset {args.dataset}")
   # Refused after the whole build (hours for a large folder) by the split's load.
   if (splits := _splits(name, config)) and args.split not in splits:
     choices = " or ".join([", ".join(splits[:-1]), splits[-1]] if splits[1:] else splits)
@@ -134,7 +132,7 @@ def _splits(name: str, config: str) -> list[str] | None:
     return None
   from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
   config = config or pipeline.default_data_config().config
-  return list(next(c for c in captioned_shapes.BUILDER_CONFIGS if c.name == config).split_sizes())
+  return list(captioned_shapes.builder_config(config, "--dataset").split_sizes())
 
 
 def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
@@ -149,8 +147,8 @@ def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict
     cfg.folder = args.folder
   if name == "captioned_shapes":
     from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
-    known = {c.name: c.resolution for c in captioned_shapes.BUILDER_CONFIGS}
-    cfg.image_size = known[cfg.config]  # check_args refused --image_size and unknown configs
+    # check_args refused --image_size and unknown configs
+    cfg.image_size = captioned_shapes.builder_config(cfg.config, "--dataset").resolution
   else:
     cfg.image_size = args.image_size or FOLDER_STORE_SIZE
     cfg.max_pixels = args.max_pixels

@@ -54,6 +54,11 @@ BAD_VALUES = {
     ("data_loader.py", "--image_size", "0"): "argument --image_size: 0: give 1 or more",
     ("data_loader.py", "--max_length", "1"): "argument --max_length: 1: give 2 or more",
     ("data_loader.py", "--read_threads", "-2"): "argument --read_threads: -2: give 0 or more",
+    ("data_loader.py", "--config", "65"): "--config 65: captioned_shapes has no config '65'; "
+        "pick one of ['128', '32', '32_small', '64', '64_small', 'center_32', 'colors_32', "
+        "'colors_64', 'single_32', 'tiny_32'].",
+    ("data_loader.py", "--config", "tiny_32", "--image_size", "64"): "--image_size 64: "
+        "captioned_shapes/tiny_32 stores 32px images; drop --image_size or pick a larger --config.",
     ("eval_options.py", "--resolution", "0"):
         "argument --resolution: invalid choice: 0 (choose from 32, 64, 128, 256)",
     ("twin_ab.py", "--bench", "0"): "argument --bench: invalid choice: 0 (choose from 32, 64, "
@@ -61,9 +66,9 @@ BAD_VALUES = {
     ("step_options.py", "--bench", "7"): "argument --bench: invalid choice: 7 (choose from 0, "
                                          "32, 64, 128, 256)",
     ("data_build.py", "--num_proc", "-3"): "argument --num_proc: -3: give 0 or more",
-    ("data_build.py", "--config", "nosuch"): "--config nosuch: no such captioned_shapes config; "
-        "pick one of ['128', '32', '32_small', '64', '64_small', 'center_32', 'colors_32', "
-        "'colors_64', 'single_32', 'tiny_32'].",
+    ("data_build.py", "--config", "nosuch"): "--config nosuch: captioned_shapes has no config "
+        "'nosuch'; pick one of ['128', '32', '32_small', '64', '64_small', 'center_32', "
+        "'colors_32', 'colors_64', 'single_32', 'tiny_32'].",
     ("data_build.py", "--data_dir", "/proc/nope"): "--data_dir /proc/nope: No such file or "
                                                    "directory; pass a folder it can create.",
     ("loop_data.py", "--data", "read_buffer_size=big"):

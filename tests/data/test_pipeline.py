@@ -260,7 +260,7 @@ def test_config_validation_errors(shapes_cfg, tmp_path):
     pipeline.load_source(cfg)
   cfg = shapes_cfg.copy_and_resolve_references()
   cfg.config = "17"
-  with pytest.raises(ValueError, match="Unknown captioned_shapes config"):
+  with pytest.raises(ValueError, match=r"data.config: captioned_shapes has no config '17'; pick"):
     pipeline.load_source(cfg)
   cfg = shapes_cfg.copy_and_resolve_references()
   cfg.image_size = 64

@@ -119,7 +119,7 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_error(tmp_path, capsys):
     (["--dataset", "shapes/64"], "--dataset shapes/64: no dataset 'shapes'; name one of "
      "captioned_shapes[/CONFIG], captioned_folder, coco_captions."),
     (["--dataset", "captioned_shapes/65"], "--dataset captioned_shapes/65: captioned_shapes has "
-     "no config '65'; expected one of ['128', '32', "),
+     "no config '65'; pick one of ['128', '32', "),
     (["--dataset", "captioned_folder", "--folder", "imgs", "--num_proc", "4"], "--num_proc only "
      "applies to --dataset captioned_shapes (captioned_folder is built in one process); drop "
      "it."),
