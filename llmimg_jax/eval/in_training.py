@@ -65,7 +65,7 @@ def superseded_best(workdir: Path, steps: list[int]) -> int | None:
   `steps`: the loop deletes it (unless among the latest) once the new best's checkpoint is saved,
   and a kill in between left it for good at the last step, which no later save cleans up."""
   best = _best_or_none(workdir)
-  former = best.get("former") if best is not None and int(best["step"]) in steps else None
+  former = best.get("former") if best is not None and best["step"] in steps else None
   return former["step"] if isinstance(former, dict) and former.get("step") in steps else None
 
 
@@ -205,13 +205,13 @@ class TrainingEvaluator:
                                                              best["step"])))
     if step < 0:
       return None
-    if best is None or int(best["step"]) != step:  # scores that host 0's decisions overrule
+    if best is None or best["step"] != step:  # scores that host 0's decisions overrule
       best = {"step": step, "caption_accuracy": math.nan, "fid_indomain": math.nan}
     return best
 
   @property
   def best_step(self) -> int | None:
-    return None if self.best is None else int(self.best["step"])
+    return None if self.best is None else self.best["step"]
 
   def __call__(self, state, step: int, writer) -> dict[str, float]:
     t0 = time.perf_counter()

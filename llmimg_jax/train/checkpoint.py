@@ -102,7 +102,7 @@ class _KeepBest:
       best = read_best(self.best_file)
     except ValueError:  # unreadable: keep none (the next evaluation rewrites it)
       best = None
-    kept = earlier_best_steps(self.best_file.parent) | ({int(best["step"])} if best else set())
+    kept = earlier_best_steps(self.best_file.parent) | ({best["step"]} if best else set())
     return [c.step in kept for c in checkpoints]
 
 
