@@ -108,6 +108,8 @@ _NOT_NPZ = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError)
 def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
   """The arrays of the .npz at `path` (pickled object arrays, not ours, left out); a file that is
   not a readable .npz is a ValueError naming it, with `fix`."""
+  if os.path.isdir(path):  # IsADirectoryError's "[Errno 21]" named neither the flag nor a fix
+    raise ValueError(f"{path} is a folder; name the .npz file itself.")
   try:  # our own file object: np.load leaves one it opened open if the zip is cut short
     with open(path, "rb") as fh, np.load(fh) as f:
       out = {}
@@ -123,7 +125,7 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path} is not a readable .npz file ({why}); {fix}") from None
 
 
-_STATS_FIX = ("write the statistics again with `python evaluate.py --write_stats PATH ...` or use "
+STATS_FIX = ("write the statistics again with `python evaluate.py --write_stats PATH ...` or use "
               "DF-GAN's .npz.")
 
 
@@ -135,9 +137,18 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def statistics_info(path: str | os.PathLike) -> dict:
   """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split,
-  image_size)."""
-  return {k: v.item() for k, v in read_npz(path, _STATS_FIX).items()
+  image_size), as values a JSON file can hold: the results record it (bytes, a date or a
+  complex number failed their write, after the whole evaluation)."""
+  return {k: _json_value(v.item()) for k, v in read_npz(path, STATS_FIX).items()
           if k not in ("mu", "sigma") and v.ndim == 0}
+
+
+def _json_value(value: object) -> str | int | float | bool:
+  if isinstance(value, (str, int, float, bool)):
+    return value
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  return str(value)
 
 
 def load_statistics(path: str | os.PathLike, dim: int | None = None
@@ -146,7 +157,7 @@ def load_statistics(path: str | os.PathLike, dim: int | None = None
   if not os.path.exists(path):
     raise FileNotFoundError(f"No FID statistics at {path}; write them for a real split with "
                             "`python evaluate.py --write_stats PATH ...` or use DF-GAN's .npz.")
-  f = read_npz(path, _STATS_FIX)
+  f = read_npz(path, STATS_FIX)
   if "mu" not in f or "sigma" not in f:
     raise ValueError(f"{path} has arrays {sorted(f)}; FID statistics need 'mu' and 'sigma'.")
   mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
@@ -156,5 +167,10 @@ def load_statistics(path: str | os.PathLike, dim: int | None = None
                      f"{dim or 'd'}-d features need mu ({dim or 'd'},) and sigma "
                      f"({dim or 'd'}, {dim or 'd'}).")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-    raise ValueError(f"{path} holds NaN or inf in mu or sigma; {_STATS_FIX}")
+    raise ValueError(f"{path} holds NaN or inf in mu or sigma; {STATS_FIX}")
+  # No covariance: the distance to it is a number, and meaningless (-sigma's FID was lower).
+  if (np.abs(sigma - sigma.T).max() > 1e-6 * np.abs(sigma).max()
+      or (np.diagonal(sigma) < 0).any()):
+    raise ValueError(f"{path} holds a sigma that is no covariance matrix (not symmetric, or a "
+                     f"negative variance); {STATS_FIX}")
   return mu, sigma
