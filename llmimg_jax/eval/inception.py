@@ -166,7 +166,10 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         f"No Inception weights at {path}. Download pytorch-fid's FID Inception weights from "
         f"{WEIGHTS_URL} and pass their path (or the .npz made from them by "
         "`python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz`).")
-  if path.endswith(".npz"):
+  if os.path.isdir(path):  # torch's error was "not a readable torch state dict; download again"
+    raise ValueError(f"{path} is a folder; name the weights file itself "
+                     "(pt_inception-2015-12-05-6726825d.pth, or the .npz made from it).")
+  if path.lower().endswith(".npz"):
     return fid.read_npz(path, "pass pytorch-fid's weights (.pth) or convert them again: "
                         f"python -m llmimg_jax.eval.inception WEIGHTS.pth {path}")
   try:
@@ -272,21 +275,24 @@ class InceptionFeatures:
 
 def main(argv: list[str]) -> None:
   prog = "python -m llmimg_jax.eval.inception"
-  if len(argv) != 3 or not argv[2].endswith(".npz"):  # the loader tells formats by the suffix
-    print(f"usage: {prog} WEIGHTS.pth OUT.npz", file=sys.stderr)
+  overwrite = "--overwrite" in argv[1:]  # an existing OUT.npz was replaced without a word
+  paths = [a for a in argv[1:] if a != "--overwrite"]
+  if len(paths) != 2 or not paths[1].lower().endswith(".npz"):  # the loader tells by the suffix
+    print(f"usage: {prog} WEIGHTS.pth OUT.npz [--overwrite]", file=sys.stderr)
     cli.fail(prog, f"expected the weights and an output file ending in .npz, got "
              f"{' '.join(argv[1:]) or 'nothing'} (weights: {WEIGHTS_URL})", 2)
   try:
-    # A folder, a missing parent that cannot be made: named before the weights are read.
-    out = output_files.check_output_file(argv[2], "OUT.npz", overwrite=True)
-    state = _read_state_dict(argv[1])
-    _checked_params(state, argv[1])  # not an .npz that evaluate.py then refuses
+    # A folder, a missing parent that cannot be made, an existing file: named before the
+    # weights are read.
+    out = output_files.check_output_file(paths[1], "OUT.npz", overwrite=overwrite)
+    state = _read_state_dict(paths[0])
+    _checked_params(state, paths[0])  # not an .npz that evaluate.py then refuses
     npz = io.BytesIO()
     np.savez(npz, **state)
     output_files.write_atomically(out, npz.getvalue())  # not half a file over an older one
   except (OSError, ValueError, ImportError) as e:  # missing, damaged, foreign, or no torch
     cli.fail(prog, str(e), 1)
-  print(f"Wrote {len(state)} arrays to {argv[2]}.")
+  print(f"Wrote {len(state)} arrays to {paths[1]}.")
 
 
 if __name__ == "__main__":

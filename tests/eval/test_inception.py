@@ -86,8 +86,8 @@ def test_missing_weights_say_where_to_get_them(tmp_path, capsys):
     inception.main(["x", str(tmp_path / "w.pth"), str(tmp_path / "converted")])
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == (
-      f"usage: {PROG} WEIGHTS.pth OUT.npz\n{PROG}: error: expected the weights and an output file "
-      f"ending in .npz, got {tmp_path}/w.pth {tmp_path}/converted (weights: "
+      f"usage: {PROG} WEIGHTS.pth OUT.npz [--overwrite]\n{PROG}: error: expected the weights "
+      f"and an output file ending in .npz, got {tmp_path}/w.pth {tmp_path}/converted (weights: "
       f"{inception.WEIGHTS_URL})\n")
   with pytest.raises(FileNotFoundError, match="pytorch-fid/releases/download/fid_weights"):
     inception.load_params(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))
@@ -112,6 +112,35 @@ def test_an_output_that_cannot_be_written_is_one_error_before_the_weights_are_re
   assert "OUT.npz" in _error(capsys, ["x", missing, str(tmp_path / "folder.npz")])
   assert "is a folder" in _error(capsys, ["x", missing, str(tmp_path / "folder.npz")])
   assert "cannot create its folder" in _error(capsys, ["x", missing, str(tmp_path / "file/w.npz")])
+
+
+def test_the_conversion_keeps_an_existing_output_unless_told(tmp_path, capsys):
+  """An existing OUT.npz (e.g. FID statistics named by mistake) was replaced without a word."""
+  kept = tmp_path / "stats.NPZ"  # the suffix in any case: the format the loader reads
+  kept.write_bytes(b"my statistics")
+  pth = tmp_path / "missing.pth"  # not read: the output is checked first
+  assert _error(capsys, ["x", str(pth), str(kept)]) == (
+      f"{PROG}: error: OUT.npz {str(kept)!r} exists; remove it, name a new file, or pass "
+      "--overwrite to replace it.")
+  assert kept.read_bytes() == b"my statistics"
+  assert "No Inception weights at" in _error(capsys, ["x", str(pth), str(kept), "--overwrite"])
+
+
+def test_a_folder_given_as_the_weights_is_named(tmp_path):
+  """A folder: '[Errno 21] Is a directory' (named .npz), or 'not a readable torch state dict;
+  download the weights again' (any other name)."""
+  for name in ("weights.npz", "weights"):
+    (tmp_path / name).mkdir()
+    with pytest.raises(ValueError, match=rf"{name} is a folder; name the weights file itself"):
+      inception.load_params(str(tmp_path / name))
+
+
+def test_an_npz_suffix_in_capitals_is_read_as_an_npz(tmp_path):
+  """W.NPZ (a converted file) was read as a torch state dict: 'download the weights again'."""
+  with open(tmp_path / "W.NPZ", "wb") as f:  # np.savez adds .npz to a path not ending in it
+    np.savez(f, **{"fc.weight": np.zeros((1008, 2048), np.float32)})
+  with pytest.raises(ValueError, match=r"W.NPZ has no '\*.conv.weight' entries"):
+    inception.load_params(str(tmp_path / "W.NPZ"))
 
 
 def test_damaged_or_foreign_pth_weights_are_one_clear_error(tmp_path, capsys):
