@@ -6,6 +6,7 @@ TFDS's `coco_captions` builder imports TensorFlow (even to construct it), so thi
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.parse
 from typing import TYPE_CHECKING
@@ -70,8 +71,9 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> No
     _check_hosts_answer(builder, data_dir)
   try:
     builder.download_and_prepare()
-  except (OSError, RuntimeError, util.DownloadError,
-          download_manager.NonMatchingChecksumError) as e:
+  except download_manager.NonMatchingChecksumError as e:
+    raise _checksum_error(builder, data_dir, e) from e
+  except (OSError, RuntimeError, util.DownloadError) as e:
     if isinstance(e, RuntimeError) and not tfds_utils.is_os_error(e):  # a full disk is one
       raise
     raise _download_error(data_dir, f"{type(e).__name__}: {_short(e)}") from e
@@ -84,25 +86,63 @@ def _download_error(data_dir: str, why: str) -> CocoDownloadError:
       "images.cocodataset.org (TFDS fetches every COCO 2014 archive, the test sets' too) and "
       "extracts it: run `python -m llmimg_jax.data.prepare --dataset coco_captions "
       "--data_dir DIR` where that site is reachable (with ~100 GB free: the archives, their "
-      "files and the build), then set data.data_dir to DIR (a location every host sees).")
+      "files and the build), then set data.data_dir to DIR (a location every host sees). "
+      "Archives fetched by hand go in DIR/downloads/manual/ under their own names.")
+
+
+def _checksum_error(builder, data_dir: str, e: Exception) -> CocoDownloadError:
+  """A file TFDS found is not the archive it expects: said 'download it where the site is
+  reachable', which read the same file again (one copied into downloads/manual/, say)."""
+  found = re.search(r"Artifact (\S+), downloaded to (.+?), has wrong checksum", str(e))
+  if found is None:
+    return _download_error(data_dir, f"{type(e).__name__}: {_short(e)}")
+  url, path = found.groups()
+  info = (builder.url_infos or {}).get(url)
+  expected = "" if info is None else f" ({int(info.size):,} bytes, sha256 {info.checksum})"
+  return CocoDownloadError(
+      f"coco_captions: {path} is not the archive {url}{expected}: a damaged download, or another "
+      "file of that name in downloads/manual/. Delete or replace it, then rerun.")
 
 
 def _check_hosts_answer(builder, data_dir: str) -> None:
-  """Raises CocoDownloadError if a download host does not answer; skipped once the downloads
-  folder holds a file (TFDS may find there all it needs, offline)."""
+  """Raises CocoDownloadError if a download host does not answer; skipped where every archive is
+  on disk already (TFDS then builds offline)."""
   urls: dict[str, str] = {}  # host -> its first URL
   for url in builder.url_infos or {}:
     urls.setdefault(urllib.parse.urlsplit(url).netloc, url)
-  if not urls or _has_files(os.fspath(builder.data_dir_root / "downloads")):
+  if not urls or _all_downloaded(builder):
     return
   for host, url in urls.items():
     if (why := _probe(url)) is not None:
       raise _download_error(data_dir, f"{host} does not answer: {why}")
 
 
-def _has_files(folder: str) -> bool:
-  """Whether `folder` holds a file (a failed download leaves only an empty temporary folder)."""
-  return any(files for _, _, files in os.walk(folder))
+# What TFDS's coco_captions build fetches (every 2014 archive, the test2015 set's, Karpathy's
+# captions); its url_infos lists COCO 2017's archives too.
+FETCHED = re.compile(r"(2014|test2015)\.zip$|caption_datasets\.zip$")
+
+
+def _all_downloaded(builder) -> bool:
+  """Whether TFDS finds every archive on disk: in DATA_DIR/downloads/manual/ under its own name,
+  or a finished download (the file under TFDS's name, with its .INFO) in downloads/. Any file
+  there counted: a cut-short download's (in a .tmp. folder) or another dataset's left ~3.5
+  minutes of TFDS's retries offline."""
+  from tensorflow_datasets.core.download import resource  # pylint: disable=g-import-not-at-top
+  downloads = os.fspath(builder.data_dir_root / "downloads")
+  names = set()
+  for _, folders, files in os.walk(downloads):
+    folders[:] = [f for f in folders if ".tmp." not in f and f != "extracted"]
+    names.update(files)
+
+  def found(url: str, info) -> bool:
+    if info is None:
+      return False
+    if info.filename and os.path.isfile(os.path.join(downloads, "manual", info.filename)):
+      return True
+    name = resource.get_dl_fname(url, info.checksum)
+    return name in names and f"{name}.INFO" in names
+
+  return all(found(url, info) for url, info in builder.url_infos.items() if FETCHED.search(url))
 
 
 def _probe(url: str) -> str | None:

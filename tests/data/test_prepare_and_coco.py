@@ -341,11 +341,15 @@ def test_coco_builder_finds_its_download_checksums(tmp_path):
   assert any("cocodataset.org" in url for url in builder.url_infos)
   # The size the error states: every coco/2014 archive (TFDS's Coco._split_generators fetches the
   # test2014 and test2015 sets too) and Karpathy's captions, 40.4 GB. It said ~20 GB.
-  fetched = [info.size for url, info in builder.url_infos.items()
-             if re.search(r"(2014|test2015)\.zip$|caption_datasets\.zip$", url)]
+  fetched = [info.size for url, info in builder.url_infos.items() if coco.FETCHED.search(url)]
   assert len(fetched) == 8
   message = str(coco._download_error("DIR", "why"))
   assert f"The first build downloads ~{sum(fetched) / 1e9:.0f} GB from" in message, message
+  # The archives the README says to copy by hand for an offline build.
+  readme = (Path(__file__).parents[2] / "README.md").read_text()
+  names = re.findall(r"`([a-z_0-9]+\.zip)`", readme.split("DATA_DIR/downloads/manual/")[1][:400])
+  assert sorted(names) == sorted(info.filename for url, info in builder.url_infos.items()
+                                 if coco.FETCHED.search(url))
 
 
 @pytest.mark.tf
