@@ -33,8 +33,9 @@ from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
     flush as flush_events, log_end, log_start, logs_above, progress_bar, summary_writer,
     window_means)
-from llmimg_jax.train.workdir import (check_workdir_outside_data, check_workdir_writable,
-                                     checkpoint_saving, local_workdir, workdir_claimed)
+from llmimg_jax.train.workdir import (WorkdirClaim, check_workdir_outside_data,
+                                     check_workdir_writable, checkpoint_saving, local_workdir,
+                                     workdir_claimed)
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,11 @@ class _Run:
   writer: Any  # TensorBoard's, on host 0 only (else None)
   samples: SampleWriter
   evaluate: in_training.TrainingEvaluator | None
+  claim: WorkdirClaim
 
 
 def _save(run: _Run, state: TrainState, step: int) -> None:
+  run.claim.keep()  # not two runs saving there
   with checkpoint_saving(run.manager.directory):
     checkpoint.save(run.manager, step, state, run.data_iter, run.config)
 
@@ -248,7 +251,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       seed=config.seed, source=source)
   run = None
   try:
-    with workdir_claimed(workdir), contextlib.ExitStack() as unless_training:  # refused if taken
+    with workdir_claimed(workdir) as claim, contextlib.ExitStack() as unless_training:
       manager = checkpoint.make_manager(workdir, config)
       unless_training.callback(manager.close)  # on an error or a return before training
       resume.check_best_file(workdir)  # before a restore (minutes at scale)
@@ -274,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
       evaluate = (in_training.TrainingEvaluator(models, tokenizer, config, workdir, mesh=mesh)
                   if in_training.enabled(config) else None)
       step_fn = jit_train_step(models, mesh)
-      run = _Run(config, workdir, mesh, manager, data_iter, writer, samples, evaluate)
+      run = _Run(config, workdir, mesh, manager, data_iter, writer, samples, evaluate, claim)
       unless_training.pop_all()  # the run's to close now: _train_steps does, after its last save
       return _train_steps(run, state, start, step_fn, grid_unmade, eval_unmade)
   finally:

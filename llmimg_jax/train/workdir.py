@@ -173,22 +173,55 @@ def local_workdir(workdir: str | Path) -> Path:
   return full
 
 
+class WorkdirClaim:
+  """Host 0's flock on WORKDIR/LOCK_FILE (its descriptor; None elsewhere, or where nothing could
+  be locked)."""
+
+  def __init__(self, workdir: Path, fd: int | None):
+    self.workdir, self.fd = workdir, fd
+
+  def keep(self) -> None:
+    """Before each save, on every host: LOCK_FILE deleted or replaced by hand (it stays in the
+    workdir, naming a run long gone) let a second train.py claim the workdir beside this run,
+    both then failing their saves, blaming the disk. Claimed again if it is free; else a
+    WorkdirInUseError naming the other run, on every host, before this run saves."""
+    checkpoint.on_host_0(self._keep, "workdir_kept", f"keep {self.workdir / LOCK_FILE}",
+                         WorkdirInUseError)
+
+  def _keep(self) -> None:
+    if self.fd is None:
+      return
+    held = os.fstat(self.fd)
+    try:
+      now = os.stat(self.workdir / LOCK_FILE)
+      if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+        return
+    except FileNotFoundError:
+      pass
+    os.close(self.fd)
+    self.fd = None
+    self.fd = _claim(self.workdir, during_run=True)
+    log.warning("%s was deleted or replaced during this run; claimed again.",
+                self.workdir / LOCK_FILE)
+
+
 @contextlib.contextmanager
-def workdir_claimed(workdir: Path) -> Iterator[None]:
+def workdir_claimed(workdir: Path) -> Iterator[WorkdirClaim]:
   """Host 0's flock on WORKDIR/LOCK_FILE while the block runs: a second claim (train.py, train())
   on the workdir raises WorkdirInUseError naming the first. The lock goes with the process,
   however it ends; where the file cannot be opened or locked (no flock), nothing is claimed (a
   warning)."""
-  fd = checkpoint.on_host_0(lambda: _claim(workdir), "workdir_claimed",
-                            f"claim {workdir / LOCK_FILE}", WorkdirInUseError)
+  claim = WorkdirClaim(workdir, checkpoint.on_host_0(
+      lambda: _claim(workdir), "workdir_claimed", f"claim {workdir / LOCK_FILE}",
+      WorkdirInUseError))
   try:
-    yield
+    yield claim
   finally:
-    if fd is not None:
-      os.close(fd)
+    if claim.fd is not None:
+      os.close(claim.fd)
 
 
-def _claim(workdir: Path) -> int | None:
+def _claim(workdir: Path, during_run: bool = False) -> int | None:
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / LOCK_FILE
   fd = None
@@ -204,6 +237,12 @@ def _claim(workdir: Path) -> int | None:
       log.warning("Could not lock %s (%s): a second train.py on this workdir would not be "
                   "refused.", path, e.strerror)
       return None
+    if during_run:
+      raise WorkdirInUseError(
+          f"The workdir {workdir} was claimed by another train.py ({holder}) after {path} was "
+          "deleted or replaced during this run: two runs there would save the same checkpoints. "
+          "This run stopped before its next save; let the other run on, or stop it and rerun "
+          "this command to resume from the newest checkpoint.") from e
     raise WorkdirInUseError(
         f"The workdir {workdir} is in use by another train.py ({holder}): two runs there would "
         "save the same checkpoints, and one's start deletes the other's save in progress. Wait "

@@ -1,6 +1,7 @@
 """train/workdir.py: local_workdir's refusals of a workdir Orbax cannot save into, and the run's
 claim on its workdir, each before anything is built (train.py prints them as one line; the other
 refusals: tests/train/test_train_cli.py)."""
+import contextlib
 import os
 import re
 import socket
@@ -8,7 +9,8 @@ import socket
 import pytest
 
 from llmimg_jax.train import loop
-from llmimg_jax.train.workdir import LOCK_FILE, WorkdirInUseError, local_workdir, workdir_claimed
+from llmimg_jax.train.workdir import (LOCK_FILE, WorkdirClaim, WorkdirInUseError, local_workdir,
+                                      workdir_claimed)
 from tests.train.utils import tiny_config
 
 
@@ -68,6 +70,46 @@ def test_a_workdir_in_use_is_refused_naming_its_process_and_freed_after(shapes_d
     assert os.listdir(run) == [LOCK_FILE]
   with workdir_claimed(run):  # the first one's lock went with it
     pass
+
+
+def test_a_lock_file_deleted_during_the_run_is_claimed_again_before_a_save(tmp_path, caplog):
+  """Deleted by hand (it stays in the workdir after a run), the lock let a second train.py claim
+  the workdir beside the first: both failed their next saves, blaming the disk."""
+  with workdir_claimed(tmp_path) as claim:
+    (tmp_path / LOCK_FILE).unlink()
+    claim.keep()
+    assert (f"{tmp_path / LOCK_FILE} was deleted or replaced during this run; claimed again"
+            in caplog.text)
+    assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(WorkdirInUseError, match="is in use by another train.py"), \
+        workdir_claimed(tmp_path):
+      pass
+    caplog.clear()
+    claim.keep()  # its own file: nothing to do
+    assert not caplog.text
+
+
+def test_a_run_whose_workdir_another_claimed_meanwhile_stops_before_its_save(shapes_data_dir,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+  run, other = tmp_path / "run", contextlib.ExitStack()
+  keep = WorkdirClaim.keep
+
+  def taken_over_first(claim):  # what a second train.py does once the lock file is gone
+    (run / LOCK_FILE).unlink()
+    other.enter_context(workdir_claimed(run))
+    keep(claim)
+
+  monkeypatch.setattr(WorkdirClaim, "keep", taken_over_first)
+  with other, pytest.raises(WorkdirInUseError) as refused:
+    loop.train(tiny_config(shapes_data_dir), run)
+  assert re.fullmatch(
+      rf"The workdir {run} was claimed by another train\.py \(pid {os.getpid()} on \S+, since "
+      rf"[^)]+\) after {run / LOCK_FILE} was deleted or replaced during this run: two runs there "
+      r"would save the same checkpoints\. This run stopped before its next save; let the other "
+      r"run on, or stop it and rerun this command to resume from the newest checkpoint\.",
+      str(refused.value)), str(refused.value)
+  assert not list((run / "checkpoints").iterdir())  # nothing saved beside the other run
 
 
 def test_a_lock_file_that_cannot_be_opened_claims_nothing(tmp_path, caplog):
