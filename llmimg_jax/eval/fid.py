@@ -126,7 +126,7 @@ def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
 
 
 STATS_FIX = ("write the statistics again with `python evaluate.py --write_stats PATH ...` or use "
-              "DF-GAN's .npz.")
+             "DF-GAN's .npz.")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
