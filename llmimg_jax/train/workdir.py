@@ -200,9 +200,10 @@ class WorkdirClaim:
       pass
     os.close(self.fd)
     self.fd = None
-    self.fd = _claim(self.workdir, during_run=True)
-    log.warning("%s was deleted or replaced during this run; claimed again.",
-                self.workdir / LOCK_FILE)
+    self.fd = _claim(self.workdir, during_run=True)  # None: it warned that it could not
+    if self.fd is not None:
+      log.warning("%s was deleted or replaced during this run; claimed again.",
+                  self.workdir / LOCK_FILE)
 
 
 @contextlib.contextmanager
