@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import string
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,18 @@ class CaptionExpander:
     if self.batch_size < 1:
       raise ValueError(f"CaptionExpander batch_size={self.batch_size} must be >= 1.")
 
+  def _check_room_for_prompts(self) -> None:
+    """A template whose text before {prompt} fills the expander's input: every prompt was cut
+    away whole, and each got the same caption, after a warning that prompts were cut short."""
+    tokenizer = self.generator.tokenizer
+    _, (length,) = tokenizer.tokenize([_text_before_prompt(self.template)])  # EOS included
+    if length >= tokenizer.max_length:  # truncation keeps max_length - 1 tokens and EOS
+      raise ValueError(
+          f"The expander's template reads {length - 1} tokens before {{prompt}}, and its "
+          f"max_length={tokenizer.max_length} keeps {tokenizer.max_length - 1} (and EOS): no "
+          "prompt would be read. Raise max_length (sample.py --expand_max_length) or shorten "
+          "the template.")
+
   @classmethod
   def from_pretrained(cls, path_or_name: str | os.PathLike, max_length: int = 64,
                       **kw: Any) -> CaptionExpander:
@@ -68,6 +81,7 @@ class CaptionExpander:
     inputs = [self.template.format(prompt=p) for p in prompts]
     if not inputs:
       return []
+    self._check_room_for_prompts()
     tokenizer = self.generator.tokenizer
     tokens, lengths = tokenizer.tokenize(inputs)
     if cut := [i for i, n in enumerate(lengths) if n > tokenizer.max_length]:
@@ -98,6 +112,16 @@ class CaptionExpander:
         caption = prompt
       result.append(caption)
     return result
+
+
+def _text_before_prompt(template: str) -> str:
+  """What `template` puts before its first {prompt} ({{ and }} read as braces)."""
+  text = ""
+  for literal, field, _, _ in string.Formatter().parse(template):
+    text += literal
+    if field is not None:
+      break
+  return text
 
 
 def batch_bucket(count: int, cap: int, multiple: int = 1) -> int:

@@ -303,6 +303,15 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
   with pytest.raises(ValueError, match=r"has the field\(s\) \['prompt\[0\]'\]; the only field"):
     CaptionExpander(expander.generator, template="Describe {prompt[0]}")  # would drop the rest
   assert CaptionExpander(expander.generator, template="Describe {prompt!r}").template
+  # Text before {prompt} that fills the input cut every prompt away: one caption for all.
+  length = expander.generator.tokenizer.max_length
+  with pytest.raises(ValueError, match=(
+      rf"^The expander's template reads {length + 1} tokens before {{prompt}}, and its "
+      rf"max_length={length} keeps {length - 1} \(and EOS\): no prompt would be read\. Raise "
+      r"max_length \(sample.py --expand_max_length\) or shorten the template\.$")):
+    CaptionExpander(expander.generator, template="{{" * (length + 1) + "{prompt}")(PROMPTS)
+  assert CaptionExpander(expander.generator, template="{{" * (length - 2) + "{prompt}",
+                         max_new_tokens=2)(PROMPTS)  # room for one token of the prompt
   with pytest.raises(ValueError, match=r"^Sampled expansion needs temperature >= 1e-06 \(lower "
                      r"is greedy\) and 0 < top_p <= 1; got 0\.0 and 1\.0\.$"):
     CaptionExpander(expander.generator, do_sample=True, temperature=0.0)  # its fields, not flags
