@@ -139,6 +139,16 @@ def blank_flag(flag: str, var: str, fix: str, name: str | None = None) -> str:
 # Lower sampling temperatures are greedy decoding (a logit gap of 1e-4 weighs e^100); near 0,
 # float32 logits / temperature overflow to inf and NaN, and the draw picks the lowest token id.
 MIN_TEMPERATURE = 1e-6
+# Above float32's largest number (3.4028235e38) a scalar is inf on the device: a temperature's
+# logits / inf are 0, or NaN for a token held back (-inf), which the draw then picks (EOS at
+# once, past min_new_tokens).
+FLOAT32_MAX = 3.4e38
+FLOAT32_TINY = 1.2e-38  # float32's smallest normal number is 1.1754944e-38: below it, 0 or less
+TEMPERATURES = f"from {MIN_TEMPERATURE:g} to {FLOAT32_MAX:g}"
+
+
+def temperature_ok(temperature: float) -> bool:
+  return MIN_TEMPERATURE <= temperature <= FLOAT32_MAX  # NaN fails both
 
 
 def out_of_memory(e: BaseException, sizes: str) -> str | None:

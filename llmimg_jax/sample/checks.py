@@ -60,9 +60,10 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
     raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
   if not 0 <= seed < 2**32:
     raise ValueError(f"{flag}seed={seed} must be in [0, 2**32).")
-  if truncation is not None and not 0 < float(truncation) < float("inf"):  # inf: black images
-    raise ValueError(f"{flag}truncation={truncation} must be finite and > 0 (e.g. 0.88); leave it "
-                     "unset for none.")
+  # The noise's float32 multiplier: inf drew black images, 1e-46 (0) one image per prompt.
+  if truncation is not None and not cli.FLOAT32_TINY <= float(truncation) <= cli.FLOAT32_MAX:
+    raise ValueError(f"{flag}truncation={truncation} must be from {cli.FLOAT32_TINY:g} to "
+                     f"{cli.FLOAT32_MAX:g} (a float32 > 0; e.g. 0.88); leave it unset for none.")
   return None if truncation is None else float(truncation)
 
 
@@ -124,8 +125,8 @@ def check_options(template: str, max_new_tokens: int, num_beams: int, do_sample:
                            if on_cli else ("do_sample", "num_beams > 1", "options"))
     raise ValueError(f"Caption expansion samples ({sample}) or beam-searches ({beams}), not both; "
                      f"drop one of the two {what}.")
-  if do_sample and not (temperature >= cli.MIN_TEMPERATURE and 0 < top_p <= 1):
-    raise ValueError(f"Sampled expansion needs {prefix}temperature >= {cli.MIN_TEMPERATURE:g} "
+  if do_sample and not (cli.temperature_ok(temperature) and 0 < top_p <= 1):
+    raise ValueError(f"Sampled expansion needs {prefix}temperature {cli.TEMPERATURES} "
                      f"(lower is greedy) and 0 < {prefix}top_p <= 1; got {temperature} and "
                      f"{top_p}.")
 

@@ -160,8 +160,8 @@ def _out_of_range(args: argparse.Namespace) -> str | None:
     return f"--max_new_tokens={args.max_new_tokens} must be < 2**31 (an int32 step count)."
   if not args.do_sample:
     return None
-  ranges = {"temperature": (args.temperature >= cli.MIN_TEMPERATURE,
-                            f">= {cli.MIN_TEMPERATURE:g} (1: the model's own probabilities; "
+  ranges = {"temperature": (cli.temperature_ok(args.temperature),
+                            f"{cli.TEMPERATURES} (1: the model's own probabilities; "
                             "lower is greedy decoding: drop --do_sample)"),
             "top_p": (0 < args.top_p <= 1, "in (0, 1] (1: all tokens)"),
             "top_k": (args.top_k >= 0, ">= 0 (0: all tokens)")}

@@ -79,11 +79,15 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
                     if options[k] % 1 != 0]:
     raise ValueError(f"{', '.join(fractional)}: pass whole numbers (ints).")
   # NaN too; a fractional top_k is refused (as transformers does), not truncated by int()
-  if do_sample and (not temperature >= cli.MIN_TEMPERATURE or not 0 < top_p <= 1 or top_k < 0
+  if do_sample and (not cli.temperature_ok(temperature) or not 0 < top_p <= 1 or top_k < 0
                     or top_k % 1 != 0):
-    raise ValueError(f"Sampling needs temperature >= {cli.MIN_TEMPERATURE:g} (lower is greedy "
+    raise ValueError(f"Sampling needs temperature {cli.TEMPERATURES} (lower is greedy "
                      "decoding: do_sample=False), 0 < top_p <= 1, top_k >= 0 a whole number; got "
                      f"temperature={temperature}, top_p={top_p}, top_k={top_k}.")
+  # NaN or inf (in float32): every score NaN, and all-pad rows returned without a word.
+  if num_beams > 1 and not abs(length_penalty) <= cli.FLOAT32_MAX:
+    raise ValueError(f"length_penalty={length_penalty} must be a finite float32 number for beam "
+                     "search (1.0: none; > 0 favours longer sequences).")
   if do_sample and num_beams > 1:
     raise NotImplementedError("Beam sampling (do_sample with num_beams > 1) is not supported.")
   if rng is None and do_sample:

@@ -165,8 +165,8 @@ def test_bad_input_exits_with_one_clear_error(case, run, tmp_path):
       "bad_seed": (["--prompt", "a cat", "--seed", "-1"], "--seed=-1 must be in [0, 2**32)."),
       "bad_expand_sampling": (["--prompt", "a cat", "--expand_with", "x", "--expand_do_sample",
                                "--expand_temperature", "0"],
-                              "Sampled expansion needs --expand_temperature >= 1e-06 (lower is "
-                              "greedy) and 0 < --expand_top_p <= 1; got 0.0 and 1.0."),
+                              "Sampled expansion needs --expand_temperature from 1e-06 to 3.4e+38 "
+                              "(lower is greedy) and 0 < --expand_top_p <= 1; got 0.0 and 1.0."),
       "beams_and_sampling": (["--prompt", "a cat", "--expand_with", "x", "--expand_do_sample",
                               "--expand_num_beams", "2"],
                              "Caption expansion samples (--expand_do_sample) or beam-searches "

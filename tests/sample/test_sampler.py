@@ -76,11 +76,15 @@ def test_truncation_bounds_the_noise_and_changes_images(sampler):
     sampler(PROMPTS, truncation=0.0)
 
 
-def test_infinite_truncation_is_refused(sampler, tmp_path):
+def test_a_truncation_float32_cannot_hold_is_refused(sampler, tmp_path):
   """truncation=inf drew infinite noise: black images, exit 0, and 'Infinity' (not JSON) in
-  samples.jsonl."""
-  with pytest.raises(ValueError, match=re.escape("truncation=inf must be finite and > 0")):
-    sampler.sample(PROMPTS, truncation=float("inf"))
+  samples.jsonl; 1e39 too (inf in float32, after numpy's overflow warning); 1e-46 (0 in float32)
+  drew no noise: the same image num_per_prompt times, the record saying 1e-46."""
+  for truncation in (float("inf"), 1e39, 1e-46):
+    with pytest.raises(ValueError, match=re.escape(
+        f"truncation={truncation} must be from 1.2e-38 to 3.4e+38 (a float32 > 0; e.g. 0.88); "
+        "leave it unset for none.")):
+      sampler.sample(PROMPTS, truncation=truncation)
 
 
 def test_non_finite_images_are_refused_naming_the_cause(sampler):
@@ -312,9 +316,11 @@ def test_expansion_conditions_the_generator_and_is_recorded(sampler, expander_di
     CaptionExpander(expander.generator, template="{{" * (length + 1) + "{prompt}")(PROMPTS)
   assert CaptionExpander(expander.generator, template="{{" * (length - 2) + "{prompt}",
                          max_new_tokens=2)(PROMPTS)  # room for one token of the prompt
-  with pytest.raises(ValueError, match=r"^Sampled expansion needs temperature >= 1e-06 \(lower "
-                     r"is greedy\) and 0 < top_p <= 1; got 0\.0 and 1\.0\.$"):
-    CaptionExpander(expander.generator, do_sample=True, temperature=0.0)  # its fields, not flags
+  for temperature in (0.0, float("inf")):  # inf: uniform random bytes, Infinity in samples.jsonl
+    with pytest.raises(ValueError, match=(
+        r"^Sampled expansion needs temperature from 1e-06 to 3\.4e\+38 \(lower is greedy\) and "
+        rf"0 < top_p <= 1; got {temperature} and 1\.0\.$")):
+      CaptionExpander(expander.generator, do_sample=True, temperature=temperature)  # its fields
   with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
     CaptionExpander(expander.generator, batch_size=0)
 

@@ -113,11 +113,13 @@ def test_cli_empty_model_path_is_named_not_asked_of_the_hub(model, capsys, monke
     (["--num_beams", "-1"], "--num_beams=-1 must be >= 1."),
     (["--max_length", "1"], "--max_length=1 must be >= 2 (room for one token and EOS)."),
     (["--max_length", "0", "--encode_out", "s.npy"], "--max_length=0 must be >= 2"),
-    (["--do_sample", "--temperature", "0"], "--temperature=0.0 must be >= 1e-06 (1: the model's "
-     "own probabilities; lower is greedy decoding: drop --do_sample)."),
-    (["--do_sample", "--temperature", "nan"], "--temperature=nan must be >= 1e-06"),
+    (["--do_sample", "--temperature", "0"], "--temperature=0.0 must be from 1e-06 to 3.4e+38 (1: "
+     "the model's own probabilities; lower is greedy decoding: drop --do_sample)."),
+    (["--do_sample", "--temperature", "nan"], "--temperature=nan must be from 1e-06 to 3.4e+38"),
     # float32 logits / 1e-40 (0 in float32): inf and NaN, and 32 NUL characters printed
-    (["--do_sample", "--temperature", "1e-40"], "--temperature=1e-40 must be >= 1e-06"),
+    (["--do_sample", "--temperature", "1e-40"], "--temperature=1e-40 must be from 1e-06 to"),
+    # inf in float32: uniform draws (NaN logits for a token held back)
+    (["--do_sample", "--temperature", "1e39"], "--temperature=1e+39 must be from 1e-06 to"),
     (["--max_new_tokens", "3000000000"], "--max_new_tokens=3000000000 must be < 2**31 (an int32 "
      "step count)."),  # a jit OverflowError traceback
     (["--max_length", "3000000000", "--encode_out", "s.npy"],  # the kernel's OOM kill

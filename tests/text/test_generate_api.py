@@ -62,8 +62,16 @@ def test_sampling_refuses_a_top_k_that_is_not_a_whole_number(generator, top_k):
 
 
 @pytest.mark.parametrize("kw, error", [
-    ({"do_sample": True, "temperature": 1e-40}, r"Sampling needs temperature >= 1e-06 \(lower is "
-     r"greedy decoding: do_sample=False\)"),  # 0 in float32: NUL characters, no error
+    ({"do_sample": True, "temperature": 1e-40}, r"Sampling needs temperature from 1e-06 to "
+     r"3.4e\+38 \(lower is greedy decoding: do_sample=False\)"),  # 0 in float32: NUL characters
+    # inf in float32: NaN logits where min_new_tokens holds EOS back, which the draw then picked
+    ({"do_sample": True, "temperature": float("inf"), "min_new_tokens": 2},
+     r"Sampling needs temperature from 1e-06 to 3.4e\+38"),
+    ({"do_sample": True, "temperature": 1e39}, r"Sampling needs temperature from 1e-06 to"),
+    # NaN scores: rows of pad tokens, without a word
+    ({"num_beams": 2, "length_penalty": float("nan")}, r"length_penalty=nan must be a finite "
+     r"float32 number for beam search \(1.0: none; > 0 favours longer sequences\)\.$"),
+    ({"num_beams": 2, "length_penalty": -1e39}, r"length_penalty=-1e\+39 must be a finite"),
     ({"max_new_tokens": 2**31}, r"max_new_tokens=2147483648 must be < 2\*\*31"),  # jit traceback
 ])
 def test_a_temperature_or_length_that_float32_or_int32_cannot_hold_is_refused(generator, kw,
