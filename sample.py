@@ -90,8 +90,8 @@ def run() -> None:
         max_new_tokens=_EXPAND_TOKENS.value, do_sample=_EXPAND_SAMPLE.value,
         temperature=_EXPAND_TEMPERATURE.value, top_p=_EXPAND_TOP_P.value, seed=_SEED.value)
   result = sampler.sample(prompts, _SEED.value, _NUM.value, _TRUNCATION.value)
-  extra = ({"expander": {"model": _EXPAND_WITH.value, **sampler.expander.settings()}}
-           if _EXPAND_WITH.value else None)
+  extra = ({"expander": {"model": _model_name(_EXPAND_WITH.value),
+                          **sampler.expander.settings()}} if _EXPAND_WITH.value else None)
   write_samples(result, _OUT.value, extra, overwrite=_OVERWRITE.value)
   if result.expanded:
     for p, c in zip(result.prompts, result.captions):
@@ -100,6 +100,13 @@ def run() -> None:
         f"images/s (+{result.compile_seconds:.1f}s compilation) -> "
         # In full, as train.py's log.
         f"{output_files.in_full(output_files.flag_path(_OUT.value, '--out'))}")
+
+
+def _model_name(path_or_name: str) -> str:
+  """A local expander's folder in full (a relative one is lost with the directory it was named
+  from, and reads as a hub name); a hub name as given."""
+  path = output_files.flag_path(path_or_name, "--expand_with")
+  return str(output_files.in_full(path)) if path.is_dir() else path_or_name
 
 
 def main(argv: list[str]) -> None:

@@ -24,8 +24,9 @@ _LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
 
 
 def _jsonl_line(record: dict) -> str:
-  """One JSON line that stays one line for any reader, whatever the prompt contains."""
-  line = json.dumps(record, ensure_ascii=False)
+  """One JSON line that stays one line for any reader, whatever the prompt contains (NaN and inf,
+  which no JSON holds, a ValueError: JavaScript's reader refused the Infinity Python wrote)."""
+  line = json.dumps(record, ensure_ascii=False, allow_nan=False)
   for char, escaped in _LINE_BREAKS.items():
     line = line.replace(char, escaped)
   # Lone surrogates (a path of non-UTF-8 bytes, as Python decodes it) as JSON escapes: UTF-8

@@ -121,3 +121,13 @@ def test_a_path_that_is_not_utf8_is_written_to_samples_jsonl(sampler, tmp_path):
   write_samples(result, tmp_path, {"expander": {"model": "t5_caf\udce9"}})
   line = (tmp_path / "samples.jsonl").read_text(encoding="utf-8")
   assert "t5_caf\\udce9" in line and json.loads(line)["expander"]["model"] == "t5_caf\udce9"
+
+
+def test_a_record_no_json_holds_is_an_error_before_anything_is_written(sampler, tmp_path):
+  """A caller's extra fields with inf or NaN were written as Infinity / NaN, which JSON readers
+  other than Python's (JavaScript's, jq's) refuse or change."""
+  from llmimg_jax.sample import write_samples
+  result = sampler.sample(["a red circle"], seed=0, num_per_prompt=1)
+  with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+    write_samples(result, tmp_path / "out", {"expander": {"temperature": float("inf")}})
+  assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -59,8 +59,9 @@ def test_expansion_end_to_end_records_and_uses_the_captions(run, sampler, expand
   out = tmp_path / "out"
   proc = _run("--workdir", str(run.workdir), "--out", str(out), "--prompt", "a red circle",
               "--prompt", "🐱 a cat", "--num_per_prompt", "2", "--step", "1", "--expand_with",
-              expander_dir, "--expand_template", "Caption: {prompt}", "--expand_num_beams", "2",
-              "--expand_max_new_tokens", "10")
+              Path(expander_dir).name, "--expand_template", "Caption: {prompt}",
+              "--expand_num_beams", "2", "--expand_max_new_tokens", "10",
+              cwd=Path(expander_dir).parent)
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = _records(out, 4)
   assert [r["prompt"] for r in records] == ["a red circle"] * 2 + ["🐱 a cat"] * 2
@@ -69,7 +70,8 @@ def test_expansion_end_to_end_records_and_uses_the_captions(run, sampler, expand
   assert all(captions) and records[1]["caption"] == captions[0]
   assert captions[0] != "a red circle" and captions[1] != "🐱 a cat"  # expanded, not the prompts
   assert "Expanded 'a red circle' -> " in proc.stderr
-  # What expanded them, to redo it: the model and its settings (greedy: no temperature, top_p).
+  # What expanded them, to redo it: the model (in full: the relative name was recorded, which
+  # reads as a hub name) and its settings (greedy: no temperature, top_p).
   assert all(r["expander"] == {"model": str(expander_dir), "template": "Caption: {prompt}",
                                "max_length": 64, "max_new_tokens": 10, "num_beams": 2,
                                "do_sample": False} for r in records), records[0]
