@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from absl import app, flags
@@ -221,7 +222,10 @@ def main(argv: list[str]) -> None:
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
-    cli.fail("evaluate.py", str(e), 1)
+    message = str(e)
+    if FLAGS.data_dir:  # the data config's checks name its key: here the flag set it
+      message = re.sub(r"(?<!--config\.)\bdata\.data_dir\b", "--data_dir", message)
+    cli.fail("evaluate.py", message, 1)
   except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --batch_size 100000
     sizes = "--num_samples" if FLAGS.write_stats else "--batch_size or --num_samples"
     if not (message := cli.out_of_memory(e, sizes)):

@@ -84,6 +84,17 @@ def test_cli_unknown_split_is_one_clear_error(run, tiny_eval, tmp_path):
   assert report.parent.is_dir() and not report.exists()
 
 
+def test_a_data_dir_that_cannot_hold_the_data_is_named_as_the_flag(run, tmp_path):
+  """It was named data.data_dir (the run's config key, which the flag overrides)."""
+  (tmp_path / "a_file").write_text("not a folder")
+  assert _main("--workdir", str(run.workdir), "--data_dir", str(tmp_path / "a_file"),
+               "--out", str(tmp_path / "r.json")) == (
+      f"evaluate.py: error: Could not build captioned_shapes/tiny_32 in --data_dir="
+      f"'{tmp_path / 'a_file'}' (NotADirectoryError: [Errno 20] Not a directory: "
+      f"'{tmp_path / 'a_file' / 'downloads'}'). Check that path, or set --data_dir to a folder "
+      "you can write, with room for the build.")
+
+
 def test_write_stats_of_a_folder_config(folder_run, tmp_path, monkeypatch):
   """--write_stats with --config and a --config.data.folder override: the train split by default
   (a folder has no test split), the .npz at exactly the path given."""
