@@ -14,7 +14,8 @@ architecture):
 - D's logit head keeps its two convs' biases (DF-GAN's have none): 2*nf + 1 parameters;
 - Flax's initialisers (lecun-normal weights, zero biases) in place of PyTorch's defaults
   (uniform weights, ~sqrt(3) narrower, and random biases); zero-init outputs as in DF-GAN;
-- a mismatched pair whose caption repeats the image's own counts as matched (`mismatch_weights`);
+- a "mismatched" pair whose caption repeats the image's own is left out of the mismatch term
+  (`mismatch_weights`);
   optional DiffAugment, EMA of G, lazy MA-GP and R1 (train.config).
 """
 from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS, sentence_embedding
