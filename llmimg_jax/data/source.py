@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import signal
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,13 +61,33 @@ class ExampleSource:
 
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
-    if multiprocessing.parent_process() is not None:  # a grain worker, sent this source
+    if (parent := multiprocessing.parent_process()) is not None:  # a grain worker, sent this
       # A SIGTERM to every process of a job (Slurm's scancel, `kill -TERM -PGID`) or a Ctrl-C in
       # a terminal (SIGINT to its process group) is the main process's to handle: it finishes
       # the step and saves, reading the workers' batches. Grain still stops its workers (an
       # event, then SIGKILL after a timeout).
       signal.signal(signal.SIGTERM, signal.SIG_IGN)
       signal.signal(signal.SIGINT, signal.SIG_IGN)
+      _exit_with(parent.pid)
+
+
+_WATCHED: set[int] = set()  # the parents this worker process exits with
+
+
+def _exit_with(parent: int, poll_s: float = 1.0) -> None:
+  """Ends this worker process once `parent` is gone: one killed with SIGKILL (or by the OOM
+  killer) cannot stop its workers, which ignore SIGTERM, and they ran on (~240 MB each, and the
+  resource tracker they hold open), a set per crash and rerun."""
+  if parent in _WATCHED:
+    return
+  _WATCHED.add(parent)
+
+  def watch() -> None:
+    while os.getppid() == parent:  # the orphan's parent is init, or a subreaper
+      time.sleep(poll_s)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
 def _text(t) -> str:
