@@ -171,7 +171,7 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
                      "(pt_inception-2015-12-05-6726825d.pth, or the .npz made from it).")
   if path.lower().endswith(".npz"):
     return fid.read_npz(path, "pass pytorch-fid's weights (.pth) or convert them again: "
-                        f"python -m llmimg_jax.eval.inception WEIGHTS.pth {path}")
+                        f"python -m llmimg_jax.eval.inception WEIGHTS.pth {path} --overwrite")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:

@@ -165,7 +165,8 @@ def test_damaged_npz_weights_are_one_value_error(tmp_path):
   """A cut-short weights .npz raised zipfile.BadZipFile (evaluate.py printed a traceback)."""
   for path in _damaged_npz_files(tmp_path, {"Conv2d_1a_3x3.conv.weight": np.zeros((2, 3, 3, 3))}):
     with pytest.raises(ValueError, match=f"{path.name} is not a readable .npz file .*convert "
-                                         "them again: python -m llmimg_jax.eval.inception"):
+                                         "them again: python -m llmimg_jax.eval.inception "
+                                         f"WEIGHTS.pth {path} --overwrite"):
       inception.load_params(str(path))
 
 
