@@ -91,17 +91,18 @@ def _download_error(data_dir: str, why: str) -> CocoDownloadError:
 
 
 def _checksum_error(builder, data_dir: str, e: Exception) -> CocoDownloadError:
-  """A file TFDS found is not the archive it expects: said 'download it where the site is
-  reachable', which read the same file again (one copied into downloads/manual/, say)."""
+  """A file in downloads/manual/ that is not the archive TFDS expects: rerunning where the site
+  is reachable reads the same file again. (A download's own is _download_error's: a proxy's page,
+  say.)"""
   found = re.search(r"Artifact (\S+), downloaded to (.+?), has wrong checksum", str(e))
-  if found is None:
+  if found is None or os.sep + os.path.join("downloads", "manual") + os.sep not in found[2]:
     return _download_error(data_dir, f"{type(e).__name__}: {_short(e)}")
   url, path = found.groups()
   info = (builder.url_infos or {}).get(url)
   expected = "" if info is None else f" ({int(info.size):,} bytes, sha256 {info.checksum})"
   return CocoDownloadError(
-      f"coco_captions: {path} is not the archive {url}{expected}: a damaged download, or another "
-      "file of that name in downloads/manual/. Delete or replace it, then rerun.")
+      f"coco_captions: {path} is not the archive {url}{expected}: damaged, or another file of "
+      "that name. Delete or replace it, then rerun.")
 
 
 def _check_hosts_answer(builder, data_dir: str) -> None:
@@ -123,24 +124,21 @@ FETCHED = re.compile(r"(2014|test2015)\.zip$|caption_datasets\.zip$")
 
 
 def _all_downloaded(builder) -> bool:
-  """Whether TFDS finds every archive on disk: in DATA_DIR/downloads/manual/ under its own name,
-  or a finished download (the file under TFDS's name, with its .INFO) in downloads/. Any file
-  there counted: a cut-short download's (in a .tmp. folder) or another dataset's left ~3.5
-  minutes of TFDS's retries offline."""
+  """Whether TFDS finds every archive on disk, where it looks: DATA_DIR/downloads/manual/ under
+  the archive's own name, or a finished download (the file under TFDS's name, with its .INFO)
+  in downloads/coco_captions/ or downloads/. Other files (a cut-short download's .tmp. folder,
+  another dataset's) do not build offline: TFDS would retry the hosts for ~3.5 minutes."""
   from tensorflow_datasets.core.download import resource  # pylint: disable=g-import-not-at-top
-  downloads = os.fspath(builder.data_dir_root / "downloads")
-  names = set()
-  for _, folders, files in os.walk(downloads):
-    folders[:] = [f for f in folders if ".tmp." not in f and f != "extracted"]
-    names.update(files)
+  downloads = builder.data_dir_root / "downloads"
 
   def found(url: str, info) -> bool:
     if info is None:
       return False
-    if info.filename and os.path.isfile(os.path.join(downloads, "manual", info.filename)):
+    if info.filename and (downloads / "manual" / info.filename).is_file():
       return True
     name = resource.get_dl_fname(url, info.checksum)
-    return name in names and f"{name}.INFO" in names
+    return any((folder / name).is_file() and (folder / f"{name}.INFO").is_file()
+               for folder in (downloads / builder.name, downloads))
 
   return all(found(url, info) for url, info in builder.url_infos.items() if FETCHED.search(url))
 

@@ -19,6 +19,8 @@ KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_da
 class FakeCoco:
   """The parts of TFDS's coco_captions builder that coco.download_and_prepare uses."""
 
+  name = "coco_captions"
+
   def __init__(self, root: Path, prepared: bool = False, fails: Exception | None = None):
     self.data_dir_root, self.prepared, self.built, self.fails = root, prepared, False, fails
     urls = [COCO_URL, COCO_URL.replace("train", "val"), KARPATHY_URL,
@@ -36,12 +38,13 @@ class FakeCoco:
     self.built = True
 
 
-def _download(builder: FakeCoco, url: str) -> None:
-  """A finished download of `url` where TFDS keeps it: the file, and its .INFO beside it."""
+def _download(builder: FakeCoco, url: str, folder: str = "coco_captions") -> None:
+  """A finished download of `url` where TFDS keeps it (downloads/coco_captions/; downloads/ in
+  TFDS's older layout): the file, and its .INFO beside it."""
   name = resource.get_dl_fname(url, builder.url_infos[url].checksum)
-  (builder.data_dir_root / "downloads").mkdir(parents=True, exist_ok=True)
+  (builder.data_dir_root / "downloads" / folder).mkdir(parents=True, exist_ok=True)
   for file in (name, f"{name}.INFO"):
-    (builder.data_dir_root / "downloads" / file).write_text("downloaded")
+    (builder.data_dir_root / "downloads" / folder / file).write_text("downloaded")
 
 
 def _copy_by_hand(builder: FakeCoco, url: str) -> None:
@@ -85,7 +88,7 @@ def test_answering_hosts_a_built_dataset_or_cached_downloads_build_as_before(tmp
   assert builder.built and probed == []
   builder = FakeCoco(tmp_path)  # every archive the build fetches: two downloaded, one by hand
   _download(builder, COCO_URL)
-  _download(builder, KARPATHY_URL)
+  _download(builder, KARPATHY_URL, folder="")  # TFDS's older layout
   _copy_by_hand(builder, COCO_URL.replace("train", "val"))
   coco.download_and_prepare(builder, str(tmp_path))
   assert builder.built and probed == []
@@ -95,7 +98,8 @@ def test_answering_hosts_a_built_dataset_or_cached_downloads_build_as_before(tmp
   assert builder.built and probed == [COCO_URL, KARPATHY_URL]  # one URL per host
 
 
-@pytest.mark.parametrize("on_disk", ["cut_short", "other_dataset", "some_archives"])
+@pytest.mark.parametrize("on_disk", ["cut_short", "other_dataset", "coco_dataset",
+                                     "some_archives"])
 def test_files_that_are_not_every_archive_still_probe_the_hosts(tmp_path, probed, on_disk):
   """Any file under downloads/ skipped the probe: a cut-short download's (TFDS leaves its
   .tmp. folder), another dataset's, or some of the archives left ~3.5 minutes of retries."""
@@ -109,6 +113,9 @@ def test_files_that_are_not_every_archive_still_probe_the_hosts(tmp_path, probed
     downloads.mkdir()
     (downloads / "storage.googleapis.com_other.zip").write_text("another dataset's")
     (downloads / "storage.googleapis.com_other.zip.INFO").write_text("{}")
+  elif on_disk == "coco_dataset":  # TFDS's coco/2014: the same archives, not where this looks
+    for url in (COCO_URL, COCO_URL.replace("train", "val"), KARPATHY_URL):
+      _download(builder, url, folder="coco")
   else:
     _download(builder, COCO_URL)
     _copy_by_hand(builder, KARPATHY_URL)
@@ -132,6 +139,12 @@ def test_an_archive_with_the_wrong_checksum_is_named_with_the_fix(tmp_path, prob
     coco.download_and_prepare(builder, str(tmp_path))
   assert str(error.value) == (
       f"coco_captions: {path} is not the archive {COCO_URL} (1,000 bytes, sha256 {info.checksum}): "
-      "a damaged download, or another file of that name in downloads/manual/. Delete or replace "
-      "it, then rerun.")
+      "damaged, or another file of that name. Delete or replace it, then rerun.")
   assert probed == []  # every archive on disk
+  # A download's own (a proxy's page, say): rerunning where the site is reachable is the fix.
+  fresh = tmp_path / "downloads" / "coco_captions" / "x.zip.tmp.0123" / "train2014.zip"
+  builder.fails = download_manager.NonMatchingChecksumError(
+      f"Artifact {COCO_URL}, downloaded to {fresh}, has wrong checksum:\n* Expected: ...")
+  with pytest.raises(coco.CocoDownloadError, match=r"could not be downloaded or built .*"
+                     r"NonMatchingChecksumError: .*where that site is reachable"):
+    coco.download_and_prepare(builder, str(tmp_path))
