@@ -85,9 +85,12 @@ def test_a_sigma_that_is_no_covariance_is_refused(tmp_path):
     with pytest.raises(ValueError, match=rf"{name}.npz holds a sigma that is no covariance "
                                          r"matrix \(not symmetric, or a negative variance\)"):
       fid.load_statistics(tmp_path / f"{name}.npz")
-  np.savez(tmp_path / "fine.npz", mu=mu, sigma=sigma.astype(np.float32))  # rounding: accepted
-  np.testing.assert_array_equal(fid.load_statistics(tmp_path / "fine.npz")[1],
-                                sigma.astype(np.float32))
+  rounded = sigma * (1 + 1e-6 * np.triu(np.ones_like(sigma), 1))  # float32 sums' rounding
+  np.savez(tmp_path / "fine.npz", mu=mu, sigma=rounded)
+  np.testing.assert_array_equal(fid.load_statistics(tmp_path / "fine.npz")[1], rounded)
+  np.savez(tmp_path / "empty.npz", mu=np.zeros(0), sigma=np.zeros((0, 0)))  # numpy's max() error
+  with pytest.raises(ValueError, match=r"empty.npz holds mu \(0,\) and sigma \(0, 0\)"):
+    fid.load_statistics(tmp_path / "empty.npz")
 
 
 def test_a_folder_given_as_an_npz_is_named(tmp_path):

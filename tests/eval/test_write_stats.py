@@ -102,11 +102,12 @@ def test_stats_of_another_image_size_than_the_run_are_refused_before_sampling(tm
   np.savez(tmp_path / "dfgan.npz", mu=np.zeros(3), sigma=np.eye(3))  # no size: not checked
   report.check_ref_size(str(tmp_path / "dfgan.npz"), 16)
   # int()'s "invalid literal for int() with base 10: 'abc'" named no file.
-  np.savez(tmp_path / "odd.npz", mu=np.zeros(3), sigma=np.eye(3), image_size="abc")
-  with pytest.raises(ValueError, match=(
-      rf"^--ref_stats {tmp_path / 'odd.npz'} records image_size 'abc', which is no size in "
-      r"pixels; write the statistics again with `python evaluate.py --write_stats PATH")):
-    report.check_ref_size(str(tmp_path / "odd.npz"), 16)
+  for size in ("abc", 64.9, np.inf):  # an int() error naming no file; 64; OverflowError
+    np.savez(tmp_path / "odd.npz", mu=np.zeros(3), sigma=np.eye(3), image_size=size)
+    with pytest.raises(ValueError, match=(
+        rf"^--ref_stats {tmp_path / 'odd.npz'} records image_size {size!r}, which is no size in "
+        r"pixels; write the statistics again with `python evaluate.py --write_stats PATH")):
+      report.check_ref_size(str(tmp_path / "odd.npz"), 16)
 
 
 def test_stats_of_another_dataset_than_the_run_are_warned_about(tmp_path, monkeypatch, caplog):
