@@ -191,14 +191,14 @@ class WorkdirClaim:
   def _keep(self) -> None:
     if self.fd is None:
       return
-    held = os.fstat(self.fd)
-    try:
-      now = os.stat(self.workdir / LOCK_FILE)
+    try:  # NFS: ESTALE for a file deleted from another machine
+      held, now = os.fstat(self.fd), os.stat(self.workdir / LOCK_FILE)
       if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
         return
-    except FileNotFoundError:
+    except OSError:
       pass
-    os.close(self.fd)
+    with contextlib.suppress(OSError):
+      os.close(self.fd)
     self.fd = None
     self.fd = _claim(self.workdir, during_run=True)  # None: it warned that it could not
     if self.fd is not None:
@@ -223,7 +223,8 @@ def workdir_claimed(workdir: Path) -> Iterator[WorkdirClaim]:
 
 
 def _claim(workdir: Path, during_run: bool = False) -> int | None:
-  workdir.mkdir(parents=True, exist_ok=True)
+  if not during_run:  # during it, a workdir gone (an unmounted share) is not made again
+    workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / LOCK_FILE
   fd = None
   try:
@@ -248,7 +249,10 @@ def _claim(workdir: Path, during_run: bool = False) -> int | None:
         f"The workdir {workdir} is in use by another train.py ({holder}): two runs there would "
         "save the same checkpoints, and one's start deletes the other's save in progress. Wait "
         "for it to end (or stop it), or pass another --workdir; nothing was trained.") from e
-  os.ftruncate(fd, 0)
-  os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode())
+  try:  # who holds it, for a second run's error; the lock holds without it (a full disk)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode())
+  except OSError as e:
+    log.warning("Could not write who holds %s (%s).", path, e.strerror)
   return fd

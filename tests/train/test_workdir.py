@@ -87,6 +87,11 @@ def test_a_lock_file_deleted_during_the_run_is_claimed_again_before_a_save(tmp_p
     caplog.clear()
     claim.keep()  # its own file: nothing to do
     assert not caplog.text
+    (tmp_path / "copy").write_text("an old run's")
+    (tmp_path / "copy").replace(tmp_path / LOCK_FILE)  # replaced, by hand or a restore
+    claim.keep()
+    assert "was deleted or replaced during this run; claimed again" in caplog.text
+    assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
 
 
 def test_a_run_whose_workdir_another_claimed_meanwhile_stops_before_its_save(shapes_data_dir,
