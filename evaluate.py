@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 from absl import app, flags
@@ -224,7 +223,8 @@ def main(argv: list[str]) -> None:
     logging.debug("evaluate.py failed", exc_info=True)
     message = str(e)
     if FLAGS.data_dir:  # the data config's checks name its key: here the flag set it
-      message = re.sub(r"(?<!--config\.)\bdata\.data_dir\b", "--data_dir", message)
+      from llmimg_jax.data.pipeline import keys_as_flags  # pylint: disable=g-import-not-at-top
+      message = keys_as_flags(message, ("data_dir",))
     cli.fail("evaluate.py", message, 1)
   except (MemoryError, jax.errors.JaxRuntimeError) as e:  # e.g. --batch_size 100000
     sizes = "--num_samples" if FLAGS.write_stats else "--batch_size or --num_samples"

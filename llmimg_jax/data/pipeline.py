@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import grain
@@ -341,6 +342,12 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: TextTokenizer,
       shard_options=grain.sharding.NoSharding(),  # the sampler already slices per host
       read_options=_read_options(data_cfg))
   return iter(loader)
+
+
+def keys_as_flags(message: str, keys: tuple[str, ...]) -> str:
+  """`message` (a data config check's) naming the flags --KEY where it names the keys data.KEY:
+  a command whose flags set them (prepare, evaluate.py). train.py's --config.data.KEY stays."""
+  return re.sub(rf"(?<!--config\.)\bdata\.({'|'.join(keys)})\b", r"--\1", message)
 
 
 def close_iterator(data_iter: grain.DataLoaderIterator) -> None:

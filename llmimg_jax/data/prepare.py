@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -203,10 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
       source = pipeline.load_source(cfg, args.split)
   except ValueError as e:  # a bad folder (FolderError) or data config, e.g. a missing --folder
-    # The data config's checks name its keys; here the user gave them as this command's flags
-    # (train.py's --config.data.KEY stays).
-    message = re.sub(r"(?<!--config\.)\bdata\.(folder|data_dir|image_size|max_pixels)\b",
-                     r"--\1", str(e))
+    # The data config's checks name its keys; here this command's flags set them.
+    message = pipeline.keys_as_flags(str(e), ("folder", "data_dir", "image_size", "max_pixels"))
     parser.exit(2, f"{parser.prog}: error: {message}\n")
   seconds = time.perf_counter() - start
   report = {"dataset": args.dataset, "split": args.split, "num_examples": len(source),
