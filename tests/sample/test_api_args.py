@@ -131,3 +131,14 @@ def test_a_record_no_json_holds_is_an_error_before_anything_is_written(sampler, 
   with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
     write_samples(result, tmp_path / "out", {"expander": {"temperature": float("inf")}})
   assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_truncation_float32_cannot_hold_is_refused(sampler, tmp_path):
+  """truncation=inf drew infinite noise: black images, exit 0, and 'Infinity' (not JSON) in
+  samples.jsonl; 1e39 too (inf in float32, after numpy's overflow warning); 1e-46 (0 in float32)
+  drew no noise: the same image num_per_prompt times, the record saying 1e-46."""
+  for truncation in (float("inf"), 1e39, 1e-46):
+    with pytest.raises(ValueError, match=re.escape(
+        f"truncation={truncation} must be from 1.2e-38 to 3.4e+38 (a float32 > 0; e.g. 0.88); "
+        "leave it unset for none.")):
+      sampler.sample(["a red circle"], truncation=truncation)

@@ -70,8 +70,7 @@ def test_expansion_end_to_end_records_and_uses_the_captions(run, sampler, expand
   assert all(captions) and records[1]["caption"] == captions[0]
   assert captions[0] != "a red circle" and captions[1] != "🐱 a cat"  # expanded, not the prompts
   assert "Expanded 'a red circle' -> " in proc.stderr
-  # What expanded them, to redo it: the model (in full: the relative name was recorded, which
-  # reads as a hub name) and its settings (greedy: no temperature, top_p).
+  # What expanded them, to redo it: the model (in full, not as named) and its settings.
   assert all(r["expander"] == {"model": str(expander_dir), "template": "Caption: {prompt}",
                                "max_length": 64, "max_new_tokens": 10, "num_beams": 2,
                                "do_sample": False} for r in records), records[0]
