@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any
 
 import jax
@@ -84,10 +85,13 @@ def generate(params: dict, config: T5Config, input_ids: np.ndarray | jax.Array,
     raise ValueError(f"Sampling needs temperature {cli.TEMPERATURES} (lower is greedy "
                      "decoding: do_sample=False), 0 < top_p <= 1, top_k >= 0 a whole number; got "
                      f"temperature={temperature}, top_p={top_p}, top_k={top_k}.")
-  # NaN or inf (in float32): every score NaN, and all-pad rows returned without a word.
-  if num_beams > 1 and not abs(length_penalty) <= cli.FLOAT32_MAX:
-    raise ValueError(f"length_penalty={length_penalty} must be a finite float32 number for beam "
-                     "search (1.0: none; > 0 favours longer sequences).")
+  # Beam scores are divided by length ** length_penalty: outside float32's range (NaN, inf, or
+  # e.g. 49 ** -30), every score is NaN or -inf, and rows of pad tokens are returned.
+  if num_beams > 1 and not abs(length_penalty) * math.log(max_new_tokens + 1) < 87:
+    raise ValueError(f"length_penalty={length_penalty} with max_new_tokens={max_new_tokens}: "
+                     "(max_new_tokens + 1) ** length_penalty leaves float32's range; keep "
+                     "|length_penalty| * ln(max_new_tokens + 1) below 87 (1.0: none; > 0 favours "
+                     "longer sequences).")
   if do_sample and num_beams > 1:
     raise NotImplementedError("Beam sampling (do_sample with num_beams > 1) is not supported.")
   if rng is None and do_sample:

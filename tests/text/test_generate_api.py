@@ -69,9 +69,11 @@ def test_sampling_refuses_a_top_k_that_is_not_a_whole_number(generator, top_k):
      r"Sampling needs temperature from 1e-06 to 3.4e\+38"),
     ({"do_sample": True, "temperature": 1e39}, r"Sampling needs temperature from 1e-06 to"),
     # NaN scores: rows of pad tokens, without a word
-    ({"num_beams": 2, "length_penalty": float("nan")}, r"length_penalty=nan must be a finite "
-     r"float32 number for beam search \(1.0: none; > 0 favours longer sequences\)\.$"),
-    ({"num_beams": 2, "length_penalty": -1e39}, r"length_penalty=-1e\+39 must be a finite"),
+    ({"num_beams": 2, "length_penalty": float("nan")}, r"length_penalty=nan with max_new_tokens=2: "
+     r"\(max_new_tokens \+ 1\) \*\* length_penalty leaves float32's range; keep \|length_penalty\| "
+     r"\* ln\(max_new_tokens \+ 1\) below 87 \(1.0: none; > 0 favours longer sequences\)\.$"),
+    ({"num_beams": 2, "length_penalty": -1e39}, r"length_penalty=-1e\+39 with max_new_tokens"),
+    ({"num_beams": 2, "length_penalty": -80.0}, r"length_penalty=-80.0 with max_new_tokens"),
     ({"max_new_tokens": 2**31}, r"max_new_tokens=2147483648 must be < 2\*\*31"),  # jit traceback
 ])
 def test_a_temperature_or_length_that_float32_or_int32_cannot_hold_is_refused(generator, kw,
