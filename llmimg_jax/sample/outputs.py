@@ -48,6 +48,11 @@ def write_samples(result: SampleResult, out_dir: str | os.PathLike,
   Returns the jsonl records: file, prompt, caption (the expanded caption, or null), prompt_index,
   sample_index, seed, step, truncation, plus `extra`.
   """
+  try:  # the other fields are checked numbers
+    _jsonl_line(extra or {})
+  except ValueError:
+    raise ValueError(f"write_samples' extra fields hold NaN or inf ({extra!r}), which JSON "
+                     "readers refuse: pass finite numbers.") from None
   check_out_dir(out_dir, overwrite)
   out = Path(out_dir).expanduser()
   out.mkdir(parents=True, exist_ok=True)
