@@ -89,9 +89,9 @@ def run() -> None:
         num_beams=_EXPAND_BEAMS.value,
         max_new_tokens=_EXPAND_TOKENS.value, do_sample=_EXPAND_SAMPLE.value,
         temperature=_EXPAND_TEMPERATURE.value, top_p=_EXPAND_TOP_P.value, seed=_SEED.value)
-  result = sampler.sample(prompts, _SEED.value, _NUM.value, _TRUNCATION.value)
   extra = ({"expander": {"model": _model_name(_EXPAND_WITH.value),
                           **sampler.expander.settings()}} if _EXPAND_WITH.value else None)
+  result = sampler.sample(prompts, _SEED.value, _NUM.value, _TRUNCATION.value)
   write_samples(result, _OUT.value, extra, overwrite=_OVERWRITE.value)
   if result.expanded:
     for p, c in zip(result.prompts, result.captions):

@@ -38,14 +38,14 @@ def main() -> None:
   args = parser.parse_args()
   from llmimg_jax.data import captioned_shapes
   try:
-    stored = captioned_shapes.builder_config(args.config, f"--config {args.config}").resolution
+    resolution = captioned_shapes.builder_config(args.config, f"--config {args.config}").resolution
   except ValueError as e:
     parser.error(str(e))
   if args.image_size is None:  # a default of 64 refused --config 32, naming data.image_size
-    args.image_size = stored
-  elif args.image_size > stored:
+    args.image_size = resolution
+  elif args.image_size > resolution:
     parser.error(f"--image_size {args.image_size}: captioned_shapes/{args.config} stores "
-                 f"{stored}px images; drop --image_size or pick a larger --config.")
+                 f"{resolution}px images; drop --image_size or pick a larger --config.")
 
   cfg = pipeline.default_data_config()
   cfg.update(name="captioned_shapes", config=args.config, data_dir=args.data_dir,

@@ -143,7 +143,7 @@ MIN_TEMPERATURE = 1e-6
 # logits / inf are 0, or NaN for a token held back (-inf), which the draw then picks (EOS at
 # once, past min_new_tokens).
 FLOAT32_MAX = 3.4e38
-FLOAT32_TINY = 1.2e-38  # float32's smallest normal number is 1.1754944e-38: below it, 0 or less
+FLOAT32_TINY = 1.2e-38  # float32's smallest normal number is 1.1754944e-38; devices may flush less
 TEMPERATURES = f"from {MIN_TEMPERATURE:g} to {FLOAT32_MAX:g}"
 
 

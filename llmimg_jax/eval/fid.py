@@ -108,7 +108,7 @@ _NOT_NPZ = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError)
 def read_npz(path: str | os.PathLike, fix: str) -> dict[str, np.ndarray]:
   """The arrays of the .npz at `path` (pickled object arrays, not ours, left out); a file that is
   not a readable .npz is a ValueError naming it, with `fix`."""
-  if os.path.isdir(path):  # IsADirectoryError's "[Errno 21]" named neither the flag nor a fix
+  if os.path.isdir(path):  # IsADirectoryError's "[Errno 21]" names neither the flag nor a fix
     raise ValueError(f"{path} is a folder; name the .npz file itself.")
   try:  # our own file object: np.load leaves one it opened open if the zip is cut short
     with open(path, "rb") as fh, np.load(fh) as f:
@@ -138,7 +138,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def statistics_info(path: str | os.PathLike) -> dict:
   """What else a statistics .npz holds (evaluate.py --write_stats: num_images, dataset, split,
   image_size), as values a JSON file can hold: the results record it (bytes, a date or a
-  complex number failed their write, after the whole evaluation)."""
+  complex number would fail their write, after the whole evaluation)."""
   return {k: _json_value(v.item()) for k, v in read_npz(path, STATS_FIX).items()
           if k not in ("mu", "sigma") and v.ndim == 0}
 

@@ -166,7 +166,7 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         f"No Inception weights at {path}. Download pytorch-fid's FID Inception weights from "
         f"{WEIGHTS_URL} and pass their path (or the .npz made from them by "
         "`python -m llmimg_jax.eval.inception WEIGHTS.pth OUT.npz`).")
-  if os.path.isdir(path):  # torch's error was "not a readable torch state dict; download again"
+  if os.path.isdir(path):  # torch's error would say "not a readable state dict; download again"
     raise ValueError(f"{path} is a folder; name the weights file itself "
                      "(pt_inception-2015-12-05-6726825d.pth, or the .npz made from it).")
   if path.lower().endswith(".npz"):
@@ -275,7 +275,7 @@ class InceptionFeatures:
 
 def main(argv: list[str]) -> None:
   prog = "python -m llmimg_jax.eval.inception"
-  overwrite = "--overwrite" in argv[1:]  # an existing OUT.npz was replaced without a word
+  overwrite = "--overwrite" in argv[1:]  # an existing OUT.npz is replaced only when told
   paths = [a for a in argv[1:] if a != "--overwrite"]
   if len(paths) != 2 or not paths[1].lower().endswith(".npz"):  # the loader tells by the suffix
     print(f"usage: {prog} WEIGHTS.pth OUT.npz [--overwrite]", file=sys.stderr)

@@ -16,7 +16,7 @@ architecture):
   (uniform weights, ~sqrt(3) narrower, and random biases); zero-init outputs as in DF-GAN;
 - a "mismatched" pair whose caption repeats the image's own is left out of the mismatch term
   (`mismatch_weights`);
-  optional DiffAugment, EMA of G, lazy MA-GP and R1 (train.config).
+- optional DiffAugment, EMA of G, lazy MA-GP and R1 (train.config).
 """
 from llmimg_jax.gan.common import SUPPORTED_RESOLUTIONS, sentence_embedding
 from llmimg_jax.gan.diffaugment import diff_augment

@@ -60,7 +60,7 @@ def check_sample_args(num_per_prompt: int, seed: int, truncation: float | None, 
     raise ValueError(f"{flag}num_per_prompt={num_per_prompt} must be >= 1.")
   if not 0 <= seed < 2**32:
     raise ValueError(f"{flag}seed={seed} must be in [0, 2**32).")
-  # The noise's float32 multiplier: inf drew black images, 1e-46 (0) one image per prompt.
+  # The noise's float32 multiplier: inf draws black images, 0 (e.g. 1e-46) one image per prompt.
   if truncation is not None and not cli.FLOAT32_TINY <= float(truncation) <= cli.FLOAT32_MAX:
     raise ValueError(f"{flag}truncation={truncation} must be from {cli.FLOAT32_TINY:g} to "
                      f"{cli.FLOAT32_MAX:g} (a float32 > 0; e.g. 0.88); leave it unset for none.")

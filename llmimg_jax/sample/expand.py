@@ -50,8 +50,8 @@ class CaptionExpander:
       raise ValueError(f"CaptionExpander batch_size={self.batch_size} must be >= 1.")
 
   def _check_room_for_prompts(self) -> None:
-    """A template whose text before {prompt} fills the expander's input: every prompt was cut
-    away whole, and each got the same caption, after a warning that prompts were cut short."""
+    """A template whose text before {prompt} fills the expander's input: every prompt would be
+    cut away whole, each getting the same caption, after a warning that prompts are cut short."""
     tokenizer = self.generator.tokenizer
     _, (length,) = tokenizer.tokenize([_text_before_prompt(self.template)])  # EOS included
     if length >= tokenizer.max_length:  # truncation keeps max_length - 1 tokens and EOS

@@ -182,7 +182,7 @@ class WorkdirClaim:
 
   def keep(self) -> None:
     """Before each save, on every host: LOCK_FILE deleted or replaced by hand (it stays in the
-    workdir, naming a run long gone) let a second train.py claim the workdir beside this run,
+    workdir, naming a run long gone) lets a second train.py claim the workdir beside this run,
     both then failing their saves, blaming the disk. Claimed again if it is free; else a
     WorkdirInUseError naming the other run, on every host, before this run saves."""
     checkpoint.on_host_0(self._keep, "workdir_kept", f"keep {self.workdir / LOCK_FILE}",
