@@ -171,16 +171,16 @@ def check_ref_size(ref_stats: str, image_size: int, dataset: str | None = None) 
   if dataset and info.get("dataset") not in (None, dataset):
     log.warning("--ref_stats %s holds statistics of %s, not of the run's %s: its FID measures the "
                 "distance to that data.", ref_stats, info["dataset"], dataset)
-  size = info.get("image_size")
+  if (size := info.get("image_size")) is None:
+    return
   try:  # int() names no file ("invalid literal"), and makes 64.9 a 64
-    whole = size is None or float(size).is_integer()
+    whole = float(size).is_integer()
   except (ValueError, OverflowError):
     whole = False
   if not whole:
     raise ValueError(f"--ref_stats {ref_stats} records image_size {size!r}, which is no size in "
                      f"pixels; {fid.STATS_FIX}")
-  size = None if size is None else int(float(size))
-  if size is not None and size != image_size:
+  if (size := int(float(size))) != image_size:
     raise ValueError(f"--ref_stats {ref_stats} holds statistics of {size}px real images, but "
                      f"the run generates {image_size}px ones; write them at its size with "
                      "`python evaluate.py --write_stats PATH --workdir WORKDIR "
