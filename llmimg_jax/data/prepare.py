@@ -92,11 +92,9 @@ def check_args(args: argparse.Namespace) -> None:
   if config and name != "captioned_shapes":  # it would be ignored without a word
     raise ValueError(f"--dataset {args.dataset}: {name} has no configs to choose (/{config} "
                      f"would be ignored); give --dataset {name}.")
-  if config:
-    from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
-    captioned_shapes.builder_config(config, f"--dataset {args.dataset}")
-  # Refused after the whole build (hours for a large folder) by the split's load.
-  if (splits := _splits(name, config)) and args.split not in splits:
+  # An unknown config named; a split refused after the whole build (hours for a large folder)
+  # by the split's load.
+  if (splits := _splits(args.dataset)) and args.split not in splits:
     choices = " or ".join([", ".join(splits[:-1]), splits[-1]] if splits[1:] else splits)
     raise ValueError(f"--split {args.split}: {args.dataset} has no split {args.split!r}; "
                      f"give --split {choices}.")
@@ -123,15 +121,17 @@ def check_args(args: argparse.Namespace) -> None:
                      "file); drop it.")
 
 
-def _splits(name: str, config: str) -> list[str] | None:
-  """The splits of a --dataset that builds here (coco_captions: TFDS's, None)."""
+def _splits(dataset: str) -> list[str] | None:
+  """The splits of a --dataset that builds here (coco_captions: TFDS's, None); a ValueError for
+  a captioned_shapes config there is none of."""
+  name, _, config = dataset.partition("/")
   if name == "captioned_folder":
     return ["train"]
   if name != "captioned_shapes":
     return None
   from llmimg_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
   config = config or pipeline.default_data_config().config
-  return list(captioned_shapes.builder_config(config, "--dataset").split_sizes())
+  return list(captioned_shapes.builder_config(config, f"--dataset {dataset}").split_sizes())
 
 
 def data_config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
