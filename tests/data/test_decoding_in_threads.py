@@ -3,6 +3,7 @@ process-wide settings that it changes while decoding are those of the program af
 call reads them as it would alone."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -207,6 +208,14 @@ def test_an_image_opens_as_it_would_alone_while_another_thread_decodes(tmp_path,
   assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
 
+def _waiting() -> int:
+  """The decodes waiting in decode_memory's queue, read under its lock: one let in at once is
+  appended and removed within one hold of it, and was seen waiting when read without (so a
+  decode held until another waits ended before the one that was starting beside it)."""
+  with decode_guards._DECODE_MEMORY:
+    return len(decode_guards._decode_queue)
+
+
 def _until(condition) -> None:
   deadline = time.monotonic() + 10
   while not condition():
@@ -283,14 +292,32 @@ def test_the_images_decoded_at_once_fit_in_the_decode_memory(tmp_path, monkeypat
   monkeypatch.setattr(decode_guards, "DECODE_MEMORY", 450_000)
   monkeypatch.setattr(images, "_decode_threads", lambda: 4)
   decoding, at_once, ended, lock, to_rgb = [], [], [], threading.Lock(), images._to_rgb
+  holding, decode_memory = [0], decode_guards.decode_memory
+
+  @contextlib.contextmanager
+  def counted_memory():  # the decodes holding memory, from their reserve to their end
+    reserved = []
+    with decode_memory() as reserve:
+      def counted_reserve(nbytes: int) -> None:
+        reserve(nbytes)
+        with lock:
+          holding[0] += 1
+          reserved.append(nbytes)
+      try:
+        yield counted_reserve
+      finally:
+        with lock:
+          holding[0] -= len(reserved)
 
   def counted_to_rgb(img, *args):  # each decode's span includes its _to_rgb
     with lock:
       decoding.append(img.size)
       at_once.append(sorted(decoding))
-    # Held until no other can start beside it (one waits for memory, or none is left of the 10
-    # that get here): every decode the memory bound lets in meanwhile is counted.
-    _until(lambda: decode_guards._decode_queue or len(ended) + len(decoding) == 10)
+    # Held until no other can start beside it (one waits for memory, and each that holds memory
+    # has reached here: it loads its image first; or none is left of the 10 that get here):
+    # every decode the memory bound lets in meanwhile is counted.
+    _until(lambda: _waiting() and holding[0] == len(decoding)
+           or len(ended) + len(decoding) == 10)
     try:
       return to_rgb(img, *args)
     finally:
@@ -298,6 +325,7 @@ def test_the_images_decoded_at_once_fit_in_the_decode_memory(tmp_path, monkeypat
         decoding.remove(img.size)
         ended.append(img.size)
 
+  monkeypatch.setattr(decode_guards, "decode_memory", counted_memory)
   monkeypatch.setattr(images, "_to_rgb", counted_to_rgb)
   in_threads = list(images.load_images(paths, 16))
   assert max(map(len, at_once)) == 2
@@ -331,13 +359,13 @@ def test_a_decode_larger_than_the_decode_memory_starts_alone_in_its_turn(monkeyp
     runs = [pool.submit(decode, "a", 60)]
     _until(lambda: started)
     runs.append(pool.submit(decode, "b", 500))
-    _until(lambda: decode_guards._decode_queue or len(started) > 1)
+    _until(lambda: _waiting() or len(started) > 1)
     runs.append(pool.submit(decode, "c", 30))  # 90 of 100 beside a
-    _until(lambda: len(decode_guards._decode_queue) > 1 or len(started) > 1)
+    _until(lambda: _waiting() > 1 or len(started) > 1)
     assert started == ["a"]
     ends["a"].set()
     _until(lambda: len(started) > 1)
-    assert started == ["a", "b"] and len(decode_guards._decode_queue) == 1  # c still waits
+    assert started == ["a", "b"] and _waiting() == 1  # c still waits
     ends["b"].set(), ends["c"].set()
     for run in runs:
       run.result(timeout=10)
