@@ -33,9 +33,9 @@ from llmimg_jax.train.step import train_step
 from llmimg_jax.train.summaries import (
     flush as flush_events, log_end, log_start, logs_above, progress_bar, summary_writer,
     window_means)
-from llmimg_jax.train.workdir import (WorkdirClaim, check_workdir_outside_data,
-                                     check_workdir_writable, checkpoint_saving, local_workdir,
-                                     workdir_claimed)
+from llmimg_jax.train.workdir import (WorkdirClaim, check_workdir_free,
+                                     check_workdir_outside_data, check_workdir_writable,
+                                     checkpoint_saving, local_workdir, workdir_claimed)
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
   check_workdir_outside_data(workdir, config.data)
   check_same_config(config, workdir)
   check_workdir_writable(workdir)
+  check_workdir_free(workdir)
   config = copy.copy(config)  # the caller's keeps its data paths as given
   config.data = paths_in_full(config.data)
   tokenizer, t5_config, pretrained_text = _load_text(config)

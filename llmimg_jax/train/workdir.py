@@ -206,6 +206,36 @@ class WorkdirClaim:
                   self.workdir / LOCK_FILE)
 
 
+def check_workdir_free(workdir: Path) -> None:
+  """WorkdirInUseError now, on every host, where another train.py holds the workdir: a second run
+  (a resubmitted job) was refused only after its T5 load and data build, minutes to hours. Only
+  looks: a new workdir is not made (workdir_claimed claims it)."""
+  checkpoint.on_host_0(lambda: _check_free(workdir), "workdir_free",
+                       f"check {workdir / LOCK_FILE}", WorkdirInUseError)
+
+
+def _check_free(workdir: Path) -> None:
+  try:
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR)
+  except OSError:  # none yet; or one workdir_claimed warns of
+    return
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close
+  except OSError as e:
+    if e.errno == errno.EWOULDBLOCK:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "its process"
+      raise _in_use(workdir, holder) from e
+  finally:
+    os.close(fd)
+
+
+def _in_use(workdir: Path, holder: str) -> WorkdirInUseError:
+  return WorkdirInUseError(
+      f"The workdir {workdir} is in use by another train.py ({holder}): two runs there would "
+      "save the same checkpoints, and one's start deletes the other's save in progress. Wait "
+      "for it to end (or stop it), or pass another --workdir; nothing was trained.")
+
+
 @contextlib.contextmanager
 def workdir_claimed(workdir: Path) -> Iterator[WorkdirClaim]:
   """Host 0's flock on WORKDIR/LOCK_FILE while the block runs: a second claim (train.py, train())
@@ -245,10 +275,7 @@ def _claim(workdir: Path, during_run: bool = False) -> int | None:
           "deleted or replaced during this run: two runs there would save the same checkpoints. "
           "This run stopped before its next save; let the other run on, or stop it and rerun "
           "this command to resume from the newest checkpoint.") from e
-    raise WorkdirInUseError(
-        f"The workdir {workdir} is in use by another train.py ({holder}): two runs there would "
-        "save the same checkpoints, and one's start deletes the other's save in progress. Wait "
-        "for it to end (or stop it), or pass another --workdir; nothing was trained.") from e
+    raise _in_use(workdir, holder) from e
   try:  # who holds it, for a second run's error; the lock holds without it (a full disk)
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "

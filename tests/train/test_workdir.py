@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from llmimg_jax.train import loop
-from llmimg_jax.train.workdir import (LOCK_FILE, WorkdirClaim, WorkdirInUseError, local_workdir,
-                                      workdir_claimed)
+from llmimg_jax.train.workdir import (LOCK_FILE, WorkdirClaim, WorkdirInUseError,
+                                      check_workdir_free, local_workdir, workdir_claimed)
 from tests.train.utils import tiny_config
 
 
@@ -52,10 +52,12 @@ def test_odd_names_orbax_stores_are_taken(tmp_path):
 
 
 def test_a_workdir_in_use_is_refused_naming_its_process_and_freed_after(shapes_data_dir,
-                                                                        tmp_path):
+                                                                        tmp_path, monkeypatch):
   """A second train.py on a busy workdir resumed beside the first, and its checkpoint manager
-  deleted the first run's save in progress (which died, exit 3, blaming the disk)."""
+  deleted the first run's save in progress (which died, exit 3, blaming the disk). It is refused
+  before its T5 load and data build (minutes to hours for a resubmitted job)."""
   run = tmp_path / "run"
+  monkeypatch.setattr(loop, "_load_text", lambda config: pytest.fail("T5 loaded first"))
   with workdir_claimed(run):  # made by the claim
     with pytest.raises(WorkdirInUseError) as refused, workdir_claimed(run):
       pass
@@ -65,11 +67,17 @@ def test_a_workdir_in_use_is_refused_naming_its_process_and_freed_after(shapes_d
         r"runs there would save the same checkpoints, and one's start deletes the other's save "
         r"in progress\. Wait for it to end \(or stop it\), or pass another --workdir; nothing "
         r"was trained\.", str(refused.value)), str(refused.value)
-    with pytest.raises(WorkdirInUseError):  # before its checkpoint manager (which cleans up)
+    with pytest.raises(WorkdirInUseError) as refused_early:  # before its checkpoint manager
       loop.train(tiny_config(shapes_data_dir), run)
+    assert str(refused_early.value) == str(refused.value)
     assert os.listdir(run) == [LOCK_FILE]
   with workdir_claimed(run):  # the first one's lock went with it
     pass
+  check_workdir_free(run)
+  with workdir_claimed(run):  # the check let go of the lock file
+    pass
+  check_workdir_free(tmp_path / "new")
+  assert os.listdir(tmp_path) == ["run"]  # the check makes no workdir
 
 
 def test_a_lock_file_deleted_during_the_run_is_claimed_again_before_a_save(tmp_path, caplog):
