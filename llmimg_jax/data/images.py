@@ -251,9 +251,12 @@ def _decode(path: str, size: int, max_pixels: int | None,
       img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
       raise SkipImage("too_large", str(e)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except MemoryError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # a decoder's own: TypeError for a
+      # TIFF whose StripOffsets tag has another type stopped the whole build
       reason = "truncated" if "truncat" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
-      raise SkipImage(reason, str(e)) from None
+      raise SkipImage(reason, _error_text(e)) from None
     if fmt == "PNG":
       _check_png_checksums(path)
     if rgb16:
@@ -274,8 +277,10 @@ def _check_png_checksums(path: str) -> None:
   try:
     with Image.open(path) as again:
       again.verify()
-  except (OSError, SyntaxError, ValueError, EOFError) as e:
-    raise SkipImage("corrupt", str(e)) from None
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise SkipImage("corrupt", _error_text(e)) from None
 
 
 def _open(path: str, missing: str | None) -> Image.Image:
@@ -289,8 +294,17 @@ def _open(path: str, missing: str | None) -> Image.Image:
     if missing:  # e.g. a real HEIC without pillow-heif: name the fix
       raise SkipImage(missing, DECODER_FIXES[missing]) from None
     raise SkipImage("unreadable", str(e)) from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise SkipImage("unreadable", str(e)) from None
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # e.g. a KeyError from a broken header
+    raise SkipImage("unreadable", _error_text(e)) from None
+
+
+def _error_text(e: Exception) -> str:
+  """PIL's own errors say what is wrong; other types (TypeError, KeyError) are named too."""
+  if isinstance(e, (OSError, SyntaxError, ValueError, EOFError)):
+    return str(e)
+  return f"{type(e).__name__}: {e}"
 
 
 def _peak_bytes(img: Image.Image) -> int:

@@ -184,3 +184,21 @@ def test_summary_persisted_and_rebuild_is_a_noop(built, tmp_path):
                                                   data_dir=data_dir, image_size=SIZE)
   assert summary2 == summary
   assert str(again.data_dir) == str(builder.data_dir)
+
+
+def test_an_image_whose_decoder_fails_with_another_error_is_skipped_as_corrupt(tmp_path):
+  """A TIFF whose StripOffsets tag is ASCII, not LONG: PIL's load raised TypeError, which stopped
+  the whole folder build with a traceback."""
+  import io
+  from llmimg_jax.data.images import SkipImage, load_image
+  tiff = io.BytesIO()
+  Image.new("RGB", (32, 24), (200, 30, 30)).save(tiff, format="TIFF")
+  data = bytearray(tiff.getvalue())
+  ifd = struct.unpack_from("<I", data, 4)[0]
+  entries = [ifd + 2 + 12 * i for i in range(struct.unpack_from("<H", data, ifd)[0])]
+  strip_offsets = next(e for e in entries if struct.unpack_from("<H", data, e)[0] == 273)
+  struct.pack_into("<H", data, strip_offsets + 2, 2)  # its type: ASCII
+  (tmp_path / "scan.tif").write_bytes(bytes(data))
+  with pytest.raises(SkipImage) as skipped:
+    load_image(str(tmp_path / "scan.tif"), SIZE)
+  assert str(skipped.value).startswith("corrupt: TypeError: ")
