@@ -74,9 +74,13 @@ def is_utf8(text: str | os.PathLike) -> bool:
 
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
-  """Whether `path` is `folder` or in a folder under it (links resolved)."""
-  real = [os.path.realpath(os.path.expanduser(p)) for p in (path, folder)]
-  return os.path.commonpath(real) == real[1]
+  """Whether `path` is `folder` or in a folder under it, with links resolved or as written (a
+  dataset build follows a link in its folder to a folder elsewhere)."""
+  for resolve in (os.path.realpath, os.path.abspath):
+    full = [resolve(os.path.expanduser(p)) for p in (path, folder)]
+    if os.path.commonpath(full) == full[1]:
+      return True
+  return False
 
 
 def in_training_folder(path: str | os.PathLike, data) -> bool:

@@ -106,9 +106,9 @@ def _captions(folder: str) -> dict[str, list[str]]:
     return {}
 
 
-def _walk(folder: str) -> Iterator[str]:
-  """The path of every file in `folder` and the folders under it, linked folders too (but not
-  round a loop), in sorted order."""
+def walked_folders(folder: str) -> Iterator[tuple[str, list[str]]]:
+  """`folder` and each folder under it, linked folders too (but not round a loop), with the names
+  of its files, in sorted order."""
   above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
   for root, dirs, files in os.walk(folder, followlinks=True):
     # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
@@ -116,7 +116,12 @@ def _walk(folder: str) -> Iterator[str]:
     dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
     for d in dirs:
       above[os.path.join(root, d)] = above[root] | {real[d]}
-    yield from (os.path.join(root, f) for f in sorted(files))
+    yield root, sorted(files)
+
+
+def _walk(folder: str) -> Iterator[str]:
+  for root, files in walked_folders(folder):
+    yield from (os.path.join(root, f) for f in files)
 
 
 def _listed(rel: str) -> bool:

@@ -105,10 +105,11 @@ def check_args(args: argparse.Namespace) -> None:
   elif given := [f"--{k}" for k in ("folder", "image_size", "max_pixels") if getattr(args, k)]:
     raise ValueError(f"{cli.only_apply(given)} to --dataset captioned_folder ({args.dataset} "
                      f"stores its images at its own size); drop {cli.them(given)}.")
-  if name == "captioned_folder" and args.preview and output_files.inside(args.preview, args.folder):
-    raise ValueError(f"--preview {args.preview!r} is inside --folder {args.folder}: the grid would "
-                     "be an image added to the folder, whose build is then reported as changed; "
-                     "write it elsewhere, e.g. --preview ../grid.png.")
+  if name == "captioned_folder" and args.preview and _in_folder(args.preview, args.folder):
+    raise ValueError(f"--preview {args.preview!r} is inside --folder {args.folder} (or a folder "
+                     "linked into it): the grid would be an image added to the folder, whose "
+                     "build is then reported as changed; write it elsewhere, e.g. --preview "
+                     "../grid.png.")
   if args.num_proc and name != "captioned_shapes":
     raise ValueError(f"--num_proc only applies to --dataset captioned_shapes ({args.dataset} is "
                      "built in one process); drop it.")
@@ -119,6 +120,13 @@ def check_args(args: argparse.Namespace) -> None:
   if args.overwrite and not args.preview:
     raise ValueError("--overwrite only applies with --preview (it lets that replace an existing "
                      "file); drop it.")
+
+
+def _in_folder(path: str, folder: str) -> bool:
+  """Whether `path` is in a folder the build of `folder` walks: links into it are followed."""
+  from llmimg_jax.data.captioned_folder import walked_folders  # pylint: disable=g-import-not-at-top
+  return output_files.inside(path, folder) or any(
+      output_files.inside(path, root) for root, _ in walked_folders(folder))
 
 
 def _splits(dataset: str) -> list[str] | None:

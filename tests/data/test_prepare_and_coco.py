@@ -212,8 +212,8 @@ def test_prepare_refuses_a_preview_inside_the_folder(tmp_path, capsys, monkeypat
   for preview in ("grid.png", "sub/grid.png", str(folder / "grid.png")):
     err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", ".", "--data_dir",
                                 str(tmp_path / "tfds"), "--preview", preview])
-    assert (f"error: --preview {preview!r} is inside --folder .: the grid would be an image "
-            "added to the folder") in err
+    assert (f"error: --preview {preview!r} is inside --folder . (or a folder linked into it): "
+            "the grid would be an image added to the folder") in err
   assert not (tmp_path / "tfds").exists() and not (folder / "grid.png").exists()
   assert not output_files.inside(tmp_path / "imgs_grid.png", folder)  # a sibling
 

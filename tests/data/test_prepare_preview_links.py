@@ -1,9 +1,13 @@
 """prepare's --preview through a symbolic link: checked, refused and written where the link
-leads (its target), and a link to itself named as a loop."""
+leads (its target), a link to itself named as a loop, and a folder linked into --folder refused
+as inside it."""
 from __future__ import annotations
+
+import os
 
 from PIL import Image
 
+from llmimg_jax import output_files
 from llmimg_jax.data import prepare
 from tests.data.utils import _usage_error
 
@@ -56,3 +60,23 @@ def test_a_preview_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
     assert (f"error: --preview {str(loop)!r} leads to itself through a link (a loop); name an "
             "image file.") in err, err
   assert loop.is_symlink() and not (tmp_path / "tfds").exists()
+
+
+def test_a_preview_in_a_folder_linked_into_the_folder_is_refused(tmp_path, capsys):
+  """The build walks a folder linked into --folder, but the check resolved the link: a grid
+  written there (through the link, or naming the folder it leads to) was then an image in the
+  folder, and every later load warned that the folder had changed since its build."""
+  folder, linked = tmp_path / "imgs", tmp_path / "more"
+  (linked / "deeper").mkdir(parents=True)
+  folder.mkdir()
+  (folder / "captions.csv").write_text("file,caption\n")
+  (folder / "more").symlink_to(linked)
+  for preview in (folder / "more" / "grid.png", linked / "grid.png", linked / "deeper" / "g.png"):
+    err = _usage_error(capsys, ["--dataset", "captioned_folder", "--folder", str(folder),
+                                "--data_dir", str(tmp_path / "tfds"), "--preview", str(preview)])
+    assert (f"error: --preview {str(preview)!r} is inside --folder {folder} (or a folder linked "
+            "into it): the grid would be an image added to the folder") in err, err
+  assert sorted(os.listdir(tmp_path)) == ["imgs", "more"]  # nothing built or written
+  # A workdir or sample.py's --out in the folder through the link is in it too.
+  assert output_files.inside(folder / "more" / "run", folder)
+  assert not output_files.inside(tmp_path / "run", folder)
