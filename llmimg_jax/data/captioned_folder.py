@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -24,6 +24,7 @@ from llmimg_jax.data import caption_files, images
 from llmimg_jax.data.caption_files import (CAPTION_FILES, CAPTION_KEYS, FILE_KEYS,
                                            MAX_EXAMPLES_PER_REASON, FolderError, Skips,
                                            read_captions)
+from llmimg_jax.data.folder_names import listed, walk_files
 from llmimg_jax.data.tfds_utils import (DeadBuildsMixin, LocalCodePathMixin, LocalDatasetInfo,
                                         delete_command)
 
@@ -70,24 +71,28 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
                 version: int = FINGERPRINT_VERSION,
                 captions: Callable[[], Mapping[str, list[str]]] | None = None) -> str:
   """A hash of what a build reads: the captions files' bytes and the name, size and mtime of each
-  image file (one of `extensions`) it lists (`_listed`) or the captions name (symlinks followed,
+  image file (one of `extensions`) it lists (`listed`) or the captions name (symlinks followed,
   but not round a loop; unreadable entries hashed as such). `version` 1: of every image file, as
   builds before FINGERPRINT_VERSION 2 hashed (emptying a .Trash-1000/ "changed" them).
   `captions`: returns the folder's read_captions (default `_captions`); called after the
-  captions files are hashed, only if an image file is not `_listed`."""
+  captions files are hashed, only if an image file is not `listed`."""
   digest = hashlib.sha1()
   for name in CAPTION_FILES:
+    path, read = os.path.join(folder, name), b"-"  # none, or no file (a FIFO's read would block)
     try:
-      with open(os.path.join(folder, name), "rb") as f:
-        digest.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
+      if os.path.isfile(path):
+        with open(path, "rb") as f:
+          read = hashlib.sha1(f.read()).digest()
     except OSError:
-      digest.update(name.encode() + b"\0-")
-  rels = [os.path.relpath(path, folder) for path in _walk(folder)  # image files only: a TFDS
-          if os.path.splitext(path)[1].lower() in extensions]  # data_dir inside does not count
-  if version >= 2 and not all(map(_listed, rels)):  # the captions read only then
+      pass
+    digest.update(name.encode() + b"\0" + read)
+  # Image files only: a TFDS data_dir inside does not count.
+  rels = [os.path.relpath(path, folder) for path in walk_files(folder)
+          if os.path.splitext(path)[1].lower() in extensions]
+  if version >= 2 and not all(map(listed, rels)):  # the captions read only then
     named = {rel for rel, caps in (captions or functools.partial(_captions, folder))().items()
              if caps}
-    rels = [rel for rel in rels if _listed(rel) or rel in named]
+    rels = [rel for rel in rels if listed(rel) or rel in named]
   for rel in rels:
     try:
       stat = os.stat(os.path.join(folder, rel))
@@ -104,33 +109,6 @@ def _captions(folder: str) -> dict[str, list[str]]:
     return read_captions(folder, Skips())
   except (OSError, ValueError, csv.Error):  # FolderError is a ValueError
     return {}
-
-
-def walked_folders(folder: str) -> Iterator[tuple[str, list[str]]]:
-  """`folder` and each folder under it, linked folders too (but not round a loop), with the names
-  of its files, in sorted order."""
-  above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
-  for root, dirs, files in os.walk(folder, followlinks=True):
-    # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
-    real = {d: os.path.realpath(os.path.join(root, d)) for d in dirs}
-    dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
-    for d in dirs:
-      above[os.path.join(root, d)] = above[root] | {real[d]}
-    yield root, sorted(files)
-
-
-def _walk(folder: str) -> Iterator[str]:
-  for root, files in walked_folders(folder):
-    yield from (os.path.join(root, f) for f in files)
-
-
-def _listed(rel: str) -> bool:
-  """Whether a build lists the file `rel` (relative to its folder), if an image: those the
-  captions do not name are counted as uncaptioned. None in a hidden folder (`.Trash-1000/`,
-  `.Trashes/`, a `.thumbnails/` cache), no `._NAME` file (AppleDouble: the resource fork macOS
-  writes beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
-  *folders, name = rel.split(os.sep)
-  return not name.startswith("._") and not any(f.startswith(".") for f in folders)
 
 
 def _real_paths() -> Callable[[str], str]:
@@ -273,9 +251,9 @@ class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
     # (a link to it, a linked folder inside this one) is not uncaptioned. The captioned files'
     # real paths are found once an image is not captioned by its own name.
     real, captioned_files = _real_paths(), None
-    for path in _walk(folder):
+    for path in walk_files(folder):
       rel = os.path.relpath(path, folder)
-      if (os.path.splitext(path)[1].lower() in images.IMAGE_EXTENSIONS and _listed(rel)
+      if (os.path.splitext(path)[1].lower() in images.IMAGE_EXTENSIONS and listed(rel)
           and rel not in captions):
         if captioned_files is None:
           captioned_files = {real(os.path.join(folder, name)) for name in captions}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import unicodedata
+from collections.abc import Iterator
 
 
 class FolderError(ValueError):
@@ -109,3 +110,30 @@ class DiskNames:
     # "broken_link", not as a name to check.
     broken_link = os.path.islink(path) and not os.path.exists(path)
     return rel if os.path.isfile(path) or broken_link else None
+
+
+def walked_folders(folder: str) -> Iterator[tuple[str, list[str]]]:
+  """`folder` and each folder under it, linked folders too (but not round a loop), with the names
+  of its files, in sorted order."""
+  above = {folder: {os.path.realpath(folder)}}  # each walked folder's real path and its parents'
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    # A link back to a folder above (a loop) is not walked again: two such would take 2**40.
+    real = {d: os.path.realpath(os.path.join(root, d)) for d in dirs}
+    dirs[:] = sorted(d for d in dirs if real[d] not in above[root])
+    for d in dirs:
+      above[os.path.join(root, d)] = above[root] | {real[d]}
+    yield root, sorted(files)
+
+
+def walk_files(folder: str) -> Iterator[str]:
+  """The path of every file walked_folders(folder) finds."""
+  return (os.path.join(root, f) for root, files in walked_folders(folder) for f in files)
+
+
+def listed(rel: str) -> bool:
+  """Whether a build lists the file `rel` (relative to its folder), if an image: those the
+  captions do not name are counted as uncaptioned. None in a hidden folder (`.Trash-1000/`,
+  `.Trashes/`, a `.thumbnails/` cache), no `._NAME` file (AppleDouble: the resource fork macOS
+  writes beside each file it copies to a FAT/exFAT drive or a network share; no image)."""
+  *folders, name = rel.split(os.sep)
+  return not name.startswith("._") and not any(f.startswith(".") for f in folders)

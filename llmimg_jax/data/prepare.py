@@ -23,6 +23,7 @@ from PIL import Image
 from llmimg_jax import cli
 from llmimg_jax import output_files
 from llmimg_jax.data import pipeline
+from llmimg_jax.data.folder_names import walked_folders
 from llmimg_jax.data.images import center_crop_resize
 from llmimg_jax.images import captioned_grid
 
@@ -124,7 +125,6 @@ def check_args(args: argparse.Namespace) -> None:
 
 def _in_folder(path: str, folder: str) -> bool:
   """Whether `path` is in a folder the build of `folder` walks: links into it are followed."""
-  from llmimg_jax.data.captioned_folder import walked_folders  # pylint: disable=g-import-not-at-top
   return output_files.inside(path, folder) or any(
       output_files.inside(path, root) for root, _ in walked_folders(folder))
 

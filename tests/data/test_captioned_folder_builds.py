@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -186,3 +187,21 @@ def test_a_symlink_loop_in_the_folder_is_walked_once(tmp_path):
   plain = captioned_folder.fingerprint(str(tmp_path))
   os.symlink("..", tmp_path / "sub" / "up")
   assert captioned_folder.fingerprint(str(tmp_path)) == plain
+
+
+def test_a_captions_name_that_is_no_file_is_hashed_as_absent(tmp_path):
+  """A FIFO named captions.csv beside captions.jsonl (which the build reads) blocked the
+  fingerprint's read of it: the build hung at its start, without a word."""
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  (tmp_path / "captions.jsonl").write_text('{"file": "a.png", "caption": "x"}\n')
+  plain = captioned_folder.fingerprint(str(tmp_path))
+  os.mkfifo(tmp_path / "captions.csv")
+  hashed = []
+  reader = threading.Thread(target=lambda: hashed.append(captioned_folder.fingerprint(
+      str(tmp_path))), daemon=True)
+  reader.start()
+  reader.join(timeout=60)
+  if reader.is_alive():  # blocked in its read of the FIFO: a writer's close lets it go
+    os.close(os.open(tmp_path / "captions.csv", os.O_WRONLY))
+    reader.join()
+  assert hashed == [plain]
