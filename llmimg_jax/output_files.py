@@ -220,8 +220,19 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
   if problem := cannot_write(folder):  # not os.access: root passes it in /proc
     raise error(f"{named}: cannot write into {folder} ({problem}); name {what} in a folder you "
                 "can write.")
+  name_bytes, name_max = len(os.fsencode(os.path.basename(target))), _name_max(folder)
+  if name_bytes > name_max:  # else the write failed after the work (lexists: False)
+    raise error(f"{named}: its name is {name_bytes} bytes, over the {name_max} its folder's "
+                f"filesystem allows; name {what} with a shorter name.")
   refuse_existing(path, named, overwrite, overwrite_flag, error)
   return target
+
+
+def _name_max(folder: str) -> int:
+  try:
+    return os.pathconf(folder, "PC_NAME_MAX")
+  except (OSError, ValueError):
+    return 255
 
 
 def cannot_write(folder: str | os.PathLike) -> str | None:

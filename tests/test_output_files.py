@@ -238,3 +238,16 @@ def test_write_atomically_takes_the_longest_names(name, tmp_path):
   the evaluation, the T5 CLI's --encode_out in a traceback."""
   output_files.write_atomically(tmp_path / name, "{}")
   assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_text() == "{}"
+
+
+def test_a_name_too_long_for_its_filesystem_is_refused_before_the_work(tmp_path):
+  """prepare --preview with a 304-byte name built the whole dataset, then failed to save the grid
+  ('File name too long'): the check had made and removed only its own short probe file."""
+  path = tmp_path / ("g" * 300 + ".png")
+  with pytest.raises(ValueError) as refused:
+    output_files.check_output_file(path, "--preview", False, "an image file", error=ValueError)
+  assert str(refused.value) == (f"--preview {str(path)!r}: its name is 304 bytes, over the 255 its "
+                                "folder's filesystem allows; name an image file with a shorter "
+                                "name.")
+  longest = tmp_path / ("é" * 125 + ".npy")  # 254 bytes
+  assert output_files.check_output_file(longest, "--out", False) == str(longest)
