@@ -48,9 +48,11 @@ def preview_grid(source: pipeline.ExampleSource, num: int = 16, columns: int = 4
 
 
 def _pil_can_save(ext: str) -> bool:
-  """Whether PIL writes images with this extension (it reads more formats than it writes)."""
+  """Whether PIL writes images with this extension at their size (it reads more formats than it
+  writes)."""
   Image.init()
-  if ext not in Image.registered_extensions():
+  # ICO and ICNS write icon sizes: a 640x224 grid as 128x45 (unreadable), or stretched to 1024^2.
+  if Image.registered_extensions().get(ext) in (None, "ICO", "ICNS"):
     return False
   try:
     Image.new("RGB", (1, 1)).save(io.BytesIO(), format=Image.registered_extensions()[ext])
@@ -64,8 +66,8 @@ def check_preview_path(path: str, overwrite: bool = False) -> None:
   can take hours), or if `path` exists and not `overwrite` (output_files.check_output_file: its
   folder is made if missing; a link is written through, and its target must not exist)."""
   if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
-    raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
-                     ".png file, e.g. --preview grid.png.")
+    raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write at its "
+                     "size; name a .png file, e.g. --preview grid.png.")
   output_files.check_output_file(path, "--preview", overwrite, "an image file", error=ValueError)
 
 

@@ -145,13 +145,14 @@ def test_prepare_refuses_folder_flags_the_dataset_lacks_or_ignores(tmp_path, cap
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
-@pytest.mark.parametrize("preview", ["grid", "grid.pngx", ".", "grid.psd"])  # PIL reads .psd only
+@pytest.mark.parametrize("preview", ["grid", "grid.pngx", ".", "grid.psd",  # PIL reads .psd only
+                                     "grid.ico", "grid.ICNS"])  # written at icon sizes
 def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, capsys, preview):
   """A --preview without an image extension (or a folder) failed in PIL with a traceback after
-  the build; now a one-line error before it."""
+  the build; now a one-line error before it. An icon's was saved shrunk (128x45) or stretched."""
   err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
                               str(tmp_path / "tfds"), "--preview", str(tmp_path / preview)])
-  assert "is not the name of an image file PIL can write; name a .png file" in err
+  assert "is not the name of an image file PIL can write at its size; name a .png file" in err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 
