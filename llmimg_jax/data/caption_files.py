@@ -25,7 +25,8 @@ import tokenize
 from collections.abc import Iterable, Iterator
 
 from llmimg_jax import output_files
-from llmimg_jax.data.folder_names import DiskNames, FolderError, names_in, relative_name
+from llmimg_jax.data.folder_names import (DiskNames, FolderError, closed_folder, names_in,
+                                          relative_name)
 
 FILE_KEYS = ("file", "file_name", "filename", "image")
 CAPTION_KEYS = ("caption", "captions", "text")
@@ -85,6 +86,9 @@ def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
     inside = names.by_its_end(name) if os.path.isabs(name) else None
     skips.add("outside_folder", f"{where} ({file_name}" +
               (f"; in the folder: {inside})" if inside else ")"))
+    return
+  if rel is None and (closed := closed_folder(names.folder, written)):
+    skips.add("closed_folder", f"{where} ({file_name}; {closed})")
     return
   if rel is None:
     # Written on a disk that ignores case (a Mac's), read on one that does not (Linux's)?

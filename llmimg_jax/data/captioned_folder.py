@@ -318,6 +318,8 @@ def _check_still_there(folder: str, read: int, captioned: int) -> None:
 _ADVICE = {
     "unknown_file": "Check the file names in the captions file: they are relative to the folder, "
                     "and on most Linux disks their case matters (Cat.JPG is not cat.jpg).",
+    "closed_folder": "Folders holding captioned images cannot be entered by this user (their "
+                     "modes: copied with another owner's); let it in, e.g. chmod -R a+rX FOLDER.",
     "outside_folder": "The captions file names files outside the folder; move them into it (or, "
                       "for names of the folder's files written on another machine, "
                       "/home/ann/photos/a.jpg, write them relative to the folder: a.jpg).",

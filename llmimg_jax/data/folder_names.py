@@ -112,6 +112,17 @@ class DiskNames:
     return rel if os.path.isfile(path) or broken_link else None
 
 
+def closed_folder(folder: str, rel: str) -> str | None:
+  """The first folder on the way to the file `rel` (relative to `folder`) that exists but that
+  this user cannot enter (its mode: copied with another owner's), if any."""
+  directory = folder
+  for part in rel.split(os.sep)[:-1]:
+    directory = os.path.join(directory, part)
+    if os.path.isdir(directory) and not os.access(directory, os.X_OK):
+      return directory
+  return None
+
+
 def walked_folders(folder: str) -> Iterator[tuple[str, list[str]]]:
   """`folder` and each folder under it, linked folders too (but not round a loop), with the names
   of its files, in sorted order."""

@@ -221,3 +221,34 @@ def test_a_file_name_that_begins_or_ends_with_a_space_is_read_as_written(tmp_pat
       "cat.png": ["a red cat"], "cat.png ": ["a blue cat"], " dog.png": ["a green dog"],
       "bird.png": ["x"]}
   assert not skips.counts
+
+
+_READ = """import json, sys
+from llmimg_jax.data import caption_files
+skips = caption_files.Skips()
+named = caption_files.read_captions(sys.argv[1], skips)
+print(json.dumps([sorted(named), skips.counts, skips.examples]))
+"""
+
+
+def test_an_image_in_a_folder_this_user_cannot_enter_is_skipped_naming_the_folder(tmp_path):
+  """A subfolder of mode 000 (copied with another owner's modes): its captioned images were
+  skipped as unknown_file, with advice to check the names' spelling and case."""
+  import subprocess
+  import sys
+  from tests.train.cli_utils import as_modes_hold, env
+  (tmp_path / "sub").mkdir()
+  for name in ("a.png", "sub/b.png"):
+    Image.new("RGB", (8, 8)).save(tmp_path / name)
+  (tmp_path / "captions.csv").write_text("file,caption\na.png,x\nsub/b.png,y\nc.png,z\n")
+  (tmp_path / "sub").chmod(0)
+  try:
+    proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _READ, str(tmp_path)],
+                          capture_output=True, text=True, env=env())
+  finally:
+    (tmp_path / "sub").chmod(0o755)
+  assert json.loads(proc.stdout) == [
+      ["a.png"], {"closed_folder": 1, "unknown_file": 1},
+      {"closed_folder": [f"captions.csv:3 (sub/b.png; {tmp_path / 'sub'})"],
+       "unknown_file": ["captions.csv:4 (c.png)"]}], proc.stderr
+  assert "chmod -R a+rX FOLDER" in captioned_folder._ADVICE["closed_folder"]
