@@ -42,12 +42,17 @@ def _has_glyph(font: ImageFont.FreeTypeFont, char: str) -> bool:
   return drawn(char) != drawn("\uffff")
 
 
+# More than any grid's lines hold (2+ pixels a character): the rest of a caption is cut before
+# wrapping, which took seconds for a 1 MB one; PIL refuses a text of over 1M characters.
+_MOST_CHARS = 4096
+
+
 def _wrap(text: str, font, width: float, max_lines: int) -> list[str]:
   """Lines of `text` no wider than `width` pixels in `font` (words split only when one alone is
-  too wide); past `max_lines`, the last line ends in '...'."""
+  too wide); past `max_lines` (or _MOST_CHARS), the last line ends in '...'."""
   fits = lambda line: font.getlength(line) <= width
   lines: list[str] = []
-  for word in _drawable(" ".join(text.split()), font).split(" "):
+  for word in _drawable(" ".join(text[:_MOST_CHARS].split()), font).split(" "):
     line = f"{lines[-1]} {word}" if lines else word
     if lines and fits(line):
       lines[-1] = line
@@ -57,11 +62,12 @@ def _wrap(text: str, font, width: float, max_lines: int) -> list[str]:
       if lines[-1] and not fits(lines[-1] + char):
         lines.append("")
       lines[-1] += char
-  if len(lines) > max_lines:
-    last = lines[max_lines - 1]
+  if len(lines) > max_lines or text[_MOST_CHARS:].strip():
+    shown = min(len(lines), max_lines)
+    last = lines[shown - 1]
     while last and not fits(last + "..."):
       last = last[:-1]
-    lines = lines[:max_lines - 1] + [last + "..."]
+    lines = lines[:shown - 1] + [last + "..."]
   return [line for line in lines if line]
 
 

@@ -13,6 +13,13 @@ def test_captions_wrap_by_their_drawn_width():
     assert 1 <= len(lines) <= 3 and all(font.getlength(line) <= 92 for line in lines), lines
   assert _wrap("a red circle", font, 92, 3) == ["a red circle"]
   assert _wrap("word " * 60, font, 92, 3)[-1].endswith("...")
+  # PIL refused a text of over 1M characters (ValueError: too many characters in string), and
+  # wrapped a shorter one whole, for seconds, though 3 lines show: cut to _MOST_CHARS first.
+  for huge in ("word " * 300_000, "x" * 1_100_000, "x" * 9_000 + " " * 9_000 + "y"):
+    lines = _wrap(huge, caption_font(), 92, 3)
+    assert len(lines) == 3 and lines[-1].endswith("..."), lines
+  assert _wrap("a cat" + " " * 9_000, font, 92, 3) == ["a cat"]
+  assert "".join(_wrap("i" * 4_096 + " ", font, 92, 500)) == "i" * 4_096  # whole, no '...'
   # One caption per image: a wide one stays under its own image, the neighbour's stays blank.
   grid = np.asarray(captioned_grid(np.full((2, 8, 8, 3), 255, np.uint8), ["MMMM " * 8, ""],
                                    columns=2))
