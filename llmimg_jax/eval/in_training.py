@@ -236,8 +236,13 @@ class TrainingEvaluator:
       self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup,
                    "former": former}
     self.best["evaluated"] = step  # a rerun after a kill during this evaluation makes it again
-    if jax.process_index() != 0:
-      return result
+    # Host 0 writes; if that fails (a full disk), every host stops now, not the others after
+    # the distributed service's timeout (5 minutes, then SIGABRT).
+    checkpoint.on_host_0(lambda: self._write(result, step, writer), "eval_written",
+                         f"write {self.best_path}")
+    return result
+
+  def _write(self, result: dict[str, float], step: int, writer) -> None:
     # Strict JSON (a NaN metric, e.g. relations on a build without them, as null).
     output_files.write_atomically(self.best_path, to_json(self.best))
     if writer is not None:
@@ -249,4 +254,3 @@ class TrainingEvaluator:
     log.info("Eval at step %d: caption accuracy %.3f, in-domain FID %.3f (floor %.3f), %.1fs.",
              step, result["caption_accuracy"], result["fid_indomain"], self.floor,
              result["seconds"])
-    return result
