@@ -266,7 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, devices=None, 
         return state
       if resumed:  # the run's tokenizer and T5 config, which sampling reads, are those it trains on
         resume.check_text_files(workdir, config, tokenizer, t5_config)
-      if jax.process_index() == 0 and start < config.train.steps:
+      if start < config.train.steps:
         resume.write_run_files(workdir, config, tokenizer, t5_config, fresh=not resumed)
       # Steps past `start` logged by an earlier run (a fallback past a damaged checkpoint, a fresh
       # start over an old run) are hidden by TensorBoard, not drawn under this run's.

@@ -105,11 +105,15 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 def write_run_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer, t5_config,
                     fresh: bool) -> None:
   """config.json and, for a pretrained T5 (config.text.checkpoint), its tokenizer and config:
-  anew on a `fresh` start, which may be on another T5."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  write_config(workdir, config)
-  if config.text.checkpoint:
-    save_text_files(workdir, tokenizer, t5_config, replace=fresh)
+  anew on a `fresh` start, which may be on another T5. Called on every host, written by host 0:
+  a failure there (a full disk) stops every host, not the others at the distributed service's
+  timeout."""
+  def write() -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(workdir, config)
+    if config.text.checkpoint:
+      save_text_files(workdir, tokenizer, t5_config, replace=fresh)
+  checkpoint.on_host_0(write, "run_files_written", f"write {workdir / 'config.json'}")
 
 
 # T5Config fields that leave a training run's encoder as it is: the decoder's, and dropout (the

@@ -1,4 +1,4 @@
-"""Host 0's writes during training (a sample grid, best.json) on two processes (jax.distributed on
+"""Host 0's writes during training (config.json, a sample grid, best.json) on two processes (jax.distributed on
 127.0.0.1, gloo collectives): one that fails stops both hosts at once. Host 1 went on into the
 next step's collective, and both were aborted (SIGABRT, status 134) by the distributed service
 five minutes later, host 1 without saying why."""
@@ -16,7 +16,9 @@ import numpy as np
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from llmimg_jax.eval import in_training
+from llmimg_jax.train import resume
 from llmimg_jax.train.samples import SampleWriter
+from tests.train.utils import tiny_config
 blocked = Path(sys.argv[3])  # a file: no folder can be made under it
 images = np.zeros((2, 8, 8, 3), np.uint8)
 grids = types.SimpleNamespace(images=lambda state: images, prompts=["a", "b"],
@@ -33,7 +35,10 @@ evaluate = types.SimpleNamespace(
     best_path=blocked / "best.json")
 evaluate._write = lambda *args: in_training.TrainingEvaluator._write(evaluate, *args)
 state = types.SimpleNamespace(ema_params=None, text_params=None)
-for name, call in (("grid", lambda: SampleWriter.__call__(grids, state, 5, None)),
+config = tiny_config(str(blocked))
+for name, call in (("config", lambda: resume.write_run_files(blocked / "run", config, None, None,
+                                                             fresh=True)),
+                   ("grid", lambda: SampleWriter.__call__(grids, state, 5, None)),
                    ("eval", lambda: in_training.TrainingEvaluator.__call__(evaluate, state, 5,
                                                                           None))):
   try:
@@ -54,7 +59,10 @@ def test_a_write_that_fails_on_host_0_stops_every_host(tmp_path):
   for i, proc in enumerate(procs):
     assert proc.finish(timeout=120) == 0, f"process {i}:\n{proc.output[-3000:]}"
   host_0, host_1 = (proc.output for proc in procs)
-  assert "grid raised NotADirectoryError" in host_0 and "eval raised NotADirectoryError" in host_0
+  for name in ("config", "grid", "eval"):
+    assert f"{name} raised NotADirectoryError" in host_0, host_0[-3000:]
+  assert (f"config raised RuntimeError\nHost 0 could not write {blocked / 'run' / 'config.json'}; "
+          "its log has the error.\n") in host_1, host_1[-3000:]
   assert (f"grid raised RuntimeError\nHost 0 could not write the sample grid of step 5 in "
           f"{blocked / 'samples'}; its log has the error.\n") in host_1, host_1[-3000:]
   assert (f"eval raised RuntimeError\nHost 0 could not write {blocked / 'best.json'}; its log has "
