@@ -4,6 +4,7 @@ before the work that makes it, and writes that leave the previous file whole, or
 elsewhere where the late write fails."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import os
@@ -261,9 +262,12 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
   try:  # a path named after the work (evaluate.py's default) is checked only here
     if leads_to_itself(path) or os.path.exists(path) and not os.path.isfile(path):
       raise OSError(errno.EINVAL, "a loop of links, a folder, a pipe or a device: not a file")
-    if not overwrite and os.path.lexists(target):
-      raise FileExistsError(errno.EEXIST, f"a file was written there {during}")
-    write_atomically(target, data)
+    try:
+      if not overwrite and os.path.lexists(target):
+        raise FileExistsError
+      write_atomically(target, data, replace=overwrite)
+    except FileExistsError:  # also one written in the instant before this write (another host's)
+      raise FileExistsError(errno.EEXIST, f"a file was written there {during}") from None
   except OSError as e:
     link = f" (a link to {target})" if os.path.islink(path) and not leads_to_itself(path) else ""
     why = f"could not write {named}{link} ({type(e).__name__}: {e.strerror or e})"
@@ -288,11 +292,13 @@ def write_results(path: str | os.PathLike, data: str | bytes, named: str, overwr
     raise OSError(f"{why}; {what} {where}.") from None
 
 
-def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomically(path: str | os.PathLike, data: str | bytes, replace: bool = True) -> None:
   """`path` replaced by `data` (text as UTF-8) in one rename: a crash mid-write leaves the
   previous file. The temporary file is this process's, so concurrent writers do not mix, and it
   is removed if the write fails. Its name keeps up to 200 bytes of `path`'s, whole characters: a
-  legal name of over 240 (up to 255) made one too long, and the write failed after the work."""
+  legal name of over 240 (up to 255) made one too long, and the write failed after the work.
+  Unless `replace`, a file at `path` stays, even one another process wrote an instant before
+  (FileExistsError): the file is published with a hard link, which cannot replace one."""
   path = Path(path)
   name = path.name
   while len(os.fsencode(name)) > 200:
@@ -300,7 +306,24 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
   tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
   try:
     tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    if replace or not _linked(tmp, path):
+      os.replace(tmp, path)
   except BaseException:
-    tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # e.g. a folder in its place: the first error is the one
+      tmp.unlink(missing_ok=True)
     raise
+
+
+def _linked(tmp: Path, path: Path) -> bool:
+  """`tmp` published as the new file `path` with a hard link, FileExistsError if there is one;
+  False where the filesystem has no hard links (FAT, some FUSE mounts): checked instead."""
+  try:
+    os.link(tmp, path)
+  except FileExistsError:
+    raise
+  except OSError:
+    if os.path.lexists(path):
+      raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    return False
+  tmp.unlink()
+  return True

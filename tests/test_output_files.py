@@ -2,6 +2,7 @@
 the check that a folder can be written, the checks of an output file before the work, and the
 late write that keeps what it cannot write."""
 import os
+import re
 import tempfile
 
 import pytest
@@ -251,3 +252,30 @@ def test_a_name_too_long_for_its_filesystem_is_refused_before_the_work(tmp_path)
                                 "name.")
   longest = tmp_path / ("é" * 125 + ".npy")  # 254 bytes
   assert output_files.check_output_file(longest, "--out", False) == str(longest)
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_results_written_there_after_the_check_are_kept(hard_links, tmp_path, monkeypatch):
+  """Two evaluations given one --out (on two hosts) finished together: each had found no file
+  there, and the second's rename replaced the first's results without a word. A filesystem
+  without hard links (FAT, some FUSE mounts) is checked just before the rename instead."""
+  out = tmp_path / "results.json"
+  out.write_text("the other's")
+  lexists = os.path.lexists
+  checks = []  # the first check, long before the write, found none
+  monkeypatch.setattr(os.path, "lexists", lambda p: lexists(p) and bool(checks.append(p) or
+                                                                        len(checks) > 1))
+  if not hard_links:
+    monkeypatch.setattr(os, "link", lambda *args: (_ for _ in ()).throw(PermissionError(1, "no")))
+  with pytest.raises(OSError) as refused:
+    output_files.write_results(out, "mine", f"--out {str(out)!r}", False, "during the evaluation",
+                               "eval_*.json")
+  assert out.read_text() == "the other's"
+  why, spare = re.fullmatch(r"could not write --out '.*' \((.*)\); the results are in (\S+)\.",
+                            str(refused.value)).groups()
+  assert why == "FileExistsError: a file was written there during the evaluation"
+  assert open(spare).read() == "mine"
+  os.unlink(spare)
+  assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
+  output_files.write_results(tmp_path / "new.json", "mine", "--out", False, "", "eval_*.json")
+  assert (tmp_path / "new.json").read_text() == "mine"
