@@ -298,7 +298,8 @@ class CaptionedFolder(DeadBuildsMixin, LocalCodePathMixin, tfds.core.GeneratorBa
            (f"; then delete {build_dir} to rebuild" if summary["fixes"] else ""))
     if index == 0:
       raise FolderError(f"captioned_folder: no usable image in {folder} (skipped: "
-                        f"{summary['skipped']}). {_advice(line_skips, image_skips, captioned)}")
+                        f"{summary['skipped']}). "
+                        f"{_advice(line_skips, image_skips, captioned, folder)}")
 
 
 def _check_still_there(folder: str, read: int, captioned: int) -> None:
@@ -349,16 +350,19 @@ _ADVICE = {
 }
 
 
-def _advice(line_skips: Skips, image_skips: Skips, captioned: list[str]) -> str:
-  """What to fix when no example was made: the images if captions named some, else the lines."""
+def _advice(line_skips: Skips, image_skips: Skips, captioned: list[str], folder: str) -> str:
+  """What to fix when no example was made: the images if captions named some, else the lines
+  (of the captions file that `folder` holds)."""
   if captioned:
     reason = max(set(image_skips.counts) - {"no_caption"}, key=image_skips.counts.get)
     fix = f" {_ADVICE[reason].rstrip('.')}." if reason in _ADVICE else ""
     return (f"None of the captioned images could be read ({reason}, e.g. "
             f"{image_skips.examples[reason][0]}).{fix}")
   if not line_skips.counts:
-    return ("The captions file names no image. Add a line per image, e.g. "
-            '{"file": "a.jpg", "caption": "..."}.')
+    csv_only = not os.path.isfile(os.path.join(folder, CAPTION_FILES[0]))
+    return ("The captions file names no image. Add a line per image, e.g. " +
+            ("a.jpg,a red car (under captions.csv's file,caption header)." if csv_only else
+             '{"file": "a.jpg", "caption": "a red car"} (in captions.jsonl).'))
   reason = line_skips.counts.most_common(1)[0][0]
   return f"{_ADVICE[reason]} E.g. {line_skips.examples[reason][0]}."
 

@@ -120,7 +120,7 @@ def test_a_caption_that_is_not_text_is_not_called_blank(tmp_path):
     ('{"file": "b.png", "caption": "x"}\n', r"Check the file names .* E.g. captions.jsonl:1 \(b"),
     ('{"file": "a.png", "caption": "x"}\n{"file": "a.png", "caption": "x"}\n',
      r"None of the captioned images could be read \(empty_file, e.g. a.png\)"),
-    ("", r"The captions file names no image"),
+    ("", r"The captions file names no image\. Add a line per image, e\.g\. \{\"file\": "),
     ('{"file": "a.png", "caption": 3}\n{"file": "a.png", "captions": [1, {"en": "x"}]}\n',
      r"no usable image .* \(skipped: \{'caption_not_text': 2\}\)\. Captions must be JSON strings, "
      r"e\.g\. \"caption\": \"a red car\" .* E\.g\. captions\.jsonl:1\."),
@@ -129,6 +129,16 @@ def test_no_usable_image_names_the_main_reason(tmp_path, captions_jsonl, message
   (tmp_path / "a.png").touch()  # an empty file
   (tmp_path / "captions.jsonl").write_text(captions_jsonl)
   with pytest.raises(captioned_folder.FolderError, match=message):
+    captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
+
+
+def test_a_header_only_captions_csv_is_given_a_csv_example(tmp_path):
+  """Its advice was a captions.jsonl line."""
+  (tmp_path / "a.png").touch()
+  (tmp_path / "captions.csv").write_text("file,caption\n")
+  with pytest.raises(captioned_folder.FolderError, match=(
+      r"The captions file names no image\. Add a line per image, e\.g\. a\.jpg,a red car \(under "
+      r"captions\.csv's file,caption header\)\.$")):
     captioned_folder.build_folder(str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8)
 
 
