@@ -31,11 +31,11 @@ def test_cached_evaluator_loads_identically(tiny_eval):
   assert a.meta == b.meta and a.meta["settings"]["steps"] == 30
 
 
-@pytest.mark.parametrize("damaged", ["msgpack", "json", "shapes", "not_a_dict"])
+@pytest.mark.parametrize("damaged", ["msgpack", "json", "shapes", "not_a_dict", "int", "flat"])
 def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog, damaged):
   """Cut short as by a crash mid-write, weights of another version's network (a kernel of other
-  shape: a flax ScopeParamShapeError at the first use), or JSON meta that is no object (an
-  AttributeError traceback)."""
+  shape: a flax ScopeParamShapeError at the first use), JSON meta that is no object, or msgpack
+  weights that are no dict of dicts (each an AttributeError traceback)."""
   import flax.serialization
   data, cache = tiny_eval
   shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
@@ -44,6 +44,8 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
     params = flax.serialization.msgpack_restore(path.read_bytes())
     params["cell"]["present_head"]["kernel"] = params["cell"]["present_head"]["kernel"][:-1]
     path.write_bytes(flax.serialization.msgpack_serialize(params))
+  elif damaged in ("int", "flat"):
+    path.write_bytes(flax.serialization.msgpack_serialize(5 if damaged == "int" else {"cell": 5}))
   else:
     path.write_bytes(b"null" if damaged == "not_a_dict" else path.read_bytes()[:10])
   settings = ev.TrainSettings(steps=1, batch_size=16)
