@@ -124,6 +124,35 @@ class TrainingEvaluator:
     self.every, n = int(config.eval.every), int(config.eval.num_samples)
     self.seed = int(config.seed) + 2
     t0 = time.perf_counter()
+    try:
+      self._set_up(config, n)
+      problem = None
+    except Exception as e:  # pylint: disable=broad-except  # raised below, on every host
+      problem = e
+    # A failure on one host stops every host now: the others waited in the next collective
+    # until the distributed service aborted them (5 minutes), naming nothing. An evaluator
+    # trained on some hosts (a cold cache) takes minutes.
+    checkpoint.wait_for_all_hosts("eval_set_up", timeout_s=6 * 3600)
+    if hosts := [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]:
+      if problem is not None:
+        raise problem
+      raise RuntimeError(f"Host(s) {hosts} could not set up the in-training evaluation "
+                         "(config.eval); their logs have the error.")
+    self.best_path = self.workdir / BEST_FILE
+    self._rejected: str | None = None  # why this host (not host 0) rejected best.json
+    self._other_setup: dict | None = None  # best.json, if scored on another evaluation
+    self.best = self._host_0s_best(self._read_best())  # the best so far (host 0 writes it)
+    checkpoint.on_host_0(self._keep_earlier_best, "earlier_best", f"move {self.best_path} aside")
+    if self._rejected:  # logged once host 0's reading, which every host follows, is known
+      log.warning("%s; %s.", self._rejected, "the next evaluation replaces it" if self.best is None
+                  else f"host 0 keeps its best step {self.best['step']}, which every host follows "
+                  "(host 0 compares the scores)")
+    log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
+             "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
+             time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
+
+  def _set_up(self, config: ml_collections.ConfigDict, n: int) -> None:
+    """This host's evaluator, captions, reference statistics and real images' scores."""
     self.evaluator = ShapesEvaluator.load_or_train(config.data)
     size = config.data.image_size  # real images at the resolution the run generates
     real = load_split(config.data, "test", n).at_size(size)
@@ -143,18 +172,6 @@ class TrainingEvaluator:
     self.floor = fid.frechet_distance(
         *fid.statistics(self.evaluator.features(real.images)), *self.reference)
     self.real_scores = self.evaluator.score(real.images, self.captions)
-    self.best_path = self.workdir / BEST_FILE
-    self._rejected: str | None = None  # why this host (not host 0) rejected best.json
-    self._other_setup: dict | None = None  # best.json, if scored on another evaluation
-    self.best = self._host_0s_best(self._read_best())  # the best so far (host 0 writes it)
-    checkpoint.on_host_0(self._keep_earlier_best, "earlier_best", f"move {self.best_path} aside")
-    if self._rejected:  # logged once host 0's reading, which every host follows, is known
-      log.warning("%s; %s.", self._rejected, "the next evaluation replaces it" if self.best is None
-                  else f"host 0 keeps its best step {self.best['step']}, which every host follows "
-                  "(host 0 compares the scores)")
-    log.info("In-training eval on %d test captions every %d steps (setup %.1fs); real images "
-             "score caption accuracy %.3f, FID floor %.3f.", len(self.captions), self.every,
-             time.perf_counter() - t0, self.real_scores["caption_accuracy"], self.floor)
 
   def _read_best(self) -> dict | None:
     try:

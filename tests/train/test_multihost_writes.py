@@ -1,7 +1,8 @@
-"""Host 0's writes during training (config.json, a sample grid, best.json) on two processes (jax.distributed on
-127.0.0.1, gloo collectives): one that fails stops both hosts at once. Host 1 went on into the
-next step's collective, and both were aborted (SIGABRT, status 134) by the distributed service
-five minutes later, host 1 without saying why."""
+"""Host 0's writes during training (config.json, a sample grid, best.json), and each host's set-up
+of the in-training evaluation, on two processes (jax.distributed on 127.0.0.1, gloo collectives):
+one that fails stops both hosts at once. The others went on into the next collective, and all
+were aborted (SIGABRT, status 134) by the distributed service five minutes later, without a word
+of why on the hosts that had not failed."""
 from __future__ import annotations
 
 import sys
@@ -47,10 +48,19 @@ for name, call in (("config", lambda: resume.write_run_files(blocked / "run", co
   except Exception as e:
     print(name, "raised", type(e).__name__, flush=True)
     print(e, flush=True)
+
+def set_up(self, config, n):  # host 1's evaluator cache cannot be read, say
+  if jax.process_index() == 1:
+    raise ValueError("no evaluator here")
+in_training.TrainingEvaluator._set_up = set_up
+try:
+  in_training.TrainingEvaluator(None, None, config, blocked)
+except Exception as e:
+  print("setup raised", type(e).__name__, e, flush=True)
 """
 
 
-def test_a_write_that_fails_on_host_0_stops_every_host(tmp_path):
+def test_a_failure_on_one_host_stops_every_host(tmp_path):
   blocked = tmp_path / "blocked"
   blocked.write_text("a file where the workdir's folders would be")
   port = _free_port()
@@ -67,3 +77,6 @@ def test_a_write_that_fails_on_host_0_stops_every_host(tmp_path):
           f"{blocked / 'samples'}; its log has the error.\n") in host_1, host_1[-3000:]
   assert (f"eval raised RuntimeError\nHost 0 could not write {blocked / 'best.json'}; its log has "
           "the error.\n") in host_1, host_1[-3000:]
+  assert "setup raised ValueError no evaluator here" in host_1, host_1[-3000:]
+  assert ("setup raised RuntimeError Host(s) [1] could not set up the in-training evaluation "
+          "(config.eval); their logs have the error.") in host_0, host_0[-3000:]
