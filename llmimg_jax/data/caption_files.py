@@ -101,7 +101,7 @@ def _add_caption_entry(names: DiskNames, where, file_name, captions, out, skips,
   if not captions:
     skips.add(blank, where)
     return
-  named.extend(c for c in dict.fromkeys(captions) if c not in named)
+  named.update(dict.fromkeys(captions))  # each once, in order (a list's `in`: 58 s for 100k)
 
 
 def _disk_file(names: DiskNames, name: str, where: str) -> tuple[str | None, str | None]:
@@ -216,7 +216,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
   """File name (relative to `folder`) -> captions, from captions.jsonl and/or captions.csv.
 
   Each caption once per file; a file named only with blank captions maps to []."""
-  out: dict[str, list[str]] = collections.defaultdict(list)
+  out: dict[str, dict[str, None]] = collections.defaultdict(dict)  # file -> its captions
   check_caption_files(folder)
   names = DiskNames(folder)
   jsonl, csv_path = [os.path.join(folder, f) for f in CAPTION_FILES]
@@ -279,7 +279,7 @@ def read_captions(folder: str, skips: Skips, notes: Skips | None = None
       listed = _listed_captions(caption)
       _add_caption_entry(names, where, row.get(file_col), caption if listed is None else listed,
                          out, skips)
-  return dict(out)
+  return {rel: list(captions) for rel, captions in out.items()}
 
 
 def _listed_captions(cell: str) -> list[str] | None:

@@ -287,3 +287,23 @@ def test_an_absolute_name_from_another_machine_names_the_file_in_the_folder(tmp_
   assert skips.examples == {"outside_folder": [
       f"captions.jsonl:1 ({elsewhere}/sub/a.png; in the folder: sub/a.png)",
       f"captions.jsonl:2 ({elsewhere}/sub/b.png)"]}
+
+
+def test_each_name_is_found_on_disk_once_and_captions_are_kept_once_in_order(tmp_path,
+                                                                              monkeypatch):
+  """A file named on every line of its captions (one caption a line) was looked up on disk per
+  line, and each caption compared with all of its file's before: 40k lines of one image took
+  15 s (0.5 s now), a 1M-line file of 50k images 35 s."""
+  from llmimg_jax.data import folder_names
+  Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+  lines = [{"file": "a.png", "caption": f"c{i % 3}"} for i in range(6)] + [
+      {"file": "./a.png", "captions": ["c3", "c0"]}, {"file": "b.png", "caption": "x"},
+      {"file": "b.png", "caption": "y"}]
+  (tmp_path / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  found = []
+  resolve = folder_names.DiskNames._resolve
+  monkeypatch.setattr(folder_names.DiskNames, "_resolve",
+                      lambda self, rel, where: found.append(rel) or resolve(self, rel, where))
+  skips = caption_files.Skips()
+  assert caption_files.read_captions(str(tmp_path), skips) == {"a.png": ["c0", "c1", "c2", "c3"]}
+  assert found == ["a.png", "b.png"] and skips.counts == {"unknown_file": 2}
