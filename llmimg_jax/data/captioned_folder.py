@@ -81,8 +81,8 @@ def fingerprint(folder: str, extensions: frozenset[str] = images.IMAGE_EXTENSION
     path, read = os.path.join(folder, name), b"-"  # none, or no file (a FIFO's read would block)
     try:
       if os.path.isfile(path):
-        with open(path, "rb") as f:
-          read = hashlib.sha1(f.read()).digest()
+        with open(path, "rb") as f:  # in chunks: not a 1 GB file in memory at every load
+          read = hashlib.file_digest(f, "sha1").digest()
     except OSError:
       pass
     digest.update(name.encode() + b"\0" + read)
