@@ -77,8 +77,8 @@ def is_utf8(text: str | os.PathLike) -> bool:
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
   """Whether `path` is `folder` or in a folder under it, with links resolved or as written (a
   dataset build follows a link in its folder to a folder elsewhere)."""
-  for resolve in (os.path.realpath, os.path.abspath):
-    full = [resolve(os.path.expanduser(p)) for p in (path, folder)]
+  for resolve in (os.path.realpath, in_full):  # in_full: `link/..` is its target's parent
+    full = [os.fspath(resolve(os.path.expanduser(p))) for p in (path, folder)]
     if os.path.commonpath(full) == full[1]:
       return True
   return False
@@ -222,7 +222,7 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
     raise error(f"{named}: cannot write into {folder} ({problem}); name {what} in a folder you "
                 "can write.")
   name_bytes, name_max = len(os.fsencode(os.path.basename(target))), _name_max(folder)
-  if name_bytes > name_max:  # else the write failed after the work (lexists: False)
+  if 0 < name_max < name_bytes:  # else the write failed after the work (lexists: False)
     raise error(f"{named}: its name is {name_bytes} bytes, over the {name_max} its folder's "
                 f"filesystem allows; name {what} with a shorter name.")
   refuse_existing(path, named, overwrite, overwrite_flag, error)
@@ -230,6 +230,7 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool, what:
 
 
 def _name_max(folder: str) -> int:
+  """The longest file name `folder`'s filesystem takes, in bytes; <= 0 where it says none."""
   try:
     return os.pathconf(folder, "PC_NAME_MAX")
   except (OSError, ValueError):
@@ -320,10 +321,12 @@ def _linked(tmp: Path, path: Path) -> bool:
   try:
     os.link(tmp, path)
   except FileExistsError:
-    raise
+    if not os.path.samefile(tmp, path):  # NFS: a retried LINK that had made it says EEXIST
+      raise
   except OSError:
     if os.path.lexists(path):
       raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
     return False
-  tmp.unlink()
+  with contextlib.suppress(OSError):  # published: a temporary file left is no failed write
+    tmp.unlink()
   return True

@@ -241,7 +241,7 @@ def test_write_atomically_takes_the_longest_names(name, tmp_path):
   assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_text() == "{}"
 
 
-def test_a_name_too_long_for_its_filesystem_is_refused_before_the_work(tmp_path):
+def test_a_name_too_long_for_its_filesystem_is_refused_before_the_work(tmp_path, monkeypatch):
   """prepare --preview with a 304-byte name built the whole dataset, then failed to save the grid
   ('File name too long'): the check had made and removed only its own short probe file."""
   path = tmp_path / ("g" * 300 + ".png")
@@ -252,6 +252,8 @@ def test_a_name_too_long_for_its_filesystem_is_refused_before_the_work(tmp_path)
                                 "name.")
   longest = tmp_path / ("é" * 125 + ".npy")  # 254 bytes
   assert output_files.check_output_file(longest, "--out", False) == str(longest)
+  monkeypatch.setattr(os, "pathconf", lambda *args: 0)  # a FUSE filesystem that says no limit
+  assert output_files.check_output_file(path, "--out", False) == str(path)
 
 
 @pytest.mark.parametrize("hard_links", [True, False])
@@ -279,3 +281,15 @@ def test_results_written_there_after_the_check_are_kept(hard_links, tmp_path, mo
   assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
   output_files.write_results(tmp_path / "new.json", "mine", "--out", False, "", "eval_*.json")
   assert (tmp_path / "new.json").read_text() == "mine"
+
+
+def test_a_link_that_made_it_though_it_said_it_had_not_is_the_write(tmp_path, monkeypatch):
+  """NFS: a LINK retried after its reply was lost finds the file it made (EEXIST)."""
+  link = os.link
+
+  def link_then_exists(src, dst):
+    link(src, dst)
+    raise FileExistsError(17, "File exists")
+  monkeypatch.setattr(os, "link", link_then_exists)
+  output_files.write_results(tmp_path / "r.json", "mine", "--out", False, "", "eval_*.json")
+  assert os.listdir(tmp_path) == ["r.json"] and (tmp_path / "r.json").read_text() == "mine"

@@ -48,11 +48,9 @@ def preview_grid(source: pipeline.ExampleSource, num: int = 16, columns: int = 4
 
 
 def _pil_can_save(ext: str) -> bool:
-  """Whether PIL writes images with this extension at their size (it reads more formats than it
-  writes)."""
+  """Whether PIL writes images with this extension (it reads more formats than it writes)."""
   Image.init()
-  # ICO and ICNS write icon sizes: a 640x224 grid as 128x45 (unreadable), or stretched to 1024^2.
-  if Image.registered_extensions().get(ext) in (None, "ICO", "ICNS"):
+  if ext not in Image.registered_extensions():
     return False
   try:
     Image.new("RGB", (1, 1)).save(io.BytesIO(), format=Image.registered_extensions()[ext])
@@ -65,9 +63,13 @@ def check_preview_path(path: str, overwrite: bool = False) -> None:
   """Raises ValueError if the grid could not be saved to `path` (checked before the build, which
   can take hours), or if `path` exists and not `overwrite` (output_files.check_output_file: its
   folder is made if missing; a link is written through, and its target must not exist)."""
-  if os.path.isdir(path) or not _pil_can_save(os.path.splitext(path)[1].lower()):
-    raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write at its "
-                     "size; name a .png file, e.g. --preview grid.png.")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".ico", ".icns"):
+    raise ValueError(f"--preview {path!r} is an icon, which PIL writes at icon sizes (the grid "
+                     "shrunk or stretched); name a .png file, e.g. --preview grid.png.")
+  if os.path.isdir(path) or not _pil_can_save(ext):
+    raise ValueError(f"--preview {path!r} is not the name of an image file PIL can write; name a "
+                     ".png file, e.g. --preview grid.png.")
   output_files.check_output_file(path, "--preview", overwrite, "an image file", error=ValueError)
 
 
@@ -127,8 +129,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 def _in_folder(path: str, folder: str) -> bool:
   """Whether `path` is in a folder the build of `folder` walks: links into it are followed."""
-  return output_files.inside(path, folder) or any(
-      output_files.inside(path, root) for root, _ in walked_folders(folder))
+  if output_files.inside(path, folder):
+    return True
+  real, inner = (os.path.realpath(os.path.expanduser(p)) for p in (path, folder))
+  roots = {os.path.realpath(root) for root, _ in walked_folders(os.path.expanduser(folder))}
+  return any(os.path.commonpath([real, root]) == root
+             for root in roots if os.path.commonpath([inner, root]) != inner)  # linked ones
 
 
 def _splits(dataset: str) -> list[str] | None:

@@ -152,7 +152,9 @@ def test_prepare_refuses_a_preview_it_cannot_save_before_building(tmp_path, caps
   the build; now a one-line error before it. An icon's was saved shrunk (128x45) or stretched."""
   err = _usage_error(capsys, ["--dataset", "captioned_shapes/tiny_32", "--data_dir",
                               str(tmp_path / "tfds"), "--preview", str(tmp_path / preview)])
-  assert "is not the name of an image file PIL can write at its size; name a .png file" in err
+  assert ("is an icon, which PIL writes at icon sizes (the grid shrunk or stretched); name a .png "
+          "file" if preview[-4:].lower() in (".ico", "icns") else
+          "is not the name of an image file PIL can write; name a .png file") in err, err
   assert not (tmp_path / "tfds").exists()  # nothing was built
 
 

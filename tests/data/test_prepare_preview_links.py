@@ -62,7 +62,7 @@ def test_a_preview_link_to_itself_is_named_as_a_loop(tmp_path, capsys):
   assert loop.is_symlink() and not (tmp_path / "tfds").exists()
 
 
-def test_a_preview_in_a_folder_linked_into_the_folder_is_refused(tmp_path, capsys):
+def test_a_preview_in_a_folder_linked_into_the_folder_is_refused(tmp_path, capsys, monkeypatch):
   """The build walks a folder linked into --folder, but the check resolved the link: a grid
   written there (through the link, or naming the folder it leads to) was then an image in the
   folder, and every later load warned that the folder had changed since its build."""
@@ -77,6 +77,10 @@ def test_a_preview_in_a_folder_linked_into_the_folder_is_refused(tmp_path, capsy
     assert (f"error: --preview {str(preview)!r} is inside --folder {folder} (or a folder linked "
             "into it): the grid would be an image added to the folder") in err, err
   assert sorted(os.listdir(tmp_path)) == ["imgs", "more"]  # nothing built or written
-  # A workdir or sample.py's --out in the folder through the link is in it too.
+  # A workdir or sample.py's --out in the folder through the link is in it too; `link/..` is
+  # the link target's parent (here tmp_path), not the folder.
   assert output_files.inside(folder / "more" / "run", folder)
   assert not output_files.inside(tmp_path / "run", folder)
+  assert not output_files.inside(folder / "more" / ".." / "run", folder)
+  monkeypatch.setenv("HOME", str(tmp_path))  # --folder=~/imgs: no shell expands it after '='
+  assert prepare._in_folder(str(linked / "g.png"), "~/imgs")
