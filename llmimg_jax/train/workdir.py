@@ -208,10 +208,12 @@ class WorkdirClaim:
 
 def check_workdir_free(workdir: Path) -> None:
   """WorkdirInUseError now, on every host, where another train.py holds the workdir: a second run
-  (a resubmitted job) was refused only after its T5 load and data build, minutes to hours. Only
-  looks: a new workdir is not made (workdir_claimed claims it)."""
+  (a resubmitted job) was refused only after its T5 load and data build, minutes to hours. A new
+  workdir is not made (workdir_claimed claims it); an existing LOCK_FILE is locked shared for an
+  instant, which _claim's retries outlast."""
   checkpoint.on_host_0(lambda: _check_free(workdir), "workdir_free",
-                       f"check {workdir / LOCK_FILE}", WorkdirInUseError)
+                       f"find whether another train.py holds {workdir / LOCK_FILE}",
+                       WorkdirInUseError)
 
 
 def _check_free(workdir: Path) -> None:
@@ -223,10 +225,14 @@ def _check_free(workdir: Path) -> None:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close
   except OSError as e:
     if e.errno == errno.EWOULDBLOCK:
-      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "its process"
-      raise _in_use(workdir, holder) from e
+      raise _in_use(workdir, _holder(fd)) from e
   finally:
     os.close(fd)
+
+
+def _holder(fd: int) -> str:
+  """Who holds the lock file `fd` (as _claim wrote it)."""
+  return os.pread(fd, 200, 0).decode(errors="replace").strip() or "its process"
 
 
 def _in_use(workdir: Path, holder: str) -> WorkdirInUseError:
@@ -259,11 +265,18 @@ def _claim(workdir: Path, during_run: bool = False) -> int | None:
   fd = None
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # for writing: NFS's flock needs it
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    for retry in (0.05, 0.05, 0.05, None):  # past another start's check_workdir_free (instants)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except BlockingIOError:
+        if retry is None:
+          raise
+        time.sleep(retry)
   except OSError as e:
     holder = "its process"
     if fd is not None:
-      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or holder
+      holder = _holder(fd)
       os.close(fd)
     if e.errno != errno.EWOULDBLOCK:  # e.g. another user's lock file: PermissionError
       log.warning("Could not lock %s (%s): a second train.py on this workdir would not be "

@@ -2,9 +2,11 @@
 claim on its workdir, each before anything is built (train.py prints them as one line; the other
 refusals: tests/train/test_train_cli.py)."""
 import contextlib
+import fcntl
 import os
 import re
 import socket
+import threading
 
 import pytest
 
@@ -130,3 +132,17 @@ def test_a_lock_file_that_cannot_be_opened_claims_nothing(tmp_path, caplog):
   with workdir_claimed(tmp_path), workdir_claimed(tmp_path):
     pass
   assert f"Could not lock {tmp_path / LOCK_FILE} (Is a directory)" in caplog.text
+
+
+def test_a_claim_outlasts_another_starts_check_of_the_lock(tmp_path):
+  """check_workdir_free locks the file shared for an instant: a claim (another run's start, or a
+  running run's claim again) at that instant was refused, naming an old holder."""
+  import fcntl
+  import threading
+  with workdir_claimed(tmp_path):  # the lock file of an earlier run
+    pass
+  checking = os.open(tmp_path / LOCK_FILE, os.O_RDWR)
+  fcntl.flock(checking, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  threading.Timer(0.06, os.close, [checking]).start()
+  with workdir_claimed(tmp_path) as claim:
+    assert claim.fd is not None
