@@ -42,8 +42,8 @@ def _has_glyph(font: ImageFont.FreeTypeFont, char: str) -> bool:
   return drawn(char) != drawn("\uffff")
 
 
-# More than any grid's lines hold (2+ pixels a character): the rest of a caption is cut before
-# wrapping, which took seconds for a 1 MB one; PIL refuses a text of over 1M characters.
+# More than a caption's lines hold (2+ pixels a character, 3-5 lines of a cell or two): the rest
+# is cut before wrapping, which took seconds for a 1 MB caption; PIL refuses over 1M characters.
 _MOST_CHARS = 4096
 
 
@@ -52,7 +52,8 @@ def _wrap(text: str, font, width: float, max_lines: int) -> list[str]:
   too wide); past `max_lines` (or _MOST_CHARS), the last line ends in '...'."""
   fits = lambda line: font.getlength(line) <= width
   lines: list[str] = []
-  for word in _drawable(" ".join(text[:_MOST_CHARS].split()), font).split(" "):
+  words = " ".join(text.split())
+  for word in _drawable(words[:_MOST_CHARS], font).split(" "):
     line = f"{lines[-1]} {word}" if lines else word
     if lines and fits(line):
       lines[-1] = line
@@ -62,7 +63,7 @@ def _wrap(text: str, font, width: float, max_lines: int) -> list[str]:
       if lines[-1] and not fits(lines[-1] + char):
         lines.append("")
       lines[-1] += char
-  if len(lines) > max_lines or text[_MOST_CHARS:].strip():
+  if len(lines) > max_lines or len(words) > _MOST_CHARS:
     shown = min(len(lines), max_lines)
     last = lines[shown - 1]
     while last and not fits(last + "..."):

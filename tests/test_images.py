@@ -19,6 +19,7 @@ def test_captions_wrap_by_their_drawn_width():
     lines = _wrap(huge, caption_font(), 92, 3)
     assert len(lines) == 3 and lines[-1].endswith("..."), lines
   assert _wrap("a cat" + " " * 9_000, font, 92, 3) == ["a cat"]
+  assert _wrap(" " * 9_000 + "a cat", font, 92, 3) == ["a cat"]  # was '...'
   assert "".join(_wrap("i" * 4_096 + " ", font, 92, 500)) == "i" * 4_096  # whole, no '...'
   # One caption per image: a wide one stays under its own image, the neighbour's stays blank.
   grid = np.asarray(captioned_grid(np.full((2, 8, 8, 3), 255, np.uint8), ["MMMM " * 8, ""],

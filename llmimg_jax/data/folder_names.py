@@ -1,6 +1,6 @@
 """A captioned folder's names: those its captions files write -> the files on disk, compared
-after Unicode NFC normalisation and, where the disk finds names so, without case; and the error
-of a folder that cannot make a dataset."""
+after Unicode NFC normalisation and, where the disk finds names so, without case; the folders
+and files a build walks; and the error of a folder that cannot make a dataset."""
 from __future__ import annotations
 
 import collections

@@ -256,7 +256,7 @@ class TrainingEvaluator:
     # Host 0 writes; if that fails (a full disk), every host stops now, not the others after
     # the distributed service's timeout (5 minutes, then SIGABRT).
     checkpoint.on_host_0(lambda: self._write(result, step, writer), "eval_written",
-                         f"write {self.best_path}")
+                         f"write {self.best_path} (or the evaluation's TensorBoard scalars)")
     return result
 
   def _write(self, result: dict[str, float], step: int, writer) -> None:

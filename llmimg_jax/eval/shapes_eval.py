@@ -128,6 +128,8 @@ class ShapesEvaluator:
         params = flax.serialization.from_bytes(template["params"], path.read_bytes())
         if _shapes(params) != _shapes(template["params"]):  # from_bytes checks only the names
           raise ValueError(f"weights of other shapes than this version's network ({NET_TAG})")
+      except MemoryError:
+        raise
       # Cut short by a crash, or other msgpack: {"cell": 5} raised AttributeError, which
       # stopped the run (on one host, the others hung until the distributed service's timeout).
       except Exception as e:  # pylint: disable=broad-except

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
 from llmimg_jax.data import caption_files, captioned_folder
+from tests.train.cli_utils import as_modes_hold, closed, env
 
 
 def test_csv_captions(tmp_path):
@@ -244,19 +247,13 @@ print(json.dumps([sorted(named), skips.counts, skips.examples]))
 def test_an_image_in_a_folder_this_user_cannot_enter_is_skipped_naming_the_folder(tmp_path):
   """A subfolder of mode 000 (copied with another owner's modes): its captioned images were
   skipped as unknown_file, with advice to check the names' spelling and case."""
-  import subprocess
-  import sys
-  from tests.train.cli_utils import as_modes_hold, env
   (tmp_path / "sub").mkdir()
   for name in ("a.png", "sub/b.png"):
     Image.new("RGB", (8, 8)).save(tmp_path / name)
   (tmp_path / "captions.csv").write_text("file,caption\na.png,x\nsub/b.png,y\nc.png,z\n")
-  (tmp_path / "sub").chmod(0)
-  try:
+  with closed(tmp_path / "sub"):
     proc = subprocess.run([*as_modes_hold(), sys.executable, "-c", _READ, str(tmp_path)],
                           capture_output=True, text=True, env=env())
-  finally:
-    (tmp_path / "sub").chmod(0o755)
   assert json.loads(proc.stdout) == [
       ["a.png"], {"closed_folder": 1, "unknown_file": 1},
       {"closed_folder": [f"captions.csv:3 (sub/b.png; {tmp_path / 'sub'})"],

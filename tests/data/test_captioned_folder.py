@@ -5,6 +5,7 @@ read: tests/data/test_caption_files.py; a build edited, validated or made at ano
 tests/data/test_captioned_folder_builds.py."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from llmimg_jax.data import captioned_folder
+from llmimg_jax.data.images import SkipImage, load_image
 
 SIZE = 16
 
@@ -99,7 +101,6 @@ EXPECTED_SKIPS = {
 
 def test_truncated_images_are_skipped_and_pils_setting_is_kept(tmp_path, monkeypatch):
   from PIL import ImageFile
-  from llmimg_jax.data.images import SkipImage, load_image
   make_odd_folder(str(tmp_path))
   monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the calling program's choice
   with pytest.raises(SkipImage, match="truncated"):
@@ -111,7 +112,6 @@ def test_truncated_images_are_skipped_and_pils_setting_is_kept(tmp_path, monkeyp
 def test_a_png_padded_with_zeros_is_skipped_as_corrupt(tmp_path):
   """A copy cut short and padded with zeros to its size (a preallocated download) decoded without
   an error, the rows past the cut black: PIL's load leaves the image data's CRCs unchecked."""
-  from llmimg_jax.data.images import SkipImage, load_image
   gradient = np.tile(np.arange(256, dtype=np.uint8)[:, None, None], (1, 256, 3))
   Image.fromarray(gradient).save(tmp_path / "whole.png")
   data = (tmp_path / "whole.png").read_bytes()
@@ -189,8 +189,6 @@ def test_summary_persisted_and_rebuild_is_a_noop(built, tmp_path):
 def test_an_image_whose_decoder_fails_with_another_error_is_skipped_as_corrupt(tmp_path):
   """A TIFF whose StripOffsets tag is ASCII, not LONG: PIL's load raised TypeError, which stopped
   the whole folder build with a traceback."""
-  import io
-  from llmimg_jax.data.images import SkipImage, load_image
   tiff = io.BytesIO()
   Image.new("RGB", (32, 24), (200, 30, 30)).save(tiff, format="TIFF")
   data = bytearray(tiff.getvalue())

@@ -75,8 +75,8 @@ def test_a_failure_on_one_host_stops_every_host(tmp_path):
           "its log has the error.\n") in host_1, host_1[-3000:]
   assert (f"grid raised RuntimeError\nHost 0 could not write the sample grid of step 5 in "
           f"{blocked / 'samples'}; its log has the error.\n") in host_1, host_1[-3000:]
-  assert (f"eval raised RuntimeError\nHost 0 could not write {blocked / 'best.json'}; its log has "
-          "the error.\n") in host_1, host_1[-3000:]
+  assert (f"eval raised RuntimeError\nHost 0 could not write {blocked / 'best.json'} (or the "
+          "evaluation's TensorBoard scalars); its log has the error.\n") in host_1, host_1[-3000:]
   assert "setup raised ValueError no evaluator here" in host_1, host_1[-3000:]
   assert ("setup raised RuntimeError Host(s) [1] could not set up the in-training evaluation "
           "(config.eval); their logs have the error.") in host_0, host_0[-3000:]
