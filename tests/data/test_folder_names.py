@@ -293,7 +293,7 @@ def test_each_name_is_found_on_disk_once_and_captions_are_kept_once_in_order(tmp
                                                                               monkeypatch):
   """A file named on every line of its captions (one caption a line) was looked up on disk per
   line, and each caption compared with all of its file's before: 40k lines of one image took
-  15 s (0.5 s now), a 1M-line file of 50k images 35 s."""
+  12 s, 0.5 s now (benchmarks/captions_read.py, RESULTS_data.md)."""
   Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
   lines = [{"file": "a.png", "caption": f"c{i % 3}"} for i in range(6)] + [
       {"file": "./a.png", "captions": ["c3", "c0"]}, {"file": "b.png", "caption": "x"},
