@@ -85,8 +85,9 @@ def main(argv: list[str]) -> None:
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.data.tfds_utils import DatasetError
   from llmimg_jax.text.loading import resolve_checkpoint_dir
-  from llmimg_jax.train.checkpoint import CorruptCheckpointError, host_flags, wait_for_all_hosts
+  from llmimg_jax.train.checkpoint import CorruptCheckpointError
   from llmimg_jax.train.config import validate
+  from llmimg_jax.train.hosts import failed_hosts
   from llmimg_jax.train.loop import (DataNotSharedError, DivergenceError, TextCheckpointError,
                                      local_workdir, train)
   from llmimg_jax.train.preemption import sync_manager_active
@@ -106,9 +107,9 @@ def main(argv: list[str]) -> None:
       resolve_checkpoint_dir(config.text.checkpoint)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     problem = str(e)
-  wait_for_all_hosts("config_checked")  # a hub download on one host outlasts gloo's 30 s
-  failed = [i for i, ok in enumerate(host_flags(problem is None)) if not ok]
-  if failed:  # every host stops, not only those with the error (the others would wait minutes)
+  # Every host stops, not only those with the error (the others would wait minutes); a barrier
+  # first, as a hub download on one host outlasts gloo's 30 s.
+  if failed := failed_hosts(problem is None, "config_checked"):
     cli.fail("train.py", problem or f"host(s) {failed} stopped with a config error, which their "
              "logs name; nothing was trained.", 2)
   overrides = ", ".join(f"{key}={value}" for key, value in  # --config.a.b=value flags

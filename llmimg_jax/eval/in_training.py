@@ -20,7 +20,6 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 
 from llmimg_jax import output_files
 from llmimg_jax.data.pipeline import dataset_id
@@ -28,7 +27,7 @@ from llmimg_jax.eval import fid
 from llmimg_jax.eval.generate import generate_for_captions
 from llmimg_jax.eval.report import to_json
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator, load_split
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, hosts
 from llmimg_jax.train.checkpoint import BEST_FILE
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
   former = best.get("former") if stale else None
   former = former if isinstance(former, dict) and former.get("step") in steps else None
   if jax.process_count() > 1:  # every host read it before host 0 moves it
-    checkpoint.wait_for_all_hosts("best_read")
+    hosts.wait_for_all_hosts("best_read")
 
   def move() -> None:
     for step in sorted(s for s in checkpoint.earlier_best_steps(workdir) if gone(s)):
@@ -110,7 +109,7 @@ def set_aside_best_past(workdir: Path, start: int, steps: list[int]) -> None:
       log.info("Checkpoints kept for the bests of earlier evaluations: step(s) %s; delete %s to "
                "let one go.", ", ".join(map(str, kept)),
                workdir / checkpoint.EARLIER_BEST.format(step="STEP"))
-  checkpoint.on_host_0(move, "best_moved", f"move {best_file} aside")
+  hosts.on_host_0(move, "best_moved", f"move {best_file} aside")
 
 
 class TrainingEvaluator:
@@ -132,17 +131,16 @@ class TrainingEvaluator:
     # A failure on one host stops every host now: the others waited in the next collective
     # until the distributed service aborted them (5 minutes), naming nothing. An evaluator
     # trained on some hosts (a cold cache) takes minutes.
-    checkpoint.wait_for_all_hosts("eval_set_up", timeout_s=6 * 3600)
-    if hosts := [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]:
+    if failed := hosts.failed_hosts(problem is None, "eval_set_up", timeout_s=6 * 3600):
       if problem is not None:
         raise problem
-      raise RuntimeError(f"Host(s) {hosts} could not set up the in-training evaluation "
+      raise RuntimeError(f"Host(s) {failed} could not set up the in-training evaluation "
                          "(config.eval); their logs have the error.")
     self.best_path = self.workdir / BEST_FILE
     self._rejected: str | None = None  # why this host (not host 0) rejected best.json
     self._other_setup: dict | None = None  # best.json, if scored on another evaluation
     self.best = self._host_0s_best(self._read_best())  # the best so far (host 0 writes it)
-    checkpoint.on_host_0(self._keep_earlier_best, "earlier_best", f"move {self.best_path} aside")
+    hosts.on_host_0(self._keep_earlier_best, "earlier_best", f"move {self.best_path} aside")
     if self._rejected:  # logged once host 0's reading, which every host follows, is known
       log.warning("%s; %s.", self._rejected, "the next evaluation replaces it" if self.best is None
                   else f"host 0 keeps its best step {self.best['step']}, which every host follows "
@@ -217,9 +215,7 @@ class TrainingEvaluator:
     weights than host 0's rejects a best.json that host 0 keeps. Host 0 compares the scores."""
     if jax.process_count() == 1:
       return best
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    step = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if best is None else
-                                                             best["step"])))
+    step = hosts.host_0s(-1 if best is None else best["step"])
     if step < 0:
       return None
     if best is None or best["step"] != step:  # scores that host 0's decisions overrule
@@ -247,7 +243,7 @@ class TrainingEvaluator:
                                           -self.best["fid_indomain"])
     # Host 0's decision everywhere: the loop saves the best step's checkpoint (a collective),
     # and hosts' float results may differ in the last bit.
-    improved = checkpoint.host_flags(improved)[0]
+    improved = hosts.host_flags(improved)[0]
     if improved:  # the best it replaces is kept in it, until this step's checkpoint is saved
       former = None if self.best is None else {k: v for k, v in self.best.items() if k != "former"}
       self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup,
@@ -255,8 +251,8 @@ class TrainingEvaluator:
     self.best["evaluated"] = step  # a rerun after a kill during this evaluation makes it again
     # Host 0 writes; if that fails (a full disk), every host stops now, not the others after
     # the distributed service's timeout (5 minutes, then SIGABRT).
-    checkpoint.on_host_0(lambda: self._write(result, step, writer), "eval_written",
-                         f"write {self.best_path} (or the evaluation's TensorBoard scalars)")
+    hosts.on_host_0(lambda: self._write(result, step, writer), "eval_written",
+                    f"write {self.best_path} (or the evaluation's TensorBoard scalars)")
     return result
 
   def _write(self, result: dict[str, float], step: int, writer) -> None:

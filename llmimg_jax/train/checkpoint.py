@@ -9,23 +9,20 @@ finished checkpoint damaged later (truncated or deleted files) is detected when 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store  # as in Orbax's default handler
 
 from llmimg_jax.data import host_slices
-from llmimg_jax.train import resume_agree
+from llmimg_jax.train import hosts, resume_agree
 from llmimg_jax.train.config_values import config_changes, config_values
 from llmimg_jax.train.restore_errors import (PRNG_ITEM, brief_error, data_change, is_access_error,
                                              is_mismatch, prng_change, prng_record, prng_switch)
@@ -46,21 +43,6 @@ try:
       override=True)
 finally:
   _absl.setLevel(_level)
-
-
-_barriers = itertools.count()
-
-
-def wait_for_all_hosts(name: str, timeout_s: int = 900) -> None:
-  """A barrier of the JAX distributed service (no collective). Hosts reach the first collective
-  after different start-up times (imports, data, compilation), and a CPU (gloo) collective gives
-  up on a peer after 30 s; this waits for all of them, much longer."""
-  if jax.process_count() == 1:
-    return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  if distributed.global_state.client is not None:
-    barrier = f"llmimg_jax_{name}_{next(_barriers)}"  # ids are single-use
-    distributed.global_state.client.wait_at_barrier(barrier, timeout_s * 1000)
 
 
 BEST_FILE = "best.json"  # in the workdir: the in-training evaluation's best step (eval/)
@@ -108,7 +90,7 @@ class _KeepBest:
 
 def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   """Keeps the latest config.train.keep_checkpoints checkpoints (None: all) and the best step's."""
-  wait_for_all_hosts("make_manager")  # Orbax's first cross-host sync follows
+  hosts.wait_for_all_hosts("make_manager")  # Orbax's first cross-host sync follows
   workdir = Path(workdir).absolute()
   policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
@@ -190,38 +172,6 @@ def _describe(e: BaseException | None) -> str:
   return "failed on another host" if e is None else brief_error(e)
 
 
-def on_host_0(fn: Callable[[], Any], barrier: str, what: str,
-              error: type[Exception] = RuntimeError, timeout_s: int = 900) -> Any:
-  """fn() on host 0 while the other hosts wait at `barrier`; fn's result on host 0, else None.
-  If fn raises, host 0 raises its error and every other host `error` naming `what`, instead of
-  waiting at the next barrier until the distributed service aborts them."""
-  result, failure = None, None
-  if jax.process_index() == 0:
-    try:
-      result = fn()
-    except Exception as e:  # pylint: disable=broad-exception-caught  (raised below)
-      failure = e
-  if jax.process_count() > 1:
-    wait_for_all_hosts(barrier, timeout_s)
-    if not _on_every_host(failure is None) and failure is None:
-      raise error(f"Host 0 could not {what}; its log has the error.")
-  if failure is not None:
-    raise failure
-  return result
-
-
-def host_flags(flag: bool) -> list[bool]:
-  """Every host's `flag`, in process order (a collective: every host must call it)."""
-  if jax.process_count() == 1:
-    return [bool(flag)]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return [bool(f) for f in np.ravel(multihost_utils.process_allgather(np.int32(flag)))]
-
-
-def _on_every_host(ok: bool) -> bool:
-  return all(host_flags(ok))
-
-
 def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   """Moves unreadable step directories to WORKDIR/corrupt_checkpoints/ (kept for inspection)."""
   root = Path(manager.directory)
@@ -235,8 +185,9 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
       target.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(root / str(step)), str(target))
       log.warning("Moved the unreadable checkpoint %s to %s.", root / str(step), target)
-  on_host_0(move, "corrupt_moved", f"move unreadable checkpoints to {root.parent / CORRUPT_DIR}",
-            CorruptCheckpointError)
+  hosts.on_host_0(move, "corrupt_moved",
+                  f"move unreadable checkpoints to {root.parent / CORRUPT_DIR}",
+                  CorruptCheckpointError)
   manager.reload()
 
 
@@ -277,7 +228,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   for step in steps:
     # Keys of one shape restore under another PRNG, and the run would go on another random stream.
     switch = prng_switch(Path(manager.directory) / str(step))
-    if any(host_flags(switch is not None)):
+    if any(hosts.host_flags(switch is not None)):
       changes = _config_changes(manager, step, config) if config is not None else None
       raise _prng_error(manager, switch or "another host's jax_default_prng_impl is not the "
                         "one they record", changes, "")
@@ -288,13 +239,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types; reported below
       error = e.with_traceback(None)  # kept for its type and message, not its frames
     access = is_access_error(error)
-    if not _on_every_host(not access):  # an older step would redo training
+    if hosts.failed_hosts(not access):  # an older step would redo training
       raise CheckpointAccessError(
           f"Checkpoint {Path(manager.directory) / str(step)} could not be read "
           f"({_describe(error) if access else 'failed on another host'}), which "
           "is not damage: fix the access to it (file permissions, the mount, free memory) and "
           "rerun the same command. No checkpoint was skipped or moved.")
-    if _on_every_host(error is None):
+    if not hosts.failed_hosts(error is None):
       resume_agree.check_resume(step, data_iter, manager.directory)
       if failed:
         _move_aside(manager, list(failed))
@@ -302,8 +253,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                     ", ".join(f"step {s}" for s in failed))
       return state
     failed[step] = error
-    if any(host_flags(is_mismatch(error))):  # another config, version or host count saved it:
-      break  # an older step that fits would redo training, this one moved aside: the user decides
+    # Another config, version or host count saved it: an older step that fits would redo
+    # training, this one moved aside; the user decides.
+    if any(hosts.host_flags(is_mismatch(error))):
+      break
     log.warning("Checkpoint %s could not be restored (%s); trying the previous one.",
                 Path(manager.directory) / str(step), _describe(error))
   if not failed:
@@ -313,7 +266,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   details = "; ".join(f"step {s}: {_describe(e)}" for s, e in failed.items())
   # One that does not fit (another config or host count), even beside damaged ones or on one host
   # only (another version there): the run is not the one that saved it, so none is moved aside.
-  if any(host_flags(any(is_mismatch(e) for e in failed.values()))):
+  if any(hosts.host_flags(any(is_mismatch(e) for e in failed.values()))):
     raise _mismatch_error(manager, steps, failed, data_iter, config, details)
   if not start_fresh_if_corrupt:
     raise CorruptCheckpointError(

@@ -22,7 +22,7 @@ from llmimg_jax.data.global_batch import to_global_batch
 from llmimg_jax.data.pipeline import (close_iterator, is_built, load_source, make_iterator,
                                       paths_in_full)
 from llmimg_jax.eval import in_training
-from llmimg_jax.train import checkpoint, resume
+from llmimg_jax.train import checkpoint, hosts, resume
 from llmimg_jax.train.preemption import PreemptionWatch
 from llmimg_jax.train.same_config import check_same_config
 from llmimg_jax.train.config import due, validate, warn_of_unused_text_keys
@@ -60,7 +60,7 @@ def _check_data_shared(data_cfg: ml_collections.ConfigDict) -> None:
     built = is_built(data_cfg)
   except ValueError:  # e.g. a captioned_folder that this host neither has nor sees built
     built = False
-  missing = [i for i, ok in enumerate(checkpoint.host_flags(built)) if not ok]
+  missing = hosts.failed_hosts(built)
   if missing:
     raise DataNotSharedError(
         f"Host(s) {missing} do not see the {data_cfg.name} dataset that host 0 built in "
@@ -72,7 +72,7 @@ def _check_data_shared(data_cfg: ml_collections.ConfigDict) -> None:
 def _build_on_host_0(data_cfg: ml_collections.ConfigDict):
   """Host 0 builds (or opens) the train split while the others wait; then every host checks
   that it sees that build. A failure on host 0 stops every host at once, not at a timeout."""
-  source = checkpoint.on_host_0(
+  source = hosts.on_host_0(
       lambda: load_source(data_cfg, "train"), "data_built",
       f"build or open the {data_cfg.name} dataset", DataNotSharedError, timeout_s=6 * 3600)
   _check_data_shared(data_cfg)

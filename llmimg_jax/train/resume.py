@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from llmimg_jax import output_files
 from llmimg_jax.eval import in_training
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, hosts
 from llmimg_jax.train.config import due
 from llmimg_jax.train.config_values import config_diff, config_values, describe_changes
 from llmimg_jax.train.samples import grid_name
@@ -35,9 +35,9 @@ def check_best_file(workdir: Path) -> None:
     problem = None
   except ValueError as e:
     problem = str(e)
-  if hosts := [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]:
+  if failed := hosts.failed_hosts(problem is None):
     raise BestFileError(
-        f"{best_file} cannot be read ({problem or f'on host(s) {hosts}, which log why'}): it "
+        f"{best_file} cannot be read ({problem or f'on host(s) {failed}, which log why'}): it "
         "names the best evaluated step, whose checkpoint the run keeps, and would otherwise "
         'delete at its next save. Restore the file (e.g. {"step": N, ...} as the run wrote it), '
         "or delete it to let that checkpoint go; then rerun the same command.")
@@ -61,7 +61,7 @@ def unmade(workdir: Path, step: int, config: ml_collections.ConfigDict) -> tuple
       workdir / "samples" / grid_name(step)).exists()
   evaluation = trained and in_training.enabled(config) and due(
       step, config.eval.every, t.steps) and not in_training.evaluated(workdir, step)
-  return checkpoint.host_flags(grid)[0], checkpoint.host_flags(evaluation)[0]
+  return hosts.host_flags(grid)[0], hosts.host_flags(evaluation)[0]
 
 
 def nothing_to_do(workdir: Path, start: int, config: ml_collections.ConfigDict,
@@ -113,7 +113,7 @@ def write_run_files(workdir: Path, config: ml_collections.ConfigDict, tokenizer,
     write_config(workdir, config)
     if config.text.checkpoint:
       save_text_files(workdir, tokenizer, t5_config, replace=fresh)
-  checkpoint.on_host_0(write, "run_files_written", f"write {workdir / 'config.json'}")
+  hosts.on_host_0(write, "run_files_written", f"write {workdir / 'config.json'}")
 
 
 # T5Config fields that leave a training run's encoder as it is: the decoder's, and dropout (the

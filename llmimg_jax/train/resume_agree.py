@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from llmimg_jax.data import host_slices
+from llmimg_jax.train import hosts
 
 
 class ResumeDisagreesError(RuntimeError):
@@ -39,12 +40,6 @@ def _position(data_iter: Any) -> tuple[int, int]:
   return zlib.crc32(where.encode()) & 0x7FFFFFFF, -1 if batches is None else batches
 
 
-def _gather(row: np.ndarray) -> np.ndarray:
-  """Every host's `row`, in process order (a collective: every host must call it)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(row)).reshape(jax.process_count(), -1)
-
-
 def _describe(step: int, batches: int) -> str:
   return f"step {step}" + (f" with the input position of {batches} batches" if batches >= 0
                            else "")
@@ -58,15 +53,15 @@ def check_steps(steps: list[int], checkpoints: str | Path) -> None:
   if jax.process_count() == 1:
     return
   listed = json.dumps(sorted(steps)).encode()
-  rows = _gather(np.asarray([len(steps), max(steps, default=-1),
-                             zlib.crc32(listed) & 0x7FFFFFFF], np.int32))
+  rows = hosts.gather(np.asarray([len(steps), max(steps, default=-1),
+                                 zlib.crc32(listed) & 0x7FFFFFFF], np.int32))
   if (rows == rows[0]).all():
     return
-  hosts = "; ".join(f"host {i}: {n} step{'' if n == 1 else 's'}"
-                    + (f", the newest {newest}" if n else "")
-                    for i, (n, newest, _) in enumerate(rows))
+  listings = "; ".join(f"host {i}: {n} step{'' if n == 1 else 's'}"
+                       + (f", the newest {newest}" if n else "")
+                       for i, (n, newest, _) in enumerate(rows))
   raise ResumeDisagreesError(
-      f"The hosts list different checkpoints in {checkpoints} ({hosts}). Every host lists that "
+      f"The hosts list different checkpoints in {checkpoints} ({listings}). Every host lists that "
       "folder itself, and a filesystem that shows a new step directory to some hosts later than "
       "to others makes them differ: rerun once every host lists the same steps there. Nothing "
       "was restored or trained.")
@@ -78,7 +73,7 @@ def check_resume(step: int, data_iter: Any, checkpoints: str | Path) -> None:
   position than host 0 (after check_steps, another position only)."""
   fingerprint, batches = _position(data_iter)
   row = np.asarray([step, fingerprint, batches], np.int32)
-  rows = _gather(row) if jax.process_count() > 1 else row[None]
+  rows = hosts.gather(row)
   agree = (rows == rows[0]).all()
   if agree and all(b < 0 or b == s for s, _, b in rows):
     return
@@ -89,11 +84,11 @@ def check_resume(step: int, data_iter: Any, checkpoints: str | Path) -> None:
         "reads one batch per step, so it is the position of another step (the file was copied "
         "or edited). Restore STEP/data/ as it was saved, or move the step's directory aside to "
         "resume from the one before. Nothing was trained.")
-  hosts = "; ".join(f"host {i}: {_describe(int(s), int(b))}"
-                    + ("" if f == rows[0][1] else " (another position than host 0's)")
-                    for i, (s, f, b) in enumerate(rows))
+  points = "; ".join(f"host {i}: {_describe(int(s), int(b))}"
+                     + ("" if f == rows[0][1] else " (another position than host 0's)")
+                     for i, (s, f, b) in enumerate(rows))
   raise ResumeDisagreesError(
-      f"The hosts resumed from {checkpoints} at different points ({hosts}). Every host restores "
+      f"The hosts resumed from {checkpoints} at different points ({points}). Every host restores "
       "its own input position (STEP/data/process_I-of-N.json): a position file of another step "
       "makes them differ. Restore STEP/data/ as it was saved, or move the step's directory aside "
       "to resume from the one before. Nothing was trained.")

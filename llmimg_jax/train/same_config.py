@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import hosts
 from llmimg_jax.train.config_values import config_changes, config_values
 
 # data.data_dir is compared by whether each host sees host 0's build (loop._check_data_shared).
@@ -47,7 +47,7 @@ def check_same_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     return
   mine = _settings(config, workdir)
   changes = config_changes(_host_0_settings(mine), mine)
-  others = [i for i, ok in enumerate(checkpoint.host_flags(not changes)) if not ok]
+  others = hosts.failed_hosts(not changes)
   if not others:
     return
   which = (f"this host's differ from host 0's ({'; '.join(changes)}; host 0's value first)"

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax import output_files
 from llmimg_jax.images import captioned_grid
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import hosts
 from llmimg_jax.train.mesh import compiler_options, from_every_host, rows_per_call
 from llmimg_jax.train.state import Models, TrainState
 from llmimg_jax.train.step import generate_images
@@ -57,8 +57,8 @@ class SampleWriter:
     """The grid's path on host 0 (None elsewhere), which writes it: if that fails (a full disk),
     every host stops now, not the others after the distributed service's timeout."""
     images = self.images(state)
-    return checkpoint.on_host_0(lambda: self._write(images, step, writer), "samples_written",
-                                f"write the sample grid of step {step} in {self.dir}")
+    return hosts.on_host_0(lambda: self._write(images, step, writer), "samples_written",
+                           f"write the sample grid of step {step} in {self.dir}")
 
   def _write(self, images: np.ndarray, step: int, writer) -> Path:
     grid = captioned_grid(images, self.prompts)

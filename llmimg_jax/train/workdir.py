@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from llmimg_jax import cli
 from llmimg_jax import output_files
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, hosts
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".train.lock"  # in the workdir: host 0's flock while the run trains; who holds it
@@ -101,15 +100,14 @@ def check_workdir_shared(workdir: Path) -> None:
   """Every host sees a file host 0 writes where the workdir is (its nearest existing folder):
   a workdir on each host's own disk would fail at the first checkpoint, which each host writes
   part of, with a FileNotFoundError on one host while the others wait."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
+  token = hosts.host_0s(secrets.randbits(31))
   folder = _nearest_existing(workdir.absolute())
   probe = folder / f".shared_test.{token}"
-  checkpoint.on_host_0(probe.touch, "shared_probe_written", f"write {probe}",
-                       WorkdirNotWritableError)
-  missing = [i for i, ok in enumerate(checkpoint.host_flags(_sees(probe))) if not ok]
-  checkpoint.on_host_0(lambda: probe.unlink(missing_ok=True), "shared_probe_removed",
-                       f"remove {probe}", WorkdirNotWritableError)
+  hosts.on_host_0(probe.touch, "shared_probe_written", f"write {probe}",
+                  WorkdirNotWritableError)
+  missing = hosts.failed_hosts(_sees(probe))
+  hosts.on_host_0(lambda: probe.unlink(missing_ok=True), "shared_probe_removed",
+                  f"remove {probe}", WorkdirNotWritableError)
   if missing:
     raise WorkdirNotSharedError(
         f"Host(s) {missing} do not see the file host 0 wrote in {folder}, so the workdir "
@@ -123,8 +121,7 @@ def check_workdir_writable(workdir: Path) -> None:
   that cannot be made, then fail with a TimeoutError that names neither), and shares it."""
   problem = _unwritable(workdir)
   if jax.process_count() > 1:
-    checkpoint.wait_for_all_hosts("workdir_checked")
-    others = [i for i, ok in enumerate(checkpoint.host_flags(problem is None)) if not ok]
+    others = hosts.failed_hosts(problem is None, "workdir_checked")
     if problem is None and others:
       problem = f"host(s) {others} cannot write it; their logs name the folder"
   if problem is not None:
@@ -185,8 +182,8 @@ class WorkdirClaim:
     workdir, naming a run long gone) lets a second train.py claim the workdir beside this run,
     both then failing their saves, blaming the disk. Claimed again if it is free; else a
     WorkdirInUseError naming the other run, on every host, before this run saves."""
-    checkpoint.on_host_0(self._keep, "workdir_kept", f"keep {self.workdir / LOCK_FILE}",
-                         WorkdirInUseError)
+    hosts.on_host_0(self._keep, "workdir_kept", f"keep {self.workdir / LOCK_FILE}",
+                    WorkdirInUseError)
 
   def _keep(self) -> None:
     if self.fd is None:
@@ -211,9 +208,9 @@ def check_workdir_free(workdir: Path) -> None:
   (a resubmitted job) was refused only after its T5 load and data build, minutes to hours. A new
   workdir is not made (workdir_claimed claims it); an existing LOCK_FILE is locked shared for an
   instant, which _claim's retries outlast."""
-  checkpoint.on_host_0(lambda: _check_free(workdir), "workdir_free",
-                       f"find whether another train.py holds {workdir / LOCK_FILE}",
-                       WorkdirInUseError)
+  hosts.on_host_0(lambda: _check_free(workdir), "workdir_free",
+                  f"find whether another train.py holds {workdir / LOCK_FILE}",
+                  WorkdirInUseError)
 
 
 def _check_free(workdir: Path) -> None:
@@ -248,7 +245,7 @@ def workdir_claimed(workdir: Path) -> Iterator[WorkdirClaim]:
   on the workdir raises WorkdirInUseError naming the first. The lock goes with the process,
   however it ends; where the file cannot be opened or locked (no flock), nothing is claimed (a
   warning)."""
-  claim = WorkdirClaim(workdir, checkpoint.on_host_0(
+  claim = WorkdirClaim(workdir, hosts.on_host_0(
       lambda: _claim(workdir), "workdir_claimed", f"claim {workdir / LOCK_FILE}",
       WorkdirInUseError))
   try:

@@ -238,14 +238,14 @@ import sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-from llmimg_jax.train import checkpoint
-print("result", checkpoint.on_host_0(lambda: 7, "works", "return 7"), flush=True)
+from llmimg_jax.train import checkpoint, hosts
+print("result", hosts.on_host_0(lambda: 7, "works", "return 7"), flush=True)
 
 def move():
   raise PermissionError("[Errno 13] Permission denied: 'corrupt_checkpoints'")
 try:
-  checkpoint.on_host_0(move, "fails", "move unreadable checkpoints aside",
-                       checkpoint.CorruptCheckpointError)
+  hosts.on_host_0(move, "fails", "move unreadable checkpoints aside",
+                  checkpoint.CorruptCheckpointError)
 except Exception as e:
   print("raised", type(e).__name__, e, flush=True)
 """

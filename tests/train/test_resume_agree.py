@@ -28,7 +28,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import numpy as np
 from llmimg_jax.data.pipeline import make_iterator
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, hosts
 from llmimg_jax.train.state import build_text
 from tests.train.utils import tiny_config
 
@@ -46,7 +46,7 @@ for how, workdir in zip(sys.argv[4::2], map(Path, sys.argv[5::2])):  # one run a
   def edit():
     if how == "position":  # host 1's position of step 2 in step 4
       shutil.copy(steps / "2/data/process_1-of-2.json", steps / "4/data/process_1-of-2.json")
-  checkpoint.on_host_0(edit, f"edited_{how}", "edit")
+  hosts.on_host_0(edit, f"edited_{how}", "edit")
   manager = checkpoint.make_manager(workdir, config)
   if how == "listing" and jax.process_index() == 1:  # step 4 not shown to host 1 yet
     manager.all_steps = lambda read=False: [2]

@@ -16,7 +16,7 @@ import pytest
 
 from llmimg_jax.data import host_slices
 from llmimg_jax.data.pipeline import close_iterator, make_iterator, sampler_seed
-from llmimg_jax.train import checkpoint
+from llmimg_jax.train import checkpoint, hosts
 from llmimg_jax.train.state import _adam, build_models, build_text
 from tests.sample.utils import _quick_state
 from tests.train.utils import _equal, _fresh
@@ -224,7 +224,7 @@ def test_hosts_agree_that_another_prng_is_not_resumed(saved, tmp_path, monkeypat
   restoring anything."""
   config, tokenizer, _, _ = saved
   host_1 = iter([True])  # the PRNG differs there
-  monkeypatch.setattr(checkpoint, "host_flags", lambda flag: [bool(flag), next(host_1, False)])
+  monkeypatch.setattr(hosts, "host_flags", lambda flag: [bool(flag), next(host_1, False)])
   manager, it = _fresh(config, tokenizer, tmp_path)
   _assert_refused_and_kept(manager, config, it, r"saved under another JAX PRNG: another host's "
                            r"jax_default_prng_impl is not the one they record\. Rerun under")
@@ -303,7 +303,7 @@ def test_hosts_agree_that_checkpoints_do_not_fit(saved, tmp_path, monkeypatch):
   # per step: the recorded PRNG, readable, not restored, not another process count's position;
   # then a mismatch
   host_1 = iter([False, True, False, False, False, True, False, False])
-  monkeypatch.setattr(checkpoint, "host_flags", lambda flag: [bool(flag), next(host_1, True)])
+  monkeypatch.setattr(hosts, "host_flags", lambda flag: [bool(flag), next(host_1, True)])
   manager, it = _fresh(config, tokenizer, tmp_path)
   with pytest.raises(checkpoint.ConfigMismatchError, match=r"step 4: failed on another host"):
     checkpoint.restore_latest(manager, checkpoint.abstract_like(states[4]), it,
