@@ -12,9 +12,9 @@ they stop at once with status 143 / 130, the checkpoints kept. Multi-host: start
 host with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
 lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host, also
 before the loop and with one process (JAX's preemption notifier owns SIGTERM there). Config
-and checkpoint errors print one paragraph and exit with status 2 (config) or 3 (no readable
-checkpoint, or checkpoints that do not fit this run's config, or one that cannot be written;
-divergence).
+and checkpoint errors print one paragraph and exit with status 2 (config, data, workdir) or 3
+(no readable checkpoint, checkpoints that do not fit this run's config, hosts that would resume at
+different points, an unreadable best.json, a checkpoint that cannot be written; divergence).
 """
 import logging
 import signal

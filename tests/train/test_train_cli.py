@@ -377,7 +377,7 @@ def test_checkpoints_that_do_not_fit_the_config_exit_with_the_status_the_docstri
   from pathlib import Path
   source = (Path(__file__).resolve().parents[2] / "train.py").read_text()
   doc = " ".join(ast.get_docstring(ast.parse(source)).split())
-  three = re.search(r"status 2 \(config\) or 3 \(([^)]*)\)", doc).group(1)
+  three = re.search(r"status 2 \(config[^)]*\) or 3 \(([^)]*)\)", doc).group(1)
   assert "do not fit this run's config" in three, three
   args = train_args(shapes_data_dir, tmp_path / "run")
   proc = _train_py_raising(
