@@ -14,7 +14,8 @@ import re
 
 from llmimg_jax.data import shapes
 
-# Relations between the first and second object (shapes._relation): (d_col sign, d_row sign).
+# Relations between the first and second object (shapes._relation): (axis, sign of the first's
+# index on it minus the second's).
 RELATIONS = {"to the left of": ("col", -1), "left of": ("col", -1),
              "to the right of": ("col", 1), "right of": ("col", 1),
              "above": ("row", -1), "over": ("row", -1), "below": ("row", 1), "under": ("row", 1)}

@@ -265,7 +265,7 @@ def _read_cells_jitted():
 
 def apply_batched(net: EvaluatorNet, params: Any, images: np.ndarray, batch_size: int = 256
                   ) -> dict[str, np.ndarray]:
-  """{'present': bool [n, 9], 'shape'/'color'/'size': int [n, 9], 'features': [n, 9 * F]}."""
+  """{'present': bool [n, 9], 'shape'/'color'/'size': int [n, 9], 'features': [n, 9 * 2F]}."""
   cli.check_batch_size(batch_size)
   if not len(images):  # no batch to run: empty outputs of one image's shapes and dtypes
     # One image's: a reshape of 0 rows fails.

@@ -176,7 +176,7 @@ class ShapesEvaluator:
     return images
 
   def read(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-cell reading: present bool [n, 9], shape/color/size [n, 9], features [n, 9 * F]."""
+    """Per-cell reading: present bool [n, 9], shape/color/size [n, 9], features [n, 9 * 2F]."""
     return ev.apply_batched(self.net, self.params, self._fit(images))
 
   def features(self, images: np.ndarray) -> np.ndarray:
