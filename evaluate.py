@@ -31,7 +31,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmimg_jax import cli
+from llmimg_jax import cli, console
 from llmimg_jax import output_files
 
 FLAGS = flags.FLAGS
@@ -205,7 +205,6 @@ def main(argv: list[str]) -> None:
                            data_dir=FLAGS.data_dir,
                            inception_weights=_path_flag("inception_weights"),
                            ref_stats=_path_flag("ref_stats"))
-    print(format_table(results))
     # Another split, seed or number of images scored (capped by a split's size) gets another file.
     counts = [str(row["num_images"]) for row in results["splits"].values()]
     n = counts[0] if len(set(counts)) == 1 else "+".join(counts)
@@ -218,6 +217,7 @@ def main(argv: list[str]) -> None:
     # A failed write keeps the results in a spare file, named in the error.
     output_files.write_results(out, to_json(results), named, replace, "during the evaluation",
                                "eval_*.json")
+    print(format_table(results))  # after: a stdout that fails does not lose them
   # A bad split, run, weights or stats file; a .pth of weights without torch (ImportError).
   except (CheckpointError, ValueError, OSError, ImportError) as e:
     logging.debug("evaluate.py failed", exc_info=True)
@@ -301,6 +301,6 @@ def _run(argv) -> None:
 
 
 if __name__ == "__main__":
-  cli.print_paths_as_given()
+  console.guard_stdout("evaluate.py")
   with cli.ends_on_signal("evaluate.py", "no results were written: rerun the command."):
     app.run(_run, flags_parser=cli.flags_parser("evaluate.py"))

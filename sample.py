@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from absl import app, flags, logging
 
-from llmimg_jax import cli
+from llmimg_jax import cli, console
 from llmimg_jax import output_files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (with checkpoints/).")
@@ -151,7 +151,7 @@ def _fail(message: str) -> NoReturn:
 
 
 if __name__ == "__main__":
-  cli.print_paths_as_given()
+  console.guard_stdout("sample.py")
   # samples.jsonl, written last, indexes a complete set; a killed write leaves no staging folder.
   with cli.ends_on_signal("sample.py", "the samples were not all written: rerun the command."):
     app.run(main, flags_parser=cli.flags_parser("sample.py", required={

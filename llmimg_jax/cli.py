@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import io
 import logging
 import operator
 import os
@@ -111,14 +110,6 @@ def _signal_again(passed_on: Callable[[Any], None], info: Any) -> None:
   timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
   timer.daemon = True
   timer.start()
-
-
-def print_paths_as_given() -> None:
-  """stdout writes a path's bytes that are not UTF-8 back as they were (Python holds them as
-  surrogates), as under the C locale: under a UTF-8 one, printing such a path raised
-  UnicodeEncodeError after the work (sample.py: exit 1, its files written)."""
-  if isinstance(sys.stdout, io.TextIOWrapper):
-    sys.stdout.reconfigure(errors="surrogateescape")
 
 
 def only_apply(flags: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from llmimg_jax import cli
+from llmimg_jax import cli, console
 from llmimg_jax import output_files
 from llmimg_jax.data import pipeline
 from llmimg_jax.data.folder_names import walked_folders
@@ -246,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+  console.guard_stdout("prepare.py")
   with cli.ends_on_signal("prepare.py", "a build it had not finished is not kept (TFDS): rerun "
                           "the command."):
     main()

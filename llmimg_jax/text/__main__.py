@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmimg_jax import cli
+from llmimg_jax import cli, console
 
 
 # Options that only steer generation (--encode_out would ignore them), and sampling.
@@ -209,10 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(message)
   for t in texts:
     print(t.translate(_ESCAPES))
-  return 0
+  return 1 if console.stdout_error() else 0  # the texts were its output (stderr says why)
 
 
 if __name__ == "__main__":
-  cli.print_paths_as_given()
+  console.guard_stdout(_PROG)
   with cli.ends_on_signal(_PROG, "rerun the command."):
     sys.exit(main())

@@ -2,9 +2,11 @@
 default file's name and what it keeps (an Inception FID that other results lack or do not
 reproduce), and --out (an existing file, a link, a folder that cannot be made or written into),
 refused before the evaluation where it cannot work; --write_stats's folder too."""
+import io
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -293,3 +295,24 @@ def test_the_default_file_keeps_an_inception_fid_against_another_reference(tmp_p
   other_weights = with_coco | {"inception_weights": weights | {"sha256": "ef" * 32}}
   weights_beside = tmp_path / "eval_3_test_n5_seed0_weights-efefefef.json"
   assert main(other_weights)[1:] == [f"Wrote {weights_beside}"]
+
+
+class _ReaderGone(io.RawIOBase):
+  def writable(self) -> bool:
+    return True
+
+  def write(self, b) -> int:
+    raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stdout_that_fails_loses_no_results(tmp_path, monkeypatch):
+  """The table was printed before the results file was written: with stdout's pipe gone (or a
+  full disk) evaluate.py ended in 'error: [Errno 32] Broken pipe', exit 1, no file written."""
+  from llmimg_jax import console
+  from llmimg_jax.eval import report
+  monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: _results(tmp_path))
+  monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_ReaderGone()))
+  console.guard_stdout("evaluate.py")  # as evaluate.py's __main__ does
+  assert _main("--workdir", str(tmp_path)) is None
+  assert json.loads((tmp_path / "eval_3_test_n5_seed0.json").read_text())["step"] == 3
+  assert isinstance(console.stdout_error(), BrokenPipeError)

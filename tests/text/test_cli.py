@@ -354,3 +354,14 @@ def test_a_misspelt_flag_is_named_before_the_text_it_left_out(args, error, capsy
     main(args)
   assert exited.value.code == 2
   assert capsys.readouterr().err.splitlines()[-1] == _ERROR + error
+
+
+def test_texts_stdout_cannot_take_exit_1_in_one_line(relu_tied):
+  """The generated texts (the CLI's output) to a full disk were an OSError traceback."""
+  cmd = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path, "--max_length",
+         str(MAX_LEN), "--max_new_tokens", "6", "--text", "hi"]
+  with open("/dev/full", "wb") as full:
+    proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stderr.endswith("python -m llmimg_jax.text: warning: could not write to stdout (No "
+                              "space left on device); the rest of its output is dropped.\n")
