@@ -22,7 +22,7 @@ import signal
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmimg_jax import cli
+from llmimg_jax import cli, console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -144,6 +144,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  console.guard_stdout("train.py")  # TFDS's build prints there
   app.run(main, flags_parser=cli.flags_parser("train.py", required={
       "workdir": "name the folder for the run's checkpoints, samples and logs, e.g. --workdir "
                  "runs/shapes_quick (a run already there resumes)."}))

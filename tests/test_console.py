@@ -48,6 +48,22 @@ def test_a_failing_stdout_is_named_once_and_the_rest_dropped():
     assert len(lines) == 2 and lines[1].startswith("stdout_error: ") and why in lines[1], err
 
 
+def test_what_stdout_holds_for_a_pipe_without_its_reader_at_exit_is_dropped():
+  """Python's own flush of stdout at exit failed: 'Exception ignored ... BrokenPipeError', status
+  120 (train.py's, after a run that saved and ended well)."""
+  script = ("import sys; from llmimg_jax import console; console.guard_stdout('tool'); "
+            "sys.stdin.read(); print('left in the buffer')")
+  proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(
+                              os.environ, PYTHONPATH=str(Path(__file__).parents[1]),
+                              PYTHONUNBUFFERED=""))
+  proc.stdout.close()
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err.decode()
+  assert err.decode() == ("tool: warning: could not write to stdout (Broken pipe); the rest of "
+                          "its output is dropped.\n")
+
+
 def test_sample_py_prints_a_path_stdout_cannot_encode_after_writing_its_samples(run, tmp_path):
   """Its last line, naming --out, was a UnicodeEncodeError under an ASCII stdout: exit 1, the
   samples written."""

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from llmimg_jax import cli
+from llmimg_jax import cli, console
 from llmimg_jax.train.step import MEASURED
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,12 @@ def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
 
 class _Bar(tqdm):
   """tqdm naming the stream it draws on, and whether its last draw there left a line open, for
-  the log records written around it."""
+  the log records written around it. A draw that fails (a pipe without its reader, a full disk)
+  ends the bar's output, not the run (console.Unbroken)."""
 
   def __init__(self, *args: Any, file: Any, **kwargs: Any):
     self.stream, self.line_open = file, False
-    super().__init__(*args, file=file, **kwargs)
+    super().__init__(*args, file=console.Unbroken(file, _stop_drawing), **kwargs)
 
   def display(self, *args: Any, **kwargs: Any) -> Any:  # every draw
     self.line_open = True
@@ -126,6 +127,10 @@ class _Bar(tqdm):
       off = self._time() - start
       self.start_t += off
       self.last_print_t += off
+
+
+def _stop_drawing(e: OSError) -> None:
+  log.warning("The progress bar is not drawn from now on: writing it failed (%s).", e)
 
 
 def progress_bar(start: int, steps: int) -> tqdm:

@@ -1,3 +1,4 @@
+import errno
 import importlib.util
 import io
 import logging
@@ -354,3 +355,26 @@ def test_the_devices_are_counted_by_kind_not_listed():
   assert describe_devices(gpu[:4] + a100 + gpu[4:]) == (
       "8 NVIDIA H100 80GB HBM3 (gpu), 2 NVIDIA A100-SXM4-40GB (gpu)")
   assert describe_devices([SimpleNamespace(platform="cpu", device_kind="cpu")] * 8) == "8 cpu"
+
+
+class _FullDisk(_Stderr):
+  def write(self, text: str) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_bar_that_cannot_be_written_stops_drawing_and_the_steps_go_on(terminal, monkeypatch,
+                                                                         caplog):
+  """A full disk under the log file (or a pipe without its reader): the first draw raised."""
+  monkeypatch.setattr(sys, "stderr", _FullDisk(terminal))
+  bar = progress_bar(0, 4)
+  with logs_above(bar):
+    for step in range(1, 5):
+      bar.update(1)
+      bar.set_postfix(d=f"{step}")
+      logging.getLogger("llmimg_jax").info("step %d", step)
+  bar.close()
+  assert bar.n == 4
+  assert [r.message for r in caplog.records if "progress bar" in r.message] == [
+      "The progress bar is not drawn from now on: writing it failed ([Errno 28] No space left on "
+      "device)."]
