@@ -5,8 +5,8 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,19 @@ def build_text(cfg: ml_collections.ConfigDict) -> tuple[TextTokenizer, T5Config,
   return tokenizer, t5_config, None
 
 
+def _new_dir(parent: Path, prefix: str) -> Path:
+  """A new, empty directory in `parent` named `prefix` + a random suffix, with the mode a plain
+  mkdir gives (tempfile.mkdtemp's is 0700 whatever the umask, and the folder renamed into place
+  kept it: others could not sample the run)."""
+  while True:
+    path = parent / f"{prefix}{secrets.token_hex(8)}"
+    try:
+      path.mkdir()
+      return path
+    except FileExistsError:
+      continue
+
+
 def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer, t5_config: T5Config,
                     *, replace: bool = False) -> Path:
   """Writes WORKDIR/TEXT_DIR (a temporary directory renamed into place) if it is missing, or
@@ -97,7 +110,7 @@ def save_text_files(workdir: str | os.PathLike, tokenizer: TextTokenizer, t5_con
   target = Path(workdir) / TEXT_DIR
   if target.exists() and not replace:
     return target
-  tmp = Path(tempfile.mkdtemp(prefix=f".{TEXT_DIR}-", dir=workdir))
+  tmp = _new_dir(Path(workdir), f".{TEXT_DIR}-")
   try:
     tokenizer.hf.save_pretrained(tmp)
     (tmp / "config.json").write_text(json.dumps(t5_config.to_dict(), indent=2))
