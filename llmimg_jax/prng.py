@@ -1,12 +1,23 @@
-"""What the JAX PRNG of a key changes here: vmap's draws, and the shape of its raw key data."""
+"""What the JAX PRNG of a key changes here: vmap's draws, and the shape of its raw key data; the
+PRNG of the images' noise."""
 from __future__ import annotations
 
 import functools
 
 import jax
 
+# The PRNG of the images' noise in sampling, evaluation and the training's sample grids, whatever
+# jax_default_prng_impl is (JAX's default: images under it are unchanged), so that a seed gives
+# the same images under any. The train step's key stays the default's (checkpoints record it).
+NOISE_IMPL = "threefry2x32"
+
 # The PRNGs jax_default_prng_impl names (JAX 0.10), JAX's default first.
 _IMPLS = ("threefry2x32", "rbg", "unsafe_rbg", "threefry4x32", "philox2x32", "philox4x32")
+
+
+def noise_key(seed: int) -> jax.Array:
+  """The typed key the images' noise of `seed` is drawn from (NOISE_IMPL's)."""
+  return jax.random.key(seed, impl=NOISE_IMPL)
 
 
 def impl_name(key: jax.Array) -> str:

@@ -10,12 +10,21 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from llmimg_jax.prng import NOISE_IMPL, noise_key
 from llmimg_jax.sample.expand import batch_bucket
 from llmimg_jax.text.generator import check_seed
 from llmimg_jax.text.tokenizer import TextTokenizer
 from llmimg_jax.train.mesh import compiler_options, from_every_host, make_mesh, rows_per_call
 from llmimg_jax.train.state import Models
 from llmimg_jax.train.step import generate_numbered_images
+
+
+def _generate(models: Models, g_params: Any, text_params: Any, key_data: jax.Array,
+              *args: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """generate_numbered_images from the noise key's raw data (uint32 [2], which from_every_host
+  places; a typed key it cannot)."""
+  key = jax.random.wrap_key_data(key_data, impl=NOISE_IMPL)
+  return generate_numbered_images(models, g_params, text_params, key, *args)
 
 
 @functools.lru_cache(maxsize=8)
@@ -26,7 +35,7 @@ def _jitted(models: Models, mesh: jax.sharding.Mesh):
   several, and the gather is of a uint8 batch (12.6 MB for 64 images at 256px), copied to the
   host while the next batch runs."""
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(functools.partial(generate_numbered_images, models),
+  return jax.jit(functools.partial(_generate, models),
                  in_shardings=(replicated,) * 3 + (rows,) * 3, out_shardings=replicated,
                  compiler_options=compiler_options(mesh))
 
@@ -36,9 +45,9 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
                           check_finite: bool = False, mesh: jax.sharding.Mesh | None = None,
                           warn_cut: bool = True) -> np.ndarray:
   """uint8 [len(captions), R, R, 3]; image i uses z = normal(fold_in(key(seed), i)), so the noise
-  does not depend on batch_size or the device count (the images up to a uint8 step of XLA's
-  rounding). With `check_finite` (evaluate.py), a ValueError if the generator's output held NaN
-  or inf (which uint8 stores as flat colour), as sample.py's.
+  does not depend on batch_size, the device count or jax_default_prng_impl (prng.noise_key; the
+  images up to a uint8 step of XLA's rounding). With `check_finite` (evaluate.py), a ValueError
+  if the generator's output held NaN or inf (which uint8 stores as flat colour), as sample.py's.
 
   Data parallel over `mesh` (default: every device of every host; in a multi-host run every host
   calls this with the same captions): batches of at most batch_size rows, rounded
@@ -55,7 +64,7 @@ def generate_for_captions(models: Models, g_params: Any, text_params: Any, token
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   g_params, text_params = jax.device_put((g_params, text_params), replicated)
   fn = _jitted(models, mesh)
-  key = from_every_host(np.asarray(jax.random.PRNGKey(seed)), replicated)
+  key = from_every_host(np.asarray(jax.random.key_data(noise_key(seed))), replicated)
   tokens = tokenizer(captions, fix=(
       f"the run reads config.text.max_length={models.config.text.max_length} tokens of a caption, "
       "as in training: a run trained with a larger one (train.py --config.text.max_length) keeps "

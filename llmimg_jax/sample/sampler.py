@@ -5,9 +5,9 @@
 
 Noise. Image j of every prompt uses z_j = normal(fold_in(key(seed), j)): one noise vector per
 grid column, shared by all prompts of a call. So a seed gives the same noise, and the same images,
-whatever the batch size, device count, or the other prompts in the call (up to a uint8 step where
-XLA's float rounding differs between batch shapes), and a grid's columns compare prompts under
-the same noise.
+whatever the batch size, device count, jax_default_prng_impl (the key is threefry2x32's:
+prng.noise_key), or the other prompts in the call (up to a uint8 step where XLA's float rounding
+differs between batch shapes), and a grid's columns compare prompts under the same noise.
 
 Batches. A call's images are generated in equal batches of n_dev * 2**k or n_dev * 3 * 2**k rows
 (n_dev: the mesh's devices), the smallest that holds them in as few calls as batch_size allows
@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from llmimg_jax.prng import noise_key
 from llmimg_jax.sample.checks import check_integer, check_prompts, check_sample_args
 from llmimg_jax.sample.expand import CaptionExpander, batch_bucket
 from llmimg_jax.sample.restore import full_workdir, readable_run, restore_for_sampling
@@ -173,7 +174,7 @@ class Sampler:
                    out_shardings=(self._batch, self._batch),
                    compiler_options=compiler_options(self.mesh))
       length = self.tokenizer.max_length
-      args = (self.ema_params, self.text_params, jax.random.key(0),
+      args = (self.ema_params, self.text_params, noise_key(0),
               jax.ShapeDtypeStruct((batch,), jnp.int32),
               jax.ShapeDtypeStruct((batch, length), jnp.int32),
               jax.ShapeDtypeStruct((batch, length), jnp.int32),
@@ -209,7 +210,7 @@ class Sampler:
     t0 = time.perf_counter()
     compiled = self._executable(batch, truncation is not None)
     compile_seconds = time.perf_counter() - t0
-    key = jax.device_put(jax.random.key(seed), self._replicated)
+    key = jax.device_put(noise_key(seed), self._replicated)
     t = None if truncation is None else jax.device_put(np.float32(truncation), self._replicated)
     outputs = []
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax import output_files
 from llmimg_jax.images import captioned_grid
+from llmimg_jax.prng import noise_key
 from llmimg_jax.train import hosts
 from llmimg_jax.train.mesh import compiler_options, from_every_host, rows_per_call
 from llmimg_jax.train.state import Models, TrainState
@@ -37,7 +38,7 @@ class SampleWriter:
         "(which the training captions are cut to as well) to keep them whole"))
     ids = np.repeat(tokens["input_ids"], t.samples_per_prompt, axis=0)  # [n, L]
     mask = np.repeat(tokens["attention_mask"], t.samples_per_prompt, axis=0)  # [n, L]
-    z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim),
+    z = jax.random.normal(noise_key(config.seed + 1), (n, config.model.z_dim),
                           np.float32)  # [n, Z]
     self.num_images = n
     idx = np.arange(rows_per_call(n, mesh.size)) % n  # a multiple of the devices: wrapped
