@@ -13,12 +13,14 @@ from __future__ import annotations
 import codecs
 import functools
 import io
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 _ERRORS = "llmimg_jax.as_given"
+log = logging.getLogger(__name__)
 
 
 def _as_given_or_escaped(e: UnicodeError) -> tuple[str | bytes, int]:
@@ -45,6 +47,9 @@ class Unbroken:
     self._guarded(self.stream.write, text)
     return len(text)
 
+  def writelines(self, lines: Iterable[str]) -> None:
+    self._guarded(self.stream.writelines, lines)
+
   def flush(self) -> None:
     self._guarded(self.stream.flush)
 
@@ -59,6 +64,8 @@ class Unbroken:
       self._failed(e)
 
   def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno: the stream's
+    if name == "stream":  # not set (copy.copy's bare instance): not a recursion
+      raise AttributeError(name)
     return getattr(self.stream, name)
 
 
@@ -75,9 +82,12 @@ def _to_devnull(stream: Any) -> None:
   try:
     fd = stream.fileno()
     broken = os.fstat(fd)
-  except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both)
+  except (OSError, ValueError, AttributeError):  # no descriptor (UnsupportedOperation: both)
     return
-  null = os.open(os.devnull, os.O_WRONLY)
+  try:
+    null = os.open(os.devnull, os.O_WRONLY)
+  except OSError:  # no descriptor left, no /dev/null: the writes there keep failing, dropped
+    return
   for each in {fd} | {f for f in (1, 2) if _same_file(f, broken)}:
     os.dup2(null, each)
   os.close(null)
@@ -89,6 +99,14 @@ def _warn(prog: str, e: OSError) -> None:
           "output is dropped.", file=sys.stderr, flush=True)
   except (OSError, ValueError):
     pass
+
+
+def bar_file(what: str, stream: Any = None) -> Unbroken:
+  """A progress bar's file (`stream`, default sys.stderr): a draw that fails (its pipe's reader
+  gone, a full disk) ends the bar's output with a warning, not the training or build."""
+  def stop_drawing(e: OSError) -> None:
+    log.warning("The %s progress bar is not drawn from now on: writing it failed (%s).", what, e)
+  return Unbroken(sys.stderr if stream is None else stream, stop_drawing)
 
 
 def guard_stdout(prog: str) -> None:

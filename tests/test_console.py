@@ -3,6 +3,8 @@ that fails (a full disk, its pipe's reader gone) is named once on stderr, and ne
 done into an error."""
 from __future__ import annotations
 
+import copy
+import io
 import os
 import subprocess
 import sys
@@ -75,3 +77,21 @@ def test_sample_py_prints_a_path_stdout_cannot_encode_after_writing_its_samples(
   assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
   assert proc.stdout.endswith(f" -> {tmp_path}/samples_\\xe9\n".encode()), proc.stdout
   assert (out / "p0000_s000.png").is_file() and (out / "samples.jsonl").is_file()
+
+
+def test_an_unbroken_stream_guards_writelines_and_copies():
+  """writelines went to the stream unguarded, and copy.copy recursed in __getattr__."""
+  from llmimg_jax import console
+
+  class Full(io.StringIO):
+    def write(self, text: str) -> int:
+      raise OSError(28, "No space left on device")
+
+    def writelines(self, lines) -> None:
+      raise OSError(28, "No space left on device")
+
+  failed = []
+  stream = console.Unbroken(Full(), failed.append)
+  stream.writelines(["a\n", "b\n"])
+  assert stream.write("c") == 1 and [e.errno for e in failed] == [28]
+  assert copy.copy(stream).stream is stream.stream

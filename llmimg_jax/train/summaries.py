@@ -94,11 +94,11 @@ def window_means(steps: list[dict[str, Any]]) -> dict[str, float]:
 class _Bar(tqdm):
   """tqdm naming the stream it draws on, and whether its last draw there left a line open, for
   the log records written around it. A draw that fails (a pipe without its reader, a full disk)
-  ends the bar's output, not the run (console.Unbroken)."""
+  ends the bar's output, not the run (console.bar_file)."""
 
   def __init__(self, *args: Any, file: Any, **kwargs: Any):
     self.stream, self.line_open = file, False
-    super().__init__(*args, file=console.Unbroken(file, _stop_drawing), **kwargs)
+    super().__init__(*args, file=console.bar_file("training", file), **kwargs)
 
   def display(self, *args: Any, **kwargs: Any) -> Any:  # every draw
     self.line_open = True
@@ -127,10 +127,6 @@ class _Bar(tqdm):
       off = self._time() - start
       self.start_t += off
       self.last_print_t += off
-
-
-def _stop_drawing(e: OSError) -> None:
-  log.warning("The progress bar is not drawn from now on: writing it failed (%s).", e)
 
 
 def progress_bar(start: int, steps: int) -> tqdm:

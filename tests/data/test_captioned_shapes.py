@@ -361,3 +361,25 @@ def test_a_process_count_that_is_no_number_is_named(tmp_path, monkeypatch, capsy
           "default.") in capsys.readouterr().err
   monkeypatch.setenv("LLMIMG_DATA_NUM_PROC", "3")
   assert captioned_shapes.default_num_proc() == 3
+
+
+class _ReaderGone:
+  """stderr on a pipe whose reader is gone (`2>&1 | tee log`, tee killed)."""
+
+  def write(self, text: str = "") -> int:
+    raise BrokenPipeError(32, "Broken pipe")
+
+  flush = write
+
+  def isatty(self) -> bool:
+    return False
+
+
+def test_a_build_whose_log_reader_is_gone_completes(tmp_path, monkeypatch):
+  """The build's progress bar raised BrokenPipeError at its next draw, ending the build."""
+  monkeypatch.setattr(sys, "stderr", _ReaderGone())
+  cfg = captioned_shapes.ShapesConfig(name="bar_test", resolution=32, num_train=16, num_test=0,
+                                      num_holdout=0)
+  builder = captioned_shapes.CaptionedShapes(config=cfg, data_dir=str(tmp_path), num_proc=1)
+  builder.download_and_prepare()
+  assert builder.info.splits["train"].num_examples == 16

@@ -376,5 +376,5 @@ def test_a_bar_that_cannot_be_written_stops_drawing_and_the_steps_go_on(terminal
   bar.close()
   assert bar.n == 4
   assert [r.message for r in caplog.records if "progress bar" in r.message] == [
-      "The progress bar is not drawn from now on: writing it failed ([Errno 28] No space left on "
-      "device)."]
+      "The training progress bar is not drawn from now on: writing it failed ([Errno 28] No space "
+      "left on device)."]
