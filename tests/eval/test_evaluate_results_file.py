@@ -307,12 +307,17 @@ class _ReaderGone(io.RawIOBase):
 
 def test_a_stdout_that_fails_loses_no_results(tmp_path, monkeypatch):
   """The table was printed before the results file was written: with stdout's pipe gone (or a
-  full disk) evaluate.py ended in 'error: [Errno 32] Broken pipe', exit 1, no file written."""
+  full disk) evaluate.py ended in 'error: [Errno 32] Broken pipe', exit 1, no file written. Now
+  the file is written first; and with the tools' guarded stdout the print fails quietly."""
   from llmimg_jax import console
   from llmimg_jax.eval import report
   monkeypatch.setattr(report, "evaluate_run", lambda *a, **k: _results(tmp_path))
-  monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_ReaderGone()))
+  results = tmp_path / "eval_3_test_n5_seed0.json"
+  monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(_ReaderGone(), write_through=True))
+  assert _main("--workdir", str(tmp_path)) == "evaluate.py: error: [Errno 32] Broken pipe"
+  assert json.loads(results.read_text())["step"] == 3
+  results.unlink()
   console.guard_stdout("evaluate.py")  # as evaluate.py's __main__ does
   assert _main("--workdir", str(tmp_path)) is None
-  assert json.loads((tmp_path / "eval_3_test_n5_seed0.json").read_text())["step"] == 3
+  assert json.loads(results.read_text())["step"] == 3
   assert isinstance(console.stdout_error(), BrokenPipeError)
