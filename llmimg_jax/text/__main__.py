@@ -209,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(message)
   for t in texts:
     print(t.translate(_ESCAPES))
-  return 1 if console.stdout_error() else 0  # the texts were its output (stderr says why)
+  # The texts were its output: status 1 if they could not be written (stderr said why).
+  return 1 if console.stdout_error() is not None else 0
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def _host_count_error(manager: ocp.CheckpointManager, steps: list[int],
                       failed: dict[int, Exception | None], data_iter: Any) -> ConfigMismatchError:
   """For checkpoints saved by another number of processes, whose input position this run cannot
   carry over: the count that can, and an older step whose position this count can read."""
-  hosts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
+  counts = [e for e in failed.values() if isinstance(e, host_slices.ProcessCountMismatchError)]
   other = [f"Step {s} failed for another reason as well: {_describe(e)}." for s, e in
            failed.items() if not isinstance(e, host_slices.ProcessCountMismatchError)]
   untried = {s: Path(manager.directory) / str(s) / "data" for s in steps[len(failed):]}
@@ -341,9 +341,9 @@ def _host_count_error(manager: ocp.CheckpointManager, steps: list[int],
                  + (f"step {newer[0]}'s directory" if len(newer) == 1 else
                     f"the directories of steps {', '.join(newer)}") + " aside.")
   return ConfigMismatchError(
-      f"The checkpoints in {manager.directory} were saved by a run of {hosts[0].saved} "
-      f"process(es) and this run has {jax.process_count()}; {hosts[0].reason}, so the "
+      f"The checkpoints in {manager.directory} were saved by a run of {counts[0].saved} "
+      f"process(es) and this run has {jax.process_count()}; {counts[0].reason}, so the "
       "input-pipeline position (STEP/data/) cannot be carried over. Resume with "
-      f"--num_processes={hosts[0].saved} (the devices per process may differ), or pass a "
+      f"--num_processes={counts[0].saved} (the devices per process may differ), or pass a "
       "new --workdir for a new run. The checkpoints were left in place."
       + "".join(f" {o}" for o in other))

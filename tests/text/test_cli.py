@@ -356,7 +356,7 @@ def test_a_misspelt_flag_is_named_before_the_text_it_left_out(args, error, capsy
   assert capsys.readouterr().err.splitlines()[-1] == _ERROR + error
 
 
-def test_texts_stdout_cannot_take_exit_1_in_one_line(relu_tied):
+def test_texts_to_an_unwritable_stdout_exit_1_with_one_warning(relu_tied):
   """The generated texts (the CLI's output) to a full disk were an OSError traceback."""
   cmd = [sys.executable, "-m", "llmimg_jax.text", "--model", relu_tied.path, "--max_length",
          str(MAX_LEN), "--max_new_tokens", "6", "--text", "hi"]
