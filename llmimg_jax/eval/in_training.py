@@ -243,7 +243,7 @@ class TrainingEvaluator:
                                           -self.best["fid_indomain"])
     # Host 0's decision everywhere: the loop saves the best step's checkpoint (a collective),
     # and hosts' float results may differ in the last bit.
-    improved = hosts.host_flags(improved)[0]
+    improved = bool(hosts.host_0s(improved))
     if improved:  # the best it replaces is kept in it, until this step's checkpoint is saved
       former = None if self.best is None else {k: v for k, v in self.best.items() if k != "former"}
       self.best = {"step": step, **result, "fid_floor": self.floor, "setup": self.setup,

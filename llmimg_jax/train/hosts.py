@@ -51,7 +51,7 @@ def failed_hosts(ok: bool, barrier: str | None = None, timeout_s: int = 900) -> 
 
 
 def host_0s(value: int) -> int:
-  """Host 0's `value` (an int32) on every host."""
+  """Host 0's `value` (an int32; a bool as 0 or 1) on every host."""
   if jax.process_count() == 1:
     return int(value)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -68,10 +68,8 @@ def on_host_0(fn: Callable[[], Any], barrier: str, what: str,
       result = fn()
     except Exception as e:  # pylint: disable=broad-exception-caught  (raised below)
       failure = e
-  if jax.process_count() > 1:
-    if failed_hosts(failure is None, barrier, timeout_s) and failure is None:
-      raise error(f"Host 0 could not {what}; its log has the error.")
+  if failed_hosts(failure is None, barrier, timeout_s) and failure is None:
+    raise error(f"Host 0 could not {what}; its log has the error.")
   if failure is not None:
     raise failure
   return result
-

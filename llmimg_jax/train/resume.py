@@ -61,7 +61,7 @@ def unmade(workdir: Path, step: int, config: ml_collections.ConfigDict) -> tuple
       workdir / "samples" / grid_name(step)).exists()
   evaluation = trained and in_training.enabled(config) and due(
       step, config.eval.every, t.steps) and not in_training.evaluated(workdir, step)
-  return hosts.host_flags(grid)[0], hosts.host_flags(evaluation)[0]
+  return bool(hosts.host_0s(grid)), bool(hosts.host_0s(evaluation))
 
 
 def nothing_to_do(workdir: Path, start: int, config: ml_collections.ConfigDict,
