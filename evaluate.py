@@ -32,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llmimg_jax import cli, console
-from llmimg_jax import output_files
+from llmimg_jax import output_files, platforms
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (checkpoints + config).")
@@ -188,6 +188,7 @@ def main(argv: list[str]) -> None:
   cli.quiet_orbax()
   _check_flags()
   import jax
+  platforms.start_backends("evaluate.py", 1)
   from llmimg_jax.eval.report import evaluate_run, format_table, to_json
   from llmimg_jax.sample.restore import CheckpointError
   try:

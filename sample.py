@@ -19,7 +19,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from llmimg_jax import cli, console
-from llmimg_jax import output_files
+from llmimg_jax import output_files, platforms
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (with checkpoints/).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for more.")
@@ -79,6 +79,7 @@ def run() -> None:
 
   import jax
   from llmimg_jax.sample import CaptionExpander, Sampler, write_samples
+  platforms.start_backends("sample.py", 1)
   logging.info("JAX %s on %d local device(s): %s", jax.__version__, jax.local_device_count(),
                jax.local_devices())
   # The run first: a bad --workdir or --step fails before an expander downloads or loads.

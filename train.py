@@ -12,9 +12,10 @@ they stop at once with status 143 / 130, the checkpoints kept. Multi-host: start
 host with --coordinator_address, --num_processes and --process_id (on Cloud TPU, --distributed alone
 lets JAX find its peers); a SIGTERM to any host saves at one agreed step on every host, also
 before the loop and with one process (JAX's preemption notifier owns SIGTERM there). Config
-and checkpoint errors print one paragraph and exit with status 2 (config, data, workdir) or 3
-(no readable checkpoint, checkpoints that do not fit this run's config, hosts that would resume at
-different points, an unreadable best.json, a checkpoint that cannot be written; divergence).
+and checkpoint errors print one paragraph and exit with status 2 (config, data, workdir, a
+JAX_PLATFORMS that cannot start) or 3 (no readable checkpoint, checkpoints that do not fit this
+run's config, hosts that would resume at different points, an unreadable best.json, a checkpoint
+that cannot be written; divergence).
 """
 import logging
 import signal
@@ -22,7 +23,7 @@ import signal
 from absl import app, flags
 from ml_collections import config_flags
 
-from llmimg_jax import cli, console
+from llmimg_jax import cli, console, platforms
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -80,7 +81,8 @@ def main(argv: list[str]) -> None:
   import jax
   from llmimg_jax.train.host_memory import reuse_host_memory
   _connect_hosts()
-  reuse_host_memory()  # on CPU, XLA's per-step scratch memory stays mapped between steps
+  with platforms.starting_backends("train.py", 2):  # e.g. JAX_PLATFORMS=cuda without a GPU
+    reuse_host_memory()  # on CPU, XLA's per-step scratch memory stays mapped between steps
   from llmimg_jax.data.caption_files import FolderError
   from llmimg_jax.data.coco import CocoDownloadError
   from llmimg_jax.data.tfds_utils import DatasetError

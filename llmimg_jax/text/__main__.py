@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmimg_jax import cli, console
+from llmimg_jax import cli, console, platforms
 
 
 # Options that only steer generation (--encode_out would ignore them), and sampling.
@@ -180,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   if error := _flags_error(args):
     return _error(error)
+  platforms.start_backends(_PROG, 2)  # as its other errors
   encode = args.encode_out is not None
   try:
     # before the model load
