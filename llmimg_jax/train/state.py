@@ -145,7 +145,8 @@ def init_state(models: Models, rng: jax.Array, text_params: PyTree | None) -> Tr
   """A fresh state; jit it with replicated out_shardings to create it on the mesh."""
   cfg = models.config
   # Parameters are initialised from an RBG key: on CPU its init compiles ~3x faster than
-  # threefry's. Training randomness stays threefry (identical for any sharding).
+  # threefry's. Training randomness stays `rng`'s PRNG (jax_default_prng_impl's; JAX's default,
+  # threefry, draws the same for any sharding).
   k_run, k_init = jax.random.split(rng)
   k_g, k_d, k_t = jax.random.split(
       jax.random.key(jax.random.randint(k_init, (), 0, 2**31 - 1, jnp.int32), impl="rbg"), 3)
