@@ -58,6 +58,16 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
   sys.exit(status)
 
 
+def check_cwd(prog: str) -> None:
+  """A deleted current directory: one line and status 2 before anything runs, not a later
+  library's FileNotFoundError (train.py blamed config.text.checkpoint for transformers')."""
+  try:
+    os.getcwd()
+  except OSError as e:
+    fail(prog, f"the current directory cannot be read ({e.strerror}; deleted?): cd to an "
+         "existing one and rerun the command.", 2)
+
+
 def fail_now(prog: str, message: str, status: int) -> NoReturn:
   """`fail` without Python's shutdown: after a signal interrupted JAX (an exception raised in a
   compile), the interpreter's teardown crashed with a segmentation fault (status 139)."""
@@ -310,6 +320,7 @@ def flags_parser(prog: str, required: Mapping[str, str] | None = None
   aside), the fix that ends its line when it is left out ("--workdir is required: FIX"; without
   one, the flag's help)."""
   def parse(argv: list[str]) -> list[str]:
+    check_cwd(prog)  # paths in flags are from it
     try:
       remaining = flags.FLAGS(argv)
       if "config" in flags.FLAGS and flags.FLAGS["config"].present:

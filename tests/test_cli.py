@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from llmimg_jax import cli
-from tests.train.cli_utils import ROOT
+from tests.train.cli_utils import ROOT, env
 
 
 def _never_retrieved(error: Exception) -> logging.LogRecord:
@@ -308,3 +308,24 @@ def test_an_unknown_override_key_is_named_however_absl_was_given_it(spelling, mo
   assert err == (f"train.py: error: unknown config key 'step' in {named} (did you mean "
                  "\"steps\"?). A --config.KEY=VALUE override must name an existing key (see "
                  "base_config in llmimg_jax/train/config.py).\n"), err
+
+
+@pytest.mark.parametrize("prog, args", [
+    ("train.py", [str(ROOT / "train.py"), f"--config={ROOT}/configs/shapes_quick.py",
+                  "--workdir=/nonexistent/w"]),
+    ("sample.py", [str(ROOT / "sample.py"), "--workdir=/nonexistent/w", "--prompt=a", "--out=s"]),
+    ("evaluate.py", [str(ROOT / "evaluate.py"), "--workdir=/nonexistent/w"]),
+    ("python -m llmimg_jax.text", ["-m", "llmimg_jax.text", "--text=hello"]),
+    ("prepare.py", ["-m", "llmimg_jax.data.prepare", "--dataset=captioned_shapes/tiny_32"]),
+])
+def test_a_deleted_current_directory_is_one_line(prog, args, tmp_path):
+  """train.py blamed config.text.checkpoint (transformers' import failed); the text CLI printed
+  a bare '[Errno 2] No such file or directory'."""
+  gone = tmp_path / "gone"
+  gone.mkdir()
+  proc = subprocess.run(["bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', gone,
+                         sys.executable, *args], env=env(), capture_output=True, text=True,
+                        timeout=120)
+  assert (proc.returncode, proc.stderr) == (2, (
+      f"{prog}: error: the current directory cannot be read (No such file or directory; "
+      "deleted?): cd to an existing one and rerun the command.\n")), proc.stderr[-3000:]

@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 if __name__ == "__main__":
   console.guard_stdout("prepare.py")
+  cli.check_cwd("prepare.py")
   with cli.ends_on_signal("prepare.py", "a build it had not finished is not kept (TFDS): rerun "
                           "the command."):
     main()

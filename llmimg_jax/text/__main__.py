@@ -216,5 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
   console.guard_stdout(_PROG)
+  cli.check_cwd(_PROG)
   with cli.ends_on_signal(_PROG, "rerun the command."):
     sys.exit(main())
