@@ -177,16 +177,12 @@ def _variant_weights(ckpt_dir: str, present: set[str]) -> str | None:
   return None
 
 
+_NUMBERED = re.compile(r"(?<![^.])(block|layer)\.(\d+)(?![^.])")
+
+
 def hf_key_to_path(key: str) -> tuple[tuple[str, ...], bool]:
   """'encoder.block.0.layer.1.DenseReluDense.wi.weight' -> (flax path, transpose?)."""
-  parts, out, i = key.split("."), [], 0
-  while i < len(parts):
-    if parts[i] in ("block", "layer") and i + 1 < len(parts) and parts[i + 1].isdigit():
-      out.append(f"{parts[i]}_{parts[i + 1]}")
-      i += 2
-    else:
-      out.append(parts[i])
-      i += 1
+  out = _NUMBERED.sub(r"\1_\2", key).split(".")  # 'block.0' -> 'block_0'
   if out[-1] != "weight" or len(out) < 2:
     return tuple(out), False
   owner = out[-2]
@@ -353,8 +349,9 @@ def _name_decoding_options(gen: dict, path: str) -> None:
   apply by default and `generate` here does not."""
   for defaults, what in (
       (_DECODING_DEFAULTS, "decoding defaults (%s) that llmimg_jax does not apply: pass them to "
-                           "`generate` (e.g. num_beams=, max_new_tokens=) to decode as "
-                           "transformers would."),
+                           "`generate` to decode as transformers would (max_length=L as "
+                           "max_new_tokens=L-1, min_length=L as min_new_tokens=L-1: "
+                           "transformers counts the decoder start token)."),
       (_UNSUPPORTED_DEFAULTS, "decoding options (%s) that llmimg_jax's `generate` does not "
                               "support: transformers' generate applies them by default, so its "
                               "outputs will differ.")):

@@ -358,3 +358,38 @@ def test_fresh_init_scales_equal_transformers(feed_forward_proj, d_kv):
     else:
       assert got.std() == pytest.approx(ref.std(), rel=0.2), name
       assert abs(got.mean()) < 0.2 * ref.std(), name
+
+
+def test_generation_config_lengths_are_named_as_generate_takes_them(relu_tied, padded_batch,
+                                                                     tmp_path, caplog):
+  """The warning said to pass generation_config.json's max_length and min_length to `generate`,
+  which takes neither (a TypeError); as its max_new_tokens and min_new_tokens, one less each, our
+  generation equals transformers' under that file."""
+  import json
+  import logging
+  import shutil
+  path = tmp_path / "ckpt"
+  shutil.copytree(relu_tied.path, path)
+  config, params = load_t5(path)
+  free = np.asarray(generate(params, config, padded_batch["input_ids"],
+                             padded_batch["attention_mask"], max_new_tokens=6))
+  # EOS: the token a row repeats (210), held back there for exactly min_new_tokens tokens
+  eos = next(int(row[0]) for row in free if (row == row[0]).all())
+  gen = json.loads((path / "generation_config.json").read_text())
+  (path / "generation_config.json").write_text(json.dumps({**gen, "max_length": 7,
+                                                           "min_length": 5, "eos_token_id": eos}))
+  hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+  with torch.no_grad():
+    ref = hf.generate(input_ids=torch.tensor(padded_batch["input_ids"]).long(),
+                      attention_mask=torch.tensor(padded_batch["attention_mask"]).long())
+  with caplog.at_level(logging.WARNING):
+    config, params = load_t5(path)
+  assert ("sets decoding defaults (max_length=7, min_length=5) that llmimg_jax does not apply: "
+          "pass them to `generate` to decode as transformers would (max_length=L as "
+          "max_new_tokens=L-1, min_length=L as min_new_tokens=L-1") in caplog.text
+  ours = np.asarray(generate(params, config, padded_batch["input_ids"],
+                             padded_batch["attention_mask"], max_new_tokens=6, min_new_tokens=4))
+  assert strip_generated(ours, config) == strip_generated(ref[:, 1:].numpy(), config)
+  assert ref.shape[1] == 7 and strip_generated(ours, config) != strip_generated(np.asarray(
+      generate(params, config, padded_batch["input_ids"], padded_batch["attention_mask"],
+               max_new_tokens=6, min_new_tokens=3)), config)
