@@ -1,7 +1,7 @@
 """Robust decoding of user images to square uint8 sRGB arrays (PIL only).
 
-Every failure is a `SkipImage` with a short reason, so a dataset build can count the reasons and
-carry on instead of crashing halfway.
+Every failure but running out of memory is a `SkipImage` with a short reason, so a dataset build
+can count the reasons and carry on instead of crashing halfway (a MemoryError ends it).
 """
 from __future__ import annotations
 

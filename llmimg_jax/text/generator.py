@@ -136,7 +136,7 @@ class TextGenerator:
     if rows == 0:
       return []
     rng = (jax.random.PRNGKey(seeds[0]) if one_seed
-           else jnp.stack([jax.random.PRNGKey(s) for s in seeds]))  # [2] or [texts, 2]
+           else jnp.stack([jax.random.PRNGKey(s) for s in seeds]))  # a key, or one per text
     ids = generate(self.params, self.config, batch["input_ids"], batch["attention_mask"],
                    max_new_tokens=max_new_tokens, rng=rng, dtype=self.dtype, **kw)
     return self.tokenizer.decode(np.asarray(ids))

@@ -206,7 +206,7 @@ class T5FeedForwardLayer(nn.Module):
 
 
 class T5DenseActDense(nn.Module):
-  """ReLU FFN (wi, wo) or gated FFN (act(wi_0 x) * wi_1 x, wo)."""
+  """FFN (act(wi x), wo) or gated FFN (act(wi_0 x) * wi_1 x, wo); act is config.activation's."""
   config: T5Config
   dtype: Any = jnp.float32
 
@@ -253,7 +253,7 @@ class T5Block(nn.Module):
 
 
 class T5Stack(nn.Module):
-  """Encoder or decoder stack over already embedded inputs; returns final-layer-normed states."""
+  """Encoder or decoder stack over embedded inputs -> (final-normed states, new cache or None)."""
   config: T5Config
   is_decoder: bool
   dtype: Any = jnp.float32
