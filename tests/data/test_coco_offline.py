@@ -3,6 +3,8 @@ retries."""
 from __future__ import annotations
 
 import hashlib
+import io
+import sys
 import types
 from pathlib import Path
 
@@ -148,3 +150,20 @@ def test_an_archive_with_the_wrong_checksum_is_named_with_the_fix(tmp_path, prob
   with pytest.raises(coco.CocoDownloadError, match=r"could not be downloaded or built .*"
                      r"NonMatchingChecksumError: .*where that site is reachable"):
     coco.download_and_prepare(builder, str(tmp_path))
+
+
+def test_a_build_whose_log_reader_is_gone_completes(tmp_path, probed, monkeypatch):
+  """TFDS's progress bars raised BrokenPipeError at their next draw, ending the build."""
+  class ReaderGone(io.StringIO):  # stderr on a pipe whose reader is gone (`2>&1 | tee log`)
+    def write(self, text: str) -> int:
+      raise BrokenPipeError(32, "Broken pipe")
+
+  class DrawsBars(FakeCoco):
+    def download_and_prepare(self) -> None:
+      print("Dl Completed...: 100%", file=sys.stderr)  # as tqdm finds stderr: when it starts
+      super().download_and_prepare()
+
+  monkeypatch.setattr(sys, "stderr", ReaderGone())
+  builder = DrawsBars(tmp_path, prepared=True)
+  coco.download_and_prepare(builder, str(tmp_path))
+  assert builder.built
