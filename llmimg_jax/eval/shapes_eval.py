@@ -95,6 +95,10 @@ def _shapes(tree: Any) -> Any:
   return jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), tree)
 
 
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
 class ShapesEvaluator:
   """Reads images cell by cell; scores them against captions; embeds them for FID."""
 
@@ -125,7 +129,12 @@ class ShapesEvaluator:
           raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         template = jax.eval_shape(ev.EvaluatorNet().init, jax.random.PRNGKey(0),
                                   np.zeros((1, cfg.resolution, cfg.resolution, 3), np.uint8))
-        params = flax.serialization.from_bytes(template["params"], path.read_bytes())
+        weights = path.read_bytes()
+        digest = _sha256(weights)
+        if meta.get("weights_sha256", digest) != digest:  # caches written before it: none
+          raise ValueError(f"the weights' sha256 is not the one {meta_path.name} records "
+                           "(damaged, or written by another evaluator)")
+        params = flax.serialization.from_bytes(template["params"], weights)
         if _shapes(params) != _shapes(template["params"]):  # from_bytes checks only the names
           raise ValueError(f"weights of other shapes than this version's network ({NET_TAG})")
       except MemoryError:
@@ -148,6 +157,8 @@ class ShapesEvaluator:
                       "resolution": cfg.resolution, "num_train": len(train.images),
                       "settings": dataclasses.asdict(settings), "test": accuracy,
                       "seconds": time.perf_counter() - t0}
+    weights = flax.serialization.to_bytes(params)
+    evaluator.meta["weights_sha256"] = _sha256(weights)
     log.info("Trained the shapes evaluator on %d images in %.0fs; test accuracy %s.",
              len(train.images), evaluator.meta["seconds"], accuracy)
     if min(accuracy.values()) < 0.99:
@@ -155,7 +166,7 @@ class ShapesEvaluator:
                   "accuracies are not reliable.", accuracy)
     try:
       directory.mkdir(parents=True, exist_ok=True)
-      write_atomically(path, flax.serialization.to_bytes(params))
+      write_atomically(path, weights)
       write_atomically(meta_path, json.dumps(evaluator.meta, indent=2))
     except OSError as e:  # the evaluator trained is used all the same
       log.warning("Could not cache the shapes evaluator in %s (%s: %s): the next evaluation trains "

@@ -31,11 +31,25 @@ def test_cached_evaluator_loads_identically(tiny_eval):
   assert a.meta == b.meta and a.meta["settings"]["steps"] == 30
 
 
-@pytest.mark.parametrize("damaged", ["msgpack", "json", "shapes", "not_a_dict", "int", "flat"])
+def test_a_cached_evaluator_without_its_weights_sha256_loads(tiny_eval, tmp_path):
+  """As the caches written before the sha256 was recorded."""
+  data, cache = tiny_eval
+  shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
+  meta_path = next(tmp_path.glob("*.json"))
+  meta = json.loads(meta_path.read_text())
+  assert len(meta.pop("weights_sha256")) == 64
+  meta_path.write_text(json.dumps(meta))
+  assert ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=1),
+                                       directory=tmp_path).meta == meta  # not trained again
+
+
+@pytest.mark.parametrize("damaged", ["msgpack", "json", "shapes", "not_a_dict", "int", "flat",
+                                     "flipped"])
 def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog, damaged):
   """Cut short as by a crash mid-write, weights of another version's network (a kernel of other
   shape: a flax ScopeParamShapeError at the first use), JSON meta that is no object, or msgpack
-  weights that are no dict of dicts (each an AttributeError traceback)."""
+  weights that are no dict of dicts (each an AttributeError traceback), a byte flipped in a weight
+  (it loaded, and scored otherwise, without a word)."""
   import flax.serialization
   data, cache = tiny_eval
   shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
@@ -44,6 +58,10 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
     params = flax.serialization.msgpack_restore(path.read_bytes())
     params["cell"]["present_head"]["kernel"] = params["cell"]["present_head"]["kernel"][:-1]
     path.write_bytes(flax.serialization.msgpack_serialize(params))
+  elif damaged == "flipped":
+    weights = bytearray(path.read_bytes())
+    weights[-3] ^= 1  # a float's mantissa
+    path.write_bytes(bytes(weights))
   elif damaged in ("int", "flat"):
     path.write_bytes(flax.serialization.msgpack_serialize(5 if damaged == "int" else {"cell": 5}))
   else:
