@@ -280,8 +280,11 @@ def test_parallel_build_equals_the_sequential_one(shapes_cfg, tmp_path, guarded)
 def test_a_worker_error_reaches_the_caller(tmp_path):
   cfg = captioned_shapes.CaptionedShapes.builder_configs["tiny_32"]
   tasks = [(cfg, "test", 0, 4, str(tmp_path / "missing_dir" / f"shard{k}")) for k in range(2)]
-  with pytest.raises(Exception, match="missing_dir"):  # the writer's, raised in a worker
+  with pytest.raises(RuntimeError, match="open.. failed: No such file or directory; opening "
+                     f"{tmp_path}/missing_dir/shard") as raised:  # the writer's
     list(captioned_shapes._write_shards_in_processes(tasks, 2))
+  # raised in a worker: the pool attaches its traceback there as the cause
+  assert type(raised.value.__cause__).__name__ == "_RemoteTraceback", raised.value.__cause__
 
 
 def test_test_and_holdout_images_are_not_train_images(shapes_cfg):

@@ -355,5 +355,9 @@ def test_lazy_gradient_penalty_every_other_step(tmp_path):
   assert [m["gp_measured"] for m in steps] == [1.0, 0.0, 1.0, 0.0]
   assert [m["d_mismatch_measured"] for m in steps] == [1.0, 1.0, 1.0, 0.0]
   assert penalties[0] > 0 and penalties[2] > 0
+  # D's loss: the hinge, plus 2 x the penalty on even steps (no contrastive term here)
+  np.testing.assert_allclose([float(m["d_loss"]) for m in steps],
+                             [float(m["d_hinge"]) + 2 * p for m, p in zip(steps, penalties)],
+                             rtol=1e-6)
   np.testing.assert_allclose(_log_window(steps[:3])["gp"], np.mean(penalties[::2]), rtol=1e-6)
   np.testing.assert_allclose(_log_window(steps[1:])["gp"], penalties[2], rtol=1e-6)
