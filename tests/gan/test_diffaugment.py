@@ -95,6 +95,28 @@ def test_random_translation_is_a_bounded_shift_with_zero_padding(images):
   assert len(set(shifts)) > 1  # independent per image
 
 
+def test_translation_draws_every_shift_up_to_an_eighth_evenly(monkeypatch):
+  """Shifts in [-4, 4] at 32px, each about as often (DiffAugment's randint(-s, s + 1)): one too
+  few leaned every shift up and left."""
+  from llmimg_jax.gan import diffaugment
+  monkeypatch.setattr(diffaugment, "translate", lambda x, dh, dw, max_shift: (dh, dw, max_shift))
+  dh, dw, max_shift = translation(jnp.zeros((4096, 32, 32, 1)), fast_key(8))
+  assert max_shift == (4, 4)
+  for shifts in (np.asarray(dh), np.asarray(dw)):
+    counts = np.bincount(shifts + 4, minlength=9)
+    assert len(counts) == 9 and counts.min() > 4096 / 9 * 0.8, counts
+
+
+def test_each_op_draws_from_its_own_key(images):
+  """The policy's ops take the key's splits in order: one key for all tied cutout's position to
+  translation's shift."""
+  key = fast_key(3)
+  k_translation, k_cutout = jax.random.split(key)
+  np.testing.assert_array_equal(
+      np.asarray(_aug(images, key, policy="translation,cutout")),
+      np.asarray(jax.jit(lambda x: cutout(translation(x, k_translation), k_cutout))(images)))
+
+
 def test_cutout_zeroes_one_square(images):
   x = images + 2.0
   out = np.asarray(jax.jit(cutout)(x, fast_key(6)))

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -18,3 +19,12 @@ def test_ema_update_numbers():
   twice = ema_update(ema_update(ema, new, 0.5), new, 0.5)
   np.testing.assert_allclose(float(twice["a"][0]), 2.5)
   assert out["a"].dtype == jnp.float32
+
+
+def test_ema_update_keeps_each_leaf_s_dtype():
+  """A float32 decay (the train step's) over bfloat16 leaves promoted them to float32: the
+  state's dtypes changed, which lax.cond's branches in the train step must agree on."""
+  ema = {"a": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(3, jnp.float32)}
+  out = ema_update(ema, jax.tree.map(jnp.zeros_like, ema), jnp.float32(0.5))
+  assert (out["a"].dtype, out["b"].dtype) == (jnp.bfloat16, jnp.float32)
+  np.testing.assert_array_equal(np.asarray(out["a"], np.float32), [0.5] * 3)

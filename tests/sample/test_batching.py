@@ -7,6 +7,7 @@ import importlib
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llmimg_jax.sample import CaptionExpander, Sampler
@@ -108,3 +109,19 @@ def test_eight_devices_each_generate_a_share_and_the_same_images_as_one(sampler)
   single = Sampler(sampler.models, sampler.tokenizer, *on_one, mesh=one, batch_size=8)
   difference = np.abs(images.astype(np.int16) - single(prompts, seed=3, num_per_prompt=5))
   assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, difference.max()
+
+
+def test_a_batch_with_some_non_finite_images_is_refused(sampler):
+  """The check must catch one NaN image among finite ones, not only a batch of them: NaN in the
+  embedding of a byte only the second prompt holds makes its images alone NaN."""
+  prompts = ["a red circle", "a blue square"]
+  ids = sampler.tokenizer(prompts)["input_ids"]
+  own = np.setdiff1d(ids[1], ids[0])  # the bytes of "blue square" that "a red circle" lacks
+  text_params = jax.tree.map(np.array, sampler.text_params)  # writable copies
+  text_params["shared"]["embedding"][own] = np.nan
+  broken = Sampler(sampler.models, sampler.tokenizer, sampler.ema_params, text_params,
+                   mesh=sampler.mesh, step=sampler.step)
+  assert len(broken.sample(prompts[:1], num_per_prompt=2).images) == 2  # the first: finite
+  with pytest.raises(ValueError, match=r"^2 of 4 generated images are not finite .* the first: "
+                                       r"image 0 of prompt 'a blue square'\."):
+    broken.sample(prompts, num_per_prompt=2)
