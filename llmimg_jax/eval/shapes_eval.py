@@ -99,6 +99,22 @@ def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
+def _pack(weights: bytes) -> bytes:
+  """The cache file: the weights and their sha256, in one file (one rename: no other process's
+  .json or weights can pair with them)."""
+  return flax.serialization.msgpack_serialize({"weights": weights, "sha256": _sha256(weights)})
+
+
+def _unpack(data: bytes) -> bytes:
+  """The weights of a cache file (of one written before the sha256: the file)."""
+  packed = flax.serialization.msgpack_restore(data)
+  if not (isinstance(packed, dict) and set(packed) == {"weights", "sha256"}):
+    return data
+  if _sha256(packed["weights"]) != packed["sha256"]:
+    raise ValueError("its weights' sha256 is not the one it records (a damaged file)")
+  return packed["weights"]
+
+
 class ShapesEvaluator:
   """Reads images cell by cell; scores them against captions; embeds them for FID."""
 
@@ -106,7 +122,7 @@ class ShapesEvaluator:
     self.net, self.params, self.resolution = ev.EvaluatorNet(), params, resolution
     self.meta = meta or {}
     # Names these weights (a retrained cache scores differently): sha256 of their serialization.
-    self.fingerprint = hashlib.sha256(flax.serialization.to_bytes(params)).hexdigest()[:16]
+    self.fingerprint = _sha256(flax.serialization.to_bytes(params))[:16]
 
   @classmethod
   def load_or_train(cls, data_cfg: ml_collections.ConfigDict,
@@ -129,12 +145,7 @@ class ShapesEvaluator:
           raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         template = jax.eval_shape(ev.EvaluatorNet().init, jax.random.PRNGKey(0),
                                   np.zeros((1, cfg.resolution, cfg.resolution, 3), np.uint8))
-        weights = path.read_bytes()
-        digest = _sha256(weights)
-        if meta.get("weights_sha256", digest) != digest:  # caches written before it: none
-          raise ValueError(f"the weights' sha256 is not the one {meta_path.name} records "
-                           "(damaged, or written by another evaluator)")
-        params = flax.serialization.from_bytes(template["params"], weights)
+        params = flax.serialization.from_bytes(template["params"], _unpack(path.read_bytes()))
         if _shapes(params) != _shapes(template["params"]):  # from_bytes checks only the names
           raise ValueError(f"weights of other shapes than this version's network ({NET_TAG})")
       except MemoryError:
@@ -157,8 +168,6 @@ class ShapesEvaluator:
                       "resolution": cfg.resolution, "num_train": len(train.images),
                       "settings": dataclasses.asdict(settings), "test": accuracy,
                       "seconds": time.perf_counter() - t0}
-    weights = flax.serialization.to_bytes(params)
-    evaluator.meta["weights_sha256"] = _sha256(weights)
     log.info("Trained the shapes evaluator on %d images in %.0fs; test accuracy %s.",
              len(train.images), evaluator.meta["seconds"], accuracy)
     if min(accuracy.values()) < 0.99:
@@ -166,7 +175,7 @@ class ShapesEvaluator:
                   "accuracies are not reliable.", accuracy)
     try:
       directory.mkdir(parents=True, exist_ok=True)
-      write_atomically(path, weights)
+      write_atomically(path, _pack(flax.serialization.to_bytes(params)))
       write_atomically(meta_path, json.dumps(evaluator.meta, indent=2))
     except OSError as e:  # the evaluator trained is used all the same
       log.warning("Could not cache the shapes evaluator in %s (%s: %s): the next evaluation trains "

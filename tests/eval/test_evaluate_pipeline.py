@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.eval import evaluator as ev
+from llmimg_jax.eval import shapes_eval
 from llmimg_jax.eval.shapes_eval import ShapesEvaluator
 from tests.eval.utils import _MeanStdFeatures, _stand_in_inception, _to_evaluate
 from tests.train.utils import tiny_config
@@ -31,16 +32,15 @@ def test_cached_evaluator_loads_identically(tiny_eval):
   assert a.meta == b.meta and a.meta["settings"]["steps"] == 30
 
 
-def test_a_cached_evaluator_without_its_weights_sha256_loads(tiny_eval, tmp_path):
-  """As the caches written before the sha256 was recorded."""
+def test_a_cached_evaluator_written_before_the_sha256_loads(tiny_eval, tmp_path):
+  """Its file: the weights alone."""
+  import flax.serialization
   data, cache = tiny_eval
   shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
-  meta_path = next(tmp_path.glob("*.json"))
-  meta = json.loads(meta_path.read_text())
-  assert len(meta.pop("weights_sha256")) == 64
-  meta_path.write_text(json.dumps(meta))
-  assert ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=1),
-                                       directory=tmp_path).meta == meta  # not trained again
+  cached = ShapesEvaluator.load_or_train(data, directory=tmp_path)
+  next(tmp_path.glob("*.msgpack")).write_bytes(flax.serialization.to_bytes(cached.params))
+  old = ShapesEvaluator.load_or_train(data, ev.TrainSettings(steps=1), directory=tmp_path)
+  assert old.meta == cached.meta and old.fingerprint == cached.fingerprint  # not trained again
 
 
 @pytest.mark.parametrize("damaged", ["msgpack", "json", "shapes", "not_a_dict", "int", "flat",
@@ -55,12 +55,13 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
   shutil.copytree(cache / "evaluator", tmp_path, dirs_exist_ok=True)
   path = next(tmp_path.glob("*.json" if damaged in ("json", "not_a_dict") else "*.msgpack"))
   if damaged == "shapes":
-    params = flax.serialization.msgpack_restore(path.read_bytes())
+    params = flax.serialization.msgpack_restore(
+        flax.serialization.msgpack_restore(path.read_bytes())["weights"])
     params["cell"]["present_head"]["kernel"] = params["cell"]["present_head"]["kernel"][:-1]
-    path.write_bytes(flax.serialization.msgpack_serialize(params))
+    path.write_bytes(shapes_eval._pack(flax.serialization.msgpack_serialize(params)))
   elif damaged == "flipped":
     weights = bytearray(path.read_bytes())
-    weights[-3] ^= 1  # a float's mantissa
+    weights[len(weights) // 2] ^= 1  # in a weight
     path.write_bytes(bytes(weights))
   elif damaged in ("int", "flat"):
     path.write_bytes(flax.serialization.msgpack_serialize(5 if damaged == "int" else {"cell": 5}))
@@ -71,6 +72,7 @@ def test_a_damaged_cached_evaluator_is_trained_again(tiny_eval, tmp_path, caplog
     retrained = ShapesEvaluator.load_or_train(data, settings, directory=tmp_path)
   assert path.name in caplog.text and "cannot be read" in caplog.text
   assert "training it again" in caplog.text
+  assert ("sha256 is not the one it records" in caplog.text) == (damaged == "flipped")
   assert retrained.meta["settings"]["steps"] == 1
   again = ShapesEvaluator.load_or_train(data, directory=tmp_path)  # the new cache reads back
   assert again.meta == retrained.meta

@@ -111,6 +111,7 @@ def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_p
 
   import flax.serialization
   import jax
+  from llmimg_jax.eval import shapes_eval
   from llmimg_jax.eval.in_training import TrainingEvaluator
   from tests.train.cli_utils import Proc, _devices_env, _free_port
   data, cache = tiny_eval
@@ -121,7 +122,7 @@ def test_hosts_with_other_cached_evaluators_resume_host_0s_best(tiny_eval, tmp_p
   other = tmp_path / "host1_cache"  # host 1's cache: an evaluator trained elsewhere
   shutil.copytree(cache, other)
   msgpack, = (other / "evaluator").glob("*.msgpack")
-  template = flax.serialization.msgpack_restore(msgpack.read_bytes())
+  template = flax.serialization.msgpack_restore(shapes_eval._unpack(msgpack.read_bytes()))
   msgpack.write_bytes(flax.serialization.to_bytes(jax.tree.map(lambda x: x * 1.01, template)))
   port = _free_port()
   procs = [Proc([sys.executable, "-c", _BEST_ON_HOST, f"127.0.0.1:{port}", str(i),
