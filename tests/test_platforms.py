@@ -25,26 +25,46 @@ def test_a_platform_jax_does_not_know_is_one_line(prog, args, status, tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == status, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  last = proc.stderr.rstrip().splitlines()[-1]
-  assert last.startswith(f"{prog}: error: JAX could not start JAX_PLATFORMS=nosuch: Unable to "
-                         "initialize backend 'nosuch'"), last
-  assert last.endswith(_FIX) and "(set JAX_PLATFORMS=''" not in last, last  # ours, not JAX's
+  assert proc.stderr.rstrip().splitlines()[-1] == (
+      f"{prog}: error: JAX_PLATFORMS=nosuch: JAX has no platform 'nosuch': name some of cpu, "
+      f"cuda, rocm, tpu (gpu: cuda or rocm), comma-separated, {_FIX}"), proc.stderr[-3000:]
   assert not (tmp_path / "w").exists() and not (tmp_path / "s").exists()
 
 
 def test_cuda_without_a_gpu_names_the_missing_gpu():
   """JAX skips cuda where no NVIDIA GPU is visible, then asserts that some backend started."""
+  from jax._src import hardware_utils
+  if hardware_utils.has_visible_nvidia_gpu():
+    pytest.skip("an NVIDIA GPU is visible here")
   code = "from llmimg_jax import platforms; platforms.start_backends('prog', 7)"
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(JAX_PLATFORMS="cuda"),
                         capture_output=True, text=True, timeout=120)
-  if proc.returncode == 0:
-    pytest.skip("JAX started cuda here")
   assert proc.returncode == 7, proc.stderr[-3000:]
   assert proc.stderr.rstrip().splitlines()[-1] == (
       "prog: error: JAX could not start JAX_PLATFORMS=cuda: none of the platforms it names "
       "started (no NVIDIA GPU is visible to this process). Run where that hardware is, with its "
       "JAX plugin installed (pip install -U \"jax[cuda12]\" for NVIDIA GPUs, \"jax[tpu]\" on a "
       f"Cloud TPU VM), {_FIX}"), proc.stderr[-3000:]
+
+
+def test_a_platform_without_its_plugin_is_not_called_unknown():
+  """rocm (and gpu's rocm half) without JAX's ROCm plugin: a known platform that did not start."""
+  line = platforms.start_error(RuntimeError(
+      "Unable to initialize backend 'rocm': Backend 'rocm' is not in the list of known backends: "
+      "['cpu', 'tpu']. (set JAX_PLATFORMS='' to automatically choose an available backend)"),
+      "gpu")
+  assert line.startswith("JAX could not start JAX_PLATFORMS=gpu: Unable to initialize backend "
+                         "'rocm': Backend 'rocm' is not in the list of known backends: ['cpu', "
+                         "'tpu']. Run where that hardware is"), line
+
+
+def test_an_error_of_jax_platform_name_is_jax_s():
+  """JAX_PLATFORM_NAME naming a backend that did not start is no failure to start one."""
+  code = "from llmimg_jax import platforms; platforms.start_backends('prog', 7)"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        env=env(JAX_PLATFORMS="cpu", JAX_PLATFORM_NAME="tpu"), timeout=120)
+  assert proc.returncode == 1 and "prog: error" not in proc.stderr, proc.stderr[-3000:]
+  assert "RuntimeError: Unknown backend tpu" in proc.stderr, proc.stderr[-3000:]  # JAX's
 
 
 def test_a_failing_plugin_without_jax_platforms_keeps_jax_reason():
