@@ -11,6 +11,7 @@ tee log`, tee killed) ended the run with status 1, without saving.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import io
 import logging
@@ -107,6 +108,12 @@ def bar_file(what: str, stream: Any = None) -> Unbroken:
   def stop_drawing(e: OSError) -> None:
     log.warning("The %s progress bar is not drawn from now on: writing it failed (%s).", what, e)
   return Unbroken(sys.stderr if stream is None else stream, stop_drawing)
+
+
+def bars_guarded(what: str) -> contextlib.AbstractContextManager:
+  """stderr as bar_file's for what runs inside (a TFDS build, whose bars and ours draw there):
+  a draw that fails (`2>&1 | tee log`, tee killed) ended the build (hours for a big folder)."""
+  return contextlib.redirect_stderr(bar_file(what))
 
 
 def guard_stdout(prog: str) -> None:

@@ -5,7 +5,6 @@ TFDS's `coco_captions` builder imports TensorFlow (even to construct it), so thi
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -72,8 +71,8 @@ def download_and_prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> No
   from llmimg_jax.data import tfds_utils  # pylint: disable=g-import-not-at-top
   if not tfds_utils.is_prepared(builder):
     _check_hosts_answer(builder, data_dir)
-  try:  # TFDS's bars on stderr: a draw that fails (`2>&1 | tee log`, tee killed) ended the build
-    with contextlib.redirect_stderr(console.bar_file("coco_captions build")):
+  try:
+    with console.bars_guarded("coco_captions build"):
       builder.download_and_prepare()
   except download_manager.NonMatchingChecksumError as e:
     raise _checksum_error(builder, data_dir, e) from e

@@ -2,7 +2,6 @@
 error of a dataset that cannot be built or trained on as configured."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import inspect
 import logging
@@ -55,9 +54,8 @@ class DeadBuildsMixin:
   _build_lock = None  # (open lock file, its path) of this builder's build in progress
 
   def download_and_prepare(self, *args, **kwargs):
-    try:  # its progress bars and TFDS's on stderr: a draw that fails (`2>&1 | tee log`, tee
-      # killed) raised BrokenPipeError and ended the build (hours for a big folder)
-      with contextlib.redirect_stderr(console.bar_file("build")):
+    try:
+      with console.bars_guarded("build"):
         return super().download_and_prepare(*args, **kwargs)
     finally:
       if self._build_lock is not None:  # the build is renamed or removed by now
