@@ -206,7 +206,7 @@ def test_an_image_whose_decoder_fails_with_another_error_is_skipped_as_corrupt(t
 def test_a_build_whose_log_reader_is_gone_completes(tmp_path, monkeypatch):
   """The build's progress bar on a stderr whose pipe's reader was gone (`2>&1 | tee log`, tee
   killed) raised BrokenPipeError at its next draw, ending the build (hours for a big folder)."""
-  from tests.data.test_captioned_shapes import _ReaderGone
+  from tests.data.utils import ReaderGone
   folder = tmp_path / "images"
   folder.mkdir()
   for i in range(3):
@@ -214,7 +214,7 @@ def test_a_build_whose_log_reader_is_gone_completes(tmp_path, monkeypatch):
   (folder / "captions.jsonl").write_text(
       "".join(json.dumps({"file_name": f"{i}.png", "text": f"a picture {i}"}) + "\n"
               for i in range(3)))
-  monkeypatch.setattr(sys, "stderr", _ReaderGone())
+  monkeypatch.setattr(sys, "stderr", ReaderGone())
   builder, _ = captioned_folder.build_folder(str(folder), data_dir=str(tmp_path / "tfds"),
                                              image_size=SIZE)
   assert len(builder.as_data_source("train")) == 3

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.data import captioned_shapes, flip, pipeline, prepare, shapes
+from tests.data.utils import ReaderGone
 
 
 def _pattern(words) -> re.Pattern:
@@ -366,21 +367,9 @@ def test_a_process_count_that_is_no_number_is_named(tmp_path, monkeypatch, capsy
   assert captioned_shapes.default_num_proc() == 3
 
 
-class _ReaderGone:
-  """stderr on a pipe whose reader is gone (`2>&1 | tee log`, tee killed)."""
-
-  def write(self, text: str = "") -> int:
-    raise BrokenPipeError(32, "Broken pipe")
-
-  flush = write
-
-  def isatty(self) -> bool:
-    return False
-
-
 def test_a_build_whose_log_reader_is_gone_completes(tmp_path, monkeypatch):
   """The build's progress bar raised BrokenPipeError at its next draw, ending the build."""
-  monkeypatch.setattr(sys, "stderr", _ReaderGone())
+  monkeypatch.setattr(sys, "stderr", ReaderGone())
   cfg = captioned_shapes.ShapesConfig(name="bar_test", resolution=32, num_train=16, num_test=0,
                                       num_holdout=0)
   builder = captioned_shapes.CaptionedShapes(config=cfg, data_dir=str(tmp_path), num_proc=1)

@@ -3,7 +3,6 @@ retries."""
 from __future__ import annotations
 
 import hashlib
-import io
 import sys
 import types
 from pathlib import Path
@@ -13,6 +12,7 @@ import requests
 from tensorflow_datasets.core.download import download_manager, resource
 
 from llmimg_jax.data import coco
+from tests.data.utils import ReaderGone
 
 COCO_URL = "http://images.cocodataset.org/zips/train2014.zip"
 KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
@@ -154,10 +154,6 @@ def test_an_archive_with_the_wrong_checksum_is_named_with_the_fix(tmp_path, prob
 
 def test_a_build_whose_log_reader_is_gone_completes(tmp_path, probed, monkeypatch):
   """TFDS's progress bars raised BrokenPipeError at their next draw, ending the build."""
-  class ReaderGone(io.StringIO):  # stderr on a pipe whose reader is gone (`2>&1 | tee log`)
-    def write(self, text: str) -> int:
-      raise BrokenPipeError(32, "Broken pipe")
-
   class DrawsBars(FakeCoco):
     def download_and_prepare(self) -> None:
       print("Dl Completed...: 100%", file=sys.stderr)  # as tqdm finds stderr: when it starts

@@ -1,7 +1,8 @@
 """Test fixtures for tests/data: small ICC profiles built byte by byte (no system profiles
 needed), so colour-management tests use real profiles with known primaries and curves; the
 script of a process reading batches from grain workers; a folder of captioned images, prepare's
-command line of its build and the check of its usage errors."""
+command line of its build and the check of its usage errors; a stderr whose pipe's reader is
+gone."""
 from __future__ import annotations
 
 import itertools
@@ -137,3 +138,15 @@ def folder_argv(folder, data_dir, *flags: str) -> list[str]:
   """prepare's command line building the captioned_folder `folder` into `data_dir` at 8px."""
   return ["--dataset", "captioned_folder", "--folder", str(folder), "--data_dir", str(data_dir),
           "--image_size", "8", *flags]
+
+
+class ReaderGone:
+  """stderr on a pipe whose reader is gone (`2>&1 | tee log`, tee killed)."""
+
+  def write(self, text: str = "") -> int:
+    raise BrokenPipeError(32, "Broken pipe")
+
+  flush = write
+
+  def isatty(self) -> bool:
+    return False
