@@ -11,6 +11,7 @@ import pytest
 from llmimg_jax import platforms
 from tests.train.cli_utils import CONFIG_FILE, ROOT, env
 
+_START = "from llmimg_jax import platforms; platforms.start_backends('prog', 7)"
 _FIX = "or unset JAX_PLATFORMS (JAX then takes what this machine has, the CPU at least)."
 
 
@@ -36,8 +37,7 @@ def test_cuda_without_a_gpu_names_the_missing_gpu():
   from jax._src import hardware_utils
   if hardware_utils.has_visible_nvidia_gpu():
     pytest.skip("an NVIDIA GPU is visible here")
-  code = "from llmimg_jax import platforms; platforms.start_backends('prog', 7)"
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(JAX_PLATFORMS="cuda"),
+  proc = subprocess.run([sys.executable, "-c", _START], cwd=ROOT, env=env(JAX_PLATFORMS="cuda"),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 7, proc.stderr[-3000:]
   assert proc.stderr.rstrip().splitlines()[-1] == (
@@ -60,8 +60,7 @@ def test_a_platform_without_its_plugin_is_not_called_unknown():
 
 def test_an_error_of_jax_platform_name_is_jax_s():
   """JAX_PLATFORM_NAME naming a backend that did not start is no failure to start one."""
-  code = "from llmimg_jax import platforms; platforms.start_backends('prog', 7)"
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-c", _START], cwd=ROOT, capture_output=True, text=True,
                         env=env(JAX_PLATFORMS="cpu", JAX_PLATFORM_NAME="tpu"), timeout=120)
   assert proc.returncode == 1 and "prog: error" not in proc.stderr, proc.stderr[-3000:]
   assert "RuntimeError: Unknown backend tpu" in proc.stderr, proc.stderr[-3000:]  # JAX's
